@@ -1,0 +1,120 @@
+"""Concrete inputs for running a model: bound shapes, seeded random feeds, user ``.npz`` data.
+
+Shape binding: a user's ``--input-shape NAME:1x3x224x224`` wins; otherwise a symbolic dim at
+axis 0 (the batch) becomes 1 and any other symbolic dim becomes ``DEFAULT_SYMBOLIC_DIM``.
+Random feeds are reproducible from the seed: floats are standard normal, integer inputs that
+index a ``Gather`` table draw from ``[0, table size)``, mask-like inputs are ones, other
+integers draw from ``[0, 2)``, booleans are random.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.errors import InputError
+
+DEFAULT_SYMBOLIC_DIM = 128
+_SHAPE_SPEC = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
+
+
+def parse_input_shapes(specs: Iterable[str], model) -> dict[str, tuple[int, ...]]:
+    """``["name:1x3x224x224", ...]`` → {name: dims}; names must be model inputs, ranks must match."""
+    known = {v.name: v for v in model.inputs}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        match = _SHAPE_SPEC.match(spec.strip())
+        if match is None:
+            raise InputError(f"--input-shape '{spec}': expected NAME:DxDxD, e.g. input:1x3x224x224")
+        name = match["name"]
+        if name not in known:
+            raise InputError(f"--input-shape '{spec}': the model has no input '{name}' (inputs: {', '.join(known)})")
+        dims = tuple(int(d) for d in match["dims"].split("x"))
+        declared = model.shape_dims(known[name])
+        if declared is not None and len(declared) != len(dims):
+            raise InputError(f"--input-shape '{spec}': input '{name}' has rank {len(declared)}, not {len(dims)}")
+        shapes[name] = dims
+    return shapes
+
+
+def bind_shapes(model, overrides: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
+    """A concrete shape for every model input (overrides, then declared dims, then defaults)."""
+    overrides = overrides or {}
+    bound: dict[str, tuple[int, ...]] = {}
+    for value in model.inputs:
+        if value.name in overrides:
+            bound[value.name] = tuple(overrides[value.name])
+            continue
+        dims = model.shape_dims(value) or []
+        bound[value.name] = tuple(_default_dim(d, axis) for axis, d in enumerate(dims))
+    return bound
+
+
+def _default_dim(dim, axis: int) -> int:
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    return 1 if axis == 0 else DEFAULT_SYMBOLIC_DIM
+
+
+def random_inputs(model, shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded feeds for every input, in valid ranges for integer inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.inputs:
+        dtype = model.elem_type(value) or np.dtype(np.float32)
+        feeds[value.name] = _random_array(model, value, shapes[value.name], dtype, rng)
+    return feeds
+
+
+def _random_array(model, value, shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    if "mask" in value.name.lower():
+        return np.ones(shape, dtype)
+    return rng.integers(0, _index_bound(model, value), shape).astype(dtype)
+
+
+def _index_bound(model, value) -> int:
+    """The smallest table size among ``Gather``/``GatherElements`` nodes this value indexes."""
+    bounds = []
+    for node in model.consumers(value):
+        if node.op_type == "Gather" and len(node.inputs) > 1 and node.inputs[1] is value:
+            table = model.constant_shape(node.inputs[0]) or model.static_shape(node.inputs[0])
+            if table:
+                bounds.append(table[model.attr(node, "axis", 0)])
+    return max(1, min(bounds)) if bounds else 2
+
+
+def load_npz(path: str | Path, model) -> dict[str, np.ndarray]:
+    """User data keyed by input name; every model input must be present, with a matching rank."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: not a readable .npz file ({error})") from None
+    feeds = {}
+    for value in model.inputs:
+        if value.name not in data:
+            raise InputError(f"{path}: no array for model input '{value.name}' (arrays: {', '.join(data) or 'none'})")
+        feeds[value.name] = _conform(data[value.name], value, model, path)
+    return feeds
+
+
+def _conform(array: np.ndarray, value, model, path: Path) -> np.ndarray:
+    declared = model.shape_dims(value)
+    if declared is not None and len(declared) != array.ndim:
+        raise InputError(f"{path}: array '{value.name}' has rank {array.ndim}, the model input has rank {len(declared)}")
+    dtype = model.elem_type(value)
+    return array.astype(dtype) if dtype is not None and array.dtype != dtype else array
+
+
+def feed_shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(array.shape) for name, array in feeds.items()}

@@ -1,0 +1,9 @@
+"""The only package that touches onnx-ir or protobuf: loading, saving, editing, running.
+
+Everything above it (analyses, passes, CLI) works through ``Model`` and the helpers exported
+here, so a change of IR library or of serialisation stays inside this folder.
+"""
+
+from sparsec.ir.model import Model
+
+__all__ = ["Model"]

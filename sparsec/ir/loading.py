@@ -1,0 +1,79 @@
+"""Reading an ONNX file defensively: every way a file can be bad becomes one ``InputError`` line.
+
+Order of checks: the path exists and is a file; the bytes parse as a ModelProto with a graph;
+every external-data reference stays inside the model's folder, exists, and is long enough;
+the ONNX checker accepts the model. Only then is the model handed to onnx-ir, which
+memory-maps external weights instead of reading them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+from sparsec.errors import InputError
+
+
+def read_checked_proto(path: Path) -> onnx.ModelProto:
+    """The checked ModelProto of ``path`` (external weights not loaded)."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    proto = _parse(path)
+    check_external_data(proto, path.parent)
+    _run_checker(proto, path)
+    return proto
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not an ONNX model (protobuf parse failed: {_first_line(error)})") from None
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise InputError(f"{path}: not an ONNX model (no graph found; is it truncated or another file type?)")
+    if not proto.opset_import:
+        raise InputError(f"{path}: not an ONNX model (no opset_import; is it truncated?)")
+    return proto
+
+
+def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+    """Refuse external data that escapes ``base_dir``, is missing, or is shorter than declared."""
+    root = base_dir.resolve()
+    for tensor in _get_all_tensors(proto):
+        if not uses_external_data(tensor):
+            continue
+        info = ExternalDataInfo(tensor)
+        location = Path(info.location)
+        target = (root / location).resolve()
+        if location.is_absolute() or not target.is_relative_to(root):
+            raise InputError(
+                f"external data '{info.location}' of tensor '{tensor.name}' resolves outside the model folder {root}; refusing to read it"
+            )
+        if not target.is_file():
+            raise InputError(f"external data file '{info.location}' of tensor '{tensor.name}' is missing (looked in {root})")
+        needed = (info.offset or 0) + (info.length or 0)
+        if needed > target.stat().st_size:
+            raise InputError(
+                f"external data file '{info.location}' is too short for tensor '{tensor.name}' "
+                f"(needs {needed} bytes, has {target.stat().st_size}); is it truncated?"
+            )
+
+
+def _run_checker(proto: onnx.ModelProto, path: Path) -> None:
+    try:
+        if proto.ByteSize() < 2**31 - 1:
+            onnx.checker.check_model(proto)
+        else:
+            onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise InputError(f"{path}: the ONNX checker rejects this model: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,359 @@
+"""``Model``: sparsec's handle on an ONNX model, a thin wrapper over ``onnx_ir.Model``.
+
+Invariants:
+- This package (``sparsec.ir``) is the only code that imports onnx-ir or touches protobuf.
+  Passes read nodes and values through the objects this wrapper hands out, and edit the graph
+  only through its methods, so that every edit bumps ``version`` (which invalidates cached
+  analyses) and keeps a value's data, shape and dtype consistent.
+- A loaded model passed the ONNX checker and every external-data reference resolves to an
+  existing file inside the model's folder; otherwise ``load`` raises ``InputError``.
+- ``save`` never leaves a half-written file and never overwrites its source unless forced.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from sparsec.errors import InputError
+from sparsec.ir import loading
+
+# The protobuf limit is 2 GiB; keep a margin for the graph structure itself.
+PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
+SUPPORTED_OPSETS = range(9, 24)
+
+
+class Model:
+    """An ONNX model loaded for analysis and transformation."""
+
+    def __init__(self, model: ir.Model, path: Path | None = None) -> None:
+        self.ir = model
+        self.path = path
+        self.version = 0
+        self._cache: dict[str, tuple[int, Any]] = {}
+
+    # ----------------------------------------------------------------- load / save
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Model:
+        """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
+        path = Path(path)
+        proto = loading.read_checked_proto(path)
+        model = ir.serde.deserialize_model(proto)
+        ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
+        return cls(model, path)
+
+    @classmethod
+    def from_proto(cls, proto: onnx.ModelProto) -> Model:
+        """Wrap an in-memory ``onnx.ModelProto`` (tests, generated graphs)."""
+        return cls(ir.serde.deserialize_model(proto))
+
+    def to_proto(self) -> onnx.ModelProto:
+        return ir.serde.serialize_model(self.ir)
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> int:
+        """Write atomically to ``path``; return the bytes written (model + external data).
+
+        Refuses to overwrite the file the model was loaded from unless ``force``. Switches to
+        external data (``<name>.data`` beside the model) when the protobuf would pass 2 GB.
+        """
+        path = Path(path)
+        if self.path is not None and _same_file(path, self.path) and not force:
+            raise InputError(f"refusing to overwrite the input model {path}; pass --force or choose another -o")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        external = self.weight_bytes() > PROTOBUF_LIMIT_BYTES
+        data_name = path.name + ".data" if external else None
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            # External data is itself written atomically by onnx-ir (temp file + replace).
+            ir.save(self.ir, tmp, external_data=data_name)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        written = path.stat().st_size
+        if data_name:
+            written += (path.parent / data_name).stat().st_size
+        return written
+
+    def serialized_bytes(self) -> bytes:
+        """The model as protobuf bytes (for onnxruntime); only below the 2 GB limit."""
+        return self.to_proto().SerializeToString()
+
+    def copy(self) -> Model:
+        """An independent copy (weights copied too)."""
+        clone = Model(ir.serde.deserialize_model(self.to_proto()), self.path)
+        return clone
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def graph(self) -> ir.Graph:
+        return self.ir.graph
+
+    @property
+    def inputs(self) -> list[ir.Value]:
+        """Graph inputs that are real inputs (initializers listed as inputs excluded)."""
+        return [v for v in self.graph.inputs if not v.is_initializer()]
+
+    @property
+    def outputs(self) -> list[ir.Value]:
+        return list(self.graph.outputs)
+
+    def nodes(self) -> list[ir.Node]:
+        """Main-graph nodes in order (a list, so callers may edit while iterating)."""
+        return list(self.graph)
+
+    def all_nodes(self) -> Iterator[ir.Node]:
+        """Every node: main graph, subgraphs (If/Loop/Scan bodies) and functions."""
+        yield from ir.traversal.RecursiveGraphIterator(self.graph)
+        for function in self.ir.functions.values():
+            yield from ir.traversal.RecursiveGraphIterator(function)
+
+    def opsets(self) -> dict[str, int]:
+        return dict(self.ir.opset_imports)
+
+    @property
+    def opset(self) -> int:
+        return self.ir.opset_imports.get("", self.ir.opset_imports.get("ai.onnx", 0))
+
+    def initializers(self) -> dict[str, ir.Value]:
+        return dict(self.graph.initializers)
+
+    def producer(self, value: ir.Value) -> ir.Node | None:
+        return value.producer()
+
+    def consumers(self, value: ir.Value) -> list[ir.Node]:
+        return list(dict.fromkeys(use.node for use in value.uses()))
+
+    def is_graph_output(self, value: ir.Value) -> bool:
+        return value.is_graph_output()
+
+    def functions(self) -> dict:
+        return dict(self.ir.functions)
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.ir.metadata_props)
+
+    def producer_name(self) -> str:
+        return f"{self.ir.producer_name or '?'} {self.ir.producer_version or ''}".strip()
+
+    @staticmethod
+    def attr(node: ir.Node, name: str, default: Any = None) -> Any:
+        """A node attribute as a plain Python value (ints, floats, lists, ndarray for tensors)."""
+        attribute = node.attributes.get(name)
+        if attribute is None or attribute.is_ref():
+            return default
+        value = attribute.value
+        if isinstance(value, ir.TensorProtocol):
+            return value.numpy()
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        return value
+
+    def constant(self, value: ir.Value | None) -> np.ndarray | None:
+        """The array a value always holds, or None when it depends on inputs.
+
+        Covers initializers, ``Constant`` nodes and ``ConstantOfShape`` with a constant shape,
+        so weights are found whichever way the exporter wrote them.
+        """
+        if value is None:
+            return None
+        if value.const_value is not None:
+            return value.const_value.numpy()
+        node = value.producer()
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            return _constant_node_array(node)
+        if node.op_type == "ConstantOfShape":
+            shape = self.constant(node.inputs[0])
+            if shape is None:
+                return None
+            fill = self.attr(node, "value")
+            fill = np.zeros(1, np.float32) if fill is None else fill.reshape(-1)
+            return np.full(tuple(int(d) for d in shape), fill[0], dtype=fill.dtype)
+        return None
+
+    def constant_shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
+        """The shape of a constant value without materialising it (cheap for ConstantOfShape)."""
+        if value is None:
+            return None
+        if value.const_value is not None:
+            return tuple(int(d) for d in value.const_value.shape)
+        node = value.producer()
+        if node is not None and node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+            shape = self.constant(node.inputs[0])
+            return None if shape is None else tuple(int(d) for d in shape)
+        array = self.constant(value)
+        return None if array is None else array.shape
+
+    def constant_is_float(self, value: ir.Value) -> bool:
+        if value.const_value is not None:
+            return value.const_value.dtype.is_floating_point()
+        array = self.constant(value)
+        return array is not None and np.issubdtype(array.dtype, np.floating)
+
+    def static_shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
+        """The value's shape when every dim is a known integer, else None."""
+        if value is None or value.shape is None:
+            return None
+        dims = value.shape.dims
+        if not all(isinstance(d, int) for d in dims):
+            return None
+        return tuple(dims)
+
+    def shape_dims(self, value: ir.Value | None) -> list[int | str | None] | None:
+        """The value's shape with symbolic dims as their names (or None), if the rank is known."""
+        if value is None or value.shape is None:
+            return None
+        return [d if isinstance(d, int) else (d.value if hasattr(d, "value") else None) for d in value.shape.dims]
+
+    def elem_type(self, value: ir.Value) -> np.dtype | None:
+        """The numpy dtype of a value, if known."""
+        if value.dtype is None:
+            return None
+        try:
+            return np.dtype(value.dtype.numpy())
+        except (TypeError, ValueError):
+            return None
+
+    def weight_bytes(self) -> int:
+        """Bytes held by initializers in every graph (what the protobuf would carry)."""
+        total = 0
+        for graph in self.ir.graphs():
+            for value in graph.initializers.values():
+                if value.const_value is not None:
+                    total += value.const_value.nbytes
+        return total
+
+    # ------------------------------------------------------------------ editing
+    def touch(self) -> None:
+        """Record that the graph changed (cached analyses become stale)."""
+        self.version += 1
+
+    def cached(self, key: str, compute) -> Any:
+        """Memoise ``compute()`` until the next edit."""
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == self.version:
+            return hit[1]
+        result = compute()
+        self._cache[key] = (self.version, result)
+        return result
+
+    def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
+        """Replace an initializer's data, keeping its shape and dtype consistent with it."""
+        value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
+        value.shape = ir.Shape(array.shape)
+        value.dtype = ir.DataType.from_numpy(array.dtype)
+        self.touch()
+
+    def add_initializer(self, name: str, array: np.ndarray) -> ir.Value:
+        """A new initializer with a name not used elsewhere in the graph."""
+        unique = self.unique_name(name)
+        value = ir.Value(name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                         const_value=ir.tensor(np.ascontiguousarray(array), name=unique))
+        self.graph.register_initializer(value)
+        self.touch()
+        return value
+
+    def replace_constant_input(self, node: ir.Node, index: int, array: np.ndarray) -> ir.Value:
+        """Give ``node`` a new constant at input ``index``; other consumers keep the old one.
+
+        An initializer used by this node alone is rewritten in place (its name survives);
+        a shared one, or a ``Constant`` node's output, gets a fresh initializer.
+        """
+        old = node.inputs[index]
+        if old is not None and old.is_initializer() and self.consumers(old) == [node] and not old.is_graph_output():
+            self.resize_initializer(old, array)
+            return old
+        base = old.name if old is not None and old.name else f"{node.name or node.op_type}_input{index}"
+        new = self.add_initializer(base, array)
+        self.set_input(node, index, new)
+        return new
+
+    def unique_name(self, base: str) -> str:
+        taken = self.cached("names", self._value_names)
+        name, i = base, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    def _value_names(self) -> set[str]:
+        names = {v.name for v in self.graph.inputs} | set(self.graph.initializers)
+        for node in self.all_nodes():
+            names.update(v.name for v in node.outputs if v.name)
+        return names
+
+    def set_input(self, node: ir.Node, index: int, value: ir.Value | None) -> None:
+        """Point input ``index`` of ``node`` at ``value`` (appending optional inputs as needed)."""
+        if index >= len(node.inputs):
+            node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+        self.touch()
+
+    def set_attr(self, node: ir.Node, name: str, value: Any) -> None:
+        """Set an attribute from a plain Python value (int, float, str, list, ndarray)."""
+        if isinstance(value, np.ndarray):
+            value = ir.tensor(value)
+        node.attributes[name] = ir.convenience.convert_attribute(name, value)
+        self.touch()
+
+    def replace_all_uses(self, old: ir.Value, new: ir.Value) -> None:
+        """Point every consumer (and graph output slot) of ``old`` at ``new``.
+
+        When ``old`` is a graph output, ``new`` takes over its name so the model's interface
+        does not change.
+        """
+        was_output = old.is_graph_output()
+        if was_output and not self.can_take_output_name(new):
+            raise ValueError(f"cannot route graph output '{old.name}' to '{new.name}': it is an input, initializer or output itself")
+        ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+        if was_output:
+            old_name = old.name
+            old.name = None
+            new.name = old_name
+        self.touch()
+
+    @staticmethod
+    def can_take_output_name(value: ir.Value) -> bool:
+        """Whether ``value`` may be renamed to stand in for a graph output."""
+        return not (value.is_graph_input() or value.is_initializer() or value.is_graph_output())
+
+    def remove_node(self, node: ir.Node) -> None:
+        """Remove a node whose outputs are no longer used."""
+        node.graph.remove(node, safe=True)
+        self.touch()
+
+    def set_metadata(self, key: str, value: str) -> None:
+        self.ir.metadata_props[key] = value
+        self.touch()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _constant_node_array(node: ir.Node) -> np.ndarray | None:
+    """The value of a ``Constant`` node, whichever attribute holds it."""
+    for name, attribute in node.attributes.items():
+        if attribute.is_ref():
+            return None
+        value = attribute.value
+        if name in ("value", "sparse_value"):
+            return value.numpy()
+        if name in ("value_float", "value_int"):
+            return np.array(value, dtype=np.float32 if name == "value_float" else np.int64)
+        if name in ("value_floats", "value_ints"):
+            return np.array(list(value), dtype=np.float32 if name == "value_floats" else np.int64)
+    return None

@@ -1,0 +1,84 @@
+"""onnxruntime sessions over ``Model`` objects or files, with optional intermediate outputs.
+
+Every place that runs a model (validation, the shape-inference fallback, later calibration
+capture) creates its session here, so that serialisation details (the 2 GB limit, exposing
+intermediate tensors as extra graph outputs) live in one place.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from sparsec.errors import InputError
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class Session:
+    """An onnxruntime CPU session with named inputs/outputs."""
+
+    def __init__(self, source: bytes | str, *, optimization: str = "all", threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _LEVELS[optimization]
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped exception classes
+            raise InputError(f"onnxruntime cannot load the model: {str(error).strip().splitlines()[0]}") from None
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else self.output_names
+        try:
+            results = self._session.run(names, {k: v for k, v in feeds.items() if k in self.input_names})
+        except Exception as error:
+            raise InputError(f"onnxruntime failed to run the model: {str(error).strip().splitlines()[0]}") from None
+        return dict(zip(names, results))
+
+
+def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0) -> Session:
+    """A session over an in-memory ``Model``, optionally exposing intermediate values by name."""
+    proto = model.to_proto()
+    if extra_outputs:
+        _expose(proto, extra_outputs)
+    if proto.ByteSize() < 2**31 - 1 and not _has_external(model):
+        return Session(proto.SerializeToString(), optimization=optimization, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
+        path = Path(folder) / "model.onnx"
+        onnx.save(proto, str(path), save_as_external_data=True, location="model.onnx.data")
+        return Session(str(path), optimization=optimization, threads=threads)
+
+
+def session_for_file(path: str | Path, *, optimization: str = "all", threads: int = 0) -> Session:
+    return Session(str(path), optimization=optimization, threads=threads)
+
+
+def _expose(proto: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Make intermediate values graph outputs (type left open so ORT reports what it computes)."""
+    present = {o.name for o in proto.graph.output}
+    for name in names:
+        if name not in present:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+
+
+def _has_external(model) -> bool:
+    for graph in model.ir.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                return True
+    return False

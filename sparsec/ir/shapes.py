@@ -1,0 +1,74 @@
+"""ONNX shape inference over a ``Model``, optionally with input dims bound to numbers.
+
+``infer(model, bindings)`` returns {value name: dims} where each dim is an int, a symbol name
+or None; it never mutates the model (weights above 1 KB are lifted out before the C++ call so
+models past 2 GB work). ``annotate(model)`` writes inferred shapes back onto the values, without
+bindings, so the saved model's value_info stays true for every batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils
+from onnx_ir.passes.common.shape_inference import ShapeInferencePass
+
+Dims = list  # list[int | str | None]
+
+
+def infer(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[str, Dims]:
+    """Inferred dims of every value in the main graph (inputs, initializers, node outputs)."""
+
+    def run(proto: onnx.ModelProto) -> onnx.ModelProto:
+        _bind_inputs(proto, bindings or {})
+        try:
+            return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+        except Exception:  # inference errors on one node must not end the analysis
+            return proto
+
+    inferred = _c_api_utils.call_onnx_api(run, model.ir)
+    shapes: dict[str, Dims] = {}
+    for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = _dims_of(info)
+        if dims is not None:
+            shapes[info.name] = dims
+    return shapes
+
+
+def annotate(model) -> None:
+    """Refresh value shapes/dtypes from ONNX shape inference (no bindings)."""
+    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model.ir)
+    model.touch()
+
+
+def set_shape(model, value: ir.Value, dims: Sequence[int | str | None]) -> None:
+    """Record a value's shape (used to store shapes learnt from onnxruntime)."""
+    value.shape = ir.Shape(list(dims))
+    model.touch()
+
+
+def _bind_inputs(proto: onnx.ModelProto, bindings: Mapping[str, Sequence[int]]) -> None:
+    for graph_input in proto.graph.input:
+        dims = bindings.get(graph_input.name)
+        if dims is None or not graph_input.type.HasField("tensor_type"):
+            continue
+        shape = graph_input.type.tensor_type.shape
+        shape.ClearField("dim")
+        for size in dims:
+            shape.dim.add().dim_value = int(size)
+
+
+def _dims_of(info: onnx.ValueInfoProto) -> Dims | None:
+    if not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+        return None
+    dims: Dims = []
+    for dim in info.type.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return dims

@@ -1,0 +1,105 @@
+"""The pass contract: onnx-ir's (``call`` / ``requires`` / ``ensures``, in-place or functional),
+extended with the numbers and findings a compiler report needs.
+
+Invariants:
+- A pass has a kebab-case ``name`` and keyword-only options; ``describe()`` renders it as
+  ``name(opt=value,...)`` listing the options that differ from their defaults.
+- ``__call__`` runs ``requires`` → ``call`` → ``ensures`` and checks that an in-place pass
+  returned the model it was given (a functional pass must return a new one).
+- ``PassResult`` carries ``modified``, ``stats`` (numbers for the report) and
+  ``diagnostics`` (severity, stable code, message, node); a pass never prints.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from sparsec.errors import InputError
+
+Severity = Literal["info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A finding of a pass: ``code`` is stable (tests and tools match on it), ``message`` is for people."""
+
+    severity: Severity
+    code: str
+    message: str
+    node: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"severity": self.severity, "code": self.code, "message": self.message, "node": self.node}
+
+    def __str__(self) -> str:
+        where = f" [{self.node}]" if self.node else ""
+        return f"{self.severity}: {self.code}{where}: {self.message}"
+
+
+@dataclass
+class PassResult:
+    model: Any
+    modified: bool
+    stats: dict[str, float] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+class PassError(InputError):
+    """A pass could not run on this model; the message names the pass and what to change."""
+
+
+class PassBase:
+    """Base of every pass. Subclasses set ``name`` and ``summary`` and implement ``call``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    in_place: ClassVar[bool] = True
+
+    def call(self, model) -> PassResult:
+        raise NotImplementedError
+
+    def requires(self, model) -> None:
+        """Preconditions; raise ``PassError`` naming what is missing."""
+
+    def ensures(self, model) -> None:
+        """Postconditions; raise ``PassError`` when the pass broke an invariant."""
+
+    def __call__(self, model) -> PassResult:
+        self.requires(model)
+        result = self.call(model)
+        if not isinstance(result, PassResult):
+            raise TypeError(f"pass '{self.name}' must return a PassResult, got {type(result).__name__}")
+        if self.in_place and result.model is not model:
+            raise TypeError(f"pass '{self.name}' is in-place but returned a different model")
+        if not self.in_place and result.model is model:
+            raise TypeError(f"pass '{self.name}' is functional but returned its input model")
+        self.ensures(result.model)
+        return result
+
+    def options(self) -> dict[str, Any]:
+        """The pass's options and their current values, read from ``__init__``'s signature."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names if hasattr(self, name)}
+
+    def describe(self) -> str:
+        defaults = {
+            p.name: p.default
+            for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.default is not inspect.Parameter.empty
+        }
+        changed = [f"{k}={v}" for k, v in self.options().items() if defaults.get(k, object()) != v]
+        return f"{self.name}({','.join(changed)})" if changed else self.name
+
+
+class InPlacePass(PassBase):
+    """A pass that edits the model it is given and returns it."""
+
+    in_place: ClassVar[bool] = True
+
+
+class FunctionalPass(PassBase):
+    """A pass that leaves its input alone and returns a new model."""
+
+    in_place: ClassVar[bool] = False

@@ -1,0 +1,94 @@
+"""Fold inference-mode BatchNormalization into the Conv, ConvTranspose or Gemm before it.
+
+Algebra: BN(y) = s·(y − mean) + beta with s = gamma / sqrt(var + eps), per channel c.
+For y = W ⊛ x + b, BN(y) = (s·W) ⊛ x + (s·(b − mean) + beta): scale W along its output-channel
+axis and replace the bias. Output-channel axis: Conv W [O, I/g, k...] axis 0; Gemm B axis 0
+when transB else axis 1 (the bias absorbs beta·C, so beta becomes 1); ConvTranspose
+W [I, O/g, k...]: output channel o = group·(O/g) + j lives at rows of group ``group``,
+column j. The fold runs only when the producer's output feeds this BN alone and every
+parameter is constant; arithmetic is in float64, stored in the weight's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from sparsec.passes.base import InPlacePass, PassResult
+from sparsec.passes.registry import register
+
+FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _bn_scale_shift(model, bn) -> tuple[np.ndarray, np.ndarray] | None:
+    params = [model.constant(v) for v in bn.inputs[1:5]]
+    if len(params) != 4 or any(p is None for p in params):
+        return None
+    gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+    scale = gamma / np.sqrt(var + float(model.attr(bn, "epsilon", 1e-5)))
+    return scale, beta - mean * scale
+
+
+def _foldable_producer(model, bn):
+    if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or model.attr(bn, "training_mode", 0):
+        return None
+    if any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
+        return None
+    producer = model.producer(bn.inputs[0])
+    if producer is None or producer.op_type not in FOLDABLE or producer.domain not in ("", "ai.onnx"):
+        return None
+    out = producer.outputs[0]
+    if out.is_graph_output() or model.consumers(out) != [bn] or model.constant(producer.inputs[1]) is None:
+        return None
+    if len(producer.inputs) > 2 and producer.inputs[2] is not None and model.constant(producer.inputs[2]) is None:
+        return None
+    return producer
+
+
+def _scale_weight(model, node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``weight`` with every output channel c multiplied by ``scale[c]``."""
+    if node.op_type == "Conv":
+        return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    if node.op_type == "Gemm":
+        return weight * (scale.reshape(-1, 1) if model.attr(node, "transB", 0) else scale.reshape(1, -1))
+    groups = int(model.attr(node, "group", 1))
+    per_group = weight.reshape((groups, weight.shape[0] // groups) + weight.shape[1:])
+    factors = scale.reshape((groups, 1, weight.shape[1]) + (1,) * (weight.ndim - 2))
+    return (per_group * factors).reshape(weight.shape)
+
+
+def _fold(model, node, bn, scale: np.ndarray, shift: np.ndarray) -> None:
+    weight = model.constant(node.inputs[1])
+    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    bias = model.constant(node.inputs[2]).astype(np.float64) if has_bias else np.zeros(1)
+    if node.op_type == "Gemm":
+        bias = bias * float(model.attr(node, "beta", 1.0))
+        model.set_attr(node, "beta", 1.0)
+    new_bias = np.broadcast_to(bias, np.broadcast_shapes(bias.shape, scale.shape)) * scale + shift
+    model.replace_constant_input(node, 1, _scale_weight(model, node, weight.astype(np.float64), scale).astype(weight.dtype))
+    if has_bias:
+        model.replace_constant_input(node, 2, new_bias.astype(weight.dtype))
+    else:
+        model.set_input(node, 2, model.add_initializer(f"{node.name or node.op_type}_bias", new_bias.astype(weight.dtype)))
+    model.replace_all_uses(bn.outputs[0], node.outputs[0])
+    model.remove_node(bn)
+
+
+@register
+class BatchNormFoldPass(InPlacePass):
+    """Fold BatchNormalization into a preceding Conv / ConvTranspose / Gemm."""
+
+    name: ClassVar[str] = "bn-fold"
+    summary: ClassVar[str] = "Fold inference BatchNormalization into the preceding Conv, ConvTranspose or Gemm."
+
+    def call(self, model) -> PassResult:
+        folded = 0
+        for bn in model.nodes():
+            producer = _foldable_producer(model, bn)
+            factors = _bn_scale_shift(model, bn) if producer is not None else None
+            if factors is None:
+                continue
+            _fold(model, producer, bn, *factors)
+            folded += 1
+        return PassResult(model, modified=folded > 0, stats={"batchnorms_folded": folded})

@@ -1,0 +1,20 @@
+"""The built-in passes (importing this module registers them) and the default pipelines."""
+
+from __future__ import annotations
+
+from sparsec.passes.bn_fold import BatchNormFoldPass
+from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
+from sparsec.passes.const_fold import ConstantFoldShapesPass
+from sparsec.passes.pipeline import Pipeline
+
+CLEANUP = "identity-elimination,bn-fold,const-fold-shapes,dead-code"
+
+
+def cleanup_passes() -> list:
+    """The exact cleanup passes, in the order the default pipeline runs them."""
+    return [IdentityEliminationPass(), BatchNormFoldPass(), ConstantFoldShapesPass(), DeadCodePass()]
+
+
+def default_pipeline(**pipeline_options) -> Pipeline:
+    """What ``sparsec compress`` runs when no transform is asked for: cleanup to a fixed point."""
+    return Pipeline(cleanup_passes(), fixed_point=True, **pipeline_options)

@@ -1,0 +1,81 @@
+"""Constant folding of shape-only subgraphs.
+
+A node is folded when every input is constant (an initializer, a ``Constant`` node or an
+already folded value) and every output it computes is shape-like: integer or boolean, with at
+most ``max_elements`` elements. ``Shape`` and ``Size`` fold when their input's shape is fully
+static as the model declares it (never from bound example dims, so symbolic batch sizes stay
+symbolic). Folding never touches float compute, so weights are not duplicated and the model's
+numerics cannot change; results come from ONNX's reference implementation.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from sparsec.ir import cleanup
+from sparsec.ir import shapes as ir_shapes
+from sparsec.passes.base import InPlacePass, PassResult
+from sparsec.passes.registry import register
+
+# Ops whose value depends on more than their inputs, or that hold subgraphs.
+NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+              "Bernoulli", "If", "Loop", "Scan", "Constant", "ConstantOfShape"}
+
+
+def _static_shape_result(model, node) -> np.ndarray | None:
+    """Shape/Size of a statically shaped tensor, with Shape's start/end attributes applied."""
+    shape = model.static_shape(node.inputs[0])
+    if shape is None:
+        return None
+    if node.op_type == "Size":
+        return np.array(int(np.prod(shape)), dtype=np.int64)
+    start, end = model.attr(node, "start", 0), model.attr(node, "end", None)
+    return np.array(shape[start:end], dtype=np.int64)
+
+
+def _is_shape_like(array: np.ndarray, max_elements: int) -> bool:
+    return (array.dtype.kind in "iub") and array.size <= max_elements
+
+
+def _fold_result(model, node, max_elements: int) -> list[np.ndarray] | None:
+    if node.domain not in ("", "ai.onnx") or node.op_type in NEVER_FOLD:
+        return None
+    if any(o.is_graph_output() for o in node.outputs):
+        return None
+    if node.op_type in ("Shape", "Size"):
+        result = _static_shape_result(model, node)
+        return None if result is None else [result]
+    arrays = [model.constant(v) if v is not None else None for v in node.inputs]
+    if not node.inputs or any(a is None for a, v in zip(arrays, node.inputs) if v is not None):
+        return None
+    if any(a is not None and a.size > max_elements for a in arrays):
+        return None
+    results = cleanup.evaluate_node(model, node, arrays)
+    return results if all(_is_shape_like(r, max_elements) for r in results) else None
+
+
+@register
+class ConstantFoldShapesPass(InPlacePass):
+    """Fold Shape/Gather/Concat/Unsqueeze-style integer subgraphs into constants."""
+
+    name: ClassVar[str] = "const-fold-shapes"
+    summary: ClassVar[str] = "Fold shape-only integer subgraphs (Shape, Gather, Concat, ...) into constants."
+
+    def __init__(self, max_elements: int = 1024) -> None:
+        self.max_elements = max_elements
+
+    def call(self, model) -> PassResult:
+        ir_shapes.annotate(model)
+        folded = 0
+        for node in model.nodes():
+            results = _fold_result(model, node, self.max_elements)
+            if results is None:
+                continue
+            for output, array in zip(node.outputs, results):
+                if output.uses():
+                    model.replace_all_uses(output, model.add_initializer(output.name or "folded", array))
+            model.remove_node(node)
+            folded += 1
+        return PassResult(model, modified=folded > 0, stats={"nodes_folded": folded})

@@ -1,0 +1,71 @@
+"""``Pipeline``: a pass made of passes, run in order, optionally to a fixed point.
+
+Invariants: stats of every member are kept under ``"<pass name>.<stat>"`` (summed over
+fixed-point rounds); diagnostics are kept in order; ``describe()`` is the same text
+``registry.parse_pipeline`` reads back. ``check`` (when given) is called with the model and the
+name of the pass just run, after each pass (``validate="each"``) or once at the end
+(``validate="end"``); it raises to stop the pipeline, so a broken pass is named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal
+
+from sparsec.passes.base import InPlacePass, PassBase, PassResult
+
+ValidateMode = Literal["none", "end", "each"]
+
+
+class Pipeline(InPlacePass):
+    name: ClassVar[str] = "pipeline"
+    summary: ClassVar[str] = "Run passes in sequence."
+
+    def __init__(
+        self,
+        passes: Sequence[PassBase],
+        *,
+        fixed_point: bool = False,
+        max_rounds: int = 8,
+        validate: ValidateMode = "none",
+        check: Callable[[object, str], None] | None = None,
+        on_pass: Callable[[PassBase, PassResult], None] | None = None,
+    ) -> None:
+        if validate != "none" and check is None:
+            raise ValueError("validate='end' or 'each' needs a check callable")
+        self.passes = list(passes)
+        self.fixed_point = fixed_point
+        self.max_rounds = max_rounds
+        self.validate = validate
+        self.check = check
+        self.on_pass = on_pass
+
+    def describe(self) -> str:
+        return ",".join(p.describe() for p in self.passes)
+
+    def call(self, model) -> PassResult:
+        total = PassResult(model, modified=False)
+        for _ in range(self.max_rounds if self.fixed_point else 1):
+            round_modified = False
+            for member in self.passes:
+                result = member(total.model)
+                total.model = result.model
+                round_modified |= result.modified
+                _merge(total, member.name, result)
+                if self.on_pass is not None:
+                    self.on_pass(member, result)
+                if self.validate == "each":
+                    self.check(total.model, member.describe())
+            total.modified |= round_modified
+            if not round_modified:
+                break
+        if self.validate == "end":
+            self.check(total.model, self.describe())
+        return total
+
+
+def _merge(total: PassResult, name: str, result: PassResult) -> None:
+    for key, value in result.stats.items():
+        full = f"{name}.{key}"
+        total.stats[full] = total.stats.get(full, 0) + value
+    total.diagnostics.extend(result.diagnostics)

@@ -1,0 +1,123 @@
+"""Pass registry: kebab-case name → pass class, plus user passes from files and entry points.
+
+A pipeline text (``describe()``'s own format) parses back into passes:
+``identity-elimination,bn-fold,dead-code(keep_functions=true)``; a pass may also be named by
+``path/to/file.py:ClassName``. Unknown names and unknown option keys are ``InputError``s that
+list what exists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from sparsec.errors import InputError
+from sparsec.passes.base import PassBase
+
+_REGISTRY: dict[str, type[PassBase]] = {}
+_KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+ENTRY_POINT_GROUP = "sparsec.passes"
+
+
+def register(cls: type[PassBase]) -> type[PassBase]:
+    """Class decorator: make a pass addressable by its ``name``."""
+    if not _KEBAB.match(cls.name or ""):
+        raise ValueError(f"pass {cls.__name__} needs a kebab-case name, got {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> dict[str, type[PassBase]]:
+    """Every known pass: built-ins and ``sparsec.passes`` entry points."""
+    _load_builtins()
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name not in _REGISTRY:
+            try:
+                _REGISTRY[point.name] = point.load()
+            except Exception as error:  # a broken plugin must not take the CLI down
+                raise InputError(f"entry point '{point.name}' ({point.value}) failed to load: {error}") from None
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _load_builtins() -> None:
+    import sparsec.passes.builtin  # noqa: F401  (registers on import)
+
+
+def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
+    """Instantiate a pass by name or ``file.py:Class``, rejecting unknown option keys."""
+    cls = load_class(name) if ".py:" in name else available().get(name)
+    if cls is None:
+        raise InputError(f"unknown pass '{name}'; known passes: {', '.join(available())}")
+    options = options or {}
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(
+            f"pass '{name}' has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}"
+        )
+    return cls(**options)
+
+
+def load_class(spec: str) -> type[PassBase]:
+    """Load ``path/to/file.py:ClassName`` as a pass class."""
+    file_part, _, class_name = spec.rpartition(":")
+    path = Path(file_part)
+    if not path.is_file():
+        raise InputError(f"pass file '{path}' not found")
+    module_spec = importlib.util.spec_from_file_location(f"sparsec_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        raise InputError(f"pass file '{path}' failed to import: {type(error).__name__}: {error}") from None
+    cls = getattr(module, class_name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, PassBase)):
+        raise InputError(f"'{class_name}' in {path} is not a sparsec pass class")
+    return cls
+
+
+def parse_pipeline(text: str) -> list[PassBase]:
+    """``a,b(opt=1,x=y),file.py:Cls`` → pass instances."""
+    return [create(name, options) for name, options in _split_specs(text)]
+
+
+def _split_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
+    specs, depth, start = [], 0, 0
+    for i, char in enumerate(text + ","):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            if text[start:i].strip():
+                specs.append(_parse_spec(text[start:i].strip()))
+            start = i + 1
+    if depth != 0:
+        raise InputError(f"pipeline '{text}': unbalanced parentheses")
+    return specs
+
+
+def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    match = re.match(r"^([^()]+?)(?:\((.*)\))?$", spec)
+    if match is None:
+        raise InputError(f"cannot parse pass '{spec}'; expected name or name(key=value,...)")
+    options = {}
+    for item in filter(None, (part.strip() for part in (match[2] or "").split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise InputError(f"pass option '{item}' in '{spec}' needs key=value")
+        options[key.strip()] = _parse_value(raw.strip())
+    return match[1].strip(), options
+
+
+def _parse_value(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
