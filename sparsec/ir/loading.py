@@ -64,6 +64,24 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
             )
 
 
+def external_files(proto: onnx.ModelProto, base_dir: Path) -> set[Path]:
+    """The external-data files a model references (already checked to exist)."""
+    return {
+        (base_dir / ExternalDataInfo(t).location).resolve()
+        for t in _get_all_tensors(proto)
+        if uses_external_data(t)
+    }
+
+
+def check_full(proto: onnx.ModelProto) -> str | None:
+    """The first line of the checker's full-check complaint about ``proto``, or None if clean."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as error:
+        return _first_line(error)
+    return None
+
+
 def _run_checker(proto: onnx.ModelProto, path: Path) -> None:
     try:
         if proto.ByteSize() < 2**31 - 1:

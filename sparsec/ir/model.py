@@ -38,6 +38,7 @@ class Model:
         self.path = path
         self.version = 0
         self._cache: dict[str, tuple[int, Any]] = {}
+        self.source_bytes: int | None = None  # file bytes (model + external data) when loaded
 
     # ----------------------------------------------------------------- load / save
     @classmethod
@@ -45,9 +46,12 @@ class Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
         proto = loading.read_checked_proto(path)
+        files = loading.external_files(proto, path.parent)
         model = ir.serde.deserialize_model(proto)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
-        return cls(model, path)
+        loaded = cls(model, path)
+        loaded.source_bytes = path.stat().st_size + sum(f.stat().st_size for f in files)
+        return loaded
 
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto) -> Model:
@@ -83,9 +87,16 @@ class Model:
             written += (path.parent / data_name).stat().st_size
         return written
 
-    def serialized_bytes(self) -> bytes:
-        """The model as protobuf bytes (for onnxruntime); only below the 2 GB limit."""
-        return self.to_proto().SerializeToString()
+    def check(self) -> str | None:
+        """The ONNX checker's full-check complaint about this model, or None when it passes.
+
+        Past the protobuf limit only the structural check is possible in memory; then the
+        full check is skipped (onnxruntime validation still runs).
+        """
+        proto = self.to_proto()
+        if proto.ByteSize() >= PROTOBUF_LIMIT_BYTES:
+            return None
+        return loading.check_full(proto)
 
     def copy(self) -> Model:
         """An independent copy (weights copied too)."""
@@ -316,10 +327,12 @@ class Model:
         if was_output and not self.can_take_output_name(new):
             raise ValueError(f"cannot route graph output '{old.name}' to '{new.name}': it is an input, initializer or output itself")
         ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
-        if was_output:
+        if was_output:  # the interface keeps its name, type and declared shape
             old_name = old.name
             old.name = None
             new.name = old_name
+            new.type = old.type or new.type
+            new.shape = old.shape or new.shape
         self.touch()
 
     @staticmethod

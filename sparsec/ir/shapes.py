@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
-from onnx_ir.passes.common.shape_inference import ShapeInferencePass
 
 Dims = list  # list[int | str | None]
 
@@ -38,9 +37,24 @@ def infer(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[st
 
 
 def annotate(model) -> None:
-    """Refresh value shapes/dtypes from ONNX shape inference (no bindings)."""
-    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model.ir)
+    """Record inferred shapes on intermediate values that have none (no bindings).
+
+    Graph inputs and outputs keep their declared shapes, so the interface (symbolic dim
+    names included) never changes.
+    """
+    for name, dims in infer(model).items():
+        value = _intermediate(model, name)
+        if value is not None and value.shape is None:
+            value.shape = ir.Shape(dims)
     model.touch()
+
+
+def _intermediate(model, name: str) -> ir.Value | None:
+    for node in model.nodes():
+        for value in node.outputs:
+            if value.name == name and not value.is_graph_output():
+                return value
+    return None
 
 
 def set_shape(model, value: ir.Value, dims: Sequence[int | str | None]) -> None:

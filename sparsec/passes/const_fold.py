@@ -24,28 +24,31 @@ NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifor
               "Bernoulli", "If", "Loop", "Scan", "Constant", "ConstantOfShape"}
 
 
-def _static_shape_result(model, node) -> np.ndarray | None:
-    """Shape/Size of a statically shaped tensor, with Shape's start/end attributes applied."""
-    shape = model.static_shape(node.inputs[0])
-    if shape is None:
+def _static_shape_result(model, node, shapes: dict) -> np.ndarray | None:
+    """Shape (its start/end slice) or Size of a tensor whose needed dims are all static."""
+    dims = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
+    if dims is None:
+        return None
+    if node.op_type == "Shape":
+        dims = dims[model.attr(node, "start", 0):model.attr(node, "end", None)]
+    if not all(isinstance(d, int) for d in dims):
         return None
     if node.op_type == "Size":
-        return np.array(int(np.prod(shape)), dtype=np.int64)
-    start, end = model.attr(node, "start", 0), model.attr(node, "end", None)
-    return np.array(shape[start:end], dtype=np.int64)
+        return np.array(int(np.prod(dims)), dtype=np.int64)
+    return np.array(dims, dtype=np.int64)
 
 
 def _is_shape_like(array: np.ndarray, max_elements: int) -> bool:
     return (array.dtype.kind in "iub") and array.size <= max_elements
 
 
-def _fold_result(model, node, max_elements: int) -> list[np.ndarray] | None:
+def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarray] | None:
     if node.domain not in ("", "ai.onnx") or node.op_type in NEVER_FOLD:
         return None
     if any(o.is_graph_output() for o in node.outputs):
         return None
     if node.op_type in ("Shape", "Size"):
-        result = _static_shape_result(model, node)
+        result = _static_shape_result(model, node, shapes)
         return None if result is None else [result]
     arrays = [model.constant(v) if v is not None else None for v in node.inputs]
     if not node.inputs or any(a is None for a, v in zip(arrays, node.inputs) if v is not None):
@@ -67,10 +70,10 @@ class ConstantFoldShapesPass(InPlacePass):
         self.max_elements = max_elements
 
     def call(self, model) -> PassResult:
-        ir_shapes.annotate(model)
+        shapes = ir_shapes.infer(model)  # declared dims only: symbolic batch sizes stay symbolic
         folded = 0
         for node in model.nodes():
-            results = _fold_result(model, node, self.max_elements)
+            results = _fold_result(model, node, shapes, self.max_elements)
             if results is None:
                 continue
             for output, array in zip(node.outputs, results):

@@ -1,0 +1,79 @@
+"""Text renderings of analysis, compression and validation results (the JSON forms are the
+``to_json()`` / dict values themselves; text and JSON carry the same figures)."""
+
+from __future__ import annotations
+
+from sparsec.validate import Validation
+
+
+def human(number: float | int | None) -> str:
+    """1234567 → '1.23 M' (None → '-')."""
+    if number is None:
+        return "-"
+    for scale, suffix in ((1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " K")):
+        if abs(number) >= scale:
+            return f"{number / scale:.3g}{suffix}"
+    return f"{number:.3g}" if isinstance(number, float) else str(number)
+
+
+def _ratio(before, after) -> str:
+    return f"{after / before:.3f}" if before and after is not None else "-"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def compress_text(result) -> str:
+    b, a, v = result.before, result.after, result.validation
+    rows = [
+        ["nodes", str(b.nodes), str(a.nodes), _ratio(b.nodes, a.nodes)],
+        ["params", human(b.params), human(a.params), _ratio(b.params, a.params)],
+        ["MACs", human(b.macs), human(a.macs), _ratio(b.macs, a.macs)],
+        ["file bytes", human(b.bytes), human(a.bytes), _ratio(b.bytes, a.bytes)],
+        ["latency ms", _ms(v.latency_ms_reference), _ms(v.latency_ms_candidate),
+         _ratio(v.latency_ms_reference, v.latency_ms_candidate)],
+    ]
+    parts = [f"pipeline: {result.pipeline}", table(rows, ["", "before", "after", "ratio"]), validation_text(v)]
+    if result.diagnostics:
+        parts.append("\n".join(str(d) for d in result.diagnostics))
+    parts.append(f"wrote {result.output}")
+    return "\n\n".join(parts)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def validation_text(v: Validation) -> str:
+    rows = [[o.name, "x".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
+             "-" if o.top1 is None else f"{o.top1:.3f}", "ok" if o.passed else "FAIL"] for o in v.outputs]
+    head = f"validation on {v.inputs} (rtol {v.rtol:g}, atol {v.atol:g}): {'passed' if v.passed else 'FAILED'}"
+    body = table(rows, ["output", "shape", "max abs", "max rel", "cosine", "top-1", ""])
+    latency = f"latency median ms: reference {_ms(v.latency_ms_reference)}, candidate {_ms(v.latency_ms_candidate)}"
+    return f"{head}\n{body}\n{latency}"
+
+
+def analyze_text(summary: dict) -> str:
+    inputs = ", ".join(f"{i['name']} {i['dtype']} {i['shape']} (bound {i.get('bound_shape')})" for i in summary["inputs"])
+    outputs = ", ".join(f"{o['name']} {o['dtype']} {o['shape']}" for o in summary["outputs"])
+    head = [
+        f"model     {summary['model']}  ({summary['producer']})",
+        "opsets    " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in summary["opsets"].items()),
+        f"inputs    {inputs}",
+        f"outputs   {outputs}",
+        f"nodes     {summary['nodes']}   functions {summary['functions']}   file bytes {human(summary['bytes'])}",
+        f"params    {human(summary['params'])} ({summary['params']:,})",
+        f"MACs      {human(summary['macs'])} ({summary['macs']:,}) at the bound input shapes",
+    ]
+    if summary["macs_unknown_nodes"]:
+        head.append(f"MACs unknown for {len(summary['macs_unknown_nodes'])} nodes (shapes unresolved): "
+                    + ", ".join(summary["macs_unknown_nodes"][:5]))
+    cost = summary["cost_by_op"]
+    rows = [[op, str(count), human(cost.get(op, {}).get("params", 0)), human(cost.get(op, {}).get("macs", 0))]
+            for op, count in summary["op_histogram"].items()]
+    return "\n".join(head) + "\n\n" + table(rows, ["op", "count", "params", "MACs"])
