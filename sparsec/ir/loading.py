@@ -84,10 +84,9 @@ def check_full(proto: onnx.ModelProto) -> str | None:
 
 def _run_checker(proto: onnx.ModelProto, path: Path) -> None:
     try:
-        if proto.ByteSize() < 2**31 - 1:
-            onnx.checker.check_model(proto)
-        else:
-            onnx.checker.check_model(str(path))
+        external = any(uses_external_data(t) for t in _get_all_tensors(proto))
+        # The path form resolves external data beside the model and has no 2 GB limit.
+        onnx.checker.check_model(str(path) if external else proto)
     except (onnx.checker.ValidationError, ValueError) as error:
         raise InputError(f"{path}: the ONNX checker rejects this model: {_first_line(error)}") from None
 

@@ -64,14 +64,15 @@ class Model:
     def save(self, path: str | os.PathLike, *, force: bool = False) -> int:
         """Write atomically to ``path``; return the bytes written (model + external data).
 
-        Refuses to overwrite the file the model was loaded from unless ``force``. Switches to
-        external data (``<name>.data`` beside the model) when the protobuf would pass 2 GB.
+        Refuses to overwrite the file the model was loaded from unless ``force``. Writes external
+        data (``<name>.data`` beside the model) when the source had external data or the
+        protobuf would pass 2 GB.
         """
         path = Path(path)
         if self.path is not None and _same_file(path, self.path) and not force:
             raise InputError(f"refusing to overwrite the input model {path}; pass --force or choose another -o")
         path.parent.mkdir(parents=True, exist_ok=True)
-        external = self.weight_bytes() > PROTOBUF_LIMIT_BYTES
+        external = self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
         data_name = path.name + ".data" if external else None
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -234,6 +235,10 @@ class Model:
             return np.dtype(value.dtype.numpy())
         except (TypeError, ValueError):
             return None
+
+    def has_external_data(self) -> bool:
+        return any(isinstance(v.const_value, ir.ExternalTensor)
+                   for graph in self.ir.graphs() for v in graph.initializers.values())
 
     def weight_bytes(self) -> int:
         """Bytes held by initializers in every graph (what the protobuf would carry)."""

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import onnxruntime as ort
 
 from sparsec.errors import InputError
@@ -55,7 +54,7 @@ def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str =
     proto = model.to_proto()
     if extra_outputs:
         _expose(proto, extra_outputs)
-    if proto.ByteSize() < 2**31 - 1 and not _has_external(model):
+    if proto.ByteSize() < 2**31 - 1 and not model.has_external_data():
         return Session(proto.SerializeToString(), optimization=optimization, threads=threads)
     with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
         path = Path(folder) / "model.onnx"
@@ -74,11 +73,3 @@ def _expose(proto: onnx.ModelProto, names: Sequence[str]) -> None:
         if name not in present:
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
             present.add(name)
-
-
-def _has_external(model) -> bool:
-    for graph in model.ir.graphs():
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                return True
-    return False

@@ -1,0 +1,67 @@
+"""Shared test helpers: paths to committed models, inline graph building, onnxruntime runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+sys.path.insert(0, str(MODELS))  # the model-building scripts (fill_light_models, make_cleanup_model)
+
+
+def run_ort(model: onnx.ModelProto | str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a proto or a file in onnxruntime with all graph optimizations disabled."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_same_outputs(reference, candidate, feeds, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    """Every output of ``candidate`` equals the reference's (numpy.allclose semantics)."""
+    expected, actual = run_ort(reference, feeds), run_ort(candidate, feeds)
+    assert len(expected) == len(actual)
+    for e, a in zip(expected, actual):
+        assert e.shape == a.shape
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17, domains=(), **kwargs) -> onnx.ModelProto:
+    """A checked model from helper pieces (``inputs``/``outputs``: (name, dtype, shape) triples;
+    ``domains``: extra opset domains at version 1)."""
+    graph = helper.make_graph(
+        nodes, "test",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        list(initializers),
+    )
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    model = helper.make_model(graph, opset_imports=opsets, **kwargs)
+    model.ir_version = 8 if opset < 21 else 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+    from sparsec.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke

@@ -1,0 +1,174 @@
+"""sparsec.ir.Model: checked loading, external data, constants, subgraphs, functions, saving."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, assert_same_outputs, make_model
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.errors import InputError
+from sparsec.ir import Model
+from sparsec.ir import model as model_module
+
+
+def _with_external_data(tmp_path, name="ext.onnx"):
+    proto = onnx.load(str(MODELS / "cleanup_cnn.onnx"))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / name
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=name + ".data", size_threshold=0)
+    return path
+
+
+def _set_location(path, location):
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    path.write_bytes(proto.SerializeToString())  # onnx.save would try to follow the location
+
+
+def test_external_data_loads_and_saves_equal(tmp_path):
+    path = _with_external_data(tmp_path)
+    model = Model.load(path)
+    assert model.source_bytes == path.stat().st_size + (tmp_path / "ext.onnx.data").stat().st_size
+    out = tmp_path / "out" / "copy.onnx"
+    model.save(out)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert_same_outputs(MODELS / "cleanup_cnn.onnx", out, {"x": x})
+
+
+@pytest.mark.parametrize("location", ["../escape.data", "/etc/passwd", "sub/../../escape.data"])
+def test_external_data_escaping_the_folder_is_refused(tmp_path, location):
+    path = _with_external_data(tmp_path / "m")
+    (tmp_path / "escape.data").write_bytes((tmp_path / "m" / "ext.onnx.data").read_bytes())
+    _set_location(path, location)
+    with pytest.raises(InputError, match="outside the model folder"):
+        Model.load(path)
+
+
+def test_missing_and_truncated_external_data_are_refused(tmp_path):
+    path = _with_external_data(tmp_path)
+    data = tmp_path / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(InputError, match="too short"):
+        Model.load(path)
+    data.unlink()
+    with pytest.raises(InputError, match="missing"):
+        Model.load(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"hello, I am a text file\n", "not an ONNX model"),
+    (None, "not an ONNX model"),  # truncated real model
+])
+def test_non_models_are_refused(tmp_path, content, message):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content if content is not None else (MODELS / "cleanup_cnn.onnx").read_bytes()[:3000])
+    with pytest.raises(InputError, match=message):
+        Model.load(path)
+
+
+def test_checker_failure_is_refused(tmp_path):
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])  # z is never produced
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(InputError, match="checker"):
+        Model.load(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        Model.load(tmp_path / "nope.onnx")
+
+
+def test_save_refuses_to_overwrite_its_source_unless_forced(tmp_path):
+    path = tmp_path / "m.onnx"
+    shutil.copy(MODELS / "cleanup_cnn.onnx", path)
+    model = Model.load(path)
+    with pytest.raises(InputError, match="overwrite"):
+        model.save(path)
+    model.save(path, force=True)
+    assert Model.load(path).nodes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_save_switches_to_external_data_past_the_protobuf_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_module, "PROTOBUF_LIMIT_BYTES", 1000)
+    model = Model.load(MODELS / "cleanup_cnn.onnx")
+    out = tmp_path / "big.onnx"
+    written = model.save(out)
+    data = tmp_path / "big.onnx.data"
+    assert data.is_file() and written == out.stat().st_size + data.stat().st_size
+    assert out.stat().st_size < data.stat().st_size
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert_same_outputs(MODELS / "cleanup_cnn.onnx", out, {"x": x})
+
+
+def test_constants_from_constant_and_constant_of_shape_nodes():
+    shape = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape")
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))),
+        helper.make_node("ConstantOfShape", ["shape"], ["z"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Add", ["c", "z"], ["s"]),
+        helper.make_node("Add", ["s", "x"], ["y"]),
+    ]
+    proto = make_model(nodes, [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])], [shape])
+    model = Model.from_proto(proto)
+    c, z, s = (model.nodes()[i].outputs[0] for i in range(3))
+    np.testing.assert_array_equal(model.constant(c), np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(model.constant(z), np.full((2, 3), 0.5, np.float32))
+    assert model.constant_shape(z) == (2, 3)
+    assert model.constant(s) is None  # computed, not held
+
+
+def test_subgraphs_and_functions_survive_a_round_trip(tmp_path):
+    then_graph = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])])
+    function = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                                    [helper.make_opsetid("", 17)])
+    nodes = [
+        helper.make_node("If", ["cond"], ["branch"], then_branch=then_graph, else_branch=else_graph),
+        helper.make_node("Twice", ["branch"], ["y"], domain="local"),
+    ]
+    proto = make_model(nodes, [("x", TensorProto.FLOAT, [3]), ("cond", TensorProto.BOOL, [])],
+                       [("y", TensorProto.FLOAT, [3])], functions=[function], domains=["local"])
+    source = tmp_path / "if.onnx"
+    onnx.save(proto, str(source))
+    model = Model.load(source)
+    assert {n.op_type for n in model.all_nodes()} == {"If", "Relu", "Neg", "Twice", "Add"}
+    model.save(tmp_path / "copy.onnx")
+    x = np.array([-1.0, 2.0, -3.0], np.float32)
+    for cond in (True, False):
+        assert_same_outputs(source, tmp_path / "copy.onnx", {"x": x, "cond": np.array(cond)})
+
+
+@pytest.mark.parametrize("opset", range(9, 24))
+def test_every_supported_opset_loads_and_saves(tmp_path, opset):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    proto = make_model(nodes, [("x", TensorProto.FLOAT, [1, 1, 5, 5])], [("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+                       [w], opset=opset)
+    source = tmp_path / "m.onnx"
+    onnx.save(proto, str(source))
+    model = Model.load(source)
+    assert model.opset == opset
+    model.save(tmp_path / "out.onnx")
+    assert_same_outputs(source, tmp_path / "out.onnx", {"x": np.ones((1, 1, 5, 5), np.float32)})
+
+
+def test_resize_initializer_keeps_shape_consistent_for_the_checker():
+    model = Model.load(MODELS / "cleanup_cnn.onnx")
+    weight = model.initializers()["unused_weight"]
+    model.resize_initializer(weight, np.zeros((4, 2), np.float32))
+    assert tuple(weight.shape.dims) == (4, 2)
+    assert model.check() is None
