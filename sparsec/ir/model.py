@@ -265,7 +265,7 @@ class Model:
 
     def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
         """Replace an initializer's data, keeping its shape and dtype consistent with it."""
-        value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
+        value.const_value = ir.tensor(np.array(array, order="C"), name=value.name)
         value.shape = ir.Shape(array.shape)
         value.dtype = ir.DataType.from_numpy(array.dtype)
         self.touch()
@@ -274,7 +274,7 @@ class Model:
         """A new initializer with a name not used elsewhere in the graph."""
         unique = self.unique_name(name)
         value = ir.Value(name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                         const_value=ir.tensor(np.ascontiguousarray(array), name=unique))
+                         const_value=ir.tensor(np.array(array, order="C"), name=unique))
         self.graph.register_initializer(value)
         self.touch()
         return value
