@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils
 
 from sparsec.errors import InputError
 from sparsec.ir import loading
@@ -91,13 +92,9 @@ class Model:
     def check(self) -> str | None:
         """The ONNX checker's full-check complaint about this model, or None when it passes.
 
-        Past the protobuf limit only the structural check is possible in memory; then the
-        full check is skipped (onnxruntime validation still runs).
         """
-        proto = self.to_proto()
-        if proto.ByteSize() >= PROTOBUF_LIMIT_BYTES:
-            return None
-        return loading.check_full(proto)
+        # Weights are lifted out during the check, so external data and size do not matter.
+        return _c_api_utils.call_onnx_api(loading.check_full, self.ir)
 
     def copy(self) -> Model:
         """An independent copy (weights copied too)."""

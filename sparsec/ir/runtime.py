@@ -7,15 +7,18 @@ intermediate tensors as extra graph outputs) live in one place.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 from sparsec.errors import InputError
+from sparsec.ir.model import PROTOBUF_LIMIT_BYTES
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -50,16 +53,34 @@ class Session:
 
 
 def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0) -> Session:
-    """A session over an in-memory ``Model``, optionally exposing intermediate values by name."""
-    proto = model.to_proto()
-    if extra_outputs:
+    """A session over an in-memory ``Model``, optionally exposing intermediate values by name.
+
+    Small models go to onnxruntime as bytes; models with external or > 2 GB weights are written
+    to a temporary folder first (onnxruntime resolves external data beside the model file).
+    """
+    if not model.has_external_data() and model.weight_bytes() < PROTOBUF_LIMIT_BYTES:
+        proto = model.to_proto()
         _expose(proto, extra_outputs)
-    if proto.ByteSize() < 2**31 - 1 and not model.has_external_data():
         return Session(proto.SerializeToString(), optimization=optimization, threads=threads)
     with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
         path = Path(folder) / "model.onnx"
-        onnx.save(proto, str(path), save_as_external_data=True, location="model.onnx.data")
+        with _exposed(model, extra_outputs):
+            ir.save(model.ir, str(path), external_data="model.onnx.data")
         return Session(str(path), optimization=optimization, threads=threads)
+
+
+@contextlib.contextmanager
+def _exposed(model, names: Sequence[str]):
+    """Temporarily list the named intermediate values as graph outputs."""
+    outputs = model.graph.outputs
+    original = list(outputs)
+    by_name = {v.name: v for node in model.nodes() for v in node.outputs}
+    outputs.extend(by_name[n] for n in names if n in by_name and by_name[n] not in original)
+    try:
+        yield
+    finally:
+        outputs.clear()
+        outputs.extend(original)
 
 
 def session_for_file(path: str | Path, *, optimization: str = "all", threads: int = 0) -> Session:

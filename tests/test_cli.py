@@ -1,0 +1,133 @@
+"""The command line: outputs, JSON keys, exit codes, and every bad input as one line + exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, assert_same_outputs
+from onnx import TensorProto, helper
+
+CLEANUP = MODELS / "cleanup_cnn.onnx"
+
+
+def test_analyze_json_has_params_macs_and_inputs(cli):
+    code, out, err = cli("analyze", MODELS / "digits_cnn.onnx", "--json", "--input-shape", "input:2x1x8x8")
+    summary = json.loads(out)
+    assert code == 0 and not err
+    assert summary["params"] > 5000 and summary["macs"] > 0
+    assert summary["inputs"][0]["bound_shape"] == [2, 1, 8, 8]
+    assert summary["op_histogram"]["Conv"] == 7 and summary["opsets"][""] == 17
+
+
+def test_analyze_text(cli):
+    code, out, _ = cli("analyze", MODELS / "digits_cnn_dynamo.onnx")
+    assert code == 0 and "params" in out and "MACs" in out and "Conv" in out
+
+
+def test_compress_cleans_up_validates_and_reports(cli, tmp_path):
+    out, report = tmp_path / "clean.onnx", tmp_path / "report.json"
+    code, stdout, stderr = cli("compress", CLEANUP, "-o", out, "--report", report, "--latency-runs", "3")
+    assert code == 0, stderr
+    data = json.loads(report.read_text())
+    for key in ("params_before", "params_after", "macs_before", "macs_after", "bytes_before", "bytes_after",
+                "validation", "pipeline"):
+        assert key in data
+    assert data["validation"]["passed"] and data["bytes_after"] == out.stat().st_size
+    assert data["params_after"] < data["params_before"]
+    assert "before" in stdout and "latency ms" in stdout and "bn-fold" in stderr  # table + progress
+    saved = onnx.load(str(out))
+    assert not {"BatchNormalization", "Identity", "Dropout"} & {n.op_type for n in saved.graph.node}
+    assert {p.key: p.value for p in saved.metadata_props}["sparsec.pipeline"] == data["pipeline"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    assert_same_outputs(CLEANUP, out, {"x": x})
+
+
+def test_compress_external_data_model_with_user_inputs(cli, tmp_path):
+    out = tmp_path / "cnn.onnx"
+    code, _, err = cli("compress", MODELS / "digits_cnn_dynamo.onnx", "-o", out, "--inputs",
+                       MODELS / "digits_test.npz", "--latency-runs", "0")
+    assert code == 0, err
+    assert (tmp_path / "cnn.onnx.data").is_file()
+    assert_same_outputs(MODELS / "digits_cnn_dynamo.onnx", out, {"input": np.load(MODELS / "digits_test.npz")["input"]})
+
+
+def test_validate_exit_codes(cli, tmp_path):
+    code, out, _ = cli("validate", MODELS / "digits_cnn.onnx", MODELS / "digits_cnn_dynamo.onnx", "--json",
+                       "--latency-runs", "1", "--inputs", MODELS / "digits_test.npz")
+    assert code == 0 and json.loads(out)["outputs"][0]["top1"] == 1.0
+    proto = onnx.load(str(MODELS / "digits_mlp.onnx"))
+    weight = next(t for t in proto.graph.initializer if len(t.dims) == 2)
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array[0] += 1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(proto, str(tmp_path / "changed.onnx"))
+    code, out, _ = cli("validate", MODELS / "digits_mlp.onnx", tmp_path / "changed.onnx", "--latency-runs", "0")
+    assert code == 1 and "FAIL" in out
+
+
+def test_passes_lists_names_and_descriptions(cli):
+    code, out, _ = cli("passes")
+    assert code == 0 and "dead-code" in out and "bn-fold" in out
+
+
+def _bad_inputs(tmp_path):
+    """name -> (argv, file that must not be written)."""
+    text = tmp_path / "text.onnx"
+    text.write_text("hello\n")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(CLEANUP.read_bytes()[:2000])
+    bad_graph = tmp_path / "bad_graph.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("nowhere", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph), str(bad_graph))
+    ext_dir = tmp_path / "ext"
+    ext_dir.mkdir()
+    shutil.copy(MODELS / "digits_cnn_dynamo.onnx", ext_dir / "m.onnx")  # its .data file is not copied
+    escape_dir = tmp_path / "escape"
+    escape_dir.mkdir()
+    proto = onnx.load(str(MODELS / "digits_cnn_dynamo.onnx"), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../digits_cnn_dynamo.onnx.data"
+    (escape_dir / "m.onnx").write_bytes(proto.SerializeToString())
+    shutil.copy(MODELS / "digits_cnn_dynamo.onnx.data", tmp_path)
+    same = tmp_path / "same.onnx"
+    shutil.copy(CLEANUP, same)
+    out = tmp_path / "out.onnx"
+    return {
+        "missing file": (["compress", tmp_path / "nope.onnx", "-o", out], "no such file"),
+        "text file": (["compress", text, "-o", out], "not an ONNX model"),
+        "truncated": (["compress", truncated, "-o", out], "not an ONNX model"),
+        "checker": (["compress", bad_graph, "-o", out], "checker"),
+        "external data missing": (["compress", ext_dir / "m.onnx", "-o", out], "missing"),
+        "external data escapes": (["compress", escape_dir / "m.onnx", "-o", out], "outside the model folder"),
+        "output is input": (["compress", same, "-o", same], "is the input model"),
+        "input shape names no input": (["compress", CLEANUP, "-o", out, "--input-shape", "image:1x3x8x8"], "no input 'image'"),
+        "unknown pass": (["compress", CLEANUP, "-o", out, "--passes", "dead-code,shrink-everything"], "unknown pass"),
+        "unknown pass option": (["compress", CLEANUP, "-o", out, "--passes", "dead-code(speed=11)"], "has no option speed"),
+        "unknown flag": (["compress", CLEANUP, "-o", out, "--channels-please"], "No such option"),
+        "validate missing": (["validate", CLEANUP, tmp_path / "nope.onnx"], "no such file"),
+        "analyze text": (["analyze", text], "not an ONNX model"),
+    }
+
+
+BAD_CASES = ["missing file", "text file", "truncated", "checker", "external data missing", "external data escapes",
+             "output is input", "input shape names no input", "unknown pass", "unknown pass option", "unknown flag",
+             "validate missing", "analyze text"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case):
+    argv, message = _bad_inputs(tmp_path)[case]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    code, out, err = cli(*argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("sparsec: error: ") and message in err
+    assert not (tmp_path / "out.onnx").exists()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written or touched

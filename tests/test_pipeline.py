@@ -1,0 +1,100 @@
+"""Pass contract, Pipeline and registry: names, options, describe() round trip, user passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import MODELS, ROOT, assert_same_outputs, make_model
+from onnx import TensorProto, helper
+
+import sparsec
+from sparsec.errors import InputError
+from sparsec.passes import Pipeline, available, create, parse_pipeline
+from sparsec.passes.builtin import CLEANUP, default_pipeline
+
+F = TensorProto.FLOAT
+USER_PASS = ROOT / "passes" / "drop_relu_before_relu.py"
+
+
+def _double_relu_model():
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r1"), helper.make_node("Relu", ["a"], ["b"], name="r2"),
+             helper.make_node("Neg", ["b"], ["y"], name="neg")]
+    return make_model(nodes, [("x", F, [4])], [("y", F, [4])])
+
+
+def test_builtin_passes_are_registered_by_kebab_case_name():
+    names = set(available())
+    assert {"dead-code", "identity-elimination", "bn-fold", "const-fold-shapes"} <= names
+    assert all(cls.summary for cls in available().values())
+
+
+def test_describe_round_trips_through_the_parser():
+    pipeline = Pipeline(parse_pipeline("identity-elimination,const-fold-shapes(max_elements=64),dead-code"))
+    assert pipeline.describe() == "identity-elimination,const-fold-shapes(max_elements=64),dead-code"
+    assert Pipeline(parse_pipeline(pipeline.describe())).describe() == pipeline.describe()
+    assert default_pipeline().describe() == CLEANUP
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no-such-pass", "unknown pass 'no-such-pass'"),
+    ("dead-code(bogus=1)", "has no option bogus"),
+    ("dead-code(oops", "unbalanced"),
+    ("const-fold-shapes(max_elements)", "needs key=value"),
+    ("missing.py:Cls", "not found"),
+])
+def test_bad_pipeline_text_is_an_input_error(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_pipeline(text)
+
+
+def test_user_pass_from_a_file_runs_with_stats_and_diagnostics():
+    proto = _double_relu_model()
+    model = sparsec.Model.from_proto(proto)
+    [user_pass] = parse_pipeline(f"{USER_PASS}:DoubleReluPass(min_count=2)")
+    assert user_pass.describe() == "double-relu(min_count=2)"
+    result = Pipeline([user_pass, create("dead-code")])(model)
+    assert result.stats["double-relu.relus_removed"] == 1
+    assert [d.code for d in result.diagnostics] == ["double-relu/removed"]
+    assert [n.op_type for n in model.nodes()] == ["Relu", "Neg"]
+    assert_same_outputs(proto, model.to_proto(), {"x": np.array([-1, 2, -3, 4], np.float32)})
+
+
+def test_fixed_point_stops_when_nothing_changes_and_sums_stats():
+    model = sparsec.Model.load(MODELS / "cleanup_cnn.onnx")
+    seen = []
+    result = default_pipeline(on_pass=lambda p, r: seen.append((p.name, r.modified)))(model)
+    assert len(seen) == 8 and not any(modified for _, modified in seen[4:])  # round 2 confirms the fixed point
+    assert result.stats["bn-fold.batchnorms_folded"] == 4
+
+
+def test_validate_each_names_the_pass_that_broke_the_model():
+    class BreakEverything(sparsec.InPlacePass):
+        name = "break-everything"
+
+        def call(self, model):
+            neg = next(n for n in model.nodes() if n.op_type == "Neg")
+            model.set_attr(neg, "note", "changed")
+            return sparsec.PassResult(model, modified=True)
+
+    failures = []
+
+    def check(model, pass_text):
+        if any("note" in n.attributes for n in model.nodes()):
+            failures.append(pass_text)
+            raise sparsec.ValidationError(f"{pass_text} changed the outputs")
+
+    pipeline = Pipeline([create("dead-code"), BreakEverything()], validate="each", check=check)
+    with pytest.raises(sparsec.ValidationError, match="break-everything"):
+        pipeline(sparsec.Model.from_proto(_double_relu_model()))
+    assert failures == ["break-everything"]
+
+
+def test_in_place_contract_is_enforced():
+    class ReturnsCopy(sparsec.InPlacePass):
+        name = "returns-copy"
+
+        def call(self, model):
+            return sparsec.PassResult(model.copy(), modified=False)
+
+    with pytest.raises(TypeError, match="in-place"):
+        ReturnsCopy()(sparsec.Model.from_proto(_double_relu_model()))

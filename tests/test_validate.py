@@ -1,0 +1,71 @@
+"""Validation metrics and input generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import MODELS, make_model
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.analysis.inputs import bind_shapes, load_npz, parse_input_shapes, random_inputs
+from sparsec.errors import InputError
+from sparsec.ir import Model
+from sparsec.validate import output_metrics, validate
+
+
+def test_metrics_of_a_known_perturbation():
+    reference = np.array([[1.0, 2.0, 3.0], [4.0, 0.0, -1.0]])
+    candidate = reference.copy()
+    candidate[0, 0] += 0.01
+    candidate[1] = [0.0, 5.0, 0.0]  # row 2's argmax moves
+    metrics = output_metrics("y", reference, candidate, rtol=1e-4, atol=1e-5)
+    assert metrics.max_abs == pytest.approx(5.0)
+    assert metrics.top1 == 0.5 and not metrics.passed
+    expected_cos = reference.ravel() @ candidate.ravel() / (np.linalg.norm(reference) * np.linalg.norm(candidate))
+    assert metrics.cosine == pytest.approx(expected_cos)
+    assert output_metrics("y", reference, reference.copy(), 1e-4, 1e-5).passed
+
+
+def test_shape_mismatch_fails():
+    assert not output_metrics("y", np.zeros((2, 3)), np.zeros((2, 4)), 1e-4, 1e-5).passed
+
+
+def test_identical_files_pass_with_latency_measured():
+    result = validate(MODELS / "digits_mlp.onnx", MODELS / "digits_mlp.onnx",
+                      {"input": np.load(MODELS / "digits_test.npz")["input"][:32]}, latency_runs=3)
+    assert result.passed and result.outputs[0].top1 == 1.0
+    assert result.latency_ms_reference > 0 and result.latency_ms_candidate > 0
+
+
+def test_symbolic_dims_bind_to_defaults_and_overrides():
+    model = Model.load(MODELS / "digits_cnn.onnx")
+    assert bind_shapes(model) == {"input": (1, 1, 8, 8)}
+    assert bind_shapes(model, parse_input_shapes(["input:4x1x8x8"], model)) == {"input": (4, 1, 8, 8)}
+    with pytest.raises(InputError, match="no input 'image'"):
+        parse_input_shapes(["image:1x1x8x8"], model)
+    with pytest.raises(InputError, match="rank 4, not 2"):
+        parse_input_shapes(["input:1x64"], model)
+
+
+def test_integer_inputs_index_their_embedding_table():
+    table = numpy_helper.from_array(np.arange(70, dtype=np.float32).reshape(7, 10), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]), helper.make_node("Relu", ["emb"], ["y"])]
+    proto = make_model(nodes, [("ids", TensorProto.INT64, ["B", "S"]), ("attention_mask", TensorProto.INT64, ["B", "S"])],
+                       [("y", TensorProto.FLOAT, ["B", "S", 10])], [table])
+    model = Model.from_proto(proto)
+    feeds = random_inputs(model, bind_shapes(model), seed=3)
+    assert feeds["ids"].shape == (1, 128) and feeds["ids"].min() >= 0 and feeds["ids"].max() < 7
+    assert feeds["ids"].max() > 0  # really random, not all zeros
+    assert (feeds["attention_mask"] == 1).all()
+    np.testing.assert_array_equal(random_inputs(model, bind_shapes(model), seed=3)["ids"], feeds["ids"])
+
+
+def test_npz_inputs_are_checked_against_the_model(tmp_path):
+    model = Model.load(MODELS / "digits_cnn.onnx")
+    assert load_npz(MODELS / "digits_test.npz", model)["input"].shape == (360, 1, 8, 8)
+    np.savez(tmp_path / "wrong.npz", image=np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises(InputError, match="no array for model input 'input'"):
+        load_npz(tmp_path / "wrong.npz", model)
+    (tmp_path / "text.npz").write_text("not numpy")
+    with pytest.raises(InputError, match="not a readable .npz"):
+        load_npz(tmp_path / "text.npz", model)
