@@ -49,9 +49,14 @@ def prepare_feeds(model: Model, input_shapes: Sequence[str] = (), inputs: str | 
     return random_inputs(model, bind_shapes(model, overrides), seed), f"random (seed {seed})"
 
 
-def analyze(model: Model, input_shapes: Sequence[str] = ()) -> dict:
-    """Params, MACs, op histogram, opsets, inputs and outputs, as a JSON-ready dict."""
+def analyze(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path | None = None) -> dict:
+    """Params, MACs, op histogram, opsets, inputs and outputs, as a JSON-ready dict.
+
+    MACs are counted at the shapes of ``inputs`` (an .npz) when given, else at the bound shapes.
+    """
     overrides = parse_input_shapes(input_shapes, model)
+    if inputs is not None:
+        overrides = feed_shapes(load_npz(inputs, model))
     bound = bind_shapes(model, overrides)
     cost = analyze_cost(model, overrides)
     return {

@@ -44,9 +44,10 @@ def cli() -> None:
 @click.argument("model", type=MODEL_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (top-level params and macs).")
 @input_shape_option
-def analyze(model: Path, as_json: bool, input_shapes: tuple[str, ...]) -> None:
+@inputs_option
+def analyze(model: Path, as_json: bool, input_shapes: tuple[str, ...], inputs: Path | None) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
-    summary = api.analyze(api.Model.load(model), input_shapes)
+    summary = api.analyze(api.Model.load(model), input_shapes, inputs)
     click.echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
 
 

@@ -131,3 +131,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case):
     assert err.count("\n") == 1 and err.startswith("sparsec: error: ") and message in err
     assert not (tmp_path / "out.onnx").exists()
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before  # nothing written or touched
+
+
+def test_analyze_counts_macs_at_the_shapes_of_user_inputs(cli):
+    _, single, _ = cli("analyze", MODELS / "digits_mlp.onnx", "--json")
+    _, batch, _ = cli("analyze", MODELS / "digits_mlp.onnx", "--json", "--inputs", MODELS / "digits_test.npz")
+    assert json.loads(batch)["macs"] == 360 * json.loads(single)["macs"]
