@@ -107,3 +107,10 @@ def test_dynamo_external_data_model_matches_legacy_export():
     assert dynamo.macs == legacy.macs and not dynamo.unknown
     # The legacy export keeps one BatchNormalization more (its 4 x 16 statistics are parameters).
     assert 0 <= legacy.params - dynamo.params <= 4 * 32
+
+
+def test_contrib_multi_head_attention():
+    node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", num_heads=2)
+    cost = _cost([node], [("q", F, [1, 4, 8]), ("k", F, [1, 6, 8]), ("v", F, [1, 6, 8])], [("y", F, [1, 4, 8])],
+                 [], domains=["com.microsoft"])
+    assert cost.macs == 2 * 1 * 4 * 6 * 8
