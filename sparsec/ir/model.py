@@ -203,12 +203,6 @@ class Model:
         array = self.constant(value)
         return None if array is None else array.shape
 
-    def constant_is_float(self, value: ir.Value) -> bool:
-        if value.const_value is not None:
-            return value.const_value.dtype.is_floating_point()
-        array = self.constant(value)
-        return array is not None and np.issubdtype(array.dtype, np.floating)
-
     def static_shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         """The value's shape when every dim is a known integer, else None."""
         if value is None or value.shape is None:

@@ -2,8 +2,7 @@
 
 ``infer(model, bindings)`` returns {value name: dims} where each dim is an int, a symbol name
 or None; it never mutates the model (weights above 1 KB are lifted out before the C++ call so
-models past 2 GB work). ``annotate(model)`` writes inferred shapes back onto the values, without
-bindings, so the saved model's value_info stays true for every batch size.
+models past 2 GB work).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import onnx
-import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
 Dims = list  # list[int | str | None]
@@ -34,33 +32,6 @@ def infer(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[st
         if dims is not None:
             shapes[info.name] = dims
     return shapes
-
-
-def annotate(model) -> None:
-    """Record inferred shapes on intermediate values that have none (no bindings).
-
-    Graph inputs and outputs keep their declared shapes, so the interface (symbolic dim
-    names included) never changes.
-    """
-    for name, dims in infer(model).items():
-        value = _intermediate(model, name)
-        if value is not None and value.shape is None:
-            value.shape = ir.Shape(dims)
-    model.touch()
-
-
-def _intermediate(model, name: str) -> ir.Value | None:
-    for node in model.nodes():
-        for value in node.outputs:
-            if value.name == name and not value.is_graph_output():
-                return value
-    return None
-
-
-def set_shape(model, value: ir.Value, dims: Sequence[int | str | None]) -> None:
-    """Record a value's shape (used to store shapes learnt from onnxruntime)."""
-    value.shape = ir.Shape(list(dims))
-    model.touch()
 
 
 def _bind_inputs(proto: onnx.ModelProto, bindings: Mapping[str, Sequence[int]]) -> None:
