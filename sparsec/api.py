@@ -8,6 +8,7 @@ original. The pipeline text is recorded in the output's ``metadata_props``.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,14 +115,16 @@ def compress(
     input_shapes: Sequence[str] = (),
     inputs: str | Path | None = None,
     force: bool = False,
+    report: str | Path | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     latency_runs: int = 10,
     on_pass: Callable[[PassBase, PassResult], None] | None = None,
 ) -> CompressResult:
-    """Load ``source``, run the pipeline, validate against the original, write ``output``."""
+    """Load ``source``, run the pipeline, validate against the original, write ``output``
+    (and the JSON ``report`` when asked)."""
     model = Model.load(source)
-    _refuse_overwrite(Path(source), Path(output), force)
+    check_destinations(model, Path(output), Path(report) if report is not None else None, force)
     feeds, label = prepare_feeds(model, input_shapes, inputs)
     shapes = feed_shapes(feeds)
     runner = Pipeline(parse_pipeline(pipeline), fixed_point=True, on_pass=on_pass) if pipeline else default_pipeline(on_pass=on_pass)
@@ -131,17 +134,30 @@ def compress(
     problem = model.check()
     if problem is not None:
         raise ValidationError(f"the compressed model fails the ONNX checker (nothing written): {problem}")
-    report = validate(Path(source), model, feeds, inputs_label=label, rtol=rtol, atol=atol, latency_runs=latency_runs)
-    if not report.passed:
-        raise ValidationError(_failure_line(report))
+    validation = validate(Path(source), model, feeds, inputs_label=label, rtol=rtol, atol=atol,
+                          latency_runs=latency_runs)
+    if not validation.passed:
+        raise ValidationError(_failure_line(validation))
     written = model.save(output, force=force)
     after = figures(model, shapes, written)
-    return CompressResult(before, after, runner.describe(), report, result.stats, result.diagnostics, str(output))
+    outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics, str(output))
+    if report is not None:
+        Path(report).write_text(json.dumps(outcome.to_json(), indent=2) + "\n")
+    return outcome
 
 
-def _refuse_overwrite(source: Path, output: Path, force: bool) -> None:
-    if not force and (source.resolve() == output.resolve()):
-        raise InputError(f"output path {output} is the input model; choose another -o or pass --force")
+def check_destinations(model: Model, output: Path, report: Path | None, force: bool) -> None:
+    """Refuse, before any work, outputs that would clobber the input or cannot be written."""
+    targets = [output] + ([output.parent / (output.name + ".data")] if model.needs_external_data() else [])
+    for target in targets:
+        model.refuse_clobbering_sources(target, force=force and target == output)
+    if report is not None:
+        model.refuse_clobbering_sources(report, force=False)
+        if report.resolve() in {t.resolve() for t in targets}:
+            raise InputError(f"--report {report} is also the model output path")
+    for target in [output] + ([report] if report is not None else []):
+        if not target.parent.is_dir():
+            raise InputError(f"output folder {target.parent} does not exist")
 
 
 def _failure_line(report: Validation) -> str:

@@ -7,7 +7,9 @@ one line on stderr (``sparsec: error: ...``), never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -26,9 +28,9 @@ input_shape_option = click.option(
 inputs_option = click.option(
     "--inputs", type=click.Path(path_type=Path), default=None, metavar="FILE.npz",
     help="Run on these arrays (keyed by input name) instead of seeded random inputs.")
-rtol_option = click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True,
+rtol_option = click.option("--rtol", type=click.FloatRange(min=0),  default=DEFAULT_RTOL, show_default=True,
                            help="Relative tolerance: |cand - ref| <= atol + rtol*|ref| per element.")
-atol_option = click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True,
+atol_option = click.option("--atol", type=click.FloatRange(min=0), default=DEFAULT_ATOL, show_default=True,
                            help="Absolute tolerance of the same check.")
 latency_option = click.option("--latency-runs", type=click.IntRange(min=0), default=10, show_default=True,
                               help="Timed runs per model for the median latency (0 skips timing).")
@@ -73,15 +75,13 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     dead-code elimination) to a fixed point unless --passes says otherwise.
     """
     result = api.compress(model, output, pipeline=pipeline, input_shapes=input_shapes, inputs=inputs, force=force,
-                          rtol=rtol, atol=atol, latency_runs=latency_runs, on_pass=_progress)
+                          report=report_path, rtol=rtol, atol=atol, latency_runs=latency_runs, on_pass=_progress)
     click.echo(report.compress_text(result))
-    if report_path is not None:
-        report_path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
 def _progress(pass_, result) -> None:
     stats = ", ".join(f"{k}={v:g}" for k, v in result.stats.items() if v)
-    click.echo(f"  {pass_.describe()}: {stats or 'no change'}", err=True)
+    click.echo(f"  {pass_.describe()}: {stats or 'no change'}")
 
 
 @cli.command()
@@ -116,6 +116,8 @@ def list_passes() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one stderr line and an exit code."""
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # library chatter is not for users
+    warnings.simplefilter("ignore")
     try:
         cli.main(args=argv, prog_name="sparsec", standalone_mode=False)
     except SparsecError as error:
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 0
+    except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
+        click.echo(f"sparsec: error: internal error ({type(error).__name__}: {error}); please report it", err=True)
+        return 2
     return 0
 
 

@@ -7,8 +7,8 @@ Metrics per output (reference r, candidate c, both as float64):
 - ``cosine`` = <c, r> / (‖c‖ ‖r‖) over the flattened tensors (1.0 when both are zero);
 - ``top1`` (classifier-shaped outputs: rank 2, more than one class) = share of rows whose
   argmax agrees.
-An output passes when every element satisfies |c − r| ≤ atol + rtol·|r| (``numpy.allclose``)
-and the shapes agree. Latency is the median of ``runs`` timed runs after ``warmup`` untimed
+An output passes when every element satisfies |c − r| ≤ atol + rtol·|r| (``numpy.allclose``;
+NaN equals NaN, where the reference itself produces NaN) and the shapes agree. Latency is the median of ``runs`` timed runs after ``warmup`` untimed
 ones, same inputs, same thread settings for both models.
 """
 
@@ -72,7 +72,7 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rtol
     max_abs = float(diff.max()) if r.size else 0.0
     max_rel = float((diff / np.maximum(np.abs(r), floor)).max()) if r.size else 0.0
     return OutputMetrics(name, list(r.shape), max_abs, max_rel, _cosine(r, c), _top1(r, c),
-                         bool(np.allclose(c, r, rtol=rtol, atol=atol)))
+                         bool(np.allclose(c, r, rtol=rtol, atol=atol, equal_nan=True)))
 
 
 def _cosine(r: np.ndarray, c: np.ndarray) -> float:

@@ -38,7 +38,8 @@ def test_compress_cleans_up_validates_and_reports(cli, tmp_path):
         assert key in data
     assert data["validation"]["passed"] and data["bytes_after"] == out.stat().st_size
     assert data["params_after"] < data["params_before"]
-    assert "before" in stdout and "latency ms" in stdout and "bn-fold" in stderr  # table + progress
+    assert "before" in stdout and "latency ms" in stdout and "bn-fold: batchnorms_folded=4" in stdout
+    assert not stderr
     saved = onnx.load(str(out))
     assert not {"BatchNormalization", "Identity", "Dropout"} & {n.op_type for n in saved.graph.node}
     assert {p.key: p.value for p in saved.metadata_props}["sparsec.pipeline"] == data["pipeline"]
@@ -97,6 +98,12 @@ def _bad_inputs(tmp_path):
                 entry.value = "../digits_cnn_dynamo.onnx.data"
     (escape_dir / "m.onnx").write_bytes(proto.SerializeToString())
     shutil.copy(MODELS / "digits_cnn_dynamo.onnx.data", tmp_path)
+    ext_copy = tmp_path / "ext_copy"
+    ext_copy.mkdir()
+    shutil.copy(MODELS / "digits_cnn_dynamo.onnx", ext_copy)
+    shutil.copy(MODELS / "digits_cnn_dynamo.onnx.data", ext_copy)
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((1, 3, 8, 8), np.float32))
     same = tmp_path / "same.onnx"
     shutil.copy(CLEANUP, same)
     out = tmp_path / "out.onnx"
@@ -107,7 +114,19 @@ def _bad_inputs(tmp_path):
         "checker": (["compress", bad_graph, "-o", out], "checker"),
         "external data missing": (["compress", ext_dir / "m.onnx", "-o", out], "missing"),
         "external data escapes": (["compress", escape_dir / "m.onnx", "-o", out], "outside the model folder"),
-        "output is input": (["compress", same, "-o", same], "is the input model"),
+        "output is input": (["compress", same, "-o", same], "refusing to overwrite"),
+        "output is the input's external data": (["compress", ext_copy / "digits_cnn_dynamo.onnx", "-o",
+                                                 ext_copy / "digits_cnn_dynamo.onnx.data"],
+                                                "refusing to overwrite"),
+        "report is input": (["compress", same, "-o", out, "--report", same], "refusing to overwrite"),
+        "output folder missing": (["compress", same, "-o", tmp_path / "no" / "out.onnx"], "does not exist"),
+        "npy instead of npz": (["compress", same, "-o", out, "--inputs", npy], "not an .npz archive"),
+        "option of the wrong type": (["compress", same, "-o", out, "--passes", "const-fold-shapes(max_elements=abc)"],
+                                     "expected int"),
+        "input shape against fixed dims": (["analyze", MODELS / "digits_cnn.onnx", "--input-shape", "input:1x2x8x8"],
+                                           "fixed dims"),
+        "zero dim": (["compress", same, "-o", out, "--input-shape", "x:0x3x8x8"], "positive dims"),
+        "negative tolerance": (["compress", same, "-o", out, "--rtol", "-1"], "--rtol"),
         "input shape names no input": (["compress", CLEANUP, "-o", out, "--input-shape", "image:1x3x8x8"], "no input 'image'"),
         "unknown pass": (["compress", CLEANUP, "-o", out, "--passes", "dead-code,shrink-everything"], "unknown pass"),
         "unknown pass option": (["compress", CLEANUP, "-o", out, "--passes", "dead-code(speed=11)"], "has no option speed"),
@@ -118,7 +137,9 @@ def _bad_inputs(tmp_path):
 
 
 BAD_CASES = ["missing file", "text file", "truncated", "checker", "external data missing", "external data escapes",
-             "output is input", "input shape names no input", "unknown pass", "unknown pass option", "unknown flag",
+             "output is input", "output is the input's external data", "report is input", "output folder missing",
+             "npy instead of npz", "option of the wrong type", "input shape against fixed dims", "zero dim",
+             "negative tolerance", "input shape names no input", "unknown pass", "unknown pass option", "unknown flag",
              "validate missing", "analyze text"]
 
 

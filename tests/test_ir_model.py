@@ -37,6 +37,7 @@ def test_external_data_loads_and_saves_equal(tmp_path):
     path = _with_external_data(tmp_path)
     model = Model.load(path)
     assert model.source_bytes == path.stat().st_size + (tmp_path / "ext.onnx.data").stat().st_size
+    (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "copy.onnx"
     model.save(out)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)

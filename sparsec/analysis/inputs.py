@@ -18,7 +18,7 @@ import numpy as np
 from sparsec.errors import InputError
 
 DEFAULT_SYMBOLIC_DIM = 128
-_SHAPE_SPEC = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
+_SHAPE_SPEC = re.compile(r"^(?P<name>.+):(?P<dims>[1-9]\d*(x[1-9]\d*)*)$")
 
 
 def parse_input_shapes(specs: Iterable[str], model) -> dict[str, tuple[int, ...]]:
@@ -28,7 +28,7 @@ def parse_input_shapes(specs: Iterable[str], model) -> dict[str, tuple[int, ...]
     for spec in specs:
         match = _SHAPE_SPEC.match(spec.strip())
         if match is None:
-            raise InputError(f"--input-shape '{spec}': expected NAME:DxDxD, e.g. input:1x3x224x224")
+            raise InputError(f"--input-shape '{spec}': expected NAME:DxDxD with positive dims, e.g. input:1x3x224x224")
         name = match["name"]
         if name not in known:
             raise InputError(f"--input-shape '{spec}': the model has no input '{name}' (inputs: {', '.join(known)})")
@@ -36,6 +36,9 @@ def parse_input_shapes(specs: Iterable[str], model) -> dict[str, tuple[int, ...]
         declared = model.shape_dims(known[name])
         if declared is not None and len(declared) != len(dims):
             raise InputError(f"--input-shape '{spec}': input '{name}' has rank {len(declared)}, not {len(dims)}")
+        clashes = [f"axis {i} is {d}" for i, (d, n) in enumerate(zip(declared or [], dims)) if isinstance(d, int) and d != n]
+        if clashes:
+            raise InputError(f"--input-shape '{spec}': input '{name}' has fixed dims ({', '.join(clashes)})")
         shapes[name] = dims
     return shapes
 
@@ -94,7 +97,10 @@ def load_npz(path: str | Path, model) -> dict[str, np.ndarray]:
     """User data keyed by input name; every model input must be present, with a matching rank."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise InputError(f"{path}: not an .npz archive (save one with numpy.savez(path, input_name=array))")
+        with archive:
             data = {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
@@ -112,8 +118,14 @@ def _conform(array: np.ndarray, value, model, path: Path) -> np.ndarray:
     declared = model.shape_dims(value)
     if declared is not None and len(declared) != array.ndim:
         raise InputError(f"{path}: array '{value.name}' has rank {array.ndim}, the model input has rank {len(declared)}")
+    if array.size == 0:
+        raise InputError(f"{path}: array '{value.name}' is empty; validation needs at least one sample")
     dtype = model.elem_type(value)
-    return array.astype(dtype) if dtype is not None and array.dtype != dtype else array
+    if dtype is None or array.dtype == dtype:
+        return array
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: array '{value.name}' has dtype {array.dtype}; the model input is {dtype}")
+    return array.astype(dtype)
 
 
 def feed_shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:

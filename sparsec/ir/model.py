@@ -40,6 +40,7 @@ class Model:
         self.version = 0
         self._cache: dict[str, tuple[int, Any]] = {}
         self.source_bytes: int | None = None  # file bytes (model + external data) when loaded
+        self.source_files: set[Path] = set()  # the model file and its external-data files
 
     # ----------------------------------------------------------------- load / save
     @classmethod
@@ -51,7 +52,8 @@ class Model:
         model = ir.serde.deserialize_model(proto)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)
-        loaded.source_bytes = path.stat().st_size + sum(f.stat().st_size for f in files)
+        loaded.source_files = {path.resolve(), *files}
+        loaded.source_bytes = sum(f.stat().st_size for f in loaded.source_files)
         return loaded
 
     @classmethod
@@ -70,17 +72,21 @@ class Model:
         protobuf would pass 2 GB.
         """
         path = Path(path)
-        if self.path is not None and _same_file(path, self.path) and not force:
-            raise InputError(f"refusing to overwrite the input model {path}; pass --force or choose another -o")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        external = self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
-        data_name = path.name + ".data" if external else None
+        data_name = path.name + ".data" if self.needs_external_data() else None
+        self.refuse_clobbering_sources(path, force=force)
+        if data_name:
+            self.refuse_clobbering_sources(path.parent / data_name, force=False)
+        if not path.parent.is_dir():
+            raise InputError(f"output folder {path.parent} does not exist")
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
             # External data is itself written atomically by onnx-ir (temp file + replace).
             ir.save(self.ir, tmp, external_data=data_name)
+            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
+        except OSError as error:
+            raise InputError(f"cannot write {path}: {error.strerror or error}") from None
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -88,6 +94,23 @@ class Model:
         if data_name:
             written += (path.parent / data_name).stat().st_size
         return written
+
+    def needs_external_data(self) -> bool:
+        return self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
+
+    def refuse_clobbering_sources(self, path: Path, *, force: bool) -> None:
+        """Raise ``InputError`` when writing ``path`` would overwrite this model's own files.
+
+        ``force`` allows replacing the model file itself, never its external data (the
+        weights are read from it while writing).
+        """
+        path = Path(path)
+        for source in sorted(self.source_files):
+            if _same_file(path, source) and (not force or source != self.path.resolve()):
+                raise InputError(f"refusing to overwrite {source}, which the input model is read from; "
+                                 f"choose another output path{'' if force else ' or pass --force'}")
+        if path.is_dir():
+            raise InputError(f"output path {path} is a directory")
 
     def check(self) -> str | None:
         """The ONNX checker's full-check complaint about this model, or None when it passes.
@@ -344,6 +367,12 @@ class Model:
     def set_metadata(self, key: str, value: str) -> None:
         self.ir.metadata_props[key] = value
         self.touch()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
-from sparsec.passes.base import InPlacePass, PassBase, PassResult
+from sparsec.errors import SparsecError
+from sparsec.passes.base import InPlacePass, PassBase, PassError, PassResult
 
 ValidateMode = Literal["none", "end", "each"]
 
@@ -48,7 +49,7 @@ class Pipeline(InPlacePass):
         for _ in range(self.max_rounds if self.fixed_point else 1):
             round_modified = False
             for member in self.passes:
-                result = member(total.model)
+                result = _run(member, total.model)
                 total.model = result.model
                 round_modified |= result.modified
                 _merge(total, member.name, result)
@@ -62,6 +63,16 @@ class Pipeline(InPlacePass):
         if self.validate == "end":
             self.check(total.model, self.describe())
         return total
+
+
+def _run(member: PassBase, model) -> PassResult:
+    """Run one pass; an unexpected exception becomes a ``PassError`` naming the pass."""
+    try:
+        return member(model)
+    except SparsecError:
+        raise
+    except Exception as error:
+        raise PassError(f"pass '{member.describe()}' failed: {type(error).__name__}: {error}") from error
 
 
 def _merge(total: PassResult, name: str, result: PassResult) -> None:

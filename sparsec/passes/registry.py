@@ -37,9 +37,12 @@ def available() -> dict[str, type[PassBase]]:
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.name not in _REGISTRY:
             try:
-                _REGISTRY[point.name] = point.load()
+                loaded = point.load()
             except Exception as error:  # a broken plugin must not take the CLI down
                 raise InputError(f"entry point '{point.name}' ({point.value}) failed to load: {error}") from None
+            if not (inspect.isclass(loaded) and issubclass(loaded, PassBase)):
+                raise InputError(f"entry point '{point.name}' ({point.value}) is not a sparsec pass class")
+            _REGISTRY[point.name] = loaded
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -53,13 +56,27 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
     if cls is None:
         raise InputError(f"unknown pass '{name}'; known passes: {', '.join(available())}")
     options = options or {}
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    accepted = _option_defaults(cls)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise InputError(
             f"pass '{name}' has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}"
         )
+    for key, value in options.items():
+        default = accepted[key]
+        expected = float if type(default) is float else type(default)
+        if default is not None and default is not inspect.Parameter.empty and not isinstance(value, expected):
+            raise InputError(f"pass '{name}' option {key}={value!r}: expected {expected.__name__} (like {default!r})")
     return cls(**options)
+
+
+def _option_defaults(cls: type[PassBase]) -> dict[str, Any]:
+    """Keyword options of a pass and their defaults (none when it defines no ``__init__``)."""
+    if cls.__init__ is object.__init__:
+        return {}
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def load_class(spec: str) -> type[PassBase]:
