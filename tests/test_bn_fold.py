@@ -78,3 +78,10 @@ def test_digits_cnn_stem_batchnorm_folds_and_accuracy_holds():
     assert result.stats["batchnorms_folded"] == 1  # the two others follow Concat and Add
     data = np.load(MODELS / "digits_test.npz")
     assert_same_outputs(onnx.load(str(MODELS / "digits_cnn.onnx")), model.to_proto(), {"input": data["input"]})
+
+
+def test_constant_of_shape_weights_are_not_materialised(tmp_path):
+    from fill_light_models import light_path
+
+    model = Model.load(light_path("resnet50"))
+    assert not BatchNormFoldPass()(model).modified  # folding would turn 80 KB into ~100 MB

@@ -77,3 +77,15 @@ def test_identity_inside_a_subgraph_is_removed():
     x = np.array([-1.0, 0.5, 2.0], np.float32)
     for cond in (True, False):
         assert_same_outputs(proto, model.to_proto(), {"x": x, "cond": np.array(cond)})
+
+
+def test_identity_exporting_an_outer_value_from_a_branch_stays():
+    body = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", F, [3])])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", F, [3])])
+    nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=other)]
+    proto = make_model(nodes, [("x", F, [3]), ("cond", TensorProto.BOOL, [])], [("y", F, [3])])
+    model = Model.from_proto(proto)
+    assert not IdentityEliminationPass()(model).modified
+    assert model.check() is None

@@ -39,11 +39,17 @@ def _foldable_producer(model, bn):
     if producer is None or producer.op_type not in FOLDABLE or producer.domain not in ("", "ai.onnx"):
         return None
     out = producer.outputs[0]
-    if out.is_graph_output() or model.consumers(out) != [bn] or model.constant(producer.inputs[1]) is None:
+    if out.is_graph_output() or model.consumers(out) != [bn] or not _dense_constant(model, producer.inputs[1]):
         return None
     if len(producer.inputs) > 2 and producer.inputs[2] is not None and model.constant(producer.inputs[2]) is None:
         return None
     return producer
+
+
+def _dense_constant(model, value) -> bool:
+    """A weight stored densely (folding a ``ConstantOfShape`` weight would materialise it)."""
+    producer = value.producer()
+    return (producer is None or producer.op_type != "ConstantOfShape") and model.constant(value) is not None
 
 
 def _scale_weight(model, node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
