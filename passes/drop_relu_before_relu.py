@@ -24,7 +24,7 @@ class DoubleReluPass(sparsec.InPlacePass):
         for node in model.nodes():
             source = node.inputs[0] if node.op_type == "Relu" else None
             inner = model.producer(source) if source is not None else None
-            if inner is None or inner.op_type != "Relu" or node.outputs[0].is_graph_output():
+            if inner is None or inner.op_type != "Relu" or not model.can_replace(node.outputs[0], source):
                 continue
             model.replace_all_uses(node.outputs[0], source)
             model.remove_node(node)

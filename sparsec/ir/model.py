@@ -343,8 +343,9 @@ class Model:
         does not change.
         """
         was_output = old.is_graph_output()
-        if was_output and not self.can_take_output_name(new):
-            raise ValueError(f"cannot route graph output '{old.name}' to '{new.name}': it is an input, initializer or output itself")
+        if not self.can_replace(old, new):
+            raise ValueError(f"cannot route graph output '{old.name}' to '{new.name}': it is not a node output "
+                             "of the same graph, or already an input, initializer or output")
         ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
         if was_output:  # the interface keeps its name, type and declared shape
             old_name = old.name
@@ -355,9 +356,18 @@ class Model:
         self.touch()
 
     @staticmethod
-    def can_take_output_name(value: ir.Value) -> bool:
-        """Whether ``value`` may be renamed to stand in for a graph output."""
-        return not (value.is_graph_input() or value.is_initializer() or value.is_graph_output())
+    def can_replace(old: ir.Value, new: ir.Value) -> bool:
+        """Whether ``replace_all_uses(old, new)`` keeps the interface of every graph intact.
+
+        Always, unless ``old`` is a graph output: then ``new`` takes its name, so it must be a
+        node output of the same graph (a subgraph must not export an outer-scope value) and not
+        already an input, initializer or output.
+        """
+        if not old.is_graph_output():
+            return True
+        new_producer, old_producer = new.producer(), old.producer()
+        same_graph = new_producer is not None and old_producer is not None and new_producer.graph is old_producer.graph
+        return same_graph and not (new.is_graph_input() or new.is_initializer() or new.is_graph_output())
 
     def remove_node(self, node: ir.Node) -> None:
         """Remove a node whose outputs are no longer used."""

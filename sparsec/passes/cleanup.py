@@ -49,13 +49,6 @@ def _may_train(model, node) -> bool:
     return flag is None or bool(flag.reshape(-1)[0])
 
 
-def _may_become_output(model, source, node) -> bool:
-    """A graph output may be re-pointed only at a value computed inside the same graph
-    (a subgraph must not export an outer-scope value under its own output name)."""
-    producer = source.producer()
-    return producer is not None and producer.graph is node.graph and model.can_take_output_name(source)
-
-
 @register
 class IdentityEliminationPass(InPlacePass):
     """Bypass Identity nodes and inference-mode Dropout nodes."""
@@ -68,7 +61,7 @@ class IdentityEliminationPass(InPlacePass):
         for node in list(model.all_nodes()):
             source = _forwarded_input(model, node)
             output = node.outputs[0]
-            if source is None or (output.is_graph_output() and not _may_become_output(model, source, node)):
+            if source is None or not model.can_replace(output, source):
                 continue
             model.replace_all_uses(output, source)
             model.remove_node(node)
