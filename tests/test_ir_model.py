@@ -53,6 +53,21 @@ def test_external_data_escaping_the_folder_is_refused(tmp_path, location):
         Model.load(path)
 
 
+def test_truncated_external_data_without_declared_lengths_is_refused(tmp_path):
+    path = _with_external_data(tmp_path)
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        kept = [e for e in tensor.external_data if e.key != "length"]
+        del tensor.external_data[:]
+        tensor.external_data.extend(kept)
+    path.write_bytes(proto.SerializeToString())
+    assert Model.load(path).source_bytes > 0  # intact data still loads
+    data = tmp_path / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4])
+    with pytest.raises(InputError, match="too short"):
+        Model.load(path)
+
+
 def test_missing_and_truncated_external_data_are_refused(tmp_path):
     path = _with_external_data(tmp_path)
     data = tmp_path / "ext.onnx.data"

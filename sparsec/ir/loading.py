@@ -17,16 +17,17 @@ from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_e
 from sparsec.errors import InputError
 
 
-def read_checked_proto(path: Path) -> onnx.ModelProto:
-    """The checked ModelProto of ``path`` (external weights not loaded)."""
+def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
+    """The checked ModelProto of ``path`` (external weights not loaded) and the external-data
+    files it reads."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     proto = _parse(path)
-    check_external_data(proto, path.parent)
+    files = check_external_data(proto, path.parent)
     _run_checker(proto, path)
-    return proto
+    return proto, files
 
 
 def _parse(path: Path) -> onnx.ModelProto:
@@ -41,9 +42,11 @@ def _parse(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external data that escapes ``base_dir``, is missing, or is shorter than declared."""
+def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> set[Path]:
+    """The external-data files ``proto`` reads, after refusing any that escapes ``base_dir``,
+    is missing, or is shorter than its tensors need."""
     root = base_dir.resolve()
+    files = set()
     for tensor in _get_all_tensors(proto):
         if not uses_external_data(tensor):
             continue
@@ -56,21 +59,23 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
             )
         if not target.is_file():
             raise InputError(f"external data file '{info.location}' of tensor '{tensor.name}' is missing (looked in {root})")
-        needed = (info.offset or 0) + (info.length or 0)
+        needed = (info.offset or 0) + (info.length or _tensor_bytes(tensor))
         if needed > target.stat().st_size:
             raise InputError(
                 f"external data file '{info.location}' is too short for tensor '{tensor.name}' "
                 f"(needs {needed} bytes, has {target.stat().st_size}); is it truncated?"
             )
+        files.add(target)
+    return files
 
 
-def external_files(proto: onnx.ModelProto, base_dir: Path) -> set[Path]:
-    """The external-data files a model references (already checked to exist)."""
-    return {
-        (base_dir / ExternalDataInfo(t).location).resolve()
-        for t in _get_all_tensors(proto)
-        if uses_external_data(t)
-    }
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes a fixed-size tensor occupies (0 when the dtype has no fixed size, e.g. strings)."""
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * itemsize if tensor.data_type != onnx.TensorProto.STRING else 0
 
 
 def check_full(proto: onnx.ModelProto) -> str | None:

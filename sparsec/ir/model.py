@@ -28,7 +28,6 @@ from sparsec.ir import loading
 
 # The protobuf limit is 2 GiB; keep a margin for the graph structure itself.
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
-SUPPORTED_OPSETS = range(9, 24)
 
 
 class Model:
@@ -47,8 +46,7 @@ class Model:
     def load(cls, path: str | os.PathLike) -> Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
-        proto = loading.read_checked_proto(path)
-        files = loading.external_files(proto, path.parent)
+        proto, files = loading.read_checked_proto(path)
         model = ir.serde.deserialize_model(proto)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)
@@ -115,14 +113,13 @@ class Model:
     def check(self) -> str | None:
         """The ONNX checker's full-check complaint about this model, or None when it passes.
 
+        Weights are lifted out during the check, so external data and size do not matter.
         """
-        # Weights are lifted out during the check, so external data and size do not matter.
         return _c_api_utils.call_onnx_api(loading.check_full, self.ir)
 
     def copy(self) -> Model:
         """An independent copy (weights copied too)."""
-        clone = Model(ir.serde.deserialize_model(self.to_proto()), self.path)
-        return clone
+        return Model(ir.serde.deserialize_model(self.to_proto()), self.path)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -164,14 +161,8 @@ class Model:
     def consumers(self, value: ir.Value) -> list[ir.Node]:
         return list(dict.fromkeys(use.node for use in value.uses()))
 
-    def is_graph_output(self, value: ir.Value) -> bool:
-        return value.is_graph_output()
-
     def functions(self) -> dict:
         return dict(self.ir.functions)
-
-    def metadata(self) -> dict[str, str]:
-        return dict(self.ir.metadata_props)
 
     def producer_name(self) -> str:
         return f"{self.ir.producer_name or '?'} {self.ir.producer_version or ''}".strip()
@@ -228,12 +219,8 @@ class Model:
 
     def static_shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         """The value's shape when every dim is a known integer, else None."""
-        if value is None or value.shape is None:
-            return None
-        dims = value.shape.dims
-        if not all(isinstance(d, int) for d in dims):
-            return None
-        return tuple(dims)
+        dims = self.shape_dims(value)
+        return tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
 
     def shape_dims(self, value: ir.Value | None) -> list[int | str | None] | None:
         """The value's shape with symbolic dims as their names (or None), if the rank is known."""

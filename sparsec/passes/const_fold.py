@@ -10,6 +10,7 @@ numerics cannot change; results come from ONNX's reference implementation.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -49,12 +50,12 @@ def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarra
         return None
     if node.op_type in ("Shape", "Size"):
         result = _static_shape_result(model, node, shapes)
-        return None if result is None else [result]
+        return None if result is None or not _is_shape_like(result, max_elements) else [result]
+    # Sizes first: a large ConstantOfShape input must not be materialised just to be refused.
+    sizes = [model.constant_shape(v) for v in node.inputs if v is not None]
+    if not sizes or any(shape is None or math.prod(shape) > max_elements for shape in sizes):
+        return None
     arrays = [model.constant(v) if v is not None else None for v in node.inputs]
-    if not node.inputs or any(a is None for a, v in zip(arrays, node.inputs) if v is not None):
-        return None
-    if any(a is not None and a.size > max_elements for a in arrays):
-        return None
     results = cleanup.evaluate_node(model, node, arrays)
     return results if all(_is_shape_like(r, max_elements) for r in results) else None
 
