@@ -148,16 +148,14 @@ def compress(
 
 def check_destinations(model: Model, output: Path, report: Path | None, force: bool) -> None:
     """Refuse, before any work, outputs that would clobber the input or cannot be written."""
-    targets = [output] + ([output.parent / (output.name + ".data")] if model.needs_external_data() else [])
-    for target in targets:
-        model.refuse_clobbering_sources(target, force=force and target == output)
-    if report is not None:
-        model.refuse_clobbering_sources(report, force=False)
-        if report.resolve() in {t.resolve() for t in targets}:
-            raise InputError(f"--report {report} is also the model output path")
-    for target in [output] + ([report] if report is not None else []):
-        if not target.parent.is_dir():
-            raise InputError(f"output folder {target.parent} does not exist")
+    data_path = model.check_destination(output, force=force)
+    if report is None:
+        return
+    model.refuse_clobbering_sources(report, force=False)
+    if report.resolve() in {p.resolve() for p in (output, data_path) if p is not None}:
+        raise InputError(f"--report {report} is also the model output path")
+    if not report.parent.is_dir():
+        raise InputError(f"output folder {report.parent} does not exist")
 
 
 def _failure_line(report: Validation) -> str:

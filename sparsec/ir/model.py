@@ -70,12 +70,8 @@ class Model:
         protobuf would pass 2 GB.
         """
         path = Path(path)
-        data_name = path.name + ".data" if self.needs_external_data() else None
-        self.refuse_clobbering_sources(path, force=force)
-        if data_name:
-            self.refuse_clobbering_sources(path.parent / data_name, force=False)
-        if not path.parent.is_dir():
-            raise InputError(f"output folder {path.parent} does not exist")
+        data_path = self.check_destination(path, force=force)
+        data_name = data_path.name if data_path else None
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
@@ -95,6 +91,18 @@ class Model:
 
     def needs_external_data(self) -> bool:
         return self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
+
+    def check_destination(self, path: Path, *, force: bool = False) -> Path | None:
+        """Refuse a save to ``path`` that would clobber this model's own files or cannot be
+        written; return the external-data file such a save would also write, if any."""
+        path = Path(path)
+        data_path = path.parent / (path.name + ".data") if self.needs_external_data() else None
+        self.refuse_clobbering_sources(path, force=force)
+        if data_path is not None:
+            self.refuse_clobbering_sources(data_path, force=False)
+        if not path.parent.is_dir():
+            raise InputError(f"output folder {path.parent} does not exist")
+        return data_path
 
     def refuse_clobbering_sources(self, path: Path, *, force: bool) -> None:
         """Raise ``InputError`` when writing ``path`` would overwrite this model's own files.
