@@ -114,3 +114,14 @@ def test_contrib_multi_head_attention():
     cost = _cost([node], [("q", F, [1, 4, 8]), ("k", F, [1, 6, 8]), ("v", F, [1, 6, 8])], [("y", F, [1, 4, 8])],
                  [], domains=["com.microsoft"])
     assert cost.macs == 2 * 1 * 4 * 6 * 8
+
+
+def test_compute_inside_subgraphs_is_reported_as_unknown():
+    w = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    then_graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", F, [2, 3])])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                                   [helper.make_tensor_value_info("e", F, [2, 3])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph)
+    cost = _cost([node], [("x", F, [2, 3]), ("cond", TensorProto.BOOL, [])], [("y", F, [2, 3])], [w])
+    assert cost.unknown == ["MatMul (inside a subgraph or function)"]

@@ -122,11 +122,6 @@ MAC_RULES: dict[tuple[str, str], Callable] = {
 }
 
 
-def count_params(model) -> int:
-    """Elements of every floating-point constant tensor, each counted once."""
-    return sum(_prod(model.constant_shape(v) or ()) for v in _float_constants(model))
-
-
 def _float_constants(model) -> list:
     seen, result = set(), []
     candidates = list(model.initializers().values())
@@ -153,7 +148,8 @@ def _is_float_constant(model, value) -> bool:
 def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostReport:
     """Per-node params and MACs, with totals, at the bound input shapes."""
     shapes = _Shapes(model, value_shapes(model, overrides))
-    float_constants = {id(v) for v in _float_constants(model)}
+    constants = _float_constants(model)
+    float_constants = {id(v) for v in constants}
     credited: set[int] = set()
     report = CostReport(params=0, macs=0)
     for node in model.nodes():
@@ -167,6 +163,14 @@ def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostRep
         if macs is None:
             report.unknown.append(node.name or node.op_type)
         report.nodes.append(NodeCost(node.name or "", node.op_type, params, macs))
-    report.params = count_params(model)
+    report.params = sum(_prod(model.constant_shape(v) or ()) for v in constants)
     report.macs = sum(n.macs or 0 for n in report.nodes)
+    report.unknown += _nested_compute(model)
     return report
+
+
+def _nested_compute(model) -> list[str]:
+    """Compute nodes inside If/Loop/Scan bodies or functions: not counted, so listed as unknown."""
+    top = {id(n) for n in model.nodes()}
+    return [f"{n.name or n.op_type} (inside a subgraph or function)" for n in model.all_nodes()
+            if id(n) not in top and (n.domain if n.domain != "ai.onnx" else "", n.op_type) in MAC_RULES]
