@@ -294,7 +294,7 @@ class Model:
         An initializer used by this node alone is rewritten in place (its name survives);
         a shared one, or a ``Constant`` node's output, gets a fresh initializer.
         """
-        old = node.inputs[index]
+        old = node.inputs[index] if index < len(node.inputs) else None
         if old is not None and old.is_initializer() and self.consumers(old) == [node] and not old.is_graph_output():
             self.resize_initializer(old, array)
             return old
@@ -302,6 +302,42 @@ class Model:
         new = self.add_initializer(base, array)
         self.set_input(node, index, new)
         return new
+
+    def set_constant(self, value: ir.Value, array: np.ndarray) -> None:
+        """Give a constant value (initializer, ``Constant`` or ``ConstantOfShape`` output) new
+        contents, for every consumer. Its name survives, except when a ``ConstantOfShape``
+        gets non-uniform contents: then a new initializer takes over its uses."""
+        if value.is_initializer():
+            self.resize_initializer(value, array)
+            return
+        node = value.producer()
+        if node is not None and node.op_type == "ConstantOfShape" and _is_uniform(array, self.constant(value)):
+            self.replace_constant_input(node, 0, np.array(array.shape, dtype=np.int64))
+        elif node is not None and node.op_type == "Constant":
+            for name in list(node.attributes):
+                del node.attributes[name]
+            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.array(array, order="C")))
+        elif node is not None and node.op_type == "ConstantOfShape":
+            self.replace_all_uses(value, self.add_initializer(value.name, array))
+            return
+        else:
+            raise ValueError(f"'{value.name}' is not a constant sparsec can rewrite")
+        value.shape = ir.Shape(array.shape)
+        self.touch()
+
+    def set_dim(self, value: ir.Value, axis: int, size: int) -> None:
+        """Record a new size for one axis of a value's declared shape (after surgery)."""
+        if value.shape is None or axis >= len(value.shape):
+            return
+        dims = list(value.shape.dims)
+        dims[axis] = int(size)
+        value.shape = ir.Shape(dims)
+        self.touch()
+
+    def remove_attr(self, node: ir.Node, name: str) -> None:
+        if name in node.attributes:
+            del node.attributes[name]
+            self.touch()
 
     def unique_name(self, base: str) -> str:
         taken = self.cached("names", self._value_names)
@@ -385,6 +421,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
         return False
+
+
+def _is_uniform(array: np.ndarray, before: np.ndarray | None) -> bool:
+    """Whether ``array`` holds one value, the one ``before`` held (a sliced ConstantOfShape)."""
+    if array.size == 0 or before is None or before.size == 0:
+        return array.size == 0
+    first = before.reshape(-1)[0]
+    return bool(np.all(array == first)) and array.dtype == before.dtype
 
 
 def _constant_node_array(node: ir.Node) -> np.ndarray | None:

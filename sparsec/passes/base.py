@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -40,10 +41,16 @@ class Diagnostic:
 
 @dataclass
 class PassResult:
+    """What a pass did. A lossy pass also sets ``reference``: a callable building the model its
+    output must equal (its input with the removed parts zeroed: the exactness oracle).
+    ``artifacts`` carries named outputs for the caller (e.g. a pruning plan)."""
+
     model: Any
     modified: bool
     stats: dict[str, float] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    reference: Callable[[], Any] | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)
 
 
 class PassError(InputError):
@@ -56,6 +63,7 @@ class PassBase:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     in_place: ClassVar[bool] = True
+    lossy: ClassVar[bool] = False  # changes outputs on purpose; runs once even in a fixed-point pipeline
 
     def call(self, model) -> PassResult:
         raise NotImplementedError

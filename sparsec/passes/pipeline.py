@@ -4,7 +4,9 @@ Invariants: stats of every member are kept under ``"<pass name>.<stat>"`` (summe
 fixed-point rounds); diagnostics are kept in order; ``describe()`` is the same text
 ``registry.parse_pipeline`` reads back. ``check`` (when given) is called with the model and the
 name of the pass just run, after each pass (``validate="each"``) or once at the end
-(``validate="end"``); it raises to stop the pipeline, so a broken pass is named.
+(``validate="end"``); it raises to stop the pipeline, so a broken pass is named. A lossy pass
+runs in the first fixed-point round only; the last lossy pass's ``reference`` (the oracle)
+and every pass's ``artifacts`` are passed up.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ class Pipeline(InPlacePass):
 
     def call(self, model) -> PassResult:
         total = PassResult(model, modified=False)
-        for _ in range(self.max_rounds if self.fixed_point else 1):
+        for round_index in range(self.max_rounds if self.fixed_point else 1):
             round_modified = False
             for member in self.passes:
+                if member.lossy and round_index > 0:
+                    continue
                 result = _run(member, total.model)
                 total.model = result.model
                 round_modified |= result.modified
@@ -80,3 +84,6 @@ def _merge(total: PassResult, name: str, result: PassResult) -> None:
         full = f"{name}.{key}"
         total.stats[full] = total.stats.get(full, 0) + value
     total.diagnostics.extend(result.diagnostics)
+    total.artifacts.update(result.artifacts)
+    if result.reference is not None:
+        total.reference = result.reference

@@ -1,0 +1,402 @@
+"""Axis-coupling rules: per-op knowledge, as data, of which tensor axes must shrink together.
+
+The algebra. A *member* is a (tensor name, axis) pair; its positions are the indices along
+that axis. A rule looks at one node and returns a ``Coupling``:
+
+- ``edges``: ``Edge(a, b, index)`` says position ``p`` of member ``a`` *is* position
+  ``index[p]`` of member ``b`` (``index=None`` is the identity). ``index`` is a function from
+  ``a``'s positions to ``b``'s: an offset (Concat, Split, Slice), a stride (Flatten or a
+  Reshape merging C×H×W into features: ``(q // stride) % size``), a tile (the positions of a
+  grouped Conv's channels within their group) or a gather (constant Gather indices).
+- ``compute``: weight members whose slicing removes multiply-accumulates (a group without one
+  is not worth pruning).
+- ``free``: members the node leaves unconstrained (a broadcast size-1 axis, Shape's input).
+- ``fixups``: what surgery must rewrite on this node once the kept positions are known
+  (Reshape targets, Split sizes, Slice starts/ends, ``group`` attributes...).
+- ``stats``: members the node reduces over to compute a statistic (LayerNorm, ReduceMean):
+  pruning them is exact only against an oracle that masks the statistic too.
+
+Every axis of every input and output of the node that the coupling neither links nor frees is
+*blocked* by that node: a channel group containing it is not pruned, and the reason names the
+node. An op without a rule blocks all its axes. So a rule nobody wrote is a barrier, never a
+guess. Teaching sparsec a custom op is one ``@axis_rule("MyOp", domain="my.domain")`` function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Member = tuple[str, int]  # (value name, axis); virtual members use a name starting with "#"
+
+
+@dataclass(frozen=True)
+class Edge:
+    a: Member
+    b: Member
+    index: np.ndarray | None = None  # a's position p is b's position index[p]; None = identity
+
+
+@dataclass
+class Fixup:
+    """A surgery step on ``node`` given ``kept(member) -> kept positions or None``."""
+
+    node: object
+    apply: Callable  # apply(model, kept) -> None
+
+
+@dataclass
+class Coupling:
+    edges: list[Edge] = field(default_factory=list)
+    compute: set[Member] = field(default_factory=set)
+    free: set[Member] = field(default_factory=set)
+    fixups: list[Fixup] = field(default_factory=list)
+    stats: set[Member] = field(default_factory=set)
+    reasons: dict[Member, str] = field(default_factory=dict)  # specific block reasons
+    sizes: dict[Member, int] = field(default_factory=dict)  # sizes of virtual members
+
+    def link(self, a: Member, b: Member, index: np.ndarray | None = None) -> None:
+        self.edges.append(Edge(a, b, index))
+
+    def block(self, member: Member, reason: str) -> None:
+        self.reasons[member] = reason
+
+    def virtual(self, node, tag: str, size: int) -> Member:
+        member = (f"#{node.name or id(node)}:{tag}", 0)
+        self.sizes[member] = size
+        return member
+
+
+class RuleContext:
+    """What a rule may read: concrete shapes, constants, attributes, the opset."""
+
+    def __init__(self, model, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.model, self.shapes, self.opset = model, shapes, model.opset
+
+    def shape(self, value) -> tuple[int, ...] | None:
+        if value is None or not value.name:
+            return None
+        shape = self.shapes.get(value.name)
+        return shape if shape is not None else self.model.constant_shape(value)
+
+    def rank(self, value) -> int | None:
+        shape = self.shape(value)
+        return None if shape is None else len(shape)
+
+    def const(self, value) -> np.ndarray | None:
+        return self.model.constant(value)
+
+    def attr(self, node, name: str, default=None):
+        return self.model.attr(node, name, default)
+
+    def ints(self, node, attr_name: str, input_index: int | None = None) -> list[int] | None:
+        """An int list given as attribute (older opsets) or constant input (newer ones)."""
+        value = self.attr(node, attr_name)
+        if value is not None:
+            return [int(v) for v in np.atleast_1d(value)]
+        if input_index is not None and input_index < len(node.inputs) and node.inputs[input_index] is not None:
+            array = self.const(node.inputs[input_index])
+            return None if array is None else [int(v) for v in np.atleast_1d(array)]
+        return None
+
+    def is_const(self, value) -> bool:
+        return value is not None and self.model.constant_shape(value) is not None
+
+
+Rule = Callable[[object, RuleContext], Coupling]
+AXIS_RULES: dict[tuple[str, str], Rule] = {}
+
+
+def axis_rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
+    """Register ``fn(node, ctx) -> Coupling`` as the axis rule of ``op_types`` in ``domain``."""
+
+    def register(fn: Rule) -> Rule:
+        for op_type in op_types:
+            AXIS_RULES[(domain, op_type)] = fn
+        return fn
+
+    return register
+
+
+def rule_for(node) -> Rule | None:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return AXIS_RULES.get((domain, node.op_type))
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def identity_all(c: Coupling, a, b, rank: int) -> None:
+    """Link every axis of ``a`` to the same axis of ``b`` (same-shape tensors)."""
+    for axis in range(rank):
+        c.link((a.name, axis), (b.name, axis))
+
+
+def link_broadcast(c: Coupling, ctx: RuleContext, value, out) -> None:
+    """Link ``value``'s axes to ``out``'s under numpy broadcasting (right-aligned); size-1
+    axes that broadcast are free."""
+    shape, out_shape = ctx.shape(value), ctx.shape(out)
+    if shape is None or out_shape is None:
+        return
+    offset = len(out_shape) - len(shape)
+    for axis, size in enumerate(shape):
+        if offset + axis < 0:
+            continue
+        if size == out_shape[offset + axis]:
+            c.link((value.name, axis), (out.name, offset + axis))
+        elif size == 1:
+            c.free.add((value.name, axis))
+
+
+def compute_axes(c: Coupling, ctx: RuleContext, value, axes) -> None:
+    """Mark ``axes`` of ``value``, when it is a constant, as compute-weight channel axes."""
+    rank = ctx.rank(value)
+    if rank is not None and ctx.is_const(value):
+        c.compute.update((value.name, norm_axis(axis, rank)) for axis in axes if -rank <= axis < rank)
+
+
+# ---------------------------------------------------------------- elementwise and activations
+ELEMENTWISE = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "Mod",
+    "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Not",
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Shrink", "Erf", "Exp", "Log", "Neg", "Abs",
+    "Sqrt", "Reciprocal", "Sign", "Floor", "Ceil", "Round", "Sin", "Cos", "IsNaN", "IsInf",
+    "Clip", "Cast", "Identity", "Dropout",
+)
+
+
+@axis_rule(*ELEMENTWISE)
+def elementwise(node, ctx: RuleContext) -> Coupling:
+    """Every input broadcasts to the output; extra outputs (Dropout's mask) match output 0."""
+    c = Coupling()
+    out = node.outputs[0]
+    for value in node.inputs:
+        if value is not None:
+            link_broadcast(c, ctx, value, out)
+    for extra in node.outputs[1:]:
+        if extra is not None and extra.name and ctx.rank(extra) == ctx.rank(out):
+            identity_all(c, extra, out, ctx.rank(out) or 0)
+    return c
+
+
+@axis_rule("CastLike")
+def cast_like(node, ctx: RuleContext) -> Coupling:
+    c = Coupling()
+    identity_all(c, node.inputs[0], node.outputs[0], ctx.rank(node.outputs[0]) or 0)
+    c.free.update((node.inputs[1].name, axis) for axis in range(ctx.rank(node.inputs[1]) or 0))
+    return c
+
+
+@axis_rule("Shape", "Size")
+def shape_of(node, ctx: RuleContext) -> Coupling:
+    """Shape and Size read dims at run time, so they follow any pruning by themselves."""
+    c = Coupling()
+    c.free.update((node.inputs[0].name, axis) for axis in range(ctx.rank(node.inputs[0]) or 0))
+    return c
+
+
+# ---------------------------------------------------------------- convolutions and products
+def count_fixup(c: Coupling, node, attribute: str, member: Member) -> None:
+    """After surgery, set ``node.attribute`` to the number of kept positions of ``member``."""
+
+    def apply(model, kept) -> None:
+        positions = kept(member)
+        if positions is not None:
+            model.set_attr(node, attribute, int(len(positions)))
+
+    c.fixups.append(Fixup(node, apply))
+
+
+def _link_groups(c: Coupling, node, channels: Member, size: int, groups: int, tag: str) -> None:
+    """Channels of a grouped op keep the same positions in every group: position ``i`` is the
+    virtual position ``i % (size / groups)`` (a tile), so every group loses the same ones."""
+    per_group = size // groups
+    c.link(channels, c.virtual(node, tag, per_group), np.arange(size) % per_group)
+
+
+@axis_rule("Conv")
+def conv(node, ctx: RuleContext) -> Coupling:
+    """Y[n, o] = Σ_i W[o, i] X[n, g(o)·I/g + i]: Y axis 1 is W axis 0; X axis 1 is W axis 1,
+    per group. Depthwise (one input channel per group): Y channel o reads X channel o // m."""
+    c = Coupling()
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    w_shape = ctx.shape(w)
+    if w_shape is None or ctx.shape(x) is None:
+        return c
+    groups, c_out, per_in = int(ctx.attr(node, "group", 1)), w_shape[0], w_shape[1]
+    c.link((y.name, 0), (x.name, 0))
+    c.link((y.name, 1), (w.name, 0))
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        c.link((node.inputs[2].name, 0), (y.name, 1))
+    compute_axes(c, ctx, w, (0, 1))
+    if groups == 1:
+        c.link((x.name, 1), (w.name, 1))
+    elif per_in == 1:
+        c.link((y.name, 1), (x.name, 1), np.arange(c_out) // (c_out // groups))
+        c.free.add((w.name, 1))
+        count_fixup(c, node, "group", (x.name, 1))
+    else:
+        _link_groups(c, node, (y.name, 1), c_out, groups, "out_groups")
+        c.link((x.name, 1), (w.name, 1), np.arange(per_in * groups) % per_in)
+    return c
+
+
+@axis_rule("ConvTranspose")
+def conv_transpose(node, ctx: RuleContext) -> Coupling:
+    """W is [C_in, C_out/g, k...]: X axis 1 is W axis 0; Y axis 1 is W axis 1, per group."""
+    c = Coupling()
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    w_shape = ctx.shape(w)
+    if w_shape is None or ctx.shape(x) is None:
+        return c
+    groups, c_in, per_out = int(ctx.attr(node, "group", 1)), w_shape[0], w_shape[1]
+    c.link((y.name, 0), (x.name, 0))
+    c.link((x.name, 1), (w.name, 0))
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        c.link((node.inputs[2].name, 0), (y.name, 1))
+    compute_axes(c, ctx, w, (0, 1))
+    if groups == 1:
+        c.link((y.name, 1), (w.name, 1))
+    elif per_out == 1 and c_in == groups:  # depthwise
+        c.link((y.name, 1), (x.name, 1))
+        c.free.add((w.name, 1))
+        count_fixup(c, node, "group", (x.name, 1))
+    else:
+        _link_groups(c, node, (x.name, 1), c_in, groups, "in_groups")
+        c.link((y.name, 1), (w.name, 1), np.arange(per_out * groups) % per_out)
+    return c
+
+
+@axis_rule("Gemm")
+def gemm(node, ctx: RuleContext) -> Coupling:
+    """Y[m, n] = Σ_k A[m, k] B[k, n] + C (A, B possibly transposed)."""
+    c = Coupling()
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    a_m, a_k = (1, 0) if ctx.attr(node, "transA", 0) else (0, 1)
+    b_k, b_n = (1, 0) if ctx.attr(node, "transB", 0) else (0, 1)
+    c.link((y.name, 0), (a.name, a_m))
+    c.link((y.name, 1), (b.name, b_n))
+    c.link((a.name, a_k), (b.name, b_k))
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        link_broadcast(c, ctx, node.inputs[2], y)
+    compute_axes(c, ctx, a, (0, 1))
+    compute_axes(c, ctx, b, (0, 1))
+    return c
+
+
+@axis_rule("MatMul")
+def matmul(node, ctx: RuleContext) -> Coupling:
+    """numpy matmul: A[..., m, k] · B[..., k, n] = Y[..., m, n]; 1-D operands lose their axis."""
+    c = Coupling()
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
+    if None in (ra, rb, ry):
+        return c
+    c.link((a.name, ra - 1), (b.name, max(rb - 2, 0)))
+    if rb >= 2:
+        c.link((y.name, ry - 1), (b.name, rb - 1))
+    if ra >= 2:
+        c.link((y.name, ry - (2 if rb >= 2 else 1)), (a.name, ra - 2))
+    _link_batch_dims(c, ctx, a, y, ra, ry, rb)
+    _link_batch_dims(c, ctx, b, y, rb, ry, rb)
+    compute_axes(c, ctx, a, (-2, -1))
+    compute_axes(c, ctx, b, (-2, -1))
+    return c
+
+
+def _link_batch_dims(c: Coupling, ctx: RuleContext, operand, y, rank: int, ry: int, rb: int) -> None:
+    """The leading (batch) dims of a MatMul operand broadcast to Y's leading dims."""
+    shape, y_shape = ctx.shape(operand), ctx.shape(y)
+    batch_out = ry - (2 if rb >= 2 else 1) - (0 if rank >= 2 else 0)
+    for axis in range(rank - 2):
+        out_axis = batch_out - (rank - 2) + axis
+        if 0 <= out_axis < ry and shape[axis] == y_shape[out_axis]:
+            c.link((operand.name, axis), (y.name, out_axis))
+        elif shape[axis] == 1:
+            c.free.add((operand.name, axis))
+
+
+# ---------------------------------------------------------------- normalizations and pooling
+def _channel_params(c: Coupling, node, channel: Member, start: int) -> None:
+    for value in node.inputs[start:]:
+        if value is not None:
+            c.link((value.name, 0), channel)
+
+
+@axis_rule("BatchNormalization", "InstanceNormalization")
+def channel_norm(node, ctx: RuleContext) -> Coupling:
+    """Per-channel statistics and affine parameters: all [C] vectors follow X axis 1."""
+    c = Coupling()
+    x, y = node.inputs[0], node.outputs[0]
+    identity_all(c, x, y, ctx.rank(x) or 0)
+    _channel_params(c, node, (x.name, 1), 1)
+    for extra in node.outputs[1:]:  # training-mode running statistics
+        if extra is not None and extra.name:
+            c.link((extra.name, 0), (x.name, 1))
+    return c
+
+
+@axis_rule("GroupNormalization")
+def group_norm(node, ctx: RuleContext) -> Coupling:
+    """Statistics per group of C/G channels: whole groups go together; num_groups shrinks."""
+    c = Coupling()
+    x, y = node.inputs[0], node.outputs[0]
+    shape, groups = ctx.shape(x), int(ctx.attr(node, "num_groups", 1))
+    if shape is None:
+        return c
+    identity_all(c, x, y, len(shape))
+    per_group = shape[1] // groups
+    group_member = c.virtual(node, "groups", groups)
+    c.link((x.name, 1), group_member, np.arange(shape[1]) // per_group)
+    for value in node.inputs[1:]:
+        size = (ctx.shape(value) or (0,))[0]
+        c.link((value.name, 0), (x.name, 1) if size == shape[1] else group_member)
+    count_fixup(c, node, "num_groups", group_member)
+    return c
+
+
+@axis_rule("LayerNormalization")
+def layer_norm(node, ctx: RuleContext) -> Coupling:
+    """Normalizes over axes [axis, rank); scale and bias broadcast over the same axes."""
+    c = Coupling()
+    x, y = node.inputs[0], node.outputs[0]
+    rank = ctx.rank(x)
+    if rank is None:
+        return c
+    identity_all(c, x, y, rank)
+    first = norm_axis(int(ctx.attr(node, "axis", -1)), rank)
+    c.stats.update((x.name, axis) for axis in range(first, rank))
+    for value in node.inputs[1:]:
+        if value is not None:
+            link_broadcast(c, ctx, value, x)
+    return c
+
+
+POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+
+
+@axis_rule(*POOLS)
+def pool(node, ctx: RuleContext) -> Coupling:
+    """Pooling keeps batch and channel; spatial axes change size and stay blocked."""
+    c = Coupling()
+    x = node.inputs[0]
+    for out in node.outputs:
+        if out is not None and out.name:
+            c.link((out.name, 0), (x.name, 0))
+            c.link((out.name, 1), (x.name, 1))
+    return c
+
+
+@axis_rule("LRN")
+def lrn(node, ctx: RuleContext) -> Coupling:
+    c = Coupling()
+    x, y = node.inputs[0], node.outputs[0]
+    for axis in range(ctx.rank(x) or 0):
+        if axis != 1:
+            c.link((y.name, axis), (x.name, axis))
+    c.block((node.inputs[0].name, 1), "normalizes across neighbouring channels")
+    return c

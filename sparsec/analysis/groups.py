@@ -1,0 +1,214 @@
+"""Channel groups: the connected components of the axis-coupling graph.
+
+Every node's axis rule (``axis_rules``, ``layout_rules``) contributes edges between
+(tensor, axis) members; ``networkx`` finds the connected components. Inside a component the
+edges' index maps say which *positions* are the same channel: positions are merged with a
+vectorised union-find, and each resulting class is one prunable *unit* (``atoms[member][p]``
+is the unit of member position ``p``). Removing a unit removes every position mapped to it,
+in every member at once, so the pruned graph stays consistent by construction.
+
+A group is prunable when it holds at least one compute weight (Conv/Gemm/MatMul constant
+slice), no member is blocked (an op without a rule, a rule that cannot map the axis, a graph
+input or output, a value read inside a subgraph), and it has more than one unit. Groups whose
+members are normalization statistics (``stats``) are prunable only when the caller says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+import sparsec.analysis.layout_rules  # noqa: F401  (registers the layout rules)
+from sparsec.analysis.axis_rules import Coupling, Member, RuleContext, rule_for
+from sparsec.analysis.shapes import value_shapes
+
+
+@dataclass
+class ChannelGroup:
+    id: int
+    members: list[Member]
+    sizes: dict[Member, int]
+    atoms: dict[Member, np.ndarray]  # member → unit index of each position
+    units: int
+    compute: list[Member]
+    constants: list[Member]  # members whose tensor is a constant (sliced by surgery)
+    stats: list[Member] = field(default_factory=list)
+    reason: str | None = None  # why the group is not prunable (None: prunable)
+    nodes: set[str] = field(default_factory=set)  # names of the nodes touching the group
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+    def kept_positions(self, member: Member, removed_units: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(~np.isin(self.atoms[member], removed_units))
+
+    def describe(self) -> str:
+        weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])
+        more = f" +{len(self.compute) - 4}" if len(self.compute) > 4 else ""
+        return f"group {self.id}: {self.units} channels, weights {weights}{more}"
+
+
+@dataclass
+class GroupAnalysis:
+    groups: list[ChannelGroup]
+    couplings: list[Coupling]  # per node, in graph order (surgery runs their fixups)
+    barriers: dict[str, str]  # node name → op that has no rule
+
+
+def find_channel_groups(model, input_shapes=None) -> GroupAnalysis:
+    """All channel groups of ``model`` (cached until the model changes)."""
+    key = "channel_groups:" + repr(sorted((input_shapes or {}).items()))
+    return model.cached(key, lambda: _analyze(model, value_shapes(model, input_shapes)))
+
+
+def _analyze(model, shapes) -> GroupAnalysis:
+    ctx = RuleContext(model, shapes)
+    graph, blocked, couplings, barriers, touching = nx.Graph(), {}, [], {}, {}
+    sizes: dict[Member, int] = {}
+    for node in model.nodes():
+        coupling = _coupling(node, ctx, barriers)
+        couplings.append(coupling)
+        sizes.update(coupling.sizes)
+        linked = {m for e in coupling.edges for m in (e.a, e.b)}
+        for member in _node_members(node, ctx):
+            graph.add_node(member)
+            touching.setdefault(member, set()).add(node.name or node.op_type)
+            if member in coupling.reasons or (member not in linked and member not in coupling.free):
+                reason = coupling.reasons.get(member, "does not map this axis")
+                blocked.setdefault(member, f"{node.op_type} '{node.name}' {reason}")
+        for edge in coupling.edges:
+            graph.add_edge(edge.a, edge.b)
+            graph.edges[edge.a, edge.b].setdefault("maps", []).append(edge)
+    _block_interface(model, ctx, graph, blocked)
+    for member in graph.nodes:
+        if member not in sizes:
+            shape = ctx.shape(model_value(model, member[0]))
+            sizes[member] = shape[member[1]] if shape is not None and member[1] < len(shape) else 0
+    stats = {m for c in couplings for m in c.stats}
+    compute = {m for c in couplings for m in c.compute}
+    groups = []
+    for component in nx.connected_components(graph):
+        if not compute & component or max(sizes[m] for m in component) < 2:
+            continue
+        group = _make_group(len(groups), model, graph, component, sizes, compute, stats, blocked)
+        group.nodes = set().union(*(touching.get(m, set()) for m in component))
+        groups.append(group)
+    return GroupAnalysis(groups, couplings, barriers)
+
+
+def _coupling(node, ctx: RuleContext, barriers: dict[str, str]) -> Coupling:
+    rule = rule_for(node)
+    if rule is None:
+        domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
+        barriers[node.name or node.op_type] = f"{domain}{node.op_type}"
+        coupling = Coupling()
+        for member in _node_members(node, ctx):
+            coupling.block(member, f"has no axis rule for {domain}{node.op_type} (a barrier)")
+        return coupling
+    try:
+        return rule(node, ctx)
+    except Exception as error:  # a rule that cannot decide is a barrier too
+        coupling = Coupling()
+        for member in _node_members(node, ctx):
+            coupling.block(member, f"axis rule could not decide ({type(error).__name__}: {error})")
+        return coupling
+
+
+def _node_members(node, ctx: RuleContext) -> list[Member]:
+    members = []
+    for value in list(node.inputs) + list(node.outputs):
+        if value is not None and value.name:
+            members += [(value.name, axis) for axis in range(ctx.rank(value) or 0)]
+    return members
+
+
+def _block_interface(model, ctx: RuleContext, graph: nx.Graph, blocked: dict) -> None:
+    """Graph inputs and outputs keep their shapes; values read inside subgraphs too."""
+    for kind, values in (("input", model.inputs), ("output", model.outputs)):
+        for value in values:
+            for axis in range(ctx.rank(value) or 0):
+                blocked.setdefault((value.name, axis), f"reaches graph {kind} '{value.name}'")
+    for member in list(graph.nodes):
+        value = model_value(model, member[0])
+        if value is not None and any(use.node.graph is not model.graph for use in value.uses()):
+            blocked.setdefault(member, f"'{member[0]}' is read inside a subgraph")
+
+
+def model_value(model, name: str):
+    return model.cached("values_by_name", lambda: _values_by_name(model)).get(name)
+
+
+def _values_by_name(model) -> dict:
+    values = {v.name: v for v in model.graph.inputs}
+    values.update(model.initializers())
+    for node in model.nodes():
+        values.update({v.name: v for v in node.outputs if v is not None and v.name})
+    return values
+
+
+def _make_group(index, model, graph, component, sizes, compute, stats, blocked) -> ChannelGroup:
+    members = sorted(component, key=lambda m: (m[0], m[1]))
+    atoms, units, consistent = _unify_positions(graph, members, sizes)
+    constants = [m for m in members if not m[0].startswith("#") and _is_constant(model, m[0])]
+    group = ChannelGroup(index, members, {m: sizes[m] for m in members}, atoms, units,
+                         compute=[m for m in members if m in compute], constants=constants,
+                         stats=[m for m in members if m in stats])
+    reasons = [blocked[m] for m in members if m in blocked]
+    if reasons:
+        group.reason = reasons[0]
+    elif not consistent:
+        group.reason = "its members' sizes disagree with the ops' index maps (unknown shapes?)"
+    elif units < 2:
+        group.reason = "its channels are all tied together (one unit)"
+    return group
+
+
+def _is_constant(model, name: str) -> bool:
+    value = model_value(model, name)
+    return value is not None and model.constant_shape(value) is not None and not value.is_graph_input()
+
+
+def _unify_positions(graph: nx.Graph, members: list[Member], sizes: dict) -> tuple[dict, int, bool]:
+    """Union-find over member positions along the edges' index maps, vectorised with
+    min-label propagation plus pointer jumping; returns member → unit ids (0..units-1), the
+    number of units, and whether every index map fit its members' sizes."""
+    offsets, total, consistent = {}, 0, True
+    for member in members:
+        offsets[member] = total
+        total += sizes[member]
+    left, right = [], []
+    for a, b, data in graph.subgraph(members).edges(data=True):
+        for edge in data["maps"]:
+            size_a = sizes[edge.a]
+            index = np.arange(size_a) if edge.index is None else np.asarray(edge.index)
+            if len(index) != size_a or (len(index) and index.max(initial=0) >= sizes[edge.b]):
+                consistent = False
+                continue
+            left.append(offsets[edge.a] + np.arange(size_a))
+            right.append(offsets[edge.b] + index)
+    labels = _components(total, np.concatenate(left or [np.zeros(0, int)]), np.concatenate(right or [np.zeros(0, int)]))
+    _, dense = np.unique(labels, return_inverse=True)
+    atoms = {m: dense[offsets[m]:offsets[m] + sizes[m]] for m in members}
+    return atoms, int(dense.max(initial=-1) + 1), consistent
+
+
+def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    labels = np.arange(n)
+    while True:
+        low = np.minimum(labels[u], labels[v])
+        new = labels.copy()
+        np.minimum.at(new, labels[u], low)
+        np.minimum.at(new, labels[v], low)
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        while True:  # pointer jumping: every label points at its root
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            return labels
+        labels = new

@@ -1,0 +1,87 @@
+"""Channel importance: one score per unit of a channel group (higher = keep).
+
+Group-summed: a unit's score adds up the slices of *every* compute weight in the group
+(producers' output slices and consumers' input slices alike), so a channel is judged by all
+the compute it takes part in. Methods are a registry (``register_importance``): ``l1`` (sum of
+|w|), ``l2`` (root of the summed squares), ``bn-scale`` (|γ| of the group's BatchNorm scales;
+groups without BatchNorm fall back to ``l1``) and ``random`` (seeded per group). A method gets
+an ``ImportanceContext``; activation-based methods plug in here with calibration data in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sparsec.analysis.groups import ChannelGroup, model_value
+from sparsec.errors import InputError
+
+
+@dataclass
+class ImportanceContext:
+    model: Any
+    seed: int = 0
+    calibration: dict[str, np.ndarray] | None = None  # input name → samples (for activation methods)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Scorer = Callable[[ChannelGroup, ImportanceContext], np.ndarray]
+IMPORTANCE: dict[str, Scorer] = {}
+
+
+def register_importance(name: str) -> Callable[[Scorer], Scorer]:
+    def register(fn: Scorer) -> Scorer:
+        IMPORTANCE[name] = fn
+        return fn
+    return register
+
+
+def group_scores(group: ChannelGroup, method: str, ctx: ImportanceContext) -> np.ndarray:
+    scorer = IMPORTANCE.get(method)
+    if scorer is None:
+        raise InputError(f"unknown importance '{method}'; known: {', '.join(IMPORTANCE)}")
+    return scorer(group, ctx)
+
+
+def _slice_sums(group: ChannelGroup, ctx: ImportanceContext, members, transform) -> np.ndarray:
+    """Σ over members of ``transform(weight)`` summed over every axis but the member's,
+    accumulated into the member's units."""
+    scores = np.zeros(group.units)
+    for member in members:
+        array = ctx.model.constant(model_value(ctx.model, member[0]))
+        if array is None or array.dtype.kind != "f":
+            continue
+        values = transform(np.asarray(array, dtype=np.float64))
+        other = tuple(a for a in range(values.ndim) if a != member[1])
+        np.add.at(scores, group.atoms[member], values.sum(axis=other) if other else values)
+    return scores
+
+
+@register_importance("l1")
+def l1(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    return _slice_sums(group, ctx, group.compute, np.abs)
+
+
+@register_importance("l2")
+def l2(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    return np.sqrt(_slice_sums(group, ctx, group.compute, np.square))
+
+
+@register_importance("bn-scale")
+def bn_scale(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    scales = [m for m in group.constants if _is_batchnorm_scale(ctx.model, m[0])]
+    return _slice_sums(group, ctx, scales, np.abs) if scales else l1(group, ctx)
+
+
+def _is_batchnorm_scale(model, name: str) -> bool:
+    value = model_value(model, name)
+    return value is not None and any(
+        use.node.op_type == "BatchNormalization" and use.idx == 1 for use in value.uses())
+
+
+@register_importance("random")
+def random(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    return np.random.default_rng([ctx.seed, group.id]).random(group.units)

@@ -1,0 +1,407 @@
+"""Axis rules of the ops that move data without computing on it: Concat, Split, Slice,
+Reshape/Flatten/Squeeze/Unsqueeze, Transpose, Gather, Expand, Pad, Resize, reductions, Softmax.
+
+The index maps (see ``axis_rules``): Concat/Split/Slice offset positions; a reshape that merges
+axes maps merged position ``q`` to ``(q // stride) % size`` of each source axis (row-major), one
+that splits an axis maps the other way; Gather on constant indices maps output positions to the
+gathered ones. Shape-carrying constants (Reshape targets, Split sizes, Slice bounds, Gather
+indices, Expand shapes, Resize sizes) get a fixup that rewrites them from the kept positions; a
+shape computed at run time that surgery could not rewrite blocks the axes it sets.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sparsec.analysis.axis_rules import Coupling, Fixup, RuleContext, axis_rule, link_broadcast, norm_axis
+
+
+@axis_rule("Constant", "ConstantOfShape")
+def constant(node, ctx: RuleContext) -> Coupling:
+    """A constant's axes are whatever its consumers make of them."""
+    c = Coupling()
+    for value in list(node.outputs) + list(node.inputs):
+        if value is not None:
+            c.free.update((value.name, axis) for axis in range(ctx.rank(value) or 0))
+    return c
+
+
+@axis_rule("Concat")
+def concat(node, ctx: RuleContext) -> Coupling:
+    c, out = Coupling(), node.outputs[0]
+    rank = ctx.rank(out)
+    shapes = [ctx.shape(v) for v in node.inputs]
+    if rank is None or any(s is None for s in shapes):
+        return c
+    axis, offset = norm_axis(int(ctx.attr(node, "axis", 0)), rank), 0
+    for value, shape in zip(node.inputs, shapes):
+        for k in range(rank):
+            c.link((value.name, k), (out.name, k), offset + np.arange(shape[k]) if k == axis else None)
+        offset += shape[axis]
+    return c
+
+
+@axis_rule("Split")
+def split(node, ctx: RuleContext) -> Coupling:
+    c, x = Coupling(), node.inputs[0]
+    rank, outs = ctx.rank(x), [v for v in node.outputs if v is not None]
+    shapes = [ctx.shape(v) for v in outs]
+    if rank is None or any(s is None for s in shapes):
+        return c
+    axis, offset = norm_axis(int(ctx.attr(node, "axis", 0)), rank), 0
+    for value, shape in zip(outs, shapes):
+        for k in range(rank):
+            c.link((value.name, k), (x.name, k), offset + np.arange(shape[k]) if k == axis else None)
+        offset += shape[axis]
+
+    def apply(model, kept) -> None:
+        sizes = [len(kept((v.name, axis))) if kept((v.name, axis)) is not None else s[axis] for v, s in zip(outs, shapes)]
+        if sizes == [s[axis] for s in shapes]:
+            return
+        if ctx.opset >= 13:
+            model.remove_attr(node, "num_outputs")
+            model.replace_constant_input(node, 1, np.array(sizes, dtype=np.int64))
+        else:
+            model.set_attr(node, "split", sizes)
+
+    c.fixups.append(Fixup(node, apply))
+    return c
+
+
+@axis_rule("Slice")
+def slice_(node, ctx: RuleContext) -> Coupling:
+    """Unsliced axes are the identity; an axis sliced with step 1 is an offset map."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    shape = ctx.shape(x)
+    bounds = _slice_bounds(node, ctx, shape)
+    if shape is None or bounds is None:
+        return c
+    for axis in range(len(shape)):
+        start, end, step = bounds.get(axis, (0, shape[axis], 1))
+        if axis not in bounds:
+            c.link((y.name, axis), (x.name, axis))
+        elif step == 1:
+            c.link((y.name, axis), (x.name, axis), start + np.arange(max(end - start, 0)))
+        else:
+            c.block((x.name, axis), "sliced with a step other than 1")
+
+    def apply(model, kept) -> None:
+        new = {}
+        for axis, (start, end, step) in bounds.items():
+            positions = kept((x.name, axis))
+            if positions is not None and step == 1:
+                new[axis] = (int(np.sum(positions < start)), int(np.sum(positions < end)))
+        if new:
+            _write_slice_bounds(model, node, ctx, bounds, new)
+
+    c.fixups.append(Fixup(node, apply))
+    return c
+
+
+def _slice_bounds(node, ctx: RuleContext, shape) -> dict[int, tuple[int, int, int]] | None:
+    """{axis: (start, end, step)} clamped to the dims, or None when not all constant."""
+    if shape is None:
+        return None
+    starts, ends = ctx.ints(node, "starts", 1), ctx.ints(node, "ends", 2)
+    axes = ctx.ints(node, "axes", 3)
+    steps = ctx.ints(node, "steps", 4) if ctx.opset >= 10 else None
+    if starts is None or ends is None:
+        return None
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = steps or [1] * len(starts)
+    bounds = {}
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        axis, dim = norm_axis(axis, len(shape)), shape[norm_axis(axis, len(shape))]
+        start = min(max(start + dim if start < 0 else start, 0), dim)
+        end = min(max(end + dim if end < 0 else end, 0), dim)
+        bounds[axis] = (start, end, step)
+    return bounds
+
+
+def _write_slice_bounds(model, node, ctx: RuleContext, bounds, new) -> None:
+    axes = list(bounds)
+    starts = [new.get(a, bounds[a][:2])[0] for a in axes]
+    ends = [new.get(a, bounds[a][:2])[1] for a in axes]
+    if ctx.opset >= 10:
+        model.replace_constant_input(node, 1, np.array(starts, dtype=np.int64))
+        model.replace_constant_input(node, 2, np.array(ends, dtype=np.int64))
+        model.replace_constant_input(node, 3, np.array(axes, dtype=np.int64))
+    else:
+        model.set_attr(node, "starts", starts)
+        model.set_attr(node, "ends", ends)
+        model.set_attr(node, "axes", axes)
+
+
+# ---------------------------------------------------------------- reshapes
+def link_regroup(c: Coupling, x, x_shape, y, y_shape) -> None:
+    """Link the axes of a row-major reshape from ``x_shape`` to ``y_shape``.
+
+    Axes of size 1 are free. The others form blocks of equal product: one axis to one is the
+    identity; several merged into one map merged position q to ``(q // stride) % size``;
+    one split into several map the other way; many-to-many blocks stay unlinked (blocked).
+    """
+    for value, shape in ((x, x_shape), (y, y_shape)):
+        c.free.update((value.name, axis) for axis, size in enumerate(shape) if size == 1)
+    for ins, outs in _blocks([(a, d) for a, d in enumerate(x_shape) if d != 1],
+                             [(a, d) for a, d in enumerate(y_shape) if d != 1]):
+        if len(ins) == 1 and len(outs) == 1:
+            c.link((x.name, ins[0][0]), (y.name, outs[0][0]))
+        elif len(ins) == 1:
+            _link_strided(c, (x.name, ins[0][0]), y, outs)
+        elif len(outs) == 1:
+            _link_strided(c, (y.name, outs[0][0]), x, ins)
+        else:
+            for axis, _ in ins:
+                c.block((x.name, axis), "reshaped together with other axes in a way sparsec cannot map")
+
+
+def _blocks(ins, outs):
+    """Split two lists of (axis, size) into consecutive runs of equal product."""
+    blocks, cur_in, cur_out, p_in, p_out, i, o = [], [], [], 1, 1, 0, 0
+    while i < len(ins) or o < len(outs):
+        if (p_in <= p_out and i < len(ins)) or o >= len(outs):
+            cur_in.append(ins[i])
+            p_in, i = p_in * ins[i][1], i + 1
+        else:
+            cur_out.append(outs[o])
+            p_out, o = p_out * outs[o][1], o + 1
+        if p_in == p_out and cur_in and cur_out:
+            blocks.append((cur_in, cur_out))
+            cur_in, cur_out, p_in, p_out = [], [], 1, 1
+    return blocks
+
+
+def _link_strided(c: Coupling, merged, parts_value, parts) -> None:
+    size = math.prod(d for _, d in parts)
+    stride = size
+    for axis, dim in parts:
+        stride //= dim
+        c.link(merged, (parts_value.name, axis), (np.arange(size) // stride) % dim)
+
+
+@axis_rule("Flatten", "Squeeze", "Unsqueeze")
+def regroup(node, ctx: RuleContext) -> Coupling:
+    """Ops whose output is a reshape of the input decided by attributes and input dims."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    x_shape, y_shape = ctx.shape(x), ctx.shape(y)
+    if x_shape is not None and y_shape is not None:
+        link_regroup(c, x, x_shape, y, y_shape)
+    return c
+
+
+@axis_rule("Reshape")
+def reshape(node, ctx: RuleContext) -> Coupling:
+    """A reshape; the target entries of pruned output axes are rewritten after surgery."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    x_shape, y_shape = ctx.shape(x), ctx.shape(y)
+    if x_shape is None or y_shape is None:
+        return c
+    link_regroup(c, x, x_shape, y, y_shape)
+    entries = shape_entries(ctx, node.inputs[1], len(y_shape))
+    add_shape_fixup(c, node, y, y_shape, entries, keep={0, -1})
+    return c
+
+
+def shape_entries(ctx: RuleContext, value, length: int) -> list[tuple | None]:
+    """Where each entry of a shape vector comes from: ``(node, input index, position, value)``
+    for entries held by a constant (the vector itself, or a constant piece of the Concat that
+    builds it), None for entries computed at run time."""
+    array = ctx.const(value)
+    if array is not None:
+        return [(None, None, k, int(v)) for k, v in enumerate(array.reshape(-1))]
+    producer = value.producer()
+    if producer is None or producer.op_type != "Concat" or len(ctx.shape(value) or ()) != 1:
+        return [None] * length
+    entries: list[tuple | None] = []
+    for index, piece in enumerate(producer.inputs):
+        piece_array, piece_shape = ctx.const(piece), ctx.shape(piece)
+        if piece_shape is None:
+            return [None] * length
+        if piece_array is None:
+            entries += [None] * int(math.prod(piece_shape))
+        else:
+            entries += [(producer, index, k, int(v)) for k, v in enumerate(piece_array.reshape(-1))]
+    return entries if len(entries) == length else [None] * length
+
+
+def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int]) -> None:
+    """Block output axes whose shape entry is computed at run time, and rewrite constant
+    entries (other than the self-adjusting values in ``keep``) of pruned axes after surgery."""
+    for axis, entry in enumerate(entries):
+        if entry is None and y_shape[axis] != 1:
+            c.block((y.name, axis), f"its size comes from a shape computed at run time ({node.op_type} input)")
+
+    def apply(model, kept) -> None:
+        edits: dict[tuple, np.ndarray] = {}
+        for axis, entry in enumerate(entries):
+            positions = kept((y.name, axis))
+            if positions is None or entry is None or entry[3] in keep:
+                continue
+            owner, index, position, _ = entry
+            key = (owner or node, 1 if owner is None else index)
+            if key not in edits:
+                edits[key] = model.constant(key[0].inputs[key[1]]).copy()
+            edits[key].reshape(-1)[position] = len(positions)
+        for (owner, index), array in edits.items():
+            model.replace_constant_input(owner, index, array)
+
+    c.fixups.append(Fixup(node, apply))
+
+
+@axis_rule("Expand")
+def expand(node, ctx: RuleContext) -> Coupling:
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    y_shape = ctx.shape(y)
+    if y_shape is None:
+        return c
+    link_broadcast(c, ctx, x, y)
+    target_length = int((ctx.shape(node.inputs[1]) or (0,))[0])
+    entries = [None] * (len(y_shape) - target_length) + shape_entries(ctx, node.inputs[1], target_length)
+    add_shape_fixup(c, node, y, y_shape, entries, keep={1})
+    return c
+
+
+@axis_rule("Transpose")
+def transpose(node, ctx: RuleContext) -> Coupling:
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    rank = ctx.rank(x)
+    if rank is None:
+        return c
+    perm = ctx.attr(node, "perm") or list(reversed(range(rank)))
+    for out_axis, in_axis in enumerate(perm):
+        c.link((y.name, out_axis), (x.name, int(in_axis)))
+    return c
+
+
+@axis_rule("Gather")
+def gather(node, ctx: RuleContext) -> Coupling:
+    """Axes other than ``axis`` pass through; on ``axis`` constant 1-D indices are a map."""
+    c, data, indices, y = Coupling(), node.inputs[0], node.inputs[1], node.outputs[0]
+    rank, index_shape = ctx.rank(data), ctx.shape(indices)
+    if rank is None or index_shape is None:
+        return c
+    axis = norm_axis(int(ctx.attr(node, "axis", 0)), rank)
+    for k in range(rank):
+        if k != axis:
+            c.link((data.name, k), (y.name, k if k < axis else k + len(index_shape) - 1))
+    array = ctx.const(indices)
+    if array is None:
+        for t in range(len(index_shape)):
+            c.link((indices.name, t), (y.name, axis + t))
+        return c
+    c.free.update((indices.name, t) for t in range(len(index_shape)))
+    if array.ndim != 1:
+        c.block((data.name, axis), "Gather picks single positions on this axis")
+        return c
+    dim = ctx.shape(data)[axis]
+    gathered = np.where(array < 0, array + dim, array).astype(np.int64)
+    c.link((y.name, axis), (data.name, axis), gathered)
+
+    def apply(model, kept) -> None:
+        kept_data, kept_out = kept((data.name, axis)), kept((y.name, axis))
+        if kept_data is None and kept_out is None:
+            return
+        kept_data = np.arange(dim) if kept_data is None else kept_data
+        kept_out = np.arange(len(gathered)) if kept_out is None else kept_out
+        model.replace_constant_input(node, 1, np.searchsorted(kept_data, gathered[kept_out]).astype(array.dtype))
+
+    c.fixups.append(Fixup(node, apply))
+    return c
+
+
+@axis_rule("Pad")
+def pad(node, ctx: RuleContext) -> Coupling:
+    """Axes padded by nothing pass through; padded axes change size and stay blocked."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    rank = ctx.rank(x)
+    pads = ctx.ints(node, "pads", 1)
+    if rank is None or pads is None:
+        return c
+    axes = ctx.ints(node, "axes", 3) if ctx.opset >= 18 else None
+    axes = [norm_axis(a, rank) for a in axes] if axes else list(range(rank))
+    padded = {axis for i, axis in enumerate(axes) if pads[i] or pads[i + len(axes)]}
+    for axis in range(rank):
+        if axis not in padded:
+            c.link((y.name, axis), (x.name, axis))
+    return c
+
+
+@axis_rule("Resize", "Upsample")
+def resize(node, ctx: RuleContext) -> Coupling:
+    """Axes with scale 1 (or an unchanged constant size) pass through; a size entry of a
+    pruned axis is rewritten."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    x_shape, y_shape = ctx.shape(x), ctx.shape(y)
+    if x_shape is None or y_shape is None:
+        return c
+    sizes_index = 3 if node.op_type == "Resize" and ctx.opset >= 11 else None
+    sizes = node.inputs[sizes_index] if sizes_index is not None and len(node.inputs) > sizes_index else None
+    for axis, (before, after) in enumerate(zip(x_shape, y_shape)):
+        if before == after:
+            c.link((y.name, axis), (x.name, axis))
+    if sizes is not None:
+        add_shape_fixup(c, node, y, y_shape, shape_entries(ctx, sizes, len(y_shape)), keep=set())
+    return c
+
+
+REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
+
+
+@axis_rule(*REDUCTIONS)
+def reduce(node, ctx: RuleContext) -> Coupling:
+    """Kept axes pass through; reduced axes are statistics (ReduceMean, as in a written-out
+    LayerNorm) or blocked."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    rank = ctx.rank(x)
+    if rank is None:
+        return c
+    reduced = _reduced_axes(node, ctx, rank)
+    if reduced is None:
+        return c
+    keepdims = bool(ctx.attr(node, "keepdims", 1))
+    out_axis = 0
+    for axis in range(rank):
+        if axis in reduced:
+            if node.op_type == "ReduceMean":
+                c.stats.add((x.name, axis))
+            else:
+                c.block((x.name, axis), f"{node.op_type} reduces over this axis")
+            if keepdims:
+                c.free.add((y.name, out_axis))
+        else:
+            c.link((y.name, out_axis), (x.name, axis))
+        out_axis += 1 if keepdims or axis not in reduced else 0
+    return c
+
+
+def _reduced_axes(node, ctx: RuleContext, rank: int) -> set[int] | None:
+    if node.op_type in ("ArgMax", "ArgMin"):
+        return {norm_axis(int(ctx.attr(node, "axis", 0)), rank)}
+    axes_input = 1 if (ctx.opset >= 18 or (node.op_type == "ReduceSum" and ctx.opset >= 13)) else None
+    has_input = axes_input is not None and len(node.inputs) > 1 and node.inputs[1] is not None
+    axes = ctx.ints(node, "axes", axes_input)
+    if axes is None and has_input:
+        return None  # axes computed at run time
+    if not axes:
+        return set() if ctx.attr(node, "noop_with_empty_axes", 0) else set(range(rank))
+    return {norm_axis(a, rank) for a in axes}
+
+
+@axis_rule("Softmax", "LogSoftmax", "Hardmax")
+def softmax(node, ctx: RuleContext) -> Coupling:
+    """Normalizes over ``axis`` (opset ≥ 13) or over all axes from ``axis`` on (older)."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    rank = ctx.rank(x)
+    if rank is None:
+        return c
+    axis = norm_axis(int(ctx.attr(node, "axis", -1 if ctx.opset >= 13 else 1)), rank)
+    normalized = {axis} if ctx.opset >= 13 else set(range(axis, rank))
+    for k in range(rank):
+        if k in normalized:
+            c.block((x.name, k), f"{node.op_type} normalizes over this axis")
+        else:
+            c.link((y.name, k), (x.name, k))
+    return c

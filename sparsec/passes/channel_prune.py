@@ -1,0 +1,198 @@
+"""``channel-prune``: remove a fraction of the channels of every prunable channel group.
+
+Decide, then cut: channel groups come from ``sparsec.analysis.groups``, unit scores from
+``sparsec.analysis.importance``, the cut from ``surgery.remove_channels``. Invariants:
+- a group that is blocked, excluded, or has a single unit is left whole, and says why;
+- a group never loses all its units, nor more than ``max_layer_ratio`` of them;
+- ``local`` scope removes ``floor(ratio·units)`` from each group, ``global`` ranks units of all
+  groups together (scores normalised by their group's mean) and removes ``floor(ratio·total)``;
+- with ``round_to=K`` a group keeps a multiple of K units when it has more than K;
+- the result carries the masked original (the oracle reference) and the plan: kept indices
+  per constant and axis, which ``plan=`` reads back to repeat the same cut.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from sparsec.analysis.groups import ChannelGroup, find_channel_groups
+from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
+from sparsec.errors import InputError
+from sparsec.ir import Model
+from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
+from sparsec.passes.registry import register
+from sparsec.passes.surgery import Masks, apply_masks, channel_masks, remove_channels
+
+PLAN_FORMAT = "sparsec-channel-plan"
+
+
+@register
+class ChannelPrunePass(InPlacePass):
+    """Remove ``ratio`` of the channels of every prunable group (exact vs the masked original)."""
+
+    name: ClassVar[str] = "channel-prune"
+    summary: ClassVar[str] = "Remove a fraction of the channels of every prunable channel group."
+    lossy: ClassVar[bool] = True
+
+    def __init__(self, ratio: float = 0.5, importance: str = "l1", scope: str = "local",
+                 max_layer_ratio: float = 0.9, round_to: int = 1, exclude: str = "", seed: int = 0,
+                 plan: str = "") -> None:
+        self.ratio, self.importance, self.scope = ratio, importance, scope
+        self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
+        self.seed, self.plan = seed, plan
+
+    def requires(self, model) -> None:
+        if not 0 <= self.ratio < 1:
+            raise PassError(f"channel-prune: ratio must be in [0, 1), got {self.ratio}")
+        if self.scope not in ("local", "global"):
+            raise PassError(f"channel-prune: scope must be local or global, got '{self.scope}'")
+        if not 0 < self.max_layer_ratio <= 1:
+            raise PassError(f"channel-prune: max_layer_ratio must be in (0, 1], got {self.max_layer_ratio}")
+        if self.round_to < 1:
+            raise PassError(f"channel-prune: round_to must be at least 1, got {self.round_to}")
+        if self.importance not in IMPORTANCE:
+            raise PassError(f"channel-prune: unknown importance '{self.importance}'; known: {', '.join(IMPORTANCE)}")
+
+    def call(self, model) -> PassResult:
+        analysis = find_channel_groups(model)
+        reasons = {g.id: self._reason(g) for g in analysis.groups}
+        candidates = [g for g in analysis.groups if reasons[g.id] is None]
+        if self.plan:
+            removed = removed_from_plan(read_plan(self.plan), analysis.groups, reasons)
+        else:
+            removed = self._select(model, candidates)
+        masks = channel_masks(model, analysis, removed)
+        result = PassResult(model, modified=False, diagnostics=_diagnostics(analysis, reasons))
+        result.reference = _reference_builder(model, masks)
+        result.artifacts["plan"] = plan_json(masks)
+        units = remove_channels(model, analysis, removed)
+        result.modified = units > 0
+        result.stats = {"groups": len(analysis.groups), "groups_pruned": sum(1 for u in removed.values() if len(u)),
+                        "channels_removed": units, "channels_total": sum(g.units for g in analysis.groups)}
+        return result
+
+    def _reason(self, group: ChannelGroup) -> str | None:
+        if group.reason is not None:
+            return group.reason
+        if group.stats:
+            return "a normalization computes statistics over these channels"
+        patterns = [p for p in self.exclude.split("|") if p]
+        names = {m[0] for m in group.members} | group.nodes
+        hit = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
+        return f"excluded by --exclude '{hit}'" if hit else None
+
+    def _select(self, model, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
+        ctx = ImportanceContext(model, seed=self.seed)
+        scores = {g.id: group_scores(g, self.importance, ctx) for g in groups}
+        if self.scope == "local":
+            counts = {g.id: self._cap(g, int(self.ratio * g.units)) for g in groups}
+        else:
+            counts = self._global_counts(groups, scores)
+        removed = {}
+        for group in groups:
+            keep = _round_keep(group.units - counts[group.id], self.round_to, group.units)
+            removed[group.id] = np.sort(np.argsort(scores[group.id], kind="stable")[: group.units - keep])
+        return removed
+
+    def _cap(self, group: ChannelGroup, count: int) -> int:
+        return max(0, min(count, int(self.max_layer_ratio * group.units), group.units - 1))
+
+    def _global_counts(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray]) -> dict[int, int]:
+        ranked = sorted((s / (scores[g.id].mean() + 1e-12), g.id) for g in groups for s in scores[g.id])
+        budget = int(self.ratio * sum(g.units for g in groups))
+        by_id = {g.id: g for g in groups}
+        counts = {g.id: 0 for g in groups}
+        for _, group_id in ranked:
+            if budget == 0:
+                break
+            if counts[group_id] < self._cap(by_id[group_id], by_id[group_id].units):
+                counts[group_id] += 1
+                budget -= 1
+        return counts
+
+
+def _round_keep(keep: int, multiple: int, units: int) -> int:
+    """Units a group keeps: at least one, and a multiple of ``multiple`` when it has more."""
+    keep = max(keep, 1)
+    if multiple <= 1 or units <= multiple:
+        return keep
+    return max(multiple, min(units, int(round(keep / multiple)) * multiple))
+
+
+def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:
+    found = [Diagnostic("warning", "channel.barrier", f"no axis rule for {op}: channels through it are kept", node)
+             for node, op in analysis.barriers.items()]
+    for group in analysis.groups:
+        if reasons[group.id] is not None:
+            found.append(Diagnostic("info", "channel.group-kept", f"{group.describe()}: {reasons[group.id]}"))
+    return found
+
+
+def _reference_builder(model, masks: Masks):
+    """A callable building the masked original: the unpruned input of this pass with the
+    removed channels zeroed. Reloaded from disk when the pass got the model as loaded."""
+    if model.path is not None and model.version == 0:
+        path = model.path
+        return lambda: _masked(Model.load(path), masks)
+    snapshot = model.copy()
+    return lambda: _masked(snapshot, masks)
+
+
+def _masked(model, masks: Masks):
+    apply_masks(model, masks)
+    return model
+
+
+# ---------------------------------------------------------------- plans
+def plan_json(masks: Masks) -> dict:
+    """Kept indices per constant and axis, for ``--plan-out`` (and to prune the source model)."""
+    constants = {name: [{"axis": axis, "size": size, "kept": kept.tolist()} for axis, kept, size in sorted(axes, key=lambda a: a[0])]
+                 for name, axes in sorted(masks.items())}
+    return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
+
+
+def read_plan(path: str) -> dict:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read plan {path}: {error}") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise InputError(f"{path} is not a sparsec channel plan (written by --plan-out)")
+    return plan
+
+
+def removed_from_plan(plan: dict, groups: list[ChannelGroup], reasons: dict) -> dict[int, np.ndarray]:
+    """The units each group loses under ``plan``; refuses a plan that does not fit the model."""
+    entries = {(name, e["axis"]): e for name, axes in plan["initializers"].items() for e in axes}
+    removed = {}
+    for group in groups:
+        mine = {m: entries.pop(m) for m in group.constants if m in entries}
+        if not mine:
+            continue
+        if reasons[group.id] is not None:
+            raise InputError(f"plan prunes {_names(mine)}, but {group.describe()} cannot be pruned: {reasons[group.id]}")
+        drop = set()
+        for member, entry in mine.items():
+            if entry["size"] != group.sizes[member]:
+                raise InputError(f"plan: {member[0]} axis {member[1]} has size {group.sizes[member]}, plan says {entry['size']}")
+            lost = np.setdiff1d(np.arange(group.sizes[member]), np.asarray(entry["kept"], dtype=np.int64))
+            drop.update(group.atoms[member][lost].tolist())
+        if len(drop) >= group.units:
+            raise InputError(f"plan would empty {group.describe()}")
+        removed[group.id] = np.array(sorted(drop), dtype=np.int64)
+        for member, entry in mine.items():
+            if not np.array_equal(group.kept_positions(member, removed[group.id]), np.asarray(entry["kept"])):
+                raise InputError(f"plan: the kept indices of {member[0]} axis {member[1]} disagree with the rest of its group")
+    if entries:
+        raise InputError(f"plan names {_names(entries)}, which no prunable channel group of this model holds")
+    return removed
+
+
+def _names(members) -> str:
+    listed = sorted(f"{name}[axis {axis}]" for name, axis in members)
+    return ", ".join(listed[:3]) + (f" and {len(listed) - 3} more" if len(listed) > 3 else "")
