@@ -9,6 +9,8 @@ original. The pipeline text is recorded in the output's ``metadata_props``.
 from __future__ import annotations
 
 import json
+import resource
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,12 +18,14 @@ from pathlib import Path
 
 from sparsec import __version__
 from sparsec.analysis.cost import analyze_cost
+from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.inputs import bind_shapes, feed_shapes, load_npz, parse_input_shapes, random_inputs
 from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
-from sparsec.passes.builtin import default_pipeline
-from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, Validation, validate
+from sparsec.passes.builtin import cleanup_passes, default_pipeline
+from sparsec.passes.channel_prune import ChannelPrunePass
+from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, validate
 
 PIPELINE_METADATA_KEY = "sparsec.pipeline"
 
@@ -77,6 +81,22 @@ def analyze(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path |
     }
 
 
+def channel_groups(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
+    """The channel groups of ``model`` as JSON-ready dicts: channels, weights, members, and
+    whether ``--channels`` would prune them (or why not)."""
+    overrides = parse_input_shapes(input_shapes, model) or None
+    analysis = find_channel_groups(model, overrides)
+    rows = []
+    for group in analysis.groups:
+        rows.append({
+            "id": group.id, "channels": group.units, "prunable": group.prunable, "reason": group.reason,
+            "weights": [f"{name}[{axis}]" for name, axis in group.compute],
+            "members": [{"value": name, "axis": axis, "size": group.sizes[(name, axis)]}
+                        for name, axis in group.members if not name.startswith("#")],
+        })
+    return rows
+
+
 def _value_info(model: Model, value, bound) -> dict:
     dtype = model.elem_type(value)
     info = {"name": value.name, "dtype": str(dtype) if dtype is not None else None, "shape": model.shape_dims(value)}
@@ -90,10 +110,14 @@ class CompressResult:
     before: Figures
     after: Figures
     pipeline: str
-    validation: Validation
+    validation: Validation  # against the original (informational when the pipeline is lossy)
     stats: dict[str, float] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     output: str = ""
+    oracle: Validation | None = None  # against the masked original, when a pass was lossy
+    timings_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    weight_bytes: int = 0
 
     def to_json(self) -> dict:
         report = {f"{key}_{when}": getattr(fig, key) for when, fig in (("before", self.before), ("after", self.after))
@@ -102,60 +126,150 @@ class CompressResult:
             output=self.output, pipeline=self.pipeline, validation=self.validation.to_json(),
             latency_ms_before=self.validation.latency_ms_reference,
             latency_ms_after=self.validation.latency_ms_candidate,
-            stats=self.stats, diagnostics=[d.to_json() for d in self.diagnostics], sparsec_version=__version__,
+            oracle=None if self.oracle is None else _oracle_json(self.oracle),
+            groups=_groups_json(self.stats), timings_s=self.timings_s, peak_rss_mb=self.peak_rss_mb,
+            weight_bytes=self.weight_bytes, stats=self.stats, diagnostics=[d.to_json() for d in self.diagnostics],
+            sparsec_version=__version__,
         )
         return report
+
+
+def _oracle_json(oracle: Validation) -> dict:
+    return {"passed": oracle.passed, "max_abs_error": max((o.max_abs for o in oracle.outputs), default=0.0),
+            "max_abs_output": max((o.max_abs_reference for o in oracle.outputs), default=0.0),
+            "tolerance": ORACLE_TOLERANCE}
+
+
+def _groups_json(stats: dict[str, float]) -> dict | None:
+    if "channel-prune.groups" not in stats:
+        return None
+    return {"total": int(stats["channel-prune.groups"]), "pruned": int(stats["channel-prune.groups_pruned"])}
 
 
 def compress(
     source: str | Path,
     output: str | Path,
     *,
-    pipeline: str | None = None,
+    pipeline: str | Sequence[PassBase] | None = None,
     input_shapes: Sequence[str] = (),
     inputs: str | Path | None = None,
     force: bool = False,
     report: str | Path | None = None,
+    plan_out: str | Path | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     latency_runs: int = 10,
     on_pass: Callable[[PassBase, PassResult], None] | None = None,
 ) -> CompressResult:
-    """Load ``source``, run the pipeline, validate against the original, write ``output``
-    (and the JSON ``report`` when asked)."""
+    """Load ``source``, run the pipeline, validate, write ``output`` (and the JSON ``report``
+    and the channel ``plan_out`` when asked).
+
+    A lossless pipeline must match the original (atol + rtol·|ref|). A lossy one (a pass that
+    set ``PassResult.reference``) must match its masked original within
+    ``ORACLE_TOLERANCE``·max |output|; its difference from the original is reported, not gated.
+    """
+    clock, rss = _Clock(), _peak_rss_mb()
     model = Model.load(source)
-    check_destinations(model, Path(output), Path(report) if report is not None else None, force)
+    clock.lap("load")
+    extra = [Path(p) for p in (report, plan_out) if p is not None]
+    check_destinations(model, Path(output), extra, force)
     feeds, label = prepare_feeds(model, input_shapes, inputs)
     shapes = feed_shapes(feeds)
-    runner = Pipeline(parse_pipeline(pipeline), fixed_point=True, on_pass=on_pass) if pipeline else default_pipeline(on_pass=on_pass)
+    runner = _pipeline(pipeline, on_pass)
     before = figures(model, shapes, model.source_bytes)
+    weight_bytes = model.weight_bytes()
+    clock.lap("analysis")
     result = runner(model)
     model.set_metadata(PIPELINE_METADATA_KEY, runner.describe())
+    clock.lap("passes")
+    memory = {"baseline": rss, "compile": max(0.0, _peak_rss_mb() - rss)}
     problem = model.check()
     if problem is not None:
         raise ValidationError(f"the compressed model fails the ONNX checker (nothing written): {problem}")
+    oracle = None
+    if result.reference is not None:
+        oracle = validate(result.reference(), model, feeds, inputs_label=label, latency_runs=0,
+                          peak_tolerance=ORACLE_TOLERANCE)
+        if not oracle.passed:
+            raise ValidationError(_oracle_failure_line(oracle))
     validation = validate(Path(source), model, feeds, inputs_label=label, rtol=rtol, atol=atol,
                           latency_runs=latency_runs)
-    if not validation.passed:
+    if oracle is None and not validation.passed:
         raise ValidationError(_failure_line(validation))
+    clock.lap("validate")
     written = model.save(output, force=force)
+    clock.lap("save")
     after = figures(model, shapes, written)
-    outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics, str(output))
+    outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
+                             str(output), oracle, clock.laps, memory, weight_bytes)
+    if plan_out is not None:
+        _write_json(plan_out, result.artifacts.get("plan"), "--plan-out needs a pass that writes a plan (e.g. --channels)")
     if report is not None:
-        Path(report).write_text(json.dumps(outcome.to_json(), indent=2) + "\n")
+        _write_json(report, outcome.to_json(), "")
     return outcome
 
 
-def check_destinations(model: Model, output: Path, report: Path | None, force: bool) -> None:
-    """Refuse, before any work, outputs that would clobber the input or cannot be written."""
+def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:
+    if not pipeline:
+        return default_pipeline(on_pass=on_pass)
+    passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline)
+    return Pipeline(passes, fixed_point=True, on_pass=on_pass)
+
+
+def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "local", max_layer_ratio: float = 0.9,
+                   round_to: int = 1, exclude: Sequence[str] = (), seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
+    """``channel-prune`` with these options, then the cleanup passes (what ``--channels`` runs)."""
+    if plan is not None and not Path(plan).is_file():
+        raise InputError(f"plan file {plan} not found")
+    prune = ChannelPrunePass(ratio=ratio, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
+                             round_to=round_to, exclude="|".join(exclude), seed=seed, plan=str(plan or ""))
+    prune.requires(None)
+    return [prune, *cleanup_passes()]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write_json(path, payload, missing: str) -> None:
+    if payload is None:
+        raise InputError(missing)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _oracle_failure_line(oracle: Validation) -> str:
+    worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
+    if worst is None:
+        return "oracle check failed: the pruned model's outputs do not match its masked original (nothing written)"
+    return (f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
+            f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
+            "this is a sparsec bug, please report it")
+
+
+def check_destinations(model: Model, output: Path, extra: Sequence[Path], force: bool) -> None:
+    """Refuse, before any work, outputs that would clobber the input or cannot be written
+    (``extra``: the report and plan files)."""
     data_path = model.check_destination(output, force=force)
-    if report is None:
-        return
-    model.refuse_clobbering_sources(report, force=False)
-    if report.resolve() in {p.resolve() for p in (output, data_path) if p is not None}:
-        raise InputError(f"--report {report} is also the model output path")
-    if not report.parent.is_dir():
-        raise InputError(f"output folder {report.parent} does not exist")
+    taken = {p.resolve() for p in (output, data_path) if p is not None}
+    for path in extra:
+        model.refuse_clobbering_sources(path, force=False)
+        if path.resolve() in taken:
+            raise InputError(f"{path} is given as two outputs (model, report or plan)")
+        if not path.parent.is_dir():
+            raise InputError(f"output folder {path.parent} does not exist")
+        taken.add(path.resolve())
 
 
 def _failure_line(report: Validation) -> str:

@@ -45,11 +45,16 @@ def cli() -> None:
 @cli.command()
 @click.argument("model", type=MODEL_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (top-level params and macs).")
+@click.option("--groups", is_flag=True,
+              help="Also list the channel groups: members, channels, prunable or why not (naming the blocking op).")
 @input_shape_option
 @inputs_option
-def analyze(model: Path, as_json: bool, input_shapes: tuple[str, ...], inputs: Path | None) -> None:
+def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, ...], inputs: Path | None) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
-    summary = api.analyze(api.Model.load(model), input_shapes, inputs)
+    loaded = api.Model.load(model)
+    summary = api.analyze(loaded, input_shapes, inputs)
+    if groups:
+        summary["channel_groups"] = api.channel_groups(loaded, input_shapes)
     click.echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
 
 
@@ -62,20 +67,49 @@ def analyze(model: Path, as_json: bool, input_shapes: tuple[str, ...], inputs: P
               help="Passes to run instead of the default cleanup, e.g. 'identity-elimination,dead-code' "
                    "or 'my_passes.py:MyPass(threshold=0.1)'. See `sparsec passes`.")
 @click.option("--force", is_flag=True, help="Allow -o to overwrite the input model.")
+@click.option("--channels", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="R",
+              help="Remove fraction R of the channels of every prunable channel group (then clean up).")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random"]), default="l1", show_default=True,
+              help="How channels are ranked: L1/L2 norm of all their weight slices, BatchNorm |gamma|, or seeded random.")
+@click.option("--importance-scope", "scope", type=click.Choice(["local", "global"]), default="local", show_default=True,
+              help="local: every group loses the same fraction; global: rank channels of all groups together.")
+@click.option("--max-layer-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="With global ranking, the most any one group may lose.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Keep channel counts at multiples of K (e.g. 8 or 16 for fast kernels) where the group allows.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Never prune groups touching a node or initializer whose name matches GLOB (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --importance random.")
+@click.option("--plan-out", type=MODEL_PATH, default=None, metavar="FILE.json",
+              help="Write the kept indices per initializer and axis (to prune the source model the same way).")
+@click.option("--plan-in", type=MODEL_PATH, default=None, metavar="FILE.json",
+              help="Apply a plan written by --plan-out instead of choosing channels.")
 @input_shape_option
 @inputs_option
 @rtol_option
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
+             channels, importance, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
              input_shapes, inputs, rtol, atol, latency_runs) -> None:
-    """Compress MODEL into OUTPUT, validated against MODEL in onnxruntime.
+    """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
-    Runs the cleanup pipeline (identity elimination, BatchNorm folding, shape constant folding,
-    dead-code elimination) to a fixed point unless --passes says otherwise.
+    Without a transform flag: the exact cleanup pipeline (identity elimination, BatchNorm
+    folding, shape constant folding, dead-code elimination) to a fixed point, validated against
+    MODEL. With --channels or --plan-in: channel pruning, then cleanup; validated against the
+    masked original (MODEL with the removed channels zeroed) within 1e-4 x max |output|, and
+    the difference from MODEL itself reported.
     """
+    if (channels is not None or plan_in is not None) and pipeline:
+        raise click.UsageError("--passes cannot be combined with --channels or --plan-in")
+    if channels is not None and plan_in is not None:
+        raise click.UsageError("--plan-in applies a saved plan; drop --channels")
+    if channels is not None or plan_in is not None:
+        pipeline = api.channel_passes(channels or 0.0, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
+                                      round_to=round_to, exclude=exclude, seed=seed, plan=plan_in)
     result = api.compress(model, output, pipeline=pipeline, input_shapes=input_shapes, inputs=inputs, force=force,
-                          report=report_path, rtol=rtol, atol=atol, latency_runs=latency_runs, on_pass=_progress)
+                          report=report_path, plan_out=plan_out, rtol=rtol, atol=atol, latency_runs=latency_runs,
+                          on_pass=_progress)
     click.echo(report.compress_text(result))
 
 

@@ -8,7 +8,9 @@ Metrics per output (reference r, candidate c, both as float64):
 - ``top1`` (classifier-shaped outputs: rank 2, more than one class) = share of rows whose
   argmax agrees.
 An output passes when every element satisfies |c − r| ≤ atol + rtol·|r| (``numpy.allclose``;
-NaN equals NaN, where the reference itself produces NaN) and the shapes agree. Latency is the median of ``runs`` timed runs after ``warmup`` untimed
+NaN equals NaN, where the reference itself produces NaN) and the shapes agree. The exactness
+oracle (a pruned model against its masked original) instead passes when
+max |c − r| ≤ ``peak_tolerance`` · max |r| (``ORACLE_TOLERANCE`` = 1e-4). Latency is the median of ``runs`` timed runs after ``warmup`` untimed
 ones, same inputs, same thread settings for both models.
 """
 
@@ -25,6 +27,7 @@ from sparsec.ir import Model, runtime
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
+ORACLE_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -36,6 +39,7 @@ class OutputMetrics:
     cosine: float
     top1: float | None
     passed: bool
+    max_abs_reference: float = 0.0
 
 
 @dataclass
@@ -62,7 +66,8 @@ def session(source: Model | str | Path, threads: int = 0) -> runtime.Session:
     return runtime.session_for_file(source, threads=threads)
 
 
-def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float) -> OutputMetrics:
+def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float,
+                   peak_tolerance: float | None = None) -> OutputMetrics:
     if reference.shape != candidate.shape:
         return OutputMetrics(name, list(candidate.shape), float("inf"), float("inf"), 0.0, None, False)
     r, c = reference.astype(np.float64), candidate.astype(np.float64)
@@ -71,8 +76,11 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rtol
     floor = max(1e-6 * scale, np.finfo(np.float64).tiny)
     max_abs = float(diff.max()) if r.size else 0.0
     max_rel = float((diff / np.maximum(np.abs(r), floor)).max()) if r.size else 0.0
-    return OutputMetrics(name, list(r.shape), max_abs, max_rel, _cosine(r, c), _top1(r, c),
-                         bool(np.allclose(c, r, rtol=rtol, atol=atol, equal_nan=True)))
+    if peak_tolerance is None:
+        passed = bool(np.allclose(c, r, rtol=rtol, atol=atol, equal_nan=True))
+    else:
+        passed = bool(max_abs <= peak_tolerance * scale)
+    return OutputMetrics(name, list(r.shape), max_abs, max_rel, _cosine(r, c), _top1(r, c), passed, float(scale))
 
 
 def _cosine(r: np.ndarray, c: np.ndarray) -> float:
@@ -102,12 +110,14 @@ def median_latency_ms(sess: runtime.Session, feeds: dict, runs: int, warmup: int
 
 
 def validate(reference, candidate, feeds: dict[str, np.ndarray], *, inputs_label: str = "random (seed 0)",
-             rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, latency_runs: int = 10) -> Validation:
-    """Run both models on ``feeds``; compare outputs by name (positionally when names differ)."""
+             rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, latency_runs: int = 10,
+             peak_tolerance: float | None = None) -> Validation:
+    """Run both models on ``feeds``; compare outputs by name (positionally when names differ).
+    With ``peak_tolerance`` an output passes on max |c − r| ≤ peak_tolerance · max |r|."""
     ref_session, cand_session = session(reference), session(candidate)
     ref_out, cand_out = ref_session.run(feeds), cand_session.run(feeds)
     pairs = _pair_outputs(ref_session.output_names, cand_session.output_names)
-    metrics = [output_metrics(name, ref_out[name], cand_out[other], rtol, atol) for name, other in pairs]
+    metrics = [output_metrics(name, ref_out[name], cand_out[other], rtol, atol, peak_tolerance) for name, other in pairs]
     return Validation(
         passed=len(pairs) == len(ref_session.output_names) and all(m.passed for m in metrics),
         rtol=rtol, atol=atol, inputs=inputs_label, outputs=metrics,

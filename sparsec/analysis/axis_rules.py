@@ -72,8 +72,9 @@ class Coupling:
 class RuleContext:
     """What a rule may read: concrete shapes, constants, attributes, the opset."""
 
-    def __init__(self, model, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, model, shapes: dict[str, tuple[int, ...]], measured: dict | None = None) -> None:
         self.model, self.shapes, self.opset = model, shapes, model.opset
+        self.measured = measured or {}  # values of run-time shape tensors on sample inputs
 
     def shape(self, value) -> tuple[int, ...] | None:
         if value is None or not value.name:

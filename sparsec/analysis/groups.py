@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-import sparsec.analysis.layout_rules  # noqa: F401  (registers the layout rules)
 from sparsec.analysis.axis_rules import Coupling, Member, RuleContext, rule_for
-from sparsec.analysis.shapes import value_shapes
+from sparsec.analysis.layout_rules import RUN_TIME_SHAPES
+from sparsec.analysis.shapes import measure_values, value_shapes
 
 
 @dataclass
@@ -45,6 +45,16 @@ class ChannelGroup:
     def kept_positions(self, member: Member, removed_units: np.ndarray) -> np.ndarray:
         return np.flatnonzero(~np.isin(self.atoms[member], removed_units))
 
+    def segments(self) -> list[np.ndarray]:
+        """Units grouped by the set of compute weights they appear in: one segment per Concat
+        input in a DenseNet-style group, a single segment for a residual stream. Pruning each
+        segment by the same fraction keeps every layer's width balanced."""
+        presence = np.zeros((self.units, len(self.compute)), dtype=bool)
+        for column, member in enumerate(self.compute):
+            presence[self.atoms[member], column] = True
+        _, segment_of = np.unique(presence, axis=0, return_inverse=True)
+        return [np.flatnonzero(segment_of.reshape(-1) == s) for s in range(segment_of.max() + 1)]
+
     def describe(self) -> str:
         weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])
         more = f" +{len(self.compute) - 4}" if len(self.compute) > 4 else ""
@@ -61,11 +71,13 @@ class GroupAnalysis:
 def find_channel_groups(model, input_shapes=None) -> GroupAnalysis:
     """All channel groups of ``model`` (cached until the model changes)."""
     key = "channel_groups:" + repr(sorted((input_shapes or {}).items()))
-    return model.cached(key, lambda: _analyze(model, value_shapes(model, input_shapes)))
+    return model.cached(key, lambda: _analyze(model, input_shapes))
 
 
-def _analyze(model, shapes) -> GroupAnalysis:
-    ctx = RuleContext(model, shapes)
+def _analyze(model, input_shapes) -> GroupAnalysis:
+    dynamic = [node.inputs[index].name for node in model.nodes() if (index := RUN_TIME_SHAPES.get(node.op_type)) is not None
+               and len(node.inputs) > index and node.inputs[index] is not None and model.constant(node.inputs[index]) is None]
+    ctx = RuleContext(model, value_shapes(model, input_shapes), measure_values(model, dynamic, input_shapes))
     graph, blocked, couplings, barriers, touching = nx.Graph(), {}, [], {}, {}
     sizes: dict[Member, int] = {}
     for node in model.nodes():
@@ -168,7 +180,7 @@ def _make_group(index, model, graph, component, sizes, compute, stats, blocked) 
 
 def _is_constant(model, name: str) -> bool:
     value = model_value(model, name)
-    return value is not None and model.constant_shape(value) is not None and not value.is_graph_input()
+    return value is not None and model.constant_shape(value) is not None
 
 
 def _unify_positions(graph: nx.Graph, members: list[Member], sizes: dict) -> tuple[dict, int, bool]:

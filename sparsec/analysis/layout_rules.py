@@ -193,7 +193,8 @@ def regroup(node, ctx: RuleContext) -> Coupling:
 
 @axis_rule("Reshape")
 def reshape(node, ctx: RuleContext) -> Coupling:
-    """A reshape; the target entries of pruned output axes are rewritten after surgery."""
+    """A reshape; the target entries of pruned output axes are rewritten after surgery.
+    Entries computed at run time block their axes (they may not follow the pruning)."""
     c, x, y = Coupling(), node.inputs[0], node.outputs[0]
     x_shape, y_shape = ctx.shape(x), ctx.shape(y)
     if x_shape is None or y_shape is None:
@@ -259,8 +260,16 @@ def expand(node, ctx: RuleContext) -> Coupling:
     link_broadcast(c, ctx, x, y)
     target_length = int((ctx.shape(node.inputs[1]) or (0,))[0])
     entries = [None] * (len(y_shape) - target_length) + shape_entries(ctx, node.inputs[1], target_length)
+    measured = ctx.measured.get(node.inputs[1].name)
+    if measured is not None and len(measured) == target_length:  # a run-time 1 keeps the input's size
+        offset = len(y_shape) - target_length
+        entries = [(None, None, k, 1) if e is None and k >= offset and measured[k - offset] == 1 else e
+                   for k, e in enumerate(entries)]
     add_shape_fixup(c, node, y, y_shape, entries, keep={1})
     return c
+
+
+RUN_TIME_SHAPES = {"Expand": 1}  # op → input whose run-time value the rule reads from ctx.measured
 
 
 @axis_rule("Transpose")

@@ -41,9 +41,22 @@ def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, 
 
 def measure_shapes(model, bindings: Mapping[str, Shape], names: list[str]) -> dict[str, Shape]:
     """Shapes of ``names`` as onnxruntime computes them on seeded inputs of the bound shapes."""
+    return {name: tuple(array.shape) for name, array in _run(model, bindings, names).items()}
+
+
+def measure_values(model, names: list[str], overrides: Mapping[str, Shape] | None = None) -> dict:
+    """Values of (small) tensors ``names`` on seeded inputs of the bound shapes; {} on failure."""
+    if not names:
+        return {}
+    bindings = bind_shapes(model, overrides)
+    key = "values:" + repr(sorted(bindings.items())) + repr(sorted(names))
+    return model.cached(key, lambda: _run(model, bindings, list(names)))
+
+
+def _run(model, bindings: Mapping[str, Shape], names: list[str]) -> dict:
     try:
         session = runtime.session_for(model, extra_outputs=names, optimization="disable")
         results = session.run(random_inputs(model, bindings, seed=0), names)
     except SparsecError:
-        return {}  # the costs that needed these shapes are reported as unknown
-    return {name: tuple(array.shape) for name, array in results.items() if hasattr(array, "shape")}
+        return {}  # whoever needed these reports them as unknown
+    return {name: array for name, array in results.items() if hasattr(array, "shape")}

@@ -351,6 +351,7 @@ class Model:
         names = {v.name for v in self.graph.inputs} | set(self.graph.initializers)
         for node in self.all_nodes():
             names.update(v.name for v in node.outputs if v.name)
+            names.add(node.name)
         return names
 
     def set_input(self, node: ir.Node, index: int, value: ir.Value | None) -> None:
@@ -399,6 +400,16 @@ class Model:
         new_producer, old_producer = new.producer(), old.producer()
         same_graph = new_producer is not None and old_producer is not None and new_producer.graph is old_producer.graph
         return same_graph and not (new.is_graph_input() or new.is_initializer() or new.is_graph_output())
+
+    def add_node(self, op_type: str, inputs: list, attributes: dict | None = None, *, before: ir.Node,
+                 name: str = "sparsec") -> ir.Value:
+        """Insert a standard-domain node right before ``before`` (same graph); returns its output."""
+        attrs = [ir.convenience.convert_attribute(k, v) for k, v in (attributes or {}).items()]
+        node = ir.Node("", op_type, inputs, attrs, num_outputs=1, name=self.unique_name(f"{name}/{op_type}"))
+        node.outputs[0].name = self.unique_name(f"{name}/{op_type}_out")
+        before.graph.insert_before(before, node)
+        self.touch()
+        return node.outputs[0]
 
     def remove_node(self, node: ir.Node) -> None:
         """Remove a node whose outputs are no longer used."""

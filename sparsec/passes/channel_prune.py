@@ -4,9 +4,12 @@ Decide, then cut: channel groups come from ``sparsec.analysis.groups``, unit sco
 ``sparsec.analysis.importance``, the cut from ``surgery.remove_channels``. Invariants:
 - a group that is blocked, excluded, or has a single unit is left whole, and says why;
 - a group never loses all its units, nor more than ``max_layer_ratio`` of them;
-- ``local`` scope removes ``floor(ratio·units)`` from each group, ``global`` ranks units of all
-  groups together (scores normalised by their group's mean) and removes ``floor(ratio·total)``;
-- with ``round_to=K`` a group keeps a multiple of K units when it has more than K;
+- ``local`` scope removes ``floor(ratio·n)`` units from each *segment* of n units (a group's
+  units split by the set of weights they appear in: one segment per DenseNet layer feeding a
+  Concat, one for a residual stream), so every layer keeps a balanced width; ``global`` ranks
+  units of all groups together (scores relative to their group's mean) and gives each group the
+  share of its units below the global cut as its ratio;
+- with ``round_to=K`` a segment keeps a multiple of K units when it has more than K;
 - the result carries the masked original (the oracle reference) and the plan: kept indices
   per constant and axis, which ``plan=`` reads back to repeat the same cut.
 """
@@ -26,7 +29,7 @@ from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
-from sparsec.passes.surgery import Masks, apply_masks, channel_masks, remove_channels
+from sparsec.passes.surgery import OracleMasks, apply_masks, channel_masks, remove_channels
 
 PLAN_FORMAT = "sparsec-channel-plan"
 
@@ -79,8 +82,6 @@ class ChannelPrunePass(InPlacePass):
     def _reason(self, group: ChannelGroup) -> str | None:
         if group.reason is not None:
             return group.reason
-        if group.stats:
-            return "a normalization computes statistics over these channels"
         patterns = [p for p in self.exclude.split("|") if p]
         names = {m[0] for m in group.members} | group.nodes
         hit = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
@@ -89,31 +90,28 @@ class ChannelPrunePass(InPlacePass):
     def _select(self, model, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
         ctx = ImportanceContext(model, seed=self.seed)
         scores = {g.id: group_scores(g, self.importance, ctx) for g in groups}
-        if self.scope == "local":
-            counts = {g.id: self._cap(g, int(self.ratio * g.units)) for g in groups}
-        else:
-            counts = self._global_counts(groups, scores)
-        removed = {}
-        for group in groups:
-            keep = _round_keep(group.units - counts[group.id], self.round_to, group.units)
-            removed[group.id] = np.sort(np.argsort(scores[group.id], kind="stable")[: group.units - keep])
-        return removed
+        ratios = self._global_ratios(groups, scores) if self.scope == "global" else {g.id: self.ratio for g in groups}
+        return {g.id: self._lowest_per_segment(g, scores[g.id], ratios[g.id]) for g in groups}
 
-    def _cap(self, group: ChannelGroup, count: int) -> int:
-        return max(0, min(count, int(self.max_layer_ratio * group.units), group.units - 1))
+    def _lowest_per_segment(self, group: ChannelGroup, scores: np.ndarray, ratio: float) -> np.ndarray:
+        """Each segment loses ``ratio`` of its units (rounded per ``round_to``), lowest scores first."""
+        removed = []
+        for segment in group.segments():
+            count = min(int(ratio * len(segment)), int(self.max_layer_ratio * len(segment)), len(segment) - 1)
+            keep = _round_keep(len(segment) - max(count, 0), self.round_to, len(segment))
+            order = segment[np.argsort(scores[segment], kind="stable")]
+            removed.append(order[: len(segment) - keep])
+        return np.sort(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
 
-    def _global_counts(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray]) -> dict[int, int]:
-        ranked = sorted((s / (scores[g.id].mean() + 1e-12), g.id) for g in groups for s in scores[g.id])
-        budget = int(self.ratio * sum(g.units for g in groups))
-        by_id = {g.id: g for g in groups}
-        counts = {g.id: 0 for g in groups}
-        for _, group_id in ranked:
-            if budget == 0:
-                break
-            if counts[group_id] < self._cap(by_id[group_id], by_id[group_id].units):
-                counts[group_id] += 1
-                budget -= 1
-        return counts
+    def _global_ratios(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray]) -> dict[int, float]:
+        """Rank all units together (scores relative to their group's mean); each group's ratio
+        is the share of its units below the global cut, at most ``max_layer_ratio``."""
+        relative = np.concatenate([scores[g.id] / (scores[g.id].mean() + 1e-12) for g in groups] or [np.zeros(0)])
+        if relative.size == 0:
+            return {}
+        cut = np.sort(relative)[max(int(self.ratio * relative.size) - 1, 0)] if self.ratio > 0 else -np.inf
+        return {g.id: min(float(np.mean(scores[g.id] / (scores[g.id].mean() + 1e-12) <= cut)), self.max_layer_ratio)
+                for g in groups}
 
 
 def _round_keep(keep: int, multiple: int, units: int) -> int:
@@ -133,7 +131,7 @@ def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:
     return found
 
 
-def _reference_builder(model, masks: Masks):
+def _reference_builder(model, masks: OracleMasks):
     """A callable building the masked original: the unpruned input of this pass with the
     removed channels zeroed. Reloaded from disk when the pass got the model as loaded."""
     if model.path is not None and model.version == 0:
@@ -143,16 +141,16 @@ def _reference_builder(model, masks: Masks):
     return lambda: _masked(snapshot, masks)
 
 
-def _masked(model, masks: Masks):
+def _masked(model, masks: OracleMasks):
     apply_masks(model, masks)
     return model
 
 
 # ---------------------------------------------------------------- plans
-def plan_json(masks: Masks) -> dict:
+def plan_json(masks: OracleMasks) -> dict:
     """Kept indices per constant and axis, for ``--plan-out`` (and to prune the source model)."""
     constants = {name: [{"axis": axis, "size": size, "kept": kept.tolist()} for axis, kept, size in sorted(axes, key=lambda a: a[0])]
-                 for name, axes in sorted(masks.items())}
+                 for name, axes in sorted(masks.constants.items())}
     return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
 
 

@@ -9,19 +9,31 @@ Given the channel groups of a model and, per group, the units to remove:
 - ``channel_masks`` says, per constant, which positions the removal drops; ``apply_masks``
   zeroes them in a model *by name* (the masked original). Zeroing every float constant slice of
   the removed units makes those channels contribute nothing, so the pruned model must equal the
-  masked original to float rounding: that is the oracle every pruning test checks.
+  masked original to float rounding: that is the oracle every pruning test checks. A
+  normalization whose statistics run over a pruned axis (LayerNorm, ReduceMean) averages over
+  the kept positions only in the masked original, as it does in the pruned model.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sparsec.analysis.groups import GroupAnalysis, model_value
+from sparsec.analysis.shapes import value_shapes
 
-# constant name → [(axis, kept positions, original size)]
-Masks = dict[str, list[tuple[int, np.ndarray, int]]]
+
+
+@dataclass
+class OracleMasks:
+    """What the masked original zeroes: per float constant [(axis, kept, size)], and the
+    statistics (LayerNorm, ReduceMean) that must average over kept positions only:
+    [(value name, axis, kept, size, rank)]."""
+
+    constants: dict[str, list[tuple[int, np.ndarray, int]]] = field(default_factory=dict)
+    stats: list[tuple[str, int, np.ndarray, int, int]] = field(default_factory=list)
 
 
 def kept_positions(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> dict:
@@ -47,7 +59,7 @@ def remove_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarra
             cuts[name].append((axis, kept))
     for name, axes in cuts.items():
         value = model_value(model, name)
-        if model.constant_shape(value) is not None and not value.is_graph_input():
+        if model.constant_shape(value) is not None:
             array = model.constant(value)
             for axis, kept in axes:
                 array = np.take(array, kept, axis=axis)
@@ -61,14 +73,20 @@ def remove_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarra
     return int(sum(len(units) for units in removed.values()))
 
 
-def channel_masks(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> Masks:
-    """For each float constant losing positions: (axis, kept positions, size)."""
-    masks: Masks = defaultdict(list)
-    constants = {m for group in analysis.groups for m in group.constants}
+def channel_masks(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> OracleMasks:
+    """The masks of the oracle for removing ``removed`` from ``model``."""
+    masks, constants = OracleMasks(), defaultdict(list)
+    constant_members = {m for group in analysis.groups for m in group.constants}
+    stat_members = {m for group in analysis.groups for m in group.stats}
+    shapes = value_shapes(model)
     for (name, axis), kept in kept_positions(analysis, removed).items():
-        if (name, axis) in constants:
-            masks[name].append((axis, kept, analysis_size(analysis, (name, axis))))
-    return dict(masks)
+        size = analysis_size(analysis, (name, axis))
+        if (name, axis) in constant_members:
+            constants[name].append((axis, kept, size))
+        if (name, axis) in stat_members:
+            masks.stats.append((name, axis, kept, size, len(shapes[name])))
+    masks.constants = dict(constants)
+    return masks
 
 
 def analysis_size(analysis: GroupAnalysis, member) -> int:
@@ -78,9 +96,10 @@ def analysis_size(analysis: GroupAnalysis, member) -> int:
     raise KeyError(member)
 
 
-def apply_masks(model, masks: Masks) -> None:
-    """Zero, by name, the dropped positions of every masked float constant of ``model``."""
-    for name, axes in masks.items():
+def apply_masks(model, masks: OracleMasks) -> None:
+    """Build the masked original in ``model`` (found by names): zero the dropped positions of
+    every masked float constant, and make statistics average over kept positions only."""
+    for name, axes in masks.constants.items():
         value = model_value(model, name)
         array = None if value is None else model.constant(value)
         if array is None or array.dtype.kind != "f":
@@ -93,3 +112,76 @@ def apply_masks(model, masks: Masks) -> None:
             index[axis] = drop
             array[tuple(index)] = 0
         model.set_constant(value, array)
+    _mask_statistics(model, masks.stats)
+
+
+def _mask_statistics(model, stats) -> None:
+    """ReduceMean over a pruned axis becomes ReduceMean(x · m · C/C') (m: 1 on kept positions);
+    LayerNormalization over one is written out with the same masked means."""
+    weights: dict[tuple[str, int], np.ndarray] = {}
+    for name, axis, kept, size, rank in stats:
+        shape = [1] * rank
+        shape[axis] = size
+        mask = np.zeros(size)
+        mask[kept] = size / len(kept)
+        key = (name, rank)
+        weights[key] = weights.get(key, np.ones([1] * rank)) * mask.reshape(shape)
+    for (name, rank), weight in weights.items():
+        value = model_value(model, name)
+        axes = {a for n, a, *_ in stats if n == name}
+        for node in list(model.consumers(value)):
+            if node.op_type == "ReduceMean" and axes <= _reduced_axes(model, node, rank):
+                scaled = _scaled(model, node, value, weight)
+                model.set_input(node, 0, scaled)
+            elif node.op_type == "LayerNormalization" and min(axes) >= _first_normalized(model, node, rank):
+                _write_out_layer_norm(model, node, weight, rank)
+
+
+def _scaled(model, node, value, weight: np.ndarray):
+    dtype = model.elem_type(value) or np.float32
+    factor = model.add_initializer(f"{value.name}_oracle_mask", weight.astype(dtype))
+    return model.add_node("Mul", [value, factor], before=node, name="oracle")
+
+
+def _reduced_axes(model, node, rank: int) -> set[int]:
+    axes = model.attr(node, "axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = model.constant(node.inputs[1])
+    if axes is None or len(axes) == 0:
+        return set(range(rank))
+    return {int(a) % rank for a in np.atleast_1d(axes)}
+
+
+def _first_normalized(model, node, rank: int) -> int:
+    return int(model.attr(node, "axis", -1)) % rank
+
+
+def _write_out_layer_norm(model, node, weight: np.ndarray, rank: int) -> None:
+    """y = (x − μ) / sqrt(σ² + ε) · scale + bias, μ and σ² masked means over the normalized axes."""
+    if any(out is not None and out.name and model.consumers(out) for out in node.outputs[1:]):
+        return  # the optional Mean / InvStdDev outputs are in use: leave this one alone
+    x, scale = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    dtype = model.elem_type(x) or np.float32
+    axes = list(range(_first_normalized(model, node, rank), rank))
+    mean = _masked_mean(model, node, x, weight, axes)
+    centred = model.add_node("Sub", [x, mean], before=node, name="oracle")
+    square = model.add_node("Mul", [centred, centred], before=node, name="oracle")
+    variance = _masked_mean(model, node, square, weight, axes)
+    epsilon = model.add_initializer("oracle_epsilon", np.array(model.attr(node, "epsilon", 1e-5), dtype=dtype))
+    std = model.add_node("Sqrt", [model.add_node("Add", [variance, epsilon], before=node, name="oracle")],
+                         before=node, name="oracle")
+    out = model.add_node("Mul", [model.add_node("Div", [centred, std], before=node, name="oracle"), scale],
+                         before=node, name="oracle")
+    if bias is not None:
+        out = model.add_node("Add", [out, bias], before=node, name="oracle")
+    model.replace_all_uses(node.outputs[0], out)
+    model.remove_node(node)
+
+
+def _masked_mean(model, node, value, weight: np.ndarray, axes: list[int]):
+    scaled = _scaled(model, node, value, weight)
+    if model.opset >= 18:
+        axes_value = model.add_initializer("oracle_axes", np.array(axes, dtype=np.int64))
+        return model.add_node("ReduceMean", [scaled, axes_value], {"keepdims": 1}, before=node, name="oracle")
+    return model.add_node("ReduceMean", [scaled], {"axes": axes, "keepdims": 1}, before=node, name="oracle")
