@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from sparsec.validate import Validation
+from sparsec.validate import ORACLE_TOLERANCE, Validation
 
 
 def human(number: float | int | None) -> str:
@@ -38,7 +38,12 @@ def compress_text(result) -> str:
         ["latency ms", _ms(v.latency_ms_reference), _ms(v.latency_ms_candidate),
          _ratio(v.latency_ms_reference, v.latency_ms_candidate)],
     ]
-    parts = [f"pipeline: {result.pipeline}", table(rows, ["", "before", "after", "ratio"]), validation_text(v)]
+    parts = [f"pipeline: {result.pipeline}", table(rows, ["", "before", "after", "ratio"])]
+    if result.oracle is not None:
+        parts.append(oracle_text(result.oracle))
+        parts.append(validation_text(v, title="difference from the original (lossy pipeline: reported, not gated)"))
+    else:
+        parts.append(validation_text(v))
     if result.diagnostics:
         parts.append("\n".join(str(d) for d in result.diagnostics))
     parts.append(f"wrote {result.output}")
@@ -49,10 +54,20 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def validation_text(v: Validation) -> str:
+def oracle_text(oracle: Validation) -> str:
+    worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
+    detail = "" if worst is None else (f": max abs error {worst.max_abs:.3g} on '{worst.name}' "
+                                       f"(limit {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g})")
+    return f"oracle (equal to the original with the removed channels zeroed) on {oracle.inputs}: " \
+           f"{'passed' if oracle.passed else 'FAILED'}{detail}"
+
+
+def validation_text(v: Validation, title: str = "") -> str:
     rows = [[o.name, "x".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
-             "-" if o.top1 is None else f"{o.top1:.3f}", "ok" if o.passed else "FAIL"] for o in v.outputs]
-    head = f"validation on {v.inputs} (rtol {v.rtol:g}, atol {v.atol:g}): {'passed' if v.passed else 'FAILED'}"
+             "-" if o.top1 is None else f"{o.top1:.3f}", "ok" if o.passed else ("-" if title else "FAIL")]
+            for o in v.outputs]
+    head = (f"{title} on {v.inputs}" if title else
+            f"validation on {v.inputs} (rtol {v.rtol:g}, atol {v.atol:g}): {'passed' if v.passed else 'FAILED'}")
     body = table(rows, ["output", "shape", "max abs", "max rel", "cosine", "top-1", ""])
     latency = f"latency median ms: reference {_ms(v.latency_ms_reference)}, candidate {_ms(v.latency_ms_candidate)}"
     return f"{head}\n{body}\n{latency}"
@@ -76,4 +91,19 @@ def analyze_text(summary: dict) -> str:
     cost = summary["cost_by_op"]
     rows = [[op, str(count), human(cost.get(op, {}).get("params", 0)), human(cost.get(op, {}).get("macs", 0))]
             for op, count in summary["op_histogram"].items()]
-    return "\n".join(head) + "\n\n" + table(rows, ["op", "count", "params", "MACs"])
+    text = "\n".join(head) + "\n\n" + table(rows, ["op", "count", "params", "MACs"])
+    if "channel_groups" in summary:
+        text += "\n\n" + groups_text(summary["channel_groups"])
+    return text
+
+
+def groups_text(groups: list[dict]) -> str:
+    """One row per channel group: channels, whether --channels prunes it (or why not), weights."""
+    rows = []
+    for group in groups:
+        weights = ", ".join(group["weights"][:3]) + (f" +{len(group['weights']) - 3}" if len(group["weights"]) > 3 else "")
+        status = "prunable" if group["prunable"] else f"kept: {group['reason']}"
+        rows.append([str(group["id"]), str(group["channels"]), str(len(group["members"])), weights, status])
+    prunable = sum(1 for g in groups if g["prunable"])
+    head = f"channel groups: {len(groups)} ({prunable} prunable)"
+    return head + "\n" + table(rows, ["group", "channels", "members", "weights", "status"])

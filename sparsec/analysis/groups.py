@@ -88,7 +88,7 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
         for member in _node_members(node, ctx):
             graph.add_node(member)
             touching.setdefault(member, set()).add(node.name or node.op_type)
-            if member in coupling.reasons or (member not in linked and member not in coupling.free):
+            if member in coupling.reasons or member not in linked | coupling.free | coupling.stats:
                 reason = coupling.reasons.get(member, "does not map this axis")
                 blocked.setdefault(member, f"{node.op_type} '{node.name}' {reason}")
         for edge in coupling.edges:

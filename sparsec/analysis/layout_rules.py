@@ -139,8 +139,11 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape) -> None:
     """Link the axes of a row-major reshape from ``x_shape`` to ``y_shape``.
 
     Axes of size 1 are free. The others form blocks of equal product: one axis to one is the
-    identity; several merged into one map merged position q to ``(q // stride) % size``;
-    one split into several map the other way; many-to-many blocks stay unlinked (blocked).
+    identity. When several axes merge into one (C×H×W → features) or one splits into several
+    (hidden → heads×head_dim), the single axis is linked to the *outermost* part only, position
+    q to part position ``q // stride``: removing a channel (a head) removes its whole run of
+    positions. The inner parts are blocked (linking them too would tie every channel to every
+    other through the shared positions). Many-to-many blocks are blocked.
     """
     for value, shape in ((x, x_shape), (y, y_shape)):
         c.free.update((value.name, axis) for axis, size in enumerate(shape) if size == 1)
@@ -149,9 +152,9 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape) -> None:
         if len(ins) == 1 and len(outs) == 1:
             c.link((x.name, ins[0][0]), (y.name, outs[0][0]))
         elif len(ins) == 1:
-            _link_strided(c, (x.name, ins[0][0]), y, outs)
+            _link_outermost(c, (x.name, ins[0][0]), y, outs)
         elif len(outs) == 1:
-            _link_strided(c, (y.name, outs[0][0]), x, ins)
+            _link_outermost(c, (y.name, outs[0][0]), x, ins)
         else:
             for axis, _ in ins:
                 c.block((x.name, axis), "reshaped together with other axes in a way sparsec cannot map")
@@ -173,12 +176,12 @@ def _blocks(ins, outs):
     return blocks
 
 
-def _link_strided(c: Coupling, merged, parts_value, parts) -> None:
-    size = math.prod(d for _, d in parts)
-    stride = size
-    for axis, dim in parts:
-        stride //= dim
-        c.link(merged, (parts_value.name, axis), (np.arange(size) // stride) % dim)
+def _link_outermost(c: Coupling, single, parts_value, parts) -> None:
+    (outer_axis, outer_size), inner = parts[0], parts[1:]
+    run = math.prod(d for _, d in inner)
+    c.link(single, (parts_value.name, outer_axis), np.arange(outer_size * run) // run)
+    for axis, _ in inner:
+        c.block((parts_value.name, axis), "is an inner part of a reshaped axis (only the outermost part follows pruning)")
 
 
 @axis_rule("Flatten", "Squeeze", "Unsqueeze")
