@@ -20,12 +20,15 @@ def _ratio(before, after) -> str:
     return f"{after / before:.3f}" if before and after is not None else "-"
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
+def table(rows: list[list[str]], header: list[str], left: tuple[int, ...] = (0,)) -> str:
+    """Columns padded to width; those in ``left`` left-aligned (text), the others right (numbers)."""
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    for row in rows:
-        lines.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-    return "\n".join(lines)
+
+    def line(cells) -> str:
+        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header)] + [line(row) for row in rows])
 
 
 def compress_text(result) -> str:
@@ -106,4 +109,4 @@ def groups_text(groups: list[dict]) -> str:
         rows.append([str(group["id"]), str(group["channels"]), str(len(group["members"])), weights, status])
     prunable = sum(1 for g in groups if g["prunable"])
     head = f"channel groups: {len(groups)} ({prunable} prunable)"
-    return head + "\n" + table(rows, ["group", "channels", "members", "weights", "status"])
+    return head + "\n" + table(rows, ["group", "channels", "members", "weights", "status"], left=(3, 4))
