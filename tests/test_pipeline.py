@@ -98,3 +98,16 @@ def test_in_place_contract_is_enforced():
 
     with pytest.raises(TypeError, match="in-place"):
         ReturnsCopy()(sparsec.Model.from_proto(_double_relu_model()))
+
+
+def test_user_pruning_pass_is_checked_against_the_oracle(cli, tmp_path):
+    """An out-of-tree pruning pass built on sparsec.prune_channels gets the same oracle gate."""
+    out = tmp_path / "small.onnx"
+    spec = f"{ROOT / 'passes' / 'drop_tiny_channels.py'}:DropTinyChannelsPass(threshold=2.0)"
+    code, stdout, stderr = cli("compress", ROOT / "models" / "digits_mlp.onnx", "-o", out, "--passes", spec,
+                               "--latency-runs", "0")
+    assert code == 0, stderr
+    assert "oracle" in stdout and "passed" in stdout
+    before, after = sparsec.Model.load(ROOT / "models" / "digits_mlp.onnx"), sparsec.Model.load(out)
+    widths = [after.constant_shape(after.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")]
+    assert widths != [before.constant_shape(before.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")]

@@ -26,13 +26,9 @@ import numpy as np
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
 from sparsec.errors import InputError
-from sparsec.ir import Model
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
-from sparsec.passes.surgery import OracleMasks, apply_masks, channel_masks, remove_channels
-
-PLAN_FORMAT = "sparsec-channel-plan"
-
+from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
 
 @register
 class ChannelPrunePass(InPlacePass):
@@ -69,14 +65,8 @@ class ChannelPrunePass(InPlacePass):
             removed = removed_from_plan(read_plan(self.plan), analysis.groups, reasons)
         else:
             removed = self._select(model, candidates)
-        masks = channel_masks(model, analysis, removed)
-        result = PassResult(model, modified=False, diagnostics=_diagnostics(analysis, reasons))
-        result.reference = _reference_builder(model, masks)
-        result.artifacts["plan"] = plan_json(masks)
-        units = remove_channels(model, analysis, removed)
-        result.modified = units > 0
-        result.stats = {"groups": len(analysis.groups), "groups_pruned": sum(1 for u in removed.values() if len(u)),
-                        "channels_removed": units, "channels_total": sum(g.units for g in analysis.groups)}
+        result = prune_channels(model, analysis, removed)
+        result.diagnostics = _diagnostics(analysis, reasons)
         return result
 
     def _reason(self, group: ChannelGroup) -> str | None:
@@ -131,29 +121,7 @@ def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:
     return found
 
 
-def _reference_builder(model, masks: OracleMasks):
-    """A callable building the masked original: the unpruned input of this pass with the
-    removed channels zeroed. Reloaded from disk when the pass got the model as loaded."""
-    if model.path is not None and model.version == 0:
-        path = model.path
-        return lambda: _masked(Model.load(path), masks)
-    snapshot = model.copy()
-    return lambda: _masked(snapshot, masks)
-
-
-def _masked(model, masks: OracleMasks):
-    apply_masks(model, masks)
-    return model
-
-
 # ---------------------------------------------------------------- plans
-def plan_json(masks: OracleMasks) -> dict:
-    """Kept indices per constant and axis, for ``--plan-out`` (and to prune the source model)."""
-    constants = {name: [{"axis": axis, "size": size, "kept": kept.tolist()} for axis, kept, size in sorted(axes, key=lambda a: a[0])]
-                 for name, axes in sorted(masks.constants.items())}
-    return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
-
-
 def read_plan(path: str) -> dict:
     try:
         plan = json.loads(Path(path).read_text())

@@ -23,6 +23,8 @@ import numpy as np
 
 from sparsec.analysis.groups import GroupAnalysis, model_value
 from sparsec.analysis.shapes import value_shapes
+from sparsec.ir import Model
+from sparsec.passes.base import PassResult
 
 
 
@@ -34,6 +36,44 @@ class OracleMasks:
 
     constants: dict[str, list[tuple[int, np.ndarray, int]]] = field(default_factory=dict)
     stats: list[tuple[str, int, np.ndarray, int, int]] = field(default_factory=list)
+
+
+PLAN_FORMAT = "sparsec-channel-plan"
+
+
+def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> PassResult:
+    """Remove ``removed`` (group id → units) from ``model`` and return the ``PassResult`` a
+    pruning pass needs: stats, the oracle ``reference`` and the ``plan`` artifact."""
+    masks = channel_masks(model, analysis, removed)
+    result = PassResult(model, modified=False, reference=_reference_builder(model, masks))
+    result.artifacts["plan"] = plan_json(masks)
+    units = remove_channels(model, analysis, removed)
+    result.modified = units > 0
+    result.stats = {"groups": len(analysis.groups), "groups_pruned": sum(1 for u in removed.values() if len(u)),
+                    "channels_removed": units, "channels_total": sum(g.units for g in analysis.groups)}
+    return result
+
+
+def _reference_builder(model, masks: OracleMasks):
+    """A callable building the masked original: the unpruned model with the removed channels
+    zeroed. Reloaded from disk when ``model`` is unedited since loading (no copy held)."""
+    if model.path is not None and model.version == 0:
+        path = model.path
+        return lambda: _masked(Model.load(path), masks)
+    snapshot = model.copy()
+    return lambda: _masked(snapshot, masks)
+
+
+def _masked(model, masks: OracleMasks):
+    apply_masks(model, masks)
+    return model
+
+
+def plan_json(masks: OracleMasks) -> dict:
+    """Kept indices per constant and axis, for ``--plan-out`` (and to prune the source model)."""
+    constants = {name: [{"axis": axis, "size": size, "kept": kept.tolist()} for axis, kept, size in sorted(axes, key=lambda a: a[0])]
+                 for name, axes in sorted(masks.constants.items())}
+    return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
 
 
 def kept_positions(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> dict:
