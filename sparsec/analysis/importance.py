@@ -46,17 +46,22 @@ def group_scores(group: ChannelGroup, method: str, ctx: ImportanceContext) -> np
     return scorer(group, ctx)
 
 
+CHUNK_ELEMENTS = 8 * 1024 * 1024  # bounded temporaries on large weights
+
+
 def _slice_sums(group: ChannelGroup, ctx: ImportanceContext, members, transform) -> np.ndarray:
     """Σ over members of ``transform(weight)`` summed over every axis but the member's,
-    accumulated into the member's units."""
+    accumulated into the member's units (in chunks, so a 400 MB weight needs no 400 MB copy)."""
     scores = np.zeros(group.units)
     for member in members:
         array = ctx.model.constant(model_value(ctx.model, member[0]))
         if array is None or array.dtype.kind != "f":
             continue
-        values = transform(np.asarray(array, dtype=np.float64))
-        other = tuple(a for a in range(values.ndim) if a != member[1])
-        np.add.at(scores, group.atoms[member], values.sum(axis=other) if other else values)
+        rows = np.moveaxis(array, member[1], 0).reshape(array.shape[member[1]], -1)
+        step = max(1, CHUNK_ELEMENTS // max(rows.shape[1], 1))
+        sums = np.concatenate([transform(rows[i:i + step]).sum(axis=1, dtype=np.float64)
+                               for i in range(0, len(rows), step)] or [np.zeros(0)])
+        np.add.at(scores, group.atoms[member], sums)
     return scores
 
 

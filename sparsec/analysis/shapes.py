@@ -33,7 +33,8 @@ def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, 
         shape = model.constant_shape(value)
         if shape is not None:
             known[name] = shape
-    missing = [v.name for node in model.nodes() for v in node.outputs if v.name and v.name not in known]
+    missing = [v.name for node in model.nodes() for v in node.outputs
+               if v.name and v.name not in known and (v.uses() or v.is_graph_output())]  # unused outputs don't matter
     if missing and fallback:
         known.update(measure_shapes(model, bindings, missing))
     return known

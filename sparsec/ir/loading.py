@@ -2,7 +2,8 @@
 
 Order of checks: the path exists and is a file; the bytes parse as a ModelProto with a graph;
 every external-data reference stays inside the model's folder, exists, and is long enough;
-the ONNX checker accepts the model. Only then is the model handed to onnx-ir, which
+the ONNX checker accepts the model (it runs first, on the file, but its complaint is reported
+last so that a broken file or a bad external-data path gets its own message). Only then is the model handed to onnx-ir, which
 memory-maps external weights instead of reading them.
 """
 
@@ -19,15 +20,32 @@ from sparsec.errors import InputError
 
 def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
     """The checked ModelProto of ``path`` (external weights not loaded) and the external-data
-    files it reads."""
+    files it reads.
+
+    The checker reads the file itself before sparsec parses it, so the two parsed copies of a
+    large model never coexist (peak memory stays near twice the file, not three times)."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
-    proto = _parse(path)
+    checker_error = _checker_error(path)
+    proto = _parse(path)  # raises the clearer message when the file is not ONNX at all
     files = check_external_data(proto, path.parent)
-    _run_checker(proto, path)
+    if checker_error is not None:
+        raise InputError(f"{path}: the ONNX checker rejects this model: {checker_error}")
     return proto, files
+
+
+def _checker_error(path: Path) -> str | None:
+    """The checker's complaint about the file (path form: external data resolves beside the
+    model, no 2 GB limit), or None."""
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError, OSError) as error:
+        return _first_line(error)
+    except Exception as error:  # protobuf errors of unreadable files: _parse names them
+        return _first_line(error)
+    return None
 
 
 def _parse(path: Path) -> onnx.ModelProto:
@@ -100,15 +118,6 @@ def _external_initializers_to_inputs(proto: onnx.ModelProto) -> None:
         graph.initializer.remove(tensor)
         if tensor.name not in listed:
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-
-
-def _run_checker(proto: onnx.ModelProto, path: Path) -> None:
-    try:
-        external = any(uses_external_data(t) for t in _get_all_tensors(proto))
-        # The path form resolves external data beside the model and has no 2 GB limit.
-        onnx.checker.check_model(str(path) if external else proto)
-    except (onnx.checker.ValidationError, ValueError) as error:
-        raise InputError(f"{path}: the ONNX checker rejects this model: {_first_line(error)}") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -3,7 +3,8 @@
 Decide, then cut: channel groups come from ``sparsec.analysis.groups``, unit scores from
 ``sparsec.analysis.importance``, the cut from ``surgery.remove_channels``. Invariants:
 - a group that is blocked, excluded, or has a single unit is left whole, and says why;
-- a group never loses all its units, nor more than ``max_layer_ratio`` of them;
+- a group never loses all its units, nor more than ``max_layer_ratio`` of them, and no member
+  tensor loses all its positions;
 - ``local`` scope removes ``floor(ratio·n)`` units from each *segment* of n units (a group's
   units split by the set of weights they appear in: one segment per DenseNet layer feeding a
   Concat, one for a residual stream), so every layer keeps a balanced width; ``global`` ranks
@@ -81,7 +82,8 @@ class ChannelPrunePass(InPlacePass):
         ctx = ImportanceContext(model, seed=self.seed)
         scores = {g.id: group_scores(g, self.importance, ctx) for g in groups}
         ratios = self._global_ratios(groups, scores) if self.scope == "global" else {g.id: self.ratio for g in groups}
-        return {g.id: self._lowest_per_segment(g, scores[g.id], ratios[g.id]) for g in groups}
+        return {g.id: _keep_every_member(g, self._lowest_per_segment(g, scores[g.id], ratios[g.id]), scores[g.id])
+                for g in groups}
 
     def _lowest_per_segment(self, group: ChannelGroup, scores: np.ndarray, ratio: float) -> np.ndarray:
         """Each segment loses ``ratio`` of its units (rounded per ``round_to``), lowest scores first."""
@@ -102,6 +104,17 @@ class ChannelPrunePass(InPlacePass):
         cut = np.sort(relative)[max(int(self.ratio * relative.size) - 1, 0)] if self.ratio > 0 else -np.inf
         return {g.id: min(float(np.mean(scores[g.id] / (scores[g.id].mean() + 1e-12) <= cut)), self.max_layer_ratio)
                 for g in groups}
+
+
+def _keep_every_member(group: ChannelGroup, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Give back, per member that would lose every position (a size-1 slice of a Split, a
+    Concat input), its best unit: no tensor may shrink to zero."""
+    removed_set = set(removed.tolist())
+    for member in group.members:
+        units = np.unique(group.atoms[member])
+        if len(units) and removed_set.issuperset(units.tolist()):
+            removed_set.discard(int(units[np.argmax(scores[units])]))
+    return np.array(sorted(removed_set), dtype=np.int64)
 
 
 def _round_keep(keep: int, multiple: int, units: int) -> int:
@@ -148,8 +161,8 @@ def removed_from_plan(plan: dict, groups: list[ChannelGroup], reasons: dict) -> 
                 raise InputError(f"plan: {member[0]} axis {member[1]} has size {group.sizes[member]}, plan says {entry['size']}")
             lost = np.setdiff1d(np.arange(group.sizes[member]), np.asarray(entry["kept"], dtype=np.int64))
             drop.update(group.atoms[member][lost].tolist())
-        if len(drop) >= group.units:
-            raise InputError(f"plan would empty {group.describe()}")
+        if any(set(np.unique(group.atoms[m]).tolist()) <= drop for m in group.members):
+            raise InputError(f"plan would empty a tensor of {group.describe()}")
         removed[group.id] = np.array(sorted(drop), dtype=np.int64)
         for member, entry in mine.items():
             if not np.array_equal(group.kept_positions(member, removed[group.id]), np.asarray(entry["kept"])):
