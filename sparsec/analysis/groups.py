@@ -150,10 +150,12 @@ def _block_interface(model, ctx: RuleContext, graph: nx.Graph, blocked: dict) ->
 
 
 def model_value(model, name: str):
-    return model.cached("values_by_name", lambda: _values_by_name(model)).get(name)
+    """The main-graph value called ``name`` (cached until the next edit)."""
+    return model.cached("values_by_name", lambda: values_by_name(model)).get(name)
 
 
-def _values_by_name(model) -> dict:
+def values_by_name(model) -> dict:
+    """{name: value} of the main graph; a snapshot for callers that edit while they look up."""
     values = {v.name: v for v in model.graph.inputs}
     values.update(model.initializers())
     for node in model.nodes():

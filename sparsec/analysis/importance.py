@@ -26,6 +26,13 @@ class ImportanceContext:
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = None  # input name → samples (for activation methods)
     extra: dict[str, Any] = field(default_factory=dict)
+    _arrays: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
+
+    def array(self, name: str) -> np.ndarray | None:
+        """A constant's contents, read once per context (a weight sits in two groups)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.model.constant(model_value(self.model, name))
+        return self._arrays[name]
 
 
 Scorer = Callable[[ChannelGroup, ImportanceContext], np.ndarray]
@@ -54,15 +61,26 @@ def _slice_sums(group: ChannelGroup, ctx: ImportanceContext, members, transform)
     accumulated into the member's units (in chunks, so a 400 MB weight needs no 400 MB copy)."""
     scores = np.zeros(group.units)
     for member in members:
-        array = ctx.model.constant(model_value(ctx.model, member[0]))
+        array = ctx.array(member[0])
         if array is None or array.dtype.kind != "f":
             continue
-        rows = np.moveaxis(array, member[1], 0).reshape(array.shape[member[1]], -1)
-        step = max(1, CHUNK_ELEMENTS // max(rows.shape[1], 1))
-        sums = np.concatenate([transform(rows[i:i + step]).sum(axis=1, dtype=np.float64)
-                               for i in range(0, len(rows), step)] or [np.zeros(0)])
-        np.add.at(scores, group.atoms[member], sums)
+        sums = _sum_but_axis(array, member[1], transform)
+        scores += np.bincount(group.atoms[member], weights=sums, minlength=group.units)
     return scores
+
+
+def _sum_but_axis(array: np.ndarray, axis: int, transform) -> np.ndarray:
+    """Σ transform(array) over every axis but ``axis`` (chunked along ``axis`` when large)."""
+    other = tuple(a for a in range(array.ndim) if a != axis)
+    if array.size <= CHUNK_ELEMENTS:
+        return transform(array).sum(axis=other, dtype=np.float64) if other else transform(array).astype(np.float64)
+    step = max(1, CHUNK_ELEMENTS * array.shape[axis] // array.size)
+    index = [slice(None)] * array.ndim
+    parts = []
+    for start in range(0, array.shape[axis], step):
+        index[axis] = slice(start, start + step)
+        parts.append(transform(array[tuple(index)]).sum(axis=other, dtype=np.float64))
+    return np.concatenate(parts)
 
 
 @register_importance("l1")

@@ -2,8 +2,8 @@
 
 Order of checks: the path exists and is a file; the bytes parse as a ModelProto with a graph;
 every external-data reference stays inside the model's folder, exists, and is long enough;
-the ONNX checker accepts the model (it runs first, on the file, but its complaint is reported
-last so that a broken file or a bad external-data path gets its own message). Only then is the model handed to onnx-ir, which
+every embedded tensor has as many bytes as its dims need; the ONNX checker accepts the model
+(run with the weights lifted out, so its cost does not grow with the weights). Only then is the model handed to onnx-ir, which
 memory-maps external weights instead of reading them.
 """
 
@@ -19,33 +19,36 @@ from sparsec.errors import InputError
 
 
 def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
-    """The checked ModelProto of ``path`` (external weights not loaded) and the external-data
-    files it reads.
-
-    The checker reads the file itself before sparsec parses it, so the two parsed copies of a
-    large model never coexist (peak memory stays near twice the file, not three times)."""
+    """The ModelProto of ``path`` (external weights not loaded), its external-data files
+    checked, and the set of those files. The ONNX checker runs afterwards on the deserialised
+    model (``check_structure``), without the weights' bytes."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
-    checker_error = _checker_error(path)
-    proto = _parse(path)  # raises the clearer message when the file is not ONNX at all
+    proto = _parse(path)
     files = check_external_data(proto, path.parent)
-    if checker_error is not None:
-        raise InputError(f"{path}: the ONNX checker rejects this model: {checker_error}")
     return proto, files
 
 
-def _checker_error(path: Path) -> str | None:
-    """The checker's complaint about the file (path form: external data resolves beside the
-    model, no 2 GB limit), or None."""
+def check_structure(proto: onnx.ModelProto, path: Path) -> None:
+    """Run the ONNX checker on a proto whose large weights were lifted out (see
+    ``Model.load``); embedded weights are checked here for a byte count matching their dims."""
+    _external_initializers_to_inputs(proto)  # their bytes were checked by check_external_data
     try:
-        onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, ValueError, OSError) as error:
-        return _first_line(error)
-    except Exception as error:  # protobuf errors of unreadable files: _parse names them
-        return _first_line(error)
-    return None
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise InputError(f"{path}: the ONNX checker rejects this model: {_first_line(error)}") from None
+
+
+def check_embedded_sizes(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse an embedded tensor whose raw bytes do not match its dims (a corrupt file)."""
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor) or not tensor.HasField("raw_data"):
+            continue
+        expected = _tensor_bytes(tensor)
+        if expected and len(tensor.raw_data) != expected:
+            raise InputError(f"{path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes, its dims need {expected}")
 
 
 def _parse(path: Path) -> onnx.ModelProto:

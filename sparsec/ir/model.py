@@ -47,7 +47,9 @@ class Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
         proto, files = loading.read_checked_proto(path)
+        loading.check_embedded_sizes(proto, path)
         model = ir.serde.deserialize_model(proto)
+        _c_api_utils.call_onnx_api(lambda light: loading.check_structure(light, path), model)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)
         loaded.source_files = {path.resolve(), *files}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sparsec.analysis.groups import GroupAnalysis, model_value
+from sparsec.analysis.groups import GroupAnalysis, values_by_name
 from sparsec.analysis.shapes import value_shapes
 from sparsec.ir import Model
 from sparsec.passes.base import PassResult
@@ -97,8 +97,9 @@ def remove_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarra
     for (name, axis), kept in table.items():
         if not name.startswith("#"):
             cuts[name].append((axis, kept))
+    values = values_by_name(model)
     for name, axes in cuts.items():
-        value = model_value(model, name)
+        value = values[name]
         if model.constant_shape(value) is not None:
             array = model.constant(value)
             for axis, kept in axes:
@@ -116,11 +117,12 @@ def remove_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarra
 def channel_masks(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> OracleMasks:
     """The masks of the oracle for removing ``removed`` from ``model``."""
     masks, constants = OracleMasks(), defaultdict(list)
+    sizes = {m: size for group in analysis.groups for m, size in group.sizes.items()}
     constant_members = {m for group in analysis.groups for m in group.constants}
     stat_members = {m for group in analysis.groups for m in group.stats}
     shapes = value_shapes(model)
     for (name, axis), kept in kept_positions(analysis, removed).items():
-        size = analysis_size(analysis, (name, axis))
+        size = sizes[(name, axis)]
         if (name, axis) in constant_members:
             constants[name].append((axis, kept, size))
         if (name, axis) in stat_members:
@@ -129,18 +131,12 @@ def channel_masks(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]
     return masks
 
 
-def analysis_size(analysis: GroupAnalysis, member) -> int:
-    for group in analysis.groups:
-        if member in group.sizes:
-            return group.sizes[member]
-    raise KeyError(member)
-
-
 def apply_masks(model, masks: OracleMasks) -> None:
     """Build the masked original in ``model`` (found by names): zero the dropped positions of
     every masked float constant, and make statistics average over kept positions only."""
+    values = values_by_name(model)
     for name, axes in masks.constants.items():
-        value = model_value(model, name)
+        value = values.get(name)
         array = None if value is None else model.constant(value)
         if array is None or array.dtype.kind != "f":
             continue
@@ -166,8 +162,9 @@ def _mask_statistics(model, stats) -> None:
         mask[kept] = size / len(kept)
         key = (name, rank)
         weights[key] = weights.get(key, np.ones([1] * rank)) * mask.reshape(shape)
+    values = values_by_name(model)
     for (name, rank), weight in weights.items():
-        value = model_value(model, name)
+        value = values[name]
         axes = {a for n, a, *_ in stats if n == name}
         for node in list(model.consumers(value)):
             if node.op_type == "ReduceMean" and axes <= _reduced_axes(model, node, rank):
