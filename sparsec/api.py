@@ -124,6 +124,7 @@ class CompressResult:
                   for key in ("nodes", "params", "macs", "bytes")}
         report.update(
             output=self.output, pipeline=self.pipeline, validation=self.validation.to_json(),
+            validation_gated=self.oracle is None,
             latency_ms_before=self.validation.latency_ms_reference,
             latency_ms_after=self.validation.latency_ms_candidate,
             oracle=None if self.oracle is None else _oracle_json(self.oracle),
@@ -176,6 +177,8 @@ def compress(
     feeds, label = prepare_feeds(model, input_shapes, inputs)
     shapes = feed_shapes(feeds)
     runner = _pipeline(pipeline, on_pass)
+    if plan_out is not None and not any(getattr(p, "writes_plan", False) for p in runner.passes):
+        raise InputError("--plan-out needs a pass that writes a plan (--channels, --plan-in or channel-prune)")
     before = figures(model, shapes, model.source_bytes)
     weight_bytes = model.weight_bytes()
     clock.lap("analysis")
@@ -220,9 +223,10 @@ def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "
                    round_to: int = 1, exclude: Sequence[str] = (), seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
     """``channel-prune`` with these options, then the cleanup passes (what ``--channels`` runs)."""
     if plan is not None and not Path(plan).is_file():
-        raise InputError(f"plan file {plan} not found")
+        raise InputError(f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}")
     prune = ChannelPrunePass(ratio=ratio, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
-                             round_to=round_to, exclude="|".join(exclude), seed=seed, plan=str(plan or ""))
+                             round_to=round_to, exclude="|".join(exclude), seed=seed,
+                             plan=str(Path(plan).resolve()) if plan is not None else "")
     prune.requires(None)
     return [prune, *cleanup_passes()]
 
@@ -264,7 +268,7 @@ def check_destinations(model: Model, output: Path, extra: Sequence[Path], force:
     data_path = model.check_destination(output, force=force)
     taken = {p.resolve() for p in (output, data_path) if p is not None}
     for path in extra:
-        model.refuse_clobbering_sources(path, force=False)
+        model.refuse_clobbering_sources(path, force=False, forceable=False)
         if path.resolve() in taken:
             raise InputError(f"{path} is given as two outputs (model, report or plan)")
         if not path.parent.is_dir():

@@ -1,7 +1,8 @@
 """The ``sparsec`` command line: parse flags, call ``sparsec.api``, print, choose the exit code.
 
-Exit codes: 0 done; 1 validation or a gate failed; 2 bad input or usage. Every failure is
-one line on stderr (``sparsec: error: ...``), never a traceback.
+Exit codes: 0 done; 1 validation or a gate failed; 2 bad input or usage; 3 an internal error
+(a sparsec bug). Every failure is one line on stderr (``sparsec: error: ...``), never a
+traceback. Progress lines go to stderr, results to stdout.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ inputs_option = click.option(
     "--inputs", type=click.Path(path_type=Path), default=None, metavar="FILE.npz",
     help="Run on these arrays (keyed by input name) instead of seeded random inputs.")
 rtol_option = click.option("--rtol", type=click.FloatRange(min=0),  default=DEFAULT_RTOL, show_default=True,
-                           help="Relative tolerance: |cand - ref| <= atol + rtol*|ref| per element.")
+                           help="Relative tolerance of the lossless check |cand - ref| <= atol + rtol*|ref| per "
+                                "element (pruning is checked against its masked original instead).")
 atol_option = click.option("--atol", type=click.FloatRange(min=0), default=DEFAULT_ATOL, show_default=True,
                            help="Absolute tolerance of the same check.")
 latency_option = click.option("--latency-runs", type=click.IntRange(min=0), default=10, show_default=True,
@@ -74,7 +76,7 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @click.option("--importance-scope", "scope", type=click.Choice(["local", "global"]), default="local", show_default=True,
               help="local: every group loses the same fraction; global: rank channels of all groups together.")
 @click.option("--max-layer-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
-              help="With global ranking, the most any one group may lose.")
+              help="The most any one group may lose, in both scopes (so --channels above it is capped).")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="Keep channel counts at multiples of K (e.g. 8 or 16 for fast kernels) where the group allows.")
 @click.option("--exclude", multiple=True, metavar="GLOB",
@@ -102,8 +104,12 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     """
     if (channels is not None or plan_in is not None) and pipeline:
         raise click.UsageError("--passes cannot be combined with --channels or --plan-in")
-    if channels is not None and plan_in is not None:
-        raise click.UsageError("--plan-in applies a saved plan; drop --channels")
+    if plan_in is not None:
+        chosen = [flag for flag, value, default in (("--channels", channels, None), ("--importance", importance, "l1"),
+                  ("--importance-scope", scope, "local"), ("--max-layer-ratio", max_layer_ratio, 0.9),
+                  ("--round-to", round_to, 1), ("--seed", seed, 0), ("--exclude", exclude, ())) if value != default]
+        if chosen:
+            raise click.UsageError(f"--plan-in applies a saved plan; drop {', '.join(chosen)}")
     if channels is not None or plan_in is not None:
         pipeline = api.channel_passes(channels or 0.0, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
                                       round_to=round_to, exclude=exclude, seed=seed, plan=plan_in)
@@ -115,7 +121,7 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
 
 def _progress(pass_, result) -> None:
     stats = ", ".join(f"{k}={v:g}" for k, v in result.stats.items() if v)
-    click.echo(f"  {pass_.describe()}: {stats or 'no change'}")
+    click.echo(f"  {pass_.describe()}: {stats or 'no change'}", err=True)
 
 
 @cli.command()
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
         click.echo(f"sparsec: error: internal error ({type(error).__name__}: {error}); please report it", err=True)
-        return 2
+        return 3
     return 0
 
 

@@ -208,3 +208,41 @@ def test_cli_bad_channel_flags_are_one_line_exit_2(cli, tmp_path, args, message)
     out = tmp_path / "x.onnx"
     code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "-o", out, *args)
     assert code == 2 and stderr.count("\n") == 1 and message in stderr and not out.exists()
+
+
+def test_plan_out_without_a_pruning_pass_is_refused_before_any_work(cli, tmp_path):
+    out = tmp_path / "x.onnx"
+    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "-o", out, "--plan-out", tmp_path / "p.json")
+    assert code == 2 and "--plan-out needs a pass that writes a plan" in stderr and not out.exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p.update(version=2), "version 2"),
+    (lambda p: p.update(initializers=None), "'initializers' must map"),
+    (lambda p: p["initializers"].update({"stem.weight": {"axis": 0}}), "entry 'stem.weight' must be a list"),
+    (lambda p: p["initializers"]["stem.weight"][0].update(kept=[0, 99]), "kept indices must lie in 0..15"),
+    (lambda p: p["initializers"]["stem.weight"][0].update(kept=[3, 1]), "ascending"),
+    (lambda p: p["initializers"]["stem.weight"][0].update(kept=["a"]), "kept: [int, ...]"),
+])
+def test_malformed_plans_are_one_clear_line(cli, tmp_path, edit, message):
+    _, result = prune(MODELS / "digits_cnn.onnx", ratio=0.5)
+    plan = result.artifacts["plan"]
+    edit(plan)
+    path, out = tmp_path / "plan.json", tmp_path / "x.onnx"
+    path.write_text(json.dumps(plan))
+    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--plan-in", path, "-o", out)
+    assert code == 2 and stderr.count("\n") == 1 and message in stderr and not out.exists()
+
+
+def test_plan_in_refuses_selection_flags(cli, tmp_path):
+    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--plan-in", MODELS / "digits_cnn.onnx", "--seed", "3",
+                          "-o", tmp_path / "x.onnx")
+    assert code == 2 and "drop --seed" in stderr
+
+
+def test_warnings_for_unmatched_exclude_and_nothing_pruned():
+    _, result = prune(MODELS / "digits_mlp.onnx", ratio=0.5, exclude="nomatch*|fc*")
+    codes = {d.code for d in result.diagnostics}
+    assert {"channel.exclude-unmatched", "channel.nothing-pruned"} <= codes
+    describe = ChannelPrunePass(ratio=0.5).describe()
+    assert describe == "channel-prune(ratio=0.5,importance=l1)"

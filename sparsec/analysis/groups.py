@@ -90,7 +90,7 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
             touching.setdefault(member, set()).add(node.name or node.op_type)
             if member in coupling.reasons or member not in linked | coupling.free | coupling.stats:
                 reason = coupling.reasons.get(member, "does not map this axis")
-                blocked.setdefault(member, f"{node.op_type} '{node.name}' {reason}")
+                blocked.setdefault(member, f"{node.op_type} '{node.name}': {reason}")
         for edge in coupling.edges:
             graph.add_edge(edge.a, edge.b)
             graph.edges[edge.a, edge.b].setdefault("maps", []).append(edge)

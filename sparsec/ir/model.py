@@ -106,17 +106,19 @@ class Model:
             raise InputError(f"output folder {path.parent} does not exist")
         return data_path
 
-    def refuse_clobbering_sources(self, path: Path, *, force: bool) -> None:
+    def refuse_clobbering_sources(self, path: Path, *, force: bool, forceable: bool = True) -> None:
         """Raise ``InputError`` when writing ``path`` would overwrite this model's own files.
 
         ``force`` allows replacing the model file itself, never its external data (the
-        weights are read from it while writing).
+        weights are read from it while writing); ``forceable=False`` (a report or plan path)
+        never allows it, and the message does not suggest --force.
         """
         path = Path(path)
         for source in sorted(self.source_files):
             if _same_file(path, source) and (not force or source != self.path.resolve()):
+                hint = " or pass --force" if forceable and not force and source == self.path.resolve() else ""
                 raise InputError(f"refusing to overwrite {source}, which the input model is read from; "
-                                 f"choose another output path{'' if force else ' or pass --force'}")
+                                 f"choose another output path{hint}")
         if path.is_dir():
             raise InputError(f"output path {path} is a directory")
 

@@ -91,14 +91,17 @@ class PassBase:
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {name: getattr(self, name) for name in names if hasattr(self, name)}
 
-    def describe(self) -> str:
+    def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
+        """``name(opt=value,...)`` with the options that differ from their defaults, plus those
+        in ``always``, minus those in ``skip``."""
         defaults = {
             p.name: p.default
             for p in inspect.signature(type(self).__init__).parameters.values()
             if p.default is not inspect.Parameter.empty
         }
-        changed = [f"{k}={v}" for k, v in self.options().items() if defaults.get(k, object()) != v]
-        return f"{self.name}({','.join(changed)})" if changed else self.name
+        shown = [f"{k}={v}" for k, v in self.options().items()
+                 if k not in skip and (k in always or defaults.get(k, object()) != v)]
+        return f"{self.name}({','.join(shown)})" if shown else self.name
 
 
 class InPlacePass(PassBase):

@@ -38,6 +38,7 @@ class ChannelPrunePass(InPlacePass):
     name: ClassVar[str] = "channel-prune"
     summary: ClassVar[str] = "Remove a fraction of the channels of every prunable channel group."
     lossy: ClassVar[bool] = True
+    writes_plan: ClassVar[bool] = True
 
     def __init__(self, ratio: float = 0.5, importance: str = "l1", scope: str = "local",
                  max_layer_ratio: float = 0.9, round_to: int = 1, exclude: str = "", seed: int = 0,
@@ -45,6 +46,13 @@ class ChannelPrunePass(InPlacePass):
         self.ratio, self.importance, self.scope = ratio, importance, scope
         self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
         self.seed, self.plan = seed, plan
+
+    def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
+        """Always names the ratio and importance (the record of how a model was made); with a
+        plan, only the plan and the exclusions matter."""
+        if self.plan:
+            return super().describe(skip=("ratio", "importance", "scope", "max_layer_ratio", "round_to", "seed"))
+        return super().describe(always=("ratio", "importance"))
 
     def requires(self, model) -> None:
         if not 0 <= self.ratio < 1:
@@ -67,16 +75,36 @@ class ChannelPrunePass(InPlacePass):
         else:
             removed = self._select(model, candidates)
         result = prune_channels(model, analysis, removed)
-        result.diagnostics = _diagnostics(analysis, reasons)
+        result.diagnostics = _diagnostics(analysis, reasons) + self._warnings(model, result)
         return result
+
+    def _patterns(self) -> list[str]:
+        return [p for p in self.exclude.split("|") if p]
 
     def _reason(self, group: ChannelGroup) -> str | None:
         if group.reason is not None:
             return group.reason
-        patterns = [p for p in self.exclude.split("|") if p]
-        names = {m[0] for m in group.members} | group.nodes
-        hit = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
-        return f"excluded by --exclude '{hit}'" if hit else None
+        names = sorted({m[0] for m in group.members if not m[0].startswith("#")} | group.nodes)
+        for pattern in self._patterns():
+            hit = next((n for n in names if fnmatch.fnmatchcase(n, pattern)), None)
+            if hit is not None:
+                return f"excluded by --exclude '{pattern}' (matches '{hit}')"
+        return None
+
+    def _warnings(self, model, result: PassResult) -> list[Diagnostic]:
+        found = []
+        names = [n.name for n in model.nodes() if n.name] + list(model.initializers())
+        for pattern in self._patterns():
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                found.append(Diagnostic("warning", "channel.exclude-unmatched",
+                                        f"--exclude '{pattern}' matches no node or initializer"))
+        if not result.modified:
+            found.append(Diagnostic("warning", "channel.nothing-pruned",
+                                    "no channel was removed (every group is kept, or the ratio rounds to zero)"))
+        if self.ratio > self.max_layer_ratio and not self.plan:
+            found.append(Diagnostic("warning", "channel.ratio-capped",
+                                    f"ratio {self.ratio:g} is capped at max_layer_ratio {self.max_layer_ratio:g}"))
+        return found
 
     def _select(self, model, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
         ctx = ImportanceContext(model, seed=self.seed)
@@ -126,8 +154,10 @@ def _round_keep(keep: int, multiple: int, units: int) -> int:
 
 
 def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:
+    """A warning per barrier that keeps some group whole; an info line per kept group."""
+    kept_reasons = [r for r in reasons.values() if r is not None]
     found = [Diagnostic("warning", "channel.barrier", f"no axis rule for {op}: channels through it are kept", node)
-             for node, op in analysis.barriers.items()]
+             for node, op in analysis.barriers.items() if any(f"'{node}'" in r for r in kept_reasons)]
     for group in analysis.groups:
         if reasons[group.id] is not None:
             found.append(Diagnostic("info", "channel.group-kept", f"{group.describe()}: {reasons[group.id]}"))
@@ -142,7 +172,28 @@ def read_plan(path: str) -> dict:
         raise InputError(f"cannot read plan {path}: {error}") from None
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise InputError(f"{path} is not a sparsec channel plan (written by --plan-out)")
+    if plan.get("version") != 1:
+        raise InputError(f"plan {path} has version {plan.get('version')!r}; this sparsec reads version 1")
+    initializers = plan.get("initializers")
+    if not isinstance(initializers, dict):
+        raise InputError(f"plan {path}: 'initializers' must map names to lists of {{axis, size, kept}}")
+    for name, entries in initializers.items():
+        _check_entries(path, name, entries)
     return plan
+
+
+def _check_entries(path: str, name: str, entries) -> None:
+    if not isinstance(entries, list):
+        raise InputError(f"plan {path}: entry '{name}' must be a list of {{axis, size, kept}}")
+    for entry in entries:
+        ok = isinstance(entry, dict) and all(isinstance(entry.get(k), int) for k in ("axis", "size"))
+        kept = entry.get("kept") if ok else None
+        if not ok or not isinstance(kept, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in kept):
+            raise InputError(f"plan {path}: entry '{name}' must be a list of {{axis: int, size: int, kept: [int, ...]}}")
+        if any(i < 0 or i >= entry["size"] for i in kept):
+            raise InputError(f"plan {path}: {name} axis {entry['axis']}: kept indices must lie in 0..{entry['size'] - 1}")
+        if any(b <= a for a, b in zip(kept, kept[1:])):
+            raise InputError(f"plan {path}: {name} axis {entry['axis']}: kept indices must be ascending, without repeats")
 
 
 def removed_from_plan(plan: dict, groups: list[ChannelGroup], reasons: dict) -> dict[int, np.ndarray]:
