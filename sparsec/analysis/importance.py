@@ -26,13 +26,6 @@ class ImportanceContext:
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = None  # input name → samples (for activation methods)
     extra: dict[str, Any] = field(default_factory=dict)
-    _arrays: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False)
-
-    def array(self, name: str) -> np.ndarray | None:
-        """A constant's contents, read once per context (a weight sits in two groups)."""
-        if name not in self._arrays:
-            self._arrays[name] = self.model.constant(model_value(self.model, name))
-        return self._arrays[name]
 
 
 Scorer = Callable[[ChannelGroup, ImportanceContext], np.ndarray]
@@ -61,7 +54,7 @@ def _slice_sums(group: ChannelGroup, ctx: ImportanceContext, members, transform)
     accumulated into the member's units (in chunks, so a 400 MB weight needs no 400 MB copy)."""
     scores = np.zeros(group.units)
     for member in members:
-        array = ctx.array(member[0])
+        array = ctx.model.constant(model_value(ctx.model, member[0]))  # read per use: no copy of all weights held
         if array is None or array.dtype.kind != "f":
             continue
         sums = _sum_but_axis(array, member[1], transform)
