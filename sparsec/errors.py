@@ -1,8 +1,9 @@
-"""The two failure kinds sparsec reports, and the exit code each maps to.
+"""The failure kinds sparsec reports, and the exit code each maps to.
 
 Invariant: every failure a user can cause (a bad file, a bad flag, a bad plan) is raised as
 ``InputError`` with one line that says what is wrong and what to change; a compressed model
-that does not match its reference is ``ValidationError``. Anything else is a bug.
+that does not match its reference is ``ValidationError``. Anything else is a bug: a pass that
+raises unexpectedly becomes ``InternalError`` naming the pass.
 """
 
 from __future__ import annotations
@@ -24,3 +25,9 @@ class ValidationError(SparsecError):
     """A candidate model failed validation or a gate (exit 1)."""
 
     exit_code = 1
+
+
+class InternalError(SparsecError):
+    """A bug in sparsec or in a pass (an unexpected exception), named in one line (exit 3)."""
+
+    exit_code = 3

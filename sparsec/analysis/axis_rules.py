@@ -194,10 +194,35 @@ def cast_like(node, ctx: RuleContext) -> Coupling:
 
 @axis_rule("Shape", "Size")
 def shape_of(node, ctx: RuleContext) -> Coupling:
-    """Shape and Size read dims at run time, so they follow any pruning by themselves."""
-    c = Coupling()
-    c.free.update((node.inputs[0].name, axis) for axis in range(ctx.rank(node.inputs[0]) or 0))
+    """A dim read at run time would change with pruning: the axes whose sizes the Shape's
+    consumers actually pick (constant Gather or Slice of the shape vector) are blocked, the
+    others are free. Size, or a shape vector used whole, reads every axis."""
+    c, x = Coupling(), node.inputs[0]
+    rank = ctx.rank(x) or 0
+    read = _read_dims(node, ctx, rank) if node.op_type == "Shape" else set(range(rank))
+    for axis in range(rank):
+        if axis in read:
+            c.block((x.name, axis), f"its size is read at run time ({node.op_type} '{node.name}')")
+        else:
+            c.free.add((x.name, axis))
     return c
+
+
+def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
+    start = norm_axis(int(ctx.attr(node, "start", 0)), rank) if rank else 0
+    end = ctx.attr(node, "end")
+    dims = list(range(rank))[start:None if end is None else norm_axis(int(end), rank)]
+    read: set[int] = set()
+    for use in node.outputs[0].uses():
+        reader = use.node
+        if reader.op_type == "Gather" and int(ctx.attr(reader, "axis", 0)) == 0 and ctx.const(reader.inputs[1]) is not None:
+            picked = np.atleast_1d(ctx.const(reader.inputs[1])).reshape(-1)
+        elif reader.op_type == "Slice" and ctx.ints(reader, "starts", 1) is not None and ctx.ints(reader, "ends", 2) is not None:
+            picked = np.arange(len(dims))[slice(ctx.ints(reader, "starts", 1)[0], ctx.ints(reader, "ends", 2)[0])]
+        else:
+            return set(dims)
+        read.update(dims[int(i)] for i in picked if -len(dims) <= int(i) < len(dims))
+    return read
 
 
 # ---------------------------------------------------------------- convolutions and products
@@ -234,6 +259,8 @@ def conv(node, ctx: RuleContext) -> Coupling:
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         c.link((node.inputs[2].name, 0), (y.name, 1))
     compute_axes(c, ctx, w, (0, 1))
+    if not ctx.is_const(w):
+        c.block((x.name, 1), "is convolved with a weight computed at run time")
     if groups == 1:
         c.link((x.name, 1), (w.name, 1))
     elif per_in == 1:
@@ -286,7 +313,15 @@ def gemm(node, ctx: RuleContext) -> Coupling:
         link_broadcast(c, ctx, node.inputs[2], y)
     compute_axes(c, ctx, a, (0, 1))
     compute_axes(c, ctx, b, (0, 1))
+    contraction(c, ctx, a, b, a_k)
     return c
+
+
+def contraction(c: Coupling, ctx: RuleContext, a, b, axis: int) -> None:
+    """Two activations multiplied and summed over ``axis`` of ``a``: the masked original must
+    mask that axis (zeroed weights cannot silence it), so the member is a statistic."""
+    if not ctx.is_const(a) and not ctx.is_const(b):
+        c.stats.add((a.name, axis))
 
 
 @axis_rule("MatMul")
@@ -302,20 +337,23 @@ def matmul(node, ctx: RuleContext) -> Coupling:
         c.link((y.name, ry - 1), (b.name, rb - 1))
     if ra >= 2:
         c.link((y.name, ry - (2 if rb >= 2 else 1)), (a.name, ra - 2))
-    _link_batch_dims(c, ctx, a, y, ra, ry, rb)
-    _link_batch_dims(c, ctx, b, y, rb, ry, rb)
+    batch = ry - (ra >= 2) - (rb >= 2)  # Y = broadcast(batch dims) + [m] + [n]
+    _link_batch_dims(c, ctx, a, y, batch)
+    _link_batch_dims(c, ctx, b, y, batch)
     compute_axes(c, ctx, a, (-2, -1))
     compute_axes(c, ctx, b, (-2, -1))
+    contraction(c, ctx, a, b, ra - 1)
     return c
 
 
-def _link_batch_dims(c: Coupling, ctx: RuleContext, operand, y, rank: int, ry: int, rb: int) -> None:
-    """The leading (batch) dims of a MatMul operand broadcast to Y's leading dims."""
+def _link_batch_dims(c: Coupling, ctx: RuleContext, operand, y, batch: int) -> None:
+    """The leading (batch) dims of a MatMul operand broadcast, right-aligned, to Y's first
+    ``batch`` dims."""
     shape, y_shape = ctx.shape(operand), ctx.shape(y)
-    batch_out = ry - (2 if rb >= 2 else 1) - (0 if rank >= 2 else 0)
-    for axis in range(rank - 2):
-        out_axis = batch_out - (rank - 2) + axis
-        if 0 <= out_axis < ry and shape[axis] == y_shape[out_axis]:
+    own = len(shape) - 2
+    for axis in range(max(own, 0)):
+        out_axis = batch - own + axis
+        if 0 <= out_axis < batch and shape[axis] == y_shape[out_axis]:
             c.link((operand.name, axis), (y.name, out_axis))
         elif shape[axis] == 1:
             c.free.add((operand.name, axis))

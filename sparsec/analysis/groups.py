@@ -68,6 +68,20 @@ class GroupAnalysis:
     barriers: dict[str, str]  # node name → op that has no rule
 
 
+def kept_positions(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> dict:
+    """member → kept positions, for every member that loses positions."""
+    table = {}
+    for group in analysis.groups:
+        units = removed.get(group.id)
+        if units is None or len(units) == 0:
+            continue
+        for member in group.members:
+            kept = group.kept_positions(member, units)
+            if len(kept) != group.sizes[member]:
+                table[member] = kept
+    return table
+
+
 def find_channel_groups(model, input_shapes=None) -> GroupAnalysis:
     """All channel groups of ``model`` (cached until the model changes)."""
     key = "channel_groups:" + repr(sorted((input_shapes or {}).items()))

@@ -20,11 +20,18 @@ from sparsec.analysis.axis_rules import Coupling, Fixup, RuleContext, axis_rule,
 
 @axis_rule("Constant", "ConstantOfShape")
 def constant(node, ctx: RuleContext) -> Coupling:
-    """A constant's axes are whatever its consumers make of them."""
+    """A constant's axes are whatever its consumers make of them (surgery slices it); a
+    ConstantOfShape whose shape is computed at run time cannot follow, so its axes block."""
     c = Coupling()
-    for value in list(node.outputs) + list(node.inputs):
+    for value in node.inputs:
         if value is not None:
             c.free.update((value.name, axis) for axis in range(ctx.rank(value) or 0))
+    out = node.outputs[0]
+    for axis in range(ctx.rank(out) or 0):
+        if ctx.is_const(out):
+            c.free.add((out.name, axis))
+        else:
+            c.block((out.name, axis), "its size comes from a shape computed at run time (ConstantOfShape input)")
     return c
 
 
@@ -75,9 +82,10 @@ def slice_(node, ctx: RuleContext) -> Coupling:
     """Unsliced axes are the identity; an axis sliced with step 1 is an offset map."""
     c, x, y = Coupling(), node.inputs[0], node.outputs[0]
     shape = ctx.shape(x)
-    bounds = _slice_bounds(node, ctx, shape)
-    if shape is None or bounds is None:
+    raw = None if shape is None else _slice_inputs(node, ctx, len(shape))
+    if raw is None:
         return c
+    bounds = _clamped(raw, shape)
     for axis in range(len(shape)):
         start, end, step = bounds.get(axis, (0, shape[axis], 1))
         if axis not in bounds:
@@ -88,42 +96,42 @@ def slice_(node, ctx: RuleContext) -> Coupling:
             c.block((x.name, axis), "sliced with a step other than 1")
 
     def apply(model, kept) -> None:
-        new = {}
-        for axis, (start, end, step) in bounds.items():
+        starts, ends = list(raw[0]), list(raw[1])
+        for slot, axis in enumerate(raw[2]):
+            start, end, step = bounds[axis]
             positions = kept((x.name, axis))
             if positions is not None and step == 1:
-                new[axis] = (int(np.sum(positions < start)), int(np.sum(positions < end)))
-        if new:
-            _write_slice_bounds(model, node, ctx, bounds, new)
+                starts[slot], ends[slot] = int(np.sum(positions < start)), int(np.sum(positions < end))
+        if (starts, ends) != (list(raw[0]), list(raw[1])):
+            _write_slice_bounds(model, node, ctx, starts, ends, raw[2])
 
     c.fixups.append(Fixup(node, apply))
     return c
 
 
-def _slice_bounds(node, ctx: RuleContext, shape) -> dict[int, tuple[int, int, int]] | None:
-    """{axis: (start, end, step)} clamped to the dims, or None when not all constant."""
-    if shape is None:
-        return None
+def _slice_inputs(node, ctx: RuleContext, rank: int):
+    """(starts, ends, axes, steps) as written (axes normalised), or None when not constant."""
     starts, ends = ctx.ints(node, "starts", 1), ctx.ints(node, "ends", 2)
-    axes = ctx.ints(node, "axes", 3)
-    steps = ctx.ints(node, "steps", 4) if ctx.opset >= 10 else None
     if starts is None or ends is None:
         return None
-    axes = list(range(len(starts))) if axes is None else axes
-    steps = steps or [1] * len(starts)
+    axes = ctx.ints(node, "axes", 3)
+    steps = (ctx.ints(node, "steps", 4) if ctx.opset >= 10 else None) or [1] * len(starts)
+    axes = list(range(len(starts))) if axes is None else [norm_axis(a, rank) for a in axes]
+    return starts, ends, axes, steps
+
+
+def _clamped(raw, shape) -> dict[int, tuple[int, int, int]]:
+    """{axis: (start, end, step)} with step-1 bounds clamped to the dims."""
     bounds = {}
-    for axis, start, end, step in zip(axes, starts, ends, steps):
-        axis, dim = norm_axis(axis, len(shape)), shape[norm_axis(axis, len(shape))]
+    for start, end, axis, step in zip(raw[0], raw[1], raw[2], raw[3]):
+        dim = shape[axis]
         start = min(max(start + dim if start < 0 else start, 0), dim)
         end = min(max(end + dim if end < 0 else end, 0), dim)
         bounds[axis] = (start, end, step)
     return bounds
 
 
-def _write_slice_bounds(model, node, ctx: RuleContext, bounds, new) -> None:
-    axes = list(bounds)
-    starts = [new.get(a, bounds[a][:2])[0] for a in axes]
-    ends = [new.get(a, bounds[a][:2])[1] for a in axes]
+def _write_slice_bounds(model, node, ctx: RuleContext, starts, ends, axes) -> None:
     if ctx.opset >= 10:
         model.replace_constant_input(node, 1, np.array(starts, dtype=np.int64))
         model.replace_constant_input(node, 2, np.array(ends, dtype=np.int64))
@@ -203,31 +211,41 @@ def reshape(node, ctx: RuleContext) -> Coupling:
     if x_shape is None or y_shape is None:
         return c
     link_regroup(c, x, x_shape, y, y_shape)
-    entries = shape_entries(ctx, node.inputs[1], len(y_shape))
+    entries = shape_entries(ctx, node, 1, len(y_shape))
+    identity = {e.b[1] for e in c.edges if e.index is None and e.a == (x.name, e.b[1]) and e.b[0] == y.name}
+    for axis, entry in enumerate(entries):
+        if entry is not None and entry[3] == 0 and axis not in identity and y_shape[axis] != 1:
+            c.block((y.name, axis), "its target entry 0 copies an input axis it is not coupled with")
     add_shape_fixup(c, node, y, y_shape, entries, keep={0, -1})
     return c
 
 
-def shape_entries(ctx: RuleContext, value, length: int) -> list[tuple | None]:
-    """Where each entry of a shape vector comes from: ``(node, input index, position, value)``
-    for entries held by a constant (the vector itself, or a constant piece of the Concat that
-    builds it), None for entries computed at run time."""
+def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple | None]:
+    """Where each entry of the shape vector at ``node.inputs[index]`` comes from:
+    ``(owner node, input index, position, value)`` for entries held by a constant (the vector
+    itself, or a constant piece of a Concat that builds it and feeds nothing else), None for
+    entries computed at run time."""
+    value = node.inputs[index]
     array = ctx.const(value)
     if array is not None:
-        return [(None, None, k, int(v)) for k, v in enumerate(array.reshape(-1))]
+        return [(node, index, k, int(v)) for k, v in enumerate(array.reshape(-1))]
     producer = value.producer()
-    if producer is None or producer.op_type != "Concat" or len(ctx.shape(value) or ()) != 1:
+    if (producer is None or producer.op_type != "Concat" or len(ctx.shape(value) or ()) != 1
+            or len(list(value.uses())) != 1 or value.is_graph_output()):
         return [None] * length
     entries: list[tuple | None] = []
-    for index, piece in enumerate(producer.inputs):
+    for piece_index, piece in enumerate(producer.inputs):
         piece_array, piece_shape = ctx.const(piece), ctx.shape(piece)
         if piece_shape is None:
             return [None] * length
         if piece_array is None:
             entries += [None] * int(math.prod(piece_shape))
         else:
-            entries += [(producer, index, k, int(v)) for k, v in enumerate(piece_array.reshape(-1))]
+            entries += [(producer, piece_index, k, int(v)) for k, v in enumerate(piece_array.reshape(-1))]
     return entries if len(entries) == length else [None] * length
+
+
+KEEP = (None, None, None, None)  # an entry that needs no rewrite (a size passed through unchanged)
 
 
 def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int]) -> None:
@@ -241,13 +259,12 @@ def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int]) -> N
         edits: dict[tuple, np.ndarray] = {}
         for axis, entry in enumerate(entries):
             positions = kept((y.name, axis))
-            if positions is None or entry is None or entry[3] in keep:
+            if positions is None or entry is None or entry is KEEP or entry[3] in keep:
                 continue
             owner, index, position, _ = entry
-            key = (owner or node, 1 if owner is None else index)
-            if key not in edits:
-                edits[key] = model.constant(key[0].inputs[key[1]]).copy()
-            edits[key].reshape(-1)[position] = len(positions)
+            if (owner, index) not in edits:
+                edits[(owner, index)] = model.constant(owner.inputs[index]).copy()
+            edits[(owner, index)].reshape(-1)[position] = len(positions)
         for (owner, index), array in edits.items():
             model.replace_constant_input(owner, index, array)
 
@@ -262,11 +279,11 @@ def expand(node, ctx: RuleContext) -> Coupling:
         return c
     link_broadcast(c, ctx, x, y)
     target_length = int((ctx.shape(node.inputs[1]) or (0,))[0])
-    entries = [None] * (len(y_shape) - target_length) + shape_entries(ctx, node.inputs[1], target_length)
+    entries = [None] * (len(y_shape) - target_length) + shape_entries(ctx, node, 1, target_length)
     measured = ctx.measured.get(node.inputs[1].name)
     if measured is not None and len(measured) == target_length:  # a run-time 1 keeps the input's size
         offset = len(y_shape) - target_length
-        entries = [(None, None, k, 1) if e is None and k >= offset and measured[k - offset] == 1 else e
+        entries = [KEEP if e is None and k >= offset and measured[k - offset] == 1 else e
                    for k, e in enumerate(entries)]
     add_shape_fixup(c, node, y, y_shape, entries, keep={1})
     return c
@@ -349,12 +366,18 @@ def resize(node, ctx: RuleContext) -> Coupling:
     if x_shape is None or y_shape is None:
         return c
     sizes_index = 3 if node.op_type == "Resize" and ctx.opset >= 11 else None
-    sizes = node.inputs[sizes_index] if sizes_index is not None and len(node.inputs) > sizes_index else None
+    has_sizes = sizes_index is not None and len(node.inputs) > sizes_index and node.inputs[sizes_index] is not None
     for axis, (before, after) in enumerate(zip(x_shape, y_shape)):
         if before == after:
             c.link((y.name, axis), (x.name, axis))
-    if sizes is not None:
-        add_shape_fixup(c, node, y, y_shape, shape_entries(ctx, sizes, len(y_shape)), keep=set())
+    if has_sizes:
+        axes = ctx.ints(node, "axes") if ctx.opset >= 18 else None
+        axes = list(range(len(y_shape))) if axes is None else [norm_axis(a, len(y_shape)) for a in axes]
+        listed = shape_entries(ctx, node, sizes_index, len(axes))
+        entries = [KEEP] * len(y_shape)
+        for entry, axis in zip(listed, axes):
+            entries[axis] = entry
+        add_shape_fixup(c, node, y, y_shape, entries, keep=set())
     return c
 
 
@@ -370,7 +393,7 @@ def reduce(node, ctx: RuleContext) -> Coupling:
     rank = ctx.rank(x)
     if rank is None:
         return c
-    reduced = _reduced_axes(node, ctx, rank)
+    reduced = reduced_axes(node, ctx, rank)
     if reduced is None:
         return c
     keepdims = bool(ctx.attr(node, "keepdims", 1))
@@ -389,7 +412,7 @@ def reduce(node, ctx: RuleContext) -> Coupling:
     return c
 
 
-def _reduced_axes(node, ctx: RuleContext, rank: int) -> set[int] | None:
+def reduced_axes(node, ctx: RuleContext, rank: int) -> set[int] | None:
     if node.op_type in ("ArgMax", "ArgMin"):
         return {norm_axis(int(ctx.attr(node, "axis", 0)), rank)}
     axes_input = 1 if (ctx.opset >= 18 or (node.op_type == "ReduceSum" and ctx.opset >= 13)) else None

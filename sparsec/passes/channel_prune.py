@@ -117,8 +117,9 @@ class ChannelPrunePass(InPlacePass):
         """Each segment loses ``ratio`` of its units (rounded per ``round_to``), lowest scores first."""
         removed = []
         for segment in group.segments():
-            count = min(int(ratio * len(segment)), int(self.max_layer_ratio * len(segment)), len(segment) - 1)
-            keep = _round_keep(len(segment) - max(count, 0), self.round_to, len(segment))
+            cap = min(int(self.max_layer_ratio * len(segment)), len(segment) - 1)
+            count = min(int(ratio * len(segment)), cap)
+            keep = _round_keep(len(segment) - max(count, 0), self.round_to, len(segment), least=len(segment) - cap)
             order = segment[np.argsort(scores[segment], kind="stable")]
             removed.append(order[: len(segment) - keep])
         return np.sort(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
@@ -145,12 +146,16 @@ def _keep_every_member(group: ChannelGroup, removed: np.ndarray, scores: np.ndar
     return np.array(sorted(removed_set), dtype=np.int64)
 
 
-def _round_keep(keep: int, multiple: int, units: int) -> int:
-    """Units a group keeps: at least one, and a multiple of ``multiple`` when it has more."""
-    keep = max(keep, 1)
+def _round_keep(keep: int, multiple: int, units: int, least: int = 1) -> int:
+    """Units a segment keeps: at least ``least`` (and one), and a multiple of ``multiple`` when
+    it has more than that many units (rounded to nearest, up when nearest is below ``least``)."""
+    keep, least = max(keep, 1), max(least, 1)
     if multiple <= 1 or units <= multiple:
         return keep
-    return max(multiple, min(units, int(round(keep / multiple)) * multiple))
+    rounded = max(multiple, int(round(keep / multiple)) * multiple)
+    if rounded < least:
+        rounded = -(-least // multiple) * multiple
+    return min(units, rounded)
 
 
 def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:

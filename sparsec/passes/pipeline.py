@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
-from sparsec.errors import SparsecError
-from sparsec.passes.base import InPlacePass, PassBase, PassError, PassResult
+from sparsec.errors import InternalError, SparsecError
+from sparsec.passes.base import InPlacePass, PassBase, PassResult
 
 ValidateMode = Literal["none", "end", "each"]
 
@@ -70,13 +70,13 @@ class Pipeline(InPlacePass):
 
 
 def _run(member: PassBase, model) -> PassResult:
-    """Run one pass; an unexpected exception becomes a ``PassError`` naming the pass."""
+    """Run one pass; an unexpected exception becomes an ``InternalError`` naming the pass."""
     try:
         return member(model)
     except SparsecError:
         raise
     except Exception as error:
-        raise PassError(f"pass '{member.describe()}' failed: {type(error).__name__}: {error}") from error
+        raise InternalError(f"pass '{member.describe()}' failed: {type(error).__name__}: {error}") from error
 
 
 def _merge(total: PassResult, name: str, result: PassResult) -> None:

@@ -1,0 +1,150 @@
+"""The exactness oracle: the original model with the removed channels masked out.
+
+Invariant: the physically pruned model equals the masked original to float rounding. Masking:
+every compute weight (Conv/Gemm/MatMul constant) has the removed positions zeroed, so a removed
+channel contributes nothing wherever a weight consumes it; wherever removed channels meet kept
+ones *without* a weight in between, the masked original masks the activation itself: a
+ReduceMean or LayerNorm over a pruned axis averages over the kept positions only (x · m · C/C',
+m = 1 on kept positions), and a product of two activations contracting a pruned axis reads
+x · m. Biases, norms and divisors are left alone (a removed channel's own value never matters,
+and zeroing a divisor would make NaNs). Masks are applied *by name*, so the original can be
+reloaded from disk rather than held in memory.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsec.analysis.axis_rules import RuleContext
+from sparsec.analysis.groups import GroupAnalysis, kept_positions, values_by_name
+from sparsec.analysis.layout_rules import reduced_axes
+from sparsec.analysis.shapes import value_shapes
+
+
+@dataclass
+class OracleMasks:
+    """The removal, by name: per constant member [(axis, kept, size)] (the plan), the compute
+    weight members the masked original zeroes, and the activation members that statistics
+    (LayerNorm, ReduceMean) and activation products must see masked:
+    [(value name, axis, kept, size, rank)]."""
+
+    constants: dict[str, list[tuple[int, np.ndarray, int]]] = field(default_factory=dict)
+    zeroed: set[tuple[str, int]] = field(default_factory=set)
+    stats: list[tuple[str, int, np.ndarray, int, int]] = field(default_factory=list)
+
+
+def channel_masks(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> OracleMasks:
+    """The masks of the oracle for removing ``removed`` from ``model``."""
+    masks, constants = OracleMasks(), defaultdict(list)
+    sizes = {m: size for group in analysis.groups for m, size in group.sizes.items()}
+    constant_members = {m for group in analysis.groups for m in group.constants}
+    compute_members = {m for group in analysis.groups for m in group.compute}
+    stat_members = {m for group in analysis.groups for m in group.stats}
+    shapes = value_shapes(model)
+    for (name, axis), kept in kept_positions(analysis, removed).items():
+        size = sizes[(name, axis)]
+        if (name, axis) in constant_members:
+            constants[name].append((axis, kept, size))
+        if (name, axis) in compute_members:
+            masks.zeroed.add((name, axis))
+        if (name, axis) in stat_members:
+            masks.stats.append((name, axis, kept, size, len(shapes[name])))
+    masks.constants = dict(constants)
+    return masks
+
+
+def apply_masks(model, masks: OracleMasks) -> None:
+    """Build the masked original in ``model`` (found by names): zero the dropped positions of
+    every compute weight, and make statistics and activation products see kept positions only."""
+    values = values_by_name(model)
+    for name, axes in masks.constants.items():
+        value = values.get(name)
+        array = None if value is None else model.constant(value)
+        if array is None or array.dtype.kind != "f":
+            continue
+        array = array.copy()
+        for axis, kept, size in axes:
+            if (name, axis) not in masks.zeroed:
+                continue
+            drop = np.ones(size, dtype=bool)
+            drop[kept] = False
+            index = [slice(None)] * array.ndim
+            index[axis] = drop
+            array[tuple(index)] = 0
+        model.set_constant(value, array)
+    _mask_statistics(model, masks.stats)
+
+
+def _mask_statistics(model, stats) -> None:
+    """Per value with masked axes: a ReduceMean over them reads x · m · C/C' (m: 1 on kept
+    positions), a LayerNormalization over them is written out with those masked means, and a
+    MatMul/Gemm contracting them with another activation reads x · m."""
+    ctx, values = RuleContext(model, {}), values_by_name(model)
+    for name, (mask, factor, axes, rank) in _masks_by_value(stats).items():
+        value = values[name]
+        for node in list(model.consumers(value)):
+            if node.inputs[0] is not value:
+                continue
+            if node.op_type == "ReduceMean" and axes <= (reduced_axes(node, ctx, rank) or set()):
+                model.set_input(node, 0, _scaled(model, node, value, mask * factor))
+            elif node.op_type == "LayerNormalization" and min(axes) >= _first_normalized(model, node, rank):
+                _write_out_layer_norm(model, node, mask * factor, rank)
+            elif node.op_type in ("MatMul", "Gemm"):
+                model.set_input(node, 0, _scaled(model, node, value, mask))
+
+
+def _masks_by_value(stats) -> dict:
+    """value name → (0/1 mask broadcast over its rank, C/C' factor, masked axes, rank)."""
+    found: dict = {}
+    for name, axis, kept, size, rank in stats:
+        mask, factor, axes, _ = found.get(name, (np.ones([1] * rank), 1.0, set(), rank))
+        shape = [1] * rank
+        shape[axis] = size
+        plain = np.zeros(size)
+        plain[kept] = 1
+        found[name] = (mask * plain.reshape(shape), factor * size / len(kept), axes | {axis}, rank)
+    return found
+
+
+def _scaled(model, node, value, weight: np.ndarray):
+    dtype = model.elem_type(value) or np.float32
+    factor = model.add_initializer(f"{value.name}_oracle_mask", weight.astype(dtype))
+    return model.add_node("Mul", [value, factor], before=node, name="oracle")
+
+
+def _first_normalized(model, node, rank: int) -> int:
+    return int(model.attr(node, "axis", -1)) % rank
+
+
+def _write_out_layer_norm(model, node, weight: np.ndarray, rank: int) -> None:
+    """y = (x − μ) / sqrt(σ² + ε) · scale + bias, μ and σ² masked means over the normalized axes."""
+    if any(out is not None and out.name and model.consumers(out) for out in node.outputs[1:]):
+        return  # the optional Mean / InvStdDev outputs are in use: leave this one alone
+    x, scale = node.inputs[0], node.inputs[1]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    dtype = model.elem_type(x) or np.float32
+    axes = list(range(_first_normalized(model, node, rank), rank))
+    mean = _masked_mean(model, node, x, weight, axes)
+    centred = model.add_node("Sub", [x, mean], before=node, name="oracle")
+    square = model.add_node("Mul", [centred, centred], before=node, name="oracle")
+    variance = _masked_mean(model, node, square, weight, axes)
+    epsilon = model.add_initializer("oracle_epsilon", np.array(model.attr(node, "epsilon", 1e-5), dtype=dtype))
+    std = model.add_node("Sqrt", [model.add_node("Add", [variance, epsilon], before=node, name="oracle")],
+                         before=node, name="oracle")
+    out = model.add_node("Mul", [model.add_node("Div", [centred, std], before=node, name="oracle"), scale],
+                         before=node, name="oracle")
+    if bias is not None:
+        out = model.add_node("Add", [out, bias], before=node, name="oracle")
+    model.replace_all_uses(node.outputs[0], out)
+    model.remove_node(node)
+
+
+def _masked_mean(model, node, value, weight: np.ndarray, axes: list[int]):
+    scaled = _scaled(model, node, value, weight)
+    if model.opset >= 18:
+        axes_value = model.add_initializer("oracle_axes", np.array(axes, dtype=np.int64))
+        return model.add_node("ReduceMean", [scaled, axes_value], {"keepdims": 1}, before=node, name="oracle")
+    return model.add_node("ReduceMean", [scaled], {"axes": axes, "keepdims": 1}, before=node, name="oracle")

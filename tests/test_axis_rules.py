@@ -1,0 +1,126 @@
+"""Axis rules on the edge cases a review found: each graph must prune to a model that passes
+the checker and equals its masked original (or keep the group whole when it cannot)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_model, run_ort
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.layout_rules import link_regroup
+from sparsec.analysis.axis_rules import Coupling
+from sparsec.ir import Model
+from sparsec.passes.channel_prune import ChannelPrunePass
+
+F = TensorProto.FLOAT
+
+
+def weight(rng, name, shape):
+    return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+
+
+def ints(name, values):
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def prune_and_compare(proto, rng) -> dict:
+    """Prune half; assert checker, shapes and oracle; return the pass stats."""
+    model = Model.from_proto(proto)
+    result = ChannelPrunePass(ratio=0.5)(model)
+    assert model.check() is None
+    feeds = {i.name: rng.normal(size=[d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in proto.graph.input}
+    expected, actual = run_ort(result.reference().to_proto(), feeds), run_ort(model.to_proto(), feeds)
+    for e, a in zip(expected, actual):
+        assert e.shape == a.shape and np.isfinite(e).all()
+        assert np.abs(e - a).max() <= 1e-4 * np.abs(e).max()
+    return result.stats
+
+
+def test_product_of_two_activations_is_masked_in_the_oracle(rng):
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q0"]), helper.make_node("Sigmoid", ["q0"], ["q"]),
+             helper.make_node("MatMul", ["x", "wk"], ["k0"]), helper.make_node("Sigmoid", ["k0"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]), helper.make_node("MatMul", ["q", "kt"], ["y"])]
+    proto = make_model(nodes, [("x", F, [4, 6])], [("y", F, [4, 4])], [weight(rng, "wq", [6, 8]), weight(rng, "wk", [6, 8])])
+    assert prune_and_compare(proto, rng)["groups_pruned"] == 1
+
+
+def test_a_dim_read_at_run_time_blocks_its_axis(rng):
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]), helper.make_node("MatMul", ["x", "wk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[1, 0]), helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Shape", ["q"], ["qs"], start=-1), helper.make_node("Cast", ["qs"], ["qf"], to=F),
+             helper.make_node("Sqrt", ["qf"], ["sq"]), helper.make_node("Div", ["s", "sq"], ["y"])]
+    proto = make_model(nodes, [("x", F, [4, 6])], [("y", F, [4, 4])], [weight(rng, "wq", [6, 8]), weight(rng, "wk", [6, 8])],
+                       opset=15)
+    groups = find_channel_groups(Model.from_proto(proto)).groups
+    reasons = [g.reason for g in groups if g.units == 8]
+    assert len(reasons) == 1 and "its size is read at run time" in reasons[0]
+
+
+def test_run_time_constant_of_shape_and_shared_targets_keep_groups_whole(rng):
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Shape", ["x8"], ["s"]),
+             helper.make_node("ConstantOfShape", ["s"], ["z"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+             helper.make_node("Mul", ["h", "z"], ["hz"]), helper.make_node("MatMul", ["hz", "w2"], ["y"])]
+    proto = make_model(nodes, [("x", F, [2, 6]), ("x8", F, [2, 8])], [("y", F, [2, 5])],
+                       [weight(rng, "w1", [6, 8]), weight(rng, "w2", [8, 5])], opset=13)
+    assert prune_and_compare(proto, rng)["groups_pruned"] == 0
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["a1"]),
+             helper.make_node("Shape", ["x"], ["xs"]), helper.make_node("Gather", ["xs", "zero"], ["n"], axis=0),
+             helper.make_node("Concat", ["n", "piece"], ["tgt"], axis=0), helper.make_node("Reshape", ["a1", "tgt"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["y1"]), helper.make_node("Reshape", ["x8", "tgt"], ["r2"]),
+             helper.make_node("Add", ["y1", "r2"], ["y"])]
+    proto = make_model(nodes, [("x", F, [2, 6]), ("x8", F, [2, 8])], [("y", F, [2, 8])],
+                       [weight(rng, "w1", [6, 8]), weight(rng, "w2", [8, 8]), ints("zero", [0]), ints("piece", [8])], opset=13)
+    prune_and_compare(proto, rng)
+
+
+def test_slice_keeps_other_axes_bounds_as_written(rng):
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]),
+             helper.make_node("Slice", ["h", "starts", "ends", "axes", "steps"], ["s"]),
+             helper.make_node("Conv", ["s", "w2"], ["y"])]
+    proto = make_model(nodes, [("x", F, [1, 3, 5, 6])], [("y", F, [1, 4, 5, 6])],
+                       [weight(rng, "w1", [8, 3, 1, 1]), weight(rng, "w2", [4, 8, 1, 1]), ints("starts", [0, -1]),
+                        ints("ends", [8, -(2**62)]), ints("axes", [1, 3]), ints("steps", [1, -1])], opset=13)
+    prune_and_compare(proto, rng)
+
+
+def test_resize_sizes_input_is_rewritten_not_roi(rng):
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"]), helper.make_node("Resize", ["h", "", "", "sizes"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"])]
+    proto = make_model(nodes, [("x", F, [1, 3, 4, 4])], [("y", F, [1, 4, 8, 8])],
+                       [weight(rng, "w1", [8, 3, 1, 1]), weight(rng, "w2", [4, 8, 1, 1]), ints("sizes", [1, 8, 8, 8])],
+                       opset=13)
+    assert prune_and_compare(proto, rng)["groups_pruned"] == 1
+
+
+def test_division_by_a_per_channel_constant_gives_no_nan_in_the_oracle(rng):
+    scale = numpy_helper.from_array(rng.uniform(0.5, 2, (1, 8)).astype(np.float32), "scale")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Div", ["h", "scale"], ["d"]),
+             helper.make_node("MatMul", ["d", "w2"], ["y"])]
+    proto = make_model(nodes, [("x", F, [2, 6])], [("y", F, [2, 5])], [weight(rng, "w1", [6, 8]), weight(rng, "w2", [8, 5]), scale])
+    assert prune_and_compare(proto, rng)["groups_pruned"] == 1
+
+
+def test_matmul_with_a_vector_left_operand_aligns_batch_dims(rng):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Transpose", ["t"], ["b"], perm=[0, 3, 1, 2]),
+             helper.make_node("MatMul", ["v", "b"], ["yv"]), helper.make_node("Transpose", ["yv"], ["yt"], perm=[1, 2, 0]),
+             helper.make_node("MatMul", ["yt", "w3"], ["y"])]
+    proto = make_model(nodes, [("x", F, [4, 3, 2, 6])], [("y", F, [4, 2, 5])],
+                       [weight(rng, "w", [6, 4]), weight(rng, "v", [3]), weight(rng, "w3", [4, 5])], opset=13)
+    prune_and_compare(proto, rng)
+
+
+@pytest.mark.parametrize("x_shape, y_shape, expected", [
+    ((1, 8, 4, 4), (1, 128), {("x", 1): [0] * 16 + [1] * 16}),          # conv -> fc: channel c is a run of 16
+    ((1, 4, 24), (1, 4, 3, 8), {("x", 2): [0] * 8 + [1] * 8 + [2] * 8}),  # hidden -> heads x head_dim
+])
+def test_reshape_links_the_outermost_part(x_shape, y_shape, expected):
+    coupling = Coupling()
+    x, y = type("V", (), {"name": "x"})(), type("V", (), {"name": "y"})()
+    link_regroup(coupling, x, x_shape, y, y_shape)
+    maps = {tuple(e.b if e.b[0] == "x" else e.a): e.index for e in coupling.edges if e.index is not None}
+    for member, prefix in expected.items():
+        assert maps[member][: len(prefix)].tolist() == prefix
+    assert coupling.reasons  # the inner parts are blocked
