@@ -244,58 +244,36 @@ def _link_groups(c: Coupling, node, channels: Member, size: int, groups: int, ta
     c.link(channels, c.virtual(node, tag, per_group), np.arange(size) % per_group)
 
 
-@axis_rule("Conv")
+@axis_rule("Conv", "ConvTranspose")
 def conv(node, ctx: RuleContext) -> Coupling:
-    """Y[n, o] = Σ_i W[o, i] X[n, g(o)·I/g + i]: Y axis 1 is W axis 0; X axis 1 is W axis 1,
-    per group. Depthwise (one input channel per group): Y channel o reads X channel o // m."""
+    """W axis 0 is the *full* channel side (Conv: the output, ConvTranspose: the input) and W
+    axis 1 the per-group side (Conv: input channels of a group, ConvTranspose: outputs).
+    Ungrouped: the per-group side is W axis 1. Depthwise (one channel per group on that side):
+    full-side channel i pairs with per-group-side channel i // m. Otherwise every group keeps
+    the same local positions on both sides (tile maps)."""
     c = Coupling()
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     w_shape = ctx.shape(w)
     if w_shape is None or ctx.shape(x) is None:
         return c
-    groups, c_out, per_in = int(ctx.attr(node, "group", 1)), w_shape[0], w_shape[1]
+    full, part = (x, y) if node.op_type == "ConvTranspose" else (y, x)
+    groups, full_size, per_group = int(ctx.attr(node, "group", 1)), w_shape[0], w_shape[1]
     c.link((y.name, 0), (x.name, 0))
-    c.link((y.name, 1), (w.name, 0))
+    c.link((full.name, 1), (w.name, 0))
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         c.link((node.inputs[2].name, 0), (y.name, 1))
     compute_axes(c, ctx, w, (0, 1))
     if not ctx.is_const(w):
         c.block((x.name, 1), "is convolved with a weight computed at run time")
     if groups == 1:
-        c.link((x.name, 1), (w.name, 1))
-    elif per_in == 1:
-        c.link((y.name, 1), (x.name, 1), np.arange(c_out) // (c_out // groups))
+        c.link((part.name, 1), (w.name, 1))
+    elif per_group == 1:
+        c.link((full.name, 1), (part.name, 1), np.arange(full_size) // (full_size // groups))
         c.free.add((w.name, 1))
-        count_fixup(c, node, "group", (x.name, 1))
+        count_fixup(c, node, "group", (part.name, 1))
     else:
-        _link_groups(c, node, (y.name, 1), c_out, groups, "out_groups")
-        c.link((x.name, 1), (w.name, 1), np.arange(per_in * groups) % per_in)
-    return c
-
-
-@axis_rule("ConvTranspose")
-def conv_transpose(node, ctx: RuleContext) -> Coupling:
-    """W is [C_in, C_out/g, k...]: X axis 1 is W axis 0; Y axis 1 is W axis 1, per group."""
-    c = Coupling()
-    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    w_shape = ctx.shape(w)
-    if w_shape is None or ctx.shape(x) is None:
-        return c
-    groups, c_in, per_out = int(ctx.attr(node, "group", 1)), w_shape[0], w_shape[1]
-    c.link((y.name, 0), (x.name, 0))
-    c.link((x.name, 1), (w.name, 0))
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        c.link((node.inputs[2].name, 0), (y.name, 1))
-    compute_axes(c, ctx, w, (0, 1))
-    if groups == 1:
-        c.link((y.name, 1), (w.name, 1))
-    elif per_out == 1 and c_in == groups:  # depthwise
-        c.link((y.name, 1), (x.name, 1))
-        c.free.add((w.name, 1))
-        count_fixup(c, node, "group", (x.name, 1))
-    else:
-        _link_groups(c, node, (x.name, 1), c_in, groups, "in_groups")
-        c.link((y.name, 1), (w.name, 1), np.arange(per_out * groups) % per_out)
+        _link_groups(c, node, (full.name, 1), full_size, groups, "groups")
+        c.link((part.name, 1), (w.name, 1), np.arange(per_group * groups) % per_group)
     return c
 
 
