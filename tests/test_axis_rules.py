@@ -126,18 +126,18 @@ def test_reshape_links_the_outermost_part(x_shape, y_shape, expected):
     assert coupling.reasons  # the inner parts are blocked
 
 
-@pytest.mark.parametrize("op, w_shape, group", [
-    ("Conv", [12, 4, 1, 1], 2),          # grouped: 2 groups of 4 inputs, 6 outputs each
-    ("Conv", [16, 1, 3, 3], 8),          # depthwise, channel multiplier 2
-    ("ConvTranspose", [8, 3, 2, 2], 2),  # grouped transposed: 2 groups, 3 outputs each
-    ("ConvTranspose", [8, 1, 2, 2], 8),  # depthwise transposed
+@pytest.mark.parametrize("op, w_shape, group, size", [
+    ("Conv", [12, 4, 1, 1], 2, 4),          # grouped: 2 groups of 4 inputs, 6 outputs each
+    ("Conv", [16, 1, 3, 3], 8, 2),          # depthwise, channel multiplier 2
+    ("ConvTranspose", [8, 3, 2, 2], 2, 5),  # grouped transposed: 2 groups, 3 outputs each
+    ("ConvTranspose", [8, 1, 2, 2], 8, 5),  # depthwise transposed
 ])
-def test_grouped_convolutions_prune_exactly(rng, op, w_shape, group):
+def test_grouped_convolutions_prune_exactly(rng, op, w_shape, group, size):
     c_in = w_shape[0] if op == "ConvTranspose" else w_shape[1] * group
     c_out = w_shape[1] * group if op == "ConvTranspose" else w_shape[0]
     nodes = [helper.make_node("Conv", ["x", "w0"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node(op, ["r", "w"], ["g"], group=group), helper.make_node("Relu", ["g"], ["s"]),
              helper.make_node("Conv", ["s", "w2"], ["y"])]
-    proto = make_model(nodes, [("x", F, [1, 3, 4, 4])], [("y", F, None)],
+    proto = make_model(nodes, [("x", F, [1, 3, 4, 4])], [("y", F, [1, 5, size, size])],
                        [weight(rng, "w0", [c_in, 3, 1, 1]), weight(rng, "w", w_shape), weight(rng, "w2", [5, c_out, 1, 1])])
     assert prune_and_compare(proto, rng)["groups_pruned"] >= 1
