@@ -24,7 +24,9 @@ from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
-from sparsec.passes.channel_prune import ChannelPrunePass
+from sparsec.passes.channel_prune import ChannelPrunePass, read_plan
+from sparsec.passes.cleanup import IdentityEliminationPass
+from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, validate
 
 PIPELINE_METADATA_KEY = "sparsec.pipeline"
@@ -221,14 +223,18 @@ def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:
 
 def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "local", max_layer_ratio: float = 0.9,
                    round_to: int = 1, exclude: Sequence[str] = (), seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
-    """``channel-prune`` with these options, then the cleanup passes (what ``--channels`` runs)."""
+    """What ``--channels`` runs: identity elimination and shape folding (so that Reshape targets
+    computed from static shapes become constants surgery can rewrite), ``channel-prune`` with
+    these options, then the cleanup passes."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}")
+    if plan is not None:
+        read_plan(str(plan))  # a malformed plan is refused before any work
     prune = ChannelPrunePass(ratio=ratio, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
                              round_to=round_to, exclude="|".join(exclude), seed=seed,
                              plan=str(Path(plan).resolve()) if plan is not None else "")
     prune.requires(None)
-    return [prune, *cleanup_passes()]
+    return [IdentityEliminationPass(), ConstantFoldShapesPass(), prune, *cleanup_passes()]
 
 
 class _Clock:

@@ -130,8 +130,9 @@ class Model:
         return _c_api_utils.call_onnx_api(loading.check_full, self.ir)
 
     def copy(self) -> Model:
-        """An independent copy (weights copied too)."""
-        return Model(ir.serde.deserialize_model(self.to_proto()), self.path)
+        """An independent copy of the graph that shares the weight tensors: cheap, and safe
+        because every ``Model`` edit replaces a tensor instead of writing into it."""
+        return Model(self.ir.clone(), self.path)
 
     # ------------------------------------------------------------------ reading
     @property

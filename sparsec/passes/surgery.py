@@ -18,7 +18,6 @@ from collections import defaultdict
 import numpy as np
 
 from sparsec.analysis.groups import GroupAnalysis, kept_positions, values_by_name
-from sparsec.ir import Model
 from sparsec.passes.base import PassResult
 from sparsec.passes.oracle import OracleMasks, apply_masks, channel_masks
 
@@ -39,11 +38,8 @@ def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray
 
 
 def _reference_builder(model, masks: OracleMasks):
-    """A callable building the masked original: the unpruned model with the removed channels
-    zeroed. Reloaded from disk when ``model`` is unedited since loading (no copy held)."""
-    if model.path is not None and model.version == 0:
-        path = model.path
-        return lambda: _masked(Model.load(path), masks)
+    """A callable building the masked original: the unpruned model (a copy sharing its weight
+    tensors, so no weight bytes are duplicated) with the removal masked out."""
     snapshot = model.copy()
     return lambda: _masked(snapshot, masks)
 
