@@ -83,9 +83,9 @@ def analyze(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path |
     }
 
 
-def channel_groups(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
-    """The channel groups of ``model`` as JSON-ready dicts: channels, weights, members, and
-    whether ``--channels`` would prune them (or why not)."""
+def channel_groups(model: Model, input_shapes: Sequence[str] = ()) -> tuple[list[dict], dict[str, str]]:
+    """The channel groups of ``model`` as JSON-ready dicts (channels, weights, members, and
+    whether ``--channels`` would prune them, or why not), and the barrier nodes (node → op)."""
     overrides = parse_input_shapes(input_shapes, model) or None
     analysis = find_channel_groups(model, overrides)
     rows = []
@@ -96,7 +96,7 @@ def channel_groups(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]
             "members": [{"value": name, "axis": axis, "size": group.sizes[(name, axis)]}
                         for name, axis in group.members if not name.startswith("#")],
         })
-    return rows
+    return rows, dict(analysis.barriers)
 
 
 def _value_info(model: Model, value, bound) -> dict:

@@ -56,7 +56,7 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
     loaded = api.Model.load(model)
     summary = api.analyze(loaded, input_shapes, inputs)
     if groups:
-        summary["channel_groups"] = api.channel_groups(loaded, input_shapes)
+        summary["channel_groups"], summary["channel_barriers"] = api.channel_groups(loaded, input_shapes)
     click.echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
 
 

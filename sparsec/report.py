@@ -97,6 +97,8 @@ def analyze_text(summary: dict) -> str:
     text = "\n".join(head) + "\n\n" + table(rows, ["op", "count", "params", "MACs"])
     if "channel_groups" in summary:
         text += "\n\n" + groups_text(summary["channel_groups"])
+        for node, op in summary.get("channel_barriers", {}).items():
+            text += f"\nbarrier: {node or '(unnamed)'} ({op}) has no axis rule; groups through it are kept"
     return text
 
 
