@@ -43,7 +43,12 @@ class ChannelGroup:
         return self.reason is None
 
     def kept_positions(self, member: Member, removed_units: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(~np.isin(self.atoms[member], removed_units))
+        return np.flatnonzero(~self.removed_mask(removed_units)[self.atoms[member]])
+
+    def removed_mask(self, removed_units: np.ndarray) -> np.ndarray:
+        mask = np.zeros(self.units, dtype=bool)
+        mask[np.asarray(removed_units, dtype=np.int64)] = True
+        return mask
 
     def segments(self) -> list[np.ndarray]:
         """Units grouped by the set of compute weights they appear in: one segment per Concat
@@ -75,8 +80,9 @@ def kept_positions(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> d
         units = removed.get(group.id)
         if units is None or len(units) == 0:
             continue
+        removed_mask = group.removed_mask(units)
         for member in group.members:
-            kept = group.kept_positions(member, units)
+            kept = np.flatnonzero(~removed_mask[group.atoms[member]])
             if len(kept) != group.sizes[member]:
                 table[member] = kept
     return table

@@ -26,6 +26,29 @@ class ImportanceContext:
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = None  # input name → samples (for activation methods)
     extra: dict[str, Any] = field(default_factory=dict)
+    _sums: dict[tuple[str, str], dict | None] = field(default_factory=dict, repr=False)
+
+    def axis_sums(self, name: str, axis: int, transform) -> np.ndarray | None:
+        """Σ transform(weight) over every axis but ``axis``. A weight is read once however many
+        groups it belongs to (a conv weight is in two): small weights get every axis's sums
+        from one pass, large ones are summed per axis in chunks."""
+        key = (name, transform.__name__)
+        if key not in self._sums:
+            self._sums[key] = self._read_sums(name, transform)
+        sums = self._sums[key]
+        if sums is not None and axis not in sums:  # a large weight, or an axis beyond the first two
+            sums[axis] = _sum_but_axis(self.model.constant(model_value(self.model, name)), axis, transform)
+        return None if sums is None else sums[axis]
+
+    def _read_sums(self, name: str, transform) -> dict | None:
+        array = self.model.constant(model_value(self.model, name))
+        if array is None or array.dtype.kind != "f":
+            return None
+        if array.size > CHUNK_ELEMENTS or array.ndim < 2:
+            return {}
+        # one contiguous reduction to (axis 0, axis 1) pairs, then both channel axes from it
+        pairs = transform(array).reshape(array.shape[0], array.shape[1], -1).sum(axis=2).astype(np.float64)
+        return {0: pairs.sum(axis=1), 1: pairs.sum(axis=0)}
 
 
 Scorer = Callable[[ChannelGroup, ImportanceContext], np.ndarray]
@@ -53,12 +76,10 @@ def _slice_sums(group: ChannelGroup, ctx: ImportanceContext, members, transform)
     """Σ over members of ``transform(weight)`` summed over every axis but the member's,
     accumulated into the member's units (in chunks, so a 400 MB weight needs no 400 MB copy)."""
     scores = np.zeros(group.units)
-    for member in members:
-        array = ctx.model.constant(model_value(ctx.model, member[0]))  # read per use: no copy of all weights held
-        if array is None or array.dtype.kind != "f":
-            continue
-        sums = _sum_but_axis(array, member[1], transform)
-        scores += np.bincount(group.atoms[member], weights=sums, minlength=group.units)
+    for name, axis in members:
+        sums = ctx.axis_sums(name, axis, transform)
+        if sums is not None:
+            scores += np.bincount(group.atoms[(name, axis)], weights=sums, minlength=group.units)
     return scores
 
 

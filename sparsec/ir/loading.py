@@ -2,8 +2,9 @@
 
 Order of checks: the path exists and is a file; the bytes parse as a ModelProto with a graph;
 every external-data reference stays inside the model's folder, exists, and is long enough;
-every embedded tensor has as many bytes as its dims need; the ONNX checker accepts the model
-(run with the weights lifted out, so its cost does not grow with the weights). Only then is the model handed to onnx-ir, which
+the ONNX checker accepts the model (run with the weights lifted out, so its cost does not grow
+with the weights). An embedded tensor whose bytes do not fit its dims is reported when it is
+first read (``Model.constant``). Only then is the model handed to onnx-ir, which
 memory-maps external weights instead of reading them.
 """
 
@@ -39,16 +40,6 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as error:
         raise InputError(f"{path}: the ONNX checker rejects this model: {_first_line(error)}") from None
-
-
-def check_embedded_sizes(proto: onnx.ModelProto, path: Path) -> None:
-    """Refuse an embedded tensor whose raw bytes do not match its dims (a corrupt file)."""
-    for tensor in _get_all_tensors(proto):
-        if uses_external_data(tensor) or not tensor.HasField("raw_data"):
-            continue
-        expected = _tensor_bytes(tensor)
-        if expected and len(tensor.raw_data) != expected:
-            raise InputError(f"{path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} bytes, its dims need {expected}")
 
 
 def _parse(path: Path) -> onnx.ModelProto:

@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from collections.abc import Iterator
@@ -47,8 +48,13 @@ class Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
         proto, files = loading.read_checked_proto(path)
-        loading.check_embedded_sizes(proto, path)
-        model = ir.serde.deserialize_model(proto)
+        was_enabled = gc.isenabled()
+        gc.disable()  # deserialising allocates one object per node and value: no cycles to find yet
+        try:
+            model = ir.serde.deserialize_model(proto)
+        finally:
+            if was_enabled:
+                gc.enable()
         _c_api_utils.call_onnx_api(lambda light: loading.check_structure(light, path), model)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)
@@ -202,7 +208,10 @@ class Model:
         if value is None:
             return None
         if value.const_value is not None:
-            return value.const_value.numpy()
+            try:
+                return value.const_value.numpy()
+            except ValueError as error:  # raw bytes that do not fit the dims: a corrupt file
+                raise InputError(f"tensor '{value.name}' holds data that does not match its shape ({error})") from None
         node = value.producer()
         if node is None or node.domain not in ("", "ai.onnx"):
             return None

@@ -138,12 +138,12 @@ class ChannelPrunePass(InPlacePass):
 def _keep_every_member(group: ChannelGroup, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Give back, per member that would lose every position (a size-1 slice of a Split, a
     Concat input), its best unit: no tensor may shrink to zero."""
-    removed_set = set(removed.tolist())
+    mask = group.removed_mask(removed)
     for member in group.members:
-        units = np.unique(group.atoms[member])
-        if len(units) and removed_set.issuperset(units.tolist()):
-            removed_set.discard(int(units[np.argmax(scores[units])]))
-    return np.array(sorted(removed_set), dtype=np.int64)
+        atoms = group.atoms[member]
+        if len(atoms) and mask[atoms].all():
+            mask[atoms[np.argmax(scores[atoms])]] = False
+    return np.flatnonzero(mask)
 
 
 def _round_keep(keep: int, multiple: int, units: int, least: int = 1) -> int:

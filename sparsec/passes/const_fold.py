@@ -71,7 +71,8 @@ class ConstantFoldShapesPass(InPlacePass):
         self.max_elements = max_elements
 
     def call(self, model) -> PassResult:
-        shapes = ir_shapes.infer(model)  # declared dims only: symbolic batch sizes stay symbolic
+        reads_shapes = any(node.op_type in ("Shape", "Size") for node in model.nodes())
+        shapes = ir_shapes.infer(model) if reads_shapes else {}  # declared dims only: symbolic batch stays symbolic
         folded = 0
         for node in model.nodes():
             results = _fold_result(model, node, shapes, self.max_elements)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparsec.analysis.axis_rules import RuleContext
-from sparsec.analysis.groups import GroupAnalysis, kept_positions, values_by_name
+from sparsec.analysis.groups import GroupAnalysis, values_by_name
 from sparsec.analysis.layout_rules import reduced_axes
 from sparsec.analysis.shapes import value_shapes
 
@@ -36,15 +36,15 @@ class OracleMasks:
     stats: list[tuple[str, int, np.ndarray, int, int]] = field(default_factory=list)
 
 
-def channel_masks(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> OracleMasks:
-    """The masks of the oracle for removing ``removed`` from ``model``."""
+def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
+    """The masks of the oracle for a removal given as ``table`` (``kept_positions``)."""
     masks, constants = OracleMasks(), defaultdict(list)
     sizes = {m: size for group in analysis.groups for m, size in group.sizes.items()}
     constant_members = {m for group in analysis.groups for m in group.constants}
     compute_members = {m for group in analysis.groups for m in group.compute}
     stat_members = {m for group in analysis.groups for m in group.stats}
     shapes = value_shapes(model)
-    for (name, axis), kept in kept_positions(analysis, removed).items():
+    for (name, axis), kept in table.items():
         size = sizes[(name, axis)]
         if (name, axis) in constant_members:
             constants[name].append((axis, kept, size))

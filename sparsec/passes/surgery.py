@@ -27,10 +27,12 @@ PLAN_FORMAT = "sparsec-channel-plan"
 def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> PassResult:
     """Remove ``removed`` (group id → units) from ``model`` and return the ``PassResult`` a
     pruning pass needs: stats, the oracle ``reference`` and the ``plan`` artifact."""
-    masks = channel_masks(model, analysis, removed)
+    table = kept_positions(analysis, removed)
+    masks = channel_masks(model, analysis, table)
     result = PassResult(model, modified=False, reference=_reference_builder(model, masks))
     result.artifacts["plan"] = plan_json(masks)
-    units = remove_channels(model, analysis, removed)
+    remove_channels(model, analysis, table)
+    units = int(sum(len(u) for u in removed.values()))
     result.modified = units > 0
     result.stats = {"groups": len(analysis.groups), "groups_pruned": sum(1 for u in removed.values() if len(u)),
                     "channels_removed": units, "channels_total": sum(g.units for g in analysis.groups)}
@@ -56,9 +58,9 @@ def plan_json(masks: OracleMasks) -> dict:
     return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
 
 
-def remove_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> int:
-    """Physically remove the ``removed`` units (group id → unit ids); returns how many."""
-    table = kept_positions(analysis, removed)
+def remove_channels(model, analysis: GroupAnalysis, table: dict) -> None:
+    """Physically remove positions: ``table`` maps each member that loses positions to the
+    positions it keeps (``groups.kept_positions`` of the removed units)."""
     cuts: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for (name, axis), kept in table.items():
         if not name.startswith("#"):
@@ -77,6 +79,5 @@ def remove_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarra
     for coupling in analysis.couplings:
         for fixup in coupling.fixups:
             fixup.apply(model, table.get)
-    return int(sum(len(units) for units in removed.values()))
 
 
