@@ -8,6 +8,7 @@ original. The pipeline text is recorded in the output's ``metadata_props``.
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import time
@@ -174,6 +175,18 @@ def compress(
     clock, rss = _Clock(), _peak_rss_mb()
     model = Model.load(source)
     clock.lap("load")
+    gc.freeze()  # the loaded graph lives as long as this call: keep it out of every collection
+    try:
+        return _compress_loaded(model, source, output, clock, rss, pipeline=pipeline, input_shapes=input_shapes,
+                                inputs=inputs, force=force, report=report, plan_out=plan_out, rtol=rtol, atol=atol,
+                                latency_runs=latency_runs, on_pass=on_pass)
+    finally:
+        gc.unfreeze()
+
+
+def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shapes, inputs, force, report, plan_out,
+                     rtol, atol, latency_runs, on_pass) -> CompressResult:
+    """``compress`` after loading: check outputs, run the pipeline, validate, write."""
     extra = [Path(p) for p in (report, plan_out) if p is not None]
     check_destinations(model, Path(output), extra, force)
     feeds, label = prepare_feeds(model, input_shapes, inputs)
@@ -188,6 +201,23 @@ def compress(
     model.set_metadata(PIPELINE_METADATA_KEY, runner.describe())
     clock.lap("passes")
     memory = {"baseline": rss, "compile": max(0.0, _peak_rss_mb() - rss)}
+    oracle, validation = _validate(model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs)
+    clock.lap("validate")
+    written = model.save(output, force=force)
+    clock.lap("save")
+    after = figures(model, shapes, written)
+    outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
+                             str(output), oracle, clock.laps, memory, weight_bytes)
+    if plan_out is not None:
+        _write_json(plan_out, result.artifacts.get("plan"), "--plan-out needs a pass that writes a plan (e.g. --channels)")
+    if report is not None:
+        _write_json(report, outcome.to_json(), "")
+    return outcome
+
+
+def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, latency_runs):
+    """Checker full check; the oracle when a pass was lossy (gated), else the original (gated);
+    returns (oracle or None, validation against the original)."""
     problem = model.check()
     if problem is not None:
         raise ValidationError(f"the compressed model fails the ONNX checker (nothing written): {problem}")
@@ -201,17 +231,7 @@ def compress(
                           latency_runs=latency_runs)
     if oracle is None and not validation.passed:
         raise ValidationError(_failure_line(validation))
-    clock.lap("validate")
-    written = model.save(output, force=force)
-    clock.lap("save")
-    after = figures(model, shapes, written)
-    outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
-                             str(output), oracle, clock.laps, memory, weight_bytes)
-    if plan_out is not None:
-        _write_json(plan_out, result.artifacts.get("plan"), "--plan-out needs a pass that writes a plan (e.g. --channels)")
-    if report is not None:
-        _write_json(report, outcome.to_json(), "")
-    return outcome
+    return oracle, validation
 
 
 def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:

@@ -12,7 +12,6 @@ Invariants:
 
 from __future__ import annotations
 
-import gc
 import os
 import tempfile
 from collections.abc import Iterator
@@ -48,13 +47,7 @@ class Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
         proto, files = loading.read_checked_proto(path)
-        was_enabled = gc.isenabled()
-        gc.disable()  # deserialising allocates one object per node and value: no cycles to find yet
-        try:
-            model = ir.serde.deserialize_model(proto)
-        finally:
-            if was_enabled:
-                gc.enable()
+        model = ir.serde.deserialize_model(proto)
         _c_api_utils.call_onnx_api(lambda light: loading.check_structure(light, path), model)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)

@@ -11,9 +11,7 @@ and every pass's ``artifacts`` are passed up.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 from sparsec.errors import InternalError, SparsecError
@@ -49,10 +47,6 @@ class Pipeline(InPlacePass):
         return ",".join(p.describe() for p in self.passes)
 
     def call(self, model) -> PassResult:
-        with gc_paused():
-            return self._call(model)
-
-    def _call(self, model) -> PassResult:
         total = PassResult(model, modified=False)
         for round_index in range(self.max_rounds if self.fixed_point else 1):
             round_modified = False
@@ -73,20 +67,6 @@ class Pipeline(InPlacePass):
         if self.validate == "end":
             self.check(total.model, self.describe())
         return total
-
-
-@contextmanager
-def gc_paused():
-    """Pause Python's cyclic garbage collector: passes allocate many small objects while the
-    model holds hundreds of thousands, and full collections would dominate compile time.
-    Reference counting still frees everything acyclic; cycles are collected afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _run(member: PassBase, model) -> PassResult:
