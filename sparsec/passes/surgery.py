@@ -28,6 +28,9 @@ def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray
     """Remove ``removed`` (group id → units) from ``model`` and return the ``PassResult`` a
     pruning pass needs: stats, the oracle ``reference`` and the ``plan`` artifact."""
     table = kept_positions(analysis, removed)
+    emptied = sorted(f"{name}[{axis}]" for (name, axis), kept in table.items() if len(kept) == 0)
+    if emptied:
+        raise ValueError(f"the removal would leave no channel in {', '.join(emptied[:3])}")
     masks = channel_masks(model, analysis, table)
     result = PassResult(model, modified=False, reference=_reference_builder(model, masks))
     result.artifacts["plan"] = plan_json(masks)
