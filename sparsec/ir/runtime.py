@@ -30,12 +30,16 @@ _LEVELS = {
 class Session:
     """An onnxruntime CPU session with named inputs/outputs."""
 
-    def __init__(self, source: bytes | str, *, optimization: str = "all", threads: int = 0) -> None:
+    def __init__(self, source: bytes | str, *, optimization: str = "all", threads: int = 0, lean: bool = False) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = _LEVELS[optimization]
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if lean:  # a one-off probe run: no memory arena or pattern planning, one thread
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped exception classes
@@ -52,7 +56,8 @@ class Session:
         return dict(zip(names, results))
 
 
-def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0) -> Session:
+def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0,
+                lean: bool = False) -> Session:
     """A session over an in-memory ``Model``, optionally exposing intermediate values by name.
 
     Small models go to onnxruntime as bytes; models with external or > 2 GB weights are written
@@ -61,12 +66,14 @@ def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str =
     if not model.has_external_data() and model.weight_bytes() < PROTOBUF_LIMIT_BYTES:
         proto = model.to_proto()
         _expose(proto, extra_outputs)
-        return Session(proto.SerializeToString(), optimization=optimization, threads=threads)
+        data = proto.SerializeToString()
+        del proto
+        return Session(data, optimization=optimization, threads=threads, lean=lean)
     with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
         path = Path(folder) / "model.onnx"
         with _exposed(model, extra_outputs):
             ir.save(model.ir, str(path), external_data="model.onnx.data")
-        return Session(str(path), optimization=optimization, threads=threads)
+        return Session(str(path), optimization=optimization, threads=threads, lean=lean)
 
 
 @contextlib.contextmanager
