@@ -13,8 +13,9 @@ that axis. A rule looks at one node and returns a ``Coupling``:
 - ``free``: members the node leaves unconstrained (a broadcast size-1 axis, Shape's input).
 - ``fixups``: what surgery must rewrite on this node once the kept positions are known
   (Reshape targets, Split sizes, Slice starts/ends, ``group`` attributes...).
-- ``stats``: members the node reduces over to compute a statistic (LayerNorm, ReduceMean):
-  pruning them is exact only against an oracle that masks the statistic too.
+- ``stats``: members the node reduces over to compute a statistic (LayerNorm, ReduceMean), or
+  sums over in a product of two activations: pruning them is exact only against an oracle
+  that masks them too (it does).
 
 Every axis of every input and output of the node that the coupling neither links nor frees is
 *blocked* by that node: a channel group containing it is not pruned, and the reason names the

@@ -9,8 +9,9 @@ in every member at once, so the pruned graph stays consistent by construction.
 
 A group is prunable when it holds at least one compute weight (Conv/Gemm/MatMul constant
 slice), no member is blocked (an op without a rule, a rule that cannot map the axis, a graph
-input or output, a value read inside a subgraph), and it has more than one unit. Groups whose
-members are normalization statistics (``stats``) are prunable only when the caller says so.
+input or output, a value read inside a subgraph), and it has more than one unit. Members
+listed in ``stats`` (a LayerNorm or ReduceMean over the axis, a product of two activations
+contracting it) are prunable too: the oracle masks them (``passes/oracle.py``).
 """
 
 from __future__ import annotations
