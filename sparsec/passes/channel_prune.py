@@ -1,7 +1,8 @@
 """``channel-prune``: remove a fraction of the channels of every prunable channel group.
 
 Decide, then cut: channel groups come from ``sparsec.analysis.groups``, unit scores from
-``sparsec.analysis.importance``, the cut from ``surgery.remove_channels``. Invariants:
+``sparsec.analysis.importance``, the cut (and the oracle reference and plan) from
+``surgery.prune_channels``. Invariants:
 - a group that is blocked, excluded, or has a single unit is left whole, and says why;
 - a group never loses all its units, nor more than ``max_layer_ratio`` of them, and no member
   tensor loses all its positions;
@@ -30,6 +31,7 @@ from sparsec.errors import InputError
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
 from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
+
 
 @register
 class ChannelPrunePass(InPlacePass):
