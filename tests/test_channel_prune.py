@@ -5,7 +5,6 @@ max |output|), on one committed model per coupling kind and on the digits models
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

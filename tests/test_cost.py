@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from conftest import MODELS, make_model
 from fill_light_models import fill, light_path
