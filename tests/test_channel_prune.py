@@ -245,3 +245,16 @@ def test_warnings_for_unmatched_exclude_and_nothing_pruned():
     assert {"channel.exclude-unmatched", "channel.nothing-pruned"} <= codes
     describe = ChannelPrunePass(ratio=0.5).describe()
     assert describe == "channel-prune(ratio=0.5,importance=l1)"
+
+
+@pytest.mark.parametrize("options", [
+    {"ratio": 0.25, "importance": "l2"},
+    {"ratio": 0.75, "importance": "random", "seed": 5},
+    {"ratio": 0.6, "scope": "global", "round_to": 2, "importance": "bn-scale"},
+], ids=["quarter-l2", "three-quarters-random", "global-round-to-2"])
+@pytest.mark.parametrize("path", COUPLINGS, ids=lambda p: p.stem)
+def test_every_selection_keeps_the_oracle(path, options):
+    """Whatever is removed, surgery and oracle agree (selection cannot break consistency)."""
+    model, result = prune(path, **options)
+    assert model.check() is None
+    assert oracle_error(model, result.reference(), seed=1) <= 1e-4
