@@ -28,6 +28,7 @@ from sparsec.passes.builtin import cleanup_passes, default_pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass, read_plan
 from sparsec.passes.cleanup import IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
+from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, validate
 
 PIPELINE_METADATA_KEY = "sparsec.pipeline"
@@ -121,6 +122,7 @@ class CompressResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     weight_bytes: int = 0
+    sparsity: list[dict] | None = None  # per tensor, when weight-sparsity ran
 
     def to_json(self) -> dict:
         report = {f"{key}_{when}": getattr(fig, key) for when, fig in (("before", self.before), ("after", self.after))
@@ -131,7 +133,7 @@ class CompressResult:
             latency_ms_before=self.validation.latency_ms_reference,
             latency_ms_after=self.validation.latency_ms_candidate,
             oracle=None if self.oracle is None else _oracle_json(self.oracle),
-            groups=_groups_json(self.stats), timings_s=self.timings_s, peak_rss_mb=self.peak_rss_mb,
+            groups=_groups_json(self.stats), sparsity=self.sparsity, timings_s=self.timings_s, peak_rss_mb=self.peak_rss_mb,
             weight_bytes=self.weight_bytes, stats=self.stats, diagnostics=[d.to_json() for d in self.diagnostics],
             sparsec_version=__version__,
         )
@@ -207,7 +209,7 @@ def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shape
     clock.lap("save")
     after = figures(model, shapes, written)
     outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
-                             str(output), oracle, clock.laps, memory, weight_bytes)
+                             str(output), oracle, clock.laps, memory, weight_bytes, result.artifacts.get("sparsity"))
     if plan_out is not None:
         _write_json(plan_out, result.artifacts.get("plan"), "--plan-out needs a pass that writes a plan (e.g. --channels)")
     if report is not None:
@@ -255,6 +257,14 @@ def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "
                              plan=str(Path(plan).resolve()) if plan is not None else "")
     prune.requires(None)
     return [IdentityEliminationPass(), ConstantFoldShapesPass(), prune, *cleanup_passes()]
+
+
+def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
+                    score: str = "magnitude") -> list[PassBase]:
+    """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options, then cleanup."""
+    prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, score=score)
+    prune.requires(None)
+    return [prune, *cleanup_passes()]
 
 
 class _Clock:

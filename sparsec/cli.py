@@ -71,6 +71,13 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @click.option("--force", is_flag=True, help="Allow -o to overwrite the input model.")
 @click.option("--channels", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="R",
               help="Remove fraction R of the channels of every prunable channel group (then clean up).")
+@click.option("--nm", default=None, metavar="N:M",
+              help="Zero all but the N largest of every M consecutive weights along each weight's reduction "
+                   "axis (e.g. 2:4); zeros stay in the dense file.")
+@click.option("--sparsity", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="R",
+              help="Zero fraction R of the weights of Conv/Gemm/MatMul (unstructured, or whole blocks with --block).")
+@click.option("--block", default=None, metavar="RxC",
+              help="With --sparsity: zero whole RxC blocks of each weight seen as [rows, reduction axis], e.g. 1x8, 4x4.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random"]), default="l1", show_default=True,
               help="How channels are ranked: L1/L2 norm of all their weight slices, BatchNorm |gamma|, or seeded random.")
 @click.option("--importance-scope", "scope", type=click.Choice(["local", "global"]), default="local", show_default=True,
@@ -92,7 +99,7 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
-             channels, importance, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
+             channels, nm, sparsity, block, importance, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
              input_shapes, inputs, rtol, atol, latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
@@ -102,6 +109,7 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     masked original (MODEL with the removed channels zeroed) within 1e-4 x max |output|, and
     the difference from MODEL itself reported.
     """
+    pipeline = _sparsity_pipeline(nm, sparsity, block, scope, pipeline, channels, plan_in)
     if (channels is not None or plan_in is not None) and pipeline:
         raise click.UsageError("--passes cannot be combined with --channels or --plan-in")
     if plan_in is not None:
@@ -117,6 +125,20 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
                           report=report_path, plan_out=plan_out, rtol=rtol, atol=atol, latency_runs=latency_runs,
                           on_pass=_progress)
     click.echo(report.compress_text(result))
+
+
+def _sparsity_pipeline(nm, sparsity, block, scope, pipeline, channels, plan_in):
+    """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
+    if nm is None and sparsity is None:
+        if block is not None:
+            raise click.UsageError("--block needs --sparsity R")
+        return pipeline
+    if pipeline or channels is not None or plan_in is not None:
+        raise click.UsageError("--nm / --sparsity prune on their own: drop --passes, --channels and --plan-in "
+                               "(run sparsec twice to combine)")
+    if nm is not None and (sparsity is not None or block is not None):
+        raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
+    return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope)
 
 
 def _progress(pass_, result) -> None:

@@ -42,6 +42,8 @@ def compress_text(result) -> str:
          _ratio(v.latency_ms_reference, v.latency_ms_candidate)],
     ]
     parts = [f"pipeline: {result.pipeline}", table(rows, ["", "before", "after", "ratio"])]
+    if result.sparsity:
+        parts.append(sparsity_text(result.sparsity))
     if result.oracle is not None:
         parts.append(oracle_text(result.oracle))
         parts.append(validation_text(v, title="difference from the original (lossy pipeline: reported, not gated)"))
@@ -57,11 +59,16 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def sparsity_text(tensors: list[dict]) -> str:
+    rows = [[t["name"], t["pattern"], str(t["axis"]), human(t["elements"]), f"{100 * t['sparsity']:.1f} %"] for t in tensors]
+    return table(rows, ["weight", "pattern", "axis", "elements", "zeros"], left=(0, 1))
+
+
 def oracle_text(oracle: Validation) -> str:
     worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
     detail = "" if worst is None else (f": max abs error {worst.max_abs:.3g} on '{worst.name}' "
                                        f"(limit {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g})")
-    return f"oracle (equal to the original with the removed channels zeroed) on {oracle.inputs}: " \
+    return f"oracle (equal to the original with what was removed masked out) on {oracle.inputs}: " \
            f"{'passed' if oracle.passed else 'FAILED'}{detail}"
 
 

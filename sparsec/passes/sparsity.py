@@ -1,0 +1,160 @@
+"""``weight-sparsity``: N:M, unstructured and block sparsity on compute weights (zeros kept dense).
+
+Sites come from ``sparsec.analysis.weight_sites`` (the constant operands of Conv,
+ConvTranspose, Gemm and MatMul, with their reduction axis). Invariants:
+- ``nm="N:M"``: along the reduction axis, every run of M consecutive weights keeps its N
+  largest scores; a weight whose reduction length M does not divide is skipped and reported;
+- ``ratio=R`` (unstructured): ``round(R·size)`` weights of each tensor are zeroed (``local``),
+  or ``round(R·total)`` over all sites together (``global``);
+- ``ratio=R, block="RxC"``: the weight seen as [rows, K] (K the reduction axis) is cut into
+  R×C blocks; whole blocks are zeroed, lowest mean |w| first (local or global); a weight
+  whose shape the block does not tile is skipped and reported;
+- a weight shared by several nodes is one site, pruned once;
+- scores: ``magnitude`` (|w|); ``wanda`` needs calibration data and is refused without it.
+The pass only multiplies weights by 0/1 masks: the result is its own oracle reference (the
+sparse-encoded formats of a later pass must equal it bit for bit).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import numpy as np
+
+from sparsec.analysis.weight_sites import WeightSite, weight_sites
+from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
+from sparsec.passes.registry import register
+
+
+def nm_keep(scores: np.ndarray, axis: int, n: int, m: int) -> np.ndarray:
+    """Keep mask with the N largest of every M consecutive scores along ``axis``."""
+    moved = np.moveaxis(scores, axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    top = np.argsort(-groups, axis=-1, kind="stable")[..., :n]
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, top, True, axis=-1)
+    return np.moveaxis(keep.reshape(moved.shape), -1, axis)
+
+
+def block_scores(scores: np.ndarray, axis: int, rows: int, cols: int) -> np.ndarray:
+    """Mean score of every rows×cols block of the weight seen as [other axes, reduction axis]."""
+    view = np.moveaxis(scores, axis, -1).reshape(-1, scores.shape[axis])
+    return view.reshape(view.shape[0] // rows, rows, view.shape[1] // cols, cols).mean(axis=(1, 3))
+
+
+def expand_blocks(block_keep: np.ndarray, shape: tuple[int, ...], axis: int, rows: int, cols: int) -> np.ndarray:
+    """The element keep mask of a block keep mask (inverse of ``block_scores``' view)."""
+    view = np.repeat(np.repeat(block_keep, rows, axis=0), cols, axis=1)
+    moved_shape = tuple(d for i, d in enumerate(shape) if i != axis) + (shape[axis],)
+    return np.moveaxis(view.reshape(moved_shape), -1, axis)
+
+
+def lowest_keep(scores: np.ndarray, count: int) -> np.ndarray:
+    """Keep mask that drops exactly the ``count`` lowest scores (ties broken by position)."""
+    keep = np.ones(scores.size, dtype=bool)
+    if count > 0:
+        keep[np.argpartition(scores.reshape(-1), count - 1)[:count]] = False
+    return keep.reshape(scores.shape)
+
+
+@register
+class WeightSparsityPass(InPlacePass):
+    """Zero weights in N:M, unstructured or block patterns along each weight's reduction axis."""
+
+    name: ClassVar[str] = "weight-sparsity"
+    summary: ClassVar[str] = "Zero weights in N:M, unstructured or block patterns (zeros kept dense)."
+    lossy: ClassVar[bool] = True
+
+    def __init__(self, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
+                 score: str = "magnitude") -> None:
+        self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
+
+    def requires(self, model) -> None:
+        if bool(self.nm) == bool(self.ratio):
+            raise PassError("weight-sparsity: give either nm='N:M' or ratio=R (with an optional block='RxC')")
+        if self.nm and (self._nm() is None):
+            raise PassError(f"weight-sparsity: nm must be N:M with 0 < N < M, got '{self.nm}'")
+        if self.ratio and not 0 < self.ratio < 1:
+            raise PassError(f"weight-sparsity: ratio must be in (0, 1), got {self.ratio}")
+        if self.block and (self._block() is None or self.nm):
+            raise PassError(f"weight-sparsity: block must be RxC with positive R, C (and only with ratio), got '{self.block}'")
+        if self.scope not in ("local", "global"):
+            raise PassError(f"weight-sparsity: scope must be local or global, got '{self.scope}'")
+        if self.score == "wanda":
+            raise PassError("weight-sparsity: score 'wanda' needs calibration data (--calibration), which this "
+                            "version does not take yet; use score=magnitude")
+        if self.score != "magnitude":
+            raise PassError(f"weight-sparsity: unknown score '{self.score}'; known: magnitude, wanda")
+
+    def _nm(self) -> tuple[int, int] | None:
+        match = re.fullmatch(r"(\d+):(\d+)", self.nm.strip())
+        n, m = (int(match[1]), int(match[2])) if match else (0, 0)
+        return (n, m) if 0 < n < m else None
+
+    def _block(self) -> tuple[int, int] | None:
+        match = re.fullmatch(r"(\d+)x(\d+)", self.block.strip())
+        return (int(match[1]), int(match[2])) if match and int(match[1]) > 0 and int(match[2]) > 0 else None
+
+    def call(self, model) -> PassResult:
+        sites, conflicts = weight_sites(model)
+        skipped = dict(conflicts)
+        arrays = {s.name: model.constant(model.initializers()[s.name]) for s in sites}
+        keeps = self._keep_masks(sites, arrays, skipped)
+        tensors = []
+        for site in sites:
+            if site.name not in keeps:
+                continue
+            array, keep = arrays[site.name], keeps[site.name]
+            model.resize_initializer(model.initializers()[site.name], np.where(keep, array, np.zeros((), array.dtype)))
+            tensors.append({"name": site.name, "pattern": self._pattern(), "axis": site.axis,
+                            "sparsity": float(1 - keep.mean()), "elements": int(keep.size)})
+        result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped))
+        result.stats = {"tensors": len(tensors), "tensors_skipped": len(skipped),
+                        "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors)}
+        result.artifacts["sparsity"] = tensors
+        snapshot = model.copy()
+        result.reference = lambda: snapshot
+        return result
+
+    def _pattern(self) -> str:
+        return f"{self.nm}" if self.nm else (f"block {self.block} {self.ratio:g}" if self.block else f"unstructured {self.ratio:g}")
+
+    def _keep_masks(self, sites: list[WeightSite], arrays: dict, skipped: dict) -> dict[str, np.ndarray]:
+        scores = {s.name: np.abs(arrays[s.name]).astype(np.float32) for s in sites}
+        if self.nm:
+            n, m = self._nm()
+            fitting = _fitting(sites, skipped, lambda s: s.shape[s.axis] % m == 0, f"its reduction length is not a multiple of {m}")
+            return {s.name: nm_keep(scores[s.name], s.axis, n, m) for s in fitting}
+        if self.block:
+            rows, cols = self._block()
+            fitting = _fitting(sites, skipped, lambda s: _tiles(s, rows, cols), f"its shape is not tiled by {rows}x{cols} blocks")
+            blocks = {s.name: block_scores(scores[s.name], s.axis, rows, cols) for s in fitting}
+            keeps = self._drop_lowest(blocks)
+            return {s.name: expand_blocks(keeps[s.name], s.shape, s.axis, rows, cols) for s in fitting}
+        return self._drop_lowest(scores)
+
+    def _drop_lowest(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Drop ``ratio`` of the scores of each tensor (local) or of all together (global)."""
+        if self.scope == "local":
+            return {name: lowest_keep(s, int(round(self.ratio * s.size))) for name, s in scores.items()}
+        names = list(scores)
+        flat = np.concatenate([scores[n].reshape(-1) for n in names]) if names else np.zeros(0)
+        keep = lowest_keep(flat, int(round(self.ratio * flat.size)))
+        bounds = np.cumsum([0] + [scores[n].size for n in names])
+        return {n: keep[bounds[i]:bounds[i + 1]].reshape(scores[n].shape) for i, n in enumerate(names)}
+
+
+def _tiles(site: WeightSite, rows: int, cols: int) -> bool:
+    others = int(np.prod([d for i, d in enumerate(site.shape) if i != site.axis]))
+    return others % rows == 0 and site.shape[site.axis] % cols == 0
+
+
+def _fitting(sites: list[WeightSite], skipped: dict, fits, reason: str) -> list[WeightSite]:
+    kept = [s for s in sites if fits(s)]
+    skipped.update({s.name: reason for s in sites if not fits(s)})
+    return kept
+
+
+def _skipped(skipped: dict[str, str]) -> list[Diagnostic]:
+    return [Diagnostic("info", "sparsity.skipped", f"weight '{name}' left dense: {reason}") for name, reason in skipped.items()]

@@ -1,0 +1,135 @@
+"""weight-sparsity: property tests on the dense output (pattern along the right axis, exact
+counts, whole blocks, shared weights pruned once) and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MODELS, make_model
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.ir import Model
+from sparsec.passes.sparsity import WeightSparsityPass, block_scores, expand_blocks, nm_keep
+
+F = TensorProto.FLOAT
+
+
+def _model(rng) -> Model:
+    """MatMul B [16, 8] (axis 0), Gemm transB=1 B [8, 16] (axis 1), Conv W [8, 8, 3, 3] (axis 1),
+    and one weight shared by two MatMuls."""
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
+             [("mm", [16, 8]), ("gemm", [8, 16]), ("conv", [8, 8, 3, 3]), ("shared", [8, 8])]]
+    nodes = [helper.make_node("MatMul", ["x", "mm"], ["a"]),
+             helper.make_node("Gemm", ["x", "gemm"], ["b"], transB=1),
+             helper.make_node("Add", ["a", "b"], ["c"]),
+             helper.make_node("MatMul", ["c", "shared"], ["d"]), helper.make_node("MatMul", ["d", "shared"], ["e"]),
+             helper.make_node("Reshape", ["e", "shape"], ["img"]),
+             helper.make_node("Conv", ["img", "conv"], ["y"], pads=[1, 1, 1, 1])]
+    inits.append(numpy_helper.from_array(np.array([1, 8, 1, 1], np.int64), "shape"))
+    return Model.from_proto(make_model(nodes, [("x", F, [1, 16])], [("y", F, [1, 8, 1, 1])], inits))
+
+
+AXES = {"mm": 0, "gemm": 1, "conv": 1, "shared": 0}
+
+
+def _weights(model: Model) -> dict[str, np.ndarray]:
+    return {name: model.constant(model.initializers()[name]) for name in AXES}
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
+def test_nm_pattern_holds_along_the_reduction_axis(rng, n, m):
+    model = _model(rng)
+    result = WeightSparsityPass(nm=f"{n}:{m}")(model)
+    for name, weight in _weights(model).items():
+        groups = np.moveaxis(weight != 0, AXES[name], -1).reshape(-1, m)
+        assert (groups.sum(axis=1) == n).all(), name
+    assert result.stats["tensors"] == 4
+
+
+def test_nm_skips_weights_whose_reduction_length_does_not_divide(rng):
+    model = _model(rng)
+    before = _weights(model)
+    result = WeightSparsityPass(nm="2:16")(model)  # mm and gemm reduce over 16, conv and shared over 8
+    skipped = {d.message.split("'")[1] for d in result.diagnostics if d.code == "sparsity.skipped"}
+    assert skipped == {"conv", "shared"}
+    after = _weights(model)
+    assert all(np.array_equal(before[n], after[n]) for n in skipped)
+    assert (after["mm"] == 0).mean() == pytest.approx(14 / 16)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9, 0.33])
+def test_unstructured_local_hits_the_ratio_within_one_element(rng, ratio):
+    model = _model(rng)
+    WeightSparsityPass(ratio=ratio)(model)
+    for name, weight in _weights(model).items():
+        assert abs(int((weight == 0).sum()) - ratio * weight.size) <= 1, name
+
+
+def test_unstructured_global_hits_the_ratio_overall_and_drops_the_smallest(rng):
+    model = _model(rng)
+    before = _weights(model)
+    WeightSparsityPass(ratio=0.6, scope="global")(model)
+    after = _weights(model)
+    total = sum(w.size for w in after.values())
+    assert abs(sum(int((w == 0).sum()) for w in after.values()) - 0.6 * total) <= 1
+    largest_dropped = max(np.abs(before[n])[after[n] == 0].max() for n in after)
+    smallest_kept = min(np.abs(before[n])[after[n] != 0].min() for n in after)
+    assert largest_dropped <= smallest_kept
+
+
+@pytest.mark.parametrize("block", ["1x8", "4x4", "2x2"])
+def test_block_sparsity_zeroes_whole_blocks(rng, block):
+    rows, cols = map(int, block.split("x"))
+    model = _model(rng)
+    WeightSparsityPass(ratio=0.5, block=block)(model)
+    for name, weight in _weights(model).items():
+        view = np.moveaxis(weight, AXES[name], -1).reshape(-1, weight.shape[AXES[name]])
+        tiles = view.reshape(view.shape[0] // rows, rows, view.shape[1] // cols, cols)
+        zero = (tiles == 0).all(axis=(1, 3))
+        assert ((tiles != 0).all(axis=(1, 3)) | zero).all(), name  # a block is all zero or untouched
+        assert zero.mean() == pytest.approx(0.5, abs=1 / zero.size), name
+
+
+def test_shared_weight_is_pruned_once_and_consistently(rng):
+    model = _model(rng)
+    WeightSparsityPass(nm="2:4")(model)
+    shared = model.initializers()["shared"]
+    assert len(list(shared.uses())) == 2  # still one tensor, read by both MatMuls
+    assert (model.constant(shared) == 0).mean() == 0.5
+
+
+def test_block_mask_round_trip():
+    scores = np.arange(2 * 8 * 3, dtype=np.float32).reshape(2, 8, 3)
+    blocks = block_scores(scores, 1, 2, 4)  # view [6, 8] → blocks [3, 2]
+    assert blocks.shape == (3, 2)
+    keep = expand_blocks(blocks > blocks.mean(), scores.shape, 1, 2, 4)
+    assert keep.shape == scores.shape
+    assert nm_keep(np.array([[1.0, 4, 2, 3]]), 1, 2, 4).tolist() == [[False, True, False, True]]
+
+
+def test_cli_nm_writes_a_dense_model_with_a_per_tensor_report(cli, tmp_path):
+    out, report = tmp_path / "nm.onnx", tmp_path / "r.json"
+    code, stdout, stderr = cli("compress", MODELS / "digits_mlp.onnx", "--nm", "2:4", "-o", out, "--report", report,
+                               "--latency-runs", "0")
+    assert code == 0, stderr
+    tensors = json.loads(report.read_text())["sparsity"]
+    assert {t["name"] for t in tensors} == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert all(t["sparsity"] == 0.5 for t in tensors) and "zeros" in stdout
+    written = Model.load(out)
+    weight = written.constant(written.initializers()["fc1.weight"])
+    assert ((weight.reshape(-1, 4) != 0).sum(axis=1) == 2).all()  # Gemm transB=1: groups along axis 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nm", "4:2"], "N:M with 0 < N < M"),
+    (["--nm", "2:4", "--sparsity", "0.5"], "give one"),
+    (["--block", "4x4"], "--block needs --sparsity"),
+    (["--sparsity", "0.5", "--block", "4by4"], "block must be RxC"),
+    (["--nm", "2:4", "--channels", "0.5"], "prune on their own"),
+])
+def test_cli_bad_sparsity_flags(cli, tmp_path, args, message):
+    out = tmp_path / "x.onnx"
+    code, _, stderr = cli("compress", MODELS / "digits_mlp.onnx", "-o", out, *args)
+    assert code == 2 and message in stderr and not out.exists()
