@@ -28,8 +28,11 @@ from sparsec.passes.builtin import cleanup_passes, default_pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass, read_plan
 from sparsec.passes.cleanup import IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
+from sparsec.passes.cleanup import DeadCodePass
+from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
+from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
-from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, validate
+from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, check_encoded, validate
 
 PIPELINE_METADATA_KEY = "sparsec.pipeline"
 
@@ -224,11 +227,16 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     if problem is not None:
         raise ValidationError(f"the compressed model fails the ONNX checker (nothing written): {problem}")
     oracle = None
-    if result.reference is not None:
-        oracle = validate(result.reference(), model, feeds, inputs_label=label, latency_runs=0,
+    reference = result.reference() if result.reference is not None else None
+    if reference is not None:
+        oracle = validate(reference, model, feeds, inputs_label=label, latency_runs=0,
                           peak_tolerance=ORACLE_TOLERANCE)
         if not oracle.passed:
             raise ValidationError(_oracle_failure_line(oracle))
+    if model.metadata(FORMAT_KEY) not in (None, "dense"):
+        problem = check_encoded(model, reference if reference is not None else Path(source), feeds, DECODER_PREFIX)
+        if problem is not None:
+            raise ValidationError(f"sparse-encoded model rejected (nothing written): {problem}")
     validation = validate(Path(source), model, feeds, inputs_label=label, rtol=rtol, atol=atol,
                           latency_runs=latency_runs)
     if oracle is None and not validation.passed:
@@ -260,11 +268,39 @@ def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "
 
 
 def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                    score: str = "magnitude") -> list[PassBase]:
-    """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options, then cleanup."""
+                    score: str = "magnitude", sparse_format: str = "dense") -> list[PassBase]:
+    """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options, cleanup, and
+    the encoding of ``sparse_format`` (none for ``dense``)."""
     prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, score=score)
     prune.requires(None)
-    return [prune, *cleanup_passes()]
+    return [prune, *cleanup_passes(), *encoding_passes(sparse_format)]
+
+
+def encoding_passes(sparse_format: str) -> list[PassBase]:
+    if sparse_format == "dense":
+        return []
+    encode = SparseEncodePass(format=sparse_format)
+    encode.requires(None)
+    return [encode]
+
+
+def densify(source: str | Path, output: str | Path, *, force: bool = False) -> int:
+    """Decode every sparse-encoded weight of ``source`` into a plain initializer, check the
+    result (checker, bit-identical outputs), write ``output``; returns how many were decoded."""
+    model = Model.load(source)
+    model.check_destination(Path(output), force=force)
+    encoded = model.copy()
+    count = densify_weights(model)
+    DeadCodePass()(model)
+    problem = model.check()
+    if problem is not None:
+        raise ValidationError(f"the densified model fails the ONNX checker (nothing written): {problem}")
+    feeds, _ = prepare_feeds(model)
+    outputs = validate(encoded, model, feeds, latency_runs=0, rtol=0.0, atol=0.0)
+    if not outputs.passed:
+        raise ValidationError("the densified model's outputs differ from the encoded model's (nothing written)")
+    model.save(output, force=force)
+    return count
 
 
 class _Clock:

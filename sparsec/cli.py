@@ -78,6 +78,9 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
               help="Zero fraction R of the weights of Conv/Gemm/MatMul (unstructured, or whole blocks with --block).")
 @click.option("--block", default=None, metavar="RxC",
               help="With --sparsity: zero whole RxC blocks of each weight seen as [rows, reduction axis], e.g. 1x8, 4x4.")
+@click.option("--sparse-format", type=click.Choice(["dense", "bitmask"]), default="dense", show_default=True,
+              help="With --nm/--sparsity: dense keeps the zeros (runs everywhere); bitmask stores kept values + one "
+                   "bit per weight with a decoder onnxruntime folds at session creation (checked bit-identical).")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random"]), default="l1", show_default=True,
               help="How channels are ranked: L1/L2 norm of all their weight slices, BatchNorm |gamma|, or seeded random.")
 @click.option("--importance-scope", "scope", type=click.Choice(["local", "global"]), default="local", show_default=True,
@@ -99,7 +102,7 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
-             channels, nm, sparsity, block, importance, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
+             channels, nm, sparsity, block, sparse_format, importance, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
              input_shapes, inputs, rtol, atol, latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
@@ -109,7 +112,7 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     masked original (MODEL with the removed channels zeroed) within 1e-4 x max |output|, and
     the difference from MODEL itself reported.
     """
-    pipeline = _sparsity_pipeline(nm, sparsity, block, scope, pipeline, channels, plan_in)
+    pipeline = _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, pipeline, channels, plan_in)
     if (channels is not None or plan_in is not None) and pipeline:
         raise click.UsageError("--passes cannot be combined with --channels or --plan-in")
     if plan_in is not None:
@@ -127,18 +130,21 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     click.echo(report.compress_text(result))
 
 
-def _sparsity_pipeline(nm, sparsity, block, scope, pipeline, channels, plan_in):
+def _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, pipeline, channels, plan_in):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
     if nm is None and sparsity is None:
         if block is not None:
             raise click.UsageError("--block needs --sparsity R")
+        if sparse_format != "dense":
+            raise click.UsageError("--sparse-format needs --nm or --sparsity")
         return pipeline
     if pipeline or channels is not None or plan_in is not None:
         raise click.UsageError("--nm / --sparsity prune on their own: drop --passes, --channels and --plan-in "
                                "(run sparsec twice to combine)")
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
-    return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope)
+    return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope,
+                               sparse_format=sparse_format)
 
 
 def _progress(pass_, result) -> None:
@@ -165,6 +171,16 @@ def validate(reference: Path, candidate: Path, as_json: bool, input_shapes, inpu
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else report.validation_text(result))
     if not result.passed:
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("model", type=MODEL_PATH)
+@click.option("-o", "--output", type=MODEL_PATH, required=True, help="Where to write the dense model.")
+@click.option("--force", is_flag=True, help="Allow -o to overwrite the input model.")
+def densify(model: Path, output: Path, force: bool) -> None:
+    """Turn the sparse-encoded weights of MODEL back into plain initializers (checked bit-identical)."""
+    count = api.densify(model, output, force=force)
+    click.echo(f"decoded {count} weights; wrote {output}")
 
 
 @cli.command(name="passes")

@@ -130,3 +130,15 @@ def _pair_outputs(reference: list[str], candidate: list[str]) -> list[tuple[str,
     if set(reference) <= set(candidate):
         return [(name, name) for name in reference]
     return list(zip(reference, candidate)) if len(reference) == len(candidate) else []
+
+
+def check_encoded(candidate: Model, reference, feeds: dict[str, np.ndarray], decoder_prefix: str) -> str | None:
+    """Why a sparse-encoded ``candidate`` is not acceptable, or None: after onnxruntime's basic
+    optimization no decoder node may remain (decoding happens once, at session creation), and
+    its outputs must be bit-identical to the dense ``reference``'s."""
+    left = [name for name in runtime.optimized_op_names(candidate, "basic") if name.startswith(decoder_prefix)]
+    if left:
+        return f"{len(left)} decoder nodes survive onnxruntime's constant folding (e.g. {left[0]})"
+    expected, actual = session(reference).run(feeds), session(candidate).run(feeds)
+    different = [name for name in expected if name in actual and not np.array_equal(expected[name], actual[name])]
+    return f"output '{different[0]}' is not bit-identical to the dense model's" if different else None

@@ -427,6 +427,41 @@ class Model:
         self.ir.metadata_props[key] = value
         self.touch()
 
+    def replace_by_constant(self, value: ir.Value, array: np.ndarray) -> ir.Value:
+        """Let a new initializer holding ``array`` take the place and the name of the node
+        output ``value`` (whose producer is left unused)."""
+        name = value.name
+        new = self.add_initializer(f"{name}__constant", array)
+        for use in list(value.uses()):
+            use.node.replace_input_with(use.idx, new)
+        value.name = self.unique_name(f"{name}__replaced")
+        self.graph.initializers.pop(new.name)
+        new.name = name
+        new.const_value.name = name
+        self.graph.register_initializer(new)
+        self.touch()
+        return new
+
+    def metadata(self, key: str) -> str | None:
+        return self.ir.metadata_props.get(key)
+
+    def replace_initializer(self, old: ir.Value, new: ir.Value) -> None:
+        """Let ``new`` (a node output or another initializer) take the place *and the name* of
+        the initializer ``old``, which is removed."""
+        name = old.name
+        for use in list(old.uses()):
+            use.node.replace_input_with(use.idx, new)
+        self.graph.initializers.pop(name)
+        old.name = self.unique_name(f"{name}__replaced")
+        if new.is_initializer():
+            self.graph.initializers.pop(new.name)
+            new.name = name
+            new.const_value.name = name
+            self.graph.register_initializer(new)
+        else:
+            new.name = name
+        self.touch()
+
 
 def _umask() -> int:
     mask = os.umask(0)

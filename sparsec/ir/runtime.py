@@ -56,6 +56,21 @@ class Session:
         return dict(zip(names, results))
 
 
+def optimized_op_names(model, optimization: str = "basic") -> list[str]:
+    """Names of the nodes left after onnxruntime optimizes ``model`` at ``optimization``
+    (constant folding included): what actually runs."""
+    with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _LEVELS[optimization]
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        try:
+            ort.InferenceSession(model.to_proto().SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as error:
+            raise InputError(f"onnxruntime cannot load the model: {str(error).strip().splitlines()[0]}") from None
+        return [node.name for node in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
+
+
 def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0,
                 lean: bool = False) -> Session:
     """A session over an in-memory ``Model``, optionally exposing intermediate values by name.

@@ -7,6 +7,7 @@ from sparsec.passes.channel_prune import ChannelPrunePass  # noqa: F401  (regist
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.pipeline import Pipeline
+from sparsec.passes.sparse_format import SparseEncodePass  # noqa: F401  (registers sparse-encode)
 from sparsec.passes.sparsity import WeightSparsityPass  # noqa: F401  (registers weight-sparsity)
 
 CLEANUP = "identity-elimination,bn-fold,const-fold-shapes,dead-code"
