@@ -126,6 +126,7 @@ class CompressResult:
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     weight_bytes: int = 0
     sparsity: list[dict] | None = None  # per tensor, when weight-sparsity ran
+    encoding: list[dict] | None = None  # per tensor, when sparse-encode ran (bytes dense / encoded)
 
     def to_json(self) -> dict:
         report = {f"{key}_{when}": getattr(fig, key) for when, fig in (("before", self.before), ("after", self.after))
@@ -136,7 +137,7 @@ class CompressResult:
             latency_ms_before=self.validation.latency_ms_reference,
             latency_ms_after=self.validation.latency_ms_candidate,
             oracle=None if self.oracle is None else _oracle_json(self.oracle),
-            groups=_groups_json(self.stats), sparsity=self.sparsity, timings_s=self.timings_s, peak_rss_mb=self.peak_rss_mb,
+            groups=_groups_json(self.stats), sparsity=self.sparsity, encoding=self.encoding, timings_s=self.timings_s, peak_rss_mb=self.peak_rss_mb,
             weight_bytes=self.weight_bytes, stats=self.stats, diagnostics=[d.to_json() for d in self.diagnostics],
             sparsec_version=__version__,
         )
@@ -212,7 +213,8 @@ def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shape
     clock.lap("save")
     after = figures(model, shapes, written)
     outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
-                             str(output), oracle, clock.laps, memory, weight_bytes, result.artifacts.get("sparsity"))
+                             str(output), oracle, clock.laps, memory, weight_bytes, result.artifacts.get("sparsity"),
+                             result.artifacts.get("encoding"))
     if plan_out is not None:
         _write_json(plan_out, result.artifacts.get("plan"), "--plan-out needs a pass that writes a plan (e.g. --channels)")
     if report is not None:

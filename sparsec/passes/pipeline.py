@@ -84,6 +84,6 @@ def _merge(total: PassResult, name: str, result: PassResult) -> None:
         full = f"{name}.{key}"
         total.stats[full] = total.stats.get(full, 0) + value
     total.diagnostics.extend(result.diagnostics)
-    total.artifacts.update(result.artifacts)
+    total.artifacts.update({key: value for key, value in result.artifacts.items() if value})  # a no-op round keeps them
     if result.reference is not None:
         total.reference = result.reference

@@ -55,7 +55,7 @@ class SparseEncodePass(InPlacePass):
 
     def call(self, model) -> PassResult:
         encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
-        diagnostics = []
+        diagnostics, sizes = [], []
         for name, value in list(model.initializers().items()):
             array = model.constant(value) if _candidate(model, value, self.min_elements) else None
             if array is None or array.dtype.kind != "f" or name in encoded:
@@ -64,12 +64,16 @@ class SparseEncodePass(InPlacePass):
             if ratio > self.max_ratio:
                 continue
             encoded[name] = _encode(model, value, array)
+            sizes.append({"name": name, "format": self.format, "bytes_dense": int(array.nbytes),
+                          "bytes_encoded": encoded_bytes(array)})
             diagnostics.append(Diagnostic("info", "sparse.encoded", f"'{name}': {100 * ratio:.1f} % of dense bytes"))
         if diagnostics:
             model.set_metadata(TENSORS_KEY, json.dumps(encoded, sort_keys=True))
             model.set_metadata(FORMAT_KEY, self.format)
-        return PassResult(model, modified=bool(diagnostics), stats={"tensors_encoded": len(diagnostics)},
-                          diagnostics=diagnostics)
+        result = PassResult(model, modified=bool(diagnostics), stats={"tensors_encoded": len(diagnostics)},
+                            diagnostics=diagnostics)
+        result.artifacts["encoding"] = sizes
+        return result
 
 
 def _candidate(model, value, min_elements: int) -> bool:
