@@ -270,10 +270,14 @@ def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "
 
 
 def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                    score: str = "magnitude", sparse_format: str = "dense") -> list[PassBase]:
+                    score: str = "magnitude", calibration: str | Path | None = None,
+                    sparse_format: str = "dense") -> list[PassBase]:
     """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options, cleanup, and
     the encoding of ``sparse_format`` (none for ``dense``)."""
-    prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, score=score)
+    if calibration is not None and not Path(calibration).is_file():
+        raise InputError(f"calibration data {calibration} not found")
+    prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, score=score,
+                               calibration=str(Path(calibration).resolve()) if calibration else "")
     prune.requires(None)
     return [prune, *cleanup_passes(), *encoding_passes(sparse_format)]
 

@@ -81,8 +81,11 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @click.option("--sparse-format", type=click.Choice(["dense", "bitmask"]), default="dense", show_default=True,
               help="With --nm/--sparsity: dense keeps the zeros (runs everywhere); bitmask stores kept values + one "
                    "bit per weight with a decoder onnxruntime folds at session creation (checked bit-identical).")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random"]), default="l1", show_default=True,
-              help="How channels are ranked: L1/L2 norm of all their weight slices, BatchNorm |gamma|, or seeded random.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "magnitude", "wanda"]), default=None,
+              help="Channels (--channels): l1 (default) / l2 norm of all their weight slices, BatchNorm |gamma|, or "
+                   "seeded random. Weights (--nm/--sparsity): magnitude (default) or wanda (|w|·‖x‖, needs --calibration).")
+@click.option("--calibration", type=MODEL_PATH, default=None, metavar="FILE.npz",
+              help="Calibration samples (arrays keyed by input name, first axis = samples) for --importance wanda.")
 @click.option("--importance-scope", "scope", type=click.Choice(["local", "global"]), default="local", show_default=True,
               help="local: every group loses the same fraction; global: rank channels of all groups together.")
 @click.option("--max-layer-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
@@ -102,7 +105,7 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
-             channels, nm, sparsity, block, sparse_format, importance, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
+             channels, nm, sparsity, block, sparse_format, importance, calibration, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
              input_shapes, inputs, rtol, atol, latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
@@ -112,7 +115,10 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     masked original (MODEL with the removed channels zeroed) within 1e-4 x max |output|, and
     the difference from MODEL itself reported.
     """
-    pipeline = _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, pipeline, channels, plan_in)
+    _check_importance(importance, calibration, weights=nm is not None or sparsity is not None)
+    pipeline = _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, importance, calibration, pipeline,
+                                  channels, plan_in)
+    importance = importance or "l1"
     if (channels is not None or plan_in is not None) and pipeline:
         raise click.UsageError("--passes cannot be combined with --channels or --plan-in")
     if plan_in is not None:
@@ -130,7 +136,18 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     click.echo(report.compress_text(result))
 
 
-def _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, pipeline, channels, plan_in):
+def _check_importance(importance: str | None, calibration, *, weights: bool) -> None:
+    """Channel rankings go with --channels, weight scores with --nm/--sparsity; calibration
+    data is read by wanda only."""
+    if importance in ("magnitude", "wanda") and not weights:
+        raise click.UsageError(f"--importance {importance} scores weights for --nm/--sparsity")
+    if importance in ("l1", "l2", "bn-scale", "random") and weights:
+        raise click.UsageError(f"--importance {importance} ranks channels; weights use magnitude or wanda")
+    if calibration is not None and importance != "wanda":
+        raise click.UsageError("--calibration is read by --importance wanda (with --nm/--sparsity)")
+
+
+def _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, importance, calibration, pipeline, channels, plan_in):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
     if nm is None and sparsity is None:
         if block is not None:
@@ -144,7 +161,7 @@ def _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, pipeline, chan
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
     return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope,
-                               sparse_format=sparse_format)
+                               score=importance or "magnitude", calibration=calibration, sparse_format=sparse_format)
 
 
 def _progress(pass_, result) -> None:

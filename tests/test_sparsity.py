@@ -133,3 +133,49 @@ def test_cli_bad_sparsity_flags(cli, tmp_path, args, message):
     out = tmp_path / "x.onnx"
     code, _, stderr = cli("compress", MODELS / "digits_mlp.onnx", "-o", out, *args)
     assert code == 2 and message in stderr and not out.exists()
+
+
+def test_channel_norms_match_numpy_in_any_batch_size(rng, tmp_path):
+    from sparsec.analysis.activations import channel_norms
+
+    model = Model.load(MODELS / "digits_mlp.onnx")
+    samples = {"input": rng.normal(size=(37, 1, 8, 8)).astype(np.float32)}
+    flatten = next(n for n in model.nodes() if n.op_type == "Flatten").outputs[0].name
+    expected = np.sqrt(np.square(samples["input"].reshape(37, 64).astype(np.float64)).sum(axis=0))
+    for batch in (1, 8, 64):
+        norms = channel_norms(model, samples, [(flatten, 1)], batch_size=batch)
+        np.testing.assert_allclose(norms[(flatten, 1)], expected, rtol=1e-6)
+
+
+def test_wanda_weighs_weights_by_their_input_channel_norm(rng, tmp_path):
+    """Two input channels with equal weights: Wanda drops the one whose activation is small."""
+    weight = np.ones((2, 4), np.float32)
+    proto = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", F, ["batch", 2])], [("y", F, ["batch", 4])],
+                       [numpy_helper.from_array(weight, "w")])
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=np.stack([rng.normal(size=64) * 10, rng.normal(size=64) * 0.1], axis=1).astype(np.float32))
+    model = Model.from_proto(proto)
+    WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(model)
+    pruned = model.constant(model.initializers()["w"])
+    assert (pruned[0] != 0).all() and (pruned[1] == 0).all()  # every output row keeps the loud channel
+
+
+def test_wanda_without_calibration_is_refused(cli, tmp_path):
+    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--sparsity", "0.5", "--importance", "wanda",
+                          "-o", tmp_path / "x.onnx")
+    assert code == 2 and "needs calibration data" in stderr
+
+
+def test_cli_wanda_on_digits_keeps_more_accuracy_than_magnitude(cli, tmp_path):
+    """Unstructured 50 % on the trained digits CNN, scored on its held-out set."""
+    data = np.load(MODELS / "digits_test.npz")
+    accuracy = {}
+    for score in ("magnitude", "wanda"):
+        out = tmp_path / f"{score}.onnx"
+        extra = ["--calibration", MODELS / "digits_calib.npz"] if score == "wanda" else []
+        code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--sparsity", "0.5", "--importance", score,
+                              *extra, "-o", out, "--latency-runs", "0")
+        assert code == 0, stderr
+        from conftest import run_ort
+        accuracy[score] = (run_ort(out, {"input": data["input"]})[0].argmax(1) == data["label"]).mean()
+    assert accuracy["wanda"] > accuracy["magnitude"] + 0.2

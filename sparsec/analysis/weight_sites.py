@@ -1,11 +1,14 @@
 """Which weights carry multiply-accumulates, and along which axis they reduce.
 
-Per-op knowledge as data: ``REDUCTION_AXIS[op](node, model) -> [(input index, axis)]`` names
-the constant operands of a node and their reduction (input-channel) axis: MatMul B ``[K, N]``
-axis -2 (A ``[M, K]`` axis -1 when A is the constant), Gemm B axis 1 when ``transB=1`` else 0
-(A axis 0 when ``transA=1`` else 1), Conv W ``[O, I/g, k...]`` axis 1, ConvTranspose W
-``[I, O/g, k...]`` axis 0. N:M groups and blocks run along that axis. A weight used by several
-nodes is one site; when its uses disagree on the axis it is not a site (reported).
+Per-op knowledge as data: ``REDUCTION_AXIS[op](node, model) -> [(input index, axis, activation
+index, activation axis)]`` names the constant operands of a node, their reduction
+(input-channel) axis, and the activation operand whose channel axis that reduction runs over:
+MatMul B ``[K, N]`` axis -2 against A's axis -1 (or A ``[M, K]`` axis -1 against B's axis -2),
+Gemm B axis 1 when ``transB=1`` else 0 against A's axis 1 (0 when ``transA=1``), Conv W
+``[O, I/g, k...]`` axis 1 and ConvTranspose W ``[I, O/g, k...]`` axis 0 against X's axis 1
+(ungrouped only: a grouped conv's input channels are not W's axis). N:M groups and blocks
+run along the reduction axis. A weight used by several nodes is one site; when its uses
+disagree on the axis it is not a site (reported).
 """
 
 from __future__ import annotations
@@ -20,22 +23,27 @@ class WeightSite:
     axis: int  # the reduction axis, non-negative
     shape: tuple[int, ...]
     nodes: list[str] = field(default_factory=list)
+    activations: list[tuple[str, int] | None] = field(default_factory=list)  # per use: (value, channel axis)
 
 
-def _matmul(node, model) -> list[tuple[int, int]]:
-    return [(1, -2), (0, -1)]
+def _matmul(node, model) -> list[tuple]:
+    return [(1, -2, 0, -1), (0, -1, 1, -2)]
 
 
-def _gemm(node, model) -> list[tuple[int, int]]:
-    return [(1, 1 if model.attr(node, "transB", 0) else 0), (0, 0 if model.attr(node, "transA", 0) else 1)]
+def _gemm(node, model) -> list[tuple]:
+    a_k = 0 if model.attr(node, "transA", 0) else 1
+    b_k = 1 if model.attr(node, "transB", 0) else 0
+    return [(1, b_k, 0, a_k), (0, a_k, 1, b_k)]
 
 
-REDUCTION_AXIS: dict[str, Callable] = {
-    "MatMul": _matmul,
-    "Gemm": _gemm,
-    "Conv": lambda node, model: [(1, 1)],
-    "ConvTranspose": lambda node, model: [(1, 0)],
-}
+def _conv(weight_axis: int):
+    def rule(node, model) -> list[tuple]:
+        grouped = int(model.attr(node, "group", 1)) != 1
+        return [(1, weight_axis, None if grouped else 0, 1)]
+    return rule
+
+
+REDUCTION_AXIS: dict[str, Callable] = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv(1), "ConvTranspose": _conv(0)}
 
 
 def weight_sites(model) -> tuple[list[WeightSite], dict[str, str]]:
@@ -45,7 +53,7 @@ def weight_sites(model) -> tuple[list[WeightSite], dict[str, str]]:
     conflicts: dict[str, str] = {}
     for node in model.nodes():
         rule = REDUCTION_AXIS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        for index, axis in (rule(node, model) if rule else []):
+        for index, axis, act_index, act_axis in (rule(node, model) if rule else []):
             value = node.inputs[index] if index < len(node.inputs) else None
             shape = model.constant_shape(value) if value is not None and value.is_initializer() else None
             if shape is None or len(shape) < 2 or model.elem_type(value) is None or model.elem_type(value).kind != "f":
@@ -55,4 +63,6 @@ def weight_sites(model) -> tuple[list[WeightSite], dict[str, str]]:
             if site.axis != axis:
                 conflicts[value.name] = f"its uses reduce along different axes ({site.axis} and {axis})"
             site.nodes.append(node.name or node.op_type)
+            activation = node.inputs[act_index] if act_index is not None else None
+            site.activations.append(None if activation is None or activation.is_initializer() else (activation.name, act_axis))
     return [s for name, s in sites.items() if name not in conflicts], conflicts

@@ -10,7 +10,9 @@ ConvTranspose, Gemm and MatMul, with their reduction axis). Invariants:
   R×C blocks; whole blocks are zeroed, lowest mean |w| first (local or global); a weight
   whose shape the block does not tile is skipped and reported;
 - a weight shared by several nodes is one site, pruned once;
-- scores: ``magnitude`` (|w|); ``wanda`` needs calibration data and is refused without it.
+- scores: ``magnitude`` (|w|) or ``wanda`` (|w_ij|·‖x_j‖, x_j the input channel w_ij reduces
+  over, from ``calibration`` samples captured in batches; unstructured Wanda compares within
+  each output row); ``wanda`` without calibration data is refused.
 The pass only multiplies weights by 0/1 masks: the result is its own oracle reference (the
 sparse-encoded formats of a later pass must equal it bit for bit).
 """
@@ -22,6 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from sparsec.analysis.activations import channel_norms, load_calibration
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
@@ -67,8 +70,9 @@ class WeightSparsityPass(InPlacePass):
     lossy: ClassVar[bool] = True
 
     def __init__(self, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                 score: str = "magnitude") -> None:
+                 score: str = "magnitude", calibration: str = "", batch_size: int = 16) -> None:
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
+        self.calibration, self.batch_size = calibration, batch_size
 
     def requires(self, model) -> None:
         if bool(self.nm) == bool(self.ratio):
@@ -81,10 +85,9 @@ class WeightSparsityPass(InPlacePass):
             raise PassError(f"weight-sparsity: block must be RxC with positive R, C (and only with ratio), got '{self.block}'")
         if self.scope not in ("local", "global"):
             raise PassError(f"weight-sparsity: scope must be local or global, got '{self.scope}'")
-        if self.score == "wanda":
-            raise PassError("weight-sparsity: score 'wanda' needs calibration data (--calibration), which this "
-                            "version does not take yet; use score=magnitude")
-        if self.score != "magnitude":
+        if self.score == "wanda" and not self.calibration:
+            raise PassError("weight-sparsity: score 'wanda' (|w|·‖x‖) needs calibration data: --calibration data.npz")
+        if self.score not in ("magnitude", "wanda"):
             raise PassError(f"weight-sparsity: unknown score '{self.score}'; known: magnitude, wanda")
 
     def _nm(self) -> tuple[int, int] | None:
@@ -100,7 +103,7 @@ class WeightSparsityPass(InPlacePass):
         sites, conflicts = weight_sites(model)
         skipped = dict(conflicts)
         arrays = {s.name: model.constant(model.initializers()[s.name]) for s in sites}
-        keeps = self._keep_masks(sites, arrays, skipped)
+        keeps = self._keep_masks(model, sites, arrays, skipped)
         tensors = []
         for site in sites:
             if site.name not in keeps:
@@ -120,8 +123,26 @@ class WeightSparsityPass(InPlacePass):
     def _pattern(self) -> str:
         return f"{self.nm}" if self.nm else (f"block {self.block} {self.ratio:g}" if self.block else f"unstructured {self.ratio:g}")
 
-    def _keep_masks(self, sites: list[WeightSite], arrays: dict, skipped: dict) -> dict[str, np.ndarray]:
+    def _scores(self, model, sites: list[WeightSite], arrays: dict, skipped: dict) -> dict[str, np.ndarray]:
+        """|w|, or Wanda's |w|·‖x_j‖ (x_j: the input channel that weight reduces over)."""
         scores = {s.name: np.abs(arrays[s.name]).astype(np.float32) for s in sites}
+        if self.score != "wanda":
+            return scores
+        usable = [s for s in sites if s.activations and None not in s.activations]
+        skipped_magnitude = [s.name for s in sites if s not in usable]
+        requests = sorted({a for s in usable for a in s.activations})
+        norms = channel_norms(model, load_calibration(self.calibration, model), requests, self.batch_size) if requests else {}
+        for site in usable:
+            norm = np.sqrt(sum(np.square(norms[a]) for a in site.activations))
+            shape = [1] * len(site.shape)
+            shape[site.axis] = site.shape[site.axis]
+            scores[site.name] = scores[site.name] * norm.reshape(shape).astype(np.float32)
+        skipped.update({name: "scored by magnitude (no activation to weigh it: grouped conv or constant input)"
+                        for name in skipped_magnitude})
+        return scores
+
+    def _keep_masks(self, model, sites: list[WeightSite], arrays: dict, skipped: dict) -> dict[str, np.ndarray]:
+        scores = self._scores(model, sites, arrays, skipped)
         if self.nm:
             n, m = self._nm()
             fitting = _fitting(sites, skipped, lambda s: s.shape[s.axis] % m == 0, f"its reduction length is not a multiple of {m}")
@@ -132,6 +153,8 @@ class WeightSparsityPass(InPlacePass):
             blocks = {s.name: block_scores(scores[s.name], s.axis, rows, cols) for s in fitting}
             keeps = self._drop_lowest(blocks)
             return {s.name: expand_blocks(keeps[s.name], s.shape, s.axis, rows, cols) for s in fitting}
+        if self.score == "wanda" and self.scope == "local":  # Wanda compares within each output row
+            return {s.name: _per_row_keep(scores[s.name], s.axis, self.ratio) for s in sites}
         return self._drop_lowest(scores)
 
     def _drop_lowest(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -143,6 +166,17 @@ class WeightSparsityPass(InPlacePass):
         keep = lowest_keep(flat, int(round(self.ratio * flat.size)))
         bounds = np.cumsum([0] + [scores[n].size for n in names])
         return {n: keep[bounds[i]:bounds[i + 1]].reshape(scores[n].shape) for i, n in enumerate(names)}
+
+
+def _per_row_keep(scores: np.ndarray, axis: int, ratio: float) -> np.ndarray:
+    """Drop ``round(ratio·K)`` lowest scores of every row along the reduction axis (length K)."""
+    moved = np.moveaxis(scores, axis, -1)
+    count = int(round(ratio * moved.shape[-1]))
+    keep = np.ones(moved.shape, dtype=bool)
+    if count:
+        lowest = np.argpartition(moved, count - 1, axis=-1)[..., :count]
+        np.put_along_axis(keep, lowest, False, axis=-1)
+    return np.moveaxis(keep, -1, axis)
 
 
 def _tiles(site: WeightSite, rows: int, cols: int) -> bool:

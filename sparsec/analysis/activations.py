@@ -1,0 +1,55 @@
+"""Activation statistics from calibration data, captured with onnxruntime in batches.
+
+``channel_norms(model, samples, requests)`` runs the model on calibration samples (arrays keyed
+by input name, first axis = samples), ``batch_size`` samples at a time, with the requested
+intermediate tensors exposed as extra outputs, and accumulates for each request
+``(value name, channel axis)`` the L2 norm of every channel over all samples and positions:
+‖X_c‖ = sqrt(Σ x²). Only the running sums are kept, so memory is bounded by one batch of
+activations, whatever the number of samples. This is the capture every activation-aware pass
+shares (Wanda scores here; activation importance and recovery later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.errors import InputError
+from sparsec.ir import runtime
+
+
+def load_calibration(path: str | Path, model) -> dict[str, np.ndarray]:
+    """Arrays keyed by the model's input names, first axis = samples (all the same count)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read calibration data {path}: {error}") from None
+    names = [v.name for v in model.inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} (has {', '.join(arrays)})")
+    counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
+    if len(counts) != 1 or 0 in counts:
+        raise InputError(f"calibration data {path}: every input needs the same positive number of samples on axis 0")
+    return {n: arrays[n] for n in names}
+
+
+def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple[str, int]],
+                  batch_size: int = 16) -> dict[tuple[str, int], np.ndarray]:
+    """{(value, axis): per-channel L2 norm over all samples and positions}."""
+    names = sorted({name for name, _ in requests})
+    session = runtime.session_for(model, extra_outputs=names, optimization="disable")
+    count = next(iter(samples.values())).shape[0]
+    sums: dict[tuple[str, int], np.ndarray] = {}
+    for start in range(0, count, batch_size):
+        batch = {name: array[start:start + batch_size] for name, array in samples.items()}
+        outputs = session.run(batch, names)
+        for name, axis in requests:
+            values = np.asarray(outputs[name], dtype=np.float64)
+            other = tuple(a for a in range(values.ndim) if a != axis % values.ndim)
+            squares = np.square(values).sum(axis=other)
+            sums[(name, axis)] = sums.get((name, axis), 0) + squares
+    return {key: np.sqrt(total) for key, total in sums.items()}
