@@ -1,0 +1,105 @@
+"""Weight sparsity: file size and onnxruntime session-creation time per format, and accuracy of
+magnitude vs Wanda scores, measured side by side in one run.
+
+Usage::
+
+    python benchmarks/sparsity.py [--formats MODEL.onnx ...] [--repeat 7]
+
+Table 1 (formats), per model and pattern (2:4, 90 % unstructured): file bytes of the ``dense``
+and ``bitmask`` outputs as a fraction of the original, and the median onnxruntime session
+creation time of each (default optimization level, ``--repeat`` sessions, interleaved).
+Default models: the timm resnet18 (``.cache/timm``) and MiniLM (``.cache/minilm``) when built.
+
+Table 2 (accuracy): top-1 on the held-out digits (``models/digits_test.npz``) of the digits
+CNN / MLP / ViT after 2:4 and 50 % unstructured sparsity, with magnitude and with Wanda scores
+(calibration: ``models/digits_calib.npz``, 256 training samples), no recovery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+FORMAT_MODELS = [ROOT / ".cache/timm/resnet18_legacy.onnx", ROOT / ".cache/minilm/minilm_legacy.onnx"]
+PATTERNS = {"2:4": {"nm": "2:4"}, "90%": {"ratio": 0.9}}
+
+
+def compress(source: Path, target: Path, sparse_format: str, score: str = "magnitude", **pattern) -> None:
+    from sparsec import api
+
+    calibration = MODELS / "digits_calib.npz" if score == "wanda" else None
+    passes = api.sparsity_passes(score=score, calibration=calibration, sparse_format=sparse_format, **pattern)
+    api.compress(source, target, pipeline=passes, latency_runs=0, force=True)
+
+
+def session_ms(path: Path) -> float:
+    start = time.perf_counter()
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return (time.perf_counter() - start) * 1000
+
+
+def format_rows(models: list[Path], repeat: int, folder: Path) -> list[str]:
+    rows = []
+    for model in models:
+        for label, pattern in PATTERNS.items():
+            print(f"  {model.stem} {label}...", file=sys.stderr)
+            paths = {fmt: folder / f"{model.stem}_{fmt}.onnx" for fmt in ("dense", "bitmask")}
+            for fmt, path in paths.items():
+                compress(model, path, fmt, **pattern)
+            times = {fmt: [] for fmt in paths}
+            for _ in range(repeat):
+                for fmt, path in paths.items():
+                    times[fmt].append(session_ms(path))
+            size = model.stat().st_size
+            rows.append(f"{model.stem:<22} {label:>4} " + " ".join(
+                f"{paths[f].stat().st_size / size:8.3f} {statistics.median(times[f]):9.1f}" for f in paths))
+    return rows
+
+
+def top1(path: Path) -> float:
+    data = np.load(MODELS / "digits_test.npz")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return float((session.run(None, {"input": data["input"]})[0].argmax(1) == data["label"]).mean())
+
+
+def accuracy_rows(folder: Path) -> list[str]:
+    rows = []
+    for name in ("digits_cnn", "digits_mlp", "digits_vit"):
+        source = MODELS / f"{name}.onnx"
+        cells = [f"{top1(source):6.3f}"]
+        for pattern in ({"nm": "2:4"}, {"ratio": 0.5}):
+            for score in ("magnitude", "wanda"):
+                target = folder / f"{name}_{score}.onnx"
+                compress(source, target, "dense", score=score, **pattern)
+                cells.append(f"{top1(target):6.3f}")
+        rows.append(f"{name:<12} " + " ".join(f"{c:>9}" for c in cells))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--formats", nargs="*", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    models = [m for m in (args.formats if args.formats is not None else FORMAT_MODELS) if m.exists()]
+    with tempfile.TemporaryDirectory() as folder:
+        print(f"file size (x original) and session creation (ms, median of {args.repeat})")
+        print(f"{'model':<22} {'':>4} {'dense':>8} {'ms':>9} {'bitmask':>8} {'ms':>9}")
+        print("\n".join(format_rows(models, args.repeat, Path(folder))))
+        print("\ntop-1 on held-out digits (no recovery)")
+        print(f"{'model':<12} {'original':>9} {'2:4 mag':>9} {'2:4 wanda':>9} {'50% mag':>9} {'50% wanda':>9}")
+        print("\n".join(accuracy_rows(Path(folder))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
