@@ -279,13 +279,16 @@ def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope:
     prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, score=score,
                                calibration=str(Path(calibration).resolve()) if calibration else "")
     prune.requires(None)
-    return [prune, *cleanup_passes(), *encoding_passes(sparse_format)]
+    return [prune, *cleanup_passes(), *encoding_passes(sparse_format, nm)]
 
 
-def encoding_passes(sparse_format: str) -> list[PassBase]:
+def encoding_passes(sparse_format: str, nm: str = "") -> list[PassBase]:
+    """``sparse-encode`` for ``sparse_format`` (none for ``dense``); ``nm`` needs the pattern."""
     if sparse_format == "dense":
         return []
-    encode = SparseEncodePass(format=sparse_format)
+    if sparse_format == "nm" and not nm:
+        raise InputError("--sparse-format nm stores N:M positions: it needs --nm N:M")
+    encode = SparseEncodePass(format=sparse_format, nm=nm)
     encode.requires(None)
     return [encode]
 

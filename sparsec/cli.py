@@ -78,9 +78,10 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
               help="Zero fraction R of the weights of Conv/Gemm/MatMul (unstructured, or whole blocks with --block).")
 @click.option("--block", default=None, metavar="RxC",
               help="With --sparsity: zero whole RxC blocks of each weight seen as [rows, reduction axis], e.g. 1x8, 4x4.")
-@click.option("--sparse-format", type=click.Choice(["dense", "bitmask"]), default="dense", show_default=True,
+@click.option("--sparse-format", type=click.Choice(["dense", "bitmask", "nm"]), default="dense", show_default=True,
               help="With --nm/--sparsity: dense keeps the zeros (runs everywhere); bitmask stores kept values + one "
-                   "bit per weight with a decoder onnxruntime folds at session creation (checked bit-identical).")
+                   "bit per weight, nm (with --nm) kept values + their positions in each run of M; both decode in a "
+                   "subgraph onnxruntime folds at session creation (checked bit-identical).")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "magnitude", "wanda"]), default=None,
               help="Channels (--channels): l1 (default) / l2 norm of all their weight slices, BatchNorm |gamma|, or "
                    "seeded random. Weights (--nm/--sparsity): magnitude (default) or wanda (|w|·‖x‖, needs --calibration).")

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsec import api
 from sparsec.ir import Model, runtime
-from sparsec.passes.sparse_format import DECODER_PREFIX, SparseEncodePass, densify, encoded_bytes
+from sparsec.passes.sparse_format import DECODER_PREFIX, SparseEncodePass, densify, bitmask_bytes
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.validate import check_encoded
 
@@ -24,18 +24,19 @@ def _matmul_model(rng, opset: int, dtype=np.float32) -> Model:
     return Model.from_proto(proto)
 
 
-def _encode(model: Model, **sparsity) -> tuple[Model, Model]:
+def _encode(model: Model, sparse_format: str = "bitmask", **sparsity) -> tuple[Model, Model]:
     WeightSparsityPass(**sparsity)(model)
     dense = model.copy()
-    assert SparseEncodePass()(model).stats["tensors_encoded"] == 1
+    assert SparseEncodePass(format=sparse_format, nm=sparsity.get("nm", ""))(model).stats["tensors_encoded"] == 1
     assert model.check() is None
     return model, dense
 
 
 @pytest.mark.parametrize("opset", [11, 13, 17, 18, 21])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
-def test_bitmask_is_bit_identical_and_folds_away(rng, opset, dtype):
-    encoded, dense = _encode(_matmul_model(rng, opset, dtype), nm="2:4")
+@pytest.mark.parametrize("sparse_format", ["bitmask", "nm"])
+def test_encoding_is_bit_identical_and_folds_away(rng, opset, dtype, sparse_format):
+    encoded, dense = _encode(_matmul_model(rng, opset, dtype), sparse_format, nm="2:4")
     feeds = {"x": rng.normal(size=(2, 256)).astype(dtype)}
     assert check_encoded(encoded, dense, feeds, DECODER_PREFIX) is None
     assert not [n for n in runtime.optimized_op_names(encoded) if n.startswith(DECODER_PREFIX)]
@@ -53,13 +54,14 @@ def test_tensors_that_would_not_shrink_stay_dense(rng):
     model = _matmul_model(rng, 17)
     WeightSparsityPass(ratio=0.05)(model)  # 95 % kept: values + bits is more than 0.9 x dense
     weight = model.constant(model.initializers()["w"])
-    assert encoded_bytes(weight) > 0.9 * weight.nbytes
+    assert bitmask_bytes(weight) > 0.9 * weight.nbytes
     assert SparseEncodePass()(model).stats["tensors_encoded"] == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
-def test_densify_round_trips_to_the_dense_initializers(rng, dtype):
-    encoded, dense = _encode(_matmul_model(rng, 17, dtype), ratio=0.7)
+@pytest.mark.parametrize("sparse_format, sparsity", [("bitmask", {"ratio": 0.7}), ("nm", {"nm": "1:4"}), ("nm", {"nm": "2:4"})])
+def test_densify_round_trips_to_the_dense_initializers(rng, dtype, sparse_format, sparsity):
+    encoded, dense = _encode(_matmul_model(rng, 17, dtype), sparse_format, **sparsity)
     densify(encoded)
     np.testing.assert_array_equal(encoded.constant(encoded.initializers()["w"]), dense.constant(dense.initializers()["w"]))
 
@@ -77,3 +79,14 @@ def test_cli_bitmask_and_densify(cli, tmp_path, rng):
     weight = Model.load(back).constant(Model.load(back).initializers()["w"])
     assert ((np.moveaxis(weight, 0, -1).reshape(-1, 4) != 0).sum(axis=1) == 2).all()
     assert api.Model.load(back).metadata("sparsec.sparse_format") == "dense"
+
+
+def test_nm_format_refuses_patterns_whose_positions_do_not_fit(rng):
+    from sparsec.passes.base import PassError
+    with pytest.raises(PassError, match="use bitmask"):
+        SparseEncodePass(format="nm", nm="4:8").requires(None)  # 4 positions x 4 bits > 8
+
+
+def test_nm_format_size_at_2_4(rng):
+    encoded, dense = _encode(_matmul_model(rng, 17), "nm", nm="2:4")
+    assert len(encoded.to_proto().SerializeToString()) <= 0.55 * len(dense.to_proto().SerializeToString())

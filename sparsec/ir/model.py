@@ -411,7 +411,8 @@ class Model:
     def add_node(self, op_type: str, inputs: list, attributes: dict | None = None, *, before: ir.Node,
                  name: str = "sparsec") -> ir.Value:
         """Insert a standard-domain node right before ``before`` (same graph); returns its output."""
-        attrs = [ir.convenience.convert_attribute(k, v) for k, v in (attributes or {}).items()]
+        attrs = [ir.convenience.convert_attribute(k, ir.tensor(v) if isinstance(v, np.ndarray) else v)
+                 for k, v in (attributes or {}).items()]
         node = ir.Node("", op_type, inputs, attrs, num_outputs=1, name=self.unique_name(f"{name}/{op_type}"))
         node.outputs[0].name = self.unique_name(f"{name}/{op_type}_out")
         before.graph.insert_before(before, node)

@@ -1,5 +1,10 @@
 """Sparse-encoded weights that onnxruntime runs unmodified, and the way back to dense.
 
+``nm``: for weights that hold an N:M pattern along their reduction axis, the N values of every
+run of M and their positions (``field_bits(M)`` bits each, only where N·bits ≤ M), decoded by
+unpacking the positions the same way and ``ScatterElements`` into zeros along the run, then
+Reshape/Transpose back to the weight's layout.
+
 ``bitmask``: a weight W (N elements) becomes two ordinary initializers, ``<W>__values`` (a zero
 followed by the kept values, in order) and ``<W>__bits`` (one bit per element, packed eight to
 a byte, little-endian), and a decoder of standard ops whose output keeps W's name:
@@ -20,10 +25,12 @@ back into a plain initializer (the list is in the ``sparsec.sparse_tensors`` met
 from __future__ import annotations
 
 import json
+import re
 from typing import ClassVar
 
 import numpy as np
 
+from sparsec.analysis.weight_sites import weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
 
@@ -32,41 +39,86 @@ FORMAT_KEY = "sparsec.sparse_format"
 DECODER_PREFIX = "sparsec_decode"
 
 
-def encoded_bytes(array: np.ndarray) -> int:
-    kept = int(np.count_nonzero(array))
-    return (kept + 1) * array.dtype.itemsize + (array.size + 7) // 8
+FIELD_BITS = (1, 2, 4, 8)  # packed field widths: a field never straddles two bytes
+
+
+def field_bits(m: int) -> int:
+    """Bits per stored N:M position: the smallest width in FIELD_BITS holding 0..m-1."""
+    return next(b for b in FIELD_BITS if 2 ** b >= m)
+
+
+def pack_fields(fields: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ints below 2**bits, packed little-endian into bytes (8 // bits per byte)."""
+    per = 8 // bits
+    padded = np.zeros(-(-fields.size // per) * per, dtype=np.uint16)
+    padded[:fields.size] = fields.reshape(-1)
+    return (padded.reshape(-1, per) << (bits * np.arange(per))).sum(axis=1).astype(np.uint8)
+
+
+def unpack_fields(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    per = 8 // bits
+    shifted = packed.astype(np.int64)[:, None] >> (bits * np.arange(per))
+    return (shifted & (2 ** bits - 1)).reshape(-1)[:count]
+
+
+def bitmask_bytes(array: np.ndarray) -> int:
+    return (int(np.count_nonzero(array)) + 1) * array.dtype.itemsize + (array.size + 7) // 8
+
+
+def nm_bytes(array: np.ndarray, n: int, m: int) -> int:
+    groups = array.size // m
+    return groups * n * array.dtype.itemsize + -(-groups * n * field_bits(m) // 8)
+
+
+def nm_fits(array: np.ndarray, axis: int, n: int, m: int) -> bool:
+    """Whether every run of m along ``axis`` holds at most n non-zeros (and m divides it)."""
+    if array.shape[axis] % m:
+        return False
+    moved = np.moveaxis(array, axis, -1)
+    return bool((np.count_nonzero(moved.reshape(-1, m), axis=1) <= n).all())
 
 
 @register
 class SparseEncodePass(InPlacePass):
-    """Store mostly-zero weights as kept values + a packed bitmask, decoded at session creation."""
+    """Store mostly-zero weights compactly, with a decoder onnxruntime folds at session creation."""
 
     name: ClassVar[str] = "sparse-encode"
-    summary: ClassVar[str] = "Store mostly-zero weights as values + bitmask with a decoder onnxruntime folds."
+    summary: ClassVar[str] = "Store mostly-zero weights as values + bitmask or N:M positions, decoded by folding."
 
-    def __init__(self, format: str = "bitmask", min_elements: int = 16384, max_ratio: float = 0.9) -> None:
-        self.format, self.min_elements, self.max_ratio = format, min_elements, max_ratio
+    def __init__(self, format: str = "bitmask", nm: str = "", min_elements: int = 16384, max_ratio: float = 0.9) -> None:
+        self.format, self.nm, self.min_elements, self.max_ratio = format, nm, min_elements, max_ratio
+
+    def _nm(self) -> tuple[int, int]:
+        n, m = (int(part) for part in self.nm.split(":"))
+        return n, m
 
     def requires(self, model) -> None:
-        if self.format != "bitmask":
-            raise PassError(f"sparse-encode: format '{self.format}' is not available yet (bitmask is)")
+        if self.format not in ("bitmask", "nm"):
+            raise PassError(f"sparse-encode: unknown format '{self.format}' (bitmask, nm)")
+        if self.format == "nm":
+            if not re.fullmatch(r"\d+:\d+", self.nm) or not 0 < self._nm()[0] < self._nm()[1] <= 256:
+                raise PassError(f"sparse-encode: format nm needs nm='N:M' (the pattern the weights hold), got '{self.nm}'")
+            n, m = self._nm()
+            if n * field_bits(m) > m:
+                raise PassError(f"sparse-encode: {n}:{m} positions take {n * field_bits(m)} bits per {m} weights; "
+                                "the nm format needs at most M (use bitmask)")
         if model is not None and model.opset < 11:
             raise PassError(f"sparse-encode: the decoder needs opset 11 or newer (the model has {model.opset})")
 
     def call(self, model) -> PassResult:
         encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
+        axes = {site.name: site.axis for site in weight_sites(model)[0]}
         diagnostics, sizes = [], []
         for name, value in list(model.initializers().items()):
             array = model.constant(value) if _candidate(model, value, self.min_elements) else None
             if array is None or array.dtype.kind != "f" or name in encoded:
                 continue
-            ratio = encoded_bytes(array) / array.nbytes
-            if ratio > self.max_ratio:
+            size = self._size(array, axes.get(name))
+            if size is None or size > self.max_ratio * array.nbytes:
                 continue
-            encoded[name] = _encode(model, value, array)
-            sizes.append({"name": name, "format": self.format, "bytes_dense": int(array.nbytes),
-                          "bytes_encoded": encoded_bytes(array)})
-            diagnostics.append(Diagnostic("info", "sparse.encoded", f"'{name}': {100 * ratio:.1f} % of dense bytes"))
+            encoded[name] = self._encode(model, value, array, axes.get(name))
+            sizes.append({"name": name, "format": self.format, "bytes_dense": int(array.nbytes), "bytes_encoded": size})
+            diagnostics.append(Diagnostic("info", "sparse.encoded", f"'{name}': {100 * size / array.nbytes:.1f} % of dense bytes"))
         if diagnostics:
             model.set_metadata(TENSORS_KEY, json.dumps(encoded, sort_keys=True))
             model.set_metadata(FORMAT_KEY, self.format)
@@ -75,6 +127,17 @@ class SparseEncodePass(InPlacePass):
         result.artifacts["encoding"] = sizes
         return result
 
+    def _size(self, array: np.ndarray, axis: int | None) -> int | None:
+        if self.format == "bitmask":
+            return bitmask_bytes(array)
+        n, m = self._nm()
+        return nm_bytes(array, n, m) if axis is not None and nm_fits(array, axis, n, m) else None
+
+    def _encode(self, model, value, array: np.ndarray, axis: int | None) -> dict:
+        if self.format == "bitmask":
+            return _encode_bitmask(_Decoder(model, value), array)
+        return _encode_nm(_Decoder(model, value), array, axis, *self._nm())
+
 
 def _candidate(model, value, min_elements: int) -> bool:
     shape = model.constant_shape(value)
@@ -82,34 +145,88 @@ def _candidate(model, value, min_elements: int) -> bool:
             and not value.is_graph_output() and bool(list(value.uses())))
 
 
-def _encode(model, value, array: np.ndarray) -> dict:
-    """Replace ``value`` by values + bits initializers and a decoder; returns the record."""
-    name, flat = value.name, array.reshape(-1)
+class _Decoder:
+    """Builds a decoder for one weight: initializers named after it, nodes placed before its
+    first consumer and named ``sparsec_decode/<weight>/...``; ``finish`` hands it the name."""
+
+    def __init__(self, model, value) -> None:
+        self.model, self.value, self.name = model, value, value.name
+        order = {id(node): i for i, node in enumerate(model.nodes())}
+        self.before = min((use.node for use in value.uses()), key=lambda node: order.get(id(node), len(order)))
+
+    def const(self, key: str, array: np.ndarray):
+        return self.model.add_initializer(f"{self.name}__{key}", np.asarray(array))
+
+    def op(self, op_type: str, inputs, **attrs):
+        return self.model.add_node(op_type, inputs, attrs, before=self.before, name=f"{DECODER_PREFIX}/{self.name}")
+
+    def fields(self, packed, count: int, bits: int):
+        """Unpack ``count`` little-endian ``bits``-wide fields from ``packed`` (int32 result):
+        (byte[i // per] // 2**(bits·(i % per))) % 2**bits."""
+        per = 8 // bits
+        index = self.op("Range", [self.const("zero", np.array(0, np.int32)), self.const("count", np.array(count, np.int32)),
+                                  self.const("one", np.array(1, np.int32))])
+        per_byte = self.const("per_byte", np.array(per, np.int32))
+        byte = self.op("Gather", [self.op("Cast", [packed], to=6), self.op("Div", [index, per_byte])])  # 6: int32
+        scale = self.op("Gather", [self.const("scales", (2 ** (bits * np.arange(per))).astype(np.int32)),
+                                   self.op("Mod", [index, per_byte])])
+        return self.op("Mod", [self.op("Div", [byte, scale]), self.const("modulus", np.array(2 ** bits, np.int32))]), index
+
+    def finish(self, decoded) -> None:
+        self.model.replace_initializer(self.value, decoded)
+
+
+def _encode_bitmask(decoder: _Decoder, array: np.ndarray) -> dict:
+    """W = Reshape(Gather([0, kept...], CumSum(bit) · bit), shape)."""
+    flat = array.reshape(-1)
     keep = flat != 0
-    values = model.add_initializer(f"{name}__values", np.concatenate([np.zeros(1, array.dtype), flat[keep]]))
-    bits = model.add_initializer(f"{name}__bits", np.packbits(keep, bitorder="little"))
-    const = {key: model.add_initializer(f"{name}__{key}", data) for key, data in (
-        ("zero", np.array(0, np.int32)), ("count", np.array(flat.size, np.int32)), ("one", np.array(1, np.int32)),
-        ("eight", np.array(8, np.int32)), ("two", np.array(2, np.int32)),
-        ("pow2", (2 ** np.arange(8)).astype(np.int32)), ("shape", np.array(array.shape, np.int64)))}
-    first_use = min((use.node for use in value.uses()), key=_position(model))
-    tag = f"{DECODER_PREFIX}/{name}"
-
-    def op(op_type, inputs, **attrs):
-        return model.add_node(op_type, inputs, attrs, before=first_use, name=tag)
-
-    index = op("Range", [const["zero"], const["count"], const["one"]])
-    byte = op("Gather", [op("Cast", [bits], to=6), op("Div", [index, const["eight"]])])  # 6: int32
-    bit = op("Mod", [op("Div", [byte, op("Gather", [const["pow2"], op("Mod", [index, const["eight"]])])]), const["two"]])
-    position = op("Mul", [op("CumSum", [bit, const["zero"]]), bit])
-    decoded = op("Reshape", [op("Gather", [values, position]), const["shape"]])
-    model.replace_initializer(value, decoded)
-    return {"values": values.name, "bits": bits.name, "shape": list(array.shape)}
+    values = decoder.const("values", np.concatenate([np.zeros(1, array.dtype), flat[keep]]))
+    bits = decoder.const("bits", pack_fields(keep.astype(np.uint8), 1))
+    bit, _ = decoder.fields(bits, flat.size, 1)
+    position = decoder.op("Mul", [decoder.op("CumSum", [bit, decoder.const("axis", np.array(0, np.int32))]), bit])
+    decoder.finish(decoder.op("Reshape", [decoder.op("Gather", [values, position]),
+                                          decoder.const("shape", np.array(array.shape, np.int64))]))
+    return {"format": "bitmask", "values": values.name, "bits": bits.name, "shape": list(array.shape)}
 
 
-def _position(model):
-    order = {id(node): i for i, node in enumerate(model.nodes())}
-    return lambda node: order.get(id(node), len(order))
+def _encode_nm(decoder: _Decoder, array: np.ndarray, axis: int, n: int, m: int) -> dict:
+    """Per run of m along the reduction axis: n values and their n positions (field_bits(m)
+    bits each); W = Transpose(Reshape(ScatterElements(0, positions, values, axis=-1)))."""
+    moved = np.moveaxis(array, axis, -1)
+    groups = moved.reshape(-1, m)
+    positions = np.sort(np.argsort(-np.abs(groups), axis=1, kind="stable")[:, :n], axis=1)
+    values = decoder.const("values", np.take_along_axis(groups, positions, axis=1))
+    bits = field_bits(m)
+    packed = decoder.const("positions", pack_fields(positions.astype(np.uint8), bits))
+    fields, _ = decoder.fields(packed, positions.size, bits)
+    indices = decoder.op("Reshape", [decoder.op("Cast", [fields], to=7),  # 7: int64
+                                     decoder.const("index_shape", np.array(positions.shape, np.int64))])
+    zeros = decoder.const("zeros_shape", np.array(groups.shape, np.int64))
+    filled = decoder.op("ConstantOfShape", [zeros], value=np.zeros(1, array.dtype))
+    scattered = decoder.op("ScatterElements", [filled, indices, values], axis=1)
+    restored = decoder.op("Reshape", [scattered, decoder.const("moved_shape", np.array(moved.shape, np.int64))])
+    perm = list(range(array.ndim - 1))
+    perm.insert(axis, array.ndim - 1)
+    decoder.finish(decoder.op("Transpose", [restored], perm=perm) if axis != array.ndim - 1 else restored)
+    return {"format": "nm", "values": values.name, "positions": packed.name, "shape": list(array.shape),
+            "axis": axis, "n": n, "m": m}
+
+
+def _decode(model, record: dict) -> np.ndarray:
+    initializers = model.initializers()
+    values = model.constant(initializers[record["values"]])
+    shape = record["shape"]
+    if record.get("format", "bitmask") == "bitmask":
+        keep = unpack_fields(model.constant(initializers[record["bits"]]), int(np.prod(shape)), 1).astype(bool)
+        dense = np.zeros(keep.size, values.dtype)
+        dense[keep] = values[1:]
+        return dense.reshape(shape)
+    n, m, axis = record["n"], record["m"], record["axis"]
+    positions = unpack_fields(model.constant(initializers[record["positions"]]), values.size, field_bits(m))
+    groups = np.zeros((values.shape[0], m), values.dtype)
+    np.put_along_axis(groups, positions.reshape(values.shape), values, axis=1)
+    moved_shape = [d for i, d in enumerate(shape) if i != axis] + [shape[axis]]
+    return np.moveaxis(groups.reshape(moved_shape), -1, axis)
 
 
 def densify(model) -> int:
@@ -117,14 +234,8 @@ def densify(model) -> int:
     many. The decoders, now unused, are left for dead-code elimination."""
     encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
     values_by_name = {v.name: v for n in model.nodes() for v in n.outputs if v.name}
-    initializers = model.initializers()
     for name, record in encoded.items():
-        values = model.constant(initializers[record["values"]])
-        keep = np.unpackbits(model.constant(initializers[record["bits"]]), count=int(np.prod(record["shape"])),
-                             bitorder="little").astype(bool)
-        dense = np.zeros(keep.size, values.dtype)
-        dense[keep] = values[1:]
-        model.replace_by_constant(values_by_name[name], dense.reshape(record["shape"]))
+        model.replace_by_constant(values_by_name[name], _decode(model, record))
     model.set_metadata(TENSORS_KEY, "{}")
     model.set_metadata(FORMAT_KEY, "dense")
     return len(encoded)
