@@ -221,7 +221,7 @@ def _decode(model, record: dict) -> np.ndarray:
         dense = np.zeros(keep.size, values.dtype)
         dense[keep] = values[1:]
         return dense.reshape(shape)
-    n, m, axis = record["n"], record["m"], record["axis"]
+    m, axis = record["m"], record["axis"]
     positions = unpack_fields(model.constant(initializers[record["positions"]]), values.size, field_bits(m))
     groups = np.zeros((values.shape[0], m), values.dtype)
     np.put_along_axis(groups, positions.reshape(values.shape), values, axis=1)
