@@ -436,12 +436,15 @@ class Model:
         for use in list(value.uses()):
             use.node.replace_input_with(use.idx, new)
         value.name = self.unique_name(f"{name}__replaced")
-        self.graph.initializers.pop(new.name)
-        new.name = name
-        new.const_value.name = name
-        self.graph.register_initializer(new)
-        self.touch()
+        self._rename_initializer(new, name)
         return new
+
+    def _rename_initializer(self, value: ir.Value, name: str) -> None:
+        self.graph.initializers.pop(value.name)
+        value.name = name
+        value.const_value.name = name
+        self.graph.register_initializer(value)
+        self.touch()
 
     def metadata(self, key: str) -> str | None:
         return self.ir.metadata_props.get(key)
@@ -455,13 +458,10 @@ class Model:
         self.graph.initializers.pop(name)
         old.name = self.unique_name(f"{name}__replaced")
         if new.is_initializer():
-            self.graph.initializers.pop(new.name)
-            new.name = name
-            new.const_value.name = name
-            self.graph.register_initializer(new)
+            self._rename_initializer(new, name)
         else:
             new.name = name
-        self.touch()
+            self.touch()
 
 
 def _umask() -> int:
