@@ -298,6 +298,8 @@ def densify(source: str | Path, output: str | Path, *, force: bool = False) -> i
     result (checker, bit-identical outputs), write ``output``; returns how many were decoded."""
     model = Model.load(source)
     model.check_destination(Path(output), force=force)
+    if model.metadata(FORMAT_KEY) in (None, "dense"):
+        raise InputError(f"{source} has no sparse-encoded weights (nothing to densify)")
     encoded = model.copy()
     count = densify_weights(model)
     DeadCodePass()(model)

@@ -90,3 +90,9 @@ def test_nm_format_refuses_patterns_whose_positions_do_not_fit(rng):
 def test_nm_format_size_at_2_4(rng):
     encoded, dense = _encode(_matmul_model(rng, 17), "nm", nm="2:4")
     assert len(encoded.to_proto().SerializeToString()) <= 0.55 * len(dense.to_proto().SerializeToString())
+
+
+def test_densify_refuses_a_model_without_encoded_weights(cli, tmp_path):
+    from conftest import MODELS
+    code, _, stderr = cli("densify", MODELS / "digits_mlp.onnx", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "no sparse-encoded weights" in stderr and not (tmp_path / "x.onnx").exists()

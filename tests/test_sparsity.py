@@ -179,3 +179,16 @@ def test_cli_wanda_on_digits_keeps_more_accuracy_than_magnitude(cli, tmp_path):
         from conftest import run_ort
         accuracy[score] = (run_ort(out, {"input": data["input"]})[0].argmax(1) == data["label"]).mean()
     assert accuracy["wanda"] > accuracy["magnitude"] + 0.2
+
+
+def test_wanda_calibrates_a_fixed_batch_model_one_batch_at_a_time(rng, tmp_path):
+    weight = numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w")
+    proto = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", F, [1, 8])], [("y", F, [1, 4])], [weight])
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=rng.normal(size=(5, 8)).astype(np.float32))
+    model = Model.from_proto(proto)
+    WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(model)
+    assert (model.constant(model.initializers()["w"]) == 0).mean() == 0.5
+    np.savez(calibration, x=rng.normal(size=(5, 1, 8)).astype(np.float32))
+    with pytest.raises(Exception, match="has rank 3, the model input has rank 2"):
+        WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(Model.from_proto(proto))

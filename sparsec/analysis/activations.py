@@ -34,7 +34,18 @@ def load_calibration(path: str | Path, model) -> dict[str, np.ndarray]:
     counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
     if len(counts) != 1 or 0 in counts:
         raise InputError(f"calibration data {path}: every input needs the same positive number of samples on axis 0")
+    for value in model.inputs:
+        dims = model.shape_dims(value)
+        if dims is not None and len(dims) != arrays[value.name].ndim:
+            raise InputError(f"calibration data {path}: '{value.name}' has rank {arrays[value.name].ndim}, the model "
+                             f"input has rank {len(dims)} (samples go along the input's first axis)")
     return {n: arrays[n] for n in names}
+
+
+def fixed_batch(model) -> int | None:
+    """The batch size the model's inputs fix on axis 0, if any (then calibration runs in it)."""
+    sizes = {dims[0] for v in model.inputs if (dims := model.shape_dims(v)) and isinstance(dims[0], int)}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple[str, int]],
@@ -43,6 +54,10 @@ def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple
     names = sorted({name for name, _ in requests})
     session = runtime.session_for(model, extra_outputs=names, optimization="disable")
     count = next(iter(samples.values())).shape[0]
+    batch_size = fixed_batch(model) or batch_size
+    count -= count % batch_size if fixed_batch(model) else 0  # a fixed batch takes whole batches only
+    if count == 0:
+        raise InputError(f"calibration needs at least {batch_size} samples for this model's fixed batch size")
     sums: dict[tuple[str, int], np.ndarray] = {}
     for start in range(0, count, batch_size):
         batch = {name: array[start:start + batch_size] for name, array in samples.items()}

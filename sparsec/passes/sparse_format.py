@@ -25,7 +25,6 @@ back into a plain initializer (the list is in the ``sparsec.sparse_tensors`` met
 from __future__ import annotations
 
 import json
-import re
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +32,7 @@ import numpy as np
 from sparsec.analysis.weight_sites import weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
+from sparsec.passes.sparsity import parse_nm
 
 TENSORS_KEY = "sparsec.sparse_tensors"
 FORMAT_KEY = "sparsec.sparse_format"
@@ -89,14 +89,13 @@ class SparseEncodePass(InPlacePass):
         self.format, self.nm, self.min_elements, self.max_ratio = format, nm, min_elements, max_ratio
 
     def _nm(self) -> tuple[int, int]:
-        n, m = (int(part) for part in self.nm.split(":"))
-        return n, m
+        return parse_nm(self.nm)
 
     def requires(self, model) -> None:
         if self.format not in ("bitmask", "nm"):
             raise PassError(f"sparse-encode: unknown format '{self.format}' (bitmask, nm)")
         if self.format == "nm":
-            if not re.fullmatch(r"\d+:\d+", self.nm) or not 0 < self._nm()[0] < self._nm()[1] <= 256:
+            if parse_nm(self.nm) is None:
                 raise PassError(f"sparse-encode: format nm needs nm='N:M' (the pattern the weights hold), got '{self.nm}'")
             n, m = self._nm()
             if n * field_bits(m) > m:
@@ -141,8 +140,9 @@ class SparseEncodePass(InPlacePass):
 
 def _candidate(model, value, min_elements: int) -> bool:
     shape = model.constant_shape(value)
+    uses = list(value.uses())
     return (shape is not None and int(np.prod(shape)) >= min_elements and not value.is_graph_input()
-            and not value.is_graph_output() and bool(list(value.uses())))
+            and not value.is_graph_output() and bool(uses) and all(use.node.graph is model.graph for use in uses))
 
 
 class _Decoder:
@@ -235,7 +235,8 @@ def densify(model) -> int:
     encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
     values_by_name = {v.name: v for n in model.nodes() for v in n.outputs if v.name}
     for name, record in encoded.items():
-        model.replace_by_constant(values_by_name[name], _decode(model, record))
+        if name in values_by_name:  # else already a plain initializer (e.g. folded by onnxruntime)
+            model.replace_by_constant(values_by_name[name], _decode(model, record))
     model.set_metadata(TENSORS_KEY, "{}")
     model.set_metadata(FORMAT_KEY, "dense")
     return len(encoded)

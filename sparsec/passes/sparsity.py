@@ -30,6 +30,13 @@ from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
 
 
+def parse_nm(text: str) -> tuple[int, int] | None:
+    """'N:M' with 0 < N < M <= 256 (ASCII digits), or None."""
+    match = re.fullmatch(r"([0-9]{1,3}):([0-9]{1,3})", text.strip())
+    n, m = (int(match[1]), int(match[2])) if match else (0, 0)
+    return (n, m) if 0 < n < m <= 256 else None
+
+
 def nm_keep(scores: np.ndarray, axis: int, n: int, m: int) -> np.ndarray:
     """Keep mask with the N largest of every M consecutive scores along ``axis``."""
     moved = np.moveaxis(scores, axis, -1)
@@ -78,7 +85,7 @@ class WeightSparsityPass(InPlacePass):
         if bool(self.nm) == bool(self.ratio):
             raise PassError("weight-sparsity: give either nm='N:M' or ratio=R (with an optional block='RxC')")
         if self.nm and (self._nm() is None):
-            raise PassError(f"weight-sparsity: nm must be N:M with 0 < N < M, got '{self.nm}'")
+            raise PassError(f"weight-sparsity: nm must be N:M with 0 < N < M <= 256, got '{self.nm}'")
         if self.ratio and not 0 < self.ratio < 1:
             raise PassError(f"weight-sparsity: ratio must be in (0, 1), got {self.ratio}")
         if self.block and (self._block() is None or self.nm):
@@ -91,9 +98,7 @@ class WeightSparsityPass(InPlacePass):
             raise PassError(f"weight-sparsity: unknown score '{self.score}'; known: magnitude, wanda")
 
     def _nm(self) -> tuple[int, int] | None:
-        match = re.fullmatch(r"(\d+):(\d+)", self.nm.strip())
-        n, m = (int(match[1]), int(match[2])) if match else (0, 0)
-        return (n, m) if 0 < n < m else None
+        return parse_nm(self.nm)
 
     def _block(self) -> tuple[int, int] | None:
         match = re.fullmatch(r"(\d+)x(\d+)", self.block.strip())
@@ -112,7 +117,7 @@ class WeightSparsityPass(InPlacePass):
             model.resize_initializer(model.initializers()[site.name], np.where(keep, array, np.zeros((), array.dtype)))
             tensors.append({"name": site.name, "pattern": self._pattern(), "axis": site.axis,
                             "sparsity": float(1 - keep.mean()), "elements": int(keep.size)})
-        result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped))
+        result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped) + getattr(self, "_notes", []))
         result.stats = {"tensors": len(tensors), "tensors_skipped": len(skipped),
                         "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors)}
         result.artifacts["sparsity"] = tensors
@@ -137,8 +142,8 @@ class WeightSparsityPass(InPlacePass):
             shape = [1] * len(site.shape)
             shape[site.axis] = site.shape[site.axis]
             scores[site.name] = scores[site.name] * norm.reshape(shape).astype(np.float32)
-        skipped.update({name: "scored by magnitude (no activation to weigh it: grouped conv or constant input)"
-                        for name in skipped_magnitude})
+        self._notes = [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{name}' scored by magnitude "
+                                  "(no activation to weigh it: grouped conv or constant input)") for name in skipped_magnitude]
         return scores
 
     def _keep_masks(self, model, sites: list[WeightSite], arrays: dict, skipped: dict) -> dict[str, np.ndarray]:
