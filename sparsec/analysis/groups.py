@@ -118,7 +118,7 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
     _block_interface(model, ctx, graph, blocked)
     for member in graph.nodes:
         if member not in sizes:
-            shape = ctx.shape(model_value(model, member[0]))
+            shape = ctx.shape(model.value(member[0]))
             sizes[member] = shape[member[1]] if shape is not None and member[1] < len(shape) else 0
     stats = {m for c in couplings for m in c.stats}
     compute = {m for c in couplings for m in c.compute}
@@ -165,23 +165,9 @@ def _block_interface(model, ctx: RuleContext, graph: nx.Graph, blocked: dict) ->
             for axis in range(ctx.rank(value) or 0):
                 blocked.setdefault((value.name, axis), f"reaches graph {kind} '{value.name}'")
     for member in list(graph.nodes):
-        value = model_value(model, member[0])
+        value = model.value(member[0])
         if value is not None and any(use.node.graph is not model.graph for use in value.uses()):
             blocked.setdefault(member, f"'{member[0]}' is read inside a subgraph")
-
-
-def model_value(model, name: str):
-    """The main-graph value called ``name`` (cached until the next edit)."""
-    return model.cached("values_by_name", lambda: values_by_name(model)).get(name)
-
-
-def values_by_name(model) -> dict:
-    """{name: value} of the main graph; a snapshot for callers that edit while they look up."""
-    values = {v.name: v for v in model.graph.inputs}
-    values.update(model.initializers())
-    for node in model.nodes():
-        values.update({v.name: v for v in node.outputs if v is not None and v.name})
-    return values
 
 
 def _make_group(index, model, graph, component, sizes, compute, stats, blocked) -> ChannelGroup:
@@ -202,7 +188,7 @@ def _make_group(index, model, graph, component, sizes, compute, stats, blocked) 
 
 
 def _is_constant(model, name: str) -> bool:
-    value = model_value(model, name)
+    value = model.value(name)
     return value is not None and model.constant_shape(value) is not None
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsec.analysis.groups import ChannelGroup, model_value
+from sparsec.analysis.groups import ChannelGroup
 from sparsec.errors import InputError
 
 
@@ -37,11 +37,11 @@ class ImportanceContext:
             self._sums[key] = self._read_sums(name, transform)
         sums = self._sums[key]
         if sums is not None and axis not in sums:  # a large weight, or an axis beyond the first two
-            sums[axis] = _sum_but_axis(self.model.constant(model_value(self.model, name)), axis, transform)
+            sums[axis] = _sum_but_axis(self.model.constant(self.model.value(name)), axis, transform)
         return None if sums is None else sums[axis]
 
     def _read_sums(self, name: str, transform) -> dict | None:
-        array = self.model.constant(model_value(self.model, name))
+        array = self.model.constant(self.model.value(name))
         if array is None or array.dtype.kind != "f":
             return None
         if array.size > CHUNK_ELEMENTS or array.ndim < 2:
@@ -114,7 +114,7 @@ def bn_scale(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
 
 
 def _is_batchnorm_scale(model, name: str) -> bool:
-    value = model_value(model, name)
+    value = model.value(name)
     return value is not None and any(
         use.node.op_type == "BatchNormalization" and use.idx == 1 for use in value.uses())
 

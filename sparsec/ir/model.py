@@ -167,6 +167,19 @@ class Model:
     def initializers(self) -> dict[str, ir.Value]:
         return dict(self.graph.initializers)
 
+    def values_by_name(self) -> dict[str, ir.Value]:
+        """{name: value} of the main graph (inputs, initializers, node outputs): a fresh dict,
+        safe to keep using while editing."""
+        values = {v.name: v for v in self.graph.inputs}
+        values.update(self.graph.initializers)
+        for node in self.nodes():
+            values.update({v.name: v for v in node.outputs if v is not None and v.name})
+        return values
+
+    def value(self, name: str) -> ir.Value | None:
+        """The main-graph value called ``name`` (lookup table cached until the next edit)."""
+        return self.cached("values_by_name", self.values_by_name).get(name)
+
     def producer(self, value: ir.Value) -> ir.Node | None:
         return value.producer()
 
@@ -436,32 +449,25 @@ class Model:
         for use in list(value.uses()):
             use.node.replace_input_with(use.idx, new)
         value.name = self.unique_name(f"{name}__replaced")
-        self._rename_initializer(new, name)
-        return new
-
-    def _rename_initializer(self, value: ir.Value, name: str) -> None:
-        self.graph.initializers.pop(value.name)
-        value.name = name
-        value.const_value.name = name
-        self.graph.register_initializer(value)
+        self.graph.initializers.pop(new.name)
+        new.name = new.const_value.name = name
+        self.graph.register_initializer(new)
         self.touch()
+        return new
 
     def metadata(self, key: str) -> str | None:
         return self.ir.metadata_props.get(key)
 
     def replace_initializer(self, old: ir.Value, new: ir.Value) -> None:
-        """Let ``new`` (a node output or another initializer) take the place *and the name* of
-        the initializer ``old``, which is removed."""
+        """Let the node output ``new`` take the place *and the name* of the initializer
+        ``old``, which is removed."""
         name = old.name
         for use in list(old.uses()):
             use.node.replace_input_with(use.idx, new)
         self.graph.initializers.pop(name)
         old.name = self.unique_name(f"{name}__replaced")
-        if new.is_initializer():
-            self._rename_initializer(new, name)
-        else:
-            new.name = name
-            self.touch()
+        new.name = name
+        self.touch()
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparsec.analysis.axis_rules import RuleContext
-from sparsec.analysis.groups import GroupAnalysis, values_by_name
+from sparsec.analysis.groups import GroupAnalysis
 from sparsec.analysis.layout_rules import reduced_axes
 from sparsec.analysis.shapes import value_shapes
 
@@ -59,7 +59,7 @@ def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
 def apply_masks(model, masks: OracleMasks) -> None:
     """Build the masked original in ``model`` (found by names): zero the dropped positions of
     every compute weight, and make statistics and activation products see kept positions only."""
-    values = values_by_name(model)
+    values = model.values_by_name()
     for name, axes in masks.constants.items():
         value = values.get(name)
         array = None if value is None else model.constant(value)
@@ -82,7 +82,7 @@ def _mask_statistics(model, stats) -> None:
     """Per value with masked axes: a ReduceMean over them reads x · m · C/C' (m: 1 on kept
     positions), a LayerNormalization over them is written out with those masked means, and a
     MatMul/Gemm contracting them with another activation reads x · m."""
-    ctx, values = RuleContext(model, {}), values_by_name(model)
+    ctx, values = RuleContext(model, {}), model.values_by_name()
     for name, (mask, factor, axes, rank) in _masks_by_value(stats).items():
         value = values[name]
         for node in list(model.consumers(value)):

@@ -233,10 +233,10 @@ def densify(model) -> int:
     """Decode every encoded weight back into a plain initializer of its own name; returns how
     many. The decoders, now unused, are left for dead-code elimination."""
     encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
-    values_by_name = {v.name: v for n in model.nodes() for v in n.outputs if v.name}
+    decoded = {v.name: v for node in model.nodes() for v in node.outputs if v.name in encoded}
     for name, record in encoded.items():
-        if name in values_by_name:  # else already a plain initializer (e.g. folded by onnxruntime)
-            model.replace_by_constant(values_by_name[name], _decode(model, record))
+        if name in decoded:  # else already a plain initializer (e.g. folded by onnxruntime)
+            model.replace_by_constant(decoded[name], _decode(model, record))
     model.set_metadata(TENSORS_KEY, "{}")
     model.set_metadata(FORMAT_KEY, "dense")
     return len(encoded)

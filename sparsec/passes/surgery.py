@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from sparsec.analysis.groups import GroupAnalysis, kept_positions, values_by_name
+from sparsec.analysis.groups import GroupAnalysis, kept_positions
 from sparsec.passes.base import PassResult
 from sparsec.passes.oracle import OracleMasks, apply_masks, channel_masks
 
@@ -68,7 +68,7 @@ def remove_channels(model, analysis: GroupAnalysis, table: dict) -> None:
     for (name, axis), kept in table.items():
         if not name.startswith("#"):
             cuts[name].append((axis, kept))
-    values = values_by_name(model)
+    values = model.values_by_name()
     for name, axes in cuts.items():
         value = values[name]
         if model.constant_shape(value) is not None:
