@@ -54,8 +54,9 @@ def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple
     names = sorted({name for name, _ in requests})
     session = runtime.session_for(model, extra_outputs=names, optimization="disable")
     count = next(iter(samples.values())).shape[0]
-    batch_size = fixed_batch(model) or batch_size
-    count -= count % batch_size if fixed_batch(model) else 0  # a fixed batch takes whole batches only
+    fixed = fixed_batch(model)
+    batch_size = fixed or batch_size
+    count -= count % batch_size if fixed else 0  # a fixed batch takes whole batches only
     if count == 0:
         raise InputError(f"calibration needs at least {batch_size} samples for this model's fixed batch size")
     sums: dict[tuple[str, int], np.ndarray] = {}

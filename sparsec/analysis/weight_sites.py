@@ -56,7 +56,8 @@ def weight_sites(model) -> tuple[list[WeightSite], dict[str, str]]:
         for index, axis, act_index, act_axis in (rule(node, model) if rule else []):
             value = node.inputs[index] if index < len(node.inputs) else None
             shape = model.constant_shape(value) if value is not None and value.is_initializer() else None
-            if shape is None or len(shape) < 2 or model.elem_type(value) is None or model.elem_type(value).kind != "f":
+            dtype = model.elem_type(value) if shape is not None else None
+            if shape is None or len(shape) < 2 or dtype is None or dtype.kind != "f":
                 continue
             axis = axis % len(shape)
             site = sites.setdefault(value.name, WeightSite(value.name, axis, tuple(shape)))

@@ -106,18 +106,19 @@ class WeightSparsityPass(InPlacePass):
 
     def call(self, model) -> PassResult:
         sites, conflicts = weight_sites(model)
-        skipped = dict(conflicts)
-        arrays = {s.name: model.constant(model.initializers()[s.name]) for s in sites}
-        keeps = self._keep_masks(model, sites, arrays, skipped)
+        skipped, notes = dict(conflicts), []
+        initializers = model.initializers()
+        arrays = {s.name: model.constant(initializers[s.name]) for s in sites}
+        keeps = self._keep_masks(model, sites, arrays, skipped, notes)
         tensors = []
         for site in sites:
             if site.name not in keeps:
                 continue
             array, keep = arrays[site.name], keeps[site.name]
-            model.resize_initializer(model.initializers()[site.name], np.where(keep, array, np.zeros((), array.dtype)))
+            model.resize_initializer(initializers[site.name], np.where(keep, array, np.zeros((), array.dtype)))
             tensors.append({"name": site.name, "pattern": self._pattern(), "axis": site.axis,
                             "sparsity": float(1 - keep.mean()), "elements": int(keep.size)})
-        result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped) + getattr(self, "_notes", []))
+        result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped) + notes)
         result.stats = {"tensors": len(tensors), "tensors_skipped": len(skipped),
                         "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors)}
         result.artifacts["sparsity"] = tensors
@@ -128,8 +129,9 @@ class WeightSparsityPass(InPlacePass):
     def _pattern(self) -> str:
         return f"{self.nm}" if self.nm else (f"block {self.block} {self.ratio:g}" if self.block else f"unstructured {self.ratio:g}")
 
-    def _scores(self, model, sites: list[WeightSite], arrays: dict, skipped: dict) -> dict[str, np.ndarray]:
-        """|w|, or Wanda's |w|·‖x_j‖ (x_j: the input channel that weight reduces over)."""
+    def _scores(self, model, sites: list[WeightSite], arrays: dict, notes: list) -> dict[str, np.ndarray]:
+        """|w|, or Wanda's |w|·‖x_j‖ (x_j: the input channel that weight reduces over); weights
+        Wanda cannot weigh keep |w| and get a note."""
         scores = {s.name: np.abs(arrays[s.name]).astype(np.float32) for s in sites}
         if self.score != "wanda":
             return scores
@@ -142,12 +144,12 @@ class WeightSparsityPass(InPlacePass):
             shape = [1] * len(site.shape)
             shape[site.axis] = site.shape[site.axis]
             scores[site.name] = scores[site.name] * norm.reshape(shape).astype(np.float32)
-        self._notes = [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{name}' scored by magnitude "
-                                  "(no activation to weigh it: grouped conv or constant input)") for name in skipped_magnitude]
+        notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{name}' scored by magnitude "
+                             "(no activation to weigh it: grouped conv or constant input)") for name in skipped_magnitude]
         return scores
 
-    def _keep_masks(self, model, sites: list[WeightSite], arrays: dict, skipped: dict) -> dict[str, np.ndarray]:
-        scores = self._scores(model, sites, arrays, skipped)
+    def _keep_masks(self, model, sites: list[WeightSite], arrays: dict, skipped: dict, notes: list) -> dict[str, np.ndarray]:
+        scores = self._scores(model, sites, arrays, notes)
         if self.nm:
             n, m = self._nm()
             fitting = _fitting(sites, skipped, lambda s: s.shape[s.axis] % m == 0, f"its reduction length is not a multiple of {m}")
