@@ -137,17 +137,19 @@ def _coupling(node, ctx: RuleContext, barriers: dict[str, str]) -> Coupling:
     if rule is None:
         domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
         barriers[node.name or node.op_type] = f"{domain}{node.op_type}"
-        coupling = Coupling()
-        for member in _node_members(node, ctx):
-            coupling.block(member, f"has no axis rule for {domain}{node.op_type} (a barrier)")
-        return coupling
+        return _blocking(node, ctx, f"has no axis rule for {domain}{node.op_type} (a barrier)")
     try:
         return rule(node, ctx)
     except Exception as error:  # a rule that cannot decide is a barrier too
-        coupling = Coupling()
-        for member in _node_members(node, ctx):
-            coupling.block(member, f"axis rule could not decide ({type(error).__name__}: {error})")
-        return coupling
+        return _blocking(node, ctx, f"axis rule could not decide ({type(error).__name__}: {error})")
+
+
+def _blocking(node, ctx: RuleContext, reason: str) -> Coupling:
+    """A coupling that blocks every axis of the node's inputs and outputs."""
+    coupling = Coupling()
+    for member in _node_members(node, ctx):
+        coupling.block(member, reason)
+    return coupling
 
 
 def _node_members(node, ctx: RuleContext) -> list[Member]:

@@ -170,7 +170,7 @@ class _Decoder:
         byte = self.op("Gather", [self.op("Cast", [packed], to=6), self.op("Div", [index, per_byte])])  # 6: int32
         scale = self.op("Gather", [self.const("scales", (2 ** (bits * np.arange(per))).astype(np.int32)),
                                    self.op("Mod", [index, per_byte])])
-        return self.op("Mod", [self.op("Div", [byte, scale]), self.const("modulus", np.array(2 ** bits, np.int32))]), index
+        return self.op("Mod", [self.op("Div", [byte, scale]), self.const("modulus", np.array(2 ** bits, np.int32))])
 
     def finish(self, decoded) -> None:
         self.model.replace_initializer(self.value, decoded)
@@ -182,7 +182,7 @@ def _encode_bitmask(decoder: _Decoder, array: np.ndarray) -> dict:
     keep = flat != 0
     values = decoder.const("values", np.concatenate([np.zeros(1, array.dtype), flat[keep]]))
     bits = decoder.const("bits", pack_fields(keep.astype(np.uint8), 1))
-    bit, _ = decoder.fields(bits, flat.size, 1)
+    bit = decoder.fields(bits, flat.size, 1)
     position = decoder.op("Mul", [decoder.op("CumSum", [bit, decoder.const("axis", np.array(0, np.int32))]), bit])
     decoder.finish(decoder.op("Reshape", [decoder.op("Gather", [values, position]),
                                           decoder.const("shape", np.array(array.shape, np.int64))]))
@@ -198,7 +198,7 @@ def _encode_nm(decoder: _Decoder, array: np.ndarray, axis: int, n: int, m: int) 
     values = decoder.const("values", np.take_along_axis(groups, positions, axis=1))
     bits = field_bits(m)
     packed = decoder.const("positions", pack_fields(positions.astype(np.uint8), bits))
-    fields, _ = decoder.fields(packed, positions.size, bits)
+    fields = decoder.fields(packed, positions.size, bits)
     indices = decoder.op("Reshape", [decoder.op("Cast", [fields], to=7),  # 7: int64
                                      decoder.const("index_shape", np.array(positions.shape, np.int64))])
     zeros = decoder.const("zeros_shape", np.array(groups.shape, np.int64))
