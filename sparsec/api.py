@@ -265,7 +265,7 @@ def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "
     prune = ChannelPrunePass(ratio=ratio, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
                              round_to=round_to, exclude="|".join(exclude), seed=seed,
                              plan=str(Path(plan).resolve()) if plan is not None else "")
-    prune.requires(None)
+    prune.check_options()
     return [IdentityEliminationPass(), ConstantFoldShapesPass(), prune, *cleanup_passes()]
 
 
@@ -278,7 +278,7 @@ def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope:
         raise InputError(f"calibration data {calibration} not found")
     prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, score=score,
                                calibration=str(Path(calibration).resolve()) if calibration else "")
-    prune.requires(None)
+    prune.check_options()
     return [prune, *cleanup_passes(), *encoding_passes(sparse_format, nm)]
 
 
@@ -289,7 +289,7 @@ def encoding_passes(sparse_format: str, nm: str = "") -> list[PassBase]:
     if sparse_format == "nm" and not nm:
         raise InputError("--sparse-format nm stores N:M positions: it needs --nm N:M")
     encode = SparseEncodePass(format=sparse_format, nm=nm)
-    encode.requires(None)
+    encode.check_options()
     return [encode]
 
 

@@ -111,3 +111,8 @@ def test_user_pruning_pass_is_checked_against_the_oracle(cli, tmp_path):
     before, after = sparsec.Model.load(ROOT / "models" / "digits_mlp.onnx"), sparsec.Model.load(out)
     widths = [after.constant_shape(after.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")]
     assert widths != [before.constant_shape(before.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")]
+
+
+def test_bad_option_values_are_refused_when_a_pass_is_created_by_name():
+    with pytest.raises(InputError, match="ratio must be in"):
+        parse_pipeline("channel-prune(ratio=1.5)")

@@ -84,7 +84,7 @@ def test_cli_bitmask_and_densify(cli, tmp_path, rng):
 def test_nm_format_refuses_patterns_whose_positions_do_not_fit(rng):
     from sparsec.passes.base import PassError
     with pytest.raises(PassError, match="use bitmask"):
-        SparseEncodePass(format="nm", nm="4:8").requires(None)  # 4 positions x 4 bits > 8
+        SparseEncodePass(format="nm", nm="4:8").check_options()  # 4 positions x 4 bits > 8
 
 
 def test_nm_format_size_at_2_4(rng):

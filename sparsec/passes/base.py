@@ -4,7 +4,7 @@ extended with the numbers and findings a compiler report needs.
 Invariants:
 - A pass has a kebab-case ``name`` and keyword-only options; ``describe()`` renders it as
   ``name(opt=value,...)`` listing the options that differ from their defaults.
-- ``__call__`` runs ``requires`` → ``call`` → ``ensures`` and checks that an in-place pass
+- ``__call__`` runs ``check_options`` → ``requires`` → ``call`` → ``ensures`` and checks that an in-place pass
   returned the model it was given (a functional pass must return a new one).
 - ``PassResult`` carries ``modified``, ``stats`` (numbers for the report) and
   ``diagnostics`` (severity, stable code, message, node); a pass never prints.
@@ -68,13 +68,18 @@ class PassBase:
     def call(self, model) -> PassResult:
         raise NotImplementedError
 
+    def check_options(self) -> None:
+        """Refuse bad option values with a ``PassError`` (called when the pass is created by
+        name and before it runs, so a bad option stops a pipeline before any work)."""
+
     def requires(self, model) -> None:
-        """Preconditions; raise ``PassError`` naming what is missing."""
+        """Preconditions on the model; raise ``PassError`` naming what is missing."""
 
     def ensures(self, model) -> None:
         """Postconditions; raise ``PassError`` when the pass broke an invariant."""
 
     def __call__(self, model) -> PassResult:
+        self.check_options()
         self.requires(model)
         result = self.call(model)
         if not isinstance(result, PassResult):

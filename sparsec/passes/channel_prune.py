@@ -56,7 +56,7 @@ class ChannelPrunePass(InPlacePass):
             return super().describe(skip=("ratio", "importance", "scope", "max_layer_ratio", "round_to", "seed"))
         return super().describe(always=("ratio", "importance"))
 
-    def requires(self, model) -> None:
+    def check_options(self) -> None:
         if not 0 <= self.ratio < 1:
             raise PassError(f"channel-prune: ratio must be in [0, 1), got {self.ratio}")
         if self.scope not in ("local", "global"):

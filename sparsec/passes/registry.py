@@ -67,7 +67,9 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
         expected = float if type(default) is float else type(default)
         if default is not None and default is not inspect.Parameter.empty and not isinstance(value, expected):
             raise InputError(f"pass '{name}' option {key}={value!r}: expected {expected.__name__} (like {default!r})")
-    return cls(**options)
+    created = cls(**options)
+    created.check_options()
+    return created
 
 
 def _option_defaults(cls: type[PassBase]) -> dict[str, Any]:

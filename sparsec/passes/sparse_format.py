@@ -91,7 +91,7 @@ class SparseEncodePass(InPlacePass):
     def _nm(self) -> tuple[int, int]:
         return parse_nm(self.nm)
 
-    def requires(self, model) -> None:
+    def check_options(self) -> None:
         if self.format not in ("bitmask", "nm"):
             raise PassError(f"sparse-encode: unknown format '{self.format}' (bitmask, nm)")
         if self.format == "nm":
@@ -101,7 +101,9 @@ class SparseEncodePass(InPlacePass):
             if n * field_bits(m) > m:
                 raise PassError(f"sparse-encode: {n}:{m} positions take {n * field_bits(m)} bits per {m} weights; "
                                 "the nm format needs at most M (use bitmask)")
-        if model is not None and model.opset < 11:
+
+    def requires(self, model) -> None:
+        if model.opset < 11:
             raise PassError(f"sparse-encode: the decoder needs opset 11 or newer (the model has {model.opset})")
 
     def call(self, model) -> PassResult:

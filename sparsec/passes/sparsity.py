@@ -81,7 +81,7 @@ class WeightSparsityPass(InPlacePass):
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
         self.calibration, self.batch_size = calibration, batch_size
 
-    def requires(self, model) -> None:
+    def check_options(self) -> None:
         if bool(self.nm) == bool(self.ratio):
             raise PassError("weight-sparsity: give either nm='N:M' or ratio=R (with an optional block='RxC')")
         if self.nm and (self._nm() is None):
