@@ -270,13 +270,13 @@ def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "
 
 
 def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                    score: str = "magnitude", calibration: str | Path | None = None,
+                    embeddings: bool = False, score: str = "magnitude", calibration: str | Path | None = None,
                     sparse_format: str = "dense") -> list[PassBase]:
     """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options, cleanup, and
     the encoding of ``sparse_format`` (none for ``dense``)."""
     if calibration is not None and not Path(calibration).is_file():
         raise InputError(f"calibration data {calibration} not found")
-    prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, score=score,
+    prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, embeddings=embeddings, score=score,
                                calibration=str(Path(calibration).resolve()) if calibration else "")
     prune.check_options()
     return [prune, *cleanup_passes(), *encoding_passes(sparse_format, nm)]

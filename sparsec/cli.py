@@ -78,10 +78,14 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
               help="Zero fraction R of the weights of Conv/Gemm/MatMul (unstructured, or whole blocks with --block).")
 @click.option("--block", default=None, metavar="RxC",
               help="With --sparsity: zero whole RxC blocks of each weight seen as [rows, reduction axis], e.g. 1x8, 4x4.")
-@click.option("--sparse-format", type=click.Choice(["dense", "bitmask", "nm"]), default="dense", show_default=True,
+@click.option("--embeddings", is_flag=True,
+              help="With --nm/--sparsity: also sparsify embedding tables (float initializers read by Gather), "
+                   "N:M along each gathered row; left dense by default.")
+@click.option("--sparse-format", type=click.Choice(["dense", "bitmask", "nm", "coo"]), default="dense", show_default=True,
               help="With --nm/--sparsity: dense keeps the zeros (runs everywhere); bitmask stores kept values + one "
                    "bit per weight, nm (with --nm) kept values + their positions in each run of M; both decode in a "
-                   "subgraph onnxruntime folds at session creation (checked bit-identical).")
+                   "subgraph onnxruntime folds at session creation (checked bit-identical); coo writes ONNX "
+                   "sparse_initializer (onnxruntime only; smaller only above ~67 %% sparsity).")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "magnitude", "wanda"]), default=None,
               help="Channels (--channels): l1 (default) / l2 norm of all their weight slices, BatchNorm |gamma|, or "
                    "seeded random. Weights (--nm/--sparsity): magnitude (default) or wanda (|w|·‖x‖, needs --calibration).")
@@ -106,7 +110,7 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
-             channels, nm, sparsity, block, sparse_format, importance, calibration, scope, max_layer_ratio, round_to,
+             channels, nm, sparsity, block, embeddings, sparse_format, importance, calibration, scope, max_layer_ratio, round_to,
              exclude, seed, plan_out, plan_in, input_shapes, inputs, rtol, atol, latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
@@ -119,8 +123,8 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     onnxruntime), and its difference from MODEL itself is reported.
     """
     _check_importance(importance, calibration, weights=nm is not None or sparsity is not None)
-    pipeline = _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, importance, calibration, pipeline,
-                                  channels, plan_in)
+    pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, calibration,
+                                  pipeline, channels, plan_in)
     importance = importance or "l1"
     if (channels is not None or plan_in is not None) and pipeline:
         raise click.UsageError("--passes cannot be combined with --channels or --plan-in")
@@ -150,20 +154,21 @@ def _check_importance(importance: str | None, calibration, *, weights: bool) -> 
         raise click.UsageError("--calibration is read by --importance wanda (with --nm/--sparsity)")
 
 
-def _sparsity_pipeline(nm, sparsity, block, scope, sparse_format, importance, calibration, pipeline, channels, plan_in):
+def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, calibration, pipeline,
+                       channels, plan_in):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
     if nm is None and sparsity is None:
         if block is not None:
             raise click.UsageError("--block needs --sparsity R")
-        if sparse_format != "dense":
-            raise click.UsageError("--sparse-format needs --nm or --sparsity")
+        if sparse_format != "dense" or embeddings:
+            raise click.UsageError(f"{'--embeddings' if embeddings else '--sparse-format'} needs --nm or --sparsity")
         return pipeline
     if pipeline or channels is not None or plan_in is not None:
         raise click.UsageError("--nm / --sparsity prune on their own: drop --passes, --channels and --plan-in "
                                "(run sparsec twice to combine)")
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
-    return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope,
+    return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope, embeddings=embeddings,
                                score=importance or "magnitude", calibration=calibration, sparse_format=sparse_format)
 
 

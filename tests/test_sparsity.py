@@ -192,3 +192,31 @@ def test_wanda_calibrates_a_fixed_batch_model_one_batch_at_a_time(rng, tmp_path)
     np.savez(calibration, x=rng.normal(size=(5, 1, 8)).astype(np.float32))
     with pytest.raises(Exception, match="has rank 3, the model input has rank 2"):
         WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(Model.from_proto(proto))
+
+
+def _embedding_model(rng) -> Model:
+    """ids → Gather(table [32, 16]) → MatMul(w [16, 8])."""
+    inits = [numpy_helper.from_array(rng.normal(size=(32, 16)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])]
+    return Model.from_proto(make_model(nodes, [("ids", TensorProto.INT64, [1, 5])], [("y", F, [1, 5, 8])], inits))
+
+
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_embedding_tables_are_sparsified_only_when_asked_along_each_row(rng, embeddings):
+    model = _embedding_model(rng)
+    original = model.constant(model.initializers()["table"])
+    WeightSparsityPass(nm="2:4", embeddings=embeddings)(model)
+    table = model.constant(model.initializers()["table"])
+    if embeddings:
+        assert ((table.reshape(32, 4, 4) != 0).sum(axis=2) == 2).all()  # every gathered row keeps 2 of 4
+        np.testing.assert_array_equal(table[table != 0], original[table != 0])
+    else:
+        np.testing.assert_array_equal(table, original)
+    w = model.constant(model.initializers()["w"])
+    assert ((w.T.reshape(8, 4, 4) != 0).sum(axis=2) == 2).all()
+
+
+def test_cli_embeddings_needs_a_sparsity_flag(cli, tmp_path):
+    code, _, stderr = cli("compress", MODELS / "digits_mlp.onnx", "--embeddings", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "--embeddings needs --nm or --sparsity" in stderr

@@ -6,8 +6,10 @@ index, activation axis)]`` names the constant operands of a node, their reductio
 MatMul B ``[K, N]`` axis -2 against A's axis -1 (or A ``[M, K]`` axis -1 against B's axis -2),
 Gemm B axis 1 when ``transB=1`` else 0 against A's axis 1 (0 when ``transA=1``), Conv W
 ``[O, I/g, k...]`` axis 1 and ConvTranspose W ``[I, O/g, k...]`` axis 0 against X's axis 1
-(ungrouped only: a grouped conv's input channels are not W's axis). N:M groups and blocks
-run along the reduction axis. A weight used by several nodes is one site; when its uses
+(ungrouped only: a grouped conv's input channels are not W's axis). An embedding table (the
+data of a Gather along axis 0, only when asked for) groups along its last axis: every gathered
+row, which becomes an activation, keeps the same pattern; no activation weighs it. N:M groups
+and blocks run along the reduction axis. A weight used by several nodes is one site; when its uses
 disagree on the axis it is not a site (reported).
 """
 
@@ -43,16 +45,23 @@ def _conv(weight_axis: int):
     return rule
 
 
+def _embedding(node, model) -> list[tuple]:
+    return [(0, -1, None, None)] if int(model.attr(node, "axis", 0)) == 0 else []
+
+
 REDUCTION_AXIS: dict[str, Callable] = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv(1), "ConvTranspose": _conv(0)}
+EMBEDDING_AXIS: dict[str, Callable] = {"Gather": _embedding}
 
 
-def weight_sites(model) -> tuple[list[WeightSite], dict[str, str]]:
-    """The float constant operands of compute nodes with their reduction axis, and the
-    weights left out with the reason (uses that disagree on the axis)."""
+def weight_sites(model, *, embeddings: bool = False) -> tuple[list[WeightSite], dict[str, str]]:
+    """The float constant operands of compute nodes (and embedding tables when asked) with
+    their reduction axis, and the weights left out with the reason (uses that disagree on the
+    axis, e.g. a table both gathered and multiplied)."""
     sites: dict[str, WeightSite] = {}
     conflicts: dict[str, str] = {}
+    rules = {**REDUCTION_AXIS, **(EMBEDDING_AXIS if embeddings else {})}
     for node in model.nodes():
-        rule = REDUCTION_AXIS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        rule = rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         for index, axis, act_index, act_axis in (rule(node, model) if rule else []):
             value = node.inputs[index] if index < len(node.inputs) else None
             shape = model.constant_shape(value) if value is not None and value.is_initializer() else None

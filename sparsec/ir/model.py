@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
 from sparsec.errors import InputError
-from sparsec.ir import loading
+from sparsec.ir import loading, sparse_coo
 
 # The protobuf limit is 2 GiB; keep a margin for the graph structure itself.
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -47,7 +48,10 @@ class Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
         proto, files = loading.read_checked_proto(path)
+        sparse_names = sparse_coo.densify_sparse_initializers(proto)
         model = ir.serde.deserialize_model(proto)
+        if sparse_names and sparse_coo.COO_KEY not in model.metadata_props:
+            model.metadata_props[sparse_coo.COO_KEY] = json.dumps(sparse_names)
         _c_api_utils.call_onnx_api(lambda light: loading.check_structure(light, path), model)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)
@@ -60,8 +64,23 @@ class Model:
         """Wrap an in-memory ``onnx.ModelProto`` (tests, generated graphs)."""
         return cls(ir.serde.deserialize_model(proto))
 
-    def to_proto(self) -> onnx.ModelProto:
-        return ir.serde.serialize_model(self.ir)
+    def to_proto(self, *, sparse: bool = True) -> onnx.ModelProto:
+        """The ModelProto, with the initializers named in ``COO_KEY`` written as sparse
+        initializers unless ``sparse=False``."""
+        proto = ir.serde.serialize_model(self.ir)
+        if sparse and self.sparse_initializer_names():
+            sparse_coo.sparsify_initializers(proto, self.sparse_initializer_names())
+        return proto
+
+    def sparse_initializer_names(self) -> list[str]:
+        """Initializers this model writes as ONNX sparse initializers (COO)."""
+        return sparse_coo.coo_names(self.ir.metadata_props)
+
+    def set_sparse_initializer_names(self, names: list[str]) -> None:
+        if names:
+            self.set_metadata(sparse_coo.COO_KEY, json.dumps(sorted(names)))
+        elif self.ir.metadata_props.pop(sparse_coo.COO_KEY, None) is not None:
+            self.touch()
 
     def save(self, path: str | os.PathLike, *, force: bool = False) -> int:
         """Write atomically to ``path``; return the bytes written (model + external data).
@@ -77,7 +96,10 @@ class Model:
         os.close(fd)
         try:
             # External data is itself written atomically by onnx-ir (temp file + replace).
-            ir.save(self.ir, tmp, external_data=data_name)
+            if self.sparse_initializer_names():
+                onnx.save_model(self.to_proto(), tmp, save_as_external_data=bool(data_name), location=data_name)
+            else:
+                ir.save(self.ir, tmp, external_data=data_name)
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         except OSError as error:
@@ -125,8 +147,13 @@ class Model:
         """The ONNX checker's full-check complaint about this model, or None when it passes.
 
         Weights are lifted out during the check, so external data and size do not matter.
+        Sparse initializers get the full check in their dense form and the structural check
+        as written (see ``sparse_coo``).
         """
-        return _c_api_utils.call_onnx_api(loading.check_full, self.ir)
+        problem = _c_api_utils.call_onnx_api(loading.check_full, self.ir)
+        if problem is None and self.sparse_initializer_names():
+            problem = sparse_coo.check_sparse_structure(self.to_proto())
+        return problem
 
     def copy(self) -> Model:
         """An independent copy of the graph that shares the weight tensors: cheap, and safe

@@ -13,6 +13,11 @@ a byte, little-endian), and a decoder of standard ops whose output keeps W's nam
     bit = (Gather(bytes, idx / 8) / Gather(2^k, idx % 8)) % 2
     W   = Reshape(Gather(values, CumSum(bit) · bit), shape)
 
+``coo``: the weight stays a dense initializer in memory and is written as an ONNX
+``sparse_initializer`` (values + int64 linear indices; see ``sparsec.ir.sparse_coo``), which
+onnxruntime densifies at load; not a standard-op decoder, so other runtimes may refuse it, and
+it only shrinks fp32 weights above 2/3 sparsity.
+
 Every decoder input is an initializer, so onnxruntime's basic constant folding runs the decoder
 once at session creation: outputs are bit-identical to the dense form and no decoder op is
 left in the optimized graph (``check_encoded`` asserts both). Intermediates are int32 (int64
@@ -30,6 +35,7 @@ from typing import ClassVar
 import numpy as np
 
 from sparsec.analysis.weight_sites import weight_sites
+from sparsec.ir.sparse_coo import coo_bytes
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
 from sparsec.passes.sparsity import parse_nm
@@ -39,6 +45,7 @@ FORMAT_KEY = "sparsec.sparse_format"
 DECODER_PREFIX = "sparsec_decode"
 
 
+FORMATS = ("bitmask", "nm", "coo")
 FIELD_BITS = (1, 2, 4, 8)  # packed field widths: a field never straddles two bytes
 
 
@@ -92,8 +99,8 @@ class SparseEncodePass(InPlacePass):
         return parse_nm(self.nm)
 
     def check_options(self) -> None:
-        if self.format not in ("bitmask", "nm"):
-            raise PassError(f"sparse-encode: unknown format '{self.format}' (bitmask, nm)")
+        if self.format not in FORMATS:
+            raise PassError(f"sparse-encode: unknown format '{self.format}' ({', '.join(FORMATS)})")
         if self.format == "nm":
             if parse_nm(self.nm) is None:
                 raise PassError(f"sparse-encode: format nm needs nm='N:M' (the pattern the weights hold), got '{self.nm}'")
@@ -103,12 +110,12 @@ class SparseEncodePass(InPlacePass):
                                 "the nm format needs at most M (use bitmask)")
 
     def requires(self, model) -> None:
-        if model.opset < 11:
+        if model.opset < 11 and self.format != "coo":
             raise PassError(f"sparse-encode: the decoder needs opset 11 or newer (the model has {model.opset})")
 
     def call(self, model) -> PassResult:
         encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
-        axes = {site.name: site.axis for site in weight_sites(model)[0]}
+        axes = {site.name: site.axis for site in weight_sites(model, embeddings=True)[0]}
         diagnostics, sizes = [], []
         for name, value in list(model.initializers().items()):
             array = model.constant(value) if _candidate(model, value, self.min_elements) else None
@@ -131,12 +138,17 @@ class SparseEncodePass(InPlacePass):
     def _size(self, array: np.ndarray, axis: int | None) -> int | None:
         if self.format == "bitmask":
             return bitmask_bytes(array)
+        if self.format == "coo":
+            return coo_bytes(array)
         n, m = self._nm()
         return nm_bytes(array, n, m) if axis is not None and nm_fits(array, axis, n, m) else None
 
     def _encode(self, model, value, array: np.ndarray, axis: int | None) -> dict:
         if self.format == "bitmask":
             return _encode_bitmask(_Decoder(model, value), array)
+        if self.format == "coo":
+            model.set_sparse_initializer_names([*model.sparse_initializer_names(), value.name])
+            return {"format": "coo", "shape": list(array.shape)}
         return _encode_nm(_Decoder(model, value), array, axis, *self._nm())
 
 
@@ -237,8 +249,9 @@ def densify(model) -> int:
     encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
     decoded = {v.name: v for node in model.nodes() for v in node.outputs if v.name in encoded}
     for name, record in encoded.items():
-        if name in decoded:  # else already a plain initializer (e.g. folded by onnxruntime)
+        if name in decoded:  # else already a plain initializer (coo, or folded by onnxruntime)
             model.replace_by_constant(decoded[name], _decode(model, record))
+    model.set_sparse_initializer_names([])
     model.set_metadata(TENSORS_KEY, "{}")
     model.set_metadata(FORMAT_KEY, "dense")
     return len(encoded)

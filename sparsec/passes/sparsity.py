@@ -1,7 +1,8 @@
 """``weight-sparsity``: N:M, unstructured and block sparsity on compute weights (zeros kept dense).
 
 Sites come from ``sparsec.analysis.weight_sites`` (the constant operands of Conv,
-ConvTranspose, Gemm and MatMul, with their reduction axis). Invariants:
+ConvTranspose, Gemm and MatMul, with their reduction axis; with ``embeddings=True`` also the
+tables read by Gather, grouped along each gathered row). Invariants:
 - ``nm="N:M"``: along the reduction axis, every run of M consecutive weights keeps its N
   largest scores; a weight whose reduction length M does not divide is skipped and reported;
 - ``ratio=R`` (unstructured): ``round(R·size)`` weights of each tensor are zeroed (``local``),
@@ -77,8 +78,9 @@ class WeightSparsityPass(InPlacePass):
     lossy: ClassVar[bool] = True
 
     def __init__(self, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                 score: str = "magnitude", calibration: str = "", batch_size: int = 16) -> None:
+                 embeddings: bool = False, score: str = "magnitude", calibration: str = "", batch_size: int = 16) -> None:
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
+        self.embeddings = embeddings
         self.calibration, self.batch_size = calibration, batch_size
 
     def check_options(self) -> None:
@@ -105,7 +107,7 @@ class WeightSparsityPass(InPlacePass):
         return (int(match[1]), int(match[2])) if match and int(match[1]) > 0 and int(match[2]) > 0 else None
 
     def call(self, model) -> PassResult:
-        sites, conflicts = weight_sites(model)
+        sites, conflicts = weight_sites(model, embeddings=self.embeddings)
         skipped, notes = dict(conflicts), []
         initializers = model.initializers()
         arrays = {s.name: model.constant(initializers[s.name]) for s in sites}
@@ -145,7 +147,7 @@ class WeightSparsityPass(InPlacePass):
             shape[site.axis] = site.shape[site.axis]
             scores[site.name] = scores[site.name] * norm.reshape(shape).astype(np.float32)
         notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{name}' scored by magnitude "
-                             "(no activation to weigh it: grouped conv or constant input)") for name in skipped_magnitude]
+                             "(no activation to weigh it: grouped conv, embedding table or constant input)") for name in skipped_magnitude]
         return scores
 
     def _keep_masks(self, model, sites: list[WeightSite], arrays: dict, skipped: dict, notes: list) -> dict[str, np.ndarray]:
