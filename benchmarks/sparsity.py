@@ -5,10 +5,12 @@ Usage::
 
     python benchmarks/sparsity.py [--formats MODEL.onnx ...] [--repeat 7]
 
-Table 1 (formats), per model and pattern (2:4, 90 % unstructured): file bytes of the ``dense``
-and ``bitmask`` outputs as a fraction of the original, and the median onnxruntime session
-creation time of each (default optimization level, ``--repeat`` sessions, interleaved).
-Default models: the timm resnet18 (``.cache/timm``) and MiniLM (``.cache/minilm``) when built.
+Table 1 (formats), per model and pattern (2:4, 90 % unstructured): file bytes of the ``dense``,
+``bitmask``, ``nm`` (2:4 only) and ``coo`` outputs as a fraction of the original, and the
+median onnxruntime session creation time of each (default optimization level, ``--repeat``
+sessions, interleaved). Default models: the timm resnet18 (``.cache/timm``) and MiniLM
+(``.cache/minilm``) when built; MiniLM both with its embedding tables left dense (default) and
+sparsified too (``emb``: ``--embeddings``).
 
 Table 2 (accuracy): top-1 on the held-out digits (``models/digits_test.npz``) of the digits
 CNN / MLP / ViT after 2:4 and 50 % unstructured sparsity, with magnitude and with Wanda scores
@@ -16,7 +18,9 @@ CNN / MLP / ViT after 2:4 and 50 % unstructured sparsity, with magnitude and wit
 
 Table 3 (``--minilm``, needs ``.cache/minilm`` from models/make_minilm.py): mean cosine of
 all-MiniLM-L6-v2 sentence embeddings to the original's on 384 held-out real sentences, after
-2:4 and 50 %, magnitude vs Wanda (calibration: the other 128 sentences), no recovery.
+2:4 and 50 %, magnitude vs Wanda (calibration: the other 128 sentences), no recovery; and 2:4
+and 90 % with the embedding tables sparsified too (magnitude only: Wanda has no activation to
+weigh a table by).
 """
 
 from __future__ import annotations
@@ -35,14 +39,25 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 FORMAT_MODELS = [ROOT / ".cache/timm/resnet18_legacy.onnx", ROOT / ".cache/minilm/minilm_legacy.onnx"]
 PATTERNS = {"2:4": {"nm": "2:4"}, "90%": {"ratio": 0.9}}
+FORMATS = ("dense", "bitmask", "nm", "coo")
 
 
-def compress(source: Path, target: Path, sparse_format: str, score: str = "magnitude", **pattern) -> None:
+def compress(source: Path, target: Path, sparse_format: str, score: str = "magnitude", calibration: Path | None = None,
+             **pattern) -> None:
     from sparsec import api
 
-    calibration = MODELS / "digits_calib.npz" if score == "wanda" else None
+    if score == "wanda" and calibration is None:
+        calibration = MODELS / "digits_calib.npz"
     passes = api.sparsity_passes(score=score, calibration=calibration, sparse_format=sparse_format, **pattern)
     api.compress(source, target, pipeline=passes, latency_runs=0, force=True)
+
+
+def has_embeddings(model: Path) -> bool:
+    from sparsec.analysis.weight_sites import weight_sites
+    from sparsec.ir import Model
+
+    loaded = Model.load(model)
+    return len(weight_sites(loaded, embeddings=True)[0]) > len(weight_sites(loaded)[0])
 
 
 def session_ms(path: Path) -> float:
@@ -54,18 +69,21 @@ def session_ms(path: Path) -> float:
 def format_rows(models: list[Path], repeat: int, folder: Path) -> list[str]:
     rows = []
     for model in models:
-        for label, pattern in PATTERNS.items():
-            print(f"  {model.stem} {label}...", file=sys.stderr)
-            paths = {fmt: folder / f"{model.stem}_{fmt}.onnx" for fmt in ("dense", "bitmask")}
-            for fmt, path in paths.items():
-                compress(model, path, fmt, **pattern)
-            times = {fmt: [] for fmt in paths}
-            for _ in range(repeat):
+        for embeddings in (False, True) if has_embeddings(model) else (False,):
+            for label, pattern in PATTERNS.items():
+                print(f"  {model.stem} {label}{' emb' if embeddings else ''}...", file=sys.stderr)
+                formats = [f for f in FORMATS if f != "nm" or "nm" in pattern]
+                paths = {fmt: folder / f"{model.stem}_{fmt}.onnx" for fmt in formats}
                 for fmt, path in paths.items():
-                    times[fmt].append(session_ms(path))
-            size = model.stat().st_size
-            rows.append(f"{model.stem:<22} {label:>4} " + " ".join(
-                f"{paths[f].stat().st_size / size:8.3f} {statistics.median(times[f]):9.1f}" for f in paths))
+                    compress(model, path, fmt, embeddings=embeddings, **pattern)
+                times = {fmt: [] for fmt in paths}
+                for _ in range(repeat):
+                    for fmt, path in paths.items():
+                        times[fmt].append(session_ms(path))
+                size = model.stat().st_size
+                cells = [f"{paths[f].stat().st_size / size:8.3f} {statistics.median(times[f]):9.1f}" if f in paths
+                         else f"{'-':>8} {'-':>9}" for f in FORMATS]
+                rows.append(f"{model.stem:<22} {label:>4} {'emb' if embeddings else '':>3} " + " ".join(cells))
     return rows
 
 
@@ -97,18 +115,18 @@ def minilm_rows(folder: Path) -> list[str]:
     feeds = {"input_ids": data["input_ids"][128:], "attention_mask": data["attention_mask"][128:]}
     reference = embed(source, feeds)
     rows = []
-    for label, pattern in (("2:4", {"nm": "2:4"}), ("50%", {"ratio": 0.5})):
+    for label, pattern, scores in (("2:4", {"nm": "2:4"}, ("magnitude", "wanda")),
+                                   ("50%", {"ratio": 0.5}, ("magnitude", "wanda")),
+                                   ("2:4 emb", {"nm": "2:4", "embeddings": True}, ("magnitude",)),
+                                   ("90% emb", {"ratio": 0.9, "embeddings": True}, ("magnitude",))):
         cells = []
-        for score in ("magnitude", "wanda"):
-            from sparsec import api
-
+        for score in scores:
             target = folder / f"minilm_{score}.onnx"
-            passes = api.sparsity_passes(score=score, calibration=calibration if score == "wanda" else None, **pattern)
-            api.compress(source, target, pipeline=passes, latency_runs=0, force=True)
+            compress(source, target, "dense", score=score, calibration=calibration, **pattern)
             pruned = embed(target, feeds)
             cosine = (pruned * reference).sum(1) / np.linalg.norm(pruned, axis=1) / np.linalg.norm(reference, axis=1)
             cells.append(f"{cosine.mean():9.4f}")
-        rows.append(f"{label:<6} " + " ".join(cells))
+        rows.append(f"{label:<8} " + " ".join(cells))
     return rows
 
 
@@ -127,13 +145,13 @@ def main() -> int:
     if args.minilm:
         with tempfile.TemporaryDirectory() as folder:
             print("MiniLM sentence-embedding cosine to the original (384 held-out sentences, no recovery)")
-            print(f"{'':<6} {'magnitude':>9} {'wanda':>9}")
+            print(f"{'':<8} {'magnitude':>9} {'wanda':>9}")
             print("\n".join(minilm_rows(Path(folder))))
         return 0
     models = [m for m in (args.formats if args.formats is not None else FORMAT_MODELS) if m.exists()]
     with tempfile.TemporaryDirectory() as folder:
         print(f"file size (x original) and session creation (ms, median of {args.repeat})")
-        print(f"{'model':<22} {'':>4} {'dense':>8} {'ms':>9} {'bitmask':>8} {'ms':>9}")
+        print(f"{'model':<22} {'':>4} {'':>3} " + " ".join(f"{f:>8} {'ms':>9}" for f in FORMATS))
         print("\n".join(format_rows(models, args.repeat, Path(folder))))
         print("\ntop-1 on held-out digits (no recovery)")
         print(f"{'model':<12} {'original':>9} {'2:4 mag':>9} {'2:4 wanda':>9} {'50% mag':>9} {'50% wanda':>9}")

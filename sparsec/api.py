@@ -253,17 +253,18 @@ def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:
     return Pipeline(passes, fixed_point=True, on_pass=on_pass)
 
 
-def channel_passes(ratio: float = 0.5, *, importance: str = "l1", scope: str = "local", max_layer_ratio: float = 0.9,
-                   round_to: int = 1, exclude: Sequence[str] = (), seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
-    """What ``--channels`` runs: identity elimination and shape folding (so that Reshape targets
-    computed from static shapes become constants surgery can rewrite), ``channel-prune`` with
-    these options, then the cleanup passes."""
+def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0, importance: str = "l1",
+                   scope: str = "local", max_layer_ratio: float = 0.9, round_to: int = 1, exclude: Sequence[str] = (),
+                   seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
+    """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
+    (so that Reshape targets computed from static shapes become constants surgery can rewrite),
+    ``channel-prune`` with these options (``heads``/``ffn`` -1: as ``ratio``), then cleanup."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}")
     if plan is not None:
         read_plan(str(plan))  # a malformed plan is refused before any work
     prune = ChannelPrunePass(ratio=ratio, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
-                             round_to=round_to, exclude="|".join(exclude), seed=seed,
+                             round_to=round_to, exclude="|".join(exclude), seed=seed, heads=heads, ffn=ffn,
                              plan=str(Path(plan).resolve()) if plan is not None else "")
     prune.check_options()
     return [IdentityEliminationPass(), ConstantFoldShapesPass(), prune, *cleanup_passes()]

@@ -71,6 +71,12 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @click.option("--force", is_flag=True, help="Allow -o to overwrite the input model.")
 @click.option("--channels", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="R",
               help="Remove fraction R of the channels of every prunable channel group (then clean up).")
+@click.option("--heads", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="R",
+              help="Remove fraction R of the attention heads of every block (a KV head goes with all the query "
+                   "heads sharing it); overrides --channels for head groups.")
+@click.option("--ffn", type=click.FloatRange(0, 1, max_open=True), default=None, metavar="R",
+              help="Remove fraction R of the hidden units of every MLP (between two Gemm/MatMul layers); overrides "
+                   "--channels for those groups.")
 @click.option("--nm", default=None, metavar="N:M",
               help="Zero all but the N largest of every M consecutive weights along each weight's reduction "
                    "axis (e.g. 2:4); zeros stay in the dense file.")
@@ -110,7 +116,7 @@ def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, .
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
-             channels, nm, sparsity, block, embeddings, sparse_format, importance, calibration, scope, max_layer_ratio, round_to,
+             channels, heads, ffn, nm, sparsity, block, embeddings, sparse_format, importance, calibration, scope, max_layer_ratio, round_to,
              exclude, seed, plan_out, plan_in, input_shapes, inputs, rtol, atol, latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
@@ -123,20 +129,24 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     onnxruntime), and its difference from MODEL itself is reported.
     """
     _check_importance(importance, calibration, weights=nm is not None or sparsity is not None)
+    structured = channels is not None or heads is not None or ffn is not None
     pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, calibration,
-                                  pipeline, channels, plan_in)
+                                  pipeline, structured, plan_in)
     importance = importance or "l1"
-    if (channels is not None or plan_in is not None) and pipeline:
-        raise click.UsageError("--passes cannot be combined with --channels or --plan-in")
+    if (structured or plan_in is not None) and pipeline:
+        raise click.UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
     if plan_in is not None:
-        chosen = [flag for flag, value, default in (("--channels", channels, None), ("--importance", importance, "l1"),
+        chosen = [flag for flag, value, default in (("--channels", channels, None), ("--heads", heads, None),
+                  ("--ffn", ffn, None), ("--importance", importance, "l1"),
                   ("--importance-scope", scope, "local"), ("--max-layer-ratio", max_layer_ratio, 0.9),
                   ("--round-to", round_to, 1), ("--seed", seed, 0), ("--exclude", exclude, ())) if value != default]
         if chosen:
             raise click.UsageError(f"--plan-in applies a saved plan; drop {', '.join(chosen)}")
-    if channels is not None or plan_in is not None:
-        pipeline = api.channel_passes(channels or 0.0, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
-                                      round_to=round_to, exclude=exclude, seed=seed, plan=plan_in)
+    if structured or plan_in is not None:
+        pipeline = api.channel_passes(channels or 0.0, heads=-1.0 if heads is None else heads,
+                                      ffn=-1.0 if ffn is None else ffn, importance=importance, scope=scope,
+                                      max_layer_ratio=max_layer_ratio, round_to=round_to, exclude=exclude, seed=seed,
+                                      plan=plan_in)
     result = api.compress(model, output, pipeline=pipeline, input_shapes=input_shapes, inputs=inputs, force=force,
                           report=report_path, plan_out=plan_out, rtol=rtol, atol=atol, latency_runs=latency_runs,
                           on_pass=_progress)
@@ -155,7 +165,7 @@ def _check_importance(importance: str | None, calibration, *, weights: bool) -> 
 
 
 def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, calibration, pipeline,
-                       channels, plan_in):
+                       structured, plan_in):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
     if nm is None and sparsity is None:
         if block is not None:
@@ -163,9 +173,9 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
         if sparse_format != "dense" or embeddings:
             raise click.UsageError(f"{'--embeddings' if embeddings else '--sparse-format'} needs --nm or --sparsity")
         return pipeline
-    if pipeline or channels is not None or plan_in is not None:
-        raise click.UsageError("--nm / --sparsity prune on their own: drop --passes, --channels and --plan-in "
-                               "(run sparsec twice to combine)")
+    if pipeline or structured or plan_in is not None:
+        raise click.UsageError("--nm / --sparsity prune on their own: drop --passes, --channels, --heads, --ffn and "
+                               "--plan-in (run sparsec twice to combine)")
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
     return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope, embeddings=embeddings,

@@ -16,6 +16,9 @@ that axis. A rule looks at one node and returns a ``Coupling``:
 - ``stats``: members the node reduces over to compute a statistic (LayerNorm, ReduceMean), or
   sums over in a product of two activations: pruning them is exact only against an oracle
   that masks them too (it does).
+- ``roles``: what a member is to the node, for choosing ratios per kind of group: ``conv`` or
+  ``linear`` (a compute weight's axis), ``heads`` (the head axis of an attention: a batch axis
+  of a product of two activations, or the heads of an attention op).
 
 Every axis of every input and output of the node that the coupling neither links nor frees is
 *blocked* by that node: a channel group containing it is not pruned, and the reason names the
@@ -57,6 +60,7 @@ class Coupling:
     stats: set[Member] = field(default_factory=set)
     reasons: dict[Member, str] = field(default_factory=dict)  # specific block reasons
     sizes: dict[Member, int] = field(default_factory=dict)  # sizes of virtual members
+    roles: dict[Member, str] = field(default_factory=dict)  # conv / linear / heads
 
     def link(self, a: Member, b: Member, index: np.ndarray | None = None) -> None:
         self.edges.append(Edge(a, b, index))
@@ -153,11 +157,13 @@ def link_broadcast(c: Coupling, ctx: RuleContext, value, out) -> None:
             c.free.add((value.name, axis))
 
 
-def compute_axes(c: Coupling, ctx: RuleContext, value, axes) -> None:
+def compute_axes(c: Coupling, ctx: RuleContext, value, axes, role: str = "linear") -> None:
     """Mark ``axes`` of ``value``, when it is a constant, as compute-weight channel axes."""
     rank = ctx.rank(value)
     if rank is not None and ctx.is_const(value):
-        c.compute.update((value.name, norm_axis(axis, rank)) for axis in axes if -rank <= axis < rank)
+        members = {(value.name, norm_axis(axis, rank)) for axis in axes if -rank <= axis < rank}
+        c.compute.update(members)
+        c.roles.update(dict.fromkeys(members, role))
 
 
 # ---------------------------------------------------------------- elementwise and activations
@@ -263,7 +269,7 @@ def conv(node, ctx: RuleContext) -> Coupling:
     c.link((full.name, 1), (w.name, 0))
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         c.link((node.inputs[2].name, 0), (y.name, 1))
-    compute_axes(c, ctx, w, (0, 1))
+    compute_axes(c, ctx, w, (0, 1), role="conv")
     if not ctx.is_const(w):
         c.block((x.name, 1), "is convolved with a weight computed at run time")
     if groups == 1:
@@ -322,6 +328,8 @@ def matmul(node, ctx: RuleContext) -> Coupling:
     compute_axes(c, ctx, a, (-2, -1))
     compute_axes(c, ctx, b, (-2, -1))
     contraction(c, ctx, a, b, ra - 1)
+    if not ctx.is_const(a) and not ctx.is_const(b):  # attention scores or context: batch axes hold heads
+        c.roles.update({(y.name, axis): "heads" for axis in range(batch)})
     return c
 
 

@@ -38,10 +38,20 @@ class ChannelGroup:
     stats: list[Member] = field(default_factory=list)
     reason: str | None = None  # why the group is not prunable (None: prunable)
     nodes: set[str] = field(default_factory=set)  # names of the nodes touching the group
+    roles: set[str] = field(default_factory=set)  # the members' roles (axis_rules.Coupling.roles)
 
     @property
     def prunable(self) -> bool:
         return self.reason is None
+
+    @property
+    def kind(self) -> str:
+        """``heads`` (attention heads are its units), ``ffn`` (hidden units between linear
+        layers: only Gemm/MatMul weights, no statistic over it, as in an MLP) or ``channels``
+        (anything else: conv channels, a residual stream under LayerNorm)."""
+        if "heads" in self.roles:
+            return "heads"
+        return "ffn" if self.roles & {"linear", "conv"} == {"linear"} and not self.stats else "channels"
 
     def kept_positions(self, member: Member, removed_units: np.ndarray) -> np.ndarray:
         return np.flatnonzero(~self.removed_mask(removed_units)[self.atoms[member]])
@@ -122,12 +132,17 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
             sizes[member] = shape[member[1]] if shape is not None and member[1] < len(shape) else 0
     stats = {m for c in couplings for m in c.stats}
     compute = {m for c in couplings for m in c.compute}
+    roles: dict[Member, set[str]] = {}
+    for coupling in couplings:
+        for member, role in coupling.roles.items():
+            roles.setdefault(member, set()).add(role)
     groups = []
     for component in nx.connected_components(graph):
         if not compute & component or max(sizes[m] for m in component) < 2:
             continue
         group = _make_group(len(groups), model, graph, component, sizes, compute, stats, blocked)
         group.nodes = set().union(*(touching.get(m, set()) for m in component))
+        group.roles = set().union(*(roles.get(m, set()) for m in component))
         groups.append(group)
     return GroupAnalysis(groups, couplings, barriers)
 

@@ -6,11 +6,13 @@ Decide, then cut: channel groups come from ``sparsec.analysis.groups``, unit sco
 - a group that is blocked, excluded, or has a single unit is left whole, and says why;
 - a group never loses all its units, nor more than ``max_layer_ratio`` of them, and no member
   tensor loses all its positions;
+- a group's ratio is ``heads`` for attention-head groups and ``ffn`` for MLP hidden-unit groups
+  when those are set (>= 0), else ``ratio`` (``ChannelGroup.kind`` says which a group is);
 - ``local`` scope removes ``floor(ratio·n)`` units from each *segment* of n units (a group's
   units split by the set of weights they appear in: one segment per DenseNet layer feeding a
   Concat, one for a residual stream), so every layer keeps a balanced width; ``global`` ranks
-  units of all groups together (scores relative to their group's mean) and gives each group the
-  share of its units below the global cut as its ratio;
+  units of all groups sharing a ratio together (scores relative to their group's mean) and gives
+  each group the share of its units below the global cut as its ratio;
 - with ``round_to=K`` a segment keeps a multiple of K units when it has more than K;
 - the result carries the masked original (the oracle reference) and the plan: kept indices
   per constant and axis, which ``plan=`` reads back to repeat the same cut.
@@ -44,8 +46,9 @@ class ChannelPrunePass(InPlacePass):
 
     def __init__(self, ratio: float = 0.5, importance: str = "l1", scope: str = "local",
                  max_layer_ratio: float = 0.9, round_to: int = 1, exclude: str = "", seed: int = 0,
-                 plan: str = "") -> None:
+                 plan: str = "", heads: float = -1.0, ffn: float = -1.0) -> None:
         self.ratio, self.importance, self.scope = ratio, importance, scope
+        self.heads, self.ffn = heads, ffn
         self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
         self.seed, self.plan = seed, plan
 
@@ -53,12 +56,16 @@ class ChannelPrunePass(InPlacePass):
         """Always names the ratio and importance (the record of how a model was made); with a
         plan, only the plan and the exclusions matter."""
         if self.plan:
-            return super().describe(skip=("ratio", "importance", "scope", "max_layer_ratio", "round_to", "seed"))
+            return super().describe(skip=("ratio", "importance", "scope", "max_layer_ratio", "round_to", "seed",
+                                          "heads", "ffn"))
         return super().describe(always=("ratio", "importance"))
 
     def check_options(self) -> None:
-        if not 0 <= self.ratio < 1:
-            raise PassError(f"channel-prune: ratio must be in [0, 1), got {self.ratio}")
+        for option in ("ratio", "heads", "ffn"):
+            value = getattr(self, option)
+            if not 0 <= value < 1 and not (option != "ratio" and value == -1):
+                raise PassError(f"channel-prune: {option} must be in [0, 1){'' if option == 'ratio' else ' (or -1: as ratio)'}, "
+                                f"got {value}")
         if self.scope not in ("local", "global"):
             raise PassError(f"channel-prune: scope must be local or global, got '{self.scope}'")
         if not 0 < self.max_layer_ratio <= 1:
@@ -103,17 +110,35 @@ class ChannelPrunePass(InPlacePass):
         if not result.modified:
             found.append(Diagnostic("warning", "channel.nothing-pruned",
                                     "no channel was removed (every group is kept, or the ratio rounds to zero)"))
-        if self.ratio > self.max_layer_ratio and not self.plan:
+        if max(self.ratio, self.heads, self.ffn) > self.max_layer_ratio and not self.plan:
             found.append(Diagnostic("warning", "channel.ratio-capped",
-                                    f"ratio {self.ratio:g} is capped at max_layer_ratio {self.max_layer_ratio:g}"))
+                                    f"ratio {max(self.ratio, self.heads, self.ffn):g} is capped at max_layer_ratio "
+                                    f"{self.max_layer_ratio:g}"))
+        kinds = {g.kind for g in find_channel_groups(model).groups} if self.heads > 0 or self.ffn > 0 else set()
+        found += [Diagnostic("warning", f"channel.no-{kind}", f"{kind} ratio given, but no {what} was found")
+                  for kind, value, what in (("heads", self.heads, "attention-head group"), ("ffn", self.ffn, "MLP hidden-unit group"))
+                  if value > 0 and kind not in kinds and not self.plan]
         return found
 
     def _select(self, model, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
         ctx = ImportanceContext(model, seed=self.seed)
         scores = {g.id: group_scores(g, self.importance, ctx) for g in groups}
-        ratios = self._global_ratios(groups, scores) if self.scope == "global" else {g.id: self.ratio for g in groups}
+        ratios = {g.id: self.ratio_for(g) for g in groups}
+        if self.scope == "global":
+            buckets: dict[str, list[ChannelGroup]] = {}
+            for group in groups:
+                buckets.setdefault(self._ratio_source(group), []).append(group)
+            ratios = {gid: r for bucket in buckets.values() for gid, r in
+                      self._global_ratios(bucket, scores, ratios[bucket[0].id]).items()}
         return {g.id: _keep_every_member(g, self._lowest_per_segment(g, scores[g.id], ratios[g.id]), scores[g.id])
                 for g in groups}
+
+    def _ratio_source(self, group: ChannelGroup) -> str:
+        """Which option sets this group's ratio: ``heads``, ``ffn`` or ``ratio``."""
+        return group.kind if group.kind in ("heads", "ffn") and getattr(self, group.kind) >= 0 else "ratio"
+
+    def ratio_for(self, group: ChannelGroup) -> float:
+        return getattr(self, self._ratio_source(group))
 
     def _lowest_per_segment(self, group: ChannelGroup, scores: np.ndarray, ratio: float) -> np.ndarray:
         """Each segment loses ``ratio`` of its units (rounded per ``round_to``), lowest scores first."""
@@ -126,13 +151,14 @@ class ChannelPrunePass(InPlacePass):
             removed.append(order[: len(segment) - keep])
         return np.sort(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
 
-    def _global_ratios(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray]) -> dict[int, float]:
-        """Rank all units together (scores relative to their group's mean); each group's ratio
-        is the share of its units below the global cut, at most ``max_layer_ratio``."""
+    def _global_ratios(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, float]:
+        """Rank all units of ``groups`` together (scores relative to their group's mean); each
+        group's ratio is the share of its units below the cut at ``ratio``, at most
+        ``max_layer_ratio``."""
         relative = np.concatenate([scores[g.id] / (scores[g.id].mean() + 1e-12) for g in groups] or [np.zeros(0)])
         if relative.size == 0:
             return {}
-        cut = np.sort(relative)[max(int(self.ratio * relative.size) - 1, 0)] if self.ratio > 0 else -np.inf
+        cut = np.sort(relative)[max(int(ratio * relative.size) - 1, 0)] if ratio > 0 else -np.inf
         return {g.id: min(float(np.mean(scores[g.id] / (scores[g.id].mean() + 1e-12) <= cut)), self.max_layer_ratio)
                 for g in groups}
 
