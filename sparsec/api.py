@@ -20,6 +20,7 @@ from pathlib import Path
 from sparsec import __version__
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.heads import attention_blocks
 from sparsec.analysis.inputs import bind_shapes, feed_shapes, load_npz, parse_input_shapes, random_inputs
 from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model
@@ -102,6 +103,13 @@ def channel_groups(model: Model, input_shapes: Sequence[str] = ()) -> tuple[list
                         for name, axis in group.members if not name.startswith("#")],
         })
     return rows, dict(analysis.barriers)
+
+
+def attention_heads(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
+    """The attention blocks of ``model`` as JSON-ready dicts (group, form, heads, kv_heads,
+    head_dim, q/k/v/o weights, and why ``--heads`` would leave a block whole, if it would)."""
+    analysis = find_channel_groups(model, parse_input_shapes(input_shapes, model) or None)
+    return [block.to_json() for block in attention_blocks(model, analysis)]
 
 
 def _value_info(model: Model, value, bound) -> dict:

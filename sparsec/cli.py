@@ -49,14 +49,19 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON (top-level params and macs).")
 @click.option("--groups", is_flag=True,
               help="Also list the channel groups: members, channels, prunable or why not (naming the blocking op).")
+@click.option("--heads", is_flag=True,
+              help="Also list the attention blocks: Q/K/V/O weights, heads, KV heads, head_dim, how each was found.")
 @input_shape_option
 @inputs_option
-def analyze(model: Path, as_json: bool, groups: bool, input_shapes: tuple[str, ...], inputs: Path | None) -> None:
+def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes: tuple[str, ...],
+            inputs: Path | None) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
     loaded = api.Model.load(model)
     summary = api.analyze(loaded, input_shapes, inputs)
     if groups:
         summary["channel_groups"], summary["channel_barriers"] = api.channel_groups(loaded, input_shapes)
+    if heads:
+        summary["attention_blocks"] = api.attention_heads(loaded, input_shapes)
     click.echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
 
 

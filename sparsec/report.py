@@ -106,7 +106,22 @@ def analyze_text(summary: dict) -> str:
         text += "\n\n" + groups_text(summary["channel_groups"])
         for node, op in summary.get("channel_barriers", {}).items():
             text += f"\nbarrier: {node or '(unnamed)'} ({op}) has no axis rule; groups through it are kept"
+    if "attention_blocks" in summary:
+        text += "\n\n" + heads_text(summary["attention_blocks"])
     return text
+
+
+def heads_text(blocks: list[dict]) -> str:
+    """One row per attention block: heads / KV heads / head_dim, its weights, how it was found."""
+    rows = []
+    for block in blocks:
+        weights = "  ".join(f"{role.upper()} {', '.join(block[role]) or '?'}" for role in ("q", "k", "v", "o"))
+        status = "prunable" if block["reason"] is None else f"kept: {block['reason']}"
+        rows.append([str(block["group"]), str(block["heads"]), str(block["kv_heads"]), str(block["head_dim"] or "?"),
+                     block["form"], weights, status])
+    head = f"attention blocks: {len(blocks)}" + ("" if blocks else " (no attention heads found)")
+    return head + ("\n" + table(rows, ["group", "heads", "kv", "head_dim", "found as", "weights", "status"],
+                                left=(4, 5, 6)) if rows else "")
 
 
 def groups_text(groups: list[dict]) -> str:

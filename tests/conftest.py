@@ -11,6 +11,12 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
+from sparsec.analysis.inputs import bind_shapes, random_inputs
+from sparsec.ir import Model
+from sparsec.passes import Pipeline
+from sparsec.passes.builtin import cleanup_passes
+from sparsec.passes.channel_prune import ChannelPrunePass
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 sys.path.insert(0, str(MODELS))  # the model-building scripts (fill_light_models, make_cleanup_model)
@@ -65,3 +71,20 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return invoke
+
+
+def prune(path_or_model, **options):
+    """``channel-prune`` with ``options`` then cleanup, on a path or a Model: (model, result)."""
+    model = path_or_model if isinstance(path_or_model, Model) else Model.load(path_or_model)
+    result = Pipeline([ChannelPrunePass(**options), *cleanup_passes()], fixed_point=True)(model)
+    return model, result
+
+
+def oracle_error(model: Model, reference: Model, seed: int = 0) -> float:
+    """max |pruned − masked original| / max |masked original| over every output."""
+    feeds = random_inputs(reference, bind_shapes(reference), seed)
+    worst = 0.0
+    for expected, actual in zip(run_ort(reference.to_proto(), feeds), run_ort(model.to_proto(), feeds)):
+        assert expected.shape == actual.shape
+        worst = max(worst, float(np.abs(expected - actual).max() / np.abs(expected).max()))
+    return worst

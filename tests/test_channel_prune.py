@@ -8,35 +8,16 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MODELS, make_model, run_ort
+from conftest import MODELS, make_model, oracle_error, prune
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.axis_rules import AXIS_RULES
 from sparsec.analysis.groups import find_channel_groups
-from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.ir import Model
-from sparsec.passes import Pipeline
-from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
 
 COUPLINGS = sorted((MODELS / "couplings").glob("*.onnx"))
 DIGITS = [MODELS / "digits_cnn.onnx", MODELS / "digits_mlp.onnx", MODELS / "digits_vit.onnx"]
-
-
-def prune(path_or_model, **options):
-    model = path_or_model if isinstance(path_or_model, Model) else Model.load(path_or_model)
-    result = Pipeline([ChannelPrunePass(**options), *cleanup_passes()], fixed_point=True)(model)
-    return model, result
-
-
-def oracle_error(model: Model, reference: Model, seed: int = 0) -> float:
-    """max |pruned − masked original| / max |masked original| over every output."""
-    feeds = random_inputs(reference, bind_shapes(reference), seed)
-    worst = 0.0
-    for expected, actual in zip(run_ort(reference.to_proto(), feeds), run_ort(model.to_proto(), feeds)):
-        assert expected.shape == actual.shape
-        worst = max(worst, float(np.abs(expected - actual).max() / np.abs(expected).max()))
-    return worst
 
 
 def weight_shape(model: Model, name: str) -> tuple[int, ...]:

@@ -1,0 +1,128 @@
+"""Attention blocks, found from the channel groups whose units are heads.
+
+A channel group has kind ``heads`` when an axis rule gave one of its members the ``heads`` role:
+a batch axis of a product of two activations (the written-out ``Q·Kᵀ`` and ``P·V``) or the
+head axis of an attention op (ONNX ``Attention``, ``com.microsoft`` attention ops). Its units
+are what can be removed: one head, or, under grouped-query attention, one KV head with all the
+query heads that share it (the K/V repeat links them). So, per block:
+
+- ``kv_heads`` = the group's units; ``heads`` = the size of the widest head-role axis (the
+  query heads); ``head_dim`` = the query projection's output width / ``heads``;
+- Q, K, V are the constant weights the operands of the attention product (or op) are computed
+  from, traced up through layout and elementwise ops; O is the weight that reduces over the
+  group (its reduction axis, ``weight_sites.REDUCTION_AXIS``, is the group's member).
+
+Nothing here decides what is pruned: ``--heads`` prunes head groups like any channel group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sparsec.analysis.groups import ChannelGroup, GroupAnalysis, find_channel_groups
+from sparsec.analysis.weight_sites import weight_sites
+
+ATTENTION_OPS = {("", "Attention"), ("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"),
+                 ("com.microsoft", "GroupQueryAttention")}
+# ops a projection's output passes through on its way to the attention product
+PASS_THROUGH = {"Reshape", "Transpose", "Add", "Sub", "Mul", "Div", "Cast", "Squeeze", "Unsqueeze", "Expand",
+                "Identity", "Slice", "Split", "Where", "Softmax", "Concat"}
+
+
+@dataclass
+class AttentionBlock:
+    group: int
+    form: str  # how it was found
+    heads: int
+    kv_heads: int
+    head_dim: int | None
+    q: list[str] = field(default_factory=list)
+    k: list[str] = field(default_factory=list)
+    v: list[str] = field(default_factory=list)
+    o: list[str] = field(default_factory=list)
+    reason: str | None = None  # why --heads would leave it whole (None: prunable)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def attention_blocks(model, analysis: GroupAnalysis | None = None) -> list[AttentionBlock]:
+    """Every attention block of ``model``, in graph order of its channel group."""
+    analysis = analysis or find_channel_groups(model)
+    reduction = {site.name: site.axis for site in weight_sites(model)[0]}
+    return [_block(model, group, reduction) for group in analysis.groups if group.kind == "heads"]
+
+
+def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBlock:
+    nodes = [n for n in model.nodes() if (n.name or n.op_type) in group.nodes]
+    fused = [n for n in nodes if (_domain(n), n.op_type) in ATTENTION_OPS]
+    if fused:
+        node = fused[0]
+        form = f"{_domain(node) + '::' if _domain(node) else 'ONNX '}{node.op_type} op"
+        operands = {"q": node.inputs[0], "k": _input(node, 1), "v": _input(node, 2)}
+    else:
+        products = [n for n in nodes if n.op_type == "MatMul" and not any(model.constant_shape(v) for v in n.inputs)]
+        scores = next((n for n in products if _feeds_softmax(n)), products[0])
+        context = next((n for n in products if n is not scores), scores)
+        form = "written out (MatMul → Softmax → MatMul)"
+        operands = {"q": scores.inputs[0], "k": scores.inputs[1], "v": context.inputs[1]}
+    weights = {role: _source_weights(model, value) for role, value in operands.items()}
+    projections = {name for names in weights.values() for name in names}
+    o = sorted({name for name, axis in group.compute if reduction.get(name) == axis and name not in projections})
+    heads = _fused_heads(model, fused[0]) if fused else \
+        max((group.sizes[m] for m in group.members if _is_head_axis(model, m, nodes)), default=group.units)
+    q_width = next((group.sizes[m] for m in group.compute if m[0] in weights["q"]), None)
+    head_dim = q_width // heads if q_width and heads and q_width % heads == 0 else None
+    return AttentionBlock(group.id, form, heads, group.units, head_dim, weights["q"], weights["k"], weights["v"], o,
+                          group.reason)
+
+
+def _fused_heads(model, node) -> int:
+    """The query heads an attention op declares (``num_heads`` or ``q_num_heads``)."""
+    return int(model.attr(node, "num_heads", 0) or model.attr(node, "q_num_heads", 0))
+
+
+def _domain(node) -> str:
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def _input(node, index: int):
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _feeds_softmax(node, depth: int = 4) -> bool:
+    """Whether ``node``'s output reaches a Softmax within ``depth`` ops (scale, mask, cast)."""
+    frontier = [node]
+    for _ in range(depth):
+        frontier = [use.node for n in frontier for out in n.outputs for use in out.uses()]
+        if any(n.op_type == "Softmax" for n in frontier):
+            return True
+    return False
+
+
+def _source_weights(model, value, depth: int = 12) -> list[str]:
+    """The constant weights of the MatMul/Gemm that ``value`` is computed from, walking up
+    through layout and elementwise ops (a packed QKV projection gives its one weight)."""
+    for _ in range(depth):
+        node = value.producer() if value is not None else None
+        if node is None:
+            return []
+        if node.op_type in ("MatMul", "Gemm"):
+            weights = [v.name for v in node.inputs[:2] if v is not None and model.constant_shape(v) is not None]
+            if weights:
+                return weights
+        if node.op_type not in PASS_THROUGH:
+            return []
+        value = next((v for v in node.inputs if v is not None and model.constant_shape(v) is None), None)
+    return []
+
+
+def _is_head_axis(model, member, nodes) -> bool:
+    """Whether ``member`` is the head axis an attention product or op reports (its output's
+    batch axis next to the last two, or the op's own head axis)."""
+    name, axis = member
+    for node in nodes:
+        if any(out.name == name for out in node.outputs):
+            rank = len(model.shape_dims(node.outputs[0]) or ())
+            return rank >= 3 and axis == rank - 3
+    return False

@@ -1,0 +1,104 @@
+"""Attention heads and MLP neurons: detection (``attention_blocks``), ``--heads`` / ``--ffn``
+pruning checked against the exactness oracle, counts read back from the output graph."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MODELS, oracle_error, prune
+
+from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.heads import attention_blocks
+from sparsec.analysis.weight_sites import weight_sites
+from sparsec.ir import Model
+
+VIT = MODELS / "digits_vit.onnx"  # 2 blocks, 4 heads of 8, MLP 32 -> 64 -> 32 (legacy exporter)
+ATTENTION = sorted((MODELS / "attention").glob("*.onnx")) if (MODELS / "attention").is_dir() else []
+
+
+def _shape(model: Model, name: str) -> tuple[int, ...]:
+    return model.constant_shape(model.initializers()[name])
+
+
+def test_written_out_attention_is_found_with_its_weights():
+    model = Model.load(VIT)
+    blocks = attention_blocks(model)
+    assert len(blocks) == 2
+    axes = {site.name: site.axis for site in weight_sites(model)[0]}
+    for block in blocks:
+        assert (block.heads, block.kv_heads, block.head_dim) == (4, 4, 8)
+        q, k, v, o = block.q[0], block.k[0], block.v[0], block.o[0]
+        assert len({q, k, v, o}) == 4
+        # Q/K/V project the 32-wide stream to heads x head_dim; O reduces heads x head_dim back
+        assert _shape(model, q)[1] == _shape(model, k)[1] == _shape(model, v)[1] == block.heads * block.head_dim
+        assert _shape(model, o)[axes[o]] == block.heads * block.head_dim
+        assert block.reason is None
+
+
+@pytest.mark.parametrize("ratio, kept", [(0.5, 2), (0.25, 3), (0.9, 1)])
+def test_heads_ratio_removes_that_share_of_every_block_and_never_all(ratio, kept):
+    original = Model.load(VIT)
+    before = attention_blocks(original)
+    mlp = [m for g in find_channel_groups(original).groups if g.kind == "ffn" and g.prunable for m in g.compute]
+    model, result = prune(VIT, ratio=0.0, heads=ratio)
+    assert oracle_error(model, result.reference()) <= 1e-4
+    assert model.check() is None
+    for block in before:  # the weights really shrank: head_dim stays, heads go
+        assert all(_shape(model, name)[1] == kept * 8 for name in block.q + block.k + block.v)
+    if kept > 1:  # a single head has no head axis left to find
+        assert [(b.heads, b.head_dim) for b in attention_blocks(model)] == [(kept, 8), (kept, 8)]
+    assert len(mlp) == 4 and all(_shape(model, name) == _shape(original, name) for name, _ in mlp)  # MLPs untouched
+
+
+def test_ffn_ratio_halves_every_mlp_and_leaves_heads():
+    model, result = prune(VIT, ratio=0.0, ffn=0.5)
+    assert oracle_error(model, result.reference()) <= 1e-4
+    groups = [g for g in find_channel_groups(model).groups if g.prunable]
+    assert sorted(g.units for g in groups if g.kind == "ffn") == [32, 32]
+    assert [b.heads for b in attention_blocks(model)] == [4, 4]
+
+
+def test_heads_and_ffn_override_channels_per_kind():
+    model, result = prune(VIT, ratio=0.25, heads=0.5, ffn=0.75)
+    assert oracle_error(model, result.reference()) <= 1e-4
+    kinds = {}
+    for group in find_channel_groups(model).groups:
+        if group.prunable:
+            kinds.setdefault(group.kind, []).append(group.units)
+    assert kinds["heads"] == [2, 2] and kinds["ffn"] == [16, 16] and kinds["channels"] == [24]
+
+
+def test_global_heads_ranks_heads_of_all_blocks_together_and_keeps_one_per_block():
+    model, result = prune(VIT, ratio=0.0, heads=0.5, scope="global")
+    assert oracle_error(model, result.reference()) <= 1e-4
+    heads = [b.heads for b in attention_blocks(model)]
+    assert sum(heads) == 4 and min(heads) >= 1
+
+
+def test_cli_heads_report_and_analyze(cli, tmp_path):
+    out, report = tmp_path / "h.onnx", tmp_path / "r.json"
+    code, stdout, stderr = cli("compress", VIT, "--heads", "0.5", "-o", out, "--report", report, "--latency-runs", "0")
+    assert code == 0, stderr
+    assert "heads=0.5" in json.loads(report.read_text())["pipeline"]
+    code, stdout, _ = cli("analyze", out, "--heads", "--json")
+    blocks = json.loads(stdout)["attention_blocks"]
+    assert [(b["heads"], b["kv_heads"], b["head_dim"]) for b in blocks] == [(2, 2, 8), (2, 2, 8)]
+    code, stdout, _ = cli("analyze", MODELS / "digits_cnn.onnx", "--heads")
+    assert code == 0 and "no attention heads found" in stdout
+
+
+def test_heads_on_a_model_without_attention_warns(cli, tmp_path):
+    code, stdout, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--heads", "0.5", "-o", tmp_path / "x.onnx",
+                               "--latency-runs", "0")
+    assert "no attention-head group was found" in stdout + stderr
+
+
+def test_head_pruning_really_changes_the_function():
+    """The oracle is not vacuous here either: removing heads changes the logits."""
+    from conftest import run_ort
+    model, _ = prune(VIT, ratio=0.0, heads=0.5)
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    before, after = run_ort(Model.load(VIT).to_proto(), {"input": x})[0], run_ort(model.to_proto(), {"input": x})[0]
+    assert np.abs(before - after).max() > 1e-2
