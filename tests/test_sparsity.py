@@ -147,14 +147,19 @@ def test_channel_norms_match_numpy_in_any_batch_size(rng, tmp_path):
         np.testing.assert_allclose(norms[(flatten, 1)], expected, rtol=1e-6)
 
 
-def test_wanda_weighs_weights_by_their_input_channel_norm(rng, tmp_path):
-    """Two input channels with equal weights: Wanda drops the one whose activation is small."""
+@pytest.mark.parametrize("external", [False, True], ids=["embedded", "external-data"])
+def test_wanda_weighs_weights_by_their_input_channel_norm(rng, tmp_path, external):
+    """Two input channels with equal weights: Wanda drops the one whose activation (here a
+    graph input, read from the calibration run in both session paths) is small."""
+    import onnx
     weight = np.ones((2, 4), np.float32)
     proto = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", F, ["batch", 2])], [("y", F, ["batch", 4])],
                        [numpy_helper.from_array(weight, "w")])
     calibration = tmp_path / "calib.npz"
     np.savez(calibration, x=np.stack([rng.normal(size=64) * 10, rng.normal(size=64) * 0.1], axis=1).astype(np.float32))
-    model = Model.from_proto(proto)
+    onnx.save(proto, str(tmp_path / "m.onnx"), save_as_external_data=external, location="m.onnx.data", size_threshold=0)
+    model = Model.load(tmp_path / "m.onnx")
+    assert model.has_external_data() == external
     WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(model)
     pruned = model.constant(model.initializers()["w"])
     assert (pruned[0] != 0).all() and (pruned[1] == 0).all()  # every output row keeps the loud channel

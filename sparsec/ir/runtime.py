@@ -93,10 +93,10 @@ def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str =
 
 @contextlib.contextmanager
 def _exposed(model, names: Sequence[str]):
-    """Temporarily list the named intermediate values as graph outputs."""
+    """Temporarily list the named intermediate values (or graph inputs) as graph outputs."""
     outputs = model.graph.outputs
     original = list(outputs)
-    by_name = {v.name: v for node in model.nodes() for v in node.outputs}
+    by_name = {v.name: v for v in model.graph.inputs} | {v.name: v for node in model.nodes() for v in node.outputs}
     outputs.extend(by_name[n] for n in names if n in by_name and by_name[n] not in original)
     try:
         yield

@@ -15,7 +15,10 @@ tables read by Gather, grouped along each gathered row). Invariants:
   over, from ``calibration`` samples captured in batches; unstructured Wanda compares within
   each output row); ``wanda`` without calibration data is refused.
 The pass only multiplies weights by 0/1 masks: the result is its own oracle reference (the
-sparse-encoded formats of a later pass must equal it bit for bit).
+sparse-encoded formats of a later pass must equal it bit for bit). SparseGPT is deliberately not
+a score here: it is a mask plus an update of the kept weights from the calibration Hessian,
+i.e. a mask-respecting least-squares refit, which belongs to the recovery pass (it reads the
+zeros this pass leaves as the mask to keep, from the same ``activations`` capture).
 """
 
 from __future__ import annotations
@@ -110,8 +113,9 @@ class WeightSparsityPass(InPlacePass):
         sites, conflicts = weight_sites(model, embeddings=self.embeddings)
         skipped, notes = dict(conflicts), []
         initializers = model.initializers()
-        arrays = {s.name: model.constant(initializers[s.name]) for s in sites}
-        keeps = self._keep_masks(model, sites, arrays, skipped, notes)
+        norms = self._activation_norms(model, sites, notes)  # before any weight is read: a session may
+        arrays = {s.name: model.constant(initializers[s.name]) for s in sites}  # need to move mmapped weights
+        keeps = self._keep_masks(sites, arrays, norms, skipped)
         tensors = []
         for site in sites:
             if site.name not in keeps:
@@ -131,27 +135,29 @@ class WeightSparsityPass(InPlacePass):
     def _pattern(self) -> str:
         return f"{self.nm}" if self.nm else (f"block {self.block} {self.ratio:g}" if self.block else f"unstructured {self.ratio:g}")
 
-    def _scores(self, model, sites: list[WeightSite], arrays: dict, notes: list) -> dict[str, np.ndarray]:
-        """|w|, or Wanda's |w|·‖x_j‖ (x_j: the input channel that weight reduces over); weights
-        Wanda cannot weigh keep |w| and get a note."""
-        scores = {s.name: np.abs(arrays[s.name]).astype(np.float32) for s in sites}
+    def _activation_norms(self, model, sites: list[WeightSite], notes: list) -> dict[str, np.ndarray]:
+        """For Wanda: per weight, ‖x_j‖ of the input channels it reduces over (shaped to
+        broadcast against it), from the calibration run; weights Wanda cannot weigh get a note."""
         if self.score != "wanda":
-            return scores
+            return {}
         usable = [s for s in sites if s.activations and None not in s.activations]
-        skipped_magnitude = [s.name for s in sites if s not in usable]
         requests = sorted({a for s in usable for a in s.activations})
         norms = channel_norms(model, load_calibration(self.calibration, model), requests, self.batch_size) if requests else {}
+        notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{s.name}' scored by magnitude (no "
+                             "activation to weigh it: grouped conv, embedding table or constant input)")
+                  for s in sites if s not in usable]
+        weighed = {}
         for site in usable:
-            norm = np.sqrt(sum(np.square(norms[a]) for a in site.activations))
             shape = [1] * len(site.shape)
             shape[site.axis] = site.shape[site.axis]
-            scores[site.name] = scores[site.name] * norm.reshape(shape).astype(np.float32)
-        notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{name}' scored by magnitude "
-                             "(no activation to weigh it: grouped conv, embedding table or constant input)") for name in skipped_magnitude]
-        return scores
+            weighed[site.name] = np.sqrt(sum(np.square(norms[a]) for a in site.activations)).reshape(shape)
+        return weighed
 
-    def _keep_masks(self, model, sites: list[WeightSite], arrays: dict, skipped: dict, notes: list) -> dict[str, np.ndarray]:
-        scores = self._scores(model, sites, arrays, notes)
+    def _keep_masks(self, sites: list[WeightSite], arrays: dict, norms: dict, skipped: dict) -> dict[str, np.ndarray]:
+        """|w|, or Wanda's |w|·‖x_j‖ (x_j: the input channel that weight reduces over), kept
+        per the pattern."""
+        scores = {s.name: np.abs(arrays[s.name]).astype(np.float32) * norms.get(s.name, np.float32(1)).astype(np.float32)
+                  for s in sites}
         if self.nm:
             n, m = self._nm()
             fitting = _fitting(sites, skipped, lambda s: s.shape[s.axis] % m == 0, f"its reduction length is not a multiple of {m}")
