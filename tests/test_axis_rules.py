@@ -59,7 +59,7 @@ def test_a_dim_read_at_run_time_blocks_its_axis(rng):
     assert len(reasons) == 1 and "its size is read at run time" in reasons[0]
 
 
-def test_run_time_constant_of_shape_and_shared_targets_keep_groups_whole(rng):
+def test_run_time_constant_of_shape_keeps_its_group_whole_and_a_shared_target_is_copied_per_reshape(rng):
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Shape", ["x8"], ["s"]),
              helper.make_node("ConstantOfShape", ["s"], ["z"], value=numpy_helper.from_array(np.ones(1, np.float32))),
              helper.make_node("Mul", ["h", "z"], ["hz"]), helper.make_node("MatMul", ["hz", "w2"], ["y"])]
@@ -73,7 +73,15 @@ def test_run_time_constant_of_shape_and_shared_targets_keep_groups_whole(rng):
              helper.make_node("Add", ["y1", "r2"], ["y"])]
     proto = make_model(nodes, [("x", F, [2, 6]), ("x8", F, [2, 8])], [("y", F, [2, 8])],
                        [weight(rng, "w1", [6, 8]), weight(rng, "w2", [8, 8]), ints("zero", [0]), ints("piece", [8])], opset=13)
-    prune_and_compare(proto, rng)
+    model = Model.from_proto(proto)
+    result = ChannelPrunePass(ratio=0.5)(model)
+    assert result.stats["groups_pruned"] == 1  # the hidden units; x8's reshape keeps its 8
+    feeds = {"x": rng.normal(size=(2, 6)).astype(np.float32), "x8": rng.normal(size=(2, 8)).astype(np.float32)}
+    expected, actual = run_ort(result.reference().to_proto(), feeds)[0], run_ort(model.to_proto(), feeds)[0]
+    assert model.check() is None and np.abs(expected - actual).max() <= 1e-4 * np.abs(expected).max()
+    pieces = {n.outputs[0].name: model.constant(n.inputs[1].producer().inputs[1]).tolist()
+              for n in model.nodes() if n.op_type == "Reshape"}
+    assert pieces == {"r1": [4], "r2": [8]}  # r1 got its own copy of the shared Concat
 
 
 def test_slice_keeps_other_axes_bounds_as_written(rng):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from sparsec.analysis import attention_rules  # noqa: F401 (registers the attention ops' rules)
 from sparsec.analysis.axis_rules import Coupling, Member, RuleContext, rule_for
 from sparsec.analysis.layout_rules import RUN_TIME_SHAPES
 from sparsec.analysis.shapes import measure_values, value_shapes
@@ -38,7 +39,7 @@ class ChannelGroup:
     stats: list[Member] = field(default_factory=list)
     reason: str | None = None  # why the group is not prunable (None: prunable)
     nodes: set[str] = field(default_factory=set)  # names of the nodes touching the group
-    roles: set[str] = field(default_factory=set)  # the members' roles (axis_rules.Coupling.roles)
+    roles: dict[Member, set[str]] = field(default_factory=dict)  # member roles (axis_rules.Coupling.roles)
 
     @property
     def prunable(self) -> bool:
@@ -49,9 +50,13 @@ class ChannelGroup:
         """``heads`` (attention heads are its units), ``ffn`` (hidden units between linear
         layers: only Gemm/MatMul weights, no statistic over it, as in an MLP) or ``channels``
         (anything else: conv channels, a residual stream under LayerNorm)."""
-        if "heads" in self.roles:
+        roles = set().union(*self.roles.values())
+        if "heads" in roles:
             return "heads"
-        return "ffn" if self.roles & {"linear", "conv"} == {"linear"} and not self.stats else "channels"
+        return "ffn" if roles & {"linear", "conv"} == {"linear"} and not self.stats else "channels"
+
+    def members_with_role(self, role: str) -> list[Member]:
+        return [m for m, roles in self.roles.items() if role in roles]
 
     def kept_positions(self, member: Member, removed_units: np.ndarray) -> np.ndarray:
         return np.flatnonzero(~self.removed_mask(removed_units)[self.atoms[member]])
@@ -142,7 +147,7 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
             continue
         group = _make_group(len(groups), model, graph, component, sizes, compute, stats, blocked)
         group.nodes = set().union(*(touching.get(m, set()) for m in component))
-        group.roles = set().union(*(roles.get(m, set()) for m in component))
+        group.roles = {m: roles[m] for m in component if m in roles}
         groups.append(group)
     return GroupAnalysis(groups, couplings, barriers)
 

@@ -6,7 +6,7 @@ head axis of an attention op (ONNX ``Attention``, ``com.microsoft`` attention op
 are what can be removed: one head, or, under grouped-query attention, one KV head with all the
 query heads that share it (the K/V repeat links them). So, per block:
 
-- ``kv_heads`` = the group's units; ``heads`` = the size of the widest head-role axis (the
+- ``kv_heads`` = the group's units; ``heads`` = the size of the widest head-role member (the
   query heads); ``head_dim`` = the query projection's output width / ``heads``;
 - Q, K, V are the constant weights the operands of the attention product (or op) are computed
   from, traced up through layout and elementwise ops; O is the weight that reduces over the
@@ -67,19 +67,15 @@ def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBl
         form = "written out (MatMul → Softmax → MatMul)"
         operands = {"q": scores.inputs[0], "k": scores.inputs[1], "v": context.inputs[1]}
     weights = {role: _source_weights(model, value) for role, value in operands.items()}
+    if fused and fused[0].op_type == "Attention" and _domain(fused[0]) == "com.microsoft":  # packed QKV weight
+        weights = dict.fromkeys(("q", "k", "v"), [fused[0].inputs[1].name])
     projections = {name for names in weights.values() for name in names}
     o = sorted({name for name, axis in group.compute if reduction.get(name) == axis and name not in projections})
-    heads = _fused_heads(model, fused[0]) if fused else \
-        max((group.sizes[m] for m in group.members if _is_head_axis(model, m, nodes)), default=group.units)
+    heads = max((group.sizes[m] for m in group.members_with_role("heads")), default=group.units)
     q_width = next((group.sizes[m] for m in group.compute if m[0] in weights["q"]), None)
     head_dim = q_width // heads if q_width and heads and q_width % heads == 0 else None
     return AttentionBlock(group.id, form, heads, group.units, head_dim, weights["q"], weights["k"], weights["v"], o,
                           group.reason)
-
-
-def _fused_heads(model, node) -> int:
-    """The query heads an attention op declares (``num_heads`` or ``q_num_heads``)."""
-    return int(model.attr(node, "num_heads", 0) or model.attr(node, "q_num_heads", 0))
 
 
 def _domain(node) -> str:
@@ -115,14 +111,3 @@ def _source_weights(model, value, depth: int = 12) -> list[str]:
             return []
         value = next((v for v in node.inputs if v is not None and model.constant_shape(v) is None), None)
     return []
-
-
-def _is_head_axis(model, member, nodes) -> bool:
-    """Whether ``member`` is the head axis an attention product or op reports (its output's
-    batch axis next to the last two, or the op's own head axis)."""
-    name, axis = member
-    for node in nodes:
-        if any(out.name == name for out in node.outputs):
-            rank = len(model.shape_dims(node.outputs[0]) or ())
-            return rank >= 3 and axis == rank - 3
-    return False

@@ -223,15 +223,14 @@ def reshape(node, ctx: RuleContext) -> Coupling:
 def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple | None]:
     """Where each entry of the shape vector at ``node.inputs[index]`` comes from:
     ``(owner node, input index, position, value)`` for entries held by a constant (the vector
-    itself, or a constant piece of a Concat that builds it and feeds nothing else), None for
-    entries computed at run time."""
+    itself, or a constant piece of a Concat that builds it; a Concat shared with other
+    consumers is copied before it is edited), None for entries computed at run time."""
     value = node.inputs[index]
     array = ctx.const(value)
     if array is not None:
         return [(node, index, k, int(v)) for k, v in enumerate(array.reshape(-1))]
     producer = value.producer()
-    if (producer is None or producer.op_type != "Concat" or len(ctx.shape(value) or ()) != 1
-            or len(list(value.uses())) != 1 or value.is_graph_output()):
+    if producer is None or producer.op_type != "Concat" or len(ctx.shape(value) or ()) != 1 or value.is_graph_output():
         return [None] * length
     entries: list[tuple | None] = []
     for piece_index, piece in enumerate(producer.inputs):
@@ -248,9 +247,11 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
 KEEP = (None, None, None, None)  # an entry that needs no rewrite (a size passed through unchanged)
 
 
-def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int]) -> None:
+def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int], shape_input: int = 1) -> None:
     """Block output axes whose shape entry is computed at run time, and rewrite constant
-    entries (other than the self-adjusting values in ``keep``) of pruned axes after surgery."""
+    entries (other than the self-adjusting values in ``keep``) of pruned axes after surgery;
+    a Concat building the shape (input ``shape_input``) for other consumers too is copied
+    for this node first."""
     for axis, entry in enumerate(entries):
         if entry is None and y_shape[axis] != 1:
             c.block((y.name, axis), f"its size comes from a shape computed at run time ({node.op_type} input)")
@@ -266,6 +267,8 @@ def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int]) -> N
                 edits[(owner, index)] = model.constant(owner.inputs[index]).copy()
             edits[(owner, index)].reshape(-1)[position] = len(positions)
         for (owner, index), array in edits.items():
+            if owner is not node and len(list(owner.outputs[0].uses())) > 1:
+                owner = model.detach_input_producer(node, shape_input)
             model.replace_constant_input(owner, index, array)
 
     c.fixups.append(Fixup(node, apply))
@@ -377,7 +380,7 @@ def resize(node, ctx: RuleContext) -> Coupling:
         entries = [KEEP] * len(y_shape)
         for entry, axis in zip(listed, axes):
             entries[axis] = entry
-        add_shape_fixup(c, node, y, y_shape, entries, keep=set())
+        add_shape_fixup(c, node, y, y_shape, entries, keep=set(), shape_input=sizes_index)
     return c
 
 

@@ -459,6 +459,19 @@ class Model:
         self.touch()
         return node.outputs[0]
 
+    def detach_input_producer(self, node: ir.Node, index: int) -> ir.Node:
+        """Give ``node`` a private copy of the (single-output) node producing its input
+        ``index``, so that editing the copy leaves the producer's other consumers alone."""
+        producer = node.inputs[index].producer()
+        attrs = [ir.convenience.convert_attribute(name, attr.value) for name, attr in producer.attributes.items()]
+        clone = ir.Node(producer.domain, producer.op_type, list(producer.inputs), attrs, num_outputs=1,
+                        name=self.unique_name(f"{producer.name or producer.op_type}_for_{node.name or node.op_type}"))
+        clone.outputs[0].name = self.unique_name(f"{node.inputs[index].name}_for_{node.name or node.op_type}")
+        node.graph.insert_before(node, clone)
+        node.replace_input_with(index, clone.outputs[0])
+        self.touch()
+        return clone
+
     def remove_node(self, node: ir.Node) -> None:
         """Remove a node whose outputs are no longer used."""
         node.graph.remove(node, safe=True)

@@ -1,0 +1,167 @@
+"""Axis rules of fused attention ops: ONNX ``Attention`` (opset 23) and the ``com.microsoft``
+``MultiHeadAttention`` / ``Attention`` contrib ops.
+
+The algebra. Y = softmax(Q·Kᵀ·scale + mask)·V, computed per head: query head h reads KV head
+h // (Hq / Hkv) (grouped-query attention; Hq = Hkv for plain multi-head). So
+
+- a head is a unit: every position of a head (its head_dim slice of Q, K, V and Y, and the
+  matching slice of a projection weight or bias) maps to one position of a *heads* member, and
+  query heads map onto the KV head they share (h → h // group). Removing a KV head removes
+  all its query heads; head_dim itself never shrinks (it is tied inside the unit);
+- in the 4-D layout ([B, H, S, D]) the head axis is a real axis; in the 3-D layout
+  ([B, S, H·D]) it is a virtual member, and the ``q_num_heads`` / ``kv_num_heads`` /
+  ``num_heads`` attributes are rewritten to the kept counts;
+- batch and sequence axes pass through (query side to Y, key side between K and V); a mask
+  broadcasts against the scores [B, Hq, Sq, Skv];
+- past/present key-value caches and any other input are left unmapped, so a head group
+  reaching them is kept whole (a KV cache fed from outside keeps its shape).
+
+The masked original needs no extra masking: a removed head's output meets only zeroed rows of
+the output projection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.analysis.axis_rules import Coupling, Fixup, Member, RuleContext, axis_rule, compute_axes
+
+
+class _Heads:
+    """The head members of one attention node: query heads, KV heads, and the map between."""
+
+    def __init__(self, c: Coupling, node, query: Member, kv: Member, q_heads: int, kv_heads: int) -> None:
+        self.c, self.query, self.kv, self.q_heads = c, query, kv, q_heads
+        c.link(query, kv, np.arange(q_heads) // (q_heads // kv_heads))
+        c.roles[query] = "heads"
+
+    def split(self, member: Member, heads: Member, width: int, head_dim: int) -> None:
+        """``member`` (an axis of H·head_dim positions) is ``heads`` × head_dim, head-major."""
+        self.c.link(member, heads, np.arange(width) // head_dim)
+
+
+def _shape(ctx: RuleContext, value) -> tuple[int, ...] | None:
+    return ctx.shape(value) if value is not None else None
+
+
+def _link_mask(c: Coupling, ctx: RuleContext, mask, scores: list[Member | None]) -> None:
+    """A mask broadcasting (right-aligned) against the scores [B, Hq, Sq, Skv]."""
+    shape = _shape(ctx, mask)
+    if shape is None:
+        return
+    for axis, size in enumerate(shape):
+        target = scores[4 - len(shape) + axis]
+        if size == 1:
+            c.free.add((mask.name, axis))
+        elif target is not None:
+            c.link((mask.name, axis), target)
+
+
+def _heads_fixup(c: Coupling, node, attributes: dict[str, Member]) -> None:
+    """Set each head-count attribute to its member's kept count (when it lost positions)."""
+
+    def apply(model, kept) -> None:
+        for attribute, member in attributes.items():
+            positions = kept(member)
+            if positions is not None:
+                model.set_attr(node, attribute, int(len(positions)))
+
+    c.fixups.append(Fixup(node, apply))
+
+
+@axis_rule("Attention")
+def onnx_attention(node, ctx: RuleContext) -> Coupling:
+    """ONNX Attention (opset 23): Q, K, V 4-D [B, H, S, D] or 3-D [B, S, H·D]."""
+    c = Coupling()
+    q, k, v, y = node.inputs[0], node.inputs[1], node.inputs[2], node.outputs[0]
+    qs, ks, vs, ys = (_shape(ctx, x) for x in (q, k, v, y))
+    if None in (qs, ks, vs, ys) or len(qs) not in (3, 4) or len(ys) != len(qs):
+        return c
+    for value in (k, v, y):
+        c.link((value.name, 0), (q.name, 0))
+    c.link((y.name, len(ys) - 2), (q.name, len(qs) - 2))  # query sequence
+    c.link((v.name, len(vs) - 2), (k.name, len(ks) - 2))  # key sequence
+    if len(qs) == 4:
+        heads = _Heads(c, node, (q.name, 1), (k.name, 1), qs[1], ks[1])
+        c.link((y.name, 1), heads.query)
+        c.link((v.name, 1), heads.kv)
+        c.link((y.name, 3), (v.name, 3))
+        c.link((q.name, 3), (k.name, 3))
+        c.roles[(y.name, 1)] = "heads"
+    else:
+        q_heads, kv_heads = int(ctx.attr(node, "q_num_heads", 0)), int(ctx.attr(node, "kv_num_heads", 0))
+        if not q_heads or not kv_heads:
+            return c
+        heads = _Heads(c, node, c.virtual(node, "heads", q_heads), c.virtual(node, "kv_heads", kv_heads), q_heads, kv_heads)
+        head_dim, v_dim = qs[2] // q_heads, vs[2] // kv_heads
+        heads.split((q.name, 2), heads.query, qs[2], head_dim)
+        heads.split((k.name, 2), heads.kv, ks[2], head_dim)
+        heads.split((v.name, 2), heads.kv, vs[2], v_dim)
+        heads.split((y.name, 2), heads.query, ys[2], v_dim)
+        _heads_fixup(c, node, {"q_num_heads": heads.query, "kv_num_heads": heads.kv})
+    query_seq, key_seq = (q.name, len(qs) - 2), (k.name, len(ks) - 2)
+    if len(node.inputs) > 3 and node.inputs[3] is not None and node.inputs[3].name:
+        _link_mask(c, ctx, node.inputs[3], [(q.name, 0), heads.query, query_seq, key_seq])
+    return c
+
+
+@axis_rule("MultiHeadAttention", domain="com.microsoft")
+def ms_multi_head_attention(node, ctx: RuleContext) -> Coupling:
+    """com.microsoft MultiHeadAttention with separate 3-D query, key, value [B, S, H·D]
+    (optional packed bias [3·H·D]); other layouts (packed QKV, BNSH key/value) are left
+    unmapped."""
+    c = Coupling()
+    q, k, v = (node.inputs[i] if i < len(node.inputs) else None for i in range(3))
+    y = node.outputs[0]
+    shapes = [_shape(ctx, x) for x in (q, k, v, y)]
+    heads_count = int(ctx.attr(node, "num_heads", 0))
+    if None in shapes or any(len(s) != 3 for s in shapes) or not heads_count:
+        return c
+    qs, ks, vs, ys = shapes
+    for value in (k, v, y):
+        c.link((value.name, 0), (q.name, 0))
+    c.link((y.name, 1), (q.name, 1))
+    c.link((v.name, 1), (k.name, 1))
+    heads = _Heads(c, node, c.virtual(node, "heads", heads_count), c.virtual(node, "kv_heads", heads_count),
+                   heads_count, heads_count)
+    head_dim, v_dim = qs[2] // heads_count, vs[2] // heads_count
+    for value, width, dim, member in ((q, qs[2], head_dim, heads.query), (k, ks[2], head_dim, heads.kv),
+                                      (v, vs[2], v_dim, heads.kv), (y, ys[2], v_dim, heads.query)):
+        heads.split((value.name, 2), member, width, dim)
+    bias = node.inputs[3] if len(node.inputs) > 3 else None
+    if bias is not None and bias.name:
+        _split_packed(c, (bias.name, 0), heads.query, [qs[2], ks[2], vs[2]], [head_dim, head_dim, v_dim])
+    _heads_fixup(c, node, {"num_heads": heads.query})
+    return c
+
+
+@axis_rule("Attention", domain="com.microsoft")
+def ms_attention(node, ctx: RuleContext) -> Coupling:
+    """com.microsoft Attention: input [B, S, In] · weights [In, Q+K+V] + bias [Q+K+V], heads
+    packed per part (``qkv_hidden_sizes``, else three equal parts); output [B, S, V]."""
+    c = Coupling()
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    xs, ws, ys = _shape(ctx, x), _shape(ctx, w), _shape(ctx, y)
+    heads_count = int(ctx.attr(node, "num_heads", 0))
+    if None in (xs, ws, ys) or len(xs) != 3 or len(ws) != 2 or not heads_count or ctx.attr(node, "qkv_hidden_sizes"):
+        return c  # explicit qkv_hidden_sizes would need rewriting too: left unmapped
+    part = ws[1] // 3
+    c.link((y.name, 0), (x.name, 0))
+    c.link((y.name, 1), (x.name, 1))
+    c.link((x.name, 2), (w.name, 0))
+    heads = c.virtual(node, "heads", heads_count)
+    c.roles[heads] = "heads"
+    _split_packed(c, (w.name, 1), heads, [part] * 3, [part // heads_count] * 3)
+    c.link((y.name, 2), heads, np.arange(ys[2]) // (part // heads_count))
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None and bias.name:
+        _split_packed(c, (bias.name, 0), heads, [part] * 3, [part // heads_count] * 3)
+    compute_axes(c, ctx, w, (0, 1))
+    _heads_fixup(c, node, {"num_heads": heads})
+    return c
+
+
+def _split_packed(c: Coupling, member: Member, heads: Member, widths: list[int], head_dims: list[int]) -> None:
+    """A packed [Q | K | V] axis: each part is heads × its head_dim, head-major."""
+    index = np.concatenate([np.arange(width) // dim for width, dim in zip(widths, head_dims)])
+    c.link(member, heads, index)
