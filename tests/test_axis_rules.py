@@ -149,3 +149,22 @@ def test_grouped_convolutions_prune_exactly(rng, op, w_shape, group, size):
     proto = make_model(nodes, [("x", F, [1, 3, 4, 4])], [("y", F, [1, 5, size, size])],
                        [weight(rng, "w0", [c_in, 3, 1, 1]), weight(rng, "w", w_shape), weight(rng, "w2", [5, c_out, 1, 1])])
     assert prune_and_compare(proto, rng)["groups_pruned"] >= 1
+
+
+@pytest.mark.parametrize("use_in_arithmetic", [False, True])
+def test_a_dim_read_only_to_reshape_follows_the_pruning(rng, use_in_arithmetic):
+    """GPT-2's Conv1D: h.view(-1, h.size(-1)) reads h's last dim at run time only to pass it
+    into the target: the group is pruned and the run-time entry follows. Doubling the read dim
+    first (arithmetic on it) keeps the group whole."""
+    read = [helper.make_node("Shape", ["h"], ["hs"]), helper.make_node("Slice", ["hs", "minus1", "big"], ["last1"]),
+            helper.make_node("Squeeze", ["last1", "zero"], ["last"])]
+    if use_in_arithmetic:
+        read += [helper.make_node("Mul", ["last", "two"], ["last2"]), helper.make_node("Div", ["last2", "two"], ["lastd"])]
+    read += [helper.make_node("Unsqueeze", ["lastd" if use_in_arithmetic else "last", "zero"], ["piece"]),
+             helper.make_node("Concat", ["minus1", "piece"], ["target"], axis=0)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Relu", ["h0"], ["h"]), *read,
+             helper.make_node("Reshape", ["h", "target"], ["flat"]), helper.make_node("MatMul", ["flat", "w2"], ["y"])]
+    proto = make_model(nodes, [("x", F, [2, 3, 8])], [("y", F, [6, 4])],
+                       [weight(rng, "w1", [8, 16]), weight(rng, "w2", [16, 4]), ints("minus1", [-1]), ints("big", [2**62]),
+                        ints("zero", [0]), numpy_helper.from_array(np.array(2, np.int64), "two")], opset=13)
+    assert prune_and_compare(proto, rng)["groups_pruned"] == (0 if use_in_arithmetic else 1)

@@ -203,7 +203,9 @@ def cast_like(node, ctx: RuleContext) -> Coupling:
 def shape_of(node, ctx: RuleContext) -> Coupling:
     """A dim read at run time would change with pruning: the axes whose sizes the Shape's
     consumers actually pick (constant Gather or Slice of the shape vector) are blocked, the
-    others are free. Size, or a shape vector used whole, reads every axis."""
+    others are free. Size, or a shape vector used whole, reads every axis. A dim picked only
+    to be passed into Reshape/Expand targets (``passes_into_targets``) is not a read: those
+    rules link the target's axis to it, so it follows the pruning."""
     c, x = Coupling(), node.inputs[0]
     rank = ctx.rank(x) or 0
     read = _read_dims(node, ctx, rank) if node.op_type == "Shape" else set(range(rank))
@@ -216,20 +218,73 @@ def shape_of(node, ctx: RuleContext) -> Coupling:
 
 
 def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
-    start = norm_axis(int(ctx.attr(node, "start", 0)), rank) if rank else 0
-    end = ctx.attr(node, "end")
-    dims = list(range(rank))[start:None if end is None else norm_axis(int(end), rank)]
+    dims = _shape_dims(node, ctx, rank)
     read: set[int] = set()
     for use in node.outputs[0].uses():
-        reader = use.node
-        if reader.op_type == "Gather" and int(ctx.attr(reader, "axis", 0)) == 0 and ctx.const(reader.inputs[1]) is not None:
-            picked = np.atleast_1d(ctx.const(reader.inputs[1])).reshape(-1)
-        elif reader.op_type == "Slice" and ctx.ints(reader, "starts", 1) is not None and ctx.ints(reader, "ends", 2) is not None:
-            picked = np.arange(len(dims))[slice(ctx.ints(reader, "starts", 1)[0], ctx.ints(reader, "ends", 2)[0])]
-        else:
+        picked = _picked(use.node, ctx, dims)
+        if picked is None:
             return set(dims)
-        read.update(dims[int(i)] for i in picked if -len(dims) <= int(i) < len(dims))
+        if len(picked) == 1 and passes_into_targets(use.node.outputs[0]):
+            continue
+        read.update(picked)
     return read
+
+
+def _shape_dims(node, ctx: RuleContext, rank: int) -> list[int]:
+    """The axes of its input that a Shape node's output lists (``start``/``end``)."""
+    start = norm_axis(int(ctx.attr(node, "start", 0)), rank) if rank else 0
+    end = ctx.attr(node, "end")
+    return list(range(rank))[start:None if end is None else norm_axis(int(end), rank)]
+
+
+def _picked(reader, ctx: RuleContext, dims: list[int]) -> list[int] | None:
+    """The axes a constant Gather (axis 0) or Slice of a shape vector picks, or None."""
+    if reader.op_type == "Gather" and int(ctx.attr(reader, "axis", 0)) == 0 and ctx.const(reader.inputs[1]) is not None:
+        indices = np.atleast_1d(ctx.const(reader.inputs[1])).reshape(-1)
+    elif reader.op_type == "Slice" and ctx.ints(reader, "starts", 1) is not None and ctx.ints(reader, "ends", 2) is not None:
+        indices = np.arange(len(dims))[slice(ctx.ints(reader, "starts", 1)[0], ctx.ints(reader, "ends", 2)[0])]
+    else:
+        return None
+    return [dims[int(i)] for i in indices if -len(dims) <= int(i) < len(dims)]
+
+
+DIM_CARRIERS = {"Unsqueeze", "Squeeze", "Cast", "Identity"}
+SHAPE_TARGETS = {"Reshape": 1, "Expand": 1}  # op -> the input holding the target shape
+
+
+def passes_into_targets(value, depth: int = 4) -> bool:
+    """Whether a one-element dim value is used only as an entry of Reshape/Expand targets
+    (through Unsqueeze/Squeeze/Cast and one Concat that builds the target)."""
+    uses = list(value.uses())
+    if not uses or value.is_graph_output() or depth == 0:
+        return False
+    for use in uses:
+        node = use.node
+        if node.op_type in DIM_CARRIERS:
+            ok = passes_into_targets(node.outputs[0], depth - 1)
+        elif node.op_type == "Concat":
+            ok = bool(list(node.outputs[0].uses())) and all(
+                SHAPE_TARGETS.get(u.node.op_type) == u.idx for u in node.outputs[0].uses())
+        else:
+            ok = SHAPE_TARGETS.get(node.op_type) == use.idx
+        if not ok:
+            return False
+    return True
+
+
+def dim_source(ctx: RuleContext, value, depth: int = 4) -> Member | None:
+    """The (tensor, axis) whose run-time size a one-element value is: a constant Gather or
+    Slice picking one dim of Shape(X), possibly through Unsqueeze/Squeeze/Cast; else None."""
+    node = value.producer() if value is not None else None
+    if node is None or depth == 0:
+        return None
+    if node.op_type in DIM_CARRIERS:
+        return dim_source(ctx, node.inputs[0], depth - 1)
+    shape_node = node.inputs[0].producer() if node.op_type in ("Gather", "Slice") else None
+    if shape_node is None or shape_node.op_type != "Shape":
+        return None
+    picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(shape_node.inputs[0]) or 0))
+    return (shape_node.inputs[0].name, picked[0]) if picked is not None and len(picked) == 1 else None
 
 
 # ---------------------------------------------------------------- convolutions and products

@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-from sparsec.analysis.axis_rules import Coupling, Fixup, RuleContext, axis_rule, link_broadcast, norm_axis
+from sparsec.analysis.axis_rules import (Coupling, Fixup, Member, RuleContext, axis_rule, dim_source, link_broadcast,
+                                         norm_axis)
 
 
 @axis_rule("Constant", "ConstantOfShape")
@@ -237,7 +238,10 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
         piece_array, piece_shape = ctx.const(piece), ctx.shape(piece)
         if piece_shape is None:
             return [None] * length
-        if piece_array is None:
+        source = dim_source(ctx, piece) if piece_array is None and math.prod(piece_shape) == 1 else None
+        if source is not None:
+            entries.append(PassedDim(source))
+        elif piece_array is None:
             entries += [None] * int(math.prod(piece_shape))
         else:
             entries += [(producer, piece_index, k, int(v)) for k, v in enumerate(piece_array.reshape(-1))]
@@ -245,6 +249,18 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
 
 
 KEEP = (None, None, None, None)  # an entry that needs no rewrite (a size passed through unchanged)
+
+
+class PassedDim(tuple):
+    """An entry that is, at run time, the size of another (tensor, axis): it follows that
+    member's pruning by itself (``dim_source``); the rule links the output axis to it."""
+
+    def __new__(cls, member: Member):
+        return super().__new__(cls, (None, None, None, member))
+
+    @property
+    def member(self) -> Member:
+        return self[3]
 
 
 def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int], shape_input: int = 1) -> None:
@@ -255,12 +271,14 @@ def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int], shap
     for axis, entry in enumerate(entries):
         if entry is None and y_shape[axis] != 1:
             c.block((y.name, axis), f"its size comes from a shape computed at run time ({node.op_type} input)")
+        elif isinstance(entry, PassedDim):
+            c.link((y.name, axis), entry.member)
 
     def apply(model, kept) -> None:
         edits: dict[tuple, np.ndarray] = {}
         for axis, entry in enumerate(entries):
             positions = kept((y.name, axis))
-            if positions is None or entry is None or entry is KEEP or entry[3] in keep:
+            if positions is None or entry is None or entry is KEEP or isinstance(entry, PassedDim) or entry[3] in keep:
                 continue
             owner, index, position, _ = entry
             if (owner, index) not in edits:
