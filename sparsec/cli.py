@@ -96,7 +96,7 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes:
               help="With --nm/--sparsity: dense keeps the zeros (runs everywhere); bitmask stores kept values + one "
                    "bit per weight, nm (with --nm) kept values + their positions in each run of M; both decode in a "
                    "subgraph onnxruntime folds at session creation (checked bit-identical); coo writes ONNX "
-                   "sparse_initializer (onnxruntime only; smaller only above ~67 %% sparsity).")
+                   "sparse_initializer (onnxruntime only; smaller only above ~67 percent sparsity).")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "magnitude", "wanda"]), default=None,
               help="Channels (--channels): l1 (default) / l2 norm of all their weight slices, BatchNorm |gamma|, or "
                    "seeded random. Weights (--nm/--sparsity): magnitude (default) or wanda (|w|·‖x‖, needs --calibration).")
@@ -127,8 +127,8 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
 
     Without a transform flag: the exact cleanup pipeline (identity elimination, BatchNorm
     folding, shape constant folding, dead-code elimination) to a fixed point, validated against
-    MODEL. With --channels or --plan-in: channel pruning, then cleanup; with --nm or
-    --sparsity: weight sparsity, then cleanup and the --sparse-format encoding. A lossy run is
+    MODEL. With --channels, --heads, --ffn or --plan-in: channel, attention-head and MLP-neuron
+    pruning, then cleanup; with --nm or --sparsity: weight sparsity, then cleanup and the --sparse-format encoding. A lossy run is
     validated against the masked original (MODEL with what was removed zeroed) within
     1e-4 x max |output| (an encoded one bit-identically, with every decoder folded away by
     onnxruntime), and its difference from MODEL itself is reported.
