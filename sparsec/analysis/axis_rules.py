@@ -254,7 +254,9 @@ SHAPE_TARGETS = {"Reshape": 1, "Expand": 1}  # op -> the input holding the targe
 
 def passes_into_targets(value, depth: int = 4) -> bool:
     """Whether a one-element dim value is used only as an entry of Reshape/Expand targets
-    (through Unsqueeze/Squeeze/Cast and one Concat that builds the target)."""
+    built by a Concat (through Unsqueeze/Squeeze/Cast): exactly the entries ``shape_entries``
+    resolves to the dim they carry, so the target's axis is linked to it. Any other use (a
+    target that is the value itself, arithmetic) counts as a read."""
     uses = list(value.uses())
     if not uses or value.is_graph_output() or depth == 0:
         return False
@@ -262,11 +264,10 @@ def passes_into_targets(value, depth: int = 4) -> bool:
         node = use.node
         if node.op_type in DIM_CARRIERS:
             ok = passes_into_targets(node.outputs[0], depth - 1)
-        elif node.op_type == "Concat":
-            ok = bool(list(node.outputs[0].uses())) and all(
-                SHAPE_TARGETS.get(u.node.op_type) == u.idx for u in node.outputs[0].uses())
         else:
-            ok = SHAPE_TARGETS.get(node.op_type) == use.idx
+            targets = list(node.outputs[0].uses()) if node.op_type == "Concat" else []
+            ok = bool(targets) and not node.outputs[0].is_graph_output() and all(
+                SHAPE_TARGETS.get(u.node.op_type) == u.idx for u in targets)
         if not ok:
             return False
     return True
