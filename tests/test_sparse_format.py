@@ -153,3 +153,28 @@ def test_a_foreign_sparse_initializer_with_coordinate_indices_loads_dense(tmp_pa
     assert model.sparse_initializer_names() == ["w"]
     x = rng.normal(size=(1, 4)).astype(np.float32)
     np.testing.assert_allclose(run_ort(model.to_proto(), {"x": x})[0], x @ weight, rtol=1e-6)
+
+
+def test_coo_with_external_data(cli, tmp_path, rng):
+    """Weights left in the external .data file: coo is refused (one line, nothing written);
+    every weight rewritten in memory: a single coo file that onnxruntime runs."""
+    import onnx
+    bias = numpy_helper.from_array(rng.normal(size=128).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
+    weight = numpy_helper.from_array(rng.normal(size=(256, 128)).astype(np.float32), "w")
+    for name, inits in (("kept", [weight, bias]), ("all", [weight])):
+        graph_nodes = nodes if name == "kept" else nodes[:1]
+        output = "y" if name == "kept" else "h"
+        proto = make_model(graph_nodes, [("x", TensorProto.FLOAT, [2, 256])], [(output, TensorProto.FLOAT, [2, 128])], inits)
+        folder = tmp_path / name
+        folder.mkdir()
+        onnx.save(proto, str(folder / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+        code, _, stderr = cli("compress", folder / "m.onnx", "--sparsity", "0.9", "--sparse-format", "coo",
+                              "-o", folder / "out.onnx", "--latency-runs", "0")
+        if name == "kept":  # the bias stays in m.onnx.data
+            assert code == 2 and "format coo is not written with external data" in stderr
+            assert not (folder / "out.onnx").exists()
+        else:
+            assert code == 0, stderr
+            assert [s.values.name for s in onnx.load(str(folder / "out.onnx")).graph.sparse_initializer] == ["w"]
+            assert not (folder / "out.onnx.data").exists()

@@ -224,7 +224,7 @@ def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
         picked = _picked(use.node, ctx, dims)
         if picked is None:
             return set(dims)
-        if len(picked) == 1 and passes_into_targets(use.node.outputs[0]):
+        if len(picked) == 1 and passes_into_targets(ctx, use.node.outputs[0]):
             continue
         read.update(picked)
     return read
@@ -252,7 +252,7 @@ DIM_CARRIERS = {"Unsqueeze", "Squeeze", "Cast", "Identity"}
 SHAPE_TARGETS = {"Reshape": 1, "Expand": 1}  # op -> the input holding the target shape
 
 
-def passes_into_targets(value, depth: int = 4) -> bool:
+def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
     """Whether a one-element dim value is used only as an entry of Reshape/Expand targets
     built by a Concat (through Unsqueeze/Squeeze/Cast): exactly the entries ``shape_entries``
     resolves to the dim they carry, so the target's axis is linked to it. Any other use (a
@@ -263,11 +263,12 @@ def passes_into_targets(value, depth: int = 4) -> bool:
     for use in uses:
         node = use.node
         if node.op_type in DIM_CARRIERS:
-            ok = passes_into_targets(node.outputs[0], depth - 1)
+            ok = passes_into_targets(ctx, node.outputs[0], depth - 1)
         else:
             targets = list(node.outputs[0].uses()) if node.op_type == "Concat" else []
             ok = bool(targets) and not node.outputs[0].is_graph_output() and all(
-                SHAPE_TARGETS.get(u.node.op_type) == u.idx for u in targets)
+                SHAPE_TARGETS.get(u.node.op_type) == u.idx and ctx.shape(u.node.outputs[0]) is not None
+                and ctx.shape(u.node.inputs[0]) is not None for u in targets)  # the target rule will resolve it
         if not ok:
             return False
     return True

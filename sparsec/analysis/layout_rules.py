@@ -284,10 +284,11 @@ def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int], shap
             if (owner, index) not in edits:
                 edits[(owner, index)] = model.constant(owner.inputs[index]).copy()
             edits[(owner, index)].reshape(-1)[position] = len(positions)
+        copies: dict = {}  # a shared Concat is copied once for this node, then all its edits go to the copy
         for (owner, index), array in edits.items():
-            if owner is not node and len(list(owner.outputs[0].uses())) > 1:
-                owner = model.detach_input_producer(node, shape_input)
-            model.replace_constant_input(owner, index, array)
+            if owner is not node and owner not in copies and len(list(owner.outputs[0].uses())) > 1:
+                copies[owner] = model.detach_input_producer(node, shape_input)
+            model.replace_constant_input(copies.get(owner, owner), index, array)
 
     c.fixups.append(Fixup(node, apply))
 

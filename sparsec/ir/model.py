@@ -50,7 +50,7 @@ class Model:
         proto, files = loading.read_checked_proto(path)
         sparse_names = sparse_coo.densify_sparse_initializers(proto)
         model = ir.serde.deserialize_model(proto)
-        if sparse_names and sparse_coo.COO_KEY not in model.metadata_props:
+        if sparse_names and not files and sparse_coo.COO_KEY not in model.metadata_props:
             model.metadata_props[sparse_coo.COO_KEY] = json.dumps(sparse_names)
         _c_api_utils.call_onnx_api(lambda light: loading.check_structure(light, path), model)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
@@ -66,9 +66,10 @@ class Model:
 
     def to_proto(self, *, sparse: bool = True) -> onnx.ModelProto:
         """The ModelProto, with the initializers named in ``COO_KEY`` written as sparse
-        initializers unless ``sparse=False``."""
+        initializers unless ``sparse=False`` (or the weights live in external data: those
+        models are always written dense)."""
         proto = ir.serde.serialize_model(self.ir)
-        if sparse and self.sparse_initializer_names():
+        if sparse and self.sparse_initializer_names() and not self.needs_external_data():
             sparse_coo.sparsify_initializers(proto, self.sparse_initializer_names())
         return proto
 
@@ -96,8 +97,8 @@ class Model:
         os.close(fd)
         try:
             # External data is itself written atomically by onnx-ir (temp file + replace).
-            if self.sparse_initializer_names():
-                onnx.save_model(self.to_proto(), tmp, save_as_external_data=bool(data_name), location=data_name)
+            if self.sparse_initializer_names() and not data_name:
+                onnx.save_model(self.to_proto(), tmp)
             else:
                 ir.save(self.ir, tmp, external_data=data_name)
             os.chmod(tmp, 0o666 & ~_umask())
@@ -151,7 +152,7 @@ class Model:
         as written (see ``sparse_coo``).
         """
         problem = _c_api_utils.call_onnx_api(loading.check_full, self.ir)
-        if problem is None and self.sparse_initializer_names():
+        if problem is None and self.sparse_initializer_names() and not self.needs_external_data():
             problem = sparse_coo.check_sparse_structure(self.to_proto())
         return problem
 

@@ -11,8 +11,8 @@ restored with the same leading dims, in the same order. The idiom hides the head
 channel engine (a merged batch×heads axis, and a shape read at run time), so it is replaced.
 
 Rewritten only when: R1 and T have no other consumer; the concrete shapes (at the bound input
-shapes) are exactly the ones above; and each target is a constant or computed at run time
-only from ``Shape`` of K itself (so it follows any K). Exact: outputs are unchanged bit for
+shapes) are exactly the ones above; and each target is computed at run time from constants and
+``Shape`` of K itself (so it follows any K), or is a constant while K's shape is static. Exact: outputs are unchanged bit for
 bit (a transpose moves values, it computes nothing).
 """
 
@@ -66,20 +66,23 @@ def _swap_idiom(model, r2, shapes: dict):
         return None
     if tuple(r1s) != (math.prod(ks[:-2]), ks[-2], ks[-1]) or tuple(r2s) != tuple(ks[:-2]) + (ks[-1], ks[-2]):
         return None
-    return k if all(_follows(model, target, k) for target in (r1.inputs[1], r2.inputs[1])) else None
+    static = all(isinstance(d, int) for d in (model.shape_dims(k) or [None]))
+    return k if all(_follows(model, target, k, static) for target in (r1.inputs[1], r2.inputs[1])) else None
 
 
 def _sole_use(value, node) -> bool:
     return not value.is_graph_output() and [use.node for use in value.uses()] == [node]
 
 
-def _follows(model, target, k, depth: int = 8) -> bool:
-    """Whether ``target`` is a constant, or is computed from constants and ``Shape(k)`` only."""
+def _follows(model, target, k, static: bool, depth: int = 8) -> bool:
+    """Whether ``target`` follows any K: computed from constants and ``Shape(k)`` only, or a
+    constant when K's shape is static (a constant target fits only the shape it was made for)."""
     if model.constant(target) is not None:
-        return True
+        return static
     node = target.producer()
     if node is None or node.op_type not in SHAPE_OPS or depth == 0:
         return False
     if node.op_type == "Shape":
         return node.inputs[0] is k
-    return all(v is None or _follows(model, v, k, depth - 1) for v in node.inputs)
+    return all(v is None or model.constant(v) is not None or _follows(model, v, k, static, depth - 1)
+               for v in node.inputs)

@@ -110,6 +110,9 @@ class SparseEncodePass(InPlacePass):
                                 "the nm format needs at most M (use bitmask)")
 
     def requires(self, model) -> None:
+        if self.format == "coo" and model.needs_external_data():
+            raise PassError("sparse-encode: format coo is not written with external data (the weights live in a "
+                            ".data file); use bitmask or nm")
         if model.opset < 11 and self.format != "coo":
             raise PassError(f"sparse-encode: the decoder needs opset 11 or newer (the model has {model.opset})")
 
