@@ -24,20 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.analysis.axis_rules import Coupling, Fixup, Member, RuleContext, axis_rule, compute_axes
+from sparsec.analysis.axis_rules import Coupling, Member, RuleContext, axis_rule, compute_axes, count_fixup
 
 
-class _Heads:
-    """The head members of one attention node: query heads, KV heads, and the map between."""
-
-    def __init__(self, c: Coupling, node, query: Member, kv: Member, q_heads: int, kv_heads: int) -> None:
-        self.c, self.query, self.kv, self.q_heads = c, query, kv, q_heads
-        c.link(query, kv, np.arange(q_heads) // (q_heads // kv_heads))
-        c.roles[query] = "heads"
-
-    def split(self, member: Member, heads: Member, width: int, head_dim: int) -> None:
-        """``member`` (an axis of H·head_dim positions) is ``heads`` × head_dim, head-major."""
-        self.c.link(member, heads, np.arange(width) // head_dim)
+def _link_heads(c: Coupling, query: Member, kv: Member, q_heads: int, kv_heads: int) -> None:
+    """Query head h reads KV head h // (q_heads / kv_heads); the query side holds the heads."""
+    c.link(query, kv, np.arange(q_heads) // (q_heads // kv_heads))
+    c.roles[query] = "heads"
 
 
 def _shape(ctx: RuleContext, value) -> tuple[int, ...] | None:
@@ -57,18 +50,6 @@ def _link_mask(c: Coupling, ctx: RuleContext, mask, scores: list[Member | None])
             c.link((mask.name, axis), target)
 
 
-def _heads_fixup(c: Coupling, node, attributes: dict[str, Member]) -> None:
-    """Set each head-count attribute to its member's kept count (when it lost positions)."""
-
-    def apply(model, kept) -> None:
-        for attribute, member in attributes.items():
-            positions = kept(member)
-            if positions is not None:
-                model.set_attr(node, attribute, int(len(positions)))
-
-    c.fixups.append(Fixup(node, apply))
-
-
 @axis_rule("Attention")
 def onnx_attention(node, ctx: RuleContext) -> Coupling:
     """ONNX Attention (opset 23): Q, K, V 4-D [B, H, S, D] or 3-D [B, S, H·D]."""
@@ -82,9 +63,10 @@ def onnx_attention(node, ctx: RuleContext) -> Coupling:
     c.link((y.name, len(ys) - 2), (q.name, len(qs) - 2))  # query sequence
     c.link((v.name, len(vs) - 2), (k.name, len(ks) - 2))  # key sequence
     if len(qs) == 4:
-        heads = _Heads(c, node, (q.name, 1), (k.name, 1), qs[1], ks[1])
-        c.link((y.name, 1), heads.query)
-        c.link((v.name, 1), heads.kv)
+        query, kv = (q.name, 1), (k.name, 1)
+        _link_heads(c, query, kv, qs[1], ks[1])
+        c.link((y.name, 1), query)
+        c.link((v.name, 1), kv)
         c.link((y.name, 3), (v.name, 3))
         c.link((q.name, 3), (k.name, 3))
         c.roles[(y.name, 1)] = "heads"
@@ -92,16 +74,17 @@ def onnx_attention(node, ctx: RuleContext) -> Coupling:
         q_heads, kv_heads = int(ctx.attr(node, "q_num_heads", 0)), int(ctx.attr(node, "kv_num_heads", 0))
         if not q_heads or not kv_heads:
             return c
-        heads = _Heads(c, node, c.virtual(node, "heads", q_heads), c.virtual(node, "kv_heads", kv_heads), q_heads, kv_heads)
+        query, kv = c.virtual(node, "heads", q_heads), c.virtual(node, "kv_heads", kv_heads)
+        _link_heads(c, query, kv, q_heads, kv_heads)
         head_dim, v_dim = qs[2] // q_heads, vs[2] // kv_heads
-        heads.split((q.name, 2), heads.query, qs[2], head_dim)
-        heads.split((k.name, 2), heads.kv, ks[2], head_dim)
-        heads.split((v.name, 2), heads.kv, vs[2], v_dim)
-        heads.split((y.name, 2), heads.query, ys[2], v_dim)
-        _heads_fixup(c, node, {"q_num_heads": heads.query, "kv_num_heads": heads.kv})
+        for value, width, dim, heads in ((q, qs[2], head_dim, query), (k, ks[2], head_dim, kv),
+                                         (v, vs[2], v_dim, kv), (y, ys[2], v_dim, query)):
+            _split_packed(c, (value.name, 2), heads, [width], [dim])
+        count_fixup(c, node, "q_num_heads", query)
+        count_fixup(c, node, "kv_num_heads", kv)
     query_seq, key_seq = (q.name, len(qs) - 2), (k.name, len(ks) - 2)
     if len(node.inputs) > 3 and node.inputs[3] is not None and node.inputs[3].name:
-        _link_mask(c, ctx, node.inputs[3], [(q.name, 0), heads.query, query_seq, key_seq])
+        _link_mask(c, ctx, node.inputs[3], [(q.name, 0), query, query_seq, key_seq])
     return c
 
 
@@ -122,16 +105,15 @@ def ms_multi_head_attention(node, ctx: RuleContext) -> Coupling:
         c.link((value.name, 0), (q.name, 0))
     c.link((y.name, 1), (q.name, 1))
     c.link((v.name, 1), (k.name, 1))
-    heads = _Heads(c, node, c.virtual(node, "heads", heads_count), c.virtual(node, "kv_heads", heads_count),
-                   heads_count, heads_count)
+    heads = c.virtual(node, "heads", heads_count)  # one head count for Q, K and V
+    c.roles[heads] = "heads"
     head_dim, v_dim = qs[2] // heads_count, vs[2] // heads_count
-    for value, width, dim, member in ((q, qs[2], head_dim, heads.query), (k, ks[2], head_dim, heads.kv),
-                                      (v, vs[2], v_dim, heads.kv), (y, ys[2], v_dim, heads.query)):
-        heads.split((value.name, 2), member, width, dim)
+    for value, width, dim in ((q, qs[2], head_dim), (k, ks[2], head_dim), (v, vs[2], v_dim), (y, ys[2], v_dim)):
+        _split_packed(c, (value.name, 2), heads, [width], [dim])
     bias = node.inputs[3] if len(node.inputs) > 3 else None
     if bias is not None and bias.name:
-        _split_packed(c, (bias.name, 0), heads.query, [qs[2], ks[2], vs[2]], [head_dim, head_dim, v_dim])
-    _heads_fixup(c, node, {"num_heads": heads.query})
+        _split_packed(c, (bias.name, 0), heads, [qs[2], ks[2], vs[2]], [head_dim, head_dim, v_dim])
+    count_fixup(c, node, "num_heads", heads)
     return c
 
 
@@ -146,22 +128,24 @@ def ms_attention(node, ctx: RuleContext) -> Coupling:
     if None in (xs, ws, ys) or len(xs) != 3 or len(ws) != 2 or not heads_count or ctx.attr(node, "qkv_hidden_sizes"):
         return c  # explicit qkv_hidden_sizes would need rewriting too: left unmapped
     part = ws[1] // 3
+    head_dim = part // heads_count
     c.link((y.name, 0), (x.name, 0))
     c.link((y.name, 1), (x.name, 1))
     c.link((x.name, 2), (w.name, 0))
     heads = c.virtual(node, "heads", heads_count)
     c.roles[heads] = "heads"
-    _split_packed(c, (w.name, 1), heads, [part] * 3, [part // heads_count] * 3)
-    c.link((y.name, 2), heads, np.arange(ys[2]) // (part // heads_count))
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if bias is not None and bias.name:
-        _split_packed(c, (bias.name, 0), heads, [part] * 3, [part // heads_count] * 3)
+    for packed in (w, bias):  # weight columns and bias: [Q | K | V]
+        if packed is not None and packed.name:
+            _split_packed(c, (packed.name, len(ctx.shape(packed)) - 1), heads, [part] * 3, [head_dim] * 3)
+    _split_packed(c, (y.name, 2), heads, [ys[2]], [head_dim])
     compute_axes(c, ctx, w, (0, 1))
-    _heads_fixup(c, node, {"num_heads": heads})
+    count_fixup(c, node, "num_heads", heads)
     return c
 
 
 def _split_packed(c: Coupling, member: Member, heads: Member, widths: list[int], head_dims: list[int]) -> None:
-    """A packed [Q | K | V] axis: each part is heads × its head_dim, head-major."""
+    """An axis of one or more packed parts ([Q | K | V]), each heads × its head_dim, head-major:
+    every position maps to its head."""
     index = np.concatenate([np.arange(width) // dim for width, dim in zip(widths, head_dims)])
     c.link(member, heads, index)

@@ -55,20 +55,8 @@ def attention_blocks(model, analysis: GroupAnalysis | None = None) -> list[Atten
 
 def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBlock:
     nodes = [n for n in model.nodes() if (n.name or n.op_type) in group.nodes]
-    fused = [n for n in nodes if (_domain(n), n.op_type) in ATTENTION_OPS]
-    if fused:
-        node = fused[0]
-        form = f"{_domain(node) + '::' if _domain(node) else 'ONNX '}{node.op_type} op"
-        operands = {"q": node.inputs[0], "k": _input(node, 1), "v": _input(node, 2)}
-    else:
-        products = [n for n in nodes if n.op_type == "MatMul" and not any(model.constant_shape(v) for v in n.inputs)]
-        scores = next((n for n in products if _feeds_softmax(n)), products[0])
-        context = next((n for n in products if n is not scores), scores)
-        form = "written out (MatMul → Softmax → MatMul)"
-        operands = {"q": scores.inputs[0], "k": scores.inputs[1], "v": context.inputs[1]}
-    weights = {role: _source_weights(model, value) for role, value in operands.items()}
-    if fused and fused[0].op_type == "Attention" and _domain(fused[0]) == "com.microsoft":  # packed QKV weight
-        weights = dict.fromkeys(("q", "k", "v"), [fused[0].inputs[1].name])
+    fused = next((n for n in nodes if (_domain(n), n.op_type) in ATTENTION_OPS), None)
+    form, weights = _fused_weights(model, fused) if fused is not None else _written_out_weights(model, nodes)
     projections = {name for names in weights.values() for name in names}
     o = sorted({name for name, axis in group.compute if reduction.get(name) == axis and name not in projections})
     heads = max((group.sizes[m] for m in group.members_with_role("heads")), default=group.units)
@@ -76,6 +64,24 @@ def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBl
     head_dim = q_width // heads if q_width and heads and q_width % heads == 0 else None
     return AttentionBlock(group.id, form, heads, group.units, head_dim, weights["q"], weights["k"], weights["v"], o,
                           group.reason)
+
+
+def _fused_weights(model, node) -> tuple[str, dict[str, list[str]]]:
+    """How an attention op was found, and its Q/K/V weights (com.microsoft Attention holds
+    one packed QKV weight; the others read projections computed before them)."""
+    form = f"{_domain(node) + '::' if _domain(node) else 'ONNX '}{node.op_type} op"
+    if node.op_type == "Attention" and _domain(node) == "com.microsoft":
+        return form, dict.fromkeys(("q", "k", "v"), [node.inputs[1].name])
+    return form, {role: _source_weights(model, _input(node, i)) for i, role in enumerate(("q", "k", "v"))}
+
+
+def _written_out_weights(model, nodes) -> tuple[str, dict[str, list[str]]]:
+    """Q and K feed the product whose result reaches the Softmax, V the other one."""
+    products = [n for n in nodes if n.op_type == "MatMul" and not any(model.constant_shape(v) for v in n.inputs)]
+    scores = next((n for n in products if _feeds_softmax(n)), products[0])
+    context = next((n for n in products if n is not scores), scores)
+    operands = {"q": scores.inputs[0], "k": scores.inputs[1], "v": context.inputs[1]}
+    return "written out (MatMul → Softmax → MatMul)", {r: _source_weights(model, v) for r, v in operands.items()}
 
 
 def _domain(node) -> str:

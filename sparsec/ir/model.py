@@ -69,13 +69,18 @@ class Model:
         initializers unless ``sparse=False`` (or the weights live in external data: those
         models are always written dense)."""
         proto = ir.serde.serialize_model(self.ir)
-        if sparse and self.sparse_initializer_names() and not self.needs_external_data():
+        if sparse and self._writes_sparse():
             sparse_coo.sparsify_initializers(proto, self.sparse_initializer_names())
         return proto
 
     def sparse_initializer_names(self) -> list[str]:
         """Initializers this model writes as ONNX sparse initializers (COO)."""
         return sparse_coo.coo_names(self.ir.metadata_props)
+
+    def _writes_sparse(self) -> bool:
+        """Whether saving writes sparse initializers: some are named, and no weight needs an
+        external-data file (sparse and external tensors are never written together)."""
+        return bool(self.sparse_initializer_names()) and not self.needs_external_data()
 
     def set_sparse_initializer_names(self, names: list[str]) -> None:
         if names:
@@ -97,7 +102,7 @@ class Model:
         os.close(fd)
         try:
             # External data is itself written atomically by onnx-ir (temp file + replace).
-            if self.sparse_initializer_names() and not data_name:
+            if self._writes_sparse():
                 onnx.save_model(self.to_proto(), tmp)
             else:
                 ir.save(self.ir, tmp, external_data=data_name)
@@ -152,7 +157,7 @@ class Model:
         as written (see ``sparse_coo``).
         """
         problem = _c_api_utils.call_onnx_api(loading.check_full, self.ir)
-        if problem is None and self.sparse_initializer_names() and not self.needs_external_data():
+        if problem is None and self._writes_sparse():
             problem = sparse_coo.check_sparse_structure(self.to_proto())
         return problem
 

@@ -83,8 +83,9 @@ class ChannelPrunePass(InPlacePass):
             removed = removed_from_plan(read_plan(self.plan), analysis.groups, reasons)
         else:
             removed = self._select(model, candidates)
+        kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
         result = prune_channels(model, analysis, removed)
-        result.diagnostics = _diagnostics(analysis, reasons) + self._warnings(model, result)
+        result.diagnostics = _diagnostics(analysis, reasons) + self._warnings(model, result, kinds)
         return result
 
     def _patterns(self) -> list[str]:
@@ -100,7 +101,7 @@ class ChannelPrunePass(InPlacePass):
                 return f"excluded by --exclude '{pattern}' (matches '{hit}')"
         return None
 
-    def _warnings(self, model, result: PassResult) -> list[Diagnostic]:
+    def _warnings(self, model, result: PassResult, kinds: set[str]) -> list[Diagnostic]:
         found = []
         names = [n.name for n in model.nodes() if n.name] + list(model.initializers())
         for pattern in self._patterns():
@@ -110,11 +111,10 @@ class ChannelPrunePass(InPlacePass):
         if not result.modified:
             found.append(Diagnostic("warning", "channel.nothing-pruned",
                                     "no channel was removed (every group is kept, or the ratio rounds to zero)"))
-        if max(self.ratio, self.heads, self.ffn) > self.max_layer_ratio and not self.plan:
+        largest = max(self.ratio, self.heads, self.ffn)
+        if largest > self.max_layer_ratio and not self.plan:
             found.append(Diagnostic("warning", "channel.ratio-capped",
-                                    f"ratio {max(self.ratio, self.heads, self.ffn):g} is capped at max_layer_ratio "
-                                    f"{self.max_layer_ratio:g}"))
-        kinds = {g.kind for g in find_channel_groups(model).groups} if self.heads > 0 or self.ffn > 0 else set()
+                                    f"ratio {largest:g} is capped at max_layer_ratio {self.max_layer_ratio:g}"))
         found += [Diagnostic("warning", f"channel.no-{kind}", f"{kind} ratio given, but no {what} was found")
                   for kind, value, what in (("heads", self.heads, "attention-head group"), ("ffn", self.ffn, "MLP hidden-unit group"))
                   if value > 0 and kind not in kinds and not self.plan]
