@@ -143,3 +143,14 @@ def test_sdpa_transpose_idiom_is_canonicalized_bit_exactly():
     assert sum(n.op_type == "Reshape" for n in model.nodes()) == reshapes - 4
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
     np.testing.assert_array_equal(run_ort(model.to_proto(), {"input": x})[0], run_ort(str(path), {"input": x})[0])
+
+
+def test_packed_qkv_weight_gives_the_head_dim_of_one_part():
+    path = MODELS / "attention" / "com_microsoft_attention.onnx"  # qkv weight [32, 3 x 4 heads x 8]
+    if not path.exists():
+        pytest.skip("models/attention not built")
+    model = Model.load(path)
+    (block,) = attention_blocks(model)
+    assert block.q == block.k == block.v
+    width = _shape(model, block.q[0])[1]
+    assert (block.heads, block.head_dim) == (4, width // 3 // 4)

@@ -7,7 +7,8 @@ are what can be removed: one head, or, under grouped-query attention, one KV hea
 query heads that share it (the K/V repeat links them). So, per block:
 
 - ``kv_heads`` = the group's units; ``heads`` = the size of the widest head-role member (the
-  query heads); ``head_dim`` = the query projection's output width / ``heads``;
+  query heads); ``head_dim`` = the query projection's output width / ``heads`` (a third of a
+  packed QKV projection's);
 - Q, K, V are the constant weights the operands of the attention product (or op) are computed
   from, traced up through layout and elementwise ops; O is the weight that reduces over the
   group (its reduction axis, ``weight_sites.REDUCTION_AXIS``, is the group's member).
@@ -61,6 +62,8 @@ def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBl
     o = sorted({name for name, axis in group.compute if reduction.get(name) == axis and name not in projections})
     heads = max((group.sizes[m] for m in group.members_with_role("heads")), default=group.units)
     q_width = next((group.sizes[m] for m in group.compute if m[0] in weights["q"]), None)
+    if q_width and weights["q"] and weights["q"] == weights["k"] == weights["v"]:  # one packed [Q | K | V] weight
+        q_width //= 3
     head_dim = q_width // heads if q_width and heads and q_width % heads == 0 else None
     return AttentionBlock(group.id, form, heads, group.units, head_dim, weights["q"], weights["k"], weights["v"], o,
                           group.reason)
