@@ -121,17 +121,18 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes:
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
-             channels, heads, ffn, nm, sparsity, block, embeddings, sparse_format, importance, calibration, scope, max_layer_ratio, round_to,
-             exclude, seed, plan_out, plan_in, input_shapes, inputs, rtol, atol, latency_runs) -> None:
+             channels, heads, ffn, nm, sparsity, block, embeddings, sparse_format, importance, calibration, scope,
+             max_layer_ratio, round_to, exclude, seed, plan_out, plan_in, input_shapes, inputs, rtol, atol,
+             latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
     Without a transform flag: the exact cleanup pipeline (identity elimination, BatchNorm
     folding, shape constant folding, dead-code elimination) to a fixed point, validated against
     MODEL. With --channels, --heads, --ffn or --plan-in: channel, attention-head and MLP-neuron
-    pruning, then cleanup; with --nm or --sparsity: weight sparsity, then cleanup and the --sparse-format encoding. A lossy run is
-    validated against the masked original (MODEL with what was removed zeroed) within
-    1e-4 x max |output| (an encoded one bit-identically, with every decoder folded away by
-    onnxruntime), and its difference from MODEL itself is reported.
+    pruning, then cleanup; with --nm or --sparsity: weight sparsity, then cleanup and the
+    --sparse-format encoding. A lossy run is validated against the masked original (MODEL with
+    what was removed zeroed) within 1e-4 x max |output| (an encoded one bit-identically, with
+    every decoder folded away by onnxruntime), and its difference from MODEL itself is reported.
     """
     _check_importance(importance, calibration, weights=nm is not None or sparsity is not None)
     structured = channels is not None or heads is not None or ffn is not None

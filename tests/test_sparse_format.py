@@ -155,26 +155,33 @@ def test_a_foreign_sparse_initializer_with_coordinate_indices_loads_dense(tmp_pa
     np.testing.assert_allclose(run_ort(model.to_proto(), {"x": x})[0], x @ weight, rtol=1e-6)
 
 
-def test_coo_with_external_data(cli, tmp_path, rng):
-    """Weights left in the external .data file: coo is refused (one line, nothing written);
-    every weight rewritten in memory: a single coo file that onnxruntime runs."""
+def _external_data_model(folder, rng, with_bias: bool):
+    """x · w (+ b), every initializer saved in ``folder/m.onnx.data``."""
     import onnx
-    bias = numpy_helper.from_array(rng.normal(size=128).astype(np.float32), "b")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
-    weight = numpy_helper.from_array(rng.normal(size=(256, 128)).astype(np.float32), "w")
-    for name, inits in (("kept", [weight, bias]), ("all", [weight])):
-        graph_nodes = nodes if name == "kept" else nodes[:1]
-        output = "y" if name == "kept" else "h"
-        proto = make_model(graph_nodes, [("x", TensorProto.FLOAT, [2, 256])], [(output, TensorProto.FLOAT, [2, 128])], inits)
-        folder = tmp_path / name
-        folder.mkdir()
-        onnx.save(proto, str(folder / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
-        code, _, stderr = cli("compress", folder / "m.onnx", "--sparsity", "0.9", "--sparse-format", "coo",
-                              "-o", folder / "out.onnx", "--latency-runs", "0")
-        if name == "kept":  # the bias stays in m.onnx.data
-            assert code == 2 and "format coo is not written with external data" in stderr
-            assert not (folder / "out.onnx").exists()
-        else:
-            assert code == 0, stderr
-            assert [s.values.name for s in onnx.load(str(folder / "out.onnx")).graph.sparse_initializer] == ["w"]
-            assert not (folder / "out.onnx.data").exists()
+    inits = [numpy_helper.from_array(rng.normal(size=(256, 128)).astype(np.float32), "w")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"])]
+    if with_bias:  # weight-sparsity leaves the bias alone: it stays in the .data file
+        inits.append(numpy_helper.from_array(rng.normal(size=128).astype(np.float32), "b"))
+        nodes.append(helper.make_node("Add", ["h", "b"], ["y"]))
+    proto = make_model(nodes, [("x", TensorProto.FLOAT, [2, 256])], [(nodes[-1].output[0], TensorProto.FLOAT, [2, 128])],
+                       inits)
+    onnx.save(proto, str(folder / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    return folder / "m.onnx"
+
+
+def test_coo_is_refused_while_weights_stay_in_external_data(cli, tmp_path, rng):
+    source = _external_data_model(tmp_path, rng, with_bias=True)
+    code, _, stderr = cli("compress", source, "--sparsity", "0.9", "--sparse-format", "coo", "-o", tmp_path / "out.onnx",
+                          "--latency-runs", "0")
+    assert code == 2 and "format coo is not written with external data" in stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_coo_of_an_external_data_model_whose_weights_all_moved_to_memory_is_one_file(cli, tmp_path, rng):
+    import onnx
+    source = _external_data_model(tmp_path, rng, with_bias=False)
+    code, _, stderr = cli("compress", source, "--sparsity", "0.9", "--sparse-format", "coo", "-o", tmp_path / "out.onnx",
+                          "--latency-runs", "0")
+    assert code == 0, stderr
+    assert [s.values.name for s in onnx.load(str(tmp_path / "out.onnx")).graph.sparse_initializer] == ["w"]
+    assert not (tmp_path / "out.onnx.data").exists()

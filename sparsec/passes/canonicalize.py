@@ -12,8 +12,8 @@ channel engine (a merged batch×heads axis, and a shape read at run time), so it
 
 Rewritten only when: R1 and T have no other consumer; the concrete shapes (at the bound input
 shapes) are exactly the ones above; and each target is computed at run time from constants and
-``Shape`` of K itself (so it follows any K), or is a constant while K's shape is static. Exact: outputs are unchanged bit for
-bit (a transpose moves values, it computes nothing).
+``Shape`` of K itself (so it follows any K), or is a constant while K's shape is static.
+Exact: outputs are unchanged bit for bit (a transpose moves values, it computes nothing).
 """
 
 from __future__ import annotations
