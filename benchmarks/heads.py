@@ -23,8 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
+import minilm_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = {"heads 0.5": {"heads": 0.5}, "ffn 0.5": {"ffn": 0.5}}
@@ -82,26 +81,17 @@ def _short(text: str, width: int = 14) -> str:
 
 
 def minilm_rows(folder: Path) -> list[str]:
-    source = ROOT / ".cache/minilm/minilm_legacy.onnx"
-    data = np.load(ROOT / ".cache/minilm/sentences.npz")
-    feeds = {"input_ids": data["input_ids"], "attention_mask": data["attention_mask"]}
-    reference = embed(source, feeds)
+    feeds = minilm_sentences.sentence_feeds()
+    reference = minilm_sentences.embed(minilm_sentences.MODEL, feeds)
     rows = []
     for ratios in ({"heads": 0.25}, {"heads": 0.5}, {"ffn": 0.25}, {"ffn": 0.5}):
         label = " ".join(f"--{k} {v:g}" for k, v in ratios.items())
         print(f"  minilm {label}...", file=sys.stderr)
-        _, result = prune(source, folder / "minilm.onnx", 0, **ratios)
-        pruned = embed(folder / "minilm.onnx", feeds)
-        cosine = (pruned * reference).sum(1) / np.linalg.norm(pruned, axis=1) / np.linalg.norm(reference, axis=1)
+        _, result = prune(minilm_sentences.MODEL, folder / "minilm.onnx", 0, **ratios)
+        cosine = minilm_sentences.cosines(folder / "minilm.onnx", feeds, reference)
         rows.append(f"{label:<14} {cosine.mean():8.4f} {cosine.min():8.4f} "
                     f"{result.after.params / result.before.params:7.3f} {result.after.macs / result.before.macs:7.3f}")
     return rows
-
-
-def embed(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    count = len(next(iter(feeds.values())))
-    return np.concatenate([session.run(None, {k: v[i:i + 64] for k, v in feeds.items()})[0] for i in range(0, count, 64)])
 
 
 def main() -> int:
@@ -114,7 +104,7 @@ def main() -> int:
         print("heads per block before → after (q/kv when they differ), ratios after / before")
         print(f"{'model':<26} {'flag':<9} {'heads before':>14} {'heads after':>14} {'params':>7} {'MACs':>7} {'lat':>7}")
         print("\n".join(model_rows(args.models or default_models(), args.latency_runs, Path(folder))))
-        if not args.no_minilm and (ROOT / ".cache/minilm/sentences.npz").exists():
+        if not args.no_minilm and minilm_sentences.SENTENCES.exists():
             print("\nMiniLM sentence-embedding cosine to the original (512 sentences, no calibration, no recovery)")
             print(f"{'':<14} {'mean':>8} {'min':>8} {'params':>7} {'MACs':>7}")
             print("\n".join(minilm_rows(Path(folder))))

@@ -32,12 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import minilm_sentences
 import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
-FORMAT_MODELS = [ROOT / ".cache/timm/resnet18_legacy.onnx", ROOT / ".cache/minilm/minilm_legacy.onnx"]
+FORMAT_MODELS = [ROOT / ".cache/timm/resnet18_legacy.onnx", minilm_sentences.MODEL]
 PATTERNS = {"2:4": {"nm": "2:4"}, "90%": {"ratio": 0.9}}
 FORMATS = ("dense", "bitmask", "nm", "coo")
 
@@ -108,12 +109,11 @@ def accuracy_rows(folder: Path) -> list[str]:
 
 
 def minilm_rows(folder: Path) -> list[str]:
-    source = ROOT / ".cache/minilm/minilm_legacy.onnx"
-    data = np.load(ROOT / ".cache/minilm/sentences.npz")
+    source = minilm_sentences.MODEL
     calibration = folder / "minilm_calibration.npz"
-    np.savez(calibration, input_ids=data["input_ids"][:128], attention_mask=data["attention_mask"][:128])
-    feeds = {"input_ids": data["input_ids"][128:], "attention_mask": data["attention_mask"][128:]}
-    reference = embed(source, feeds)
+    np.savez(calibration, **minilm_sentences.sentence_feeds(slice(None, 128)))
+    feeds = minilm_sentences.sentence_feeds(slice(128, None))
+    reference = minilm_sentences.embed(source, feeds)
     rows = []
     for label, pattern, scores in (("2:4", {"nm": "2:4"}, ("magnitude", "wanda")),
                                    ("50%", {"ratio": 0.5}, ("magnitude", "wanda")),
@@ -123,17 +123,9 @@ def minilm_rows(folder: Path) -> list[str]:
         for score in scores:
             target = folder / f"minilm_{score}.onnx"
             compress(source, target, "dense", score=score, calibration=calibration, **pattern)
-            pruned = embed(target, feeds)
-            cosine = (pruned * reference).sum(1) / np.linalg.norm(pruned, axis=1) / np.linalg.norm(reference, axis=1)
-            cells.append(f"{cosine.mean():9.4f}")
+            cells.append(f"{minilm_sentences.cosines(target, feeds, reference).mean():9.4f}")
         rows.append(f"{label:<8} " + " ".join(cells))
     return rows
-
-
-def embed(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    count = len(next(iter(feeds.values())))
-    return np.concatenate([session.run(None, {k: v[i:i + 64] for k, v in feeds.items()})[0] for i in range(0, count, 64)])
 
 
 def main() -> int:

@@ -1,0 +1,32 @@
+"""The all-MiniLM-L6-v2 model and real sentences the benchmarks compare embeddings on
+(built by ``models/make_minilm.py`` into ``.cache/minilm``), and the cosine they report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+FOLDER = Path(__file__).resolve().parents[1] / ".cache/minilm"
+MODEL = FOLDER / "minilm_legacy.onnx"
+SENTENCES = FOLDER / "sentences.npz"
+
+
+def sentence_feeds(rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` of the chosen sentences (512 in all)."""
+    data = np.load(SENTENCES)
+    return {"input_ids": data["input_ids"][rows], "attention_mask": data["attention_mask"][rows]}
+
+
+def embed(path: Path, feeds: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    count = len(next(iter(feeds.values())))
+    return np.concatenate([session.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0]
+                           for i in range(0, count, batch)])
+
+
+def cosines(path: Path, feeds: dict[str, np.ndarray], reference: np.ndarray) -> np.ndarray:
+    """Per sentence, the cosine between ``path``'s embedding and ``reference``."""
+    pruned = embed(path, feeds)
+    return (pruned * reference).sum(1) / np.linalg.norm(pruned, axis=1) / np.linalg.norm(reference, axis=1)
