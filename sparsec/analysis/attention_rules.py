@@ -1,5 +1,5 @@
 """Axis rules of fused attention ops: ONNX ``Attention`` (opset 23) and the ``com.microsoft``
-``MultiHeadAttention`` / ``Attention`` contrib ops.
+``MultiHeadAttention`` / ``Attention`` / ``GroupQueryAttention`` contrib ops.
 
 The algebra. Y = softmax(Q·Kᵀ·scale + mask)·V, computed per head: query head h reads KV head
 h // (Hq / Hkv) (grouped-query attention; Hq = Hkv for plain multi-head). So
@@ -13,8 +13,9 @@ h // (Hq / Hkv) (grouped-query attention; Hq = Hkv for plain multi-head). So
   ``num_heads`` attributes are rewritten to the kept counts;
 - batch and sequence axes pass through (query side to Y, key side between K and V); a mask
   broadcasts against the scores [B, Hq, Sq, Skv];
-- past/present key-value caches and any other input are left unmapped, so a head group
-  reaching them is kept whole (a KV cache fed from outside keeps its shape).
+- past/present key-value caches are left unmapped (ONNX Attention, MultiHeadAttention) or
+  follow the KV heads (GroupQueryAttention); either way a head group reaching a cache fed
+  from outside is kept whole (it keeps its shape).
 
 The masked original needs no extra masking: a removed head's output meets only zeroed rows of
 the output projection.
@@ -74,12 +75,7 @@ def onnx_attention(node, ctx: RuleContext) -> Coupling:
         q_heads, kv_heads = int(ctx.attr(node, "q_num_heads", 0)), int(ctx.attr(node, "kv_num_heads", 0))
         if not q_heads or not kv_heads:
             return c
-        query, kv = c.virtual(node, "heads", q_heads), c.virtual(node, "kv_heads", kv_heads)
-        _link_heads(c, query, kv, q_heads, kv_heads)
-        head_dim, v_dim = qs[2] // q_heads, vs[2] // kv_heads
-        for value, width, dim, heads in ((q, qs[2], head_dim, query), (k, ks[2], head_dim, kv),
-                                         (v, vs[2], v_dim, kv), (y, ys[2], v_dim, query)):
-            _split_packed(c, (value.name, 2), heads, [width], [dim])
+        query, kv = _link_packed_heads(c, node, (q, k, v, y), (qs, ks, vs, ys), q_heads, kv_heads)
         count_fixup(c, node, "q_num_heads", query)
         count_fixup(c, node, "kv_num_heads", kv)
     query_seq, key_seq = (q.name, len(qs) - 2), (k.name, len(ks) - 2)
@@ -117,6 +113,43 @@ def ms_multi_head_attention(node, ctx: RuleContext) -> Coupling:
     return c
 
 
+@axis_rule("GroupQueryAttention", domain="com.microsoft")
+def ms_group_query_attention(node, ctx: RuleContext) -> Coupling:
+    """com.microsoft GroupQueryAttention with separate 3-D query, key, value [B, S, H·D]
+    (``num_heads`` query heads, ``kv_num_heads`` KV heads); past/present caches [B, Hkv, T, D]
+    follow the KV heads, so a cache that is a graph input or output keeps them all. Packed QKV
+    (no key input) is left unmapped."""
+    c = Coupling()
+    q, k, v = (_input(node, i) for i in range(3))
+    y = node.outputs[0]
+    shapes = [_shape(ctx, x) for x in (q, k, v, y)]
+    q_heads, kv_heads = int(ctx.attr(node, "num_heads", 0)), int(ctx.attr(node, "kv_num_heads", 0))
+    if None in shapes or any(len(s) != 3 for s in shapes) or not q_heads or not kv_heads:
+        return c
+    batch = (q.name, 0)
+    for value in (k, v, y):
+        c.link((value.name, 0), batch)
+    c.link((y.name, 1), (q.name, 1))
+    c.link((v.name, 1), (k.name, 1))
+    query, kv = _link_packed_heads(c, node, (q, k, v, y), shapes, q_heads, kv_heads)
+    caches = [_input(node, 3), _input(node, 4)] + list(node.outputs[1:3])
+    for cache in caches:
+        if _shape(ctx, cache) is not None:
+            c.link((cache.name, 0), batch)
+            c.link((cache.name, 1), kv)
+    seqlens = _input(node, 5)
+    if _shape(ctx, seqlens) is not None:
+        c.link((seqlens.name, 0), batch)
+    count_fixup(c, node, "num_heads", query)
+    count_fixup(c, node, "kv_num_heads", kv)
+    return c
+
+
+def _input(node, index: int):
+    value = node.inputs[index] if index < len(node.inputs) else None
+    return value if value is not None and value.name else None
+
+
 @axis_rule("Attention", domain="com.microsoft")
 def ms_attention(node, ctx: RuleContext) -> Coupling:
     """com.microsoft Attention: input [B, S, In] · weights [In, Q+K+V] + bias [Q+K+V], heads
@@ -142,6 +175,20 @@ def ms_attention(node, ctx: RuleContext) -> Coupling:
     compute_axes(c, ctx, w, (0, 1))
     count_fixup(c, node, "num_heads", heads)
     return c
+
+
+def _link_packed_heads(c: Coupling, node, values, shapes, q_heads: int, kv_heads: int) -> tuple[Member, Member]:
+    """Q, K, V, Y in the 3-D layout [B, S, heads·head_dim]: virtual query and KV head members,
+    each position of the last axes mapped to its head (query heads share KV heads)."""
+    q, k, v, y = values
+    qs, ks, vs, ys = shapes
+    query, kv = c.virtual(node, "heads", q_heads), c.virtual(node, "kv_heads", kv_heads)
+    _link_heads(c, query, kv, q_heads, kv_heads)
+    head_dim, v_dim = qs[2] // q_heads, vs[2] // kv_heads
+    for value, width, dim, heads in ((q, qs[2], head_dim, query), (k, ks[2], head_dim, kv),
+                                     (v, vs[2], v_dim, kv), (y, ys[2], v_dim, query)):
+        _split_packed(c, (value.name, 2), heads, [width], [dim])
+    return query, kv
 
 
 def _split_packed(c: Coupling, member: Member, heads: Member, widths: list[int], head_dims: list[int]) -> None:
