@@ -27,7 +27,7 @@ from sparsec.ir import Model
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass, read_plan
-from sparsec.passes.canonicalize import TransposeCanonicalizePass
+from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonicalizePass
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
@@ -266,7 +266,8 @@ def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0
                    seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
-    exporter idioms canonicalized (dynamo's SDPA Kᵀ), ``channel-prune`` with these options
+    exporter idioms canonicalized (dynamo's SDPA Kᵀ, the legacy exporter's run-time expand),
+    ``channel-prune`` with these options
     (``heads``/``ffn`` -1: as ``ratio``), then cleanup."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}")
@@ -276,7 +277,8 @@ def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0
                              round_to=round_to, exclude="|".join(exclude), seed=seed, heads=heads, ffn=ffn,
                              plan=str(Path(plan).resolve()) if plan is not None else "")
     prune.check_options()
-    return [IdentityEliminationPass(), ConstantFoldShapesPass(), TransposeCanonicalizePass(), DeadCodePass(), prune,
+    return [IdentityEliminationPass(), ConstantFoldShapesPass(), ShapeCanonicalizePass(), TransposeCanonicalizePass(),
+            DeadCodePass(), prune,
             *cleanup_passes()]
 
 

@@ -12,10 +12,11 @@ from conftest import MODELS, oracle_error, prune, run_ort
 from sparsec import api
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.heads import attention_blocks
+from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.analysis.weight_sites import weight_sites
 from sparsec.ir import Model
 from sparsec.passes import Pipeline
-from sparsec.passes.canonicalize import TransposeCanonicalizePass
+from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonicalizePass
 from sparsec.passes.cleanup import DeadCodePass
 
 VIT = MODELS / "digits_vit.onnx"  # 2 blocks, 4 heads of 8, MLP 32 -> 64 -> 32 (legacy exporter)
@@ -108,16 +109,10 @@ def test_head_pruning_really_changes_the_function():
     assert np.abs(before - after).max() > 1e-2
 
 
-# every committed attention form that --heads handles (the written-out GQA whose repeat is
-# computed from shapes read at run time is not there yet)
-PRUNABLE_FORMS = [p for p in ATTENTION if p.stem not in ("llama_gqa_legacy",)]
-
-
-@pytest.mark.parametrize("path", [VIT] + PRUNABLE_FORMS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [VIT] + ATTENTION, ids=lambda p: p.stem)
 def test_every_attention_form_loses_half_its_heads_exactly(path):
     original = Model.load(path)
-    TransposeCanonicalizePass()(original)  # what --heads runs first (dynamo's SDPA Kᵀ idiom)
-    DeadCodePass()(original)
+    Pipeline(api.channel_passes(0.0, heads=0.0))(original)  # the canonicalization --heads runs first; prunes nothing
     before = attention_blocks(original)
     assert before and all(b.reason is None for b in before)
     model = Model.load(path)
@@ -126,6 +121,21 @@ def test_every_attention_form_loses_half_its_heads_exactly(path):
     assert oracle_error(model, result.reference()) <= 1e-4
     after = attention_blocks(model)
     assert [(b.heads, b.kv_heads, b.head_dim) for b in after] == [(b.heads // 2, b.kv_heads // 2, b.head_dim) for b in before]
+    feeds = random_inputs(original, bind_shapes(original), 0)  # and the removal is not vacuous
+    assert np.abs(run_ort(original.to_proto(), feeds)[0] - run_ort(model.to_proto(), feeds)[0]).max() > 1e-3
+
+
+def test_legacy_run_time_expand_idiom_is_removed_bit_exactly():
+    """Llama's repeat_kv as the legacy exporter writes it: Reshape(sizes, [-1]) and the
+    expand(-1 → 1) Where go, in every block; the model computes the same bits."""
+    path = MODELS / "attention" / "llama_gqa_legacy.onnx"
+    model = Model.load(path)
+    wheres = sum(n.op_type == "Where" for n in model.nodes())
+    assert ShapeCanonicalizePass()(model).stats["shape_idioms_removed"] == 9  # 2 blocks x K, V x 2 + the mask's Reshape
+    DeadCodePass()(model)
+    assert sum(n.op_type == "Where" for n in model.nodes()) == wheres - 4  # the mask's Where keeps its -1 entry
+    feeds = random_inputs(model, bind_shapes(model), 0)
+    np.testing.assert_array_equal(run_ort(model.to_proto(), feeds)[0], run_ort(str(path), feeds)[0])
 
 
 def test_sdpa_transpose_idiom_is_canonicalized_bit_exactly():

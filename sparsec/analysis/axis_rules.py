@@ -143,7 +143,8 @@ def identity_all(c: Coupling, a, b, rank: int) -> None:
 
 def link_broadcast(c: Coupling, ctx: RuleContext, value, out) -> None:
     """Link ``value``'s axes to ``out``'s under numpy broadcasting (right-aligned); size-1
-    axes that broadcast are free."""
+    axes are free, even against a size-1 output axis (one position can never be removed, and
+    a shared broadcast operand such as a rotary table must not tie the groups it meets)."""
     shape, out_shape = ctx.shape(value), ctx.shape(out)
     if shape is None or out_shape is None:
         return
@@ -151,10 +152,12 @@ def link_broadcast(c: Coupling, ctx: RuleContext, value, out) -> None:
     for axis, size in enumerate(shape):
         if offset + axis < 0:
             continue
-        if size == out_shape[offset + axis]:
-            c.link((value.name, axis), (out.name, offset + axis))
-        elif size == 1:
+        if size == 1:
             c.free.add((value.name, axis))
+            if out_shape[offset + axis] == 1:
+                c.free.add((out.name, offset + axis))
+        elif size == out_shape[offset + axis]:
+            c.link((value.name, axis), (out.name, offset + axis))
 
 
 def compute_axes(c: Coupling, ctx: RuleContext, value, axes, role: str = "linear") -> None:
@@ -252,17 +255,32 @@ DIM_CARRIERS = {"Unsqueeze", "Squeeze", "Cast", "Identity"}
 SHAPE_TARGETS = {"Reshape": 1, "Expand": 1}  # op -> the input holding the target shape
 
 
+def _carries(ctx: RuleContext, node, value) -> int | None:
+    """The factor by which ``node`` passes the one-element dim ``value`` on: 1 through
+    Unsqueeze/Squeeze/Cast/Identity, k through a Mul by a positive integer constant k (the
+    ``n_rep`` of a grouped-query repeat); None for anything else."""
+    if node.op_type in DIM_CARRIERS:
+        return 1 if node.inputs[0] is value else None
+    if node.op_type != "Mul" or len(node.inputs) != 2:
+        return None
+    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+    factor = ctx.const(other) if other is not value else None
+    if factor is None or factor.size != 1 or factor.dtype.kind not in "iu" or int(factor.reshape(-1)[0]) < 1:
+        return None
+    return int(factor.reshape(-1)[0])
+
+
 def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
     """Whether a one-element dim value is used only as an entry of Reshape/Expand targets
-    built by a Concat (through Unsqueeze/Squeeze/Cast): exactly the entries ``shape_entries``
-    resolves to the dim they carry, so the target's axis is linked to it. Any other use (a
-    target that is the value itself, arithmetic) counts as a read."""
+    built by a Concat (through ``_carries`` ops): exactly the entries ``shape_entries``
+    resolves to the dim they carry (times a constant factor), so the target's axis is linked
+    to it. Any other use (a target that is the value itself, other arithmetic) is a read."""
     uses = list(value.uses())
     if not uses or value.is_graph_output() or depth == 0:
         return False
     for use in uses:
         node = use.node
-        if node.op_type in DIM_CARRIERS:
+        if _carries(ctx, node, value) is not None:
             ok = passes_into_targets(ctx, node.outputs[0], depth - 1)
         else:
             targets = list(node.outputs[0].uses()) if node.op_type == "Concat" else []
@@ -274,19 +292,22 @@ def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
     return True
 
 
-def dim_source(ctx: RuleContext, value, depth: int = 4) -> Member | None:
-    """The (tensor, axis) whose run-time size a one-element value is: a constant Gather or
-    Slice picking one dim of Shape(X), possibly through Unsqueeze/Squeeze/Cast; else None."""
+def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | None:
+    """(member, factor) when a one-element value is, at run time, ``factor`` times the size
+    of (tensor, axis): a constant Gather or Slice picking one dim of Shape(X), possibly
+    through ``_carries`` ops; else None."""
     node = value.producer() if value is not None else None
     if node is None or depth == 0:
         return None
-    if node.op_type in DIM_CARRIERS:
-        return dim_source(ctx, node.inputs[0], depth - 1)
+    carried = next((v for v in node.inputs if v is not None and _carries(ctx, node, v) is not None), None)
+    if carried is not None and ctx.const(carried) is None:
+        source = dim_source(ctx, carried, depth - 1)
+        return None if source is None else (source[0], source[1] * _carries(ctx, node, carried))
     shape_node = node.inputs[0].producer() if node.op_type in ("Gather", "Slice") else None
     if shape_node is None or shape_node.op_type != "Shape":
         return None
     picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(shape_node.inputs[0]) or 0))
-    return (shape_node.inputs[0].name, picked[0]) if picked is not None and len(picked) == 1 else None
+    return ((shape_node.inputs[0].name, picked[0]), 1) if picked is not None and len(picked) == 1 else None
 
 
 # ---------------------------------------------------------------- convolutions and products

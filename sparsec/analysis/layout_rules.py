@@ -80,11 +80,16 @@ def split(node, ctx: RuleContext) -> Coupling:
 
 @axis_rule("Slice")
 def slice_(node, ctx: RuleContext) -> Coupling:
-    """Unsliced axes are the identity; an axis sliced with step 1 is an offset map."""
+    """Unsliced axes are the identity; an axis sliced with step 1 is an offset map. With bounds
+    computed at run time (a rotary half split) but constant axes, only the unsliced axes map."""
     c, x, y = Coupling(), node.inputs[0], node.outputs[0]
     shape = ctx.shape(x)
     raw = None if shape is None else _slice_inputs(node, ctx, len(shape))
     if raw is None:
+        axes = ctx.ints(node, "axes", 3) if shape is not None else None
+        sliced = {norm_axis(a, len(shape)) for a in axes} if axes is not None else set(range(len(shape or ())))
+        for axis in set(range(len(shape or ()))) - sliced:
+            c.link((y.name, axis), (x.name, axis))
         return c
     bounds = _clamped(raw, shape)
     for axis in range(len(shape)):
@@ -240,7 +245,7 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
             return [None] * length
         source = dim_source(ctx, piece) if piece_array is None and math.prod(piece_shape) == 1 else None
         if source is not None:
-            entries.append(PassedDim(source))
+            entries.append(PassedDim(*source))
         elif piece_array is None:
             entries += [None] * int(math.prod(piece_shape))
         else:
@@ -252,15 +257,21 @@ KEEP = (None, None, None, None)  # an entry that needs no rewrite (a size passed
 
 
 class PassedDim(tuple):
-    """An entry that is, at run time, the size of another (tensor, axis): it follows that
-    member's pruning by itself (``dim_source``); the rule links the output axis to it."""
+    """An entry that is, at run time, ``factor`` times the size of another (tensor, axis): it
+    follows that member's pruning by itself (``dim_source``); the rule links the output axis
+    to it, each member position owning ``factor`` consecutive output positions (the outer
+    part of a merge, as a grouped-query repeat [Hkv, n_rep] → Hkv·n_rep lays them out)."""
 
-    def __new__(cls, member: Member):
-        return super().__new__(cls, (None, None, None, member))
+    def __new__(cls, member: Member, factor: int = 1):
+        return super().__new__(cls, (None, None, None, member, factor))
 
     @property
     def member(self) -> Member:
         return self[3]
+
+    @property
+    def factor(self) -> int:
+        return self[4]
 
 
 def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int], shape_input: int = 1) -> None:
@@ -272,7 +283,7 @@ def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int], shap
         if entry is None and y_shape[axis] != 1:
             c.block((y.name, axis), f"its size comes from a shape computed at run time ({node.op_type} input)")
         elif isinstance(entry, PassedDim):
-            c.link((y.name, axis), entry.member)
+            c.link((y.name, axis), entry.member, np.arange(y_shape[axis]) // entry.factor if entry.factor > 1 else None)
 
     def apply(model, kept) -> None:
         edits: dict[tuple, np.ndarray] = {}

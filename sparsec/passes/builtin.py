@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sparsec.passes.bn_fold import BatchNormFoldPass
-from sparsec.passes.canonicalize import TransposeCanonicalizePass  # noqa: F401  (registers transpose-canonicalize)
+from sparsec.passes.canonicalize import TransposeCanonicalizePass  # noqa: F401  (registers transpose- and shape-canonicalize)
 from sparsec.passes.channel_prune import ChannelPrunePass  # noqa: F401  (registers channel-prune)
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass

@@ -1,6 +1,7 @@
-"""``transpose-canonicalize``: exporter idioms rewritten to the single op they compute.
+"""Exporter idioms rewritten to the single op (or the value) they compute, so that the channel
+engine sees through them. Both passes are exact: outputs are unchanged bit for bit.
 
-The dynamo exporter's decomposed scaled-dot-product attention transposes K as
+``transpose-canonicalize``. The dynamo exporter's decomposed scaled-dot-product attention transposes K as
 
     R1 = Reshape(K, [-1, K[-2], K[-1]])      # flatten the leading dims (batch × heads)
     T  = Transpose(R1, perm=[0, 2, 1])
@@ -13,7 +14,21 @@ channel engine (a merged batch×heads axis, and a shape read at run time), so it
 Rewritten only when: R1 and T have no other consumer; the concrete shapes (at the bound input
 shapes) are exactly the ones above; and each target is computed at run time from constants and
 ``Shape`` of K itself (so it follows any K), or is a constant while K's shape is static.
-Exact: outputs are unchanged bit for bit (a transpose moves values, it computes nothing).
+Exact: a transpose moves values, it computes nothing.
+
+``shape-canonicalize``. PyTorch's legacy exporter writes an ``expand`` to a size computed at
+run time (transformers' grouped-query ``repeat_kv`` is one) as
+
+    T = Concat(dims...)                               # the requested sizes
+    F = Reshape(T, [-1])                              # a no-op on a 1-D vector
+    W = Where(Equal(F, ConstantOfShape(Shape(F))·c), ConstantOfShape(Shape(F)), F)   # c = -1 → 1
+    Expand(X, W)
+
+The Reshape of a 1-D vector to [-1] returns it; the Where replaces the entries equal to c by
+1, so it returns F when no entry can equal c: every entry is a constant other than c, or a
+dim read from a ``Shape`` (never negative), possibly through Unsqueeze/Squeeze/Cast or a Mul
+by a positive constant, while c < 0. Both are replaced by their input; the run-time dims
+then reach the Expand target directly (where ``shape_entries`` links them).
 """
 
 from __future__ import annotations
@@ -21,6 +36,9 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+import numpy as np
+
+from sparsec.analysis.axis_rules import DIM_CARRIERS
 from sparsec.analysis.shapes import value_shapes
 from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.registry import register
@@ -86,3 +104,93 @@ def _follows(model, target, k, static: bool, depth: int = 8) -> bool:
         return node.inputs[0] is k
     return all(v is None or model.constant(v) is not None or _follows(model, v, k, static, depth - 1)
                for v in node.inputs)
+
+
+@register
+class ShapeCanonicalizePass(InPlacePass):
+    """Drop no-ops on shape vectors: Reshape of a 1-D vector to [-1], and the legacy exporter's
+    ``-1 → 1`` Where on a vector that cannot hold -1."""
+
+    name: ClassVar[str] = "shape-canonicalize"
+    summary: ClassVar[str] = "Drop no-op Reshape([-1]) and expand(-1 → 1) Where idioms on shape vectors (legacy exports)."
+
+    def call(self, model) -> PassResult:
+        shapes, rewritten = value_shapes(model, None), 0
+        for node in list(model.nodes()):  # graph order: a Where sees its vector's Reshape already gone
+            if node.outputs[0].is_graph_output() or not node.outputs[0].uses():
+                continue
+            source = _flat_vector(model, node, shapes) if node.op_type == "Reshape" else _minus_one_where(model, node, shapes)
+            if source is not None:
+                model.replace_all_uses(node.outputs[0], source)
+                rewritten += 1
+        return PassResult(model, modified=bool(rewritten), stats={"shape_idioms_removed": rewritten})
+
+
+def _flat_vector(model, reshape, shapes: dict):
+    """V when ``reshape`` is Reshape(V, [-1]) of a 1-D V, else None."""
+    target = model.constant(reshape.inputs[1])
+    dims = shapes.get(reshape.inputs[0].name)
+    ok = target is not None and target.reshape(-1).tolist() == [-1] and dims is not None and len(dims) == 1
+    return reshape.inputs[0] if ok else None
+
+
+def _minus_one_where(model, where, shapes: dict):
+    """F when ``where`` is Where(Equal(F, full_like(F, c)), full_like(F, 1), F) and no entry of
+    F can equal c, else None."""
+    if where.op_type != "Where":
+        return None
+    equal, f = where.inputs[0].producer(), where.inputs[2]
+    if equal is None or equal.op_type != "Equal" or equal.inputs[0] is not f or _filled(model, where.inputs[1], f, shapes) != 1:
+        return None
+    c = _filled(model, equal.inputs[1], f, shapes)
+    return f if c is not None and c < 0 and _never_negative(model, f) else None
+
+
+def _filled(model, value, like, shapes: dict, depth: int = 3) -> int | None:
+    """The one number a vector of ``like``'s length is filled with: ConstantOfShape(Shape(like)),
+    a constant (the same, folded), or a Mul of two such; else None."""
+    array, node = model.constant(value), value.producer()
+    if array is not None:
+        same_length = array.ndim == 1 and (array.shape[0],) == tuple(shapes.get(like.name, ()))
+        return int(array[0]) if same_length and array.dtype.kind in "iu" and (array == array[0]).all() else None
+    if node is None or depth == 0:
+        return None
+    if node.op_type == "Mul" and len(node.inputs) == 2:
+        factors = [_scalar(model, v) if _one_element(model, v) else _filled(model, v, like, shapes, depth - 1)
+                   for v in node.inputs]
+        return None if None in factors else factors[0] * factors[1]
+    if node.op_type == "ConstantOfShape":
+        shape, fill = node.inputs[0].producer(), model.attr(node, "value")
+        if shape is not None and shape.op_type == "Shape" and shape.inputs[0] is like and fill is not None:
+            return int(np.asarray(fill).reshape(-1)[0])
+    return None
+
+
+def _one_element(model, value) -> bool:
+    shape = model.constant_shape(value)
+    return shape is not None and math.prod(shape) == 1
+
+
+def _scalar(model, value) -> int | None:
+    array = model.constant(value)
+    return int(array.reshape(-1)[0]) if array is not None and array.dtype.kind in "iu" else None
+
+
+def _never_negative(model, vector, depth: int = 6) -> bool:
+    """Every entry of an integer vector is ≥ 0: a non-negative constant, a ``Shape`` (or a
+    constant Gather/Slice of one), or built from those by Concat, carriers or a Mul by a
+    positive constant."""
+    array = model.constant(vector)
+    if array is not None:
+        return bool((array >= 0).all())
+    node = vector.producer()
+    if node is None or depth == 0:
+        return False
+    if node.op_type == "Shape":
+        return True
+    if node.op_type in ("Gather", "Slice"):
+        return _never_negative(model, node.inputs[0], depth - 1)
+    if node.op_type in DIM_CARRIERS or node.op_type in ("Concat", "Mul"):
+        return all(v is None or _never_negative(model, v, depth - 1) for v in node.inputs
+                   if not (node.op_type in ("Unsqueeze", "Squeeze") and v is not node.inputs[0]))
+    return False
