@@ -6,12 +6,16 @@ intermediate tensors exposed as extra outputs, and accumulates for each request
 ``(value name, channel axis)`` the L2 norm of every channel over all samples and positions:
 ‖X_c‖ = sqrt(Σ x²). Only the running sums are kept, so memory is bounded by one batch of
 activations, whatever the number of samples. This is the capture every activation-aware pass
-shares (Wanda scores here; activation importance and recovery later).
+shares (Wanda scores here; activation importance; recovery).
+
+``capture(model, samples, names)`` is the raw form: it yields, batch after batch, the named
+tensors (intermediate values or graph inputs) as arrays, for passes that accumulate their own
+statistics (recovery's Gram matrices). Both run in the model's fixed batch when it has one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +52,40 @@ def fixed_batch(model) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple[str, int]],
-                  batch_size: int = 16) -> dict[tuple[str, int], np.ndarray]:
-    """{(value, axis): per-channel L2 norm over all samples and positions}."""
-    names = sorted({name for name, _ in requests})
-    session = runtime.session_for(model, extra_outputs=names, optimization="disable")
+def calibration_batches(model, samples: Mapping[str, np.ndarray],
+                        batch_size: int = 16) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of ``batch_size`` samples in order; a model with a fixed batch size gets whole
+    batches of that size only (the remainder is left out)."""
     count = next(iter(samples.values())).shape[0]
     fixed = fixed_batch(model)
     batch_size = fixed or batch_size
     count -= count % batch_size if fixed else 0  # a fixed batch takes whole batches only
     if count == 0:
         raise InputError(f"calibration needs at least {batch_size} samples for this model's fixed batch size")
-    sums: dict[tuple[str, int], np.ndarray] = {}
     for start in range(0, count, batch_size):
-        batch = {name: array[start:start + batch_size] for name, array in samples.items()}
-        outputs = session.run(batch, names)
+        yield {name: array[start:start + batch_size] for name, array in samples.items()}
+
+
+def capture(model, samples: Mapping[str, np.ndarray], names: Sequence[str], batch_size: int = 16, *,
+            session: runtime.Session | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """{name: array} per calibration batch for the named values (intermediate values or graph
+    inputs). ``session``, when given, must already expose ``names`` (one session reused)."""
+    names = list(dict.fromkeys(names))
+    inputs = {v.name for v in model.inputs}
+    exposed = [name for name in names if name not in inputs]
+    if session is None:
+        session = runtime.session_for(model, extra_outputs=exposed, optimization="disable")
+    for batch in calibration_batches(model, samples, batch_size):
+        outputs = session.run(batch, exposed) if exposed else {}
+        yield {name: outputs[name] if name in outputs else batch[name] for name in names}
+
+
+def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple[str, int]],
+                  batch_size: int = 16) -> dict[tuple[str, int], np.ndarray]:
+    """{(value, axis): per-channel L2 norm over all samples and positions}."""
+    names = sorted({name for name, _ in requests})
+    sums: dict[tuple[str, int], np.ndarray] = {}
+    for outputs in capture(model, samples, names, batch_size):
         for name, axis in requests:
             values = np.asarray(outputs[name], dtype=np.float64)
             other = tuple(a for a in range(values.ndim) if a != axis % values.ndim)
