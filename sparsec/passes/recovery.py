@@ -1,0 +1,363 @@
+"""Recovery: a ridge least-squares refit, on calibration data, of the layers a pruning cut into.
+
+The algebra. A layer computes Y = X·W + b with W [K, N] as its input rows multiply it: a MatMul
+B; a Gemm's alpha·B (Bᵀ when transB=1) and beta·C; a 2-D Conv's W [O, I, kh, kw] read as
+[I·kh·kw, O] against the im2col patches of its input. X [R, K] are the *pruned* model's input
+rows of the layer (earlier layers already refit), Y* [R, N] the *original* model's output of the
+same node on the same samples, restricted to the output positions the pruned layer still
+computes (the plan's kept positions on the weight's output axis). The refit is
+
+    [W; b] = argmin ‖[X 1]·[W; b] − Y*‖² + λ·s·‖W‖²,     s = mean diag(XᵀX),
+
+the normal equations (G + λ·s·I)·[W; b] = C with G = [X 1]ᵀ[X 1], C = [X 1]ᵀY*; the bias row
+is not penalised, and the ones column is the bias compensation (it absorbs the mean
+contribution of removed inputs). Only G, C and ‖Y*‖² are accumulated, in float64, batch after
+batch, so memory is one batch of activations plus G and C whatever the number of samples; the
+calibration error of any [W; b] then follows exactly: ‖XW − Y*‖² = Σ W⊙(GW) − 2 Σ W⊙C + ‖Y*‖².
+The zeros of a weight are a mask (N:M or unstructured sparsity): each output column is solved
+over its nonzero rows only (columns sharing a pattern in one solve), so the pattern is kept.
+
+Invariants:
+- no shape, dtype, zero position or graph structure changes; only weight and bias values;
+- a layer is refit when its weight lost positions on its contraction axis (per the plan) or
+  holds zeros; a refit that does not lower the layer's calibration error is not applied;
+- layers are refit in rounds in graph order: a round holds the layers whose inputs depend on
+  no layer of a later round, and shares one capture of the pruned model (re-created each round,
+  since weights changed) and of the original.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from sparsec.analysis.activations import capture
+from sparsec.errors import InputError
+from sparsec.ir import runtime
+
+STANDARD = ("", "ai.onnx")
+
+
+@dataclass
+class Layer:
+    """A refittable node: its weight and optional bias, where Y* is read, and how the weight
+    maps to the [K, N] matrix X multiplies."""
+
+    node: Any
+    weight: Any
+    bias: Any | None
+    target: str                     # the value holding Y (the bias Add's output after a MatMul)
+    transposed: bool = False        # Gemm transB=1
+    scale: float = 1.0              # Gemm alpha
+    bias_scale: float = 1.0         # Gemm beta
+    kept: np.ndarray | None = None  # original output positions the pruned layer computes
+    full: int = 0                   # the original's output channel count
+    round: int = 0
+
+    @property
+    def conv(self) -> bool:
+        return self.node.op_type == "Conv"
+
+    @property
+    def x(self) -> str:
+        return self.node.inputs[0].name
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.target
+
+
+def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None = None, *, ridge: float = 1e-2,
+            batch_size: int = 16, progress=None) -> dict:
+    """Refit ``pruned`` in place against ``original`` (the model right before pruning, same
+    names) on ``samples``; ``plan`` is the channel plan (``surgery.plan_json``), None after
+    weight sparsity. Returns the per-layer and model-output calibration errors (relative:
+    ‖Y − Y*‖² / ‖Y*‖²), the refit layers and the skipped ones with their reason."""
+    layers, skipped = find_layers(pruned, original, plan)
+    targets = sorted({layer.target for layer in layers})
+    reference = runtime.session_for(original, extra_outputs=targets, optimization="disable")
+    before = output_error(pruned, original, samples, batch_size, session=reference)
+    rows: list[dict] = []
+    count = max((layer.round for layer in layers), default=0)
+    for number in range(1, count + 1):
+        group = [layer for layer in layers if layer.round == number]
+        if progress is not None:
+            progress(f"recover: round {number}/{count}, {len(group)} layer(s)")
+        normals = _accumulate(pruned, original, reference, group, samples, batch_size)
+        rows += [_refit(pruned, layer, normal, ridge) for layer, normal in zip(group, normals)]
+    after = output_error(pruned, original, samples, batch_size, session=reference) if layers else before
+    return {"layers_refit": sum(row["refit"] for row in rows), "layers_kept": sum(not row["refit"] for row in rows),
+            "layers_skipped": len(skipped), "rounds": count, "output_error_before": before,
+            "output_error_after": after, "layers": rows, "skipped": skipped}
+
+
+def output_error(model, original, samples, batch_size: int = 16, *, session=None) -> float:
+    """‖model − original‖² / ‖original‖² over every graph output and calibration sample."""
+    names = [value.name for value in original.outputs]
+    diff = total = 0.0
+    for got, want in zip(capture(model, samples, names, batch_size),
+                         capture(original, samples, names, batch_size, session=session)):
+        for name in names:
+            expected = np.asarray(want[name], dtype=np.float64)
+            diff += float(np.square(np.asarray(got[name], dtype=np.float64) - expected).sum())
+            total += float(np.square(expected).sum())
+    return diff / total if total else diff
+
+
+# ------------------------------------------------------------------------- finding layers
+def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[dict]]:
+    """The layers to refit, in graph order with their round, and the skipped ones with why."""
+    known = original.values_by_name()
+    layers, skipped, depth = [], [], {}
+    for node in pruned.nodes():
+        level = max((depth.get(v.name, 0) for v in node.inputs if v is not None), default=0)
+        layer = _layer(pruned, node, plan)
+        name = node.name or node.outputs[0].name
+        if isinstance(layer, str):
+            skipped.append({"node": name, "reason": layer})
+        elif layer is not None and layer.target not in known:
+            skipped.append({"node": name, "reason": f"the original has no value '{layer.target}'"})
+        elif layer is not None:
+            level = layer.round = level + 1
+            layers.append(layer)
+        depth.update({v.name: level for v in node.outputs if v is not None})
+    return layers, skipped
+
+
+def _contraction_axes(model, node) -> tuple[int, int] | None:
+    """(contraction axis, output axis) of the node's weight (input 1), if it has that form."""
+    if node.domain not in STANDARD or node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.inputs) < 2:
+        return None
+    if node.inputs[0] is None or model.constant_shape(node.inputs[1]) is None:
+        return None
+    if node.op_type == "Gemm" and model.attr(node, "transB", 0):
+        return 1, 0
+    return (1, 0) if node.op_type == "Conv" else (0, 1)
+
+
+def _layer(model, node, plan: dict | None) -> Layer | str | None:
+    """The node as a ``Layer`` when it needs a refit, a reason when it does but cannot have
+    one, None when it needs none."""
+    axes = _contraction_axes(model, node)
+    if axes is None or not _needs_refit(model, node.inputs[1], axes[0], plan):
+        return None
+    layer = _BUILD[node.op_type](model, node)
+    if isinstance(layer, str):
+        return layer
+    for value in (layer.weight, layer.bias):
+        if value is not None and (len(model.consumers(value)) > 1 or value.is_graph_output()):
+            return f"'{value.name}' is shared with other nodes"
+    entry = _plan_entry(plan, layer.weight.name, axes[1])
+    n = model.constant_shape(layer.weight)[axes[1]]
+    layer.kept, layer.full = (np.asarray(entry["kept"]), int(entry["size"])) if entry else (None, n)
+    return layer
+
+
+def _needs_refit(model, weight, axis: int, plan: dict | None) -> bool:
+    array = model.constant(weight)
+    if array.dtype.kind != "f":
+        return False
+    return _plan_entry(plan, weight.name, axis) is not None or not array.all()
+
+
+def _plan_entry(plan: dict | None, name: str, axis: int) -> dict | None:
+    entries = (plan or {}).get("initializers", {}).get(name, [])
+    return next((entry for entry in entries if entry["axis"] == axis), None)
+
+
+def _matmul(model, node) -> Layer | str:
+    shape = model.constant_shape(node.inputs[1])
+    if len(shape) != 2:
+        return f"MatMul weight '{node.inputs[1].name}' is not 2-D"
+    out = node.outputs[0]
+    users = model.consumers(out)
+    if out.is_graph_output() or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in STANDARD:
+        return Layer(node, node.inputs[1], None, out.name)
+    add = users[0]
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    bias_shape = model.constant_shape(other)
+    if other is out or not bias_shape or bias_shape[-1] != shape[1] or int(np.prod(bias_shape)) != shape[1]:
+        return Layer(node, node.inputs[1], None, out.name)
+    if len(model.consumers(other)) > 1:  # a shared bias stays; the MatMul alone is refit
+        return Layer(node, node.inputs[1], None, out.name)
+    return Layer(node, node.inputs[1], other, add.outputs[0].name)
+
+
+def _gemm(model, node) -> Layer | str:
+    if model.attr(node, "transA", 0):
+        return "Gemm with transA=1"
+    transposed = bool(model.attr(node, "transB", 0))
+    n = model.constant_shape(node.inputs[1])[0 if transposed else 1]
+    beta = float(model.attr(node, "beta", 1.0))
+    c = node.inputs[2] if len(node.inputs) > 2 and beta != 0 else None
+    if c is not None and model.constant_shape(c) not in ((n,), (1, n)):
+        return f"Gemm C '{c.name}' is not a constant per-output bias"
+    return Layer(node, node.inputs[1], c, node.outputs[0].name, transposed=transposed,
+                 scale=float(model.attr(node, "alpha", 1.0)), bias_scale=beta)
+
+
+def _conv(model, node) -> Layer | str:
+    if int(model.attr(node, "group", 1)) != 1:
+        return "grouped Conv"
+    if len(model.constant_shape(node.inputs[1])) != 4:
+        return "Conv that is not 2-D"
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if bias is not None and model.constant_shape(bias) is None:
+        return f"Conv bias '{bias.name}' is not constant"
+    return Layer(node, node.inputs[1], bias, node.outputs[0].name)
+
+
+_BUILD = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv}
+
+
+# ------------------------------------------------------------------------- weights as matrices
+def _matrix(model, layer: Layer) -> np.ndarray:
+    """[K(+1), N] float64: the weight as the input rows multiply it, the bias as last row."""
+    w = np.asarray(model.constant(layer.weight), dtype=np.float64)
+    if layer.conv:
+        matrix = w.reshape(w.shape[0], -1).T
+    else:
+        matrix = (w.T if layer.transposed else w) * layer.scale
+    if layer.bias is None:
+        return matrix
+    bias = np.asarray(model.constant(layer.bias), dtype=np.float64).reshape(1, -1) * layer.bias_scale
+    return np.vstack([matrix, bias])
+
+
+def _store(model, layer: Layer, matrix: np.ndarray) -> None:
+    """Write ``matrix`` (``_matrix``'s form) back into the weight and bias, same shapes and dtypes."""
+    old = model.constant(layer.weight)
+    k = matrix.shape[0] - (layer.bias is not None)
+    if layer.conv:
+        w = matrix[:k].T.reshape(old.shape)
+    else:
+        w = matrix[:k] / layer.scale
+        w = w.T if layer.transposed else w
+    model.set_constant(layer.weight, np.where(old != 0, w, 0).astype(old.dtype))
+    if layer.bias is not None:
+        bias = model.constant(layer.bias)
+        model.set_constant(layer.bias, (matrix[k] / layer.bias_scale).reshape(bias.shape).astype(bias.dtype))
+
+
+# ------------------------------------------------------------------------- capture and solve
+class _Normal:
+    """The running normal equations of one layer: G = [X 1]ᵀ[X 1], C = [X 1]ᵀY*, ‖Y*‖²."""
+
+    def __init__(self, bias: bool) -> None:
+        self.bias = bias
+        self.g: np.ndarray | Any = 0.0
+        self.c: np.ndarray | Any = 0.0
+        self.yy = 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if self.bias:
+            x = np.hstack([x, np.ones((len(x), 1))])
+        self.g = self.g + x.T @ x
+        self.c = self.c + x.T @ y
+        self.yy += float(np.square(y).sum())
+
+    def error(self, matrix: np.ndarray) -> float:
+        """‖[X 1]·matrix − Y*‖² from the accumulated sums."""
+        value = np.sum(matrix * (self.g @ matrix)) - 2 * np.sum(matrix * self.c) + self.yy
+        return max(float(value), 0.0)
+
+
+def _accumulate(pruned, original, reference, group: list[Layer], samples, batch_size: int) -> list[_Normal]:
+    """One capture of the pruned model (the layers' inputs) and the original (their targets)."""
+    normals = [_Normal(layer.bias is not None) for layer in group]
+    inputs = capture(pruned, samples, [layer.x for layer in group], batch_size)
+    targets = capture(original, samples, [layer.target for layer in group], batch_size, session=reference)
+    for xs, ys in zip(inputs, targets):
+        for layer, normal in zip(group, normals):
+            x, y = np.asarray(xs[layer.x]), np.asarray(ys[layer.target])
+            channels = y.shape[1 if layer.conv else -1]
+            if channels != layer.full:
+                raise InputError(f"recover: the original's '{layer.target}' has {channels} channels, "
+                                 f"the plan says {layer.full} for '{layer.weight.name}'")
+            for start in range(0, len(x), 1 if layer.conv else len(x)):  # im2col one sample at a time
+                end = start + (1 if layer.conv else len(x))
+                normal.add(_input_rows(pruned, layer, x[start:end]), _target_rows(layer, y[start:end]))
+    return normals
+
+
+def _input_rows(model, layer: Layer, x: np.ndarray) -> np.ndarray:
+    return _patches(model, layer, x) if layer.conv else x.reshape(-1, x.shape[-1])
+
+
+def _target_rows(layer: Layer, y: np.ndarray) -> np.ndarray:
+    y = np.moveaxis(y, 1, -1) if layer.conv else y
+    y = y.reshape(-1, y.shape[-1])
+    return y if layer.kept is None else y[:, layer.kept]
+
+
+def _patches(model, layer: Layer, x: np.ndarray) -> np.ndarray:
+    """im2col of a 2-D Conv input [B, C, H, W]: rows [B·OH·OW, C·kh·kw] in W's (C, kh, kw) order."""
+    node = layer.node
+    kernel = model.constant_shape(layer.weight)[2:]
+    strides = model.attr(node, "strides", None) or [1, 1]
+    dilations = model.attr(node, "dilations", None) or [1, 1]
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    pads = _pads(model, node, x.shape[2:], strides, spans)
+    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    windows = sliding_window_view(x, spans, axis=(2, 3))
+    windows = windows[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kernel[0] * kernel[1])
+
+
+def _pads(model, node, sizes, strides, spans) -> list[int]:
+    """[top, left, bottom, right] from ``pads`` or ``auto_pad``."""
+    auto = model.attr(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return list(model.attr(node, "pads", None) or [0, 0, 0, 0])
+    totals = [max((-(-size // s) - 1) * s + span - size, 0) for size, s, span in zip(sizes, strides, spans)]
+    small = [t // 2 for t in totals]
+    large = [t - h for t, h in zip(totals, small)]
+    return small + large if auto == "SAME_UPPER" else large + small
+
+
+def _refit(model, layer: Layer, normal: _Normal, ridge: float) -> dict:
+    """Solve the layer's ridge problem; apply it when it lowers the calibration error."""
+    old = _matrix(model, layer)
+    k = old.shape[0] - (layer.bias is not None)
+    new = _solve(normal, old[:k] != 0, ridge)
+    scale = normal.yy or 1.0
+    before, after = normal.error(old) / scale, normal.error(new) / scale
+    refit = after < before
+    if refit:
+        _store(model, layer, new)
+    return {"node": layer.name, "weight": layer.weight.name, "round": layer.round, "refit": refit,
+            "error_before": before, "error_after": after if refit else before, "error_refit": after}
+
+
+def _solve(normal: _Normal, mask: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge solution of the normal equations, column by column over each column's nonzero
+    rows (columns with the same pattern solved together); the bias row is always free."""
+    g, c = normal.g, normal.c
+    k = mask.shape[0]
+    diagonal = np.diag(g)[:k]
+    scale = float(diagonal.mean()) if k and diagonal.mean() > 0 else 1.0
+    penalty = np.zeros(len(g))
+    penalty[:k] = ridge * scale
+    rows = np.vstack([mask, np.ones((len(g) - k, mask.shape[1]), dtype=bool)])
+    solution = np.zeros_like(c)
+    patterns, which = np.unique(rows.T, axis=0, return_inverse=True)
+    for index, pattern in enumerate(patterns):
+        keep, columns = np.flatnonzero(pattern), np.flatnonzero(which.reshape(-1) == index)
+        if keep.size:
+            system = g[np.ix_(keep, keep)] + np.diag(penalty[keep])
+            solution[np.ix_(keep, columns)] = _linear_solve(system, c[np.ix_(keep, columns)])
+    return solution
+
+
+def _linear_solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(system, rhs)
+    except np.linalg.LinAlgError:  # singular even with the ridge (e.g. ridge=0): least squares
+        return np.linalg.lstsq(system, rhs, rcond=None)[0]
