@@ -6,9 +6,11 @@ head axis of an attention op (ONNX ``Attention``, ``com.microsoft`` attention op
 are what can be removed: one head, or, under grouped-query attention, one KV head with all the
 query heads that share it (the K/V repeat links them). So, per block:
 
-- ``kv_heads`` = the group's units; ``heads`` = the size of the widest head-role member (the
-  query heads); ``head_dim`` = the query projection's output width / ``heads`` (a third of a
-  packed QKV projection's);
+- ``heads`` = the size of the widest head-role member (the query heads); ``head_dim`` = the
+  query projection's output width / ``heads`` (a third of a packed QKV projection's);
+  ``kv_heads`` = the key projection's output width / ``head_dim`` (read from the weight, so a
+  block pruned down to one KV head, whose size-1 axis no longer ties its query heads in the
+  group, still reports it), or the group's units when Q, K, V share one packed weight;
 - Q, K, V are the constant weights the operands of the attention product (or op) are computed
   from, traced up through layout and elementwise ops; O is the weight that reduces over the
   group (its reduction axis, ``weight_sites.REDUCTION_AXIS``, is the group's member).
@@ -61,12 +63,25 @@ def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBl
     projections = {name for names in weights.values() for name in names}
     o = sorted({name for name, axis in group.compute if reduction.get(name) == axis and name not in projections})
     heads = max((group.sizes[m] for m in group.members_with_role("heads")), default=group.units)
-    q_width = next((group.sizes[m] for m in group.compute if m[0] in weights["q"]), None)
-    if q_width and weights["q"] and weights["q"] == weights["k"] == weights["v"]:  # one packed [Q | K | V] weight
-        q_width //= 3
+    packed = bool(weights["q"]) and weights["q"] == weights["k"] == weights["v"]  # one [Q | K | V] weight
+    q_width = _output_width(model, group, weights["q"], reduction)
+    q_width = q_width // 3 if q_width and packed else q_width
     head_dim = q_width // heads if q_width and heads and q_width % heads == 0 else None
-    return AttentionBlock(group.id, form, heads, group.units, head_dim, weights["q"], weights["k"], weights["v"], o,
+    k_width = None if packed else _output_width(model, group, weights["k"], reduction)
+    kv_heads = k_width // head_dim if k_width and head_dim and k_width % head_dim == 0 else group.units
+    return AttentionBlock(group.id, form, heads, kv_heads, head_dim, weights["q"], weights["k"], weights["v"], o,
                           group.reason)
+
+
+def _output_width(model, group: ChannelGroup, names: list[str], reduction: dict[str, int]) -> int | None:
+    """The output width of a projection's 2-D weight (the axis it does not reduce over); for a
+    weight an attention op reads directly, the size of its member in the group."""
+    if not names:
+        return None
+    shape = model.constant_shape(model.initializers().get(names[0]))
+    if shape is not None and len(shape) == 2 and names[0] in reduction:
+        return shape[1 - reduction[names[0]]]
+    return next((group.sizes[m] for m in group.compute if m[0] == names[0]), None)
 
 
 def _fused_weights(model, node) -> tuple[str, dict[str, list[str]]]:
