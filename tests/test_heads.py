@@ -65,6 +65,20 @@ def test_ffn_ratio_halves_every_mlp_and_leaves_heads():
     assert [b.heads for b in attention_blocks(model)] == [4, 4]
 
 
+def test_ffn_ratio_halves_a_gated_swiglu_mlp_exactly():
+    """Llama's MLP: down(silu(gate(x)) * up(x)); gate and up columns go with down's rows."""
+    path = MODELS / "attention" / "llama_gqa_legacy.onnx"
+    original = Model.load(path)
+    widths = {name: _shape(original, name) for name, _ in
+              (m for g in find_channel_groups(original).groups if g.kind == "ffn" and g.prunable for m in g.compute)}
+    model = Model.load(path)
+    result = Pipeline(api.channel_passes(0.0, ffn=0.5), fixed_point=True)(model)
+    assert model.check() is None and oracle_error(model, result.reference()) <= 1e-4
+    assert len(widths) == 6  # gate, up and down of both blocks
+    for name, shape in widths.items():  # the hidden axis (64, the wider one) halves; the model width (32) stays
+        assert _shape(model, name) == tuple(d // 2 if d == 64 else d for d in shape)
+
+
 def test_heads_and_ffn_override_channels_per_kind():
     model, result = prune(VIT, ratio=0.25, heads=0.5, ffn=0.75)
     assert oracle_error(model, result.reference()) <= 1e-4
