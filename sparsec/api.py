@@ -28,6 +28,7 @@ from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pip
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass, read_plan
 from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonicalizePass
+from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
@@ -266,7 +267,8 @@ def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0
                    seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
-    exporter idioms canonicalized (dynamo's SDPA Kᵀ, the legacy exporter's run-time expand),
+    exporter idioms canonicalized (dynamo's SDPA Kᵀ, the legacy exporter's run-time expand,
+    timm's packed qkv split into Q, K, V projections),
     ``channel-prune`` with these options
     (``heads``/``ffn`` -1: as ``ratio``), then cleanup."""
     if plan is not None and not Path(plan).is_file():
@@ -277,8 +279,8 @@ def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0
                              round_to=round_to, exclude="|".join(exclude), seed=seed, heads=heads, ffn=ffn,
                              plan=str(Path(plan).resolve()) if plan is not None else "")
     prune.check_options()
-    return [IdentityEliminationPass(), ConstantFoldShapesPass(), ShapeCanonicalizePass(), TransposeCanonicalizePass(),
-            DeadCodePass(), prune,
+    return [IdentityEliminationPass(), ConstantFoldShapesPass(), ShapeCanonicalizePass(), SplitQkvPass(),
+            TransposeCanonicalizePass(), DeadCodePass(), prune,
             *cleanup_passes()]
 
 

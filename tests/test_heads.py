@@ -20,7 +20,7 @@ from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonica
 from sparsec.passes.cleanup import DeadCodePass
 
 VIT = MODELS / "digits_vit.onnx"  # 2 blocks, 4 heads of 8, MLP 32 -> 64 -> 32 (legacy exporter)
-ATTENTION = sorted((MODELS / "attention").glob("*.onnx")) if (MODELS / "attention").is_dir() else []
+ATTENTION = sorted((MODELS / "attention").rglob("*.onnx")) if (MODELS / "attention").is_dir() else []  # packed_qkv/ too
 
 
 def _shape(model: Model, name: str) -> tuple[int, ...]:

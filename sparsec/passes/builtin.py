@@ -10,6 +10,7 @@ from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.pipeline import Pipeline
 from sparsec.passes.sparse_format import SparseEncodePass  # noqa: F401  (registers sparse-encode)
 from sparsec.passes.sparsity import WeightSparsityPass  # noqa: F401  (registers weight-sparsity)
+from sparsec.passes.split_qkv import SplitQkvPass  # noqa: F401  (registers split-qkv)
 
 CLEANUP = "identity-elimination,bn-fold,const-fold-shapes,dead-code"
 
