@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_model, prune
+from conftest import MODELS, make_model, oracle_error, prune, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.ir import Model
+from sparsec.passes import Pipeline
+from sparsec.passes.base import PassError
+from sparsec.passes.builtin import cleanup_passes
+from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.recovery import output_error, recover
 from sparsec.passes.sparsity import WeightSparsityPass
 
@@ -136,3 +140,51 @@ def test_a_refit_that_cannot_help_is_not_applied(rng, conv2):
     assert stats["layers_refit"] == 0 and stats["layers_kept"] == 2
     assert all(row["error_before"] < 1e-10 < row["error_refit"] for row in stats["layers"])
     assert all(np.array_equal(before[name], array) for name, array in _weights(model).items())
+
+
+# ---------------------------------------------------------------- through channel-prune, on real data
+DIGITS, CALIB, TEST = MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", MODELS / "digits_test.npz"
+
+
+def _digits_accuracy(model: Model) -> float:
+    data = np.load(TEST)
+    logits = run_ort(model.to_proto(), {"input": data["input"]})[0]
+    return float((logits.argmax(axis=1) == data["label"]).mean())
+
+
+def _prune_digits(**options):
+    model = Model.load(DIGITS)
+    result = Pipeline([ChannelPrunePass(ratio=0.5, **options), *cleanup_passes()], fixed_point=True)(model)
+    return model, result
+
+
+def test_channel_prune_with_calibration_refits_and_its_oracle_still_holds():
+    """Half the channels of the trained digits CNN: one-shot collapses it, the refit on 256
+    training-split samples brings most of it back; the refit weights are in the oracle
+    reference, so the exactness gate still holds."""
+    plain, _ = _prune_digits()
+    model, result = _prune_digits(calibration=str(CALIB))
+    assert oracle_error(model, result.reference()) <= 1e-4
+    assert result.stats["channel-prune.layers_refit"] >= 3
+    assert result.stats["channel-prune.calibration_error_after"] < result.stats["channel-prune.calibration_error_before"] / 2
+    assert _digits_accuracy(model) > _digits_accuracy(plain) + 0.3  # measured 0.19 -> 0.90 (held-out split)
+    assert [d.code for d in result.diagnostics].count("recover.refit") == 1
+
+
+def test_no_recover_keeps_the_one_shot_weights_and_activation_importance_needs_calibration():
+    plain, _ = _prune_digits()
+    unrefit, result = _prune_digits(calibration=str(CALIB), recover=False)
+    assert "channel-prune.layers_refit" not in result.stats
+    for name, value in plain.initializers().items():
+        np.testing.assert_array_equal(unrefit.constant(unrefit.initializers()[name]), plain.constant(value))
+    with pytest.raises(PassError, match="needs calibration data"):
+        ChannelPrunePass(importance="activation").check_options()
+
+
+def test_activation_importance_ranks_by_what_the_next_layer_sees():
+    """‖X_c‖·‖W_c‖ from calibration data, then refit: better held-out accuracy than l1 + refit
+    at the same ratio (measured 0.956 vs 0.903)."""
+    l1, _ = _prune_digits(calibration=str(CALIB))
+    activation, result = _prune_digits(calibration=str(CALIB), importance="activation")
+    assert oracle_error(activation, result.reference()) <= 1e-4
+    assert _digits_accuracy(activation) > _digits_accuracy(l1)

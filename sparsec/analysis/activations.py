@@ -20,21 +20,29 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.errors import InputError
 from sparsec.ir import runtime
 
 
-def load_calibration(path: str | Path, model) -> dict[str, np.ndarray]:
-    """Arrays keyed by the model's input names, first axis = samples (all the same count)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read calibration data {path}: {error}") from None
+RANDOM = "random"
+RANDOM_SAMPLES = 64  # random calibration samples when no count is given
+
+
+def load_calibration(spec: str | Path, model, samples: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Arrays keyed by the model's input names, first axis = samples (all the same count), the
+    first ``samples`` of them when > 0. ``spec`` is a ``.npz`` file (arrays keyed by input
+    name), a folder of ``.npz`` files and/or ``NAME.npy`` files (concatenated along axis 0 in
+    file-name order), or ``random``: seeded random inputs (a stand-in that says nothing about
+    real activations; callers warn)."""
+    if str(spec) == RANDOM:
+        return _random_samples(model, samples or RANDOM_SAMPLES, seed)
+    path = Path(spec)
+    arrays = _read_folder(path) if path.is_dir() else _read_npz(path)
     names = [v.name for v in model.inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} (has {', '.join(arrays)})")
+        raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} (has {', '.join(arrays) or 'none'})")
     counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
     if len(counts) != 1 or 0 in counts:
         raise InputError(f"calibration data {path}: every input needs the same positive number of samples on axis 0")
@@ -43,7 +51,44 @@ def load_calibration(path: str | Path, model) -> dict[str, np.ndarray]:
         if dims is not None and len(dims) != arrays[value.name].ndim:
             raise InputError(f"calibration data {path}: '{value.name}' has rank {arrays[value.name].ndim}, the model "
                              f"input has rank {len(dims)} (samples go along the input's first axis)")
-    return {n: arrays[n] for n in names}
+    return {n: arrays[n][:samples] if samples > 0 else arrays[n] for n in names}
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("not an .npz archive of named arrays")
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read calibration data {path}: {error}") from None
+
+
+def _read_folder(path: Path) -> dict[str, np.ndarray]:
+    """Every ``.npz`` (named arrays) and ``NAME.npy`` in ``path``, joined per name on axis 0."""
+    parts: dict[str, list[np.ndarray]] = {}
+    files = sorted(f for f in path.iterdir() if f.suffix in (".npz", ".npy"))
+    if not files:
+        raise InputError(f"calibration folder {path} holds no .npz or .npy file")
+    for file in files:
+        if file.suffix == ".npz":
+            found = _read_npz(file)
+        else:
+            try:
+                found = {file.stem: np.load(file, allow_pickle=False)}
+            except (OSError, ValueError) as error:
+                raise InputError(f"cannot read calibration data {file}: {error}") from None
+        for name, array in found.items():
+            parts.setdefault(name, []).append(array)
+    try:
+        return {name: np.concatenate(arrays, axis=0) for name, arrays in parts.items()}
+    except ValueError as error:
+        raise InputError(f"calibration folder {path}: the files' arrays do not join on axis 0: {error}") from None
+
+
+def _random_samples(model, count: int, seed: int) -> dict[str, np.ndarray]:
+    shapes = {name: (count, *shape[1:]) for name, shape in bind_shapes(model).items()}
+    return random_inputs(model, shapes, seed)
 
 
 def fixed_batch(model) -> int | None:
@@ -92,3 +137,13 @@ def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple
             squares = np.square(values).sum(axis=other)
             sums[(name, axis)] = sums.get((name, axis), 0) + squares
     return {key: np.sqrt(total) for key, total in sums.items()}
+
+
+def weight_input_norms(model, samples: Mapping[str, np.ndarray], sites, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Per weight site (``weight_sites``) whose every use has an input activation: ‖x_j‖ of
+    each input channel j it reduces over, over all its uses (root of the summed squares);
+    sites without one (grouped conv, embedding table, constant input) are left out."""
+    usable = [s for s in sites if s.activations and None not in s.activations]
+    requests = sorted({a for s in usable for a in s.activations})
+    norms = channel_norms(model, samples, requests, batch_size) if requests else {}
+    return {s.name: np.sqrt(sum(np.square(norms[a]) for a in s.activations)) for s in usable}

@@ -4,7 +4,8 @@ Group-summed: a unit's score adds up the slices of *every* compute weight in the
 (producers' output slices and consumers' input slices alike), so a channel is judged by all
 the compute it takes part in. Methods are a registry (``register_importance``): ``l1`` (sum of
 |w|), ``l2`` (root of the summed squares), ``bn-scale`` (|γ| of the group's BatchNorm scales;
-groups without BatchNorm fall back to ``l1``) and ``random`` (seeded per group). A method gets
+groups without BatchNorm fall back to ``l1``), ``activation`` (‖X_c‖·‖W_c‖ over the group's
+consumers, from calibration data) and ``random`` (seeded per group). A method gets
 an ``ImportanceContext``; activation-based methods plug in here with calibration data in it.
 """
 
@@ -16,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from sparsec.analysis.activations import weight_input_norms
 from sparsec.analysis.groups import ChannelGroup
+from sparsec.analysis.weight_sites import weight_sites
 from sparsec.errors import InputError
 
 
@@ -26,7 +29,21 @@ class ImportanceContext:
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = None  # input name → samples (for activation methods)
     extra: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 16
     _sums: dict[tuple[str, str], dict | None] = field(default_factory=dict, repr=False)
+    _input_norms: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    _input_axes: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def input_norms(self) -> dict[str, np.ndarray]:
+        """{weight: ‖x_j‖ per input channel j it reduces over}, for every weight of the model,
+        from one calibration run (the first activation method that asks pays for it)."""
+        if self.calibration is None:
+            raise InputError("importance 'activation' needs calibration data (--calibration)")
+        if self._input_norms is None:
+            sites = weight_sites(self.model)[0]
+            self._input_norms = weight_input_norms(self.model, self.calibration, sites, self.batch_size)
+            self._input_axes = {site.name: site.axis for site in sites}
+        return self._input_norms
 
     def axis_sums(self, name: str, axis: int, transform) -> np.ndarray | None:
         """Σ transform(weight) over every axis but ``axis``. A weight is read once however many
@@ -117,6 +134,23 @@ def _is_batchnorm_scale(model, name: str) -> bool:
     value = model.value(name)
     return value is not None and any(
         use.node.op_type == "BatchNormalization" and use.idx == 1 for use in value.uses())
+
+
+@register_importance("activation")
+def activation(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    """‖X_c‖·‖W_c‖ summed over the group's consumers: for every weight that reduces over a
+    member of the group, the calibration norm of the input channel times the L2 norm of the
+    weight slice that multiplies it (the channel's contribution to that layer's output, the
+    channel-level form of Wanda's |w|·‖x‖). Groups no weight reduces over fall back to ``l2``."""
+    norms = ctx.input_norms()
+    consumers = [m for m in group.compute if m[0] in norms and ctx._input_axes.get(m[0]) == m[1]]
+    if not consumers:
+        return l2(group, ctx)
+    scores = np.zeros(group.units)
+    for name, axis in consumers:
+        weight_norms = np.sqrt(ctx.axis_sums(name, axis, np.square))
+        scores += np.bincount(group.atoms[(name, axis)], weights=norms[name] * weight_norms, minlength=group.units)
+    return scores
 
 
 @register_importance("random")

@@ -15,7 +15,11 @@ Decide, then cut: channel groups come from ``sparsec.analysis.groups``, unit sco
   each group the share of its units below the global cut as its ratio;
 - with ``round_to=K`` a segment keeps a multiple of K units when it has more than K;
 - the result carries the masked original (the oracle reference) and the plan: kept indices
-  per constant and axis, which ``plan=`` reads back to repeat the same cut.
+  per constant and axis, which ``plan=`` reads back to repeat the same cut;
+- with ``calibration`` (a ``.npz``, a folder, or ``random``), ``importance=activation`` can
+  rank by ‖X_c‖·‖W_c‖, and ``recover`` (on by default) refits the layers the cut reached
+  (``recovery``); the oracle reference then carries the refit weights, so the gate stays
+  exact; ``steps=K`` reaches the ratios in K prune → refit rounds (``schedule``).
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from sparsec.analysis.activations import RANDOM, load_calibration
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
 from sparsec.errors import InputError
+from sparsec.passes import schedule
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
+from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
 from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
 
@@ -46,11 +53,15 @@ class ChannelPrunePass(InPlacePass):
 
     def __init__(self, ratio: float = 0.5, importance: str = "l1", scope: str = "local",
                  max_layer_ratio: float = 0.9, round_to: int = 1, exclude: str = "", seed: int = 0,
-                 plan: str = "", heads: float = -1.0, ffn: float = -1.0) -> None:
+                 plan: str = "", heads: float = -1.0, ffn: float = -1.0, calibration: str = "",
+                 calibration_samples: int = 0, recover: bool = True, steps: int = 1, batch_size: int = 16) -> None:
         self.ratio, self.importance, self.scope = ratio, importance, scope
         self.heads, self.ffn = heads, ffn
         self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
         self.seed, self.plan = seed, plan
+        self.calibration, self.calibration_samples, self.recover = calibration, calibration_samples, recover
+        self.steps, self.batch_size = steps, batch_size
+        self.nearest = False  # a scheduled round rounds each segment's cut to the nearest unit (``schedule``)
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a
@@ -74,18 +85,35 @@ class ChannelPrunePass(InPlacePass):
             raise PassError(f"channel-prune: round_to must be at least 1, got {self.round_to}")
         if self.importance not in IMPORTANCE:
             raise PassError(f"channel-prune: unknown importance '{self.importance}'; known: {', '.join(IMPORTANCE)}")
+        if self.importance == "activation" and not self.calibration:
+            raise PassError("channel-prune: importance 'activation' needs calibration data: --calibration DATA")
+        if self.steps < 1 or (self.steps > 1 and self.plan):
+            raise PassError(f"channel-prune: steps must be at least 1 (and 1 with a plan), got {self.steps}")
 
     def call(self, model) -> PassResult:
+        samples = load_calibration(self.calibration, model, self.calibration_samples, self.seed) if self.calibration else None
+        if self.steps == 1:
+            return self._round(model, samples)
+        return schedule.run_steps(self, model, samples)
+
+    def _round(self, model, samples) -> PassResult:
+        """One prune (then, with calibration and ``recover``, refit) round."""
         analysis = find_channel_groups(model)
         reasons = {g.id: self._reason(g) for g in analysis.groups}
         candidates = [g for g in analysis.groups if reasons[g.id] is None]
         if self.plan:
             removed = removed_from_plan(read_plan(self.plan), analysis.groups, reasons)
         else:
-            removed = self._select(model, candidates)
+            removed = self._select(model, candidates, samples)
         kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
+        original = model.copy() if samples is not None and self.recover else None
         result = prune_channels(model, analysis, removed)
         result.diagnostics = _diagnostics(analysis, reasons) + self._warnings(model, result, kinds)
+        if self.calibration == RANDOM:
+            result.diagnostics.append(Diagnostic("warning", "calibration.random", "calibration from random inputs "
+                                                 "(--calibration random): importance and refit see no real activations"))
+        if original is not None and result.modified:
+            recover_result(result, original, samples, result.artifacts["plan"], batch_size=self.batch_size)
         return result
 
     def _patterns(self) -> list[str]:
@@ -120,8 +148,8 @@ class ChannelPrunePass(InPlacePass):
                   if value > 0 and kind not in kinds and not self.plan]
         return found
 
-    def _select(self, model, groups: list[ChannelGroup]) -> dict[int, np.ndarray]:
-        ctx = ImportanceContext(model, seed=self.seed)
+    def _select(self, model, groups: list[ChannelGroup], samples=None) -> dict[int, np.ndarray]:
+        ctx = ImportanceContext(model, seed=self.seed, calibration=samples, batch_size=self.batch_size)
         scores = {g.id: group_scores(g, self.importance, ctx) for g in groups}
         ratios = {g.id: self.ratio_for(g) for g in groups}
         if self.scope == "global":
@@ -145,7 +173,8 @@ class ChannelPrunePass(InPlacePass):
         removed = []
         for segment in group.segments():
             cap = min(int(self.max_layer_ratio * len(segment)), len(segment) - 1)
-            count = min(int(ratio * len(segment)), cap)
+            exact = ratio * len(segment)
+            count = min(int(exact + 0.5) if self.nearest else int(exact + 1e-9), cap)
             keep = _round_keep(len(segment) - max(count, 0), self.round_to, len(segment), least=len(segment) - cap)
             order = segment[np.argsort(scores[segment], kind="stable")]
             removed.append(order[: len(segment) - keep])

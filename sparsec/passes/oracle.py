@@ -22,6 +22,7 @@ from sparsec.analysis.axis_rules import RuleContext
 from sparsec.analysis.groups import GroupAnalysis
 from sparsec.analysis.layout_rules import reduced_axes
 from sparsec.analysis.shapes import value_shapes
+from sparsec.ir import runtime
 
 
 @dataclass
@@ -148,3 +149,15 @@ def _masked_mean(model, node, value, weight: np.ndarray, axes: list[int]):
         axes_value = model.add_initializer("oracle_axes", np.array(axes, dtype=np.int64))
         return model.add_node("ReduceMean", [scaled, axes_value], {"keepdims": 1}, before=node, name="oracle")
     return model.add_node("ReduceMean", [scaled], {"axes": axes, "keepdims": 1}, before=node, name="oracle")
+
+
+def oracle_gap(model, reference, feeds: dict[str, np.ndarray]) -> float:
+    """max |model − reference| / max |reference| over every output, in onnxruntime (the gate a
+    pass checks itself when it prunes in several rounds: each round's own oracle)."""
+    got = runtime.session_for(model, optimization="disable").run(feeds)
+    want = runtime.session_for(reference, optimization="disable").run(feeds)
+    gap = 0.0
+    for name, expected in want.items():
+        peak = float(np.abs(expected).max()) if expected.size else 0.0
+        gap = max(gap, float(np.abs(got[name] - expected).max()) / (peak or 1.0) if expected.size else 0.0)
+    return gap

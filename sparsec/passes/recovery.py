@@ -28,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from sparsec.analysis.activations import capture
 from sparsec.errors import InputError
 from sparsec.ir import runtime
+from sparsec.passes.base import Diagnostic
 
 STANDARD = ("", "ai.onnx")
 
@@ -92,6 +94,47 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
     return {"layers_refit": sum(row["refit"] for row in rows), "layers_kept": sum(not row["refit"] for row in rows),
             "layers_skipped": len(skipped), "rounds": count, "output_error_before": before,
             "output_error_after": after, "layers": rows, "skipped": skipped}
+
+
+def recover_result(result, original, samples: dict[str, np.ndarray], plan: dict | None, *,
+                   batch_size: int = 16, progress=None) -> dict:
+    """Refit ``result.model`` (a pruning pass's output) against ``original`` and fold the report
+    into the ``PassResult``: numbers in ``stats``, one info line, the refit-aware oracle
+    ``reference`` and the full report as the ``recovery`` artifact (also returned)."""
+    report = recover(result.model, original, samples, plan, batch_size=batch_size, progress=progress)
+    result.stats.update({"layers_refit": report["layers_refit"], "calibration_error_before": report["output_error_before"],
+                         "calibration_error_after": report["output_error_after"]})
+    result.diagnostics.append(Diagnostic(
+        "info", "recover.refit", f"refit {report['layers_refit']} layer(s) ({report['layers_skipped']} skipped): calibration "
+        f"output error {report['output_error_before']:.4g} -> {report['output_error_after']:.4g} (relative, squared)"))
+    if result.reference is not None:
+        result.reference = refit_reference(result.reference, result.model, report, plan)
+    result.artifacts["recovery"] = report
+    return report
+
+
+def refit_reference(build: Callable[[], Any], pruned, report: dict, plan: dict | None) -> Callable[[], Any]:
+    """The exactness oracle after a refit: the masked original (``build()``) with every refit
+    weight and bias put back at the positions it kept (``plan``), zeros at the removed ones
+    (which the masked original zeroes anyway). A refit changes values, never structure, so the
+    pruned model still equals this reference exactly."""
+    names = [name for row in report["layers"] if row["refit"] for name in (row["weight"], row["bias"]) if name]
+    values = pruned.values_by_name()
+    arrays = {name: pruned.constant(values[name]) for name in names}
+
+    def build_refit():
+        reference = build()
+        targets = reference.values_by_name()
+        for name, array in arrays.items():
+            full = np.zeros(reference.constant_shape(targets[name]), dtype=array.dtype)
+            index = [np.arange(size) for size in full.shape]
+            for entry in (plan or {}).get("initializers", {}).get(name, []):
+                index[entry["axis"]] = np.asarray(entry["kept"], dtype=np.int64)
+            full[np.ix_(*index)] = array
+            reference.set_constant(targets[name], full)
+        return reference
+
+    return build_refit
 
 
 def output_error(model, original, samples, batch_size: int = 16, *, session=None) -> float:
@@ -332,7 +375,8 @@ def _refit(model, layer: Layer, normal: _Normal, ridge: float) -> dict:
     refit = after < before
     if refit:
         _store(model, layer, new)
-    return {"node": layer.name, "weight": layer.weight.name, "round": layer.round, "refit": refit,
+    return {"node": layer.name, "weight": layer.weight.name, "bias": layer.bias.name if layer.bias is not None else None,
+            "round": layer.round, "refit": refit,
             "error_before": before, "error_after": after if refit else before, "error_refit": after}
 
 

@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sparsec.analysis.activations import channel_norms, load_calibration
+from sparsec.analysis.activations import load_calibration, weight_input_norms
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
@@ -140,17 +140,17 @@ class WeightSparsityPass(InPlacePass):
         broadcast against it), from the calibration run; weights Wanda cannot weigh get a note."""
         if self.score != "wanda":
             return {}
-        usable = [s for s in sites if s.activations and None not in s.activations]
-        requests = sorted({a for s in usable for a in s.activations})
-        norms = channel_norms(model, load_calibration(self.calibration, model), requests, self.batch_size) if requests else {}
+        samples = load_calibration(self.calibration, model)
+        inputs = weight_input_norms(model, samples, sites, self.batch_size)
         notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{s.name}' scored by magnitude (no "
                              "activation to weigh it: grouped conv, embedding table or constant input)")
-                  for s in sites if s not in usable]
+                  for s in sites if s.name not in inputs]
         weighed = {}
-        for site in usable:
-            shape = [1] * len(site.shape)
-            shape[site.axis] = site.shape[site.axis]
-            weighed[site.name] = np.sqrt(sum(np.square(norms[a]) for a in site.activations)).reshape(shape)
+        for site in sites:
+            if site.name in inputs:
+                shape = [1] * len(site.shape)
+                shape[site.axis] = site.shape[site.axis]
+                weighed[site.name] = inputs[site.name].reshape(shape)
         return weighed
 
     def _keep_masks(self, sites: list[WeightSite], arrays: dict, norms: dict, skipped: dict) -> dict[str, np.ndarray]:

@@ -1,0 +1,94 @@
+"""``steps=K``: reach channel-prune's ratios in K prune → refit rounds.
+
+The schedule. After round k a share R·k/K of the original units is gone (linear in units, the
+post-training counterpart of gradual pruning): the ratio applied to what remains is
+
+    r_k = 1 − (1 − R·k/K) / (1 − R·(k−1)/K),
+
+rounded to the nearest unit per segment. Each round ranks the current model (refit by the
+round before, so its choices see the recovered weights), prunes, refits, and reports its
+calibration error against the *first* model. Each round's own oracle is checked here before the
+next round starts (a round's masked original is the previous round's output); the last one is
+the result's ``reference``, gated by the caller like any pass's. Plans compose: a kept index of
+round k is a position of round k−1's tensor, so the composed kept list is kept_{k−1}[kept_k].
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from sparsec.analysis.inputs import bind_shapes, random_inputs
+from sparsec.passes.base import Diagnostic, PassError, PassResult
+from sparsec.passes.oracle import oracle_gap
+from sparsec.passes.recovery import output_error
+from sparsec.validate import ORACLE_TOLERANCE
+
+RATIO_OPTIONS = ("ratio", "heads", "ffn")
+PROBE_SAMPLES = 4
+
+
+def round_ratio(total: float, step: int, steps: int) -> float:
+    """r_k: the share of the remaining units round ``step`` removes (-1, "as ratio", stays)."""
+    if total <= 0:
+        return total
+    return 1 - (1 - total * step / steps) / (1 - total * (step - 1) / steps)
+
+
+def run_steps(prune, model, samples) -> PassResult:
+    """Run ``prune`` (a ``ChannelPrunePass``) as ``prune.steps`` rounds on ``model``."""
+    first = model.copy() if samples is not None else None
+    feeds = _probe_feeds(model, samples)
+    results, lines = [], []
+    for step in range(1, prune.steps + 1):
+        one = copy.copy(prune)
+        one.steps, one.nearest = 1, True
+        for option in RATIO_OPTIONS:
+            setattr(one, option, round_ratio(getattr(prune, option), step, prune.steps))
+        result = one._round(model, samples)
+        if step < prune.steps and result.reference is not None:
+            gap = oracle_gap(model, result.reference(), feeds)
+            if gap > ORACLE_TOLERANCE:
+                raise PassError(f"channel-prune: round {step} differs from its masked original by {gap:.3g} of the peak output")
+        error = output_error(model, first, samples, prune.batch_size) if first is not None else None
+        lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: removed "
+                                f"{int(result.stats.get('channels_removed', 0))} unit(s)"
+                                + (f", calibration output error vs the original {error:.4g}" if error is not None else "")))
+        results.append(result)
+    return _combined(results, lines)
+
+
+def _probe_feeds(model, samples) -> dict[str, np.ndarray]:
+    if samples is not None:
+        return {name: array[:PROBE_SAMPLES] for name, array in samples.items()}
+    return random_inputs(model, bind_shapes(model), 0)
+
+
+def _combined(results: list[PassResult], lines: list[Diagnostic]) -> PassResult:
+    """One result for all rounds: the last round's reference and groups, summed removals,
+    the composed plan, every round's line."""
+    last = results[-1]
+    combined = PassResult(last.model, modified=any(r.modified for r in results), reference=last.reference)
+    combined.stats = dict(last.stats, channels_removed=sum(r.stats.get("channels_removed", 0) for r in results),
+                          steps=len(results))
+    combined.diagnostics = last.diagnostics + lines
+    combined.artifacts = dict(last.artifacts, plan=compose_plans([r.artifacts["plan"] for r in results]))
+    return combined
+
+
+def compose_plans(plans: list[dict]) -> dict:
+    """The plan of consecutive cuts, in terms of the first model's positions."""
+    composed = copy.deepcopy(plans[0])
+    table = composed["initializers"]
+    for plan in plans[1:]:
+        for name, entries in plan["initializers"].items():
+            mine = {entry["axis"]: entry for entry in table.setdefault(name, [])}
+            for entry in entries:
+                earlier = mine.get(entry["axis"])
+                if earlier is None:
+                    table[name].append(dict(entry))
+                else:
+                    earlier["kept"] = np.asarray(earlier["kept"])[np.asarray(entry["kept"], dtype=np.int64)].tolist()
+            table[name].sort(key=lambda e: e["axis"])
+    return composed
