@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec import __version__
+from sparsec.analysis.activations import RANDOM
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.heads import attention_blocks
@@ -264,20 +265,24 @@ def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:
 
 def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0, importance: str = "l1",
                    scope: str = "local", max_layer_ratio: float = 0.9, round_to: int = 1, exclude: Sequence[str] = (),
-                   seed: int = 0, plan: str | Path | None = None) -> list[PassBase]:
+                   seed: int = 0, plan: str | Path | None = None, calibration: str | Path | None = None,
+                   calibration_samples: int = 0, recover: bool = True, steps: int = 1) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
     exporter idioms canonicalized (dynamo's SDPA Kᵀ, the legacy exporter's run-time expand,
     timm's packed qkv split into Q, K, V projections),
     ``channel-prune`` with these options
-    (``heads``/``ffn`` -1: as ``ratio``), then cleanup."""
+    (``heads``/``ffn`` -1: as ``ratio``; with ``calibration``, activation importance and the
+    refit are available, see ``ChannelPrunePass``), then cleanup."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}")
     if plan is not None:
         read_plan(str(plan))  # a malformed plan is refused before any work
     prune = ChannelPrunePass(ratio=ratio, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
                              round_to=round_to, exclude="|".join(exclude), seed=seed, heads=heads, ffn=ffn,
-                             plan=str(Path(plan).resolve()) if plan is not None else "")
+                             plan=str(Path(plan).resolve()) if plan is not None else "",
+                             calibration=_calibration_spec(calibration), calibration_samples=calibration_samples,
+                             recover=recover, steps=steps)
     prune.check_options()
     return [IdentityEliminationPass(), ConstantFoldShapesPass(), ShapeCanonicalizePass(), SplitQkvPass(),
             TransposeCanonicalizePass(), DeadCodePass(), prune,
@@ -286,15 +291,26 @@ def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0
 
 def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
                     embeddings: bool = False, score: str = "magnitude", calibration: str | Path | None = None,
-                    sparse_format: str = "dense") -> list[PassBase]:
-    """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options, cleanup, and
-    the encoding of ``sparse_format`` (none for ``dense``)."""
-    if calibration is not None and not Path(calibration).is_file():
-        raise InputError(f"calibration data {calibration} not found")
+                    sparse_format: str = "dense", calibration_samples: int = 0, recover: bool = True) -> list[PassBase]:
+    """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options (with
+    ``calibration``, the masked layers are refit unless ``recover`` is False), cleanup, and the
+    encoding of ``sparse_format`` (none for ``dense``)."""
     prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, embeddings=embeddings, score=score,
-                               calibration=str(Path(calibration).resolve()) if calibration else "")
+                               calibration=_calibration_spec(calibration), calibration_samples=calibration_samples,
+                               recover=recover)
     prune.check_options()
     return [prune, *cleanup_passes(), *encoding_passes(sparse_format, nm)]
+
+
+def _calibration_spec(calibration: str | Path | None) -> str:
+    """'' (none), 'random', or the absolute path of an existing calibration file or folder."""
+    if calibration is None or str(calibration) == "":
+        return ""
+    if str(calibration) == RANDOM:
+        return RANDOM
+    if not Path(calibration).exists():
+        raise InputError(f"calibration data {calibration} not found (a .npz, a folder of .npz/.npy files, or 'random')")
+    return str(Path(calibration).resolve())
 
 
 def encoding_passes(sparse_format: str, nm: str = "") -> list[PassBase]:

@@ -97,11 +97,23 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes:
                    "bit per weight, nm (with --nm) kept values + their positions in each run of M; both decode in a "
                    "subgraph onnxruntime folds at session creation (checked bit-identical); coo writes ONNX "
                    "sparse_initializer (onnxruntime only; smaller only above ~67 percent sparsity).")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "magnitude", "wanda"]), default=None,
-              help="Channels (--channels): l1 (default) / l2 norm of all their weight slices, BatchNorm |gamma|, or "
-                   "seeded random. Weights (--nm/--sparsity): magnitude (default) or wanda (|w|·‖x‖, needs --calibration).")
-@click.option("--calibration", type=MODEL_PATH, default=None, metavar="FILE.npz",
-              help="Calibration samples (arrays keyed by input name, first axis = samples) for --importance wanda.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "activation", "magnitude", "wanda"]),
+              default=None,
+              help="Channels (--channels/--heads/--ffn): l1 (default) / l2 norm of all their weight slices, BatchNorm "
+                   "|gamma|, seeded random, or activation (‖x‖·‖w‖ at the layers reading them, needs --calibration). "
+                   "Weights (--nm/--sparsity): magnitude (default) or wanda (|w|·‖x‖, needs --calibration).")
+@click.option("--calibration", default=None, metavar="DATA",
+              help="Calibration samples: a .npz (arrays keyed by input name, first axis = samples), a folder of .npz "
+                   "and NAME.npy files, or 'random' (seeded random inputs, warned). Read by --importance activation/"
+                   "wanda, and turns on the least-squares refit of the pruned layers (see --no-recover).")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Use the first N calibration samples (default: all; 64 with 'random').")
+@click.option("--no-recover", is_flag=True,
+              help="With --calibration: skip the refit (ridge least squares of each pruned layer against the original's "
+                   "outputs, bias compensation included, zeros kept).")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="With --channels/--heads/--ffn: reach the ratios in K prune -> refit rounds, each on the model the last "
+                   "one left (report lists the error after each round).")
 @click.option("--importance-scope", "scope", type=click.Choice(["local", "global"]), default="local", show_default=True,
               help="local: every group loses the same fraction; global: rank channels of all groups together.")
 @click.option("--max-layer-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
@@ -121,9 +133,9 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes:
 @atol_option
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
-             channels, heads, ffn, nm, sparsity, block, embeddings, sparse_format, importance, calibration, scope,
-             max_layer_ratio, round_to, exclude, seed, plan_out, plan_in, input_shapes, inputs, rtol, atol,
-             latency_runs) -> None:
+             channels, heads, ffn, nm, sparsity, block, embeddings, sparse_format, importance, calibration,
+             calibration_samples, no_recover, steps, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
+             input_shapes, inputs, rtol, atol, latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
     Without a transform flag: the exact cleanup pipeline (identity elimination, BatchNorm
@@ -134,9 +146,12 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     what was removed zeroed) within 1e-4 x max |output| (an encoded one bit-identically, with
     every decoder folded away by onnxruntime), and its difference from MODEL itself is reported.
     """
-    _check_importance(importance, calibration, weights=nm is not None or sparsity is not None)
     structured = channels is not None or heads is not None or ffn is not None
-    pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, calibration,
+    _check_importance(importance, calibration, weights=nm is not None or sparsity is not None,
+                      pruning=structured or plan_in is not None or nm is not None or sparsity is not None)
+    _check_calibration_options(calibration, calibration_samples, no_recover, steps, structured)
+    data = {"calibration": calibration, "calibration_samples": calibration_samples or 0, "recover": not no_recover}
+    pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data,
                                   pipeline, structured, plan_in)
     importance = importance or "l1"
     if (structured or plan_in is not None) and pipeline:
@@ -152,25 +167,32 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
         pipeline = api.channel_passes(channels or 0.0, heads=-1.0 if heads is None else heads,
                                       ffn=-1.0 if ffn is None else ffn, importance=importance, scope=scope,
                                       max_layer_ratio=max_layer_ratio, round_to=round_to, exclude=exclude, seed=seed,
-                                      plan=plan_in)
+                                      plan=plan_in, steps=steps, **data)
     result = api.compress(model, output, pipeline=pipeline, input_shapes=input_shapes, inputs=inputs, force=force,
                           report=report_path, plan_out=plan_out, rtol=rtol, atol=atol, latency_runs=latency_runs,
                           on_pass=_progress)
     click.echo(report.compress_text(result))
 
 
-def _check_importance(importance: str | None, calibration, *, weights: bool) -> None:
+def _check_importance(importance: str | None, calibration, *, weights: bool, pruning: bool) -> None:
     """Channel rankings go with --channels, weight scores with --nm/--sparsity; calibration
-    data is read by wanda only."""
+    data goes with a pruning flag, and activation/wanda need it."""
     if importance in ("magnitude", "wanda") and not weights:
         raise click.UsageError(f"--importance {importance} scores weights for --nm/--sparsity")
-    if importance in ("l1", "l2", "bn-scale", "random") and weights:
+    if importance in ("l1", "l2", "bn-scale", "random", "activation") and weights:
         raise click.UsageError(f"--importance {importance} ranks channels; weights use magnitude or wanda")
-    if calibration is not None and importance != "wanda":
-        raise click.UsageError("--calibration is read by --importance wanda (with --nm/--sparsity)")
+    if calibration is not None and not pruning:
+        raise click.UsageError("--calibration goes with a pruning flag (--channels, --heads, --ffn, --plan-in, --nm, --sparsity)")
 
 
-def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, calibration, pipeline,
+def _check_calibration_options(calibration, samples, no_recover: bool, steps: int, structured: bool) -> None:
+    if calibration is None and (samples is not None or no_recover):
+        raise click.UsageError(f"{'--calibration-samples' if samples is not None else '--no-recover'} needs --calibration")
+    if steps > 1 and not structured:
+        raise click.UsageError("--steps needs --channels, --heads or --ffn")
+
+
+def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data: dict, pipeline,
                        structured, plan_in):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
     if nm is None and sparsity is None:
@@ -185,7 +207,7 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
     return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope, embeddings=embeddings,
-                               score=importance or "magnitude", calibration=calibration, sparse_format=sparse_format)
+                               score=importance or "magnitude", sparse_format=sparse_format, **data)
 
 
 def _progress(pass_, result) -> None:

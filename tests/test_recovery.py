@@ -4,6 +4,8 @@ cannot improve."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import MODELS, make_model, oracle_error, prune, run_ort
@@ -188,3 +190,33 @@ def test_activation_importance_ranks_by_what_the_next_layer_sees():
     activation, result = _prune_digits(calibration=str(CALIB), importance="activation")
     assert oracle_error(activation, result.reference()) <= 1e-4
     assert _digits_accuracy(activation) > _digits_accuracy(l1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--channels", "0.5", "--no-recover"], "--no-recover needs --calibration"),
+    (["--channels", "0.5", "--calibration-samples", "8"], "--calibration-samples needs --calibration"),
+    (["--nm", "2:4", "--steps", "2"], "--steps needs --channels"),
+    (["--calibration", str(CALIB)], "--calibration goes with a pruning flag"),
+    (["--channels", "0.5", "--calibration", "missing.npz"], "calibration data missing.npz not found"),
+    (["--channels", "0.5", "--importance", "activation"], "needs calibration data"),
+])
+def test_cli_calibration_flags_are_checked_in_one_line(cli, tmp_path, args, message):
+    code, _, stderr = cli("compress", DIGITS, "-o", tmp_path / "x.onnx", *args)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_random_calibration_warns_and_nm_refit_keeps_the_pattern(cli, tmp_path):
+    out, report = tmp_path / "x.onnx", tmp_path / "r.json"
+    code, stdout, stderr = cli("compress", DIGITS, "--channels", "0.25", "--calibration", "random",
+                               "--calibration-samples", "16", "-o", out, "--latency-runs", "0")
+    assert code == 0, stderr
+    assert "calibration.random" in stdout
+    code, stdout, stderr = cli("compress", DIGITS, "--nm", "2:4", "--calibration", str(CALIB), "-o", out, "--force",
+                               "--report", report, "--latency-runs", "0")
+    assert code == 0, stderr
+    assert json.loads(report.read_text())["stats"]["weight-sparsity.layers_refit"] >= 2
+    for site in json.loads(report.read_text())["sparsity"]:
+        array = Model.load(out).constant(Model.load(out).initializers()[site["name"]])
+        runs = np.moveaxis(array, site["axis"], -1).reshape(-1, 4)
+        assert ((runs != 0).sum(axis=1) <= 2).all()  # still 2:4 after the refit

@@ -15,10 +15,11 @@ tables read by Gather, grouped along each gathered row). Invariants:
   over, from ``calibration`` samples captured in batches; unstructured Wanda compares within
   each output row); ``wanda`` without calibration data is refused.
 The pass only multiplies weights by 0/1 masks: the result is its own oracle reference (the
-sparse-encoded formats of a later pass must equal it bit for bit). SparseGPT is deliberately not
-a score here: it is a mask plus an update of the kept weights from the calibration Hessian,
-i.e. a mask-respecting least-squares refit, which belongs to the recovery pass (it reads the
-zeros this pass leaves as the mask to keep, from the same ``activations`` capture).
+sparse-encoded formats of a later pass must equal it bit for bit). With ``calibration`` (and
+``recover``, on by default) the masked layers are then refit by least squares with their zeros
+kept (``recovery``: the SparseGPT idea, a mask plus an update of the kept weights from the
+calibration Gram matrix, solved exactly per output column); the reference carries the refit
+weights. Scores may then be ``magnitude`` or ``wanda`` alike.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 from sparsec.analysis.activations import load_calibration, weight_input_norms
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
+from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
 
 
@@ -81,10 +83,12 @@ class WeightSparsityPass(InPlacePass):
     lossy: ClassVar[bool] = True
 
     def __init__(self, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                 embeddings: bool = False, score: str = "magnitude", calibration: str = "", batch_size: int = 16) -> None:
+                 embeddings: bool = False, score: str = "magnitude", calibration: str = "", batch_size: int = 16,
+                 calibration_samples: int = 0, recover: bool = True, seed: int = 0) -> None:
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
         self.embeddings = embeddings
         self.calibration, self.batch_size = calibration, batch_size
+        self.calibration_samples, self.recover, self.seed = calibration_samples, recover, seed
 
     def check_options(self) -> None:
         if bool(self.nm) == bool(self.ratio):
@@ -98,7 +102,7 @@ class WeightSparsityPass(InPlacePass):
         if self.scope not in ("local", "global"):
             raise PassError(f"weight-sparsity: scope must be local or global, got '{self.scope}'")
         if self.score == "wanda" and not self.calibration:
-            raise PassError("weight-sparsity: score 'wanda' (|w|·‖x‖) needs calibration data: --calibration data.npz")
+            raise PassError("weight-sparsity: score 'wanda' (|w|·‖x‖) needs calibration data: --calibration DATA")
         if self.score not in ("magnitude", "wanda"):
             raise PassError(f"weight-sparsity: unknown score '{self.score}'; known: magnitude, wanda")
 
@@ -112,9 +116,25 @@ class WeightSparsityPass(InPlacePass):
     def call(self, model) -> PassResult:
         sites, conflicts = weight_sites(model, embeddings=self.embeddings)
         skipped, notes = dict(conflicts), []
+        samples = load_calibration(self.calibration, model, self.calibration_samples, self.seed) if self.calibration else None
+        original = model.copy() if samples is not None and self.recover else None
+        norms = self._activation_norms(model, sites, samples, notes)  # before any weight is read: a session may
+        tensors = self._mask(model, sites, norms, skipped)  # need to move mmapped weights (none read after it either)
+        result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped) + notes)
+        result.stats = {"tensors": len(tensors), "tensors_skipped": len(skipped),
+                        "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors)}
+        result.artifacts["sparsity"] = tensors
+        snapshot = model.copy()
+        result.reference = lambda: snapshot
+        if original is not None and result.modified:
+            recover_result(result, original, samples, None, batch_size=self.batch_size)
+        return result
+
+    def _mask(self, model, sites: list[WeightSite], norms: dict, skipped: dict) -> list[dict]:
+        """Zero the weights the pattern drops; the per-tensor report. The arrays read here die
+        with this call, so a later session (the refit's) may move memory-mapped weights."""
         initializers = model.initializers()
-        norms = self._activation_norms(model, sites, notes)  # before any weight is read: a session may
-        arrays = {s.name: model.constant(initializers[s.name]) for s in sites}  # need to move mmapped weights
+        arrays = {s.name: model.constant(initializers[s.name]) for s in sites}
         keeps = self._keep_masks(sites, arrays, norms, skipped)
         tensors = []
         for site in sites:
@@ -124,23 +144,16 @@ class WeightSparsityPass(InPlacePass):
             model.resize_initializer(initializers[site.name], np.where(keep, array, np.zeros((), array.dtype)))
             tensors.append({"name": site.name, "pattern": self._pattern(), "axis": site.axis,
                             "sparsity": float(1 - keep.mean()), "elements": int(keep.size)})
-        result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped) + notes)
-        result.stats = {"tensors": len(tensors), "tensors_skipped": len(skipped),
-                        "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors)}
-        result.artifacts["sparsity"] = tensors
-        snapshot = model.copy()
-        result.reference = lambda: snapshot
-        return result
+        return tensors
 
     def _pattern(self) -> str:
         return f"{self.nm}" if self.nm else (f"block {self.block} {self.ratio:g}" if self.block else f"unstructured {self.ratio:g}")
 
-    def _activation_norms(self, model, sites: list[WeightSite], notes: list) -> dict[str, np.ndarray]:
+    def _activation_norms(self, model, sites: list[WeightSite], samples, notes: list) -> dict[str, np.ndarray]:
         """For Wanda: per weight, ‖x_j‖ of the input channels it reduces over (shaped to
         broadcast against it), from the calibration run; weights Wanda cannot weigh get a note."""
         if self.score != "wanda":
             return {}
-        samples = load_calibration(self.calibration, model)
         inputs = weight_input_norms(model, samples, sites, self.batch_size)
         notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{s.name}' scored by magnitude (no "
                              "activation to weigh it: grouped conv, embedding table or constant input)")
