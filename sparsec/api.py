@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec import __version__
-from sparsec.analysis.activations import RANDOM
+from sparsec.analysis import sensitivity as sensitivity_analysis
+from sparsec.analysis.activations import RANDOM, load_calibration
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.heads import attention_blocks
@@ -263,10 +264,22 @@ def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:
     return Pipeline(passes, fixed_point=True, on_pass=on_pass)
 
 
+def sensitivity(model: Model, calibration: str | Path, *, samples: int = 0, importance: str = "activation",
+                ratios: Sequence[float] = sensitivity_analysis.RATIOS, progress: Callable[[str], None] | None = None):
+    """The sensitivity table of ``model`` (a ``SensitivityTable``): each prunable group pruned
+    alone at each ratio, on the model as channel-prune sees it (canonicalized; ``model`` itself
+    is left as loaded), output error on the calibration samples."""
+    data = load_calibration(_calibration_spec(calibration), model, samples)
+    canonical = model.copy()
+    Pipeline(canonical_passes())(canonical)  # what runs before channel-prune: the same groups, the same ids
+    return sensitivity_analysis.measure(canonical, data, ratios, importance, progress=progress)
+
+
 def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0, importance: str = "l1",
                    scope: str = "local", max_layer_ratio: float = 0.9, round_to: int = 1, exclude: Sequence[str] = (),
                    seed: int = 0, plan: str | Path | None = None, calibration: str | Path | None = None,
-                   calibration_samples: int = 0, recover: bool = True, steps: int = 1) -> list[PassBase]:
+                   calibration_samples: int = 0, recover: bool = True, steps: int = 1, target_macs: float = 0.0,
+                   target_params: float = 0.0) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
     exporter idioms canonicalized (dynamo's SDPA Kᵀ, the legacy exporter's run-time expand,
@@ -282,11 +295,17 @@ def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0
                              round_to=round_to, exclude="|".join(exclude), seed=seed, heads=heads, ffn=ffn,
                              plan=str(Path(plan).resolve()) if plan is not None else "",
                              calibration=_calibration_spec(calibration), calibration_samples=calibration_samples,
-                             recover=recover, steps=steps)
+                             recover=recover, steps=steps, target_macs=target_macs, target_params=target_params)
     prune.check_options()
+    return [*canonical_passes(), prune, *cleanup_passes()]
+
+
+def canonical_passes() -> list[PassBase]:
+    """The exact rewrites before channel-prune: identity elimination and shape folding (so that
+    Reshape targets computed from static shapes become constants surgery can rewrite), exporter
+    idioms canonicalized, dead code removed."""
     return [IdentityEliminationPass(), ConstantFoldShapesPass(), ShapeCanonicalizePass(), SplitQkvPass(),
-            TransposeCanonicalizePass(), DeadCodePass(), prune,
-            *cleanup_passes()]
+            TransposeCanonicalizePass(), DeadCodePass()]
 
 
 def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",

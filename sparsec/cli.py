@@ -51,10 +51,20 @@ def cli() -> None:
               help="Also list the channel groups: members, channels, prunable or why not (naming the blocking op).")
 @click.option("--heads", is_flag=True,
               help="Also list the attention blocks: Q/K/V/O weights, heads, KV heads, head_dim, how each was found.")
+@click.option("--sensitivity", is_flag=True,
+              help="Also measure, per channel group / head set / MLP, the output error when it alone is pruned at "
+                   "0.25, 0.5 and 0.75 (needs --calibration): the table --target-macs allocates from.")
+@click.option("--calibration", default=None, metavar="DATA",
+              help="With --sensitivity: calibration samples (.npz, a folder of .npz/.npy, or 'random').")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --sensitivity: use the first N calibration samples (default: all; 64 with 'random').")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "activation"]), default=None,
+              help="With --sensitivity: which units each ratio removes (default: activation with real calibration "
+                   "data, else l1).")
 @input_shape_option
 @inputs_option
-def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes: tuple[str, ...],
-            inputs: Path | None) -> None:
+def analyze(model: Path, as_json: bool, groups: bool, heads: bool, sensitivity: bool, calibration, calibration_samples,
+            importance, input_shapes: tuple[str, ...], inputs: Path | None) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
     loaded = api.Model.load(model)
     summary = api.analyze(loaded, input_shapes, inputs)
@@ -62,6 +72,17 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes:
         summary["channel_groups"], summary["channel_barriers"] = api.channel_groups(loaded, input_shapes)
     if heads:
         summary["attention_blocks"] = api.attention_heads(loaded, input_shapes)
+    if (calibration is not None or calibration_samples is not None or importance is not None) and not sensitivity:
+        raise click.UsageError("--calibration, --calibration-samples and --importance go with --sensitivity")
+    if sensitivity:
+        if calibration is None:
+            raise click.UsageError("--sensitivity measures output errors on calibration data: give --calibration")
+        table = api.sensitivity(loaded, calibration, samples=calibration_samples or 0,
+                                importance=importance or _default_importance(calibration), progress=_line)
+        summary["sensitivity"] = table.to_json()
+        if not as_json:
+            click.echo(report.analyze_text(summary) + "\n\n" + table.text())
+            return
     click.echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
 
 
@@ -111,6 +132,11 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes:
 @click.option("--no-recover", is_flag=True,
               help="With --calibration: skip the refit (ridge least squares of each pruned layer against the original's "
                    "outputs, bias compensation included, zeros kept).")
+@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="R",
+              help="Instead of one ratio: measure each group's sensitivity on --calibration and prune each group by "
+                   "the ratio (0.1..0.8) that reaches R x the original MACs with the least estimated error.")
+@click.option("--target-params", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="R",
+              help="As --target-macs, for the parameter count.")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="With --channels/--heads/--ffn: reach the ratios in K prune -> refit rounds, each on the model the last "
                    "one left (report lists the error after each round).")
@@ -134,7 +160,7 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, input_shapes:
 @latency_option
 def compress(model: Path, output: Path, report_path: Path | None, pipeline: str | None, force: bool,
              channels, heads, ffn, nm, sparsity, block, embeddings, sparse_format, importance, calibration,
-             calibration_samples, no_recover, steps, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
+             calibration_samples, no_recover, target_macs, target_params, steps, scope, max_layer_ratio, round_to, exclude, seed, plan_out, plan_in,
              input_shapes, inputs, rtol, atol, latency_runs) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
@@ -146,19 +172,23 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     what was removed zeroed) within 1e-4 x max |output| (an encoded one bit-identically, with
     every decoder folded away by onnxruntime), and its difference from MODEL itself is reported.
     """
-    structured = channels is not None or heads is not None or ffn is not None
+    targeted = target_macs is not None or target_params is not None
+    structured = channels is not None or heads is not None or ffn is not None or targeted
     _check_importance(importance, calibration, weights=nm is not None or sparsity is not None,
                       pruning=structured or plan_in is not None or nm is not None or sparsity is not None)
     _check_calibration_options(calibration, calibration_samples, no_recover, steps, structured)
     data = {"calibration": calibration, "calibration_samples": calibration_samples or 0, "recover": not no_recover}
     pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data,
                                   pipeline, structured, plan_in)
-    importance = importance or "l1"
+    importance = importance or _default_importance(calibration)
+    if targeted and (channels is not None or heads is not None or ffn is not None or target_macs and target_params):
+        raise click.UsageError("--target-macs/--target-params choose every group's ratio: give one target and drop "
+                               "--channels, --heads and --ffn")
     if (structured or plan_in is not None) and pipeline:
         raise click.UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
     if plan_in is not None:
         chosen = [flag for flag, value, default in (("--channels", channels, None), ("--heads", heads, None),
-                  ("--ffn", ffn, None), ("--importance", importance, "l1"),
+                  ("--ffn", ffn, None), ("--importance", importance, _default_importance(calibration)),
                   ("--importance-scope", scope, "local"), ("--max-layer-ratio", max_layer_ratio, 0.9),
                   ("--round-to", round_to, 1), ("--seed", seed, 0), ("--exclude", exclude, ())) if value != default]
         if chosen:
@@ -167,7 +197,8 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
         pipeline = api.channel_passes(channels or 0.0, heads=-1.0 if heads is None else heads,
                                       ffn=-1.0 if ffn is None else ffn, importance=importance, scope=scope,
                                       max_layer_ratio=max_layer_ratio, round_to=round_to, exclude=exclude, seed=seed,
-                                      plan=plan_in, steps=steps, **data)
+                                      plan=plan_in, steps=steps, target_macs=target_macs or 0.0,
+                                      target_params=target_params or 0.0, **data)
     result = api.compress(model, output, pipeline=pipeline, input_shapes=input_shapes, inputs=inputs, force=force,
                           report=report_path, plan_out=plan_out, rtol=rtol, atol=atol, latency_runs=latency_runs,
                           on_pass=_progress)
@@ -183,6 +214,15 @@ def _check_importance(importance: str | None, calibration, *, weights: bool, pru
         raise click.UsageError(f"--importance {importance} ranks channels; weights use magnitude or wanda")
     if calibration is not None and not pruning:
         raise click.UsageError("--calibration goes with a pruning flag (--channels, --heads, --ffn, --plan-in, --nm, --sparsity)")
+
+
+def _default_importance(calibration) -> str:
+    """Channels are ranked by what the next layer sees when there is real calibration data."""
+    return "activation" if calibration is not None and calibration != "random" else "l1"
+
+
+def _line(text: str) -> None:
+    click.echo(f"  {text}", err=True)
 
 
 def _check_calibration_options(calibration, samples, no_recover: bool, steps: int, structured: bool) -> None:
@@ -207,7 +247,8 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
     return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope, embeddings=embeddings,
-                               score=importance or "magnitude", sparse_format=sparse_format, **data)
+                               score=importance or ("wanda" if _default_importance(data["calibration"]) == "activation"
+                                                    else "magnitude"), sparse_format=sparse_format, **data)
 
 
 def _progress(pass_, result) -> None:

@@ -40,8 +40,8 @@ from sparsec.analysis.activations import capture, fixed_batch
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import ImportanceContext, group_scores
+from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError, InternalError
-from sparsec.passes.channel_prune import ChannelPrunePass, _keep_every_member
 from sparsec.passes.recovery import output_error
 from sparsec.passes.surgery import prune_channels
 
@@ -174,8 +174,7 @@ def measure(model, samples: Mapping[str, np.ndarray], ratios: Sequence[float] = 
 def select_units(group: ChannelGroup, scores: np.ndarray, ratio: float) -> np.ndarray:
     """The units channel-prune's local scope removes from ``group`` at ``ratio`` (its default
     ``max_layer_ratio`` and ``round_to``): the lowest ``scores`` of each segment."""
-    prune = ChannelPrunePass(ratio=ratio)
-    return _keep_every_member(group, prune._lowest_per_segment(group, scores, ratio), scores)
+    return lowest_units(group, scores, ratio)
 
 
 class _Run:
@@ -184,7 +183,7 @@ class _Run:
 
     def __init__(self, model, samples: Mapping[str, np.ndarray], batch_size: int) -> None:
         self.model, self.samples, self.batch_size = model, samples, batch_size
-        self.shapes = _cost_shapes(model, samples)
+        self.shapes = cost_shapes(model, samples)
         self.base = analyze_cost(model, self.shapes)
         self.reference = list(capture(model, samples, [value.name for value in model.outputs], batch_size))
 
@@ -226,7 +225,7 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
     return ratios
 
 
-def _cost_shapes(model, samples: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+def cost_shapes(model, samples: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """One sample's input shapes (the model's fixed batch when it has one): where MACs are counted."""
     batch = fixed_batch(model) or 1
     inputs = {value.name for value in model.inputs}

@@ -34,8 +34,9 @@ import numpy as np
 from sparsec.analysis.activations import RANDOM, load_calibration
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
+from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError
-from sparsec.passes import schedule
+from sparsec.passes import budget, schedule
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
 from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
@@ -54,13 +55,15 @@ class ChannelPrunePass(InPlacePass):
     def __init__(self, ratio: float = 0.5, importance: str = "l1", scope: str = "local",
                  max_layer_ratio: float = 0.9, round_to: int = 1, exclude: str = "", seed: int = 0,
                  plan: str = "", heads: float = -1.0, ffn: float = -1.0, calibration: str = "",
-                 calibration_samples: int = 0, recover: bool = True, steps: int = 1, batch_size: int = 16) -> None:
+                 calibration_samples: int = 0, recover: bool = True, steps: int = 1, batch_size: int = 16,
+                 target_macs: float = 0.0, target_params: float = 0.0) -> None:
         self.ratio, self.importance, self.scope = ratio, importance, scope
         self.heads, self.ffn = heads, ffn
         self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
         self.seed, self.plan = seed, plan
         self.calibration, self.calibration_samples, self.recover = calibration, calibration_samples, recover
         self.steps, self.batch_size = steps, batch_size
+        self.target_macs, self.target_params = target_macs, target_params
         self.nearest = False  # a scheduled round rounds each segment's cut to the nearest unit (``schedule``)
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
@@ -87,8 +90,22 @@ class ChannelPrunePass(InPlacePass):
             raise PassError(f"channel-prune: unknown importance '{self.importance}'; known: {', '.join(IMPORTANCE)}")
         if self.importance == "activation" and not self.calibration:
             raise PassError("channel-prune: importance 'activation' needs calibration data: --calibration DATA")
+        if self.target_macs or self.target_params:
+            self._check_target()
         if self.steps < 1 or (self.steps > 1 and self.plan):
             raise PassError(f"channel-prune: steps must be at least 1 (and 1 with a plan), got {self.steps}")
+
+    def _check_target(self) -> None:
+        if self.target_macs and self.target_params:
+            raise PassError("channel-prune: give target_macs or target_params, not both")
+        if not 0 < (self.target_macs or self.target_params) < 1:
+            raise PassError(f"channel-prune: a target is a fraction of the original in (0, 1), got "
+                            f"{self.target_macs or self.target_params}")
+        if not self.calibration:
+            raise PassError("channel-prune: a MACs/params target is allocated from measured sensitivity: it needs "
+                            "calibration data (--calibration)")
+        if self.plan:
+            raise PassError("channel-prune: a target chooses the cut itself: drop the plan")
 
     def call(self, model) -> PassResult:
         samples = load_calibration(self.calibration, model, self.calibration_samples, self.seed) if self.calibration else None
@@ -103,12 +120,16 @@ class ChannelPrunePass(InPlacePass):
         candidates = [g for g in analysis.groups if reasons[g.id] is None]
         if self.plan:
             removed = removed_from_plan(read_plan(self.plan), analysis.groups, reasons)
+        elif self.target_macs or self.target_params:
+            removed, note = budget.allocated_units(self, model, candidates, samples)
         else:
             removed = self._select(model, candidates, samples)
         kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
         original = model.copy() if samples is not None and self.recover else None
         result = prune_channels(model, analysis, removed)
         result.diagnostics = _diagnostics(analysis, reasons) + self._warnings(model, result, kinds)
+        if self.target_macs or self.target_params:
+            result.diagnostics.append(note)
         if self.calibration == RANDOM:
             result.diagnostics.append(Diagnostic("warning", "calibration.random", "calibration from random inputs "
                                                  "(--calibration random): importance and refit see no real activations"))
@@ -158,8 +179,8 @@ class ChannelPrunePass(InPlacePass):
                 buckets.setdefault(self._ratio_source(group), []).append(group)
             ratios = {gid: r for bucket in buckets.values() for gid, r in
                       self._global_ratios(bucket, scores, ratios[bucket[0].id]).items()}
-        return {g.id: _keep_every_member(g, self._lowest_per_segment(g, scores[g.id], ratios[g.id]), scores[g.id])
-                for g in groups}
+        return {g.id: lowest_units(g, scores[g.id], ratios[g.id], max_layer_ratio=self.max_layer_ratio,
+                                   round_to=self.round_to, nearest=self.nearest) for g in groups}
 
     def _ratio_source(self, group: ChannelGroup) -> str:
         """Which option sets this group's ratio: ``heads``, ``ffn`` or ``ratio``."""
@@ -167,18 +188,6 @@ class ChannelPrunePass(InPlacePass):
 
     def ratio_for(self, group: ChannelGroup) -> float:
         return getattr(self, self._ratio_source(group))
-
-    def _lowest_per_segment(self, group: ChannelGroup, scores: np.ndarray, ratio: float) -> np.ndarray:
-        """Each segment loses ``ratio`` of its units (rounded per ``round_to``), lowest scores first."""
-        removed = []
-        for segment in group.segments():
-            cap = min(int(self.max_layer_ratio * len(segment)), len(segment) - 1)
-            exact = ratio * len(segment)
-            count = min(int(exact + 0.5) if self.nearest else int(exact + 1e-9), cap)
-            keep = _round_keep(len(segment) - max(count, 0), self.round_to, len(segment), least=len(segment) - cap)
-            order = segment[np.argsort(scores[segment], kind="stable")]
-            removed.append(order[: len(segment) - keep])
-        return np.sort(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
 
     def _global_ratios(self, groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float) -> dict[int, float]:
         """Rank all units of ``groups`` together (scores relative to their group's mean); each
@@ -190,29 +199,6 @@ class ChannelPrunePass(InPlacePass):
         cut = np.sort(relative)[max(int(ratio * relative.size) - 1, 0)] if ratio > 0 else -np.inf
         return {g.id: min(float(np.mean(scores[g.id] / (scores[g.id].mean() + 1e-12) <= cut)), self.max_layer_ratio)
                 for g in groups}
-
-
-def _keep_every_member(group: ChannelGroup, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Give back, per member that would lose every position (a size-1 slice of a Split, a
-    Concat input), its best unit: no tensor may shrink to zero."""
-    mask = group.removed_mask(removed)
-    for member in group.members:
-        atoms = group.atoms[member]
-        if len(atoms) and mask[atoms].all():
-            mask[atoms[np.argmax(scores[atoms])]] = False
-    return np.flatnonzero(mask)
-
-
-def _round_keep(keep: int, multiple: int, units: int, least: int = 1) -> int:
-    """Units a segment keeps: at least ``least`` (and one), and a multiple of ``multiple`` when
-    it has more than that many units (rounded to nearest, up when nearest is below ``least``)."""
-    keep, least = max(keep, 1), max(least, 1)
-    if multiple <= 1 or units <= multiple:
-        return keep
-    rounded = max(multiple, int(round(keep / multiple)) * multiple)
-    if rounded < least:
-        rounded = -(-least // multiple) * multiple
-    return min(units, rounded)
 
 
 def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:

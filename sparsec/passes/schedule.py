@@ -5,7 +5,9 @@ post-training counterpart of gradual pruning): the ratio applied to what remains
 
     r_k = 1 − (1 − R·k/K) / (1 − R·(k−1)/K),
 
-rounded to the nearest unit per segment. Each round ranks the current model (refit by the
+rounded to the nearest unit per segment. A MACs or params target T is scheduled the same way on
+the removed share: after round k the model should be at 1 − (1 − T)·k/K of the first model's
+cost, so each round is allocated that over where it starts (an overshoot is made up for). Each round ranks the current model (refit by the
 round before, so its choices see the recovered weights), prunes, refits, and reports its
 calibration error against the *first* model. Each round's own oracle is checked here before the
 next round starts (a round's masked original is the previous round's output); the last one is
@@ -19,13 +21,16 @@ import copy
 
 import numpy as np
 
+from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.inputs import bind_shapes, random_inputs
+from sparsec.analysis.sensitivity import cost_shapes
 from sparsec.passes.base import Diagnostic, PassError, PassResult
 from sparsec.passes.oracle import oracle_gap
 from sparsec.passes.recovery import output_error
 from sparsec.validate import ORACLE_TOLERANCE
 
 RATIO_OPTIONS = ("ratio", "heads", "ffn")
+TARGET_OPTIONS = ("target_macs", "target_params")
 PROBE_SAMPLES = 4
 
 
@@ -39,6 +44,7 @@ def round_ratio(total: float, step: int, steps: int) -> float:
 def run_steps(prune, model, samples) -> PassResult:
     """Run ``prune`` (a ``ChannelPrunePass``) as ``prune.steps`` rounds on ``model``."""
     first = model.copy() if samples is not None else None
+    start = _costs(model, samples) if samples is not None else None
     feeds = _probe_feeds(model, samples)
     results, lines = [], []
     for step in range(1, prune.steps + 1):
@@ -46,6 +52,9 @@ def run_steps(prune, model, samples) -> PassResult:
         one.steps, one.nearest = 1, True
         for option in RATIO_OPTIONS:
             setattr(one, option, round_ratio(getattr(prune, option), step, prune.steps))
+        if not _schedule_target(prune, one, step, model, samples, start):
+            lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: the target is already met"))
+            continue
         result = one._round(model, samples)
         if step < prune.steps and result.reference is not None:
             gap = oracle_gap(model, result.reference(), feeds)
@@ -57,6 +66,24 @@ def run_steps(prune, model, samples) -> PassResult:
                                 + (f", calibration output error vs the original {error:.4g}" if error is not None else "")))
         results.append(result)
     return _combined(results, lines)
+
+
+def _costs(model, samples) -> dict[str, int]:
+    cost = analyze_cost(model, cost_shapes(model, samples))
+    return {"target_macs": cost.macs, "target_params": cost.params}
+
+
+def _schedule_target(prune, one, step: int, model, samples, start) -> bool:
+    """Set round ``step``'s target (if ``prune`` has one): after it, the model should be at
+    1 − (1 − T)·k/K of the *first* model's cost, so the target of this round is that over where
+    the model is now (a round that overshot is made up for). False when it is already there."""
+    option = next((o for o in TARGET_OPTIONS if getattr(prune, o)), None)
+    if option is None:
+        return True
+    goal = 1 - (1 - getattr(prune, option)) * step / prune.steps
+    now = _costs(model, samples)[option] / max(start[option], 1)
+    setattr(one, option, goal / now)
+    return goal / now < 1
 
 
 def _probe_feeds(model, samples) -> dict[str, np.ndarray]:
