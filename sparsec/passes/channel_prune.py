@@ -37,7 +37,7 @@ from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_sco
 from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError
 from sparsec.passes import budget, schedule
-from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
+from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
 from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
@@ -134,7 +134,8 @@ class ChannelPrunePass(InPlacePass):
             result.diagnostics.append(Diagnostic("warning", "calibration.random", "calibration from random inputs "
                                                  "(--calibration random): importance and refit see no real activations"))
         if original is not None and result.modified:
-            recover_result(result, original, samples, result.artifacts["plan"], batch_size=self.batch_size)
+            recover_result(result, original, samples, result.artifacts["plan"], batch_size=self.batch_size,
+                           progress=progress)
         return result
 
     def _patterns(self) -> list[str]:

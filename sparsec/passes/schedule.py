@@ -24,7 +24,7 @@ import numpy as np
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.analysis.sensitivity import cost_shapes
-from sparsec.passes.base import Diagnostic, PassError, PassResult
+from sparsec.passes.base import Diagnostic, PassError, PassResult, progress
 from sparsec.passes.oracle import oracle_gap
 from sparsec.passes.recovery import output_error
 from sparsec.validate import ORACLE_TOLERANCE
@@ -64,6 +64,7 @@ def run_steps(prune, model, samples) -> PassResult:
         lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: removed "
                                 f"{int(result.stats.get('channels_removed', 0))} unit(s)"
                                 + (f", calibration output error vs the original {error:.4g}" if error is not None else "")))
+        progress(lines[-1].message)
         results.append(result)
     return _combined(results, lines)
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from sparsec.analysis.activations import load_calibration, weight_input_norms
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
-from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
+from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
 
@@ -127,7 +127,7 @@ class WeightSparsityPass(InPlacePass):
         snapshot = model.copy()
         result.reference = lambda: snapshot
         if original is not None and result.modified:
-            recover_result(result, original, samples, None, batch_size=self.batch_size)
+            recover_result(result, original, samples, None, batch_size=self.batch_size, progress=progress)
         return result
 
     def _mask(self, model, sites: list[WeightSite], norms: dict, skipped: dict) -> list[dict]:
