@@ -11,11 +11,13 @@ import onnxruntime as ort
 FOLDER = Path(__file__).resolve().parents[1] / ".cache/minilm"
 MODEL = FOLDER / "minilm_legacy.onnx"
 SENTENCES = FOLDER / "sentences.npz"
+CALIBRATION = FOLDER / "calibration.npz"  # 1024 more sentences, disjoint from SENTENCES
 
 
-def sentence_feeds(rows: slice = slice(None)) -> dict[str, np.ndarray]:
-    """``input_ids`` and ``attention_mask`` of the chosen sentences (512 in all)."""
-    data = np.load(SENTENCES)
+def sentence_feeds(rows: slice = slice(None), path: Path = SENTENCES) -> dict[str, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` of the chosen sentences of ``path`` (512 in SENTENCES,
+    1024 in CALIBRATION)."""
+    data = np.load(path)
     return {"input_ids": data["input_ids"][rows], "attention_mask": data["attention_mask"][rows]}
 
 

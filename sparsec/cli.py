@@ -120,9 +120,10 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, sensitivity: 
                    "sparse_initializer (onnxruntime only; smaller only above ~67 percent sparsity).")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "activation", "magnitude", "wanda"]),
               default=None,
-              help="Channels (--channels/--heads/--ffn): l1 (default) / l2 norm of all their weight slices, BatchNorm "
+              help="Channels (--channels/--heads/--ffn): l1 / l2 norm of all their weight slices, BatchNorm "
                    "|gamma|, seeded random, or activation (‖x‖·‖w‖ at the layers reading them, needs --calibration). "
-                   "Weights (--nm/--sparsity): magnitude (default) or wanda (|w|·‖x‖, needs --calibration).")
+                   "Weights (--nm/--sparsity): magnitude or wanda (|w|·‖x‖, needs --calibration). Default: activation "
+                   "/ wanda with real --calibration data, else l1 / magnitude.")
 @click.option("--calibration", default=None, metavar="DATA",
               help="Calibration samples: a .npz (arrays keyed by input name, first axis = samples), a folder of .npz "
                    "and NAME.npy files, or 'random' (seeded random inputs, warned). Read by --importance activation/"
