@@ -145,6 +145,63 @@ def test_a_refit_that_cannot_help_is_not_applied(rng, conv2):
     assert all(np.array_equal(before[name], array) for name, array in _weights(model).items())
 
 
+def _depthwise_bn(rng) -> Model:
+    """x [N, 8, 6, 6] → Conv 3x3 (8) → Relu → depthwise Conv 3x3 → BatchNormalization → Relu →
+    GlobalAveragePool → Flatten → Gemm (transB=1, → 5): the BN reads a layer no refit reaches."""
+    stats = [numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, "beta"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, "mean"),
+             numpy_helper.from_array(rng.uniform(0.5, 2.0, 8).astype(np.float32), "var")]
+    inits = [_init(rng, "c1", [8, 8, 3, 3], 72), _init(rng, "dw", [8, 1, 3, 3], 9), *stats,
+             _init(rng, "fc", [5, 8], 8), _init(rng, "fcb", [5], 8)]
+    nodes = [helper.make_node("Conv", ["x", "c1"], ["a0"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a0"], ["a"]),
+             helper.make_node("Conv", ["a", "dw"], ["d"], pads=[1, 1, 1, 1], group=8),
+             helper.make_node("BatchNormalization", ["d", "gamma", "beta", "mean", "var"], ["n"]),
+             helper.make_node("Relu", ["n"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1)]
+    return Model.from_proto(make_model(nodes, [("x", F, ["N", 8, 6, 6])], [("y", F, ["N", 5])], inits))
+
+
+def test_batchnorm_after_a_layer_no_refit_reaches_is_recalibrated(rng):
+    """2:4 on c1 and fc (the depthwise conv reduces over one channel: dense): c1 is refit, the
+    BN it drifts is recalibrated per channel (γ, β; running statistics untouched) in the next
+    round, fc last; the exactness oracle holds with the new γ, β."""
+    original = _depthwise_bn(rng)
+    model = original.copy()
+    result = WeightSparsityPass(nm="2:4", calibration="random", calibration_samples=64)(model)
+    rows = {row["weight"]: row for row in result.artifacts["recovery"]["layers"]}
+    assert [(name, row["round"]) for name, row in rows.items()] == [("c1", 1), ("gamma", 2), ("fc", 3)]
+    assert rows["gamma"]["bias"] == "beta" and rows["gamma"]["refit"]
+    assert rows["gamma"]["error_after"] < rows["gamma"]["error_before"]
+    before, after = _weights(original), _weights(model)
+    assert all(np.array_equal(before[name], after[name]) for name in ("mean", "var", "dw"))
+    assert not np.array_equal(before["gamma"], after["gamma"]) and after["gamma"].shape == (8,)
+    assert oracle_error(model, result.reference()) <= 1e-4
+
+
+def _residual_layernorm(rng) -> Model:
+    """x [N, 16] → MatMul+Add (32) → Relu → MatMul+Add (16) → + x → LayerNormalization → MatMul (8)."""
+    inits = [_init(rng, "w1", [16, 32], 16), _init(rng, "b1", [32], 16), _init(rng, "w2", [32, 16], 32),
+             _init(rng, "b2", [16], 32), numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), "ln_s"),
+             numpy_helper.from_array(rng.normal(size=16).astype(np.float32) * 0.1, "ln_b"),
+             _init(rng, "w3", [16, 8], 16)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["o0"]),
+             helper.make_node("Add", ["o0", "b2"], ["o"]), helper.make_node("Add", ["o", "x"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "ln_s", "ln_b"], ["n"], axis=-1),
+             helper.make_node("MatMul", ["n", "w3"], ["y"])]
+    return Model.from_proto(make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 8])], inits))
+
+
+def test_layernorm_after_a_pruned_mlp_is_recalibrated_and_nothing_before_the_cut_is(rng):
+    model, original, plan = _pruned(_residual_layernorm, rng)
+    assert model.constant(model.initializers()["w2"]).shape == (16, 16)  # the MLP lost half its units
+    stats = recover(model, original, _samples(rng, (16,), 256), plan)
+    assert [(row["weight"], row["round"]) for row in stats["layers"]] == [("w2", 1), ("ln_s", 2)]
+    assert all(row["refit"] and row["error_after"] < row["error_before"] for row in stats["layers"])
+    assert stats["output_error_after"] < stats["output_error_before"]
+
+
 # ---------------------------------------------------------------- through channel-prune, on real data
 DIGITS, CALIB, TEST = MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", MODELS / "digits_test.npz"
 

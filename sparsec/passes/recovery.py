@@ -19,10 +19,19 @@ calibration error of any [W; b] then follows exactly: ‖XW − Y*‖² = Σ W�
 The zeros of a weight are a mask (N:M or unstructured sparsity): each output column is solved
 over its nonzero rows only (columns sharing a pattern in one solve), so the pattern is kept.
 
+Normalizations (BatchNormalization, InstanceNormalization, LayerNormalization over the last
+axis) downstream of a change are recalibrated the same way, per channel: their output is
+y = γ_c·n_c + β_c, so any per-channel affine map of it, a_c·y + b_c, is the same op with
+γ' = a·γ and β' = a·β + b (running statistics untouched). (a_c, b_c) is the ridge
+least-squares fit of the pruned model's y to the original's y* (shrunk toward a = 1, b = 0):
+for BatchNormalization this is the re-estimation of its statistics, fitted to what the next
+layer saw in the original rather than to N(0, 1).
+
 Invariants:
 - no shape, dtype, zero position or graph structure changes; only weight and bias values;
 - a layer is refit when its weight lost positions on its contraction axis (per the plan) or
-  holds zeros; a refit that does not lower the layer's calibration error is not applied;
+  holds zeros, a normalization when its input depends on such a layer; a refit that does not
+  lower the layer's calibration error is not applied;
 - layers are refit in rounds in graph order: a round holds the layers whose inputs depend on
   no layer of a later round, and shares one capture of the pruned model (re-created each round,
   since weights changed) and of the original.
@@ -60,14 +69,20 @@ class Layer:
     kept: np.ndarray | None = None  # original output positions the pruned layer computes
     full: int = 0                   # the original's output channel count
     round: int = 0
+    channel_axis: int = -1          # the output's channel axis (1 for Conv and the [N, C, ...] norms)
 
     @property
     def conv(self) -> bool:
         return self.node.op_type == "Conv"
 
     @property
+    def norm(self) -> bool:
+        return self.node.op_type in NORMS
+
+    @property
     def x(self) -> str:
-        return self.node.inputs[0].name
+        """What the fit reads in the pruned model: the layer's input, a normalization's output."""
+        return self.node.outputs[0].name if self.norm else self.node.inputs[0].name
 
     @property
     def name(self) -> str:
@@ -168,12 +183,17 @@ def output_error(model, original, samples, batch_size: int = 16, *, session=None
 
 # ------------------------------------------------------------------------- finding layers
 def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[dict]]:
-    """The layers to refit, in graph order with their round, and the skipped ones with why."""
+    """The layers to refit, in graph order with their round, and the skipped ones with why.
+    A value is *changed* downstream of a layer that needs a refit (refit or skipped); a
+    normalization reading a changed value is recalibrated."""
     known = original.values_by_name()
-    layers, skipped, depth = [], [], {}
+    layers, skipped, depth, changed = [], [], {}, set()
     for node in pruned.nodes():
-        level = max((depth.get(v.name, 0) for v in node.inputs if v is not None), default=0)
-        layer = _layer(pruned, node, plan)
+        inputs = [v.name for v in node.inputs if v is not None]
+        level = max((depth.get(name, 0) for name in inputs), default=0)
+        drifted = any(name in changed for name in inputs)
+        layer = _norm_layer(pruned, node, plan) if node.op_type in NORMS else _layer(pruned, node, plan)
+        layer = None if layer is not None and node.op_type in NORMS and not drifted else layer
         name = node.name or node.outputs[0].name
         if isinstance(layer, str):
             skipped.append({"node": name, "reason": layer})
@@ -183,6 +203,8 @@ def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[
             level = layer.round = level + 1
             layers.append(layer)
         depth.update({v.name: level for v in node.outputs if v is not None})
+        if drifted or layer is not None:
+            changed.update(v.name for v in node.outputs if v is not None)
     return layers, skipped
 
 
@@ -203,16 +225,42 @@ def _layer(model, node, plan: dict | None) -> Layer | str | None:
     axes = _contraction_axes(model, node)
     if axes is None or not _needs_refit(model, node.inputs[1], axes[0], plan):
         return None
-    layer = _BUILD[node.op_type](model, node)
+    return _with_outputs(model, _BUILD[node.op_type](model, node), plan, axes[1])
+
+
+def _with_outputs(model, layer: Layer | str, plan: dict | None, axis: int) -> Layer | str:
+    """``layer`` with the original output positions it computes (the plan's kept ones on the
+    weight's output ``axis``), or why it cannot be refit (a weight or bias shared)."""
     if isinstance(layer, str):
         return layer
     for value in (layer.weight, layer.bias):
         if value is not None and (len(model.consumers(value)) > 1 or value.is_graph_output()):
             return f"'{value.name}' is shared with other nodes"
-    entry = _plan_entry(plan, layer.weight.name, axes[1])
-    n = model.constant_shape(layer.weight)[axes[1]]
+    entry = _plan_entry(plan, layer.weight.name, axis)
+    n = model.constant_shape(layer.weight)[axis]
     layer.kept, layer.full = (np.asarray(entry["kept"]), int(entry["size"])) if entry else (None, n)
     return layer
+
+
+# A normalization's per-channel scale and bias inputs, and its output's channel axis (None: the
+# last, which LayerNormalization must normalize over alone for its scale to be per channel).
+NORMS = {"BatchNormalization": (1, 2, 1), "InstanceNormalization": (1, 2, 1), "LayerNormalization": (1, 2, None)}
+
+
+def _norm_layer(model, node, plan: dict | None) -> Layer | str | None:
+    """A normalization as a per-channel affine ``Layer`` (None when it has no constant 1-D
+    scale and bias, or is a LayerNormalization over more than the last axis)."""
+    if node.domain not in STANDARD:
+        return None
+    scale_at, bias_at, axis = NORMS[node.op_type]
+    if axis is None and int(model.attr(node, "axis", -1)) not in (-1, len(model.shape_dims(node.inputs[0]) or []) - 1):
+        return None
+    scale = node.inputs[scale_at]
+    bias = node.inputs[bias_at] if len(node.inputs) > bias_at else None
+    if bias is None or any(len(model.constant_shape(v) or ()) != 1 for v in (scale, bias)):
+        return None
+    layer = Layer(node, scale, bias, node.outputs[0].name, channel_axis=-1 if axis is None else axis)
+    return _with_outputs(model, layer, plan, 0)
 
 
 def _needs_refit(model, weight, axis: int, plan: dict | None) -> bool:
@@ -266,7 +314,7 @@ def _conv(model, node) -> Layer | str:
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if bias is not None and model.constant_shape(bias) is None:
         return f"Conv bias '{bias.name}' is not constant"
-    return Layer(node, node.inputs[1], bias, node.outputs[0].name)
+    return Layer(node, node.inputs[1], bias, node.outputs[0].name, channel_axis=1)
 
 
 _BUILD = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv}
@@ -274,8 +322,11 @@ _BUILD = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv}
 
 # ------------------------------------------------------------------------- weights as matrices
 def _matrix(model, layer: Layer) -> np.ndarray:
-    """[K(+1), N] float64: the weight as the input rows multiply it, the bias as last row."""
+    """[K(+1), N] float64: the weight as the input rows multiply it, the bias as last row; for a
+    normalization [2, C]: the identity affine map (a = 1, b = 0) of its output."""
     w = np.asarray(model.constant(layer.weight), dtype=np.float64)
+    if layer.norm:
+        return np.vstack([np.ones(w.size), np.zeros(w.size)])
     if layer.conv:
         matrix = w.reshape(w.shape[0], -1).T
     else:
@@ -289,6 +340,11 @@ def _matrix(model, layer: Layer) -> np.ndarray:
 def _store(model, layer: Layer, matrix: np.ndarray) -> None:
     """Write ``matrix`` (``_matrix``'s form) back into the weight and bias, same shapes and dtypes."""
     old = model.constant(layer.weight)
+    if layer.norm:  # a·(γ·n + β) + b
+        bias = model.constant(layer.bias)
+        model.set_constant(layer.weight, (matrix[0] * old).astype(old.dtype))
+        model.set_constant(layer.bias, (matrix[0] * bias + matrix[1]).astype(bias.dtype))
+        return
     k = matrix.shape[0] - (layer.bias is not None)
     if layer.conv:
         w = matrix[:k].T.reshape(old.shape)
@@ -324,19 +380,52 @@ class _Normal:
         value = np.sum(matrix * (self.g @ matrix)) - 2 * np.sum(matrix * self.c) + self.yy
         return max(float(value), 0.0)
 
+    def solve(self, old: np.ndarray, ridge: float) -> np.ndarray:
+        """The refit of ``old`` (``_matrix``'s form), its zeros kept."""
+        return _solve(self, old[:len(old) - self.bias] != 0, ridge, old)
+
+
+class _ChannelNormal:
+    """Per-channel sums for fitting y* ≈ a·y + b channel by channel (a normalization's output
+    y in the pruned model, y* in the original): n, Σy, Σy², Σy*, Σy·y*, Σy*²."""
+
+    def __init__(self) -> None:
+        self.n, self.sx, self.sxx, self.sy, self.sxy, self.yy = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        self.n += len(x)
+        self.sx, self.sxx = self.sx + x.sum(0), self.sxx + np.square(x).sum(0)
+        self.sy, self.sxy = self.sy + y.sum(0), self.sxy + (x * y).sum(0)
+        self.yy += float(np.square(y).sum())
+
+    def error(self, matrix: np.ndarray) -> float:
+        """Σ_c ‖a_c·y_c + b_c − y*_c‖² for ``matrix`` = [a; b]."""
+        a, b = matrix
+        value = np.sum(a * a * self.sxx + 2 * a * b * self.sx + self.n * b * b - 2 * a * self.sxy - 2 * b * self.sy)
+        return max(float(value) + self.yy, 0.0)
+
+    def solve(self, old: np.ndarray, ridge: float) -> np.ndarray:
+        """[a; b]: per channel, the 2x2 ridge normal equations, a shrunk toward ``old``'s 1."""
+        penalty = ridge * float(np.mean(self.sxx)) if np.mean(self.sxx) > 0 else ridge
+        g11, g12, g22 = self.sxx + penalty, self.sx, np.full_like(self.sxx, float(max(self.n, 1)))
+        r1, r2 = self.sxy + penalty * old[0], self.sy
+        det = g11 * g22 - g12 * g12
+        return np.vstack([(r1 * g22 - g12 * r2) / det, (g11 * r2 - g12 * r1) / det])
+
 
 def _accumulate(pruned, original, reference, group: list[Layer], samples, batch_size: int,
                 mask: str | None = None) -> list[_Normal]:
     """One capture of the pruned model (the layers' inputs) and the original (their targets).
     With ``mask`` (an input [batch, positions] such as an attention mask), rows of activations
     laid out [batch, positions, ...] count only where it is nonzero (padding is not fitted)."""
-    normals = [_Normal(layer.bias is not None) for layer in group]
+    normals = [_ChannelNormal() if layer.norm else _Normal(layer.bias is not None) for layer in group]
     inputs = capture(pruned, samples, [layer.x for layer in group] + ([mask] if mask else []), batch_size)
     targets = capture(original, samples, [layer.target for layer in group], batch_size, session=reference)
     for xs, ys in zip(inputs, targets):
         for layer, normal in zip(group, normals):
             x, y = _masked_rows(np.asarray(xs[layer.x]), np.asarray(ys[layer.target]), xs.get(mask), layer)
-            channels = y.shape[1 if layer.conv else -1]
+            channels = y.shape[layer.channel_axis]
             if channels != layer.full:
                 raise InputError(f"recover: the original's '{layer.target}' has {channels} channels, "
                                  f"the plan says {layer.full} for '{layer.weight.name}'")
@@ -348,18 +437,22 @@ def _accumulate(pruned, original, reference, group: list[Layer], samples, batch_
 
 def _masked_rows(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, layer: Layer):
     """x and y restricted to the positions ``mask`` keeps, when both are laid out like it."""
-    if mask is None or layer.conv or x.shape[:mask.ndim] != mask.shape or y.shape[:mask.ndim] != mask.shape:
+    if mask is None or layer.channel_axis != -1 or x.shape[:mask.ndim] != mask.shape \
+            or y.shape[:mask.ndim] != mask.shape:
         return x, y
     keep = np.asarray(mask) != 0
     return x[keep][None], y[keep][None]
 
 
 def _input_rows(model, layer: Layer, x: np.ndarray) -> np.ndarray:
-    return _patches(model, layer, x) if layer.conv else x.reshape(-1, x.shape[-1])
+    if layer.conv:
+        return _patches(model, layer, x)
+    x = np.moveaxis(x, layer.channel_axis, -1)
+    return x.reshape(-1, x.shape[-1])
 
 
 def _target_rows(layer: Layer, y: np.ndarray) -> np.ndarray:
-    y = np.moveaxis(y, 1, -1) if layer.conv else y
+    y = np.moveaxis(y, layer.channel_axis, -1)
     y = y.reshape(-1, y.shape[-1])
     return y if layer.kept is None else y[:, layer.kept]
 
@@ -395,8 +488,7 @@ def _pads(model, node, sizes, strides, spans) -> list[int]:
 def _refit(model, layer: Layer, normal: _Normal, ridge: float) -> dict:
     """Solve the layer's ridge problem; apply it when it lowers the calibration error."""
     old = _matrix(model, layer)
-    k = old.shape[0] - (layer.bias is not None)
-    new = _solve(normal, old[:k] != 0, ridge, old)
+    new = normal.solve(old, ridge)
     scale = normal.yy or 1.0
     before, after = normal.error(old) / scale, normal.error(new) / scale
     refit = before > 1e-12 and after < before * (1 - 1e-6)  # float noise is not an improvement
