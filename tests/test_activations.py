@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MODELS
+from conftest import MODELS, make_model, run_ort
+from onnx import TensorProto, helper
 
-from sparsec.analysis.activations import RANDOM_SAMPLES, load_calibration
+from sparsec.analysis.activations import RANDOM_SAMPLES, calibration_batches, capture, load_calibration
 from sparsec.errors import InputError
 from sparsec.ir import Model
 
@@ -55,3 +56,41 @@ def test_data_that_does_not_fit_is_refused_in_one_line(model, tmp_path, arrays, 
     (tmp_path / "broken.npz").write_text("not an archive")
     with pytest.raises(InputError, match="cannot read calibration data"):
         load_calibration(tmp_path / "broken.npz", model)
+
+
+def _masked_sum(positions) -> Model:
+    """y [B, 4] = Σ over positions of x [B, S, 4] · attention_mask [B, S] (the padding ignored)."""
+    nodes = [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]), helper.make_node("Mul", ["x", "m3"], ["xm"]),
+             helper.make_node("ReduceSum", ["xm", "one"], ["y"], keepdims=0)]
+    inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [2]), helper.make_tensor("one", TensorProto.INT64, [1], [1])]
+    return Model.from_proto(make_model(nodes, [("x", TensorProto.FLOAT, ["B", positions, 4]),
+                                               ("attention_mask", TensorProto.INT64, ["B", positions])],
+                                       [("y", TensorProto.FLOAT, ["B", 4])], inits))
+
+
+def _padded_samples(rng, count: int = 40, width: int = 12) -> dict[str, np.ndarray]:
+    lengths = rng.integers(0, width + 1, count)
+    mask = (np.arange(width)[None] < lengths[:, None]).astype(np.int64)
+    return {"x": rng.normal(size=(count, width, 4)).astype(np.float32), "attention_mask": mask}
+
+
+def test_padded_batches_run_sorted_by_length_and_cut_to_it(rng):
+    """With a symbolic positions axis, every batch is cut to its longest real row (rows of
+    similar length together), and the model's outputs on it are those of the padded rows."""
+    model, samples = _masked_sum("S"), _padded_samples(rng)
+    lengths = samples["attention_mask"].sum(axis=1)
+    batches = list(calibration_batches(model, samples, batch_size=8))
+    assert [b["x"].shape[1] for b in batches] == [max(1, int(np.sort(lengths)[i:i + 8].max())) for i in range(0, 40, 8)]
+    assert sum(b["x"].size for b in batches) < samples["x"].size
+    full = run_ort(model.to_proto(), samples)[0]
+    order = np.argsort(lengths, kind="stable")
+    got = np.concatenate([out["y"] for out in capture(model, samples, ["y"], batch_size=8)])
+    np.testing.assert_allclose(got, full[order], rtol=1e-6, atol=1e-6)
+
+
+def test_a_static_positions_axis_is_not_cut(rng):
+    samples = _padded_samples(rng)
+    batches = list(calibration_batches(_masked_sum(12), samples, batch_size=8))
+    assert all(b["x"].shape[1] == 12 for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), samples["x"])

@@ -11,6 +11,13 @@ shares (Wanda scores here; activation importance; recovery).
 ``capture(model, samples, names)`` is the raw form: it yields, batch after batch, the named
 tensors (intermediate values or graph inputs) as arrays, for passes that accumulate their own
 statistics (recovery's Gram matrices). Both run in the model's fixed batch when it has one.
+
+Padded sequences: when the model has a padding mask input (``padding_mask``: a rank-2 integer
+input named like ``attention_mask``) whose positions axis is symbolic, samples run sorted by
+their real length and every batch is cut to its longest real row, in the mask and in every
+input laid out along the same positions axis. Positions that are padding in every row of a
+batch are what the mask tells the model to ignore, so the real positions' values are the same;
+on MiniLM's calibration sentences (17.8 real tokens of 64) this runs about 3x fewer positions.
 """
 
 from __future__ import annotations
@@ -97,18 +104,56 @@ def fixed_batch(model) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def padding_mask(model) -> str | None:
+    """The input marking real positions of a padded batch, if the model has one: a rank-2
+    integer or boolean input whose name says mask (``attention_mask``). Its zeros are padding,
+    whose activations the outputs ignore."""
+    for value in model.inputs:
+        dims, dtype = model.shape_dims(value), model.elem_type(value)
+        if "mask" in value.name.lower() and dims is not None and len(dims) == 2 and dtype is not None \
+                and np.dtype(dtype).kind in "iub":
+            return value.name
+    return None
+
+
+def _padded_inputs(model, samples: Mapping[str, np.ndarray]) -> tuple[str, list[str]] | None:
+    """(mask, the inputs to cut along axis 1) when padding can be cut: the mask's positions
+    axis is symbolic and every input cut shares that symbol."""
+    mask = padding_mask(model)
+    dims = {v.name: model.shape_dims(v) for v in model.inputs}
+    symbol = dims[mask][1] if mask is not None else None
+    if not isinstance(symbol, str) or samples[mask].ndim != 2:
+        return None
+    return mask, [name for name, d in dims.items() if d is not None and len(d) >= 2 and d[1] == symbol]
+
+
 def calibration_batches(model, samples: Mapping[str, np.ndarray],
                         batch_size: int = 16) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds of ``batch_size`` samples in order; a model with a fixed batch size gets whole
-    batches of that size only (the remainder is left out)."""
+    """Feeds of ``batch_size`` samples (sorted by real length and cut to it when the model
+    takes a padding mask, else in order); a model with a fixed batch size gets whole batches
+    of that size only (the remainder is left out)."""
     count = next(iter(samples.values())).shape[0]
     fixed = fixed_batch(model)
     batch_size = fixed or batch_size
     count -= count % batch_size if fixed else 0  # a fixed batch takes whole batches only
     if count == 0:
         raise InputError(f"calibration needs at least {batch_size} samples for this model's fixed batch size")
+    padded = _padded_inputs(model, samples)
+    lengths = _real_lengths(samples[padded[0]]) if padded else None
+    order = np.argsort(lengths, kind="stable") if padded else np.arange(count)
     for start in range(0, count, batch_size):
-        yield {name: array[start:start + batch_size] for name, array in samples.items()}
+        rows = order[start:start + batch_size]
+        batch = {name: array[rows] for name, array in samples.items()}
+        if padded:
+            end = max(1, int(lengths[rows].max()))
+            batch.update({name: batch[name][:, :end] for name in padded[1]})
+        yield batch
+
+
+def _real_lengths(mask: np.ndarray) -> np.ndarray:
+    """Per row, one past its last nonzero position (0 for a row of padding only)."""
+    nonzero = np.asarray(mask) != 0
+    return np.where(nonzero.any(axis=1), mask.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
 
 
 def capture(model, samples: Mapping[str, np.ndarray], names: Sequence[str], batch_size: int = 16, *,

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sparsec.analysis.activations import capture
+from sparsec.analysis.activations import capture, padding_mask
 from sparsec.errors import InputError
 from sparsec.ir import runtime
 from sparsec.passes.base import Diagnostic
@@ -130,18 +130,6 @@ def recover_result(result, original, samples: dict[str, np.ndarray], plan: dict 
         result.reference = refit_reference(result.reference, result.model, report, plan)
     result.artifacts["recovery"] = report
     return report
-
-
-def padding_mask(model) -> str | None:
-    """The input marking real positions of a padded batch, if the model has one: a rank-2
-    integer or boolean input whose name says mask (``attention_mask``). Its zeros are padding,
-    whose activations the outputs ignore, so the refit does not fit them."""
-    for value in model.inputs:
-        dims, dtype = model.shape_dims(value), model.elem_type(value)
-        if "mask" in value.name.lower() and dims is not None and len(dims) == 2 and dtype is not None \
-                and np.dtype(dtype).kind in "iub":
-            return value.name
-    return None
 
 
 def refit_reference(build: Callable[[], Any], pruned, report: dict, plan: dict | None) -> Callable[[], Any]:
