@@ -118,11 +118,14 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, sensitivity: 
                    "bit per weight, nm (with --nm) kept values + their positions in each run of M; both decode in a "
                    "subgraph onnxruntime folds at session creation (checked bit-identical); coo writes ONNX "
                    "sparse_initializer (onnxruntime only; smaller only above ~67 percent sparsity).")
-@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "activation", "magnitude", "wanda"]),
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "random", "activation", "magnitude", "wanda",
+                                                 "sparsegpt"]),
               default=None,
               help="Channels (--channels/--heads/--ffn): l1 / l2 norm of all their weight slices, BatchNorm "
                    "|gamma|, seeded random, or activation (‖x‖·‖w‖ at the layers reading them, needs --calibration). "
-                   "Weights (--nm/--sparsity): magnitude or wanda (|w|·‖x‖, needs --calibration). Default: activation "
+                   "Weights (--nm/--sparsity): magnitude, wanda (|w|·‖x‖, needs --calibration), or sparsegpt (--nm with "
+                   "--calibration: each layer's mask chosen again in the refit from its inputs' Gram matrix, "
+                   "SparseGPT's sweep). Default: activation "
                    "/ wanda with real --calibration data, else l1 / magnitude.")
 @click.option("--calibration", default=None, metavar="DATA",
               help="Calibration samples: a .npz (arrays keyed by input name, first axis = samples), a folder of .npz "
@@ -209,10 +212,10 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
 def _check_importance(importance: str | None, calibration, *, weights: bool, pruning: bool) -> None:
     """Channel rankings go with --channels, weight scores with --nm/--sparsity; calibration
     data goes with a pruning flag, and activation/wanda need it."""
-    if importance in ("magnitude", "wanda") and not weights:
+    if importance in ("magnitude", "wanda", "sparsegpt") and not weights:
         raise click.UsageError(f"--importance {importance} scores weights for --nm/--sparsity")
     if importance in ("l1", "l2", "bn-scale", "random", "activation") and weights:
-        raise click.UsageError(f"--importance {importance} ranks channels; weights use magnitude or wanda")
+        raise click.UsageError(f"--importance {importance} ranks channels; weights use magnitude, wanda or sparsegpt")
     if calibration is not None and not pruning:
         raise click.UsageError("--calibration goes with a pruning flag (--channels, --heads, --ffn, --plan-in, --nm, --sparsity)")
 

@@ -19,6 +19,14 @@ calibration error of any [W; b] then follows exactly: ‖XW − Y*‖² = Σ W�
 The zeros of a weight are a mask (N:M or unstructured sparsity): each output column is solved
 over its nonzero rows only (columns sharing a pattern in one solve), so the pattern is kept.
 
+With ``reselect`` (weight → (N, M), the ``sparsegpt`` score), an N:M weight's mask is chosen
+again, right before its refit, from the Gram matrix of the pruned model's own inputs: SparseGPT's
+optimal-brain-surgeon sweep over the original's dense weights (row by row along the
+contraction axis, each run of M keeping its N lowest-saliency-loss rows w²/[U]²_ii, U the upper
+Cholesky factor of (G + λ·s·I)⁻¹, every pruned row's error pushed onto the rows after it); the
+exact refit over that mask follows, and the better of it and the refit over the first mask is
+kept.
+
 Normalizations (BatchNormalization, InstanceNormalization, LayerNormalization over the last
 axis) downstream of a change are recalibrated the same way, per channel: their output is
 y = γ_c·n_c + β_c, so any per-channel affine map of it, a_c·y + b_c, is the same op with
@@ -40,7 +48,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -90,7 +98,8 @@ class Layer:
 
 
 def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None = None, *, ridge: float = 1e-2,
-            batch_size: int = 16, progress=None, mask: str | None = None) -> dict:
+            batch_size: int = 16, progress=None, mask: str | None = None,
+            reselect: dict[str, tuple[int, int]] | None = None) -> dict:
     """Refit ``pruned`` in place against ``original`` (the model right before pruning, same
     names) on ``samples``; ``plan`` is the channel plan (``surgery.plan_json``), None after
     weight sparsity. Returns the per-layer and model-output calibration errors (relative:
@@ -106,7 +115,8 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
         if progress is not None:
             progress(f"recover: round {number}/{count}, {len(group)} layer(s)")
         normals = _accumulate(pruned, original, reference, group, samples, batch_size, mask)
-        rows += [_refit(pruned, layer, normal, ridge) for layer, normal in zip(group, normals)]
+        rows += [_refit(pruned, layer, normal, ridge, _reselected(original, layer, normal, ridge, reselect))
+                 for layer, normal in zip(group, normals)]
     after = output_error(pruned, original, samples, batch_size, session=reference) if layers else before
     return {"layers_refit": sum(row["refit"] for row in rows), "layers_kept": sum(not row["refit"] for row in rows),
             "layers_skipped": len(skipped), "rounds": count, "output_error_before": before,
@@ -114,12 +124,13 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
 
 
 def recover_result(result, original, samples: dict[str, np.ndarray], plan: dict | None, *,
-                   batch_size: int = 16, progress=None) -> dict:
+                   batch_size: int = 16, progress=None, reselect: dict[str, tuple[int, int]] | None = None) -> dict:
     """Refit ``result.model`` (a pruning pass's output) against ``original`` and fold the report
     into the ``PassResult``: numbers in ``stats``, one info line, the refit-aware oracle
     ``reference`` and the full report as the ``recovery`` artifact (also returned)."""
     mask = padding_mask(original)
-    report = recover(result.model, original, samples, plan, batch_size=batch_size, progress=progress, mask=mask)
+    report = recover(result.model, original, samples, plan, batch_size=batch_size, progress=progress, mask=mask,
+                     reselect=reselect)
     result.stats.update({"layers_refit": report["layers_refit"], "calibration_error_before": report["output_error_before"],
                          "calibration_error_after": report["output_error_after"]})
     result.diagnostics.append(Diagnostic(
@@ -180,7 +191,7 @@ def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[
         inputs = [v.name for v in node.inputs if v is not None]
         level = max((depth.get(name, 0) for name in inputs), default=0)
         drifted = any(name in changed for name in inputs)
-        layer = _norm_layer(pruned, node, plan) if node.op_type in NORMS else _layer(pruned, node, plan)
+        layer = _norm_layer(pruned, node, plan) if node.op_type in NORMS else _layer(pruned, node, plan, drifted)
         layer = None if layer is not None and node.op_type in NORMS and not drifted else layer
         name = node.name or node.outputs[0].name
         if isinstance(layer, str):
@@ -207,11 +218,11 @@ def _contraction_axes(model, node) -> tuple[int, int] | None:
     return (1, 0) if node.op_type == "Conv" else (0, 1)
 
 
-def _layer(model, node, plan: dict | None) -> Layer | str | None:
+def _layer(model, node, plan: dict | None, drifted: bool = False) -> Layer | str | None:
     """The node as a ``Layer`` when it needs a refit, a reason when it does but cannot have
     one, None when it needs none."""
     axes = _contraction_axes(model, node)
-    if axes is None or not _needs_refit(model, node.inputs[1], axes[0], plan):
+    if axes is None or not _needs_refit(model, node.inputs[1], axes[0], plan, drifted):
         return None
     return _with_outputs(model, _BUILD[node.op_type](model, node), plan, axes[1])
 
@@ -251,11 +262,12 @@ def _norm_layer(model, node, plan: dict | None) -> Layer | str | None:
     return _with_outputs(model, layer, plan, 0)
 
 
-def _needs_refit(model, weight, axis: int, plan: dict | None) -> bool:
+def _needs_refit(model, weight, axis: int, plan: dict | None, drifted: bool) -> bool:
+    """A float weight whose input drifted, lost positions on its contraction axis, or holds zeros."""
     array = model.constant(weight)
     if array.dtype.kind != "f":
         return False
-    return _plan_entry(plan, weight.name, axis) is not None or not array.all()
+    return drifted or _plan_entry(plan, weight.name, axis) is not None or not array.all()
 
 
 def _plan_entry(plan: dict | None, name: str, axis: int) -> dict | None:
@@ -339,7 +351,7 @@ def _store(model, layer: Layer, matrix: np.ndarray) -> None:
     else:
         w = matrix[:k] / layer.scale
         w = w.T if layer.transposed else w
-    model.set_constant(layer.weight, np.where(old != 0, w, 0).astype(old.dtype))
+    model.set_constant(layer.weight, w.astype(old.dtype))  # zeros where the solve kept none: exact
     if layer.bias is not None:
         bias = model.constant(layer.bias)
         model.set_constant(layer.bias, (matrix[k] / layer.bias_scale).reshape(bias.shape).astype(bias.dtype))
@@ -473,10 +485,13 @@ def _pads(model, node, sizes, strides, spans) -> list[int]:
     return small + large if auto == "SAME_UPPER" else large + small
 
 
-def _refit(model, layer: Layer, normal: _Normal, ridge: float) -> dict:
-    """Solve the layer's ridge problem; apply it when it lowers the calibration error."""
+def _refit(model, layer: Layer, normal: _Normal, ridge: float, candidate: np.ndarray | None = None) -> dict:
+    """Solve the layer's ridge problem (or take ``candidate``, a refit over a new mask, when it
+    is better); apply it when it lowers the calibration error."""
     old = _matrix(model, layer)
     new = normal.solve(old, ridge)
+    if candidate is not None and normal.error(candidate) < normal.error(new):
+        new = candidate
     scale = normal.yy or 1.0
     before, after = normal.error(old) / scale, normal.error(new) / scale
     refit = before > 1e-12 and after < before * (1 - 1e-6)  # float noise is not an improvement
@@ -514,3 +529,61 @@ def _linear_solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         return np.linalg.solve(system, rhs)
     except np.linalg.LinAlgError:  # singular even with the ridge (e.g. ridge=0): least squares
         return np.linalg.lstsq(system, rhs, rcond=None)[0]
+
+
+# ------------------------------------------------------------------------- N:M masks chosen again
+def _reselected(original, layer: Layer, normal, ridge: float, reselect: dict | None) -> np.ndarray | None:
+    """The refit over a SparseGPT mask of the original's dense weight, for an N:M layer of
+    ``reselect`` (None otherwise, or when the Gram matrix has no Cholesky factor)."""
+    if not reselect or layer.norm or layer.weight.name not in reselect:
+        return None
+    values = original.values_by_name()
+    dense = _matrix(original, replace(layer, weight=values[layer.weight.name],
+                                      bias=values[layer.bias.name] if layer.bias is not None else None))
+    n, m = reselect[layer.weight.name]
+    order = _run_order(original.constant_shape(values[layer.weight.name]), layer, m)
+    swept = obs_nm_sweep(normal.g, dense, n, m, order, ridge)
+    if swept is None:
+        return None
+    return _solve(normal, swept[:len(order)] != 0, ridge, swept)
+
+
+def _run_order(shape, layer: Layer, m: int) -> np.ndarray:
+    """The matrix rows (``_matrix``'s contraction rows) ordered so that every N:M run of M
+    along the weight's contraction axis is M consecutive rows: rows themselves for MatMul and
+    Gemm; for Conv, rows are (channel, kernel position) and a run is M channels at one position."""
+    if not layer.conv:
+        return np.arange(shape[0] if not layer.transposed else shape[1])
+    channels, positions = shape[1], int(np.prod(shape[2:]))
+    channel, position = np.divmod(np.arange(channels * positions), positions)
+    return np.lexsort((channel % m, position, channel // m))
+
+
+def obs_nm_sweep(g: np.ndarray, dense: np.ndarray, n: int, m: int, order: np.ndarray,
+                 ridge: float = 1e-2) -> np.ndarray | None:
+    """SparseGPT's N:M sweep: ``dense`` [K(+1), N] (the bias row last, never pruned) with every
+    run of M rows (consecutive in ``order``) keeping N per column, the kept rows updated to
+    absorb the pruned ones' error under the Gram matrix ``g``; zeros at the pruned positions.
+    None when (g + λ·s·I)⁻¹ has no Cholesky factor."""
+    k = len(order)
+    perm = np.concatenate([order, np.arange(k, len(g))])
+    h = g[np.ix_(perm, perm)].copy()
+    h[np.diag_indices(len(h))] += ridge * max(float(np.diag(g)[:k].mean()), 1e-12)
+    try:
+        upper = np.linalg.cholesky(np.linalg.inv(h)).T
+    except np.linalg.LinAlgError:
+        return None
+    w, columns = dense[perm].copy(), np.arange(dense.shape[1])
+    pruned = np.zeros((k, dense.shape[1]), dtype=bool)
+    diagonal = np.diag(upper)
+    for i in range(k):
+        if i % m == 0:
+            loss = np.square(w[i:i + m]) / np.square(diagonal[i:i + m, None])
+            for drop in np.argsort(loss, axis=0, kind="stable")[:m - n]:
+                pruned[i + drop, columns] = True
+        error = np.where(pruned[i], w[i], 0.0) / upper[i, i]
+        w[i:] -= np.outer(upper[i, i:], error)
+    w[:k][pruned] = 0.0
+    result = np.empty_like(w)
+    result[perm] = w
+    return result

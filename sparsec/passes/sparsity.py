@@ -13,7 +13,9 @@ tables read by Gather, grouped along each gathered row). Invariants:
 - a weight shared by several nodes is one site, pruned once;
 - scores: ``magnitude`` (|w|) or ``wanda`` (|w_ij|·‖x_j‖, x_j the input channel w_ij reduces
   over, from ``calibration`` samples captured in batches; unstructured Wanda compares within
-  each output row); ``wanda`` without calibration data is refused.
+  each output row); ``wanda`` without calibration data is refused; ``sparsegpt`` (N:M only, with
+  calibration and recovery): Wanda's mask first, then each layer's mask chosen again in the
+  refit, in graph order, by SparseGPT's sweep over the pruned model's own inputs.
 The pass only multiplies weights by 0/1 masks: the result is its own oracle reference (the
 sparse-encoded formats of a later pass must equal it bit for bit). With ``calibration`` (and
 ``recover``, on by default) the masked layers are then refit by least squares with their zeros
@@ -101,10 +103,13 @@ class WeightSparsityPass(InPlacePass):
             raise PassError(f"weight-sparsity: block must be RxC with positive R, C (and only with ratio), got '{self.block}'")
         if self.scope not in ("local", "global"):
             raise PassError(f"weight-sparsity: scope must be local or global, got '{self.scope}'")
-        if self.score == "wanda" and not self.calibration:
-            raise PassError("weight-sparsity: score 'wanda' (|w|·‖x‖) needs calibration data: --calibration DATA")
-        if self.score not in ("magnitude", "wanda"):
-            raise PassError(f"weight-sparsity: unknown score '{self.score}'; known: magnitude, wanda")
+        if self.score in ("wanda", "sparsegpt") and not self.calibration:
+            raise PassError(f"weight-sparsity: score '{self.score}' needs calibration data: --calibration DATA")
+        if self.score not in ("magnitude", "wanda", "sparsegpt"):
+            raise PassError(f"weight-sparsity: unknown score '{self.score}'; known: magnitude, wanda, sparsegpt")
+        if self.score == "sparsegpt" and (not self.nm or not self.recover):
+            raise PassError("weight-sparsity: score 'sparsegpt' chooses N:M masks during the refit: it needs nm='N:M' "
+                            "and recovery on")
 
     def _nm(self) -> tuple[int, int] | None:
         return parse_nm(self.nm)
@@ -127,7 +132,9 @@ class WeightSparsityPass(InPlacePass):
         snapshot = model.copy()
         result.reference = lambda: snapshot
         if original is not None and result.modified:
-            recover_result(result, original, samples, None, batch_size=self.batch_size, progress=progress)
+            reselect = {t["name"]: self._nm() for t in tensors} if self.score == "sparsegpt" else None
+            recover_result(result, original, samples, None, batch_size=self.batch_size, progress=progress,
+                           reselect=reselect)
         return result
 
     def _mask(self, model, sites: list[WeightSite], norms: dict, skipped: dict) -> list[dict]:
@@ -152,7 +159,7 @@ class WeightSparsityPass(InPlacePass):
     def _activation_norms(self, model, sites: list[WeightSite], samples, notes: list) -> dict[str, np.ndarray]:
         """For Wanda: per weight, ‖x_j‖ of the input channels it reduces over (shaped to
         broadcast against it), from the calibration run; weights Wanda cannot weigh get a note."""
-        if self.score != "wanda":
+        if self.score not in ("wanda", "sparsegpt"):
             return {}
         inputs = weight_input_norms(model, samples, sites, self.batch_size)
         notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{s.name}' scored by magnitude (no "
