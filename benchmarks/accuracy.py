@@ -10,7 +10,7 @@ digits CNN / MLP / ViT, original and after: ``--channels 0.5`` one-shot (l1, no 
 activation importance without refit; activation + refit; activation + refit with ``--steps 4``;
 for the CNN also ``--target-macs 0.66`` without refit, with refit, with refit and ``--steps 4``,
 and with ``--calibration random`` (l1, the CLI's default there) + refit; then ``--nm 2:4``
-magnitude, Wanda without refit and Wanda + refit. Calibration: ``models/digits_calib.npz``
+magnitude, Wanda without refit, Wanda + refit and SparseGPT (masks chosen in the refit). Calibration: ``models/digits_calib.npz``
 (256 training-split samples). Columns: top-1, Δ vs the original in points, MACs after / before
 (sparsec's count; 2:4 keeps the dense count), seconds of the compress call (load, passes,
 validation, save).
@@ -74,7 +74,9 @@ def sparsity_settings(calibration: Path) -> list[tuple[str, str, dict]]:
     return [("2:4 magnitude", "sparsity", {"nm": "2:4"}),
             ("2:4 wanda, no refit", "sparsity", {"nm": "2:4", "score": "wanda", "calibration": calibration,
                                                  "recover": False}),
-            ("2:4 wanda + refit", "sparsity", {"nm": "2:4", "score": "wanda", "calibration": calibration})]
+            ("2:4 wanda + refit", "sparsity", {"nm": "2:4", "score": "wanda", "calibration": calibration}),
+            ("2:4 sparsegpt (masks chosen in the refit)", "sparsity",
+             {"nm": "2:4", "score": "sparsegpt", "calibration": calibration})]
 
 
 def minilm_settings(calibration: Path) -> list[tuple[str, str, dict]]:

@@ -58,14 +58,15 @@ def test_data_that_does_not_fit_is_refused_in_one_line(model, tmp_path, arrays, 
         load_calibration(tmp_path / "broken.npz", model)
 
 
-def _masked_sum(positions) -> Model:
-    """y [B, 4] = Σ over positions of x [B, S, 4] · attention_mask [B, S] (the padding ignored)."""
+def _masked_sum(positions, mask_positions=None) -> Model:
+    """y [B, 4] = Σ over positions of x [B, S, 4] · attention_mask [B, S] (the padding ignored);
+    the mask's positions dim may be named differently (per-input dynamic axes)."""
     nodes = [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
              helper.make_node("Unsqueeze", ["m", "axes"], ["m3"]), helper.make_node("Mul", ["x", "m3"], ["xm"]),
              helper.make_node("ReduceSum", ["xm", "one"], ["y"], keepdims=0)]
     inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [2]), helper.make_tensor("one", TensorProto.INT64, [1], [1])]
     return Model.from_proto(make_model(nodes, [("x", TensorProto.FLOAT, ["B", positions, 4]),
-                                               ("attention_mask", TensorProto.INT64, ["B", positions])],
+                                               ("attention_mask", TensorProto.INT64, ["B", mask_positions or positions])],
                                        [("y", TensorProto.FLOAT, ["B", 4])], inits))
 
 
@@ -75,13 +76,16 @@ def _padded_samples(rng, count: int = 40, width: int = 12) -> dict[str, np.ndarr
     return {"x": rng.normal(size=(count, width, 4)).astype(np.float32), "attention_mask": mask}
 
 
-def test_padded_batches_run_sorted_by_length_and_cut_to_it(rng):
+@pytest.mark.parametrize("mask_positions", [None, "mask_positions"], ids=["one-symbol", "per-input-symbols"])
+def test_padded_batches_run_sorted_by_length_and_cut_to_it(rng, mask_positions):
     """With a symbolic positions axis, every batch is cut to its longest real row (rows of
-    similar length together), and the model's outputs on it are those of the padded rows."""
-    model, samples = _masked_sum("S"), _padded_samples(rng)
+    similar length together), in every input that has it, and the model's outputs on it are
+    those of the padded rows."""
+    model, samples = _masked_sum("S", mask_positions), _padded_samples(rng)
     lengths = samples["attention_mask"].sum(axis=1)
     batches = list(calibration_batches(model, samples, batch_size=8))
     assert [b["x"].shape[1] for b in batches] == [max(1, int(np.sort(lengths)[i:i + 8].max())) for i in range(0, 40, 8)]
+    assert all(b["attention_mask"].shape[1] == b["x"].shape[1] for b in batches)
     assert sum(b["x"].size for b in batches) < samples["x"].size
     full = run_ort(model.to_proto(), samples)[0]
     order = np.argsort(lengths, kind="stable")
@@ -89,8 +93,9 @@ def test_padded_batches_run_sorted_by_length_and_cut_to_it(rng):
     np.testing.assert_allclose(got, full[order], rtol=1e-6, atol=1e-6)
 
 
-def test_a_static_positions_axis_is_not_cut(rng):
+@pytest.mark.parametrize("positions, mask_positions", [(12, None), (12, "S"), ("S", 12)])
+def test_a_static_positions_axis_is_not_cut(rng, positions, mask_positions):
     samples = _padded_samples(rng)
-    batches = list(calibration_batches(_masked_sum(12), samples, batch_size=8))
+    batches = list(calibration_batches(_masked_sum(positions, mask_positions), samples, batch_size=8))
     assert all(b["x"].shape[1] == 12 for b in batches)
     np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), samples["x"])

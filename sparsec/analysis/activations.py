@@ -117,14 +117,20 @@ def padding_mask(model) -> str | None:
 
 
 def _padded_inputs(model, samples: Mapping[str, np.ndarray]) -> tuple[str, list[str]] | None:
-    """(mask, the inputs to cut along axis 1) when padding can be cut: the mask's positions
-    axis is symbolic and every input cut shares that symbol."""
+    """(mask, the inputs to cut along axis 1) when padding can be cut: every sample array
+    whose axes past the first have the mask's width has it on axis 1 alone, and the model
+    declares that axis symbolic (whatever its name); else None (nothing is cut)."""
     mask = padding_mask(model)
-    dims = {v.name: model.shape_dims(v) for v in model.inputs}
-    symbol = dims[mask][1] if mask is not None else None
-    if not isinstance(symbol, str) or samples[mask].ndim != 2:
+    if mask is None or samples[mask].ndim != 2:
         return None
-    return mask, [name for name, d in dims.items() if d is not None and len(d) >= 2 and d[1] == symbol]
+    width, cut = samples[mask].shape[1], []
+    for value in model.inputs:
+        axes = [a for a, size in enumerate(samples[value.name].shape) if a > 0 and size == width]
+        dims = model.shape_dims(value)
+        if axes and (axes != [1] or dims is None or len(dims) < 2 or isinstance(dims[1], int)):
+            return None
+        cut += [value.name] if axes else []
+    return mask, cut
 
 
 def calibration_batches(model, samples: Mapping[str, np.ndarray],

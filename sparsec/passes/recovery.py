@@ -31,12 +31,13 @@ Normalizations (BatchNormalization, InstanceNormalization, LayerNormalization ov
 axis) downstream of a change are recalibrated the same way, per channel: their output is
 y = γ_c·n_c + β_c, so any per-channel affine map of it, a_c·y + b_c, is the same op with
 γ' = a·γ and β' = a·β + b (running statistics untouched). (a_c, b_c) is the ridge
-least-squares fit of the pruned model's y to the original's y* (shrunk toward a = 1, b = 0):
+least-squares fit of the pruned model's y to the original's y* (a shrunk toward 1):
 for BatchNormalization this is the re-estimation of its statistics, fitted to what the next
 layer saw in the original rather than to N(0, 1).
 
 Invariants:
-- no shape, dtype, zero position or graph structure changes; only weight and bias values;
+- no shape, dtype or graph structure changes; only weight and bias values; zeros stay where
+  they are, except that ``reselect`` moves an N:M weight's zeros within its runs (still N:M);
 - a layer is refit when its weight lost positions on its contraction axis (per the plan) or
   holds zeros, a normalization when its input depends on such a layer; a refit that does not
   lower the layer's calibration error is not applied;
@@ -224,7 +225,10 @@ def _layer(model, node, plan: dict | None, drifted: bool = False) -> Layer | str
     axes = _contraction_axes(model, node)
     if axes is None or not _needs_refit(model, node.inputs[1], axes[0], plan, drifted):
         return None
-    return _with_outputs(model, _BUILD[node.op_type](model, node), plan, axes[1])
+    layer = _with_outputs(model, _BUILD[node.op_type](model, node), plan, axes[1])
+    if isinstance(layer, str) and not _needs_refit(model, node.inputs[1], axes[0], plan, False):
+        return None  # only drifted, and not refittable: nothing was cut here to report
+    return layer
 
 
 def _with_outputs(model, layer: Layer | str, plan: dict | None, axis: int) -> Layer | str:
@@ -246,6 +250,15 @@ def _with_outputs(model, layer: Layer | str, plan: dict | None, axis: int) -> La
 NORMS = {"BatchNormalization": (1, 2, 1), "InstanceNormalization": (1, 2, 1), "LayerNormalization": (1, 2, None)}
 
 
+def _per_channel(size: int, last_dim, over_last: bool) -> bool:
+    """A 1-D scale of ``size`` holds one value per channel: always for BatchNormalization and
+    InstanceNormalization (the spec's [C]); for LayerNormalization, when it matches the last
+    dim (or, that dim unknown, is not a broadcast single value)."""
+    if not over_last:
+        return True
+    return size == last_dim if isinstance(last_dim, int) else size > 1
+
+
 def _norm_layer(model, node, plan: dict | None) -> Layer | str | None:
     """A normalization as a per-channel affine ``Layer`` (None when it has no constant 1-D
     scale and bias, or is a LayerNormalization over more than the last axis)."""
@@ -256,8 +269,11 @@ def _norm_layer(model, node, plan: dict | None) -> Layer | str | None:
         return None
     scale = node.inputs[scale_at]
     bias = node.inputs[bias_at] if len(node.inputs) > bias_at else None
-    if bias is None or any(len(model.constant_shape(v) or ()) != 1 for v in (scale, bias)):
-        return None
+    shapes = {model.constant_shape(v) for v in (scale, bias)} if bias is not None else {None}
+    dims = model.shape_dims(node.inputs[0]) or [None]
+    if len(shapes) != 1 or None in shapes or len(next(iter(shapes))) != 1 or not _per_channel(
+            next(iter(shapes))[0], dims[-1], axis is None):
+        return None  # only a constant scale and bias of one value per channel are refit
     layer = Layer(node, scale, bias, node.outputs[0].name, channel_axis=-1 if axis is None else axis)
     return _with_outputs(model, layer, plan, 0)
 
@@ -575,14 +591,18 @@ def obs_nm_sweep(g: np.ndarray, dense: np.ndarray, n: int, m: int, order: np.nda
         return None
     w, columns = dense[perm].copy(), np.arange(dense.shape[1])
     pruned = np.zeros((k, dense.shape[1]), dtype=bool)
-    diagonal = np.diag(upper)
-    for i in range(k):
-        if i % m == 0:
-            loss = np.square(w[i:i + m]) / np.square(diagonal[i:i + m, None])
-            for drop in np.argsort(loss, axis=0, kind="stable")[:m - n]:
-                pruned[i + drop, columns] = True
-        error = np.where(pruned[i], w[i], 0.0) / upper[i, i]
-        w[i:] -= np.outer(upper[i, i:], error)
+    diagonal, block = np.diag(upper), m * max(1, 128 // m)  # whole runs per block
+    for start in range(0, k, block):
+        end = min(start + block, k)
+        errors = np.zeros((end - start, w.shape[1]))
+        for i in range(start, end):
+            if i % m == 0:
+                loss = np.square(w[i:i + m]) / np.square(diagonal[i:i + m, None])
+                for drop in np.argsort(loss, axis=0, kind="stable")[:m - n]:
+                    pruned[i + drop, columns] = True
+            errors[i - start] = np.where(pruned[i], w[i], 0.0) / upper[i, i]
+            w[i:end] -= np.outer(upper[i, i:end], errors[i - start])
+        w[end:] -= upper[start:end, end:].T @ errors  # the block's error on the rows after it, at once
     w[:k][pruned] = 0.0
     result = np.empty_like(w)
     result[perm] = w
