@@ -30,5 +30,9 @@ def embed(path: Path, feeds: dict[str, np.ndarray], batch: int = 64) -> np.ndarr
 
 def cosines(path: Path, feeds: dict[str, np.ndarray], reference: np.ndarray) -> np.ndarray:
     """Per sentence, the cosine between ``path``'s embedding and ``reference``."""
-    pruned = embed(path, feeds)
-    return (pruned * reference).sum(1) / np.linalg.norm(pruned, axis=1) / np.linalg.norm(reference, axis=1)
+    return row_cosines(embed(path, feeds), reference)
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, the cosine between ``a`` and ``b``."""
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

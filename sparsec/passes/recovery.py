@@ -38,9 +38,9 @@ layer saw in the original rather than to N(0, 1).
 Invariants:
 - no shape, dtype or graph structure changes; only weight and bias values; zeros stay where
   they are, except that ``reselect`` moves an N:M weight's zeros within its runs (still N:M);
-- a layer is refit when its weight lost positions on its contraction axis (per the plan) or
-  holds zeros, a normalization when its input depends on such a layer; a refit that does not
-  lower the layer's calibration error is not applied;
+- a layer is refit when its weight lost positions on its contraction axis (per the plan),
+  holds zeros, or its input depends on such a layer (drifted), a normalization when its input
+  drifted; a refit that does not lower the layer's calibration error is not applied;
 - layers are refit in rounds in graph order: a round holds the layers whose inputs depend on
   no layer of a later round, and shares one capture of the pruned model (re-created each round,
   since weights changed) and of the original.
@@ -106,6 +106,7 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
     weight sparsity. Returns the per-layer and model-output calibration errors (relative:
     ‖Y − Y*‖² / ‖Y*‖²), the refit layers and the skipped ones with their reason."""
     layers, skipped = find_layers(pruned, original, plan)
+    originals = _OriginalWeights(original) if reselect else None
     targets = sorted({layer.target for layer in layers})
     reference = runtime.session_for(original, extra_outputs=targets, optimization="disable")
     before = output_error(pruned, original, samples, batch_size, session=reference)
@@ -116,7 +117,7 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
         if progress is not None:
             progress(f"recover: round {number}/{count}, {len(group)} layer(s)")
         normals = _accumulate(pruned, original, reference, group, samples, batch_size, mask)
-        rows += [_refit(pruned, layer, normal, ridge, _reselected(original, layer, normal, ridge, reselect))
+        rows += [_refit(pruned, layer, normal, ridge, _reselected(originals, layer, normal, ridge, reselect))
                  for layer, normal in zip(group, normals)]
     after = output_error(pruned, original, samples, batch_size, session=reference) if layers else before
     return {"layers_refit": sum(row["refit"] for row in rows), "layers_kept": sum(not row["refit"] for row in rows),
@@ -192,8 +193,10 @@ def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[
         inputs = [v.name for v in node.inputs if v is not None]
         level = max((depth.get(name, 0) for name in inputs), default=0)
         drifted = any(name in changed for name in inputs)
-        layer = _norm_layer(pruned, node, plan) if node.op_type in NORMS else _layer(pruned, node, plan, drifted)
-        layer = None if layer is not None and node.op_type in NORMS and not drifted else layer
+        if node.op_type in NORMS:
+            layer = _norm_layer(pruned, node, plan) if drifted else None
+        else:
+            layer = _layer(pruned, node, plan, drifted)
         name = node.name or node.outputs[0].name
         if isinstance(layer, str):
             skipped.append({"node": name, "reason": layer})
@@ -223,12 +226,13 @@ def _layer(model, node, plan: dict | None, drifted: bool = False) -> Layer | str
     """The node as a ``Layer`` when it needs a refit, a reason when it does but cannot have
     one, None when it needs none."""
     axes = _contraction_axes(model, node)
-    if axes is None or not _needs_refit(model, node.inputs[1], axes[0], plan, drifted):
+    if axes is None or model.constant(node.inputs[1]).dtype.kind != "f":
+        return None
+    cut = _was_cut(model, node.inputs[1], axes[0], plan)
+    if not (cut or drifted):
         return None
     layer = _with_outputs(model, _BUILD[node.op_type](model, node), plan, axes[1])
-    if isinstance(layer, str) and not _needs_refit(model, node.inputs[1], axes[0], plan, False):
-        return None  # only drifted, and not refittable: nothing was cut here to report
-    return layer
+    return None if isinstance(layer, str) and not cut else layer  # drifted only: nothing cut to report
 
 
 def _with_outputs(model, layer: Layer | str, plan: dict | None, axis: int) -> Layer | str:
@@ -265,25 +269,22 @@ def _norm_layer(model, node, plan: dict | None) -> Layer | str | None:
     if node.domain not in STANDARD:
         return None
     scale_at, bias_at, axis = NORMS[node.op_type]
-    if axis is None and int(model.attr(node, "axis", -1)) not in (-1, len(model.shape_dims(node.inputs[0]) or []) - 1):
+    dims = model.shape_dims(node.inputs[0]) or [None]
+    if axis is None and int(model.attr(node, "axis", -1)) not in (-1, len(dims) - 1):
         return None
     scale = node.inputs[scale_at]
     bias = node.inputs[bias_at] if len(node.inputs) > bias_at else None
-    shapes = {model.constant_shape(v) for v in (scale, bias)} if bias is not None else {None}
-    dims = model.shape_dims(node.inputs[0]) or [None]
-    if len(shapes) != 1 or None in shapes or len(next(iter(shapes))) != 1 or not _per_channel(
-            next(iter(shapes))[0], dims[-1], axis is None):
+    shape = model.constant_shape(scale)
+    if bias is None or shape is None or len(shape) != 1 or model.constant_shape(bias) != shape \
+            or not _per_channel(shape[0], dims[-1], axis is None):
         return None  # only a constant scale and bias of one value per channel are refit
     layer = Layer(node, scale, bias, node.outputs[0].name, channel_axis=-1 if axis is None else axis)
     return _with_outputs(model, layer, plan, 0)
 
 
-def _needs_refit(model, weight, axis: int, plan: dict | None, drifted: bool) -> bool:
-    """A float weight whose input drifted, lost positions on its contraction axis, or holds zeros."""
-    array = model.constant(weight)
-    if array.dtype.kind != "f":
-        return False
-    return drifted or _plan_entry(plan, weight.name, axis) is not None or not array.all()
+def _was_cut(model, weight, axis: int, plan: dict | None) -> bool:
+    """The weight lost positions on its contraction axis, or holds zeros."""
+    return _plan_entry(plan, weight.name, axis) is not None or not model.constant(weight).all()
 
 
 def _plan_entry(plan: dict | None, name: str, axis: int) -> dict | None:
@@ -423,7 +424,8 @@ class _ChannelNormal:
 
     def solve(self, old: np.ndarray, ridge: float) -> np.ndarray:
         """[a; b]: per channel, the 2x2 ridge normal equations, a shrunk toward ``old``'s 1."""
-        penalty = ridge * float(np.mean(self.sxx)) if np.mean(self.sxx) > 0 else ridge
+        mean = float(np.mean(self.sxx))
+        penalty = ridge * mean if mean > 0 else ridge
         g11, g12, g22 = self.sxx + penalty, self.sx, np.full_like(self.sxx, float(max(self.n, 1)))
         r1, r2 = self.sxy + penalty * old[0], self.sy
         det = g11 * g22 - g12 * g12
@@ -548,16 +550,28 @@ def _linear_solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- N:M masks chosen again
-def _reselected(original, layer: Layer, normal, ridge: float, reselect: dict | None) -> np.ndarray | None:
+class _OriginalWeights:
+    """The original model and its values by name, looked up once for every reselected layer."""
+
+    def __init__(self, model) -> None:
+        self.model, self.values = model, model.values_by_name()
+
+    def layer(self, layer: Layer) -> Layer:
+        """``layer`` with the original's weight and bias values."""
+        bias = self.values[layer.bias.name] if layer.bias is not None else None
+        return replace(layer, weight=self.values[layer.weight.name], bias=bias)
+
+
+def _reselected(originals: _OriginalWeights | None, layer: Layer, normal, ridge: float,
+                reselect: dict | None) -> np.ndarray | None:
     """The refit over a SparseGPT mask of the original's dense weight, for an N:M layer of
     ``reselect`` (None otherwise, or when the Gram matrix has no Cholesky factor)."""
     if not reselect or layer.norm or layer.weight.name not in reselect:
         return None
-    values = original.values_by_name()
-    dense = _matrix(original, replace(layer, weight=values[layer.weight.name],
-                                      bias=values[layer.bias.name] if layer.bias is not None else None))
+    dense_layer = originals.layer(layer)
+    dense = _matrix(originals.model, dense_layer)
     n, m = reselect[layer.weight.name]
-    order = _run_order(original.constant_shape(values[layer.weight.name]), layer, m)
+    order = _run_order(originals.model.constant_shape(dense_layer.weight), layer, m)
     swept = obs_nm_sweep(normal.g, dense, n, m, order, ridge)
     if swept is None:
         return None
