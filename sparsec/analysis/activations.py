@@ -10,7 +10,8 @@ shares (Wanda scores here; activation importance; recovery).
 
 ``capture(model, samples, names)`` is the raw form: it yields, batch after batch, the named
 tensors (intermediate values or graph inputs) as arrays, for passes that accumulate their own
-statistics (recovery's Gram matrices). Both run in the model's fixed batch when it has one.
+statistics (recovery's Gram matrices). Both run in the model's fixed batch when it has one, and
+only the part of the graph the named tensors depend on (a capture early in the graph is cheap).
 
 Padded sequences: when the model has a padding mask input (``padding_mask``: a rank-2 integer
 input named like ``attention_mask``) whose positions axis is symbolic, samples run sorted by
@@ -169,8 +170,8 @@ def capture(model, samples: Mapping[str, np.ndarray], names: Sequence[str], batc
     names = list(dict.fromkeys(names))
     inputs = {v.name for v in model.inputs}
     exposed = [name for name in names if name not in inputs]
-    if session is None:
-        session = runtime.session_for(model, extra_outputs=exposed, optimization="disable")
+    if session is None and exposed:
+        session = runtime.session_for(model, extra_outputs=exposed, optimization="disable", only=True)
     for batch in calibration_batches(model, samples, batch_size):
         outputs = session.run(batch, exposed) if exposed else {}
         yield {name: outputs[name] if name in outputs else batch[name] for name in names}

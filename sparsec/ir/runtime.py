@@ -72,15 +72,21 @@ def optimized_op_names(model, optimization: str = "basic") -> list[str]:
 
 
 def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0,
-                lean: bool = False) -> Session:
+                lean: bool = False, only: bool = False) -> Session:
     """A session over an in-memory ``Model``, optionally exposing intermediate values by name.
+    With ``only``, the session computes ``extra_outputs`` alone: the graph outputs are replaced
+    by them and every node they do not depend on is left out (onnxruntime runs every node of a
+    graph whatever outputs are asked for), for models under the protobuf limit.
 
     Small models go to onnxruntime as bytes; models with external or > 2 GB weights are written
     to a temporary folder first (onnxruntime resolves external data beside the model file).
     """
     if not model.has_external_data() and model.weight_bytes() < PROTOBUF_LIMIT_BYTES:
         proto = model.to_proto()
-        _expose(proto, extra_outputs)
+        if only:
+            _truncate(proto, extra_outputs)
+        else:
+            _expose(proto, extra_outputs)
         data = proto.SerializeToString()
         del proto
         return Session(data, optimization=optimization, threads=threads, lean=lean)
@@ -116,3 +122,30 @@ def _expose(proto: onnx.ModelProto, names: Sequence[str]) -> None:
         if name not in present:
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
             present.add(name)
+
+
+def _truncate(proto: onnx.ModelProto, names: Sequence[str]) -> None:
+    """Make ``names`` the only graph outputs and drop the nodes none of them depends on (a node
+    with subgraphs depends on every value its subgraphs read)."""
+    graph = proto.graph
+    del graph.output[:]
+    _expose(proto, names)
+    needed, unused = set(names), []
+    for index in reversed(range(len(graph.node))):
+        node = graph.node[index]
+        if any(output in needed for output in node.output):
+            needed.update(_reads(node))
+        else:
+            unused.append(index)
+    for index in unused:  # descending, so the indices left stay valid
+        del graph.node[index]
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The values a node reads: its inputs and, through its subgraphs, every name they use."""
+    names = {name for name in node.input if name}
+    for attribute in node.attribute:
+        for subgraph in [attribute.g] * attribute.HasField("g") + list(attribute.graphs):
+            for inner in subgraph.node:
+                names |= _reads(inner)
+    return names
