@@ -16,7 +16,7 @@ from sparsec.passes import Pipeline
 from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
-from sparsec.passes.recovery import output_error, recover
+from sparsec.passes.recovery import _Normal, output_error, recover
 from sparsec.passes.sparsity import WeightSparsityPass
 
 F = TensorProto.FLOAT
@@ -260,6 +260,68 @@ def test_layernorm_after_a_pruned_mlp_is_recalibrated_and_the_uncut_layer_it_fee
     assert all(row["refit"] and row["error_after"] < row["error_before"] for row in stats["layers"])
     assert stats["output_error_after"] < stats["output_error_before"]
 
+
+
+def _residual_chain(rng) -> Model:
+    """x [N, 16] → MatMul+Add (16) = h → MatMul+Add (16) = t → y = t + h: the second layer
+    writes into a residual stream that the first one's pruning drifts."""
+    inits = [_init(rng, "w0", [16, 16], 16), _init(rng, "b0", [16], 16), _init(rng, "w1", [16, 16], 16),
+             _init(rng, "b1", [16], 16)]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Add", ["h0", "b0"], ["h"]),
+             helper.make_node("MatMul", ["h", "w1"], ["t0"]), helper.make_node("Add", ["t0", "b1"], ["t"]),
+             helper.make_node("Add", ["t", "h"], ["y"])]
+    return Model.from_proto(make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 16])], inits))
+
+
+def _masked_least_squares(x: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[W; b] minimising ‖[x 1]·[W; b] − target‖² column by column over each column's mask rows."""
+    rows = np.hstack([x, np.ones((len(x), 1))]).astype(np.float64)
+    solution = np.zeros((rows.shape[1], target.shape[1]))
+    for column in range(target.shape[1]):
+        keep = np.append(mask[:, column], True)
+        solution[keep, column] = np.linalg.lstsq(rows[:, keep], target[:, column], rcond=None)[0]
+    return solution
+
+
+def test_a_layer_feeding_a_residual_sum_is_fitted_to_the_sum_not_to_its_own_output(rng):
+    """After 2:4 on both layers, w1 is refit so that t + h (h drifted by w0's pruning) matches
+    the original's y, i.e. to y* − h̃ on [h̃ 1]: its weights equal that masked least squares,
+    and the output error is below that of fitting t alone to the original's t."""
+    original = _residual_chain(rng)
+    model = original.copy()
+    WeightSparsityPass(nm="2:4")(model)
+    samples = _samples(rng, (16,), 512)
+    stats = recover(model, original, samples, ridge=1e-9)
+    assert [(row["weight"], row["round"]) for row in stats["layers"]] == [("w0", 1), ("w1", 2)]
+    w, x = _weights(original), samples["x"].astype(np.float64)
+    h_star = x @ w["w0"] + w["b0"]
+    y_star = h_star @ w["w1"] + w["b1"] + h_star
+    got = _weights(model)
+    h = x @ got["w0"] + got["b0"]
+    expected = _masked_least_squares(h, y_star - h, got["w1"] != 0)
+    assert np.allclose(got["w1"], expected[:-1], atol=1e-4) and np.allclose(got["b1"], expected[-1], atol=1e-4)
+    branch = _masked_least_squares(h, h_star @ w["w1"] + w["b1"], got["w1"] != 0)  # t fitted alone
+    branch_error = np.square(h @ branch[:-1] + branch[-1] + h - y_star).sum()
+    assert np.square(run_ort(model.to_proto(), samples)[0] - y_star).sum() < 0.9 * branch_error
+
+
+def _noisy_normal(rng, rows: int, noise: float) -> _Normal:
+    """The normal equations of y = x·W + noise over ``rows`` rows of 64 inputs, in batches of 16."""
+    x = rng.normal(size=(rows, 64))
+    y = x @ rng.normal(size=(64, 8)) + noise * rng.normal(size=(rows, 8))
+    normal = _Normal(bias=False)
+    for batch, start in enumerate(range(0, rows, 16)):
+        normal.add(x[start:start + 16], y[start:start + 16], batch)
+    return normal
+
+
+def test_the_ridge_is_chosen_by_cross_validation_large_when_the_fit_would_over_fit(rng):
+    """Few noisy rows for 64 weights per column: a large ridge predicts the held-out half best;
+    many clean rows: a small one. The choice needs two halves (one batch: the default)."""
+    start = np.full((64, 8), 1e-3)  # dense (no zero to keep), shrunk toward about zero
+    assert _noisy_normal(rng, 80, 5.0).chosen_ridge(start, 0.5) >= 1.0
+    assert _noisy_normal(rng, 4000, 0.1).chosen_ridge(start, 0.5) <= 1e-2
+    assert _noisy_normal(rng, 16, 1.0).chosen_ridge(start, 0.5) == 0.5
 
 # ---------------------------------------------------------------- through channel-prune, on real data
 DIGITS, CALIB, TEST = MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", MODELS / "digits_test.npz"
