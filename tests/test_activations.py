@@ -8,7 +8,7 @@ import pytest
 from conftest import MODELS, make_model, run_ort
 from onnx import TensorProto, helper
 
-from sparsec.analysis.activations import RANDOM_SAMPLES, calibration_batches, capture, load_calibration
+from sparsec.analysis.activations import RANDOM_SAMPLES, Frontier, calibration_batches, capture, load_calibration
 from sparsec.errors import InputError
 from sparsec.ir import Model
 
@@ -99,3 +99,36 @@ def test_a_static_positions_axis_is_not_cut(rng, positions, mask_positions):
     batches = list(calibration_batches(_masked_sum(positions, mask_positions), samples, batch_size=8))
     assert all(b["x"].shape[1] == 12 for b in batches)
     np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), samples["x"])
+
+
+def _chain(rng) -> Model:
+    """x [B, 6] → MatMul w1 → Relu = h1 → MatMul w2 → Relu = h2; s = h1 + h2 → MatMul w3 = y
+    (h1 is on the frontier of stage 2 twice: read by w2's MatMul and by the Add)."""
+    inits = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [6, 6], rng.normal(size=36).astype(np.float32))
+             for i in (1, 2, 3)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a1"]), helper.make_node("Relu", ["a1"], ["h1"]),
+             helper.make_node("MatMul", ["h1", "w2"], ["a2"]), helper.make_node("Relu", ["a2"], ["h2"]),
+             helper.make_node("Add", ["h1", "h2"], ["s"]), helper.make_node("MatMul", ["s", "w3"], ["y"])]
+    return Model.from_proto(make_model(nodes, [("x", TensorProto.FLOAT, ["B", 6])], [("y", TensorProto.FLOAT, ["B", 6])],
+                                       inits))
+
+
+def test_a_frontier_restarts_each_capture_from_the_values_already_done(rng):
+    """Stages 1, 2, 3 = w1, w2, w3 edited after their capture (as recovery refits a round):
+    each capture equals a full capture of the model as edited so far, and a capture reads the
+    values held rather than recomputing them from x (fed zeros, y is still right)."""
+    model = _chain(rng)
+    stages = {"a1": 1, "h1": 1, "a2": 2, "h2": 2, "s": 2, "y": 3}
+    frontier = Frontier(model, stages)
+    samples = {"x": rng.normal(size=(20, 6)).astype(np.float32)}
+    for stage, name in [(1, "a1"), (2, "a2"), (3, "y")]:
+        got = np.concatenate([out[name] for out in frontier.capture(samples, [name], 8, stage)])
+        want = np.concatenate([out[name] for out in capture(model, samples, [name], 8)])
+        np.testing.assert_array_equal(got, want)
+        weight = model.initializers()[f"w{stage}"]
+        model.set_constant(weight, model.constant(weight) * 0.5)  # the edit of this stage
+    assert [sorted(batch) for batch in frontier.batches] == [["s"]] * 3  # done, read by w3's MatMul; 3 batches
+    zeros = {"x": np.zeros_like(samples["x"])}
+    got = np.concatenate([out["y"] for out in frontier.capture(zeros, ["y"], 8, 3)])
+    want = np.concatenate([out["y"] for out in capture(model, samples, ["y"], 8)])
+    np.testing.assert_allclose(got, want, rtol=1e-6)

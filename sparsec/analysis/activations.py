@@ -177,6 +177,44 @@ def capture(model, samples: Mapping[str, np.ndarray], names: Sequence[str], batc
         yield {name: outputs[name] if name in outputs else batch[name] for name in names}
 
 
+class Frontier:
+    """The values of one model, batch by batch, that a sequence of captures restarts from.
+
+    ``stages`` maps a value name to the latest stage whose edits it depends on (0: none), e.g.
+    the latest refit round upstream of it. At stage s a value of stage < s is *done* (its inputs will not be edited again); the
+    frontier of stage s is the set of done node outputs that a node not done reads. A capture at
+    stage s runs only the nodes between the frontier it holds (of an earlier stage) and the
+    requested tensors, feeding the held values instead of recomputing them, and keeps the
+    frontier of stage s for the next one. Memory: the frontier values of every batch (on a
+    transformer, a few [positions, hidden] tensors), on top of one batch of activations.
+    """
+
+    def __init__(self, model, stages: Mapping[str, int]) -> None:
+        self.model, self.stages = model, stages
+        self.batches: list[dict[str, np.ndarray]] = []
+
+    def _frontier(self, stage: int) -> list[str]:
+        done = {name for name, level in self.stages.items() if level < stage}
+        return sorted({value.name for node in self.model.nodes() if any(v.name not in done for v in node.outputs if v)
+                       for value in node.inputs if value is not None and value.name in done
+                       and value.producer() is not None})
+
+    def capture(self, samples, names: Sequence[str], batch_size: int, stage: int) -> Iterator[dict[str, np.ndarray]]:
+        """``capture``'s batches of ``names`` at ``stage`` (stages captured in increasing order)."""
+        names, keep = list(dict.fromkeys(names)), self._frontier(stage)
+        held = self.batches[0] if self.batches else {}
+        inputs = {v.name for v in self.model.inputs} | set(held)
+        exposed = [name for name in dict.fromkeys(names + keep) if name not in inputs]
+        session = runtime.session_for(self.model, extra_outputs=exposed, optimization="disable", only=True,
+                                      fed={name: array.dtype for name, array in held.items()}) if exposed else None
+        for index, batch in enumerate(calibration_batches(self.model, samples, batch_size)):
+            known = {**batch, **(self.batches[index] if index < len(self.batches) else {})}
+            known.update(session.run(known, exposed) if exposed else {})
+            frontier = {name: known[name] for name in keep}  # batch by batch: a caller may stop reading early
+            self.batches[index:index + 1] = [frontier]
+            yield {name: known[name] for name in names}
+
+
 def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple[str, int]],
                   batch_size: int = 16) -> dict[tuple[str, int], np.ndarray]:
     """{(value, axis): per-channel L2 norm over all samples and positions}."""

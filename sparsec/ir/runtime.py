@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +72,13 @@ def optimized_op_names(model, optimization: str = "basic") -> list[str]:
 
 
 def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0,
-                lean: bool = False, only: bool = False) -> Session:
+                lean: bool = False, only: bool = False, fed: Mapping[str, np.dtype] | None = None) -> Session:
     """A session over an in-memory ``Model``, optionally exposing intermediate values by name.
     With ``only``, the session computes ``extra_outputs`` alone: the graph outputs are replaced
     by them and every node they do not depend on is left out (onnxruntime runs every node of a
-    graph whatever outputs are asked for), for models under the protobuf limit.
+    graph whatever outputs are asked for), for models under the protobuf limit; ``fed`` (with
+    ``only``) names intermediate values the caller feeds instead (with their dtypes): they become
+    graph inputs and what computes them alone is left out too.
 
     Small models go to onnxruntime as bytes; models with external or > 2 GB weights are written
     to a temporary folder first (onnxruntime resolves external data beside the model file).
@@ -84,7 +86,7 @@ def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str =
     if not model.has_external_data() and model.weight_bytes() < PROTOBUF_LIMIT_BYTES:
         proto = model.to_proto()
         if only:
-            _truncate(proto, extra_outputs)
+            _truncate(proto, extra_outputs, fed or {})
         else:
             _expose(proto, extra_outputs)
         data = proto.SerializeToString()
@@ -124,21 +126,27 @@ def _expose(proto: onnx.ModelProto, names: Sequence[str]) -> None:
             present.add(name)
 
 
-def _truncate(proto: onnx.ModelProto, names: Sequence[str]) -> None:
+def _truncate(proto: onnx.ModelProto, names: Sequence[str], fed: Mapping[str, np.dtype]) -> None:
     """Make ``names`` the only graph outputs and drop the nodes none of them depends on (a node
-    with subgraphs depends on every value its subgraphs read)."""
+    with subgraphs depends on every value its subgraphs read), a ``fed`` value counting as
+    given: it becomes a graph input unless a node still needed computes it anyway."""
     graph = proto.graph
     del graph.output[:]
     _expose(proto, names)
-    needed, unused = set(names), []
+    needed, unused, computed = set(names), [], set()
     for index in reversed(range(len(graph.node))):
         node = graph.node[index]
-        if any(output in needed for output in node.output):
+        if any(output in needed and output not in fed for output in node.output):
             needed.update(_reads(node))
+            computed.update(node.output)
         else:
             unused.append(index)
     for index in unused:  # descending, so the indices left stay valid
         del graph.node[index]
+    present = {value.name for value in graph.input}
+    for name in sorted(needed & set(fed) - computed - present):
+        graph.input.append(onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(fed[name])), None))
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:

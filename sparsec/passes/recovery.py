@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sparsec.analysis.activations import capture, padding_mask
+from sparsec.analysis.activations import Frontier, capture, padding_mask
 from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
 from sparsec.passes.base import Diagnostic
@@ -121,13 +121,14 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
     layers, skipped = find_layers(pruned, original, plan)
     originals = _OriginalWeights(original) if reselect else None
     before = output_error(pruned, original, samples, batch_size)
+    frontiers = (Frontier(pruned, _stages(pruned, layers)), Frontier(original, _stages(original, layers)))
     rows: list[dict] = []
     count = max((layer.round for layer in layers), default=0)
     for number in range(1, count + 1):
         group = [layer for layer in layers if layer.round == number]
         if progress is not None:
             progress(f"recover: round {number}/{count}, {len(group)} layer(s)")
-        normals = _accumulate(pruned, original, group, samples, batch_size, mask)
+        normals = _accumulate(frontiers, group, number, samples, batch_size, mask)
         for layer, normal in zip(group, normals):
             old = _matrix(pruned, layer)
             chosen = normal.chosen_ridge(old, DEFAULT_RIDGE) if ridge is None else ridge
@@ -223,6 +224,17 @@ def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[
         if drifted or layer is not None:
             changed.update(v.name for v in node.outputs if v is not None)
     return layers, skipped
+
+
+def _stages(model, layers: list[Layer]) -> dict[str, int]:
+    """{value name: the latest round of a layer it depends on (0: none)} in ``model`` (the
+    pruned one or the original: layers are found by their weight's name)."""
+    rounds, stages = {layer.weight.name: layer.round for layer in layers}, {}
+    for node in model.nodes():
+        names = [value.name for value in node.inputs if value is not None]
+        level = max([stages.get(name, 0) for name in names] + [rounds.get(name, 0) for name in names], default=0)
+        stages.update({value.name: level for value in node.outputs if value is not None})
+    return stages
 
 
 def _aimed_past_residual(model, layer: Layer, depth: dict[str, int], known: dict) -> Layer:
@@ -507,22 +519,25 @@ class _ChannelNormal:
         return default
 
 
-def _accumulate(pruned, original, group: list[Layer], samples, batch_size: int,
+def _accumulate(frontiers: tuple[Frontier, Frontier], group: list[Layer], number: int, samples, batch_size: int,
                 mask: str | None = None) -> list[_Normal]:
-    """One capture of the pruned model (the layers' inputs) and the original (their targets).
+    """One capture of the pruned model (the layers' inputs) and the original (their targets),
+    each from its frontier of the earlier rounds (round ``number``).
     With ``mask`` (an input [batch, positions] such as an attention mask), rows of activations
     laid out [batch, positions, ...] count only where it is nonzero (padding is not fitted)."""
     normals = [_ChannelNormal() if layer.norm else _Normal(layer.bias is not None) for layer in group]
     residuals = [layer.residual for layer in group if layer.residual]
-    inputs = capture(pruned, samples, [layer.x for layer in group] + residuals + ([mask] if mask else []), batch_size)
-    targets = capture(original, samples, [layer.target for layer in group], batch_size)
+    pruned, original = frontiers
+    inputs = pruned.capture(samples, [layer.x for layer in group] + residuals + ([mask] if mask else []), batch_size,
+                            number)
+    targets = original.capture(samples, [layer.target for layer in group], batch_size, number)
     for batch, (xs, ys) in enumerate(zip(inputs, targets)):
         for layer, normal in zip(group, normals):
             y = _target(layer, np.asarray(ys[layer.target]), xs.get(layer.residual))
             x, y = _masked_rows(np.asarray(xs[layer.x]), y, xs.get(mask), layer)
             for start in range(0, len(x), 1 if layer.conv else len(x)):  # im2col one sample at a time
                 end = start + (1 if layer.conv else len(x))
-                normal.add(_input_rows(pruned, layer, x[start:end]), y[start:end].reshape(-1, y.shape[-1]), batch)
+                normal.add(_input_rows(pruned.model, layer, x[start:end]), y[start:end].reshape(-1, y.shape[-1]), batch)
     return normals
 
 
