@@ -399,3 +399,24 @@ def test_cli_random_calibration_warns_and_nm_refit_keeps_the_pattern(cli, tmp_pa
         array = Model.load(out).constant(Model.load(out).initializers()[site["name"]])
         runs = np.moveaxis(array, site["axis"], -1).reshape(-1, 4)
         assert ((runs != 0).sum(axis=1) <= 2).all()  # still 2:4 after the refit
+
+
+def test_the_masked_solve_equals_one_solve_per_column(rng):
+    """Columns sharing a pattern (solved together), columns of a pattern of their own (stacked
+    by size) and a column with no kept row: each equals its own ridge system's solution."""
+    x, y = rng.normal(size=(200, 12)), rng.normal(size=(200, 7))
+    normal = _Normal(bias=True)
+    normal.add(x, y)
+    mask = rng.random((12, 7)) < 0.5
+    mask[:, 1] = mask[:, 0]  # shared
+    mask[:, 2] = False  # nothing kept: the column is zero (its bias is still fitted)
+    prior = np.vstack([rng.normal(size=(12, 7)) * mask, rng.normal(size=(1, 7))])
+    got = normal.solve(prior, 0.1)
+    g, scale = normal.g, np.diag(normal.g)[:12].mean()
+    for column in range(7):
+        keep = np.append(mask[:, column], True)
+        penalty = np.append(np.full(12, 0.1 * scale), 0.0)[keep]
+        system = g[np.ix_(keep, keep)] + np.diag(penalty)
+        want = np.zeros(13)
+        want[keep] = np.linalg.solve(system, normal.c[keep, column] + penalty * prior[keep, column])
+        np.testing.assert_allclose(got[:, column], want, rtol=1e-9, atol=1e-12)

@@ -624,7 +624,7 @@ def _refit(model, layer: Layer, old: np.ndarray, normal: _Normal, ridge: float,
 def _solve(normal: _Normal, mask: np.ndarray, ridge: float, prior: np.ndarray) -> np.ndarray:
     """Ridge solution of the normal equations, shrunk toward ``prior`` (the weights as pruning
     left them), column by column over each column's nonzero rows (columns with the same
-    pattern solved together); the bias row is not penalised."""
+    pattern solved together, the others stacked by size); the bias row is not penalised."""
     g, c = normal.g, normal.c
     k = mask.shape[0]
     diagonal = np.diag(g)[:k]
@@ -635,19 +635,44 @@ def _solve(normal: _Normal, mask: np.ndarray, ridge: float, prior: np.ndarray) -
     rows = np.vstack([mask, np.ones((len(g) - k, mask.shape[1]), dtype=bool)])
     solution = np.zeros_like(c)
     patterns, which = np.unique(rows.T, axis=0, return_inverse=True)
-    for index, pattern in enumerate(patterns):
-        keep, columns = np.flatnonzero(pattern), np.flatnonzero(which.reshape(-1) == index)
+    which = which.reshape(-1)
+    shared = np.bincount(which, minlength=len(patterns)) > 1
+    for index in np.flatnonzero(shared):  # one system, the right-hand sides of every column with it
+        keep, columns = np.flatnonzero(patterns[index]), np.flatnonzero(which == index)
         if keep.size:
             system = g[np.ix_(keep, keep)] + np.diag(penalty[keep])
             solution[np.ix_(keep, columns)] = _linear_solve(system, rhs[np.ix_(keep, columns)])
+    _solve_alone(g, penalty, rhs, rows, np.flatnonzero(~shared[which]), solution)
     return solution
 
 
+STACK_BYTES = 64 << 20  # the systems solved in one stacked call
+
+
+def _solve_alone(g, penalty, rhs, rows, columns: np.ndarray, solution: np.ndarray) -> None:
+    """Solve each of ``columns`` (a pattern of its own, as under N:M) over its kept ``rows``,
+    stacking the systems of one size into batched solves of up to ``STACK_BYTES``."""
+    counts = rows[:, columns].sum(axis=0)
+    for size in np.unique(counts[counts > 0]):
+        group = columns[counts == size]
+        step = max(1, STACK_BYTES // (8 * int(size) ** 2))
+        for start in range(0, len(group), step):
+            chunk = group[start:start + step]
+            keep = np.argsort(~rows[:, chunk].T, axis=1, kind="stable")[:, :size]  # kept rows, in order
+            systems = g[keep[:, :, None], keep[:, None, :]]
+            systems[:, np.arange(size), np.arange(size)] += penalty[keep]
+            solution[keep, chunk[:, None]] = _linear_solve(systems, rhs[keep, chunk[:, None]][..., None])[..., 0]
+
+
 def _linear_solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``system``·x = ``rhs`` (or a stack of them); least squares where singular even with the
+    ridge (e.g. ridge = 0)."""
     try:
         return np.linalg.solve(system, rhs)
-    except np.linalg.LinAlgError:  # singular even with the ridge (e.g. ridge=0): least squares
-        return np.linalg.lstsq(system, rhs, rcond=None)[0]
+    except np.linalg.LinAlgError:
+        if system.ndim == 2:
+            return np.linalg.lstsq(system, rhs, rcond=None)[0]
+        return np.stack([_linear_solve(one, right) for one, right in zip(system, rhs)])
 
 
 # ------------------------------------------------------------------------- N:M masks chosen again
