@@ -132,3 +132,49 @@ def test_a_frontier_restarts_each_capture_from_the_values_already_done(rng):
     got = np.concatenate([out["y"] for out in frontier.capture(zeros, ["y"], 8, 3)])
     want = np.concatenate([out["y"] for out in capture(model, samples, ["y"], 8)])
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _constant_weights_with_a_branch(rng) -> Model:
+    """x [B, 6] → MatMul (w1 from a Constant node) = h1 → If (both branches read h1 from the outer
+    graph) = o → MatMul (w2, Constant) = t → s = o + t → MatMul (w3, Constant) = y."""
+    def constant(name):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(
+            f"{name}_value", TensorProto.FLOAT, [6, 6], rng.normal(size=36).astype(np.float32)))
+
+    def branch(name):
+        return helper.make_graph([helper.make_node("Identity", ["h1"], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)])
+    nodes = [constant("w1"), constant("w2"), constant("w3"), helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+             helper.make_node("If", ["cond"], ["o"], then_branch=branch("a"), else_branch=branch("b")),
+             helper.make_node("MatMul", ["o", "w2"], ["t"]), helper.make_node("Add", ["o", "t"], ["s"]),
+             helper.make_node("MatMul", ["s", "w3"], ["y"])]
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    return Model.from_proto(make_model(nodes, [("x", TensorProto.FLOAT, ["B", 6])], [("y", TensorProto.FLOAT, ["B", 6])],
+                                       [cond]))
+
+
+def test_a_frontier_holds_no_constant_and_sees_what_a_subgraph_reads(rng):
+    """Weights from Constant nodes are edited after their stage: held, they would be fed back
+    stale; and the If reads h1 only from inside its branches, so its output is of w1's stage.
+    Every capture still equals a fresh one of the model as edited so far."""
+    model = _constant_weights_with_a_branch(rng)
+    stages = {"h1": 1, "o": 1, "t": 2, "s": 2, "y": 3}
+    frontier = Frontier(model, stages)
+    samples = {"x": rng.normal(size=(20, 6)).astype(np.float32)}
+    for stage, name in [(1, "h1"), (2, "t"), (3, "y")]:
+        got = np.concatenate([out[name] for out in frontier.capture(samples, [name], 8, stage)])
+        want = np.concatenate([out[name] for out in capture(model, samples, [name], 8)])
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert not {"w1", "w2", "w3"} & set(frontier.batches[0] if frontier.batches else {})
+        weight = model.values_by_name()[f"w{stage}"]
+        model.set_constant(weight, model.constant(weight) * 0.5)
+
+
+def test_a_capture_read_in_part_leaves_no_frontier(rng):
+    model = _chain(rng)
+    frontier = Frontier(model, {"a1": 1, "h1": 1, "a2": 2, "h2": 2, "s": 2, "y": 3})
+    samples = {"x": rng.normal(size=(20, 6)).astype(np.float32)}
+    list(frontier.capture(samples, ["a1"], 8, 1))
+    next(iter(frontier.capture(samples, ["a2"], 8, 2)))  # one batch of three read
+    got = np.concatenate([out["y"] for out in frontier.capture(samples, ["y"], 8, 3)])
+    np.testing.assert_array_equal(got, np.concatenate([out["y"] for out in capture(model, samples, ["y"], 8)]))

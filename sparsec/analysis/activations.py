@@ -139,12 +139,7 @@ def calibration_batches(model, samples: Mapping[str, np.ndarray],
     """Feeds of ``batch_size`` samples (sorted by real length and cut to it when the model
     takes a padding mask, else in order); a model with a fixed batch size gets whole batches
     of that size only (the remainder is left out)."""
-    count = next(iter(samples.values())).shape[0]
-    fixed = fixed_batch(model)
-    batch_size = fixed or batch_size
-    count -= count % batch_size if fixed else 0  # a fixed batch takes whole batches only
-    if count == 0:
-        raise InputError(f"calibration needs at least {batch_size} samples for this model's fixed batch size")
+    batch_size, count = _batch_plan(model, samples, batch_size)
     padded = _padded_inputs(model, samples)
     lengths = _real_lengths(samples[padded[0]]) if padded else None
     order = np.argsort(lengths, kind="stable") if padded else np.arange(count)
@@ -155,6 +150,23 @@ def calibration_batches(model, samples: Mapping[str, np.ndarray],
             end = max(1, int(lengths[rows].max()))
             batch.update({name: batch[name][:, :end] for name in padded[1]})
         yield batch
+
+
+def _batch_plan(model, samples: Mapping[str, np.ndarray], batch_size: int) -> tuple[int, int]:
+    """(batch size, samples used): a fixed batch size takes whole batches only."""
+    count = next(iter(samples.values())).shape[0]
+    fixed = fixed_batch(model)
+    batch_size = fixed or batch_size
+    count -= count % batch_size if fixed else 0  # a fixed batch takes whole batches only
+    if count == 0:
+        raise InputError(f"calibration needs at least {batch_size} samples for this model's fixed batch size")
+    return batch_size, count
+
+
+def batch_count(model, samples: Mapping[str, np.ndarray], batch_size: int = 16) -> int:
+    """How many batches ``calibration_batches`` yields."""
+    size, count = _batch_plan(model, samples, batch_size)
+    return -(-count // size)
 
 
 def _real_lengths(mask: np.ndarray) -> np.ndarray:
@@ -177,41 +189,62 @@ def capture(model, samples: Mapping[str, np.ndarray], names: Sequence[str], batc
         yield {name: outputs[name] if name in outputs else batch[name] for name in names}
 
 
+FRONTIER_BYTES = 1 << 30  # a frontier larger than this over all batches is not held
+
+
 class Frontier:
     """The values of one model, batch by batch, that a sequence of captures restarts from.
 
     ``stages`` maps a value name to the latest stage whose edits it depends on (0: none), e.g.
-    the latest refit round upstream of it. At stage s a value of stage < s is *done* (its inputs will not be edited again); the
-    frontier of stage s is the set of done node outputs that a node not done reads. A capture at
-    stage s runs only the nodes between the frontier it holds (of an earlier stage) and the
-    requested tensors, feeding the held values instead of recomputing them, and keeps the
+    the latest refit round upstream of it. At stage s a value of stage < s is *done* (what it
+    is computed from will not be edited again); the frontier of stage s is the set of done
+    values computed from the graph inputs (constants are recomputed, never held: an edit may
+    change them) that a node not done reads, directly or from a subgraph. A capture at stage s
+    runs only the nodes between the frontier it holds (of an earlier stage: still valid) and
+    the requested tensors, feeding the held values instead of recomputing them, and keeps the
     frontier of stage s for the next one. Memory: the frontier values of every batch (on a
-    transformer, a few [positions, hidden] tensors), on top of one batch of activations.
+    transformer the hidden stream, a few MB per hundred sentences; on a CNN a feature map per
+    sample), held only while under ``FRONTIER_BYTES`` and when onnxruntime can take the
+    truncated graph (``runtime.can_truncate``); otherwise every capture starts from the inputs.
     """
 
     def __init__(self, model, stages: Mapping[str, int]) -> None:
         self.model, self.stages = model, stages
         self.batches: list[dict[str, np.ndarray]] = []
+        self.complete = False  # the last capture was read to its last batch
+        self.holds = runtime.can_truncate(model)
+        inputs, self.dynamic = {v.name for v in model.inputs}, {v.name for v in model.inputs}
+        for node in model.nodes():
+            if model.reads(node) & self.dynamic:
+                self.dynamic.update(v.name for v in node.outputs if v is not None)
+        self.dynamic -= inputs  # graph inputs come with every batch
 
     def _frontier(self, stage: int) -> list[str]:
-        done = {name for name, level in self.stages.items() if level < stage}
-        return sorted({value.name for node in self.model.nodes() if any(v.name not in done for v in node.outputs if v)
-                       for value in node.inputs if value is not None and value.name in done
-                       and value.producer() is not None})
+        done = {name for name in self.dynamic if self.stages.get(name, 0) < stage}
+        return sorted({name for node in self.model.nodes() if any(v.name not in done for v in node.outputs if v)
+                       for name in self.model.reads(node) & done})
 
     def capture(self, samples, names: Sequence[str], batch_size: int, stage: int) -> Iterator[dict[str, np.ndarray]]:
-        """``capture``'s batches of ``names`` at ``stage`` (stages captured in increasing order)."""
-        names, keep = list(dict.fromkeys(names)), self._frontier(stage)
-        held = self.batches[0] if self.batches else {}
+        """``capture``'s batches of ``names`` at ``stage`` (stages captured in increasing order).
+        A capture read only in part leaves no frontier: the next one starts from the inputs."""
+        names, keep = list(dict.fromkeys(names)), self._frontier(stage) if self.holds else []
+        previous = self.batches if self.complete else []
+        self.batches, self.complete, size = [], False, 0
+        held = previous[0] if previous else {}
         inputs = {v.name for v in self.model.inputs} | set(held)
         exposed = [name for name in dict.fromkeys(names + keep) if name not in inputs]
         session = runtime.session_for(self.model, extra_outputs=exposed, optimization="disable", only=True,
                                       fed={name: array.dtype for name, array in held.items()}) if exposed else None
+        last = batch_count(self.model, samples, batch_size) - 1
         for index, batch in enumerate(calibration_batches(self.model, samples, batch_size)):
-            known = {**batch, **(self.batches[index] if index < len(self.batches) else {})}
+            known = {**batch, **(previous[index] if previous else {})}
             known.update(session.run(known, exposed) if exposed else {})
-            frontier = {name: known[name] for name in keep}  # batch by batch: a caller may stop reading early
-            self.batches[index:index + 1] = [frontier]
+            if keep:
+                self.batches.append({name: known[name] for name in keep})
+                size += sum(known[name].nbytes for name in keep)
+                if size > FRONTIER_BYTES:  # too large to hold: the next capture starts from the inputs
+                    keep, self.batches = [], []
+            self.complete = index == last
             yield {name: known[name] for name in names}
 
 

@@ -190,6 +190,19 @@ class Model:
         for function in self.ir.functions.values():
             yield from ir.traversal.RecursiveGraphIterator(function)
 
+    @staticmethod
+    def reads(node: ir.Node) -> set[str]:
+        """Names of the values ``node`` reads: its inputs and, through its subgraphs (If / Loop /
+        Scan bodies, nested ones too), every name their nodes read, outer-scope values among them."""
+        names = {value.name for value in node.inputs if value is not None}
+        for attribute in node.attributes.values():
+            if attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                continue
+            for graph in [attribute.value] if attribute.type == ir.AttributeType.GRAPH else attribute.value:
+                for inner in ir.traversal.RecursiveGraphIterator(graph):
+                    names.update(value.name for value in inner.inputs if value is not None)
+        return names
+
     def opsets(self) -> dict[str, int]:
         return dict(self.ir.opset_imports)
 

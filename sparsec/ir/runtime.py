@@ -71,6 +71,12 @@ def optimized_op_names(model, optimization: str = "basic") -> list[str]:
         return [node.name for node in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
 
 
+def can_truncate(model) -> bool:
+    """``session_for`` honours ``only`` and ``fed`` for this model (it goes to onnxruntime as
+    bytes: no external data, under the protobuf limit)."""
+    return not model.has_external_data() and model.weight_bytes() < PROTOBUF_LIMIT_BYTES
+
+
 def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0,
                 lean: bool = False, only: bool = False, fed: Mapping[str, np.dtype] | None = None) -> Session:
     """A session over an in-memory ``Model``, optionally exposing intermediate values by name.
@@ -83,7 +89,7 @@ def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str =
     Small models go to onnxruntime as bytes; models with external or > 2 GB weights are written
     to a temporary folder first (onnxruntime resolves external data beside the model file).
     """
-    if not model.has_external_data() and model.weight_bytes() < PROTOBUF_LIMIT_BYTES:
+    if can_truncate(model):
         proto = model.to_proto()
         if only:
             _truncate(proto, extra_outputs, fed or {})

@@ -21,9 +21,14 @@ a fixed λ = 0.01 leaves the calibration error several times below the held-out 
 A layer whose output Y feeds a residual sum S = Y + R (R final before its round, e.g. the
 stream a transformer block adds into) is aimed at the sum: Y* becomes S* − R̃, the original's
 sum less the pruned model's R, so the refit also cancels, as far as its own input predicts it,
-the drift R carries from the layers before; the error it minimises is that of S. Only G, C and ‖Y*‖² are accumulated, in float64, batch after
-batch, so memory is one batch of activations plus G and C whatever the number of samples; the
-calibration error of any [W; b] then follows exactly: ‖XW − Y*‖² = Σ W⊙(GW) − 2 Σ W⊙C + ‖Y*‖².
+the drift R carries from the layers before; the error it minimises is that of S (the layer's
+reported errors are then relative to ‖S* − R̃‖²).
+
+Only G, C and ‖Y*‖² are accumulated, in float64, batch after batch (and G, C of the even
+batches, for the cross-validation); the calibration error of any [W; b] then follows exactly:
+‖XW − Y*‖² = Σ W⊙(GW) − 2 Σ W⊙C + ‖Y*‖². Memory: one batch of activations, these sums, and
+each model's capture frontier (``activations.Frontier``: the values later rounds restart from,
+for every batch, up to ``FRONTIER_BYTES``).
 The zeros of a weight are a mask (N:M or unstructured sparsity): each output column is solved
 over its nonzero rows only (columns sharing a pattern in one solve), so the pattern is kept.
 
@@ -50,8 +55,9 @@ Invariants:
   holds zeros, or its input depends on such a layer (drifted), a normalization when its input
   drifted; a refit that does not lower the layer's calibration error is not applied;
 - layers are refit in rounds in graph order: a round holds the layers whose inputs depend on
-  no layer of a later round, and shares one capture of the pruned model (re-created each round,
-  since weights changed) and of the original.
+  no layer of a later round, and shares one capture of the pruned model (a new session each
+  round, since weights changed) and of the original, each run from its frontier: only the
+  nodes between the values the earlier rounds left final and this round's tensors.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sparsec.analysis.activations import Frontier, capture, padding_mask
+from sparsec.analysis.inputs import bind_shapes
 from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
 from sparsec.passes.base import Diagnostic
@@ -82,7 +89,7 @@ class Layer:
     node: Any
     weight: Any
     bias: Any | None
-    target: str                     # the value holding Y (the bias Add's output after a MatMul)
+    target: str                     # the value holding Y* (the bias Add's output after a MatMul; the sum S when aimed)
     transposed: bool = False        # Gemm transB=1
     scale: float = 1.0              # Gemm alpha
     bias_scale: float = 1.0         # Gemm beta
@@ -205,7 +212,7 @@ def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[
     known = original.values_by_name()
     layers, skipped, depth, changed = [], [], {}, set()
     for node in pruned.nodes():
-        inputs = [v.name for v in node.inputs if v is not None]
+        inputs = pruned.reads(node)
         level = max((depth.get(name, 0) for name in inputs), default=0)
         drifted = any(name in changed for name in inputs)
         if node.op_type in NORMS:
@@ -231,7 +238,7 @@ def _stages(model, layers: list[Layer]) -> dict[str, int]:
     pruned one or the original: layers are found by their weight's name)."""
     rounds, stages = {layer.weight.name: layer.round for layer in layers}, {}
     for node in model.nodes():
-        names = [value.name for value in node.inputs if value is not None]
+        names = model.reads(node)
         level = max([stages.get(name, 0) for name in names] + [rounds.get(name, 0) for name in names], default=0)
         stages.update({value.name: level for value in node.outputs if value is not None})
     return stages
@@ -248,19 +255,34 @@ def _aimed_past_residual(model, layer: Layer, depth: dict[str, int], known: dict
     output = layer.node.outputs[0]
     if output.name != layer.target:  # the bias Add after a MatMul
         output = model.consumers(output)[0].outputs[0]
-    users = model.consumers(output)
-    if output.is_graph_output() or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in STANDARD:
-        return layer
-    add = users[0]
-    other = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
+    add, other = _sole_add(model, output)
     final = other is not None and (other.is_graph_input() or depth.get(other.name, layer.round) < layer.round)
-    if other is output or not final or model.constant_shape(other) is not None or add.outputs[0].name not in known:
+    if not final or model.constant_shape(other) is not None or add.outputs[0].name not in known:
         return layer
-    shapes = value_shapes(model)
+    shapes = _batch_two_shapes(model)
     if shapes.get(output.name) is None or shapes.get(output.name) != shapes.get(add.outputs[0].name):
         return layer  # Y itself broadcast: the sum is not Y + R element for element
     layer.target, layer.residual = add.outputs[0].name, other.name
     return layer
+
+
+def _sole_add(model, value) -> tuple[Any, Any]:
+    """(the Add, its other input) when ``value`` is read by one standard Add alone (and is not
+    a graph output), else (None, None)."""
+    users = model.consumers(value)
+    if value.is_graph_output() or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in STANDARD:
+        return None, None
+    add = users[0]
+    other = add.inputs[1] if add.inputs[0] is value else add.inputs[0]
+    return (add, other) if other is not value else (None, None)
+
+
+def _batch_two_shapes(model) -> dict[str, tuple[int, ...]]:
+    """``value_shapes`` with a symbolic batch axis bound to 2, not 1 (at 1 a value broadcast
+    over the batch has the shape of one that is not)."""
+    bound = bind_shapes(model)
+    return value_shapes(model, {value.name: (2, *bound[value.name][1:]) for value in model.inputs
+                                if (dims := model.shape_dims(value)) and not isinstance(dims[0], int)})
 
 
 def _contraction_axes(model, node) -> tuple[int, int] | None:
@@ -349,13 +371,9 @@ def _matmul(model, node) -> Layer | str:
     if len(shape) != 2:
         return f"MatMul weight '{node.inputs[1].name}' is not 2-D"
     out = node.outputs[0]
-    users = model.consumers(out)
-    if out.is_graph_output() or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in STANDARD:
-        return Layer(node, node.inputs[1], None, out.name)
-    add = users[0]
-    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    add, other = _sole_add(model, out)
     bias_shape = model.constant_shape(other)
-    if other is out or not bias_shape or bias_shape[-1] != shape[1] or int(np.prod(bias_shape)) != shape[1]:
+    if add is None or not bias_shape or bias_shape[-1] != shape[1] or int(np.prod(bias_shape)) != shape[1]:
         return Layer(node, node.inputs[1], None, out.name)
     if len(model.consumers(other)) > 1:  # a shared bias stays; the MatMul alone is refit
         return Layer(node, node.inputs[1], None, out.name)
@@ -537,7 +555,11 @@ def _accumulate(frontiers: tuple[Frontier, Frontier], group: list[Layer], number
             x, y = _masked_rows(np.asarray(xs[layer.x]), y, xs.get(mask), layer)
             for start in range(0, len(x), 1 if layer.conv else len(x)):  # im2col one sample at a time
                 end = start + (1 if layer.conv else len(x))
-                normal.add(_input_rows(pruned.model, layer, x[start:end]), y[start:end].reshape(-1, y.shape[-1]), batch)
+                rows, wanted = _input_rows(pruned.model, layer, x[start:end]), y[start:end].reshape(-1, y.shape[-1])
+                if len(rows) != len(wanted):
+                    raise InputError(f"recover: '{layer.name}' reads {len(rows)} rows of '{layer.x}' but its target "
+                                     f"'{layer.target}' has {len(wanted)}")
+                normal.add(rows, wanted, batch)
     return normals
 
 
@@ -552,8 +574,10 @@ def _target(layer: Layer, y: np.ndarray, residual: np.ndarray | None) -> np.ndar
     y = y if layer.kept is None else y[..., layer.kept]
     if residual is None:
         return y
+    residual = np.asarray(residual)
+    residual = residual.reshape((1,) * (y.ndim - residual.ndim) + residual.shape)  # broadcasting aligns right
     try:
-        return y - np.broadcast_to(np.moveaxis(np.asarray(residual), layer.channel_axis, -1), y.shape)
+        return y - np.broadcast_to(np.moveaxis(residual, layer.channel_axis, -1), y.shape)
     except ValueError:
         raise InputError(f"recover: residual '{layer.residual}' {residual.shape} does not broadcast to the "
                          f"output of '{layer.name}'") from None
