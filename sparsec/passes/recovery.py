@@ -34,7 +34,8 @@ over its nonzero rows only (columns sharing a pattern in one solve), so the patt
 
 With ``reselect`` (weight → (N, M), the ``sparsegpt`` score), an N:M weight's mask is chosen
 again, right before its refit, from the Gram matrix of the pruned model's own inputs: SparseGPT's
-optimal-brain-surgeon sweep over the original's dense weights (row by row along the
+optimal-brain-surgeon sweep over the layer's dense refit (its least squares with no mask,
+shrunk toward the original's dense weights; row by row along the
 contraction axis, each run of M keeping its N lowest-saliency-loss rows w²/[U]²_ii, U the upper
 Cholesky factor of (G + λ·s·I)⁻¹, every pruned row's error pushed onto the rows after it); the
 exact refit over that mask follows, and the better of it and the refit over the first mask is
@@ -714,12 +715,17 @@ class _OriginalWeights:
 
 def _reselected(originals: _OriginalWeights | None, layer: Layer, normal, ridge: float,
                 reselect: dict | None) -> np.ndarray | None:
-    """The refit over a SparseGPT mask of the original's dense weight, for an N:M layer of
-    ``reselect`` (None otherwise, or when the Gram matrix has no Cholesky factor)."""
+    """The refit over a SparseGPT mask, for an N:M layer of ``reselect`` (None otherwise, or
+    when the Gram matrix has no Cholesky factor). The sweep starts from the dense optimum of
+    the layer's own problem (its pruned inputs, its target, shrunk toward the original's dense
+    weights), the point the OBS saliencies measure deviations from; starting from the
+    original's weights instead ignores the input drift (MiniLM 2:4 at 256 sentences: 0.930 →
+    0.936 cosine)."""
     if not reselect or layer.norm or layer.weight.name not in reselect:
         return None
     dense_layer = originals.layer(layer)
-    dense = _matrix(originals.model, dense_layer)
+    original = _matrix(originals.model, dense_layer)
+    dense = _solve(normal, np.ones((len(original) - normal.bias, original.shape[1]), dtype=bool), ridge, original)
     n, m = reselect[layer.weight.name]
     order = _run_order(originals.model.constant_shape(dense_layer.weight), layer, m)
     swept = obs_nm_sweep(normal.g, dense, n, m, order, ridge)
