@@ -261,7 +261,6 @@ def test_layernorm_after_a_pruned_mlp_is_recalibrated_and_the_uncut_layer_it_fee
     assert stats["output_error_after"] < stats["output_error_before"]
 
 
-
 def _residual_chain(rng) -> Model:
     """x [N, 16] → MatMul+Add (16) = h → MatMul+Add (16) = t → y = t + h: the second layer
     writes into a residual stream that the first one's pruning drifts."""
