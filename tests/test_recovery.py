@@ -16,7 +16,7 @@ from sparsec.passes import Pipeline
 from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
-from sparsec.passes.recovery import _Normal, output_error, recover
+from sparsec.passes.recovery import _Normal, _stages, find_layers, output_error, recover
 from sparsec.passes.sparsity import WeightSparsityPass
 
 F = TensorProto.FLOAT
@@ -321,6 +321,27 @@ def test_the_ridge_is_chosen_by_cross_validation_large_when_the_fit_would_over_f
     assert _noisy_normal(rng, 80, 5.0).chosen_ridge(start, 0.5) >= 1.0
     assert _noisy_normal(rng, 4000, 0.1).chosen_ridge(start, 0.5) <= 1e-2
     assert _noisy_normal(rng, 16, 1.0).chosen_ridge(start, 0.5) == 0.5
+
+
+def test_a_value_read_inside_a_subgraph_counts_for_the_rounds(rng):
+    """o = If(cond){Identity(h1)} reads h1 = x·w1 only from inside its branches: it is of w1's
+    round, so w2 (reading o) is refit in the round after w1, and o is not done before w1's refit."""
+    def branch(name):
+        return helper.make_graph([helper.make_node("Identity", ["h1"], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, F, None)])
+    inits = [_init(rng, "w1", [16, 16], 16), _init(rng, "w2", [16, 8], 16),
+             helper.make_tensor("cond", TensorProto.BOOL, [], [True])]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+             helper.make_node("If", ["cond"], ["o"], then_branch=branch("a"), else_branch=branch("b")),
+             helper.make_node("MatMul", ["o", "w2"], ["y"])]
+    original = Model.from_proto(make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 8])], inits))
+    model = original.copy()
+    WeightSparsityPass(nm="2:4")(model)
+    layers, _ = find_layers(model, original, None)
+    assert [(layer.weight.name, layer.round) for layer in layers] == [("w1", 1), ("w2", 2)]
+    stages = _stages(model, layers)
+    assert (stages["h1"], stages["o"], stages["y"]) == (1, 1, 2)
+
 
 # ---------------------------------------------------------------- through channel-prune, on real data
 DIGITS, CALIB, TEST = MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", MODELS / "digits_test.npz"
