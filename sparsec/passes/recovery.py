@@ -461,10 +461,12 @@ class _Normal:
         if self.bias:
             x = np.hstack([x, np.ones((len(x), 1))])
         gram, cross = x.T @ x, x.T @ y
-        self.g, self.c = self.g + gram, self.c + cross
+        self.g += gram  # a float 0 at first, then the array summed into in place
+        self.c += cross
         self.yy += float(np.square(y).sum())
         if batch % 2 == 0:
-            self.half = _Sums(self.half.g + gram, self.half.c + cross)
+            self.half.g += gram
+            self.half.c += cross
 
     def error(self, matrix: np.ndarray) -> float:
         """‖[X 1]·matrix − Y*‖² from the accumulated sums."""
