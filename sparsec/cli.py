@@ -185,18 +185,9 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data,
                                   pipeline, structured, plan_in)
     importance = importance or _default_importance(calibration)
-    if targeted and (channels is not None or heads is not None or ffn is not None or target_macs and target_params):
-        raise click.UsageError("--target-macs/--target-params choose every group's ratio: give one target and drop "
-                               "--channels, --heads and --ffn")
-    if (structured or plan_in is not None) and pipeline:
-        raise click.UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
-    if plan_in is not None:
-        chosen = [flag for flag, value, default in (("--channels", channels, None), ("--heads", heads, None),
-                  ("--ffn", ffn, None), ("--importance", importance, _default_importance(calibration)),
-                  ("--importance-scope", scope, "local"), ("--max-layer-ratio", max_layer_ratio, 0.9),
-                  ("--round-to", round_to, 1), ("--seed", seed, 0), ("--exclude", exclude, ())) if value != default]
-        if chosen:
-            raise click.UsageError(f"--plan-in applies a saved plan; drop {', '.join(chosen)}")
+    _check_exclusive_flags(bool(pipeline), _default_importance(calibration), channels=channels, heads=heads, ffn=ffn,
+                           target_macs=target_macs, target_params=target_params, plan_in=plan_in, importance=importance,
+                           scope=scope, max_layer_ratio=max_layer_ratio, round_to=round_to, seed=seed, exclude=exclude)
     if structured or plan_in is not None:
         pipeline = api.channel_passes(channels or 0.0, heads=-1.0 if heads is None else heads,
                                       ffn=-1.0 if ffn is None else ffn, importance=importance, scope=scope,
@@ -207,6 +198,28 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
                           report=report_path, plan_out=plan_out, rtol=rtol, atol=atol, latency_runs=latency_runs,
                           on_pass=_progress)
     click.echo(report.compress_text(result))
+
+
+def _check_exclusive_flags(passes: bool, default_importance: str, **flags) -> None:
+    """A target replaces the per-kind ratios, --passes (``passes``: a pass list is already set)
+    replaces the channel flags, and a saved plan (--plan-in) replaces every flag that chooses
+    what to prune (``flags``: compress's values of them, by parameter name)."""
+    channels, heads, ffn, plan_in = flags["channels"], flags["heads"], flags["ffn"], flags["plan_in"]
+    targeted = flags["target_macs"] is not None or flags["target_params"] is not None
+    if targeted and (channels is not None or heads is not None or ffn is not None
+                     or flags["target_macs"] and flags["target_params"]):
+        raise click.UsageError("--target-macs/--target-params choose every group's ratio: give one target and drop "
+                               "--channels, --heads and --ffn")
+    if (targeted or channels is not None or heads is not None or ffn is not None or plan_in is not None) and passes:
+        raise click.UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
+    if plan_in is None:
+        return
+    defaults = {"channels": None, "heads": None, "ffn": None, "importance": default_importance, "scope": "local",
+                "max_layer_ratio": 0.9, "round_to": 1, "seed": 0, "exclude": ()}
+    names = {"scope": "--importance-scope"}
+    chosen = [names.get(key, "--" + key.replace("_", "-")) for key, default in defaults.items() if flags[key] != default]
+    if chosen:
+        raise click.UsageError(f"--plan-in applies a saved plan; drop {', '.join(chosen)}")
 
 
 def _check_importance(importance: str | None, calibration, *, weights: bool, pruning: bool) -> None:

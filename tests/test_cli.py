@@ -131,6 +131,15 @@ def _bad_inputs(tmp_path):
         "unknown pass": (["compress", CLEANUP, "-o", out, "--passes", "dead-code,shrink-everything"], "unknown pass"),
         "unknown pass option": (["compress", CLEANUP, "-o", out, "--passes", "dead-code(speed=11)"], "has no option speed"),
         "unknown flag": (["compress", CLEANUP, "-o", out, "--channels-please"], "No such option"),
+        "target with a ratio": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--target-macs", "0.5",
+                                 "--channels", "0.5"], "give one target and drop --channels"),
+        "two targets": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--target-macs", "0.5",
+                         "--target-params", "0.5"], "give one target"),
+        "passes with a ratio": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--channels", "0.5",
+                                 "--passes", "dead-code"], "--passes cannot be combined"),
+        "plan with a scope": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--plan-in", CLEANUP,
+                               "--importance-scope", "global", "--max-layer-ratio", "0.5"],
+                              "drop --importance-scope, --max-layer-ratio"),
         "validate missing": (["validate", CLEANUP, tmp_path / "nope.onnx"], "no such file"),
         "analyze text": (["analyze", text], "not an ONNX model"),
     }
@@ -140,7 +149,8 @@ BAD_CASES = ["missing file", "text file", "truncated", "checker", "external data
              "output is input", "output is the input's external data", "report is input", "output folder missing",
              "npy instead of npz", "option of the wrong type", "input shape against fixed dims", "zero dim",
              "negative tolerance", "input shape names no input", "unknown pass", "unknown pass option", "unknown flag",
-             "validate missing", "analyze text"]
+             "target with a ratio", "two targets", "passes with a ratio", "plan with a scope", "validate missing",
+             "analyze text"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
