@@ -81,10 +81,12 @@ def prune(path_or_model, **options):
 
 
 def oracle_error(model: Model, reference: Model, seed: int = 0) -> float:
-    """max |pruned − masked original| / max |masked original| over every output."""
+    """max |pruned − masked original| / max |masked original| over every output; inf when an
+    output of either is not finite (``max`` would skip a NaN)."""
     feeds = random_inputs(reference, bind_shapes(reference), seed)
     worst = 0.0
     for expected, actual in zip(run_ort(reference.to_proto(), feeds), run_ort(model.to_proto(), feeds)):
         assert expected.shape == actual.shape
-        worst = max(worst, float(np.abs(expected - actual).max() / np.abs(expected).max()))
+        error = float(np.abs(expected - actual).max() / np.abs(expected).max())
+        worst = max(worst, error if np.isfinite(error) and np.isfinite(expected).all() else float("inf"))
     return worst

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import MODELS, make_model
+from conftest import MODELS, make_model, oracle_error
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.inputs import bind_shapes, load_npz, parse_input_shapes, random_inputs
@@ -24,6 +24,31 @@ def test_metrics_of_a_known_perturbation():
     expected_cos = reference.ravel() @ candidate.ravel() / (np.linalg.norm(reference) * np.linalg.norm(candidate))
     assert metrics.cosine == pytest.approx(expected_cos)
     assert output_metrics("y", reference, reference.copy(), 1e-4, 1e-5).passed
+
+
+def test_peak_tolerance_is_relative_to_the_reference_peak_and_fails_on_nan():
+    reference = np.array([[10.0, -2.0], [0.5, 0.0]])
+    limit = 1e-4 * 10.0  # the oracle's rule: max |diff| <= 1e-4 x max |reference|
+    for shift, passed in ((0.9 * limit, True), (1.1 * limit, False)):
+        candidate = reference.copy()
+        candidate[1, 1] += shift  # off by more than rtol at a zero: only the peak scale matters
+        assert output_metrics("y", reference, candidate, 0.0, 0.0, peak_tolerance=1e-4).passed is passed
+    candidate = reference.copy()
+    candidate[0, 1] = np.nan
+    assert not output_metrics("y", reference, candidate, 1.0, 1.0, peak_tolerance=1e-4).passed
+
+
+def _scaled(weight: float) -> Model:
+    """y = x · w, w a scalar initializer."""
+    return Model.from_proto(make_model([helper.make_node("Mul", ["x", "w"], ["y"])],
+                                       [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])],
+                                       [numpy_helper.from_array(np.array(weight, np.float32), "w")]))
+
+
+def test_the_oracle_helper_of_the_tests_reports_nan_outputs_as_infinite_error():
+    assert oracle_error(_scaled(1.0), _scaled(1.0)) == 0.0
+    assert oracle_error(_scaled(1.5), _scaled(1.0)) == pytest.approx(0.5, rel=1e-6)  # |1.5x − x| / |x|
+    assert oracle_error(_scaled(np.nan), _scaled(1.0)) == float("inf")
 
 
 def test_shape_mismatch_fails():
