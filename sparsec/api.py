@@ -390,7 +390,7 @@ def _oracle_failure_line(oracle: Validation) -> str:
         return "oracle check failed: the pruned model's outputs do not match its masked original (nothing written)"
     return (f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
             f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
-            "this is a sparsec bug, please report it")
+            "a bug in the lossy pass (please report it if the pass is one of sparsec's)")
 
 
 def check_destinations(model: Model, output: Path, extra: Sequence[Path], force: bool) -> None:

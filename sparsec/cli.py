@@ -270,7 +270,7 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
 
 def _progress(pass_, result) -> None:
     stats = ", ".join(f"{k}={v:g}" for k, v in result.stats.items() if v)
-    click.echo(f"  {pass_.describe()}: {stats or 'no change'}", err=True)
+    click.echo(f"  {pass_.describe()}: {stats or ('changed' if result.modified else 'no change')}", err=True)
 
 
 @cli.command()

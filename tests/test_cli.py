@@ -168,3 +168,76 @@ def test_analyze_counts_macs_at_the_shapes_of_user_inputs(cli):
     _, single, _ = cli("analyze", MODELS / "digits_mlp.onnx", "--json")
     _, batch, _ = cli("analyze", MODELS / "digits_mlp.onnx", "--json", "--inputs", MODELS / "digits_test.npz")
     assert json.loads(batch)["macs"] == 360 * json.loads(single)["macs"]
+
+
+FAULTY_PASSES = '''
+import numpy as np
+import sparsec
+
+
+def _first_matrix(model):
+    return next(v for v in model.initializers().values() if model.constant(v) is not None and model.constant(v).ndim == 2)
+
+
+class NudgePass(sparsec.InPlacePass):
+    """Claims to be exact but scales a weight."""
+    name = "nudge"
+
+    def call(self, model):
+        weight = _first_matrix(model)
+        model.set_constant(weight, model.constant(weight) * 1.5)
+        return sparsec.PassResult(model, True)
+
+
+class WrongReferencePass(sparsec.InPlacePass):
+    """Zeroes half a weight but names the unmasked input as its oracle reference."""
+    name = "wrong-reference"
+    lossy = True
+
+    def call(self, model):
+        original = model.copy()
+        weight = _first_matrix(model)
+        array = model.constant(weight).copy()
+        array[: len(array) // 2] = 0
+        model.set_constant(weight, array)
+        return sparsec.PassResult(model, True, reference=lambda: original)
+
+
+class UnknownOpPass(sparsec.InPlacePass):
+    """Inserts a node of an operator that does not exist."""
+    name = "unknown-op"
+
+    def call(self, model):
+        first = model.nodes()[0]
+        model.add_node("NoSuchOperator", [first.inputs[0]], before=first)
+        return sparsec.PassResult(model, True)
+
+
+class CrashPass(sparsec.InPlacePass):
+    """A bug in a pass."""
+    name = "crash"
+
+    def call(self, model):
+        raise RuntimeError("boom")
+'''
+
+
+@pytest.mark.parametrize("cls, code, message", [
+    ("NudgePass", 1, "validation failed (nothing written): output 'logits'"),
+    ("WrongReferencePass", 1, "oracle check failed (nothing written)"),
+    ("UnknownOpPass", 1, "fails the ONNX checker (nothing written)"),
+    ("CrashPass", 3, "pass 'crash' failed: RuntimeError: boom"),
+])
+def test_every_gate_before_writing_stops_a_faulty_pass(cli, tmp_path, cls, code, message):
+    """Each check compress makes before it writes (ONNX checker, exactness oracle, validation
+    against the input; a pass that crashes) is one error line after the passes' progress lines,
+    its exit code, and no file."""
+    (tmp_path / "faulty.py").write_text(FAULTY_PASSES)
+    out = tmp_path / "out.onnx"
+    status, _, err = cli("compress", MODELS / "digits_mlp.onnx", "-o", out, "--passes", f"{tmp_path / 'faulty.py'}:{cls}",
+                         "--latency-runs", "0")
+    assert status == code, err
+    lines = err.splitlines()
+    assert lines[-1].startswith("sparsec: error: ") and message in lines[-1]
+    assert all(line.startswith("  ") for line in lines[:-1])  # progress: '  <pass>: <what it did>'
+    assert not out.exists()
