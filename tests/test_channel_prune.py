@@ -5,6 +5,7 @@ max |output|), on one committed model per coupling kind and on the digits models
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.axis_rules import AXIS_RULES
 from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.importance import IMPORTANCE
+from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.passes.channel_prune import ChannelPrunePass
 
@@ -119,6 +122,24 @@ def test_global_scope_respects_max_layer_ratio_and_never_empties():
     assert weight_shape(model, "fc2.weight")[0] >= 1 and oracle_error(model, result.reference()) <= 1e-4
 
 
+def _uniform_then_skewed(group, ctx) -> np.ndarray:
+    """The MLP's first hidden layer scores evenly (0.9..1.1), the second has 3/4 near-zero units."""
+    if ("fc1.weight", 0) in group.constants:
+        return np.linspace(0.9, 1.1, group.units)
+    return np.where(np.arange(group.units) < 3 * group.units // 4, 1e-3, 1.0)
+
+
+@pytest.mark.parametrize("scope, hidden", [("local", [64, 32]), ("global", [80, 16])])
+def test_global_scope_ranks_units_across_groups(monkeypatch, scope, hidden):
+    """Local removes half of each hidden layer; global ranks all 192 units by score relative to
+    their group's mean and cuts the lowest 96: the 48 near-zero units of fc2 (relative ≈ 0) and
+    48 of fc1's even ones (relative 0.9..1.1, below fc2's strong units at ≈ 4)."""
+    monkeypatch.setitem(IMPORTANCE, "uniform-then-skewed", _uniform_then_skewed)
+    model, result = prune(MODELS / "digits_mlp.onnx", ratio=0.5, scope=scope, importance="uniform-then-skewed")
+    assert [weight_shape(model, name)[0] for name in ("fc1.weight", "fc2.weight")] == hidden
+    assert oracle_error(model, result.reference()) <= 1e-4
+
+
 def test_exclude_protects_matching_groups():
     """A protected node or initializer keeps every one of its axes: fc3 keeps its inputs, so
     the fc2 → fc3 group stays whole while fc1 → fc2 is pruned."""
@@ -137,13 +158,39 @@ def test_plan_round_trip_repeats_the_same_cut(tmp_path):
         np.testing.assert_array_equal(first.constant(value), second.constant(second.initializers()[name]))
 
 
-def test_plan_that_does_not_fit_is_refused(tmp_path):
+def _keep_one_more(plan: dict) -> None:
+    """stem_bn.bias keeps a channel that the rest of its group drops."""
+    entry = plan["initializers"]["stem_bn.bias"][0]
+    entry["kept"] = sorted(entry["kept"] + [min(set(range(entry["size"])) - set(entry["kept"]))])
+
+
+def _empty_se(plan: dict) -> None:
+    for entries in plan["initializers"].values():
+        for entry in entries:
+            entry["kept"] = [] if entry["size"] == 8 else entry["kept"]  # the 8-channel SE bottleneck
+
+
+def _plan_of_the_mlp(plan: dict) -> None:
+    _, mlp = prune(MODELS / "digits_mlp.onnx", ratio=0.5)
+    plan["initializers"] = mlp.artifacts["plan"]["initializers"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["initializers"]["stem.weight"][0].update(size=99), "stem.weight axis 0 has size 16, plan says 99"),
+    (lambda p: p["initializers"].update({"head.bias": [{"axis": 0, "size": 10, "kept": [0, 1, 2, 3, 4]}]}),
+     "cannot be pruned: reaches graph output 'logits'"),
+    (_empty_se, "plan would empty a tensor of group"),
+    (_keep_one_more, "the kept indices of stem_bn.bias axis 0 disagree with the rest of its group"),
+    (_plan_of_the_mlp, "which no prunable channel group of this model holds"),
+])
+def test_plan_that_does_not_fit_is_refused(tmp_path, edit, message):
+    """A well-formed plan that does not fit this model is an InputError naming what is wrong."""
     _, result = prune(MODELS / "digits_cnn.onnx", ratio=0.5)
     plan = result.artifacts["plan"]
-    plan["initializers"]["stem.weight"][0]["size"] = 99
+    edit(plan)
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
-    with pytest.raises(Exception, match="plan"):
+    with pytest.raises(InputError, match=re.escape(message)):
         prune(MODELS / "digits_cnn.onnx", plan=str(path))
 
 
