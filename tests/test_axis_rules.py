@@ -91,7 +91,7 @@ def test_slice_keeps_other_axes_bounds_as_written(rng):
     proto = make_model(nodes, [("x", F, [1, 3, 5, 6])], [("y", F, [1, 4, 5, 6])],
                        [weight(rng, "w1", [8, 3, 1, 1]), weight(rng, "w2", [4, 8, 1, 1]), ints("starts", [0, -1]),
                         ints("ends", [8, -(2**62)]), ints("axes", [1, 3]), ints("steps", [1, -1])], opset=13)
-    prune_and_compare(proto, rng)
+    assert prune_and_compare(proto, rng)["groups_pruned"] == 1  # w1 -> w2 through a Slice that keeps every channel
 
 
 def test_resize_sizes_input_is_rewritten_not_roi(rng):
@@ -111,13 +111,22 @@ def test_division_by_a_per_channel_constant_gives_no_nan_in_the_oracle(rng):
     assert prune_and_compare(proto, rng)["groups_pruned"] == 1
 
 
-def test_matmul_with_a_vector_left_operand_aligns_batch_dims(rng):
+@pytest.mark.parametrize("perm, pruned", [([0, 2, 1], 1), ([1, 2, 0], 0)])
+def test_matmul_with_a_vector_left_operand_aligns_batch_dims(rng, perm, pruned):
+    """v [3] · b [4, 4, 3, 2] contracts b's axis -2: yv [4, 4, 2] keeps b's channel axis 1. With
+    perm [0, 2, 1] w3 contracts those channels (one group, pruned); with [1, 2, 0] it contracts
+    x's batch axis instead, so w's channels reach the output and w3's rows reach the input."""
     nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Transpose", ["t"], ["b"], perm=[0, 3, 1, 2]),
-             helper.make_node("MatMul", ["v", "b"], ["yv"]), helper.make_node("Transpose", ["yv"], ["yt"], perm=[1, 2, 0]),
+             helper.make_node("MatMul", ["v", "b"], ["yv"]), helper.make_node("Transpose", ["yv"], ["yt"], perm=perm),
              helper.make_node("MatMul", ["yt", "w3"], ["y"])]
     proto = make_model(nodes, [("x", F, [4, 3, 2, 6])], [("y", F, [4, 2, 5])],
                        [weight(rng, "w", [6, 4]), weight(rng, "v", [3]), weight(rng, "w3", [4, 5])], opset=13)
-    prune_and_compare(proto, rng)
+    groups = {tuple(sorted(g.constants)): g.reason for g in find_channel_groups(Model.from_proto(proto)).groups}
+    if pruned:
+        assert groups[(("w", 1), ("w3", 0))] is None
+    else:
+        assert "reaches graph output 'y'" in groups[(("w", 1),)] and "reaches graph input 'x'" in groups[(("w3", 0),)]
+    assert prune_and_compare(proto, rng)["groups_pruned"] == pruned
 
 
 @pytest.mark.parametrize("x_shape, y_shape, expected", [
