@@ -56,6 +56,18 @@ def test_compress_external_data_model_with_user_inputs(cli, tmp_path):
     assert_same_outputs(MODELS / "digits_cnn_dynamo.onnx", out, {"input": np.load(MODELS / "digits_test.npz")["input"]})
 
 
+def test_validate_fails_when_the_candidate_lacks_an_output(cli, tmp_path):
+    both = helper.make_graph([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["x"], ["b"])], "g",
+                             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                             [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("a", "b")])
+    reference, candidate = tmp_path / "both.onnx", tmp_path / "one.onnx"
+    onnx.save(helper.make_model(both, opset_imports=[helper.make_opsetid("", 17)]), str(reference))
+    del both.output[1]
+    onnx.save(helper.make_model(both, opset_imports=[helper.make_opsetid("", 17)]), str(candidate))
+    assert cli("validate", reference, reference, "--latency-runs", "0")[0] == 0
+    assert cli("validate", reference, candidate, "--latency-runs", "0")[0] == 1
+
+
 def test_validate_exit_codes(cli, tmp_path):
     code, out, _ = cli("validate", MODELS / "digits_cnn.onnx", MODELS / "digits_cnn_dynamo.onnx", "--json",
                        "--latency-runs", "1", "--inputs", MODELS / "digits_test.npz")
@@ -140,6 +152,9 @@ def _bad_inputs(tmp_path):
         "plan with a scope": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--plan-in", CLEANUP,
                                "--importance-scope", "global", "--max-layer-ratio", "0.5"],
                               "drop --importance-scope, --max-layer-ratio"),
+        "report is the output": (["compress", same, "-o", out, "--report", out], "is given as two outputs"),
+        "plan is the report": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--channels", "0.5", "--report",
+                                tmp_path / "r.json", "--plan-out", tmp_path / "r.json"], "is given as two outputs"),
         "validate missing": (["validate", CLEANUP, tmp_path / "nope.onnx"], "no such file"),
         "analyze text": (["analyze", text], "not an ONNX model"),
     }
@@ -149,8 +164,8 @@ BAD_CASES = ["missing file", "text file", "truncated", "checker", "external data
              "output is input", "output is the input's external data", "report is input", "output folder missing",
              "npy instead of npz", "option of the wrong type", "input shape against fixed dims", "zero dim",
              "negative tolerance", "input shape names no input", "unknown pass", "unknown pass option", "unknown flag",
-             "target with a ratio", "two targets", "passes with a ratio", "plan with a scope", "validate missing",
-             "analyze text"]
+             "target with a ratio", "two targets", "passes with a ratio", "plan with a scope", "report is the output",
+             "plan is the report", "validate missing", "analyze text"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -185,3 +185,32 @@ def test_coo_of_an_external_data_model_whose_weights_all_moved_to_memory_is_one_
     assert code == 0, stderr
     assert [s.values.name for s in onnx.load(str(tmp_path / "out.onnx")).graph.sparse_initializer] == ["w"]
     assert not (tmp_path / "out.onnx.data").exists()
+
+
+@pytest.mark.parametrize("sparse_format", list(FORMAT_SPARSITY))
+def test_an_encoding_that_decodes_to_other_weights_is_rejected(rng, sparse_format):
+    """check_encoded, the gate before an encoded model is written, catches one wrong stored value."""
+    encoded, dense = _encode(_matmul_model(rng, 17), sparse_format, **FORMAT_SPARSITY[sparse_format])
+    values = next(v for name, v in encoded.initializers().items() if encoded.constant(v).dtype == np.float32
+                  and encoded.constant(v).size > 1000)  # the stored nonzeros
+    array = encoded.constant(values).copy()
+    array[7] += 1.0
+    encoded.set_constant(values, array)
+    feeds = {"x": rng.normal(size=(2, 256)).astype(np.float32)}
+    assert check_encoded(encoded, dense, feeds, DECODER_PREFIX) == "output 'y' is not bit-identical to the dense model's"
+
+
+def test_densify_refuses_a_decoding_that_changes_the_outputs(cli, tmp_path, rng, monkeypatch):
+    """The densify gate: outputs must equal the encoded model's bit for bit, or nothing is written."""
+    source, encoded, back = tmp_path / "m.onnx", tmp_path / "bm.onnx", tmp_path / "back.onnx"
+    _matmul_model(rng, 17).save(source)
+    assert cli("compress", source, "--nm", "2:4", "--sparse-format", "bitmask", "-o", encoded, "--latency-runs", "0")[0] == 0
+
+    def decode_then_nudge(model):
+        count = densify(model)
+        weight = model.initializers()["w"]
+        model.set_constant(weight, model.constant(weight) * 1.001)
+        return count
+    monkeypatch.setattr(api, "densify_weights", decode_then_nudge)
+    code, _, err = cli("densify", encoded, "-o", back)
+    assert code == 1 and "differ from the encoded model's (nothing written)" in err and not back.exists()
