@@ -94,6 +94,10 @@ def load_class(spec: str) -> type[PassBase]:
     except Exception as error:
         raise InputError(f"pass file '{path}' failed to import: {type(error).__name__}: {error}") from None
     cls = getattr(module, class_name, None)
+    if cls is None:
+        found = sorted(name for name, value in vars(module).items()
+                       if inspect.isclass(value) and issubclass(value, PassBase) and value.__module__ == module.__name__)
+        raise InputError(f"{path} has no class '{class_name}'; its pass classes: {', '.join(found) or 'none'}")
     if not (inspect.isclass(cls) and issubclass(cls, PassBase)):
         raise InputError(f"'{class_name}' in {path} is not a sparsec pass class")
     return cls
