@@ -89,6 +89,16 @@ def test_validate_each_names_the_pass_that_broke_the_model():
     assert failures == ["break-everything"]
 
 
+def test_validate_end_checks_once_with_the_whole_pipeline():
+    calls = []
+    pipeline = Pipeline([create("identity-elimination"), create("dead-code")], validate="end",
+                        check=lambda model, text: calls.append((len(model.nodes()), text)))
+    model = sparsec.Model.from_proto(_double_relu_model())
+    pipeline(model)
+    assert calls == [(len(model.nodes()), pipeline.describe())]
+    assert "identity-elimination" in calls[0][1] and "dead-code" in calls[0][1]
+
+
 def test_in_place_contract_is_enforced():
     class ReturnsCopy(sparsec.InPlacePass):
         name = "returns-copy"

@@ -11,6 +11,7 @@ from conftest import MODELS, oracle_error
 
 from sparsec.ir import Model
 from sparsec.passes import Pipeline
+from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.schedule import compose_plans, round_ratio
@@ -52,3 +53,17 @@ def test_four_rounds_reach_the_one_round_widths_and_their_plan_replays_the_cut(t
     replayed, _ = _run(DIGITS, plan=str(plan))  # no refit ran (no calibration): same weights exactly
     for name, value in stepped.initializers().items():
         np.testing.assert_array_equal(replayed.constant(replayed.initializers()[name]), stepped.constant(value))
+
+
+def test_a_round_that_differs_from_its_masked_original_stops_the_schedule(monkeypatch):
+    """Each round but the last is held to the exactness oracle before the next one cuts."""
+    honest = ChannelPrunePass._round
+
+    def round_then_nudge(self, model, samples):
+        result = honest(self, model, samples)
+        weight = model.initializers()["head.weight"]
+        model.set_constant(weight, model.constant(weight) * 1.01)  # not in the round's reference
+        return result
+    monkeypatch.setattr(ChannelPrunePass, "_round", round_then_nudge)
+    with pytest.raises(PassError, match="channel-prune: round 1 differs from its masked original"):
+        _run(DIGITS, ratio=0.5, steps=4)
