@@ -154,6 +154,16 @@ def test_obs_sweep_is_sparsegpt_in_any_row_order_with_a_bias_row(rng, rows):
     assert np.square(x @ (w - swept)).sum() < np.square(x @ (w - magnitude)).sum()
 
 
+def _assert_every_layer_is_2_4(model: Model, sites: list[dict]) -> None:
+    """``sites`` (a sparsity report) lists every Conv / Gemm weight whose input channels come in
+    runs of 4, and each is 2:4 along them."""
+    layers = [n.inputs[1] for n in model.nodes() if n.op_type in ("Conv", "Gemm")]
+    assert {site["name"] for site in sites} == {w.name for w in layers if model.constant_shape(w)[1] % 4 == 0}
+    for site in sites:
+        runs = np.moveaxis(model.constant(model.initializers()[site["name"]]), site["axis"], -1).reshape(-1, 4)
+        assert site["axis"] == 1 and ((runs != 0).sum(axis=1) <= 2).all()
+
+
 @pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
 def test_sparsegpt_masks_are_chosen_in_the_refit_and_stay_2_4(name):
     """On the trained digits MLP / CNN and their training-split calibration: masks chosen again
@@ -165,9 +175,7 @@ def test_sparsegpt_masks_are_chosen_in_the_refit_and_stay_2_4(name):
         model = Model.load(MODELS / f"{name}.onnx")
         result = WeightSparsityPass(nm="2:4", score=score, calibration=str(MODELS / "digits_calib.npz"))(model)
         errors[score] = result.stats["calibration_error_after"]
-        for site in result.artifacts["sparsity"]:
-            runs = np.moveaxis(model.constant(model.initializers()[site["name"]]), site["axis"], -1).reshape(-1, 4)
-            assert ((runs != 0).sum(axis=1) <= 2).all()
+        _assert_every_layer_is_2_4(model, result.artifacts["sparsity"])
         assert oracle_error(model, result.reference()) <= 1e-4
     assert errors["sparsegpt"] < 0.9 * errors["wanda"]
     with pytest.raises(PassError, match="needs nm='N:M' and recovery on"):
@@ -415,10 +423,7 @@ def test_cli_random_calibration_warns_and_nm_refit_keeps_the_pattern(cli, tmp_pa
                                "--report", report, "--latency-runs", "0")
     assert code == 0, stderr
     assert json.loads(report.read_text())["stats"]["weight-sparsity.layers_refit"] >= 2
-    for site in json.loads(report.read_text())["sparsity"]:
-        array = Model.load(out).constant(Model.load(out).initializers()[site["name"]])
-        runs = np.moveaxis(array, site["axis"], -1).reshape(-1, 4)
-        assert ((runs != 0).sum(axis=1) <= 2).all()  # still 2:4 after the refit
+    _assert_every_layer_is_2_4(Model.load(out), json.loads(report.read_text())["sparsity"])  # still, after the refit
 
 
 def test_the_masked_solve_equals_one_solve_per_column(rng):

@@ -10,6 +10,7 @@ import pytest
 from conftest import MODELS, make_model
 from onnx import TensorProto, helper, numpy_helper
 
+from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.passes.sparsity import WeightSparsityPass, block_scores, expand_blocks, nm_keep
 
@@ -195,7 +196,7 @@ def test_wanda_calibrates_a_fixed_batch_model_one_batch_at_a_time(rng, tmp_path)
     WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(model)
     assert (model.constant(model.initializers()["w"]) == 0).mean() == 0.5
     np.savez(calibration, x=rng.normal(size=(5, 1, 8)).astype(np.float32))
-    with pytest.raises(Exception, match="has rank 3, the model input has rank 2"):
+    with pytest.raises(InputError, match="has rank 3, the model input has rank 2"):
         WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(Model.from_proto(proto))
 
 
