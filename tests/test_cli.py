@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,9 +26,18 @@ def test_analyze_json_has_params_macs_and_inputs(cli):
     assert summary["op_histogram"]["Conv"] == 7 and summary["opsets"][""] == 17
 
 
-def test_analyze_text(cli):
+def test_analyze_text_gives_the_json_counts(cli):
     code, out, _ = cli("analyze", MODELS / "digits_cnn_dynamo.onnx")
-    assert code == 0 and "params" in out and "MACs" in out and "Conv" in out
+    summary = json.loads(cli("analyze", MODELS / "digits_cnn_dynamo.onnx", "--json")[1])
+    exact = {label: int(count.replace(",", "")) for label, count in re.findall(r"^(params|MACs) .*\(([\d,]+)\)", out, re.M)}
+    assert code == 0 and exact == {"params": summary["params"], "MACs": summary["macs"]}
+    conv = re.search(r"^Conv +(\d+) ", out, re.M)
+    assert conv and int(conv.group(1)) == summary["op_histogram"]["Conv"]
+
+
+def _table_row(text: str, label: str) -> list[str]:
+    """The cells after ``label`` on its row of a printed table."""
+    return re.search(rf"^{label} +(.+)$", text, re.M).group(1).split()
 
 
 def test_compress_cleans_up_validates_and_reports(cli, tmp_path):
@@ -40,7 +50,12 @@ def test_compress_cleans_up_validates_and_reports(cli, tmp_path):
         assert key in data
     assert data["validation"]["passed"] and data["bytes_after"] == out.stat().st_size
     assert data["params_after"] < data["params_before"]
-    assert "before" in stdout and "latency ms" in stdout
+    assert _table_row(stdout, "nodes") == [str(data["nodes_before"]), str(data["nodes_after"]),
+                                           f"{data['nodes_after'] / data['nodes_before']:.3f}"]
+    for row in ("params", "MACs", "file bytes"):
+        key = {"params": "params", "MACs": "macs", "file bytes": "bytes"}[row]
+        assert _table_row(stdout, row)[-1] == f"{data[key + '_after'] / data[key + '_before']:.3f}"
+    assert "latency ms" in stdout
     assert "bn-fold: batchnorms_folded=4" in stderr and "sparsec: error" not in stderr  # progress goes to stderr
     saved = onnx.load(str(out))
     assert not {"BatchNormalization", "Identity", "Dropout"} & {n.op_type for n in saved.graph.node}
