@@ -310,13 +310,15 @@ def canonical_passes() -> list[PassBase]:
 
 def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
                     embeddings: bool = False, score: str = "magnitude", calibration: str | Path | None = None,
-                    sparse_format: str = "dense", calibration_samples: int = 0, recover: bool = True) -> list[PassBase]:
+                    sparse_format: str = "dense", calibration_samples: int = 0, recover: bool = True,
+                    exclude: Sequence[str] = ()) -> list[PassBase]:
     """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options (with
-    ``calibration``, the masked layers are refit unless ``recover`` is False), cleanup, and the
-    encoding of ``sparse_format`` (none for ``dense``)."""
+    ``calibration``, the masked layers are refit unless ``recover`` is False; weights matching
+    an ``exclude`` glob stay dense), cleanup, and the encoding of ``sparse_format`` (none for
+    ``dense``)."""
     prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, embeddings=embeddings, score=score,
                                calibration=_calibration_spec(calibration), calibration_samples=calibration_samples,
-                               recover=recover)
+                               recover=recover, exclude="|".join(exclude))
     prune.check_options()
     return [prune, *cleanup_passes(), *encoding_passes(sparse_format, nm)]
 

@@ -151,7 +151,8 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, sensitivity: 
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
               help="Keep channel counts at multiples of K (e.g. 8 or 16 for fast kernels) where the group allows.")
 @click.option("--exclude", multiple=True, metavar="GLOB",
-              help="Never prune groups touching a node or initializer whose name matches GLOB (repeatable).")
+              help="Never prune a channel group, or (with --nm/--sparsity) a weight, touching a node or initializer "
+                   "whose name matches GLOB (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --importance random.")
 @click.option("--plan-out", type=MODEL_PATH, default=None, metavar="FILE.json",
               help="Write the kept indices per initializer and axis (to prune the source model the same way).")
@@ -181,9 +182,11 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     _check_importance(importance, calibration, weights=nm is not None or sparsity is not None,
                       pruning=structured or plan_in is not None or nm is not None or sparsity is not None)
     _check_calibration_options(calibration, calibration_samples, no_recover, steps, structured)
+    _check_channel_only_flags(structured or plan_in is not None, nm is not None or sparsity is not None,
+                              round_to=round_to, max_layer_ratio=max_layer_ratio, exclude=exclude)
     data = {"calibration": calibration, "calibration_samples": calibration_samples or 0, "recover": not no_recover}
     pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data,
-                                  pipeline, structured, plan_in)
+                                  pipeline, structured, plan_in, exclude)
     importance = importance or _default_importance(calibration)
     _check_exclusive_flags(bool(pipeline), _default_importance(calibration), channels=channels, heads=heads, ffn=ffn,
                            target_macs=target_macs, target_params=target_params, plan_in=plan_in, importance=importance,
@@ -249,8 +252,20 @@ def _check_calibration_options(calibration, samples, no_recover: bool, steps: in
         raise click.UsageError("--steps needs --channels, --heads or --ffn")
 
 
+def _check_channel_only_flags(channels: bool, weights: bool, *, round_to: int, max_layer_ratio: float,
+                              exclude) -> None:
+    """Refuse flags that would be ignored: channel-count flags without channel pruning,
+    --exclude without any pruning."""
+    if not channels and (round_to != 1 or max_layer_ratio != 0.9):
+        raise click.UsageError("--round-to and --max-layer-ratio shape channel pruning: they need --channels, --heads, "
+                               "--ffn or --target-macs/--target-params")
+    if exclude and not (channels or weights):
+        raise click.UsageError("--exclude protects layers from pruning: it needs --channels, --heads, --ffn, a target, "
+                               "--nm or --sparsity")
+
+
 def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data: dict, pipeline,
-                       structured, plan_in):
+                       structured, plan_in, exclude):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
     if nm is None and sparsity is None:
         if block is not None:
@@ -264,6 +279,7 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
     return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope, embeddings=embeddings,
+                               exclude=exclude,
                                score=importance or ("wanda" if _default_importance(data["calibration"]) == "activation"
                                                     else "magnitude"), sparse_format=sparse_format, **data)
 

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MODELS, make_model
+from conftest import MODELS, make_model, oracle_error
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.errors import InputError
@@ -123,12 +123,31 @@ def test_cli_nm_writes_a_dense_model_with_a_per_tensor_report(cli, tmp_path):
     assert ((weight.reshape(-1, 4) != 0).sum(axis=1) == 2).all()  # Gemm transB=1: groups along axis 1
 
 
+def test_exclude_leaves_matching_weights_dense_by_initializer_or_node_name(rng):
+    model = _model(rng)
+    before = _weights(model)
+    result = WeightSparsityPass(nm="2:4", exclude="mm|nomatch*")(model)
+    after = _weights(model)
+    assert np.array_equal(after["mm"], before["mm"]) and all((after[n] == 0).mean() == 0.5 for n in AXES if n != "mm")
+    messages = {d.code: d.message for d in result.diagnostics}
+    assert messages["sparsity.skipped"] == "weight 'mm' left dense: excluded by --exclude 'mm' (matches 'mm')"
+    assert messages["sparsity.exclude-unmatched"] == "--exclude 'nomatch*' matches no node or initializer"
+    mlp = Model.load(MODELS / "digits_mlp.onnx")
+    dense = mlp.constant(mlp.initializers()["fc3.weight"])
+    result = WeightSparsityPass(nm="2:4", exclude="/fc3/*")(mlp)  # a node name: the Gemm reading fc3.weight
+    assert np.array_equal(mlp.constant(mlp.initializers()["fc3.weight"]), dense) and result.stats["tensors"] == 2
+    assert oracle_error(mlp, result.reference()) <= 1e-4
+
+
 @pytest.mark.parametrize("args, message", [
     (["--nm", "4:2"], "N:M with 0 < N < M"),
     (["--nm", "2:4", "--sparsity", "0.5"], "give one"),
     (["--block", "4x4"], "--block needs --sparsity"),
     (["--sparsity", "0.5", "--block", "4by4"], "block must be RxC"),
     (["--nm", "2:4", "--channels", "0.5"], "prune on their own"),
+    (["--nm", "2:4", "--round-to", "8"], "--round-to and --max-layer-ratio shape channel pruning"),
+    (["--sparsity", "0.5", "--max-layer-ratio", "0.5"], "--round-to and --max-layer-ratio shape channel pruning"),
+    (["--exclude", "fc1*"], "--exclude protects layers from pruning: it needs"),
 ])
 def test_cli_bad_sparsity_flags(cli, tmp_path, args, message):
     out = tmp_path / "x.onnx"

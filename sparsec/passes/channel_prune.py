@@ -24,7 +24,6 @@ Decide, then cut: channel groups come from ``sparsec.analysis.groups``, unit sco
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -38,6 +37,7 @@ from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError
 from sparsec.passes import budget, schedule
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
+from sparsec.passes.exclude import excluded_by, unmatched_warnings
 from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
 from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
@@ -138,26 +138,13 @@ class ChannelPrunePass(InPlacePass):
                            progress=progress)
         return result
 
-    def _patterns(self) -> list[str]:
-        return [p for p in self.exclude.split("|") if p]
-
     def _reason(self, group: ChannelGroup) -> str | None:
         if group.reason is not None:
             return group.reason
-        names = sorted({m[0] for m in group.members if not m[0].startswith("#")} | group.nodes)
-        for pattern in self._patterns():
-            hit = next((n for n in names if fnmatch.fnmatchcase(n, pattern)), None)
-            if hit is not None:
-                return f"excluded by --exclude '{pattern}' (matches '{hit}')"
-        return None
+        return excluded_by(self.exclude, {m[0] for m in group.members if not m[0].startswith("#")} | group.nodes)
 
     def _warnings(self, model, result: PassResult, kinds: set[str]) -> list[Diagnostic]:
-        found = []
-        names = [n.name for n in model.nodes() if n.name] + list(model.initializers())
-        for pattern in self._patterns():
-            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                found.append(Diagnostic("warning", "channel.exclude-unmatched",
-                                        f"--exclude '{pattern}' matches no node or initializer"))
+        found = unmatched_warnings(self.exclude, model, "channel.exclude-unmatched")
         if not result.modified:
             found.append(Diagnostic("warning", "channel.nothing-pruned",
                                     "no channel was removed (every group is kept, or the ratio rounds to zero)"))

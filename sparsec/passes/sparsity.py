@@ -10,7 +10,9 @@ tables read by Gather, grouped along each gathered row). Invariants:
 - ``ratio=R, block="RxC"``: the weight seen as [rows, K] (K the reduction axis) is cut into
   R×C blocks; whole blocks are zeroed, lowest mean |w| first (local or global); a weight
   whose shape the block does not tile is skipped and reported;
-- a weight shared by several nodes is one site, pruned once;
+- a weight shared by several nodes is one site, pruned once; ``exclude`` (``|``-separated globs,
+  ``sparsec.passes.exclude``) leaves dense, and reports, every weight whose name or a node
+  reading it matches;
 - scores: ``magnitude`` (|w|) or ``wanda`` (|w_ij|·‖x_j‖, x_j the input channel w_ij reduces
   over, from ``calibration`` samples captured in batches; unstructured Wanda compares within
   each output row); ``wanda`` without calibration data is refused; ``sparsegpt`` (N:M only, with
@@ -34,6 +36,7 @@ import numpy as np
 from sparsec.analysis.activations import load_calibration, weight_input_norms
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
+from sparsec.passes.exclude import excluded_by, unmatched_warnings
 from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
 
@@ -86,9 +89,9 @@ class WeightSparsityPass(InPlacePass):
 
     def __init__(self, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
                  embeddings: bool = False, score: str = "magnitude", calibration: str = "", batch_size: int = 16,
-                 calibration_samples: int = 0, recover: bool = True, seed: int = 0) -> None:
+                 calibration_samples: int = 0, recover: bool = True, seed: int = 0, exclude: str = "") -> None:
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
-        self.embeddings = embeddings
+        self.embeddings, self.exclude = embeddings, exclude
         self.calibration, self.batch_size = calibration, batch_size
         self.calibration_samples, self.recover, self.seed = calibration_samples, recover, seed
 
@@ -120,7 +123,10 @@ class WeightSparsityPass(InPlacePass):
 
     def call(self, model) -> PassResult:
         sites, conflicts = weight_sites(model, embeddings=self.embeddings)
-        skipped, notes = dict(conflicts), []
+        skipped, notes = dict(conflicts), unmatched_warnings(self.exclude, model, "sparsity.exclude-unmatched")
+        protected = {s.name: excluded_by(self.exclude, [s.name, *s.nodes]) for s in sites}
+        skipped.update({name: reason for name, reason in protected.items() if reason})
+        sites = [s for s in sites if not protected[s.name]]
         samples = load_calibration(self.calibration, model, self.calibration_samples, self.seed) if self.calibration else None
         original = model.copy() if samples is not None and self.recover else None
         norms = self._activation_norms(model, sites, samples, notes)  # before any weight is read: a session may
