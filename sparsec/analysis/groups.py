@@ -66,6 +66,11 @@ class ChannelGroup:
         mask[np.asarray(removed_units, dtype=np.int64)] = True
         return mask
 
+    def key(self) -> tuple:
+        """Its members' (initializer, axis), sorted: the same in a model an earlier cut pruned
+        (surgery keeps names), so a schedule can follow a group from round to round."""
+        return tuple(sorted(m for m in self.members if not m[0].startswith("#")))
+
     def segments(self) -> list[np.ndarray]:
         """Units grouped by the set of compute weights they appear in: one segment per Concat
         input in a DenseNet-style group, a single segment for a residual stream. Pruning each

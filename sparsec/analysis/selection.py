@@ -4,8 +4,8 @@ sensitivity measurement so that both cut the same units).
 Invariants: each *segment* of the group (its units split by the set of weights they appear in)
 loses ``ratio`` of its units, lowest scores first, at most ``max_layer_ratio`` of them and never
 all; with ``round_to=K`` a segment keeps a multiple of K units when it has more than K; no member
-tensor loses every position (its best unit is given back). The count is ``floor(ratio·n)``
-(``nearest``: rounded, for scheduled rounds whose ratios are fractions of what remains).
+tensor loses every position (its best unit is given back). The count is ``floor(ratio·n)``, or
+given per segment (``counts``: a scheduled round's share of a cut already decided, taken as is).
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from sparsec.analysis.groups import ChannelGroup
 
 
 def lowest_units(group: ChannelGroup, scores: np.ndarray, ratio: float, *, max_layer_ratio: float = 0.9,
-                 round_to: int = 1, nearest: bool = False) -> np.ndarray:
-    """The units ``group`` loses at ``ratio`` (sorted unit indices)."""
+                 round_to: int = 1, counts: list[int] | None = None) -> np.ndarray:
+    """The units ``group`` loses at ``ratio``, or ``counts[i]`` of segment i (sorted unit indices)."""
     removed = []
-    for segment in group.segments():
-        cap = min(int(max_layer_ratio * len(segment)), len(segment) - 1)
-        exact = ratio * len(segment)
-        count = min(int(exact + 0.5) if nearest else int(exact + 1e-9), cap)
-        keep = _round_keep(len(segment) - max(count, 0), round_to, len(segment), least=len(segment) - cap)
+    for index, segment in enumerate(group.segments()):
+        if counts is None:
+            cap = min(int(max_layer_ratio * len(segment)), len(segment) - 1)
+            count = min(int(ratio * len(segment) + 1e-9), cap)
+            keep = _round_keep(len(segment) - max(count, 0), round_to, len(segment), least=len(segment) - cap)
+        else:
+            keep = len(segment) - min(max(counts[index], 0), len(segment) - 1)
         order = segment[np.argsort(scores[segment], kind="stable")]
         removed.append(order[: len(segment) - keep])
     units = np.sort(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)

@@ -64,7 +64,9 @@ class ChannelPrunePass(InPlacePass):
         self.calibration, self.calibration_samples, self.recover = calibration, calibration_samples, recover
         self.steps, self.batch_size = steps, batch_size
         self.target_macs, self.target_params = target_macs, target_params
-        self.nearest = False  # a scheduled round rounds each segment's cut to the nearest unit (``schedule``)
+        # a scheduled round (``schedule``): per group key and segment, (units in the first model,
+        # units gone from it after this round); None: choose by the ratios
+        self.unit_targets: dict[tuple, list[tuple[int, int]]] | None = None
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a
@@ -160,6 +162,8 @@ class ChannelPrunePass(InPlacePass):
     def _select(self, model, groups: list[ChannelGroup], samples=None) -> dict[int, np.ndarray]:
         ctx = ImportanceContext(model, seed=self.seed, calibration=samples, batch_size=self.batch_size)
         scores = {g.id: group_scores(g, self.importance, ctx) for g in groups}
+        if self.unit_targets is not None:
+            return {g.id: lowest_units(g, scores[g.id], 0.0, counts=self._scheduled_counts(g)) for g in groups}
         ratios = {g.id: self.ratio_for(g) for g in groups}
         if self.scope == "global":
             buckets: dict[str, list[ChannelGroup]] = {}
@@ -168,7 +172,23 @@ class ChannelPrunePass(InPlacePass):
             ratios = {gid: r for bucket in buckets.values() for gid, r in
                       self._global_ratios(bucket, scores, ratios[bucket[0].id]).items()}
         return {g.id: lowest_units(g, scores[g.id], ratios[g.id], max_layer_ratio=self.max_layer_ratio,
-                                   round_to=self.round_to, nearest=self.nearest) for g in groups}
+                                   round_to=self.round_to) for g in groups}
+
+    def final_cut(self, model, samples) -> dict[tuple, list[tuple[int, int]]]:
+        """Per prunable group (by key) and segment: its units, and how many one round at the full
+        ratios would remove (what a schedule spreads over its rounds)."""
+        candidates = [g for g in find_channel_groups(model).groups if self._reason(g) is None]
+        removed = self._select(model, candidates, samples)
+        return {g.key(): [(len(segment), int(np.isin(segment, removed[g.id]).sum())) for segment in g.segments()]
+                for g in candidates}
+
+    def _scheduled_counts(self, group: ChannelGroup) -> list[int]:
+        """Units each segment loses this round: what the schedule wants gone by now, less what
+        earlier rounds took (0 for a group the first model's cut did not touch)."""
+        segments, targets = group.segments(), self.unit_targets.get(group.key())
+        if targets is None or len(targets) != len(segments):
+            return [0] * len(segments)
+        return [gone - (first - len(segment)) for (first, gone), segment in zip(targets, segments)]
 
     def _ratio_source(self, group: ChannelGroup) -> str:
         """Which option sets this group's ratio: ``heads``, ``ffn`` or ``ratio``."""

@@ -1,11 +1,13 @@
 """``steps=K``: reach channel-prune's ratios in K prune → refit rounds.
 
-The schedule. After round k a share R·k/K of the original units is gone (linear in units, the
-post-training counterpart of gradual pruning): the ratio applied to what remains is
-
-    r_k = 1 − (1 − R·k/K) / (1 − R·(k−1)/K),
-
-rounded to the nearest unit per segment. A MACs or params target T is scheduled the same way on
+The schedule. The cut is decided in units on the first model: F, what one round at the full
+ratios would remove from each segment of each group (caps, ``round_to`` and all). After round k,
+round(F·k/K) of them are gone (linear in units, the post-training counterpart of gradual
+pruning), so K rounds remove exactly what one round does; *which* units go is chosen afresh each
+round on the current model, and a round with nothing to remove anywhere is skipped. (In ratios
+of what remains, that is r_k = 1 − (1 − R·k/K) / (1 − R·(k−1)/K), ``round_ratio``; per-round
+rounding of ratios drifts from floor(R·n), so counts are scheduled instead.) A MACs or params
+target T is scheduled the same way on
 the removed share: after round k the model should be at 1 − (1 − T)·k/K of the first model's
 cost, so each round is allocated that over where it starts (an overshoot is made up for). Each round ranks the current model (refit by the
 round before, so its choices see the recovered weights), prunes, refits, and reports its
@@ -46,12 +48,18 @@ def run_steps(prune, model, samples) -> PassResult:
     first = model.copy() if samples is not None else None
     start = _costs(model, samples) if samples is not None else None
     feeds = _probe_feeds(model, samples)
+    final = None if any(getattr(prune, o) for o in TARGET_OPTIONS) else prune.final_cut(model, samples)
     results, lines = [], []
     for step in range(1, prune.steps + 1):
         one = copy.copy(prune)
-        one.steps, one.nearest = 1, True
+        one.steps = 1
         for option in RATIO_OPTIONS:
             setattr(one, option, round_ratio(getattr(prune, option), step, prune.steps))
+        if final is not None:
+            one.unit_targets = _gone_after(final, step, prune.steps)
+            if one.unit_targets == _gone_after(final, step - 1, prune.steps) and (results or step < prune.steps):
+                lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: nothing to remove"))
+                continue
         if not _schedule_target(prune, one, step, model, samples, start):
             lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: the target is already met"))
             continue
@@ -67,6 +75,11 @@ def run_steps(prune, model, samples) -> PassResult:
         progress(lines[-1].message)
         results.append(result)
     return _combined(results, lines)
+
+
+def _gone_after(final: dict[tuple, list[tuple[int, int]]], step: int, steps: int) -> dict[tuple, list[tuple[int, int]]]:
+    """Per group and segment: (its units in the first model, how many are gone after ``step``)."""
+    return {key: [(first, int(cut * step / steps + 0.5)) for first, cut in segments] for key, segments in final.items()}
 
 
 def _costs(model, samples) -> dict[str, int]:
@@ -100,7 +113,8 @@ def _combined(results: list[PassResult], lines: list[Diagnostic]) -> PassResult:
     combined = PassResult(last.model, modified=any(r.modified for r in results), reference=last.reference)
     combined.stats = dict(last.stats, channels_removed=sum(r.stats.get("channels_removed", 0) for r in results),
                           steps=len(results))
-    combined.diagnostics = last.diagnostics + lines
+    pruned = combined.modified
+    combined.diagnostics = [d for d in last.diagnostics if not (pruned and d.code == "channel.nothing-pruned")] + lines
     combined.artifacts = dict(last.artifacts, plan=compose_plans([r.artifacts["plan"] for r in results]))
     return combined
 
