@@ -25,7 +25,7 @@ from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.heads import attention_blocks
 from sparsec.analysis.inputs import bind_shapes, feed_shapes, load_npz, parse_input_shapes, random_inputs
 from sparsec.errors import InputError, ValidationError
-from sparsec.ir import Model
+from sparsec.ir import Model, refuse_unwritable
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass, read_plan
@@ -383,7 +383,10 @@ def _peak_rss_mb() -> float:
 
 
 def _write_json(path, payload) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    try:
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    except OSError as error:  # checked writable before the passes ran: a full disk, say
+        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def _oracle_failure_line(oracle: Validation) -> str:
@@ -404,8 +407,7 @@ def check_destinations(model: Model, output: Path, extra: Sequence[Path], force:
         model.refuse_clobbering_sources(path, force=False, forceable=False)
         if path.resolve() in taken:
             raise InputError(f"{path} is given as two outputs (model, report or plan)")
-        if not path.parent.is_dir():
-            raise InputError(f"output folder {path.parent} does not exist")
+        refuse_unwritable(path)
         taken.add(path.resolve())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -140,6 +141,8 @@ def _bad_inputs(tmp_path):
     not_a_pass = tmp_path / "not_a_pass.py"
     not_a_pass.write_text("class Helper:\n    pass\n")
     cnn = MODELS / "digits_cnn.onnx"
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
     out = tmp_path / "out.onnx"
     return {
         "missing file": (["compress", tmp_path / "nope.onnx", "-o", out], "no such file"),
@@ -174,6 +177,8 @@ def _bad_inputs(tmp_path):
         "plan with a scope": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--plan-in", CLEANUP,
                                "--importance-scope", "global", "--max-layer-ratio", "0.5"],
                               "drop --importance-scope, --max-layer-ratio"),
+        "output is a FIFO": (["compress", same, "-o", fifo], "is not a regular file (a device, FIFO or socket)"),
+        "report is a FIFO": (["compress", same, "-o", out, "--report", fifo], "is not a regular file"),
         "report is the output": (["compress", same, "-o", out, "--report", out], "is given as two outputs"),
         "plan is the report": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--channels", "0.5", "--report",
                                 tmp_path / "r.json", "--plan-out", tmp_path / "r.json"], "is given as two outputs"),

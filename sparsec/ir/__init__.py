@@ -4,6 +4,6 @@ Everything above it (analyses, passes, CLI) works through ``Model`` and the help
 here, so a change of IR library or of serialisation stays inside this folder.
 """
 
-from sparsec.ir.model import Model
+from sparsec.ir.model import Model, refuse_unwritable
 
-__all__ = ["Model"]
+__all__ = ["Model", "refuse_unwritable"]

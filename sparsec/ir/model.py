@@ -129,8 +129,8 @@ class Model:
         self.refuse_clobbering_sources(path, force=force)
         if data_path is not None:
             self.refuse_clobbering_sources(data_path, force=False)
-        if not path.parent.is_dir():
-            raise InputError(f"output folder {path.parent} does not exist")
+        for target in (path, data_path) if data_path is not None else (path,):
+            refuse_unwritable(target)
         return data_path
 
     def refuse_clobbering_sources(self, path: Path, *, force: bool, forceable: bool = True) -> None:
@@ -533,6 +533,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def refuse_unwritable(path: Path) -> None:
+    """Raise ``InputError`` unless ``path`` can be written as a regular file (written to a temp
+    file beside it, then renamed over it): its folder exists and is writable, and it is not a
+    device, FIFO or socket (a rename would replace the node, not write through it)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder {path.parent} does not exist")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InputError(f"output path {path} is not a regular file (a device, FIFO or socket): give a file path")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"cannot write to folder {path.parent} (read-only or no permission)")
 
 
 def _same_file(a: Path, b: Path) -> bool:
