@@ -46,16 +46,33 @@ def test_random_is_seeded_and_sized(model):
     assert load_calibration("random", model, samples=5)["input"].shape[0] == 5
 
 
-@pytest.mark.parametrize("arrays, message", [({"x": np.zeros((4, 1, 8, 8), np.float32)}, "no array for input"),
-                                             ({"input": np.zeros((4, 8, 8), np.float32)}, "has rank 3")])
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((4, 1, 8, 8), np.float32)}, "no array for input"),
+    ({"input": np.zeros((4, 8, 8), np.float32)}, "has rank 3"),
+    ({"input": np.zeros((4, 1, 4, 16), np.float32)}, r"has shape \[4, 1, 4, 16\], the model input is \['batch', 1, 8, 8\]"),
+    ({"input": np.full((4, 1, 8, 8), np.nan, np.float32)}, "holds NaN or infinite values"),
+    ({"input": np.full((4, 1, 8, 8), np.inf, np.float64)}, "holds NaN or infinite values"),
+    ({"input": np.zeros((0, 1, 8, 8), np.float32)}, "is empty"),
+    ({"input": np.array([["a"] * 8] * 8)[None, None].repeat(2, 0)}, "has dtype <U1"),
+])
 def test_data_that_does_not_fit_is_refused_in_one_line(model, tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
     with pytest.raises(InputError, match=message):
         load_calibration(path, model)
-    (tmp_path / "broken.npz").write_text("not an archive")
-    with pytest.raises(InputError, match="cannot read calibration data"):
+
+
+@pytest.mark.parametrize("content", [b"", b"not an archive"])
+def test_an_unreadable_file_is_one_line(model, tmp_path, content):
+    (tmp_path / "broken.npz").write_bytes(content)  # an empty file made numpy raise EOFError, read as Ctrl-C
+    with pytest.raises(InputError, match="calibration data .*broken.npz: not a readable .npz/.npy file"):
         load_calibration(tmp_path / "broken.npz", model)
+
+
+def test_float64_data_is_cast_to_the_input_dtype(model, tmp_path):
+    np.savez(tmp_path / "f64.npz", input=np.ones((3, 1, 8, 8)))
+    loaded = load_calibration(tmp_path / "f64.npz", model)["input"]
+    assert loaded.dtype == np.float32 and loaded.shape == (3, 1, 8, 8)
 
 
 def _masked_sum(positions, mask_positions=None) -> Model:

@@ -141,6 +141,10 @@ def _bad_inputs(tmp_path):
     not_a_pass = tmp_path / "not_a_pass.py"
     not_a_pass.write_text("class Helper:\n    pass\n")
     cnn = MODELS / "digits_cnn.onnx"
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, input=np.full((2, 1, 8, 8), np.nan, np.float32))
     fifo = tmp_path / "fifo.onnx"
     os.mkfifo(fifo)
     out = tmp_path / "out.onnx"
@@ -177,6 +181,10 @@ def _bad_inputs(tmp_path):
         "plan with a scope": (["compress", MODELS / "digits_cnn.onnx", "-o", out, "--plan-in", CLEANUP,
                                "--importance-scope", "global", "--max-layer-ratio", "0.5"],
                               "drop --importance-scope, --max-layer-ratio"),
+        "empty inputs file": (["compress", cnn, "-o", out, "--inputs", empty], "not a readable .npz/.npy file"),
+        "NaN inputs": (["compress", cnn, "-o", out, "--channels", "0.5", "--inputs", nan], "holds NaN or infinite"),
+        "NaN calibration": (["compress", cnn, "-o", out, "--channels", "0.5", "--calibration", nan],
+                            "holds NaN or infinite"),
         "output is a FIFO": (["compress", same, "-o", fifo], "is not a regular file (a device, FIFO or socket)"),
         "report is a FIFO": (["compress", same, "-o", out, "--report", fifo], "is not a regular file"),
         "report is the output": (["compress", same, "-o", out, "--report", out], "is given as two outputs"),

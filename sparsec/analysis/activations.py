@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsec.analysis.inputs import bind_shapes, random_inputs
+from sparsec.analysis.inputs import bind_shapes, conform, random_inputs, read_arrays
 from sparsec.errors import InputError
 from sparsec.ir import runtime
 
@@ -46,30 +46,15 @@ def load_calibration(spec: str | Path, model, samples: int = 0, seed: int = 0) -
     if str(spec) == RANDOM:
         return _random_samples(model, samples or RANDOM_SAMPLES, seed)
     path = Path(spec)
-    arrays = _read_folder(path) if path.is_dir() else _read_npz(path)
+    arrays = _read_folder(path) if path.is_dir() else read_arrays(path, "calibration data")
     names = [v.name for v in model.inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
         raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} (has {', '.join(arrays) or 'none'})")
-    counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
-    if len(counts) != 1 or 0 in counts:
-        raise InputError(f"calibration data {path}: every input needs the same positive number of samples on axis 0")
-    for value in model.inputs:
-        dims = model.shape_dims(value)
-        if dims is not None and len(dims) != arrays[value.name].ndim:
-            raise InputError(f"calibration data {path}: '{value.name}' has rank {arrays[value.name].ndim}, the model "
-                             f"input has rank {len(dims)} (samples go along the input's first axis)")
+    arrays = {v.name: conform(arrays[v.name], v, model, f"calibration data {path}", batched=True) for v in model.inputs}
+    if len({arrays[n].shape[0] for n in names}) != 1:
+        raise InputError(f"calibration data {path}: every input needs the same number of samples on axis 0")
     return {n: arrays[n][:samples] if samples > 0 else arrays[n] for n in names}
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise ValueError("not an .npz archive of named arrays")
-            return {name: data[name] for name in data.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read calibration data {path}: {error}") from None
 
 
 def _read_folder(path: Path) -> dict[str, np.ndarray]:
@@ -79,14 +64,7 @@ def _read_folder(path: Path) -> dict[str, np.ndarray]:
     if not files:
         raise InputError(f"calibration folder {path} holds no .npz or .npy file")
     for file in files:
-        if file.suffix == ".npz":
-            found = _read_npz(file)
-        else:
-            try:
-                found = {file.stem: np.load(file, allow_pickle=False)}
-            except (OSError, ValueError) as error:
-                raise InputError(f"cannot read calibration data {file}: {error}") from None
-        for name, array in found.items():
+        for name, array in read_arrays(file, "calibration data", npy=True).items():
             parts.setdefault(name, []).append(array)
     try:
         return {name: np.concatenate(arrays, axis=0) for name, arrays in parts.items()}

@@ -10,6 +10,7 @@ integers draw from ``[0, 2)``, booleans are random.
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -94,38 +95,57 @@ def _index_bound(model, value) -> int:
 
 
 def load_npz(path: str | Path, model) -> dict[str, np.ndarray]:
-    """User data keyed by input name; every model input must be present, with a matching rank."""
+    """User data keyed by input name; every model input must be present, conforming (``conform``)."""
     path = Path(path)
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise InputError(f"{path}: not an .npz archive (save one with numpy.savez(path, input_name=array))")
-        with archive:
-            data = {key: archive[key] for key in archive.files}
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a readable .npz file ({error})") from None
+    data = read_arrays(path, "inputs")
     feeds = {}
     for value in model.inputs:
         if value.name not in data:
             raise InputError(f"{path}: no array for model input '{value.name}' (arrays: {', '.join(data) or 'none'})")
-        feeds[value.name] = _conform(data[value.name], value, model, path)
+        feeds[value.name] = conform(data[value.name], value, model, str(path), batched=False)
     return feeds
 
 
-def _conform(array: np.ndarray, value, model, path: Path) -> np.ndarray:
+def read_arrays(path: Path, what: str, *, npy: bool = False) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz`` file (with ``npy``, ``NAME.npy`` is one array called
+    NAME); one clear ``InputError`` naming ``what`` (``inputs``, ``calibration data``) when it
+    cannot be read."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            if npy and path.suffix == ".npy":
+                return {path.stem: archive}
+            raise InputError(f"{path}: not an .npz archive (save one with numpy.savez(path, input_name=array))")
+        with archive:
+            return {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise InputError(f"{what} {path}: no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # an empty file is an EOFError
+        detail = "" if "pickle" in str(error) else f" ({error or type(error).__name__})"  # numpy's guess: a pickle
+        raise InputError(f"{what} {path}: not a readable .npz/.npy file{detail}") from None
+
+
+def conform(array: np.ndarray, value, model, label: str, *, batched: bool) -> np.ndarray:
+    """``array`` as a feed of model input ``value``: the input's rank, not empty, finite, its
+    fixed dims (but axis 0 when ``batched``: samples, fed in batches), numeric data cast to the
+    input's dtype. Anything else is an ``InputError`` naming ``label`` and the array."""
+    where = f"{label}: array '{value.name}'"
     declared = model.shape_dims(value)
     if declared is not None and len(declared) != array.ndim:
-        raise InputError(f"{path}: array '{value.name}' has rank {array.ndim}, the model input has rank {len(declared)}")
+        raise InputError(f"{where} has rank {array.ndim}, the model input has rank {len(declared)}"
+                         + (" (samples go along the input's first axis)" if batched else ""))
     if array.size == 0:
-        raise InputError(f"{path}: array '{value.name}' is empty; validation needs at least one sample")
+        raise InputError(f"{where} is empty; at least one sample is needed")
+    fixed = [(axis, dim) for axis, dim in enumerate(declared or []) if isinstance(dim, int) and dim > 0
+             and not (batched and axis == 0)]
+    if any(array.shape[axis] != dim for axis, dim in fixed):
+        raise InputError(f"{where} has shape {list(array.shape)}, the model input is {declared}")
     dtype = model.elem_type(value)
-    if dtype is None or array.dtype == dtype:
-        return array
-    if array.dtype.kind not in "biuf":
-        raise InputError(f"{path}: array '{value.name}' has dtype {array.dtype}; the model input is {dtype}")
-    return array.astype(dtype)
+    if dtype is not None and array.dtype != dtype and array.dtype.kind not in "biuf":
+        raise InputError(f"{where} has dtype {array.dtype}; the model input is {dtype}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InputError(f"{where} holds NaN or infinite values")
+    return array if dtype is None or array.dtype == dtype else array.astype(dtype)
 
 
 def feed_shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
