@@ -153,7 +153,7 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, sensitivity: 
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="Never prune a channel group, or (with --nm/--sparsity) a weight, touching a node or initializer "
                    "whose name matches GLOB (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --importance random.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --importance random.")
 @click.option("--plan-out", type=MODEL_PATH, default=None, metavar="FILE.json",
               help="Write the kept indices per initializer and axis (to prune the source model the same way).")
 @click.option("--plan-in", type=MODEL_PATH, default=None, metavar="FILE.json",
@@ -267,6 +267,8 @@ def _check_channel_only_flags(channels: bool, weights: bool, *, round_to: int, m
 def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data: dict, pipeline,
                        structured, plan_in, exclude):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
+    if pipeline is not None and not pipeline.strip():
+        raise click.UsageError("--passes '' names no pass: leave --passes out for the cleanup, or list passes from 'sparsec passes'")
     if nm is None and sparsity is None:
         if block is not None:
             raise click.UsageError("--block needs --sparsity R")

@@ -41,10 +41,18 @@ def test_describe_round_trips_through_the_parser():
     ("dead-code(oops", "unbalanced"),
     ("const-fold-shapes(max_elements)", "needs key=value"),
     ("missing.py:Cls", "not found"),
+    (",,", "names no pass"),
+    ("const-fold-shapes(max_elements=-5)", "max_elements must be at least 1"),
+    ("const-fold-shapes(max_elements=2.5)", "expected int"),
 ])
 def test_bad_pipeline_text_is_an_input_error(text, message):
     with pytest.raises(InputError, match=message):
         parse_pipeline(text)
+
+
+def test_an_integer_is_taken_for_a_float_option():
+    [example] = parse_pipeline(f"{ROOT / 'passes' / 'drop_tiny_channels.py'}:DropTinyChannelsPass(threshold=12)")
+    assert example.threshold == 12.0 and type(example.threshold) is float
 
 
 def test_user_pass_from_a_file_runs_with_stats_and_diagnostics():

@@ -17,7 +17,7 @@ import numpy as np
 
 from sparsec.ir import cleanup
 from sparsec.ir import shapes as ir_shapes
-from sparsec.passes.base import InPlacePass, PassResult
+from sparsec.passes.base import InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
 
 # Ops whose value depends on more than their inputs, or that hold subgraphs.
@@ -69,6 +69,10 @@ class ConstantFoldShapesPass(InPlacePass):
 
     def __init__(self, max_elements: int = 1024) -> None:
         self.max_elements = max_elements
+
+    def check_options(self) -> None:
+        if self.max_elements < 1:
+            raise PassError(f"const-fold-shapes: max_elements must be at least 1, got {self.max_elements}")
 
     def call(self, model) -> PassResult:
         reads_shapes = any(node.op_type in ("Shape", "Size") for node in model.nodes())

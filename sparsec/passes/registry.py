@@ -64,7 +64,9 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
         )
     for key, value in options.items():
         default = accepted[key]
-        expected = float if type(default) is float else type(default)
+        if type(default) is float and type(value) is int:
+            options[key] = value = float(value)  # threshold=12 for a float option
+        expected = type(default)
         if default is not None and default is not inspect.Parameter.empty and not isinstance(value, expected):
             raise InputError(f"pass '{name}' option {key}={value!r}: expected {expected.__name__} (like {default!r})")
     created = cls(**options)
@@ -104,8 +106,11 @@ def load_class(spec: str) -> type[PassBase]:
 
 
 def parse_pipeline(text: str) -> list[PassBase]:
-    """``a,b(opt=1,x=y),file.py:Cls`` → pass instances."""
-    return [create(name, options) for name, options in _split_specs(text)]
+    """``a,b(opt=1,x=y),file.py:Cls`` → pass instances (at least one)."""
+    specs = _split_specs(text)
+    if not specs:
+        raise InputError(f"pipeline '{text}' names no pass; see 'sparsec passes'")
+    return [create(name, options) for name, options in specs]
 
 
 def _split_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
