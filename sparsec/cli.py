@@ -182,8 +182,10 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     _check_importance(importance, calibration, weights=nm is not None or sparsity is not None,
                       pruning=structured or plan_in is not None or nm is not None or sparsity is not None)
     _check_calibration_options(calibration, calibration_samples, no_recover, steps, structured)
-    _check_channel_only_flags(structured or plan_in is not None, nm is not None or sparsity is not None,
-                              round_to=round_to, max_layer_ratio=max_layer_ratio, exclude=exclude)
+    if plan_in is None:  # with a plan, _check_exclusive_flags names every selection flag to drop
+        _check_ignored_flags(structured, nm is not None or sparsity is not None, round_to=round_to,
+                             max_layer_ratio=max_layer_ratio, exclude=exclude, importance=importance, scope=scope,
+                             seed=seed, calibration=calibration)
     data = {"calibration": calibration, "calibration_samples": calibration_samples or 0, "recover": not no_recover}
     pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data,
                                   pipeline, structured, plan_in, exclude)
@@ -209,10 +211,11 @@ def _check_exclusive_flags(passes: bool, default_importance: str, **flags) -> No
     what to prune (``flags``: compress's values of them, by parameter name)."""
     channels, heads, ffn, plan_in = flags["channels"], flags["heads"], flags["ffn"], flags["plan_in"]
     targeted = flags["target_macs"] is not None or flags["target_params"] is not None
-    if targeted and (channels is not None or heads is not None or ffn is not None
-                     or flags["target_macs"] and flags["target_params"]):
-        raise click.UsageError("--target-macs/--target-params choose every group's ratio: give one target and drop "
-                               "--channels, --heads and --ffn")
+    if flags["target_macs"] is not None and flags["target_params"] is not None:
+        raise click.UsageError("give --target-macs or --target-params, not both")
+    if targeted and (channels is not None or heads is not None or ffn is not None):
+        raise click.UsageError("--target-macs/--target-params choose every group's ratio: drop --channels, --heads "
+                               "and --ffn")
     if (targeted or channels is not None or heads is not None or ffn is not None or plan_in is not None) and passes:
         raise click.UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
     if plan_in is None:
@@ -252,16 +255,20 @@ def _check_calibration_options(calibration, samples, no_recover: bool, steps: in
         raise click.UsageError("--steps needs --channels, --heads or --ffn")
 
 
-def _check_channel_only_flags(channels: bool, weights: bool, *, round_to: int, max_layer_ratio: float,
-                              exclude) -> None:
-    """Refuse flags that would be ignored: channel-count flags without channel pruning,
-    --exclude without any pruning."""
+def _check_ignored_flags(channels: bool, weights: bool, *, round_to: int, max_layer_ratio: float, exclude,
+                         importance, scope: str, seed: int, calibration) -> None:
+    """Refuse flags that would be ignored: channel-count flags without channel pruning, the
+    selection flags without any pruning, --seed with nothing random."""
     if not channels and (round_to != 1 or max_layer_ratio != 0.9):
         raise click.UsageError("--round-to and --max-layer-ratio shape channel pruning: they need --channels, --heads, "
                                "--ffn or --target-macs/--target-params")
-    if exclude and not (channels or weights):
-        raise click.UsageError("--exclude protects layers from pruning: it needs --channels, --heads, --ffn, a target, "
-                               "--nm or --sparsity")
+    given = [flag for flag, on in (("--exclude", exclude), ("--importance", importance is not None),
+                                   ("--importance-scope", scope != "local")) if on]
+    if given and not (channels or weights):
+        raise click.UsageError(f"{given[0]} chooses what a pruning flag removes: it needs --channels, --heads, --ffn, "
+                               "a target, --nm or --sparsity")
+    if seed != 0 and not (channels and "random" in (importance, calibration)):
+        raise click.UsageError("--seed seeds --importance random and --calibration random of channel pruning")
 
 
 def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data: dict, pipeline,
@@ -276,8 +283,8 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
             raise click.UsageError(f"{'--embeddings' if embeddings else '--sparse-format'} needs --nm or --sparsity")
         return pipeline
     if pipeline or structured or plan_in is not None:
-        raise click.UsageError("--nm / --sparsity prune on their own: drop --passes, --channels, --heads, --ffn and "
-                               "--plan-in (run sparsec twice to combine)")
+        raise click.UsageError("--nm / --sparsity prune on their own: drop --passes, --channels, --heads, --ffn, "
+                               "--target-macs/--target-params and --plan-in (run sparsec twice to combine)")
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
     return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope, embeddings=embeddings,

@@ -147,7 +147,10 @@ def test_exclude_leaves_matching_weights_dense_by_initializer_or_node_name(rng):
     (["--nm", "2:4", "--channels", "0.5"], "prune on their own"),
     (["--nm", "2:4", "--round-to", "8"], "--round-to and --max-layer-ratio shape channel pruning"),
     (["--sparsity", "0.5", "--max-layer-ratio", "0.5"], "--round-to and --max-layer-ratio shape channel pruning"),
-    (["--exclude", "fc1*"], "--exclude protects layers from pruning: it needs"),
+    (["--exclude", "fc1*"], "--exclude chooses what a pruning flag removes: it needs"),
+    (["--importance-scope", "global"], "--importance-scope chooses what a pruning flag removes"),
+    (["--importance", "l2"], "--importance chooses what a pruning flag removes"),
+    (["--nm", "2:4", "--seed", "3"], "--seed seeds --importance random and --calibration random of channel pruning"),
 ])
 def test_cli_bad_sparsity_flags(cli, tmp_path, args, message):
     out = tmp_path / "x.onnx"
