@@ -59,10 +59,18 @@ def figures(model: Model, shapes: dict[str, tuple[int, ...]], file_bytes: int | 
 def prepare_feeds(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path | None = None,
                   seed: int = 0) -> tuple[dict, str]:
     """Feeds for running ``model``: user ``.npz`` data, else seeded random at the bound shapes."""
-    overrides = parse_input_shapes(input_shapes, model)
+    overrides = _input_shapes(model, input_shapes, inputs)
     if inputs is not None:
         return load_npz(inputs, model), str(inputs)
     return random_inputs(model, bind_shapes(model, overrides), seed), f"random (seed {seed})"
+
+
+def _input_shapes(model: Model, input_shapes: Sequence[str], inputs) -> dict[str, tuple[int, ...]]:
+    """The shapes --input-shape gives; refused with --inputs, whose arrays set the shapes."""
+    if input_shapes and inputs is not None:
+        raise InputError("--input-shape and --inputs both set the input shapes: give one (--inputs runs at its "
+                         "arrays' shapes)")
+    return parse_input_shapes(input_shapes, model)
 
 
 def analyze(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path | None = None) -> dict:
@@ -70,7 +78,7 @@ def analyze(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path |
 
     MACs are counted at the shapes of ``inputs`` (an .npz) when given, else at the bound shapes.
     """
-    overrides = parse_input_shapes(input_shapes, model)
+    overrides = _input_shapes(model, input_shapes, inputs)
     if inputs is not None:
         overrides = feed_shapes(load_npz(inputs, model))
     bound = bind_shapes(model, overrides)
@@ -434,7 +442,11 @@ def validate_files(reference: str | Path, candidate: str | Path, *, input_shapes
                    latency_runs: int = 10) -> Validation:
     """Compare two model files on the same feeds (built from the reference's inputs)."""
     ref_model = Model.load(reference)
-    Model.load(candidate)  # same checks (exists, parses, checker) before running anything
+    cand_model = Model.load(candidate)  # same checks (exists, parses, checker) before running anything
+    names = [[v.name for v in m.inputs] for m in (ref_model, cand_model)]
+    if set(names[1]) - set(names[0]):
+        raise InputError(f"{candidate} reads input(s) {', '.join(sorted(set(names[1]) - set(names[0])))} that "
+                         f"{reference} does not have (its inputs: {', '.join(names[0]) or 'none'})")
     feeds, label = prepare_feeds(ref_model, input_shapes, inputs)
     return validate(Path(reference), Path(candidate), feeds, inputs_label=label, rtol=rtol, atol=atol,
                     latency_runs=latency_runs)

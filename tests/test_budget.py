@@ -58,7 +58,7 @@ def test_a_target_needs_calibration_and_stands_alone(cli, tmp_path):
         ChannelPrunePass(target_macs=0.5).check_options()
     code, _, stderr = cli("compress", DIGITS, "--target-macs", "0.5", "--channels", "0.5", "--calibration", CALIB,
                           "-o", tmp_path / "x.onnx")
-    assert code == 2 and "give one target" in stderr
+    assert code == 2 and "choose every group's ratio: drop --channels" in stderr
 
 
 def test_analyze_sensitivity_prints_the_table(cli):

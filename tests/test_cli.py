@@ -145,6 +145,10 @@ def _bad_inputs(tmp_path):
     empty.write_bytes(b"")
     nan = tmp_path / "nan.npz"
     np.savez(nan, input=np.full((2, 1, 8, 8), np.nan, np.float32))
+    no_outputs = tmp_path / "no_outputs.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(no_outputs))
     fifo = tmp_path / "fifo.onnx"
     os.mkfifo(fifo)
     out = tmp_path / "out.onnx"
@@ -190,6 +194,12 @@ def _bad_inputs(tmp_path):
         "empty pass list": (["compress", cnn, "-o", out, "--passes", ""], "--passes '' names no pass"),
         "negative seed": (["compress", cnn, "-o", out, "--channels", "0.5", "--importance", "random", "--seed", "-5"],
                           "Invalid value for '--seed'"),
+        "input shape with inputs": (["compress", cnn, "-o", out, "--inputs", MODELS / "digits_test.npz",
+                                     "--input-shape", "input:2x1x8x8"], "--input-shape and --inputs both set"),
+        "input shape twice": (["analyze", cnn, "--input-shape", "input:2x1x8x8", "--input-shape", "input:3x1x8x8"],
+                              "is given a shape twice"),
+        "validate other inputs": (["validate", cnn, CLEANUP], "reads input(s) x that"),
+        "graph without outputs": (["analyze", no_outputs], "the graph has no outputs"),
         "output is a FIFO": (["compress", same, "-o", fifo], "is not a regular file (a device, FIFO or socket)"),
         "report is a FIFO": (["compress", same, "-o", out, "--report", fifo], "is not a regular file"),
         "report is the output": (["compress", same, "-o", out, "--report", out], "is given as two outputs"),

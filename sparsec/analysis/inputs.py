@@ -31,6 +31,8 @@ def parse_input_shapes(specs: Iterable[str], model) -> dict[str, tuple[int, ...]
         if match is None:
             raise InputError(f"--input-shape '{spec}': expected NAME:DxDxD with positive dims, e.g. input:1x3x224x224")
         name = match["name"]
+        if name in shapes:
+            raise InputError(f"--input-shape '{spec}': input '{name}' is given a shape twice")
         if name not in known:
             raise InputError(f"--input-shape '{spec}': the model has no input '{name}' (inputs: {', '.join(known)})")
         dims = tuple(int(d) for d in match["dims"].split("x"))

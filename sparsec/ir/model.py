@@ -50,6 +50,8 @@ class Model:
         proto, files = loading.read_checked_proto(path)
         sparse_names = sparse_coo.densify_sparse_initializers(proto)
         model = ir.serde.deserialize_model(proto)
+        if not model.graph.outputs:
+            raise InputError(f"{path}: the graph has no outputs (nothing to compute, validate or compress)")
         if sparse_names and not files and sparse_coo.COO_KEY not in model.metadata_props:
             model.metadata_props[sparse_coo.COO_KEY] = json.dumps(sparse_names)
         _c_api_utils.call_onnx_api(lambda light: loading.check_structure(light, path), model)
