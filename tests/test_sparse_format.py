@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_model, run_ort
+from conftest import MODELS, make_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec import api
@@ -214,3 +214,14 @@ def test_densify_refuses_a_decoding_that_changes_the_outputs(cli, tmp_path, rng,
     monkeypatch.setattr(api, "densify_weights", decode_then_nudge)
     code, _, err = cli("densify", encoded, "-o", back)
     assert code == 1 and "differ from the encoded model's (nothing written)" in err and not back.exists()
+
+
+def test_a_model_too_small_to_encode_says_so_once(cli, tmp_path):
+    """Every digits_mlp weight is under 16 K elements: nothing is encoded, one warning, not one per
+    fixed-point round."""
+    out = tmp_path / "x.onnx"
+    code, stdout, stderr = cli("compress", MODELS / "digits_mlp.onnx", "--nm", "2:4", "--sparse-format", "bitmask",
+                               "-o", out, "--latency-runs", "0")
+    assert code == 0, stderr
+    assert stdout.count("warning: sparse.nothing-encoded: no weight was bitmask-encoded") == 1
+    assert Model.load(out).metadata("sparsec.sparse_format") is None

@@ -123,6 +123,14 @@ def test_cli_nm_writes_a_dense_model_with_a_per_tensor_report(cli, tmp_path):
     assert ((weight.reshape(-1, 4) != 0).sum(axis=1) == 2).all()  # Gemm transB=1: groups along axis 1
 
 
+def test_a_block_no_weight_tiles_prunes_nothing_and_warns(rng):
+    model = _model(rng)
+    before = _weights(model)
+    result = WeightSparsityPass(ratio=0.5, block="100x100")(model)
+    assert not result.modified and all(np.array_equal(before[n], w) for n, w in _weights(model).items())
+    assert "sparsity.nothing-pruned" in {d.code for d in result.diagnostics if d.severity == "warning"}
+
+
 def test_exclude_leaves_matching_weights_dense_by_initializer_or_node_name(rng):
     model = _model(rng)
     before = _weights(model)

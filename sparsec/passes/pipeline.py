@@ -83,7 +83,8 @@ def _merge(total: PassResult, name: str, result: PassResult) -> None:
     for key, value in result.stats.items():
         full = f"{name}.{key}"
         total.stats[full] = total.stats.get(full, 0) + value
-    total.diagnostics.extend(result.diagnostics)
+    seen = set(total.diagnostics)
+    total.diagnostics.extend(d for d in result.diagnostics if d not in seen)  # a fixed-point round says it once
     total.artifacts.update({key: value for key, value in result.artifacts.items() if value})  # a no-op round keeps them
     if result.reference is not None:
         total.reference = result.reference

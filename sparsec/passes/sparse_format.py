@@ -133,7 +133,11 @@ class SparseEncodePass(InPlacePass):
         if diagnostics:
             model.set_metadata(TENSORS_KEY, json.dumps(encoded, sort_keys=True))
             model.set_metadata(FORMAT_KEY, self.format)
-        result = PassResult(model, modified=bool(diagnostics), stats={"tensors_encoded": len(diagnostics)},
+        if not encoded:
+            diagnostics.append(Diagnostic("warning", "sparse.nothing-encoded", f"no weight was {self.format}-encoded "
+                                          f"(only float tensors of at least {self.min_elements} elements that shrink "
+                                          f"to {self.max_ratio:g}x of dense or less are): the output stays dense"))
+        result = PassResult(model, modified=bool(sizes), stats={"tensors_encoded": len(sizes)},
                             diagnostics=diagnostics)
         result.artifacts["encoding"] = sizes
         return result

@@ -131,6 +131,9 @@ class WeightSparsityPass(InPlacePass):
         original = model.copy() if samples is not None and self.recover else None
         norms = self._activation_norms(model, sites, samples, notes)  # before any weight is read: a session may
         tensors = self._mask(model, sites, norms, skipped)  # need to move mmapped weights (none read after it either)
+        if not tensors:
+            notes.append(Diagnostic("warning", "sparsity.nothing-pruned", "no weight was sparsified: every weight was "
+                                    "left dense (the info lines say why)"))
         result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped) + notes)
         result.stats = {"tensors": len(tensors), "tensors_skipped": len(skipped),
                         "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors)}
