@@ -8,6 +8,8 @@ raises unexpectedly becomes ``InternalError`` naming the pass.
 
 from __future__ import annotations
 
+import re
+
 
 class SparsecError(Exception):
     """Base class of the errors sparsec reports to users."""
@@ -31,3 +33,15 @@ class InternalError(SparsecError):
     """A bug in sparsec or in a pass (an unexpected exception), named in one line (exit 3)."""
 
     exit_code = 3
+
+
+MESSAGE_LIMIT = 400  # characters of a library's message quoted in one error line
+_CPP_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])")  # source file, line, C++ signature
+
+
+def one_line(error: Exception | str) -> str:
+    """A library's error message as one readable line: whitespace collapsed, onnxruntime's
+    status prefix and C++ source location dropped, cut at ``MESSAGE_LIMIT`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = _CPP_LOCATION.sub("", text.replace("[ONNXRuntimeError] : 1 : FAIL : ", ""))
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"

@@ -10,7 +10,7 @@ import pytest
 from conftest import MODELS, assert_same_outputs, make_model
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsec.errors import InputError
+from sparsec.errors import MESSAGE_LIMIT, InputError, one_line
 from sparsec.ir import Model
 from sparsec.ir import model as model_module
 
@@ -188,3 +188,14 @@ def test_resize_initializer_keeps_shape_consistent_for_the_checker():
     model.resize_initializer(weight, np.zeros((4, 2), np.float32))
     assert tuple(weight.shape.dims) == (4, 2)
     assert model.check() is None
+
+
+def test_library_messages_become_one_readable_line():
+    ort_text = ("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/"
+                "model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::string&, "
+                "int) ONNX Runtime only *guarantees* support for released opsets.\n")
+    assert one_line(ort_text) == "Load model from m.onnx failed:ONNX Runtime only *guarantees* support for released opsets."
+    checker = "input 'w' of node: \nname:  OpType: Add\n is not output of any previous nodes."
+    assert one_line(checker) == "input 'w' of node: name: OpType: Add is not output of any previous nodes."
+    long = one_line("x" * 1000)
+    assert len(long) == MESSAGE_LIMIT and long.endswith("…")

@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-from sparsec.errors import InputError
+from sparsec.errors import InputError, one_line
 
 
 def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
@@ -39,14 +39,14 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as error:
-        raise InputError(f"{path}: the ONNX checker rejects this model: {_first_line(error)}") from None
+        raise InputError(f"{path}: the ONNX checker rejects this model: {one_line(error)}") from None
 
 
 def _parse(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not an ONNX model (protobuf parse failed: {_first_line(error)})") from None
+        raise InputError(f"{path}: not an ONNX model (protobuf parse failed: {one_line(error)})") from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise InputError(f"{path}: not an ONNX model (no graph found; is it truncated or another file type?)")
     if not proto.opset_import:
@@ -100,7 +100,7 @@ def check_full(proto: onnx.ModelProto) -> str | None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as error:
-        return _first_line(error)
+        return one_line(error)
     return None
 
 
@@ -113,7 +113,3 @@ def _external_initializers_to_inputs(proto: onnx.ModelProto) -> None:
         if tensor.name not in listed:
             graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

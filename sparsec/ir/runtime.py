@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from sparsec.errors import InputError
+from sparsec.errors import InputError, one_line
 from sparsec.ir.model import PROTOBUF_LIMIT_BYTES
 
 _LEVELS = {
@@ -43,7 +43,7 @@ class Session:
         try:
             self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped exception classes
-            raise InputError(f"onnxruntime cannot load the model: {str(error).strip().splitlines()[0]}") from None
+            raise InputError(f"onnxruntime cannot load the model: {one_line(error)}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 
@@ -52,7 +52,7 @@ class Session:
         try:
             results = self._session.run(names, {k: v for k, v in feeds.items() if k in self.input_names})
         except Exception as error:
-            raise InputError(f"onnxruntime failed to run the model: {str(error).strip().splitlines()[0]}") from None
+            raise InputError(f"onnxruntime failed to run the model: {one_line(error)}") from None
         return dict(zip(names, results))
 
 
@@ -67,7 +67,7 @@ def optimized_op_names(model, optimization: str = "basic") -> list[str]:
         try:
             ort.InferenceSession(model.to_proto().SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as error:
-            raise InputError(f"onnxruntime cannot load the model: {str(error).strip().splitlines()[0]}") from None
+            raise InputError(f"onnxruntime cannot load the model: {one_line(error)}") from None
         return [node.name for node in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from sparsec.errors import one_line
+
 COO_KEY = "sparsec.coo_tensors"
 INDEX_BYTES = 8  # ONNX requires int64 indices
 
@@ -76,5 +78,5 @@ def check_sparse_structure(proto: onnx.ModelProto) -> str | None:
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as error:
-        return str(error).strip().splitlines()[0]
+        return one_line(error)
     return None
