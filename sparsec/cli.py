@@ -30,8 +30,8 @@ inputs_option = click.option(
     "--inputs", type=click.Path(path_type=Path), default=None, metavar="FILE.npz",
     help="Run on these arrays (keyed by input name) instead of seeded random inputs.")
 rtol_option = click.option("--rtol", type=click.FloatRange(min=0),  default=DEFAULT_RTOL, show_default=True,
-                           help="Relative tolerance of the lossless check |cand - ref| <= atol + rtol*|ref| per "
-                                "element (pruning is checked against its masked original instead).")
+                           help="Relative tolerance of the check |cand - ref| <= atol + rtol*|ref| per element "
+                                "(compress: of a lossless run; a pruned one is checked against its masked original).")
 atol_option = click.option("--atol", type=click.FloatRange(min=0), default=DEFAULT_ATOL, show_default=True,
                            help="Absolute tolerance of the same check.")
 latency_option = click.option("--latency-runs", type=click.IntRange(min=0), default=10, show_default=True,
@@ -53,7 +53,7 @@ def cli() -> None:
               help="Also list the attention blocks: Q/K/V/O weights, heads, KV heads, head_dim, how each was found.")
 @click.option("--sensitivity", is_flag=True,
               help="Also measure, per channel group / head set / MLP, the output error when it alone is pruned at "
-                   "0.25, 0.5 and 0.75 (needs --calibration): the table --target-macs allocates from.")
+                   "0.25, 0.5 and 0.75 (needs --calibration); --target-macs measures the same at 0.1 ... 0.8.")
 @click.option("--calibration", default=None, metavar="DATA",
               help="With --sensitivity: calibration samples (.npz, a folder of .npz/.npy, or 'random').")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=None, metavar="N",
@@ -326,7 +326,7 @@ def validate(reference: Path, candidate: Path, as_json: bool, input_shapes, inpu
 def densify(model: Path, output: Path, force: bool) -> None:
     """Turn the sparse-encoded weights of MODEL back into plain initializers (checked bit-identical)."""
     count = api.densify(model, output, force=force)
-    click.echo(f"decoded {count} weights; wrote {output}")
+    click.echo(f"decoded {count} weight{'' if count == 1 else 's'}; wrote {output}")
 
 
 @cli.command(name="passes")

@@ -96,7 +96,7 @@ def test_cli_bitmask_and_densify(cli, tmp_path, rng):
     assert code == 0, stderr
     assert encoded.stat().st_size <= 0.55 * source.stat().st_size
     code, stdout, stderr = cli("densify", encoded, "-o", back)
-    assert code == 0 and "decoded 1 weights" in stdout, stderr
+    assert code == 0 and "decoded 1 weight;" in stdout, stderr
     weight = Model.load(back).constant(Model.load(back).initializers()["w"])
     assert ((np.moveaxis(weight, 0, -1).reshape(-1, 4) != 0).sum(axis=1) == 2).all()
     assert api.Model.load(back).metadata("sparsec.sparse_format") == "dense"
