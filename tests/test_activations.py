@@ -69,6 +69,13 @@ def test_an_unreadable_file_is_one_line(model, tmp_path, content):
         load_calibration(tmp_path / "broken.npz", model)
 
 
+def test_asking_for_more_samples_than_the_data_holds_is_refused(model, tmp_path):
+    np.savez(tmp_path / "three.npz", input=np.ones((3, 1, 8, 8), np.float32))
+    assert load_calibration(tmp_path / "three.npz", model, samples=2)["input"].shape[0] == 2
+    with pytest.raises(InputError, match="holds 3 samples; --calibration-samples asks for 4"):
+        load_calibration(tmp_path / "three.npz", model, samples=4)
+
+
 def test_float64_data_is_cast_to_the_input_dtype(model, tmp_path):
     np.savez(tmp_path / "f64.npz", input=np.ones((3, 1, 8, 8)))
     loaded = load_calibration(tmp_path / "f64.npz", model)["input"]

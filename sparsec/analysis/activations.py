@@ -52,8 +52,12 @@ def load_calibration(spec: str | Path, model, samples: int = 0, seed: int = 0) -
     if missing:
         raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} (has {', '.join(arrays) or 'none'})")
     arrays = {v.name: conform(arrays[v.name], v, model, f"calibration data {path}", batched=True) for v in model.inputs}
-    if len({arrays[n].shape[0] for n in names}) != 1:
+    counts = {arrays[n].shape[0] for n in names}
+    if len(counts) != 1:
         raise InputError(f"calibration data {path}: every input needs the same number of samples on axis 0")
+    if samples > counts.pop():
+        raise InputError(f"calibration data {path} holds {arrays[names[0]].shape[0]} samples; "
+                         f"--calibration-samples asks for {samples}")
     return {n: arrays[n][:samples] if samples > 0 else arrays[n] for n in names}
 
 
