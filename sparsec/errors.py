@@ -36,12 +36,13 @@ class InternalError(SparsecError):
 
 
 MESSAGE_LIMIT = 400  # characters of a library's message quoted in one error line
-_CPP_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ .*?\) (?=[A-Z])")  # source file, line, C++ signature
+_CPP_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ [^()]*\([^()]*\)(?: const)? ")  # file:line, C++ signature
+_ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
 
 
 def one_line(error: Exception | str) -> str:
     """A library's error message as one readable line: whitespace collapsed, onnxruntime's
     status prefix and C++ source location dropped, cut at ``MESSAGE_LIMIT`` characters."""
     text = " ".join(str(error).split()) or type(error).__name__
-    text = _CPP_LOCATION.sub("", text.replace("[ONNXRuntimeError] : 1 : FAIL : ", ""))
+    text = _CPP_LOCATION.sub("", _ORT_STATUS.sub("", text))
     return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"

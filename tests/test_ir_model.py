@@ -195,6 +195,13 @@ def test_library_messages_become_one_readable_line():
                 "model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::string&, "
                 "int) ONNX Runtime only *guarantees* support for released opsets.\n")
     assert one_line(ort_text) == "Load model from m.onnx failed:ONNX Runtime only *guarantees* support for released opsets."
+    enforce = ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Reshape node. "
+               "Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:30 "
+               "onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, onnxruntime::TensorShapeVector&, "
+               "bool) input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape.")
+    assert one_line(enforce) == ("Non-zero status code returned while running Reshape node. Status Message: "
+                                 "input_shape_size == size was false. The input tensor cannot be reshaped to the "
+                                 "requested shape.")
     checker = "input 'w' of node: \nname:  OpType: Add\n is not output of any previous nodes."
     assert one_line(checker) == "input 'w' of node: name: OpType: Add is not output of any previous nodes."
     long = one_line("x" * 1000)
