@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import MODELS, oracle_error
+from conftest import MODELS, make_model, oracle_error
+from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.ir import Model
 from sparsec.passes import Pipeline
@@ -79,4 +80,25 @@ def test_any_number_of_rounds_removes_exactly_what_one_round_does(steps):
     assert shapes == {name: one.constant_shape(v) for name, v in one.initializers().items()}
     codes = [d.code for d in result.diagnostics]
     assert codes.count("channel.step") == steps and "channel.nothing-pruned" not in codes
+    assert oracle_error(stepped, result.reference()) <= 1e-4
+
+
+def test_rounds_that_cannot_follow_a_group_say_how_many_units_they_missed(rng):
+    """A Concat of a 2-channel and an 8-channel branch: round 1 cuts the small branch to one
+    channel, which leaves the group (a one-channel tensor links no axis), so the rounds after it
+    cannot finish the one-round cut; the shortfall is a warning, not silence."""
+    weights = {"wa": [2, 3, 1, 1], "wb": [8, 3, 1, 1], "wc": [4, 10, 1, 1]}
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items()]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a0"]), helper.make_node("Relu", ["a0"], ["a"]),
+             helper.make_node("Conv", ["x", "wb"], ["b0"]), helper.make_node("Relu", ["b0"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Conv", ["c", "wc"], ["y"])]
+    proto = make_model(nodes, [("x", TensorProto.FLOAT, [1, 3, 4, 4])], [("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    one = Model.from_proto(proto)
+    removed = ChannelPrunePass(ratio=0.5)(one).stats["channels_removed"]
+    stepped = Model.from_proto(proto)
+    result = ChannelPrunePass(ratio=0.5, steps=2)(stepped)
+    assert (removed, result.stats["channels_removed"]) == (5, 3)  # 1 of wa's 2 and 4 of wb's 8; then wa's 1 is unlinked
+    short = [d.message for d in result.diagnostics if d.code == "channel.steps-short"]
+    assert short == ["2 rounds removed 3 of the 5 units one round removes: a channel group changed shape between rounds "
+                     "(e.g. a tensor cut to one channel left it); fewer --steps, or one, removes them all"]
     assert oracle_error(stepped, result.reference()) <= 1e-4

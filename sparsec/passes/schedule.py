@@ -74,7 +74,21 @@ def run_steps(prune, model, samples) -> PassResult:
                                 + (f", calibration output error vs the original {error:.4g}" if error is not None else "")))
         progress(lines[-1].message)
         results.append(result)
+    if final is not None:
+        lines += _shortfall(final, results, prune.steps)
     return _combined(results, lines)
+
+
+def _shortfall(final: dict[tuple, list[tuple[int, int]]], results: list[PassResult], steps: int) -> list[Diagnostic]:
+    """A warning when the rounds removed fewer units than one round would have: a group that
+    changed shape between rounds (a member cut to one channel leaves it) is no longer followed."""
+    planned = sum(cut for segments in final.values() for _, cut in segments)
+    removed = sum(int(r.stats.get("channels_removed", 0)) for r in results)
+    if removed >= planned:
+        return []
+    return [Diagnostic("warning", "channel.steps-short", f"{steps} rounds removed {removed} of the {planned} units one "
+                       "round removes: a channel group changed shape between rounds (e.g. a tensor cut to one channel "
+                       "left it); fewer --steps, or one, removes them all")]
 
 
 def _gone_after(final: dict[tuple, list[tuple[int, int]]], step: int, steps: int) -> dict[tuple, list[tuple[int, int]]]:
