@@ -51,14 +51,15 @@ def load_calibration(spec: str | Path, model, samples: int = 0, seed: int = 0) -
     missing = [n for n in names if n not in arrays]
     if missing:
         raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} (has {', '.join(arrays) or 'none'})")
-    arrays = {v.name: conform(arrays[v.name], v, model, f"calibration data {path}", batched=True) for v in model.inputs}
-    counts = {arrays[n].shape[0] for n in names}
+    counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
     if len(counts) != 1:
         raise InputError(f"calibration data {path}: every input needs the same number of samples on axis 0")
     if samples > counts.pop():
         raise InputError(f"calibration data {path} holds {arrays[names[0]].shape[0]} samples; "
                          f"--calibration-samples asks for {samples}")
-    return {n: arrays[n][:samples] if samples > 0 else arrays[n] for n in names}
+    label = f"calibration data {path}"  # the samples used are checked and cast, not the whole file
+    return {v.name: conform(arrays[v.name][:samples] if samples > 0 else arrays[v.name], v, model, label, batched=True)
+            for v in model.inputs}
 
 
 def _read_folder(path: Path) -> dict[str, np.ndarray]:
