@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import resource
 import time
 from collections import Counter
@@ -270,9 +271,8 @@ def _check_calibration(passes: Sequence[PassBase], model: Model) -> None:
     """Read each pass's calibration data once before any pass runs: data that does not fit the
     model (names, ranks, shapes, NaN) is refused before the work, not in the middle of it."""
     for member in passes:
-        spec = getattr(member, "calibration", "")
-        if spec and spec != RANDOM:
-            load_calibration(spec, model, getattr(member, "calibration_samples", 0))
+        if isinstance(member, (ChannelPrunePass, WeightSparsityPass)) and member.calibration not in ("", RANDOM):
+            load_calibration(member.calibration, model, member.calibration_samples)
 
 
 def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:
@@ -329,14 +329,14 @@ def canonical_passes() -> list[PassBase]:
 def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
                     embeddings: bool = False, score: str = "magnitude", calibration: str | Path | None = None,
                     sparse_format: str = "dense", calibration_samples: int = 0, recover: bool = True,
-                    exclude: Sequence[str] = ()) -> list[PassBase]:
+                    exclude: Sequence[str] = (), seed: int = 0) -> list[PassBase]:
     """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options (with
     ``calibration``, the masked layers are refit unless ``recover`` is False; weights matching
     an ``exclude`` glob stay dense), cleanup, and the encoding of ``sparse_format`` (none for
     ``dense``)."""
     prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, embeddings=embeddings, score=score,
                                calibration=_calibration_spec(calibration), calibration_samples=calibration_samples,
-                               recover=recover, exclude="|".join(exclude))
+                               recover=recover, exclude="|".join(exclude), seed=seed)
     prune.check_options()
     return [prune, *cleanup_passes(), *encoding_passes(sparse_format, nm)]
 
@@ -411,6 +411,9 @@ def _oracle_failure_line(oracle: Validation) -> str:
     worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
     if worst is None:
         return "oracle check failed: the pruned model's outputs do not match its masked original (nothing written)"
+    if not math.isfinite(worst.max_abs):
+        return (f"oracle check failed (nothing written): output '{worst.name}' is not finite on these inputs, so it "
+                "cannot be compared (do the --inputs hold NaN or Inf?)")
     return (f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
             f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
             "a bug in the lossy pass (please report it if the pass is one of sparsec's)")
@@ -425,7 +428,7 @@ def check_destinations(model: Model, output: Path, extra: Sequence[Path], force:
         model.refuse_clobbering_sources(path, force=False, forceable=False)
         if path.resolve() in taken:
             raise InputError(f"{path} is given as two outputs (model, report or plan)")
-        refuse_unwritable(path)
+        refuse_unwritable(path, streams=True)
         taken.add(path.resolve())
 
 

@@ -188,7 +188,7 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
                              seed=seed, calibration=calibration)
     data = {"calibration": calibration, "calibration_samples": calibration_samples or 0, "recover": not no_recover}
     pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data,
-                                  pipeline, structured, plan_in, exclude)
+                                  pipeline, structured, plan_in, exclude, seed)
     importance = importance or _default_importance(calibration)
     _check_exclusive_flags(bool(pipeline), _default_importance(calibration), channels=channels, heads=heads, ffn=ffn,
                            target_macs=target_macs, target_params=target_params, plan_in=plan_in, importance=importance,
@@ -267,12 +267,12 @@ def _check_ignored_flags(channels: bool, weights: bool, *, round_to: int, max_la
     if given and not (channels or weights):
         raise click.UsageError(f"{given[0]} chooses what a pruning flag removes: it needs --channels, --heads, --ffn, "
                                "a target, --nm or --sparsity")
-    if seed != 0 and not (channels and "random" in (importance, calibration)):
-        raise click.UsageError("--seed seeds --importance random and --calibration random of channel pruning")
+    if seed != 0 and not (calibration == "random" or channels and importance == "random"):
+        raise click.UsageError("--seed seeds --calibration random and --importance random of channel pruning")
 
 
 def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data: dict, pipeline,
-                       structured, plan_in, exclude):
+                       structured, plan_in, exclude, seed: int):
     """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
     if pipeline is not None and not pipeline.strip():
         raise click.UsageError("--passes '' names no pass: leave --passes out for the cleanup, or list passes from 'sparsec passes'")
@@ -288,7 +288,7 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
     if nm is not None and (sparsity is not None or block is not None):
         raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
     return api.sparsity_passes(nm=nm or "", ratio=sparsity or 0.0, block=block or "", scope=scope, embeddings=embeddings,
-                               exclude=exclude,
+                               exclude=exclude, seed=seed,
                                score=importance or ("wanda" if _default_importance(data["calibration"]) == "activation"
                                                     else "magnitude"), sparse_format=sparse_format, **data)
 

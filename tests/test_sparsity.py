@@ -158,7 +158,7 @@ def test_exclude_leaves_matching_weights_dense_by_initializer_or_node_name(rng):
     (["--exclude", "fc1*"], "--exclude chooses what a pruning flag removes: it needs"),
     (["--importance-scope", "global"], "--importance-scope chooses what a pruning flag removes"),
     (["--importance", "l2"], "--importance chooses what a pruning flag removes"),
-    (["--nm", "2:4", "--seed", "3"], "--seed seeds --importance random and --calibration random of channel pruning"),
+    (["--nm", "2:4", "--seed", "3"], "--seed seeds --calibration random and --importance random of channel pruning"),
 ])
 def test_cli_bad_sparsity_flags(cli, tmp_path, args, message):
     out = tmp_path / "x.onnx"

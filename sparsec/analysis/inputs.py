@@ -128,9 +128,10 @@ def read_arrays(path: Path, what: str, *, npy: bool = False) -> dict[str, np.nda
 
 
 def conform(array: np.ndarray, value, model, label: str, *, batched: bool) -> np.ndarray:
-    """``array`` as a feed of model input ``value``: the input's rank, not empty, finite, its
-    fixed dims (but axis 0 when ``batched``: samples, fed in batches), numeric data cast to the
-    input's dtype. Anything else is an ``InputError`` naming ``label`` and the array."""
+    """``array`` as a feed of model input ``value``: the input's rank, not empty, its fixed dims
+    (but axis 0 when ``batched``: calibration samples, fed in batches, which must also be finite:
+    a model may take NaN inputs on purpose, but a NaN activation fits nothing), numeric data
+    cast to the input's dtype. Anything else is an ``InputError`` naming ``label`` and the array."""
     where = f"{label}: array '{value.name}'"
     declared = model.shape_dims(value)
     if declared is not None and len(declared) != array.ndim:
@@ -145,7 +146,7 @@ def conform(array: np.ndarray, value, model, label: str, *, batched: bool) -> np
     dtype = model.elem_type(value)
     if dtype is not None and array.dtype != dtype and array.dtype.kind not in "biuf":
         raise InputError(f"{where} has dtype {array.dtype}; the model input is {dtype}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if batched and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InputError(f"{where} holds NaN or infinite values")
     return array if dtype is None or array.dtype == dtype else array.astype(dtype)
 

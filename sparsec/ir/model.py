@@ -537,16 +537,17 @@ def _umask() -> int:
     return mask
 
 
-def refuse_unwritable(path: Path) -> None:
-    """Raise ``InputError`` unless ``path`` can be written as a regular file (written to a temp
-    file beside it, then renamed over it): its folder exists and is writable, and it is not a
-    device, FIFO or socket (a rename would replace the node, not write through it)."""
+def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
+    """Raise ``InputError`` unless ``path`` can be written: its folder exists and is writable,
+    and, unless ``streams`` (a file written through, like a JSON report to /dev/stdout), it is
+    not a device, FIFO or socket (a model is written to a temp file and renamed over its path,
+    which would replace the node, not write through it)."""
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"output folder {path.parent} does not exist")
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if path.exists() and not streams and not path.is_file() and not path.is_dir():
         raise InputError(f"output path {path} is not a regular file (a device, FIFO or socket): give a file path")
-    if not os.access(path.parent, os.W_OK):
+    if not os.access(path.parent, os.W_OK) and not (streams and path.exists() and os.access(path, os.W_OK)):
         raise InputError(f"cannot write to folder {path.parent} (read-only or no permission)")
 
 

@@ -64,7 +64,7 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
         )
     for key, value in options.items():
         default = accepted[key]
-        if type(default) is float and type(value) is int:
+        if type(default) is float and type(value) is int and abs(value) < 2**53:
             options[key] = value = float(value)  # threshold=12 for a float option
         expected = type(default)
         if default is not None and default is not inspect.Parameter.empty and not isinstance(value, expected):
