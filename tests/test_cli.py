@@ -320,3 +320,13 @@ def test_every_gate_before_writing_stops_a_faulty_pass(cli, tmp_path, cls, code,
     assert lines[-1].startswith("sparsec: error: ") and message in lines[-1]
     assert all(line.startswith("  ") for line in lines[:-1])  # progress: '  <pass>: <what it did>'
     assert not out.exists()
+
+
+def test_a_report_may_go_to_a_stream_but_a_model_may_not(cli, tmp_path):
+    """JSON is written through its path (/dev/null stays a device); a model is renamed into place,
+    which would replace the device node, so -o /dev/null is refused."""
+    out = tmp_path / "x.onnx"
+    code, _, stderr = cli("compress", CLEANUP, "-o", out, "--report", "/dev/null", "--latency-runs", "0")
+    assert code == 0 and out.exists() and Path("/dev/null").is_char_device(), stderr
+    code, _, stderr = cli("compress", CLEANUP, "-o", "/dev/null")
+    assert code == 2 and "is not a regular file" in stderr and Path("/dev/null").is_char_device()
