@@ -153,7 +153,8 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, sensitivity: 
 @click.option("--exclude", multiple=True, metavar="GLOB",
               help="Never prune a channel group, or (with --nm/--sparsity) a weight, touching a node or initializer "
                    "whose name matches GLOB (repeatable).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --importance random.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of --importance random and --calibration random.")
 @click.option("--plan-out", type=MODEL_PATH, default=None, metavar="FILE.json",
               help="Write the kept indices per initializer and axis (to prune the source model the same way).")
 @click.option("--plan-in", type=MODEL_PATH, default=None, metavar="FILE.json",

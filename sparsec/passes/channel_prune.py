@@ -184,7 +184,8 @@ class ChannelPrunePass(InPlacePass):
 
     def _scheduled_counts(self, group: ChannelGroup) -> list[int]:
         """Units each segment loses this round: what the schedule wants gone by now, less what
-        earlier rounds took (0 for a group the first model's cut did not touch)."""
+        earlier rounds took (0 for a group the first model's cut did not touch, or one whose
+        members or segments changed since: ``schedule`` reports the shortfall)."""
         segments, targets = group.segments(), self.unit_targets.get(group.key())
         if targets is None or len(targets) != len(segments):
             return [0] * len(segments)
