@@ -24,7 +24,7 @@ class WeightSite:
     name: str
     axis: int  # the reduction axis, non-negative
     shape: tuple[int, ...]
-    nodes: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # the names of the nodes using it (unnamed ones left out)
     activations: list[tuple[str, int] | None] = field(default_factory=list)  # per use: (value, channel axis)
 
 
@@ -72,7 +72,7 @@ def weight_sites(model, *, embeddings: bool = False) -> tuple[list[WeightSite], 
             site = sites.setdefault(value.name, WeightSite(value.name, axis, tuple(shape)))
             if site.axis != axis:
                 conflicts[value.name] = f"its uses reduce along different axes ({site.axis} and {axis})"
-            site.nodes.append(node.name or node.op_type)
+            site.nodes += [node.name] if node.name else []
             activation = node.inputs[act_index] if act_index is not None else None
             site.activations.append(None if activation is None or activation.is_initializer() else (activation.name, act_axis))
     return [s for name, s in sites.items() if name not in conflicts], conflicts
