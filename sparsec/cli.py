@@ -355,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # library chatter is not for users
     _show_progress()
     warnings.simplefilter("ignore")
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(args=argv, prog_name="sparsec", standalone_mode=False)
+        cli.main(args=argv or ["--help"], prog_name="sparsec", standalone_mode=False)  # bare 'sparsec': the help
     except SparsecError as error:
         click.echo(f"sparsec: error: {error}", err=True)
         return error.exit_code

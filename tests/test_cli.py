@@ -330,3 +330,8 @@ def test_a_report_may_go_to_a_stream_but_a_model_may_not(cli, tmp_path):
     assert code == 0 and out.exists() and Path("/dev/null").is_char_device(), stderr
     code, _, stderr = cli("compress", CLEANUP, "-o", "/dev/null")
     assert code == 2 and "is not a regular file" in stderr and Path("/dev/null").is_char_device()
+
+
+def test_bare_sparsec_prints_the_help(cli):
+    code, out, err = cli()
+    assert code == 0 and out.startswith("Usage: sparsec") and "compress" in out and not err
