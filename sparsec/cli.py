@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("sparsec: aborted", err=True)
         return 130
     except click.ClickException as error:
-        click.echo(f"sparsec: error: {error.format_message()} (see 'sparsec --help')", err=True)
+        where = getattr(getattr(error, "ctx", None), "command_path", None) or "sparsec"  # the subcommand's help
+        click.echo(f"sparsec: error: {error.format_message()} (see '{where} --help')", err=True)
         return 2
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 0

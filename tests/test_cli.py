@@ -332,6 +332,12 @@ def test_a_report_may_go_to_a_stream_but_a_model_may_not(cli, tmp_path):
     assert code == 2 and "is not a regular file" in stderr and Path("/dev/null").is_char_device()
 
 
+def test_usage_errors_point_at_their_subcommand_help(cli, tmp_path):
+    code, _, err = cli("compress", CLEANUP, "-o", tmp_path / "x.onnx", "--channels", "2")
+    assert code == 2 and err.endswith("(see 'sparsec compress --help')\n")
+    assert cli("no-such-command")[2].endswith("(see 'sparsec --help')\n")
+
+
 def test_bare_sparsec_prints_the_help(cli):
     code, out, err = cli()
     assert code == 0 and out.startswith("Usage: sparsec") and "compress" in out and not err
