@@ -66,20 +66,27 @@ class ChannelGroup:
         mask[np.asarray(removed_units, dtype=np.int64)] = True
         return mask
 
-    def key(self) -> tuple:
-        """Its members' (initializer, axis), sorted: the same in a model an earlier cut pruned
-        (surgery keeps names), so a schedule can follow a group from round to round."""
-        return tuple(sorted(m for m in self.members if not m[0].startswith("#")))
-
     def segments(self) -> list[np.ndarray]:
         """Units grouped by the set of compute weights they appear in: one segment per Concat
         input in a DenseNet-style group, a single segment for a residual stream. Pruning each
         segment by the same fraction keeps every layer's width balanced."""
+        return [units for units, _ in self._segments()]
+
+    def segment_keys(self) -> list[tuple]:
+        """Per segment, the compute weights (initializer, axis) its units appear in, sorted: the
+        same in a model an earlier cut pruned (surgery keeps names), even if the group lost a
+        member meanwhile, so a schedule can follow a segment from round to round."""
+        return [members for _, members in self._segments()]
+
+    def _segments(self) -> list[tuple[np.ndarray, tuple]]:
         presence = np.zeros((self.units, len(self.compute)), dtype=bool)
         for column, member in enumerate(self.compute):
             presence[self.atoms[member], column] = True
-        _, segment_of = np.unique(presence, axis=0, return_inverse=True)
-        return [np.flatnonzero(segment_of.reshape(-1) == s) for s in range(segment_of.max() + 1)]
+        patterns, segment_of = np.unique(presence, axis=0, return_inverse=True)
+        every = tuple(sorted(m for m in self.members if not m[0].startswith("#")))  # units in no compute weight
+        return [(np.flatnonzero(segment_of.reshape(-1) == s),
+                 tuple(sorted(m for m, on in zip(self.compute, pattern) if on)) or every)
+                for s, pattern in enumerate(patterns)]
 
     def describe(self) -> str:
         weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])

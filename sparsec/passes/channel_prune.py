@@ -64,9 +64,9 @@ class ChannelPrunePass(InPlacePass):
         self.calibration, self.calibration_samples, self.recover = calibration, calibration_samples, recover
         self.steps, self.batch_size = steps, batch_size
         self.target_macs, self.target_params = target_macs, target_params
-        # a scheduled round (``schedule``): per group key and segment, (units in the first model,
-        # units gone from it after this round); None: choose by the ratios
-        self.unit_targets: dict[tuple, list[tuple[int, int]]] | None = None
+        # a scheduled round (``schedule``): per segment key, (units in the first model, units gone
+        # from it after this round); None: choose by the ratios
+        self.unit_targets: dict[tuple, tuple[int, int]] | None = None
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a
@@ -174,22 +174,23 @@ class ChannelPrunePass(InPlacePass):
         return {g.id: lowest_units(g, scores[g.id], ratios[g.id], max_layer_ratio=self.max_layer_ratio,
                                    round_to=self.round_to) for g in groups}
 
-    def final_cut(self, model, samples) -> dict[tuple, list[tuple[int, int]]]:
-        """Per prunable group (by key) and segment: its units, and how many one round at the full
-        ratios would remove (what a schedule spreads over its rounds)."""
+    def final_cut(self, model, samples) -> dict[tuple, tuple[int, int]]:
+        """Per segment of a prunable group (by ``segment_keys``): its units, and how many one
+        round at the full ratios would remove (what a schedule spreads over its rounds)."""
         candidates = [g for g in find_channel_groups(model).groups if self._reason(g) is None]
         removed = self._select(model, candidates, samples)
-        return {g.key(): [(len(segment), int(np.isin(segment, removed[g.id]).sum())) for segment in g.segments()]
-                for g in candidates}
+        return {key: (len(segment), int(np.isin(segment, removed[g.id]).sum()))
+                for g in candidates for segment, key in zip(g.segments(), g.segment_keys())}
 
     def _scheduled_counts(self, group: ChannelGroup) -> list[int]:
         """Units each segment loses this round: what the schedule wants gone by now, less what
-        earlier rounds took (0 for a group the first model's cut did not touch, or one whose
-        members or segments changed since: ``schedule`` reports the shortfall)."""
-        segments, targets = group.segments(), self.unit_targets.get(group.key())
-        if targets is None or len(targets) != len(segments):
-            return [0] * len(segments)
-        return [gone - (first - len(segment)) for (first, gone), segment in zip(targets, segments)]
+        earlier rounds took (0 for a segment the first model's cut does not know: ``schedule``
+        reports any shortfall)."""
+        counts = []
+        for segment, key in zip(group.segments(), group.segment_keys()):
+            first, gone = self.unit_targets.get(key, (len(segment), 0))
+            counts.append(gone - (first - len(segment)))
+        return counts
 
     def _ratio_source(self, group: ChannelGroup) -> str:
         """Which option sets this group's ratio: ``heads``, ``ffn`` or ``ratio``."""

@@ -79,10 +79,10 @@ def run_steps(prune, model, samples) -> PassResult:
     return _combined(results, lines)
 
 
-def _shortfall(final: dict[tuple, list[tuple[int, int]]], results: list[PassResult], steps: int) -> list[Diagnostic]:
-    """A warning when the rounds removed fewer units than one round would have: a group that
-    changed shape between rounds (a member cut to one channel leaves it) is no longer followed."""
-    planned = sum(cut for segments in final.values() for _, cut in segments)
+def _shortfall(final: dict[tuple, tuple[int, int]], results: list[PassResult], steps: int) -> list[Diagnostic]:
+    """A warning when the rounds removed fewer units than one round would have: a segment whose
+    weights changed between rounds (a member cut to one channel leaves it) is no longer followed."""
+    planned = sum(cut for _, cut in final.values())
     removed = sum(int(r.stats.get("channels_removed", 0)) for r in results)
     if removed >= planned:
         return []
@@ -91,9 +91,9 @@ def _shortfall(final: dict[tuple, list[tuple[int, int]]], results: list[PassResu
                        "left it); fewer --steps, or one, removes them all")]
 
 
-def _gone_after(final: dict[tuple, list[tuple[int, int]]], step: int, steps: int) -> dict[tuple, list[tuple[int, int]]]:
-    """Per group and segment: (its units in the first model, how many are gone after ``step``)."""
-    return {key: [(first, int(cut * step / steps + 0.5)) for first, cut in segments] for key, segments in final.items()}
+def _gone_after(final: dict[tuple, tuple[int, int]], step: int, steps: int) -> dict[tuple, tuple[int, int]]:
+    """Per segment: (its units in the first model, how many are gone after ``step``)."""
+    return {key: (first, int(cut * step / steps + 0.5)) for key, (first, cut) in final.items()}
 
 
 def _costs(model, samples) -> dict[str, int]:
