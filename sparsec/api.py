@@ -220,7 +220,6 @@ def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shape
     runner = _pipeline(pipeline, on_pass)
     if plan_out is not None and not any(getattr(p, "writes_plan", False) for p in runner.passes):
         raise InputError("--plan-out needs a pass that writes a plan (--channels, --plan-in or channel-prune)")
-    _check_calibration(runner.passes, model)
     before = figures(model, shapes, model.source_bytes)
     weight_bytes = model.weight_bytes()
     clock.lap("analysis")
@@ -265,14 +264,6 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     if oracle is None and not validation.passed:
         raise ValidationError(_failure_line(validation))
     return oracle, validation
-
-
-def _check_calibration(passes: Sequence[PassBase], model: Model) -> None:
-    """Read each pass's calibration data once before any pass runs: data that does not fit the
-    model (names, ranks, shapes, NaN) is refused before the work, not in the middle of it."""
-    for member in passes:
-        if isinstance(member, (ChannelPrunePass, WeightSparsityPass)) and member.calibration not in ("", RANDOM):
-            load_calibration(member.calibration, model, member.calibration_samples)
 
 
 def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:

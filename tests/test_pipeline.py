@@ -134,3 +134,17 @@ def test_user_pruning_pass_is_checked_against_the_oracle(cli, tmp_path):
 def test_bad_option_values_are_refused_when_a_pass_is_created_by_name():
     with pytest.raises(InputError, match="ratio must be in"):
         parse_pipeline("channel-prune(ratio=1.5)")
+
+
+def test_calibration_is_read_once_before_the_first_pass(monkeypatch):
+    """A pipeline prepares every member first: the pruning pass's calibration data is read then
+    (before the cleanup passes in front of it run) and handed to its call, not read again."""
+    from sparsec.analysis import activations
+    from sparsec.passes import calibrated
+    reads, order = [], []
+    real = activations.load_calibration
+    monkeypatch.setattr(calibrated, "load_calibration", lambda *a, **k: reads.append(1) or real(*a, **k))
+    passes = parse_pipeline(f"dead-code,weight-sparsity(nm=2:4,score=wanda,calibration={MODELS / 'digits_calib.npz'})")
+    Pipeline(passes, on_pass=lambda member, _: order.append((member.name, len(reads))))(
+        sparsec.Model.load(MODELS / "digits_mlp.onnx"))
+    assert order == [("dead-code", 1), ("weight-sparsity", 1)]

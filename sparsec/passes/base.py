@@ -76,6 +76,11 @@ class PassBase:
         """Refuse bad option values with a ``PassError`` (called when the pass is created by
         name and before it runs, so a bad option stops a pipeline before any work)."""
 
+    def prepare(self, model) -> None:
+        """Read and check what the pass takes from outside the model (e.g. calibration data);
+        a ``Pipeline`` calls it for every member before its first pass runs, so bad data stops
+        the run before any work. Nothing by default."""
+
     def requires(self, model) -> None:
         """Preconditions on the model; raise ``PassError`` naming what is missing."""
 

@@ -30,13 +30,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from sparsec.analysis.activations import RANDOM, load_calibration
+from sparsec.analysis.activations import RANDOM
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
 from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError
 from sparsec.passes import budget, schedule
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
+from sparsec.passes.calibrated import CalibratedPass
 from sparsec.passes.exclude import excluded_by, unmatched_warnings
 from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
@@ -44,7 +45,7 @@ from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
 
 
 @register
-class ChannelPrunePass(InPlacePass):
+class ChannelPrunePass(CalibratedPass, InPlacePass):
     """Remove ``ratio`` of the channels of every prunable group (exact vs the masked original)."""
 
     name: ClassVar[str] = "channel-prune"
@@ -110,7 +111,7 @@ class ChannelPrunePass(InPlacePass):
             raise PassError("channel-prune: a target chooses the cut itself: drop the plan")
 
     def call(self, model) -> PassResult:
-        samples = load_calibration(self.calibration, model, self.calibration_samples, self.seed) if self.calibration else None
+        samples = self.calibration_data(model)
         if self.steps == 1:
             return self._round(model, samples)
         return schedule.run_steps(self, model, samples)

@@ -46,7 +46,12 @@ class Pipeline(InPlacePass):
     def describe(self) -> str:
         return ",".join(p.describe() for p in self.passes)
 
+    def prepare(self, model) -> None:
+        for member in self.passes:
+            member.prepare(model)
+
     def call(self, model) -> PassResult:
+        self.prepare(model)  # every member's outside data is read and checked before the first pass
         total = PassResult(model, modified=False)
         for round_index in range(self.max_rounds if self.fixed_point else 1):
             round_modified = False

@@ -33,9 +33,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from sparsec.analysis.activations import load_calibration, weight_input_norms
+from sparsec.analysis.activations import weight_input_norms
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
+from sparsec.passes.calibrated import CalibratedPass
 from sparsec.passes.exclude import excluded_by, unmatched_warnings
 from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
@@ -80,7 +81,7 @@ def lowest_keep(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 @register
-class WeightSparsityPass(InPlacePass):
+class WeightSparsityPass(CalibratedPass, InPlacePass):
     """Zero weights in N:M, unstructured or block patterns along each weight's reduction axis."""
 
     name: ClassVar[str] = "weight-sparsity"
@@ -127,7 +128,7 @@ class WeightSparsityPass(InPlacePass):
         protected = {s.name: excluded_by(self.exclude, [s.name, *s.nodes]) for s in sites}
         skipped.update({name: reason for name, reason in protected.items() if reason})
         sites = [s for s in sites if not protected[s.name]]
-        samples = load_calibration(self.calibration, model, self.calibration_samples, self.seed) if self.calibration else None
+        samples = self.calibration_data(model)
         original = model.copy() if samples is not None and self.recover else None
         norms = self._activation_norms(model, sites, samples, notes)  # before any weight is read: a session may
         tensors = self._mask(model, sites, norms, skipped)  # need to move mmapped weights (none read after it either)
