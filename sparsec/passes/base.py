@@ -5,7 +5,9 @@ Invariants:
 - A pass has a kebab-case ``name`` and keyword-only options; ``describe()`` renders it as
   ``name(opt=value,...)`` listing the options that differ from their defaults.
 - ``__call__`` runs ``check_options`` → ``requires`` → ``call`` → ``ensures`` and checks that an in-place pass
-  returned the model it was given (a functional pass must return a new one).
+  returned the model it was given (a functional pass must return a new one); ``prepare``
+  (outside data such as calibration samples) runs earlier, for every member of a ``Pipeline``
+  before its first pass.
 - ``PassResult`` carries ``modified``, ``stats`` (numbers for the report) and
   ``diagnostics`` (severity, stable code, message, node); a pass never prints: a long pass
   reports progress lines to the ``sparsec.progress`` logger (``progress``), which the CLI
