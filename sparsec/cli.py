@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from sparsec import __version__, api, report
 from sparsec.errors import SparsecError
@@ -183,17 +184,15 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     _check_importance(importance, calibration, weights=nm is not None or sparsity is not None,
                       pruning=structured or plan_in is not None or nm is not None or sparsity is not None)
     _check_calibration_options(calibration, calibration_samples, no_recover, steps, structured)
+    selection = _given("channels", "heads", "ffn", "importance", "scope", "max_layer_ratio", "round_to", "seed",
+                       "exclude")
     if plan_in is None:  # with a plan, _check_exclusive_flags names every selection flag to drop
-        _check_ignored_flags(structured, nm is not None or sparsity is not None, round_to=round_to,
-                             max_layer_ratio=max_layer_ratio, exclude=exclude, importance=importance, scope=scope,
-                             seed=seed, calibration=calibration)
+        _check_ignored_flags(structured, nm is not None or sparsity is not None, selection, importance, calibration)
     data = {"calibration": calibration, "calibration_samples": calibration_samples or 0, "recover": not no_recover}
     pipeline = _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, importance, data,
                                   pipeline, structured, plan_in, exclude, seed)
     importance = importance or _default_importance(calibration)
-    _check_exclusive_flags(bool(pipeline), _default_importance(calibration), channels=channels, heads=heads, ffn=ffn,
-                           target_macs=target_macs, target_params=target_params, plan_in=plan_in, importance=importance,
-                           scope=scope, max_layer_ratio=max_layer_ratio, round_to=round_to, seed=seed, exclude=exclude)
+    _check_exclusive_flags(bool(pipeline), (target_macs, target_params), plan_in, selection)
     if structured or plan_in is not None:
         pipeline = api.channel_passes(channels or 0.0, heads=-1.0 if heads is None else heads,
                                       ffn=-1.0 if ffn is None else ffn, importance=importance, scope=scope,
@@ -206,27 +205,30 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     click.echo(report.compress_text(result))
 
 
-def _check_exclusive_flags(passes: bool, default_importance: str, **flags) -> None:
+def _given(*names: str) -> list[str]:
+    """The flags, among the running command's parameters ``names`` (in that order), that the
+    user gave (not left at their defaults)."""
+    ctx = click.get_current_context()
+    options = {p.name: p for p in ctx.command.params}
+    return [max(options[name].opts, key=len) for name in names
+            if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)]
+
+
+def _check_exclusive_flags(passes: bool, targets: tuple, plan_in, selection: list[str]) -> None:
     """A target replaces the per-kind ratios, --passes (``passes``: a pass list is already set)
     replaces the channel flags, and a saved plan (--plan-in) replaces every flag that chooses
-    what to prune (``flags``: compress's values of them, by parameter name)."""
-    channels, heads, ffn, plan_in = flags["channels"], flags["heads"], flags["ffn"], flags["plan_in"]
-    targeted = flags["target_macs"] is not None or flags["target_params"] is not None
-    if flags["target_macs"] is not None and flags["target_params"] is not None:
+    what to prune (``selection``: those the user gave)."""
+    ratios = [flag for flag in ("--channels", "--heads", "--ffn") if flag in selection]
+    if None not in targets:
         raise click.UsageError("give --target-macs or --target-params, not both")
-    if targeted and (channels is not None or heads is not None or ffn is not None):
+    targeted = targets != (None, None)
+    if targeted and ratios:
         raise click.UsageError("--target-macs/--target-params choose every group's ratio: drop --channels, --heads "
                                "and --ffn")
-    if (targeted or channels is not None or heads is not None or ffn is not None or plan_in is not None) and passes:
+    if (targeted or ratios or plan_in is not None) and passes:
         raise click.UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
-    if plan_in is None:
-        return
-    defaults = {"channels": None, "heads": None, "ffn": None, "importance": default_importance, "scope": "local",
-                "max_layer_ratio": 0.9, "round_to": 1, "seed": 0, "exclude": ()}
-    names = {"scope": "--importance-scope"}
-    chosen = [names.get(key, "--" + key.replace("_", "-")) for key, default in defaults.items() if flags[key] != default]
-    if chosen:
-        raise click.UsageError(f"--plan-in applies a saved plan; drop {', '.join(chosen)}")
+    if plan_in is not None and selection:
+        raise click.UsageError(f"--plan-in applies a saved plan; drop {', '.join(selection)}")
 
 
 def _check_importance(importance: str | None, calibration, *, weights: bool, pruning: bool) -> None:
@@ -256,19 +258,18 @@ def _check_calibration_options(calibration, samples, no_recover: bool, steps: in
         raise click.UsageError("--steps needs --channels, --heads or --ffn")
 
 
-def _check_ignored_flags(channels: bool, weights: bool, *, round_to: int, max_layer_ratio: float, exclude,
-                         importance, scope: str, seed: int, calibration) -> None:
-    """Refuse flags that would be ignored: channel-count flags without channel pruning, the
-    selection flags without any pruning, --seed with nothing random."""
-    if not channels and (round_to != 1 or max_layer_ratio != 0.9):
+def _check_ignored_flags(channels: bool, weights: bool, selection: list[str], importance, calibration) -> None:
+    """Refuse flags that would be ignored (``selection``: the selection flags the user gave):
+    channel-count flags without channel pruning, the selection flags without any pruning,
+    --seed with nothing random."""
+    if not channels and {"--round-to", "--max-layer-ratio"} & set(selection):
         raise click.UsageError("--round-to and --max-layer-ratio shape channel pruning: they need --channels, --heads, "
                                "--ffn or --target-macs/--target-params")
-    given = [flag for flag, on in (("--exclude", exclude), ("--importance", importance is not None),
-                                   ("--importance-scope", scope != "local")) if on]
+    given = [flag for flag in ("--exclude", "--importance", "--importance-scope") if flag in selection]
     if given and not (channels or weights):
         raise click.UsageError(f"{given[0]} chooses what a pruning flag removes: it needs --channels, --heads, --ffn, "
                                "a target, --nm or --sparsity")
-    if seed != 0 and not (calibration == "random" or channels and importance == "random"):
+    if "--seed" in selection and not (calibration == "random" or channels and importance == "random"):
         raise click.UsageError("--seed seeds --calibration random and --importance random of channel pruning")
 
 
