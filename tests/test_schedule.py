@@ -87,14 +87,14 @@ def _branches(rng, split: bool):
     """Two branches of 2 and 6/8 channels joined by a Concat into a 1x1 Conv: two Convs
     (``split=False``), or one Conv split [2, 6] through Sigmoid and Tanh."""
     if split:
-        weights = {"w0": [8, 3, 1, 1], "wc": [4, 8, 1, 1], "sizes": None}
+        weights = {"w0": [8, 3, 1, 1], "wc": [4, 8, 1, 1]}
         nodes = [helper.make_node("Conv", ["x", "w0"], ["h"]), helper.make_node("Split", ["h", "sizes"], ["a0", "b0"], axis=1),
                  helper.make_node("Sigmoid", ["a0"], ["a"]), helper.make_node("Tanh", ["b0"], ["b"])]
     else:
         weights = {"wa": [2, 3, 1, 1], "wb": [8, 3, 1, 1], "wc": [4, 10, 1, 1]}
         nodes = [helper.make_node("Conv", ["x", "wa"], ["a0"]), helper.make_node("Relu", ["a0"], ["a"]),
                  helper.make_node("Conv", ["x", "wb"], ["b0"]), helper.make_node("Relu", ["b0"], ["b"])]
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items() if s]
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items()]
     inits += [numpy_helper.from_array(np.array([2, 6], np.int64), "sizes")] if split else []
     nodes += [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Conv", ["c", "wc"], ["y"])]
     return make_model(nodes, [("x", TensorProto.FLOAT, [1, 3, 4, 4])], [("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)

@@ -196,7 +196,8 @@ class Frontier:
         self.batches: list[dict[str, np.ndarray]] = []
         self.complete = False  # the last capture was read to its last batch
         self.holds = runtime.can_truncate(model)
-        inputs, self.dynamic = {v.name for v in model.inputs}, {v.name for v in model.inputs}
+        inputs = {v.name for v in model.inputs}
+        self.dynamic = set(inputs)
         for node in model.nodes():
             if model.reads(node) & self.dynamic:
                 self.dynamic.update(v.name for v in node.outputs if v is not None)
