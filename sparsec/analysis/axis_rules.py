@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparsec.analysis.quantized import weight_source
+
 Member = tuple[str, int]  # (value name, axis); virtual members use a name starting with "#"
 
 
@@ -110,6 +112,11 @@ class RuleContext:
     def is_const(self, value) -> bool:
         return value is not None and self.model.constant_shape(value) is not None
 
+    def is_weight(self, value) -> bool:
+        """A constant, or a quantized weight read through DequantizeLinear (``quantized``):
+        what a compute op multiplies by is known before run time either way."""
+        return value is not None and weight_source(self.model, value) is not None
+
 
 Rule = Callable[[object, RuleContext], Coupling]
 AXIS_RULES: dict[tuple[str, str], Rule] = {}
@@ -161,9 +168,10 @@ def link_broadcast(c: Coupling, ctx: RuleContext, value, out) -> None:
 
 
 def compute_axes(c: Coupling, ctx: RuleContext, value, axes, role: str = "linear") -> None:
-    """Mark ``axes`` of ``value``, when it is a constant, as compute-weight channel axes."""
+    """Mark ``axes`` of ``value``, when it is a weight (a constant, or a quantized one: its
+    DequantizeLinear output), as compute-weight channel axes."""
     rank = ctx.rank(value)
-    if rank is not None and ctx.is_const(value):
+    if rank is not None and ctx.is_weight(value):
         members = {(value.name, norm_axis(axis, rank)) for axis in axes if -rank <= axis < rank}
         c.compute.update(members)
         c.roles.update(dict.fromkeys(members, role))
@@ -310,6 +318,34 @@ def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | 
     return ((shape_node.inputs[0].name, picked[0]), 1) if picked is not None and len(picked) == 1 else None
 
 
+# ---------------------------------------------------------------- quantization (QDQ)
+@axis_rule("QuantizeLinear", "DequantizeLinear")
+def quantize_linear(node, ctx: RuleContext) -> Coupling:
+    """y = quantize(x) or dequantize(x), element by element: every axis of x is y's. Per-tensor
+    scale and zero point (one element) are free; per-axis ones (vectors, ``axis``) are members
+    on their axis 0 that shrink with x's ``axis``; per-block ones (``block_size`` B, x's rank)
+    follow x on every axis, and on ``axis`` position p of x is their position p // B, so the
+    B channels of a block are one unit (a whole block goes or stays)."""
+    c, x, y = Coupling(), node.inputs[0], node.outputs[0]
+    rank = ctx.rank(x)
+    if rank is None:
+        return c
+    identity_all(c, x, y, rank)
+    axis, block = norm_axis(int(ctx.attr(node, "axis", 1)), max(rank, 1)), int(ctx.attr(node, "block_size", 0))
+    for param in node.inputs[1:3]:
+        shape = ctx.shape(param)
+        if param is None or shape is None:
+            continue
+        if block:
+            for k in range(rank):
+                c.link((x.name, k), (param.name, k), np.arange(ctx.shape(x)[k]) // block if k == axis else None)
+        elif int(np.prod(shape)) == 1:
+            c.free.update((param.name, k) for k in range(len(shape)))
+        else:
+            c.link((param.name, 0), (x.name, axis))
+    return c
+
+
 # ---------------------------------------------------------------- convolutions and products
 def count_fixup(c: Coupling, node, attribute: str, member: Member) -> None:
     """After surgery, set ``node.attribute`` to the number of kept positions of ``member``."""
@@ -348,7 +384,7 @@ def conv(node, ctx: RuleContext) -> Coupling:
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         c.link((node.inputs[2].name, 0), (y.name, 1))
     compute_axes(c, ctx, w, (0, 1), role="conv")
-    if not ctx.is_const(w):
+    if not ctx.is_weight(w):
         c.block((x.name, 1), "is convolved with a weight computed at run time")
     if groups == 1:
         c.link((part.name, 1), (w.name, 1))
@@ -383,7 +419,7 @@ def gemm(node, ctx: RuleContext) -> Coupling:
 def contraction(c: Coupling, ctx: RuleContext, a, b, axis: int) -> None:
     """Two activations multiplied and summed over ``axis`` of ``a``: the masked original must
     mask that axis (zeroed weights cannot silence it), so the member is a statistic."""
-    if not ctx.is_const(a) and not ctx.is_const(b):
+    if not ctx.is_weight(a) and not ctx.is_weight(b):
         c.stats.add((a.name, axis))
 
 
@@ -406,7 +442,7 @@ def matmul(node, ctx: RuleContext) -> Coupling:
     compute_axes(c, ctx, a, (-2, -1))
     compute_axes(c, ctx, b, (-2, -1))
     contraction(c, ctx, a, b, ra - 1)
-    if not ctx.is_const(a) and not ctx.is_const(b):  # attention scores or context: batch axes hold heads
+    if not ctx.is_weight(a) and not ctx.is_weight(b):  # attention scores or context: batch axes hold heads
         c.roles.update({(y.name, axis): "heads" for axis in range(batch)})
     return c
 

@@ -2,7 +2,7 @@
 
 Group-summed: a unit's score adds up the slices of *every* compute weight in the group
 (producers' output slices and consumers' input slices alike), so a channel is judged by all
-the compute it takes part in. Methods are a registry (``register_importance``): ``l1`` (sum of
+the compute it takes part in (a quantized weight by its dequantized values). Methods are a registry (``register_importance``): ``l1`` (sum of
 |w|), ``l2`` (root of the summed squares), ``bn-scale`` (|γ| of the group's BatchNorm scales;
 groups without BatchNorm fall back to ``l1``), ``activation`` (‖X_c‖·‖W_c‖ over the group's
 consumers, from calibration data) and ``random`` (seeded per group). A method gets
@@ -19,6 +19,7 @@ import numpy as np
 
 from sparsec.analysis.activations import weight_input_norms
 from sparsec.analysis.groups import ChannelGroup
+from sparsec.analysis.quantized import weight_array
 from sparsec.analysis.weight_sites import weight_sites
 from sparsec.errors import InputError
 
@@ -54,11 +55,11 @@ class ImportanceContext:
             self._sums[key] = self._read_sums(name, transform)
         sums = self._sums[key]
         if sums is not None and axis not in sums:  # a large weight, or an axis beyond the first two
-            sums[axis] = _sum_but_axis(self.model.constant(self.model.value(name)), axis, transform)
+            sums[axis] = _sum_but_axis(weight_array(self.model, self.model.value(name)), axis, transform)
         return None if sums is None else sums[axis]
 
     def _read_sums(self, name: str, transform) -> dict | None:
-        array = self.model.constant(self.model.value(name))
+        array = weight_array(self.model, self.model.value(name))
         if array is None or array.dtype.kind != "f":
             return None
         if array.size > CHUNK_ELEMENTS or array.ndim < 2:

@@ -5,7 +5,12 @@ already folded value) and every output it computes is shape-like: integer or boo
 most ``max_elements`` elements. ``Shape`` and ``Size`` fold when their input's shape is fully
 static as the model declares it (never from bound example dims, so symbolic batch sizes stay
 symbolic). Folding never touches float compute, so weights are not duplicated and the model's
-numerics cannot change; results come from ONNX's reference implementation.
+numerics cannot change; results come from ONNX's reference implementation, and a node it has
+no kernel for at the model's opset is simply not folded.
+
+Quantization ops never fold, though their outputs may be integers: ``DequantizeLinear`` of an
+int8 weight folded into a float initializer would de-quantize the model (4x the weight bytes)
+and ``QuantizeLinear`` of a float weight would change its stored precision; neither is a shape.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from sparsec.ir import shapes as ir_shapes
 from sparsec.passes.base import InPlacePass, PassError, PassResult
 from sparsec.passes.registry import register
 
-# Ops whose value depends on more than their inputs, or that hold subgraphs.
+# Ops whose value depends on more than their inputs, or that hold subgraphs; quantization ops.
 NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-              "Bernoulli", "If", "Loop", "Scan", "Constant", "ConstantOfShape"}
+              "Bernoulli", "If", "Loop", "Scan", "Constant", "ConstantOfShape",
+              "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 def _static_shape_result(model, node, shapes: dict) -> np.ndarray | None:
@@ -43,10 +49,16 @@ def _is_shape_like(array: np.ndarray, max_elements: int) -> bool:
     return (array.dtype.kind in "iub") and array.size <= max_elements
 
 
+def _declares_non_shape_output(model, node) -> bool:
+    """An output whose declared element type is known and not integer or boolean."""
+    types = [model.elem_type(o) for o in node.outputs if o is not None]
+    return any(t is not None and t.kind not in "iub" for t in types)
+
+
 def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarray] | None:
     if node.domain not in ("", "ai.onnx") or node.op_type in NEVER_FOLD:
         return None
-    if any(o.is_graph_output() for o in node.outputs):
+    if any(o.is_graph_output() for o in node.outputs) or _declares_non_shape_output(model, node):
         return None
     if node.op_type in ("Shape", "Size"):
         result = _static_shape_result(model, node, shapes)
@@ -57,7 +69,7 @@ def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarra
         return None
     arrays = [model.constant(v) if v is not None else None for v in node.inputs]
     results = cleanup.evaluate_node(model, node, arrays)
-    return results if all(_is_shape_like(r, max_elements) for r in results) else None
+    return results if results is not None and all(_is_shape_like(r, max_elements) for r in results) else None
 
 
 @register

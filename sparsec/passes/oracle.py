@@ -7,7 +7,9 @@ ones *without* a weight in between, the masked original masks the activation its
 ReduceMean or LayerNorm over a pruned axis averages over the kept positions only (x · m · C/C',
 m = 1 on kept positions), and a product of two activations contracting a pruned axis reads
 x · m. Biases, norms and divisors are left alone (a removed channel's own value never matters,
-and zeroing a divisor would make NaNs). Masks are applied *by name*, so the original can be
+and zeroing a divisor would make NaNs). A quantized weight (``analysis.quantized``) is masked in
+the constant it is stored as: its integer data set to the zero point (which dequantizes to
+exactly 0.0), a fake-quantized float weight set to 0. Masks are applied *by name*, so the original can be
 reloaded from disk rather than held in memory.
 """
 
@@ -21,6 +23,7 @@ import numpy as np
 from sparsec.analysis.axis_rules import RuleContext
 from sparsec.analysis.groups import GroupAnalysis
 from sparsec.analysis.layout_rules import reduced_axes
+from sparsec.analysis.quantized import masked_fill, weight_source
 from sparsec.analysis.shapes import value_shapes
 from sparsec.ir import runtime
 
@@ -50,11 +53,18 @@ def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
         if (name, axis) in constant_members:
             constants[name].append((axis, kept, size))
         if (name, axis) in compute_members:
-            masks.zeroed.add((name, axis))
+            masks.zeroed.add((_stored_as(model, name), axis))
         if (name, axis) in stat_members:
             masks.stats.append((name, axis, kept, size, len(shapes[name])))
     masks.constants = dict(constants)
     return masks
+
+
+def _stored_as(model, name: str) -> str:
+    """The constant a compute weight is stored as (itself, or the source of a quantized one:
+    quantization keeps every axis, so the masked axis is the same)."""
+    source = weight_source(model, model.value(name))
+    return name if source is None else source.name
 
 
 def apply_masks(model, masks: OracleMasks) -> None:
@@ -64,7 +74,8 @@ def apply_masks(model, masks: OracleMasks) -> None:
     for name, axes in masks.constants.items():
         value = values.get(name)
         array = None if value is None else model.constant(value)
-        if array is None or array.dtype.kind != "f":
+        fill = None if array is None else masked_fill(model, value, array)
+        if fill is None:
             continue
         array = array.copy()
         for axis, kept, size in axes:
@@ -74,7 +85,7 @@ def apply_masks(model, masks: OracleMasks) -> None:
             drop[kept] = False
             index = [slice(None)] * array.ndim
             index[axis] = drop
-            array[tuple(index)] = 0
+            array[tuple(index)] = fill[tuple(index)] if fill.ndim else fill
         model.set_constant(value, array)
     _mask_statistics(model, masks.stats)
 
