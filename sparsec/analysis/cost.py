@@ -1,7 +1,8 @@
 """Parameters and multiply-accumulates (MACs) per node, and their totals.
 
 Parameters: every floating-point constant tensor (initializer, ``Constant`` node or
-``ConstantOfShape`` with a constant shape) counts once, however many nodes share it; a node is
+``ConstantOfShape`` with a constant shape), and the stored integers of a quantized weight (the
+data a ``DequantizeLinear`` reads), counts once, however many nodes share it; a node is
 credited with the constants it consumes first. MACs: one rule per op type in ``MAC_RULES``
 (data, not branches), each computing from concrete shapes bound as
 ``sparsec.analysis.inputs.bind_shapes`` says (batch 1 unless the user says otherwise). A node
@@ -127,11 +128,15 @@ def _float_constants(model) -> list:
     candidates = list(model.initializers().values())
     candidates += [o for n in model.nodes() if n.op_type in ("Constant", "ConstantOfShape") for o in n.outputs]
     for value in candidates:
-        if id(value) in seen or not _is_float_constant(model, value):
+        if id(value) in seen or not (_is_float_constant(model, value) or _is_quantized_data(value)):
             continue
         seen.add(id(value))
         result.append(value)
     return result
+
+
+def _is_quantized_data(value) -> bool:
+    return any(use.node.op_type == "DequantizeLinear" and use.idx == 0 for use in value.uses())
 
 
 def _is_float_constant(model, value) -> bool:
