@@ -10,13 +10,20 @@ Gemm B axis 1 when ``transB=1`` else 0 against A's axis 1 (0 when ``transA=1``),
 data of a Gather along axis 0, only when asked for) groups along its last axis: every gathered
 row, which becomes an activation, keeps the same pattern; no activation weighs it. N:M groups
 and blocks run along the reduction axis. A weight used by several nodes is one site; when its uses
-disagree on the axis it is not a site (reported).
+disagree on the axis it is not a site (reported). With ``quantized=True`` a quantized weight
+(an integer initializer read through ``DequantizeLinear``, ``analysis.quantized``) is a site too,
+named by that initializer (DequantizeLinear keeps every axis, so the reduction axis is the
+same) and carrying its ``QuantizedWeight``: its zeros are its zero points.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsec.analysis.quantized import QuantizedWeight, quantized_weight
 
 
 @dataclass
@@ -26,6 +33,7 @@ class WeightSite:
     shape: tuple[int, ...]
     nodes: list[str] = field(default_factory=list)  # the names of the nodes using it (unnamed ones left out)
     activations: list[tuple[str, int] | None] = field(default_factory=list)  # per use: (value, channel axis)
+    quantized: QuantizedWeight | None = None  # set when the site is the stored data of a quantized weight
 
 
 def _matmul(node, model) -> list[tuple]:
@@ -53,23 +61,36 @@ REDUCTION_AXIS: dict[str, Callable] = {"MatMul": _matmul, "Gemm": _gemm, "Conv":
 EMBEDDING_AXIS: dict[str, Callable] = {"Gather": _embedding}
 
 
-def weight_sites(model, *, embeddings: bool = False) -> tuple[list[WeightSite], dict[str, str]]:
-    """The float constant operands of compute nodes (and embedding tables when asked) with
-    their reduction axis, and the weights left out with the reason (uses that disagree on the
-    axis, e.g. a table both gathered and multiplied)."""
+def _stored(model, value, quantized: bool) -> tuple:
+    """(initializer, QuantizedWeight or None) a compute operand stores its weight in: a float
+    initializer, or (when ``quantized``) the integer initializer behind a DequantizeLinear."""
+    if value.is_initializer():
+        dtype = model.elem_type(value)
+        return (value, None) if dtype is not None and dtype.kind == "f" else (None, None)
+    q = quantized_weight(model, value) if quantized else None
+    if q is None or not q.data.is_initializer() or (model.elem_type(q.data) or np.dtype("f")).kind not in "iu":
+        return None, None
+    return q.data, q
+
+
+def weight_sites(model, *, embeddings: bool = False, quantized: bool = False) -> tuple[list[WeightSite], dict[str, str]]:
+    """The float constant operands of compute nodes (and embedding tables when asked; the
+    stored data of quantized weights when ``quantized``) with their reduction axis, and the
+    weights left out with the reason (uses that disagree on the axis, e.g. a table both
+    gathered and multiplied)."""
     sites: dict[str, WeightSite] = {}
     conflicts: dict[str, str] = {}
     rules = {**REDUCTION_AXIS, **(EMBEDDING_AXIS if embeddings else {})}
     for node in model.nodes():
         rule = rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         for index, axis, act_index, act_axis in (rule(node, model) if rule else []):
-            value = node.inputs[index] if index < len(node.inputs) else None
-            shape = model.constant_shape(value) if value is not None and value.is_initializer() else None
-            dtype = model.elem_type(value) if shape is not None else None
-            if shape is None or len(shape) < 2 or dtype is None or dtype.kind != "f":
+            operand = node.inputs[index] if index < len(node.inputs) else None
+            value, q = _stored(model, operand, quantized) if operand is not None else (None, None)
+            shape = model.constant_shape(value) if value is not None else None
+            if shape is None or len(shape) < 2:
                 continue
             axis = axis % len(shape)
-            site = sites.setdefault(value.name, WeightSite(value.name, axis, tuple(shape)))
+            site = sites.setdefault(value.name, WeightSite(value.name, axis, tuple(shape), quantized=q))
             if site.axis != axis:
                 conflicts[value.name] = f"its uses reduce along different axes ({site.axis} and {axis})"
             site.nodes += [node.name] if node.name else []

@@ -18,6 +18,10 @@ tables read by Gather, grouped along each gathered row). Invariants:
   each output row); ``wanda`` without calibration data is refused; ``sparsegpt`` (N:M only, with
   calibration and recovery): Wanda's mask first, then each layer's mask chosen again in the
   refit, in graph order, by SparseGPT's sweep over the pruned model's own inputs.
+A quantized weight (an int8/uint8 initializer read through ``DequantizeLinear``) stays quantized:
+it is scored by its dequantized values and its dropped entries are set to its zero point, which
+dequantizes to exactly 0.0 (the pattern a sparse int8 kernel such as TensorRT's 2:4 reads); the
+refit leaves it alone (it fits float weights only).
 The pass only multiplies weights by 0/1 masks: the result is its own oracle reference (the
 sparse-encoded formats of a later pass must equal it bit for bit). With ``calibration`` (and
 ``recover``, on by default) the masked layers are then refit by least squares with their zeros
@@ -34,6 +38,7 @@ from typing import ClassVar
 import numpy as np
 
 from sparsec.analysis.activations import weight_input_norms
+from sparsec.analysis.quantized import dequantized, zero_points
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.calibrated import CalibratedPass
@@ -123,7 +128,7 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         return (int(match[1]), int(match[2])) if match and int(match[1]) > 0 and int(match[2]) > 0 else None
 
     def call(self, model) -> PassResult:
-        sites, conflicts = weight_sites(model, embeddings=self.embeddings)
+        sites, conflicts = weight_sites(model, embeddings=self.embeddings, quantized=True)
         skipped, notes = dict(conflicts), unmatched_warnings(self.exclude, model, "sparsity.exclude-unmatched")
         protected = {s.name: excluded_by(self.exclude, [s.name, *s.nodes]) for s in sites}
         skipped.update({name: reason for name, reason in protected.items() if reason})
@@ -151,14 +156,13 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         """Zero the weights the pattern drops; the per-tensor report. The arrays read here die
         with this call, so a later session (the refit's) may move memory-mapped weights."""
         initializers = model.initializers()
-        arrays = {s.name: model.constant(initializers[s.name]) for s in sites}
-        keeps = self._keep_masks(sites, arrays, norms, skipped)
+        keeps = self._keep_masks(sites, {s.name: _values(model, s) for s in sites}, norms, skipped)
         tensors = []
         for site in sites:
             if site.name not in keeps:
                 continue
-            array, keep = arrays[site.name], keeps[site.name]
-            model.resize_initializer(initializers[site.name], np.where(keep, array, np.zeros((), array.dtype)))
+            array, keep = model.constant(initializers[site.name]), keeps[site.name]
+            model.resize_initializer(initializers[site.name], np.where(keep, array, _zeros(model, site, array)))
             tensors.append({"name": site.name, "pattern": self._pattern(), "axis": site.axis,
                             "sparsity": float(1 - keep.mean()), "elements": int(keep.size)})
         return tensors
@@ -211,6 +215,16 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         keep = lowest_keep(flat, int(round(self.ratio * flat.size)))
         bounds = np.cumsum([0] + [scores[n].size for n in names])
         return {n: keep[bounds[i]:bounds[i + 1]].reshape(scores[n].shape) for i, n in enumerate(names)}
+
+
+def _values(model, site: WeightSite) -> np.ndarray:
+    """The weight as its compute op reads it (a quantized one dequantized), for scoring."""
+    return dequantized(model, site.quantized) if site.quantized else model.constant(model.initializers()[site.name])
+
+
+def _zeros(model, site: WeightSite, array: np.ndarray) -> np.ndarray:
+    """What a dropped entry is stored as: 0, or a quantized weight's zero point."""
+    return zero_points(model, site.quantized, array.shape) if site.quantized else np.zeros((), array.dtype)
 
 
 def _per_row_keep(scores: np.ndarray, axis: int, ratio: float) -> np.ndarray:
