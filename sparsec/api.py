@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import resource
 import time
 from collections import Counter
@@ -63,7 +64,22 @@ def prepare_feeds(model: Model, input_shapes: Sequence[str] = (), inputs: str | 
     overrides = _input_shapes(model, input_shapes, inputs)
     if inputs is not None:
         return load_npz(inputs, model), str(inputs)
-    return random_inputs(model, bind_shapes(model, overrides), seed), f"random (seed {seed})"
+    shapes = bind_shapes(model, overrides)
+    _refuse_huge_feeds(shapes)
+    return random_inputs(model, shapes, seed), f"random (seed {seed})"
+
+
+def _refuse_huge_feeds(shapes: dict[str, tuple[int, ...]]) -> None:
+    """Random inputs are made as float64 first: refuse shapes whose arrays would take more than
+    a quarter of this machine's memory (a declared dim of 2^40, an --input-shape typo)."""
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    total = 0
+    for name, shape in shapes.items():
+        total += math.prod(shape) * 8
+        if total > budget:
+            raise InputError(f"input '{name}' at shape {'x'.join(map(str, shape))} would need {total / 2**30:.3g} GiB of "
+                             f"random data, more than a quarter of this machine's memory ({budget / 2**30:.3g} GiB); "
+                             "give smaller dims with --input-shape, or --inputs")
 
 
 def _input_shapes(model: Model, input_shapes: Sequence[str], inputs) -> dict[str, tuple[int, ...]]:
@@ -262,7 +278,7 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     validation = validate(Path(source), model, feeds, inputs_label=label, rtol=rtol, atol=atol,
                           latency_runs=latency_runs)
     if oracle is None and not validation.passed:
-        raise ValidationError(_failure_line(validation))
+        raise ValidationError(failure_line(validation))
     return oracle, validation
 
 
@@ -423,11 +439,13 @@ def check_destinations(model: Model, output: Path, extra: Sequence[Path], force:
         taken.add(path.resolve())
 
 
-def _failure_line(report: Validation) -> str:
-    worst = max(report.outputs, key=lambda o: o.max_abs, default=None)
+def failure_line(report: Validation, *, written: str = " (nothing written)") -> str:
+    """One line saying which output failed ``report`` and by how much; ``written`` ends the
+    first clause (a compress run says nothing was written, ``validate`` writes nothing anyway)."""
+    worst = max((o for o in report.outputs if not o.passed), key=lambda o: o.max_abs, default=None)
     if worst is None:
-        return "validation failed: the candidate's outputs do not match the reference's (nothing written)"
-    return (f"validation failed (nothing written): output '{worst.name}' max abs error {worst.max_abs:.3g} "
+        return f"validation failed{written}: the candidate's outputs do not match the reference's"
+    return (f"validation failed{written}: output '{worst.name}' max abs error {worst.max_abs:.3g} "
             f"exceeds atol {report.atol:g} + rtol {report.rtol:g}·|ref|")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,11 +18,23 @@ import click
 from click.core import ParameterSource
 
 from sparsec import __version__, api, report
-from sparsec.errors import SparsecError
+from sparsec.errors import SparsecError, ValidationError, printable
 from sparsec.passes import available
 from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL
 
-MODEL_PATH = click.Path(path_type=Path)
+
+
+class _FilePath(click.Path):
+    """A file path; one written with a trailing separator names a folder and is refused (it
+    would otherwise lose the separator and become a file of the folder's name)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
+            self.fail(f"{value!r} names a folder (it ends with '/'); give a file path, e.g. {value}model.onnx", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+MODEL_PATH = _FilePath(path_type=Path)
 
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD...",
@@ -82,9 +95,9 @@ def analyze(model: Path, as_json: bool, groups: bool, heads: bool, sensitivity: 
                                 importance=importance or _default_importance(calibration), progress=_line)
         summary["sensitivity"] = table.to_json()
         if not as_json:
-            click.echo(report.analyze_text(summary) + "\n\n" + table.text())
+            _echo(report.analyze_text(summary) + "\n\n" + table.text())
             return
-    click.echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
+    _echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
 
 
 @cli.command()
@@ -202,7 +215,7 @@ def compress(model: Path, output: Path, report_path: Path | None, pipeline: str 
     result = api.compress(model, output, pipeline=pipeline, input_shapes=input_shapes, inputs=inputs, force=force,
                           report=report_path, plan_out=plan_out, rtol=rtol, atol=atol, latency_runs=latency_runs,
                           on_pass=_progress)
-    click.echo(report.compress_text(result))
+    _echo(report.compress_text(result))
 
 
 def _given(*names: str) -> list[str]:
@@ -248,7 +261,7 @@ def _default_importance(calibration) -> str:
 
 
 def _line(text: str) -> None:
-    click.echo(f"  {text}", err=True)
+    _echo(f"  {text}", err=True)
 
 
 def _check_calibration_options(calibration, samples, no_recover: bool, steps: int, structured: bool) -> None:
@@ -297,7 +310,7 @@ def _sparsity_pipeline(nm, sparsity, block, embeddings, scope, sparse_format, im
 
 def _progress(pass_, result) -> None:
     stats = ", ".join(f"{k}={v:g}" for k, v in result.stats.items() if v)
-    click.echo(f"  {pass_.describe()}: {stats or ('changed' if result.modified else 'no change')}", err=True)
+    _echo(f"  {pass_.describe()}: {stats or ('changed' if result.modified else 'no change')}", err=True)
 
 
 @cli.command()
@@ -316,9 +329,9 @@ def validate(reference: Path, candidate: Path, as_json: bool, input_shapes, inpu
     """
     result = api.validate_files(reference, candidate, input_shapes=input_shapes, inputs=inputs, rtol=rtol,
                                 atol=atol, latency_runs=latency_runs)
-    click.echo(json.dumps(result.to_json(), indent=2) if as_json else report.validation_text(result))
+    _echo(json.dumps(result.to_json(), indent=2) if as_json else report.validation_text(result))
     if not result.passed:
-        sys.exit(1)
+        raise ValidationError(api.failure_line(result, written=""))
 
 
 @cli.command()
@@ -328,7 +341,7 @@ def validate(reference: Path, candidate: Path, as_json: bool, input_shapes, inpu
 def densify(model: Path, output: Path, force: bool) -> None:
     """Turn the sparse-encoded weights of MODEL back into plain initializers (checked bit-identical)."""
     count = api.densify(model, output, force=force)
-    click.echo(f"decoded {count} weight{'' if count == 1 else 's'}; wrote {output}")
+    _echo(f"decoded {count} weight{'' if count == 1 else 's'}; wrote {output}")
 
 
 @cli.command(name="passes")
@@ -337,7 +350,12 @@ def list_passes() -> None:
     registry = available()
     width = max(len(name) for name in registry)
     for name, cls in registry.items():
-        click.echo(f"{name.ljust(width)}  {cls.summary}")
+        _echo(f"{name.ljust(width)}  {cls.summary}")
+
+
+class _PrintableFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 def _show_progress() -> None:
@@ -345,10 +363,20 @@ def _show_progress() -> None:
     logger = logging.getLogger("sparsec.progress")
     if not logger.handlers:
         handler = logging.StreamHandler()  # stderr, looked up per line (so tests capture it)
-        handler.setFormatter(logging.Formatter("    %(message)s"))
+        handler.setFormatter(_PrintableFormatter("    %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """Print a result (stdout) or progress line (stderr) with its control characters escaped."""
+    click.echo(printable(text), err=err)
+
+
+def _error(message: str) -> None:
+    """The one stderr line of a failure, on one line whatever the message holds."""
+    click.echo(f"sparsec: error: {printable(message, newlines=False)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,19 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv or ["--help"], prog_name="sparsec", standalone_mode=False)  # bare 'sparsec': the help
     except SparsecError as error:
-        click.echo(f"sparsec: error: {error}", err=True)
+        _error(str(error))
         return error.exit_code
     except click.exceptions.Abort:
         click.echo("sparsec: aborted", err=True)
         return 130
     except click.ClickException as error:
         where = getattr(getattr(error, "ctx", None), "command_path", None) or "sparsec"  # the subcommand's help
-        click.echo(f"sparsec: error: {error.format_message()} (see '{where} --help')", err=True)
+        _error(f"{error.format_message()} (see '{where} --help')")
         return 2
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 0
+    except SystemExit as exit_:  # sparsec never calls sys.exit below main: a plugin or pass did
+        _error(f"internal error (sys.exit({exit_.code!r}) was called by a pass or plugin, not by sparsec)")
+        return 3
     except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
-        click.echo(f"sparsec: error: internal error ({type(error).__name__}: {error}); please report it", err=True)
+        _error(f"internal error ({type(error).__name__}: {error}); please report it")
         return 3
     return 0
 

@@ -46,3 +46,15 @@ def one_line(error: Exception | str) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     text = _CPP_LOCATION.sub("", _ORT_STATUS.sub("", text))
     return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, *, newlines: bool = True) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences, carriage
+    returns, NUL) written as ``\\xNN``; newlines kept when ``newlines`` else written as ``\\n``,
+    so a name or path taken from a file can neither recolour the terminal nor forge a line."""
+    if not newlines:
+        text = text.replace("\n", "\\n").replace("\t", " ")
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)

@@ -1,11 +1,12 @@
 """Reading an ONNX file defensively: every way a file can be bad becomes one ``InputError`` line.
 
 Order of checks: the path exists and is a file; the bytes parse as a ModelProto with a graph;
-every external-data reference stays inside the model's folder, exists, and is long enough;
-the ONNX checker accepts the model (run with the weights lifted out, so its cost does not grow
-with the weights). An embedded tensor whose bytes do not fit its dims is reported when it is
-first read (``Model.constant``). Only then is the model handed to onnx-ir, which
-memory-maps external weights instead of reading them.
+every tensor, sparse ones and those in subgraphs and functions included, has a defined data
+type and the bytes its dims declare, and every external-data reference is a well-formed
+location inside the model's folder, not a hard link, long enough (``tensor_checks``); graph
+outputs have distinct names; the ONNX checker accepts the model (run with the weights lifted
+out, so its cost does not grow with the weights). Only then is the model handed to onnx-ir,
+which memory-maps external weights instead of reading them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+from onnx.external_data_helper import uses_external_data
 
 from sparsec.errors import InputError, one_line
+from sparsec.ir.tensor_checks import check_tensors
 
 
 def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
@@ -30,6 +33,17 @@ def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
     proto = _parse(path)
     files = check_external_data(proto, path.parent)
     return proto, files
+
+
+def deserialize(proto: onnx.ModelProto, path: Path) -> ir.Model:
+    """The onnx-ir model of a checked proto; what onnx-ir cannot represent is one ``InputError``
+    naming its innermost reason (onnx-ir wraps it in one error per graph level)."""
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as error:  # onnx-ir raises SerdeError, TypeError, ValueError ... for what it cannot read
+        while error.__cause__ is not None:
+            error = error.__cause__
+        raise InputError(f"{path}: cannot read this model ({type(error).__name__}: {one_line(error)})") from None
 
 
 def check_structure(proto: onnx.ModelProto, path: Path) -> None:
@@ -55,39 +69,21 @@ def _parse(path: Path) -> onnx.ModelProto:
 
 
 def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> set[Path]:
-    """The external-data files ``proto`` reads, after refusing any that escapes ``base_dir``,
-    is missing, or is shorter than its tensors need."""
-    root = base_dir.resolve()
-    files = set()
-    for tensor in _get_all_tensors(proto):
-        if not uses_external_data(tensor):
-            continue
-        info = ExternalDataInfo(tensor)
-        location = Path(info.location)
-        target = (root / location).resolve()
-        if location.is_absolute() or not target.is_relative_to(root):
-            raise InputError(
-                f"external data '{info.location}' of tensor '{tensor.name}' resolves outside the model folder {root}; refusing to read it"
-            )
-        if not target.is_file():
-            raise InputError(f"external data file '{info.location}' of tensor '{tensor.name}' is missing (looked in {root})")
-        needed = (info.offset or 0) + (info.length or _tensor_bytes(tensor))
-        if needed > target.stat().st_size:
-            raise InputError(
-                f"external data file '{info.location}' is too short for tensor '{tensor.name}' "
-                f"(needs {needed} bytes, has {target.stat().st_size}); is it truncated?"
-            )
-        files.add(target)
+    """The external-data files ``proto`` reads, after checking every tensor it holds (see
+    ``tensor_checks``: sparse ones and those inside subgraphs and functions included)."""
+    files = check_tensors(proto, base_dir)
+    _check_interface(proto)
     return files
 
 
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    """Bytes a fixed-size tensor occupies (0 when the dtype has no fixed size, e.g. strings)."""
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count * itemsize if tensor.data_type != onnx.TensorProto.STRING else 0
+def _check_interface(proto: onnx.ModelProto) -> None:
+    """Graph outputs (and inputs) with distinct names: a name listed twice is ambiguous to
+    every runtime, and the ONNX checker lets it pass."""
+    for kind, values in (("output", proto.graph.output), ("input", proto.graph.input)):
+        names = [v.name for v in values]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InputError(f"graph {kind} '{twice[0]}' is listed {names.count(twice[0])} times; each must be listed once")
 
 
 def check_full(proto: onnx.ModelProto) -> str | None:

@@ -48,8 +48,9 @@ class Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
         proto, files = loading.read_checked_proto(path)
-        sparse_names = sparse_coo.densify_sparse_initializers(proto)
-        model = ir.serde.deserialize_model(proto)
+        sparse_names = sparse_coo.densify_sparse_initializers(proto, path.parent.resolve())
+        sparse_coo.densify_sparse_constants(proto, path.parent.resolve())
+        model = loading.deserialize(proto, path)
         if not model.graph.outputs:
             raise InputError(f"{path}: the graph has no outputs (nothing to compute, validate or compress)")
         if sparse_names and not files and sparse_coo.COO_KEY not in model.metadata_props:

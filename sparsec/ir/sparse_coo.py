@@ -16,12 +16,13 @@ the structural check on the sparse one; onnxruntime reads the sparse form unmodi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from sparsec.errors import one_line
+from sparsec.errors import InputError, one_line
 
 COO_KEY = "sparsec.coo_tensors"
 INDEX_BYTES = 8  # ONNX requires int64 indices
@@ -36,26 +37,58 @@ def coo_names(metadata: dict[str, str]) -> list[str]:
     return json.loads(metadata.get(COO_KEY) or "[]")
 
 
-def densify_sparse_initializers(proto: onnx.ModelProto) -> list[str]:
+def densify_sparse_initializers(proto: onnx.ModelProto, base_dir: Path) -> list[str]:
     """Move every sparse initializer of the main graph into ``initializer`` as a dense tensor
-    of the same name; return their names."""
+    of the same name; return their names. External values and indices are read from
+    ``base_dir`` (the model's folder, already checked by ``tensor_checks``)."""
     graph = proto.graph
     names = []
     for sparse in list(graph.sparse_initializer):
-        dense = numpy_helper.from_array(_dense_array(sparse), sparse.values.name)
+        dense = numpy_helper.from_array(_dense_array(sparse, base_dir), sparse.values.name)
         graph.initializer.append(dense)
         names.append(sparse.values.name)
     del graph.sparse_initializer[:]
     return names
 
 
-def _dense_array(sparse: onnx.SparseTensorProto) -> np.ndarray:
-    """The dense array of a sparse tensor, linear ([nnz]) or coordinate ([nnz, rank]) indices."""
-    values = numpy_helper.to_array(sparse.values).reshape(-1)
-    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+def densify_sparse_constants(proto: onnx.ModelProto, base_dir: Path) -> int:
+    """Give every ``Constant`` holding a ``sparse_value`` (any graph, any function) the dense
+    ``value`` it stands for (onnx-ir reads no sparse attributes); return how many changed."""
+    changed = 0
+    for node in _all_nodes(proto):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attribute in [a for a in node.attribute if a.name == "sparse_value"]:
+            dense = numpy_helper.from_array(_dense_array(attribute.sparse_tensor, base_dir))
+            node.attribute.remove(attribute)
+            node.attribute.append(onnx.helper.make_attribute("value", dense))
+            changed += 1
+    return changed
+
+
+def _all_nodes(proto: onnx.ModelProto):
+    """Every NodeProto: main graph, functions, and the bodies of their If/Loop/Scan nodes."""
+    pending = [proto.graph.node, *(f.node for f in proto.functions)]
+    while pending:
+        for node in pending.pop():
+            yield node
+            for attribute in node.attribute:
+                graphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+                pending.extend(g.node for g in graphs)
+
+
+def _dense_array(sparse: onnx.SparseTensorProto, base_dir: Path) -> np.ndarray:
+    """The dense array of a sparse tensor, linear ([nnz]) or coordinate ([nnz, rank]) indices;
+    ``InputError`` when an index falls outside the dims."""
+    values = numpy_helper.to_array(sparse.values, base_dir=str(base_dir)).reshape(-1)
+    indices = numpy_helper.to_array(sparse.indices, base_dir=str(base_dir)).astype(np.int64)
     shape = tuple(sparse.dims)
+    size = int(np.prod(shape))
+    bounds = np.array(shape, dtype=np.int64) if indices.ndim == 2 else np.array([size], dtype=np.int64)
+    if indices.size and (indices.min() < 0 or np.any(indices.reshape(len(values), -1) >= bounds)):
+        raise InputError(f"sparse tensor '{sparse.values.name}' has an index outside its dims {list(shape)}")
     flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), shape)
-    dense = np.zeros(int(np.prod(shape)), dtype=values.dtype)
+    dense = np.zeros(size, dtype=values.dtype)
     dense[flat] = values
     return dense.reshape(shape)
 

@@ -80,6 +80,9 @@ def _run(member: PassBase, model) -> PassResult:
         return member(model)
     except SparsecError:
         raise
+    except SystemExit as exit_:  # sys.exit() inside a pass must not end the run as if it succeeded
+        raise InternalError(f"pass '{member.describe()}' called sys.exit({exit_.code!r}); a pass returns a "
+                            "PassResult or raises an exception") from None
     except Exception as error:
         raise InternalError(f"pass '{member.describe()}' failed: {type(error).__name__}: {error}") from error
 
