@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
 from sparsec.errors import InputError
-from sparsec.ir import loading, sparse_coo
+from sparsec.ir import loading, saving, sparse_coo
 
 # The protobuf limit is 2 GiB; keep a margin for the graph structure itself.
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -92,49 +91,36 @@ class Model:
             self.touch()
 
     def save(self, path: str | os.PathLike, *, force: bool = False) -> int:
-        """Write atomically to ``path``; return the bytes written (model + external data).
+        """Write to ``path`` so that the model and its external data switch as one (see
+        ``sparsec.ir.saving``); return the bytes written (model + external data).
 
         Refuses to overwrite the file the model was loaded from unless ``force``. Writes external
-        data (``<name>.data`` beside the model) when the source had external data or the
-        protobuf would pass 2 GB.
+        data (``<name>.<8 hex digits>.data`` beside the model, a fresh name each time; the one the
+        previous ``path`` read is removed) when ``needs_external_data``.
         """
         path = Path(path)
-        data_path = self.check_destination(path, force=force)
-        data_name = data_path.name if data_path else None
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            # External data is itself written atomically by onnx-ir (temp file + replace).
-            if self._writes_sparse():
-                onnx.save_model(self.to_proto(), tmp)
-            else:
-                ir.save(self.ir, tmp, external_data=data_name)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except OSError as error:
-            raise InputError(f"cannot write {path}: {error.strerror or error}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        written = path.stat().st_size
-        if data_name:
-            written += (path.parent / data_name).stat().st_size
-        return written
+        self.check_destination(path, force=force)
+        proto = self.to_proto() if self._writes_sparse() else None
+        return saving.save(self.ir, path, external=self.needs_external_data(), proto=proto, keep=self.source_files)
 
     def needs_external_data(self) -> bool:
-        return self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
+        """Whether saving writes an external-data file: the model was loaded with one (the layout
+        is kept even when every weight was replaced), a weight still lives in one, or the protobuf
+        would pass 2 GB."""
+        loaded_external = len(self.source_files) > 1  # the model file and at least one data file
+        return loaded_external or self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
 
     def check_destination(self, path: Path, *, force: bool = False) -> Path | None:
         """Refuse a save to ``path`` that would clobber this model's own files or cannot be
-        written; return the external-data file such a save would also write, if any."""
+        written. Returns None: an external-data file gets a fresh name when saved, so no other
+        output can collide with it (kept for callers that check one)."""
         path = Path(path)
-        data_path = path.parent / (path.name + ".data") if self.needs_external_data() else None
+        if len(self.source_files) > 1 and _same_file(path, self.path):
+            raise InputError(f"refusing to overwrite {path}, an external-data model the output is read from "
+                             "(--force cannot overwrite one); choose another output path")
         self.refuse_clobbering_sources(path, force=force)
-        if data_path is not None:
-            self.refuse_clobbering_sources(data_path, force=False)
-        for target in (path, data_path) if data_path is not None else (path,):
-            refuse_unwritable(target)
-        return data_path
+        refuse_unwritable(path)
+        return None
 
     def refuse_clobbering_sources(self, path: Path, *, force: bool, forceable: bool = True) -> None:
         """Raise ``InputError`` when writing ``path`` would overwrite this model's own files.
@@ -530,12 +516,6 @@ class Model:
         old.name = self.unique_name(f"{name}__replaced")
         new.name = name
         self.touch()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
