@@ -25,6 +25,7 @@ from onnx_ir.passes.common import _c_api_utils
 
 from sparsec.errors import InputError
 from sparsec.ir import loading, saving, sparse_coo
+from sparsec.ir import types as value_types
 
 # The protobuf limit is 2 GiB; keep a margin for the graph structure itself.
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -299,6 +300,16 @@ class Model:
             return np.dtype(value.dtype.numpy())
         except (TypeError, ValueError):
             return None
+
+    @staticmethod
+    def type_name(value: ir.Value) -> str | None:
+        """onnxruntime's name of the value's type: 'tensor(float)', 'seq(map(int64,tensor(float)))'."""
+        return value_types.type_name(value.type)
+
+    @staticmethod
+    def is_tensor(value: ir.Value) -> bool:
+        """Whether the value is a dense tensor (or of unknown type): not a sequence, map or optional."""
+        return value_types.is_tensor(value.type)
 
     def has_external_data(self) -> bool:
         return any(isinstance(v.const_value, ir.ExternalTensor)
