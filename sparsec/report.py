@@ -73,19 +73,39 @@ def oracle_text(oracle: Validation) -> str:
 
 
 def validation_text(v: Validation, title: str = "") -> str:
-    rows = [[o.name, "x".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
+    rows = [[o.name, _shape_cell(o), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", "-" if o.cosine is None else f"{o.cosine:.6f}",
              "-" if o.top1 is None else f"{o.top1:.3f}", "ok" if o.passed else ("-" if title else "FAIL")]
             for o in v.outputs]
     head = (f"{title} on {v.inputs}" if title else
             f"validation on {v.inputs} (rtol {v.rtol:g}, atol {v.atol:g}): {'passed' if v.passed else 'FAILED'}")
     body = table(rows, ["output", "shape", "max abs", "max rel", "cosine", "top-1", ""])
+    problems = "".join(f"\n{o.name}: {o.problem}" for o in v.outputs if o.problem)
     latency = f"latency median ms: reference {_ms(v.latency_ms_reference)}, candidate {_ms(v.latency_ms_candidate)}"
-    return f"{head}\n{body}\n{latency}"
+    return f"{head}\n{body}{problems}\n{latency}"
+
+
+def _shape_cell(o) -> str:
+    """A tensor's dims ('360x10'); a non-tensor's type, with a sequence's or map's length in brackets."""
+    dims = "x".join(map(str, o.shape))
+    if o.is_tensor():
+        return dims
+    if o.type.startswith(("seq(", "map(")):
+        return f"{o.type}[{dims}]"
+    return f"{o.type} {dims}".rstrip()
+
+
+def _value_text(info: dict) -> str:
+    """'name dtype shape' for a tensor; 'name type' for a sequence, map or optional."""
+    kind = info.get("type")
+    if kind and not kind.startswith("tensor("):
+        return f"{info['name']} {kind}"
+    return f"{info['name']} {info['dtype']} {info['shape']}"
 
 
 def analyze_text(summary: dict) -> str:
-    inputs = ", ".join(f"{i['name']} {i['dtype']} {i['shape']} (bound {i.get('bound_shape')})" for i in summary["inputs"])
-    outputs = ", ".join(f"{o['name']} {o['dtype']} {o['shape']}" for o in summary["outputs"])
+    inputs = ", ".join(f"{_value_text(i)} (bound {i.get('bound_shape')})" if i.get("bound_shape") is not None
+                       else _value_text(i) for i in summary["inputs"])
+    outputs = ", ".join(_value_text(o) for o in summary["outputs"])
     head = [
         f"model     {summary['model']}  ({summary['producer']})",
         "opsets    " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in summary["opsets"].items()),

@@ -1,17 +1,34 @@
 """Reference-vs-candidate validation in onnxruntime: error metrics per output, and latency.
 
-Metrics per output (reference r, candidate c, both as float64):
+Metrics per tensor output (reference r, candidate c, both as float64):
 - ``max_abs`` = max |c − r|;
 - ``max_rel`` = max |c − r| / max(|r|, 1e-6 · max |r|) (the floor keeps zeros in r from
   dominating);
 - ``cosine`` = <c, r> / (‖c‖ ‖r‖) over the flattened tensors (1.0 when both are zero);
 - ``top1`` (classifier-shaped outputs: rank 2, more than one class) = share of rows whose
   argmax agrees.
-An output passes when every element satisfies |c − r| ≤ atol + rtol·|r| (``numpy.allclose``;
-NaN equals NaN, where the reference itself produces NaN) and the shapes agree. The exactness
-oracle (a pruned model against its masked original) instead passes when
-max |c − r| ≤ ``peak_tolerance`` · max |r| (``ORACLE_TOLERANCE`` = 1e-4). Latency is the median of ``runs`` timed runs after ``warmup`` untimed
-ones, same inputs, same thread settings for both models.
+
+Pass rules. Floating-point values pass when every element has |c − r| ≤ atol + rtol·|r|, or,
+for the exactness oracle (a pruned model against its masked original, ``peak_tolerance``),
+max |c − r| ≤ peak_tolerance · max |r| (``ORACLE_TOLERANCE`` = 1e-4). Integers, booleans and
+strings must be equal. Shapes must agree.
+
+Non-finite values never count as agreement. A reference that is NaN or infinite anywhere in
+an output cannot be validated on these inputs, whatever the candidate gives (NaN in gives
+NaN out for a model with every weight doubled too): the output fails, with a ``problem`` line
+saying so and asking for inputs on which the reference is finite. A candidate NaN or Inf
+where the reference is finite fails as an unbounded error. Either way ``max_abs`` and
+``max_rel`` are infinite and ``cosine`` and ``top1`` are undefined (None): no metric is ever
+NaN, so none can pass by accident.
+
+Non-tensor outputs (sequences, maps, optionals, nested) are compared element by element:
+sequences by length then each element, maps by their key set then each value, an empty
+optional only with an empty one; their leaves follow the rules above (floats with the
+tolerance, everything else exactly). The float leaves, taken together, give the metrics;
+``top1`` of a sequence of maps (skl2onnx's ZipMap probabilities) is the share of maps whose
+highest-valued key agrees. ``type`` is onnxruntime's name of the output's type and
+``problem`` names the first mismatch. Latency is the median of ``runs`` timed runs after
+``warmup`` untimed ones, same inputs, same thread settings for both models.
 """
 
 from __future__ import annotations
@@ -28,18 +45,25 @@ from sparsec.ir import Model, runtime
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 ORACLE_TOLERANCE = 1e-4
+NOT_FINITE_REFERENCE = ("the reference is NaN or infinite at {count} of {total} values on these inputs, so it "
+                        "cannot be validated on them: give inputs (--inputs) on which it is finite")
 
 
 @dataclass
 class OutputMetrics:
     name: str
-    shape: list[int]
+    shape: list[int]  # a tensor's shape; a sequence's or map's length; [] for other values
     max_abs: float
     max_rel: float
-    cosine: float
+    cosine: float | None  # None when undefined: non-finite or non-numeric values
     top1: float | None
     passed: bool
     max_abs_reference: float = 0.0
+    type: str | None = None  # onnxruntime's name: 'tensor(float)', 'seq(map(int64,tensor(float)))'
+    problem: str | None = None  # why it fails beyond the numbers (first mismatch, non-finite values)
+
+    def is_tensor(self) -> bool:
+        return self.type is None or self.type.startswith("tensor(")
 
 
 @dataclass
@@ -58,6 +82,18 @@ class Validation:
     def failures(self) -> list[str]:
         return [o.name for o in self.outputs if not o.passed]
 
+    def failure_line(self) -> str | None:
+        """Why validation failed, in one line naming the first failing output (None if it passed)."""
+        if self.passed:
+            return None
+        failed = [o for o in self.outputs if not o.passed]
+        if not failed:
+            return "the candidate's outputs cannot be paired with the reference's (names and counts differ)"
+        worst = next((o for o in failed if o.problem), failed[0])
+        if worst.problem:
+            return f"output '{worst.name}': {worst.problem}"
+        return f"output '{worst.name}' max abs error {worst.max_abs:.3g} exceeds atol {self.atol:g} + rtol {self.rtol:g}·|ref|"
+
 
 def session(source: Model | str | Path, threads: int = 0) -> runtime.Session:
     """A session over a ``Model`` or a file path."""
@@ -66,21 +102,87 @@ def session(source: Model | str | Path, threads: int = 0) -> runtime.Session:
     return runtime.session_for_file(source, threads=threads)
 
 
-def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float,
-                   peak_tolerance: float | None = None) -> OutputMetrics:
+def output_metrics(name: str, reference, candidate, rtol: float, atol: float,
+                   peak_tolerance: float | None = None, value_type: str | None = None) -> OutputMetrics:
+    """Compare one output (a tensor or any non-tensor value) by the module's rules."""
+    if not isinstance(reference, np.ndarray) or not isinstance(candidate, np.ndarray):
+        return _structured_metrics(name, reference, candidate, rtol, atol, peak_tolerance, value_type)
     if reference.shape != candidate.shape:
-        return OutputMetrics(name, list(candidate.shape), float("inf"), float("inf"), 0.0, None, False)
-    r, c = reference.astype(np.float64), candidate.astype(np.float64)
+        return OutputMetrics(name, list(candidate.shape), float("inf"), float("inf"), 0.0, None, False, type=value_type,
+                             problem=f"shape {list(candidate.shape)}, the reference's is {list(reference.shape)}")
+    if not _numeric(reference) or not _numeric(candidate):
+        problem = _exact_problem(reference, candidate, "")
+        return _exact_metrics(name, list(reference.shape), problem, value_type)
+    problem = _exact_problem(reference, candidate, "") if not _floating(reference, candidate) else None
+    metrics = _numeric_metrics(name, reference, candidate, rtol, atol, peak_tolerance, problem)
+    metrics.shape, metrics.type = list(reference.shape), value_type
+    metrics.top1 = _top1(reference, candidate) if np.isfinite(metrics.max_abs) else None
+    return metrics
+
+
+def _numeric_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float,
+                     peak_tolerance: float | None, problem: str | None) -> OutputMetrics:
+    """Metrics and verdict over two equally long numeric vectors (any shape, compared flat);
+    ``problem`` is a mismatch found already (integers compared exactly)."""
+    r, c = reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()
+    problem = problem or _finiteness_problem(r, c)
+    if problem is not None and not (np.isfinite(r).all() and np.isfinite(c).all()):
+        return OutputMetrics(name, [], float("inf"), float("inf"), None, None, False, _peak(r), problem=problem)
     diff = np.abs(c - r)
-    scale = np.max(np.abs(r)) if r.size else 0.0
+    scale = _peak(r)
     floor = max(1e-6 * scale, np.finfo(np.float64).tiny)
     max_abs = float(diff.max()) if r.size else 0.0
     max_rel = float((diff / np.maximum(np.abs(r), floor)).max()) if r.size else 0.0
     if peak_tolerance is None:
-        passed = bool(np.allclose(c, r, rtol=rtol, atol=atol, equal_nan=True))
+        within = bool(np.all(diff <= atol + rtol * np.abs(r)))
     else:
-        passed = bool(max_abs <= peak_tolerance * scale)
-    return OutputMetrics(name, list(r.shape), max_abs, max_rel, _cosine(r, c), _top1(r, c), passed, float(scale))
+        within = max_abs <= peak_tolerance * scale
+    return OutputMetrics(name, [], max_abs, max_rel, _cosine(r, c), None, within and problem is None, scale,
+                         problem=problem)
+
+
+def _peak(r: np.ndarray) -> float:
+    finite = r[np.isfinite(r)]
+    return float(np.max(np.abs(finite))) if finite.size else 0.0
+
+
+def _finiteness_problem(r: np.ndarray, c: np.ndarray) -> str | None:
+    """The non-finite rule: a reference NaN/Inf anywhere, or a candidate one where the reference is finite."""
+    bad_reference = int(np.count_nonzero(~np.isfinite(r)))
+    if bad_reference:
+        return NOT_FINITE_REFERENCE.format(count=bad_reference, total=r.size)
+    bad_candidate = int(np.count_nonzero(~np.isfinite(c)))
+    if bad_candidate:
+        return f"the candidate is NaN or infinite at {bad_candidate} of {c.size} values where the reference is finite"
+    return None
+
+
+def _numeric(array: np.ndarray) -> bool:
+    return array.dtype.kind in "biuf"
+
+
+def _floating(*arrays: np.ndarray) -> bool:
+    return all(array.dtype.kind == "f" for array in arrays)
+
+
+def _exact_metrics(name: str, shape: list[int], problem: str | None, value_type: str | None) -> OutputMetrics:
+    """Metrics of values compared only for equality (strings): no error figures, cosine undefined."""
+    error = 0.0 if problem is None else float("inf")
+    return OutputMetrics(name, shape, error, error, None, None, problem is None, type=value_type, problem=problem)
+
+
+def _exact_problem(reference: np.ndarray, candidate: np.ndarray, where: str) -> str | None:
+    """The first position where two same-shaped arrays differ, compared exactly, or None."""
+    if reference.dtype.kind in "biu" and candidate.dtype.kind == "f" or reference.dtype.kind == "f" and candidate.dtype.kind in "biu":
+        return f"{where or 'the output'} is {candidate.dtype} in the candidate, {reference.dtype} in the reference"
+    equal = np.asarray(reference == candidate, dtype=bool)
+    if equal.shape != reference.shape:  # numpy could not compare element-wise (mixed types)
+        return f"{where or 'the output'} holds values of another type than the reference's"
+    if equal.all():
+        return None
+    index = tuple(int(i) for i in np.argwhere(~equal)[0])
+    return (f"{where}{list(index) if index else ''} is {candidate[index]!r}, the reference's is {reference[index]!r} "
+            f"({int(np.count_nonzero(~equal))} of {reference.size} values differ)").lstrip()
 
 
 def _cosine(r: np.ndarray, c: np.ndarray) -> float:
@@ -94,6 +196,87 @@ def _top1(r: np.ndarray, c: np.ndarray) -> float | None:
     if r.ndim != 2 or r.shape[1] < 2 or r.shape[0] == 0:
         return None
     return float(np.mean(np.argmax(r, axis=1) == np.argmax(c, axis=1)))
+
+
+def _structured_metrics(name: str, reference, candidate, rtol: float, atol: float,
+                        peak_tolerance: float | None, value_type: str | None) -> OutputMetrics:
+    """Metrics of a non-tensor output: a structural or exact mismatch fails it outright (infinite
+    error); otherwise its float leaves, taken together, are judged like one tensor."""
+    leaves: list[tuple[np.ndarray, np.ndarray]] = []
+    problem = _walk(reference, candidate, "", leaves)
+    length = [len(reference)] if isinstance(reference, (list, tuple, dict)) else []
+    if problem is not None:
+        return OutputMetrics(name, length, float("inf"), float("inf"), None, None, False, type=value_type,
+                             problem=problem)
+    r = np.concatenate([pair[0] for pair in leaves]) if leaves else np.zeros(0)
+    c = np.concatenate([pair[1] for pair in leaves]) if leaves else np.zeros(0)
+    metrics = _numeric_metrics(name, r, c, rtol, atol, peak_tolerance, None)
+    metrics.shape, metrics.type = length, value_type
+    if not r.size:
+        metrics.cosine = None  # nothing numeric to correlate: equal strings, integers, empty values
+    elif metrics.problem is None:
+        metrics.top1 = _maps_top1(reference, candidate)
+    return metrics
+
+
+def _walk(reference, candidate, where: str, leaves: list) -> str | None:
+    """The first structural or exact mismatch between two values, or None; float leaves are
+    appended to ``leaves`` as (reference, candidate) vectors for the tolerance check."""
+    if reference is None or candidate is None:
+        if reference is candidate:
+            return None
+        state = ("empty", "present") if candidate is None else ("present", "empty")
+        return f"{where or 'the optional value'} is {state[0]} in the candidate, {state[1]} in the reference"
+    if isinstance(reference, dict) or isinstance(candidate, dict):
+        return _walk_map(reference, candidate, where, leaves)
+    if isinstance(reference, (list, tuple)) or isinstance(candidate, (list, tuple)):
+        return _walk_sequence(reference, candidate, where, leaves)
+    return _walk_leaf(np.asarray(reference), np.asarray(candidate), where, leaves)
+
+
+def _walk_sequence(reference, candidate, where: str, leaves: list) -> str | None:
+    if not isinstance(reference, (list, tuple)) or not isinstance(candidate, (list, tuple)):
+        return f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, a {type(reference).__name__} in the reference"
+    if len(reference) != len(candidate):
+        return f"{where or 'the sequence'} has {len(candidate)} elements in the candidate, {len(reference)} in the reference"
+    for index, (r, c) in enumerate(zip(reference, candidate)):
+        problem = _walk(r, c, f"{where}[{index}]", leaves)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _walk_map(reference, candidate, where: str, leaves: list) -> str | None:
+    if not isinstance(reference, dict) or not isinstance(candidate, dict):
+        return f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, a {type(reference).__name__} in the reference"
+    if set(reference) != set(candidate):
+        missing, extra = sorted(map(repr, set(reference) - set(candidate))), sorted(map(repr, set(candidate) - set(reference)))
+        return (f"{where or 'the map'} has other keys in the candidate (missing {', '.join(missing) or 'none'}; "
+                f"extra {', '.join(extra) or 'none'})")
+    for key, r in reference.items():
+        problem = _walk(r, candidate[key], f"{where}[{key!r}]", leaves)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _walk_leaf(reference: np.ndarray, candidate: np.ndarray, where: str, leaves: list) -> str | None:
+    if reference.shape != candidate.shape:
+        return f"{where or 'the value'} has shape {list(candidate.shape)} in the candidate, {list(reference.shape)} in the reference"
+    if _floating(reference, candidate):
+        leaves.append((reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()))
+        return None
+    return _exact_problem(reference, candidate, where)
+
+
+def _maps_top1(reference, candidate) -> float | None:
+    """Share of maps whose highest-valued key agrees, for a sequence of maps of numbers with at
+    least two keys each (a classifier's per-class probabilities), else None."""
+    numeric = (int, float, np.integer, np.floating)
+    if not isinstance(reference, (list, tuple)) or not reference or not all(
+            isinstance(m, dict) and len(m) > 1 and all(isinstance(v, numeric) for v in m.values()) for m in reference):
+        return None
+    return float(np.mean([max(r, key=r.get) == max(c, key=c.get) for r, c in zip(reference, candidate)]))
 
 
 def median_latency_ms(sess: runtime.Session, feeds: dict, runs: int, warmup: int = 2) -> float | None:
@@ -117,7 +300,9 @@ def validate(reference, candidate, feeds: dict[str, np.ndarray], *, inputs_label
     ref_session, cand_session = session(reference), session(candidate)
     ref_out, cand_out = ref_session.run(feeds), cand_session.run(feeds)
     pairs = _pair_outputs(ref_session.output_names, cand_session.output_names)
-    metrics = [output_metrics(name, ref_out[name], cand_out[other], rtol, atol, peak_tolerance) for name, other in pairs]
+    types = ref_session.output_types
+    metrics = [output_metrics(name, ref_out[name], cand_out[other], rtol, atol, peak_tolerance, types.get(name))
+               for name, other in pairs]
     return Validation(
         passed=len(pairs) == len(ref_session.output_names) and all(m.passed for m in metrics),
         rtol=rtol, atol=atol, inputs=inputs_label, outputs=metrics,
@@ -140,5 +325,9 @@ def check_encoded(candidate: Model, reference, feeds: dict[str, np.ndarray], dec
     if left:
         return f"{len(left)} decoder nodes survive onnxruntime's constant folding (e.g. {left[0]})"
     expected, actual = session(reference).run(feeds), session(candidate).run(feeds)
-    different = [name for name in expected if name in actual and not np.array_equal(expected[name], actual[name])]
-    return f"output '{different[0]}' is not bit-identical to the dense model's" if different else None
+    for name in expected:
+        metrics = output_metrics(name, expected[name], actual[name], 0.0, 0.0) if name in actual else None
+        if metrics is not None and not metrics.passed:
+            detail = f": {metrics.problem}" if metrics.problem else ""
+            return f"output '{name}' is not bit-identical to the dense model's{detail}"
+    return None

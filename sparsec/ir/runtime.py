@@ -2,12 +2,20 @@
 
 Every place that runs a model (validation, the shape-inference fallback, later calibration
 capture) creates its session here, so that serialisation details (the 2 GB limit, exposing
-intermediate tensors as extra graph outputs) live in one place.
+intermediate tensors as extra graph outputs) live in one place. This is the only module that
+imports onnxruntime.
+
+onnxruntime's own messages never reach the user: every session logs at severity 3 (errors,
+which become ``InputError`` lines anyway), the default logger too, and the import itself runs
+with file descriptor 2 silenced, because onnxruntime 1.32 prints an ANSI-coloured telemetry
+warning *while being imported* when it cannot write under ``$HOME/.cache`` (no session or
+logger setting can reach that line).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,10 +23,34 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from sparsec.errors import InputError, one_line
 from sparsec.ir.model import PROTOBUF_LIMIT_BYTES
+
+_SEVERITY = 3  # onnxruntime's ERROR: no warnings or info lines on stderr
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null for the block (C++ code writes to it directly,
+    past ``sys.stderr``); restored afterwards, and a no-op when it cannot be duplicated."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+with _native_stderr_silenced():
+    import onnxruntime as ort
+ort.set_default_logger_severity(_SEVERITY)
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -33,7 +65,7 @@ class Session:
     def __init__(self, source: bytes | str, *, optimization: str = "all", threads: int = 0, lean: bool = False) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = _LEVELS[optimization]
-        options.log_severity_level = 3
+        options.log_severity_level = _SEVERITY
         if threads:
             options.intra_op_num_threads = threads
         if lean:  # a one-off probe run: no memory arena or pattern planning, one thread
@@ -46,6 +78,8 @@ class Session:
             raise InputError(f"onnxruntime cannot load the model: {one_line(error)}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.output_types = {o.name: o.type for o in self._session.get_outputs()}  # 'seq(map(int64,tensor(float)))'
+
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else self.output_names
@@ -62,7 +96,7 @@ def optimized_op_names(model, optimization: str = "basic") -> list[str]:
     with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
         options = ort.SessionOptions()
         options.graph_optimization_level = _LEVELS[optimization]
-        options.log_severity_level = 3
+        options.log_severity_level = _SEVERITY
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
         try:
             ort.InferenceSession(model.to_proto().SerializeToString(), options, providers=["CPUExecutionProvider"])
