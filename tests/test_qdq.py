@@ -1,0 +1,270 @@
+"""Quantized (QDQ) models: cleanup keeps them exact and quantized, channel pruning slices per-axis
+scales and zero points with their weights (per-tensor ones stay) and passes the exactness
+oracle, and N:M sparsity sparsifies the stored integers through their DequantizeLinear.
+
+The models are built here in the form onnxruntime's static quantizer writes: activations go
+through QuantizeLinear → DequantizeLinear (uint8, per tensor); a weight is an int8 initializer
+read by DequantizeLinear with a per-channel scale and zero point (axis 0 for Conv W and Gemm B
+with transB=1, axis 1 for MatMul B [K, N]); a bias is int32 with scale = input scale · weight
+scale. Their *float twin* is the same graph with every weight's DequantizeLinear replaced by a
+float initializer holding the dequantized values.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import oracle_error, prune, run_ort
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.analysis.cost import analyze_cost
+from sparsec.analysis.groups import find_channel_groups
+from sparsec.ir import Model
+from sparsec.ir import cleanup as ir_cleanup
+from sparsec.passes.const_fold import ConstantFoldShapesPass
+
+OPSETS = (13, 17, 19, 21)
+ACTIVATION_SCALE = 0.05
+
+
+class QdqBuilder:
+    """Collects nodes and initializers of a QDQ graph (and, with ``float_twin``, of its twin)."""
+
+    def __init__(self, rng: np.random.Generator, zero_points: bool = False, float_twin: bool = False) -> None:
+        self.rng, self.zero_points, self.float_twin = rng, zero_points, float_twin
+        self.nodes, self.initializers = [], []
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+    def activation(self, x: str, tag: str) -> str:
+        """Per-tensor uint8 QuantizeLinear → DequantizeLinear, as on every quantized activation."""
+        scale = self.init(f"{tag}_scale", np.array(ACTIVATION_SCALE, np.float32))
+        zero = self.init(f"{tag}_zero", np.array(128, np.uint8))
+        return self.node("DequantizeLinear", [self.node("QuantizeLinear", [x, scale, zero], f"{tag}_q"), scale, zero],
+                         f"{tag}_dq")
+
+    def weight(self, tag: str, w: np.ndarray, axis: int | None, dtype=np.int8) -> str:
+        """``w`` quantized to int8 (int32 for a bias) per axis (``axis``) or per tensor (None),
+        read through DequantizeLinear; the twin gets the dequantized float values."""
+        bound = 127 if dtype == np.int8 else 2 ** 20
+        reduce = tuple(k for k in range(w.ndim) if k != axis) if axis is not None else None
+        scale = (np.abs(w).max(axis=reduce) / (bound - 12)).astype(np.float32)
+        zero = (self.rng.integers(-10, 11, scale.shape) if self.zero_points else np.zeros(scale.shape)).astype(dtype)
+        view = [1] * w.ndim
+        if axis is not None:
+            view[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(view)) + zero.reshape(view), -bound - 1, bound).astype(dtype)
+        if self.float_twin:
+            return self.init(f"{tag}_dq", ((q.astype(np.float32) - zero.reshape(view)) * scale.reshape(view)).astype(np.float32))
+        attributes = {} if axis is None else {"axis": axis}
+        return self.node("DequantizeLinear", [self.init(tag, q), self.init(f"{tag}_scale", scale),
+                                              self.init(f"{tag}_zero", zero)], f"{tag}_dq", **attributes)
+
+    def conv(self, x: str, cin: int, cout: int, tag: str) -> str:
+        w = self.weight(f"{tag}_w", self.rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), axis=0)
+        b = self.weight(f"{tag}_b", self.rng.standard_normal(cout).astype(np.float32), axis=0, dtype=np.int32)
+        return self.node("Relu", [self.node("Conv", [x, w, b], f"{tag}_y", pads=[1, 1, 1, 1])], f"{tag}_relu")
+
+    def model(self, opset: int, x_shape: list[int], y_shape: list[int]) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        model.ir_version = 8 if opset < 21 else 10
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def qdq_cnn(opset: int, seed: int = 0, zero_points: bool = False, float_twin: bool = False) -> onnx.ModelProto:
+    """x [1,3,8,8] → conv 3→8 → conv 8→16 → global pool → Gemm 16→4 (transB, per-tensor weight)."""
+    b = QdqBuilder(np.random.default_rng(seed), zero_points, float_twin)
+    x = b.activation(b.conv(b.activation("x", "in"), 3, 8, "c1"), "a1")
+    x = b.activation(b.conv(x, 8, 16, "c2"), "a2")
+    flat = b.node("Flatten", [b.node("GlobalAveragePool", [x], "gap")], "flat")
+    fc = b.weight("fc_w", b.rng.standard_normal((4, 16)).astype(np.float32), axis=None)
+    b.node("Gemm", [flat, fc], "y", transB=1)
+    return b.model(opset, [1, 3, 8, 8], [1, 4])
+
+
+def qdq_mlp(opset: int, seed: int = 0, zero_points: bool = False) -> onnx.ModelProto:
+    """x [2,16] → MatMul B [16,32] (per axis 1) + bias → Relu → Gemm B [8,32] (transB, per axis 0)."""
+    b = QdqBuilder(np.random.default_rng(seed), zero_points)
+    w1 = b.weight("fc1_w", b.rng.standard_normal((16, 32)).astype(np.float32), axis=1)
+    h = b.node("MatMul", [b.activation("x", "in"), w1], "fc1_mm")
+    h = b.node("Relu", [b.node("Add", [h, b.init("fc1_bias", b.rng.standard_normal(32).astype(np.float32))], "fc1_y")],
+               "fc1_relu")
+    w2 = b.weight("fc2_w", b.rng.standard_normal((8, 32)).astype(np.float32), axis=0)
+    b.node("Gemm", [b.activation(h, "a1"), w2], "y", transB=1)
+    return b.model(opset, [2, 16], [2, 8])
+
+
+def _save(proto: onnx.ModelProto, path) -> str:
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+def _feeds(shape, seed: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def _weight_dequantizers(proto: onnx.ModelProto) -> dict[str, int]:
+    """DequantizeLinear nodes reading an initializer: data name → its element type."""
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    return {n.input[0]: types[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in types}
+
+
+def _shapes(model: Model) -> dict[str, tuple[int, ...]]:
+    return {name: model.constant_shape(value) for name, value in model.initializers().items()}
+
+
+# ---------------------------------------------------------------- cleanup
+@pytest.mark.parametrize("opset", OPSETS)
+def test_cleanup_keeps_a_qdq_model_exact_and_quantized(cli, tmp_path, opset):
+    """Bit-equal outputs, every weight still int8/int32 behind its DequantizeLinear, the file
+    no bigger than the same model saved unchanged (but for the pipeline's metadata line), and
+    the int8 weights counted as params."""
+    source = _save(qdq_cnn(opset), tmp_path / "qdq.onnx")
+    out, report, unchanged = tmp_path / "clean.onnx", tmp_path / "report.json", tmp_path / "unchanged.onnx"
+    code, _, err = cli("compress", source, "-o", out, "--report", report)
+    assert code == 0, err
+    original, cleaned = onnx.load(source), onnx.load(str(out))
+    assert _weight_dequantizers(cleaned) == _weight_dequantizers(original)
+    assert len(_weight_dequantizers(cleaned)) == 5  # 2 conv weights, 2 biases, the Gemm weight
+    for want, got in zip(run_ort(original, _feeds([1, 3, 8, 8])), run_ort(cleaned, _feeds([1, 3, 8, 8]))):
+        np.testing.assert_array_equal(got, want)
+    Model.load(source).save(unchanged)
+    del cleaned.metadata_props[:]  # the pipeline's description, which the unchanged copy lacks
+    assert len(cleaned.SerializeToString()) <= unchanged.stat().st_size
+    data = json.loads(report.read_text())
+    stored = sum(int(np.prod(i.dims)) for i in original.graph.initializer if i.data_type != TensorProto.UINT8)
+    zero_points = sum(int(np.prod(i.dims)) for i in original.graph.initializer if i.name.endswith("_zero"))
+    assert data["params_before"] == data["params_after"] == stored - zero_points + 3  # + the uint8 activation zeros
+
+
+def test_const_fold_leaves_quantization_alone_and_skips_ops_it_cannot_evaluate():
+    """DequantizeLinear of a weight is float compute; QuantizeLinear of a float weight (fake
+    quantization) has integer output but changes stored precision: neither folds, at any
+    opset, and an op ONNX's reference lacks at the opset (DequantizeLinear-13) is not folded."""
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    scale, zero = numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wdq"]),
+             helper.make_node("MatMul", ["x", "wdq"], ["y"])]
+    for opset in OPSETS:
+        graph = helper.make_graph(nodes, "fake_quant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w, scale, zero])
+        model = Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+        assert not ConstantFoldShapesPass()(model).modified
+        assert [n.op_type for n in model.nodes()] == ["QuantizeLinear", "DequantizeLinear", "MatMul"]
+    dequantize = next(n for n in Model.from_proto(qdq_cnn(13)).nodes() if n.op_type == "DequantizeLinear")
+    arrays = [np.ones((2, 2), np.int8), np.array(0.5, np.float32), np.array(0, np.int8)]
+    assert ir_cleanup.evaluate_node(Model.from_proto(qdq_cnn(13)), dequantize, arrays) is None
+
+
+# ---------------------------------------------------------------- channel pruning
+def test_per_axis_scales_are_group_members_per_tensor_ones_are_not():
+    groups = find_channel_groups(Model.from_proto(qdq_cnn(13))).groups
+    c1 = next(g for g in groups if ("c1_w", 0) in g.members)
+    assert c1.prunable and {("c1_w_scale", 0), ("c1_w_zero", 0), ("c1_b", 0), ("c1_b_scale", 0)} <= set(c1.members)
+    assert ("c1_w_dq", 0) in c1.compute and ("c2_w_dq", 1) in c1.compute and ("c2_w", 1) in c1.constants
+    assert not any(name.startswith(("a1_", "in_", "fc_w_scale")) for name, _ in c1.constants)
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_channels_prune_a_qdq_cnn_like_its_float_twin(opset):
+    """Same channels removed as in the float twin (importance reads dequantized weights), the
+    pruned QDQ model equals the pruned twin and its own masked original, per-axis scales and
+    zero points sliced with their weights, per-tensor ones untouched, weights still int8."""
+    original = Model.from_proto(qdq_cnn(opset))
+    model, result = prune(Model.from_proto(qdq_cnn(opset)), ratio=0.5)
+    twin, twin_result = prune(Model.from_proto(qdq_cnn(opset, float_twin=True)), ratio=0.5)
+    assert result.stats["channel-prune.groups_pruned"] == twin_result.stats["channel-prune.groups_pruned"] == 2
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4
+    assert analyze_cost(model).params < 0.6 * analyze_cost(original).params
+    shapes, before = _shapes(model), _shapes(original)
+    for tag, kept in (("c1", 4), ("c2", 8)):
+        assert shapes[f"{tag}_w"][0] == kept
+        for name in (f"{tag}_w_scale", f"{tag}_w_zero", f"{tag}_b", f"{tag}_b_scale", f"{tag}_b_zero"):
+            assert shapes[name] == (kept,), name
+        assert _shapes(twin)[f"{tag}_w_dq"] == shapes[f"{tag}_w"]
+    assert shapes["c2_w"][1] == 4 and shapes["fc_w"] == (4, 8)
+    for name in ("in_scale", "a1_scale", "a2_scale", "fc_w_scale", "fc_w_zero"):
+        assert shapes[name] == before[name] and model.constant(model.value(name)) == original.constant(original.value(name))
+    assert model.constant(model.value("c2_w")).dtype == np.int8
+    for want, got in zip(run_ort(twin.to_proto(), _feeds([1, 3, 8, 8])), run_ort(model.to_proto(), _feeds([1, 3, 8, 8]))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_oracle_masks_a_quantized_weight_to_its_zero_point():
+    """With nonzero zero points, the masked original holds the zero point (not 0) in the int8
+    slices that read removed channels, so they dequantize to 0.0; it differs from the original."""
+    model, result = prune(Model.from_proto(qdq_cnn(13, zero_points=True)), ratio=0.5)
+    reference, original = result.reference(), Model.from_proto(qdq_cnn(13, zero_points=True))
+    assert oracle_error(model, reference) <= 1e-4
+    assert oracle_error(original, reference) > 1e-2
+    kept = next(e["kept"] for e in result.artifacts["plan"]["initializers"]["c2_w"] if e["axis"] == 1)  # c1's channels
+    removed = sorted(set(range(8)) - set(kept))
+    masked = reference.constant(reference.value("c2_w"))
+    zero = original.constant(original.value("c2_w_zero"))
+    assert np.any(zero != 0)
+    np.testing.assert_array_equal(masked[:, removed], np.broadcast_to(zero[:, None, None, None], masked[:, removed].shape))
+
+
+def test_cli_channels_on_a_qdq_cnn_at_opset_13(cli, tmp_path):
+    source, out = _save(qdq_cnn(13), tmp_path / "qdq.onnx"), tmp_path / "small.onnx"
+    code, stdout, err = cli("compress", source, "-o", out, "--channels", "0.5")
+    assert code == 0, err
+    assert "oracle" in stdout and "passed" in stdout
+    assert onnx.load(str(out)).graph.initializer  # written
+    assert _weight_dequantizers(onnx.load(str(out))) == _weight_dequantizers(onnx.load(source))
+
+
+@pytest.mark.parametrize("opset", (13, 21))
+def test_channels_prune_a_qdq_mlp_with_per_axis_matmul_scales(opset):
+    """MatMul B [K, N] quantized per axis 1: its scale [N] shrinks with the hidden units, as does
+    the Gemm B [8, N] (transB) on axis 1, whose per-axis-0 scale [8] stays (it feeds the output)."""
+    model, result = prune(Model.from_proto(qdq_mlp(opset, zero_points=True)), ratio=0.5)
+    assert result.stats["channel-prune.groups_pruned"] == 1
+    assert oracle_error(model, result.reference()) <= 1e-4
+    shapes = _shapes(model)
+    assert shapes["fc1_w"] == (16, 16) and shapes["fc1_w_scale"] == shapes["fc1_w_zero"] == shapes["fc1_bias"] == (16,)
+    assert shapes["fc2_w"] == (8, 16) and shapes["fc2_w_scale"] == shapes["fc2_w_zero"] == (8,)
+
+
+# ---------------------------------------------------------------- N:M sparsity
+def _two_of_four(array: np.ndarray, axis: int) -> bool:
+    runs = np.moveaxis(array, axis, -1).reshape(-1, 4)
+    return bool(np.all((runs == 0).sum(axis=1) >= 2))
+
+
+def test_nm_sparsifies_quantized_weights_through_their_dequantize(cli, tmp_path):
+    """--nm 2:4 on a QDQ CNN: the int8 weights stay int8 behind their DequantizeLinear; dropped
+    entries hold the zero point, so every run of 4 along the reduction axis dequantizes to at
+    least two exact zeros; the kept entries are the runs' two largest dequantized magnitudes."""
+    source, out = _save(qdq_cnn(17, zero_points=True), tmp_path / "qdq.onnx"), tmp_path / "sparse.onnx"
+    code, stdout, err = cli("compress", source, "-o", out, "--nm", "2:4")
+    assert code == 0, err
+    before, after = Model.load(source), Model.load(out)
+    assert _weight_dequantizers(onnx.load(str(out))) == _weight_dequantizers(onnx.load(source))
+    for name, axis in (("c2_w", 1), ("fc_w", 1)):
+        q = after.constant(after.value(name))
+        zero = after.constant(after.value(f"{name}_zero"))
+        zero = zero.reshape([-1] + [1] * (q.ndim - 1)) if zero.ndim else zero
+        assert q.dtype == np.int8 and _two_of_four(q.astype(np.int32) - zero, axis)
+        original = before.constant(before.value(name)).astype(np.int32) - zero
+        magnitude = np.abs(original * before.constant(before.value(f"{name}_scale")).reshape(zero.shape if np.ndim(zero) else ()))
+        kept = (q.astype(np.int32) - zero) != 0
+        assert np.array_equal(np.where(kept, q.astype(np.int32) - zero, 0), np.where(kept, original, 0))
+        assert magnitude[kept].sum() >= magnitude[~kept].sum()
+    assert "weight 'c1_w' left dense" in stdout + err  # reduction length 3 is not a multiple of 4
+    assert np.array_equal(after.constant(after.value("c1_w")), before.constant(before.value("c1_w")))
+    run_ort(onnx.load(str(out)), _feeds([1, 3, 8, 8]))
