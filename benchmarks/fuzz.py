@@ -1,0 +1,127 @@
+"""Long fuzzing run: random valid ONNX graphs through ``sparsec compress`` for N minutes.
+
+    python benchmarks/fuzz.py --minutes 30 [--seed S] [--out tests/fuzz_regressions] [--qdq]
+
+Graph ``i`` of the run is ``sparsec.testing.graphs.generate(S + i)``, checked in the four modes
+(cleanup, --channels 0.5, --heads 0.5, --nm 2:4) by ``sparsec.testing.fuzz.check_graph``. The
+checks run in one worker process (one graph at a time, so one core), restarted when it dies or
+hangs: an onnxruntime abort or a hang is itself recorded as a failure (``crash``, ``timeout``)
+instead of ending the run. Every failure of a class not seen before in this run is minimized
+(blocks dropped while the same class persists) and saved to ``--out`` as ``<name>.onnx`` plus
+``<name>.json`` (seed, mode, failure line, the description that rebuilds it). A progress line
+(graphs tried, failures by class) is printed every ``--every`` graphs and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sparsec.testing.fuzz import MODES, Failure, check_description, minimize, save_failure  # noqa: E402
+from sparsec.testing.graphs import generate  # noqa: E402
+
+
+def _serve(conn, workdir: str) -> None:
+    """Worker loop: receive (graph, modes), send back the failures as tuples."""
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        graph, modes = job
+        failures = check_description(graph, Path(workdir) / "graph", modes)
+        conn.send([(f.mode, f.kind, f.line) for f in failures])
+
+
+class Worker:
+    """One checking process, replaced when it crashes or exceeds ``timeout`` seconds."""
+
+    def __init__(self, workdir: str, timeout: float) -> None:
+        self.workdir, self.timeout, self.process = workdir, timeout, None
+        self.context = multiprocessing.get_context("spawn")
+
+    def _start(self) -> None:
+        self.conn, child = self.context.Pipe()
+        self.process = self.context.Process(target=_serve, args=(child, self.workdir), daemon=True)
+        self.process.start()
+
+    def check(self, graph: dict, modes) -> list[Failure]:
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        self.conn.send((graph, list(modes)))
+        if not self.conn.poll(self.timeout):
+            self.stop()
+            return [Failure(",".join(modes), "timeout", f"no answer in {self.timeout:g} s")]
+        try:
+            return [Failure(*row) for row in self.conn.recv()]
+        except EOFError:
+            self.process.join(5)
+            code, self.process = self.process.exitcode, None
+            return [Failure(",".join(modes), "crash", f"the checking process died (exit code {code})")]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.process = None
+
+
+def _line(tried: int, started: float, classes: Counter, saved: int) -> str:
+    top = ", ".join(f"{n}x {key}" for key, n in classes.most_common(5)) or "none"
+    return f"[{(time.monotonic() - started) / 60:5.1f} min] graphs {tried}, failures {sum(classes.values())} " \
+           f"in {len(classes)} classes (saved {saved}): {top}"
+
+
+def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: float) -> int:
+    started, deadline = time.monotonic(), time.monotonic() + minutes * 60
+    classes: Counter = Counter()
+    tried = saved = 0
+    with tempfile.TemporaryDirectory(prefix="sparsec-fuzz-") as workdir:
+        worker = Worker(workdir, timeout)
+        while time.monotonic() < deadline:
+            graph = generate(seed + tried, qdq=qdq)
+            failures = worker.check(graph, MODES)
+            tried += 1
+            for failure in failures:
+                classes[failure.key] += 1
+                if classes[failure.key] == 1:
+                    saved += _save(worker, graph, failure, seed + tried - 1, out)
+            if tried % every == 0:
+                print(_line(tried, started, classes, saved), flush=True)
+        worker.stop()
+    print(_line(tried, started, classes, saved), flush=True)
+    return 1 if classes else 0
+
+
+def _save(worker: Worker, graph: dict, failure: Failure, seed: int, out: Path) -> int:
+    print(f"  new failure on seed {seed}: {failure.key}\n    {failure.line}", flush=True)
+    if failure.kind == "timeout":  # each try could take the whole timeout: keep the graph as it is
+        small = graph
+    else:
+        small = minimize(graph, failure, lambda g, modes: worker.check(g, modes.split(",")))
+    path = save_failure(out, small, failure, seed, len(graph["blocks"]))
+    print(f"    minimized {len(graph['blocks'])} -> {len(small['blocks'])} blocks: {path}", flush=True)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=0, help="the first graph's seed (default 0)")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fuzz_regressions")
+    parser.add_argument("--qdq", action="store_true", help="also generate QuantizeLinear/DequantizeLinear pairs")
+    parser.add_argument("--every", type=int, default=50, help="print a progress line every N graphs")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds one check may take")
+    args = parser.parse_args(argv)
+    return run(args.minutes, args.seed, args.out, args.qdq, args.every, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
