@@ -4,7 +4,10 @@ Shape binding: a user's ``--input-shape NAME:1x3x224x224`` wins; otherwise a sym
 axis 0 (the batch) becomes 1 and any other symbolic dim becomes ``DEFAULT_SYMBOLIC_DIM``.
 Random feeds are reproducible from the seed: floats are standard normal, integer inputs that
 index a ``Gather`` table draw from ``[0, table size)``, mask-like inputs are ones, other
-integers draw from ``[0, 2)``, booleans are random.
+integers draw from ``[0, 2)``, booleans are random. A non-tensor input gets a value of its type
+built from such tensors: a sequence of ``SEQUENCE_LENGTH`` of them (its bound shape is its
+elements'), an optional holding one, a map from keys 0, 1, ... (or '0', '1', ...) to scalars.
+``.npz`` data holds tensors only, so a model with a non-tensor input runs on generated inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import numpy as np
 from sparsec.errors import InputError
 
 DEFAULT_SYMBOLIC_DIM = 128
+SEQUENCE_LENGTH = 2  # elements of a generated sequence input
+MAP_SIZE = 4  # keys of a generated map input
 _SHAPE_SPEC = re.compile(r"^(?P<name>.+):(?P<dims>[1-9]\d*(x[1-9]\d*)*)$")
 
 
@@ -70,9 +75,24 @@ def random_inputs(model, shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in model.inputs:
-        dtype = model.elem_type(value) or np.dtype(np.float32)
-        feeds[value.name] = _random_array(model, value, shapes[value.name], dtype, rng)
+        dtype = model.elem_type(value) or np.dtype(np.float32)  # a sequence's, optional's or map's elements'
+        kind = "tensor()" if model.is_tensor(value) else model.type_name(value)
+        feeds[value.name] = _random_value(model, value, kind, shapes[value.name], dtype, rng)
     return feeds
+
+
+def _random_value(model, value, kind: str, shape, dtype: np.dtype, rng: np.random.Generator):
+    """A random value of onnxruntime type ``kind`` ('tensor(float)', 'seq(tensor(float))',
+    'optional(...)', 'map(int64,tensor(float))'), its tensors of ``shape`` and ``dtype``."""
+    outer, inner = kind[:kind.index("(")], kind[kind.index("(") + 1:-1]
+    if outer == "seq":
+        return [_random_value(model, value, inner, shape, dtype, rng) for _ in range(SEQUENCE_LENGTH)]
+    if outer == "optional":
+        return _random_value(model, value, inner, shape, dtype, rng)
+    if outer == "map":
+        keys = [str(k) if inner.startswith("string,") else k for k in range(MAP_SIZE)]
+        return {key: _random_array(model, value, (), dtype, rng).item() for key in keys}
+    return _random_array(model, value, shape, dtype, rng)
 
 
 def _random_array(model, value, shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
@@ -102,6 +122,9 @@ def load_npz(path: str | Path, model) -> dict[str, np.ndarray]:
     data = read_arrays(path, "inputs")
     feeds = {}
     for value in model.inputs:
+        if not model.is_tensor(value):
+            raise InputError(f"{path}: model input '{value.name}' is a {model.type_name(value)}, which an .npz "
+                             "cannot hold; leave out --inputs to run this model on generated inputs")
         if value.name not in data:
             raise InputError(f"{path}: no array for model input '{value.name}' (arrays: {', '.join(data) or 'none'})")
         feeds[value.name] = conform(data[value.name], value, model, str(path), batched=False)
@@ -152,4 +175,12 @@ def conform(array: np.ndarray, value, model, label: str, *, batched: bool) -> np
 
 
 def feed_shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(array.shape) for name, array in feeds.items()}
+    """The shapes of tensor feeds, and of a sequence's elements when they all share one (the
+    binding of a sequence input); maps and mixed sequences are left to the defaults."""
+    shapes = {}
+    for name, value in feeds.items():
+        if isinstance(value, list):
+            value = value[0] if value and all(getattr(v, "shape", None) == getattr(value[0], "shape", 0) for v in value) else None
+        if isinstance(value, np.ndarray):
+            shapes[name] = tuple(value.shape)
+    return shapes

@@ -28,13 +28,14 @@ def value_shapes(model, overrides: Mapping[str, Shape] | None = None, *, fallbac
 def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, Shape]:
     inferred = ir_shapes.infer(model, bindings)
     known = {name: tuple(dims) for name, dims in inferred.items() if all(isinstance(d, int) for d in dims)}
-    known.update(bindings)
+    tensors = {v.name for v in model.inputs if model.is_tensor(v)}  # a sequence's binding is its elements' shape
+    known.update({name: shape for name, shape in bindings.items() if name in tensors})
     for name, value in model.initializers().items():
         shape = model.constant_shape(value)
         if shape is not None:
             known[name] = shape
-    missing = [v.name for node in model.nodes() for v in node.outputs
-               if v.name and v.name not in known and (v.uses() or v.is_graph_output())]  # unused outputs don't matter
+    missing = [v.name for node in model.nodes() for v in node.outputs  # unused and non-tensor outputs don't matter
+               if v.name and v.name not in known and (v.uses() or v.is_graph_output()) and model.is_tensor(v)]
     if missing and fallback:
         known.update(measure_shapes(model, bindings, missing))
     return known

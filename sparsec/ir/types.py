@@ -21,13 +21,16 @@ from onnx_ir import serde
 
 class MapType(ir.TypeProtocol):
     """``map(key, value)``: ``key_type`` a DataType, ``value_type`` a type (``dtype`` is the
-    value's, as onnx-ir's sequence and optional types report their element's)."""
+    value's, as onnx-ir's sequence and optional types report their element's), and
+    ``value_shape`` the value type's declared shape, if any (ZipMap declares a scalar), kept
+    here because a map value has no shape of its own in the IR."""
 
-    __slots__ = ("key_type", "value_type", "denotation")
+    __slots__ = ("key_type", "value_type", "value_shape", "denotation")
 
-    def __init__(self, key_type: ir.DataType, value_type, *, denotation: str | None = None) -> None:
+    def __init__(self, key_type: ir.DataType, value_type, *, value_shape=None, denotation: str | None = None) -> None:
         self.key_type = key_type
         self.value_type = value_type
+        self.value_shape = value_shape
         self.denotation = denotation
 
     @property
@@ -80,12 +83,14 @@ def install() -> None:
         return
     read_type, read_shape, write_type = (serde.deserialize_type_proto_for_type,
                                          serde.deserialize_type_proto_for_shape, serde.serialize_type_into)
+    write_shape = serde.serialize_shape_into
 
     def deserialize_type(proto: onnx.TypeProto):
         if not proto.HasField("map_type"):
             return read_type(proto)
-        key = ir.DataType(proto.map_type.key_type)
-        return MapType(key, deserialize_type(proto.map_type.value_type), denotation=proto.denotation or None)
+        key, value = ir.DataType(proto.map_type.key_type), proto.map_type.value_type
+        return MapType(key, deserialize_type(value), value_shape=deserialize_shape(value),
+                       denotation=proto.denotation or None)
 
     def deserialize_shape(proto: onnx.TypeProto):
         return None if proto.HasField("map_type") else read_shape(proto)
@@ -97,6 +102,8 @@ def install() -> None:
             type_proto.denotation = from_.denotation
         type_proto.map_type.key_type = from_.key_type.value
         serialize_type(type_proto.map_type.value_type, from_.value_type)
+        if from_.value_shape is not None:
+            write_shape(type_proto.map_type.value_type, from_.value_shape)
         return None
 
     serialize_type._sparsec_maps = True
