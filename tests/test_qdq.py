@@ -268,3 +268,66 @@ def test_nm_sparsifies_quantized_weights_through_their_dequantize(cli, tmp_path)
     assert "weight 'c1_w' left dense" in stdout + err  # reduction length 3 is not a multiple of 4
     assert np.array_equal(after.constant(after.value("c1_w")), before.constant(before.value("c1_w")))
     run_ort(onnx.load(str(out)), _feeds([1, 3, 8, 8]))
+
+
+def qdq_blocked_mlp(block: int = 8) -> onnx.ModelProto:
+    """Opset 21: x [2,16] → MatMul B1 [16,32] (per axis 1) → Relu → MatMul B2 [32,8] quantized in
+    blocks of ``block`` along axis 0 (scale and zero point [32/block, 8])."""
+    b = QdqBuilder(np.random.default_rng(0))
+    w1 = b.weight("w1", b.rng.standard_normal((16, 32)).astype(np.float32), axis=1)
+    h = b.node("Relu", [b.node("MatMul", ["x", w1], "mm1")], "relu")
+    q = b.init("w2", b.rng.integers(-100, 100, (32, 8)).astype(np.int8))
+    scale = b.init("w2_scale", (b.rng.random((32 // block, 8)) * 0.01 + 0.01).astype(np.float32))
+    zero = b.init("w2_zero", b.rng.integers(-5, 6, (32 // block, 8)).astype(np.int8))
+    w2 = b.node("DequantizeLinear", [q, scale, zero], "w2_dq", axis=0, block_size=block)
+    b.node("MatMul", [h, w2], "y")
+    return b.model(21, [2, 16], [2, 8])
+
+
+def test_block_quantized_weight_loses_whole_blocks():
+    """Positions p of a blocked axis share scale entry p // B: the B hidden units of a block are
+    one unit, so pruning removes whole blocks and the scale/zero point lose whole rows."""
+    model, result = prune(Model.from_proto(qdq_blocked_mlp()), ratio=0.5)
+    assert result.stats["channel-prune.channels_removed"] == 2  # 2 of 4 blocks of 8
+    assert oracle_error(model, result.reference()) <= 1e-4
+    shapes = _shapes(model)
+    assert shapes["w2"] == (16, 8) and shapes["w2_scale"] == shapes["w2_zero"] == (2, 8) and shapes["w1"] == (16, 16)
+    kept = np.array(next(e["kept"] for e in result.artifacts["plan"]["initializers"]["w2"] if e["axis"] == 0))
+    assert set(np.unique(kept // 8)) == set(kept[::8] // 8) and np.all(np.bincount(kept // 8)[kept[::8] // 8] == 8)
+
+
+def fake_quantized_cnn() -> onnx.ModelProto:
+    """Float weights written QuantizeLinear → DequantizeLinear (fake quantization): conv 3→8
+    per-axis, conv 8→4 per tensor with a nonzero zero point."""
+    b = QdqBuilder(np.random.default_rng(0))
+    w1 = b.rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w2 = b.rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    scale1, zero1 = b.init("s1", (np.abs(w1).reshape(8, -1).max(1) / 127).astype(np.float32)), b.init("z1", np.zeros(8, np.int8))
+    q1 = b.node("QuantizeLinear", [b.init("w1", w1), scale1, zero1], "w1_q", axis=0)
+    h = b.node("Relu", [b.node("Conv", ["x", b.node("DequantizeLinear", [q1, scale1, zero1], "w1_dq", axis=0)], "c1",
+                               pads=[1, 1, 1, 1])], "relu")
+    scale2, zero2 = b.init("s2", np.array(0.02, np.float32)), b.init("z2", np.array(3, np.int8))
+    q2 = b.node("QuantizeLinear", [b.init("w2", w2), scale2, zero2], "w2_q")
+    b.node("Conv", [h, b.node("DequantizeLinear", [q2, scale2, zero2], "w2_dq")], "y", pads=[1, 1, 1, 1])
+    return b.model(13, [1, 3, 8, 8], [1, 4, 8, 8])
+
+
+def test_fake_quantized_float_weights_prune_through_quantize_dequantize():
+    """W → QuantizeLinear → DequantizeLinear is a weight stored as W: surgery slices W and its
+    per-axis scale, the oracle zeroes W (0 quantizes to the zero point and comes back as 0.0)."""
+    original = Model.from_proto(fake_quantized_cnn())
+    model, result = prune(Model.from_proto(fake_quantized_cnn()), ratio=0.5)
+    assert oracle_error(model, result.reference()) <= 1e-4 < oracle_error(original, result.reference())
+    shapes = _shapes(model)
+    assert shapes["w1"] == (4, 3, 3, 3) and shapes["s1"] == shapes["z1"] == (4,) and shapes["w2"] == (4, 4, 3, 3)
+    assert shapes["s2"] == shapes["z2"] == ()
+
+
+def test_refit_names_quantized_layers_it_leaves_alone():
+    """With calibration the refit would fit float weights; a quantized layer it cut is listed as
+    skipped with the reason, and stays int8."""
+    model, result = prune(Model.from_proto(qdq_cnn(13)), ratio=0.5, calibration="random")
+    reasons = {row["node"]: row["reason"] for row in result.artifacts["recovery"]["skipped"]}
+    assert {"c1_y", "c2_y", "y"} <= set(reasons) and all("quantized" in r for r in reasons.values())
+    assert model.constant(model.value("c2_w")).dtype == np.int8
+    assert oracle_error(model, result.reference()) <= 1e-4

@@ -72,6 +72,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from sparsec.analysis.activations import Frontier, capture, padding_mask
 from sparsec.analysis.inputs import bind_shapes
+from sparsec.analysis.quantized import quantized_weight, zero_points
 from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
 from sparsec.passes.base import Diagnostic
@@ -301,7 +302,9 @@ def _layer(model, node, plan: dict | None, drifted: bool = False) -> Layer | str
     """The node as a ``Layer`` when it needs a refit, a reason when it does but cannot have
     one, None when it needs none."""
     axes = _contraction_axes(model, node)
-    if axes is None or model.constant(node.inputs[1]).dtype.kind != "f":
+    if axes is None:
+        return _quantized_reason(model, node, plan, drifted)
+    if model.constant(node.inputs[1]).dtype.kind != "f":
         return None
     cut = _was_cut(model, node.inputs[1], axes[0], plan)
     if not (cut or drifted):
@@ -355,6 +358,19 @@ def _norm_layer(model, node, plan: dict | None) -> Layer | str | None:
         return None  # only a constant scale and bias of one value per channel are refit
     layer = Layer(node, scale, bias, node.outputs[0].name, channel_axis=-1 if axis is None else axis)
     return _with_outputs(model, layer, plan, 0)
+
+
+def _quantized_reason(model, node, plan: dict | None, drifted: bool) -> str | None:
+    """Why a compute node whose weight is quantized (DequantizeLinear of an integer constant)
+    and was cut or drifted is not refit: least squares would move it off its integer grid."""
+    if node.domain not in STANDARD or node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.inputs) < 2:
+        return None
+    q = quantized_weight(model, node.inputs[1])
+    if q is None:
+        return None
+    data = model.constant(q.data)
+    cut = any(_plan_entry(plan, q.data.name, axis) for axis in range(data.ndim)) or (data == zero_points(model, q, data.shape)).any()
+    return "its weight is quantized (a refit would take it off its integer grid)" if cut or drifted else None
 
 
 def _was_cut(model, weight, axis: int, plan: dict | None) -> bool:
