@@ -181,8 +181,14 @@ def _exact_problem(reference: np.ndarray, candidate: np.ndarray, where: str) -> 
     if equal.all():
         return None
     index = tuple(int(i) for i in np.argwhere(~equal)[0])
-    return (f"{where}{list(index) if index else ''} is {candidate[index]!r}, the reference's is {reference[index]!r} "
+    return (f"{where}{list(index) if index else ''} is {_plain(candidate[index])!r}, the reference's is "
+            f"{_plain(reference[index])!r} "
             f"({int(np.count_nonzero(~equal))} of {reference.size} values differ)").lstrip()
+
+
+def _plain(element):
+    """A numpy scalar as the Python value it holds (for messages: 3, not np.int64(3))."""
+    return element.item() if isinstance(element, np.generic) else element
 
 
 def _cosine(r: np.ndarray, c: np.ndarray) -> float:

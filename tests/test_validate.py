@@ -94,3 +94,85 @@ def test_npz_inputs_are_checked_against_the_model(tmp_path):
     (tmp_path / "text.npz").write_text("not numpy")
     with pytest.raises(InputError, match="not a readable .npz"):
         load_npz(tmp_path / "text.npz", model)
+
+
+DOUBLING_PASS = '''
+from typing import ClassVar
+
+import numpy as np
+import sparsec
+
+
+class DoubleWeightsPass(sparsec.InPlacePass):
+    """A wrong 'lossless' pass: every floating-point weight doubled."""
+
+    name: ClassVar[str] = "double-weights"
+
+    def call(self, model):
+        for value in model.initializers().values():
+            array = model.constant(value)
+            if array.dtype.kind == "f":
+                model.resize_initializer(value, 2 * array)
+        return sparsec.PassResult(model, modified=True)
+'''
+
+
+def _doubled(path, tmp_path):
+    model = Model.load(path)
+    for value in model.initializers().values():
+        array = model.constant(value)
+        if array.dtype.kind == "f":
+            model.resize_initializer(value, 2 * array)
+    model.save(tmp_path / "doubled.onnx")
+    return tmp_path / "doubled.onnx"
+
+
+def test_all_nan_inputs_fail_a_model_with_doubled_weights(tmp_path, cli):
+    """NaN in gives NaN out for the original and for a model with every weight doubled: that
+    agreement means nothing, so validation fails with a line asking for finite inputs."""
+    reference = MODELS / "digits_mlp.onnx"
+    nan = np.full((4, 1, 8, 8), np.nan, np.float32)
+    np.savez(tmp_path / "nan.npz", input=nan)
+    result = validate(reference, _doubled(reference, tmp_path), {"input": nan}, latency_runs=0)
+    (logits,) = result.outputs
+    assert not result.passed and not logits.passed
+    assert logits.max_abs == float("inf") and logits.cosine is None and logits.top1 is None
+    assert result.failure_line() == ("output 'logits': the reference is NaN or infinite at 40 of 40 values on these "
+                                     "inputs, so it cannot be validated on them: give inputs (--inputs) on which it is finite")
+    code, out, _ = cli("validate", reference, tmp_path / "doubled.onnx", "--inputs", tmp_path / "nan.npz",
+                       "--latency-runs", "0")
+    assert code == 1 and "FAILED" in out and "the reference is NaN or infinite" in out
+    (tmp_path / "double.py").write_text(DOUBLING_PASS)
+    code, _, err = cli("compress", reference, "-o", tmp_path / "out.onnx", "--passes",
+                       f"{tmp_path / 'double.py'}:DoubleWeightsPass", "--inputs", tmp_path / "nan.npz", "--latency-runs", "0")
+    assert code == 1 and not (tmp_path / "out.onnx").exists()
+    assert err.count("sparsec: error:") == 1
+
+
+def test_a_non_finite_reference_never_counts_as_agreement():
+    reference = np.array([[np.inf, 1.0, 2.0], [3.0, -np.inf, 4.0]])
+    for candidate in (reference.copy(), 2 * reference):  # equal, or equally infinite where the reference is
+        metrics = output_metrics("y", reference, candidate, rtol=1e-4, atol=1e-5)
+        assert not metrics.passed and "the reference is NaN or infinite at 2 of 6 values" in metrics.problem
+        assert metrics.max_abs == metrics.max_rel == float("inf") and metrics.cosine is None
+    partly = np.array([[np.nan, 1.0], [2.0, 3.0]])
+    assert not output_metrics("y", partly, partly.copy(), 1.0, 1.0).passed  # a NaN hides what the rest cannot show
+    finite = np.array([[1.0, 2.0], [3.0, 4.0]])
+    broken = finite.copy()
+    broken[1, 0] = np.nan
+    metrics = output_metrics("y", finite, broken, rtol=1.0, atol=1.0)
+    assert not metrics.passed and metrics.problem == "the candidate is NaN or infinite at 1 of 4 values where the reference is finite"
+    assert metrics.max_abs == float("inf") and metrics.top1 is None
+
+
+def test_the_oracle_rule_refuses_a_non_finite_reference():
+    """max |c − r| ≤ 1e-4 · max |r| held for any candidate once the reference had an Inf (inf ≤ inf)."""
+    reference = np.array([[np.inf, 1.0], [0.5, 2.0]])
+    candidate = np.array([[3.0, 5.0], [0.5, 2.0]])
+    metrics = output_metrics("y", reference, candidate, 0.0, 0.0, peak_tolerance=1e-4)
+    assert not metrics.passed and "the reference is NaN or infinite at 1 of 4 values" in metrics.problem
+    assert metrics.max_abs_reference == 2.0  # the finite peak: a number the report can print
+    for peak_tolerance in (1e-4, None):  # both rules: an all-NaN pair fails, and no metric is NaN
+        nan = np.full((2, 3), np.nan)
+        metrics = output_metrics("y", nan, nan.copy(), 1e-4, 1e-5, peak_tolerance=peak_tolerance)
+        assert not metrics.passed and not np.isnan([metrics.max_abs, metrics.max_rel, metrics.max_abs_reference]).any()
