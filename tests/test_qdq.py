@@ -64,7 +64,8 @@ class QdqBuilder:
             view[axis] = -1
         q = np.clip(np.round(w / scale.reshape(view)) + zero.reshape(view), -bound - 1, bound).astype(dtype)
         if self.float_twin:
-            return self.init(f"{tag}_dq", ((q.astype(np.float32) - zero.reshape(view)) * scale.reshape(view)).astype(np.float32))
+            dequantized = (q.astype(np.float32) - zero.reshape(view)) * scale.reshape(view)
+            return self.init(f"{tag}_dq", dequantized.astype(np.float32))
         attributes = {} if axis is None else {"axis": axis}
         return self.node("DequantizeLinear", [self.init(tag, q), self.init(f"{tag}_scale", scale),
                                               self.init(f"{tag}_zero", zero)], f"{tag}_dq", **attributes)
@@ -118,7 +119,8 @@ def _feeds(shape, seed: int = 1) -> dict[str, np.ndarray]:
 def _weight_dequantizers(proto: onnx.ModelProto) -> dict[str, int]:
     """DequantizeLinear nodes reading an initializer: data name → its element type."""
     types = {i.name: i.data_type for i in proto.graph.initializer}
-    return {n.input[0]: types[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in types}
+    return {n.input[0]: types[n.input[0]] for n in proto.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in types}
 
 
 def _shapes(model: Model) -> dict[str, tuple[int, ...]]:
@@ -154,7 +156,8 @@ def test_const_fold_leaves_quantization_alone_and_skips_ops_it_cannot_evaluate()
     quantization) has integer output but changes stored precision: neither folds, at any
     opset, and an op ONNX's reference lacks at the opset (DequantizeLinear-13) is not folded."""
     w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
-    scale, zero = numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.int8), "z")
     nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]),
              helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wdq"]),
              helper.make_node("MatMul", ["x", "wdq"], ["y"])]
@@ -198,9 +201,11 @@ def test_channels_prune_a_qdq_cnn_like_its_float_twin(opset):
         assert _shapes(twin)[f"{tag}_w_dq"] == shapes[f"{tag}_w"]
     assert shapes["c2_w"][1] == 4 and shapes["fc_w"] == (4, 8)
     for name in ("in_scale", "a1_scale", "a2_scale", "fc_w_scale", "fc_w_zero"):
-        assert shapes[name] == before[name] and model.constant(model.value(name)) == original.constant(original.value(name))
+        assert shapes[name] == before[name]
+        assert model.constant(model.value(name)) == original.constant(original.value(name))
     assert model.constant(model.value("c2_w")).dtype == np.int8
-    for want, got in zip(run_ort(twin.to_proto(), _feeds([1, 3, 8, 8])), run_ort(model.to_proto(), _feeds([1, 3, 8, 8]))):
+    feeds = _feeds([1, 3, 8, 8])
+    for want, got in zip(run_ort(twin.to_proto(), feeds), run_ort(model.to_proto(), feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -216,7 +221,8 @@ def test_oracle_masks_a_quantized_weight_to_its_zero_point():
     masked = reference.constant(reference.value("c2_w"))
     zero = original.constant(original.value("c2_w_zero"))
     assert np.any(zero != 0)
-    np.testing.assert_array_equal(masked[:, removed], np.broadcast_to(zero[:, None, None, None], masked[:, removed].shape))
+    expected = np.broadcast_to(zero[:, None, None, None], masked[:, removed].shape)
+    np.testing.assert_array_equal(masked[:, removed], expected)
 
 
 def test_cli_channels_on_a_qdq_cnn_at_opset_13(cli, tmp_path):
@@ -241,30 +247,34 @@ def test_channels_prune_a_qdq_mlp_with_per_axis_matmul_scales(opset):
 
 
 # ---------------------------------------------------------------- N:M sparsity
-def _two_of_four(array: np.ndarray, axis: int) -> bool:
-    runs = np.moveaxis(array, axis, -1).reshape(-1, 4)
-    return bool(np.all((runs == 0).sum(axis=1) >= 2))
+def _dequantized(model: Model, name: str) -> np.ndarray:
+    """(q − zero point) · scale of a conv/Gemm weight built by ``QdqBuilder`` (per axis 0 or per tensor)."""
+    q = model.constant(model.value(name)).astype(np.float32)
+    view = [-1] + [1] * (q.ndim - 1)
+    zero, scale = (model.constant(model.value(f"{name}_{part}")).astype(np.float32) for part in ("zero", "scale"))
+    return (q - (zero.reshape(view) if zero.ndim else zero)) * (scale.reshape(view) if scale.ndim else scale)
+
+
+def _runs_of_four(array: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(array, axis, -1).reshape(-1, 4)
 
 
 def test_nm_sparsifies_quantized_weights_through_their_dequantize(cli, tmp_path):
-    """--nm 2:4 on a QDQ CNN: the int8 weights stay int8 behind their DequantizeLinear; dropped
-    entries hold the zero point, so every run of 4 along the reduction axis dequantizes to at
-    least two exact zeros; the kept entries are the runs' two largest dequantized magnitudes."""
+    """--nm 2:4 on a QDQ CNN (nonzero zero points): the int8 weights stay int8 behind their
+    DequantizeLinear; dropped entries hold the zero point, so every run of 4 along the
+    reduction axis dequantizes to two exact zeros, and the two kept are the run's largest
+    dequantized magnitudes, unchanged."""
     source, out = _save(qdq_cnn(17, zero_points=True), tmp_path / "qdq.onnx"), tmp_path / "sparse.onnx"
     code, stdout, err = cli("compress", source, "-o", out, "--nm", "2:4")
     assert code == 0, err
     before, after = Model.load(source), Model.load(out)
     assert _weight_dequantizers(onnx.load(str(out))) == _weight_dequantizers(onnx.load(source))
     for name, axis in (("c2_w", 1), ("fc_w", 1)):
-        q = after.constant(after.value(name))
-        zero = after.constant(after.value(f"{name}_zero"))
-        zero = zero.reshape([-1] + [1] * (q.ndim - 1)) if zero.ndim else zero
-        assert q.dtype == np.int8 and _two_of_four(q.astype(np.int32) - zero, axis)
-        original = before.constant(before.value(name)).astype(np.int32) - zero
-        magnitude = np.abs(original * before.constant(before.value(f"{name}_scale")).reshape(zero.shape if np.ndim(zero) else ()))
-        kept = (q.astype(np.int32) - zero) != 0
-        assert np.array_equal(np.where(kept, q.astype(np.int32) - zero, 0), np.where(kept, original, 0))
-        assert magnitude[kept].sum() >= magnitude[~kept].sum()
+        assert after.constant(after.value(name)).dtype == np.int8
+        dense, sparse = _runs_of_four(_dequantized(before, name), axis), _runs_of_four(_dequantized(after, name), axis)
+        kept = sparse != 0
+        assert np.all(kept.sum(axis=1) == 2) and np.array_equal(sparse[kept], dense[kept])
+        assert np.all(np.abs(np.where(kept, dense, np.inf)).min(axis=1) >= np.abs(np.where(kept, 0, dense)).max(axis=1))
     assert "weight 'c1_w' left dense" in stdout + err  # reduction length 3 is not a multiple of 4
     assert np.array_equal(after.constant(after.value("c1_w")), before.constant(before.value("c1_w")))
     run_ort(onnx.load(str(out)), _feeds([1, 3, 8, 8]))
@@ -302,7 +312,8 @@ def fake_quantized_cnn() -> onnx.ModelProto:
     b = QdqBuilder(np.random.default_rng(0))
     w1 = b.rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     w2 = b.rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
-    scale1, zero1 = b.init("s1", (np.abs(w1).reshape(8, -1).max(1) / 127).astype(np.float32)), b.init("z1", np.zeros(8, np.int8))
+    scale1 = b.init("s1", (np.abs(w1).reshape(8, -1).max(1) / 127).astype(np.float32))
+    zero1 = b.init("z1", np.zeros(8, np.int8))
     q1 = b.node("QuantizeLinear", [b.init("w1", w1), scale1, zero1], "w1_q", axis=0)
     h = b.node("Relu", [b.node("Conv", ["x", b.node("DequantizeLinear", [q1, scale1, zero1], "w1_dq", axis=0)], "c1",
                                pads=[1, 1, 1, 1])], "relu")

@@ -2,9 +2,10 @@
 
 Group-summed: a unit's score adds up the slices of *every* compute weight in the group
 (producers' output slices and consumers' input slices alike), so a channel is judged by all
-the compute it takes part in (a quantized weight by its dequantized values). Methods are a registry (``register_importance``): ``l1`` (sum of
-|w|), ``l2`` (root of the summed squares), ``bn-scale`` (|γ| of the group's BatchNorm scales;
-groups without BatchNorm fall back to ``l1``), ``activation`` (‖X_c‖·‖W_c‖ over the group's
+the compute it takes part in (a quantized weight by its dequantized values). Methods are a
+registry (``register_importance``): ``l1`` (sum of |w|), ``l2`` (root of the summed squares),
+``bn-scale`` (|γ| of the group's BatchNorm scales; groups without BatchNorm fall back to
+``l1``), ``activation`` (‖X_c‖·‖W_c‖ over the group's
 consumers, from calibration data) and ``random`` (seeded per group). A method gets
 an ``ImportanceContext``; activation-based methods plug in here with calibration data in it.
 """

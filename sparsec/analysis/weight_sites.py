@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from sparsec.analysis.quantized import QuantizedWeight, quantized_weight
 
 
@@ -68,12 +66,12 @@ def _stored(model, value, quantized: bool) -> tuple:
         dtype = model.elem_type(value)
         return (value, None) if dtype is not None and dtype.kind == "f" else (None, None)
     q = quantized_weight(model, value) if quantized else None
-    if q is None or not q.data.is_initializer() or (model.elem_type(q.data) or np.dtype("f")).kind not in "iu":
-        return None, None
-    return q.data, q
+    dtype = model.elem_type(q.data) if q is not None and q.data.is_initializer() else None
+    return (q.data, q) if dtype is not None and dtype.kind in "iu" else (None, None)
 
 
-def weight_sites(model, *, embeddings: bool = False, quantized: bool = False) -> tuple[list[WeightSite], dict[str, str]]:
+def weight_sites(model, *, embeddings: bool = False,
+                 quantized: bool = False) -> tuple[list[WeightSite], dict[str, str]]:
     """The float constant operands of compute nodes (and embedding tables when asked; the
     stored data of quantized weights when ``quantized``) with their reduction axis, and the
     weights left out with the reason (uses that disagree on the axis, e.g. a table both

@@ -369,7 +369,8 @@ def _quantized_reason(model, node, plan: dict | None, drifted: bool) -> str | No
     if q is None:
         return None
     data = model.constant(q.data)
-    cut = any(_plan_entry(plan, q.data.name, axis) for axis in range(data.ndim)) or (data == zero_points(model, q, data.shape)).any()
+    planned = any(_plan_entry(plan, q.data.name, axis) for axis in range(data.ndim))
+    cut = planned or bool((data == zero_points(model, q, data.shape)).any())
     return "its weight is quantized (a refit would take it off its integer grid)" if cut or drifted else None
 
 
