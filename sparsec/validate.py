@@ -83,13 +83,14 @@ class Validation:
         return [o.name for o in self.outputs if not o.passed]
 
     def failure_line(self) -> str | None:
-        """Why validation failed, in one line naming the first failing output (None if it passed)."""
+        """Why validation failed, in one line naming an output (None if it passed): the first with a
+        ``problem`` (non-finite values, a mismatch), else the one with the largest error."""
         if self.passed:
             return None
         failed = [o for o in self.outputs if not o.passed]
         if not failed:
             return "the candidate's outputs cannot be paired with the reference's (names and counts differ)"
-        worst = next((o for o in failed if o.problem), failed[0])
+        worst = next((o for o in failed if o.problem), None) or max(failed, key=lambda o: o.max_abs)
         if worst.problem:
             return f"output '{worst.name}': {worst.problem}"
         return f"output '{worst.name}' max abs error {worst.max_abs:.3g} exceeds atol {self.atol:g} + rtol {self.rtol:g}·|ref|"

@@ -176,3 +176,13 @@ def test_the_oracle_rule_refuses_a_non_finite_reference():
         nan = np.full((2, 3), np.nan)
         metrics = output_metrics("y", nan, nan.copy(), 1e-4, 1e-5, peak_tolerance=peak_tolerance)
         assert not metrics.passed and not np.isnan([metrics.max_abs, metrics.max_rel, metrics.max_abs_reference]).any()
+
+
+@pytest.mark.xfail(strict=True, reason="api.failure_line / _oracle_failure_line should quote Validation.failure_line() "
+                                       "(or OutputMetrics.problem); owned by api.py")
+def test_the_error_line_says_the_reference_is_not_finite(tmp_path, cli):
+    np.savez(tmp_path / "nan.npz", input=np.full((4, 1, 8, 8), np.nan, np.float32))
+    for flags in ([], ["--channels", "0.5"]):  # gated against the original; gated by the oracle
+        code, _, err = cli("compress", MODELS / "digits_cnn.onnx", "-o", tmp_path / "out.onnx", *flags,
+                           "--inputs", tmp_path / "nan.npz", "--latency-runs", "0")
+        assert code == 1 and "the reference is NaN or infinite" in err and "give inputs (--inputs)" in err
