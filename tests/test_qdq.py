@@ -17,7 +17,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import oracle_error, prune, run_ort
+import onnxruntime as ort
+from conftest import MODELS, oracle_error, prune, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.cost import analyze_cost
@@ -342,3 +343,50 @@ def test_refit_names_quantized_layers_it_leaves_alone():
     assert {"c1_y", "c2_y", "y"} <= set(reasons) and all("quantized" in r for r in reasons.values())
     assert model.constant(model.value("c2_w")).dtype == np.int8
     assert oracle_error(model, result.reference()) <= 1e-4
+
+
+def _quantized_by_onnxruntime(tmp_path) -> str:
+    """models/digits_cnn.onnx through onnxruntime's own static quantizer (QDQ, int8 weights per
+    channel, uint8 activations), calibrated on 32 of the committed calibration digits."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Digits(CalibrationDataReader):
+        def __init__(self) -> None:
+            images = np.load(MODELS / "digits_calib.npz")["input"][:32]
+            self.batches = iter([{"input": images[i:i + 1]} for i in range(len(images))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared, quantized = tmp_path / "prepared.onnx", tmp_path / "quantized.onnx"
+    quant_pre_process(str(MODELS / "digits_cnn.onnx"), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(quantized), Digits(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    return str(quantized)
+
+
+def _fused_quantized_convs(path) -> int:
+    """QLinearConv nodes in onnxruntime's optimized graph: the QDQ convs it runs in int8."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(path) + ".optimized.onnx"
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return sum(n.op_type == "QLinearConv" for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_a_model_quantized_by_onnxruntime_prunes_and_stays_quantized(tmp_path):
+    """The quantizer's real output (per-channel convs, per-tensor BatchNorm parameters, a
+    squeeze-excite block, a Concat): the oracle passes, params and MACs drop, and onnxruntime
+    still fuses every conv into QLinearConv (the pruned model runs in int8 like the original)."""
+    source = _quantized_by_onnxruntime(tmp_path)
+    original = Model.load(source)
+    model, result = prune(source, ratio=0.5)
+    assert result.stats["channel-prune.groups_pruned"] >= 2
+    assert oracle_error(model, result.reference()) <= 1e-4
+    before, after = analyze_cost(original), analyze_cost(model)
+    assert after.params < 0.5 * before.params and after.macs < 0.5 * before.macs
+    pruned = tmp_path / "pruned.onnx"
+    model.save(pruned)
+    assert _fused_quantized_convs(pruned) == _fused_quantized_convs(source) == 7
