@@ -205,6 +205,21 @@ def _top1(r: np.ndarray, c: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(r, axis=1) == np.argmax(c, axis=1)))
 
 
+def peak_gap(reference: dict, candidate: dict) -> float:
+    """The oracle's measure over every output of a run: max |c − r| / max |r| (an output whose
+    reference is all zeros: max |c − r|); infinite when an output is missing, its structure or
+    exact values differ, or any value is NaN or infinite (so a NaN never looks like 0)."""
+    gap = 0.0
+    for name, expected in reference.items():
+        if name not in candidate:
+            return float("inf")
+        metrics = output_metrics(name, expected, candidate[name], 0.0, 0.0, peak_tolerance=0.0)
+        if metrics.problem is not None:
+            return float("inf")
+        gap = max(gap, metrics.max_abs / (metrics.max_abs_reference or 1.0))
+    return gap
+
+
 def _structured_metrics(name: str, reference, candidate, rtol: float, atol: float,
                         peak_tolerance: float | None, value_type: str | None) -> OutputMetrics:
     """Metrics of a non-tensor output: a structural or exact mismatch fails it outright (infinite

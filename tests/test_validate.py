@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsec.analysis.inputs import bind_shapes, load_npz, parse_input_shapes, random_inputs
 from sparsec.errors import InputError
 from sparsec.ir import Model
-from sparsec.validate import output_metrics, validate
+from sparsec.validate import output_metrics, peak_gap, validate
 
 
 def test_metrics_of_a_known_perturbation():
@@ -186,3 +186,15 @@ def test_the_error_line_says_the_reference_is_not_finite(tmp_path, cli):
         code, _, err = cli("compress", MODELS / "digits_cnn.onnx", "-o", tmp_path / "out.onnx", *flags,
                            "--inputs", tmp_path / "nan.npz", "--latency-runs", "0")
         assert code == 1 and "the reference is NaN or infinite" in err and "give inputs (--inputs)" in err
+
+
+def test_peak_gap_is_infinite_on_non_finite_or_mismatched_outputs():
+    """The measure of a --steps round: max |c − r| / max |r| over the outputs, never NaN."""
+    reference = {"y": np.array([[2.0, -4.0]]), "labels": np.array([1, 2])}
+    assert peak_gap(reference, {"y": np.array([[2.0, -4.2]]), "labels": np.array([1, 2])}) == pytest.approx(0.05)
+    assert peak_gap({"y": np.zeros(2)}, {"y": np.array([0.0, 1e-3])}) == pytest.approx(1e-3)
+    nan = {"y": np.full((1, 2), np.nan), "labels": np.array([1, 2])}
+    for candidate in (nan, {"y": reference["y"], "labels": np.array([1, 3])}, {"y": reference["y"]}):
+        assert peak_gap(reference, candidate) == float("inf")
+    assert peak_gap(nan, nan) == float("inf")
+    assert peak_gap({"p": [{0: 0.5, 1: 0.5}]}, {"p": [{0: 0.25, 1: 0.75}]}) == pytest.approx(0.5)
