@@ -113,7 +113,10 @@ def _stale_data_files(path: Path, keep: Collection[Path]) -> set[Path]:
     """The data files the current ``path`` reads that sparsec wrote for it and may go once it is
     replaced: named by ``data_file_pattern``, regular files in the same folder, not in ``keep``."""
     pattern = data_file_pattern(path)
-    candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    try:
+        candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:  # a folder we may write but not list: remove nothing
+        return set()
     if not candidates or not path.is_file() or path.is_symlink():  # a link's model reads beside its target
         return set()
     read = _external_locations(path)
