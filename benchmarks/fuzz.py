@@ -6,8 +6,8 @@ Graph ``i`` of the run is ``sparsec.testing.graphs.generate(S + i)``, checked in
 (cleanup, --channels 0.5, --heads 0.5, --nm 2:4) by ``sparsec.testing.fuzz.check_graph``. The
 checks run in one worker process (one graph at a time, so one core), restarted when it dies or
 hangs: an onnxruntime abort or a hang is itself recorded as a failure (``crash``, ``timeout``)
-instead of ending the run. Every failure of a class not seen before in this run is minimized
-(blocks dropped while the same class persists) and saved to ``--out`` as ``<name>.onnx`` plus
+instead of ending the run. Failures are minimized (blocks dropped while the same class
+persists; up to 8 per class) and each whose minimized op sequence is new is saved to ``--out`` as ``<name>.onnx`` plus
 ``<name>.json`` (seed, mode, failure line, the description that rebuilds it). A progress line
 (graphs tried, failures by class) is printed every ``--every`` graphs and at the end.
 """
@@ -32,7 +32,10 @@ from sparsec.testing.graphs import generate  # noqa: E402
 def _serve(conn, workdir: str) -> None:
     """Worker loop: receive (graph, modes), send back the failures as tuples."""
     while True:
-        job = conn.recv()
+        try:
+            job = conn.recv()
+        except EOFError:  # the parent is gone
+            return
         if job is None:
             return
         graph, modes = job
@@ -79,36 +82,54 @@ def _line(tried: int, started: float, classes: Counter, saved: int) -> str:
            f"in {len(classes)} classes (saved {saved}): {top}"
 
 
+class Saver:
+    """Minimizes failures and saves those whose minimized block list (its op sequence) is new
+    for their class: one class (e.g. every oracle failure) can hide several bugs. At most
+    ``cap`` minimizations per class."""
+
+    def __init__(self, worker: Worker, out: Path, cap: int = 8) -> None:
+        self.worker, self.out, self.cap = worker, out, cap
+        self.tries: Counter = Counter()
+        self.signatures: set = set()
+        self.saved = 0
+
+    def offer(self, graph: dict, failure: Failure, seed: int) -> None:
+        if self.tries[failure.key] >= self.cap:
+            return
+        self.tries[failure.key] += 1
+        if failure.kind == "timeout":  # each try could take the whole timeout: keep the graph as it is
+            small = graph
+        else:
+            small = minimize(graph, failure, lambda g, modes: self.worker.check(g, modes.split(",")))
+        signature = (failure.key, tuple(block["op"] for block in small["blocks"]))
+        if signature in self.signatures:
+            return
+        self.signatures.add(signature)
+        path = save_failure(self.out, small, failure, seed, len(graph["blocks"]))
+        self.saved += 1
+        print(f"  failure on seed {seed}: {failure.key}\n    {failure.line}\n"
+              f"    minimized {len(graph['blocks'])} -> {len(small['blocks'])} blocks: {path}", flush=True)
+
+
 def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: float) -> int:
     started, deadline = time.monotonic(), time.monotonic() + minutes * 60
     classes: Counter = Counter()
-    tried = saved = 0
+    tried = 0
     with tempfile.TemporaryDirectory(prefix="sparsec-fuzz-") as workdir:
         worker = Worker(workdir, timeout)
+        saver = Saver(worker, out)
         while time.monotonic() < deadline:
             graph = generate(seed + tried, qdq=qdq)
             failures = worker.check(graph, MODES)
             tried += 1
             for failure in failures:
                 classes[failure.key] += 1
-                if classes[failure.key] == 1:
-                    saved += _save(worker, graph, failure, seed + tried - 1, out)
+                saver.offer(graph, failure, seed + tried - 1)
             if tried % every == 0:
-                print(_line(tried, started, classes, saved), flush=True)
+                print(_line(tried, started, classes, saver.saved), flush=True)
         worker.stop()
-    print(_line(tried, started, classes, saved), flush=True)
+    print(_line(tried, started, classes, saver.saved), flush=True)
     return 1 if classes else 0
-
-
-def _save(worker: Worker, graph: dict, failure: Failure, seed: int, out: Path) -> int:
-    print(f"  new failure on seed {seed}: {failure.key}\n    {failure.line}", flush=True)
-    if failure.kind == "timeout":  # each try could take the whole timeout: keep the graph as it is
-        small = graph
-    else:
-        small = minimize(graph, failure, lambda g, modes: worker.check(g, modes.split(",")))
-    path = save_failure(out, small, failure, seed, len(graph["blocks"]))
-    print(f"    minimized {len(graph['blocks'])} -> {len(small['blocks'])} blocks: {path}", flush=True)
-    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,7 +103,10 @@ def _mask_statistics(model, stats) -> None:
             if node.op_type == "ReduceMean" and axes <= (reduced_axes(node, ctx, rank) or set()):
                 model.set_input(node, 0, _scaled(model, node, value, mask * factor))
             elif node.op_type == "LayerNormalization" and min(axes) >= _first_normalized(model, node, rank):
-                _write_out_layer_norm(model, node, mask * factor, rank)
+                # its output is replaced by the written-out form's: a later mask on it (a second
+                # LayerNorm of the same channels) must find the replacement under the old name
+                replaced = node.outputs[0]
+                values[replaced.name] = _write_out_layer_norm(model, node, mask * factor, rank) or replaced
             elif node.op_type in ("MatMul", "Gemm"):
                 model.set_input(node, 0, _scaled(model, node, value, mask))
 
@@ -131,10 +134,11 @@ def _first_normalized(model, node, rank: int) -> int:
     return int(model.attr(node, "axis", -1)) % rank
 
 
-def _write_out_layer_norm(model, node, weight: np.ndarray, rank: int) -> None:
-    """y = (x − μ) / sqrt(σ² + ε) · scale + bias, μ and σ² masked means over the normalized axes."""
+def _write_out_layer_norm(model, node, weight: np.ndarray, rank: int):
+    """y = (x − μ) / sqrt(σ² + ε) · scale + bias, μ and σ² masked means over the normalized axes;
+    returns the value that now stands for the node's output (None when left alone)."""
     if any(out is not None and out.name and model.consumers(out) for out in node.outputs[1:]):
-        return  # the optional Mean / InvStdDev outputs are in use: leave this one alone
+        return None  # the optional Mean / InvStdDev outputs are in use: leave this one alone
     x, scale = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     dtype = model.elem_type(x) or np.float32
@@ -152,6 +156,7 @@ def _write_out_layer_norm(model, node, weight: np.ndarray, rank: int) -> None:
         out = model.add_node("Add", [out, bias], before=node, name="oracle")
     model.replace_all_uses(node.outputs[0], out)
     model.remove_node(node)
+    return out
 
 
 def _masked_mean(model, node, value, weight: np.ndarray, axes: list[int]):

@@ -273,9 +273,12 @@ def resize(b: Builder, s: State, spec: dict) -> State:
 
 
 def pad(b: Builder, s: State, spec: dict) -> State:
-    p = spec.get("pad", 1)
+    p, mode = spec.get("pad", 1), spec.get("mode", "constant")
+    if mode == "reflect":  # reflect pads must be shorter than the axis
+        p = min(p, min(s.shape[2:]) - 1)
+        mode = mode if p > 0 else "constant"
+        p = max(p, 1)
     inputs = [s.name, b.ints([0, 0, p, p, 0, 0, p, p])]
-    mode = spec.get("mode", "constant")
     if mode == "constant" and spec.get("value"):
         inputs.append(b.scalar(0.5))
     out = b.op("Pad", inputs, mode=mode)
