@@ -176,3 +176,16 @@ def test_two_runs_writing_one_output_leave_one_complete_pair(runs, tmp_path):
         code, err = _finish(process)
         assert code == 0, err
     assert _which_pair(out.parent, outputs) in ("old", "new")
+
+
+def test_the_console_script_sets_up_signals_before_anything_heavy_loads():
+    """``sparsec`` runs ``sparsec.entry:main``, and importing it loads none of onnx, onnxruntime,
+    numpy (an eager ``sparsec/__init__`` would load them before any handler is in place)."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"sparsec": "sparsec.entry:main"}
+    probe = "import sys, sparsec.entry; print(sorted({'onnx', 'onnxruntime', 'numpy', 'onnx_ir'} & set(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert loaded.stdout.strip() == "[]"
