@@ -261,11 +261,20 @@ def _walk_sequence(reference, candidate, where: str, leaves: list) -> str | None
         return f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, a {type(reference).__name__} in the reference"
     if len(reference) != len(candidate):
         return f"{where or 'the sequence'} has {len(candidate)} elements in the candidate, {len(reference)} in the reference"
+    if _float_maps(reference) and _float_maps(candidate) and all(r.keys() == c.keys() for r, c in zip(reference, candidate)):
+        leaves.append((np.array([v for m in reference for v in m.values()], np.float64),  # ZipMap's rows, at once
+                       np.array([c[k] for r, c in zip(reference, candidate) for k in r], np.float64)))
+        return None
     for index, (r, c) in enumerate(zip(reference, candidate)):
         problem = _walk(r, c, f"{where}[{index}]", leaves)
         if problem is not None:
             return problem
     return None
+
+
+def _float_maps(values) -> bool:
+    """Whether ``values`` is a list of maps of Python floats (ZipMap's output)."""
+    return all(type(m) is dict and all(type(v) is float for v in m.values()) for m in values)
 
 
 def _walk_map(reference, candidate, where: str, leaves: list) -> str | None:
