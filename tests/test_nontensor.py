@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from sparsec import api, report
-from sparsec.analysis.inputs import bind_shapes, load_npz, random_inputs
+from sparsec.analysis.inputs import bind_shapes, conform, load_npz, random_inputs
 from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.validate import output_metrics, validate
@@ -267,3 +267,6 @@ def test_non_tensor_inputs_get_generated_values_and_are_refused_from_an_npz(tmp_
     np.savez(tmp_path / "parts.npz", parts=np.zeros((1, 4), np.float32))
     with pytest.raises(InputError, match="'parts' is a seq\\(tensor\\(float\\)\\), which an .npz cannot hold"):
         load_npz(tmp_path / "parts.npz", Model.from_proto(sequence_input()))
+    model = Model.from_proto(sequence_input())
+    with pytest.raises(InputError, match="calibration.npz: array 'parts': the model input is a seq\\(tensor\\(float\\)\\)"):
+        conform(np.zeros((3, 4), np.float32), model.inputs[0], model, "calibration.npz", batched=True)

@@ -156,6 +156,8 @@ def conform(array: np.ndarray, value, model, label: str, *, batched: bool) -> np
     a model may take NaN inputs on purpose, but a NaN activation fits nothing), numeric data
     cast to the input's dtype. Anything else is an ``InputError`` naming ``label`` and the array."""
     where = f"{label}: array '{value.name}'"
+    if not model.is_tensor(value):
+        raise InputError(f"{where}: the model input is a {model.type_name(value)}, which an array cannot feed")
     declared = model.shape_dims(value)
     if declared is not None and len(declared) != array.ndim:
         raise InputError(f"{where} has rank {array.ndim}, the model input has rank {len(declared)}"
