@@ -96,15 +96,19 @@ def _shape_cell(o) -> str:
 
 def _value_text(info: dict) -> str:
     """'name dtype shape' for a tensor; 'name type' for a sequence, map or optional."""
-    kind = info.get("type")
-    if kind and not kind.startswith("tensor("):
-        return f"{info['name']} {kind}"
-    return f"{info['name']} {info['dtype']} {info['shape']}"
+    if not _is_tensor_info(info):
+        return f"{info['name']} {info['type']}"
+    dtype = "string" if info.get("type") == "tensor(string)" else info["dtype"]  # numpy would say 'object'
+    return f"{info['name']} {dtype} {info['shape']}"
+
+
+def _is_tensor_info(info: dict) -> bool:
+    return not info.get("type") or info["type"].startswith("tensor(")
 
 
 def analyze_text(summary: dict) -> str:
-    inputs = ", ".join(f"{_value_text(i)} (bound {i.get('bound_shape')})" if i.get("bound_shape") is not None
-                       else _value_text(i) for i in summary["inputs"])
+    inputs = ", ".join(f"{_value_text(i)} (bound {i.get('bound_shape')})" if _is_tensor_info(i) else _value_text(i)
+                       for i in summary["inputs"])
     outputs = ", ".join(_value_text(o) for o in summary["outputs"])
     head = [
         f"model     {summary['model']}  ({summary['producer']})",

@@ -151,6 +151,9 @@ def test_analyze_names_the_non_tensor_types(cli, tmp_path):
     onnx.save(classifier("int64"), tmp_path / "classifier.onnx")
     code, out, _ = cli("analyze", tmp_path / "classifier.onnx")
     assert code == 0 and "probabilities seq(map(int64,tensor(float)))" in out
+    onnx.save(classifier("string"), tmp_path / "strings.onnx")
+    code, out, _ = cli("analyze", tmp_path / "strings.onnx")
+    assert code == 0 and "outputs   label string ['N'], probabilities seq(map(string,tensor(float)))" in out
 
 
 def test_analyze_text_shows_a_non_tensor_type():
