@@ -77,7 +77,14 @@ class Validation:
     latency_ms_candidate: float | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The figures as strict JSON values: an infinite error (a shape, structure or NaN/Inf
+        mismatch, which ``problem`` names) is null, never the non-standard ``Infinity``."""
+        figures = asdict(self)
+        for output in figures["outputs"]:
+            for key in ("max_abs", "max_rel", "cosine", "top1", "max_abs_reference"):
+                if output[key] is not None and not np.isfinite(output[key]):
+                    output[key] = None
+        return figures
 
     def failures(self) -> list[str]:
         return [o.name for o in self.outputs if not o.passed]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import MODELS, make_model, oracle_error
@@ -142,6 +144,10 @@ def test_all_nan_inputs_fail_a_model_with_doubled_weights(tmp_path, cli):
     code, out, _ = cli("validate", reference, tmp_path / "doubled.onnx", "--inputs", tmp_path / "nan.npz",
                        "--latency-runs", "0")
     assert code == 1 and "FAILED" in out and "the reference is NaN or infinite" in out
+    code, out, _ = cli("validate", reference, tmp_path / "doubled.onnx", "--inputs", tmp_path / "nan.npz",
+                       "--latency-runs", "0", "--json")
+    figures = json.loads(out, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert code == 1 and figures["outputs"][0]["max_abs"] is None and "NaN or infinite" in figures["outputs"][0]["problem"]
     (tmp_path / "double.py").write_text(DOUBLING_PASS)
     code, _, err = cli("compress", reference, "-o", tmp_path / "out.onnx", "--passes",
                        f"{tmp_path / 'double.py'}:DoubleWeightsPass", "--inputs", tmp_path / "nan.npz", "--latency-runs", "0")
