@@ -100,7 +100,8 @@ class Validation:
         worst = next((o for o in failed if o.problem), None) or max(failed, key=lambda o: o.max_abs)
         if worst.problem:
             return f"output '{worst.name}': {worst.problem}"
-        return f"output '{worst.name}' max abs error {worst.max_abs:.3g} exceeds atol {self.atol:g} + rtol {self.rtol:g}·|ref|"
+        return (f"output '{worst.name}' max abs error {worst.max_abs:.3g} exceeds atol {self.atol:g} + "
+                f"rtol {self.rtol:g}·|ref|")
 
 
 def session(source: Model | str | Path, threads: int = 0) -> runtime.Session:
@@ -181,7 +182,7 @@ def _exact_metrics(name: str, shape: list[int], problem: str | None, value_type:
 
 def _exact_problem(reference: np.ndarray, candidate: np.ndarray, where: str) -> str | None:
     """The first position where two same-shaped arrays differ, compared exactly, or None."""
-    if reference.dtype.kind in "biu" and candidate.dtype.kind == "f" or reference.dtype.kind == "f" and candidate.dtype.kind in "biu":
+    if {reference.dtype.kind, candidate.dtype.kind} & {"f"} and {reference.dtype.kind, candidate.dtype.kind} & set("biu"):
         return f"{where or 'the output'} is {candidate.dtype} in the candidate, {reference.dtype} in the reference"
     equal = np.asarray(reference == candidate, dtype=bool)
     if equal.shape != reference.shape:  # numpy could not compare element-wise (mixed types)
@@ -265,18 +266,25 @@ def _walk(reference, candidate, where: str, leaves: list) -> str | None:
 
 def _walk_sequence(reference, candidate, where: str, leaves: list) -> str | None:
     if not isinstance(reference, (list, tuple)) or not isinstance(candidate, (list, tuple)):
-        return f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, a {type(reference).__name__} in the reference"
+        return _kind_problem(reference, candidate, where)
     if len(reference) != len(candidate):
-        return f"{where or 'the sequence'} has {len(candidate)} elements in the candidate, {len(reference)} in the reference"
-    if _float_maps(reference) and _float_maps(candidate) and all(r.keys() == c.keys() for r, c in zip(reference, candidate)):
+        return (f"{where or 'the sequence'} has {len(candidate)} elements in the candidate, "
+                f"{len(reference)} in the reference")
+    pairs = list(zip(reference, candidate))
+    if _float_maps(reference) and _float_maps(candidate) and all(r.keys() == c.keys() for r, c in pairs):
         leaves.append((np.array([v for m in reference for v in m.values()], np.float64),  # ZipMap's rows, at once
-                       np.array([c[k] for r, c in zip(reference, candidate) for k in r], np.float64)))
+                       np.array([c[k] for r, c in pairs for k in r], np.float64)))
         return None
-    for index, (r, c) in enumerate(zip(reference, candidate)):
+    for index, (r, c) in enumerate(pairs):
         problem = _walk(r, c, f"{where}[{index}]", leaves)
         if problem is not None:
             return problem
     return None
+
+
+def _kind_problem(reference, candidate, where: str) -> str:
+    return (f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, "
+            f"a {type(reference).__name__} in the reference")
 
 
 def _float_maps(values) -> bool:
@@ -286,9 +294,10 @@ def _float_maps(values) -> bool:
 
 def _walk_map(reference, candidate, where: str, leaves: list) -> str | None:
     if not isinstance(reference, dict) or not isinstance(candidate, dict):
-        return f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, a {type(reference).__name__} in the reference"
+        return _kind_problem(reference, candidate, where)
     if set(reference) != set(candidate):
-        missing, extra = sorted(map(repr, set(reference) - set(candidate))), sorted(map(repr, set(candidate) - set(reference)))
+        missing = sorted(map(repr, set(reference) - set(candidate)))
+        extra = sorted(map(repr, set(candidate) - set(reference)))
         return (f"{where or 'the map'} has other keys in the candidate (missing {', '.join(missing) or 'none'}; "
                 f"extra {', '.join(extra) or 'none'})")
     for key, r in reference.items():
@@ -300,7 +309,8 @@ def _walk_map(reference, candidate, where: str, leaves: list) -> str | None:
 
 def _walk_leaf(reference: np.ndarray, candidate: np.ndarray, where: str, leaves: list) -> str | None:
     if reference.shape != candidate.shape:
-        return f"{where or 'the value'} has shape {list(candidate.shape)} in the candidate, {list(reference.shape)} in the reference"
+        return (f"{where or 'the value'} has shape {list(candidate.shape)} in the candidate, "
+                f"{list(reference.shape)} in the reference")
     if _floating(reference, candidate):
         leaves.append((reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()))
         return None
