@@ -55,11 +55,16 @@ def _build(folder: Path) -> Path:
 
 def _start(source: Path, out: Path, settings: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "sparsec.entry", "compress", str(source), "-o", str(out), *settings,
-         "--latency-runs", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=out.parent, env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background pytest ignores SIGINT
+    # A pytest started in the background ignores SIGINT, and so would the run (sparsec keeps an
+    # inherited SIG_IGN); a signal this process catches is reset to the default in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sparsec.entry", "compress", str(source), "-o", str(out), *settings,
+             "--latency-runs", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=out.parent, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _finish(process: subprocess.Popen) -> tuple[int, str]:
