@@ -151,8 +151,8 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
         if attribute.HasField("t"):
             yield attribute.t
         yield from attribute.tensors
-        sparse = [*attribute.sparse_tensors, *([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else [])]
-        for tensor in sparse:
+        single = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+        for tensor in [*attribute.sparse_tensors, *single]:
             yield from (tensor.values, tensor.indices)
         for graph in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
             yield from _graph_tensors(graph)
