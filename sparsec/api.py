@@ -142,7 +142,8 @@ def attention_heads(model: Model, input_shapes: Sequence[str] = ()) -> list[dict
 
 def _value_info(model: Model, value, bound) -> dict:
     dtype = model.elem_type(value)
-    info = {"name": value.name, "dtype": str(dtype) if dtype is not None else None, "shape": model.shape_dims(value)}
+    info = {"name": value.name, "type": model.type_name(value), "dtype": str(dtype) if dtype is not None else None,
+            "shape": model.shape_dims(value)}
     if bound is not None:
         info["bound_shape"] = list(bound)
     return info
@@ -181,7 +182,8 @@ class CompressResult:
 
 
 def _oracle_json(oracle: Validation) -> dict:
-    return {"passed": oracle.passed, "max_abs_error": max((o.max_abs for o in oracle.outputs), default=0.0),
+    worst = max((o.max_abs for o in oracle.outputs), default=0.0)
+    return {"passed": oracle.passed, "max_abs_error": worst if math.isfinite(worst) else None,  # strict JSON
             "max_abs_output": max((o.max_abs_reference for o in oracle.outputs), default=0.0),
             "tolerance": ORACLE_TOLERANCE}
 
@@ -418,6 +420,8 @@ def _oracle_failure_line(oracle: Validation) -> str:
     worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
     if worst is None:
         return "oracle check failed: the pruned model's outputs do not match its masked original (nothing written)"
+    if worst.problem:
+        return f"oracle check failed (nothing written): output '{worst.name}': {worst.problem}"
     if not math.isfinite(worst.max_abs):
         return (f"oracle check failed (nothing written): output '{worst.name}' is not finite on these inputs, so it "
                 "cannot be compared (do the --inputs hold NaN or Inf?)")
@@ -440,13 +444,9 @@ def check_destinations(model: Model, output: Path, extra: Sequence[Path], force:
 
 
 def failure_line(report: Validation, *, written: str = " (nothing written)") -> str:
-    """One line saying which output failed ``report`` and by how much; ``written`` ends the
-    first clause (a compress run says nothing was written, ``validate`` writes nothing anyway)."""
-    worst = max((o for o in report.outputs if not o.passed), key=lambda o: o.max_abs, default=None)
-    if worst is None:
-        return f"validation failed{written}: the candidate's outputs do not match the reference's"
-    return (f"validation failed{written}: output '{worst.name}' max abs error {worst.max_abs:.3g} "
-            f"exceeds atol {report.atol:g} + rtol {report.rtol:g}·|ref|")
+    """One line saying which output failed ``report`` and why; ``written`` ends the first
+    clause (a compress run says nothing was written, ``validate`` writes nothing anyway)."""
+    return f"validation failed{written}: {report.failure_line()}"
 
 
 def validate_files(reference: str | Path, candidate: str | Path, *, input_shapes: Sequence[str] = (),

@@ -146,7 +146,6 @@ def test_analyze_lists_each_kind(kind, cli):
     assert {v["name"] for v in summary["inputs"] + summary["outputs"]} >= set(types)
 
 
-@pytest.mark.xfail(strict=True, reason="api._value_info does not yet add 'type': Model.type_name(value) (owned by api.py)")
 def test_analyze_names_the_non_tensor_types(cli, tmp_path):
     onnx.save(classifier("int64"), tmp_path / "classifier.onnx")
     code, out, _ = cli("analyze", tmp_path / "classifier.onnx")

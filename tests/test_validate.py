@@ -184,8 +184,6 @@ def test_the_oracle_rule_refuses_a_non_finite_reference():
         assert not metrics.passed and not np.isnan([metrics.max_abs, metrics.max_rel, metrics.max_abs_reference]).any()
 
 
-@pytest.mark.xfail(strict=True, reason="api.failure_line / _oracle_failure_line should quote Validation.failure_line() "
-                                       "(or OutputMetrics.problem); owned by api.py")
 def test_the_error_line_says_the_reference_is_not_finite(tmp_path, cli):
     np.savez(tmp_path / "nan.npz", input=np.full((4, 1, 8, 8), np.nan, np.float32))
     for flags in ([], ["--channels", "0.5"]):  # gated against the original; gated by the oracle

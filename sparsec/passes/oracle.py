@@ -26,6 +26,7 @@ from sparsec.analysis.layout_rules import reduced_axes
 from sparsec.analysis.quantized import masked_fill, weight_source
 from sparsec.analysis.shapes import value_shapes
 from sparsec.ir import runtime
+from sparsec.validate import peak_gap
 
 
 @dataclass
@@ -172,8 +173,4 @@ def oracle_gap(model, reference, feeds: dict[str, np.ndarray]) -> float:
     pass checks itself when it prunes in several rounds: each round's own oracle)."""
     got = runtime.session_for(model, optimization="disable").run(feeds)
     want = runtime.session_for(reference, optimization="disable").run(feeds)
-    gap = 0.0
-    for name, expected in want.items():
-        peak = float(np.abs(expected).max()) if expected.size else 0.0
-        gap = max(gap, float(np.abs(got[name] - expected).max()) / (peak or 1.0) if expected.size else 0.0)
-    return gap
+    return peak_gap(want, got)
