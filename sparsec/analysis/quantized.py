@@ -39,38 +39,41 @@ class QuantizedWeight:
     axis: int  # non-negative; meaningful per axis and per block only
     block_size: int  # 0 unless quantized per block
 
-    def per_tensor(self, model) -> bool:
-        return int(np.prod(model.constant_shape(self.scale))) == 1 and self.block_size == 0
-
-
-def quantized_weight(model, value) -> QuantizedWeight | None:
-    """The quantized weight ``value`` is, when it is DequantizeLinear of constants; else None."""
-    node = value.producer() if value is not None else None
-    if node is None or node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
-        return None
-    inputs = list(node.inputs) + [None] * (3 - len(node.inputs))
-    data, scale, zero_point = inputs[:3]
-    if any(v is not None and model.constant_shape(v) is None for v in (data, scale, zero_point)) or scale is None:
-        return None
-    rank = len(model.constant_shape(data))
-    axis = int(model.attr(node, "axis", 1))
-    return QuantizedWeight(node, data, scale, zero_point, axis + rank if axis < 0 else axis,
-                           int(model.attr(node, "block_size", 0)))
-
 
 def _is_const(model, value) -> bool:
     return value is not None and model.constant_shape(value) is not None
 
 
+def _produced_by(value, op_type: str):
+    """The standard-domain ``op_type`` node producing ``value``, if that is what produces it."""
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+
+
+def _constant_parameters(model, node) -> bool:
+    """Scale and (optional) zero point of a QuantizeLinear/DequantizeLinear are constants."""
+    return _is_const(model, node.inputs[1]) and all(_is_const(model, v) for v in node.inputs[2:3] if v is not None)
+
+
+def quantized_weight(model, value) -> QuantizedWeight | None:
+    """The quantized weight ``value`` is, when it is DequantizeLinear of constants; else None."""
+    node = _produced_by(value, "DequantizeLinear")
+    if node is None or not _is_const(model, node.inputs[0]) or not _constant_parameters(model, node):
+        return None
+    zero_point = node.inputs[2] if len(node.inputs) > 2 else None
+    rank = len(model.constant_shape(node.inputs[0]))
+    axis = int(model.attr(node, "axis", 1))
+    return QuantizedWeight(node, node.inputs[0], node.inputs[1], zero_point, axis + rank if axis < 0 else axis,
+                           int(model.attr(node, "block_size", 0)))
+
+
 def _fake_quantized_source(model, value):
     """The float constant W of DequantizeLinear(QuantizeLinear(W, s, z), s', z'), all constant."""
-    node = value.producer() if value is not None else None
-    if node is None or node.op_type != "DequantizeLinear" or not all(_is_const(model, v) for v in node.inputs[1:] if v):
+    node = _produced_by(value, "DequantizeLinear")
+    quantize = _produced_by(node.inputs[0], "QuantizeLinear") if node is not None else None
+    if quantize is None or not _constant_parameters(model, node) or not _constant_parameters(model, quantize):
         return None
-    quantize = node.inputs[0].producer() if node.inputs[0] is not None else None
-    if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.domain not in ("", "ai.onnx"):
-        return None
-    return quantize.inputs[0] if all(_is_const(model, v) for v in quantize.inputs if v is not None) else None
+    return quantize.inputs[0] if _is_const(model, quantize.inputs[0]) else None
 
 
 def weight_source(model, value):
