@@ -247,16 +247,17 @@ def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shape
     memory = {"baseline": rss, "compile": max(0.0, _peak_rss_mb() - rss)}
     oracle, validation = _validate(model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs)
     clock.lap("validate")
-    written = model.save(output, force=force)
-    clock.lap("save")
-    after = figures(model, shapes, written)
-    outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
-                             str(output), oracle, clock.laps, memory, weight_bytes, result.artifacts.get("sparsity"),
-                             result.artifacts.get("encoding"))
-    if plan_out is not None:
-        _write_json(plan_out, result.artifacts["plan"])  # a plan-writing pass ran (checked before the passes)
-    if report is not None:
-        _write_json(report, outcome.to_json())
+    with model.staged_save(output, force=force) as stage:  # the model, the plan and the report go in together
+        clock.lap("save")  # the write; the commit only renames
+        after = figures(model, shapes, stage.bytes)
+        outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
+                                 str(output), oracle, clock.laps, memory, weight_bytes,
+                                 result.artifacts.get("sparsity"), result.artifacts.get("encoding"))
+        if plan_out is not None:  # a plan-writing pass ran (checked before the passes)
+            stage.add_side_file(Path(plan_out), _json_text(result.artifacts["plan"]))
+        if report is not None:
+            stage.add_side_file(Path(report), _json_text(outcome.to_json()))
+        stage.commit()
     return outcome
 
 
@@ -409,11 +410,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _write_json(path, payload) -> None:
-    try:
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
-    except OSError as error:  # checked writable before the passes ran: a full disk, say
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+def _json_text(payload) -> str:
+    return json.dumps(payload, indent=2) + "\n"
 
 
 def _oracle_failure_line(oracle: Validation) -> str:
@@ -433,8 +431,8 @@ def _oracle_failure_line(oracle: Validation) -> str:
 def check_destinations(model: Model, output: Path, extra: Sequence[Path], force: bool) -> None:
     """Refuse, before any work, outputs that would clobber the input or cannot be written
     (``extra``: the report and plan files)."""
-    data_path = model.check_destination(output, force=force)
-    taken = {p.resolve() for p in (output, data_path) if p is not None}
+    model.check_destination(output, force=force)
+    taken = {output.resolve()}
     for path in extra:
         model.refuse_clobbering_sources(path, force=False, forceable=False)
         if path.resolve() in taken:

@@ -97,6 +97,8 @@ def _hostile(tmp: Path) -> dict[str, tuple[list, int, str]]:
     exit_pass.write_text(TOOL_PASS)
     newline_path = tmp / "odd\nsparsec: error: forged\x1b[31m.onnx"
     cnn = MODELS / "digits_cnn.onnx"
+    existing = tmp / "existing.onnx"
+    existing.write_bytes(cnn.read_bytes())
     cases = {
         "sparse values read from the working directory": (
             ["compress", _save(tmp / "s1", _model(sparse=[_sparse("sparse.bin")])), "-o", out, "--sparsity", "0.5"],
@@ -136,6 +138,10 @@ def _hostile(tmp: Path) -> dict[str, tuple[list, int, str]]:
         "sys.exit in a pass": (["compress", cnn, "-o", out, "--passes", f"{exit_pass}:ExitPass"], 3, "sys.exit(0)"),
         "output with a trailing slash": (["compress", cnn, "-o", f"{tmp}/newdir/"], 2, "names a folder"),
         "path holding a newline and an escape": (["analyze", newline_path], 2, "forged\\x1b[31m.onnx: no such file"),
+        "report that cannot be written": (["compress", cnn, "-o", existing, "--channels", "0.5", "--report", "/dev/full"],
+                                          2, "cannot write /dev/full"),
+        "plan that cannot be written": (["compress", cnn, "-o", out, "--channels", "0.5", "--plan-out", "/dev/full"],
+                                        2, "cannot write /dev/full"),
         "validate that fails": (["validate", cnn, MODELS / "digits_mlp.onnx"], 1, "validation failed: output 'logits'"),
     }
     return cases
@@ -161,7 +167,10 @@ def _invoke(capfd, *args) -> tuple[int, str, str]:
 
 
 def _assert_one_error_line(err: str, fragment: str) -> None:
-    assert err.count("\n") == 1 and err.startswith("sparsec: error: "), err
+    """stderr ends with the one error line; whatever precedes it is indented progress."""
+    *progress, last = err.splitlines()
+    assert err.endswith("\n") and last.startswith("sparsec: error: "), err
+    assert all(line.startswith("  ") for line in progress), err
     assert "Traceback" not in err and "\x1b" not in err
     assert fragment in err, err
 

@@ -99,10 +99,17 @@ class Model:
         data (``<name>.<8 hex digits>.data`` beside the model, a fresh name each time; the one the
         previous ``path`` read is removed) when ``needs_external_data``.
         """
+        with self.staged_save(path, force=force) as stage:
+            return stage.commit()
+
+    def staged_save(self, path: str | os.PathLike, *, force: bool = False):
+        """``save`` in two steps: a context manager giving a ``saving.Staged`` (its ``bytes``;
+        side files to write with it) whose ``commit()`` puts the model in place; leaving the block
+        without committing writes nothing."""
         path = Path(path)
         self.check_destination(path, force=force)
         proto = self.to_proto() if self._writes_sparse() else None
-        return saving.save(self.ir, path, external=self.needs_external_data(), proto=proto, keep=self.source_files)
+        return saving.staged(self.ir, path, external=self.needs_external_data(), proto=proto, keep=self.source_files)
 
     def needs_external_data(self) -> bool:
         """Whether saving writes an external-data file: the model was loaded with one (the layout
@@ -111,17 +118,15 @@ class Model:
         loaded_external = len(self.source_files) > 1  # the model file and at least one data file
         return loaded_external or self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
 
-    def check_destination(self, path: Path, *, force: bool = False) -> Path | None:
+    def check_destination(self, path: Path, *, force: bool = False) -> None:
         """Refuse a save to ``path`` that would clobber this model's own files or cannot be
-        written. Returns None: an external-data file gets a fresh name when saved, so no other
-        output can collide with it (kept for callers that check one)."""
+        written (an external-data file gets a fresh name when saved: nothing can collide with it)."""
         path = Path(path)
         if len(self.source_files) > 1 and _same_file(path, self.path):
             raise InputError(f"refusing to overwrite {path}, an external-data model the output is read from "
                              "(--force cannot overwrite one); choose another output path")
         self.refuse_clobbering_sources(path, force=force)
         refuse_unwritable(path)
-        return None
 
     def refuse_clobbering_sources(self, path: Path, *, force: bool, forceable: bool = True) -> None:
         """Raise ``InputError`` when writing ``path`` would overwrite this model's own files.

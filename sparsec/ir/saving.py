@@ -34,6 +34,7 @@ import onnx
 import onnx_ir as ir
 
 from sparsec.errors import InputError
+from sparsec.ir.tensor_checks import iter_tensors
 
 try:
     import fcntl
@@ -51,24 +52,86 @@ def save(model: ir.Model, path: Path, *, external: bool, proto: onnx.ModelProto 
     """Write ``model`` (or ``proto``, a finished ModelProto without external data) to ``path`` as
     described above; return the bytes written (model + external data). ``keep``: files never
     removed (those the model was loaded from). Raises ``InputError`` when the folder refuses."""
+    with staged(model, path, external=external, proto=proto, keep=keep) as stage:
+        return stage.commit()
+
+
+class Staged:
+    """A model written into its temp folder, not yet in place: ``bytes`` is what ``commit``
+    will put there (model + external data); ``side_files`` are written after it, with it."""
+
+    def __init__(self, workdir: Path, path: Path, data_name: str | None, keep: Collection[Path]) -> None:
+        self.workdir, self.path, self.data_name, self.keep = workdir, path, data_name, keep
+        data = workdir / data_name if data_name else None
+        self.bytes = (workdir / path.name).stat().st_size + (data.stat().st_size if data and data.is_file() else 0)
+        self.side_files: list[tuple[Path, str]] = []
+
+    def add_side_file(self, path: Path, text: str) -> None:
+        """Write ``text`` to ``path`` with the model, at ``commit``."""
+        self.side_files.append((Path(path), text))
+
+    def commit(self) -> int:
+        """Put the model and its data in place, then the side files; return the model's bytes.
+        Every side file is written first (regular files to temp files beside them, streams
+        through), so a side file that cannot be written leaves the model unwritten."""
+        staged_sides = [(_stage_text(p, text), p) for p, text in self.side_files]
+        try:
+            with _folder_lock(self.path.parent):
+                stale = _stale_data_files(self.path, self.keep)
+                with held_signals():
+                    written = _commit(self.workdir, self.path, self.data_name)
+                    _remove(stale)
+                    for temp, side in staged_sides:
+                        if temp is not None:
+                            os.replace(temp, side)
+            return written
+        finally:
+            _remove([temp for temp, _ in staged_sides if temp is not None])
+
+
+@contextlib.contextmanager
+def staged(model: ir.Model, path: Path, *, external: bool, proto: onnx.ModelProto | None = None,
+           keep: Collection[Path] = ()) -> Iterator[Staged]:
+    """The model written into a private temp folder beside ``path``; nothing is in place until
+    ``commit``, and the temp folder goes when the block ends, committed or not. ``OSError``
+    becomes one ``InputError`` line."""
     path = Path(path)
     try:
         workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             data_name = _fresh_data_name(path) if external else None
             _write(model, proto, workdir / path.name, data_name)
-            with _folder_lock(path.parent):
-                stale = _stale_data_files(path, keep)
-                with held_signals():
-                    written = _commit(workdir, path, data_name)
-                    _remove(stale)
-                    shutil.rmtree(workdir, ignore_errors=True)
-            return written
+            yield Staged(workdir, path, data_name, keep)
         finally:
             with held_signals():
                 shutil.rmtree(workdir, ignore_errors=True)
     except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+        raise InputError(f"cannot write {getattr(error, 'filename', None) or path}: {error.strerror or error}") from None
+
+
+def _stage_text(path: Path, text: str) -> Path | None:
+    """``text`` in a temp file beside ``path``, to be renamed over it; a stream (a device or
+    FIFO, which a rename would replace) is written through now and gives None."""
+    temp = None
+    try:
+        if path.exists() and not path.is_file():
+            with open(path, "w") as stream:
+                stream.write(text)
+            return None
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o666 & ~_umask())
+        return Path(temp)
+    except OSError as error:
+        _remove([Path(temp)] if temp else [])
+        raise InputError(f"cannot write {path}: {error.strerror or error} (nothing written)") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fresh_data_name(path: Path) -> str:
@@ -131,31 +194,8 @@ def _external_locations(path: Path) -> set[str]:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - whatever the previous file was, only its own data may go
         return set()
-    tensors = [*_graph_tensors(proto.graph)]
-    for function in proto.functions:
-        tensors.extend(t for node in function.node for t in _node_tensors(node))
-    return {os.path.normpath(entry.value) for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
+    return {os.path.normpath(entry.value) for t in iter_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL
             for entry in t.external_data if entry.key == "location"}
-
-
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    for node in graph.node:
-        yield from _node_tensors(node)
-
-
-def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
-    for attribute in node.attribute:
-        if attribute.HasField("t"):
-            yield attribute.t
-        yield from attribute.tensors
-        single = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
-        for tensor in [*attribute.sparse_tensors, *single]:
-            yield from (tensor.values, tensor.indices)
-        for graph in [*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])]:
-            yield from _graph_tensors(graph)
 
 
 def _remove(files: Collection[Path]) -> None:

@@ -12,7 +12,6 @@ A sparse tensor's indices are in range and as many as its values. Whatever fails
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
