@@ -345,9 +345,9 @@ def test_refit_names_quantized_layers_it_leaves_alone():
     assert oracle_error(model, result.reference()) <= 1e-4
 
 
-def _quantized_by_onnxruntime(tmp_path) -> str:
-    """models/digits_cnn.onnx through onnxruntime's own static quantizer (QDQ, int8 weights per
-    channel, uint8 activations), calibrated on 32 of the committed calibration digits."""
+def _quantized_by_onnxruntime(tmp_path, source=MODELS / "digits_cnn.onnx") -> str:
+    """A committed digits model through onnxruntime's own static quantizer (QDQ, int8 weights
+    per channel, uint8 activations), calibrated on 32 of the committed calibration digits."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -360,7 +360,7 @@ def _quantized_by_onnxruntime(tmp_path) -> str:
             return next(self.batches, None)
 
     prepared, quantized = tmp_path / "prepared.onnx", tmp_path / "quantized.onnx"
-    quant_pre_process(str(MODELS / "digits_cnn.onnx"), str(prepared), skip_symbolic_shape=True)
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     quantize_static(str(prepared), str(quantized), Digits(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
     return str(quantized)
@@ -390,3 +390,16 @@ def test_a_model_quantized_by_onnxruntime_prunes_and_stays_quantized(tmp_path):
     pruned = tmp_path / "pruned.onnx"
     model.save(pruned)
     assert _fused_quantized_convs(pruned) == _fused_quantized_convs(source) == 7
+
+
+def test_a_vit_quantized_by_onnxruntime_loses_heads_like_its_float_twin(tmp_path):
+    """--heads on the quantizer's output of the committed ViT: the same heads go as in the float
+    model (importance reads dequantized weights): every projection keeps the same positions."""
+    source = MODELS / "attention" / "vit_dynamo18.onnx"
+    model, result = prune(_quantized_by_onnxruntime(tmp_path, source), ratio=0.0, heads=0.5)
+    _, twin = prune(source, ratio=0.0, heads=0.5)
+    assert result.stats["channel-prune.channels_removed"] == twin.stats["channel-prune.channels_removed"] > 0
+    quantized, floats = result.artifacts["plan"]["initializers"], twin.artifacts["plan"]["initializers"]
+    weights = [name for name in floats if name + "_quantized" in quantized]  # the quantizer's naming
+    assert len(weights) == len(floats) >= 8 and all(quantized[name + "_quantized"] == floats[name] for name in weights)
+    assert oracle_error(model, result.reference()) <= 1e-4
