@@ -147,9 +147,10 @@ def test_cleanup_keeps_a_qdq_model_exact_and_quantized(cli, tmp_path, opset):
     del cleaned.metadata_props[:]  # the pipeline's description, which the unchanged copy lacks
     assert len(cleaned.SerializeToString()) <= unchanged.stat().st_size
     data = json.loads(report.read_text())
-    stored = sum(int(np.prod(i.dims)) for i in original.graph.initializer if i.data_type != TensorProto.UINT8)
-    zero_points = sum(int(np.prod(i.dims)) for i in original.graph.initializer if i.name.endswith("_zero"))
-    assert data["params_before"] == data["params_after"] == stored - zero_points + 3  # + the uint8 activation zeros
+    stored = _weight_dequantizers(original)
+    params = sum(int(np.prod(i.dims)) for i in original.graph.initializer  # the float scales and the stored weights
+                 if i.data_type == TensorProto.FLOAT or i.name in stored)
+    assert data["params_before"] == data["params_after"] == params
 
 
 def test_const_fold_leaves_quantization_alone_and_skips_ops_it_cannot_evaluate():
@@ -231,8 +232,10 @@ def test_cli_channels_on_a_qdq_cnn_at_opset_13(cli, tmp_path):
     code, stdout, err = cli("compress", source, "-o", out, "--channels", "0.5")
     assert code == 0, err
     assert "oracle" in stdout and "passed" in stdout
-    assert onnx.load(str(out)).graph.initializer  # written
-    assert _weight_dequantizers(onnx.load(str(out))) == _weight_dequantizers(onnx.load(source))
+    written = onnx.load(str(out))
+    assert _weight_dequantizers(written) == _weight_dequantizers(onnx.load(source))
+    dims = {i.name: list(i.dims) for i in written.graph.initializer}
+    assert dims["c1_w"] == [4, 3, 3, 3] and dims["c2_w"] == [8, 4, 3, 3] and dims["c2_w_scale"] == [8]
 
 
 @pytest.mark.parametrize("opset", (13, 21))
@@ -401,5 +404,6 @@ def test_a_vit_quantized_by_onnxruntime_loses_heads_like_its_float_twin(tmp_path
     assert result.stats["channel-prune.channels_removed"] == twin.stats["channel-prune.channels_removed"] > 0
     quantized, floats = result.artifacts["plan"]["initializers"], twin.artifacts["plan"]["initializers"]
     weights = [name for name in floats if name + "_quantized" in quantized]  # the quantizer's naming
-    assert len(weights) == len(floats) >= 8 and all(quantized[name + "_quantized"] == floats[name] for name in weights)
+    assert len(weights) == len(floats) >= 8
+    assert all(quantized[name + "_quantized"] == floats[name] for name in weights)
     assert oracle_error(model, result.reference()) <= 1e-4
