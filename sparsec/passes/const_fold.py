@@ -49,16 +49,10 @@ def _is_shape_like(array: np.ndarray, max_elements: int) -> bool:
     return (array.dtype.kind in "iub") and array.size <= max_elements
 
 
-def _declares_non_shape_output(model, node) -> bool:
-    """An output whose declared element type is known and not integer or boolean."""
-    types = [model.elem_type(o) for o in node.outputs if o is not None]
-    return any(t is not None and t.kind not in "iub" for t in types)
-
-
 def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarray] | None:
     if node.domain not in ("", "ai.onnx") or node.op_type in NEVER_FOLD:
         return None
-    if any(o.is_graph_output() for o in node.outputs) or _declares_non_shape_output(model, node):
+    if any(o.is_graph_output() for o in node.outputs):
         return None
     if node.op_type in ("Shape", "Size"):
         result = _static_shape_result(model, node, shapes)
