@@ -40,7 +40,7 @@ _CPP_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ [^()]*\([^()]*\)(?: const)
 _ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
 
 
-def one_line(error: Exception | str) -> str:
+def one_line(error: BaseException | str) -> str:
     """A library's error message as one readable line: whitespace collapsed, onnxruntime's
     status prefix and C++ source location dropped, cut at ``MESSAGE_LIMIT`` characters."""
     text = " ".join(str(error).split()) or type(error).__name__

@@ -41,9 +41,10 @@ def deserialize(proto: onnx.ModelProto, path: Path) -> ir.Model:
     try:
         return ir.serde.deserialize_model(proto)
     except Exception as error:  # onnx-ir raises SerdeError, TypeError, ValueError ... for what it cannot read
-        while error.__cause__ is not None:
-            error = error.__cause__
-        raise InputError(f"{path}: cannot read this model ({type(error).__name__}: {one_line(error)})") from None
+        reason: BaseException = error
+        while reason.__cause__ is not None:
+            reason = reason.__cause__
+        raise InputError(f"{path}: cannot read this model ({type(reason).__name__}: {one_line(reason)})") from None
 
 
 def check_structure(proto: onnx.ModelProto, path: Path) -> None:

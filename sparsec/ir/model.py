@@ -122,7 +122,7 @@ class Model:
         """Refuse a save to ``path`` that would clobber this model's own files or cannot be
         written (an external-data file gets a fresh name when saved: nothing can collide with it)."""
         path = Path(path)
-        if len(self.source_files) > 1 and _same_file(path, self.path):
+        if len(self.source_files) > 1 and self.path is not None and _same_file(path, self.path):
             raise InputError(f"refusing to overwrite {path}, an external-data model the output is read from "
                              "(--force cannot overwrite one); choose another output path")
         self.refuse_clobbering_sources(path, force=force)
@@ -136,9 +136,10 @@ class Model:
         never allows it, and the message does not suggest --force.
         """
         path = Path(path)
+        own = self.path.resolve() if self.path is not None else None
         for source in sorted(self.source_files):
-            if _same_file(path, source) and (not force or source != self.path.resolve()):
-                hint = " or pass --force" if forceable and not force and source == self.path.resolve() else ""
+            if _same_file(path, source) and (not force or source != own):
+                hint = " or pass --force" if forceable and not force and source == own else ""
                 raise InputError(f"refusing to overwrite {source}, which the input model is read from; "
                                  f"choose another output path{hint}")
         if path.is_dir():
@@ -189,13 +190,13 @@ class Model:
     def reads(node: ir.Node) -> set[str]:
         """Names of the values ``node`` reads: its inputs and, through its subgraphs (If / Loop /
         Scan bodies, nested ones too), every name their nodes read, outer-scope values among them."""
-        names = {value.name for value in node.inputs if value is not None}
+        names = {value.name for value in node.inputs if value is not None and value.name is not None}
         for attribute in node.attributes.values():
             if attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
                 continue
             for graph in [attribute.value] if attribute.type == ir.AttributeType.GRAPH else attribute.value:
                 for inner in ir.traversal.RecursiveGraphIterator(graph):
-                    names.update(value.name for value in inner.inputs if value is not None)
+                    names.update(value.name for value in inner.inputs if value is not None and value.name is not None)
         return names
 
     def opsets(self) -> dict[str, int]:
@@ -211,7 +212,7 @@ class Model:
     def values_by_name(self) -> dict[str, ir.Value]:
         """{name: value} of the main graph (inputs, initializers, node outputs): a fresh dict,
         safe to keep using while editing."""
-        values = {v.name: v for v in self.graph.inputs}
+        values = {v.name: v for v in self.graph.inputs if v.name is not None}
         values.update(self.graph.initializers)
         for node in self.nodes():
             values.update({v.name: v for v in node.outputs if v is not None and v.name})
@@ -278,7 +279,7 @@ class Model:
         if value is None:
             return None
         if value.const_value is not None:
-            return tuple(int(d) for d in value.const_value.shape)
+            return tuple(value.const_value.shape.numpy())
         node = value.producer()
         if node is not None and node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
             shape = self.constant(node.inputs[0])
@@ -288,8 +289,9 @@ class Model:
 
     def static_shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         """The value's shape when every dim is a known integer, else None."""
-        dims = self.shape_dims(value)
-        return tuple(dims) if dims is not None and all(isinstance(d, int) for d in dims) else None
+        dims = self.shape_dims(value) or []
+        ints = [d for d in dims if isinstance(d, int)]
+        return tuple(ints) if dims and len(ints) == len(dims) else None
 
     def shape_dims(self, value: ir.Value | None) -> list[int | str | None] | None:
         """The value's shape with symbolic dims as their names (or None), if the rank is known."""
@@ -389,7 +391,7 @@ class Model:
                 del node.attributes[name]
             node.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.array(array, order="C")))
         elif node is not None and node.op_type == "ConstantOfShape":
-            self.replace_all_uses(value, self.add_initializer(value.name, array))
+            self.replace_all_uses(value, self.add_initializer(_name(value), array))
             return
         else:
             raise ValueError(f"'{value.name}' is not a constant sparsec can rewrite")
@@ -419,10 +421,11 @@ class Model:
         return name
 
     def _value_names(self) -> set[str]:
-        names = {v.name for v in self.graph.inputs} | set(self.graph.initializers)
+        names = {v.name for v in self.graph.inputs if v.name is not None} | set(self.graph.initializers)
         for node in self.all_nodes():
             names.update(v.name for v in node.outputs if v.name)
-            names.add(node.name)
+            if node.name is not None:
+                names.add(node.name)
         return names
 
     def set_input(self, node: ir.Node, index: int, value: ir.Value | None) -> None:
@@ -479,26 +482,29 @@ class Model:
                  for k, v in (attributes or {}).items()]
         node = ir.Node("", op_type, inputs, attrs, num_outputs=1, name=self.unique_name(f"{name}/{op_type}"))
         node.outputs[0].name = self.unique_name(f"{name}/{op_type}_out")
-        before.graph.insert_before(before, node)
+        _graph(before).insert_before(before, node)
         self.touch()
         return node.outputs[0]
 
     def detach_input_producer(self, node: ir.Node, index: int) -> ir.Node:
         """Give ``node`` a private copy of the (single-output) node producing its input
         ``index``, so that editing the copy leaves the producer's other consumers alone."""
-        producer = node.inputs[index].producer()
+        source = node.inputs[index]
+        producer = source.producer() if source is not None else None
+        if source is None or producer is None:
+            raise ValueError(f"input {index} of node '{node.name}' has no producer to detach")
         attrs = [ir.convenience.convert_attribute(name, attr.value) for name, attr in producer.attributes.items()]
         clone = ir.Node(producer.domain, producer.op_type, list(producer.inputs), attrs, num_outputs=1,
                         name=self.unique_name(f"{producer.name or producer.op_type}_for_{node.name or node.op_type}"))
-        clone.outputs[0].name = self.unique_name(f"{node.inputs[index].name}_for_{node.name or node.op_type}")
-        node.graph.insert_before(node, clone)
+        clone.outputs[0].name = self.unique_name(f"{source.name}_for_{node.name or node.op_type}")
+        _graph(node).insert_before(node, clone)
         node.replace_input_with(index, clone.outputs[0])
         self.touch()
         return clone
 
     def remove_node(self, node: ir.Node) -> None:
         """Remove a node whose outputs are no longer used."""
-        node.graph.remove(node, safe=True)
+        _graph(node).remove(node, safe=True)
         self.touch()
 
     def set_metadata(self, key: str, value: str) -> None:
@@ -508,13 +514,15 @@ class Model:
     def replace_by_constant(self, value: ir.Value, array: np.ndarray) -> ir.Value:
         """Let a new initializer holding ``array`` take the place and the name of the node
         output ``value`` (whose producer is left unused)."""
-        name = value.name
+        name = _name(value)
         new = self.add_initializer(f"{name}__constant", array)
         for use in list(value.uses()):
             use.node.replace_input_with(use.idx, new)
         value.name = self.unique_name(f"{name}__replaced")
-        self.graph.initializers.pop(new.name)
-        new.name = new.const_value.name = name
+        self.graph.initializers.pop(_name(new))
+        new.name = name
+        if new.const_value is not None:
+            new.const_value.name = name
         self.graph.register_initializer(new)
         self.touch()
         return new
@@ -525,7 +533,7 @@ class Model:
     def replace_initializer(self, old: ir.Value, new: ir.Value) -> None:
         """Let the node output ``new`` take the place *and the name* of the initializer
         ``old``, which is removed."""
-        name = old.name
+        name = _name(old)
         for use in list(old.uses()):
             use.node.replace_input_with(use.idx, new)
         self.graph.initializers.pop(name)
@@ -546,6 +554,20 @@ def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
         raise InputError(f"output path {path} is not a regular file (a device, FIFO or socket): give a file path")
     if not os.access(path.parent, os.W_OK) and not (streams and path.exists() and os.access(path, os.W_OK)):
         raise InputError(f"cannot write to folder {path.parent} (read-only or no permission)")
+
+
+def _graph(node: ir.Node) -> ir.Graph:
+    """The graph ``node`` is in (every node sparsec edits is in one)."""
+    if node.graph is None:
+        raise ValueError(f"node '{node.name}' is in no graph")
+    return node.graph
+
+
+def _name(value: ir.Value) -> str:
+    """The name of a graph value (every value sparsec edits has one)."""
+    if value.name is None:
+        raise ValueError("a value without a name")
+    return value.name
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -39,7 +39,7 @@ from sparsec.ir.tensor_checks import iter_tensors
 try:
     import fcntl
 except ImportError:  # not POSIX: saves to one folder are not serialised
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 
 def data_file_pattern(path: Path) -> re.Pattern:
@@ -236,8 +236,8 @@ def held_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in dict.fromkeys(pending):
-            signal.raise_signal(signum)
+        for received in dict.fromkeys(pending):
+            signal.raise_signal(received)
 
 
 def _same_file(a: Path, b: Path) -> bool:

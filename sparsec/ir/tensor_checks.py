@@ -21,7 +21,7 @@ from onnx import TensorProto
 from sparsec.errors import InputError
 
 _DEFINED_TYPES = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
-_BITS = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.BOOL: 8}
+_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.BOOL: 8}
 _PAIRED = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}  # two typed numbers per element
 _PACKED_4BIT = {TensorProto.INT4, TensorProto.UINT4}  # two elements per typed number
 _NAME_MAX = 255  # bytes of one path component on Linux and macOS

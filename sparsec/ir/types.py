@@ -33,12 +33,13 @@ class MapType(ir.TypeProtocol):
         self.value_shape = value_shape
         self.denotation = denotation
 
+    # onnx-ir's protocol declares these two as attributes; a map's are its value type's, read-only
     @property
-    def elem_type(self):
+    def elem_type(self):  # type: ignore[override]
         return self.value_type
 
     @property
-    def dtype(self) -> ir.DataType:
+    def dtype(self) -> ir.DataType:  # type: ignore[override]
         return self.value_type.dtype
 
     def __eq__(self, other: object) -> bool:
@@ -106,7 +107,7 @@ def install() -> None:
             write_shape(type_proto.map_type.value_type, from_.value_shape)
         return None
 
-    serialize_type._sparsec_maps = True
+    serialize_type._sparsec_maps = True  # type: ignore[attr-defined]  # the mark that makes install() idempotent
     # onnx-ir's serde calls these through its module globals (recursion included)
     serde.deserialize_type_proto_for_type = deserialize_type
     serde.deserialize_type_proto_for_shape = deserialize_shape

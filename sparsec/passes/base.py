@@ -31,7 +31,7 @@ class PassBase:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    in_place: ClassVar[bool] = True
+    in_place: bool = True  # per class; a Pipeline's follows its members
     lossy: ClassVar[bool] = False  # changes outputs on purpose; runs once even in a fixed-point pipeline
 
     def call(self, model) -> PassResult:
@@ -86,10 +86,10 @@ class PassBase:
 class InPlacePass(PassBase):
     """A pass that edits the model it is given and returns it."""
 
-    in_place: ClassVar[bool] = True
+    in_place = True
 
 
 class FunctionalPass(PassBase):
     """A pass that leaves its input alone and returns a new model."""
 
-    in_place: ClassVar[bool] = False
+    in_place = False

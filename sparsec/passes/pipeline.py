@@ -5,8 +5,9 @@ fixed-point rounds); diagnostics are kept in order; ``describe()`` is the same t
 ``registry.parse_pipeline`` reads back. ``check`` (when given) is called with the model and the
 name of the pass just run, after each pass (``validate="each"``) or once at the end
 (``validate="end"``); it raises to stop the pipeline, so a broken pass is named. A lossy pass
-runs in the first fixed-point round only; the last lossy pass's ``reference`` (the oracle)
-and every pass's ``artifacts`` are passed up.
+runs in the first fixed-point round only; the last lossy pass's ``reference`` (the oracle) and
+every pass's ``artifacts`` are passed up. A pipeline is in place when all its members are; with
+a functional member it returns a new model.
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ class Pipeline(InPlacePass):
         if validate != "none" and check is None:
             raise ValueError("validate='end' or 'each' needs a check callable")
         self.passes = list(passes)
+        self.in_place = all(member.in_place for member in self.passes)  # else it returns a new model
         self.fixed_point = fixed_point
         self.max_rounds = max_rounds
         self.validate = validate
         self.check = check
         self.on_pass = on_pass
 
-    def describe(self) -> str:
-        return ",".join(p.describe() for p in self.passes)
+    def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
+        """The members' descriptions joined by commas (``always``/``skip`` apply to members)."""
+        return ",".join(p.describe(always, skip) for p in self.passes)
 
     def prepare(self, model) -> None:
         for member in self.passes:
@@ -64,12 +67,12 @@ class Pipeline(InPlacePass):
                 _merge(total, member.name, result)
                 if self.on_pass is not None:
                     self.on_pass(member, result)
-                if self.validate == "each":
+                if self.validate == "each" and self.check is not None:
                     self.check(total.model, member.describe())
             total.modified |= round_modified
             if not round_modified:
                 break
-        if self.validate == "end":
+        if self.validate == "end" and self.check is not None:
             self.check(total.model, self.describe())
         return total
 

@@ -90,6 +90,8 @@ def load_class(spec: str) -> type[PassBase]:
     if not path.is_file():
         raise InputError(f"pass file '{path}' not found")
     module_spec = importlib.util.spec_from_file_location(f"sparsec_user_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise InputError(f"pass file '{path}' cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
