@@ -16,9 +16,6 @@ class DoubleReluPass(sparsec.InPlacePass):
     name: ClassVar[str] = "double-relu"
     summary: ClassVar[str] = "Bypass Relu(Relu(x)) -> Relu(x)."
 
-    def __init__(self, min_count: int = 0) -> None:
-        self.min_count = min_count
-
     def call(self, model: sparsec.Model) -> sparsec.PassResult:
         removed, diagnostics = 0, []
         for node in model.nodes():

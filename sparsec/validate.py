@@ -86,9 +86,6 @@ class Validation:
                     output[key] = None
         return figures
 
-    def failures(self) -> list[str]:
-        return [o.name for o in self.outputs if not o.passed]
-
     def failure_line(self) -> str | None:
         """Why validation failed, in one line naming an output (None if it passed): the first with a
         ``problem`` (non-finite values, a mismatch), else the one with the largest error."""

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 import sparsec
 from sparsec.errors import InputError
 from sparsec.passes import Pipeline, available, create, parse_pipeline
-from sparsec.passes.builtin import CLEANUP, default_pipeline
+from sparsec.passes.builtin import default_pipeline
 
 F = TensorProto.FLOAT
 USER_PASS = ROOT / "passes" / "drop_relu_before_relu.py"
@@ -32,7 +32,7 @@ def test_describe_round_trips_through_the_parser():
     pipeline = Pipeline(parse_pipeline("identity-elimination,const-fold-shapes(max_elements=64),dead-code"))
     assert pipeline.describe() == "identity-elimination,const-fold-shapes(max_elements=64),dead-code"
     assert Pipeline(parse_pipeline(pipeline.describe())).describe() == pipeline.describe()
-    assert default_pipeline().describe() == CLEANUP
+    assert default_pipeline().describe() == "identity-elimination,bn-fold,const-fold-shapes,dead-code"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -58,13 +58,45 @@ def test_an_integer_is_taken_for_a_float_option():
 def test_user_pass_from_a_file_runs_with_stats_and_diagnostics():
     proto = _double_relu_model()
     model = sparsec.Model.from_proto(proto)
-    [user_pass] = parse_pipeline(f"{USER_PASS}:DoubleReluPass(min_count=2)")
-    assert user_pass.describe() == "double-relu(min_count=2)"
+    [user_pass] = parse_pipeline(f"{USER_PASS}:DoubleReluPass")
+    assert user_pass.describe() == "double-relu"
     result = Pipeline([user_pass, create("dead-code")])(model)
     assert result.stats["double-relu.relus_removed"] == 1
     assert [d.code for d in result.diagnostics] == ["double-relu/removed"]
     assert [n.op_type for n in model.nodes()] == ["Relu", "Neg"]
     assert_same_outputs(proto, model.to_proto(), {"x": np.array([-1, 2, -3, 4], np.float32)})
+
+
+def test_a_functional_pass_in_a_pipeline_returns_a_new_model_and_leaves_its_input_alone():
+    class DropDoubleReluCopy(sparsec.FunctionalPass):
+        name = "drop-double-relu-copy"
+
+        def call(self, model):
+            copy = model.copy()
+            [outer] = [n for n in copy.nodes() if n.name == "r2"]
+            copy.replace_all_uses(outer.outputs[0], outer.inputs[0])
+            copy.remove_node(outer)
+            return sparsec.PassResult(copy, modified=True, stats={"removed": 1})
+
+    proto = _double_relu_model()
+    model = sparsec.Model.from_proto(proto)
+    version, before = model.version, model.to_proto().SerializeToString()
+    result = Pipeline([DropDoubleReluCopy(), create("dead-code")])(model)
+    assert result.model is not model and result.modified
+    assert result.stats["drop-double-relu-copy.removed"] == 1
+    assert [n.op_type for n in result.model.nodes()] == ["Relu", "Neg"]
+    assert [n.op_type for n in model.nodes()] == ["Relu", "Relu", "Neg"] and model.version == version
+    assert model.to_proto().SerializeToString() == before
+    assert_same_outputs(proto, result.model.to_proto(), {"x": np.array([-1, 2, -3, 4], np.float32)})
+
+    class ReturnsItsInput(sparsec.FunctionalPass):
+        name = "returns-its-input"
+
+        def call(self, model):
+            return sparsec.PassResult(model, modified=False)
+
+    with pytest.raises(TypeError, match="functional but returned its input model"):
+        ReturnsItsInput()(model)
 
 
 def test_fixed_point_stops_when_nothing_changes_and_sums_stats():

@@ -12,8 +12,6 @@ from sparsec.passes.sparse_format import SparseEncodePass  # noqa: F401  (regist
 from sparsec.passes.sparsity import WeightSparsityPass  # noqa: F401  (registers weight-sparsity)
 from sparsec.passes.split_qkv import SplitQkvPass  # noqa: F401  (registers split-qkv)
 
-CLEANUP = "identity-elimination,bn-fold,const-fold-shapes,dead-code"
-
 
 def cleanup_passes() -> list:
     """The exact cleanup passes, in the order the default pipeline runs them."""
