@@ -16,8 +16,10 @@ from sparsec.passes import Pipeline
 from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
-from sparsec.passes.recovery import _Normal, _stages, find_layers, output_error, recover
 from sparsec.passes.sparsity import WeightSparsityPass
+from sparsec.pruning.recovery import find_layers, output_error, recover
+from sparsec.pruning.recovery.layers import stages
+from sparsec.pruning.recovery.ridge import Normal
 
 F = TensorProto.FLOAT
 
@@ -138,7 +140,7 @@ def test_obs_sweep_is_sparsegpt_in_any_row_order_with_a_bias_row(rng, rows):
     """The blocked sweep, rows permuted and a bias row last (never pruned), equals SparseGPT's
     plain loop run on the rows in that order; every run of 4 keeps 2 per column, and the
     output error is below the magnitude mask's."""
-    from sparsec.passes.recovery import obs_nm_sweep
+    from sparsec.pruning.recovery import obs_nm_sweep
     x = np.hstack([rng.normal(size=(1024, rows)) @ rng.normal(size=(rows, rows)), np.ones((1024, 1))])
     w, g = rng.normal(size=(rows + 1, 3)), x.T @ x
     order = rng.permutation(rows)
@@ -312,11 +314,11 @@ def test_a_layer_feeding_a_residual_sum_is_fitted_to_the_sum_not_to_its_own_outp
     assert np.square(run_ort(model.to_proto(), samples)[0] - y_star).sum() < 0.9 * branch_error
 
 
-def _noisy_normal(rng, rows: int, noise: float) -> _Normal:
+def _noisy_normal(rng, rows: int, noise: float) -> Normal:
     """The normal equations of y = x·W + noise over ``rows`` rows of 64 inputs, in batches of 16."""
     x = rng.normal(size=(rows, 64))
     y = x @ rng.normal(size=(64, 8)) + noise * rng.normal(size=(rows, 8))
-    normal = _Normal(bias=False)
+    normal = Normal(bias=False)
     for batch, start in enumerate(range(0, rows, 16)):
         normal.add(x[start:start + 16], y[start:start + 16], batch)
     return normal
@@ -347,8 +349,8 @@ def test_a_value_read_inside_a_subgraph_counts_for_the_rounds(rng):
     WeightSparsityPass(nm="2:4")(model)
     layers, _ = find_layers(model, original, None)
     assert [(layer.weight.name, layer.round) for layer in layers] == [("w1", 1), ("w2", 2)]
-    stages = _stages(model, layers)
-    assert (stages["h1"], stages["o"], stages["y"]) == (1, 1, 2)
+    levels = stages(model, layers)
+    assert (levels["h1"], levels["o"], levels["y"]) == (1, 1, 2)
 
 
 # ---------------------------------------------------------------- through channel-prune, on real data
@@ -430,7 +432,7 @@ def test_the_masked_solve_equals_one_solve_per_column(rng):
     """Columns sharing a pattern (solved together), columns of a pattern of their own (stacked
     by size) and a column with no kept row: each equals its own ridge system's solution."""
     x, y = rng.normal(size=(200, 12)), rng.normal(size=(200, 7))
-    normal = _Normal(bias=True)
+    normal = Normal(bias=True)
     normal.add(x, y)
     mask = rng.random((12, 7)) < 0.5
     mask[:, 1] = mask[:, 0]  # shared

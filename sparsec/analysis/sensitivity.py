@@ -42,8 +42,8 @@ from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import ImportanceContext, group_scores
 from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError, InternalError
-from sparsec.passes.recovery import output_error
 from sparsec.passes.surgery import prune_channels
+from sparsec.pruning.recovery import output_error
 
 RATIOS = (0.25, 0.5, 0.75)
 FORMAT = "sparsec-sensitivity"

@@ -39,9 +39,9 @@ from sparsec.passes import budget, schedule
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.calibrated import CalibratedPass
 from sparsec.passes.exclude import excluded_by, unmatched_warnings
-from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
 from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
+from sparsec.pruning.recovery import recover_result
 
 
 @register

@@ -28,7 +28,7 @@ from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.analysis.sensitivity import cost_shapes
 from sparsec.passes.base import Diagnostic, PassError, PassResult, progress
 from sparsec.passes.oracle import oracle_gap
-from sparsec.passes.recovery import output_error
+from sparsec.pruning.recovery import output_error
 from sparsec.validate import ORACLE_TOLERANCE
 
 RATIO_OPTIONS = ("ratio", "heads", "ffn")

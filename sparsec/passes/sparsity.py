@@ -43,8 +43,8 @@ from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.calibrated import CalibratedPass
 from sparsec.passes.exclude import excluded_by, unmatched_warnings
-from sparsec.passes.recovery import recover_result
 from sparsec.passes.registry import register
+from sparsec.pruning.recovery import recover_result
 
 
 def parse_nm(text: str) -> tuple[int, int] | None:
