@@ -6,10 +6,12 @@ Graph ``i`` of the run is ``sparsec.testing.graphs.generate(S + i)``, checked in
 (cleanup, --channels 0.5, --heads 0.5, --nm 2:4) by ``sparsec.testing.fuzz.check_graph``. The
 checks run in one worker process (one graph at a time, so one core), restarted when it dies or
 hangs: an onnxruntime abort or a hang is itself recorded as a failure (``crash``, ``timeout``)
-instead of ending the run. Failures are minimized (blocks dropped while the same class
-persists; up to 8 per class) and each whose minimized op sequence is new is saved to ``--out`` as ``<name>.onnx`` plus
-``<name>.json`` (seed, mode, failure line, the description that rebuilds it). A progress line
-(graphs tried, failures by class) is printed every ``--every`` graphs and at the end.
+instead of ending the run; an exception in the harness itself (e.g. a source tree caught
+mid-edit) is printed and the graph retried on a fresh import. Failures are minimized (blocks
+dropped while the same class persists; up to 8 per class) and each whose minimized op sequence
+is new is saved to ``--out`` as ``<name>.onnx`` plus ``<name>.json`` (seed, mode, failure line,
+the description that rebuilds it). A progress line (graphs tried, failures by class) is printed
+every ``--every`` graphs and at the end.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from sparsec.testing.graphs import generate  # noqa: E402
 
 
 def _serve(conn, workdir: str) -> None:
-    """Worker loop: receive (graph, modes), send back the failures as tuples."""
+    """Worker loop: say "ready" once sparsec imports, then receive (graph, modes) and send back
+    the failures as tuples."""
+    try:
+        import sparsec.cli  # noqa: F401  (a source tree caught mid-edit fails here, not in a check)
+    except Exception as error:
+        conn.send(f"{type(error).__name__}: {error}")
+        return
+    conn.send("ready")
     while True:
         try:
             job = conn.recv()
@@ -39,8 +48,15 @@ def _serve(conn, workdir: str) -> None:
         if job is None:
             return
         graph, modes = job
-        failures = check_description(graph, Path(workdir) / "graph", modes)
+        try:
+            failures = check_description(graph, Path(workdir) / "graph", modes)
+        except Exception as error:  # the harness or a half-edited source tree, not a finding
+            failures = [Failure("harness", "error", f"{type(error).__name__}: {error}")]
         conn.send([(f.mode, f.kind, f.line) for f in failures])
+
+
+class HarnessError(Exception):
+    """The harness itself cannot run (e.g. sparsec does not import): not a finding."""
 
 
 class Worker:
@@ -51,9 +67,17 @@ class Worker:
         self.context = multiprocessing.get_context("spawn")
 
     def _start(self) -> None:
+        """A fresh worker, once it has imported sparsec; HarnessError when it cannot."""
         self.conn, child = self.context.Pipe()
         self.process = self.context.Process(target=_serve, args=(child, self.workdir), daemon=True)
         self.process.start()
+        try:
+            answer = self.conn.recv() if self.conn.poll(self.timeout) else "no answer"
+        except EOFError:
+            answer = f"exit code {self.process.join(5) or self.process.exitcode}"
+        if answer != "ready":
+            self.stop()
+            raise HarnessError(f"the checking process did not start: {answer}")
 
     def check(self, graph: dict, modes) -> list[Failure]:
         if self.process is None or not self.process.is_alive():
@@ -67,7 +91,9 @@ class Worker:
         except EOFError:
             self.process.join(5)
             code, self.process = self.process.exitcode, None
-            return [Failure(",".join(modes), "crash", f"the checking process died (exit code {code})")]
+            return [
+                Failure(",".join(modes), "crash", f"the checking process died (exit code {code})")
+            ]
 
     def stop(self) -> None:
         if self.process is not None and self.process.is_alive():
@@ -78,8 +104,10 @@ class Worker:
 
 def _line(tried: int, started: float, classes: Counter, saved: int) -> str:
     top = ", ".join(f"{n}x {key}" for key, n in classes.most_common(5)) or "none"
-    return f"[{(time.monotonic() - started) / 60:5.1f} min] graphs {tried}, failures {sum(classes.values())} " \
-           f"in {len(classes)} classes (saved {saved}): {top}"
+    return (
+        f"[{(time.monotonic() - started) / 60:5.1f} min] graphs {tried}, failures {sum(classes.values())} "
+        f"in {len(classes)} classes (saved {saved}): {top}"
+    )
 
 
 class Saver:
@@ -93,22 +121,45 @@ class Saver:
         self.signatures: set = set()
         self.saved = 0
 
+    def _check(self, graph: dict, modes: str) -> list[Failure]:
+        return self.worker.check(graph, modes.split(","))
+
     def offer(self, graph: dict, failure: Failure, seed: int) -> None:
         if self.tries[failure.key] >= self.cap:
             return
         self.tries[failure.key] += 1
-        if failure.kind == "timeout":  # each try could take the whole timeout: keep the graph as it is
-            small = graph
-        else:
-            small = minimize(graph, failure, lambda g, modes: self.worker.check(g, modes.split(",")))
+        small = graph  # a timeout: each try could take the whole timeout, keep the graph as it is
+        if failure.kind != "timeout":
+            try:
+                small = minimize(graph, failure, self._check)
+            except HarnessError as error:
+                print(f"  not minimized (harness error: {error})", flush=True)
         signature = (failure.key, tuple(block["op"] for block in small["blocks"]))
         if signature in self.signatures:
             return
         self.signatures.add(signature)
         path = save_failure(self.out, small, failure, seed, len(graph["blocks"]))
         self.saved += 1
-        print(f"  failure on seed {seed}: {failure.key}\n    {failure.line}\n"
-              f"    minimized {len(graph['blocks'])} -> {len(small['blocks'])} blocks: {path}", flush=True)
+        print(
+            f"  failure on seed {seed}: {failure.key}\n    {failure.line}\n"
+            f"    minimized {len(graph['blocks'])} -> {len(small['blocks'])} blocks: {path}",
+            flush=True,
+        )
+
+
+def _check_or_wait(worker: Worker, graph: dict) -> list[Failure] | None:
+    """The failures of ``graph``, or None after a harness error (printed; then a 10 s wait for
+    the source tree to import again, and the caller retries the same graph)."""
+    try:
+        failures = worker.check(graph, MODES)
+    except HarnessError as error:
+        failures = [Failure("harness", "error", str(error))]
+    if any(f.mode == "harness" for f in failures):
+        print(f"  harness error (retrying in 10 s): {failures[0].line}", flush=True)
+        worker.stop()
+        time.sleep(10)
+        return None
+    return failures
 
 
 def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: float) -> int:
@@ -120,7 +171,9 @@ def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: fl
         saver = Saver(worker, out)
         while time.monotonic() < deadline:
             graph = generate(seed + tried, qdq=qdq)
-            failures = worker.check(graph, MODES)
+            failures = _check_or_wait(worker, graph)
+            if failures is None:
+                continue
             tried += 1
             for failure in failures:
                 classes[failure.key] += 1
@@ -137,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0, help="the first graph's seed (default 0)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fuzz_regressions")
-    parser.add_argument("--qdq", action="store_true", help="also generate QuantizeLinear/DequantizeLinear pairs")
-    parser.add_argument("--every", type=int, default=50, help="print a progress line every N graphs")
+    parser.add_argument(
+        "--qdq", action="store_true", help="also generate QuantizeLinear/DequantizeLinear pairs"
+    )
+    parser.add_argument(
+        "--every", type=int, default=50, help="print a progress line every N graphs"
+    )
     parser.add_argument("--timeout", type=float, default=120, help="seconds one check may take")
     args = parser.parse_args(argv)
     return run(args.minutes, args.seed, args.out, args.qdq, args.every, args.timeout)

@@ -19,7 +19,9 @@ from sparsec.testing.fuzz import Failure, check_description, check_graph, fuzz_s
 from sparsec.testing.graphs import BLOCKS, build, generate
 
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
-PENDING = {line.split("#")[0].strip() for line in (REGRESSIONS / "pending.txt").read_text().splitlines()} - {""}
+PENDING = {
+    line.split("#")[0].strip() for line in (REGRESSIONS / "pending.txt").read_text().splitlines()
+} - {""}
 SHORT_RUN_SEEDS = range(20)
 
 
@@ -30,9 +32,24 @@ def test_short_fixed_seed_run_finds_no_failure(tmp_path):
 def test_short_run_prunes_and_covers_the_op_set(tmp_path):
     """The short run is not vacuous: its graphs hold the ops the axis rules cover, and
     --channels and --heads really remove weights from several of them."""
-    ops = Counter(node.op_type for seed in SHORT_RUN_SEEDS for node in build(generate(seed)).graph.node)
-    assert {"Conv", "MatMul", "Gemm", "Softmax", "LayerNormalization", "BatchNormalization", "Concat", "Add",
-            "Mul", "Reshape", "Transpose", "If", "Loop"} <= set(ops)
+    ops = Counter(
+        node.op_type for seed in SHORT_RUN_SEEDS for node in build(generate(seed)).graph.node
+    )
+    assert {
+        "Conv",
+        "MatMul",
+        "Gemm",
+        "Softmax",
+        "LayerNormalization",
+        "BatchNormalization",
+        "Concat",
+        "Add",
+        "Mul",
+        "Reshape",
+        "Transpose",
+        "If",
+        "Loop",
+    } <= set(ops)
     shrunk = Counter()
     for seed in range(6):
         check_description(generate(seed), tmp_path / str(seed), modes=("channels", "heads"))
@@ -94,8 +111,11 @@ def test_minimizer_keeps_only_the_blocks_the_failure_needs():
     """A fake checker that fails while an attention and a LayerNorm block are both present:
     delta debugging keeps exactly those two (in order) and simplifies the graph settings."""
     graph = {**generate(5), "weights": "mixed", "batch": "symbolic"}
-    graph["blocks"] = [{"op": "act", "seed": i} for i in range(6)] + [{"op": "layernorm", "seed": 6}] + \
-                      [{"op": "mlp", "seed": 7}, {"op": "attention", "seed": 8}, {"op": "act", "seed": 9}]
+    graph["blocks"] = (
+        [{"op": "act", "seed": i} for i in range(6)]
+        + [{"op": "layernorm", "seed": 6}]
+        + [{"op": "mlp", "seed": 7}, {"op": "attention", "seed": 8}, {"op": "act", "seed": 9}]
+    )
     failure = Failure("heads", "exit-3", "boom")
     calls = []
 
@@ -112,13 +132,17 @@ def test_minimizer_keeps_only_the_blocks_the_failure_needs():
 def _regressions() -> list:
     params = []
     for path in sorted(REGRESSIONS.glob("*.onnx")):
-        marks = [pytest.mark.xfail(strict=True, reason="open bug, listed in pending.txt")] if path.name in PENDING else []
+        marks = (
+            [pytest.mark.xfail(strict=True, reason="open bug, listed in pending.txt")]
+            if path.name in PENDING
+            else []
+        )
         params.append(pytest.param(path, marks=marks, id=path.stem))
     return params
 
 
 def test_pending_list_names_existing_files():
-    assert PENDING <= {path.name for path in REGRESSIONS.glob("*.onnx")}
+    assert {path.name for path in REGRESSIONS.glob("*.onnx")} >= PENDING
 
 
 @pytest.mark.parametrize("path", _regressions())

@@ -55,7 +55,9 @@ ERROR_PREFIX = "sparsec: error:"
 @dataclass(frozen=True)
 class Failure:
     mode: str
-    kind: str  # exit-1, exit-3, exit-N, uncaught, traceback, stderr, checker, onnxruntime, outputs, report, values, invalid-input
+    # exit-1, exit-3, exit-N, uncaught, traceback, stderr, written, checker, onnxruntime,
+    # outputs, report, values; invalid-input (the generator's fault); crash, timeout (benchmark)
+    kind: str
     line: str
 
     @property
@@ -105,7 +107,11 @@ def run_cli(args: list[str]) -> tuple[int | None, str, str]:
 
     _quiet_progress()
     out, err = io.StringIO(), io.StringIO()
-    with _captured_fd(2) as native_err, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        _captured_fd(2) as native_err,
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         try:
             code = main(args)
         except Exception:  # main must catch everything; this is a failure of its own
@@ -121,27 +127,34 @@ def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in model.graph.input:
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                for d in value.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+            for d in value.type.tensor_type.shape.dim
+        ]
         feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
 
 
-def run_model(model: onnx.ModelProto | str | Path, feeds: dict, optimize: bool = False) -> list[np.ndarray]:
+def run_model(
+    model: onnx.ModelProto | str | Path, feeds: dict, optimize: bool = False
+) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
 
 
 def one_line(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())[:300]
 
 
-def check_graph(model: onnx.ModelProto, workdir: str | Path, modes=tuple(MODES),
-                refusals: list | None = None) -> list[Failure]:
+def check_graph(
+    model: onnx.ModelProto, workdir: str | Path, modes=tuple(MODES), refusals: list | None = None
+) -> list[Failure]:
     """Run ``model`` through ``sparsec compress`` in each of ``modes`` and check every result
     (see the module docstring). Exit-2 refusals are appended to ``refusals`` as (mode, line)."""
     workdir = Path(workdir)
@@ -160,11 +173,23 @@ def check_graph(model: onnx.ModelProto, workdir: str | Path, modes=tuple(MODES),
     return failures
 
 
-def _check_mode(model, source: Path, workdir: Path, mode: str, feeds, reference, refusals) -> list[Failure]:
+def _check_mode(
+    model, source: Path, workdir: Path, mode: str, feeds, reference, refusals
+) -> list[Failure]:
     output, report = workdir / f"{mode}.onnx", workdir / f"{mode}.json"
     for stale in (output, report):
         stale.unlink(missing_ok=True)
-    args = ["compress", str(source), "-o", str(output), "--latency-runs", "0", "--report", str(report), *MODES[mode]]
+    args = [
+        "compress",
+        str(source),
+        "-o",
+        str(output),
+        "--latency-runs",
+        "0",
+        "--report",
+        str(report),
+        *MODES[mode],
+    ]
     code, _, err = run_cli(args)
     failures = _check_exit(mode, code, err, output)
     if failures or code != 0:
@@ -180,7 +205,7 @@ def _error_lines(err: str) -> list[str]:
 
 def _check_exit(mode: str, code: int | None, err: str, output: Path) -> list[Failure]:
     errors = _error_lines(err)
-    first = errors[0][len(ERROR_PREFIX):].strip() if errors else ""
+    first = errors[0][len(ERROR_PREFIX) :].strip() if errors else ""
     if code is None:
         return [Failure(mode, "uncaught", err.strip().splitlines()[-1])]
     if "Traceback (most recent call last)" in err:
@@ -188,7 +213,13 @@ def _check_exit(mode: str, code: int | None, err: str, output: Path) -> list[Fai
     if code not in (0, 2):
         return [Failure(mode, f"exit-{code}", first or err.strip()[-300:])]
     if len(errors) != (1 if code == 2 else 0):
-        return [Failure(mode, "stderr", f"exit {code} with {len(errors)} error lines: {' | '.join(errors)[:300]}")]
+        return [
+            Failure(
+                mode,
+                "stderr",
+                f"exit {code} with {len(errors)} error lines: {' | '.join(errors)[:300]}",
+            )
+        ]
     if code == 2 and output.exists():
         return [Failure(mode, "written", f"exit 2 but the output was written: {first}")]
     if code == 0 and not output.exists():
@@ -229,18 +260,28 @@ def _check_report(mode: str, report: Path) -> list[Failure]:
     return []
 
 
-def _check_values(mode: str, reference: list[np.ndarray], actual: list[np.ndarray]) -> list[Failure]:
+def _check_values(
+    mode: str, reference: list[np.ndarray], actual: list[np.ndarray]
+) -> list[Failure]:
     """The exact cleanup keeps every output within 1e-4 × max |output| (+ 1e-5)."""
     for index, (want, got) in enumerate(zip(reference, actual)):
         limit = 1e-4 * float(np.abs(want).max(initial=0)) + 1e-5
         error = float(np.abs(want - got).max(initial=0))
         if not error <= limit:
-            return [Failure(mode, "values", f"output {index} differs from the original by {error:.3g} (limit {limit:.3g})")]
+            return [
+                Failure(
+                    mode,
+                    "values",
+                    f"output {index} differs from the original by {error:.3g} (limit {limit:.3g})",
+                )
+            ]
     return []
 
 
 # ---------------------------------------------------------------- graphs, runs and minimization
-def check_description(graph: dict, workdir: str | Path, modes=tuple(MODES), refusals: list | None = None) -> list[Failure]:
+def check_description(
+    graph: dict, workdir: str | Path, modes=tuple(MODES), refusals: list | None = None
+) -> list[Failure]:
     """Build a graph description and check it (a build error is an ``invalid-input`` failure)."""
     try:
         model = build(graph)
@@ -249,7 +290,9 @@ def check_description(graph: dict, workdir: str | Path, modes=tuple(MODES), refu
     return check_graph(model, workdir, modes, refusals)
 
 
-def fuzz_seeds(seeds, workdir: str | Path, qdq: bool = False, modes=tuple(MODES)) -> dict[int, list[Failure]]:
+def fuzz_seeds(
+    seeds, workdir: str | Path, qdq: bool = False, modes=tuple(MODES)
+) -> dict[int, list[Failure]]:
     """Generate and check one graph per seed in this process: {seed: failures} for failing seeds."""
     found = {}
     for seed in seeds:
@@ -270,7 +313,9 @@ def minimize(graph: dict, failure: Failure, check: Checker, budget: int = 80) ->
 
     def fails(candidate: dict) -> bool:
         calls[0] += 1
-        return calls[0] <= budget and any(f.key == failure.key for f in check(candidate, failure.mode))
+        return calls[0] <= budget and any(
+            f.key == failure.key for f in check(candidate, failure.mode)
+        )
 
     blocks = _ddmin(list(graph["blocks"]), lambda b: fails({**graph, "blocks": b}))
     graph = {**graph, "blocks": blocks}
@@ -295,7 +340,7 @@ def _ddmin(items: list, fails: Callable[[list], bool]) -> list:
     while True:
         start, dropped = 0, False
         while start < len(items):
-            candidate = items[:start] + items[start + chunk:]
+            candidate = items[:start] + items[start + chunk :]
             if fails(candidate):
                 items, dropped = candidate, True
             else:
@@ -313,7 +358,12 @@ def save_failure(out: Path, graph: dict, failure: Failure, seed: int, original_b
     slug = re.sub(r"[^a-z0-9]+", "-", failure.key.lower()).strip("-")[:60]
     stem = out / f"seed{seed}-{slug}"
     onnx.save(build(graph), stem.with_suffix(".onnx"))
-    meta = {"seed": seed, "mode": failure.mode, "failure": failure.to_json(), "blocks_before": original_blocks,
-            "graph": graph}
+    meta = {
+        "seed": seed,
+        "mode": failure.mode,
+        "failure": failure.to_json(),
+        "blocks_before": original_blocks,
+        "graph": graph,
+    }
     stem.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
     return stem.with_suffix(".onnx")

@@ -1,0 +1,607 @@
+"""The fuzzing generator's blocks: each ``fn(builder, state, spec) -> state`` appends the nodes of
+one block to the running tensor, resolving ``spec``'s parameters against the state so that any
+sub-list of blocks still builds a valid graph; ``BLOCKS`` maps a spec's ``op`` to the kinds of
+running tensor it applies to (``image``, ``seq``, ``flat``) and its function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from sparsec.testing.builder import Builder, State, qdq_activation, weight
+
+
+# ---------------------------------------------------------------- image blocks
+def conv(b: Builder, s: State, spec: dict, c_out: int | None = None, x: str | None = None) -> State:
+    """Conv with ``spec``'s kernel, dilation, stride and grouping, resolved against ``s``."""
+    c_in, (h, w) = s.shape[1], s.shape[2:]
+    c_out = c_out or spec.get("out", c_in)
+    group = _group(spec.get("group", 1), c_in, c_out)
+    if spec.get("group") == "depthwise":
+        c_out = c_in * spec.get("multiplier", 1)
+        group = c_in
+    k, d = spec.get("k", 3), spec.get("dilation", 1)
+    stride = spec.get("stride", 1) if min(h, w) >= 4 else 1
+    pad = d * (k - 1) // 2
+    inputs = [x or s.name, weight(b, spec, (c_out, c_in // group, k, k))]
+    if spec.get("bias", True):
+        inputs.append(b.vector(c_out))
+    attrs = {"kernel_shape": [k, k], "dilations": [d, d], "strides": [stride] * 2, "group": group}
+    if spec.get("same") and stride == 1 and d == 1:
+        attrs["auto_pad"] = "SAME_UPPER"
+    else:
+        attrs["pads"] = [pad] * 4
+    size = [(n + 2 * pad - d * (k - 1) - 1) // stride + 1 for n in (h, w)]
+    return State(b.op("Conv", inputs, **attrs), [s.shape[0], c_out, *size], "image")
+
+
+def _group(group, c_in: int, c_out: int) -> int:
+    if isinstance(group, int) and group > 1 and c_in % group == 0 and c_out % group == 0:
+        return group
+    return 1
+
+
+def act(b: Builder, s: State, spec: dict) -> State:
+    kind = spec.get("act", "Relu")
+    if (
+        (kind == "Gelu" and b.opset < 20)
+        or (kind == "Mish" and b.opset < 18)
+        or (kind == "HardSwish" and b.opset < 14)
+    ):
+        kind = "HardSigmoid"
+    if kind == "Clip":
+        out = b.op("Clip", [s.name, b.scalar(-1.0), b.scalar(2.0)])
+    elif kind == "LeakyRelu":
+        out = b.op("LeakyRelu", [s.name], alpha=0.1)
+    else:
+        out = b.op(kind, [s.name])
+    return State(out, s.shape, s.kind)
+
+
+def bn(b: Builder, s: State, spec: dict) -> State:
+    c = s.shape[1]
+    out = b.op(
+        "BatchNormalization",
+        [s.name, b.vector(c, 0.5, 1.5), b.vector(c), b.vector(c), b.vector(c, 0.5, 1.5)],
+    )
+    return State(out, s.shape, s.kind)
+
+
+def groupnorm(b: Builder, s: State, spec: dict) -> State:
+    c, groups = s.shape[1], spec.get("groups", 2)
+    if b.opset < 21 or c % groups or c // groups * s.shape[2] * s.shape[3] < 4:
+        return bn(
+            b, s, spec
+        )  # GroupNormalization-18 is deprecated; statistics of < 4 values are ill-conditioned
+    out = b.op(
+        "GroupNormalization", [s.name, b.vector(c, 0.5, 1.5), b.vector(c)], num_groups=groups
+    )
+    return State(out, s.shape, s.kind)
+
+
+def layernorm_nhwc(b: Builder, s: State, spec: dict) -> State:
+    """LayerNorm over channels between Transposes (ConvNeXt)."""
+    last = b.op("Transpose", [s.name], perm=[0, 2, 3, 1])
+    normed = layernorm(b, State(last, [s.shape[i] for i in (0, 2, 3, 1)], "seq"), spec)
+    return State(b.op("Transpose", [normed.name], perm=[0, 3, 1, 2]), s.shape, "image")
+
+
+def pool(b: Builder, s: State, spec: dict) -> State:
+    kind, k = spec.get("pool", "MaxPool"), spec.get("k", 2)
+    h, w = s.shape[2:]
+    if min(h, w) < k + 1:
+        return s
+    stride, pad = spec.get("stride", 2), (k // 2 if spec.get("pad") else 0)
+    attrs = {"kernel_shape": [k, k], "strides": [stride] * 2, "pads": [pad] * 4}
+    if kind == "AveragePool":
+        attrs["count_include_pad"] = spec.get("include_pad", 0)
+    out = b.op(kind, [s.name], **attrs)
+    size = [(n + 2 * pad - k) // stride + 1 for n in (h, w)]
+    return State(out, [*s.shape[:2], *size], "image")
+
+
+def residual(b: Builder, s: State, spec: dict) -> State:
+    same = {**spec, "stride": 1, "multiplier": 1}
+    inner = act(b, bn(b, conv(b, s, same, c_out=s.shape[1]), spec), spec)
+    inner = conv(b, inner, same, c_out=s.shape[1])
+    return State(
+        b.op("Add", [inner.name, s.name] if spec.get("order") else [s.name, inner.name]),
+        s.shape,
+        "image",
+    )
+
+
+def squeeze_excite(b: Builder, s: State, spec: dict) -> State:
+    c = s.shape[1]
+    pooled = State(b.op("GlobalAveragePool", [s.name]), [s.shape[0], c, 1, 1], "image")
+    mid = act(
+        b,
+        conv(b, pooled, {"k": 1, "qdq": spec.get("qdq")}, c_out=max(2, c // spec.get("ratio", 2))),
+        spec,
+    )
+    gate = b.op(spec.get("gate", "Sigmoid"), [conv(b, mid, {"k": 1}, c_out=c).name])
+    return State(b.op("Mul", [s.name, gate]), s.shape, "image")
+
+
+def concat_branches(b: Builder, s: State, spec: dict) -> State:
+    left = conv(b, s, {"k": 1, "out": spec.get("left", 4)})
+    right = conv(b, s, {"k": 3, "out": spec.get("right", 6), "dilation": spec.get("dilation", 1)})
+    parts = [left.name, right.name] + ([s.name] if spec.get("keep_input") else [])
+    c = left.shape[1] + right.shape[1] + (s.shape[1] if spec.get("keep_input") else 0)
+    return State(b.op("Concat", parts, axis=1), [s.shape[0], c, *s.shape[2:]], "image")
+
+
+def split_merge(b: Builder, s: State, spec: dict) -> State:
+    c = s.shape[1]
+    if c < 2:
+        return s
+    first = max(1, min(c - 1, round(c * spec.get("fraction", 0.5))))
+    a, z = b.op("Split", [s.name, b.ints([first, c - first])], outputs=2, axis=1)
+    a = conv(
+        b, State(a, [s.shape[0], first, *s.shape[2:]], "image"), {"k": 1, "out": spec.get("out", 4)}
+    )
+    z = conv(
+        b,
+        State(z, [s.shape[0], c - first, *s.shape[2:]], "image"),
+        {"k": 3, "out": spec.get("out", 4)},
+    )
+    if spec.get("merge") == "add":
+        return State(b.op("Add", [a.name, z.name]), a.shape, "image")
+    return State(
+        b.op("Concat", [a.name, z.name], axis=1),
+        [s.shape[0], 2 * a.shape[1], *s.shape[2:]],
+        "image",
+    )
+
+
+def slice_channels(b: Builder, s: State, spec: dict) -> State:
+    c = s.shape[1]
+    start, step = min(spec.get("start", 1), c - 1), spec.get("step", 1)
+    end = c if spec.get("to_end", True) else max(start + 1, c - 1)
+    inputs = [
+        s.name,
+        b.ints([start]),
+        b.ints([2**62 if spec.get("big_end") and end == c else end]),
+        b.ints([1]),
+    ]
+    if step != 1:
+        inputs.append(b.ints([step]))
+    kept = len(range(start, end, step))
+    return State(b.op("Slice", inputs), [s.shape[0], kept, *s.shape[2:]], "image")
+
+
+def gather_channels(b: Builder, s: State, spec: dict) -> State:
+    c = s.shape[1]
+    order = np.random.default_rng(spec["seed"]).permutation(c)[: max(1, c - spec.get("drop", 1))]
+    out = b.op("Gather", [s.name, b.ints(sorted(order) if spec.get("sorted") else order)], axis=1)
+    return State(out, [s.shape[0], len(order), *s.shape[2:]], "image")
+
+
+def channel_shuffle(b: Builder, s: State, spec: dict) -> State:
+    n, c, h, w = s.shape
+    groups = 2 if c % 2 == 0 else 1
+    split = b.reshape(s.name, [n, groups, c // groups, h, w])
+    swapped = b.op("Transpose", [split], perm=[0, 2, 1, 3, 4])
+    return State(b.reshape(swapped, [n, c, h, w]), s.shape, "image")
+
+
+def resize(b: Builder, s: State, spec: dict) -> State:
+    mode = spec.get("mode", "nearest")
+    scales = b.const(np.array([1, 1, 2, 2], np.float32), "scales")
+    out = b.op("Resize", [s.name, "", scales], mode=mode)
+    return State(out, [*s.shape[:2], s.shape[2] * 2, s.shape[3] * 2], "image")
+
+
+def pad(b: Builder, s: State, spec: dict) -> State:
+    p, mode = spec.get("pad", 1), spec.get("mode", "constant")
+    if mode == "reflect":  # reflect pads must be shorter than the axis
+        p = min(p, min(s.shape[2:]) - 1)
+        mode = mode if p > 0 else "constant"
+        p = max(p, 1)
+    inputs = [s.name, b.ints([0, 0, p, p, 0, 0, p, p])]
+    if mode == "constant" and spec.get("value"):
+        inputs.append(b.scalar(0.5))
+    out = b.op("Pad", inputs, mode=mode)
+    return State(out, [*s.shape[:2], s.shape[2] + 2 * p, s.shape[3] + 2 * p], "image")
+
+
+def affine(b: Builder, s: State, spec: dict) -> State:
+    """Mul and/or Add by a per-channel constant [C, 1, 1] (or [C] on seq/flat)."""
+    c = s.shape[1] if s.kind == "image" else s.shape[-1]
+    shape = (c, 1, 1) if s.kind == "image" else (c,)
+    vec = b.const(
+        np.random.default_rng(spec["seed"]).uniform(0.5, 1.5, shape).astype(np.float32),
+        "a",
+        weight=True,
+    )
+    return State(b.op(spec.get("binary", "Mul"), [s.name, vec]), s.shape, s.kind)
+
+
+def unsqueeze_squeeze(b: Builder, s: State, spec: dict) -> State:
+    axis = spec.get("axis", len(s.shape))
+    return State(b.squeeze(b.unsqueeze(s.name, [axis]), [axis]), s.shape, s.kind)
+
+
+def shared_weight(b: Builder, s: State, spec: dict) -> State:
+    """One initializer read by two convs in a row (C → C)."""
+    c = s.shape[1]
+    w = b.weight(c, c, 1, 1)
+    first = b.op("Relu", [b.op("Conv", [s.name, w])])
+    return State(b.op("Conv", [first, w]), s.shape, "image")
+
+
+def if_block(b: Builder, s: State, spec: dict) -> State:
+    """If on a data-dependent condition; each branch reads the running tensor from outer scope."""
+    cond = b.op("Greater", [b.op("ReduceSum", [s.name], keepdims=0), b.scalar(0.0)])
+    branches = []
+    for kind in (spec.get("then", "Relu"), spec.get("else", "Sigmoid")):
+        nodes: list = []
+        out = b.op(kind, [s.name], nodes=nodes)
+        info = helper.make_tensor_value_info(out, TensorProto.FLOAT, None)
+        branches.append(helper.make_graph(nodes, b.name("branch"), [], [info]))
+    return State(
+        b.op("If", [cond], then_branch=branches[0], else_branch=branches[1]), s.shape, s.kind
+    )
+
+
+def loop_block(b: Builder, s: State, spec: dict) -> State:
+    """A two-trip Loop whose body scales the carried tensor by an outer per-channel constant."""
+    c = s.shape[1] if s.kind == "image" else s.shape[-1]
+    shape = (c, 1, 1) if s.kind == "image" else (c,)
+    scale = b.const(
+        np.random.default_rng(spec["seed"]).uniform(0.5, 1.0, shape).astype(np.float32),
+        "loop_scale",
+    )
+    i, cond_in, v_in = b.name("i"), b.name("cond"), b.name("v")
+    nodes: list = []
+    cond_out = b.op("Identity", [cond_in], nodes=nodes)
+    v_out = b.op(spec.get("act", "Tanh"), [b.op("Mul", [v_in, scale], nodes=nodes)], nodes=nodes)
+    body = helper.make_graph(
+        nodes,
+        b.name("body"),
+        [
+            helper.make_tensor_value_info(i, TensorProto.INT64, []),
+            helper.make_tensor_value_info(cond_in, TensorProto.BOOL, []),
+            helper.make_tensor_value_info(v_in, TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+            helper.make_tensor_value_info(v_out, TensorProto.FLOAT, None),
+        ],
+    )
+    trips, true = b.const(np.array(2, np.int64), "trips"), b.const(np.array(True), "true")
+    return State(b.op("Loop", [trips, true, s.name], body=body), s.shape, s.kind)
+
+
+def qdq_act(b: Builder, s: State, spec: dict) -> State:
+    return State(qdq_activation(b, s.name, spec.get("scale", 0.05)), s.shape, s.kind)
+
+
+def tap(b: Builder, s: State, spec: dict) -> State:
+    """Make the running tensor an extra graph output too."""
+    b.outputs.append((s.name, list(s.shape)))
+    return s
+
+
+def nhwc_mlp(b: Builder, s: State, spec: dict) -> State:
+    """ConvNeXt's channels-last MLP: Transpose, MatMul up, activation, MatMul down, Transpose
+    back, residual Add."""
+    last = b.op("Transpose", [s.name], perm=[0, 2, 3, 1])
+    tokens = State(last, [s.shape[i] for i in (0, 2, 3, 1)], "seq")
+    hidden = act(
+        b,
+        linear(b, tokens, {"bias": spec.get("bias", True)}, out=spec.get("hidden", 2 * s.shape[1])),
+        spec,
+    )
+    down = linear(b, hidden, {"bias": spec.get("bias", True)}, out=s.shape[1])
+    back = b.op("Transpose", [down.name], perm=[0, 3, 1, 2])
+    return State(b.op("Add", [s.name, back]), s.shape, "image")
+
+
+def conv_transpose(b: Builder, s: State, spec: dict) -> State:
+    """ConvTranspose, kernel 2 stride 2 (or kernel 3 stride 1 padded), optionally grouped."""
+    c_in, c_out = s.shape[1], spec.get("out", s.shape[1])
+    group = _group(spec.get("group", 1), c_in, c_out)
+    k, stride = (2, 2) if spec.get("up", True) else (3, 1)
+    pads = [0] * 4 if stride == 2 else [1] * 4
+    inputs = [s.name, b.weight(c_in, c_out // group, k, k)] + (
+        [b.vector(c_out)] if spec.get("bias", True) else []
+    )
+    out = b.op(
+        "ConvTranspose", inputs, kernel_shape=[k, k], strides=[stride] * 2, pads=pads, group=group
+    )
+    return State(out, [s.shape[0], c_out, *(n * stride for n in s.shape[2:])], "image")
+
+
+def other_norm(b: Builder, s: State, spec: dict) -> State:
+    """InstanceNormalization (random scale and bias) or LRN across channels."""
+    c = s.shape[1]
+    if spec.get("norm") == "LRN":
+        return State(
+            b.op("LRN", [s.name], size=3, alpha=1e-3, beta=0.75, bias=1.0), s.shape, "image"
+        )
+    if (
+        s.shape[2] * s.shape[3] < 4
+    ):  # the variance of < 4 values amplifies rounding: a test of nothing
+        return bn(b, s, spec)
+    out = b.op("InstanceNormalization", [s.name, b.vector(c, 0.5, 1.5), b.vector(c)])
+    return State(out, s.shape, "image")
+
+
+def gate(b: Builder, s: State, spec: dict) -> State:
+    """x · σ(conv1x1(x)): a product of two activations along the channels (GLU-like)."""
+    gated = b.op(spec.get("gate", "Sigmoid"), [conv(b, s, {"k": 1}, c_out=s.shape[1]).name])
+    return State(
+        b.op("Mul", [gated, s.name] if spec.get("swap") else [s.name, gated]), s.shape, "image"
+    )
+
+
+def reduce_spatial(b: Builder, s: State, spec: dict) -> State:
+    """ReduceMean or ReduceMax over H and W, keepdims: [N, C, 1, 1]."""
+    if spec.get("reduce", "ReduceMean") == "ReduceMean":
+        out = b.reduce_mean(s.name, [2, 3])
+    elif b.opset >= 18:
+        out = b.op("ReduceMax", [s.name, b.ints([2, 3])], keepdims=1)
+    else:
+        out = b.op("ReduceMax", [s.name], axes=[2, 3], keepdims=1)
+    return State(out, [*s.shape[:2], 1, 1], "image")
+
+
+def channel_softmax(b: Builder, s: State, spec: dict) -> State:
+    return State(b.op(spec.get("softmax", "Softmax"), [s.name], axis=1), s.shape, "image")
+
+
+def divide(b: Builder, s: State, spec: dict) -> State:
+    """Sub then Div by per-channel constants (a divisor can never be zeroed by a mask)."""
+    c = s.shape[1] if s.kind == "image" else s.shape[-1]
+    shape = (c, 1, 1) if s.kind == "image" else (c,)
+    rng = np.random.default_rng(spec["seed"])
+    shifted = b.op(
+        "Sub",
+        [s.name, b.const(rng.uniform(-0.5, 0.5, shape).astype(np.float32), "sub", weight=True)],
+    )
+    out = b.op(
+        "Div",
+        [shifted, b.const(rng.uniform(0.5, 2.0, shape).astype(np.float32), "div", weight=True)],
+    )
+    return State(out, s.shape, s.kind)
+
+
+def concat_spatial(b: Builder, s: State, spec: dict) -> State:
+    """Concat along H of the input and a same-width conv of it (no channel coupling)."""
+    other = conv(b, s, {"k": 3, "stride": 1, "multiplier": 1}, c_out=s.shape[1])
+    out = b.op("Concat", [s.name, other.name], axis=2)
+    return State(out, [s.shape[0], s.shape[1], 2 * s.shape[2], s.shape[3]], "image")
+
+
+def split_three(b: Builder, s: State, spec: dict) -> State:
+    """Split the channels in three (``num_outputs`` from opset 18 when they divide), a conv on
+    each branch, Concat."""
+    c = s.shape[1]
+    if c < 3:
+        return s
+    sizes = [c // 3, c // 3, c - 2 * (c // 3)]
+    if b.opset >= 18 and c % 3 == 0 and spec.get("num_outputs"):
+        parts = b.op("Split", [s.name], outputs=3, axis=1, num_outputs=3)
+    else:
+        parts = b.op("Split", [s.name, b.ints(sizes)], outputs=3, axis=1)
+    outs = [
+        conv(
+            b, State(p, [s.shape[0], n, *s.shape[2:]], "image"), {"k": 1, "out": spec.get("out", 4)}
+        )
+        for p, n in zip(parts, sizes)
+    ]
+    return State(
+        b.op("Concat", [o.name for o in outs], axis=1),
+        [s.shape[0], 3 * outs[0].shape[1], *s.shape[2:]],
+        "image",
+    )
+
+
+def side_input(b: Builder, s: State, spec: dict) -> State:
+    """A second graph input of the running shape, added or multiplied in."""
+    name = b.name("side")
+    b.inputs.append((name, list(s.shape)))
+    return State(b.op(spec.get("binary", "Add"), [s.name, name]), s.shape, s.kind)
+
+
+def expand_bias(b: Builder, s: State, spec: dict) -> State:
+    """A per-channel constant Expand-ed to the running shape, then added."""
+    c = s.shape[1] if s.kind == "image" else s.shape[-1]
+    shape = (1, c, 1, 1) if s.kind == "image" else (1,) * (len(s.shape) - 1) + (c,)
+    vec = b.const(
+        np.random.default_rng(spec["seed"]).uniform(-1, 1, shape).astype(np.float32),
+        "e",
+        weight=True,
+    )
+    target = b.op("Shape", [s.name]) if spec.get("dynamic") else b.ints(s.shape)
+    return State(b.op("Add", [s.name, b.op("Expand", [vec, target])]), s.shape, s.kind)
+
+
+def reshape_flat(b: Builder, s: State, spec: dict) -> State:
+    """[N, C, H, W] → [N, C·H·W] by Reshape (-1 or the explicit size)."""
+    n, c, h, w = s.shape
+    if c * h * w > 512:
+        return s
+    return State(
+        b.reshape(s.name, [n, -1 if spec.get("infer") else c * h * w]), [n, c * h * w], "flat"
+    )
+
+
+# ---------------------------------------------------------------- transitions
+def to_flat(b: Builder, s: State, spec: dict) -> State:
+    if spec.get("pool") or s.shape[2] * s.shape[3] * s.shape[1] > 512:
+        s = State(b.op("GlobalAveragePool", [s.name]), [*s.shape[:2], 1, 1], "image")
+    out = b.op("Flatten", [s.name], axis=1)
+    return State(out, [s.shape[0], int(np.prod(s.shape[1:]))], "flat")
+
+
+def to_seq(b: Builder, s: State, spec: dict) -> State:
+    """[N, C, H, W] → [N, H·W, C] tokens (Reshape + Transpose)."""
+    n, c, h, w = s.shape
+    if h * w > 64:
+        return s
+    tokens = b.op("Transpose", [b.reshape(s.name, [n, c, h * w])], perm=[0, 2, 1])
+    return State(tokens, [n, h * w, c], "seq")
+
+
+def seq_to_flat(b: Builder, s: State, spec: dict) -> State:
+    if spec.get("how") == "first":
+        out = b.op("Gather", [s.name, b.const(np.array(0, np.int64), "cls")], axis=1)
+    else:
+        out = b.reduce_mean(s.name, [1], keepdims=0)
+    return State(out, [s.shape[0], s.shape[2]], "flat")
+
+
+# ---------------------------------------------------------------- seq and flat blocks
+def linear(b: Builder, s: State, spec: dict, out: int | None = None, x: str | None = None) -> State:
+    """MatMul (+ Add bias) on the last axis, or Gemm (transB as ``spec`` says) on flat input."""
+    d, out = s.shape[-1], out or spec.get("out", s.shape[-1])
+    if s.kind == "flat" and spec.get("gemm"):
+        trans = spec.get("trans_b", 1)
+        w = weight(b, spec, (out, d) if trans else (d, out), axis=0 if trans else 1)
+        inputs = [x or s.name, w] + ([b.vector(out)] if spec.get("bias", True) else [])
+        return State(b.op("Gemm", inputs, transB=trans), [s.shape[0], out], "flat")
+    y = b.op("MatMul", [x or s.name, weight(b, spec, (d, out), axis=1)])
+    if spec.get("bias", True):
+        y = b.op("Add", [y, b.vector(out)])
+    return State(y, [*s.shape[:-1], out], s.kind)
+
+
+def layernorm(b: Builder, s: State, spec: dict) -> State:
+    d = s.shape[-1]
+    if b.opset >= 17 and not spec.get("written_out"):
+        out = b.op("LayerNormalization", [s.name, b.vector(d, 0.5, 1.5), b.vector(d)], axis=-1)
+        return State(out, s.shape, s.kind)
+    mean = b.reduce_mean(s.name, [-1])
+    centred = b.op("Sub", [s.name, mean])
+    variance = b.reduce_mean(b.op("Pow", [centred, b.scalar(2.0)]), [-1])
+    std = b.op("Sqrt", [b.op("Add", [variance, b.scalar(1e-5)])])
+    normed = b.op("Mul", [b.op("Div", [centred, std]), b.vector(d, 0.5, 1.5)])
+    return State(b.op("Add", [normed, b.vector(d)]), s.shape, s.kind)
+
+
+def mlp(b: Builder, s: State, spec: dict) -> State:
+    """x + down(act(up(x))) on the last axis."""
+    hidden = act(
+        b, linear(b, s, {**spec, "gemm": False}, out=spec.get("hidden", 2 * s.shape[-1])), spec
+    )
+    down = linear(b, hidden, {**spec, "gemm": False}, out=s.shape[-1])
+    return State(b.op("Add", [s.name, down.name]), s.shape, s.kind)
+
+
+def attention(b: Builder, s: State, spec: dict) -> State:
+    """Pre-LN self-attention as exporters write it: Q/K/V MatMul + bias, Reshape/Transpose into
+    heads, QKᵀ scaled (once, or q and k each by dh^-¼ as dynamo writes it), an optional causal
+    mask, Softmax, ·V, merge heads, output projection, residual Add."""
+    n, t, d = s.shape
+    heads = spec.get("heads", 2)
+    if d % heads or d // heads < 2:
+        return s
+    dh = d // heads
+    x = layernorm(b, s, spec).name if spec.get("pre_ln", True) else s.name
+    q, k, v = (linear(b, s, {"out": d, "bias": spec.get("bias", True)}, x=x).name for _ in range(3))
+    q, v = (b.op("Transpose", [b.reshape(y, [n, t, heads, dh])], perm=[0, 2, 1, 3]) for y in (q, v))
+    k = _key_heads(b, k, [n, t, heads, dh], spec)
+    context = b.op("MatMul", [b.op("Softmax", [_scores(b, q, k, dh, t, spec)], axis=-1), v])
+    merged = b.reshape(b.op("Transpose", [context], perm=[0, 2, 1, 3]), [n, t, d])
+    out = linear(
+        b,
+        State(merged, [n, t, d], "seq"),
+        {"out": d, "qdq": spec.get("qdq"), "per_axis": spec.get("per_axis")},
+    )
+    return State(b.op("Add", [s.name, out.name]), s.shape, "seq")
+
+
+def _key_heads(b: Builder, k: str, shape: list[int], spec: dict) -> str:
+    """Kᵀ per head: one Transpose [0, 2, 3, 1], or two ([0, 2, 1, 3] then the last two axes)."""
+    split = b.reshape(k, shape)
+    if spec.get("two_transposes"):
+        return b.op("Transpose", [b.op("Transpose", [split], perm=[0, 2, 1, 3])], perm=[0, 1, 3, 2])
+    return b.op("Transpose", [split], perm=[0, 2, 3, 1])
+
+
+def _scores(b: Builder, q: str, k: str, dh: int, t: int, spec: dict) -> str:
+    if spec.get("split_scale"):
+        quarter = b.scalar(float(dh**-0.25))
+        scores = b.op("MatMul", [b.op("Mul", [q, quarter]), b.op("Mul", [k, quarter])])
+    elif spec.get("div"):
+        scores = b.op("Div", [b.op("MatMul", [q, k]), b.scalar(float(np.sqrt(dh)))])
+    else:
+        scores = b.op("Mul", [b.op("MatMul", [q, k]), b.scalar(float(1 / np.sqrt(dh)))])
+    if spec.get("causal"):
+        mask = np.triu(np.full((t, t), -1e4, np.float32), 1)
+        scores = b.op("Add", [scores, b.const(mask, "mask")])
+    return scores
+
+
+def swiglu(b: Builder, s: State, spec: dict) -> State:
+    """x + down(act(gate(x)) · up(x)) on the last axis (Llama's MLP)."""
+    hidden = spec.get("hidden", 2 * s.shape[-1])
+    gated = act(
+        b,
+        linear(b, s, {"gemm": False, "bias": False}, out=hidden),
+        {"act": spec.get("act", "Sigmoid")},
+    )
+    up = linear(b, s, {"gemm": False, "bias": False}, out=hidden)
+    product = State(b.op("Mul", [gated.name, up.name]), up.shape, s.kind)
+    down = linear(b, product, {"gemm": False, "bias": False}, out=s.shape[-1])
+    return State(b.op("Add", [s.name, down.name]), s.shape, s.kind)
+
+
+def head(b: Builder, s: State, spec: dict) -> State:
+    """A classifier to ``classes`` outputs, so inner channel groups do not reach the output."""
+    if s.kind == "image":
+        s = to_flat(b, s, {"pool": True})
+    elif s.kind == "seq":
+        s = seq_to_flat(b, s, spec)
+    return linear(b, s, {"gemm": spec.get("gemm", True), "out": spec.get("classes", 5)})
+
+
+BLOCKS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "conv": (("image",), conv),
+    "act": (("image", "seq", "flat"), act),
+    "bn": (("image", "flat"), bn),
+    "groupnorm": (("image",), groupnorm),
+    "layernorm_nhwc": (("image",), layernorm_nhwc),
+    "pool": (("image",), pool),
+    "residual": (("image",), residual),
+    "se": (("image",), squeeze_excite),
+    "concat": (("image",), concat_branches),
+    "split": (("image",), split_merge),
+    "slice": (("image",), slice_channels),
+    "gather": (("image",), gather_channels),
+    "shuffle": (("image",), channel_shuffle),
+    "resize": (("image",), resize),
+    "pad": (("image",), pad),
+    "affine": (("image", "seq", "flat"), affine),
+    "unsqueeze": (("image", "seq", "flat"), unsqueeze_squeeze),
+    "shared": (("image",), shared_weight),
+    "if": (("image", "seq", "flat"), if_block),
+    "loop": (("image", "seq", "flat"), loop_block),
+    "qdq_act": (("image", "seq", "flat"), qdq_act),
+    "tap": (("image", "seq", "flat"), tap),
+    "to_flat": (("image",), to_flat),
+    "to_seq": (("image",), to_seq),
+    "seq_to_flat": (("seq",), seq_to_flat),
+    "linear": (("seq", "flat"), linear),
+    "layernorm": (("seq", "flat"), layernorm),
+    "mlp": (("seq", "flat"), mlp),
+    "attention": (("seq",), attention),
+    "head": (("image", "seq", "flat"), head),
+    "convt": (("image",), conv_transpose),
+    "other_norm": (("image",), other_norm),
+    "gate": (("image",), gate),
+    "reduce": (("image",), reduce_spatial),
+    "channel_softmax": (("image",), channel_softmax),
+    "divide": (("image", "seq", "flat"), divide),
+    "concat_spatial": (("image",), concat_spatial),
+    "split3": (("image",), split_three),
+    "side_input": (("image", "seq", "flat"), side_input),
+    "expand": (("image", "seq", "flat"), expand_bias),
+    "reshape_flat": (("image",), reshape_flat),
+    "swiglu": (("seq", "flat"), swiglu),
+    "nhwc_mlp": (("image",), nhwc_mlp),
+}

@@ -1,0 +1,118 @@
+"""The graph builder the fuzzing generator's blocks write with: ``State`` (the running tensor,
+its concrete shape and kind) and ``Builder`` (nodes, initializers or ``Constant`` weights,
+opset-dependent op forms), plus float or QDQ-quantized weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+
+@dataclass
+class State:
+    name: str
+    shape: list[int]
+    kind: str  # image | seq | flat
+
+
+class Builder:
+    """Nodes and initializers of one graph; every helper returns its output name."""
+
+    def __init__(self, graph: dict) -> None:
+        self.opset, self.symbolic = graph["opset"], graph["batch"] == "symbolic"
+        self.weights = graph["weights"]
+        self.nodes: list = []
+        self.inits: list = []
+        self.outputs: list = []
+        self.inputs: list = []  # extra graph inputs: (name, shape)
+        self.count = 0
+        self.rng = np.random.default_rng(0)
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, array, base: str = "c", weight: bool = False) -> str:
+        name = self.name(base)
+        tensor = numpy_helper.from_array(np.asarray(array), name)
+        as_node = self.weights == "constant" or (self.weights == "mixed" and self.count % 2 == 0)
+        if weight and as_node:
+            self.nodes.append(
+                helper.make_node("Constant", [], [name], name=self.name("Constant"), value=tensor)
+            )
+        else:
+            self.inits.append(tensor)
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(np.array(values, np.int64), "i")
+
+    def scalar(self, value: float) -> str:
+        return self.const(np.array(value, np.float32), "s")
+
+    def op(self, op_type: str, inputs, outputs: int = 1, nodes: list | None = None, **attrs):
+        names = [self.name(op_type.lower()) for _ in range(outputs)]
+        node = helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attrs)
+        (self.nodes if nodes is None else nodes).append(node)
+        return names[0] if outputs == 1 else names
+
+    def weight(self, *shape) -> str:
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+        return self.const(
+            self.rng.normal(0, np.sqrt(2 / fan_in), shape).astype(np.float32), "w", weight=True
+        )
+
+    def vector(self, size: int, low: float = -0.5, high: float = 0.5) -> str:
+        return self.const(self.rng.uniform(low, high, size).astype(np.float32), "v", weight=True)
+
+    # opset-dependent forms
+    def reduce_mean(self, x: str, axes: list[int], keepdims: int = 1) -> str:
+        if self.opset >= 18:
+            return self.op("ReduceMean", [x, self.ints(axes)], keepdims=keepdims)
+        return self.op("ReduceMean", [x], axes=axes, keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axes: list[int]) -> str:
+        return self.op("Unsqueeze", [x, self.ints(axes)])
+
+    def squeeze(self, x: str, axes: list[int]) -> str:
+        return self.op("Squeeze", [x, self.ints(axes)])
+
+    def reshape(self, x: str, target: list[int]) -> str:
+        """``target``'s batch entry becomes 0 (copy) when the batch is symbolic."""
+        target = list(target)
+        if self.symbolic:
+            target[0] = 0
+        return self.op("Reshape", [x, self.ints(target)])
+
+
+# ---------------------------------------------------------------- weights, optionally quantized
+def weight(b: Builder, spec: dict, shape: tuple[int, ...], axis: int = 0) -> str:
+    """A float weight, or with ``spec["qdq"]`` an int8 one through DequantizeLinear (per-axis
+    scales along ``axis`` when ``spec["per_axis"]``)."""
+    if not spec.get("qdq"):
+        return b.weight(*shape)
+    real = b.rng.normal(0, np.sqrt(2 / max(1, int(np.prod(shape[1:])))), shape).astype(np.float32)
+    if spec.get("per_axis"):
+        other = tuple(i for i in range(len(shape)) if i != axis)
+        scale = (np.abs(real).max(axis=other) / 127 + 1e-3).astype(np.float32)
+        expanded = scale.reshape([-1 if i == axis else 1 for i in range(len(shape))])
+        q = np.clip(np.round(real / expanded), -127, 127).astype(np.int8)
+        zero = np.zeros(shape[axis], np.int8)
+        return b.op(
+            "DequantizeLinear",
+            [b.const(q, "q"), b.const(scale, "qs"), b.const(zero, "qz")],
+            axis=axis,
+        )
+    scale = np.float32(np.abs(real).max() / 127 + 1e-3)
+    q = np.clip(np.round(real / scale), -127, 127).astype(np.int8)
+    return b.op(
+        "DequantizeLinear",
+        [b.const(q, "q"), b.const(np.array(scale), "qs"), b.const(np.array(0, np.int8), "qz")],
+    )
+
+
+def qdq_activation(b: Builder, x: str, scale: float) -> str:
+    q = b.op("QuantizeLinear", [x, b.scalar(scale), b.const(np.array(128, np.uint8), "qz")])
+    return b.op("DequantizeLinear", [q, b.scalar(scale), b.const(np.array(128, np.uint8), "qz")])
