@@ -1,0 +1,3 @@
+"""The README's ``from sparsec.passes.recovery import recover``; recovery is ``sparsec.pruning.recovery``."""
+
+from sparsec.pruning.recovery import recover  # noqa: F401
