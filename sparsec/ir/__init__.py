@@ -1,7 +1,27 @@
-"""The only package that touches onnx-ir or protobuf: loading, saving, editing, running.
+"""sparsec's IR layer: a ``Model`` over onnx-ir, and everything that touches protobuf.
 
-Everything above it (analyses, passes, CLI) works through ``Model`` and the helpers exported
-here, so a change of IR library or of serialisation stays inside this folder.
+What it guarantees, and what it does not hide:
+
+- **Reading is onnx-ir's API.** ``Model.nodes()``, ``producer``, ``consumers``, ``value`` and
+  friends hand out onnx-ir's own ``Node`` and ``Value`` objects, and analyses and passes read
+  them directly (``op_type``, ``domain``, ``inputs``, ``outputs``, ``attributes``, ``shape``,
+  ``const_value``). A change of IR library would therefore reach every layer above, not stay in
+  this folder. Code outside ``sparsec/ir/`` (the ``sparsec.testing`` graph builders aside) does
+  not import ``onnx_ir`` at all, and no sparsec module imports an ``_``-prefixed onnx-ir module
+  (``tests/test_ir_boundary.py`` checks it).
+- **Edits go through ``Model`` methods** (``resize_initializer``, ``add_initializer``,
+  ``replace_all_uses``, ``set_attr``, ``remove_node``, ...), each of which bumps
+  ``Model.version``, the key every cached analysis is checked against. An edit made on an
+  onnx-ir object directly is not seen by those caches.
+- **Loading, saving, onnxruntime sessions, shape inference and protobuf stay here**
+  (``loading``, ``saving``, ``runtime``, ``shapes``, ``sparse_coo``, ``tensor_checks``;
+  ``onnx_api`` calls onnx's checker and shape inference on a proto without its large weights).
+- **A process-wide patch**: importing this package calls ``types.install()``, which wraps three
+  functions of onnx-ir's ``serde`` module so that map types (``map(int64, tensor(float))``, as
+  skl2onnx's ZipMap writes them) load and save; onnx-ir 1.1 raises ``NotImplementedError`` on
+  them. The patch affects every user of onnx-ir in the process, is idempotent, and is skipped
+  when onnx-ir reads maps by itself: it can be deleted once the onnx-ir version sparsec
+  requires does.
 """
 
 from sparsec.ir import types

@@ -1,8 +1,9 @@
 """``Model``: sparsec's handle on an ONNX model, a thin wrapper over ``onnx_ir.Model``.
 
 Invariants:
-- This package (``sparsec.ir``) is the only code that imports onnx-ir or touches protobuf.
-  Passes read nodes and values through the objects this wrapper hands out, and edit the graph
+- This package (``sparsec.ir``) is the only sparsec code that imports onnx-ir (the testing
+  kit's graph builders aside) or touches protobuf. Passes read onnx-ir's own nodes and values,
+  handed out by this wrapper, and edit the graph
   only through its methods, so that every edit bumps ``version`` (which invalidates cached
   analyses) and keeps a value's data, shape and dtype consistent.
 - A loaded model passed the ONNX checker and every external-data reference resolves to an
@@ -21,11 +22,11 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils
 
 from sparsec.errors import InputError
 from sparsec.ir import loading, saving, sparse_coo
 from sparsec.ir import types as value_types
+from sparsec.ir.onnx_api import call_onnx_api
 
 # The protobuf limit is 2 GiB; keep a margin for the graph structure itself.
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -55,7 +56,7 @@ class Model:
             raise InputError(f"{path}: the graph has no outputs (nothing to compute, validate or compress)")
         if sparse_names and not files and sparse_coo.COO_KEY not in model.metadata_props:
             model.metadata_props[sparse_coo.COO_KEY] = json.dumps(sparse_names)
-        _c_api_utils.call_onnx_api(lambda light: loading.check_structure(light, path), model)
+        call_onnx_api(lambda light: loading.check_structure(light, path), model)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)
         loaded.source_files = {path.resolve(), *files}
@@ -152,7 +153,7 @@ class Model:
         Sparse initializers get the full check in their dense form and the structural check
         as written (see ``sparse_coo``).
         """
-        problem = _c_api_utils.call_onnx_api(loading.check_full, self.ir)
+        problem = call_onnx_api(loading.check_full, self.ir)
         if problem is None and self._writes_sparse():
             problem = sparse_coo.check_sparse_structure(self.to_proto())
         return problem

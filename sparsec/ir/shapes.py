@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import onnx
-from onnx_ir.passes.common import _c_api_utils
+
+from sparsec.ir.onnx_api import call_onnx_api
 
 Dims = list  # list[int | str | None]
 
@@ -25,7 +26,7 @@ def infer(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[st
         except Exception:  # inference errors on one node must not end the analysis
             return proto
 
-    inferred = _c_api_utils.call_onnx_api(run, model.ir)
+    inferred = call_onnx_api(run, model.ir)
     shapes: dict[str, Dims] = {}
     for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = _dims_of(info)
