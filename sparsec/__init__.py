@@ -23,7 +23,7 @@ _EXPORTS = {
     "sparsec.ir": ["Model"],
     "sparsec.passes": ["Diagnostic", "FunctionalPass", "InPlacePass", "PassBase", "PassError", "PassResult",
                        "Pipeline", "available", "create", "parse_pipeline", "register"],
-    "sparsec.passes.surgery": ["prune_channels"],
+    "sparsec.pruning.surgery": ["prune_channels"],
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
         Diagnostic, FunctionalPass, InPlacePass, PassBase, PassError, PassResult, Pipeline, available, create,
         parse_pipeline, register,
     )
-    from sparsec.passes.surgery import prune_channels
+    from sparsec.pruning.surgery import prune_channels
 
 
 def __getattr__(name: str):

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec import __version__
-from sparsec.analysis import sensitivity as sensitivity_analysis
 from sparsec.analysis.activations import RANDOM, load_calibration
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
@@ -38,6 +37,7 @@ from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
 from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
+from sparsec.pruning import sensitivity as sensitivity_analysis
 from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, check_encoded, validate
 
 PIPELINE_METADATA_KEY = "sparsec.pipeline"

@@ -15,7 +15,7 @@ from sparsec.passes import Pipeline
 from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
-from sparsec.passes.schedule import compose_plans, round_ratio
+from sparsec.pruning.schedule import compose_plans, round_ratio
 
 DIGITS = MODELS / "digits_cnn.onnx"
 

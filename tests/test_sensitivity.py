@@ -12,11 +12,11 @@ from conftest import MODELS
 
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
-from sparsec.analysis.sensitivity import GroupSensitivity, Point, SensitivityTable, allocate, measure
 from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.passes.channel_prune import ChannelPrunePass
-from sparsec.passes.surgery import prune_channels
+from sparsec.pruning.sensitivity import GroupSensitivity, Point, SensitivityTable, allocate, measure
+from sparsec.pruning.surgery import prune_channels
 
 SHAPES = {"input": (1, 1, 8, 8)}  # where the table counts MACs: one sample
 

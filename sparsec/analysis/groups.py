@@ -11,7 +11,7 @@ A group is prunable when it holds at least one compute weight (Conv/Gemm/MatMul 
 slice), no member is blocked (an op without a rule, a rule that cannot map the axis, a graph
 input or output, a value read inside a subgraph), and it has more than one unit. Members
 listed in ``stats`` (a LayerNorm or ReduceMean over the axis, a product of two activations
-contracting it) are prunable too: the oracle masks them (``passes/oracle.py``).
+contracting it) are prunable too: the oracle masks them (``pruning/oracle.py``).
 """
 
 from __future__ import annotations

@@ -33,15 +33,15 @@ import numpy as np
 from sparsec.analysis.activations import RANDOM
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
-from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError
-from sparsec.passes import budget, schedule
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.calibrated import CalibratedPass
-from sparsec.passes.exclude import excluded_by, unmatched_warnings
 from sparsec.passes.registry import register
-from sparsec.passes.surgery import PLAN_FORMAT, prune_channels
+from sparsec.pruning import budget, schedule
+from sparsec.pruning.exclude import excluded_by, unmatched_warnings
 from sparsec.pruning.recovery import recover_result
+from sparsec.pruning.selection import lowest_units
+from sparsec.pruning.surgery import PLAN_FORMAT, prune_channels
 
 
 @register

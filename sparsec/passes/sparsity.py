@@ -11,7 +11,7 @@ tables read by Gather, grouped along each gathered row). Invariants:
   R×C blocks; whole blocks are zeroed, lowest mean |w| first (local or global); a weight
   whose shape the block does not tile is skipped and reported;
 - a weight shared by several nodes is one site, pruned once; ``exclude`` (``|``-separated globs,
-  ``sparsec.passes.exclude``) leaves dense, and reports, every weight whose name or a node
+  ``sparsec.pruning.exclude``) leaves dense, and reports, every weight whose name or a node
   reading it matches;
 - scores: ``magnitude`` (|w|) or ``wanda`` (|w_ij|·‖x_j‖, x_j the input channel w_ij reduces
   over, from ``calibration`` samples captured in batches; unstructured Wanda compares within
@@ -42,8 +42,8 @@ from sparsec.analysis.quantized import dequantized, zero_points
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.calibrated import CalibratedPass
-from sparsec.passes.exclude import excluded_by, unmatched_warnings
 from sparsec.passes.registry import register
+from sparsec.pruning.exclude import excluded_by, unmatched_warnings
 from sparsec.pruning.recovery import recover_result
 
 

@@ -18,8 +18,8 @@ from collections import defaultdict
 import numpy as np
 
 from sparsec.analysis.groups import GroupAnalysis, kept_positions
-from sparsec.passes.base import PassResult
-from sparsec.passes.oracle import OracleMasks, apply_masks, channel_masks
+from sparsec.pruning.oracle import OracleMasks, apply_masks, channel_masks
+from sparsec.results import PassResult
 
 PLAN_FORMAT = "sparsec-channel-plan"
 

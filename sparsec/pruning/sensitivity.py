@@ -40,10 +40,10 @@ from sparsec.analysis.activations import capture, fixed_batch
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import ImportanceContext, group_scores
-from sparsec.analysis.selection import lowest_units
 from sparsec.errors import InputError, InternalError
-from sparsec.passes.surgery import prune_channels
 from sparsec.pruning.recovery import output_error
+from sparsec.pruning.selection import lowest_units
+from sparsec.pruning.surgery import prune_channels
 
 RATIOS = (0.25, 0.5, 0.75)
 FORMAT = "sparsec-sensitivity"

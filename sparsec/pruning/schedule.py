@@ -25,10 +25,10 @@ import numpy as np
 
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.inputs import bind_shapes, random_inputs
-from sparsec.analysis.sensitivity import cost_shapes
-from sparsec.passes.base import Diagnostic, PassError, PassResult, progress
-from sparsec.passes.oracle import oracle_gap
+from sparsec.pruning.oracle import oracle_gap
 from sparsec.pruning.recovery import output_error
+from sparsec.pruning.sensitivity import cost_shapes
+from sparsec.results import Diagnostic, PassError, PassResult, progress
 from sparsec.validate import ORACLE_TOLERANCE
 
 RATIO_OPTIONS = ("ratio", "heads", "ffn")

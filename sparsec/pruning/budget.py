@@ -2,7 +2,7 @@
 sensitivity instead of one ratio for all.
 
 Every prunable group (``--exclude`` respected) is pruned alone at each of ``RATIOS`` on a copy
-and the output error on the calibration samples measured (``analysis.sensitivity.measure``);
+and the output error on the calibration samples measured (``sensitivity.measure``);
 ``allocate`` then picks per group 0 or one measured ratio reaching the target fraction of the
 model's MACs (or params) with the least summed error, checked with the exact joint cost. The
 units cut are the ones measured (channel-prune's local selection at its default
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from sparsec.analysis.groups import ChannelGroup
-from sparsec.analysis.sensitivity import allocate, measure
-from sparsec.passes.base import Diagnostic, progress
+from sparsec.pruning.sensitivity import allocate, measure
+from sparsec.results import Diagnostic, progress
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # a grid fine enough to land near a target
 

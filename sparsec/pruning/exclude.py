@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 
-from sparsec.passes.base import Diagnostic
+from sparsec.results import Diagnostic
 
 
 def patterns(exclude: str) -> list[str]:
