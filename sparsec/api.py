@@ -271,7 +271,7 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     reference = result.reference() if result.reference is not None else None
     if reference is not None:
         oracle = validate(reference, model, feeds, inputs_label=label, latency_runs=0,
-                          peak_tolerance=ORACLE_TOLERANCE)
+                          peak_tolerance=ORACLE_TOLERANCE, optimization="basic")
         if not oracle.passed:
             raise ValidationError(_oracle_failure_line(oracle))
     if model.metadata(FORMAT_KEY) not in (None, "dense"):
