@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.quantized import weight_source
 
 Member = tuple[str, int]  # (value name, axis); virtual members use a name starting with "#"
@@ -372,47 +373,48 @@ def conv(node, ctx: RuleContext) -> Coupling:
     Ungrouped: the per-group side is W axis 1. Depthwise (one channel per group on that side):
     full-side channel i pairs with per-group-side channel i // m. Otherwise every group keeps
     the same local positions on both sides (tile maps)."""
-    c = Coupling()
-    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    c, layout = Coupling(), op_layout(ctx.model, node)
+    x, w, y = node.inputs[layout.activation.index], node.inputs[layout.weight.index], node.outputs[0]
     w_shape = ctx.shape(w)
     if w_shape is None or ctx.shape(x) is None:
         return c
-    full, part = (x, y) if node.op_type == "ConvTranspose" else (y, x)
-    groups, full_size, per_group = int(ctx.attr(node, "group", 1)), w_shape[0], w_shape[1]
-    c.link((y.name, 0), (x.name, 0))
-    c.link((full.name, 1), (w.name, 0))
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        c.link((node.inputs[2].name, 0), (y.name, 1))
-    compute_axes(c, ctx, w, (0, 1), role="conv")
+    sides = {layout.weight.kept: (y.name, layout.output_channels),
+             layout.weight.contraction: (x.name, layout.activation.contraction)}
+    full, part = sides[0], sides[1]  # W axis 0 indexes all channels of its side, W axis 1 one group's
+    groups, full_size, per_group = layout.groups, w_shape[0], w_shape[1]
+    c.link((y.name, layout.activation.kept), (x.name, layout.activation.kept))
+    c.link(full, (w.name, 0))
+    if layout.bias is not None and len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None:
+        c.link((node.inputs[layout.bias].name, 0), (y.name, layout.output_channels))
+    compute_axes(c, ctx, w, (0, 1), role=layout.role)
     if not ctx.is_weight(w):
-        c.block((x.name, 1), "is convolved with a weight computed at run time")
+        c.block((x.name, layout.activation.contraction), "is convolved with a weight computed at run time")
     if groups == 1:
-        c.link((part.name, 1), (w.name, 1))
+        c.link(part, (w.name, 1))
     elif per_group == 1:
-        c.link((full.name, 1), (part.name, 1), np.arange(full_size) // (full_size // groups))
+        c.link(full, part, np.arange(full_size) // (full_size // groups))
         c.free.add((w.name, 1))
-        count_fixup(c, node, "group", (part.name, 1))
+        count_fixup(c, node, "group", part)
     else:
-        _link_groups(c, node, (full.name, 1), full_size, groups, "groups")
-        c.link((part.name, 1), (w.name, 1), np.arange(per_group * groups) % per_group)
+        _link_groups(c, node, full, full_size, groups, "groups")
+        c.link(part, (w.name, 1), np.arange(per_group * groups) % per_group)
     return c
 
 
 @axis_rule("Gemm")
 def gemm(node, ctx: RuleContext) -> Coupling:
     """Y[m, n] = Σ_k A[m, k] B[k, n] + C (A, B possibly transposed)."""
-    c = Coupling()
-    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    a_m, a_k = (1, 0) if ctx.attr(node, "transA", 0) else (0, 1)
-    b_k, b_n = (1, 0) if ctx.attr(node, "transB", 0) else (0, 1)
-    c.link((y.name, 0), (a.name, a_m))
-    c.link((y.name, 1), (b.name, b_n))
-    c.link((a.name, a_k), (b.name, b_k))
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        link_broadcast(c, ctx, node.inputs[2], y)
+    c, layout = Coupling(), op_layout(ctx.model, node)
+    a_side, b_side = layout.activation, layout.weight
+    a, b, y = node.inputs[a_side.index], node.inputs[b_side.index], node.outputs[0]
+    c.link((y.name, 0), (a.name, a_side.kept))
+    c.link((y.name, layout.output_channels), (b.name, b_side.kept))
+    c.link((a.name, a_side.contraction), (b.name, b_side.contraction))
+    if len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None:
+        link_broadcast(c, ctx, node.inputs[layout.bias], y)
     compute_axes(c, ctx, a, (0, 1))
     compute_axes(c, ctx, b, (0, 1))
-    contraction(c, ctx, a, b, a_k)
+    contraction(c, ctx, a, b, a_side.contraction)
     return c
 
 
@@ -426,22 +428,24 @@ def contraction(c: Coupling, ctx: RuleContext, a, b, axis: int) -> None:
 @axis_rule("MatMul")
 def matmul(node, ctx: RuleContext) -> Coupling:
     """numpy matmul: A[..., m, k] · B[..., k, n] = Y[..., m, n]; 1-D operands lose their axis."""
-    c = Coupling()
-    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    c, layout = Coupling(), op_layout(ctx.model, node)
+    a_side, b_side = layout.activation, layout.weight
+    a, b, y = node.inputs[a_side.index], node.inputs[b_side.index], node.outputs[0]
     ra, rb, ry = ctx.rank(a), ctx.rank(b), ctx.rank(y)
     if None in (ra, rb, ry):
         return c
-    c.link((a.name, ra - 1), (b.name, max(rb - 2, 0)))
+    a_k = norm_axis(a_side.contraction, ra)
+    c.link((a.name, a_k), (b.name, max(norm_axis(b_side.contraction, rb), 0)))  # a 1-D B contracts its axis 0
     if rb >= 2:
-        c.link((y.name, ry - 1), (b.name, rb - 1))
+        c.link((y.name, ry - 1), (b.name, norm_axis(b_side.kept, rb)))
     if ra >= 2:
-        c.link((y.name, ry - (2 if rb >= 2 else 1)), (a.name, ra - 2))
+        c.link((y.name, ry - (2 if rb >= 2 else 1)), (a.name, norm_axis(a_side.kept, ra)))
     batch = ry - (ra >= 2) - (rb >= 2)  # Y = broadcast(batch dims) + [m] + [n]
     _link_batch_dims(c, ctx, a, y, batch)
     _link_batch_dims(c, ctx, b, y, batch)
-    compute_axes(c, ctx, a, (-2, -1))
-    compute_axes(c, ctx, b, (-2, -1))
-    contraction(c, ctx, a, b, ra - 1)
+    compute_axes(c, ctx, a, (a_side.kept, a_side.contraction))
+    compute_axes(c, ctx, b, (b_side.contraction, b_side.kept))
+    contraction(c, ctx, a, b, a_k)
     if not ctx.is_weight(a) and not ctx.is_weight(b):  # attention scores or context: batch axes hold heads
         c.roles.update({(y.name, axis): "heads" for axis in range(batch)})
     return c

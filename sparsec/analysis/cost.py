@@ -4,9 +4,9 @@ Parameters: every floating-point constant tensor (initializer, ``Constant`` node
 ``ConstantOfShape`` with a constant shape), and the stored integers of a quantized weight (the
 data a ``DequantizeLinear`` reads), counts once, however many nodes share it; a node is
 credited with the constants it consumes first. MACs: one rule per op type in ``MAC_RULES``
-(data, not branches), each computing from concrete shapes bound as
-``sparsec.analysis.inputs.bind_shapes`` says (batch 1 unless the user says otherwise). A node
-whose shapes stay unknown is listed in ``unknown`` instead of silently counting zero.
+(data, not branches; the compute ops' read their ``op_layouts`` entry), each computing from
+concrete shapes bound as ``sparsec.analysis.inputs.bind_shapes`` says (batch 1 unless the user
+says otherwise). A node whose shapes stay unknown is listed in ``unknown`` instead of silently counting zero.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from sparsec.analysis.op_layouts import LAYOUTS
+from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.shapes import Shape, value_shapes
 
 
@@ -60,24 +62,18 @@ def _prod(dims) -> int:
     return int(math.prod(dims))
 
 
-def _conv(node, s: _Shapes) -> int | None:
-    out, weight = s.of(node.outputs[0]), s.of(node.inputs[1])
-    return None if out is None or weight is None else _prod(out) * _prod(weight[1:])
-
-
-def _conv_transpose(node, s: _Shapes) -> int | None:
-    x, weight = s.of(node.inputs[0]), s.of(node.inputs[1])
-    return None if x is None or weight is None else _prod(x) * _prod(weight[1:])
-
-
-def _matmul_like(node, s: _Shapes) -> int | None:
-    """MatMul and Gemm: output elements × the reduction length."""
-    out, a = s.of(node.outputs[0]), s.of(node.inputs[0])
+def _weighted(node, s: _Shapes) -> int | None:
+    """A compute op of ``op_layouts``: a conv's ``full_side`` elements × prod(W.shape[1:]); a
+    product's output elements × the length of its activation's contraction axis."""
+    layout = op_layout(s.model, node)
+    if layout.role == "conv":
+        side = node.outputs[0] if layout.full_side == "output" else node.inputs[layout.activation.index]
+        elements, weight = s.of(side), s.of(node.inputs[layout.weight.index])
+        return None if elements is None or weight is None else _prod(elements) * _prod(weight[1:])
+    out, a = s.of(node.outputs[0]), s.of(node.inputs[layout.activation.index])
     if out is None or a is None or not a:
         return None
-    trans_a = node.op_type == "Gemm" and s.model.attr(node, "transA", 0)
-    reduction = a[-2] if trans_a and len(a) >= 2 else a[-1]
-    return _prod(out) * reduction
+    return _prod(out) * a[layout.activation.contraction if len(a) >= 2 else -1]
 
 
 def _attention(node, s: _Shapes) -> int | None:
@@ -110,10 +106,7 @@ def _recurrent(node, s: _Shapes) -> int | None:
 
 
 MAC_RULES: dict[tuple[str, str], Callable] = {
-    ("", "Conv"): _conv,
-    ("", "ConvTranspose"): _conv_transpose,
-    ("", "Gemm"): _matmul_like,
-    ("", "MatMul"): _matmul_like,
+    **{("", op_type): _weighted for op_type in LAYOUTS},
     ("", "Attention"): _attention,
     ("com.microsoft", "Attention"): _attention,
     ("com.microsoft", "MultiHeadAttention"): _attention,

@@ -2,7 +2,8 @@
 
 Per-op knowledge as data: ``REDUCTION_AXIS[op](node, model) -> [(input index, axis, activation
 index, activation axis)]`` names the constant operands of a node, their reduction
-(input-channel) axis, and the activation operand whose channel axis that reduction runs over:
+(input-channel) axis, and the activation operand whose channel axis that reduction runs over,
+all read from ``op_layouts``:
 MatMul B ``[K, N]`` axis -2 against A's axis -1 (or A ``[M, K]`` axis -1 against B's axis -2),
 Gemm B axis 1 when ``transB=1`` else 0 against A's axis 1 (0 when ``transA=1``), Conv W
 ``[O, I/g, k...]`` axis 1 and ConvTranspose W ``[I, O/g, k...]`` axis 0 against X's axis 1
@@ -21,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sparsec.analysis.op_layouts import LAYOUTS
+from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.quantized import QuantizedWeight, quantized_weight
 
 
@@ -34,28 +37,19 @@ class WeightSite:
     quantized: QuantizedWeight | None = None  # set when the site is the stored data of a quantized weight
 
 
-def _matmul(node, model) -> list[tuple]:
-    return [(1, -2, 0, -1), (0, -1, 1, -2)]
-
-
-def _gemm(node, model) -> list[tuple]:
-    a_k = 0 if model.attr(node, "transA", 0) else 1
-    b_k = 1 if model.attr(node, "transB", 0) else 0
-    return [(1, b_k, 0, a_k), (0, a_k, 1, b_k)]
-
-
-def _conv(weight_axis: int):
-    def rule(node, model) -> list[tuple]:
-        grouped = int(model.attr(node, "group", 1)) != 1
-        return [(1, weight_axis, None if grouped else 0, 1)]
-    return rule
+def _reduction_axes(node, model) -> list[tuple]:
+    """Per operand that may be the weight (``op_layouts``): its contraction axis against the
+    other operand's (no activation when the conv is grouped)."""
+    layout = op_layout(model, node)
+    return [(w.index, w.contraction, None if layout.grouped else layout.other(w).index, layout.other(w).contraction)
+            for w in layout.operands()]
 
 
 def _embedding(node, model) -> list[tuple]:
     return [(0, -1, None, None)] if int(model.attr(node, "axis", 0)) == 0 else []
 
 
-REDUCTION_AXIS: dict[str, Callable] = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv(1), "ConvTranspose": _conv(0)}
+REDUCTION_AXIS: dict[str, Callable] = dict.fromkeys(LAYOUTS, _reduction_axes)
 EMBEDDING_AXIS: dict[str, Callable] = {"Gather": _embedding}
 
 

@@ -2,7 +2,8 @@
 
 Algebra: BN(y) = s·(y − mean) + beta with s = gamma / sqrt(var + eps), per channel c.
 For y = W ⊛ x + b, BN(y) = (s·W) ⊛ x + (s·(b − mean) + beta): scale W along its output-channel
-axis and replace the bias. Output-channel axis: Conv W [O, I/g, k...] axis 0; Gemm B axis 0
+axis and replace the bias. Which inputs are the weight and bias and the output-channel axis come
+from ``analysis.op_layouts``: Conv W [O, I/g, k...] axis 0; Gemm B axis 0
 when transB else axis 1 (the bias absorbs beta·C, so beta becomes 1); ConvTranspose
 W [I, O/g, k...]: output channel o = group·(O/g) + j lives at rows of group ``group``,
 column j. The fold runs only when the producer's output feeds this BN alone and every
@@ -15,10 +16,16 @@ from typing import ClassVar
 
 import numpy as np
 
+from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.registry import register
 
-FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
+
+def _foldable_layout(model, node):
+    """The node's ``op_layouts`` entry when BN can fold into it: a bias input to absorb the
+    shift, output channels on axis 1 (what BN scales): Conv, ConvTranspose, Gemm."""
+    layout = op_layout(model, node)
+    return layout if layout is not None and layout.bias is not None and layout.output_channels == 1 else None
 
 
 def _bn_scale_shift(model, bn) -> tuple[np.ndarray, np.ndarray] | None:
@@ -36,14 +43,15 @@ def _foldable_producer(model, bn):
     if any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
         return None
     producer = model.producer(bn.inputs[0])
-    if producer is None or producer.op_type not in FOLDABLE or producer.domain not in ("", "ai.onnx"):
+    layout = _foldable_layout(model, producer) if producer is not None else None
+    if layout is None:
         return None
     out = producer.outputs[0]
-    if out.is_graph_output() or model.consumers(out) != [bn] or not _dense_constant(model, producer.inputs[1]):
+    weight = producer.inputs[layout.weight.index]
+    if out.is_graph_output() or model.consumers(out) != [bn] or not _dense_constant(model, weight):
         return None
-    if len(producer.inputs) > 2 and producer.inputs[2] is not None and model.constant(producer.inputs[2]) is None:
-        return None
-    return producer
+    bias = producer.inputs[layout.bias] if len(producer.inputs) > layout.bias else None
+    return None if bias is not None and model.constant(bias) is None else producer
 
 
 def _dense_constant(model, value) -> bool:
@@ -52,31 +60,34 @@ def _dense_constant(model, value) -> bool:
     return (producer is None or producer.op_type != "ConstantOfShape") and model.constant(value) is not None
 
 
-def _scale_weight(model, node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``weight`` with every output channel c multiplied by ``scale[c]``."""
-    if node.op_type == "Conv":
-        return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
-    if node.op_type == "Gemm":
-        return weight * (scale.reshape(-1, 1) if model.attr(node, "transB", 0) else scale.reshape(1, -1))
-    groups = int(model.attr(node, "group", 1))
+def _scale_weight(layout, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``weight`` with every output channel c (on the layout's output axis) multiplied by ``scale[c]``."""
+    if not layout.output_per_group:
+        view = [1] * weight.ndim
+        view[layout.weight.kept] = -1
+        return weight * scale.reshape(view)
+    groups = layout.groups
     per_group = weight.reshape((groups, weight.shape[0] // groups) + weight.shape[1:])
     factors = scale.reshape((groups, 1, weight.shape[1]) + (1,) * (weight.ndim - 2))
     return (per_group * factors).reshape(weight.shape)
 
 
 def _fold(model, node, bn, scale: np.ndarray, shift: np.ndarray) -> None:
-    weight = model.constant(node.inputs[1])
-    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    bias = model.constant(node.inputs[2]).astype(np.float64) if has_bias else np.zeros(1)
-    if node.op_type == "Gemm":
-        bias = bias * float(model.attr(node, "beta", 1.0))
-        model.set_attr(node, "beta", 1.0)
+    layout = op_layout(model, node)
+    weight = model.constant(node.inputs[layout.weight.index])
+    has_bias = len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None
+    bias = model.constant(node.inputs[layout.bias]).astype(np.float64) if has_bias else np.zeros(1)
+    if layout.bias_scale_attr is not None:  # Gemm: beta·C, so the new bias carries beta and beta becomes 1
+        bias = bias * layout.bias_scale
+        model.set_attr(node, layout.bias_scale_attr, 1.0)
     new_bias = np.broadcast_to(bias, np.broadcast_shapes(bias.shape, scale.shape)) * scale + shift
-    model.replace_constant_input(node, 1, _scale_weight(model, node, weight.astype(np.float64), scale).astype(weight.dtype))
+    scaled = _scale_weight(layout, weight.astype(np.float64), scale).astype(weight.dtype)
+    model.replace_constant_input(node, layout.weight.index, scaled)
     if has_bias:
-        model.replace_constant_input(node, 2, new_bias.astype(weight.dtype))
+        model.replace_constant_input(node, layout.bias, new_bias.astype(weight.dtype))
     else:
-        model.set_input(node, 2, model.add_initializer(f"{node.name or node.op_type}_bias", new_bias.astype(weight.dtype)))
+        added = model.add_initializer(f"{node.name or node.op_type}_bias", new_bias.astype(weight.dtype))
+        model.set_input(node, layout.bias, added)
     model.replace_all_uses(bn.outputs[0], node.outputs[0])
     model.remove_node(bn)
 
