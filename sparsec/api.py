@@ -29,7 +29,7 @@ from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model, refuse_unwritable
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
-from sparsec.passes.channel_prune import ChannelPrunePass, read_plan
+from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonicalizePass
 from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
@@ -38,6 +38,7 @@ from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncod
 from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.pruning import sensitivity as sensitivity_analysis
+from sparsec.pruning.channels import read_plan
 from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, check_encoded, validate
 
 PIPELINE_METADATA_KEY = "sparsec.pipeline"

@@ -15,6 +15,7 @@ from sparsec.passes import Pipeline
 from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
+from sparsec.pruning import channels
 from sparsec.pruning.schedule import compose_plans, round_ratio
 
 DIGITS = MODELS / "digits_cnn.onnx"
@@ -58,14 +59,14 @@ def test_four_rounds_reach_the_one_round_widths_and_their_plan_replays_the_cut(t
 
 def test_a_round_that_differs_from_its_masked_original_stops_the_schedule(monkeypatch):
     """Each round but the last is held to the exactness oracle before the next one cuts."""
-    honest = ChannelPrunePass._round
+    honest = channels.prune_round
 
-    def round_then_nudge(self, model, samples):
-        result = honest(self, model, samples)
+    def round_then_nudge(model, options, samples):
+        result = honest(model, options, samples)
         weight = model.initializers()["head.weight"]
         model.set_constant(weight, model.constant(weight) * 1.01)  # not in the round's reference
         return result
-    monkeypatch.setattr(ChannelPrunePass, "_round", round_then_nudge)
+    monkeypatch.setattr(channels, "prune_round", round_then_nudge)
     with pytest.raises(PassError, match="channel-prune: round 1 differs from its masked original"):
         _run(DIGITS, ratio=0.5, steps=4)
 

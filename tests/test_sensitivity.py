@@ -14,7 +14,7 @@ from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.errors import InputError
 from sparsec.ir import Model
-from sparsec.passes.channel_prune import ChannelPrunePass
+from sparsec.pruning.channels import ChannelOptions, select
 from sparsec.pruning.sensitivity import GroupSensitivity, Point, SensitivityTable, allocate, measure
 from sparsec.pruning.surgery import prune_channels
 
@@ -66,7 +66,7 @@ def test_error_grows_and_cost_falls_with_the_ratio(table):
 def test_units_are_those_channel_prune_removes(cnn, table):
     groups = [g for g in find_channel_groups(cnn).groups if g.prunable]
     for ratio in (0.25, 0.5, 0.75):
-        chosen = ChannelPrunePass(ratio=ratio)._select(cnn, groups)
+        chosen = select(cnn, ChannelOptions(ratio=ratio), groups)
         for group in table.groups:
             assert np.array_equal(group.point(ratio).units, chosen[group.id]), (group.id, ratio)
 

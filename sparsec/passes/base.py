@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 from sparsec.results import Diagnostic, PassError, PassResult, Severity, progress
 
-
 __all__ = ["Diagnostic", "FunctionalPass", "InPlacePass", "PassBase", "PassError", "PassResult", "Severity",
            "progress"]
 

@@ -18,7 +18,6 @@ import numpy as np
 
 from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.passes.base import InPlacePass, PassResult
-from sparsec.passes.registry import register
 
 
 def _foldable_layout(model, node):
@@ -92,7 +91,6 @@ def _fold(model, node, bn, scale: np.ndarray, shift: np.ndarray) -> None:
     model.remove_node(bn)
 
 
-@register
 class BatchNormFoldPass(InPlacePass):
     """Fold BatchNormalization into a preceding Conv / ConvTranspose / Gemm."""
 

@@ -1,16 +1,22 @@
-"""The built-in passes (importing this module registers them) and the default pipelines."""
+"""The built-in passes (``BUILTIN_PASSES``, which the registry lists) and the default pipelines."""
 
 from __future__ import annotations
 
 from sparsec.passes.bn_fold import BatchNormFoldPass
-from sparsec.passes.canonicalize import TransposeCanonicalizePass  # noqa: F401  (registers transpose- and shape-canonicalize)
-from sparsec.passes.channel_prune import ChannelPrunePass  # noqa: F401  (registers channel-prune)
+from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonicalizePass
+from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.pipeline import Pipeline
-from sparsec.passes.sparse_format import SparseEncodePass  # noqa: F401  (registers sparse-encode)
-from sparsec.passes.sparsity import WeightSparsityPass  # noqa: F401  (registers weight-sparsity)
-from sparsec.passes.split_qkv import SplitQkvPass  # noqa: F401  (registers split-qkv)
+from sparsec.passes.sparse_format import SparseEncodePass
+from sparsec.passes.sparsity import WeightSparsityPass
+from sparsec.passes.split_qkv import SplitQkvPass
+
+# What ``registry.available`` lists besides entry points and ``@register``ed user passes (this
+# module does not import the registry: the registry reads this tuple when first asked).
+BUILTIN_PASSES = (BatchNormFoldPass, ChannelPrunePass, ConstantFoldShapesPass, DeadCodePass, IdentityEliminationPass,
+                  ShapeCanonicalizePass, SparseEncodePass, SplitQkvPass, TransposeCanonicalizePass,
+                  WeightSparsityPass)
 
 
 def cleanup_passes() -> list:

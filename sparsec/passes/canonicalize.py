@@ -41,12 +41,10 @@ import numpy as np
 from sparsec.analysis.axis_rules import DIM_CARRIERS
 from sparsec.analysis.shapes import value_shapes
 from sparsec.passes.base import InPlacePass, PassResult
-from sparsec.passes.registry import register
 
 SHAPE_OPS = {"Shape", "Slice", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast", "Constant", "Identity"}
 
 
-@register
 class TransposeCanonicalizePass(InPlacePass):
     """Replace Reshape → Transpose([0, 2, 1]) → Reshape swaps of the last two axes by a Transpose."""
 
@@ -106,7 +104,6 @@ def _follows(model, target, k, static: bool, depth: int = 8) -> bool:
                for v in node.inputs)
 
 
-@register
 class ShapeCanonicalizePass(InPlacePass):
     """Drop no-ops on shape vectors: Reshape of a 1-D vector to [-1], and the legacy exporter's
     ``-1 → 1`` Where on a vector that cannot hold -1."""

@@ -11,10 +11,8 @@ from typing import ClassVar
 
 from sparsec.ir import cleanup
 from sparsec.passes.base import InPlacePass, PassResult
-from sparsec.passes.registry import register
 
 
-@register
 class DeadCodePass(InPlacePass):
     """Remove nodes, initializers, functions and opset imports that no output depends on."""
 
@@ -49,7 +47,6 @@ def _may_train(model, node) -> bool:
     return flag is None or bool(flag.reshape(-1)[0])
 
 
-@register
 class IdentityEliminationPass(InPlacePass):
     """Bypass Identity nodes and inference-mode Dropout nodes."""
 

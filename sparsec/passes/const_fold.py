@@ -23,7 +23,6 @@ import numpy as np
 from sparsec.ir import cleanup
 from sparsec.ir import shapes as ir_shapes
 from sparsec.passes.base import InPlacePass, PassError, PassResult
-from sparsec.passes.registry import register
 
 # Ops whose value depends on more than their inputs, or that hold subgraphs; quantization ops.
 NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -66,7 +65,6 @@ def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarra
     return results if results is not None and all(_is_shape_like(r, max_elements) for r in results) else None
 
 
-@register
 class ConstantFoldShapesPass(InPlacePass):
     """Fold Shape/Gather/Concat/Unsqueeze-style integer subgraphs into constants."""
 

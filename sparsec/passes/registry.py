@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import re
+from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,14 @@ def available() -> dict[str, type[PassBase]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+@cache
 def _load_builtins() -> None:
-    import sparsec.passes.builtin  # noqa: F401  (registers on import)
+    """Register the built-in passes, once (a user pass registered later under the same name
+    replaces one)."""
+    from sparsec.passes.builtin import BUILTIN_PASSES  # here: builtin imports every pass module
+
+    for cls in BUILTIN_PASSES:
+        register(cls)
 
 
 def create(name: str, options: dict[str, Any] | None = None) -> PassBase:

@@ -37,7 +37,6 @@ import numpy as np
 from sparsec.analysis.weight_sites import weight_sites
 from sparsec.ir.sparse_coo import coo_bytes
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
-from sparsec.passes.registry import register
 from sparsec.passes.sparsity import parse_nm
 
 TENSORS_KEY = "sparsec.sparse_tensors"
@@ -85,7 +84,6 @@ def nm_fits(array: np.ndarray, axis: int, n: int, m: int) -> bool:
     return bool((np.count_nonzero(moved.reshape(-1, m), axis=1) <= n).all())
 
 
-@register
 class SparseEncodePass(InPlacePass):
     """Store mostly-zero weights compactly, with a decoder onnxruntime folds at session creation."""
 

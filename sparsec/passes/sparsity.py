@@ -42,7 +42,6 @@ from sparsec.analysis.quantized import dequantized, zero_points
 from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult, progress
 from sparsec.passes.calibrated import CalibratedPass
-from sparsec.passes.registry import register
 from sparsec.pruning.exclude import excluded_by, unmatched_warnings
 from sparsec.pruning.recovery import recover_result
 
@@ -85,7 +84,6 @@ def lowest_keep(scores: np.ndarray, count: int) -> np.ndarray:
     return keep.reshape(scores.shape)
 
 
-@register
 class WeightSparsityPass(CalibratedPass, InPlacePass):
     """Zero weights in N:M, unstructured or block patterns along each weight's reduction axis."""
 

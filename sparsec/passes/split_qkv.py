@@ -41,7 +41,6 @@ import numpy as np
 
 from sparsec.analysis.shapes import value_shapes
 from sparsec.passes.base import InPlacePass, PassResult
-from sparsec.passes.registry import register
 
 PERM = [2, 0, 3, 1, 4]
 
@@ -56,7 +55,6 @@ class _Match:
     parts: dict  # part index -> values equal to that part
 
 
-@register
 class SplitQkvPass(InPlacePass):
     """Replace Reshape(.., 3, H, D) → Transpose(2, 0, 3, 1, 4) → unbind by three separate parts."""
 

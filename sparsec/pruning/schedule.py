@@ -20,11 +20,14 @@ round k is a position of round k−1's tensor, so the composed kept list is kept
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.inputs import bind_shapes, random_inputs
+from sparsec.pruning import channels
+from sparsec.pruning.channels import ChannelOptions
 from sparsec.pruning.oracle import oracle_gap
 from sparsec.pruning.recovery import output_error
 from sparsec.pruning.sensitivity import cost_shapes
@@ -43,18 +46,16 @@ def round_ratio(total: float, step: int, steps: int) -> float:
     return 1 - (1 - total * step / steps) / (1 - total * (step - 1) / steps)
 
 
-def run_steps(prune, model, samples) -> PassResult:
-    """Run ``prune`` (a ``ChannelPrunePass``) as ``prune.steps`` rounds on ``model``."""
+def run_steps(prune: ChannelOptions, model, samples) -> PassResult:
+    """Cut ``model`` by ``prune`` (channel pruning's options) in ``prune.steps`` rounds."""
     first = model.copy() if samples is not None else None
     start = _costs(model, samples) if samples is not None else None
     feeds = _probe_feeds(model, samples)
-    final = None if any(getattr(prune, o) for o in TARGET_OPTIONS) else prune.final_cut(model, samples)
+    final = None if prune.targeted else channels.final_cut(model, prune, samples)
     results, lines = [], []
     for step in range(1, prune.steps + 1):
-        one = copy.copy(prune)
-        one.steps = 1
-        for option in RATIO_OPTIONS:
-            setattr(one, option, round_ratio(getattr(prune, option), step, prune.steps))
+        one = replace(prune, steps=1, **{option: round_ratio(getattr(prune, option), step, prune.steps)
+                                         for option in RATIO_OPTIONS})
         if final is not None:
             one.unit_targets = _gone_after(final, step, prune.steps)
             if one.unit_targets == _gone_after(final, step - 1, prune.steps) and (results or step < prune.steps):
@@ -63,7 +64,7 @@ def run_steps(prune, model, samples) -> PassResult:
         if not _schedule_target(prune, one, step, model, samples, start):
             lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: the target is already met"))
             continue
-        result = one._round(model, samples)
+        result = channels.prune_round(model, one, samples)
         if step < prune.steps and result.reference is not None:
             gap = oracle_gap(model, result.reference(), feeds)
             if gap > ORACLE_TOLERANCE:

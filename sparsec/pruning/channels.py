@@ -1,0 +1,296 @@
+"""Channel pruning's decisions as plain functions of ``ChannelOptions``: which groups stay whole
+and why, the units each group loses, one round's cut, and plans written and read back.
+
+Channel groups come from ``analysis.groups``, unit scores from ``analysis.importance``, the cut
+(with the oracle reference and the plan) from ``surgery.prune_channels``. Invariants:
+- a group that is blocked, excluded, or has a single unit is left whole, and says why;
+- a group never loses all its units, nor more than ``max_layer_ratio`` of them, and no member
+  tensor loses all its positions;
+- a group's ratio is ``heads`` for attention-head groups and ``ffn`` for MLP hidden-unit groups
+  when those are set (>= 0), else ``ratio`` (``ChannelGroup.kind`` says which a group is);
+- ``local`` scope removes ``floor(ratio·n)`` units from each *segment* of n units (a group's
+  units split by the set of weights they appear in: one segment per DenseNet layer feeding a
+  Concat, one for a residual stream), so every layer keeps a balanced width; ``global`` ranks
+  units of all groups sharing a ratio together (scores relative to their group's mean) and gives
+  each group the share of its units below the global cut as its ratio;
+- with ``round_to=K`` a segment keeps a multiple of K units when it has more than K;
+- the result carries the masked original (the oracle reference) and the plan: kept indices
+  per constant and axis, which ``plan`` reads back to repeat the same cut;
+- with calibration samples and ``recover``, the layers the cut reached are refit
+  (``recovery``); the oracle reference then carries the refit weights, so the gate stays exact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.analysis.activations import RANDOM
+from sparsec.analysis.groups import ChannelGroup, find_channel_groups
+from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
+from sparsec.errors import InputError
+from sparsec.pruning import budget
+from sparsec.pruning.exclude import excluded_by, unmatched_warnings
+from sparsec.pruning.recovery import recover_result
+from sparsec.pruning.selection import lowest_units
+from sparsec.pruning.surgery import PLAN_FORMAT, prune_channels
+from sparsec.results import Diagnostic, PassError, PassResult, progress
+
+
+@dataclass
+class ChannelOptions:
+    """How to choose and cut channels (``channel-prune``'s options; ``ChannelPrunePass`` says
+    what each means)."""
+
+    ratio: float = 0.5
+    importance: str = "l1"
+    scope: str = "local"
+    max_layer_ratio: float = 0.9
+    round_to: int = 1
+    exclude: str = ""
+    seed: int = 0
+    plan: str = ""
+    heads: float = -1.0
+    ffn: float = -1.0
+    calibration: str = ""
+    recover: bool = True
+    steps: int = 1
+    batch_size: int = 16
+    target_macs: float = 0.0
+    target_params: float = 0.0
+    # a scheduled round (``schedule``): per segment key, (units in the first model, units gone
+    # from it after this round); None: choose by the ratios
+    unit_targets: dict[tuple, tuple[int, int]] | None = None
+
+    @property
+    def targeted(self) -> bool:
+        """A MACs or params target chooses every group's ratio."""
+        return bool(self.target_macs or self.target_params)
+
+    def ratio_source(self, group: ChannelGroup) -> str:
+        """Which option sets this group's ratio: ``heads``, ``ffn`` or ``ratio``."""
+        return group.kind if group.kind in ("heads", "ffn") and getattr(self, group.kind) >= 0 else "ratio"
+
+    def ratio_for(self, group: ChannelGroup) -> float:
+        return getattr(self, self.ratio_source(group))
+
+
+def check(options: ChannelOptions) -> None:
+    """Refuse option values that cannot run, with a ``PassError`` naming the option."""
+    for option in ("ratio", "heads", "ffn"):
+        value = getattr(options, option)
+        if not 0 <= value < 1 and not (option != "ratio" and value == -1):
+            also = "" if option == "ratio" else " (or -1: as ratio)"
+            raise PassError(f"channel-prune: {option} must be in [0, 1){also}, got {value}")
+    if options.scope not in ("local", "global"):
+        raise PassError(f"channel-prune: scope must be local or global, got '{options.scope}'")
+    if not 0 < options.max_layer_ratio <= 1:
+        raise PassError(f"channel-prune: max_layer_ratio must be in (0, 1], got {options.max_layer_ratio}")
+    if options.round_to < 1:
+        raise PassError(f"channel-prune: round_to must be at least 1, got {options.round_to}")
+    if options.importance not in IMPORTANCE:
+        raise PassError(f"channel-prune: unknown importance '{options.importance}'; known: {', '.join(IMPORTANCE)}")
+    if options.importance == "activation" and not options.calibration:
+        raise PassError("channel-prune: importance 'activation' needs calibration data: --calibration DATA")
+    if options.targeted:
+        _check_target(options)
+    if options.steps < 1 or (options.steps > 1 and options.plan):
+        raise PassError(f"channel-prune: steps must be at least 1 (and 1 with a plan), got {options.steps}")
+
+
+def _check_target(options: ChannelOptions) -> None:
+    if options.target_macs and options.target_params:
+        raise PassError("channel-prune: give target_macs or target_params, not both")
+    if not 0 < (options.target_macs or options.target_params) < 1:
+        raise PassError(f"channel-prune: a target is a fraction of the original in (0, 1), got "
+                        f"{options.target_macs or options.target_params}")
+    if not options.calibration:
+        raise PassError("channel-prune: a MACs/params target is allocated from measured sensitivity: it needs "
+                        "calibration data (--calibration)")
+    if options.plan:
+        raise PassError("channel-prune: a target chooses the cut itself: drop the plan")
+
+
+def prune_round(model, options: ChannelOptions, samples) -> PassResult:
+    """One prune (then, with ``samples`` and ``options.recover``, refit) round on ``model``."""
+    analysis = find_channel_groups(model)
+    reasons = {g.id: reason(options, g) for g in analysis.groups}
+    candidates = [g for g in analysis.groups if reasons[g.id] is None]
+    if options.plan:
+        removed = removed_from_plan(read_plan(options.plan), analysis.groups, reasons)
+    elif options.targeted:
+        removed, note = budget.allocated_units(options, model, candidates, samples)
+    else:
+        removed = select(model, options, candidates, samples)
+    kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
+    original = model.copy() if samples is not None and options.recover else None
+    result = prune_channels(model, analysis, removed)
+    result.diagnostics = _diagnostics(analysis, reasons) + _warnings(model, options, result, kinds)
+    if options.targeted:
+        result.diagnostics.append(note)
+    if options.calibration == RANDOM:
+        result.diagnostics.append(Diagnostic("warning", "calibration.random", "calibration from random inputs "
+                                             "(--calibration random): importance and refit see no real activations"))
+    if original is not None and result.modified:
+        recover_result(result, original, samples, result.artifacts["plan"], batch_size=options.batch_size,
+                       progress=progress)
+    return result
+
+
+def reason(options: ChannelOptions, group: ChannelGroup) -> str | None:
+    """Why ``group`` stays whole (blocked, or excluded by ``options.exclude``), None if it may be cut."""
+    if group.reason is not None:
+        return group.reason
+    return excluded_by(options.exclude, {m[0] for m in group.members if not m[0].startswith("#")} | group.nodes)
+
+
+def _warnings(model, options: ChannelOptions, result: PassResult, kinds: set[str]) -> list[Diagnostic]:
+    found = unmatched_warnings(options.exclude, model, "channel.exclude-unmatched")
+    if not result.modified:
+        found.append(Diagnostic("warning", "channel.nothing-pruned",
+                                "no channel was removed (every group is kept, or the ratio rounds to zero)"))
+    largest = max(options.ratio, options.heads, options.ffn)
+    if largest > options.max_layer_ratio and not options.plan:
+        found.append(Diagnostic("warning", "channel.ratio-capped",
+                                f"ratio {largest:g} is capped at max_layer_ratio {options.max_layer_ratio:g}"))
+    asked = (("heads", options.heads, "attention-head group"), ("ffn", options.ffn, "MLP hidden-unit group"))
+    found += [Diagnostic("warning", f"channel.no-{kind}", f"{kind} ratio given, but no {what} was found")
+              for kind, value, what in asked if value > 0 and kind not in kinds and not options.plan]
+    return found
+
+
+def select(model, options: ChannelOptions, groups: list[ChannelGroup], samples=None) -> dict[int, np.ndarray]:
+    """{group id: the units it loses} by the options' importance, ratios and scope (or by a
+    scheduled round's ``unit_targets``)."""
+    ctx = ImportanceContext(model, seed=options.seed, calibration=samples, batch_size=options.batch_size)
+    scores = {g.id: group_scores(g, options.importance, ctx) for g in groups}
+    if options.unit_targets is not None:
+        return {g.id: lowest_units(g, scores[g.id], 0.0, counts=_scheduled_counts(options, g)) for g in groups}
+    ratios = {g.id: options.ratio_for(g) for g in groups}
+    if options.scope == "global":
+        buckets: dict[str, list[ChannelGroup]] = {}
+        for group in groups:
+            buckets.setdefault(options.ratio_source(group), []).append(group)
+        ratios = {gid: r for bucket in buckets.values() for gid, r in
+                  _global_ratios(options, bucket, scores, ratios[bucket[0].id]).items()}
+    return {g.id: lowest_units(g, scores[g.id], ratios[g.id], max_layer_ratio=options.max_layer_ratio,
+                               round_to=options.round_to) for g in groups}
+
+
+def final_cut(model, options: ChannelOptions, samples) -> dict[tuple, tuple[int, int]]:
+    """Per segment of a prunable group (by ``segment_keys``): its units, and how many one
+    round at the full ratios would remove (what a schedule spreads over its rounds)."""
+    candidates = [g for g in find_channel_groups(model).groups if reason(options, g) is None]
+    removed = select(model, options, candidates, samples)
+    return {key: (len(segment), int(np.isin(segment, removed[g.id]).sum()))
+            for g in candidates for segment, key in zip(g.segments(), g.segment_keys())}
+
+
+def _scheduled_counts(options: ChannelOptions, group: ChannelGroup) -> list[int]:
+    """Units each segment loses this round: what the schedule wants gone by now, less what
+    earlier rounds took (0 for a segment the first model's cut does not know: ``schedule``
+    reports any shortfall)."""
+    counts = []
+    for segment, key in zip(group.segments(), group.segment_keys()):
+        first, gone = options.unit_targets.get(key, (len(segment), 0))
+        counts.append(gone - (first - len(segment)))
+    return counts
+
+
+def _global_ratios(options: ChannelOptions, groups: list[ChannelGroup], scores: dict[int, np.ndarray],
+                   ratio: float) -> dict[int, float]:
+    """Rank all units of ``groups`` together (scores relative to their group's mean); each
+    group's ratio is the share of its units below the cut at ``ratio``, at most
+    ``max_layer_ratio``."""
+    relative = np.concatenate([scores[g.id] / (scores[g.id].mean() + 1e-12) for g in groups] or [np.zeros(0)])
+    if relative.size == 0:
+        return {}
+    cut = np.sort(relative)[max(int(ratio * relative.size) - 1, 0)] if ratio > 0 else -np.inf
+    return {g.id: min(float(np.mean(scores[g.id] / (scores[g.id].mean() + 1e-12) <= cut)), options.max_layer_ratio)
+            for g in groups}
+
+
+def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:
+    """A warning per barrier that keeps some group whole; an info line per kept group."""
+    kept_reasons = [r for r in reasons.values() if r is not None]
+    found = [Diagnostic("warning", "channel.barrier", f"no axis rule for {op}: channels through it are kept", node)
+             for node, op in analysis.barriers.items() if any(f"'{node}'" in r for r in kept_reasons)]
+    for group in analysis.groups:
+        if reasons[group.id] is not None:
+            found.append(Diagnostic("info", "channel.group-kept", f"{group.describe()}: {reasons[group.id]}"))
+    return found
+
+
+# ---------------------------------------------------------------- plans
+def read_plan(path: str) -> dict:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read plan {path}: {error}") from None
+    if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
+        raise InputError(f"{path} is not a sparsec channel plan (written by --plan-out)")
+    if plan.get("version") != 1:
+        raise InputError(f"plan {path} has version {plan.get('version')!r}; this sparsec reads version 1")
+    initializers = plan.get("initializers")
+    if not isinstance(initializers, dict):
+        raise InputError(f"plan {path}: 'initializers' must map names to lists of {{axis, size, kept}}")
+    for name, entries in initializers.items():
+        _check_entries(path, name, entries)
+    return plan
+
+
+def _check_entries(path: str, name: str, entries) -> None:
+    if not isinstance(entries, list):
+        raise InputError(f"plan {path}: entry '{name}' must be a list of {{axis, size, kept}}")
+    for entry in entries:
+        ok = isinstance(entry, dict) and all(isinstance(entry.get(k), int) for k in ("axis", "size"))
+        kept = entry.get("kept") if ok else None
+        integers = isinstance(kept, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in kept)
+        if not ok or not integers:
+            raise InputError(f"plan {path}: entry '{name}' must be a list of "
+                             "{axis: int, size: int, kept: [int, ...]}")
+        if any(i < 0 or i >= entry["size"] for i in kept):
+            raise InputError(f"plan {path}: {name} axis {entry['axis']}: kept indices must lie in "
+                             f"0..{entry['size'] - 1}")
+        if any(b <= a for a, b in pairwise(kept)):
+            raise InputError(f"plan {path}: {name} axis {entry['axis']}: kept indices must be ascending, "
+                             "without repeats")
+
+
+def removed_from_plan(plan: dict, groups: list[ChannelGroup], reasons: dict) -> dict[int, np.ndarray]:
+    """The units each group loses under ``plan``; refuses a plan that does not fit the model."""
+    entries = {(name, e["axis"]): e for name, axes in plan["initializers"].items() for e in axes}
+    removed = {}
+    for group in groups:
+        mine = {m: entries.pop(m) for m in group.constants if m in entries}
+        if not mine:
+            continue
+        if reasons[group.id] is not None:
+            raise InputError(f"plan prunes {_names(mine)}, but {group.describe()} cannot be pruned: "
+                             f"{reasons[group.id]}")
+        drop = set()
+        for member, entry in mine.items():
+            if entry["size"] != group.sizes[member]:
+                raise InputError(f"plan: {member[0]} axis {member[1]} has size {group.sizes[member]}, "
+                                 f"plan says {entry['size']}")
+            lost = np.setdiff1d(np.arange(group.sizes[member]), np.asarray(entry["kept"], dtype=np.int64))
+            drop.update(group.atoms[member][lost].tolist())
+        if any(set(np.unique(group.atoms[m]).tolist()) <= drop for m in group.members):
+            raise InputError(f"plan would empty a tensor of {group.describe()}")
+        removed[group.id] = np.array(sorted(drop), dtype=np.int64)
+        for member, entry in mine.items():
+            if not np.array_equal(group.kept_positions(member, removed[group.id]), np.asarray(entry["kept"])):
+                raise InputError(f"plan: the kept indices of {member[0]} axis {member[1]} disagree with the "
+                                 "rest of its group")
+    if entries:
+        raise InputError(f"plan names {_names(entries)}, which no prunable channel group of this model holds")
+    return removed
+
+
+def _names(members) -> str:
+    listed = sorted(f"{name}[axis {axis}]" for name, axis in members)
+    return ", ".join(listed[:3]) + (f" and {len(listed) - 3} more" if len(listed) > 3 else "")
