@@ -9,8 +9,8 @@ from conftest import make_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.groups import find_channel_groups
-from sparsec.analysis.layout_rules import link_regroup
-from sparsec.analysis.axis_rules import Coupling
+from sparsec.analysis.rules import Coupling
+from sparsec.analysis.rules.layout import link_regroup
 from sparsec.ir import Model
 from sparsec.passes.channel_prune import ChannelPrunePass
 

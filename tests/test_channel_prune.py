@@ -12,7 +12,7 @@ import pytest
 from conftest import MODELS, make_model, oracle_error, prune
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsec.analysis.axis_rules import AXIS_RULES
+from sparsec.analysis.rules import AXIS_RULES
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE
 from sparsec.errors import InputError

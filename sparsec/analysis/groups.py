@@ -1,6 +1,6 @@
 """Channel groups: the connected components of the axis-coupling graph.
 
-Every node's axis rule (``axis_rules``, ``layout_rules``) contributes edges between
+Every node's axis rule (``sparsec.analysis.rules``) contributes edges between
 (tensor, axis) members; ``networkx`` finds the connected components. Inside a component the
 edges' index maps say which *positions* are the same channel: positions are merged with a
 vectorised union-find, and each resulting class is one prunable *unit* (``atoms[member][p]``
@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from sparsec.analysis import attention_rules  # noqa: F401 (registers the attention ops' rules)
-from sparsec.analysis.axis_rules import Coupling, Member, RuleContext, rule_for
-from sparsec.analysis.layout_rules import RUN_TIME_SHAPES
+from sparsec.analysis.rules import Coupling, Member, RuleContext, apply_rule, rule_for
+from sparsec.analysis.rules.layout import RUN_TIME_SHAPES
 from sparsec.analysis.shapes import measure_values, value_shapes
 
 
@@ -39,7 +38,7 @@ class ChannelGroup:
     stats: list[Member] = field(default_factory=list)
     reason: str | None = None  # why the group is not prunable (None: prunable)
     nodes: set[str] = field(default_factory=set)  # names of the nodes touching the group
-    roles: dict[Member, set[str]] = field(default_factory=dict)  # member roles (axis_rules.Coupling.roles)
+    roles: dict[Member, set[str]] = field(default_factory=dict)  # member roles (rules.core.Coupling.roles)
 
     @property
     def prunable(self) -> bool:
@@ -170,10 +169,8 @@ def _coupling(node, ctx: RuleContext, barriers: dict[str, str]) -> Coupling:
         domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
         barriers[node.name or node.op_type] = f"{domain}{node.op_type}"
         return _blocking(node, ctx, f"has no axis rule for {domain}{node.op_type} (a barrier)")
-    try:
-        return rule(node, ctx)
-    except Exception as error:  # a rule that cannot decide is a barrier too
-        return _blocking(node, ctx, f"axis rule could not decide ({type(error).__name__}: {error})")
+    coupling = apply_rule(rule, node, ctx)  # a rule that cannot decide is a barrier too (unless strict)
+    return _blocking(node, ctx, coupling) if isinstance(coupling, str) else coupling
 
 
 def _blocking(node, ctx: RuleContext, reason: str) -> Coupling:

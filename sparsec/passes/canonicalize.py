@@ -38,7 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from sparsec.analysis.axis_rules import DIM_CARRIERS
+from sparsec.analysis.rules.dims import DIM_CARRIERS
 from sparsec.analysis.shapes import value_shapes
 from sparsec.passes.base import InPlacePass, PassResult
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sparsec.analysis.axis_rules import RuleContext
 from sparsec.analysis.groups import GroupAnalysis
-from sparsec.analysis.layout_rules import reduced_axes
 from sparsec.analysis.quantized import masked_fill, weight_source
+from sparsec.analysis.rules import RuleContext
+from sparsec.analysis.rules.layout import reduced_axes
 from sparsec.analysis.shapes import value_shapes
 from sparsec.ir import runtime
 from sparsec.validate import peak_gap

@@ -1,7 +1,7 @@
 """Axis rules of the ops that move data without computing on it: Concat, Split, Slice,
 Reshape/Flatten/Squeeze/Unsqueeze, Transpose, Gather, Expand, Pad, Resize, reductions, Softmax.
 
-The index maps (see ``axis_rules``): Concat/Split/Slice offset positions; a reshape that merges
+The index maps (see ``rules.core``): Concat/Split/Slice offset positions; a reshape that merges
 axes maps merged position ``q`` to ``(q // stride) % size`` of each source axis (row-major), one
 that splits an axis maps the other way; Gather on constant indices maps output positions to the
 gathered ones. Shape-carrying constants (Reshape targets, Split sizes, Slice bounds, Gather
@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from sparsec.analysis.axis_rules import (Coupling, Fixup, Member, RuleContext, axis_rule, dim_source, link_broadcast,
-                                         norm_axis)
+from sparsec.analysis.rules.core import Coupling, Fixup, Member, RuleContext, axis_rule, link_broadcast, norm_axis
+from sparsec.analysis.rules.dims import dim_source
 
 
 @axis_rule("Constant", "ConstantOfShape")

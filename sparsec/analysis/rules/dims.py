@@ -1,0 +1,121 @@
+"""Axis rules of ops that read tensor sizes at run time (Shape, Size), and the helpers that
+follow one read dim through to the Reshape/Expand targets it builds.
+
+The invariant: a dim read at run time would change with pruning, so the axis it reads is
+blocked, unless the dim only flows (through Unsqueeze/Squeeze/Cast/Identity, or a Mul by a
+positive integer constant) into an entry of a Reshape/Expand target: then the target's axis is
+linked to it (``dim_source``) and follows the pruning.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.analysis.rules.core import Coupling, Member, RuleContext, axis_rule, norm_axis
+
+@axis_rule("Shape", "Size")
+def shape_of(node, ctx: RuleContext) -> Coupling:
+    """A dim read at run time would change with pruning: the axes whose sizes the Shape's
+    consumers actually pick (constant Gather or Slice of the shape vector) are blocked, the
+    others are free. Size, or a shape vector used whole, reads every axis. A dim picked only
+    to be passed into Reshape/Expand targets (``passes_into_targets``) is not a read: those
+    rules link the target's axis to it, so it follows the pruning."""
+    c, x = Coupling(), node.inputs[0]
+    rank = ctx.rank(x) or 0
+    read = _read_dims(node, ctx, rank) if node.op_type == "Shape" else set(range(rank))
+    for axis in range(rank):
+        if axis in read:
+            c.block((x.name, axis), f"its size is read at run time ({node.op_type} '{node.name}')")
+        else:
+            c.free.add((x.name, axis))
+    return c
+
+
+def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
+    dims = _shape_dims(node, ctx, rank)
+    read: set[int] = set()
+    for use in node.outputs[0].uses():
+        picked = _picked(use.node, ctx, dims)
+        if picked is None:
+            return set(dims)
+        if len(picked) == 1 and passes_into_targets(ctx, use.node.outputs[0]):
+            continue
+        read.update(picked)
+    return read
+
+
+def _shape_dims(node, ctx: RuleContext, rank: int) -> list[int]:
+    """The axes of its input that a Shape node's output lists (``start``/``end``)."""
+    start = norm_axis(int(ctx.attr(node, "start", 0)), rank) if rank else 0
+    end = ctx.attr(node, "end")
+    return list(range(rank))[start:None if end is None else norm_axis(int(end), rank)]
+
+
+def _picked(reader, ctx: RuleContext, dims: list[int]) -> list[int] | None:
+    """The axes a constant Gather (axis 0) or Slice of a shape vector picks, or None."""
+    if reader.op_type == "Gather" and int(ctx.attr(reader, "axis", 0)) == 0 and ctx.const(reader.inputs[1]) is not None:
+        indices = np.atleast_1d(ctx.const(reader.inputs[1])).reshape(-1)
+    elif reader.op_type == "Slice" and ctx.ints(reader, "starts", 1) is not None and ctx.ints(reader, "ends", 2) is not None:
+        indices = np.arange(len(dims))[slice(ctx.ints(reader, "starts", 1)[0], ctx.ints(reader, "ends", 2)[0])]
+    else:
+        return None
+    return [dims[int(i)] for i in indices if -len(dims) <= int(i) < len(dims)]
+
+
+DIM_CARRIERS = {"Unsqueeze", "Squeeze", "Cast", "Identity"}
+SHAPE_TARGETS = {"Reshape": 1, "Expand": 1}  # op -> the input holding the target shape
+
+
+def _carries(ctx: RuleContext, node, value) -> int | None:
+    """The factor by which ``node`` passes the one-element dim ``value`` on: 1 through
+    Unsqueeze/Squeeze/Cast/Identity, k through a Mul by a positive integer constant k (the
+    ``n_rep`` of a grouped-query repeat); None for anything else."""
+    if node.op_type in DIM_CARRIERS:
+        return 1 if node.inputs[0] is value else None
+    if node.op_type != "Mul" or len(node.inputs) != 2:
+        return None
+    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+    factor = ctx.const(other) if other is not value else None
+    if factor is None or factor.size != 1 or factor.dtype.kind not in "iu" or int(factor.reshape(-1)[0]) < 1:
+        return None
+    return int(factor.reshape(-1)[0])
+
+
+def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
+    """Whether a one-element dim value is used only as an entry of Reshape/Expand targets
+    built by a Concat (through ``_carries`` ops): exactly the entries ``shape_entries``
+    resolves to the dim they carry (times a constant factor), so the target's axis is linked
+    to it. Any other use (a target that is the value itself, other arithmetic) is a read."""
+    uses = list(value.uses())
+    if not uses or value.is_graph_output() or depth == 0:
+        return False
+    for use in uses:
+        node = use.node
+        if _carries(ctx, node, value) is not None:
+            ok = passes_into_targets(ctx, node.outputs[0], depth - 1)
+        else:
+            targets = list(node.outputs[0].uses()) if node.op_type == "Concat" else []
+            ok = bool(targets) and not node.outputs[0].is_graph_output() and all(
+                SHAPE_TARGETS.get(u.node.op_type) == u.idx and ctx.shape(u.node.outputs[0]) is not None
+                and ctx.shape(u.node.inputs[0]) is not None for u in targets)  # the target rule will resolve it
+        if not ok:
+            return False
+    return True
+
+
+def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | None:
+    """(member, factor) when a one-element value is, at run time, ``factor`` times the size
+    of (tensor, axis): a constant Gather or Slice picking one dim of Shape(X), possibly
+    through ``_carries`` ops; else None."""
+    node = value.producer() if value is not None else None
+    if node is None or depth == 0:
+        return None
+    carried = next((v for v in node.inputs if v is not None and _carries(ctx, node, v) is not None), None)
+    if carried is not None and ctx.const(carried) is None:
+        source = dim_source(ctx, carried, depth - 1)
+        return None if source is None else (source[0], source[1] * _carries(ctx, node, carried))
+    shape_node = node.inputs[0].producer() if node.op_type in ("Gather", "Slice") else None
+    if shape_node is None or shape_node.op_type != "Shape":
+        return None
+    picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(shape_node.inputs[0]) or 0))
+    return ((shape_node.inputs[0].name, picked[0]), 1) if picked is not None and len(picked) == 1 else None
