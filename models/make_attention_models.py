@@ -45,24 +45,24 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import collections  # noqa: E402
-import hashlib  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import collections
+import hashlib
+import sys
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-from scipy.special import erf  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from scipy.special import erf
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_digits_models as digits  # noqa: E402
+import make_digits_models as digits
 
 SEED = 0
 MODELS_DIR = Path(__file__).resolve().parent

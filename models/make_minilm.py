@@ -41,23 +41,23 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import argparse  # noqa: E402
-import ast  # noqa: E402
-import collections  # noqa: E402
-import hashlib  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import sysconfig  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import ast
+import collections
+import hashlib
+import re
+import sys
+import sysconfig
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 N_SENTENCES, N_CALIBRATION, MAX_LEN, SEED = 512, 1024, 64, 0
@@ -159,7 +159,7 @@ def export(module: nn.Module, example: tuple, path: Path, exporter: str, opset: 
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=512)}
     program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
                                 input_names=INPUTS, output_names=[output],
-                                dynamic_shapes={name: dims for name in INPUTS}, verbose=False)
+                                dynamic_shapes=dict.fromkeys(INPUTS, dims), verbose=False)
     proto = program.model_proto
     for node in proto.graph.node:
         kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]

@@ -42,20 +42,20 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import argparse  # noqa: E402
-import importlib.abc  # noqa: E402
-import importlib.machinery  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import importlib.abc
+import importlib.machinery
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "convnext_atto",

@@ -46,22 +46,22 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import argparse  # noqa: E402
-import collections  # noqa: E402
-import hashlib  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import collections
+import hashlib
+import sys
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import make_timm_models  # noqa: E402
+import make_timm_models
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["vit_tiny", "gpt2_tiny", "llama_tiny"]

@@ -23,7 +23,6 @@ from sparsec.passes import available
 from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL
 
 
-
 class _FilePath(click.Path):
     """A file path; one written with a trailing separator names a folder and is refused (it
     would otherwise lose the separator and become a file of the folder's name)."""
@@ -282,7 +281,7 @@ def _check_ignored_flags(channels: bool, weights: bool, selection: list[str], im
     if given and not (channels or weights):
         raise click.UsageError(f"{given[0]} chooses what a pruning flag removes: it needs --channels, --heads, --ffn, "
                                "a target, --nm or --sparsity")
-    if "--seed" in selection and not (calibration == "random" or channels and importance == "random"):
+    if "--seed" in selection and not (calibration == "random" or (channels and importance == "random")):
         raise click.UsageError("--seed seeds --calibration random and --importance random of channel pruning")
 
 

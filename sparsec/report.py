@@ -68,8 +68,8 @@ def oracle_text(oracle: Validation) -> str:
     worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
     detail = "" if worst is None else (f": max abs error {worst.max_abs:.3g} on '{worst.name}' "
                                        f"(limit {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g})")
-    return f"oracle (equal to the original with what was removed masked out) on {oracle.inputs}: " \
-           f"{'passed' if oracle.passed else 'FAILED'}{detail}"
+    return (f"oracle (equal to the original with what was removed masked out) on {oracle.inputs}: "
+            f"{'passed' if oracle.passed else 'FAILED'}{detail}")
 
 
 def validation_text(v: Validation, title: str = "") -> str:

@@ -8,7 +8,13 @@ import pytest
 from conftest import MODELS, make_model, run_ort
 from onnx import TensorProto, helper
 
-from sparsec.analysis.activations import RANDOM_SAMPLES, Frontier, calibration_batches, capture, load_calibration
+from sparsec.analysis.activations import (
+    RANDOM_SAMPLES,
+    Frontier,
+    calibration_batches,
+    capture,
+    load_calibration,
+)
 from sparsec.errors import InputError
 from sparsec.ir import Model
 
@@ -32,7 +38,7 @@ def test_a_folder_of_npz_and_npy_files_is_joined_in_file_name_order(model, tmp_p
     np.savez(tmp_path / "a.npz", input=data[:100])
     np.save(tmp_path / "b_input.npy", data[100:150])  # an .npy is named by its file: this one is not an input
     (tmp_path / "input").mkdir()
-    with pytest.raises(InputError, match="holds no .npz or .npy file"):
+    with pytest.raises(InputError, match=r"holds no \.npz or \.npy file"):
         load_calibration(tmp_path / "input", model)  # an empty folder: one line, not a traceback
     np.save(tmp_path / "input.npy", data[100:150])
     joined = load_calibration(tmp_path, model)["input"]
@@ -65,7 +71,7 @@ def test_data_that_does_not_fit_is_refused_in_one_line(model, tmp_path, arrays, 
 @pytest.mark.parametrize("content", [b"", b"not an archive"])
 def test_an_unreadable_file_is_one_line(model, tmp_path, content):
     (tmp_path / "broken.npz").write_bytes(content)  # an empty file made numpy raise EOFError, read as Ctrl-C
-    with pytest.raises(InputError, match="calibration data .*broken.npz: not a readable .npz/.npy file"):
+    with pytest.raises(InputError, match=r"calibration data .*broken\.npz: not a readable \.npz/\.npy file"):
         load_calibration(tmp_path / "broken.npz", model)
 
 

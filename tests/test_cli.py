@@ -236,7 +236,7 @@ BAD_CASES = _case_names()
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case):
     argv, message = _bad_inputs(tmp_path)[case]
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
-    code, out, err = cli(*argv)
+    code, _out, err = cli(*argv)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("sparsec: error: ") and message in err
     assert not (tmp_path / "out.onnx").exists()

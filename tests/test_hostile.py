@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import MODELS, run_ort
+from onnx import TensorProto, helper, numpy_helper
 
 WEIGHT = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
 MARKER = np.full(16, 7.125, np.float32)  # what a tensor read from the wrong folder would hold
-TOOL_PASS = "import sys\nimport sparsec\n\n\nclass ExitPass(sparsec.InPlacePass):\n    name = 'exit-pass'\n" \
-            "    summary = 'calls sys.exit'\n\n    def call(self, model):\n        sys.exit(0)\n"
+TOOL_PASS = ("import sys\nimport sparsec\n\n\nclass ExitPass(sparsec.InPlacePass):\n    name = 'exit-pass'\n"
+             "    summary = 'calls sys.exit'\n\n    def call(self, model):\n        sys.exit(0)\n")
 
 
 def _model(initializers=(), nodes=None, sparse=(), outputs=("y",), input_dims=(2, 4)) -> onnx.ModelProto:

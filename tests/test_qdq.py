@@ -16,8 +16,8 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 import onnxruntime as ort
+import pytest
 from conftest import MODELS, oracle_error, prune, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
@@ -351,7 +351,12 @@ def test_refit_names_quantized_layers_it_leaves_alone():
 def _quantized_by_onnxruntime(tmp_path, source=MODELS / "digits_cnn.onnx") -> str:
     """A committed digits model through onnxruntime's own static quantizer (QDQ, int8 weights
     per channel, uint8 activations), calibrated on 32 of the committed calibration digits."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Digits(CalibrationDataReader):

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsec import api
 from sparsec.ir import Model, runtime
-from sparsec.passes.sparse_format import DECODER_PREFIX, SparseEncodePass, densify, bitmask_bytes
+from sparsec.passes.sparse_format import DECODER_PREFIX, SparseEncodePass, bitmask_bytes, densify
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.validate import check_encoded
 
@@ -129,7 +129,7 @@ def test_coo_file_holds_sparse_initializers_and_round_trips(cli, tmp_path, rng):
     assert np.count_nonzero(dense_w) == round(0.1 * dense_w.size)
     loaded.save(again)
     assert [s.values.name for s in onnx.load(str(again)).graph.sparse_initializer] == ["w"]
-    code, stdout, stderr = cli("densify", encoded, "-o", back)
+    code, _stdout, stderr = cli("densify", encoded, "-o", back)
     assert code == 0, stderr
     plain = onnx.load(str(back))
     assert not plain.graph.sparse_initializer

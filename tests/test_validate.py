@@ -94,7 +94,7 @@ def test_npz_inputs_are_checked_against_the_model(tmp_path):
     with pytest.raises(InputError, match="no array for model input 'input'"):
         load_npz(tmp_path / "wrong.npz", model)
     (tmp_path / "text.npz").write_text("not numpy")
-    with pytest.raises(InputError, match="not a readable .npz"):
+    with pytest.raises(InputError, match=r"not a readable \.npz"):
         load_npz(tmp_path / "text.npz", model)
 
 

@@ -192,7 +192,7 @@ def _external_locations(path: Path) -> set[str]:
     not parse: then nothing is removed)."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - whatever the previous file was, only its own data may go
+    except Exception:  # whatever the previous file was, only its own data may go
         return set()
     return {os.path.normpath(entry.value) for t in iter_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL
             for entry in t.external_data if entry.key == "location"}

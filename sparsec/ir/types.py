@@ -25,7 +25,7 @@ class MapType(ir.TypeProtocol):
     ``value_shape`` the value type's declared shape, if any (ZipMap declares a scalar), kept
     here because a map value has no shape of its own in the IR."""
 
-    __slots__ = ("key_type", "value_type", "value_shape", "denotation")
+    __slots__ = ("denotation", "key_type", "value_shape", "value_type")
 
     def __init__(self, key_type: ir.DataType, value_type, *, value_shape=None, denotation: str | None = None) -> None:
         self.key_type = key_type
