@@ -32,7 +32,6 @@ from sparsec.analysis.inputs import bind_shapes, conform, random_inputs, read_ar
 from sparsec.errors import InputError
 from sparsec.ir import runtime
 
-
 RANDOM = "random"
 RANDOM_SAMPLES = 64  # random calibration samples when no count is given
 

@@ -89,7 +89,7 @@ def _fused_weights(model, node) -> tuple[str, dict[str, list[str]]]:
     one packed QKV weight; the others read projections computed before them)."""
     form = f"{_domain(node) + '::' if _domain(node) else 'ONNX '}{node.op_type} op"
     if node.op_type == "Attention" and _domain(node) == "com.microsoft":
-        return form, dict.fromkeys(("q", "k", "v"), [node.inputs[1].name])
+        return form, {role: [node.inputs[1].name] for role in ("q", "k", "v")}  # a list each
     return form, {role: _source_weights(model, _input(node, i)) for i, role in enumerate(("q", "k", "v"))}
 
 

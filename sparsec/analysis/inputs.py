@@ -180,9 +180,11 @@ def feed_shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """The shapes of tensor feeds, and of a sequence's elements when they all share one (the
     binding of a sequence input); maps and mixed sequences are left to the defaults."""
     shapes = {}
-    for name, value in feeds.items():
-        if isinstance(value, list):
-            value = value[0] if value and all(getattr(v, "shape", None) == getattr(value[0], "shape", 0) for v in value) else None
+    for name, feed in feeds.items():
+        value = feed
+        if isinstance(feed, list):
+            same = feed and all(getattr(v, "shape", None) == getattr(feed[0], "shape", 0) for v in feed)
+            value = feed[0] if same else None
         if isinstance(value, np.ndarray):
             shapes[name] = tuple(value.shape)
     return shapes

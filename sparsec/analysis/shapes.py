@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sparsec.errors import SparsecError
 from sparsec.analysis.inputs import bind_shapes, random_inputs
+from sparsec.errors import SparsecError
 from sparsec.ir import runtime
 from sparsec.ir import shapes as ir_shapes
 
