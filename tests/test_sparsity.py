@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.errors import InputError
 from sparsec.ir import Model
-from sparsec.passes.sparsity import WeightSparsityPass, block_scores, expand_blocks, nm_keep
+from sparsec.passes.sparsity import WeightSparsityPass
+from sparsec.pruning.weights import block_scores, expand_blocks, nm_keep
 
 F = TensorProto.FLOAT
 

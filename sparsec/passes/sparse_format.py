@@ -37,7 +37,7 @@ import numpy as np
 from sparsec.analysis.weight_sites import weight_sites
 from sparsec.ir.sparse_coo import coo_bytes
 from sparsec.passes.base import Diagnostic, InPlacePass, PassError, PassResult
-from sparsec.passes.sparsity import parse_nm
+from sparsec.pruning.weights import parse_nm
 
 TENSORS_KEY = "sparsec.sparse_tensors"
 FORMAT_KEY = "sparsec.sparse_format"
