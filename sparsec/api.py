@@ -243,6 +243,7 @@ def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shape
     weight_bytes = model.weight_bytes()
     clock.lap("analysis")
     result = runner(model)
+    model = result.model  # a functional pass returns a new model
     model.set_metadata(PIPELINE_METADATA_KEY, runner.describe())
     clock.lap("passes")
     memory = {"baseline": rss, "compile": max(0.0, _peak_rss_mb() - rss)}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from conftest import MODELS, ROOT, assert_same_outputs, make_model
 from onnx import TensorProto, helper
 
 import sparsec
+from sparsec import api
 from sparsec.errors import InputError
 from sparsec.passes import Pipeline, available, create, parse_pipeline
 from sparsec.passes.builtin import default_pipeline
@@ -97,6 +99,26 @@ def test_a_functional_pass_in_a_pipeline_returns_a_new_model_and_leaves_its_inpu
 
     with pytest.raises(TypeError, match="functional but returned its input model"):
         ReturnsItsInput()(model)
+
+
+def test_compress_writes_what_a_functional_pass_returns(tmp_path):
+    class DropSecondRelu(sparsec.FunctionalPass):
+        name = "drop-second-relu"
+
+        def call(self, model):  # run to a fixed point by compress: a second round finds nothing
+            copy = model.copy()
+            outer = next((n for n in copy.nodes() if n.name == "r2"), None)
+            if outer is not None:
+                copy.replace_all_uses(outer.outputs[0], outer.inputs[0])
+                copy.remove_node(outer)
+            return sparsec.PassResult(copy, modified=outer is not None)
+
+    source = tmp_path / "double_relu.onnx"
+    onnx.save(_double_relu_model(), source)
+    api.compress(source, tmp_path / "out.onnx", pipeline=[DropSecondRelu(), create("dead-code")], latency_runs=0)
+    written = onnx.load(tmp_path / "out.onnx")
+    assert [n.op_type for n in written.graph.node] == ["Relu", "Neg"]
+    assert {p.key: p.value for p in written.metadata_props}["sparsec.pipeline"] == "drop-second-relu,dead-code"
 
 
 def test_fixed_point_stops_when_nothing_changes_and_sums_stats():
