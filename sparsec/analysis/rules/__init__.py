@@ -11,9 +11,42 @@ in ``tests/test_rules.py``.
 
 from __future__ import annotations
 
-from sparsec.analysis.rules import attention, compute, dims, elementwise, layout, normalization, quantize  # noqa: F401
-from sparsec.analysis.rules.core import (AXIS_RULES, Coupling, Edge, Fixup, Member, RuleContext, RuleError, apply_rule,
-                                         axis_rule, is_strict, rule_for, strict)
+# importing the rule modules registers their rules (F401 is off for this file in pyproject.toml)
+from sparsec.analysis.rules import (
+    attention,
+    compute,
+    dims,
+    elementwise,
+    layout,
+    normalization,
+    quantize,
+)
+from sparsec.analysis.rules.core import (
+    AXIS_RULES,
+    Coupling,
+    Edge,
+    Fixup,
+    Member,
+    RuleContext,
+    RuleError,
+    apply_rule,
+    axis_rule,
+    is_strict,
+    rule_for,
+    strict,
+)
 
-__all__ = ["AXIS_RULES", "Coupling", "Edge", "Fixup", "Member", "RuleContext", "RuleError", "apply_rule", "axis_rule",
-           "is_strict", "rule_for", "strict"]
+__all__ = [
+    "AXIS_RULES",
+    "Coupling",
+    "Edge",
+    "Fixup",
+    "Member",
+    "RuleContext",
+    "RuleError",
+    "apply_rule",
+    "axis_rule",
+    "is_strict",
+    "rule_for",
+    "strict",
+]
