@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from sparsec.ir import Model
 from sparsec.passes import Pipeline
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
+
+os.environ["SPARSEC_STRICT_RULES"] = "1"  # an axis rule that raises fails the test (not a silent barrier)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -36,9 +36,9 @@ STANDARD = ("", "ai.onnx")
 
 @dataclass(frozen=True)
 class Operand:
-    index: int        # the node input it is
+    index: int  # the node input it is
     contraction: int  # the axis summed over (negative: counted from the last)
-    kept: int         # the other axis: rows of an activation, output channels of a weight
+    kept: int  # the other axis: rows of an activation, output channels of a weight
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,14 @@ class OpLayout:
     op_type: str
     activation: Operand
     weight: Operand
-    bias: int | None              # the bias input (None: the op has none)
-    output_channels: int          # the output's channel axis
-    role: str                     # "conv" or "linear": what the weight's channels are
-    groups: int = 1               # a conv's ``group`` attribute
-    commutes: bool = False        # a product: either operand may be the constant one
-    full_side: str = "output"     # a conv: which activation W axis 0 indexes ("output"/"input")
-    scale: float = 1.0            # Gemm alpha
-    bias_scale: float = 1.0       # Gemm beta
+    bias: int | None  # the bias input (None: the op has none)
+    output_channels: int  # the output's channel axis
+    role: str  # "conv" or "linear": what the weight's channels are
+    groups: int = 1  # a conv's ``group`` attribute
+    commutes: bool = False  # a product: either operand may be the constant one
+    full_side: str = "output"  # a conv: which activation W axis 0 indexes ("output"/"input")
+    scale: float = 1.0  # Gemm alpha
+    bias_scale: float = 1.0  # Gemm beta
     bias_scale_attr: str | None = None  # the attribute holding ``bias_scale``
 
     @property
@@ -77,25 +77,49 @@ Attr = Callable[[str, object], object]  # attr(name, default) of one node
 
 
 def _matmul(attr: Attr) -> OpLayout:
-    return OpLayout("MatMul", Operand(0, -1, -2), Operand(1, -2, -1), None, -1, "linear", commutes=True)
+    return OpLayout(
+        "MatMul", Operand(0, -1, -2), Operand(1, -2, -1), None, -1, "linear", commutes=True
+    )
 
 
 def _gemm(attr: Attr) -> OpLayout:
     a_k, b_k = (0 if attr("transA", 0) else 1), (1 if attr("transB", 0) else 0)
-    return OpLayout("Gemm", Operand(0, a_k, 1 - a_k), Operand(1, b_k, 1 - b_k), 2, 1, "linear", commutes=True,
-                    scale=float(attr("alpha", 1.0)), bias_scale=float(attr("beta", 1.0)), bias_scale_attr="beta")
+    return OpLayout(
+        "Gemm",
+        Operand(0, a_k, 1 - a_k),
+        Operand(1, b_k, 1 - b_k),
+        2,
+        1,
+        "linear",
+        commutes=True,
+        scale=float(attr("alpha", 1.0)),
+        bias_scale=float(attr("beta", 1.0)),
+        bias_scale_attr="beta",
+    )
 
 
 def _conv(op_type: str, contraction: int) -> Callable[[Attr], OpLayout]:
     def build(attr: Attr) -> OpLayout:
         full_side = "output" if contraction == 1 else "input"
-        return OpLayout(op_type, Operand(0, 1, 0), Operand(1, contraction, 1 - contraction), 2, 1, "conv",
-                        groups=int(attr("group", 1)), full_side=full_side)
+        return OpLayout(
+            op_type,
+            Operand(0, 1, 0),
+            Operand(1, contraction, 1 - contraction),
+            2,
+            1,
+            "conv",
+            groups=int(attr("group", 1)),
+            full_side=full_side,
+        )
+
     return build
 
 
 LAYOUTS: dict[str, Callable[[Attr], OpLayout]] = {
-    "MatMul": _matmul, "Gemm": _gemm, "Conv": _conv("Conv", 1), "ConvTranspose": _conv("ConvTranspose", 0),
+    "MatMul": _matmul,
+    "Gemm": _gemm,
+    "Conv": _conv("Conv", 1),
+    "ConvTranspose": _conv("ConvTranspose", 0),
 }
 
 
