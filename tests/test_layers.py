@@ -16,17 +16,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
-    "sparsec.errors": 0, "sparsec.results": 0,
+    "sparsec.errors": 0,
+    "sparsec.results": 0,
     "sparsec.ir": 1,
-    "sparsec.analysis": 2, "sparsec.validate": 2,
+    "sparsec.analysis": 2,
+    "sparsec.validate": 2,
     "sparsec.pruning": 3,
     "sparsec.passes": 4,
-    "sparsec.report": 5, "sparsec.api": 5,
-    "sparsec.cli": 6, "sparsec.entry": 6, "sparsec.testing": 6,
+    "sparsec.report": 5,
+    "sparsec.api": 5,
+    "sparsec.cli": 6,
+    "sparsec.entry": 6,
+    "sparsec.testing": 6,
     "sparsec": 7,
 }
-NAMES = ("errors/results", "ir", "analysis/validate", "pruning", "passes", "report/api", "cli/entry/testing",
-         "public API")
+NAMES = (
+    "errors/results",
+    "ir",
+    "analysis/validate",
+    "pruning",
+    "passes",
+    "report/api",
+    "cli/entry/testing",
+    "public API",
+)
 # Names a lower module may read from the package itself: constants of sparsec/__init__.py, which
 # Python runs before any module of the package anyway.
 PACKAGE_CONSTANTS = {"__version__"}
@@ -58,7 +71,9 @@ def _base(node: ast.ImportFrom, name: str, path: Path) -> str:
     if not node.level:
         return node.module or ""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-    return ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+    return ".".join(
+        package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
+    )
 
 
 def imports(name: str) -> list[tuple[int, str]]:
@@ -73,8 +88,17 @@ def imports(name: str) -> list[tuple[int, str]]:
             for alias in node.names:
                 if base == "sparsec" and alias.name in PACKAGE_CONSTANTS:
                     continue
-                found.append((node.lineno, f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base))
-    return [(line, target) for line, target in found if target == "sparsec" or target.startswith("sparsec.")]
+                found.append(
+                    (
+                        node.lineno,
+                        f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base,
+                    )
+                )
+    return [
+        (line, target)
+        for line, target in found
+        if target == "sparsec" or target.startswith("sparsec.")
+    ]
 
 
 def _graph() -> dict[str, set[str]]:
@@ -90,9 +114,15 @@ def test_no_module_imports_a_higher_layer():
     upward = []
     for name, path in MODULES.items():
         for line, target in imports(name):
-            if layer(target) is not None and layer(name) is not None and layer(target) > layer(name):
-                upward.append(f"{path.relative_to(ROOT)}:{line}: {name} (layer {layer(name)}, {NAMES[layer(name)]}) "
-                              f"imports {target} (layer {layer(target)}, {NAMES[layer(target)]})")
+            if (
+                layer(target) is not None
+                and layer(name) is not None
+                and layer(target) > layer(name)
+            ):
+                upward.append(
+                    f"{path.relative_to(ROOT)}:{line}: {name} (layer {layer(name)}, {NAMES[layer(name)]}) "
+                    f"imports {target} (layer {layer(target)}, {NAMES[layer(target)]})"
+                )
     assert not upward, f"{len(upward)} upward import(s):\n" + "\n".join(upward)
 
 
@@ -139,11 +169,14 @@ def test_no_modules_import_each_other_in_a_cycle():
     means two modules that are really one or a third module missing."""
     cycles = _cycles(_graph())
     assert not cycles, "import cycles:\n" + "\n".join(
-        " <-> ".join(f"{name} (layer {layer(name)})" for name in cycle) for cycle in cycles)
+        " <-> ".join(f"{name} (layer {layer(name)})" for name in cycle) for cycle in cycles
+    )
 
 
 def test_the_checks_see_a_function_level_upward_import_and_a_cycle():
     """The checker itself: a nested import is found, and a two-module loop is a cycle."""
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
-    assert ("sparsec.cli" in {target for _, target in imports("sparsec.entry")})  # imported inside main()
+    assert "sparsec.cli" in {
+        target for _, target in imports("sparsec.entry")
+    }  # imported inside main()

@@ -49,7 +49,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
 
     def settings(self) -> ChannelOptions:
         """The options as ``pruning.channels`` reads them."""
-        return ChannelOptions(**{f.name: getattr(self, f.name) for f in fields(ChannelOptions) if hasattr(self, f.name)})
+        names = [f.name for f in fields(ChannelOptions) if hasattr(self, f.name)]  # unit_targets: a schedule's own
+        return ChannelOptions(**{name: getattr(self, name) for name in names})
 
     def check_options(self) -> None:
         channels.check(self.settings())

@@ -20,7 +20,8 @@ from sparsec.results import Diagnostic, progress
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # a grid fine enough to land near a target
 
 
-def allocated_units(options, model, candidates: list[ChannelGroup], samples) -> tuple[dict[int, np.ndarray], Diagnostic]:
+def allocated_units(options, model, candidates: list[ChannelGroup],
+                    samples) -> tuple[dict[int, np.ndarray], Diagnostic]:
     """{group id: units to remove} meeting the target of ``options`` (``channels.ChannelOptions``),
     and a line saying what was chosen."""
     table = measure(model, samples, RATIOS, options.importance, options.batch_size, progress=progress)
