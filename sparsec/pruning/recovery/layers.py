@@ -15,10 +15,10 @@ from sparsec.analysis.quantized import quantized_weight, zero_points
 from sparsec.analysis.shapes import value_shapes
 from sparsec.pruning.recovery.views import (
     NORMS,
-    STANDARD,
     Layer,
     contraction_axes,
     norm_layer,
+    refit_layout,
     sole_add,
     weight_layer,
 )
@@ -99,9 +99,10 @@ def _layer(model, node, plan: dict | None, drifted: bool = False) -> Layer | str
     axes = contraction_axes(model, node)
     if axes is None:
         return _quantized_reason(model, node, plan, drifted)
-    if model.constant(node.inputs[1]).dtype.kind != "f":
+    weight = node.inputs[refit_layout(model, node).weight.index]
+    if model.constant(weight).dtype.kind != "f":
         return None
-    cut = _was_cut(model, node.inputs[1], axes[0], plan)
+    cut = _was_cut(model, weight, axes[0], plan)
     if not (cut or drifted):
         return None
     layer = _with_outputs(model, weight_layer(model, node), plan, axes[1])
@@ -131,9 +132,8 @@ def _with_outputs(model, layer: Layer | str, plan: dict | None, axis: int) -> La
 def _quantized_reason(model, node, plan: dict | None, drifted: bool) -> str | None:
     """Why a compute node whose weight is quantized (DequantizeLinear of an integer constant)
     and was cut or drifted is not refit: least squares would move it off its integer grid."""
-    if node.domain not in STANDARD or node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.inputs) < 2:
-        return None
-    q = quantized_weight(model, node.inputs[1])
+    layout = refit_layout(model, node)
+    q = quantized_weight(model, node.inputs[layout.weight.index]) if layout is not None else None
     if q is None:
         return None
     data = model.constant(q.data)

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from sparsec.analysis.op_layouts import OpLayout
+from sparsec.analysis.op_layouts import layout as op_layout
+
 STANDARD = ("", "ai.onnx")
 
 
@@ -60,15 +63,27 @@ class Layer:
 NORMS = {"BatchNormalization": (1, 2, 1), "InstanceNormalization": (1, 2, 1), "LayerNormalization": (1, 2, None)}
 
 
+REFIT_OPS = ("MatMul", "Gemm", "Conv")  # the compute ops whose weight reads as one [K, N] matrix
+
+
+def refit_layout(model, node) -> OpLayout | None:
+    """The node's ``op_layouts`` entry when it is a MatMul, Gemm or Conv with a weight input."""
+    layout = op_layout(model, node)
+    if layout is None or layout.op_type not in REFIT_OPS or len(node.inputs) <= layout.weight.index:
+        return None
+    return layout
+
+
 def contraction_axes(model, node) -> tuple[int, int] | None:
-    """(contraction axis, output axis) of the node's weight (input 1), if it has that form."""
-    if node.domain not in STANDARD or node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.inputs) < 2:
+    """(contraction axis, output axis) of the node's constant weight, non-negative, if it has that form."""
+    layout = refit_layout(model, node)
+    if layout is None or node.inputs[layout.activation.index] is None:
         return None
-    if node.inputs[0] is None or model.constant_shape(node.inputs[1]) is None:
+    shape = model.constant_shape(node.inputs[layout.weight.index])
+    if shape is None:
         return None
-    if node.op_type == "Gemm" and model.attr(node, "transB", 0):
-        return 1, 0
-    return (1, 0) if node.op_type == "Conv" else (0, 1)
+    rank = max(len(shape), 2)  # a 1-D MatMul weight is [K]: (0, 1) as for [K, N]
+    return layout.weight.contraction % rank, layout.weight.kept % rank
 
 
 def sole_add(model, value) -> tuple[Any, Any]:
@@ -82,42 +97,44 @@ def sole_add(model, value) -> tuple[Any, Any]:
     return (add, other) if other is not value else (None, None)
 
 
-def _matmul(model, node) -> Layer | str:
-    shape = model.constant_shape(node.inputs[1])
+def _matmul(model, node, layout: OpLayout) -> Layer | str:
+    weight = node.inputs[layout.weight.index]
+    shape = model.constant_shape(weight)
     if len(shape) != 2:
-        return f"MatMul weight '{node.inputs[1].name}' is not 2-D"
+        return f"MatMul weight '{weight.name}' is not 2-D"
     out = node.outputs[0]
-    add, other = sole_add(model, out)
+    add, other = sole_add(model, out)  # MatMul has no bias input: a per-output Add after it is one
     bias_shape = model.constant_shape(other)
     if add is None or not bias_shape or bias_shape[-1] != shape[1] or int(np.prod(bias_shape)) != shape[1]:
-        return Layer(node, node.inputs[1], None, out.name)
+        return Layer(node, weight, None, out.name)
     if len(model.consumers(other)) > 1:  # a shared bias stays; the MatMul alone is refit
-        return Layer(node, node.inputs[1], None, out.name)
-    return Layer(node, node.inputs[1], other, add.outputs[0].name)
+        return Layer(node, weight, None, out.name)
+    return Layer(node, weight, other, add.outputs[0].name)
 
 
-def _gemm(model, node) -> Layer | str:
-    if model.attr(node, "transA", 0):
+def _gemm(model, node, layout: OpLayout) -> Layer | str:
+    if layout.activation.contraction != 1:
         return "Gemm with transA=1"
-    transposed = bool(model.attr(node, "transB", 0))
-    n = model.constant_shape(node.inputs[1])[0 if transposed else 1]
-    beta = float(model.attr(node, "beta", 1.0))
-    c = node.inputs[2] if len(node.inputs) > 2 and beta != 0 else None
+    weight = node.inputs[layout.weight.index]
+    n = model.constant_shape(weight)[layout.weight.kept]
+    beta = layout.bias_scale
+    c = node.inputs[layout.bias] if len(node.inputs) > layout.bias and beta != 0 else None
     if c is not None and model.constant_shape(c) not in ((n,), (1, n)):
         return f"Gemm C '{c.name}' is not a constant per-output bias"
-    return Layer(node, node.inputs[1], c, node.outputs[0].name, transposed=transposed,
-                 scale=float(model.attr(node, "alpha", 1.0)), bias_scale=beta)
+    return Layer(node, weight, c, node.outputs[0].name, transposed=layout.weight.contraction == 1,
+                 scale=layout.scale, bias_scale=beta)
 
 
-def _conv(model, node) -> Layer | str:
-    if int(model.attr(node, "group", 1)) != 1:
+def _conv(model, node, layout: OpLayout) -> Layer | str:
+    if layout.grouped:
         return "grouped Conv"
-    if len(model.constant_shape(node.inputs[1])) != 4:
+    weight = node.inputs[layout.weight.index]
+    if len(model.constant_shape(weight)) != 4:
         return "Conv that is not 2-D"
-    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    bias = node.inputs[layout.bias] if len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None else None
     if bias is not None and model.constant_shape(bias) is None:
         return f"Conv bias '{bias.name}' is not constant"
-    return Layer(node, node.inputs[1], bias, node.outputs[0].name, channel_axis=1)
+    return Layer(node, weight, bias, node.outputs[0].name, channel_axis=layout.output_channels)
 
 
 _BUILD = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv}
@@ -125,7 +142,8 @@ _BUILD = {"MatMul": _matmul, "Gemm": _gemm, "Conv": _conv}
 
 def weight_layer(model, node) -> Layer | str:
     """A MatMul, Gemm or Conv (with ``contraction_axes``) as a ``Layer``, or why it cannot be one."""
-    return _BUILD[node.op_type](model, node)
+    layout = refit_layout(model, node)
+    return _BUILD[layout.op_type](model, node, layout)
 
 
 def _per_channel(size: int, last_dim, over_last: bool) -> bool:
