@@ -25,7 +25,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.analysis.rules.core import Coupling, Member, RuleContext, axis_rule, compute_axes, count_fixup
+from sparsec.analysis.rules.core import (
+    Coupling,
+    Member,
+    RuleContext,
+    axis_rule,
+    compute_axes,
+    count_fixup,
+)
 
 
 def _link_heads(c: Coupling, query: Member, kv: Member, q_heads: int, kv_heads: int) -> None:

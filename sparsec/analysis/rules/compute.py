@@ -13,8 +13,17 @@ from __future__ import annotations
 import numpy as np
 
 from sparsec.analysis.op_layouts import layout as op_layout
-from sparsec.analysis.rules.core import (Coupling, Member, RuleContext, axis_rule, compute_axes, count_fixup,
-                                         link_broadcast, norm_axis)
+from sparsec.analysis.rules.core import (
+    Coupling,
+    Member,
+    RuleContext,
+    axis_rule,
+    compute_axes,
+    count_fixup,
+    link_broadcast,
+    norm_axis,
+)
+
 
 def _link_groups(c: Coupling, node, channels: Member, size: int, groups: int, tag: str) -> None:
     """Channels of a grouped op keep the same positions in every group: position ``i`` is the
@@ -31,21 +40,37 @@ def conv(node, ctx: RuleContext) -> Coupling:
     full-side channel i pairs with per-group-side channel i // m. Otherwise every group keeps
     the same local positions on both sides (tile maps)."""
     c, layout = Coupling(), op_layout(ctx.model, node)
-    x, w, y = node.inputs[layout.activation.index], node.inputs[layout.weight.index], node.outputs[0]
+    x, w, y = (
+        node.inputs[layout.activation.index],
+        node.inputs[layout.weight.index],
+        node.outputs[0],
+    )
     w_shape = ctx.shape(w)
     if w_shape is None or ctx.shape(x) is None:
         return c
-    sides = {layout.weight.kept: (y.name, layout.output_channels),
-             layout.weight.contraction: (x.name, layout.activation.contraction)}
-    full, part = sides[0], sides[1]  # W axis 0 indexes all channels of its side, W axis 1 one group's
+    sides = {
+        layout.weight.kept: (y.name, layout.output_channels),
+        layout.weight.contraction: (x.name, layout.activation.contraction),
+    }
+    full, part = (
+        sides[0],
+        sides[1],
+    )  # W axis 0 indexes all channels of its side, W axis 1 one group's
     groups, full_size, per_group = layout.groups, w_shape[0], w_shape[1]
     c.link((y.name, layout.activation.kept), (x.name, layout.activation.kept))
     c.link(full, (w.name, 0))
-    if layout.bias is not None and len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None:
+    if (
+        layout.bias is not None
+        and len(node.inputs) > layout.bias
+        and node.inputs[layout.bias] is not None
+    ):
         c.link((node.inputs[layout.bias].name, 0), (y.name, layout.output_channels))
     compute_axes(c, ctx, w, (0, 1), role=layout.role)
     if not ctx.is_weight(w):
-        c.block((x.name, layout.activation.contraction), "is convolved with a weight computed at run time")
+        c.block(
+            (x.name, layout.activation.contraction),
+            "is convolved with a weight computed at run time",
+        )
     if groups == 1:
         c.link(part, (w.name, 1))
     elif per_group == 1:
@@ -92,7 +117,9 @@ def matmul(node, ctx: RuleContext) -> Coupling:
     if None in (ra, rb, ry):
         return c
     a_k = norm_axis(a_side.contraction, ra)
-    c.link((a.name, a_k), (b.name, max(norm_axis(b_side.contraction, rb), 0)))  # a 1-D B contracts its axis 0
+    c.link(
+        (a.name, a_k), (b.name, max(norm_axis(b_side.contraction, rb), 0))
+    )  # a 1-D B contracts its axis 0
     if rb >= 2:
         c.link((y.name, ry - 1), (b.name, norm_axis(b_side.kept, rb)))
     if ra >= 2:
@@ -103,7 +130,9 @@ def matmul(node, ctx: RuleContext) -> Coupling:
     compute_axes(c, ctx, a, (a_side.kept, a_side.contraction))
     compute_axes(c, ctx, b, (b_side.contraction, b_side.kept))
     contraction(c, ctx, a, b, a_k)
-    if not ctx.is_weight(a) and not ctx.is_weight(b):  # attention scores or context: batch axes hold heads
+    if not ctx.is_weight(a) and not ctx.is_weight(
+        b
+    ):  # attention scores or context: batch axes hold heads
         c.roles.update({(y.name, axis): "heads" for axis in range(batch)})
     return c
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from sparsec.analysis.rules.core import Coupling, Member, RuleContext, axis_rule, norm_axis
 
+
 @axis_rule("Shape", "Size")
 def shape_of(node, ctx: RuleContext) -> Coupling:
     """A dim read at run time would change with pruning: the axes whose sizes the Shape's
@@ -48,15 +49,25 @@ def _shape_dims(node, ctx: RuleContext, rank: int) -> list[int]:
     """The axes of its input that a Shape node's output lists (``start``/``end``)."""
     start = norm_axis(int(ctx.attr(node, "start", 0)), rank) if rank else 0
     end = ctx.attr(node, "end")
-    return list(range(rank))[start:None if end is None else norm_axis(int(end), rank)]
+    return list(range(rank))[start : None if end is None else norm_axis(int(end), rank)]
 
 
 def _picked(reader, ctx: RuleContext, dims: list[int]) -> list[int] | None:
     """The axes a constant Gather (axis 0) or Slice of a shape vector picks, or None."""
-    if reader.op_type == "Gather" and int(ctx.attr(reader, "axis", 0)) == 0 and ctx.const(reader.inputs[1]) is not None:
+    if (
+        reader.op_type == "Gather"
+        and int(ctx.attr(reader, "axis", 0)) == 0
+        and ctx.const(reader.inputs[1]) is not None
+    ):
         indices = np.atleast_1d(ctx.const(reader.inputs[1])).reshape(-1)
-    elif reader.op_type == "Slice" and ctx.ints(reader, "starts", 1) is not None and ctx.ints(reader, "ends", 2) is not None:
-        indices = np.arange(len(dims))[slice(ctx.ints(reader, "starts", 1)[0], ctx.ints(reader, "ends", 2)[0])]
+    elif (
+        reader.op_type == "Slice"
+        and ctx.ints(reader, "starts", 1) is not None
+        and ctx.ints(reader, "ends", 2) is not None
+    ):
+        indices = np.arange(len(dims))[
+            slice(ctx.ints(reader, "starts", 1)[0], ctx.ints(reader, "ends", 2)[0])
+        ]
     else:
         return None
     return [dims[int(i)] for i in indices if -len(dims) <= int(i) < len(dims)]
@@ -76,7 +87,12 @@ def _carries(ctx: RuleContext, node, value) -> int | None:
         return None
     other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
     factor = ctx.const(other) if other is not value else None
-    if factor is None or factor.size != 1 or factor.dtype.kind not in "iu" or int(factor.reshape(-1)[0]) < 1:
+    if (
+        factor is None
+        or factor.size != 1
+        or factor.dtype.kind not in "iu"
+        or int(factor.reshape(-1)[0]) < 1
+    ):
         return None
     return int(factor.reshape(-1)[0])
 
@@ -95,9 +111,16 @@ def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
             ok = passes_into_targets(ctx, node.outputs[0], depth - 1)
         else:
             targets = list(node.outputs[0].uses()) if node.op_type == "Concat" else []
-            ok = bool(targets) and not node.outputs[0].is_graph_output() and all(
-                SHAPE_TARGETS.get(u.node.op_type) == u.idx and ctx.shape(u.node.outputs[0]) is not None
-                and ctx.shape(u.node.inputs[0]) is not None for u in targets)  # the target rule will resolve it
+            ok = (
+                bool(targets)
+                and not node.outputs[0].is_graph_output()
+                and all(
+                    SHAPE_TARGETS.get(u.node.op_type) == u.idx
+                    and ctx.shape(u.node.outputs[0]) is not None
+                    and ctx.shape(u.node.inputs[0]) is not None
+                    for u in targets
+                )
+            )  # the target rule will resolve it
         if not ok:
             return False
     return True
@@ -110,7 +133,9 @@ def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | 
     node = value.producer() if value is not None else None
     if node is None or depth == 0:
         return None
-    carried = next((v for v in node.inputs if v is not None and _carries(ctx, node, v) is not None), None)
+    carried = next(
+        (v for v in node.inputs if v is not None and _carries(ctx, node, v) is not None), None
+    )
     if carried is not None and ctx.const(carried) is None:
         source = dim_source(ctx, carried, depth - 1)
         return None if source is None else (source[0], source[1] * _carries(ctx, node, carried))
@@ -118,4 +143,8 @@ def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | 
     if shape_node is None or shape_node.op_type != "Shape":
         return None
     picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(shape_node.inputs[0]) or 0))
-    return ((shape_node.inputs[0].name, picked[0]), 1) if picked is not None and len(picked) == 1 else None
+    return (
+        ((shape_node.inputs[0].name, picked[0]), 1)
+        if picked is not None and len(picked) == 1
+        else None
+    )

@@ -15,7 +15,15 @@ import math
 
 import numpy as np
 
-from sparsec.analysis.rules.core import Coupling, Fixup, Member, RuleContext, axis_rule, link_broadcast, norm_axis
+from sparsec.analysis.rules.core import (
+    Coupling,
+    Fixup,
+    Member,
+    RuleContext,
+    axis_rule,
+    link_broadcast,
+    norm_axis,
+)
 from sparsec.analysis.rules.dims import dim_source
 
 

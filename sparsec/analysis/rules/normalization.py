@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.analysis.rules.core import (Coupling, Member, RuleContext, axis_rule, count_fixup, identity_all,
-                                         link_broadcast, norm_axis)
+from sparsec.analysis.rules.core import (
+    Coupling,
+    Member,
+    RuleContext,
+    axis_rule,
+    count_fixup,
+    identity_all,
+    link_broadcast,
+    norm_axis,
+)
+
 
 def _channel_params(c: Coupling, node, channel: Member, start: int) -> None:
     for value in node.inputs[start:]:

@@ -8,6 +8,7 @@ import numpy as np
 
 from sparsec.analysis.rules.core import Coupling, RuleContext, axis_rule, identity_all, norm_axis
 
+
 @axis_rule("QuantizeLinear", "DequantizeLinear")
 def quantize_linear(node, ctx: RuleContext) -> Coupling:
     """y = quantize(x) or dequantize(x), element by element: every axis of x is y's. Per-tensor
@@ -20,14 +21,21 @@ def quantize_linear(node, ctx: RuleContext) -> Coupling:
     if rank is None:
         return c
     identity_all(c, x, y, rank)
-    axis, block = norm_axis(int(ctx.attr(node, "axis", 1)), max(rank, 1)), int(ctx.attr(node, "block_size", 0))
+    axis, block = (
+        norm_axis(int(ctx.attr(node, "axis", 1)), max(rank, 1)),
+        int(ctx.attr(node, "block_size", 0)),
+    )
     for param in node.inputs[1:3]:
         shape = ctx.shape(param)
         if param is None or shape is None:
             continue
         if block:
             for k in range(rank):
-                c.link((x.name, k), (param.name, k), np.arange(ctx.shape(x)[k]) // block if k == axis else None)
+                c.link(
+                    (x.name, k),
+                    (param.name, k),
+                    np.arange(ctx.shape(x)[k]) // block if k == axis else None,
+                )
         elif int(np.prod(shape)) == 1:
             c.free.update((param.name, k) for k in range(len(shape)))
         else:
