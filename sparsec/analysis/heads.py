@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparsec.analysis.groups import ChannelGroup, GroupAnalysis, find_channel_groups
+from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.weight_sites import weight_sites
 
 ATTENTION_OPS = {("", "Attention"), ("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"),
@@ -127,8 +128,10 @@ def _source_weights(model, value, depth: int = 12) -> list[str]:
         node = value.producer() if value is not None else None
         if node is None:
             return []
-        if node.op_type in ("MatMul", "Gemm"):
-            weights = [v.name for v in node.inputs[:2] if v is not None and model.constant_shape(v) is not None]
+        layout = op_layout(model, node)
+        if layout is not None and layout.role == "linear":  # MatMul, Gemm: either operand may be the weight
+            operands = [node.inputs[i] for i in sorted(o.index for o in layout.operands())]
+            weights = [v.name for v in operands if v is not None and model.constant_shape(v) is not None]
             if weights:
                 return weights
         if node.op_type not in PASS_THROUGH:
