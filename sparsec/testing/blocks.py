@@ -157,26 +157,78 @@ def split_merge(b: Builder, s: State, spec: dict) -> State:
 
 
 def slice_channels(b: Builder, s: State, spec: dict) -> State:
+    """Slice of the channels: forward (``start``, ``step``, an end past the axis or not),
+    ``reverse`` (step -1 from the last channel) or ``negative`` (starts counted from the end)."""
     c = s.shape[1]
     start, step = min(spec.get("start", 1), c - 1), spec.get("step", 1)
     end = c if spec.get("to_end", True) else max(start + 1, c - 1)
-    inputs = [
-        s.name,
-        b.ints([start]),
-        b.ints([2**62 if spec.get("big_end") and end == c else end]),
-        b.ints([1]),
-    ]
+    if spec.get("form") == "reverse":
+        start, end, step = -1, -(2**62), -step
+    elif spec.get("form") == "negative":
+        start -= c
+    elif spec.get("big_end") and end == c:
+        end = 2**62
+    inputs = [s.name, b.ints([start]), b.ints([end]), b.ints([1])]
     if step != 1:
         inputs.append(b.ints([step]))
-    kept = len(range(start, end, step))
+    kept = len(range(c)[slice(start, end, step)])
     return State(b.op("Slice", inputs), [s.shape[0], kept, *s.shape[2:]], "image")
 
 
 def gather_channels(b: Builder, s: State, spec: dict) -> State:
+    """Gather of channels at constant indices: a permutation, less ``drop`` of them, sorted or
+    not, optionally one repeated (``dup``) and counted from the end (``negative``)."""
     c = s.shape[1]
     order = np.random.default_rng(spec["seed"]).permutation(c)[: max(1, c - spec.get("drop", 1))]
-    out = b.op("Gather", [s.name, b.ints(sorted(order) if spec.get("sorted") else order)], axis=1)
+    order = sorted(order) if spec.get("sorted") else list(order)
+    if spec.get("dup"):
+        order.append(order[0])
+    indices = np.array(order, np.int64) - (c if spec.get("negative") else 0)
+    out = b.op("Gather", [s.name, b.ints(indices)], axis=1)
     return State(out, [s.shape[0], len(order), *s.shape[2:]], "image")
+
+
+def concat_self(b: Builder, s: State, spec: dict) -> State:
+    """The running tensor concatenated with itself (or added to itself) along the channels."""
+    if spec.get("add"):
+        return State(b.op("Add", [s.name, s.name]), s.shape, s.kind)
+    out = b.op("Concat", [s.name, s.name], axis=1)
+    return State(out, [s.shape[0], 2 * s.shape[1], *s.shape[2:]], "image")
+
+
+def nhwc_flatten(b: Builder, s: State, spec: dict) -> State:
+    """Channels-last features: Transpose to NHWC, then Flatten (channel c is every C-th feature)."""
+    n, c, h, w = s.shape
+    if c * h * w > 512:
+        return s
+    out = b.op("Flatten", [b.op("Transpose", [s.name], perm=[0, 2, 3, 1])], axis=1)
+    return State(out, [n, c * h * w], "flat")
+
+
+def weight_first(b: Builder, s: State, spec: dict) -> State:
+    """y = (W · xᵀ)ᵀ: the constant as MatMul's first operand (seq), or Gemm with transA (flat)."""
+    d, out = s.shape[-1], spec.get("out", s.shape[-1])
+    if s.kind == "flat":
+        xt = b.op("Transpose", [s.name], perm=[1, 0])
+        y = b.op("Gemm", [xt, b.weight(d, out), b.vector(out)], transA=1)
+        return State(y, [s.shape[0], out], "flat")
+    xt = b.op("Transpose", [s.name], perm=[0, 2, 1])
+    y = b.op("MatMul", [b.weight(out, d), xt])
+    return State(b.op("Transpose", [y], perm=[0, 2, 1]), [*s.shape[:-1], out], "seq")
+
+
+def passthrough(b: Builder, s: State, spec: dict) -> State:
+    """Identity, inference Dropout, or a Cast to double, Neg and back (cleanup bypasses the first
+    two; onnxruntime drops a Cast pair even unoptimized and then an If reading its output fails)."""
+    kind = spec.get("kind", "Identity")
+    if kind == "Cast":
+        wide = b.op(
+            "Neg", [b.op("Cast", [s.name], to=TensorProto.DOUBLE)]
+        )  # a bare Cast pair trips
+        return State(
+            b.op("Cast", [wide], to=TensorProto.FLOAT), s.shape, s.kind
+        )  # an onnxruntime bug
+    return State(b.op(kind, [s.name]), s.shape, s.kind)
 
 
 def channel_shuffle(b: Builder, s: State, spec: dict) -> State:
@@ -298,6 +350,48 @@ def nhwc_mlp(b: Builder, s: State, spec: dict) -> State:
     down = linear(b, hidden, {"bias": spec.get("bias", True)}, out=s.shape[1])
     back = b.op("Transpose", [down.name], perm=[0, 3, 1, 2])
     return State(b.op("Add", [s.name, back]), s.shape, "image")
+
+
+def fork(b: Builder, s: State, spec: dict) -> State:
+    """Remember the running tensor for a later ``join`` (a long skip connection)."""
+    b.saved.append(s)
+    return s
+
+
+def join(b: Builder, s: State, spec: dict) -> State:
+    """Merge the latest remembered tensor of the same kind and spatial/sequence shape back in:
+    Add (through a 1×1 projection when the channels differ) or Concat along the channels."""
+    axis = 1 if s.kind == "image" else -1
+    fits = [old for old in b.saved if old.kind == s.kind and _same_but(old.shape, s.shape, axis)]
+    if not fits or fits[-1].name == s.name:
+        return s
+    old = fits[-1]
+    if spec.get("concat"):
+        shape = list(s.shape)
+        shape[axis] += old.shape[axis]
+        return State(b.op("Concat", [s.name, old.name], axis=axis), shape, s.kind)
+    if old.shape[axis] != s.shape[axis]:
+        old = (
+            conv(b, old, {"k": 1}, c_out=s.shape[1])
+            if s.kind == "image"
+            else linear(b, old, {}, out=s.shape[-1])
+        )
+    return State(b.op("Add", [old.name, s.name]), s.shape, s.kind)
+
+
+def _same_but(a: list[int], b: list[int], axis: int) -> bool:
+    return len(a) == len(b) and all(
+        x == y for i, (x, y) in enumerate(zip(a, b)) if i != axis % len(a)
+    )
+
+
+def dead_branch(b: Builder, s: State, spec: dict) -> State:
+    """Nodes whose result nobody reads (the cleanup removes them)."""
+    if s.kind == "image":
+        conv(b, s, {"k": 1, "out": 4})
+    else:
+        linear(b, s, {"out": 4})
+    return s
 
 
 def conv_transpose(b: Builder, s: State, spec: dict) -> State:
@@ -604,4 +698,11 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "reshape_flat": (("image",), reshape_flat),
     "swiglu": (("seq", "flat"), swiglu),
     "nhwc_mlp": (("image",), nhwc_mlp),
+    "concat_self": (("image",), concat_self),
+    "nhwc_flatten": (("image",), nhwc_flatten),
+    "weight_first": (("seq", "flat"), weight_first),
+    "passthrough": (("image", "seq", "flat"), passthrough),
+    "fork": (("image", "seq", "flat"), fork),
+    "join": (("image", "seq", "flat"), join),
+    "dead": (("image", "seq", "flat"), dead_branch),
 }

@@ -27,6 +27,7 @@ class Builder:
         self.inits: list = []
         self.outputs: list = []
         self.inputs: list = []  # extra graph inputs: (name, shape)
+        self.saved: list = []  # states a later ``join`` block may merge back (skip connections)
         self.count = 0
         self.rng = np.random.default_rng(0)
 

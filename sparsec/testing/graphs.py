@@ -139,11 +139,18 @@ SAMPLERS: dict[str, Callable] = {
         "step": int(_choice(rng, (1, 1, 2))),
         "to_end": bool(rng.random() < 0.6),
         "big_end": bool(rng.random() < 0.3),
+        "form": _choice(rng, ("forward", "forward", "reverse", "negative")),
     },
     "gather": lambda rng, s: {
         "drop": int(_choice(rng, (0, 1, 2))),
         "sorted": bool(rng.random() < 0.5),
+        "dup": bool(rng.random() < 0.3),
+        "negative": bool(rng.random() < 0.3),
     },
+    "concat_self": lambda rng, s: {"add": bool(rng.random() < 0.3)},
+    "weight_first": lambda rng, s: {"out": int(_choice(rng, (6, 8, 12)))},
+    "join": lambda rng, s: {"concat": bool(rng.random() < 0.4)},
+    "passthrough": lambda rng, s: {"kind": _choice(rng, ("Identity", "Dropout", "Cast"))},
     "resize": lambda rng, s: {"mode": _choice(rng, ("nearest", "linear"))},
     "pad": lambda rng, s: {
         "pad": int(_choice(rng, (1, 2))),
@@ -217,81 +224,28 @@ SAMPLERS: dict[str, Callable] = {
     },
 }
 
+
+def _table(text: str) -> dict[str, int]:
+    """``"conv:8 act:4"`` → ``{"conv": 8, "act": 4}``."""
+    return {op: int(weight) for op, weight in (item.split(":") for item in text.split())}
+
+
 # relative frequencies of the blocks per running kind
 WEIGHTS = {
-    "image": {
-        "conv": 8,
-        "act": 4,
-        "bn": 3,
-        "groupnorm": 1,
-        "layernorm_nhwc": 1,
-        "pool": 2,
-        "residual": 3,
-        "se": 2,
-        "concat": 2,
-        "split": 2,
-        "slice": 1,
-        "gather": 1,
-        "shuffle": 1,
-        "resize": 1,
-        "pad": 1,
-        "affine": 1,
-        "unsqueeze": 1,
-        "shared": 1,
-        "if": 1,
-        "loop": 1,
-        "qdq_act": 1,
-        "tap": 1,
-        "to_flat": 1,
-        "to_seq": 1,
-        "convt": 1,
-        "other_norm": 1,
-        "gate": 1,
-        "reduce": 1,
-        "channel_softmax": 1,
-        "divide": 1,
-        "concat_spatial": 1,
-        "split3": 1,
-        "side_input": 1,
-        "expand": 1,
-        "reshape_flat": 1,
-        "nhwc_mlp": 1,
-    },
-    "seq": {
-        "attention": 4,
-        "mlp": 3,
-        "swiglu": 1,
-        "linear": 2,
-        "layernorm": 2,
-        "act": 1,
-        "affine": 1,
-        "unsqueeze": 1,
-        "if": 1,
-        "loop": 1,
-        "qdq_act": 1,
-        "tap": 1,
-        "seq_to_flat": 1,
-        "divide": 1,
-        "side_input": 1,
-        "expand": 1,
-    },
-    "flat": {
-        "linear": 4,
-        "act": 2,
-        "bn": 1,
-        "layernorm": 1,
-        "mlp": 1,
-        "swiglu": 1,
-        "affine": 1,
-        "unsqueeze": 1,
-        "if": 1,
-        "loop": 1,
-        "qdq_act": 1,
-        "tap": 1,
-        "divide": 1,
-        "side_input": 1,
-        "expand": 1,
-    },
+    "image": _table(
+        "conv:8 act:4 bn:3 groupnorm:1 layernorm_nhwc:1 pool:2 residual:3 se:2 concat:2 split:2 slice:1 gather:1 "
+        "shuffle:1 resize:1 pad:1 affine:1 unsqueeze:1 shared:1 if:1 loop:1 qdq_act:1 tap:1 to_flat:1 to_seq:1 "
+        "convt:1 other_norm:1 gate:1 reduce:1 channel_softmax:1 divide:1 concat_spatial:1 split3:1 side_input:1 "
+        "expand:1 reshape_flat:1 nhwc_mlp:1 concat_self:1 nhwc_flatten:1 passthrough:1 fork:2 join:3 dead:1"
+    ),
+    "seq": _table(
+        "attention:4 mlp:3 swiglu:1 linear:2 layernorm:2 act:1 affine:1 unsqueeze:1 if:1 loop:1 qdq_act:1 tap:1 "
+        "seq_to_flat:1 divide:1 side_input:1 expand:1 weight_first:1 passthrough:1 fork:2 join:3 dead:1"
+    ),
+    "flat": _table(
+        "linear:4 act:2 bn:1 layernorm:1 mlp:1 swiglu:1 affine:1 unsqueeze:1 if:1 loop:1 qdq_act:1 tap:1 divide:1 "
+        "side_input:1 expand:1 weight_first:1 passthrough:1 fork:2 join:3 dead:1"
+    ),
 }
 QDQ_WEIGHT_BLOCKS = ("conv", "residual", "se", "linear", "attention")
 
