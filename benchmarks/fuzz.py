@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import signal
 import sys
 import tempfile
 import time
@@ -52,7 +53,10 @@ def _serve(conn, workdir: str) -> None:
             failures = check_description(graph, Path(workdir) / "graph", modes)
         except Exception as error:  # the harness or a half-edited source tree, not a finding
             failures = [Failure("harness", "error", f"{type(error).__name__}: {error}")]
-        conn.send([(f.mode, f.kind, f.line) for f in failures])
+        try:
+            conn.send([(f.mode, f.kind, f.line) for f in failures])
+        except BrokenPipeError:  # the parent is gone
+            return
 
 
 class HarnessError(Exception):
@@ -169,20 +173,26 @@ def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: fl
     with tempfile.TemporaryDirectory(prefix="sparsec-fuzz-") as workdir:
         worker = Worker(workdir, timeout)
         saver = Saver(worker, out)
-        while time.monotonic() < deadline:
-            graph = generate(seed + tried, qdq=qdq)
-            failures = _check_or_wait(worker, graph)
-            if failures is None:
-                continue
-            tried += 1
-            for failure in failures:
-                classes[failure.key] += 1
-                saver.offer(graph, failure, seed + tried - 1)
-            if tried % every == 0:
-                print(_line(tried, started, classes, saver.saved), flush=True)
-        worker.stop()
+        try:
+            while time.monotonic() < deadline:
+                graph = generate(seed + tried, qdq=qdq)
+                failures = _check_or_wait(worker, graph)
+                if failures is None:
+                    continue
+                tried += 1
+                for failure in failures:
+                    classes[failure.key] += 1
+                    saver.offer(graph, failure, seed + tried - 1)
+                if tried % every == 0:
+                    print(_line(tried, started, classes, saver.saved), flush=True)
+        finally:  # also on Ctrl-C or SIGTERM: no worker left behind
+            worker.stop()
     print(_line(tried, started, classes, saver.saved), flush=True)
     return 1 if classes else 0
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=120, help="seconds one check may take")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     return run(args.minutes, args.seed, args.out, args.qdq, args.every, args.timeout)
 
 
