@@ -97,6 +97,27 @@ def test_harness_reports_an_internal_error(tmp_path, monkeypatch):
     assert failures[0].key == "nm:exit-3:pass '?' failed: KeyError: '?'"
 
 
+def test_harness_reports_a_changed_input_and_files_left_behind(tmp_path, monkeypatch):
+    """A fake CLI that writes its output but also a temp file, or touches the input."""
+
+    def fake(args, stray: bool):
+        source, output = Path(args[1]), Path(args[3])
+        output.write_bytes(source.read_bytes())
+        if stray:
+            (source.parent / "out.onnx.tmp").write_bytes(b"")
+        else:
+            source.write_bytes(source.read_bytes() + b" ")
+        return 0, "", ""
+
+    monkeypatch.setattr(fuzz, "run_cli", lambda args: fake(args, stray=True))
+    assert [f.kind for f in check_graph(build(generate(3)), tmp_path / "a", ("nm",))] == [
+        "leftover"
+    ]
+    monkeypatch.setattr(fuzz, "run_cli", lambda args: fake(args, stray=False))
+    kinds = [f.kind for f in check_graph(build(generate(3)), tmp_path / "b", ("nm",))]
+    assert kinds == ["input-changed"]
+
+
 def test_invalid_input_is_the_generators_fault_not_sparsecs(tmp_path):
     model = build(generate(3))
     model.graph.node[0].input[0] = "missing"

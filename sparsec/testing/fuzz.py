@@ -12,6 +12,7 @@ What is checked, per mode (``cleanup``: the default pipeline; ``channels``: ``--
   broke it), 3 (an internal error) or anything else is a failure; so is an exception escaping
   ``main`` or a Python traceback on stderr;
 - exit 2 prints exactly one ``sparsec: error:`` line and writes nothing; exit 0 prints none;
+  either way the input file is unchanged and nothing else is left in its folder;
 - on exit 0: the output passes ``onnx.checker.check_model(full_check=True)``, onnxruntime runs
   it (with and without graph optimizations), it keeps the original's output names and shapes,
   the report says the gated validation and the oracle passed, and the exact cleanup keeps the
@@ -55,8 +56,9 @@ ERROR_PREFIX = "sparsec: error:"
 @dataclass(frozen=True)
 class Failure:
     mode: str
-    # exit-1, exit-3, exit-N, uncaught, traceback, stderr, written, checker, onnxruntime,
-    # outputs, report, values; invalid-input (the generator's fault); crash, timeout (benchmark)
+    # exit-1, exit-3, exit-N, uncaught, traceback, stderr, written, input-changed, leftover,
+    # checker, onnxruntime, outputs, report, values; invalid-input (the generator's fault);
+    # crash, timeout (benchmarks/fuzz.py)
     kind: str
     line: str
 
@@ -190,8 +192,9 @@ def _check_mode(
         str(report),
         *MODES[mode],
     ]
+    before = source.read_bytes()
     code, _, err = run_cli(args)
-    failures = _check_exit(mode, code, err, output)
+    failures = _check_exit(mode, code, err, output) + _check_files(mode, source, before)
     if failures or code != 0:
         if code == 2 and refusals is not None and not failures:
             refusals.append((mode, _error_lines(err)[0]))
@@ -225,6 +228,15 @@ def _check_exit(mode: str, code: int | None, err: str, output: Path) -> list[Fai
     if code == 0 and not output.exists():
         return [Failure(mode, "written", "exit 0 but no output was written")]
     return []
+
+
+def _check_files(mode: str, source: Path, before: bytes) -> list[Failure]:
+    """The input is unchanged and nothing but outputs and reports is left beside it."""
+    if source.read_bytes() != before:
+        return [Failure(mode, "input-changed", "the input model's bytes changed")]
+    expected = {source.name} | {f"{m}.{ext}" for m in MODES for ext in ("onnx", "json")}
+    extra = sorted(p.name for p in source.parent.iterdir() if p.name not in expected)
+    return [Failure(mode, "leftover", f"left behind: {', '.join(extra)[:200]}")] if extra else []
 
 
 def _check_output(model, mode: str, output: Path, report: Path, feeds, reference) -> list[Failure]:
