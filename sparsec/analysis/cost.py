@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sparsec.analysis.op_layouts import LAYOUTS
+from sparsec.analysis.op_layouts import COMPUTE_OPS
 from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.shapes import Shape, value_shapes
 
@@ -83,12 +83,13 @@ def _attention(node, s: _Shapes) -> int | None:
     if query is None:
         return None
     macs = 0
-    if node.domain == "com.microsoft" and node.op_type == "Attention":
-        weights = s.of(node.inputs[1])
+    layout = op_layout(s.model, node)  # com.microsoft Attention: its packed projection
+    if layout is not None:
+        weights = s.of(node.inputs[layout.weight.index])
         if weights is None:
             return None
         macs += _prod(query[:-1]) * _prod(weights)
-        hidden = weights[1] // 3
+        hidden = weights[layout.weight.kept] // 3
         return macs + 2 * query[0] * query[1] * query[1] * hidden
     if key is None:
         return None
@@ -106,7 +107,7 @@ def _recurrent(node, s: _Shapes) -> int | None:
 
 
 MAC_RULES: dict[tuple[str, str], Callable] = {
-    **{("", op_type): _weighted for op_type in LAYOUTS},
+    **{("", op_type): _weighted for op_type in COMPUTE_OPS},
     ("", "Attention"): _attention,
     ("com.microsoft", "Attention"): _attention,
     ("com.microsoft", "MultiHeadAttention"): _attention,

@@ -24,6 +24,10 @@ product's every output element costs the length of the activation's contraction 
 
 A weight operand may be quantized (a ``DequantizeLinear`` of constants, ``analysis.quantized``):
 Q/DQ keep every axis, so the axes here are the stored constant's axes too.
+
+``com.microsoft`` Attention's packed input projection is a product too: ``x [B, S, In]``
+contracts axis 2 with ``W [In, Q|K|V]`` axis 0, the bias (input 2) runs along W's kept axis 1
+(its role is ``attention``: its columns are heads, not channels, and it is not a weight site).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class OpLayout:
     weight: Operand
     bias: int | None  # the bias input (None: the op has none)
     output_channels: int  # the output's channel axis
-    role: str  # "conv" or "linear": what the weight's channels are
+    role: str  # "conv", "linear" or "attention": what the weight's kept axis holds
     groups: int = 1  # a conv's ``group`` attribute
     commutes: bool = False  # a product: either operand may be the constant one
     full_side: str = "output"  # a conv: which activation W axis 0 indexes ("output"/"input")
@@ -115,15 +119,22 @@ def _conv(op_type: str, contraction: int) -> Callable[[Attr], OpLayout]:
     return build
 
 
-LAYOUTS: dict[str, Callable[[Attr], OpLayout]] = {
-    "MatMul": _matmul,
-    "Gemm": _gemm,
-    "Conv": _conv("Conv", 1),
-    "ConvTranspose": _conv("ConvTranspose", 0),
+def _ms_attention(attr: Attr) -> OpLayout:
+    """The packed input projection of com.microsoft Attention: x [B, S, In] · W [In, Q|K|V] + bias."""
+    return OpLayout("Attention", Operand(0, 2, 1), Operand(1, 0, 1), 2, 2, "attention")
+
+
+LAYOUTS: dict[tuple[str, str], Callable[[Attr], OpLayout]] = {  # (domain, op type) -> layout
+    ("", "MatMul"): _matmul,
+    ("", "Gemm"): _gemm,
+    ("", "Conv"): _conv("Conv", 1),
+    ("", "ConvTranspose"): _conv("ConvTranspose", 0),
+    ("com.microsoft", "Attention"): _ms_attention,
 }
+COMPUTE_OPS = tuple(op_type for domain, op_type in LAYOUTS if domain == "")  # the standard ones
 
 
 def layout(model, node) -> OpLayout | None:
-    """The layout of a standard-domain compute node at its attributes, or None."""
-    build = LAYOUTS.get(node.op_type) if node.domain in STANDARD else None
+    """The layout of a compute node at its attributes, or None."""
+    build = LAYOUTS.get(("" if node.domain in STANDARD else node.domain, node.op_type))
     return None if build is None else build(lambda name, default: model.attr(node, name, default))

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sparsec.analysis.op_layouts import LAYOUTS
+from sparsec.analysis.op_layouts import COMPUTE_OPS
 from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.quantized import QuantizedWeight, quantized_weight
 
@@ -49,7 +49,7 @@ def _embedding(node, model) -> list[tuple]:
     return [(0, -1, None, None)] if int(model.attr(node, "axis", 0)) == 0 else []
 
 
-REDUCTION_AXIS: dict[str, Callable] = dict.fromkeys(LAYOUTS, _reduction_axes)
+REDUCTION_AXIS: dict[str, Callable] = dict.fromkeys(COMPUTE_OPS, _reduction_axes)
 EMBEDDING_AXIS: dict[str, Callable] = {"Gather": _embedding}
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.rules.core import (
     Coupling,
     Member,
@@ -161,25 +162,25 @@ def _input(node, index: int):
 def ms_attention(node, ctx: RuleContext) -> Coupling:
     """com.microsoft Attention: input [B, S, In] · weights [In, Q+K+V] + bias [Q+K+V], heads
     packed per part (``qkv_hidden_sizes``, else three equal parts); output [B, S, V]."""
-    c = Coupling()
-    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    c, layout = Coupling(), op_layout(ctx.model, node)
+    x, w, y = node.inputs[layout.activation.index], node.inputs[layout.weight.index], node.outputs[0]
     xs, ws, ys = _shape(ctx, x), _shape(ctx, w), _shape(ctx, y)
     heads_count = int(ctx.attr(node, "num_heads", 0))
     if None in (xs, ws, ys) or len(xs) != 3 or len(ws) != 2 or not heads_count or ctx.attr(node, "qkv_hidden_sizes"):
         return c  # explicit qkv_hidden_sizes would need rewriting too: left unmapped
-    part = ws[1] // 3
+    part = ws[layout.weight.kept] // 3
     head_dim = part // heads_count
     c.link((y.name, 0), (x.name, 0))
     c.link((y.name, 1), (x.name, 1))
-    c.link((x.name, 2), (w.name, 0))
+    c.link((x.name, layout.activation.contraction), (w.name, layout.weight.contraction))
     heads = c.virtual(node, "heads", heads_count)
     c.roles[heads] = "heads"
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = node.inputs[layout.bias] if len(node.inputs) > layout.bias else None
     for packed in (w, bias):  # weight columns and bias: [Q | K | V]
         if packed is not None and packed.name:
             _split_packed(c, (packed.name, len(ctx.shape(packed)) - 1), heads, [part] * 3, [head_dim] * 3)
     _split_packed(c, (y.name, 2), heads, [ys[2]], [head_dim])
-    compute_axes(c, ctx, w, (0, 1))
+    compute_axes(c, ctx, w, (layout.weight.contraction, layout.weight.kept))
     count_fixup(c, node, "num_heads", heads)
     return c
 
