@@ -37,8 +37,17 @@ if TYPE_CHECKING:
     from sparsec.errors import InputError, SparsecError, ValidationError
     from sparsec.ir import Model
     from sparsec.passes import (
-        Diagnostic, FunctionalPass, InPlacePass, PassBase, PassError, PassResult, Pipeline, available, create,
-        parse_pipeline, register,
+        Diagnostic,
+        FunctionalPass,
+        InPlacePass,
+        PassBase,
+        PassError,
+        PassResult,
+        Pipeline,
+        available,
+        create,
+        parse_pipeline,
+        register,
     )
     from sparsec.pruning.surgery import prune_channels
 

@@ -24,22 +24,35 @@ from sparsec.analysis.activations import RANDOM, load_calibration
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.heads import attention_blocks
-from sparsec.analysis.inputs import bind_shapes, feed_shapes, load_npz, parse_input_shapes, random_inputs
+from sparsec.analysis.inputs import (
+    bind_shapes,
+    feed_shapes,
+    load_npz,
+    parse_input_shapes,
+    random_inputs,
+)
 from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model, refuse_unwritable
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
-from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonicalizePass
-from sparsec.passes.split_qkv import SplitQkvPass
+from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
 from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
+from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.pruning import sensitivity as sensitivity_analysis
 from sparsec.pruning.channels import read_plan
-from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, ORACLE_TOLERANCE, Validation, check_encoded, validate
+from sparsec.validate import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    ORACLE_TOLERANCE,
+    Validation,
+    check_encoded,
+    validate,
+)
 
 PIPELINE_METADATA_KEY = "sparsec.pipeline"
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import MODELS, make_model, oracle_error, prune
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsec.analysis.rules import AXIS_RULES
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE
+from sparsec.analysis.rules import AXIS_RULES
 from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.passes.channel_prune import ChannelPrunePass
@@ -45,7 +45,7 @@ def test_pruned_model_equals_masked_original(path):
 
 def test_masked_original_really_differs_from_the_original():
     """The oracle is not vacuous: zeroing the removed channels changes the original's outputs."""
-    model, result = prune(MODELS / "couplings" / "residual_add.onnx", ratio=0.5)
+    _model, result = prune(MODELS / "couplings" / "residual_add.onnx", ratio=0.5)
     original = Model.load(MODELS / "couplings" / "residual_add.onnx")
     assert oracle_error(original, result.reference()) > 1e-2
 
@@ -101,7 +101,7 @@ def _two_channel_model(small_channel: int) -> Model:
 
 @pytest.mark.parametrize("importance", ["l1", "l2"])
 def test_norm_importance_removes_the_weakest_channel(importance):
-    model, result = prune(_two_channel_model(small_channel=2), ratio=0.25, importance=importance)
+    _model, result = prune(_two_channel_model(small_channel=2), ratio=0.25, importance=importance)
     kept = result.artifacts["plan"]["initializers"]["w1"][0]["kept"]
     assert kept == [0, 1, 3]
 

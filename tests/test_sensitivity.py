@@ -157,5 +157,5 @@ def test_table_renders(table):
 def test_bad_ratios_are_refused(cnn, samples):
     with pytest.raises(InputError, match=r"ratios must lie in \(0, 1\)"):
         measure(cnn, samples, ratios=(0.5, 1.0))
-    with pytest.raises(InputError, match="not measured at ratio 0.3"):
+    with pytest.raises(InputError, match=r"not measured at ratio 0\.3"):
         SensitivityTable.removed(_synthetic(0.1), {0: 0.3})

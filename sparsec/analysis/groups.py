@@ -232,7 +232,7 @@ def _unify_positions(graph: nx.Graph, members: list[Member], sizes: dict) -> tup
         offsets[member] = total
         total += sizes[member]
     left, right = [], []
-    for a, b, data in graph.subgraph(members).edges(data=True):
+    for _a, _b, data in graph.subgraph(members).edges(data=True):
         for edge in data["maps"]:
             size_a = sizes[edge.a]
             index = np.arange(size_a) if edge.index is None else np.asarray(edge.index)

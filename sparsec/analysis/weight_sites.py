@@ -75,13 +75,13 @@ def weight_sites(model, *, embeddings: bool = False,
     rules = {**REDUCTION_AXIS, **(EMBEDDING_AXIS if embeddings else {})}
     for node in model.nodes():
         rule = rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        for index, axis, act_index, act_axis in (rule(node, model) if rule else []):
+        for index, rule_axis, act_index, act_axis in (rule(node, model) if rule else []):
             operand = node.inputs[index] if index < len(node.inputs) else None
             value, q = _stored(model, operand, quantized) if operand is not None else (None, None)
             shape = model.constant_shape(value) if value is not None else None
             if shape is None or len(shape) < 2:
                 continue
-            axis = axis % len(shape)
+            axis = rule_axis % len(shape)
             site = sites.setdefault(value.name, WeightSite(value.name, axis, tuple(shape), quantized=q))
             if site.axis != axis:
                 conflicts[value.name] = f"its uses reduce along different axes ({site.axis} and {axis})"

@@ -69,10 +69,11 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
         raise InputError(
             f"pass '{name}' has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}"
         )
-    for key, value in options.items():
+    for key, given in options.items():
         default = accepted[key]
-        if type(default) is float and type(value) is int and abs(value) < 2**53:
-            options[key] = value = float(value)  # threshold=12 for a float option
+        value = given
+        if type(default) is float and type(given) is int and abs(given) < 2**53:
+            options[key] = value = float(given)  # threshold=12 for a float option
         expected = type(default)
         if default is not None and default is not inspect.Parameter.empty and not isinstance(value, expected):
             raise InputError(f"pass '{name}' option {key}={value!r}: expected {expected.__name__} (like {default!r})")

@@ -131,9 +131,9 @@ class SensitivityTable:
         """A table: group, kind, units, then per ratio the output error and the MACs saved."""
         head = f"{'group':>5}  {'kind':<8} {'units':>6}" + "".join(f"  {f'err@{r:g}':>9} {f'MACs-@{r:g}':>10}"
                                                                   for r in self.ratios)
-        lines = [f"sensitivity: {len(self.groups)} group(s) x {len(self.ratios)} ratio(s), importance "
-                 f"{self.importance}, {self.samples} samples, {self.seconds:.1f} s; error = ||dy||^2/||y||^2, "
-                 f"MACs- = saving in % of the original {self.macs:,} MACs", head]
+        lines = [(f"sensitivity: {len(self.groups)} group(s) x {len(self.ratios)} ratio(s), importance "
+                  f"{self.importance}, {self.samples} samples, {self.seconds:.1f} s; error = ||dy||^2/||y||^2, "
+                  f"MACs- = saving in % of the original {self.macs:,} MACs"), head]
         for g in self.groups:
             cells = "".join(f"  {p.error:>9.3g} {100 * (self.macs - p.macs) / max(self.macs, 1):>9.1f}%"
                             for p in g.points)

@@ -137,10 +137,10 @@ def _slice_inputs(node, ctx: RuleContext, rank: int):
 def _clamped(raw, shape) -> dict[int, tuple[int, int, int]]:
     """{axis: (start, end, step)} with step-1 bounds clamped to the dims."""
     bounds = {}
-    for start, end, axis, step in zip(raw[0], raw[1], raw[2], raw[3]):
+    for first, last, axis, step in zip(raw[0], raw[1], raw[2], raw[3]):
         dim = shape[axis]
-        start = min(max(start + dim if start < 0 else start, 0), dim)
-        end = min(max(end + dim if end < 0 else end, 0), dim)
+        start = min(max(first + dim if first < 0 else first, 0), dim)
+        end = min(max(last + dim if last < 0 else last, 0), dim)
         bounds[axis] = (start, end, step)
     return bounds
 
