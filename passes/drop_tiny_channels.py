@@ -3,7 +3,8 @@ group-summed L1 importance is below ``threshold`` (at most all but one per group
 
 The pass decides; ``sparsec.prune_channels`` cuts, and hands back the oracle reference so that
 ``sparsec compress`` checks the result against the masked original like any built-in pass.
-Load it with ``sparsec compress MODEL -o OUT --passes 'passes/drop_tiny_channels.py:DropTinyChannelsPass(threshold=0.5)'``.
+Load it with ``sparsec compress MODEL -o OUT --passes
+'passes/drop_tiny_channels.py:DropTinyChannelsPass(threshold=0.5)'``.
 """
 
 from __future__ import annotations

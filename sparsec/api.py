@@ -439,7 +439,8 @@ def _oracle_failure_line(oracle: Validation) -> str:
         return (f"oracle check failed (nothing written): output '{worst.name}' is not finite on these inputs, so it "
                 "cannot be compared (do the --inputs hold NaN or Inf?)")
     return (f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
-            f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
+            f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = "
+            f"{ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
             "a bug in the lossy pass (please report it if the pass is one of sparsec's)")
 
 

@@ -255,7 +255,8 @@ import sparsec
 
 
 def _first_matrix(model):
-    return next(v for v in model.initializers().values() if model.constant(v) is not None and model.constant(v).ndim == 2)
+    return next(v for v in model.initializers().values()
+                if model.constant(v) is not None and model.constant(v).ndim == 2)
 
 
 class NudgePass(sparsec.InPlacePass):

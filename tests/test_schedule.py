@@ -114,6 +114,7 @@ def test_a_branch_cut_to_one_channel_is_followed_or_its_shortfall_reported(rng, 
     assert (removed, result.stats["channels_removed"]) == expected
     short = [d.message for d in result.diagnostics if d.code == "channel.steps-short"]
     assert short == ([] if expected[0] == expected[1] else [(
-        f"2 rounds removed {expected[1]} of the {expected[0]} units one round removes: a channel group changed shape "
-        "between rounds (e.g. a tensor cut to one channel left it); fewer --steps, or one, removes them all")])
+        f"2 rounds removed {expected[1]} of the {expected[0]} units one round removes: a channel group "
+        "changed shape between rounds (e.g. a tensor cut to one channel left it); fewer --steps, or one, "
+        "removes them all")])
     assert oracle_error(stepped, result.reference()) <= 1e-4

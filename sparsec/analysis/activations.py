@@ -49,7 +49,8 @@ def load_calibration(spec: str | Path, model, samples: int = 0, seed: int = 0) -
     names = [v.name for v in model.inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} (has {', '.join(arrays) or 'none'})")
+        raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} "
+                         f"(has {', '.join(arrays) or 'none'})")
     counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
     if len(counts) != 1:
         raise InputError(f"calibration data {path}: every input needs the same number of samples on axis 0")

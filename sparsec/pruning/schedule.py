@@ -9,8 +9,9 @@ of what remains, that is r_k = 1 − (1 − R·k/K) / (1 − R·(k−1)/K), ``ro
 rounding of ratios drifts from floor(R·n), so counts are scheduled instead.) A MACs or params
 target T is scheduled the same way on
 the removed share: after round k the model should be at 1 − (1 − T)·k/K of the first model's
-cost, so each round is allocated that over where it starts (an overshoot is made up for). Each round ranks the current model (refit by the
-round before, so its choices see the recovered weights), prunes, refits, and reports its
+cost, so each round is allocated that over where it starts (an overshoot is made up for). Each
+round ranks the current model (refit by the round before, so its choices see the recovered
+weights), prunes, refits, and reports its
 calibration error against the *first* model. Each round's own oracle is checked here before the
 next round starts (a round's masked original is the previous round's output); the last one is
 the result's ``reference``, gated by the caller like any pass's. Plans compose: a kept index of
