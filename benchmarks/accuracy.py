@@ -12,8 +12,8 @@ for the CNN also ``--target-macs 0.66`` without refit, with refit, with refit an
 and with ``--calibration random`` (l1, the CLI's default there) + refit; then ``--nm 2:4``
 magnitude, Wanda without refit, Wanda + refit and SparseGPT (masks chosen in the refit).
 Calibration: ``models/digits_calib.npz`` (256 training-split samples). Columns: top-1, Δ vs the
-original in points, MACs after / before (sparsec's count; 2:4 keeps the dense count), seconds of the compress call (load, passes,
-validation, save).
+original in points, MACs after / before (sparsec's count; 2:4 keeps the dense count), seconds
+of the compress call (load, passes, validation, save).
 
 Table 2 (MiniLM, needs ``.cache/minilm`` from models/make_minilm.py; skipped by ``--quick``):
 calibrated on the first ``--calibration-samples`` sentences of ``calibration.npz``, evaluated on

@@ -9,7 +9,8 @@ Table 1, per model and flag (``--heads 0.5``, ``--ffn 0.5``): attention blocks a
 block before → after (read back from the output graph with ``sparsec analyze --heads``), and
 params / MACs / latency ratios (latency: sparsec's own measurement while validating,
 onnxruntime default threads, median of ``--latency-runs`` on its seeded random input). Default
-models: the committed digits ViT and ``models/attention/*.onnx``, MiniLM (``.cache/minilm``) and ``.cache/transformers`` when built.
+models: the committed digits ViT and ``models/attention/*.onnx``, MiniLM (``.cache/minilm``)
+and ``.cache/transformers`` when built.
 
 Table 2 (needs ``.cache/minilm`` from models/make_minilm.py): mean cosine between the original
 and pruned all-MiniLM-L6-v2 sentence embeddings on 512 real sentences, for ``--heads 0.25 / 0.5``
