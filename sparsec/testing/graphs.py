@@ -10,12 +10,19 @@ valid graph: that is what the minimizer relies on. Weights come from ``default_r
 normal weights, norms with random scale, bias, mean and variance (never an identity).
 
 The block kinds cover the ops sparsec's axis rules know: Conv (grouped, depthwise, dilated,
-strided), Gemm and MatMul, Batch/Layer/GroupNormalization and a written-out LayerNorm,
-Add/Mul with per-channel constants, Concat, Split, Slice, Gather, Reshape (channel shuffle),
-Flatten, Transpose, Squeeze/Unsqueeze, Resize, Pad, Max/Average/GlobalAverage pooling,
-activations, residual and squeeze-excite shapes, a shared weight, If and Loop bodies, an
-attention block (Q/K/V MatMul, heads by Reshape/Transpose, Softmax, output projection), an
-MLP, and (behind ``qdq=True``) QuantizeLinear/DequantizeLinear pairs on weights and activations.
+strided, SAME padding), ConvTranspose, Gemm (transA/transB) and MatMul (weight on either side),
+Batch/Layer/Group/InstanceNormalization, LRN and a written-out LayerNorm, Add/Sub/Mul/Div with
+per-channel constants and a second graph input, Concat (channels, spatial, with itself), Split (2
+and 3 ways), Slice (forward, reversed, from the end), Gather (repeated, negative indices),
+Reshape (channel shuffle, to features), Flatten (NCHW and channels-last), Transpose,
+Squeeze/Unsqueeze, Expand, Resize, Pad, Max/Average/GlobalAverage pooling, ReduceMean/Max,
+Softmax over channels, activations, Identity/Dropout/Cast, residual, squeeze-excite, gating and
+long skip connections (fork/join), dead branches, a shared weight, extra graph outputs, If and
+Loop bodies reading outer values, attention blocks (Q/K/V MatMul, heads by Reshape/Transpose,
+scaled QKᵀ, optional causal mask, Softmax, output projection), MLP and SwiGLU, and (behind
+``qdq=True``) QuantizeLinear/DequantizeLinear pairs on weights (per tensor or per axis) and
+activations. Opsets 13, 17, 18 and 21; batch 1, 2 or symbolic; weights as initializers and/or
+``Constant`` nodes.
 """
 
 from __future__ import annotations
