@@ -138,6 +138,32 @@ def test_an_interrupted_write_leaves_the_previous_pair_and_no_temp_file(tmp_path
     _assert_one_pair(out.parent, _outputs(old))
 
 
+@pytest.mark.parametrize("creator", ["mkdtemp", "mkstemp"])
+def test_a_signal_as_a_temp_path_is_created_leaves_nothing_once_the_process_exits(tmp_path, monkeypatch, creator):
+    """SIGINT landing the moment the model's temp folder (mkdtemp) or a report's temp file
+    (mkstemp) exists, before any ``try`` guards it: the path is known to the exit-time cleanup."""
+    from sparsec.ir import saving
+
+    out = tmp_path / "out" / "m.onnx"
+    out.parent.mkdir()
+    model = Model.load(_external_model(tmp_path / "a", 0))
+    real = getattr(saving.tempfile, creator)
+
+    def signalled(*args, **kwargs):
+        made = real(*args, **kwargs)
+        if creator == "mkdtemp" or Path(made[1]).name.startswith(".report"):
+            signal.raise_signal(signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(saving.tempfile, creator, signalled)
+    with pytest.raises(KeyboardInterrupt), model.staged_save(out) as stage:
+        stage.add_side_file(out.parent / "report.json", "{}")
+        stage.commit()
+    monkeypatch.undo()
+    saving._remove_pending()  # what atexit runs when the process ends
+    assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
 def test_force_onto_the_input_works_for_one_file_and_is_refused_for_external_data(cli, tmp_path):
     single = tmp_path / "single.onnx"
     onnx.save(onnx.load(str(_external_model(tmp_path / "src", 0))), str(single))

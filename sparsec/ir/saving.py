@@ -19,6 +19,7 @@ A process killed outright (SIGKILL, power loss) may leave the temp folder, never
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -74,8 +75,10 @@ class Staged:
         """Put the model and its data in place, then the side files; return the model's bytes.
         Every side file is written first (regular files to temp files beside them, streams
         through), so a side file that cannot be written leaves the model unwritten."""
-        staged_sides = [(_stage_text(p, text), p) for p, text in self.side_files]
+        staged_sides: list[tuple[Path | None, Path]] = []
         try:
+            for side, text in self.side_files:
+                staged_sides.append((_stage_text(side, text), side))
             with _folder_lock(self.path.parent):
                 stale = _stale_data_files(self.path, self.keep)
                 with held_signals():
@@ -84,6 +87,7 @@ class Staged:
                     for temp, side in staged_sides:
                         if temp is not None:
                             os.replace(temp, side)
+                            _PENDING.discard(temp)
             return written
         finally:
             _remove([temp for temp, _ in staged_sides if temp is not None])
@@ -97,16 +101,17 @@ def staged(model: ir.Model, path: Path, *, external: bool, proto: onnx.ModelProt
     becomes one ``InputError`` line."""
     path = Path(path)
     try:
-        workdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        with held_signals():  # created and registered as one step: a signal cannot fall between
+            workdir = _pending(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)))
         try:
             data_name = _fresh_data_name(path) if external else None
             _write(model, proto, workdir / path.name, data_name)
             yield Staged(workdir, path, data_name, keep)
         finally:
-            with held_signals():
-                shutil.rmtree(workdir, ignore_errors=True)
+            _remove([workdir])
     except OSError as error:
-        raise InputError(f"cannot write {getattr(error, 'filename', None) or path}: {error.strerror or error}") from None
+        where = getattr(error, "filename", None) or path
+        raise InputError(f"cannot write {where}: {error.strerror or error}") from None
 
 
 def _stage_text(path: Path, text: str) -> Path | None:
@@ -118,7 +123,9 @@ def _stage_text(path: Path, text: str) -> Path | None:
             with open(path, "w") as stream:
                 stream.write(text)
             return None
-        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with held_signals():
+            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            _pending(Path(temp))
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.chmod(temp, 0o666 & ~_umask())
@@ -198,10 +205,31 @@ def _external_locations(path: Path) -> set[str]:
             for entry in t.external_data if entry.key == "location"}
 
 
-def _remove(files: Collection[Path]) -> None:
-    for file in files:
-        with contextlib.suppress(OSError):  # already gone (a concurrent save) or not ours to remove
-            file.unlink()
+def _remove(paths: Collection[Path]) -> None:
+    """Remove files or temp folders (signals held: a removal is not cut short) and forget them."""
+    with held_signals():
+        for path in paths:
+            with contextlib.suppress(OSError):  # already gone (a concurrent save) or not ours to remove
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            _PENDING.discard(path)
+
+
+# Temp files and folders this process made and has not removed yet. A signal can land between
+# a ``finally:`` and the removal inside it; what that leaves is removed when the process exits.
+_PENDING: set[Path] = set()
+
+
+def _pending(path: Path) -> Path:
+    _PENDING.add(path)
+    return path
+
+
+@atexit.register
+def _remove_pending() -> None:
+    _remove(list(_PENDING))
 
 
 @contextlib.contextmanager
