@@ -10,8 +10,9 @@ instead of ending the run; an exception in the harness itself (e.g. a source tre
 mid-edit) is printed and the graph retried on a fresh import. Failures are minimized (blocks
 dropped while the same class persists; up to 8 per class) and each whose minimized op sequence
 is new is saved to ``--out`` as ``<name>.onnx`` plus ``<name>.json`` (seed, mode, failure line,
-the description that rebuilds it). A progress line (graphs tried, failures by class) is printed
-every ``--every`` graphs and at the end.
+the description that rebuilds it). Exit-2 refusals are allowed but counted, and each new kind
+printed. A progress line (graphs tried, refusals, failures by class) is printed every
+``--every`` graphs and at the end; the exit code is 1 when anything failed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,11 +52,15 @@ def _serve(conn, workdir: str) -> None:
             return
         graph, modes = job
         try:
-            failures = check_description(graph, Path(workdir) / "graph", modes)
+            refusals: list = []
+            failures = check_description(graph, Path(workdir) / "graph", modes, refusals)
         except Exception as error:  # the harness or a half-edited source tree, not a finding
-            failures = [Failure("harness", "error", f"{type(error).__name__}: {error}")]
+            failures, refusals = (
+                [Failure("harness", "error", f"{type(error).__name__}: {error}")],
+                [],
+            )
         try:
-            conn.send([(f.mode, f.kind, f.line) for f in failures])
+            conn.send(([(f.mode, f.kind, f.line) for f in failures], refusals))
         except BrokenPipeError:  # the parent is gone
             return
 
@@ -68,6 +74,7 @@ class Worker:
 
     def __init__(self, workdir: str, timeout: float) -> None:
         self.workdir, self.timeout, self.process = workdir, timeout, None
+        self.refusals: list = []  # (mode, error line) of the last check's exit-2 refusals
         self.context = multiprocessing.get_context("spawn")
 
     def _start(self) -> None:
@@ -91,7 +98,8 @@ class Worker:
             self.stop()
             return [Failure(",".join(modes), "timeout", f"no answer in {self.timeout:g} s")]
         try:
-            return [Failure(*row) for row in self.conn.recv()]
+            rows, self.refusals = self.conn.recv()
+            return [Failure(*row) for row in rows]
         except EOFError:
             self.process.join(5)
             code, self.process = self.process.exitcode, None
@@ -106,12 +114,30 @@ class Worker:
         self.process = None
 
 
-def _line(tried: int, started: float, classes: Counter, saved: int) -> str:
-    top = ", ".join(f"{n}x {key}" for key, n in classes.most_common(5)) or "none"
-    return (
-        f"[{(time.monotonic() - started) / 60:5.1f} min] graphs {tried}, failures {sum(classes.values())} "
-        f"in {len(classes)} classes (saved {saved}): {top}"
-    )
+@dataclass
+class Tally:
+    """What the run saw: graphs tried, failures and exit-2 refusals by class."""
+
+    started: float = field(default_factory=time.monotonic)
+    tried: int = 0
+    failures: Counter = field(default_factory=Counter)
+    refusals: Counter = field(default_factory=Counter)
+
+    def refused(self, rows: list) -> None:
+        """Count refusals; print each class the first time (a valid graph refused is suspect)."""
+        for mode, line in rows:
+            key = Failure(mode, "refused", line).key
+            if not self.refusals[key]:
+                print(f"  refusal (exit 2) of a valid graph: {mode}: {line}", flush=True)
+            self.refusals[key] += 1
+
+    def line(self, saved: int) -> str:
+        top = ", ".join(f"{n}x {key}" for key, n in self.failures.most_common(5)) or "none"
+        return (
+            f"[{(time.monotonic() - self.started) / 60:5.1f} min] graphs {self.tried}, "
+            f"refusals {sum(self.refusals.values())} in {len(self.refusals)} classes, failures "
+            f"{sum(self.failures.values())} in {len(self.failures)} classes (saved {saved}): {top}"
+        )
 
 
 class Saver:
@@ -167,28 +193,28 @@ def _check_or_wait(worker: Worker, graph: dict) -> list[Failure] | None:
 
 
 def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: float) -> int:
-    started, deadline = time.monotonic(), time.monotonic() + minutes * 60
-    classes: Counter = Counter()
-    tried = 0
+    tally = Tally()
+    deadline = tally.started + minutes * 60
     with tempfile.TemporaryDirectory(prefix="sparsec-fuzz-") as workdir:
         worker = Worker(workdir, timeout)
         saver = Saver(worker, out)
         try:
             while time.monotonic() < deadline:
-                graph = generate(seed + tried, qdq=qdq)
+                graph = generate(seed + tally.tried, qdq=qdq)
                 failures = _check_or_wait(worker, graph)
                 if failures is None:
                     continue
-                tried += 1
+                tally.tried += 1
+                tally.refused(worker.refusals)
                 for failure in failures:
-                    classes[failure.key] += 1
-                    saver.offer(graph, failure, seed + tried - 1)
-                if tried % every == 0:
-                    print(_line(tried, started, classes, saver.saved), flush=True)
+                    tally.failures[failure.key] += 1
+                    saver.offer(graph, failure, seed + tally.tried - 1)
+                if tally.tried % every == 0:
+                    print(tally.line(saver.saved), flush=True)
         finally:  # also on Ctrl-C or SIGTERM: no worker left behind
             worker.stop()
-    print(_line(tried, started, classes, saver.saved), flush=True)
-    return 1 if classes else 0
+    print(tally.line(saver.saved), flush=True)
+    return 1 if tally.failures else 0
 
 
 def _terminate(signum, frame) -> None:
