@@ -123,12 +123,12 @@ class Tally:
     failures: Counter = field(default_factory=Counter)
     refusals: Counter = field(default_factory=Counter)
 
-    def refused(self, rows: list) -> None:
+    def refused(self, rows: list, seed: int) -> None:
         """Count refusals; print each class the first time (a valid graph refused is suspect)."""
         for mode, line in rows:
             key = Failure(mode, "refused", line).key
             if not self.refusals[key]:
-                print(f"  refusal (exit 2) of a valid graph: {mode}: {line}", flush=True)
+                print(f"  refusal (exit 2) of valid graph seed {seed}: {mode}: {line}", flush=True)
             self.refusals[key] += 1
 
     def line(self, saved: int) -> str:
@@ -205,7 +205,7 @@ def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: fl
                 if failures is None:
                     continue
                 tally.tried += 1
-                tally.refused(worker.refusals)
+                tally.refused(worker.refusals, seed + tally.tried - 1)
                 for failure in failures:
                     tally.failures[failure.key] += 1
                     saver.offer(graph, failure, seed + tally.tried - 1)
