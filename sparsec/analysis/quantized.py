@@ -138,3 +138,14 @@ def masked_fill(model, value, array: np.ndarray) -> np.ndarray | None:
         return np.zeros((), dtype=array.dtype)
     q = reading_dequantize(model, value)
     return None if q is None else zero_points(model, q, array.shape)
+
+
+QUANTIZE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def is_quantized(model) -> bool:
+    """Whether the model quantizes anything (a QDQ model): onnxruntime's extended optimizations
+    rewrite such graphs approximately (dynamic quantization of activations), so two exact
+    equivalents can differ there."""
+    return any(node.op_type in QUANTIZE_OPS and node.domain in ("", "ai.onnx", "com.microsoft")
+               for node in model.all_nodes())
