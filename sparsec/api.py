@@ -92,8 +92,9 @@ def _refuse_huge_feeds(shapes: dict[str, tuple[int, ...]]) -> None:
     for name, shape in shapes.items():
         total += math.prod(shape) * 8
         if total > budget:
-            raise InputError(f"input '{name}' at shape {'x'.join(map(str, shape))} would need {total / 2**30:.3g} GiB of "
-                             f"random data, more than a quarter of this machine's memory ({budget / 2**30:.3g} GiB); "
+            dims = "x".join(map(str, shape))
+            raise InputError(f"input '{name}' at shape {dims} would need {total / 2**30:.3g} GiB of random data, "
+                             f"more than a quarter of this machine's memory ({budget / 2**30:.3g} GiB); "
                              "give smaller dims with --input-shape, or --inputs")
 
 
