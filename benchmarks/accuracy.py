@@ -56,38 +56,79 @@ MEMORY_SAMPLES = 512  # issue 6: calibration with 512 samples within 4 GB
 def digits_settings(name: str) -> list[tuple[str, str, dict]]:
     """(label, kind, options) of every digits row for model ``name``."""
     real = {"importance": "activation", "calibration": DIGITS_CALIBRATION}
-    rows = [("channels 0.5, l1 one-shot", "channels", {"ratio": 0.5}),
-            ("channels 0.5, activation, no refit", "channels", {"ratio": 0.5, **real, "recover": False}),
-            ("channels 0.5, activation + refit", "channels", {"ratio": 0.5, **real}),
-            ("channels 0.5, activation + refit, steps 4", "channels", {"ratio": 0.5, **real, "steps": 4})]
+    rows = [
+        ("channels 0.5, l1 one-shot", "channels", {"ratio": 0.5}),
+        (
+            "channels 0.5, activation, no refit",
+            "channels",
+            {"ratio": 0.5, **real, "recover": False},
+        ),
+        ("channels 0.5, activation + refit", "channels", {"ratio": 0.5, **real}),
+        (
+            "channels 0.5, activation + refit, steps 4",
+            "channels",
+            {"ratio": 0.5, **real, "steps": 4},
+        ),
+    ]
     if name == "digits_cnn":
         target = {"ratio": 0.0, "target_macs": 0.66}
-        rows += [("target-macs 0.66, activation, no refit", "channels", {**target, **real, "recover": False}),
-                 ("target-macs 0.66, activation + refit", "channels", {**target, **real}),
-                 ("target-macs 0.66, activation + refit, steps 4", "channels", {**target, **real, "steps": 4}),
-                 ("target-macs 0.66, random calibration (l1) + refit", "channels",
-                  {**target, "calibration": "random"})]
+        rows += [
+            (
+                "target-macs 0.66, activation, no refit",
+                "channels",
+                {**target, **real, "recover": False},
+            ),
+            ("target-macs 0.66, activation + refit", "channels", {**target, **real}),
+            (
+                "target-macs 0.66, activation + refit, steps 4",
+                "channels",
+                {**target, **real, "steps": 4},
+            ),
+            (
+                "target-macs 0.66, random calibration (l1) + refit",
+                "channels",
+                {**target, "calibration": "random"},
+            ),
+        ]
     return rows + sparsity_settings(DIGITS_CALIBRATION)
 
 
 def sparsity_settings(calibration: Path) -> list[tuple[str, str, dict]]:
-    return [("2:4 magnitude", "sparsity", {"nm": "2:4"}),
-            ("2:4 wanda, no refit", "sparsity", {"nm": "2:4", "score": "wanda", "calibration": calibration,
-                                                 "recover": False}),
-            ("2:4 wanda + refit", "sparsity", {"nm": "2:4", "score": "wanda", "calibration": calibration}),
-            ("2:4 sparsegpt (masks chosen in the refit)", "sparsity",
-             {"nm": "2:4", "score": "sparsegpt", "calibration": calibration})]
+    return [
+        ("2:4 magnitude", "sparsity", {"nm": "2:4"}),
+        (
+            "2:4 wanda, no refit",
+            "sparsity",
+            {"nm": "2:4", "score": "wanda", "calibration": calibration, "recover": False},
+        ),
+        (
+            "2:4 wanda + refit",
+            "sparsity",
+            {"nm": "2:4", "score": "wanda", "calibration": calibration},
+        ),
+        (
+            "2:4 sparsegpt (masks chosen in the refit)",
+            "sparsity",
+            {"nm": "2:4", "score": "sparsegpt", "calibration": calibration},
+        ),
+    ]
 
 
 def minilm_settings(calibration: Path) -> list[tuple[str, str, dict]]:
     quarter = {"ratio": 0.0, "heads": 0.25, "ffn": 0.25}
     real = {"importance": "activation", "calibration": calibration}
-    return [("heads 0.25 ffn 0.25, l1 one-shot", "channels", quarter),
-            ("heads 0.25 ffn 0.25, activation, no refit", "channels", {**quarter, **real, "recover": False}),
-            ("heads 0.25 ffn 0.25, activation + refit", "channels", {**quarter, **real}),
-            ("heads 0.5, activation + refit", "channels", {"ratio": 0.0, "heads": 0.5, **real}),
-            ("ffn 0.5, activation + refit", "channels", {"ratio": 0.0, "ffn": 0.5, **real}),
-            *sparsity_settings(calibration)]
+    return [
+        ("heads 0.25 ffn 0.25, l1 one-shot", "channels", quarter),
+        (
+            "heads 0.25 ffn 0.25, activation, no refit",
+            "channels",
+            {**quarter, **real, "recover": False},
+        ),
+        ("heads 0.25 ffn 0.25, activation + refit", "channels", {**quarter, **real}),
+        ("heads 0.5, activation + refit", "channels", {"ratio": 0.0, "heads": 0.5, **real}),
+        ("ffn 0.5, activation + refit", "channels", {"ratio": 0.0, "ffn": 0.5, **real}),
+        *sparsity_settings(calibration),
+    ]
 
 
 def run(source: Path, target: Path, kind: str, options: dict) -> tuple[object, float]:
@@ -96,7 +137,9 @@ def run(source: Path, target: Path, kind: str, options: dict) -> tuple[object, f
 
     start = time.perf_counter()
     try:
-        passes = api.channel_passes(**options) if kind == "channels" else api.sparsity_passes(**options)
+        passes = (
+            api.channel_passes(**options) if kind == "channels" else api.sparsity_passes(**options)
+        )
         result = api.compress(source, target, pipeline=passes, latency_runs=0, force=True)
     except Exception as error:  # every failure becomes its row's one line
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -132,8 +175,10 @@ def digits_table(folder: Path, started: float) -> list[str]:
                 rows.append(f"| {name} | {label} | {result} | | | {seconds:.1f} |")
                 continue
             accuracy = top1(target)
-            rows.append(f"| {name} | {label} | {accuracy:.3f} | {100 * (accuracy - original):+.1f} | "
-                        f"{macs_ratio(result)} | {seconds:.1f} |")
+            rows.append(
+                f"| {name} | {label} | {accuracy:.3f} | {100 * (accuracy - original):+.1f} | "
+                f"{macs_ratio(result)} | {seconds:.1f} |"
+            )
     return rows
 
 
@@ -145,23 +190,33 @@ def nearest(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(1)
 
 
-def minilm_row(label: str, target: Path, feeds: dict, reference: np.ndarray, result, seconds: float) -> str:
+def minilm_row(
+    label: str, target: Path, feeds: dict, reference: np.ndarray, result, seconds: float
+) -> str:
     if isinstance(result, str):
         return f"| {label} | {result} | | | | {seconds:.1f} |"
     pruned = minilm_sentences.embed(target, feeds)  # once, for the cosine and the neighbours
     cosine = minilm_sentences.row_cosines(pruned, reference)
     agreement = float((nearest(pruned) == nearest(reference)).mean())
-    return (f"| {label} | {cosine.mean():.4f} | {cosine.min():.4f} | {agreement:.3f} | {macs_ratio(result)} | "
-            f"{seconds:.1f} |")
+    return (
+        f"| {label} | {cosine.mean():.4f} | {cosine.min():.4f} | {agreement:.3f} | {macs_ratio(result)} | "
+        f"{seconds:.1f} |"
+    )
 
 
 def minilm_table(folder: Path, samples: int, started: float) -> list[str]:
     source, calibration = minilm_sentences.MODEL, folder / "minilm_calibration.npz"
-    np.savez(calibration, **minilm_sentences.sentence_feeds(slice(0, samples), minilm_sentences.CALIBRATION))
+    np.savez(
+        calibration,
+        **minilm_sentences.sentence_feeds(slice(0, samples), minilm_sentences.CALIBRATION),
+    )
     feeds = minilm_sentences.sentence_feeds()
     reference = minilm_sentences.embed(source, feeds)
-    rows = ["| setting | mean cosine | min cosine | NN agreement | MACs | s |", "|---|---:|---:|---:|---:|---:|",
-            "| original | 1.0000 | 1.0000 | 1.000 | 1.000 | |"]
+    rows = [
+        "| setting | mean cosine | min cosine | NN agreement | MACs | s |",
+        "|---|---:|---:|---:|---:|---:|",
+        "| original | 1.0000 | 1.0000 | 1.000 | 1.000 | |",
+    ]
     for label, kind, options in minilm_settings(calibration):
         progress(f"minilm {label}", started)
         target = folder / "minilm.onnx"
@@ -181,12 +236,28 @@ api.compress(sys.argv[1], sys.argv[2], latency_runs=0, force=True, pipeline=api.
 def memory_table(folder: Path, started: float, samples: int = MEMORY_SAMPLES) -> list[str]:
     """Peak RSS of a calibrated MiniLM compress in a child process (this process starts no other)."""
     calibration = folder / "minilm_memory_calibration.npz"
-    np.savez(calibration, **minilm_sentences.sentence_feeds(slice(0, samples), minilm_sentences.CALIBRATION))
-    progress(f"memory: minilm heads 0.25 ffn 0.25 + refit, {samples} calibration samples, child process", started)
+    np.savez(
+        calibration,
+        **minilm_sentences.sentence_feeds(slice(0, samples), minilm_sentences.CALIBRATION),
+    )
+    progress(
+        f"memory: minilm heads 0.25 ffn 0.25 + refit, {samples} calibration samples, child process",
+        started,
+    )
     start = time.perf_counter()
-    child = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(minilm_sentences.MODEL),
-                            str(folder / "minilm_memory.onnx"), str(calibration)], capture_output=True, text=True,
-                           check=False)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MEMORY_CHILD,
+            str(minilm_sentences.MODEL),
+            str(folder / "minilm_memory.onnx"),
+            str(calibration),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux reports KB
     label = f"heads 0.25 ffn 0.25, activation + refit, {samples} calibration samples"
@@ -201,14 +272,21 @@ def memory_table(folder: Path, started: float, samples: int = MEMORY_SAMPLES) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the digits table")
-    parser.add_argument("--calibration-samples", type=int, default=256, metavar="N",
-                        help="MiniLM calibration sentences (of the 1024 in calibration.npz) for table 2; default 256")
+    parser.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=256,
+        metavar="N",
+        help="MiniLM calibration sentences (of the 1024 in calibration.npz) for table 2; default 256",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     print("$ " + shlex.join(["python", *sys.argv]))
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        print(f"\n## Digits: top-1 on the held-out split ({DIGITS_CALIBRATION.name}: 256 training samples)\n")
+        print(
+            f"\n## Digits: top-1 on the held-out split ({DIGITS_CALIBRATION.name}: 256 training samples)\n"
+        )
         print("\n".join(digits_table(folder, started)))
         if not args.quick:
             print_minilm(folder, args.calibration_samples, started)
@@ -217,14 +295,24 @@ def main() -> int:
 
 
 def print_minilm(folder: Path, samples: int, started: float) -> None:
-    if not all(path.exists() for path in (minilm_sentences.MODEL, minilm_sentences.SENTENCES,
-                                          minilm_sentences.CALIBRATION)):
+    if not all(
+        path.exists()
+        for path in (
+            minilm_sentences.MODEL,
+            minilm_sentences.SENTENCES,
+            minilm_sentences.CALIBRATION,
+        )
+    ):
         print("\n(MiniLM tables skipped: build .cache/minilm with models/make_minilm.py)")
         return
-    print(f"\n## MiniLM: calibrated on {samples} sentences of calibration.npz, evaluated on the 512 of "
-          "sentences.npz\n")
+    print(
+        f"\n## MiniLM: calibrated on {samples} sentences of calibration.npz, evaluated on the 512 of "
+        "sentences.npz\n"
+    )
     print("\n".join(minilm_table(folder, samples, started)))
-    print(f"\n## Memory: calibrated compress in a child process, {MEMORY_SAMPLES} calibration samples\n")
+    print(
+        f"\n## Memory: calibrated compress in a child process, {MEMORY_SAMPLES} calibration samples\n"
+    )
     print("\n".join(memory_table(folder, started)))
 
 

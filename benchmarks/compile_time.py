@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = [ROOT / ".cache/timm/resnet18_legacy.onnx", ROOT / ".cache/timm/resnet18_dynamo.onnx",
-                  ROOT / ".cache/light/zfnet512.onnx"]
+DEFAULT_MODELS = [
+    ROOT / ".cache/timm/resnet18_legacy.onnx",
+    ROOT / ".cache/timm/resnet18_dynamo.onnx",
+    ROOT / ".cache/light/zfnet512.onnx",
+]
 
 
 def sparsec_compile(source: Path, target: Path, ratio: float) -> float:
@@ -66,15 +69,19 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     models = [m for m in (args.models or DEFAULT_MODELS) if m.exists()]
-    print(f"compile seconds (load + prune + save), ratio {args.ratio}, median of {args.repeat} interleaved runs")
+    print(
+        f"compile seconds (load + prune + save), ratio {args.ratio}, median of {args.repeat} interleaved runs"
+    )
     print(f"{'model':<24} {'sparsec':>8} {'(best)':>8} {'onnxsim':>8} {'(best)':>8} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as folder:
         for model in models:
             print(f"  {model.stem}...", file=sys.stderr)
             times = measure(model, args.ratio, args.repeat, Path(folder))
             mine, theirs = statistics.median(times["sparsec"]), statistics.median(times["onnxsim"])
-            print(f"{model.stem:<24} {mine:8.3f} {min(times['sparsec']):8.3f} {theirs:8.3f} "
-                  f"{min(times['onnxsim']):8.3f} {mine / theirs:6.2f}")
+            print(
+                f"{model.stem:<24} {mine:8.3f} {min(times['sparsec']):8.3f} {theirs:8.3f} "
+                f"{min(times['onnxsim']):8.3f} {mine / theirs:6.2f}"
+            )
     return 0
 
 

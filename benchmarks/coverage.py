@@ -48,41 +48,76 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPARSEC = [sys.executable, "-c", "import sys; sys.argv[0] = 'sparsec'; from sparsec.cli import main; sys.exit(main())"]
-BLOCKS = [("", ["model"]),
-          ("sparsec", ["params", "MACs", "lat", "lat1t", "oracle", "err", "compile s", "peak MB (xW)", "groups"]),
-          ("onnxsim", ["params", "MACs", "lat1t", "err", "compile s", "peak MB (xW)"])]
+SPARSEC = [
+    sys.executable,
+    "-c",
+    "import sys; sys.argv[0] = 'sparsec'; from sparsec.cli import main; sys.exit(main())",
+]
+BLOCKS = [
+    ("", ["model"]),
+    (
+        "sparsec",
+        ["params", "MACs", "lat", "lat1t", "oracle", "err", "compile s", "peak MB (xW)", "groups"],
+    ),
+    ("onnxsim", ["params", "MACs", "lat1t", "err", "compile s", "peak MB (xW)"]),
+]
 
 
 def child_onnxsim(model: str, out: str, ratio: str) -> dict:
     """Prune with onnxsim; seconds and peak RSS of load + prune + save."""
     import onnx
     import onnxsim
+
     baseline, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
     proto = onnx.load(model)
     shapes = {t.name: list(t.dims) for t in proto.graph.initializer}
-    weight_bytes = sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-                       for t in proto.graph.initializer)
+    weight_bytes = sum(
+        math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        for t in proto.graph.initializer
+    )
     pruned = onnxsim.apply_structured_pruning(proto, sparsity=float(ratio))
-    onnx.save(pruned, out, save_as_external_data=weight_bytes > 1.5e9, location=Path(out).name + ".data")
-    seconds, peak_kb = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline
-    return {"seconds": seconds, "peak_mb": peak_kb / 1024, "weight_bytes": weight_bytes,
-            "changed": sum(shapes.get(t.name) != list(t.dims) for t in pruned.graph.initializer)}
+    onnx.save(
+        pruned, out, save_as_external_data=weight_bytes > 1.5e9, location=Path(out).name + ".data"
+    )
+    seconds, peak_kb = (
+        time.perf_counter() - start,
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline,
+    )
+    return {
+        "seconds": seconds,
+        "peak_mb": peak_kb / 1024,
+        "weight_bytes": weight_bytes,
+        "changed": sum(shapes.get(t.name) != list(t.dims) for t in pruned.graph.initializer),
+    }
 
 
 def child_measure(runs: str, reference: str, *candidates: str) -> dict:
     """1-thread median latency of every model, and each candidate's relative error."""
     import numpy as np
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     load = lambda path: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])  # noqa: E731
     ref, rng, feeds = load(reference), np.random.default_rng(0), {}
-    types = {"float16": np.float16, "double": np.float64, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+    types = {
+        "float16": np.float16,
+        "double": np.float64,
+        "int64": np.int64,
+        "int32": np.int32,
+        "bool": np.bool_,
+    }
     for value in ref.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else (1 if i == 0 else 128) for i, d in enumerate(value.shape)]
+        shape = [
+            d if isinstance(d, int) and d > 0 else (1 if i == 0 else 128)
+            for i, d in enumerate(value.shape)
+        ]
         dtype = types.get(value.type.removeprefix("tensor(").removesuffix(")"), np.float32)
-        data = rng.standard_normal(shape) if np.issubdtype(dtype, np.floating) else rng.integers(0, 2, shape)
+        data = (
+            rng.standard_normal(shape)
+            if np.issubdtype(dtype, np.floating)
+            else rng.integers(0, 2, shape)
+        )
         feeds[value.name] = data.astype(dtype)
 
     def median_ms(sess) -> float:
@@ -116,7 +151,9 @@ def run(cmd: list[str], timeout: float) -> tuple[bool, str]:
     if proc.returncode == 0:
         return True, proc.stdout
     text = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
-    return False, "error: " + text.splitlines()[-1].strip().removeprefix("sparsec: ").removeprefix("error: ")
+    return False, "error: " + text.splitlines()[-1].strip().removeprefix("sparsec: ").removeprefix(
+        "error: "
+    )
 
 
 def child(task: str, args: list[str], timeout: float) -> dict:
@@ -130,12 +167,22 @@ def analyze(path: Path, timeout: float) -> dict:
 
 
 def competitor_version(timeout: float) -> str | None:
-    ok, out = run([sys.executable, "-c", ("import onnxsim as o; print(o.__version__, "
-                                          "hasattr(o, 'apply_structured_pruning'))")], timeout)
+    ok, out = run(
+        [
+            sys.executable,
+            "-c",
+            ("import onnxsim as o; print(o.__version__, hasattr(o, 'apply_structured_pruning'))"),
+        ],
+        timeout,
+    )
     version, has_it = out.split()[-2:] if ok else (None, "False")
     if has_it == "True":
         return version
-    why = f"onnxsim {version} has no apply_structured_pruning" if ok else f"onnxsim not importable ({out})"
+    why = (
+        f"onnxsim {version} has no apply_structured_pruning"
+        if ok
+        else f"onnxsim not importable ({out})"
+    )
     print(f"note: {why}: no competitor (needs onnxsim >= 0.8.1)", file=sys.stderr)
     return None
 
@@ -149,7 +196,10 @@ def suite_models(suite: str, timeout: float) -> list[Path]:
     if suite in ("timm", "all"):
         found = sorted((ROOT / ".cache" / "timm").glob("*.onnx"))
         if not found:
-            print("note: no .cache/timm/*.onnx (run models/make_timm_models.py): timm skipped", file=sys.stderr)
+            print(
+                "note: no .cache/timm/*.onnx (run models/make_timm_models.py): timm skipped",
+                file=sys.stderr,
+            )
         models += found
     return models
 
@@ -158,10 +208,14 @@ def light_models(timeout: float) -> list[Path]:
     """.cache/light models, building missing ones (named light_<name>.onnx or <name>.onnx)."""
     sys.path.insert(0, str(ROOT / "models"))
     from fill_light_models import NAMES
+
     folder, script = ROOT / ".cache" / "light", str(ROOT / "models" / "fill_light_models.py")
 
     def existing(name: str) -> Path | None:
-        return next((p for p in (folder / f"light_{name}.onnx", folder / f"{name}.onnx") if p.exists()), None)
+        return next(
+            (p for p in (folder / f"light_{name}.onnx", folder / f"{name}.onnx") if p.exists()),
+            None,
+        )
 
     if missing := [name for name in NAMES if existing(name) is None]:
         print(f"building {', '.join(missing)} into {folder}", file=sys.stderr)
@@ -188,42 +242,82 @@ def rel_err(error, scale=1.0) -> str:
 
 
 def sparsec_cells(rep: dict, mine: dict, ref_ms) -> list[str]:
-    t, rss, oracle, groups = (rep.get(k) or {} for k in ("timings_s", "peak_rss_mb", "oracle", "groups"))
+    t, rss, oracle, groups = (
+        rep.get(k) or {} for k in ("timings_s", "peak_rss_mb", "oracle", "groups")
+    )
     parts = [v for k, v in t.items() if k in ("load", "passes", "save")] or [None]
     change = lambda key, digits=3: ratio(rep.get(f"{key}_before"), rep.get(f"{key}_after"), digits)  # noqa: E731
-    return [change("params"), change("macs"), change("latency_ms", 2), ratio(ref_ms, mine.get("ms"), 2),
-            rel_err(oracle.get("max_abs_error"), oracle.get("max_abs_output")), rel_err(mine.get("err")),
-            f"{sum(parts):.3g}" if numbers(*parts) else "?", peak(rss.get("compile"), rep.get("weight_bytes")),
-            f"{groups.get('pruned', '?')}/{groups.get('total', '?')}"]
+    return [
+        change("params"),
+        change("macs"),
+        change("latency_ms", 2),
+        ratio(ref_ms, mine.get("ms"), 2),
+        rel_err(oracle.get("max_abs_error"), oracle.get("max_abs_output")),
+        rel_err(mine.get("err")),
+        f"{sum(parts):.3g}" if numbers(*parts) else "?",
+        peak(rss.get("compile"), rep.get("weight_bytes")),
+        f"{groups.get('pruned', '?')}/{groups.get('total', '?')}",
+    ]
 
 
 def competitor_cells(res: dict, before: dict, after: dict, mine: dict, ref_ms) -> list[str]:
-    return [ratio(before.get("params"), after.get("params")), ratio(before.get("macs"), after.get("macs")),
-            ratio(ref_ms, mine.get("ms"), 2), rel_err(mine.get("err")), f"{res['seconds']:.3g}",
-            peak(res["peak_mb"], res["weight_bytes"])]
+    return [
+        ratio(before.get("params"), after.get("params")),
+        ratio(before.get("macs"), after.get("macs")),
+        ratio(ref_ms, mine.get("ms"), 2),
+        rel_err(mine.get("err")),
+        f"{res['seconds']:.3g}",
+        peak(res["peak_mb"], res["weight_bytes"]),
+    ]
 
 
 def run_sparsec(model: Path, out: Path, report: Path, args) -> dict | str:
     """sparsec's JSON report, or its one-line failure."""
     report.unlink(missing_ok=True)  # never read a stale one from --out-dir
-    ok, msg = run([*SPARSEC, "compress", str(model), "--channels", str(args.ratio), "-o", str(out),
-                   "--report", str(report), "--latency-runs", str(args.latency_runs)], args.timeout)
-    return (json.loads(report.read_text()) if report.exists() else "error: no report written") if ok else msg
+    ok, msg = run(
+        [
+            *SPARSEC,
+            "compress",
+            str(model),
+            "--channels",
+            str(args.ratio),
+            "-o",
+            str(out),
+            "--report",
+            str(report),
+            "--latency-runs",
+            str(args.latency_runs),
+        ],
+        args.timeout,
+    )
+    return (
+        (json.loads(report.read_text()) if report.exists() else "error: no report written")
+        if ok
+        else msg
+    )
 
 
 def bench(model: Path, out_dir: Path, args, competitor: bool) -> dict:
     """Run both tools on one model: {block: cells, or a one-line failure}."""
     say = lambda text: print(text, end="", file=sys.stderr, flush=True)  # noqa: E731
-    outs = {"sparsec": out_dir / f"{model.stem}.sparsec.onnx", "onnxsim": out_dir / f"{model.stem}.onnxsim.onnx"}
+    outs = {
+        "sparsec": out_dir / f"{model.stem}.sparsec.onnx",
+        "onnxsim": out_dir / f"{model.stem}.onnxsim.onnx",
+    }
     say(f"{model.stem}: sparsec")
-    row: dict = {"": [model.stem], "sparsec": run_sparsec(model, outs["sparsec"], out_dir / f"{model.stem}.json", args)}
+    row: dict = {
+        "": [model.stem],
+        "sparsec": run_sparsec(model, outs["sparsec"], out_dir / f"{model.stem}.json", args),
+    }
     if competitor:
         say(", onnxsim")
         result = child("onnxsim", [str(model), str(outs["onnxsim"]), str(args.ratio)], args.timeout)
         row["onnxsim"] = result.get("error") or (result if result["changed"] else "no change")
     say(", timing")
     done = [b for b in ("sparsec", "onnxsim") if isinstance(row.get(b), dict)]
-    measured = child("measure", [str(args.latency_runs), str(model), *(str(outs[b]) for b in done)], args.timeout)
+    measured = child(
+        "measure", [str(args.latency_runs), str(model), *(str(outs[b]) for b in done)], args.timeout
+    )
     say(f" ({measured['error']})\n" if "error" in measured else " done\n")
     ref_ms = measured.get(str(model), {}).get("ms")
     for block in done:
@@ -233,14 +327,24 @@ def bench(model: Path, out_dir: Path, args, competitor: bool) -> dict:
         elif block == "sparsec":
             row[block] = sparsec_cells(row[block], mine, ref_ms)
         else:
-            row[block] = competitor_cells(row[block], analyze(model, args.timeout),
-                                          analyze(outs[block], args.timeout), mine, ref_ms)
+            row[block] = competitor_cells(
+                row[block],
+                analyze(model, args.timeout),
+                analyze(outs[block], args.timeout),
+                mine,
+                ref_ms,
+            )
     return row
 
 
 def render_text(blocks, rows: list[dict]) -> str:
-    widths = {b: [max([len(c)] + [len(r[b][i]) for r in rows if isinstance(r[b], list)]) for i, c in enumerate(cols)]
-              for b, cols in blocks}
+    widths = {
+        b: [
+            max([len(c)] + [len(r[b][i]) for r in rows if isinstance(r[b], list)])
+            for i, c in enumerate(cols)
+        ]
+        for b, cols in blocks
+    }
     span = {b: sum(w) + 2 * (len(w) - 1) for b, w in widths.items()}
 
     def line(cells_of) -> str:
@@ -248,9 +352,15 @@ def render_text(blocks, rows: list[dict]) -> str:
         for b, _ in blocks:
             cells = cells_of(b)
             if isinstance(cells, str):  # a title or a failure spans the whole block
-                parts.append((cells if len(cells) <= span[b] else cells[:span[b] - 1] + "…").ljust(span[b]))
+                parts.append(
+                    (cells if len(cells) <= span[b] else cells[: span[b] - 1] + "…").ljust(span[b])
+                )
             else:
-                parts.append("  ".join(c.ljust(w) if b == "" else c.rjust(w) for c, w in zip(cells, widths[b])))
+                parts.append(
+                    "  ".join(
+                        c.ljust(w) if b == "" else c.rjust(w) for c, w in zip(cells, widths[b])
+                    )
+                )
         return " | ".join(parts).rstrip()
 
     return "\n".join([line(lambda b: b), line(dict(blocks).get)] + [line(r.get) for r in rows])
@@ -260,7 +370,11 @@ def render_markdown(blocks, rows: list[dict]) -> str:
     head = [f"{b} {c}".strip() for b, cols in blocks for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for r in rows:
-        cells = [c for b, cols in blocks for c in (r[b] if isinstance(r[b], list) else [r[b]] + [""] * (len(cols) - 1))]
+        cells = [
+            c
+            for b, cols in blocks
+            for c in (r[b] if isinstance(r[b], list) else [r[b]] + [""] * (len(cols) - 1))
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -274,9 +388,13 @@ def main() -> int:
     parser.add_argument("--out-dir", type=Path)
     parser.add_argument("--no-competitor", action="store_true")
     parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per child process (default 3600)")
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds per child process (default 3600)"
+    )
     args = parser.parse_args()
-    models = [m.resolve() for m in args.models] + (suite_models(args.suite, args.timeout) if args.suite else [])
+    models = [m.resolve() for m in args.models] + (
+        suite_models(args.suite, args.timeout) if args.suite else []
+    )
     if not models:
         parser.error("give model paths or --suite")
     version = None if args.no_competitor else competitor_version(args.timeout)
@@ -285,16 +403,24 @@ def main() -> int:
         out_dir = args.out_dir.resolve() if args.out_dir else Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = [bench(m, out_dir, args, version is not None) for m in models]
-    print(f"channels removed: {args.ratio}; lat1t: median of {args.latency_runs} runs, 1 thread; "
-          f"onnxsim: {version or 'not run'}\n")
+    print(
+        f"channels removed: {args.ratio}; lat1t: median of {args.latency_runs} runs, 1 thread; "
+        f"onnxsim: {version or 'not run'}\n"
+    )
     print(render_markdown(blocks, rows) if args.markdown else render_text(blocks, rows))
-    failures = [f"{r[''][0]} / {b}: {r[b]}" for r in rows for b, _ in blocks[1:] if isinstance(r[b], str)]
+    failures = [
+        f"{r[''][0]} / {b}: {r[b]}" for r in rows for b, _ in blocks[1:] if isinstance(r[b], str)
+    ]
     print("\n" + "\n".join(failures) if failures else "")
     return 0
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_child":
-        print(json.dumps({"onnxsim": child_onnxsim, "measure": child_measure}[sys.argv[2]](*sys.argv[3:])))
+        print(
+            json.dumps(
+                {"onnxsim": child_onnxsim, "measure": child_measure}[sys.argv[2]](*sys.argv[3:])
+            )
+        )
     else:
         sys.exit(main())

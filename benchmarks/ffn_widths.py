@@ -25,7 +25,9 @@ def ffn_widths(path: Path) -> list[int]:
     model = Model.load(path)
     for canonical in api.canonical_passes():
         canonical(model)
-    return sorted(g.units for g in find_channel_groups(model).groups if g.kind == "ffn" and g.prunable)
+    return sorted(
+        g.units for g in find_channel_groups(model).groups if g.kind == "ffn" and g.prunable
+    )
 
 
 def main() -> int:
@@ -33,10 +35,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         for path in default_models():
             out = Path(folder) / "out.onnx"
-            api.compress(path, out, pipeline=api.channel_passes(0.0, ffn=0.5), latency_runs=0, force=True)
+            api.compress(
+                path, out, pipeline=api.channel_passes(0.0, ffn=0.5), latency_runs=0, force=True
+            )
             before, after = ffn_widths(path), ffn_widths(out)
             halved = len(before) == len(after) and all(a == b // 2 for a, b in zip(after, before))
-            print(f"{path.stem:<24} {_short(before):<40} {_short(after):<40} {'yes' if halved else 'NO'}", flush=True)
+            print(
+                f"{path.stem:<24} {_short(before):<40} {_short(after):<40} {'yes' if halved else 'NO'}",
+                flush=True,
+            )
     return 0
 
 

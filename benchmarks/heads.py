@@ -32,7 +32,10 @@ FLAGS = {"heads 0.5": {"heads": 0.5}, "ffn 0.5": {"ffn": 0.5}}
 
 def default_models() -> list[Path]:
     found = [ROOT / "models/digits_vit.onnx", *sorted((ROOT / "models/attention").glob("*.onnx"))]
-    found += [ROOT / ".cache/minilm" / f"{n}.onnx" for n in ("minilm_legacy", "minilm_dynamo", "minilm_dynamo23")]
+    found += [
+        ROOT / ".cache/minilm" / f"{n}.onnx"
+        for n in ("minilm_legacy", "minilm_dynamo", "minilm_dynamo23")
+    ]
     found += sorted((ROOT / ".cache/transformers").glob("*.onnx"))
     return [p for p in found if p.exists()]
 
@@ -43,9 +46,15 @@ def prune(source: Path, target: Path, latency_runs: int, **ratios) -> tuple[str,
     from sparsec.errors import SparsecError
 
     try:
-        result = api.compress(source, target, pipeline=api.channel_passes(0.0, heads=ratios.get("heads", -1.0),
-                                                                            ffn=ratios.get("ffn", -1.0)),
-                              latency_runs=latency_runs, force=True)
+        result = api.compress(
+            source,
+            target,
+            pipeline=api.channel_passes(
+                0.0, heads=ratios.get("heads", -1.0), ffn=ratios.get("ffn", -1.0)
+            ),
+            latency_runs=latency_runs,
+            force=True,
+        )
     except SparsecError as error:
         return f"error: {error}", None
     return heads_per_block(target), result
@@ -55,7 +64,13 @@ def heads_per_block(path: Path) -> str:
     from sparsec import api
 
     blocks = api.attention_heads(api.Model.load(path))
-    return " ".join(f"{b['heads']}/{b['kv_heads']}" if b["heads"] != b["kv_heads"] else str(b["heads"]) for b in blocks) or "-"
+    return (
+        " ".join(
+            f"{b['heads']}/{b['kv_heads']}" if b["heads"] != b["kv_heads"] else str(b["heads"])
+            for b in blocks
+        )
+        or "-"
+    )
 
 
 def model_rows(models: list[Path], latency_runs: int, folder: Path) -> list[str]:
@@ -70,10 +85,15 @@ def model_rows(models: list[Path], latency_runs: int, folder: Path) -> list[str]
                 continue
             b, a = result.before, result.after
             v = result.validation
-            latency = (f"{v.latency_ms_candidate / v.latency_ms_reference:7.3f}"
-                       if latency_runs and v.latency_ms_reference else f"{'-':>7}")
-            rows.append(f"{model.stem:<26} {label:<9} {_short(before):>14} {_short(after):>14} "
-                        f"{a.params / b.params:7.3f} {a.macs / b.macs:7.3f} {latency}")
+            latency = (
+                f"{v.latency_ms_candidate / v.latency_ms_reference:7.3f}"
+                if latency_runs and v.latency_ms_reference
+                else f"{'-':>7}"
+            )
+            rows.append(
+                f"{model.stem:<26} {label:<9} {_short(before):>14} {_short(after):>14} "
+                f"{a.params / b.params:7.3f} {a.macs / b.macs:7.3f} {latency}"
+            )
     return rows
 
 
@@ -90,8 +110,10 @@ def minilm_rows(folder: Path) -> list[str]:
         print(f"  minilm {label}...", file=sys.stderr)
         _, result = prune(minilm_sentences.MODEL, folder / "minilm.onnx", 0, **ratios)
         cosine = minilm_sentences.cosines(folder / "minilm.onnx", feeds, reference)
-        rows.append(f"{label:<14} {cosine.mean():8.4f} {cosine.min():8.4f} "
-                    f"{result.after.params / result.before.params:7.3f} {result.after.macs / result.before.macs:7.3f}")
+        rows.append(
+            f"{label:<14} {cosine.mean():8.4f} {cosine.min():8.4f} "
+            f"{result.after.params / result.before.params:7.3f} {result.after.macs / result.before.macs:7.3f}"
+        )
     return rows
 
 
@@ -99,14 +121,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--latency-runs", type=int, default=20)
-    parser.add_argument("--no-minilm", action="store_true", help="skip the MiniLM embedding-cosine table")
+    parser.add_argument(
+        "--no-minilm", action="store_true", help="skip the MiniLM embedding-cosine table"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         print("heads per block before → after (q/kv when they differ), ratios after / before")
-        print(f"{'model':<26} {'flag':<9} {'heads before':>14} {'heads after':>14} {'params':>7} {'MACs':>7} {'lat':>7}")
-        print("\n".join(model_rows(args.models or default_models(), args.latency_runs, Path(folder))))
+        print(
+            f"{'model':<26} {'flag':<9} {'heads before':>14} {'heads after':>14} {'params':>7} {'MACs':>7} {'lat':>7}"
+        )
+        print(
+            "\n".join(model_rows(args.models or default_models(), args.latency_runs, Path(folder)))
+        )
         if not args.no_minilm and minilm_sentences.SENTENCES.exists():
-            print("\nMiniLM sentence-embedding cosine to the original (512 sentences, no calibration, no recovery)")
+            print(
+                "\nMiniLM sentence-embedding cosine to the original (512 sentences, no calibration, no recovery)"
+            )
             print(f"{'':<14} {'mean':>8} {'min':>8} {'params':>7} {'MACs':>7}")
             print("\n".join(minilm_rows(Path(folder))))
     return 0

@@ -24,8 +24,12 @@ def sentence_feeds(rows: slice = slice(None), path: Path = SENTENCES) -> dict[st
 def embed(path: Path, feeds: dict[str, np.ndarray], batch: int = 64) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     count = len(next(iter(feeds.values())))
-    return np.concatenate([session.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0]
-                           for i in range(0, count, batch)])
+    return np.concatenate(
+        [
+            session.run(None, {k: v[i : i + batch] for k, v in feeds.items()})[0]
+            for i in range(0, count, batch)
+        ]
+    )
 
 
 def cosines(path: Path, feeds: dict[str, np.ndarray], reference: np.ndarray) -> np.ndarray:

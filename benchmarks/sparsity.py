@@ -43,13 +43,21 @@ PATTERNS = {"2:4": {"nm": "2:4"}, "90%": {"ratio": 0.9}}
 FORMATS = ("dense", "bitmask", "nm", "coo")
 
 
-def compress(source: Path, target: Path, sparse_format: str, score: str = "magnitude", calibration: Path | None = None,
-             **pattern) -> None:
+def compress(
+    source: Path,
+    target: Path,
+    sparse_format: str,
+    score: str = "magnitude",
+    calibration: Path | None = None,
+    **pattern,
+) -> None:
     from sparsec import api
 
     if score == "wanda" and calibration is None:
         calibration = MODELS / "digits_calib.npz"
-    passes = api.sparsity_passes(score=score, calibration=calibration, sparse_format=sparse_format, **pattern)
+    passes = api.sparsity_passes(
+        score=score, calibration=calibration, sparse_format=sparse_format, **pattern
+    )
     api.compress(source, target, pipeline=passes, latency_runs=0, force=True)
 
 
@@ -82,9 +90,16 @@ def format_rows(models: list[Path], repeat: int, folder: Path) -> list[str]:
                     for fmt, path in paths.items():
                         times[fmt].append(session_ms(path))
                 size = model.stat().st_size
-                cells = [f"{paths[f].stat().st_size / size:8.3f} {statistics.median(times[f]):9.1f}" if f in paths
-                         else f"{'-':>8} {'-':>9}" for f in FORMATS]
-                rows.append(f"{model.stem:<22} {label:>4} {'emb' if embeddings else '':>3} " + " ".join(cells))
+                cells = [
+                    f"{paths[f].stat().st_size / size:8.3f} {statistics.median(times[f]):9.1f}"
+                    if f in paths
+                    else f"{'-':>8} {'-':>9}"
+                    for f in FORMATS
+                ]
+                rows.append(
+                    f"{model.stem:<22} {label:>4} {'emb' if embeddings else '':>3} "
+                    + " ".join(cells)
+                )
     return rows
 
 
@@ -115,10 +130,12 @@ def minilm_rows(folder: Path) -> list[str]:
     feeds = minilm_sentences.sentence_feeds(slice(128, None))
     reference = minilm_sentences.embed(source, feeds)
     rows = []
-    for label, pattern, scores in (("2:4", {"nm": "2:4"}, ("magnitude", "wanda")),
-                                   ("50%", {"ratio": 0.5}, ("magnitude", "wanda")),
-                                   ("2:4 emb", {"nm": "2:4", "embeddings": True}, ("magnitude",)),
-                                   ("90% emb", {"ratio": 0.9, "embeddings": True}, ("magnitude",))):
+    for label, pattern, scores in (
+        ("2:4", {"nm": "2:4"}, ("magnitude", "wanda")),
+        ("50%", {"ratio": 0.5}, ("magnitude", "wanda")),
+        ("2:4 emb", {"nm": "2:4", "embeddings": True}, ("magnitude",)),
+        ("90% emb", {"ratio": 0.9, "embeddings": True}, ("magnitude",)),
+    ):
         cells = []
         for score in scores:
             target = folder / f"minilm_{score}.onnx"
@@ -132,21 +149,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--formats", nargs="*", type=Path, default=None)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--minilm", action="store_true", help="only the MiniLM embedding-cosine table")
+    parser.add_argument(
+        "--minilm", action="store_true", help="only the MiniLM embedding-cosine table"
+    )
     args = parser.parse_args()
     if args.minilm:
         with tempfile.TemporaryDirectory() as folder:
-            print("MiniLM sentence-embedding cosine to the original (384 held-out sentences, no recovery)")
+            print(
+                "MiniLM sentence-embedding cosine to the original (384 held-out sentences, no recovery)"
+            )
             print(f"{'':<8} {'magnitude':>9} {'wanda':>9}")
             print("\n".join(minilm_rows(Path(folder))))
         return 0
-    models = [m for m in (args.formats if args.formats is not None else FORMAT_MODELS) if m.exists()]
+    models = [
+        m for m in (args.formats if args.formats is not None else FORMAT_MODELS) if m.exists()
+    ]
     with tempfile.TemporaryDirectory() as folder:
         print(f"file size (x original) and session creation (ms, median of {args.repeat})")
         print(f"{'model':<22} {'':>4} {'':>3} " + " ".join(f"{f:>8} {'ms':>9}" for f in FORMATS))
         print("\n".join(format_rows(models, args.repeat, Path(folder))))
         print("\ntop-1 on held-out digits (no recovery)")
-        print(f"{'model':<12} {'original':>9} {'2:4 mag':>9} {'2:4 wanda':>9} {'50% mag':>9} {'50% wanda':>9}")
+        print(
+            f"{'model':<12} {'original':>9} {'2:4 mag':>9} {'2:4 wanda':>9} {'50% mag':>9} {'50% wanda':>9}"
+        )
         print("\n".join(accuracy_rows(Path(folder))))
     return 0
 

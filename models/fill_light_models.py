@@ -20,8 +20,17 @@ import onnx
 from onnx import numpy_helper
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-NAMES = ["resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet", "squeezenet",
-         "vgg19", "zfnet512", "bvlc_alexnet"]
+NAMES = [
+    "resnet50",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "zfnet512",
+    "bvlc_alexnet",
+]
 
 
 def light_path(name: str) -> Path:

@@ -70,8 +70,15 @@ OUT_DIR = MODELS_DIR / "attention"
 MAX_FILE_BYTES = 1_000_000
 TOLERANCE = 1e-4
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP = 32, 4, 2, 8, 64
-KEY_OPS = ("MatMul", "Softmax", "Attention", "MultiHeadAttention", "GroupQueryAttention",
-           "Reshape", "Transpose")
+KEY_OPS = (
+    "MatMul",
+    "Softmax",
+    "Attention",
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "Reshape",
+    "Transpose",
+)
 warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX")
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
@@ -98,11 +105,25 @@ def save_single_file(proto: onnx.ModelProto, path: Path) -> None:
     assert not data_path.exists(), data_path
 
 
-def export_dynamo(model: nn.Module, example: tuple, path: Path, opset: int,
-                  input_names: list[str], output_name: str, dynamic_shapes) -> None:
-    program = torch.onnx.export(model, example, dynamo=True, opset_version=opset,
-                                input_names=input_names, output_names=[output_name],
-                                dynamic_shapes=dynamic_shapes, verbose=False)
+def export_dynamo(
+    model: nn.Module,
+    example: tuple,
+    path: Path,
+    opset: int,
+    input_names: list[str],
+    output_name: str,
+    dynamic_shapes,
+) -> None:
+    program = torch.onnx.export(
+        model,
+        example,
+        dynamo=True,
+        opset_version=opset,
+        input_names=input_names,
+        output_names=[output_name],
+        dynamic_shapes=dynamic_shapes,
+        verbose=False,
+    )
     proto = program.model_proto
     strip_stack_traces(proto)
     save_single_file(proto, path)
@@ -118,8 +139,13 @@ def describe(path: Path) -> dict:
     for init in model.graph.initializer:
         assert init.data_location != TensorProto.EXTERNAL, (path.name, init.name)
     hist = collections.Counter(n.op_type for n in model.graph.node)
-    return {"name": path.name, "bytes": size, "nodes": len(model.graph.node), "hist": hist,
-            "sha": hashlib.sha256(path.read_bytes()).hexdigest()[:12]}
+    return {
+        "name": path.name,
+        "bytes": size,
+        "nodes": len(model.graph.node),
+        "hist": hist,
+        "sha": hashlib.sha256(path.read_bytes()).hexdigest()[:12],
+    }
 
 
 def print_summary(rows: list[dict]) -> None:
@@ -162,12 +188,14 @@ def sdpa_variant(model: digits.DigitsViT) -> digits.DigitsViT:
 def make_vit_files() -> list[dict]:
     digits.seed_everything(SEED)
     data = digits.load_splits()
-    model, acc = digits.build("digits_vit", digits.DigitsViT, data,
-                              epochs=120, lr=3e-3, weight_decay=0.05)
+    model, acc = digits.build(
+        "digits_vit", digits.DigitsViT, data, epochs=120, lr=3e-3, weight_decay=0.05
+    )
     test = np.load(MODELS_DIR / "digits_test.npz")
     x, label = test["input"], test["label"]
-    ref_sess = ort.InferenceSession(str(MODELS_DIR / "digits_vit.onnx"),
-                                    providers=["CPUExecutionProvider"])
+    ref_sess = ort.InferenceSession(
+        str(MODELS_DIR / "digits_vit.onnx"), providers=["CPUExecutionProvider"]
+    )
     ref_logits = ref_sess.run(["logits"], {"input": x})[0]
     ref_acc = float((ref_logits.argmax(1) == label).mean())
     with torch.no_grad():
@@ -182,12 +210,15 @@ def make_vit_files() -> list[dict]:
     assert sdpa_diff <= 1e-5, sdpa_diff
     rows = []
     batch = {0: torch.export.Dim("batch")}
-    for name, module, opset in (("vit_dynamo18.onnx", model, 18),
-                                ("vit_sdpa_dynamo18.onnx", sdpa, 18),
-                                ("vit_dynamo23.onnx", sdpa, 23)):
+    for name, module, opset in (
+        ("vit_dynamo18.onnx", model, 18),
+        ("vit_sdpa_dynamo18.onnx", sdpa, 18),
+        ("vit_dynamo23.onnx", sdpa, 23),
+    ):
         path = OUT_DIR / name
-        export_dynamo(module, (torch.zeros(2, 1, 8, 8),), path, opset, ["input"], "logits",
-                      (batch,))
+        export_dynamo(
+            module, (torch.zeros(2, 1, 8, 8),), path, opset, ["input"], "logits", (batch,)
+        )
         row = describe(path)
         proto = onnx.load(str(path))
         assert [i.name for i in proto.graph.input] == ["input"]
@@ -218,8 +249,9 @@ def np_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float 
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
-def np_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, kv_heads: int,
-                 causal: bool) -> np.ndarray:
+def np_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int, kv_heads: int, causal: bool
+) -> np.ndarray:
     """Scaled dot-product attention on [B, S, H*D] tensors, grouped-query when kv_heads < heads.
 
     Query head h reads kv head ``h // (heads // kv_heads)`` (the convention of ORT's
@@ -252,14 +284,22 @@ def block_weights(kv_heads: int) -> dict[str, np.ndarray]:
         return (rng.standard_normal(n) * 0.1).astype(np.float32)
 
     return {
-        "ln1.weight": rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32), "ln1.bias": b(HIDDEN),
-        "attn.q.weight": w((HIDDEN, HIDDEN), HIDDEN), "attn.q.bias": b(HIDDEN),
-        "attn.k.weight": w((HIDDEN, kv), HIDDEN), "attn.k.bias": b(kv),
-        "attn.v.weight": w((HIDDEN, kv), HIDDEN), "attn.v.bias": b(kv),
-        "attn.out.weight": w((HIDDEN, HIDDEN), HIDDEN), "attn.out.bias": b(HIDDEN),
-        "ln2.weight": rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32), "ln2.bias": b(HIDDEN),
-        "mlp.fc1.weight": w((HIDDEN, MLP), HIDDEN), "mlp.fc1.bias": b(MLP),
-        "mlp.fc2.weight": w((MLP, HIDDEN), MLP), "mlp.fc2.bias": b(HIDDEN),
+        "ln1.weight": rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32),
+        "ln1.bias": b(HIDDEN),
+        "attn.q.weight": w((HIDDEN, HIDDEN), HIDDEN),
+        "attn.q.bias": b(HIDDEN),
+        "attn.k.weight": w((HIDDEN, kv), HIDDEN),
+        "attn.k.bias": b(kv),
+        "attn.v.weight": w((HIDDEN, kv), HIDDEN),
+        "attn.v.bias": b(kv),
+        "attn.out.weight": w((HIDDEN, HIDDEN), HIDDEN),
+        "attn.out.bias": b(HIDDEN),
+        "ln2.weight": rng.uniform(0.5, 1.5, HIDDEN).astype(np.float32),
+        "ln2.bias": b(HIDDEN),
+        "mlp.fc1.weight": w((HIDDEN, MLP), HIDDEN),
+        "mlp.fc1.bias": b(MLP),
+        "mlp.fc2.weight": w((MLP, HIDDEN), MLP),
+        "mlp.fc2.bias": b(HIDDEN),
     }
 
 
@@ -278,11 +318,13 @@ def np_block(x: np.ndarray, wts: dict, kv_heads: int, causal: bool, gelu: bool) 
 
 def linear(nodes: list, x: str, name: str, out: str | None = None) -> str:
     """MatMul with the [in, out] initializer ``name.weight``, then Add ``name.bias``."""
-    nodes.append(helper.make_node("MatMul", [x, f"{name}.weight"], [f"{name}.matmul"],
-                                  name=f"{name}/MatMul"))
+    nodes.append(
+        helper.make_node("MatMul", [x, f"{name}.weight"], [f"{name}.matmul"], name=f"{name}/MatMul")
+    )
     out = out or f"{name}.out"
-    nodes.append(helper.make_node("Add", [f"{name}.matmul", f"{name}.bias"], [out],
-                                  name=f"{name}/Add"))
+    nodes.append(
+        helper.make_node("Add", [f"{name}.matmul", f"{name}.bias"], [out], name=f"{name}/Add")
+    )
     return out
 
 
@@ -294,55 +336,116 @@ def build_block(kind: str) -> tuple[onnx.ModelProto, dict, int, bool, bool]:
     wts = block_weights(kv_heads)
     inits = dict(wts)
     n: list = []
-    n.append(helper.make_node("LayerNormalization", ["input", "ln1.weight", "ln1.bias"],
-                              ["ln1.out"], name="ln1", axis=-1, epsilon=1e-5))
+    n.append(
+        helper.make_node(
+            "LayerNormalization",
+            ["input", "ln1.weight", "ln1.bias"],
+            ["ln1.out"],
+            name="ln1",
+            axis=-1,
+            epsilon=1e-5,
+        )
+    )
     if kind == "attention":
         # packed QKV: columns [Q | K | V], head h of each at columns h*D:(h+1)*D of its third
         for c in "qkv":
             del inits[f"attn.{c}.weight"], inits[f"attn.{c}.bias"]
         inits["attn.qkv.weight"] = np.concatenate([wts[f"attn.{c}.weight"] for c in "qkv"], 1)
         inits["attn.qkv.bias"] = np.concatenate([wts[f"attn.{c}.bias"] for c in "qkv"])
-        n.append(helper.make_node("Attention", ["ln1.out", "attn.qkv.weight", "attn.qkv.bias"],
-                                  ["attn.ctx"], name="attn/Attention", domain="com.microsoft",
-                                  num_heads=HEADS))
+        n.append(
+            helper.make_node(
+                "Attention",
+                ["ln1.out", "attn.qkv.weight", "attn.qkv.bias"],
+                ["attn.ctx"],
+                name="attn/Attention",
+                domain="com.microsoft",
+                num_heads=HEADS,
+            )
+        )
     else:
         q, k, v = (linear(n, "ln1.out", f"attn.{c}") for c in "qkv")
         if kind == "mha":
-            n.append(helper.make_node("MultiHeadAttention", [q, k, v], ["attn.ctx"],
-                                      name="attn/MultiHeadAttention", domain="com.microsoft",
-                                      num_heads=HEADS))
+            n.append(
+                helper.make_node(
+                    "MultiHeadAttention",
+                    [q, k, v],
+                    ["attn.ctx"],
+                    name="attn/MultiHeadAttention",
+                    domain="com.microsoft",
+                    num_heads=HEADS,
+                )
+            )
         elif kind == "gqa":
             # seqlens_k = total_sequence_length - 1 for every batch row (no padding, no cache)
             inits["attn.one"] = np.array([1], dtype=np.int64)
             n += [
-                helper.make_node("Shape", ["input"], ["attn.batch"], name="attn/batch",
-                                 start=0, end=1),
-                helper.make_node("Shape", ["input"], ["attn.seq"], name="attn/seq",
-                                 start=1, end=2),
-                helper.make_node("Sub", ["attn.seq", "attn.one"], ["attn.seq_m1"],
-                                 name="attn/seq_minus_1"),
-                helper.make_node("Cast", ["attn.seq_m1"], ["attn.seq_m1_i32"],
-                                 name="attn/seq_minus_1_int32", to=TensorProto.INT32),
-                helper.make_node("Expand", ["attn.seq_m1_i32", "attn.batch"],
-                                 ["attn.seqlens_k"], name="attn/seqlens_k"),
-                helper.make_node("Cast", ["attn.seq"], ["attn.seq_i32"], name="attn/seq_int32",
-                                 to=TensorProto.INT32),
-                helper.make_node("Squeeze", ["attn.seq_i32"], ["attn.total_seq"],
-                                 name="attn/total_sequence_length"),
-                helper.make_node("GroupQueryAttention",
-                                 [q, k, v, "", "", "attn.seqlens_k", "attn.total_seq"],
-                                 ["attn.ctx", "attn.present_key", "attn.present_value"],
-                                 name="attn/GroupQueryAttention", domain="com.microsoft",
-                                 num_heads=HEADS, kv_num_heads=KV_HEADS),
+                helper.make_node(
+                    "Shape", ["input"], ["attn.batch"], name="attn/batch", start=0, end=1
+                ),
+                helper.make_node("Shape", ["input"], ["attn.seq"], name="attn/seq", start=1, end=2),
+                helper.make_node(
+                    "Sub", ["attn.seq", "attn.one"], ["attn.seq_m1"], name="attn/seq_minus_1"
+                ),
+                helper.make_node(
+                    "Cast",
+                    ["attn.seq_m1"],
+                    ["attn.seq_m1_i32"],
+                    name="attn/seq_minus_1_int32",
+                    to=TensorProto.INT32,
+                ),
+                helper.make_node(
+                    "Expand",
+                    ["attn.seq_m1_i32", "attn.batch"],
+                    ["attn.seqlens_k"],
+                    name="attn/seqlens_k",
+                ),
+                helper.make_node(
+                    "Cast",
+                    ["attn.seq"],
+                    ["attn.seq_i32"],
+                    name="attn/seq_int32",
+                    to=TensorProto.INT32,
+                ),
+                helper.make_node(
+                    "Squeeze",
+                    ["attn.seq_i32"],
+                    ["attn.total_seq"],
+                    name="attn/total_sequence_length",
+                ),
+                helper.make_node(
+                    "GroupQueryAttention",
+                    [q, k, v, "", "", "attn.seqlens_k", "attn.total_seq"],
+                    ["attn.ctx", "attn.present_key", "attn.present_value"],
+                    name="attn/GroupQueryAttention",
+                    domain="com.microsoft",
+                    num_heads=HEADS,
+                    kv_num_heads=KV_HEADS,
+                ),
             ]
         else:  # onnx23
-            n.append(helper.make_node("Attention", [q, k, v], ["attn.ctx"],
-                                      name="attn/Attention", q_num_heads=HEADS,
-                                      kv_num_heads=KV_HEADS, is_causal=1))
+            n.append(
+                helper.make_node(
+                    "Attention",
+                    [q, k, v],
+                    ["attn.ctx"],
+                    name="attn/Attention",
+                    q_num_heads=HEADS,
+                    kv_num_heads=KV_HEADS,
+                    is_causal=1,
+                )
+            )
     linear(n, "attn.ctx", "attn.out")
     n.append(helper.make_node("Add", ["input", "attn.out.out"], ["resid1"], name="resid1"))
-    n.append(helper.make_node("LayerNormalization", ["resid1", "ln2.weight", "ln2.bias"],
-                              ["ln2.out"], name="ln2", axis=-1, epsilon=1e-5))
+    n.append(
+        helper.make_node(
+            "LayerNormalization",
+            ["resid1", "ln2.weight", "ln2.bias"],
+            ["ln2.out"],
+            name="ln2",
+            axis=-1,
+            epsilon=1e-5,
+        )
+    )
     linear(n, "ln2.out", "mlp.fc1")
     act = "Gelu" if gelu else "Relu"
     n.append(helper.make_node(act, ["mlp.fc1.out"], ["mlp.act"], name=f"mlp/{act}"))
@@ -351,7 +454,8 @@ def build_block(kind: str) -> tuple[onnx.ModelProto, dict, int, bool, bool]:
 
     io_shape = ["batch", "seq", HIDDEN]
     graph = helper.make_graph(
-        n, f"{kind}_block",
+        n,
+        f"{kind}_block",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, io_shape)],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, io_shape)],
         initializer=[numpy_helper.from_array(a, name) for name, a in inits.items()],
@@ -361,20 +465,29 @@ def build_block(kind: str) -> tuple[onnx.ModelProto, dict, int, bool, bool]:
     else:
         opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         ir_version = 8
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=ir_version,
-                              producer_name="sparsec models/make_attention_models.py")
+    model = helper.make_model(
+        graph,
+        opset_imports=opsets,
+        ir_version=ir_version,
+        producer_name="sparsec models/make_attention_models.py",
+    )
     return model, wts, kv_heads, causal, gelu
 
 
-BLOCKS = [("com_microsoft_attention.onnx", "attention"), ("com_microsoft_mha.onnx", "mha"),
-          ("com_microsoft_gqa.onnx", "gqa"), ("onnx_attention_gqa23.onnx", "onnx23")]
+BLOCKS = [
+    ("com_microsoft_attention.onnx", "attention"),
+    ("com_microsoft_mha.onnx", "mha"),
+    ("com_microsoft_gqa.onnx", "gqa"),
+    ("onnx_attention_gqa23.onnx", "onnx23"),
+]
 
 
 def make_block_files() -> list[dict]:
     rows = []
     rng = np.random.default_rng(SEED + 1)
-    inputs = [rng.standard_normal((b, s, HIDDEN)).astype(np.float32)
-              for b, s in ((1, 1), (2, 7), (3, 16))]
+    inputs = [
+        rng.standard_normal((b, s, HIDDEN)).astype(np.float32) for b, s in ((1, 1), (2, 7), (3, 16))
+    ]
     for name, kind in BLOCKS:
         path = OUT_DIR / name
         model, wts, kv_heads, causal, gelu = build_block(kind)
@@ -408,17 +521,25 @@ class LogitsOnly(nn.Module):
         self.lm = lm
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                       use_cache=False).logits
+        return self.lm(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False
+        ).logits
 
 
 def make_llama_file() -> list[dict]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=HIDDEN, num_attention_heads=HEADS,
-                         num_key_value_heads=KV_HEADS, num_hidden_layers=2,
-                         intermediate_size=MLP, vocab_size=64, max_position_embeddings=128,
-                         initializer_range=0.15, attn_implementation="eager")
+    config = LlamaConfig(
+        hidden_size=HIDDEN,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        num_hidden_layers=2,
+        intermediate_size=MLP,
+        vocab_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.15,
+        attn_implementation="eager",
+    )
     torch.manual_seed(SEED)
     lm = LlamaForCausalLM(config)
     with torch.no_grad():  # fresh RMSNorm weights are all ones: redraw them
@@ -430,10 +551,16 @@ def make_llama_file() -> list[dict]:
     path = OUT_DIR / "llama_gqa_legacy.onnx"
     example = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(SEED))
     path.unlink(missing_ok=True)
-    torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
-                      input_names=["input_ids"], output_names=["logits"],
-                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                    "logits": {0: "batch", 1: "seq"}})
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input_ids"],
+        output_names=["logits"],
+        dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}},
+    )
     row = describe(path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff, scale = 0.0, 0.0

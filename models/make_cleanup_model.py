@@ -29,10 +29,14 @@ def weight(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
 
 def batchnorm_params(prefix: str, channels: int) -> list[onnx.TensorProto]:
     return [
-        numpy_helper.from_array(RNG.uniform(0.5, 1.5, channels).astype(np.float32), f"{prefix}_gamma"),
+        numpy_helper.from_array(
+            RNG.uniform(0.5, 1.5, channels).astype(np.float32), f"{prefix}_gamma"
+        ),
         numpy_helper.from_array(RNG.normal(0, 0.2, channels).astype(np.float32), f"{prefix}_beta"),
         numpy_helper.from_array(RNG.normal(0, 0.5, channels).astype(np.float32), f"{prefix}_mean"),
-        numpy_helper.from_array(RNG.uniform(0.2, 2.0, channels).astype(np.float32), f"{prefix}_var"),
+        numpy_helper.from_array(
+            RNG.uniform(0.2, 2.0, channels).astype(np.float32), f"{prefix}_var"
+        ),
     ]
 
 
@@ -67,34 +71,52 @@ def nodes() -> list[onnx.NodeProto]:
         # Dead weight.
         make("Conv", ["x", "w_dead"], ["dead1"], name="dead_conv"),
         make("Relu", ["dead1"], ["dead2"], name="dead_relu"),
-        make("Constant", [], ["dead_const"], name="dead_constant",
-             value=numpy_helper.from_array(np.arange(6, dtype=np.float32), "dead_value")),
+        make(
+            "Constant",
+            [],
+            ["dead_const"],
+            name="dead_constant",
+            value=numpy_helper.from_array(np.arange(6, dtype=np.float32), "dead_value"),
+        ),
     ]
 
 
 def unused_function() -> onnx.FunctionProto:
     body = [helper.make_node("Relu", ["a"], ["b"])]
-    return helper.make_function("com.example", "Unused", ["a"], ["b"], body,
-                                [helper.make_opsetid("", 17)])
+    return helper.make_function(
+        "com.example", "Unused", ["a"], ["b"], body, [helper.make_opsetid("", 17)]
+    )
 
 
 def build() -> onnx.ModelProto:
     initializers = [
-        weight("w1", 8, 3, 3, 3), weight("w2", 8, 8, 3, 3), weight("b2", 8, scale=0.1),
-        weight("wt", 8, 4, 2, 2), weight("wfc", 10, 8 * 4 * 4), weight("bfc", 10, scale=0.1),
-        weight("w_dead", 4, 3, 1, 1), weight("unused_weight", 16, 16),
+        weight("w1", 8, 3, 3, 3),
+        weight("w2", 8, 8, 3, 3),
+        weight("b2", 8, scale=0.1),
+        weight("wt", 8, 4, 2, 2),
+        weight("wfc", 10, 8 * 4 * 4),
+        weight("bfc", 10, scale=0.1),
+        weight("w_dead", 4, 3, 1, 1),
+        weight("unused_weight", 16, 16),
         numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
-        *batchnorm_params("bn1", 8), *batchnorm_params("bn2", 8), *batchnorm_params("bn3", 8),
+        *batchnorm_params("bn1", 8),
+        *batchnorm_params("bn2", 8),
+        *batchnorm_params("bn3", 8),
         *batchnorm_params("bn4", 10),
     ]
     graph = helper.make_graph(
-        nodes(), "cleanup_cnn",
+        nodes(),
+        "cleanup_cnn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
-                              functions=[unused_function()], producer_name="sparsec models/make_cleanup_model.py")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+        functions=[unused_function()],
+        producer_name="sparsec models/make_cleanup_model.py",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model

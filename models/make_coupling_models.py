@@ -46,22 +46,39 @@ class Builder:
 
     def op(self, op_type: str, inputs, outputs: int = 1, domain: str = "", **attrs):
         names = [self.name(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type), domain=domain, **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op_type, list(inputs), names, name=self.name(op_type), domain=domain, **attrs
+            )
+        )
         return names[0] if outputs == 1 else names
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int = 3, group: int = 1, bias: bool = True) -> str:
-        inputs = [x, self.weight(c_out, c_in // group, k, k)] + ([self.vector(c_out)] if bias else [])
+    def conv(
+        self, x: str, c_in: int, c_out: int, k: int = 3, group: int = 1, bias: bool = True
+    ) -> str:
+        inputs = [x, self.weight(c_out, c_in // group, k, k)] + (
+            [self.vector(c_out)] if bias else []
+        )
         return self.op("Conv", inputs, pads=[k // 2] * 4, group=group)
 
     def bn(self, x: str, c: int) -> str:
-        return self.op("BatchNormalization", [x, self.vector(c, 0.5, 1.5), self.vector(c), self.vector(c),
-                                              self.vector(c, 0.5, 1.5)])
+        return self.op(
+            "BatchNormalization",
+            [x, self.vector(c, 0.5, 1.5), self.vector(c), self.vector(c), self.vector(c, 0.5, 1.5)],
+        )
 
     def model(self, x_shape, out: str, opset: int = 17, domains=()) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "coupling", [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
-                                  [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 5])], self.inits)
+        graph = helper.make_graph(
+            self.nodes,
+            "coupling",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 5])],
+            self.inits,
+        )
         opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="sparsec make_coupling_models")
+        model = helper.make_model(
+            graph, opset_imports=opsets, producer_name="sparsec make_coupling_models"
+        )
         model.ir_version = 8 if opset < 21 else 10
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
 
@@ -85,7 +102,9 @@ def concat_split() -> onnx.ModelProto:
     left, right = b.conv("input", 3, 8), b.conv("input", 3, 12)
     joined = b.op("Relu", [b.op("Concat", [left, right], axis=1)])
     mixed = b.conv(joined, 20, 16)
-    first, second = b.op("Split", [mixed, b.const(np.array([6, 10], np.int64), "split")], outputs=2, axis=1)
+    first, second = b.op(
+        "Split", [mixed, b.const(np.array([6, 10], np.int64), "split")], outputs=2, axis=1
+    )
     merged = b.op("Concat", [b.conv(first, 6, 8), b.conv(second, 10, 8)], axis=1)
     return b.model([1, 3, 8, 8], head(b, b.op("Relu", [merged]), 16))
 
@@ -110,7 +129,10 @@ def conv_flatten_gemm() -> onnx.ModelProto:
     b = Builder(5)
     x = b.op("Relu", [b.conv("input", 3, 8)])
     pooled = b.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])  # 8 x 4 x 4
-    hidden = b.op("Relu", [b.op("Gemm", [b.op("Flatten", [pooled]), b.weight(32, 128), b.vector(32)], transB=1)])
+    hidden = b.op(
+        "Relu",
+        [b.op("Gemm", [b.op("Flatten", [pooled]), b.weight(32, 128), b.vector(32)], transB=1)],
+    )
     return b.model([1, 3, 8, 8], b.op("Gemm", [hidden, b.weight(32, 5), b.vector(5)]))
 
 
@@ -132,9 +154,13 @@ def written_out_layernorm() -> onnx.ModelProto:
     x = b.op("Add", [b.op("MatMul", [tokens, b.weight(12, 24)]), b.vector(24)])
     mean = b.op("ReduceMean", [x], axes=[-1])
     centred = b.op("Sub", [x, mean])
-    variance = b.op("ReduceMean", [b.op("Pow", [centred, b.const(np.array(2.0, np.float32), "two")])], axes=[-1])
+    variance = b.op(
+        "ReduceMean", [b.op("Pow", [centred, b.const(np.array(2.0, np.float32), "two")])], axes=[-1]
+    )
     std = b.op("Sqrt", [b.op("Add", [variance, b.const(np.array(1e-5, np.float32), "eps")])])
-    normed = b.op("Add", [b.op("Mul", [b.op("Div", [centred, std]), b.vector(24, 0.5, 1.5)]), b.vector(24)])
+    normed = b.op(
+        "Add", [b.op("Mul", [b.op("Div", [centred, std]), b.vector(24, 0.5, 1.5)]), b.vector(24)]
+    )
     hidden = b.op("Relu", [b.op("MatMul", [normed, b.weight(24, 32)])])
     out = b.op("Add", [x, b.op("MatMul", [hidden, b.weight(32, 24)])])
     pooled = b.op("ReduceMean", [out], axes=[1], keepdims=0)
@@ -144,8 +170,15 @@ def written_out_layernorm() -> onnx.ModelProto:
 def slice_gather_reshape() -> onnx.ModelProto:
     b = Builder(8)
     x = b.op("Relu", [b.conv("input", 3, 16)])
-    upper = b.op("Slice", [x, b.const(np.array([4], np.int64)), b.const(np.array([16], np.int64)),
-                           b.const(np.array([1], np.int64))])
+    upper = b.op(
+        "Slice",
+        [
+            x,
+            b.const(np.array([4], np.int64)),
+            b.const(np.array([16], np.int64)),
+            b.const(np.array([1], np.int64)),
+        ],
+    )
     picked = b.op("Gather", [x, b.const(np.array([0, 2, 3, 5], np.int64), "idx")], axis=1)
     joined = b.op("Concat", [b.conv(upper, 12, 8), b.conv(picked, 4, 8)], axis=1)
     flat = b.op("Reshape", [joined, b.const(np.array([1, 16, 64], np.int64), "shape")])
@@ -155,9 +188,17 @@ def slice_gather_reshape() -> onnx.ModelProto:
 
 def groupnorm_upsample() -> onnx.ModelProto:
     b = Builder(9)
-    x = b.op("GroupNormalization", [b.conv("input", 3, 16), b.vector(16, 0.5, 1.5), b.vector(16)], num_groups=4)
-    up = b.op("ConvTranspose", [b.op("Relu", [x]), b.weight(16, 8, 2, 2), b.vector(8)], strides=[2, 2])
-    resized = b.op("Resize", [up, "", b.const(np.array([1, 1, 2, 2], np.float32), "scales")], mode="nearest")
+    x = b.op(
+        "GroupNormalization",
+        [b.conv("input", 3, 16), b.vector(16, 0.5, 1.5), b.vector(16)],
+        num_groups=4,
+    )
+    up = b.op(
+        "ConvTranspose", [b.op("Relu", [x]), b.weight(16, 8, 2, 2), b.vector(8)], strides=[2, 2]
+    )
+    resized = b.op(
+        "Resize", [up, "", b.const(np.array([1, 1, 2, 2], np.float32), "scales")], mode="nearest"
+    )
     padded = b.op("Pad", [resized, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")])
     return b.model([1, 3, 4, 4], head(b, b.conv(padded, 8, 12), 12), opset=21)
 
@@ -172,9 +213,21 @@ def custom_barrier() -> onnx.ModelProto:
     return b.model([1, 3, 8, 8], head(b, b.conv(y, 16, 12), 12), domains=("com.microsoft",))
 
 
-MODELS = {fn.__name__: fn for fn in (residual_add, concat_split, grouped_depthwise, squeeze_excite, conv_flatten_gemm,
-                                     layernorm_transpose, written_out_layernorm, slice_gather_reshape,
-                                     groupnorm_upsample, custom_barrier)}
+MODELS = {
+    fn.__name__: fn
+    for fn in (
+        residual_add,
+        concat_split,
+        grouped_depthwise,
+        squeeze_excite,
+        conv_flatten_gemm,
+        layernorm_transpose,
+        written_out_layernorm,
+        slice_gather_reshape,
+        groupnorm_upsample,
+        custom_barrier,
+    )
+}
 
 
 def main() -> None:

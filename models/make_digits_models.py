@@ -69,9 +69,7 @@ def load_splits() -> dict[str, np.ndarray]:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.2, stratify=y, random_state=SEED
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=SEED)
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
 
 
@@ -227,8 +225,14 @@ class DigitsViT(nn.Module):
 # --------------------------------------------------------------------------
 # Training / evaluation
 # --------------------------------------------------------------------------
-def train(model: nn.Module, data: dict[str, np.ndarray], epochs: int, lr: float,
-          weight_decay: float = 0.0, batch_size: int = 64) -> nn.Module:
+def train(
+    model: nn.Module,
+    data: dict[str, np.ndarray],
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+) -> nn.Module:
     """Train with AdamW + OneCycle (cosine) schedule and seeded shuffling."""
     x = torch.from_numpy(data["x_train"])
     y = torch.from_numpy(data["y_train"])
@@ -373,7 +377,8 @@ def check_cnn_features(path: Path, expected_bn: int) -> None:
         assert hist[op] >= 1, (op, hist)
     shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     depthwise = [
-        n for n in model.graph.node
+        n
+        for n in model.graph.node
         if n.op_type == "Conv"
         and any(a.name == "group" and a.i > 1 and a.i == shapes[n.input[1]][0] for a in n.attribute)
     ]
@@ -409,7 +414,13 @@ def verify(path: Path, torch_acc: float) -> dict:
         assert size < MAX_FILE_BYTES, (name, size)
     hist = op_histogram(path)
     print(f"{path.name}: torch acc {torch_acc:.4f}  onnxruntime acc {acc:.4f}")
-    return {"name": path.name, "files": files, "nodes": sum(hist.values()), "hist": hist, "acc": acc}
+    return {
+        "name": path.name,
+        "files": files,
+        "nodes": sum(hist.values()),
+        "hist": hist,
+        "acc": acc,
+    }
 
 
 def print_summary(rows: list[dict]) -> None:

@@ -62,13 +62,17 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 N_SENTENCES, N_CALIBRATION, MAX_LEN, SEED = 512, 1024, 64, 0
 INPUTS = ["input_ids", "attention_mask"]
-EXAMPLE_TEXT = ["A man is eating food.",
-                "The quick brown fox jumps over the lazy dog while the old farmer watches."]
+EXAMPLE_TEXT = [
+    "A man is eating food.",
+    "The quick brown fox jumps over the lazy dog while the old farmer watches.",
+]
 # (file, module kind, exporter, opset)
-EXPORTS = [("minilm_legacy.onnx", "embed", "legacy", 17),
-           ("minilm_dynamo.onnx", "embed", "dynamo", 18),
-           ("minilm_dynamo23.onnx", "embed", "dynamo", 23),
-           ("minilm_encoder_legacy.onnx", "encoder", "legacy", 17)]
+EXPORTS = [
+    ("minilm_legacy.onnx", "embed", "legacy", 17),
+    ("minilm_dynamo.onnx", "embed", "dynamo", 18),
+    ("minilm_dynamo23.onnx", "embed", "dynamo", 23),
+    ("minilm_encoder_legacy.onnx", "encoder", "legacy", 17),
+]
 OUTPUT = {"embed": "sentence_embedding", "encoder": "last_hidden_state"}
 SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "turtledemo", "tkinter"}
 PLAIN = re.compile(r"[A-Z][A-Za-z0-9 ,;:'()\-]*[a-z][.!?]")
@@ -86,8 +90,11 @@ class Encoder(nn.Module):
         self.bert = bert
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        return self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=torch.zeros_like(input_ids),
+        ).last_hidden_state
 
 
 class Embedder(Encoder):
@@ -112,8 +119,9 @@ def stdlib_sentences() -> list[tuple[str, str]]:
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                     ast.AsyncFunctionDef)):
+            if not isinstance(
+                node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+            ):
                 continue
             for para in (ast.get_docstring(node) or "").split("\n\n"):
                 if ">>>" in para or "\n " in para:  # doctests and indented code/lists
@@ -131,35 +139,59 @@ def make_sentences(tokenizer, folder: Path) -> None:
     print(f"  {len(pairs)} candidate sentences", flush=True)
     order = np.random.default_rng(SEED).permutation(len(pairs))
     save_sentences(tokenizer, [pairs[i] for i in order[:N_SENTENCES]], folder / "sentences.npz")
-    save_sentences(tokenizer, [pairs[i] for i in order[N_SENTENCES:N_SENTENCES + N_CALIBRATION]],
-                   folder / "calibration.npz")
+    save_sentences(
+        tokenizer,
+        [pairs[i] for i in order[N_SENTENCES : N_SENTENCES + N_CALIBRATION]],
+        folder / "calibration.npz",
+    )
 
 
 def save_sentences(tokenizer, chosen: list[tuple[str, str]], path: Path) -> None:
     text = [t for t, _ in chosen]
-    tok = tokenizer(text, padding="max_length", max_length=MAX_LEN, truncation=False,
-                    return_tensors="np")
-    np.savez(path, input_ids=tok["input_ids"].astype(np.int64),
-             attention_mask=tok["attention_mask"].astype(np.int64),
-             text=np.array(text, dtype=np.str_), source=np.array([s for _, s in chosen]))
+    tok = tokenizer(
+        text, padding="max_length", max_length=MAX_LEN, truncation=False, return_tensors="np"
+    )
+    np.savez(
+        path,
+        input_ids=tok["input_ids"].astype(np.int64),
+        attention_mask=tok["attention_mask"].astype(np.int64),
+        text=np.array(text, dtype=np.str_),
+        source=np.array([s for _, s in chosen]),
+    )
 
 
-def export(module: nn.Module, example: tuple, path: Path, exporter: str, opset: int,
-           output: str) -> None:
+def export(
+    module: nn.Module, example: tuple, path: Path, exporter: str, opset: int, output: str
+) -> None:
     """Export one graph; dynamo files are saved as one file without stack traces."""
     if exporter == "legacy":
         axes = {name: {0: "batch", 1: "seq"} for name in INPUTS}
         axes[output] = {0: "batch"} if output == "sentence_embedding" else {0: "batch", 1: "seq"}
-        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=opset,
-                          input_names=INPUTS, output_names=[output], dynamic_axes=axes)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=INPUTS,
+            output_names=[output],
+            dynamic_axes=axes,
+        )
         proto = onnx.load(str(path))  # the last output dim comes out symbolic: make it 384
         proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value = 384
         onnx.save_model(proto, str(path))
         return
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=512)}
-    program = torch.onnx.export(module, example, dynamo=True, opset_version=opset,
-                                input_names=INPUTS, output_names=[output],
-                                dynamic_shapes=dict.fromkeys(INPUTS, dims), verbose=False)
+    program = torch.onnx.export(
+        module,
+        example,
+        dynamo=True,
+        opset_version=opset,
+        input_names=INPUTS,
+        output_names=[output],
+        dynamic_shapes=dict.fromkeys(INPUTS, dims),
+        verbose=False,
+    )
     proto = program.model_proto
     for node in proto.graph.node:
         kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
@@ -196,9 +228,11 @@ def verify(path: Path, ref: np.ndarray, data: dict) -> bool:
     diff, cos, cos_min = compare(ref, got, data["attention_mask"])
     ok = got.shape == ref.shape and diff <= 1e-4 and cos_min >= 0.9999
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    print(f"  {path.name:<28} {len(model.graph.node):5d} nodes {path.stat().st_size / 1e6:6.2f} MB"
-          f"  sha256 {sha}  max|diff| {diff:.2e}  cos mean {cos:.7f} min {cos_min:.7f}"
-          f"  {'ok' if ok else 'FAIL'}")
+    print(
+        f"  {path.name:<28} {len(model.graph.node):5d} nodes {path.stat().st_size / 1e6:6.2f} MB"
+        f"  sha256 {sha}  max|diff| {diff:.2e}  cos mean {cos:.7f} min {cos_min:.7f}"
+        f"  {'ok' if ok else 'FAIL'}"
+    )
     key = {k: ops.get(k, 0) for k in ("MatMul", "Softmax", "Attention", "Gemm", "Erf")}
     print(f"    key ops {key}\n    all ops {dict(sorted(ops.items()))}", flush=True)
     return ok
@@ -225,8 +259,10 @@ def main() -> int:
     print(f"sentences.npz: {data['input_ids'].shape}, e.g. {str(data['text'][0])!r}")
     modules = {"embed": Embedder(bert).eval(), "encoder": Encoder(bert).eval()}
     with torch.no_grad():
-        refs = {k: run_batches(lambda i, a, m=m: m(*map(torch.from_numpy, (i, a))).numpy(), data)
-                for k, m in modules.items()}
+        refs = {
+            k: run_batches(lambda i, a, m=m: m(*map(torch.from_numpy, (i, a))).numpy(), data)
+            for k, m in modules.items()
+        }
     st_diff = np.abs(st.encode(list(data["text"]), batch_size=64) - refs["embed"]).max()
     print(f"torch wrapper vs SentenceTransformer.encode: max|diff| {st_diff:.2e}", flush=True)
     tok = tokenizer(EXAMPLE_TEXT, padding="max_length", max_length=16, truncation=True)

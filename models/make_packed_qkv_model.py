@@ -47,7 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 SEED = 0
-OUT_DIR = Path(__file__).resolve().parent / "attention" / "packed_qkv"  # a subfolder: not in test_heads' glob
+OUT_DIR = (
+    Path(__file__).resolve().parent / "attention" / "packed_qkv"
+)  # a subfolder: not in test_heads' glob
 DIM, HEADS, MLP, BLOCKS, SEQ = 32, 4, 64, 2, 16
 MAX_FILE_BYTES, TOLERANCE = 200_000, 1e-5
 warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX")
@@ -68,7 +70,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))  # timm: attn_dim
+        return self.proj(
+            x.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        )  # timm: attn_dim
 
 
 class Block(nn.Module):
@@ -110,9 +114,16 @@ def export(model: Encoder, path: Path, dynamo: bool) -> None:
     path.unlink(missing_ok=True)
     example = (torch.zeros(2, SEQ, DIM),)
     if dynamo:
-        program = torch.onnx.export(model, example, dynamo=True, opset_version=18, input_names=["input"],
-                                    output_names=["output"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                                    verbose=False)
+        program = torch.onnx.export(
+            model,
+            example,
+            dynamo=True,
+            opset_version=18,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
         proto = program.model_proto
         for node in proto.graph.node:
             kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
@@ -120,9 +131,16 @@ def export(model: Encoder, path: Path, dynamo: bool) -> None:
             node.metadata_props.extend(kept)
         onnx.save_model(proto, str(path), save_as_external_data=False)
     else:
-        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": {0: "batch", 1: "seq"},
-                                                                 "output": {0: "batch", 1: "seq"}})
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}},
+        )
 
 
 def check(model: Encoder, path: Path, shapes: list[tuple[int, int]]) -> str:
@@ -143,7 +161,9 @@ def check(model: Encoder, path: Path, shapes: list[tuple[int, int]]) -> str:
     assert diff <= TOLERANCE, (path.name, diff)
     nodes = len(onnx.load(str(path)).graph.node)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return f"{path.name:<26}{size:>8} bytes {nodes:>4} nodes  torch max|diff| {diff:.0e}  sha256 {sha}"
+    return (
+        f"{path.name:<26}{size:>8} bytes {nodes:>4} nodes  torch max|diff| {diff:.0e}  sha256 {sha}"
+    )
 
 
 def main() -> int:
@@ -151,8 +171,10 @@ def main() -> int:
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     model = build()
-    for name, dynamo, shapes in (("packed_qkv_legacy.onnx", False, [(1, 1), (2, 16), (3, 7)]),
-                                 ("packed_qkv_dynamo.onnx", True, [(1, SEQ), (2, SEQ), (5, SEQ)])):
+    for name, dynamo, shapes in (
+        ("packed_qkv_legacy.onnx", False, [(1, 1), (2, 16), (3, 7)]),
+        ("packed_qkv_dynamo.onnx", True, [(1, SEQ), (2, SEQ), (5, SEQ)]),
+    ):
         path = OUT_DIR / name
         export(model, path, dynamo)
         print(check(model, path, shapes))

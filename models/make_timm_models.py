@@ -58,8 +58,15 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ["resnet18", "mobilenetv3_small_100", "efficientnet_b0", "convnext_atto",
-          "regnetx_002", "mobilevit_xxs", "densenet121"]
+MODELS = [
+    "resnet18",
+    "mobilenetv3_small_100",
+    "efficientnet_b0",
+    "convnext_atto",
+    "regnetx_002",
+    "mobilevit_xxs",
+    "densenet121",
+]
 EXPORTERS = ("legacy", "dynamo")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX")
@@ -148,17 +155,27 @@ def example_input(batch: int, seed: int) -> torch.Tensor:
 
 def export_legacy(model: nn.Module, path: Path) -> None:
     torch.onnx.export(
-        model, (example_input(2, 0),), str(path), dynamo=False, opset_version=17,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        model,
+        (example_input(2, 0),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
     )
 
 
 def export_dynamo(model: nn.Module, path: Path) -> None:
     program = torch.onnx.export(
-        model, (example_input(2, 0),), dynamo=True, opset_version=18,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+        model,
+        (example_input(2, 0),),
+        dynamo=True,
+        opset_version=18,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,
     )
     proto = program.model_proto
     for node in proto.graph.node:  # stack traces embed absolute paths of this machine
@@ -188,8 +205,7 @@ def compare(model: nn.Module, path: Path, seed: int) -> tuple[float, float, floa
     return worst, scale, float(ref.std(axis=0).mean())
 
 
-def make_one(model: nn.Module, name: str, exporter: str, out: Path, seed: int,
-             force: bool) -> bool:
+def make_one(model: nn.Module, name: str, exporter: str, out: Path, seed: int, force: bool) -> bool:
     """Export (unless cached) and verify one file; print one line; return success."""
     path = out / f"{name}_{exporter}.onnx"
     tag = f"{name:<22} {exporter:<6}"
@@ -207,9 +223,12 @@ def make_one(model: nn.Module, name: str, exporter: str, out: Path, seed: int,
         nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
         diff, scale, spread = compare(model, path, seed)
         ok = diff <= TOLERANCE * max(1.0, scale)
-        print(f"{tag} {status} {nodes:4d} nodes {path.stat().st_size / 1e6:6.2f} MB  "
-              f"max|diff| {diff:.1e}  max|logit| {scale:.1e}  spread {spread:.1e}  "
-              f"{'ok' if ok else 'FAIL'}", flush=True)
+        print(
+            f"{tag} {status} {nodes:4d} nodes {path.stat().st_size / 1e6:6.2f} MB  "
+            f"max|diff| {diff:.1e}  max|logit| {scale:.1e}  spread {spread:.1e}  "
+            f"{'ok' if ok else 'FAIL'}",
+            flush=True,
+        )
         return ok
     except Exception as exc:  # report and go on with the other models
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -237,8 +256,10 @@ def main() -> int:
         for exporter in EXPORTERS:
             if not make_one(model, name, exporter, args.out, args.seed, args.force):
                 failed.append(f"{name}/{exporter}")
-    print(f"done in {time.perf_counter() - start:.0f}s, out={args.out}; "
-          f"failed: {', '.join(failed) or 'none'}")
+    print(
+        f"done in {time.perf_counter() - start:.0f}s, out={args.out}; "
+        f"failed: {', '.join(failed) or 'none'}"
+    )
     return 1 if failed else 0
 
 

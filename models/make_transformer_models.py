@@ -84,8 +84,7 @@ class LogitsOnly(nn.Module):
         self.lm = lm
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                       use_cache=False).logits
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
 def randomize_norms_and_biases(model: nn.Module, seed: int) -> None:
@@ -109,22 +108,40 @@ def randomize_norms_and_biases(model: nn.Module, seed: int) -> None:
 def build(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if name == "vit_tiny":
-        model = make_timm_models.import_timm().create_model("vit_tiny_patch16_224",
-                                                             pretrained=False)
+        model = make_timm_models.import_timm().create_model(
+            "vit_tiny_patch16_224", pretrained=False
+        )
     elif name == "gpt2_tiny":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(n_layer=2, n_head=4, n_embd=128, vocab_size=VOCAB,
-                            n_positions=MAX_POS, bos_token_id=0, eos_token_id=0,
-                            initializer_range=INIT_RANGE, attn_implementation="eager")
+        config = GPT2Config(
+            n_layer=2,
+            n_head=4,
+            n_embd=128,
+            vocab_size=VOCAB,
+            n_positions=MAX_POS,
+            bos_token_id=0,
+            eos_token_id=0,
+            initializer_range=INIT_RANGE,
+            attn_implementation="eager",
+        )
         model = LogitsOnly(GPT2LMHeadModel(config))
     elif name == "llama_tiny":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        config = LlamaConfig(hidden_size=128, num_attention_heads=8, num_key_value_heads=2,
-                             num_hidden_layers=2, intermediate_size=256, vocab_size=VOCAB,
-                             max_position_embeddings=MAX_POS, bos_token_id=0, eos_token_id=0,
-                             initializer_range=INIT_RANGE, attn_implementation="eager")
+        config = LlamaConfig(
+            hidden_size=128,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            num_hidden_layers=2,
+            intermediate_size=256,
+            vocab_size=VOCAB,
+            max_position_embeddings=MAX_POS,
+            bos_token_id=0,
+            eos_token_id=0,
+            initializer_range=INIT_RANGE,
+            attn_implementation="eager",
+        )
         model = LogitsOnly(LlamaForCausalLM(config))
     else:
         raise ValueError(f"unknown model {name!r}; known: {MODELS}")
@@ -140,7 +157,7 @@ def example(name: str, batch: int, seq: int, seed: int, pad: int = 0) -> tuple:
     ids = torch.randint(0, VOCAB, (batch, seq), generator=gen)
     mask = torch.ones(batch, seq, dtype=torch.int64)
     if pad:
-        mask[0, seq - pad:] = 0
+        mask[0, seq - pad :] = 0
     return ids, mask
 
 
@@ -152,18 +169,36 @@ def export(name: str, model: nn.Module, exporter: str, path: Path) -> None:
     inputs, output = io_names(name)
     args = example(name, 2, 16, 0)
     if exporter == "legacy":
-        axes = {n: {0: "batch"} if name == "vit_tiny" else {0: "batch", 1: "seq"}
-                for n in inputs + [output]}
-        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=17,
-                          input_names=inputs, output_names=[output], dynamic_axes=axes)
+        axes = {
+            n: {0: "batch"} if name == "vit_tiny" else {0: "batch", 1: "seq"}
+            for n in inputs + [output]
+        }
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=inputs,
+            output_names=[output],
+            dynamic_axes=axes,
+        )
         return
     if name == "vit_tiny":
         dims = ({0: torch.export.Dim("batch")},)
     else:
         tokens = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=MAX_POS)}
         dims = (tokens, tokens)
-    program = torch.onnx.export(model, args, dynamo=True, opset_version=18, input_names=inputs,
-                                output_names=[output], dynamic_shapes=dims, verbose=False)
+    program = torch.onnx.export(
+        model,
+        args,
+        dynamo=True,
+        opset_version=18,
+        input_names=inputs,
+        output_names=[output],
+        dynamic_shapes=dims,
+        verbose=False,
+    )
     proto = program.model_proto
     for node in proto.graph.node:  # stack traces embed absolute paths of this machine
         kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
@@ -189,8 +224,7 @@ def compare(name: str, model: nn.Module, path: Path, seed: int) -> tuple[float, 
     return worst, scale
 
 
-def make_one(name: str, model: nn.Module, exporter: str, out: Path, seed: int,
-             force: bool) -> bool:
+def make_one(name: str, model: nn.Module, exporter: str, out: Path, seed: int, force: bool) -> bool:
     """Export (unless kept), check and compare one file; print its lines; return success."""
     path = out / f"{name}_{exporter}.onnx"
     tag = f"{path.name:<22}"
@@ -212,10 +246,13 @@ def make_one(name: str, model: nn.Module, exporter: str, out: Path, seed: int,
         ok = diff <= TOLERANCE * scale
         sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         key = " ".join(f"{op} {ops.get(op, 0)}" for op in KEY_OPS)
-        print(f"{tag} {status} {len(proto.graph.node):4d} nodes {path.stat().st_size / 1e6:6.2f} MB"
-              f"  sha256 {sha}  max|diff| {diff:.1e}  max|logit| {scale:.1e}  "
-              f"{'ok' if ok else 'FAIL'}\n    {key}\n"
-              f"    all ops {dict(sorted(ops.items()))}", flush=True)
+        print(
+            f"{tag} {status} {len(proto.graph.node):4d} nodes {path.stat().st_size / 1e6:6.2f} MB"
+            f"  sha256 {sha}  max|diff| {diff:.1e}  max|logit| {scale:.1e}  "
+            f"{'ok' if ok else 'FAIL'}\n    {key}\n"
+            f"    all ops {dict(sorted(ops.items()))}",
+            flush=True,
+        )
         return ok
     except Exception as exc:  # report and go on with the other files
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -243,8 +280,10 @@ def main() -> int:
         for exporter in EXPORTERS:
             if not make_one(name, model, exporter, args.out, args.seed, args.force):
                 failed.append(f"{name}/{exporter}")
-    print(f"done in {time.perf_counter() - start:.0f}s, out={args.out}; "
-          f"failed: {', '.join(failed) or 'none'}")
+    print(
+        f"done in {time.perf_counter() - start:.0f}s, out={args.out}; "
+        f"failed: {', '.join(failed) or 'none'}"
+    )
     return 1 if failed else 0
 
 

@@ -21,10 +21,20 @@ class DoubleReluPass(sparsec.InPlacePass):
         for node in model.nodes():
             source = node.inputs[0] if node.op_type == "Relu" else None
             inner = model.producer(source) if source is not None else None
-            if inner is None or inner.op_type != "Relu" or not model.can_replace(node.outputs[0], source):
+            if (
+                inner is None
+                or inner.op_type != "Relu"
+                or not model.can_replace(node.outputs[0], source)
+            ):
                 continue
             model.replace_all_uses(node.outputs[0], source)
             model.remove_node(node)
             removed += 1
-            diagnostics.append(sparsec.Diagnostic("info", "double-relu/removed", "bypassed a repeated Relu", node.name))
-        return sparsec.PassResult(model, modified=removed > 0, stats={"relus_removed": removed}, diagnostics=diagnostics)
+            diagnostics.append(
+                sparsec.Diagnostic(
+                    "info", "double-relu/removed", "bypassed a repeated Relu", node.name
+                )
+            )
+        return sparsec.PassResult(
+            model, modified=removed > 0, stats={"relus_removed": removed}, diagnostics=diagnostics
+        )

@@ -20,7 +20,9 @@ class DropTinyChannelsPass(sparsec.InPlacePass):
     """Remove channel groups' channels whose L1 importance is below ``threshold``."""
 
     name: ClassVar[str] = "drop-tiny-channels"
-    summary: ClassVar[str] = "Remove channels whose group-summed L1 importance is below a threshold."
+    summary: ClassVar[str] = (
+        "Remove channels whose group-summed L1 importance is below a threshold."
+    )
     lossy: ClassVar[bool] = True
 
     def __init__(self, threshold: float = 1e-3) -> None:

@@ -21,8 +21,19 @@ _EXPORTS = {
     "sparsec.analysis.shapes": ["value_shapes"],
     "sparsec.errors": ["InputError", "SparsecError", "ValidationError"],
     "sparsec.ir": ["Model"],
-    "sparsec.passes": ["Diagnostic", "FunctionalPass", "InPlacePass", "PassBase", "PassError", "PassResult",
-                       "Pipeline", "available", "create", "parse_pipeline", "register"],
+    "sparsec.passes": [
+        "Diagnostic",
+        "FunctionalPass",
+        "InPlacePass",
+        "PassBase",
+        "PassError",
+        "PassResult",
+        "Pipeline",
+        "available",
+        "create",
+        "parse_pipeline",
+        "register",
+    ],
     "sparsec.pruning.surgery": ["prune_channels"],
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -73,8 +73,9 @@ def figures(model: Model, shapes: dict[str, tuple[int, ...]], file_bytes: int | 
     return Figures(nodes=len(model.nodes()), params=cost.params, macs=cost.macs, bytes=file_bytes)
 
 
-def prepare_feeds(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path | None = None,
-                  seed: int = 0) -> tuple[dict, str]:
+def prepare_feeds(
+    model: Model, input_shapes: Sequence[str] = (), inputs: str | Path | None = None, seed: int = 0
+) -> tuple[dict, str]:
     """Feeds for running ``model``: user ``.npz`` data, else seeded random at the bound shapes."""
     overrides = _input_shapes(model, input_shapes, inputs)
     if inputs is not None:
@@ -93,20 +94,26 @@ def _refuse_huge_feeds(shapes: dict[str, tuple[int, ...]]) -> None:
         total += math.prod(shape) * 8
         if total > budget:
             dims = "x".join(map(str, shape))
-            raise InputError(f"input '{name}' at shape {dims} would need {total / 2**30:.3g} GiB of random data, "
-                             f"more than a quarter of this machine's memory ({budget / 2**30:.3g} GiB); "
-                             "give smaller dims with --input-shape, or --inputs")
+            raise InputError(
+                f"input '{name}' at shape {dims} would need {total / 2**30:.3g} GiB of random data, "
+                f"more than a quarter of this machine's memory ({budget / 2**30:.3g} GiB); "
+                "give smaller dims with --input-shape, or --inputs"
+            )
 
 
 def _input_shapes(model: Model, input_shapes: Sequence[str], inputs) -> dict[str, tuple[int, ...]]:
     """The shapes --input-shape gives; refused with --inputs, whose arrays set the shapes."""
     if input_shapes and inputs is not None:
-        raise InputError("--input-shape and --inputs both set the input shapes: give one (--inputs runs at its "
-                         "arrays' shapes)")
+        raise InputError(
+            "--input-shape and --inputs both set the input shapes: give one (--inputs runs at its "
+            "arrays' shapes)"
+        )
     return parse_input_shapes(input_shapes, model)
 
 
-def analyze(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path | None = None) -> dict:
+def analyze(
+    model: Model, input_shapes: Sequence[str] = (), inputs: str | Path | None = None
+) -> dict:
     """Params, MACs, op histogram, opsets, inputs and outputs, as a JSON-ready dict.
 
     MACs are counted at the shapes of ``inputs`` (an .npz) when given, else at the bound shapes.
@@ -133,19 +140,29 @@ def analyze(model: Model, input_shapes: Sequence[str] = (), inputs: str | Path |
     }
 
 
-def channel_groups(model: Model, input_shapes: Sequence[str] = ()) -> tuple[list[dict], dict[str, str]]:
+def channel_groups(
+    model: Model, input_shapes: Sequence[str] = ()
+) -> tuple[list[dict], dict[str, str]]:
     """The channel groups of ``model`` as JSON-ready dicts (channels, weights, members, and
     whether ``--channels`` would prune them, or why not), and the barrier nodes (node → op)."""
     overrides = parse_input_shapes(input_shapes, model) or None
     analysis = find_channel_groups(model, overrides)
     rows = []
     for group in analysis.groups:
-        rows.append({
-            "id": group.id, "channels": group.units, "prunable": group.prunable, "reason": group.reason,
-            "weights": [f"{name}[{axis}]" for name, axis in group.compute],
-            "members": [{"value": name, "axis": axis, "size": group.sizes[(name, axis)]}
-                        for name, axis in group.members if not name.startswith("#")],
-        })
+        rows.append(
+            {
+                "id": group.id,
+                "channels": group.units,
+                "prunable": group.prunable,
+                "reason": group.reason,
+                "weights": [f"{name}[{axis}]" for name, axis in group.compute],
+                "members": [
+                    {"value": name, "axis": axis, "size": group.sizes[(name, axis)]}
+                    for name, axis in group.members
+                    if not name.startswith("#")
+                ],
+            }
+        )
     return rows, dict(analysis.barriers)
 
 
@@ -158,8 +175,12 @@ def attention_heads(model: Model, input_shapes: Sequence[str] = ()) -> list[dict
 
 def _value_info(model: Model, value, bound) -> dict:
     dtype = model.elem_type(value)
-    info = {"name": value.name, "type": model.type_name(value), "dtype": str(dtype) if dtype is not None else None,
-            "shape": model.shape_dims(value)}
+    info = {
+        "name": value.name,
+        "type": model.type_name(value),
+        "dtype": str(dtype) if dtype is not None else None,
+        "shape": model.shape_dims(value),
+    }
     if bound is not None:
         info["bound_shape"] = list(bound)
     return info
@@ -182,16 +203,27 @@ class CompressResult:
     encoding: list[dict] | None = None  # per tensor, when sparse-encode ran (bytes dense / encoded)
 
     def to_json(self) -> dict:
-        report = {f"{key}_{when}": getattr(fig, key) for when, fig in (("before", self.before), ("after", self.after))
-                  for key in ("nodes", "params", "macs", "bytes")}
+        report = {
+            f"{key}_{when}": getattr(fig, key)
+            for when, fig in (("before", self.before), ("after", self.after))
+            for key in ("nodes", "params", "macs", "bytes")
+        }
         report.update(
-            output=self.output, pipeline=self.pipeline, validation=self.validation.to_json(),
+            output=self.output,
+            pipeline=self.pipeline,
+            validation=self.validation.to_json(),
             validation_gated=self.oracle is None,
             latency_ms_before=self.validation.latency_ms_reference,
             latency_ms_after=self.validation.latency_ms_candidate,
             oracle=None if self.oracle is None else _oracle_json(self.oracle),
-            groups=_groups_json(self.stats), sparsity=self.sparsity, encoding=self.encoding, timings_s=self.timings_s, peak_rss_mb=self.peak_rss_mb,
-            weight_bytes=self.weight_bytes, stats=self.stats, diagnostics=[d.to_json() for d in self.diagnostics],
+            groups=_groups_json(self.stats),
+            sparsity=self.sparsity,
+            encoding=self.encoding,
+            timings_s=self.timings_s,
+            peak_rss_mb=self.peak_rss_mb,
+            weight_bytes=self.weight_bytes,
+            stats=self.stats,
+            diagnostics=[d.to_json() for d in self.diagnostics],
             sparsec_version=__version__,
         )
         return report
@@ -199,15 +231,21 @@ class CompressResult:
 
 def _oracle_json(oracle: Validation) -> dict:
     worst = max((o.max_abs for o in oracle.outputs), default=0.0)
-    return {"passed": oracle.passed, "max_abs_error": worst if math.isfinite(worst) else None,  # strict JSON
-            "max_abs_output": max((o.max_abs_reference for o in oracle.outputs), default=0.0),
-            "tolerance": ORACLE_TOLERANCE}
+    return {
+        "passed": oracle.passed,
+        "max_abs_error": worst if math.isfinite(worst) else None,  # strict JSON
+        "max_abs_output": max((o.max_abs_reference for o in oracle.outputs), default=0.0),
+        "tolerance": ORACLE_TOLERANCE,
+    }
 
 
 def _groups_json(stats: dict[str, float]) -> dict | None:
     if "channel-prune.groups" not in stats:
         return None
-    return {"total": int(stats["channel-prune.groups"]), "pruned": int(stats["channel-prune.groups_pruned"])}
+    return {
+        "total": int(stats["channel-prune.groups"]),
+        "pruned": int(stats["channel-prune.groups_pruned"]),
+    }
 
 
 def compress(
@@ -237,15 +275,45 @@ def compress(
     clock.lap("load")
     gc.freeze()  # the loaded graph lives as long as this call: keep it out of every collection
     try:
-        return _compress_loaded(model, source, output, clock, rss, pipeline=pipeline, input_shapes=input_shapes,
-                                inputs=inputs, force=force, report=report, plan_out=plan_out, rtol=rtol, atol=atol,
-                                latency_runs=latency_runs, on_pass=on_pass)
+        return _compress_loaded(
+            model,
+            source,
+            output,
+            clock,
+            rss,
+            pipeline=pipeline,
+            input_shapes=input_shapes,
+            inputs=inputs,
+            force=force,
+            report=report,
+            plan_out=plan_out,
+            rtol=rtol,
+            atol=atol,
+            latency_runs=latency_runs,
+            on_pass=on_pass,
+        )
     finally:
         gc.unfreeze()
 
 
-def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shapes, inputs, force, report, plan_out,
-                     rtol, atol, latency_runs, on_pass) -> CompressResult:
+def _compress_loaded(
+    model,
+    source,
+    output,
+    clock,
+    rss,
+    *,
+    pipeline,
+    input_shapes,
+    inputs,
+    force,
+    report,
+    plan_out,
+    rtol,
+    atol,
+    latency_runs,
+    on_pass,
+) -> CompressResult:
     """``compress`` after loading: check outputs, run the pipeline, validate, write."""
     extra = [Path(p) for p in (report, plan_out) if p is not None]
     check_destinations(model, Path(output), extra, force)
@@ -253,7 +321,9 @@ def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shape
     shapes = feed_shapes(feeds)
     runner = _pipeline(pipeline, on_pass)
     if plan_out is not None and not any(getattr(p, "writes_plan", False) for p in runner.passes):
-        raise InputError("--plan-out needs a pass that writes a plan (--channels, --plan-in or channel-prune)")
+        raise InputError(
+            "--plan-out needs a pass that writes a plan (--channels, --plan-in or channel-prune)"
+        )
     before = figures(model, shapes, model.source_bytes)
     weight_bytes = model.weight_bytes()
     clock.lap("analysis")
@@ -262,14 +332,30 @@ def _compress_loaded(model, source, output, clock, rss, *, pipeline, input_shape
     model.set_metadata(PIPELINE_METADATA_KEY, runner.describe())
     clock.lap("passes")
     memory = {"baseline": rss, "compile": max(0.0, _peak_rss_mb() - rss)}
-    oracle, validation = _validate(model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs)
+    oracle, validation = _validate(
+        model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs
+    )
     clock.lap("validate")
-    with model.staged_save(output, force=force) as stage:  # the model, the plan and the report go in together
+    with model.staged_save(
+        output, force=force
+    ) as stage:  # the model, the plan and the report go in together
         clock.lap("save")  # the write; the commit only renames
         after = figures(model, shapes, stage.bytes)
-        outcome = CompressResult(before, after, runner.describe(), validation, result.stats, result.diagnostics,
-                                 str(output), oracle, clock.laps, memory, weight_bytes,
-                                 result.artifacts.get("sparsity"), result.artifacts.get("encoding"))
+        outcome = CompressResult(
+            before,
+            after,
+            runner.describe(),
+            validation,
+            result.stats,
+            result.diagnostics,
+            str(output),
+            oracle,
+            clock.laps,
+            memory,
+            weight_bytes,
+            result.artifacts.get("sparsity"),
+            result.artifacts.get("encoding"),
+        )
         if plan_out is not None:  # a plan-writing pass ran (checked before the passes)
             stage.add_side_file(Path(plan_out), _json_text(result.artifacts["plan"]))
         if report is not None:
@@ -283,35 +369,68 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     returns (oracle or None, validation against the original)."""
     problem = model.check()
     if problem is not None:
-        raise ValidationError(f"the compressed model fails the ONNX checker (nothing written): {problem}")
+        raise ValidationError(
+            f"the compressed model fails the ONNX checker (nothing written): {problem}"
+        )
     oracle = None
     reference = result.reference() if result.reference is not None else None
     if reference is not None:
-        oracle = validate(reference, model, feeds, inputs_label=label, latency_runs=0,
-                          peak_tolerance=ORACLE_TOLERANCE, optimization="basic")
+        oracle = validate(
+            reference,
+            model,
+            feeds,
+            inputs_label=label,
+            latency_runs=0,
+            peak_tolerance=ORACLE_TOLERANCE,
+            optimization="basic",
+        )
         if not oracle.passed:
             raise ValidationError(_oracle_failure_line(oracle))
     if model.metadata(FORMAT_KEY) not in (None, "dense"):
-        problem = check_encoded(model, reference if reference is not None else Path(source), feeds, DECODER_PREFIX)
+        problem = check_encoded(
+            model, reference if reference is not None else Path(source), feeds, DECODER_PREFIX
+        )
         if problem is not None:
             raise ValidationError(f"sparse-encoded model rejected (nothing written): {problem}")
-    validation = validate(Path(source), model, feeds, inputs_label=label, rtol=rtol, atol=atol,
-                          latency_runs=latency_runs)
+    validation = validate(
+        Path(source),
+        model,
+        feeds,
+        inputs_label=label,
+        rtol=rtol,
+        atol=atol,
+        latency_runs=latency_runs,
+    )
     if oracle is None and not validation.passed and is_quantized(model):
-        validation = _basic_level_gate(source, model, feeds, label, validation, rtol=rtol, atol=atol)
+        validation = _basic_level_gate(
+            source, model, feeds, label, validation, rtol=rtol, atol=atol
+        )
     if oracle is None and not validation.passed:
         raise ValidationError(failure_line(validation))
     return oracle, validation
 
 
-def _basic_level_gate(source, model, feeds, label, extended: Validation, *, rtol, atol) -> Validation:
+def _basic_level_gate(
+    source, model, feeds, label, extended: Validation, *, rtol, atol
+) -> Validation:
     """A quantized model compared at onnxruntime's basic level (at the extended level
     DequantizeLinear+MatMul/Gemm becomes dynamic quantization of the activation, and the original
     itself differs from its exact run), keeping the extended level's latency figures."""
-    gate = validate(Path(source), model, feeds, inputs_label=f"{label}, compared at onnxruntime's basic "
-                    "optimization level (a quantized graph)", rtol=rtol, atol=atol, latency_runs=0,
-                    optimization="basic")
-    gate.latency_ms_reference, gate.latency_ms_candidate = extended.latency_ms_reference, extended.latency_ms_candidate
+    gate = validate(
+        Path(source),
+        model,
+        feeds,
+        inputs_label=f"{label}, compared at onnxruntime's basic "
+        "optimization level (a quantized graph)",
+        rtol=rtol,
+        atol=atol,
+        latency_runs=0,
+        optimization="basic",
+    )
+    gate.latency_ms_reference, gate.latency_ms_candidate = (
+        extended.latency_ms_reference,
+        extended.latency_ms_candidate,
+    )
     return gate
 
 
@@ -322,22 +441,45 @@ def _pipeline(pipeline: str | Sequence[PassBase] | None, on_pass) -> Pipeline:
     return Pipeline(passes, fixed_point=True, on_pass=on_pass)
 
 
-def sensitivity(model: Model, calibration: str | Path, *, samples: int = 0, importance: str = "activation",
-                ratios: Sequence[float] = sensitivity_analysis.RATIOS, progress: Callable[[str], None] | None = None):
+def sensitivity(
+    model: Model,
+    calibration: str | Path,
+    *,
+    samples: int = 0,
+    importance: str = "activation",
+    ratios: Sequence[float] = sensitivity_analysis.RATIOS,
+    progress: Callable[[str], None] | None = None,
+):
     """The sensitivity table of ``model`` (a ``SensitivityTable``): each prunable group pruned
     alone at each ratio, on the model as channel-prune sees it (canonicalized; ``model`` itself
     is left as loaded), output error on the calibration samples."""
     data = load_calibration(_calibration_spec(calibration), model, samples)
     canonical = model.copy()
-    Pipeline(canonical_passes())(canonical)  # what runs before channel-prune: the same groups, the same ids
+    Pipeline(canonical_passes())(
+        canonical
+    )  # what runs before channel-prune: the same groups, the same ids
     return sensitivity_analysis.measure(canonical, data, ratios, importance, progress=progress)
 
 
-def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0, importance: str = "l1",
-                   scope: str = "local", max_layer_ratio: float = 0.9, round_to: int = 1, exclude: Sequence[str] = (),
-                   seed: int = 0, plan: str | Path | None = None, calibration: str | Path | None = None,
-                   calibration_samples: int = 0, recover: bool = True, steps: int = 1, target_macs: float = 0.0,
-                   target_params: float = 0.0) -> list[PassBase]:
+def channel_passes(
+    ratio: float = 0.5,
+    *,
+    heads: float = -1.0,
+    ffn: float = -1.0,
+    importance: str = "l1",
+    scope: str = "local",
+    max_layer_ratio: float = 0.9,
+    round_to: int = 1,
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+    plan: str | Path | None = None,
+    calibration: str | Path | None = None,
+    calibration_samples: int = 0,
+    recover: bool = True,
+    steps: int = 1,
+    target_macs: float = 0.0,
+    target_params: float = 0.0,
+) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
     exporter idioms canonicalized (dynamo's SDPA Kᵀ, the legacy exporter's run-time expand,
@@ -346,14 +488,29 @@ def channel_passes(ratio: float = 0.5, *, heads: float = -1.0, ffn: float = -1.0
     (``heads``/``ffn`` -1: as ``ratio``; with ``calibration``, activation importance and the
     refit are available, see ``ChannelPrunePass``), then cleanup."""
     if plan is not None and not Path(plan).is_file():
-        raise InputError(f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}")
+        raise InputError(
+            f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}"
+        )
     if plan is not None:
         read_plan(str(plan))  # a malformed plan is refused before any work
-    prune = ChannelPrunePass(ratio=ratio, importance=importance, scope=scope, max_layer_ratio=max_layer_ratio,
-                             round_to=round_to, exclude="|".join(exclude), seed=seed, heads=heads, ffn=ffn,
-                             plan=str(Path(plan).resolve()) if plan is not None else "",
-                             calibration=_calibration_spec(calibration), calibration_samples=calibration_samples,
-                             recover=recover, steps=steps, target_macs=target_macs, target_params=target_params)
+    prune = ChannelPrunePass(
+        ratio=ratio,
+        importance=importance,
+        scope=scope,
+        max_layer_ratio=max_layer_ratio,
+        round_to=round_to,
+        exclude="|".join(exclude),
+        seed=seed,
+        heads=heads,
+        ffn=ffn,
+        plan=str(Path(plan).resolve()) if plan is not None else "",
+        calibration=_calibration_spec(calibration),
+        calibration_samples=calibration_samples,
+        recover=recover,
+        steps=steps,
+        target_macs=target_macs,
+        target_params=target_params,
+    )
     prune.check_options()
     return [*canonical_passes(), prune, *cleanup_passes()]
 
@@ -362,21 +519,48 @@ def canonical_passes() -> list[PassBase]:
     """The exact rewrites before channel-prune: identity elimination and shape folding (so that
     Reshape targets computed from static shapes become constants surgery can rewrite), exporter
     idioms canonicalized, dead code removed."""
-    return [IdentityEliminationPass(), ConstantFoldShapesPass(), ShapeCanonicalizePass(), SplitQkvPass(),
-            TransposeCanonicalizePass(), DeadCodePass()]
+    return [
+        IdentityEliminationPass(),
+        ConstantFoldShapesPass(),
+        ShapeCanonicalizePass(),
+        SplitQkvPass(),
+        TransposeCanonicalizePass(),
+        DeadCodePass(),
+    ]
 
 
-def sparsity_passes(*, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                    embeddings: bool = False, score: str = "magnitude", calibration: str | Path | None = None,
-                    sparse_format: str = "dense", calibration_samples: int = 0, recover: bool = True,
-                    exclude: Sequence[str] = (), seed: int = 0) -> list[PassBase]:
+def sparsity_passes(
+    *,
+    nm: str = "",
+    ratio: float = 0.0,
+    block: str = "",
+    scope: str = "local",
+    embeddings: bool = False,
+    score: str = "magnitude",
+    calibration: str | Path | None = None,
+    sparse_format: str = "dense",
+    calibration_samples: int = 0,
+    recover: bool = True,
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+) -> list[PassBase]:
     """What ``--nm`` / ``--sparsity`` run: ``weight-sparsity`` with these options (with
     ``calibration``, the masked layers are refit unless ``recover`` is False; weights matching
     an ``exclude`` glob stay dense), cleanup, and the encoding of ``sparse_format`` (none for
     ``dense``)."""
-    prune = WeightSparsityPass(nm=nm, ratio=ratio, block=block, scope=scope, embeddings=embeddings, score=score,
-                               calibration=_calibration_spec(calibration), calibration_samples=calibration_samples,
-                               recover=recover, exclude="|".join(exclude), seed=seed)
+    prune = WeightSparsityPass(
+        nm=nm,
+        ratio=ratio,
+        block=block,
+        scope=scope,
+        embeddings=embeddings,
+        score=score,
+        calibration=_calibration_spec(calibration),
+        calibration_samples=calibration_samples,
+        recover=recover,
+        exclude="|".join(exclude),
+        seed=seed,
+    )
     prune.check_options()
     return [prune, *cleanup_passes(), *encoding_passes(sparse_format, nm)]
 
@@ -388,7 +572,9 @@ def _calibration_spec(calibration: str | Path | None) -> str:
     if str(calibration) == RANDOM:
         return RANDOM
     if not Path(calibration).exists():
-        raise InputError(f"calibration data {calibration} not found (a .npz, a folder of .npz/.npy files, or 'random')")
+        raise InputError(
+            f"calibration data {calibration} not found (a .npz, a folder of .npz/.npy files, or 'random')"
+        )
     return str(Path(calibration).resolve())
 
 
@@ -415,11 +601,15 @@ def densify(source: str | Path, output: str | Path, *, force: bool = False) -> i
     DeadCodePass()(model)
     problem = model.check()
     if problem is not None:
-        raise ValidationError(f"the densified model fails the ONNX checker (nothing written): {problem}")
+        raise ValidationError(
+            f"the densified model fails the ONNX checker (nothing written): {problem}"
+        )
     feeds, _ = prepare_feeds(model)
     outputs = validate(encoded, model, feeds, latency_runs=0, rtol=0.0, atol=0.0)
     if not outputs.passed:
-        raise ValidationError("the densified model's outputs differ from the encoded model's (nothing written)")
+        raise ValidationError(
+            "the densified model's outputs differ from the encoded model's (nothing written)"
+        )
     model.save(output, force=force)
     return count
 
@@ -445,18 +635,24 @@ def _json_text(payload) -> str:
 
 
 def _oracle_failure_line(oracle: Validation) -> str:
-    worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
+    worst = max(
+        oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None
+    )
     if worst is None:
         return "oracle check failed: the pruned model's outputs do not match its masked original (nothing written)"
     if worst.problem:
         return f"oracle check failed (nothing written): output '{worst.name}': {worst.problem}"
     if not math.isfinite(worst.max_abs):
-        return (f"oracle check failed (nothing written): output '{worst.name}' is not finite on these inputs, so it "
-                "cannot be compared (do the --inputs hold NaN or Inf?)")
-    return (f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
-            f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = "
-            f"{ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
-            "a bug in the lossy pass (please report it if the pass is one of sparsec's)")
+        return (
+            f"oracle check failed (nothing written): output '{worst.name}' is not finite on these inputs, so it "
+            "cannot be compared (do the --inputs hold NaN or Inf?)"
+        )
+    return (
+        f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
+        f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = "
+        f"{ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
+        "a bug in the lossy pass (please report it if the pass is one of sparsec's)"
+    )
 
 
 def check_destinations(model: Model, output: Path, extra: Sequence[Path], force: bool) -> None:
@@ -478,17 +674,34 @@ def failure_line(report: Validation, *, written: str = " (nothing written)") -> 
     return f"validation failed{written}: {report.failure_line()}"
 
 
-def validate_files(reference: str | Path, candidate: str | Path, *, input_shapes: Sequence[str] = (),
-                   inputs: str | Path | None = None, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-                   latency_runs: int = 10) -> Validation:
+def validate_files(
+    reference: str | Path,
+    candidate: str | Path,
+    *,
+    input_shapes: Sequence[str] = (),
+    inputs: str | Path | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    latency_runs: int = 10,
+) -> Validation:
     """Compare two model files on the same feeds (built from the reference's inputs)."""
     ref_model = Model.load(reference)
-    cand_model = Model.load(candidate)  # same checks (exists, parses, checker) before running anything
+    cand_model = Model.load(
+        candidate
+    )  # same checks (exists, parses, checker) before running anything
     names = [[v.name for v in m.inputs] for m in (ref_model, cand_model)]
     if set(names[1]) - set(names[0]):
-        raise InputError(f"{candidate} reads input(s) {', '.join(sorted(set(names[1]) - set(names[0])))} that "
-                         f"{reference} does not have (its inputs: {', '.join(names[0]) or 'none'})")
+        raise InputError(
+            f"{candidate} reads input(s) {', '.join(sorted(set(names[1]) - set(names[0])))} that "
+            f"{reference} does not have (its inputs: {', '.join(names[0]) or 'none'})"
+        )
     feeds, label = prepare_feeds(ref_model, input_shapes, inputs)
-    return validate(Path(reference), Path(candidate), feeds, inputs_label=label, rtol=rtol, atol=atol,
-                    latency_runs=latency_runs)
-
+    return validate(
+        Path(reference),
+        Path(candidate),
+        feeds,
+        inputs_label=label,
+        rtol=rtol,
+        atol=atol,
+        latency_runs=latency_runs,
+    )

@@ -16,7 +16,10 @@ from __future__ import annotations
 import signal
 import sys
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
+EXIT_CODES = {
+    signal.SIGINT: 130,
+    signal.SIGTERM: 143,
+}  # 128 + the signal's number, as shells report it
 _state = {"stopping": False}
 
 

@@ -36,7 +36,9 @@ class InternalError(SparsecError):
 
 
 MESSAGE_LIMIT = 400  # characters of a library's message quoted in one error line
-_CPP_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ [^()]*\([^()]*\)(?: const)? ")  # file:line, C++ signature
+_CPP_LOCATION = re.compile(
+    r"/onnxruntime_src/\S+:\d+ [^()]*\([^()]*\)(?: const)? "
+)  # file:line, C++ signature
 _ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : [A-Z_]+ : ")
 
 
@@ -45,7 +47,7 @@ def one_line(error: BaseException | str) -> str:
     status prefix and C++ source location dropped, cut at ``MESSAGE_LIMIT`` characters."""
     text = " ".join(str(error).split()) or type(error).__name__
     text = _CPP_LOCATION.sub("", _ORT_STATUS.sub("", text))
-    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 1] + "…"
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")

@@ -25,8 +25,10 @@ def table(rows: list[list[str]], header: list[str], left: tuple[int, ...] = (0,)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
 
     def line(cells) -> str:
-        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            str(c).ljust(w) if i in left else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return "\n".join([line(header)] + [line(row) for row in rows])
 
@@ -38,15 +40,23 @@ def compress_text(result) -> str:
         ["params", human(b.params), human(a.params), _ratio(b.params, a.params)],
         ["MACs", human(b.macs), human(a.macs), _ratio(b.macs, a.macs)],
         ["file bytes", human(b.bytes), human(a.bytes), _ratio(b.bytes, a.bytes)],
-        ["latency ms", _ms(v.latency_ms_reference), _ms(v.latency_ms_candidate),
-         _ratio(v.latency_ms_reference, v.latency_ms_candidate)],
+        [
+            "latency ms",
+            _ms(v.latency_ms_reference),
+            _ms(v.latency_ms_candidate),
+            _ratio(v.latency_ms_reference, v.latency_ms_candidate),
+        ],
     ]
     parts = [f"pipeline: {result.pipeline}", table(rows, ["", "before", "after", "ratio"])]
     if result.sparsity:
         parts.append(sparsity_text(result.sparsity))
     if result.oracle is not None:
         parts.append(oracle_text(result.oracle))
-        parts.append(validation_text(v, title="difference from the original (lossy pipeline: reported, not gated)"))
+        parts.append(
+            validation_text(
+                v, title="difference from the original (lossy pipeline: reported, not gated)"
+            )
+        )
     else:
         parts.append(validation_text(v))
     if result.diagnostics:
@@ -60,24 +70,55 @@ def _ms(value: float | None) -> str:
 
 
 def sparsity_text(tensors: list[dict]) -> str:
-    rows = [[t["name"], t["pattern"], str(t["axis"]), human(t["elements"]), f"{100 * t['sparsity']:.1f} %"] for t in tensors]
+    rows = [
+        [
+            t["name"],
+            t["pattern"],
+            str(t["axis"]),
+            human(t["elements"]),
+            f"{100 * t['sparsity']:.1f} %",
+        ]
+        for t in tensors
+    ]
     return table(rows, ["weight", "pattern", "axis", "elements", "zeros"], left=(0, 1))
 
 
 def oracle_text(oracle: Validation) -> str:
-    worst = max(oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None)
-    detail = "" if worst is None else (f": max abs error {worst.max_abs:.3g} on '{worst.name}' "
-                                       f"(limit {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g})")
-    return (f"oracle (equal to the original with what was removed masked out) on {oracle.inputs}: "
-            f"{'passed' if oracle.passed else 'FAILED'}{detail}")
+    worst = max(
+        oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None
+    )
+    detail = (
+        ""
+        if worst is None
+        else (
+            f": max abs error {worst.max_abs:.3g} on '{worst.name}' "
+            f"(limit {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g})"
+        )
+    )
+    return (
+        f"oracle (equal to the original with what was removed masked out) on {oracle.inputs}: "
+        f"{'passed' if oracle.passed else 'FAILED'}{detail}"
+    )
 
 
 def validation_text(v: Validation, title: str = "") -> str:
-    rows = [[o.name, _shape_cell(o), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", "-" if o.cosine is None else f"{o.cosine:.6f}",
-             "-" if o.top1 is None else f"{o.top1:.3f}", "ok" if o.passed else ("-" if title else "FAIL")]
-            for o in v.outputs]
-    head = (f"{title} on {v.inputs}" if title else
-            f"validation on {v.inputs} (rtol {v.rtol:g}, atol {v.atol:g}): {'passed' if v.passed else 'FAILED'}")
+    rows = [
+        [
+            o.name,
+            _shape_cell(o),
+            f"{o.max_abs:.3g}",
+            f"{o.max_rel:.3g}",
+            "-" if o.cosine is None else f"{o.cosine:.6f}",
+            "-" if o.top1 is None else f"{o.top1:.3f}",
+            "ok" if o.passed else ("-" if title else "FAIL"),
+        ]
+        for o in v.outputs
+    ]
+    head = (
+        f"{title} on {v.inputs}"
+        if title
+        else f"validation on {v.inputs} (rtol {v.rtol:g}, atol {v.atol:g}): {'passed' if v.passed else 'FAILED'}"
+    )
     body = table(rows, ["output", "shape", "max abs", "max rel", "cosine", "top-1", ""])
     problems = "".join(f"\n{o.name}: {o.problem}" for o in v.outputs if o.problem)
     latency = f"latency median ms: reference {_ms(v.latency_ms_reference)}, candidate {_ms(v.latency_ms_candidate)}"
@@ -98,7 +139,9 @@ def _value_text(info: dict) -> str:
     """'name dtype shape' for a tensor; 'name type' for a sequence, map or optional."""
     if not _is_tensor_info(info):
         return f"{info['name']} {info['type']}"
-    dtype = "string" if info.get("type") == "tensor(string)" else info["dtype"]  # numpy would say 'object'
+    dtype = (
+        "string" if info.get("type") == "tensor(string)" else info["dtype"]
+    )  # numpy would say 'object'
     return f"{info['name']} {dtype} {info['shape']}"
 
 
@@ -107,8 +150,10 @@ def _is_tensor_info(info: dict) -> bool:
 
 
 def analyze_text(summary: dict) -> str:
-    inputs = ", ".join(f"{_value_text(i)} (bound {i.get('bound_shape')})" if _is_tensor_info(i) else _value_text(i)
-                       for i in summary["inputs"])
+    inputs = ", ".join(
+        f"{_value_text(i)} (bound {i.get('bound_shape')})" if _is_tensor_info(i) else _value_text(i)
+        for i in summary["inputs"]
+    )
     outputs = ", ".join(_value_text(o) for o in summary["outputs"])
     head = [
         f"model     {summary['model']}  ({summary['producer']})",
@@ -120,11 +165,20 @@ def analyze_text(summary: dict) -> str:
         f"MACs      {human(summary['macs'])} ({summary['macs']:,}) at the bound input shapes",
     ]
     if summary["macs_unknown_nodes"]:
-        head.append(f"MACs unknown for {len(summary['macs_unknown_nodes'])} nodes (shapes unresolved): "
-                    + ", ".join(summary["macs_unknown_nodes"][:5]))
+        head.append(
+            f"MACs unknown for {len(summary['macs_unknown_nodes'])} nodes (shapes unresolved): "
+            + ", ".join(summary["macs_unknown_nodes"][:5])
+        )
     cost = summary["cost_by_op"]
-    rows = [[op, str(count), human(cost.get(op, {}).get("params", 0)), human(cost.get(op, {}).get("macs", 0))]
-            for op, count in summary["op_histogram"].items()]
+    rows = [
+        [
+            op,
+            str(count),
+            human(cost.get(op, {}).get("params", 0)),
+            human(cost.get(op, {}).get("macs", 0)),
+        ]
+        for op, count in summary["op_histogram"].items()
+    ]
     text = "\n".join(head) + "\n\n" + table(rows, ["op", "count", "params", "MACs"])
     if "channel_groups" in summary:
         text += "\n\n" + groups_text(summary["channel_groups"])
@@ -139,22 +193,49 @@ def heads_text(blocks: list[dict]) -> str:
     """One row per attention block: heads / KV heads / head_dim, its weights, how it was found."""
     rows = []
     for block in blocks:
-        weights = "  ".join(f"{role.upper()} {', '.join(block[role]) or '?'}" for role in ("q", "k", "v", "o"))
+        weights = "  ".join(
+            f"{role.upper()} {', '.join(block[role]) or '?'}" for role in ("q", "k", "v", "o")
+        )
         status = "prunable" if block["reason"] is None else f"kept: {block['reason']}"
-        rows.append([str(block["group"]), str(block["heads"]), str(block["kv_heads"]), str(block["head_dim"] or "?"),
-                     block["form"], weights, status])
+        rows.append(
+            [
+                str(block["group"]),
+                str(block["heads"]),
+                str(block["kv_heads"]),
+                str(block["head_dim"] or "?"),
+                block["form"],
+                weights,
+                status,
+            ]
+        )
     head = f"attention blocks: {len(blocks)}" + ("" if blocks else " (no attention heads found)")
-    return head + ("\n" + table(rows, ["group", "heads", "kv", "head_dim", "found as", "weights", "status"],
-                                left=(4, 5, 6)) if rows else "")
+    return head + (
+        "\n"
+        + table(
+            rows,
+            ["group", "heads", "kv", "head_dim", "found as", "weights", "status"],
+            left=(4, 5, 6),
+        )
+        if rows
+        else ""
+    )
 
 
 def groups_text(groups: list[dict]) -> str:
     """One row per channel group: channels, whether --channels prunes it (or why not), weights."""
     rows = []
     for group in groups:
-        weights = ", ".join(group["weights"][:3]) + (f" +{len(group['weights']) - 3}" if len(group["weights"]) > 3 else "")
+        weights = ", ".join(group["weights"][:3]) + (
+            f" +{len(group['weights']) - 3}" if len(group["weights"]) > 3 else ""
+        )
         status = "prunable" if group["prunable"] else f"kept: {group['reason']}"
-        rows.append([str(group["id"]), str(group["channels"]), str(len(group["members"])), weights, status])
+        rows.append(
+            [str(group["id"]), str(group["channels"]), str(len(group["members"])), weights, status]
+        )
     prunable = sum(1 for g in groups if g["prunable"])
     head = f"channel groups: {len(groups)} ({prunable} prunable)"
-    return head + "\n" + table(rows, ["group", "channels", "members", "weights", "status"], left=(3, 4))
+    return (
+        head
+        + "\n"
+        + table(rows, ["group", "channels", "members", "weights", "status"], left=(3, 4))
+    )

@@ -28,7 +28,12 @@ class Diagnostic:
     node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"severity": self.severity, "code": self.code, "message": self.message, "node": self.node}
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "node": self.node,
+        }
 
     def __str__(self) -> str:
         where = f" [{self.node}]" if self.node else ""

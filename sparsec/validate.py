@@ -45,8 +45,10 @@ from sparsec.ir import Model, runtime
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 ORACLE_TOLERANCE = 1e-4
-NOT_FINITE_REFERENCE = ("the reference is NaN or infinite at {count} of {total} values on these inputs, so it "
-                        "cannot be validated on them: give inputs (--inputs) on which it is finite")
+NOT_FINITE_REFERENCE = (
+    "the reference is NaN or infinite at {count} of {total} values on these inputs, so it "
+    "cannot be validated on them: give inputs (--inputs) on which it is finite"
+)
 
 
 @dataclass
@@ -60,7 +62,9 @@ class OutputMetrics:
     passed: bool
     max_abs_reference: float = 0.0
     type: str | None = None  # onnxruntime's name: 'tensor(float)', 'seq(map(int64,tensor(float)))'
-    problem: str | None = None  # why it fails beyond the numbers (first mismatch, non-finite values)
+    problem: str | None = (
+        None  # why it fails beyond the numbers (first mismatch, non-finite values)
+    )
 
     def is_tensor(self) -> bool:
         return self.type is None or self.type.startswith("tensor(")
@@ -97,43 +101,76 @@ class Validation:
         worst = next((o for o in failed if o.problem), None) or max(failed, key=lambda o: o.max_abs)
         if worst.problem:
             return f"output '{worst.name}': {worst.problem}"
-        return (f"output '{worst.name}' max abs error {worst.max_abs:.3g} exceeds atol {self.atol:g} + "
-                f"rtol {self.rtol:g}·|ref|")
+        return (
+            f"output '{worst.name}' max abs error {worst.max_abs:.3g} exceeds atol {self.atol:g} + "
+            f"rtol {self.rtol:g}·|ref|"
+        )
 
 
-def session(source: Model | str | Path, threads: int = 0, optimization: str = "all") -> runtime.Session:
+def session(
+    source: Model | str | Path, threads: int = 0, optimization: str = "all"
+) -> runtime.Session:
     """A session over a ``Model`` or a file path."""
     if isinstance(source, Model):
         return runtime.session_for(source, threads=threads, optimization=optimization)
     return runtime.session_for_file(source, threads=threads, optimization=optimization)
 
 
-def output_metrics(name: str, reference, candidate, rtol: float, atol: float,
-                   peak_tolerance: float | None = None, value_type: str | None = None) -> OutputMetrics:
+def output_metrics(
+    name: str,
+    reference,
+    candidate,
+    rtol: float,
+    atol: float,
+    peak_tolerance: float | None = None,
+    value_type: str | None = None,
+) -> OutputMetrics:
     """Compare one output (a tensor or any non-tensor value) by the module's rules."""
     if not isinstance(reference, np.ndarray) or not isinstance(candidate, np.ndarray):
-        return _structured_metrics(name, reference, candidate, rtol, atol, peak_tolerance, value_type)
+        return _structured_metrics(
+            name, reference, candidate, rtol, atol, peak_tolerance, value_type
+        )
     if reference.shape != candidate.shape:
-        return OutputMetrics(name, list(candidate.shape), float("inf"), float("inf"), 0.0, None, False, type=value_type,
-                             problem=f"shape {list(candidate.shape)}, the reference's is {list(reference.shape)}")
+        return OutputMetrics(
+            name,
+            list(candidate.shape),
+            float("inf"),
+            float("inf"),
+            0.0,
+            None,
+            False,
+            type=value_type,
+            problem=f"shape {list(candidate.shape)}, the reference's is {list(reference.shape)}",
+        )
     if not _numeric(reference) or not _numeric(candidate):
         problem = _exact_problem(reference, candidate, "")
         return _exact_metrics(name, list(reference.shape), problem, value_type)
-    problem = _exact_problem(reference, candidate, "") if not _floating(reference, candidate) else None
+    problem = (
+        _exact_problem(reference, candidate, "") if not _floating(reference, candidate) else None
+    )
     metrics = _numeric_metrics(name, reference, candidate, rtol, atol, peak_tolerance, problem)
     metrics.shape, metrics.type = list(reference.shape), value_type
     metrics.top1 = _top1(reference, candidate) if np.isfinite(metrics.max_abs) else None
     return metrics
 
 
-def _numeric_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rtol: float, atol: float,
-                     peak_tolerance: float | None, problem: str | None) -> OutputMetrics:
+def _numeric_metrics(
+    name: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    rtol: float,
+    atol: float,
+    peak_tolerance: float | None,
+    problem: str | None,
+) -> OutputMetrics:
     """Metrics and verdict over two equally long numeric vectors (any shape, compared flat);
     ``problem`` is a mismatch found already (integers compared exactly)."""
     r, c = reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()
     problem = problem or _finiteness_problem(r, c)
     if problem is not None and not (np.isfinite(r).all() and np.isfinite(c).all()):
-        return OutputMetrics(name, [], float("inf"), float("inf"), None, None, False, _peak(r), problem=problem)
+        return OutputMetrics(
+            name, [], float("inf"), float("inf"), None, None, False, _peak(r), problem=problem
+        )
     diff = np.abs(c - r)
     scale = _peak(r)
     floor = max(1e-6 * scale, np.finfo(np.float64).tiny)
@@ -143,8 +180,17 @@ def _numeric_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, rt
         within = bool(np.all(diff <= atol + rtol * np.abs(r)))
     else:
         within = max_abs <= peak_tolerance * scale
-    return OutputMetrics(name, [], max_abs, max_rel, _cosine(r, c), None, within and problem is None, scale,
-                         problem=problem)
+    return OutputMetrics(
+        name,
+        [],
+        max_abs,
+        max_rel,
+        _cosine(r, c),
+        None,
+        within and problem is None,
+        scale,
+        problem=problem,
+    )
 
 
 def _peak(r: np.ndarray) -> float:
@@ -171,15 +217,22 @@ def _floating(*arrays: np.ndarray) -> bool:
     return all(array.dtype.kind == "f" for array in arrays)
 
 
-def _exact_metrics(name: str, shape: list[int], problem: str | None, value_type: str | None) -> OutputMetrics:
+def _exact_metrics(
+    name: str, shape: list[int], problem: str | None, value_type: str | None
+) -> OutputMetrics:
     """Metrics of values compared only for equality (strings): no error figures, cosine undefined."""
     error = 0.0 if problem is None else float("inf")
-    return OutputMetrics(name, shape, error, error, None, None, problem is None, type=value_type, problem=problem)
+    return OutputMetrics(
+        name, shape, error, error, None, None, problem is None, type=value_type, problem=problem
+    )
 
 
 def _exact_problem(reference: np.ndarray, candidate: np.ndarray, where: str) -> str | None:
     """The first position where two same-shaped arrays differ, compared exactly, or None."""
-    if {reference.dtype.kind, candidate.dtype.kind} & {"f"} and {reference.dtype.kind, candidate.dtype.kind} & set("biu"):
+    if {reference.dtype.kind, candidate.dtype.kind} & {"f"} and {
+        reference.dtype.kind,
+        candidate.dtype.kind,
+    } & set("biu"):
         return f"{where or 'the output'} is {candidate.dtype} in the candidate, {reference.dtype} in the reference"
     equal = np.asarray(reference == candidate, dtype=bool)
     if equal.shape != reference.shape:  # numpy could not compare element-wise (mixed types)
@@ -187,9 +240,11 @@ def _exact_problem(reference: np.ndarray, candidate: np.ndarray, where: str) -> 
     if equal.all():
         return None
     index = tuple(int(i) for i in np.argwhere(~equal)[0])
-    return (f"{where}{list(index) if index else ''} is {_plain(candidate[index])!r}, the reference's is "
-            f"{_plain(reference[index])!r} "
-            f"({int(np.count_nonzero(~equal))} of {reference.size} values differ)").lstrip()
+    return (
+        f"{where}{list(index) if index else ''} is {_plain(candidate[index])!r}, the reference's is "
+        f"{_plain(reference[index])!r} "
+        f"({int(np.count_nonzero(~equal))} of {reference.size} values differ)"
+    ).lstrip()
 
 
 def _plain(element):
@@ -225,16 +280,32 @@ def peak_gap(reference: dict, candidate: dict) -> float:
     return gap
 
 
-def _structured_metrics(name: str, reference, candidate, rtol: float, atol: float,
-                        peak_tolerance: float | None, value_type: str | None) -> OutputMetrics:
+def _structured_metrics(
+    name: str,
+    reference,
+    candidate,
+    rtol: float,
+    atol: float,
+    peak_tolerance: float | None,
+    value_type: str | None,
+) -> OutputMetrics:
     """Metrics of a non-tensor output: a structural or exact mismatch fails it outright (infinite
     error); otherwise its float leaves, taken together, are judged like one tensor."""
     leaves: list[tuple[np.ndarray, np.ndarray]] = []
     problem = _walk(reference, candidate, "", leaves)
     length = [len(reference)] if isinstance(reference, (list, tuple, dict)) else []
     if problem is not None:
-        return OutputMetrics(name, length, float("inf"), float("inf"), None, None, False, type=value_type,
-                             problem=problem)
+        return OutputMetrics(
+            name,
+            length,
+            float("inf"),
+            float("inf"),
+            None,
+            None,
+            False,
+            type=value_type,
+            problem=problem,
+        )
     r = np.concatenate([pair[0] for pair in leaves]) if leaves else np.zeros(0)
     c = np.concatenate([pair[1] for pair in leaves]) if leaves else np.zeros(0)
     metrics = _numeric_metrics(name, r, c, rtol, atol, peak_tolerance, None)
@@ -265,12 +336,24 @@ def _walk_sequence(reference, candidate, where: str, leaves: list) -> str | None
     if not isinstance(reference, (list, tuple)) or not isinstance(candidate, (list, tuple)):
         return _kind_problem(reference, candidate, where)
     if len(reference) != len(candidate):
-        return (f"{where or 'the sequence'} has {len(candidate)} elements in the candidate, "
-                f"{len(reference)} in the reference")
+        return (
+            f"{where or 'the sequence'} has {len(candidate)} elements in the candidate, "
+            f"{len(reference)} in the reference"
+        )
     pairs = list(zip(reference, candidate))
-    if _float_maps(reference) and _float_maps(candidate) and all(r.keys() == c.keys() for r, c in pairs):
-        leaves.append((np.array([v for m in reference for v in m.values()], np.float64),  # ZipMap's rows, at once
-                       np.array([c[k] for r, c in pairs for k in r], np.float64)))
+    if (
+        _float_maps(reference)
+        and _float_maps(candidate)
+        and all(r.keys() == c.keys() for r, c in pairs)
+    ):
+        leaves.append(
+            (
+                np.array(
+                    [v for m in reference for v in m.values()], np.float64
+                ),  # ZipMap's rows, at once
+                np.array([c[k] for r, c in pairs for k in r], np.float64),
+            )
+        )
         return None
     for index, (r, c) in enumerate(pairs):
         problem = _walk(r, c, f"{where}[{index}]", leaves)
@@ -280,8 +363,10 @@ def _walk_sequence(reference, candidate, where: str, leaves: list) -> str | None
 
 
 def _kind_problem(reference, candidate, where: str) -> str:
-    return (f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, "
-            f"a {type(reference).__name__} in the reference")
+    return (
+        f"{where or 'the output'} is a {type(candidate).__name__} in the candidate, "
+        f"a {type(reference).__name__} in the reference"
+    )
 
 
 def _float_maps(values) -> bool:
@@ -295,8 +380,10 @@ def _walk_map(reference, candidate, where: str, leaves: list) -> str | None:
     if set(reference) != set(candidate):
         missing = sorted(map(repr, set(reference) - set(candidate)))
         extra = sorted(map(repr, set(candidate) - set(reference)))
-        return (f"{where or 'the map'} has other keys in the candidate (missing {', '.join(missing) or 'none'}; "
-                f"extra {', '.join(extra) or 'none'})")
+        return (
+            f"{where or 'the map'} has other keys in the candidate (missing {', '.join(missing) or 'none'}; "
+            f"extra {', '.join(extra) or 'none'})"
+        )
     for key, r in reference.items():
         problem = _walk(r, candidate[key], f"{where}[{key!r}]", leaves)
         if problem is not None:
@@ -304,10 +391,14 @@ def _walk_map(reference, candidate, where: str, leaves: list) -> str | None:
     return None
 
 
-def _walk_leaf(reference: np.ndarray, candidate: np.ndarray, where: str, leaves: list) -> str | None:
+def _walk_leaf(
+    reference: np.ndarray, candidate: np.ndarray, where: str, leaves: list
+) -> str | None:
     if reference.shape != candidate.shape:
-        return (f"{where or 'the value'} has shape {list(candidate.shape)} in the candidate, "
-                f"{list(reference.shape)} in the reference")
+        return (
+            f"{where or 'the value'} has shape {list(candidate.shape)} in the candidate, "
+            f"{list(reference.shape)} in the reference"
+        )
     if _floating(reference, candidate):
         leaves.append((reference.astype(np.float64).ravel(), candidate.astype(np.float64).ravel()))
         return None
@@ -318,13 +409,23 @@ def _maps_top1(reference, candidate) -> float | None:
     """Share of maps whose highest-valued key agrees, for a sequence of maps of numbers with at
     least two keys each (a classifier's per-class probabilities), else None."""
     numeric = (int, float, np.integer, np.floating)
-    if not isinstance(reference, (list, tuple)) or not reference or not all(
-            isinstance(m, dict) and len(m) > 1 and all(isinstance(v, numeric) for v in m.values()) for m in reference):
+    if (
+        not isinstance(reference, (list, tuple))
+        or not reference
+        or not all(
+            isinstance(m, dict) and len(m) > 1 and all(isinstance(v, numeric) for v in m.values())
+            for m in reference
+        )
+    ):
         return None
-    return float(np.mean([max(r, key=r.get) == max(c, key=c.get) for r, c in zip(reference, candidate)]))
+    return float(
+        np.mean([max(r, key=r.get) == max(c, key=c.get) for r, c in zip(reference, candidate)])
+    )
 
 
-def median_latency_ms(sess: runtime.Session, feeds: dict, runs: int, warmup: int = 2) -> float | None:
+def median_latency_ms(
+    sess: runtime.Session, feeds: dict, runs: int, warmup: int = 2
+) -> float | None:
     if runs <= 0:
         return None
     for _ in range(warmup):
@@ -337,9 +438,18 @@ def median_latency_ms(sess: runtime.Session, feeds: dict, runs: int, warmup: int
     return statistics.median(times)
 
 
-def validate(reference, candidate, feeds: dict[str, np.ndarray], *, inputs_label: str = "random (seed 0)",
-             rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, latency_runs: int = 10,
-             peak_tolerance: float | None = None, optimization: str = "all") -> Validation:
+def validate(
+    reference,
+    candidate,
+    feeds: dict[str, np.ndarray],
+    *,
+    inputs_label: str = "random (seed 0)",
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    latency_runs: int = 10,
+    peak_tolerance: float | None = None,
+    optimization: str = "all",
+) -> Validation:
     """Run both models on ``feeds``; compare outputs by name (positionally when names differ).
     With ``peak_tolerance`` an output passes on max |c − r| ≤ peak_tolerance · max |r|.
     ``optimization``: onnxruntime's graph optimization level for both sessions (the oracle uses
@@ -351,11 +461,18 @@ def validate(reference, candidate, feeds: dict[str, np.ndarray], *, inputs_label
     ref_out, cand_out = ref_session.run(feeds), cand_session.run(feeds)
     pairs = _pair_outputs(ref_session.output_names, cand_session.output_names)
     types = ref_session.output_types
-    metrics = [output_metrics(name, ref_out[name], cand_out[other], rtol, atol, peak_tolerance, types.get(name))
-               for name, other in pairs]
+    metrics = [
+        output_metrics(
+            name, ref_out[name], cand_out[other], rtol, atol, peak_tolerance, types.get(name)
+        )
+        for name, other in pairs
+    ]
     return Validation(
         passed=len(pairs) == len(ref_session.output_names) and all(m.passed for m in metrics),
-        rtol=rtol, atol=atol, inputs=inputs_label, outputs=metrics,
+        rtol=rtol,
+        atol=atol,
+        inputs=inputs_label,
+        outputs=metrics,
         latency_ms_reference=median_latency_ms(ref_session, feeds, latency_runs),
         latency_ms_candidate=median_latency_ms(cand_session, feeds, latency_runs),
     )
@@ -367,16 +484,24 @@ def _pair_outputs(reference: list[str], candidate: list[str]) -> list[tuple[str,
     return list(zip(reference, candidate)) if len(reference) == len(candidate) else []
 
 
-def check_encoded(candidate: Model, reference, feeds: dict[str, np.ndarray], decoder_prefix: str) -> str | None:
+def check_encoded(
+    candidate: Model, reference, feeds: dict[str, np.ndarray], decoder_prefix: str
+) -> str | None:
     """Why a sparse-encoded ``candidate`` is not acceptable, or None: after onnxruntime's basic
     optimization no decoder node may remain (decoding happens once, at session creation), and
     its outputs must be bit-identical to the dense ``reference``'s."""
-    left = [name for name in runtime.optimized_op_names(candidate, "basic") if name.startswith(decoder_prefix)]
+    left = [
+        name
+        for name in runtime.optimized_op_names(candidate, "basic")
+        if name.startswith(decoder_prefix)
+    ]
     if left:
         return f"{len(left)} decoder nodes survive onnxruntime's constant folding (e.g. {left[0]})"
     expected, actual = session(reference).run(feeds), session(candidate).run(feeds)
     for name in expected:
-        metrics = output_metrics(name, expected[name], actual[name], 0.0, 0.0) if name in actual else None
+        metrics = (
+            output_metrics(name, expected[name], actual[name], 0.0, 0.0) if name in actual else None
+        )
         if metrics is not None and not metrics.passed:
             detail = f": {metrics.problem}" if metrics.problem else ""
             return f"output '{name}' is not bit-identical to the dense model's{detail}"

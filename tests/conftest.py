@@ -18,11 +18,15 @@ from sparsec.passes import Pipeline
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
 
-os.environ["SPARSEC_STRICT_RULES"] = "1"  # an axis rule that raises fails the test (not a silent barrier)
+os.environ["SPARSEC_STRICT_RULES"] = (
+    "1"  # an axis rule that raises fails the test (not a silent barrier)
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-sys.path.insert(0, str(MODELS))  # the model-building scripts (fill_light_models, make_cleanup_model)
+sys.path.insert(
+    0, str(MODELS)
+)  # the model-building scripts (fill_light_models, make_cleanup_model)
 
 
 def run_ort(model: onnx.ModelProto | str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -30,10 +34,14 @@ def run_ort(model: onnx.ModelProto | str | Path, feeds: dict[str, np.ndarray]) -
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
 
 
-def assert_same_outputs(reference, candidate, feeds, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+def assert_same_outputs(
+    reference, candidate, feeds, rtol: float = 1e-4, atol: float = 1e-5
+) -> None:
     """Every output of ``candidate`` equals the reference's (numpy.allclose semantics)."""
     expected, actual = run_ort(reference, feeds), run_ort(candidate, feeds)
     assert len(expected) == len(actual)
@@ -42,11 +50,14 @@ def assert_same_outputs(reference, candidate, feeds, rtol: float = 1e-4, atol: f
         np.testing.assert_allclose(a, e, rtol=rtol, atol=atol)
 
 
-def make_model(nodes, inputs, outputs, initializers=(), opset: int = 17, domains=(), **kwargs) -> onnx.ModelProto:
+def make_model(
+    nodes, inputs, outputs, initializers=(), opset: int = 17, domains=(), **kwargs
+) -> onnx.ModelProto:
     """A checked model from helper pieces (``inputs``/``outputs``: (name, dtype, shape) triples;
     ``domains``: extra opset domains at version 1)."""
     graph = helper.make_graph(
-        nodes, "test",
+        nodes,
+        "test",
         [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
         [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
         list(initializers),
@@ -88,8 +99,12 @@ def oracle_error(model: Model, reference: Model, seed: int = 0) -> float:
     output of either is not finite (``max`` would skip a NaN)."""
     feeds = random_inputs(reference, bind_shapes(reference), seed)
     worst = 0.0
-    for expected, actual in zip(run_ort(reference.to_proto(), feeds), run_ort(model.to_proto(), feeds)):
+    for expected, actual in zip(
+        run_ort(reference.to_proto(), feeds), run_ort(model.to_proto(), feeds)
+    ):
         assert expected.shape == actual.shape
         error = float(np.abs(expected - actual).max() / np.abs(expected).max())
-        worst = max(worst, error if np.isfinite(error) and np.isfinite(expected).all() else float("inf"))
+        worst = max(
+            worst, error if np.isfinite(error) and np.isfinite(expected).all() else float("inf")
+        )
     return worst

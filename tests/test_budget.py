@@ -16,12 +16,20 @@ from sparsec.passes import Pipeline
 from sparsec.passes.base import PassError
 from sparsec.passes.channel_prune import ChannelPrunePass
 
-DIGITS, CALIB, TEST = MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", MODELS / "digits_test.npz"
+DIGITS, CALIB, TEST = (
+    MODELS / "digits_cnn.onnx",
+    MODELS / "digits_calib.npz",
+    MODELS / "digits_test.npz",
+)
 
 
 def _accuracy(model: Model) -> float:
     data = np.load(TEST)
-    return float((run_ort(model.to_proto(), {"input": data["input"]})[0].argmax(axis=1) == data["label"]).mean())
+    return float(
+        (
+            run_ort(model.to_proto(), {"input": data["input"]})[0].argmax(axis=1) == data["label"]
+        ).mean()
+    )
 
 
 def _macs(model: Model) -> int:
@@ -30,7 +38,9 @@ def _macs(model: Model) -> int:
 
 def _compress(**options) -> tuple[Model, object]:
     model = Model.load(DIGITS)
-    return model, Pipeline(api.channel_passes(0.0, calibration=CALIB, **options), fixed_point=True)(model)
+    return model, Pipeline(api.channel_passes(0.0, calibration=CALIB, **options), fixed_point=True)(
+        model
+    )
 
 
 @pytest.mark.parametrize("steps", [1, 4])
@@ -39,7 +49,9 @@ def test_target_macs_two_thirds_keeps_digits_accuracy_within_a_point(steps):
     model, result = _compress(target_macs=0.66, importance="activation", steps=steps)
     assert oracle_error(model, result.reference()) <= 1e-4
     assert _macs(model) <= 0.66 * _macs(original)
-    assert _accuracy(model) >= _accuracy(original) - 0.01  # measured 0.997 -> 0.992 (1 step), 0.994 (4 steps)
+    assert (
+        _accuracy(model) >= _accuracy(original) - 0.01
+    )  # measured 0.997 -> 0.992 (1 step), 0.994 (4 steps)
     assert any(d.code == "channel.allocation" for d in result.diagnostics)
 
 
@@ -56,16 +68,36 @@ def test_target_params_is_met_and_without_refit_the_same_cut_loses_far_more():
 def test_a_target_needs_calibration_and_stands_alone(cli, tmp_path):
     with pytest.raises(PassError, match="needs calibration data"):
         ChannelPrunePass(target_macs=0.5).check_options()
-    code, _, stderr = cli("compress", DIGITS, "--target-macs", "0.5", "--channels", "0.5", "--calibration", CALIB,
-                          "-o", tmp_path / "x.onnx")
+    code, _, stderr = cli(
+        "compress",
+        DIGITS,
+        "--target-macs",
+        "0.5",
+        "--channels",
+        "0.5",
+        "--calibration",
+        CALIB,
+        "-o",
+        tmp_path / "x.onnx",
+    )
     assert code == 2 and "choose every group's ratio: drop --channels" in stderr
 
 
 def test_analyze_sensitivity_prints_the_table(cli):
-    code, stdout, stderr = cli("analyze", DIGITS, "--sensitivity", "--calibration", CALIB, "--calibration-samples", "32",
-                               "--json")
+    code, stdout, stderr = cli(
+        "analyze",
+        DIGITS,
+        "--sensitivity",
+        "--calibration",
+        CALIB,
+        "--calibration-samples",
+        "32",
+        "--json",
+    )
     assert code == 0, stderr
     table = json.loads(stdout)["sensitivity"]
-    assert table["samples"] == 32 and table["importance"] == "activation" and len(table["groups"]) == 3
+    assert (
+        table["samples"] == 32 and table["importance"] == "activation" and len(table["groups"]) == 3
+    )
     code, _, stderr = cli("analyze", DIGITS, "--sensitivity")
     assert code == 2 and "give --calibration" in stderr

@@ -53,10 +53,18 @@ def test_masked_original_really_differs_from_the_original():
 def test_split_sizes_group_and_num_groups_are_rewritten():
     concat_split, _ = prune(MODELS / "couplings" / "concat_split.onnx", ratio=0.5)
     split = next(n for n in concat_split.nodes() if n.op_type == "Split")
-    assert concat_split.constant(split.inputs[1]).tolist() == [3, 5]  # 6 and 10 channels, halved per segment
+    assert concat_split.constant(split.inputs[1]).tolist() == [
+        3,
+        5,
+    ]  # 6 and 10 channels, halved per segment
     grouped, _ = prune(MODELS / "couplings" / "grouped_depthwise.onnx", ratio=0.5)
     groups = [grouped.attr(n, "group", 1) for n in grouped.nodes() if n.op_type == "Conv"]
-    assert groups == [1, 4, 8, 1]  # grouped conv keeps 4 groups of fewer channels; depthwise follows its input
+    assert groups == [
+        1,
+        4,
+        8,
+        1,
+    ]  # grouped conv keeps 4 groups of fewer channels; depthwise follows its input
     normed, _ = prune(MODELS / "couplings" / "groupnorm_upsample.onnx", ratio=0.5)
     norm = next(n for n in normed.nodes() if n.op_type == "GroupNormalization")
     assert normed.attr(norm, "num_groups") == 2
@@ -66,10 +74,15 @@ def test_custom_domain_op_is_a_barrier_named_in_a_diagnostic():
     path = MODELS / "couplings" / "custom_barrier.onnx"
     before = Model.load(path)
     custom = next(n for n in before.nodes() if n.domain == "com.microsoft")
-    into, out_of = custom.inputs[0].producer().inputs[1].name, next(iter(custom.outputs[0].uses())).node.inputs[1].name
+    into, out_of = (
+        custom.inputs[0].producer().inputs[1].name,
+        next(iter(custom.outputs[0].uses())).node.inputs[1].name,
+    )
     model, result = prune(path, ratio=0.5)
     barriers = [d for d in result.diagnostics if d.code == "channel.barrier"]
-    assert [d.node for d in barriers] == [custom.name] and "com.microsoft::Gelu" in barriers[0].message
+    assert [d.node for d in barriers] == [custom.name] and "com.microsoft::Gelu" in barriers[
+        0
+    ].message
     assert weight_shape(model, into)[0] == weight_shape(before, into)[0] == 16
     assert weight_shape(model, out_of)[1] == 16
     assert oracle_error(model, result.reference()) <= 1e-4
@@ -92,10 +105,15 @@ def _two_channel_model(small_channel: int) -> Model:
     w2 = rng.normal(size=(3, 4, 1, 1)).astype(np.float32)
     w2[:, small_channel] *= 1e-3
     proto = make_model(
-        [helper.make_node("Conv", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("Conv", ["r", "w2"], ["y"])],
-        [("x", TensorProto.FLOAT, [1, 2, 3, 3])], [("y", TensorProto.FLOAT, [1, 3, 3, 3])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        [
+            helper.make_node("Conv", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["y"]),
+        ],
+        [("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [("y", TensorProto.FLOAT, [1, 3, 3, 3])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
     return Model.from_proto(proto)
 
 
@@ -107,7 +125,12 @@ def test_norm_importance_removes_the_weakest_channel(importance):
 
 
 def test_random_importance_is_seeded():
-    plans = [prune(MODELS / "digits_cnn.onnx", ratio=0.5, importance="random", seed=s)[1].artifacts["plan"] for s in (1, 1, 2)]
+    plans = [
+        prune(MODELS / "digits_cnn.onnx", ratio=0.5, importance="random", seed=s)[1].artifacts[
+            "plan"
+        ]
+        for s in (1, 1, 2)
+    ]
     assert plans[0] == plans[1] and plans[0] != plans[2]
 
 
@@ -118,13 +141,18 @@ def test_round_to_keeps_multiples():
 
 
 def test_global_scope_respects_max_layer_ratio_and_never_empties():
-    model, result = prune(MODELS / "digits_cnn.onnx", ratio=0.9, scope="global", max_layer_ratio=0.5)
+    model, result = prune(
+        MODELS / "digits_cnn.onnx", ratio=0.9, scope="global", max_layer_ratio=0.5
+    )
     plan = result.artifacts["plan"]["initializers"]
     for axes in plan.values():
         for entry in axes:
             assert len(entry["kept"]) >= entry["size"] // 2
     model, result = prune(MODELS / "digits_mlp.onnx", ratio=0.99, max_layer_ratio=1.0)
-    assert weight_shape(model, "fc2.weight")[0] >= 1 and oracle_error(model, result.reference()) <= 1e-4
+    assert (
+        weight_shape(model, "fc2.weight")[0] >= 1
+        and oracle_error(model, result.reference()) <= 1e-4
+    )
 
 
 def _uniform_then_skewed(group, ctx) -> np.ndarray:
@@ -140,7 +168,9 @@ def test_global_scope_ranks_units_across_groups(monkeypatch, scope, hidden):
     their group's mean and cuts the lowest 96: the 48 near-zero units of fc2 (relative ≈ 0) and
     48 of fc1's even ones (relative 0.9..1.1, below fc2's strong units at ≈ 4)."""
     monkeypatch.setitem(IMPORTANCE, "uniform-then-skewed", _uniform_then_skewed)
-    model, result = prune(MODELS / "digits_mlp.onnx", ratio=0.5, scope=scope, importance="uniform-then-skewed")
+    model, result = prune(
+        MODELS / "digits_mlp.onnx", ratio=0.5, scope=scope, importance="uniform-then-skewed"
+    )
     assert [weight_shape(model, name)[0] for name in ("fc1.weight", "fc2.weight")] == hidden
     assert oracle_error(model, result.reference()) <= 1e-4
 
@@ -160,7 +190,9 @@ def test_plan_round_trip_repeats_the_same_cut(tmp_path):
     plan.write_text(json.dumps(result.artifacts["plan"]))
     second, _ = prune(MODELS / "digits_cnn.onnx", plan=str(plan))
     for name, value in first.initializers().items():
-        np.testing.assert_array_equal(first.constant(value), second.constant(second.initializers()[name]))
+        np.testing.assert_array_equal(
+            first.constant(value), second.constant(second.initializers()[name])
+        )
 
 
 def _keep_one_more(plan: dict) -> None:
@@ -172,7 +204,9 @@ def _keep_one_more(plan: dict) -> None:
 def _empty_se(plan: dict) -> None:
     for entries in plan["initializers"].values():
         for entry in entries:
-            entry["kept"] = [] if entry["size"] == 8 else entry["kept"]  # the 8-channel SE bottleneck
+            entry["kept"] = (
+                [] if entry["size"] == 8 else entry["kept"]
+            )  # the 8-channel SE bottleneck
 
 
 def _plan_of_the_mlp(plan: dict) -> None:
@@ -180,14 +214,27 @@ def _plan_of_the_mlp(plan: dict) -> None:
     plan["initializers"] = mlp.artifacts["plan"]["initializers"]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: p["initializers"]["stem.weight"][0].update(size=99), "stem.weight axis 0 has size 16, plan says 99"),
-    (lambda p: p["initializers"].update({"head.bias": [{"axis": 0, "size": 10, "kept": [0, 1, 2, 3, 4]}]}),
-     "cannot be pruned: reaches graph output 'logits'"),
-    (_empty_se, "plan would empty a tensor of group"),
-    (_keep_one_more, "the kept indices of stem_bn.bias axis 0 disagree with the rest of its group"),
-    (_plan_of_the_mlp, "which no prunable channel group of this model holds"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: p["initializers"]["stem.weight"][0].update(size=99),
+            "stem.weight axis 0 has size 16, plan says 99",
+        ),
+        (
+            lambda p: p["initializers"].update(
+                {"head.bias": [{"axis": 0, "size": 10, "kept": [0, 1, 2, 3, 4]}]}
+            ),
+            "cannot be pruned: reaches graph output 'logits'",
+        ),
+        (_empty_se, "plan would empty a tensor of group"),
+        (
+            _keep_one_more,
+            "the kept indices of stem_bn.bias axis 0 disagree with the rest of its group",
+        ),
+        (_plan_of_the_mlp, "which no prunable channel group of this model holds"),
+    ],
+)
 def test_plan_that_does_not_fit_is_refused(tmp_path, edit, message):
     """A well-formed plan that does not fit this model is an InputError naming what is wrong."""
     _, result = prune(MODELS / "digits_cnn.onnx", ratio=0.5)
@@ -209,33 +256,77 @@ def test_rules_cover_the_ops_the_engine_promises():
 
 def test_external_data_model_prunes_through_the_cli(cli, tmp_path):
     out = tmp_path / "small.onnx"
-    code, stdout, stderr = cli("compress", MODELS / "digits_cnn_dynamo.onnx", "--channels", "0.5", "-o", out,
-                               "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress",
+        MODELS / "digits_cnn_dynamo.onnx",
+        "--channels",
+        "0.5",
+        "-o",
+        out,
+        "--latency-runs",
+        "0",
+    )
     assert code == 0, stderr
     assert list(tmp_path.glob("small.onnx.*.data")) and "oracle" in stdout and "passed" in stdout
 
 
 def test_cli_channels_report_plan_and_groups(cli, tmp_path):
     out, report, plan = tmp_path / "small.onnx", tmp_path / "report.json", tmp_path / "plan.json"
-    code, stdout, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--channels", "0.5", "-o", out, "--report", report,
-                               "--plan-out", plan, "--inputs", MODELS / "digits_test.npz", "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress",
+        MODELS / "digits_cnn.onnx",
+        "--channels",
+        "0.5",
+        "-o",
+        out,
+        "--report",
+        report,
+        "--plan-out",
+        plan,
+        "--inputs",
+        MODELS / "digits_test.npz",
+        "--latency-runs",
+        "0",
+    )
     assert code == 0, stderr
     figures = json.loads(report.read_text())
-    assert figures["oracle"]["passed"] and figures["oracle"]["max_abs_error"] <= 1e-4 * figures["oracle"]["max_abs_output"]
-    assert figures["params_after"] < 0.6 * figures["params_before"] and figures["groups"] == {"total": 4, "pruned": 3}
+    assert (
+        figures["oracle"]["passed"]
+        and figures["oracle"]["max_abs_error"] <= 1e-4 * figures["oracle"]["max_abs_output"]
+    )
+    assert figures["params_after"] < 0.6 * figures["params_before"] and figures["groups"] == {
+        "total": 4,
+        "pruned": 3,
+    }
     again = tmp_path / "again.onnx"
-    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--plan-in", plan, "-o", again, "--latency-runs", "0")
+    code, _, stderr = cli(
+        "compress",
+        MODELS / "digits_cnn.onnx",
+        "--plan-in",
+        plan,
+        "-o",
+        again,
+        "--latency-runs",
+        "0",
+    )
     assert code == 0, stderr
     assert Model.load(again).initializers().keys() == Model.load(out).initializers().keys()
     code, stdout, _ = cli("analyze", MODELS / "digits_cnn.onnx", "--groups")
-    assert code == 0 and "channel groups: 4 (3 prunable)" in stdout and "kept: reaches graph output 'logits'" in stdout
+    assert (
+        code == 0
+        and "channel groups: 4 (3 prunable)" in stdout
+        and "kept: reaches graph output 'logits'" in stdout
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--channels", "0.5", "--passes", "dead-code"], "--passes cannot be combined"),
-    (["--channels", "1.5"], "--channels"),
-    (["--plan-in", "missing.json"], "plan file missing.json not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--channels", "0.5", "--passes", "dead-code"], "--passes cannot be combined"),
+        (["--channels", "1.5"], "--channels"),
+        (["--plan-in", "missing.json"], "plan file missing.json not found"),
+    ],
+)
 def test_cli_bad_channel_flags_are_one_line_exit_2(cli, tmp_path, args, message):
     out = tmp_path / "x.onnx"
     code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "-o", out, *args)
@@ -244,18 +335,29 @@ def test_cli_bad_channel_flags_are_one_line_exit_2(cli, tmp_path, args, message)
 
 def test_plan_out_without_a_pruning_pass_is_refused_before_any_work(cli, tmp_path):
     out = tmp_path / "x.onnx"
-    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "-o", out, "--plan-out", tmp_path / "p.json")
+    code, _, stderr = cli(
+        "compress", MODELS / "digits_cnn.onnx", "-o", out, "--plan-out", tmp_path / "p.json"
+    )
     assert code == 2 and "--plan-out needs a pass that writes a plan" in stderr and not out.exists()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: p.update(version=2), "version 2"),
-    (lambda p: p.update(initializers=None), "'initializers' must map"),
-    (lambda p: p["initializers"].update({"stem.weight": {"axis": 0}}), "entry 'stem.weight' must be a list"),
-    (lambda p: p["initializers"]["stem.weight"][0].update(kept=[0, 99]), "kept indices must lie in 0..15"),
-    (lambda p: p["initializers"]["stem.weight"][0].update(kept=[3, 1]), "ascending"),
-    (lambda p: p["initializers"]["stem.weight"][0].update(kept=["a"]), "kept: [int, ...]"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p.update(version=2), "version 2"),
+        (lambda p: p.update(initializers=None), "'initializers' must map"),
+        (
+            lambda p: p["initializers"].update({"stem.weight": {"axis": 0}}),
+            "entry 'stem.weight' must be a list",
+        ),
+        (
+            lambda p: p["initializers"]["stem.weight"][0].update(kept=[0, 99]),
+            "kept indices must lie in 0..15",
+        ),
+        (lambda p: p["initializers"]["stem.weight"][0].update(kept=[3, 1]), "ascending"),
+        (lambda p: p["initializers"]["stem.weight"][0].update(kept=["a"]), "kept: [int, ...]"),
+    ],
+)
 def test_malformed_plans_are_one_clear_line(cli, tmp_path, edit, message):
     _, result = prune(MODELS / "digits_cnn.onnx", ratio=0.5)
     plan = result.artifacts["plan"]
@@ -267,8 +369,16 @@ def test_malformed_plans_are_one_clear_line(cli, tmp_path, edit, message):
 
 
 def test_plan_in_refuses_selection_flags(cli, tmp_path):
-    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--plan-in", MODELS / "digits_cnn.onnx", "--seed", "3",
-                          "-o", tmp_path / "x.onnx")
+    code, _, stderr = cli(
+        "compress",
+        MODELS / "digits_cnn.onnx",
+        "--plan-in",
+        MODELS / "digits_cnn.onnx",
+        "--seed",
+        "3",
+        "-o",
+        tmp_path / "x.onnx",
+    )
     assert code == 2 and "drop --seed" in stderr
 
 
@@ -280,11 +390,15 @@ def test_warnings_for_unmatched_exclude_and_nothing_pruned():
     assert describe == "channel-prune(ratio=0.5,importance=l1)"
 
 
-@pytest.mark.parametrize("options", [
-    {"ratio": 0.25, "importance": "l2"},
-    {"ratio": 0.75, "importance": "random", "seed": 5},
-    {"ratio": 0.6, "scope": "global", "round_to": 2, "importance": "bn-scale"},
-], ids=["quarter-l2", "three-quarters-random", "global-round-to-2"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ratio": 0.25, "importance": "l2"},
+        {"ratio": 0.75, "importance": "random", "seed": 5},
+        {"ratio": 0.6, "scope": "global", "round_to": 2, "importance": "bn-scale"},
+    ],
+    ids=["quarter-l2", "three-quarters-random", "global-round-to-2"],
+)
 @pytest.mark.parametrize("path", COUPLINGS, ids=lambda p: p.stem)
 def test_every_selection_keeps_the_oracle(path, options):
     """Whatever is removed, surgery and oracle agree (selection cannot break consistency)."""

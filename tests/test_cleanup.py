@@ -21,7 +21,9 @@ def test_dead_code_removes_branch_initializers_functions_and_opsets():
     model = Model.load(MODELS / "cleanup_cnn.onnx")
     result = DeadCodePass()(model)
     ops = [n.op_type for n in model.nodes()]
-    assert result.modified and result.stats["nodes_removed"] == 3  # dead conv, its relu, the unused Constant
+    assert (
+        result.modified and result.stats["nodes_removed"] == 3
+    )  # dead conv, its relu, the unused Constant
     assert "dead_conv" not in {n.name for n in model.nodes()} and ops.count("Conv") == 2
     assert {"unused_weight", "w_dead"}.isdisjoint(model.initializers())
     assert result.stats["functions_removed"] == 1 and not model.functions()
@@ -50,26 +52,41 @@ def test_identity_elimination_keeps_output_names_and_values():
 
 
 def test_identity_between_input_and_output_or_two_outputs_stays():
-    nodes = [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("Identity", ["r"], ["r_copy"])]
-    model = Model.from_proto(make_model(nodes, [("x", F, [2])], [("y", F, [2]), ("r", F, [2]), ("r_copy", F, [2])]))
+    nodes = [
+        helper.make_node("Identity", ["x"], ["y"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Identity", ["r"], ["r_copy"]),
+    ]
+    model = Model.from_proto(
+        make_model(nodes, [("x", F, [2])], [("y", F, [2]), ("r", F, [2]), ("r_copy", F, [2])])
+    )
     assert not IdentityEliminationPass()(model).modified
     assert [v.name for v in model.outputs] == ["y", "r", "r_copy"]
 
 
 def test_dropout_in_training_mode_stays():
     nodes = [helper.make_node("Dropout", ["x", "ratio", "train"], ["y"])]
-    inits = [onnx.numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
-             onnx.numpy_helper.from_array(np.array(True), "train")]
+    inits = [
+        onnx.numpy_helper.from_array(np.array(0.5, np.float32), "ratio"),
+        onnx.numpy_helper.from_array(np.array(True), "train"),
+    ]
     model = Model.from_proto(make_model(nodes, [("x", F, [4])], [("y", F, [4])], inits))
     assert not IdentityEliminationPass()(model).modified
 
 
 def test_identity_inside_a_subgraph_is_removed():
-    body = helper.make_graph([helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["t"])],
-                             "then", [], [helper.make_tensor_value_info("t", F, [3])])
-    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
-                              [helper.make_tensor_value_info("e", F, [3])])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", F, [3])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", F, [3])],
+    )
     nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=other)]
     proto = make_model(nodes, [("x", F, [3]), ("cond", TensorProto.BOOL, [])], [("y", F, [3])])
     model = Model.from_proto(proto)
@@ -80,10 +97,18 @@ def test_identity_inside_a_subgraph_is_removed():
 
 
 def test_identity_exporting_an_outer_value_from_a_branch_stays():
-    body = helper.make_graph([helper.make_node("Identity", ["x"], ["t"])], "then", [],
-                             [helper.make_tensor_value_info("t", F, [3])])
-    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
-                              [helper.make_tensor_value_info("e", F, [3])])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", F, [3])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", F, [3])],
+    )
     nodes = [helper.make_node("If", ["cond"], ["y"], then_branch=body, else_branch=other)]
     proto = make_model(nodes, [("x", F, [3]), ("cond", TensorProto.BOOL, [])], [("y", F, [3])])
     model = Model.from_proto(proto)

@@ -25,7 +25,10 @@ def test_shape_of_static_dims_folds_while_the_batch_stays_symbolic():
 
 
 def test_shape_of_symbolic_batch_does_not_fold():
-    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Reshape", ["x", "s"], ["y"]),
+    ]
     model = Model.from_proto(make_model(nodes, [("x", F, ["N", 4])], [("y", F, ["N", 4])]))
     assert not ConstantFoldShapesPass()(model).modified
 
@@ -38,13 +41,17 @@ def test_float_compute_on_constants_is_left_alone():
 
 
 def test_gather_unsqueeze_concat_chain_folds_exactly():
-    inits = [numpy_helper.from_array(np.array([2, 3, 4], np.int64), "dims"),
-             numpy_helper.from_array(np.array(1, np.int64), "one"),
-             numpy_helper.from_array(np.array([0], np.int64), "axes")]
-    nodes = [helper.make_node("Gather", ["dims", "one"], ["d1"]),
-             helper.make_node("Unsqueeze", ["d1", "axes"], ["d1v"]),
-             helper.make_node("Concat", ["d1v", "d1v"], ["t"], axis=0),
-             helper.make_node("Reshape", ["x", "t"], ["y"])]
+    inits = [
+        numpy_helper.from_array(np.array([2, 3, 4], np.int64), "dims"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["dims", "one"], ["d1"]),
+        helper.make_node("Unsqueeze", ["d1", "axes"], ["d1v"]),
+        helper.make_node("Concat", ["d1v", "d1v"], ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"]),
+    ]
     proto = make_model(nodes, [("x", F, [9])], [("y", F, [3, 3])], inits)
     model = Model.from_proto(proto)
     assert ConstantFoldShapesPass()(model).stats["nodes_folded"] == 3

@@ -20,7 +20,9 @@ from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonica
 from sparsec.passes.cleanup import DeadCodePass
 
 VIT = MODELS / "digits_vit.onnx"  # 2 blocks, 4 heads of 8, MLP 32 -> 64 -> 32 (legacy exporter)
-ATTENTION = sorted((MODELS / "attention").rglob("*.onnx"))  # packed_qkv/ too; committed (models/README.md)
+ATTENTION = sorted(
+    (MODELS / "attention").rglob("*.onnx")
+)  # packed_qkv/ too; committed (models/README.md)
 
 
 def test_the_committed_attention_models_are_all_there():
@@ -42,7 +44,12 @@ def test_written_out_attention_is_found_with_its_weights():
         q, k, v, o = block.q[0], block.k[0], block.v[0], block.o[0]
         assert len({q, k, v, o}) == 4
         # Q/K/V project the 32-wide stream to heads x head_dim; O reduces heads x head_dim back
-        assert _shape(model, q)[1] == _shape(model, k)[1] == _shape(model, v)[1] == block.heads * block.head_dim
+        assert (
+            _shape(model, q)[1]
+            == _shape(model, k)[1]
+            == _shape(model, v)[1]
+            == block.heads * block.head_dim
+        )
         assert _shape(model, o)[axes[o]] == block.heads * block.head_dim
         assert block.reason is None
 
@@ -51,7 +58,12 @@ def test_written_out_attention_is_found_with_its_weights():
 def test_heads_ratio_removes_that_share_of_every_block_and_never_all(ratio, kept):
     original = Model.load(VIT)
     before = attention_blocks(original)
-    mlp = [m for g in find_channel_groups(original).groups if g.kind == "ffn" and g.prunable for m in g.compute]
+    mlp = [
+        m
+        for g in find_channel_groups(original).groups
+        if g.kind == "ffn" and g.prunable
+        for m in g.compute
+    ]
     model, result = prune(VIT, ratio=0.0, heads=ratio)
     assert oracle_error(model, result.reference()) <= 1e-4
     assert model.check() is None
@@ -59,7 +71,9 @@ def test_heads_ratio_removes_that_share_of_every_block_and_never_all(ratio, kept
         assert all(_shape(model, name)[1] == kept * 8 for name in block.q + block.k + block.v)
     if kept > 1:  # a single head has no head axis left to find
         assert [(b.heads, b.head_dim) for b in attention_blocks(model)] == [(kept, 8), (kept, 8)]
-    assert len(mlp) == 4 and all(_shape(model, name) == _shape(original, name) for name, _ in mlp)  # MLPs untouched
+    assert len(mlp) == 4 and all(
+        _shape(model, name) == _shape(original, name) for name, _ in mlp
+    )  # MLPs untouched
 
 
 def test_ffn_ratio_halves_every_mlp_and_leaves_heads():
@@ -74,13 +88,23 @@ def test_ffn_ratio_halves_a_gated_swiglu_mlp_exactly():
     """Llama's MLP: down(silu(gate(x)) * up(x)); gate and up columns go with down's rows."""
     path = MODELS / "attention" / "llama_gqa_legacy.onnx"
     original = Model.load(path)
-    widths = {name: _shape(original, name) for name, _ in
-              (m for g in find_channel_groups(original).groups if g.kind == "ffn" and g.prunable for m in g.compute)}
+    widths = {
+        name: _shape(original, name)
+        for name, _ in (
+            m
+            for g in find_channel_groups(original).groups
+            if g.kind == "ffn" and g.prunable
+            for m in g.compute
+        )
+    }
     model = Model.load(path)
     result = Pipeline(api.channel_passes(0.0, ffn=0.5), fixed_point=True)(model)
     assert model.check() is None and oracle_error(model, result.reference()) <= 1e-4
     assert len(widths) == 6  # gate, up and down of both blocks
-    for name, shape in widths.items():  # the hidden axis (64, the wider one) halves; the model width (32) stays
+    for (
+        name,
+        shape,
+    ) in widths.items():  # the hidden axis (64, the wider one) halves; the model width (32) stays
         assert _shape(model, name) == tuple(d // 2 if d == 64 else d for d in shape)
 
 
@@ -98,13 +122,17 @@ def test_global_heads_ranks_heads_of_all_blocks_together_and_keeps_one_per_block
     before = attention_blocks(Model.load(VIT))
     model, result = prune(VIT, ratio=0.0, heads=0.5, scope="global")
     assert oracle_error(model, result.reference()) <= 1e-4
-    heads = [_shape(model, block.q[0])[1] // block.head_dim for block in before]  # read from the weights
+    heads = [
+        _shape(model, block.q[0])[1] // block.head_dim for block in before
+    ]  # read from the weights
     assert sum(heads) == 4 and min(heads) >= 1
 
 
 def test_cli_heads_report_and_analyze(cli, tmp_path):
     out, report = tmp_path / "h.onnx", tmp_path / "r.json"
-    code, stdout, stderr = cli("compress", VIT, "--heads", "0.5", "-o", out, "--report", report, "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress", VIT, "--heads", "0.5", "-o", out, "--report", report, "--latency-runs", "0"
+    )
     assert code == 0, stderr
     assert "heads=0.5" in json.loads(report.read_text())["pipeline"]
     code, stdout, _ = cli("analyze", out, "--heads", "--json")
@@ -117,24 +145,33 @@ def test_cli_heads_report_and_analyze(cli, tmp_path):
 def test_heads_on_a_model_without_attention_warns(cli, tmp_path):
     """Nothing to prune is a warning, not an error: the model is written with every channel."""
     out = tmp_path / "x.onnx"
-    code, stdout, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--heads", "0.5", "-o", out, "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress", MODELS / "digits_cnn.onnx", "--heads", "0.5", "-o", out, "--latency-runs", "0"
+    )
     assert code == 0 and "no attention-head group was found" in stdout + stderr
     original = Model.load(MODELS / "digits_cnn.onnx")
-    assert _shape(Model.load(out), "head.weight") == _shape(original, "head.weight")  # its 32 inputs all kept
+    assert _shape(Model.load(out), "head.weight") == _shape(
+        original, "head.weight"
+    )  # its 32 inputs all kept
 
 
 def test_head_pruning_really_changes_the_function():
     """The oracle is not vacuous here either: removing heads changes the logits."""
     model, _ = prune(VIT, ratio=0.0, heads=0.5)
     x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
-    before, after = run_ort(Model.load(VIT).to_proto(), {"input": x})[0], run_ort(model.to_proto(), {"input": x})[0]
+    before, after = (
+        run_ort(Model.load(VIT).to_proto(), {"input": x})[0],
+        run_ort(model.to_proto(), {"input": x})[0],
+    )
     assert np.abs(before - after).max() > 1e-2
 
 
 @pytest.mark.parametrize("path", [VIT] + ATTENTION, ids=lambda p: p.stem)
 def test_every_attention_form_loses_half_its_heads_exactly(path):
     original = Model.load(path)
-    Pipeline(api.channel_passes(0.0, heads=0.0))(original)  # the canonicalization --heads runs first; prunes nothing
+    Pipeline(api.channel_passes(0.0, heads=0.0))(
+        original
+    )  # the canonicalization --heads runs first; prunes nothing
     before = attention_blocks(original)
     assert before and all(b.reason is None for b in before)
     model = Model.load(path)
@@ -142,9 +179,14 @@ def test_every_attention_form_loses_half_its_heads_exactly(path):
     assert model.check() is None
     assert oracle_error(model, result.reference()) <= 1e-4
     after = attention_blocks(model)
-    assert [(b.heads, b.kv_heads, b.head_dim) for b in after] == [(b.heads // 2, b.kv_heads // 2, b.head_dim) for b in before]
+    assert [(b.heads, b.kv_heads, b.head_dim) for b in after] == [
+        (b.heads // 2, b.kv_heads // 2, b.head_dim) for b in before
+    ]
     feeds = random_inputs(original, bind_shapes(original), 0)  # and the removal is not vacuous
-    assert np.abs(run_ort(original.to_proto(), feeds)[0] - run_ort(model.to_proto(), feeds)[0]).max() > 1e-3
+    assert (
+        np.abs(run_ort(original.to_proto(), feeds)[0] - run_ort(model.to_proto(), feeds)[0]).max()
+        > 1e-3
+    )
 
 
 def test_legacy_run_time_expand_idiom_is_removed_bit_exactly():
@@ -153,9 +195,13 @@ def test_legacy_run_time_expand_idiom_is_removed_bit_exactly():
     path = MODELS / "attention" / "llama_gqa_legacy.onnx"
     model = Model.load(path)
     wheres = sum(n.op_type == "Where" for n in model.nodes())
-    assert ShapeCanonicalizePass()(model).stats["shape_idioms_removed"] == 9  # 2 blocks x K, V x 2 + the mask's Reshape
+    assert (
+        ShapeCanonicalizePass()(model).stats["shape_idioms_removed"] == 9
+    )  # 2 blocks x K, V x 2 + the mask's Reshape
     DeadCodePass()(model)
-    assert sum(n.op_type == "Where" for n in model.nodes()) == wheres - 4  # the mask's Where keeps its -1 entry
+    assert (
+        sum(n.op_type == "Where" for n in model.nodes()) == wheres - 4
+    )  # the mask's Where keeps its -1 entry
     feeds = random_inputs(model, bind_shapes(model), 0)
     np.testing.assert_array_equal(run_ort(model.to_proto(), feeds)[0], run_ort(str(path), feeds)[0])
 
@@ -164,11 +210,15 @@ def test_sdpa_transpose_idiom_is_canonicalized_bit_exactly():
     path = MODELS / "attention" / "vit_sdpa_dynamo18.onnx"
     model = Model.load(path)
     reshapes = sum(n.op_type == "Reshape" for n in model.nodes())
-    assert TransposeCanonicalizePass()(model).stats["transposes_canonicalized"] == 2  # one per block
+    assert (
+        TransposeCanonicalizePass()(model).stats["transposes_canonicalized"] == 2
+    )  # one per block
     DeadCodePass()(model)
     assert sum(n.op_type == "Reshape" for n in model.nodes()) == reshapes - 4
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
-    np.testing.assert_array_equal(run_ort(model.to_proto(), {"input": x})[0], run_ort(str(path), {"input": x})[0])
+    np.testing.assert_array_equal(
+        run_ort(model.to_proto(), {"input": x})[0], run_ort(str(path), {"input": x})[0]
+    )
 
 
 def test_packed_qkv_weight_gives_the_head_dim_of_one_part():

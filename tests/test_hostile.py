@@ -22,28 +22,42 @@ from onnx import TensorProto, helper, numpy_helper
 
 WEIGHT = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
 MARKER = np.full(16, 7.125, np.float32)  # what a tensor read from the wrong folder would hold
-TOOL_PASS = ("import sys\nimport sparsec\n\n\nclass ExitPass(sparsec.InPlacePass):\n    name = 'exit-pass'\n"
-             "    summary = 'calls sys.exit'\n\n    def call(self, model):\n        sys.exit(0)\n")
+TOOL_PASS = (
+    "import sys\nimport sparsec\n\n\nclass ExitPass(sparsec.InPlacePass):\n    name = 'exit-pass'\n"
+    "    summary = 'calls sys.exit'\n\n    def call(self, model):\n        sys.exit(0)\n"
+)
 
 
-def _model(initializers=(), nodes=None, sparse=(), outputs=("y",), input_dims=(2, 4)) -> onnx.ModelProto:
+def _model(
+    initializers=(), nodes=None, sparse=(), outputs=("y",), input_dims=(2, 4)
+) -> onnx.ModelProto:
     """y = x @ W, with W given as ``initializers`` / ``sparse`` / a Constant in ``nodes``."""
     nodes = nodes if nodes is not None else []
     graph = helper.make_graph(
-        nodes + [helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+        nodes + [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_dims))],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [input_dims[0], 4]) for name in outputs],
-        list(initializers), sparse_initializer=list(sparse))
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [input_dims[0], 4])
+            for name in outputs
+        ],
+        list(initializers),
+        sparse_initializer=list(sparse),
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
-def _external(tensor: TensorProto, location: str, offset: str = "0", length: str | None = None) -> TensorProto:
+def _external(
+    tensor: TensorProto, location: str, offset: str = "0", length: str | None = None
+) -> TensorProto:
     tensor.ClearField("raw_data")
     tensor.ClearField("float_data")
     tensor.data_location = TensorProto.EXTERNAL
-    entries = [("location", location), ("offset", offset)] + ([("length", length)] if length else [])
+    entries = [("location", location), ("offset", offset)] + (
+        [("length", length)] if length else []
+    )
     for key, value in entries:
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
@@ -55,7 +69,9 @@ def _weight(location: str | None = None, **entries) -> TensorProto:
     return _external(tensor, location, **entries) if location is not None else tensor
 
 
-def _sparse(location: str | None = None, indices=(0, 5, 10, 15), values=(1, 2, 3, 4)) -> onnx.SparseTensorProto:
+def _sparse(
+    location: str | None = None, indices=(0, 5, 10, 15), values=(1, 2, 3, 4)
+) -> onnx.SparseTensorProto:
     """A 4x4 sparse W; its values live in external data at ``location`` when given."""
     value_tensor = numpy_helper.from_array(np.array(values, np.float32), "W")
     if location is not None:
@@ -88,7 +104,9 @@ def _hostile(tmp: Path) -> dict[str, tuple[list, int, str]]:
     weights = {"w.bin": WEIGHT.tobytes()}
     (tmp / "outside").mkdir()
     (tmp / "outside" / "w.bin").write_bytes(MARKER.tobytes())
-    (tmp / "sparse.bin").write_bytes(MARKER[:4].tobytes())  # in the working directory, not the model's folder
+    (tmp / "sparse.bin").write_bytes(
+        MARKER[:4].tobytes()
+    )  # in the working directory, not the model's folder
     hard = _save(tmp / "hard", _model([_weight("w.bin")]))
     os.link(tmp / "outside" / "w.bin", tmp / "hard" / "w.bin")
     constant = helper.make_node("Constant", [], ["W"], sparse_value=_sparse("sparse.bin"))
@@ -100,54 +118,135 @@ def _hostile(tmp: Path) -> dict[str, tuple[list, int, str]]:
     existing.write_bytes(cnn.read_bytes())
     cases = {
         "sparse values read from the working directory": (
-            ["compress", _save(tmp / "s1", _model(sparse=[_sparse("sparse.bin")])), "-o", out, "--sparsity", "0.5"],
-            2, "is missing"),
+            [
+                "compress",
+                _save(tmp / "s1", _model(sparse=[_sparse("sparse.bin")])),
+                "-o",
+                out,
+                "--sparsity",
+                "0.5",
+            ],
+            2,
+            "is missing",
+        ),
         "sparse values analyzed from the working directory": (
-            ["analyze", _save(tmp / "s2", _model(sparse=[_sparse("sparse.bin")]))], 2, "is missing"),
+            ["analyze", _save(tmp / "s2", _model(sparse=[_sparse("sparse.bin")]))],
+            2,
+            "is missing",
+        ),
         "sparse Constant read from the working directory": (
-            ["analyze", _save(tmp / "s3", _model(nodes=[constant]))], 2, "is missing"),
+            ["analyze", _save(tmp / "s3", _model(nodes=[constant]))],
+            2,
+            "is missing",
+        ),
         "sparse values escaping the folder": (
-            ["analyze", _save(tmp / "s4", _model(sparse=[_sparse("../outside/w.bin")]))], 2, "outside the model folder"),
-        "NUL byte in a location": (["analyze", _save(tmp / "nul", _model([_weight("w\x00.bin")]), weights)],
-                                   2, "unusable external data location"),
-        "5000-character location": (["analyze", _save(tmp / "long", _model([_weight("a" * 5000)]), weights)],
-                                    2, "unusable external data location"),
-        "negative offset": (["analyze", _save(tmp / "neg", _model([_weight("w.bin", offset="-4")]), weights)],
-                            2, "must be a non-negative integer"),
-        "fractional offset": (["analyze", _save(tmp / "frac", _model([_weight("w.bin", offset="1.5")]), weights)],
-                              2, "must be a non-negative integer"),
+            ["analyze", _save(tmp / "s4", _model(sparse=[_sparse("../outside/w.bin")]))],
+            2,
+            "outside the model folder",
+        ),
+        "NUL byte in a location": (
+            ["analyze", _save(tmp / "nul", _model([_weight("w\x00.bin")]), weights)],
+            2,
+            "unusable external data location",
+        ),
+        "5000-character location": (
+            ["analyze", _save(tmp / "long", _model([_weight("a" * 5000)]), weights)],
+            2,
+            "unusable external data location",
+        ),
+        "negative offset": (
+            ["analyze", _save(tmp / "neg", _model([_weight("w.bin", offset="-4")]), weights)],
+            2,
+            "must be a non-negative integer",
+        ),
+        "fractional offset": (
+            ["analyze", _save(tmp / "frac", _model([_weight("w.bin", offset="1.5")]), weights)],
+            2,
+            "must be a non-negative integer",
+        ),
         "length that does not fit the dims": (
-            ["analyze", _save(tmp / "len", _model([_weight("w.bin", length="8")]), weights)], 2, "has length 8"),
+            ["analyze", _save(tmp / "len", _model([_weight("w.bin", length="8")]), weights)],
+            2,
+            "has length 8",
+        ),
         "hard-linked data file": (["compress", hard, "-o", out], 2, "is a hard link"),
-        "sparse index out of range": (["analyze", _save(tmp / "oob", _model(sparse=[_sparse(indices=(0, 5, 10, 99))]))],
-                                      2, "index outside its dims"),
+        "sparse index out of range": (
+            ["analyze", _save(tmp / "oob", _model(sparse=[_sparse(indices=(0, 5, 10, 99))]))],
+            2,
+            "index outside its dims",
+        ),
         "sparse indices not matching the values": (
-            ["analyze", _save(tmp / "mismatch", _model(sparse=[_sparse(indices=(0, 5, 10))]))], 2, "has 4 values"),
-        "duplicate output names": (["compress", _save(tmp / "dup", _model([_weight()], outputs=("y", "y"))), "-o", out],
-                                   2, "is listed 2 times"),
-        "data type 0": (["analyze", _save(tmp / "t0", _with_weight(_weight(), data_type=0))], 2, "data type 0"),
-        "data type 77": (["compress", _save(tmp / "t77", _with_weight(_weight(), data_type=77)), "-o", out],
-                         2, "data type 77"),
-        "weight declaring 2^40 floats": (["analyze", _save(tmp / "big", _with_weight(_weight(), dims=[2**20, 2**20]))],
-                                         2, "the file is corrupt"),
-        "input dimension of 2^40": (["compress", _save(tmp / "dim", _model([_weight()], input_dims=(2**40, 4))), "-o",
-                                     out], 2, "of this machine's memory"),
-        "input shape of 2^31 rows": (["compress", cnn, "-o", out, "--input-shape", "input:2147483648x1x8x8"],
-                                     2, "of this machine's memory"),
-        "sys.exit in a pass": (["compress", cnn, "-o", out, "--passes", f"{exit_pass}:ExitPass"], 3, "sys.exit(0)"),
-        "output with a trailing slash": (["compress", cnn, "-o", f"{tmp}/newdir/"], 2, "names a folder"),
-        "path holding a newline and an escape": (["analyze", newline_path], 2, "forged\\x1b[31m.onnx: no such file"),
-        "report that cannot be written": (["compress", cnn, "-o", existing, "--channels", "0.5", "--report", "/dev/full"],
-                                          2, "cannot write /dev/full"),
-        "plan that cannot be written": (["compress", cnn, "-o", out, "--channels", "0.5", "--plan-out", "/dev/full"],
-                                        2, "cannot write /dev/full"),
-        "validate that fails": (["validate", cnn, MODELS / "digits_mlp.onnx"], 1, "validation failed: output 'logits'"),
+            ["analyze", _save(tmp / "mismatch", _model(sparse=[_sparse(indices=(0, 5, 10))]))],
+            2,
+            "has 4 values",
+        ),
+        "duplicate output names": (
+            ["compress", _save(tmp / "dup", _model([_weight()], outputs=("y", "y"))), "-o", out],
+            2,
+            "is listed 2 times",
+        ),
+        "data type 0": (
+            ["analyze", _save(tmp / "t0", _with_weight(_weight(), data_type=0))],
+            2,
+            "data type 0",
+        ),
+        "data type 77": (
+            ["compress", _save(tmp / "t77", _with_weight(_weight(), data_type=77)), "-o", out],
+            2,
+            "data type 77",
+        ),
+        "weight declaring 2^40 floats": (
+            ["analyze", _save(tmp / "big", _with_weight(_weight(), dims=[2**20, 2**20]))],
+            2,
+            "the file is corrupt",
+        ),
+        "input dimension of 2^40": (
+            ["compress", _save(tmp / "dim", _model([_weight()], input_dims=(2**40, 4))), "-o", out],
+            2,
+            "of this machine's memory",
+        ),
+        "input shape of 2^31 rows": (
+            ["compress", cnn, "-o", out, "--input-shape", "input:2147483648x1x8x8"],
+            2,
+            "of this machine's memory",
+        ),
+        "sys.exit in a pass": (
+            ["compress", cnn, "-o", out, "--passes", f"{exit_pass}:ExitPass"],
+            3,
+            "sys.exit(0)",
+        ),
+        "output with a trailing slash": (
+            ["compress", cnn, "-o", f"{tmp}/newdir/"],
+            2,
+            "names a folder",
+        ),
+        "path holding a newline and an escape": (
+            ["analyze", newline_path],
+            2,
+            "forged\\x1b[31m.onnx: no such file",
+        ),
+        "report that cannot be written": (
+            ["compress", cnn, "-o", existing, "--channels", "0.5", "--report", "/dev/full"],
+            2,
+            "cannot write /dev/full",
+        ),
+        "plan that cannot be written": (
+            ["compress", cnn, "-o", out, "--channels", "0.5", "--plan-out", "/dev/full"],
+            2,
+            "cannot write /dev/full",
+        ),
+        "validate that fails": (
+            ["validate", cnn, MODELS / "digits_mlp.onnx"],
+            1,
+            "validation failed: output 'logits'",
+        ),
     }
     return cases
 
 
 def _case_names() -> list[str]:
     import tempfile
+
     with tempfile.TemporaryDirectory() as folder:
         return list(_hostile(Path(folder)))
 
@@ -160,6 +259,7 @@ def _invoke(capfd, *args) -> tuple[int, str, str]:
     """The CLI in-process, with stdout/stderr captured at the file-descriptor level (so that a
     library printing from C++ is caught too)."""
     from sparsec.cli import main
+
     code = main([str(a) for a in args])
     captured = capfd.readouterr()
     return code, captured.out, captured.err
@@ -182,13 +282,17 @@ def test_hostile_input_is_one_line_nothing_written(capfd, tmp_path, monkeypatch,
     actual, _, err = _invoke(capfd, *argv)
     assert actual == code, err
     _assert_one_error_line(err, fragment)
-    assert _snapshot(tmp_path) == before  # nothing written, left behind or changed, the inputs included
+    assert (
+        _snapshot(tmp_path) == before
+    )  # nothing written, left behind or changed, the inputs included
 
 
 def _assert_no_marker(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
-            assert MARKER[:4].tobytes() not in path.read_bytes(), f"{path} holds bytes of a file outside the model folder"
+            assert MARKER[:4].tobytes() not in path.read_bytes(), (
+                f"{path} holds bytes of a file outside the model folder"
+            )
 
 
 def test_sparse_values_in_the_model_folder_are_read_from_there(capfd, tmp_path, monkeypatch):
@@ -197,7 +301,9 @@ def test_sparse_values_in_the_model_folder_are_read_from_there(capfd, tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sparse.bin").write_bytes(MARKER[:4].tobytes())
     values = np.array([1, 2, 3, 4], np.float32)
-    source = _save(tmp_path / "model", _model(sparse=[_sparse("sparse.bin")]), {"sparse.bin": values.tobytes()})
+    source = _save(
+        tmp_path / "model", _model(sparse=[_sparse("sparse.bin")]), {"sparse.bin": values.tobytes()}
+    )
     out = tmp_path / "result" / "out.onnx"
     out.parent.mkdir()
     code, _, err = _invoke(capfd, "compress", source, "-o", out, "--latency-runs", "0")
@@ -223,7 +329,9 @@ def test_a_constant_holding_a_sparse_value_loads_and_compresses(capfd, tmp_path)
 
 
 def test_a_failed_validate_prints_its_table_and_one_error_line(capfd):
-    code, out, err = _invoke(capfd, "validate", MODELS / "digits_cnn.onnx", MODELS / "digits_mlp.onnx")
+    code, out, err = _invoke(
+        capfd, "validate", MODELS / "digits_cnn.onnx", MODELS / "digits_mlp.onnx"
+    )
     assert code == 1 and "logits" in out
     _assert_one_error_line(err, "validation failed: output 'logits' max abs error")
 

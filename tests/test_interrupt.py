@@ -28,7 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.cli import main as cli_main
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads /proc (Linux)"
+)
 
 N, LAYERS = 1024, 3
 OLD, NEW = ["--sparsity", "0.3"], ["--sparsity", "0.6"]
@@ -41,12 +43,21 @@ def _build(folder: Path) -> Path:
     rng = np.random.default_rng(5)
     nodes, weights, x = [], [], "x"
     for i in range(LAYERS):
-        weights.append(numpy_helper.from_array((rng.standard_normal((N, N)) / np.sqrt(N)).astype(np.float32), f"w{i}"))
+        weights.append(
+            numpy_helper.from_array(
+                (rng.standard_normal((N, N)) / np.sqrt(N)).astype(np.float32), f"w{i}"
+            )
+        )
         out = "y" if i == LAYERS - 1 else f"h{i}"
         nodes.append(helper.make_node("Gemm", [x, f"w{i}"], [out]))
         x = out
-    graph = helper.make_graph(nodes, "gemms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, N])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, N])], weights)
+    graph = helper.make_graph(
+        nodes,
+        "gemms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, N])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, N])],
+        weights,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     folder.mkdir()
     onnx.save(proto, str(folder / "in.onnx"), save_as_external_data=True, location="in.onnx.data")
@@ -54,15 +65,33 @@ def _build(folder: Path) -> Path:
 
 
 def _start(source: Path, out: Path, settings: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     # A pytest started in the background ignores SIGINT, and so would the run (sparsec keeps an
     # inherited SIG_IGN); a signal this process catches is reset to the default in the child.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "sparsec.entry", "compress", str(source), "-o", str(out), *settings,
-             "--latency-runs", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=out.parent, env=env)
+            [
+                sys.executable,
+                "-m",
+                "sparsec.entry",
+                "compress",
+                str(source),
+                "-o",
+                str(out),
+                *settings,
+                "--latency-runs",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=out.parent,
+            env=env,
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -80,7 +109,10 @@ def runs(tmp_path_factory):
     old, new = base / "old" / "m.onnx", base / "new" / "m.onnx"
     for out, settings in ((old, OLD), (new, NEW)):  # in-process: the imports are paid already
         out.parent.mkdir()
-        assert cli_main(["compress", str(source), "-o", str(out), *settings, "--latency-runs", "0"]) == 0
+        assert (
+            cli_main(["compress", str(source), "-o", str(out), *settings, "--latency-runs", "0"])
+            == 0
+        )
     outputs = {"old": run_ort(old, {"x": X})[0], "new": run_ort(new, {"x": X})[0]}
     assert np.abs(outputs["old"] - outputs["new"]).max() > 0.1  # the two settings are told apart
     return source, old.parent, outputs
@@ -128,7 +160,10 @@ def _save_started(folder: Path) -> bool:
 
 def _data_written(folder: Path, before: set[tuple[str, int]]) -> bool:
     """A complete new data file exists: in the save's temp folder, or (the old save) in place."""
-    found = {(p.name, p.stat().st_ino) for p in [*folder.glob("m.onnx*.data"), *folder.glob(".m.onnx.*.tmp/*.data")]}
+    found = {
+        (p.name, p.stat().st_ino)
+        for p in [*folder.glob("m.onnx*.data"), *folder.glob(".m.onnx.*.tmp/*.data")]
+    }
     return bool(found - before)
 
 
@@ -151,15 +186,19 @@ def test_a_signal_at_start_up_prints_one_line_and_changes_nothing(runs, tmp_path
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("when", ["once the model is loaded", "when the save starts", "when the data is written"])
+@pytest.mark.parametrize(
+    "when", ["once the model is loaded", "when the save starts", "when the data is written"]
+)
 def test_a_signal_leaves_the_old_or_the_new_pair_and_no_temp_file(runs, tmp_path, signum, when):
     source, old_folder, outputs = runs
     out = _copy_old_pair(old_folder, tmp_path / "out")
     before = {(p.name, p.stat().st_ino) for p in out.parent.iterdir()}
     process = _start(source, out, NEW)
-    ready = {"once the model is loaded": lambda: _model_loaded(process.pid),
-             "when the save starts": lambda: _save_started(out.parent),
-             "when the data is written": lambda: _data_written(out.parent, before)}[when]
+    ready = {
+        "once the model is loaded": lambda: _model_loaded(process.pid),
+        "when the save starts": lambda: _save_started(out.parent),
+        "when the data is written": lambda: _data_written(out.parent, before),
+    }[when]
     _wait(process, ready)
     if process.poll() is None:
         process.send_signal(signum)
@@ -192,5 +231,7 @@ def test_the_console_script_sets_up_signals_before_anything_heavy_loads():
     assert scripts == {"sparsec": "sparsec.entry:main"}
     probe = "import sys, sparsec.entry; print(sorted({'onnx', 'onnxruntime', 'numpy', 'onnx_ir'} & set(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
     assert loaded.stdout.strip() == "[]"

@@ -20,8 +20,14 @@ def _with_external_data(tmp_path, name="ext.onnx"):
     proto = onnx.load(str(MODELS / "cleanup_cnn.onnx"))
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
-    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=name + ".data", size_threshold=0)
+    onnx.save(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=name + ".data",
+        size_threshold=0,
+    )
     return path
 
 
@@ -80,21 +86,30 @@ def test_missing_and_truncated_external_data_are_refused(tmp_path):
         Model.load(path)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"hello, I am a text file\n", "not an ONNX model"),
-    (None, "not an ONNX model"),  # truncated real model
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"hello, I am a text file\n", "not an ONNX model"),
+        (None, "not an ONNX model"),  # truncated real model
+    ],
+)
 def test_non_models_are_refused(tmp_path, content, message):
     path = tmp_path / "bad.onnx"
-    path.write_bytes(content if content is not None else (MODELS / "cleanup_cnn.onnx").read_bytes()[:3000])
+    path.write_bytes(
+        content if content is not None else (MODELS / "cleanup_cnn.onnx").read_bytes()[:3000]
+    )
     with pytest.raises(InputError, match=message):
         Model.load(path)
 
 
 def test_checker_failure_is_refused(tmp_path):
     node = helper.make_node("Relu", ["x"], ["y"])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])  # z is never produced
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])],
+    )  # z is never produced
     path = tmp_path / "bad.onnx"
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(InputError, match="checker"):
@@ -133,12 +148,24 @@ def test_save_switches_to_external_data_past_the_protobuf_limit(tmp_path, monkey
 def test_constants_from_constant_and_constant_of_shape_nodes():
     shape = numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "shape")
     nodes = [
-        helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))),
-        helper.make_node("ConstantOfShape", ["shape"], ["z"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node(
+            "Constant",
+            [],
+            ["c"],
+            value=numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        ),
+        helper.make_node(
+            "ConstantOfShape",
+            ["shape"],
+            ["z"],
+            value=numpy_helper.from_array(np.array([0.5], np.float32)),
+        ),
         helper.make_node("Add", ["c", "z"], ["s"]),
         helper.make_node("Add", ["s", "x"], ["y"]),
     ]
-    proto = make_model(nodes, [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])], [shape])
+    proto = make_model(
+        nodes, [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])], [shape]
+    )
     model = Model.from_proto(proto)
     c, z, s = (model.nodes()[i].outputs[0] for i in range(3))
     np.testing.assert_array_equal(model.constant(c), np.arange(6, dtype=np.float32).reshape(2, 3))
@@ -148,18 +175,39 @@ def test_constants_from_constant_and_constant_of_shape_nodes():
 
 
 def test_subgraphs_and_functions_survive_a_round_trip(tmp_path):
-    then_graph = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [],
-                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])])
-    else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
-                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])])
-    function = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-                                    [helper.make_opsetid("", 17)])
+    then_graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [3])],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [3])],
+    )
+    function = helper.make_function(
+        "local",
+        "Twice",
+        ["a"],
+        ["b"],
+        [helper.make_node("Add", ["a", "a"], ["b"])],
+        [helper.make_opsetid("", 17)],
+    )
     nodes = [
-        helper.make_node("If", ["cond"], ["branch"], then_branch=then_graph, else_branch=else_graph),
+        helper.make_node(
+            "If", ["cond"], ["branch"], then_branch=then_graph, else_branch=else_graph
+        ),
         helper.make_node("Twice", ["branch"], ["y"], domain="local"),
     ]
-    proto = make_model(nodes, [("x", TensorProto.FLOAT, [3]), ("cond", TensorProto.BOOL, [])],
-                       [("y", TensorProto.FLOAT, [3])], functions=[function], domains=["local"])
+    proto = make_model(
+        nodes,
+        [("x", TensorProto.FLOAT, [3]), ("cond", TensorProto.BOOL, [])],
+        [("y", TensorProto.FLOAT, [3])],
+        functions=[function],
+        domains=["local"],
+    )
     source = tmp_path / "if.onnx"
     onnx.save(proto, str(source))
     model = Model.load(source)
@@ -174,8 +222,13 @@ def test_subgraphs_and_functions_survive_a_round_trip(tmp_path):
 def test_every_supported_opset_loads_and_saves(tmp_path, opset):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
     w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
-    proto = make_model(nodes, [("x", TensorProto.FLOAT, [1, 1, 5, 5])], [("y", TensorProto.FLOAT, [1, 2, 3, 3])],
-                       [w], opset=opset)
+    proto = make_model(
+        nodes,
+        [("x", TensorProto.FLOAT, [1, 1, 5, 5])],
+        [("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [w],
+        opset=opset,
+    )
     source = tmp_path / "m.onnx"
     onnx.save(proto, str(source))
     model = Model.load(source)
@@ -193,18 +246,30 @@ def test_resize_initializer_keeps_shape_consistent_for_the_checker():
 
 
 def test_library_messages_become_one_readable_line():
-    ort_text = ("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/"
-                "model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::string&, "
-                "int) ONNX Runtime only *guarantees* support for released opsets.\n")
-    assert one_line(ort_text) == "Load model from m.onnx failed:ONNX Runtime only *guarantees* support for released opsets."
-    enforce = ("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Reshape node. "
-               "Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:30 "
-               "onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, onnxruntime::TensorShapeVector&, "
-               "bool) input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape.")
-    assert one_line(enforce) == ("Non-zero status code returned while running Reshape node. Status Message: "
-                                 "input_shape_size == size was false. The input tensor cannot be reshaped to the "
-                                 "requested shape.")
+    ort_text = (
+        "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/"
+        "model_load_utils.h:46 void onnxruntime::model_load_utils::ValidateOpsetForDomain(const std::string&, "
+        "int) ONNX Runtime only *guarantees* support for released opsets.\n"
+    )
+    assert (
+        one_line(ort_text)
+        == "Load model from m.onnx failed:ONNX Runtime only *guarantees* support for released opsets."
+    )
+    enforce = (
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Reshape node. "
+        "Status Message: /onnxruntime_src/onnxruntime/core/providers/cpu/tensor/reshape_helper.h:30 "
+        "onnxruntime::ReshapeHelper::ReshapeHelper(const onnxruntime::TensorShape&, onnxruntime::TensorShapeVector&, "
+        "bool) input_shape_size == size was false. The input tensor cannot be reshaped to the requested shape."
+    )
+    assert one_line(enforce) == (
+        "Non-zero status code returned while running Reshape node. Status Message: "
+        "input_shape_size == size was false. The input tensor cannot be reshaped to the "
+        "requested shape."
+    )
     checker = "input 'w' of node: \nname:  OpType: Add\n is not output of any previous nodes."
-    assert one_line(checker) == "input 'w' of node: name: OpType: Add is not output of any previous nodes."
+    assert (
+        one_line(checker)
+        == "input 'w' of node: name: OpType: Add is not output of any previous nodes."
+    )
     long = one_line("x" * 1000)
     assert len(long) == MESSAGE_LIMIT and long.endswith("…")

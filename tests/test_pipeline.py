@@ -19,8 +19,11 @@ USER_PASS = ROOT / "passes" / "drop_relu_before_relu.py"
 
 
 def _double_relu_model():
-    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r1"), helper.make_node("Relu", ["a"], ["b"], name="r2"),
-             helper.make_node("Neg", ["b"], ["y"], name="neg")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="r1"),
+        helper.make_node("Relu", ["a"], ["b"], name="r2"),
+        helper.make_node("Neg", ["b"], ["y"], name="neg"),
+    ]
     return make_model(nodes, [("x", F, [4])], [("y", F, [4])])
 
 
@@ -31,29 +34,40 @@ def test_builtin_passes_are_registered_by_kebab_case_name():
 
 
 def test_describe_round_trips_through_the_parser():
-    pipeline = Pipeline(parse_pipeline("identity-elimination,const-fold-shapes(max_elements=64),dead-code"))
-    assert pipeline.describe() == "identity-elimination,const-fold-shapes(max_elements=64),dead-code"
+    pipeline = Pipeline(
+        parse_pipeline("identity-elimination,const-fold-shapes(max_elements=64),dead-code")
+    )
+    assert (
+        pipeline.describe() == "identity-elimination,const-fold-shapes(max_elements=64),dead-code"
+    )
     assert Pipeline(parse_pipeline(pipeline.describe())).describe() == pipeline.describe()
-    assert default_pipeline().describe() == "identity-elimination,bn-fold,const-fold-shapes,dead-code"
+    assert (
+        default_pipeline().describe() == "identity-elimination,bn-fold,const-fold-shapes,dead-code"
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    ("no-such-pass", "unknown pass 'no-such-pass'"),
-    ("dead-code(bogus=1)", "has no option bogus"),
-    ("dead-code(oops", "unbalanced"),
-    ("const-fold-shapes(max_elements)", "needs key=value"),
-    ("missing.py:Cls", "not found"),
-    (",,", "names no pass"),
-    ("const-fold-shapes(max_elements=-5)", "max_elements must be at least 1"),
-    ("const-fold-shapes(max_elements=2.5)", "expected int"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("no-such-pass", "unknown pass 'no-such-pass'"),
+        ("dead-code(bogus=1)", "has no option bogus"),
+        ("dead-code(oops", "unbalanced"),
+        ("const-fold-shapes(max_elements)", "needs key=value"),
+        ("missing.py:Cls", "not found"),
+        (",,", "names no pass"),
+        ("const-fold-shapes(max_elements=-5)", "max_elements must be at least 1"),
+        ("const-fold-shapes(max_elements=2.5)", "expected int"),
+    ],
+)
 def test_bad_pipeline_text_is_an_input_error(text, message):
     with pytest.raises(InputError, match=message):
         parse_pipeline(text)
 
 
 def test_an_integer_is_taken_for_a_float_option():
-    [example] = parse_pipeline(f"{ROOT / 'passes' / 'drop_tiny_channels.py'}:DropTinyChannelsPass(threshold=12)")
+    [example] = parse_pipeline(
+        f"{ROOT / 'passes' / 'drop_tiny_channels.py'}:DropTinyChannelsPass(threshold=12)"
+    )
     assert example.threshold == 12.0 and type(example.threshold) is float
 
 
@@ -87,7 +101,11 @@ def test_a_functional_pass_in_a_pipeline_returns_a_new_model_and_leaves_its_inpu
     assert result.model is not model and result.modified
     assert result.stats["drop-double-relu-copy.removed"] == 1
     assert [n.op_type for n in result.model.nodes()] == ["Relu", "Neg"]
-    assert [n.op_type for n in model.nodes()] == ["Relu", "Relu", "Neg"] and model.version == version
+    assert [n.op_type for n in model.nodes()] == [
+        "Relu",
+        "Relu",
+        "Neg",
+    ] and model.version == version
     assert model.to_proto().SerializeToString() == before
     assert_same_outputs(proto, result.model.to_proto(), {"x": np.array([-1, 2, -3, 4], np.float32)})
 
@@ -115,17 +133,26 @@ def test_compress_writes_what_a_functional_pass_returns(tmp_path):
 
     source = tmp_path / "double_relu.onnx"
     onnx.save(_double_relu_model(), source)
-    api.compress(source, tmp_path / "out.onnx", pipeline=[DropSecondRelu(), create("dead-code")], latency_runs=0)
+    api.compress(
+        source,
+        tmp_path / "out.onnx",
+        pipeline=[DropSecondRelu(), create("dead-code")],
+        latency_runs=0,
+    )
     written = onnx.load(tmp_path / "out.onnx")
     assert [n.op_type for n in written.graph.node] == ["Relu", "Neg"]
-    assert {p.key: p.value for p in written.metadata_props}["sparsec.pipeline"] == "drop-second-relu,dead-code"
+    assert {p.key: p.value for p in written.metadata_props}[
+        "sparsec.pipeline"
+    ] == "drop-second-relu,dead-code"
 
 
 def test_fixed_point_stops_when_nothing_changes_and_sums_stats():
     model = sparsec.Model.load(MODELS / "cleanup_cnn.onnx")
     seen = []
     result = default_pipeline(on_pass=lambda p, r: seen.append((p.name, r.modified)))(model)
-    assert len(seen) == 8 and not any(modified for _, modified in seen[4:])  # round 2 confirms the fixed point
+    assert len(seen) == 8 and not any(
+        modified for _, modified in seen[4:]
+    )  # round 2 confirms the fixed point
     assert result.stats["bn-fold.batchnorms_folded"] == 4
 
 
@@ -153,8 +180,11 @@ def test_validate_each_names_the_pass_that_broke_the_model():
 
 def test_validate_end_checks_once_with_the_whole_pipeline():
     calls = []
-    pipeline = Pipeline([create("identity-elimination"), create("dead-code")], validate="end",
-                        check=lambda model, text: calls.append((len(model.nodes()), text)))
+    pipeline = Pipeline(
+        [create("identity-elimination"), create("dead-code")],
+        validate="end",
+        check=lambda model, text: calls.append((len(model.nodes()), text)),
+    )
     model = sparsec.Model.from_proto(_double_relu_model())
     pipeline(model)
     assert calls == [(len(model.nodes()), pipeline.describe())]
@@ -176,13 +206,25 @@ def test_user_pruning_pass_is_checked_against_the_oracle(cli, tmp_path):
     """An out-of-tree pruning pass built on sparsec.prune_channels gets the same oracle gate."""
     out = tmp_path / "small.onnx"
     spec = f"{ROOT / 'passes' / 'drop_tiny_channels.py'}:DropTinyChannelsPass(threshold=12.0)"
-    code, stdout, stderr = cli("compress", ROOT / "models" / "digits_mlp.onnx", "-o", out, "--passes", spec,
-                               "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress",
+        ROOT / "models" / "digits_mlp.onnx",
+        "-o",
+        out,
+        "--passes",
+        spec,
+        "--latency-runs",
+        "0",
+    )
     assert code == 0, stderr
     assert "oracle" in stdout and "passed" in stdout
     before, after = sparsec.Model.load(ROOT / "models" / "digits_mlp.onnx"), sparsec.Model.load(out)
-    widths = [after.constant_shape(after.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")]
-    assert widths != [before.constant_shape(before.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")]
+    widths = [
+        after.constant_shape(after.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")
+    ]
+    assert widths != [
+        before.constant_shape(before.initializers()[n])[0] for n in ("fc1.weight", "fc2.weight")
+    ]
 
 
 def test_bad_option_values_are_refused_when_a_pass_is_created_by_name():
@@ -195,10 +237,16 @@ def test_calibration_is_read_once_before_the_first_pass(monkeypatch):
     (before the cleanup passes in front of it run) and handed to its call, not read again."""
     from sparsec.analysis import activations
     from sparsec.passes import calibrated
+
     reads, order = [], []
     real = activations.load_calibration
-    monkeypatch.setattr(calibrated, "load_calibration", lambda *a, **k: reads.append(1) or real(*a, **k))
-    passes = parse_pipeline(f"dead-code,weight-sparsity(nm=2:4,score=wanda,calibration={MODELS / 'digits_calib.npz'})")
+    monkeypatch.setattr(
+        calibrated, "load_calibration", lambda *a, **k: reads.append(1) or real(*a, **k)
+    )
+    passes = parse_pipeline(
+        f"dead-code,weight-sparsity(nm=2:4,score=wanda,calibration={MODELS / 'digits_calib.npz'})"
+    )
     Pipeline(passes, on_pass=lambda member, _: order.append((member.name, len(reads))))(
-        sparsec.Model.load(MODELS / "digits_mlp.onnx"))
+        sparsec.Model.load(MODELS / "digits_mlp.onnx")
+    )
     assert order == [("dead-code", 1), ("weight-sparsity", 1)]

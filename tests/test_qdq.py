@@ -34,7 +34,9 @@ ACTIVATION_SCALE = 0.05
 class QdqBuilder:
     """Collects nodes and initializers of a QDQ graph (and, with ``float_twin``, of its twin)."""
 
-    def __init__(self, rng: np.random.Generator, zero_points: bool = False, float_twin: bool = False) -> None:
+    def __init__(
+        self, rng: np.random.Generator, zero_points: bool = False, float_twin: bool = False
+    ) -> None:
         self.rng, self.zero_points, self.float_twin = rng, zero_points, float_twin
         self.nodes, self.initializers = [], []
 
@@ -50,42 +52,66 @@ class QdqBuilder:
         """Per-tensor uint8 QuantizeLinear → DequantizeLinear, as on every quantized activation."""
         scale = self.init(f"{tag}_scale", np.array(ACTIVATION_SCALE, np.float32))
         zero = self.init(f"{tag}_zero", np.array(128, np.uint8))
-        return self.node("DequantizeLinear", [self.node("QuantizeLinear", [x, scale, zero], f"{tag}_q"), scale, zero],
-                         f"{tag}_dq")
+        return self.node(
+            "DequantizeLinear",
+            [self.node("QuantizeLinear", [x, scale, zero], f"{tag}_q"), scale, zero],
+            f"{tag}_dq",
+        )
 
     def weight(self, tag: str, w: np.ndarray, axis: int | None, dtype=np.int8) -> str:
         """``w`` quantized to int8 (int32 for a bias) per axis (``axis``) or per tensor (None),
         read through DequantizeLinear; the twin gets the dequantized float values."""
-        bound = 127 if dtype == np.int8 else 2 ** 20
+        bound = 127 if dtype == np.int8 else 2**20
         reduce = tuple(k for k in range(w.ndim) if k != axis) if axis is not None else None
         scale = (np.abs(w).max(axis=reduce) / (bound - 12)).astype(np.float32)
-        zero = (self.rng.integers(-10, 11, scale.shape) if self.zero_points else np.zeros(scale.shape)).astype(dtype)
+        zero = (
+            self.rng.integers(-10, 11, scale.shape) if self.zero_points else np.zeros(scale.shape)
+        ).astype(dtype)
         view = [1] * w.ndim
         if axis is not None:
             view[axis] = -1
-        q = np.clip(np.round(w / scale.reshape(view)) + zero.reshape(view), -bound - 1, bound).astype(dtype)
+        q = np.clip(
+            np.round(w / scale.reshape(view)) + zero.reshape(view), -bound - 1, bound
+        ).astype(dtype)
         if self.float_twin:
             dequantized = (q.astype(np.float32) - zero.reshape(view)) * scale.reshape(view)
             return self.init(f"{tag}_dq", dequantized.astype(np.float32))
         attributes = {} if axis is None else {"axis": axis}
-        return self.node("DequantizeLinear", [self.init(tag, q), self.init(f"{tag}_scale", scale),
-                                              self.init(f"{tag}_zero", zero)], f"{tag}_dq", **attributes)
+        return self.node(
+            "DequantizeLinear",
+            [self.init(tag, q), self.init(f"{tag}_scale", scale), self.init(f"{tag}_zero", zero)],
+            f"{tag}_dq",
+            **attributes,
+        )
 
     def conv(self, x: str, cin: int, cout: int, tag: str) -> str:
-        w = self.weight(f"{tag}_w", self.rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), axis=0)
-        b = self.weight(f"{tag}_b", self.rng.standard_normal(cout).astype(np.float32), axis=0, dtype=np.int32)
-        return self.node("Relu", [self.node("Conv", [x, w, b], f"{tag}_y", pads=[1, 1, 1, 1])], f"{tag}_relu")
+        w = self.weight(
+            f"{tag}_w", self.rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), axis=0
+        )
+        b = self.weight(
+            f"{tag}_b", self.rng.standard_normal(cout).astype(np.float32), axis=0, dtype=np.int32
+        )
+        return self.node(
+            "Relu", [self.node("Conv", [x, w, b], f"{tag}_y", pads=[1, 1, 1, 1])], f"{tag}_relu"
+        )
 
     def model(self, opset: int, x_shape: list[int], y_shape: list[int]) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], self.initializers)
+        graph = helper.make_graph(
+            self.nodes,
+            "qdq",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+            self.initializers,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 8 if opset < 21 else 10
         onnx.checker.check_model(model, full_check=True)
         return model
 
 
-def qdq_cnn(opset: int, seed: int = 0, zero_points: bool = False, float_twin: bool = False) -> onnx.ModelProto:
+def qdq_cnn(
+    opset: int, seed: int = 0, zero_points: bool = False, float_twin: bool = False
+) -> onnx.ModelProto:
     """x [1,3,8,8] → conv 3→8 → conv 8→16 → global pool → Gemm 16→4 (transB, per-tensor weight)."""
     b = QdqBuilder(np.random.default_rng(seed), zero_points, float_twin)
     x = b.activation(b.conv(b.activation("x", "in"), 3, 8, "c1"), "a1")
@@ -101,8 +127,17 @@ def qdq_mlp(opset: int, seed: int = 0, zero_points: bool = False) -> onnx.ModelP
     b = QdqBuilder(np.random.default_rng(seed), zero_points)
     w1 = b.weight("fc1_w", b.rng.standard_normal((16, 32)).astype(np.float32), axis=1)
     h = b.node("MatMul", [b.activation("x", "in"), w1], "fc1_mm")
-    h = b.node("Relu", [b.node("Add", [h, b.init("fc1_bias", b.rng.standard_normal(32).astype(np.float32))], "fc1_y")],
-               "fc1_relu")
+    h = b.node(
+        "Relu",
+        [
+            b.node(
+                "Add",
+                [h, b.init("fc1_bias", b.rng.standard_normal(32).astype(np.float32))],
+                "fc1_y",
+            )
+        ],
+        "fc1_relu",
+    )
     w2 = b.weight("fc2_w", b.rng.standard_normal((8, 32)).astype(np.float32), axis=0)
     b.node("Gemm", [b.activation(h, "a1"), w2], "y", transB=1)
     return b.model(opset, [2, 16], [2, 8])
@@ -120,8 +155,11 @@ def _feeds(shape, seed: int = 1) -> dict[str, np.ndarray]:
 def _weight_dequantizers(proto: onnx.ModelProto) -> dict[str, int]:
     """DequantizeLinear nodes reading an initializer: data name → its element type."""
     types = {i.name: i.data_type for i in proto.graph.initializer}
-    return {n.input[0]: types[n.input[0]] for n in proto.graph.node
-            if n.op_type == "DequantizeLinear" and n.input[0] in types}
+    return {
+        n.input[0]: types[n.input[0]]
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in types
+    }
 
 
 def _shapes(model: Model) -> dict[str, tuple[int, ...]]:
@@ -135,21 +173,30 @@ def test_cleanup_keeps_a_qdq_model_exact_and_quantized(cli, tmp_path, opset):
     no bigger than the same model saved unchanged (but for the pipeline's metadata line), and
     the int8 weights counted as params."""
     source = _save(qdq_cnn(opset), tmp_path / "qdq.onnx")
-    out, report, unchanged = tmp_path / "clean.onnx", tmp_path / "report.json", tmp_path / "unchanged.onnx"
+    out, report, unchanged = (
+        tmp_path / "clean.onnx",
+        tmp_path / "report.json",
+        tmp_path / "unchanged.onnx",
+    )
     code, _, err = cli("compress", source, "-o", out, "--report", report)
     assert code == 0, err
     original, cleaned = onnx.load(source), onnx.load(str(out))
     assert _weight_dequantizers(cleaned) == _weight_dequantizers(original)
     assert len(_weight_dequantizers(cleaned)) == 5  # 2 conv weights, 2 biases, the Gemm weight
-    for want, got in zip(run_ort(original, _feeds([1, 3, 8, 8])), run_ort(cleaned, _feeds([1, 3, 8, 8]))):
+    for want, got in zip(
+        run_ort(original, _feeds([1, 3, 8, 8])), run_ort(cleaned, _feeds([1, 3, 8, 8]))
+    ):
         np.testing.assert_array_equal(got, want)
     Model.load(source).save(unchanged)
     del cleaned.metadata_props[:]  # the pipeline's description, which the unchanged copy lacks
     assert len(cleaned.SerializeToString()) <= unchanged.stat().st_size
     data = json.loads(report.read_text())
     stored = _weight_dequantizers(original)
-    params = sum(int(np.prod(i.dims)) for i in original.graph.initializer  # the float scales and the stored weights
-                 if i.data_type == TensorProto.FLOAT or i.name in stored)
+    params = sum(
+        int(np.prod(i.dims))
+        for i in original.graph.initializer  # the float scales and the stored weights
+        if i.data_type == TensorProto.FLOAT or i.name in stored
+    )
     assert data["params_before"] == data["params_after"] == params
 
 
@@ -160,16 +207,31 @@ def test_const_fold_leaves_quantization_alone_and_skips_ops_it_cannot_evaluate()
     w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
     scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
     zero = numpy_helper.from_array(np.array(0, np.int8), "z")
-    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]),
-             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wdq"]),
-             helper.make_node("MatMul", ["x", "wdq"], ["y"])]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["w", "s", "z"], ["wq"]),
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wdq"]),
+        helper.make_node("MatMul", ["x", "wdq"], ["y"]),
+    ]
     for opset in OPSETS:
-        graph = helper.make_graph(nodes, "fake_quant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], [w, scale, zero])
-        model = Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+        graph = helper.make_graph(
+            nodes,
+            "fake_quant",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+            [w, scale, zero],
+        )
+        model = Model.from_proto(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        )
         assert not ConstantFoldShapesPass()(model).modified
-        assert [n.op_type for n in model.nodes()] == ["QuantizeLinear", "DequantizeLinear", "MatMul"]
-    dequantize = next(n for n in Model.from_proto(qdq_cnn(13)).nodes() if n.op_type == "DequantizeLinear")
+        assert [n.op_type for n in model.nodes()] == [
+            "QuantizeLinear",
+            "DequantizeLinear",
+            "MatMul",
+        ]
+    dequantize = next(
+        n for n in Model.from_proto(qdq_cnn(13)).nodes() if n.op_type == "DequantizeLinear"
+    )
     arrays = [np.ones((2, 2), np.int8), np.array(0.5, np.float32), np.array(0, np.int8)]
     assert ir_cleanup.evaluate_node(Model.from_proto(qdq_cnn(13)), dequantize, arrays) is None
 
@@ -178,8 +240,17 @@ def test_const_fold_leaves_quantization_alone_and_skips_ops_it_cannot_evaluate()
 def test_per_axis_scales_are_group_members_per_tensor_ones_are_not():
     groups = find_channel_groups(Model.from_proto(qdq_cnn(13))).groups
     c1 = next(g for g in groups if ("c1_w", 0) in g.members)
-    assert c1.prunable and {("c1_w_scale", 0), ("c1_w_zero", 0), ("c1_b", 0), ("c1_b_scale", 0)} <= set(c1.members)
-    assert ("c1_w_dq", 0) in c1.compute and ("c2_w_dq", 1) in c1.compute and ("c2_w", 1) in c1.constants
+    assert c1.prunable and {
+        ("c1_w_scale", 0),
+        ("c1_w_zero", 0),
+        ("c1_b", 0),
+        ("c1_b_scale", 0),
+    } <= set(c1.members)
+    assert (
+        ("c1_w_dq", 0) in c1.compute
+        and ("c2_w_dq", 1) in c1.compute
+        and ("c2_w", 1) in c1.constants
+    )
     assert not any(name.startswith(("a1_", "in_", "fc_w_scale")) for name, _ in c1.constants)
 
 
@@ -191,14 +262,24 @@ def test_channels_prune_a_qdq_cnn_like_its_float_twin(opset):
     original = Model.from_proto(qdq_cnn(opset))
     model, result = prune(Model.from_proto(qdq_cnn(opset)), ratio=0.5)
     twin, twin_result = prune(Model.from_proto(qdq_cnn(opset, float_twin=True)), ratio=0.5)
-    assert result.stats["channel-prune.groups_pruned"] == twin_result.stats["channel-prune.groups_pruned"] == 2
+    assert (
+        result.stats["channel-prune.groups_pruned"]
+        == twin_result.stats["channel-prune.groups_pruned"]
+        == 2
+    )
     assert model.check() is None
     assert oracle_error(model, result.reference()) <= 1e-4
     assert analyze_cost(model).params < 0.6 * analyze_cost(original).params
     shapes, before = _shapes(model), _shapes(original)
     for tag, kept in (("c1", 4), ("c2", 8)):
         assert shapes[f"{tag}_w"][0] == kept
-        for name in (f"{tag}_w_scale", f"{tag}_w_zero", f"{tag}_b", f"{tag}_b_scale", f"{tag}_b_zero"):
+        for name in (
+            f"{tag}_w_scale",
+            f"{tag}_w_zero",
+            f"{tag}_b",
+            f"{tag}_b_scale",
+            f"{tag}_b_zero",
+        ):
             assert shapes[name] == (kept,), name
         assert _shapes(twin)[f"{tag}_w_dq"] == shapes[f"{tag}_w"]
     assert shapes["c2_w"][1] == 4 and shapes["fc_w"] == (4, 8)
@@ -218,7 +299,9 @@ def test_oracle_masks_a_quantized_weight_to_its_zero_point():
     reference, original = result.reference(), Model.from_proto(qdq_cnn(13, zero_points=True))
     assert oracle_error(model, reference) <= 1e-4
     assert oracle_error(original, reference) > 1e-2
-    kept = next(e["kept"] for e in result.artifacts["plan"]["initializers"]["c2_w"] if e["axis"] == 1)  # c1's channels
+    kept = next(
+        e["kept"] for e in result.artifacts["plan"]["initializers"]["c2_w"] if e["axis"] == 1
+    )  # c1's channels
     removed = sorted(set(range(8)) - set(kept))
     masked = reference.constant(reference.value("c2_w"))
     zero = original.constant(original.value("c2_w_zero"))
@@ -235,7 +318,9 @@ def test_cli_channels_on_a_qdq_cnn_at_opset_13(cli, tmp_path):
     written = onnx.load(str(out))
     assert _weight_dequantizers(written) == _weight_dequantizers(onnx.load(source))
     dims = {i.name: list(i.dims) for i in written.graph.initializer}
-    assert dims["c1_w"] == [4, 3, 3, 3] and dims["c2_w"] == [8, 4, 3, 3] and dims["c2_w_scale"] == [8]
+    assert (
+        dims["c1_w"] == [4, 3, 3, 3] and dims["c2_w"] == [8, 4, 3, 3] and dims["c2_w_scale"] == [8]
+    )
 
 
 @pytest.mark.parametrize("opset", (13, 21))
@@ -246,7 +331,9 @@ def test_channels_prune_a_qdq_mlp_with_per_axis_matmul_scales(opset):
     assert result.stats["channel-prune.groups_pruned"] == 1
     assert oracle_error(model, result.reference()) <= 1e-4
     shapes = _shapes(model)
-    assert shapes["fc1_w"] == (16, 16) and shapes["fc1_w_scale"] == shapes["fc1_w_zero"] == shapes["fc1_bias"] == (16,)
+    assert shapes["fc1_w"] == (16, 16) and shapes["fc1_w_scale"] == shapes["fc1_w_zero"] == shapes[
+        "fc1_bias"
+    ] == (16,)
     assert shapes["fc2_w"] == (8, 16) and shapes["fc2_w_scale"] == shapes["fc2_w_zero"] == (8,)
 
 
@@ -255,8 +342,13 @@ def _dequantized(model: Model, name: str) -> np.ndarray:
     """(q − zero point) · scale of a conv/Gemm weight built by ``QdqBuilder`` (per axis 0 or per tensor)."""
     q = model.constant(model.value(name)).astype(np.float32)
     view = [-1] + [1] * (q.ndim - 1)
-    zero, scale = (model.constant(model.value(f"{name}_{part}")).astype(np.float32) for part in ("zero", "scale"))
-    return (q - (zero.reshape(view) if zero.ndim else zero)) * (scale.reshape(view) if scale.ndim else scale)
+    zero, scale = (
+        model.constant(model.value(f"{name}_{part}")).astype(np.float32)
+        for part in ("zero", "scale")
+    )
+    return (q - (zero.reshape(view) if zero.ndim else zero)) * (
+        scale.reshape(view) if scale.ndim else scale
+    )
 
 
 def _runs_of_four(array: np.ndarray, axis: int) -> np.ndarray:
@@ -268,19 +360,30 @@ def test_nm_sparsifies_quantized_weights_through_their_dequantize(cli, tmp_path)
     DequantizeLinear; dropped entries hold the zero point, so every run of 4 along the
     reduction axis dequantizes to two exact zeros, and the two kept are the run's largest
     dequantized magnitudes, unchanged."""
-    source, out = _save(qdq_cnn(17, zero_points=True), tmp_path / "qdq.onnx"), tmp_path / "sparse.onnx"
+    source, out = (
+        _save(qdq_cnn(17, zero_points=True), tmp_path / "qdq.onnx"),
+        tmp_path / "sparse.onnx",
+    )
     code, stdout, err = cli("compress", source, "-o", out, "--nm", "2:4")
     assert code == 0, err
     before, after = Model.load(source), Model.load(out)
     assert _weight_dequantizers(onnx.load(str(out))) == _weight_dequantizers(onnx.load(source))
     for name, axis in (("c2_w", 1), ("fc_w", 1)):
         assert after.constant(after.value(name)).dtype == np.int8
-        dense, sparse = _runs_of_four(_dequantized(before, name), axis), _runs_of_four(_dequantized(after, name), axis)
+        dense, sparse = (
+            _runs_of_four(_dequantized(before, name), axis),
+            _runs_of_four(_dequantized(after, name), axis),
+        )
         kept = sparse != 0
         assert np.all(kept.sum(axis=1) == 2) and np.array_equal(sparse[kept], dense[kept])
-        assert np.all(np.abs(np.where(kept, dense, np.inf)).min(axis=1) >= np.abs(np.where(kept, 0, dense)).max(axis=1))
+        assert np.all(
+            np.abs(np.where(kept, dense, np.inf)).min(axis=1)
+            >= np.abs(np.where(kept, 0, dense)).max(axis=1)
+        )
     assert "weight 'c1_w' left dense" in stdout + err  # reduction length 3 is not a multiple of 4
-    assert np.array_equal(after.constant(after.value("c1_w")), before.constant(before.value("c1_w")))
+    assert np.array_equal(
+        after.constant(after.value("c1_w")), before.constant(before.value("c1_w"))
+    )
     run_ort(onnx.load(str(out)), _feeds([1, 3, 8, 8]))
 
 
@@ -305,9 +408,17 @@ def test_block_quantized_weight_loses_whole_blocks():
     assert result.stats["channel-prune.channels_removed"] == 2  # 2 of 4 blocks of 8
     assert oracle_error(model, result.reference()) <= 1e-4
     shapes = _shapes(model)
-    assert shapes["w2"] == (16, 8) and shapes["w2_scale"] == shapes["w2_zero"] == (2, 8) and shapes["w1"] == (16, 16)
-    kept = np.array(next(e["kept"] for e in result.artifacts["plan"]["initializers"]["w2"] if e["axis"] == 0))
-    assert set(np.unique(kept // 8)) == set(kept[::8] // 8) and np.all(np.bincount(kept // 8)[kept[::8] // 8] == 8)
+    assert (
+        shapes["w2"] == (16, 8)
+        and shapes["w2_scale"] == shapes["w2_zero"] == (2, 8)
+        and shapes["w1"] == (16, 16)
+    )
+    kept = np.array(
+        next(e["kept"] for e in result.artifacts["plan"]["initializers"]["w2"] if e["axis"] == 0)
+    )
+    assert set(np.unique(kept // 8)) == set(kept[::8] // 8) and np.all(
+        np.bincount(kept // 8)[kept[::8] // 8] == 8
+    )
 
 
 def fake_quantized_cnn() -> onnx.ModelProto:
@@ -319,11 +430,26 @@ def fake_quantized_cnn() -> onnx.ModelProto:
     scale1 = b.init("s1", (np.abs(w1).reshape(8, -1).max(1) / 127).astype(np.float32))
     zero1 = b.init("z1", np.zeros(8, np.int8))
     q1 = b.node("QuantizeLinear", [b.init("w1", w1), scale1, zero1], "w1_q", axis=0)
-    h = b.node("Relu", [b.node("Conv", ["x", b.node("DequantizeLinear", [q1, scale1, zero1], "w1_dq", axis=0)], "c1",
-                               pads=[1, 1, 1, 1])], "relu")
+    h = b.node(
+        "Relu",
+        [
+            b.node(
+                "Conv",
+                ["x", b.node("DequantizeLinear", [q1, scale1, zero1], "w1_dq", axis=0)],
+                "c1",
+                pads=[1, 1, 1, 1],
+            )
+        ],
+        "relu",
+    )
     scale2, zero2 = b.init("s2", np.array(0.02, np.float32)), b.init("z2", np.array(3, np.int8))
     q2 = b.node("QuantizeLinear", [b.init("w2", w2), scale2, zero2], "w2_q")
-    b.node("Conv", [h, b.node("DequantizeLinear", [q2, scale2, zero2], "w2_dq")], "y", pads=[1, 1, 1, 1])
+    b.node(
+        "Conv",
+        [h, b.node("DequantizeLinear", [q2, scale2, zero2], "w2_dq")],
+        "y",
+        pads=[1, 1, 1, 1],
+    )
     return b.model(13, [1, 3, 8, 8], [1, 4, 8, 8])
 
 
@@ -332,9 +458,15 @@ def test_fake_quantized_float_weights_prune_through_quantize_dequantize():
     per-axis scale, the oracle zeroes W (0 quantizes to the zero point and comes back as 0.0)."""
     original = Model.from_proto(fake_quantized_cnn())
     model, result = prune(Model.from_proto(fake_quantized_cnn()), ratio=0.5)
-    assert oracle_error(model, result.reference()) <= 1e-4 < oracle_error(original, result.reference())
+    assert (
+        oracle_error(model, result.reference()) <= 1e-4 < oracle_error(original, result.reference())
+    )
     shapes = _shapes(model)
-    assert shapes["w1"] == (4, 3, 3, 3) and shapes["s1"] == shapes["z1"] == (4,) and shapes["w2"] == (4, 4, 3, 3)
+    assert (
+        shapes["w1"] == (4, 3, 3, 3)
+        and shapes["s1"] == shapes["z1"] == (4,)
+        and shapes["w2"] == (4, 4, 3, 3)
+    )
     assert shapes["s2"] == shapes["z2"] == ()
 
 
@@ -362,15 +494,22 @@ def _quantized_by_onnxruntime(tmp_path, source=MODELS / "digits_cnn.onnx") -> st
     class Digits(CalibrationDataReader):
         def __init__(self) -> None:
             images = np.load(MODELS / "digits_calib.npz")["input"][:32]
-            self.batches = iter([{"input": images[i:i + 1]} for i in range(len(images))])
+            self.batches = iter([{"input": images[i : i + 1]} for i in range(len(images))])
 
         def get_next(self):
             return next(self.batches, None)
 
     prepared, quantized = tmp_path / "prepared.onnx", tmp_path / "quantized.onnx"
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(str(prepared), str(quantized), Digits(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    quantize_static(
+        str(prepared),
+        str(quantized),
+        Digits(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+    )
     return str(quantized)
 
 
@@ -381,7 +520,9 @@ def _fused_quantized_convs(path) -> int:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(path) + ".optimized.onnx"
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return sum(n.op_type == "QLinearConv" for n in onnx.load(options.optimized_model_filepath).graph.node)
+    return sum(
+        n.op_type == "QLinearConv" for n in onnx.load(options.optimized_model_filepath).graph.node
+    )
 
 
 def test_a_model_quantized_by_onnxruntime_prunes_and_stays_quantized(tmp_path):
@@ -406,9 +547,18 @@ def test_a_vit_quantized_by_onnxruntime_loses_heads_like_its_float_twin(tmp_path
     source = MODELS / "attention" / "vit_dynamo18.onnx"
     model, result = prune(_quantized_by_onnxruntime(tmp_path, source), ratio=0.0, heads=0.5)
     _, twin = prune(source, ratio=0.0, heads=0.5)
-    assert result.stats["channel-prune.channels_removed"] == twin.stats["channel-prune.channels_removed"] > 0
-    quantized, floats = result.artifacts["plan"]["initializers"], twin.artifacts["plan"]["initializers"]
-    weights = [name for name in floats if name + "_quantized" in quantized]  # the quantizer's naming
+    assert (
+        result.stats["channel-prune.channels_removed"]
+        == twin.stats["channel-prune.channels_removed"]
+        > 0
+    )
+    quantized, floats = (
+        result.artifacts["plan"]["initializers"],
+        twin.artifacts["plan"]["initializers"],
+    )
+    weights = [
+        name for name in floats if name + "_quantized" in quantized
+    ]  # the quantizer's naming
     assert len(weights) == len(floats) >= 8
     assert all(quantized[name + "_quantized"] == floats[name] for name in weights)
     assert oracle_error(model, result.reference()) <= 1e-4

@@ -26,30 +26,51 @@ F = TensorProto.FLOAT
 
 def _init(rng, name: str, shape: list[int], fan_in: int) -> TensorProto:
     """A trained-like weight: He-scaled normal values."""
-    return numpy_helper.from_array((rng.normal(size=shape) * np.sqrt(2 / fan_in)).astype(np.float32), name)
+    return numpy_helper.from_array(
+        (rng.normal(size=shape) * np.sqrt(2 / fan_in)).astype(np.float32), name
+    )
 
 
 def _mlp(rng) -> Model:
     """x [N, 16] → MatMul+Add (32) → Relu → MatMul+Add (8)."""
-    inits = [_init(rng, "w1", [16, 32], 16), _init(rng, "b1", [32], 16), _init(rng, "w2", [32, 8], 32),
-             _init(rng, "b2", [8], 32)]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
-             helper.make_node("Relu", ["h1"], ["h"]),
-             helper.make_node("MatMul", ["h", "w2"], ["y0"]), helper.make_node("Add", ["y0", "b2"], ["y"])]
+    inits = [
+        _init(rng, "w1", [16, 32], 16),
+        _init(rng, "b1", [32], 16),
+        _init(rng, "w2", [32, 8], 32),
+        _init(rng, "b2", [8], 32),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["y0"]),
+        helper.make_node("Add", ["y0", "b2"], ["y"]),
+    ]
     return Model.from_proto(make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 8])], inits))
 
 
 def _cnn(rng, conv2: dict | None = None) -> Model:
     """x [N, 3, 8, 8] → Conv 3x3 (8) → Relu → Conv 3x3 (8, ``conv2`` attributes) →
     GlobalAveragePool → Flatten → Gemm (transB=1, → 5)."""
-    inits = [_init(rng, "c1", [8, 3, 3, 3], 27), _init(rng, "c1b", [8], 27), _init(rng, "c2", [8, 8, 3, 3], 72),
-             _init(rng, "c2b", [8], 72), _init(rng, "fc", [5, 8], 8), _init(rng, "fcb", [5], 8)]
-    nodes = [helper.make_node("Conv", ["x", "c1", "c1b"], ["a0"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["a0"], ["a"]),
-             helper.make_node("Conv", ["a", "c2", "c2b"], ["b"], **(conv2 or {"pads": [1, 1, 1, 1]})),
-             helper.make_node("GlobalAveragePool", ["b"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1)]
-    return Model.from_proto(make_model(nodes, [("x", F, ["N", 3, 8, 8])], [("y", F, ["N", 5])], inits))
+    inits = [
+        _init(rng, "c1", [8, 3, 3, 3], 27),
+        _init(rng, "c1b", [8], 27),
+        _init(rng, "c2", [8, 8, 3, 3], 72),
+        _init(rng, "c2b", [8], 72),
+        _init(rng, "fc", [5, 8], 8),
+        _init(rng, "fcb", [5], 8),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1", "c1b"], ["a0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a0"], ["a"]),
+        helper.make_node("Conv", ["a", "c2", "c2b"], ["b"], **(conv2 or {"pads": [1, 1, 1, 1]})),
+        helper.make_node("GlobalAveragePool", ["b"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1),
+    ]
+    return Model.from_proto(
+        make_model(nodes, [("x", F, ["N", 3, 8, 8])], [("y", F, ["N", 5])], inits)
+    )
 
 
 def _samples(rng, shape: tuple[int, ...], count: int) -> dict[str, np.ndarray]:
@@ -86,7 +107,9 @@ def test_refit_generalises_to_held_out_samples(rng):
     model, original, plan = _pruned(_mlp, rng)
     calibration, held_out = _samples(rng, (16,), 256), _samples(rng, (16,), 256)
     unrefit = output_error(model, original, held_out)
-    recover(model, original, calibration, plan, batch_size=7)  # batches that do not divide the samples
+    recover(
+        model, original, calibration, plan, batch_size=7
+    )  # batches that do not divide the samples
     assert output_error(model, original, held_out) < 0.5 * unrefit
 
 
@@ -116,7 +139,9 @@ def test_refit_after_2_4_masking_keeps_the_pattern(rng):
     assert stats["output_error_after"] < 0.5 * stats["output_error_before"]
     after = _weights(model)
     assert all(np.array_equal(after[name] == 0, zeros[name]) for name in ("w1", "w2"))
-    assert {name: array.shape for name, array in after.items()} == {name: z.shape for name, z in zeros.items()}
+    assert {name: array.shape for name, array in after.items()} == {
+        name: z.shape for name, z in zeros.items()
+    }
 
 
 def _sparsegpt_reference(h: np.ndarray, w: np.ndarray, n: int, m: int, k: int) -> np.ndarray:
@@ -126,9 +151,9 @@ def _sparsegpt_reference(h: np.ndarray, w: np.ndarray, n: int, m: int, k: int) -
     w, mask = w.copy(), np.zeros(w.shape, dtype=bool)
     for i in range(w.shape[1]):
         if i % m == 0 and i < k:
-            loss = w[:, i:i + m] ** 2 / np.diag(hinv)[i:i + m][None] ** 2
-            drop = np.argsort(loss, axis=1)[:, :m - n]
-            np.put_along_axis(mask[:, i:i + m], drop, True, axis=1)
+            loss = w[:, i : i + m] ** 2 / np.diag(hinv)[i : i + m][None] ** 2
+            drop = np.argsort(loss, axis=1)[:, : m - n]
+            np.put_along_axis(mask[:, i : i + m], drop, True, axis=1)
         q = np.where(mask[:, i], 0.0, w[:, i])
         err = (w[:, i] - q) / hinv[i, i]
         w[:, i:] -= np.outer(err, hinv[i, i:])
@@ -141,17 +166,26 @@ def test_obs_sweep_is_sparsegpt_in_any_row_order_with_a_bias_row(rng, rows):
     plain loop run on the rows in that order; every run of 4 keeps 2 per column, and the
     output error is below the magnitude mask's."""
     from sparsec.pruning.recovery import obs_nm_sweep
-    x = np.hstack([rng.normal(size=(1024, rows)) @ rng.normal(size=(rows, rows)), np.ones((1024, 1))])
+
+    x = np.hstack(
+        [rng.normal(size=(1024, rows)) @ rng.normal(size=(rows, rows)), np.ones((1024, 1))]
+    )
     w, g = rng.normal(size=(rows + 1, 3)), x.T @ x
     order = rng.permutation(rows)
     swept = obs_nm_sweep(g, w, 2, 4, order, ridge=0.01)
     perm = np.concatenate([order, [rows]])
     h = g[np.ix_(perm, perm)] + 0.01 * np.diag(g)[:rows].mean() * np.eye(rows + 1)
-    np.testing.assert_allclose(swept[perm], _sparsegpt_reference(h, w[perm].T, 2, 4, rows).T, rtol=1e-8, atol=1e-8)
-    assert ((swept[order].reshape(-1, 4, 3) != 0).sum(axis=1) == 2).all() and (swept[rows] != 0).all()
+    np.testing.assert_allclose(
+        swept[perm], _sparsegpt_reference(h, w[perm].T, 2, 4, rows).T, rtol=1e-8, atol=1e-8
+    )
+    assert ((swept[order].reshape(-1, 4, 3) != 0).sum(axis=1) == 2).all() and (
+        swept[rows] != 0
+    ).all()
     runs = np.abs(w[order].reshape(-1, 4, 3))
     magnitude = np.zeros_like(w)
-    magnitude[order] = (w[order].reshape(-1, 4, 3) * (np.argsort(np.argsort(-runs, axis=1), axis=1) < 2)).reshape(-1, 3)
+    magnitude[order] = (
+        w[order].reshape(-1, 4, 3) * (np.argsort(np.argsort(-runs, axis=1), axis=1) < 2)
+    ).reshape(-1, 3)
     magnitude[rows] = w[rows]
     assert np.square(x @ (w - swept)).sum() < np.square(x @ (w - magnitude)).sum()
 
@@ -160,9 +194,13 @@ def _assert_every_layer_is_2_4(model: Model, sites: list[dict]) -> None:
     """``sites`` (a sparsity report) lists every Conv / Gemm weight whose input channels come in
     runs of 4, and each is 2:4 along them."""
     layers = [n.inputs[1] for n in model.nodes() if n.op_type in ("Conv", "Gemm")]
-    assert {site["name"] for site in sites} == {w.name for w in layers if model.constant_shape(w)[1] % 4 == 0}
+    assert {site["name"] for site in sites} == {
+        w.name for w in layers if model.constant_shape(w)[1] % 4 == 0
+    }
     for site in sites:
-        runs = np.moveaxis(model.constant(model.initializers()[site["name"]]), site["axis"], -1).reshape(-1, 4)
+        runs = np.moveaxis(
+            model.constant(model.initializers()[site["name"]]), site["axis"], -1
+        ).reshape(-1, 4)
         assert site["axis"] == 1 and ((runs != 0).sum(axis=1) <= 2).all()
 
 
@@ -175,7 +213,9 @@ def test_sparsegpt_masks_are_chosen_in_the_refit_and_stay_2_4(name):
     errors = {}
     for score in ("wanda", "sparsegpt"):
         model = Model.load(MODELS / f"{name}.onnx")
-        result = WeightSparsityPass(nm="2:4", score=score, calibration=str(MODELS / "digits_calib.npz"))(model)
+        result = WeightSparsityPass(
+            nm="2:4", score=score, calibration=str(MODELS / "digits_calib.npz")
+        )(model)
         errors[score] = result.stats["calibration_error_after"]
         _assert_every_layer_is_2_4(model, result.artifacts["sparsity"])
         assert oracle_error(model, result.reference()) <= 1e-4
@@ -189,12 +229,17 @@ def test_nothing_pruned_changes_nothing(rng):
     model, result = prune(original.copy(), ratio=0.0)
     before = _weights(model)
     stats = recover(model, original, _samples(rng, (16,), 32), result.artifacts["plan"])
-    assert stats["layers"] == [] and stats["output_error_after"] == stats["output_error_before"] == 0
+    assert (
+        stats["layers"] == [] and stats["output_error_after"] == stats["output_error_before"] == 0
+    )
     assert all(np.array_equal(before[name], array) for name, array in _weights(model).items())
 
 
-CONVS = [{"pads": [1, 1, 1, 1]}, {"strides": [2, 2], "dilations": [2, 1], "pads": [2, 0, 1, 1]},
-         {"auto_pad": "SAME_UPPER", "strides": [2, 2]}]
+CONVS = [
+    {"pads": [1, 1, 1, 1]},
+    {"strides": [2, 2], "dilations": [2, 1], "pads": [2, 0, 1, 1]},
+    {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+]
 
 
 @pytest.mark.parametrize("conv2", CONVS, ids=["pads", "strided", "same"])
@@ -206,27 +251,46 @@ def test_a_refit_that_cannot_help_is_not_applied(rng, conv2):
     WeightSparsityPass(nm="2:4", ratio=0.0)(model)
     before = _weights(model)
     stats = recover(model, model.copy(), _samples(rng, (3, 8, 8), 16))
-    assert [row["weight"] for row in stats["layers"]] == ["c2", "fc"]  # c1 reduces over 3 channels: not 2:4
+    assert [row["weight"] for row in stats["layers"]] == [
+        "c2",
+        "fc",
+    ]  # c1 reduces over 3 channels: not 2:4
     assert stats["layers_refit"] == 0 and stats["layers_kept"] == 2
-    assert all(row["error_before"] < 1e-10 and row["error_refit"] < 1e-10 for row in stats["layers"])
+    assert all(
+        row["error_before"] < 1e-10 and row["error_refit"] < 1e-10 for row in stats["layers"]
+    )
     assert all(np.array_equal(before[name], array) for name, array in _weights(model).items())
 
 
 def _depthwise_bn(rng) -> Model:
     """x [N, 8, 6, 6] → Conv 3x3 (8) → Relu → depthwise Conv 3x3 → BatchNormalization → Relu →
     GlobalAveragePool → Flatten → Gemm (transB=1, → 5): the BN reads a layer no refit reaches."""
-    stats = [numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "gamma"),
-             numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, "beta"),
-             numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, "mean"),
-             numpy_helper.from_array(rng.uniform(0.5, 2.0, 8).astype(np.float32), "var")]
-    inits = [_init(rng, "c1", [8, 8, 3, 3], 72), _init(rng, "dw", [8, 1, 3, 3], 9), *stats,
-             _init(rng, "fc", [5, 8], 8), _init(rng, "fcb", [5], 8)]
-    nodes = [helper.make_node("Conv", ["x", "c1"], ["a0"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a0"], ["a"]),
-             helper.make_node("Conv", ["a", "dw"], ["d"], pads=[1, 1, 1, 1], group=8),
-             helper.make_node("BatchNormalization", ["d", "gamma", "beta", "mean", "var"], ["n"]),
-             helper.make_node("Relu", ["n"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1)]
-    return Model.from_proto(make_model(nodes, [("x", F, ["N", 8, 6, 6])], [("y", F, ["N", 5])], inits))
+    stats = [
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, "beta"),
+        numpy_helper.from_array(rng.normal(size=8).astype(np.float32) * 0.1, "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, 8).astype(np.float32), "var"),
+    ]
+    inits = [
+        _init(rng, "c1", [8, 8, 3, 3], 72),
+        _init(rng, "dw", [8, 1, 3, 3], 9),
+        *stats,
+        _init(rng, "fc", [5, 8], 8),
+        _init(rng, "fcb", [5], 8),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1"], ["a0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a0"], ["a"]),
+        helper.make_node("Conv", ["a", "dw"], ["d"], pads=[1, 1, 1, 1], group=8),
+        helper.make_node("BatchNormalization", ["d", "gamma", "beta", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], transB=1),
+    ]
+    return Model.from_proto(
+        make_model(nodes, [("x", F, ["N", 8, 6, 6])], [("y", F, ["N", 5])], inits)
+    )
 
 
 def test_batchnorm_after_a_layer_no_refit_reaches_is_recalibrated(rng):
@@ -237,7 +301,11 @@ def test_batchnorm_after_a_layer_no_refit_reaches_is_recalibrated(rng):
     model = original.copy()
     result = WeightSparsityPass(nm="2:4", calibration="random", calibration_samples=64)(model)
     rows = {row["weight"]: row for row in result.artifacts["recovery"]["layers"]}
-    assert [(name, row["round"]) for name, row in rows.items()] == [("c1", 1), ("gamma", 2), ("fc", 3)]
+    assert [(name, row["round"]) for name, row in rows.items()] == [
+        ("c1", 1),
+        ("gamma", 2),
+        ("fc", 3),
+    ]
     assert rows["gamma"]["bias"] == "beta" and rows["gamma"]["refit"]
     assert rows["gamma"]["error_after"] < rows["gamma"]["error_before"]
     before, after = _weights(original), _weights(model)
@@ -248,15 +316,25 @@ def test_batchnorm_after_a_layer_no_refit_reaches_is_recalibrated(rng):
 
 def _residual_layernorm(rng) -> Model:
     """x [N, 16] → MatMul+Add (32) → Relu → MatMul+Add (16) → + x → LayerNormalization → MatMul (8)."""
-    inits = [_init(rng, "w1", [16, 32], 16), _init(rng, "b1", [32], 16), _init(rng, "w2", [32, 16], 32),
-             _init(rng, "b2", [16], 32), numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), "ln_s"),
-             numpy_helper.from_array(rng.normal(size=16).astype(np.float32) * 0.1, "ln_b"),
-             _init(rng, "w3", [16, 8], 16)]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
-             helper.make_node("Relu", ["h1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["o0"]),
-             helper.make_node("Add", ["o0", "b2"], ["o"]), helper.make_node("Add", ["o", "x"], ["s"]),
-             helper.make_node("LayerNormalization", ["s", "ln_s", "ln_b"], ["n"], axis=-1),
-             helper.make_node("MatMul", ["n", "w3"], ["y"])]
+    inits = [
+        _init(rng, "w1", [16, 32], 16),
+        _init(rng, "b1", [32], 16),
+        _init(rng, "w2", [32, 16], 32),
+        _init(rng, "b2", [16], 32),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), "ln_s"),
+        numpy_helper.from_array(rng.normal(size=16).astype(np.float32) * 0.1, "ln_b"),
+        _init(rng, "w3", [16, 8], 16),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["o0"]),
+        helper.make_node("Add", ["o0", "b2"], ["o"]),
+        helper.make_node("Add", ["o", "x"], ["s"]),
+        helper.make_node("LayerNormalization", ["s", "ln_s", "ln_b"], ["n"], axis=-1),
+        helper.make_node("MatMul", ["n", "w3"], ["y"]),
+    ]
     return Model.from_proto(make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 8])], inits))
 
 
@@ -264,9 +342,16 @@ def test_layernorm_after_a_pruned_mlp_is_recalibrated_and_the_uncut_layer_it_fee
     """w2 lost rows (cut), the LayerNormalization after the residual drifted, w3 lost nothing
     but reads the drift: all three are refit in graph order; w1, before the cut, is not."""
     model, original, plan = _pruned(_residual_layernorm, rng)
-    assert model.constant(model.initializers()["w2"]).shape == (16, 16)  # the MLP lost half its units
+    assert model.constant(model.initializers()["w2"]).shape == (
+        16,
+        16,
+    )  # the MLP lost half its units
     stats = recover(model, original, _samples(rng, (16,), 256), plan)
-    assert [(row["weight"], row["round"]) for row in stats["layers"]] == [("w2", 1), ("ln_s", 2), ("w3", 3)]
+    assert [(row["weight"], row["round"]) for row in stats["layers"]] == [
+        ("w2", 1),
+        ("ln_s", 2),
+        ("w3", 3),
+    ]
     assert all(row["refit"] and row["error_after"] < row["error_before"] for row in stats["layers"])
     assert stats["output_error_after"] < stats["output_error_before"]
 
@@ -274,11 +359,19 @@ def test_layernorm_after_a_pruned_mlp_is_recalibrated_and_the_uncut_layer_it_fee
 def _residual_chain(rng) -> Model:
     """x [N, 16] → MatMul+Add (16) = h → MatMul+Add (16) = t → y = t + h: the second layer
     writes into a residual stream that the first one's pruning drifts."""
-    inits = [_init(rng, "w0", [16, 16], 16), _init(rng, "b0", [16], 16), _init(rng, "w1", [16, 16], 16),
-             _init(rng, "b1", [16], 16)]
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"]), helper.make_node("Add", ["h0", "b0"], ["h"]),
-             helper.make_node("MatMul", ["h", "w1"], ["t0"]), helper.make_node("Add", ["t0", "b1"], ["t"]),
-             helper.make_node("Add", ["t", "h"], ["y"])]
+    inits = [
+        _init(rng, "w0", [16, 16], 16),
+        _init(rng, "b0", [16], 16),
+        _init(rng, "w1", [16, 16], 16),
+        _init(rng, "b1", [16], 16),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+        helper.make_node("Add", ["h0", "b0"], ["h"]),
+        helper.make_node("MatMul", ["h", "w1"], ["t0"]),
+        helper.make_node("Add", ["t0", "b1"], ["t"]),
+        helper.make_node("Add", ["t", "h"], ["y"]),
+    ]
     return Model.from_proto(make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 16])], inits))
 
 
@@ -308,7 +401,9 @@ def test_a_layer_feeding_a_residual_sum_is_fitted_to_the_sum_not_to_its_own_outp
     got = _weights(model)
     h = x @ got["w0"] + got["b0"]
     expected = _masked_least_squares(h, y_star - h, got["w1"] != 0)
-    assert np.allclose(got["w1"], expected[:-1], atol=1e-4) and np.allclose(got["b1"], expected[-1], atol=1e-4)
+    assert np.allclose(got["w1"], expected[:-1], atol=1e-4) and np.allclose(
+        got["b1"], expected[-1], atol=1e-4
+    )
     branch = _masked_least_squares(h, h_star @ w["w1"] + w["b1"], got["w1"] != 0)  # t fitted alone
     branch_error = np.square(h @ branch[:-1] + branch[-1] + h - y_star).sum()
     assert np.square(run_ort(model.to_proto(), samples)[0] - y_star).sum() < 0.9 * branch_error
@@ -320,7 +415,7 @@ def _noisy_normal(rng, rows: int, noise: float) -> Normal:
     y = x @ rng.normal(size=(64, 8)) + noise * rng.normal(size=(rows, 8))
     normal = Normal(bias=False)
     for batch, start in enumerate(range(0, rows, 16)):
-        normal.add(x[start:start + 16], y[start:start + 16], batch)
+        normal.add(x[start : start + 16], y[start : start + 16], batch)
     return normal
 
 
@@ -336,15 +431,28 @@ def test_the_ridge_is_chosen_by_cross_validation_large_when_the_fit_would_over_f
 def test_a_value_read_inside_a_subgraph_counts_for_the_rounds(rng):
     """o = If(cond){Identity(h1)} reads h1 = x·w1 only from inside its branches: it is of w1's
     round, so w2 (reading o) is refit in the round after w1, and o is not done before w1's refit."""
+
     def branch(name):
-        return helper.make_graph([helper.make_node("Identity", ["h1"], [name])], name, [],
-                                 [helper.make_tensor_value_info(name, F, None)])
-    inits = [_init(rng, "w1", [16, 16], 16), _init(rng, "w2", [16, 8], 16),
-             helper.make_tensor("cond", TensorProto.BOOL, [], [True])]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]),
-             helper.make_node("If", ["cond"], ["o"], then_branch=branch("a"), else_branch=branch("b")),
-             helper.make_node("MatMul", ["o", "w2"], ["y"])]
-    original = Model.from_proto(make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 8])], inits))
+        return helper.make_graph(
+            [helper.make_node("Identity", ["h1"], [name])],
+            name,
+            [],
+            [helper.make_tensor_value_info(name, F, None)],
+        )
+
+    inits = [
+        _init(rng, "w1", [16, 16], 16),
+        _init(rng, "w2", [16, 8], 16),
+        helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+        helper.make_node("If", ["cond"], ["o"], then_branch=branch("a"), else_branch=branch("b")),
+        helper.make_node("MatMul", ["o", "w2"], ["y"]),
+    ]
+    original = Model.from_proto(
+        make_model(nodes, [("x", F, ["N", 16])], [("y", F, ["N", 8])], inits)
+    )
     model = original.copy()
     WeightSparsityPass(nm="2:4")(model)
     layers, _ = find_layers(model, original, None)
@@ -354,7 +462,11 @@ def test_a_value_read_inside_a_subgraph_counts_for_the_rounds(rng):
 
 
 # ---------------------------------------------------------------- through channel-prune, on real data
-DIGITS, CALIB, TEST = MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz", MODELS / "digits_test.npz"
+DIGITS, CALIB, TEST = (
+    MODELS / "digits_cnn.onnx",
+    MODELS / "digits_calib.npz",
+    MODELS / "digits_test.npz",
+)
 
 
 def _digits_accuracy(model: Model) -> float:
@@ -365,7 +477,9 @@ def _digits_accuracy(model: Model) -> float:
 
 def _prune_digits(**options):
     model = Model.load(DIGITS)
-    result = Pipeline([ChannelPrunePass(ratio=0.5, **options), *cleanup_passes()], fixed_point=True)(model)
+    result = Pipeline(
+        [ChannelPrunePass(ratio=0.5, **options), *cleanup_passes()], fixed_point=True
+    )(model)
     return model, result
 
 
@@ -377,8 +491,13 @@ def test_channel_prune_with_calibration_refits_and_its_oracle_still_holds():
     model, result = _prune_digits(calibration=str(CALIB))
     assert oracle_error(model, result.reference()) <= 1e-4
     assert result.stats["channel-prune.layers_refit"] >= 3
-    assert result.stats["channel-prune.calibration_error_after"] < result.stats["channel-prune.calibration_error_before"] / 2
-    assert _digits_accuracy(model) > _digits_accuracy(plain) + 0.3  # measured 0.19 -> 0.90 (held-out split)
+    assert (
+        result.stats["channel-prune.calibration_error_after"]
+        < result.stats["channel-prune.calibration_error_before"] / 2
+    )
+    assert (
+        _digits_accuracy(model) > _digits_accuracy(plain) + 0.3
+    )  # measured 0.19 -> 0.90 (held-out split)
     assert [d.code for d in result.diagnostics].count("recover.refit") == 1
 
 
@@ -387,7 +506,9 @@ def test_no_recover_keeps_the_one_shot_weights_and_activation_importance_needs_c
     unrefit, result = _prune_digits(calibration=str(CALIB), recover=False)
     assert "channel-prune.layers_refit" not in result.stats
     for name, value in plain.initializers().items():
-        np.testing.assert_array_equal(unrefit.constant(unrefit.initializers()[name]), plain.constant(value))
+        np.testing.assert_array_equal(
+            unrefit.constant(unrefit.initializers()[name]), plain.constant(value)
+        )
     with pytest.raises(PassError, match="needs calibration data"):
         ChannelPrunePass(importance="activation").check_options()
 
@@ -401,14 +522,23 @@ def test_activation_importance_ranks_by_what_the_next_layer_sees():
     assert _digits_accuracy(activation) > _digits_accuracy(l1)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--channels", "0.5", "--no-recover"], "--no-recover needs --calibration"),
-    (["--channels", "0.5", "--calibration-samples", "8"], "--calibration-samples needs --calibration"),
-    (["--nm", "2:4", "--steps", "2"], "--steps needs --channels"),
-    (["--calibration", str(CALIB)], "--calibration goes with a pruning flag"),
-    (["--channels", "0.5", "--calibration", "missing.npz"], "calibration data missing.npz not found"),
-    (["--channels", "0.5", "--importance", "activation"], "needs calibration data"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--channels", "0.5", "--no-recover"], "--no-recover needs --calibration"),
+        (
+            ["--channels", "0.5", "--calibration-samples", "8"],
+            "--calibration-samples needs --calibration",
+        ),
+        (["--nm", "2:4", "--steps", "2"], "--steps needs --channels"),
+        (["--calibration", str(CALIB)], "--calibration goes with a pruning flag"),
+        (
+            ["--channels", "0.5", "--calibration", "missing.npz"],
+            "calibration data missing.npz not found",
+        ),
+        (["--channels", "0.5", "--importance", "activation"], "needs calibration data"),
+    ],
+)
 def test_cli_calibration_flags_are_checked_in_one_line(cli, tmp_path, args, message):
     code, _, stderr = cli("compress", DIGITS, "-o", tmp_path / "x.onnx", *args)
     assert code == 2 and message in stderr and "Traceback" not in stderr
@@ -417,15 +547,42 @@ def test_cli_calibration_flags_are_checked_in_one_line(cli, tmp_path, args, mess
 
 def test_cli_random_calibration_warns_and_nm_refit_keeps_the_pattern(cli, tmp_path):
     out, report = tmp_path / "x.onnx", tmp_path / "r.json"
-    code, stdout, stderr = cli("compress", DIGITS, "--channels", "0.25", "--calibration", "random",
-                               "--calibration-samples", "16", "-o", out, "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress",
+        DIGITS,
+        "--channels",
+        "0.25",
+        "--calibration",
+        "random",
+        "--calibration-samples",
+        "16",
+        "-o",
+        out,
+        "--latency-runs",
+        "0",
+    )
     assert code == 0, stderr
     assert "calibration.random" in stdout
-    code, stdout, stderr = cli("compress", DIGITS, "--nm", "2:4", "--calibration", str(CALIB), "-o", out, "--force",
-                               "--report", report, "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress",
+        DIGITS,
+        "--nm",
+        "2:4",
+        "--calibration",
+        str(CALIB),
+        "-o",
+        out,
+        "--force",
+        "--report",
+        report,
+        "--latency-runs",
+        "0",
+    )
     assert code == 0, stderr
     assert json.loads(report.read_text())["stats"]["weight-sparsity.layers_refit"] >= 2
-    _assert_every_layer_is_2_4(Model.load(out), json.loads(report.read_text())["sparsity"])  # still, after the refit
+    _assert_every_layer_is_2_4(
+        Model.load(out), json.loads(report.read_text())["sparsity"]
+    )  # still, after the refit
 
 
 def test_the_masked_solve_equals_one_solve_per_column(rng):

@@ -28,10 +28,30 @@ def test_stderr_holds_only_sparsec_lines_when_onnxruntime_cannot_write_its_telem
     (tmp_path / "file").write_text("")
     env = dict(os.environ, HOME=str(tmp_path / "file" / "home"))
     env.pop("XDG_CACHE_HOME", None)
-    run = subprocess.run([sys.executable, "-m", "sparsec.entry", "compress", str(MODELS / "digits_cnn.onnx"),
-                          "--channels", "0.5", "-o", str(tmp_path / "small.onnx"), "--latency-runs", "0"], check=False,
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sparsec.entry",
+            "compress",
+            str(MODELS / "digits_cnn.onnx"),
+            "--channels",
+            "0.5",
+            "-o",
+            str(tmp_path / "small.onnx"),
+            "--latency-runs",
+            "0",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stderr.splitlines()
-    assert lines and all(line.startswith("  ") for line in lines), run.stderr  # one progress line per pass
+    assert lines and all(line.startswith("  ") for line in lines), (
+        run.stderr
+    )  # one progress line per pass
     assert "\x1b" not in run.stderr and "onnxruntime" not in run.stderr

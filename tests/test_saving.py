@@ -22,18 +22,33 @@ N = 64
 X = np.random.default_rng(7).standard_normal((2, N)).astype(np.float32)
 
 
-def _external_model(folder: Path, seed: int, name: str = "in.onnx", data: str | None = None,
-                    bias: bool = False) -> Path:
+def _external_model(
+    folder: Path, seed: int, name: str = "in.onnx", data: str | None = None, bias: bool = False
+) -> Path:
     """Two Gemm layers whose weights live in ``data`` (default ``<name>.data``) beside ``name``;
     ``bias`` puts a bias first in the data file (the weights' offsets move)."""
     rng = np.random.default_rng(seed)
-    weights = [numpy_helper.from_array(rng.standard_normal((N, N)).astype(np.float32), f"w{i}") for i in range(2)]
-    nodes = [helper.make_node("Gemm", ["x", "w0", *["b0"] * bias], ["h"]), helper.make_node("Gemm", ["h", "w1"], ["y"])]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((N, N)).astype(np.float32), f"w{i}")
+        for i in range(2)
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w0", *["b0"] * bias], ["h"]),
+        helper.make_node("Gemm", ["h", "w1"], ["y"]),
+    ]
     if bias:
         weights.insert(0, numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b0"))
-    proto = make_model(nodes, [("x", TensorProto.FLOAT, [2, N])], [("y", TensorProto.FLOAT, [2, N])], weights)
+    proto = make_model(
+        nodes, [("x", TensorProto.FLOAT, [2, N])], [("y", TensorProto.FLOAT, [2, N])], weights
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(folder / name), save_as_external_data=True, location=data or name + ".data", size_threshold=0)
+    onnx.save(
+        proto,
+        str(folder / name),
+        save_as_external_data=True,
+        location=data or name + ".data",
+        size_threshold=0,
+    )
     return folder / name
 
 
@@ -42,7 +57,11 @@ def _outputs(path: Path) -> np.ndarray:
 
 
 def _sparsec_data_files(folder: Path, out: str = "m.onnx") -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if re.fullmatch(re.escape(out) + r"\.[0-9a-f]{8}\.data", p.name))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if re.fullmatch(re.escape(out) + r"\.[0-9a-f]{8}\.data", p.name)
+    )
 
 
 def _assert_one_pair(folder: Path, expected: np.ndarray) -> None:
@@ -67,7 +86,9 @@ def test_saving_twice_writes_a_fresh_data_file_and_removes_the_previous_one(tmp_
     _assert_one_pair(out.parent, _outputs(second))
     single = tmp_path / "single.onnx"
     onnx.save(onnx.load(str(first)), str(single))
-    Model.load(single).save(out)  # a one-file model over an external-data pair: the pair's data goes
+    Model.load(single).save(
+        out
+    )  # a one-file model over an external-data pair: the pair's data goes
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]
 
 
@@ -82,7 +103,9 @@ def test_a_model_loaded_with_external_data_keeps_it_when_every_weight_changed(tm
 
 
 def test_only_sparsec_data_files_the_previous_output_read_are_removed(tmp_path):
-    user = _external_model(tmp_path, 0, name="m.onnx", data="m.onnx.data")  # e.g. torch's own layout
+    user = _external_model(
+        tmp_path, 0, name="m.onnx", data="m.onnx.data"
+    )  # e.g. torch's own layout
     stray = tmp_path / "m.onnx.0123abcd.data"  # named like sparsec's, but m.onnx does not read it
     stray.write_bytes(b"not ours to judge")
     Model.load(_external_model(tmp_path / "src", 1)).save(user)
@@ -98,7 +121,9 @@ def test_data_the_input_model_reads_is_never_removed(tmp_path):
     model.resize_initializer(model.initializers()["w0"], np.zeros((N, N), np.float32))
     model.save(out)
     assert len(_sparsec_data_files(tmp_path)) == 2
-    np.testing.assert_array_equal(_outputs(tmp_path / "copy.onnx"), _outputs(tmp_path / "src" / "in.onnx"))
+    np.testing.assert_array_equal(
+        _outputs(tmp_path / "copy.onnx"), _outputs(tmp_path / "src" / "in.onnx")
+    )
 
 
 def test_a_signal_during_the_commit_is_delivered_once_the_pair_has_switched(tmp_path, monkeypatch):
@@ -127,7 +152,9 @@ def test_an_interrupted_write_leaves_the_previous_pair_and_no_temp_file(tmp_path
     Model.load(old).save(out)
     real_save = onnx_ir.save
 
-    def interrupted(*args, **kwargs):  # Ctrl-C once the weights are written, before anything is replaced
+    def interrupted(
+        *args, **kwargs
+    ):  # Ctrl-C once the weights are written, before anything is replaced
         real_save(*args, **kwargs)
         raise KeyboardInterrupt
 
@@ -139,7 +166,9 @@ def test_an_interrupted_write_leaves_the_previous_pair_and_no_temp_file(tmp_path
 
 
 @pytest.mark.parametrize("creator", ["mkdtemp", "mkstemp"])
-def test_a_signal_as_a_temp_path_is_created_leaves_nothing_once_the_process_exits(tmp_path, monkeypatch, creator):
+def test_a_signal_as_a_temp_path_is_created_leaves_nothing_once_the_process_exits(
+    tmp_path, monkeypatch, creator
+):
     """SIGINT landing the moment the model's temp folder (mkdtemp) or a report's temp file
     (mkstemp) exists, before any ``try`` guards it: the path is known to the exit-time cleanup."""
     from sparsec.ir import saving

@@ -29,17 +29,30 @@ def test_rounds_compound_to_the_total_ratio(total, steps):
 
 
 def test_plans_compose_to_positions_of_the_first_model():
-    first = {"format": "sparsec-channel-plan", "version": 1,
-             "initializers": {"w": [{"axis": 0, "size": 8, "kept": [0, 2, 3, 5, 7]}]}}
-    second = {"format": "sparsec-channel-plan", "version": 1,
-              "initializers": {"w": [{"axis": 0, "size": 5, "kept": [1, 2, 4]}, {"axis": 1, "size": 4, "kept": [0, 3]}]}}
+    first = {
+        "format": "sparsec-channel-plan",
+        "version": 1,
+        "initializers": {"w": [{"axis": 0, "size": 8, "kept": [0, 2, 3, 5, 7]}]},
+    }
+    second = {
+        "format": "sparsec-channel-plan",
+        "version": 1,
+        "initializers": {
+            "w": [{"axis": 0, "size": 5, "kept": [1, 2, 4]}, {"axis": 1, "size": 4, "kept": [0, 3]}]
+        },
+    }
     composed = compose_plans([first, second])["initializers"]["w"]
-    assert composed == [{"axis": 0, "size": 8, "kept": [2, 3, 7]}, {"axis": 1, "size": 4, "kept": [0, 3]}]
+    assert composed == [
+        {"axis": 0, "size": 8, "kept": [2, 3, 7]},
+        {"axis": 1, "size": 4, "kept": [0, 3]},
+    ]
 
 
 def _run(path, **options):
     model = Model.load(path)
-    return model, Pipeline([ChannelPrunePass(**options), *cleanup_passes()], fixed_point=True)(model)
+    return model, Pipeline([ChannelPrunePass(**options), *cleanup_passes()], fixed_point=True)(
+        model
+    )
 
 
 def test_four_rounds_reach_the_one_round_widths_and_their_plan_replays_the_cut(tmp_path):
@@ -52,9 +65,13 @@ def test_four_rounds_reach_the_one_round_widths_and_their_plan_replays_the_cut(t
     assert shapes == {name: one.constant_shape(v) for name, v in one.initializers().items()}
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(result.artifacts["plan"]))
-    replayed, _ = _run(DIGITS, plan=str(plan))  # no refit ran (no calibration): same weights exactly
+    replayed, _ = _run(
+        DIGITS, plan=str(plan)
+    )  # no refit ran (no calibration): same weights exactly
     for name, value in stepped.initializers().items():
-        np.testing.assert_array_equal(replayed.constant(replayed.initializers()[name]), stepped.constant(value))
+        np.testing.assert_array_equal(
+            replayed.constant(replayed.initializers()[name]), stepped.constant(value)
+        )
 
 
 def test_a_round_that_differs_from_its_masked_original_stops_the_schedule(monkeypatch):
@@ -66,6 +83,7 @@ def test_a_round_that_differs_from_its_masked_original_stops_the_schedule(monkey
         weight = model.initializers()["head.weight"]
         model.set_constant(weight, model.constant(weight) * 1.01)  # not in the round's reference
         return result
+
     monkeypatch.setattr(channels, "prune_round", round_then_nudge)
     with pytest.raises(PassError, match="channel-prune: round 1 differs from its masked original"):
         _run(DIGITS, ratio=0.5, steps=4)
@@ -89,16 +107,35 @@ def _branches(rng, split: bool):
     (``split=False``), or one Conv split [2, 6] through Sigmoid and Tanh."""
     if split:
         weights = {"w0": [8, 3, 1, 1], "wc": [4, 8, 1, 1]}
-        nodes = [helper.make_node("Conv", ["x", "w0"], ["h"]), helper.make_node("Split", ["h", "sizes"], ["a0", "b0"], axis=1),
-                 helper.make_node("Sigmoid", ["a0"], ["a"]), helper.make_node("Tanh", ["b0"], ["b"])]
+        nodes = [
+            helper.make_node("Conv", ["x", "w0"], ["h"]),
+            helper.make_node("Split", ["h", "sizes"], ["a0", "b0"], axis=1),
+            helper.make_node("Sigmoid", ["a0"], ["a"]),
+            helper.make_node("Tanh", ["b0"], ["b"]),
+        ]
     else:
         weights = {"wa": [2, 3, 1, 1], "wb": [8, 3, 1, 1], "wc": [4, 10, 1, 1]}
-        nodes = [helper.make_node("Conv", ["x", "wa"], ["a0"]), helper.make_node("Relu", ["a0"], ["a"]),
-                 helper.make_node("Conv", ["x", "wb"], ["b0"]), helper.make_node("Relu", ["b0"], ["b"])]
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in weights.items()]
+        nodes = [
+            helper.make_node("Conv", ["x", "wa"], ["a0"]),
+            helper.make_node("Relu", ["a0"], ["a"]),
+            helper.make_node("Conv", ["x", "wb"], ["b0"]),
+            helper.make_node("Relu", ["b0"], ["b"]),
+        ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+        for n, s in weights.items()
+    ]
     inits += [numpy_helper.from_array(np.array([2, 6], np.int64), "sizes")] if split else []
-    nodes += [helper.make_node("Concat", ["a", "b"], ["c"], axis=1), helper.make_node("Conv", ["c", "wc"], ["y"])]
-    return make_model(nodes, [("x", TensorProto.FLOAT, [1, 3, 4, 4])], [("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    nodes += [
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("Conv", ["c", "wc"], ["y"]),
+    ]
+    return make_model(
+        nodes,
+        [("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        inits,
+    )
 
 
 @pytest.mark.parametrize("split, expected", [(False, (5, 5)), (True, (3, 2))])
@@ -113,8 +150,15 @@ def test_a_branch_cut_to_one_channel_is_followed_or_its_shortfall_reported(rng, 
     result = ChannelPrunePass(ratio=0.5, steps=2)(stepped)
     assert (removed, result.stats["channels_removed"]) == expected
     short = [d.message for d in result.diagnostics if d.code == "channel.steps-short"]
-    assert short == ([] if expected[0] == expected[1] else [(
-        f"2 rounds removed {expected[1]} of the {expected[0]} units one round removes: a channel group "
-        "changed shape between rounds (e.g. a tensor cut to one channel left it); fewer --steps, or one, "
-        "removes them all")])
+    assert short == (
+        []
+        if expected[0] == expected[1]
+        else [
+            (
+                f"2 rounds removed {expected[1]} of the {expected[0]} units one round removes: a channel group "
+                "changed shape between rounds (e.g. a tensor cut to one channel left it); fewer --steps, or one, "
+                "removes them all"
+            )
+        ]
+    )
     assert oracle_error(stepped, result.reference()) <= 1e-4

@@ -104,7 +104,9 @@ def test_joint_cost_of_two_groups_is_exact(cnn, table):
 
 
 def test_unreachable_target_says_what_is_reachable(table):
-    with pytest.raises(InputError, match=r"target macs 0.01 cannot be reached .* best reachable is 0\.\d+"):
+    with pytest.raises(
+        InputError, match=r"target macs 0.01 cannot be reached .* best reachable is 0\.\d+"
+    ):
         allocate(table, target_macs=0.01)
     with pytest.raises(InputError, match="exactly one target"):
         allocate(table)
@@ -127,20 +129,32 @@ def test_allocation_is_no_worse_than_uniform_ratios(table, ratio):
 def _synthetic(costly_error: float) -> SensitivityTable:
     """Two groups on two nodes of 100 MACs each; pruning either at 0.5 saves 50 MACs, group 0
     costs ``costly_error``, group 1 costs 0.1."""
+
     def group(gid: int, error: float) -> GroupSensitivity:
         nodes = np.array([[100.0, 100.0], [10.0, 10.0]])
         nodes[:, gid] /= 2
-        return GroupSensitivity(gid, "channels", 8, f"group {gid}",
-                                [Point(0.5, np.arange(4), error, 150, 15, nodes)])
-    return SensitivityTable((0.5,), "l1", 4, 200, 20, np.array([[100.0, 100.0], [10.0, 10.0]]),
-                            [group(0, costly_error), group(1, 0.1)])
+        return GroupSensitivity(
+            gid, "channels", 8, f"group {gid}", [Point(0.5, np.arange(4), error, 150, 15, nodes)]
+        )
+
+    return SensitivityTable(
+        (0.5,),
+        "l1",
+        4,
+        200,
+        20,
+        np.array([[100.0, 100.0], [10.0, 10.0]]),
+        [group(0, costly_error), group(1, 0.1)],
+    )
 
 
 def test_allocation_prefers_the_group_with_less_error_per_mac():
     assert allocate(_synthetic(0.3), target_macs=0.75) == {0: 0.0, 1: 0.5}
     assert allocate(_synthetic(0.05), target_macs=0.75) == {0: 0.5, 1: 0.0}
     assert allocate(_synthetic(0.3), target_macs=0.5) == {0: 0.5, 1: 0.5}
-    assert _synthetic(0.3).estimate({0: 0.5, 1: 0.5}) == pytest.approx({"macs": 0.5, "params": 0.5, "error": 0.4})
+    assert _synthetic(0.3).estimate({0: 0.5, 1: 0.5}) == pytest.approx(
+        {"macs": 0.5, "params": 0.5, "error": 0.4}
+    )
 
 
 def test_table_renders(table):
@@ -148,7 +162,10 @@ def test_table_renders(table):
     assert report["format"] == "sparsec-sensitivity" and report["ratios"] == [0.25, 0.5, 0.75]
     assert [len(g["points"]) for g in report["groups"]] == [3, 3, 3]
     point = report["groups"][0]["points"][0]
-    assert point["removed"] == len(point["units"]) and point["error"] == table.groups[0].points[0].error
+    assert (
+        point["removed"] == len(point["units"])
+        and point["error"] == table.groups[0].points[0].error
+    )
     text = table.text().splitlines()
     assert len(text) == 2 + len(table.groups) and "err@0.25" in text[1] and "MACs-@0.75" in text[1]
     assert text[2].split()[:3] == [str(table.groups[0].id), "channels", "16"]

@@ -21,14 +21,19 @@ F = TensorProto.FLOAT
 def _model(rng) -> Model:
     """MatMul B [16, 8] (axis 0), Gemm transB=1 B [8, 16] (axis 1), Conv W [8, 8, 3, 3] (axis 1),
     and one weight shared by two MatMuls."""
-    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in
-             [("mm", [16, 8]), ("gemm", [8, 16]), ("conv", [8, 8, 3, 3]), ("shared", [8, 8])]]
-    nodes = [helper.make_node("MatMul", ["x", "mm"], ["a"]),
-             helper.make_node("Gemm", ["x", "gemm"], ["b"], transB=1),
-             helper.make_node("Add", ["a", "b"], ["c"]),
-             helper.make_node("MatMul", ["c", "shared"], ["d"]), helper.make_node("MatMul", ["d", "shared"], ["e"]),
-             helper.make_node("Reshape", ["e", "shape"], ["img"]),
-             helper.make_node("Conv", ["img", "conv"], ["y"], pads=[1, 1, 1, 1])]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+        for n, s in [("mm", [16, 8]), ("gemm", [8, 16]), ("conv", [8, 8, 3, 3]), ("shared", [8, 8])]
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "mm"], ["a"]),
+        helper.make_node("Gemm", ["x", "gemm"], ["b"], transB=1),
+        helper.make_node("Add", ["a", "b"], ["c"]),
+        helper.make_node("MatMul", ["c", "shared"], ["d"]),
+        helper.make_node("MatMul", ["d", "shared"], ["e"]),
+        helper.make_node("Reshape", ["e", "shape"], ["img"]),
+        helper.make_node("Conv", ["img", "conv"], ["y"], pads=[1, 1, 1, 1]),
+    ]
     inits.append(numpy_helper.from_array(np.array([1, 8, 1, 1], np.int64), "shape"))
     return Model.from_proto(make_model(nodes, [("x", F, [1, 16])], [("y", F, [1, 8, 1, 1])], inits))
 
@@ -53,7 +58,9 @@ def test_nm_pattern_holds_along_the_reduction_axis(rng, n, m):
 def test_nm_skips_weights_whose_reduction_length_does_not_divide(rng):
     model = _model(rng)
     before = _weights(model)
-    result = WeightSparsityPass(nm="2:16")(model)  # mm and gemm reduce over 16, conv and shared over 8
+    result = WeightSparsityPass(nm="2:16")(
+        model
+    )  # mm and gemm reduce over 16, conv and shared over 8
     skipped = {d.message.split("'")[1] for d in result.diagnostics if d.code == "sparsity.skipped"}
     assert skipped == {"conv", "shared"}
     after = _weights(model)
@@ -90,7 +97,9 @@ def test_block_sparsity_zeroes_whole_blocks(rng, block):
         view = np.moveaxis(weight, AXES[name], -1).reshape(-1, weight.shape[AXES[name]])
         tiles = view.reshape(view.shape[0] // rows, rows, view.shape[1] // cols, cols)
         zero = (tiles == 0).all(axis=(1, 3))
-        assert ((tiles != 0).all(axis=(1, 3)) | zero).all(), name  # a block is all zero or untouched
+        assert ((tiles != 0).all(axis=(1, 3)) | zero).all(), (
+            name
+        )  # a block is all zero or untouched
         assert zero.mean() == pytest.approx(0.5, abs=1 / zero.size), name
 
 
@@ -113,23 +122,39 @@ def test_block_mask_round_trip():
 
 def test_cli_nm_writes_a_dense_model_with_a_per_tensor_report(cli, tmp_path):
     out, report = tmp_path / "nm.onnx", tmp_path / "r.json"
-    code, stdout, stderr = cli("compress", MODELS / "digits_mlp.onnx", "--nm", "2:4", "-o", out, "--report", report,
-                               "--latency-runs", "0")
+    code, stdout, stderr = cli(
+        "compress",
+        MODELS / "digits_mlp.onnx",
+        "--nm",
+        "2:4",
+        "-o",
+        out,
+        "--report",
+        report,
+        "--latency-runs",
+        "0",
+    )
     assert code == 0, stderr
     tensors = json.loads(report.read_text())["sparsity"]
     assert {t["name"] for t in tensors} == {"fc1.weight", "fc2.weight", "fc3.weight"}
     assert all(t["sparsity"] == 0.5 for t in tensors) and "zeros" in stdout
     written = Model.load(out)
     weight = written.constant(written.initializers()["fc1.weight"])
-    assert ((weight.reshape(-1, 4) != 0).sum(axis=1) == 2).all()  # Gemm transB=1: groups along axis 1
+    assert (
+        (weight.reshape(-1, 4) != 0).sum(axis=1) == 2
+    ).all()  # Gemm transB=1: groups along axis 1
 
 
 def test_a_block_no_weight_tiles_prunes_nothing_and_warns(rng):
     model = _model(rng)
     before = _weights(model)
     result = WeightSparsityPass(ratio=0.5, block="100x100")(model)
-    assert not result.modified and all(np.array_equal(before[n], w) for n, w in _weights(model).items())
-    assert "sparsity.nothing-pruned" in {d.code for d in result.diagnostics if d.severity == "warning"}
+    assert not result.modified and all(
+        np.array_equal(before[n], w) for n, w in _weights(model).items()
+    )
+    assert "sparsity.nothing-pruned" in {
+        d.code for d in result.diagnostics if d.severity == "warning"
+    }
 
 
 def test_exclude_leaves_matching_weights_dense_by_initializer_or_node_name(rng):
@@ -137,30 +162,58 @@ def test_exclude_leaves_matching_weights_dense_by_initializer_or_node_name(rng):
     before = _weights(model)
     result = WeightSparsityPass(nm="2:4", exclude="mm|nomatch*")(model)
     after = _weights(model)
-    assert np.array_equal(after["mm"], before["mm"]) and all((after[n] == 0).mean() == 0.5 for n in AXES if n != "mm")
+    assert np.array_equal(after["mm"], before["mm"]) and all(
+        (after[n] == 0).mean() == 0.5 for n in AXES if n != "mm"
+    )
     messages = {d.code: d.message for d in result.diagnostics}
-    assert messages["sparsity.skipped"] == "weight 'mm' left dense: excluded by --exclude 'mm' (matches 'mm')"
-    assert messages["sparsity.exclude-unmatched"] == "--exclude 'nomatch*' matches no node or initializer"
+    assert (
+        messages["sparsity.skipped"]
+        == "weight 'mm' left dense: excluded by --exclude 'mm' (matches 'mm')"
+    )
+    assert (
+        messages["sparsity.exclude-unmatched"]
+        == "--exclude 'nomatch*' matches no node or initializer"
+    )
     mlp = Model.load(MODELS / "digits_mlp.onnx")
     dense = mlp.constant(mlp.initializers()["fc3.weight"])
-    result = WeightSparsityPass(nm="2:4", exclude="/fc3/*")(mlp)  # a node name: the Gemm reading fc3.weight
-    assert np.array_equal(mlp.constant(mlp.initializers()["fc3.weight"]), dense) and result.stats["tensors"] == 2
+    result = WeightSparsityPass(nm="2:4", exclude="/fc3/*")(
+        mlp
+    )  # a node name: the Gemm reading fc3.weight
+    assert (
+        np.array_equal(mlp.constant(mlp.initializers()["fc3.weight"]), dense)
+        and result.stats["tensors"] == 2
+    )
     assert oracle_error(mlp, result.reference()) <= 1e-4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--nm", "4:2"], "N:M with 0 < N < M"),
-    (["--nm", "2:4", "--sparsity", "0.5"], "give one"),
-    (["--block", "4x4"], "--block needs --sparsity"),
-    (["--sparsity", "0.5", "--block", "4by4"], "block must be RxC"),
-    (["--nm", "2:4", "--channels", "0.5"], "prune on their own"),
-    (["--nm", "2:4", "--round-to", "8"], "--round-to and --max-layer-ratio shape channel pruning"),
-    (["--sparsity", "0.5", "--max-layer-ratio", "0.5"], "--round-to and --max-layer-ratio shape channel pruning"),
-    (["--exclude", "fc1*"], "--exclude chooses what a pruning flag removes: it needs"),
-    (["--importance-scope", "global"], "--importance-scope chooses what a pruning flag removes"),
-    (["--importance", "l2"], "--importance chooses what a pruning flag removes"),
-    (["--nm", "2:4", "--seed", "3"], "--seed seeds --calibration random and --importance random of channel pruning"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nm", "4:2"], "N:M with 0 < N < M"),
+        (["--nm", "2:4", "--sparsity", "0.5"], "give one"),
+        (["--block", "4x4"], "--block needs --sparsity"),
+        (["--sparsity", "0.5", "--block", "4by4"], "block must be RxC"),
+        (["--nm", "2:4", "--channels", "0.5"], "prune on their own"),
+        (
+            ["--nm", "2:4", "--round-to", "8"],
+            "--round-to and --max-layer-ratio shape channel pruning",
+        ),
+        (
+            ["--sparsity", "0.5", "--max-layer-ratio", "0.5"],
+            "--round-to and --max-layer-ratio shape channel pruning",
+        ),
+        (["--exclude", "fc1*"], "--exclude chooses what a pruning flag removes: it needs"),
+        (
+            ["--importance-scope", "global"],
+            "--importance-scope chooses what a pruning flag removes",
+        ),
+        (["--importance", "l2"], "--importance chooses what a pruning flag removes"),
+        (
+            ["--nm", "2:4", "--seed", "3"],
+            "--seed seeds --calibration random and --importance random of channel pruning",
+        ),
+    ],
+)
 def test_cli_bad_sparsity_flags(cli, tmp_path, args, message):
     out = tmp_path / "x.onnx"
     code, _, stderr = cli("compress", MODELS / "digits_mlp.onnx", "-o", out, *args)
@@ -184,22 +237,48 @@ def test_wanda_weighs_weights_by_their_input_channel_norm(rng, tmp_path, externa
     """Two input channels with equal weights: Wanda drops the one whose activation (here a
     graph input, read from the calibration run in both session paths) is small."""
     import onnx
+
     weight = np.ones((2, 4), np.float32)
-    proto = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", F, ["batch", 2])], [("y", F, ["batch", 4])],
-                       [numpy_helper.from_array(weight, "w")])
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [("x", F, ["batch", 2])],
+        [("y", F, ["batch", 4])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     calibration = tmp_path / "calib.npz"
-    np.savez(calibration, x=np.stack([rng.normal(size=64) * 10, rng.normal(size=64) * 0.1], axis=1).astype(np.float32))
-    onnx.save(proto, str(tmp_path / "m.onnx"), save_as_external_data=external, location="m.onnx.data", size_threshold=0)
+    np.savez(
+        calibration,
+        x=np.stack([rng.normal(size=64) * 10, rng.normal(size=64) * 0.1], axis=1).astype(
+            np.float32
+        ),
+    )
+    onnx.save(
+        proto,
+        str(tmp_path / "m.onnx"),
+        save_as_external_data=external,
+        location="m.onnx.data",
+        size_threshold=0,
+    )
     model = Model.load(tmp_path / "m.onnx")
     assert model.has_external_data() == external
     WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(model)
     pruned = model.constant(model.initializers()["w"])
-    assert (pruned[0] != 0).all() and (pruned[1] == 0).all()  # every output row keeps the loud channel
+    assert (pruned[0] != 0).all() and (
+        pruned[1] == 0
+    ).all()  # every output row keeps the loud channel
 
 
 def test_wanda_without_calibration_is_refused(cli, tmp_path):
-    code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--sparsity", "0.5", "--importance", "wanda",
-                          "-o", tmp_path / "x.onnx")
+    code, _, stderr = cli(
+        "compress",
+        MODELS / "digits_cnn.onnx",
+        "--sparsity",
+        "0.5",
+        "--importance",
+        "wanda",
+        "-o",
+        tmp_path / "x.onnx",
+    )
     assert code == 2 and "needs calibration data" in stderr
 
 
@@ -210,17 +289,36 @@ def test_cli_wanda_on_digits_keeps_more_accuracy_than_magnitude(cli, tmp_path):
     for score in ("magnitude", "wanda"):
         out = tmp_path / f"{score}.onnx"
         extra = ["--calibration", MODELS / "digits_calib.npz"] if score == "wanda" else []
-        code, _, stderr = cli("compress", MODELS / "digits_cnn.onnx", "--sparsity", "0.5", "--importance", score,
-                              *extra, "-o", out, "--latency-runs", "0")
+        code, _, stderr = cli(
+            "compress",
+            MODELS / "digits_cnn.onnx",
+            "--sparsity",
+            "0.5",
+            "--importance",
+            score,
+            *extra,
+            "-o",
+            out,
+            "--latency-runs",
+            "0",
+        )
         assert code == 0, stderr
         from conftest import run_ort
-        accuracy[score] = (run_ort(out, {"input": data["input"]})[0].argmax(1) == data["label"]).mean()
+
+        accuracy[score] = (
+            run_ort(out, {"input": data["input"]})[0].argmax(1) == data["label"]
+        ).mean()
     assert accuracy["wanda"] > accuracy["magnitude"] + 0.2
 
 
 def test_wanda_calibrates_a_fixed_batch_model_one_batch_at_a_time(rng, tmp_path):
     weight = numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w")
-    proto = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", F, [1, 8])], [("y", F, [1, 4])], [weight])
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [("x", F, [1, 8])],
+        [("y", F, [1, 4])],
+        [weight],
+    )
     calibration = tmp_path / "calib.npz"
     np.savez(calibration, x=rng.normal(size=(5, 8)).astype(np.float32))
     model = Model.from_proto(proto)
@@ -228,15 +326,24 @@ def test_wanda_calibrates_a_fixed_batch_model_one_batch_at_a_time(rng, tmp_path)
     assert (model.constant(model.initializers()["w"]) == 0).mean() == 0.5
     np.savez(calibration, x=rng.normal(size=(5, 1, 8)).astype(np.float32))
     with pytest.raises(InputError, match="has rank 3, the model input has rank 2"):
-        WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(Model.from_proto(proto))
+        WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))(
+            Model.from_proto(proto)
+        )
 
 
 def _embedding_model(rng) -> Model:
     """ids → Gather(table [32, 16]) → MatMul(w [16, 8])."""
-    inits = [numpy_helper.from_array(rng.normal(size=(32, 16)).astype(np.float32), "table"),
-             numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w")]
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["y"])]
-    return Model.from_proto(make_model(nodes, [("ids", TensorProto.INT64, [1, 5])], [("y", F, [1, 5, 8])], inits))
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(32, 16)).astype(np.float32), "table"),
+        numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"]),
+        helper.make_node("MatMul", ["e", "w"], ["y"]),
+    ]
+    return Model.from_proto(
+        make_model(nodes, [("ids", TensorProto.INT64, [1, 5])], [("y", F, [1, 5, 8])], inits)
+    )
 
 
 @pytest.mark.parametrize("embeddings", [False, True])
@@ -246,7 +353,9 @@ def test_embedding_tables_are_sparsified_only_when_asked_along_each_row(rng, emb
     WeightSparsityPass(nm="2:4", embeddings=embeddings)(model)
     table = model.constant(model.initializers()["table"])
     if embeddings:
-        assert ((table.reshape(32, 4, 4) != 0).sum(axis=2) == 2).all()  # every gathered row keeps 2 of 4
+        assert (
+            (table.reshape(32, 4, 4) != 0).sum(axis=2) == 2
+        ).all()  # every gathered row keeps 2 of 4
         np.testing.assert_array_equal(table[table != 0], original[table != 0])
     else:
         np.testing.assert_array_equal(table, original)
@@ -255,5 +364,7 @@ def test_embedding_tables_are_sparsified_only_when_asked_along_each_row(rng, emb
 
 
 def test_cli_embeddings_needs_a_sparsity_flag(cli, tmp_path):
-    code, _, stderr = cli("compress", MODELS / "digits_mlp.onnx", "--embeddings", "-o", tmp_path / "x.onnx")
+    code, _, stderr = cli(
+        "compress", MODELS / "digits_mlp.onnx", "--embeddings", "-o", tmp_path / "x.onnx"
+    )
     assert code == 2 and "--embeddings needs --nm or --sparsity" in stderr

@@ -23,7 +23,11 @@ def test_metrics_of_a_known_perturbation():
     metrics = output_metrics("y", reference, candidate, rtol=1e-4, atol=1e-5)
     assert metrics.max_abs == pytest.approx(5.0)
     assert metrics.top1 == 0.5 and not metrics.passed
-    expected_cos = reference.ravel() @ candidate.ravel() / (np.linalg.norm(reference) * np.linalg.norm(candidate))
+    expected_cos = (
+        reference.ravel()
+        @ candidate.ravel()
+        / (np.linalg.norm(reference) * np.linalg.norm(candidate))
+    )
     assert metrics.cosine == pytest.approx(expected_cos)
     assert output_metrics("y", reference, reference.copy(), 1e-4, 1e-5).passed
 
@@ -34,7 +38,10 @@ def test_peak_tolerance_is_relative_to_the_reference_peak_and_fails_on_nan():
     for shift, passed in ((0.9 * limit, True), (1.1 * limit, False)):
         candidate = reference.copy()
         candidate[1, 1] += shift  # off by more than rtol at a zero: only the peak scale matters
-        assert output_metrics("y", reference, candidate, 0.0, 0.0, peak_tolerance=1e-4).passed is passed
+        assert (
+            output_metrics("y", reference, candidate, 0.0, 0.0, peak_tolerance=1e-4).passed
+            is passed
+        )
     candidate = reference.copy()
     candidate[0, 1] = np.nan
     assert not output_metrics("y", reference, candidate, 1.0, 1.0, peak_tolerance=1e-4).passed
@@ -42,14 +49,21 @@ def test_peak_tolerance_is_relative_to_the_reference_peak_and_fails_on_nan():
 
 def _scaled(weight: float) -> Model:
     """y = x · w, w a scalar initializer."""
-    return Model.from_proto(make_model([helper.make_node("Mul", ["x", "w"], ["y"])],
-                                       [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])],
-                                       [numpy_helper.from_array(np.array(weight, np.float32), "w")]))
+    return Model.from_proto(
+        make_model(
+            [helper.make_node("Mul", ["x", "w"], ["y"])],
+            [("x", TensorProto.FLOAT, [2, 3])],
+            [("y", TensorProto.FLOAT, [2, 3])],
+            [numpy_helper.from_array(np.array(weight, np.float32), "w")],
+        )
+    )
 
 
 def test_the_oracle_helper_of_the_tests_reports_nan_outputs_as_infinite_error():
     assert oracle_error(_scaled(1.0), _scaled(1.0)) == 0.0
-    assert oracle_error(_scaled(1.5), _scaled(1.0)) == pytest.approx(0.5, rel=1e-6)  # |1.5x − x| / |x|
+    assert oracle_error(_scaled(1.5), _scaled(1.0)) == pytest.approx(
+        0.5, rel=1e-6
+    )  # |1.5x − x| / |x|
     assert oracle_error(_scaled(np.nan), _scaled(1.0)) == float("inf")
 
 
@@ -58,8 +72,12 @@ def test_shape_mismatch_fails():
 
 
 def test_identical_files_pass_with_latency_measured():
-    result = validate(MODELS / "digits_mlp.onnx", MODELS / "digits_mlp.onnx",
-                      {"input": np.load(MODELS / "digits_test.npz")["input"][:32]}, latency_runs=3)
+    result = validate(
+        MODELS / "digits_mlp.onnx",
+        MODELS / "digits_mlp.onnx",
+        {"input": np.load(MODELS / "digits_test.npz")["input"][:32]},
+        latency_runs=3,
+    )
     assert result.passed and result.outputs[0].top1 == 1.0
     assert result.latency_ms_reference > 0 and result.latency_ms_candidate > 0
 
@@ -67,7 +85,9 @@ def test_identical_files_pass_with_latency_measured():
 def test_symbolic_dims_bind_to_defaults_and_overrides():
     model = Model.load(MODELS / "digits_cnn.onnx")
     assert bind_shapes(model) == {"input": (1, 1, 8, 8)}
-    assert bind_shapes(model, parse_input_shapes(["input:4x1x8x8"], model)) == {"input": (4, 1, 8, 8)}
+    assert bind_shapes(model, parse_input_shapes(["input:4x1x8x8"], model)) == {
+        "input": (4, 1, 8, 8)
+    }
     with pytest.raises(InputError, match="no input 'image'"):
         parse_input_shapes(["image:1x1x8x8"], model)
     with pytest.raises(InputError, match="rank 4, not 2"):
@@ -76,15 +96,24 @@ def test_symbolic_dims_bind_to_defaults_and_overrides():
 
 def test_integer_inputs_index_their_embedding_table():
     table = numpy_helper.from_array(np.arange(70, dtype=np.float32).reshape(7, 10), "table")
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"]), helper.make_node("Relu", ["emb"], ["y"])]
-    proto = make_model(nodes, [("ids", TensorProto.INT64, ["B", "S"]), ("attention_mask", TensorProto.INT64, ["B", "S"])],
-                       [("y", TensorProto.FLOAT, ["B", "S", 10])], [table])
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"]),
+        helper.make_node("Relu", ["emb"], ["y"]),
+    ]
+    proto = make_model(
+        nodes,
+        [("ids", TensorProto.INT64, ["B", "S"]), ("attention_mask", TensorProto.INT64, ["B", "S"])],
+        [("y", TensorProto.FLOAT, ["B", "S", 10])],
+        [table],
+    )
     model = Model.from_proto(proto)
     feeds = random_inputs(model, bind_shapes(model), seed=3)
     assert feeds["ids"].shape == (1, 128) and feeds["ids"].min() >= 0 and feeds["ids"].max() < 7
     assert feeds["ids"].max() > 0  # really random, not all zeros
     assert (feeds["attention_mask"] == 1).all()
-    np.testing.assert_array_equal(random_inputs(model, bind_shapes(model), seed=3)["ids"], feeds["ids"])
+    np.testing.assert_array_equal(
+        random_inputs(model, bind_shapes(model), seed=3)["ids"], feeds["ids"]
+    )
 
 
 def test_npz_inputs_are_checked_against_the_model(tmp_path):
@@ -139,35 +168,80 @@ def test_all_nan_inputs_fail_a_model_with_doubled_weights(tmp_path, cli):
     (logits,) = result.outputs
     assert not result.passed and not logits.passed
     assert logits.max_abs == float("inf") and logits.cosine is None and logits.top1 is None
-    assert result.failure_line() == ("output 'logits': the reference is NaN or infinite at 40 of 40 values on these "
-                                     "inputs, so it cannot be validated on them: give inputs (--inputs) on which it is finite")
-    code, out, _ = cli("validate", reference, tmp_path / "doubled.onnx", "--inputs", tmp_path / "nan.npz",
-                       "--latency-runs", "0")
+    assert result.failure_line() == (
+        "output 'logits': the reference is NaN or infinite at 40 of 40 values on these "
+        "inputs, so it cannot be validated on them: give inputs (--inputs) on which it is finite"
+    )
+    code, out, _ = cli(
+        "validate",
+        reference,
+        tmp_path / "doubled.onnx",
+        "--inputs",
+        tmp_path / "nan.npz",
+        "--latency-runs",
+        "0",
+    )
     assert code == 1 and "FAILED" in out and "the reference is NaN or infinite" in out
-    code, out, _ = cli("validate", reference, tmp_path / "doubled.onnx", "--inputs", tmp_path / "nan.npz",
-                       "--latency-runs", "0", "--json")
-    figures = json.loads(out, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
-    assert code == 1 and figures["outputs"][0]["max_abs"] is None and "NaN or infinite" in figures["outputs"][0]["problem"]
+    code, out, _ = cli(
+        "validate",
+        reference,
+        tmp_path / "doubled.onnx",
+        "--inputs",
+        tmp_path / "nan.npz",
+        "--latency-runs",
+        "0",
+        "--json",
+    )
+    figures = json.loads(
+        out, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}")
+    )
+    assert (
+        code == 1
+        and figures["outputs"][0]["max_abs"] is None
+        and "NaN or infinite" in figures["outputs"][0]["problem"]
+    )
     (tmp_path / "double.py").write_text(DOUBLING_PASS)
-    code, _, err = cli("compress", reference, "-o", tmp_path / "out.onnx", "--passes",
-                       f"{tmp_path / 'double.py'}:DoubleWeightsPass", "--inputs", tmp_path / "nan.npz", "--latency-runs", "0")
+    code, _, err = cli(
+        "compress",
+        reference,
+        "-o",
+        tmp_path / "out.onnx",
+        "--passes",
+        f"{tmp_path / 'double.py'}:DoubleWeightsPass",
+        "--inputs",
+        tmp_path / "nan.npz",
+        "--latency-runs",
+        "0",
+    )
     assert code == 1 and not (tmp_path / "out.onnx").exists()
     assert err.count("sparsec: error:") == 1
 
 
 def test_a_non_finite_reference_never_counts_as_agreement():
     reference = np.array([[np.inf, 1.0, 2.0], [3.0, -np.inf, 4.0]])
-    for candidate in (reference.copy(), 2 * reference):  # equal, or equally infinite where the reference is
+    for candidate in (
+        reference.copy(),
+        2 * reference,
+    ):  # equal, or equally infinite where the reference is
         metrics = output_metrics("y", reference, candidate, rtol=1e-4, atol=1e-5)
-        assert not metrics.passed and "the reference is NaN or infinite at 2 of 6 values" in metrics.problem
+        assert (
+            not metrics.passed
+            and "the reference is NaN or infinite at 2 of 6 values" in metrics.problem
+        )
         assert metrics.max_abs == metrics.max_rel == float("inf") and metrics.cosine is None
     partly = np.array([[np.nan, 1.0], [2.0, 3.0]])
-    assert not output_metrics("y", partly, partly.copy(), 1.0, 1.0).passed  # a NaN hides what the rest cannot show
+    assert not output_metrics(
+        "y", partly, partly.copy(), 1.0, 1.0
+    ).passed  # a NaN hides what the rest cannot show
     finite = np.array([[1.0, 2.0], [3.0, 4.0]])
     broken = finite.copy()
     broken[1, 0] = np.nan
     metrics = output_metrics("y", finite, broken, rtol=1.0, atol=1.0)
-    assert not metrics.passed and metrics.problem == "the candidate is NaN or infinite at 1 of 4 values where the reference is finite"
+    assert (
+        not metrics.passed
+        and metrics.problem
+        == "the candidate is NaN or infinite at 1 of 4 values where the reference is finite"
+    )
     assert metrics.max_abs == float("inf") and metrics.top1 is None
 
 
@@ -176,29 +250,54 @@ def test_the_oracle_rule_refuses_a_non_finite_reference():
     reference = np.array([[np.inf, 1.0], [0.5, 2.0]])
     candidate = np.array([[3.0, 5.0], [0.5, 2.0]])
     metrics = output_metrics("y", reference, candidate, 0.0, 0.0, peak_tolerance=1e-4)
-    assert not metrics.passed and "the reference is NaN or infinite at 1 of 4 values" in metrics.problem
+    assert (
+        not metrics.passed
+        and "the reference is NaN or infinite at 1 of 4 values" in metrics.problem
+    )
     assert metrics.max_abs_reference == 2.0  # the finite peak: a number the report can print
     for peak_tolerance in (1e-4, None):  # both rules: an all-NaN pair fails, and no metric is NaN
         nan = np.full((2, 3), np.nan)
         metrics = output_metrics("y", nan, nan.copy(), 1e-4, 1e-5, peak_tolerance=peak_tolerance)
-        assert not metrics.passed and not np.isnan([metrics.max_abs, metrics.max_rel, metrics.max_abs_reference]).any()
+        assert (
+            not metrics.passed
+            and not np.isnan([metrics.max_abs, metrics.max_rel, metrics.max_abs_reference]).any()
+        )
 
 
 def test_the_error_line_says_the_reference_is_not_finite(tmp_path, cli):
     np.savez(tmp_path / "nan.npz", input=np.full((4, 1, 8, 8), np.nan, np.float32))
     for flags in ([], ["--channels", "0.5"]):  # gated against the original; gated by the oracle
-        code, _, err = cli("compress", MODELS / "digits_cnn.onnx", "-o", tmp_path / "out.onnx", *flags,
-                           "--inputs", tmp_path / "nan.npz", "--latency-runs", "0")
-        assert code == 1 and "the reference is NaN or infinite" in err and "give inputs (--inputs)" in err
+        code, _, err = cli(
+            "compress",
+            MODELS / "digits_cnn.onnx",
+            "-o",
+            tmp_path / "out.onnx",
+            *flags,
+            "--inputs",
+            tmp_path / "nan.npz",
+            "--latency-runs",
+            "0",
+        )
+        assert (
+            code == 1
+            and "the reference is NaN or infinite" in err
+            and "give inputs (--inputs)" in err
+        )
 
 
 def test_peak_gap_is_infinite_on_non_finite_or_mismatched_outputs():
     """The measure of a --steps round: max |c − r| / max |r| over the outputs, never NaN."""
     reference = {"y": np.array([[2.0, -4.0]]), "labels": np.array([1, 2])}
-    assert peak_gap(reference, {"y": np.array([[2.0, -4.2]]), "labels": np.array([1, 2])}) == pytest.approx(0.05)
+    assert peak_gap(
+        reference, {"y": np.array([[2.0, -4.2]]), "labels": np.array([1, 2])}
+    ) == pytest.approx(0.05)
     assert peak_gap({"y": np.zeros(2)}, {"y": np.array([0.0, 1e-3])}) == pytest.approx(1e-3)
     nan = {"y": np.full((1, 2), np.nan), "labels": np.array([1, 2])}
-    for candidate in (nan, {"y": reference["y"], "labels": np.array([1, 3])}, {"y": reference["y"]}):
+    for candidate in (
+        nan,
+        {"y": reference["y"], "labels": np.array([1, 3])},
+        {"y": reference["y"]},
+    ):
         assert peak_gap(reference, candidate) == float("inf")
     assert peak_gap(nan, nan) == float("inf")
     assert peak_gap({"p": [{0: 0.5, 1: 0.5}]}, {"p": [{0: 0.25, 1: 0.75}]}) == pytest.approx(0.5)

@@ -36,7 +36,9 @@ RANDOM = "random"
 RANDOM_SAMPLES = 64  # random calibration samples when no count is given
 
 
-def load_calibration(spec: str | Path, model, samples: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+def load_calibration(
+    spec: str | Path, model, samples: int = 0, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Arrays keyed by the model's input names, first axis = samples (all the same count), the
     first ``samples`` of them when > 0. ``spec`` is a ``.npz`` file (arrays keyed by input
     name), a folder of ``.npz`` files and/or ``NAME.npy`` files (concatenated along axis 0 in
@@ -49,17 +51,31 @@ def load_calibration(spec: str | Path, model, samples: int = 0, seed: int = 0) -
     names = [v.name for v in model.inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise InputError(f"calibration data {path} has no array for input(s) {', '.join(missing)} "
-                         f"(has {', '.join(arrays) or 'none'})")
+        raise InputError(
+            f"calibration data {path} has no array for input(s) {', '.join(missing)} "
+            f"(has {', '.join(arrays) or 'none'})"
+        )
     counts = {arrays[n].shape[0] if arrays[n].ndim else 0 for n in names}
     if len(counts) != 1:
-        raise InputError(f"calibration data {path}: every input needs the same number of samples on axis 0")
+        raise InputError(
+            f"calibration data {path}: every input needs the same number of samples on axis 0"
+        )
     if samples > counts.pop():
-        raise InputError(f"calibration data {path} holds {arrays[names[0]].shape[0]} samples; "
-                         f"--calibration-samples asks for {samples}")
+        raise InputError(
+            f"calibration data {path} holds {arrays[names[0]].shape[0]} samples; "
+            f"--calibration-samples asks for {samples}"
+        )
     label = f"calibration data {path}"  # the samples used are checked and cast, not the whole file
-    return {v.name: conform(arrays[v.name][:samples] if samples > 0 else arrays[v.name], v, model, label, batched=True)
-            for v in model.inputs}
+    return {
+        v.name: conform(
+            arrays[v.name][:samples] if samples > 0 else arrays[v.name],
+            v,
+            model,
+            label,
+            batched=True,
+        )
+        for v in model.inputs
+    }
 
 
 def _read_folder(path: Path) -> dict[str, np.ndarray]:
@@ -74,7 +90,9 @@ def _read_folder(path: Path) -> dict[str, np.ndarray]:
     try:
         return {name: np.concatenate(arrays, axis=0) for name, arrays in parts.items()}
     except ValueError as error:
-        raise InputError(f"calibration folder {path}: the files' arrays do not join on axis 0: {error}") from None
+        raise InputError(
+            f"calibration folder {path}: the files' arrays do not join on axis 0: {error}"
+        ) from None
 
 
 def _random_samples(model, count: int, seed: int) -> dict[str, np.ndarray]:
@@ -84,7 +102,9 @@ def _random_samples(model, count: int, seed: int) -> dict[str, np.ndarray]:
 
 def fixed_batch(model) -> int | None:
     """The batch size the model's inputs fix on axis 0, if any (then calibration runs in it)."""
-    sizes = {dims[0] for v in model.inputs if (dims := model.shape_dims(v)) and isinstance(dims[0], int)}
+    sizes = {
+        dims[0] for v in model.inputs if (dims := model.shape_dims(v)) and isinstance(dims[0], int)
+    }
     return sizes.pop() if len(sizes) == 1 else None
 
 
@@ -94,8 +114,13 @@ def padding_mask(model) -> str | None:
     whose activations the outputs ignore."""
     for value in model.inputs:
         dims, dtype = model.shape_dims(value), model.elem_type(value)
-        if "mask" in value.name.lower() and dims is not None and len(dims) == 2 and dtype is not None \
-                and np.dtype(dtype).kind in "iub":
+        if (
+            "mask" in value.name.lower()
+            and dims is not None
+            and len(dims) == 2
+            and dtype is not None
+            and np.dtype(dtype).kind in "iub"
+        ):
             return value.name
     return None
 
@@ -117,8 +142,9 @@ def _padded_inputs(model, samples: Mapping[str, np.ndarray]) -> tuple[str, list[
     return mask, cut
 
 
-def calibration_batches(model, samples: Mapping[str, np.ndarray],
-                        batch_size: int = 16) -> Iterator[dict[str, np.ndarray]]:
+def calibration_batches(
+    model, samples: Mapping[str, np.ndarray], batch_size: int = 16
+) -> Iterator[dict[str, np.ndarray]]:
     """Feeds of ``batch_size`` samples (sorted by real length and cut to it when the model
     takes a padding mask, else in order); a model with a fixed batch size gets whole batches
     of that size only (the remainder is left out)."""
@@ -127,7 +153,7 @@ def calibration_batches(model, samples: Mapping[str, np.ndarray],
     lengths = _real_lengths(samples[padded[0]]) if padded else None
     order = np.argsort(lengths, kind="stable") if padded else np.arange(count)
     for start in range(0, count, batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         batch = {name: array[rows] for name, array in samples.items()}
         if padded:
             end = max(1, int(lengths[rows].max()))
@@ -142,7 +168,9 @@ def _batch_plan(model, samples: Mapping[str, np.ndarray], batch_size: int) -> tu
     batch_size = fixed or batch_size
     count -= count % batch_size if fixed else 0  # a fixed batch takes whole batches only
     if count == 0:
-        raise InputError(f"calibration needs at least {batch_size} samples for this model's fixed batch size")
+        raise InputError(
+            f"calibration needs at least {batch_size} samples for this model's fixed batch size"
+        )
     return batch_size, count
 
 
@@ -158,15 +186,23 @@ def _real_lengths(mask: np.ndarray) -> np.ndarray:
     return np.where(nonzero.any(axis=1), mask.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
 
 
-def capture(model, samples: Mapping[str, np.ndarray], names: Sequence[str], batch_size: int = 16, *,
-            session: runtime.Session | None = None) -> Iterator[dict[str, np.ndarray]]:
+def capture(
+    model,
+    samples: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    batch_size: int = 16,
+    *,
+    session: runtime.Session | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """{name: array} per calibration batch for the named values (intermediate values or graph
     inputs). ``session``, when given, must already expose ``names`` (one session reused)."""
     names = list(dict.fromkeys(names))
     inputs = {v.name for v in model.inputs}
     exposed = [name for name in names if name not in inputs]
     if session is None and exposed:
-        session = runtime.session_for(model, extra_outputs=exposed, optimization="disable", only=True)
+        session = runtime.session_for(
+            model, extra_outputs=exposed, optimization="disable", only=True
+        )
     for batch in calibration_batches(model, samples, batch_size):
         outputs = session.run(batch, exposed) if exposed else {}
         yield {name: outputs[name] if name in outputs else batch[name] for name in names}
@@ -205,10 +241,18 @@ class Frontier:
 
     def _frontier(self, stage: int) -> list[str]:
         done = {name for name in self.dynamic if self.stages.get(name, 0) < stage}
-        return sorted({name for node in self.model.nodes() if any(v.name not in done for v in node.outputs if v)
-                       for name in self.model.reads(node) & done})
+        return sorted(
+            {
+                name
+                for node in self.model.nodes()
+                if any(v.name not in done for v in node.outputs if v)
+                for name in self.model.reads(node) & done
+            }
+        )
 
-    def capture(self, samples, names: Sequence[str], batch_size: int, stage: int) -> Iterator[dict[str, np.ndarray]]:
+    def capture(
+        self, samples, names: Sequence[str], batch_size: int, stage: int
+    ) -> Iterator[dict[str, np.ndarray]]:
         """``capture``'s batches of ``names`` at ``stage`` (stages captured in increasing order).
         A capture read only in part leaves no frontier: the next one starts from the inputs."""
         names, keep = list(dict.fromkeys(names)), self._frontier(stage) if self.holds else []
@@ -217,8 +261,17 @@ class Frontier:
         held = previous[0] if previous else {}
         inputs = {v.name for v in self.model.inputs} | set(held)
         exposed = [name for name in dict.fromkeys(names + keep) if name not in inputs]
-        session = runtime.session_for(self.model, extra_outputs=exposed, optimization="disable", only=True,
-                                      fed={name: array.dtype for name, array in held.items()}) if exposed else None
+        session = (
+            runtime.session_for(
+                self.model,
+                extra_outputs=exposed,
+                optimization="disable",
+                only=True,
+                fed={name: array.dtype for name, array in held.items()},
+            )
+            if exposed
+            else None
+        )
         last = batch_count(self.model, samples, batch_size) - 1
         for index, batch in enumerate(calibration_batches(self.model, samples, batch_size)):
             known = {**batch, **(previous[index] if previous else {})}
@@ -226,14 +279,17 @@ class Frontier:
             if keep:
                 self.batches.append({name: known[name] for name in keep})
                 size += sum(known[name].nbytes for name in keep)
-                if size > FRONTIER_BYTES:  # too large to hold: the next capture starts from the inputs
+                if (
+                    size > FRONTIER_BYTES
+                ):  # too large to hold: the next capture starts from the inputs
                     keep, self.batches = [], []
             self.complete = index == last
             yield {name: known[name] for name in names}
 
 
-def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple[str, int]],
-                  batch_size: int = 16) -> dict[tuple[str, int], np.ndarray]:
+def channel_norms(
+    model, samples: Mapping[str, np.ndarray], requests: list[tuple[str, int]], batch_size: int = 16
+) -> dict[tuple[str, int], np.ndarray]:
     """{(value, axis): per-channel L2 norm over all samples and positions}."""
     names = sorted({name for name, _ in requests})
     sums: dict[tuple[str, int], np.ndarray] = {}
@@ -246,7 +302,9 @@ def channel_norms(model, samples: Mapping[str, np.ndarray], requests: list[tuple
     return {key: np.sqrt(total) for key, total in sums.items()}
 
 
-def weight_input_norms(model, samples: Mapping[str, np.ndarray], sites, batch_size: int = 16) -> dict[str, np.ndarray]:
+def weight_input_norms(
+    model, samples: Mapping[str, np.ndarray], sites, batch_size: int = 16
+) -> dict[str, np.ndarray]:
     """Per weight site (``weight_sites``) whose every use has an input activation: ‖x_j‖ of
     each input channel j it reduces over, over all its uses (root of the summed squares);
     sites without one (grouped conv, embedding table, constant input) are left out."""

@@ -67,7 +67,11 @@ def _weighted(node, s: _Shapes) -> int | None:
     product's output elements × the length of its activation's contraction axis."""
     layout = op_layout(s.model, node)
     if layout.role == "conv":
-        side = node.outputs[0] if layout.full_side == "output" else node.inputs[layout.activation.index]
+        side = (
+            node.outputs[0]
+            if layout.full_side == "output"
+            else node.inputs[layout.activation.index]
+        )
         elements, weight = s.of(side), s.of(node.inputs[layout.weight.index])
         return None if elements is None or weight is None else _prod(elements) * _prod(weight[1:])
     out, a = s.of(node.outputs[0]), s.of(node.inputs[layout.activation.index])
@@ -120,7 +124,9 @@ MAC_RULES: dict[tuple[str, str], Callable] = {
 def _float_constants(model) -> list:
     seen, result = set(), []
     candidates = list(model.initializers().values())
-    candidates += [o for n in model.nodes() if n.op_type in ("Constant", "ConstantOfShape") for o in n.outputs]
+    candidates += [
+        o for n in model.nodes() if n.op_type in ("Constant", "ConstantOfShape") for o in n.outputs
+    ]
     for value in candidates:
         if id(value) in seen or not (_is_float_constant(model, value) or _is_quantized_data(value)):
             continue
@@ -171,5 +177,8 @@ def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostRep
 def _nested_compute(model) -> list[str]:
     """Compute nodes inside If/Loop/Scan bodies or functions: not counted, so listed as unknown."""
     top = {id(n) for n in model.nodes()}
-    return [f"{n.name or n.op_type} (inside a subgraph or function)" for n in model.all_nodes()
-            if id(n) not in top and (n.domain if n.domain != "ai.onnx" else "", n.op_type) in MAC_RULES]
+    return [
+        f"{n.name or n.op_type} (inside a subgraph or function)"
+        for n in model.all_nodes()
+        if id(n) not in top and (n.domain if n.domain != "ai.onnx" else "", n.op_type) in MAC_RULES
+    ]

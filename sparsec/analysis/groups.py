@@ -38,7 +38,9 @@ class ChannelGroup:
     stats: list[Member] = field(default_factory=list)
     reason: str | None = None  # why the group is not prunable (None: prunable)
     nodes: set[str] = field(default_factory=set)  # names of the nodes touching the group
-    roles: dict[Member, set[str]] = field(default_factory=dict)  # member roles (rules.core.Coupling.roles)
+    roles: dict[Member, set[str]] = field(
+        default_factory=dict
+    )  # member roles (rules.core.Coupling.roles)
 
     @property
     def prunable(self) -> bool:
@@ -82,10 +84,16 @@ class ChannelGroup:
         for column, member in enumerate(self.compute):
             presence[self.atoms[member], column] = True
         patterns, segment_of = np.unique(presence, axis=0, return_inverse=True)
-        every = tuple(sorted(m for m in self.members if not m[0].startswith("#")))  # units in no compute weight
-        return [(np.flatnonzero(segment_of.reshape(-1) == s),
-                 tuple(sorted(m for m, on in zip(self.compute, pattern) if on)) or every)
-                for s, pattern in enumerate(patterns)]
+        every = tuple(
+            sorted(m for m in self.members if not m[0].startswith("#"))
+        )  # units in no compute weight
+        return [
+            (
+                np.flatnonzero(segment_of.reshape(-1) == s),
+                tuple(sorted(m for m, on in zip(self.compute, pattern) if on)) or every,
+            )
+            for s, pattern in enumerate(patterns)
+        ]
 
     def describe(self) -> str:
         weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])
@@ -122,9 +130,17 @@ def find_channel_groups(model, input_shapes=None) -> GroupAnalysis:
 
 
 def _analyze(model, input_shapes) -> GroupAnalysis:
-    dynamic = [node.inputs[index].name for node in model.nodes() if (index := RUN_TIME_SHAPES.get(node.op_type)) is not None
-               and len(node.inputs) > index and node.inputs[index] is not None and model.constant(node.inputs[index]) is None]
-    ctx = RuleContext(model, value_shapes(model, input_shapes), measure_values(model, dynamic, input_shapes))
+    dynamic = [
+        node.inputs[index].name
+        for node in model.nodes()
+        if (index := RUN_TIME_SHAPES.get(node.op_type)) is not None
+        and len(node.inputs) > index
+        and node.inputs[index] is not None
+        and model.constant(node.inputs[index]) is None
+    ]
+    ctx = RuleContext(
+        model, value_shapes(model, input_shapes), measure_values(model, dynamic, input_shapes)
+    )
     graph, blocked, couplings, barriers, touching = nx.Graph(), {}, [], {}, {}
     sizes: dict[Member, int] = {}
     for node in model.nodes():
@@ -169,7 +185,9 @@ def _coupling(node, ctx: RuleContext, barriers: dict[str, str]) -> Coupling:
         domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
         barriers[node.name or node.op_type] = f"{domain}{node.op_type}"
         return _blocking(node, ctx, f"has no axis rule for {domain}{node.op_type} (a barrier)")
-    coupling = apply_rule(rule, node, ctx)  # a rule that cannot decide is a barrier too (unless strict)
+    coupling = apply_rule(
+        rule, node, ctx
+    )  # a rule that cannot decide is a barrier too (unless strict)
     return _blocking(node, ctx, coupling) if isinstance(coupling, str) else coupling
 
 
@@ -205,9 +223,16 @@ def _make_group(index, model, graph, component, sizes, compute, stats, blocked) 
     members = sorted(component, key=lambda m: (m[0], m[1]))
     atoms, units, consistent = _unify_positions(graph, members, sizes)
     constants = [m for m in members if not m[0].startswith("#") and _is_constant(model, m[0])]
-    group = ChannelGroup(index, members, {m: sizes[m] for m in members}, atoms, units,
-                         compute=[m for m in members if m in compute], constants=constants,
-                         stats=[m for m in members if m in stats])
+    group = ChannelGroup(
+        index,
+        members,
+        {m: sizes[m] for m in members},
+        atoms,
+        units,
+        compute=[m for m in members if m in compute],
+        constants=constants,
+        stats=[m for m in members if m in stats],
+    )
     reasons = [blocked[m] for m in members if m in blocked]
     if reasons:
         group.reason = reasons[0]
@@ -241,9 +266,13 @@ def _unify_positions(graph: nx.Graph, members: list[Member], sizes: dict) -> tup
                 continue
             left.append(offsets[edge.a] + np.arange(size_a))
             right.append(offsets[edge.b] + index)
-    labels = _components(total, np.concatenate(left or [np.zeros(0, int)]), np.concatenate(right or [np.zeros(0, int)]))
+    labels = _components(
+        total,
+        np.concatenate(left or [np.zeros(0, int)]),
+        np.concatenate(right or [np.zeros(0, int)]),
+    )
     _, dense = np.unique(labels, return_inverse=True)
-    atoms = {m: dense[offsets[m]:offsets[m] + sizes[m]] for m in members}
+    atoms = {m: dense[offsets[m] : offsets[m] + sizes[m]] for m in members}
     return atoms, int(dense.max(initial=-1) + 1), consistent
 
 

@@ -26,11 +26,31 @@ from sparsec.analysis.groups import ChannelGroup, GroupAnalysis, find_channel_gr
 from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.weight_sites import weight_sites
 
-ATTENTION_OPS = {("", "Attention"), ("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"),
-                 ("com.microsoft", "GroupQueryAttention")}
+ATTENTION_OPS = {
+    ("", "Attention"),
+    ("com.microsoft", "Attention"),
+    ("com.microsoft", "MultiHeadAttention"),
+    ("com.microsoft", "GroupQueryAttention"),
+}
 # ops a projection's output passes through on its way to the attention product
-PASS_THROUGH = {"Reshape", "Transpose", "Add", "Sub", "Mul", "Div", "Cast", "Squeeze", "Unsqueeze", "Expand",
-                "Identity", "Slice", "Split", "Where", "Softmax", "Concat"}
+PASS_THROUGH = {
+    "Reshape",
+    "Transpose",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Cast",
+    "Squeeze",
+    "Unsqueeze",
+    "Expand",
+    "Identity",
+    "Slice",
+    "Split",
+    "Where",
+    "Softmax",
+    "Concat",
+}
 
 
 @dataclass
@@ -60,21 +80,45 @@ def attention_blocks(model, analysis: GroupAnalysis | None = None) -> list[Atten
 def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBlock:
     nodes = [n for n in model.nodes() if (n.name or n.op_type) in group.nodes]
     fused = next((n for n in nodes if (_domain(n), n.op_type) in ATTENTION_OPS), None)
-    form, weights = _fused_weights(model, fused) if fused is not None else _written_out_weights(model, nodes)
+    form, weights = (
+        _fused_weights(model, fused) if fused is not None else _written_out_weights(model, nodes)
+    )
     projections = {name for names in weights.values() for name in names}
-    o = sorted({name for name, axis in group.compute if reduction.get(name) == axis and name not in projections})
+    o = sorted(
+        {
+            name
+            for name, axis in group.compute
+            if reduction.get(name) == axis and name not in projections
+        }
+    )
     heads = max((group.sizes[m] for m in group.members_with_role("heads")), default=group.units)
-    packed = bool(weights["q"]) and weights["q"] == weights["k"] == weights["v"]  # one [Q | K | V] weight
+    packed = (
+        bool(weights["q"]) and weights["q"] == weights["k"] == weights["v"]
+    )  # one [Q | K | V] weight
     q_width = _output_width(model, group, weights["q"], reduction)
     q_width = q_width // 3 if q_width and packed else q_width
     head_dim = q_width // heads if q_width and heads and q_width % heads == 0 else None
     k_width = None if packed else _output_width(model, group, weights["k"], reduction)
-    kv_heads = k_width // head_dim if k_width and head_dim and k_width % head_dim == 0 else group.units
-    return AttentionBlock(group.id, form, heads, kv_heads, head_dim, weights["q"], weights["k"], weights["v"], o,
-                          group.reason)
+    kv_heads = (
+        k_width // head_dim if k_width and head_dim and k_width % head_dim == 0 else group.units
+    )
+    return AttentionBlock(
+        group.id,
+        form,
+        heads,
+        kv_heads,
+        head_dim,
+        weights["q"],
+        weights["k"],
+        weights["v"],
+        o,
+        group.reason,
+    )
 
 
-def _output_width(model, group: ChannelGroup, names: list[str], reduction: dict[str, int]) -> int | None:
+def _output_width(
+    model, group: ChannelGroup, names: list[str], reduction: dict[str, int]
+) -> int | None:
     """The output width of a projection's 2-D weight (the axis it does not reduce over); for a
     weight an attention op reads directly, the size of its member in the group."""
     if not names:
@@ -91,16 +135,24 @@ def _fused_weights(model, node) -> tuple[str, dict[str, list[str]]]:
     form = f"{_domain(node) + '::' if _domain(node) else 'ONNX '}{node.op_type} op"
     if node.op_type == "Attention" and _domain(node) == "com.microsoft":
         return form, {role: [node.inputs[1].name] for role in ("q", "k", "v")}  # a list each
-    return form, {role: _source_weights(model, _input(node, i)) for i, role in enumerate(("q", "k", "v"))}
+    return form, {
+        role: _source_weights(model, _input(node, i)) for i, role in enumerate(("q", "k", "v"))
+    }
 
 
 def _written_out_weights(model, nodes) -> tuple[str, dict[str, list[str]]]:
     """Q and K feed the product whose result reaches the Softmax, V the other one."""
-    products = [n for n in nodes if n.op_type == "MatMul" and not any(model.constant_shape(v) for v in n.inputs)]
+    products = [
+        n
+        for n in nodes
+        if n.op_type == "MatMul" and not any(model.constant_shape(v) for v in n.inputs)
+    ]
     scores = next((n for n in products if _feeds_softmax(n)), products[0])
     context = next((n for n in products if n is not scores), scores)
     operands = {"q": scores.inputs[0], "k": scores.inputs[1], "v": context.inputs[1]}
-    return "written out (MatMul → Softmax → MatMul)", {r: _source_weights(model, v) for r, v in operands.items()}
+    return "written out (MatMul → Softmax → MatMul)", {
+        r: _source_weights(model, v) for r, v in operands.items()
+    }
 
 
 def _domain(node) -> str:
@@ -129,12 +181,18 @@ def _source_weights(model, value, depth: int = 12) -> list[str]:
         if node is None:
             return []
         layout = op_layout(model, node)
-        if layout is not None and layout.role == "linear":  # MatMul, Gemm: either operand may be the weight
+        if (
+            layout is not None and layout.role == "linear"
+        ):  # MatMul, Gemm: either operand may be the weight
             operands = [node.inputs[i] for i in sorted(o.index for o in layout.operands())]
-            weights = [v.name for v in operands if v is not None and model.constant_shape(v) is not None]
+            weights = [
+                v.name for v in operands if v is not None and model.constant_shape(v) is not None
+            ]
             if weights:
                 return weights
         if node.op_type not in PASS_THROUGH:
             return []
-        value = next((v for v in node.inputs if v is not None and model.constant_shape(v) is None), None)
+        value = next(
+            (v for v in node.inputs if v is not None and model.constant_shape(v) is None), None
+        )
     return []

@@ -29,7 +29,9 @@ from sparsec.errors import InputError
 class ImportanceContext:
     model: Any
     seed: int = 0
-    calibration: dict[str, np.ndarray] | None = None  # input name → samples (for activation methods)
+    calibration: dict[str, np.ndarray] | None = (
+        None  # input name → samples (for activation methods)
+    )
     extra: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
     _sums: dict[tuple[str, str], dict | None] = field(default_factory=dict, repr=False)
@@ -43,7 +45,9 @@ class ImportanceContext:
             raise InputError("importance 'activation' needs calibration data (--calibration)")
         if self._input_norms is None:
             sites = weight_sites(self.model)[0]
-            self._input_norms = weight_input_norms(self.model, self.calibration, sites, self.batch_size)
+            self._input_norms = weight_input_norms(
+                self.model, self.calibration, sites, self.batch_size
+            )
             self._input_axes = {site.name: site.axis for site in sites}
         return self._input_norms
 
@@ -56,7 +60,9 @@ class ImportanceContext:
             self._sums[key] = self._read_sums(name, transform)
         sums = self._sums[key]
         if sums is not None and axis not in sums:  # a large weight, or an axis beyond the first two
-            sums[axis] = _sum_but_axis(weight_array(self.model, self.model.value(name)), axis, transform)
+            sums[axis] = _sum_but_axis(
+                weight_array(self.model, self.model.value(name)), axis, transform
+            )
         return None if sums is None else sums[axis]
 
     def _read_sums(self, name: str, transform) -> dict | None:
@@ -66,7 +72,12 @@ class ImportanceContext:
         if array.size > CHUNK_ELEMENTS or array.ndim < 2:
             return {}
         # one contiguous reduction to (axis 0, axis 1) pairs, then both channel axes from it
-        pairs = transform(array).reshape(array.shape[0], array.shape[1], -1).sum(axis=2).astype(np.float64)
+        pairs = (
+            transform(array)
+            .reshape(array.shape[0], array.shape[1], -1)
+            .sum(axis=2)
+            .astype(np.float64)
+        )
         return {0: pairs.sum(axis=1), 1: pairs.sum(axis=0)}
 
 
@@ -78,6 +89,7 @@ def register_importance(name: str) -> Callable[[Scorer], Scorer]:
     def register(fn: Scorer) -> Scorer:
         IMPORTANCE[name] = fn
         return fn
+
     return register
 
 
@@ -106,7 +118,11 @@ def _sum_but_axis(array: np.ndarray, axis: int, transform) -> np.ndarray:
     """Σ transform(array) over every axis but ``axis`` (chunked along ``axis`` when large)."""
     other = tuple(a for a in range(array.ndim) if a != axis)
     if array.size <= CHUNK_ELEMENTS:
-        return transform(array).sum(axis=other, dtype=np.float64) if other else transform(array).astype(np.float64)
+        return (
+            transform(array).sum(axis=other, dtype=np.float64)
+            if other
+            else transform(array).astype(np.float64)
+        )
     step = max(1, CHUNK_ELEMENTS * array.shape[axis] // array.size)
     index = [slice(None)] * array.ndim
     parts = []
@@ -135,7 +151,8 @@ def bn_scale(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
 def _is_batchnorm_scale(model, name: str) -> bool:
     value = model.value(name)
     return value is not None and any(
-        use.node.op_type == "BatchNormalization" and use.idx == 1 for use in value.uses())
+        use.node.op_type == "BatchNormalization" and use.idx == 1 for use in value.uses()
+    )
 
 
 @register_importance("activation")
@@ -151,7 +168,9 @@ def activation(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
     scores = np.zeros(group.units)
     for name, axis in consumers:
         weight_norms = np.sqrt(ctx.axis_sums(name, axis, np.square))
-        scores += np.bincount(group.atoms[(name, axis)], weights=norms[name] * weight_norms, minlength=group.units)
+        scores += np.bincount(
+            group.atoms[(name, axis)], weights=norms[name] * weight_norms, minlength=group.units
+        )
     return scores
 
 

@@ -34,24 +34,38 @@ def parse_input_shapes(specs: Iterable[str], model) -> dict[str, tuple[int, ...]
     for spec in specs:
         match = _SHAPE_SPEC.match(spec.strip())
         if match is None:
-            raise InputError(f"--input-shape '{spec}': expected NAME:DxDxD with positive dims, e.g. input:1x3x224x224")
+            raise InputError(
+                f"--input-shape '{spec}': expected NAME:DxDxD with positive dims, e.g. input:1x3x224x224"
+            )
         name = match["name"]
         if name in shapes:
             raise InputError(f"--input-shape '{spec}': input '{name}' is given a shape twice")
         if name not in known:
-            raise InputError(f"--input-shape '{spec}': the model has no input '{name}' (inputs: {', '.join(known)})")
+            raise InputError(
+                f"--input-shape '{spec}': the model has no input '{name}' (inputs: {', '.join(known)})"
+            )
         dims = tuple(int(d) for d in match["dims"].split("x"))
         declared = model.shape_dims(known[name])
         if declared is not None and len(declared) != len(dims):
-            raise InputError(f"--input-shape '{spec}': input '{name}' has rank {len(declared)}, not {len(dims)}")
-        clashes = [f"axis {i} is {d}" for i, (d, n) in enumerate(zip(declared or [], dims)) if isinstance(d, int) and d != n]
+            raise InputError(
+                f"--input-shape '{spec}': input '{name}' has rank {len(declared)}, not {len(dims)}"
+            )
+        clashes = [
+            f"axis {i} is {d}"
+            for i, (d, n) in enumerate(zip(declared or [], dims))
+            if isinstance(d, int) and d != n
+        ]
         if clashes:
-            raise InputError(f"--input-shape '{spec}': input '{name}' has fixed dims ({', '.join(clashes)})")
+            raise InputError(
+                f"--input-shape '{spec}': input '{name}' has fixed dims ({', '.join(clashes)})"
+            )
         shapes[name] = dims
     return shapes
 
 
-def bind_shapes(model, overrides: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
+def bind_shapes(
+    model, overrides: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, tuple[int, ...]]:
     """A concrete shape for every model input (overrides, then declared dims, then defaults)."""
     overrides = overrides or {}
     bound: dict[str, tuple[int, ...]] = {}
@@ -70,12 +84,16 @@ def _default_dim(dim, axis: int) -> int:
     return 1 if axis == 0 else DEFAULT_SYMBOLIC_DIM
 
 
-def random_inputs(model, shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+def random_inputs(
+    model, shapes: Mapping[str, tuple[int, ...]], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Seeded feeds for every input, in valid ranges for integer inputs."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in model.inputs:
-        dtype = model.elem_type(value) or np.dtype(np.float32)  # a sequence's, optional's or map's elements'
+        dtype = model.elem_type(value) or np.dtype(
+            np.float32
+        )  # a sequence's, optional's or map's elements'
         kind = "tensor()" if model.is_tensor(value) else model.type_name(value)
         feeds[value.name] = _random_value(model, value, kind, shapes[value.name], dtype, rng)
     return feeds
@@ -84,9 +102,11 @@ def random_inputs(model, shapes: Mapping[str, tuple[int, ...]], seed: int = 0) -
 def _random_value(model, value, kind: str, shape, dtype: np.dtype, rng: np.random.Generator):
     """A random value of onnxruntime type ``kind`` ('tensor(float)', 'seq(tensor(float))',
     'optional(...)', 'map(int64,tensor(float))'), its tensors of ``shape`` and ``dtype``."""
-    outer, inner = kind[:kind.index("(")], kind[kind.index("(") + 1:-1]
+    outer, inner = kind[: kind.index("(")], kind[kind.index("(") + 1 : -1]
     if outer == "seq":
-        return [_random_value(model, value, inner, shape, dtype, rng) for _ in range(SEQUENCE_LENGTH)]
+        return [
+            _random_value(model, value, inner, shape, dtype, rng) for _ in range(SEQUENCE_LENGTH)
+        ]
     if outer == "optional":
         return _random_value(model, value, inner, shape, dtype, rng)
     if outer == "map":
@@ -123,10 +143,14 @@ def load_npz(path: str | Path, model) -> dict[str, np.ndarray]:
     feeds = {}
     for value in model.inputs:
         if not model.is_tensor(value):
-            raise InputError(f"{path}: model input '{value.name}' is a {model.type_name(value)}, which an .npz "
-                             "cannot hold; leave out --inputs to run this model on generated inputs")
+            raise InputError(
+                f"{path}: model input '{value.name}' is a {model.type_name(value)}, which an .npz "
+                "cannot hold; leave out --inputs to run this model on generated inputs"
+            )
         if value.name not in data:
-            raise InputError(f"{path}: no array for model input '{value.name}' (arrays: {', '.join(data) or 'none'})")
+            raise InputError(
+                f"{path}: no array for model input '{value.name}' (arrays: {', '.join(data) or 'none'})"
+            )
         feeds[value.name] = conform(data[value.name], value, model, str(path), batched=False)
     return feeds
 
@@ -140,13 +164,22 @@ def read_arrays(path: Path, what: str, *, npy: bool = False) -> dict[str, np.nda
         if not isinstance(archive, np.lib.npyio.NpzFile):
             if npy and path.suffix == ".npy":
                 return {path.stem: archive}
-            raise InputError(f"{path}: not an .npz archive (save one with numpy.savez(path, input_name=array))")
+            raise InputError(
+                f"{path}: not an .npz archive (save one with numpy.savez(path, input_name=array))"
+            )
         with archive:
             return {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise InputError(f"{what} {path}: no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # an empty file is an EOFError
-        detail = "" if "pickle" in str(error) else f" ({error or type(error).__name__})"  # numpy's guess: a pickle
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as error:  # an empty file is an EOFError
+        detail = (
+            "" if "pickle" in str(error) else f" ({error or type(error).__name__})"
+        )  # numpy's guess: a pickle
         raise InputError(f"{what} {path}: not a readable .npz/.npy file{detail}") from None
 
 
@@ -157,15 +190,22 @@ def conform(array: np.ndarray, value, model, label: str, *, batched: bool) -> np
     cast to the input's dtype. Anything else is an ``InputError`` naming ``label`` and the array."""
     where = f"{label}: array '{value.name}'"
     if not model.is_tensor(value):
-        raise InputError(f"{where}: the model input is a {model.type_name(value)}, which an array cannot feed")
+        raise InputError(
+            f"{where}: the model input is a {model.type_name(value)}, which an array cannot feed"
+        )
     declared = model.shape_dims(value)
     if declared is not None and len(declared) != array.ndim:
-        raise InputError(f"{where} has rank {array.ndim}, the model input has rank {len(declared)}"
-                         + (" (samples go along the input's first axis)" if batched else ""))
+        raise InputError(
+            f"{where} has rank {array.ndim}, the model input has rank {len(declared)}"
+            + (" (samples go along the input's first axis)" if batched else "")
+        )
     if array.size == 0:
         raise InputError(f"{where} is empty; at least one sample is needed")
-    fixed = [(axis, dim) for axis, dim in enumerate(declared or []) if isinstance(dim, int) and dim > 0
-             and not (batched and axis == 0)]
+    fixed = [
+        (axis, dim)
+        for axis, dim in enumerate(declared or [])
+        if isinstance(dim, int) and dim > 0 and not (batched and axis == 0)
+    ]
     if any(array.shape[axis] != dim for axis, dim in fixed):
         raise InputError(f"{where} has shape {list(array.shape)}, the model input is {declared}")
     dtype = model.elem_type(value)
@@ -183,7 +223,9 @@ def feed_shapes(feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     for name, feed in feeds.items():
         value = feed
         if isinstance(feed, list):
-            same = feed and all(getattr(v, "shape", None) == getattr(feed[0], "shape", 0) for v in feed)
+            same = feed and all(
+                getattr(v, "shape", None) == getattr(feed[0], "shape", 0) for v in feed
+            )
             value = feed[0] if same else None
         if isinstance(value, np.ndarray):
             shapes[name] = tuple(value.shape)

@@ -47,31 +47,51 @@ def _is_const(model, value) -> bool:
 def _produced_by(value, op_type: str):
     """The standard-domain ``op_type`` node producing ``value``, if that is what produces it."""
     node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+    return (
+        node
+        if node is not None and node.op_type == op_type and node.domain in ("", "ai.onnx")
+        else None
+    )
 
 
 def _constant_parameters(model, node) -> bool:
     """Scale and (optional) zero point of a QuantizeLinear/DequantizeLinear are constants."""
-    return _is_const(model, node.inputs[1]) and all(_is_const(model, v) for v in node.inputs[2:3] if v is not None)
+    return _is_const(model, node.inputs[1]) and all(
+        _is_const(model, v) for v in node.inputs[2:3] if v is not None
+    )
 
 
 def quantized_weight(model, value) -> QuantizedWeight | None:
     """The quantized weight ``value`` is, when it is DequantizeLinear of constants; else None."""
     node = _produced_by(value, "DequantizeLinear")
-    if node is None or not _is_const(model, node.inputs[0]) or not _constant_parameters(model, node):
+    if (
+        node is None
+        or not _is_const(model, node.inputs[0])
+        or not _constant_parameters(model, node)
+    ):
         return None
     zero_point = node.inputs[2] if len(node.inputs) > 2 else None
     rank = len(model.constant_shape(node.inputs[0]))
     axis = int(model.attr(node, "axis", 1))
-    return QuantizedWeight(node, node.inputs[0], node.inputs[1], zero_point, axis + rank if axis < 0 else axis,
-                           int(model.attr(node, "block_size", 0)))
+    return QuantizedWeight(
+        node,
+        node.inputs[0],
+        node.inputs[1],
+        zero_point,
+        axis + rank if axis < 0 else axis,
+        int(model.attr(node, "block_size", 0)),
+    )
 
 
 def _fake_quantized_source(model, value):
     """The float constant W of DequantizeLinear(QuantizeLinear(W, s, z), s', z'), all constant."""
     node = _produced_by(value, "DequantizeLinear")
     quantize = _produced_by(node.inputs[0], "QuantizeLinear") if node is not None else None
-    if quantize is None or not _constant_parameters(model, node) or not _constant_parameters(model, quantize):
+    if (
+        quantize is None
+        or not _constant_parameters(model, node)
+        or not _constant_parameters(model, quantize)
+    ):
         return None
     return quantize.inputs[0] if _is_const(model, quantize.inputs[0]) else None
 
@@ -98,7 +118,9 @@ def expand(param: np.ndarray, shape: tuple[int, ...], q: QuantizedWeight) -> np.
     if param.size == 1 and q.block_size == 0:
         return np.broadcast_to(param.reshape(()), shape)
     if q.block_size:
-        return np.repeat(param, q.block_size, axis=q.axis).take(np.arange(shape[q.axis]), axis=q.axis)
+        return np.repeat(param, q.block_size, axis=q.axis).take(
+            np.arange(shape[q.axis]), axis=q.axis
+        )
     view = [1] * len(shape)
     view[q.axis] = shape[q.axis]
     return np.broadcast_to(param.reshape(view), shape)
@@ -147,5 +169,7 @@ def is_quantized(model) -> bool:
     """Whether the model quantizes anything (a QDQ model): onnxruntime's extended optimizations
     rewrite such graphs approximately (dynamic quantization of activations), so two exact
     equivalents can differ there."""
-    return any(node.op_type in QUANTIZE_OPS and node.domain in ("", "ai.onnx", "com.microsoft")
-               for node in model.all_nodes())
+    return any(
+        node.op_type in QUANTIZE_OPS and node.domain in ("", "ai.onnx", "com.microsoft")
+        for node in model.all_nodes()
+    )

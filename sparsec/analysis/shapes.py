@@ -18,7 +18,9 @@ from sparsec.ir import shapes as ir_shapes
 Shape = tuple[int, ...]
 
 
-def value_shapes(model, overrides: Mapping[str, Shape] | None = None, *, fallback: bool = True) -> dict[str, Shape]:
+def value_shapes(
+    model, overrides: Mapping[str, Shape] | None = None, *, fallback: bool = True
+) -> dict[str, Shape]:
     """{value name: concrete shape} for main-graph values, inputs bound as ``bind_shapes`` says."""
     bindings = bind_shapes(model, overrides)
     key = "value_shapes:" + repr(sorted(bindings.items())) + f":{fallback}"
@@ -27,15 +29,28 @@ def value_shapes(model, overrides: Mapping[str, Shape] | None = None, *, fallbac
 
 def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, Shape]:
     inferred = ir_shapes.infer(model, bindings)
-    known = {name: tuple(dims) for name, dims in inferred.items() if all(isinstance(d, int) for d in dims)}
-    tensors = {v.name for v in model.inputs if model.is_tensor(v)}  # a sequence's binding is its elements' shape
+    known = {
+        name: tuple(dims)
+        for name, dims in inferred.items()
+        if all(isinstance(d, int) for d in dims)
+    }
+    tensors = {
+        v.name for v in model.inputs if model.is_tensor(v)
+    }  # a sequence's binding is its elements' shape
     known.update({name: shape for name, shape in bindings.items() if name in tensors})
     for name, value in model.initializers().items():
         shape = model.constant_shape(value)
         if shape is not None:
             known[name] = shape
-    missing = [v.name for node in model.nodes() for v in node.outputs  # unused and non-tensor outputs don't matter
-               if v.name and v.name not in known and (v.uses() or v.is_graph_output()) and model.is_tensor(v)]
+    missing = [
+        v.name
+        for node in model.nodes()
+        for v in node.outputs  # unused and non-tensor outputs don't matter
+        if v.name
+        and v.name not in known
+        and (v.uses() or v.is_graph_output())
+        and model.is_tensor(v)
+    ]
     if missing and fallback:
         known.update(measure_shapes(model, bindings, missing))
     return known

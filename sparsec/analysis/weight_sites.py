@@ -32,17 +32,30 @@ class WeightSite:
     name: str
     axis: int  # the reduction axis, non-negative
     shape: tuple[int, ...]
-    nodes: list[str] = field(default_factory=list)  # the names of the nodes using it (unnamed ones left out)
-    activations: list[tuple[str, int] | None] = field(default_factory=list)  # per use: (value, channel axis)
-    quantized: QuantizedWeight | None = None  # set when the site is the stored data of a quantized weight
+    nodes: list[str] = field(
+        default_factory=list
+    )  # the names of the nodes using it (unnamed ones left out)
+    activations: list[tuple[str, int] | None] = field(
+        default_factory=list
+    )  # per use: (value, channel axis)
+    quantized: QuantizedWeight | None = (
+        None  # set when the site is the stored data of a quantized weight
+    )
 
 
 def _reduction_axes(node, model) -> list[tuple]:
     """Per operand that may be the weight (``op_layouts``): its contraction axis against the
     other operand's (no activation when the conv is grouped)."""
     layout = op_layout(model, node)
-    return [(w.index, w.contraction, None if layout.grouped else layout.other(w).index, layout.other(w).contraction)
-            for w in layout.operands()]
+    return [
+        (
+            w.index,
+            w.contraction,
+            None if layout.grouped else layout.other(w).index,
+            layout.other(w).contraction,
+        )
+        for w in layout.operands()
+    ]
 
 
 def _embedding(node, model) -> list[tuple]:
@@ -64,8 +77,9 @@ def _stored(model, value, quantized: bool) -> tuple:
     return (q.data, q) if dtype is not None and dtype.kind in "iu" else (None, None)
 
 
-def weight_sites(model, *, embeddings: bool = False,
-                 quantized: bool = False) -> tuple[list[WeightSite], dict[str, str]]:
+def weight_sites(
+    model, *, embeddings: bool = False, quantized: bool = False
+) -> tuple[list[WeightSite], dict[str, str]]:
     """The float constant operands of compute nodes (and embedding tables when asked; the
     stored data of quantized weights when ``quantized``) with their reduction axis, and the
     weights left out with the reason (uses that disagree on the axis, e.g. a table both
@@ -75,17 +89,25 @@ def weight_sites(model, *, embeddings: bool = False,
     rules = {**REDUCTION_AXIS, **(EMBEDDING_AXIS if embeddings else {})}
     for node in model.nodes():
         rule = rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        for index, rule_axis, act_index, act_axis in (rule(node, model) if rule else []):
+        for index, rule_axis, act_index, act_axis in rule(node, model) if rule else []:
             operand = node.inputs[index] if index < len(node.inputs) else None
             value, q = _stored(model, operand, quantized) if operand is not None else (None, None)
             shape = model.constant_shape(value) if value is not None else None
             if shape is None or len(shape) < 2:
                 continue
             axis = rule_axis % len(shape)
-            site = sites.setdefault(value.name, WeightSite(value.name, axis, tuple(shape), quantized=q))
+            site = sites.setdefault(
+                value.name, WeightSite(value.name, axis, tuple(shape), quantized=q)
+            )
             if site.axis != axis:
-                conflicts[value.name] = f"its uses reduce along different axes ({site.axis} and {axis})"
+                conflicts[value.name] = (
+                    f"its uses reduce along different axes ({site.axis} and {axis})"
+                )
             site.nodes += [node.name] if node.name else []
             activation = node.inputs[act_index] if act_index is not None else None
-            site.activations.append(None if activation is None or activation.is_initializer() else (activation.name, act_axis))
+            site.activations.append(
+                None
+                if activation is None or activation.is_initializer()
+                else (activation.name, act_axis)
+            )
     return [s for name, s in sites.items() if name not in conflicts], conflicts

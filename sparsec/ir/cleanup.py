@@ -38,7 +38,9 @@ def remove_unused(model) -> dict[str, int]:
 
 def _census(model) -> dict[str, int]:
     return {
-        "nodes": sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph)),  # function bodies apart
+        "nodes": sum(
+            1 for _ in ir.traversal.RecursiveGraphIterator(model.graph)
+        ),  # function bodies apart
         "initializers": sum(len(g.initializers) for g in model.ir.graphs()),
         "functions": len(model.ir.functions),
         "opsets": len(model.ir.opset_imports),
@@ -65,13 +67,20 @@ def evaluate_node(model, node: ir.Node, arrays: list[np.ndarray | None]) -> list
     graph = onnx.helper.make_graph(
         [proto_node],
         "fold",
-        [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-         for n, a in zip(names, arrays) if a is not None],
+        [
+            onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape
+            )
+            for n, a in zip(names, arrays)
+            if a is not None
+        ],
         [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outputs],
     )
     opsets = [onnx.helper.make_opsetid(d, v) for d, v in model.opsets().items()]
     try:
-        evaluator = onnx.reference.ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opsets))
+        evaluator = onnx.reference.ReferenceEvaluator(
+            onnx.helper.make_model(graph, opset_imports=opsets)
+        )
     except RuntimeError as error:  # raised while the evaluator looks its kernels up, before any run
         if "No implementation for operator" in str(error):
             return None

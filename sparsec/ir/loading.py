@@ -40,11 +40,15 @@ def deserialize(proto: onnx.ModelProto, path: Path) -> ir.Model:
     naming its innermost reason (onnx-ir wraps it in one error per graph level)."""
     try:
         return ir.serde.deserialize_model(proto)
-    except Exception as error:  # onnx-ir raises SerdeError, TypeError, ValueError ... for what it cannot read
+    except (
+        Exception
+    ) as error:  # onnx-ir raises SerdeError, TypeError, ValueError ... for what it cannot read
         reason: BaseException = error
         while reason.__cause__ is not None:
             reason = reason.__cause__
-        raise InputError(f"{path}: cannot read this model ({type(reason).__name__}: {one_line(reason)})") from None
+        raise InputError(
+            f"{path}: cannot read this model ({type(reason).__name__}: {one_line(reason)})"
+        ) from None
 
 
 def check_structure(proto: onnx.ModelProto, path: Path) -> None:
@@ -54,16 +58,22 @@ def check_structure(proto: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as error:
-        raise InputError(f"{path}: the ONNX checker rejects this model: {one_line(error)}") from None
+        raise InputError(
+            f"{path}: the ONNX checker rejects this model: {one_line(error)}"
+        ) from None
 
 
 def _parse(path: Path) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not an ONNX model (protobuf parse failed: {one_line(error)})") from None
+        raise InputError(
+            f"{path}: not an ONNX model (protobuf parse failed: {one_line(error)})"
+        ) from None
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
-        raise InputError(f"{path}: not an ONNX model (no graph found; is it truncated or another file type?)")
+        raise InputError(
+            f"{path}: not an ONNX model (no graph found; is it truncated or another file type?)"
+        )
     if not proto.opset_import:
         raise InputError(f"{path}: not an ONNX model (no opset_import; is it truncated?)")
     return proto
@@ -84,7 +94,9 @@ def _check_interface(proto: onnx.ModelProto) -> None:
         names = [v.name for v in values]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise InputError(f"graph {kind} '{twice[0]}' is listed {names.count(twice[0])} times; each must be listed once")
+            raise InputError(
+                f"graph {kind} '{twice[0]}' is listed {names.count(twice[0])} times; each must be listed once"
+            )
 
 
 def check_full(proto: onnx.ModelProto) -> str | None:
@@ -108,5 +120,6 @@ def _external_initializers_to_inputs(proto: onnx.ModelProto) -> None:
     for tensor in external:
         graph.initializer.remove(tensor)
         if tensor.name not in listed:
-            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )

@@ -53,7 +53,9 @@ class Model:
         sparse_coo.densify_sparse_constants(proto, path.parent.resolve())
         model = loading.deserialize(proto, path)
         if not model.graph.outputs:
-            raise InputError(f"{path}: the graph has no outputs (nothing to compute, validate or compress)")
+            raise InputError(
+                f"{path}: the graph has no outputs (nothing to compute, validate or compress)"
+            )
         if sparse_names and not files and sparse_coo.COO_KEY not in model.metadata_props:
             model.metadata_props[sparse_coo.COO_KEY] = json.dumps(sparse_names)
         call_onnx_api(lambda light: loading.check_structure(light, path), model)
@@ -110,22 +112,30 @@ class Model:
         path = Path(path)
         self.check_destination(path, force=force)
         proto = self.to_proto() if self._writes_sparse() else None
-        return saving.staged(self.ir, path, external=self.needs_external_data(), proto=proto, keep=self.source_files)
+        return saving.staged(
+            self.ir, path, external=self.needs_external_data(), proto=proto, keep=self.source_files
+        )
 
     def needs_external_data(self) -> bool:
         """Whether saving writes an external-data file: the model was loaded with one (the layout
         is kept even when every weight was replaced), a weight still lives in one, or the protobuf
         would pass 2 GB."""
         loaded_external = len(self.source_files) > 1  # the model file and at least one data file
-        return loaded_external or self.has_external_data() or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
+        return (
+            loaded_external
+            or self.has_external_data()
+            or self.weight_bytes() > PROTOBUF_LIMIT_BYTES
+        )
 
     def check_destination(self, path: Path, *, force: bool = False) -> None:
         """Refuse a save to ``path`` that would clobber this model's own files or cannot be
         written (an external-data file gets a fresh name when saved: nothing can collide with it)."""
         path = Path(path)
         if len(self.source_files) > 1 and self.path is not None and _same_file(path, self.path):
-            raise InputError(f"refusing to overwrite {path}, an external-data model the output is read from "
-                             "(--force cannot overwrite one); choose another output path")
+            raise InputError(
+                f"refusing to overwrite {path}, an external-data model the output is read from "
+                "(--force cannot overwrite one); choose another output path"
+            )
         self.refuse_clobbering_sources(path, force=force)
         refuse_unwritable(path)
 
@@ -141,8 +151,10 @@ class Model:
         for source in sorted(self.source_files):
             if _same_file(path, source) and (not force or source != own):
                 hint = " or pass --force" if forceable and not force and source == own else ""
-                raise InputError(f"refusing to overwrite {source}, which the input model is read from; "
-                                 f"choose another output path{hint}")
+                raise InputError(
+                    f"refusing to overwrite {source}, which the input model is read from; "
+                    f"choose another output path{hint}"
+                )
         if path.is_dir():
             raise InputError(f"output path {path} is a directory")
 
@@ -191,13 +203,21 @@ class Model:
     def reads(node: ir.Node) -> set[str]:
         """Names of the values ``node`` reads: its inputs and, through its subgraphs (If / Loop /
         Scan bodies, nested ones too), every name their nodes read, outer-scope values among them."""
-        names = {value.name for value in node.inputs if value is not None and value.name is not None}
+        names = {
+            value.name for value in node.inputs if value is not None and value.name is not None
+        }
         for attribute in node.attributes.values():
             if attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
                 continue
-            for graph in [attribute.value] if attribute.type == ir.AttributeType.GRAPH else attribute.value:
+            for graph in (
+                [attribute.value] if attribute.type == ir.AttributeType.GRAPH else attribute.value
+            ):
                 for inner in ir.traversal.RecursiveGraphIterator(graph):
-                    names.update(value.name for value in inner.inputs if value is not None and value.name is not None)
+                    names.update(
+                        value.name
+                        for value in inner.inputs
+                        if value is not None and value.name is not None
+                    )
         return names
 
     def opsets(self) -> dict[str, int]:
@@ -260,7 +280,9 @@ class Model:
             try:
                 return value.const_value.numpy()
             except ValueError as error:  # raw bytes that do not fit the dims: a corrupt file
-                raise InputError(f"tensor '{value.name}' holds data that does not match its shape ({error})") from None
+                raise InputError(
+                    f"tensor '{value.name}' holds data that does not match its shape ({error})"
+                ) from None
         node = value.producer()
         if node is None or node.domain not in ("", "ai.onnx"):
             return None
@@ -282,7 +304,11 @@ class Model:
         if value.const_value is not None:
             return tuple(value.const_value.shape.numpy())
         node = value.producer()
-        if node is not None and node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+        if (
+            node is not None
+            and node.op_type == "ConstantOfShape"
+            and node.domain in ("", "ai.onnx")
+        ):
             shape = self.constant(node.inputs[0])
             return None if shape is None else tuple(int(d) for d in shape)
         array = self.constant(value)
@@ -298,7 +324,10 @@ class Model:
         """The value's shape with symbolic dims as their names (or None), if the rank is known."""
         if value is None or value.shape is None:
             return None
-        return [d if isinstance(d, int) else (d.value if hasattr(d, "value") else None) for d in value.shape.dims]
+        return [
+            d if isinstance(d, int) else (d.value if hasattr(d, "value") else None)
+            for d in value.shape.dims
+        ]
 
     def elem_type(self, value: ir.Value) -> np.dtype | None:
         """The numpy dtype of a value, if known."""
@@ -320,8 +349,11 @@ class Model:
         return value_types.is_tensor(value.type)
 
     def has_external_data(self) -> bool:
-        return any(isinstance(v.const_value, ir.ExternalTensor)
-                   for graph in self.ir.graphs() for v in graph.initializers.values())
+        return any(
+            isinstance(v.const_value, ir.ExternalTensor)
+            for graph in self.ir.graphs()
+            for v in graph.initializers.values()
+        )
 
     def weight_bytes(self) -> int:
         """Bytes held by initializers in every graph (what the protobuf would carry)."""
@@ -356,8 +388,12 @@ class Model:
     def add_initializer(self, name: str, array: np.ndarray) -> ir.Value:
         """A new initializer with a name not used elsewhere in the graph."""
         unique = self.unique_name(name)
-        value = ir.Value(name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                         const_value=ir.tensor(np.array(array, order="C"), name=unique))
+        value = ir.Value(
+            name=unique,
+            shape=ir.Shape(array.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+            const_value=ir.tensor(np.array(array, order="C"), name=unique),
+        )
         self.graph.register_initializer(value)
         self.touch()
         return value
@@ -369,10 +405,19 @@ class Model:
         a shared one, or a ``Constant`` node's output, gets a fresh initializer.
         """
         old = node.inputs[index] if index < len(node.inputs) else None
-        if old is not None and old.is_initializer() and self.consumers(old) == [node] and not old.is_graph_output():
+        if (
+            old is not None
+            and old.is_initializer()
+            and self.consumers(old) == [node]
+            and not old.is_graph_output()
+        ):
             self.resize_initializer(old, array)
             return old
-        base = old.name if old is not None and old.name else f"{node.name or node.op_type}_input{index}"
+        base = (
+            old.name
+            if old is not None and old.name
+            else f"{node.name or node.op_type}_input{index}"
+        )
         new = self.add_initializer(base, array)
         self.set_input(node, index, new)
         return new
@@ -385,7 +430,11 @@ class Model:
             self.resize_initializer(value, array)
             return
         node = value.producer()
-        if node is not None and node.op_type == "ConstantOfShape" and _is_uniform(array, self.constant(value)):
+        if (
+            node is not None
+            and node.op_type == "ConstantOfShape"
+            and _is_uniform(array, self.constant(value))
+        ):
             self.replace_constant_input(node, 0, np.array(array.shape, dtype=np.int64))
         elif node is not None and node.op_type == "Constant":
             for name in list(node.attributes):
@@ -422,7 +471,9 @@ class Model:
         return name
 
     def _value_names(self) -> set[str]:
-        names = {v.name for v in self.graph.inputs if v.name is not None} | set(self.graph.initializers)
+        names = {v.name for v in self.graph.inputs if v.name is not None} | set(
+            self.graph.initializers
+        )
         for node in self.all_nodes():
             names.update(v.name for v in node.outputs if v.name)
             if node.name is not None:
@@ -451,8 +502,10 @@ class Model:
         """
         was_output = old.is_graph_output()
         if not self.can_replace(old, new):
-            raise ValueError(f"cannot route graph output '{old.name}' to '{new.name}': it is not a node output "
-                             "of the same graph, or already an input, initializer or output")
+            raise ValueError(
+                f"cannot route graph output '{old.name}' to '{new.name}': it is not a node output "
+                "of the same graph, or already an input, initializer or output"
+            )
         ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
         if was_output:  # the interface keeps its name, type and declared shape
             old_name = old.name
@@ -473,15 +526,32 @@ class Model:
         if not old.is_graph_output():
             return True
         new_producer, old_producer = new.producer(), old.producer()
-        same_graph = new_producer is not None and old_producer is not None and new_producer.graph is old_producer.graph
-        return same_graph and not (new.is_graph_input() or new.is_initializer() or new.is_graph_output())
+        same_graph = (
+            new_producer is not None
+            and old_producer is not None
+            and new_producer.graph is old_producer.graph
+        )
+        return same_graph and not (
+            new.is_graph_input() or new.is_initializer() or new.is_graph_output()
+        )
 
-    def add_node(self, op_type: str, inputs: list, attributes: dict | None = None, *, before: ir.Node,
-                 name: str = "sparsec") -> ir.Value:
+    def add_node(
+        self,
+        op_type: str,
+        inputs: list,
+        attributes: dict | None = None,
+        *,
+        before: ir.Node,
+        name: str = "sparsec",
+    ) -> ir.Value:
         """Insert a standard-domain node right before ``before`` (same graph); returns its output."""
-        attrs = [ir.convenience.convert_attribute(k, ir.tensor(v) if isinstance(v, np.ndarray) else v)
-                 for k, v in (attributes or {}).items()]
-        node = ir.Node("", op_type, inputs, attrs, num_outputs=1, name=self.unique_name(f"{name}/{op_type}"))
+        attrs = [
+            ir.convenience.convert_attribute(k, ir.tensor(v) if isinstance(v, np.ndarray) else v)
+            for k, v in (attributes or {}).items()
+        ]
+        node = ir.Node(
+            "", op_type, inputs, attrs, num_outputs=1, name=self.unique_name(f"{name}/{op_type}")
+        )
         node.outputs[0].name = self.unique_name(f"{name}/{op_type}_out")
         _graph(before).insert_before(before, node)
         self.touch()
@@ -494,9 +564,20 @@ class Model:
         producer = source.producer() if source is not None else None
         if source is None or producer is None:
             raise ValueError(f"input {index} of node '{node.name}' has no producer to detach")
-        attrs = [ir.convenience.convert_attribute(name, attr.value) for name, attr in producer.attributes.items()]
-        clone = ir.Node(producer.domain, producer.op_type, list(producer.inputs), attrs, num_outputs=1,
-                        name=self.unique_name(f"{producer.name or producer.op_type}_for_{node.name or node.op_type}"))
+        attrs = [
+            ir.convenience.convert_attribute(name, attr.value)
+            for name, attr in producer.attributes.items()
+        ]
+        clone = ir.Node(
+            producer.domain,
+            producer.op_type,
+            list(producer.inputs),
+            attrs,
+            num_outputs=1,
+            name=self.unique_name(
+                f"{producer.name or producer.op_type}_for_{node.name or node.op_type}"
+            ),
+        )
         clone.outputs[0].name = self.unique_name(f"{source.name}_for_{node.name or node.op_type}")
         _graph(node).insert_before(node, clone)
         node.replace_input_with(index, clone.outputs[0])
@@ -552,8 +633,12 @@ def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
     if not path.parent.is_dir():
         raise InputError(f"output folder {path.parent} does not exist")
     if path.exists() and not streams and not path.is_file() and not path.is_dir():
-        raise InputError(f"output path {path} is not a regular file (a device, FIFO or socket): give a file path")
-    if not os.access(path.parent, os.W_OK) and not (streams and path.exists() and os.access(path, os.W_OK)):
+        raise InputError(
+            f"output path {path} is not a regular file (a device, FIFO or socket): give a file path"
+        )
+    if not os.access(path.parent, os.W_OK) and not (
+        streams and path.exists() and os.access(path, os.W_OK)
+    ):
         raise InputError(f"cannot write to folder {path.parent} (read-only or no permission)")
 
 

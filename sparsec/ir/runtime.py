@@ -62,7 +62,14 @@ _LEVELS = {
 class Session:
     """An onnxruntime CPU session with named inputs/outputs."""
 
-    def __init__(self, source: bytes | str, *, optimization: str = "all", threads: int = 0, lean: bool = False) -> None:
+    def __init__(
+        self,
+        source: bytes | str,
+        *,
+        optimization: str = "all",
+        threads: int = 0,
+        lean: bool = False,
+    ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = _LEVELS[optimization]
         options.log_severity_level = _SEVERITY
@@ -73,18 +80,25 @@ class Session:
             options.enable_mem_pattern = False
             options.intra_op_num_threads = options.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                source, options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error:  # onnxruntime raises its own untyped exception classes
             raise InputError(f"onnxruntime cannot load the model: {one_line(error)}") from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
-        self.output_types = {o.name: o.type for o in self._session.get_outputs()}  # 'seq(map(int64,tensor(float)))'
+        self.output_types = {
+            o.name: o.type for o in self._session.get_outputs()
+        }  # 'seq(map(int64,tensor(float)))'
 
-
-    def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else self.output_names
         try:
-            results = self._session.run(names, {k: v for k, v in feeds.items() if k in self.input_names})
+            results = self._session.run(
+                names, {k: v for k, v in feeds.items() if k in self.input_names}
+            )
         except Exception as error:
             raise InputError(f"onnxruntime failed to run the model: {one_line(error)}") from None
         return dict(zip(names, results))
@@ -99,10 +113,17 @@ def optimized_op_names(model, optimization: str = "basic") -> list[str]:
         options.log_severity_level = _SEVERITY
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
         try:
-            ort.InferenceSession(model.to_proto().SerializeToString(), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(
+                model.to_proto().SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as error:
             raise InputError(f"onnxruntime cannot load the model: {one_line(error)}") from None
-        return [node.name for node in onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node]
+        return [
+            node.name
+            for node in onnx.load(
+                options.optimized_model_filepath, load_external_data=False
+            ).graph.node
+        ]
 
 
 def can_truncate(model) -> bool:
@@ -111,8 +132,16 @@ def can_truncate(model) -> bool:
     return not model.has_external_data() and model.weight_bytes() < PROTOBUF_LIMIT_BYTES
 
 
-def session_for(model, *, extra_outputs: Sequence[str] = (), optimization: str = "all", threads: int = 0,
-                lean: bool = False, only: bool = False, fed: Mapping[str, np.dtype] | None = None) -> Session:
+def session_for(
+    model,
+    *,
+    extra_outputs: Sequence[str] = (),
+    optimization: str = "all",
+    threads: int = 0,
+    lean: bool = False,
+    only: bool = False,
+    fed: Mapping[str, np.dtype] | None = None,
+) -> Session:
     """A session over an in-memory ``Model``, optionally exposing intermediate values by name.
     With ``only``, the session computes ``extra_outputs`` alone: the graph outputs are replaced
     by them and every node they do not depend on is left out (onnxruntime runs every node of a
@@ -144,7 +173,9 @@ def _exposed(model, names: Sequence[str]):
     """Temporarily list the named intermediate values (or graph inputs) as graph outputs."""
     outputs = model.graph.outputs
     original = list(outputs)
-    by_name = {v.name: v for v in model.graph.inputs} | {v.name: v for node in model.nodes() for v in node.outputs}
+    by_name = {v.name: v for v in model.graph.inputs} | {
+        v.name: v for node in model.nodes() for v in node.outputs
+    }
     outputs.extend(by_name[n] for n in names if n in by_name and by_name[n] not in original)
     try:
         yield
@@ -185,8 +216,11 @@ def _truncate(proto: onnx.ModelProto, names: Sequence[str], fed: Mapping[str, np
         del graph.node[index]
     present = {value.name for value in graph.input}
     for name in sorted(needed & set(fed) - computed - present):
-        graph.input.append(onnx.helper.make_tensor_value_info(
-            name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(fed[name])), None))
+        graph.input.append(
+            onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(fed[name])), None
+            )
+        )
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:

@@ -48,8 +48,14 @@ def data_file_pattern(path: Path) -> re.Pattern:
     return re.compile(re.escape(Path(path).name) + r"\.[0-9a-f]{8}\.data")
 
 
-def save(model: ir.Model, path: Path, *, external: bool, proto: onnx.ModelProto | None = None,
-         keep: Collection[Path] = ()) -> int:
+def save(
+    model: ir.Model,
+    path: Path,
+    *,
+    external: bool,
+    proto: onnx.ModelProto | None = None,
+    keep: Collection[Path] = (),
+) -> int:
     """Write ``model`` (or ``proto``, a finished ModelProto without external data) to ``path`` as
     described above; return the bytes written (model + external data). ``keep``: files never
     removed (those the model was loaded from). Raises ``InputError`` when the folder refuses."""
@@ -61,10 +67,14 @@ class Staged:
     """A model written into its temp folder, not yet in place: ``bytes`` is what ``commit``
     will put there (model + external data); ``side_files`` are written after it, with it."""
 
-    def __init__(self, workdir: Path, path: Path, data_name: str | None, keep: Collection[Path]) -> None:
+    def __init__(
+        self, workdir: Path, path: Path, data_name: str | None, keep: Collection[Path]
+    ) -> None:
         self.workdir, self.path, self.data_name, self.keep = workdir, path, data_name, keep
         data = workdir / data_name if data_name else None
-        self.bytes = (workdir / path.name).stat().st_size + (data.stat().st_size if data and data.is_file() else 0)
+        self.bytes = (workdir / path.name).stat().st_size + (
+            data.stat().st_size if data and data.is_file() else 0
+        )
         self.side_files: list[tuple[Path, str]] = []
 
     def add_side_file(self, path: Path, text: str) -> None:
@@ -94,15 +104,23 @@ class Staged:
 
 
 @contextlib.contextmanager
-def staged(model: ir.Model, path: Path, *, external: bool, proto: onnx.ModelProto | None = None,
-           keep: Collection[Path] = ()) -> Iterator[Staged]:
+def staged(
+    model: ir.Model,
+    path: Path,
+    *,
+    external: bool,
+    proto: onnx.ModelProto | None = None,
+    keep: Collection[Path] = (),
+) -> Iterator[Staged]:
     """The model written into a private temp folder beside ``path``; nothing is in place until
     ``commit``, and the temp folder goes when the block ends, committed or not. ``OSError``
     becomes one ``InputError`` line."""
     path = Path(path)
     try:
         with held_signals():  # created and registered as one step: a signal cannot fall between
-            workdir = _pending(Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)))
+            workdir = _pending(
+                Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            )
         try:
             data_name = _fresh_data_name(path) if external else None
             _write(model, proto, workdir / path.name, data_name)
@@ -132,7 +150,9 @@ def _stage_text(path: Path, text: str) -> Path | None:
         return Path(temp)
     except OSError as error:
         _remove([Path(temp)] if temp else [])
-        raise InputError(f"cannot write {path}: {error.strerror or error} (nothing written)") from None
+        raise InputError(
+            f"cannot write {path}: {error.strerror or error} (nothing written)"
+        ) from None
 
 
 def _umask() -> int:
@@ -148,7 +168,9 @@ def _fresh_data_name(path: Path) -> str:
             return name
 
 
-def _write(model: ir.Model, proto: onnx.ModelProto | None, target: Path, data_name: str | None) -> None:
+def _write(
+    model: ir.Model, proto: onnx.ModelProto | None, target: Path, data_name: str | None
+) -> None:
     if proto is not None:
         onnx.save_model(proto, str(target))
     else:
@@ -187,11 +209,19 @@ def _stale_data_files(path: Path, keep: Collection[Path]) -> set[Path]:
         candidates = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name)]
     except OSError:  # a folder we may write but not list: remove nothing
         return set()
-    if not candidates or not path.is_file() or path.is_symlink():  # a link's model reads beside its target
+    if (
+        not candidates or not path.is_file() or path.is_symlink()
+    ):  # a link's model reads beside its target
         return set()
     read = _external_locations(path)
-    return {p for p in candidates if p.name in read and p.is_file() and not p.is_symlink()
-            and not any(_same_file(p, k) for k in keep)}
+    return {
+        p
+        for p in candidates
+        if p.name in read
+        and p.is_file()
+        and not p.is_symlink()
+        and not any(_same_file(p, k) for k in keep)
+    }
 
 
 def _external_locations(path: Path) -> set[str]:
@@ -201,15 +231,22 @@ def _external_locations(path: Path) -> set[str]:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # whatever the previous file was, only its own data may go
         return set()
-    return {os.path.normpath(entry.value) for t in iter_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL
-            for entry in t.external_data if entry.key == "location"}
+    return {
+        os.path.normpath(entry.value)
+        for t in iter_tensors(proto)
+        if t.data_location == onnx.TensorProto.EXTERNAL
+        for entry in t.external_data
+        if entry.key == "location"
+    }
 
 
 def _remove(paths: Collection[Path]) -> None:
     """Remove files or temp folders (signals held: a removal is not cut short) and forget them."""
     with held_signals():
         for path in paths:
-            with contextlib.suppress(OSError):  # already gone (a concurrent save) or not ours to remove
+            with contextlib.suppress(
+                OSError
+            ):  # already gone (a concurrent save) or not ours to remove
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 else:
@@ -258,7 +295,9 @@ def held_signals() -> Iterator[None]:
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is not None:  # None: a handler not set from Python; leave it
-            previous[signum] = signal.signal(signum, lambda received, _frame: pending.append(received))
+            previous[signum] = signal.signal(
+                signum, lambda received, _frame: pending.append(received)
+            )
     try:
         yield
     finally:

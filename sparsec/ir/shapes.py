@@ -22,13 +22,17 @@ def infer(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[st
     def run(proto: onnx.ModelProto) -> onnx.ModelProto:
         _bind_inputs(proto, bindings or {})
         try:
-            return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+            return onnx.shape_inference.infer_shapes(
+                proto, check_type=False, strict_mode=False, data_prop=True
+            )
         except Exception:  # inference errors on one node must not end the analysis
             return proto
 
     inferred = call_onnx_api(run, model.ir)
     shapes: dict[str, Dims] = {}
-    for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+    for info in (
+        list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output)
+    ):
         dims = _dims_of(info)
         if dims is not None:
             shapes[info.name] = dims

@@ -84,9 +84,13 @@ def _dense_array(sparse: onnx.SparseTensorProto, base_dir: Path) -> np.ndarray:
     indices = numpy_helper.to_array(sparse.indices, base_dir=str(base_dir)).astype(np.int64)
     shape = tuple(sparse.dims)
     size = int(np.prod(shape))
-    bounds = np.array(shape, dtype=np.int64) if indices.ndim == 2 else np.array([size], dtype=np.int64)
+    bounds = (
+        np.array(shape, dtype=np.int64) if indices.ndim == 2 else np.array([size], dtype=np.int64)
+    )
     if indices.size and (indices.min() < 0 or np.any(indices.reshape(len(values), -1) >= bounds)):
-        raise InputError(f"sparse tensor '{sparse.values.name}' has an index outside its dims {list(shape)}")
+        raise InputError(
+            f"sparse tensor '{sparse.values.name}' has an index outside its dims {list(shape)}"
+        )
     flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), shape)
     dense = np.zeros(size, dtype=values.dtype)
     dense[flat] = values
@@ -102,7 +106,9 @@ def sparsify_initializers(proto: onnx.ModelProto, names: list[str]) -> None:
         flat = np.flatnonzero(array)
         values = numpy_helper.from_array(array.reshape(-1)[flat], tensor.name)
         indices = numpy_helper.from_array(flat.astype(np.int64), f"{tensor.name}__indices")
-        graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, list(array.shape)))
+        graph.sparse_initializer.append(
+            onnx.helper.make_sparse_tensor(values, indices, list(array.shape))
+        )
         graph.initializer.remove(tensor)
 
 

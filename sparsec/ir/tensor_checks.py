@@ -74,7 +74,9 @@ def _node_sparse(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.SparseTensorP
 
 
 def _attribute_sparse(attribute: onnx.AttributeProto) -> list[onnx.SparseTensorProto]:
-    return ([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []) + list(attribute.sparse_tensors)
+    return ([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []) + list(
+        attribute.sparse_tensors
+    )
 
 
 def _attribute_graphs(attribute: onnx.AttributeProto) -> list[onnx.GraphProto]:
@@ -88,7 +90,9 @@ def check_tensors(proto: onnx.ModelProto, base_dir: Path) -> set[Path]:
     files = set()
     for tensor in iter_tensors(proto):
         if tensor.data_type not in _DEFINED_TYPES:
-            raise InputError(f"tensor '{tensor.name}' has data type {tensor.data_type}, which ONNX does not define")
+            raise InputError(
+                f"tensor '{tensor.name}' has data type {tensor.data_type}, which ONNX does not define"
+            )
         if tensor.data_location == TensorProto.EXTERNAL:
             files.add(_check_external(tensor, root))
         else:
@@ -109,7 +113,10 @@ def tensor_bytes(tensor: TensorProto) -> int:
     """Bytes a fixed-size tensor occupies as raw data (0 for strings, whose size varies)."""
     if tensor.data_type == TensorProto.STRING:
         return 0
-    bits = _BITS.get(tensor.data_type) or 8 * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    bits = (
+        _BITS.get(tensor.data_type)
+        or 8 * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    )
     return (element_count(tensor) * bits + 7) // 8
 
 
@@ -122,9 +129,13 @@ def _check_embedded(tensor: TensorProto) -> None:
         held, unit = _typed_length(tensor), "numbers"
         expected = count * 2 if tensor.data_type in _PAIRED else count
         expected = (count + 1) // 2 if tensor.data_type in _PACKED_4BIT else expected
-    if held != expected and not (tensor.data_type == TensorProto.STRING and not tensor.HasField("raw_data") and held == count):
-        raise InputError(f"tensor '{tensor.name}' declares dims {list(tensor.dims)} ({expected} {unit}) but holds "
-                         f"{held} {unit}; the file is corrupt")
+    if held != expected and not (
+        tensor.data_type == TensorProto.STRING and not tensor.HasField("raw_data") and held == count
+    ):
+        raise InputError(
+            f"tensor '{tensor.name}' declares dims {list(tensor.dims)} ({expected} {unit}) but holds "
+            f"{held} {unit}; the file is corrupt"
+        )
 
 
 def _typed_length(tensor: TensorProto) -> int:
@@ -136,14 +147,22 @@ def _external_entries(tensor: TensorProto) -> tuple[str, int, int | None]:
     """(location, offset, length) of an external tensor, each checked for form."""
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
-    if not location or "\x00" in location or any(len(part.encode()) > _NAME_MAX for part in Path(location).parts):
-        raise InputError(f"tensor '{tensor.name}' has an unusable external data location {location[:80]!r}")
+    if (
+        not location
+        or "\x00" in location
+        or any(len(part.encode()) > _NAME_MAX for part in Path(location).parts)
+    ):
+        raise InputError(
+            f"tensor '{tensor.name}' has an unusable external data location {location[:80]!r}"
+        )
     numbers = []
     for key in ("offset", "length"):
         text = entries.get(key)
         if text is not None and not (text.isascii() and text.isdigit()):
-            raise InputError(f"tensor '{tensor.name}' has external data {key} {text[:40]!r}; it must be a "
-                             "non-negative integer")
+            raise InputError(
+                f"tensor '{tensor.name}' has external data {key} {text[:40]!r}; it must be a "
+                "non-negative integer"
+            )
         numbers.append(None if text is None else int(text))
     return location, numbers[0] or 0, numbers[1]
 
@@ -157,29 +176,43 @@ def _check_external(tensor: TensorProto, root: Path) -> Path:
         escapes = Path(location).is_absolute() or not target.is_relative_to(root)
         status = None if escapes or not target.is_file() else target.stat()
     except (OSError, ValueError) as error:
-        raise InputError(f"external data '{location[:80]}' of tensor '{tensor.name}' cannot be resolved ({error})") from None
+        raise InputError(
+            f"external data '{location[:80]}' of tensor '{tensor.name}' cannot be resolved ({error})"
+        ) from None
     if escapes:
-        raise InputError(f"external data '{location}' of tensor '{tensor.name}' resolves outside the model folder "
-                         f"{root}; refusing to read it")
+        raise InputError(
+            f"external data '{location}' of tensor '{tensor.name}' resolves outside the model folder "
+            f"{root}; refusing to read it"
+        )
     if status is None:
-        raise InputError(f"external data file '{location}' of tensor '{tensor.name}' is missing (looked in {root})")
+        raise InputError(
+            f"external data file '{location}' of tensor '{tensor.name}' is missing (looked in {root})"
+        )
     if status.st_nlink > 1:
-        raise InputError(f"external data file '{location}' of tensor '{tensor.name}' is a hard link ({status.st_nlink} "
-                         "names); refusing to read it, as it may expose a file from outside the model folder "
-                         "(copy it instead)")
+        raise InputError(
+            f"external data file '{location}' of tensor '{tensor.name}' is a hard link ({status.st_nlink} "
+            "names); refusing to read it, as it may expose a file from outside the model folder "
+            "(copy it instead)"
+        )
     _check_extent(tensor, location, offset, length, status.st_size)
     return target
 
 
-def _check_extent(tensor: TensorProto, location: str, offset: int, length: int | None, size: int) -> None:
+def _check_extent(
+    tensor: TensorProto, location: str, offset: int, length: int | None, size: int
+) -> None:
     needed = tensor_bytes(tensor)
     if length is not None and needed and length != needed:
-        raise InputError(f"external data of tensor '{tensor.name}' has length {length}, but its dims "
-                         f"{list(tensor.dims)} need {needed} bytes; the file is corrupt")
+        raise InputError(
+            f"external data of tensor '{tensor.name}' has length {length}, but its dims "
+            f"{list(tensor.dims)} need {needed} bytes; the file is corrupt"
+        )
     end = offset + (length if length is not None else needed)
     if end > size:
-        raise InputError(f"external data file '{location}' is too short for tensor '{tensor.name}' "
-                         f"(needs {end} bytes, has {size}); is it truncated?")
+        raise InputError(
+            f"external data file '{location}' is too short for tensor '{tensor.name}' "
+            f"(needs {end} bytes, has {size}); is it truncated?"
+        )
 
 
 def check_sparse(sparse: onnx.SparseTensorProto) -> None:
@@ -190,10 +223,16 @@ def check_sparse(sparse: onnx.SparseTensorProto) -> None:
         raise InputError(f"sparse tensor '{name}' has a negative dimension {dims}")
     values = element_count(sparse.values)
     if len(sparse.values.dims) != 1:
-        raise InputError(f"sparse tensor '{name}' has values of dims {list(sparse.values.dims)}; they must be 1-D")
+        raise InputError(
+            f"sparse tensor '{name}' has values of dims {list(sparse.values.dims)}; they must be 1-D"
+        )
     index_dims = list(sparse.indices.dims)
     if index_dims not in ([values], [values, len(dims)]):
-        raise InputError(f"sparse tensor '{name}' has {values} values but indices of dims {index_dims}; "
-                         f"expected [{values}] or [{values}, {len(dims)}]")
+        raise InputError(
+            f"sparse tensor '{name}' has {values} values but indices of dims {index_dims}; "
+            f"expected [{values}] or [{values}, {len(dims)}]"
+        )
     if sparse.indices.data_type != TensorProto.INT64:
-        raise InputError(f"sparse tensor '{name}' has indices of data type {sparse.indices.data_type}; ONNX requires int64")
+        raise InputError(
+            f"sparse tensor '{name}' has indices of data type {sparse.indices.data_type}; ONNX requires int64"
+        )

@@ -27,7 +27,9 @@ class MapType(ir.TypeProtocol):
 
     __slots__ = ("denotation", "key_type", "value_shape", "value_type")
 
-    def __init__(self, key_type: ir.DataType, value_type, *, value_shape=None, denotation: str | None = None) -> None:
+    def __init__(
+        self, key_type: ir.DataType, value_type, *, value_shape=None, denotation: str | None = None
+    ) -> None:
         self.key_type = key_type
         self.value_type = value_type
         self.value_shape = value_shape
@@ -43,7 +45,10 @@ class MapType(ir.TypeProtocol):
         return self.value_type.dtype
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MapType) and (self.key_type, self.value_type) == (other.key_type, other.value_type)
+        return isinstance(other, MapType) and (self.key_type, self.value_type) == (
+            other.key_type,
+            other.value_type,
+        )
 
     def __hash__(self) -> int:
         return hash(repr(self))
@@ -70,7 +75,11 @@ def type_name(value_type) -> str | None:
         kind = "seq" if isinstance(value_type, ir.SequenceType) else "optional"
         return f"{kind}({type_name(value_type.elem_type)})"
     key = getattr(value_type, "key_type", None)  # a map, ours or a later onnx-ir's
-    return f"map({_element_name(key)},{type_name(value_type.value_type)})" if key is not None else repr(value_type)
+    return (
+        f"map({_element_name(key)},{type_name(value_type.value_type)})"
+        if key is not None
+        else repr(value_type)
+    )
 
 
 def _element_name(dtype: ir.DataType) -> str:
@@ -82,16 +91,23 @@ def install() -> None:
     """Wrap onnx-ir's three type (de)serializers so they handle ``map_type`` (idempotent)."""
     if getattr(serde.serialize_type_into, "_sparsec_maps", False) or _reads_maps():
         return
-    read_type, read_shape, write_type = (serde.deserialize_type_proto_for_type,
-                                         serde.deserialize_type_proto_for_shape, serde.serialize_type_into)
+    read_type, read_shape, write_type = (
+        serde.deserialize_type_proto_for_type,
+        serde.deserialize_type_proto_for_shape,
+        serde.serialize_type_into,
+    )
     write_shape = serde.serialize_shape_into
 
     def deserialize_type(proto: onnx.TypeProto):
         if not proto.HasField("map_type"):
             return read_type(proto)
         key, value = ir.DataType(proto.map_type.key_type), proto.map_type.value_type
-        return MapType(key, deserialize_type(value), value_shape=deserialize_shape(value),
-                       denotation=proto.denotation or None)
+        return MapType(
+            key,
+            deserialize_type(value),
+            value_shape=deserialize_shape(value),
+            denotation=proto.denotation or None,
+        )
 
     def deserialize_shape(proto: onnx.TypeProto):
         return None if proto.HasField("map_type") else read_shape(proto)
@@ -116,7 +132,9 @@ def install() -> None:
 
 def _reads_maps() -> bool:
     """Whether this onnx-ir reads a map type by itself (a later release may)."""
-    proto = onnx.helper.make_map_type_proto(onnx.TensorProto.INT64, onnx.helper.make_tensor_type_proto(1, []))
+    proto = onnx.helper.make_map_type_proto(
+        onnx.TensorProto.INT64, onnx.helper.make_tensor_type_proto(1, [])
+    )
     try:
         return serde.deserialize_type_proto_for_type(proto) is not None
     except Exception:  # onnx-ir 1.1: NotImplementedError wrapped in its SerdeError

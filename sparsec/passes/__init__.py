@@ -12,6 +12,16 @@ from sparsec.passes.pipeline import Pipeline
 from sparsec.passes.registry import available, create, load_class, parse_pipeline, register
 
 __all__ = [
-    "Diagnostic", "FunctionalPass", "InPlacePass", "PassBase", "PassError", "PassResult",
-    "Pipeline", "available", "create", "load_class", "parse_pipeline", "register",
+    "Diagnostic",
+    "FunctionalPass",
+    "InPlacePass",
+    "PassBase",
+    "PassError",
+    "PassResult",
+    "Pipeline",
+    "available",
+    "create",
+    "load_class",
+    "parse_pipeline",
+    "register",
 ]

@@ -21,8 +21,16 @@ from typing import Any, ClassVar
 
 from sparsec.results import Diagnostic, PassError, PassResult, Severity, progress
 
-__all__ = ["Diagnostic", "FunctionalPass", "InPlacePass", "PassBase", "PassError", "PassResult", "Severity",
-           "progress"]
+__all__ = [
+    "Diagnostic",
+    "FunctionalPass",
+    "InPlacePass",
+    "PassBase",
+    "PassError",
+    "PassResult",
+    "Severity",
+    "progress",
+]
 
 
 class PassBase:
@@ -31,7 +39,9 @@ class PassBase:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     in_place: bool = True  # per class; a Pipeline's follows its members
-    lossy: ClassVar[bool] = False  # changes outputs on purpose; runs once even in a fixed-point pipeline
+    lossy: ClassVar[bool] = (
+        False  # changes outputs on purpose; runs once even in a fixed-point pipeline
+    )
 
     def call(self, model) -> PassResult:
         raise NotImplementedError
@@ -56,7 +66,9 @@ class PassBase:
         self.requires(model)
         result = self.call(model)
         if not isinstance(result, PassResult):
-            raise TypeError(f"pass '{self.name}' must return a PassResult, got {type(result).__name__}")
+            raise TypeError(
+                f"pass '{self.name}' must return a PassResult, got {type(result).__name__}"
+            )
         if self.in_place and result.model is not model:
             raise TypeError(f"pass '{self.name}' is in-place but returned a different model")
         if not self.in_place and result.model is model:
@@ -77,8 +89,11 @@ class PassBase:
             for p in inspect.signature(type(self).__init__).parameters.values()
             if p.default is not inspect.Parameter.empty
         }
-        shown = [f"{k}={v}" for k, v in self.options().items()
-                 if k not in skip and (k in always or defaults.get(k, object()) != v)]
+        shown = [
+            f"{k}={v}"
+            for k, v in self.options().items()
+            if k not in skip and (k in always or defaults.get(k, object()) != v)
+        ]
         return f"{self.name}({','.join(shown)})" if shown else self.name
 
 

@@ -24,7 +24,11 @@ def _foldable_layout(model, node):
     """The node's ``op_layouts`` entry when BN can fold into it: a bias input to absorb the
     shift, output channels on axis 1 (what BN scales): Conv, ConvTranspose, Gemm."""
     layout = op_layout(model, node)
-    return layout if layout is not None and layout.bias is not None and layout.output_channels == 1 else None
+    return (
+        layout
+        if layout is not None and layout.bias is not None and layout.output_channels == 1
+        else None
+    )
 
 
 def _bn_scale_shift(model, bn) -> tuple[np.ndarray, np.ndarray] | None:
@@ -37,7 +41,11 @@ def _bn_scale_shift(model, bn) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _foldable_producer(model, bn):
-    if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or model.attr(bn, "training_mode", 0):
+    if (
+        bn.op_type != "BatchNormalization"
+        or bn.domain not in ("", "ai.onnx")
+        or model.attr(bn, "training_mode", 0)
+    ):
         return None
     if any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
         return None
@@ -56,7 +64,9 @@ def _foldable_producer(model, bn):
 def _dense_constant(model, value) -> bool:
     """A weight stored densely (folding a ``ConstantOfShape`` weight would materialise it)."""
     producer = value.producer()
-    return (producer is None or producer.op_type != "ConstantOfShape") and model.constant(value) is not None
+    return (producer is None or producer.op_type != "ConstantOfShape") and model.constant(
+        value
+    ) is not None
 
 
 def _scale_weight(layout, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -76,7 +86,9 @@ def _fold(model, node, bn, scale: np.ndarray, shift: np.ndarray) -> None:
     weight = model.constant(node.inputs[layout.weight.index])
     has_bias = len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None
     bias = model.constant(node.inputs[layout.bias]).astype(np.float64) if has_bias else np.zeros(1)
-    if layout.bias_scale_attr is not None:  # Gemm: beta·C, so the new bias carries beta and beta becomes 1
+    if (
+        layout.bias_scale_attr is not None
+    ):  # Gemm: beta·C, so the new bias carries beta and beta becomes 1
         bias = bias * layout.bias_scale
         model.set_attr(node, layout.bias_scale_attr, 1.0)
     new_bias = np.broadcast_to(bias, np.broadcast_shapes(bias.shape, scale.shape)) * scale + shift
@@ -85,7 +97,9 @@ def _fold(model, node, bn, scale: np.ndarray, shift: np.ndarray) -> None:
     if has_bias:
         model.replace_constant_input(node, layout.bias, new_bias.astype(weight.dtype))
     else:
-        added = model.add_initializer(f"{node.name or node.op_type}_bias", new_bias.astype(weight.dtype))
+        added = model.add_initializer(
+            f"{node.name or node.op_type}_bias", new_bias.astype(weight.dtype)
+        )
         model.set_input(node, layout.bias, added)
     model.replace_all_uses(bn.outputs[0], node.outputs[0])
     model.remove_node(bn)
@@ -95,7 +109,9 @@ class BatchNormFoldPass(InPlacePass):
     """Fold BatchNormalization into a preceding Conv / ConvTranspose / Gemm."""
 
     name: ClassVar[str] = "bn-fold"
-    summary: ClassVar[str] = "Fold inference BatchNormalization into the preceding Conv, ConvTranspose or Gemm."
+    summary: ClassVar[str] = (
+        "Fold inference BatchNormalization into the preceding Conv, ConvTranspose or Gemm."
+    )
 
     def call(self, model) -> PassResult:
         folded = 0

@@ -14,14 +14,28 @@ from sparsec.passes.split_qkv import SplitQkvPass
 
 # What ``registry.available`` lists besides entry points and ``@register``ed user passes (this
 # module does not import the registry: the registry reads this tuple when first asked).
-BUILTIN_PASSES = (BatchNormFoldPass, ChannelPrunePass, ConstantFoldShapesPass, DeadCodePass, IdentityEliminationPass,
-                  ShapeCanonicalizePass, SparseEncodePass, SplitQkvPass, TransposeCanonicalizePass,
-                  WeightSparsityPass)
+BUILTIN_PASSES = (
+    BatchNormFoldPass,
+    ChannelPrunePass,
+    ConstantFoldShapesPass,
+    DeadCodePass,
+    IdentityEliminationPass,
+    ShapeCanonicalizePass,
+    SparseEncodePass,
+    SplitQkvPass,
+    TransposeCanonicalizePass,
+    WeightSparsityPass,
+)
 
 
 def cleanup_passes() -> list:
     """The exact cleanup passes, in the order the default pipeline runs them."""
-    return [IdentityEliminationPass(), BatchNormFoldPass(), ConstantFoldShapesPass(), DeadCodePass()]
+    return [
+        IdentityEliminationPass(),
+        BatchNormFoldPass(),
+        ConstantFoldShapesPass(),
+        DeadCodePass(),
+    ]
 
 
 def default_pipeline(**pipeline_options) -> Pipeline:

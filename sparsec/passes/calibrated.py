@@ -29,7 +29,11 @@ class CalibratedPass:
         """The samples ``prepare`` read (handed over once, then not held), else read now; None
         without calibration."""
         samples, self._prepared = self._prepared, None
-        return samples if samples is not None or not self.calibration else self._read_calibration(model)
+        return (
+            samples
+            if samples is not None or not self.calibration
+            else self._read_calibration(model)
+        )
 
     def _read_calibration(self, model) -> dict[str, Any]:
         return load_calibration(self.calibration, model, self.calibration_samples, self.seed)

@@ -42,14 +42,26 @@ from sparsec.analysis.rules.dims import DIM_CARRIERS
 from sparsec.analysis.shapes import value_shapes
 from sparsec.passes.base import InPlacePass, PassResult
 
-SHAPE_OPS = {"Shape", "Slice", "Gather", "Concat", "Unsqueeze", "Squeeze", "Cast", "Constant", "Identity"}
+SHAPE_OPS = {
+    "Shape",
+    "Slice",
+    "Gather",
+    "Concat",
+    "Unsqueeze",
+    "Squeeze",
+    "Cast",
+    "Constant",
+    "Identity",
+}
 
 
 class TransposeCanonicalizePass(InPlacePass):
     """Replace Reshape → Transpose([0, 2, 1]) → Reshape swaps of the last two axes by a Transpose."""
 
     name: ClassVar[str] = "transpose-canonicalize"
-    summary: ClassVar[str] = "Rewrite flatten → transpose → unflatten idioms (dynamo's SDPA Kᵀ) as one Transpose."
+    summary: ClassVar[str] = (
+        "Rewrite flatten → transpose → unflatten idioms (dynamo's SDPA Kᵀ) as one Transpose."
+    )
 
     def call(self, model) -> PassResult:
         shapes = value_shapes(model, None)
@@ -60,10 +72,14 @@ class TransposeCanonicalizePass(InPlacePass):
                 continue
             rank = len(shapes[source.name])
             perm = list(range(rank - 2)) + [rank - 1, rank - 2]
-            transposed = model.add_node("Transpose", [source], {"perm": perm}, before=node, name="sparsec/canonical")
+            transposed = model.add_node(
+                "Transpose", [source], {"perm": perm}, before=node, name="sparsec/canonical"
+            )
             model.replace_all_uses(node.outputs[0], transposed)
             rewritten += 1
-        return PassResult(model, modified=bool(rewritten), stats={"transposes_canonicalized": rewritten})
+        return PassResult(
+            model, modified=bool(rewritten), stats={"transposes_canonicalized": rewritten}
+        )
 
 
 def _swap_idiom(model, r2, shapes: dict):
@@ -71,19 +87,39 @@ def _swap_idiom(model, r2, shapes: dict):
     if r2.op_type != "Reshape" or r2.outputs[0].is_graph_output():
         return None
     transpose = r2.inputs[0].producer()
-    if transpose is None or transpose.op_type != "Transpose" or list(model.attr(transpose, "perm", [])) != [0, 2, 1]:
+    if (
+        transpose is None
+        or transpose.op_type != "Transpose"
+        or list(model.attr(transpose, "perm", [])) != [0, 2, 1]
+    ):
         return None
     r1 = transpose.inputs[0].producer()
-    if r1 is None or r1.op_type != "Reshape" or not _sole_use(transpose.inputs[0], transpose) or not _sole_use(r2.inputs[0], r2):
+    if (
+        r1 is None
+        or r1.op_type != "Reshape"
+        or not _sole_use(transpose.inputs[0], transpose)
+        or not _sole_use(r2.inputs[0], r2)
+    ):
         return None
     k = r1.inputs[0]
-    ks, r1s, r2s = shapes.get(k.name), shapes.get(r1.outputs[0].name), shapes.get(r2.outputs[0].name)
+    ks, r1s, r2s = (
+        shapes.get(k.name),
+        shapes.get(r1.outputs[0].name),
+        shapes.get(r2.outputs[0].name),
+    )
     if ks is None or r1s is None or r2s is None or len(ks) < 3:
         return None
-    if tuple(r1s) != (math.prod(ks[:-2]), ks[-2], ks[-1]) or tuple(r2s) != tuple(ks[:-2]) + (ks[-1], ks[-2]):
+    if tuple(r1s) != (math.prod(ks[:-2]), ks[-2], ks[-1]) or tuple(r2s) != tuple(ks[:-2]) + (
+        ks[-1],
+        ks[-2],
+    ):
         return None
     static = all(isinstance(d, int) for d in (model.shape_dims(k) or [None]))
-    return k if all(_follows(model, target, k, static) for target in (r1.inputs[1], r2.inputs[1])) else None
+    return (
+        k
+        if all(_follows(model, target, k, static) for target in (r1.inputs[1], r2.inputs[1]))
+        else None
+    )
 
 
 def _sole_use(value, node) -> bool:
@@ -100,8 +136,10 @@ def _follows(model, target, k, static: bool, depth: int = 8) -> bool:
         return False
     if node.op_type == "Shape":
         return node.inputs[0] is k
-    return all(v is None or model.constant(v) is not None or _follows(model, v, k, static, depth - 1)
-               for v in node.inputs)
+    return all(
+        v is None or model.constant(v) is not None or _follows(model, v, k, static, depth - 1)
+        for v in node.inputs
+    )
 
 
 class ShapeCanonicalizePass(InPlacePass):
@@ -109,25 +147,40 @@ class ShapeCanonicalizePass(InPlacePass):
     ``-1 → 1`` Where on a vector that cannot hold -1."""
 
     name: ClassVar[str] = "shape-canonicalize"
-    summary: ClassVar[str] = "Drop no-op Reshape([-1]) and expand(-1 → 1) Where idioms on shape vectors (legacy exports)."
+    summary: ClassVar[str] = (
+        "Drop no-op Reshape([-1]) and expand(-1 → 1) Where idioms on shape vectors (legacy exports)."
+    )
 
     def call(self, model) -> PassResult:
         shapes, rewritten = value_shapes(model, None), 0
-        for node in list(model.nodes()):  # graph order: a Where sees its vector's Reshape already gone
+        for node in list(
+            model.nodes()
+        ):  # graph order: a Where sees its vector's Reshape already gone
             if node.outputs[0].is_graph_output() or not node.outputs[0].uses():
                 continue
-            source = _flat_vector(model, node, shapes) if node.op_type == "Reshape" else _minus_one_where(model, node, shapes)
+            source = (
+                _flat_vector(model, node, shapes)
+                if node.op_type == "Reshape"
+                else _minus_one_where(model, node, shapes)
+            )
             if source is not None:
                 model.replace_all_uses(node.outputs[0], source)
                 rewritten += 1
-        return PassResult(model, modified=bool(rewritten), stats={"shape_idioms_removed": rewritten})
+        return PassResult(
+            model, modified=bool(rewritten), stats={"shape_idioms_removed": rewritten}
+        )
 
 
 def _flat_vector(model, reshape, shapes: dict):
     """V when ``reshape`` is Reshape(V, [-1]) of a 1-D V, else None."""
     target = model.constant(reshape.inputs[1])
     dims = shapes.get(reshape.inputs[0].name)
-    ok = target is not None and target.reshape(-1).tolist() == [-1] and dims is not None and len(dims) == 1
+    ok = (
+        target is not None
+        and target.reshape(-1).tolist() == [-1]
+        and dims is not None
+        and len(dims) == 1
+    )
     return reshape.inputs[0] if ok else None
 
 
@@ -137,7 +190,12 @@ def _minus_one_where(model, where, shapes: dict):
     if where.op_type != "Where":
         return None
     equal, f = where.inputs[0].producer(), where.inputs[2]
-    if equal is None or equal.op_type != "Equal" or equal.inputs[0] is not f or _filled(model, where.inputs[1], f, shapes) != 1:
+    if (
+        equal is None
+        or equal.op_type != "Equal"
+        or equal.inputs[0] is not f
+        or _filled(model, where.inputs[1], f, shapes) != 1
+    ):
         return None
     c = _filled(model, equal.inputs[1], f, shapes)
     return f if c is not None and c < 0 and _never_negative(model, f) else None
@@ -149,16 +207,29 @@ def _filled(model, value, like, shapes: dict, depth: int = 3) -> int | None:
     array, node = model.constant(value), value.producer()
     if array is not None:
         same_length = array.ndim == 1 and (array.shape[0],) == tuple(shapes.get(like.name, ()))
-        return int(array[0]) if same_length and array.dtype.kind in "iu" and (array == array[0]).all() else None
+        return (
+            int(array[0])
+            if same_length and array.dtype.kind in "iu" and (array == array[0]).all()
+            else None
+        )
     if node is None or depth == 0:
         return None
     if node.op_type == "Mul" and len(node.inputs) == 2:
-        factors = [_scalar(model, v) if _one_element(model, v) else _filled(model, v, like, shapes, depth - 1)
-                   for v in node.inputs]
+        factors = [
+            _scalar(model, v)
+            if _one_element(model, v)
+            else _filled(model, v, like, shapes, depth - 1)
+            for v in node.inputs
+        ]
         return None if None in factors else factors[0] * factors[1]
     if node.op_type == "ConstantOfShape":
         shape, fill = node.inputs[0].producer(), model.attr(node, "value")
-        if shape is not None and shape.op_type == "Shape" and shape.inputs[0] is like and fill is not None:
+        if (
+            shape is not None
+            and shape.op_type == "Shape"
+            and shape.inputs[0] is like
+            and fill is not None
+        ):
             return int(np.asarray(fill).reshape(-1)[0])
     return None
 
@@ -188,6 +259,9 @@ def _never_negative(model, vector, depth: int = 6) -> bool:
     if node.op_type in ("Gather", "Slice"):
         return _never_negative(model, node.inputs[0], depth - 1)
     if node.op_type in DIM_CARRIERS or node.op_type in ("Concat", "Mul"):
-        return all(v is None or _never_negative(model, v, depth - 1) for v in node.inputs
-                   if not (node.op_type in ("Unsqueeze", "Squeeze") and v is not node.inputs[0]))
+        return all(
+            v is None or _never_negative(model, v, depth - 1)
+            for v in node.inputs
+            if not (node.op_type in ("Unsqueeze", "Squeeze") and v is not node.inputs[0])
+        )
     return False

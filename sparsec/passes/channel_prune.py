@@ -26,16 +26,35 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
     lossy: ClassVar[bool] = True
     writes_plan: ClassVar[bool] = True
 
-    def __init__(self, ratio: float = 0.5, importance: str = "l1", scope: str = "local",
-                 max_layer_ratio: float = 0.9, round_to: int = 1, exclude: str = "", seed: int = 0,
-                 plan: str = "", heads: float = -1.0, ffn: float = -1.0, calibration: str = "",
-                 calibration_samples: int = 0, recover: bool = True, steps: int = 1, batch_size: int = 16,
-                 target_macs: float = 0.0, target_params: float = 0.0) -> None:
+    def __init__(
+        self,
+        ratio: float = 0.5,
+        importance: str = "l1",
+        scope: str = "local",
+        max_layer_ratio: float = 0.9,
+        round_to: int = 1,
+        exclude: str = "",
+        seed: int = 0,
+        plan: str = "",
+        heads: float = -1.0,
+        ffn: float = -1.0,
+        calibration: str = "",
+        calibration_samples: int = 0,
+        recover: bool = True,
+        steps: int = 1,
+        batch_size: int = 16,
+        target_macs: float = 0.0,
+        target_params: float = 0.0,
+    ) -> None:
         self.ratio, self.importance, self.scope = ratio, importance, scope
         self.heads, self.ffn = heads, ffn
         self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
         self.seed, self.plan = seed, plan
-        self.calibration, self.calibration_samples, self.recover = calibration, calibration_samples, recover
+        self.calibration, self.calibration_samples, self.recover = (
+            calibration,
+            calibration_samples,
+            recover,
+        )
         self.steps, self.batch_size = steps, batch_size
         self.target_macs, self.target_params = target_macs, target_params
 
@@ -43,13 +62,25 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         """Always names the ratio and importance (the record of how a model was made); with a
         plan, only the plan and the exclusions matter."""
         if self.plan:
-            return super().describe(skip=("ratio", "importance", "scope", "max_layer_ratio", "round_to", "seed",
-                                          "heads", "ffn"))
+            return super().describe(
+                skip=(
+                    "ratio",
+                    "importance",
+                    "scope",
+                    "max_layer_ratio",
+                    "round_to",
+                    "seed",
+                    "heads",
+                    "ffn",
+                )
+            )
         return super().describe(always=("ratio", "importance"))
 
     def settings(self) -> ChannelOptions:
         """The options as ``pruning.channels`` reads them."""
-        names = [f.name for f in fields(ChannelOptions) if hasattr(self, f.name)]  # unit_targets: a schedule's own
+        names = [
+            f.name for f in fields(ChannelOptions) if hasattr(self, f.name)
+        ]  # unit_targets: a schedule's own
         return ChannelOptions(**{name: getattr(self, name) for name in names})
 
     def check_options(self) -> None:

@@ -17,11 +17,17 @@ class DeadCodePass(InPlacePass):
     """Remove nodes, initializers, functions and opset imports that no output depends on."""
 
     name: ClassVar[str] = "dead-code"
-    summary: ClassVar[str] = "Remove unused nodes, optional outputs, initializers, functions and opset imports."
+    summary: ClassVar[str] = (
+        "Remove unused nodes, optional outputs, initializers, functions and opset imports."
+    )
 
     def call(self, model) -> PassResult:
         removed = cleanup.remove_unused(model)
-        return PassResult(model, modified=any(removed.values()), stats={f"{k}_removed": v for k, v in removed.items()})
+        return PassResult(
+            model,
+            modified=any(removed.values()),
+            stats={f"{k}_removed": v for k, v in removed.items()},
+        )
 
 
 def _forwarded_input(model, node):
@@ -36,7 +42,9 @@ def _forwarded_input(model, node):
 
 
 def _mask_used(node) -> bool:
-    return len(node.outputs) > 1 and bool(node.outputs[1].uses() or node.outputs[1].is_graph_output())
+    return len(node.outputs) > 1 and bool(
+        node.outputs[1].uses() or node.outputs[1].is_graph_output()
+    )
 
 
 def _may_train(model, node) -> bool:
@@ -51,7 +59,9 @@ class IdentityEliminationPass(InPlacePass):
     """Bypass Identity nodes and inference-mode Dropout nodes."""
 
     name: ClassVar[str] = "identity-elimination"
-    summary: ClassVar[str] = "Bypass Identity and inference-mode Dropout nodes (graph outputs keep their names)."
+    summary: ClassVar[str] = (
+        "Bypass Identity and inference-mode Dropout nodes (graph outputs keep their names)."
+    )
 
     def call(self, model) -> PassResult:
         removed = 0

@@ -25,9 +25,22 @@ from sparsec.ir import shapes as ir_shapes
 from sparsec.passes.base import InPlacePass, PassError, PassResult
 
 # Ops whose value depends on more than their inputs, or that hold subgraphs; quantization ops.
-NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-              "Bernoulli", "If", "Loop", "Scan", "Constant", "ConstantOfShape",
-              "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+NEVER_FOLD = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "Constant",
+    "ConstantOfShape",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+}
 
 
 def _static_shape_result(model, node, shapes: dict) -> np.ndarray | None:
@@ -36,7 +49,7 @@ def _static_shape_result(model, node, shapes: dict) -> np.ndarray | None:
     if dims is None:
         return None
     if node.op_type == "Shape":
-        dims = dims[model.attr(node, "start", 0):model.attr(node, "end", None)]
+        dims = dims[model.attr(node, "start", 0) : model.attr(node, "end", None)]
     if not all(isinstance(d, int) for d in dims):
         return None
     if node.op_type == "Size":
@@ -62,25 +75,35 @@ def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarra
         return None
     arrays = [model.constant(v) if v is not None else None for v in node.inputs]
     results = cleanup.evaluate_node(model, node, arrays)
-    return results if results is not None and all(_is_shape_like(r, max_elements) for r in results) else None
+    return (
+        results
+        if results is not None and all(_is_shape_like(r, max_elements) for r in results)
+        else None
+    )
 
 
 class ConstantFoldShapesPass(InPlacePass):
     """Fold Shape/Gather/Concat/Unsqueeze-style integer subgraphs into constants."""
 
     name: ClassVar[str] = "const-fold-shapes"
-    summary: ClassVar[str] = "Fold shape-only integer subgraphs (Shape, Gather, Concat, ...) into constants."
+    summary: ClassVar[str] = (
+        "Fold shape-only integer subgraphs (Shape, Gather, Concat, ...) into constants."
+    )
 
     def __init__(self, max_elements: int = 1024) -> None:
         self.max_elements = max_elements
 
     def check_options(self) -> None:
         if self.max_elements < 1:
-            raise PassError(f"const-fold-shapes: max_elements must be at least 1, got {self.max_elements}")
+            raise PassError(
+                f"const-fold-shapes: max_elements must be at least 1, got {self.max_elements}"
+            )
 
     def call(self, model) -> PassResult:
         reads_shapes = any(node.op_type in ("Shape", "Size") for node in model.nodes())
-        shapes = ir_shapes.infer(model) if reads_shapes else {}  # declared dims only: symbolic batch stays symbolic
+        shapes = (
+            ir_shapes.infer(model) if reads_shapes else {}
+        )  # declared dims only: symbolic batch stays symbolic
         folded = 0
         for node in model.nodes():
             results = _fold_result(model, node, shapes, self.max_elements)
@@ -88,7 +111,9 @@ class ConstantFoldShapesPass(InPlacePass):
                 continue
             for output, array in zip(node.outputs, results):
                 if output.uses():
-                    model.replace_all_uses(output, model.add_initializer(output.name or "folded", array))
+                    model.replace_all_uses(
+                        output, model.add_initializer(output.name or "folded", array)
+                    )
             model.remove_node(node)
             folded += 1
         return PassResult(model, modified=folded > 0, stats={"nodes_folded": folded})

@@ -38,7 +38,9 @@ class Pipeline(InPlacePass):
         if validate != "none" and check is None:
             raise ValueError("validate='end' or 'each' needs a check callable")
         self.passes = list(passes)
-        self.in_place = all(member.in_place for member in self.passes)  # else it returns a new model
+        self.in_place = all(
+            member.in_place for member in self.passes
+        )  # else it returns a new model
         self.fixed_point = fixed_point
         self.max_rounds = max_rounds
         self.validate = validate
@@ -84,10 +86,14 @@ def _run(member: PassBase, model) -> PassResult:
     except SparsecError:
         raise
     except SystemExit as exit_:  # sys.exit() inside a pass must not end the run as if it succeeded
-        raise InternalError(f"pass '{member.describe()}' called sys.exit({exit_.code!r}); a pass returns a "
-                            "PassResult or raises an exception") from None
+        raise InternalError(
+            f"pass '{member.describe()}' called sys.exit({exit_.code!r}); a pass returns a "
+            "PassResult or raises an exception"
+        ) from None
     except Exception as error:
-        raise InternalError(f"pass '{member.describe()}' failed: {type(error).__name__}: {error}") from error
+        raise InternalError(
+            f"pass '{member.describe()}' failed: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _merge(total: PassResult, name: str, result: PassResult) -> None:
@@ -95,7 +101,11 @@ def _merge(total: PassResult, name: str, result: PassResult) -> None:
         full = f"{name}.{key}"
         total.stats[full] = total.stats.get(full, 0) + value
     seen = set(total.diagnostics)
-    total.diagnostics.extend(d for d in result.diagnostics if d not in seen)  # a fixed-point round says it once
-    total.artifacts.update({key: value for key, value in result.artifacts.items() if value})  # a no-op round keeps them
+    total.diagnostics.extend(
+        d for d in result.diagnostics if d not in seen
+    )  # a fixed-point round says it once
+    total.artifacts.update(
+        {key: value for key, value in result.artifacts.items() if value}
+    )  # a no-op round keeps them
     if result.reference is not None:
         total.reference = result.reference

@@ -40,9 +40,13 @@ def available() -> dict[str, type[PassBase]]:
             try:
                 loaded = point.load()
             except Exception as error:  # a broken plugin must not take the CLI down
-                raise InputError(f"entry point '{point.name}' ({point.value}) failed to load: {error}") from None
+                raise InputError(
+                    f"entry point '{point.name}' ({point.value}) failed to load: {error}"
+                ) from None
             if not (inspect.isclass(loaded) and issubclass(loaded, PassBase)):
-                raise InputError(f"entry point '{point.name}' ({point.value}) is not a sparsec pass class")
+                raise InputError(
+                    f"entry point '{point.name}' ({point.value}) is not a sparsec pass class"
+                )
             _REGISTRY[point.name] = loaded
     return dict(sorted(_REGISTRY.items()))
 
@@ -75,8 +79,14 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
         if type(default) is float and type(given) is int and abs(given) < 2**53:
             options[key] = value = float(given)  # threshold=12 for a float option
         expected = type(default)
-        if default is not None and default is not inspect.Parameter.empty and not isinstance(value, expected):
-            raise InputError(f"pass '{name}' option {key}={value!r}: expected {expected.__name__} (like {default!r})")
+        if (
+            default is not None
+            and default is not inspect.Parameter.empty
+            and not isinstance(value, expected)
+        ):
+            raise InputError(
+                f"pass '{name}' option {key}={value!r}: expected {expected.__name__} (like {default!r})"
+            )
     created = cls(**options)
     created.check_options()
     return created
@@ -87,8 +97,11 @@ def _option_defaults(cls: type[PassBase]) -> dict[str, Any]:
     if cls.__init__ is object.__init__:
         return {}
     parameters = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in parameters
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def load_class(spec: str) -> type[PassBase]:
@@ -104,12 +117,21 @@ def load_class(spec: str) -> type[PassBase]:
     try:
         module_spec.loader.exec_module(module)
     except Exception as error:
-        raise InputError(f"pass file '{path}' failed to import: {type(error).__name__}: {error}") from None
+        raise InputError(
+            f"pass file '{path}' failed to import: {type(error).__name__}: {error}"
+        ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        found = sorted(name for name, value in vars(module).items()
-                       if inspect.isclass(value) and issubclass(value, PassBase) and value.__module__ == module.__name__)
-        raise InputError(f"{path} has no class '{class_name}'; its pass classes: {', '.join(found) or 'none'}")
+        found = sorted(
+            name
+            for name, value in vars(module).items()
+            if inspect.isclass(value)
+            and issubclass(value, PassBase)
+            and value.__module__ == module.__name__
+        )
+        raise InputError(
+            f"{path} has no class '{class_name}'; its pass classes: {', '.join(found) or 'none'}"
+        )
     if not (inspect.isclass(cls) and issubclass(cls, PassBase)):
         raise InputError(f"'{class_name}' in {path} is not a sparsec pass class")
     return cls

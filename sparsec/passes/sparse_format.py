@@ -50,21 +50,21 @@ FIELD_BITS = (1, 2, 4, 8)  # packed field widths: a field never straddles two by
 
 def field_bits(m: int) -> int:
     """Bits per stored N:M position: the smallest width in FIELD_BITS holding 0..m-1."""
-    return next(b for b in FIELD_BITS if 2 ** b >= m)
+    return next(b for b in FIELD_BITS if 2**b >= m)
 
 
 def pack_fields(fields: np.ndarray, bits: int) -> np.ndarray:
     """Unsigned ints below 2**bits, packed little-endian into bytes (8 // bits per byte)."""
     per = 8 // bits
     padded = np.zeros(-(-fields.size // per) * per, dtype=np.uint16)
-    padded[:fields.size] = fields.reshape(-1)
+    padded[: fields.size] = fields.reshape(-1)
     return (padded.reshape(-1, per) << (bits * np.arange(per))).sum(axis=1).astype(np.uint8)
 
 
 def unpack_fields(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
     per = 8 // bits
     shifted = packed.astype(np.int64)[:, None] >> (bits * np.arange(per))
-    return (shifted & (2 ** bits - 1)).reshape(-1)[:count]
+    return (shifted & (2**bits - 1)).reshape(-1)[:count]
 
 
 def bitmask_bytes(array: np.ndarray) -> int:
@@ -88,10 +88,23 @@ class SparseEncodePass(InPlacePass):
     """Store mostly-zero weights compactly, with a decoder onnxruntime folds at session creation."""
 
     name: ClassVar[str] = "sparse-encode"
-    summary: ClassVar[str] = "Store mostly-zero weights as values + bitmask or N:M positions, decoded by folding."
+    summary: ClassVar[str] = (
+        "Store mostly-zero weights as values + bitmask or N:M positions, decoded by folding."
+    )
 
-    def __init__(self, format: str = "bitmask", nm: str = "", min_elements: int = 16384, max_ratio: float = 0.9) -> None:
-        self.format, self.nm, self.min_elements, self.max_ratio = format, nm, min_elements, max_ratio
+    def __init__(
+        self,
+        format: str = "bitmask",
+        nm: str = "",
+        min_elements: int = 16384,
+        max_ratio: float = 0.9,
+    ) -> None:
+        self.format, self.nm, self.min_elements, self.max_ratio = (
+            format,
+            nm,
+            min_elements,
+            max_ratio,
+        )
 
     def _nm(self) -> tuple[int, int]:
         return parse_nm(self.nm)
@@ -101,18 +114,26 @@ class SparseEncodePass(InPlacePass):
             raise PassError(f"sparse-encode: unknown format '{self.format}' ({', '.join(FORMATS)})")
         if self.format == "nm":
             if parse_nm(self.nm) is None:
-                raise PassError(f"sparse-encode: format nm needs nm='N:M' (the pattern the weights hold), got '{self.nm}'")
+                raise PassError(
+                    f"sparse-encode: format nm needs nm='N:M' (the pattern the weights hold), got '{self.nm}'"
+                )
             n, m = self._nm()
             if n * field_bits(m) > m:
-                raise PassError(f"sparse-encode: {n}:{m} positions take {n * field_bits(m)} bits per {m} weights; "
-                                "the nm format needs at most M (use bitmask)")
+                raise PassError(
+                    f"sparse-encode: {n}:{m} positions take {n * field_bits(m)} bits per {m} weights; "
+                    "the nm format needs at most M (use bitmask)"
+                )
 
     def requires(self, model) -> None:
         if self.format == "coo" and model.needs_external_data():
-            raise PassError("sparse-encode: format coo is not written with external data (the weights live in a "
-                            ".data file); use bitmask or nm")
+            raise PassError(
+                "sparse-encode: format coo is not written with external data (the weights live in a "
+                ".data file); use bitmask or nm"
+            )
         if model.opset < 11 and self.format != "coo":
-            raise PassError(f"sparse-encode: the decoder needs opset 11 or newer (the model has {model.opset})")
+            raise PassError(
+                f"sparse-encode: the decoder needs opset 11 or newer (the model has {model.opset})"
+            )
 
     def call(self, model) -> PassResult:
         encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
@@ -126,17 +147,40 @@ class SparseEncodePass(InPlacePass):
             if size is None or size > self.max_ratio * array.nbytes:
                 continue
             encoded[name] = self._encode(model, value, array, axes.get(name))
-            sizes.append({"name": name, "format": self.format, "bytes_dense": int(array.nbytes), "bytes_encoded": size})
-            diagnostics.append(Diagnostic("info", "sparse.encoded", f"'{name}': {100 * size / array.nbytes:.1f} % of dense bytes"))
+            sizes.append(
+                {
+                    "name": name,
+                    "format": self.format,
+                    "bytes_dense": int(array.nbytes),
+                    "bytes_encoded": size,
+                }
+            )
+            diagnostics.append(
+                Diagnostic(
+                    "info",
+                    "sparse.encoded",
+                    f"'{name}': {100 * size / array.nbytes:.1f} % of dense bytes",
+                )
+            )
         if diagnostics:
             model.set_metadata(TENSORS_KEY, json.dumps(encoded, sort_keys=True))
             model.set_metadata(FORMAT_KEY, self.format)
         if not encoded:
-            diagnostics.append(Diagnostic("warning", "sparse.nothing-encoded", f"no weight was {self.format}-encoded "
-                                          f"(only float tensors of at least {self.min_elements} elements that shrink "
-                                          f"to {self.max_ratio:g}x of dense or less are): the output stays dense"))
-        result = PassResult(model, modified=bool(sizes), stats={"tensors_encoded": len(sizes)},
-                            diagnostics=diagnostics)
+            diagnostics.append(
+                Diagnostic(
+                    "warning",
+                    "sparse.nothing-encoded",
+                    f"no weight was {self.format}-encoded "
+                    f"(only float tensors of at least {self.min_elements} elements that shrink "
+                    f"to {self.max_ratio:g}x of dense or less are): the output stays dense",
+                )
+            )
+        result = PassResult(
+            model,
+            modified=bool(sizes),
+            stats={"tensors_encoded": len(sizes)},
+            diagnostics=diagnostics,
+        )
         result.artifacts["encoding"] = sizes
         return result
 
@@ -160,8 +204,14 @@ class SparseEncodePass(InPlacePass):
 def _candidate(model, value, min_elements: int) -> bool:
     shape = model.constant_shape(value)
     uses = list(value.uses())
-    return (shape is not None and int(np.prod(shape)) >= min_elements and not value.is_graph_input()
-            and not value.is_graph_output() and bool(uses) and all(use.node.graph is model.graph for use in uses))
+    return (
+        shape is not None
+        and int(np.prod(shape)) >= min_elements
+        and not value.is_graph_input()
+        and not value.is_graph_output()
+        and bool(uses)
+        and all(use.node.graph is model.graph for use in uses)
+    )
 
 
 class _Decoder:
@@ -171,25 +221,45 @@ class _Decoder:
     def __init__(self, model, value) -> None:
         self.model, self.value, self.name = model, value, value.name
         order = {id(node): i for i, node in enumerate(model.nodes())}
-        self.before = min((use.node for use in value.uses()), key=lambda node: order.get(id(node), len(order)))
+        self.before = min(
+            (use.node for use in value.uses()), key=lambda node: order.get(id(node), len(order))
+        )
 
     def const(self, key: str, array: np.ndarray):
         return self.model.add_initializer(f"{self.name}__{key}", np.asarray(array))
 
     def op(self, op_type: str, inputs, **attrs):
-        return self.model.add_node(op_type, inputs, attrs, before=self.before, name=f"{DECODER_PREFIX}/{self.name}")
+        return self.model.add_node(
+            op_type, inputs, attrs, before=self.before, name=f"{DECODER_PREFIX}/{self.name}"
+        )
 
     def fields(self, packed, count: int, bits: int):
         """Unpack ``count`` little-endian ``bits``-wide fields from ``packed`` (int32 result):
         (byte[i // per] // 2**(bits·(i % per))) % 2**bits."""
         per = 8 // bits
-        index = self.op("Range", [self.const("zero", np.array(0, np.int32)), self.const("count", np.array(count, np.int32)),
-                                  self.const("one", np.array(1, np.int32))])
+        index = self.op(
+            "Range",
+            [
+                self.const("zero", np.array(0, np.int32)),
+                self.const("count", np.array(count, np.int32)),
+                self.const("one", np.array(1, np.int32)),
+            ],
+        )
         per_byte = self.const("per_byte", np.array(per, np.int32))
-        byte = self.op("Gather", [self.op("Cast", [packed], to=6), self.op("Div", [index, per_byte])])  # 6: int32
-        scale = self.op("Gather", [self.const("scales", (2 ** (bits * np.arange(per))).astype(np.int32)),
-                                   self.op("Mod", [index, per_byte])])
-        return self.op("Mod", [self.op("Div", [byte, scale]), self.const("modulus", np.array(2 ** bits, np.int32))])
+        byte = self.op(
+            "Gather", [self.op("Cast", [packed], to=6), self.op("Div", [index, per_byte])]
+        )  # 6: int32
+        scale = self.op(
+            "Gather",
+            [
+                self.const("scales", (2 ** (bits * np.arange(per))).astype(np.int32)),
+                self.op("Mod", [index, per_byte]),
+            ],
+        )
+        return self.op(
+            "Mod",
+            [self.op("Div", [byte, scale]), self.const("modulus", np.array(2**bits, np.int32))],
+        )
 
     def finish(self, decoded) -> None:
         self.model.replace_initializer(self.value, decoded)
@@ -202,10 +272,24 @@ def _encode_bitmask(decoder: _Decoder, array: np.ndarray) -> dict:
     values = decoder.const("values", np.concatenate([np.zeros(1, array.dtype), flat[keep]]))
     bits = decoder.const("bits", pack_fields(keep.astype(np.uint8), 1))
     bit = decoder.fields(bits, flat.size, 1)
-    position = decoder.op("Mul", [decoder.op("CumSum", [bit, decoder.const("axis", np.array(0, np.int32))]), bit])
-    decoder.finish(decoder.op("Reshape", [decoder.op("Gather", [values, position]),
-                                          decoder.const("shape", np.array(array.shape, np.int64))]))
-    return {"format": "bitmask", "values": values.name, "bits": bits.name, "shape": list(array.shape)}
+    position = decoder.op(
+        "Mul", [decoder.op("CumSum", [bit, decoder.const("axis", np.array(0, np.int32))]), bit]
+    )
+    decoder.finish(
+        decoder.op(
+            "Reshape",
+            [
+                decoder.op("Gather", [values, position]),
+                decoder.const("shape", np.array(array.shape, np.int64)),
+            ],
+        )
+    )
+    return {
+        "format": "bitmask",
+        "values": values.name,
+        "bits": bits.name,
+        "shape": list(array.shape),
+    }
 
 
 def _encode_nm(decoder: _Decoder, array: np.ndarray, axis: int, n: int, m: int) -> dict:
@@ -218,17 +302,33 @@ def _encode_nm(decoder: _Decoder, array: np.ndarray, axis: int, n: int, m: int) 
     bits = field_bits(m)
     packed = decoder.const("positions", pack_fields(positions.astype(np.uint8), bits))
     fields = decoder.fields(packed, positions.size, bits)
-    indices = decoder.op("Reshape", [decoder.op("Cast", [fields], to=7),  # 7: int64
-                                     decoder.const("index_shape", np.array(positions.shape, np.int64))])
+    indices = decoder.op(
+        "Reshape",
+        [
+            decoder.op("Cast", [fields], to=7),  # 7: int64
+            decoder.const("index_shape", np.array(positions.shape, np.int64)),
+        ],
+    )
     zeros = decoder.const("zeros_shape", np.array(groups.shape, np.int64))
     filled = decoder.op("ConstantOfShape", [zeros], value=np.zeros(1, array.dtype))
     scattered = decoder.op("ScatterElements", [filled, indices, values], axis=1)
-    restored = decoder.op("Reshape", [scattered, decoder.const("moved_shape", np.array(moved.shape, np.int64))])
+    restored = decoder.op(
+        "Reshape", [scattered, decoder.const("moved_shape", np.array(moved.shape, np.int64))]
+    )
     perm = list(range(array.ndim - 1))
     perm.insert(axis, array.ndim - 1)
-    decoder.finish(decoder.op("Transpose", [restored], perm=perm) if axis != array.ndim - 1 else restored)
-    return {"format": "nm", "values": values.name, "positions": packed.name, "shape": list(array.shape),
-            "axis": axis, "n": n, "m": m}
+    decoder.finish(
+        decoder.op("Transpose", [restored], perm=perm) if axis != array.ndim - 1 else restored
+    )
+    return {
+        "format": "nm",
+        "values": values.name,
+        "positions": packed.name,
+        "shape": list(array.shape),
+        "axis": axis,
+        "n": n,
+        "m": m,
+    }
 
 
 def _decode(model, record: dict) -> np.ndarray:
@@ -236,12 +336,16 @@ def _decode(model, record: dict) -> np.ndarray:
     values = model.constant(initializers[record["values"]])
     shape = record["shape"]
     if record.get("format", "bitmask") == "bitmask":
-        keep = unpack_fields(model.constant(initializers[record["bits"]]), int(np.prod(shape)), 1).astype(bool)
+        keep = unpack_fields(
+            model.constant(initializers[record["bits"]]), int(np.prod(shape)), 1
+        ).astype(bool)
         dense = np.zeros(keep.size, values.dtype)
         dense[keep] = values[1:]
         return dense.reshape(shape)
     m, axis = record["m"], record["axis"]
-    positions = unpack_fields(model.constant(initializers[record["positions"]]), values.size, field_bits(m))
+    positions = unpack_fields(
+        model.constant(initializers[record["positions"]]), values.size, field_bits(m)
+    )
     groups = np.zeros((values.shape[0], m), values.dtype)
     np.put_along_axis(groups, positions.reshape(values.shape), values, axis=1)
     moved_shape = [d for i, d in enumerate(shape) if i != axis] + [shape[axis]]

@@ -20,12 +20,26 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
     """Zero weights in N:M, unstructured or block patterns along each weight's reduction axis."""
 
     name: ClassVar[str] = "weight-sparsity"
-    summary: ClassVar[str] = "Zero weights in N:M, unstructured or block patterns (zeros kept dense)."
+    summary: ClassVar[str] = (
+        "Zero weights in N:M, unstructured or block patterns (zeros kept dense)."
+    )
     lossy: ClassVar[bool] = True
 
-    def __init__(self, nm: str = "", ratio: float = 0.0, block: str = "", scope: str = "local",
-                 embeddings: bool = False, score: str = "magnitude", calibration: str = "", batch_size: int = 16,
-                 calibration_samples: int = 0, recover: bool = True, seed: int = 0, exclude: str = "") -> None:
+    def __init__(
+        self,
+        nm: str = "",
+        ratio: float = 0.0,
+        block: str = "",
+        scope: str = "local",
+        embeddings: bool = False,
+        score: str = "magnitude",
+        calibration: str = "",
+        batch_size: int = 16,
+        calibration_samples: int = 0,
+        recover: bool = True,
+        seed: int = 0,
+        exclude: str = "",
+    ) -> None:
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
         self.embeddings, self.exclude = embeddings, exclude
         self.calibration, self.batch_size = calibration, batch_size

@@ -59,10 +59,16 @@ class SplitQkvPass(InPlacePass):
     """Replace Reshape(.., 3, H, D) → Transpose(2, 0, 3, 1, 4) → unbind by three separate parts."""
 
     name: ClassVar[str] = "split-qkv"
-    summary: ClassVar[str] = "Split packed QKV projections (timm's qkv Linear) into separate Q, K, V projections."
+    summary: ClassVar[str] = (
+        "Split packed QKV projections (timm's qkv Linear) into separate Q, K, V projections."
+    )
 
     def call(self, model) -> PassResult:
-        candidates = [n for n in model.nodes() if n.op_type == "Transpose" and list(model.attr(n, "perm", [])) == PERM]
+        candidates = [
+            n
+            for n in model.nodes()
+            if n.op_type == "Transpose" and list(model.attr(n, "perm", [])) == PERM
+        ]
         shapes = value_shapes(model, None) if candidates else {}
         matches = [m for node in candidates if (m := _match(model, node, shapes)) is not None]
         weights = sum(_rewrite(model, match) for match in matches)
@@ -74,13 +80,23 @@ def _match(model, transpose, shapes: dict) -> _Match | None:
     """The packed-QKV pattern ending in ``transpose`` (perm [2, 0, 3, 1, 4]), every condition
     verified, else None."""
     reshape = transpose.inputs[0].producer()
-    if reshape is None or reshape.op_type != "Reshape" or not _sole_use(transpose.inputs[0], transpose):
+    if (
+        reshape is None
+        or reshape.op_type != "Reshape"
+        or not _sole_use(transpose.inputs[0], transpose)
+    ):
         return None
     packed = reshape.inputs[0]
     if not _sole_use(packed, reshape) or model.opset < 10:
         return None
     ps, rs = shapes.get(packed.name), shapes.get(reshape.outputs[0].name)
-    if ps is None or rs is None or len(ps) != 3 or len(rs) != 5 or tuple(rs[:3]) != (ps[0], ps[1], 3):
+    if (
+        ps is None
+        or rs is None
+        or len(ps) != 3
+        or len(rs) != 5
+        or tuple(rs[:3]) != (ps[0], ps[1], 3)
+    ):
         return None
     target, parts = _target(model, reshape.inputs[1], shapes), _parts(model, transpose)
     if target is None or not parts or target[1] != rs[3] * rs[4] or ps[2] != 3 * target[1]:
@@ -89,7 +105,11 @@ def _match(model, transpose, shapes: dict) -> _Match | None:
 
 
 def _sole_use(value, node) -> bool:
-    return value is not None and not value.is_graph_output() and [use.node for use in value.uses()] == [node]
+    return (
+        value is not None
+        and not value.is_graph_output()
+        and [use.node for use in value.uses()] == [node]
+    )
 
 
 def _target(model, target, shapes: dict) -> tuple[list, int] | None:
@@ -99,7 +119,9 @@ def _target(model, target, shapes: dict) -> tuple[list, int] | None:
     concat = target.producer() if array is None else None
     if array is not None:
         inputs, arrays = [target], [array]
-    elif concat is not None and concat.op_type == "Concat" and model.attr(concat, "axis") in (0, -1):
+    elif (
+        concat is not None and concat.op_type == "Concat" and model.attr(concat, "axis") in (0, -1)
+    ):
         inputs, arrays = list(concat.inputs), [model.constant(v) for v in concat.inputs]
     else:
         return None
@@ -108,7 +130,10 @@ def _target(model, target, shapes: dict) -> tuple[list, int] | None:
         length = shapes.get(piece.name) if piece is not None else None
         if length is None or len(length) != 1:
             return None
-        start, elements = len(elements), elements + (list(array) if array is not None else [None] * length[0])
+        start, elements = (
+            len(elements),
+            elements + (list(array) if array is not None else [None] * length[0]),
+        )
         if start <= 2 < len(elements) and array is not None and array.size > 1:
             pieces.append(np.delete(array.astype(np.int64), 2 - start))
         elif not start <= 2 < len(elements):
@@ -141,13 +166,23 @@ def _taken(model, node) -> list | None:
         return [(int(index) % 3, node.outputs[0])] if ok else None
     if node.op_type == "Slice" and len(node.inputs) >= 3:
         return _sliced(model, node)
-    if node.op_type == "Split" and model.attr(node, "axis", 0) in (0, -5) and len(node.outputs) == 3:
-        sizes = model.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if (
+        node.op_type == "Split"
+        and model.attr(node, "axis", 0) in (0, -5)
+        and len(node.outputs) == 3
+    ):
+        sizes = (
+            model.constant(node.inputs[1])
+            if len(node.inputs) > 1 and node.inputs[1] is not None
+            else None
+        )
         sizes = sizes if sizes is not None else model.attr(node, "split")
         if sizes is not None and list(sizes) != [1, 1, 1]:
             return None
         squeezed = [_squeezed(model, out) for out in node.outputs]
-        return None if None in squeezed else [(i, v) for i, outs in enumerate(squeezed) for v in outs]
+        return (
+            None if None in squeezed else [(i, v) for i, outs in enumerate(squeezed) for v in outs]
+        )
     return None
 
 
@@ -164,7 +199,11 @@ def _sliced(model, node) -> list | None:
     start = int(starts[0]) + 3 if int(starts[0]) < 0 else int(starts[0])
     end = min(int(ends[0]) + 3 if int(ends[0]) < 0 else int(ends[0]), 3)
     squeezed = _squeezed(model, node.outputs[0])
-    return None if squeezed is None or end - start != 1 or not 0 <= start < 3 else [(start, v) for v in squeezed]
+    return (
+        None
+        if squeezed is None or end - start != 1 or not 0 <= start < 3
+        else [(start, v) for v in squeezed]
+    )
 
 
 def _squeezed(model, value) -> list | None:
@@ -174,9 +213,18 @@ def _squeezed(model, value) -> list | None:
     outs = []
     for use in value.uses():
         node = use.node
-        axes = model.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        axes = (
+            model.constant(node.inputs[1])
+            if len(node.inputs) > 1 and node.inputs[1] is not None
+            else None
+        )
         axes = axes if axes is not None else model.attr(node, "axes")
-        if node.op_type != "Squeeze" or use.idx != 0 or axes is None or [int(a) % 5 for a in axes] != [0]:
+        if (
+            node.op_type != "Squeeze"
+            or use.idx != 0
+            or axes is None
+            or [int(a) % 5 for a in axes] != [0]
+        ):
             return None
         outs.append(node.outputs[0])
     return outs
@@ -207,19 +255,32 @@ def _rewrite(model, match: _Match) -> bool:
     """Build the used parts before the transpose and route the old part values to them; True
     when the projection weight was split (else the packed value was sliced)."""
     before = match.transpose
-    pieces = [p if not isinstance(p, np.ndarray) else model.add_initializer(f"{match.packed.name}/split_shape", p)
-              for p in match.target]
-    target = pieces[0] if len(pieces) == 1 else model.add_node("Concat", pieces, {"axis": 0}, before=before,
-                                                              name="sparsec/split_qkv")
+    pieces = [
+        p
+        if not isinstance(p, np.ndarray)
+        else model.add_initializer(f"{match.packed.name}/split_shape", p)
+        for p in match.target
+    ]
+    target = (
+        pieces[0]
+        if len(pieces) == 1
+        else model.add_node("Concat", pieces, {"axis": 0}, before=before, name="sparsec/split_qkv")
+    )
     projection = _projection(model, match.packed)
     allowzero = model.attr(match.reshape, "allowzero")
     for index, values in sorted(match.parts.items()):
         if not any(value.uses() or value.is_graph_output() for value in values):
             continue
-        part = _part(model, match, projection, slice(index * match.width, (index + 1) * match.width), index)
+        part = _part(
+            model, match, projection, slice(index * match.width, (index + 1) * match.width), index
+        )
         attrs = {} if allowzero is None else {"allowzero": allowzero}
-        part = model.add_node("Reshape", [part, target], attrs, before=before, name="sparsec/split_qkv")
-        part = model.add_node("Transpose", [part], {"perm": [0, 2, 1, 3]}, before=before, name="sparsec/split_qkv")
+        part = model.add_node(
+            "Reshape", [part, target], attrs, before=before, name="sparsec/split_qkv"
+        )
+        part = model.add_node(
+            "Transpose", [part], {"perm": [0, 2, 1, 3]}, before=before, name="sparsec/split_qkv"
+        )
         for value in values:
             model.replace_all_uses(value, part)
     return projection is not None
@@ -229,14 +290,22 @@ def _part(model, match: _Match, projection, cols: slice, index: int):
     """P[..., cols]: X·W[:, cols] (+ b[cols]) with new weights, or a Slice of P."""
     before = match.transpose
     if projection is None:
-        bounds = [model.add_initializer(f"{match.packed.name}/part{index}_{key}", np.array([v], np.int64))
-                  for key, v in (("starts", cols.start), ("ends", cols.stop), ("axes", -1))]
-        return model.add_node("Slice", [match.packed, *bounds], before=before, name="sparsec/split_qkv")
+        bounds = [
+            model.add_initializer(f"{match.packed.name}/part{index}_{key}", np.array([v], np.int64))
+            for key, v in (("starts", cols.start), ("ends", cols.stop), ("axes", -1))
+        ]
+        return model.add_node(
+            "Slice", [match.packed, *bounds], before=before, name="sparsec/split_qkv"
+        )
     x, w_value, weight, b_value, bias, bias_first = projection
     w_part = model.add_initializer(f"{w_value.name}_part{index}", weight[:, cols])
     part = model.add_node("MatMul", [x, w_part], before=before, name="sparsec/split_qkv")
     if bias is None:
         return part
     b_part = model.add_initializer(f"{b_value.name}_part{index}", bias[cols])
-    return model.add_node("Add", [b_part, part] if bias_first else [part, b_part], before=before,
-                          name="sparsec/split_qkv")
+    return model.add_node(
+        "Add",
+        [b_part, part] if bias_first else [part, b_part],
+        before=before,
+        name="sparsec/split_qkv",
+    )

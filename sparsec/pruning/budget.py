@@ -20,18 +20,27 @@ from sparsec.results import Diagnostic, progress
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # a grid fine enough to land near a target
 
 
-def allocated_units(options, model, candidates: list[ChannelGroup],
-                    samples) -> tuple[dict[int, np.ndarray], Diagnostic]:
+def allocated_units(
+    options, model, candidates: list[ChannelGroup], samples
+) -> tuple[dict[int, np.ndarray], Diagnostic]:
     """{group id: units to remove} meeting the target of ``options`` (``channels.ChannelOptions``),
     and a line saying what was chosen."""
-    table = measure(model, samples, RATIOS, options.importance, options.batch_size, progress=progress)
+    table = measure(
+        model, samples, RATIOS, options.importance, options.batch_size, progress=progress
+    )
     allowed = {group.id for group in candidates}
     table.groups = [group for group in table.groups if group.id in allowed]
-    metric, target = ("macs", options.target_macs) if options.target_macs else ("params", options.target_params)
+    metric, target = (
+        ("macs", options.target_macs) if options.target_macs else ("params", options.target_params)
+    )
     allocation = allocate(table, **{f"target_{metric}": target})
     estimate = table.estimate(allocation)
     chosen = ", ".join(f"{gid}:{ratio:g}" for gid, ratio in sorted(allocation.items()) if ratio)
-    note = Diagnostic("info", "channel.allocation", f"target {metric} {target:g}: {len(table.groups)} group(s) measured at "
-                      f"{len(RATIOS)} ratios in {table.seconds:.1f} s; chosen group:ratio {chosen or 'none'}; "
-                      f"estimated MACs {estimate['macs']:.3f}, params {estimate['params']:.3f} of this model")
+    note = Diagnostic(
+        "info",
+        "channel.allocation",
+        f"target {metric} {target:g}: {len(table.groups)} group(s) measured at "
+        f"{len(RATIOS)} ratios in {table.seconds:.1f} s; chosen group:ratio {chosen or 'none'}; "
+        f"estimated MACs {estimate['macs']:.3f}, params {estimate['params']:.3f} of this model",
+    )
     return table.removed(allocation), note

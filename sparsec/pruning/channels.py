@@ -73,7 +73,11 @@ class ChannelOptions:
 
     def ratio_source(self, group: ChannelGroup) -> str:
         """Which option sets this group's ratio: ``heads``, ``ffn`` or ``ratio``."""
-        return group.kind if group.kind in ("heads", "ffn") and getattr(self, group.kind) >= 0 else "ratio"
+        return (
+            group.kind
+            if group.kind in ("heads", "ffn") and getattr(self, group.kind) >= 0
+            else "ratio"
+        )
 
     def ratio_for(self, group: ChannelGroup) -> float:
         return getattr(self, self.ratio_source(group))
@@ -89,28 +93,40 @@ def check(options: ChannelOptions) -> None:
     if options.scope not in ("local", "global"):
         raise PassError(f"channel-prune: scope must be local or global, got '{options.scope}'")
     if not 0 < options.max_layer_ratio <= 1:
-        raise PassError(f"channel-prune: max_layer_ratio must be in (0, 1], got {options.max_layer_ratio}")
+        raise PassError(
+            f"channel-prune: max_layer_ratio must be in (0, 1], got {options.max_layer_ratio}"
+        )
     if options.round_to < 1:
         raise PassError(f"channel-prune: round_to must be at least 1, got {options.round_to}")
     if options.importance not in IMPORTANCE:
-        raise PassError(f"channel-prune: unknown importance '{options.importance}'; known: {', '.join(IMPORTANCE)}")
+        raise PassError(
+            f"channel-prune: unknown importance '{options.importance}'; known: {', '.join(IMPORTANCE)}"
+        )
     if options.importance == "activation" and not options.calibration:
-        raise PassError("channel-prune: importance 'activation' needs calibration data: --calibration DATA")
+        raise PassError(
+            "channel-prune: importance 'activation' needs calibration data: --calibration DATA"
+        )
     if options.targeted:
         _check_target(options)
     if options.steps < 1 or (options.steps > 1 and options.plan):
-        raise PassError(f"channel-prune: steps must be at least 1 (and 1 with a plan), got {options.steps}")
+        raise PassError(
+            f"channel-prune: steps must be at least 1 (and 1 with a plan), got {options.steps}"
+        )
 
 
 def _check_target(options: ChannelOptions) -> None:
     if options.target_macs and options.target_params:
         raise PassError("channel-prune: give target_macs or target_params, not both")
     if not 0 < (options.target_macs or options.target_params) < 1:
-        raise PassError(f"channel-prune: a target is a fraction of the original in (0, 1), got "
-                        f"{options.target_macs or options.target_params}")
+        raise PassError(
+            f"channel-prune: a target is a fraction of the original in (0, 1), got "
+            f"{options.target_macs or options.target_params}"
+        )
     if not options.calibration:
-        raise PassError("channel-prune: a MACs/params target is allocated from measured sensitivity: it needs "
-                        "calibration data (--calibration)")
+        raise PassError(
+            "channel-prune: a MACs/params target is allocated from measured sensitivity: it needs "
+            "calibration data (--calibration)"
+        )
     if options.plan:
         raise PassError("channel-prune: a target chooses the cut itself: drop the plan")
 
@@ -133,11 +149,23 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
     if options.targeted:
         result.diagnostics.append(note)
     if options.calibration == RANDOM:
-        result.diagnostics.append(Diagnostic("warning", "calibration.random", "calibration from random inputs "
-                                             "(--calibration random): importance and refit see no real activations"))
+        result.diagnostics.append(
+            Diagnostic(
+                "warning",
+                "calibration.random",
+                "calibration from random inputs "
+                "(--calibration random): importance and refit see no real activations",
+            )
+        )
     if original is not None and result.modified:
-        recover_result(result, original, samples, result.artifacts["plan"], batch_size=options.batch_size,
-                       progress=progress)
+        recover_result(
+            result,
+            original,
+            samples,
+            result.artifacts["plan"],
+            batch_size=options.batch_size,
+            progress=progress,
+        )
     return result
 
 
@@ -145,40 +173,78 @@ def reason(options: ChannelOptions, group: ChannelGroup) -> str | None:
     """Why ``group`` stays whole (blocked, or excluded by ``options.exclude``), None if it may be cut."""
     if group.reason is not None:
         return group.reason
-    return excluded_by(options.exclude, {m[0] for m in group.members if not m[0].startswith("#")} | group.nodes)
+    return excluded_by(
+        options.exclude, {m[0] for m in group.members if not m[0].startswith("#")} | group.nodes
+    )
 
 
-def _warnings(model, options: ChannelOptions, result: PassResult, kinds: set[str]) -> list[Diagnostic]:
+def _warnings(
+    model, options: ChannelOptions, result: PassResult, kinds: set[str]
+) -> list[Diagnostic]:
     found = unmatched_warnings(options.exclude, model, "channel.exclude-unmatched")
     if not result.modified:
-        found.append(Diagnostic("warning", "channel.nothing-pruned",
-                                "no channel was removed (every group is kept, or the ratio rounds to zero)"))
+        found.append(
+            Diagnostic(
+                "warning",
+                "channel.nothing-pruned",
+                "no channel was removed (every group is kept, or the ratio rounds to zero)",
+            )
+        )
     largest = max(options.ratio, options.heads, options.ffn)
     if largest > options.max_layer_ratio and not options.plan:
-        found.append(Diagnostic("warning", "channel.ratio-capped",
-                                f"ratio {largest:g} is capped at max_layer_ratio {options.max_layer_ratio:g}"))
-    asked = (("heads", options.heads, "attention-head group"), ("ffn", options.ffn, "MLP hidden-unit group"))
-    found += [Diagnostic("warning", f"channel.no-{kind}", f"{kind} ratio given, but no {what} was found")
-              for kind, value, what in asked if value > 0 and kind not in kinds and not options.plan]
+        found.append(
+            Diagnostic(
+                "warning",
+                "channel.ratio-capped",
+                f"ratio {largest:g} is capped at max_layer_ratio {options.max_layer_ratio:g}",
+            )
+        )
+    asked = (
+        ("heads", options.heads, "attention-head group"),
+        ("ffn", options.ffn, "MLP hidden-unit group"),
+    )
+    found += [
+        Diagnostic("warning", f"channel.no-{kind}", f"{kind} ratio given, but no {what} was found")
+        for kind, value, what in asked
+        if value > 0 and kind not in kinds and not options.plan
+    ]
     return found
 
 
-def select(model, options: ChannelOptions, groups: list[ChannelGroup], samples=None) -> dict[int, np.ndarray]:
+def select(
+    model, options: ChannelOptions, groups: list[ChannelGroup], samples=None
+) -> dict[int, np.ndarray]:
     """{group id: the units it loses} by the options' importance, ratios and scope (or by a
     scheduled round's ``unit_targets``)."""
-    ctx = ImportanceContext(model, seed=options.seed, calibration=samples, batch_size=options.batch_size)
+    ctx = ImportanceContext(
+        model, seed=options.seed, calibration=samples, batch_size=options.batch_size
+    )
     scores = {g.id: group_scores(g, options.importance, ctx) for g in groups}
     if options.unit_targets is not None:
-        return {g.id: lowest_units(g, scores[g.id], 0.0, counts=_scheduled_counts(options, g)) for g in groups}
+        return {
+            g.id: lowest_units(g, scores[g.id], 0.0, counts=_scheduled_counts(options, g))
+            for g in groups
+        }
     ratios = {g.id: options.ratio_for(g) for g in groups}
     if options.scope == "global":
         buckets: dict[str, list[ChannelGroup]] = {}
         for group in groups:
             buckets.setdefault(options.ratio_source(group), []).append(group)
-        ratios = {gid: r for bucket in buckets.values() for gid, r in
-                  _global_ratios(options, bucket, scores, ratios[bucket[0].id]).items()}
-    return {g.id: lowest_units(g, scores[g.id], ratios[g.id], max_layer_ratio=options.max_layer_ratio,
-                               round_to=options.round_to) for g in groups}
+        ratios = {
+            gid: r
+            for bucket in buckets.values()
+            for gid, r in _global_ratios(options, bucket, scores, ratios[bucket[0].id]).items()
+        }
+    return {
+        g.id: lowest_units(
+            g,
+            scores[g.id],
+            ratios[g.id],
+            max_layer_ratio=options.max_layer_ratio,
+            round_to=options.round_to,
+        )
+        for g in groups
+    }
 
 
 def final_cut(model, options: ChannelOptions, samples) -> dict[tuple, tuple[int, int]]:
@@ -186,8 +252,11 @@ def final_cut(model, options: ChannelOptions, samples) -> dict[tuple, tuple[int,
     round at the full ratios would remove (what a schedule spreads over its rounds)."""
     candidates = [g for g in find_channel_groups(model).groups if reason(options, g) is None]
     removed = select(model, options, candidates, samples)
-    return {key: (len(segment), int(np.isin(segment, removed[g.id]).sum()))
-            for g in candidates for segment, key in zip(g.segments(), g.segment_keys())}
+    return {
+        key: (len(segment), int(np.isin(segment, removed[g.id]).sum()))
+        for g in candidates
+        for segment, key in zip(g.segments(), g.segment_keys())
+    }
 
 
 def _scheduled_counts(options: ChannelOptions, group: ChannelGroup) -> list[int]:
@@ -201,27 +270,45 @@ def _scheduled_counts(options: ChannelOptions, group: ChannelGroup) -> list[int]
     return counts
 
 
-def _global_ratios(options: ChannelOptions, groups: list[ChannelGroup], scores: dict[int, np.ndarray],
-                   ratio: float) -> dict[int, float]:
+def _global_ratios(
+    options: ChannelOptions, groups: list[ChannelGroup], scores: dict[int, np.ndarray], ratio: float
+) -> dict[int, float]:
     """Rank all units of ``groups`` together (scores relative to their group's mean); each
     group's ratio is the share of its units below the cut at ``ratio``, at most
     ``max_layer_ratio``."""
-    relative = np.concatenate([scores[g.id] / (scores[g.id].mean() + 1e-12) for g in groups] or [np.zeros(0)])
+    relative = np.concatenate(
+        [scores[g.id] / (scores[g.id].mean() + 1e-12) for g in groups] or [np.zeros(0)]
+    )
     if relative.size == 0:
         return {}
     cut = np.sort(relative)[max(int(ratio * relative.size) - 1, 0)] if ratio > 0 else -np.inf
-    return {g.id: min(float(np.mean(scores[g.id] / (scores[g.id].mean() + 1e-12) <= cut)), options.max_layer_ratio)
-            for g in groups}
+    return {
+        g.id: min(
+            float(np.mean(scores[g.id] / (scores[g.id].mean() + 1e-12) <= cut)),
+            options.max_layer_ratio,
+        )
+        for g in groups
+    }
 
 
 def _diagnostics(analysis, reasons: dict[int, str | None]) -> list[Diagnostic]:
     """A warning per barrier that keeps some group whole; an info line per kept group."""
     kept_reasons = [r for r in reasons.values() if r is not None]
-    found = [Diagnostic("warning", "channel.barrier", f"no axis rule for {op}: channels through it are kept", node)
-             for node, op in analysis.barriers.items() if any(f"'{node}'" in r for r in kept_reasons)]
+    found = [
+        Diagnostic(
+            "warning",
+            "channel.barrier",
+            f"no axis rule for {op}: channels through it are kept",
+            node,
+        )
+        for node, op in analysis.barriers.items()
+        if any(f"'{node}'" in r for r in kept_reasons)
+    ]
     for group in analysis.groups:
         if reasons[group.id] is not None:
-            found.append(Diagnostic("info", "channel.group-kept", f"{group.describe()}: {reasons[group.id]}"))
+            found.append(
+                Diagnostic("info", "channel.group-kept", f"{group.describe()}: {reasons[group.id]}")
+            )
     return found
 
 
@@ -234,10 +321,14 @@ def read_plan(path: str) -> dict:
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise InputError(f"{path} is not a sparsec channel plan (written by --plan-out)")
     if plan.get("version") != 1:
-        raise InputError(f"plan {path} has version {plan.get('version')!r}; this sparsec reads version 1")
+        raise InputError(
+            f"plan {path} has version {plan.get('version')!r}; this sparsec reads version 1"
+        )
     initializers = plan.get("initializers")
     if not isinstance(initializers, dict):
-        raise InputError(f"plan {path}: 'initializers' must map names to lists of {{axis, size, kept}}")
+        raise InputError(
+            f"plan {path}: 'initializers' must map names to lists of {{axis, size, kept}}"
+        )
     for name, entries in initializers.items():
         _check_entries(path, name, entries)
     return plan
@@ -247,21 +338,33 @@ def _check_entries(path: str, name: str, entries) -> None:
     if not isinstance(entries, list):
         raise InputError(f"plan {path}: entry '{name}' must be a list of {{axis, size, kept}}")
     for entry in entries:
-        ok = isinstance(entry, dict) and all(isinstance(entry.get(k), int) for k in ("axis", "size"))
+        ok = isinstance(entry, dict) and all(
+            isinstance(entry.get(k), int) for k in ("axis", "size")
+        )
         kept = entry.get("kept") if ok else None
-        integers = isinstance(kept, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in kept)
+        integers = isinstance(kept, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in kept
+        )
         if not ok or not integers:
-            raise InputError(f"plan {path}: entry '{name}' must be a list of "
-                             "{axis: int, size: int, kept: [int, ...]}")
+            raise InputError(
+                f"plan {path}: entry '{name}' must be a list of "
+                "{axis: int, size: int, kept: [int, ...]}"
+            )
         if any(i < 0 or i >= entry["size"] for i in kept):
-            raise InputError(f"plan {path}: {name} axis {entry['axis']}: kept indices must lie in "
-                             f"0..{entry['size'] - 1}")
+            raise InputError(
+                f"plan {path}: {name} axis {entry['axis']}: kept indices must lie in "
+                f"0..{entry['size'] - 1}"
+            )
         if any(b <= a for a, b in pairwise(kept)):
-            raise InputError(f"plan {path}: {name} axis {entry['axis']}: kept indices must be ascending, "
-                             "without repeats")
+            raise InputError(
+                f"plan {path}: {name} axis {entry['axis']}: kept indices must be ascending, "
+                "without repeats"
+            )
 
 
-def removed_from_plan(plan: dict, groups: list[ChannelGroup], reasons: dict) -> dict[int, np.ndarray]:
+def removed_from_plan(
+    plan: dict, groups: list[ChannelGroup], reasons: dict
+) -> dict[int, np.ndarray]:
     """The units each group loses under ``plan``; refuses a plan that does not fit the model."""
     entries = {(name, e["axis"]): e for name, axes in plan["initializers"].items() for e in axes}
     removed = {}
@@ -270,24 +373,36 @@ def removed_from_plan(plan: dict, groups: list[ChannelGroup], reasons: dict) -> 
         if not mine:
             continue
         if reasons[group.id] is not None:
-            raise InputError(f"plan prunes {_names(mine)}, but {group.describe()} cannot be pruned: "
-                             f"{reasons[group.id]}")
+            raise InputError(
+                f"plan prunes {_names(mine)}, but {group.describe()} cannot be pruned: "
+                f"{reasons[group.id]}"
+            )
         drop = set()
         for member, entry in mine.items():
             if entry["size"] != group.sizes[member]:
-                raise InputError(f"plan: {member[0]} axis {member[1]} has size {group.sizes[member]}, "
-                                 f"plan says {entry['size']}")
-            lost = np.setdiff1d(np.arange(group.sizes[member]), np.asarray(entry["kept"], dtype=np.int64))
+                raise InputError(
+                    f"plan: {member[0]} axis {member[1]} has size {group.sizes[member]}, "
+                    f"plan says {entry['size']}"
+                )
+            lost = np.setdiff1d(
+                np.arange(group.sizes[member]), np.asarray(entry["kept"], dtype=np.int64)
+            )
             drop.update(group.atoms[member][lost].tolist())
         if any(set(np.unique(group.atoms[m]).tolist()) <= drop for m in group.members):
             raise InputError(f"plan would empty a tensor of {group.describe()}")
         removed[group.id] = np.array(sorted(drop), dtype=np.int64)
         for member, entry in mine.items():
-            if not np.array_equal(group.kept_positions(member, removed[group.id]), np.asarray(entry["kept"])):
-                raise InputError(f"plan: the kept indices of {member[0]} axis {member[1]} disagree with the "
-                                 "rest of its group")
+            if not np.array_equal(
+                group.kept_positions(member, removed[group.id]), np.asarray(entry["kept"])
+            ):
+                raise InputError(
+                    f"plan: the kept indices of {member[0]} axis {member[1]} disagree with the "
+                    "rest of its group"
+                )
     if entries:
-        raise InputError(f"plan names {_names(entries)}, which no prunable channel group of this model holds")
+        raise InputError(
+            f"plan names {_names(entries)}, which no prunable channel group of this model holds"
+        )
     return removed
 
 

@@ -33,5 +33,8 @@ def excluded_by(exclude: str, names: Iterable[str]) -> str | None:
 def unmatched_warnings(exclude: str, model, code: str) -> list[Diagnostic]:
     """A ``code`` warning per pattern that matches no node or initializer of ``model``."""
     names = [n.name for n in model.nodes() if n.name] + list(model.initializers())
-    return [Diagnostic("warning", code, f"--exclude '{pattern}' matches no node or initializer")
-            for pattern in patterns(exclude) if not any(fnmatch.fnmatchcase(n, pattern) for n in names)]
+    return [
+        Diagnostic("warning", code, f"--exclude '{pattern}' matches no node or initializer")
+        for pattern in patterns(exclude)
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
+    ]

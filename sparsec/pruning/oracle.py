@@ -103,11 +103,15 @@ def _mask_statistics(model, stats) -> None:
                 continue
             if node.op_type == "ReduceMean" and axes <= (reduced_axes(node, ctx, rank) or set()):
                 model.set_input(node, 0, _scaled(model, node, value, mask * factor))
-            elif node.op_type == "LayerNormalization" and min(axes) >= _first_normalized(model, node, rank):
+            elif node.op_type == "LayerNormalization" and min(axes) >= _first_normalized(
+                model, node, rank
+            ):
                 # its output is replaced by the written-out form's: a later mask on it (a second
                 # LayerNorm of the same channels) must find the replacement under the old name
                 replaced = node.outputs[0]
-                values[replaced.name] = _write_out_layer_norm(model, node, mask * factor, rank) or replaced
+                values[replaced.name] = (
+                    _write_out_layer_norm(model, node, mask * factor, rank) or replaced
+                )
             elif node.op_type in ("MatMul", "Gemm"):
                 model.set_input(node, 0, _scaled(model, node, value, mask))
 
@@ -148,11 +152,21 @@ def _write_out_layer_norm(model, node, weight: np.ndarray, rank: int):
     centred = model.add_node("Sub", [x, mean], before=node, name="oracle")
     square = model.add_node("Mul", [centred, centred], before=node, name="oracle")
     variance = _masked_mean(model, node, square, weight, axes)
-    epsilon = model.add_initializer("oracle_epsilon", np.array(model.attr(node, "epsilon", 1e-5), dtype=dtype))
-    std = model.add_node("Sqrt", [model.add_node("Add", [variance, epsilon], before=node, name="oracle")],
-                         before=node, name="oracle")
-    out = model.add_node("Mul", [model.add_node("Div", [centred, std], before=node, name="oracle"), scale],
-                         before=node, name="oracle")
+    epsilon = model.add_initializer(
+        "oracle_epsilon", np.array(model.attr(node, "epsilon", 1e-5), dtype=dtype)
+    )
+    std = model.add_node(
+        "Sqrt",
+        [model.add_node("Add", [variance, epsilon], before=node, name="oracle")],
+        before=node,
+        name="oracle",
+    )
+    out = model.add_node(
+        "Mul",
+        [model.add_node("Div", [centred, std], before=node, name="oracle"), scale],
+        before=node,
+        name="oracle",
+    )
     if bias is not None:
         out = model.add_node("Add", [out, bias], before=node, name="oracle")
     model.replace_all_uses(node.outputs[0], out)
@@ -164,8 +178,12 @@ def _masked_mean(model, node, value, weight: np.ndarray, axes: list[int]):
     scaled = _scaled(model, node, value, weight)
     if model.opset >= 18:
         axes_value = model.add_initializer("oracle_axes", np.array(axes, dtype=np.int64))
-        return model.add_node("ReduceMean", [scaled, axes_value], {"keepdims": 1}, before=node, name="oracle")
-    return model.add_node("ReduceMean", [scaled], {"axes": axes, "keepdims": 1}, before=node, name="oracle")
+        return model.add_node(
+            "ReduceMean", [scaled, axes_value], {"keepdims": 1}, before=node, name="oracle"
+        )
+    return model.add_node(
+        "ReduceMean", [scaled], {"axes": axes, "keepdims": 1}, before=node, name="oracle"
+    )
 
 
 def oracle_gap(model, reference, feeds: dict[str, np.ndarray]) -> float:

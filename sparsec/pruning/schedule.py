@@ -55,25 +55,53 @@ def run_steps(prune: ChannelOptions, model, samples) -> PassResult:
     final = None if prune.targeted else channels.final_cut(model, prune, samples)
     results, lines = [], []
     for step in range(1, prune.steps + 1):
-        one = replace(prune, steps=1, **{option: round_ratio(getattr(prune, option), step, prune.steps)
-                                         for option in RATIO_OPTIONS})
+        one = replace(
+            prune,
+            steps=1,
+            **{
+                option: round_ratio(getattr(prune, option), step, prune.steps)
+                for option in RATIO_OPTIONS
+            },
+        )
         if final is not None:
             one.unit_targets = _gone_after(final, step, prune.steps)
-            if one.unit_targets == _gone_after(final, step - 1, prune.steps) and (results or step < prune.steps):
-                lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: nothing to remove"))
+            if one.unit_targets == _gone_after(final, step - 1, prune.steps) and (
+                results or step < prune.steps
+            ):
+                lines.append(
+                    Diagnostic(
+                        "info", "channel.step", f"round {step}/{prune.steps}: nothing to remove"
+                    )
+                )
                 continue
         if not _schedule_target(prune, one, step, model, samples, start):
-            lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: the target is already met"))
+            lines.append(
+                Diagnostic(
+                    "info", "channel.step", f"round {step}/{prune.steps}: the target is already met"
+                )
+            )
             continue
         result = channels.prune_round(model, one, samples)
         if step < prune.steps and result.reference is not None:
             gap = oracle_gap(model, result.reference(), feeds)
             if gap > ORACLE_TOLERANCE:
-                raise PassError(f"channel-prune: round {step} differs from its masked original by {gap:.3g} of the peak output")
+                raise PassError(
+                    f"channel-prune: round {step} differs from its masked original by {gap:.3g} of the peak output"
+                )
         error = output_error(model, first, samples, prune.batch_size) if first is not None else None
-        lines.append(Diagnostic("info", "channel.step", f"round {step}/{prune.steps}: removed "
-                                f"{int(result.stats.get('channels_removed', 0))} unit(s)"
-                                + (f", calibration output error vs the original {error:.4g}" if error is not None else "")))
+        lines.append(
+            Diagnostic(
+                "info",
+                "channel.step",
+                f"round {step}/{prune.steps}: removed "
+                f"{int(result.stats.get('channels_removed', 0))} unit(s)"
+                + (
+                    f", calibration output error vs the original {error:.4g}"
+                    if error is not None
+                    else ""
+                ),
+            )
+        )
         progress(lines[-1].message)
         results.append(result)
     if final is not None:
@@ -81,19 +109,29 @@ def run_steps(prune: ChannelOptions, model, samples) -> PassResult:
     return _combined(results, lines)
 
 
-def _shortfall(final: dict[tuple, tuple[int, int]], results: list[PassResult], steps: int) -> list[Diagnostic]:
+def _shortfall(
+    final: dict[tuple, tuple[int, int]], results: list[PassResult], steps: int
+) -> list[Diagnostic]:
     """A warning when the rounds removed fewer units than one round would have: a segment whose
     weights changed between rounds (a member cut to one channel leaves it) is no longer followed."""
     planned = sum(cut for _, cut in final.values())
     removed = sum(int(r.stats.get("channels_removed", 0)) for r in results)
     if removed >= planned:
         return []
-    return [Diagnostic("warning", "channel.steps-short", f"{steps} rounds removed {removed} of the {planned} units one "
-                       "round removes: a channel group changed shape between rounds (e.g. a tensor cut to one channel "
-                       "left it); fewer --steps, or one, removes them all")]
+    return [
+        Diagnostic(
+            "warning",
+            "channel.steps-short",
+            f"{steps} rounds removed {removed} of the {planned} units one "
+            "round removes: a channel group changed shape between rounds (e.g. a tensor cut to one channel "
+            "left it); fewer --steps, or one, removes them all",
+        )
+    ]
 
 
-def _gone_after(final: dict[tuple, tuple[int, int]], step: int, steps: int) -> dict[tuple, tuple[int, int]]:
+def _gone_after(
+    final: dict[tuple, tuple[int, int]], step: int, steps: int
+) -> dict[tuple, tuple[int, int]]:
     """Per segment: (its units in the first model, how many are gone after ``step``)."""
     return {key: (first, int(cut * step / steps + 0.5)) for key, (first, cut) in final.items()}
 
@@ -126,12 +164,21 @@ def _combined(results: list[PassResult], lines: list[Diagnostic]) -> PassResult:
     """One result for all rounds: the last round's reference and groups, summed removals,
     the composed plan, every round's line."""
     last = results[-1]
-    combined = PassResult(last.model, modified=any(r.modified for r in results), reference=last.reference)
-    combined.stats = dict(last.stats, channels_removed=sum(r.stats.get("channels_removed", 0) for r in results),
-                          steps=len(results))
+    combined = PassResult(
+        last.model, modified=any(r.modified for r in results), reference=last.reference
+    )
+    combined.stats = dict(
+        last.stats,
+        channels_removed=sum(r.stats.get("channels_removed", 0) for r in results),
+        steps=len(results),
+    )
     pruned = combined.modified
-    combined.diagnostics = [d for d in last.diagnostics if not (pruned and d.code == "channel.nothing-pruned")] + lines
-    combined.artifacts = dict(last.artifacts, plan=compose_plans([r.artifacts["plan"] for r in results]))
+    combined.diagnostics = [
+        d for d in last.diagnostics if not (pruned and d.code == "channel.nothing-pruned")
+    ] + lines
+    combined.artifacts = dict(
+        last.artifacts, plan=compose_plans([r.artifacts["plan"] for r in results])
+    )
     return combined
 
 
@@ -147,6 +194,8 @@ def compose_plans(plans: list[dict]) -> dict:
                 if earlier is None:
                     table[name].append(dict(entry))
                 else:
-                    earlier["kept"] = np.asarray(earlier["kept"])[np.asarray(entry["kept"], dtype=np.int64)].tolist()
+                    earlier["kept"] = np.asarray(earlier["kept"])[
+                        np.asarray(entry["kept"], dtype=np.int64)
+                    ].tolist()
             table[name].sort(key=lambda e: e["axis"])
     return composed

@@ -15,15 +15,24 @@ import numpy as np
 from sparsec.analysis.groups import ChannelGroup
 
 
-def lowest_units(group: ChannelGroup, scores: np.ndarray, ratio: float, *, max_layer_ratio: float = 0.9,
-                 round_to: int = 1, counts: list[int] | None = None) -> np.ndarray:
+def lowest_units(
+    group: ChannelGroup,
+    scores: np.ndarray,
+    ratio: float,
+    *,
+    max_layer_ratio: float = 0.9,
+    round_to: int = 1,
+    counts: list[int] | None = None,
+) -> np.ndarray:
     """The units ``group`` loses at ``ratio``, or ``counts[i]`` of segment i (sorted unit indices)."""
     removed = []
     for index, segment in enumerate(group.segments()):
         if counts is None:
             cap = min(int(max_layer_ratio * len(segment)), len(segment) - 1)
             count = min(int(ratio * len(segment) + 1e-9), cap)
-            keep = _round_keep(len(segment) - max(count, 0), round_to, len(segment), least=len(segment) - cap)
+            keep = _round_keep(
+                len(segment) - max(count, 0), round_to, len(segment), least=len(segment) - cap
+            )
         else:
             keep = len(segment) - min(max(counts[index], 0), len(segment) - 1)
         order = segment[np.argsort(scores[segment], kind="stable")]

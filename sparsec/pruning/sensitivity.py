@@ -56,14 +56,20 @@ class Point:
 
     ratio: float
     units: np.ndarray  # the removed units (group unit indices)
-    error: float       # relative squared output error vs the original
-    macs: int          # the pruned copy's totals
+    error: float  # relative squared output error vs the original
+    macs: int  # the pruned copy's totals
     params: int
     nodes: np.ndarray = field(repr=False)  # [2, nodes]: per-node MACs and params of the pruned copy
 
     def to_json(self) -> dict:
-        return {"ratio": self.ratio, "removed": len(self.units), "error": self.error, "macs": self.macs,
-                "params": self.params, "units": self.units.tolist()}
+        return {
+            "ratio": self.ratio,
+            "removed": len(self.units),
+            "error": self.error,
+            "macs": self.macs,
+            "params": self.params,
+            "units": self.units.tolist(),
+        }
 
 
 @dataclass
@@ -80,8 +86,10 @@ class GroupSensitivity:
             return None
         found = next((p for p in self.points if p.ratio == ratio), None)
         if found is None:
-            raise InputError(f"group {self.id} was not measured at ratio {ratio:g} "
-                             f"(measured: {', '.join(f'{p.ratio:g}' for p in self.points)})")
+            raise InputError(
+                f"group {self.id} was not measured at ratio {ratio:g} "
+                f"(measured: {', '.join(f'{p.ratio:g}' for p in self.points)})"
+            )
         return found
 
 
@@ -90,7 +98,7 @@ class SensitivityTable:
     ratios: tuple[float, ...]
     importance: str
     samples: int
-    macs: int    # the original's totals
+    macs: int  # the original's totals
     params: int
     nodes: np.ndarray = field(repr=False)  # [2, nodes]: the original's per-node MACs and params
     groups: list[GroupSensitivity] = field(default_factory=list)
@@ -99,7 +107,9 @@ class SensitivityTable:
     def group(self, group_id: int) -> GroupSensitivity:
         found = next((g for g in self.groups if g.id == group_id), None)
         if found is None:
-            raise InputError(f"group {group_id} is not in the sensitivity table (not prunable, or another model)")
+            raise InputError(
+                f"group {group_id} is not in the sensitivity table (not prunable, or another model)"
+            )
         return found
 
     def removed(self, allocation: Mapping[int, float]) -> dict[int, np.ndarray]:
@@ -111,39 +121,79 @@ class SensitivityTable:
     def estimate(self, allocation: Mapping[int, float]) -> dict[str, float]:
         """The allocation's MACs and params as fractions of the original (product form, see
         the module docstring) and its summed measured error."""
-        points = [p for gid, ratio in allocation.items() if (p := self.group(gid).point(ratio)) is not None]
+        points = [
+            p
+            for gid, ratio in allocation.items()
+            if (p := self.group(gid).point(ratio)) is not None
+        ]
         fraction = np.ones_like(self.nodes, dtype=np.float64)
         for point in points:
-            fraction *= np.divide(point.nodes, self.nodes, out=np.ones_like(fraction), where=self.nodes > 0)
+            fraction *= np.divide(
+                point.nodes, self.nodes, out=np.ones_like(fraction), where=self.nodes > 0
+            )
         totals = np.array([self.macs, self.params], dtype=np.float64)
         joint = totals - self.nodes.sum(axis=1) + (self.nodes * fraction).sum(axis=1)
         share = np.divide(joint, totals, out=np.ones(2), where=totals > 0)
-        return {"macs": float(share[0]), "params": float(share[1]), "error": float(sum(p.error for p in points))}
+        return {
+            "macs": float(share[0]),
+            "params": float(share[1]),
+            "error": float(sum(p.error for p in points)),
+        }
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": 1, "importance": self.importance, "samples": self.samples,
-                "ratios": list(self.ratios), "macs": self.macs, "params": self.params, "seconds": self.seconds,
-                "error": "relative squared output error ||y_pruned - y||^2 / ||y||^2, one group pruned at a time",
-                "groups": [{"id": g.id, "kind": g.kind, "units": g.units, "description": g.description,
-                            "points": [p.to_json() for p in g.points]} for g in self.groups]}
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "importance": self.importance,
+            "samples": self.samples,
+            "ratios": list(self.ratios),
+            "macs": self.macs,
+            "params": self.params,
+            "seconds": self.seconds,
+            "error": "relative squared output error ||y_pruned - y||^2 / ||y||^2, one group pruned at a time",
+            "groups": [
+                {
+                    "id": g.id,
+                    "kind": g.kind,
+                    "units": g.units,
+                    "description": g.description,
+                    "points": [p.to_json() for p in g.points],
+                }
+                for g in self.groups
+            ],
+        }
 
     def text(self) -> str:
         """A table: group, kind, units, then per ratio the output error and the MACs saved."""
-        head = f"{'group':>5}  {'kind':<8} {'units':>6}" + "".join(f"  {f'err@{r:g}':>9} {f'MACs-@{r:g}':>10}"
-                                                                  for r in self.ratios)
-        lines = [(f"sensitivity: {len(self.groups)} group(s) x {len(self.ratios)} ratio(s), importance "
-                  f"{self.importance}, {self.samples} samples, {self.seconds:.1f} s; error = ||dy||^2/||y||^2, "
-                  f"MACs- = saving in % of the original {self.macs:,} MACs"), head]
+        head = f"{'group':>5}  {'kind':<8} {'units':>6}" + "".join(
+            f"  {f'err@{r:g}':>9} {f'MACs-@{r:g}':>10}" for r in self.ratios
+        )
+        lines = [
+            (
+                f"sensitivity: {len(self.groups)} group(s) x {len(self.ratios)} ratio(s), importance "
+                f"{self.importance}, {self.samples} samples, {self.seconds:.1f} s; error = ||dy||^2/||y||^2, "
+                f"MACs- = saving in % of the original {self.macs:,} MACs"
+            ),
+            head,
+        ]
         for g in self.groups:
-            cells = "".join(f"  {p.error:>9.3g} {100 * (self.macs - p.macs) / max(self.macs, 1):>9.1f}%"
-                            for p in g.points)
+            cells = "".join(
+                f"  {p.error:>9.3g} {100 * (self.macs - p.macs) / max(self.macs, 1):>9.1f}%"
+                for p in g.points
+            )
             lines.append(f"{g.id:>5}  {g.kind:<8} {g.units:>6}{cells}")
         return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ measuring
-def measure(model, samples: Mapping[str, np.ndarray], ratios: Sequence[float] = RATIOS, importance: str = "l1",
-            batch_size: int = 16, progress: Callable[[str], None] | None = None) -> SensitivityTable:
+def measure(
+    model,
+    samples: Mapping[str, np.ndarray],
+    ratios: Sequence[float] = RATIOS,
+    importance: str = "l1",
+    batch_size: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> SensitivityTable:
     """Prune each prunable group of ``model`` alone at each of ``ratios`` (on copies; ``model``
     is left as it is) and measure the output error on ``samples`` (arrays keyed by input name,
     first axis = samples). Run it on the model channel-prune would see (after shape folding and
@@ -153,7 +203,9 @@ def measure(model, samples: Mapping[str, np.ndarray], ratios: Sequence[float] = 
     run = _Run(model, samples, batch_size)
     ctx = ImportanceContext(model, calibration=dict(samples), batch_size=batch_size)
     count = next(iter(samples.values())).shape[0]
-    table = SensitivityTable(ratios, importance, count, run.base.macs, run.base.params, _node_costs(run.base))
+    table = SensitivityTable(
+        ratios, importance, count, run.base.macs, run.base.params, _node_costs(run.base)
+    )
     prunable = [g for g in find_channel_groups(model).groups if g.prunable]
     for number, group in enumerate(prunable, 1):
         scores = group_scores(group, importance, ctx)
@@ -162,11 +214,15 @@ def measure(model, samples: Mapping[str, np.ndarray], ratios: Sequence[float] = 
             units = select_units(group, scores, ratio)
             same = next((p for p in points if np.array_equal(p.units, units)), None)
             points.append(run.point(group, units, ratio, same))
-        table.groups.append(GroupSensitivity(group.id, group.kind, group.units, group.describe(), points))
+        table.groups.append(
+            GroupSensitivity(group.id, group.kind, group.units, group.describe(), points)
+        )
         if progress is not None:
             errors = ", ".join(f"{p.ratio:g}: {p.error:.3g}" for p in points)
-            progress(f"sensitivity: group {group.id} ({group.kind}, {group.units} units) {number}/{len(prunable)}: "
-                     f"error {errors}")
+            progress(
+                f"sensitivity: group {group.id} ({group.kind}, {group.units} units) {number}/{len(prunable)}: "
+                f"error {errors}"
+            )
     table.seconds = round(time.perf_counter() - start, 3)
     return table
 
@@ -185,25 +241,35 @@ class _Run:
         self.model, self.samples, self.batch_size = model, samples, batch_size
         self.shapes = cost_shapes(model, samples)
         self.base = analyze_cost(model, self.shapes)
-        self.reference = list(capture(model, samples, [value.name for value in model.outputs], batch_size))
+        self.reference = list(
+            capture(model, samples, [value.name for value in model.outputs], batch_size)
+        )
 
-    def point(self, group: ChannelGroup, units: np.ndarray, ratio: float, same: Point | None) -> Point:
+    def point(
+        self, group: ChannelGroup, units: np.ndarray, ratio: float, same: Point | None
+    ) -> Point:
         """Prune ``units`` of ``group`` on a copy of the model: its cost and output error (those
         of ``same`` when an earlier ratio removed the same units; the original's when none)."""
         if same is not None or len(units) == 0:
-            known = same or Point(ratio, units, 0.0, self.base.macs, self.base.params, _node_costs(self.base))
+            known = same or Point(
+                ratio, units, 0.0, self.base.macs, self.base.params, _node_costs(self.base)
+            )
             return Point(ratio, known.units, known.error, known.macs, known.params, known.nodes)
         pruned = self.model.copy()
         analysis = find_channel_groups(pruned)
         twin = analysis.groups[group.id] if group.id < len(analysis.groups) else None
         if twin is None or twin.compute != group.compute:
-            raise InternalError(f"sensitivity: group {group.id} has another id on a copy of the model")
+            raise InternalError(
+                f"sensitivity: group {group.id} has another id on a copy of the model"
+            )
         prune_channels(pruned, analysis, {group.id: units})
         cost = analyze_cost(pruned, self.shapes)
         nodes = _node_costs(cost)
         if nodes.shape != (2, len(self.model.nodes())):
             raise InternalError(f"sensitivity: pruning group {group.id} changed the node count")
-        error = output_error(pruned, self.model, self.samples, self.batch_size, session=_Replay(self.reference))
+        error = output_error(
+            pruned, self.model, self.samples, self.batch_size, session=_Replay(self.reference)
+        )
         return Point(ratio, units, error, cost.macs, cost.params, nodes)
 
 
@@ -221,7 +287,9 @@ class _Replay:
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
     ratios = tuple(sorted({float(r) for r in ratios}))
     if not ratios or not all(0 < r < 1 for r in ratios):
-        raise InputError(f"sensitivity ratios must lie in (0, 1), got {', '.join(f'{r:g}' for r in ratios) or 'none'}")
+        raise InputError(
+            f"sensitivity ratios must lie in (0, 1), got {', '.join(f'{r:g}' for r in ratios) or 'none'}"
+        )
     return ratios
 
 
@@ -233,23 +301,29 @@ def cost_shapes(model, samples: Mapping[str, np.ndarray]) -> dict[str, tuple[int
 
 
 def _node_costs(cost) -> np.ndarray:
-    return np.array([[n.macs or 0 for n in cost.nodes], [n.params for n in cost.nodes]], dtype=np.float64)
+    return np.array(
+        [[n.macs or 0 for n in cost.nodes], [n.params for n in cost.nodes]], dtype=np.float64
+    )
 
 
 # ------------------------------------------------------------------ allocating
 BINS = 10_000  # the knapsack counts savings in 1/BINS of the original cost
 
 
-def allocate(table: SensitivityTable, target_macs: float | None = None,
-             target_params: float | None = None) -> dict[int, float]:
+def allocate(
+    table: SensitivityTable, target_macs: float | None = None, target_params: float | None = None
+) -> dict[int, float]:
     """{group id: ratio} (0 or a measured ratio, every measured group listed) whose joint cost is
     at most ``target_macs`` (or ``target_params``) times the original's, with the least summed
     measured error (module docstring). Raises ``InputError`` when even every group at its
     largest measured saving stays above the target."""
     metric, target = _target(target_macs, target_params)
     total = max(table.macs if metric == "macs" else table.params, 1)
-    options = [[(0.0, 0, 0.0)] + [(p.ratio, round(BINS * (total - getattr(p, metric)) / total), p.error)
-                                  for p in g.points] for g in table.groups]
+    options = [
+        [(0.0, 0, 0.0)]
+        + [(p.ratio, round(BINS * (total - getattr(p, metric)) / total), p.error) for p in g.points]
+        for g in table.groups
+    ]
     most = sum(max(o[1] for o in group) for group in options)
     need = int(np.ceil(BINS * (1 - target) - 1e-9))
     while need <= most:
@@ -259,19 +333,27 @@ def allocate(table: SensitivityTable, target_macs: float | None = None,
         if joint <= target + 1e-12:
             return choice
         need += max(1, int(np.ceil(BINS * (joint - target))))  # overlapping savings: ask for more
-    best = table.estimate({g.id: max(group, key=lambda o: o[1])[0] for g, group in zip(table.groups, options)})
-    raise InputError(f"target {metric} {target:g} cannot be reached by pruning at the measured ratios "
-                     f"({', '.join(f'{r:g}' for r in table.ratios)}): the best reachable is {best[metric]:.3f} "
-                     f"of the original {metric}")
+    best = table.estimate(
+        {g.id: max(group, key=lambda o: o[1])[0] for g, group in zip(table.groups, options)}
+    )
+    raise InputError(
+        f"target {metric} {target:g} cannot be reached by pruning at the measured ratios "
+        f"({', '.join(f'{r:g}' for r in table.ratios)}): the best reachable is {best[metric]:.3f} "
+        f"of the original {metric}"
+    )
 
 
 def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float]:
     given = [(m, t) for m, t in zip(METRICS, (target_macs, target_params)) if t is not None]
     if len(given) != 1:
-        raise InputError("give exactly one target: a fraction of the original MACs or of the original params")
+        raise InputError(
+            "give exactly one target: a fraction of the original MACs or of the original params"
+        )
     metric, target = given[0]
     if not 0 < target <= 1:
-        raise InputError(f"target {metric} must be a fraction of the original in (0, 1], got {target:g}")
+        raise InputError(
+            f"target {metric} must be a fraction of the original in (0, 1], got {target:g}"
+        )
     return metric, float(target)
 
 
@@ -283,7 +365,11 @@ def _knapsack(groups: list[list[tuple[int, float]]], need: int) -> list[int]:
     best[0] = 0.0
     steps = []  # per group: (option, previous state) for every state
     for options in groups:
-        new, pick, origin = np.full(need + 1, np.inf), np.zeros(need + 1, np.int64), np.zeros(need + 1, np.int64)
+        new, pick, origin = (
+            np.full(need + 1, np.inf),
+            np.zeros(need + 1, np.int64),
+            np.zeros(need + 1, np.int64),
+        )
         for index, (saving, error) in enumerate(options):
             source = np.arange(need + 1) - saving
             candidate, came = np.full(need + 1, np.inf), np.zeros(need + 1, np.int64)

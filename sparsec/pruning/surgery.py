@@ -37,8 +37,12 @@ def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray
     remove_channels(model, analysis, table)
     units = int(sum(len(u) for u in removed.values()))
     result.modified = units > 0
-    result.stats = {"groups": len(analysis.groups), "groups_pruned": sum(1 for u in removed.values() if len(u)),
-                    "channels_removed": units, "channels_total": sum(g.units for g in analysis.groups)}
+    result.stats = {
+        "groups": len(analysis.groups),
+        "groups_pruned": sum(1 for u in removed.values() if len(u)),
+        "channels_removed": units,
+        "channels_total": sum(g.units for g in analysis.groups),
+    }
     return result
 
 
@@ -56,8 +60,13 @@ def _masked(model, masks: OracleMasks):
 
 def plan_json(masks: OracleMasks) -> dict:
     """Kept indices per constant and axis, for ``--plan-out`` (and to prune the source model)."""
-    constants = {name: [{"axis": axis, "size": size, "kept": kept.tolist()} for axis, kept, size in sorted(axes, key=lambda a: a[0])]
-                 for name, axes in sorted(masks.constants.items())}
+    constants = {
+        name: [
+            {"axis": axis, "size": size, "kept": kept.tolist()}
+            for axis, kept, size in sorted(axes, key=lambda a: a[0])
+        ]
+        for name, axes in sorted(masks.constants.items())
+    }
     return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
 
 
@@ -82,5 +91,3 @@ def remove_channels(model, analysis: GroupAnalysis, table: dict) -> None:
     for coupling in analysis.couplings:
         for fixup in coupling.fixups:
             fixup.apply(model, table.get)
-
-

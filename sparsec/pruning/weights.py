@@ -67,60 +67,104 @@ class WeightOptions:
 
     def block_shape(self) -> tuple[int, int] | None:
         match = re.fullmatch(r"(\d+)x(\d+)", self.block.strip())
-        return (int(match[1]), int(match[2])) if match and int(match[1]) > 0 and int(match[2]) > 0 else None
+        return (
+            (int(match[1]), int(match[2]))
+            if match and int(match[1]) > 0 and int(match[2]) > 0
+            else None
+        )
 
     def pattern(self) -> str:
         if self.nm:
             return f"{self.nm}"
-        return f"block {self.block} {self.ratio:g}" if self.block else f"unstructured {self.ratio:g}"
+        return (
+            f"block {self.block} {self.ratio:g}" if self.block else f"unstructured {self.ratio:g}"
+        )
 
 
 def check(options: WeightOptions) -> None:
     """Refuse option values that cannot run, with a ``PassError`` naming the option."""
     if bool(options.nm) == bool(options.ratio):
-        raise PassError("weight-sparsity: give either nm='N:M' or ratio=R (with an optional block='RxC')")
+        raise PassError(
+            "weight-sparsity: give either nm='N:M' or ratio=R (with an optional block='RxC')"
+        )
     if options.nm and (options.nm_pair() is None):
-        raise PassError(f"weight-sparsity: nm must be N:M with 0 < N < M <= 256, got '{options.nm}'")
+        raise PassError(
+            f"weight-sparsity: nm must be N:M with 0 < N < M <= 256, got '{options.nm}'"
+        )
     if options.ratio and not 0 < options.ratio < 1:
         raise PassError(f"weight-sparsity: ratio must be in (0, 1), got {options.ratio}")
     if options.block and (options.block_shape() is None or options.nm):
-        raise PassError("weight-sparsity: block must be RxC with positive R, C (and only with ratio), "
-                        f"got '{options.block}'")
+        raise PassError(
+            "weight-sparsity: block must be RxC with positive R, C (and only with ratio), "
+            f"got '{options.block}'"
+        )
     if options.scope not in ("local", "global"):
         raise PassError(f"weight-sparsity: scope must be local or global, got '{options.scope}'")
     if options.score in ("wanda", "sparsegpt") and not options.calibration:
-        raise PassError(f"weight-sparsity: score '{options.score}' needs calibration data: --calibration DATA")
+        raise PassError(
+            f"weight-sparsity: score '{options.score}' needs calibration data: --calibration DATA"
+        )
     if options.score not in ("magnitude", "wanda", "sparsegpt"):
-        raise PassError(f"weight-sparsity: unknown score '{options.score}'; known: magnitude, wanda, sparsegpt")
+        raise PassError(
+            f"weight-sparsity: unknown score '{options.score}'; known: magnitude, wanda, sparsegpt"
+        )
     if options.score == "sparsegpt" and (not options.nm or not options.recover):
-        raise PassError("weight-sparsity: score 'sparsegpt' chooses N:M masks during the refit: it needs nm='N:M' "
-                        "and recovery on")
+        raise PassError(
+            "weight-sparsity: score 'sparsegpt' chooses N:M masks during the refit: it needs nm='N:M' "
+            "and recovery on"
+        )
 
 
 def sparsify(model, options: WeightOptions, samples) -> PassResult:
     """Zero ``model``'s weights by ``options`` (then, with ``samples`` and ``options.recover``,
     refit the masked layers); the result is its own oracle reference."""
     sites, conflicts = weight_sites(model, embeddings=options.embeddings, quantized=True)
-    skipped, notes = dict(conflicts), unmatched_warnings(options.exclude, model, "sparsity.exclude-unmatched")
+    skipped, notes = (
+        dict(conflicts),
+        unmatched_warnings(options.exclude, model, "sparsity.exclude-unmatched"),
+    )
     protected = {s.name: excluded_by(options.exclude, [s.name, *s.nodes]) for s in sites}
     skipped.update({name: reason for name, reason in protected.items() if reason})
     sites = [s for s in sites if not protected[s.name]]
     original = model.copy() if samples is not None and options.recover else None
-    norms = _activation_norms(model, options, sites, samples, notes)  # before any weight is read: a session may
-    tensors = _mask(model, options, sites, norms, skipped)  # need to move mmapped weights (none read after it either)
+    norms = _activation_norms(
+        model, options, sites, samples, notes
+    )  # before any weight is read: a session may
+    tensors = _mask(
+        model, options, sites, norms, skipped
+    )  # need to move mmapped weights (none read after it either)
     if not tensors:
-        notes.append(Diagnostic("warning", "sparsity.nothing-pruned", "no weight was sparsified: every weight was "
-                                "left dense (the info lines say why)"))
+        notes.append(
+            Diagnostic(
+                "warning",
+                "sparsity.nothing-pruned",
+                "no weight was sparsified: every weight was left dense (the info lines say why)",
+            )
+        )
     result = PassResult(model, modified=bool(tensors), diagnostics=_skipped(skipped) + notes)
-    result.stats = {"tensors": len(tensors), "tensors_skipped": len(skipped),
-                    "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors)}
+    result.stats = {
+        "tensors": len(tensors),
+        "tensors_skipped": len(skipped),
+        "weights_zeroed": sum(round(t["sparsity"] * t["elements"]) for t in tensors),
+    }
     result.artifacts["sparsity"] = tensors
     snapshot = model.copy()
     result.reference = lambda: snapshot
     if original is not None and result.modified:
-        reselect = {t["name"]: options.nm_pair() for t in tensors} if options.score == "sparsegpt" else None
-        recover_result(result, original, samples, None, batch_size=options.batch_size, progress=progress,
-                       reselect=reselect)
+        reselect = (
+            {t["name"]: options.nm_pair() for t in tensors}
+            if options.score == "sparsegpt"
+            else None
+        )
+        recover_result(
+            result,
+            original,
+            samples,
+            None,
+            batch_size=options.batch_size,
+            progress=progress,
+            reselect=reselect,
+        )
     return result
 
 
@@ -147,7 +191,9 @@ def block_scores(scores: np.ndarray, axis: int, rows: int, cols: int) -> np.ndar
     return view.reshape(view.shape[0] // rows, rows, view.shape[1] // cols, cols).mean(axis=(1, 3))
 
 
-def expand_blocks(block_keep: np.ndarray, shape: tuple[int, ...], axis: int, rows: int, cols: int) -> np.ndarray:
+def expand_blocks(
+    block_keep: np.ndarray, shape: tuple[int, ...], axis: int, rows: int, cols: int
+) -> np.ndarray:
     """The element keep mask of a block keep mask (inverse of ``block_scores``' view)."""
     view = np.repeat(np.repeat(block_keep, rows, axis=0), cols, axis=1)
     moved_shape = tuple(d for i, d in enumerate(shape) if i != axis) + (shape[axis],)
@@ -162,7 +208,9 @@ def lowest_keep(scores: np.ndarray, count: int) -> np.ndarray:
     return keep.reshape(scores.shape)
 
 
-def _mask(model, options: WeightOptions, sites: list[WeightSite], norms: dict, skipped: dict) -> list[dict]:
+def _mask(
+    model, options: WeightOptions, sites: list[WeightSite], norms: dict, skipped: dict
+) -> list[dict]:
     """Zero the weights the pattern drops; the per-tensor report. The arrays read here die
     with this call, so a later session (the refit's) may move memory-mapped weights."""
     initializers = model.initializers()
@@ -172,22 +220,39 @@ def _mask(model, options: WeightOptions, sites: list[WeightSite], norms: dict, s
         if site.name not in keeps:
             continue
         array, keep = model.constant(initializers[site.name]), keeps[site.name]
-        model.resize_initializer(initializers[site.name], np.where(keep, array, _zeros(model, site, array)))
-        tensors.append({"name": site.name, "pattern": options.pattern(), "axis": site.axis,
-                        "sparsity": float(1 - keep.mean()), "elements": int(keep.size)})
+        model.resize_initializer(
+            initializers[site.name], np.where(keep, array, _zeros(model, site, array))
+        )
+        tensors.append(
+            {
+                "name": site.name,
+                "pattern": options.pattern(),
+                "axis": site.axis,
+                "sparsity": float(1 - keep.mean()),
+                "elements": int(keep.size),
+            }
+        )
     return tensors
 
 
-def _activation_norms(model, options: WeightOptions, sites: list[WeightSite], samples,
-                      notes: list) -> dict[str, np.ndarray]:
+def _activation_norms(
+    model, options: WeightOptions, sites: list[WeightSite], samples, notes: list
+) -> dict[str, np.ndarray]:
     """For Wanda: per weight, ‖x_j‖ of the input channels it reduces over (shaped to
     broadcast against it), from the calibration run; weights Wanda cannot weigh get a note."""
     if options.score not in ("wanda", "sparsegpt"):
         return {}
     inputs = weight_input_norms(model, samples, sites, options.batch_size)
-    notes += [Diagnostic("info", "sparsity.magnitude-fallback", f"weight '{s.name}' scored by magnitude (no "
-                         "activation to weigh it: grouped conv, embedding table or constant input)")
-              for s in sites if s.name not in inputs]
+    notes += [
+        Diagnostic(
+            "info",
+            "sparsity.magnitude-fallback",
+            f"weight '{s.name}' scored by magnitude (no "
+            "activation to weigh it: grouped conv, embedding table or constant input)",
+        )
+        for s in sites
+        if s.name not in inputs
+    ]
     weighed = {}
     for site in sites:
         if site.name in inputs:
@@ -197,25 +262,39 @@ def _activation_norms(model, options: WeightOptions, sites: list[WeightSite], sa
     return weighed
 
 
-def _keep_masks(options: WeightOptions, sites: list[WeightSite], arrays: dict, norms: dict,
-                skipped: dict) -> dict[str, np.ndarray]:
+def _keep_masks(
+    options: WeightOptions, sites: list[WeightSite], arrays: dict, norms: dict, skipped: dict
+) -> dict[str, np.ndarray]:
     """|w|, or Wanda's |w|·‖x_j‖ (x_j: the input channel that weight reduces over), kept
     per the pattern."""
-    scores = {s.name: np.abs(arrays[s.name]).astype(np.float32) * norms.get(s.name, np.float32(1)).astype(np.float32)
-              for s in sites}
+    scores = {
+        s.name: np.abs(arrays[s.name]).astype(np.float32)
+        * norms.get(s.name, np.float32(1)).astype(np.float32)
+        for s in sites
+    }
     if options.nm:
         n, m = options.nm_pair()
-        fitting = _fitting(sites, skipped, lambda s: s.shape[s.axis] % m == 0,
-                           f"its reduction length is not a multiple of {m}")
+        fitting = _fitting(
+            sites,
+            skipped,
+            lambda s: s.shape[s.axis] % m == 0,
+            f"its reduction length is not a multiple of {m}",
+        )
         return {s.name: nm_keep(scores[s.name], s.axis, n, m) for s in fitting}
     if options.block:
         rows, cols = options.block_shape()
-        fitting = _fitting(sites, skipped, lambda s: _tiles(s, rows, cols),
-                           f"its shape is not tiled by {rows}x{cols} blocks")
+        fitting = _fitting(
+            sites,
+            skipped,
+            lambda s: _tiles(s, rows, cols),
+            f"its shape is not tiled by {rows}x{cols} blocks",
+        )
         blocks = {s.name: block_scores(scores[s.name], s.axis, rows, cols) for s in fitting}
         keeps = _drop_lowest(options, blocks)
         return {s.name: expand_blocks(keeps[s.name], s.shape, s.axis, rows, cols) for s in fitting}
-    if options.score == "wanda" and options.scope == "local":  # Wanda compares within each output row
+    if (
+        options.score == "wanda" and options.scope == "local"
+    ):  # Wanda compares within each output row
         return {s.name: _per_row_keep(scores[s.name], s.axis, options.ratio) for s in sites}
     return _drop_lowest(options, scores)
 
@@ -223,22 +302,34 @@ def _keep_masks(options: WeightOptions, sites: list[WeightSite], arrays: dict, n
 def _drop_lowest(options: WeightOptions, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop ``ratio`` of the scores of each tensor (local) or of all together (global)."""
     if options.scope == "local":
-        return {name: lowest_keep(s, int(round(options.ratio * s.size))) for name, s in scores.items()}
+        return {
+            name: lowest_keep(s, int(round(options.ratio * s.size))) for name, s in scores.items()
+        }
     names = list(scores)
     flat = np.concatenate([scores[n].reshape(-1) for n in names]) if names else np.zeros(0)
     keep = lowest_keep(flat, int(round(options.ratio * flat.size)))
     bounds = np.cumsum([0] + [scores[n].size for n in names])
-    return {n: keep[bounds[i]:bounds[i + 1]].reshape(scores[n].shape) for i, n in enumerate(names)}
+    return {
+        n: keep[bounds[i] : bounds[i + 1]].reshape(scores[n].shape) for i, n in enumerate(names)
+    }
 
 
 def _values(model, site: WeightSite) -> np.ndarray:
     """The weight as its compute op reads it (a quantized one dequantized), for scoring."""
-    return dequantized(model, site.quantized) if site.quantized else model.constant(model.initializers()[site.name])
+    return (
+        dequantized(model, site.quantized)
+        if site.quantized
+        else model.constant(model.initializers()[site.name])
+    )
 
 
 def _zeros(model, site: WeightSite, array: np.ndarray) -> np.ndarray:
     """What a dropped entry is stored as: 0, or a quantized weight's zero point."""
-    return zero_points(model, site.quantized, array.shape) if site.quantized else np.zeros((), array.dtype)
+    return (
+        zero_points(model, site.quantized, array.shape)
+        if site.quantized
+        else np.zeros((), array.dtype)
+    )
 
 
 def _per_row_keep(scores: np.ndarray, axis: int, ratio: float) -> np.ndarray:
@@ -264,5 +355,7 @@ def _fitting(sites: list[WeightSite], skipped: dict, fits, reason: str) -> list[
 
 
 def _skipped(skipped: dict[str, str]) -> list[Diagnostic]:
-    return [Diagnostic("info", "sparsity.skipped", f"weight '{name}' left dense: {reason}")
-            for name, reason in skipped.items()]
+    return [
+        Diagnostic("info", "sparsity.skipped", f"weight '{name}' left dense: {reason}")
+        for name, reason in skipped.items()
+    ]

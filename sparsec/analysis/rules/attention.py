@@ -80,7 +80,10 @@ def onnx_attention(node, ctx: RuleContext) -> Coupling:
         c.link((q.name, 3), (k.name, 3))
         c.roles[(y.name, 1)] = "heads"
     else:
-        q_heads, kv_heads = int(ctx.attr(node, "q_num_heads", 0)), int(ctx.attr(node, "kv_num_heads", 0))
+        q_heads, kv_heads = (
+            int(ctx.attr(node, "q_num_heads", 0)),
+            int(ctx.attr(node, "kv_num_heads", 0)),
+        )
         if not q_heads or not kv_heads:
             return c
         query, kv = _link_packed_heads(c, node, (q, k, v, y), (qs, ks, vs, ys), q_heads, kv_heads)
@@ -112,7 +115,12 @@ def ms_multi_head_attention(node, ctx: RuleContext) -> Coupling:
     heads = c.virtual(node, "heads", heads_count)  # one head count for Q, K and V
     c.roles[heads] = "heads"
     head_dim, v_dim = qs[2] // heads_count, vs[2] // heads_count
-    for value, width, dim in ((q, qs[2], head_dim), (k, ks[2], head_dim), (v, vs[2], v_dim), (y, ys[2], v_dim)):
+    for value, width, dim in (
+        (q, qs[2], head_dim),
+        (k, ks[2], head_dim),
+        (v, vs[2], v_dim),
+        (y, ys[2], v_dim),
+    ):
         _split_packed(c, (value.name, 2), heads, [width], [dim])
     bias = node.inputs[3] if len(node.inputs) > 3 else None
     if bias is not None and bias.name:
@@ -163,10 +171,20 @@ def ms_attention(node, ctx: RuleContext) -> Coupling:
     """com.microsoft Attention: input [B, S, In] · weights [In, Q+K+V] + bias [Q+K+V], heads
     packed per part (``qkv_hidden_sizes``, else three equal parts); output [B, S, V]."""
     c, layout = Coupling(), op_layout(ctx.model, node)
-    x, w, y = node.inputs[layout.activation.index], node.inputs[layout.weight.index], node.outputs[0]
+    x, w, y = (
+        node.inputs[layout.activation.index],
+        node.inputs[layout.weight.index],
+        node.outputs[0],
+    )
     xs, ws, ys = _shape(ctx, x), _shape(ctx, w), _shape(ctx, y)
     heads_count = int(ctx.attr(node, "num_heads", 0))
-    if None in (xs, ws, ys) or len(xs) != 3 or len(ws) != 2 or not heads_count or ctx.attr(node, "qkv_hidden_sizes"):
+    if (
+        None in (xs, ws, ys)
+        or len(xs) != 3
+        or len(ws) != 2
+        or not heads_count
+        or ctx.attr(node, "qkv_hidden_sizes")
+    ):
         return c  # explicit qkv_hidden_sizes would need rewriting too: left unmapped
     part = ws[layout.weight.kept] // 3
     head_dim = part // heads_count
@@ -178,14 +196,18 @@ def ms_attention(node, ctx: RuleContext) -> Coupling:
     bias = node.inputs[layout.bias] if len(node.inputs) > layout.bias else None
     for packed in (w, bias):  # weight columns and bias: [Q | K | V]
         if packed is not None and packed.name:
-            _split_packed(c, (packed.name, len(ctx.shape(packed)) - 1), heads, [part] * 3, [head_dim] * 3)
+            _split_packed(
+                c, (packed.name, len(ctx.shape(packed)) - 1), heads, [part] * 3, [head_dim] * 3
+            )
     _split_packed(c, (y.name, 2), heads, [ys[2]], [head_dim])
     compute_axes(c, ctx, w, (layout.weight.contraction, layout.weight.kept))
     count_fixup(c, node, "num_heads", heads)
     return c
 
 
-def _link_packed_heads(c: Coupling, node, values, shapes, q_heads: int, kv_heads: int) -> tuple[Member, Member]:
+def _link_packed_heads(
+    c: Coupling, node, values, shapes, q_heads: int, kv_heads: int
+) -> tuple[Member, Member]:
     """Q, K, V, Y in the 3-D layout [B, S, heads·head_dim]: virtual query and KV head members,
     each position of the last axes mapped to its head (query heads share KV heads)."""
     q, k, v, y = values
@@ -193,13 +215,19 @@ def _link_packed_heads(c: Coupling, node, values, shapes, q_heads: int, kv_heads
     query, kv = c.virtual(node, "heads", q_heads), c.virtual(node, "kv_heads", kv_heads)
     _link_heads(c, query, kv, q_heads, kv_heads)
     head_dim, v_dim = qs[2] // q_heads, vs[2] // kv_heads
-    for value, width, dim, heads in ((q, qs[2], head_dim, query), (k, ks[2], head_dim, kv),
-                                     (v, vs[2], v_dim, kv), (y, ys[2], v_dim, query)):
+    for value, width, dim, heads in (
+        (q, qs[2], head_dim, query),
+        (k, ks[2], head_dim, kv),
+        (v, vs[2], v_dim, kv),
+        (y, ys[2], v_dim, query),
+    ):
         _split_packed(c, (value.name, 2), heads, [width], [dim])
     return query, kv
 
 
-def _split_packed(c: Coupling, member: Member, heads: Member, widths: list[int], head_dims: list[int]) -> None:
+def _split_packed(
+    c: Coupling, member: Member, heads: Member, widths: list[int], head_dims: list[int]
+) -> None:
     """An axis of one or more packed parts ([Q | K | V]), each heads × its head_dim, head-major:
     every position maps to its head."""
     index = np.concatenate([np.arange(width) // dim for width, dim in zip(widths, head_dims)])

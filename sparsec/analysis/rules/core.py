@@ -89,7 +89,9 @@ class Coupling:
 class RuleContext:
     """What a rule may read: concrete shapes, constants, attributes, the opset."""
 
-    def __init__(self, model, shapes: dict[str, tuple[int, ...]], measured: dict | None = None) -> None:
+    def __init__(
+        self, model, shapes: dict[str, tuple[int, ...]], measured: dict | None = None
+    ) -> None:
         self.model, self.shapes, self.opset = model, shapes, model.opset
         self.measured = measured or {}  # values of run-time shape tensors on sample inputs
 
@@ -114,7 +116,11 @@ class RuleContext:
         value = self.attr(node, attr_name)
         if value is not None:
             return [int(v) for v in np.atleast_1d(value)]
-        if input_index is not None and input_index < len(node.inputs) and node.inputs[input_index] is not None:
+        if (
+            input_index is not None
+            and input_index < len(node.inputs)
+            and node.inputs[input_index] is not None
+        ):
             array = self.const(node.inputs[input_index])
             return None if array is None else [int(v) for v in np.atleast_1d(array)]
         return None
@@ -176,8 +182,10 @@ def apply_rule(rule: Rule, node, ctx: RuleContext) -> Coupling | str:
     except Exception as error:
         if is_strict():
             domain = f"{node.domain}::" if node.domain not in ("", "ai.onnx") else ""
-            raise RuleError(f"axis rule of {domain}{node.op_type} raised on node '{node.name}': "
-                            f"{type(error).__name__}: {error}") from error
+            raise RuleError(
+                f"axis rule of {domain}{node.op_type} raised on node '{node.name}': "
+                f"{type(error).__name__}: {error}"
+            ) from error
         return f"axis rule could not decide ({type(error).__name__}: {error})"
 
 

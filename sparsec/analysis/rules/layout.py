@@ -40,7 +40,10 @@ def constant(node, ctx: RuleContext) -> Coupling:
         if ctx.is_const(out):
             c.free.add((out.name, axis))
         else:
-            c.block((out.name, axis), "its size comes from a shape computed at run time (ConstantOfShape input)")
+            c.block(
+                (out.name, axis),
+                "its size comes from a shape computed at run time (ConstantOfShape input)",
+            )
     return c
 
 
@@ -54,7 +57,9 @@ def concat(node, ctx: RuleContext) -> Coupling:
     axis, offset = norm_axis(int(ctx.attr(node, "axis", 0)), rank), 0
     for value, shape in zip(node.inputs, shapes):
         for k in range(rank):
-            c.link((value.name, k), (out.name, k), offset + np.arange(shape[k]) if k == axis else None)
+            c.link(
+                (value.name, k), (out.name, k), offset + np.arange(shape[k]) if k == axis else None
+            )
         offset += shape[axis]
     return c
 
@@ -69,11 +74,16 @@ def split(node, ctx: RuleContext) -> Coupling:
     axis, offset = norm_axis(int(ctx.attr(node, "axis", 0)), rank), 0
     for value, shape in zip(outs, shapes):
         for k in range(rank):
-            c.link((value.name, k), (x.name, k), offset + np.arange(shape[k]) if k == axis else None)
+            c.link(
+                (value.name, k), (x.name, k), offset + np.arange(shape[k]) if k == axis else None
+            )
         offset += shape[axis]
 
     def apply(model, kept) -> None:
-        sizes = [len(kept((v.name, axis))) if kept((v.name, axis)) is not None else s[axis] for v, s in zip(outs, shapes)]
+        sizes = [
+            len(kept((v.name, axis))) if kept((v.name, axis)) is not None else s[axis]
+            for v, s in zip(outs, shapes)
+        ]
         if sizes == [s[axis] for s in shapes]:
             return
         if ctx.opset >= 13:
@@ -95,7 +105,11 @@ def slice_(node, ctx: RuleContext) -> Coupling:
     raw = None if shape is None else _slice_inputs(node, ctx, len(shape))
     if raw is None:
         axes = ctx.ints(node, "axes", 3) if shape is not None else None
-        sliced = {norm_axis(a, len(shape)) for a in axes} if axes is not None else set(range(len(shape or ())))
+        sliced = (
+            {norm_axis(a, len(shape)) for a in axes}
+            if axes is not None
+            else set(range(len(shape or ())))
+        )
         for axis in set(range(len(shape or ()))) - sliced:
             c.link((y.name, axis), (x.name, axis))
         return c
@@ -115,7 +129,10 @@ def slice_(node, ctx: RuleContext) -> Coupling:
             start, end, step = bounds[axis]
             positions = kept((x.name, axis))
             if positions is not None and step == 1:
-                starts[slot], ends[slot] = int(np.sum(positions < start)), int(np.sum(positions < end))
+                starts[slot], ends[slot] = (
+                    int(np.sum(positions < start)),
+                    int(np.sum(positions < end)),
+                )
         if (starts, ends) != (list(raw[0]), list(raw[1])):
             _write_slice_bounds(model, node, ctx, starts, ends, raw[2])
 
@@ -169,8 +186,10 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape) -> None:
     """
     for value, shape in ((x, x_shape), (y, y_shape)):
         c.free.update((value.name, axis) for axis, size in enumerate(shape) if size == 1)
-    for ins, outs in _blocks([(a, d) for a, d in enumerate(x_shape) if d != 1],
-                             [(a, d) for a, d in enumerate(y_shape) if d != 1]):
+    for ins, outs in _blocks(
+        [(a, d) for a, d in enumerate(x_shape) if d != 1],
+        [(a, d) for a, d in enumerate(y_shape) if d != 1],
+    ):
         if len(ins) == 1 and len(outs) == 1:
             c.link((x.name, ins[0][0]), (y.name, outs[0][0]))
         elif len(ins) == 1:
@@ -179,7 +198,9 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape) -> None:
             _link_outermost(c, (y.name, outs[0][0]), x, ins)
         else:
             for axis, _ in ins:
-                c.block((x.name, axis), "reshaped together with other axes in a way sparsec cannot map")
+                c.block(
+                    (x.name, axis), "reshaped together with other axes in a way sparsec cannot map"
+                )
 
 
 def _blocks(ins, outs):
@@ -203,7 +224,10 @@ def _link_outermost(c: Coupling, single, parts_value, parts) -> None:
     run = math.prod(d for _, d in inner)
     c.link(single, (parts_value.name, outer_axis), np.arange(outer_size * run) // run)
     for axis, _ in inner:
-        c.block((parts_value.name, axis), "is an inner part of a reshaped axis (only the outermost part follows pruning)")
+        c.block(
+            (parts_value.name, axis),
+            "is an inner part of a reshaped axis (only the outermost part follows pruning)",
+        )
 
 
 @axis_rule("Flatten", "Squeeze", "Unsqueeze")
@@ -226,10 +250,14 @@ def reshape(node, ctx: RuleContext) -> Coupling:
         return c
     link_regroup(c, x, x_shape, y, y_shape)
     entries = shape_entries(ctx, node, 1, len(y_shape))
-    identity = {e.b[1] for e in c.edges if e.index is None and e.a == (x.name, e.b[1]) and e.b[0] == y.name}
+    identity = {
+        e.b[1] for e in c.edges if e.index is None and e.a == (x.name, e.b[1]) and e.b[0] == y.name
+    }
     for axis, entry in enumerate(entries):
         if entry is not None and entry[3] == 0 and axis not in identity and y_shape[axis] != 1:
-            c.block((y.name, axis), "its target entry 0 copies an input axis it is not coupled with")
+            c.block(
+                (y.name, axis), "its target entry 0 copies an input axis it is not coupled with"
+            )
     add_shape_fixup(c, node, y, y_shape, entries, keep={0, -1})
     return c
 
@@ -244,20 +272,29 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
     if array is not None:
         return [(node, index, k, int(v)) for k, v in enumerate(array.reshape(-1))]
     producer = value.producer()
-    if producer is None or producer.op_type != "Concat" or len(ctx.shape(value) or ()) != 1 or value.is_graph_output():
+    if (
+        producer is None
+        or producer.op_type != "Concat"
+        or len(ctx.shape(value) or ()) != 1
+        or value.is_graph_output()
+    ):
         return [None] * length
     entries: list[tuple | None] = []
     for piece_index, piece in enumerate(producer.inputs):
         piece_array, piece_shape = ctx.const(piece), ctx.shape(piece)
         if piece_shape is None:
             return [None] * length
-        source = dim_source(ctx, piece) if piece_array is None and math.prod(piece_shape) == 1 else None
+        source = (
+            dim_source(ctx, piece) if piece_array is None and math.prod(piece_shape) == 1 else None
+        )
         if source is not None:
             entries.append(PassedDim(*source))
         elif piece_array is None:
             entries += [None] * int(math.prod(piece_shape))
         else:
-            entries += [(producer, piece_index, k, int(v)) for k, v in enumerate(piece_array.reshape(-1))]
+            entries += [
+                (producer, piece_index, k, int(v)) for k, v in enumerate(piece_array.reshape(-1))
+            ]
     return entries if len(entries) == length else [None] * length
 
 
@@ -282,22 +319,37 @@ class PassedDim(tuple):
         return self[4]
 
 
-def add_shape_fixup(c: Coupling, node, y, y_shape, entries, keep: set[int], shape_input: int = 1) -> None:
+def add_shape_fixup(
+    c: Coupling, node, y, y_shape, entries, keep: set[int], shape_input: int = 1
+) -> None:
     """Block output axes whose shape entry is computed at run time, and rewrite constant
     entries (other than the self-adjusting values in ``keep``) of pruned axes after surgery;
     a Concat building the shape (input ``shape_input``) for other consumers too is copied
     for this node first."""
     for axis, entry in enumerate(entries):
         if entry is None and y_shape[axis] != 1:
-            c.block((y.name, axis), f"its size comes from a shape computed at run time ({node.op_type} input)")
+            c.block(
+                (y.name, axis),
+                f"its size comes from a shape computed at run time ({node.op_type} input)",
+            )
         elif isinstance(entry, PassedDim):
-            c.link((y.name, axis), entry.member, np.arange(y_shape[axis]) // entry.factor if entry.factor > 1 else None)
+            c.link(
+                (y.name, axis),
+                entry.member,
+                np.arange(y_shape[axis]) // entry.factor if entry.factor > 1 else None,
+            )
 
     def apply(model, kept) -> None:
         edits: dict[tuple, np.ndarray] = {}
         for axis, entry in enumerate(entries):
             positions = kept((y.name, axis))
-            if positions is None or entry is None or entry is KEEP or isinstance(entry, PassedDim) or entry[3] in keep:
+            if (
+                positions is None
+                or entry is None
+                or entry is KEEP
+                or isinstance(entry, PassedDim)
+                or entry[3] in keep
+            ):
                 continue
             owner, index, position, _ = entry
             if (owner, index) not in edits:
@@ -322,10 +374,14 @@ def expand(node, ctx: RuleContext) -> Coupling:
     target_length = int((ctx.shape(node.inputs[1]) or (0,))[0])
     entries = [None] * (len(y_shape) - target_length) + shape_entries(ctx, node, 1, target_length)
     measured = ctx.measured.get(node.inputs[1].name)
-    if measured is not None and len(measured) == target_length:  # a run-time 1 keeps the input's size
+    if (
+        measured is not None and len(measured) == target_length
+    ):  # a run-time 1 keeps the input's size
         offset = len(y_shape) - target_length
-        entries = [KEEP if e is None and k >= offset and measured[k - offset] == 1 else e
-                   for k, e in enumerate(entries)]
+        entries = [
+            KEEP if e is None and k >= offset and measured[k - offset] == 1 else e
+            for k, e in enumerate(entries)
+        ]
     add_shape_fixup(c, node, y, y_shape, entries, keep={1})
     return c
 
@@ -375,7 +431,9 @@ def gather(node, ctx: RuleContext) -> Coupling:
             return
         kept_data = np.arange(dim) if kept_data is None else kept_data
         kept_out = np.arange(len(gathered)) if kept_out is None else kept_out
-        model.replace_constant_input(node, 1, np.searchsorted(kept_data, gathered[kept_out]).astype(array.dtype))
+        model.replace_constant_input(
+            node, 1, np.searchsorted(kept_data, gathered[kept_out]).astype(array.dtype)
+        )
 
     c.fixups.append(Fixup(node, apply))
     return c
@@ -407,13 +465,21 @@ def resize(node, ctx: RuleContext) -> Coupling:
     if x_shape is None or y_shape is None:
         return c
     sizes_index = 3 if node.op_type == "Resize" and ctx.opset >= 11 else None
-    has_sizes = sizes_index is not None and len(node.inputs) > sizes_index and node.inputs[sizes_index] is not None
+    has_sizes = (
+        sizes_index is not None
+        and len(node.inputs) > sizes_index
+        and node.inputs[sizes_index] is not None
+    )
     for axis, (before, after) in enumerate(zip(x_shape, y_shape)):
         if before == after:
             c.link((y.name, axis), (x.name, axis))
     if has_sizes:
         axes = ctx.ints(node, "axes") if ctx.opset >= 18 else None
-        axes = list(range(len(y_shape))) if axes is None else [norm_axis(a, len(y_shape)) for a in axes]
+        axes = (
+            list(range(len(y_shape)))
+            if axes is None
+            else [norm_axis(a, len(y_shape)) for a in axes]
+        )
         listed = shape_entries(ctx, node, sizes_index, len(axes))
         entries = [KEEP] * len(y_shape)
         for entry, axis in zip(listed, axes):
@@ -422,8 +488,20 @@ def resize(node, ctx: RuleContext) -> Coupling:
     return c
 
 
-REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin")
+REDUCTIONS = (
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ArgMax",
+    "ArgMin",
+)
 
 
 @axis_rule(*REDUCTIONS)
@@ -456,7 +534,9 @@ def reduce(node, ctx: RuleContext) -> Coupling:
 def reduced_axes(node, ctx: RuleContext, rank: int) -> set[int] | None:
     if node.op_type in ("ArgMax", "ArgMin"):
         return {norm_axis(int(ctx.attr(node, "axis", 0)), rank)}
-    axes_input = 1 if (ctx.opset >= 18 or (node.op_type == "ReduceSum" and ctx.opset >= 13)) else None
+    axes_input = (
+        1 if (ctx.opset >= 18 or (node.op_type == "ReduceSum" and ctx.opset >= 13)) else None
+    )
     has_input = axes_input is not None and len(node.inputs) > 1 and node.inputs[1] is not None
     axes = ctx.ints(node, "axes", axes_input)
     if axes is None and has_input:

@@ -9,4 +9,11 @@ from sparsec.pruning.recovery.layers import find_layers
 from sparsec.pruning.recovery.refit import output_error, recover, recover_result, refit_reference
 from sparsec.pruning.recovery.sparsegpt import obs_nm_sweep
 
-__all__ = ["find_layers", "obs_nm_sweep", "output_error", "recover", "recover_result", "refit_reference"]
+__all__ = [
+    "find_layers",
+    "obs_nm_sweep",
+    "output_error",
+    "recover",
+    "recover_result",
+    "refit_reference",
+]

@@ -58,7 +58,10 @@ def stages(model, layers: list[Layer]) -> dict[str, int]:
     rounds, levels = {layer.weight.name: layer.round for layer in layers}, {}
     for node in model.nodes():
         names = model.reads(node)
-        level = max([levels.get(name, 0) for name in names] + [rounds.get(name, 0) for name in names], default=0)
+        level = max(
+            [levels.get(name, 0) for name in names] + [rounds.get(name, 0) for name in names],
+            default=0,
+        )
         levels.update({value.name: level for value in node.outputs if value is not None})
     return levels
 
@@ -75,11 +78,15 @@ def _aimed_past_residual(model, layer: Layer, depth: dict[str, int], known: dict
     if output.name != layer.target:  # the bias Add after a MatMul
         output = model.consumers(output)[0].outputs[0]
     add, other = sole_add(model, output)
-    final = other is not None and (other.is_graph_input() or depth.get(other.name, layer.round) < layer.round)
+    final = other is not None and (
+        other.is_graph_input() or depth.get(other.name, layer.round) < layer.round
+    )
     if not final or model.constant_shape(other) is not None or add.outputs[0].name not in known:
         return layer
     shapes = _batch_two_shapes(model)
-    if shapes.get(output.name) is None or shapes.get(output.name) != shapes.get(add.outputs[0].name):
+    if shapes.get(output.name) is None or shapes.get(output.name) != shapes.get(
+        add.outputs[0].name
+    ):
         return layer  # Y itself broadcast: the sum is not Y + R element for element
     layer.target, layer.residual = add.outputs[0].name, other.name
     return layer
@@ -89,8 +96,14 @@ def _batch_two_shapes(model) -> dict[str, tuple[int, ...]]:
     """``value_shapes`` with a symbolic batch axis bound to 2, not 1 (at 1 a value broadcast
     over the batch has the shape of one that is not)."""
     bound = bind_shapes(model)
-    return value_shapes(model, {value.name: (2, *bound[value.name][1:]) for value in model.inputs
-                                if (dims := model.shape_dims(value)) and not isinstance(dims[0], int)})
+    return value_shapes(
+        model,
+        {
+            value.name: (2, *bound[value.name][1:])
+            for value in model.inputs
+            if (dims := model.shape_dims(value)) and not isinstance(dims[0], int)
+        },
+    )
 
 
 def _layer(model, node, plan: dict | None, drifted: bool = False) -> Layer | str | None:
@@ -106,7 +119,9 @@ def _layer(model, node, plan: dict | None, drifted: bool = False) -> Layer | str
     if not (cut or drifted):
         return None
     layer = _with_outputs(model, weight_layer(model, node), plan, axes[1])
-    return None if isinstance(layer, str) and not cut else layer  # drifted only: nothing cut to report
+    return (
+        None if isinstance(layer, str) and not cut else layer
+    )  # drifted only: nothing cut to report
 
 
 def _norm(model, node, plan: dict | None) -> Layer | str | None:
@@ -139,7 +154,11 @@ def _quantized_reason(model, node, plan: dict | None, drifted: bool) -> str | No
     data = model.constant(q.data)
     planned = any(plan_entry(plan, q.data.name, axis) for axis in range(data.ndim))
     cut = planned or bool((data == zero_points(model, q, data.shape)).any())
-    return "its weight is quantized (a refit would take it off its integer grid)" if cut or drifted else None
+    return (
+        "its weight is quantized (a refit would take it off its integer grid)"
+        if cut or drifted
+        else None
+    )
 
 
 def _was_cut(model, weight, axis: int, plan: dict | None) -> bool:

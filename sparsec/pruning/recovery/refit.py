@@ -24,9 +24,18 @@ from sparsec.pruning.recovery.views import Layer, input_rows, matrix, store
 from sparsec.results import Diagnostic
 
 
-def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None = None, *, ridge: float | None = None,
-            batch_size: int = 16, progress=None, mask: str | None = None,
-            reselect: dict[str, tuple[int, int]] | None = None) -> dict:
+def recover(
+    pruned,
+    original,
+    samples: dict[str, np.ndarray],
+    plan: dict | None = None,
+    *,
+    ridge: float | None = None,
+    batch_size: int = 16,
+    progress=None,
+    mask: str | None = None,
+    reselect: dict[str, tuple[int, int]] | None = None,
+) -> dict:
     """Refit ``pruned`` in place against ``original`` (the model right before pruning, same
     names) on ``samples``; ``plan`` is the channel plan (``surgery.plan_json``), None after
     weight sparsity. Returns the per-layer and model-output calibration errors (relative:
@@ -35,7 +44,10 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
     layers, skipped = find_layers(pruned, original, plan)
     originals = OriginalWeights(original) if reselect else None
     before = output_error(pruned, original, samples, batch_size)
-    frontiers = (Frontier(pruned, stages(pruned, layers)), Frontier(original, stages(original, layers)))
+    frontiers = (
+        Frontier(pruned, stages(pruned, layers)),
+        Frontier(original, stages(original, layers)),
+    )
     rows: list[dict] = []
     count = max((layer.round for layer in layers), default=0)
     for number in range(1, count + 1):
@@ -46,41 +58,89 @@ def recover(pruned, original, samples: dict[str, np.ndarray], plan: dict | None 
         for layer, normal in zip(group, normals):
             old = matrix(pruned, layer)
             chosen = normal.chosen_ridge(old, DEFAULT_RIDGE) if ridge is None else ridge
-            rows.append(_refit(pruned, layer, old, normal, chosen,
-                               reselected(originals, layer, normal, chosen, reselect)))
+            rows.append(
+                _refit(
+                    pruned,
+                    layer,
+                    old,
+                    normal,
+                    chosen,
+                    reselected(originals, layer, normal, chosen, reselect),
+                )
+            )
     after = output_error(pruned, original, samples, batch_size) if layers else before
-    return {"layers_refit": sum(row["refit"] for row in rows), "layers_kept": sum(not row["refit"] for row in rows),
-            "layers_skipped": len(skipped), "rounds": count, "output_error_before": before,
-            "output_error_after": after, "layers": rows, "skipped": skipped}
+    return {
+        "layers_refit": sum(row["refit"] for row in rows),
+        "layers_kept": sum(not row["refit"] for row in rows),
+        "layers_skipped": len(skipped),
+        "rounds": count,
+        "output_error_before": before,
+        "output_error_after": after,
+        "layers": rows,
+        "skipped": skipped,
+    }
 
 
-def recover_result(result, original, samples: dict[str, np.ndarray], plan: dict | None, *,
-                   batch_size: int = 16, progress=None, reselect: dict[str, tuple[int, int]] | None = None) -> dict:
+def recover_result(
+    result,
+    original,
+    samples: dict[str, np.ndarray],
+    plan: dict | None,
+    *,
+    batch_size: int = 16,
+    progress=None,
+    reselect: dict[str, tuple[int, int]] | None = None,
+) -> dict:
     """Refit ``result.model`` (a pruning pass's output) against ``original`` and fold the report
     into the ``PassResult``: numbers in ``stats``, one info line, the refit-aware oracle
     ``reference`` and the full report as the ``recovery`` artifact (also returned)."""
     mask = padding_mask(original)
-    report = recover(result.model, original, samples, plan, batch_size=batch_size, progress=progress, mask=mask,
-                     reselect=reselect)
-    result.stats.update({"layers_refit": report["layers_refit"],
-                         "calibration_error_before": report["output_error_before"],
-                         "calibration_error_after": report["output_error_after"]})
-    result.diagnostics.append(Diagnostic(
-        "info", "recover.refit", f"refit {report['layers_refit']} layer(s) ({report['layers_skipped']} skipped): "
-        f"calibration output error {report['output_error_before']:.4g} -> {report['output_error_after']:.4g} "
-        "(relative, squared)" + (f"; positions where '{mask}' is 0 not fitted" if mask else "")))
+    report = recover(
+        result.model,
+        original,
+        samples,
+        plan,
+        batch_size=batch_size,
+        progress=progress,
+        mask=mask,
+        reselect=reselect,
+    )
+    result.stats.update(
+        {
+            "layers_refit": report["layers_refit"],
+            "calibration_error_before": report["output_error_before"],
+            "calibration_error_after": report["output_error_after"],
+        }
+    )
+    result.diagnostics.append(
+        Diagnostic(
+            "info",
+            "recover.refit",
+            f"refit {report['layers_refit']} layer(s) ({report['layers_skipped']} skipped): "
+            f"calibration output error {report['output_error_before']:.4g} -> {report['output_error_after']:.4g} "
+            "(relative, squared)" + (f"; positions where '{mask}' is 0 not fitted" if mask else ""),
+        )
+    )
     if result.reference is not None:
         result.reference = refit_reference(result.reference, result.model, report, plan)
     result.artifacts["recovery"] = report
     return report
 
 
-def refit_reference(build: Callable[[], Any], pruned, report: dict, plan: dict | None) -> Callable[[], Any]:
+def refit_reference(
+    build: Callable[[], Any], pruned, report: dict, plan: dict | None
+) -> Callable[[], Any]:
     """The exactness oracle after a refit: the masked original (``build()``) with every refit
     weight and bias put back at the positions it kept (``plan``), zeros at the removed ones
     (which the masked original zeroes anyway). A refit changes values, never structure, so the
     pruned model still equals this reference exactly."""
-    names = [name for row in report["layers"] if row["refit"] for name in (row["weight"], row["bias"]) if name]
+    names = [
+        name
+        for row in report["layers"]
+        if row["refit"]
+        for name in (row["weight"], row["bias"])
+        if name
+    ]
     values = pruned.values_by_name()
     arrays = {name: pruned.constant(values[name]) for name in names}
 
@@ -103,8 +163,10 @@ def output_error(model, original, samples, batch_size: int = 16, *, session=None
     """‖model − original‖² / ‖original‖² over every graph output and calibration sample."""
     names = [value.name for value in original.outputs]
     diff = total = 0.0
-    for got, want in zip(capture(model, samples, names, batch_size),
-                         capture(original, samples, names, batch_size, session=session)):
+    for got, want in zip(
+        capture(model, samples, names, batch_size),
+        capture(original, samples, names, batch_size, session=session),
+    ):
         for name in names:
             expected = np.asarray(want[name], dtype=np.float64)
             diff += float(np.square(np.asarray(got[name], dtype=np.float64) - expected).sum())
@@ -112,8 +174,14 @@ def output_error(model, original, samples, batch_size: int = 16, *, session=None
     return diff / total if total else diff
 
 
-def _accumulate(frontiers: tuple[Frontier, Frontier], group: list[Layer], number: int, samples, batch_size: int,
-                mask: str | None = None) -> list[Normal]:
+def _accumulate(
+    frontiers: tuple[Frontier, Frontier],
+    group: list[Layer],
+    number: int,
+    samples,
+    batch_size: int,
+    mask: str | None = None,
+) -> list[Normal]:
     """One capture of the pruned model (the layers' inputs) and the original (their targets),
     each from its frontier of the earlier rounds (round ``number``).
     With ``mask`` (an input [batch, positions] such as an attention mask), rows of activations
@@ -121,19 +189,30 @@ def _accumulate(frontiers: tuple[Frontier, Frontier], group: list[Layer], number
     normals = [ChannelNormal() if layer.norm else Normal(layer.bias is not None) for layer in group]
     residuals = [layer.residual for layer in group if layer.residual]
     pruned, original = frontiers
-    inputs = pruned.capture(samples, [layer.x for layer in group] + residuals + ([mask] if mask else []), batch_size,
-                            number)
+    inputs = pruned.capture(
+        samples,
+        [layer.x for layer in group] + residuals + ([mask] if mask else []),
+        batch_size,
+        number,
+    )
     targets = original.capture(samples, [layer.target for layer in group], batch_size, number)
     for batch, (xs, ys) in enumerate(zip(inputs, targets)):
         for layer, normal in zip(group, normals):
             y = _target(layer, np.asarray(ys[layer.target]), xs.get(layer.residual))
             x, y = _masked_rows(np.asarray(xs[layer.x]), y, xs.get(mask), layer)
-            for start in range(0, len(x), 1 if layer.conv else len(x)):  # im2col one sample at a time
+            for start in range(
+                0, len(x), 1 if layer.conv else len(x)
+            ):  # im2col one sample at a time
                 end = start + (1 if layer.conv else len(x))
-                rows, wanted = input_rows(pruned.model, layer, x[start:end]), y[start:end].reshape(-1, y.shape[-1])
+                rows, wanted = (
+                    input_rows(pruned.model, layer, x[start:end]),
+                    y[start:end].reshape(-1, y.shape[-1]),
+                )
                 if len(rows) != len(wanted):
-                    raise InputError(f"recover: '{layer.name}' reads {len(rows)} rows of '{layer.x}' but its target "
-                                     f"'{layer.target}' has {len(wanted)}")
+                    raise InputError(
+                        f"recover: '{layer.name}' reads {len(rows)} rows of '{layer.x}' but its target "
+                        f"'{layer.target}' has {len(wanted)}"
+                    )
                 normal.add(rows, wanted, batch)
     return normals
 
@@ -143,32 +222,48 @@ def _target(layer: Layer, y: np.ndarray, residual: np.ndarray | None) -> np.ndar
     residual when the layer is aimed at a residual sum."""
     channels = y.shape[layer.channel_axis]
     if channels != layer.full:
-        raise InputError(f"recover: the original's '{layer.target}' has {channels} channels, "
-                         f"the plan says {layer.full} for '{layer.weight.name}'")
+        raise InputError(
+            f"recover: the original's '{layer.target}' has {channels} channels, "
+            f"the plan says {layer.full} for '{layer.weight.name}'"
+        )
     y = np.moveaxis(y, layer.channel_axis, -1)
     y = y if layer.kept is None else y[..., layer.kept]
     if residual is None:
         return y
     residual = np.asarray(residual)
-    residual = residual.reshape((1,) * (y.ndim - residual.ndim) + residual.shape)  # broadcasting aligns right
+    residual = residual.reshape(
+        (1,) * (y.ndim - residual.ndim) + residual.shape
+    )  # broadcasting aligns right
     try:
         return y - np.broadcast_to(np.moveaxis(residual, layer.channel_axis, -1), y.shape)
     except ValueError:
-        raise InputError(f"recover: residual '{layer.residual}' {residual.shape} does not broadcast to the "
-                         f"output of '{layer.name}'") from None
+        raise InputError(
+            f"recover: residual '{layer.residual}' {residual.shape} does not broadcast to the "
+            f"output of '{layer.name}'"
+        ) from None
 
 
 def _masked_rows(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, layer: Layer):
     """x and y restricted to the positions ``mask`` keeps, when both are laid out like it."""
-    if mask is None or layer.channel_axis != -1 or x.shape[:mask.ndim] != mask.shape \
-            or y.shape[:mask.ndim] != mask.shape:
+    if (
+        mask is None
+        or layer.channel_axis != -1
+        or x.shape[: mask.ndim] != mask.shape
+        or y.shape[: mask.ndim] != mask.shape
+    ):
         return x, y
     keep = np.asarray(mask) != 0
     return x[keep][None], y[keep][None]
 
 
-def _refit(model, layer: Layer, old: np.ndarray, normal: Normal, ridge: float,
-           candidate: np.ndarray | None = None) -> dict:
+def _refit(
+    model,
+    layer: Layer,
+    old: np.ndarray,
+    normal: Normal,
+    ridge: float,
+    candidate: np.ndarray | None = None,
+) -> dict:
     """Solve the layer's ridge problem for ``old`` (its weights as ``matrix``) or take
     ``candidate``, a refit over a new mask, when it is better; apply it when it lowers the
     calibration error."""
@@ -181,6 +276,14 @@ def _refit(model, layer: Layer, old: np.ndarray, normal: Normal, ridge: float,
     if refit:
         store(model, layer, new)
     bias = layer.bias.name if layer.bias is not None else None
-    return {"node": layer.name, "weight": layer.weight.name, "bias": bias,
-            "round": layer.round, "refit": refit, "ridge": ridge,
-            "error_before": before, "error_after": after if refit else before, "error_refit": after}
+    return {
+        "node": layer.name,
+        "weight": layer.weight.name,
+        "bias": bias,
+        "round": layer.round,
+        "refit": refit,
+        "ridge": ridge,
+        "error_before": before,
+        "error_after": after if refit else before,
+        "error_refit": after,
+    }

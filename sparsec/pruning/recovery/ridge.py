@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # the candidates a layer's ridge is chosen from
-DEFAULT_RIDGE = 1e-2                    # when it cannot be chosen (one calibration batch) or for a norm
-PROBE_COLUMNS = 48                      # output columns the choice is measured on
+DEFAULT_RIDGE = 1e-2  # when it cannot be chosen (one calibration batch) or for a norm
+PROBE_COLUMNS = 48  # output columns the choice is measured on
 
 
 class Normal:
@@ -47,7 +47,7 @@ class Normal:
 
     def solve(self, old: np.ndarray, ridge: float) -> np.ndarray:
         """The refit of ``old`` (``matrix``'s form), its zeros kept."""
-        return solve(self, old[:len(old) - self.bias] != 0, ridge, old)
+        return solve(self, old[: len(old) - self.bias] != 0, ridge, old)
 
     def chosen_ridge(self, old: np.ndarray, default: float) -> float:
         """The ridge of ``RIDGES`` whose refit of ``old`` on the even-numbered calibration
@@ -58,11 +58,15 @@ class Normal:
         if not (np.any(self.half.g) and np.any(other.g)):
             return default
         columns = np.unique(np.linspace(0, old.shape[1] - 1, PROBE_COLUMNS).astype(int))
-        mask, prior = old[:len(old) - self.bias, columns] != 0, old[:, columns]
+        mask, prior = old[: len(old) - self.bias, columns] != 0, old[:, columns]
         halves = [_Sums(half.g, half.c[:, columns]) for half in (self.half, other)]
 
         def held_out(ridge: float) -> float:
-            return sum(test.fit_error(solve(train, mask, ridge, prior)) for train, test in (halves, halves[::-1]))
+            return sum(
+                test.fit_error(solve(train, mask, ridge, prior))
+                for train, test in (halves, halves[::-1])
+            )
+
         return min(RIDGES, key=held_out)
 
 
@@ -95,7 +99,13 @@ class ChannelNormal:
     def error(self, matrix: np.ndarray) -> float:
         """Σ_c ‖a_c·y_c + b_c − y*_c‖² for ``matrix`` = [a; b]."""
         a, b = matrix
-        value = np.sum(a * a * self.sxx + 2 * a * b * self.sx + self.n * b * b - 2 * a * self.sxy - 2 * b * self.sy)
+        value = np.sum(
+            a * a * self.sxx
+            + 2 * a * b * self.sx
+            + self.n * b * b
+            - 2 * a * self.sxy
+            - 2 * b * self.sy
+        )
         return max(float(value) + self.yy, 0.0)
 
     def solve(self, old: np.ndarray, ridge: float) -> np.ndarray:
@@ -148,11 +158,15 @@ def _solve_alone(g, penalty, rhs, rows, columns: np.ndarray, solution: np.ndarra
         group = columns[counts == size]
         step = max(1, STACK_BYTES // (8 * int(size) ** 2))
         for start in range(0, len(group), step):
-            chunk = group[start:start + step]
-            keep = np.argsort(~rows[:, chunk].T, axis=1, kind="stable")[:, :size]  # kept rows, in order
+            chunk = group[start : start + step]
+            keep = np.argsort(~rows[:, chunk].T, axis=1, kind="stable")[
+                :, :size
+            ]  # kept rows, in order
             systems = g[keep[:, :, None], keep[:, None, :]]
             systems[:, np.arange(size), np.arange(size)] += penalty[keep]
-            solution[keep, chunk[:, None]] = _linear_solve(systems, rhs[keep, chunk[:, None]][..., None])[..., 0]
+            solution[keep, chunk[:, None]] = _linear_solve(
+                systems, rhs[keep, chunk[:, None]][..., None]
+            )[..., 0]
 
 
 def _linear_solve(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:

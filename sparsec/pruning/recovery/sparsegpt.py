@@ -28,8 +28,13 @@ class OriginalWeights:
         return replace(layer, weight=self.values[layer.weight.name], bias=bias)
 
 
-def reselected(originals: OriginalWeights | None, layer: Layer, normal: Normal, ridge: float,
-               reselect: dict | None) -> np.ndarray | None:
+def reselected(
+    originals: OriginalWeights | None,
+    layer: Layer,
+    normal: Normal,
+    ridge: float,
+    reselect: dict | None,
+) -> np.ndarray | None:
     """The refit over a SparseGPT mask, for an N:M layer of ``reselect`` (None otherwise, or
     when the Gram matrix has no Cholesky factor). The sweep starts from the dense optimum of
     the layer's own problem (its pruned inputs, its target, shrunk toward the original's dense
@@ -40,17 +45,23 @@ def reselected(originals: OriginalWeights | None, layer: Layer, normal: Normal, 
         return None
     dense_layer = originals.layer(layer)
     original = matrix(originals.model, dense_layer)
-    dense = solve(normal, np.ones((len(original) - normal.bias, original.shape[1]), dtype=bool), ridge, original)
+    dense = solve(
+        normal,
+        np.ones((len(original) - normal.bias, original.shape[1]), dtype=bool),
+        ridge,
+        original,
+    )
     n, m = reselect[layer.weight.name]
     order = run_order(originals.model.constant_shape(dense_layer.weight), layer, m)
     swept = obs_nm_sweep(normal.g, dense, n, m, order, ridge)
     if swept is None:
         return None
-    return solve(normal, swept[:len(order)] != 0, ridge, swept)
+    return solve(normal, swept[: len(order)] != 0, ridge, swept)
 
 
-def obs_nm_sweep(g: np.ndarray, dense: np.ndarray, n: int, m: int, order: np.ndarray,
-                 ridge: float = 1e-2) -> np.ndarray | None:
+def obs_nm_sweep(
+    g: np.ndarray, dense: np.ndarray, n: int, m: int, order: np.ndarray, ridge: float = 1e-2
+) -> np.ndarray | None:
     """SparseGPT's N:M sweep: ``dense`` [K(+1), N] (the bias row last, never pruned) with every
     run of M rows (consecutive in ``order``) keeping N per column, the kept rows updated to
     absorb the pruned ones' error under the Gram matrix ``g``; zeros at the pruned positions.
@@ -71,12 +82,14 @@ def obs_nm_sweep(g: np.ndarray, dense: np.ndarray, n: int, m: int, order: np.nda
         errors = np.zeros((end - start, w.shape[1]))
         for i in range(start, end):
             if i % m == 0:
-                loss = np.square(w[i:i + m]) / np.square(diagonal[i:i + m, None])
-                for drop in np.argsort(loss, axis=0, kind="stable")[:m - n]:
+                loss = np.square(w[i : i + m]) / np.square(diagonal[i : i + m, None])
+                for drop in np.argsort(loss, axis=0, kind="stable")[: m - n]:
                     pruned[i + drop, columns] = True
             errors[i - start] = np.where(pruned[i], w[i], 0.0) / upper[i, i]
             w[i:end] -= np.outer(upper[i, i:end], errors[i - start])
-        w[end:] -= upper[start:end, end:].T @ errors  # the block's error on the rows after it, at once
+        w[end:] -= (
+            upper[start:end, end:].T @ errors
+        )  # the block's error on the rows after it, at once
     w[:k][pruned] = 0.0
     result = np.empty_like(w)
     result[perm] = w

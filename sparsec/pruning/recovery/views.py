@@ -30,15 +30,15 @@ class Layer:
     node: Any
     weight: Any
     bias: Any | None
-    target: str                     # the value holding Y* (the bias Add's output after a MatMul; the sum S when aimed)
-    transposed: bool = False        # Gemm transB=1
-    scale: float = 1.0              # Gemm alpha
-    bias_scale: float = 1.0         # Gemm beta
+    target: str  # the value holding Y* (the bias Add's output after a MatMul; the sum S when aimed)
+    transposed: bool = False  # Gemm transB=1
+    scale: float = 1.0  # Gemm alpha
+    bias_scale: float = 1.0  # Gemm beta
     kept: np.ndarray | None = None  # original output positions the pruned layer computes
-    full: int = 0                   # the original's output channel count
+    full: int = 0  # the original's output channel count
     round: int = 0
-    channel_axis: int = -1          # the output's channel axis (1 for Conv and the [N, C, ...] norms)
-    residual: str | None = None     # the other input of the residual Add whose sum ``target`` is
+    channel_axis: int = -1  # the output's channel axis (1 for Conv and the [N, C, ...] norms)
+    residual: str | None = None  # the other input of the residual Add whose sum ``target`` is
 
     @property
     def conv(self) -> bool:
@@ -60,7 +60,11 @@ class Layer:
 
 # A normalization's per-channel scale and bias inputs, and its output's channel axis (None: the
 # last, which LayerNormalization must normalize over alone for its scale to be per channel).
-NORMS = {"BatchNormalization": (1, 2, 1), "InstanceNormalization": (1, 2, 1), "LayerNormalization": (1, 2, None)}
+NORMS = {
+    "BatchNormalization": (1, 2, 1),
+    "InstanceNormalization": (1, 2, 1),
+    "LayerNormalization": (1, 2, None),
+}
 
 
 REFIT_OPS = ("MatMul", "Gemm", "Conv")  # the compute ops whose weight reads as one [K, N] matrix
@@ -90,7 +94,12 @@ def sole_add(model, value) -> tuple[Any, Any]:
     """(the Add, its other input) when ``value`` is read by one standard Add alone (and is not
     a graph output), else (None, None)."""
     users = model.consumers(value)
-    if value.is_graph_output() or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in STANDARD:
+    if (
+        value.is_graph_output()
+        or len(users) != 1
+        or users[0].op_type != "Add"
+        or users[0].domain not in STANDARD
+    ):
         return None, None
     add = users[0]
     other = add.inputs[1] if add.inputs[0] is value else add.inputs[0]
@@ -105,7 +114,12 @@ def _matmul(model, node, layout: OpLayout) -> Layer | str:
     out = node.outputs[0]
     add, other = sole_add(model, out)  # MatMul has no bias input: a per-output Add after it is one
     bias_shape = model.constant_shape(other)
-    if add is None or not bias_shape or bias_shape[-1] != shape[1] or int(np.prod(bias_shape)) != shape[1]:
+    if (
+        add is None
+        or not bias_shape
+        or bias_shape[-1] != shape[1]
+        or int(np.prod(bias_shape)) != shape[1]
+    ):
         return Layer(node, weight, None, out.name)
     if len(model.consumers(other)) > 1:  # a shared bias stays; the MatMul alone is refit
         return Layer(node, weight, None, out.name)
@@ -121,8 +135,15 @@ def _gemm(model, node, layout: OpLayout) -> Layer | str:
     c = node.inputs[layout.bias] if len(node.inputs) > layout.bias and beta != 0 else None
     if c is not None and model.constant_shape(c) not in ((n,), (1, n)):
         return f"Gemm C '{c.name}' is not a constant per-output bias"
-    return Layer(node, weight, c, node.outputs[0].name, transposed=layout.weight.contraction == 1,
-                 scale=layout.scale, bias_scale=beta)
+    return Layer(
+        node,
+        weight,
+        c,
+        node.outputs[0].name,
+        transposed=layout.weight.contraction == 1,
+        scale=layout.scale,
+        bias_scale=beta,
+    )
 
 
 def _conv(model, node, layout: OpLayout) -> Layer | str:
@@ -131,7 +152,11 @@ def _conv(model, node, layout: OpLayout) -> Layer | str:
     weight = node.inputs[layout.weight.index]
     if len(model.constant_shape(weight)) != 4:
         return "Conv that is not 2-D"
-    bias = node.inputs[layout.bias] if len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None else None
+    bias = (
+        node.inputs[layout.bias]
+        if len(node.inputs) > layout.bias and node.inputs[layout.bias] is not None
+        else None
+    )
     if bias is not None and model.constant_shape(bias) is None:
         return f"Conv bias '{bias.name}' is not constant"
     return Layer(node, weight, bias, node.outputs[0].name, channel_axis=layout.output_channels)
@@ -167,8 +192,13 @@ def norm_layer(model, node) -> Layer | None:
     scale = node.inputs[scale_at]
     bias = node.inputs[bias_at] if len(node.inputs) > bias_at else None
     shape = model.constant_shape(scale)
-    if bias is None or shape is None or len(shape) != 1 or model.constant_shape(bias) != shape \
-            or not _per_channel(shape[0], dims[-1], axis is None):
+    if (
+        bias is None
+        or shape is None
+        or len(shape) != 1
+        or model.constant_shape(bias) != shape
+        or not _per_channel(shape[0], dims[-1], axis is None)
+    ):
         return None  # only a constant scale and bias of one value per channel are refit
     return Layer(node, scale, bias, node.outputs[0].name, channel_axis=-1 if axis is None else axis)
 
@@ -185,7 +215,9 @@ def matrix(model, layer: Layer) -> np.ndarray:
         rows = (w.T if layer.transposed else w) * layer.scale
     if layer.bias is None:
         return rows
-    bias = np.asarray(model.constant(layer.bias), dtype=np.float64).reshape(1, -1) * layer.bias_scale
+    bias = (
+        np.asarray(model.constant(layer.bias), dtype=np.float64).reshape(1, -1) * layer.bias_scale
+    )
     return np.vstack([rows, bias])
 
 
@@ -206,7 +238,9 @@ def store(model, layer: Layer, values: np.ndarray) -> None:
     model.set_constant(layer.weight, w.astype(old.dtype))  # zeros where the solve kept none: exact
     if layer.bias is not None:
         bias = model.constant(layer.bias)
-        model.set_constant(layer.bias, (values[k] / layer.bias_scale).reshape(bias.shape).astype(bias.dtype))
+        model.set_constant(
+            layer.bias, (values[k] / layer.bias_scale).reshape(bias.shape).astype(bias.dtype)
+        )
 
 
 def input_rows(model, layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -227,7 +261,7 @@ def _patches(model, layer: Layer, x: np.ndarray) -> np.ndarray:
     pads = _pads(model, node, x.shape[2:], strides, spans)
     x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     windows = sliding_window_view(x, spans, axis=(2, 3))
-    windows = windows[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+    windows = windows[:, :, :: strides[0], :: strides[1], :: dilations[0], :: dilations[1]]
     return windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kernel[0] * kernel[1])
 
 
@@ -239,7 +273,10 @@ def _pads(model, node, sizes, strides, spans) -> list[int]:
         return [0, 0, 0, 0]
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
         return list(model.attr(node, "pads", None) or [0, 0, 0, 0])
-    totals = [max((-(-size // s) - 1) * s + span - size, 0) for size, s, span in zip(sizes, strides, spans)]
+    totals = [
+        max((-(-size // s) - 1) * s + span - size, 0)
+        for size, s, span in zip(sizes, strides, spans)
+    ]
     small = [t // 2 for t in totals]
     large = [t - h for t, h in zip(totals, small)]
     return small + large if auto == "SAME_UPPER" else large + small
