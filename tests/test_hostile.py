@@ -154,6 +154,11 @@ def _hostile(tmp: Path) -> dict[str, tuple[list, int, str]]:
             2,
             "unusable external data location",
         ),
+        "location through a missing folder": (
+            ["analyze", _save(tmp / "via", _model([_weight("nosuch/../w.bin")]), weights)],
+            2,
+            "is missing",
+        ),
         "negative offset": (
             ["analyze", _save(tmp / "neg", _model([_weight("w.bin", offset="-4")]), weights)],
             2,
@@ -338,3 +343,48 @@ def test_a_failed_validate_prints_its_table_and_one_error_line(capfd):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_an_external_constant_is_read_from_the_model_folder_and_written_inline(
+    capfd, tmp_path, monkeypatch
+):
+    """A Constant whose value lives in external data: read from the model's folder whatever the
+    working directory (which holds marker bytes under the same name), and the output carries it
+    (only initializers go to an output's data file; an external attribute would point at a file
+    that is not beside the output)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cw.bin").write_bytes(MARKER.tobytes())
+    value = _external(numpy_helper.from_array(WEIGHT), "cw.bin", length=str(WEIGHT.nbytes))
+    constant = helper.make_node("Constant", [], ["W"], value=value)
+    source = _save(tmp_path / "model", _model(nodes=[constant]), {"cw.bin": WEIGHT.tobytes()})
+    out = tmp_path / "result" / "out.onnx"
+    out.parent.mkdir()
+    code, _, err = _invoke(capfd, "compress", source, "-o", out, "--latency-runs", "0")
+    assert code == 0, err
+    _assert_no_marker(out.parent)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(out, {"x": x})[0], x @ WEIGHT, rtol=1e-6)
+
+
+def test_packed_types_are_counted_in_bits(capfd, tmp_path):
+    """4-bit and 2-bit weights hold two and four elements per byte (the ONNX checker accepts
+    them; they are not corrupt)."""
+    for name, bits, opset in (("FLOAT4E2M1", 4, 23), ("INT4", 4, 23), ("INT2", 2, 25)):
+        count = 8
+        tensor = helper.make_tensor(
+            "w", getattr(TensorProto, name), [count], vals=b"\x00" * (count * bits // 8), raw=True
+        )
+        output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [count])
+        graph = helper.make_graph(
+            [helper.make_node("Cast", ["w"], ["y"], to=TensorProto.FLOAT)],
+            "g",
+            [],
+            [output],
+            [tensor],
+        )
+        onnx.save(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]),
+            str(tmp_path / "m.onnx"),
+        )
+        code, _, err = _invoke(capfd, "analyze", tmp_path / "m.onnx")
+        assert code == 0, (name, err)

@@ -16,10 +16,10 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from sparsec.errors import InputError, one_line
-from sparsec.ir.tensor_checks import check_tensors
+from sparsec.ir.tensor_checks import check_tensors, iter_nodes
 
 
 def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
@@ -33,6 +33,23 @@ def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
     proto = _parse(path)
     files = check_external_data(proto, path.parent)
     return proto, files
+
+
+def embed_attribute_tensors(proto: onnx.ModelProto, base_dir: Path) -> int:
+    """Read every tensor attribute held in external data (a ``Constant``'s value, in any graph or
+    function) into the proto, from ``base_dir`` (checked by ``check_tensors``); return how many.
+    Only initializers go to an external-data file when sparsec saves, so an attribute left
+    external would point the output at a file that is not beside it."""
+    count = 0
+    for node in iter_nodes(proto):
+        for attribute in node.attribute:
+            tensors = ([attribute.t] if attribute.HasField("t") else []) + list(attribute.tensors)
+            for tensor in (t for t in tensors if uses_external_data(t)):
+                load_external_data_for_tensor(tensor, str(base_dir))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
+                count += 1
+    return count
 
 
 def deserialize(proto: onnx.ModelProto, path: Path) -> ir.Model:

@@ -51,6 +51,7 @@ class Model:
         proto, files = loading.read_checked_proto(path)
         sparse_names = sparse_coo.densify_sparse_initializers(proto, path.parent.resolve())
         sparse_coo.densify_sparse_constants(proto, path.parent.resolve())
+        loading.embed_attribute_tensors(proto, path.parent.resolve())
         model = loading.deserialize(proto, path)
         if not model.graph.outputs:
             raise InputError(
@@ -173,7 +174,9 @@ class Model:
     def copy(self) -> Model:
         """An independent copy of the graph that shares the weight tensors: cheap, and safe
         because every ``Model`` edit replaces a tensor instead of writing into it."""
-        return Model(self.ir.clone(), self.path)
+        copy = Model(self.ir.clone(), self.path)
+        copy.source_files, copy.source_bytes = set(self.source_files), self.source_bytes
+        return copy
 
     # ------------------------------------------------------------------ reading
     @property

@@ -23,6 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from sparsec.errors import InputError, one_line
+from sparsec.ir.tensor_checks import iter_nodes
 
 COO_KEY = "sparsec.coo_tensors"
 INDEX_BYTES = 8  # ONNX requires int64 indices
@@ -55,7 +56,7 @@ def densify_sparse_constants(proto: onnx.ModelProto, base_dir: Path) -> int:
     """Give every ``Constant`` holding a ``sparse_value`` (any graph, any function) the dense
     ``value`` it stands for (onnx-ir reads no sparse attributes); return how many changed."""
     changed = 0
-    for node in _all_nodes(proto):
+    for node in iter_nodes(proto):
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
             continue
         for attribute in [a for a in node.attribute if a.name == "sparse_value"]:
@@ -64,17 +65,6 @@ def densify_sparse_constants(proto: onnx.ModelProto, base_dir: Path) -> int:
             node.attribute.append(onnx.helper.make_attribute("value", dense))
             changed += 1
     return changed
-
-
-def _all_nodes(proto: onnx.ModelProto):
-    """Every NodeProto: main graph, functions, and the bodies of their If/Loop/Scan nodes."""
-    pending = [proto.graph.node, *(f.node for f in proto.functions)]
-    while pending:
-        for node in pending.pop():
-            yield node
-            for attribute in node.attribute:
-                graphs = ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
-                pending.extend(g.node for g in graphs)
 
 
 def _dense_array(sparse: onnx.SparseTensorProto, base_dir: Path) -> np.ndarray:

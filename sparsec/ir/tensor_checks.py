@@ -21,9 +21,22 @@ from onnx import TensorProto
 from sparsec.errors import InputError
 
 _DEFINED_TYPES = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
-_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.BOOL: 8}
+_BITS: dict[int, int] = {
+    getattr(TensorProto, name): bits
+    for name, bits in (
+        ("INT4", 4),
+        ("UINT4", 4),
+        ("FLOAT4E2M1", 4),
+        ("INT2", 2),
+        ("UINT2", 2),
+        ("BOOL", 8),
+    )
+    if hasattr(TensorProto, name)  # the packed types an older onnx lacks
+}
 _PAIRED = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}  # two typed numbers per element
-_PACKED_4BIT = {TensorProto.INT4, TensorProto.UINT4}  # two elements per typed number
+_PER_NUMBER = {
+    dtype: 8 // bits for dtype, bits in _BITS.items() if bits < 8
+}  # elements packed per typed number
 _NAME_MAX = 255  # bytes of one path component on Linux and macOS
 
 
@@ -32,6 +45,16 @@ def iter_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
     yield from _graph_tensors(proto.graph)
     for function in proto.functions:
         yield from _node_tensors(function.node)
+
+
+def iter_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every NodeProto: main graph, functions, and the bodies of their If/Loop/Scan nodes."""
+    pending = [proto.graph.node, *(f.node for f in proto.functions)]
+    while pending:
+        for node in pending.pop():
+            yield node
+            for attribute in node.attribute:
+                pending.extend(graph.node for graph in _attribute_graphs(attribute))
 
 
 def iter_sparse(proto: onnx.ModelProto) -> Iterator[onnx.SparseTensorProto]:
@@ -128,7 +151,8 @@ def _check_embedded(tensor: TensorProto) -> None:
     else:
         held, unit = _typed_length(tensor), "numbers"
         expected = count * 2 if tensor.data_type in _PAIRED else count
-        expected = (count + 1) // 2 if tensor.data_type in _PACKED_4BIT else expected
+        per = _PER_NUMBER.get(tensor.data_type, 1)
+        expected = -(-count // per) if per > 1 else expected
     if held != expected and not (
         tensor.data_type == TensorProto.STRING and not tensor.HasField("raw_data") and held == count
     ):
@@ -174,7 +198,10 @@ def _check_external(tensor: TensorProto, root: Path) -> Path:
     try:
         target = (root / location).resolve()
         escapes = Path(location).is_absolute() or not target.is_relative_to(root)
-        status = None if escapes or not target.is_file() else target.stat()
+        as_written = root / location  # resolve() tidies "nosuch/.." away; the OS does not
+        status = (
+            None if escapes or not (target.is_file() and as_written.is_file()) else target.stat()
+        )
     except (OSError, ValueError) as error:
         raise InputError(
             f"external data '{location[:80]}' of tensor '{tensor.name}' cannot be resolved ({error})"
