@@ -12,6 +12,8 @@ elements'), an optional holding one, a map from keys 0, 1, ... (or '0', '1', ...
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -84,10 +86,27 @@ def _default_dim(dim, axis: int) -> int:
     return 1 if axis == 0 else DEFAULT_SYMBOLIC_DIM
 
 
+def _refuse_huge_feeds(model, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Random inputs are made as float64 first: refuse shapes whose arrays would take more than
+    a quarter of this machine's memory (a declared dim of 2^40, an --input-shape typo)."""
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    total = 0
+    for name, shape in ((v.name, shapes[v.name]) for v in model.inputs):
+        total += math.prod(shape) * 8
+        if total > budget:
+            dims = "x".join(map(str, shape))
+            raise InputError(
+                f"input '{name}' at shape {dims} would need {total / 2**30:.3g} GiB of random data, "
+                f"more than a quarter of this machine's memory ({budget / 2**30:.3g} GiB); "
+                "give smaller dims with --input-shape, or --inputs"
+            )
+
+
 def random_inputs(
     model, shapes: Mapping[str, tuple[int, ...]], seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Seeded feeds for every input, in valid ranges for integer inputs."""
+    _refuse_huge_feeds(model, shapes)
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in model.inputs:
