@@ -4,15 +4,17 @@ Invariant: at every moment ``OUT`` is either the previous model, with the data f
 the complete new model, with its own; a save that fails or is interrupted (Ctrl-C, SIGTERM)
 leaves no temp file. How:
 
-1. Everything is written inside a private temp folder beside ``OUT`` (``.OUT.<random>.tmp/``):
+1. ``staged`` writes everything inside a private temp folder beside ``OUT`` (``.OUT.<random>.tmp/``):
    the model and, with external data, its data file ``OUT.<8 hex digits>.data``, a name no file in
    the folder has. The new model never points at bytes the previous one reads.
-2. Commit, one save per folder at a time (an advisory lock on the folder, so two runs writing the
+2. ``Staged.commit`` writes the side files (report, plan) to temp files first, then commits, one
+   save per folder at a time (an advisory lock on the folder, so two runs writing the
    same ``OUT`` leave the last one's pair) and with SIGINT/SIGTERM held back until it is done:
    move the data file out, replace ``OUT`` by the new model (``os.replace``, atomic), then remove
    the data files the previous ``OUT`` read that sparsec wrote for it (``OUT.<8 hex>.data`` in the
    same folder), never one the model being saved was loaded from.
-3. The temp folder is removed on the way out, whatever happened.
+3. The temp folder is removed on the way out, whatever happened; a temp path a signal cut off
+   from its ``finally`` is removed at interpreter exit.
 
 A process killed outright (SIGKILL, power loss) may leave the temp folder, never a broken pair.
 """
@@ -46,21 +48,6 @@ except ImportError:  # not POSIX: saves to one folder are not serialised
 def data_file_pattern(path: Path) -> re.Pattern:
     """Names of the external-data files sparsec writes for the model file ``path``."""
     return re.compile(re.escape(Path(path).name) + r"\.[0-9a-f]{8}\.data")
-
-
-def save(
-    model: ir.Model,
-    path: Path,
-    *,
-    external: bool,
-    proto: onnx.ModelProto | None = None,
-    keep: Collection[Path] = (),
-) -> int:
-    """Write ``model`` (or ``proto``, a finished ModelProto without external data) to ``path`` as
-    described above; return the bytes written (model + external data). ``keep``: files never
-    removed (those the model was loaded from). Raises ``InputError`` when the folder refuses."""
-    with staged(model, path, external=external, proto=proto, keep=keep) as stage:
-        return stage.commit()
 
 
 class Staged:
