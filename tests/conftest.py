@@ -75,13 +75,14 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture
-def cli(capsys):
-    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+def cli(capfd):
+    """Run the CLI in-process: returns (exit code, stdout, stderr), captured at the file-descriptor
+    level, so that a library printing from C++ is caught too."""
     from sparsec.cli import main
 
     def invoke(*args: str) -> tuple[int, str, str]:
         code = main([str(a) for a in args])
-        captured = capsys.readouterr()
+        captured = capfd.readouterr()
         return code, captured.out, captured.err
 
     return invoke

@@ -11,7 +11,6 @@ the cases that must succeed, no output holds a marker byte pattern.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,16 +259,6 @@ def _snapshot(folder: Path) -> dict[Path, tuple[int, bytes]]:
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()}
 
 
-def _invoke(capfd, *args) -> tuple[int, str, str]:
-    """The CLI in-process, with stdout/stderr captured at the file-descriptor level (so that a
-    library printing from C++ is caught too)."""
-    from sparsec.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capfd.readouterr()
-    return code, captured.out, captured.err
-
-
 def _assert_one_error_line(err: str, fragment: str) -> None:
     """stderr ends with the one error line; whatever precedes it is indented progress."""
     *progress, last = err.splitlines()
@@ -280,11 +269,11 @@ def _assert_one_error_line(err: str, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("case", _case_names())
-def test_hostile_input_is_one_line_nothing_written(capfd, tmp_path, monkeypatch, case):
+def test_hostile_input_is_one_line_nothing_written(cli, tmp_path, monkeypatch, case):
     monkeypatch.chdir(tmp_path)
     argv, code, fragment = _hostile(tmp_path)[case]
     before = _snapshot(tmp_path)
-    actual, _, err = _invoke(capfd, *argv)
+    actual, _, err = cli(*argv)
     assert actual == code, err
     _assert_one_error_line(err, fragment)
     assert (
@@ -300,7 +289,7 @@ def _assert_no_marker(folder: Path) -> None:
             )
 
 
-def test_sparse_values_in_the_model_folder_are_read_from_there(capfd, tmp_path, monkeypatch):
+def test_sparse_values_in_the_model_folder_are_read_from_there(cli, tmp_path, monkeypatch):
     """The same file name in the working directory (marker bytes) and in the model's folder
     (the real values): the model's folder wins, the run works and writes no marker byte."""
     monkeypatch.chdir(tmp_path)
@@ -311,7 +300,7 @@ def test_sparse_values_in_the_model_folder_are_read_from_there(capfd, tmp_path, 
     )
     out = tmp_path / "result" / "out.onnx"
     out.parent.mkdir()
-    code, _, err = _invoke(capfd, "compress", source, "-o", out, "--latency-runs", "0")
+    code, _, err = cli("compress", source, "-o", out, "--latency-runs", "0")
     assert code == 0, err
     _assert_no_marker(out.parent)
     dense = np.zeros(16, np.float32)
@@ -320,12 +309,12 @@ def test_sparse_values_in_the_model_folder_are_read_from_there(capfd, tmp_path, 
     np.testing.assert_allclose(run_ort(out, {"x": x})[0], x @ dense.reshape(4, 4), rtol=1e-6)
 
 
-def test_a_constant_holding_a_sparse_value_loads_and_compresses(capfd, tmp_path):
+def test_a_constant_holding_a_sparse_value_loads_and_compresses(cli, tmp_path):
     values = np.array([1, 2, 3, 4], np.float32)
     constant = helper.make_node("Constant", [], ["W"], sparse_value=_sparse())
     source = _save(tmp_path / "model", _model(nodes=[constant]))
     out = tmp_path / "out.onnx"
-    code, _, err = _invoke(capfd, "compress", source, "-o", out, "--latency-runs", "0")
+    code, _, err = cli("compress", source, "-o", out, "--latency-runs", "0")
     assert code == 0, err
     expected = np.zeros(16, np.float32)
     expected[[0, 5, 10, 15]] = values
@@ -333,20 +322,14 @@ def test_a_constant_holding_a_sparse_value_loads_and_compresses(capfd, tmp_path)
     np.testing.assert_allclose(run_ort(out, {"x": x})[0], x @ expected.reshape(4, 4), rtol=1e-6)
 
 
-def test_a_failed_validate_prints_its_table_and_one_error_line(capfd):
-    code, out, err = _invoke(
-        capfd, "validate", MODELS / "digits_cnn.onnx", MODELS / "digits_mlp.onnx"
-    )
+def test_a_failed_validate_prints_its_table_and_one_error_line(cli):
+    code, out, err = cli("validate", MODELS / "digits_cnn.onnx", MODELS / "digits_mlp.onnx")
     assert code == 1 and "logits" in out
     _assert_one_error_line(err, "validation failed: output 'logits' max abs error")
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__]))
-
-
 def test_an_external_constant_is_read_from_the_model_folder_and_written_inline(
-    capfd, tmp_path, monkeypatch
+    cli, tmp_path, monkeypatch
 ):
     """A Constant whose value lives in external data: read from the model's folder whatever the
     working directory (which holds marker bytes under the same name), and the output carries it
@@ -359,14 +342,14 @@ def test_an_external_constant_is_read_from_the_model_folder_and_written_inline(
     source = _save(tmp_path / "model", _model(nodes=[constant]), {"cw.bin": WEIGHT.tobytes()})
     out = tmp_path / "result" / "out.onnx"
     out.parent.mkdir()
-    code, _, err = _invoke(capfd, "compress", source, "-o", out, "--latency-runs", "0")
+    code, _, err = cli("compress", source, "-o", out, "--latency-runs", "0")
     assert code == 0, err
     _assert_no_marker(out.parent)
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     np.testing.assert_allclose(run_ort(out, {"x": x})[0], x @ WEIGHT, rtol=1e-6)
 
 
-def test_packed_types_are_counted_in_bits(capfd, tmp_path):
+def test_packed_types_are_counted_in_bits(cli, tmp_path):
     """4-bit and 2-bit weights hold two and four elements per byte (the ONNX checker accepts
     them; they are not corrupt)."""
     for name, bits, opset in (("FLOAT4E2M1", 4, 23), ("INT4", 4, 23), ("INT2", 2, 25)):
@@ -386,5 +369,5 @@ def test_packed_types_are_counted_in_bits(capfd, tmp_path):
             helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]),
             str(tmp_path / "m.onnx"),
         )
-        code, _, err = _invoke(capfd, "analyze", tmp_path / "m.onnx")
+        code, _, err = cli("analyze", tmp_path / "m.onnx")
         assert code == 0, (name, err)
