@@ -12,7 +12,7 @@ A sparse tensor's indices are in range and as many as its values. Whatever fails
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -40,60 +40,51 @@ _PER_NUMBER = {
 _NAME_MAX = 255  # bytes of one path component on Linux and macOS
 
 
-def iter_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
-    """Every dense tensor of ``proto``, sparse tensors' values and indices included."""
-    yield from _graph_tensors(proto.graph)
-    for function in proto.functions:
-        yield from _node_tensors(function.node)
+def iter_graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph and every If/Loop/Scan body, in it or in a function, nested ones too."""
+    pending = [proto.graph]
+    bodies = (
+        g
+        for f in proto.functions
+        for n in f.node
+        for a in n.attribute
+        for g in _attribute_graphs(a)
+    )
+    pending.extend(bodies)
+    while pending:
+        graph = pending.pop()
+        yield graph
+        pending.extend(g for n in graph.node for a in n.attribute for g in _attribute_graphs(a))
 
 
 def iter_nodes(proto: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
-    """Every NodeProto: main graph, functions, and the bodies of their If/Loop/Scan nodes."""
-    pending = [proto.graph.node, *(f.node for f in proto.functions)]
-    while pending:
-        for node in pending.pop():
-            yield node
-            for attribute in node.attribute:
-                pending.extend(graph.node for graph in _attribute_graphs(attribute))
+    """Every NodeProto: every graph's (``iter_graphs``) and every function's."""
+    for graph in iter_graphs(proto):
+        yield from graph.node
+    for function in proto.functions:
+        yield from function.node
 
 
 def iter_sparse(proto: onnx.ModelProto) -> Iterator[onnx.SparseTensorProto]:
     """Every sparse tensor of ``proto``: sparse initializers and sparse attributes, anywhere."""
-    yield from _graph_sparse(proto.graph)
-    for function in proto.functions:
-        yield from _node_sparse(function.node)
+    for graph in iter_graphs(proto):
+        yield from graph.sparse_initializer
+    for node in iter_nodes(proto):
+        for attribute in node.attribute:
+            yield from _attribute_sparse(attribute)
 
 
-def _graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[TensorProto]:
-    for node in nodes:
+def iter_tensors(proto: onnx.ModelProto) -> Iterator[TensorProto]:
+    """Every dense tensor of ``proto``, sparse tensors' values and indices included."""
+    for graph in iter_graphs(proto):
+        yield from graph.initializer
+    for node in iter_nodes(proto):
         for attribute in node.attribute:
             if attribute.HasField("t"):
                 yield attribute.t
             yield from attribute.tensors
-            for sparse in _attribute_sparse(attribute):
-                yield from (sparse.values, sparse.indices)
-            for graph in _attribute_graphs(attribute):
-                yield from _graph_tensors(graph)
-
-
-def _graph_sparse(graph: onnx.GraphProto) -> Iterator[onnx.SparseTensorProto]:
-    yield from graph.sparse_initializer
-    yield from _node_sparse(graph.node)
-
-
-def _node_sparse(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.SparseTensorProto]:
-    for node in nodes:
-        for attribute in node.attribute:
-            yield from _attribute_sparse(attribute)
-            for graph in _attribute_graphs(attribute):
-                yield from _graph_sparse(graph)
+    for sparse in iter_sparse(proto):
+        yield from (sparse.values, sparse.indices)
 
 
 def _attribute_sparse(attribute: onnx.AttributeProto) -> list[onnx.SparseTensorProto]:
