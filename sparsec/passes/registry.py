@@ -4,6 +4,10 @@ A pipeline text (``describe()``'s own format) parses back into passes:
 ``identity-elimination,bn-fold,dead-code(keep_functions=true)``; a pass may also be named by
 ``path/to/file.py:ClassName``. Unknown names and unknown option keys are ``InputError``s that
 list what exists.
+
+Invariant: importing this module imports no pass module (nor onnx-ir, numpy): the built-ins load
+on the first ``available()`` / ``create``; ``summaries()`` lists every pass's one-line summary
+from the static ``catalog`` without loading them (``sparsec passes``, ``sparsec --help``).
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import re
+from collections.abc import Container
 from functools import cache
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from sparsec.errors import InputError
 from sparsec.passes.base import PassBase
+from sparsec.passes.catalog import BUILTIN
 
 _REGISTRY: dict[str, type[PassBase]] = {}
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -35,20 +40,46 @@ def register(cls: type[PassBase]) -> type[PassBase]:
 def available() -> dict[str, type[PassBase]]:
     """Every known pass: built-ins and ``sparsec.passes`` entry points."""
     _load_builtins()
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        if point.name not in _REGISTRY:
-            try:
-                loaded = point.load()
-            except Exception as error:  # a broken plugin must not take the CLI down
-                raise InputError(
-                    f"entry point '{point.name}' ({point.value}) failed to load: {error}"
-                ) from None
-            if not (inspect.isclass(loaded) and issubclass(loaded, PassBase)):
-                raise InputError(
-                    f"entry point '{point.name}' ({point.value}) is not a sparsec pass class"
-                )
-            _REGISTRY[point.name] = loaded
+    _load_entry_points()
     return dict(sorted(_REGISTRY.items()))
+
+
+def summaries() -> dict[str, str]:
+    """Name → one-line summary of every pass ``available()`` lists, sorted by name, without
+    importing a built-in pass module: the built-ins' summaries are read from ``catalog.BUILTIN``,
+    entry points are loaded (as ``available`` loads them) and ``register``ed passes are read
+    from their classes."""
+    _load_entry_points(skip=BUILTIN)
+    found = {name: summary for name, (_, _, summary) in BUILTIN.items()}
+    for name, cls in _REGISTRY.items():
+        if name not in BUILTIN or _builtins_loaded():  # else the built-in will replace it
+            found[name] = cls.summary
+    return dict(sorted(found.items()))
+
+
+def _load_entry_points(skip: Container[str] = ()) -> None:
+    """Register the ``sparsec.passes`` entry points not registered yet and not in ``skip``."""
+    from importlib.metadata import entry_points  # here: importlib.metadata takes ~40 ms
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in _REGISTRY or point.name in skip:
+            continue
+        try:
+            loaded = point.load()
+        except Exception as error:  # a broken plugin must not take the CLI down
+            raise InputError(
+                f"entry point '{point.name}' ({point.value}) failed to load: {error}"
+            ) from None
+        if not (inspect.isclass(loaded) and issubclass(loaded, PassBase)):
+            raise InputError(
+                f"entry point '{point.name}' ({point.value}) is not a sparsec pass class"
+            )
+        _REGISTRY[point.name] = loaded
+
+
+def _builtins_loaded() -> bool:
+    """Whether ``_load_builtins`` has run (from then on a registered name is final)."""
+    return _load_builtins.cache_info().currsize > 0
 
 
 @cache
