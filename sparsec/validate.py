@@ -27,20 +27,21 @@ optional only with an empty one; their leaves follow the rules above (floats wit
 tolerance, everything else exactly). The float leaves, taken together, give the metrics;
 ``top1`` of a sequence of maps (skl2onnx's ZipMap probabilities) is the share of maps whose
 highest-valued key agrees. ``type`` is onnxruntime's name of the output's type and
-``problem`` names the first mismatch. Latency is the median of ``runs`` timed runs after
-``warmup`` untimed ones, same inputs, same thread settings for both models.
+``problem`` names the first mismatch. Latency comes from ``latency.compare_latency``: the
+median of ``latency_runs`` timed runs per model after untimed warm-up ones, the two models
+interleaved round by round, same inputs, same thread settings for both; ``latency_noise`` is the
+relative spread of the per-round candidate/reference ratios (0.02 = ±2 %).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sparsec.ir import Model, runtime
+from sparsec.latency import compare_latency
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
@@ -79,15 +80,20 @@ class Validation:
     outputs: list[OutputMetrics] = field(default_factory=list)
     latency_ms_reference: float | None = None
     latency_ms_candidate: float | None = None
+    latency_noise: float | None = None  # relative spread of the paired ratios (latency.py)
 
     def to_json(self) -> dict:
         """The figures as strict JSON values: an infinite error (a shape, structure or NaN/Inf
-        mismatch, which ``problem`` names) is null, never the non-standard ``Infinity``."""
+        mismatch, which ``problem`` names) is null, never the non-standard ``Infinity``; so is an
+        unbounded latency figure."""
         figures = asdict(self)
         for output in figures["outputs"]:
             for key in ("max_abs", "max_rel", "cosine", "top1", "max_abs_reference"):
                 if output[key] is not None and not np.isfinite(output[key]):
                     output[key] = None
+        for key in ("latency_ms_reference", "latency_ms_candidate", "latency_noise"):
+            if figures[key] is not None and not np.isfinite(figures[key]):
+                figures[key] = None
         return figures
 
     def failure_line(self) -> str | None:
@@ -423,21 +429,6 @@ def _maps_top1(reference, candidate) -> float | None:
     )
 
 
-def median_latency_ms(
-    sess: runtime.Session, feeds: dict, runs: int, warmup: int = 2
-) -> float | None:
-    if runs <= 0:
-        return None
-    for _ in range(warmup):
-        sess.run(feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def validate(
     reference,
     candidate,
@@ -460,6 +451,7 @@ def validate(
     cand_session = session(candidate, optimization=optimization)
     ref_out, cand_out = ref_session.run(feeds), cand_session.run(feeds)
     pairs = _pair_outputs(ref_session.output_names, cand_session.output_names)
+    latency = compare_latency(ref_session, cand_session, feeds, latency_runs)
     types = ref_session.output_types
     metrics = [
         output_metrics(
@@ -473,8 +465,9 @@ def validate(
         atol=atol,
         inputs=inputs_label,
         outputs=metrics,
-        latency_ms_reference=median_latency_ms(ref_session, feeds, latency_runs),
-        latency_ms_candidate=median_latency_ms(cand_session, feeds, latency_runs),
+        latency_ms_reference=latency.reference_ms if latency else None,
+        latency_ms_candidate=latency.candidate_ms if latency else None,
+        latency_noise=latency.noise if latency else None,
     )
 
 

@@ -21,6 +21,8 @@ LAYERS = {
     "sparsec.ir": 1,
     "sparsec.analysis": 2,
     "sparsec.validate": 2,
+    "sparsec.latency": 2,
+    "sparsec.evaluate": 2,
     "sparsec.pruning": 3,
     "sparsec.passes": 4,
     "sparsec.report": 5,
