@@ -14,7 +14,7 @@ import math
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from sparsec.analysis.inputs import (
 from sparsec.analysis.quantized import is_quantized
 from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model, refuse_unwritable
+from sparsec.ir.saving import Staged
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
 from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonicalizePass
@@ -65,11 +66,20 @@ class Figures:
     params: int
     macs: int
     bytes: int | None
+    ops: dict[str, dict[str, int]] = field(default_factory=dict)  # op type → nodes, params, macs
+
+    def to_json(self) -> dict:
+        return {key: getattr(self, key) for key in ("nodes", "params", "macs", "bytes")}
 
 
 def figures(model: Model, shapes: dict[str, tuple[int, ...]], file_bytes: int | None) -> Figures:
     cost = analyze_cost(model, shapes)
-    return Figures(nodes=len(model.nodes()), params=cost.params, macs=cost.macs, bytes=file_bytes)
+    by_op = cost.by_op()
+    ops = {
+        op: {"nodes": count, **{k: int(by_op.get(op, {}).get(k, 0)) for k in ("params", "macs")}}
+        for op, count in Counter(n.op_type for n in model.nodes()).items()
+    }
+    return Figures(len(model.nodes()), cost.params, cost.macs, file_bytes, ops)
 
 
 def prepare_feeds(
@@ -237,15 +247,23 @@ def compress(
     input_shapes: Sequence[str] = (),
     inputs: str | Path | None = None,
     force: bool = False,
-    report: str | Path | None = None,
     plan_out: str | Path | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     latency_runs: int = 10,
     on_pass: Callable[[PassBase, PassResult], None] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    side_outputs: Sequence[str | Path] = (),
+    finish: Callable[[Model, CompressResult, Staged, dict], None] | None = None,
+    on_checked: Callable[[], None] | None = None,
 ) -> CompressResult:
-    """Load ``source``, run the pipeline, validate, write ``output`` (and the JSON ``report``
-    and the channel ``plan_out`` when asked).
+    """Load ``source``, run the pipeline, validate, write ``output`` (and the channel
+    ``plan_out`` when asked), with ``metadata`` added to the output's ``metadata_props``.
+
+    ``finish``, when given, is called after validation with the compressed model, the result,
+    the staged save and the validation feeds, before anything is in place: it may add side files (written with the
+    model) or raise (nothing is written). ``side_outputs`` are the paths it will write, checked
+    with the output before any work; ``on_checked`` is called once every output path passed.
 
     A lossless pipeline must match the original (atol + rtol·|ref|). A lossy one (a pass that
     set ``PassResult.reference``) must match its masked original within
@@ -266,12 +284,15 @@ def compress(
             input_shapes=input_shapes,
             inputs=inputs,
             force=force,
-            report=report,
             plan_out=plan_out,
             rtol=rtol,
             atol=atol,
             latency_runs=latency_runs,
             on_pass=on_pass,
+            metadata=metadata or {},
+            side_outputs=side_outputs,
+            finish=finish,
+            on_checked=on_checked,
         )
     finally:
         gc.unfreeze()
@@ -288,16 +309,21 @@ def _compress_loaded(
     input_shapes,
     inputs,
     force,
-    report,
     plan_out,
     rtol,
     atol,
     latency_runs,
     on_pass,
+    metadata,
+    side_outputs,
+    finish,
+    on_checked,
 ) -> CompressResult:
     """``compress`` after loading: check outputs, run the pipeline, validate, write."""
-    extra = [Path(p) for p in (report, plan_out) if p is not None]
+    extra = [Path(p) for p in (plan_out, *side_outputs) if p is not None and str(p) != "-"]
     check_destinations(model, Path(output), extra, force)
+    if on_checked is not None:
+        on_checked()
     feeds, label = prepare_feeds(model, input_shapes, inputs)
     shapes = feed_shapes(feeds)
     runner = _pipeline(pipeline, on_pass)
@@ -311,6 +337,8 @@ def _compress_loaded(
     result = runner(model)
     model = result.model  # a functional pass returns a new model
     model.set_metadata(PIPELINE_METADATA_KEY, runner.describe())
+    for key, value in metadata.items():
+        model.set_metadata(key, value)
     clock.lap("passes")
     memory = {"baseline": rss, "compile": max(0.0, _peak_rss_mb() - rss)}
     oracle, validation = _validate(
@@ -339,8 +367,8 @@ def _compress_loaded(
         )
         if plan_out is not None:  # a plan-writing pass ran (checked before the passes)
             stage.add_side_file(Path(plan_out), _json_text(result.artifacts["plan"]))
-        if report is not None:
-            stage.add_side_file(Path(report), _json_text(outcome.to_json()))
+        if finish is not None:
+            finish(model, outcome, stage, feeds)
         stage.commit()
     return outcome
 

@@ -1,8 +1,9 @@
-"""The ``sparsec`` command line: parse flags, call ``sparsec.api``, print, choose the exit code.
+"""The ``sparsec`` command line: parse flags, call the Python API, print, choose the exit code.
 
 Exit codes: 0 done; 1 validation or a gate failed; 2 bad input or usage; 3 an internal error
 (a sparsec bug). Every failure is one line on stderr (``sparsec: error: ...``), never a
-traceback. Progress lines go to stderr, results to stdout.
+traceback. Progress lines go to stderr, results to stdout. Commands import the API when they
+run, so ``sparsec --help`` and ``sparsec passes`` do not load onnx, onnxruntime or numpy.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 
-from sparsec import __version__, api, report
-from sparsec.errors import SparsecError, ValidationError, printable
-from sparsec.passes import available
-from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL
+from sparsec import __version__
+from sparsec.cli_options import (
+    GroupedCommand,
+    error_line,
+    spec_options,
+    usage_hint,
+    verbosity_options,
+)
+from sparsec.cli_options import echo as _echo
+from sparsec.errors import SparsecError, UsageError, ValidationError, printable
 
 
 class _FilePath(click.Path):
@@ -38,6 +45,7 @@ class _FilePath(click.Path):
 
 
 MODEL_PATH = _FilePath(path_type=Path)
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-4, 1e-5  # validate.DEFAULT_RTOL/ATOL (a test keeps them equal)
 
 input_shape_option = click.option(
     "--input-shape",
@@ -59,8 +67,7 @@ rtol_option = click.option(
     type=click.FloatRange(min=0),
     default=DEFAULT_RTOL,
     show_default=True,
-    help="Relative tolerance of the check |cand - ref| <= atol + rtol*|ref| per element "
-    "(compress: of a lossless run; a pruned one is checked against its masked original).",
+    help="Relative tolerance of the check |cand - ref| <= atol + rtol*|ref| per element.",
 )
 atol_option = click.option(
     "--atol",
@@ -74,14 +81,24 @@ latency_option = click.option(
     type=click.IntRange(min=0),
     default=10,
     show_default=True,
-    help="Timed runs per model for the median latency (0 skips timing).",
+    help="Timed runs per model, interleaved, for the median latency (0 skips timing).",
 )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="sparsec")
+@verbosity_options
 def cli() -> None:
-    """sparsec: compress ONNX models, validated in onnxruntime before anything is written."""
+    """sparsec: compress ONNX models, validated in onnxruntime before anything is written.
+
+    \b
+    Examples:
+      sparsec analyze model.onnx --groups
+      sparsec compress model.onnx -o small.onnx --channels 0.5 --calibration data.npz
+      sparsec compress model.onnx -o small.onnx --channels 0.5 --eval test.npz --max-top1-drop 1
+      sparsec run recipe.toml --junit results.xml
+      sparsec verify small.onnx
+    """
 
 
 @cli.command()
@@ -143,6 +160,8 @@ def analyze(
     inputs: Path | None,
 ) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
+    from sparsec import api, report
+
     loaded = api.Model.load(model)
     summary = api.analyze(loaded, input_shapes, inputs)
     if groups:
@@ -166,8 +185,8 @@ def analyze(
             loaded,
             calibration,
             samples=calibration_samples or 0,
-            importance=importance or _default_importance(calibration),
-            progress=_line,
+            importance=importance or ("activation" if calibration != "random" else "l1"),
+            progress=lambda text: _echo(f"  {text}", err=True),
         )
         summary["sensitivity"] = table.to_json()
         if not as_json:
@@ -176,472 +195,195 @@ def analyze(
     _echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
 
 
-@cli.command()
+COMPRESS_EXAMPLES = """\b
+Examples:
+  sparsec compress model.onnx -o clean.onnx                      (exact cleanup only)
+  sparsec compress model.onnx -o half.onnx --channels 0.5 --calibration calib.npz
+  sparsec compress model.onnx -o small.onnx --target-macs 0.66 --calibration calib.npz \\
+      --eval test.npz --max-top1-drop 1 --report r.json --junit r.xml
+  sparsec compress vit.onnx -o vit24.onnx --nm 2:4 --sparse-format nm
+  sparsec compress model.onnx -o half.onnx --channels 0.5 --save-recipe recipe.toml
+"""
+
+
+@cli.command(cls=GroupedCommand, epilog=COMPRESS_EXAMPLES)
 @click.argument("model", type=MODEL_PATH)
-@click.option(
-    "-o", "--output", type=MODEL_PATH, required=True, help="Where to write the compressed model."
+@spec_options("output", "force", "plan_out", "save_recipe")
+@verbosity_options
+@spec_options("channels", "heads", "ffn", "target_macs", "target_params", "plan_in", "passes")
+@spec_options("nm", "sparsity", "block", "embeddings", "sparse_format")
+@spec_options(
+    "importance", "importance_scope", "max_layer_ratio", "round_to", "exclude", "steps", "seed"
 )
-@click.option(
-    "--report",
-    "report_path",
-    type=MODEL_PATH,
-    default=None,
-    metavar="FILE.json",
-    help="Also write the before/after figures and validation as JSON.",
+@spec_options("calibration", "calibration_samples", "no_recover")
+@spec_options(
+    "eval",
+    "labels",
+    "max_top1_drop",
+    "min_cosine",
+    "max_params_ratio",
+    "max_macs_ratio",
+    "max_bytes",
+    "max_latency_ratio",
 )
-@click.option(
-    "--passes",
-    "pipeline",
-    default=None,
-    metavar="PIPELINE",
-    help="Passes to run instead of the default cleanup, e.g. 'identity-elimination,dead-code' "
-    "or 'my_passes.py:MyPass(threshold=0.1)'. See `sparsec passes`.",
-)
-@click.option("--force", is_flag=True, help="Allow -o to overwrite the input model.")
-@click.option(
-    "--channels",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=None,
-    metavar="R",
-    help="Remove fraction R of the channels of every prunable channel group (then clean up).",
-)
-@click.option(
-    "--heads",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=None,
-    metavar="R",
-    help="Remove fraction R of the attention heads of every block (a KV head goes with all the query "
-    "heads sharing it); overrides --channels for head groups.",
-)
-@click.option(
-    "--ffn",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=None,
-    metavar="R",
-    help="Remove fraction R of the hidden units of every MLP (between two Gemm/MatMul layers); overrides "
-    "--channels for those groups.",
-)
-@click.option(
-    "--nm",
-    default=None,
-    metavar="N:M",
-    help="Zero all but the N largest of every M consecutive weights along each weight's reduction "
-    "axis (e.g. 2:4); zeros stay in the dense file.",
-)
-@click.option(
-    "--sparsity",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    metavar="R",
-    help="Zero fraction R of the weights of Conv/Gemm/MatMul (unstructured, or whole blocks with --block).",
-)
-@click.option(
-    "--block",
-    default=None,
-    metavar="RxC",
-    help="With --sparsity: zero whole RxC blocks of each weight seen as [rows, reduction axis], e.g. 1x8, 4x4.",
-)
-@click.option(
-    "--embeddings",
-    is_flag=True,
-    help="With --nm/--sparsity: also sparsify embedding tables (float initializers read by Gather), "
-    "N:M along each gathered row; left dense by default.",
-)
-@click.option(
-    "--sparse-format",
-    type=click.Choice(["dense", "bitmask", "nm", "coo"]),
-    default="dense",
-    show_default=True,
-    help="With --nm/--sparsity: dense keeps the zeros (runs everywhere); bitmask stores kept values + one "
-    "bit per weight, nm (with --nm) kept values + their positions in each run of M; both decode in a "
-    "subgraph onnxruntime folds at session creation (checked bit-identical); coo writes ONNX "
-    "sparse_initializer (onnxruntime only; smaller only above ~67 percent sparsity).",
-)
-@click.option(
-    "--importance",
-    type=click.Choice(
-        ["l1", "l2", "bn-scale", "random", "activation", "magnitude", "wanda", "sparsegpt"]
-    ),
-    default=None,
-    help="Channels (--channels/--heads/--ffn): l1 / l2 norm of all their weight slices, BatchNorm "
-    "|gamma|, seeded random, or activation (‖x‖·‖w‖ at the layers reading them, needs --calibration). "
-    "Weights (--nm/--sparsity): magnitude, wanda (|w|·‖x‖, needs --calibration), or sparsegpt (--nm with "
-    "--calibration: each layer's mask chosen again in the refit from its inputs' Gram matrix, "
-    "SparseGPT's sweep). Default: activation "
-    "/ wanda with real --calibration data, else l1 / magnitude.",
-)
-@click.option(
-    "--calibration",
-    default=None,
-    metavar="DATA",
-    help="Calibration samples: a .npz (arrays keyed by input name, first axis = samples), a folder of .npz "
-    "and NAME.npy files, or 'random' (seeded random inputs, warned). Read by --importance activation/"
-    "wanda, and turns on the least-squares refit of the pruned layers (see --no-recover).",
-)
-@click.option(
-    "--calibration-samples",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Use the first N calibration samples (default: all; 64 with 'random').",
-)
-@click.option(
-    "--no-recover",
-    is_flag=True,
-    help="With --calibration: skip the refit (ridge least squares of each pruned layer against the original's "
-    "outputs, bias compensation included, zeros kept).",
-)
-@click.option(
-    "--target-macs",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    metavar="R",
-    help="Instead of one ratio: measure each group's sensitivity on --calibration and prune each group by "
-    "the ratio (0.1..0.8) that reaches R x the original MACs with the least estimated error.",
-)
-@click.option(
-    "--target-params",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=None,
-    metavar="R",
-    help="As --target-macs, for the parameter count.",
-)
-@click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    metavar="K",
-    help="With --channels/--heads/--ffn: reach the ratios in K prune -> refit rounds, each on the model the last "
-    "one left (report lists the error after each round).",
-)
-@click.option(
-    "--importance-scope",
-    "scope",
-    type=click.Choice(["local", "global"]),
-    default="local",
-    show_default=True,
-    help="local: every group loses the same fraction; global: rank channels of all groups together.",
-)
-@click.option(
-    "--max-layer-ratio",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=0.9,
-    show_default=True,
-    help="The most any one group may lose, in both scopes (so --channels above it is capped).",
-)
-@click.option(
-    "--round-to",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    metavar="K",
-    help="Keep channel counts at multiples of K (e.g. 8 or 16 for fast kernels) where the group allows.",
-)
-@click.option(
-    "--exclude",
-    multiple=True,
-    metavar="GLOB",
-    help="Never prune a channel group, or (with --nm/--sparsity) a weight, touching a node or initializer "
-    "whose name matches GLOB (repeatable).",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of --importance random and --calibration random.",
-)
-@click.option(
-    "--plan-out",
-    type=MODEL_PATH,
-    default=None,
-    metavar="FILE.json",
-    help="Write the kept indices per initializer and axis (to prune the source model the same way).",
-)
-@click.option(
-    "--plan-in",
-    type=MODEL_PATH,
-    default=None,
-    metavar="FILE.json",
-    help="Apply a plan written by --plan-out instead of choosing channels.",
-)
-@input_shape_option
-@inputs_option
-@rtol_option
-@atol_option
-@latency_option
-def compress(
-    model: Path,
-    output: Path,
-    report_path: Path | None,
-    pipeline: str | None,
-    force: bool,
-    channels,
-    heads,
-    ffn,
-    nm,
-    sparsity,
-    block,
-    embeddings,
-    sparse_format,
-    importance,
-    calibration,
-    calibration_samples,
-    no_recover,
-    target_macs,
-    target_params,
-    steps,
-    scope,
-    max_layer_ratio,
-    round_to,
-    exclude,
-    seed,
-    plan_out,
-    plan_in,
-    input_shapes,
-    inputs,
-    rtol,
-    atol,
-    latency_runs,
-) -> None:
+@spec_options("report", "markdown", "junit")
+@spec_options("input_shape", "inputs", "rtol", "atol", "latency_runs")
+def compress(model: Path, save_recipe: str | None, **options) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
     Without a transform flag: the exact cleanup pipeline (identity elimination, BatchNorm
     folding, shape constant folding, dead-code elimination) to a fixed point, validated against
-    MODEL. With --channels, --heads, --ffn or --plan-in: channel, attention-head and MLP-neuron
-    pruning, then cleanup; with --nm or --sparsity: weight sparsity, then cleanup and the
-    --sparse-format encoding. A lossy run is validated against the masked original (MODEL with
-    what was removed zeroed) within 1e-4 x max |output| (an encoded one bit-identically, with
-    every decoder folded away by onnxruntime), and its difference from MODEL itself is reported.
+    MODEL. With --channels, --heads, --ffn, a target or --plan-in: channel, attention-head and
+    MLP-neuron pruning, then cleanup; with --nm or --sparsity: weight sparsity, then cleanup and
+    the --sparse-format encoding. A lossy run is validated against the masked original (MODEL
+    with what was removed zeroed) within 1e-4 x max |output|, its quality against MODEL itself
+    is measured (on --eval, else the calibration or random samples) and checked by the gates;
+    without a quality gate a collapse is warned about.
     """
-    targeted = target_macs is not None or target_params is not None
-    structured = channels is not None or heads is not None or ffn is not None or targeted
-    _check_importance(
-        importance,
-        calibration,
-        weights=nm is not None or sparsity is not None,
-        pruning=structured or plan_in is not None or nm is not None or sparsity is not None,
-    )
-    _check_calibration_options(calibration, calibration_samples, no_recover, steps, structured)
-    selection = _given(
-        "channels",
-        "heads",
-        "ffn",
-        "importance",
-        "scope",
-        "max_layer_ratio",
-        "round_to",
-        "seed",
-        "exclude",
-    )
-    if plan_in is None:  # with a plan, _check_exclusive_flags names every selection flag to drop
-        _check_ignored_flags(
-            structured, nm is not None or sparsity is not None, selection, importance, calibration
-        )
-    data = {
-        "calibration": calibration,
-        "calibration_samples": calibration_samples or 0,
-        "recover": not no_recover,
-    }
-    pipeline = _sparsity_pipeline(
-        nm,
-        sparsity,
-        block,
-        embeddings,
-        scope,
-        sparse_format,
-        importance,
-        data,
-        pipeline,
-        structured,
-        plan_in,
-        exclude,
-        seed,
-    )
-    importance = importance or _default_importance(calibration)
-    _check_exclusive_flags(bool(pipeline), (target_macs, target_params), plan_in, selection)
-    if structured or plan_in is not None:
-        pipeline = api.channel_passes(
-            channels or 0.0,
-            heads=-1.0 if heads is None else heads,
-            ffn=-1.0 if ffn is None else ffn,
-            importance=importance,
-            scope=scope,
-            max_layer_ratio=max_layer_ratio,
-            round_to=round_to,
-            exclude=exclude,
-            seed=seed,
-            plan=plan_in,
-            steps=steps,
-            target_macs=target_macs or 0.0,
-            target_params=target_params or 0.0,
-            **data,
-        )
-    result = api.compress(
-        model,
-        output,
-        pipeline=pipeline,
-        input_shapes=input_shapes,
-        inputs=inputs,
-        force=force,
-        report=report_path,
-        plan_out=plan_out,
-        rtol=rtol,
-        atol=atol,
-        latency_runs=latency_runs,
+    from sparsec import jobs
+    from sparsec.spec import JobSpec
+
+    values = {k: v for k, v in options.items() if v not in (None, False, ())}
+    spec = JobSpec({"source": str(model), **values})
+    if save_recipe is not None:
+        _save_recipe(spec, Path(save_recipe), model)
+    outcome = jobs.run_job(spec, command=_command_line(), on_pass=_progress)
+    _print_outcome(outcome)
+    if outcome.error is not None:
+        raise outcome.error
+
+
+def _save_recipe(spec, path: Path, model: Path) -> None:
+    from sparsec.ir import write_text
+    from sparsec.spec import recipe_text
+
+    spec.check()
+    write_text(path, recipe_text(Path(model).stem, spec, path.parent))
+    _echo(f"wrote recipe {path}", err=True)
+
+
+def _command_line() -> str:
+    return "sparsec " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
+def _print_outcome(outcome) -> None:
+    """The job's tables on stdout (stderr when the JSON report goes to stdout), its warnings on
+    stderr, each once."""
+    from sparsec import report, results
+
+    to_stderr = str(outcome.spec.values.get("report")) == "-"
+    if outcome.result is not None and results.verbosity() >= 0:
+        _echo(report.job_text(outcome), err=to_stderr)
+    for warning in outcome.warnings:
+        _echo(warning, err=True)
+
+
+@cli.command(name="run")
+@click.argument("recipe", type=MODEL_PATH)
+@click.option("--only", metavar="NAME", default=None, help="Run only the job named NAME.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first job that fails.")
+@click.option(
+    "--report",
+    type=MODEL_PATH,
+    default=None,
+    metavar="FILE.json",
+    help="Write every job's report in one JSON file ('-': stdout).",
+)
+@click.option(
+    "--markdown",
+    type=MODEL_PATH,
+    default=None,
+    metavar="FILE.md",
+    help="Write the Markdown summary of every job.",
+)
+@click.option(
+    "--junit",
+    type=MODEL_PATH,
+    default=None,
+    metavar="FILE.xml",
+    help="Write JUnit XML: a test case per job and gate.",
+)
+@verbosity_options
+def run_recipe(recipe: Path, only, fail_fast: bool, report, markdown, junit) -> None:
+    """Run the jobs of RECIPE (a TOML file of [[job]] tables whose keys are compress's long
+    option names with underscores, and an optional [defaults] table; paths relative to it).
+
+    Every job runs (unless --fail-fast) and writes its own outputs and reports; exits 1 when a
+    job missed a gate or failed validation, 2 when a job had bad input.
+    """
+    from sparsec import jobs
+
+    outcomes = jobs.run_recipe(
+        recipe,
+        only=only,
+        fail_fast=fail_fast,
+        report=report,
+        markdown=markdown,
+        junit=junit,
         on_pass=_progress,
+        on_job=_job_started,
+        on_done=_print_job,
     )
-    _echo(report.compress_text(result))
-
-
-def _given(*names: str) -> list[str]:
-    """The flags, among the running command's parameters ``names`` (in that order), that the
-    user gave (not left at their defaults)."""
-    ctx = click.get_current_context()
-    options = {p.name: p for p in ctx.command.params}
-    return [
-        max(options[name].opts, key=len)
-        for name in names
-        if ctx.get_parameter_source(name)
-        not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-    ]
-
-
-def _check_exclusive_flags(passes: bool, targets: tuple, plan_in, selection: list[str]) -> None:
-    """A target replaces the per-kind ratios, --passes (``passes``: a pass list is already set)
-    replaces the channel flags, and a saved plan (--plan-in) replaces every flag that chooses
-    what to prune (``selection``: those the user gave)."""
-    ratios = [flag for flag in ("--channels", "--heads", "--ffn") if flag in selection]
-    if None not in targets:
-        raise click.UsageError("give --target-macs or --target-params, not both")
-    targeted = targets != (None, None)
-    if targeted and ratios:
-        raise click.UsageError(
-            "--target-macs/--target-params choose every group's ratio: drop --channels, --heads "
-            "and --ffn"
-        )
-    if (targeted or ratios or plan_in is not None) and passes:
-        raise click.UsageError(
-            "--passes cannot be combined with --channels, --heads, --ffn or --plan-in"
-        )
-    if plan_in is not None and selection:
-        raise click.UsageError(f"--plan-in applies a saved plan; drop {', '.join(selection)}")
-
-
-def _check_importance(importance: str | None, calibration, *, weights: bool, pruning: bool) -> None:
-    """Channel rankings go with --channels, weight scores with --nm/--sparsity; calibration
-    data goes with a pruning flag, and activation/wanda need it."""
-    if importance in ("magnitude", "wanda", "sparsegpt") and not weights:
-        raise click.UsageError(f"--importance {importance} scores weights for --nm/--sparsity")
-    if importance in ("l1", "l2", "bn-scale", "random", "activation") and weights:
-        raise click.UsageError(
-            f"--importance {importance} ranks channels; weights use magnitude, wanda or sparsegpt"
-        )
-    if calibration is not None and not pruning:
-        raise click.UsageError(
-            "--calibration goes with a pruning flag (--channels, --heads, --ffn, --plan-in, --nm, --sparsity)"
+    worst = max(outcomes, key=lambda o: o.exit_code)
+    if worst.error is not None:
+        failed = [o.name for o in outcomes if o.error is not None]
+        raise type(worst.error)(
+            f"{len(failed)} of {len(outcomes)} job(s) failed ({', '.join(failed)}); first: {worst.error}"
         )
 
 
-def _default_importance(calibration) -> str:
-    """Channels are ranked by what the next layer sees when there is real calibration data."""
-    return "activation" if calibration is not None and calibration != "random" else "l1"
+def _job_started(name: str, number: int, count: int) -> None:
+    from sparsec import results
+
+    if results.verbosity() >= 0:
+        _echo(f"job {name} ({number}/{count})", err=True)
 
 
-def _line(text: str) -> None:
-    _echo(f"  {text}", err=True)
-
-
-def _check_calibration_options(
-    calibration, samples, no_recover: bool, steps: int, structured: bool
-) -> None:
-    if calibration is None and (samples is not None or no_recover):
-        raise click.UsageError(
-            f"{'--calibration-samples' if samples is not None else '--no-recover'} needs --calibration"
-        )
-    if steps > 1 and not structured:
-        raise click.UsageError("--steps needs --channels, --heads or --ffn")
-
-
-def _check_ignored_flags(
-    channels: bool, weights: bool, selection: list[str], importance, calibration
-) -> None:
-    """Refuse flags that would be ignored (``selection``: the selection flags the user gave):
-    channel-count flags without channel pruning, the selection flags without any pruning,
-    --seed with nothing random."""
-    if not channels and {"--round-to", "--max-layer-ratio"} & set(selection):
-        raise click.UsageError(
-            "--round-to and --max-layer-ratio shape channel pruning: they need --channels, --heads, "
-            "--ffn or --target-macs/--target-params"
-        )
-    given = [
-        flag for flag in ("--exclude", "--importance", "--importance-scope") if flag in selection
-    ]
-    if given and not (channels or weights):
-        raise click.UsageError(
-            f"{given[0]} chooses what a pruning flag removes: it needs --channels, --heads, --ffn, "
-            "a target, --nm or --sparsity"
-        )
-    if "--seed" in selection and not (
-        calibration == "random" or (channels and importance == "random")
-    ):
-        raise click.UsageError(
-            "--seed seeds --calibration random and --importance random of channel pruning"
+def _print_job(outcome) -> None:
+    _print_outcome(outcome)
+    if outcome.error is not None:
+        _echo(
+            f"job {outcome.name}: {outcome.status}: {printable(str(outcome.error), newlines=False)}",
+            err=True,
         )
 
 
-def _sparsity_pipeline(
-    nm,
-    sparsity,
-    block,
-    embeddings,
-    scope,
-    sparse_format,
-    importance,
-    data: dict,
-    pipeline,
-    structured,
-    plan_in,
-    exclude,
-    seed: int,
-):
-    """The passes of --nm / --sparsity (one run prunes one way), or ``pipeline`` unchanged."""
-    if pipeline is not None and not pipeline.strip():
-        raise click.UsageError(
-            "--passes '' names no pass: leave --passes out for the cleanup, or list passes from 'sparsec passes'"
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=MODEL_PATH)
+@click.option(
+    "--source",
+    type=MODEL_PATH,
+    default=None,
+    help="The source model (default: the one recorded in each model, relative to it).",
+)
+@verbosity_options
+def verify(models: tuple[Path, ...], source) -> None:
+    """Check that each of MODELS is what its recorded recipe gives today: the recipe (and its
+    file, when it came from 'sparsec run') unchanged, the source's sha256 as recorded, and the
+    model re-made from them equal. Models sparsec did not write are skipped. Exits 1 on the
+    first stale model."""
+    from sparsec.verify import verify_model
+
+    stale = []
+    for path in models:
+        verdict = verify_model(path, source=source)
+        _echo(f"{path}: {verdict.line}")
+        if not verdict.current:
+            stale.append((path, verdict.line))
+    if stale:
+        raise ValidationError(
+            f"{stale[0][0]} is stale: {stale[0][1]}"
+            + (f" (and {len(stale) - 1} more)" if len(stale) > 1 else "")
         )
-    if nm is None and sparsity is None:
-        if block is not None:
-            raise click.UsageError("--block needs --sparsity R")
-        if sparse_format != "dense" or embeddings:
-            raise click.UsageError(
-                f"{'--embeddings' if embeddings else '--sparse-format'} needs --nm or --sparsity"
-            )
-        return pipeline
-    if pipeline or structured or plan_in is not None:
-        raise click.UsageError(
-            "--nm / --sparsity prune on their own: drop --passes, --channels, --heads, --ffn, "
-            "--target-macs/--target-params and --plan-in (run sparsec twice to combine)"
-        )
-    if nm is not None and (sparsity is not None or block is not None):
-        raise click.UsageError("--nm and --sparsity/--block are different patterns: give one")
-    return api.sparsity_passes(
-        nm=nm or "",
-        ratio=sparsity or 0.0,
-        block=block or "",
-        scope=scope,
-        embeddings=embeddings,
-        exclude=exclude,
-        seed=seed,
-        score=importance
-        or ("wanda" if _default_importance(data["calibration"]) == "activation" else "magnitude"),
-        sparse_format=sparse_format,
-        **data,
-    )
 
 
 def _progress(pass_, result) -> None:
+    """One stderr line per pass that changed something (every pass with -v; none with -q)."""
+    from sparsec import results
+
+    level = results.verbosity()
+    if level < 0 or (not result.modified and level < 1):
+        return
     stats = ", ".join(f"{k}={v:g}" for k, v in result.stats.items() if v)
     _echo(
         f"  {pass_.describe()}: {stats or ('changed' if result.modified else 'no change')}",
@@ -649,7 +391,7 @@ def _progress(pass_, result) -> None:
     )
 
 
-@cli.command()
+@cli.command(cls=GroupedCommand)
 @click.argument("reference", type=MODEL_PATH)
 @click.argument("candidate", type=MODEL_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
@@ -658,13 +400,40 @@ def _progress(pass_, result) -> None:
 @rtol_option
 @atol_option
 @latency_option
+@spec_options(
+    "eval",
+    "labels",
+    "max_top1_drop",
+    "min_cosine",
+    "max_params_ratio",
+    "max_macs_ratio",
+    "max_bytes",
+    "max_latency_ratio",
+)
+@spec_options("report")
+@verbosity_options
 def validate(
-    reference: Path, candidate: Path, as_json: bool, input_shapes, inputs, rtol, atol, latency_runs
+    reference: Path,
+    candidate: Path,
+    as_json: bool,
+    input_shapes,
+    inputs,
+    rtol,
+    atol,
+    latency_runs,
+    **quality,
 ) -> None:
     """Compare CANDIDATE with REFERENCE in onnxruntime: per-output errors, top-1, latency.
 
-    Exits 1 when an output differs beyond atol + rtol*|ref|.
+    Exits 1 when an output differs beyond atol + rtol*|ref|; with a gate, the gates decide
+    instead (a lossy candidate is compared by quality, not element by element).
     """
+    from sparsec import api, report
+    from sparsec.spec import JobSpec
+
+    spec = JobSpec({k: v for k, v in quality.items() if v is not None})
+    if spec.given("labels") and not spec.given("eval"):
+        raise UsageError("--labels names the labels array of --eval DATA.npz: give --eval")
     result = api.validate_files(
         reference,
         candidate,
@@ -674,7 +443,21 @@ def validate(
         atol=atol,
         latency_runs=latency_runs,
     )
-    _echo(json.dumps(result.to_json(), indent=2) if as_json else report.validation_text(result))
+    checked = None
+    if spec.gates() or spec.given("eval"):
+        from sparsec.jobs import check_pair
+
+        checked = check_pair(reference, candidate, result, spec)
+    payload = result.to_json() if checked is None else {**result.to_json(), **checked.to_json()}
+    _echo(
+        json.dumps(payload, indent=2)
+        if as_json
+        else report.validation_text(result) + ("" if checked is None else "\n\n" + checked.text())
+    )
+    if checked is not None and spec.gates():
+        if checked.failure is not None:
+            raise ValidationError(checked.failure)
+        return
     if not result.passed:
         raise ValidationError(api.failure_line(result, written=""))
 
@@ -687,6 +470,8 @@ def validate(
 @click.option("--force", is_flag=True, help="Allow -o to overwrite the input model.")
 def densify(model: Path, output: Path, force: bool) -> None:
     """Turn the sparse-encoded weights of MODEL back into plain initializers (checked bit-identical)."""
+    from sparsec import api
+
     count = api.densify(model, output, force=force)
     _echo(f"decoded {count} weight{'' if count == 1 else 's'}; wrote {output}")
 
@@ -694,10 +479,12 @@ def densify(model: Path, output: Path, force: bool) -> None:
 @cli.command(name="passes")
 def list_passes() -> None:
     """List the available passes with a one-line description each."""
-    registry = available()
-    width = max(len(name) for name in registry)
-    for name, cls in registry.items():
-        _echo(f"{name.ljust(width)}  {cls.summary}")
+    from sparsec.passes.registry import summaries
+
+    catalogue = summaries()
+    width = max(len(name) for name in catalogue)
+    for name, summary in catalogue.items():
+        _echo(f"{name.ljust(width)}  {summary}")
 
 
 class _PrintableFormatter(logging.Formatter):
@@ -706,55 +493,48 @@ class _PrintableFormatter(logging.Formatter):
 
 
 def _show_progress() -> None:
-    """Long passes' progress lines (the ``sparsec.progress`` logger) go to stderr, indented."""
+    """Long passes' detail lines (the ``sparsec.progress`` logger) go to stderr, indented, with
+    -v (the progress bars of ``results.stage`` are drawn by default on a terminal)."""
     logger = logging.getLogger("sparsec.progress")
     if not logger.handlers:
         handler = logging.StreamHandler()  # stderr, looked up per line (so tests capture it)
         handler.setFormatter(_PrintableFormatter("    %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def _echo(text: str, err: bool = False) -> None:
-    """Print a result (stdout) or progress line (stderr) with its control characters escaped."""
-    click.echo(printable(text), err=err)
-
-
-def _error(message: str) -> None:
-    """The one stderr line of a failure, on one line whatever the message holds."""
-    click.echo(f"sparsec: error: {printable(message, newlines=False)}", err=True)
+    logger.setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every failure into one stderr line and an exit code."""
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # library chatter is not for users
     _show_progress()
+    from sparsec import results
+
+    results.set_verbosity(0)
     warnings.simplefilter("ignore")
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cli.main(
-            args=argv or ["--help"], prog_name="sparsec", standalone_mode=False
-        )  # bare 'sparsec': the help
+        cli.main(args=argv or ["--help"], prog_name="sparsec", standalone_mode=False)
+    except UsageError as error:
+        error_line(usage_hint(error))
+        return error.exit_code
     except SparsecError as error:
-        _error(str(error))
+        error_line(str(error))
         return error.exit_code
     except click.exceptions.Abort:
         click.echo("sparsec: aborted", err=True)
         return 130
     except click.ClickException as error:
-        where = (
-            getattr(getattr(error, "ctx", None), "command_path", None) or "sparsec"
-        )  # the subcommand's help
-        _error(f"{error.format_message()} (see '{where} --help')")
+        where = getattr(getattr(error, "ctx", None), "command_path", None) or "sparsec"
+        error_line(f"{error.format_message()} (see '{where} --help')")
         return 2
     except SystemExit as exit_:  # sparsec never calls sys.exit below main: a plugin or pass did
-        _error(
+        error_line(
             f"internal error (sys.exit({exit_.code!r}) was called by a pass or plugin, not by sparsec)"
         )
         return 3
     except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
-        _error(f"internal error ({type(error).__name__}: {error}); please report it")
+        error_line(f"internal error ({type(error).__name__}: {error}); please report it")
         return 3
     return 0
 

@@ -23,6 +23,10 @@ class InputError(SparsecError):
     exit_code = 2
 
 
+class UsageError(InputError):
+    """A bad option or combination of options (exit 2); the CLI points to the command's --help."""
+
+
 class ValidationError(SparsecError):
     """A candidate model failed validation or a gate (exit 1)."""
 

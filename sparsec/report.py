@@ -239,3 +239,59 @@ def groups_text(groups: list[dict]) -> str:
         + "\n"
         + table(rows, ["group", "channels", "members", "weights", "status"], left=(3, 4))
     )
+
+
+def job_text(outcome) -> str:
+    """A job's compression tables, then its quality figures and gates (warnings are printed
+    on their own, once, on stderr)."""
+    text = compress_text(outcome.result)
+    quality = quality_text(outcome.evaluation, outcome.gates, [])
+    if quality:
+        wrote = text.rfind("\n\nwrote ")
+        text = (
+            text[:wrote] + "\n\n" + quality + text[wrote:]
+            if wrote >= 0
+            else text + "\n\n" + quality
+        )
+    if outcome.error is not None:
+        text = text.rsplit("\n\nwrote ", 1)[0] + "\n\nnothing written (see the error below)"
+    return text
+
+
+def quality_text(evaluation, gates: list, warnings: list[str]) -> str:
+    """The evaluation table (per output, before/after), the gates table and the warnings."""
+    parts = []
+    if evaluation is not None:
+        rows = [
+            [
+                o.name,
+                _fraction(o.accuracy_before),
+                _fraction(o.accuracy_after),
+                _fraction(o.agreement),
+                "-" if o.cosine is None else f"{o.cosine:.4f}",
+                f"{o.max_abs:.3g}",
+            ]
+            for o in evaluation.outputs
+        ]
+        header = ["output", "top-1 before", "top-1 after", "agreement", "cosine", "max abs"]
+        parts.append(f"quality on {evaluation.data}\n" + table(rows, header))
+    if gates:
+        rows = [
+            [
+                g.option,
+                f"{g.limit:g}",
+                f"{g.measured:.4g}",
+                "passed" if g.passed else "FAILED",
+                g.detail,
+            ]
+            for g in gates
+        ]
+        parts.append(
+            "gates\n" + table(rows, ["gate", "limit", "measured", "", "on"], left=(0, 3, 4))
+        )
+    parts.extend(warnings)
+    return "\n\n".join(parts)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

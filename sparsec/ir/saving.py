@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -45,6 +46,15 @@ except ImportError:  # not POSIX: saves to one folder are not serialised
     fcntl = None  # type: ignore[assignment]
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def data_file_pattern(path: Path) -> re.Pattern:
     """Names of the external-data files sparsec writes for the model file ``path``."""
     return re.compile(re.escape(Path(path).name) + r"\.[0-9a-f]{8}\.data")
@@ -63,6 +73,10 @@ class Staged:
             data.stat().st_size if data and data.is_file() else 0
         )
         self.side_files: list[tuple[Path, str]] = []
+
+    def sha256(self) -> str:
+        """The sha256 of the model file as it will be put in place."""
+        return file_sha256(self.workdir / self.path.name)
 
     def add_side_file(self, path: Path, text: str) -> None:
         """Write ``text`` to ``path`` with the model, at ``commit``."""
@@ -117,6 +131,16 @@ def staged(
     except OSError as error:
         where = getattr(error, "filename", None) or path
         raise InputError(f"cannot write {where}: {error.strerror or error}") from None
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temp file beside it renamed over it; a stream
+    is written through)."""
+    temp = _stage_text(Path(path), text)
+    if temp is not None:
+        with held_signals():
+            os.replace(temp, path)
+            _PENDING.discard(temp)
 
 
 def _stage_text(path: Path, text: str) -> Path | None:

@@ -1,0 +1,417 @@
+"""A compression job, run from its ``JobSpec``: build the pipeline, compress and validate, measure
+quality on the user's data, check the gates, then write the model (only when every gate passed)
+and the reports (always, failures included).
+
+Order of a job, and what each failure leaves:
+1. the spec's combination rules, the paths (``UsageError`` / ``InputError``: exit 2, nothing run);
+2. the passes and validation (``ValidationError``: exit 1);
+3. quality (on ``--eval`` data; without it, on the calibration samples, else 64 seeded random
+   samples) and the gates (a missed gate: ``GateError``, exit 1);
+4. the model, its data file and the plan go in place together; then the JSON report, the
+   Markdown and the JUnit files, which are written in every case once the paths were checked.
+
+A lossy run without a quality gate still measures agreement with the original; when an output
+keeps less than ``COLLAPSE`` of its top-1 predictions or of its cosine, the job carries one
+``warning:`` line saying what was lost and what would help.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparsec import __version__, api, gates
+from sparsec.errors import InternalError, SparsecError, ValidationError
+from sparsec.ir import Model, file_sha256
+from sparsec.spec.job import JobSpec
+from sparsec.spec.options import RANDOM
+
+SCHEMA_VERSION = 2
+COLLAPSE = 0.9  # agreement or cosine below this is a collapse (the default-safety warning)
+LATENCY_GATE_RUNS = 20  # the fewest interleaved timed rounds behind --max-latency-ratio
+RECIPE_KEY, SOURCE_KEY, VERSION_KEY = "sparsec.recipe", "sparsec.source_sha256", "sparsec.version"
+
+
+class GateError(ValidationError):
+    """A quality gate was missed: nothing written but the reports (exit 1)."""
+
+
+@dataclass
+class JobOutcome:
+    """What a job did: its verdict, figures, gates and warnings (``to_json``: the job report)."""
+
+    name: str
+    spec: JobSpec
+    command: str | None = None
+    status: str = "error"  # passed, failed (validation or a gate), error (input or internal)
+    error: SparsecError | None = None
+    result: api.CompressResult | None = None
+    evaluation: object | None = None  # evaluate.Evaluation
+    latency: object | None = None  # latency.LatencyComparison
+    gates: list[gates.GateResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    source_sha256: str | None = None
+    output_sha256: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.error is None else self.error.exit_code
+
+    def to_json(self) -> dict:
+        from sparsec.jobs_report import job_json
+
+        return job_json(self)
+
+
+def pipeline_of(spec: JobSpec):
+    """The passes of a checked spec: weight sparsity, channel pruning, the --passes text, or
+    None (the default cleanup)."""
+    calibration = spec.path("calibration")
+    data = {
+        "calibration": None if calibration is None else str(calibration),
+        "calibration_samples": spec.get("calibration_samples") or 0,
+        "recover": not spec.get("no_recover"),
+    }
+    common = {"exclude": spec.get("exclude"), "seed": spec.get("seed"), **data}
+    if spec.weights:
+        return api.sparsity_passes(
+            nm=spec.get("nm") or "",
+            ratio=spec.get("sparsity") or 0.0,
+            block=spec.get("block") or "",
+            scope=spec.get("importance_scope"),
+            embeddings=spec.get("embeddings"),
+            score=spec.importance(),
+            sparse_format=spec.get("sparse_format"),
+            **common,
+        )
+    if spec.structured or spec.given("plan_in"):
+        return api.channel_passes(
+            spec.get("channels") or 0.0,
+            heads=-1.0 if spec.get("heads") is None else spec.get("heads"),
+            ffn=-1.0 if spec.get("ffn") is None else spec.get("ffn"),
+            importance=spec.importance(),
+            scope=spec.get("importance_scope"),
+            max_layer_ratio=spec.get("max_layer_ratio"),
+            round_to=spec.get("round_to"),
+            plan=spec.path("plan_in"),
+            steps=spec.get("steps"),
+            target_macs=spec.get("target_macs") or 0.0,
+            target_params=spec.get("target_params") or 0.0,
+            **common,
+        )
+    return spec.get("passes")
+
+
+def run_job(
+    spec: JobSpec,
+    *,
+    name: str = "compress",
+    command: str | None = None,
+    recipe: dict | None = None,
+    on_pass: Callable | None = None,
+) -> JobOutcome:
+    """Run one job; failures are caught into the outcome (``error``, ``status``), and the
+    job's own reports (``report``, ``markdown``, ``junit``) are written in every case once the
+    spec was checked. ``recipe``: what the output's metadata records to re-run it (``verify``)."""
+    outcome, started = JobOutcome(name, spec, command), time.perf_counter()
+    checked: list[bool] = []  # set once every output path was checked: reports may be written
+    try:
+        spec.check()
+        outcome.source_sha256 = _sha256_or_none(spec.path("source"))
+        recorded = recipe or {"job": name}
+        _compress(spec, outcome, recorded, on_pass, lambda: checked.append(True))
+        outcome.status = "passed"
+    except SparsecError as error:
+        outcome.error, outcome.status = error, "failed" if error.exit_code == 1 else "error"
+    except Exception as error:  # a bug: still a report and one line
+        outcome.error = InternalError(
+            f"internal error ({type(error).__name__}: {error}); please report it"
+        )
+    outcome.duration_s = round(time.perf_counter() - started, 3)
+    if checked:
+        from sparsec.jobs_report import write_job_reports
+
+        write_job_reports([outcome], spec)
+    return outcome
+
+
+OUTPUT_KEYS = ("output", "force", "report", "markdown", "junit", "plan_out")
+
+
+def recorded_keys(spec: JobSpec) -> dict:
+    """What the output's metadata records to re-make it: the given options but the outputs,
+    paths relative to the output's folder (the pair can move together)."""
+    from sparsec.spec.job import OPTION_BY_NAME
+    from sparsec.spec.recipe import relative_path
+
+    folder = (spec.path("output") or Path(".")).parent
+    return {
+        key: relative_path(spec.path(key), folder) if OPTION_BY_NAME[key].path else value
+        for key, value in spec.recipe_keys().items()
+        if key not in OUTPUT_KEYS
+    }
+
+
+def _sha256_or_none(path: Path | None) -> str | None:
+    return file_sha256(path) if path is not None and path.is_file() else None
+
+
+def _compress(spec: JobSpec, outcome: JobOutcome, recipe: dict, on_pass, on_checked) -> None:
+    source, output = spec.path("source"), spec.path("output")
+    metadata = {
+        RECIPE_KEY: json.dumps({**recipe, "keys": recorded_keys(spec)}, sort_keys=True),
+        SOURCE_KEY: outcome.source_sha256 or "",
+        VERSION_KEY: __version__,
+    }
+
+    def finish(model: Model, result: api.CompressResult, stage, feeds: dict) -> None:
+        outcome.result = result
+        outcome.output_sha256 = stage.sha256()
+        _measure(spec, outcome, Path(source), model, result, feeds)
+
+    outcome.result = api.compress(
+        source,
+        output,
+        pipeline=pipeline_of(spec),
+        input_shapes=spec.get("input_shape"),
+        inputs=spec.path("inputs"),
+        force=spec.get("force"),
+        plan_out=spec.path("plan_out"),
+        rtol=spec.get("rtol"),
+        atol=spec.get("atol"),
+        latency_runs=spec.get("latency_runs"),
+        on_pass=on_pass,
+        metadata=metadata,
+        side_outputs=[
+            p for n in ("report", "markdown", "junit") if (p := spec.path(n)) is not None
+        ],
+        finish=finish,
+        on_checked=on_checked,
+    )
+
+
+def _measure(spec: JobSpec, outcome: JobOutcome, source: Path, model: Model, result, feeds) -> None:
+    """Quality, latency and the gates; ``GateError`` when one is missed."""
+    limits = spec.gates()
+    lossy = result.oracle is not None
+    if spec.given("eval") or lossy or set(limits) & set(gates.QUALITY_GATES):
+        from sparsec.evaluate import evaluate
+
+        outcome.evaluation = evaluate(source, model, quality_data(spec, model))
+    if "max_latency_ratio" in limits:
+        outcome.latency = _latency(source, model, feeds, spec.get("latency_runs"))
+    outcome.gates = gates.check(limits, measured_figures(outcome, result))
+    line = gates.failure_line(outcome.gates)
+    if line is not None:
+        raise GateError(f"{line}; nothing written but the reports")
+    if lossy and not set(limits) & set(gates.QUALITY_GATES):
+        warning = collapse_warning(outcome.evaluation)
+        if warning:
+            outcome.warnings.append(warning)
+
+
+def quality_data(spec: JobSpec, model: Model):
+    """The samples quality is measured on: --eval, else real calibration data, else random."""
+    from sparsec import evaluate
+
+    if spec.given("eval"):
+        return evaluate.load_eval_data(spec.path("eval"), model, spec.get("labels"))
+    calibration = spec.path("calibration")
+    if calibration is not None and str(calibration) != RANDOM:
+        from sparsec.analysis.activations import load_calibration
+
+        samples = load_calibration(calibration, model, spec.get("calibration_samples") or 0)
+        return evaluate.data_from_calibration(samples, f"calibration data {calibration}")
+    return evaluate.random_eval_data(model, seed=spec.get("seed"))
+
+
+def _latency(source: Path, model: Model, feeds: dict, runs: int):
+    from sparsec.latency import compare_latency
+    from sparsec.validate import session
+
+    return compare_latency(session(source), session(model), feeds, max(runs, LATENCY_GATE_RUNS))
+
+
+def measured_figures(outcome: JobOutcome, result) -> dict[str, tuple[float | None, str]]:
+    """Each gate's figure and what it was measured on."""
+    before, after = result.before, result.after
+    figures: dict[str, tuple[float | None, str]] = {
+        "max_params_ratio": (
+            _ratio(before.params, after.params),
+            f"params {before.params:,} -> {after.params:,}",
+        ),
+        "max_macs_ratio": (
+            _ratio(before.macs, after.macs),
+            f"MACs {before.macs:,} -> {after.macs:,}",
+        ),
+        "max_bytes": (after.bytes, "model file and external data"),
+    }
+    if outcome.latency is not None:
+        lat = outcome.latency
+        figures["max_latency_ratio"] = (
+            lat.ratio,
+            (
+                f"median ms {lat.reference_ms:.3f} -> {lat.candidate_ms:.3f} over {lat.runs} "
+                f"interleaved runs each, noise ±{100 * lat.noise:.1f} %"
+            ),
+        )
+    if outcome.evaluation is not None:
+        figures.update(_quality_figures(outcome.evaluation))
+    return figures
+
+
+def _ratio(before: float, after: float) -> float | None:
+    return after / before if before else None
+
+
+def _quality_figures(evaluation) -> dict[str, tuple[float | None, str]]:
+    on = f"on {evaluation.data}"
+    drops = [(o.top1_drop_points(), o) for o in evaluation.outputs]
+    drops = [(d, o) for d, o in drops if d is not None]
+    cosines = [(o.cosine, o) for o in evaluation.outputs if o.cosine is not None]
+    figures: dict[str, tuple[float | None, str]] = {
+        "max_top1_drop": (None, f"no output has top-1 classes {on} (a classifier's [N, classes])"),
+        "min_cosine": (None, f"no numeric output {on}"),
+    }
+    if drops:
+        drop, worst = max(drops, key=lambda pair: pair[0])
+        figures["max_top1_drop"] = (drop, f"'{worst.name}' {_top1_words(worst)} {on}")
+    if cosines:
+        cosine, worst = min(cosines, key=lambda pair: pair[0])
+        figures["min_cosine"] = (cosine, f"'{worst.name}' mean cosine {cosine:.4f} {on}")
+    return figures
+
+
+def _top1_words(output) -> str:
+    if output.accuracy_before is not None and output.accuracy_after is not None:
+        return f"top-1 accuracy {output.accuracy_before:.3f} -> {output.accuracy_after:.3f}"
+    return f"top-1 agreement with the original {output.agreement:.3f}"
+
+
+def collapse_warning(evaluation) -> str | None:
+    """The default-safety line when an output's agreement or cosine collapsed, else None."""
+    if evaluation is None:
+        return None
+    worst = [
+        o
+        for o in evaluation.outputs
+        if (o.agreement is not None and o.agreement < COLLAPSE)
+        or (o.cosine is not None and o.cosine < COLLAPSE)
+    ]
+    if not worst:
+        return None
+    output = worst[0]
+    lost = []
+    if output.agreement is not None:
+        lost.append(
+            f"agrees with the original on {100 * output.agreement:.0f} % of top-1 predictions"
+        )
+    if output.cosine is not None and math.isfinite(output.cosine):
+        lost.append(f"mean cosine {output.cosine:.3f}")
+    return (
+        f"warning: the compressed model's output '{output.name}' {', '.join(lost)} on "
+        f"{evaluation.data}: it may no longer do its job; try --calibration DATA (activation "
+        "importance and the refit), a lower ratio, or gate the run (--eval DATA.npz "
+        "--max-top1-drop PTS, --min-cosine C)"
+    )
+
+
+def run_recipe(
+    recipe: str | Path,
+    *,
+    only: str | None = None,
+    fail_fast: bool = False,
+    report: Path | None = None,
+    markdown: Path | None = None,
+    junit: Path | None = None,
+    on_pass: Callable | None = None,
+    on_job: Callable[[str, int, int], None] | None = None,
+    on_done: Callable[[JobOutcome], None] | None = None,
+) -> list[JobOutcome]:
+    """Run a recipe's jobs in order (each writes its own outputs and reports), then the run's
+    reports; ``fail_fast`` stops after the first job that fails."""
+    from sparsec.ir import refuse_unwritable
+    from sparsec.jobs_report import run_json, write_reports
+    from sparsec.spec import load_recipe
+    from sparsec.spec.recipe import relative_path
+
+    jobs = load_recipe(recipe, only)
+    for path in (report, markdown, junit):
+        if path is not None and str(path) != "-":
+            refuse_unwritable(Path(path), streams=True)
+    outcomes = []
+    for number, (name, spec) in enumerate(jobs, 1):
+        if on_job is not None:
+            on_job(name, number, len(jobs))
+        output_dir = (spec.path("output") or Path(".")).parent
+        recorded = {"job": name, "recipe_file": relative_path(Path(recipe), output_dir)}
+        outcome = run_job(spec, name=name, recipe=recorded, on_pass=on_pass)
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+        if fail_fast and outcome.error is not None:
+            break
+    reports = [outcome.to_json() for outcome in outcomes]
+    write_reports(
+        reports, run_json(reports, str(recipe)), report=report, markdown=markdown, junit=junit
+    )
+    return outcomes
+
+
+@dataclass
+class PairCheck:
+    """``validate``'s quality figures and gates for a reference/candidate pair."""
+
+    evaluation: object | None
+    gates: list[gates.GateResult]
+    failure: str | None
+
+    def to_json(self) -> dict:
+        return {
+            "evaluation": None if self.evaluation is None else self.evaluation.to_json(),
+            "gates": [g.to_json() for g in self.gates],
+        }
+
+    def text(self) -> str:
+        from sparsec import report
+
+        return report.quality_text(self.evaluation, self.gates, [])
+
+
+def check_pair(reference: Path, candidate: Path, validation, spec: JobSpec) -> PairCheck:
+    """Quality of ``candidate`` against ``reference`` (on --eval, else random samples) and the
+    gates of ``spec``, with the size and latency figures of the two files."""
+    from sparsec import evaluate
+    from sparsec.analysis.inputs import bind_shapes
+
+    ref_model, cand_model = Model.load(reference), Model.load(candidate)
+    data = (
+        evaluate.load_eval_data(spec.path("eval"), ref_model, spec.get("labels"))
+        if spec.given("eval")
+        else evaluate.random_eval_data(ref_model)
+    )
+    shapes = bind_shapes(ref_model, {})
+    before = api.figures(ref_model, shapes, ref_model.source_bytes)
+    after = api.figures(cand_model, shapes, cand_model.source_bytes)
+    result = api.CompressResult(before, after, "", validation)
+    outcome = JobOutcome("validate", spec, evaluation=evaluate.evaluate(reference, candidate, data))
+    if validation.latency_ms_reference and validation.latency_ms_candidate is not None:
+        outcome.latency = _ValidationLatency(validation)
+    checked = gates.check(spec.gates(), measured_figures(outcome, result))
+    return PairCheck(outcome.evaluation, checked, gates.failure_line(checked))
+
+
+class _ValidationLatency:
+    """Validation's interleaved latency figures in ``LatencyComparison``'s shape."""
+
+    def __init__(self, validation) -> None:
+        self.reference_ms = validation.latency_ms_reference
+        self.candidate_ms = validation.latency_ms_candidate
+        self.ratio = self.candidate_ms / self.reference_ms
+        self.noise = validation.latency_noise or 0.0
+        self.runs = 0

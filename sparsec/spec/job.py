@@ -1,0 +1,150 @@
+"""A compression job's specification (``JobSpec``): the options of ``sparsec compress``,
+converted and checked once, the same for flags, recipe keys and the Python API.
+
+An option left out is absent from ``values`` (``get`` gives its default), so the combination
+rules can tell a given option from a defaulted one. ``check()`` applies every combination rule;
+``pipeline()`` builds the passes.
+
+Invariant: a spec that passed ``check()`` builds its pipeline without a usage error; every
+usage error is one ``UsageError`` line naming the options to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsec.errors import UsageError
+from sparsec.spec.options import (
+    CHANNEL_SCORES,
+    GATES,
+    OPTIONS,
+    RANDOM,
+    WEIGHT_SCORES,
+    Option,
+)
+
+OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+GATE_NAMES = tuple(o.name for o in OPTIONS if o.group == GATES and o.name[:4] in ("max_", "min_"))
+RATIO_NAMES = ("channels", "heads", "ffn")
+TARGET_NAMES = ("target_macs", "target_params")
+# The options that choose what a pruning run removes (a saved plan replaces them all).
+SELECTION_NAMES = (
+    *RATIO_NAMES,
+    "importance",
+    "importance_scope",
+    "max_layer_ratio",
+    "round_to",
+    "seed",
+    "exclude",
+)
+
+
+@dataclass
+class JobSpec:
+    """A job's options, converted; ``base`` is the folder relative paths are read from."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    base: Path | None = None
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], base: Path | None = None, *, where: str = ""
+    ) -> JobSpec:
+        """A spec from recipe keys or keyword arguments (None: left out); unknown keys and bad
+        values are ``UsageError`` lines, prefixed with ``where`` (e.g. "job 'x': ")."""
+        converted: dict[str, Any] = {}
+        for key, value in values.items():
+            option = OPTION_BY_NAME.get(key)
+            if option is None or not option.recipe:
+                raise UsageError(f"{where}unknown key {key!r}{_did_you_mean(key)}")
+            if value is not None:
+                try:
+                    converted[key] = option.convert(value)
+                except UsageError as error:
+                    raise UsageError(f"{where}{key}: {str(error).split(': ', 1)[1]}") from None
+        return cls(converted, base)
+
+    def given(self, name: str) -> bool:
+        return self.values.get(name) not in (None, False, ())
+
+    def get(self, name: str) -> Any:
+        """The value, or the option's default when left out."""
+        value = self.values.get(name)
+        return OPTION_BY_NAME[name].default if value is None else value
+
+    def path(self, name: str) -> Path | None:
+        """A path option resolved against ``base`` ('-' and 'random' stay as they are)."""
+        value = self.values.get(name)
+        if value is None:
+            return None
+        if value in ("-", RANDOM) or self.base is None or Path(value).is_absolute():
+            return Path(value)
+        return self.base / value
+
+    def with_values(self, **values: Any) -> JobSpec:
+        """A copy with these options replaced (None: left out)."""
+        merged = {**self.values, **values}
+        return JobSpec({k: v for k, v in merged.items() if v is not None}, self.base)
+
+    def recipe_keys(self) -> dict[str, Any]:
+        """The given options as recipe keys, in the table's order (lists for repeatables)."""
+        return {
+            option.name: list(value) if isinstance(value, tuple) else value
+            for option in OPTIONS
+            if option.recipe
+            and self.given(option.name)
+            and (value := self.values[option.name]) is not None
+        }
+
+    def gates(self) -> dict[str, float]:
+        """The gates given, by option name (e.g. ``max_top1_drop``)."""
+        return {name: self.values[name] for name in GATE_NAMES if self.given(name)}
+
+    @property
+    def structured(self) -> bool:
+        return any(self.given(n) for n in (*RATIO_NAMES, *TARGET_NAMES))
+
+    @property
+    def weights(self) -> bool:
+        return self.given("nm") or self.given("sparsity")
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the run removes or zeroes something (its outputs may differ)."""
+        return self.structured or self.weights or self.given("plan_in")
+
+    def importance(self) -> str:
+        """The score of this run: the one given, else activation/wanda with real calibration
+        data, else l1/magnitude."""
+        if self.given("importance"):
+            return self.values["importance"]
+        real = self.given("calibration") and self.values["calibration"] != RANDOM
+        if self.weights:
+            return "wanda" if real else "magnitude"
+        return "activation" if real else "l1"
+
+    def check(self) -> None:
+        """Every combination rule; one ``UsageError`` line for the first broken one."""
+        from sparsec.spec.rules import RULES
+
+        for rule in RULES:
+            rule(self)
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key.replace("-", "_"), list(OPTION_BY_NAME), n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return " (a job's keys are compress's long option names with underscores)"
+
+
+def flags(spec: JobSpec, names: tuple[str, ...]) -> list[str]:
+    """The flags among ``names`` that ``spec`` gives, in that order."""
+    return [OPTION_BY_NAME[name].flag for name in names if spec.given(name)]
+
+
+__all__ = ["CHANNEL_SCORES", "WEIGHT_SCORES", "JobSpec", "OPTION_BY_NAME", "flags"]

@@ -1,0 +1,122 @@
+"""Recipes: compression jobs in a TOML file, read into ``JobSpec``s and written from one.
+
+A recipe has an optional ``[defaults]`` table and one or more ``[[job]]`` tables. A job's keys
+are ``sparsec compress``'s long option names with underscores (``source``, ``output``,
+``channels``, ``max_top1_drop``, ...) plus its ``name``; ``[defaults]`` applies to every job (a
+job's own key wins). Relative paths are relative to the recipe's folder. Every key is checked
+by the same ``Option`` table as the flags, so a recipe fails with the same line a flag would.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from sparsec.errors import InputError, UsageError
+from sparsec.spec.job import OPTION_BY_NAME, JobSpec
+from sparsec.spec.options import OPTIONS
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+def load_recipe(path: str | Path, only: str | None = None) -> list[tuple[str, JobSpec]]:
+    """(name, spec) per job, in file order; ``only``: that job alone (an unknown name is an
+    error listing the names)."""
+    path = Path(path)
+    table = _read(path)
+    unknown = sorted(set(table) - {"defaults", "job"})
+    if unknown:
+        raise UsageError(
+            f"recipe {path}: unknown table {unknown[0]!r} (a recipe has [defaults] and [[job]] tables)"
+        )
+    defaults, jobs = table.get("defaults", {}), table.get("job", [])
+    if not isinstance(defaults, dict) or not isinstance(jobs, list) or not jobs:
+        raise UsageError(f"recipe {path}: no [[job]] table (each job is a [[job]] with a name)")
+    specs = [_job(path, defaults, job, number) for number, job in enumerate(jobs, 1)]
+    names = [name for name, _ in specs]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise UsageError(f"recipe {path}: two jobs are named {duplicate!r}")
+    if only is not None:
+        if only not in names:
+            raise UsageError(f"recipe {path} has no job {only!r} (its jobs: {', '.join(names)})")
+        specs = [pair for pair in specs if pair[0] == only]
+    return specs
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"recipe {path} {'is a directory' if path.is_dir() else 'not found'}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"recipe {path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise InputError(f"cannot read recipe {path}: {error.strerror or error}") from None
+
+
+def _job(path: Path, defaults: dict, job: Any, number: int) -> tuple[str, JobSpec]:
+    if not isinstance(job, dict):
+        raise UsageError(f"recipe {path}: job {number} is not a table")
+    name = job.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f'recipe {path}: job {number} needs a name (name = "...")')
+    keys = {**defaults, **{k: v for k, v in job.items() if k != "name"}}
+    spec = JobSpec.from_mapping(keys, path.parent.resolve(), where=f"recipe {path}, job {name!r}: ")
+    return name, spec
+
+
+def recipe_text(name: str, spec: JobSpec, folder: Path) -> str:
+    """A recipe with one ``[[job]]``: ``spec``'s given options, paths relative to ``folder``."""
+    lines = [
+        "# written by sparsec compress --save-recipe; run it with: sparsec run THIS.toml",
+        "",
+        "[[job]]",
+    ]
+    lines.append(f"name = {_value(name)}")
+    for key, value in spec.recipe_keys().items():
+        written = relative_path(spec.path(key), folder) if OPTION_BY_NAME[key].path else value
+        lines.append(f"{key} = {_value(written)}")
+    return "\n".join(lines) + "\n"
+
+
+def relative_path(path: Path | None, folder: Path) -> str:
+    """``path`` relative to ``folder`` when it can be written so ('random' as is)."""
+    import os
+
+    if path is None or str(path) in ("-", "random"):
+        return str(path)
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+    except ValueError:  # another drive (Windows)
+        return str(Path(path).resolve())
+
+
+def _value(value: Any) -> str:
+    """A TOML value for a string, number, boolean or list of strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(item) for item in value) + "]"
+    text = str(value)
+    escaped = "".join(_escape(ch) for ch in text)
+    return f'"{escaped}"'
+
+
+def _escape(ch: str) -> str:
+    if ch in '"\\':
+        return "\\" + ch
+    if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        return f"\\u{ord(ch):04x}"
+    return ch
+
+
+__all__ = ["OPTIONS", "load_recipe", "recipe_text", "relative_path"]

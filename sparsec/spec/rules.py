@@ -1,0 +1,142 @@
+"""The combination rules of a job's options, one function each, applied in order by
+``JobSpec.check``: options that exclude each other, options that need another, and options
+that would be silently ignored. Each raises one ``UsageError`` line naming what to change.
+"""
+
+from __future__ import annotations
+
+from sparsec.errors import UsageError
+from sparsec.spec.job import (
+    RATIO_NAMES,
+    SELECTION_NAMES,
+    TARGET_NAMES,
+    JobSpec,
+    flags,
+)
+from sparsec.spec.options import CHANNEL_SCORES, RANDOM, WEIGHT_SCORES
+
+
+def required_paths(spec: JobSpec) -> None:
+    for name in ("source", "output"):
+        if not spec.given(name):
+            raise UsageError(
+                f"a job needs {name!r} (the model to {'read' if name == 'source' else 'write'})"
+            )
+
+
+def importance_fits(spec: JobSpec) -> None:
+    """Channel rankings go with --channels, weight scores with --nm/--sparsity; calibration
+    data goes with a pruning flag."""
+    importance = spec.values.get("importance")
+    if importance in WEIGHT_SCORES and not spec.weights:
+        raise UsageError(f"--importance {importance} scores weights for --nm/--sparsity")
+    if importance in CHANNEL_SCORES and spec.weights:
+        raise UsageError(
+            f"--importance {importance} ranks channels; weights use magnitude, wanda or sparsegpt"
+        )
+    if spec.given("calibration") and not spec.lossy:
+        raise UsageError(
+            "--calibration goes with a pruning flag (--channels, --heads, --ffn, --plan-in, --nm, "
+            "--sparsity)"
+        )
+
+
+def calibration_options(spec: JobSpec) -> None:
+    if not spec.given("calibration"):
+        for name, flag in (
+            ("calibration_samples", "--calibration-samples"),
+            ("no_recover", "--no-recover"),
+        ):
+            if spec.given(name):
+                raise UsageError(f"{flag} needs --calibration")
+    if spec.get("steps") > 1 and not spec.structured:
+        raise UsageError("--steps needs --channels, --heads or --ffn")
+
+
+def no_ignored_selection(spec: JobSpec) -> None:
+    """Refuse selection flags that would be ignored (a saved plan has its own rule)."""
+    if spec.given("plan_in"):
+        return
+    if not spec.structured and flags(spec, ("round_to", "max_layer_ratio")):
+        raise UsageError(
+            "--round-to and --max-layer-ratio shape channel pruning: they need --channels, "
+            "--heads, --ffn or --target-macs/--target-params"
+        )
+    given = flags(spec, ("exclude", "importance", "importance_scope"))
+    if given and not (spec.structured or spec.weights):
+        raise UsageError(
+            f"{given[0]} chooses what a pruning flag removes: it needs --channels, --heads, "
+            "--ffn, a target, --nm or --sparsity"
+        )
+    random_channels = spec.structured and spec.values.get("importance") == RANDOM
+    if spec.given("seed") and not (spec.values.get("calibration") == RANDOM or random_channels):
+        raise UsageError(
+            "--seed seeds --calibration random and --importance random of channel pruning"
+        )
+
+
+def passes_text(spec: JobSpec) -> None:
+    if "passes" in spec.values and not spec.values["passes"].strip():
+        raise UsageError(
+            "--passes '' names no pass: leave --passes out for the cleanup, or list passes from "
+            "'sparsec passes'"
+        )
+
+
+def sparsity_options(spec: JobSpec) -> None:
+    """--block, --sparse-format and --embeddings shape weight sparsity; one pattern per run."""
+    if not spec.weights:
+        if spec.given("block"):
+            raise UsageError("--block needs --sparsity R")
+        if spec.given("embeddings") or spec.get("sparse_format") != "dense":
+            flag = "--embeddings" if spec.given("embeddings") else "--sparse-format"
+            raise UsageError(f"{flag} needs --nm or --sparsity")
+        return
+    if spec.given("passes") or spec.structured or spec.given("plan_in"):
+        raise UsageError(
+            "--nm / --sparsity prune on their own: drop --passes, --channels, --heads, --ffn, "
+            "--target-macs/--target-params and --plan-in (run sparsec twice to combine)"
+        )
+    if spec.given("nm") and (spec.given("sparsity") or spec.given("block")):
+        raise UsageError("--nm and --sparsity/--block are different patterns: give one")
+
+
+def exclusive_choices(spec: JobSpec) -> None:
+    """A target replaces the per-kind ratios, --passes the channel flags, and a saved plan
+    every flag that chooses what to prune."""
+    ratios, targets = flags(spec, RATIO_NAMES), flags(spec, TARGET_NAMES)
+    if len(targets) == 2:
+        raise UsageError("give --target-macs or --target-params, not both")
+    if targets and ratios:
+        raise UsageError(
+            "--target-macs/--target-params choose every group's ratio: drop --channels, --heads "
+            "and --ffn"
+        )
+    if (targets or ratios or spec.given("plan_in")) and spec.given("passes"):
+        raise UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
+    selection = flags(spec, SELECTION_NAMES)
+    if spec.given("plan_in") and selection:
+        raise UsageError(f"--plan-in applies a saved plan; drop {', '.join(selection)}")
+
+
+def quality_options(spec: JobSpec) -> None:
+    """--labels reads --eval's file; a latency gate needs timed runs."""
+    if spec.given("labels") and not spec.given("eval"):
+        raise UsageError("--labels names the labels array of --eval DATA.npz: give --eval")
+    if spec.given("max_latency_ratio") and spec.get("latency_runs") == 0:
+        raise UsageError("--max-latency-ratio times both models: drop --latency-runs 0")
+    for name in ("markdown", "junit"):
+        if spec.values.get(name) == "-":
+            raise UsageError(f"--{name} writes a file ('-' prints only --report)")
+
+
+RULES = (
+    required_paths,
+    importance_fits,
+    calibration_options,
+    no_ignored_selection,
+    passes_text,
+    sparsity_options,
+    exclusive_choices,
+    quality_options,
+)
