@@ -1,21 +1,75 @@
 """What any layer's work reports: ``Diagnostic`` findings, the ``PassResult`` of a pass or a
-cut, ``PassError`` and the ``progress`` logger line.
+cut, ``PassError``, the ``progress`` logger line and the ``stage`` progress bar.
 
-Invariant: plain data and one logger; imports nothing of sparsec but ``errors``, so the pruning
-layer, the passes and the API all speak it (``passes.base`` re-exports it with the pass contract).
+Invariant: plain data, one logger and one verbosity level; imports nothing of sparsec but
+``errors``, so the pruning layer, the passes and the API all speak it (``passes.base`` re-exports
+it with the pass contract). ``stage(items)`` yields exactly ``items``, whatever it draws: a tqdm
+bar with an ETA on stderr only when stderr is a terminal and the verbosity is not quiet (tqdm
+loads then, not when this module is imported). Per-item detail lines go to ``progress``; whether
+they are shown is the caller's logging setup (the CLI's ``-v``), not this module's.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sparsec.errors import InputError
 
 Severity = Literal["info", "warning", "error"]
 progress = logging.getLogger("sparsec.progress").info  # progress("line") from a long-running pass
+
+QUIET, DEFAULT, VERBOSE = -1, 0, 1
+_STATE = {"verbosity": DEFAULT}  # process-wide, as the logging setup is
+T = TypeVar("T")
+
+
+def set_verbosity(level: int) -> None:
+    """Set the process-wide verbosity: -1 quiet (no bars), 0 default, 1 verbose; a level beyond
+    is clamped (``-vv`` is verbose)."""
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(f"verbosity must be an int (-1, 0 or 1), got {level!r}")
+    _STATE["verbosity"] = max(QUIET, min(VERBOSE, level))
+
+
+def verbosity() -> int:
+    """The verbosity ``set_verbosity`` set (0 until then)."""
+    return _STATE["verbosity"]
+
+
+def stage(
+    iterable: Iterable[T], *, total: int | None = None, desc: str, unit: str = "step"
+) -> Iterator[T]:
+    """The items of ``iterable``, unchanged; meanwhile a bar named ``desc`` with an ETA on
+    stderr when it is a terminal and the verbosity is not quiet (gone when the stage ends).
+    ``total`` defaults to ``len(iterable)`` when it has one."""
+    if not _draws():
+        return iter(iterable)
+    from tqdm import tqdm  # here: only a run on a terminal pays for it
+
+    bar = tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    return iter(bar)
+
+
+def _draws() -> bool:
+    """Whether ``stage`` draws: not quiet, and stderr is a terminal."""
+    if verbosity() <= QUIET or sys.stderr is None:
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 @dataclass(frozen=True)

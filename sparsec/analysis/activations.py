@@ -31,6 +31,7 @@ import numpy as np
 from sparsec.analysis.inputs import bind_shapes, conform, random_inputs, read_arrays
 from sparsec.errors import InputError
 from sparsec.ir import runtime
+from sparsec.results import stage
 
 RANDOM = "random"
 RANDOM_SAMPLES = 64  # random calibration samples when no count is given
@@ -180,6 +181,17 @@ def batch_count(model, samples: Mapping[str, np.ndarray], batch_size: int = 16) 
     return -(-count // size)
 
 
+def _batches(
+    model, samples: Mapping[str, np.ndarray], batch_size: int, desc: str | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """``calibration_batches``, shown as a progress bar named ``desc`` when one is given."""
+    batches = calibration_batches(model, samples, batch_size)
+    if desc is None:
+        return batches
+    total = batch_count(model, samples, batch_size)
+    return stage(batches, total=total, desc=desc, unit="batch")
+
+
 def _real_lengths(mask: np.ndarray) -> np.ndarray:
     """Per row, one past its last nonzero position (0 for a row of padding only)."""
     nonzero = np.asarray(mask) != 0
@@ -193,9 +205,11 @@ def capture(
     batch_size: int = 16,
     *,
     session: runtime.Session | None = None,
+    desc: str | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """{name: array} per calibration batch for the named values (intermediate values or graph
-    inputs). ``session``, when given, must already expose ``names`` (one session reused)."""
+    inputs). ``session``, when given, must already expose ``names`` (one session reused);
+    ``desc``, when given, names the batches' progress bar (``results.stage``)."""
     names = list(dict.fromkeys(names))
     inputs = {v.name for v in model.inputs}
     exposed = [name for name in names if name not in inputs]
@@ -203,7 +217,7 @@ def capture(
         session = runtime.session_for(
             model, extra_outputs=exposed, optimization="disable", only=True
         )
-    for batch in calibration_batches(model, samples, batch_size):
+    for batch in _batches(model, samples, batch_size, desc):
         outputs = session.run(batch, exposed) if exposed else {}
         yield {name: outputs[name] if name in outputs else batch[name] for name in names}
 
@@ -251,10 +265,17 @@ class Frontier:
         )
 
     def capture(
-        self, samples, names: Sequence[str], batch_size: int, stage: int
+        self,
+        samples,
+        names: Sequence[str],
+        batch_size: int,
+        stage: int,
+        *,
+        desc: str | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
         """``capture``'s batches of ``names`` at ``stage`` (stages captured in increasing order).
-        A capture read only in part leaves no frontier: the next one starts from the inputs."""
+        A capture read only in part leaves no frontier: the next one starts from the inputs.
+        ``desc``, when given, names the batches' progress bar."""
         names, keep = list(dict.fromkeys(names)), self._frontier(stage) if self.holds else []
         previous = self.batches if self.complete else []
         self.batches, self.complete, size = [], False, 0
@@ -273,7 +294,8 @@ class Frontier:
             else None
         )
         last = batch_count(self.model, samples, batch_size) - 1
-        for index, batch in enumerate(calibration_batches(self.model, samples, batch_size)):
+        batches = _batches(self.model, samples, batch_size, desc)
+        for index, batch in enumerate(batches):
             known = {**batch, **(previous[index] if previous else {})}
             known.update(session.run(known, exposed) if exposed else {})
             if keep:
@@ -293,7 +315,7 @@ def channel_norms(
     """{(value, axis): per-channel L2 norm over all samples and positions}."""
     names = sorted({name for name, _ in requests})
     sums: dict[tuple[str, int], np.ndarray] = {}
-    for outputs in capture(model, samples, names, batch_size):
+    for outputs in capture(model, samples, names, batch_size, desc="calibration"):
         for name, axis in requests:
             values = np.asarray(outputs[name], dtype=np.float64)
             other = tuple(a for a in range(values.ndim) if a != axis % values.ndim)

@@ -32,7 +32,7 @@ from sparsec.pruning.channels import ChannelOptions
 from sparsec.pruning.oracle import oracle_gap
 from sparsec.pruning.recovery import output_error
 from sparsec.pruning.sensitivity import cost_shapes
-from sparsec.results import Diagnostic, PassError, PassResult, progress
+from sparsec.results import Diagnostic, PassError, PassResult, progress, stage
 from sparsec.validate import ORACLE_TOLERANCE
 
 RATIO_OPTIONS = ("ratio", "heads", "ffn")
@@ -54,7 +54,7 @@ def run_steps(prune: ChannelOptions, model, samples) -> PassResult:
     feeds = _probe_feeds(model, samples)
     final = None if prune.targeted else channels.final_cut(model, prune, samples)
     results, lines = [], []
-    for step in range(1, prune.steps + 1):
+    for step in stage(range(1, prune.steps + 1), desc="channel-prune steps", unit="round"):
         one = replace(
             prune,
             steps=1,

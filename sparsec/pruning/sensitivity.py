@@ -44,6 +44,7 @@ from sparsec.errors import InputError, InternalError
 from sparsec.pruning.recovery import output_error
 from sparsec.pruning.selection import lowest_units
 from sparsec.pruning.surgery import prune_channels
+from sparsec.results import stage
 
 RATIOS = (0.25, 0.5, 0.75)
 FORMAT = "sparsec-sensitivity"
@@ -207,7 +208,7 @@ def measure(
         ratios, importance, count, run.base.macs, run.base.params, _node_costs(run.base)
     )
     prunable = [g for g in find_channel_groups(model).groups if g.prunable]
-    for number, group in enumerate(prunable, 1):
+    for number, group in enumerate(stage(prunable, desc="sensitivity", unit="group"), 1):
         scores = group_scores(group, importance, ctx)
         points: list[Point] = []
         for ratio in ratios:

@@ -21,7 +21,7 @@ from sparsec.pruning.recovery.layers import find_layers, stages
 from sparsec.pruning.recovery.ridge import DEFAULT_RIDGE, ChannelNormal, Normal
 from sparsec.pruning.recovery.sparsegpt import OriginalWeights, reselected
 from sparsec.pruning.recovery.views import Layer, input_rows, matrix, store
-from sparsec.results import Diagnostic
+from sparsec.results import Diagnostic, stage
 
 
 def recover(
@@ -50,7 +50,7 @@ def recover(
     )
     rows: list[dict] = []
     count = max((layer.round for layer in layers), default=0)
-    for number in range(1, count + 1):
+    for number in stage(range(1, count + 1), desc="recover", unit="round"):
         group = [layer for layer in layers if layer.round == number]
         if progress is not None:
             progress(f"recover: round {number}/{count}, {len(group)} layer(s)")
@@ -194,6 +194,7 @@ def _accumulate(
         [layer.x for layer in group] + residuals + ([mask] if mask else []),
         batch_size,
         number,
+        desc=f"recover round {number}",
     )
     targets = original.capture(samples, [layer.target for layer in group], batch_size, number)
     for batch, (xs, ys) in enumerate(zip(inputs, targets)):
