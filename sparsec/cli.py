@@ -328,7 +328,8 @@ def run_recipe(recipe: Path, only, fail_fast: bool, report, markdown, junit) -> 
     if worst.error is not None:
         failed = [o.name for o in outcomes if o.error is not None]
         raise type(worst.error)(
-            f"{len(failed)} of {len(outcomes)} job(s) failed ({', '.join(failed)}); first: {worst.error}"
+            f"{len(failed)} of {len(outcomes)} job(s) failed: {', '.join(failed)} (see each job's "
+            "line above and its report)"
         )
 
 
