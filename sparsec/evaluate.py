@@ -13,7 +13,9 @@ Per tensor output, reference r and candidate c (as float64):
 - ``cosine`` = the mean over samples of <c_i, r_i> / (‖c_i‖ ‖r_i‖), each sample's output
   flattened (1.0 when both are zero, 0.0 when one is);
 - ``agreement`` (rank ≥ 2, more than one class on the last axis) = the share of positions
-  (every index but the last axis) where argmax over the last axis agrees;
+  (every index but the last axis) where argmax over the last axis agrees; for a model with a
+  padding mask, positions of an output laid out like the mask ([N, T, C] with a [N, T] mask)
+  count only where the mask is nonzero;
 - ``accuracy_before`` / ``accuracy_after`` = the share of labelled positions where the
   reference's / candidate's argmax over the last axis equals the label, for outputs whose shape
   without the last axis is the labels' ([N, C] with labels [N]; [N, T, C] with [N, T]), or the
@@ -203,10 +205,11 @@ def evaluate(reference, candidate, data: EvalData, *, batch_size: int = 64) -> E
     used, mask = 0, padding_mask(model)
     for batch in calibration_batches(model, arrays, batch_size):
         labels = _batch_labels(batch, mask, data)
+        real = batch[mask] != 0 if mask in batch else None
         ref_out, cand_out = ref_session.run(batch), cand_session.run(batch)
         used += next(iter(batch.values())).shape[0]
         for name, other in pairs:
-            totals[name].add(ref_out[name], cand_out[other], labels)
+            totals[name].add(ref_out[name], cand_out[other], labels, real)
     outputs = [totals[name].result(name) for name, _ in pairs]
     return Evaluation(data.label, used, data.labels is not None, outputs)
 
@@ -258,7 +261,8 @@ class _Running:
         self.misfit = [False, False]  # the labels did not fit its output in some batch
         self.labelled = 0
 
-    def add(self, r: np.ndarray, c: np.ndarray, labels: np.ndarray | None) -> None:
+    def add(self, r: np.ndarray, c: np.ndarray, labels: np.ndarray | None, real=None) -> None:
+        """One batch's outputs; ``real`` marks the positions a padding mask keeps."""
         if labels is not None:
             self._add_accuracy(r, c, labels)
         if r.shape != c.shape:
@@ -266,7 +270,7 @@ class _Running:
         if not self.same_shapes:
             return
         r64, c64 = r.astype(np.float64), c.astype(np.float64)
-        self._add_agreement(r64, c64)
+        self._add_agreement(r64, c64, real)
         if not (np.isfinite(r64).all() and np.isfinite(c64).all()):
             self.finite = False
         if self.finite:
@@ -294,11 +298,13 @@ class _Running:
         self.cosines += float(cosines.sum())
         self.samples += rows
 
-    def _add_agreement(self, r: np.ndarray, c: np.ndarray) -> None:
+    def _add_agreement(self, r: np.ndarray, c: np.ndarray, real: np.ndarray | None) -> None:
         if r.ndim < 2 or r.shape[-1] < 2:
             self.classes = False
             return
         same = (np.argmax(r, axis=-1) == np.argmax(c, axis=-1)) & _finite_rows(r) & _finite_rows(c)
+        if real is not None and same.shape == real.shape:
+            same = same[real]  # padding positions are no predictions
         self.agreeing += int(np.count_nonzero(same))
         self.positions += same.size
 

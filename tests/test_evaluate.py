@@ -277,6 +277,8 @@ def test_token_labels_stay_aligned_when_padded_batches_are_sorted_and_cut():
     assert before != after
     logits = result.outputs[0]
     assert result.samples == count
+    agreement = np.mean((x @ w).argmax(-1)[real] == (x @ w2).argmax(-1)[real])
+    assert logits.agreement == pytest.approx(agreement)  # padding positions left out
     assert logits.accuracy_before == pytest.approx(before)
     assert logits.accuracy_after == pytest.approx(after)
 
