@@ -242,8 +242,9 @@ def compress(model: Path, save_recipe: str | None, **options) -> None:
     """
     from sparsec import jobs
     from sparsec.spec import JobSpec
+    from sparsec.spec.options import is_given
 
-    values = {k: v for k, v in options.items() if v not in (None, False, ())}
+    values = {k: v for k, v in options.items() if is_given(v)}
     spec = JobSpec({"source": str(model), **values})
     if save_recipe is not None:
         _save_recipe(spec, Path(save_recipe), model)
@@ -255,9 +256,10 @@ def compress(model: Path, save_recipe: str | None, **options) -> None:
 
 def _save_recipe(spec, path: Path, model: Path) -> None:
     from sparsec.ir import write_text
+    from sparsec.jobs import check_spec
     from sparsec.spec import recipe_text
 
-    spec.check()
+    check_spec(spec)
     write_text(path, recipe_text(Path(model).stem, spec, path.parent))
     _echo(f"wrote recipe {path}", err=True)
 
@@ -274,8 +276,9 @@ def _print_outcome(outcome) -> None:
     to_stderr = str(outcome.spec.values.get("report")) == "-"
     if outcome.result is not None and results.verbosity() >= 0:
         _echo(report.job_text(outcome), err=to_stderr)
-    for warning in outcome.warnings:
-        _echo(warning, err=True)
+    if outcome.error is None:  # a failed run writes no model to warn about
+        for warning in outcome.warnings:
+            _echo(warning, err=True)
 
 
 @cli.command(name="run")
@@ -432,7 +435,7 @@ def validate(
     from sparsec import api, report
     from sparsec.spec import JobSpec
 
-    spec = JobSpec({k: v for k, v in quality.items() if v is not None})
+    spec = JobSpec({k: v for k, v in quality.items() if v is not None})  # none is a switch
     if spec.given("labels") and not spec.given("eval"):
         raise UsageError("--labels names the labels array of --eval DATA.npz: give --eval")
     result = api.validate_files(

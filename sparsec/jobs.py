@@ -27,10 +27,10 @@ from pathlib import Path
 from sparsec import __version__, api, gates
 from sparsec.errors import InternalError, SparsecError, ValidationError
 from sparsec.ir import Model, file_sha256
+from sparsec.jobs_report import append_summary, job_files, job_json, write_files
 from sparsec.spec.job import JobSpec
 from sparsec.spec.options import RANDOM
 
-SCHEMA_VERSION = 2
 COLLAPSE = 0.9  # agreement or cosine below this is a collapse (the default-safety warning)
 LATENCY_GATE_RUNS = 20  # the fewest interleaved timed rounds behind --max-latency-ratio
 RECIPE_KEY, SOURCE_KEY, VERSION_KEY = "sparsec.recipe", "sparsec.source_sha256", "sparsec.version"
@@ -54,6 +54,8 @@ class JobOutcome:
     latency: object | None = None  # latency.LatencyComparison
     gates: list[gates.GateResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    staged: tuple[str, ...] = ()  # report files written with the model (in its commit)
     source_sha256: str | None = None
     output_sha256: str | None = None
     duration_s: float = 0.0
@@ -63,9 +65,14 @@ class JobOutcome:
         return 0 if self.error is None else self.error.exit_code
 
     def to_json(self) -> dict:
-        from sparsec.jobs_report import job_json
-
         return job_json(self)
+
+
+def check_spec(spec: JobSpec):
+    """The spec's combination rules, then its pipeline built (each pass checks its own option
+    values): every usage error before anything runs or is written. Returns the pipeline."""
+    spec.check()
+    return pipeline_of(spec)
 
 
 def pipeline_of(spec: JobSpec):
@@ -118,13 +125,13 @@ def run_job(
     """Run one job; failures are caught into the outcome (``error``, ``status``), and the
     job's own reports (``report``, ``markdown``, ``junit``) are written in every case once the
     spec was checked. ``recipe``: what the output's metadata records to re-run it (``verify``)."""
-    outcome, started = JobOutcome(name, spec, command), time.perf_counter()
+    outcome = JobOutcome(name, spec, command)
     checked: list[bool] = []  # set once every output path was checked: reports may be written
     try:
-        spec.check()
+        pipeline = check_spec(spec)
         outcome.source_sha256 = _sha256_or_none(spec.path("source"))
         recorded = recipe or {"job": name}
-        _compress(spec, outcome, recorded, on_pass, lambda: checked.append(True))
+        _compress(spec, pipeline, outcome, recorded, on_pass, lambda: checked.append(True))
         outcome.status = "passed"
     except SparsecError as error:
         outcome.error, outcome.status = error, "failed" if error.exit_code == 1 else "error"
@@ -132,11 +139,12 @@ def run_job(
         outcome.error = InternalError(
             f"internal error ({type(error).__name__}: {error}); please report it"
         )
-    outcome.duration_s = round(time.perf_counter() - started, 3)
+    outcome.duration_s = round(time.perf_counter() - outcome.started, 3)
     if checked:
-        from sparsec.jobs_report import write_job_reports
-
-        write_job_reports([outcome], spec)
+        files = job_files(outcome)
+        write_files({path: text for path, text in files.items() if path not in outcome.staged})
+        if outcome.name != "verify":
+            append_summary([outcome.to_json()])
     return outcome
 
 
@@ -146,7 +154,7 @@ OUTPUT_KEYS = ("output", "force", "report", "markdown", "junit", "plan_out")
 def recorded_keys(spec: JobSpec) -> dict:
     """What the output's metadata records to re-make it: the given options but the outputs,
     paths relative to the output's folder (the pair can move together)."""
-    from sparsec.spec.job import OPTION_BY_NAME
+    from sparsec.spec.options import OPTION_BY_NAME
     from sparsec.spec.recipe import relative_path
 
     folder = (spec.path("output") or Path(".")).parent
@@ -161,7 +169,9 @@ def _sha256_or_none(path: Path | None) -> str | None:
     return file_sha256(path) if path is not None and path.is_file() else None
 
 
-def _compress(spec: JobSpec, outcome: JobOutcome, recipe: dict, on_pass, on_checked) -> None:
+def _compress(
+    spec: JobSpec, pipeline, outcome: JobOutcome, recipe: dict, on_pass, on_checked
+) -> None:
     source, output = spec.path("source"), spec.path("output")
     metadata = {
         RECIPE_KEY: json.dumps({**recipe, "keys": recorded_keys(spec)}, sort_keys=True),
@@ -173,11 +183,18 @@ def _compress(spec: JobSpec, outcome: JobOutcome, recipe: dict, on_pass, on_chec
         outcome.result = result
         outcome.output_sha256 = stage.sha256()
         _measure(spec, outcome, Path(source), model, result, feeds)
+        outcome.status = "passed"  # what the staged reports say: the commit follows
+        outcome.duration_s = round(time.perf_counter() - outcome.started, 3)
+        files = job_files(outcome)
+        for path, text in files.items():
+            if path != "-":
+                stage.add_side_file(Path(path), text)
+        outcome.staged = tuple(path for path in files if path != "-")
 
     outcome.result = api.compress(
         source,
         output,
-        pipeline=pipeline_of(spec),
+        pipeline=pipeline,
         input_shapes=spec.get("input_shape"),
         inputs=spec.path("inputs"),
         force=spec.get("force"),
@@ -336,7 +353,7 @@ def run_recipe(
     """Run a recipe's jobs in order (each writes its own outputs and reports), then the run's
     reports; ``fail_fast`` stops after the first job that fails."""
     from sparsec.ir import refuse_unwritable
-    from sparsec.jobs_report import run_json, write_reports
+    from sparsec.jobs_report import render, run_json
     from sparsec.spec import load_recipe
     from sparsec.spec.recipe import relative_path
 
@@ -357,8 +374,10 @@ def run_recipe(
         if fail_fast and outcome.error is not None:
             break
     reports = [outcome.to_json() for outcome in outcomes]
-    write_reports(
-        reports, run_json(reports, str(recipe)), report=report, markdown=markdown, junit=junit
+    write_files(
+        render(
+            reports, run_json(reports, str(recipe)), report=report, markdown=markdown, junit=junit
+        )
     )
     return outcomes
 

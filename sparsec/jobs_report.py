@@ -1,7 +1,7 @@
 """The reports of compression jobs: the JSON of a job (``job_json``) and of a recipe run
 (``run_json``), written with the Markdown and JUnit renderings (``sparsec.ci_report``).
 
-The JSON has a ``schema_version`` (``jobs.SCHEMA_VERSION``; it changes only when a key changes
+The JSON has a ``schema_version`` (``SCHEMA_VERSION``; it changes only when a key changes
 meaning or goes), the sparsec version, the source path and sha256, the output path, sha256 and
 whether it was written, the command or recipe keys, each gate with its limit, figure and
 verdict, the evaluation, the warnings and the verdict (``status``: passed, failed, error). A
@@ -21,11 +21,11 @@ from pathlib import Path
 from sparsec import __version__
 from sparsec.ir import write_text
 
+SCHEMA_VERSION = 2  # changes only when a key changes meaning or goes
+
 
 def job_json(outcome) -> dict:
     """One job's report (``outcome``: a ``jobs.JobOutcome``)."""
-    from sparsec.jobs import SCHEMA_VERSION
-
     spec, result = outcome.spec, outcome.result
     report = dict(result.to_json()) if result is not None else {}
     report.update(
@@ -98,8 +98,6 @@ def strict(value):
 
 def run_json(jobs: Sequence[dict], recipe: str | None) -> dict:
     """A recipe run's report: every job's report and the run's verdict."""
-    from sparsec.jobs import SCHEMA_VERSION
-
     statuses = [job["status"] for job in jobs]
     status = "error" if "error" in statuses else "failed" if "failed" in statuses else "passed"
     return {
@@ -111,44 +109,51 @@ def run_json(jobs: Sequence[dict], recipe: str | None) -> dict:
     }
 
 
-def write_job_reports(outcomes, spec) -> None:
-    """A single job's report, Markdown and JUnit, where ``spec`` asks for them."""
-    jobs = [outcome.to_json() for outcome in outcomes]
-    payload = jobs[0] if len(jobs) == 1 else run_json(jobs, None)
-    write_reports(
-        jobs,
-        payload,
-        report=spec.path("report"),
-        markdown=spec.path("markdown"),
-        junit=spec.path("junit"),
-    )
+def job_files(outcome) -> dict[str, str]:
+    """A single job's report, Markdown and JUnit texts by the path ``spec`` gives them ('-':
+    stdout)."""
+    job = outcome.to_json()
+    spec = outcome.spec
+    paths = {name: spec.path(name) for name in ("report", "markdown", "junit")}
+    return render([job], job, **paths)
 
 
-def write_reports(
+def render(
     jobs: Sequence[dict],
     payload: dict,
     *,
     report: Path | None,
     markdown: Path | None,
     junit: Path | None,
-    environ: Mapping[str, str] | None = None,
-) -> None:
-    """The JSON ``payload`` to ``report`` ('-': stdout), the Markdown of ``jobs`` to
-    ``markdown`` (and appended to $GITHUB_STEP_SUMMARY when set), the JUnit XML to ``junit``."""
+) -> dict[str, str]:
+    """The texts to write, by path: the JSON ``payload`` at ``report`` ('-' for stdout), the
+    Markdown of ``jobs`` at ``markdown``, their JUnit XML at ``junit``."""
     from sparsec import ci_report
 
+    files = {}
     if report is not None:
-        text = json.dumps(strict(payload), indent=2, allow_nan=False) + "\n"
-        if str(report) == "-":
+        files[str(report)] = json.dumps(strict(payload), indent=2, allow_nan=False) + "\n"
+    if markdown is not None:
+        files[str(markdown)] = ci_report.markdown(list(jobs))
+    if junit is not None:
+        files[str(junit)] = ci_report.junit(list(jobs))
+    return files
+
+
+def write_files(files: Mapping[str, str]) -> None:
+    """Each text to its path, atomically; '-' to stdout."""
+    for path, text in files.items():
+        if path == "-":
             sys.stdout.write(text)
             sys.stdout.flush()
         else:
-            write_text(report, text)
+            write_text(Path(path), text)
+
+
+def append_summary(jobs: Sequence[dict], environ: Mapping[str, str] | None = None) -> None:
+    """The Markdown of ``jobs`` appended to $GITHUB_STEP_SUMMARY when it is set."""
+    from sparsec import ci_report
+
     environ = os.environ if environ is None else environ
-    if markdown is not None or environ.get("GITHUB_STEP_SUMMARY"):
-        text = ci_report.markdown(list(jobs))
-        if markdown is not None:
-            write_text(markdown, text)
-        ci_report.append_step_summary(text, environ)
-    if junit is not None:
-        write_text(junit, ci_report.junit(list(jobs)))
+    if environ.get("GITHUB_STEP_SUMMARY"):
+        ci_report.append_step_summary(ci_report.markdown(list(jobs)), environ)

@@ -25,7 +25,7 @@ from sparsec.ir import file_sha256
 from sparsec.ir.digest import content_digest, read_metadata
 from sparsec.jobs import RECIPE_KEY, SOURCE_KEY, VERSION_KEY, recorded_keys, run_job
 from sparsec.spec import JobSpec, load_recipe
-from sparsec.spec.job import OPTION_BY_NAME
+from sparsec.spec.options import OPTION_BY_NAME
 
 
 @dataclass

@@ -51,7 +51,7 @@ def test_stderr_holds_only_sparsec_lines_when_onnxruntime_cannot_write_its_telem
     )
     assert run.returncode == 0, run.stderr
     lines = run.stderr.splitlines()
-    assert lines and all(line.startswith("  ") for line in lines), (
+    assert lines and all(line.startswith(("  ", "warning: ")) for line in lines), (
         run.stderr
-    )  # one progress line per pass
+    )  # one progress line per pass that changed something, and sparsec's own warning
     assert "\x1b" not in run.stderr and "onnxruntime" not in run.stderr

@@ -16,7 +16,7 @@ from conftest import MODELS
 from onnx import numpy_helper
 
 from sparsec.errors import InputError, UsageError
-from sparsec.jobs import pipeline_of
+from sparsec.jobs import check_spec, pipeline_of
 from sparsec.passes.registry import parse_pipeline
 from sparsec.spec import OPTION_BY_NAME, OPTIONS, JobSpec, load_recipe, recipe_text
 from sparsec.spec.rules import RULES
@@ -190,11 +190,6 @@ def test_command_line_only_option_is_not_a_recipe_key():
     assert "'save_recipe'" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _did_you_mean suggests the key itself for save_recipe (it offers every option, "
-    "not only recipe keys): \"unknown key 'save_recipe' (did you mean 'save_recipe'?)\"",
-)
 def test_save_recipe_key_is_not_suggested_as_itself():
     message = usage_error({**BASE, "save_recipe": "r.toml"})
     assert "did you mean 'save_recipe'" not in message
@@ -247,12 +242,6 @@ def tomllib_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an integer option in exponent form is accepted as a recipe key but refused as a "
-    "flag: recipe 'max_bytes = 1e6' runs, '--max-bytes 1e6' exits 2 (the option table says they "
-    "accept the same values)",
-)
 def test_integer_in_exponent_form_same_verdict_for_flag_and_key(cli, tmp_path):
     recipe = write(
         tmp_path / "r.toml",
@@ -479,82 +468,43 @@ def test_cleanup_spec_builds_the_default_pipeline():
 @pytest.mark.parametrize(
     "values",
     [
+        pytest.param({"target_macs": 0.5}, id="target-macs-without-calibration"),
         pytest.param(
-            {"target_macs": 0.5},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: --target-macs without --calibration passes check() but "
-                "pipeline_of raises PassError (no rule; --save-recipe writes the recipe first)",
-            ),
-            id="target-macs-without-calibration",
+            {"channels": 0.5, "importance": "activation"}, id="activation-without-calibration"
         ),
         pytest.param(
-            {"channels": 0.5, "importance": "activation"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: --importance activation without --calibration passes check() but "
-                "pipeline_of raises PassError",
-            ),
-            id="activation-without-calibration",
+            {"sparsity": 0.5, "importance": "sparsegpt"}, id="sparsegpt-without-calibration"
         ),
-        pytest.param(
-            {"sparsity": 0.5, "importance": "sparsegpt"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: --importance sparsegpt without --calibration passes check() but "
-                "pipeline_of raises PassError",
-            ),
-            id="sparsegpt-without-calibration",
-        ),
-        pytest.param(
-            {"sparsity": 0.5, "sparse_format": "nm"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: --sparse-format nm with --sparsity (no --nm) passes check() but "
-                "pipeline_of raises InputError",
-            ),
-            id="format-nm-without-nm",
-        ),
-        pytest.param(
-            {"nm": "4:2"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: --nm 4:2 (N >= M) passes from_mapping and check() but pipeline_of "
-                "raises PassError",
-            ),
-            id="nm-not-n-below-m",
-        ),
+        pytest.param({"sparsity": 0.5, "sparse_format": "nm"}, id="format-nm-without-nm"),
+        pytest.param({"nm": "4:2"}, id="nm-not-n-below-m"),
     ],
 )
-def test_spec_passing_check_never_fails_to_build(values):
-    """The documented invariant: a spec that passed check() builds its pipeline without a usage
-    error; either check() refuses it or the pipeline builds."""
+def test_check_spec_refuses_what_the_passes_refuse(values):
+    """check() holds the combination rules; a pass's own option values (a target without
+    calibration, an N:M pattern) are refused by jobs.check_spec, before anything runs."""
     spec = JobSpec.from_mapping({"source": "digits_cnn.onnx", "output": "o.onnx", **values}, MODELS)
-    try:
-        spec.check()
-    except UsageError:
-        return
-    pipeline_of(spec)
+    with pytest.raises(InputError):
+        check_spec(spec)
+
+
+def test_save_recipe_of_a_pass_refused_option_writes_nothing(cli, tmp_path):
+    recipe = tmp_path / "R.toml"
+    code, _, err = cli(
+        "compress", DIGITS, "-o", tmp_path / "o.onnx", "--target-macs", "0.5",
+        "--save-recipe", recipe,
+    )  # fmt: skip
+    assert code == 2 and "calibration" in err
+    assert not recipe.exists()
 
 
 # -- zero values: given() treats 0 as "left out" ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: JobSpec.given() treats 0 / 0.0 as left out (0 == False), so gates() drops a "
-    "zero limit: from_mapping({'max_top1_drop': 0}).gates() == {}",
-)
 def test_zero_gate_limit_is_kept():
     spec = JobSpec.from_mapping({**BASE, "max_top1_drop": 0, "min_cosine": 0.0})
     assert spec.gates() == {"max_top1_drop": 0.0, "min_cosine": 0.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: compress drops every flag whose value is 0 (`v not in (None, False, ())`), so "
-    "'--max-top1-drop 0' is no gate: a run with 0 percent top-1 agreement exits 0",
-)
 def test_cli_zero_top1_drop_gate_is_enforced(cli, tmp_path):
     output = tmp_path / "o.onnx"
     report = tmp_path / "r.json"
@@ -569,11 +519,6 @@ def test_cli_zero_top1_drop_gate_is_enforced(cli, tmp_path):
     assert code == (0 if gates[0]["passed"] else 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: compress drops '--latency-runs 0' (a zero value), so '--max-latency-ratio 1.5 "
-    "--latency-runs 0' is not refused: it times 20 rounds and exits 0 or 1",
-)
 def test_cli_latency_gate_with_zero_runs_is_refused(cli, tmp_path):
     code, _, err = cli(
         "compress", DIGITS, "-o", tmp_path / "o.onnx", "--channels", "0.25",
@@ -584,11 +529,6 @@ def test_cli_latency_gate_with_zero_runs_is_refused(cli, tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: recipe_keys() skips values equal to 0 (given() treats 0 as left out), so a "
-    "written recipe loses latency_runs = 0, rtol = 0 and max_top1_drop = 0",
-)
 def test_recipe_text_keeps_zero_values(tmp_path):
     values = {**BASE, "channels": 0.5, "latency_runs": 0, "rtol": 0.0, "max_top1_drop": 0.0}
     spec = JobSpec.from_mapping(values, tmp_path)
@@ -961,11 +901,6 @@ def test_save_recipe_runs_to_the_same_model(cli, tmp_path, monkeypatch):
     assert sum(a.size for a in first.values()) < sum(a.size for a in initializers(source).values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: 'compress --latency-runs 0 --save-recipe R.toml' writes no latency_runs key "
-    "(compress drops zero-valued flags), so 'sparsec run R.toml' times 10 runs",
-)
 def test_save_recipe_keeps_latency_runs_zero(cli, tmp_path):
     recipe = tmp_path / "R.toml"
     code, _, err = cli(

@@ -5,8 +5,10 @@ An option left out is absent from ``values`` (``get`` gives its default), so the
 rules can tell a given option from a defaulted one. ``check()`` applies every combination rule;
 ``pipeline()`` builds the passes.
 
-Invariant: a spec that passed ``check()`` builds its pipeline without a usage error; every
-usage error is one ``UsageError`` line naming the options to change.
+Invariant: every usage error is one ``UsageError`` line naming the options to change. The
+combination rules live here; the values a pass checks itself (an N:M pattern, a target's need
+for calibration data) are checked when the pipeline is built, which ``jobs.check_spec`` does
+with ``check()`` before anything runs or is written.
 """
 
 from __future__ import annotations
@@ -20,27 +22,16 @@ from typing import Any
 from sparsec.errors import UsageError
 from sparsec.spec.options import (
     CHANNEL_SCORES,
-    GATES,
+    GATE_NAMES,
+    OPTION_BY_NAME,
     OPTIONS,
     RANDOM,
+    RATIO_NAMES,
+    TARGET_NAMES,
     WEIGHT_SCORES,
-    Option,
+    is_given,
 )
-
-OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
-GATE_NAMES = tuple(o.name for o in OPTIONS if o.group == GATES and o.name[:4] in ("max_", "min_"))
-RATIO_NAMES = ("channels", "heads", "ffn")
-TARGET_NAMES = ("target_macs", "target_params")
-# The options that choose what a pruning run removes (a saved plan replaces them all).
-SELECTION_NAMES = (
-    *RATIO_NAMES,
-    "importance",
-    "importance_scope",
-    "max_layer_ratio",
-    "round_to",
-    "seed",
-    "exclude",
-)
+from sparsec.spec.rules import RULES
 
 
 @dataclass
@@ -69,7 +60,7 @@ class JobSpec:
         return cls(converted, base)
 
     def given(self, name: str) -> bool:
-        return self.values.get(name) not in (None, False, ())
+        return is_given(self.values.get(name))
 
     def get(self, name: str) -> Any:
         """The value, or the option's default when left out."""
@@ -129,22 +120,16 @@ class JobSpec:
 
     def check(self) -> None:
         """Every combination rule; one ``UsageError`` line for the first broken one."""
-        from sparsec.spec.rules import RULES
-
         for rule in RULES:
             rule(self)
 
 
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key.replace("-", "_"), list(OPTION_BY_NAME), n=1)
+    keys = [name for name, option in OPTION_BY_NAME.items() if option.recipe]
+    close = difflib.get_close_matches(key.replace("-", "_"), keys, n=1)
     if close:
         return f" (did you mean {close[0]!r}?)"
     return " (a job's keys are compress's long option names with underscores)"
 
 
-def flags(spec: JobSpec, names: tuple[str, ...]) -> list[str]:
-    """The flags among ``names`` that ``spec`` gives, in that order."""
-    return [OPTION_BY_NAME[name].flag for name in names if spec.given(name)]
-
-
-__all__ = ["CHANNEL_SCORES", "WEIGHT_SCORES", "JobSpec", "OPTION_BY_NAME", "flags"]
+__all__ = ["CHANNEL_SCORES", "OPTION_BY_NAME", "WEIGHT_SCORES", "JobSpec"]

@@ -45,8 +45,12 @@ def _number(
         ):
             raise ValueError(f"expected {what} {where}, got {value!r}")
         try:
-            number = int(value) if integer else float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+            if integer:
+                if not number.is_integer():
+                    raise ValueError
+                number = int(number)
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"expected {what} {where}, got {value!r}") from None
         if (
             not math.isfinite(number)
@@ -444,3 +448,24 @@ OPTIONS: tuple[Option, ...] = (
         10,
     ),
 )
+
+OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+GATE_NAMES = tuple(o.name for o in OPTIONS if o.group == GATES and o.name[:4] in ("max_", "min_"))
+RATIO_NAMES = ("channels", "heads", "ffn")
+TARGET_NAMES = ("target_macs", "target_params")
+# The options that choose what a pruning run removes (a saved plan replaces them all).
+SELECTION_NAMES = (
+    *RATIO_NAMES,
+    "importance",
+    "importance_scope",
+    "max_layer_ratio",
+    "round_to",
+    "seed",
+    "exclude",
+)
+
+
+def is_given(value: Any) -> bool:
+    """Whether an option's value says it was given: not None, not an off switch, not an empty
+    list (0 is a given number: ``0 == False`` must not drop ``--max-top1-drop 0``)."""
+    return value is not None and value is not False and value != ()

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sparsec.errors import InputError, UsageError
-from sparsec.spec.job import OPTION_BY_NAME, JobSpec
-from sparsec.spec.options import OPTIONS
+from sparsec.spec.job import JobSpec
+from sparsec.spec.options import OPTION_BY_NAME, OPTIONS
 
 try:
     import tomllib

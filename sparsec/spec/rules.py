@@ -1,22 +1,29 @@
 """The combination rules of a job's options, one function each, applied in order by
 ``JobSpec.check``: options that exclude each other, options that need another, and options
-that would be silently ignored. Each raises one ``UsageError`` line naming what to change.
+that would be silently ignored. Each takes a ``JobSpec`` (not imported: the spec imports
+these rules) and raises one ``UsageError`` line naming what to change.
 """
 
 from __future__ import annotations
 
 from sparsec.errors import UsageError
-from sparsec.spec.job import (
+from sparsec.spec.options import (
+    CHANNEL_SCORES,
+    OPTION_BY_NAME,
+    RANDOM,
     RATIO_NAMES,
     SELECTION_NAMES,
     TARGET_NAMES,
-    JobSpec,
-    flags,
+    WEIGHT_SCORES,
 )
-from sparsec.spec.options import CHANNEL_SCORES, RANDOM, WEIGHT_SCORES
 
 
-def required_paths(spec: JobSpec) -> None:
+def flags(spec, names: tuple[str, ...]) -> list[str]:
+    """The flags among ``names`` that ``spec`` gives, in that order."""
+    return [OPTION_BY_NAME[name].flag for name in names if spec.given(name)]
+
+
+def required_paths(spec) -> None:
     for name in ("source", "output"):
         if not spec.given(name):
             raise UsageError(
@@ -24,7 +31,7 @@ def required_paths(spec: JobSpec) -> None:
             )
 
 
-def importance_fits(spec: JobSpec) -> None:
+def importance_fits(spec) -> None:
     """Channel rankings go with --channels, weight scores with --nm/--sparsity; calibration
     data goes with a pruning flag."""
     importance = spec.values.get("importance")
@@ -41,7 +48,7 @@ def importance_fits(spec: JobSpec) -> None:
         )
 
 
-def calibration_options(spec: JobSpec) -> None:
+def calibration_options(spec) -> None:
     if not spec.given("calibration"):
         for name, flag in (
             ("calibration_samples", "--calibration-samples"),
@@ -53,7 +60,7 @@ def calibration_options(spec: JobSpec) -> None:
         raise UsageError("--steps needs --channels, --heads or --ffn")
 
 
-def no_ignored_selection(spec: JobSpec) -> None:
+def no_ignored_selection(spec) -> None:
     """Refuse selection flags that would be ignored (a saved plan has its own rule)."""
     if spec.given("plan_in"):
         return
@@ -75,15 +82,15 @@ def no_ignored_selection(spec: JobSpec) -> None:
         )
 
 
-def passes_text(spec: JobSpec) -> None:
-    if "passes" in spec.values and not spec.values["passes"].strip():
+def passes_text(spec) -> None:
+    if "passes" in spec.values and not any(p.strip() for p in spec.values["passes"].split(",")):
         raise UsageError(
             "--passes '' names no pass: leave --passes out for the cleanup, or list passes from "
             "'sparsec passes'"
         )
 
 
-def sparsity_options(spec: JobSpec) -> None:
+def sparsity_options(spec) -> None:
     """--block, --sparse-format and --embeddings shape weight sparsity; one pattern per run."""
     if not spec.weights:
         if spec.given("block"):
@@ -101,7 +108,7 @@ def sparsity_options(spec: JobSpec) -> None:
         raise UsageError("--nm and --sparsity/--block are different patterns: give one")
 
 
-def exclusive_choices(spec: JobSpec) -> None:
+def exclusive_choices(spec) -> None:
     """A target replaces the per-kind ratios, --passes the channel flags, and a saved plan
     every flag that chooses what to prune."""
     ratios, targets = flags(spec, RATIO_NAMES), flags(spec, TARGET_NAMES)
@@ -119,7 +126,7 @@ def exclusive_choices(spec: JobSpec) -> None:
         raise UsageError(f"--plan-in applies a saved plan; drop {', '.join(selection)}")
 
 
-def quality_options(spec: JobSpec) -> None:
+def quality_options(spec) -> None:
     """--labels reads --eval's file; a latency gate needs timed runs."""
     if spec.given("labels") and not spec.given("eval"):
         raise UsageError("--labels names the labels array of --eval DATA.npz: give --eval")
