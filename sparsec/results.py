@@ -48,7 +48,7 @@ def stage(
     ``total`` defaults to ``len(iterable)`` when it has one."""
     if not _draws():
         return iter(iterable)
-    from tqdm import tqdm  # here: only a run on a terminal pays for it  # type: ignore[import-untyped]
+    from tqdm import tqdm  # type: ignore[import-untyped]  # only a run on a terminal pays for it
 
     bar = tqdm(
         iterable,
