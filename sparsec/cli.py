@@ -45,7 +45,6 @@ class _FilePath(click.Path):
 
 
 MODEL_PATH = _FilePath(path_type=Path)
-DEFAULT_RTOL, DEFAULT_ATOL = 1e-4, 1e-5  # validate.DEFAULT_RTOL/ATOL (a test keeps them equal)
 
 input_shape_option = click.option(
     "--input-shape",
@@ -61,27 +60,6 @@ inputs_option = click.option(
     default=None,
     metavar="FILE.npz",
     help="Run on these arrays (keyed by input name) instead of seeded random inputs.",
-)
-rtol_option = click.option(
-    "--rtol",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_RTOL,
-    show_default=True,
-    help="Relative tolerance of the check |cand - ref| <= atol + rtol*|ref| per element.",
-)
-atol_option = click.option(
-    "--atol",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_ATOL,
-    show_default=True,
-    help="Absolute tolerance of the same check.",
-)
-latency_option = click.option(
-    "--latency-runs",
-    type=click.IntRange(min=0),
-    default=10,
-    show_default=True,
-    help="Timed runs per model, interleaved, for the median latency (0 skips timing).",
 )
 
 
@@ -399,11 +377,7 @@ def _progress(pass_, result) -> None:
 @click.argument("reference", type=MODEL_PATH)
 @click.argument("candidate", type=MODEL_PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@input_shape_option
-@inputs_option
-@rtol_option
-@atol_option
-@latency_option
+@spec_options("input_shape", "inputs", "rtol", "atol", "latency_runs")
 @spec_options(
     "eval",
     "labels",
@@ -420,12 +394,7 @@ def validate(
     reference: Path,
     candidate: Path,
     as_json: bool,
-    input_shapes,
-    inputs,
-    rtol,
-    atol,
-    latency_runs,
-    **quality,
+    **options,
 ) -> None:
     """Compare CANDIDATE with REFERENCE in onnxruntime: per-output errors, top-1, latency.
 
@@ -435,17 +404,17 @@ def validate(
     from sparsec import api, report
     from sparsec.spec import JobSpec
 
-    spec = JobSpec({k: v for k, v in quality.items() if v is not None})  # none is a switch
+    spec = JobSpec({k: v for k, v in options.items() if v is not None})  # none is a switch
     if spec.given("labels") and not spec.given("eval"):
         raise UsageError("--labels names the labels array of --eval DATA.npz: give --eval")
     result = api.validate_files(
         reference,
         candidate,
-        input_shapes=input_shapes,
-        inputs=inputs,
-        rtol=rtol,
-        atol=atol,
-        latency_runs=latency_runs,
+        input_shapes=spec.get("input_shape"),
+        inputs=spec.path("inputs"),
+        rtol=spec.get("rtol"),
+        atol=spec.get("atol"),
+        latency_runs=spec.get("latency_runs"),
     )
     checked = None
     if spec.gates() or spec.given("eval"):
@@ -453,6 +422,10 @@ def validate(
 
         checked = check_pair(reference, candidate, result, spec)
     payload = result.to_json() if checked is None else {**result.to_json(), **checked.to_json()}
+    if spec.given("report"):
+        from sparsec.jobs_report import strict, write_files
+
+        write_files({str(spec.path("report")): json.dumps(strict(payload), indent=2) + "\n"})
     _echo(
         json.dumps(payload, indent=2)
         if as_json

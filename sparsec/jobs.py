@@ -420,17 +420,18 @@ def check_pair(reference: Path, candidate: Path, validation, spec: JobSpec) -> P
     result = api.CompressResult(before, after, "", validation)
     outcome = JobOutcome("validate", spec, evaluation=evaluate.evaluate(reference, candidate, data))
     if validation.latency_ms_reference and validation.latency_ms_candidate is not None:
-        outcome.latency = _ValidationLatency(validation)
+        from sparsec.latency import LatencyComparison
+
+        reference_ms, candidate_ms = (
+            validation.latency_ms_reference,
+            validation.latency_ms_candidate,
+        )
+        outcome.latency = LatencyComparison(
+            reference_ms,
+            candidate_ms,
+            candidate_ms / reference_ms,
+            validation.latency_noise or 0.0,
+            spec.get("latency_runs"),
+        )
     checked = gates.check(spec.gates(), measured_figures(outcome, result))
     return PairCheck(outcome.evaluation, checked, gates.failure_line(checked))
-
-
-class _ValidationLatency:
-    """Validation's interleaved latency figures in ``LatencyComparison``'s shape."""
-
-    def __init__(self, validation) -> None:
-        self.reference_ms = validation.latency_ms_reference
-        self.candidate_ms = validation.latency_ms_candidate
-        self.ratio = self.candidate_ms / self.reference_ms
-        self.noise = validation.latency_noise or 0.0
-        self.runs = 0

@@ -33,7 +33,9 @@ def table(rows: list[list[str]], header: list[str], left: tuple[int, ...] = (0,)
     return "\n".join([line(header)] + [line(row) for row in rows])
 
 
-def compress_text(result) -> str:
+def compress_text(result, extra: list[str] | None = None, written: bool = True) -> str:
+    """The before/after table, validation and diagnostics, ``extra`` sections (quality, gates),
+    and the line saying where the model was written (or that nothing was)."""
     b, a, v = result.before, result.after, result.validation
     rows = [
         ["nodes", str(b.nodes), str(a.nodes), _ratio(b.nodes, a.nodes)],
@@ -61,7 +63,8 @@ def compress_text(result) -> str:
         parts.append(validation_text(v))
     if result.diagnostics:
         parts.append("\n".join(str(d) for d in result.diagnostics))
-    parts.append(f"wrote {result.output}")
+    parts.extend(part for part in extra or [] if part)
+    parts.append(f"wrote {result.output}" if written else "nothing written (see the error below)")
     return "\n\n".join(parts)
 
 
@@ -244,18 +247,8 @@ def groups_text(groups: list[dict]) -> str:
 def job_text(outcome) -> str:
     """A job's compression tables, then its quality figures and gates (warnings are printed
     on their own, once, on stderr)."""
-    text = compress_text(outcome.result)
     quality = quality_text(outcome.evaluation, outcome.gates, [])
-    if quality:
-        wrote = text.rfind("\n\nwrote ")
-        text = (
-            text[:wrote] + "\n\n" + quality + text[wrote:]
-            if wrote >= 0
-            else text + "\n\n" + quality
-        )
-    if outcome.error is not None:
-        text = text.rsplit("\n\nwrote ", 1)[0] + "\n\nnothing written (see the error below)"
-    return text
+    return compress_text(outcome.result, [quality], written=outcome.error is None)
 
 
 def quality_text(evaluation, gates: list, warnings: list[str]) -> str:

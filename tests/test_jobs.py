@@ -58,3 +58,21 @@ def test_readme_recipe_runs_and_verify_follows_its_changes(cli, tmp_path):
     recipe.write_text(recipe.read_text().replace("target_macs = 0.66", "target_macs = 0.6"))
     code, out, _ = cli("verify", output)
     assert code == 1 and "target_macs" in out
+
+
+def test_validate_gates_decide_instead_of_the_elementwise_check(cli, tmp_path):
+    half = tmp_path / "half.onnx"
+    assert cli("compress", DIGITS, "-o", half, "--channels", "0.5", "--latency-runs", "0")[0] == 0
+    params = [json.loads(cli("analyze", m, "--json")[1])["params"] for m in (DIGITS, half)]
+    ratio = params[1] / params[0]
+    report = tmp_path / "v.json"
+    code, _, err = cli(
+        "validate", DIGITS, half, "--max-params-ratio", f"{ratio + 0.01}", "--report", report
+    )
+    assert code == 0, err  # lossy: the element-wise check alone would fail it
+    [gate] = json.loads(report.read_text())["gates"]
+    assert gate["passed"] and abs(gate["measured"] - ratio) < 1e-9
+    code, _, err = cli(
+        "validate", DIGITS, half, "--eval", MODELS / "digits_test.npz", "--max-top1-drop", "1"
+    )
+    assert code == 1 and "--max-top1-drop" in err
