@@ -45,7 +45,7 @@ from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.pruning import sensitivity as sensitivity_analysis
-from sparsec.pruning.channels import read_plan
+from sparsec.pruning.plans import read_plan
 from sparsec.validate import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,

@@ -25,6 +25,7 @@ LAYERS = {
     "sparsec.evaluate": 2,
     "sparsec.gates": 2,
     "sparsec.pruning": 3,
+    "sparsec.pruning.plans": 3,
     "sparsec.passes": 4,
     "sparsec.spec": 4,
     "sparsec.report": 5,

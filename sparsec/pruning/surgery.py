@@ -19,9 +19,8 @@ import numpy as np
 
 from sparsec.analysis.groups import GroupAnalysis, kept_positions
 from sparsec.pruning.oracle import OracleMasks, apply_masks, channel_masks
+from sparsec.pruning.plans import plan_json
 from sparsec.results import PassResult
-
-PLAN_FORMAT = "sparsec-channel-plan"
 
 
 def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> PassResult:
@@ -56,18 +55,6 @@ def _reference_builder(model, masks: OracleMasks):
 def _masked(model, masks: OracleMasks):
     apply_masks(model, masks)
     return model
-
-
-def plan_json(masks: OracleMasks) -> dict:
-    """Kept indices per constant and axis, for ``--plan-out`` (and to prune the source model)."""
-    constants = {
-        name: [
-            {"axis": axis, "size": size, "kept": kept.tolist()}
-            for axis, kept, size in sorted(axes, key=lambda a: a[0])
-        ]
-        for name, axes in sorted(masks.constants.items())
-    }
-    return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
 
 
 def remove_channels(model, analysis: GroupAnalysis, table: dict) -> None:
