@@ -1,16 +1,35 @@
-"""Channel plans: the cut a ``channel-prune`` run made, written by ``--plan-out`` and read back
-by ``--plan-in`` (``plan=``) to repeat exactly the same cut.
+"""Channel plans: the cut a ``channel-prune`` run made, written by ``--plan-out``, read back by
+``--plan-in`` (``plan=``) to repeat exactly the same cut, and applied to the source framework's
+model by a user (docs/pytorch-plans.md).
 
-Format (JSON)::
+Format (JSON, version 2; version 1 is the same without ``sources``, ``groups``, ``refit`` and
+``torch_axis``)::
 
-    {"format": "sparsec-channel-plan", "version": 1,
-     "initializers": {NAME: [{"axis": A, "size": S, "kept": [i, ...]}, ...], ...}}
+    {"format": "sparsec-channel-plan", "version": 2,
+     "initializers": {NAME: [{"axis": A, "size": S, "kept": [i, ...], "torch_axis": T}, ...]},
+     "sources": {NAME: {"node": N, "op_type": OP, "input": K, "scope": SCOPE, "module": M,
+                        "param": P, "layout": "same" | "transposed" | null,
+                        "is_parameter": BOOL}},
+     "groups": [{"id": G, "kind": KIND, "units": U, "removed": R, "ratio": R / U,
+                 "members": ["NAME[axis A]", ...]}],
+     "refit": {"file": "plan.npz", "layout": "onnx", "names": [NAME, ...]}}   # with recovery
 
 Invariants:
 - ``initializers`` maps each constant the cut shrank (an initializer, or a ``Constant`` /
   ``ConstantOfShape`` output) to one entry per shrunk axis, axes ascending, in ONNX layout;
-- ``size`` is the axis' length before the cut and ``kept`` the positions it keeps: ascending,
-  unique, in ``0..size-1``, never empty;
+  ``size`` is the axis' length before the cut, ``kept`` the positions it keeps: ascending,
+  unique, in ``0..size-1``, never empty. Only this table decides the cut: ``--plan-in`` of a
+  version 2 plan repeats the cut of a version 1 plan with the same table;
+- ``sources`` says where a constant comes from: ``node`` (its first consumer, else its
+  producer), that node's ``op_type`` and the ``input`` index the constant feeds, the exporter's
+  ``scope`` (the node name less its last ``/`` part, null without one), the source ``module``
+  path and its ``param`` (from the name ``module.param`` when the constant is the parameter
+  itself, ``is_parameter``; else from the scope and ``TORCH_PARAMS``), and how its axes map
+  to the source framework's (``layout``); ``torch_axis`` is that axis, null where unknown;
+- ``groups`` lists each group the cut reached, with the fraction of its units removed;
+- ``refit`` (only when recovery changed weights) names an ``.npz`` beside the plan holding the
+  refit values of those constants after the cut, in ONNX layout (transpose a ``transposed``
+  one for torch);
 - reading a plan checks it against the model: every entry belongs to a prunable channel group,
   sizes match, and the kept positions of one group's members agree, else one ``InputError``.
 """
@@ -18,28 +37,158 @@ Invariants:
 from __future__ import annotations
 
 import json
+import re
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 
-from sparsec.analysis.groups import ChannelGroup
+from sparsec.analysis.groups import ChannelGroup, GroupAnalysis
 from sparsec.errors import InputError
 from sparsec.pruning.oracle import OracleMasks
 
 PLAN_FORMAT = "sparsec-channel-plan"
+PLAN_VERSION = 2
+READS = (1, 2)
+
+SAME, TRANSPOSED, TRANS_B = "same", "transposed", "transB"
+# (op_type, input index) -> (torch parameter, layout) for the layers PyTorch exports. "same":
+# ONNX axes are torch's (Conv [out, in/groups, kH, kW], norms' per-channel vectors); "transposed":
+# a Linear weight stored as torch's transpose (MatMul B [in, out]); "transB": Gemm's B, torch's
+# [out, in] when transB=1, else transposed. An Add's constant is a Linear's bias (1-D only).
+TORCH_PARAMS: dict[tuple[str, int], tuple[str, str]] = {
+    ("Conv", 1): ("weight", SAME),
+    ("Conv", 2): ("bias", SAME),
+    ("ConvTranspose", 1): ("weight", SAME),
+    ("ConvTranspose", 2): ("bias", SAME),
+    ("Gemm", 1): ("weight", TRANS_B),
+    ("Gemm", 2): ("bias", SAME),
+    ("MatMul", 1): ("weight", TRANSPOSED),
+    ("Add", 0): ("bias", SAME),
+    ("Add", 1): ("bias", SAME),
+    ("BatchNormalization", 1): ("weight", SAME),
+    ("BatchNormalization", 2): ("bias", SAME),
+    ("BatchNormalization", 3): ("running_mean", SAME),
+    ("BatchNormalization", 4): ("running_var", SAME),
+    ("LayerNormalization", 1): ("weight", SAME),
+    ("LayerNormalization", 2): ("bias", SAME),
+    ("InstanceNormalization", 1): ("weight", SAME),
+    ("InstanceNormalization", 2): ("bias", SAME),
+    ("GroupNormalization", 1): ("weight", SAME),
+    ("GroupNormalization", 2): ("bias", SAME),
+}
+_PARAMETER = re.compile(r"^([A-Za-z_][\w.]*)\.([A-Za-z_]\w*)$")  # a state-dict key: module.param
 
 
-def plan_json(masks: OracleMasks) -> dict:
-    """Kept indices per constant and axis, for ``--plan-out`` (and to prune the source model)."""
+def plan_json(model, analysis: GroupAnalysis, masks: OracleMasks, removed: dict) -> dict:
+    """The plan of a cut, for ``--plan-out``: kept indices per constant and axis (``masks``),
+    where each constant comes from (read in ``model`` before the cut), the groups cut
+    (``removed``: group id -> units)."""
+    sources = {name: source(model, name) for name in sorted(masks.constants)}
     constants = {
         name: [
-            {"axis": axis, "size": size, "kept": kept.tolist()}
+            {
+                "axis": axis,
+                "size": size,
+                "kept": kept.tolist(),
+                "torch_axis": torch_axis(sources[name], axis, len(sources[name]["shape"])),
+            }
             for axis, kept, size in sorted(axes, key=lambda a: a[0])
         ]
         for name, axes in sorted(masks.constants.items())
     }
-    return {"format": PLAN_FORMAT, "version": 1, "initializers": constants}
+    for record in sources.values():
+        del record["shape"]
+    return {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "initializers": constants,
+        "sources": sources,
+        "groups": group_records(analysis, removed),
+    }
+
+
+def group_records(analysis: GroupAnalysis, removed: dict) -> list[dict]:
+    """One record per group that loses units: its size, the units removed and their ratio."""
+    records = []
+    for group in analysis.groups:
+        count = len(removed.get(group.id, ()))
+        if count:
+            records.append(
+                {
+                    "id": group.id,
+                    "kind": group.kind,
+                    "units": group.units,
+                    "removed": count,
+                    "ratio": round(count / group.units, 6),
+                    "members": [f"{name}[axis {axis}]" for name, axis in group.constants],
+                }
+            )
+    return records
+
+
+def source(model, name: str) -> dict:
+    """Where constant ``name`` comes from: its node, the exporter's scope, the source module
+    path and parameter, and its layout against torch's (``TORCH_PARAMS``); ``shape`` too."""
+    value = model.value(name)
+    consumers = model.consumers(value)
+    node = consumers[0] if consumers else model.producer(value)
+    index = _input_index(node, value) if consumers else None
+    param, layout = TORCH_PARAMS.get((node.op_type, index), (None, None)) if node else (None, None)
+    shape = model.constant_shape(value) or ()
+    if node is not None and node.op_type == "Add" and len(shape) != 1:
+        param, layout = None, None
+    if layout == TRANS_B:
+        layout = SAME if model.attr(node, "transB", 0) else TRANSPOSED
+    named = _PARAMETER.match(name) if "::" not in name else None
+    scope = scope_of(node.name if node is not None else "")
+    module = named.group(1) if named else module_of(scope)
+    return {
+        "node": node.name if node is not None else None,
+        "op_type": node.op_type if node is not None else None,
+        "input": index,
+        "scope": scope,
+        "module": module,
+        "param": named.group(2) if named else (param if module else None),
+        "layout": SAME if named else layout,  # a parameter is stored as it is
+        "is_parameter": bool(named),
+        "shape": list(shape),
+    }
+
+
+def _input_index(node, value) -> int | None:
+    return next((i for i, v in enumerate(node.inputs) if v is value), None)
+
+
+def scope_of(node_name: str | None) -> str | None:
+    """The exporter's scope of a node: ``/blocks.0/attn/qkv/MatMul`` -> ``/blocks.0/attn/qkv``;
+    None for a name without one (``/Relu``, ``node_12``)."""
+    if not node_name or not node_name.startswith("/") or node_name.count("/") < 2:
+        return None
+    return node_name.rsplit("/", 1)[0]
+
+
+def module_of(scope: str | None) -> str | None:
+    """The module path of a PyTorch exporter scope: ``/layer1/layer1.0/down/down.0`` ->
+    ``layer1.0.down.0`` (a part ``parent.child`` names the child of the part before it)."""
+    if not scope:
+        return None
+    parts: list[str] = []
+    for part in scope.strip("/").split("/"):
+        if parts and part.startswith(parts[-1] + "."):
+            parts[-1] = part
+        else:
+            parts.append(part)
+    return ".".join(parts) or None
+
+
+def torch_axis(record: dict, axis: int, rank: int) -> int | None:
+    """``axis`` of an ONNX constant in the source framework's convention, None where unknown."""
+    if record["layout"] == SAME:
+        return axis
+    if record["layout"] == TRANSPOSED and rank == 2:
+        return 1 - axis
+    return None
 
 
 def read_plan(path: str) -> dict:
@@ -49,9 +198,10 @@ def read_plan(path: str) -> dict:
         raise InputError(f"cannot read plan {path}: {error}") from None
     if not isinstance(plan, dict) or plan.get("format") != PLAN_FORMAT:
         raise InputError(f"{path} is not a sparsec channel plan (written by --plan-out)")
-    if plan.get("version") != 1:
+    if plan.get("version") not in READS:
         raise InputError(
-            f"plan {path} has version {plan.get('version')!r}; this sparsec reads version 1"
+            f"plan {path} has version {plan.get('version')!r}; this sparsec reads versions "
+            f"{', '.join(map(str, READS))}"
         )
     initializers = plan.get("initializers")
     if not isinstance(initializers, dict):

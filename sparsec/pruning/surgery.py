@@ -32,7 +32,7 @@ def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray
         raise ValueError(f"the removal would leave no channel in {', '.join(emptied[:3])}")
     masks = channel_masks(model, analysis, table)
     result = PassResult(model, modified=False, reference=_reference_builder(model, masks))
-    result.artifacts["plan"] = plan_json(masks)
+    result.artifacts["plan"] = plan_json(model, analysis, masks, removed)
     remove_channels(model, analysis, table)
     units = int(sum(len(u) for u in removed.values()))
     result.modified = units > 0
