@@ -45,7 +45,7 @@ from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.pruning import sensitivity as sensitivity_analysis
-from sparsec.pruning.plans import read_plan
+from sparsec.pruning.plans import plan_files, read_plan, refit_path
 from sparsec.validate import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -320,7 +320,10 @@ def _compress_loaded(
     on_checked,
 ) -> CompressResult:
     """``compress`` after loading: check outputs, run the pipeline, validate, write."""
-    extra = [Path(p) for p in (plan_out, *side_outputs) if p is not None and str(p) != "-"]
+    refit_out = refit_path(plan_out) if plan_out is not None else None  # beside the plan
+    extra = [
+        Path(p) for p in (plan_out, refit_out, *side_outputs) if p is not None and str(p) != "-"
+    ]
     check_destinations(model, Path(output), extra, force)
     if on_checked is not None:
         on_checked()
@@ -366,7 +369,8 @@ def _compress_loaded(
             result.artifacts.get("encoding"),
         )
         if plan_out is not None:  # a plan-writing pass ran (checked before the passes)
-            stage.add_side_file(Path(plan_out), _json_text(result.artifacts["plan"]))
+            for path, payload in plan_files(result.artifacts, plan_out):
+                stage.add_side_file(path, payload)
         if finish is not None:
             finish(model, outcome, stage, feeds)
         stage.commit()

@@ -78,8 +78,8 @@ class Staged:
         """The sha256 of the model file as it will be put in place."""
         return file_sha256(self.workdir / self.path.name)
 
-    def add_side_file(self, path: Path, text: str) -> None:
-        """Write ``text`` to ``path`` with the model, at ``commit``."""
+    def add_side_file(self, path: Path, text: str | bytes) -> None:
+        """Write ``text`` (or bytes) to ``path`` with the model, at ``commit``."""
         self.side_files.append((Path(path), text))
 
     def commit(self) -> int:
@@ -143,19 +143,19 @@ def write_text(path: Path, text: str) -> None:
             _PENDING.discard(temp)
 
 
-def _stage_text(path: Path, text: str) -> Path | None:
+def _stage_text(path: Path, text: str | bytes) -> Path | None:
     """``text`` in a temp file beside ``path``, to be renamed over it; a stream (a device or
     FIFO, which a rename would replace) is written through now and gives None."""
     temp = None
     try:
         if path.exists() and not path.is_file():
-            with open(path, "w") as stream:
+            with open(path, "wb" if isinstance(text, bytes) else "w") as stream:
                 stream.write(text)
             return None
         with held_signals():
             fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             _pending(Path(temp))
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
         os.chmod(temp, 0o666 & ~_umask())
         return Path(temp)

@@ -36,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from itertools import pairwise
@@ -189,6 +190,53 @@ def torch_axis(record: dict, axis: int, rank: int) -> int | None:
     if record["layout"] == TRANSPOSED and rank == 2:
         return 1 - axis
     return None
+
+
+def refit_path(plan_path: str | Path) -> Path | None:
+    """Where the refit weights of the plan written to ``plan_path`` go: ``plan.npz`` beside
+    ``plan.json``; None for a plan written to standard output (``-``)."""
+    return None if str(plan_path) == "-" else Path(plan_path).with_suffix(".npz")
+
+
+def plan_files(artifacts: dict, plan_path: str | Path) -> list[tuple[Path, str | bytes]]:
+    """The files ``--plan-out plan_path`` writes from a run's ``artifacts``: the plan (JSON), and
+    with refit weights (``artifacts["refit"]``, recovery's) their ``.npz`` beside it, which
+    the plan names, with the sources of refit constants the cut did not reach."""
+    plan, refit = dict(artifacts["plan"]), artifacts.get("refit")
+    arrays = (refit or {}).get("arrays") or {}
+    written: list[tuple[Path, str | bytes]] = []
+    if arrays:
+        npz = refit_path(plan_path)
+        plan["sources"] = {**refit["sources"], **plan.get("sources", {})}
+        plan["refit"] = {
+            "file": npz.name if npz else None,
+            "layout": "onnx",
+            "names": sorted(arrays),
+            "note": "values after the cut, in ONNX layout: transpose a 'transposed' source's for "
+            "torch",
+        }
+        if npz is not None:
+            written.append((npz, _npz_bytes(arrays)))
+    return [(Path(plan_path), json.dumps(plan, indent=2) + "\n"), *written]
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_refit(plan: dict, plan_path: str | Path) -> dict[str, np.ndarray]:
+    """The refit weights a plan names (``refit.file`` beside ``plan_path``), {} without."""
+    name = (plan.get("refit") or {}).get("file")
+    if not name:
+        return {}
+    path = Path(plan_path).parent / name
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read the refit weights {path}: {error}") from None
 
 
 def read_plan(path: str) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 
 from sparsec.analysis.activations import Frontier, capture, padding_mask
 from sparsec.errors import InputError
+from sparsec.pruning.plans import source
 from sparsec.pruning.recovery.layers import find_layers, stages
 from sparsec.pruning.recovery.ridge import DEFAULT_RIDGE, ChannelNormal, Normal
 from sparsec.pruning.recovery.sparsegpt import OriginalWeights, reselected
@@ -121,28 +122,36 @@ def recover_result(
             "(relative, squared)" + (f"; positions where '{mask}' is 0 not fitted" if mask else ""),
         )
     )
+    arrays = refit_arrays(result.model, report)
     if result.reference is not None:
-        result.reference = refit_reference(result.reference, result.model, report, plan)
+        result.reference = refit_reference(result.reference, arrays, plan)
     result.artifacts["recovery"] = report
+    result.artifacts["refit"] = {
+        "arrays": arrays,
+        "sources": {name: source(result.model, name) for name in arrays},
+    }
     return report
 
 
-def refit_reference(
-    build: Callable[[], Any], pruned, report: dict, plan: dict | None
-) -> Callable[[], Any]:
-    """The exactness oracle after a refit: the masked original (``build()``) with every refit
-    weight and bias put back at the positions it kept (``plan``), zeros at the removed ones
-    (which the masked original zeroes anyway). A refit changes values, never structure, so the
-    pruned model still equals this reference exactly."""
-    names = [
-        name
+def refit_arrays(pruned, report: dict) -> dict[str, np.ndarray]:
+    """The values of every weight and bias the refit changed in ``pruned``, by name."""
+    values = pruned.values_by_name()
+    return {
+        name: pruned.constant(values[name])
         for row in report["layers"]
         if row["refit"]
         for name in (row["weight"], row["bias"])
         if name
-    ]
-    values = pruned.values_by_name()
-    arrays = {name: pruned.constant(values[name]) for name in names}
+    }
+
+
+def refit_reference(
+    build: Callable[[], Any], arrays: dict[str, np.ndarray], plan: dict | None
+) -> Callable[[], Any]:
+    """The exactness oracle after a refit: the masked original (``build()``) with every refit
+    weight and bias (``arrays``, from ``refit_arrays``) put back at the positions it kept
+    (``plan``), zeros at the removed ones (which the masked original zeroes anyway). A refit
+    changes values, never structure, so the pruned model still equals this reference exactly."""
 
     def build_refit():
         reference = build()
