@@ -20,6 +20,7 @@ LAYERS = {
     "sparsec.results": 0,
     "sparsec.ir": 1,
     "sparsec.analysis": 2,
+    "sparsec.analysis.lookup": 2,
     "sparsec.validate": 2,
     "sparsec.latency": 2,
     "sparsec.evaluate": 2,

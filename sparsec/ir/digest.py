@@ -1,20 +1,49 @@
-"""A model's content digest: what it computes, independent of how it was written.
+"""Digests of a model: its content (what it computes, independent of how it was written) and
+its structure (which onnx-ir objects it is made of, for caches kept beside the live graph).
 
 ``content_digest`` is the sha256 of the model's protobuf, serialized deterministically, with
 every weight's bytes read in (inline or external data alike), the external-data references and
 ``metadata_props`` cleared. Two files with the same digest hold the same graph, the same
 weights and the same opsets, whatever their data file names; the digest changes with any
 node, attribute, weight byte, input or output.
+
+``structure`` is cheap and in-memory only: the objects a graph is made of (every graph's nodes
+with their op types, inputs and attributes; inputs and outputs with their declared shapes and
+types; initializers and their tensors; functions). Any edit made through onnx-ir
+(``graph.remove``, ``replace_all_uses_with``, a new tensor or attribute) replaces or re-links
+one of those objects and so changes it; a value renamed in place does not (``Model.value``
+checks names itself), nor do bytes written into an existing tensor (``Model.touch`` says so).
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import onnx
+import onnx_ir as ir
 
 from sparsec.errors import InputError
+
+
+def structure(model: ir.Model) -> tuple:
+    """The objects ``model``'s graphs are made of, in order: equal (``==``) before and after a
+    sequence of reads, different after any structural edit (see the module docstring). The
+    tuple holds the objects themselves, not their ids, so none can be freed and its address
+    reused by a new object while a key made from it is kept."""
+    parts: list = []
+    graphs: list[Any] = [*model.graphs(), *model.functions.values()]
+    for graph in graphs:
+        parts.append(graph)  # also a separator: nodes cannot slide from one graph to another
+        for node in graph:
+            parts.extend((node, node.op_type, *node.inputs, *node.attributes.values()))
+        for value in (*graph.inputs, *graph.outputs):
+            parts.extend((value, value.shape, value.type))
+        if isinstance(graph, ir.Graph):
+            for value in graph.initializers.values():
+                parts.extend((value, value.const_value))
+    return tuple(parts)
 
 
 def content_digest(path: str | Path) -> str:

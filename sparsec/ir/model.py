@@ -3,9 +3,16 @@
 Invariants:
 - This package (``sparsec.ir``) is the only sparsec code that imports onnx-ir (the testing
   kit's graph builders aside) or touches protobuf. Passes read onnx-ir's own nodes and values,
-  handed out by this wrapper, and edit the graph
-  only through its methods, so that every edit bumps ``version`` (which invalidates cached
-  analyses) and keeps a value's data, shape and dtype consistent.
+  handed out by this wrapper, and edit the graph through its methods (which keep a value's
+  data, shape and dtype consistent and bump ``version``) or through onnx-ir directly.
+- Nothing it answers is stale: ``value`` checks that the value it found is still in the graph
+  under that name (and looks again when not), ``producer``/``consumers`` read the live graph,
+  and every cached analysis (``cached``) is kept with the graph's ``version`` *and* its
+  structure (``digest.structure``: the identities of its nodes, their inputs and attributes,
+  the inputs, outputs, initializers and their tensors), so an edit made through onnx-ir
+  invalidates it as surely as one made through a ``Model`` method.
+- ``Model.of(ir_model)`` wraps an ``onnx_ir.Model`` (a pass called by onnx-ir's pass manager
+  gets one) and hands back the same wrapper while it is alive, caches included.
 - A loaded model passed the ONNX checker and every external-data reference resolves to an
   existing file inside the model's folder; otherwise ``load`` raises ``InputError``.
 - ``save`` never leaves a half-written file and never overwrites its source unless forced.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +32,7 @@ import onnx
 import onnx_ir as ir
 
 from sparsec.errors import InputError
-from sparsec.ir import loading, saving, sparse_coo
+from sparsec.ir import digest, loading, saving, sparse_coo
 from sparsec.ir import types as value_types
 from sparsec.ir.onnx_api import call_onnx_api
 
@@ -39,7 +47,10 @@ class Model:
         self.ir = model
         self.path = path
         self.version = 0
-        self._cache: dict[str, tuple[int, Any]] = {}
+        self._cache: dict[str, tuple[int, tuple, Any]] = {}  # key: (version, structure, result)
+        self._structure: tuple = ()  # the last structure computed, shared by the cache entries
+        self._values: dict[str, ir.Value] = {}  # value(): the last name table
+        _WRAPPERS[id(model)] = self  # Model.of(model) finds this wrapper while it lives
         self.source_bytes: int | None = None  # file bytes (model + external data) when loaded
         self.source_files: set[Path] = set()  # the model file and its external-data files
 
@@ -65,6 +76,13 @@ class Model:
         loaded.source_files = {path.resolve(), *files}
         loaded.source_bytes = sum(f.stat().st_size for f in loaded.source_files)
         return loaded
+
+    @classmethod
+    def of(cls, model: ir.Model) -> Model:
+        """The ``Model`` wrapping the onnx-ir ``model``: the same one (its caches with it) for
+        as long as it is alive, else a new one."""
+        known = _WRAPPERS.get(id(model))
+        return known if known is not None and known.ir is model else cls(model)
 
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto) -> Model:
@@ -243,8 +261,14 @@ class Model:
         return values
 
     def value(self, name: str) -> ir.Value | None:
-        """The main-graph value called ``name`` (lookup table cached until the next edit)."""
-        return self.cached("values_by_name", self.values_by_name).get(name)
+        """The main-graph value called ``name``, or None. Answered from a name table that is
+        checked on every hit (the value still has that name and is still in this graph) and
+        built again on a miss, so an edit made through onnx-ir is always seen."""
+        found = self._values.get(name)
+        if found is not None and found.name == name and found.graph is self.graph:
+            return found
+        self._values = self.values_by_name()
+        return self._values.get(name)
 
     def producer(self, value: ir.Value) -> ir.Node | None:
         return value.producer()
@@ -369,17 +393,29 @@ class Model:
 
     # ------------------------------------------------------------------ editing
     def touch(self) -> None:
-        """Record that the graph changed (cached analyses become stale)."""
+        """Record that the graph changed: cached analyses become stale. ``Model`` methods call
+        it; an edit made through onnx-ir needs no call (the caches see the structure change),
+        but calling it is harmless, and it is the way to say that a tensor was changed in
+        place (``const_value`` holding new bytes in the same object)."""
         self.version += 1
 
     def cached(self, key: str, compute) -> Any:
-        """Memoise ``compute()`` until the next edit."""
+        """Memoise ``compute()`` (a read-only analysis of this model) until the graph changes,
+        through a ``Model`` method or through onnx-ir."""
         hit = self._cache.get(key)
-        if hit is not None and hit[0] == self.version:
-            return hit[1]
+        if hit is not None and hit[0] == self.version and self._current_structure() == hit[1]:
+            return hit[2]
         result = compute()
-        self._cache[key] = (self.version, result)
+        self._cache[key] = (self.version, self._current_structure(), result)
         return result
+
+    def _current_structure(self) -> tuple:
+        """``digest.structure`` of the graph now; the previous tuple when equal to it, so that
+        cache entries share one tuple and later comparisons stop at its identity."""
+        now = digest.structure(self.ir)
+        if now != self._structure:
+            self._structure = now
+        return self._structure
 
     def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
         """Replace an initializer's data, keeping its shape and dtype consistent with it."""
@@ -625,6 +661,9 @@ class Model:
         old.name = self.unique_name(f"{name}__replaced")
         new.name = name
         self.touch()
+
+
+_WRAPPERS: weakref.WeakValueDictionary[int, Model] = weakref.WeakValueDictionary()
 
 
 def refuse_unwritable(path: Path, *, streams: bool = False) -> None:

@@ -1,27 +1,52 @@
-"""Transform passes: the contract, the pipeline, the registry and the built-in passes."""
+"""Transform passes: the contract, the pipeline, the registry and the built-in passes.
 
-from sparsec.passes.base import (
-    Diagnostic,
-    FunctionalPass,
-    InPlacePass,
-    PassBase,
-    PassError,
-    PassResult,
-)
-from sparsec.passes.pipeline import Pipeline
-from sparsec.passes.registry import available, create, load_class, parse_pipeline, register
+The names below load on first use (PEP 562): the pass contract subclasses onnx-ir's, so
+importing ``sparsec.passes.base`` loads onnx-ir, and ``sparsec passes`` / ``--help`` read the
+registry's static catalogue without it.
+"""
 
-__all__ = [
-    "Diagnostic",
-    "FunctionalPass",
-    "InPlacePass",
-    "PassBase",
-    "PassError",
-    "PassResult",
-    "Pipeline",
-    "available",
-    "create",
-    "load_class",
-    "parse_pipeline",
-    "register",
-]
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "sparsec.passes.base": [
+        "Diagnostic",
+        "FunctionalPass",
+        "InPlacePass",
+        "IRPass",
+        "PassBase",
+        "PassError",
+        "PassResult",
+    ],
+    "sparsec.passes.pipeline": ["Pipeline"],
+    "sparsec.passes.registry": ["available", "create", "load_class", "parse_pipeline", "register"],
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [*sorted(_HOME, key=str.lower)]
+
+if TYPE_CHECKING:
+    from sparsec.passes.base import (
+        Diagnostic,
+        FunctionalPass,
+        InPlacePass,
+        IRPass,
+        PassBase,
+        PassError,
+        PassResult,
+    )
+    from sparsec.passes.pipeline import Pipeline
+    from sparsec.passes.registry import available, create, load_class, parse_pipeline, register
+
+
+def __getattr__(name: str):
+    """A public name, imported from its module when first asked for."""
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})

@@ -1,6 +1,12 @@
 """The pass contract: onnx-ir's (``call`` / ``requires`` / ``ensures``, in-place or functional),
 extended with the numbers and findings a compiler report needs.
 
+A sparsec pass *is* an onnx-ir pass: ``PassBase`` subclasses ``onnx_ir.passes.PassBase``, so
+onnx-ir's ``PassManager`` (or ``Sequential``, ``functionalize``) runs it on an ``onnx_ir.Model``
+and gets an onnx-ir ``PassResult`` back (see ``sparsec.ir.passes``); an onnx-ir pass in a
+sparsec ``Pipeline`` runs through ``IRPass``. sparsec's extras (``prepare``, stats, diagnostics,
+the oracle reference, artifacts) are optional on both sides.
+
 Invariants:
 - A pass has a kebab-case ``name`` and keyword-only options; ``describe()`` renders it as
   ``name(opt=value,...)`` listing the options that differ from their defaults.
@@ -19,11 +25,13 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
+from sparsec.ir.passes import IRPassBase, as_model, ir_result, run_ir_pass
 from sparsec.results import Diagnostic, PassError, PassResult, Severity, progress
 
 __all__ = [
     "Diagnostic",
     "FunctionalPass",
+    "IRPass",
     "InPlacePass",
     "PassBase",
     "PassError",
@@ -33,7 +41,7 @@ __all__ = [
 ]
 
 
-class PassBase:
+class PassBase(IRPassBase):
     """Base of every pass. Subclasses set ``name`` and ``summary`` and implement ``call``."""
 
     name: ClassVar[str] = ""
@@ -42,6 +50,10 @@ class PassBase:
     lossy: ClassVar[bool] = (
         False  # changes outputs on purpose; runs once even in a fixed-point pipeline
     )
+
+    @property
+    def changes_input(self) -> bool:  # onnx-ir's contract: a functional pass leaves it alone
+        return self.in_place
 
     def call(self, model) -> PassResult:
         raise NotImplementedError
@@ -61,7 +73,15 @@ class PassBase:
     def ensures(self, model) -> None:
         """Postconditions; raise ``PassError`` when the pass broke an invariant."""
 
-    def __call__(self, model) -> PassResult:
+    def __call__(self, model_or_result):  # type: ignore[override]
+        """Run the pass on a ``sparsec.Model`` (giving a sparsec ``PassResult``) or, as
+        onnx-ir's pass manager does, on an ``onnx_ir.Model`` or onnx-ir ``PassResult`` (giving
+        an onnx-ir ``PassResult`` whose ``sparsec`` attribute holds the sparsec one)."""
+        model, speaks_ir = as_model(model_or_result)
+        result = self._run(model)
+        return ir_result(result) if speaks_ir else result
+
+    def _run(self, model) -> PassResult:
         self.check_options()
         self.requires(model)
         result = self.call(model)
@@ -107,3 +127,32 @@ class FunctionalPass(PassBase):
     """A pass that leaves its input alone and returns a new model."""
 
     in_place = False
+
+
+class IRPass(PassBase):
+    """An onnx-ir pass (``onnx_ir.passes.PassBase``, onnxscript's rewriter passes...) as a
+    member of a sparsec ``Pipeline``: it runs on ``model.ir``; its name is its class name in
+    kebab case; it reports ``modified`` and nothing else."""
+
+    summary: ClassVar[str] = "An onnx-ir pass."
+
+    def __init__(self, wrapped: IRPassBase) -> None:
+        self.wrapped = wrapped
+        self.in_place = wrapped.in_place
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return _kebab(type(self.wrapped).__name__)
+
+    def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
+        return self.name
+
+    def call(self, model) -> PassResult:
+        produced, modified = run_ir_pass(self.wrapped, model)
+        return PassResult(produced, modified)
+
+
+def _kebab(class_name: str) -> str:
+    """``RemoveUnusedNodesPass`` -> ``remove-unused-nodes``."""
+    base = class_name.removesuffix("Pass") or class_name
+    return "".join(f"-{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(base))

@@ -9,12 +9,13 @@ reference then carries the refit weights, so the gate stays exact.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import ClassVar
 
 from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.calibrated import CalibratedPass
-from sparsec.pruning import channels, schedule
+from sparsec.pruning import channels, layer_ratios, schedule
 from sparsec.pruning.channels import ChannelOptions
 
 
@@ -45,8 +46,10 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         batch_size: int = 16,
         target_macs: float = 0.0,
         target_params: float = 0.0,
+        ratios: str | Mapping[str, float] = "",
     ) -> None:
         self.ratio, self.importance, self.scope = ratio, importance, scope
+        self.ratios = _ratios_text(ratios)
         self.heads, self.ffn = heads, ffn
         self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
         self.seed, self.plan = seed, plan
@@ -72,8 +75,11 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                     "seed",
                     "heads",
                     "ffn",
+                    "ratios",
                 )
             )
+        if self.ratios:
+            return super().describe(always=("ratios", "importance"), skip=("ratio",))
         return super().describe(always=("ratio", "importance"))
 
     def settings(self) -> ChannelOptions:
@@ -91,3 +97,14 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         if options.steps == 1:
             return channels.prune_round(model, options, samples)
         return schedule.run_steps(options, model, samples)
+
+
+def _ratios_text(ratios: str | Mapping[str, float]) -> str:
+    """Per-layer ratios as the option's text (``|``-separated, so that ``describe()`` reads back
+    in ``--passes``); text that does not parse is kept for ``check_options`` to refuse."""
+    if isinstance(ratios, Mapping):
+        try:
+            return layer_ratios.text(layer_ratios.parse(ratios), "|")
+        except ValueError:
+            return "|".join(f"{k}={v}" for k, v in ratios.items())
+    return ratios

@@ -7,7 +7,9 @@ name of the pass just run, after each pass (``validate="each"``) or once at the 
 (``validate="end"``); it raises to stop the pipeline, so a broken pass is named. A lossy pass
 runs in the first fixed-point round only; the last lossy pass's ``reference`` (the oracle) and
 every pass's ``artifacts`` are passed up. A pipeline is in place when all its members are; with
-a functional member it returns a new model.
+a functional member it returns a new model. A member may be an onnx-ir pass (it runs through
+``IRPass``). A fixed-point pipeline still changing the model in its last round stops there with
+a ``pipeline.not-settled`` warning naming the passes that kept changing it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 from sparsec.errors import InternalError, SparsecError
-from sparsec.passes.base import InPlacePass, PassBase, PassResult
+from sparsec.ir.passes import IRPassBase
+from sparsec.passes.base import Diagnostic, InPlacePass, IRPass, PassBase, PassResult
 
 ValidateMode = Literal["none", "end", "each"]
 
@@ -37,7 +40,7 @@ class Pipeline(InPlacePass):
     ) -> None:
         if validate != "none" and check is None:
             raise ValueError("validate='end' or 'each' needs a check callable")
-        self.passes = list(passes)
+        self.passes = [_adopt(member) for member in passes]
         self.in_place = all(
             member.in_place for member in self.passes
         )  # else it returns a new model
@@ -58,25 +61,57 @@ class Pipeline(InPlacePass):
     def call(self, model) -> PassResult:
         self.prepare(model)  # every member's outside data is read and checked before the first pass
         total = PassResult(model, modified=False)
+        changing: list[str] = []
         for round_index in range(self.max_rounds if self.fixed_point else 1):
-            round_modified = False
-            for member in self.passes:
-                if member.lossy and round_index > 0:
-                    continue
-                result = _run(member, total.model)
-                total.model = result.model
-                round_modified |= result.modified
-                _merge(total, member.name, result)
-                if self.on_pass is not None:
-                    self.on_pass(member, result)
-                if self.validate == "each" and self.check is not None:
-                    self.check(total.model, member.describe())
-            total.modified |= round_modified
-            if not round_modified:
+            changing = self._round(total, round_index)
+            total.modified |= bool(changing)
+            if not changing:
                 break
+        else:
+            if self.fixed_point:
+                total.diagnostics.append(_not_settled(self.max_rounds, changing))
         if self.validate == "end" and self.check is not None:
             self.check(total.model, self.describe())
         return total
+
+    def _round(self, total: PassResult, round_index: int) -> list[str]:
+        """Run every member once (a lossy one in the first round only) on ``total.model``;
+        the names of the members that changed it."""
+        changing = []
+        for member in self.passes:
+            if member.lossy and round_index > 0:
+                continue
+            result = _run(member, total.model)
+            total.model = result.model
+            if result.modified:
+                changing.append(member.describe())
+            _merge(total, member.name, result)
+            if self.on_pass is not None:
+                self.on_pass(member, result)
+            if self.validate == "each" and self.check is not None:
+                self.check(total.model, member.describe())
+        return changing
+
+
+def _adopt(member) -> PassBase:
+    """A pipeline member: a sparsec pass as it is, an onnx-ir pass wrapped in ``IRPass``."""
+    if isinstance(member, PassBase):
+        return member
+    if isinstance(member, IRPassBase):
+        return IRPass(member)
+    raise TypeError(
+        f"a Pipeline member must be a sparsec or onnx-ir pass, not {type(member).__name__}"
+    )
+
+
+def _not_settled(rounds: int, changing: list[str]) -> Diagnostic:
+    names = ", ".join(dict.fromkeys(changing))
+    return Diagnostic(
+        "warning",
+        "pipeline.not-settled",
+        f"the passes did not settle in {rounds} rounds: {names} still changed the model in "
+        "the last round (a pass that changes something every time it runs); stopped there",
+    )
 
 
 def _run(member: PassBase, model) -> PassResult:

@@ -7,7 +7,10 @@ Channel groups come from ``analysis.groups``, unit scores from ``analysis.import
 - a group never loses all its units, nor more than ``max_layer_ratio`` of them, and no member
   tensor loses all its positions;
 - a group's ratio is ``heads`` for attention-head groups and ``ffn`` for MLP hidden-unit groups
-  when those are set (>= 0), else ``ratio`` (``ChannelGroup.kind`` says which a group is);
+  when those are set (>= 0), else ``ratio`` (``ChannelGroup.kind`` says which a group is); with
+  per-layer ``ratios`` (``{glob: ratio}``, ``layer_ratios`` states the precedence) in place of
+  ``ratio``, the ratio of the pattern the group's layers take, and a group no pattern matches is
+  left whole;
 - ``local`` scope removes ``floor(ratio·n)`` units from each *segment* of n units (a group's
   units split by the set of weights they appear in: one segment per DenseNet layer feeding a
   Concat, one for a residual stream), so every layer keeps a balanced width; ``global`` ranks
@@ -26,10 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparsec.analysis import lookup
 from sparsec.analysis.activations import RANDOM
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
-from sparsec.pruning import budget
+from sparsec.pruning import budget, layer_ratios
 from sparsec.pruning.exclude import excluded_by, unmatched_warnings
 from sparsec.pruning.plans import read_plan, removed_from_plan
 from sparsec.pruning.recovery import recover_result
@@ -44,6 +48,7 @@ class ChannelOptions:
     what each means)."""
 
     ratio: float = 0.5
+    ratios: str = ""  # per-layer ratios as text (``layer_ratios``); replaces ``ratio`` when set
     importance: str = "l1"
     scope: str = "local"
     max_layer_ratio: float = 0.9
@@ -95,6 +100,8 @@ def check(options: ChannelOptions) -> None:
         )
     if options.round_to < 1:
         raise PassError(f"channel-prune: round_to must be at least 1, got {options.round_to}")
+    if options.ratios:
+        _check_ratios(options)
     if options.importance not in IMPORTANCE:
         raise PassError(
             f"channel-prune: unknown importance '{options.importance}'; known: {', '.join(IMPORTANCE)}"
@@ -108,6 +115,18 @@ def check(options: ChannelOptions) -> None:
     if options.steps < 1 or (options.steps > 1 and options.plan):
         raise PassError(
             f"channel-prune: steps must be at least 1 (and 1 with a plan), got {options.steps}"
+        )
+
+
+def _check_ratios(options: ChannelOptions) -> None:
+    try:
+        layer_ratios.parse(options.ratios)
+    except ValueError as error:
+        raise PassError(f"channel-prune: ratios: {error}") from None
+    if options.targeted or options.plan:
+        raise PassError(
+            "channel-prune: per-layer ratios choose the cut: drop "
+            + ("the MACs/params target" if options.targeted else "the plan")
         )
 
 
@@ -131,18 +150,22 @@ def _check_target(options: ChannelOptions) -> None:
 def prune_round(model, options: ChannelOptions, samples) -> PassResult:
     """One prune (then, with ``samples`` and ``options.recover``, refit) round on ``model``."""
     analysis = find_channel_groups(model)
-    reasons = {g.id: reason(options, g) for g in analysis.groups}
+    reasons, picked = choices(model, options, analysis)
     candidates = [g for g in analysis.groups if reasons[g.id] is None]
     if options.plan:
         removed = removed_from_plan(read_plan(options.plan), analysis.groups, reasons)
     elif options.targeted:
         removed, note = budget.allocated_units(options, model, candidates, samples)
     else:
-        removed = select(model, options, candidates, samples)
+        removed = select(model, options, candidates, samples, picked)
     kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
     original = model.copy() if samples is not None and options.recover else None
     result = prune_channels(model, analysis, removed)
-    result.diagnostics = _diagnostics(analysis, reasons) + _warnings(model, options, result, kinds)
+    result.diagnostics = (
+        _diagnostics(analysis, reasons)
+        + _pattern_notes(options, analysis, picked)
+        + _warnings(model, options, result, kinds, picked)
+    )
     if options.targeted:
         result.diagnostics.append(note)
     if options.calibration == RANDOM:
@@ -175,8 +198,65 @@ def reason(options: ChannelOptions, group: ChannelGroup) -> str | None:
     )
 
 
+def choices(
+    model, options: ChannelOptions, analysis
+) -> tuple[dict[int, str | None], dict[int, tuple[str, float]]]:
+    """Why each group stays whole (None: it may be cut), and with per-layer ratios the
+    (pattern, ratio) each group takes (``pattern_ratios``)."""
+    picked = pattern_ratios(model, options, analysis)
+    reasons = {}
+    for group in analysis.groups:
+        why = reason(options, group)
+        if why is None and options.ratios and options.ratio_source(group) == "ratio":
+            why = None if group.id in picked else "no per-layer ratio pattern matches its layers"
+        reasons[group.id] = why
+    return reasons, picked
+
+
+def pattern_ratios(model, options: ChannelOptions, analysis) -> dict[int, tuple[str, float]]:
+    """{group id: (pattern, ratio)} of ``options.ratios`` by ``layer_ratios``' precedence over
+    the layers whose output channels a group holds; a pattern naming no layer is a PassError."""
+    if not options.ratios:
+        return {}
+    ratios = layer_ratios.parse(options.ratios)
+    names = [name for layer in lookup.layers(model) for name in layer.names]
+    missing = layer_ratios.unmatched(ratios, names)
+    if missing:
+        raise PassError(
+            f"channel-prune: pattern {missing[0]!r} matches no layer of the model (a Conv/Gemm/"
+            "MatMul node, weight, scope or module name; see sparsec analyze --layers)"
+        )
+    picked = {}
+    for gid, found in lookup.group_layers(model, analysis).items():
+        choice = layer_ratios.choose(ratios, (n for layer in found for n in layer.names))
+        if choice is not None:
+            picked[gid] = choice
+    return picked
+
+
+def _pattern_notes(options, analysis, picked: dict[int, tuple[str, float]]) -> list[Diagnostic]:
+    """Per pattern, the groups that took its ratio (``channel.layer-ratio``)."""
+    if not options.ratios:
+        return []
+    prunable = {g.id for g in analysis.groups if g.prunable}
+    notes = []
+    for pattern, ratio in layer_ratios.parse(options.ratios).items():
+        ids = sorted(gid for gid, (p, _) in picked.items() if p == pattern)
+        kept = [gid for gid in ids if gid not in prunable]
+        where = f"group(s) {', '.join(map(str, ids))}" if ids else "no group (others win)"
+        also = f" ({len(kept)} of them kept whole: see analyze --groups)" if kept else ""
+        notes.append(
+            Diagnostic("info", "channel.layer-ratio", f"'{pattern}' = {ratio:g}: {where}{also}")
+        )
+    return notes
+
+
 def _warnings(
-    model, options: ChannelOptions, result: PassResult, kinds: set[str]
+    model,
+    options: ChannelOptions,
+    result: PassResult,
+    kinds: set[str],
+    picked: dict[int, tuple[str, float]],
 ) -> list[Diagnostic]:
     found = unmatched_warnings(options.exclude, model, "channel.exclude-unmatched")
     if not result.modified:
@@ -187,7 +267,12 @@ def _warnings(
                 "no channel was removed (every group is kept, or the ratio rounds to zero)",
             )
         )
-    largest = max(options.ratio, options.heads, options.ffn)
+    largest = max(
+        options.ratio if not options.ratios else 0.0,
+        options.heads,
+        options.ffn,
+        *(ratio for _, ratio in picked.values()),
+    )
     if largest > options.max_layer_ratio and not options.plan:
         found.append(
             Diagnostic(
@@ -209,10 +294,15 @@ def _warnings(
 
 
 def select(
-    model, options: ChannelOptions, groups: list[ChannelGroup], samples=None
+    model,
+    options: ChannelOptions,
+    groups: list[ChannelGroup],
+    samples=None,
+    picked: dict[int, tuple[str, float]] | None = None,
 ) -> dict[int, np.ndarray]:
-    """{group id: the units it loses} by the options' importance, ratios and scope (or by a
-    scheduled round's ``unit_targets``)."""
+    """{group id: the units it loses} by the options' importance, ratios (``picked``: the
+    per-layer pattern and ratio of a group) and scope (or by a scheduled round's
+    ``unit_targets``)."""
     ctx = ImportanceContext(
         model, seed=options.seed, calibration=samples, batch_size=options.batch_size
     )
@@ -222,11 +312,16 @@ def select(
             g.id: lowest_units(g, scores[g.id], 0.0, counts=_scheduled_counts(options, g))
             for g in groups
         }
-    ratios = {g.id: options.ratio_for(g) for g in groups}
+    picked = picked or {}
+    sources = {g.id: _source(options, g, picked) for g in groups}
+    ratios = {
+        g.id: picked[g.id][1] if sources[g.id].startswith("=") else options.ratio_for(g)
+        for g in groups
+    }
     if options.scope == "global":
         buckets: dict[str, list[ChannelGroup]] = {}
         for group in groups:
-            buckets.setdefault(options.ratio_source(group), []).append(group)
+            buckets.setdefault(sources[group.id], []).append(group)
         ratios = {
             gid: r
             for bucket in buckets.values()
@@ -244,11 +339,20 @@ def select(
     }
 
 
+def _source(options: ChannelOptions, group: ChannelGroup, picked: dict) -> str:
+    """What sets a group's ratio: ``heads``, ``ffn``, ``ratio`` or ``=PATTERN`` (global scope
+    ranks the groups of one source together)."""
+    source = options.ratio_source(group)
+    return f"={picked[group.id][0]}" if source == "ratio" and group.id in picked else source
+
+
 def final_cut(model, options: ChannelOptions, samples) -> dict[tuple, tuple[int, int]]:
     """Per segment of a prunable group (by ``segment_keys``): its units, and how many one
     round at the full ratios would remove (what a schedule spreads over its rounds)."""
-    candidates = [g for g in find_channel_groups(model).groups if reason(options, g) is None]
-    removed = select(model, options, candidates, samples)
+    analysis = find_channel_groups(model)
+    reasons, picked = choices(model, options, analysis)
+    candidates = [g for g in analysis.groups if reasons[g.id] is None]
+    removed = select(model, options, candidates, samples, picked)
     return {
         key: (len(segment), int(np.isin(segment, removed[g.id]).sum()))
         for g in candidates

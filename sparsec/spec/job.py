@@ -29,6 +29,7 @@ from sparsec.spec.options import (
     RATIO_NAMES,
     TARGET_NAMES,
     WEIGHT_SCORES,
+    default_importance,
     is_given,
 )
 from sparsec.spec.rules import RULES
@@ -113,10 +114,7 @@ class JobSpec:
         data, else l1/magnitude."""
         if self.given("importance"):
             return self.values["importance"]
-        real = self.given("calibration") and self.values["calibration"] != RANDOM
-        if self.weights:
-            return "wanda" if real else "magnitude"
-        return "activation" if real else "l1"
+        return default_importance(self.values.get("calibration"), weights=self.weights)
 
     def check(self) -> None:
         """Every combination rule; one ``UsageError`` line for the first broken one."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsec.errors import UsageError
+from sparsec.pruning import layer_ratios
 
 CHANNEL_SCORES = ("l1", "l2", "bn-scale", "random", "activation")
 WEIGHT_SCORES = ("magnitude", "wanda", "sparsegpt")
@@ -96,6 +97,21 @@ def _switch(value):
 
 
 RATIO = Kind("R", _number(0, 1, high_open=True))
+
+
+def _ratios(value):
+    """One ratio (a number, or its text), or per-layer ratios: ``GLOB=R,...`` text or a table."""
+    if isinstance(value, str) and "=" not in value:
+        try:
+            return RATIO.convert(value)
+        except ValueError as error:
+            raise ValueError(f"{error} (or GLOB=R pairs, e.g. 'layer4.*=0.7,*=0.3')") from None
+    if isinstance(value, (int, float, bool)):
+        return RATIO.convert(value)
+    return layer_ratios.parse(value)
+
+
+LAYER_RATIOS = Kind("R|GLOB=R,...", _ratios)
 OPEN_RATIO = Kind("R", _number(0, 1, low_open=True, high_open=True))
 POSITIVE_RATIO = Kind("R", _number(0, None, low_open=True))
 COUNT = Kind("N", _number(1, None, integer=True))
@@ -171,9 +187,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "channels",
-        RATIO,
+        LAYER_RATIOS,
         PRUNE,
-        "Remove fraction R of the channels of every prunable channel group (then clean up).",
+        "Remove fraction R of the channels of every prunable channel group (then clean up); or "
+        "per layer, 'GLOB=R,...' (e.g. 'layer4.*=0.7,*=0.3'): a group takes the ratio of the most "
+        "specific pattern matching a layer whose output channels it holds (node, weight, scope or "
+        "module name; ties: the smaller ratio); groups no pattern matches are kept.",
     ),
     Option(
         "heads",
@@ -463,6 +482,15 @@ SELECTION_NAMES = (
     "seed",
     "exclude",
 )
+
+
+def default_importance(calibration: Any, *, weights: bool = False) -> str:
+    """The score a run uses when none is given: activation (wanda for weights) with real
+    calibration data, else l1 (magnitude); one rule for the CLI, recipes and ``api``."""
+    real = calibration is not None and str(calibration) not in ("", RANDOM)
+    if weights:
+        return "wanda" if real else "magnitude"
+    return "activation" if real else "l1"
 
 
 def is_given(value: Any) -> bool:

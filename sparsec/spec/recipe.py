@@ -97,7 +97,7 @@ def relative_path(path: Path | None, folder: Path) -> str:
 
 
 def _value(value: Any) -> str:
-    """A TOML value for a string, number, boolean or list of strings."""
+    """A TOML value for a string, number, boolean, list, or table (inline, string keys)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -106,6 +106,8 @@ def _value(value: Any) -> str:
         return repr(value) if math.isfinite(value) else "nan"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_value(str(k))} = {_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     escaped = "".join(_escape(ch) for ch in text)
     return f'"{escaped}"'

@@ -1,0 +1,270 @@
+"""Layers and the channel groups that hold them: ``group_of(model, name, axis)`` (Torch-Pruning's
+``get_pruning_group`` for ONNX) and ``layer_table(model)``, the group analysis seen per layer.
+
+A *layer* is a compute node (``op_layouts``: Conv, ConvTranspose, Gemm, MatMul) one of whose
+operands is a constant weight. Its *output channels* are its output's channel axis (the
+weight's kept axis: a Conv's W axis 0, a Gemm's N); its *input channels* the activation's
+contracted axis. A layer answers to four names: its node name (``/layer4/layer4.0/conv1/Conv``),
+its weight's name (``layer4.0.conv1.weight``), its exporter scope (the node name less its last
+``/`` part: ``/layer4/layer4.0/conv1``) and its module path (``layer4.0.conv1``: from the scope, else
+the weight name less ``.weight``, else dynamo's ``pkg.torch.onnx.name_scopes``).
+
+Invariant: read-only; every group returned is one of ``find_channel_groups(model)``'s (prunable
+or not: ``group.reason`` says why not); a name or axis that no group holds is an
+``UnknownNameError`` error (an ``InputError`` and a ``KeyError``) naming the closest names.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from dataclasses import dataclass
+
+from sparsec.analysis.groups import ChannelGroup, GroupAnalysis, find_channel_groups
+from sparsec.analysis.op_layouts import layout as op_layout
+from sparsec.analysis.shapes import value_shapes
+from sparsec.errors import InputError
+
+Member = tuple[str, int]
+SIDES = ("output", "input")
+
+
+class UnknownNameError(InputError, KeyError):
+    """A name (or axis) that no layer, tensor or channel group of the model has."""
+
+    __str__ = Exception.__str__  # one plain line, not KeyError's quoted repr
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A compute node with a constant weight, and the (tensor, axis) of its channels."""
+
+    node: str
+    op_type: str
+    weight: str
+    output: Member | None  # its output channels (None: rank unknown)
+    input: Member | None  # its input channels (None: the other operand is no tensor)
+    scope: str = ""
+    module: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the layer answers to (node, weight, scope, module path), no blanks."""
+        return tuple(
+            dict.fromkeys(n for n in (self.node, self.weight, self.scope, self.module) if n)
+        )
+
+
+def layers(model, input_shapes=None) -> list[Layer]:
+    """Every layer of ``model``, in graph order (cached until the model changes)."""
+    key = "layers:" + repr(sorted((input_shapes or {}).items()))
+    return model.cached(key, lambda: _layers(model, value_shapes(model, input_shapes)))
+
+
+def _layers(model, shapes: dict) -> list[Layer]:
+    found = []
+    for node in model.nodes():
+        layout = op_layout(model, node)
+        if layout is None or not node.outputs or node.outputs[0] is None:
+            continue
+        weight = next(
+            (w for w in layout.operands() if model.constant_shape(_input(node, w.index))), None
+        )
+        if weight is None:
+            continue
+        other = layout.other(weight)
+        out_rank = len(shapes.get(node.outputs[0].name, ())) or None
+        out_axis = layout.output_channels if weight == layout.weight else -2
+        activation = _input(node, other.index)
+        in_rank = len(shapes.get(activation.name, ())) if activation is not None else 0
+        name = _input(node, weight.index).name
+        scope = node.name.rsplit("/", 1)[0] if node.name.startswith("/") else ""
+        found.append(
+            Layer(
+                node.name,
+                node.op_type,
+                name,
+                (node.outputs[0].name, out_axis % out_rank) if out_rank else None,
+                (activation.name, other.contraction % in_rank) if in_rank else None,
+                scope,
+                _module_path(node, scope, name),
+            )
+        )
+    return found
+
+
+def _input(node, index: int):
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _module_path(node, scope: str, weight: str) -> str:
+    """``layer4.0.conv1`` from ``/layer4/layer4.0/conv1``, ``layer4.0.conv1.weight`` or dynamo's
+    name scopes (``['', 'layer4', 'layer4.0', 'conv1', 'conv2d_5']``, the op's own last)."""
+    parts = scope.strip("/").split("/") if scope else []
+    if not parts and weight.endswith(".weight"):  # a parameter's name (dynamo keeps them)
+        return weight[: -len(".weight")]
+    parts = parts or _dynamo_scopes(node)
+    path = ""
+    for part in filter(None, parts):  # a part repeating the path so far extends it
+        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
+    return path
+
+
+def _dynamo_scopes(node) -> list[str]:
+    text = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    try:
+        scopes = ast.literal_eval(text) if text else []
+    except (ValueError, SyntaxError):
+        return []
+    return [s for s in scopes[:-1] if isinstance(s, str)] if isinstance(scopes, list) else []
+
+
+def group_of(model, name: str, axis: int | str | None = None, *, input_shapes=None) -> ChannelGroup:
+    """The channel group holding ``name``'s channels, prunable or not (``group.reason``).
+
+    ``name`` is a node name (a layer's output channels by default; ``axis="input"`` its input
+    channels, an integer: that axis of the node's first output), a layer's scope or module path,
+    or a tensor name, e.g. an initializer (``axis``: that axis; None: a layer weight's output
+    axis, else the one axis a group holds). ``UnknownNameError`` when nothing matches, naming the
+    closest names, or when the channels are in no group (an axis of size 1, or one no compute
+    weight reaches).
+    """
+    analysis = find_channel_groups(model, input_shapes)
+    member, what = _member(model, name, axis, input_shapes)
+    group = holders(analysis).get(member)
+    if group is None:
+        raise UnknownNameError(
+            f"{what} ({member[0]!r} axis {member[1]}) is in no channel group: its size is 1, "
+            "or no Conv/Gemm/MatMul weight's channels run along it"
+        )
+    return group
+
+
+def holders(analysis: GroupAnalysis) -> dict[Member, ChannelGroup]:
+    """member → the group it belongs to."""
+    return {member: group for group in analysis.groups for member in group.members}
+
+
+def group_layers(model, analysis: GroupAnalysis, input_shapes=None) -> dict[int, list[Layer]]:
+    """{group id: the layers whose output channels it holds} (groups holding none left out)."""
+    held = holders(analysis)
+    found: dict[int, list[Layer]] = {}
+    for layer in layers(model, input_shapes):
+        group = held.get(layer.output) if layer.output is not None else None
+        if group is not None:
+            found.setdefault(group.id, []).append(layer)
+    return found
+
+
+def _member(model, name: str, axis, input_shapes) -> tuple[Member, str]:
+    """The (tensor, axis) ``name`` and ``axis`` mean, and words for it."""
+    by_node = {layer.node: layer for layer in layers(model, input_shapes) if layer.node}
+    layer = by_node.get(name) or _by_alias(model, name, input_shapes)
+    if layer is not None and (axis is None or axis in SIDES):
+        side = axis or "output"
+        member = getattr(layer, side)
+        if member is None:
+            raise UnknownNameError(f"layer {layer.node!r}: the rank of its {side} is unknown")
+        return member, f"layer {layer.node!r} {side} channels"
+    if axis in SIDES:
+        raise UnknownNameError(f"{name!r} is not a layer (a Conv/Gemm/MatMul node with a weight)")
+    node = next((n for n in model.nodes() if n.name and n.name == name), None)
+    value = node.outputs[0] if node is not None and node.outputs else model.value(name)
+    if value is None:
+        raise UnknownNameError(
+            f"no node, tensor or layer is called {name!r}{_closest(model, name)}"
+        )
+    if axis is None:
+        return _default_axis(model, value.name, input_shapes), f"tensor {value.name!r}"
+    return (
+        value.name,
+        int(axis) % _rank(model, value.name, input_shapes),
+    ), f"tensor {value.name!r}"
+
+
+def _by_alias(model, name: str, input_shapes) -> Layer | None:
+    """The one layer whose scope or module path is ``name`` (a weight name only when
+    ``name`` is no other tensor's)."""
+    found = [layer for layer in layers(model, input_shapes) if name in (layer.scope, layer.module)]
+    if len(found) > 1:
+        nodes = ", ".join(repr(layer.node) for layer in found[:4])
+        raise UnknownNameError(f"{name!r} names {len(found)} layers ({nodes}): give a node name")
+    weights = [layer for layer in layers(model, input_shapes) if layer.weight == name]
+    return found[0] if found else (weights[0] if len(weights) == 1 else None)
+
+
+def _default_axis(model, name: str, input_shapes) -> Member:
+    held = sorted(m for m in holders(find_channel_groups(model, input_shapes)) if m[0] == name)
+    if len(held) == 1:
+        return held[0]
+    axes = ", ".join(str(m[1]) for m in held)
+    raise UnknownNameError(
+        f"tensor {name!r} has channels in groups along axes {axes}: give axis=..."
+        if held
+        else f"tensor {name!r} is in no channel group"
+    )
+
+
+def _rank(model, name: str, input_shapes) -> int:
+    shape = value_shapes(model, input_shapes).get(name) or model.constant_shape(model.value(name))
+    if not shape:
+        raise UnknownNameError(f"the rank of {name!r} is unknown")
+    return len(shape)
+
+
+def _closest(model, name: str) -> str:
+    names = [n.name for n in model.nodes() if n.name] + list(model.initializers())
+    names += [alias for layer in layers(model) for alias in layer.names]
+    close = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3, cutoff=0.5)
+    return f" (closest: {', '.join(repr(c) for c in close)})" if close else ""
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer and the groups holding its output and input channels (None: no group)."""
+
+    layer: Layer
+    output: ChannelGroup | None
+    input: ChannelGroup | None
+
+    def to_json(self) -> dict:
+        return {
+            "node": self.layer.node,
+            "op": self.layer.op_type,
+            "weight": self.layer.weight,
+            "module": self.layer.module,
+            "output": _group_json(self.output),
+            "input": _group_json(self.input),
+        }
+
+
+def _group_json(group: ChannelGroup | None) -> dict | None:
+    if group is None:
+        return None
+    return {
+        "group": group.id,
+        "channels": group.units,
+        "prunable": group.prunable,
+        "reason": group.reason,
+    }
+
+
+def layer_table(model, input_shapes=None) -> list[LayerRow]:
+    """Per layer (graph order): the groups holding its output and input channels."""
+    held = holders(find_channel_groups(model, input_shapes))
+    return [
+        LayerRow(layer, held.get(layer.output), held.get(layer.input))  # type: ignore[arg-type]
+        for layer in layers(model, input_shapes)
+    ]
+
+
+__all__ = [
+    "Layer",
+    "LayerRow",
+    "UnknownNameError",
+    "group_layers",
+    "group_of",
+    "holders",
+    "layer_table",
+    "layers",
+]

@@ -1,0 +1,170 @@
+"""sparsec passes and onnx-ir passes run in each other's pass managers, and ``Model`` answers
+from the live graph after edits made through plain onnx-ir."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from conftest import MODELS, make_model, oracle_error, prune, run_ort
+from onnx import TensorProto, helper, numpy_helper
+
+import sparsec
+from sparsec.passes import InPlacePass, PassResult, Pipeline
+
+
+class FoldDoubleRelu(ir.passes.InPlacePass):
+    """A plain onnx-ir pass (no sparsec in it): Relu(Relu(x)) -> Relu(x)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for node in list(model.graph):
+            if node.op_type != "Relu":
+                continue
+            inner = node.inputs[0].producer()
+            if inner is not None and inner.op_type == "Relu":
+                ir.convenience.replace_all_uses_with(
+                    node.outputs[0], inner.outputs[0], replace_graph_outputs=True
+                )
+                model.graph.remove(node, safe=True)
+                modified = True
+        return ir.passes.PassResult(model, modified)
+
+
+def _double_relu() -> sparsec.Model:
+    """x -> Conv -> Relu -> Relu -> Conv -> y (the last Conv keeps the graph output a Conv's)."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Relu", ["r1"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w2"], ["y"], name="conv2"),
+    ]
+    proto = make_model(
+        nodes,
+        [("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        weights,
+    )
+    return sparsec.Model.from_proto(proto)
+
+
+def _outputs(model: sparsec.Model) -> list[np.ndarray]:
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    return run_ort(model.to_proto(), feeds)
+
+
+def test_an_onnx_ir_pass_runs_in_a_sparsec_pipeline():
+    model = _double_relu()
+    before = _outputs(model)
+    result = Pipeline([FoldDoubleRelu(), sparsec.create("dead-code")], fixed_point=True)(model)
+    assert result.modified and result.model is model
+    assert [n.op_type for n in model.nodes()] == ["Conv", "Relu", "Conv"]
+    assert model.value("r2") is None  # the cached name table saw the onnx-ir edit
+    np.testing.assert_allclose(_outputs(model)[0], before[0], rtol=1e-6)
+    assert Pipeline([FoldDoubleRelu()]).describe() == "fold-double-relu"
+
+
+def test_a_functional_onnx_ir_pass_gives_a_new_model_in_a_pipeline():
+    model = _double_relu()
+    result = Pipeline([ir.passes.functionalize(FoldDoubleRelu())])(model)
+    assert result.model is not model and result.modified
+    assert len(model.nodes()) == 4 and len(result.model.nodes()) == 3  # the input is untouched
+
+
+def test_a_sparsec_pass_runs_in_onnx_ir_pass_manager():
+    model = _double_relu()
+    model.graph.append(ir.node("Neg", [model.graph.node(0).outputs[0]], name="unused_neg"))
+    manager = ir.passes.PassManager([sparsec.create("dead-code"), FoldDoubleRelu()], steps=2)
+    result = manager(model.ir)
+    assert result.model is model.ir and result.modified
+    assert [n.op_type for n in model.ir.graph] == ["Conv", "Relu", "Conv"]
+
+
+def test_the_onnx_ir_result_carries_sparsec_stats_and_functionalize_works():
+    model = _double_relu()
+    model.graph.append(ir.node("Neg", [model.graph.node(0).outputs[0]], name="unused_neg"))
+    result = ir.passes.functionalize(sparsec.create("dead-code"))(model.ir)
+    assert isinstance(result, ir.passes.PassResult)
+    assert result.model is not model.ir  # a copy was pruned, the input kept its node
+    assert "unused_neg" in [n.name for n in model.ir.graph]
+    assert "unused_neg" not in [n.name for n in result.model.graph]
+    assert result.sparsec.stats["nodes_removed"] >= 1
+
+
+def test_a_sparsec_pipeline_inside_pass_manager_and_the_reverse():
+    model = _double_relu()
+    inner = Pipeline([sparsec.create("dead-code")])
+    outer = Pipeline([ir.passes.PassManager([FoldDoubleRelu(), inner])])
+    assert outer(model).modified
+    assert [n.op_type for n in model.nodes()] == ["Conv", "Relu", "Conv"]
+
+
+def test_model_lookups_are_live_after_onnx_ir_edits():
+    model = _double_relu()
+    relu2 = model.producer(model.value("r2"))
+    assert relu2 is not None and relu2.name == "relu2"
+    groups_before = sparsec.find_channel_groups(model)
+    relu2.outputs[0].replace_all_uses_with(relu2.inputs[0], replace_graph_outputs=True)
+    model.graph.remove(relu2, safe=True)  # plain onnx-ir: no Model method, no touch()
+    assert model.value("r2") is None
+    assert model.consumers(model.value("r1"))[0].name == "conv2"
+    groups_after = sparsec.find_channel_groups(model)
+    assert groups_after is not groups_before  # the cached analysis was not reused
+    assert "relu2" not in str([g.describe() for g in groups_after.groups])
+
+
+def test_edit_through_onnx_ir_then_prune_passes_the_oracle():
+    model = sparsec.Model.load(MODELS / "digits_cnn.onnx")
+    sparsec.find_channel_groups(model)  # a cached analysis of the graph before the edit
+    relu = next(n for n in model.nodes() if n.op_type == "Relu")
+    relu.outputs[0].replace_all_uses_with(relu.inputs[0], replace_graph_outputs=True)
+    model.graph.remove(relu, safe=True)
+    pruned, result = prune(model, ratio=0.5)
+    assert result.modified and pruned.check() is None
+    assert all(n.name != relu.name for n in pruned.nodes())
+    assert oracle_error(pruned, result.reference()) < 1e-4
+
+
+class ScaleForever(InPlacePass):
+    """Doubles a weight on every run: never settles."""
+
+    name = "scale-forever"
+    summary = "Doubles the first weight each time."
+
+    def call(self, model) -> PassResult:
+        weight = next(iter(model.initializers().values()))
+        model.resize_initializer(weight, model.constant(weight) * 2)
+        return PassResult(model, modified=True)
+
+
+def test_a_fixed_point_that_does_not_settle_stops_with_a_warning_naming_the_pass():
+    model = _double_relu()
+    rounds = []
+    pipeline = Pipeline(
+        [ScaleForever(), sparsec.create("dead-code")],
+        fixed_point=True,
+        max_rounds=3,
+        on_pass=lambda p, r: rounds.append(p.name),
+    )
+    result = pipeline(model)
+    warnings = [d for d in result.diagnostics if d.code == "pipeline.not-settled"]
+    assert rounds.count("scale-forever") == 3
+    assert len(warnings) == 1 and "scale-forever" in warnings[0].message
+    assert "dead-code" not in warnings[0].message  # it settled
+
+
+def test_a_settling_fixed_point_gives_no_warning():
+    result = Pipeline([FoldDoubleRelu(), sparsec.create("dead-code")], fixed_point=True)(
+        _double_relu()
+    )
+    assert not [d for d in result.diagnostics if d.code == "pipeline.not-settled"]
+
+
+def test_a_non_pass_member_is_refused():
+    with pytest.raises(TypeError, match="sparsec or onnx-ir pass"):
+        Pipeline([lambda model: model])
