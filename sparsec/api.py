@@ -46,6 +46,7 @@ from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.pruning import sensitivity as sensitivity_analysis
 from sparsec.pruning.plans import plan_files, read_plan, refit_path
+from sparsec.spec.options import default_importance
 from sparsec.validate import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -475,11 +476,11 @@ def sensitivity(
 
 
 def channel_passes(
-    ratio: float = 0.5,
+    ratio: float | Mapping[str, float] | str = 0.5,
     *,
     heads: float = -1.0,
     ffn: float = -1.0,
-    importance: str = "l1",
+    importance: str | None = None,
     scope: str = "local",
     max_layer_ratio: float = 0.9,
     round_to: int = 1,
@@ -499,16 +500,24 @@ def channel_passes(
     timm's packed qkv split into Q, K, V projections),
     ``channel-prune`` with these options
     (``heads``/``ffn`` -1: as ``ratio``; with ``calibration``, activation importance and the
-    refit are available, see ``ChannelPrunePass``), then cleanup."""
+    refit are available, see ``ChannelPrunePass``), then cleanup.
+
+    ``ratio`` is one fraction for every group, or per-layer ratios ``{glob: ratio}`` (or their
+    text, ``"layer4.*=0.7,*=0.3"``): each group takes the ratio of the most specific pattern
+    matching a layer whose output channels it holds, groups no pattern matches are kept
+    (``sparsec.pruning.layer_ratios``). ``importance`` None: activation with real calibration
+    data, else l1 (as the CLI)."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(
             f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}"
         )
     if plan is not None:
         read_plan(str(plan))  # a malformed plan is refused before any work
+    per_layer = isinstance(ratio, (Mapping, str))
     prune = ChannelPrunePass(
-        ratio=ratio,
-        importance=importance,
+        ratio=0.0 if per_layer else ratio,
+        ratios=ratio if per_layer else "",
+        importance=importance or default_importance(calibration),
         scope=scope,
         max_layer_ratio=max_layer_ratio,
         round_to=round_to,
