@@ -142,7 +142,7 @@ class ScaleForever(InPlacePass):
         return PassResult(model, modified=True)
 
 
-def test_a_fixed_point_that_does_not_settle_stops_with_a_warning_naming_the_pass():
+def test_a_fixed_point_that_does_not_settle_stops_with_a_warning_naming_the_pass(caplog):
     model = _double_relu()
     rounds = []
     pipeline = Pipeline(
@@ -156,6 +156,8 @@ def test_a_fixed_point_that_does_not_settle_stops_with_a_warning_naming_the_pass
     assert rounds.count("scale-forever") == 3
     assert len(warnings) == 1 and "scale-forever" in warnings[0].message
     assert "dead-code" not in warnings[0].message  # it settled
+    logged = [r.getMessage() for r in caplog.records if r.name == "sparsec.passes"]
+    assert logged == [f"warning: {warnings[0].message}"]  # on stderr before validation runs
 
 
 def test_a_settling_fixed_point_gives_no_warning():

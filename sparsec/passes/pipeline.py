@@ -9,11 +9,13 @@ runs in the first fixed-point round only; the last lossy pass's ``reference`` (t
 every pass's ``artifacts`` are passed up. A pipeline is in place when all its members are; with
 a functional member it returns a new model. A member may be an onnx-ir pass (it runs through
 ``IRPass``). A fixed-point pipeline still changing the model in its last round stops there with
-a ``pipeline.not-settled`` warning naming the passes that kept changing it.
+a ``pipeline.not-settled`` warning naming the passes that kept changing it (also logged to the
+``sparsec.passes`` logger, which a command line shows on stderr).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
@@ -22,6 +24,7 @@ from sparsec.ir.passes import IRPassBase
 from sparsec.passes.base import Diagnostic, InPlacePass, IRPass, PassBase, PassResult
 
 ValidateMode = Literal["none", "end", "each"]
+_LOG = logging.getLogger("sparsec.passes")  # no handler: Python's last resort prints warnings
 
 
 class Pipeline(InPlacePass):
@@ -69,7 +72,9 @@ class Pipeline(InPlacePass):
                 break
         else:
             if self.fixed_point:
-                total.diagnostics.append(_not_settled(self.max_rounds, changing))
+                warning = _not_settled(self.max_rounds, changing)
+                total.diagnostics.append(warning)
+                _LOG.warning("warning: %s", warning.message)  # seen even if validation fails next
         if self.validate == "end" and self.check is not None:
             self.check(total.model, self.describe())
         return total
