@@ -93,6 +93,12 @@ def cli() -> None:
     help="Also list the channel groups: members, channels, prunable or why not (naming the blocking op).",
 )
 @click.option(
+    "--layers",
+    is_flag=True,
+    help="Also list the layers (Conv/Gemm/MatMul with a weight): the groups holding their output "
+    "and input channels, their sizes, prunable or why not.",
+)
+@click.option(
     "--heads",
     is_flag=True,
     help="Also list the attention blocks: Q/K/V/O weights, heads, KV heads, head_dim, how each was found.",
@@ -129,6 +135,7 @@ def analyze(
     model: Path,
     as_json: bool,
     groups: bool,
+    layers: bool,
     heads: bool,
     sensitivity: bool,
     calibration,
@@ -139,6 +146,7 @@ def analyze(
 ) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
     from sparsec import api, report
+    from sparsec.spec.options import default_importance
 
     loaded = api.Model.load(model)
     summary = api.analyze(loaded, input_shapes, inputs)
@@ -146,6 +154,12 @@ def analyze(
         summary["channel_groups"], summary["channel_barriers"] = api.channel_groups(
             loaded, input_shapes
         )
+    if layers:
+        from sparsec.analysis.inputs import parse_input_shapes
+        from sparsec.analysis.lookup import layer_table
+
+        shapes = parse_input_shapes(input_shapes, loaded) or None
+        summary["layers"] = [row.to_json() for row in layer_table(loaded, shapes)]
     if heads:
         summary["attention_blocks"] = api.attention_heads(loaded, input_shapes)
     if (
@@ -163,7 +177,7 @@ def analyze(
             loaded,
             calibration,
             samples=calibration_samples or 0,
-            importance=importance or ("activation" if calibration != "random" else "l1"),
+            importance=importance or default_importance(calibration),
             progress=lambda text: _echo(f"  {text}", err=True),
         )
         summary["sensitivity"] = table.to_json()
@@ -454,14 +468,51 @@ def densify(model: Path, output: Path, force: bool) -> None:
 
 
 @cli.command(name="passes")
-def list_passes() -> None:
-    """List the available passes with a one-line description each."""
-    from sparsec.passes.registry import summaries
+@click.argument("names", nargs=-1, metavar="[NAME|FILE.py:CLASS]...")
+@click.option(
+    "--describe",
+    is_flag=True,
+    help="Describe the passes: summary and each option's type, default and meaning (every "
+    "pass, or the NAMEs given).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def list_passes(names: tuple[str, ...], describe: bool, as_json: bool) -> None:
+    """List the available passes with a one-line description each; with --describe (or NAMEs),
+    their options, written in --passes as NAME(option=value,...) with TOML values."""
+    from sparsec.passes import registry
 
-    catalogue = summaries()
-    width = max(len(name) for name in catalogue)
-    for name, summary in catalogue.items():
-        _echo(f"{name.ljust(width)}  {summary}")
+    if not (describe or names):
+        catalogue = registry.summaries()
+        if as_json:
+            _echo(json.dumps([{"name": n, "summary": s} for n, s in catalogue.items()], indent=2))
+            return
+        width = max(len(name) for name in catalogue)
+        for name, summary in catalogue.items():
+            _echo(f"{name.ljust(width)}  {summary}")
+        return
+    infos = [registry.describe(name) for name in names] if names else registry.describe_all()
+    if as_json:
+        _echo(json.dumps([info.to_json() for info in infos], indent=2))
+    else:
+        _echo("\n\n".join(_pass_text(info) for info in infos))
+
+
+def _pass_text(info) -> str:
+    """A described pass (``registry.describe``) as text: summary, class, then per option
+    ``name: type = default`` and its meaning, wrapped."""
+    import textwrap
+
+    lines = [f"{info.name}: {info.summary or '(no summary)'}", f"  class {info.origin}"]
+    if not info.options:
+        lines.append("  no options")
+    for option in info.options:
+        shown = "(required)" if option.required else f"= {option.default_text}"
+        lines.append(f"  {option.name}: {option.type} {shown}")
+        meaning = (option.help or "(undocumented)").replace("``", "`")
+        lines += textwrap.wrap(
+            meaning, 92, initial_indent=" " * 6, subsequent_indent=" " * 6, break_on_hyphens=False
+        )
+    return "\n".join(lines)
 
 
 class _PrintableFormatter(logging.Formatter):

@@ -51,7 +51,7 @@ def test_describe_round_trips_through_the_parser():
     [
         ("no-such-pass", "unknown pass 'no-such-pass'"),
         ("dead-code(bogus=1)", "has no option bogus"),
-        ("dead-code(oops", "unbalanced"),
+        ("dead-code(oops", r"unclosed '\(' opened at character 10"),
         ("const-fold-shapes(max_elements)", "needs key=value"),
         ("missing.py:Cls", "not found"),
         (",,", "names no pass"),

@@ -48,6 +48,46 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         target_params: float = 0.0,
         ratios: str | Mapping[str, float] = "",
     ) -> None:
+        """Options of ``channel-prune``.
+
+        Args:
+            ratio: Fraction of the channels of every prunable group to remove, in [0, 1).
+            importance: How channels are ranked: ``l1`` / ``l2`` (norm of all their weight
+                slices), ``bn-scale`` (BatchNorm |gamma|), ``random`` (seeded) or
+                ``activation`` (‖x‖·‖w‖ at the layers reading them; needs ``calibration``).
+            scope: ``local``: every group loses the same fraction; ``global``: rank the
+                channels of all groups together.
+            max_layer_ratio: The most any one group may lose, in (0, 1], in both scopes.
+            round_to: Keep channel counts at multiples of this (e.g. 8 or 16 for fast kernels)
+                where the group allows.
+            exclude: ``|``-separated glob patterns; a group touching a node or initializer
+                whose name matches one is not pruned.
+            seed: Seed of ``importance=random`` and ``calibration=random``.
+            plan: A plan file (JSON, written by ``--plan-out``) to apply instead of choosing
+                channels.
+            heads: Fraction of the attention heads of every block to remove, overriding
+                ``ratio`` for head groups; -1: as ``ratio``.
+            ffn: Fraction of the hidden units of every MLP to remove, overriding ``ratio`` for
+                those groups; -1: as ``ratio``.
+            calibration: Calibration samples: a .npz (arrays keyed by input name, axis 0 =
+                samples), a folder of .npz / NAME.npy files, or ``random``; read by
+                ``importance=activation``, the targets and the refit.
+            calibration_samples: Use the first N calibration samples (0: all; 64 with
+                ``random``).
+            recover: With ``calibration``: refit the layers the cut reached (least squares
+                against the original's outputs, bias compensation included).
+            steps: Reach the ratios in this many prune → refit rounds (1 with a plan).
+            batch_size: Calibration samples per onnxruntime run when activations are
+                measured.
+            target_macs: Instead of one ratio: prune each group by the ratio (from measured
+                sensitivity on ``calibration``) that reaches this fraction of the original
+                MACs with the least estimated error; 0: off.
+            target_params: As ``target_macs``, for the parameter count; 0: off.
+            ratios: Per-layer ratios replacing ``ratio``: ``GLOB=R`` pairs separated by
+                ``|`` (or a mapping in Python); a group takes the ratio of the most specific
+                pattern matching a layer whose output channels it holds; groups no pattern
+                matches are kept.
+        """
         self.ratio, self.importance, self.scope = ratio, importance, scope
         self.ratios = _ratios_text(ratios)
         self.heads, self.ffn = heads, ffn

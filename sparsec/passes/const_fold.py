@@ -91,6 +91,12 @@ class ConstantFoldShapesPass(InPlacePass):
     )
 
     def __init__(self, max_elements: int = 1024) -> None:
+        """Options of ``const-fold-shapes``.
+
+        Args:
+            max_elements: The largest integer tensor a node may produce and still be folded
+                into a constant (at least 1); bigger results are left to run.
+        """
         self.max_elements = max_elements
 
     def check_options(self) -> None:

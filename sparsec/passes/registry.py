@@ -1,9 +1,11 @@
 """Pass registry: kebab-case name → pass class, plus user passes from files and entry points.
 
-A pipeline text (``describe()``'s own format) parses back into passes:
-``identity-elimination,bn-fold,dead-code(keep_functions=true)``; a pass may also be named by
-``path/to/file.py:ClassName``. Unknown names and unknown option keys are ``InputError``s that
-list what exists.
+A pipeline text (``describe()``'s own format, the syntax in ``syntax``) parses back into
+passes: ``identity-elimination,channel-prune(ratio=0.3,exclude="/head/*"),dead-code``; a pass
+may also be named by ``path/to/file.py:ClassName``. Unknown names and unknown option keys are
+``InputError``s that suggest the closest name and list what exists; values are converted to the
+options' annotated types (``options``). ``describe(name)`` gives a pass's summary and options
+(type, default, meaning) read from its class.
 
 Invariant: importing this module imports no pass module (nor onnx-ir, numpy): the built-ins load
 on the first ``available()`` / ``create``; ``summaries()`` lists every pass's one-line summary
@@ -12,17 +14,23 @@ from the static ``catalog`` without loading them (``sparsec passes``, ``sparsec 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import re
 from collections.abc import Container
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsec.errors import InputError
-from sparsec.passes.base import PassBase
 from sparsec.passes.catalog import BUILTIN
+from sparsec.passes.options import OptionInfo, PassInfo, convert, from_text, options_of, pass_info
+from sparsec.passes.syntax import PassText, parse_pipeline_text
+
+if TYPE_CHECKING:  # the pass contract loads onnx-ir: the functions that need it import it
+    from sparsec.passes.base import PassBase
 
 _REGISTRY: dict[str, type[PassBase]] = {}
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -70,7 +78,7 @@ def _load_entry_points(skip: Container[str] = ()) -> None:
             raise InputError(
                 f"entry point '{point.name}' ({point.value}) failed to load: {error}"
             ) from None
-        if not (inspect.isclass(loaded) and issubclass(loaded, PassBase)):
+        if not _is_pass_class(loaded):
             raise InputError(
                 f"entry point '{point.name}' ({point.value}) is not a sparsec pass class"
             )
@@ -93,46 +101,57 @@ def _load_builtins() -> None:
 
 
 def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
-    """Instantiate a pass by name or ``file.py:Class``, rejecting unknown option keys."""
-    cls = load_class(name) if ".py:" in name else available().get(name)
-    if cls is None:
-        raise InputError(f"unknown pass '{name}'; known passes: {', '.join(available())}")
-    options = options or {}
-    accepted = _option_defaults(cls)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise InputError(
-            f"pass '{name}' has no option {', '.join(unknown)}; its options: {', '.join(accepted) or 'none'}"
-        )
-    for key, given in options.items():
-        default = accepted[key]
-        value = given
-        if type(default) is float and type(given) is int and abs(given) < 2**53:
-            options[key] = value = float(given)  # threshold=12 for a float option
-        expected = type(default)
-        if (
-            default is not None
-            and default is not inspect.Parameter.empty
-            and not isinstance(value, expected)
-        ):
-            raise InputError(
-                f"pass '{name}' option {key}={value!r}: expected {expected.__name__} (like {default!r})"
-            )
+    """Instantiate a pass by name or ``file.py:Class``: unknown option keys are refused and
+    values are converted to the options' annotated types (``options.convert``)."""
+    cls = find_class(name)
+    table = _option_table(name, cls, options or {})
+    converted = {key: convert(name, table[key], value) for key, value in (options or {}).items()}
+    return _instantiate(cls, converted)
+
+
+def _instantiate(cls: type[PassBase], options: dict[str, Any]) -> PassBase:
     created = cls(**options)
     created.check_options()
     return created
 
 
-def _option_defaults(cls: type[PassBase]) -> dict[str, Any]:
-    """Keyword options of a pass and their defaults (none when it defines no ``__init__``)."""
-    if cls.__init__ is object.__init__:
-        return {}
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    return {
-        p.name: p.default
-        for p in parameters
-        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+def find_class(name: str) -> type[PassBase]:
+    """The pass class of a name or ``file.py:Class``; an unknown name is one ``InputError``
+    line with the closest names."""
+    if ".py:" in name:
+        return load_class(name)
+    known = available()
+    if name in known:
+        return known[name]
+    close = difflib.get_close_matches(name, known, n=2)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise InputError(f"unknown pass '{name}'; {hint}known passes: {', '.join(known)}")
+
+
+def _option_table(name: str, cls: type[PassBase], given: Container[str]) -> dict[str, OptionInfo]:
+    """The options of ``cls`` by name, after refusing keys in ``given`` it does not have."""
+    table = {option.name: option for option in options_of(cls)}
+    unknown = sorted(key for key in given if key not in table)  # type: ignore[attr-defined]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], table, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise InputError(
+            f"pass '{name}' has no option {', '.join(unknown)}{hint}; "
+            f"its options: {', '.join(table) or 'none'} (see 'sparsec passes --describe {name}')"
+        )
+    return table
+
+
+def describe(name: str) -> PassInfo:
+    """A pass (by name or ``file.py:Class``) as data: summary, and per option its name, type,
+    default and meaning, all read from the pass class (``options.pass_info``)."""
+    info = pass_info(find_class(name))
+    return info if ".py:" not in name else replace(info, name=info.name or name)
+
+
+def describe_all() -> list[PassInfo]:
+    """Every pass ``available()`` lists, described, sorted by name."""
+    return [replace(pass_info(cls), name=name) for name, cls in available().items()]
 
 
 def load_class(spec: str) -> type[PassBase]:
@@ -156,59 +175,33 @@ def load_class(spec: str) -> type[PassBase]:
         found = sorted(
             name
             for name, value in vars(module).items()
-            if inspect.isclass(value)
-            and issubclass(value, PassBase)
-            and value.__module__ == module.__name__
+            if _is_pass_class(value) and value.__module__ == module.__name__
         )
         raise InputError(
             f"{path} has no class '{class_name}'; its pass classes: {', '.join(found) or 'none'}"
         )
-    if not (inspect.isclass(cls) and issubclass(cls, PassBase)):
+    if not _is_pass_class(cls):
         raise InputError(f"'{class_name}' in {path} is not a sparsec pass class")
     return cls
 
 
+def _is_pass_class(obj: object) -> bool:
+    from sparsec.passes.base import PassBase  # loads onnx-ir: only when a pass is loaded
+
+    return inspect.isclass(obj) and issubclass(obj, PassBase)
+
+
 def parse_pipeline(text: str) -> list[PassBase]:
-    """``a,b(opt=1,x=y),file.py:Cls`` → pass instances (at least one)."""
-    specs = _split_specs(text)
+    """``a,b(opt=1,x="y,z"),file.py:Cls`` → pass instances (at least one); the text syntax is
+    ``syntax``'s (option values are TOML inline values or bare words)."""
+    specs = parse_pipeline_text(text)
     if not specs:
         raise InputError(f"pipeline '{text}' names no pass; see 'sparsec passes'")
-    return [create(name, options) for name, options in specs]
+    return [_from_text(spec) for spec in specs]
 
 
-def _split_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
-    specs, depth, start = [], 0, 0
-    for i, char in enumerate(text + ","):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            if text[start:i].strip():
-                specs.append(_parse_spec(text[start:i].strip()))
-            start = i + 1
-    if depth != 0:
-        raise InputError(f"pipeline '{text}': unbalanced parentheses")
-    return specs
-
-
-def _parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    match = re.match(r"^([^()]+?)(?:\((.*)\))?$", spec)
-    if match is None:
-        raise InputError(f"cannot parse pass '{spec}'; expected name or name(key=value,...)")
-    options = {}
-    for item in filter(None, (part.strip() for part in (match[2] or "").split(","))):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise InputError(f"pass option '{item}' in '{spec}' needs key=value")
-        options[key.strip()] = _parse_value(raw.strip())
-    return match[1].strip(), options
-
-
-def _parse_value(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
+def _from_text(spec: PassText) -> PassBase:
+    cls = find_class(spec.name)
+    table = _option_table(spec.name, cls, spec.options)
+    options = {key: from_text(spec.name, table[key], value) for key, value in spec.options.items()}
+    return _instantiate(cls, options)

@@ -99,6 +99,19 @@ class SparseEncodePass(InPlacePass):
         min_elements: int = 16384,
         max_ratio: float = 0.9,
     ) -> None:
+        """Options of ``sparse-encode``.
+
+        Args:
+            format: How a weight is stored: ``bitmask`` (kept values + one bit per weight),
+                ``nm`` (kept values + their positions in each run of M; needs ``nm``) or
+                ``coo`` (an ONNX ``sparse_initializer``, onnxruntime only).
+            nm: The N:M pattern the weights already hold, e.g. ``2:4`` (only with
+                ``format=nm``, where N positions of log2(M) bits must fit in M bits).
+            min_elements: Encode only weights with at least this many elements (small tensors
+                cost more in decoder nodes than they save).
+            max_ratio: Encode a weight only when its encoding takes at most this fraction of
+                its dense bytes.
+        """
         self.format, self.nm, self.min_elements, self.max_ratio = (
             format,
             nm,

@@ -40,6 +40,35 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         seed: int = 0,
         exclude: str = "",
     ) -> None:
+        """Options of ``weight-sparsity`` (give ``nm`` or ``ratio``, not both).
+
+        Args:
+            nm: Keep the N largest of every M consecutive weights along each weight's
+                reduction axis, e.g. ``2:4`` (0 < N < M <= 256).
+            ratio: Instead of ``nm``: zero this fraction of the weights, in (0, 1)
+                (unstructured, or whole blocks with ``block``).
+            block: With ``ratio``: zero whole RxC blocks (e.g. ``1x8``, ``4x4``) of each weight
+                seen as [rows, reduction axis], lowest mean magnitude first.
+            scope: ``local``: every weight loses ``ratio`` of its entries; ``global``: rank
+                the weights of all layers together.
+            embeddings: Also sparsify embedding tables (float initializers read by Gather),
+                along each gathered row.
+            score: How weights are ranked: ``magnitude`` (|w|), ``wanda`` (|w|·‖x‖, needs
+                ``calibration``) or ``sparsegpt`` (with ``nm``, ``calibration`` and
+                ``recover``: each layer's mask chosen again in the refit).
+            calibration: Calibration samples: a .npz (arrays keyed by input name, axis 0 =
+                samples), a folder of .npz / NAME.npy files, or ``random``; read by ``wanda``
+                and ``sparsegpt`` and by the refit.
+            batch_size: Calibration samples per onnxruntime run when activations are
+                measured.
+            calibration_samples: Use the first N calibration samples (0: all; 64 with
+                ``random``).
+            recover: With ``calibration``: refit the masked layers by least squares, zeros
+                kept.
+            seed: Seed of ``calibration=random``.
+            exclude: ``|``-separated glob patterns; a weight whose name, or the name of a node
+                reading it, matches one stays dense.
+        """
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
         self.embeddings, self.exclude = embeddings, exclude
         self.calibration, self.batch_size = calibration, batch_size
