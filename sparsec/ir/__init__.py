@@ -9,10 +9,17 @@ What it guarantees, and what it does not hide:
   this folder. Code outside ``sparsec/ir/`` (the ``sparsec.testing`` graph builders aside) does
   not import ``onnx_ir`` at all, and no sparsec module imports an ``_``-prefixed onnx-ir module
   (``tests/test_ir_boundary.py`` checks it).
-- **Edits go through ``Model`` methods** (``resize_initializer``, ``add_initializer``,
-  ``replace_all_uses``, ``set_attr``, ``remove_node``, ...), each of which bumps
-  ``Model.version``, the key every cached analysis is checked against. An edit made on an
-  onnx-ir object directly is not seen by those caches.
+- **Edits go through ``Model`` methods or through onnx-ir**: the methods
+  (``resize_initializer``, ``add_initializer``, ``replace_all_uses``, ``set_attr``,
+  ``remove_node``, ...) keep a value's data, shape and dtype consistent and bump
+  ``Model.version``; an edit made through onnx-ir directly (``graph.remove``,
+  ``replace_all_uses_with``) is seen too, because every cached analysis is kept with the
+  graph's structure (``digest.structure``) as well as its version, and ``Model.value``
+  checks each answer against the live graph. Only bytes written into an existing tensor object
+  go unseen: call ``Model.touch()`` then.
+- **onnx-ir's pass contract** (``passes``): sparsec's passes subclass
+  ``onnx_ir.passes.PassBase`` and run in onnx-ir's ``PassManager``; onnx-ir passes run in a
+  sparsec ``Pipeline``.
 - **Loading, saving, onnxruntime sessions, shape inference and protobuf stay here**
   (``loading``, ``saving``, ``runtime``, ``shapes``, ``sparse_coo``, ``tensor_checks``;
   ``onnx_api`` calls onnx's checker and shape inference on a proto without its large weights).
