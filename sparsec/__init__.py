@@ -18,6 +18,7 @@ _EXPORTS = {
     "sparsec.analysis.cost": ["analyze_cost"],
     "sparsec.analysis.groups": ["ChannelGroup", "find_channel_groups"],
     "sparsec.analysis.importance": ["ImportanceContext", "group_scores", "register_importance"],
+    "sparsec.analysis.lookup": ["group_of", "layer_table"],
     "sparsec.analysis.shapes": ["value_shapes"],
     "sparsec.errors": ["InputError", "SparsecError", "ValidationError"],
     "sparsec.ir": ["Model"],
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from sparsec.analysis.cost import analyze_cost
     from sparsec.analysis.groups import ChannelGroup, find_channel_groups
     from sparsec.analysis.importance import ImportanceContext, group_scores, register_importance
+    from sparsec.analysis.lookup import group_of, layer_table
     from sparsec.analysis.shapes import value_shapes
     from sparsec.errors import InputError, SparsecError, ValidationError
     from sparsec.ir import Model

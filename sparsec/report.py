@@ -187,6 +187,8 @@ def analyze_text(summary: dict) -> str:
         text += "\n\n" + groups_text(summary["channel_groups"])
         for node, op in summary.get("channel_barriers", {}).items():
             text += f"\nbarrier: {node or '(unnamed)'} ({op}) has no axis rule; groups through it are kept"
+    if "layers" in summary:
+        text += "\n\n" + layers_text(summary["layers"])
     if "attention_blocks" in summary:
         text += "\n\n" + heads_text(summary["attention_blocks"])
     return text
@@ -242,6 +244,36 @@ def groups_text(groups: list[dict]) -> str:
         + "\n"
         + table(rows, ["group", "channels", "members", "weights", "status"], left=(3, 4))
     )
+
+
+def layers_text(layers: list[dict]) -> str:
+    """One row per layer (``analysis.lookup.LayerRow.to_json``): the groups holding its output
+    and input channels, their sizes, and whether its output channels can be pruned or why not."""
+    rows = []
+    for layer in layers:
+        out, into = layer["output"], layer["input"]
+        status = "-" if out is None else "prunable" if out["prunable"] else f"kept: {out['reason']}"
+        rows.append(
+            [
+                layer["node"] or "(unnamed)",
+                layer["op"],
+                layer["module"] or "-",
+                _group_cell(out),
+                _group_cell(into),
+                status,
+            ]
+        )
+    prunable = sum(1 for layer in layers if layer["output"] and layer["output"]["prunable"])
+    head = f"layers: {len(layers)} ({prunable} with prunable output channels)"
+    header = ["layer", "op", "module", "out group", "in group", "output channels"]
+    return head + ("\n" + table(rows, header, left=(0, 1, 2, 5)) if rows else "")
+
+
+def _group_cell(group: dict | None) -> str:
+    """``3 (64)``: a group's id and channels; ``kept`` when it cannot be pruned; ``-``: none."""
+    if group is None:
+        return "-"
+    return f"{group['group']} ({group['channels']})" + ("" if group["prunable"] else " kept")
 
 
 def job_text(outcome) -> str:

@@ -25,6 +25,7 @@ Channel groups come from ``analysis.groups``, unit scores from ``analysis.import
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,9 +223,11 @@ def pattern_ratios(model, options: ChannelOptions, analysis) -> dict[int, tuple[
     names = [name for layer in lookup.layers(model) for name in layer.names]
     missing = layer_ratios.unmatched(ratios, names)
     if missing:
+        close = difflib.get_close_matches(missing[0], sorted(set(names)), n=2, cutoff=0.5)
+        hint = f"; closest: {', '.join(map(repr, close))}" if close else ""
         raise PassError(
             f"channel-prune: pattern {missing[0]!r} matches no layer of the model (a Conv/Gemm/"
-            "MatMul node, weight, scope or module name; see sparsec analyze --layers)"
+            f"MatMul node, weight, scope or module name; see sparsec analyze --layers{hint})"
         )
     picked = {}
     for gid, found in lookup.group_layers(model, analysis).items():
