@@ -1,0 +1,307 @@
+"""Channel plans (``sparsec.pruning.plans``): version 2's sources, torch axes and group ratios on
+the bundled models and on a MatMul-exported MLP, version 1 still read, ``--plan-in`` of a
+version 2 plan repeating the cut exactly, the refit weights written beside the plan; and, with
+torch, the documented recipe (``examples/apply_plan_torch.py``) pruning the PyTorch module to
+the pruned ONNX model's outputs and parameter count."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, prune, run_ort
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.ir import Model
+from sparsec.pruning.plans import module_of, scope_of
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_KEYS = {"node", "op_type", "input", "scope", "module", "param", "layout", "is_parameter"}
+
+
+def _plan(path, **options) -> dict:
+    return prune(path, ratio=0.5, **options)[1].artifacts["plan"]
+
+
+def test_a_version_2_plan_says_where_each_cut_constant_comes_from():
+    plan = _plan(MODELS / "digits_cnn.onnx")
+    assert plan["version"] == 2 and set(plan["sources"]) == set(plan["initializers"])
+    assert all(set(s) == SOURCE_KEYS for s in plan["sources"].values())
+    assert plan["sources"]["se.reduce.weight"] == {
+        "node": "/se/reduce/Conv",
+        "op_type": "Conv",
+        "input": 1,
+        "scope": "/se/reduce",
+        "module": "se.reduce",
+        "param": "weight",
+        "layout": "same",
+        "is_parameter": True,
+    }
+    stats = plan["sources"]["stem_bn.running_var"]
+    assert (stats["op_type"], stats["input"], stats["module"], stats["param"]) == (
+        "BatchNormalization",
+        4,
+        "stem_bn",
+        "running_var",
+    )
+    for entries in plan["initializers"].values():  # Conv and norms keep torch's axes
+        assert all(entry["torch_axis"] == entry["axis"] for entry in entries)
+
+
+def test_a_version_2_plan_gives_each_group_cut_its_ratio():
+    plan = _plan(MODELS / "digits_mlp.onnx")
+    assert plan["groups"] and plan["sources"]["fc1.weight"]["layout"] == "same"
+    members = {f"{n}[axis {e['axis']}]" for n, es in plan["initializers"].items() for e in es}
+    for group in plan["groups"]:
+        assert 0 < group["removed"] < group["units"]
+        assert group["ratio"] == pytest.approx(group["removed"] / group["units"])
+        assert set(group["members"]) <= members
+    assert {m for g in plan["groups"] for m in g["members"]} == members
+
+
+def _matmul_mlp() -> Model:
+    """The legacy PyTorch export of Linear(8, 6) -> ReLU -> Linear(6, 3) as MatMul: transposed
+    weights named onnx::MatMul_*, biases named as parameters, added by a node of the scope."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+        for name, shape in [
+            ("onnx::MatMul_7", (8, 6)),
+            ("fc1.bias", (6,)),
+            ("onnx::MatMul_8", (6, 3)),
+            ("out.bias", (3,)),
+        ]
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "onnx::MatMul_7"], ["h0"], name="/fc1/MatMul"),
+        helper.make_node("Add", ["fc1.bias", "h0"], ["h1"], name="/fc1/Add"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="/Relu"),
+        helper.make_node("MatMul", ["h2", "onnx::MatMul_8"], ["h3"], name="/out/MatMul"),
+        helper.make_node("Add", ["out.bias", "h3"], ["y"], name="/out/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        inits,
+    )
+    return Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_a_matmul_weight_is_torch_transposed_so_its_torch_axis_is_the_other():
+    plan = _plan(_matmul_mlp())
+    weight = plan["sources"]["onnx::MatMul_7"]
+    assert (weight["module"], weight["param"], weight["layout"], weight["is_parameter"]) == (
+        "fc1",
+        "weight",
+        "transposed",
+        False,
+    )
+    assert [(e["axis"], e["torch_axis"]) for e in plan["initializers"]["onnx::MatMul_7"]] == [
+        (1, 0)
+    ]
+    assert [(e["axis"], e["torch_axis"]) for e in plan["initializers"]["onnx::MatMul_8"]] == [
+        (0, 1)
+    ]
+    assert plan["sources"]["fc1.bias"]["module"] == "fc1"
+
+
+@pytest.mark.parametrize(
+    "node, scope, module",
+    [
+        ("/blocks.0/attn/qkv/MatMul", "/blocks.0/attn/qkv", "blocks.0.attn.qkv"),
+        ("/layer1/layer1.0/conv1/Conv", "/layer1/layer1.0/conv1", "layer1.0.conv1"),
+        ("/layer1/layer1.0/down/down.0/Conv", "/layer1/layer1.0/down/down.0", "layer1.0.down.0"),
+        ("/Relu", None, None),
+        ("node_Conv_3", None, None),
+    ],
+)
+def test_scopes_and_module_paths_of_exporter_node_names(node, scope, module):
+    assert scope_of(node) == scope and module_of(scope) == module
+
+
+def _compress(cli, tmp_path, model, *args, name="out"):
+    out = tmp_path / f"{name}.onnx"
+    code, _, stderr = cli("compress", model, "-o", out, *args)
+    assert code == 0, stderr
+    return out
+
+
+def _initializers(path) -> dict[str, np.ndarray]:
+    graph = onnx.load(str(path)).graph
+    return {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+
+
+def _same_weights(a, b) -> bool:
+    left, right = _initializers(a), _initializers(b)
+    return left.keys() == right.keys() and all(np.array_equal(left[k], right[k]) for k in left)
+
+
+def test_plan_in_of_a_version_2_plan_repeats_the_cut_exactly(cli, tmp_path):
+    source = MODELS / "digits_cnn.onnx"
+    plan = tmp_path / "plan.json"
+    first = _compress(cli, tmp_path, source, "--channels", "0.5", "--plan-out", plan)
+    again = tmp_path / "again.json"
+    second = _compress(cli, tmp_path, source, "--plan-in", plan, "--plan-out", again, name="b")
+    assert _same_weights(first, second)
+    assert json.loads(again.read_text()) == json.loads(plan.read_text())
+
+
+def test_a_version_1_plan_is_still_read(cli, tmp_path):
+    source = MODELS / "digits_cnn.onnx"
+    plan = tmp_path / "plan.json"
+    first = _compress(cli, tmp_path, source, "--channels", "0.5", "--plan-out", plan)
+    old = json.loads(plan.read_text())
+    v1 = {
+        "format": old["format"],
+        "version": 1,
+        "initializers": {
+            name: [{k: e[k] for k in ("axis", "size", "kept")} for e in entries]
+            for name, entries in old["initializers"].items()
+        },
+    }
+    plan.write_text(json.dumps(v1))
+    assert _same_weights(first, _compress(cli, tmp_path, source, "--plan-in", plan, name="b"))
+
+
+def test_the_refit_weights_go_beside_the_plan(cli, tmp_path):
+    plan = tmp_path / "plan.json"
+    out = _compress(
+        cli,
+        tmp_path,
+        MODELS / "digits_cnn.onnx",
+        "--channels",
+        "0.5",
+        "--calibration",
+        MODELS / "digits_calib.npz",
+        "--plan-out",
+        plan,
+    )
+    written = json.loads(plan.read_text())
+    refit = written["refit"]
+    assert refit["file"] == "plan.npz" and refit["layout"] == "onnx"
+    with np.load(tmp_path / "plan.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    assert refit["names"] == sorted(arrays) and set(arrays) <= set(written["sources"])
+    for name, entries in written["initializers"].items():
+        if name in arrays:
+            assert all(arrays[name].shape[e["axis"]] == len(e["kept"]) for e in entries)
+    final = _initializers(out)
+    assert np.array_equal(arrays["head.weight"], final["head.weight"])  # no later pass edits it
+
+
+# ---------------------------------------------------------------- the PyTorch recipe
+def _recipe():
+    spec = importlib.util.spec_from_file_location(
+        "apply_plan_torch", ROOT / "examples" / "apply_plan_torch.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _torch_models(torch):
+    """A Conv-BN-ReLU CNN with a residual block and a Linear head (exported as Gemm), and an MLP
+    on [batch, tokens, features] (its Linear layers exported as MatMul + Add), seeded."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(channels)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.bn2 = nn.BatchNorm2d(channels)
+            self.down = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
+
+    class Cnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+            self.layer1 = nn.Sequential(Block(16))
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.layer1(self.stem(x)).mean((2, 3)))
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(12, 32), nn.Linear(32, 24), nn.Linear(24, 5)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+    torch.manual_seed(0)
+    cnn, mlp = Cnn(), Mlp()
+    with torch.no_grad():  # a trained network's statistics, not the initial ones
+        for module in cnn.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return [(cnn.eval(), (2, 3, 8, 8), "Gemm"), (mlp.eval(), (2, 5, 12), "MatMul")]
+
+
+def _export(torch, module, shape, path: Path) -> None:
+    """The legacy exporter; BatchNorm kept as its own node (TrainingMode.PRESERVE), else it
+    is folded into the Conv's weight, which the PyTorch module does not have."""
+    torch.onnx.export(
+        module,
+        torch.randn(*shape),
+        str(path),
+        dynamo=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+    )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("refit", [False, True], ids=["cut", "cut+refit"])
+def test_the_recipe_prunes_the_pytorch_module_as_the_plan_pruned_its_export(cli, tmp_path, refit):
+    torch = pytest.importorskip("torch")
+    recipe = _recipe()
+    for index, (module, shape, linear) in enumerate(_torch_models(torch)):
+        source, plan_path = tmp_path / f"m{index}.onnx", tmp_path / f"m{index}.json"
+        _export(torch, module, shape, source)
+        extra = ("--calibration", "random") if refit else ()
+        pruned = _compress(
+            cli, tmp_path, source, "--channels", "0.5", *extra, "--plan-out", plan_path
+        )
+        plan = recipe.load_plan(plan_path)
+        assert bool(plan["arrays"]) == refit
+        layouts = {s["layout"] for s in plan["sources"].values() if s["op_type"] == linear}
+        assert layouts == {"transposed" if linear == "MatMul" else "same"}
+        assert recipe.apply_plan(module, plan) == []
+        x = np.random.default_rng(index).standard_normal(shape).astype(np.float32)
+        with torch.no_grad():
+            got = module(torch.from_numpy(x)).numpy()
+        (want,) = run_ort(Model.load(pruned), {"x": x})
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+        _same_parameter_count(torch, module, shape, pruned, tmp_path / f"again{index}.onnx")
+
+
+def _same_parameter_count(torch, module, shape, pruned: Path, again: Path) -> None:
+    """The pruned module has the pruned ONNX model's parameters: exported again with
+    BatchNorm folded (as sparsec folds it), the two hold the same number of float weights."""
+    torch.onnx.export(module, torch.randn(*shape), str(again), dynamo=False)
+
+    def floats(path):
+        arrays = _initializers(path).values()
+        return sum(a.size for a in arrays if a.dtype == np.float32)
+
+    assert floats(again) == floats(pruned)
+    if not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()):
+        assert sum(p.numel() for p in module.parameters()) == floats(pruned)
