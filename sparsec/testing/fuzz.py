@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from sparsec.testing.graphs import build, generate
+from sparsec.testing.kit import random_feeds, run
 
 MODES: dict[str, list[str]] = {
     "cleanup": [],
@@ -128,26 +128,14 @@ def run_cli(args: list[str]) -> tuple[int | None, str, str]:
 
 # ---------------------------------------------------------------- checking one model
 def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded float feeds at the declared shapes (a symbolic dimension becomes 1)."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for value in model.graph.input:
-        dims = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-            for d in value.type.tensor_type.shape.dim
-        ]
-        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
-    return feeds
+    """Seeded feeds at the declared shapes (a symbolic batch becomes 1): the kit's
+    ``random_feeds``, the inputs ``sparsec compress`` validates on."""
+    return random_feeds(model, seed)
 
 
 def run_model(model: onnx.ModelProto | str | Path, feeds: dict) -> list[np.ndarray]:
     """Outputs in onnxruntime with graph optimizations off (see the module docstring)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return list(run(model, feeds).values())
 
 
 def one_line(error: BaseException) -> str:
