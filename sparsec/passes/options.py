@@ -183,7 +183,8 @@ def from_text(pass_name: str, option: OptionInfo, given: Value) -> Any:
 def _bare_readings(option: OptionInfo, given: Value) -> list[Any]:
     """What a bare word may mean, in order: its TOML value, its text, its ``|``-items."""
     readings = [given.value, given.text]
-    if _is_sequence(option.hint) or isinstance(option.default, (list, tuple)):
+    hints = typing.get_args(option.hint) if _is_union(option.hint) else (option.hint,)
+    if any(map(_is_sequence, hints)) or isinstance(option.default, (list, tuple)):
         items = given.text.split("|") if given.text else []
         readings.append([parse_value(item).value for item in items])
         readings.append(items)
@@ -195,7 +196,8 @@ def convert(pass_name: str, option: OptionInfo, value: Any) -> Any:
     try:
         return _convert(value, option)
     except _MismatchError:
-        like = "" if option.required else f" (like {option.default_text})"
+        shown = not option.required and option.default is not None
+        like = f" (like {option.default_text})" if shown else ""
         raise InputError(
             f"pass '{pass_name}' option {option.name}={format_value(value)}: "
             f"expected {option.type}{like}"
@@ -218,7 +220,7 @@ def _to_hint(value: Any, hint: Any) -> Any:
         return value
     if hint is None or hint is type(None):
         return _exactly(value, None)
-    if origin in (Union, types.UnionType):
+    if _is_union(hint):
         return _first_fit(value, args)
     if origin is Literal:
         return _exactly(value, *args)
@@ -256,6 +258,10 @@ def _first_fit(value: Any, hints: tuple[Any, ...]) -> Any:
         except _MismatchError:
             pass
     raise _MismatchError
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (Union, types.UnionType)
 
 
 def _is_sequence(hint: Any) -> bool:

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from sparsec.errors import InputError
 from sparsec.passes.catalog import BUILTIN
-from sparsec.passes.options import OptionInfo, PassInfo, convert, from_text, options_of, pass_info
-from sparsec.passes.syntax import PassText, parse_pipeline_text
 
-if TYPE_CHECKING:  # the pass contract loads onnx-ir: the functions that need it import it
+if TYPE_CHECKING:  # the pass contract loads onnx-ir, and options/syntax are not needed to list
     from sparsec.passes.base import PassBase
+    from sparsec.passes.options import OptionInfo, PassInfo
+    from sparsec.passes.syntax import PassText
 
 _REGISTRY: dict[str, type[PassBase]] = {}
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -103,6 +103,8 @@ def _load_builtins() -> None:
 def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
     """Instantiate a pass by name or ``file.py:Class``: unknown option keys are refused and
     values are converted to the options' annotated types (``options.convert``)."""
+    from sparsec.passes.options import convert
+
     cls = find_class(name)
     table = _option_table(name, cls, options or {})
     converted = {key: convert(name, table[key], value) for key, value in (options or {}).items()}
@@ -130,6 +132,8 @@ def find_class(name: str) -> type[PassBase]:
 
 def _option_table(name: str, cls: type[PassBase], given: Container[str]) -> dict[str, OptionInfo]:
     """The options of ``cls`` by name, after refusing keys in ``given`` it does not have."""
+    from sparsec.passes.options import options_of
+
     table = {option.name: option for option in options_of(cls)}
     unknown = sorted(key for key in given if key not in table)  # type: ignore[attr-defined]
     if unknown:
@@ -145,12 +149,16 @@ def _option_table(name: str, cls: type[PassBase], given: Container[str]) -> dict
 def describe(name: str) -> PassInfo:
     """A pass (by name or ``file.py:Class``) as data: summary, and per option its name, type,
     default and meaning, all read from the pass class (``options.pass_info``)."""
+    from sparsec.passes.options import pass_info
+
     info = pass_info(find_class(name))
     return info if ".py:" not in name else replace(info, name=info.name or name)
 
 
 def describe_all() -> list[PassInfo]:
     """Every pass ``available()`` lists, described, sorted by name."""
+    from sparsec.passes.options import pass_info
+
     return [replace(pass_info(cls), name=name) for name, cls in available().items()]
 
 
@@ -194,6 +202,8 @@ def _is_pass_class(obj: object) -> bool:
 def parse_pipeline(text: str) -> list[PassBase]:
     """``a,b(opt=1,x="y,z"),file.py:Cls`` → pass instances (at least one); the text syntax is
     ``syntax``'s (option values are TOML inline values or bare words)."""
+    from sparsec.passes.syntax import parse_pipeline_text
+
     specs = parse_pipeline_text(text)
     if not specs:
         raise InputError(f"pipeline '{text}' names no pass; see 'sparsec passes'")
@@ -201,6 +211,8 @@ def parse_pipeline(text: str) -> list[PassBase]:
 
 
 def _from_text(spec: PassText) -> PassBase:
+    from sparsec.passes.options import from_text
+
     cls = find_class(spec.name)
     table = _option_table(spec.name, cls, spec.options)
     options = {key: from_text(spec.name, table[key], value) for key, value in spec.options.items()}
