@@ -70,10 +70,12 @@ class Figures:
     ops: dict[str, dict[str, int]] = field(default_factory=dict)  # op type → nodes, params, macs
 
     def to_json(self) -> dict:
+        """The figures as a JSON object (nodes, params, macs, bytes)."""
         return {key: getattr(self, key) for key in ("nodes", "params", "macs", "bytes")}
 
 
 def figures(model: Model, shapes: dict[str, tuple[int, ...]], file_bytes: int | None) -> Figures:
+    """The size figures of ``model`` at input ``shapes`` (``file_bytes``: its file size)."""
     cost = analyze_cost(model, shapes)
     by_op = cost.by_op()
     ops = {
@@ -195,6 +197,7 @@ class CompressResult:
     encoding: list[dict] | None = None  # per tensor, when sparse-encode ran (bytes dense / encoded)
 
     def to_json(self) -> dict:
+        """The run as the JSON report's object (figures before and after, passes, stats)."""
         report = {
             f"{key}_{when}": getattr(fig, key)
             for when, fig in (("before", self.before), ("after", self.after))

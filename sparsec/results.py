@@ -82,6 +82,7 @@ class Diagnostic:
     node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The finding as a JSON object."""
         return {
             "severity": self.severity,
             "code": self.code,

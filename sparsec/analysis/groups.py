@@ -28,6 +28,12 @@ from sparsec.analysis.shapes import measure_values, value_shapes
 
 @dataclass
 class ChannelGroup:
+    """Channels that must be removed together: every member (a ``(value name, axis)``) holds
+    the group's ``units`` in its positions (``atoms[member]``: the unit of each position), so
+    removing a unit removes its positions from every member at once. ``compute`` members are
+    the weights whose output or input channels these are; ``reason`` says why the group cannot
+    be pruned (None: it can)."""
+
     id: int
     members: list[Member]
     sizes: dict[Member, int]
@@ -44,6 +50,7 @@ class ChannelGroup:
 
     @property
     def prunable(self) -> bool:
+        """Whether the group may be pruned (no ``reason`` against it)."""
         return self.reason is None
 
     @property
@@ -57,12 +64,16 @@ class ChannelGroup:
         return "ffn" if roles & {"linear", "conv"} == {"linear"} and not self.stats else "channels"
 
     def members_with_role(self, role: str) -> list[Member]:
+        """The members playing ``role`` (``conv``, ``linear``, ``heads``, ...: see
+        ``rules.core.Coupling.roles``)."""
         return [m for m, roles in self.roles.items() if role in roles]
 
     def kept_positions(self, member: Member, removed_units: np.ndarray) -> np.ndarray:
+        """The positions of ``member`` that stay when ``removed_units`` go, ascending."""
         return np.flatnonzero(~self.removed_mask(removed_units)[self.atoms[member]])
 
     def removed_mask(self, removed_units: np.ndarray) -> np.ndarray:
+        """A boolean mask over the group's units, True for the ``removed_units``."""
         mask = np.zeros(self.units, dtype=bool)
         mask[np.asarray(removed_units, dtype=np.int64)] = True
         return mask
@@ -96,6 +107,7 @@ class ChannelGroup:
         ]
 
     def describe(self) -> str:
+        """One line: the group's id, its size and its first weights."""
         weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])
         more = f" +{len(self.compute) - 4}" if len(self.compute) > 4 else ""
         return f"group {self.id}: {self.units} channels, weights {weights}{more}"

@@ -86,6 +86,10 @@ IMPORTANCE: dict[str, Scorer] = {}
 
 
 def register_importance(name: str) -> Callable[[Scorer], Scorer]:
+    """Decorator: register ``fn(group, ctx) -> scores`` (one score per unit of the group, the
+    lowest pruned first) as importance ``name``, usable as ``--importance NAME`` and in
+    ``group_scores``."""
+
     def register(fn: Scorer) -> Scorer:
         IMPORTANCE[name] = fn
         return fn
@@ -94,6 +98,8 @@ def register_importance(name: str) -> Callable[[Scorer], Scorer]:
 
 
 def group_scores(group: ChannelGroup, method: str, ctx: ImportanceContext) -> np.ndarray:
+    """One score per unit of ``group`` by the importance ``method`` (``l1``, ``l2``, a
+    registered one); raises ``InputError`` for an unknown method."""
     scorer = IMPORTANCE.get(method)
     if scorer is None:
         raise InputError(f"unknown importance '{method}'; known: {', '.join(IMPORTANCE)}")

@@ -108,6 +108,7 @@ class Model:
         return bool(self.sparse_initializer_names()) and not self.needs_external_data()
 
     def set_sparse_initializer_names(self, names: list[str]) -> None:
+        """Name the initializers ``save`` writes as sparse (COO) initializers (none: dense)."""
         if names:
             self.set_metadata(sparse_coo.COO_KEY, json.dumps(sorted(names)))
         elif self.ir.metadata_props.pop(sparse_coo.COO_KEY, None) is not None:
@@ -199,6 +200,7 @@ class Model:
     # ------------------------------------------------------------------ reading
     @property
     def graph(self) -> ir.Graph:
+        """The main onnx-ir graph (live: edits through it are seen by this model's caches)."""
         return self.ir.graph
 
     @property
@@ -208,6 +210,7 @@ class Model:
 
     @property
     def outputs(self) -> list[ir.Value]:
+        """The graph outputs."""
         return list(self.graph.outputs)
 
     def nodes(self) -> list[ir.Node]:
@@ -242,13 +245,16 @@ class Model:
         return names
 
     def opsets(self) -> dict[str, int]:
+        """Imported opsets: {domain: version}."""
         return dict(self.ir.opset_imports)
 
     @property
     def opset(self) -> int:
+        """The default (``ai.onnx``) opset version, 0 when none is imported."""
         return self.ir.opset_imports.get("", self.ir.opset_imports.get("ai.onnx", 0))
 
     def initializers(self) -> dict[str, ir.Value]:
+        """The main graph's initializers by name (a fresh dict)."""
         return dict(self.graph.initializers)
 
     def values_by_name(self) -> dict[str, ir.Value]:
@@ -271,15 +277,19 @@ class Model:
         return self._values.get(name)
 
     def producer(self, value: ir.Value) -> ir.Node | None:
+        """The node computing ``value`` (None for an input or initializer)."""
         return value.producer()
 
     def consumers(self, value: ir.Value) -> list[ir.Node]:
+        """The nodes reading ``value``, each once, in order of use."""
         return list(dict.fromkeys(use.node for use in value.uses()))
 
     def functions(self) -> dict:
+        """The model's local functions by (domain, name, overload)."""
         return dict(self.ir.functions)
 
     def producer_name(self) -> str:
+        """The exporter that wrote the model, with its version (``pytorch 2.5``)."""
         return f"{self.ir.producer_name or '?'} {self.ir.producer_version or ''}".strip()
 
     @staticmethod
@@ -376,6 +386,7 @@ class Model:
         return value_types.is_tensor(value.type)
 
     def has_external_data(self) -> bool:
+        """Whether a weight of any graph still lives in an external-data file."""
         return any(
             isinstance(v.const_value, ir.ExternalTensor)
             for graph in self.ir.graphs()
@@ -497,11 +508,14 @@ class Model:
         self.touch()
 
     def remove_attr(self, node: ir.Node, name: str) -> None:
+        """Remove attribute ``name`` of ``node`` if it has one."""
         if name in node.attributes:
             del node.attributes[name]
             self.touch()
 
     def unique_name(self, base: str) -> str:
+        """``base``, or ``base_1``, ``base_2``...: a name no value or node of the model has yet
+        (reserved: the next call gives another one)."""
         taken = self.cached("names", self._value_names)
         name, i = base, 1
         while name in taken:
@@ -629,6 +643,7 @@ class Model:
         self.touch()
 
     def set_metadata(self, key: str, value: str) -> None:
+        """Set ``metadata_props[key]`` (written with the model)."""
         self.ir.metadata_props[key] = value
         self.touch()
 
@@ -649,6 +664,7 @@ class Model:
         return new
 
     def metadata(self, key: str) -> str | None:
+        """``metadata_props[key]``, or None."""
         return self.ir.metadata_props.get(key)
 
     def replace_initializer(self, old: ir.Value, new: ir.Value) -> None:

@@ -28,6 +28,10 @@ _LOG = logging.getLogger("sparsec.passes")  # no handler: Python's last resort p
 
 
 class Pipeline(InPlacePass):
+    """Passes run in order, optionally to a fixed point (``fixed_point``, at most
+    ``max_rounds`` rounds), checked after each pass or at the end (``validate``/``check``);
+    ``on_pass`` hears of every member's result. A member may be an onnx-ir pass."""
+
     name: ClassVar[str] = "pipeline"
     summary: ClassVar[str] = "Run passes in sequence."
 
