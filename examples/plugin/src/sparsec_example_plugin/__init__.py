@@ -1,0 +1,2 @@
+"""An example sparsec plugin package: its pass is registered through the ``sparsec.passes``
+entry-point group (see ``pyproject.toml``), not by importing this package."""
