@@ -142,9 +142,9 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
 def _ratios_text(ratios: str | Mapping[str, float]) -> str:
     """Per-layer ratios as the option's text (``|``-separated, so that ``describe()`` reads back
     in ``--passes``); text that does not parse is kept for ``check_options`` to refuse."""
-    if isinstance(ratios, Mapping):
-        try:
-            return layer_ratios.text(layer_ratios.parse(ratios), "|")
-        except ValueError:
+    try:
+        return layer_ratios.text(layer_ratios.parse(ratios), "|") if ratios else ""
+    except ValueError:
+        if isinstance(ratios, Mapping):
             return "|".join(f"{k}={v}" for k, v in ratios.items())
-    return ratios
+        return str(ratios)
