@@ -146,7 +146,7 @@ def test_max_abs_from_the_command_line(cli, tmp_path, registries):
     out = tmp_path / "small.onnx"
     code, _, err = cli("compress", MODELS / "digits_cnn.onnx", "-o", out, "--passes", spec)
     assert code == 0, err
-    assert "importance=max-abs" in sparsec.Model.load(out).metadata("sparsec.pipeline") or ""
+    assert "importance=max-abs" in (sparsec.Model.load(out).metadata("sparsec.pipeline") or "")
 
 
 def test_the_importance_example_in_the_architecture_is_the_plugin_file():
