@@ -142,6 +142,17 @@ def _same_weights(a, b) -> bool:
     return left.keys() == right.keys() and all(np.array_equal(left[k], right[k]) for k in left)
 
 
+def test_the_plan_of_several_steps_sums_each_group_s_removals(cli, tmp_path):
+    plan = tmp_path / "plan.json"
+    args = ("--channels", "0.5", "--steps", "2", "--plan-out", plan)
+    _compress(cli, tmp_path, MODELS / "digits_mlp.onnx", *args)
+    written = json.loads(plan.read_text())
+    assert set(written["sources"]) == set(written["initializers"]) and written["groups"]
+    for group in written["groups"]:
+        assert group["ratio"] == 0.5 and group["removed"] == group["units"] // 2
+    assert [len(e["kept"]) for e in written["initializers"]["fc1.bias"]] == [64]
+
+
 def test_plan_in_of_a_version_2_plan_repeats_the_cut_exactly(cli, tmp_path):
     source = MODELS / "digits_cnn.onnx"
     plan = tmp_path / "plan.json"
@@ -269,19 +280,23 @@ def _export(torch, module, shape, path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
-@pytest.mark.parametrize("refit", [False, True], ids=["cut", "cut+refit"])
-def test_the_recipe_prunes_the_pytorch_module_as_the_plan_pruned_its_export(cli, tmp_path, refit):
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--calibration", "random"), ("--calibration", "random", "--steps", "2")],
+    ids=["cut", "cut+refit", "steps+refit"],
+)
+def test_the_recipe_prunes_the_pytorch_module_as_the_plan_pruned_its_export(cli, tmp_path, args):
     torch = pytest.importorskip("torch")
     recipe = _recipe()
     for index, (module, shape, linear) in enumerate(_torch_models(torch)):
         source, plan_path = tmp_path / f"m{index}.onnx", tmp_path / f"m{index}.json"
         _export(torch, module, shape, source)
-        extra = ("--calibration", "random") if refit else ()
         pruned = _compress(
-            cli, tmp_path, source, "--channels", "0.5", *extra, "--plan-out", plan_path
+            cli, tmp_path, source, "--channels", "0.5", *args, "--plan-out", plan_path
         )
         plan = recipe.load_plan(plan_path)
-        assert bool(plan["arrays"]) == refit
+        assert bool(plan["arrays"]) == bool(args)
+        assert all(group["ratio"] == 0.5 for group in plan["groups"])
         layouts = {s["layout"] for s in plan["sources"].values() if s["op_type"] == linear}
         assert layouts == {"transposed" if linear == "MatMul" else "same"}
         assert recipe.apply_plan(module, plan) == []

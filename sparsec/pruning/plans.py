@@ -128,6 +128,37 @@ def group_records(analysis: GroupAnalysis, removed: dict) -> list[dict]:
     return records
 
 
+def compose_provenance(composed: dict, plans: list[dict]) -> dict:
+    """``composed`` (the kept indices of consecutive cuts ``plans``, in the first model's
+    positions) with every round's sources and its groups' removals summed: a group of a later
+    round is the earlier one sharing a member, its ``units`` counted in the first model."""
+    sources: dict = {}
+    groups: list[dict] = []
+    for plan in plans:
+        sources = {**plan.get("sources", {}), **sources}  # the first round's node names win
+        for group in plan.get("groups", []):
+            earlier = next((g for g in groups if set(g["members"]) & set(group["members"])), None)
+            if earlier is None:
+                groups.append(dict(group))
+            else:
+                earlier["removed"] += group["removed"]
+                earlier["ratio"] = round(earlier["removed"] / earlier["units"], 6)
+    if any("sources" in plan for plan in plans):
+        composed.update(sources=sources, groups=groups)
+    return composed
+
+
+def final_refit(model, refits: list[dict | None]) -> dict | None:
+    """The refit artifact of consecutive rounds: every constant any round refit, with its value
+    in ``model`` (after the last cut), and its source from the round that refit it."""
+    sources = {k: v for refit in refits if refit for k, v in refit["sources"].items()}
+    if not sources:
+        return None
+    values = model.values_by_name()
+    arrays = {name: model.constant(values[name]) for name in sorted(sources) if name in values}
+    return {"arrays": arrays, "sources": {name: sources[name] for name in arrays}}
+
+
 def source(model, name: str) -> dict:
     """Where constant ``name`` comes from: its node, the exporter's scope, the source module
     path and parameter, and its layout against torch's (``TORCH_PARAMS``); ``shape`` too."""

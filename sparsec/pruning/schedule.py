@@ -30,6 +30,7 @@ from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.pruning import channels
 from sparsec.pruning.channels import ChannelOptions
 from sparsec.pruning.oracle import oracle_gap
+from sparsec.pruning.plans import compose_provenance, final_refit
 from sparsec.pruning.recovery import output_error
 from sparsec.pruning.sensitivity import cost_shapes
 from sparsec.results import Diagnostic, PassError, PassResult, progress, stage
@@ -179,6 +180,9 @@ def _combined(results: list[PassResult], lines: list[Diagnostic]) -> PassResult:
     combined.artifacts = dict(
         last.artifacts, plan=compose_plans([r.artifacts["plan"] for r in results])
     )
+    refit = final_refit(last.model, [r.artifacts.get("refit") for r in results])
+    if refit is not None:  # every round's refit weights, as the last cut left them
+        combined.artifacts["refit"] = refit
     return combined
 
 
@@ -198,4 +202,4 @@ def compose_plans(plans: list[dict]) -> dict:
                         np.asarray(entry["kept"], dtype=np.int64)
                     ].tolist()
             table[name].sort(key=lambda e: e["axis"])
-    return composed
+    return compose_provenance(composed, plans)
