@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
+import shlex
 from typing import ClassVar, Literal
 
 import onnx
@@ -344,3 +346,56 @@ def test_recipe_passes_string_with_quoted_values_runs(cli, tmp_path):
         "channel-prune(ratio=0.5,importance=l2,exclude=/stem/*),dead-code"
     )
     assert "exclude-unmatched" not in out + err and "matches no node" not in out + err
+
+
+class _Point:
+    """An entry point as ``importlib.metadata`` yields it."""
+
+    name, value = "options-plugin", "plugin:OptionsPass"
+
+    def load(self):
+        return OptionsPass
+
+
+def test_an_entry_point_pass_is_described_from_its_class(monkeypatch, cli):
+    import importlib.metadata
+
+    registry.available()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda group: [_Point()] if group == registry.ENTRY_POINT_GROUP else [],
+    )
+    info = registry.describe("options-plugin")
+    assert info.origin == f"{__name__}.OptionsPass" and info.option("scale").help == "A factor."
+    code, out, _ = cli("passes", "--describe", "options-plugin")
+    assert code == 0 and out.startswith("options-plugin: Options of every kind.\n")
+    assert "  mode: Literal['fast', 'exact'] = fast" in out.splitlines()
+    assert "      `fast` or `exact`." in out.splitlines()
+
+
+def _doc_examples() -> list[tuple[str, list[str]]]:
+    """(command, output lines) of every ``$ sparsec`` example in docs/commands.md's section on
+    ``sparsec passes``; an output ending in ``...`` is a prefix."""
+    text = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
+    section = text[text.index("## `sparsec passes") :]
+    examples = []
+    for block in re.findall(r"```\n(.*?)```", section, re.S):
+        for chunk in re.split(r"^\$ ", block, flags=re.M)[1:]:
+            command, *output = chunk.rstrip("\n").split("\n")
+            if output and not command.endswith("\\"):
+                examples.append((command, output))
+    return examples
+
+
+@pytest.mark.parametrize("command, expected", _doc_examples(), ids=lambda x: str(x)[:40])
+def test_commands_md_shows_real_output(cli, command, expected, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    args = shlex.split(command)[1:]
+    args = [str(tmp_path / "x.onnx") if a == "x.onnx" else a for a in args]
+    _, out, err = cli(*args)
+    lines = (out + err).rstrip("\n").split("\n")
+    if expected[-1] == "...":
+        expected, lines = expected[:-1], lines[: len(expected) - 1]
+    assert lines == expected

@@ -152,7 +152,7 @@ def describe(name: str) -> PassInfo:
     from sparsec.passes.options import pass_info
 
     info = pass_info(find_class(name))
-    return info if ".py:" not in name else replace(info, name=info.name or name)
+    return replace(info, name=info.name or name if ".py:" in name else name)
 
 
 def describe_all() -> list[PassInfo]:

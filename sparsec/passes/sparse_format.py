@@ -106,7 +106,8 @@ class SparseEncodePass(InPlacePass):
                 ``nm`` (kept values + their positions in each run of M; needs ``nm``) or
                 ``coo`` (an ONNX ``sparse_initializer``, onnxruntime only).
             nm: The N:M pattern the weights already hold, e.g. ``2:4`` (only with
-                ``format=nm``, where N positions of log2(M) bits must fit in M bits).
+                ``format=nm``, where N positions of ⌈log2 M⌉ bits, rounded up to 1, 2, 4 or 8,
+                must fit in M bits).
             min_elements: Encode only weights with at least this many elements (small tensors
                 cost more in decoder nodes than they save).
             max_ratio: Encode a weight only when its encoding takes at most this fraction of
