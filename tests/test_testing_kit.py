@@ -182,6 +182,15 @@ def test_assert_pass_exact_fails_a_wrong_pass(pass_, expected):
     assert expected in str(failure.value) and f"pass '{pass_.name}'" in str(failure.value)
 
 
+def test_assert_pass_exact_runs_an_onnx_ir_pass():
+    from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
+
+    cleanup = MODELS / "cleanup_cnn.onnx"
+    result = assert_pass_exact(RemoveUnusedNodesPass(), cleanup, batch=2)
+    assert result.modified and "dead_conv" not in {n.name for n in result.model.nodes()}
+    assert assert_pass_exact(IdentityEliminationPass(), cleanup, batch=2).modified
+
+
 def test_the_oracle_measure_on_a_committed_model():
     model = sparsec.Model.load(MODELS / "digits_cnn.onnx")
     result = assert_pass_exact(sparsec.create("channel-prune", {"ratio": 0.5}), model)

@@ -171,12 +171,12 @@ def assert_pass_exact(
     atol: float = DEFAULT_ATOL,
     oracle_tolerance: float = ORACLE_TOLERANCE,
 ) -> PassResult:
-    """Run ``pass_`` (a pass object, or a registered name for ``sparsec.create``) on a copy of
-    ``model`` and assert its output is valid and exact: it passes the ONNX checker's full check,
-    and it matches its oracle ``reference`` (a pruning pass: the masked original, within
-    ``oracle_tolerance`` · max |output|) or, when the pass gives none, the original model itself
-    (``rtol``/``atol``). ``model`` is never modified. Returns the ``PassResult`` (stats,
-    diagnostics, the output model) for the test's own asserts."""
+    """Run ``pass_`` (a sparsec or onnx-ir pass object, or a registered name for
+    ``sparsec.create``) on a copy of ``model`` and assert its output is valid and exact: it
+    passes the ONNX checker's full check, and it matches its oracle ``reference`` (a pruning
+    pass: the masked original, within ``oracle_tolerance`` · max |output|) or, when the pass
+    gives none, the original model itself (``rtol``/``atol``). ``model`` is never modified.
+    Returns the ``PassResult`` (stats, diagnostics, the output model) for the test's asserts."""
     if isinstance(pass_, str):
         from sparsec.passes import create
 
@@ -200,7 +200,12 @@ def assert_pass_exact(
 
 
 def _run_pass(pass_, model: Model) -> PassResult:
-    """``prepare`` (when the pass has one) then the pass itself, as a ``Pipeline`` runs it."""
+    """``prepare`` (when the pass has one) then the pass itself, as a ``Pipeline`` runs it (an
+    onnx-ir pass wrapped in ``IRPass``, as a ``Pipeline`` adopts it)."""
+    from sparsec.passes import IRPass, PassBase
+
+    if not isinstance(pass_, PassBase):
+        pass_ = IRPass(pass_)
     prepare = getattr(pass_, "prepare", None)
     if prepare is not None:
         prepare(model)
