@@ -7,8 +7,8 @@ Invariants:
   of ``__init__``'s docstring (else of the class docstring); nothing is written twice.
 - A value converts to the option's annotated type only where that is unambiguous: an int for a
   float, an integral float for an int, a list for a tuple; a bare word (``syntax.Value.bare``)
-  stays the text written for a ``str`` option (``seed`` aside, ``exclude=0`` means the name
-  '0'), and splits at ``|`` for a list option (the older list form). Anything else that does
+  stays the text written for a ``str`` option (``exclude=0`` means the name '0'), and splits
+  at ``|`` for a list option (the older list form). Anything else that does
   not fit is one ``InputError`` line naming the pass, the option and the type expected.
 - Importing this module imports no pass module (nor onnx-ir, numpy).
 """

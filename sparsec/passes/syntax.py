@@ -31,7 +31,7 @@ from typing import Any
 from sparsec.errors import InputError
 
 _CLOSERS = {"(": ")", "[": "]", "{": "}"}
-_BARE_WORD = re.compile(r"[^\s,()\[\]{}\"'=\\#]+")
+_BARE_WORD = re.compile(r"[^\s,()\[\]{}\"'\\#]+")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
