@@ -26,6 +26,11 @@ class DropTinyChannelsPass(sparsec.InPlacePass):
     lossy: ClassVar[bool] = True
 
     def __init__(self, threshold: float = 1e-3) -> None:
+        """The options, as ``--passes`` and ``sparsec passes --describe`` show them.
+
+        Args:
+            threshold: a channel whose group-summed L1 importance is below it is removed.
+        """
         self.threshold = threshold
 
     def call(self, model: sparsec.Model) -> sparsec.PassResult:

@@ -17,7 +17,7 @@ from test_docs import _code_blocks
 import sparsec
 from sparsec.analysis import importance as importance_module
 from sparsec.passes import registry
-from sparsec.testing import GraphBuilder, assert_pass_exact, random_feeds, run
+from sparsec.testing import GraphBuilder, as_model, assert_pass_exact, random_feeds, run
 
 PASSES = ROOT / "passes"
 PLUGIN = ROOT / "examples" / "plugin"
@@ -100,6 +100,21 @@ def test_prune_layers_on_an_exported_model_from_the_command_line(cli, tmp_path):
     assert out_channels(small, "/se/reduce/Conv") < out_channels(
         sparsec.Model.load(MODELS / "digits_cnn.onnx"), "/se/reduce/Conv"
     )
+
+
+def test_drop_tiny_channels_removes_the_weak_channels_never_a_whole_group():
+    model = as_model(cnn())
+    analysis = sparsec.find_channel_groups(model)
+    context = sparsec.ImportanceContext(model)
+    scores = {g.id: sparsec.group_scores(g, "l1", context) for g in analysis.groups if g.prunable}
+    threshold = float(np.median(np.concatenate(list(scores.values()))))
+    weak = sum(int(min((s < threshold).sum(), len(s) - 1)) for s in scores.values())
+    pass_ = example("drop_tiny_channels.py:DropTinyChannelsPass", threshold=threshold)
+    result = assert_pass_exact(pass_, model)
+    assert result.stats["channels_removed"] == weak > 0
+    everything = example("drop_tiny_channels.py:DropTinyChannelsPass", threshold=1e9)
+    kept = assert_pass_exact(everything, model)
+    assert kept.stats["channels_removed"] == sum(len(s) - 1 for s in scores.values())
 
 
 # ---------------------------------------------------------------- (c) an importance plugin
