@@ -269,7 +269,9 @@ def test_docstring_args_reads_google_style_sections():
 
 
 def test_describe_reads_the_pass_class(options_pass):
-    info = registry.describe("options-pass")
+    import sparsec.passes
+
+    info = sparsec.passes.describe("options-pass")
     parameters = inspect.signature(OptionsPass.__init__).parameters
     assert [o.name for o in info.options] == [p for p in parameters if p != "self"]
     assert [o.default for o in info.options] == [

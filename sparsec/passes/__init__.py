@@ -19,7 +19,16 @@ _EXPORTS = {
         "PassResult",
     ],
     "sparsec.passes.pipeline": ["Pipeline"],
-    "sparsec.passes.registry": ["available", "create", "load_class", "parse_pipeline", "register"],
+    "sparsec.passes.registry": [
+        "available",
+        "create",
+        "describe",
+        "describe_all",
+        "load_class",
+        "parse_pipeline",
+        "register",
+    ],
+    "sparsec.passes.options": ["OptionInfo", "PassInfo"],
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -35,8 +44,17 @@ if TYPE_CHECKING:
         PassError,
         PassResult,
     )
+    from sparsec.passes.options import OptionInfo, PassInfo
     from sparsec.passes.pipeline import Pipeline
-    from sparsec.passes.registry import available, create, load_class, parse_pipeline, register
+    from sparsec.passes.registry import (
+        available,
+        create,
+        describe,
+        describe_all,
+        load_class,
+        parse_pipeline,
+        register,
+    )
 
 
 def __getattr__(name: str):
