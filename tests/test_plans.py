@@ -52,6 +52,17 @@ def test_a_version_2_plan_says_where_each_cut_constant_comes_from():
         assert all(entry["torch_axis"] == entry["axis"] for entry in entries)
 
 
+def test_the_dynamo_exporter_s_scope_comes_from_the_node_metadata():
+    plan = _plan(MODELS / "digits_cnn_dynamo.onnx")
+    source = plan["sources"]["se.reduce.weight"]
+    assert source["node"] == "node_conv2d_5"  # no scope in the name: it is in name_scopes
+    assert (source["scope"], source["module"], source["param"]) == (
+        "/se/se.reduce",
+        "se.reduce",
+        "weight",
+    )
+
+
 def test_a_version_2_plan_gives_each_group_cut_its_ratio():
     plan = _plan(MODELS / "digits_mlp.onnx")
     assert plan["groups"] and plan["sources"]["fc1.weight"]["layout"] == "same"

@@ -36,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import re
@@ -173,7 +174,7 @@ def source(model, name: str) -> dict:
     if layout == TRANS_B:
         layout = SAME if model.attr(node, "transB", 0) else TRANSPOSED
     named = _PARAMETER.match(name) if "::" not in name else None
-    scope = scope_of(node.name if node is not None else "")
+    scope = scope_of(node.name) or _dynamo_scope(node) if node is not None else None
     module = named.group(1) if named else module_of(scope)
     return {
         "node": node.name if node is not None else None,
@@ -198,6 +199,17 @@ def scope_of(node_name: str | None) -> str | None:
     if not node_name or not node_name.startswith("/") or node_name.count("/") < 2:
         return None
     return node_name.rsplit("/", 1)[0]
+
+
+def _dynamo_scope(node) -> str | None:
+    """The scope the dynamo exporter records in a node's metadata (``name_scopes``
+    ``['', 'layer1', 'layer1.0', 'conv1', 'conv2d']`` -> ``/layer1/layer1.0/conv1``)."""
+    try:
+        parts = ast.literal_eval(node.metadata_props.get("pkg.torch.onnx.name_scopes", "[]"))
+    except (ValueError, SyntaxError):
+        return None
+    inner = [str(part) for part in parts[1:-1]] if isinstance(parts, list) else []
+    return "/" + "/".join(inner) if inner else None
 
 
 def module_of(scope: str | None) -> str | None:
@@ -238,7 +250,9 @@ def plan_files(artifacts: dict, plan_path: str | Path) -> list[tuple[Path, str |
     written: list[tuple[Path, str | bytes]] = []
     if arrays:
         npz = refit_path(plan_path)
-        plan["sources"] = {**refit["sources"], **plan.get("sources", {})}
+        plan["sources"] = dict(plan.get("sources", {}))
+        for name, record in refit["sources"].items():  # refit constants the cut did not reach
+            plan["sources"].setdefault(name, record)
         plan["refit"] = {
             "file": npz.name if npz else None,
             "layout": "onnx",
