@@ -210,6 +210,7 @@ def test_the_refit_weights_go_beside_the_plan(cli, tmp_path):
     with np.load(tmp_path / "plan.npz") as data:
         arrays = {name: data[name] for name in data.files}
     assert refit["names"] == sorted(arrays) and set(arrays) <= set(written["sources"])
+    assert all(set(source) == SOURCE_KEYS for source in written["sources"].values())
     for name, entries in written["initializers"].items():
         if name in arrays:
             assert all(arrays[name].shape[e["axis"]] == len(e["kept"]) for e in entries)

@@ -87,20 +87,19 @@ def plan_json(model, analysis: GroupAnalysis, masks: OracleMasks, removed: dict)
     where each constant comes from (read in ``model`` before the cut), the groups cut
     (``removed``: group id -> units)."""
     sources = {name: source(model, name) for name in sorted(masks.constants)}
+    ranks = {name: len(model.constant_shape(model.value(name)) or ()) for name in sources}
     constants = {
         name: [
             {
                 "axis": axis,
                 "size": size,
                 "kept": kept.tolist(),
-                "torch_axis": torch_axis(sources[name], axis, len(sources[name]["shape"])),
+                "torch_axis": torch_axis(sources[name], axis, ranks[name]),
             }
             for axis, kept, size in sorted(axes, key=lambda a: a[0])
         ]
         for name, axes in sorted(masks.constants.items())
     }
-    for record in sources.values():
-        del record["shape"]
     return {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
@@ -162,7 +161,7 @@ def final_refit(model, refits: list[dict | None]) -> dict | None:
 
 def source(model, name: str) -> dict:
     """Where constant ``name`` comes from: its node, the exporter's scope, the source module
-    path and parameter, and its layout against torch's (``TORCH_PARAMS``); ``shape`` too."""
+    path and parameter, and its layout against torch's (``TORCH_PARAMS``)."""
     value = model.value(name)
     consumers = model.consumers(value)
     node = consumers[0] if consumers else model.producer(value)
@@ -185,7 +184,6 @@ def source(model, name: str) -> dict:
         "param": named.group(2) if named else (param if module else None),
         "layout": SAME if named else layout,  # a parameter is stored as it is
         "is_parameter": bool(named),
-        "shape": list(shape),
     }
 
 
