@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -32,7 +34,7 @@ from sparsec.validate import (
 )
 
 ModelLike = Model | onnx.ModelProto | str | os.PathLike
-Feeds = Mapping[str, object]
+Feeds = Mapping[str, Any]
 
 
 def as_model(model: ModelLike) -> Model:
@@ -53,20 +55,22 @@ def random_feeds(
     m = as_model(model)
     overrides = dict(shapes or {})
     if batch is not None:
+        bound = bind_shapes(m)
         for value in m.inputs:
-            dims = m.shape_dims(value) or []
-            if value.name not in overrides and dims and not isinstance(dims[0], int):
-                overrides[value.name] = (batch, *bind_shapes(m)[value.name][1:])
+            dims, name = m.shape_dims(value) or [], str(value.name)
+            if name not in overrides and dims and not isinstance(dims[0], int):
+                overrides[name] = (batch, *bound[name][1:])
     return random_inputs(m, bind_shapes(m, overrides), seed)
 
 
-def run(model: ModelLike, feeds: Feeds, *, optimization: str = "disable") -> dict[str, object]:
+def run(model: ModelLike, feeds: Feeds, *, optimization: str = "disable") -> dict[str, Any]:
     """``{output name: value}`` of one onnxruntime CPU run, graph optimizations off by default
     (``optimization``: disable, basic, extended or all)."""
     if isinstance(model, onnx.ModelProto):
-        source = runtime.Session(model.SerializeToString(), optimization=optimization)
-        return source.run(dict(feeds))
-    return session(model, optimization=optimization).run(dict(feeds))
+        one = runtime.Session(model.SerializeToString(), optimization=optimization)
+    else:
+        one = session(model if isinstance(model, Model) else Path(model), optimization=optimization)
+    return one.run(dict(feeds))
 
 
 def make_model(
@@ -155,8 +159,8 @@ def _where(name: str, ref, cand, feeds, optimization: str) -> str:
         return ""
     error = np.abs(want.astype(np.float64) - got.astype(np.float64))
     index = np.unravel_index(int(np.argmax(error)), error.shape)
-    position = tuple(int(i) for i in index)
-    return f" at index {position}: reference {want[index]:.6g}, candidate {got[index]:.6g}"
+    where = tuple(int(i) for i in index)
+    return f" at index {where}: reference {want[index]:.6g}, candidate {got[index]:.6g}"
 
 
 # ---------------------------------------------------------------- passes
