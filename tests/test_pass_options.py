@@ -401,3 +401,14 @@ def test_commands_md_shows_real_output(cli, command, expected, monkeypatch, tmp_
     if expected[-1] == "...":
         expected, lines = expected[:-1], lines[: len(expected) - 1]
     assert lines == expected
+
+
+def test_a_quoted_pass_file_may_hold_commas_and_spaces(tmp_path):
+    folder = tmp_path / "my passes, (v1)"
+    folder.mkdir()
+    source = (ROOT / "passes" / "drop_tiny_channels.py").read_text(encoding="utf-8")
+    (folder / "tiny.py").write_text(source, encoding="utf-8")
+    [loaded, cleanup] = registry.parse_pipeline(
+        f"'{folder / 'tiny.py'}:DropTinyChannelsPass'(threshold=2), dead-code"
+    )
+    assert (loaded.name, loaded.threshold, cleanup.name) == ("drop-tiny-channels", 2.0, "dead-code")

@@ -5,6 +5,7 @@ Grammar (whitespace around names, keys and values is ignored)::
 
     pipeline := pass ("," pass)*
     pass     := NAME | NAME "(" [key "=" value ("," key "=" value)*] ")"
+    NAME     := a pass name, ``path/to/file.py:Class``, or either quoted as a TOML string
     value    := a TOML inline value: "basic string", 'literal string', 123, 1.5e-3, inf, true,
                 [1, 2], ["a", "b"], {k = 1}
               | a bare word: any other text without a top-level , ( ) [ ] { } or quote,
@@ -131,11 +132,13 @@ def _parse_pass(spec: str, position: int) -> PassText:
     """``name`` or ``name(options)``; ``position`` is where ``spec`` starts in the pipeline."""
     opening = next((i for i, char, depth in _walk(spec) if char == "(" and depth == 0), None)
     if opening is None:
-        return PassText(spec, {}, position + 1)
+        return PassText(_name(spec), {}, position + 1)
     closing = next(i for i, char, depth in _walk(spec) if char == ")" and depth == 0)
     if spec[closing + 1 :].strip():
-        raise _TextError(f"unexpected text after ')' of pass '{spec[:opening].strip()}'", closing + 1)
-    name = spec[:opening].strip()
+        raise _TextError(
+            f"unexpected text after ')' of pass '{spec[:opening].strip()}'", closing + 1
+        )
+    name = _name(spec[:opening].strip())
     if not name:
         raise _TextError("options without a pass name", opening)
     options: dict[str, Value] = {}
@@ -146,6 +149,16 @@ def _parse_pass(spec: str, position: int) -> PassText:
                 raise _TextError(f"option {key} given twice", opening + 1 + start)
             options[key] = value
     return PassText(name, options, position + 1)
+
+
+def _name(text: str) -> str:
+    """A pass name; a quoted one (a file path with spaces or commas) is a TOML string."""
+    if text[:1] not in ("'", '"'):
+        return text
+    try:
+        return parse_value(text).value
+    except InputError as error:
+        raise _TextError(f"pass name {error}", 0) from None
 
 
 def _parse_option(item: str, index: int) -> tuple[str, Value]:
