@@ -96,6 +96,7 @@ class GraphBuilder:
         return self._layer(blocks.act, {"act": kind}, name)
 
     def relu(self, *, name: str | None = None) -> GraphBuilder:
+        """A Relu."""
         return self.act("Relu", name=name)
 
     def batchnorm(self, *, name: str | None = None) -> GraphBuilder:
