@@ -47,6 +47,7 @@ class OptionInfo:
 
     @property
     def required(self) -> bool:
+        """Whether the option has no default (it must be given)."""
         return self.default is REQUIRED
 
     @property
@@ -55,6 +56,7 @@ class OptionInfo:
         return "" if self.required else format_value(self.default)
 
     def to_json(self) -> dict[str, Any]:
+        """The option as JSON data (``default`` a JSON value, ``default_text`` as written)."""
         default = None if self.default is REQUIRED else self.default
         if not isinstance(default, (bool, int, float, str, list, dict, type(None))):
             default = self.default_text
@@ -78,9 +80,11 @@ class PassInfo:
     options: tuple[OptionInfo, ...]
 
     def option(self, name: str) -> OptionInfo | None:
+        """The option called ``name``, or None."""
         return next((option for option in self.options if option.name == name), None)
 
     def to_json(self) -> dict[str, Any]:
+        """The pass as JSON data (what ``sparsec passes --describe --json`` prints)."""
         return {
             "name": self.name,
             "summary": self.summary,
