@@ -246,9 +246,11 @@ def groups_text(groups: list[dict]) -> str:
     )
 
 
-def layers_text(layers: list[dict]) -> str:
-    """One row per layer (``analysis.lookup.LayerRow.to_json``): the groups holding its output
-    and input channels, their sizes, and whether its output channels can be pruned or why not."""
+def layers_text(layers: list) -> str:
+    """One row per layer (``analysis.lookup.layer_table``'s rows or their ``to_json()``): the
+    groups holding its output and input channels, their sizes, and whether its output channels
+    can be pruned or why not."""
+    layers = [row.to_json() if hasattr(row, "to_json") else row for row in layers]
     rows = []
     for layer in layers:
         out, into = layer["output"], layer["input"]

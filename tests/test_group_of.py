@@ -167,6 +167,7 @@ def test_layer_table_rows_and_text():
     assert by_node["/se/expand/Conv"].output is by_node["/pw/Conv"].output
     assert by_node["/head/Gemm"].input is by_node["/pw/Conv"].output
     text = layers_text([row.to_json() for row in rows])
+    assert text == layers_text(rows)
     assert text.startswith("layers: 8 (7 with prunable output channels)")
     assert "kept: reaches graph output 'logits'" in text
 
