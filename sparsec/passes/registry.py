@@ -18,7 +18,7 @@ import difflib
 import importlib.util
 import inspect
 import re
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -130,12 +130,12 @@ def find_class(name: str) -> type[PassBase]:
     raise InputError(f"unknown pass '{name}'; {hint}known passes: {', '.join(known)}")
 
 
-def _option_table(name: str, cls: type[PassBase], given: Container[str]) -> dict[str, OptionInfo]:
+def _option_table(name: str, cls: type[PassBase], given: Iterable[str]) -> dict[str, OptionInfo]:
     """The options of ``cls`` by name, after refusing keys in ``given`` it does not have."""
     from sparsec.passes.options import options_of
 
     table = {option.name: option for option in options_of(cls)}
-    unknown = sorted(key for key in given if key not in table)  # type: ignore[attr-defined]
+    unknown = sorted(key for key in given if key not in table)
     if unknown:
         close = difflib.get_close_matches(unknown[0], table, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -204,7 +204,10 @@ def _whole(text: str) -> None:
 
 
 def _toml(text: str) -> Any:
-    import tomllib  # here: the registry's import stays light
+    try:  # here: the registry's import stays light
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
 
     try:
         return tomllib.loads(f"value = {text}")["value"]
