@@ -2,9 +2,9 @@
 of the output channels of the layers whose node names match ``layers`` (``fnmatch`` globs,
 ``|``-separated, e.g. ``layers=/layer3/*|/layer4/*``), leaving every other layer whole.
 
-A layer's output channels are the channel group its output tensor belongs to (the group also
-holds the weights and activations that must shrink with them: the next layer's input axis, a
-residual partner, a norm). The pass decides which units go; ``sparsec.prune_channels`` cuts
+A layer's output channels are the channel group ``sparsec.group_of(model, node_name)`` answers
+(the group also holds the weights and activations that must shrink with them: the next layer's
+input axis, a residual partner, a norm). The pass decides which units go; ``sparsec.prune_channels`` cuts
 and returns the oracle reference, so ``sparsec compress`` checks the result against the masked
 original like any built-in pass. A chosen layer whose group cannot be pruned (it reaches a graph
 output or an op sparsec has no axis rule for) gets a warning naming the reason; a pattern that
@@ -52,12 +52,7 @@ class PruneLayersPass(sparsec.InPlacePass):
         analysis = sparsec.find_channel_groups(model)
         context = sparsec.ImportanceContext(model)
         removed, diagnostics = {}, unmatched(model, patterns)
-        for group in analysis.groups:
-            chosen = [
-                n for n in layers_of(model, group) if any(fnmatchcase(n, p) for p in patterns)
-            ]
-            if not chosen:
-                continue
+        for group, chosen in chosen_groups(model, patterns):
             if not group.prunable:
                 message = f"{', '.join(chosen)} kept whole: {group.reason}"
                 diagnostics.append(
@@ -72,15 +67,22 @@ class PruneLayersPass(sparsec.InPlacePass):
         return result
 
 
-def layers_of(model: sparsec.Model, group: sparsec.ChannelGroup) -> list[str]:
-    """The names of the nodes whose output channels ``group`` holds (an output tensor of theirs
-    is one of its members), sorted."""
-    tensors = {name for name, _ in group.members}
-    return sorted(
-        node.name
-        for node in model.nodes()
-        if node.name and any(v is not None and v.name in tensors for v in node.outputs)
-    )
+def chosen_groups(
+    model: sparsec.Model, patterns: list[str]
+) -> list[tuple[sparsec.ChannelGroup, list[str]]]:
+    """(group, the matching node names whose output channels it holds) per group, in order of
+    the first match; ``sparsec.group_of`` answers which group holds a node's output channels
+    (nodes whose output is in no group, such as a shape computation, are skipped)."""
+    found: dict[int, tuple[sparsec.ChannelGroup, list[str]]] = {}
+    for node in model.nodes():
+        if not (node.name and any(fnmatchcase(node.name, p) for p in patterns)):
+            continue
+        try:
+            group = sparsec.group_of(model, node.name)
+        except sparsec.InputError:
+            continue
+        found.setdefault(group.id, (group, []))[1].append(node.name)
+    return list(found.values())
 
 
 def unmatched(model: sparsec.Model, patterns: list[str]) -> list[sparsec.Diagnostic]:
