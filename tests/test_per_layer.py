@@ -256,3 +256,19 @@ def test_save_recipe_then_run_makes_the_same_model(cli, tmp_path):
     assert a.constant_shape(a.value("pw.weight"))[0] == 8  # 32 channels, 0.75 removed
     assert a.constant_shape(a.value("se.reduce.weight"))[0] == 4
     assert a.constant_shape(a.value("stem.weight"))[0] == 12
+
+
+def test_heads_option_overrides_patterns_for_head_groups():
+    model, result = prune(MODELS / "digits_vit.onnx", ratio=0.0, ratios={"*": 0.25}, heads=0.5)
+    q = model.constant_shape(model.value("onnx::MatMul_172"))
+    assert q is not None and q[1] == 16  # 4 heads of 8 -> 2 heads
+    notes = [d.message for d in result.diagnostics if d.code == "channel.layer-ratio"]
+    assert notes == ["'*' = 0.25: group(s) 1, 3, 5, 6 (1 of them kept whole: see analyze --groups)"]
+    assert oracle_error(model, result.reference()) <= 1e-4
+
+
+def test_exclude_wins_over_a_pattern():
+    model, result = prune(resnet_like(), ratios=RATIOS, exclude="fc.weight")  # fc's input group
+    channels = out_channels(model)
+    assert channels["layer2.0.conv2.weight"] == 16 and channels["onnx::Conv_12"] == 8
+    assert oracle_error(model, result.reference()) <= 1e-4

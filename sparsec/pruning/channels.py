@@ -229,10 +229,11 @@ def pattern_ratios(model, options: ChannelOptions, analysis) -> dict[int, tuple[
             f"channel-prune: pattern {missing[0]!r} matches no layer of the model (a Conv/Gemm/"
             f"MatMul node, weight, scope or module name; see sparsec analyze --layers{hint})"
         )
+    by_id = {group.id: group for group in analysis.groups}
     picked = {}
     for gid, found in lookup.group_layers(model, analysis).items():
         choice = layer_ratios.choose(ratios, (n for layer in found for n in layer.names))
-        if choice is not None:
+        if choice is not None and options.ratio_source(by_id[gid]) == "ratio":  # not --heads/--ffn
             picked[gid] = choice
     return picked
 
