@@ -49,6 +49,19 @@ def test_summaries_import_no_pass_module_nor_onnx_ir():
     assert printed == [str(len(BUILTIN)), "False", "-", "-"]
 
 
+def test_the_passes_command_imports_no_pass_module_nor_onnx():
+    printed = _light(
+        "import sys, io, contextlib; from sparsec.cli import main; "
+        "out = io.StringIO(); ctx = contextlib.redirect_stdout(out); ctx.__enter__(); "
+        "codes = [main(['passes']), main(['passes', '--json'])]; ctx.__exit__(None, None, None); "
+        "heavy = [m for m in ('onnx_ir', 'onnx', 'numpy', 'onnxruntime') if m in sys.modules]; "
+        "mods = {m for m, _, _ in __import__('sparsec.passes.catalog').passes.catalog.BUILTIN.values()}; "
+        "print(codes == [0, 0], heavy or '-', sorted(mods & set(sys.modules)) or '-', "
+        "len(out.getvalue().splitlines()) > 10)"
+    )
+    assert printed == ["True", "-", "-", "True"]
+
+
 class _FakePoint:
     """An entry point as ``importlib.metadata`` yields it."""
 
