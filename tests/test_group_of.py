@@ -181,3 +181,22 @@ def test_analyze_layers_on_the_command_line(cli):
 
     table = json.loads(out)["layers"]
     assert table[-1]["node"] == "/head/Gemm" and table[-1]["output"]["prunable"] is False
+
+
+def test_quantized_layers_answer_like_their_float_twin(tmp_path):
+    """A QDQ model (onnxruntime's quantizer): a layer's weight is the stored int8 initializer
+    behind its DequantizeLinear, and every layer's groups have the float model's sizes."""
+    from test_qdq import _quantized_by_onnxruntime
+
+    quantized = Model.load(_quantized_by_onnxruntime(tmp_path))
+    float_rows = {row.layer.module: row for row in layer_table(Model.load(DIGITS))}
+    rows = layer_table(quantized)
+    assert [row.layer.module for row in rows] == [
+        "stem", "branch1", "branch3", "dw", "pw", "se.reduce", "se.expand", "head"
+    ]  # fmt: skip
+    for row in rows:
+        twin = float_rows[row.layer.module]
+        assert row.output.units == twin.output.units and row.output.prunable == twin.output.prunable
+    weight = next(row.layer.weight for row in rows if row.layer.module == "se.reduce")
+    assert quantized.elem_type(quantized.value(weight)).kind == "i"
+    assert sparsec.group_of(quantized, weight) is sparsec.group_of(quantized, "se.reduce")

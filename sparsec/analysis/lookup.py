@@ -2,7 +2,8 @@
 ``get_pruning_group`` for ONNX) and ``layer_table(model)``, the group analysis seen per layer.
 
 A *layer* is a compute node (``op_layouts``: Conv, ConvTranspose, Gemm, MatMul) one of whose
-operands is a constant weight. Its *output channels* are its output's channel axis (the
+operands is a constant weight (or a DequantizeLinear of constants: its weight name is then the
+stored integer initializer's). Its *output channels* are its output's channel axis (the
 weight's kept axis: a Conv's W axis 0, a Gemm's N); its *input channels* the activation's
 contracted axis. A layer answers to four names: its node name (``/layer4/layer4.0/conv1/Conv``),
 its weight's name (``layer4.0.conv1.weight``), its exporter scope (the node name less its last
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 from sparsec.analysis.groups import ChannelGroup, GroupAnalysis, find_channel_groups
 from sparsec.analysis.op_layouts import layout as op_layout
+from sparsec.analysis.quantized import quantized_weight
 from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
 
@@ -68,7 +70,7 @@ def _layers(model, shapes: dict) -> list[Layer]:
         if layout is None or not node.outputs or node.outputs[0] is None:
             continue
         weight = next(
-            (w for w in layout.operands() if model.constant_shape(_input(node, w.index))), None
+            (w for w in layout.operands() if _weight_name(model, _input(node, w.index))), None
         )
         if weight is None:
             continue
@@ -77,7 +79,7 @@ def _layers(model, shapes: dict) -> list[Layer]:
         out_axis = layout.output_channels if weight == layout.weight else -2
         activation = _input(node, other.index)
         in_rank = len(shapes.get(activation.name, ())) if activation is not None else 0
-        name = _input(node, weight.index).name
+        name = _weight_name(model, _input(node, weight.index))
         scope = node.name.rsplit("/", 1)[0] if node.name.startswith("/") else ""
         found.append(
             Layer(
@@ -95,6 +97,17 @@ def _layers(model, shapes: dict) -> list[Layer]:
 
 def _input(node, index: int):
     return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _weight_name(model, value) -> str:
+    """The constant ``value`` is (or, for a DequantizeLinear of constants, the stored integer
+    initializer), '' when it is no constant."""
+    if value is None:
+        return ""
+    if model.constant_shape(value) is not None:
+        return value.name
+    quantized = quantized_weight(model, value)
+    return quantized.data.name if quantized is not None else ""
 
 
 def _module_path(node, scope: str, weight: str) -> str:
