@@ -210,6 +210,9 @@ def test_describe_round_trips_a_string_with_a_comma(options_pass):
         ("options-pass(sizes=[1, 2])", {"sizes": [1, 2]}),
         ("options-pass(sizes=1|2)", {"sizes": [1, 2]}),
         ("options-pass(mode=exact)", {"mode": "exact"}),
+        ("options-pass(flag=True)", {"flag": True}),  # the older parser's spelling
+        ("options-pass(text=True)", {"text": "True"}),
+        ("options-pass(scale=.5,count=010)", {"scale": 0.5, "count": 10}),
     ],
 )
 @pytest.mark.usefixtures("options_pass")

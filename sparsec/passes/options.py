@@ -7,14 +7,15 @@ Invariants:
   of ``__init__``'s docstring (else of the class docstring); nothing is written twice.
 - A value converts to the option's annotated type only where that is unambiguous: an int for a
   float, an integral float for an int, a list for a tuple; a bare word (``syntax.Value.bare``)
-  stays the text written for a ``str`` option (``exclude=0`` means the name '0'), and splits
-  at ``|`` for a list option (the older list form). Anything else that does
+  stays the text written for a ``str`` option (``exclude=0`` means the name '0'), splits
+  at ``|`` for a list option (the older list form), and ``True`` is true for a bool option. Anything else that does
   not fit is one ``InputError`` line naming the pass, the option and the type expected.
 - Importing this module imports no pass module (nor onnx-ir, numpy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import types
@@ -185,8 +186,14 @@ def from_text(pass_name: str, option: OptionInfo, given: Value) -> Any:
 
 
 def _bare_readings(option: OptionInfo, given: Value) -> list[Any]:
-    """What a bare word may mean, in order: its TOML value, its text, its ``|``-items."""
+    """What a bare word may mean, in order: its TOML value, its text, its ``|``-items, and
+    the older parser's spellings: ``True`` / ``FALSE``, Python numbers (``.5``, ``010``)."""
     readings = [given.value, given.text]
+    if given.text.lower() in ("true", "false"):
+        readings.append(given.text.lower() == "true")
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            readings.append(kind(given.text))
     hints = typing.get_args(option.hint) if _is_union(option.hint) else (option.hint,)
     if any(map(_is_sequence, hints)) or isinstance(option.default, (list, tuple)):
         items = given.text.split("|") if given.text else []
