@@ -186,10 +186,6 @@ def test_a_pass_formatted_parses_back_into_the_same_pass(**options):
     assert type(again.names) is tuple
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PassBase.describe writes f'{k}={v}': it should write syntax.format_value(v)",
-)
 def test_describe_round_trips_a_string_with_a_comma(options_pass):
     created = options_pass(text="a,b", names=("x y", "z"))
     [again] = registry.parse_pipeline(created.describe())

@@ -26,6 +26,7 @@ import inspect
 from typing import Any, ClassVar
 
 from sparsec.ir.passes import IRPassBase, as_model, ir_result, run_ir_pass
+from sparsec.passes.syntax import format_pass
 from sparsec.results import Diagnostic, PassError, PassResult, Severity, progress
 
 __all__ = [
@@ -109,12 +110,12 @@ class PassBase(IRPassBase):
             for p in inspect.signature(type(self).__init__).parameters.values()
             if p.default is not inspect.Parameter.empty
         }
-        shown = [
-            f"{k}={v}"
+        shown = {
+            k: v
             for k, v in self.options().items()
             if k not in skip and (k in always or defaults.get(k, object()) != v)
-        ]
-        return f"{self.name}({','.join(shown)})" if shown else self.name
+        }
+        return format_pass(self.name, shown)  # parse_pipeline reads it back
 
 
 class InPlacePass(PassBase):
