@@ -70,8 +70,8 @@ def _sliced(model: nn.Module, plan: dict, sources: dict) -> tuple[dict, list[str
             continue
         if source["op_type"] == "Conv" and not source["is_parameter"]:
             raise ValueError(
-                f"'{name}' (module {source['module']}) is not the module's weight but a copy the "
-                "exporter made, with a BatchNorm folded in: export with "
+                f"'{name}' (module {source['module']}) is not the module's weight but a tensor "
+                "the exporter computed (a BatchNorm folded in): export with "
                 "training=torch.onnx.TrainingMode.PRESERVE to keep BatchNorm in the graph"
             )
         value = tensors.get(where, _tensor(model, where))

@@ -332,3 +332,15 @@ def _same_parameter_count(torch, module, shape, pruned: Path, again: Path) -> No
     assert floats(again) == floats(pruned)
     if not any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()):
         assert sum(p.numel() for p in module.parameters()) == floats(pruned)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_the_recipe_refuses_a_conv_the_exporter_folded_a_batchnorm_into(cli, tmp_path):
+    torch = pytest.importorskip("torch")
+    (module, shape, _), _ = _torch_models(torch)
+    source, plan = tmp_path / "eval.onnx", tmp_path / "plan.json"
+    torch.onnx.export(module, torch.randn(*shape), str(source), dynamo=False)  # TrainingMode.EVAL
+    _compress(cli, tmp_path, source, "--channels", "0.5", "--plan-out", plan)
+    recipe = _recipe()
+    with pytest.raises(ValueError, match=r"BatchNorm folded in\).*TrainingMode\.PRESERVE"):
+        recipe.apply_plan(module, recipe.load_plan(plan))

@@ -20,8 +20,9 @@ Invariants:
   ``size`` is the axis' length before the cut, ``kept`` the positions it keeps: ascending,
   unique, in ``0..size-1``, never empty. Only this table decides the cut: ``--plan-in`` of a
   version 2 plan repeats the cut of a version 1 plan with the same table;
-- ``sources`` says where a constant comes from: ``node`` (its first consumer, else its
-  producer), that node's ``op_type`` and the ``input`` index the constant feeds, the exporter's
+- ``sources`` says where a constant comes from: ``node`` (its first consumer, past
+  ``DequantizeLinear``/``Identity``/``Cast``; else its producer), that node's ``op_type`` and
+  the ``input`` index the constant feeds, the exporter's
   ``scope`` (the node name less its last ``/`` part, null without one), the source ``module``
   path and its ``param`` (from the name ``module.param`` when the constant is the parameter
   itself, ``is_parameter``; else from the scope and ``TORCH_PARAMS``), and how its axes map
@@ -79,6 +80,8 @@ TORCH_PARAMS: dict[tuple[str, int], tuple[str, str]] = {
     ("GroupNormalization", 1): ("weight", SAME),
     ("GroupNormalization", 2): ("bias", SAME),
 }
+PASS_THROUGH = {"DequantizeLinear", "Identity", "Cast"}
+QUANTIZED = "_quantized"  # onnxruntime's quantizer: a weight W is stored as W_quantized
 _PARAMETER = re.compile(r"^([A-Za-z_][\w.]*)\.([A-Za-z_]\w*)$")  # a state-dict key: module.param
 
 
@@ -163,16 +166,14 @@ def source(model, name: str) -> dict:
     """Where constant ``name`` comes from: its node, the exporter's scope, the source module
     path and parameter, and its layout against torch's (``TORCH_PARAMS``)."""
     value = model.value(name)
-    consumers = model.consumers(value)
-    node = consumers[0] if consumers else model.producer(value)
-    index = _input_index(node, value) if consumers else None
+    node, index = _reader(model, value)
     param, layout = TORCH_PARAMS.get((node.op_type, index), (None, None)) if node else (None, None)
     shape = model.constant_shape(value) or ()
     if node is not None and node.op_type == "Add" and len(shape) != 1:
         param, layout = None, None
     if layout == TRANS_B:
         layout = SAME if model.attr(node, "transB", 0) else TRANSPOSED
-    named = _PARAMETER.match(name) if "::" not in name else None
+    named = _PARAMETER.match(name.removesuffix(QUANTIZED)) if "::" not in name else None
     scope = scope_of(node.name) or _dynamo_scope(node) if node is not None else None
     module = named.group(1) if named else module_of(scope)
     return {
@@ -187,8 +188,18 @@ def source(model, name: str) -> dict:
     }
 
 
-def _input_index(node, value) -> int | None:
-    return next((i for i, v in enumerate(node.inputs) if v is value), None)
+def _reader(model, value):
+    """The node that computes with ``value`` and which of its inputs it is: the first consumer,
+    past ``DequantizeLinear``/``Identity``/``Cast`` (a quantized weight is its layer's weight);
+    the producer, input None, when nothing reads it."""
+    consumers = model.consumers(value)
+    if not consumers:
+        return model.producer(value), None
+    node = consumers[0]
+    index = next(i for i, v in enumerate(node.inputs) if v is value)
+    if node.op_type in PASS_THROUGH and index == 0 and model.consumers(node.outputs[0]):
+        return _reader(model, node.outputs[0])
+    return node, index
 
 
 def scope_of(node_name: str | None) -> str | None:
