@@ -109,7 +109,7 @@ def test_a_broken_entry_point_is_an_input_error(monkeypatch):
     monkeypatch.setattr(
         importlib.metadata, "entry_points", lambda group: [_FakePoint("not-a-pass", object)]
     )
-    with pytest.raises(InputError, match=r"not-a-pass.*not a sparsec pass class"):
+    with pytest.raises(InputError, match=r"not-a-pass.*not a pass class \(sparsec or onnx-ir\)"):
         registry.summaries()
 
 

@@ -170,3 +170,42 @@ def test_a_settling_fixed_point_gives_no_warning():
 def test_a_non_pass_member_is_refused():
     with pytest.raises(TypeError, match="sparsec or onnx-ir pass"):
         Pipeline([lambda model: model])
+
+
+IR_PASS_FILE = '''
+import onnx_ir as ir
+
+
+class FoldDoubleReluPass(ir.passes.InPlacePass):
+    """Relu(Relu(x)) -> Relu(x), written for onnx-ir."""
+
+    def call(self, model):
+        modified = False
+        for node in list(model.graph):
+            inner = node.inputs[0].producer() if node.op_type == "Relu" else None
+            if inner is not None and inner.op_type == "Relu":
+                node.outputs[0].replace_all_uses_with(inner.outputs[0], replace_graph_outputs=True)
+                model.graph.remove(node, safe=True)
+                modified = True
+        return ir.passes.PassResult(model, modified)
+'''
+
+
+def test_an_onnx_ir_pass_class_loads_from_a_file_by_name(tmp_path, cli):
+    (tmp_path / "irpass.py").write_text(IR_PASS_FILE)
+    spec = f"{tmp_path / 'irpass.py'}:FoldDoubleReluPass"
+    created = sparsec.create(spec)
+    assert created.name == "fold-double-relu" and created.in_place
+    model = _double_relu()
+    model.save(tmp_path / "in.onnx")
+    code, _, err = cli(
+        "compress",
+        tmp_path / "in.onnx",
+        "-o",
+        tmp_path / "out.onnx",
+        "--passes",
+        f"{spec},dead-code",
+    )
+    assert code == 0, err
+    written = sparsec.Model.load(tmp_path / "out.onnx")
+    assert [n.op_type for n in written.nodes()] == ["Conv", "Relu", "Conv"]

@@ -97,7 +97,8 @@ class PassInfo:
 def pass_info(cls: type) -> PassInfo:
     """``cls`` described from its own signature, annotations and docstrings."""
     origin = f"{cls.__module__}.{cls.__qualname__}"
-    return PassInfo(getattr(cls, "name", ""), getattr(cls, "summary", ""), origin, options_of(cls))
+    summary = getattr(cls, "summary", "") or (inspect.getdoc(cls) or "").partition("\n")[0]
+    return PassInfo(getattr(cls, "name", ""), summary, origin, options_of(cls))
 
 
 def options_of(cls: type) -> tuple[OptionInfo, ...]:

@@ -80,7 +80,7 @@ def _load_entry_points(skip: Container[str] = ()) -> None:
             ) from None
         if not _is_pass_class(loaded):
             raise InputError(
-                f"entry point '{point.name}' ({point.value}) is not a sparsec pass class"
+                f"entry point '{point.name}' ({point.value}) is not a pass class (sparsec or onnx-ir)"
             )
         _REGISTRY[point.name] = loaded
 
@@ -112,7 +112,11 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
 
 
 def _instantiate(cls: type[PassBase], options: dict[str, Any]) -> PassBase:
+    from sparsec.passes.base import IRPass, PassBase
+
     created = cls(**options)
+    if not isinstance(created, PassBase):  # an onnx-ir pass: it joins a pipeline as IRPass
+        created = IRPass(created)
     created.check_options()
     return created
 
@@ -189,14 +193,15 @@ def load_class(spec: str) -> type[PassBase]:
             f"{path} has no class '{class_name}'; its pass classes: {', '.join(found) or 'none'}"
         )
     if not _is_pass_class(cls):
-        raise InputError(f"'{class_name}' in {path} is not a sparsec pass class")
+        raise InputError(f"'{class_name}' in {path} is not a pass class (sparsec or onnx-ir)")
     return cls
 
 
 def _is_pass_class(obj: object) -> bool:
-    from sparsec.passes.base import PassBase  # loads onnx-ir: only when a pass is loaded
+    """A sparsec pass class, or an onnx-ir one (``create`` wraps it in ``IRPass``)."""
+    from sparsec.ir.passes import IRPassBase  # loads onnx-ir: only when a pass is loaded
 
-    return inspect.isclass(obj) and issubclass(obj, PassBase)
+    return inspect.isclass(obj) and issubclass(obj, IRPassBase) and not inspect.isabstract(obj)
 
 
 def parse_pipeline(text: str) -> list[PassBase]:
