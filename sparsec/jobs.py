@@ -28,6 +28,7 @@ from sparsec import __version__, api, gates
 from sparsec.errors import InternalError, SparsecError, ValidationError
 from sparsec.ir import Model, file_sha256
 from sparsec.jobs_report import append_summary, job_files, job_json, write_files
+from sparsec.passes import parse_pipeline
 from sparsec.spec.job import JobSpec
 from sparsec.spec.options import RANDOM
 
@@ -76,8 +77,8 @@ def check_spec(spec: JobSpec):
 
 
 def pipeline_of(spec: JobSpec):
-    """The passes of a checked spec: weight sparsity, channel pruning, the --passes text, or
-    None (the default cleanup)."""
+    """The passes of a checked spec: weight sparsity, channel pruning, the --passes text
+    parsed, or None (the default cleanup)."""
     calibration = spec.path("calibration")
     data = {
         "calibration": None if calibration is None else str(calibration),
@@ -111,7 +112,8 @@ def pipeline_of(spec: JobSpec):
             target_params=spec.get("target_params") or 0.0,
             **common,
         )
-    return spec.get("passes")
+    text = spec.get("passes")
+    return None if text is None else parse_pipeline(text)  # a bad pass or option: now
 
 
 def run_job(

@@ -17,7 +17,6 @@ from onnx import numpy_helper
 
 from sparsec.errors import InputError, UsageError
 from sparsec.jobs import check_spec, pipeline_of
-from sparsec.passes.registry import parse_pipeline
 from sparsec.spec import OPTION_BY_NAME, OPTIONS, JobSpec, load_recipe, recipe_text
 from sparsec.spec.rules import RULES
 
@@ -455,8 +454,16 @@ def test_checked_spec_builds_its_pipeline(values, kind, attributes):
 def test_checked_passes_text_builds_its_pipeline():
     spec = JobSpec.from_mapping({**BASE, "passes": "identity-elimination, dead-code"})
     spec.check()
-    passes = parse_pipeline(pipeline_of(spec))
-    assert len(passes) == 2
+    passes = pipeline_of(spec)
+    assert [p.name for p in passes] == ["identity-elimination", "dead-code"]
+
+
+def test_a_bad_pass_option_in_a_recipe_is_refused_before_the_model_loads(tmp_path):
+    spec = JobSpec.from_mapping(
+        {**BASE, "source": str(tmp_path / "absent.onnx"), "passes": "dead-code(nope=1)"}
+    )
+    with pytest.raises(InputError, match="pass 'dead-code' has no option nope"):
+        check_spec(spec)
 
 
 def test_cleanup_spec_builds_the_default_pipeline():
