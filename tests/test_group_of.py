@@ -11,7 +11,7 @@ from conftest import MODELS, make_model, oracle_error
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
-from sparsec.analysis.lookup import UnknownNameError, layer_table, layers
+from sparsec.analysis.lookup import UnknownNameError, layer_table, layers, module_of
 from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.report import layers_text
@@ -120,6 +120,27 @@ def test_dynamo_export_answers_by_parameter_name():
         a, b = sparsec.group_of(legacy, module), sparsec.group_of(dynamo, module)
         assert (a.units, a.prunable) == (b.units, b.prunable), module
     assert [layer.module for layer in layers(dynamo)] == [layer.module for layer in layers(legacy)]
+
+
+@pytest.mark.parametrize(
+    "scope, module",
+    [
+        ("/layer4/layer4.0/conv1", "layer4.0.conv1"),
+        ("/layer1/layer1.0/down/down.0", "layer1.0.down.0"),
+        ("/blocks.0/attn/qkv", "blocks.0.attn.qkv"),
+        ("/stem", "stem"),
+        ("", ""),
+    ],
+)
+def test_module_of_a_scope(scope, module):
+    assert module_of(scope) == module
+
+
+def test_dynamo_scopes_come_from_metadata():
+    model = Model.load(MODELS / "digits_cnn_dynamo.onnx")
+    scopes = {layer.module: layer.scope for layer in layers(model)}
+    assert scopes["se.reduce"] == "/se/se.reduce" and scopes["pw"] == "/pw"
+    assert sparsec.group_of(model, "/se/se.reduce") is sparsec.group_of(model, "se.reduce")
 
 
 def test_generated_graph_module_paths_from_scopes():

@@ -6,9 +6,10 @@ operands is a constant weight (or a DequantizeLinear of constants: its weight na
 stored integer initializer's). Its *output channels* are its output's channel axis (the
 weight's kept axis: a Conv's W axis 0, a Gemm's N); its *input channels* the activation's
 contracted axis. A layer answers to four names: its node name (``/layer4/layer4.0/conv1/Conv``),
-its weight's name (``layer4.0.conv1.weight``), its exporter scope (the node name less its last
-``/`` part: ``/layer4/layer4.0/conv1``) and its module path (``layer4.0.conv1``: from the scope, else
-the weight name less ``.weight``, else dynamo's ``pkg.torch.onnx.name_scopes``).
+its weight's name (``layer4.0.conv1.weight``), its exporter scope (``scope_of``: the node name
+less its last ``/`` part, ``/layer4/layer4.0/conv1``, or dynamo's ``name_scopes``) and its module
+path (``layer4.0.conv1``: ``module_of`` the legacy scope, else the weight name less ``.weight``,
+else ``module_of`` dynamo's scope).
 
 Invariant: read-only; every group returned is one of ``find_channel_groups(model)``'s (prunable
 or not: ``group.reason`` says why not); a name or axis that no group holds is an
@@ -80,7 +81,7 @@ def _layers(model, shapes: dict) -> list[Layer]:
         activation = _input(node, other.index)
         in_rank = len(shapes.get(activation.name, ())) if activation is not None else 0
         name = _weight_name(model, _input(node, weight.index))
-        scope = node.name.rsplit("/", 1)[0] if node.name.startswith("/") else ""
+        scope = scope_of(node)
         found.append(
             Layer(
                 node.name,
@@ -110,26 +111,44 @@ def _weight_name(model, value) -> str:
     return quantized.data.name if quantized is not None else ""
 
 
-def _module_path(node, scope: str, weight: str) -> str:
-    """``layer4.0.conv1`` from ``/layer4/layer4.0/conv1``, ``layer4.0.conv1.weight`` or dynamo's
-    name scopes (``['', 'layer4', 'layer4.0', 'conv1', 'conv2d_5']``, the op's own last)."""
-    parts = scope.strip("/").split("/") if scope else []
-    if not parts and weight.endswith(".weight"):  # a parameter's name (dynamo keeps them)
-        return weight[: -len(".weight")]
-    parts = parts or _dynamo_scopes(node)
-    path = ""
-    for part in filter(None, parts):  # a part repeating the path so far extends it
-        path = part if not path or part.startswith(path + ".") else f"{path}.{part}"
-    return path
-
-
-def _dynamo_scopes(node) -> list[str]:
+def scope_of(node) -> str:
+    """The exporter's scope of a node: the legacy exporter's name less its op
+    (``/layer4/layer4.0/conv1/Conv`` -> ``/layer4/layer4.0/conv1``), else dynamo's
+    ``pkg.torch.onnx.name_scopes`` (``['', 'layer4', 'layer4.0', 'conv1', 'conv2d']`` ->
+    ``/layer4/layer4.0/conv1``); '' for none (``/Relu``, ``node_12`` without metadata)."""
+    name = node.name or ""
+    if name.startswith("/") and name.count("/") >= 2:
+        return name.rsplit("/", 1)[0]
     text = node.metadata_props.get("pkg.torch.onnx.name_scopes")
     try:
-        scopes = ast.literal_eval(text) if text else []
+        parts = ast.literal_eval(text) if text else []
     except (ValueError, SyntaxError):
-        return []
-    return [s for s in scopes[:-1] if isinstance(s, str)] if isinstance(scopes, list) else []
+        return ""
+    inner = [str(part) for part in parts[1:-1]] if isinstance(parts, list) else []
+    return "/" + "/".join(inner) if inner else ""
+
+
+def module_of(scope: str) -> str:
+    """The module path of a PyTorch exporter scope: ``/layer1/layer1.0/down/down.0`` ->
+    ``layer1.0.down.0`` (a part ``parent.child`` names the child of the part before it)."""
+    parts: list[str] = []
+    for part in filter(None, scope.strip("/").split("/")):
+        if parts and part.startswith(parts[-1] + "."):
+            parts[-1] = part
+        else:
+            parts.append(part)
+    return ".".join(parts)
+
+
+def _module_path(node, scope: str, weight: str) -> str:
+    """The module path of the legacy exporter's scope, else of a parameter's name
+    (``layer4.0.conv1.weight``: dynamo keeps them, and a BatchNorm it folded into a conv would
+    name the BatchNorm's scope), else of dynamo's scope."""
+    if scope and node.name.startswith("/"):
+        return module_of(scope)
+    if weight.endswith(".weight"):
+        return weight[: -len(".weight")]
+    return module_of(scope)
 
 
 def group_of(model, name: str, axis: int | str | None = None, *, input_shapes=None) -> ChannelGroup:
@@ -280,4 +299,6 @@ __all__ = [
     "holders",
     "layer_table",
     "layers",
+    "module_of",
+    "scope_of",
 ]
