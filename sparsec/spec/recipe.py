@@ -9,11 +9,11 @@ by the same ``Option`` table as the flags, so a recipe fails with the same line 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from sparsec.errors import InputError, UsageError
+from sparsec.passes.syntax import format_value  # TOML values, as --passes writes them
 from sparsec.spec.job import JobSpec
 from sparsec.spec.options import OPTION_BY_NAME, OPTIONS
 
@@ -77,10 +77,10 @@ def recipe_text(name: str, spec: JobSpec, folder: Path) -> str:
         "",
         "[[job]]",
     ]
-    lines.append(f"name = {_value(name)}")
+    lines.append(f"name = {format_value(name, bare=False)}")
     for key, value in spec.recipe_keys().items():
         written = relative_path(spec.path(key), folder) if OPTION_BY_NAME[key].path else value
-        lines.append(f"{key} = {_value(written)}")
+        lines.append(f"{key} = {format_value(written, bare=False)}")
     return "\n".join(lines) + "\n"
 
 
@@ -94,31 +94,6 @@ def relative_path(path: Path | None, folder: Path) -> str:
         return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
     except ValueError:  # another drive (Windows)
         return str(Path(path).resolve())
-
-
-def _value(value: Any) -> str:
-    """A TOML value for a string, number, boolean, list, or table (inline, string keys)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else "nan"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_value(str(k))} = {_value(v)}" for k, v in value.items()) + "}"
-    text = str(value)
-    escaped = "".join(_escape(ch) for ch in text)
-    return f'"{escaped}"'
-
-
-def _escape(ch: str) -> str:
-    if ch in '"\\':
-        return "\\" + ch
-    if ord(ch) < 0x20 or ord(ch) == 0x7F:
-        return f"\\u{ord(ch):04x}"
-    return ch
 
 
 __all__ = ["OPTIONS", "load_recipe", "recipe_text", "relative_path"]
