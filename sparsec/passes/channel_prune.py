@@ -16,6 +16,7 @@ from typing import ClassVar
 from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.calibrated import CalibratedPass
 from sparsec.pruning import channels, layer_ratios, schedule
+from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning.channels import ChannelOptions
 
 
@@ -34,7 +35,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         scope: str = "local",
         max_layer_ratio: float = 0.9,
         round_to: int = 1,
-        exclude: str = "",
+        exclude: str | tuple[str, ...] = "",
         seed: int = 0,
         plan: str = "",
         heads: float = -1.0,
@@ -60,8 +61,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
             max_layer_ratio: The most any one group may lose, in (0, 1], in both scopes.
             round_to: Keep channel counts at multiples of this (e.g. 8 or 16 for fast kernels)
                 where the group allows.
-            exclude: ``|``-separated glob patterns; a group touching a node or initializer
-                whose name matches one is not pruned.
+            exclude: Glob patterns (a list, or ``|``-separated); a group touching a node or
+                initializer whose name matches one is not pruned.
             seed: Seed of ``importance=random`` and ``calibration=random``.
             plan: A plan file (JSON, written by ``--plan-out``) to apply instead of choosing
                 channels.
@@ -91,7 +92,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         self.ratio, self.importance, self.scope = ratio, importance, scope
         self.ratios = _ratios_text(ratios)
         self.heads, self.ffn = heads, ffn
-        self.max_layer_ratio, self.round_to, self.exclude = max_layer_ratio, round_to, exclude
+        self.max_layer_ratio, self.round_to = max_layer_ratio, round_to
+        self.exclude = exclude_patterns.joined(exclude)
         self.seed, self.plan = seed, plan
         self.calibration, self.calibration_samples, self.recover = (
             calibration,

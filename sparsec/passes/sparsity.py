@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.calibrated import CalibratedPass
+from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning import weights
 from sparsec.pruning.weights import WeightOptions
 
@@ -38,7 +39,7 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         calibration_samples: int = 0,
         recover: bool = True,
         seed: int = 0,
-        exclude: str = "",
+        exclude: str | tuple[str, ...] = "",
     ) -> None:
         """Options of ``weight-sparsity`` (give ``nm`` or ``ratio``, not both).
 
@@ -66,11 +67,11 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
             recover: With ``calibration``: refit the masked layers by least squares, zeros
                 kept.
             seed: Seed of ``calibration=random``.
-            exclude: ``|``-separated glob patterns; a weight whose name, or the name of a node
-                reading it, matches one stays dense.
+            exclude: Glob patterns (a list, or ``|``-separated); a weight whose name, or the name
+                of a node reading it, matches one stays dense.
         """
         self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
-        self.embeddings, self.exclude = embeddings, exclude
+        self.embeddings, self.exclude = embeddings, exclude_patterns.joined(exclude)
         self.calibration, self.batch_size = calibration, batch_size
         self.calibration_samples, self.recover, self.seed = calibration_samples, recover, seed
 

@@ -10,9 +10,14 @@ most likely a typo that leaves everything it meant to protect pruned.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sparsec.results import Diagnostic
+
+
+def joined(exclude: str | Sequence[str]) -> str:
+    """The option's text: a ``|``-separated string as given, a list of patterns joined by ``|``."""
+    return exclude if isinstance(exclude, str) else "|".join(exclude)
 
 
 def patterns(exclude: str) -> list[str]:
