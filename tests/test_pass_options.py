@@ -413,9 +413,9 @@ def test_a_quoted_pass_file_may_hold_commas_and_spaces(tmp_path):
     assert (loaded.name, loaded.threshold, cleanup.name) == ("drop-tiny-channels", 2.0, "dead-code")
 
 
-@pytest.mark.parametrize("name", ["channel-prune", "weight-sparsity"])
+@pytest.mark.parametrize("name", ["channel-prune(ratio=0.5", "weight-sparsity(nm=2:4"])
 def test_exclude_takes_a_list_or_the_bar_form_alike(name):
-    listed = registry.parse_pipeline(f'{name}(exclude=["/stem/*", "se.*"])')[0]
-    barred = registry.parse_pipeline(f'{name}(exclude="/stem/*|se.*")')[0]
+    listed = registry.parse_pipeline(f'{name},exclude=["/stem/*", "se.*"])')[0]
+    barred = registry.parse_pipeline(f'{name},exclude="/stem/*|se.*")')[0]
     assert listed.exclude == barred.exclude == "/stem/*|se.*"
     assert listed.describe() == barred.describe()
