@@ -17,7 +17,6 @@ from conftest import MODELS, prune, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.ir import Model
-from sparsec.pruning.plans import module_of, scope_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_KEYS = {"node", "op_type", "input", "scope", "module", "param", "layout", "is_parameter"}
@@ -120,20 +119,6 @@ def test_a_matmul_weight_is_torch_transposed_so_its_torch_axis_is_the_other():
         (0, 1)
     ]
     assert plan["sources"]["fc1.bias"]["module"] == "fc1"
-
-
-@pytest.mark.parametrize(
-    "node, scope, module",
-    [
-        ("/blocks.0/attn/qkv/MatMul", "/blocks.0/attn/qkv", "blocks.0.attn.qkv"),
-        ("/layer1/layer1.0/conv1/Conv", "/layer1/layer1.0/conv1", "layer1.0.conv1"),
-        ("/layer1/layer1.0/down/down.0/Conv", "/layer1/layer1.0/down/down.0", "layer1.0.down.0"),
-        ("/Relu", None, None),
-        ("node_Conv_3", None, None),
-    ],
-)
-def test_scopes_and_module_paths_of_exporter_node_names(node, scope, module):
-    assert scope_of(node) == scope and module_of(scope) == module
 
 
 def _compress(cli, tmp_path, model, *args, name="out"):

@@ -23,7 +23,8 @@ Invariants:
 - ``sources`` says where a constant comes from: ``node`` (its first consumer, past
   ``DequantizeLinear``/``Identity``/``Cast``; else its producer), that node's ``op_type`` and
   the ``input`` index the constant feeds, the exporter's
-  ``scope`` (the node name less its last ``/`` part, null without one), the source ``module``
+  ``scope`` (``lookup.scope_of``: the node name less its last ``/`` part, else dynamo's
+  ``name_scopes`` metadata; null without one), the source ``module``
   path and its ``param`` (from the name ``module.param`` when the constant is the parameter
   itself, ``is_parameter``; else from the scope and ``TORCH_PARAMS``), and how its axes map
   to the source framework's (``layout``); ``torch_axis`` is that axis, null where unknown;
@@ -37,7 +38,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import re
@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsec.analysis.groups import ChannelGroup, GroupAnalysis
+from sparsec.analysis.lookup import module_of, scope_of
 from sparsec.errors import InputError
 from sparsec.pruning.oracle import OracleMasks
 
@@ -174,8 +175,8 @@ def source(model, name: str) -> dict:
     if layout == TRANS_B:
         layout = SAME if model.attr(node, "transB", 0) else TRANSPOSED
     named = _PARAMETER.match(name.removesuffix(QUANTIZED)) if "::" not in name else None
-    scope = scope_of(node.name) or _dynamo_scope(node) if node is not None else None
-    module = named.group(1) if named else module_of(scope)
+    scope = (scope_of(node) or None) if node is not None else None
+    module = named.group(1) if named else (module_of(scope or "") or None)
     return {
         "node": node.name if node is not None else None,
         "op_type": node.op_type if node is not None else None,
@@ -200,39 +201,6 @@ def _reader(model, value):
     if node.op_type in PASS_THROUGH and index == 0 and model.consumers(node.outputs[0]):
         return _reader(model, node.outputs[0])
     return node, index
-
-
-def scope_of(node_name: str | None) -> str | None:
-    """The exporter's scope of a node: ``/blocks.0/attn/qkv/MatMul`` -> ``/blocks.0/attn/qkv``;
-    None for a name without one (``/Relu``, ``node_12``)."""
-    if not node_name or not node_name.startswith("/") or node_name.count("/") < 2:
-        return None
-    return node_name.rsplit("/", 1)[0]
-
-
-def _dynamo_scope(node) -> str | None:
-    """The scope the dynamo exporter records in a node's metadata (``name_scopes``
-    ``['', 'layer1', 'layer1.0', 'conv1', 'conv2d']`` -> ``/layer1/layer1.0/conv1``)."""
-    try:
-        parts = ast.literal_eval(node.metadata_props.get("pkg.torch.onnx.name_scopes", "[]"))
-    except (ValueError, SyntaxError):
-        return None
-    inner = [str(part) for part in parts[1:-1]] if isinstance(parts, list) else []
-    return "/" + "/".join(inner) if inner else None
-
-
-def module_of(scope: str | None) -> str | None:
-    """The module path of a PyTorch exporter scope: ``/layer1/layer1.0/down/down.0`` ->
-    ``layer1.0.down.0`` (a part ``parent.child`` names the child of the part before it)."""
-    if not scope:
-        return None
-    parts: list[str] = []
-    for part in scope.strip("/").split("/"):
-        if parts and part.startswith(parts[-1] + "."):
-            parts[-1] = part
-        else:
-            parts.append(part)
-    return ".".join(parts) or None
 
 
 def torch_axis(record: dict, axis: int, rank: int) -> int | None:
