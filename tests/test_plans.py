@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from conftest import MODELS, prune, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.ir import Model
+from sparsec.pruning.plans import plan_files, refit_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_KEYS = {"node", "op_type", "input", "scope", "module", "param", "layout", "is_parameter"}
@@ -201,6 +203,16 @@ def test_the_refit_weights_go_beside_the_plan(cli, tmp_path):
             assert all(arrays[name].shape[e["axis"]] == len(e["kept"]) for e in entries)
     final = _initializers(out)
     assert np.array_equal(arrays["head.weight"], final["head.weight"])  # no later pass edits it
+
+
+def test_a_plan_written_to_a_stream_has_no_refit_file_beside_it(tmp_path):
+    fifo = tmp_path / "plan.fifo"
+    os.mkfifo(fifo)
+    assert refit_path(tmp_path / "plan.json") == tmp_path / "plan.npz"
+    assert refit_path(fifo) is None and refit_path("/dev/stdout") is None
+    artifacts = {"plan": {"version": 2}, "refit": {"arrays": {"w": np.ones(2)}, "sources": {}}}
+    ((path, text),) = plan_files(artifacts, "/dev/stdout")  # the plan only, naming no file
+    assert str(path) == "/dev/stdout" and json.loads(text)["refit"]["file"] is None
 
 
 # ---------------------------------------------------------------- the PyTorch recipe

@@ -214,8 +214,12 @@ def torch_axis(record: dict, axis: int, rank: int) -> int | None:
 
 def refit_path(plan_path: str | Path) -> Path | None:
     """Where the refit weights of the plan written to ``plan_path`` go: ``plan.npz`` beside
-    ``plan.json``; None for a plan written to standard output (``-``)."""
-    return None if str(plan_path) == "-" else Path(plan_path).with_suffix(".npz")
+    ``plan.json``; None for a plan written to a stream (``/dev/stdout``, a FIFO, ``-``)."""
+    path = Path(plan_path)
+    stream = path.exists() and not path.is_file()
+    if str(plan_path) == "-" or stream or path.absolute().parts[:2] == ("/", "dev"):
+        return None
+    return path.with_suffix(".npz")
 
 
 def plan_files(artifacts: dict, plan_path: str | Path) -> list[tuple[Path, str | bytes]]:
