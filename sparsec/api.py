@@ -324,6 +324,11 @@ def _compress_loaded(
     on_checked,
 ) -> CompressResult:
     """``compress`` after loading: check outputs, run the pipeline, validate, write."""
+    if plan_out is not None and str(plan_out) == "-":
+        raise InputError(
+            "--plan-out needs a file path (its refit weights go beside it); "
+            "/dev/stdout prints the plan alone"
+        )
     refit_out = refit_path(plan_out) if plan_out is not None else None  # beside the plan
     extra = [
         Path(p) for p in (plan_out, refit_out, *side_outputs) if p is not None and str(p) != "-"

@@ -341,3 +341,17 @@ def test_the_recipe_refuses_a_conv_the_exporter_folded_a_batchnorm_into(cli, tmp
     recipe = _recipe()
     with pytest.raises(ValueError, match=r"BatchNorm folded in\).*TrainingMode\.PRESERVE"):
         recipe.apply_plan(module, recipe.load_plan(plan))
+
+
+def test_plan_out_dash_is_refused_in_one_line_and_writes_nothing(tmp_path, cli):
+    out = tmp_path / "out.onnx"
+    code, _, err = cli(
+        "compress", MODELS / "digits_cnn.onnx", "-o", out, "--channels", "0.5", "--plan-out", "-"
+    )
+    assert code != 0 and not out.exists()
+    assert err.strip().splitlines() == [
+        (
+            "sparsec: error: --plan-out needs a file path (its refit weights go beside it); "
+            "/dev/stdout prints the plan alone"
+        )
+    ]

@@ -16,7 +16,7 @@ import pytest
 from conftest import make_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsec.ir import Model
+from sparsec.ir import Model, write_text
 
 N = 64
 X = np.random.default_rng(7).standard_normal((2, N)).astype(np.float32)
@@ -203,3 +203,26 @@ def test_force_onto_the_input_works_for_one_file_and_is_refused_for_external_dat
     code, _, err = cli("compress", external, "-o", external, "--force", "--latency-runs", "0")
     assert code == 2 and "--force cannot overwrite" in err
     assert sorted(p.name for p in external.parent.iterdir()) == ["in.onnx", "in.onnx.data"]
+
+
+def test_a_side_file_written_to_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "shared" / "report.json"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "report.json"
+    link.symlink_to(target)
+    write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]  # no temp left
+
+
+def test_a_link_into_proc_is_written_through_not_renamed_over(tmp_path):
+    """/dev/stdout -> /proc/self/fd/1 with stdout redirected to a file: a rename over the link
+    would replace /dev/stdout itself for every process; the text must go through the fd."""
+    redirected = tmp_path / "stdout.txt"
+    with open(redirected, "w") as handle:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{handle.fileno()}")
+        write_text(link, "plan\n")
+    assert link.is_symlink() and redirected.read_text() == "plan\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stdout", "stdout.txt"]

@@ -72,7 +72,7 @@ class Staged:
         self.bytes = (workdir / path.name).stat().st_size + (
             data.stat().st_size if data and data.is_file() else 0
         )
-        self.side_files: list[tuple[Path, str]] = []
+        self.side_files: list[tuple[Path, str | bytes]] = []
 
     def sha256(self) -> str:
         """The sha256 of the model file as it will be put in place."""
@@ -86,22 +86,23 @@ class Staged:
         """Put the model and its data in place, then the side files; return the model's bytes.
         Every side file is written first (regular files to temp files beside them, streams
         through), so a side file that cannot be written leaves the model unwritten."""
-        staged_sides: list[tuple[Path | None, Path]] = []
+        staged_sides: list[tuple[Path, Path]] = []  # (temp file, the path it replaces)
         try:
             for side, text in self.side_files:
-                staged_sides.append((_stage_text(side, text), side))
+                staged = _stage_text(side, text)
+                if staged is not None:
+                    staged_sides.append(staged)
             with _folder_lock(self.path.parent):
                 stale = _stale_data_files(self.path, self.keep)
                 with held_signals():
                     written = _commit(self.workdir, self.path, self.data_name)
                     _remove(stale)
-                    for temp, side in staged_sides:
-                        if temp is not None:
-                            os.replace(temp, side)
-                            _PENDING.discard(temp)
+                    for temp, target in staged_sides:
+                        os.replace(temp, target)
+                        _PENDING.discard(temp)
             return written
         finally:
-            _remove([temp for temp, _ in staged_sides if temp is not None])
+            _remove([temp for temp, _ in staged_sides])
 
 
 @contextlib.contextmanager
@@ -136,34 +137,47 @@ def staged(
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (a temp file beside it renamed over it; a stream
     is written through)."""
-    temp = _stage_text(Path(path), text)
-    if temp is not None:
+    staged = _stage_text(Path(path), text)
+    if staged is not None:
+        temp, target = staged
         with held_signals():
-            os.replace(temp, path)
+            os.replace(temp, target)
             _PENDING.discard(temp)
 
 
-def _stage_text(path: Path, text: str | bytes) -> Path | None:
-    """``text`` in a temp file beside ``path``, to be renamed over it; a stream (a device or
-    FIFO, which a rename would replace) is written through now and gives None."""
+def _stage_text(path: Path, text: str | bytes) -> tuple[Path, Path] | None:
+    """``text`` in a temp file, with the path to rename it over: beside ``path``, or beside
+    the file a symbolic link ``path`` points to (so the link stays a link). A stream (a
+    device, FIFO or socket, or a path under /dev or /proc, like /dev/stdout, which may point
+    at a regular file a rename would replace for everyone) is written through now: None."""
     temp = None
     try:
-        if path.exists() and not path.is_file():
+        if _is_stream(path):
             with open(path, "wb" if isinstance(text, bytes) else "w") as stream:
                 stream.write(text)
             return None
+        target = path.resolve() if path.is_symlink() else path
         with held_signals():
-            fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
             _pending(Path(temp))
         with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
         os.chmod(temp, 0o666 & ~_umask())
-        return Path(temp)
+        return Path(temp), target
     except OSError as error:
         _remove([Path(temp)] if temp else [])
         raise InputError(
             f"cannot write {path}: {error.strerror or error} (nothing written)"
         ) from None
+
+
+def _is_stream(path: Path) -> bool:
+    """Whether ``path`` is written through rather than replaced: not a regular file, or in the
+    system's device or process folders (before or after following links)."""
+    if path.exists() and not path.is_file():
+        return True
+    system = ("/dev/", "/proc/")
+    return str(path.absolute()).startswith(system) or str(path.resolve()).startswith(system)
 
 
 def _umask() -> int:
