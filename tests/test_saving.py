@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_ir
 import pytest
-from conftest import make_model, run_ort
+from conftest import ROOT, make_model, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.ir import Model, write_text
@@ -226,3 +226,15 @@ def test_a_link_into_proc_is_written_through_not_renamed_over(tmp_path):
         write_text(link, "plan\n")
     assert link.is_symlink() and redirected.read_text() == "plan\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stdout", "stdout.txt"]
+
+
+def test_a_model_output_through_a_link_into_proc_is_refused(tmp_path, cli):
+    """``-o /dev/stdout`` with stdout redirected to a file: saving renames over its path, which
+    would replace the link itself; refused before any work."""
+    redirected = tmp_path / "stdout.txt"
+    with open(redirected, "w") as handle:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{handle.fileno()}")
+        code, _, err = cli("compress", ROOT / "models" / "digits_cnn.onnx", "-o", link)
+    assert code == 2 and "is not a regular file" in err
+    assert link.is_symlink() and redirected.read_text() == ""

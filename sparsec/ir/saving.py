@@ -152,7 +152,7 @@ def _stage_text(path: Path, text: str | bytes) -> tuple[Path, Path] | None:
     at a regular file a rename would replace for everyone) is written through now: None."""
     temp = None
     try:
-        if _is_stream(path):
+        if is_stream(path):
             with open(path, "wb" if isinstance(text, bytes) else "w") as stream:
                 stream.write(text)
             return None
@@ -171,13 +171,19 @@ def _stage_text(path: Path, text: str | bytes) -> tuple[Path, Path] | None:
         ) from None
 
 
-def _is_stream(path: Path) -> bool:
+def is_stream(path: Path) -> bool:
     """Whether ``path`` is written through rather than replaced: not a regular file, or in the
-    system's device or process folders (before or after following links)."""
+    system's device or process folders, itself or any link on the way to its file."""
     if path.exists() and not path.is_file():
         return True
-    system = ("/dev/", "/proc/")
-    return str(path.absolute()).startswith(system) or str(path.resolve()).startswith(system)
+    hop = Path(os.path.abspath(path))
+    for _ in range(40):  # the links followed, as the kernel bounds them
+        if str(hop).startswith(("/dev/", "/proc/")):
+            return True
+        if not hop.is_symlink():
+            break
+        hop = Path(os.path.abspath(hop.parent / os.readlink(hop)))
+    return str(Path(path).resolve()).startswith(("/dev/", "/proc/"))
 
 
 def _umask() -> int:
