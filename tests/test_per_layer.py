@@ -82,6 +82,19 @@ def test_each_pattern_cut_measured_and_exact():
     assert any("(1 of them kept whole" in note for note in notes if note.startswith("'*'"))
 
 
+def test_the_plan_names_the_pattern_each_group_took():
+    _, result = prune(resnet_like(), ratios=RATIOS)
+    records = result.artifacts["plan"]["groups"]
+    by_weight = {
+        member.partition("[")[0]: (record["pattern"], record["pattern_ratio"], record["ratio"])
+        for record in records
+        for member in record["members"]
+    }
+    assert by_weight["onnx::Conv_10"] == ("layer1.0.conv1", 0.75, 0.75)
+    assert by_weight["layer2.0.conv2.weight"] == ("layer2.*", 0.5, 0.5)
+    assert by_weight["stem.weight"] == ("*", 0.25, 0.25)
+
+
 def test_unmatched_groups_are_kept_and_say_why():
     model, result = prune(resnet_like(), ratios={"layer2.0.conv1": 0.5})
     channels = out_channels(model)

@@ -162,6 +162,7 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
     kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
     original = model.copy() if samples is not None and options.recover else None
     result = prune_channels(model, analysis, removed)
+    _record_patterns(result.artifacts.get("plan"), picked)
     result.diagnostics = (
         _diagnostics(analysis, reasons)
         + _pattern_notes(options, analysis, picked)
@@ -236,6 +237,13 @@ def pattern_ratios(model, options: ChannelOptions, analysis) -> dict[int, tuple[
         if choice is not None and options.ratio_source(by_id[gid]) == "ratio":  # not --heads/--ffn
             picked[gid] = choice
     return picked
+
+
+def _record_patterns(plan: dict | None, picked: dict[int, tuple[str, float]]) -> None:
+    """Name in the plan's group records the per-layer pattern each group took."""
+    for record in (plan or {}).get("groups", []):
+        if record["id"] in picked:
+            record["pattern"], record["pattern_ratio"] = picked[record["id"]]
 
 
 def _pattern_notes(options, analysis, picked: dict[int, tuple[str, float]]) -> list[Diagnostic]:

@@ -11,7 +11,8 @@ Format (JSON, version 2; version 1 is the same without ``sources``, ``groups``, 
                         "param": P, "layout": "same" | "transposed" | null,
                         "is_parameter": BOOL}},
      "groups": [{"id": G, "kind": KIND, "units": U, "removed": R, "ratio": R / U,
-                 "members": ["NAME[axis A]", ...]}],
+                 "members": ["NAME[axis A]", ...],
+                 "pattern": GLOB, "pattern_ratio": R}],  # pattern*: with per-layer ratios
      "refit": {"file": "plan.npz", "layout": "onnx", "names": [NAME, ...]}}   # with recovery
 
 Invariants:
