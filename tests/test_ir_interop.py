@@ -209,3 +209,60 @@ def test_an_onnx_ir_pass_class_loads_from_a_file_by_name(tmp_path, cli):
     assert code == 0, err
     written = sparsec.Model.load(tmp_path / "out.onnx")
     assert [n.op_type for n in written.nodes()] == ["Conv", "Relu", "Conv"]
+
+
+def test_a_node_renamed_through_onnx_ir_is_seen_by_cached_lookups():
+    model = sparsec.Model.load(MODELS / "digits_cnn.onnx")
+    conv = next(n for n in model.nodes() if n.op_type == "Conv" and n.name != "/stem/Conv")
+    old = conv.name
+    before = sparsec.group_of(model, old)  # caches the layer lookup
+    conv.name = "/renamed/Conv"
+    assert sparsec.group_of(model, "/renamed/Conv").id == before.id
+    with pytest.raises(KeyError):
+        sparsec.group_of(model, old)
+
+
+def test_a_functionalized_sparsec_pass_keeps_its_stats_and_oracle_in_a_pipeline():
+    from sparsec.testing import assert_pass_exact
+
+    pruning = ir.passes.functionalize(sparsec.create("channel-prune", {"ratio": 0.5}))
+    result = assert_pass_exact(pruning, MODELS / "digits_cnn.onnx")  # needs the reference
+    assert result.stats["channels_removed"] > 0
+    piped = Pipeline([ir.passes.functionalize(sparsec.create("dead-code"))])(
+        sparsec.Model.load(MODELS / "cleanup_cnn.onnx")
+    )
+    assert piped.stats["dead-code.nodes_removed"] > 0  # named after the wrapped pass
+
+
+class NeedsOpset99(ir.passes.InPlacePass):
+    def requires(self, model: ir.Model) -> None:
+        if model.opset_imports.get("", 0) < 99:
+            raise ValueError("needs opset 99")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, False)
+
+
+def test_an_onnx_ir_precondition_is_a_pass_error_not_an_internal_one():
+    with pytest.raises(
+        sparsec.PassError, match="pass 'needs-opset99' cannot run on this model: needs opset 99"
+    ):
+        Pipeline([NeedsOpset99()])(_double_relu())
+
+
+def test_onnx_ir_passes_are_described_with_their_options_and_never_as_a_builtin():
+    from onnx_ir.passes.common import IdentityEliminationPass, LiftConstantsToInitializersPass
+
+    pipeline = Pipeline([IdentityEliminationPass(), LiftConstantsToInitializersPass(size_limit=4)])
+    assert pipeline.describe() == (
+        "onnx-ir-identity-elimination,lift-constants-to-initializers(size_limit=4)"
+    )
+
+
+def test_a_pass_class_without_a_name_is_named_after_itself():
+    class MyCleanupPass(InPlacePass):
+        def call(self, model) -> PassResult:
+            return PassResult(model, modified=False)
+
+    assert MyCleanupPass.name == "my-cleanup" and MyCleanupPass().describe() == "my-cleanup"
+    assert sparsec.InPlacePass.name == ""  # the base classes stay unnamed

@@ -419,3 +419,16 @@ def test_exclude_takes_a_list_or_the_bar_form_alike(name):
     barred = registry.parse_pipeline(f'{name},exclude="/stem/*|se.*")')[0]
     assert listed.exclude == barred.exclude == "/stem/*|se.*"
     assert listed.describe() == barred.describe()
+
+
+def test_a_required_option_left_out_is_one_input_error(tmp_path):
+    (tmp_path / "req.py").write_text(
+        "import sparsec\n\n\nclass ReqPass(sparsec.InPlacePass):\n"
+        "    def __init__(self, x: int) -> None:\n        self.x = x\n\n"
+        "    def call(self, model):\n        return sparsec.PassResult(model, False)\n"
+    )
+    spec = f"{tmp_path / 'req.py'}:ReqPass"
+    for make in (lambda: registry.create(spec), lambda: registry.parse_pipeline(spec)):
+        with pytest.raises(InputError, match=r"needs option x \(it has no default\)"):
+            make()
+    assert registry.create(spec, {"x": 3}).x == 3

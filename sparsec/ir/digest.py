@@ -7,12 +7,12 @@ every weight's bytes read in (inline or external data alike), the external-data 
 weights and the same opsets, whatever their data file names; the digest changes with any
 node, attribute, weight byte, input or output.
 
-``structure`` is cheap and in-memory only: the objects a graph is made of (every graph's nodes
-with their op types, inputs and attributes; inputs and outputs with their declared shapes and
-types; initializers and their tensors; functions). Any edit made through onnx-ir
-(``graph.remove``, ``replace_all_uses_with``, a new tensor or attribute) replaces or re-links
-one of those objects and so changes it; a value renamed in place does not (``Model.value``
-checks names itself), nor do bytes written into an existing tensor (``Model.touch`` says so).
+``structure`` is cheap and in-memory only: the objects a graph is made of and their names (every
+graph's nodes with their names, op types, inputs, attributes and output names; inputs and
+outputs with their declared shapes and types; initializers and their tensors; functions). Any
+edit made through onnx-ir (``graph.remove``, ``replace_all_uses_with``, a new tensor or
+attribute, a renamed node or value) replaces, re-links or renames one of those objects and so
+changes it; bytes written into an existing tensor do not (``Model.touch`` says so).
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ def structure(model: ir.Model) -> tuple:
     for graph in graphs:
         parts.append(graph)  # also a separator: nodes cannot slide from one graph to another
         for node in graph:
-            parts.extend((node, node.op_type, *node.inputs, *node.attributes.values()))
+            parts.extend((node, node.name, node.op_type, *node.inputs, *node.attributes.values()))
+            parts.extend(value.name for value in node.outputs)
         for value in (*graph.inputs, *graph.outputs):
-            parts.extend((value, value.shape, value.type))
+            parts.extend((value, value.name, value.shape, value.type))
         if isinstance(graph, ir.Graph):
             for value in graph.initializers.values():
-                parts.extend((value, value.const_value))
+                parts.extend((value, value.name, value.const_value))
     return tuple(parts)
 
 

@@ -27,6 +27,7 @@ from sparsec.ir.model import Model
 # ``PassBase.__call__`` hands onnx-ir callers a real onnx-ir ``PassResult``.
 IRPassBase: Any = ir.passes.PassBase
 IRPassResult = ir.passes.PassResult
+IRPreconditionError = ir.passes.PreconditionError  # an onnx-ir pass refusing the model
 
 
 @dataclass
@@ -59,12 +60,16 @@ def ir_result(result: Any) -> SparsecIRPassResult:
     return SparsecIRPassResult(result.model.ir, result.modified, sparsec=result)
 
 
-def run_ir_pass(pass_: Any, model: Model) -> tuple[Model, bool]:
-    """Run the onnx-ir pass ``pass_`` on ``model``; the model it gives back (the same ``Model``
-    when it edited in place) and whether it changed anything."""
+def run_ir_pass(pass_: Any, model: Model) -> tuple[Model, bool, Any]:
+    """Run the onnx-ir pass ``pass_`` on ``model``: the model it gives back (the same ``Model``
+    when it edited in place), whether it changed anything, and the sparsec result when the
+    pass wraps a sparsec one (``functionalize(sparsec pass)``: its stats, oracle reference)."""
     result = pass_(model.ir)
+    inner = getattr(result, "sparsec", None)
     if result.model is model.ir:
-        return model, bool(result.modified)
-    produced = Model(result.model, model.path)
-    produced.source_files, produced.source_bytes = set(model.source_files), model.source_bytes
-    return produced, bool(result.modified)
+        return model, bool(result.modified), inner
+    produced = Model.of(result.model)
+    if produced.path is None:  # a new model: it keeps the source's path and files
+        produced.path = model.path
+        produced.source_files, produced.source_bytes = set(model.source_files), model.source_bytes
+    return produced, bool(result.modified), inner

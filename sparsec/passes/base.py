@@ -26,6 +26,7 @@ import inspect
 from typing import Any, ClassVar
 
 from sparsec.ir.passes import IRPassBase, as_model, ir_result, run_ir_pass
+from sparsec.passes.catalog import BUILTIN
 from sparsec.passes.syntax import format_pass
 from sparsec.results import Diagnostic, PassError, PassResult, Severity, progress
 
@@ -40,6 +41,12 @@ __all__ = [
     "Severity",
     "progress",
 ]
+
+
+def _kebab(class_name: str) -> str:
+    """``RemoveUnusedNodesPass`` -> ``remove-unused-nodes``."""
+    base = class_name.removesuffix("Pass") or class_name
+    return "".join(f"-{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(base))
 
 
 class PassBase(IRPassBase):
@@ -99,23 +106,41 @@ class PassBase(IRPassBase):
 
     def options(self) -> dict[str, Any]:
         """The pass's options and their current values, read from ``__init__``'s signature."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names if hasattr(self, name)}
+        return _init_options(self)
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """``name(opt=value,...)`` with the options that differ from their defaults, plus those
         in ``always``, minus those in ``skip``."""
-        defaults = {
-            p.name: p.default
-            for p in inspect.signature(type(self).__init__).parameters.values()
-            if p.default is not inspect.Parameter.empty
-        }
-        shown = {
-            k: v
-            for k, v in self.options().items()
-            if k not in skip and (k in always or defaults.get(k, object()) != v)
-        }
-        return format_pass(self.name, shown)  # parse_pipeline reads it back
+        return _description(self.name, self, always, skip)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A pass class that sets no ``name`` is named after itself (``MyCleanupPass`` ->
+        ``my-cleanup``), so that pipelines, stats and metadata never show an empty name."""
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "name", "") and cls.__module__ != __name__:  # not the base classes
+            cls.name = _kebab(cls.__name__)
+
+
+def _init_options(obj: object) -> dict[str, Any]:
+    """``obj``'s ``__init__`` keyword options and their current values (its attributes)."""
+    names = [p for p in inspect.signature(type(obj).__init__).parameters if p != "self"]
+    return {name: getattr(obj, name) for name in names if hasattr(obj, name)}
+
+
+def _description(name: str, obj: object, always: tuple[str, ...], skip: tuple[str, ...]) -> str:
+    """``name(opt=value,...)`` of ``obj``'s options that differ from its ``__init__`` defaults
+    (plus ``always``, minus ``skip``), in the ``--passes`` syntax."""
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(type(obj).__init__).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
+    shown = {
+        k: v
+        for k, v in _init_options(obj).items()
+        if k not in skip and (k in always or defaults.get(k, object()) != v)
+    }
+    return format_pass(name, shown)  # parse_pipeline reads it back
 
 
 class InPlacePass(PassBase):
@@ -143,17 +168,23 @@ class IRPass(PassBase):
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return _kebab(type(self.wrapped).__name__)
+        inner = getattr(self.wrapped, "_inner_pass", None)  # functionalize(pass): named as pass
+        if isinstance(getattr(inner, "name", None), str) and inner.name:
+            return inner.name
+        name = _kebab(type(self.wrapped).__name__.lstrip("_"))
+        return f"onnx-ir-{name}" if name in BUILTIN else name  # not a built-in's name
+
+    def options(self) -> dict[str, Any]:
+        """The wrapped pass's options (its ``__init__`` keywords and their values)."""
+        return _init_options(self.wrapped)
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
-        return self.name
+        """The wrapped pass's name and options that differ from their defaults."""
+        return _description(self.name, self.wrapped, always, skip)
 
     def call(self, model) -> PassResult:
-        produced, modified = run_ir_pass(self.wrapped, model)
-        return PassResult(produced, modified)
-
-
-def _kebab(class_name: str) -> str:
-    """``RemoveUnusedNodesPass`` -> ``remove-unused-nodes``."""
-    base = class_name.removesuffix("Pass") or class_name
-    return "".join(f"-{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(base))
+        produced, modified, inner = run_ir_pass(self.wrapped, model)
+        if inner is None:
+            return PassResult(produced, modified)
+        inner.model = produced  # a wrapped sparsec pass: its stats, diagnostics and reference
+        return inner

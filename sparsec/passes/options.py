@@ -97,7 +97,8 @@ class PassInfo:
 def pass_info(cls: type) -> PassInfo:
     """``cls`` described from its own signature, annotations and docstrings."""
     origin = f"{cls.__module__}.{cls.__qualname__}"
-    summary = getattr(cls, "summary", "") or (inspect.getdoc(cls) or "").partition("\n")[0]
+    own_doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")  # not a base class's
+    summary = getattr(cls, "summary", "") or own_doc.partition("\n")[0]
     return PassInfo(getattr(cls, "name", ""), summary, origin, options_of(cls))
 
 

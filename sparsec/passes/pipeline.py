@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 from sparsec.errors import InternalError, SparsecError
-from sparsec.ir.passes import IRPassBase
-from sparsec.passes.base import Diagnostic, InPlacePass, IRPass, PassBase, PassResult
+from sparsec.ir.passes import IRPassBase, IRPreconditionError
+from sparsec.passes.base import Diagnostic, InPlacePass, IRPass, PassBase, PassError, PassResult
 
 ValidateMode = Literal["none", "end", "each"]
 _LOG = logging.getLogger("sparsec.passes")  # no handler: Python's last resort prints warnings
@@ -129,6 +129,9 @@ def _run(member: PassBase, model) -> PassResult:
         return member(model)
     except SparsecError:
         raise
+    except IRPreconditionError as error:  # the pass's requires() refused this model
+        cause = error.__cause__ or error
+        raise PassError(f"pass '{member.describe()}' cannot run on this model: {cause}") from None
     except SystemExit as exit_:  # sys.exit() inside a pass must not end the run as if it succeeded
         raise InternalError(
             f"pass '{member.describe()}' called sys.exit({exit_.code!r}); a pass returns a "

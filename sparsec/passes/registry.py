@@ -135,10 +135,18 @@ def find_class(name: str) -> type[PassBase]:
 
 
 def _option_table(name: str, cls: type[PassBase], given: Iterable[str]) -> dict[str, OptionInfo]:
-    """The options of ``cls`` by name, after refusing keys in ``given`` it does not have."""
+    """The options of ``cls`` by name, after refusing keys in ``given`` it does not have and
+    a required option (one without a default) ``given`` lacks."""
     from sparsec.passes.options import options_of
 
     table = {option.name: option for option in options_of(cls)}
+    given = set(given)
+    missing = [key for key, option in table.items() if option.required and key not in given]
+    if missing:
+        raise InputError(
+            f"pass '{name}' needs option {', '.join(missing)} (it has no default): "
+            f"give it as {name}({missing[0]}=...)"
+        )
     unknown = sorted(key for key in given if key not in table)
     if unknown:
         close = difflib.get_close_matches(unknown[0], table, n=1)
