@@ -262,12 +262,16 @@ def _command_line() -> str:
 
 def _print_outcome(outcome) -> None:
     """The job's tables on stdout (stderr when the JSON report goes to stdout), its warnings on
-    stderr, each once."""
+    stderr, each once; with -q only the warnings (the passes' too)."""
     from sparsec import report, results
 
     to_stderr = str(outcome.spec.values.get("report")) == "-"
     if outcome.result is not None and results.verbosity() >= 0:
         _echo(report.job_text(outcome), err=to_stderr)
+    elif outcome.result is not None:  # -q: the tables go, the passes' warnings stay
+        for finding in outcome.result.diagnostics:
+            if finding.severity != "info":
+                _echo(str(finding), err=True)
     if outcome.error is None:  # a failed run writes no model to warn about
         for warning in outcome.warnings:
             _echo(warning, err=True)

@@ -189,3 +189,23 @@ def test_steps_rounds_draw_and_cut_the_same(digits, monkeypatch):
 def test_verbosity_is_module_state_shared_by_every_importer():
     set_verbosity(-1)
     assert results.verbosity() == -1
+
+
+def test_quiet_keeps_the_passes_warnings_on_stderr(cli, tmp_path):
+    code, out, err = cli(
+        "compress",
+        MODELS / "digits_cnn.onnx",
+        "-o",
+        tmp_path / "out.onnx",
+        "-q",
+        "--channels",
+        "0.5",
+        "--exclude",
+        "nosuch*",
+    )
+    assert code == 0 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == (
+        "warning: channel.exclude-unmatched: --exclude 'nosuch*' matches no node or initializer"
+    )
+    assert len(lines) == 2 and "agrees with the original on" in lines[1]  # the quality warning
