@@ -230,7 +230,9 @@ OPTIONS: tuple[Option, ...] = (
         TEXT,
         PRUNE,
         "Passes to run instead of the default cleanup, e.g. 'identity-elimination,dead-code' or "
-        "'my_passes.py:MyPass(threshold=0.1)'. See `sparsec passes`.",
+        "'my_passes.py:MyPass(threshold=0.1, conv=\"/pw/Conv\")' (values are TOML values or bare "
+        "words). They run to a fixed point: repeated until none changes the model (at most 8 "
+        "rounds; a lossy pass runs once). See `sparsec passes --describe`.",
         metavar="PIPELINE",
     ),
     Option(
