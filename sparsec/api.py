@@ -182,6 +182,10 @@ def _value_info(model: Model, value, bound) -> dict:
 
 @dataclass
 class CompressResult:
+    """What ``compress`` did: the size figures ``before`` and ``after``, the ``pipeline`` text,
+    the ``validation`` against the original, the passes' ``stats`` and ``diagnostics``, where
+    the model was written, the oracle's verdict, timings and memory (``to_json``: the report)."""
+
     before: Figures
     after: Figures
     pipeline: str

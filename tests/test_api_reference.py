@@ -56,6 +56,12 @@ def _undocumented_members(path: str, cls: type) -> list[str]:
     return missing
 
 
+def _own_doc(value) -> str:
+    """``value``'s docstring, not the signature text ``dataclasses`` writes when it has none."""
+    doc = (value.__doc__ or "").strip()
+    return "" if inspect.isclass(value) and doc.startswith(f"{value.__name__}(") else doc
+
+
 def undocumented(module_name: str) -> list[str]:
     """Public names of ``module_name`` (and their public methods) without a docstring."""
     module = importlib.import_module(module_name)
@@ -64,7 +70,7 @@ def undocumented(module_name: str) -> list[str]:
         value = getattr(module, name)
         if not (inspect.isclass(value) or inspect.isfunction(value)):
             continue
-        if not (value.__doc__ or "").strip():
+        if not _own_doc(value):
             missing.append(f"{module_name}.{name}")
         if inspect.isclass(value):
             missing += _undocumented_members(f"{module_name}.{name}", value)

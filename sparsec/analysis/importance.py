@@ -27,6 +27,12 @@ from sparsec.errors import InputError
 
 @dataclass
 class ImportanceContext:
+    """What an importance score may read besides the group: the ``model``, a ``seed`` (random
+    scores), the ``calibration`` samples (input name -> array, for activation scores) and
+    their ``batch_size``, and ``extra`` (anything a plugin needs); per-weight sums and input
+    norms are computed once and shared by every group scored with the same context
+    (``input_norms``, ``axis_sums``)."""
+
     model: Any
     seed: int = 0
     calibration: dict[str, np.ndarray] | None = (

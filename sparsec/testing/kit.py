@@ -34,6 +34,7 @@ from sparsec.validate import (
 )
 
 ModelLike = Model | onnx.ModelProto | str | os.PathLike
+"""A model as the kit takes it: a ``sparsec.Model``, an ``onnx.ModelProto`` or a path."""
 Feeds = Mapping[str, Any]
 
 
