@@ -40,9 +40,10 @@ class ImportanceContext:
     )
     extra: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 16
-    _sums: dict[tuple[str, str], dict | None] = field(default_factory=dict, repr=False)
-    _input_norms: dict[str, np.ndarray] | None = field(default=None, repr=False)
-    _input_axes: dict[str, int] = field(default_factory=dict, repr=False)
+    # caches, not options: out of the constructor's signature
+    _sums: dict[tuple[str, str], dict | None] = field(default_factory=dict, repr=False, init=False)
+    _input_norms: dict[str, np.ndarray] | None = field(default=None, repr=False, init=False)
+    _input_axes: dict[str, int] = field(default_factory=dict, repr=False, init=False)
 
     def input_norms(self) -> dict[str, np.ndarray]:
         """{weight: ‖x_j‖ per input channel j it reduces over}, for every weight of the model,
