@@ -266,3 +266,12 @@ def test_a_pass_class_without_a_name_is_named_after_itself():
 
     assert MyCleanupPass.name == "my-cleanup" and MyCleanupPass().describe() == "my-cleanup"
     assert sparsec.InPlacePass.name == ""  # the base classes stay unnamed
+
+
+def test_a_pass_class_given_for_an_instance_is_named_in_the_error():
+    with pytest.raises(TypeError, match=r"pass instances: FoldDoubleRelu\(\), not the class"):
+        Pipeline([FoldDoubleRelu])
+    with pytest.raises(
+        sparsec.InputError, match=r"is a file: name the class in it, 'mine\.py:ClassName'"
+    ):
+        sparsec.create("mine.py")

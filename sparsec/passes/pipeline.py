@@ -108,6 +108,8 @@ def _adopt(member) -> PassBase:
         return member
     if isinstance(member, IRPassBase):
         return IRPass(member)
+    if isinstance(member, type) and issubclass(member, IRPassBase):
+        raise TypeError(f"a Pipeline takes pass instances: {member.__name__}(), not the class")
     raise TypeError(
         f"a Pipeline member must be a sparsec or onnx-ir pass, not {type(member).__name__}"
     )

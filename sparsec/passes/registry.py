@@ -126,6 +126,8 @@ def find_class(name: str) -> type[PassBase]:
     line with the closest names."""
     if ".py:" in name:
         return load_class(name)
+    if name.endswith(".py"):
+        raise InputError(f"pass '{name}' is a file: name the class in it, '{name}:ClassName'")
     known = available()
     if name in known:
         return known[name]
