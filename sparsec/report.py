@@ -272,10 +272,13 @@ def layers_text(layers: list) -> str:
 
 
 def _group_cell(group: dict | None) -> str:
-    """``3 (64)``: a group's id and channels; ``kept`` when it cannot be pruned; ``-``: none."""
+    """``3 (64)``: a group's id and channels (``2 (4 heads)``: attention heads); ``kept`` when
+    it cannot be pruned; ``-``: none."""
     if group is None:
         return "-"
-    return f"{group['group']} ({group['channels']})" + ("" if group["prunable"] else " kept")
+    heads = " heads" if group.get("kind") == "heads" else ""
+    kept = "" if group["prunable"] else " kept"
+    return f"{group['group']} ({group['channels']}{heads}){kept}"
 
 
 def job_text(outcome) -> str:

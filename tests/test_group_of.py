@@ -5,13 +5,22 @@ weights have the legacy exporter's anonymous names; errors name the closest name
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from conftest import MODELS, make_model, oracle_error
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
-from sparsec.analysis.lookup import UnknownNameError, layer_table, layers, module_of
+from sparsec.analysis.lookup import (
+    AxisError,
+    NameTypeError,
+    UnknownNameError,
+    layer_table,
+    layers,
+    module_of,
+)
 from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.report import layers_text
@@ -221,3 +230,76 @@ def test_quantized_layers_answer_like_their_float_twin(tmp_path):
     weight = next(row.layer.weight for row in rows if row.layer.module == "se.reduce")
     assert quantized.elem_type(quantized.value(weight)).kind == "i"
     assert sparsec.group_of(quantized, weight) is sparsec.group_of(quantized, "se.reduce")
+
+
+@pytest.mark.parametrize("axis", [4, 5, -5, 100])
+def test_an_axis_out_of_range_names_the_rank(axis):
+    """No wrap-around: 5 % 4 would be axis 1 of a rank-4 weight."""
+    model = Model.load(DIGITS)
+    with pytest.raises(
+        AxisError, match=rf"axis {axis} is out of range .*'se.reduce.weight' of rank 4"
+    ):
+        sparsec.group_of(model, "se.reduce.weight", axis)
+
+
+def test_negative_axes_in_range_count_from_the_end():
+    model = Model.load(DIGITS)
+    inputs = sparsec.group_of(model, "/se/reduce/Conv", "input")
+    assert sparsec.group_of(model, "se.reduce.weight", -3) is inputs
+    assert sparsec.group_of(model, "se.reduce.weight", -4) is sparsec.group_of(model, "se.reduce")
+
+
+@pytest.mark.parametrize("axis", ["bogus", "1", True, 1.0, "Input"])
+def test_an_axis_no_side_nor_integer_names_the_accepted_values(axis):
+    model = Model.load(DIGITS)
+    with pytest.raises(AxisError, match="axis must be 'output', 'input', an integer or None") as e:
+        sparsec.group_of(model, "se.reduce.weight", axis)
+    assert isinstance(e.value, InputError) and isinstance(e.value, ValueError)
+    assert "invalid literal" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", [123, None, ("stem",), b"stem"])
+def test_a_name_must_be_text(name):
+    with pytest.raises(NameTypeError, match=r"name must be a str .*got") as e:
+        sparsec.group_of(Model.load(DIGITS), name)
+    assert isinstance(e.value, TypeError) and isinstance(e.value, InputError)
+
+
+def test_a_layer_module_path_with_an_integer_axis_counts_its_output_axes():
+    model = Model.load(DIGITS)
+    assert sparsec.group_of(model, "se.reduce", 1) is sparsec.group_of(model, "/se/reduce/Conv")
+
+
+def test_norm_layers_answer_to_their_module_path_and_scope():
+    """A BatchNorm's module path and scope, as for a layer: the group of its output channels
+    (not a row of layer_table, which lists compute layers)."""
+    model = Model.load(DIGITS)
+    by_node = sparsec.group_of(model, "/stem_bn/BatchNormalization")
+    assert sparsec.group_of(model, "stem_bn") is by_node is sparsec.group_of(model, "/stem_bn")
+    assert by_node is sparsec.group_of(model, "stem")
+    assert sparsec.group_of(model, "res_bn") is sparsec.group_of(model, "pw")
+    assert "stem_bn" not in [row.layer.module for row in layer_table(model)]
+    dynamo = Model.load(MODELS / "digits_cnn_dynamo.onnx")  # its BatchNorm named by parameters
+    assert sparsec.group_of(dynamo, "cat_bn").units == sparsec.group_of(model, "cat_bn").units
+
+
+def test_closest_names_ignore_case():
+    model = Model.load(DIGITS)
+    with pytest.raises(UnknownNameError, match=r"closest: 'se\.reduce'"):
+        sparsec.group_of(model, "SE.REDUCE")
+    with pytest.raises(UnknownNameError, match=r"closest: 'stem_bn'"):
+        sparsec.group_of(model, "Stem_BN")
+
+
+def test_a_heads_group_is_described_and_listed_as_heads():
+    model = Model.load(MODELS / "digits_vit.onnx")
+    rows = {row.layer.module: row for row in layer_table(model)}
+    heads, hidden = rows["blocks.0.attn.q"].output, rows["blocks.0.fc1"].output
+    assert heads.kind == "heads" and hidden.kind != "heads"
+    assert re.match(rf"group {heads.id}: {heads.units} heads, weights ", heads.describe())
+    assert f"{hidden.units} channels, weights" in hidden.describe()
+    data = rows["blocks.0.attn.q"].to_json()["output"]
+    assert data["channels"] == heads.units and data["kind"] == "heads"  # channels: unchanged
+    text = layers_text(list(rows.values()))
+    assert f"{heads.id} ({heads.units} heads)" in text
+    assert f"{hidden.id} ({hidden.units})" in text and f"({hidden.units} heads)" not in text

@@ -285,3 +285,76 @@ def test_exclude_wins_over_a_pattern():
     channels = out_channels(model)
     assert channels["layer2.0.conv2.weight"] == 16 and channels["onnx::Conv_12"] == 8
     assert oracle_error(model, result.reference()) <= 1e-4
+
+
+def test_parse_a_list_of_texts_as_the_text_form():
+    assert layer_ratios.parse(["se.*=0.5", "*=0.25"]) == layer_ratios.parse("se.*=0.5,*=0.25")
+    assert layer_ratios.parse(("a=0.1|b=0.2", "c=0")) == {"a": 0.1, "b": 0.2, "c": 0.0}
+    assert layer_ratios.parse('["se.*=0.5", "*=0.25"]') == {"se.*": 0.5, "*": 0.25}  # its text
+    assert layer_ratios.parse("[ab]*=0.5") == {"[ab]*": 0.5}  # a glob class is no list
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (["se.*=5"], r"^pattern 'se\.\*': expected a ratio in \[0, 1\), got '5'$"),
+        ("['se.*=5']", r"^pattern 'se\.\*': expected a ratio in \[0, 1\), got '5'$"),
+        ([0.5], r"^expected GLOB=R text in the list, got 0.5"),
+        ([("a", 0.5)], r"^expected GLOB=R text in the list, got \('a', 0.5\)"),
+        ([], "expected GLOB=R pairs"),
+        (["a=0.1", "a=0.2"], "'a' is given twice"),
+    ],
+)
+def test_parse_refuses_a_bad_list_clearly(value, message):
+    with pytest.raises(ValueError, match=message):
+        layer_ratios.parse(value)
+
+
+def test_pass_takes_a_list_in_python_and_in_passes_text():
+    from sparsec.passes.registry import parse_pipeline
+
+    listed = ChannelPrunePass(ratios=["se.*=0.5", "*=0.25"])
+    assert listed.ratios == "se.*=0.5|*=0.25"
+    [parsed] = parse_pipeline('channel-prune(ratios=["se.*=0.5", "*=0.25"])')
+    assert parsed.ratios == listed.ratios
+    parsed.check_options()
+    model, result = prune(DIGITS, ratios=["se.*=0.5", "*=0.25"])
+    assert model.constant_shape(model.value("se.reduce.weight"))[0] == 4
+    assert oracle_error(model, result.reference()) <= 1e-4
+    with pytest.raises(PassError, match=r"^channel-prune: ratios: pattern '\*': .* got '2'$"):
+        parse_pipeline('channel-prune(ratios=["se.*=0.5", "*=2"])')[0].check_options()
+
+
+def test_cli_passes_with_a_bad_list_is_one_clear_line(cli, tmp_path):
+    passes = 'channel-prune(ratios=["se.*=0.5", "*=1.5"])'
+    code, _, err = cli("compress", DIGITS, "-o", tmp_path / "o.onnx", "--passes", passes)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "pattern '*': expected a ratio in [0, 1), got '1.5'" in err and "['" not in err
+
+
+def test_describe_says_ratios_takes_a_list(cli):
+    code, out, _ = cli("passes", "--describe", "channel-prune")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.strip().startswith("ratios:"))
+    assert "list[str]" in line and "a list of `GLOB=R` texts" in " ".join(out.split())
+
+
+def test_a_pattern_differing_in_case_suggests_the_names():
+    with pytest.raises(PassError, match=r"pattern 'Se\.\*' matches no layer.*closest: 'se\."):
+        prune(DIGITS, ratios="Se.*=0.5")
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.9])
+def test_ratio_beside_ratios_is_refused(ratio):
+    """``ratios`` replace ``ratio``: one given beside them would be silently dropped."""
+    with pytest.raises(PassError, match=rf"give ratio or ratios, not both .*'\*={ratio:g}'"):
+        ChannelPrunePass(ratios="*=0.2", ratio=ratio).check_options()
+
+
+def test_ratio_unset_or_zero_beside_ratios_is_accepted():
+    ChannelPrunePass(ratios="*=0.2").check_options()  # ratio's default
+    ChannelPrunePass(ratios="*=0.2", ratio=0.0).check_options()  # api.channel_passes' own
+    prune_pass = next(
+        p for p in api.channel_passes({"*": 0.2}) if isinstance(p, ChannelPrunePass)
+    )  # the CLI's --channels builds it this way: never both
+    assert prune_pass.ratio == 0.0 and prune_pass.ratios == "*=0.2"

@@ -107,10 +107,12 @@ class ChannelGroup:
         ]
 
     def describe(self) -> str:
-        """One line: the group's id, its size and its first weights."""
+        """One line: the group's id, its size (``heads`` for a heads group, else ``channels``)
+        and its first weights."""
         weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])
         more = f" +{len(self.compute) - 4}" if len(self.compute) > 4 else ""
-        return f"group {self.id}: {self.units} channels, weights {weights}{more}"
+        units = "heads" if self.kind == "heads" else "channels"
+        return f"group {self.id}: {self.units} {units}, weights {weights}{more}"
 
 
 @dataclass

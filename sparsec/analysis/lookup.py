@@ -11,15 +11,26 @@ less its last ``/`` part, ``/layer4/layer4.0/conv1``, or dynamo's ``name_scopes`
 path (``layer4.0.conv1``: ``module_of`` the legacy scope, else the weight name less ``.weight``,
 else ``module_of`` dynamo's scope).
 
+A normalization node (BatchNormalization, LayerNormalization, ...) is no layer (``layer_table``
+lists none), but ``group_of`` finds it by its node name, scope or module path (``stem_bn``: as
+for a layer, from the legacy scope, else its scale's name less ``.weight``): the group of its
+output's channels.
+
 Invariant: read-only; every group returned is one of ``find_channel_groups(model)``'s (prunable
 or not: ``group.reason`` says why not); a name or axis that no group holds is an
-``UnknownNameError`` error (an ``InputError`` and a ``KeyError``) naming the closest names.
+``UnknownNameError`` error (an ``InputError`` and a ``KeyError``) naming the closest names
+(ignoring case); a name that is no ``str`` is a ``NameTypeError`` (``InputError``,
+``TypeError``), an axis that is none of ``"output"``, ``"input"``, None or an integer in
+``[-rank, rank)`` an ``AxisError`` (``InputError``, ``ValueError``).
 """
 
 from __future__ import annotations
 
 import ast
 import difflib
+import fnmatch
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sparsec.analysis.groups import ChannelGroup, GroupAnalysis, find_channel_groups
@@ -30,12 +41,31 @@ from sparsec.errors import InputError
 
 Member = tuple[str, int]
 SIDES = ("output", "input")
+NORMS = frozenset(
+    {
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "RMSNormalization",
+        "SimplifiedLayerNormalization",
+        "SkipLayerNormalization",
+    }
+)
 
 
 class UnknownNameError(InputError, KeyError):
     """A name (or axis) that no layer, tensor or channel group of the model has."""
 
     __str__ = Exception.__str__  # one plain line, not KeyError's quoted repr
+
+
+class NameTypeError(InputError, TypeError):
+    """A name that is no ``str``."""
+
+
+class AxisError(InputError, ValueError):
+    """An axis that is none of ``"output"``, ``"input"``, None or an integer in range."""
 
 
 @dataclass(frozen=True)
@@ -155,12 +185,19 @@ def group_of(model, name: str, axis: int | str | None = None, *, input_shapes=No
     """The channel group holding ``name``'s channels, prunable or not (``group.reason``).
 
     ``name`` is a node name (a layer's output channels by default; ``axis="input"`` its input
-    channels, an integer: that axis of the node's first output), a layer's scope or module path,
-    or a tensor name, e.g. an initializer (``axis``: that axis; None: a layer weight's output
-    axis, else the one axis a group holds). ``UnknownNameError`` when nothing matches, naming the
-    closest names, or when the channels are in no group (an axis of size 1, or one no compute
-    weight reaches).
+    channels, an integer: that axis of the node's first output), a layer's scope or module path
+    (a normalization node's too), or a tensor name, e.g. an initializer (``axis``: that axis,
+    negative ones counting from the end; None: a layer weight's output axis, else the one axis a
+    group holds). ``UnknownNameError`` when nothing matches, naming the closest names, or when
+    the channels are in no group (an axis of size 1, or one no compute weight reaches);
+    ``NameTypeError`` for a name that is no ``str``, ``AxisError`` for a bad or out-of-range axis.
     """
+    if not isinstance(name, str):
+        raise NameTypeError(
+            f"group_of: name must be a str (a node, tensor, weight, scope or module name), got "
+            f"{type(name).__name__} {name!r}"
+        )
+    axis = _axis_argument(axis)
     analysis = find_channel_groups(model, input_shapes)
     member, what = _member(model, name, axis, input_shapes)
     group = holders(analysis).get(member)
@@ -170,6 +207,20 @@ def group_of(model, name: str, axis: int | str | None = None, *, input_shapes=No
             "or no Conv/Gemm/MatMul weight's channels run along it"
         )
     return group
+
+
+def _axis_argument(axis) -> int | str | None:
+    """``axis`` as ``group_of`` reads it: None, ``"output"``, ``"input"`` or an int."""
+    if axis is None or (isinstance(axis, str) and axis in SIDES):
+        return axis
+    try:
+        if isinstance(axis, bool):
+            raise TypeError
+        return operator.index(axis)
+    except TypeError:
+        raise AxisError(
+            f"group_of: axis must be 'output', 'input', an integer or None, got {axis!r}"
+        ) from None
 
 
 def holders(analysis: GroupAnalysis) -> dict[Member, ChannelGroup]:
@@ -200,18 +251,36 @@ def _member(model, name: str, axis, input_shapes) -> tuple[Member, str]:
         return member, f"layer {layer.node!r} {side} channels"
     if axis in SIDES:
         raise UnknownNameError(f"{name!r} is not a layer (a Conv/Gemm/MatMul node with a weight)")
-    node = next((n for n in model.nodes() if n.name and n.name == name), None)
-    value = node.outputs[0] if node is not None and node.outputs else model.value(name)
+    value = _value_of(model, name, layer)
     if value is None:
         raise UnknownNameError(
             f"no node, tensor or layer is called {name!r}{_closest(model, name)}"
         )
     if axis is None:
         return _default_axis(model, value.name, input_shapes), f"tensor {value.name!r}"
-    return (
-        value.name,
-        int(axis) % _rank(model, value.name, input_shapes),
-    ), f"tensor {value.name!r}"
+    rank = _rank(model, value.name, input_shapes)
+    if not -rank <= axis < rank:
+        raise AxisError(
+            f"axis {axis} is out of range for tensor {value.name!r} of rank {rank} "
+            f"(0..{rank - 1}, or -{rank}..-1 from the end)"
+        )
+    return (value.name, axis % rank), f"tensor {value.name!r}"
+
+
+def _value_of(model, name: str, layer: Layer | None):
+    """The value whose axes an integer axis counts: the first output of the node called
+    ``name``, else the tensor ``name``, else the first output of the layer or normalization
+    node answering to it; None for none."""
+    node = next((n for n in model.nodes() if n.name and n.name == name), None)
+    value = model.value(name) if node is None else None
+    if node is None and value is None:
+        by_layer = (
+            layer and layer.node and next((n for n in model.nodes() if n.name == layer.node), None)
+        )
+        node = by_layer or _norm_by_alias(model, name)
+    if node is not None:
+        return node.outputs[0] if node.outputs else None
+    return value
 
 
 def _by_alias(model, name: str, input_shapes) -> Layer | None:
@@ -223,6 +292,29 @@ def _by_alias(model, name: str, input_shapes) -> Layer | None:
         raise UnknownNameError(f"{name!r} names {len(found)} layers ({nodes}): give a node name")
     weights = [layer for layer in layers(model, input_shapes) if layer.weight == name]
     return found[0] if found else (weights[0] if len(weights) == 1 else None)
+
+
+def norm_aliases(model) -> dict[str, list]:
+    """{scope or module path: the normalization nodes (``NORMS``) answering to it}."""
+    found: dict[str, list] = {}
+    for node in model.nodes():
+        if node.op_type not in NORMS:
+            continue
+        scope = scope_of(node)
+        scale = _weight_name(model, _input(node, 1))
+        for alias in dict.fromkeys((scope, _module_path(node, scope, scale))):
+            if alias:
+                found.setdefault(alias, []).append(node)
+    return found
+
+
+def _norm_by_alias(model, name: str):
+    """The one normalization node whose scope or module path is ``name``, or None."""
+    nodes = norm_aliases(model).get(name, [])
+    if len(nodes) > 1:
+        named = ", ".join(repr(node.name) for node in nodes[:4])
+        raise UnknownNameError(f"{name!r} names {len(nodes)} nodes ({named}): give a node name")
+    return nodes[0] if nodes else None
 
 
 def _default_axis(model, name: str, input_shapes) -> Member:
@@ -247,8 +339,20 @@ def _rank(model, name: str, input_shapes) -> int:
 def _closest(model, name: str) -> str:
     names = [n.name for n in model.nodes() if n.name] + list(model.initializers())
     names += [alias for layer in layers(model) for alias in layer.names]
-    close = difflib.get_close_matches(name, list(dict.fromkeys(names)), n=3, cutoff=0.5)
+    close = closest(name, names + list(norm_aliases(model)))
     return f" (closest: {', '.join(repr(c) for c in close)})" if close else ""
+
+
+def closest(word: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``names`` most like ``word``, ignoring case: first those ``word`` matches
+    as a glob (``fnmatch``) ignoring case, then ``difflib``'s closest."""
+    by_lower: dict[str, str] = {}
+    for name in names:
+        by_lower.setdefault(name.lower(), name)
+    key = word.lower()
+    matched = [by_lower[low] for low in by_lower if fnmatch.fnmatchcase(low, key)]
+    similar = [by_lower[low] for low in difflib.get_close_matches(key, by_lower, n=n, cutoff=0.5)]
+    return list(dict.fromkeys(matched + similar))[:n]
 
 
 @dataclass(frozen=True)
@@ -276,6 +380,7 @@ def _group_json(group: ChannelGroup | None) -> dict | None:
     return {
         "group": group.id,
         "channels": group.units,
+        "kind": group.kind,
         "prunable": group.prunable,
         "reason": group.reason,
     }
@@ -291,14 +396,18 @@ def layer_table(model, input_shapes=None) -> list[LayerRow]:
 
 
 __all__ = [
+    "AxisError",
     "Layer",
     "LayerRow",
+    "NameTypeError",
     "UnknownNameError",
+    "closest",
     "group_layers",
     "group_of",
     "holders",
     "layer_table",
     "layers",
     "module_of",
+    "norm_aliases",
     "scope_of",
 ]

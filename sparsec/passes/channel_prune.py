@@ -47,7 +47,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         batch_size: int = 16,
         target_macs: float = 0.0,
         target_params: float = 0.0,
-        ratios: str | Mapping[str, float] = "",
+        ratios: str | Mapping[str, float] | list[str] = "",
     ) -> None:
         """Options of ``channel-prune``.
 
@@ -84,8 +84,9 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 sensitivity on ``calibration``) that reaches this fraction of the original
                 MACs with the least estimated error; 0: off.
             target_params: As ``target_macs``, for the parameter count; 0: off.
-            ratios: Per-layer ratios replacing ``ratio``: ``GLOB=R`` pairs separated by
-                ``|`` (or a mapping in Python); a group takes the ratio of the most specific
+            ratios: Per-layer ratios replacing ``ratio`` (not given with it): ``GLOB=R`` pairs
+                separated by ``|``, a list of ``GLOB=R`` texts (``["se.*=0.5", "*=0.25"]``) or
+                a mapping in Python; a group takes the ratio of the most specific
                 pattern matching a layer whose output channels it holds; groups no pattern
                 matches are kept.
         """

@@ -25,7 +25,6 @@ Channel groups come from ``analysis.groups``, unit scores from ``analysis.import
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +123,11 @@ def _check_ratios(options: ChannelOptions) -> None:
         layer_ratios.parse(options.ratios)
     except ValueError as error:
         raise PassError(f"channel-prune: ratios: {error}") from None
+    if options.ratio not in (0.0, ChannelOptions.ratio):  # 0: api.channel_passes'; 0.5: unset
+        raise PassError(
+            f"channel-prune: give ratio or ratios, not both (ratios replace ratio: write "
+            f"'*={options.ratio:g}' among them for the other layers)"
+        )
     if options.targeted or options.plan:
         raise PassError(
             "channel-prune: per-layer ratios choose the cut: drop "
@@ -224,7 +228,7 @@ def pattern_ratios(model, options: ChannelOptions, analysis) -> dict[int, tuple[
     names = [name for layer in lookup.layers(model) for name in layer.names]
     missing = layer_ratios.unmatched(ratios, names)
     if missing:
-        close = difflib.get_close_matches(missing[0], sorted(set(names)), n=2, cutoff=0.5)
+        close = lookup.closest(missing[0], names, n=2)
         hint = f"; closest: {', '.join(map(repr, close))}" if close else ""
         raise PassError(
             f"channel-prune: pattern {missing[0]!r} matches no layer of the model (a Conv/Gemm/"

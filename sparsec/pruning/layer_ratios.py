@@ -1,8 +1,9 @@
 """Per-layer ratios ``{glob: ratio}`` for channel pruning: read, written, and chosen per group.
 
-Forms: a mapping (Python, a recipe's ``channels = {"layer4.*" = 0.7, "*" = 0.3}``) or text,
+Forms: a mapping (Python, a recipe's ``channels = {"layer4.*" = 0.7, "*" = 0.3}``), text,
 ``GLOB=R`` items separated by ``,`` (``--channels 'layer4.*=0.7,*=0.3'``) or ``|`` (inside
-``--passes 'channel-prune(ratios=layer4.*=0.7|*=0.3)'``, whose own separator is ``,``).
+``--passes 'channel-prune(ratios=layer4.*=0.7|*=0.3)'``, whose own separator is ``,``), or a
+list of such texts (``["layer4.*=0.7", "*=0.3"]``, the same as ``'layer4.*=0.7,*=0.3'``).
 
 A pattern (``fnmatch``, case-sensitive) matches a channel group when it matches a name of a
 layer whose *output channels* the group holds (``analysis.lookup``: node name, weight name,
@@ -16,20 +17,26 @@ Invariant: standard library only (the option table reads it, and ``sparsec --hel
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 _CLASS = re.compile(r"\[[^\]]*\]")
 
 
-def parse(value: Mapping | str) -> dict[str, float]:
-    """``{pattern: ratio}`` from a mapping or ``GLOB=R`` text; ``ValueError`` saying what is wrong."""
+def parse(value: Mapping | str | Sequence[str]) -> dict[str, float]:
+    """``{pattern: ratio}`` from a mapping, ``GLOB=R`` text or a list of ``GLOB=R`` texts (each
+    read as the text form); ``ValueError`` saying what is wrong."""
     if isinstance(value, Mapping):
         items = list(value.items())
+    elif isinstance(value, str) and _listed(value) is not None:
+        return parse(_listed(value))
     elif isinstance(value, str):
-        items = [_item(part) for part in re.split(r"[,|]", value) if part.strip()]
+        items = _items(value)
+    elif isinstance(value, (list, tuple)):
+        items = [item for part in value for item in _items(_text_item(part))]
     else:
         raise ValueError(f"expected a ratio or GLOB=R pairs, got {value!r}")
     if not items:
@@ -42,6 +49,29 @@ def parse(value: Mapping | str) -> dict[str, float]:
             raise ValueError(f"pattern {pattern.strip()!r} is given twice")
         ratios[pattern.strip()] = _ratio(pattern, ratio)
     return ratios
+
+
+def _listed(value: str) -> list | None:
+    """The list a text spells as a Python/TOML list literal (``["a*=0.5", "*=0.2"]``, as a
+    list option reads back), else None."""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    try:
+        found = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return found if isinstance(found, list) else None
+
+
+def _items(value: str) -> list[tuple[str, str]]:
+    return [_item(part) for part in re.split(r"[,|]", value) if part.strip()]
+
+
+def _text_item(part) -> str:
+    if not isinstance(part, str):
+        raise ValueError(f"expected GLOB=R text in the list, got {part!r} (e.g. 'layer4.*=0.7')")
+    return part
 
 
 def _item(part: str) -> tuple[str, str]:
