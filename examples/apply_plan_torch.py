@@ -5,10 +5,13 @@
 ``plan = load_plan("plan.json")`` reads a version 2 plan (``sparsec compress ... --plan-out
 plan.json``) and its refit weights (``plan.npz``, when recovery ran); ``apply_plan(model,
 plan)`` then, for every plan entry whose source names a module, slices the parameter (or
-BatchNorm running statistic) along the torch axis to the kept indices, rebuilds the module
-(``nn.Conv*d``, ``nn.Linear``, ``nn.BatchNorm*d``, ``nn.LayerNorm``) with its new sizes, and
-loads the refit weights. It returns the plan entries it could not place (no module path, or
-no torch axis): an empty list means the module now computes what the pruned ONNX model does.
+BatchNorm running statistic) along the torch axis to the kept indices, and so for every other
+module parameter the constant is (``also``: a weight the exporter shared between modules),
+rebuilds each module (``nn.Conv*d``, ``nn.Linear``, ``nn.BatchNorm*d``, ``nn.LayerNorm``)
+with its new sizes, or for the root module and modules of your own (not ``torch.nn``'s)
+replaces the tensors in place, and loads the refit weights. It returns the plan entries it
+could not place, on every module they reach (no module path, or no torch axis): an empty
+list means the module now computes what the pruned ONNX model does.
 
 Needs only torch and numpy (not sparsec). The plan format is in docs/pytorch-plans.md.
 """
@@ -39,18 +42,19 @@ def load_plan(path: str | Path) -> dict:
 
 def apply_plan(model: nn.Module, plan: dict) -> list[str]:
     """Prune ``model`` in place as ``plan`` pruned its ONNX export; returns the plan's
-    constants it could not place on a module parameter."""
+    constants it could not place on a module parameter (or on every one they are)."""
     sources = plan.get("sources")
     if sources is None:
         raise ValueError("a version 1 plan has no sources: write it again with this sparsec")
     tensors, skipped = _sliced(model, plan, sources)
     for name, array in plan.get("arrays", {}).items():  # the refit values, in ONNX layout
-        where = _target(model, sources.get(name, {}))
-        if where is None:
-            skipped.append(name)
-            continue
         value = torch.from_numpy(np.ascontiguousarray(array))
-        tensors[where] = value.T if sources[name]["layout"] == "transposed" else value
+        for source, _ in _places(sources.get(name, {}), []):
+            where = _target(model, source)
+            if where is None:
+                skipped.append(name)
+            else:
+                tensors[where] = value.T if source["layout"] == "transposed" else value
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for (path, param), value in tensors.items():
         by_module.setdefault(path, {})[param] = value
@@ -59,33 +63,49 @@ def apply_plan(model: nn.Module, plan: dict) -> list[str]:
     return sorted(set(skipped))
 
 
+def _places(source: dict, entries: list[dict]) -> list[tuple[dict, list]]:
+    """Each module parameter a constant is, with its torch axis of each plan entry: the
+    source's own, then those of ``also`` (one weight the exporter shared between modules)."""
+    places = [(source, [entry.get("torch_axis") for entry in entries])]
+    for other in source.get("also") or []:
+        axes = other.get("torch_axes") or []
+        places.append((other, [_at(axes, entry["axis"]) for entry in entries]))
+    return places
+
+
+def _at(axes: list, axis: int) -> int | None:
+    return axes[axis] if 0 <= axis < len(axes) else None
+
+
 def _sliced(model: nn.Module, plan: dict, sources: dict) -> tuple[dict, list[str]]:
     """Every planned parameter sliced to its kept indices along its torch axes."""
     tensors, skipped = {}, []
     for name, entries in plan["initializers"].items():
         source = sources.get(name, {})
-        where = _target(model, source)
-        if where is None or any(e.get("torch_axis") is None for e in entries):
-            skipped.append(name)
-            continue
-        if source["op_type"] == "Conv" and not source["is_parameter"]:
+        folded = source.get("op_type") == "Conv" and not source["is_parameter"]
+        if folded and _target(model, source) is not None:
             raise ValueError(
                 f"'{name}' (module {source['module']}) is not the module's weight but a tensor "
                 "the exporter computed (a BatchNorm folded in): export with "
                 "training=torch.onnx.TrainingMode.PRESERVE to keep BatchNorm in the graph"
             )
-        value = tensors.get(where, _tensor(model, where))
-        for entry in entries:
-            kept = torch.as_tensor(entry["kept"], dtype=torch.long)
-            value = value.index_select(entry["torch_axis"], kept)
-        tensors[where] = value
+        for place, axes in _places(source, entries):
+            where = _target(model, place)
+            if where is None or None in axes:
+                skipped.append(name)
+                continue
+            value = tensors.get(where, _tensor(model, where))
+            for entry, axis in zip(entries, axes, strict=True):
+                value = value.index_select(axis, torch.as_tensor(entry["kept"], dtype=torch.long))
+            tensors[where] = value
     return tensors, skipped
 
 
 def _target(model: nn.Module, source: dict) -> tuple[str, str] | None:
-    """(module path, parameter) of a plan source, None when the module has no such tensor."""
+    """(module path, parameter) of a plan source (path "" for the root module's own), None
+    when the module has no such tensor."""
     path, param = source.get("module"), source.get("param")
-    if not path or not param:
+    if path is None or not param:
         return None
     try:
         module = model.get_submodule(path)
@@ -100,9 +120,14 @@ def _tensor(model: nn.Module, where: tuple[str, str]) -> torch.Tensor:
 
 
 def _replace(model: nn.Module, path: str, params: dict[str, torch.Tensor]) -> None:
-    """Swap the module at ``path`` for one of its new sizes holding ``params`` (the others kept)."""
+    """Swap the module at ``path`` for one of its new sizes holding ``params`` (the others
+    kept); a module of your own (not ``torch.nn``'s, such as the root) keeps its object and
+    takes the new tensors in place."""
     old = model.get_submodule(path)
     rebuild = REBUILD.get(type(old))
+    if rebuild is None and not type(old).__module__.startswith("torch."):
+        _set_tensors(old, params)
+        return
     if rebuild is None:
         raise ValueError(f"no rule to rebuild {path} ({type(old).__name__}) with new sizes")
     state = {k: v.detach() for k, v in old.state_dict().items()}
@@ -112,6 +137,16 @@ def _replace(model: nn.Module, path: str, params: dict[str, torch.Tensor]) -> No
     new.train(old.training)
     parent, _, child = path.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _set_tensors(module: nn.Module, params: dict[str, torch.Tensor]) -> None:
+    """Put ``params`` in ``module`` as its own parameters (same ``requires_grad``) or buffers."""
+    for name, value in params.items():
+        old = getattr(module, name)
+        if name in module._parameters:
+            setattr(module, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
+        else:
+            module._buffers[name] = value.clone()
 
 
 def _conv(old: nn.Module, weight: torch.Tensor) -> nn.Module:

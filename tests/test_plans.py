@@ -1,8 +1,10 @@
 """Channel plans (``sparsec.pruning.plans``): version 2's sources, torch axes and group ratios on
 the bundled models and on a MatMul-exported MLP, version 1 still read, ``--plan-in`` of a
-version 2 plan repeating the cut exactly, the refit weights written beside the plan; and, with
+version 2 plan repeating the cut exactly, the refit weights written beside the plan, every
+module a weight the exporter deduplicated reaches (``also``), root-module parameters; and, with
 torch, the documented recipe (``examples/apply_plan_torch.py``) pruning the PyTorch module to
-the pruned ONNX model's outputs and parameter count."""
+the pruned ONNX model's outputs and parameter count, also with a deduplicated BatchNorm bias
+and a ViT-like model's ``cls``/``pos``."""
 
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from conftest import MODELS, prune, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.ir import Model
-from sparsec.pruning.plans import plan_files, refit_path
+from sparsec.passes.cleanup import IdentityEliminationPass
+from sparsec.pruning.plans import plan_files, refit_path, state_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_KEYS = {"node", "op_type", "input", "scope", "module", "param", "layout", "is_parameter"}
+SOURCE_KEYS |= {"also"}
 
 
 def _plan(path, **options) -> dict:
@@ -41,6 +45,7 @@ def test_a_version_2_plan_says_where_each_cut_constant_comes_from():
         "param": "weight",
         "layout": "same",
         "is_parameter": True,
+        "also": [],
     }
     stats = plan["sources"]["stem_bn.running_var"]
     assert (stats["op_type"], stats["input"], stats["module"], stats["param"]) == (
@@ -121,6 +126,114 @@ def test_a_matmul_weight_is_torch_transposed_so_its_torch_axis_is_the_other():
         (0, 1)
     ]
     assert plan["sources"]["fc1.bias"]["module"] == "fc1"
+
+
+def _graph(nodes, inits: dict[str, tuple], x: list[int], y: list[int]) -> Model:
+    """A float graph x -> y of ``nodes`` with seeded random initializers ``inits`` (shapes)."""
+    rng = np.random.default_rng(0)
+    arrays = [
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, shape).astype(np.float32), name)
+        for name, shape in inits.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)],
+        arrays,
+    )
+    return Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _batch_norm(name: str, inp: str, out: str, bias: str):
+    """The legacy exporter's BatchNormalization node of module ``name``, its bias ``bias``."""
+    return helper.make_node(
+        "BatchNormalization",
+        [inp, f"{name}.weight", bias, f"{name}.running_mean", f"{name}.running_var"],
+        [out],
+        name=f"/{name}/BatchNormalization",
+    )
+
+
+def _shared_bias_cnn() -> Model:
+    """Two Conv-BN branches added, as the legacy exporter writes two BatchNorms whose biases
+    are equal: one initializer, ``bn2.bias = Identity(bn1.bias)``."""
+    bn = _batch_norm
+    nodes = [
+        helper.make_node("Identity", ["bn1.bias"], ["bn2.bias"], name="Identity_0"),
+        helper.make_node("Conv", ["x", "a.weight"], ["a"], name="/a/Conv"),
+        bn("bn1", "a", "n1", "bn1.bias"),
+        helper.make_node("Conv", ["x", "b.weight"], ["b"], name="/b/Conv"),
+        bn("bn2", "b", "n2", "bn2.bias"),
+        helper.make_node("Add", ["n1", "n2"], ["s"], name="/Add"),
+        helper.make_node("Conv", ["s", "c.weight"], ["y"], name="/c/Conv"),
+    ]
+    inits = {"a.weight": (6, 4, 1, 1), "b.weight": (6, 4, 1, 1), "c.weight": (2, 6, 1, 1)}
+    for name in ("bn1", "bn2"):
+        inits |= {f"{name}.{p}": (6,) for p in ("weight", "running_mean", "running_var")}
+    return _graph(nodes, inits | {"bn1.bias": (6,)}, [1, 4, 3, 3], [1, 2, 3, 3])
+
+
+@pytest.mark.parametrize("eliminated", [False, True], ids=["identity", "identity-eliminated"])
+def test_a_weight_the_exporter_shared_names_every_module_it_reaches(eliminated):
+    model = _shared_bias_cnn()
+    if eliminated:  # as sparsec compress does before pruning: both BatchNorms read bn1.bias
+        IdentityEliminationPass()(model)
+    plan = _plan(model)
+    source = plan["sources"]["bn1.bias"]
+    assert (source["module"], source["param"], source["is_parameter"]) == ("bn1", "bias", True)
+    ((also,),) = [source["also"]]
+    assert (also["module"], also["param"], also["layout"], also["torch_axes"]) == (
+        "bn2",
+        "bias",
+        "same",
+        [0],
+    )
+    assert also["node"] == "/bn2/BatchNormalization" and also["is_parameter"] != eliminated
+    assert plan["sources"]["bn2.weight"]["also"] == []  # its own weight: no one else's
+
+
+def _root_parameter_mlp() -> Model:
+    """Tokens [1, 5, 3] -> a Linear patch embedding (MatMul + Add) -> + ``pos`` (a parameter
+    of the root module) -> Relu -> a Linear head whose weight the exporter named ``val_7``."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "onnx::MatMul_1"], ["p0"], name="/patch/MatMul"),
+        helper.make_node("Add", ["patch.bias", "p0"], ["p1"], name="/patch/Add"),
+        helper.make_node("Add", ["p1", "pos"], ["t"], name="/Add"),
+        helper.make_node("Relu", ["t"], ["r"], name="/Relu"),
+        helper.make_node("MatMul", ["r", "val_7"], ["y"], name="/head/MatMul"),
+    ]
+    inits = {"onnx::MatMul_1": (3, 8), "patch.bias": (8,), "pos": (1, 5, 8), "val_7": (8, 2)}
+    return _graph(nodes, inits, [1, 5, 3], [1, 5, 2])
+
+
+def test_a_root_parameter_is_a_parameter_of_the_root_module_with_its_own_axes():
+    plan = _plan(_root_parameter_mlp())
+    pos = plan["sources"]["pos"]
+    assert (pos["module"], pos["param"], pos["layout"], pos["is_parameter"]) == (
+        "",
+        "pos",
+        "same",
+        True,
+    )
+    assert [(e["axis"], e["torch_axis"]) for e in plan["initializers"]["pos"]] == [(2, 2)]
+    head = plan["sources"]["val_7"]  # read as a layer's weight inside a module: not the root's
+    assert (head["module"], head["param"], head["layout"], head["is_parameter"]) == (
+        "head",
+        "weight",
+        "transposed",
+        False,
+    )
+    assert [(e["axis"], e["torch_axis"]) for e in plan["initializers"]["val_7"]] == [(0, 1)]
+
+
+def test_a_state_dict_key_names_a_module_path_and_a_parameter():
+    assert state_key("cls") == ("", "cls")
+    assert state_key("layer1.0.conv1.weight") == ("layer1.0.conv1", "weight")
+    assert state_key("0.weight") == ("0", "weight")  # a root nn.Sequential's child
+    assert state_key("fc.weight_quantized") == ("fc", "weight")
+    for name in ("onnx::MatMul_7", "/Constant_output_0", "layer1.0", "1x", ""):
+        assert state_key(name) is None, name
 
 
 def _compress(cli, tmp_path, model, *args, name="out"):
@@ -341,6 +454,112 @@ def test_the_recipe_refuses_a_conv_the_exporter_folded_a_batchnorm_into(cli, tmp
     recipe = _recipe()
     with pytest.raises(ValueError, match=r"BatchNorm folded in\).*TrainingMode\.PRESERVE"):
         recipe.apply_plan(module, recipe.load_plan(plan))
+
+
+def _equal_bias_cnn(torch):
+    """A new user's CNN, seeded, whose two BatchNorms keep their zero biases: equal, so the
+    legacy exporter writes one initializer, ``res_bn.bias = Identity(cat_bn.bias)``."""
+    nn = torch.nn
+
+    class Cnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.cat_bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.res, self.res_bn = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            y = torch.relu(self.cat_bn(self.stem(x)))
+            return self.head(torch.relu(self.res_bn(self.res(y)) + y).mean((2, 3)))
+
+    torch.manual_seed(0)
+    cnn = Cnn()
+    with torch.no_grad():  # trained weights and statistics; the biases stay zero
+        for bn in (cnn.cat_bn, cnn.res_bn):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.running_mean.normal_(0, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+    return cnn.eval(), (2, 3, 8, 8)
+
+
+def _root_parameter_vit(torch):
+    """A new user's ViT-like model, seeded, on patch tokens [batch, 4, 12]: a Linear patch
+    embedding, ``cls`` and ``pos`` parameters of the root module, an attention-free pre-norm
+    MLP block (its LayerNorm's default weights equal the final LayerNorm's: shared too)."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, dim, hidden):
+            super().__init__()
+            self.norm = nn.LayerNorm(dim)
+            self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+    class Vit(nn.Module):
+        def __init__(self, dim=16, tokens=4):
+            super().__init__()
+            self.patch = nn.Linear(12, dim)
+            self.cls = nn.Parameter(torch.randn(1, 1, dim))
+            self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim))
+            self.block, self.norm, self.head = Block(dim, 32), nn.LayerNorm(dim), nn.Linear(dim, 5)
+
+        def forward(self, x):
+            t = self.patch(x)
+            t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+            return self.head(self.norm(self.block(t))[:, 0])
+
+    torch.manual_seed(0)
+    return Vit().eval(), (2, 4, 12)
+
+
+def _pruned_as_planned(cli, tmp_path, torch, module, shape, args) -> dict:
+    """Export ``module``, ``sparsec compress`` it with ``args`` and ``--plan-out``, apply the
+    plan to ``module``: every constant placed, and the module computes what the pruned ONNX
+    model does in onnxruntime. Returns the plan."""
+    source, plan_path = tmp_path / "m.onnx", tmp_path / "plan.json"
+    _export(torch, module, shape, source)
+    pruned = _compress(cli, tmp_path, source, *args, "--plan-out", plan_path)
+    recipe = _recipe()
+    plan = recipe.load_plan(plan_path)
+    assert recipe.apply_plan(module, plan) == []
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    (want,) = run_ort(Model.load(pruned), {"x": x})
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    return plan
+
+
+TRIAL_ARGS = [("--channels", "0.5"), ("--channels", "0.5", "--calibration", "random")]
+TRIAL_ARGS += [("--channels", "0.5", "--calibration", "random", "--steps", "2")]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("args", TRIAL_ARGS, ids=["cut", "cut+refit", "steps+refit"])
+def test_the_recipe_prunes_every_module_a_deduplicated_weight_reaches(cli, tmp_path, args):
+    torch = pytest.importorskip("torch")
+    module, shape = _equal_bias_cnn(torch)
+    plan = _pruned_as_planned(cli, tmp_path, torch, module, shape, args)
+    assert any(n.op_type == "Identity" for n in onnx.load(tmp_path / "m.onnx").graph.node)
+    (also,) = plan["sources"]["cat_bn.bias"]["also"]
+    assert (also["module"], also["param"]) == ("res_bn", "bias")
+    assert module.res_bn.bias.shape == module.cat_bn.bias.shape == (8,)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("args", TRIAL_ARGS, ids=["cut", "cut+refit", "steps+refit"])
+def test_the_recipe_prunes_the_root_module_s_own_parameters(cli, tmp_path, args):
+    torch = pytest.importorskip("torch")
+    module, shape = _root_parameter_vit(torch)
+    plan = _pruned_as_planned(cli, tmp_path, torch, module, shape, args)
+    for name in ("cls", "pos"):
+        source = plan["sources"][name]
+        assert (source["module"], source["param"], source["is_parameter"]) == ("", name, True)
+        assert [(e["axis"], e["torch_axis"]) for e in plan["initializers"][name]] == [(2, 2)]
+    assert module.cls.shape == (1, 1, 8) and module.pos.shape == (1, 5, 8)
+    assert isinstance(module.pos, torch.nn.Parameter) and module.pos.requires_grad
 
 
 def test_plan_out_dash_is_refused_in_one_line_and_writes_nothing(tmp_path, cli):

@@ -9,7 +9,8 @@ Format (JSON, version 2; version 1 is the same without ``sources``, ``groups``, 
      "initializers": {NAME: [{"axis": A, "size": S, "kept": [i, ...], "torch_axis": T}, ...]},
      "sources": {NAME: {"node": N, "op_type": OP, "input": K, "scope": SCOPE, "module": M,
                         "param": P, "layout": "same" | "transposed" | null,
-                        "is_parameter": BOOL}},
+                        "is_parameter": BOOL,
+                        "also": [{"node": ..., "is_parameter": BOOL, "torch_axes": [T, ...]}]}},
      "groups": [{"id": G, "kind": KIND, "units": U, "removed": R, "ratio": R / U,
                  "members": ["NAME[axis A]", ...],
                  "pattern": GLOB, "pattern_ratio": R}],  # pattern*: with per-layer ratios
@@ -26,9 +27,15 @@ Invariants:
   the ``input`` index the constant feeds, the exporter's
   ``scope`` (``lookup.scope_of``: the node name less its last ``/`` part, else dynamo's
   ``name_scopes`` metadata; null without one), the source ``module``
-  path and its ``param`` (from the name ``module.param`` when the constant is the parameter
-  itself, ``is_parameter``; else from the scope and ``TORCH_PARAMS``), and how its axes map
-  to the source framework's (``layout``); ``torch_axis`` is that axis, null where unknown;
+  path and its ``param`` (from the name when the constant is the parameter itself,
+  ``is_parameter``: a state-dict key ``a.b.param``, or ``param`` of the root module, path
+  ``""``; else from the scope and ``TORCH_PARAMS``), and how its axes map to the source
+  framework's (``layout``); ``torch_axis`` is that axis, null where unknown;
+- ``also`` lists the other module parameters the same constant is (a weight the exporter
+  deduplicated: one initializer read by several modules, directly or through ``Identity``),
+  one record per distinct (module, param), each with the keys above and ``torch_axes``, the
+  torch axis of each ONNX axis there (by ONNX axis, null where unknown): a user slices every
+  one of them;
 - ``groups`` lists each group the cut reached, with the fraction of its units removed;
 - ``refit`` (only when recovery changed weights) names an ``.npz`` beside the plan holding the
   refit values of those constants after the cut, in ONNX layout (transpose a ``transposed``
@@ -84,7 +91,8 @@ TORCH_PARAMS: dict[tuple[str, int], tuple[str, str]] = {
 }
 PASS_THROUGH = {"DequantizeLinear", "Identity", "Cast"}
 QUANTIZED = "_quantized"  # onnxruntime's quantizer: a weight W is stored as W_quantized
-_PARAMETER = re.compile(r"^([A-Za-z_][\w.]*)\.([A-Za-z_]\w*)$")  # a state-dict key: module.param
+# A state-dict key: ``param`` (the root module's) or ``a.b.param`` (children may be numbered).
+_STATE_KEY = re.compile(r"^(?:(\w+(?:\.\w+)*)\.)?([A-Za-z_]\w*)$")
 
 
 def plan_json(model, analysis: GroupAnalysis, masks: OracleMasks, removed: dict) -> dict:
@@ -166,42 +174,91 @@ def final_refit(model, refits: list[dict | None]) -> dict | None:
 
 def source(model, name: str) -> dict:
     """Where constant ``name`` comes from: its node, the exporter's scope, the source module
-    path and parameter, and its layout against torch's (``TORCH_PARAMS``)."""
+    path and parameter, and its layout against torch's (``TORCH_PARAMS``); ``also``: the other
+    module parameters it is (``_also``)."""
     value = model.value(name)
-    node, index = _reader(model, value)
-    param, layout = TORCH_PARAMS.get((node.op_type, index), (None, None)) if node else (None, None)
     shape = model.constant_shape(value) or ()
+    readers = _readers(model, value, name) or [(model.producer(value), None, name)]
+    records = [_placement(model, node, index, alias, shape) for node, index, alias in readers]
+    first = min(range(len(readers)), key=lambda k: (readers[k][2] != name, not _agrees(records[k])))
+    others = [r for k, r in enumerate(readers) if k != first]
+    return records[first] | {"also": _also(model, records[first], others, name, shape)}
+
+
+def _agrees(record: dict) -> bool:
+    """Whether a record's module is the one its node's scope names (its name's own reader)."""
+    return module_of(record["scope"] or "") == (record["module"] or "")
+
+
+def _also(model, first: dict, readers: list, name: str, shape) -> list:
+    """The records of the other ``readers`` of constant ``name`` that place it on another
+    (module, param): by the name of the ``Identity`` they read it through, else by their scope
+    and op (the legacy exporter's ``res_bn.bias = Identity(cat_bn.bias)`` after identity
+    elimination); a reader placing it nowhere computes with ``first``'s parameter itself.
+    ``torch_axes[a]`` is the torch axis of ONNX axis ``a`` there (every axis: a later round of
+    ``--steps`` may cut another)."""
+    seen, also = {(first["module"], first["param"])}, []
+    for node, index, alias in readers:
+        record = _placement(model, node, index, alias, shape, by_name=alias != name)
+        where = (record["module"], record["param"])
+        if None not in where and where not in seen:
+            seen.add(where)
+            axes = [torch_axis(record, axis, len(shape)) for axis in range(len(shape))]
+            also.append(record | {"torch_axes": axes})
+    return also
+
+
+def _placement(model, node, index, alias: str, shape, by_name: bool = True) -> dict:
+    """The source record of one reader ``node`` (its input ``index``) of a constant called
+    ``alias`` there: a state-dict key names the parameter (``by_name``); else the scope and the
+    op do. A root-level name (``val_12``) read as a layer's input inside a submodule is the
+    exporter's constant, not a root parameter."""
+    param, layout = TORCH_PARAMS.get((node.op_type, index), (None, None)) if node else (None, None)
     if node is not None and node.op_type == "Add" and len(shape) != 1:
         param, layout = None, None
     if layout == TRANS_B:
         layout = SAME if model.attr(node, "transB", 0) else TRANSPOSED
-    named = _PARAMETER.match(name.removesuffix(QUANTIZED)) if "::" not in name else None
     scope = (scope_of(node) or None) if node is not None else None
-    module = named.group(1) if named else (module_of(scope or "") or None)
+    scoped = module_of(scope or "") or None
+    key = state_key(alias) if by_name else None
+    if key is not None and key[0] == "" and scoped and param:
+        key = None
+    module = key[0] if key else scoped
     return {
         "node": node.name if node is not None else None,
         "op_type": node.op_type if node is not None else None,
         "input": index,
         "scope": scope,
         "module": module,
-        "param": named.group(2) if named else (param if module else None),
-        "layout": SAME if named else layout,  # a parameter is stored as it is
-        "is_parameter": bool(named),
+        "param": key[1] if key else (param if module else None),
+        "layout": SAME if key else layout,  # a parameter is stored as it is
+        "is_parameter": key is not None,
     }
 
 
-def _reader(model, value):
-    """The node that computes with ``value`` and which of its inputs it is: the first consumer,
-    past ``DequantizeLinear``/``Identity``/``Cast`` (a quantized weight is its layer's weight);
-    the producer, input None, when nothing reads it."""
-    consumers = model.consumers(value)
-    if not consumers:
-        return model.producer(value), None
-    node = consumers[0]
-    index = next(i for i, v in enumerate(node.inputs) if v is value)
-    if node.op_type in PASS_THROUGH and index == 0 and model.consumers(node.outputs[0]):
-        return _reader(model, node.outputs[0])
-    return node, index
+def state_key(name: str) -> tuple[str, str] | None:
+    """(module path, parameter) of a name that is a PyTorch state-dict key (onnxruntime's
+    ``_quantized`` suffix dropped): ``a.b.param``, or ``param`` of the root module (path
+    ``""``); None for the exporter's names (``onnx::MatMul_7``, ``/Constant_output_0``)."""
+    match = _STATE_KEY.match(name.removesuffix(QUANTIZED))
+    return (match.group(1) or "", match.group(2)) if match else None
+
+
+def _readers(model, value, alias: str) -> list[tuple]:
+    """(node, input index, name) of every node computing with ``value``, in order of use, past
+    ``DequantizeLinear``/``Identity``/``Cast`` (a quantized weight is its layer's weight); the
+    name is the constant's, or that of the ``Identity`` on the way (the legacy exporter's
+    deduplicated ``res_bn.bias = Identity(cat_bn.bias)``) when it is a state-dict key."""
+    found = []
+    for node in model.consumers(value):
+        for index in (i for i, v in enumerate(node.inputs) if v is value):
+            out = node.outputs[0] if node.op_type in PASS_THROUGH and index == 0 else None
+            if out is None or not model.consumers(out):
+                found.append((node, index, alias))
+                continue
+            named = node.op_type == "Identity" and state_key(out.name or "") is not None
+            found += _readers(model, out, out.name if named else alias)
+    return found
 
 
 def torch_axis(record: dict, axis: int, rank: int) -> int | None:
