@@ -169,8 +169,9 @@ class IRPass(PassBase):
     @property
     def name(self) -> str:  # type: ignore[override]
         inner = getattr(self.wrapped, "_inner_pass", None)  # functionalize(pass): named as pass
-        if isinstance(getattr(inner, "name", None), str) and inner.name:
-            return inner.name
+        inner_name = getattr(inner, "name", None)
+        if isinstance(inner_name, str) and inner_name:
+            return inner_name
         name = _kebab(type(self.wrapped).__name__.lstrip("_"))
         return f"onnx-ir-{name}" if name in BUILTIN else name  # not a built-in's name
 
