@@ -3,7 +3,7 @@
     python examples/apply_plan_torch.py  # nothing: import ``apply_plan`` / ``load_plan``
 
 ``plan = load_plan("plan.json")`` reads a version 2 plan (``sparsec compress ... --plan-out
-plan.json``) and its refit weights (``plan.npz``, when recovery ran); ``apply_plan(model,
+plan.json``) and its refit weights (``plan.refit.npz``, when recovery ran); ``apply_plan(model,
 plan)`` then, for every plan entry whose source names a module, slices the parameter (or
 BatchNorm running statistic) along the torch axis to the kept indices, and so for every other
 module parameter the constant is (``also``: a weight the exporter shared between modules),
@@ -33,6 +33,8 @@ def load_plan(path: str | Path) -> dict:
     if plan.get("format") != "sparsec-channel-plan" or plan.get("version") not in (1, 2):
         raise ValueError(f"{path} is not a sparsec channel plan of version 1 or 2")
     refit = (plan.get("refit") or {}).get("file")
+    if (plan.get("refit") or {}).get("names") and not refit:
+        raise ValueError(f"{path} names refit weights but no file holding them: write it again")
     plan["arrays"] = {}
     if refit:
         with np.load(path.parent / refit, allow_pickle=False) as data:

@@ -369,7 +369,7 @@ def _bad_inputs(tmp_path):
         "graph without outputs": (["analyze", no_outputs], "the graph has no outputs"),
         "output is a FIFO": (
             ["compress", same, "-o", fifo],
-            "is not a regular file (a device, FIFO, socket, or a path under /dev or /proc)",
+            "is not a regular file (a device, FIFO, socket, or a link into /proc like /dev/stdout)",
         ),
         "report is the output": (
             ["compress", same, "-o", out, "--report", out],

@@ -19,6 +19,7 @@ import pytest
 from conftest import MODELS, prune, run_ort
 from onnx import TensorProto, helper, numpy_helper
 
+from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.passes.cleanup import IdentityEliminationPass
 from sparsec.pruning.plans import plan_files, refit_path, state_key
@@ -306,8 +307,8 @@ def test_the_refit_weights_go_beside_the_plan(cli, tmp_path):
     )
     written = json.loads(plan.read_text())
     refit = written["refit"]
-    assert refit["file"] == "plan.npz" and refit["layout"] == "onnx"
-    with np.load(tmp_path / "plan.npz") as data:
+    assert refit["file"] == "plan.refit.npz" and refit["layout"] == "onnx"
+    with np.load(tmp_path / "plan.refit.npz") as data:
         arrays = {name: data[name] for name in data.files}
     assert refit["names"] == sorted(arrays) and set(arrays) <= set(written["sources"])
     assert all(set(source) == SOURCE_KEYS for source in written["sources"].values())
@@ -321,11 +322,34 @@ def test_the_refit_weights_go_beside_the_plan(cli, tmp_path):
 def test_a_plan_written_to_a_stream_has_no_refit_file_beside_it(tmp_path):
     fifo = tmp_path / "plan.fifo"
     os.mkfifo(fifo)
-    assert refit_path(tmp_path / "plan.json") == tmp_path / "plan.npz"
+    assert refit_path(tmp_path / "calib.json") == tmp_path / "calib.refit.npz"  # not calib.npz
     assert refit_path(fifo) is None and refit_path("/dev/stdout") is None
+    assert refit_path("/dev/shm/plan.json") == Path("/dev/shm/plan.refit.npz")  # a plain folder
+    ((path, _),) = plan_files({"plan": {"version": 2}}, "/dev/stdout")  # no refit: the plan alone
+    assert str(path) == "/dev/stdout"
     artifacts = {"plan": {"version": 2}, "refit": {"arrays": {"w": np.ones(2)}, "sources": {}}}
-    ((path, text),) = plan_files(artifacts, "/dev/stdout")  # the plan only, naming no file
-    assert str(path) == "/dev/stdout" and json.loads(text)["refit"]["file"] is None
+    with pytest.raises(InputError, match="the refit weights go in a file beside the plan"):
+        plan_files(artifacts, "/dev/stdout")  # refit weights would be lost without a word
+
+
+def test_a_plan_naming_calibration_data_leaves_that_data_alone(tmp_path, cli):
+    calibration = tmp_path / "calib.npz"
+    calibration.write_bytes((MODELS / "digits_calib.npz").read_bytes())
+    before = calibration.read_bytes()
+    code, _, err = cli(
+        "compress",
+        MODELS / "digits_cnn.onnx",
+        "-o",
+        tmp_path / "out.onnx",
+        "--channels",
+        "0.3",
+        "--calibration",
+        calibration,
+        "--plan-out",
+        tmp_path / "calib.json",
+    )
+    assert code == 0, err
+    assert calibration.read_bytes() == before and (tmp_path / "calib.refit.npz").is_file()
 
 
 # ---------------------------------------------------------------- the PyTorch recipe

@@ -221,10 +221,13 @@ def test_a_link_into_proc_is_written_through_not_renamed_over(tmp_path):
     would replace /dev/stdout itself for every process; the text must go through the fd."""
     redirected = tmp_path / "stdout.txt"
     with open(redirected, "w") as handle:
+        handle.write("printed before\n")
+        handle.flush()
         link = tmp_path / "stdout"
         link.symlink_to(f"/proc/self/fd/{handle.fileno()}")
         write_text(link, "plan\n")
-    assert link.is_symlink() and redirected.read_text() == "plan\n"
+    assert link.is_symlink()
+    assert redirected.read_text() == "printed before\nplan\n"  # appended, not truncated
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stdout", "stdout.txt"]
 
 
@@ -238,3 +241,12 @@ def test_a_model_output_through_a_link_into_proc_is_refused(tmp_path, cli):
         code, _, err = cli("compress", ROOT / "models" / "digits_cnn.onnx", "-o", link)
     assert code == 2 and "is not a regular file" in err
     assert link.is_symlink() and redirected.read_text() == ""
+
+
+def test_a_regular_file_under_dev_is_a_file_like_any_other(tmp_path):
+    from sparsec.ir.saving import is_stream
+
+    assert is_stream(Path("/dev/stdout")) and is_stream(Path("/dev/null"))
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        assert not is_stream(shm / "sparsec-test-absent.onnx")

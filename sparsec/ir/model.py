@@ -692,8 +692,8 @@ def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
         raise InputError(f"output folder {path.parent} does not exist")
     if not streams and not path.is_dir() and saving.is_stream(path):
         raise InputError(
-            f"output path {path} is not a regular file (a device, FIFO, socket, or a path under "
-            "/dev or /proc): give a file path"
+            f"output path {path} is not a regular file (a device, FIFO, socket, or a link into "
+            "/proc like /dev/stdout): give a file path"
         )
     if not os.access(path.parent, os.W_OK) and not (
         streams and path.exists() and os.access(path, os.W_OK)

@@ -29,6 +29,7 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Collection, Iterator
@@ -148,13 +149,12 @@ def write_text(path: Path, text: str) -> None:
 def _stage_text(path: Path, text: str | bytes) -> tuple[Path, Path] | None:
     """``text`` in a temp file, with the path to rename it over: beside ``path``, or beside
     the file a symbolic link ``path`` points to (so the link stays a link). A stream (a
-    device, FIFO or socket, or a path under /dev or /proc, like /dev/stdout, which may point
+    device, FIFO or socket, or a link into /proc like /dev/stdout, which may point
     at a regular file a rename would replace for everyone) is written through now: None."""
     temp = None
     try:
         if is_stream(path):
-            with open(path, "wb" if isinstance(text, bytes) else "w") as stream:
-                stream.write(text)
+            _write_through(path, text)
             return None
         target = path.resolve() if path.is_symlink() else path
         with held_signals():
@@ -172,18 +172,52 @@ def _stage_text(path: Path, text: str | bytes) -> tuple[Path, Path] | None:
 
 
 def is_stream(path: Path) -> bool:
-    """Whether ``path`` is written through rather than replaced: not a regular file, or in the
-    system's device or process folders, itself or any link on the way to its file."""
+    """Whether ``path`` is written through rather than replaced: it exists and is not a regular
+    file (a device, FIFO or socket), or a link on the way to its file goes through /proc
+    (``/dev/stdout`` -> ``/proc/self/fd/1``: a rename would replace the link, not write to the
+    file it stands for). A regular file under /dev (``/dev/shm``) is a file like any other."""
     if path.exists() and not path.is_file():
         return True
     hop = Path(os.path.abspath(path))
     for _ in range(40):  # the links followed, as the kernel bounds them
-        if str(hop).startswith(("/dev/", "/proc/")):
+        if str(hop).startswith("/proc/"):
             return True
         if not hop.is_symlink():
-            break
+            return False
         hop = Path(os.path.abspath(hop.parent / os.readlink(hop)))
-    return str(Path(path).resolve()).startswith(("/dev/", "/proc/"))
+    return True  # a loop of links: nothing to rename over either
+
+
+def _write_through(path: Path, text: str | bytes) -> None:
+    """Write to a stream: this process's own stdout or stderr through ``sys`` (after what it
+    printed before, never over it), anything else opened for appending (no truncation of a
+    file a shell redirected it to)."""
+    own = _own_stream(path)
+    if own is not None:
+        own.flush()
+        own.buffer.write(text if isinstance(text, bytes) else text.encode())
+        own.buffer.flush()
+        return
+    with open(path, "ab" if isinstance(text, bytes) else "a") as stream:
+        stream.write(text)
+
+
+def _own_stream(path: Path):
+    """``sys.stdout`` or ``sys.stderr`` when ``path`` is the same file as that stream's, else None."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            mine = os.fstat(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # a replaced or closed stream
+            continue
+        if (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino) and hasattr(
+            stream, "buffer"
+        ):
+            return stream
+    return None
 
 
 def _umask() -> int:

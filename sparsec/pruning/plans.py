@@ -14,7 +14,7 @@ Format (JSON, version 2; version 1 is the same without ``sources``, ``groups``, 
      "groups": [{"id": G, "kind": KIND, "units": U, "removed": R, "ratio": R / U,
                  "members": ["NAME[axis A]", ...],
                  "pattern": GLOB, "pattern_ratio": R}],  # pattern*: with per-layer ratios
-     "refit": {"file": "plan.npz", "layout": "onnx", "names": [NAME, ...]}}   # with recovery
+     "refit": {"file": "plan.refit.npz", "layout": "onnx", "names": [NAME, ...]}}   # with recovery
 
 Invariants:
 - ``initializers`` maps each constant the cut shrank (an initializer, or a ``Constant`` /
@@ -57,6 +57,7 @@ import numpy as np
 from sparsec.analysis.groups import ChannelGroup, GroupAnalysis
 from sparsec.analysis.lookup import module_of, scope_of
 from sparsec.errors import InputError
+from sparsec.ir.saving import is_stream
 from sparsec.pruning.oracle import OracleMasks
 
 PLAN_FORMAT = "sparsec-channel-plan"
@@ -271,13 +272,13 @@ def torch_axis(record: dict, axis: int, rank: int) -> int | None:
 
 
 def refit_path(plan_path: str | Path) -> Path | None:
-    """Where the refit weights of the plan written to ``plan_path`` go: ``plan.npz`` beside
-    ``plan.json``; None for a plan written to a stream (``/dev/stdout``, a FIFO, ``-``)."""
+    """Where the refit weights of the plan written to ``plan_path`` go: ``plan.refit.npz``
+    beside ``plan.json`` (a name no data file of the user's is likely to have); None for a plan
+    written to a stream (``/dev/stdout``, a FIFO, ``-``), which has nothing beside it."""
     path = Path(plan_path)
-    stream = path.exists() and not path.is_file()
-    if str(plan_path) == "-" or stream or path.absolute().parts[:2] == ("/", "dev"):
+    if str(plan_path) == "-" or is_stream(path):
         return None
-    return path.with_suffix(".npz")
+    return path.with_name(f"{path.stem}.refit.npz")
 
 
 def plan_files(artifacts: dict, plan_path: str | Path) -> list[tuple[Path, str | bytes]]:
@@ -289,18 +290,22 @@ def plan_files(artifacts: dict, plan_path: str | Path) -> list[tuple[Path, str |
     written: list[tuple[Path, str | bytes]] = []
     if arrays:
         npz = refit_path(plan_path)
+        if npz is None:
+            raise InputError(
+                f"--plan-out {plan_path}: the refit weights go in a file beside the plan, and a "
+                "stream has none; give a file path (or --no-recover)"
+            )
         plan["sources"] = dict(plan.get("sources", {}))
         for name, record in refit["sources"].items():  # refit constants the cut did not reach
             plan["sources"].setdefault(name, record)
         plan["refit"] = {
-            "file": npz.name if npz else None,
+            "file": npz.name,
             "layout": "onnx",
             "names": sorted(arrays),
             "note": "values after the cut, in ONNX layout: transpose a 'transposed' source's for "
             "torch",
         }
-        if npz is not None:
-            written.append((npz, _npz_bytes(arrays)))
+        written.append((npz, _npz_bytes(arrays)))
     return [(Path(plan_path), json.dumps(plan, indent=2) + "\n"), *written]
 
 
