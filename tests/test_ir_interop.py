@@ -275,3 +275,25 @@ def test_a_pass_class_given_for_an_instance_is_named_in_the_error():
         sparsec.InputError, match=r"is a file: name the class in it, 'mine\.py:ClassName'"
     ):
         sparsec.create("mine.py")
+
+
+def test_opset_and_intermediate_shape_edits_invalidate_cached_analyses():
+    model = sparsec.Model.load(MODELS / "digits_cnn.onnx")
+    first = sparsec.value_shapes(model)
+    assert sparsec.value_shapes(model) is first  # a hit while nothing changes
+    model.ir.opset_imports[""] = model.ir.opset_imports[""]  # the same: still a hit
+    assert sparsec.value_shapes(model) is first
+    relu = next(n for n in model.nodes() if n.op_type == "Relu")
+    relu.outputs[0].shape = ir.Shape([7])  # a declared shape changed through onnx-ir
+    assert sparsec.value_shapes(model) is not first
+
+
+def test_stale_cache_entries_are_dropped_not_kept_alive():
+    model = sparsec.Model.load(MODELS / "digits_cnn.onnx")
+    sparsec.find_channel_groups(model)
+    assert model._cache  # one entry, kept with the graph's structure
+    before = {v.const_value for v in model.initializers().values()}
+    prune(model, ratio=0.5)  # its analyses were cached on the graphs along the way
+    replaced = before - {v.const_value for v in model.initializers().values()}
+    held = {id(part) for entry in model._cache.values() for part in entry[1]}
+    assert replaced and not {id(t) for t in replaced} & held  # the cut's old tensors can go

@@ -8,8 +8,8 @@ weights and the same opsets, whatever their data file names; the digest changes 
 node, attribute, weight byte, input or output.
 
 ``structure`` is cheap and in-memory only: the objects a graph is made of and their names (every
-graph's nodes with their names, op types, inputs, attributes and output names; inputs and
-outputs with their declared shapes and types; initializers and their tensors; functions). Any
+graph's nodes with their names, op types, inputs, attributes, and outputs' names, shapes and
+types; inputs and outputs with theirs; initializers and their tensors; functions; the opsets). Any
 edit made through onnx-ir (``graph.remove``, ``replace_all_uses_with``, a new tensor or
 attribute, a renamed node or value) replaces, re-links or renames one of those objects and so
 changes it; bytes written into an existing tensor do not (``Model.touch`` says so).
@@ -32,13 +32,14 @@ def structure(model: ir.Model) -> tuple:
     sequence of reads, different after any structural edit (see the module docstring). The
     tuple holds the objects themselves, not their ids, so none can be freed and its address
     reused by a new object while a key made from it is kept."""
-    parts: list = []
+    parts: list = [tuple(model.opset_imports.items())]
     graphs: list[Any] = [*model.graphs(), *model.functions.values()]
     for graph in graphs:
         parts.append(graph)  # also a separator: nodes cannot slide from one graph to another
         for node in graph:
             parts.extend((node, node.name, node.op_type, *node.inputs, *node.attributes.values()))
-            parts.extend(value.name for value in node.outputs)
+            for value in node.outputs:
+                parts.extend((value.name, value.shape, value.type))
         for value in (*graph.inputs, *graph.outputs):
             parts.extend((value, value.name, value.shape, value.type))
         if isinstance(graph, ir.Graph):

@@ -409,6 +409,7 @@ class Model:
         but calling it is harmless, and it is the way to say that a tensor was changed in
         place (``const_value`` holding new bytes in the same object)."""
         self.version += 1
+        self._cache.clear()  # stale now: no entry keeps the old graph's objects alive
 
     def cached(self, key: str, compute) -> Any:
         """Memoise ``compute()`` (a read-only analysis of this model) until the graph changes,
@@ -426,6 +427,7 @@ class Model:
         now = digest.structure(self.ir)
         if now != self._structure:
             self._structure = now
+            self._cache.clear()  # every entry was kept with the old structure
         return self._structure
 
     def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
