@@ -197,3 +197,25 @@ def test_the_oracle_measure_on_a_committed_model():
     reference = result.reference()
     assert oracle_error(result.model, reference) < 1e-4
     assert oracle_error(result.model, model) > 1e-3  # the cut is lossy against the original
+
+
+class _ScaleInPlace(sparsec.InPlacePass):
+    """Wrong on purpose: multiplies the first Conv weight's array in place, claims exactness."""
+
+    name = "scale-in-place"
+
+    def call(self, model) -> sparsec.PassResult:
+        conv = next(node for node in model.nodes() if node.op_type == "Conv")
+        model.constant(conv.inputs[1])[...] *= 3  # writes into the shared array
+        return sparsec.PassResult(model, modified=True)
+
+
+def test_a_pass_writing_into_a_weight_in_place_is_caught_and_the_model_kept():
+    model = sparsec.Model.load(MODELS / "digits_cnn.onnx")
+    model.resize_initializer(  # numpy-backed weights, as after any sparsec edit
+        model.value("stem.weight"), model.constant(model.value("stem.weight"))
+    )
+    before = model.constant(model.value("stem.weight")).copy()
+    with pytest.raises(AssertionError, match="scale-in-place"):
+        assert_pass_exact(_ScaleInPlace(), model)
+    np.testing.assert_array_equal(model.constant(model.value("stem.weight")), before)
