@@ -358,3 +358,10 @@ def test_ratio_unset_or_zero_beside_ratios_is_accepted():
         p for p in api.channel_passes({"*": 0.2}) if isinstance(p, ChannelPrunePass)
     )  # the CLI's --channels builds it this way: never both
     assert prune_pass.ratio == 0.0 and prune_pass.ratios == "*=0.2"
+
+
+def test_the_pass_itself_defaults_to_the_clis_importance():
+    assert ChannelPrunePass().importance == "l1"
+    assert ChannelPrunePass(calibration=str(CALIB)).importance == "activation"
+    assert ChannelPrunePass(calibration="random").importance == "l1"
+    assert ChannelPrunePass(importance="l2", calibration=str(CALIB)).importance == "l2"

@@ -18,6 +18,7 @@ from sparsec.passes.calibrated import CalibratedPass
 from sparsec.pruning import channels, layer_ratios, schedule
 from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning.channels import ChannelOptions
+from sparsec.spec.options import default_importance
 
 
 class ChannelPrunePass(CalibratedPass, InPlacePass):
@@ -31,7 +32,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
     def __init__(
         self,
         ratio: float = 0.5,
-        importance: str = "l1",
+        importance: str | None = None,
         scope: str = "local",
         max_layer_ratio: float = 0.9,
         round_to: int = 1,
@@ -55,7 +56,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
             ratio: Fraction of the channels of every prunable group to remove, in [0, 1).
             importance: How channels are ranked: ``l1`` / ``l2`` (norm of all their weight
                 slices), ``bn-scale`` (BatchNorm |gamma|), ``random`` (seeded) or
-                ``activation`` (‖x‖·‖w‖ at the layers reading them; needs ``calibration``).
+                ``activation`` (‖x‖·‖w‖ at the layers reading them; needs ``calibration``);
+                unset: ``activation`` with real calibration data, else ``l1`` (as the CLI).
             scope: ``local``: every group loses the same fraction; ``global``: rank the
                 channels of all groups together.
             max_layer_ratio: The most any one group may lose, in (0, 1], in both scopes.
@@ -90,7 +92,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 pattern matching a layer whose output channels it holds; groups no pattern
                 matches are kept.
         """
-        self.ratio, self.importance, self.scope = ratio, importance, scope
+        self.ratio, self.scope = ratio, scope
+        self.importance = importance or default_importance(calibration)
         self.ratios = _ratios_text(ratios)
         self.heads, self.ffn = heads, ffn
         self.max_layer_ratio, self.round_to = max_layer_ratio, round_to

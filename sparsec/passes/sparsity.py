@@ -15,6 +15,7 @@ from sparsec.passes.calibrated import CalibratedPass
 from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning import weights
 from sparsec.pruning.weights import WeightOptions
+from sparsec.spec.options import default_importance
 
 
 class WeightSparsityPass(CalibratedPass, InPlacePass):
@@ -33,7 +34,7 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         block: str = "",
         scope: str = "local",
         embeddings: bool = False,
-        score: str = "magnitude",
+        score: str | None = None,
         calibration: str = "",
         batch_size: int = 16,
         calibration_samples: int = 0,
@@ -56,7 +57,8 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
                 along each gathered row.
             score: How weights are ranked: ``magnitude`` (|w|), ``wanda`` (|w|·‖x‖, needs
                 ``calibration``) or ``sparsegpt`` (with ``nm``, ``calibration`` and
-                ``recover``: each layer's mask chosen again in the refit).
+                ``recover``: each layer's mask chosen again in the refit); unset: ``wanda`` with
+                real calibration data, else ``magnitude`` (as the CLI).
             calibration: Calibration samples: a .npz (arrays keyed by input name, axis 0 =
                 samples), a folder of .npz / NAME.npy files, or ``random``; read by ``wanda``
                 and ``sparsegpt`` and by the refit.
@@ -70,7 +72,8 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
             exclude: Glob patterns (a list, or ``|``-separated); a weight whose name, or the name
                 of a node reading it, matches one stays dense.
         """
-        self.nm, self.ratio, self.block, self.scope, self.score = nm, ratio, block, scope, score
+        self.nm, self.ratio, self.block, self.scope = nm, ratio, block, scope
+        self.score = score or default_importance(calibration, weights=True)
         self.embeddings, self.exclude = embeddings, exclude_patterns.joined(exclude)
         self.calibration, self.batch_size = calibration, batch_size
         self.calibration_samples, self.recover, self.seed = calibration_samples, recover, seed
