@@ -297,3 +297,30 @@ def test_stale_cache_entries_are_dropped_not_kept_alive():
     replaced = before - {v.const_value for v in model.initializers().values()}
     held = {id(part) for entry in model._cache.values() for part in entry[1]}
     assert replaced and not {id(t) for t in replaced} & held  # the cut's old tensors can go
+
+
+@pytest.mark.parametrize(
+    "class_name, name",
+    [
+        ("RemoveUnusedNodesPass", "remove-unused-nodes"),
+        ("ONNXCleanupPass", "onnx-cleanup"),
+        ("QKVSplit", "qkv-split"),
+        ("Conv2DFoldPass", "conv2d-fold"),
+    ],
+)
+def test_a_class_name_becomes_a_kebab_case_pass_name(class_name, name):
+    from sparsec.passes.base import _kebab
+
+    assert _kebab(class_name) == name
+
+
+def test_a_pass_refusing_its_options_in_its_constructor_is_an_input_error(tmp_path):
+    (tmp_path / "picky.py").write_text(
+        "import sparsec\n\n\nclass PickyPass(sparsec.InPlacePass):\n"
+        "    def __init__(self, level: int = 1) -> None:\n"
+        "        if level > 3:\n            raise ValueError('level must be at most 3')\n"
+        "        self.level = level\n\n"
+        "    def call(self, model):\n        return sparsec.PassResult(model, False)\n"
+    )
+    with pytest.raises(sparsec.InputError, match="PickyPass refused its options: level must"):
+        sparsec.create(f"{tmp_path / 'picky.py'}:PickyPass", {"level": 5})

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, ClassVar
 
 from sparsec.ir.passes import IRPassBase, as_model, ir_result, run_ir_pass
@@ -44,9 +45,10 @@ __all__ = [
 
 
 def _kebab(class_name: str) -> str:
-    """``RemoveUnusedNodesPass`` -> ``remove-unused-nodes``."""
+    """``RemoveUnusedNodesPass`` -> ``remove-unused-nodes``, ``ONNXCleanupPass`` ->
+    ``onnx-cleanup`` (an acronym stays one word)."""
     base = class_name.removesuffix("Pass") or class_name
-    return "".join(f"-{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(base))
+    return re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z0-9])(?=[A-Z][a-z])", "-", base).lower()
 
 
 class PassBase(IRPassBase):

@@ -114,7 +114,10 @@ def create(name: str, options: dict[str, Any] | None = None) -> PassBase:
 def _instantiate(cls: type[PassBase], options: dict[str, Any]) -> PassBase:
     from sparsec.passes.base import IRPass, PassBase
 
-    created = cls(**options)
+    try:
+        created = cls(**options)
+    except (TypeError, ValueError) as error:  # the class refused its options
+        raise InputError(f"pass {cls.__name__} refused its options: {error}") from None
     if not isinstance(created, PassBase):  # an onnx-ir pass: it joins a pipeline as IRPass
         created = IRPass(created)
     created.check_options()
