@@ -1,4 +1,6 @@
-"""An example importance score plugin written only against sparsec's public API: a unit's score
+"""An example importance score plugin, written against sparsec's public API and the one helper
+every score needs, ``weight_array`` (a weight's float array, dequantized when the model is
+QDQ, as the built-in scores read it): a unit's score
 is the largest |w| in any weight slice it owns (higher = keep), where ``l1`` sums them.
 
 Importing this file registers the score as ``max-abs``: from then on the name works wherever an

@@ -30,6 +30,7 @@ from sparsec.analysis.inputs import (
     parse_input_shapes,
     random_inputs,
 )
+from sparsec.analysis.lookup import layer_table
 from sparsec.analysis.quantized import is_quantized
 from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model, refuse_unwritable
@@ -132,6 +133,14 @@ def analyze(
         "macs_unknown_nodes": cost.unknown,
         "bytes": model.source_bytes,
     }
+
+
+def layers(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
+    """Every layer of ``model`` (a Conv/Gemm/MatMul node with a constant weight) as JSON-ready
+    rows: its names, the groups holding its output and input channels, prunable or why not
+    (``analyze --layers``; ``sparsec.layer_table`` gives the row objects)."""
+    overrides = parse_input_shapes(input_shapes, model) or None
+    return [row.to_json() for row in layer_table(model, overrides)]
 
 
 def channel_groups(

@@ -155,11 +155,7 @@ def analyze(
             loaded, input_shapes
         )
     if layers:
-        from sparsec.analysis.inputs import parse_input_shapes
-        from sparsec.analysis.lookup import layer_table
-
-        shapes = parse_input_shapes(input_shapes, loaded) or None
-        summary["layers"] = [row.to_json() for row in layer_table(loaded, shapes)]
+        summary["layers"] = api.layers(loaded, input_shapes)
     if heads:
         summary["attention_blocks"] = api.attention_heads(loaded, input_shapes)
     if (
