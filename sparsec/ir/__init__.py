@@ -6,7 +6,7 @@ What it guarantees, and what it does not hide:
   friends hand out onnx-ir's own ``Node`` and ``Value`` objects, and analyses and passes read
   them directly (``op_type``, ``domain``, ``inputs``, ``outputs``, ``attributes``, ``shape``,
   ``const_value``). A change of IR library would therefore reach every layer above, not stay in
-  this folder. Code outside ``sparsec/ir/`` (the ``sparsec.testing`` graph builders aside) does
+  this folder. Code outside ``sparsec/ir/`` (the ``sparsec.testing`` kit aside: it builds ONNX protos for tests) does
   not import ``onnx_ir`` at all, and no sparsec module imports an ``_``-prefixed onnx-ir module
   (``tests/test_ir_boundary.py`` checks it).
 - **Edits go through ``Model`` methods or through onnx-ir**: the methods

@@ -1,8 +1,9 @@
 """``Model``: sparsec's handle on an ONNX model, a thin wrapper over ``onnx_ir.Model``.
 
 Invariants:
-- This package (``sparsec.ir``) is the only sparsec code that imports onnx-ir (the testing
-  kit's graph builders aside) or touches protobuf. Passes read onnx-ir's own nodes and values,
+- This package (``sparsec.ir``) is the only sparsec code that imports onnx-ir or touches
+  protobuf, the testing kit (``sparsec.testing``: it builds and runs ONNX protos for tests)
+  aside. Passes read onnx-ir's own nodes and values,
   handed out by this wrapper, and edit the graph through its methods (which keep a value's
   data, shape and dtype consistent and bump ``version``) or through onnx-ir directly.
 - Nothing it answers is stale: ``value`` checks that the value it found is still in the graph
