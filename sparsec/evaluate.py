@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from sparsec.analysis.activations import (
-    RANDOM,
     calibration_batches,
     fixed_batch,
-    load_calibration,
     padding_mask,
+    random_samples,
 )
 from sparsec.analysis.inputs import conform, read_arrays
 from sparsec.errors import InputError
@@ -82,9 +81,10 @@ def load_eval_data(path: str | Path, model, labels: str | None = None) -> EvalDa
     return EvalData(samples, label_array, f"{path} ({count} samples, {described})")
 
 
-def random_eval_data(model, count: int = 64, seed: int = 0) -> EvalData:
-    """Seeded random samples (no labels): agreement and errors only, not accuracy."""
-    samples = load_calibration(RANDOM, _as_model(model), samples=count, seed=seed)
+def random_eval_data(model, count: int = 64, seed: int = 0, overrides=None) -> EvalData:
+    """Seeded random samples (no labels) at the bound input shapes (``overrides``: those
+    ``--input-shape`` gives): agreement and errors only, not accuracy."""
+    samples = random_samples(_as_model(model), count, seed, overrides)
     return EvalData(samples, None, f"random inputs ({count} samples, seed {seed})")
 
 

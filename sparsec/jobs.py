@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec import __version__, api, gates
+from sparsec.analysis.inputs import parse_input_shapes
 from sparsec.errors import InternalError, SparsecError, ValidationError
 from sparsec.ir import Model, file_sha256
 from sparsec.jobs_report import append_summary, job_files, job_json, write_files
@@ -218,10 +219,17 @@ def _measure(spec: JobSpec, outcome: JobOutcome, source: Path, model: Model, res
     """Quality, latency and the gates; ``GateError`` when one is missed."""
     limits = spec.gates()
     lossy = result.oracle is not None
-    if spec.given("eval") or lossy or set(limits) & set(gates.QUALITY_GATES):
-        from sparsec.evaluate import evaluate
-
-        outcome.evaluation = evaluate(source, model, quality_data(spec, model))
+    asked = spec.given("eval") or bool(set(limits) & set(gates.QUALITY_GATES))
+    if asked or lossy:
+        try:
+            outcome.evaluation = _evaluate(spec, source, model)
+        except SparsecError as error:
+            if asked:
+                raise
+            outcome.warnings.append(  # the default-safety check: it never blocks a valid model
+                f"warning: quality not measured ({error}); measure it with "
+                "--eval DATA.npz (and gate it with --max-top1-drop or --min-cosine)"
+            )
     if "max_latency_ratio" in limits:
         outcome.latency = _latency(source, model, feeds, spec.get("latency_runs"))
     outcome.gates = gates.check(limits, measured_figures(outcome, result))
@@ -234,8 +242,15 @@ def _measure(spec: JobSpec, outcome: JobOutcome, source: Path, model: Model, res
             outcome.warnings.append(warning)
 
 
+def _evaluate(spec: JobSpec, source: Path, model: Model):
+    from sparsec.evaluate import evaluate
+
+    return evaluate(source, model, quality_data(spec, model))
+
+
 def quality_data(spec: JobSpec, model: Model):
-    """The samples quality is measured on: --eval, else real calibration data, else random."""
+    """The samples quality is measured on: --eval, else real calibration data, else random
+    samples at the run's input shapes (--input-shape)."""
     from sparsec import evaluate
 
     if spec.given("eval"):
@@ -246,7 +261,8 @@ def quality_data(spec: JobSpec, model: Model):
 
         samples = load_calibration(calibration, model, spec.get("calibration_samples") or 0)
         return evaluate.data_from_calibration(samples, f"calibration data {calibration}")
-    return evaluate.random_eval_data(model, seed=spec.get("seed"))
+    overrides = parse_input_shapes(spec.get("input_shape") or (), model)
+    return evaluate.random_eval_data(model, seed=spec.get("seed"), overrides=overrides)
 
 
 def _latency(source: Path, model: Model, feeds: dict, runs: int):

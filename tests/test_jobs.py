@@ -76,3 +76,69 @@ def test_validate_gates_decide_instead_of_the_elementwise_check(cli, tmp_path):
         "validate", DIGITS, half, "--eval", MODELS / "digits_test.npz", "--max-top1-drop", "1"
     )
     assert code == 1 and "--max-top1-drop" in err
+
+
+def _batch_one_mlp(path: Path) -> Path:
+    """x [N, 8] -> Gemm 16 -> Relu -> Reshape [1, 16] -> Gemm 4: runs at batch 1 only."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsec.testing import make_model
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 16)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([1, 16], np.int64), "one_row"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Reshape", ["r", "one_row"], ["flat"], name="reshape"),
+        helper.make_node("Gemm", ["flat", "w2"], ["y"], name="fc2", transB=1),
+    ]
+    proto = make_model(
+        nodes, [("x", TensorProto.FLOAT, ["N", 8])], [("y", TensorProto.FLOAT, [1, 4])], weights
+    )
+    import onnx
+
+    onnx.save(proto, path)
+    return path
+
+
+def test_a_failed_default_quality_measurement_warns_and_never_blocks_a_valid_model(cli, tmp_path):
+    source, out = _batch_one_mlp(tmp_path / "m.onnx"), tmp_path / "out.onnx"
+    code, _, err = cli("compress", source, "-o", out, "--channels", "0.5")
+    assert code == 0 and out.exists(), err
+    assert "warning: quality not measured (onnxruntime failed to run the model" in err
+
+
+def test_a_quality_gate_that_cannot_be_measured_fails_the_run(cli, tmp_path):
+    source, out = _batch_one_mlp(tmp_path / "m.onnx"), tmp_path / "out.onnx"
+    code, _, err = cli("compress", source, "-o", out, "--channels", "0.5", "--min-cosine", "0.5")
+    assert code != 0 and not out.exists()
+    assert "onnxruntime failed to run the model" in err
+
+
+def test_random_feeds_the_model_cannot_take_get_a_shapes_hint(cli, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsec.testing import make_model
+
+    shape = numpy_helper.from_array(np.array([1, 3, 4], np.int64), "three_by_four")
+    proto = make_model(
+        [helper.make_node("Reshape", ["x", "three_by_four"], ["y"], name="reshape")],
+        [("x", TensorProto.FLOAT, ["N", "L"])],
+        [("y", TensorProto.FLOAT, [1, 3, 4])],
+        [shape],
+    )
+    onnx.save(proto, tmp_path / "m.onnx")
+    code, _, err = cli("compress", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "random (seed 0) at x 1x128" in err and "--input-shape NAME:DxD" in err
+    code, _, err = cli(
+        "compress", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--input-shape", "x:1x12"
+    )
+    assert code == 0, err

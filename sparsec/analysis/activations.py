@@ -46,7 +46,7 @@ def load_calibration(
     file-name order), or ``random``: seeded random inputs (a stand-in that says nothing about
     real activations; callers warn)."""
     if str(spec) == RANDOM:
-        return _random_samples(model, samples or RANDOM_SAMPLES, seed)
+        return random_samples(model, samples or RANDOM_SAMPLES, seed)
     path = Path(spec)
     arrays = _read_folder(path) if path.is_dir() else read_arrays(path, "calibration data")
     names = [v.name for v in model.inputs]
@@ -96,8 +96,10 @@ def _read_folder(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def _random_samples(model, count: int, seed: int) -> dict[str, np.ndarray]:
-    shapes = {name: (count, *shape[1:]) for name, shape in bind_shapes(model).items()}
+def random_samples(model, count: int, seed: int, overrides=None) -> dict[str, np.ndarray]:
+    """``count`` seeded random samples per input, at the bound shapes (``overrides``: the
+    ``--input-shape`` ones) with the batch axis set to ``count``."""
+    shapes = {name: (count, *shape[1:]) for name, shape in bind_shapes(model, overrides).items()}
     return random_inputs(model, shapes, seed)
 
 

@@ -27,7 +27,7 @@ import onnx_ir as ir
 from sparsec.errors import InputError, one_line
 from sparsec.ir.model import PROTOBUF_LIMIT_BYTES
 
-_SEVERITY = 3  # onnxruntime's ERROR: no warnings or info lines on stderr
+_SEVERITY = 4  # onnxruntime's FATAL only: its errors reach the user as one sparsec error line
 
 
 @contextlib.contextmanager

