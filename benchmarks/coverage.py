@@ -278,6 +278,14 @@ def competitor_cells(res: dict, before: dict, after: dict, mine: dict, ref_ms) -
     ]
 
 
+def _extra_args(model: Path) -> list[str]:
+    """What a model of the pypi suite needs to run (its input shapes or inputs)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pypi_models import extra_args
+
+    return extra_args(model)
+
+
 def run_sparsec(model: Path, out: Path, report: Path, args) -> dict | str:
     """sparsec's JSON report, or its one-line failure."""
     report.unlink(missing_ok=True)  # never read a stale one from --out-dir
@@ -294,6 +302,7 @@ def run_sparsec(model: Path, out: Path, report: Path, args) -> dict | str:
             str(report),
             "--latency-runs",
             str(args.latency_runs),
+            *_extra_args(model),
         ],
         args.timeout,
     )
