@@ -54,6 +54,7 @@ from sparsec.validate import (
     ORACLE_TOLERANCE,
     Validation,
     check_encoded,
+    oracle_limit_text,
     validate,
 )
 
@@ -709,8 +710,7 @@ def _oracle_failure_line(oracle: Validation) -> str:
         )
     return (
         f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
-        f"{worst.max_abs:.3g}, above {ORACLE_TOLERANCE:g} x max |output| = "
-        f"{ORACLE_TOLERANCE * worst.max_abs_reference:.3g}; "
+        f"{worst.max_abs:.3g}, above {oracle_limit_text(worst.max_abs_reference)}; "
         "a bug in the lossy pass (please report it if the pass is one of sparsec's)"
     )
 

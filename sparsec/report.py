@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from sparsec.validate import ORACLE_TOLERANCE, Validation
+from sparsec.validate import Validation, oracle_limit_text
 
 
 def human(number: float | int | None) -> str:
@@ -95,7 +95,7 @@ def oracle_text(oracle: Validation) -> str:
         if worst is None
         else (
             f": max abs error {worst.max_abs:.3g} on '{worst.name}' "
-            f"(limit {ORACLE_TOLERANCE:g} x max |output| = {ORACLE_TOLERANCE * worst.max_abs_reference:.3g})"
+            f"(limit {oracle_limit_text(worst.max_abs_reference)})"
         )
     )
     return (

@@ -12,7 +12,15 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsec.analysis.inputs import bind_shapes, load_npz, parse_input_shapes, random_inputs
 from sparsec.errors import InputError
 from sparsec.ir import Model
-from sparsec.validate import output_metrics, peak_gap, validate
+from sparsec.validate import (
+    ORACLE_FLOOR,
+    ORACLE_TOLERANCE,
+    oracle_limit,
+    oracle_limit_text,
+    output_metrics,
+    peak_gap,
+    validate,
+)
 
 
 def test_metrics_of_a_known_perturbation():
@@ -301,3 +309,17 @@ def test_peak_gap_is_infinite_on_non_finite_or_mismatched_outputs():
         assert peak_gap(reference, candidate) == float("inf")
     assert peak_gap(nan, nan) == float("inf")
     assert peak_gap({"p": [{0: 0.5, 1: 0.5}]}, {"p": [{0: 0.25, 1: 0.75}]}) == pytest.approx(0.5)
+
+
+def test_the_oracle_has_an_absolute_floor_at_float32_accuracy_near_zero():
+    """A detector's probabilities on random inputs peak at ~1e-6, where onnxruntime's float32
+    Sigmoid is accurate to ~1e-7 absolute (1.13e-6 vs 9.83e-7 for inputs 1e-6 apart): the
+    relative limit would be 1e-10, below what the runtime can compute."""
+    reference = np.array([1.07e-6, 5.0e-7, 1.0e-8], np.float32)
+    near = reference + np.array([1.5e-7, 0, 0], np.float32)
+    far = reference + np.array([2.0e-6, 0, 0], np.float32)
+    assert output_metrics("p", reference, near, 0.0, 0.0, peak_tolerance=ORACLE_TOLERANCE).passed
+    assert not output_metrics("p", reference, far, 0.0, 0.0, peak_tolerance=ORACLE_TOLERANCE).passed
+    assert oracle_limit(1.0) == ORACLE_TOLERANCE and oracle_limit(1e-6) == ORACLE_FLOOR
+    assert "float32 floor" in oracle_limit_text(1e-6)
+    assert oracle_limit_text(10.0) == "0.0001 x max |output| = 0.001"
