@@ -390,7 +390,40 @@ ATTENTION = {
     ),
 }
 
-EXAMPLES: dict[str, Example] = {**ELEMENTWISE, **LAYOUT, **NORMALIZATION, **COMPUTE, **ATTENTION}
+
+def lstm(g: Graph, h: str):
+    """Bidirectional LSTM over h [T=1, N=5, 8] (layout 0), with bias, peepholes and non-zero
+    constant initial states (sliced by surgery); Y [1, 2, 5, 8], hidden on axis 3."""
+    w, r, b, p = g.weight(2, 32, 8), g.weight(2, 32, 8), g.weight(2, 64), g.weight(2, 24)
+    states = [g.weight(2, 5, 8), g.weight(2, 5, 8)]
+    inputs = [h, w, r, b, "", *states, p]
+    return g.op("LSTM", inputs, outputs=3, hidden_size=8, direction="bidirectional")[0], 3
+
+
+def gru(g: Graph, h: str):
+    """GRU with the reset after the linear map and a zero initial state from ConstantOfShape
+    (dropped by surgery); Y [1, 1, 5, 8], hidden on axis 3 (onnxruntime runs layout 0 only)."""
+    zeros = g.op("ConstantOfShape", [g.const(np.array([1, 5, 8], np.int64))])
+    inputs = [h, g.weight(1, 24, 8), g.weight(1, 24, 8), g.weight(1, 48), "", zeros]
+    return g.op("GRU", inputs, outputs=2, hidden_size=8, linear_before_reset=1)[0], 3
+
+
+def rnn(g: Graph, h: str):
+    """RNN with clip, no initial state; Y [1, 1, 5, 8], hidden on axis 3."""
+    inputs = [h, g.weight(1, 8, 8), g.weight(1, 8, 8), g.weight(1, 16)]
+    return g.op("RNN", inputs, outputs=2, hidden_size=8, clip=2.0)[0], 3
+
+
+RECURRENT = {"LSTM": Example(seq, lstm), "GRU": Example(seq, gru), "RNN": Example(seq, rnn)}
+
+EXAMPLES: dict[str, Example] = {
+    **ELEMENTWISE,
+    **LAYOUT,
+    **NORMALIZATION,
+    **COMPUTE,
+    **ATTENTION,
+    **RECURRENT,
+}
 
 
 def key(domain: str, op_type: str) -> str:

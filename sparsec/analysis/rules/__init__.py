@@ -20,6 +20,7 @@ from sparsec.analysis.rules import (
     layout,
     normalization,
     quantize,
+    recurrent,
 )
 from sparsec.analysis.rules.core import (
     AXIS_RULES,
