@@ -10,6 +10,7 @@ from conftest import MODELS, make_model, oracle_error, prune
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.rules import layout as layout_rules
 from sparsec.ir import Model
 
 RECURRENT = MODELS / "recurrent"
@@ -24,18 +25,38 @@ def group_of(model: Model, member: tuple[str, int]):
     return next(g for g in find_channel_groups(model).groups if member in g.members)
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru", "rnn"])
-def test_channels_half_halves_the_hidden_size_exactly(name):
+# PyTorch merges a bidirectional layer's directions with Transpose + Reshape [T, N, 2·H]: the
+# Reshape rule must link the merged axis to the part that traces back to a weight (the hidden
+# axis), which ``rules/layout.py`` does once its ``_channel_part`` has landed
+MERGE_PART = pytest.mark.skipif(
+    not hasattr(layout_rules, "_channel_part"),
+    reason="the Reshape rule links a merged axis to its outermost part only",
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "directions"),
+    [
+        ("lstm", 1),
+        pytest.param("lstm_bidirectional", 2, marks=MERGE_PART),
+        ("gru", 1),
+        ("rnn", 1),
+    ],
+)
+def test_channels_half_halves_the_hidden_size_exactly(name, directions):
+    """Two stacked layers of hidden size 16, both cut to 8; a bidirectional layer's two
+    directions lose the same units (PyTorch merges them with Transpose + Reshape [T, N, 2·H],
+    so the next layer's input axis goes 32 -> 16)."""
     model, result = prune(RECURRENT / f"{name}.onnx", ratio=0.5)
     nodes = recurrent_nodes(model)
-    assert len(nodes) == 2  # two stacked layers, both cut
+    assert len(nodes) == 2
     for layer, node in enumerate(nodes):
         gates = GATES[node.op_type]
         w, r, b = (model.constant_shape(v) for v in node.inputs[1:4])
-        assert model.attr(node, "hidden_size") == 8  # 16 before
-        assert w == (1, gates * 8, 6 if layer == 0 else 8)
-        assert r == (1, gates * 8, 8)
-        assert b == (1, 2 * gates * 8)
+        assert model.attr(node, "hidden_size") == 8
+        assert w == (directions, gates * 8, 6 if layer == 0 else 8 * directions)
+        assert r == (directions, gates * 8, 8)
+        assert b == (directions, 2 * gates * 8)
     assert model.check() is None
     assert oracle_error(model, result.reference()) <= 1e-4
 
@@ -48,36 +69,76 @@ def test_zero_initial_states_are_dropped():
     assert not any(node.op_type == "ConstantOfShape" for node in model.nodes())
 
 
-def test_bidirectional_hidden_size_is_kept_where_directions_merge():
-    """PyTorch merges the two directions' hidden axes with Transpose + Reshape [T, N, 2·H]:
-    only one part of a merged axis can follow pruning, so the hidden groups stay whole."""
-    model = Model.load(RECURRENT / "lstm_bidirectional.onnx")
-    first = recurrent_nodes(model)[0]
-    hidden = group_of(model, (first.inputs[2].name, 2))
-    assert not hidden.prunable and "Reshape" in hidden.reason
-    directions = group_of(model, (recurrent_nodes(model)[1].inputs[1].name, 2))
-    assert not directions.prunable and "direction axis of LSTM" in directions.reason
-    model, result = prune(model, ratio=0.5)
-    assert [model.attr(n, "hidden_size") for n in recurrent_nodes(model)] == [16, 16]
-    assert model.check() is None
-    assert oracle_error(model, result.reference()) <= 1e-4
-
-
-def test_an_initial_state_fed_from_outside_keeps_the_hidden_size():
+def lstm_model(consumer: list, extra_inputs=(), weight_shape=(8, 3), y_shape=(3, 1, 2, 3)):
+    """x [T=3, N=2, 4] -> LSTM (hidden 8) -> ``consumer`` nodes -> out, seeded weights."""
     rng = np.random.default_rng(0)
-    shapes = {"w": (1, 32, 4), "r": (1, 32, 8), "v": (8, 3)}
+    directions = 2 if any(n.op_type == "Transpose" for n in consumer) else 1
+    shapes = {"w": (directions, 32, 4), "r": (directions, 32, 8), "v": weight_shape}
     weights = [
         numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
         for name, shape in shapes.items()
     ]
-    nodes = [
-        helper.make_node("LSTM", ["x", "w", "r", "", "", "h0"], ["y"], hidden_size=8),
-        helper.make_node("MatMul", ["y", "v"], ["out"]),
-    ]
+    direction = "bidirectional" if directions == 2 else "forward"
+    inputs = ["x", "w", "r", "", "", *[name for name, _ in extra_inputs]]
+    lstm = helper.make_node("LSTM", inputs, ["y"], hidden_size=8, direction=direction)
     f = TensorProto.FLOAT
-    proto = make_model(
-        nodes, [("x", f, [3, 2, 4]), ("h0", f, [1, 2, 8])], [("out", f, [3, 1, 2, 3])], weights
-    )
-    model = Model.from_proto(proto)
+    graph_inputs = [("x", f, [3, 2, 4]), *[(name, f, shape) for name, shape in extra_inputs]]
+    proto = make_model([lstm, *consumer], graph_inputs, [("out", f, list(y_shape))], weights)
+    return Model.from_proto(proto)
+
+
+def test_an_initial_state_fed_from_outside_keeps_the_hidden_size():
+    model = lstm_model([helper.make_node("MatMul", ["y", "v"], ["out"])], [("h0", [1, 2, 8])])
     group = group_of(model, ("r", 2))
     assert not group.prunable and "graph input 'h0'" in group.reason
+
+
+def test_directions_are_never_removed():
+    """A weight contracting Y's direction axis: its group is blocked, naming the LSTM."""
+    consumer = [
+        helper.make_node("Transpose", ["y"], ["t"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["t", "v"], ["out"]),
+    ]
+    model = lstm_model(consumer, weight_shape=(2, 3), y_shape=(3, 2, 8, 3))
+    group = group_of(model, ("v", 0))
+    assert not group.prunable and "direction axis of LSTM" in group.reason
+
+
+def unrolled_lstm(steps: int = 3, hidden: int = 8, features: int = 4, batch: int = 2):
+    """An LSTM as some exporters unroll it: per step Gemm(x_t, W) + Gemm(h, R) -> Split into
+    i, f, g, o -> Sigmoid/Tanh -> c = f·c + i·g, h = o·tanh(c); zero initial states."""
+    rng = np.random.default_rng(0)
+    shapes = {"w": (4 * hidden, features), "r": (4 * hidden, hidden), "b": (4 * hidden,)}
+    arrays = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    arrays["v"] = rng.standard_normal((hidden, 3)).astype(np.float32)
+    arrays["h0"] = arrays["c0"] = np.zeros((batch, hidden), np.float32)
+    nodes, h, c = [], "h0", "c0"
+    for t in range(steps):
+        gates = [f"{gate}{t}" for gate in "ifgo"]
+        nodes += [
+            helper.make_node("Gemm", [f"x{t}", "w", "b"], [f"wx{t}"], transB=1),
+            helper.make_node("Gemm", [h, "r"], [f"rh{t}"], transB=1),
+            helper.make_node("Add", [f"wx{t}", f"rh{t}"], [f"z{t}"]),
+            helper.make_node("Split", [f"z{t}"], gates, axis=1, num_outputs=4),
+            *[helper.make_node("Sigmoid", [gates[k]], [f"s{gates[k]}"]) for k in (0, 1, 3)],
+            helper.make_node("Tanh", [gates[2]], [f"tg{t}"]),
+            helper.make_node("Mul", [f"sf{t}", c], [f"fc{t}"]),
+            helper.make_node("Mul", [f"si{t}", f"tg{t}"], [f"ig{t}"]),
+            helper.make_node("Add", [f"fc{t}", f"ig{t}"], [f"c{t + 1}"]),
+            helper.make_node("Tanh", [f"c{t + 1}"], [f"tc{t}"]),
+            helper.make_node("Mul", [f"so{t}", f"tc{t}"], [f"h{t + 1}"]),
+        ]
+        h, c = f"h{t + 1}", f"c{t + 1}"
+    nodes.append(helper.make_node("MatMul", [h, "v"], ["out"]))
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    inputs = [(f"x{t}", f, [batch, features]) for t in range(steps)]
+    return Model.from_proto(make_model(nodes, inputs, [("out", f, [batch, 3])], inits, opset=18))
+
+
+def test_an_unrolled_lstm_cell_prunes_its_hidden_units_exactly():
+    model, result = prune(unrolled_lstm(), ratio=0.5)
+    shapes = {name: model.constant_shape(v) for name, v in model.initializers().items()}
+    assert (shapes["w"], shapes["r"], shapes["v"]) == ((16, 4), (16, 4), (4, 3))
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4

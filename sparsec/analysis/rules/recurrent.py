@@ -74,7 +74,7 @@ def recurrent(node, ctx: RuleContext) -> Coupling:
     if not ctx.is_weight(w):
         c.block((x.name, 2), "is multiplied by recurrent weights computed at run time")
     batch = (x.name, x_batch)
-    _link_outputs(c, node, x, (x_seq, x_batch), y_axes, state_axes, unit)
+    _link_outputs(c, node, x, (x_seq, x_batch), y_axes, state_axes, (r.name, 2))
     _link_states(c, node, ctx, batch, state_axes, unit)
     lens = _input(node, SEQUENCE_LENS)
     if lens is not None and lens.name:
@@ -96,7 +96,9 @@ def _hidden_members(node, ctx: RuleContext, gates: int, hidden: int):
 
 
 def _link_outputs(c: Coupling, node, x, x_axes, y_axes, state_axes, unit: Member) -> None:
-    """Y's sequence and batch axes are X's; the hidden axis of Y and of Y_h/Y_c is the unit."""
+    """Y's sequence and batch axes are X's; the hidden axis of Y and of Y_h/Y_c is ``unit``:
+    R's last axis (a compute weight's axis, so a Reshape merging Y's directions with its hidden
+    axis finds the hidden axis as the one that traces back to a weight)."""
     y = _output(node, 0)
     if y is not None and y.name:
         c.link((y.name, y_axes[0]), (x.name, x_axes[0]))
