@@ -2,9 +2,10 @@
 follow one read dim through to the Reshape/Expand targets it builds.
 
 The invariant: a dim read at run time would change with pruning, so the axis it reads is
-blocked, unless the dim only flows (through Unsqueeze/Squeeze/Cast/Identity, or a Mul by a
-positive integer constant) into an entry of a Reshape/Expand target: then the target's axis is
-linked to it (``dim_source``) and follows the pruning.
+blocked, unless the dim only flows (through Unsqueeze/Squeeze/Cast/Identity, a Mul by a
+positive integer constant, or a Mul by a read dim of an inner axis of the same tensor: the c·h
+of ``x.view(n, c * h, w)``) into an entry of a Reshape/Expand target: then the target's axis
+is linked to it (``dim_source``) and follows the pruning.
 """
 
 from __future__ import annotations
@@ -80,13 +81,16 @@ SHAPE_TARGETS = {"Reshape": 1, "Expand": 1}  # op -> the input holding the targe
 def _carries(ctx: RuleContext, node, value) -> int | None:
     """The factor by which ``node`` passes the one-element dim ``value`` on: 1 through
     Unsqueeze/Squeeze/Cast/Identity, k through a Mul by a positive integer constant k (the
-    ``n_rep`` of a grouped-query repeat); None for anything else."""
+    ``n_rep`` of a grouped-query repeat) or by an inner dim of size k (``_inner_dim_factor``);
+    None for anything else."""
     if node.op_type in DIM_CARRIERS:
         return 1 if node.inputs[0] is value else None
     if node.op_type != "Mul" or len(node.inputs) != 2:
         return None
     other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
     factor = ctx.const(other) if other is not value else None
+    if factor is None and other is not value:
+        return _inner_dim_factor(ctx, value, other)
     if (
         factor is None
         or factor.size != 1
@@ -95,6 +99,21 @@ def _carries(ctx: RuleContext, node, value) -> int | None:
     ):
         return None
     return int(factor.reshape(-1)[0])
+
+
+def _inner_dim_factor(ctx: RuleContext, value, other) -> int | None:
+    """k when the dim ``value`` is multiplied by ``other``, a run-time dim of the same tensor on
+    an inner axis (the c·h of ``x.view(n, c * h, w)``): the product follows ``value``'s axis
+    with factor k = the inner size, while the inner dim stays a read (its axis is blocked, so
+    k cannot change). None otherwise (the inner dim itself, or dims of other tensors)."""
+    mine, theirs = dim_source(ctx, value), dim_source(ctx, other)
+    if mine is None or theirs is None:
+        return None
+    (name, axis), ((other_name, other_axis), other_factor) = mine[0], theirs
+    shape = ctx.shapes.get(name)
+    if other_name != name or other_axis <= axis or shape is None:
+        return None
+    return other_factor * int(shape[other_axis])
 
 
 def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:

@@ -20,9 +20,11 @@ from sparsec.analysis.rules.core import (
     Fixup,
     Member,
     RuleContext,
+    apply_rule,
     axis_rule,
     link_broadcast,
     norm_axis,
+    rule_for,
 )
 from sparsec.analysis.rules.dims import dim_source
 
@@ -174,14 +176,17 @@ def _write_slice_bounds(model, node, ctx: RuleContext, starts, ends, axes) -> No
 
 
 # ---------------------------------------------------------------- reshapes
-def link_regroup(c: Coupling, x, x_shape, y, y_shape) -> None:
+def link_regroup(c: Coupling, x, x_shape, y, y_shape, ctx: RuleContext | None = None) -> None:
     """Link the axes of a row-major reshape from ``x_shape`` to ``y_shape``.
 
     Axes of size 1 are free. The others form blocks of equal product: one axis to one is the
     identity. When several axes merge into one (C×H×W → features) or one splits into several
-    (hidden → heads×head_dim), the single axis is linked to the *outermost* part only, position
-    q to part position ``q // stride``: removing a channel (a head) removes its whole run of
-    positions. The inner parts are blocked (linking them too would tie every channel to every
+    (hidden → heads×head_dim), the single axis is linked to *one* part only, position q to part
+    position ``(q // stride) % size``: removing a channel (a head) removes every position it
+    owns (a run of them when it is the outer part, a stride of them when it is inner: an NHWC
+    [N, W, H, C] → [N, W, H·C] sequence). The part is the outermost, unless in a merge exactly
+    one part traces back to a compute weight's channel axis (``_channel_part``, given
+    ``ctx``). The other parts are blocked (linking them too would tie every channel to every
     other through the shared positions). Many-to-many blocks are blocked.
     """
     for value, shape in ((x, x_shape), (y, y_shape)):
@@ -193,9 +198,9 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape) -> None:
         if len(ins) == 1 and len(outs) == 1:
             c.link((x.name, ins[0][0]), (y.name, outs[0][0]))
         elif len(ins) == 1:
-            _link_outermost(c, (x.name, ins[0][0]), y, outs)
+            _link_part(c, (x.name, ins[0][0]), y, outs, 0)
         elif len(outs) == 1:
-            _link_outermost(c, (y.name, outs[0][0]), x, ins)
+            _link_part(c, (y.name, outs[0][0]), x, ins, _channel_part(ctx, x, ins) if ctx else 0)
         else:
             for axis, _ in ins:
                 c.block(
@@ -219,15 +224,57 @@ def _blocks(ins, outs):
     return blocks
 
 
-def _link_outermost(c: Coupling, single, parts_value, parts) -> None:
-    (outer_axis, outer_size), inner = parts[0], parts[1:]
-    run = math.prod(d for _, d in inner)
-    c.link(single, (parts_value.name, outer_axis), np.arange(outer_size * run) // run)
-    for axis, _ in inner:
-        c.block(
-            (parts_value.name, axis),
-            "is an inner part of a reshaped axis (only the outermost part follows pruning)",
-        )
+def _link_part(c: Coupling, single, parts_value, parts, linked: int) -> None:
+    """Link ``single`` to part ``linked`` of ``parts`` (row-major), block the other parts."""
+    sizes = [d for _, d in parts]
+    stride = math.prod(sizes[linked + 1 :])
+    positions = np.arange(math.prod(sizes))
+    c.link(single, (parts_value.name, parts[linked][0]), (positions // stride) % sizes[linked])
+    for k, (axis, _) in enumerate(parts):
+        if k != linked:
+            c.block(
+                (parts_value.name, axis),
+                f"is merged into one axis with axis {parts[linked][0]}, which follows pruning "
+                "(only one part of a reshaped axis can)",
+            )
+
+
+TRACE_DEPTH = 12  # producers walked back from a merged part to find a compute weight
+
+
+def _channel_part(ctx: RuleContext, value, parts) -> int:
+    """The part of a merge to link: the only one whose axis traces back to a compute weight's
+    channel axis (the C of an NHWC H×C merge), else the outermost."""
+    traced = [k for k, (axis, _) in enumerate(parts) if _traces_to_compute(ctx, value, axis)]
+    return traced[0] if len(traced) == 1 else 0
+
+
+def _traces_to_compute(ctx: RuleContext, value, axis: int) -> bool:
+    """Whether (value, axis) is linked, through its producers' own axis rules, to a compute
+    weight's axis (a Conv's output channels, a MatMul's columns)."""
+    frontier, seen = [(value, axis)], set()
+    for _ in range(TRACE_DEPTH):
+        step = []
+        for current, current_axis in frontier:
+            node = current.producer()
+            rule = rule_for(node) if node is not None else None
+            coupling = apply_rule(rule, node, ctx) if rule is not None else None
+            if not isinstance(coupling, Coupling):
+                continue
+            inputs = {v.name: v for v in node.inputs if v is not None}
+            for other in _linked(coupling, (current.name, current_axis)):
+                if other in coupling.compute:
+                    return True
+                if other[0] in inputs and other not in seen:
+                    seen.add(other)
+                    step.append((inputs[other[0]], other[1]))
+        frontier = step
+    return False
+
+
+def _linked(coupling: Coupling, member: Member) -> list[Member]:
+    """The members one edge of ``coupling`` links to ``member``."""
+    return [e.b if e.a == member else e.a for e in coupling.edges if member in (e.a, e.b)]
 
 
 @axis_rule("Flatten", "Squeeze", "Unsqueeze")
@@ -236,7 +283,7 @@ def regroup(node, ctx: RuleContext) -> Coupling:
     c, x, y = Coupling(), node.inputs[0], node.outputs[0]
     x_shape, y_shape = ctx.shape(x), ctx.shape(y)
     if x_shape is not None and y_shape is not None:
-        link_regroup(c, x, x_shape, y, y_shape)
+        link_regroup(c, x, x_shape, y, y_shape, ctx)
     return c
 
 
@@ -248,7 +295,7 @@ def reshape(node, ctx: RuleContext) -> Coupling:
     x_shape, y_shape = ctx.shape(x), ctx.shape(y)
     if x_shape is None or y_shape is None:
         return c
-    link_regroup(c, x, x_shape, y, y_shape)
+    link_regroup(c, x, x_shape, y, y_shape, ctx)
     entries = shape_entries(ctx, node, 1, len(y_shape))
     identity = {
         e.b[1] for e in c.edges if e.index is None and e.a == (x.name, e.b[1]) and e.b[0] == y.name

@@ -1,0 +1,161 @@
+"""CRNN-style recognizers (issue 18, item 2): the channels of a conv backbone reach the sequence
+model through a height-pooling step (Squeeze / Reshape / Transpose / a run-time ``view``) and
+must stay prunable there. Every form of ``models/make_crnn_model.py`` prunes at 0.5 as far as a
+conv + linear stack can (every group but the CTC classes), equal to its masked original.
+
+Two forms were blocked before, each with a minimal graph here: a merge whose channel axis is the
+*inner* part (NHWC ``[N, W, H, C]`` → ``[N, W, H·C]``), and PyTorch's ``x.view(b, c * h, w)``
+exported with dynamic shapes (a ``Mul`` of two run-time dims in the Reshape target).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, make_model, oracle_error, prune
+from make_crnn_model import FORMS, build
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.analysis.groups import find_channel_groups
+from sparsec.ir import Model
+
+F = TensorProto.FLOAT
+FULL_PRUNE = 0.30  # params ratio at 0.5 when every group but the classes is cut (0.26 measured)
+
+
+def params(model: Model) -> int:
+    return sum(int(np.prod(v.shape)) for v in model.initializers().values())
+
+
+def prune_half(proto: onnx.ModelProto) -> tuple[Model, float]:
+    """Prune 0.5; assert the oracle; return the model and its params ratio."""
+    before = params(Model.from_proto(proto))
+    model, result = prune(Model.from_proto(proto), ratio=0.5)
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4
+    return model, params(model) / before
+
+
+def group_with(proto: onnx.ModelProto, member: tuple[str, int]):
+    groups = find_channel_groups(Model.from_proto(proto)).groups
+    return next(g for g in groups if member in g.atoms)
+
+
+def blocked(proto: onnx.ModelProto) -> list[str]:
+    return [g.reason for g in find_channel_groups(Model.from_proto(proto)).groups if not g.prunable]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("form", FORMS)
+def test_every_crnn_form_prunes_like_a_conv_linear_stack(form, opset):
+    proto = build(form, opset=opset, dynamic=True)
+    reasons = blocked(proto)
+    assert len(reasons) == 1 and "Softmax" in reasons[0]  # only the CTC classes stay whole
+    _, ratio = prune_half(proto)
+    assert ratio <= FULL_PRUNE
+
+
+@pytest.mark.parametrize("opset", [12, 13])  # Squeeze axes: attribute, then input
+def test_squeeze_form_at_the_axes_input_boundary(opset):
+    _, ratio = prune_half(build("squeeze", opset=opset, dynamic=False))
+    assert ratio <= FULL_PRUNE
+
+
+# ---------------------------------------------------------------- the two fixed forms, minimal
+def _conv(rng, c_in: int, c_out: int) -> list:
+    return [
+        numpy_helper.from_array(rng.normal(size=(c_out, c_in, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=c_out).astype(np.float32), "b"),
+    ]
+
+
+def _linear(rng, d_in: int, d_out: int) -> onnx.TensorProto:
+    return numpy_helper.from_array(rng.normal(size=(d_in, d_out)).astype(np.float32), "m")
+
+
+def test_channels_merged_as_the_inner_part_of_an_nhwc_sequence_stay_prunable(rng):
+    """Conv [1, 8, 2, 5] → Transpose [0, 3, 2, 1] → [1, 5, 2, 8] → Reshape [1, 5, 16] → MatMul:
+    channel c owns merged positions h·8 + c (a stride, not a run)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["h"]),
+        helper.make_node("Transpose", ["h"], ["t"], perm=[0, 3, 2, 1]),
+        helper.make_node("Reshape", ["t", "shape"], ["s"]),
+        helper.make_node("MatMul", ["s", "m"], ["y"]),
+    ]
+    inits = [*_conv(rng, 3, 8), numpy_helper.from_array(np.array([1, 5, 16]), "shape")]
+    proto = make_model(
+        nodes, [("x", F, [1, 3, 2, 5])], [("y", F, [1, 5, 4])], [*inits, _linear(rng, 16, 4)]
+    )
+    group = group_with(proto, ("w", 0))
+    assert group.prunable, group.reason
+    assert group.atoms[("s", 2)].tolist() == [group.atoms[("w", 0)][q % 8] for q in range(16)]
+    model, _ = prune_half(proto)
+    assert model.initializers()["w"].shape[0] == 4 and model.initializers()["m"].shape[0] == 8
+
+
+@pytest.mark.parametrize("order", [(1, 2), (2, 1)])  # c * h, h * c
+def test_a_view_of_c_times_h_read_at_run_time_follows_the_pruning(rng, order):
+    """``b, c, h, w = x.size(); x.view(b, c * h, w)`` exported with dynamic shapes."""
+    gathers = [
+        helper.make_node("Gather", ["shape_of", f"k{k}"], [f"d{k}"], axis=0) for k in range(4)
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["h"]),
+        helper.make_node("Shape", ["h"], ["shape_of"]),
+        *gathers,
+        helper.make_node("Mul", [f"d{order[0]}", f"d{order[1]}"], ["ch"]),
+        *[helper.make_node("Unsqueeze", [d, "zero"], [f"u{d}"]) for d in ("d0", "ch", "d3")],
+        helper.make_node("Concat", ["ud0", "uch", "ud3"], ["target"], axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["t", "m"], ["y"]),
+    ]
+    inits = [
+        *_conv(rng, 3, 8),
+        *[numpy_helper.from_array(np.array(k), f"k{k}") for k in range(4)],
+        numpy_helper.from_array(np.array([0]), "zero"),
+        _linear(rng, 16, 4),
+    ]
+    proto = make_model(
+        nodes, [("x", F, ["n", 3, 2, "w"])], [("y", F, ["n", "w", 4])], inits, opset=13
+    )
+    group = group_with(proto, ("w", 0))
+    assert group.prunable, group.reason
+    model, _ = prune_half(proto)
+    assert model.initializers()["w"].shape[0] == 4 and model.initializers()["m"].shape[0] == 8
+
+
+def test_a_product_of_dims_of_two_tensors_stays_a_read(rng):
+    """c of one tensor times h of another is not a merge of that tensor's axes: blocked."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["h"]),
+        helper.make_node("Shape", ["h"], ["shape_h"]),
+        helper.make_node("Shape", ["x"], ["shape_x"]),
+        helper.make_node("Gather", ["shape_h", "k1"], ["c"], axis=0),
+        helper.make_node("Gather", ["shape_x", "k2"], ["hh"], axis=0),
+        helper.make_node("Mul", ["c", "hh"], ["ch"]),
+        helper.make_node("Unsqueeze", ["ch", "zero"], ["uch"]),
+        helper.make_node("Concat", ["one", "uch", "five"], ["target"], axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["t", "m"], ["y"]),
+    ]
+    inits = [
+        *_conv(rng, 3, 8),
+        *[numpy_helper.from_array(np.array(k), f"k{k}") for k in (1, 2)],
+        *[numpy_helper.from_array(np.array([v]), name) for v, name in ((0, "zero"), (1, "one"))],
+        numpy_helper.from_array(np.array([5]), "five"),
+        _linear(rng, 16, 4),
+    ]
+    proto = make_model(nodes, [("x", F, [1, 3, 2, 5])], [("y", F, [1, 5, 4])], inits, opset=13)
+    group = group_with(proto, ("w", 0))
+    assert not group.prunable and "read at run time" in group.reason
+
+
+# ---------------------------------------------------------------- the committed model
+def test_committed_crnn_is_what_the_script_builds_and_prunes_fully():
+    path = MODELS / "crnn.onnx"
+    assert onnx.load(path) == build("view", opset=13, dynamic=True, seed=0)
+    _, ratio = prune_half(onnx.load(path))
+    assert ratio <= FULL_PRUNE
