@@ -17,6 +17,8 @@ they can be pruned. ``build(form, ...)`` writes each form exporters produce:
 - ``view``: H = 2, PyTorch's ``b, c, h, w = x.size(); x.view(b, c * h, w)`` exported with
   dynamic shapes: ``Shape`` → ``Gather`` → ``Mul(c, h)`` → ``Concat`` → ``Reshape``.
 - ``tnc``: H = 1, ``Squeeze`` → ``Transpose [2, 0, 1]`` → ``[W, N, C]`` (time-major).
+- ``tnc_view``: ``tnc``, then each layer as crnn.pytorch writes it: ``T, n, h = x.size();
+  linear(x.view(T * n, h)).view(T, n, -1)`` (run-time dims: ``Mul(T, n)``, ``Concat``).
 - ``tokens``: H = 2, ``Transpose [0, 3, 1, 2]`` → ``Reshape [-1, C·H]`` → Gemm layers on 2-D
   tokens.
 
@@ -36,7 +38,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OUT = Path(__file__).resolve().parent / "crnn.onnx"
-FORMS = ("squeeze", "reshape", "merge", "transpose_merge", "nhwc", "view", "tnc", "tokens")
+FORMS = (
+    "squeeze",
+    "reshape",
+    "merge",
+    "transpose_merge",
+    "nhwc",
+    "view",
+    "tnc",
+    "tnc_view",
+    "tokens",
+)
 CLASSES = 37  # CTC: blank + 10 digits + 26 letters
 HEIGHT, WIDTH = 16, 32  # the input image (the width is a bound example when it is symbolic)
 
@@ -106,7 +118,7 @@ def view_target(b: Builder, x: str) -> str:
 
 def to_sequence(b: Builder, form: str) -> tuple[str, int, int]:
     """Backbone then the form's height-pooling step: (sequence, features, its rank)."""
-    x, c = backbone(b, 1 if form in ("squeeze", "reshape", "tnc") else 2)
+    x, c = backbone(b, 1 if form in ("squeeze", "reshape", "tnc", "tnc_view") else 2)
     steps = {
         "squeeze": lambda: b.op("Transpose", [b.axes_op("Squeeze", x, [2])], perm=[0, 2, 1]),
         "reshape": lambda: b.op(
@@ -125,16 +137,34 @@ def to_sequence(b: Builder, form: str) -> tuple[str, int, int]:
             "Transpose", [b.op("Reshape", [x, view_target(b, x)])], perm=[0, 2, 1]
         ),
         "tnc": lambda: b.op("Transpose", [b.axes_op("Squeeze", x, [2])], perm=[2, 0, 1]),
+        "tnc_view": lambda: b.op("Transpose", [b.axes_op("Squeeze", x, [2])], perm=[2, 0, 1]),
         "tokens": lambda: b.op(
             "Reshape", [b.op("Transpose", [x], perm=[0, 3, 1, 2]), b.ints([-1, 2 * c])]
         ),
     }
-    features = c if form in ("squeeze", "reshape", "tnc") else 2 * c
+    features = c if form in ("squeeze", "reshape", "tnc", "tnc_view") else 2 * c
     return steps[form](), features, 2 if form == "tokens" else 3
 
 
-def dense(b: Builder, x: str, d_in: int, d_out: int, rank: int) -> str:
+def time_major_linear(b: Builder, x: str, d_in: int, d_out: int) -> str:
+    """``T, n, h = x.size(); linear(x.view(T * n, h)).view(T, n, -1)`` with run-time dims."""
+    shape = b.op("Shape", [x])
+    dims = [b.op("Gather", [shape, b.const(np.array(k, np.int64), "i")], axis=0) for k in range(3)]
+    pieces = [b.op("Mul", [dims[0], dims[1]]), dims[2]]
+    flat = b.op("Concat", [b.axes_op("Unsqueeze", p, [0]) for p in pieces], axis=0)
+    y = b.op("Gemm", [b.op("Reshape", [x, flat]), b.weight(d_out, d_in), b.vector(d_out)], transB=1)
+    back = [
+        b.axes_op("Unsqueeze", dims[0], [0]),
+        b.axes_op("Unsqueeze", dims[1], [0]),
+        b.ints([-1]),
+    ]
+    return b.op("Reshape", [y, b.op("Concat", back, axis=0)])
+
+
+def dense(b: Builder, x: str, d_in: int, d_out: int, rank: int, form: str) -> str:
     """MatMul + Add on the last axis of a sequence, Gemm (transB) on 2-D tokens."""
+    if form == "tnc_view":
+        return time_major_linear(b, x, d_in, d_out)
     if rank == 2:
         return b.op("Gemm", [x, b.weight(d_out, d_in), b.vector(d_out)], transB=1)
     return b.op("Add", [b.op("MatMul", [x, b.weight(d_in, d_out)]), b.vector(d_out)])
@@ -147,12 +177,16 @@ def build(
     b = Builder(seed, opset)
     seq, features, rank = to_sequence(b, form)
     for d_in, d_out in ((features, hidden), (hidden, hidden)):
-        seq, features = b.op("Relu", [dense(b, seq, d_in, d_out, rank)]), d_out
-    b.op("Softmax", [dense(b, seq, hidden, CLASSES, rank)], axis=rank - 1)
+        seq, features = b.op("Relu", [dense(b, seq, d_in, d_out, rank, form)]), d_out
+    b.op("Softmax", [dense(b, seq, hidden, CLASSES, rank, form)], axis=rank - 1)
     b.nodes[-1].output[0] = "probs"
     batch, width = ("batch", "width") if dynamic else (1, WIDTH)
     steps = "steps" if dynamic else WIDTH // 4
-    out_shape = {"tnc": [steps, batch], "tokens": ["tokens" if dynamic else steps]}
+    out_shape = {
+        "tnc": [steps, batch],
+        "tnc_view": [steps, batch],
+        "tokens": ["tokens" if dynamic else steps],
+    }
     graph = helper.make_graph(
         b.nodes,
         f"crnn_{form}",

@@ -348,3 +348,40 @@ def test_a_dim_read_only_to_reshape_follows_the_pruning(rng, use_in_arithmetic):
         opset=13,
     )
     assert prune_and_compare(proto, rng)["groups_pruned"] == (0 if use_in_arithmetic else 1)
+
+
+def _merge_link(proto, reshape_output: str):
+    """The (member, index) a Reshape's merged output axis is linked to."""
+    model = Model.from_proto(proto)
+    analysis = find_channel_groups(model)
+    node = next(n for n in model.graph if n.outputs[0].name == reshape_output)
+    coupling = analysis.couplings[list(model.graph).index(node)]
+    return [(e.b, e.index.tolist()) for e in coupling.edges if e.index is not None]
+
+
+@pytest.mark.parametrize(
+    "traced, expected",
+    [
+        ("inner", [(("t", 3), [q % 8 for q in range(16)])]),  # only C traces to a weight
+        ("none", [(("t", 2), [q // 8 for q in range(16)])]),  # a graph input: the outermost
+    ],
+)
+def test_a_merge_links_the_part_that_traces_to_a_weight(rng, traced, expected):
+    """[1, 5, 2, 8] → Reshape [1, 5, 16]: the C part (axis 3, inner) is linked when it comes
+    from a Conv's channels, the outermost part when no part traces back to a weight."""
+    conv = [helper.make_node("Conv", ["x", "w"], ["h"])] if traced == "inner" else []
+    nodes = [
+        *conv,
+        helper.make_node("Transpose", ["h" if conv else "x"], ["t"], perm=[0, 3, 2, 1]),
+        helper.make_node("Reshape", ["t", "shape"], ["s"]),
+        helper.make_node("MatMul", ["s", "m"], ["y"]),
+    ]
+    proto = make_model(
+        nodes,
+        [("x", F, [1, 3 if conv else 8, 2, 5])],
+        [("y", F, [1, 5, 4])],
+        [weight(rng, "w", [8, 3, 1, 1]), ints("shape", [1, 5, 16]), weight(rng, "m", [16, 4])][
+            0 if conv else 1 :
+        ],
+    )
+    assert _merge_link(proto, "s") == expected
