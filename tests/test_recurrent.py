@@ -10,7 +10,6 @@ from conftest import MODELS, make_model, oracle_error, prune
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.groups import find_channel_groups
-from sparsec.analysis.rules import layout as layout_rules
 from sparsec.ir import Model
 
 RECURRENT = MODELS / "recurrent"
@@ -25,23 +24,9 @@ def group_of(model: Model, member: tuple[str, int]):
     return next(g for g in find_channel_groups(model).groups if member in g.members)
 
 
-# PyTorch merges a bidirectional layer's directions with Transpose + Reshape [T, N, 2·H]: the
-# Reshape rule must link the merged axis to the part that traces back to a weight (the hidden
-# axis), which ``rules/layout.py`` does once its ``_channel_part`` has landed
-MERGE_PART = pytest.mark.skipif(
-    not hasattr(layout_rules, "_channel_part"),
-    reason="the Reshape rule links a merged axis to its outermost part only",
-)
-
-
 @pytest.mark.parametrize(
     ("name", "directions"),
-    [
-        ("lstm", 1),
-        pytest.param("lstm_bidirectional", 2, marks=MERGE_PART),
-        ("gru", 1),
-        ("rnn", 1),
-    ],
+    [("lstm", 1), ("lstm_bidirectional", 2), ("gru", 1), ("rnn", 1)],
 )
 def test_channels_half_halves_the_hidden_size_exactly(name, directions):
     """Two stacked layers of hidden size 16, both cut to 8; a bidirectional layer's two
