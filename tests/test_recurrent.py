@@ -127,3 +127,26 @@ def test_an_unrolled_lstm_cell_prunes_its_hidden_units_exactly():
     assert (shapes["w"], shapes["r"], shapes["v"]) == ((16, 4), (16, 4), (4, 3))
     assert model.check() is None
     assert oracle_error(model, result.reference()) <= 1e-4
+
+
+def test_layout_one_maps_batch_first_axes():
+    """layout=1 (X [N, T, I], Y [N, T, D, H], states [N, D, H]): the hidden group holds Y's and
+    the state's last axes, the batch axes stay out of it (onnxruntime runs layout 0 only, so
+    this checks the groups, not numbers)."""
+    rng = np.random.default_rng(0)
+    shapes = {"w": (1, 24, 4), "r": (1, 24, 8), "h0": (2, 1, 8), "v": (8, 3)}
+    inits = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+        for n, s in shapes.items()
+    ]
+    nodes = [
+        helper.make_node("GRU", ["x", "w", "r", "", "", "h0"], ["y"], hidden_size=8, layout=1),
+        helper.make_node("MatMul", ["y", "v"], ["out"]),
+    ]
+    f = TensorProto.FLOAT
+    model = Model.from_proto(
+        make_model(nodes, [("x", f, [2, 3, 4])], [("out", f, [2, 3, 1, 3])], inits, opset=18)
+    )
+    group = group_of(model, ("r", 2))
+    assert {("y", 3), ("h0", 2), ("v", 0)} <= set(group.members) and group.prunable
+    assert ("y", 0) not in group.members and group.units == 8
