@@ -19,6 +19,9 @@ they can be pruned. ``build(form, ...)`` writes each form exporters produce:
 - ``tnc``: H = 1, ``Squeeze`` → ``Transpose [2, 0, 1]`` → ``[W, N, C]`` (time-major).
 - ``tnc_view``: ``tnc``, then each layer as crnn.pytorch writes it: ``T, n, h = x.size();
   linear(x.view(T * n, h)).view(T, n, -1)`` (run-time dims: ``Mul(T, n)``, ``Concat``).
+- ``pool_h``: H = 2, clovaai's ``AdaptiveAvgPool2d((None, 1))(x.permute(0, 3, 1, 2))
+  .squeeze(3)``: ``Transpose [0, 3, 1, 2]`` → ``[N, W, C, H]`` → ``AveragePool`` kernel
+  (1, H) → ``Squeeze(3)`` (C is a *spatial* axis of that pool, of kernel 1).
 - ``tokens``: H = 2, ``Transpose [0, 3, 1, 2]`` → ``Reshape [-1, C·H]`` → Gemm layers on 2-D
   tokens.
 
@@ -48,6 +51,7 @@ FORMS = (
     "tnc",
     "tnc_view",
     "tokens",
+    "pool_h",
 )
 CLASSES = 37  # CTC: blank + 10 digits + 26 letters
 HEIGHT, WIDTH = 16, 32  # the input image (the width is a bound example when it is symbolic)
@@ -138,11 +142,21 @@ def to_sequence(b: Builder, form: str) -> tuple[str, int, int]:
         ),
         "tnc": lambda: b.op("Transpose", [b.axes_op("Squeeze", x, [2])], perm=[2, 0, 1]),
         "tnc_view": lambda: b.op("Transpose", [b.axes_op("Squeeze", x, [2])], perm=[2, 0, 1]),
+        "pool_h": lambda: b.axes_op(
+            "Squeeze",
+            b.op(
+                "AveragePool",
+                [b.op("Transpose", [x], perm=[0, 3, 1, 2])],
+                kernel_shape=[1, 2],
+                strides=[1, 2],
+            ),
+            [3],
+        ),
         "tokens": lambda: b.op(
             "Reshape", [b.op("Transpose", [x], perm=[0, 3, 1, 2]), b.ints([-1, 2 * c])]
         ),
     }
-    features = c if form in ("squeeze", "reshape", "tnc", "tnc_view") else 2 * c
+    features = c if form in ("squeeze", "reshape", "tnc", "tnc_view", "pool_h") else 2 * c
     return steps[form](), features, 2 if form == "tokens" else 3
 
 

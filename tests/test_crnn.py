@@ -3,9 +3,10 @@ model through a height-pooling step (Squeeze / Reshape / Transpose / a run-time 
 must stay prunable there. Every form of ``models/make_crnn_model.py`` prunes at 0.5 as far as a
 conv + linear stack can (every group but the CTC classes), equal to its masked original.
 
-Two forms were blocked before, each with a minimal graph here: a merge whose channel axis is the
-*inner* part (NHWC ``[N, W, H, C]`` → ``[N, W, H·C]``), and PyTorch's ``x.view(b, c * h, w)``
-exported with dynamic shapes (a ``Mul`` of two run-time dims in the Reshape target).
+Three forms were blocked before, each with a minimal graph here: a merge whose channel axis is
+the *inner* part (NHWC ``[N, W, H, C]`` → ``[N, W, H·C]``), PyTorch's ``x.view(b, c * h, w)``
+exported with dynamic shapes (a ``Mul`` of two run-time dims in the Reshape target), and a
+height pooling over a permuted ``[N, W, C, H]`` (a pool whose kernel is 1 along C).
 """
 
 from __future__ import annotations
@@ -92,6 +93,27 @@ def test_channels_merged_as_the_inner_part_of_an_nhwc_sequence_stay_prunable(rng
     assert group.atoms[("s", 2)].tolist() == [group.atoms[("w", 0)][q % 8] for q in range(16)]
     model, _ = prune_half(proto)
     assert model.initializers()["w"].shape[0] == 4 and model.initializers()["m"].shape[0] == 8
+
+
+@pytest.mark.parametrize("pool", ["AveragePool", "MaxPool"])
+def test_channels_through_a_pool_of_kernel_one_on_their_axis_stay_prunable(rng, pool):
+    """Conv [1, 8, 2, 5] → Transpose [0, 3, 1, 2] → [1, 5, 8, 2] → pool kernel (1, 2) →
+    Squeeze(3) → MatMul: the channels are a spatial axis of the pool, pooled with kernel 1."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["h"]),
+        helper.make_node("Transpose", ["h"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node(pool, ["t"], ["p"], kernel_shape=[1, 2], strides=[1, 2]),
+        helper.make_node("Squeeze", ["p", "three"], ["s"]),
+        helper.make_node("MatMul", ["s", "m"], ["y"]),
+    ]
+    inits = [*_conv(rng, 3, 8), numpy_helper.from_array(np.array([3]), "three")]
+    proto = make_model(
+        nodes, [("x", F, [1, 3, 2, 5])], [("y", F, [1, 5, 4])], [*inits, _linear(rng, 8, 4)]
+    )
+    group = group_with(proto, ("w", 0))
+    assert group.prunable, group.reason
+    model, _ = prune_half(proto)
+    assert model.initializers()["w"].shape[0] == 4 and model.initializers()["m"].shape[0] == 4
 
 
 @pytest.mark.parametrize("order", [(1, 2), (2, 1)])  # c * h, h * c

@@ -80,14 +80,33 @@ POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool
 
 @axis_rule(*POOLS)
 def pool(node, ctx: RuleContext) -> Coupling:
-    """Pooling keeps batch and channel; spatial axes change size and stay blocked."""
+    """Pooling keeps batch and channel; a spatial axis pooled with kernel 1, stride 1 and no
+    padding maps to itself (a height pooling over a permuted [N, W, C, H]: kernel (1, H)); the
+    other spatial axes change size and stay blocked."""
     c = Coupling()
     x = node.inputs[0]
     for out in node.outputs:
         if out is not None and out.name:
             c.link((out.name, 0), (x.name, 0))
             c.link((out.name, 1), (x.name, 1))
+    for axis in _unit_kernel_axes(node, ctx):  # not the Indices output: its values count them
+        c.link((node.outputs[0].name, axis), (x.name, axis))
     return c
+
+
+def _unit_kernel_axes(node, ctx: RuleContext) -> list[int]:
+    kernel = ctx.attr(node, "kernel_shape")
+    if kernel is None or ctx.attr(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return []
+    n = len(kernel)
+    strides = ctx.attr(node, "strides") or [1] * n
+    pads = ctx.attr(node, "pads") or [0] * (2 * n)
+    dilations = ctx.attr(node, "dilations") or [1] * n
+    return [
+        2 + i
+        for i in range(n)
+        if kernel[i] == 1 and strides[i] == 1 and pads[i] == pads[i + n] == 0 and dilations[i] == 1
+    ]
 
 
 @axis_rule("LRN")
