@@ -12,6 +12,7 @@ shape computed at run time that surgery could not rewrite blocks the axes it set
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -240,12 +241,20 @@ def _link_part(c: Coupling, single, parts_value, parts, linked: int) -> None:
 
 
 TRACE_DEPTH = 12  # producers walked back from a merged part to find a compute weight
+_TRACING: ContextVar[bool] = ContextVar("sparsec_merge_trace", default=False)
 
 
 def _channel_part(ctx: RuleContext, value, parts) -> int:
     """The part of a merge to link: the only one whose axis traces back to a compute weight's
-    channel axis (the C of an NHWC H×C merge), else the outermost."""
-    traced = [k for k, (axis, _) in enumerate(parts) if _traces_to_compute(ctx, value, axis)]
+    channel axis (the C of an NHWC H×C merge), else the outermost. A merge met while tracing
+    for another one takes the outermost (the walk stays linear in the depth)."""
+    if _TRACING.get():
+        return 0
+    token = _TRACING.set(True)
+    try:
+        traced = [k for k, (axis, _) in enumerate(parts) if _traces_to_compute(ctx, value, axis)]
+    finally:
+        _TRACING.reset(token)
     return traced[0] if len(traced) == 1 else 0
 
 
