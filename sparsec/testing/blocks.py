@@ -240,10 +240,30 @@ def channel_shuffle(b: Builder, s: State, spec: dict) -> State:
 
 
 def resize(b: Builder, s: State, spec: dict) -> State:
-    mode = spec.get("mode", "nearest")
-    scales = b.const(np.array([1, 1, 2, 2], np.float32), "scales")
-    out = b.op("Resize", [s.name, "", scales], mode=mode)
-    return State(out, [*s.shape[:2], s.shape[2] * 2, s.shape[3] * 2], "image")
+    """Resize ×``factor`` on H and W: by ``scales`` (with an empty ``roi`` input, as Paddle and
+    tf2onnx write it), by a constant ``sizes`` vector that names the channel count, or by
+    ``sizes`` computed at run time from ``Shape`` (``form``: scales / sizes / shape)."""
+    f, form = spec.get("factor", 2), spec.get("form", "scales")
+    shape = [*s.shape[:2], s.shape[2] * f, s.shape[3] * f]
+    attrs = {"mode": spec.get("mode", "nearest")}
+    roi = b.const(np.array([], np.float32), "roi") if spec.get("roi") else ""
+    if form == "scales":
+        inputs = [s.name, roi, b.const(np.array([1, 1, f, f], np.float32), "scales")]
+    elif form == "sizes":
+        inputs = [s.name, roi, _no_scales(b), b.ints(shape)]
+    else:
+        dims = b.op("Shape", [s.name])
+        nc = b.op("Slice", [dims, b.ints([0]), b.ints([2])])
+        hw = b.op("Mul", [b.op("Slice", [dims, b.ints([2]), b.ints([4])]), b.ints([f, f])])
+        inputs = [s.name, roi, _no_scales(b), b.op("Concat", [nc, hw], axis=0)]
+    if inputs[1] == "" and b.opset < 13:  # roi is required before opset 13
+        inputs[1] = b.const(np.array([], np.float32), "roi")
+    return State(b.op("Resize", inputs, **attrs), shape, "image")
+
+
+def _no_scales(b: Builder) -> str:
+    """Resize's scales input when sizes are given: empty (a required input before opset 13)."""
+    return b.const(np.array([], np.float32), "scales") if b.opset < 13 else ""
 
 
 def pad(b: Builder, s: State, spec: dict) -> State:
@@ -395,9 +415,13 @@ def dead_branch(b: Builder, s: State, spec: dict) -> State:
 
 
 def conv_transpose(b: Builder, s: State, spec: dict) -> State:
-    """ConvTranspose, kernel 2 stride 2 (or kernel 3 stride 1 padded), optionally grouped."""
+    """ConvTranspose, kernel 2 stride 2 (or kernel 3 stride 1 padded), optionally grouped
+    (``group`` = "depthwise": one input channel per group), then optionally BatchNorm and an
+    activation (``bn``, ``act``), as a detector's upsampling head writes it."""
     c_in, c_out = s.shape[1], spec.get("out", s.shape[1])
     group = _group(spec.get("group", 1), c_in, c_out)
+    if spec.get("group") == "depthwise":
+        group, c_out = c_in, c_in * spec.get("multiplier", 1)
     k, stride = (2, 2) if spec.get("up", True) else (3, 1)
     pads = [0] * 4 if stride == 2 else [1] * 4
     inputs = [s.name, b.weight(c_in, c_out // group, k, k)] + (
@@ -406,7 +430,44 @@ def conv_transpose(b: Builder, s: State, spec: dict) -> State:
     out = b.op(
         "ConvTranspose", inputs, kernel_shape=[k, k], strides=[stride] * 2, pads=pads, group=group
     )
-    return State(out, [s.shape[0], c_out, *(n * stride for n in s.shape[2:])], "image")
+    s = State(out, [s.shape[0], c_out, *(n * stride for n in s.shape[2:])], "image")
+    if spec.get("bn"):
+        s = bn(b, s, spec)
+    return act(b, s, spec) if spec.get("act") else s
+
+
+def fpn(b: Builder, s: State, spec: dict) -> State:
+    """A feature pyramid: a stride-2 branch, 1×1 laterals to ``width`` channels, the coarse one
+    upsampled (``resize`` spec: form, roi) and added to the fine one, then (``concat``) the
+    upsampled coarse output and the fine one concatenated along the channels, as a DB text
+    detector's neck does (on an odd-sized image the coarse branch cannot come back: skipped)."""
+    if s.shape[2] % 2 or s.shape[3] % 2 or min(s.shape[2:]) < 4:
+        return s
+    width, up_spec = spec.get("width", 8), {**spec.get("resize", {}), "factor": 2}
+    coarse = conv(b, s, {"k": 3, "stride": 2, "out": spec.get("out", 8), "bias": False})
+    fine_lat = conv(b, s, {"k": 1, "bias": False}, c_out=width)
+    coarse_lat = conv(b, coarse, {"k": 1, "bias": False}, c_out=width)
+    up = resize(b, coarse_lat, up_spec)
+    fine = State(b.op("Add", [fine_lat.name, up.name]), fine_lat.shape, "image")
+    if not spec.get("concat", True):
+        return fine
+    parts = [
+        resize(b, conv(b, coarse_lat, {"k": 3, "bias": False}, c_out=width // 2), up_spec),
+        conv(b, fine, {"k": 3, "bias": False}, c_out=width // 2),
+    ]
+    shape = [s.shape[0], sum(p.shape[1] for p in parts), *s.shape[2:]]
+    return State(b.op("Concat", [p.name for p in parts], axis=1), shape, "image")
+
+
+def db_head(b: Builder, s: State, spec: dict) -> State:
+    """A DB text detector's head: Conv → BatchNorm → Relu → ConvTranspose (stride 2) →
+    BatchNorm → Relu → ConvTranspose (stride 2) to one map → Sigmoid."""
+    mid = spec.get("mid", max(2, s.shape[1] // 4))
+    x = act(b, bn(b, conv(b, s, {"k": 3, "bias": False}, c_out=mid), spec), {"act": "Relu"})
+    up = {"bias": spec.get("bias", True), "bn": True, "act": "Relu", "out": mid}
+    x = conv_transpose(b, x, {**up, "group": spec.get("group", 1)})
+    x = conv_transpose(b, x, {"bias": spec.get("bias", True), "out": spec.get("maps", 1)})
+    return act(b, x, {"act": "Sigmoid"})
 
 
 def other_norm(b: Builder, s: State, spec: dict) -> State:
@@ -686,6 +747,8 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "attention": (("seq",), attention),
     "head": (("image", "seq", "flat"), head),
     "convt": (("image",), conv_transpose),
+    "fpn": (("image",), fpn),
+    "db_head": (("image",), db_head),
     "other_norm": (("image",), other_norm),
     "gate": (("image",), gate),
     "reduce": (("image",), reduce_spatial),

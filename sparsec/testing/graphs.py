@@ -109,6 +109,15 @@ def _conv_params(rng, s: State) -> dict:
     }
 
 
+def _resize_params(rng, mode: str | None = None) -> dict:
+    return {
+        "mode": mode or _choice(rng, ("nearest", "linear")),
+        "form": _choice(rng, ("scales", "scales", "sizes", "shape")),
+        "roi": bool(rng.random() < 0.5),
+        "factor": int(_choice(rng, (2, 2, 4))),
+    }
+
+
 SAMPLERS: dict[str, Callable] = {
     "conv": _conv_params,
     "act": lambda rng, s: {"act": _choice(rng, ACTIVATIONS)},
@@ -158,7 +167,7 @@ SAMPLERS: dict[str, Callable] = {
     "weight_first": lambda rng, s: {"out": int(_choice(rng, (6, 8, 12)))},
     "join": lambda rng, s: {"concat": bool(rng.random() < 0.4)},
     "passthrough": lambda rng, s: {"kind": _choice(rng, ("Identity", "Dropout", "Cast"))},
-    "resize": lambda rng, s: {"mode": _choice(rng, ("nearest", "linear"))},
+    "resize": lambda rng, s: _resize_params(rng),
     "pad": lambda rng, s: {
         "pad": int(_choice(rng, (1, 2))),
         "mode": _choice(rng, ("constant", "reflect", "edge")),
@@ -196,10 +205,25 @@ SAMPLERS: dict[str, Callable] = {
         "two_transposes": bool(rng.random() < 0.2),
     },
     "convt": lambda rng, s: {
-        "out": int(_choice(rng, (4, 8))),
-        "group": _choice(rng, (1, 1, 2)),
+        "out": int(_choice(rng, (4, 6, 8, 12))),
+        "group": _choice(rng, (1, 1, 2, 4, "depthwise")),
+        "multiplier": int(_choice(rng, (1, 1, 2))),
         "up": bool(rng.random() < 0.5),
         "bias": bool(rng.random() < 0.7),
+        "bn": bool(rng.random() < 0.5),
+        "act": _choice(rng, (None, "Relu", "HardSwish", "Sigmoid")),
+    },
+    "fpn": lambda rng, s: {
+        "width": int(_choice(rng, (4, 8, 12))),
+        "out": int(_choice(rng, (6, 8, 16))),
+        "concat": bool(rng.random() < 0.7),
+        "resize": _resize_params(rng, mode="nearest"),
+    },
+    "db_head": lambda rng, s: {
+        "mid": int(_choice(rng, (4, 6, 8))),
+        "bias": bool(rng.random() < 0.8),
+        "group": _choice(rng, (1, 1, 2)),
+        "maps": int(_choice(rng, (1, 1, 2))),
     },
     "other_norm": lambda rng, s: {"norm": _choice(rng, ("InstanceNormalization", "LRN"))},
     "gate": lambda rng, s: {
@@ -242,7 +266,8 @@ WEIGHTS = {
     "image": _table(
         "conv:8 act:4 bn:3 groupnorm:1 layernorm_nhwc:1 pool:2 residual:3 se:2 concat:2 split:2 slice:1 gather:1 "
         "shuffle:1 resize:1 pad:1 affine:1 unsqueeze:1 shared:1 if:1 loop:1 qdq_act:1 tap:1 to_flat:1 to_seq:1 "
-        "convt:1 other_norm:1 gate:1 reduce:1 channel_softmax:1 divide:1 concat_spatial:1 split3:1 side_input:1 "
+        "convt:2 fpn:2 db_head:1 other_norm:1 gate:1 reduce:1 channel_softmax:1 divide:1 concat_spatial:1 "
+        "split3:1 side_input:1 "
         "expand:1 reshape_flat:1 nhwc_mlp:1 concat_self:1 nhwc_flatten:1 passthrough:1 fork:2 join:3 dead:1"
     ),
     "seq": _table(
