@@ -372,6 +372,8 @@ def _compress_loaded(
             model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs
         )
     except InputError as error:  # onnxruntime refused the feeds: most often their shapes
+        if not str(error).startswith("onnxruntime failed to run the model"):
+            raise
         raise type(error)(f"{error}{_shapes_hint(feeds, label)}") from None
     clock.lap("validate")
     with model.staged_save(
