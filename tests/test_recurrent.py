@@ -150,3 +150,37 @@ def test_layout_one_maps_batch_first_axes():
     group = group_of(model, ("r", 2))
     assert {("y", 3), ("h0", 2), ("v", 0)} <= set(group.members) and group.prunable
     assert ("y", 0) not in group.members and group.units == 8
+
+
+def test_an_initial_state_the_caller_may_feed_is_never_taken_for_zero():
+    """h0 is a graph input with a zero initializer (a default): the caller may feed a state, so
+    it is not dropped from the LSTM nor from the interface; like every initializer listed as an
+    input, it is a constant to the cut and shrinks with the hidden size."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsec.testing import make_model
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 32, 4)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((1, 32, 8)).astype(np.float32), "r"),
+        numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "v"),
+        numpy_helper.from_array(np.zeros((1, 2, 8), np.float32), "h0"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis"),
+    ]
+    nodes = [
+        helper.make_node("LSTM", ["x", "w", "r", "", "", "h0"], ["y"], hidden_size=8),
+        helper.make_node("Squeeze", ["y", "axis"], ["ys"]),
+        helper.make_node("MatMul", ["ys", "v"], ["out"]),
+    ]
+    proto = make_model(
+        nodes,
+        [("x", TensorProto.FLOAT, [3, 2, 4]), ("h0", TensorProto.FLOAT, [1, 2, 8])],
+        [("out", TensorProto.FLOAT, [3, 2, 3])],
+        inits,
+    )
+    model, result = prune(Model.from_proto(proto), ratio=0.5)
+    assert "h0" in [v.name for v in model.graph.inputs]  # the interface keeps the state
+    lstm = next(n for n in model.nodes() if n.op_type == "LSTM")
+    assert lstm.inputs[5] is not None and lstm.inputs[5].name == "h0"
+    assert oracle_error(model, result.reference()) <= 1e-4

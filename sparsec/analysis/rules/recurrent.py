@@ -136,8 +136,11 @@ def _link_states(c: Coupling, node, ctx: RuleContext, batch: Member, axes, unit:
 
 
 def _is_zero(ctx: RuleContext, value) -> bool:
-    """Whether ``value`` is all zeros whatever the inputs: a zero constant, or a zero-filled
-    ``ConstantOfShape`` seen through shape-only ops."""
+    """Whether ``value`` is all zeros whatever the inputs: a zero constant (not a graph input
+    with a zero initializer: a caller may feed it), or a zero-filled ``ConstantOfShape`` seen
+    through shape-only ops."""
+    if value.is_graph_input():  # a default the caller may override: not zero
+        return False
     array = ctx.const(value)
     if array is not None:
         return not np.any(array)
