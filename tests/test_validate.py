@@ -320,6 +320,11 @@ def test_the_oracle_has_an_absolute_floor_at_float32_accuracy_near_zero():
     far = reference + np.array([2.0e-6, 0, 0], np.float32)
     assert output_metrics("p", reference, near, 0.0, 0.0, peak_tolerance=ORACLE_TOLERANCE).passed
     assert not output_metrics("p", reference, far, 0.0, 0.0, peak_tolerance=ORACLE_TOLERANCE).passed
-    assert oracle_limit(1.0) == ORACLE_TOLERANCE and oracle_limit(1e-6) == ORACLE_FLOOR
+    assert oracle_limit(1.0) == ORACLE_TOLERANCE and oracle_limit(1e-5) == ORACLE_FLOOR
+    assert oracle_limit(1e-6) == pytest.approx(0.25e-6)  # never a quarter of the peak or more
     assert "float32 floor" in oracle_limit_text(1e-6)
     assert oracle_limit_text(10.0) == "0.0001 x max |output| = 0.001"
+    # a real cut error is of the output's own size: it fails at any scale
+    tiny = reference * 0.5
+    wrong = tiny[::-1].copy()
+    assert not output_metrics("p", tiny, wrong, 0.0, 0.0, peak_tolerance=ORACLE_TOLERANCE).passed
