@@ -32,8 +32,8 @@ from sparsec.analysis.inputs import (
 )
 from sparsec.analysis.lookup import layer_table
 from sparsec.analysis.quantized import is_quantized
-from sparsec.errors import InputError, ValidationError
-from sparsec.ir import Model, refuse_unwritable
+from sparsec.errors import InputError, SparsecError, ValidationError
+from sparsec.ir import Model, refuse_unwritable, runtime
 from sparsec.ir.saving import Staged
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import cleanup_passes, default_pipeline
@@ -371,9 +371,13 @@ def _compress_loaded(
         oracle, validation = _validate(
             model, result, source, feeds, label, rtol=rtol, atol=atol, latency_runs=latency_runs
         )
-    except InputError as error:  # onnxruntime refused the feeds: most often their shapes
+    except InputError as error:  # onnxruntime refused to run: the feeds, or the compressed model
         if not str(error).startswith("onnxruntime failed to run the model"):
             raise
+        if _runs(Path(source), feeds):
+            raise ValidationError(
+                f"the compressed model fails on inputs the original runs (nothing written): {error}"
+            ) from None
         raise type(error)(f"{error}{_shapes_hint(feeds, label)}") from None
     clock.lap("validate")
     with model.staged_save(
@@ -403,6 +407,15 @@ def _compress_loaded(
             finish(model, outcome, stage, feeds)
         stage.commit()
     return outcome
+
+
+def _runs(source: Path, feeds: dict) -> bool:
+    """Whether the original model runs ``feeds`` in onnxruntime."""
+    try:
+        runtime.session_for_file(source, optimization="disable").run(feeds)
+    except SparsecError:
+        return False
+    return True
 
 
 def _shapes_hint(feeds: dict, label: str) -> str:

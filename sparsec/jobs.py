@@ -221,15 +221,7 @@ def _measure(spec: JobSpec, outcome: JobOutcome, source: Path, model: Model, res
     lossy = result.oracle is not None
     asked = spec.given("eval") or bool(set(limits) & set(gates.QUALITY_GATES))
     if asked or lossy:
-        try:
-            outcome.evaluation = _evaluate(spec, source, model)
-        except SparsecError as error:
-            if asked:
-                raise
-            outcome.warnings.append(  # the default-safety check: it never blocks a valid model
-                f"warning: quality not measured ({error}); measure it with "
-                "--eval DATA.npz (and gate it with --max-top1-drop or --min-cosine)"
-            )
+        outcome.evaluation = _default_safe_evaluation(spec, outcome, source, model, asked)
     if "max_latency_ratio" in limits:
         outcome.latency = _latency(source, model, feeds, spec.get("latency_runs"))
     outcome.gates = gates.check(limits, measured_figures(outcome, result))
@@ -242,10 +234,39 @@ def _measure(spec: JobSpec, outcome: JobOutcome, source: Path, model: Model, res
             outcome.warnings.append(warning)
 
 
-def _evaluate(spec: JobSpec, source: Path, model: Model):
+def _default_safe_evaluation(spec: JobSpec, outcome, source: Path, model: Model, asked: bool):
+    """The quality evaluation; when it was not asked for (the default-safety check) and the
+    *original* cannot run its samples either, a warning instead of an error: that check never
+    blocks a valid model. A compressed model failing where the original runs fails the run."""
     from sparsec.evaluate import evaluate
 
-    return evaluate(source, model, quality_data(spec, model))
+    data = quality_data(spec, model)
+    try:
+        return evaluate(source, model, data)
+    except SparsecError as error:
+        if asked:
+            raise
+        if _runs_on(source, data):
+            raise ValidationError(
+                f"the compressed model fails on samples the original runs (nothing written): "
+                f"{error}"
+            ) from None
+        outcome.warnings.append(
+            f"warning: quality not measured ({error}); measure it with --eval DATA.npz (and "
+            "gate it with --max-top1-drop or --min-cosine)"
+        )
+        return None
+
+
+def _runs_on(source: Path, data) -> bool:
+    """Whether the original model runs the evaluation samples."""
+    from sparsec.evaluate import evaluate
+
+    try:
+        evaluate(source, source, data)
+    except SparsecError:
+        return False
+    return True
 
 
 def quality_data(spec: JobSpec, model: Model):

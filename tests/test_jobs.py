@@ -142,3 +142,33 @@ def test_random_feeds_the_model_cannot_take_get_a_shapes_hint(cli, tmp_path):
         "compress", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx", "--input-shape", "x:1x12"
     )
     assert code == 0, err
+
+
+def test_a_compressed_model_failing_where_the_original_runs_fails_the_run(
+    cli, tmp_path, monkeypatch
+):
+    """The default quality check only forgives samples the original cannot run either."""
+    import sparsec.evaluate as evaluate_module
+    from sparsec.errors import InputError
+    from sparsec.ir import Model
+
+    real = evaluate_module.session
+
+    def candidate_breaks(model, *args, **kwargs):
+        opened = real(model, *args, **kwargs)
+        if not isinstance(model, Model):  # the original is read from its path
+            return opened
+
+        class Broken:
+            output_names, output_types = opened.output_names, opened.output_types
+
+            def run(self, feeds):
+                raise InputError("onnxruntime failed to run the model: simulated at batch 64")
+
+        return Broken()
+
+    monkeypatch.setattr(evaluate_module, "session", candidate_breaks)
+    out = tmp_path / "out.onnx"
+    code, _, err = cli("compress", MODELS / "digits_cnn.onnx", "-o", out, "--channels", "0.5")
+    assert code == 1 and not out.exists()
+    assert "the compressed model fails on samples the original runs (nothing written)" in err
