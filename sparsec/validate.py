@@ -301,9 +301,12 @@ def _top1(r: np.ndarray, c: np.ndarray) -> float | None:
 
 
 def peak_gap(reference: dict, candidate: dict) -> float:
-    """The oracle's measure over every output of a run: max |c − r| / max |r| (an output whose
-    reference is all zeros: max |c − r|); infinite when an output is missing, its structure or
-    exact values differ, or any value is NaN or infinite (so a NaN never looks like 0)."""
+    """The oracle's measure over every output of a run, comparable with ``ORACLE_TOLERANCE``:
+    max |c − r| / max |r| where that relative limit applies, scaled to the float32 floor where
+    it applies instead (``oracle_limit``), so that gap ≤ ORACLE_TOLERANCE exactly when the
+    oracle passes (an output whose reference is all zeros: max |c − r|); infinite when an
+    output is missing, its structure or exact values differ, or any value is NaN or infinite
+    (so a NaN never looks like 0)."""
     gap = 0.0
     for name, expected in reference.items():
         if name not in candidate:
@@ -311,7 +314,9 @@ def peak_gap(reference: dict, candidate: dict) -> float:
         metrics = output_metrics(name, expected, candidate[name], 0.0, 0.0, peak_tolerance=0.0)
         if metrics.problem is not None:
             return float("inf")
-        gap = max(gap, metrics.max_abs / (metrics.max_abs_reference or 1.0))
+        scale = metrics.max_abs_reference
+        limit = oracle_limit(scale) if scale else ORACLE_TOLERANCE
+        gap = max(gap, ORACLE_TOLERANCE * metrics.max_abs / limit)
     return gap
 
 

@@ -328,3 +328,14 @@ def test_the_oracle_has_an_absolute_floor_at_float32_accuracy_near_zero():
     tiny = reference * 0.5
     wrong = tiny[::-1].copy()
     assert not output_metrics("p", tiny, wrong, 0.0, 0.0, peak_tolerance=ORACLE_TOLERANCE).passed
+
+
+def test_peak_gap_agrees_with_the_oracle_verdict_at_every_scale():
+    for scale in (10.0, 1e-3, 1e-5, 1e-6):
+        reference = {"y": np.array([scale, scale / 2], np.float64)}
+        for error in (1e-5 * scale, 0.1 * scale, 2.0 * scale):
+            candidate = {"y": reference["y"] + np.array([error, 0.0])}
+            passed = output_metrics(
+                "y", reference["y"], candidate["y"], 0.0, 0.0, peak_tolerance=ORACLE_TOLERANCE
+            ).passed
+            assert (peak_gap(reference, candidate) <= ORACLE_TOLERANCE) == passed, (scale, error)
