@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -547,6 +548,11 @@ def main(argv: list[str] | None = None) -> int:
         error_line(usage_hint(error))
         return error.exit_code
     except SparsecError as error:
+        signum = _signal_behind(error)
+        if signum is not None:  # a pass failing while a signal unwound it
+            from sparsec import entry
+
+            return entry.aborted(signum)
         error_line(str(error))
         return error.exit_code
     except click.exceptions.Abort:
@@ -562,9 +568,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 3
     except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
+        signum = _signal_behind(error)
+        if signum is not None:  # raised by a library's cleanup while a signal unwound the stack
+            from sparsec import entry
+
+            return entry.aborted(signum)
         error_line(f"internal error ({type(error).__name__}: {error}); please report it")
         return 3
     return 0
+
+
+def _signal_behind(error: BaseException) -> int | None:
+    """The signal whose unwinding ``error`` was raised during (``Interrupted`` or
+    ``KeyboardInterrupt`` among its causes and contexts), else None."""
+    from sparsec.entry import Interrupted
+
+    seen: set[int] = set()
+    cause: BaseException | None = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, Interrupted):
+            return cause.signum
+        if isinstance(cause, KeyboardInterrupt):
+            return int(signal.SIGINT)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli.main(argv)
     except Interrupted as stop:
-        return _aborted(stop.signum)
+        return aborted(stop.signum)
     except KeyboardInterrupt:  # raised by code, not by our handler
-        return _aborted(signal.SIGINT)
+        return aborted(signal.SIGINT)
     finally:
         _state["stopping"] = True  # a signal from here to the exit changes nothing: ignore it
 
@@ -60,7 +60,8 @@ def _on_signal(signum: int, _frame) -> None:
     raise Interrupted(signum)
 
 
-def _aborted(signum: int) -> int:
+def aborted(signum: int) -> int:
+    """Say ``sparsec: aborted`` once on stderr; the exit code of ``signum``."""
     _state["stopping"] = True
     try:
         sys.stderr.write("sparsec: aborted\n")

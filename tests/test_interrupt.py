@@ -235,3 +235,26 @@ def test_the_console_script_sets_up_signals_before_anything_heavy_loads():
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     )
     assert loaded.stdout.strip() == "[]"
+
+
+def test_an_error_raised_while_a_signal_unwinds_still_exits_as_aborted(cli, tmp_path):
+    """A library's cleanup that fails while the interrupt unwinds the stack (a TypeError in a
+    finally, seen once from onnx-ir's threaded external-data writer) is the signal's, not an
+    internal error."""
+    (tmp_path / "cut.py").write_text(
+        "import signal\n\nimport sparsec\nfrom sparsec.entry import Interrupted\n\n\n"
+        "class CutShortPass(sparsec.InPlacePass):\n"
+        "    def call(self, model):\n"
+        "        try:\n            raise Interrupted(signal.SIGTERM)\n"
+        "        finally:\n            raise TypeError('cleanup failed while unwinding')\n"
+    )
+    code, _, err = cli(
+        "compress",
+        ROOT / "models" / "digits_cnn.onnx",
+        "-o",
+        tmp_path / "out.onnx",
+        "--passes",
+        f"{tmp_path / 'cut.py'}:CutShortPass",
+    )
+    assert code == 143 and err.strip().splitlines()[-1] == "sparsec: aborted"
+    assert not (tmp_path / "out.onnx").exists()
