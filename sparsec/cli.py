@@ -550,9 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     except SparsecError as error:
         signum = _signal_behind(error)
         if signum is not None:  # a pass failing while a signal unwound it
-            from sparsec import entry
-
-            return entry.aborted(signum)
+            return _aborted(signum)
         error_line(str(error))
         return error.exit_code
     except click.exceptions.Abort:
@@ -570,24 +568,29 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
         signum = _signal_behind(error)
         if signum is not None:  # raised by a library's cleanup while a signal unwound the stack
-            from sparsec import entry
-
-            return entry.aborted(signum)
+            return _aborted(signum)
         error_line(f"internal error ({type(error).__name__}: {error}); please report it")
         return 3
     return 0
 
 
-def _signal_behind(error: BaseException) -> int | None:
-    """The signal whose unwinding ``error`` was raised during (``Interrupted`` or
-    ``KeyboardInterrupt`` among its causes and contexts), else None."""
-    from sparsec.entry import Interrupted
+def _aborted(signum: int) -> int:
+    """``sparsec: aborted`` and the signal's exit code (128 + its number), as ``entry`` says it."""
+    click.echo("sparsec: aborted", err=True)
+    return 128 + int(signum)
 
+
+def _signal_behind(error: BaseException) -> int | None:
+    """The signal whose unwinding ``error`` was raised during (``entry.Interrupted``, known by
+    its ``signum``, or ``KeyboardInterrupt`` among its causes and contexts), else None. (cli
+    does not import ``entry``: ``entry`` imports cli.)"""
     seen: set[int] = set()
     cause: BaseException | None = error.__cause__ or error.__context__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, Interrupted):
+        if type(cause).__name__ == "Interrupted" and isinstance(
+            getattr(cause, "signum", None), int
+        ):
             return cause.signum
         if isinstance(cause, KeyboardInterrupt):
             return int(signal.SIGINT)
