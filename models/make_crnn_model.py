@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from make_coupling_models import Builder as SeededBuilder
+from onnx import TensorProto, helper
 
 OUT = Path(__file__).resolve().parent / "crnn.onnx"
 FORMS = (
@@ -57,36 +58,22 @@ CLASSES = 37  # CTC: blank + 10 digits + 26 letters
 HEIGHT, WIDTH = 16, 32  # the input image (the width is a bound example when it is symbolic)
 
 
-class Builder:
-    """Nodes and seeded initializers; every op returns its output name."""
+class Builder(SeededBuilder):
+    """The coupling models' seeded builder, with the opset: Squeeze/Unsqueeze axes by opset."""
 
     def __init__(self, seed: int, opset: int) -> None:
-        self.rng, self.opset = np.random.default_rng(seed), opset
-        self.nodes, self.inits, self.count = [], [], 0
-
-    def name(self, base: str) -> str:
-        self.count += 1
-        return f"{base}{self.count}"
-
-    def const(self, array, base: str = "w") -> str:
-        name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
+        super().__init__(seed)
+        self.opset = opset
 
     def ints(self, values) -> str:
         return self.const(np.array(values, np.int64), "i")
 
-    def weight(self, *shape: int) -> str:
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
-        return self.const(self.rng.normal(0, np.sqrt(2 / fan_in), shape).astype(np.float32))
-
-    def vector(self, size: int, low: float = -0.5, high: float = 0.5) -> str:
-        return self.const(self.rng.uniform(low, high, size).astype(np.float32), "v")
-
     def op(self, op_type: str, inputs, **attrs) -> str:
+        """One node without a domain field (the committed model's bytes)."""
         out = self.name(op_type.lower())
-        node = helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs)
-        self.nodes.append(node)
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), [out], name=self.name(op_type), **attrs)
+        )
         return out
 
     def axes_op(self, op_type: str, x: str, axes: list[int]) -> str:

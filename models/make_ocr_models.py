@@ -20,33 +20,23 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from make_coupling_models import Builder as SeededBuilder
+from onnx import TensorProto, helper
 
 OUT = Path(__file__).resolve().parent / "ocr"
 OPSET = 11
 
 
-class Builder:
-    """Appends nodes and seeded initializers; every op returns its output name."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nodes, self.inits, self.count = [], [], 0
+class Builder(SeededBuilder):
+    """The coupling models' seeded builder with Paddle's naming (``conv_3``) and the detector's
+    blocks."""
 
     def name(self, base: str) -> str:
         self.count += 1
         return f"{base}_{self.count}"
 
-    def const(self, array, base: str = "w") -> str:
-        name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
     def floats(self, values) -> str:
         return self.const(np.array(values, np.float32), "c")
-
-    def vector(self, size: int, low: float = -0.5, high: float = 0.5) -> str:
-        return self.const(self.rng.uniform(low, high, size).astype(np.float32), "v")
 
     def op(self, op_type: str, inputs, **attrs) -> str:
         out = self.name(op_type.lower())
