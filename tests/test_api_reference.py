@@ -113,16 +113,7 @@ def test_one_command_builds_the_reference(tmp_path):
 def test_the_python_api_pages_blocks_run_in_order(tmp_path, monkeypatch):
     """Every ```python block of docs/python-api.md, in one namespace, in a temp folder that sees
     the repository's models/ (as a user's working copy does)."""
-    from test_docs import _code_blocks
+    from test_docs import run_python_blocks
 
-    (tmp_path / "models").symlink_to(ROOT / "models")
     monkeypatch.chdir(tmp_path)
-    page = ROOT / "docs" / "python-api.md"
-    blocks = _code_blocks(page.read_text(encoding="utf-8"), "python")
-    assert len(blocks) >= 4
-    namespace: dict = {"__name__": "python_api_page"}
-    for number, block in enumerate(blocks, 1):
-        try:
-            exec(compile(block, f"{page.name} block {number}", "exec"), namespace)
-        except Exception as error:
-            raise AssertionError(f"block {number} of {page.name} fails: {error!r}") from error
+    run_python_blocks(ROOT / "docs" / "python-api.md", tmp_path, ("models",), minimum=4)

@@ -36,6 +36,22 @@ def _code_blocks(text: str, language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)
 
 
+def run_python_blocks(page: Path, folder: Path, links: tuple[str, ...], minimum: int) -> None:
+    """Run every ```python block of ``page`` in order, in one namespace, from ``folder``
+    (the caller's temp working directory) holding links to the repository's ``links``
+    folders, as a user's working copy would; a failing block is named."""
+    for name in links:
+        (folder / name).symlink_to(ROOT / name)
+    blocks = _code_blocks(page.read_text(encoding="utf-8"), "python")
+    assert len(blocks) >= minimum
+    namespace: dict = {"__name__": page.stem.replace("-", "_")}
+    for number, block in enumerate(blocks, 1):
+        try:
+            exec(compile(block, f"{page.name} block {number}", "exec"), namespace)
+        except Exception as error:
+            raise AssertionError(f"block {number} of {page.name} fails: {error!r}") from error
+
+
 def anchors(path: Path) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens, repeats
     numbered."""

@@ -6,13 +6,11 @@ and the guide ``docs/writing-a-pass.md``, whose Python blocks run in order."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import tomllib
 from conftest import MODELS, ROOT
-from test_docs import _code_blocks
+from test_docs import _code_blocks, run_python_blocks
 
 import sparsec
 from sparsec.analysis import importance as importance_module
@@ -212,17 +210,8 @@ def test_the_plugin_pass_keeps_a_mul_that_broadcasts(tmp_path, monkeypatch, regi
 def test_the_guides_python_blocks_run_in_order(tmp_path, monkeypatch, registries):
     """Every ```python block of docs/writing-a-pass.md, in one namespace, in a temp folder that
     sees the repository's models/ and passes/ (the user's working copy)."""
-    for folder in ("models", "passes", "examples"):
-        os.symlink(ROOT / folder, tmp_path / folder)
     monkeypatch.chdir(tmp_path)
-    blocks = _code_blocks(GUIDE.read_text(encoding="utf-8"), "python")
-    assert len(blocks) >= 6
-    namespace: dict = {"__name__": "guide"}
-    for number, block in enumerate(blocks, 1):
-        try:
-            exec(compile(block, f"{GUIDE.name} block {number}", "exec"), namespace)
-        except Exception as error:
-            raise AssertionError(f"block {number} of {GUIDE.name} fails: {error!r}") from error
+    run_python_blocks(GUIDE, tmp_path, ("models", "passes", "examples"), minimum=6)
 
 
 def test_the_guide_names_every_example():
