@@ -3,14 +3,15 @@ pass managers.
 
 - A sparsec pass *is* an ``onnx_ir.passes.PassBase`` (``sparsec.passes.base`` subclasses
   ``IRPassBase``). Called with an ``onnx_ir.Model`` (or an onnx-ir ``PassResult``), as onnx-ir's
-  ``PassManager`` calls it, it runs on ``Model.of`` that model and answers with an
-  ``IRPassResult``: an ``onnx_ir.passes.PassResult`` whose ``model`` is the onnx-ir model (the
+  ``PassManager`` calls it, it runs on ``Model.of`` that model and answers with a
+  ``SparsecIRPassResult``: an ``onnx_ir.passes.PassResult`` whose ``model`` is the onnx-ir model (the
   same object for an in-place pass) and which carries the sparsec result's extras (``stats``,
   ``diagnostics``, ``artifacts``, ``reference``) as ``sparsec``.
 - An onnx-ir pass that is not a sparsec pass runs on a ``Model`` through ``run_ir_pass``: it
   gets ``model.ir``; an in-place result is the same ``Model`` (its caches see the edits by
   themselves), a functional one is wrapped as a new ``Model`` that keeps the source's path and
-  files (so saving it beside its external data still works).
+  files (so saving it beside its external data still works); a wrapped sparsec pass
+  (``functionalize``) hands its sparsec result back with it.
 """
 
 from __future__ import annotations
