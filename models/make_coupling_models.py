@@ -230,13 +230,18 @@ MODELS = {
 }
 
 
-def main() -> None:
-    OUT.mkdir(exist_ok=True)
-    for name, build in MODELS.items():
+def write_models(out: Path, models: dict) -> None:
+    """Build, check (full) and save every ``{name: build}`` of ``models`` into ``out``."""
+    out.mkdir(exist_ok=True)
+    for name, build in models.items():
         model = build()
         onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, OUT / f"{name}.onnx")
+        onnx.save(model, out / f"{name}.onnx")
         print(f"{name}: {len(model.graph.node)} nodes")
+
+
+def main() -> None:
+    write_models(OUT, MODELS)
 
 
 if __name__ == "__main__":

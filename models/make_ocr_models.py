@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from make_coupling_models import Builder as SeededBuilder
+from make_coupling_models import write_models
 from onnx import TensorProto, helper
 
 OUT = Path(__file__).resolve().parent / "ocr"
@@ -151,12 +152,7 @@ MODELS = {"db_detector": db_detector}
 
 
 def main() -> None:
-    OUT.mkdir(exist_ok=True)
-    for name, build in MODELS.items():
-        model = build()
-        onnx.checker.check_model(model, full_check=True)
-        onnx.save(model, OUT / f"{name}.onnx")
-        print(f"{name}: {len(model.graph.node)} nodes")
+    write_models(OUT, MODELS)
 
 
 if __name__ == "__main__":
