@@ -350,6 +350,41 @@ def test_a_dim_read_only_to_reshape_follows_the_pruning(rng, use_in_arithmetic):
     assert prune_and_compare(proto, rng)["groups_pruned"] == (0 if use_in_arithmetic else 1)
 
 
+@pytest.mark.parametrize("then_read", [False, True])
+def test_a_run_of_dims_sliced_from_a_shape_follows_the_pruning(rng, then_read):
+    """x.flatten(2) as TorchScript writes it (timm's patch embedding): the target is
+    Concat(Slice(Shape(x), 0, 2), [-1]), so its [N, C] entries are x's own dims at run time
+    and follow the pruning of C. The same slice also used in arithmetic is a read: the group
+    stays whole."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"]),
+        helper.make_node("Shape", ["h"], ["hs"]),
+        helper.make_node("Slice", ["hs", "zero", "two"], ["nc"]),
+        helper.make_node("Concat", ["nc", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["tokens", "w2"], ["y"]),
+    ]
+    outputs = [("y", F, [2, 16, 4])]
+    if then_read:
+        nodes.append(helper.make_node("Mul", ["nc", "two"], ["nc2"]))
+        outputs.append(("nc2", TensorProto.INT64, [2]))
+    proto = make_model(
+        nodes,
+        [("x", F, [2, 3, 4, 4])],
+        outputs,
+        [
+            weight(rng, "w1", [8, 3, 1, 1]),
+            weight(rng, "w2", [8, 4]),
+            ints("zero", [0]),
+            ints("two", [2]),
+            ints("minus1", [-1]),
+        ],
+        opset=13,
+    )
+    assert prune_and_compare(proto, rng)["groups_pruned"] == (0 if then_read else 1)
+
+
 def _merge_link(proto, reshape_output: str):
     """The (member, index) a Reshape's merged output axis is linked to."""
     model = Model.from_proto(proto)

@@ -40,7 +40,7 @@ def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
         picked = _picked(use.node, ctx, dims)
         if picked is None:
             return set(dims)
-        if len(picked) == 1 and passes_into_targets(ctx, use.node.outputs[0]):
+        if passes_into_targets(ctx, use.node.outputs[0]):
             continue
         read.update(picked)
     return read
@@ -117,7 +117,8 @@ def _inner_dim_factor(ctx: RuleContext, value, other) -> int | None:
 
 
 def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
-    """Whether a one-element dim value is used only as an entry of Reshape/Expand targets
+    """Whether a dim value (one element, or a run of dims sliced from a shape vector: the
+    [N, C] of ``x.flatten(2)``'s target) is used only as entries of Reshape/Expand targets
     built by a Concat (through ``_carries`` ops): exactly the entries ``shape_entries``
     resolves to the dim they carry (times a constant factor), so the target's axis is linked
     to it. Any other use (a target that is the value itself, other arithmetic) is a read."""
@@ -167,3 +168,27 @@ def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | 
         if picked is not None and len(picked) == 1
         else None
     )
+
+
+def dim_sources(ctx: RuleContext, value) -> list[tuple[Member, int]] | None:
+    """``dim_source`` for every element of a piece of a shape vector: one element, or a
+    constant Gather or Slice picking several dims of Shape(X) at once (the [N, C] in
+    ``Concat(Slice(Shape(x), 0, 2), [-1])``, ``x.flatten(2)`` as TorchScript writes it)."""
+    shape = ctx.shape(value)
+    if shape is None or len(shape) != 1:
+        return None
+    if shape[0] == 1:
+        single = dim_source(ctx, value)
+        return None if single is None else [single]
+    node = value.producer()
+    shape_node = (
+        node.inputs[0].producer()
+        if node is not None and node.op_type in ("Gather", "Slice")
+        else None
+    )
+    if shape_node is None or shape_node.op_type != "Shape":
+        return None
+    picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(shape_node.inputs[0]) or 0))
+    if picked is None or len(picked) != shape[0]:
+        return None
+    return [((shape_node.inputs[0].name, axis), 1) for axis in picked]

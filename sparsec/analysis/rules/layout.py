@@ -27,7 +27,7 @@ from sparsec.analysis.rules.core import (
     norm_axis,
     rule_for,
 )
-from sparsec.analysis.rules.dims import dim_source
+from sparsec.analysis.rules.dims import dim_sources
 
 
 @axis_rule("Constant", "ConstantOfShape")
@@ -340,11 +340,9 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
         piece_array, piece_shape = ctx.const(piece), ctx.shape(piece)
         if piece_shape is None:
             return [None] * length
-        source = (
-            dim_source(ctx, piece) if piece_array is None and math.prod(piece_shape) == 1 else None
-        )
-        if source is not None:
-            entries.append(PassedDim(*source))
+        sources = dim_sources(ctx, piece) if piece_array is None else None
+        if sources is not None:
+            entries += [PassedDim(*source) for source in sources]
         elif piece_array is None:
             entries += [None] * int(math.prod(piece_shape))
         else:
