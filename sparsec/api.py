@@ -352,6 +352,7 @@ def _compress_loaded(
         on_checked()
     feeds, label = prepare_feeds(model, input_shapes, inputs)
     shapes = feed_shapes(feeds)
+    model.input_shapes = dict(shapes)  # the passes analyse the model at the shapes it runs
     runner = _pipeline(pipeline, on_pass)
     if plan_out is not None and not any(getattr(p, "writes_plan", False) for p in runner.passes):
         raise InputError(

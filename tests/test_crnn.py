@@ -181,3 +181,52 @@ def test_committed_crnn_is_what_the_script_builds_and_prunes_fully():
     assert onnx.load(path) == build("view", opset=13, dynamic=True, seed=0)
     _, ratio = prune_half(onnx.load(path))
     assert ratio <= FULL_PRUNE
+
+
+def _paddle_flatten(rng, height) -> onnx.ModelProto:
+    """Paddle's ``flatten(2)``: the shape vector is cast to int32 and back around its Slice.
+    ``height`` 2 fixed, or symbolic with a constant Reshape of the input that runs only at
+    height 2 (so the analysis must use the run's input shapes to measure anything)."""
+    nodes = [
+        helper.make_node("Reshape", ["x", "fixed"], ["x2"]),
+        helper.make_node("Conv", ["x2", "w", "b"], ["h"]),
+        helper.make_node("Shape", ["h"], ["shape_of"]),
+        helper.make_node("Cast", ["shape_of"], ["shape32"], to=TensorProto.INT32),
+        helper.make_node("Slice", ["shape32", "start", "stop"], ["nc32"]),
+        helper.make_node("Cast", ["nc32"], ["nc"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["nc", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["h", "target"], ["s"]),
+        helper.make_node("Transpose", ["s"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["t", "m"], ["y"]),
+    ]
+    inits = [
+        *_conv(rng, 3, 8),
+        numpy_helper.from_array(np.array([0, 3, 2, 5]), "fixed"),
+        numpy_helper.from_array(np.array([0], np.int32), "start"),
+        numpy_helper.from_array(np.array([2], np.int32), "stop"),
+        numpy_helper.from_array(np.array([-1]), "minus1"),
+        _linear(rng, 8, 4),
+    ]
+    return make_model(
+        nodes, [("x", F, ["n", 3, height, 5])], [("y", F, ["n", 10, 4])], inits, opset=13
+    )
+
+
+def test_a_shape_vector_cast_around_its_slice_follows_the_pruning(rng):
+    """The [N, C] entries read through Cast copies of the shape vector are still x's own dims."""
+    model, ratio = prune_half(_paddle_flatten(rng, 2))
+    assert model.initializers()["w"].shape[0] == 4 and model.initializers()["m"].shape[0] == 4
+
+
+def test_passes_analyse_the_model_at_the_input_shapes_of_the_run(cli, tmp_path, rng):
+    """With a symbolic height that only one value fits, ``--input-shape`` binds the passes'
+    analysis too (not only validation): the channels are pruned, exactly."""
+    source, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(_paddle_flatten(rng, "h"), source)
+    code, stdout, stderr = cli(
+        "compress", source, "--channels", "0.5", "--input-shape", "x:2x3x2x5", "-o", out
+    )
+    assert code == 0, stderr
+    weights = {t.name: list(t.dims) for t in onnx.load(out).graph.initializer}
+    assert weights["w"][0] == 4 and weights["m"] == [4, 4]
+    assert "oracle (equal to the original" in stdout

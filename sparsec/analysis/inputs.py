@@ -68,8 +68,10 @@ def parse_input_shapes(specs: Iterable[str], model) -> dict[str, tuple[int, ...]
 def bind_shapes(
     model, overrides: Mapping[str, tuple[int, ...]] | None = None
 ) -> dict[str, tuple[int, ...]]:
-    """A concrete shape for every model input (overrides, then declared dims, then defaults)."""
-    overrides = overrides or {}
+    """A concrete shape for every model input: overrides, then the shapes of the run's inputs
+    (``Model.input_shapes``: ``--input-shape`` or the data's, so that passes analyse the model
+    at the shapes it is validated on), then declared dims, then defaults."""
+    overrides = {**getattr(model, "input_shapes", {}), **(overrides or {})}
     bound: dict[str, tuple[int, ...]] = {}
     for value in model.inputs:
         if value.name in overrides:

@@ -54,6 +54,7 @@ class Model:
         _WRAPPERS[id(model)] = self  # Model.of(model) finds this wrapper while it lives
         self.source_bytes: int | None = None  # file bytes (model + external data) when loaded
         self.source_files: set[Path] = set()  # the model file and its external-data files
+        self.input_shapes: dict[str, tuple[int, ...]] = {}  # the run's, bound by analyses
 
     # ----------------------------------------------------------------- load / save
     @classmethod
@@ -196,6 +197,7 @@ class Model:
         because every ``Model`` edit replaces a tensor instead of writing into it."""
         copy = Model(self.ir.clone(), self.path)
         copy.source_files, copy.source_bytes = set(self.source_files), self.source_bytes
+        copy.input_shapes = dict(self.input_shapes)
         return copy
 
     # ------------------------------------------------------------------ reading

@@ -36,14 +36,48 @@ def shape_of(node, ctx: RuleContext) -> Coupling:
 def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
     dims = _shape_dims(node, ctx, rank)
     read: set[int] = set()
-    for use in node.outputs[0].uses():
-        picked = _picked(use.node, ctx, dims)
+    for reader in _vector_readers(node.outputs[0]):
+        picked = _picked(reader, ctx, dims)
         if picked is None:
             return set(dims)
-        if passes_into_targets(ctx, use.node.outputs[0]):
+        if passes_into_targets(ctx, reader.outputs[0]):
             continue
         read.update(picked)
     return read
+
+
+VECTOR_CARRIERS = {"Cast", "Identity"}  # ops that pass a whole shape vector on unchanged
+
+
+def _vector_readers(vector) -> list:
+    """The nodes that read the shape vector ``vector``, looking through Cast/Identity copies
+    of it (Paddle casts a shape to int32 and back before slicing it)."""
+    readers = []
+    for use in vector.uses():
+        node = use.node
+        if node.op_type in VECTOR_CARRIERS and not node.outputs[0].is_graph_output():
+            readers += _vector_readers(node.outputs[0])
+        else:
+            readers.append(node)
+    return readers
+
+
+def _shape_producer(value):
+    """The Shape node whose output ``value`` is, through Cast/Identity copies; or None."""
+    node = value.producer() if value is not None else None
+    while node is not None and node.op_type in VECTOR_CARRIERS:
+        node = node.inputs[0].producer()
+    return node if node is not None and node.op_type == "Shape" else None
+
+
+def _shape_pick(ctx: RuleContext, node) -> tuple[str, list[int]] | None:
+    """(tensor name, axes) when ``node`` is a constant Gather or Slice of Shape(tensor)."""
+    shape_node = _shape_producer(node.inputs[0]) if node.op_type in ("Gather", "Slice") else None
+    if shape_node is None:
+        return None
+    x = shape_node.inputs[0]
+    picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(x) or 0))
+    return None if picked is None else (x.name, picked)
 
 
 def _shape_dims(node, ctx: RuleContext, rank: int) -> list[int]:
@@ -159,15 +193,8 @@ def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | 
     if carried is not None and ctx.const(carried) is None:
         source = dim_source(ctx, carried, depth - 1)
         return None if source is None else (source[0], source[1] * _carries(ctx, node, carried))
-    shape_node = node.inputs[0].producer() if node.op_type in ("Gather", "Slice") else None
-    if shape_node is None or shape_node.op_type != "Shape":
-        return None
-    picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(shape_node.inputs[0]) or 0))
-    return (
-        ((shape_node.inputs[0].name, picked[0]), 1)
-        if picked is not None and len(picked) == 1
-        else None
-    )
+    pick = _shape_pick(ctx, node)
+    return ((pick[0], pick[1][0]), 1) if pick is not None and len(pick[1]) == 1 else None
 
 
 def dim_sources(ctx: RuleContext, value) -> list[tuple[Member, int]] | None:
@@ -181,14 +208,9 @@ def dim_sources(ctx: RuleContext, value) -> list[tuple[Member, int]] | None:
         single = dim_source(ctx, value)
         return None if single is None else [single]
     node = value.producer()
-    shape_node = (
-        node.inputs[0].producer()
-        if node is not None and node.op_type in ("Gather", "Slice")
-        else None
-    )
-    if shape_node is None or shape_node.op_type != "Shape":
+    while node is not None and node.op_type in VECTOR_CARRIERS:
+        node = node.inputs[0].producer()
+    pick = _shape_pick(ctx, node) if node is not None else None
+    if pick is None or len(pick[1]) != shape[0]:
         return None
-    picked = _picked(node, ctx, _shape_dims(shape_node, ctx, ctx.rank(shape_node.inputs[0]) or 0))
-    if picked is None or len(picked) != shape[0]:
-        return None
-    return [((shape_node.inputs[0].name, axis), 1) for axis in picked]
+    return [((pick[0], axis), 1) for axis in pick[1]]
