@@ -548,6 +548,7 @@ def channel_passes(
     steps: int = 1,
     target_macs: float = 0.0,
     target_params: float = 0.0,
+    lossy_couplings: bool | None = None,
 ) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
@@ -561,7 +562,8 @@ def channel_passes(
     text, ``"layer4.*=0.7,*=0.3"``): each group takes the ratio of the most specific pattern
     matching a layer whose output channels it holds, groups no pattern matches are kept
     (``sparsec.pruning.layer_ratios``). ``importance`` None: activation with real calibration
-    data, else l1 (as the CLI)."""
+    data, else l1 (as the CLI). ``lossy_couplings`` (None: on with ``calibration``) also prunes
+    channels a node mixes, such as LRN's (not exact; the report gives the loss)."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(
             f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}"
@@ -587,6 +589,7 @@ def channel_passes(
         steps=steps,
         target_macs=target_macs,
         target_params=target_params,
+        lossy_couplings=lossy_couplings,
     )
     prune.check_options()
     return [*canonical_passes(), prune, *cleanup_passes()]

@@ -199,7 +199,16 @@ Examples:
 @click.argument("model", type=MODEL_PATH)
 @spec_options("output", "force", "plan_out", "save_recipe")
 @verbosity_options
-@spec_options("channels", "heads", "ffn", "target_macs", "target_params", "plan_in", "passes")
+@spec_options(
+    "channels",
+    "heads",
+    "ffn",
+    "target_macs",
+    "target_params",
+    "lossy_couplings",
+    "plan_in",
+    "passes",
+)
 @spec_options("nm", "sparsity", "block", "embeddings", "sparse_format")
 @spec_options(
     "importance", "importance_scope", "max_layer_ratio", "round_to", "exclude", "steps", "seed"
@@ -231,9 +240,9 @@ def compress(model: Path, save_recipe: str | None, **options) -> None:
     """
     from sparsec import jobs
     from sparsec.spec import JobSpec
-    from sparsec.spec.options import is_given
+    from sparsec.spec.options import OPTION_BY_NAME, is_given
 
-    values = {k: v for k, v in options.items() if is_given(v)}
+    values = {k: v for k, v in options.items() if is_given(v, OPTION_BY_NAME.get(k))}
     spec = JobSpec({"source": str(model), **values})
     if save_recipe is not None:
         _save_recipe(spec, Path(save_recipe), model)

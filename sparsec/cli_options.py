@@ -61,6 +61,9 @@ def spec_option(name: str, *short: str, group: str | None = None, required: bool
     if option.default not in (None, False, ()) and not option.kind.flag:
         help_text += f"  [default: {option.default}]"
     kwargs: dict = {"help": help_text, "group": group or option.group, "cls": GroupedOption}
+    if option.kind.pair:  # --name/--no-name, None when neither is given
+        kwargs.update(default=None)
+        return click.option(*short, f"{option.flag}/--no-{option.flag[2:]}", name, **kwargs)
     if option.kind.flag:
         kwargs.update(is_flag=True, default=False)
     else:

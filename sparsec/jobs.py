@@ -111,6 +111,7 @@ def pipeline_of(spec: JobSpec):
             steps=spec.get("steps"),
             target_macs=spec.get("target_macs") or 0.0,
             target_params=spec.get("target_params") or 0.0,
+            lossy_couplings=spec.values.get("lossy_couplings"),  # None: as the calibration says
             **common,
         )
     text = spec.get("passes")

@@ -98,14 +98,15 @@ class Diagnostic:
 @dataclass
 class PassResult:
     """What a pass did. A lossy pass also sets ``reference``: a callable building the model its
-    output must equal (its input with the removed parts zeroed: the exactness oracle).
-    ``artifacts`` carries named outputs for the caller (e.g. a pruning plan)."""
+    output must equal (its input with the removed parts zeroed: the exactness oracle); a
+    pruning pass's also takes ``plain=True`` (the masked original without the lossy couplings'
+    wrapper, ``pruning.oracle``). ``artifacts`` carries named outputs for the caller (e.g. a pruning plan)."""
 
     model: Any
     modified: bool
     stats: dict[str, float] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
-    reference: Callable[[], Any] | None = None
+    reference: Callable[..., Any] | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
 
 

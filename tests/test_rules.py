@@ -325,7 +325,7 @@ NORMALIZATION = {
         seq, lambda g, h: (g.op("LayerNormalization", [h, g.weight(8), g.weight(8)]), 2)
     ),
     "LRN": Example(
-        nchw, lambda g, h: (g.op("LRN", [h], size=3), 1), blocks="does not map this axis"
+        nchw, lambda g, h: (g.op("LRN", [h], size=3), 1), blocks="pass --lossy-couplings"
     ),
     **{
         op: pool(op, kernel_shape=[3, 3], pads=[1, 1, 1, 1])

@@ -11,7 +11,11 @@ A group is prunable when it holds at least one compute weight (Conv/Gemm/MatMul 
 slice), no member is blocked (an op without a rule, a rule that cannot map the axis, a graph
 input or output, a value read inside a subgraph), and it has more than one unit. Members
 listed in ``stats`` (a LayerNorm or ReduceMean over the axis, a product of two activations
-contracting it) are prunable too: the oracle masks them (``pruning/oracle.py``).
+contracting it) are prunable too: the oracle masks them (``pruning/oracle.py``). Members a node
+mixes (``lossy``: LRN across channels) block their group unless the analysis allows lossy
+couplings (``find_channel_groups(..., lossy=True)``, cached apart from the default); the group
+then lists them (``ChannelGroup.lossy``) and the oracle runs those nodes on kept positions only.
+Blocked, the reason names the node and the option, and comes after any other reason.
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ import numpy as np
 from sparsec.analysis.rules import Coupling, Member, RuleContext, apply_rule, rule_for
 from sparsec.analysis.rules.layout import RUN_TIME_SHAPES
 from sparsec.analysis.shapes import measure_values, value_shapes
+
+LOSSY_HINT = "a lossy coupling: pass --lossy-couplings to prune through it"
+
+
+@dataclass(frozen=True)
+class LossyUse:
+    """A node mixing the positions of ``member`` (its first input's axis): its op type, its name
+    and its first output's name (how the oracle finds it again in a copy of the model)."""
+
+    member: Member
+    op_type: str
+    node: str
+    output: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.op_type} '{self.node}'"
 
 
 @dataclass
@@ -47,6 +68,7 @@ class ChannelGroup:
     roles: dict[Member, set[str]] = field(
         default_factory=dict
     )  # member roles (rules.core.Coupling.roles)
+    lossy: list[LossyUse] = field(default_factory=list)  # nodes mixing its channels
 
     @property
     def prunable(self) -> bool:
@@ -112,7 +134,8 @@ class ChannelGroup:
         weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])
         more = f" +{len(self.compute) - 4}" if len(self.compute) > 4 else ""
         units = "heads" if self.kind == "heads" else "channels"
-        return f"group {self.id}: {self.units} {units}, weights {weights}{more}"
+        mixed = f"; lossy: {', '.join(u.describe() for u in self.lossy)}" if self.lossy else ""
+        return f"group {self.id}: {self.units} {units}, weights {weights}{more}{mixed}"
 
 
 @dataclass
@@ -137,13 +160,14 @@ def kept_positions(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> d
     return table
 
 
-def find_channel_groups(model, input_shapes=None) -> GroupAnalysis:
-    """All channel groups of ``model`` (cached until the model changes)."""
-    key = "channel_groups:" + repr(sorted((input_shapes or {}).items()))
-    return model.cached(key, lambda: _analyze(model, input_shapes))
+def find_channel_groups(model, input_shapes=None, lossy: bool = False) -> GroupAnalysis:
+    """All channel groups of ``model`` (cached until the model changes, per ``input_shapes``
+    and ``lossy``: whether a node mixing a group's channels, such as LRN, leaves it prunable)."""
+    key = f"channel_groups:lossy={bool(lossy)}:" + repr(sorted((input_shapes or {}).items()))
+    return model.cached(key, lambda: _analyze(model, input_shapes, bool(lossy)))
 
 
-def _analyze(model, input_shapes) -> GroupAnalysis:
+def _analyze(model, input_shapes, lossy: bool) -> GroupAnalysis:
     dynamic = [
         node.inputs[index].name
         for node in model.nodes()
@@ -157,6 +181,7 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
     )
     graph, blocked, couplings, barriers, touching = nx.Graph(), {}, [], {}, {}
     sizes: dict[Member, int] = {}
+    mixed: dict[Member, list[LossyUse]] = {}
     for node in model.nodes():
         coupling = _coupling(node, ctx, barriers)
         couplings.append(coupling)
@@ -168,6 +193,9 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
             if member in coupling.reasons or member not in linked | coupling.free | coupling.stats:
                 reason = coupling.reasons.get(member, "does not map this axis")
                 blocked.setdefault(member, f"{node.op_type} '{node.name}': {reason}")
+        for member, reason in coupling.lossy.items():
+            use = LossyUse(member, node.op_type, node.name, node.outputs[0].name, reason)
+            mixed.setdefault(member, []).append(use)
         for edge in coupling.edges:
             graph.add_edge(edge.a, edge.b)
             graph.edges[edge.a, edge.b].setdefault("maps", []).append(edge)
@@ -189,6 +217,10 @@ def _analyze(model, input_shapes) -> GroupAnalysis:
         group = _make_group(len(groups), model, graph, component, sizes, compute, stats, blocked)
         group.nodes = set().union(*(touching.get(m, set()) for m in component))
         group.roles = {m: roles[m] for m in component if m in roles}
+        group.lossy = [use for m in group.members for use in mixed.get(m, [])]
+        if group.lossy and group.reason is None and not lossy:
+            use = group.lossy[0]
+            group.reason = f"{use.describe()}: {use.reason} ({LOSSY_HINT})"
         groups.append(group)
     return GroupAnalysis(groups, couplings, barriers)
 

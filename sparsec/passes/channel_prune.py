@@ -4,7 +4,10 @@ The pass is its options and one call: ``pruning.channels`` decides and cuts one 
 docstring states the invariants), ``pruning.schedule`` spreads the cut over ``steps`` rounds.
 With ``calibration`` (a ``.npz``, a folder, or ``random``), ``importance=activation`` can rank
 by ‖X_c‖·‖W_c‖, and ``recover`` (on by default) refits the layers the cut reached; the oracle
-reference then carries the refit weights, so the gate stays exact.
+reference then carries the refit weights, so the gate stays exact. ``lossy_couplings`` (on by
+default with ``calibration``) also prunes groups whose channels a node mixes (LRN): the oracle
+runs those nodes on the kept channels, and the report gives the loss against the plain masked
+original.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         target_macs: float = 0.0,
         target_params: float = 0.0,
         ratios: str | Mapping[str, float] | list[str] = "",
+        lossy_couplings: bool | None = None,
     ) -> None:
         """Options of ``channel-prune``.
 
@@ -91,6 +95,11 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 a mapping in Python; a group takes the ratio of the most specific
                 pattern matching a layer whose output channels it holds; groups no pattern
                 matches are kept.
+            lossy_couplings: Also prune groups whose channels a node mixes (LRN's window across
+                channels): not exact (the kept channels' values change); the oracle runs those
+                nodes on the kept channels and the report gives the difference from the plain
+                masked original. Unset: on with ``calibration`` (the refit then compensates),
+                else off (such groups stay whole, saying so).
         """
         self.ratio, self.scope = ratio, scope
         self.importance = importance or default_importance(calibration)
@@ -106,13 +115,19 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         )
         self.steps, self.batch_size = steps, batch_size
         self.target_macs, self.target_params = target_macs, target_params
+        self.lossy_couplings = (
+            bool(calibration) if lossy_couplings is None else bool(lossy_couplings)
+        )
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a
-        plan, only the plan and the exclusions matter."""
+        plan, only the plan and the exclusions matter; lossy_couplings when not its default."""
+        if self.lossy_couplings == bool(self.calibration):
+            skip = (*skip, "lossy_couplings")
         if self.plan:
             return super().describe(
                 skip=(
+                    *skip,
                     "ratio",
                     "importance",
                     "scope",
@@ -125,8 +140,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 )
             )
         if self.ratios:
-            return super().describe(always=("ratios", "importance"), skip=("ratio",))
-        return super().describe(always=("ratio", "importance"))
+            return super().describe(always=("ratios", "importance"), skip=(*skip, "ratio"))
+        return super().describe(always=("ratio", "importance"), skip=skip)
 
     def settings(self) -> ChannelOptions:
         """The options as ``pruning.channels`` reads them."""

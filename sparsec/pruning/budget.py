@@ -26,7 +26,13 @@ def allocated_units(
     """{group id: units to remove} meeting the target of ``options`` (``channels.ChannelOptions``),
     and a line saying what was chosen."""
     table = measure(
-        model, samples, RATIOS, options.importance, options.batch_size, progress=progress
+        model,
+        samples,
+        RATIOS,
+        options.importance,
+        options.batch_size,
+        progress=progress,
+        lossy_couplings=options.lossy_couplings,
     )
     allowed = {group.id for group in candidates}
     table.groups = [group for group in table.groups if group.id in allowed]

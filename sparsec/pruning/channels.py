@@ -3,7 +3,8 @@ and why, the units each group loses, one round's cut, and plans written and read
 
 Channel groups come from ``analysis.groups``, unit scores from ``analysis.importance``, the cut
 (with the oracle reference and the plan) from ``surgery.prune_channels``. Invariants:
-- a group that is blocked, excluded, or has a single unit is left whole, and says why;
+- a group that is blocked, excluded, or has a single unit is left whole, and says why; a group
+  whose channels a node mixes (a lossy coupling: LRN) is blocked unless ``lossy_couplings``;
 - a group never loses all its units, nor more than ``max_layer_ratio`` of them, and no member
   tensor loses all its positions;
 - a group's ratio is ``heads`` for attention-head groups and ``ffn`` for MLP hidden-unit groups
@@ -64,6 +65,7 @@ class ChannelOptions:
     batch_size: int = 16
     target_macs: float = 0.0
     target_params: float = 0.0
+    lossy_couplings: bool = False  # prune through nodes that mix channels (LRN): not exact
     # a scheduled round (``schedule``): per segment key, (units in the first model, units gone
     # from it after this round); None: choose by the ratios
     unit_targets: dict[tuple, tuple[int, int]] | None = None
@@ -154,7 +156,7 @@ def _check_target(options: ChannelOptions) -> None:
 
 def prune_round(model, options: ChannelOptions, samples) -> PassResult:
     """One prune (then, with ``samples`` and ``options.recover``, refit) round on ``model``."""
-    analysis = find_channel_groups(model)
+    analysis = find_channel_groups(model, lossy=options.lossy_couplings)
     reasons, picked = choices(model, options, analysis)
     candidates = [g for g in analysis.groups if reasons[g.id] is None]
     if options.plan:
@@ -365,7 +367,7 @@ def _source(options: ChannelOptions, group: ChannelGroup, picked: dict) -> str:
 def final_cut(model, options: ChannelOptions, samples) -> dict[tuple, tuple[int, int]]:
     """Per segment of a prunable group (by ``segment_keys``): its units, and how many one
     round at the full ratios would remove (what a schedule spreads over its rounds)."""
-    analysis = find_channel_groups(model)
+    analysis = find_channel_groups(model, lossy=options.lossy_couplings)
     reasons, picked = choices(model, options, analysis)
     candidates = [g for g in analysis.groups if reasons[g.id] is None]
     removed = select(model, options, candidates, samples, picked)

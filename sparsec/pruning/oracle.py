@@ -11,6 +11,14 @@ and zeroing a divisor would make NaNs). A quantized weight (``analysis.quantized
 the constant it is stored as: its integer data set to the zero point (which dequantizes to
 exactly 0.0), a fake-quantized float weight set to 0. Masks are applied *by name*, so the original can be
 reloaded from disk rather than held in memory.
+
+Lossy couplings (``rules.core.Coupling.lossy``: LRN across channels) have no mask that makes the
+original equal the pruned model: there the masked original runs the node on the kept positions
+only (``Gather`` them, the node, then one ``Gather`` over ``Concat([node(x_kept), node(x)])``
+puts each kept position back and fills removed ones from the plain node, whose values no
+unmasked consumer reads). So the pruned model still equals the reference to float rounding; the
+*plain* masked original (``apply_masks(..., plain=True)``, without that wrapper) is what the
+coupling's loss is measured against.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ class OracleMasks:
     constants: dict[str, list[tuple[int, np.ndarray, int]]] = field(default_factory=dict)
     zeroed: set[tuple[str, int]] = field(default_factory=set)
     stats: list[tuple[str, int, np.ndarray, int, int]] = field(default_factory=list)
+    # nodes run on kept positions only, by first output name: [(output, axis, kept, size)]
+    lossy: list[tuple[str, int, np.ndarray, int]] = field(default_factory=list)
+    lossy_ops: dict[str, str] = field(default_factory=dict)  # their output name → op type
 
 
 def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
@@ -58,6 +69,11 @@ def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
         if (name, axis) in stat_members:
             masks.stats.append((name, axis, kept, size, len(shapes[name])))
     masks.constants = dict(constants)
+    for use in (use for group in analysis.groups for use in group.lossy):
+        if use.member in table:
+            kept, size = table[use.member], sizes[use.member]
+            masks.lossy.append((use.output, use.member[1], kept, size))
+            masks.lossy_ops[use.output] = use.op_type
     return masks
 
 
@@ -68,9 +84,10 @@ def _stored_as(model, name: str) -> str:
     return name if source is None else source.name
 
 
-def apply_masks(model, masks: OracleMasks) -> None:
+def apply_masks(model, masks: OracleMasks, plain: bool = False) -> None:
     """Build the masked original in ``model`` (found by names): zero the dropped positions of
-    every compute weight, and make statistics and activation products see kept positions only."""
+    every compute weight, make statistics and activation products see kept positions only, and
+    (unless ``plain``) run every lossy coupling's node on the kept positions only."""
     values = model.values_by_name()
     for name, axes in masks.constants.items():
         value = values.get(name)
@@ -89,6 +106,8 @@ def apply_masks(model, masks: OracleMasks) -> None:
             array[tuple(index)] = fill[tuple(index)] if fill.ndim else fill
         model.set_constant(value, array)
     _mask_statistics(model, masks.stats)
+    if not plain:
+        _run_on_kept(model, masks.lossy)
 
 
 def _mask_statistics(model, stats) -> None:
@@ -184,6 +203,55 @@ def _masked_mean(model, node, value, weight: np.ndarray, axes: list[int]):
     return model.add_node(
         "ReduceMean", [scaled], {"axes": axes, "keepdims": 1}, before=node, name="oracle"
     )
+
+
+def _run_on_kept(model, lossy) -> None:
+    """Each lossy node (found by its first output's name) runs on its kept positions only."""
+    by_output: dict[str, list[tuple[int, np.ndarray, int]]] = defaultdict(list)
+    for output, axis, kept, size in lossy:
+        by_output[output].append((axis, kept, size))
+    values = model.values_by_name()
+    for output, axes in by_output.items():
+        node = model.producer(values[output]) if output in values else None
+        if node is not None:
+            _wrap_on_kept(model, node, sorted(axes, key=lambda entry: entry[0]))
+
+
+def _wrap_on_kept(model, node, axes: list[tuple[int, np.ndarray, int]]) -> None:
+    """Replace ``node`` by: its input gathered at the kept positions of ``axes``, the node, and
+    per axis (last first) the kept result put back among the plain node's values."""
+    attributes = {name: attr.value for name, attr in node.attributes.items()}
+    rest = list(node.inputs[1:])
+
+    def run(x):
+        return model.add_node(node.op_type, [x, *rest], attributes, before=node, name="oracle")
+
+    out, full = node.inputs[0], run(node.inputs[0])
+    for axis, kept, _ in axes:
+        out = _gather(model, node, out, kept, axis)
+    out = run(out)
+    for index in reversed(range(len(axes))):
+        axis, kept, size = axes[index]
+        filler = full  # the plain result, kept positions only along the axes before this one
+        for earlier, earlier_kept, _ in axes[:index]:
+            filler = _gather(model, node, filler, earlier_kept, earlier)
+        both = model.add_node("Concat", [out, filler], {"axis": axis}, before=node, name="oracle")
+        out = _gather(model, node, both, put_back_index(kept, size), axis)
+    model.replace_all_uses(node.outputs[0], out)
+    model.remove_node(node)
+
+
+def put_back_index(kept: np.ndarray, size: int) -> np.ndarray:
+    """Over ``Concat([kept part, full part])``: position p reads its rank among ``kept`` when
+    kept, else ``len(kept) + p`` (the full part's own value)."""
+    index = len(kept) + np.arange(size, dtype=np.int64)
+    index[np.asarray(kept, dtype=np.int64)] = np.arange(len(kept), dtype=np.int64)
+    return index
+
+
+def _gather(model, node, value, indices: np.ndarray, axis: int):
+    positions = model.add_initializer("oracle_kept", np.asarray(indices, dtype=np.int64))
+    return model.add_node("Gather", [value, positions], {"axis": axis}, before=node, name="oracle")
 
 
 def oracle_gap(model, reference, feeds: dict[str, np.ndarray]) -> float:

@@ -194,11 +194,13 @@ def measure(
     importance: str = "l1",
     batch_size: int = 16,
     progress: Callable[[str], None] | None = None,
+    lossy_couplings: bool = False,
 ) -> SensitivityTable:
-    """Prune each prunable group of ``model`` alone at each of ``ratios`` (on copies; ``model``
-    is left as it is) and measure the output error on ``samples`` (arrays keyed by input name,
-    first axis = samples). Run it on the model channel-prune would see (after shape folding and
-    canonicalization), so that the group ids match. ``progress(line)`` is called per group."""
+    """Prune each prunable group of ``model`` (through lossy couplings with ``lossy_couplings``)
+    alone at each of ``ratios`` (on copies; ``model`` is left as it is) and measure the output
+    error on ``samples`` (arrays keyed by input name, first axis = samples). Run it on the
+    model channel-prune would see (after shape folding and canonicalization), so that the group
+    ids match. ``progress(line)`` is called per group."""
     ratios = _check_ratios(ratios)
     start = time.perf_counter()
     run = _Run(model, samples, batch_size)
@@ -207,7 +209,8 @@ def measure(
     table = SensitivityTable(
         ratios, importance, count, run.base.macs, run.base.params, _node_costs(run.base)
     )
-    prunable = [g for g in find_channel_groups(model).groups if g.prunable]
+    analysis = find_channel_groups(model, lossy=lossy_couplings)
+    prunable = [g for g in analysis.groups if g.prunable]
     for number, group in enumerate(stage(prunable, desc="sensitivity", unit="group"), 1):
         scores = group_scores(group, importance, ctx)
         points: list[Point] = []

@@ -8,12 +8,14 @@ Given the channel groups of a model and, per group, the units to remove:
   bounds, Gather indices, ``group``/``num_groups``...). Every member keeps the same units, so
   the pruned graph is consistent by construction.
 - ``prune_channels`` is what a pruning pass calls: it records the removal (``oracle``'s masks,
-  the plan), cuts, and returns the ``PassResult`` with the oracle reference and the plan.
+  the plan), cuts, and returns the ``PassResult`` with the oracle reference and the plan. When
+  the cut went through lossy couplings, ``reference(plain=True)`` builds the masked original
+  without their kept-positions wrapper, and the ``lossy_couplings`` artifact counts those nodes.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -33,6 +35,8 @@ def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray
     masks = channel_masks(model, analysis, table)
     result = PassResult(model, modified=False, reference=_reference_builder(model, masks))
     result.artifacts["plan"] = plan_json(model, analysis, masks, removed)
+    if masks.lossy_ops:
+        result.artifacts["lossy_couplings"] = dict(Counter(masks.lossy_ops.values()))
     remove_channels(model, analysis, table)
     units = int(sum(len(u) for u in removed.values()))
     result.modified = units > 0
@@ -46,14 +50,15 @@ def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray
 
 
 def _reference_builder(model, masks: OracleMasks):
-    """A callable building the masked original: the unpruned model (a copy sharing its weight
-    tensors, so no weight bytes are duplicated) with the removal masked out."""
+    """A callable building the masked original (``plain=True``: without the lossy couplings'
+    kept-positions wrapper): the unpruned model (copies sharing its weight tensors, so no weight
+    bytes are duplicated) with the removal masked out."""
     snapshot = model.copy()
-    return lambda: _masked(snapshot, masks)
+    return lambda plain=False: _masked(snapshot.copy(), masks, plain)
 
 
-def _masked(model, masks: OracleMasks):
-    apply_masks(model, masks)
+def _masked(model, masks: OracleMasks, plain: bool):
+    apply_masks(model, masks, plain)
     return model
 
 

@@ -61,7 +61,7 @@ class JobSpec:
         return cls(converted, base)
 
     def given(self, name: str) -> bool:
-        return is_given(self.values.get(name))
+        return is_given(self.values.get(name), OPTION_BY_NAME.get(name))
 
     def get(self, name: str) -> Any:
         """The value, or the option's default when left out."""

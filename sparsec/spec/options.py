@@ -30,6 +30,7 @@ class Kind:
     convert: Callable[[Any], Any]
     flag: bool = False  # an on/off switch (no value on the command line)
     many: bool = False  # repeatable (a list in a recipe)
+    pair: bool = False  # --name / --no-name: off is given too (left out: None, a default rule)
 
 
 def _number(
@@ -118,6 +119,7 @@ COUNT = Kind("N", _number(1, None, integer=True))
 PATH = Kind("FILE", _path)
 TEXT = Kind("TEXT", _text)
 SWITCH = Kind("", _switch, flag=True)
+ON_OFF = Kind("", _switch, pair=True)
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,16 @@ OPTIONS: tuple[Option, ...] = (
         "error.",
     ),
     Option("target_params", OPEN_RATIO, PRUNE, "As --target-macs, for the parameter count."),
+    Option(
+        "lossy_couplings",
+        ON_OFF,
+        PRUNE,
+        "Also prune channel groups that a node mixes across (LRN's window over neighbouring "
+        "channels), which otherwise stay whole. Not exact: the kept channels' values change. The "
+        "oracle then runs those nodes on the kept channels only, and the report gives the "
+        "difference from the plain masked original (the loss the coupling caused). Default: on "
+        "with --calibration (the refit compensates), else off.",
+    ),
     Option(
         "plan_in",
         PATH,
@@ -495,7 +507,10 @@ def default_importance(calibration: Any, *, weights: bool = False) -> str:
     return "activation" if real else "l1"
 
 
-def is_given(value: Any) -> bool:
-    """Whether an option's value says it was given: not None, not an off switch, not an empty
-    list (0 is a given number: ``0 == False`` must not drop ``--max-top1-drop 0``)."""
+def is_given(value: Any, option: Option | None = None) -> bool:
+    """Whether an option's value says it was given: not None, not an off switch (but the off
+    side of an ``option`` with a --no- form is), not an empty list (0 is a given number:
+    ``0 == False`` must not drop ``--max-top1-drop 0``)."""
+    if option is not None and option.kind.pair:
+        return value is not None
     return value is not None and value is not False and value != ()

@@ -64,6 +64,11 @@ def no_ignored_selection(spec) -> None:
     """Refuse selection flags that would be ignored (a saved plan has its own rule)."""
     if spec.given("plan_in"):
         return
+    if spec.given("lossy_couplings") and not spec.structured:
+        raise UsageError(
+            "--lossy-couplings / --no-lossy-couplings say which groups channel pruning may cut: "
+            "they need --channels, --heads, --ffn, a target or --plan-in"
+        )
     if not spec.structured and flags(spec, ("round_to", "max_layer_ratio")):
         raise UsageError(
             "--round-to and --max-layer-ratio shape channel pruning: they need --channels, "

@@ -16,6 +16,13 @@ that axis. A rule looks at one node and returns a ``Coupling``:
 - ``stats``: members the node reduces over to compute a statistic (LayerNorm, ReduceMean), or
   sums over in a product of two activations: pruning them is exact only against an oracle
   that masks them too (it does).
+- ``lossy``: members the node *mixes* along (LRN's window across channels, a Softmax over
+  channels): removing positions changes the kept ones' values, so no masking of the original
+  equals the pruned model. Such a member is linked like any other, and is blocked unless lossy
+  couplings are allowed (``find_channel_groups(..., lossy=True)``); the oracle then runs the node
+  on the kept positions only (``pruning/oracle.py``), and the difference from the plain masked
+  original is what the coupling cost. Invariant: a lossy member is an axis of the node's first
+  input, and its first output holds the same positions on the same axis.
 - ``roles``: what a member is to the node, for choosing ratios per kind of group: ``conv`` or
   ``linear`` (a compute weight's axis), ``heads`` (the head axis of an attention: a batch axis
   of a product of two activations, or the heads of an attention op).
@@ -70,6 +77,7 @@ class Coupling:
     free: set[Member] = field(default_factory=set)
     fixups: list[Fixup] = field(default_factory=list)
     stats: set[Member] = field(default_factory=set)
+    lossy: dict[Member, str] = field(default_factory=dict)  # mixed members → how the node mixes
     reasons: dict[Member, str] = field(default_factory=dict)  # specific block reasons
     sizes: dict[Member, int] = field(default_factory=dict)  # sizes of virtual members
     roles: dict[Member, str] = field(default_factory=dict)  # conv / linear / heads
@@ -79,6 +87,13 @@ class Coupling:
 
     def block(self, member: Member, reason: str) -> None:
         self.reasons[member] = reason
+
+    def mix(self, node, axis: int, reason: str) -> None:
+        """``node`` mixes positions along ``axis`` of its first input (and first output): link
+        the two by identity and mark the input's axis lossy (``reason``: how it mixes)."""
+        x, y = node.inputs[0], node.outputs[0]
+        self.link((y.name, axis), (x.name, axis))
+        self.lossy[(x.name, axis)] = reason
 
     def virtual(self, node, tag: str, size: int) -> Member:
         member = (f"#{node.name or id(node)}:{tag}", 0)

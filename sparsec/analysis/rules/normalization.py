@@ -1,7 +1,8 @@
 """Axis rules of normalizations and pooling: per-channel statistics and affine parameters follow
 the channel axis; a GroupNorm's groups go whole; a LayerNorm's normalized axes are statistics
 (exact only against an oracle that masks them); pooling keeps batch and channel; LRN, which mixes
-neighbouring channels, blocks its channel axis.
+neighbouring channels, is a lossy coupling on its channel axis (``Coupling.lossy``: prunable only
+when lossy couplings are allowed, its oracle reference runs it on the kept channels).
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ def _unit_kernel_axes(node, ctx: RuleContext) -> list[int]:
 
 @axis_rule("LRN")
 def lrn(node, ctx: RuleContext) -> Coupling:
+    """Elementwise but for the channel axis, whose window of ``size`` neighbours it sums
+    squares over: removing channels changes the kept ones' windows (lossy; ``size`` stays)."""
     c = Coupling()
     x, y = node.inputs[0], node.outputs[0]
     for axis in range(ctx.rank(x) or 0):
         if axis != 1:
             c.link((y.name, axis), (x.name, axis))
-    c.block((node.inputs[0].name, 1), "normalizes across neighbouring channels")
+    c.mix(node, 1, "normalizes across neighbouring channels")
     return c

@@ -146,15 +146,15 @@ def refit_arrays(pruned, report: dict) -> dict[str, np.ndarray]:
 
 
 def refit_reference(
-    build: Callable[[], Any], arrays: dict[str, np.ndarray], plan: dict | None
-) -> Callable[[], Any]:
+    build: Callable[..., Any], arrays: dict[str, np.ndarray], plan: dict | None
+) -> Callable[..., Any]:
     """The exactness oracle after a refit: the masked original (``build()``) with every refit
     weight and bias (``arrays``, from ``refit_arrays``) put back at the positions it kept
     (``plan``), zeros at the removed ones (which the masked original zeroes anyway). A refit
     changes values, never structure, so the pruned model still equals this reference exactly."""
 
-    def build_refit():
-        reference = build()
+    def build_refit(**options):  # options: the builder's own (``plain``)
+        reference = build(**options)
         targets = reference.values_by_name()
         for name, array in arrays.items():
             full = np.zeros(reference.constant_shape(targets[name]), dtype=array.dtype)
