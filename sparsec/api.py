@@ -46,6 +46,7 @@ from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.pruning import sensitivity as sensitivity_analysis
+from sparsec.pruning.oracle import lossy_error
 from sparsec.pruning.plans import plan_files, read_plan, refit_path
 from sparsec.spec.options import default_importance
 from sparsec.validate import (
@@ -209,6 +210,7 @@ class CompressResult:
     weight_bytes: int = 0
     sparsity: list[dict] | None = None  # per tensor, when weight-sparsity ran
     encoding: list[dict] | None = None  # per tensor, when sparse-encode ran (bytes dense / encoded)
+    lossy_couplings: dict | None = None  # nodes pruned through and their cost (oracle.lossy_error)
 
     def to_json(self) -> dict:
         """The run as the JSON report's object (figures before and after, passes, stats)."""
@@ -225,6 +227,7 @@ class CompressResult:
             latency_ms_before=self.validation.latency_ms_reference,
             latency_ms_after=self.validation.latency_ms_candidate,
             oracle=None if self.oracle is None else _oracle_json(self.oracle),
+            lossy_couplings=self.lossy_couplings,
             groups=_groups_json(self.stats),
             sparsity=self.sparsity,
             encoding=self.encoding,
@@ -380,6 +383,7 @@ def _compress_loaded(
                 f"the compressed model fails on inputs the original runs (nothing written): {error}"
             ) from None
         raise type(error)(f"{error}{_shapes_hint(feeds, label)}") from None
+    lossy = _lossy_couplings(model, result, feeds) if oracle is not None else None
     clock.lap("validate")
     with model.staged_save(
         output, force=force
@@ -401,6 +405,7 @@ def _compress_loaded(
             result.artifacts.get("sparsity"),
             result.artifacts.get("encoding"),
         )
+        outcome.lossy_couplings = lossy
         if plan_out is not None:  # a plan-writing pass ran (checked before the passes)
             for path, payload in plan_files(result.artifacts, plan_out):
                 stage.add_side_file(path, payload)
@@ -408,6 +413,13 @@ def _compress_loaded(
             finish(model, outcome, stage, feeds)
         stage.commit()
     return outcome
+
+
+def _lossy_couplings(model, result: PassResult, feeds: dict) -> dict | None:
+    """When the cut went through lossy couplings: their nodes and the pruned model's difference
+    from the plain masked original (``oracle.lossy_error``)."""
+    ops = result.artifacts.get("lossy_couplings")
+    return lossy_error(model, result.reference(plain=True), ops, feeds) if ops else None
 
 
 def _runs(source: Path, feeds: dict) -> bool:

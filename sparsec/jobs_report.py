@@ -6,7 +6,9 @@ meaning or goes), the sparsec version, the source path and sha256, the output pa
 whether it was written, the command or recipe keys, each gate with its limit, figure and
 verdict, the evaluation, the warnings and the verdict (``status``: passed, failed, error). A
 job report also carries the compression figures of ``api.CompressResult.to_json`` at its top
-level (``params_before``, ``oracle``, ``validation``, ...), and ``before``/``after`` objects.
+level (``params_before``, ``oracle``, ``validation``, ``lossy_couplings``: the nodes a cut went
+through although they mix channels and its difference from the plain masked original, or null,
+...), and ``before``/``after`` objects.
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ def compress_text(result, extra: list[str] | None = None, written: bool = True) 
         parts.append(sparsity_text(result.sparsity))
     if result.oracle is not None:
         parts.append(oracle_text(result.oracle))
+        if result.lossy_couplings:
+            parts.append(lossy_text(result.lossy_couplings))
         parts.append(
             validation_text(
                 v, title="difference from the original (lossy pipeline: reported, not gated)"
@@ -101,6 +103,24 @@ def oracle_text(oracle: Validation) -> str:
     return (
         f"oracle (equal to the original with what was removed masked out) on {oracle.inputs}: "
         f"{'passed' if oracle.passed else 'FAILED'}{detail}"
+    )
+
+
+def lossy_text(lossy: dict) -> str:
+    """Two lines: the nodes pruned through although they mix channels, and what that cost
+    (``oracle.lossy_error``: the pruned model against the plain masked original)."""
+    ops = ", ".join(f"{op} x{count}" for op, count in sorted(lossy["ops"].items()))
+    error = lossy["max_abs_error"]
+    figures = (
+        "not finite"
+        if error is None
+        else f"max abs {error:.3g} on '{lossy['output']}' (relative {lossy['relative_error']:.3g}"
+        + ("" if lossy["cosine"] is None else f", cosine {lossy['cosine']:.6f}")
+        + ")"
+    )
+    return (
+        f"lossy couplings pruned through (--lossy-couplings): {lossy['nodes']} node(s) ({ops})\n"
+        f"  their loss, pruned vs the plain masked original: {figures}"
     )
 
 

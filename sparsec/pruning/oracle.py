@@ -34,7 +34,7 @@ from sparsec.analysis.rules import RuleContext
 from sparsec.analysis.rules.layout import reduced_axes
 from sparsec.analysis.shapes import value_shapes
 from sparsec.ir import runtime
-from sparsec.validate import peak_gap
+from sparsec.validate import output_metrics, peak_gap
 
 
 @dataclass
@@ -260,3 +260,31 @@ def oracle_gap(model, reference, feeds: dict[str, np.ndarray]) -> float:
     got = runtime.session_for(model, optimization="disable").run(feeds)
     want = runtime.session_for(reference, optimization="disable").run(feeds)
     return peak_gap(want, got)
+
+
+def lossy_error(model, plain, ops: dict[str, int], feeds: dict[str, np.ndarray]) -> dict:
+    """What lossy couplings cost: the pruned ``model`` against the ``plain`` masked original (no
+    kept-positions wrapper) on ``feeds``, at the output with the largest relative error; with the
+    nodes pruned through (``ops``: op type → count). Non-finite figures are None (strict JSON)."""
+    want = runtime.session_for(plain, optimization="disable").run(feeds)
+    got = runtime.session_for(model, optimization="disable").run(feeds)
+    metrics = [
+        output_metrics(name, want[name], got[name], 0.0, 0.0, peak_tolerance=0.0)
+        for name in want
+        if name in got
+    ]
+    worst = max(metrics, key=lambda m: m.max_abs / max(m.max_abs_reference, 1e-30), default=None)
+    figures = {
+        "max_abs_error": None if worst is None else worst.max_abs,
+        "max_abs_output": None if worst is None else worst.max_abs_reference,
+        "relative_error": None
+        if worst is None
+        else worst.max_abs / max(worst.max_abs_reference, 1e-30),
+        "cosine": None if worst is None else worst.cosine,
+    }
+    return {
+        "nodes": sum(ops.values()),
+        "ops": dict(ops),
+        "output": None if worst is None else worst.name,
+        **{k: v if v is None or np.isfinite(v) else None for k, v in figures.items()},
+    }
