@@ -4,9 +4,10 @@
 registry ``AXIS_RULES``, strict mode); the rule modules are ``elementwise``, ``dims`` (Shape,
 Size), ``quantize`` (QDQ), ``compute`` (Conv, ConvTranspose, Gemm, MatMul), ``normalization``
 (norms, pooling, LRN), ``layout`` (data movement: Concat, Split, Slice, Reshape, Transpose,
-Gather, Pad, Resize, reductions, Softmax) and ``attention`` (fused attention ops). A new op rule
-goes into the module of its family (or a new module imported here) and brings an example graph
-in ``tests/test_rules.py``.
+Gather, Pad, Resize, reductions, Softmax), ``shuffle`` (which part a split reshape follows: a
+channel shuffle's inner one) and ``attention`` (fused attention ops). A new op rule goes into
+the module of its family (or a new module imported here) and brings an example graph in
+``tests/test_rules.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sparsec.analysis.rules import (
     normalization,
     quantize,
     recurrent,
+    shuffle,
 )
 from sparsec.analysis.rules.core import (
     AXIS_RULES,

@@ -28,6 +28,7 @@ from sparsec.analysis.rules.core import (
     rule_for,
 )
 from sparsec.analysis.rules.dims import dim_sources
+from sparsec.analysis.rules.shuffle import followed_part
 
 
 @axis_rule("Constant", "ConstantOfShape")
@@ -187,8 +188,10 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape, ctx: RuleContext | None = 
     owns (a run of them when it is the outer part, a stride of them when it is inner: an NHWC
     [N, W, H, C] → [N, W, H·C] sequence). The part is the outermost, unless in a merge exactly
     one part traces back to a compute weight's channel axis (``_channel_part``, given
-    ``ctx``). The other parts are blocked (linking them too would tie every channel to every
-    other through the shared positions). Many-to-many blocks are blocked.
+    ``ctx``), or a split's parts reach a merge in another order (a channel shuffle: the split
+    follows the part the merge links, ``rules.shuffle.followed_part``). The other parts are
+    blocked (linking them too would tie every channel to every other through the shared
+    positions). Many-to-many blocks are blocked.
     """
     for value, shape in ((x, x_shape), (y, y_shape)):
         c.free.update((value.name, axis) for axis, size in enumerate(shape) if size == 1)
@@ -199,7 +202,7 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape, ctx: RuleContext | None = 
         if len(ins) == 1 and len(outs) == 1:
             c.link((x.name, ins[0][0]), (y.name, outs[0][0]))
         elif len(ins) == 1:
-            _link_part(c, (x.name, ins[0][0]), y, outs, 0)
+            _link_part(c, (x.name, ins[0][0]), y, outs, followed_part(ctx, y, outs) if ctx else 0)
         elif len(outs) == 1:
             _link_part(c, (y.name, outs[0][0]), x, ins, _channel_part(ctx, x, ins) if ctx else 0)
         else:
