@@ -146,12 +146,13 @@ def layers(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
 
 
 def channel_groups(
-    model: Model, input_shapes: Sequence[str] = ()
+    model: Model, input_shapes: Sequence[str] = (), lossy_couplings: bool = False
 ) -> tuple[list[dict], dict[str, str]]:
-    """The channel groups of ``model`` as JSON-ready dicts (channels, weights, members, and
-    whether ``--channels`` would prune them, or why not), and the barrier nodes (node → op)."""
+    """The channel groups of ``model`` as JSON-ready dicts (channels, weights, members, the
+    nodes mixing their channels, and whether ``--channels`` would prune them, with
+    ``--lossy-couplings`` as ``lossy_couplings`` says, or why not), and the barrier nodes."""
     overrides = parse_input_shapes(input_shapes, model) or None
-    analysis = find_channel_groups(model, overrides)
+    analysis = find_channel_groups(model, overrides, lossy=lossy_couplings)
     rows = []
     for group in analysis.groups:
         rows.append(
@@ -161,6 +162,7 @@ def channel_groups(
                 "prunable": group.prunable,
                 "reason": group.reason,
                 "weights": [f"{name}[{axis}]" for name, axis in group.compute],
+                "lossy": [use.describe() for use in group.lossy],
                 "members": [
                     {"value": name, "axis": axis, "size": group.sizes[(name, axis)]}
                     for name, axis in group.members

@@ -94,6 +94,12 @@ def cli() -> None:
     help="Also list the channel groups: members, channels, prunable or why not (naming the blocking op).",
 )
 @click.option(
+    "--lossy-couplings",
+    is_flag=True,
+    help="With --groups: as compress --lossy-couplings would see them (groups whose channels a "
+    "node such as LRN mixes are prunable, and say which nodes).",
+)
+@click.option(
     "--layers",
     is_flag=True,
     help="Also list the layers (Conv/Gemm/MatMul with a weight): the groups holding their output "
@@ -136,6 +142,7 @@ def analyze(
     model: Path,
     as_json: bool,
     groups: bool,
+    lossy_couplings: bool,
     layers: bool,
     heads: bool,
     sensitivity: bool,
@@ -153,8 +160,10 @@ def analyze(
     summary = api.analyze(loaded, input_shapes, inputs)
     if groups:
         summary["channel_groups"], summary["channel_barriers"] = api.channel_groups(
-            loaded, input_shapes
+            loaded, input_shapes, lossy_couplings
         )
+    elif lossy_couplings:
+        raise click.UsageError("--lossy-couplings goes with --groups")
     if layers:
         summary["layers"] = api.layers(loaded, input_shapes)
     if heads:

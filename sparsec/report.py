@@ -254,6 +254,8 @@ def groups_text(groups: list[dict]) -> str:
             f" +{len(group['weights']) - 3}" if len(group["weights"]) > 3 else ""
         )
         status = "prunable" if group["prunable"] else f"kept: {group['reason']}"
+        if group["prunable"] and group.get("lossy"):
+            status += f" (lossy: {', '.join(group['lossy'])})"
         rows.append(
             [str(group["id"]), str(group["channels"]), str(len(group["members"])), weights, status]
         )

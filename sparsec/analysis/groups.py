@@ -129,12 +129,16 @@ class ChannelGroup:
         ]
 
     def describe(self) -> str:
-        """One line: the group's id, its size (``heads`` for a heads group, else ``channels``)
-        and its first weights."""
+        """One line: the group's id, its size (``heads`` for a heads group, else ``channels``),
+        its first weights, and the nodes mixing its channels when it is pruned through them."""
         weights = ", ".join(f"{name}[{axis}]" for name, axis in self.compute[:4])
         more = f" +{len(self.compute) - 4}" if len(self.compute) > 4 else ""
         units = "heads" if self.kind == "heads" else "channels"
-        mixed = f"; lossy: {', '.join(u.describe() for u in self.lossy)}" if self.lossy else ""
+        mixed = (  # a blocked group's reason names them already
+            f"; lossy: {', '.join(u.describe() for u in self.lossy)}"
+            if self.prunable and self.lossy
+            else ""
+        )
         return f"group {self.id}: {self.units} {units}, weights {weights}{more}{mixed}"
 
 
