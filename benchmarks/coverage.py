@@ -20,8 +20,9 @@ Columns (ratios are after / before: lower is smaller or faster):
 * params, MACs: ratios (sparsec: its report; onnxsim: ``sparsec analyze --json`` on both files).
 * lat: sparsec's own latency ratio, from its report (onnxruntime default threading).
 * lat1t: latency ratio measured here the same way for every output: onnxruntime CPU, 1
-  intra-op and 1 inter-op thread, median of N runs after 2 warm-ups, on one seeded
-  standard-normal input (seed 0; symbolic dims: batch 1, others 128).
+  intra-op and 1 inter-op thread, median of N runs after 2 warm-ups, on the model's own
+  ``--inputs`` arrays when its suite gives them (``pypi_models.extra_args``), else one seeded
+  standard-normal input (seed 0) at its ``--input-shape`` (symbolic dims: batch 1, others 128).
 * oracle: sparsec's correctness check from its report, max |error| / max |output| against the
   masked original (MODEL with the removed channels zeroed); ~1e-7 means exact surgery.
 * err: max |output - MODEL's| / max |MODEL's| measured here on the lat1t input: what pruning
@@ -93,24 +94,24 @@ def child_onnxsim(model: str, out: str, ratio: str) -> dict:
     }
 
 
-def child_measure(runs: str, reference: str, *candidates: str) -> dict:
-    """1-thread median latency of every model, and each candidate's relative error."""
+def measure_feeds(session, extra: list[str]) -> dict:
+    """Inputs for timing: the model's ``--inputs`` arrays when its extra arguments name them,
+    else seeded random data at the ``--input-shape`` dims (declared dims, 1 for a symbolic
+    batch, 128 for other symbolic dims)."""
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    load = lambda path: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])  # noqa: E731
-    ref, rng, feeds = load(reference), np.random.default_rng(0), {}
-    types = {
-        "float16": np.float16,
-        "double": np.float64,
-        "int64": np.int64,
-        "int32": np.int32,
-        "bool": np.bool_,
-    }
-    for value in ref.get_inputs():
-        shape = [
+    options = dict(zip(extra[::2], extra[1::2], strict=False))
+    if "--inputs" in options:
+        with np.load(options["--inputs"]) as data:
+            return {v.name: data[v.name] for v in session.get_inputs()}
+    bound = {}
+    for text in [options[k] for k in options if k == "--input-shape"]:
+        name, dims = text.rsplit(":", 1)
+        bound[name] = [int(d) for d in dims.split("x")]
+    rng, feeds = np.random.default_rng(0), {}
+    types = {"float16": np.float16, "double": np.float64, "int64": np.int64, "int32": np.int32}
+    for value in session.get_inputs():
+        shape = bound.get(value.name) or [
             d if isinstance(d, int) and d > 0 else (1 if i == 0 else 128)
             for i, d in enumerate(value.shape)
         ]
@@ -121,6 +122,20 @@ def child_measure(runs: str, reference: str, *candidates: str) -> dict:
             else rng.integers(0, 2, shape)
         )
         feeds[value.name] = data.astype(dtype)
+    return feeds
+
+
+def child_measure(runs: str, extra: str, reference: str, *candidates: str) -> dict:
+    """1-thread median latency of every model, and each candidate's relative error, on the
+    inputs ``measure_feeds`` makes from the model's extra arguments (JSON list)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    load = lambda path: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])  # noqa: E731
+    ref = load(reference)
+    feeds = measure_feeds(ref, json.loads(extra))
 
     def median_ms(sess) -> float:
         times = []
@@ -332,7 +347,14 @@ def bench(model: Path, out_dir: Path, args, competitor: bool) -> dict:
     say(", timing")
     done = [b for b in ("sparsec", "onnxsim") if isinstance(row.get(b), dict)]
     measured = child(
-        "measure", [str(args.latency_runs), str(model), *(str(outs[b]) for b in done)], args.timeout
+        "measure",
+        [
+            str(args.latency_runs),
+            json.dumps(_extra_args(model)),
+            str(model),
+            *(str(outs[b]) for b in done),
+        ],
+        args.timeout,
     )
     say(f" ({measured['error']})\n" if "error" in measured else " done\n")
     ref_ms = measured.get(str(model), {}).get("ms")
