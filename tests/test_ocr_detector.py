@@ -101,15 +101,20 @@ def test_conv_transpose_batchnorm_head(group, bias):
 
 
 @pytest.mark.parametrize("opset", [11, 13, 18])
-@pytest.mark.parametrize("form", ["constant", "shape"])
+@pytest.mark.parametrize("form", ["constant", "shape", "sliced"])
 def test_resize_sizes_names_the_channels(opset, form):
     """Conv → Resize (sizes [N, C, 2H, 2W]) → Conv: a constant C is rewritten with the pruned
-    count. Sizes computed from ``Shape(X)`` keep X's channels whole for now (the Shape rule
-    counts a shape vector used whole as a read), and the model stays exact."""
+    count; sizes that take [N, C] from ``Shape(X)[0:2]`` (``F.interpolate(x, size=...)`` as
+    TorchScript writes it) follow the pruning by themselves. A shape vector used whole in
+    arithmetic (``Shape(X) * [1, 1, 2, 2]``) is a read: X's channels stay whole, exactly."""
     g = GraphBuilder((1, 3, 4, 4), opset=opset, seed=opset).conv(8).relu()
     x, empty = g.current, np.array([], np.float32)
     if form == "constant":
         sizes = np.array([1, 8, 8, 8], np.int64)
+    elif form == "sliced":
+        g.op("Shape", shape=[4])
+        g.op("Slice", np.array([0], np.int64), np.array([2], np.int64), shape=[2])
+        sizes = g.op("Concat", np.array([8, 8], np.int64), axis=0, shape=[4]).current
     else:
         g.op("Shape", shape=[4])
         sizes = g.op("Mul", np.array([1, 1, 2, 2], np.int64), shape=[4]).current
@@ -118,4 +123,4 @@ def test_resize_sizes_names_the_channels(opset, form):
     g.op("Resize", empty, scales, sizes, shape=[1, 8, 8, 8], mode="nearest")
     model = prune_half(g.conv(5).model())
     after = model.constant(nodes(model, "Conv")[1].inputs[1]).shape[1]  # the conv after Resize
-    assert after == (4 if form == "constant" else 8)
+    assert after == (8 if form == "shape" else 4)

@@ -1,5 +1,5 @@
 """Axis rules of ops that read tensor sizes at run time (Shape, Size), and the helpers that
-follow one read dim through to the Reshape/Expand targets it builds.
+follow one read dim through to the Reshape/Expand targets (and Resize sizes) it builds.
 
 The invariant: a dim read at run time would change with pruning, so the axis it reads is
 blocked, unless the dim only flows (through Unsqueeze/Squeeze/Cast/Identity, a Mul by a
@@ -109,7 +109,7 @@ def _picked(reader, ctx: RuleContext, dims: list[int]) -> list[int] | None:
 
 
 DIM_CARRIERS = {"Unsqueeze", "Squeeze", "Cast", "Identity"}
-SHAPE_TARGETS = {"Reshape": 1, "Expand": 1}  # op -> the input holding the target shape
+SHAPE_TARGETS = {"Reshape": 1, "Expand": 1, "Resize": 3}  # op -> its input holding a shape
 
 
 def _carries(ctx: RuleContext, node, value) -> int | None:
