@@ -6,8 +6,9 @@ They are committed (a few KB each); rerun to rebuild: ``python models/make_coupl
 
 Kinds: residual Add, Concat + Split, grouped + depthwise Conv, squeeze-excite, conv → Flatten →
 Gemm, LayerNorm over channels between Transposes (ConvNeXt-style), a written-out LayerNorm,
-Slice / Gather / Reshape on the channel axis, GroupNorm + ConvTranspose + Resize + Pad, and a
-CNN with a custom-domain node in the middle (a barrier).
+Slice / Gather / Reshape on the channel axis, GroupNorm + ConvTranspose + Resize + Pad, a
+CNN with a custom-domain node in the middle (a barrier), and an AlexNet-style stem with two LRNs
+(lossy couplings: prunable with --lossy-couplings only).
 """
 
 from __future__ import annotations
@@ -213,6 +214,23 @@ def custom_barrier() -> onnx.ModelProto:
     return b.model([1, 3, 8, 8], head(b, b.conv(y, 16, 12), 12), domains=("com.microsoft",))
 
 
+def lrn_stem() -> onnx.ModelProto:
+    """AlexNet / ZFNet's stem: Conv → Relu → LRN → MaxPool → Conv → Relu → LRN → Conv, then
+    MaxPool → Flatten → Gemm → Relu → Gemm. The LRNs mix neighbouring channels strongly (alpha
+    0.5, unlike AlexNet's 1e-4), so pruning through them changes the kept channels measurably."""
+    b = Builder(11)
+    lrn = {"size": 5, "alpha": 0.5, "beta": 0.75, "bias": 2.0}
+    x = b.op("LRN", [b.op("Relu", [b.conv("input", 3, 16)])], **lrn)
+    x = b.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.op("LRN", [b.op("Relu", [b.conv(x, 16, 24)])], **lrn)
+    x = b.op("MaxPool", [b.op("Relu", [b.conv(x, 24, 32)])], kernel_shape=[2, 2], strides=[2, 2])
+    hidden = b.op("Gemm", [b.op("Flatten", [x]), b.weight(16, 32 * 4 * 4), b.vector(16)], transB=1)
+    return b.model(
+        [1, 3, 16, 16],
+        b.op("Gemm", [b.op("Relu", [hidden]), b.weight(5, 16), b.vector(5)], transB=1),
+    )
+
+
 MODELS = {
     fn.__name__: fn
     for fn in (
@@ -226,6 +244,7 @@ MODELS = {
         slice_gather_reshape,
         groupnorm_upsample,
         custom_barrier,
+        lrn_stem,
     )
 }
 
