@@ -22,12 +22,12 @@ from sparsec.passes.cleanup import DeadCodePass
 VIT = MODELS / "digits_vit.onnx"  # 2 blocks, 4 heads of 8, MLP 32 -> 64 -> 32 (legacy exporter)
 ATTENTION = sorted(
     (MODELS / "attention").rglob("*.onnx")
-)  # packed_qkv/ too; committed (models/README.md)
+)  # packed_qkv/ and paddle/ too; committed (models/README.md, models/attention/paddle/README.md)
 
 
 def test_the_committed_attention_models_are_all_there():
     """The parametrized tests below run over them: a missing folder must fail, not shrink them."""
-    assert len(ATTENTION) == 10
+    assert len(ATTENTION) == 14
 
 
 def _shape(model: Model, name: str) -> tuple[int, ...]:
