@@ -11,6 +11,9 @@ query heads that share it (the K/V repeat links them). So, per block:
   ``kv_heads`` = the key projection's output width / ``head_dim`` (read from the weight, so a
   block pruned down to one KV head, whose size-1 axis no longer ties its query heads in the
   group, still reports it), or the group's units when Q, K, V share one packed weight;
+- a group holding several attentions (a Q/K/V weight shared between blocks ties their heads,
+  unit h being head h of each) is one block whose ``form`` names the attentions and the shared
+  weight: their heads are pruned jointly;
 - Q, K, V are the constant weights the operands of the attention product (or op) are computed
   from, traced up through layout and elementwise ops; O is the weight that reduces over the
   group (its reduction axis, ``weight_sites.REDUCTION_AXIS``, is the group's member).
@@ -83,6 +86,7 @@ def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBl
     form, weights = (
         _fused_weights(model, fused) if fused is not None else _written_out_weights(model, nodes)
     )
+    form += _tie(model, group, nodes)
     projections = {name for names in weights.values() for name in names}
     o = sorted(
         {
@@ -140,13 +144,40 @@ def _fused_weights(model, node) -> tuple[str, dict[str, list[str]]]:
     }
 
 
-def _written_out_weights(model, nodes) -> tuple[str, dict[str, list[str]]]:
-    """Q and K feed the product whose result reaches the Softmax, V the other one."""
-    products = [
+def _products(model, nodes) -> list:
+    """The MatMuls of two activations among ``nodes`` (attention scores and contexts)."""
+    return [
         n
         for n in nodes
         if n.op_type == "MatMul" and not any(model.constant_shape(v) for v in n.inputs)
     ]
+
+
+def _tie(model, group: ChannelGroup, nodes) -> str:
+    """How a group holding several attentions is tied (a Q/K/V weight shared between blocks:
+    one unit is the same head of each, so they are pruned jointly), or ``""`` for one."""
+    attentions = [n for n in nodes if (_domain(n), n.op_type) in ATTENTION_OPS] or [
+        n for n in _products(model, nodes) if _feeds_softmax(n)
+    ]
+    if len(attentions) < 2:
+        return ""
+    inits = model.initializers()
+    shared = sorted(
+        {
+            name
+            for name, _ in group.compute
+            if name in inits and len(model.consumers(inits[name])) > 1
+        }
+    )
+    names = [f"'{n.name or n.op_type}'" for n in attentions]
+    blocks = f"blocks {', '.join(names[:-1])} and {names[-1]}"
+    what = f"weight {', '.join(shared)} shared between {blocks}" if shared else blocks
+    return f"; {len(attentions)} blocks tied ({what}): their heads are pruned jointly"
+
+
+def _written_out_weights(model, nodes) -> tuple[str, dict[str, list[str]]]:
+    """Q and K feed the product whose result reaches the Softmax, V the other one."""
+    products = _products(model, nodes)
     scores = next((n for n in products if _feeds_softmax(n)), products[0])
     context = next((n for n in products if n is not scores), scores)
     operands = {"q": scores.inputs[0], "k": scores.inputs[1], "v": context.inputs[1]}

@@ -17,7 +17,10 @@ the ``0`` that copies dim 0 or 1, which P and its slice share) resolve to the sa
 every input, so the new target follows any batch and sequence size that the original did. When
 P = X·W (+ b) with constant W and b and no other use, the slice of P is written as X·W[:, part]
 (+ b[part]): the separate Q/K/V projections of the written-out (BERT) form, whose heads the
-engine removes. Otherwise P is sliced.
+engine removes. Otherwise P is sliced; so is a P whose W or b is shared with other nodes (one
+packed QKV weight tied between blocks): split, the weight would be copied per block, untying the
+blocks and growing the model. Sliced, the shared weight keeps every block's heads in one group,
+and they are pruned jointly (the same heads of each block).
 
 Rewritten only when: the permutation is exactly [2, 0, 3, 1, 4]; the target's last three
 elements are the constants 3, H, D (the target a constant, or a Concat of rank-1 pieces), so
@@ -248,7 +251,17 @@ def _projection(model, packed):
     weight = model.constant(node.inputs[1])
     if weight is None or weight.ndim != 2 or (bias is not None and bias.shape != weight.shape[1:]):
         return None
+    if _shared(node.inputs[1], node) or (
+        bias is not None and _shared(bias_value, packed.producer())
+    ):
+        return None  # split, it would be copied per block: the blocks would lose their tie
     return node.inputs[0], node.inputs[1], weight, bias_value, bias, bias_first
+
+
+def _shared(value, node) -> bool:
+    """Whether the constant ``value`` is read by a node other than ``node`` (a weight tied
+    between blocks)."""
+    return any(use.node is not node for use in value.uses()) or value.is_graph_output()
 
 
 def _rewrite(model, match: _Match) -> bool:
