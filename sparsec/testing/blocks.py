@@ -232,11 +232,28 @@ def passthrough(b: Builder, s: State, spec: dict) -> State:
 
 
 def channel_shuffle(b: Builder, s: State, spec: dict) -> State:
+    """A channel shuffle (``groups``, 2 by default; targets spelled out, or with ``infer`` a
+    -1 in them); with ``unit``, a ShuffleNet unit around it: grouped 1×1 conv to ``mid``
+    channels → BatchNorm → Relu → shuffle → depthwise 3×3 → BatchNorm → grouped 1×1 conv back
+    → BatchNorm, then (``add``) added to the input."""
+    groups = spec.get("groups", 2)
+    if not spec.get("unit"):
+        return _shuffle(b, s, groups, spec.get("infer", False))
+    grouped = {"k": 1, "group": groups, "bias": False}
+    x = conv(b, s, grouped, c_out=spec.get("mid", 12))
+    x = _shuffle(b, act(b, bn(b, x, spec), {"act": "Relu"}), groups, spec.get("infer", False))
+    x = bn(b, conv(b, x, {"k": 3, "group": "depthwise", "bias": False}), spec)
+    x = bn(b, conv(b, x, grouped, c_out=s.shape[1]), spec)
+    return State(b.op("Add", [x.name, s.name]), s.shape, "image") if spec.get("add") else x
+
+
+def _shuffle(b: Builder, s: State, groups: int, infer: bool) -> State:
+    """Reshape [N, g, C/g, H, W] → Transpose [0, 2, 1, 3, 4] → Reshape [N, C, H, W]."""
     n, c, h, w = s.shape
-    groups = 2 if c % 2 == 0 else 1
-    split = b.reshape(s.name, [n, groups, c // groups, h, w])
+    groups = groups if c % groups == 0 else 1
+    split = b.reshape(s.name, [n, groups, -1 if infer else c // groups, h, w])
     swapped = b.op("Transpose", [split], perm=[0, 2, 1, 3, 4])
-    return State(b.reshape(swapped, [n, c, h, w]), s.shape, "image")
+    return State(b.reshape(swapped, [n, -1 if infer else c, h, w]), s.shape, "image")
 
 
 def resize(b: Builder, s: State, spec: dict) -> State:

@@ -12,17 +12,18 @@ normal weights, norms with random scale, bias, mean and variance (never an ident
 The block kinds cover the ops sparsec's axis rules know: Conv (grouped, depthwise, dilated,
 strided, SAME padding), ConvTranspose, Gemm (transA/transB) and MatMul (weight on either side),
 Batch/Layer/Group/InstanceNormalization, LRN and a written-out LayerNorm, Add/Sub/Mul/Div with
-per-channel constants and a second graph input, Concat (channels, spatial, with itself), Split (2
-and 3 ways), Slice (forward, reversed, from the end), Gather (repeated, negative indices),
-Reshape (channel shuffle, to features), Flatten (NCHW and channels-last), Transpose,
-Squeeze/Unsqueeze, Expand, Resize, Pad, Max/Average/GlobalAverage pooling, ReduceMean/Max,
-Softmax over channels, activations, Identity/Dropout/Cast, residual, squeeze-excite, gating and
-long skip connections (fork/join), dead branches, a shared weight, extra graph outputs, If and
-Loop bodies reading outer values, attention blocks (Q/K/V MatMul, heads by Reshape/Transpose,
-scaled QKᵀ, optional causal mask, Softmax, output projection), MLP and SwiGLU, and (behind
-``qdq=True``) QuantizeLinear/DequantizeLinear pairs on weights (per tensor or per axis) and
-activations. Opsets 13, 17, 18 and 21; batch 1, 2 or symbolic; weights as initializers and/or
-``Constant`` nodes.
+per-channel constants and a second graph input, Concat (channels, spatial, with itself), Split
+(2 and 3 ways), Slice (forward, reversed, from the end), Gather (repeated, negative indices),
+Reshape (channel shuffle, alone or in a ShuffleNet unit between grouped 1×1 convs; to features),
+Flatten (NCHW and channels-last), Transpose, Squeeze/Unsqueeze, Expand, Resize, Pad,
+Max/Average/GlobalAverage pooling, ReduceMean/Max, Softmax over channels, activations,
+Identity/Dropout/Cast, residual, squeeze-excite, gating and long skip connections (fork/join),
+dead branches, a shared weight, extra graph outputs, If and Loop bodies reading outer values,
+attention blocks (Q/K/V MatMul, heads by Reshape/Transpose, scaled QKᵀ, optional causal mask,
+Softmax, output projection), MLP and SwiGLU, and (behind ``qdq=True``)
+QuantizeLinear/DequantizeLinear pairs on weights (per tensor or per axis) and activations.
+Opsets 13, 17, 18 and 21; batch 1, 2 or symbolic; weights as initializers and/or ``Constant``
+nodes.
 """
 
 from __future__ import annotations
@@ -164,6 +165,13 @@ SAMPLERS: dict[str, Callable] = {
         "negative": bool(rng.random() < 0.3),
     },
     "concat_self": lambda rng, s: {"add": bool(rng.random() < 0.3)},
+    "shuffle": lambda rng, s: {
+        "groups": int(_choice(rng, (2, 3, 4))),
+        "unit": bool(rng.random() < 0.7),
+        "mid": int(_choice(rng, (12, 18, 24, 32, 36))),
+        "add": bool(rng.random() < 0.5),
+        "infer": bool(rng.random() < 0.3),
+    },
     "weight_first": lambda rng, s: {"out": int(_choice(rng, (6, 8, 12)))},
     "join": lambda rng, s: {"concat": bool(rng.random() < 0.4)},
     "passthrough": lambda rng, s: {"kind": _choice(rng, ("Identity", "Dropout", "Cast"))},
