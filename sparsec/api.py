@@ -420,8 +420,8 @@ def _compress_loaded(
 def _lossy_couplings(model, result: PassResult, feeds: dict) -> dict | None:
     """When the cut went through lossy couplings: their nodes and the pruned model's difference
     from the plain masked original (``oracle.lossy_error``)."""
-    ops = result.artifacts.get("lossy_couplings")
-    return lossy_error(model, result.reference(plain=True), ops, feeds) if ops else None
+    ops, build = result.artifacts.get("lossy_couplings"), result.reference
+    return lossy_error(model, build(plain=True), ops, feeds) if ops and build else None
 
 
 def _runs(source: Path, feeds: dict) -> bool:
