@@ -49,6 +49,19 @@ def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
 VECTOR_CARRIERS = {"Cast", "Identity"}  # ops that pass a whole shape vector on unchanged
 
 
+def piece_constant(const, value) -> np.ndarray | None:
+    """The array a piece of a shape vector always holds: a constant, or a Cast/Identity of an
+    integer one as int64 (paddle2onnx writes each constant entry of a Reshape target as
+    ``Cast(int32 Constant)``); None when it is computed at run time. ``const`` reads a value's
+    constant (``RuleContext.const`` in a rule, ``Model.constant`` in surgery)."""
+    array = const(value)
+    node = value.producer() if array is None and value is not None else None
+    if node is None or node.op_type not in VECTOR_CARRIERS:
+        return array
+    inner = const(node.inputs[0])
+    return None if inner is None or inner.dtype.kind not in "iu" else inner.astype(np.int64)
+
+
 def _vector_readers(vector) -> list:
     """The nodes that read the shape vector ``vector``, looking through Cast/Identity copies
     of it (Paddle casts a shape to int32 and back before slicing it)."""

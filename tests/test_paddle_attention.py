@@ -1,0 +1,169 @@
+"""Attention as Paddle (and TF) write it (issue 18, class 7): SVTR blocks as paddle2onnx exports
+PP-OCRv4's recognizer (packed QKV, a run-time ``Concat(Cast(...))`` Reshape target,
+``Transpose [2, 0, 3, 1, 4]``, the scale on q or on the scores), their q/k/v taken with
+Slice + Squeeze, Gather or Split, and one QKV weight shared by two blocks.
+
+Every form prunes at ``--channels 0.5`` (every group but the input's 3 channels and the 10
+classes) and at ``--heads 0.5``, equal to its masked original; the head count and the merged
+width follow in the Reshape targets; ``analyze --heads`` lists the blocks. A shared QKV weight
+stays one weight: the blocks it ties lose the same heads (one group), and ``analyze`` says so.
+Models: ``models/make_paddle_attention_model.py`` (seeded; the oracle's inputs are seeded too).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MODELS, oracle_error
+
+from sparsec import api
+from sparsec.analysis.rules.dims import piece_constant
+from sparsec.ir import Model
+from sparsec.passes import Pipeline
+
+PADDLE = MODELS / "attention" / "paddle"
+FORMS = ["svtr_block", "svtr_gather", "svtr_split"]  # Slice + Squeeze, Gather, Split + Squeeze
+SHARED = PADDLE / "svtr_shared_qkv.onnx"
+HEADS, HEAD_DIM, DIM, CLASSES = 4, 8, 32, 10
+SHAPE = "x:1x3x8x32"
+
+
+def params(model: Model) -> int:
+    return sum(int(np.prod(v.shape)) for v in model.initializers().values())
+
+
+def prune(path, ratio: float, heads: float = -1.0) -> tuple[Model, dict]:
+    """What ``compress --channels ratio --heads heads`` runs; asserts the oracle."""
+    model = Model.load(path)
+    result = Pipeline(api.channel_passes(ratio, heads=heads), fixed_point=True)(model)
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4
+    return model, result.stats
+
+
+def targets(model: Model) -> list[list[int | None]]:
+    """Every Reshape target's entries (None: read at run time), from a constant or a Concat."""
+    rows = []
+    for node in (n for n in model.nodes() if n.op_type == "Reshape"):
+        whole = model.constant(node.inputs[1])
+        pieces = [node.inputs[1]] if whole is not None else node.inputs[1].producer().inputs
+        row: list[int | None] = []
+        for piece in pieces:
+            array = model.constant(piece)
+            row += [None] if array is None else [int(v) for v in array.reshape(-1)]
+        rows.append(row)
+    return rows
+
+
+def head_targets(model: Model) -> list[tuple[int | None, int | None]]:
+    """(heads, head_dim) of every [0, T, H, D] target (the per-part ones split-qkv writes)."""
+    return [(t[2], t[3]) for t in targets(model) if len(t) == 4]
+
+
+def merge_widths(model: Model) -> list[int | None]:
+    """The last entry of every [0, T, H·D] target (the heads merged back; 120 in PP-OCRv4)."""
+    return [t[-1] for t in targets(model) if len(t) == 3]
+
+
+def classifier_width(model: Model) -> int:
+    """The residual width the head reads: the rows of the [C, 10] classifier weight."""
+    shapes = [tuple(v.shape) for v in model.initializers().values()]
+    return next(rows for rows, columns in (s for s in shapes if len(s) == 2) if columns == CLASSES)
+
+
+@pytest.mark.parametrize("form", FORMS + ["svtr_shared_qkv"])
+def test_heads_half_removes_two_of_four_heads_in_every_target(form):
+    model, stats = prune(PADDLE / f"{form}.onnx", 0.0, heads=0.5)
+    assert head_targets(model) == [(HEADS // 2, HEAD_DIM)] * 6  # q, k, v of both blocks
+    assert merge_widths(model) == [HEADS // 2 * HEAD_DIM] * 2
+    assert classifier_width(model) == DIM  # the residual stream is not a head group
+    assert stats["channel-prune.groups_pruned"] == (1 if form == "svtr_shared_qkv" else 2)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_channels_half_prunes_every_group_but_input_and_classes(form):
+    path = PADDLE / f"{form}.onnx"
+    model, stats = prune(path, 0.5)
+    assert stats["channel-prune.groups"] == 7 and stats["channel-prune.groups_pruned"] == 5
+    assert head_targets(model) == [(HEADS // 2, HEAD_DIM)] * 6
+    assert merge_widths(model) == [HEADS // 2 * HEAD_DIM] * 2
+    assert classifier_width(model) == DIM // 2  # the residual width, LayerNorms included
+    assert params(model) / params(Model.load(path)) <= 0.3  # 0.276 measured
+
+
+def test_a_shared_qkv_weight_stays_one_weight_and_both_blocks_lose_the_same_heads():
+    original = Model.load(SHARED)
+    shared = [v for v in original.initializers().values() if tuple(v.shape) == (DIM, 3 * DIM)]
+    assert len(shared) == 1 and len(original.consumers(shared[0])) == 2
+    for ratio, heads, width in ((0.0, 0.5, DIM), (0.5, -1.0, DIM // 2)):
+        model, stats = prune(SHARED, ratio, heads)
+        packed = [
+            v for v in model.initializers().values() if tuple(v.shape) == (width, 3 * DIM // 2)
+        ]
+        assert len(packed) == 1 and len(model.consumers(packed[0])) == 2  # still tied
+        assert head_targets(model) == [(HEADS // 2, HEAD_DIM)] * 6
+        assert stats["split-qkv.qkv_weights_split"] == 0  # sliced, not copied per block
+
+
+def canonical(path, tmp_path) -> str:
+    """``path`` as channel-prune sees it (shapes folded at SHAPE, packed QKV split), saved."""
+    model = Model.load(path)
+    Pipeline(api.canonical_passes())(model)
+    out = tmp_path / path.name
+    model.save(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_analyze_lists_both_blocks_as_prunable_heads(cli, tmp_path, form):
+    path = canonical(PADDLE / f"{form}.onnx", tmp_path)
+    code, stdout, _ = cli("analyze", path, "--heads", "--json", "--input-shape", SHAPE)
+    blocks = json.loads(stdout)["attention_blocks"]
+    assert code == 0 and len(blocks) == 2
+    for block in blocks:
+        assert (block["heads"], block["kv_heads"], block["head_dim"]) == (HEADS, HEADS, HEAD_DIM)
+        assert block["form"] == "written out (MatMul → Softmax → MatMul)"
+        assert block["reason"] is None and block["o"] and block["q"] != block["k"]
+    code, stdout, _ = cli("analyze", path, "--groups", "--heads", "--input-shape", SHAPE)
+    assert "channel groups: 7 (5 prunable)" in stdout and "attention blocks: 2" in stdout
+
+
+def test_analyze_names_the_blocks_a_shared_weight_ties(cli, tmp_path):
+    path = canonical(SHARED, tmp_path)
+    code, stdout, _ = cli("analyze", path, "--heads", "--input-shape", SHAPE)
+    assert code == 0 and "attention blocks: 1" in stdout
+    weight = next(
+        v.name
+        for v in Model.load(SHARED).initializers().values()
+        if tuple(v.shape) == (DIM, 3 * DIM)
+    )
+    assert f"2 blocks tied (weight {weight} shared between blocks '" in stdout
+    assert "their heads are pruned jointly" in stdout and "prunable" in stdout
+
+
+def test_raw_paddle_graph_lists_its_heads_too(cli):
+    """Before canonicalization (packed QKV, Cast(Constant) target entries) the two blocks are
+    found all the same, with their heads, head_dim and packed weight."""
+    code, stdout, _ = cli("analyze", PADDLE / "svtr_block.onnx", "--heads", "--json")
+    blocks = json.loads(stdout)["attention_blocks"]
+    assert code == 0
+    assert [(b["heads"], b["head_dim"]) for b in blocks] == [(HEADS, HEAD_DIM)] * 2
+    assert all(b["q"] == b["k"] == b["v"] and len(b["q"]) == 1 for b in blocks)
+
+
+def test_a_cast_constant_piece_of_a_target_reads_as_int64():
+    """paddle2onnx writes each constant entry of a Reshape target as Cast(int32 Constant)."""
+    model = Model.load(PADDLE / "svtr_block.onnx")
+    concats = [n.inputs[1].producer() for n in model.nodes() if n.op_type == "Reshape"]
+    pieces = next(c.inputs for c in concats if len(c.inputs) == 5)  # [0, T, 3, H, D]
+    assert model.constant(pieces[-1]) is None  # a Cast output: not a constant by itself
+    read = [piece_constant(model.constant, piece) for piece in pieces]
+    assert [None if r is None else (r.dtype, r.tolist()) for r in read] == [
+        (np.dtype(np.int64), [0]),
+        None,  # T, read at run time
+        (np.dtype(np.int64), [3]),
+        (np.dtype(np.int64), [HEADS]),
+        (np.dtype(np.int64), [HEAD_DIM]),
+    ]
