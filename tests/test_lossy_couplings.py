@@ -199,3 +199,26 @@ def test_alexnet_pruned_through_its_lrns_passes_the_oracle(tmp_path):
     assert result.artifacts["lossy_couplings"] == {"LRN": 2}
     assert result.stats["channel-prune.groups_pruned"] == 7
     assert oracle_error(model, result.reference()) <= 1e-4
+
+
+def test_a_plan_through_lrn_needs_the_option_again(cli, tmp_path):
+    plan = tmp_path / "plan.json"
+    base = ("compress", STEM, "--latency-runs", "0")
+    code, _, err = cli(
+        *base,
+        "-o",
+        tmp_path / "a.onnx",
+        "--channels",
+        "0.5",
+        "--lossy-couplings",
+        "--plan-out",
+        plan,
+    )
+    assert code == 0, err
+    code, _, err = cli(*base, "-o", tmp_path / "b.onnx", "--plan-in", plan)
+    assert code != 0 and "pass --lossy-couplings" in err
+    code, out, err = cli(*base, "-o", tmp_path / "c.onnx", "--plan-in", plan, "--lossy-couplings")
+    assert code == 0, err
+    assert "2 node(s) (LRN x2)" in out
+    code, _, err = cli("analyze", STEM, "--lossy-couplings")
+    assert code == 2 and "--groups" in err
