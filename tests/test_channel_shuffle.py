@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import MODELS, make_model, oracle_error, prune
+from make_coupling_models import Builder, head
+from make_shuffle_model import shuffle
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.analysis.groups import find_channel_groups
@@ -72,6 +74,36 @@ def test_the_pruned_shuffle_targets_hold_the_kept_sizes():
         [[1, 3, 12, 8, 8], [1, 36, 8, 8]],
         [[0, 3, -1, 4, 4], [0, -1, 4, 4]],
     ]
+
+
+def shufflenet_v2(units: int = 3) -> onnx.ModelProto:
+    """ShuffleNet v2 units: Split the stream in halves, 1×1 → depthwise 3×3 → 1×1 on the right
+    half, Concat with the left half, shuffle in 2 groups (``Builder`` of the coupling models)."""
+    b = Builder(19)
+    x = b.op("Relu", [b.bn(b.conv("input", 3, 16, bias=False), 16)])
+    for _ in range(units):
+        halves = b.const(np.array([8, 8], np.int64), "split")
+        left, right = b.op("Split", [x, halves], outputs=2, axis=1)
+        right = b.op("Relu", [b.bn(b.conv(right, 8, 8, k=1, bias=False), 8)])
+        right = b.bn(b.op("Conv", [right, b.weight(8, 1, 3, 3)], pads=[1] * 4, group=8), 8)
+        right = b.op("Relu", [b.bn(b.conv(right, 8, 8, k=1, bias=False), 8)])
+        joined = b.op("Concat", [left, right], axis=1)
+        x = shuffle(b, joined, [1, 2, 8, 8, 8], [1, 16, 8, 8])
+    return b.model([1, 3, 8, 8], head(b, x, 16))
+
+
+def test_shufflenet_v2_units_prune_exactly():
+    """Concat → shuffle → Split: a sub-channel ties the left half's channel to the branch
+    output's, and the split halves take the shuffled pairs; every group with weights prunes."""
+    model = Model.from_proto(shufflenet_v2())
+    analysis = find_channel_groups(model)
+    assert sum(g.prunable for g in analysis.groups) == 4  # the stream and 3 branches
+    stream = next(g for g in analysis.groups if g.prunable and len(g.compute) > 3)
+    assert stream.units == 16  # each stem channel its own unit (shuffle groups as units: 10)
+    model, result = prune(model, ratio=0.5)
+    assert result.stats["channel-prune.groups_pruned"] == 4
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4
 
 
 def _split_link(perm: list[int], split_shape: list[int], merge_shape: list[int]):
