@@ -70,7 +70,9 @@ def test_any_sub_list_of_blocks_builds_a_valid_graph():
 def test_harness_reports_a_broken_oracle_reference(tmp_path, monkeypatch):
     """With the oracle's masking switched off, --channels runs fail validation (exit 1), and
     the harness reports that as a failure of its class."""
-    monkeypatch.setattr("sparsec.pruning.surgery.apply_masks", lambda model, masks: None)
+    monkeypatch.setattr(
+        "sparsec.pruning.surgery.apply_masks", lambda model, masks, plain=False: None
+    )
     failures = check_description(generate(3), tmp_path, modes=("channels",))
     assert [f.kind for f in failures] == ["exit-1"] and "oracle" in failures[0].line
 
