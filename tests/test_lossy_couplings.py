@@ -14,7 +14,9 @@ from fill_light_models import fill, light_path
 from sparsec import api
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.ir import Model
+from sparsec.passes import Pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass
+from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.pruning.oracle import put_back_index
 from sparsec.testing import assert_pass_exact, random_feeds, run
 
@@ -222,3 +224,12 @@ def test_a_plan_through_lrn_needs_the_option_again(cli, tmp_path):
     assert "2 node(s) (LRN x2)" in out
     code, _, err = cli("analyze", STEM, "--lossy-couplings")
     assert code == 2 and "--groups" in err
+
+
+def test_a_later_lossy_pass_takes_the_lossy_figures_with_the_reference_it_replaces():
+    """The lossy-coupling count describes channel-prune's reference: once a later pass's
+    reference is the oracle, it is gone (the report would measure the wrong plain original)."""
+    alone = Pipeline([ChannelPrunePass(lossy_couplings=True)])(Model.load(STEM))
+    assert alone.artifacts["lossy_couplings"] == {"LRN": 2}
+    passes = [ChannelPrunePass(lossy_couplings=True), WeightSparsityPass(ratio=0.5)]
+    assert "lossy_couplings" not in Pipeline(passes)(Model.load(STEM)).artifacts

@@ -6,7 +6,8 @@ fixed-point rounds); diagnostics are kept in order; ``describe()`` is the same t
 name of the pass just run, after each pass (``validate="each"``) or once at the end
 (``validate="end"``); it raises to stop the pipeline, so a broken pass is named. A lossy pass
 runs in the first fixed-point round only; the last lossy pass's ``reference`` (the oracle) and
-every pass's ``artifacts`` are passed up. A pipeline is in place when all its members are; with
+every pass's ``artifacts`` are passed up (but ``lossy_couplings``, which describes its own pass's
+reference, goes with that reference). A pipeline is in place when all its members are; with
 a functional member it returns a new model. A member may be an onnx-ir pass (it runs through
 ``IRPass``). A fixed-point pipeline still changing the model in its last round stops there with
 a ``pipeline.not-settled`` warning naming the passes that kept changing it (also logged to the
@@ -158,3 +159,5 @@ def _merge(total: PassResult, name: str, result: PassResult) -> None:
     )  # a no-op round keeps them
     if result.reference is not None:
         total.reference = result.reference
+        if not result.artifacts.get("lossy_couplings"):
+            total.artifacts.pop("lossy_couplings", None)
