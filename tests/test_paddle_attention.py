@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from conftest import MODELS, oracle_error
+from onnx import helper
 
 from sparsec import api
+from sparsec.analysis.heads import attention_blocks
 from sparsec.analysis.rules.dims import piece_constant
 from sparsec.ir import Model
 from sparsec.passes import Pipeline
@@ -151,6 +154,19 @@ def test_raw_paddle_graph_lists_its_heads_too(cli):
     assert code == 0
     assert [(b["heads"], b["head_dim"]) for b in blocks] == [(HEADS, HEAD_DIM)] * 2
     assert all(b["q"] == b["k"] == b["v"] and len(b["q"]) == 1 for b in blocks)
+
+
+def test_weights_held_by_constant_nodes_give_head_dim_and_output_projection():
+    """paddle2onnx stores weights as ``Constant`` nodes, not initializers (the real PP-OCRv4)."""
+    proto = onnx.load(PADDLE / "svtr_block.onnx")
+    weights = [t for t in proto.graph.initializer if len(t.dims) == 2]
+    for tensor in weights:
+        node = helper.make_node("Constant", [], [tensor.name], value=tensor)
+        proto.graph.node.insert(0, node)
+        proto.graph.initializer.remove(tensor)
+    blocks = attention_blocks(Model.from_proto(proto))
+    assert [(b.heads, b.head_dim) for b in blocks] == [(HEADS, HEAD_DIM)] * 2
+    assert all(len(b.o) == 1 and b.o[0] != b.q[0] for b in blocks)
 
 
 def test_a_cast_constant_piece_of_a_target_reads_as_int64():

@@ -76,8 +76,23 @@ class AttentionBlock:
 def attention_blocks(model, analysis: GroupAnalysis | None = None) -> list[AttentionBlock]:
     """Every attention block of ``model``, in graph order of its channel group."""
     analysis = analysis or find_channel_groups(model)
-    reduction = {site.name: site.axis for site in weight_sites(model)[0]}
+    reduction = _reduction_axes(model)
     return [_block(model, group, reduction) for group in analysis.groups if group.kind == "heads"]
+
+
+def _reduction_axes(model) -> dict[str, int]:
+    """Each 2-D weight's reduction axis: ``weight_sites``' (initializers), and, for a weight a
+    ``Constant`` node holds (paddle2onnx writes them so), the one its product's layout gives."""
+    axes = {site.name: site.axis for site in weight_sites(model)[0]}
+    for node in model.nodes():
+        layout = op_layout(model, node)
+        if layout is None or layout.role != "linear" or layout.weight.index >= len(node.inputs):
+            continue
+        weight = node.inputs[layout.weight.index]
+        shape = model.constant_shape(weight)
+        if weight is not None and shape is not None and len(shape) == 2:
+            axes.setdefault(weight.name, layout.weight.contraction % 2)
+    return axes
 
 
 def _block(model, group: ChannelGroup, reduction: dict[str, int]) -> AttentionBlock:
@@ -127,7 +142,7 @@ def _output_width(
     weight an attention op reads directly, the size of its member in the group."""
     if not names:
         return None
-    shape = model.constant_shape(model.initializers().get(names[0]))
+    shape = model.constant_shape(model.value(names[0]))  # an initializer or a Constant node's
     if shape is not None and len(shape) == 2 and names[0] in reduction:
         return shape[1 - reduction[names[0]]]
     return next((group.sizes[m] for m in group.compute if m[0] == names[0]), None)
@@ -161,14 +176,8 @@ def _tie(model, group: ChannelGroup, nodes) -> str:
     ]
     if len(attentions) < 2:
         return ""
-    inits = model.initializers()
-    shared = sorted(
-        {
-            name
-            for name, _ in group.compute
-            if name in inits and len(model.consumers(inits[name])) > 1
-        }
-    )
+    values = {name: model.value(name) for name, _ in group.compute}
+    shared = sorted(n for n, v in values.items() if v is not None and len(model.consumers(v)) > 1)
     names = [f"'{n.name or n.op_type}'" for n in attentions]
     blocks = f"blocks {', '.join(names[:-1])} and {names[-1]}"
     what = f"weight {', '.join(shared)} shared between {blocks}" if shared else blocks
