@@ -13,8 +13,18 @@ never shrink; the split's and the merge's rules block them, which blocks only th
 The decision is read from the graph, not from names: walk the split's output forward through
 its single consumer while that consumer maps the tracked axes one to one (a Transpose, an
 elementwise op: identity edges of its own axis rule), up to a reshape that merges exactly those
-axes into one; the part that arrives outermost there is the part to follow. Heads
-(``[B, T, C] → [B, T, H, D]``, into a MatMul) meet no such merge and keep the outermost part.
+axes into one; the part that arrives outermost there is the part to follow (and the part the
+merge links: its own trace, ``layout._channel_part``, then finds a compute weight behind that
+part only, or behind none and takes the outermost). Heads (``[B, T, C] → [B, T, H, D]``, into
+a MatMul) meet no such merge and keep the outermost part.
+
+Next to grouped convs (ShuffleNet v1), the grouped 1×1 conv after the shuffle must lose the same
+local positions in each of its ``g`` groups of ``C/g`` (``rules.compute``'s tile): removing
+sub-channel ``j`` removes outputs ``j·g .. j·g + g - 1``, so the removed sub-channels must repeat
+every ``C/g²`` positions. When ``g`` divides ``C/g`` that leaves ``C/g²`` units; when it does not
+(the onnx wheel's ShuffleNet, stage 2: ``4 × 34``) the tile and the shuffle tie every channel of
+the bottleneck into one unit, which no slice of the weights can undo (it would take a per-group
+gather of the second conv's input channels).
 """
 
 from __future__ import annotations
