@@ -168,7 +168,8 @@ def test_the_light_shufflenet_prunes_exactly(tmp_path):
     """The onnx wheel's ShuffleNet v1 (g = 4), weights filled at random, Softmax cut off so the
     oracle compares logits. Bottlenecks of 4 × 34 channels stay whole: their sub-channels are
     not a multiple of 4, so the grouped 1×1 conv after the shuffle ties them all (the arithmetic
-    is in ``sparsec.analysis.rules.shuffle``); the others and the stream prune."""
+    is in ``sparsec.analysis.rules.shuffle``), and their reason names the two grouped convs and
+    the two reshapes; the others and the stream prune."""
     from fill_light_models import fill, light_path
 
     proto = onnx.load(fill(light_path("shufflenet"), tmp_path / "shufflenet.onnx"))
@@ -177,6 +178,8 @@ def test_the_light_shufflenet_prunes_exactly(tmp_path):
     proto.graph.output[0].name = softmax.input[0]
     proto.graph.node.remove(softmax)
     original = Model.from_proto(proto)
+    tied = [g.reason for g in find_channel_groups(original).groups if "tied" in (g.reason or "")]
+    assert len(tied) == 4 and all(r.count("Conv '") == r.count("Reshape '") == 2 for r in tied)
     model, result = prune(Model.from_proto(proto), ratio=0.5)
     assert result.stats["channel-prune.groups_pruned"] == 13
     assert model.check() is None

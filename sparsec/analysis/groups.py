@@ -203,6 +203,10 @@ def _analyze(model, input_shapes, lossy: bool) -> GroupAnalysis:
         for edge in coupling.edges:
             graph.add_edge(edge.a, edge.b)
             graph.edges[edge.a, edge.b].setdefault("maps", []).append(edge)
+            if _ties(edge):  # named in the reason of a group that ends up one unit
+                graph.edges[edge.a, edge.b].setdefault("by", set()).add(
+                    f"{node.op_type} '{node.name}'"
+                )
     _block_interface(model, ctx, graph, blocked)
     for member in graph.nodes:
         if member not in sizes:
@@ -289,8 +293,23 @@ def _make_group(index, model, graph, component, sizes, compute, stats, blocked) 
     elif not consistent:
         group.reason = "its members' sizes disagree with the ops' index maps (unknown shapes?)"
     elif units < 2:
-        group.reason = "its channels are all tied together (one unit)"
+        group.reason = "its channels are all tied together (one unit)" + _tied_by(graph, members)
     return group
+
+
+def _ties(edge) -> bool:
+    """Whether ``edge`` maps several positions to one (a tile, a stride, a reshape's part)."""
+    return edge.index is not None and len(np.unique(edge.index)) < len(edge.index)
+
+
+def _tied_by(graph: nx.Graph, members: list[Member]) -> str:
+    """`` by the index maps of`` the nodes whose non-identity maps join the group's positions
+    (a grouped Conv's tile, a shuffle's reshapes), the first four named."""
+    nodes = sorted(
+        set().union(*(d.get("by", set()) for *_, d in graph.subgraph(members).edges(data=True)))
+    )
+    more = f" +{len(nodes) - 4}" if len(nodes) > 4 else ""
+    return f" by the index maps of {', '.join(nodes[:4])}{more}" if nodes else ""
 
 
 def _is_constant(model, name: str) -> bool:
