@@ -112,6 +112,25 @@ def test_a_shared_qkv_weight_stays_one_weight_and_both_blocks_lose_the_same_head
         assert stats["split-qkv.qkv_weights_split"] == 0  # sliced, not copied per block
 
 
+def test_separate_q_and_k_weights_shared_by_two_written_out_blocks_tie_their_heads():
+    """The digits ViT with block 2 reading block 1's Q and K weights: one head group, pruned
+    jointly at --heads 0.5 and --channels 0.5, and named so."""
+    proto = onnx.load(MODELS / "digits_vit.onnx")
+    first, second = attention_blocks(Model.from_proto(proto))
+    tied = {second.q[0]: first.q[0], second.k[0]: first.k[0]}
+    for node in proto.graph.node:
+        node.input[:] = [tied.get(name, name) for name in node.input]
+    for tensor in [t for t in proto.graph.initializer if t.name in tied]:
+        proto.graph.initializer.remove(tensor)
+    (block,) = attention_blocks(Model.from_proto(proto))
+    assert block.reason is None and f"weights {first.q[0]}, {first.k[0]} shared" in block.form
+    for ratio, heads in ((0.0, 0.5), (0.5, -1.0)):
+        model = Model.from_proto(proto)
+        result = Pipeline(api.channel_passes(ratio, heads=heads), fixed_point=True)(model)
+        assert oracle_error(model, result.reference()) <= 1e-4
+        assert [b.heads for b in attention_blocks(model)] == [2]
+
+
 def canonical(path, tmp_path) -> str:
     """``path`` as channel-prune sees it (shapes folded at SHAPE, packed QKV split), saved."""
     model = Model.load(path)

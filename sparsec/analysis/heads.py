@@ -180,7 +180,8 @@ def _tie(model, group: ChannelGroup, nodes) -> str:
     shared = sorted(n for n, v in values.items() if v is not None and len(model.consumers(v)) > 1)
     names = [f"'{n.name or n.op_type}'" for n in attentions]
     blocks = f"blocks {', '.join(names[:-1])} and {names[-1]}"
-    what = f"weight {', '.join(shared)} shared between {blocks}" if shared else blocks
+    noun = "weight" if len(shared) == 1 else "weights"
+    what = f"{noun} {', '.join(shared)} shared between {blocks}" if shared else blocks
     return f"; {len(attentions)} blocks tied ({what}): their heads are pruned jointly"
 
 
