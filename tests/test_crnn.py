@@ -214,7 +214,7 @@ def _paddle_flatten(rng, height) -> onnx.ModelProto:
 
 def test_a_shape_vector_cast_around_its_slice_follows_the_pruning(rng):
     """The [N, C] entries read through Cast copies of the shape vector are still x's own dims."""
-    model, ratio = prune_half(_paddle_flatten(rng, 2))
+    model, _ = prune_half(_paddle_flatten(rng, 2))
     assert model.initializers()["w"].shape[0] == 4 and model.initializers()["m"].shape[0] == 4
 
 

@@ -18,7 +18,7 @@ from sparsec.passes import Pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.pruning.oracle import put_back_index
-from sparsec.testing import assert_pass_exact, random_feeds, run
+from sparsec.testing import GraphBuilder, assert_pass_exact, random_feeds, run
 
 STEM = MODELS / "couplings" / "lrn_stem.onnx"
 
@@ -233,3 +233,19 @@ def test_a_later_lossy_pass_takes_the_lossy_figures_with_the_reference_it_replac
     assert alone.artifacts["lossy_couplings"] == {"LRN": 2}
     passes = [ChannelPrunePass(lossy_couplings=True), WeightSparsityPass(ratio=0.5)]
     assert "lossy_couplings" not in Pipeline(passes)(Model.load(STEM)).artifacts
+
+
+@pytest.mark.parametrize(("op", "opset"), [("Softmax", 17), ("LogSoftmax", 17), ("Softmax", 11)])
+def test_softmax_over_channels_is_a_lossy_coupling(op, opset):
+    """Conv → Softmax over the channels → Conv: blocked without the option; with it, pruned,
+    exact against the reference that normalizes over the kept channels only, and not equal to
+    the plain masked original (the removed channels' exponentials are gone from the sum)."""
+    g = GraphBuilder((1, 3, 6, 6), opset=opset, seed=opset).conv(12, kernel=1)
+    source = g.op(op, axis=1).conv(5, kernel=1).build()
+    reasons = [g.reason or "" for g in find_channel_groups(Model.from_proto(source)).groups]
+    assert sum(f"{op} '" in r and "pass --lossy-couplings" in r for r in reasons) == 1
+    model, result = prune(Model.from_proto(source), ratio=0.5, lossy_couplings=True)
+    assert result.artifacts["lossy_couplings"] == {op: 1}
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4
+    assert oracle_error(model, result.reference(plain=True)) > 1e-3

@@ -605,7 +605,8 @@ def reduced_axes(node, ctx: RuleContext, rank: int) -> set[int] | None:
 
 @axis_rule("Softmax", "LogSoftmax", "Hardmax")
 def softmax(node, ctx: RuleContext) -> Coupling:
-    """Normalizes over ``axis`` (opset ≥ 13) or over all axes from ``axis`` on (older)."""
+    """Normalizes over ``axis`` (opset ≥ 13) or over all axes from ``axis`` on (older): a lossy
+    coupling there (``Coupling.mix``), other axes pass through."""
     c, x, y = Coupling(), node.inputs[0], node.outputs[0]
     rank = ctx.rank(x)
     if rank is None:
@@ -614,7 +615,7 @@ def softmax(node, ctx: RuleContext) -> Coupling:
     normalized = {axis} if ctx.opset >= 13 else set(range(axis, rank))
     for k in range(rank):
         if k in normalized:
-            c.block((x.name, k), f"{node.op_type} normalizes over this axis")
+            c.mix(node, k, f"{node.op_type} normalizes over this axis")
         else:
             c.link((y.name, k), (x.name, k))
     return c
