@@ -65,21 +65,37 @@ def piece_constant(const, value) -> np.ndarray | None:
 def _vector_readers(vector) -> list:
     """The nodes that read the shape vector ``vector``, looking through Cast/Identity copies
     of it (Paddle casts a shape to int32 and back before slicing it)."""
-    readers = []
+    return [use.node for use in _carried_uses(vector)]
+
+
+def _carried_uses(vector) -> list:
+    """The uses of a shape vector, looking through Cast/Identity copies of it (Paddle casts a
+    shape to int32 and back; tf2onnx casts the Concat building a Reshape target to int64)."""
+    uses = []
     for use in vector.uses():
         node = use.node
         if node.op_type in VECTOR_CARRIERS and not node.outputs[0].is_graph_output():
-            readers += _vector_readers(node.outputs[0])
+            uses += _carried_uses(node.outputs[0])
         else:
-            readers.append(node)
-    return readers
+            uses.append(use)
+    return uses
+
+
+def vector_producer(value, sole: bool = False):
+    """The node computing the vector ``value``, through Cast/Identity copies of it (with
+    ``sole``, only copies read by nothing else: a Reshape target tf2onnx casts to int64 after
+    the Concat that builds it, whose pieces surgery may then edit for that Reshape alone)."""
+    node = value.producer() if value is not None else None
+    while node is not None and node.op_type in VECTOR_CARRIERS:
+        if sole and len(list(node.outputs[0].uses())) != 1:
+            return None
+        node = node.inputs[0].producer()
+    return node
 
 
 def _shape_producer(value):
     """The Shape node whose output ``value`` is, through Cast/Identity copies; or None."""
-    node = value.producer() if value is not None else None
-    while node is not None and node.op_type in VECTOR_CARRIERS:
-        node = node.inputs[0].producer()
+    node = vector_producer(value)
     return node if node is not None and node.op_type == "Shape" else None
 
 
@@ -220,9 +236,7 @@ def dim_sources(ctx: RuleContext, value) -> list[tuple[Member, int]] | None:
     if shape[0] == 1:
         single = dim_source(ctx, value)
         return None if single is None else [single]
-    node = value.producer()
-    while node is not None and node.op_type in VECTOR_CARRIERS:
-        node = node.inputs[0].producer()
+    node = vector_producer(value)
     pick = _shape_pick(ctx, node) if node is not None else None
     if pick is None or len(pick[1]) != shape[0]:
         return None
