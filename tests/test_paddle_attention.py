@@ -17,8 +17,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, oracle_error, run_ort
-from onnx import helper
+from conftest import MODELS, make_model, oracle_error, run_ort
+from onnx import TensorProto, helper, numpy_helper
 
 from sparsec import api
 from sparsec.analysis.heads import attention_blocks
@@ -204,3 +204,52 @@ def test_a_cast_constant_piece_of_a_target_reads_as_int64():
         (np.dtype(np.int64), [HEADS]),
         (np.dtype(np.int64), [HEAD_DIM]),
     ]
+
+
+def keras_dense(x: str, c_in: int, c_out: int, name: str, rng) -> tuple[list, list, str]:
+    """A Keras ``Dense`` on [N, T, C] as tf2onnx writes it: Reshape to [-1, C], MatMul, then a
+    Reshape to ``Cast(Concat(Gather(Cast(Shape(x), int32), [0, 1]), [c_out]), int64)``."""
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (c_in, c_out)).astype(np.float32), f"{name}_w")
+    consts = [
+        numpy_helper.from_array(np.array([-1, c_in], np.int64), f"{name}_flat"),
+        numpy_helper.from_array(np.array([0, 1], np.int64), f"{name}_free"),
+        numpy_helper.from_array(np.array([c_out], np.int32), f"{name}_width"),
+    ]
+    n = f"{name}_"
+    nodes = [
+        helper.make_node("Shape", [x], [n + "shape"]),
+        helper.make_node("Cast", [n + "shape"], [n + "shape32"], to=TensorProto.INT32),
+        helper.make_node("Gather", [n + "shape32", n + "free"], [n + "dims"], axis=0),
+        helper.make_node("Concat", [n + "dims", n + "width"], [n + "target32"], axis=0),
+        helper.make_node("Cast", [n + "target32"], [n + "target"], to=TensorProto.INT64),
+        helper.make_node("Reshape", [x, n + "flat"], [n + "rows"]),
+        helper.make_node("MatMul", [n + "rows", f"{name}_w"], [n + "mm"]),
+        helper.make_node("Reshape", [n + "mm", n + "target"], [n + "out"]),
+    ]
+    return nodes, [w, *consts], n + "out"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the Reshape rule reads a Concat target only without a Cast after it: the layout "
+    "change proposed with this file (shape_entries through dims.vector_producer, "
+    "passes_into_targets through dims._carried_uses) makes it pass",
+)
+def test_keras_dense_as_tf2onnx_writes_it_prunes_its_hidden_units():
+    """tf2onnx's Dense on a sequence (Keras MultiHeadAttention's MLP and projections): the
+    hidden width is a constant int32 piece of a target cast to int64 after its Concat."""
+    rng = np.random.default_rng(0)
+    first, inits1, hidden = keras_dense("x", 8, 16, "fc1", rng)
+    relu = helper.make_node("Relu", [hidden], ["hidden"])
+    second, inits2, out = keras_dense("hidden", 16, 4, "fc2", rng)
+    proto = make_model(
+        [*first, relu, *second],
+        [("x", TensorProto.FLOAT, ["N", 7, 8])],
+        [(out, TensorProto.FLOAT, ["N", 7, 4])],
+        [*inits1, *inits2],
+        opset=13,
+    )
+    model = Model.from_proto(proto)
+    result = Pipeline(api.channel_passes(0.5), fixed_point=True)(model)
+    assert oracle_error(model, result.reference()) <= 1e-4
+    assert tuple(model.initializers()["fc2_w"].shape) == (8, 4)
