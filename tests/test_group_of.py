@@ -213,12 +213,12 @@ def test_analyze_layers_on_the_command_line(cli):
     assert table[-1]["node"] == "/head/Gemm" and table[-1]["output"]["prunable"] is False
 
 
-def test_quantized_layers_answer_like_their_float_twin(tmp_path):
+def test_quantized_layers_answer_like_their_float_twin():
     """A QDQ model (onnxruntime's quantizer): a layer's weight is the stored int8 initializer
     behind its DequantizeLinear, and every layer's groups have the float model's sizes."""
-    from test_qdq import _quantized_by_onnxruntime
+    from test_qdq import QUANTIZED
 
-    quantized = Model.load(_quantized_by_onnxruntime(tmp_path))
+    quantized = Model.load(QUANTIZED / "digits_cnn_qdq.onnx")
     float_rows = {row.layer.module: row for row in layer_table(Model.load(DIGITS))}
     rows = layer_table(quantized)
     assert [row.layer.module for row in rows] == [

@@ -480,37 +480,7 @@ def test_refit_names_quantized_layers_it_leaves_alone():
     assert oracle_error(model, result.reference()) <= 1e-4
 
 
-def _quantized_by_onnxruntime(tmp_path, source=MODELS / "digits_cnn.onnx") -> str:
-    """A committed digits model through onnxruntime's own static quantizer (QDQ, int8 weights
-    per channel, uint8 activations), calibrated on 32 of the committed calibration digits."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Digits(CalibrationDataReader):
-        def __init__(self) -> None:
-            images = np.load(MODELS / "digits_calib.npz")["input"][:32]
-            self.batches = iter([{"input": images[i : i + 1]} for i in range(len(images))])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    prepared, quantized = tmp_path / "prepared.onnx", tmp_path / "quantized.onnx"
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(quantized),
-        Digits(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        activation_type=QuantType.QUInt8,
-    )
-    return str(quantized)
+QUANTIZED = MODELS / "qdq"  # onnxruntime's static quantizer's output (models/make_qdq_models.py)
 
 
 def _fused_quantized_convs(path) -> int:
@@ -529,7 +499,7 @@ def test_a_model_quantized_by_onnxruntime_prunes_and_stays_quantized(tmp_path):
     """The quantizer's real output (per-channel convs, per-tensor BatchNorm parameters, a
     squeeze-excite block, a Concat): the oracle passes, params and MACs drop, and onnxruntime
     still fuses every conv into QLinearConv (the pruned model runs in int8 like the original)."""
-    source = _quantized_by_onnxruntime(tmp_path)
+    source = str(QUANTIZED / "digits_cnn_qdq.onnx")
     original = Model.load(source)
     model, result = prune(source, ratio=0.5)
     assert result.stats["channel-prune.groups_pruned"] >= 2
@@ -541,11 +511,11 @@ def test_a_model_quantized_by_onnxruntime_prunes_and_stays_quantized(tmp_path):
     assert _fused_quantized_convs(pruned) == _fused_quantized_convs(source) == 7
 
 
-def test_a_vit_quantized_by_onnxruntime_loses_heads_like_its_float_twin(tmp_path):
+def test_a_vit_quantized_by_onnxruntime_loses_heads_like_its_float_twin():
     """--heads on the quantizer's output of the committed ViT: the same heads go as in the float
     model (importance reads dequantized weights): every projection keeps the same positions."""
     source = MODELS / "attention" / "vit_dynamo18.onnx"
-    model, result = prune(_quantized_by_onnxruntime(tmp_path, source), ratio=0.0, heads=0.5)
+    model, result = prune(QUANTIZED / "vit_dynamo18_qdq.onnx", ratio=0.0, heads=0.5)
     _, twin = prune(source, ratio=0.0, heads=0.5)
     assert (
         result.stats["channel-prune.channels_removed"]
