@@ -50,7 +50,17 @@ MAX_FILE_BYTES = 200_000
 
 class Builder(OcrBuilder):
     """The OCR models' seeded builder, with Paddle's constants (``Constant`` nodes) and the
-    SVTR block's pieces."""
+    SVTR block's pieces, written for ``opset`` (axes as attributes or as inputs)."""
+
+    def __init__(self, seed: int, opset: int = OPSET) -> None:
+        super().__init__(seed)
+        self.opset = opset
+
+    def with_axes(self, op_type: str, x, axes: list[int], since: int) -> str:
+        """``op_type`` over ``axes``: an attribute before opset ``since``, an input from it."""
+        if self.opset < since:
+            return self.op(op_type, [x], axes=axes)
+        return self.op(op_type, [x, self.int64(axes)])
 
     def constant(self, values, dtype=np.int32) -> str:
         """A ``Constant`` node (paddle2onnx's ``fill_constant``), not an initializer."""
@@ -72,7 +82,8 @@ class Builder(OcrBuilder):
     def split(self, x, parts: int, axis: int = 0) -> list[str]:
         outs = [self.name("split") for _ in range(parts)]
         node = self.name("Split")
-        self.nodes.append(helper.make_node("Split", [x], outs, name=node, axis=axis))
+        counted = {"num_outputs": parts} if self.opset >= 18 else {}
+        self.nodes.append(helper.make_node("Split", [x], outs, name=node, axis=axis, **counted))
         return outs
 
     def linear(self, x, c_in: int, c_out: int, weights=None) -> str:
@@ -86,9 +97,9 @@ class Builder(OcrBuilder):
 
     def layer_norm(self, x, c: int) -> str:
         """LayerNorm over the last axis, written out as paddle2onnx does."""
-        centred = self.op("Sub", [x, self.op("ReduceMean", [x], axes=[-1])])
+        centred = self.op("Sub", [x, self.with_axes("ReduceMean", x, [-1], 18)])
         power = self.op("Pow", [centred, self.const(np.array(2.0, np.float32), "c")])
-        variance = self.op("ReduceMean", [power], axes=[-1])
+        variance = self.with_axes("ReduceMean", power, [-1], 18)
         eps = self.const(np.array(1e-5, np.float32), "c")
         normed = self.op("Div", [centred, self.op("Sqrt", [self.op("Add", [variance, eps])])])
         gamma = self.op("Mul", [normed, self.vector(c, 0.5, 1.5)])
@@ -106,7 +117,7 @@ class Builder(OcrBuilder):
 
 
 def take_slice(b: Builder, packed: str, k: int) -> str:
-    return b.op("Squeeze", [b.slice(packed, k, k + 1)], axes=[0])
+    return b.with_axes("Squeeze", b.slice(packed, k, k + 1), [0], 13)
 
 
 def take_gather(b: Builder, packed: str, k: int) -> str:
@@ -116,7 +127,7 @@ def take_gather(b: Builder, packed: str, k: int) -> str:
 def parts_of(b: Builder, packed: str, form: str) -> list[str]:
     """q, k, v from the [3, N, H, T, D] tensor, taken the way ``form`` writes it."""
     if form == "split":
-        return [b.op("Squeeze", [part], axes=[0]) for part in b.split(packed, 3)]
+        return [b.with_axes("Squeeze", part, [0], 13) for part in b.split(packed, 3)]
     take = take_slice if form == "slice" else take_gather
     return [take(b, packed, k) for k in range(3)]
 
@@ -150,8 +161,9 @@ def flatten2(b: Builder, x: str) -> str:
     return b.op("Reshape", [x, b.op("Concat", [dims, b.int64([-1])], axis=0)])
 
 
-def svtr(form: str = "slice", shared: bool = False) -> onnx.ModelProto:
-    b = Builder(SEED)
+def svtr(form: str = "slice", shared: bool = False, opset: int = OPSET) -> onnx.ModelProto:
+    """The model of ``form``; the committed files are at opset 12, the tests build 13 and 18."""
+    b = Builder(SEED, opset)
     stem = b.swish(b.bn(b.conv("x", 3, DIM, 3, 2), DIM))
     x = b.op("Transpose", [flatten2(b, stem)], perm=[0, 2, 1])
     qkv = b.linear_weights(DIM, 3 * DIM) if shared else None
@@ -170,7 +182,7 @@ def _model(b: Builder, out: str, name: str) -> onnx.ModelProto:
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 64, CLASSES])],
         b.inits,
     )
-    opsets = [helper.make_opsetid("", OPSET)]
+    opsets = [helper.make_opsetid("", b.opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="sparsec")
     model.ir_version = 8
     return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import MODELS, make_model, oracle_error, run_ort
+from make_paddle_attention_model import svtr
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec import api
@@ -37,9 +38,10 @@ def params(model: Model) -> int:
     return sum(int(np.prod(v.shape)) for v in model.initializers().values())
 
 
-def prune(path, ratio: float, heads: float = -1.0) -> tuple[Model, dict]:
-    """What ``compress --channels ratio --heads heads`` runs; asserts the oracle."""
-    model = Model.load(path)
+def prune(source, ratio: float, heads: float = -1.0) -> tuple[Model, dict]:
+    """What ``compress --channels ratio --heads heads`` runs on a path or a proto; asserts the
+    oracle."""
+    model = Model.from_proto(source) if isinstance(source, onnx.ModelProto) else Model.load(source)
     result = Pipeline(api.channel_passes(ratio, heads=heads), fixed_point=True)(model)
     assert model.check() is None
     assert oracle_error(model, result.reference()) <= 1e-4
@@ -83,6 +85,14 @@ def test_heads_half_removes_two_of_four_heads_in_every_target(form):
     assert merge_widths(model) == [HEADS // 2 * HEAD_DIM] * 2
     assert classifier_width(model) == DIM  # the residual stream is not a head group
     assert stats["channel-prune.groups_pruned"] == (1 if form == "svtr_shared_qkv" else 2)
+
+
+@pytest.mark.parametrize("opset", [13, 18])  # Squeeze axes, then ReduceMean axes as inputs
+@pytest.mark.parametrize("form", ["slice", "gather", "split"])
+def test_the_forms_prune_their_heads_at_newer_opsets(form, opset):
+    model, _ = prune(svtr(form, opset=opset), 0.0, heads=0.5)
+    assert head_targets(model) == [(HEADS // 2, HEAD_DIM)] * 6
+    assert merge_widths(model) == [HEADS // 2 * HEAD_DIM] * 2
 
 
 @pytest.mark.parametrize("form", FORMS)
