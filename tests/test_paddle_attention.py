@@ -179,12 +179,12 @@ def test_analyze_names_the_blocks_a_shared_weight_ties(cli, tmp_path):
 
 def test_raw_paddle_graph_lists_its_heads_too(cli):
     """Before canonicalization (packed QKV, Cast(Constant) target entries) the two blocks are
-    found all the same, with their heads, head_dim and packed weight."""
+    found all the same, with their heads, head_dim and weights."""
     code, stdout, _ = cli("analyze", PADDLE / "svtr_block.onnx", "--heads", "--json")
     blocks = json.loads(stdout)["attention_blocks"]
     assert code == 0
     assert [(b["heads"], b["head_dim"]) for b in blocks] == [(HEADS, HEAD_DIM)] * 2
-    assert all(b["q"] == b["k"] == b["v"] and len(b["q"]) == 1 for b in blocks)
+    assert all(len(b["q"]) == len(b["k"]) == len(b["v"]) == 1 and b["o"] for b in blocks)
 
 
 def test_weights_held_by_constant_nodes_give_head_dim_and_output_projection():
