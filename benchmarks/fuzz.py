@@ -1,18 +1,20 @@
 """Long fuzzing run: random valid ONNX graphs through ``sparsec compress`` for N minutes.
 
     python benchmarks/fuzz.py --minutes 30 [--seed S] [--out tests/fuzz_regressions] [--qdq]
+        [--opset 11] [--graphs N]
 
-Graph ``i`` of the run is ``sparsec.testing.graphs.generate(S + i)``, checked in the four modes
-(cleanup, --channels 0.5, --heads 0.5, --nm 2:4) by ``sparsec.testing.fuzz.check_graph``. The
-checks run in one worker process (one graph at a time, so one core), restarted when it dies or
-hangs: an onnxruntime abort or a hang is itself recorded as a failure (``crash``, ``timeout``)
-instead of ending the run; an exception in the harness itself (e.g. a source tree caught
-mid-edit) is printed and the graph retried on a fresh import. Failures are minimized (blocks
-dropped while the same class persists; up to 8 per class) and each whose minimized op sequence
-is new is saved to ``--out`` as ``<name>.onnx`` plus ``<name>.json`` (seed, mode, failure line,
-the description that rebuilds it). Exit-2 refusals are allowed but counted, and each new kind
-printed. A progress line (graphs tried, refusals, failures by class) is printed every
-``--every`` graphs and at the end; the exit code is 1 when anything failed.
+Graph ``i`` of the run is ``sparsec.testing.graphs.generate(S + i)`` (every one at ``--opset``
+when given; at most ``--graphs`` of them), checked in the four modes (cleanup, --channels 0.5,
+--heads 0.5, --nm 2:4) by ``sparsec.testing.fuzz.check_graph``. The checks run in one worker
+process (one graph at a time, so one core), restarted when it dies or hangs: an onnxruntime
+abort or a hang is itself recorded as a failure (``crash``, ``timeout``) instead of ending the
+run; an exception in the harness itself (e.g. a source tree caught mid-edit) is printed and the
+graph retried on a fresh import. Failures are minimized (blocks dropped while the same class
+persists; up to 8 per class) and each whose minimized op sequence is new is saved to ``--out``
+as ``<name>.onnx`` plus ``<name>.json`` (seed, mode, failure line, the description that rebuilds
+it). Exit-2 refusals are allowed but counted, and each new kind printed. A progress line (graphs
+tried, refusals, failures by class) is printed every ``--every`` graphs and at the end; the exit
+code is 1 when anything failed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sparsec.testing.fuzz import MODES, Failure, check_description, minimize, save_failure  # noqa: E402
-from sparsec.testing.graphs import generate  # noqa: E402
+from sparsec.testing.graphs import OPSETS, generate  # noqa: E402
 
 
 def _serve(conn, workdir: str) -> None:
@@ -192,15 +194,26 @@ def _check_or_wait(worker: Worker, graph: dict) -> list[Failure] | None:
     return failures
 
 
-def run(minutes: float, seed: int, out: Path, qdq: bool, every: int, timeout: float) -> int:
+@dataclass(frozen=True)
+class Plan:
+    """What to generate and for how long: ``graphs`` (None: no limit) stops the run early."""
+
+    minutes: float
+    seed: int
+    qdq: bool
+    opset: int | None
+    graphs: int | None
+
+
+def run(plan: Plan, out: Path, every: int, timeout: float) -> int:
     tally = Tally()
-    deadline = tally.started + minutes * 60
+    deadline, seed = tally.started + plan.minutes * 60, plan.seed
     with tempfile.TemporaryDirectory(prefix="sparsec-fuzz-") as workdir:
         worker = Worker(workdir, timeout)
         saver = Saver(worker, out)
         try:
-            while time.monotonic() < deadline:
-                graph = generate(seed + tally.tried, qdq=qdq)
+            while time.monotonic() < deadline and tally.tried != plan.graphs:
+                graph = generate(seed + tally.tried, qdq=plan.qdq, opset=plan.opset)
                 failures = _check_or_wait(worker, graph)
                 if failures is None:
                     continue
@@ -233,9 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         "--every", type=int, default=50, help="print a progress line every N graphs"
     )
     parser.add_argument("--timeout", type=float, default=120, help="seconds one check may take")
+    parser.add_argument(
+        "--opset", type=int, choices=OPSETS, help="generate every graph at this opset"
+    )
+    parser.add_argument("--graphs", type=int, help="stop after N graphs (before --minutes)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    return run(args.minutes, args.seed, args.out, args.qdq, args.every, args.timeout)
+    plan = Plan(args.minutes, args.seed, args.qdq, args.opset, args.graphs)
+    return run(plan, args.out, args.every, args.timeout)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ import pytest
 
 from sparsec.testing import fuzz
 from sparsec.testing.fuzz import Failure, check_description, check_graph, fuzz_seeds, minimize
-from sparsec.testing.graphs import BLOCKS, build, generate
+from sparsec.testing.graphs import BLOCKS, OPSETS, build, generate
 
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
 PENDING = {
     line.split("#")[0].strip() for line in (REGRESSIONS / "pending.txt").read_text().splitlines()
 } - {""}
-SHORT_RUN_SEEDS = range(41, 61)  # 20 seeds that hold every op of COVERED
+SHORT_RUN_SEEDS = range(41, 61)  # 20 seeds that hold every op of COVERED and opsets 11 and 12
 
 
 def test_short_fixed_seed_run_finds_no_failure(tmp_path):
@@ -47,6 +47,30 @@ def test_short_run_prunes_and_covers_the_op_set(tmp_path):
             report = json.loads((tmp_path / str(seed) / f"{mode}.json").read_text())
             shrunk[mode] += report["params_after"] < report["params_before"]
     assert shrunk["channels"] >= 4 and shrunk["heads"] >= 1 and refusals == []
+
+
+def test_short_run_holds_graphs_of_the_old_opsets():
+    assert {generate(seed)["opset"] for seed in SHORT_RUN_SEEDS} >= {11, 12, 13}
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_every_opset_writes_its_own_op_forms(opset):
+    """At any opset every graph (QDQ included) is valid and runs; before opset 13, axes and
+    split sizes are attributes and DequantizeLinear is per tensor."""
+    for seed in range(12):
+        model = build(generate(seed, qdq=True, opset=opset))
+        onnx.checker.check_model(model, full_check=True)
+        fuzz.run_model(model, fuzz.feeds_for(model))
+        if opset < 13:
+            _assert_opset_11_forms(model)
+
+
+def _assert_opset_11_forms(model: onnx.ModelProto) -> None:
+    for node in model.graph.node:
+        attrs = {a.name for a in node.attribute}
+        if node.op_type in ("Squeeze", "Unsqueeze", "Split", "ReduceSum"):
+            assert len(node.input) == 1, node
+        assert not (node.op_type == "DequantizeLinear" and "axis" in attrs), node
 
 
 def test_generator_is_seeded_and_every_block_kind_is_reachable():

@@ -138,7 +138,7 @@ def split_merge(b: Builder, s: State, spec: dict) -> State:
     if c < 2:
         return s
     first = max(1, min(c - 1, round(c * spec.get("fraction", 0.5))))
-    a, z = b.op("Split", [s.name, b.ints([first, c - first])], outputs=2, axis=1)
+    a, z = b.split(s.name, [first, c - first], axis=1)
     a = conv(
         b, State(a, [s.shape[0], first, *s.shape[2:]], "image"), {"k": 1, "out": spec.get("out", 4)}
     )
@@ -512,12 +512,7 @@ def gate(b: Builder, s: State, spec: dict) -> State:
 
 def reduce_spatial(b: Builder, s: State, spec: dict) -> State:
     """ReduceMean or ReduceMax over H and W, keepdims: [N, C, 1, 1]."""
-    if spec.get("reduce", "ReduceMean") == "ReduceMean":
-        out = b.reduce_mean(s.name, [2, 3])
-    elif b.opset >= 18:
-        out = b.op("ReduceMax", [s.name, b.ints([2, 3])], keepdims=1)
-    else:
-        out = b.op("ReduceMax", [s.name], axes=[2, 3], keepdims=1)
+    out = b.reduce(spec.get("reduce", "ReduceMean"), s.name, [2, 3])
     return State(out, [*s.shape[:2], 1, 1], "image")
 
 
@@ -558,7 +553,7 @@ def split_three(b: Builder, s: State, spec: dict) -> State:
     if b.opset >= 18 and c % 3 == 0 and spec.get("num_outputs"):
         parts = b.op("Split", [s.name], outputs=3, axis=1, num_outputs=3)
     else:
-        parts = b.op("Split", [s.name, b.ints(sizes)], outputs=3, axis=1)
+        parts = b.split(s.name, sizes, axis=1)
     outs = [
         conv(
             b, State(p, [s.shape[0], n, *s.shape[2:]], "image"), {"k": 1, "out": spec.get("out", 4)}

@@ -1,6 +1,11 @@
 """The graph builder the fuzzing generator's blocks write with: ``State`` (the running tensor,
 its concrete shape and kind) and ``Builder`` (nodes, initializers or ``Constant`` weights,
-opset-dependent op forms), plus float or QDQ-quantized weights."""
+opset-dependent op forms), plus float or QDQ-quantized weights.
+
+Invariant: every op form a block writes through the builder is valid at the graph's opset
+(11 to 21): an int list that moved from an attribute to an input (``AXES_INPUT_SINCE``) is
+written the way that opset reads it, and a per-axis DequantizeLinear (opset 13 on) falls back to
+a per-tensor one before."""
 
 from __future__ import annotations
 
@@ -8,6 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from onnx import helper, numpy_helper
+
+# the first opset at which each op reads its int list (``axes`` / ``split``) as an input
+AXES_INPUT_SINCE = {
+    "Squeeze": 13,
+    "Unsqueeze": 13,
+    "Split": 13,
+    "ReduceSum": 13,
+    "ReduceMean": 18,
+    "ReduceMax": 18,
+}
+PER_AXIS_QDQ_SINCE = 13
 
 
 @dataclass
@@ -69,16 +85,27 @@ class Builder:
         return self.const(self.rng.uniform(low, high, size).astype(np.float32), "v", weight=True)
 
     # opset-dependent forms
+    def with_ints(self, op_type: str, inputs, name: str, values, outputs: int = 1, **attrs):
+        """``op_type`` with the int list ``values`` as the input after ``inputs`` or as the
+        attribute ``name``, whichever the graph's opset reads (``AXES_INPUT_SINCE``)."""
+        if self.opset >= AXES_INPUT_SINCE[op_type]:
+            return self.op(op_type, [*inputs, self.ints(values)], outputs, **attrs)
+        return self.op(op_type, list(inputs), outputs, **{name: list(values)}, **attrs)
+
+    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 1) -> str:
+        return self.with_ints(op_type, [x], "axes", axes, keepdims=keepdims)
+
     def reduce_mean(self, x: str, axes: list[int], keepdims: int = 1) -> str:
-        if self.opset >= 18:
-            return self.op("ReduceMean", [x, self.ints(axes)], keepdims=keepdims)
-        return self.op("ReduceMean", [x], axes=axes, keepdims=keepdims)
+        return self.reduce("ReduceMean", x, axes, keepdims)
 
     def unsqueeze(self, x: str, axes: list[int]) -> str:
-        return self.op("Unsqueeze", [x, self.ints(axes)])
+        return self.with_ints("Unsqueeze", [x], "axes", axes)
 
     def squeeze(self, x: str, axes: list[int]) -> str:
-        return self.op("Squeeze", [x, self.ints(axes)])
+        return self.with_ints("Squeeze", [x], "axes", axes)
+
+    def split(self, x: str, sizes: list[int], axis: int) -> list[str]:
+        return self.with_ints("Split", [x], "split", sizes, outputs=len(sizes), axis=axis)
 
     def reshape(self, x: str, target: list[int]) -> str:
         """``target``'s batch entry becomes 0 (copy) when the batch is symbolic."""
@@ -91,11 +118,11 @@ class Builder:
 # ---------------------------------------------------------------- weights, optionally quantized
 def weight(b: Builder, spec: dict, shape: tuple[int, ...], axis: int = 0) -> str:
     """A float weight, or with ``spec["qdq"]`` an int8 one through DequantizeLinear (per-axis
-    scales along ``axis`` when ``spec["per_axis"]``)."""
+    scales along ``axis`` when ``spec["per_axis"]`` and the opset has them)."""
     if not spec.get("qdq"):
         return b.weight(*shape)
     real = b.rng.normal(0, np.sqrt(2 / max(1, int(np.prod(shape[1:])))), shape).astype(np.float32)
-    if spec.get("per_axis"):
+    if spec.get("per_axis") and b.opset >= PER_AXIS_QDQ_SINCE:
         other = tuple(i for i in range(len(shape)) if i != axis)
         scale = (np.abs(real).max(axis=other) / 127 + 1e-3).astype(np.float32)
         expanded = scale.reshape([-1 if i == axis else 1 for i in range(len(shape))])

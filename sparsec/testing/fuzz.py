@@ -290,12 +290,14 @@ def check_description(
 
 
 def fuzz_seeds(
-    seeds, workdir: str | Path, qdq: bool = False, modes=tuple(MODES)
+    seeds, workdir: str | Path, qdq: bool = False, modes=tuple(MODES), opset: int | None = None
 ) -> dict[int, list[Failure]]:
-    """Generate and check one graph per seed in this process: {seed: failures} for failing seeds."""
+    """Generate and check one graph per seed in this process (at ``opset`` when given):
+    {seed: failures} for failing seeds."""
     found = {}
     for seed in seeds:
-        failures = check_description(generate(seed, qdq=qdq), Path(workdir) / f"seed{seed}", modes)
+        graph = generate(seed, qdq=qdq, opset=opset)
+        failures = check_description(graph, Path(workdir) / f"seed{seed}", modes)
         if failures:
             found[seed] = failures
     return found

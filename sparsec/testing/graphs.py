@@ -22,8 +22,11 @@ dead branches, a shared weight, extra graph outputs, If and Loop bodies reading 
 attention blocks (Q/K/V MatMul, heads by Reshape/Transpose, scaled QKᵀ, optional causal mask,
 Softmax, output projection), MLP and SwiGLU, and (behind ``qdq=True``)
 QuantizeLinear/DequantizeLinear pairs on weights (per tensor or per axis) and activations.
-Opsets 13, 17, 18 and 21; batch 1, 2 or symbolic; weights as initializers and/or ``Constant``
-nodes.
+Opsets 11, 12, 13, 17, 18 and 21, each block in the form its opset reads: before 13, ``axes`` and
+``split`` attributes, per-tensor QDQ only, and a Softmax that normalizes every axis from ``axis``
+on; HardSwish, LayerNormalization, Mish and Gelu only from opsets 14, 17, 18 and 20 (before: another
+activation, a written-out LayerNorm). Batch 1, 2 or symbolic; weights as initializers and/or
+``Constant`` nodes.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ ACTIVATIONS = (
     "Gelu",
     "Mish",
 )
-OPSETS = (13, 17, 18, 21)
+OPSETS = (11, 12, 13, 17, 18, 21)
 
 
 # ---------------------------------------------------------------- building
@@ -290,14 +293,16 @@ WEIGHTS = {
 QDQ_WEIGHT_BLOCKS = ("conv", "residual", "se", "linear", "attention")
 
 
-def generate(seed: int, qdq: bool = False, max_blocks: int = 12) -> dict:
+def generate(seed: int, qdq: bool = False, max_blocks: int = 12, opset: int | None = None) -> dict:
     """A random graph description: opset, batch, weight storage, input and blocks, all from
     ``default_rng(seed)``; with ``qdq`` some weights are int8 + DequantizeLinear and
-    ``qdq_act`` blocks quantize activations. The blocks end with a classifier head most times."""
+    ``qdq_act`` blocks quantize activations; ``opset`` fixes the opset (the rest of the draws
+    stay the same). The blocks end with a classifier head most times."""
     rng = np.random.default_rng(seed)
+    drawn = int(_choice(rng, OPSETS))
     graph = {
         "seed": seed,
-        "opset": int(_choice(rng, OPSETS)),
+        "opset": drawn if opset is None else opset,
         "batch": _choice(rng, ("1", "2", "symbolic")),
         "weights": _choice(rng, ("initializer", "initializer", "constant", "mixed")),
         "input": _sample_input(rng),
