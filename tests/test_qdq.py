@@ -13,6 +13,7 @@ float initializer holding the dequantized values.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -483,12 +484,13 @@ def test_refit_names_quantized_layers_it_leaves_alone():
 QUANTIZED = MODELS / "qdq"  # onnxruntime's static quantizer's output (models/make_qdq_models.py)
 
 
-def _fused_quantized_convs(path) -> int:
-    """QLinearConv nodes in onnxruntime's optimized graph: the QDQ convs it runs in int8."""
+def _fused_quantized_convs(path, folder) -> int:
+    """QLinearConv nodes in onnxruntime's optimized graph (written into ``folder``): the QDQ
+    convs it runs in int8."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(path) + ".optimized.onnx"
+    options.optimized_model_filepath = str(folder / f"{Path(path).stem}.optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return sum(
         n.op_type == "QLinearConv" for n in onnx.load(options.optimized_model_filepath).graph.node
@@ -508,7 +510,7 @@ def test_a_model_quantized_by_onnxruntime_prunes_and_stays_quantized(tmp_path):
     assert after.params < 0.5 * before.params and after.macs < 0.5 * before.macs
     pruned = tmp_path / "pruned.onnx"
     model.save(pruned)
-    assert _fused_quantized_convs(pruned) == _fused_quantized_convs(source) == 7
+    assert _fused_quantized_convs(pruned, tmp_path) == _fused_quantized_convs(source, tmp_path) == 7
 
 
 def test_a_vit_quantized_by_onnxruntime_loses_heads_like_its_float_twin():
