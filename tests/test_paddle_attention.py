@@ -239,12 +239,6 @@ def keras_dense(x: str, c_in: int, c_out: int, name: str, rng) -> tuple[list, li
     return nodes, [w, *consts], n + "out"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Reshape rule reads a Concat target only without a Cast after it: the layout "
-    "change proposed with this file (shape_entries through dims.vector_producer, "
-    "passes_into_targets through dims._carried_uses) makes it pass",
-)
 def test_keras_dense_as_tf2onnx_writes_it_prunes_its_hidden_units():
     """tf2onnx's Dense on a sequence (Keras MultiHeadAttention's MLP and projections): the
     hidden width is a constant int32 piece of a target cast to int64 after its Concat."""
@@ -276,11 +270,6 @@ def test_keras_attention_as_tf2onnx_writes_it_stays_exact():
         assert params(model) <= params(Model.load(KERAS))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Dense layers' Reshape targets are cast to int64 after their Concat: the layout "
-    "change proposed with this file lets the MLP's 64 hidden units prune",
-)
 def test_keras_mlp_hidden_units_prune():
     _, stats = prune(KERAS, 0.5)
     assert stats["channel-prune.groups_pruned"] >= 1

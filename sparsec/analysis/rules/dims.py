@@ -193,7 +193,7 @@ def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
         if _carries(ctx, node, value) is not None:
             ok = passes_into_targets(ctx, node.outputs[0], depth - 1)
         else:
-            targets = list(node.outputs[0].uses()) if node.op_type == "Concat" else []
+            targets = _carried_uses(node.outputs[0]) if node.op_type == "Concat" else []
             ok = (
                 bool(targets)
                 and not node.outputs[0].is_graph_output()

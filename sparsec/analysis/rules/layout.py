@@ -27,7 +27,7 @@ from sparsec.analysis.rules.core import (
     norm_axis,
     rule_for,
 )
-from sparsec.analysis.rules.dims import dim_sources
+from sparsec.analysis.rules.dims import dim_sources, piece_constant, vector_producer
 from sparsec.analysis.rules.shuffle import followed_part
 
 
@@ -324,13 +324,14 @@ def reshape(node, ctx: RuleContext) -> Coupling:
 def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple | None]:
     """Where each entry of the shape vector at ``node.inputs[index]`` comes from:
     ``(owner node, input index, position, value)`` for entries held by a constant (the vector
-    itself, or a constant piece of a Concat that builds it; a Concat shared with other
-    consumers is copied before it is edited), None for entries computed at run time."""
+    itself, or a constant piece of a Concat that builds it, possibly through a Cast of that
+    piece (paddle2onnx) or of the whole vector (tf2onnx); a Concat shared with other consumers
+    is copied before it is edited), None for entries computed at run time."""
     value = node.inputs[index]
     array = ctx.const(value)
     if array is not None:
         return [(node, index, k, int(v)) for k, v in enumerate(array.reshape(-1))]
-    producer = value.producer()
+    producer = vector_producer(value, sole=True)  # tf2onnx casts the Concat to int64
     if (
         producer is None
         or producer.op_type != "Concat"
@@ -340,7 +341,7 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
         return [None] * length
     entries: list[tuple | None] = []
     for piece_index, piece in enumerate(producer.inputs):
-        piece_array, piece_shape = ctx.const(piece), ctx.shape(piece)
+        piece_array, piece_shape = piece_constant(ctx.const, piece), ctx.shape(piece)
         if piece_shape is None:
             return [None] * length
         sources = dim_sources(ctx, piece) if piece_array is None else None
@@ -410,7 +411,7 @@ def add_shape_fixup(
                 continue
             owner, index, position, _ = entry
             if (owner, index) not in edits:
-                edits[(owner, index)] = model.constant(owner.inputs[index]).copy()
+                edits[(owner, index)] = piece_constant(model.constant, owner.inputs[index]).copy()
             edits[(owner, index)].reshape(-1)[position] = len(positions)
         copies: dict = {}  # a shared Concat is copied once for this node, then all its edits go to the copy
         for (owner, index), array in edits.items():
