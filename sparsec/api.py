@@ -141,7 +141,7 @@ def layers(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
     """Every layer of ``model`` (a Conv/Gemm/MatMul node with a constant weight) as JSON-ready
     rows: its names, the groups holding its output and input channels, prunable or why not
     (``analyze --layers``; ``sparsec.layer_table`` gives the row objects)."""
-    overrides = parse_input_shapes(input_shapes, model) or None
+    model, overrides = as_pruned(model, input_shapes)
     return [row.to_json() for row in layer_table(model, overrides)]
 
 
@@ -151,7 +151,7 @@ def channel_groups(
     """The channel groups of ``model`` as JSON-ready dicts (channels, weights, members, the
     nodes mixing their channels, and whether ``--channels`` would prune them, with
     ``--lossy-couplings`` as ``lossy_couplings`` says, or why not), and the barrier nodes."""
-    overrides = parse_input_shapes(input_shapes, model) or None
+    model, overrides = as_pruned(model, input_shapes)
     analysis = find_channel_groups(model, overrides, lossy=lossy_couplings)
     rows = []
     for group in analysis.groups:
@@ -176,8 +176,20 @@ def channel_groups(
 def attention_heads(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
     """The attention blocks of ``model`` as JSON-ready dicts (group, form, heads, kv_heads,
     head_dim, q/k/v/o weights, and why ``--heads`` would leave a block whole, if it would)."""
-    analysis = find_channel_groups(model, parse_input_shapes(input_shapes, model) or None)
+    model, overrides = as_pruned(model, input_shapes)
+    analysis = find_channel_groups(model, overrides)
     return [block.to_json() for block in attention_blocks(model, analysis)]
+
+
+def as_pruned(model: Model, input_shapes: Sequence[str] = ()) -> tuple[Model, dict | None]:
+    """A copy of ``model`` as channel-prune sees it (``canonical_passes`` at these input shapes:
+    Reshape targets folded, packed QKV split), and the shapes: what ``analyze --groups /
+    --layers / --heads`` report is then what ``--channels`` / ``--heads`` prune."""
+    overrides = parse_input_shapes(input_shapes, model) or None
+    canonical = model.copy()
+    canonical.input_shapes = dict(overrides or {})
+    Pipeline(canonical_passes())(canonical)
+    return canonical, overrides
 
 
 def _value_info(model: Model, value, bound) -> dict:
