@@ -322,12 +322,17 @@ def shared_weight(b: Builder, s: State, spec: dict) -> State:
 
 
 def if_block(b: Builder, s: State, spec: dict) -> State:
-    """If on a data-dependent condition; each branch reads the running tensor from outer scope."""
+    """If on a data-dependent condition; each branch reads the running tensor from outer scope:
+    one op, or (``Unsqueeze``) Unsqueeze then Squeeze of a new last axis."""
     cond = b.op("Greater", [b.op("ReduceSum", [s.name], keepdims=0), b.scalar(0.0)])
     branches = []
     for kind in (spec.get("then", "Relu"), spec.get("else", "Sigmoid")):
         nodes: list = []
-        out = b.op(kind, [s.name], nodes=nodes)
+        if kind == "Unsqueeze":
+            last = [len(s.shape)]
+            out = b.squeeze(b.unsqueeze(s.name, last, nodes), last, nodes)
+        else:
+            out = b.op(kind, [s.name], nodes=nodes)
         info = helper.make_tensor_value_info(out, TensorProto.FLOAT, None)
         branches.append(helper.make_graph(nodes, b.name("branch"), [], [info]))
     return State(
@@ -511,13 +516,16 @@ def gate(b: Builder, s: State, spec: dict) -> State:
 
 
 def reduce_spatial(b: Builder, s: State, spec: dict) -> State:
-    """ReduceMean or ReduceMax over H and W, keepdims: [N, C, 1, 1]."""
+    """ReduceMean, ReduceMax or ReduceSum over H and W, keepdims: [N, C, 1, 1]."""
     out = b.reduce(spec.get("reduce", "ReduceMean"), s.name, [2, 3])
     return State(out, [*s.shape[:2], 1, 1], "image")
 
 
 def channel_softmax(b: Builder, s: State, spec: dict) -> State:
-    return State(b.op(spec.get("softmax", "Softmax"), [s.name], axis=1), s.shape, "image")
+    """Softmax or LogSoftmax with axis 1: over the channels from opset 13, over C·H·W before;
+    with ``implicit`` and an opset before 13, axis 1 as the attribute's default."""
+    attrs = {} if spec.get("implicit") and b.opset < 13 else {"axis": 1}
+    return State(b.op(spec.get("softmax", "Softmax"), [s.name], **attrs), s.shape, "image")
 
 
 def divide(b: Builder, s: State, spec: dict) -> State:
@@ -544,14 +552,16 @@ def concat_spatial(b: Builder, s: State, spec: dict) -> State:
 
 
 def split_three(b: Builder, s: State, spec: dict) -> State:
-    """Split the channels in three (``num_outputs`` from opset 18 when they divide), a conv on
-    each branch, Concat."""
+    """Split the channels in three, a conv on each branch, Concat. With ``num_outputs`` and
+    channels that divide: equal parts by the ``num_outputs`` attribute (opset 18 on) or by no
+    sizes at all (before)."""
     c = s.shape[1]
     if c < 3:
         return s
     sizes = [c // 3, c // 3, c - 2 * (c // 3)]
-    if b.opset >= 18 and c % 3 == 0 and spec.get("num_outputs"):
-        parts = b.op("Split", [s.name], outputs=3, axis=1, num_outputs=3)
+    if c % 3 == 0 and spec.get("num_outputs"):
+        attrs = {"num_outputs": 3} if b.opset >= 18 else {}
+        parts = b.op("Split", [s.name], outputs=3, axis=1, **attrs)
     else:
         parts = b.split(s.name, sizes, axis=1)
     outs = [

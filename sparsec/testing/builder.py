@@ -85,12 +85,15 @@ class Builder:
         return self.const(self.rng.uniform(low, high, size).astype(np.float32), "v", weight=True)
 
     # opset-dependent forms
-    def with_ints(self, op_type: str, inputs, name: str, values, outputs: int = 1, **attrs):
+    def with_ints(
+        self, op_type: str, inputs, name: str, values, outputs: int = 1, nodes=None, **attrs
+    ):
         """``op_type`` with the int list ``values`` as the input after ``inputs`` or as the
-        attribute ``name``, whichever the graph's opset reads (``AXES_INPUT_SINCE``)."""
+        attribute ``name``, whichever the graph's opset reads (``AXES_INPUT_SINCE``); appended
+        to ``nodes`` (a subgraph's) when given."""
         if self.opset >= AXES_INPUT_SINCE[op_type]:
-            return self.op(op_type, [*inputs, self.ints(values)], outputs, **attrs)
-        return self.op(op_type, list(inputs), outputs, **{name: list(values)}, **attrs)
+            return self.op(op_type, [*inputs, self.ints(values)], outputs, nodes, **attrs)
+        return self.op(op_type, list(inputs), outputs, nodes, **{name: list(values)}, **attrs)
 
     def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int = 1) -> str:
         return self.with_ints(op_type, [x], "axes", axes, keepdims=keepdims)
@@ -98,11 +101,11 @@ class Builder:
     def reduce_mean(self, x: str, axes: list[int], keepdims: int = 1) -> str:
         return self.reduce("ReduceMean", x, axes, keepdims)
 
-    def unsqueeze(self, x: str, axes: list[int]) -> str:
-        return self.with_ints("Unsqueeze", [x], "axes", axes)
+    def unsqueeze(self, x: str, axes: list[int], nodes: list | None = None) -> str:
+        return self.with_ints("Unsqueeze", [x], "axes", axes, nodes=nodes)
 
-    def squeeze(self, x: str, axes: list[int]) -> str:
-        return self.with_ints("Squeeze", [x], "axes", axes)
+    def squeeze(self, x: str, axes: list[int], nodes: list | None = None) -> str:
+        return self.with_ints("Squeeze", [x], "axes", axes, nodes=nodes)
 
     def split(self, x: str, sizes: list[int], axis: int) -> list[str]:
         return self.with_ints("Split", [x], "split", sizes, outputs=len(sizes), axis=axis)

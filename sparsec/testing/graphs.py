@@ -16,7 +16,7 @@ per-channel constants and a second graph input, Concat (channels, spatial, with 
 (2 and 3 ways), Slice (forward, reversed, from the end), Gather (repeated, negative indices),
 Reshape (channel shuffle, alone or in a ShuffleNet unit between grouped 1×1 convs; to features),
 Flatten (NCHW and channels-last), Transpose, Squeeze/Unsqueeze, Expand, Resize, Pad,
-Max/Average/GlobalAverage pooling, ReduceMean/Max, Softmax over channels, activations,
+Max/Average/GlobalAverage pooling, ReduceMean/Max/Sum, Softmax over channels, activations,
 Identity/Dropout/Cast, residual, squeeze-excite, gating and long skip connections (fork/join),
 dead branches, a shared weight, extra graph outputs, If and Loop bodies reading outer values,
 attention blocks (Q/K/V MatMul, heads by Reshape/Transpose, scaled QKᵀ, optional causal mask,
@@ -187,7 +187,7 @@ SAMPLERS: dict[str, Callable] = {
     "affine": lambda rng, s: {"binary": _choice(rng, ("Mul", "Add"))},
     "unsqueeze": lambda rng, s: {"axis": int(_choice(rng, (1, len(s.shape))))},
     "if": lambda rng, s: {
-        "then": _choice(rng, ("Relu", "Neg")),
+        "then": _choice(rng, ("Relu", "Neg", "Unsqueeze")),
         "else": _choice(rng, ("Sigmoid", "Abs")),
     },
     "loop": lambda rng, s: {"act": _choice(rng, ("Tanh", "Relu"))},
@@ -241,8 +241,11 @@ SAMPLERS: dict[str, Callable] = {
         "gate": _choice(rng, ("Sigmoid", "Tanh")),
         "swap": bool(rng.random() < 0.5),
     },
-    "reduce": lambda rng, s: {"reduce": _choice(rng, ("ReduceMean", "ReduceMax"))},
-    "channel_softmax": lambda rng, s: {"softmax": _choice(rng, ("Softmax", "LogSoftmax"))},
+    "reduce": lambda rng, s: {"reduce": _choice(rng, ("ReduceMean", "ReduceMax", "ReduceSum"))},
+    "channel_softmax": lambda rng, s: {
+        "softmax": _choice(rng, ("Softmax", "LogSoftmax")),
+        "implicit": bool(rng.random() < 0.5),
+    },
     "split3": lambda rng, s: {
         "out": int(_choice(rng, (2, 4))),
         "num_outputs": bool(rng.random() < 0.5),
