@@ -504,11 +504,13 @@ class Model:
         self.touch()
 
     def set_dim(self, value: ir.Value, axis: int, size: int) -> None:
-        """Record a new size for one axis of a value's declared shape (after surgery)."""
+        """Record a new size for one axis of a value's declared shape (after surgery). A
+        symbolic dim (``896*batch``: an axis that merges the batch with pruned channels) becomes
+        unknown: its new size depends on the batch, and a number would freeze it."""
         if value.shape is None or axis >= len(value.shape):
             return
         dims = list(value.shape.dims)
-        dims[axis] = int(size)
+        dims[axis] = int(size) if isinstance(dims[axis], int) else None
         value.shape = ir.Shape(dims)
         self.touch()
 

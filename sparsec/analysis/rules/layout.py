@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from contextvars import ContextVar
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from sparsec.analysis.rules.core import (
     rule_for,
 )
 from sparsec.analysis.rules.dims import dim_sources, piece_constant, vector_producer
+from sparsec.analysis.rules.refine import link_refined, stride_map, stride_of
 from sparsec.analysis.rules.shuffle import followed_part
 
 
@@ -191,7 +193,10 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape, ctx: RuleContext | None = 
     ``ctx``), or a split's parts reach a merge in another order (a channel shuffle: the split
     follows the part the merge links, ``rules.shuffle.followed_part``). The other parts are
     blocked (linking them too would tie every channel to every other through the shared
-    positions). Many-to-many blocks are blocked.
+    positions). A many-to-many block (MobileViT's unfold [B, C, H, W] → [B·C·nh, ph, nw, pw])
+    is linked through the parts of its common refinement (``rules.refine``), each axis of
+    several parts following the one ``_RefinedChoice`` names; one without a refinement is
+    blocked.
     """
     for value, shape in ((x, x_shape), (y, y_shape)):
         c.free.update((value.name, axis) for axis, size in enumerate(shape) if size == 1)
@@ -205,7 +210,7 @@ def link_regroup(c: Coupling, x, x_shape, y, y_shape, ctx: RuleContext | None = 
             _link_part(c, (x.name, ins[0][0]), y, outs, followed_part(ctx, y, outs) if ctx else 0)
         elif len(outs) == 1:
             _link_part(c, (y.name, outs[0][0]), x, ins, _channel_part(ctx, x, ins) if ctx else 0)
-        else:
+        elif not link_refined(c, x, ins, y, outs, _RefinedChoice(ctx, x, y)):
             for axis, _ in ins:
                 c.block(
                     (x.name, axis), "reshaped together with other axes in a way sparsec cannot map"
@@ -230,10 +235,7 @@ def _blocks(ins, outs):
 
 def _link_part(c: Coupling, single, parts_value, parts, linked: int) -> None:
     """Link ``single`` to part ``linked`` of ``parts`` (row-major), block the other parts."""
-    sizes = [d for _, d in parts]
-    stride = math.prod(sizes[linked + 1 :])
-    positions = np.arange(math.prod(sizes))
-    c.link(single, (parts_value.name, parts[linked][0]), (positions // stride) % sizes[linked])
+    c.link(single, (parts_value.name, parts[linked][0]), stride_map([d for _, d in parts], linked))
     for k, (axis, _) in enumerate(parts):
         if k != linked:
             c.block(
@@ -251,19 +253,36 @@ def _channel_part(ctx: RuleContext, value, parts) -> int:
     """The part of a merge to link: the only one whose axis traces back to a compute weight's
     channel axis (the C of an NHWC H×C merge), else the outermost. A merge met while tracing
     for another one takes the outermost (the walk stays linear in the depth)."""
+    traced = _traced(ctx, value, {k: axis for k, (axis, _) in enumerate(parts)})
+    return traced[0] if traced is not None and len(traced) == 1 else 0
+
+
+def _traced(ctx: RuleContext, value, axes: dict[int, int]) -> list[int] | None:
+    """The keys of ``axes`` whose axis of ``value`` traces back to a compute weight; None
+    while tracing for another reshape."""
     if _TRACING.get():
-        return 0
+        return None
     token = _TRACING.set(True)
     try:
-        traced = [k for k, (axis, _) in enumerate(parts) if _traces_to_compute(ctx, value, axis)]
+        return [k for k, axis in axes.items() if _traces_to_compute(ctx, value, axis)]
     finally:
         _TRACING.reset(token)
-    return traced[0] if len(traced) == 1 else 0
 
 
 def _traces_to_compute(ctx: RuleContext, value, axis: int) -> bool:
     """Whether (value, axis) is linked, through its producers' own axis rules, to a compute
     weight's axis (a Conv's output channels, a MatMul's columns)."""
+
+    def compute(coupling: Coupling, member: Member) -> bool | None:
+        return any(other in coupling.compute for other in _linked(coupling, member)) or None
+
+    return bool(_walk_back(ctx, value, axis, compute, identity_only=False))
+
+
+def _walk_back(ctx: RuleContext, value, axis: int, found, identity_only: bool):
+    """Walk (value, axis) back through its producers' axis rules (every edge, or the identity
+    ones only), up to ``TRACE_DEPTH`` nodes deep, until ``found(coupling, member)`` answers
+    (not None) for one of them; that answer, else None."""
     frontier, seen = [(value, axis)], set()
     for _ in range(TRACE_DEPTH):
         step = []
@@ -273,20 +292,87 @@ def _traces_to_compute(ctx: RuleContext, value, axis: int) -> bool:
             coupling = apply_rule(rule, node, ctx) if rule is not None else None
             if not isinstance(coupling, Coupling):
                 continue
+            member = (current.name, current_axis)
+            answer = found(coupling, member)
+            if answer is not None:
+                return answer
             inputs = {v.name: v for v in node.inputs if v is not None}
-            for other in _linked(coupling, (current.name, current_axis)):
-                if other in coupling.compute:
-                    return True
+            for other in _linked(coupling, member, identity_only):
                 if other[0] in inputs and other not in seen:
                     seen.add(other)
                     step.append((inputs[other[0]], other[1]))
         frontier = step
-    return False
+    return None
 
 
-def _linked(coupling: Coupling, member: Member) -> list[Member]:
-    """The members one edge of ``coupling`` links to ``member``."""
-    return [e.b if e.a == member else e.a for e in coupling.edges if member in (e.a, e.b)]
+def _linked(coupling: Coupling, member: Member, identity_only: bool = False) -> list[Member]:
+    """The members one edge of ``coupling`` (an identity one, if ``identity_only``) links to
+    ``member``."""
+    return [
+        e.b if e.a == member else e.a
+        for e in coupling.edges
+        if member in (e.a, e.b) and not (identity_only and e.index is not None)
+    ]
+
+
+def _upstream_stride(ctx: RuleContext, value, axis: int) -> tuple[int, int] | None:
+    """``(stride, size)`` of the part that (value, axis) follows where an earlier reshape
+    merged it (its edge ``(q // stride) % size``), walking back through identity edges."""
+
+    def merged(coupling: Coupling, member: Member):
+        maps = (stride_of(e.index) for e in coupling.edges if e.a == member and e.index is not None)
+        return next((m for m in maps if m is not None and m[0] * m[1] > m[1]), None)
+
+    return _walk_back(ctx, value, axis, merged, identity_only=True)
+
+
+class _RefinedChoice:
+    """Which part of a refined many-to-many block (``rules.refine``) an axis of several parts
+    follows. The part that is the other side's channel axis: an input axis follows the part
+    an earlier reshape made it follow (its edge ``(q // stride) % size``: the unfold's
+    B·C·nh follows C again in the next reshape), else the only one of its parts that is a
+    whole output axis; an output axis follows the only part that is a whole input axis, or,
+    of several, the only one tracing back to a compute weight (C beside B in B·C·nh). Else the
+    outermost such part, else the outermost part. Decisions are remembered per ``ctx``, so a
+    walk back that re-derives this reshape's coupling (its tracing off) sees the same one."""
+
+    def __init__(self, ctx: RuleContext | None, x, y) -> None:
+        self.ctx, self.x, self.y = ctx, x, y
+
+    def __call__(self, side: str, value, axis: int, run: range, sizes, whole) -> int:
+        if self.ctx is None:
+            return _only(whole, run)
+        memo = _CHOICES.setdefault(self.ctx, {})
+        key = (self.y.name, value.name, axis)
+        if key not in memo and _TRACING.get():
+            return _only(whole, run)
+        if key not in memo:
+            memo[key] = self._decide(side, value, axis, run, sizes, whole)
+        return memo[key]
+
+    def _decide(self, side: str, value, axis: int, run: range, sizes, whole) -> int:
+        if side == "in":
+            token = _TRACING.set(True)
+            try:
+                stride = _upstream_stride(self.ctx, value, axis)
+            finally:
+                _TRACING.reset(token)
+            strides = [math.prod(sizes[k + 1 :]) for k in range(len(sizes))]
+            if stride in zip(strides, sizes):
+                return run[list(zip(strides, sizes)).index(stride)]
+        elif len(whole) > 1:
+            traced = _traced(self.ctx, self.x, whole) or []
+            if len(traced) == 1:
+                return traced[0]
+        return _only(whole, run)
+
+
+_CHOICES: WeakKeyDictionary[RuleContext, dict] = WeakKeyDictionary()
+
+
+def _only(whole: dict[int, int], run: range) -> int:
+    """The outermost part that is a whole axis on the other side, else the outermost part."""
+    return min(whole, default=run[0])
 
 
 @axis_rule("Flatten", "Squeeze", "Unsqueeze")

@@ -1,0 +1,162 @@
+"""Reshapes that regroup several axes into several axes (``rules.refine``): MobileViT's unfold
+``[B, C, H, W] → [B·C·nh, ph, nw, pw] → T(1, 2) → [B, C, N, P] → T(1, 3) → [B·P, N, C]`` and its
+fold prune C through the whole chain, exactly, whether the batch is 1, 2 or symbolic and the
+targets are spelled out or ``-1``; a block without a common refinement stays blocked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_model, oracle_error, prune
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.rules import Coupling
+from sparsec.analysis.rules.layout import link_regroup
+from sparsec.analysis.rules.refine import refine, spans, stride_map, stride_of
+from sparsec.ir import Model
+from sparsec.pruning.oracle import oracle_gap
+from sparsec.testing import random_feeds
+
+F = TensorProto.FLOAT
+C_IN, C, H, W, PH, PW, C_OUT = 3, 6, 6, 4, 2, 2, 5
+NH, NW = H // PH, W // PW
+N, P = NH * NW, PH * PW
+TIMM = Path(__file__).resolve().parent.parent / ".cache" / "timm"
+
+
+@pytest.mark.parametrize(
+    "ins, outs, parts",
+    [
+        ((2, 64, 16), (1024, 2), [2, 64, 8, 2]),
+        ((64, 28, 28), (896, 2, 14, 2), [64, 14, 2, 14, 2]),  # MobileViT's unfold
+        ((896, 14, 2, 2), (64, 196, 4), [64, 14, 14, 2, 2]),
+        ((12,), (3, 4), [3, 4]),  # a plain split is its own refinement
+        ((6, 4), (4, 6), None),  # cut 4 does not divide cut 6
+        ((2, 3), (7,), None),  # not one product
+    ],
+)
+def test_the_common_refinement_cuts_at_both_sides_cumulative_products(ins, outs, parts):
+    assert refine(ins, outs) == parts
+    if parts is not None:
+        for sizes in (ins, outs):
+            runs = spans(sizes, parts)
+            assert [int(np.prod([parts[k] for k in run])) for run in runs] == list(sizes)
+            assert [k for run in runs for k in run] == list(range(len(parts)))
+
+
+def test_a_stride_map_is_recognised_by_its_stride_and_size():
+    assert stride_map([64, 14], 0).tolist()[:16] == [0] * 14 + [1, 1]
+    assert stride_of(stride_map([2, 64, 14], 1)) == (14, 64)
+    assert stride_of(stride_map([64, 14], 1)) == (1, 14)
+    assert stride_of(np.arange(5) + 2) is None  # an offset (Split), not a part
+    assert stride_of(np.zeros(4, dtype=int)) is None
+
+
+def test_a_block_without_refinement_stays_blocked():
+    coupling = Coupling()
+    x, y = type("V", (), {"name": "x"})(), type("V", (), {"name": "y"})()
+    link_regroup(coupling, x, (1, 6, 4), y, (1, 4, 6))
+    assert not coupling.edges
+    assert set(coupling.reasons) == {("x", 1), ("x", 2)}
+
+
+def test_unfold_axes_follow_the_parts_that_are_whole_axes_on_the_other_side():
+    coupling = Coupling()
+    x, y = type("V", (), {"name": "x"})(), type("V", (), {"name": "y"})()
+    link_regroup(coupling, x, (1, C, H, W), y, (C * NH, PH, NW, PW))
+    maps = {e.a: e.index for e in coupling.edges}
+    assert maps[("x", 1)] is None  # C is a whole part
+    assert (maps[("y", 0)] == np.arange(C * NH) // NH).all()  # C·nh follows C
+    assert (maps[("x", 2)] == np.arange(H) % PH).all()  # H follows ph (a whole output axis)
+    assert set(coupling.reasons) == {("y", 3)}  # W → (nw, pw) is a plain split: pw blocked
+
+
+def _targets(batch: int | str, spelled: bool) -> list[list[int]]:
+    b = batch if isinstance(batch, int) and spelled else -1
+    merged = (lambda k: b * k) if b != -1 else (lambda k: -1)
+    return [
+        [merged(C * NH), PH, NW, PW],
+        [b, C, N, P],
+        [merged(P), N, C],
+        [b, P, N, C],
+        [merged(C * NH), NW, PH, PW],
+        [b, C, H, W],
+    ]
+
+
+def mobilevit_block(rng, batch: int | str = 1, spelled: bool = True):
+    """Conv 1×1 → unfold → MatMul (the attention's width) → Relu → fold → Conv 1×1."""
+    targets = [f"t{k}" for k in range(6)]
+    steps = [("x1", "Reshape", "u0"), ("u0", "Transpose", "u1"), ("u1", "Reshape", "u2")]
+    steps += [("u2", "Transpose", "u3"), ("u3", "Reshape", "tokens")]
+    steps += [("a", "Reshape", "f0"), ("f0", "Transpose", "f1"), ("f1", "Reshape", "f2")]
+    steps += [("f2", "Transpose", "f3"), ("f3", "Reshape", "x2")]
+    perms = iter([[0, 2, 1, 3], [0, 3, 2, 1], [0, 3, 2, 1], [0, 2, 1, 3]])
+    names = iter(targets)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["x1"])]
+    for source, op, out in steps:
+        if op == "Reshape":
+            nodes.append(helper.make_node(op, [source, next(names)], [out]))
+        else:
+            nodes.append(helper.make_node(op, [source], [out], perm=next(perms)))
+        if out == "tokens":
+            nodes += [
+                helper.make_node("MatMul", ["tokens", "wm"], ["m"]),
+                helper.make_node("Relu", ["m"], ["a"]),
+            ]
+    nodes.append(helper.make_node("Conv", ["x2", "w2"], ["y"]))
+    arrays = {
+        "w1": rng.standard_normal((C, C_IN, 1, 1)),
+        "wm": rng.standard_normal((C, C)),
+        "w2": rng.standard_normal((C_OUT, C, 1, 1)),
+    }
+    inits = [numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()]
+    inits += [
+        numpy_helper.from_array(np.array(t, dtype=np.int64), name)
+        for name, t in zip(targets, _targets(batch, spelled))
+    ]
+    return make_model(
+        nodes, [("x", F, [batch, C_IN, H, W])], [("y", F, [batch, C_OUT, H, W])], inits
+    )
+
+
+@pytest.mark.parametrize(
+    "batch, spelled", [(1, True), (1, False), (2, True), (2, False), ("batch", False)]
+)
+def test_the_unfold_attention_fold_chain_prunes_c_exactly(rng, batch, spelled):
+    proto = mobilevit_block(rng, batch, spelled)
+    groups = find_channel_groups(Model.from_proto(proto)).groups
+    keyed = [g for g in groups if {("w1", 0), ("wm", 0)} <= set(g.compute)]
+    assert len(keyed) == 1 and keyed[0].prunable and keyed[0].units == C
+    back = [g for g in groups if {("wm", 1), ("w2", 1)} <= set(g.compute)]
+    assert len(back) == 1 and back[0].prunable and back[0].units == C
+    model, result = prune(Model.from_proto(proto), ratio=0.5)
+    assert result.stats["channel-prune.groups_pruned"] == 2
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4
+    reference = result.reference()
+    for n in (1, 3) if batch == "batch" else ():
+        assert oracle_gap(model, reference, random_feeds(reference, batch=n)) <= 1e-4
+
+
+@pytest.mark.skipif(
+    not (TIMM / "mobilevit_xxs_dynamo.onnx").exists(),
+    reason="needs .cache/timm (models/make_timm_models.py)",
+)
+def test_mobilevit_prunes_its_transformer_widths_exactly():
+    """The dynamo export (constant targets with -1 for the batch merges): the 64- and 80-wide
+    conv_1x1 → attention → conv_proj groups prune; the 96-wide one stays kept by the Resize
+    that reads its N, C at run time."""
+    path = TIMM / "mobilevit_xxs_dynamo.onnx"
+    groups = find_channel_groups(Model.load(path)).groups
+    widths = [
+        g
+        for g in groups
+        if any(name.endswith("conv_1x1.weight") and a == 0 for name, a in g.compute)
+    ]
+    assert sorted((g.units, g.prunable) for g in widths) == [(64, True), (80, True), (96, False)]
+    model, result = prune(path, ratio=0.5)
+    assert oracle_error(model, result.reference()) <= 1e-4
