@@ -256,6 +256,43 @@ def _shuffle(b: Builder, s: State, groups: int, infer: bool) -> State:
     return State(b.reshape(swapped, [n, -1 if infer else c, h, w]), s.shape, "image")
 
 
+def unfold(b: Builder, s: State, spec: dict) -> State:
+    """MobileViT's transformer block: a 1×1 conv to ``mid`` channels, unfolded into
+    ``patch``×``patch`` patches ([N, C, H, W] → [N·C·nh, ph, nw, pw] → T(1, 2) → [N, C, nh·nw,
+    ph·pw] → T(1, 3) → [N·P, nh·nw, C]), a token MatMul and an activation, folded back the same
+    way, a 1×1 conv back to the input's channels. Each target's first entry (the batch, alone or
+    merged) is spelled out, or -1 with ``infer`` or a symbolic batch; a patch that does not
+    divide H and W leaves the input as it is."""
+    n, c, h, w = s.shape
+    p, mid = spec.get("patch", 2), spec.get("mid", 8)
+    if h % p or w % p:
+        return s
+    nh, nw = h // p, w // p
+    first = (lambda k: -1) if spec.get("infer") or b.symbolic else (lambda k: n * k)
+    x = conv(b, s, {"k": 1, "bias": False}, c_out=mid).name
+    for target, perm in (
+        ([first(mid * nh), p, nw, p], [0, 2, 1, 3]),
+        ([first(1), mid, nh * nw, p * p], [0, 3, 2, 1]),
+        ([first(p * p), nh * nw, mid], None),
+    ):
+        x = _reshaped(b, x, target, perm)
+    tokens = State(x, [n * p * p, nh * nw, mid], "seq")
+    x = act(b, linear(b, tokens, {"bias": True}, out=mid), spec).name
+    for target, perm in (
+        ([first(1), p * p, nh * nw, mid], [0, 3, 2, 1]),
+        ([first(mid * nh), nw, p, p], [0, 2, 1, 3]),
+        ([first(1), mid, h, w], None),
+    ):
+        x = _reshaped(b, x, target, perm)
+    return conv(b, State(x, [n, mid, h, w], "image"), {"k": 1, "bias": False}, c_out=c)
+
+
+def _reshaped(b: Builder, x: str, target: list[int], perm: list[int] | None) -> str:
+    """Reshape ``x`` to ``target`` as written (no batch rewrite), then Transpose by ``perm``."""
+    y = b.op("Reshape", [x, b.ints(target)])
+    return y if perm is None else b.op("Transpose", [y], perm=perm)
+
+
 def resize(b: Builder, s: State, spec: dict) -> State:
     """Resize ×``factor`` on H and W: by ``scales`` (with an empty ``roi`` input, as Paddle and
     tf2onnx write it), by a constant ``sizes`` vector that names the channel count, or by
@@ -751,6 +788,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable]] = {
     "slice": (("image",), slice_channels),
     "gather": (("image",), gather_channels),
     "shuffle": (("image",), channel_shuffle),
+    "unfold": (("image",), unfold),
     "resize": (("image",), resize),
     "pad": (("image",), pad),
     "affine": (("image", "seq", "flat"), affine),

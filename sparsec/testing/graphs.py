@@ -14,7 +14,8 @@ strided, SAME padding), ConvTranspose, Gemm (transA/transB) and MatMul (weight o
 Batch/Layer/Group/InstanceNormalization, LRN and a written-out LayerNorm, Add/Sub/Mul/Div with
 per-channel constants and a second graph input, Concat (channels, spatial, with itself), Split
 (2 and 3 ways), Slice (forward, reversed, from the end), Gather (repeated, negative indices),
-Reshape (channel shuffle, alone or in a ShuffleNet unit between grouped 1×1 convs; to features),
+Reshape (channel shuffle, alone or in a ShuffleNet unit between grouped 1×1 convs; MobileViT's
+unfold/fold around a token MatMul; to features),
 Flatten (NCHW and channels-last), Transpose, Squeeze/Unsqueeze, Expand, Resize, Pad,
 Max/Average/GlobalAverage pooling, ReduceMean/Max/Sum, Softmax over channels, activations,
 Identity/Dropout/Cast, residual, squeeze-excite, gating and long skip connections (fork/join),
@@ -175,6 +176,12 @@ SAMPLERS: dict[str, Callable] = {
         "add": bool(rng.random() < 0.5),
         "infer": bool(rng.random() < 0.3),
     },
+    "unfold": lambda rng, s: {
+        "patch": int(_choice(rng, (2, 2, 3, 4))),
+        "mid": int(_choice(rng, (6, 8, 12))),
+        "act": _choice(rng, ("Relu", "Sigmoid")),
+        "infer": bool(rng.random() < 0.5),
+    },
     "weight_first": lambda rng, s: {"out": int(_choice(rng, (6, 8, 12)))},
     "join": lambda rng, s: {"concat": bool(rng.random() < 0.4)},
     "passthrough": lambda rng, s: {"kind": _choice(rng, ("Identity", "Dropout", "Cast"))},
@@ -279,7 +286,8 @@ def _table(text: str) -> dict[str, int]:
 WEIGHTS = {
     "image": _table(
         "conv:8 act:4 bn:3 groupnorm:1 layernorm_nhwc:1 pool:2 residual:3 se:2 concat:2 split:2 slice:1 gather:1 "
-        "shuffle:1 resize:1 pad:1 affine:1 unsqueeze:1 shared:1 if:1 loop:1 qdq_act:1 tap:1 to_flat:1 to_seq:1 "
+        "shuffle:1 unfold:1 resize:1 pad:1 affine:1 unsqueeze:1 shared:1 if:1 loop:1 qdq_act:1 tap:1 to_flat:1 "
+        "to_seq:1 "
         "convt:2 fpn:2 db_head:1 other_norm:1 gate:1 reduce:1 channel_softmax:1 divide:1 concat_spatial:1 "
         "split3:1 side_input:1 "
         "expand:1 reshape_flat:1 nhwc_mlp:1 concat_self:1 nhwc_flatten:1 passthrough:1 fork:2 join:3 dead:1"
