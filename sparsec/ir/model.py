@@ -510,7 +510,7 @@ class Model:
         if value.shape is None or axis >= len(value.shape):
             return
         dims = list(value.shape.dims)
-        dims[axis] = int(size) if isinstance(dims[axis], int) else None
+        dims[axis] = int(size) if isinstance(dims[axis], int) else ir.SymbolicDim(None)
         value.shape = ir.Shape(dims)
         self.touch()
 
