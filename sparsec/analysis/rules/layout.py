@@ -476,6 +476,13 @@ def add_shape_fixup(
                 (y.name, axis),
                 f"its size comes from a shape computed at run time ({node.op_type} input)",
             )
+        elif isinstance(entry, PassedDim) and entry.factor == y_shape[axis] > 1:
+            c.block(
+                (y.name, axis),
+                f"its target entry is computed at run time as {entry.factor} × the size of "
+                f"'{entry.member[0]}' axis {entry.member[1]} (1 here): the {entry.factor} does "
+                "not follow the pruning",
+            )
         elif isinstance(entry, PassedDim):
             c.link(
                 (y.name, axis),
