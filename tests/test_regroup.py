@@ -87,8 +87,8 @@ def _targets(batch: int | str, spelled: bool) -> list[list[int]]:
     ]
 
 
-def mobilevit_block(rng, batch: int | str = 1, spelled: bool = True):
-    """Conv 1×1 → unfold → MatMul (the attention's width) → Relu → fold → Conv 1×1."""
+def mobilevit_block(rng, batch: int | str = 1, spelled: bool = True, matmul: bool = True):
+    """Conv 1×1 → unfold → MatMul (the attention's width; or nothing) → Relu → fold → Conv 1×1."""
     targets = [f"t{k}" for k in range(6)]
     steps = [("x1", "Reshape", "u0"), ("u0", "Transpose", "u1"), ("u1", "Reshape", "u2")]
     steps += [("u2", "Transpose", "u3"), ("u3", "Reshape", "tokens")]
@@ -105,7 +105,7 @@ def mobilevit_block(rng, batch: int | str = 1, spelled: bool = True):
         if out == "tokens":
             nodes += [
                 helper.make_node("MatMul", ["tokens", "wm"], ["m"]),
-                helper.make_node("Relu", ["m"], ["a"]),
+                helper.make_node("Relu", ["m" if matmul else "tokens"], ["a"]),
             ]
     nodes.append(helper.make_node("Conv", ["x2", "w2"], ["y"]))
     arrays = {
@@ -159,4 +159,16 @@ def test_mobilevit_prunes_its_transformer_widths_exactly():
     ]
     assert sorted((g.units, g.prunable) for g in widths) == [(64, True), (80, True), (96, False)]
     model, result = prune(path, ratio=0.5)
+    assert oracle_error(model, result.reference()) <= 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_merge_traces_its_channel_back_through_an_unfold(rng, batch):
+    """Without the token MatMul, the fold's B·C·nh finds C (not B) by tracing C back through
+    the unfold's refined reshapes to the first conv."""
+    proto = mobilevit_block(rng, batch, spelled=True, matmul=False)
+    groups = find_channel_groups(Model.from_proto(proto)).groups
+    (group,) = [g for g in groups if ("w1", 0) in g.compute]
+    assert group.prunable and ("w2", 1) in group.compute and group.units == C
+    model, result = prune(Model.from_proto(proto), ratio=0.5)
     assert oracle_error(model, result.reference()) <= 1e-4

@@ -281,8 +281,8 @@ def _traces_to_compute(ctx: RuleContext, value, axis: int) -> bool:
 
 def _walk_back(ctx: RuleContext, value, axis: int, found, identity_only: bool):
     """Walk (value, axis) back through its producers' axis rules (every edge, or the identity
-    ones only), up to ``TRACE_DEPTH`` nodes deep, until ``found(coupling, member)`` answers
-    (not None) for one of them; that answer, else None."""
+    ones only; through a refined reshape's parts too), up to ``TRACE_DEPTH`` nodes deep, until
+    ``found(coupling, member)`` answers (not None) for one of them; that answer, else None."""
     frontier, seen = [(value, axis)], set()
     for _ in range(TRACE_DEPTH):
         step = []
@@ -297,7 +297,7 @@ def _walk_back(ctx: RuleContext, value, axis: int, found, identity_only: bool):
             if answer is not None:
                 return answer
             inputs = {v.name: v for v in node.inputs if v is not None}
-            for other in _linked(coupling, member, identity_only):
+            for other in _linked_through_parts(coupling, member, identity_only):
                 if other[0] in inputs and other not in seen:
                     seen.add(other)
                     step.append((inputs[other[0]], other[1]))
@@ -312,6 +312,19 @@ def _linked(coupling: Coupling, member: Member, identity_only: bool = False) -> 
         e.b if e.a == member else e.a
         for e in coupling.edges
         if member in (e.a, e.b) and not (identity_only and e.index is not None)
+    ]
+
+
+def _linked_through_parts(coupling: Coupling, member: Member, identity_only: bool) -> list:
+    """``_linked``, and through a virtual member (a refined reshape's part) the members it
+    links in turn."""
+    linked = _linked(coupling, member, identity_only)
+    return linked + [
+        beyond
+        for other in linked
+        if other[0].startswith("#")
+        for beyond in _linked(coupling, other, identity_only)
+        if beyond != member
     ]
 
 
@@ -357,9 +370,9 @@ class _RefinedChoice:
                 stride = _upstream_stride(self.ctx, value, axis)
             finally:
                 _TRACING.reset(token)
-            strides = [math.prod(sizes[k + 1 :]) for k in range(len(sizes))]
-            if stride in zip(strides, sizes):
-                return run[list(zip(strides, sizes)).index(stride)]
+            pairs = [(math.prod(sizes[k + 1 :]), size) for k, size in enumerate(sizes)]
+            if stride in pairs:
+                return run[pairs.index(stride)]
         elif len(whole) > 1:
             traced = _traced(self.ctx, self.x, whole) or []
             if len(traced) == 1:
