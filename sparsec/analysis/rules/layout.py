@@ -330,11 +330,13 @@ def _linked_through_parts(coupling: Coupling, member: Member, identity_only: boo
 
 def _upstream_stride(ctx: RuleContext, value, axis: int) -> tuple[int, int] | None:
     """``(stride, size)`` of the part that (value, axis) follows where an earlier reshape
-    merged it (its edge ``(q // stride) % size``), walking back through identity edges."""
+    merged it (its edge ``(q // stride) % size``, onto fewer positions than the axis has: not
+    a Split's first piece), walking back through identity edges."""
 
     def merged(coupling: Coupling, member: Member):
-        maps = (stride_of(e.index) for e in coupling.edges if e.a == member and e.index is not None)
-        return next((m for m in maps if m is not None and m[0] * m[1] > m[1]), None)
+        maps = [e.index for e in coupling.edges if e.a == member and e.index is not None]
+        found = [(stride_of(index), len(index)) for index in maps]
+        return next((m for m, n in found if m is not None and n > m[1]), None)
 
     return _walk_back(ctx, value, axis, merged, identity_only=True)
 
@@ -354,11 +356,11 @@ class _RefinedChoice:
 
     def __call__(self, side: str, value, axis: int, run: range, sizes, whole) -> int:
         if self.ctx is None:
-            return _only(whole, run)
+            return _outermost_whole(whole, run)
         memo = _CHOICES.setdefault(self.ctx, {})
         key = (self.y.name, value.name, axis)
         if key not in memo and _TRACING.get():
-            return _only(whole, run)
+            return _outermost_whole(whole, run)
         if key not in memo:
             memo[key] = self._decide(side, value, axis, run, sizes, whole)
         return memo[key]
@@ -377,13 +379,13 @@ class _RefinedChoice:
             traced = _traced(self.ctx, self.x, whole) or []
             if len(traced) == 1:
                 return traced[0]
-        return _only(whole, run)
+        return _outermost_whole(whole, run)
 
 
 _CHOICES: WeakKeyDictionary[RuleContext, dict] = WeakKeyDictionary()
 
 
-def _only(whole: dict[int, int], run: range) -> int:
+def _outermost_whole(whole: dict[int, int], run: range) -> int:
     """The outermost part that is a whole axis on the other side, else the outermost part."""
     return min(whole, default=run[0])
 
