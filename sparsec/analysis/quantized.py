@@ -173,3 +173,36 @@ def is_quantized(model) -> bool:
         node.op_type in QUANTIZE_OPS and node.domain in ("", "ai.onnx", "com.microsoft")
         for node in model.all_nodes()
     )
+
+
+def _scalar_parameters(model, node) -> tuple | None:
+    """(scale, zero point or None) of a per-tensor Q/DQ node with constant parameters."""
+    if not _constant_parameters(model, node):
+        return None
+    params = [
+        model.constant(v) if v is not None else None for v in (list(node.inputs) + [None])[1:3]
+    ]
+    if any(p is not None and p.size != 1 for p in params):
+        return None
+    return tuple(None if p is None else (p.dtype.str, p.reshape(()).item()) for p in params)
+
+
+def activation_quantizers(model) -> list[tuple[object, object, tuple]]:
+    """Per-tensor quantizers of activations: (QuantizeLinear, DequantizeLinear, (scale, zero
+    point)) for every DequantizeLinear that reads a QuantizeLinear of a non-constant value with
+    the same scalar constant scale and zero point. Such a pair only rounds its input to a step of
+    the scale: the same elementwise function wherever it stands, and the one place where two
+    float computations equal to rounding can differ by a whole step."""
+    found = []
+    for dq in model.all_nodes():
+        q = (
+            _produced_by(dq.inputs[0], "QuantizeLinear")
+            if dq.op_type == "DequantizeLinear"
+            else None
+        )
+        if q is None or _is_const(model, q.inputs[0]) or weight_source(model, q.inputs[0]):
+            continue
+        params = _scalar_parameters(model, q)
+        if params is not None and params == _scalar_parameters(model, dq):
+            found.append((q, dq, params))
+    return found

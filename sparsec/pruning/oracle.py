@@ -19,6 +19,13 @@ puts each kept position back and fills removed ones from the plain node, whose v
 unmasked consumer reads). So the pruned model still equals the reference to float rounding; the
 *plain* masked original (``apply_masks(..., plain=True)``, without that wrapper) is what the
 coupling's loss is measured against.
+
+Quantized activations (a per-tensor QuantizeLinear → DequantizeLinear pair on a non-constant
+value) round to steps of their scale, so two computations equal to float rounding can differ by
+a whole step after one. With each such pair bypassed (``bypass_quantizers``: an Identity in its
+place) the models are the float computations their quantizers round; when both quantize the
+same activations the same way (``same_quantizers``), those must equal each other to float
+rounding.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparsec.analysis.groups import GroupAnalysis
-from sparsec.analysis.quantized import masked_fill, weight_source
+from sparsec.analysis.quantized import activation_quantizers, masked_fill, weight_source
 from sparsec.analysis.rules import RuleContext
 from sparsec.analysis.rules.layout import reduced_axes
 from sparsec.analysis.shapes import value_shapes
@@ -288,3 +295,24 @@ def lossy_error(model, plain, ops: dict[str, int], feeds: dict[str, np.ndarray])
         "output": None if worst is None else worst.name,
         **{k: v if v is None or np.isfinite(v) else None for k, v in figures.items()},
     }
+
+
+def bypass_quantizers(model):
+    """A copy of ``model`` in which every per-tensor activation quantizer pair
+    (``analysis.quantized.activation_quantizers``) is an Identity of the pair's input."""
+    bypassed = model.copy()
+    for q, dq, _ in activation_quantizers(bypassed):
+        identity = bypassed.add_node("Identity", [q.inputs[0]], before=dq, name="bypass")
+        bypassed.replace_all_uses(dq.outputs[0], identity)
+        bypassed.remove_node(dq)
+        if not q.outputs[0].uses():
+            bypassed.remove_node(q)
+    return bypassed
+
+
+def same_quantizers(model, other) -> bool:
+    """Whether both models hold activation quantizers with the same scales and zero points."""
+    settings = [
+        sorted(map(repr, (p for *_, p in activation_quantizers(m)))) for m in (model, other)
+    ]
+    return bool(settings[0]) and settings[0] == settings[1]

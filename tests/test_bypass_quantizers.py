@@ -1,0 +1,58 @@
+"""Activation quantizers bypassed (``analysis.quantized.activation_quantizers``,
+``pruning.oracle.bypass_quantizers`` / ``same_quantizers``): a per-tensor QuantizeLinear →
+DequantizeLinear pair on an activation becomes an Identity, a quantized weight's
+DequantizeLinear stays, and the bypassed model computes exactly what the same graph without the
+pair computes. The oracle and the fuzz harness compare bypassed models when a quantizer turns
+float rounding into a whole step (end to end: the ``seed101064`` and ``seed100604`` graphs in
+``tests/fuzz_regressions``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparsec.analysis.quantized import activation_quantizers
+from sparsec.ir import Model
+from sparsec.pruning.oracle import bypass_quantizers, same_quantizers
+from sparsec.testing import fuzz
+from sparsec.testing.graphs import build
+
+CONV = {"op": "conv", "seed": 1, "out": 6, "k": 3, "qdq": True, "per_axis": False}
+HEAD = {"op": "head", "seed": 3, "classes": 5, "gemm": True}
+
+
+def _graph(blocks: list[dict], opset: int) -> dict:
+    return {
+        "seed": 0,
+        "opset": opset,
+        "batch": "1",
+        "weights": "initializer",
+        "input": {"kind": "image", "shape": [1, 4, 6, 6]},
+        "blocks": blocks,
+    }
+
+
+def _quantized(scale: float = 0.05, opset: int = 13) -> Model:
+    blocks = [CONV, {"op": "qdq_act", "seed": 2, "scale": scale}, HEAD]
+    return Model.from_proto(build(_graph(blocks, opset)))
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_the_activation_pair_becomes_an_identity_and_the_weight_stays_quantized(opset):
+    model = _quantized(opset=opset)
+    assert len(activation_quantizers(model)) == 1
+    bypassed = bypass_quantizers(model)
+    ops = [node.op_type for node in bypassed.nodes()]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 1 and "Identity" in ops
+    assert len(model.nodes()) == len(ops) + 1  # Q and DQ out, Identity in; the original kept
+    plain = build(_graph([CONV, HEAD], opset))
+    feeds = fuzz.feeds_for(plain)
+    got = fuzz.run_model(bypassed.to_proto(), feeds)
+    assert all(np.array_equal(a, b) for a, b in zip(got, fuzz.run_model(plain, feeds)))
+
+
+def test_same_quantizers_needs_the_same_scales_and_some_quantizer():
+    assert same_quantizers(_quantized(), _quantized())
+    assert not same_quantizers(_quantized(0.05), _quantized(0.02))
+    plain = Model.from_proto(build(_graph([CONV, HEAD], 13)))
+    assert not same_quantizers(plain, plain)
