@@ -63,6 +63,19 @@ def test_a_block_without_refinement_stays_blocked():
     assert set(coupling.reasons) == {("x", 1), ("x", 2)}
 
 
+def test_a_whole_axis_whose_part_a_merged_axis_does_not_follow_is_blocked():
+    """(2, 3, 4) → (12, 2): parts (2, 3, 2, 2); without a trace the 12 follows its outermost
+    part (the 2), so the 3 would shrink under an axis that cannot follow it: blocked."""
+    coupling = Coupling()
+    x, y = type("V", (), {"name": "x"})(), type("V", (), {"name": "y"})()
+    link_regroup(coupling, x, (2, 3, 4), y, (12, 2))
+    assert set(coupling.reasons) == {("x", 1)}
+    assert "axis 0 of 'y', which follows another part" in coupling.reasons[("x", 1)]
+    maps = {e.a: e.index for e in coupling.edges}
+    assert (maps[("y", 0)] == np.arange(12) // 6).all()
+    assert (maps[("x", 2)] == np.arange(4) % 2).all() and maps[("y", 1)] is None
+
+
 def test_unfold_axes_follow_the_parts_that_are_whole_axes_on_the_other_side():
     coupling = Coupling()
     x, y = type("V", (), {"name": "x"})(), type("V", (), {"name": "y"})()
