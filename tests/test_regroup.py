@@ -185,3 +185,20 @@ def test_a_merge_traces_its_channel_back_through_an_unfold(rng, batch):
     assert group.prunable and ("w2", 1) in group.compute and group.units == C
     model, result = prune(Model.from_proto(proto), ratio=0.5)
     assert oracle_error(model, result.reference()) <= 1e-4
+
+
+@pytest.mark.skipif(
+    not (TIMM / "mobilevit_xxs_legacy.onnx").exists(),
+    reason="needs .cache/timm (models/make_timm_models.py)",
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="the TorchScript export builds B·C·nh as Mul(Mul(Gather(Shape(x), 0), Gather(Shape(x), "
+    "1)), nh): rules.dims reads C there (only a product with an *inner* dim carries a dim), so C "
+    "is blocked and the entry ties B·C·nh to the batch; it needs a dims rule for a product of "
+    "dims of one tensor whose Reshape axis is the refined run (B, C, nh): a self-adjusting entry",
+)
+def test_legacy_mobilevit_prunes_its_transformer_widths():
+    groups = find_channel_groups(Model.load(TIMM / "mobilevit_xxs_legacy.onnx")).groups
+    widths = [g for g in groups if g.units == 64 and any("MatMul" in n for n, _ in g.compute)]
+    assert widths and all(g.prunable for g in widths)
