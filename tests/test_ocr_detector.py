@@ -101,26 +101,42 @@ def test_conv_transpose_batchnorm_head(group, bias):
 
 
 @pytest.mark.parametrize("opset", [11, 13, 18])
-@pytest.mark.parametrize("form", ["constant", "shape", "sliced"])
+@pytest.mark.parametrize("form", ["constant", "shape", "sliced", "shape_start_end", "scaled"])
 def test_resize_sizes_names_the_channels(opset, form):
     """Conv → Resize (sizes [N, C, 2H, 2W]) → Conv: a constant C is rewritten with the pruned
     count; sizes that take [N, C] from ``Shape(X)[0:2]`` (``F.interpolate(x, size=...)`` as
-    TorchScript writes it) follow the pruning by themselves. A shape vector used whole in
-    arithmetic (``Shape(X) * [1, 1, 2, 2]``) is a read: X's channels stay whole, exactly."""
+    TorchScript writes it; ``Shape(X, start=0, end=2)`` from opset 15, as dynamo writes it)
+    follow the pruning by themselves. A shape vector used whole in
+    arithmetic (``Shape(X) * [1, 1, 2, 2]``, or ``Shape(X) * 2``, which doubles the channels
+    too) is a read: X's channels stay whole, exactly."""
     g = GraphBuilder((1, 3, 4, 4), opset=opset, seed=opset).conv(8).relu()
     x, empty = g.current, np.array([], np.float32)
     if form == "constant":
         sizes = np.array([1, 8, 8, 8], np.int64)
-    elif form == "sliced":
+    elif form == "sliced" or (form == "shape_start_end" and opset < 15):
         g.op("Shape", shape=[4])
         g.op("Slice", np.array([0], np.int64), np.array([2], np.int64), shape=[2])
+        sizes = g.op("Concat", np.array([8, 8], np.int64), axis=0, shape=[4]).current
+    elif form == "scaled":
+        g.op("Shape", shape=[4])
+        sizes = g.op("Mul", np.array(2, np.int64), shape=[4]).current
+    elif form == "shape_start_end":
+        g.op("Shape", shape=[2], start=0, end=2)
         sizes = g.op("Concat", np.array([8, 8], np.int64), axis=0, shape=[4]).current
     else:
         g.op("Shape", shape=[4])
         sizes = g.op("Mul", np.array([1, 1, 2, 2], np.int64), shape=[4]).current
     g._state = type(g._state)(x, [1, 8, 4, 4], "image")  # back on the conv's output
     scales = empty if opset < 13 else ""
-    g.op("Resize", empty, scales, sizes, shape=[1, 8, 8, 8], mode="nearest")
+    channels = 16 if form == "scaled" else 8
+    g.op(
+        "Resize",
+        empty,
+        scales,
+        sizes,
+        shape=[2 if form == "scaled" else 1, channels, 8, 8],
+        mode="nearest",
+    )
     model = prune_half(g.conv(5).model())
     after = model.constant(nodes(model, "Conv")[1].inputs[1]).shape[1]  # the conv after Resize
-    assert after == (8 if form == "shape" else 4)
+    assert after == (channels if form in ("shape", "scaled") else 4)

@@ -35,6 +35,8 @@ def shape_of(node, ctx: RuleContext) -> Coupling:
 
 def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
     dims = _shape_dims(node, ctx, rank)
+    if passes_into_targets(ctx, node.outputs[0]):  # the vector itself is a piece of targets
+        return set()
     read: set[int] = set()
     for reader in _vector_readers(node.outputs[0]):
         picked = _picked(reader, ctx, dims)
@@ -100,7 +102,11 @@ def _shape_producer(value):
 
 
 def _shape_pick(ctx: RuleContext, node) -> tuple[str, list[int]] | None:
-    """(tensor name, axes) when ``node`` is a constant Gather or Slice of Shape(tensor)."""
+    """(tensor name, axes) when ``node`` is Shape(tensor) itself (its ``start``/``end`` axes)
+    or a constant Gather or Slice of Shape(tensor)."""
+    if node.op_type == "Shape":
+        x = node.inputs[0]
+        return x.name, _shape_dims(node, ctx, ctx.rank(x) or 0)
     shape_node = _shape_producer(node.inputs[0]) if node.op_type in ("Gather", "Slice") else None
     if shape_node is None:
         return None
@@ -188,9 +194,12 @@ def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
     uses = list(value.uses())
     if not uses or value.is_graph_output() or depth == 0:
         return False
+    several = (ctx.shape(value) or (1,)) != (1,) and ctx.shape(value) != ()
     for use in uses:
         node = use.node
-        if _carries(ctx, node, value) is not None:
+        if _carries(ctx, node, value) is not None and not (
+            several and node.op_type not in VECTOR_CARRIERS
+        ):  # a run of dims goes on only through plain copies: dim_sources resolves no more
             ok = passes_into_targets(ctx, node.outputs[0], depth - 1)
         else:
             targets = _carried_uses(node.outputs[0]) if node.op_type == "Concat" else []
@@ -229,7 +238,8 @@ def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | 
 def dim_sources(ctx: RuleContext, value) -> list[tuple[Member, int]] | None:
     """``dim_source`` for every element of a piece of a shape vector: one element, or a
     constant Gather or Slice picking several dims of Shape(X) at once (the [N, C] in
-    ``Concat(Slice(Shape(x), 0, 2), [-1])``, ``x.flatten(2)`` as TorchScript writes it)."""
+    ``Concat(Slice(Shape(x), 0, 2), [-1])``, ``x.flatten(2)`` as TorchScript writes it), or
+    Shape(X, start, end) itself (dynamo's ``Concat(Shape(x, 0, 2), [7, 7])`` Resize sizes)."""
     shape = ctx.shape(value)
     if shape is None or len(shape) != 1:
         return None
