@@ -1,5 +1,6 @@
 """The fuzzing harness (sparsec.testing): a short fixed-seed run through all four modes, the
-generator's promises (seeded, valid, any sub-list of blocks still valid, the op set covered),
+generator's promises (seeded, valid, any sub-list of blocks still valid, the op set covered,
+each opset's op forms, the same channel groups at opsets 11 and 13),
 the harness catching a broken pass, the minimizer, and every saved failing graph in
 ``tests/fuzz_regressions/`` (each must pass now; those listed in ``pending.txt`` are open bugs
 in code this harness does not own, expected to fail until fixed: strict xfail)."""
