@@ -46,7 +46,8 @@ from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.passes.split_qkv import SplitQkvPass
 from sparsec.pruning import sensitivity as sensitivity_analysis
-from sparsec.pruning.oracle import bypass_quantizers, lossy_error, same_quantizers
+from sparsec.pruning.oracle import lossy_error
+from sparsec.pruning.oracle_gate import run_oracle
 from sparsec.pruning.plans import plan_files, read_plan, refit_path
 from sparsec.spec.options import default_importance
 from sparsec.validate import (
@@ -55,7 +56,6 @@ from sparsec.validate import (
     ORACLE_TOLERANCE,
     Validation,
     check_encoded,
-    oracle_limit_text,
     validate,
 )
 
@@ -470,19 +470,7 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     oracle = None
     reference = result.reference() if result.reference is not None else None
     if reference is not None:
-        oracle = validate(
-            reference,
-            model,
-            feeds,
-            inputs_label=label,
-            latency_runs=0,
-            peak_tolerance=ORACLE_TOLERANCE,
-            optimization="basic",
-        )
-        if not oracle.passed and same_quantizers(reference, model):
-            oracle = _bypassed_oracle(reference, model, feeds, label)
-        if not oracle.passed:
-            raise ValidationError(_oracle_failure_line(oracle))
+        oracle = run_oracle(reference, model, feeds, label)
     if model.metadata(FORMAT_KEY) not in (None, "dense"):
         problem = check_encoded(
             model, reference if reference is not None else Path(source), feeds, DECODER_PREFIX
@@ -505,22 +493,6 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     if oracle is None and not validation.passed:
         raise ValidationError(failure_line(validation))
     return oracle, validation
-
-
-def _bypassed_oracle(reference, model, feeds, label) -> Validation:
-    """The oracle with both models' activation quantizers bypassed (``oracle.bypass_quantizers``):
-    a quantized activation rounds a float-rounding difference to a whole step of its scale, so an
-    exact cut can fail the plain comparison of two models that quantize the same activations the
-    same way."""
-    return validate(
-        bypass_quantizers(reference),
-        bypass_quantizers(model),
-        feeds,
-        inputs_label=f"{label}; activation quantizers bypassed in both models",
-        latency_runs=0,
-        peak_tolerance=ORACLE_TOLERANCE,
-        optimization="basic",
-    )
 
 
 def _basic_level_gate(
@@ -756,26 +728,6 @@ def _peak_rss_mb() -> float:
 
 def _json_text(payload) -> str:
     return json.dumps(payload, indent=2) + "\n"
-
-
-def _oracle_failure_line(oracle: Validation) -> str:
-    worst = max(
-        oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None
-    )
-    if worst is None:
-        return "oracle check failed: the pruned model's outputs do not match its masked original (nothing written)"
-    if worst.problem:
-        return f"oracle check failed (nothing written): output '{worst.name}': {worst.problem}"
-    if not math.isfinite(worst.max_abs):
-        return (
-            f"oracle check failed (nothing written): output '{worst.name}' is not finite on these inputs, so it "
-            "cannot be compared (do the --inputs hold NaN or Inf?)"
-        )
-    return (
-        f"oracle check failed (nothing written): output '{worst.name}' differs from the masked original by "
-        f"{worst.max_abs:.3g}, above {oracle_limit_text(worst.max_abs_reference)}; "
-        "a bug in the lossy pass (please report it if the pass is one of sparsec's)"
-    )
 
 
 def check_destinations(model: Model, output: Path, extra: Sequence[Path], force: bool) -> None:

@@ -202,3 +202,43 @@ def test_legacy_mobilevit_prunes_its_transformer_widths():
     groups = find_channel_groups(Model.load(TIMM / "mobilevit_xxs_legacy.onnx")).groups
     widths = [g for g in groups if g.units == 64 and any("MatMul" in n for n, _ in g.compute)]
     assert widths and all(g.prunable for g in widths)
+
+
+def _batch_hidden_in_a_later_axis(rng) -> object:
+    """[N, 6, 6, 4] → Reshape [18, -1, 2, 2] → Mul by a per-row constant → Reshape back: at
+    batch 1 the -1 is 4 and C·H = 36 regroups as 18 × 2, but at batch N the -1 absorbs N too."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["x1"]),
+        helper.make_node("Reshape", ["x1", "t1"], ["u"]),
+        helper.make_node("Mul", ["u", "s"], ["us"]),
+        helper.make_node("Reshape", ["us", "t2"], ["x2"]),
+        helper.make_node("Conv", ["x2", "w2"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(6, 3, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(5, 6, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(size=(18, 1, 1, 1)).astype(np.float32), "s"),
+        numpy_helper.from_array(np.array([18, -1, 2, 2], np.int64), "t1"),
+        numpy_helper.from_array(np.array([-1, 6, 6, 4], np.int64), "t2"),
+    ]
+    return make_model(
+        nodes, [("x", F, ["N", 3, 6, 4])], [("y", F, ["N", 5, 6, 4])], inits, opset=17
+    )
+
+
+def test_a_cut_exact_only_at_batch_1_is_refused_and_batch_2_analyses_it(cli, tmp_path, rng):
+    """With a symbolic batch fed at batch 1 the analysis sees a free size-1 batch axis; the
+    oracle also runs at batch 2, so a cut that is wrong there is refused (nothing written), and
+    ``--input-shape`` at batch 2 analyses the model where the batch is visible: kept, exact."""
+    import onnx
+
+    source, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(_batch_hidden_in_a_later_axis(rng), source)
+    code, _, stderr = cli("compress", source, "--channels", "0.5", "-o", out)
+    assert code != 0 and "at batch 2" in stderr and "--input-shape" in stderr
+    assert not out.exists()
+    code, stdout, stderr = cli(
+        "compress", source, "--channels", "0.5", "--input-shape", "x:2x3x6x4", "-o", out
+    )
+    assert code == 0, stderr
+    assert "oracle (equal to the original" in stdout and out.exists()
