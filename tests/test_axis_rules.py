@@ -420,3 +420,100 @@ def test_a_merge_links_the_part_that_traces_to_a_weight(rng, traced, expected):
         ],
     )
     assert _merge_link(proto, "s") == expected
+
+
+def _read_through(form: str) -> tuple[list, list]:
+    """Conv a (8 channels) read by Shape, its C passed into the target of a Reshape of another
+    conv's output (16 channels) in a form the target rule cannot rewrite for one reader."""
+    i64 = TensorProto.INT64
+    if form == "strided slice":  # Slice(Shape(a), 1, 4, steps 2) picks C and W
+        read = [
+            helper.make_node("Slice", ["sa", "one", "four", "zero", "two"], ["cw"]),
+            helper.make_node("Concat", ["one", "cw", "minus1"], ["t"], axis=0),
+        ]
+        return read, [helper.make_node("Reshape", ["b", "t"], ["r"])]
+    pick = helper.make_node("Gather", ["sa", "one"], ["c"], axis=0)
+    if form == "copy shared by two readers":  # Concat -> Cast read by two Reshapes
+        read = [
+            pick,
+            helper.make_node("Concat", ["one", "c", "minus1"], ["t0"], axis=0),
+            helper.make_node("Cast", ["t0"], ["t"], to=i64),
+        ]
+        return read, [helper.make_node("Reshape", [v, "t"], [f"r{v}"]) for v in ("b", "b2")]
+    raise ValueError(form)
+
+
+@pytest.mark.parametrize("form", ["strided slice", "copy shared by two readers"])
+def test_a_read_dim_the_target_rule_cannot_rewrite_stays_a_read(rng, form):
+    """Each form once let a's channels go while its Reshape target kept the old count (the
+    oracle, or the checker, refused the result): now the dim is a read and the cut is exact."""
+    read, reshapes = _read_through(form)
+    outputs = [r.output[0] for r in reshapes]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Conv", ["ar", "w2"], ["o1"]),
+        helper.make_node("Conv", ["x", "w3"], ["b"]),
+        helper.make_node("Conv", ["x", "w4"], ["b2"]),
+        helper.make_node("Shape", ["a"], ["sa"]),
+        *read,
+        *reshapes,
+        *[helper.make_node("ReduceMax", [o], [f"m{o}"], axes=[-1]) for o in outputs],
+    ]
+    proto = make_model(
+        nodes,
+        [("x", F, [1, 3, 4, 4])],
+        [
+            ("o1", F, [1, 4, 4, 4]),
+            *[(f"m{o}", F, [1, 8, 4, 1] if "strided" in form else [1, 8, 1]) for o in outputs],
+        ],
+        [
+            weight(rng, "w1", [8, 3, 1, 1]),
+            weight(rng, "w2", [4, 8, 1, 1]),
+            weight(rng, "w3", [16, 3, 1, 1]),
+            weight(rng, "w4", [16, 3, 1, 1]),
+            *[
+                ints(n, [v])
+                for n, v in (("zero", 0), ("one", 1), ("two", 2), ("four", 4), ("minus1", -1))
+            ],
+        ],
+        opset=17,
+    )
+    prune_and_compare(proto, rng)
+
+
+def test_a_shared_target_behind_its_readers_copies_is_not_edited_for_one_of_them(rng):
+    """tf2onnx's int32 target Concat(N, 8, 16), shared by two Reshapes each behind its own Cast
+    to int64: surgery could only edit the shared Concat (or a Cast) for one reader, so the
+    channels the constant 8 names stay whole (once: a Cast with two inputs, refused)."""
+    i32 = TensorProto.INT32
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["ar"]),
+        helper.make_node("Sigmoid", ["a"], ["as"]),
+        helper.make_node("Shape", ["a"], ["sa"]),
+        helper.make_node("Slice", ["sa", "zero", "one"], ["n"]),
+        helper.make_node("Cast", ["n"], ["n32"], to=i32),
+        helper.make_node("Concat", ["n32", "c8", "c16"], ["t"], axis=0),
+        helper.make_node("Cast", ["t"], ["ta"], to=TensorProto.INT64),
+        helper.make_node("Cast", ["t"], ["tb"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["ar", "ta"], ["ra"]),
+        helper.make_node("Reshape", ["as", "tb"], ["rb"]),
+        helper.make_node("Add", ["ra", "rb"], ["s"]),
+        helper.make_node("Conv", ["s", "w2"], ["o"]),
+    ]
+    proto = make_model(
+        nodes,
+        [("x", F, [1, 3, 4, 4])],
+        [("o", F, [1, 4, 16])],
+        [
+            weight(rng, "w1", [8, 3, 1, 1]),
+            weight(rng, "w2", [4, 8, 1]),
+            ints("zero", [0]),
+            ints("one", [1]),
+            numpy_helper.from_array(np.array([8], np.int32), "c8"),
+            numpy_helper.from_array(np.array([16], np.int32), "c16"),
+        ],
+        opset=17,
+    )
+    assert prune_and_compare(proto, rng)["groups_pruned"] == 0

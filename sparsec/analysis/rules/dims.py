@@ -51,17 +51,24 @@ def _read_dims(node, ctx: RuleContext, rank: int) -> set[int]:
 VECTOR_CARRIERS = {"Cast", "Identity"}  # ops that pass a whole shape vector on unchanged
 
 
-def piece_constant(const, value) -> np.ndarray | None:
+def piece_constant(const, value, attr) -> np.ndarray | None:
     """The array a piece of a shape vector always holds: a constant, or a Cast/Identity of an
-    integer one as int64 (paddle2onnx writes each constant entry of a Reshape target as
-    ``Cast(int32 Constant)``); None when it is computed at run time. ``const`` reads a value's
-    constant (``RuleContext.const`` in a rule, ``Model.constant`` in surgery)."""
+    integer one, in the Cast's type (int32 or int64; paddle2onnx writes each constant entry of
+    a Reshape target as ``Cast(int32 Constant)``); None when it is computed at run time.
+    ``const`` and ``attr`` read a value's constant and a node's attribute (``RuleContext.const``
+    and ``.attr`` in a rule, ``Model.constant`` and ``.attr`` in surgery)."""
     array = const(value)
     node = value.producer() if array is None and value is not None else None
     if node is None or node.op_type not in VECTOR_CARRIERS:
         return array
     inner = const(node.inputs[0])
-    return None if inner is None or inner.dtype.kind not in "iu" else inner.astype(np.int64)
+    if inner is None or inner.dtype.kind not in "iu":
+        return None
+    dtype = inner.dtype if node.op_type == "Identity" else _CAST_INTS.get(attr(node, "to", -1))
+    return None if dtype is None else inner.astype(dtype)
+
+
+_CAST_INTS = {6: np.int32, 7: np.int64}  # Cast's ``to`` (ONNX int32, int64) for shape pieces
 
 
 def _vector_readers(vector) -> list:
@@ -83,15 +90,35 @@ def _carried_uses(vector) -> list:
     return uses
 
 
+def _target_uses(vector) -> list:
+    """The uses of a Concat-built shape vector whose entries ``shape_entries`` resolves: its own
+    uses, or the one use at the end of a chain of sole-use Cast/Identity copies of it (a copy
+    shared by several readers, or a vector read besides its copy, stays as it is: a read)."""
+    uses = list(vector.uses())
+    if len(uses) != 1 or uses[0].node.op_type not in VECTOR_CARRIERS:
+        return uses
+    end = uses[0]
+    while end.node.op_type in VECTOR_CARRIERS:
+        out = end.node.outputs[0]
+        following = list(out.uses())
+        if len(following) != 1 or out.is_graph_output():
+            return [end]
+        end = following[0]
+    return [end]
+
+
 def vector_producer(value, sole: bool = False):
     """The node computing the vector ``value``, through Cast/Identity copies of it (with
     ``sole``, only copies read by nothing else: a Reshape target tf2onnx casts to int64 after
     the Concat that builds it, whose pieces surgery may then edit for that Reshape alone)."""
     node = value.producer() if value is not None else None
+    copied = False
     while node is not None and node.op_type in VECTOR_CARRIERS:
         if sole and len(list(node.outputs[0].uses())) != 1:
             return None
-        node = node.inputs[0].producer()
+        node, copied = node.inputs[0].producer(), True
+    if sole and copied and node is not None and len(list(node.outputs[0].uses())) != 1:
+        return None  # surgery could not copy a shared vector behind the copies for one reader
     return node
 
 
@@ -134,6 +161,7 @@ def _picked(reader, ctx: RuleContext, dims: list[int]) -> list[int] | None:
         reader.op_type == "Slice"
         and ctx.ints(reader, "starts", 1) is not None
         and ctx.ints(reader, "ends", 2) is not None
+        and (ctx.ints(reader, "steps", 4) or [1]) == [1]  # a strided pick reads (kept simple)
     ):
         indices = np.arange(len(dims))[
             slice(ctx.ints(reader, "starts", 1)[0], ctx.ints(reader, "ends", 2)[0])
@@ -202,7 +230,7 @@ def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
         ):  # a run of dims goes on only through plain copies: dim_sources resolves no more
             ok = passes_into_targets(ctx, node.outputs[0], depth - 1)
         else:
-            targets = _carried_uses(node.outputs[0]) if node.op_type == "Concat" else []
+            targets = _target_uses(node.outputs[0]) if node.op_type == "Concat" else []
             ok = (
                 bool(targets)
                 and not node.outputs[0].is_graph_output()

@@ -442,7 +442,7 @@ def shape_entries(ctx: RuleContext, node, index: int, length: int) -> list[tuple
         return [None] * length
     entries: list[tuple | None] = []
     for piece_index, piece in enumerate(producer.inputs):
-        piece_array, piece_shape = piece_constant(ctx.const, piece), ctx.shape(piece)
+        piece_array, piece_shape = piece_constant(ctx.const, piece, ctx.attr), ctx.shape(piece)
         if piece_shape is None:
             return [None] * length
         sources = dim_sources(ctx, piece) if piece_array is None else None
@@ -519,7 +519,9 @@ def add_shape_fixup(
                 continue
             owner, index, position, _ = entry
             if (owner, index) not in edits:
-                edits[(owner, index)] = piece_constant(model.constant, owner.inputs[index]).copy()
+                edits[(owner, index)] = piece_constant(
+                    model.constant, owner.inputs[index], model.attr
+                ).copy()
             edits[(owner, index)].reshape(-1)[position] = len(positions)
         copies: dict = {}  # a shared Concat is copied once for this node, then all its edits go to the copy
         for (owner, index), array in edits.items():
