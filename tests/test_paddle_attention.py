@@ -200,13 +200,14 @@ def test_weights_held_by_constant_nodes_give_head_dim_and_output_projection():
     assert all(len(b.o) == 1 and b.o[0] != b.q[0] for b in blocks)
 
 
-def test_a_cast_constant_piece_of_a_target_reads_as_int64():
-    """paddle2onnx writes each constant entry of a Reshape target as Cast(int32 Constant)."""
+def test_a_cast_constant_piece_of_a_target_reads_in_the_casts_type():
+    """paddle2onnx writes each constant entry of a Reshape target as Cast(int32 Constant) to
+    int64: the piece reads as the int64 array the Cast makes."""
     model = Model.load(PADDLE / "svtr_block.onnx")
     concats = [n.inputs[1].producer() for n in model.nodes() if n.op_type == "Reshape"]
     pieces = next(c.inputs for c in concats if len(c.inputs) == 5)  # [0, T, 3, H, D]
     assert model.constant(pieces[-1]) is None  # a Cast output: not a constant by itself
-    read = [piece_constant(model.constant, piece) for piece in pieces]
+    read = [piece_constant(model.constant, piece, model.attr) for piece in pieces]
     assert [None if r is None else (r.dtype, r.tolist()) for r in read] == [
         (np.dtype(np.int64), [0]),
         None,  # T, read at run time
