@@ -56,3 +56,32 @@ def test_same_quantizers_needs_the_same_scales_and_some_quantizer():
     assert not same_quantizers(_quantized(0.05), _quantized(0.02))
     plain = Model.from_proto(build(_graph([CONV, HEAD], 13)))
     assert not same_quantizers(plain, plain)
+
+
+def _float_initializer(model: Model, rank: int) -> str:
+    return next(
+        name
+        for name, value in model.initializers().items()
+        if model.constant(value).dtype == np.float32 and model.constant(value).ndim == rank
+    )
+
+
+def test_the_gate_still_refuses_a_wrong_model_that_quantizes_alike():
+    """A wrong cut (a kept weight changed) in a model whose quantizers match its reference's:
+    the bypassed comparison fails too, and the refusal names the output. A pair that differs by
+    float rounding only (a bias nudged by 1e-6) passes."""
+    from sparsec.errors import ValidationError
+    from sparsec.pruning.oracle_gate import run_oracle
+
+    reference = _quantized()
+    feeds = fuzz.feeds_for(reference.to_proto())
+    wrong, nudged = _quantized(), _quantized()
+    weight = wrong.value(_float_initializer(wrong, 2))  # the head's Gemm weight
+    wrong.resize_initializer(weight, wrong.constant(weight) * 1.5)
+    assert same_quantizers(reference, wrong)
+    with pytest.raises(ValidationError, match="differs from the masked original"):
+        run_oracle(reference, wrong, feeds, "test feeds")
+    bias = nudged.value(_float_initializer(nudged, 1))
+    nudged.resize_initializer(bias, nudged.constant(bias) + np.float32(1e-6))
+    result = run_oracle(reference, nudged, feeds, "test feeds")
+    assert result.passed
