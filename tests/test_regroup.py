@@ -187,16 +187,50 @@ def test_a_merge_traces_its_channel_back_through_an_unfold(rng, batch):
     assert oracle_error(model, result.reference()) <= 1e-4
 
 
+def _torchscript_unfold(rng):
+    """The unfold's first target as TorchScript writes it with a symbolic batch:
+    ``[B * C * nh, ph, nw, pw]`` with ``B * C`` read by two Shape → Gather at run time."""
+    proto = mobilevit_block(rng, "batch", spelled=False)
+    graph = proto.graph
+    kept = [t for t in graph.initializer if t.name != "t0"]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.initializer.extend(
+        numpy_helper.from_array(np.array(v, np.int64), name)
+        for name, v in (("i0", 0), ("i1", 1), ("nh", NH), ("axis0", [0]), ("rest", [PH, NW, PW]))
+    )
+    computed = [
+        helper.make_node("Shape", ["x1"], ["s0"]),
+        helper.make_node("Shape", ["x1"], ["s1"]),
+        helper.make_node("Gather", ["s0", "i0"], ["b"], axis=0),
+        helper.make_node("Gather", ["s1", "i1"], ["c"], axis=0),
+        helper.make_node("Mul", ["b", "c"], ["bc"]),
+        helper.make_node("Mul", ["bc", "nh"], ["bcn"]),
+        helper.make_node("Unsqueeze", ["bcn", "axis0"], ["first"]),
+        helper.make_node("Concat", ["first", "rest"], ["t0"], axis=0),
+    ]
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([nodes[0], *computed, *nodes[1:]])
+    return proto
+
+
+def test_a_batch_times_channels_target_read_at_run_time_follows_the_channels(rng):
+    """TorchScript's B·C·nh (legacy MobileViT): at batch 1 the product follows C (B, of size 1
+    here, is the read), so the chain prunes, exactly at batch 1 and at batches 2 and 3."""
+    proto = _torchscript_unfold(rng)
+    groups = find_channel_groups(Model.from_proto(proto)).groups
+    (group,) = [g for g in groups if ("w1", 0) in g.compute]
+    assert group.prunable and group.units == C
+    model, result = prune(Model.from_proto(proto), ratio=0.5)
+    reference = result.reference()
+    for n in (1, 2, 3):
+        assert oracle_gap(model, reference, random_feeds(reference, batch=n)) <= 1e-4
+
+
 @pytest.mark.skipif(
     not (TIMM / "mobilevit_xxs_legacy.onnx").exists(),
     reason="needs .cache/timm (models/make_timm_models.py)",
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="the TorchScript export builds B·C·nh as Mul(Mul(Gather(Shape(x), 0), Gather(Shape(x), "
-    "1)), nh): rules.dims reads C there (only a product with an *inner* dim carries a dim), so C "
-    "is blocked and the entry ties B·C·nh to the batch; it needs a dims rule for a product of "
-    "dims of one tensor whose Reshape axis is the refined run (B, C, nh): a self-adjusting entry",
 )
 def test_legacy_mobilevit_prunes_its_transformer_widths():
     groups = find_channel_groups(Model.load(TIMM / "mobilevit_xxs_legacy.onnx")).groups

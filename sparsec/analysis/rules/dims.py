@@ -202,15 +202,22 @@ def _inner_dim_factor(ctx: RuleContext, value, other) -> int | None:
     """k when the dim ``value`` is multiplied by ``other``, a run-time dim of the same tensor on
     an inner axis (the c·h of ``x.view(n, c * h, w)``): the product follows ``value``'s axis
     with factor k = the inner size, while the inner dim stays a read (its axis is blocked, so
-    k cannot change). None otherwise (the inner dim itself, or dims of other tensors)."""
+    k cannot change). When the outer of the two has size 1 at this binding (the B of
+    TorchScript's ``B * C * nh`` for MobileViT's unfold, at batch 1) the roles swap: the
+    product follows the inner dim (times the outer's factor), the outer is a read (the batch:
+    never cut), and at any batch the product scales with the batch the merged axis holds too
+    (the oracle checks batch 2 as well). None otherwise."""
     mine, theirs = dim_source(ctx, value), dim_source(ctx, other)
     if mine is None or theirs is None:
         return None
     (name, axis), ((other_name, other_axis), other_factor) = mine[0], theirs
     shape = ctx.shapes.get(name)
-    if other_name != name or other_axis <= axis or shape is None:
+    if other_name != name or other_axis == axis or shape is None:
         return None
-    return other_factor * int(shape[other_axis])
+    size_one = (int(shape[axis]) == 1, int(shape[other_axis]) == 1)
+    if other_axis < axis:
+        return other_factor if size_one == (False, True) else None
+    return None if size_one == (True, False) else other_factor * int(shape[other_axis])
 
 
 def passes_into_targets(ctx: RuleContext, value, depth: int = 4) -> bool:
@@ -255,7 +262,8 @@ def dim_source(ctx: RuleContext, value, depth: int = 4) -> tuple[Member, int] | 
         return None
     carried = next(
         (v for v in node.inputs if v is not None and _carries(ctx, node, v) is not None), None
-    )
+    )  # of a product of two dims of one tensor, the outer (its partner inner), unless the outer
+    # has size 1 here: then the inner (``_inner_dim_factor``); never both
     if carried is not None and ctx.const(carried) is None:
         source = dim_source(ctx, carried, depth - 1)
         return None if source is None else (source[0], source[1] * _carries(ctx, node, carried))
