@@ -4,8 +4,12 @@ follow one read dim through to the Reshape/Expand targets (and Resize sizes) it 
 The invariant: a dim read at run time would change with pruning, so the axis it reads is
 blocked, unless the dim only flows (through Unsqueeze/Squeeze/Cast/Identity, a Mul by a
 positive integer constant, or a Mul by a read dim of an inner axis of the same tensor: the c·h
-of ``x.view(n, c * h, w)``) into an entry of a Reshape/Expand target: then the target's axis
-is linked to it (``dim_source``) and follows the pruning.
+of ``x.view(n, c * h, w)``; of a size-1 outer one: TorchScript's B·C·nh at batch 1) into an
+entry of a Reshape/Expand target or of Resize sizes that ``layout.shape_entries`` resolves:
+then the target's axis is linked to it (``dim_source``/``dim_sources``) and follows the
+pruning. A run of dims (a Slice of a shape, or Shape(x, start, end) itself) flows only through
+plain copies (Cast/Identity), and only into targets surgery can rewrite for their one reader
+(``_target_uses``, ``vector_producer(sole=True)``): anything else is a read.
 """
 
 from __future__ import annotations
