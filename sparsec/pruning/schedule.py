@@ -156,9 +156,16 @@ def _schedule_target(prune, one, step: int, model, samples, start) -> bool:
 
 
 def _probe_feeds(model, samples) -> dict[str, np.ndarray]:
-    if samples is not None:
-        return {name: array[:PROBE_SAMPLES] for name, array in samples.items()}
-    return random_inputs(model, bind_shapes(model), 0)
+    """The first ``PROBE_SAMPLES`` calibration samples (exactly the batch an input declares
+    as a fixed number), else seeded random inputs."""
+    if samples is None:
+        return random_inputs(model, bind_shapes(model), 0)
+    batches = {}
+    for value in model.inputs:
+        dims = model.shape_dims(value) or []
+        if dims and isinstance(dims[0], int) and dims[0] > 0:
+            batches[value.name] = dims[0]
+    return {name: array[: batches.get(name, PROBE_SAMPLES)] for name, array in samples.items()}
 
 
 def _combined(results: list[PassResult], lines: list[Diagnostic]) -> PassResult:
