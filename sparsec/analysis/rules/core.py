@@ -88,6 +88,14 @@ class Coupling:
     def block(self, member: Member, reason: str) -> None:
         self.reasons[member] = reason
 
+    def partners(self, member: Member, identity_only: bool = False) -> list[Member]:
+        """The members one edge (an identity one, if ``identity_only``) links to ``member``."""
+        return [
+            e.b if e.a == member else e.a
+            for e in self.edges
+            if member in (e.a, e.b) and not (identity_only and e.index is not None)
+        ]
+
     def mix(self, node, axis: int, reason: str) -> None:
         """``node`` mixes positions along ``axis`` of its first input (and first output): link
         the two by identity and mark the input's axis lossy (``reason``: how it mixes)."""

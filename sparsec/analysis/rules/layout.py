@@ -274,7 +274,7 @@ def _traces_to_compute(ctx: RuleContext, value, axis: int) -> bool:
     weight's axis (a Conv's output channels, a MatMul's columns)."""
 
     def compute(coupling: Coupling, member: Member) -> bool | None:
-        return any(other in coupling.compute for other in _linked(coupling, member)) or None
+        return any(other in coupling.compute for other in coupling.partners(member)) or None
 
     return bool(_walk_back(ctx, value, axis, compute, identity_only=False))
 
@@ -305,25 +305,15 @@ def _walk_back(ctx: RuleContext, value, axis: int, found, identity_only: bool):
     return None
 
 
-def _linked(coupling: Coupling, member: Member, identity_only: bool = False) -> list[Member]:
-    """The members one edge of ``coupling`` (an identity one, if ``identity_only``) links to
-    ``member``."""
-    return [
-        e.b if e.a == member else e.a
-        for e in coupling.edges
-        if member in (e.a, e.b) and not (identity_only and e.index is not None)
-    ]
-
-
 def _linked_through_parts(coupling: Coupling, member: Member, identity_only: bool) -> list:
-    """``_linked``, and through a virtual member (a refined reshape's part) the members it
-    links in turn."""
-    linked = _linked(coupling, member, identity_only)
+    """``Coupling.partners``, and through a virtual member (a refined reshape's part) the
+    members it links in turn."""
+    linked = coupling.partners(member, identity_only)
     return linked + [
         beyond
         for other in linked
         if other[0].startswith("#")
-        for beyond in _linked(coupling, other, identity_only)
+        for beyond in coupling.partners(other, identity_only)
         if beyond != member
     ]
 

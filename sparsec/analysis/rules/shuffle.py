@@ -82,21 +82,13 @@ def _mapped_axes(ctx: RuleContext, node, value, axes: dict[int, int]):
     for part, axis in axes.items():
         targets = [
             other[1]
-            for other in _identity_partners(coupling, (value.name, axis))
+            for other in coupling.partners((value.name, axis), identity_only=True)
             if other[0] == out.name
         ]
         if len(targets) != 1:
             return None
         moved[part] = targets[0]
     return out, moved
-
-
-def _identity_partners(coupling: Coupling, member) -> list:
-    return [
-        e.b if e.a == member else e.a
-        for e in coupling.edges
-        if e.index is None and member in (e.a, e.b)
-    ]
 
 
 def _outermost_in_merge(ctx: RuleContext, value, merged, axes: dict[int, int]) -> int:
