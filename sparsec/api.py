@@ -32,7 +32,7 @@ from sparsec.analysis.inputs import (
 )
 from sparsec.analysis.lookup import layer_table
 from sparsec.analysis.quantized import is_quantized
-from sparsec.errors import InputError, SparsecError, ValidationError
+from sparsec.errors import InputError, ValidationError
 from sparsec.ir import Model, refuse_unwritable, runtime
 from sparsec.ir.saving import Staged
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
@@ -392,7 +392,7 @@ def _compress_loaded(
     except InputError as error:  # onnxruntime refused to run: the feeds, or the compressed model
         if not str(error).startswith("onnxruntime failed to run the model"):
             raise
-        if _runs(Path(source), feeds):
+        if runtime.runs(Path(source), feeds):
             raise ValidationError(
                 f"the compressed model fails on inputs the original runs (nothing written): {error}"
             ) from None
@@ -434,15 +434,6 @@ def _lossy_couplings(model, result: PassResult, feeds: dict) -> dict | None:
     from the plain masked original (``oracle.lossy_error``)."""
     ops, build = result.artifacts.get("lossy_couplings"), result.reference
     return lossy_error(model, build(plain=True), ops, feeds) if ops and build else None
-
-
-def _runs(source: Path, feeds: dict) -> bool:
-    """Whether the original model runs ``feeds`` in onnxruntime."""
-    try:
-        runtime.session_for_file(source, optimization="disable").run(feeds)
-    except SparsecError:
-        return False
-    return True
 
 
 def _shapes_hint(feeds: dict, label: str) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from sparsec.errors import InputError, one_line
+from sparsec.errors import InputError, SparsecError, one_line
 from sparsec.ir.model import PROTOBUF_LIMIT_BYTES
 
 _SEVERITY = 4  # onnxruntime's FATAL only: its errors reach the user as one sparsec error line
@@ -200,6 +200,20 @@ def _exposed(model, names: Sequence[str]):
 
 def session_for_file(path: str | Path, *, optimization: str = "all", threads: int = 0) -> Session:
     return Session(str(path), optimization=optimization, threads=threads)
+
+
+def runs(model, feeds: dict[str, np.ndarray]) -> bool:
+    """Whether onnxruntime runs ``model`` (a ``Model``, or a model file's path) on ``feeds``,
+    with graph optimizations off."""
+    try:
+        if isinstance(model, (str, Path)):
+            session = session_for_file(model, optimization="disable")
+        else:
+            session = session_for(model, optimization="disable")
+        session.run(feeds)
+    except SparsecError:
+        return False
+    return True
 
 
 def _expose(proto: onnx.ModelProto, names: Sequence[str]) -> None:

@@ -21,7 +21,8 @@ import math
 
 import numpy as np
 
-from sparsec.errors import SparsecError, ValidationError
+from sparsec.errors import ValidationError
+from sparsec.ir import runtime
 from sparsec.pruning.oracle import bypass_quantizers, same_quantizers
 from sparsec.validate import ORACLE_TOLERANCE, Validation, oracle_limit_text, validate
 
@@ -33,7 +34,7 @@ def run_oracle(reference, model, feeds: dict, label: str) -> Validation:
     if not oracle.passed:
         raise ValidationError(failure_line(oracle))
     wider = second_batch_feeds(reference, feeds)
-    if wider is not None and _runs(reference, wider):
+    if wider is not None and runtime.runs(reference, wider):
         second = _compare(reference, model, wider, f"{label}, and at batch 2")
         if not second.passed:
             raise ValidationError(
@@ -71,16 +72,6 @@ def _validate(reference, model, feeds: dict, label: str) -> Validation:
         peak_tolerance=ORACLE_TOLERANCE,
         optimization="basic",
     )
-
-
-def _runs(model, feeds: dict) -> bool:
-    from sparsec.ir import runtime
-
-    try:
-        runtime.session_for(model, optimization="disable").run(feeds)
-    except SparsecError:
-        return False
-    return True
 
 
 def second_batch_feeds(model, feeds: dict) -> dict | None:
