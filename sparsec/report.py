@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from sparsec.validate import Validation, oracle_limit_text
+from sparsec.validate import Validation, oracle_limit_text, worst_output
 
 
 def human(number: float | int | None) -> str:
@@ -89,9 +89,7 @@ def sparsity_text(tensors: list[dict]) -> str:
 
 
 def oracle_text(oracle: Validation) -> str:
-    worst = max(
-        oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None
-    )
+    worst = worst_output(oracle.outputs)
     detail = (
         ""
         if worst is None

@@ -300,6 +300,16 @@ def _top1(r: np.ndarray, c: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(r, axis=1) == np.argmax(c, axis=1)))
 
 
+def relative_error(metrics: OutputMetrics) -> float:
+    """max |c − r| / max |r| of one output (an all-zero reference: relative to 1e-30)."""
+    return metrics.max_abs / max(metrics.max_abs_reference, 1e-30)
+
+
+def worst_output(outputs) -> OutputMetrics | None:
+    """The output with the largest ``relative_error``, or None when there is none."""
+    return max(outputs, key=relative_error, default=None)
+
+
 def peak_gap(reference: dict, candidate: dict) -> float:
     """The oracle's measure over every output of a run, comparable with ``ORACLE_TOLERANCE``:
     max |c − r| / max |r| where that relative limit applies, scaled to the float32 floor where

@@ -41,7 +41,7 @@ from sparsec.analysis.rules import RuleContext
 from sparsec.analysis.rules.layout import reduced_axes
 from sparsec.analysis.shapes import value_shapes
 from sparsec.ir import runtime
-from sparsec.validate import output_metrics, peak_gap
+from sparsec.validate import output_metrics, peak_gap, relative_error, worst_output
 
 
 @dataclass
@@ -280,13 +280,11 @@ def lossy_error(model, plain, ops: dict[str, int], feeds: dict[str, np.ndarray])
         for name in want
         if name in got
     ]
-    worst = max(metrics, key=lambda m: m.max_abs / max(m.max_abs_reference, 1e-30), default=None)
+    worst = worst_output(metrics)
     figures = {
         "max_abs_error": None if worst is None else worst.max_abs,
         "max_abs_output": None if worst is None else worst.max_abs_reference,
-        "relative_error": None
-        if worst is None
-        else worst.max_abs / max(worst.max_abs_reference, 1e-30),
+        "relative_error": None if worst is None else relative_error(worst),
         "cosine": None if worst is None else worst.cosine,
     }
     return {

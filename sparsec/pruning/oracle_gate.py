@@ -24,7 +24,13 @@ import numpy as np
 from sparsec.errors import ValidationError
 from sparsec.ir import runtime
 from sparsec.pruning.oracle import bypass_quantizers, same_quantizers
-from sparsec.validate import ORACLE_TOLERANCE, Validation, oracle_limit_text, validate
+from sparsec.validate import (
+    ORACLE_TOLERANCE,
+    Validation,
+    oracle_limit_text,
+    validate,
+    worst_output,
+)
 
 
 def run_oracle(reference, model, feeds: dict, label: str) -> Validation:
@@ -98,9 +104,7 @@ def second_batch_feeds(model, feeds: dict) -> dict | None:
 def failure_line(oracle: Validation, where: str = "") -> str:
     """One line naming the output that differs most from the masked original, relative to its
     peak (``where``: the inputs it differs on, when not the run's)."""
-    worst = max(
-        oracle.outputs, key=lambda o: o.max_abs / max(o.max_abs_reference, 1e-30), default=None
-    )
+    worst = worst_output(oracle.outputs)
     if worst is None:
         return "oracle check failed: the pruned model's outputs do not match its masked original (nothing written)"
     if worst.problem:
