@@ -276,3 +276,28 @@ def test_a_cut_exact_only_at_batch_1_is_refused_and_batch_2_analyses_it(cli, tmp
     )
     assert code == 0, stderr
     assert "oracle (equal to the original" in stdout and out.exists()
+
+
+def test_a_model_that_runs_at_batch_1_only_skips_the_batch_2_check(cli, tmp_path, rng):
+    """A symbolic batch that a constant Reshape target pins to 1: the masked original does not
+    run at batch 2, so the oracle checks batch 1 alone and the cut is written."""
+    import onnx
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"]),
+        helper.make_node("Reshape", ["h", "flat"], ["f"]),
+        helper.make_node("MatMul", ["f", "w2"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(6, 3, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.array([1, 6, 16], np.int64), "flat"),
+        numpy_helper.from_array(rng.normal(size=(16, 5)).astype(np.float32), "w2"),
+    ]
+    source, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(
+        make_model(nodes, [("x", F, ["N", 3, 4, 4])], [("y", F, [1, 6, 5])], inits, opset=17),
+        source,
+    )
+    code, stdout, stderr = cli("compress", source, "--channels", "0.5", "-o", out)
+    assert code == 0, stderr
+    assert "oracle (equal to the original" in stdout and out.exists()
