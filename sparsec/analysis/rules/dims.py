@@ -78,20 +78,14 @@ _CAST_INTS = {6: np.int32, 7: np.int64}  # Cast's ``to`` (ONNX int32, int64) for
 def _vector_readers(vector) -> list:
     """The nodes that read the shape vector ``vector``, looking through Cast/Identity copies
     of it (Paddle casts a shape to int32 and back before slicing it)."""
-    return [use.node for use in _carried_uses(vector)]
-
-
-def _carried_uses(vector) -> list:
-    """The uses of a shape vector, looking through Cast/Identity copies of it (Paddle casts a
-    shape to int32 and back; tf2onnx casts the Concat building a Reshape target to int64)."""
-    uses = []
+    readers = []
     for use in vector.uses():
         node = use.node
         if node.op_type in VECTOR_CARRIERS and not node.outputs[0].is_graph_output():
-            uses += _carried_uses(node.outputs[0])
+            readers += _vector_readers(node.outputs[0])
         else:
-            uses.append(use)
-    return uses
+            readers.append(node)
+    return readers
 
 
 def _target_uses(vector) -> list:
