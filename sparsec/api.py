@@ -184,12 +184,18 @@ def attention_heads(model: Model, input_shapes: Sequence[str] = ()) -> list[dict
 def as_pruned(model: Model, input_shapes: Sequence[str] = ()) -> tuple[Model, dict | None]:
     """A copy of ``model`` as channel-prune sees it (``canonical_passes`` at these input shapes:
     Reshape targets folded, packed QKV split), and the shapes: what ``analyze --groups /
-    --layers / --heads`` report is then what ``--channels`` / ``--heads`` prune."""
+    --layers / --heads`` report is then what ``--channels`` / ``--heads`` prune. Cached on
+    ``model`` per shapes: ``analyze --groups --layers --heads`` canonicalizes once."""
     overrides = parse_input_shapes(input_shapes, model) or None
-    canonical = model.copy()
-    canonical.input_shapes = dict(overrides or {})
-    Pipeline(canonical_passes())(canonical)
-    return canonical, overrides
+
+    def canonicalize() -> Model:
+        canonical = model.copy()
+        canonical.input_shapes = dict(overrides or {})
+        Pipeline(canonical_passes())(canonical)
+        return canonical
+
+    key = "as_pruned:" + repr(sorted((overrides or {}).items()))
+    return model.cached(key, canonicalize), overrides
 
 
 def _value_info(model: Model, value, bound) -> dict:
