@@ -32,6 +32,7 @@ LAYERS = {
     "sparsec.report": 5,
     "sparsec.ci_report": 5,
     "sparsec.api": 5,
+    "sparsec.inspection": 5,
     "sparsec.jobs": 5,
     "sparsec.jobs_report": 5,
     "sparsec.verify": 5,

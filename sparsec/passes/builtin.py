@@ -28,6 +28,20 @@ BUILTIN_PASSES = (
 )
 
 
+def canonical_passes() -> list:
+    """The exact rewrites before channel-prune: identity elimination and shape folding (so that
+    Reshape targets computed from static shapes become constants surgery can rewrite), exporter
+    idioms canonicalized, dead code removed."""
+    return [
+        IdentityEliminationPass(),
+        ConstantFoldShapesPass(),
+        ShapeCanonicalizePass(),
+        SplitQkvPass(),
+        TransposeCanonicalizePass(),
+        DeadCodePass(),
+    ]
+
+
 def cleanup_passes() -> list:
     """The exact cleanup passes, in the order the default pipeline runs them."""
     return [
