@@ -28,12 +28,13 @@ conv's zero padding and border effects are not modelled.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sparsec.analysis.activations import capture
-from sparsec.analysis.lookup import Layer, layers
+from sparsec.analysis.activations import capture, fixed_batch
+from sparsec.analysis.cost import analyze_cost
+from sparsec.analysis.lookup import Layer, layers, scope_of
 from sparsec.errors import InputError
 
 NEAR_ZERO = 1e-6  # default absolute threshold |x| <= T of a near-zero
@@ -250,3 +251,117 @@ def _check_names(model, names: Iterable[str]) -> None:
     missing = [name for name in names if model.value(name) is None]
     if missing:
         raise InputError(f"no value named {', '.join(missing)} in the model")
+
+
+@dataclass
+class ActivationRow:
+    """One measured value: its zeros over the calibration data and what skipping them saves."""
+
+    name: str
+    producer: str  # the producing op type, "input" for a graph input
+    node: str  # the producing node's name ('' for a graph input or an unnamed node)
+    scope: str  # the exporter's scope of that node (``lookup.scope_of``)
+    axis: int | None  # the channel axis (None: unknown, no dead channels)
+    channels: int | None  # how many channels
+    elements: int  # values seen over all samples
+    zero_fraction: float
+    near_zero_fraction: float  # |x| <= threshold, exact zeros included
+    dead_channels: list[int]  # channels zero on every sample and position
+    consumers: list[str]  # the nodes reading it (name, else op type)
+    macs: int  # per inference, of the compute layers reading it
+    macs_saved: int  # macs × zero_fraction: what a zero-skipping runtime would not spend
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ActivationReport:
+    """The activation-sparsity report of a model on calibration data (``activation_report``)."""
+
+    model: str | None
+    samples: int  # calibration samples run
+    threshold: float  # the near-zero threshold (absolute)
+    macs: int  # the model's MACs per inference at the bound input shapes
+    rows: list[ActivationRow]
+
+    @property
+    def macs_saved(self) -> int:
+        return sum(row.macs_saved for row in self.rows)
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "samples": self.samples,
+            "threshold": self.threshold,
+            "macs": self.macs,
+            "macs_saved": self.macs_saved,
+            "macs_saved_fraction": self.macs_saved / self.macs if self.macs else 0.0,
+            "values": [row.to_json() for row in self.rows],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ActivationReport:
+        rows = [ActivationRow(**row) for row in data["values"]]
+        fields = ("model", "samples", "threshold", "macs")
+        return cls(**{key: data[key] for key in fields}, rows=rows)
+
+
+def activation_report(
+    model,
+    samples: Mapping[str, np.ndarray],
+    threshold: float = NEAR_ZERO,
+    batch_size: int = 16,
+) -> ActivationReport:
+    """Zeros, near-zeros (|x| <= ``threshold``) and dead channels of every measured value over
+    the calibration ``samples``, and the MACs a zero-skipping runtime would save."""
+    compute = layers(model)
+    names = measured_values(model, compute)
+    counts = count_zeros(model, samples, channel_axes(model, names, compute), threshold, batch_size)
+    cost = analyze_cost(model)
+    macs_of = {
+        node.outputs[0].name: node_cost.macs or 0
+        for node, node_cost in zip(model.nodes(), cost.nodes)
+        if node.outputs and node.outputs[0] is not None
+    }
+    readers: dict[str, list[int]] = {}
+    for layer in compute:
+        if layer.input and layer.output:
+            readers.setdefault(layer.input[0], []).append(macs_of.get(layer.output[0], 0))
+    rows = [_row(model, name, counts[name], sum(readers.get(name, []))) for name in names]
+    return ActivationReport(
+        str(model.path) if model.path else None,
+        _samples_run(model, samples),
+        float(threshold),
+        cost.macs,
+        rows,
+    )
+
+
+def _row(model, name: str, counts: _Counts, macs: int) -> ActivationRow:
+    value = model.value(name)
+    node = value.producer()
+    elements = counts.elements
+    zero_fraction = float(np.sum(counts.zeros)) / elements if elements else 0.0
+    return ActivationRow(
+        name=name,
+        producer=node.op_type if node is not None else "input",
+        node=node.name or "" if node is not None else "",
+        scope=scope_of(node) if node is not None else "",
+        axis=counts.axis,
+        channels=int(np.size(counts.zeros)) if counts.axis is not None else None,
+        elements=elements,
+        zero_fraction=zero_fraction,
+        near_zero_fraction=float(np.sum(counts.near)) / elements if elements else 0.0,
+        dead_channels=[int(c) for c in counts.dead()],
+        consumers=[use.node.name or use.node.op_type for use in value.uses()],
+        macs=macs,
+        macs_saved=round(macs * zero_fraction),
+    )
+
+
+def _samples_run(model, samples: Mapping[str, np.ndarray]) -> int:
+    """The calibration samples ``capture`` runs: all, or whole batches of a fixed batch size."""
+    count = next(iter(samples.values())).shape[0]
+    fixed = fixed_batch(model)
+    return count - count % fixed if fixed else count
