@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sparsec.analysis.activation_zeros import NEAR_ZERO, ActivationReport, activation_report
 from sparsec.analysis.activations import RANDOM, load_calibration
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
@@ -157,6 +158,17 @@ def sensitivity(
         canonical
     )  # what runs before channel-prune: the same groups, the same ids
     return sensitivity_analysis.measure(canonical, data, ratios, importance, progress=progress)
+
+
+def activations(
+    model: Model, calibration: str | Path, samples: int = 0, threshold: float = NEAR_ZERO
+) -> ActivationReport:
+    """The activation-sparsity report of ``model`` as loaded (``analyze --activations``): per
+    activation and per value a compute layer reads, its exact zeros and near-zeros (|x| <=
+    ``threshold``) over the calibration samples, its dead channels, and the MACs a
+    zero-skipping runtime would save."""
+    data = load_calibration(calibration_spec(calibration), model, samples)
+    return activation_report(model, data, threshold)
 
 
 def calibration_spec(calibration: str | Path | None) -> str:

@@ -291,6 +291,48 @@ def layers_text(layers: list) -> str:
     return head + ("\n" + table(rows, header, left=(0, 1, 2, 5)) if rows else "")
 
 
+def activations_text(report) -> str:
+    """One row per measured value of an activation-sparsity report (``ActivationReport`` or its
+    ``to_json()``): zeros, near-zeros, dead channels, the MACs of the layers reading it and what
+    skipping its zeros would save; then the total and the dead channels' indices."""
+    data = report.to_json() if hasattr(report, "to_json") else report
+    rows, dead = [], []
+    for row in data["values"]:
+        channels = (
+            "-" if row["channels"] is None else f"{len(row['dead_channels'])}/{row['channels']}"
+        )
+        rows.append(
+            [
+                row["name"],
+                row["producer"],
+                f"{row['zero_fraction']:.1%}",
+                f"{row['near_zero_fraction']:.1%}",
+                channels,
+                human(row["macs"]) if row["macs"] else "-",
+                human(row["macs_saved"]) if row["macs"] else "-",
+            ]
+        )
+        if row["dead_channels"]:
+            shown = ", ".join(map(str, row["dead_channels"][:DEAD_SHOWN]))
+            more = len(row["dead_channels"]) - DEAD_SHOWN
+            dead.append(
+                f"dead channels of {row['name']}: {shown}" + (f" (+{more})" if more > 0 else "")
+            )
+    head = (
+        f"activations: {len(rows)} values on {data['samples']} calibration samples "
+        f"(near-zero: |x| <= {data['threshold']:g}; dead: zero on every sample)"
+    )
+    header = ["value", "op", "zeros", "near-0", "dead", "layer MACs", "saved"]
+    total = (
+        f"MACs a zero-skipping runtime would save: {human(data['macs_saved'])} of "
+        f"{human(data['macs'])} ({data['macs_saved_fraction']:.1%}) per inference"
+    )
+    return "\n".join([head, table(rows, header, left=(0, 1)), total, *dead])
+
+
+DEAD_SHOWN = 12  # dead channel indices listed per value in the text report
+
+
 def _group_cell(group: dict | None) -> str:
     """``3 (64)``: a group's id and channels (``2 (4 heads)``: attention heads); ``kept`` when
     it cannot be pruned; ``-``: none."""
