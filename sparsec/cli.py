@@ -117,17 +117,41 @@ def cli() -> None:
     "0.25, 0.5 and 0.75 (needs --calibration); --target-macs measures the same at 0.1 ... 0.8.",
 )
 @click.option(
+    "--activations",
+    is_flag=True,
+    help="Also measure activation sparsity on --calibration: per activation and per value a "
+    "Conv/Gemm/MatMul reads, its exact zeros and near-zeros, its dead channels (zero on every "
+    "sample) and the MACs a zero-skipping runtime would save.",
+)
+@click.option(
+    "--zero-threshold",
+    type=float,
+    default=None,
+    metavar="T",
+    help="With --activations: a value counts as near zero when |x| <= T (absolute; default 1e-6).",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="With --activations: draw the zeros per layer to FILE.png or FILE.svg (needs the "
+    "optional extra: pip install 'sparsec[plot]').",
+)
+@click.option(
     "--calibration",
     default=None,
     metavar="DATA",
-    help="With --sensitivity: calibration samples (.npz, a folder of .npz/.npy, or 'random').",
+    help="With --sensitivity, --activations or --blocks: calibration samples (.npz, a folder of "
+    ".npz/.npy, or 'random').",
 )
 @click.option(
     "--calibration-samples",
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
-    help="With --sensitivity: use the first N calibration samples (default: all; 64 with 'random').",
+    help="With --calibration: use the first N calibration samples (default: all; 64 with 'random').",
 )
 @click.option(
     "--importance",
@@ -146,6 +170,9 @@ def analyze(
     layers: bool,
     heads: bool,
     sensitivity: bool,
+    activations: bool,
+    zero_threshold: float | None,
+    plot_path: Path | None,
     calibration,
     calibration_samples,
     importance,
@@ -168,12 +195,23 @@ def analyze(
         summary["layers"] = api.layers(loaded, input_shapes)
     if heads:
         summary["attention_blocks"] = api.attention_heads(loaded, input_shapes)
-    if (
-        calibration is not None or calibration_samples is not None or importance is not None
-    ) and not sensitivity:
+    calibrated = {"--sensitivity": sensitivity, "--activations": activations}
+    if (calibration is not None or calibration_samples is not None) and not any(
+        calibrated.values()
+    ):
         raise click.UsageError(
-            "--calibration, --calibration-samples and --importance go with --sensitivity"
+            "--calibration and --calibration-samples go with " + _either(list(calibrated))
         )
+    if importance is not None and not sensitivity:
+        raise click.UsageError("--importance goes with --sensitivity")
+    sections = []  # the text after the summary
+    if activations:
+        summary["activations"] = _activations(
+            loaded, calibration, calibration_samples, zero_threshold, plot_path
+        )
+        sections.append(report.activations_text(summary["activations"]))
+    elif zero_threshold is not None or plot_path is not None:
+        raise click.UsageError("--zero-threshold and --plot go with --activations")
     if sensitivity:
         if calibration is None:
             raise click.UsageError(
@@ -187,10 +225,36 @@ def analyze(
             progress=lambda text: _echo(f"  {text}", err=True),
         )
         summary["sensitivity"] = table.to_json()
-        if not as_json:
-            _echo(report.analyze_text(summary) + "\n\n" + table.text())
-            return
-    _echo(json.dumps(summary, indent=2) if as_json else report.analyze_text(summary))
+        sections.append(table.text())
+    text = "\n\n".join([report.analyze_text(summary), *sections])
+    _echo(json.dumps(summary, indent=2) if as_json else text)
+
+
+def _either(flags: list[str]) -> str:
+    """'--a', '--a or --b', '--a, --b or --c'."""
+    return ", ".join(flags[:-1]) + " or " + flags[-1] if len(flags) > 1 else flags[0]
+
+
+def _activations(model, calibration, samples, threshold, plot_path) -> dict:
+    """``analyze --activations``: the report as JSON, its plot drawn when asked (matplotlib and
+    the path checked before the calibration runs)."""
+    from sparsec import inspection, plot
+    from sparsec.analysis.activation_zeros import NEAR_ZERO
+
+    if calibration is None:
+        raise click.UsageError(
+            "--activations measures zeros on calibration data: give --calibration"
+        )
+    threshold = NEAR_ZERO if threshold is None else threshold
+    if not threshold >= 0:
+        raise click.UsageError(f"--zero-threshold must be a number >= 0 (got {threshold})")
+    if plot_path is not None:
+        plot.check_plot_path(plot_path)
+        plot.require_matplotlib()
+    result = inspection.activations(model, calibration, samples or 0, threshold)
+    if plot_path is not None:
+        plot.activation_zeros_plot(result, plot_path)
+    return result.to_json()
 
 
 COMPRESS_EXAMPLES = """\b

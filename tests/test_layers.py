@@ -30,6 +30,7 @@ LAYERS = {
     "sparsec.passes": 4,
     "sparsec.spec": 4,
     "sparsec.report": 5,
+    "sparsec.plot": 5,
     "sparsec.ci_report": 5,
     "sparsec.api": 5,
     "sparsec.inspection": 5,
