@@ -42,7 +42,8 @@ def test_describe_round_trips_through_the_parser():
     )
     assert Pipeline(parse_pipeline(pipeline.describe())).describe() == pipeline.describe()
     assert (
-        default_pipeline().describe() == "identity-elimination,bn-fold,const-fold-shapes,dead-code"
+        default_pipeline().describe()
+        == "identity-elimination,bn-fold,const-fold-shapes,dead-channels,dead-code"
     )
 
 
@@ -150,8 +151,8 @@ def test_fixed_point_stops_when_nothing_changes_and_sums_stats():
     model = sparsec.Model.load(MODELS / "cleanup_cnn.onnx")
     seen = []
     result = default_pipeline(on_pass=lambda p, r: seen.append((p.name, r.modified)))(model)
-    assert len(seen) == 8 and not any(
-        modified for _, modified in seen[4:]
+    assert len(seen) == 10 and not any(
+        modified for _, modified in seen[5:]
     )  # round 2 confirms the fixed point
     assert result.stats["bn-fold.batchnorms_folded"] == 4
 

@@ -8,6 +8,9 @@ registry (``register_importance``): ``l1`` (sum of |w|), ``l2`` (root of the sum
 ``l1``), ``activation`` (‖X_c‖·‖W_c‖ over the group's
 consumers, from calibration data) and ``random`` (seeded per group). A method gets
 an ``ImportanceContext``; activation-based methods plug in here with calibration data in it.
+With calibration data, a unit that every weight reading it sees as exactly zero on every sample
+(``calibration_dead``: a dead channel) scores just below the group's lowest live unit whatever
+the method, so a cut takes dead units first (``activation`` scores them 0 already).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from sparsec.analysis.activations import weight_input_norms
 from sparsec.analysis.groups import ChannelGroup
 from sparsec.analysis.quantized import weight_array
+from sparsec.analysis.shapes import value_shapes
 from sparsec.analysis.weight_sites import weight_sites
 from sparsec.errors import InputError
 
@@ -44,6 +48,19 @@ class ImportanceContext:
     _sums: dict[tuple[str, str], dict | None] = field(default_factory=dict, repr=False, init=False)
     _input_norms: dict[str, np.ndarray] | None = field(default=None, repr=False, init=False)
     _input_axes: dict[str, int] = field(default_factory=dict, repr=False, init=False)
+    _dead: dict[str, tuple[int, np.ndarray]] | None = field(default=None, repr=False, init=False)
+
+    def dead_channels(self) -> dict[str, tuple[int, np.ndarray]]:
+        """{activation: (channel axis, channels zero on every calibration sample)} for every
+        value a weight reads, from one calibration run (``activation_zeros.dead_channels``)."""
+        if self.calibration is None:
+            return {}
+        if self._dead is None:
+            from sparsec.analysis.activation_zeros import dead_channels
+
+            read = {a[0] for s in weight_sites(self.model)[0] for a in s.activations if a}
+            self._dead = dead_channels(self.model, self.calibration, sorted(read))
+        return self._dead
 
     def input_norms(self) -> dict[str, np.ndarray]:
         """{weight: ‖x_j‖ per input channel j it reduces over}, for every weight of the model,
@@ -110,7 +127,46 @@ def group_scores(group: ChannelGroup, method: str, ctx: ImportanceContext) -> np
     scorer = IMPORTANCE.get(method)
     if scorer is None:
         raise InputError(f"unknown importance '{method}'; known: {', '.join(IMPORTANCE)}")
-    return scorer(group, ctx)
+    scores = scorer(group, ctx)
+    if ctx.calibration is None or method == "activation":  # activation: a dead unit scores 0
+        return scores
+    return dead_first(scores, calibration_dead(group, ctx))
+
+
+def dead_first(scores: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """``scores`` with every ``dead`` unit just below the lowest live one (so a cut takes the
+    dead units first, and the scores' mean, which global ranking divides by, barely moves)."""
+    if not dead.any() or dead.all():
+        return scores
+    scores = np.asarray(scores, dtype=np.float64).copy()
+    low = scores[~dead].min()
+    scores[dead] = low - abs(low) * 1e-6 - 1e-12
+    return scores
+
+
+def calibration_dead(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    """Per unit of ``group``: whether every weight reading it (a compute member along its
+    weight's contraction axis) reads, at each of its uses, an activation exactly zero at the
+    unit on every calibration sample (all False without calibration, or when some reader's
+    activation was not measured or is not in the group)."""
+    nothing = np.zeros(group.units, dtype=bool)
+    dead_values = ctx.dead_channels()
+    sites = {site.name: site for site in weight_sites(ctx.model)[0]}
+    readers = [m for m in group.compute if m[0] in sites and sites[m[0]].axis == m[1]]
+    if not dead_values or not readers:
+        return nothing
+    shapes, dead = value_shapes(ctx.model), np.ones(group.units, dtype=bool)
+    for name, _ in readers:
+        for use in sites[name].activations:
+            rank = len(shapes.get(use[0], ())) if use is not None else 0
+            member = (use[0], use[1] % rank) if use is not None and rank else None
+            found = dead_values.get(member[0]) if member in group.atoms else None
+            if found is None or found[0] % rank != member[1]:
+                return nothing
+            alive = np.ones(group.sizes[member])
+            alive[np.asarray(found[1], dtype=np.int64)] = 0
+            dead &= np.bincount(group.atoms[member], weights=alive, minlength=group.units) == 0
+    return dead
 
 
 CHUNK_ELEMENTS = 8 * 1024 * 1024  # bounded temporaries on large weights

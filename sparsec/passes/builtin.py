@@ -7,6 +7,7 @@ from sparsec.passes.canonicalize import ShapeCanonicalizePass, TransposeCanonica
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
+from sparsec.passes.dead_channels import DeadChannelsPass
 from sparsec.passes.pipeline import Pipeline
 from sparsec.passes.sparse_format import SparseEncodePass
 from sparsec.passes.sparsity import WeightSparsityPass
@@ -18,6 +19,7 @@ BUILTIN_PASSES = (
     BatchNormFoldPass,
     ChannelPrunePass,
     ConstantFoldShapesPass,
+    DeadChannelsPass,
     DeadCodePass,
     IdentityEliminationPass,
     ShapeCanonicalizePass,
@@ -42,16 +44,19 @@ def canonical_passes() -> list:
     ]
 
 
-def cleanup_passes() -> list:
-    """The exact cleanup passes, in the order the default pipeline runs them."""
+def cleanup_passes(dead_channels: bool = False) -> list:
+    """The exact cleanup passes, in the order the default pipeline runs them; with
+    ``dead_channels`` (the default pipeline), statically dead channels (all-zero weights) are
+    removed after BatchNorm folding (not after weight sparsity, whose zeros are its pattern)."""
     return [
         IdentityEliminationPass(),
         BatchNormFoldPass(),
         ConstantFoldShapesPass(),
+        *([DeadChannelsPass()] if dead_channels else []),
         DeadCodePass(),
     ]
 
 
 def default_pipeline(**pipeline_options) -> Pipeline:
     """What ``sparsec compress`` runs when no transform is asked for: cleanup to a fixed point."""
-    return Pipeline(cleanup_passes(), fixed_point=True, **pipeline_options)
+    return Pipeline(cleanup_passes(dead_channels=True), fixed_point=True, **pipeline_options)

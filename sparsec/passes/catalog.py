@@ -23,6 +23,11 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
         "ConstantFoldShapesPass",
         "Fold shape-only integer subgraphs (Shape, Gather, Concat, ...) into constants.",
     ),
+    "dead-channels": (
+        "sparsec.passes.dead_channels",
+        "DeadChannelsPass",
+        "Remove channels whose weights are all zero (exact), or that are zero on calibration data.",
+    ),
     "dead-code": (
         "sparsec.passes.cleanup",
         "DeadCodePass",
