@@ -35,6 +35,7 @@ import numpy as np
 from sparsec.analysis.activations import capture, fixed_batch
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.lookup import Layer, layers, scope_of
+from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
 
 NEAR_ZERO = 1e-6  # default absolute threshold |x| <= T of a near-zero
@@ -120,10 +121,13 @@ def channel_axes(model, names: Iterable[str], compute: list[Layer]) -> dict[str,
     for layer in compute:
         if layer.output:
             known.setdefault(*layer.output)
-    return {name: _channel_axis(model, name, known) for name in names}
+    ranks = {name: len(shape) for name, shape in value_shapes(model).items()}
+    return {name: _channel_axis(model, name, known, ranks) for name in names}
 
 
-def _channel_axis(model, name: str, known: Mapping[str, int]) -> int | None:
+def _channel_axis(
+    model, name: str, known: Mapping[str, int], ranks: Mapping[str, int]
+) -> int | None:
     """The axis of the nearest value with a known channel axis that ``name`` is linked to axis
     for axis (breadth first through ``_aligned``)."""
     queue, seen = [name], {name}
@@ -132,40 +136,35 @@ def _channel_axis(model, name: str, known: Mapping[str, int]) -> int | None:
         if current in known:
             return known[current]
         value = model.value(current)
-        for other in _aligned(model, value) if value is not None else ():
+        for other in _aligned(value, ranks) if value is not None else ():
             if other.name not in seen:
                 seen.add(other.name)
                 queue.append(other.name)
     return None
 
 
-def _aligned(model, value) -> list:
+def _aligned(value, ranks: Mapping[str, int]) -> list:
     """The values whose axes are ``value``'s own: through an op of ``AXIS_KEEPING_OPS`` (its
     first input and its first output), or an elementwise op of ``ELEMENTWISE_OPS`` (any input of
     the output's rank: broadcasting then leaves axes in place), upstream and downstream."""
     linked = []
     producer = value.producer()
     if producer is not None:
-        linked += _aligned_inputs(model, producer)
+        linked += _aligned_inputs(producer, ranks)
     for use in value.uses():
         node = use.node
-        if node.outputs and node.outputs[0] is not None and value in _aligned_inputs(model, node):
+        if node.outputs and node.outputs[0] is not None and value in _aligned_inputs(node, ranks):
             linked.append(node.outputs[0])
     return linked
 
 
-def _aligned_inputs(model, node) -> list:
+def _aligned_inputs(node, ranks: Mapping[str, int]) -> list:
     if node.op_type in AXIS_KEEPING_OPS:
         return [node.inputs[0]] if node.inputs and node.inputs[0] is not None else []
     if node.op_type not in ELEMENTWISE_OPS or not node.outputs or node.outputs[0] is None:
         return []
-    rank = _rank(model, node.outputs[0])
-    return [v for v in node.inputs if v is not None and rank and _rank(model, v) == rank]
-
-
-def _rank(model, value) -> int | None:
-    dims = model.shape_dims(value)
-    return None if dims is None else len(dims)
+    rank = ranks.get(node.outputs[0].name)
+    return [v for v in node.inputs if v is not None and rank and ranks.get(v.name) == rank]
 
 
 @dataclass

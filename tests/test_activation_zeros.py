@@ -1,0 +1,198 @@
+"""The activation-sparsity report (``analyze --activations``): zeros per ReLU against a direct
+count in onnxruntime, near-zeros, dead channels and the MACs saved on a model built to have
+them, the running counts across batches, JSON, the CLI and its plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import MODELS
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsec import inspection
+from sparsec.analysis.activation_zeros import (
+    ActivationReport,
+    activation_report,
+    dead_channels,
+)
+from sparsec.analysis.activations import load_calibration
+from sparsec.ir import Model
+
+DIGITS = MODELS / "digits_cnn.onnx"
+CALIB = MODELS / "digits_calib.npz"
+
+
+def _relu_counts_in_onnxruntime(path, feeds) -> dict[str, tuple[int, int]]:
+    """{ReLU output: (zeros, elements)}, counted on the model with every ReLU output exposed."""
+    proto = onnx.load(path)
+    relus = [n.output[0] for n in proto.graph.node if n.op_type == "Relu"]
+    proto.graph.output.extend(
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in relus
+    )
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    arrays = session.run(relus, feeds)
+    return {name: (int(np.sum(a == 0)), a.size) for name, a in zip(relus, arrays)}
+
+
+def test_zeros_per_relu_match_a_direct_count_in_onnxruntime():
+    feeds = {"input": np.load(CALIB)["input"].astype(np.float32)}
+    expected = _relu_counts_in_onnxruntime(DIGITS, feeds)
+    report = inspection.activations(Model.load(DIGITS), CALIB)
+    rows = {row.name: row for row in report.rows if row.producer == "Relu"}
+    assert set(rows) == set(expected) and len(rows) == 5 and report.samples == 256
+    for name, (zeros, elements) in expected.items():
+        assert rows[name].elements == elements
+        assert round(rows[name].zero_fraction * elements) == zeros, name
+    assert 0 < report.macs_saved < report.macs
+
+
+def test_counts_run_batch_by_batch_add_up():
+    model = Model.load(DIGITS)
+    samples = load_calibration(CALIB, model)
+    whole = activation_report(model, samples, batch_size=256)
+    batched = activation_report(model, samples, batch_size=7)  # 36 full batches and one of 4
+    assert batched == whole
+
+
+def _dead_channel_model(tmp_path):
+    """x [N,2,5,5] >= 0 -> Conv(3 filters, pad 1) -> Relu -> Conv 1x1 (4 filters) -> y.
+
+    Filter 0 is positive with bias 0.5: output > 0. Filter 1 is zero with bias -1: its ReLU is 0
+    everywhere (dead). Filter 2 is zero with bias 1e-8: near zero, never exactly zero."""
+    w1 = np.zeros((3, 2, 3, 3), np.float32)
+    w1[0] = 0.1
+    b1 = np.array([0.5, -1.0, 1e-8], np.float32)
+    w2 = np.random.default_rng(0).normal(size=(4, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dead",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 5, 5])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"))],
+    )
+    path = tmp_path / "dead.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(1).uniform(0.1, 1.0, size=(40, 2, 5, 5)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    return path, tmp_path / "calib.npz"
+
+
+def test_a_dead_channel_is_reported_and_the_macs_saved_match_a_hand_count(tmp_path):
+    path, calib = _dead_channel_model(tmp_path)
+    report = inspection.activations(Model.load(path), calib, threshold=1e-6)
+    rows = {row.name: row for row in report.rows}
+    assert list(rows) == ["x", "r1"]  # what conv1 reads, the ReLU (read by conv2)
+    relu = rows["r1"]
+    assert (relu.axis, relu.channels, relu.dead_channels) == (1, 3, [1])
+    assert relu.zero_fraction == pytest.approx(1 / 3) and relu.near_zero_fraction == 2 / 3
+    # conv2 at batch 1: 4 x 5 x 5 outputs x 3 inputs = 300 MACs; channel 1 of 3 is skipped
+    assert (relu.macs, relu.macs_saved) == (300, 100)
+    # conv1: 3 x 5 x 5 outputs x 2 x 3 x 3 = 1350 MACs, its input has no zeros
+    assert (rows["x"].macs, rows["x"].macs_saved, rows["x"].zero_fraction) == (1350, 0, 0.0)
+    assert (report.macs, report.macs_saved, report.samples) == (1650, 100, 40)
+    assert relu.producer == "Relu" and relu.node == "relu1" and relu.consumers == ["conv2"]
+    tight = inspection.activations(Model.load(path), calib, threshold=1e-9)
+    assert tight.rows[1].near_zero_fraction == pytest.approx(1 / 3)
+
+
+def test_dead_channels_for_the_dead_channel_pass(tmp_path):
+    path, calib = _dead_channel_model(tmp_path)
+    model = Model.load(path)
+    samples = load_calibration(calib, model)
+    for values in (None, ["r1", "x"], {"r1": 1}):
+        found = dead_channels(model, samples, values)
+        assert list(found) == ["r1"] and found["r1"][0] == 1
+        assert found["r1"][1].tolist() == [1]
+    assert dead_channels(model, samples, ["x"]) == {}
+    on_digits = dead_channels(Model.load(DIGITS), load_calibration(CALIB, Model.load(DIGITS)))
+    assert all(len(indices) > 0 for _, indices in on_digits.values())
+
+
+def test_gated_activations_are_measured_on_their_channel_axis():
+    """SiLU as Mul(x, Sigmoid(x)) with no compute layer after it: its axis comes from the conv
+    producing x, through the elementwise Mul."""
+    w = np.random.default_rng(2).normal(size=(3, 2, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node("Sigmoid", ["c"], ["s"], name="sigmoid"),
+            helper.make_node("Mul", ["c", "s"], ["y"], name="silu"),
+        ],
+        "silu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    samples = {"x": np.random.default_rng(3).normal(size=(5, 2, 4, 4)).astype(np.float32)}
+    report = activation_report(model, samples)
+    rows = {row.name: (row.producer, row.axis, row.channels) for row in report.rows}
+    assert rows == {"x": ("input", 1, 2), "s": ("Sigmoid", 1, 3), "y": ("Mul", 1, 3)}
+
+
+def test_json_round_trip():
+    report = inspection.activations(Model.load(DIGITS), CALIB, samples=32)
+    data = json.loads(json.dumps(report.to_json()))
+    assert ActivationReport.from_json(data) == report
+    assert data["macs_saved"] == sum(row["macs_saved"] for row in data["values"])
+    assert data["samples"] == 32 and data["threshold"] == 1e-6
+
+
+def test_cli_text_and_json(cli):
+    args = ("analyze", DIGITS, "--activations", "--calibration", CALIB)
+    code, out, err = cli(*args, "--calibration-samples", "64")
+    assert code == 0, err
+    assert "activations: 9 values on 64 calibration samples" in out
+    assert "/Relu_3_output_0" in out and "MACs a zero-skipping runtime would save" in out
+    code, out, _ = cli(*args, "--json", "--zero-threshold", "0.01")
+    summary = json.loads(out)["activations"]
+    assert code == 0 and summary["threshold"] == 0.01 and summary["samples"] == 256
+    relus = [row for row in summary["values"] if row["producer"] == "Relu"]
+    assert len(relus) == 5
+    assert all(row["near_zero_fraction"] >= row["zero_fraction"] for row in relus)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_cli_plot(cli, tmp_path, suffix):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / f"zeros{suffix}"
+    code, _, err = cli("analyze", DIGITS, "--activations", "--calibration", CALIB, "--plot", plot)
+    assert code == 0, err
+    head = plot.read_bytes()[:200]
+    assert head.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in plot.read_bytes()
+
+
+def test_cli_plot_without_matplotlib_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    plot = tmp_path / "zeros.png"
+    code, out, err = cli("analyze", DIGITS, "--activations", "--calibration", CALIB, "--plot", plot)
+    assert code != 0 and not out and not plot.exists()
+    assert len(err.strip().splitlines()) == 1 and "pip install 'sparsec[plot]'" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--activations", "--calibration", CALIB, "--zero-threshold", "-1"], "--zero-threshold"),
+        (["--activations"], "give --calibration"),
+        (["--calibration", CALIB], "go with --sensitivity or --activations"),
+        (["--plot", "zeros.png"], "go with --activations"),
+        (["--activations", "--calibration", CALIB, "--plot", "zeros.jpg"], ".png or .svg"),
+        (["--activations", "--calibration", "missing.npz"], "not found"),
+    ],
+)
+def test_bad_values_are_one_line(cli, extra, message):
+    code, out, err = cli("analyze", DIGITS, *extra)
+    assert code == 2 and not out
+    assert len(err.strip().splitlines()) == 1 and message in err
