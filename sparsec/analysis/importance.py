@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsec.analysis.activation_zeros import dead_channels
 from sparsec.analysis.activations import weight_input_norms
 from sparsec.analysis.groups import ChannelGroup
 from sparsec.analysis.quantized import weight_array
@@ -56,10 +57,16 @@ class ImportanceContext:
         if self.calibration is None:
             return {}
         if self._dead is None:
-            from sparsec.analysis.activation_zeros import dead_channels
-
-            read = {a[0] for s in weight_sites(self.model)[0] for a in s.activations if a}
-            self._dead = dead_channels(self.model, self.calibration, sorted(read))
+            shapes = value_shapes(self.model)
+            read = {  # every activation a weight reads, with the channel axis it reads
+                name: axis % len(shapes[name])
+                for site in weight_sites(self.model)[0]
+                for name, axis in filter(None, site.activations)
+                if shapes.get(name)
+            }
+            self._dead = dead_channels(
+                self.model, self.calibration, read, batch_size=self.batch_size
+            )
         return self._dead
 
     def input_norms(self) -> dict[str, np.ndarray]:
