@@ -178,17 +178,24 @@ class _Counts:
 
     def add(self, array: np.ndarray, threshold: float) -> None:
         array = np.asarray(array)
-        if self.axis is not None and (array.ndim <= self.axis):
-            self.axis = None  # the layout did not hold at run time: count it whole
-            self.zeros, self.near, self.per_channel = np.zeros(0, np.int64), self.near[:0], 0
-        axis = self.axis
-        other = tuple(a for a in range(array.ndim) if a != axis)
+        if self.axis is not None and not -array.ndim <= self.axis < array.ndim:
+            self._collapse()  # the layout did not hold at run time: count the value whole
+        self.axis = None if self.axis is None else self.axis % array.ndim
+        other = tuple(a for a in range(array.ndim) if a != self.axis)
         zeros = np.count_nonzero(array == 0, axis=other)
         near = np.count_nonzero(np.abs(array) <= threshold, axis=other)
+        if self.per_channel and np.shape(zeros) != np.shape(self.zeros):
+            self._collapse()  # channels that change size between batches: not channels
+            zeros, near = np.sum(zeros), np.sum(near)
         if self.per_channel == 0:
             self.zeros, self.near = np.zeros_like(zeros), np.zeros_like(near)
         self.zeros, self.near = self.zeros + zeros, self.near + near
         self.per_channel += array.size // max(1, np.size(zeros))
+
+    def _collapse(self) -> None:
+        """Keep the counts so far as one cell: no channel axis."""
+        self.per_channel *= max(1, np.size(self.zeros))
+        self.axis, self.zeros, self.near = None, np.sum(self.zeros), np.sum(self.near)
 
     @property
     def elements(self) -> int:
