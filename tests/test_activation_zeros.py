@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsec import inspection
 from sparsec.analysis.activation_zeros import (
     ActivationReport,
+    _Counts,
     activation_report,
     dead_channels,
 )
@@ -116,6 +117,44 @@ def test_dead_channels_for_the_dead_channel_pass(tmp_path):
     assert dead_channels(model, samples, ["x"]) == {}
     on_digits = dead_channels(Model.load(DIGITS), load_calibration(CALIB, Model.load(DIGITS)))
     assert all(len(indices) > 0 for _, indices in on_digits.values())
+
+
+def test_linear_layers_read_their_channels_on_the_contraction_axis():
+    """x [N, 6] -> MatMul [6, 4] -> Relu -> Gemm(transB) [3, 4]: column 2 of the MatMul is zero,
+    so feature 2 of the ReLU is dead; the Gemm spends 3 x 4 MACs per sample, a quarter skipped."""
+    w1 = np.full((6, 4), 0.2, np.float32)
+    w1[:, 2] = 0
+    w2 = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"),
+            helper.make_node("Relu", ["m"], ["r"], name="relu"),
+            helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2", transB=1),
+        ],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = Model.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    samples = {"x": np.random.default_rng(5).uniform(0.5, 1, size=(9, 6)).astype(np.float32)}
+    report = activation_report(model, samples)
+    rows = {row.name: row for row in report.rows}
+    assert (rows["r"].axis, rows["r"].channels, rows["r"].dead_channels) == (1, 4, [2])
+    assert (rows["r"].macs, rows["r"].macs_saved, rows["x"].macs) == (12, 3, 24)
+    found = dead_channels(model, samples)
+    assert list(found) == ["r"] and found["r"][0] == 1 and found["r"][1].tolist() == [2]
+
+
+def test_counts_fold_into_one_cell_when_channels_change_size():
+    """Padded batches cut to their longest row change a positions axis between batches: a
+    value whose 'channels' do so is counted whole, nothing lost."""
+    counts = _Counts(axis=2)
+    counts.add(np.array([[[0.0, 1.0, 0.0]], [[0.0, 2.0, 0.0]]]), 0.5)
+    assert counts.dead().tolist() == [0, 2] and counts.elements == 6
+    counts.add(np.array([[[0.0, 1.0, 0.0, 0.0]]]), 0.5)
+    assert counts.axis is None and counts.dead().size == 0
+    assert (int(counts.zeros), counts.elements) == (7, 10)
 
 
 def test_gated_activations_are_measured_on_their_channel_axis():
