@@ -100,7 +100,9 @@ class PassResult:
     """What a pass did. A lossy pass also sets ``reference``: a callable building the model its
     output must equal (its input with the removed parts zeroed: the exactness oracle); a
     pruning pass's also takes ``plain=True`` (the masked original without the lossy couplings'
-    wrapper, ``pruning.oracle``). ``artifacts`` carries named outputs for the caller (e.g. a pruning plan)."""
+    wrapper, ``pruning.oracle``). ``replay`` (optional) applies the same cut, by name, to
+    another model, returning it (``replay(model, plain=False)``): a pipeline composes it with an
+    earlier lossy pass's reference. ``artifacts`` carries named outputs for the caller (e.g. a pruning plan)."""
 
     model: Any
     modified: bool
@@ -108,6 +110,7 @@ class PassResult:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     reference: Callable[..., Any] | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
+    replay: Callable[..., Any] | None = None
 
 
 class PassError(InputError):

@@ -7,8 +7,10 @@ name of the pass just run, after each pass (``validate="each"``) or once at the 
 (``validate="end"``); it raises to stop the pipeline, so a broken pass is named. A lossy pass
 runs in the first fixed-point round only; the last lossy pass's ``reference`` (the oracle) and
 every pass's ``artifacts`` are passed up (but ``lossy_couplings``, which describes its own pass's
-reference, goes with that reference). A pipeline is in place when all its members are; with
-a functional member it returns a new model. A member may be an onnx-ir pass (it runs through
+reference, goes with that reference). A lossy pass that can ``replay`` its cut on another model
+(channel-prune) after an earlier lossy pass (drop-blocks) has as reference its cut replayed on
+the earlier reference, so the run is checked against the original with both cuts. A pipeline
+is in place when all its members are; with a functional member it returns a new model. A member may be an onnx-ir pass (it runs through
 ``IRPass``). A fixed-point pipeline still changing the model in its last round stops there with
 a ``pipeline.not-settled`` warning naming the passes that kept changing it (also logged to the
 ``sparsec.passes`` logger, which a command line shows on stderr).
@@ -158,6 +160,15 @@ def _merge(total: PassResult, name: str, result: PassResult) -> None:
         {key: value for key, value in result.artifacts.items() if value}
     )  # a no-op round keeps them
     if result.reference is not None:
-        total.reference = result.reference
+        total.reference = _composed(total.reference, result)
         if not result.artifacts.get("lossy_couplings"):
             total.artifacts.pop("lossy_couplings", None)
+
+
+def _composed(earlier: Callable[..., object] | None, result: PassResult) -> Callable[..., object]:
+    """The reference after ``result``: its cut replayed on the earlier lossy pass's reference
+    (so the whole run is checked against the original), else its own (its input, masked)."""
+    replay = result.replay
+    if earlier is None or replay is None:
+        return result.reference  # type: ignore[return-value]
+    return lambda plain=False: replay(earlier(plain=plain), plain=plain)

@@ -8,7 +8,8 @@ Given the channel groups of a model and, per group, the units to remove:
   bounds, Gather indices, ``group``/``num_groups``...). Every member keeps the same units, so
   the pruned graph is consistent by construction.
 - ``prune_channels`` is what a pruning pass calls: it records the removal (``oracle``'s masks,
-  the plan), cuts, and returns the ``PassResult`` with the oracle reference and the plan. When
+  the plan), cuts, and returns the ``PassResult`` with the oracle reference, its ``replay``
+  (the same masks applied to another model by name) and the plan. When
   the cut went through lossy couplings, ``reference(plain=True)`` builds the masked original
   without their kept-positions wrapper, and the ``lossy_couplings`` artifact counts those nodes.
 """
@@ -34,6 +35,7 @@ def prune_channels(model, analysis: GroupAnalysis, removed: dict[int, np.ndarray
         raise ValueError(f"the removal would leave no channel in {', '.join(emptied[:3])}")
     masks = channel_masks(model, analysis, table)
     result = PassResult(model, modified=False, reference=_reference_builder(model, masks))
+    result.replay = lambda other, plain=False: _masked(other, masks, plain)
     result.artifacts["plan"] = plan_json(model, analysis, masks, removed)
     if masks.lossy_ops:
         result.artifacts["lossy_couplings"] = dict(Counter(masks.lossy_ops.values()))

@@ -24,12 +24,15 @@ from sparsec.pruning.recovery.views import (
 )
 
 
-def find_layers(pruned, original, plan: dict | None) -> tuple[list[Layer], list[dict]]:
+def find_layers(
+    pruned, original, plan: dict | None, drifted: set[str] | None = None
+) -> tuple[list[Layer], list[dict]]:
     """The layers to refit, in graph order with their round, and the skipped ones with why.
-    A value is *changed* downstream of a layer that needs a refit (refit or skipped); a
-    normalization reading a changed value is recalibrated."""
+    A value is *changed* downstream of a layer that needs a refit (refit or skipped), or of a
+    value in ``drifted`` (a cut that changed what its readers read: depth pruning's rewired
+    skips); a normalization reading a changed value is recalibrated."""
     known = original.values_by_name()
-    layers, skipped, depth, changed = [], [], {}, set()
+    layers, skipped, depth, changed = [], [], {}, set(drifted or ())
     for node in pruned.nodes():
         inputs = pruned.reads(node)
         level = max((depth.get(name, 0) for name in inputs), default=0)

@@ -36,13 +36,15 @@ def recover(
     progress=None,
     mask: str | None = None,
     reselect: dict[str, tuple[int, int]] | None = None,
+    drifted: set[str] | None = None,
 ) -> dict:
     """Refit ``pruned`` in place against ``original`` (the model right before pruning, same
     names) on ``samples``; ``plan`` is the channel plan (``surgery.plan_json``), None after
-    weight sparsity. Returns the per-layer and model-output calibration errors (relative:
+    weight sparsity; ``drifted``: values whose readers read something else than in the original
+    (``layers.find_layers``). Returns the per-layer and model-output calibration errors (relative:
     ‖Y − Y*‖² / ‖Y*‖²), the refit layers and the skipped ones with their reason. ``ridge``
     None chooses each layer's ridge by cross-validation (``Normal.chosen_ridge``)."""
-    layers, skipped = find_layers(pruned, original, plan)
+    layers, skipped = find_layers(pruned, original, plan, drifted)
     originals = OriginalWeights(original) if reselect else None
     before = output_error(pruned, original, samples, batch_size)
     frontiers = (
@@ -91,6 +93,7 @@ def recover_result(
     batch_size: int = 16,
     progress=None,
     reselect: dict[str, tuple[int, int]] | None = None,
+    drifted: set[str] | None = None,
 ) -> dict:
     """Refit ``result.model`` (a pruning pass's output) against ``original`` and fold the report
     into the ``PassResult``: numbers in ``stats``, one info line, the refit-aware oracle
@@ -105,6 +108,7 @@ def recover_result(
         progress=progress,
         mask=mask,
         reselect=reselect,
+        drifted=drifted,
     )
     result.stats.update(
         {
@@ -125,6 +129,8 @@ def recover_result(
     arrays = refit_arrays(result.model, report)
     if result.reference is not None:
         result.reference = refit_reference(result.reference, arrays, plan)
+    if result.replay is not None:
+        result.replay = refit_replay(result.replay, arrays, plan)
     result.artifacts["recovery"] = report
     result.artifacts["refit"] = {
         "arrays": arrays,
@@ -166,6 +172,16 @@ def refit_reference(
         return reference
 
     return build_refit
+
+
+def refit_replay(
+    replay: Callable[..., Any], arrays: dict[str, np.ndarray], plan: dict | None
+) -> Callable[..., Any]:
+    """``replay`` (a cut applied by name to another model) followed by the refit weights, as
+    ``refit_reference`` puts them into the reference."""
+    return lambda model, **options: refit_reference(
+        lambda **inner: replay(model, **inner), arrays, plan
+    )(**options)
 
 
 def output_error(model, original, samples, batch_size: int = 16, *, session=None) -> float:
