@@ -1,0 +1,383 @@
+"""Removable units: residual blocks, plain layers and transformer layers (depth pruning's units).
+
+The data flow. One graph input is *the data input* (the one whose values reach the most nodes;
+ties: the first). A value is *data* when it is computed from the data input; ``Shape``/``Size``
+outputs are not (they carry dims, not data), nor is anything computed only from constants or
+other inputs (an attention mask, token-type ids): those are read like weights. Over data values,
+``u → w`` when ``u`` is an input of the node computing ``w``. A *cut value* is a data value every
+path from the data input to the data outputs passes through: the chain of dominators of a
+virtual sink fed by the outputs, in graph order ``c0 (the data input), c1, ..., cn``. Between
+two consecutive cut values lies an *elementary span*: the nodes that become dead when every use
+of ``c(i+1)`` reads ``c(i)`` instead; it is *heavy* when it holds a compute weight (a
+Conv/Gemm/MatMul with a constant weight, ``lookup.layers``).
+
+The units (``Block``); *removing* one = every use of ``exit`` reads ``skip``, ``nodes`` die:
+
+- ``residual``: a cut value ``y = Add(a, b)`` (or a Sum of two) of two data inputs of ``y``'s
+  shape, where ``x = idom(y)`` is ``a`` or ``b`` (the identity shortcut): skip = entry = x, the
+  branch the other input. The skip path bypasses the branch, so no cut value lies inside: a
+  residual block is exactly an elementary span.
+- ``projection``: the same with ``x`` neither input (a shortcut computed from ``x``, ResNet's
+  downsample): skip = the input whose removal frees fewer MACs, branch = the other.
+  A residual or projection block's branch holds a compute weight (``x + 0.04·x³`` is no block).
+- ``layer``: a heavy elementary span that is not a residual block, with the non-heavy spans
+  after it up to the next heavy one, cut at the last cut value of the entry's shape and dtype
+  (VGG's Conv+BN+ReLU; a Conv+ReLU before a MaxPool).
+- ``transformer-layer``: an attention residual and the MLP residual after it with only
+  non-heavy spans between them: pre-LN, the span from the first's entry to the second's exit;
+  post-LN (a norm between them), that span extended by as many elementary spans after the second
+  (the output norm: one layer's output norm to the next). ``parts`` are the two residuals.
+
+A residual nested inside another residual's branch is not a cut value and is not listed: the
+units are the outermost ones along the data path. A block whose ``exit`` is a graph output is
+listed with ``removable=False`` and the reason (its ``nodes`` are what it would free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from typing import Any
+
+from sparsec.analysis.cost import analyze_cost
+from sparsec.analysis.heads import ATTENTION_OPS
+from sparsec.analysis.lookup import layers as compute_layers
+from sparsec.analysis.lookup import module_of, scope_of
+from sparsec.analysis.shapes import Shape, value_shapes
+
+SHAPE_OPS = frozenset({"Shape", "Size"})  # their outputs carry dims, not data
+ADDS = frozenset({"Add", "Sum"})
+CONV_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"})
+SPANS = ("layer", "transformer-layer")
+SEPARATORS = "/_.:-"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One removable unit; see the module docstring for what each field means per kind."""
+
+    id: int
+    kind: str  # "residual" | "projection" | "layer" | "transformer-layer"
+    role: str  # "attention" | "mlp" | "conv" | ""
+    entry: str
+    exit: str
+    skip: str
+    branch: str | None
+    nodes: tuple[str, ...]
+    params: int
+    macs: int
+    parts: tuple[int, ...]
+    scope: str
+    removable: bool = True
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        row = asdict(self)
+        row["nodes"], row["parts"] = list(self.nodes), list(self.parts)
+        return row
+
+
+def find_blocks(model, input_shapes: Mapping[str, Shape] | None = None) -> list[Block]:
+    """Every removable unit of ``model`` in graph order (finer units before the transformer
+    layer holding them); cached until the model changes, per ``input_shapes``."""
+    key = "blocks:" + repr(sorted((input_shapes or {}).items()))
+    return model.cached(key, lambda: _Finder(model, input_shapes).blocks())
+
+
+# ---------------------------------------------------------------- the data flow
+def data_input(model):
+    """The graph input whose data reaches the most nodes (ties: the first), or None."""
+    best, best_reach = None, 0
+    for value in model.inputs:
+        if value.is_initializer() or not model.is_tensor(value):
+            continue
+        reach = len(_reached_nodes(model, value))
+        if reach > best_reach:
+            best, best_reach = value, reach
+    return best
+
+
+def _reached_nodes(model, source) -> set:
+    """The nodes computing data from ``source`` (graph order, so one pass suffices)."""
+    data, reached = {source}, set()
+    for node in model.nodes():
+        if node.op_type in SHAPE_OPS or not any(v in data for v in node.inputs if v is not None):
+            continue
+        reached.add(node)
+        data.update(v for v in node.outputs if v is not None)
+    return reached
+
+
+class _Flow:
+    """The data values of ``model``, their immediate dominators and the cut chain."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.source = data_input(model)
+        self.order: dict = {}  # data value -> position in graph order
+        self.idom: dict = {}
+        self.chain: list = []
+        if self.source is not None:
+            self._dominators()
+
+    def data_inputs(self, node) -> list:
+        return [v for v in node.inputs if v is not None and v in self.order]
+
+    def _dominators(self) -> None:
+        self.order[self.source] = 0
+        self.idom[self.source] = self.source
+        for node in self.model.nodes():
+            preds = self.data_inputs(node)
+            if node.op_type in SHAPE_OPS or not preds:
+                continue
+            dominator = self._common(preds)
+            for value in node.outputs:
+                if value is not None:
+                    self.order[value] = len(self.order)
+                    self.idom[value] = dominator
+        outputs = [v for v in self.model.outputs if v in self.order]
+        if outputs:
+            self.chain = self._dominated_chain(self._common(outputs), outputs)
+
+    def _common(self, values: list):
+        """The nearest common dominator of ``values`` (dominators come first in graph order)."""
+        found = values[0]
+        for value in values[1:]:
+            other = value
+            while found is not other:
+                if self.order[found] > self.order[other]:
+                    found = self.idom[found]
+                else:
+                    other = self.idom[other]
+        return found
+
+    def _dominated_chain(self, last, outputs: list) -> list:
+        chain = [last]
+        while chain[-1] is not self.source:
+            chain.append(self.idom[chain[-1]])
+        return chain[::-1]
+
+
+def dead_after_rewire(exit_, skip) -> list:
+    """The nodes that die when every use of ``exit_`` reads ``skip`` instead (``exit_`` taken
+    as no graph output: what removing it would free), in no particular order."""
+    live: dict = {exit_: 0}
+    dead: set = set()
+    stack = [exit_.producer()]
+    while stack:
+        node = stack.pop()
+        if node is None or node in dead or any(_used(v, live, exit_) for v in node.outputs):
+            continue
+        dead.add(node)
+        for value in node.inputs:
+            if value is None or value is skip:
+                continue
+            live[value] = live.get(value, len(value.uses())) - 1
+            if live[value] == 0:
+                stack.append(value.producer())
+    return list(dead)
+
+
+def _used(value, live: dict, exit_) -> bool:
+    if value is None:
+        return False
+    if value is not exit_ and value.is_graph_output():
+        return True
+    return live.get(value, len(value.uses())) > 0
+
+
+# ---------------------------------------------------------------- the units
+@dataclass
+class _Unit:
+    """A block before its id, cost and name are known."""
+
+    kind: str
+    first: int  # its entry's index in the cut chain
+    last: int  # its exit's index in the cut chain
+    skip: Any
+    branch: Any
+    nodes: list
+    parts: tuple = ()
+
+
+class _Finder:
+    """One analysis: the cut chain, its elementary spans, and the units over them."""
+
+    def __init__(self, model, input_shapes: Mapping[str, Shape] | None) -> None:
+        self.model = model
+        self.flow = _Flow(model)
+        self.chain = self.flow.chain
+        self.shapes = value_shapes(model, input_shapes)
+        self.weights = {layer.node: layer.weight for layer in compute_layers(model, input_shapes)}
+        costs = analyze_cost(model, input_shapes).nodes
+        self.cost = {id(node): cost for node, cost in zip(model.nodes(), costs, strict=True)}
+        self.position = {id(node): index for index, node in enumerate(model.nodes())}
+        self.spans = [dead_after_rewire(b, a) for a, b in pairwise(self.chain)]
+        self.heavy = [any(self.is_compute(n) for n in span) for span in self.spans]
+
+    def is_compute(self, node) -> bool:
+        return bool(node.name) and node.name in self.weights
+
+    def blocks(self) -> list[Block]:
+        residuals = {}
+        for index in range(len(self.spans)):
+            unit = self._residual(index)
+            if unit is not None:
+                residuals[index] = unit
+        units = list(residuals.values()) + self._layers(residuals)
+        units += self._transformer_layers(residuals)
+        units.sort(key=lambda u: (u.last, -u.first))
+        ids = {id(unit): number for number, unit in enumerate(units)}
+        return [self._block(ids[id(u)], u, tuple(ids[id(p)] for p in u.parts)) for u in units]
+
+    # ------------------------------------------------------------ residual and projection
+    def _residual(self, index: int) -> _Unit | None:
+        """The residual or projection block whose exit is cut value ``index + 1``, if it is one."""
+        exit_ = self.chain[index + 1]
+        node = exit_.producer()
+        if node is None or node.op_type not in ADDS or len(node.inputs) != 2:
+            return None
+        a, b = node.inputs
+        shape = self.shapes.get(exit_.name)
+        if a is b or not all(v in self.flow.order for v in (a, b)):
+            return None
+        if shape is None or self.shapes.get(a.name) != shape or self.shapes.get(b.name) != shape:
+            return None
+        entry = self.chain[index]
+        if entry in (a, b):
+            skip, branch = (a, b) if entry is a else (b, a)
+            unit = _Unit("residual", index, index + 1, skip, branch, self.spans[index])
+        else:
+            unit = self._projection(index, a, b)
+        return unit if any(self.is_compute(n) for n in unit.nodes) else None
+
+    def _projection(self, index: int, a, b) -> _Unit:
+        """Skip = the input whose side frees fewer MACs when the other is kept."""
+        exit_ = self.chain[index + 1]
+        keep_a, keep_b = dead_after_rewire(exit_, a), dead_after_rewire(exit_, b)
+        if self._macs(keep_a) >= self._macs(keep_b):
+            return _Unit("projection", index, index + 1, a, b, keep_a)
+        return _Unit("projection", index, index + 1, b, a, keep_b)
+
+    # ------------------------------------------------------------ spans
+    def _layers(self, residuals: dict) -> list[_Unit]:
+        """Each heavy non-residual span with the light spans after it, cut at the last cut
+        value of the entry's shape and dtype."""
+        found = []
+        for index, heavy in enumerate(self.heavy):
+            if not heavy or index in residuals:
+                continue
+            end = index + 1
+            while end < len(self.spans) and not self.heavy[end]:
+                end += 1
+            last = max(
+                (k for k in range(index + 1, end + 1) if self._alike(index, k)), default=None
+            )
+            if last is not None:
+                nodes = dead_after_rewire(self.chain[last], self.chain[index])
+                found.append(_Unit("layer", index, last, self.chain[index], None, nodes))
+        return found
+
+    def _transformer_layers(self, residuals: dict) -> list[_Unit]:
+        """An attention residual, then an MLP residual, light spans only between them."""
+        found = []
+        starts = sorted(residuals)
+        for i, j in pairwise(starts):
+            first, second = residuals[i], residuals[j]
+            if self._role(first.nodes) != "attention" or self._role(second.nodes) != "mlp":
+                continue
+            gap = j - i - 1
+            last = j + 1 + gap  # post-LN: as many light spans after the MLP as between
+            if any(self.heavy[i + 1 : j]) or last >= len(self.chain):
+                continue
+            if any(self.heavy[j + 1 : last]) or not self._alike(i, last):
+                continue
+            nodes = dead_after_rewire(self.chain[last], self.chain[i])
+            found.append(
+                _Unit("transformer-layer", i, last, self.chain[i], None, nodes, (first, second))
+            )
+        return found
+
+    def _alike(self, first: int, last: int) -> bool:
+        """Cut values ``first`` and ``last`` have one shape and one dtype (a rewire keeps types)."""
+        a, b = self.chain[first], self.chain[last]
+        shape = self.shapes.get(a.name)
+        return (
+            shape is not None
+            and shape == self.shapes.get(b.name)
+            and self.model.elem_type(a) == self.model.elem_type(b)
+        )
+
+    # ------------------------------------------------------------ the block's figures
+    def _block(self, number: int, unit: _Unit, parts: tuple[int, ...]) -> Block:
+        entry, exit_ = self.chain[unit.first], self.chain[unit.last]
+        ordered = sorted(unit.nodes, key=lambda n: self.position[id(n)])
+        output = exit_.is_graph_output()
+        return Block(
+            id=number,
+            kind=unit.kind,
+            role="" if unit.parts else self._role(unit.nodes),
+            entry=entry.name,
+            exit=exit_.name,
+            skip=unit.skip.name,
+            branch=unit.branch.name if unit.branch is not None else None,
+            nodes=tuple(n.name for n in ordered),
+            params=sum(self.cost[id(n)].params for n in unit.nodes),
+            macs=self._macs(unit.nodes),
+            parts=parts,
+            scope=self._scope(ordered),
+            removable=not output,
+            reason=f"its exit {exit_.name} is a graph output" if output else None,
+        )
+
+    def _macs(self, nodes) -> int:
+        return sum(self.cost[id(n)].macs or 0 for n in nodes)
+
+    def _role(self, nodes) -> str:
+        """What the nodes compute: attention (a Softmax or attention op), else conv, else mlp."""
+        if any(
+            n.op_type == "Softmax" or (n.domain or "", n.op_type) in ATTENTION_OPS for n in nodes
+        ):
+            return "attention"
+        compute = [n for n in nodes if self.is_compute(n)]
+        if any(n.op_type in CONV_OPS for n in compute):
+            return "conv"
+        return "mlp" if compute else ""
+
+    def _scope(self, nodes) -> str:
+        """The module path the compute nodes share, else the common prefix of their names, else
+        of their weights' names (cut at a separator: ``gpu_0/res2_0``), else ''."""
+        compute = [n for n in nodes if self.is_compute(n)] or nodes
+        scopes = [scope_of(n) for n in compute]
+        if all(scopes):
+            common = _common_prefix([s.strip("/").split("/") for s in scopes])
+            if common:
+                return module_of("/".join(common))
+        for names in ([n.name for n in compute], [self.weights.get(n.name, "") for n in compute]):
+            prefix = _named_prefix(names)
+            if prefix:
+                return prefix
+        return ""
+
+
+def _common_prefix(sequences: list[list[str]]) -> list[str]:
+    if not sequences:
+        return []
+    common = []
+    for items in zip(*sequences):
+        if any(item != items[0] for item in items):
+            break
+        common.append(items[0])
+    return common
+
+
+def _named_prefix(names: list[str]) -> str:
+    """What ``names`` share up to a separator ('' when nothing, or no name has one)."""
+    if not names or not all(names):
+        return ""
+    text = names[0] if len(set(names)) == 1 else "".join(_common_prefix([list(n) for n in names]))
+    if len(set(names)) > 1:
+        text = text[: max(text.rfind(c) for c in SEPARATORS) + 1]
+    text = text.strip(SEPARATORS)
+    return text if any(c in text for c in SEPARATORS) else ""
