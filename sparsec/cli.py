@@ -111,6 +111,12 @@ def cli() -> None:
     help="Also list the attention blocks: Q/K/V/O weights, heads, KV heads, head_dim, how each was found.",
 )
 @click.option(
+    "--blocks",
+    is_flag=True,
+    help="Also list the removable units (residual and projection blocks, plain layers, transformer "
+    "layers): entry and exit, params, MACs and their share, removable or why not.",
+)
+@click.option(
     "--sensitivity",
     is_flag=True,
     help="Also measure, per channel group / head set / MLP, the output error when it alone is pruned at "
@@ -169,6 +175,7 @@ def analyze(
     lossy_couplings: bool,
     layers: bool,
     heads: bool,
+    blocks: bool,
     sensitivity: bool,
     activations: bool,
     zero_threshold: float | None,
@@ -180,7 +187,7 @@ def analyze(
     inputs: Path | None,
 ) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
-    from sparsec import api, report
+    from sparsec import api, inspection, report
     from sparsec.spec.options import default_importance
 
     loaded = api.Model.load(model)
@@ -195,6 +202,8 @@ def analyze(
         summary["layers"] = api.layers(loaded, input_shapes)
     if heads:
         summary["attention_blocks"] = api.attention_heads(loaded, input_shapes)
+    if blocks:
+        summary["blocks"] = inspection.blocks(loaded, input_shapes)
     calibrated = {"--sensitivity": sensitivity, "--activations": activations}
     if (calibration is not None or calibration_samples is not None) and not any(
         calibrated.values()

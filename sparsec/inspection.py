@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sparsec.analysis.activation_zeros import NEAR_ZERO, ActivationReport, activation_report
 from sparsec.analysis.activations import RANDOM, load_calibration
+from sparsec.analysis.blocks import find_blocks
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.heads import attention_blocks
@@ -108,6 +109,19 @@ def attention_heads(model: Model, input_shapes: Sequence[str] = ()) -> list[dict
     model, overrides = as_pruned(model, input_shapes)
     analysis = find_channel_groups(model, overrides)
     return [block.to_json() for block in attention_blocks(model, analysis)]
+
+
+def blocks(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
+    """The removable units of ``model`` (residual and projection blocks, plain layers,
+    transformer layers) as JSON-ready rows, on the copy channel-prune sees (``as_pruned``):
+    the block fields, and ``macs_share``, the fraction of the model's MACs each one holds
+    (``analyze --blocks``; ``sparsec.analysis.blocks.find_blocks`` gives the ``Block``s)."""
+    model, overrides = as_pruned(model, input_shapes)
+    total = analyze_cost(model, overrides).macs
+    return [
+        dict(block.to_json(), macs_share=block.macs / total if total else None)
+        for block in find_blocks(model, overrides)
+    ]
 
 
 def as_pruned(model: Model, input_shapes: Sequence[str] = ()) -> tuple[Model, dict | None]:

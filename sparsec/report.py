@@ -209,6 +209,8 @@ def analyze_text(summary: dict) -> str:
         text += "\n\n" + layers_text(summary["layers"])
     if "attention_blocks" in summary:
         text += "\n\n" + heads_text(summary["attention_blocks"])
+    if "blocks" in summary:
+        text += "\n\n" + block_list_text(summary["blocks"])
     return text
 
 
@@ -242,6 +244,41 @@ def heads_text(blocks: list[dict]) -> str:
         if rows
         else ""
     )
+
+
+def block_list_text(blocks: list[dict]) -> str:
+    """One row per removable unit (``inspection.blocks``' rows): id, kind, role, scope, params,
+    MACs and their share of the model's, removable or why not, the finer units it holds, and a
+    ``score`` column when the rows carry one."""
+    scored = any("score" in b for b in blocks)
+    rows = []
+    for b in blocks:
+        share = b.get("macs_share")
+        row = [
+            str(b["id"]),
+            b["kind"],
+            b["role"] or "-",
+            b["scope"] or b["exit"],
+            human(b["params"]),
+            human(b["macs"]),
+            "-" if share is None else f"{100 * share:.1f}%",
+            "removable" if b["removable"] else f"kept: {b['reason']}",
+            ",".join(map(str, b["parts"])) or "-",
+        ]
+        score = b.get("score")
+        rows.append(row + ([f"{score:.4g}" if score is not None else "-"] if scored else []))
+    kinds = {kind: sum(1 for b in blocks if b["kind"] == kind) for kind in _BLOCK_KINDS}
+    counts = ", ".join(f"{kind} {n}" for kind, n in kinds.items() if n)
+    removable = sum(1 for b in blocks if b["removable"])
+    head = f"blocks: {len(blocks)}" + (
+        f" ({counts}; {removable} removable)" if blocks else " (no removable unit found)"
+    )
+    header = ["id", "kind", "role", "scope", "params", "MACs", "% MACs", "status", "parts"]
+    header += ["score"] if scored else []
+    return head + ("\n" + table(rows, header, left=(1, 2, 3, 7, 8)) if rows else "")
+
+
+_BLOCK_KINDS = ("residual", "projection", "layer", "transformer-layer")
 
 
 def groups_text(groups: list[dict]) -> str:
