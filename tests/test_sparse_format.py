@@ -85,7 +85,7 @@ def test_encoding_is_bit_identical_and_folds_away(rng, opset, dtype, sparse_form
     [
         ("bitmask", {"nm": "2:4"}, 0.55),
         ("bitmask", {"ratio": 0.9}, 0.15),
-        ("nm", {"nm": "2:4"}, 0.55),
+        ("nm", {"nm": "2:4"}, 0.56),  # 53.1 % of the data, plus the decoder nodes
         ("coo", {"ratio": 0.9}, 0.31),
     ],
 )  # coo: 10 % of the weights x (4 + 8) bytes / 4
@@ -100,9 +100,9 @@ def test_encoded_file_size(rng, kind, sparse_format, sparsity, limit):
 
 def test_tensors_that_would_not_shrink_stay_dense(rng):
     model = _matmul_model(rng, 17)
-    WeightSparsityPass(ratio=0.05)(model)  # 95 % kept: values + bits is more than 0.9 x dense
+    WeightSparsityPass(ratio=0.02)(model)  # 98 % kept: values + bits take more than dense
     weight = model.constant(model.initializers()["w"])
-    assert bitmask_bytes(weight) > 0.9 * weight.nbytes
+    assert bitmask_bytes(weight) > weight.nbytes
     assert SparseEncodePass()(model).stats["tensors_encoded"] == 0
 
 
@@ -157,8 +157,6 @@ def test_nm_format_refuses_patterns_whose_positions_do_not_fit(rng):
 
 
 def test_densify_refuses_a_model_without_encoded_weights(cli, tmp_path):
-    from conftest import MODELS
-
     code, _, stderr = cli("densify", MODELS / "digits_mlp.onnx", "-o", tmp_path / "x.onnx")
     assert (
         code == 2 and "no sparse-encoded weights" in stderr and not (tmp_path / "x.onnx").exists()
@@ -337,22 +335,23 @@ def test_densify_refuses_a_decoding_that_changes_the_outputs(cli, tmp_path, rng,
     )
 
 
-def test_a_model_too_small_to_encode_says_so_once(cli, tmp_path):
-    """Every digits_mlp weight is under 16 K elements: nothing is encoded, one warning, not one per
-    fixed-point round."""
-    out = tmp_path / "x.onnx"
+def test_a_model_too_small_to_encode_says_so_once(cli, tmp_path, rng):
+    """An 8x8 weight at 2:4 saves less than its decoder costs: nothing is encoded, one info
+    line says so (not one per fixed-point round), and the output carries no encoding metadata."""
+    source, out = tmp_path / "tiny.onnx", tmp_path / "x.onnx"
+    weight = numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w")
+    Model.from_proto(
+        make_model(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            [("x", TensorProto.FLOAT, [1, 8])],
+            [("y", TensorProto.FLOAT, [1, 8])],
+            [weight],
+        )
+    ).save(source)
     code, stdout, stderr = cli(
-        "compress",
-        MODELS / "digits_mlp.onnx",
-        "--nm",
-        "2:4",
-        "--sparse-format",
-        "bitmask",
-        "-o",
-        out,
-        "--latency-runs",
-        "0",
-    )
+        "compress", source, "--nm", "2:4", "--sparse-format", "bitmask", "-o", out,
+        "--latency-runs", "0",
+    )  # fmt: skip
     assert code == 0, stderr
-    assert stdout.count("warning: sparse.nothing-encoded: no weight was bitmask-encoded") == 1
+    assert stdout.count("info: sparse.nothing-encoded: no weight was bitmask-encoded") == 1
     assert Model.load(out).metadata("sparsec.sparse_format") is None

@@ -22,14 +22,23 @@ Every decoder input is an initializer, so onnxruntime's basic constant folding r
 once at session creation: outputs are bit-identical to the dense form and no decoder op is
 left in the optimized graph (``check_encoded`` asserts both). Intermediates are int32 (int64
 costs memory), there is no BitShift or Where (types and fp16 kernels), and the ops exist from
-opset 11. A tensor is encoded only with at least ``min_elements`` elements and when the
-encoding is at most ``max_ratio`` of its dense bytes. ``densify`` decodes every encoded weight
-back into a plain initializer (the list is in the ``sparsec.sparse_tensors`` metadata).
+opset 11. ``densify`` decodes every encoded weight back into a plain initializer (the list is
+in the ``sparsec.sparse_tensors`` metadata).
+
+Encoding only where it pays: a weight is encoded exactly when the file gets smaller by it, as
+measured, not estimated: ``_SizeProbe`` puts the weight alone in an empty copy of the model and
+serializes it dense, then encoded (its initializers, decoder nodes and metadata record), and
+the difference is the weight's saving. Weights with a positive saving are encoded, unless
+their savings together do not pay for the metadata keys every encoded model carries (then none
+is, and one diagnostic says so). So the encoding never makes the file larger; the pass checks
+the model it leaves against the input file's size and warns when something else did.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -92,36 +101,25 @@ class SparseEncodePass(InPlacePass):
         "Store mostly-zero weights as values + bitmask or N:M positions, decoded by folding."
     )
 
-    def __init__(
-        self,
-        format: str = "bitmask",
-        nm: str = "",
-        min_elements: int = 16384,
-        max_ratio: float = 0.9,
-    ) -> None:
+    def __init__(self, format: str = "bitmask", nm: str = "") -> None:
         """Options of ``sparse-encode``.
 
         Args:
             format: How a weight is stored: ``bitmask`` (kept values + one bit per weight),
                 ``nm`` (kept values + their positions in each run of M; needs ``nm``) or
-                ``coo`` (an ONNX ``sparse_initializer``, onnxruntime only).
+                ``coo`` (an ONNX ``sparse_initializer``, onnxruntime only). A weight is
+                encoded only when that makes the file smaller (decoder nodes included).
             nm: The N:M pattern the weights already hold, e.g. ``2:4`` (only with
                 ``format=nm``, where N positions of ⌈log2 M⌉ bits, rounded up to 1, 2, 4 or 8,
                 must fit in M bits).
-            min_elements: Encode only weights with at least this many elements (small tensors
-                cost more in decoder nodes than they save).
-            max_ratio: Encode a weight only when its encoding takes at most this fraction of
-                its dense bytes.
         """
-        self.format, self.nm, self.min_elements, self.max_ratio = (
-            format,
-            nm,
-            min_elements,
-            max_ratio,
-        )
+        self.format, self.nm = format, nm
 
     def _nm(self) -> tuple[int, int]:
-        return parse_nm(self.nm)
+        pattern = parse_nm(self.nm)
+        if pattern is None:
+            raise PassError(f"sparse-encode: nm='{self.nm}' is not an N:M pattern")
+        return pattern
 
     def check_options(self) -> None:
         if self.format not in FORMATS:
@@ -150,53 +148,71 @@ class SparseEncodePass(InPlacePass):
             )
 
     def call(self, model) -> PassResult:
-        encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
-        axes = {site.name: site.axis for site in weight_sites(model, embeddings=True)[0]}
-        diagnostics, sizes = [], []
-        for name, value in list(model.initializers().items()):
-            array = model.constant(value) if _candidate(model, value, self.min_elements) else None
-            if array is None or array.dtype.kind != "f" or name in encoded:
-                continue
-            size = self._size(array, axes.get(name))
-            if size is None or size > self.max_ratio * array.nbytes:
-                continue
-            encoded[name] = self._encode(model, value, array, axes.get(name))
-            sizes.append(
-                {
-                    "name": name,
-                    "format": self.format,
-                    "bytes_dense": int(array.nbytes),
-                    "bytes_encoded": size,
-                }
-            )
-            diagnostics.append(
-                Diagnostic(
-                    "info",
-                    "sparse.encoded",
-                    f"'{name}': {100 * size / array.nbytes:.1f} % of dense bytes",
-                )
-            )
-        if diagnostics:
-            model.set_metadata(TENSORS_KEY, json.dumps(encoded, sort_keys=True))
-            model.set_metadata(FORMAT_KEY, self.format)
-        if not encoded:
-            diagnostics.append(
-                Diagnostic(
-                    "warning",
-                    "sparse.nothing-encoded",
-                    f"no weight was {self.format}-encoded "
-                    f"(only float tensors of at least {self.min_elements} elements that shrink "
-                    f"to {self.max_ratio:g}x of dense or less are): the output stays dense",
-                )
-            )
+        first = not json.loads(model.metadata(TENSORS_KEY) or "{}")  # not a fixed point's rerun
+        probe = _SizeProbe(model)
+        plans = self.plan(model, probe)
+        fixed = probe.fixed_cost(model, self.format)
+        total = sum(plan.saving for plan in plans)
+        diagnostics = []
+        if plans and total <= fixed:
+            diagnostics.append(_not_worth_it(self.format, len(plans), total, fixed))
+            plans = []
+        elif not plans and first:
+            diagnostics.append(_nothing_pays(self.format))
+        sizes = self.apply(model, plans)
+        diagnostics += [_encoded_line(size) for size in sizes]
+        growth = _growth_check(model) if sizes or first else None
         result = PassResult(
             model,
             modified=bool(sizes),
-            stats={"tensors_encoded": len(sizes)},
-            diagnostics=diagnostics,
+            stats={"tensors_encoded": len(sizes), "bytes_saved": total - fixed if sizes else 0},
+            diagnostics=diagnostics + ([growth] if growth else []),
         )
         result.artifacts["encoding"] = sizes
         return result
+
+    def plan(self, model, probe: _SizeProbe | None = None) -> list[EncodingPlan]:
+        """The weights whose encoding makes the file smaller, each with its measured saving."""
+        encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
+        axes = {site.name: site.axis for site in weight_sites(model, embeddings=True)[0]}
+        probe, plans = probe or _SizeProbe(model), []
+        for name, value in list(model.initializers().items()):
+            array = model.constant(value) if _candidate(model, value) else None
+            if array is None or array.dtype.kind != "f" or name in encoded:
+                continue
+            axis = axes.get(name)
+            size = self._size(array, axis)
+            if size is None or size >= array.nbytes:  # the data alone does not shrink
+                continue
+            saving, record = probe.saving(
+                value, array, lambda m, v, a=array, x=axis: self._encode(m, v, a, x), encoded
+            )
+            if saving > 0:
+                plans.append(EncodingPlan(name, axis, size, saving))
+                encoded[name] = record  # the next weight's record is measured beside it
+        return plans
+
+    def apply(self, model, plans: list[EncodingPlan]) -> list[dict]:
+        """Encode the planned weights; their sizes (the ``encoding`` artifact)."""
+        encoded = json.loads(model.metadata(TENSORS_KEY) or "{}")
+        sizes = []
+        for plan in plans:
+            value = model.initializers()[plan.name]
+            array = model.constant(value)
+            encoded[plan.name] = self._encode(model, value, array, plan.axis)
+            sizes.append(
+                {
+                    "name": plan.name,
+                    "format": self.format,
+                    "bytes_dense": int(array.nbytes),
+                    "bytes_encoded": plan.encoded_bytes,
+                    "bytes_saved": plan.saving,
+                }
+            )
+        if sizes:
+            model.set_metadata(TENSORS_KEY, json.dumps(encoded, sort_keys=True))
+            model.set_metadata(FORMAT_KEY, self.format)
+        return sizes
 
     def _size(self, array: np.ndarray, axis: int | None) -> int | None:
         if self.format == "bitmask":
@@ -212,20 +228,143 @@ class SparseEncodePass(InPlacePass):
         if self.format == "coo":
             model.set_sparse_initializer_names([*model.sparse_initializer_names(), value.name])
             return {"format": "coo", "shape": list(array.shape)}
+        assert axis is not None  # _size found the N:M pattern along it
         return _encode_nm(_Decoder(model, value), array, axis, *self._nm())
 
 
-def _candidate(model, value, min_elements: int) -> bool:
-    shape = model.constant_shape(value)
+@dataclass(frozen=True)
+class EncodingPlan:
+    """A weight to encode: its reduction axis (nm), its data bytes encoded, and the bytes the
+    file loses by encoding it (measured: data, decoder nodes and metadata record included)."""
+
+    name: str
+    axis: int | None
+    encoded_bytes: int
+    saving: int
+
+
+def _encoded_line(size: dict) -> Diagnostic:
+    return Diagnostic(
+        "info",
+        "sparse.encoded",
+        f"'{size['name']}': {100 * size['bytes_encoded'] / size['bytes_dense']:.1f} % of dense "
+        f"bytes, {size['bytes_saved']} bytes saved with its decoder",
+    )
+
+
+def _nothing_pays(format: str) -> Diagnostic:
+    return Diagnostic(
+        "info",
+        "sparse.nothing-encoded",
+        f"no weight was {format}-encoded: none is sparse and large enough for its encoding and "
+        "decoder nodes to take fewer bytes than its dense form; the output stays dense",
+    )
+
+
+def _not_worth_it(format: str, count: int, saving: int, fixed: int) -> Diagnostic:
+    return Diagnostic(
+        "info",
+        "sparse.nothing-encoded",
+        f"no weight was {format}-encoded: the {count} weight(s) that shrink would save "
+        f"{saving} bytes, no more than the {fixed} bytes of metadata an encoded model carries; "
+        "the output stays dense",
+    )
+
+
+def _growth_check(model) -> Diagnostic | None:
+    """A warning when the model as it stands would be written larger than the file it was
+    loaded from (the encoding itself only ever saves bytes; other passes, value types or
+    metadata can add some). Models written with external data are measured by weight bytes."""
+    if model.source_bytes is None:
+        return None
+    written = model.weight_bytes() if model.needs_external_data() else _serialized_bytes(model)
+    if written <= model.source_bytes:
+        return None
+    return Diagnostic(
+        "warning",
+        "sparse.file-grows",
+        f"the encoded model takes {written} bytes, more than the {model.source_bytes} of the "
+        "input file: the weights it encodes do save bytes, but the rest of the model grew more",
+    )
+
+
+def _serialized_bytes(model) -> int:
+    """The bytes of ``model`` written as one protobuf, weights inline."""
+    return int(model.to_proto().ByteSize())
+
+
+class _SizeProbe:
+    """Measures what encoding one weight does to the file: the weight alone in an empty copy of
+    the model (one node reading it, no metadata), serialized dense then encoded."""
+
+    def __init__(self, model) -> None:
+        self.template = _empty_copy(model)
+
+    def saving(self, value, array: np.ndarray, encode: Callable, records: dict) -> tuple[int, dict]:
+        """Dense bytes minus encoded bytes (initializers, decoder nodes, metadata record) of
+        ``value`` holding ``array``, where ``encode(model, value)`` encodes it and returns its
+        record, and ``records`` are those of the weights encoded before it (the metadata
+        string they make, and its length prefix, are the file's); and the record."""
+        probe = self.template.copy()
+        reader = probe.nodes()[0]
+        weight = probe.add_initializer(str(value.name), array)
+        probe.set_input(reader, 0, weight)
+        probe.set_metadata(TENSORS_KEY, json.dumps(records, sort_keys=True))
+        dense = _serialized_bytes(probe)
+        record = encode(probe, weight)
+        probe.set_metadata(TENSORS_KEY, json.dumps({**records, value.name: record}, sort_keys=True))
+        return dense - _serialized_bytes(probe), record
+
+    def fixed_cost(self, model, format: str) -> int:
+        """The bytes of the metadata keys an encoded model carries whatever it encodes (none
+        when ``model`` already has them)."""
+        if model.metadata(TENSORS_KEY) is not None and model.metadata(FORMAT_KEY) is not None:
+            return 0
+        probe = self.template.copy()
+        bare = _serialized_bytes(probe)
+        probe.set_metadata(TENSORS_KEY, "{}")
+        probe.set_metadata(FORMAT_KEY, format)
+        return _serialized_bytes(probe) - bare
+
+
+def _empty_copy(model):
+    """A copy of ``model`` with one node left, reading nothing, and no initializers, inputs,
+    outputs, functions or metadata: the frame ``_SizeProbe`` puts one weight in."""
+    copy = model.copy()
+    copy.source_files, copy.source_bytes = set(), None
+    graph = copy.graph
+    nodes = list(graph)
+    reader = next((node for node in nodes if node.inputs), nodes[0] if nodes else None)
+    for node in reversed(nodes):
+        if node is not reader:
+            graph.remove(node, safe=False)
+    if reader is not None:
+        for index in range(len(reader.inputs)):
+            reader.replace_input_with(index, None)
+    for name in list(graph.initializers):
+        graph.initializers.pop(name)
+    graph.inputs.clear()
+    graph.outputs.clear()
+    copy.ir.metadata_props.clear()
+    copy.ir.functions.clear()
+    copy.touch()
+    return copy
+
+
+def _candidate(model, value) -> bool:
     uses = list(value.uses())
     return (
-        shape is not None
-        and int(np.prod(shape)) >= min_elements
+        model.constant_shape(value) is not None
         and not value.is_graph_input()
         and not value.is_graph_output()
         and bool(uses)
         and all(use.node.graph is model.graph for use in uses)
     )
+
+
+def _range_dtype(count: int) -> type:
+    """float32 holds every position exactly below 2**24 (and is never shape-folded); beyond, int32."""
+    return np.float32 if count < 2**24 else np.int32
 
 
 class _Decoder:
@@ -249,19 +388,27 @@ class _Decoder:
 
     def fields(self, packed, count: int, bits: int):
         """Unpack ``count`` little-endian ``bits``-wide fields from ``packed`` (int32 result):
-        (byte[i // per] // 2**(bits·(i % per))) % 2**bits."""
+        (byte[i // per] // 2**(bits·(i % per))) % 2**bits.
+
+        The positions come from a float Range (exact below 2**24; Cast to int32) and the
+        bytes are gathered before their Cast, so that no integer node reads constants only:
+        sparsec's shape folding (``const-fold-shapes``, which folds small integer results of
+        constants) leaves the decoder whole in a fixed-point pipeline, where it would otherwise
+        turn a small weight's positions and bits into int32 initializers (and the file would
+        grow). onnxruntime folds it all the same."""
         per = 8 // bits
         index = self.op(
             "Range",
             [
-                self.const("zero", np.array(0, np.int32)),
-                self.const("count", np.array(count, np.int32)),
-                self.const("one", np.array(1, np.int32)),
+                self.const(key, np.array(v, _range_dtype(count)))
+                for key, v in (("zero", 0), ("count", count), ("one", 1))
             ],
         )
+        if _range_dtype(count) != np.int32:
+            index = self.op("Cast", [index], to=6)  # 6: int32
         per_byte = self.const("per_byte", np.array(per, np.int32))
         byte = self.op(
-            "Gather", [self.op("Cast", [packed], to=6), self.op("Div", [index, per_byte])]
+            "Cast", [self.op("Gather", [packed, self.op("Div", [index, per_byte])])], to=6
         )  # 6: int32
         scale = self.op(
             "Gather",
