@@ -116,14 +116,47 @@ def test_a_zero_producer_is_dead_only_when_nothing_after_it_shifts_it(shift, rem
     assert result.model.constant(result.model.value("w1")).shape[0] == 4 - removed
 
 
-def test_the_onnxruntime_check_keeps_what_the_rules_miss():
-    """Sigmoid(0) is 0.5: the zero producer's rule names channel 2, the check refuses it."""
+def test_the_onnxruntime_check_keeps_what_the_rules_miss(tmp_path):
+    """Sigmoid(0) is 0.5: the zero producer's rule names channel 2, the check refuses it (and
+    the default pipeline says so once, though the Identity makes it run a second round)."""
     w1, b1, w2 = _weights()
     w1[2], b1[2] = 0.0, 0.0
-    sigmoid = [helper.make_node("Sigmoid", ["c1"], ["mid"], name="gate")]
-    result = assert_pass_exact(DeadChannelsPass(), _chain(sigmoid, w1, b1, w2))
+    sigmoid = [
+        helper.make_node("Identity", ["c1"], ["i"], name="copy"),
+        helper.make_node("Sigmoid", ["i"], ["mid"], name="gate"),
+    ]
+    model = _chain(sigmoid, w1, b1, w2)
+    result = assert_pass_exact(DeadChannelsPass(), model)
     assert not result.modified
     assert [d.code for d in result.diagnostics] == ["dead-channels.kept"]
+    model.save(tmp_path / "gate.onnx")
+    compressed = api.compress(tmp_path / "gate.onnx", tmp_path / "out.onnx", latency_runs=0)
+    kept = [d.message for d in compressed.diagnostics if d.code == "dead-channels.kept"]
+    assert len(kept) == 1 and "w1[0]" in kept[0]
+    assert compressed.stats["identity-elimination.nodes_removed"] == 1  # so two rounds ran
+
+
+def test_a_group_the_check_refuses_does_not_hold_back_the_others():
+    w1, b1, w2 = _weights()
+    w1[2], b1[2] = 0.0, 0.0  # group of conv1's outputs: refused (a Sigmoid after it)
+    w3 = np.random.default_rng(4).normal(size=(6, 5, 1, 1))
+    w3[:, 4] = 0.0  # group of conv2's outputs: nothing reads channel 4
+    middle = [helper.make_node("Sigmoid", ["c1"], ["mid"], name="gate")]
+    proto = _chain(middle, w1, b1, w2).to_proto()
+    proto.graph.node.extend(
+        [
+            helper.make_node("Relu", ["y"], ["r2"], name="relu2"),
+            helper.make_node("Conv", ["r2", "w3"], ["z"], name="conv3"),
+        ]
+    )
+    proto.graph.initializer.append(numpy_helper.from_array(w3.astype(np.float32), "w3"))
+    proto.graph.output[0].CopyFrom(
+        helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 6, 8, 8])
+    )
+    result = assert_pass_exact(DeadChannelsPass(), Model.from_proto(proto))
+    assert result.stats == {"dead_channels_removed": 1, "dead_groups": 1}
+    assert [d.code for d in result.diagnostics] == ["dead-channels.removed", "dead-channels.kept"]
+    assert result.model.constant(result.model.value("w3")).shape == (6, 4, 1, 1)
 
 
 def test_zero_readers_make_a_channel_dead_whatever_writes_it():

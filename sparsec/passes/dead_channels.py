@@ -64,7 +64,7 @@ class DeadChannelsPass(CalibratedPass, InPlacePass):
         found = _dead_units(model, analysis, samples)
         removed = dead.within_limits(analysis, found.removed())
         if not removed:
-            return PassResult(model, modified=False, diagnostics=_refusals(found))
+            return PassResult(model, modified=False, diagnostics=_refusals(analysis, found))
         units = sum(len(u) for u in removed.values())
         static = sum(int(np.isin(u, found.static.get(g, [])).sum()) for g, u in removed.items())
         result = prune_channels(model, analysis, removed)
@@ -79,7 +79,7 @@ class DeadChannelsPass(CalibratedPass, InPlacePass):
                 f"removed {units} dead channels in {len(removed)} groups "
                 f"(all-zero weights: {static}, zero on calibration: {units - static})",
             ),
-            *_refusals(found),
+            *_refusals(analysis, found),
         ]
         return result
 
@@ -105,15 +105,16 @@ def _dead_units(model, analysis: GroupAnalysis, samples) -> dead.DeadUnits:
     return found
 
 
-def _refusals(found: dead.DeadUnits) -> list[Diagnostic]:
-    if not found.refused:
-        return []
+def _refusals(analysis: GroupAnalysis, found: dead.DeadUnits) -> list[Diagnostic]:
+    """An info line per group whose all-zero channels stay (a pipeline says it once however many
+    fixed-point rounds see it)."""
+    groups = {group.id: group for group in analysis.groups}
     return [
         Diagnostic(
             "info",
             "dead-channels.kept",
-            f"kept the all-zero channels of {len(found.refused)} group(s) "
-            f"(ids {', '.join(map(str, found.refused[:5]))}): removing them changes the outputs "
-            "(a non-zero shift after them)",
+            f"kept the all-zero channels of {groups[gid].describe()}: something after them makes "
+            "them non-zero (removing them changes the outputs in onnxruntime)",
         )
+        for gid in found.refused
     ]
