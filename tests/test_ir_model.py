@@ -273,3 +273,23 @@ def test_library_messages_become_one_readable_line():
     )
     long = one_line("x" * 1000)
     assert len(long) == MESSAGE_LIMIT and long.endswith("…")
+
+
+def test_unique_names_stay_unique_across_model_edits_and_onnx_ir_edits():
+    """unique_name keeps its names across Model edits (one walk for many new nodes) and sees a
+    name added through onnx-ir once a cached analysis noticed that edit."""
+    import onnx_ir as ir
+
+    model = Model.load(MODELS / "digits_cnn.onnx")
+    first = model.nodes()[0]
+    made = [
+        model.add_node("Identity", [first.inputs[0]], before=first, name="n") for _ in range(50)
+    ]
+    names = [value.name for value in made] + [value.producer().name for value in made]
+    assert len(set(names)) == len(names)
+    external = ir.Node("", "Identity", [first.inputs[0]], num_outputs=1, name="outside/Identity")
+    external.outputs[0].name = "outside/Identity_out"
+    model.graph.insert_before(first, external)
+    model.cached("any-analysis", lambda: None)  # an analysis sees the onnx-ir edit
+    assert model.unique_name("outside/Identity_out") == "outside/Identity_out_1"
+    assert model.unique_name("outside/Identity") == "outside/Identity_1"

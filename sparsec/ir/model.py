@@ -51,6 +51,7 @@ class Model:
         self._cache: dict[str, tuple[int, tuple, Any]] = {}  # key: (version, structure, result)
         self._structure: tuple = ()  # the last structure computed, shared by the cache entries
         self._values: dict[str, ir.Value] = {}  # value(): the last name table
+        self._names: set[str] | None = None  # unique_name(): every name taken or handed out
         _WRAPPERS[id(model)] = self  # Model.of(model) finds this wrapper while it lives
         self.source_bytes: int | None = None  # file bytes (model + external data) when loaded
         self.source_files: set[Path] = set()  # the model file and its external-data files
@@ -431,6 +432,7 @@ class Model:
         if now != self._structure:
             self._structure = now
             self._cache.clear()  # every entry was kept with the old structure
+            self._names = None  # an edit made through onnx-ir may have added names
         return self._structure
 
     def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
@@ -522,8 +524,15 @@ class Model:
 
     def unique_name(self, base: str) -> str:
         """``base``, or ``base_1``, ``base_2``...: a name no value or node of the model has yet
-        (reserved: the next call gives another one)."""
-        taken = self.cached("names", self._value_names)
+        (reserved: the next call gives another one).
+
+        The names taken are collected once and kept across ``Model`` edits (each hands out its
+        new names through here; a freed name stays reserved, which is harmless), and collected
+        again when a cached analysis sees an edit made through onnx-ir: so a rewrite adding
+        hundreds of nodes costs one walk of the graph, not one per node."""
+        if self._names is None:
+            self._names = self._value_names()
+        taken = self._names
         name, i = base, 1
         while name in taken:
             name, i = f"{base}_{i}", i + 1
