@@ -48,6 +48,7 @@ from sparsec.passes.builtin import (
 )
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass
+from sparsec.passes.drop_blocks import DropBlocksPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
 from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
@@ -76,6 +77,7 @@ __all__ = [  # with the read-only half (``sparsec.inspection``) re-exported
     "attention_heads",
     "canonical_passes",
     "channel_groups",
+    "block_passes",
     "channel_passes",
     "check_destinations",
     "compress",
@@ -147,6 +149,7 @@ class CompressResult:
     sparsity: list[dict] | None = None  # per tensor, when weight-sparsity ran
     encoding: list[dict] | None = None  # per tensor, when sparse-encode ran (bytes dense / encoded)
     lossy_couplings: dict | None = None  # nodes pruned through and their cost (oracle.lossy_error)
+    blocks: list[dict] | None = None  # the blocks drop-blocks removed, with their score
 
     def to_json(self) -> dict:
         """The run as the JSON report's object (figures before and after, passes, stats)."""
@@ -164,6 +167,7 @@ class CompressResult:
             latency_ms_after=self.validation.latency_ms_candidate,
             oracle=None if self.oracle is None else _oracle_json(self.oracle),
             lossy_couplings=self.lossy_couplings,
+            blocks_dropped=self.blocks,
             groups=_groups_json(self.stats),
             sparsity=self.sparsity,
             encoding=self.encoding,
@@ -342,6 +346,7 @@ def _compress_loaded(
             result.artifacts.get("encoding"),
         )
         outcome.lossy_couplings = lossy
+        outcome.blocks = result.artifacts.get("blocks")
         if plan_out is not None:  # a plan-writing pass ran (checked before the passes)
             for path, payload in plan_files(result.artifacts, plan_out):
                 stage.add_side_file(path, payload)
@@ -458,6 +463,8 @@ def channel_passes(
     target_macs: float = 0.0,
     target_params: float = 0.0,
     lossy_couplings: bool | None = None,
+    drop_blocks: float = 0.0,
+    block_importance: str = "influence",
 ) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
@@ -472,7 +479,9 @@ def channel_passes(
     matching a layer whose output channels it holds, groups no pattern matches are kept
     (``sparsec.pruning.layer_ratios``). ``importance`` None: activation with real calibration
     data, else l1 (as the CLI). ``lossy_couplings`` (None: on with ``calibration``) also prunes
-    channels a node mixes, such as LRN's (not exact; the report gives the loss)."""
+    channels a node mixes, such as LRN's (not exact; the report gives the loss). ``drop_blocks``
+    (> 0) first removes that many blocks, as ``block_passes`` says; the run's oracle reference
+    is then the original with their branches zeroed and the channels masked."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(
             f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}"
@@ -501,7 +510,42 @@ def channel_passes(
         lossy_couplings=lossy_couplings,
     )
     prune.check_options()
-    return [*canonical_passes(), prune, *cleanup_passes()]
+    depth = (
+        _drop_pass(drop_blocks, block_importance, seed, calibration, calibration_samples, recover)
+        if drop_blocks
+        else []
+    )
+    return [*canonical_passes(), *depth, prune, *cleanup_passes()]
+
+
+def block_passes(
+    count: float,
+    *,
+    importance: str = "influence",
+    seed: int = 0,
+    calibration: str | Path | None = None,
+    calibration_samples: int = 0,
+    recover: bool = True,
+) -> list[PassBase]:
+    """What ``--drop-blocks`` runs alone: the canonical rewrites, ``drop-blocks`` (remove
+    ``count`` blocks, an integer, or a fraction in (0, 1) of them, ranked by ``importance``:
+    influence on ``calibration``, norm or random; with calibration and ``recover``, the layers
+    after them are refit, see ``DropBlocksPass``), then cleanup."""
+    depth = _drop_pass(count, importance, seed, calibration, calibration_samples, recover)
+    return [*canonical_passes(), *depth, *cleanup_passes()]
+
+
+def _drop_pass(count, importance, seed, calibration, samples, recover) -> list[PassBase]:
+    drop = DropBlocksPass(
+        count=count,
+        importance=importance,
+        seed=seed,
+        calibration=calibration_spec(calibration),
+        calibration_samples=samples,
+        recover=recover,
+    )
+    drop.check_options()
+    return [drop]
 
 
 def sparsity_passes(

@@ -285,6 +285,7 @@ Examples:
     "channels",
     "heads",
     "ffn",
+    "drop_blocks",
     "target_macs",
     "target_params",
     "lossy_couplings",
@@ -314,7 +315,9 @@ def compress(model: Path, save_recipe: str | None, **options) -> None:
     Without a transform flag: the exact cleanup pipeline (identity elimination, BatchNorm
     folding, shape constant folding, dead-code elimination) to a fixed point, validated against
     MODEL. With --channels, --heads, --ffn, a target or --plan-in: channel, attention-head and
-    MLP-neuron pruning, then cleanup; with --nm or --sparsity: weight sparsity, then cleanup and
+    MLP-neuron pruning, then cleanup; with --drop-blocks: depth pruning (before the channels when
+    combined), validated against MODEL with the dropped branches zeroed; with --nm or
+    --sparsity: weight sparsity, then cleanup and
     the --sparse-format encoding. A lossy run is validated against the masked original (MODEL
     with what was removed zeroed) within 1e-4 x max |output|, its quality against MODEL itself
     is measured (on --eval, else the calibration or random samples) and checked by the gates;

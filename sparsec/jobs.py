@@ -98,6 +98,9 @@ def pipeline_of(spec: JobSpec):
             sparse_format=spec.get("sparse_format"),
             **common,
         )
+    blocks = {"importance": spec.block_importance(), "seed": spec.get("seed"), **data}
+    if spec.given("drop_blocks") and not spec.channel_cut:
+        return api.block_passes(spec.get("drop_blocks"), **blocks)
     if spec.structured or spec.given("plan_in"):
         return api.channel_passes(
             spec.get("channels") or 0.0,
@@ -112,6 +115,8 @@ def pipeline_of(spec: JobSpec):
             target_macs=spec.get("target_macs") or 0.0,
             target_params=spec.get("target_params") or 0.0,
             lossy_couplings=spec.values.get("lossy_couplings"),  # None: as the calibration says
+            drop_blocks=spec.get("drop_blocks") or 0.0,
+            block_importance=blocks["importance"],
             **common,
         )
     text = spec.get("passes")

@@ -52,6 +52,8 @@ def compress_text(result, extra: list[str] | None = None, written: bool = True) 
     parts = [f"pipeline: {result.pipeline}", table(rows, ["", "before", "after", "ratio"])]
     if result.sparsity:
         parts.append(sparsity_text(result.sparsity))
+    if getattr(result, "blocks", None):
+        parts.append(blocks_text(result.blocks))
     if result.oracle is not None:
         parts.append(oracle_text(result.oracle))
         if result.lossy_couplings:
@@ -68,6 +70,23 @@ def compress_text(result, extra: list[str] | None = None, written: bool = True) 
     parts.extend(part for part in extra or [] if part)
     parts.append(f"wrote {result.output}" if written else "nothing written (see the error below)")
     return "\n\n".join(parts)
+
+
+def blocks_text(blocks: list[dict]) -> str:
+    """The blocks depth pruning removed: a line each (scope, kind, score, MACs, params)."""
+    rows = [
+        [
+            str(b.get("scope") or b.get("exit")),
+            str(b.get("kind")),
+            f"{b['score']:.4g}" if b.get("score") is not None else "-",
+            human(b.get("macs")),
+            human(b.get("params")),
+        ]
+        for b in blocks
+    ]
+    return f"dropped {len(blocks)} block(s):\n" + table(
+        rows, ["block", "kind", "score", "MACs", "params"], left=(0, 1)
+    )
 
 
 def _ms(value: float | None) -> str:

@@ -313,6 +313,9 @@ CASES = [
     ),
     Broken(RULES[7], {**BASE, "markdown": "-"}, ("--markdown",)),
     Broken(RULES[7], {**BASE, "junit": "-"}, ("--junit",)),
+    Broken(RULES[8], {**BASE, "drop_blocks": 2, "importance": "l1"}, ("--importance",)),
+    Broken(RULES[8], {**BASE, "drop_blocks": 2, "target_macs": 0.5}, ("--target-macs",)),
+    Broken(RULES[8], {**BASE, "drop_blocks": 2, "exclude": ["a*"]}, ("--exclude",)),
 ]
 
 

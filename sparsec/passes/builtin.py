@@ -8,6 +8,7 @@ from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass, IdentityEliminationPass
 from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.dead_channels import DeadChannelsPass
+from sparsec.passes.drop_blocks import DropBlocksPass
 from sparsec.passes.pipeline import Pipeline
 from sparsec.passes.sparse_format import SparseEncodePass
 from sparsec.passes.sparsity import WeightSparsityPass
@@ -21,6 +22,7 @@ BUILTIN_PASSES = (
     ConstantFoldShapesPass,
     DeadChannelsPass,
     DeadCodePass,
+    DropBlocksPass,
     IdentityEliminationPass,
     ShapeCanonicalizePass,
     SparseEncodePass,

@@ -33,6 +33,11 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
         "DeadCodePass",
         "Remove unused nodes, optional outputs, initializers, functions and opset imports.",
     ),
+    "drop-blocks": (
+        "sparsec.passes.drop_blocks",
+        "DropBlocksPass",
+        "Remove the least important residual blocks and layers (depth pruning).",
+    ),
     "identity-elimination": (
         "sparsec.passes.cleanup",
         "IdentityEliminationPass",

@@ -10,10 +10,11 @@ every pass's ``artifacts`` are passed up (but ``lossy_couplings``, which describ
 reference, goes with that reference). A lossy pass that can ``replay`` its cut on another model
 (channel-prune) after an earlier lossy pass (drop-blocks) has as reference its cut replayed on
 the earlier reference, so the run is checked against the original with both cuts. A pipeline
-is in place when all its members are; with a functional member it returns a new model. A member may be an onnx-ir pass (it runs through
-``IRPass``). A fixed-point pipeline still changing the model in its last round stops there with
-a ``pipeline.not-settled`` warning naming the passes that kept changing it (also logged to the
-``sparsec.passes`` logger, which a command line shows on stderr).
+is in place when all its members are; with a functional member it returns a new model. A
+member may be an onnx-ir pass (it runs through ``IRPass``). A fixed-point pipeline still
+changing the model in its last round stops there with a ``pipeline.not-settled`` warning
+naming the passes that kept changing it (also logged to the ``sparsec.passes`` logger, which a
+command line shows on stderr).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Any
 
 from sparsec.errors import UsageError
 from sparsec.spec.options import (
+    BLOCK_SCORES,
     CHANNEL_SCORES,
     GATE_NAMES,
     OPTION_BY_NAME,
@@ -98,6 +99,12 @@ class JobSpec:
 
     @property
     def structured(self) -> bool:
+        """Channel pruning or depth pruning (--drop-blocks)."""
+        return self.channel_cut or self.given("drop_blocks")
+
+    @property
+    def channel_cut(self) -> bool:
+        """Channel pruning: a ratio or a target."""
         return any(self.given(n) for n in (*RATIO_NAMES, *TARGET_NAMES))
 
     @property
@@ -112,9 +119,14 @@ class JobSpec:
     def importance(self) -> str:
         """The score of this run: the one given, else activation/wanda with real calibration
         data, else l1/magnitude."""
-        if self.given("importance"):
+        if self.given("importance") and self.values["importance"] not in BLOCK_SCORES[:2]:
             return self.values["importance"]
         return default_importance(self.values.get("calibration"), weights=self.weights)
+
+    def block_importance(self) -> str:
+        """The score of --drop-blocks: influence, norm or random when given, else influence."""
+        given = self.values.get("importance")
+        return given if given in BLOCK_SCORES else BLOCK_SCORES[0]
 
     def check(self) -> None:
         """Every combination rule; one ``UsageError`` line for the first broken one."""

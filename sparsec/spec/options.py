@@ -18,6 +18,7 @@ from sparsec.pruning import layer_ratios
 
 CHANNEL_SCORES = ("l1", "l2", "bn-scale", "random", "activation")
 WEIGHT_SCORES = ("magnitude", "wanda", "sparsegpt")
+BLOCK_SCORES = ("influence", "norm", "random")  # --drop-blocks (random: channels' too)
 RANDOM = "random"
 
 
@@ -116,6 +117,17 @@ LAYER_RATIOS = Kind("R|GLOB=R,...", _ratios)
 OPEN_RATIO = Kind("R", _number(0, 1, low_open=True, high_open=True))
 POSITIVE_RATIO = Kind("R", _number(0, None, low_open=True))
 COUNT = Kind("N", _number(1, None, integer=True))
+
+
+def _block_count(value):
+    """An integer >= 1 (blocks) or a fraction in (0, 1) (of the blocks)."""
+    number = _number(0, None, low_open=True)(value)
+    if number >= 1 and not float(number).is_integer():
+        raise ValueError(f"expected an integer >= 1 or a fraction in (0, 1), got {value!r}")
+    return int(number) if number >= 1 else number
+
+
+BLOCK_COUNT = Kind("N|F", _block_count)
 PATH = Kind("FILE", _path)
 TEXT = Kind("TEXT", _text)
 SWITCH = Kind("", _switch, flag=True)
@@ -164,7 +176,9 @@ OUTPUT, PRUNE, SPARSITY, CHOICE, DATA, GATES, REPORTS, VALIDATION = (
 )
 
 
-IMPORTANCE = Kind("SCORE", _choice(*CHANNEL_SCORES, *WEIGHT_SCORES))
+IMPORTANCE = Kind(
+    "SCORE", _choice(*CHANNEL_SCORES, *WEIGHT_SCORES, *(s for s in BLOCK_SCORES if s != RANDOM))
+)
 
 OPTIONS: tuple[Option, ...] = (
     Option("source", PATH, OUTPUT, "The model to compress (the MODEL argument).", path=True),
@@ -209,6 +223,15 @@ OPTIONS: tuple[Option, ...] = (
         PRUNE,
         "Remove fraction R of the hidden units of every MLP (between two Gemm/MatMul layers); "
         "overrides --channels for those groups.",
+    ),
+    Option(
+        "drop_blocks",
+        BLOCK_COUNT,
+        PRUNE,
+        "Depth pruning: remove the N least important blocks (residual blocks, attention / MLP "
+        "sub-blocks, plain layers; a whole transformer layer counts as two), or fraction F of "
+        "them, e.g. '--drop-blocks 2 --calibration data.npz' (importance: --importance "
+        "influence/norm/random). Runs before --channels/--heads when combined.",
     ),
     Option(
         "target_macs",
@@ -297,8 +320,10 @@ OPTIONS: tuple[Option, ...] = (
         "|gamma|, seeded random, or activation (‖x‖·‖w‖ at the layers reading them, needs "
         "--calibration). Weights (--nm/--sparsity): magnitude, wanda (|w|·‖x‖, needs "
         "--calibration), or sparsegpt (--nm with --calibration: each layer's mask chosen again in "
-        "the refit from its inputs' Gram matrix). Default: activation / wanda with real "
-        "--calibration data, else l1 / magnitude.",
+        "the refit from its inputs' Gram matrix). Blocks (--drop-blocks): influence (1 - cos "
+        "between a block's input and output on --calibration), norm (no data: the gain of the "
+        "block's last weight) or random. Default: activation / wanda / influence with real "
+        "--calibration data, else l1 / magnitude (blocks: refused without data).",
     ),
     Option(
         "importance_scope",

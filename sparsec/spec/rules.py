@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sparsec.errors import UsageError
 from sparsec.spec.options import (
+    BLOCK_SCORES,
     CHANNEL_SCORES,
     OPTION_BY_NAME,
     RANDOM,
@@ -43,8 +44,8 @@ def importance_fits(spec) -> None:
         )
     if spec.given("calibration") and not spec.lossy:
         raise UsageError(
-            "--calibration goes with a pruning flag (--channels, --heads, --ffn, --plan-in, --nm, "
-            "--sparsity)"
+            "--calibration goes with a pruning flag (--channels, --heads, --ffn, --drop-blocks, "
+            "--plan-in, --nm, --sparsity)"
         )
 
 
@@ -56,7 +57,7 @@ def calibration_options(spec) -> None:
         ):
             if spec.given(name):
                 raise UsageError(f"{flag} needs --calibration")
-    if spec.get("steps") > 1 and not spec.structured:
+    if spec.get("steps") > 1 and not spec.channel_cut:
         raise UsageError("--steps needs --channels, --heads or --ffn")
 
 
@@ -64,12 +65,12 @@ def no_ignored_selection(spec) -> None:
     """Refuse selection flags that would be ignored (a saved plan has its own rule)."""
     if spec.given("plan_in"):
         return
-    if spec.given("lossy_couplings") and not spec.structured:
+    if spec.given("lossy_couplings") and not spec.channel_cut:
         raise UsageError(
             "--lossy-couplings / --no-lossy-couplings say which groups channel pruning may cut: "
             "they need --channels, --heads, --ffn, a target or --plan-in"
         )
-    if not spec.structured and flags(spec, ("round_to", "max_layer_ratio")):
+    if not spec.channel_cut and flags(spec, ("round_to", "max_layer_ratio")):
         raise UsageError(
             "--round-to and --max-layer-ratio shape channel pruning: they need --channels, "
             "--heads, --ffn or --target-macs/--target-params"
@@ -78,12 +79,37 @@ def no_ignored_selection(spec) -> None:
     if given and not (spec.structured or spec.weights):
         raise UsageError(
             f"{given[0]} chooses what a pruning flag removes: it needs --channels, --heads, "
-            "--ffn, a target, --nm or --sparsity"
+            "--ffn, --drop-blocks, a target, --nm or --sparsity"
         )
-    random_channels = spec.structured and spec.values.get("importance") == RANDOM
+    random_channels = spec.structured and spec.values.get("importance") == RANDOM  # or blocks
     if spec.given("seed") and not (spec.values.get("calibration") == RANDOM or random_channels):
         raise UsageError(
             "--seed seeds --calibration random and --importance random of channel pruning"
+        )
+
+
+def block_options(spec) -> None:
+    """influence / norm rank blocks: they need --drop-blocks, which prunes on its own or before
+    --channels/--heads/--ffn (not with a target, a plan or --passes)."""
+    importance = spec.values.get("importance")
+    if importance in BLOCK_SCORES[:2] and not spec.given("drop_blocks"):
+        raise UsageError(f"--importance {importance} ranks blocks: it needs --drop-blocks")
+    if not spec.given("drop_blocks"):
+        return
+    if not spec.channel_cut:
+        if importance in CHANNEL_SCORES and importance != RANDOM:
+            raise UsageError(
+                f"--importance {importance} ranks channels; --drop-blocks uses influence, norm "
+                "or random"
+            )
+        ignored = flags(spec, ("exclude", "importance_scope"))
+        if ignored:
+            raise UsageError(f"{ignored[0]} shapes channel pruning; --drop-blocks ignores it")
+    others = flags(spec, (*TARGET_NAMES, "plan_in", "passes"))
+    if others:
+        raise UsageError(
+            f"--drop-blocks cannot be combined with {others[0]} (yet): combine it with "
+            "--channels, --heads or --ffn, or run sparsec twice"
         )
 
 
@@ -151,4 +177,5 @@ RULES = (
     sparsity_options,
     exclusive_choices,
     quality_options,
+    block_options,
 )
