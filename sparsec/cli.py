@@ -203,8 +203,10 @@ def analyze(
     if heads:
         summary["attention_blocks"] = api.attention_heads(loaded, input_shapes)
     if blocks:
-        summary["blocks"] = inspection.blocks(loaded, input_shapes)
-    calibrated = {"--sensitivity": sensitivity, "--activations": activations}
+        summary["blocks"] = inspection.blocks(
+            loaded, input_shapes, calibration, calibration_samples or 0
+        )
+    calibrated = {"--sensitivity": sensitivity, "--activations": activations, "--blocks": blocks}
     if (calibration is not None or calibration_samples is not None) and not any(
         calibrated.values()
     ):

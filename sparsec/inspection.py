@@ -24,6 +24,7 @@ from sparsec.ir import Model
 from sparsec.passes import Pipeline
 from sparsec.passes.builtin import canonical_passes
 from sparsec.pruning import sensitivity as sensitivity_analysis
+from sparsec.pruning.blocks import influence_scores
 
 
 def input_overrides(
@@ -111,17 +112,30 @@ def attention_heads(model: Model, input_shapes: Sequence[str] = ()) -> list[dict
     return [block.to_json() for block in attention_blocks(model, analysis)]
 
 
-def blocks(model: Model, input_shapes: Sequence[str] = ()) -> list[dict]:
+def blocks(
+    model: Model,
+    input_shapes: Sequence[str] = (),
+    calibration: str | Path | None = None,
+    samples: int = 0,
+) -> list[dict]:
     """The removable units of ``model`` (residual and projection blocks, plain layers,
     transformer layers) as JSON-ready rows, on the copy channel-prune sees (``as_pruned``):
     the block fields, and ``macs_share``, the fraction of the model's MACs each one holds
-    (``analyze --blocks``; ``sparsec.analysis.blocks.find_blocks`` gives the ``Block``s)."""
+    (``analyze --blocks``; ``sparsec.analysis.blocks.find_blocks`` gives the ``Block``s).
+    With ``calibration``: each row's ``score``, the block influence ``--drop-blocks`` ranks by
+    (``pruning.blocks.influence_scores``: lowest is removed first)."""
     model, overrides = as_pruned(model, input_shapes)
     total = analyze_cost(model, overrides).macs
-    return [
-        dict(block.to_json(), macs_share=block.macs / total if total else None)
-        for block in find_blocks(model, overrides)
+    found = find_blocks(model, overrides)
+    rows = [
+        dict(block.to_json(), macs_share=block.macs / total if total else None) for block in found
     ]
+    if calibration is not None:
+        data = load_calibration(str(calibration), model, samples)
+        scores = influence_scores(model, found, data)
+        for row in rows:
+            row["score"] = scores[row["id"]]
+    return rows
 
 
 def as_pruned(model: Model, input_shapes: Sequence[str] = ()) -> tuple[Model, dict | None]:

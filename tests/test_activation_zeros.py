@@ -225,7 +225,7 @@ def test_cli_plot_without_matplotlib_is_one_line(cli, tmp_path, monkeypatch):
     [
         (["--activations", "--calibration", CALIB, "--zero-threshold", "-1"], "--zero-threshold"),
         (["--activations"], "give --calibration"),
-        (["--calibration", CALIB], "go with --sensitivity or --activations"),
+        (["--calibration", CALIB], "go with --sensitivity, --activations or --blocks"),
         (["--plot", "zeros.png"], "go with --activations"),
         (["--activations", "--calibration", CALIB, "--plot", "zeros.jpg"], ".png or .svg"),
         (["--activations", "--calibration", "missing.npz"], "not found"),

@@ -4,10 +4,13 @@ composition with channel pruning (one reference: the original with both cuts).""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import MODELS
 
+from sparsec.analysis.activations import capture, load_calibration
 from sparsec.analysis.blocks import find_blocks
 from sparsec.ir import Model
 from sparsec.passes import Pipeline
@@ -80,8 +83,6 @@ def test_influence_is_one_minus_cosine_per_sample():
     feeds = random_feeds(model, 0, batch=2)
     got = influence_scores(model, blocks, feeds)
     session_outputs = {}
-    from sparsec.analysis.activations import capture
-
     for batch in capture(model, feeds, [blocks[0].skip, blocks[0].exit]):
         session_outputs = batch
     x, y = session_outputs[blocks[0].skip], session_outputs[blocks[0].exit]
@@ -163,6 +164,7 @@ def test_cli_end_to_end(cli, tmp_path):
     code, text, err = cli("compress", VIT, "--drop-blocks", "2", "--calibration", CALIB, "-o", out)
     assert code == 0, err
     assert "dropped 2 block(s)" in text and "oracle" in text and "passed" in text
+    assert "blocks.0.attn" in text
     before, after = Model.load(VIT), Model.load(out)
     assert len(after.nodes()) < len(before.nodes())
     feeds = random_feeds(after, 0)
@@ -173,3 +175,16 @@ def test_cli_refuses_without_data(cli, tmp_path):
     code, _, err = cli("compress", VIT, "--drop-blocks", "1", "-o", tmp_path / "o.onnx")
     assert code == 2
     assert "block importance needs data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_analyze_blocks_scores_are_what_drop_blocks_ranks_by(cli):
+    code, text, err = cli("analyze", VIT, "--blocks", "--calibration", CALIB, "--json")
+    assert code == 0, err
+    rows = json.loads(text)["blocks"]
+    model = Model.load(VIT)
+    Pipeline(canonical_passes())(model)
+    expected = influence_scores(model, find_blocks(model), load_calibration(str(CALIB), model))
+    assert [row["score"] for row in rows] == pytest.approx([expected[r["id"]] for r in rows])
+    finest = [r for r in rows if not r["parts"]]
+    lowest = min(finest, key=lambda r: r["score"])
+    assert lowest["scope"] == "blocks.0.attn"  # what --drop-blocks 1 removes (test_cli_end_to_end)

@@ -112,8 +112,13 @@ def choose(blocks: Sequence[Block], scores: dict[int, float], wanted: int) -> li
             left -= size[block.id]
         if not left:
             break
-    if left:  # coarse units crowded out finer ones: take the finest alone
+    if left and len(finest(blocks)) < len(blocks):  # coarse units crowded out finer ones
         return choose(finest(blocks), scores, wanted)
+    if left:
+        raise PassError(
+            f"drop-blocks: only {wanted - left} of the {wanted} block(s) asked can be removed "
+            "together (the others overlap them)"
+        )
     return sorted(chosen, key=lambda b: b.id)
 
 
