@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsec.analysis.activations import capture
+from sparsec.analysis.activations import capture, padding_mask
 from sparsec.analysis.blocks import Block, find_blocks
 from sparsec.ir.cleanup import remove_unused
 from sparsec.pruning.recovery import recover_result
@@ -145,16 +145,28 @@ def influence_scores(
 ) -> dict[int, float]:
     """ShortGPT's block influence: 1 − cos(skip, exit), per token (the last axis) for rank-3
     [B, T, D] activations, per sample (flattened) otherwise, averaged over every calibration
-    sample (one batch of activations held at a time)."""
+    sample (one batch of activations held at a time); with a padding mask input
+    (``activations.padding_mask``), over the real tokens only."""
+    mask = padding_mask(model)
     names = [name for block in blocks for name in (block.skip, block.exit)]
     sums = {block.id: 0.0 for block in blocks}
-    counts = dict.fromkeys(sums, 0)
-    for batch in capture(model, samples, names, batch_size, desc="block influence"):
+    counts = dict.fromkeys(sums, 0.0)
+    wanted = names + ([mask] if mask else [])
+    for batch in capture(model, samples, wanted, batch_size, desc="block influence"):
         for block in blocks:
             distances = 1.0 - _cosines(batch[block.skip], batch[block.exit])
-            sums[block.id] += float(distances.sum())
-            counts[block.id] += distances.size
+            weights = _real_tokens(batch.get(mask or ""), distances.shape)
+            sums[block.id] += float((distances * weights).sum())
+            counts[block.id] += float(weights.sum())
     return {key: sums[key] / max(counts[key], 1) for key in sums}
+
+
+def _real_tokens(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """1 where a per-token distance counts: the mask's nonzero positions when it is laid out
+    like the distances ([B, T]), else everywhere."""
+    if mask is None or np.shape(mask) != shape:
+        return np.ones(shape)
+    return (np.asarray(mask) != 0).astype(np.float64)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
