@@ -57,6 +57,8 @@ def analyze(
         "opsets": model.opsets(),
         "params": cost.params,
         "macs": cost.macs,
+        "other_ops": cost.other_ops,  # non-MAC element operations (analysis.cost)
+        "bytes_moved": cost.bytes_moved,  # bytes data-movement ops write
         "nodes": len(model.nodes()),
         "functions": len(model.functions()),
         "op_histogram": dict(Counter(n.op_type for n in model.all_nodes()).most_common()),

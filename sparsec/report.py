@@ -41,6 +41,7 @@ def compress_text(result, extra: list[str] | None = None, written: bool = True) 
         ["nodes", str(b.nodes), str(a.nodes), _ratio(b.nodes, a.nodes)],
         ["params", human(b.params), human(a.params), _ratio(b.params, a.params)],
         ["MACs", human(b.macs), human(a.macs), _ratio(b.macs, a.macs)],
+        *_other_work_rows(b, a),
         ["file bytes", human(b.bytes), human(a.bytes), _ratio(b.bytes, a.bytes)],
         [
             "latency ms",
@@ -87,6 +88,17 @@ def blocks_text(blocks: list[dict]) -> str:
     return f"dropped {len(blocks)} block(s):\n" + table(
         rows, ["block", "kind", "score", "MACs", "params"], left=(0, 1)
     )
+
+
+def _other_work_rows(before, after) -> list[list[str]]:
+    """Rows for the work MACs leave out (``analysis.cost``: other ops, bytes moved), when the
+    figures carry it."""
+    rows = []
+    for label, key in (("other ops", "other_ops"), ("bytes moved", "bytes_moved")):
+        b, a = getattr(before, key, None), getattr(after, key, None)
+        if b is not None and a is not None:
+            rows.append([label, human(b), human(a), _ratio(b, a)])
+    return rows
 
 
 def _ms(value: float | None) -> str:
@@ -204,6 +216,11 @@ def analyze_text(summary: dict) -> str:
         f"params    {human(summary['params'])} ({summary['params']:,})",
         f"MACs      {human(summary['macs'])} ({summary['macs']:,}) at the bound input shapes",
     ]
+    if "other_ops" in summary:  # what MACs leave out (analysis.cost): estimates, not measured
+        head.append(
+            f"other ops {human(summary['other_ops'])} (elementwise, normalization, pooling, "
+            f"resize, softmax)   bytes moved {human(summary['bytes_moved'])} (data movement)"
+        )
     if summary["macs_unknown_nodes"]:
         head.append(
             f"MACs unknown for {len(summary['macs_unknown_nodes'])} nodes (shapes unresolved): "
@@ -216,10 +233,13 @@ def analyze_text(summary: dict) -> str:
             str(count),
             human(cost.get(op, {}).get("params", 0)),
             human(cost.get(op, {}).get("macs", 0)),
+            human(cost.get(op, {}).get("other_ops", 0)),
+            human(cost.get(op, {}).get("bytes_moved", 0)),
         ]
         for op, count in summary["op_histogram"].items()
     ]
-    text = "\n".join(head) + "\n\n" + table(rows, ["op", "count", "params", "MACs"])
+    header = ["op", "count", "params", "MACs", "other ops", "bytes moved"]
+    text = "\n".join(head) + "\n\n" + table(rows, header)
     if "channel_groups" in summary:
         text += "\n\n" + groups_text(summary["channel_groups"])
         for node, op in summary.get("channel_barriers", {}).items():

@@ -7,6 +7,13 @@ credited with the constants it consumes first. MACs: one rule per op type in ``M
 (data, not branches; the compute ops' read their ``op_layouts`` entry), each computing from
 concrete shapes bound as ``sparsec.analysis.inputs.bind_shapes`` says (batch 1 unless the user
 says otherwise). A node whose shapes stay unknown is listed in ``unknown`` instead of silently counting zero.
+
+Work MACs leave out, so that a latency / MACs ratio can be explained: *other operations* (one
+per output element of an elementwise op, a factor per op in ``ELEMENT_FACTORS``; pooling's
+window per output element; reductions one per input element; Resize its interpolation taps per
+output element; LRN its window) and *bytes moved* by data-movement ops (``MOVEMENT_OPS``: the
+bytes of their outputs). Both are estimates of work a runtime does, not measured; compute ops
+(those with MACs) count none (their bias adds are part of the products).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 
 from sparsec.analysis.op_layouts import COMPUTE_OPS
 from sparsec.analysis.op_layouts import layout as op_layout
+from sparsec.analysis.rules.elementwise import ELEMENTWISE
 from sparsec.analysis.shapes import Shape, value_shapes
 
 
@@ -27,6 +35,8 @@ class NodeCost:
     op_type: str
     params: int
     macs: int | None
+    other_ops: int | None = 0  # non-MAC element operations (None: shapes unknown)
+    bytes_moved: int | None = 0  # bytes a data-movement op writes (None: shapes unknown)
 
 
 @dataclass
@@ -35,6 +45,9 @@ class CostReport:
     macs: int
     nodes: list[NodeCost] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    other_ops: int = 0
+    bytes_moved: int = 0
+    other_unknown: list[str] = field(default_factory=list)  # other ops / bytes not counted
 
     def by_op(self) -> dict[str, dict[str, int]]:
         table: dict[str, Counter] = {}
@@ -43,6 +56,8 @@ class CostReport:
             row["count"] += 1
             row["params"] += node.params
             row["macs"] += node.macs or 0
+            row["other_ops"] += node.other_ops or 0
+            row["bytes_moved"] += node.bytes_moved or 0
         return {op: dict(row) for op, row in table.items()}
 
 
@@ -156,6 +171,7 @@ def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostRep
     constants = _float_constants(model)
     float_constants = {id(v) for v in constants}
     credited: set[int] = set()
+    itemsizes = _itemsizes(model)
     report = CostReport(params=0, macs=0)
     for node in model.nodes():
         params = 0
@@ -167,9 +183,14 @@ def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostRep
         macs = rule(node, shapes) if rule else 0
         if macs is None:
             report.unknown.append(node.name or node.op_type)
-        report.nodes.append(NodeCost(node.name or "", node.op_type, params, macs))
+        other, moved = _other_work(node, shapes, itemsizes)
+        if other is None or moved is None:
+            report.other_unknown.append(node.name or node.op_type)
+        report.nodes.append(NodeCost(node.name or "", node.op_type, params, macs, other, moved))
     report.params = sum(_prod(model.constant_shape(v) or ()) for v in constants)
     report.macs = sum(n.macs or 0 for n in report.nodes)
+    report.other_ops = sum(n.other_ops or 0 for n in report.nodes)
+    report.bytes_moved = sum(n.bytes_moved or 0 for n in report.nodes)
     report.unknown += _nested_compute(model)
     return report
 
@@ -182,3 +203,170 @@ def _nested_compute(model) -> list[str]:
         for n in model.all_nodes()
         if id(n) not in top and (n.domain if n.domain != "ai.onnx" else "", n.op_type) in MAC_RULES
     ]
+
+
+# Other operations per output element, by op type (data; see the module docstring).
+ELEMENT_FACTORS: dict[str, int] = {
+    **{op: 1 for op in ELEMENTWISE if op not in ("Identity", "Dropout", "Cast")},
+    "Cast": 1,
+    "BatchNormalization": 2,  # inference: x · scale' + shift' (statistics folded in)
+    # mean (add), centre (sub), variance (mul, add), normalize (mul), affine (mul, add)
+    "LayerNormalization": 7,
+    "InstanceNormalization": 7,
+    "GroupNormalization": 7,
+    "MeanVarianceNormalization": 7,
+    "LpNormalization": 3,  # square, sum, divide
+    "Softmax": 4,  # max, exp(x - max), sum, divide
+    "LogSoftmax": 4,  # max, exp(x - max), sum, subtract the log
+    "Hardmax": 1,
+    "Trilu": 1,
+}
+VARIADIC = ("Sum", "Max", "Min", "Mean")  # n inputs: n - 1 operations per output element
+POOLS = ("MaxPool", "AveragePool", "LpPool")  # the kernel window per output element
+# One operation per input element: every element is read into a sum, max or product.
+PER_INPUT = (
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "ArgMax",
+    "ArgMin",
+    "CumSum",
+)
+RESIZE_TAPS = {"nearest": 1, "linear": 2, "cubic": 4}  # per resized axis
+# Ops that only move data: they count the bytes of every output they write.
+MOVEMENT_OPS = (
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "ScatterElements",
+    "ScatterND",
+    "Pad",
+    "Tile",
+    "Expand",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Dropout",
+)
+
+
+def _elements(s: _Shapes, value) -> int | None:
+    shape = s.shapes.get(value.name) if value is not None else None
+    shape = s.of(value) if shape is None else shape  # () is a scalar's shape, not unknown
+    return None if shape is None else _prod(shape)
+
+
+def _other_ops(node, s: _Shapes) -> int | None:
+    """Non-MAC element operations of one node (0 for an op the tables do not name)."""
+    op = node.op_type
+    if op in POOLS:
+        out, kernel = _elements(s, node.outputs[0]), s.model.attr(node, "kernel_shape")
+        return None if out is None or kernel is None else out * _prod(kernel)
+    if op in PER_INPUT:
+        return _elements(s, node.inputs[0])
+    if op in ("Resize", "Upsample"):
+        return _resize_ops(node, s)
+    if op == "LRN":
+        out = _elements(s, node.outputs[0])
+        return None if out is None else out * int(s.model.attr(node, "size", 1))
+    factor = ELEMENT_FACTORS.get(op)
+    if factor is None:
+        return 0
+    out = _elements(s, node.outputs[0])
+    if op in VARIADIC:
+        factor = max(1, len([v for v in node.inputs if v is not None]) - 1)
+    return None if out is None else out * factor
+
+
+def _resize_ops(node, s: _Shapes) -> int | None:
+    """Output elements × taps: per axis whose size changes, 1 (nearest), 2 (linear), 4 (cubic)."""
+    before, after = s.of(node.inputs[0]), s.of(node.outputs[0])
+    if before is None or after is None:
+        return None
+    mode = s.model.attr(node, "mode", "nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    resized = sum(1 for a, b in zip(before, after) if a != b)
+    return _prod(after) * RESIZE_TAPS.get(mode, 1) ** resized
+
+
+def _bytes_moved(node, s: _Shapes, itemsizes: Mapping[str, int]) -> int | None:
+    """The bytes a data-movement op writes (all its outputs); 0 for other ops."""
+    if node.op_type not in MOVEMENT_OPS:
+        return 0
+    total = 0
+    for value in node.outputs:
+        if not value.uses() and not value.is_graph_output():  # an unused optional output
+            continue
+        elements, itemsize = _elements(s, value), itemsizes.get(value.name)
+        if elements is None or itemsize is None:
+            return None
+        total += elements * itemsize
+    return total
+
+
+def _itemsizes(model) -> dict[str, int]:
+    """Bytes per element of every value: its declared type, else that of its node's first input
+    (types a graph does not declare inside are mostly its input's: an estimate, like the counts
+    it serves)."""
+    sizes: dict[str, int] = {}
+
+    def declared(value) -> int | None:
+        dtype = model.elem_type(value)
+        return None if dtype is None else int(dtype.itemsize)
+
+    for value in [*model.inputs, *model.initializers().values()]:
+        if declared(value) is not None:
+            sizes[value.name] = declared(value)
+    for node in model.nodes():
+        inherited = _output_itemsize(model, node, sizes)
+        for value in node.outputs:
+            size = declared(value) or inherited
+            if size is not None:
+                sizes[value.name] = size
+    return sizes
+
+
+# Element bytes of an ONNX TensorProto data type (Cast's ``to``), and of ops whose output type
+# is fixed whatever their inputs are.
+TYPE_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+FIXED_ITEMSIZE = {
+    **dict.fromkeys(("Shape", "Size", "NonZero", "ArgMax", "ArgMin"), 8),  # int64
+    **dict.fromkeys(("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"), 1),  # bool
+    **dict.fromkeys(("Not", "And", "Or", "Xor", "IsNaN", "IsInf"), 1),
+}
+
+
+def _output_itemsize(model, node, sizes: Mapping[str, int]) -> int | None:
+    """Element bytes of ``node``'s outputs when they declare none: Cast's target, a fixed type,
+    CastLike's second input, else its first input's."""
+    if node.op_type == "Cast":
+        return TYPE_ITEMSIZE.get(int(model.attr(node, "to", 0)))
+    if node.op_type in FIXED_ITEMSIZE:
+        return FIXED_ITEMSIZE[node.op_type]
+    source = node.inputs[1 if node.op_type == "CastLike" else 0] if node.inputs else None
+    return sizes.get(source.name) if source is not None else None
+
+
+def _other_work(node, s: _Shapes, itemsizes: Mapping[str, int]) -> tuple[int | None, int | None]:
+    """(other operations, bytes moved) of a standard-domain node; (0, 0) for other domains."""
+    if node.domain not in ("", "ai.onnx"):
+        return 0, 0
+    return _other_ops(node, s), _bytes_moved(node, s, itemsizes)
