@@ -68,6 +68,34 @@ def test_a_model_with_nothing_dead_is_untouched_and_not_analysed(tmp_path, monke
     assert (result.after.nodes, result.after.params) == (without.after.nodes, without.after.params)
 
 
+def test_filters_zeroed_as_torch_prunes_them_are_dead_where_the_relu_clips_their_shift(tmp_path):
+    """torch's structured pruning zeroes a conv's filters and leaves the BatchNorm after it: the
+    channel is then Relu(shift), dead exactly where the shift is not positive."""
+    proto = onnx.load(DIGITS)
+    weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    masked = np.arange(8)  # the first 8 of the stem's 16 filters
+    for init in proto.graph.initializer:
+        if init.name == "stem.weight":
+            init.CopyFrom(numpy_helper.from_array(_zeroed(weights[init.name], masked), init.name))
+    source = tmp_path / "torch_masked.onnx"
+    onnx.save(proto, source)
+    bn = {k: weights[f"stem_bn.{k}"] for k in ("weight", "bias", "running_mean", "running_var")}
+    shift = bn["bias"] - bn["running_mean"] * bn["weight"] / np.sqrt(bn["running_var"] + 1e-5)
+    expected = int((shift[masked] <= 0).sum())
+    assert 0 < expected < len(masked)
+    result = api.compress(source, tmp_path / "out.onnx", latency_runs=0)
+    assert result.validation.passed and result.oracle is None
+    assert result.stats["dead-channels.dead_channels_removed"] == expected
+    out = Model.load(tmp_path / "out.onnx")
+    assert out.constant(out.value("stem.weight")).shape[0] == 16 - expected
+
+
+def _zeroed(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array[rows] = 0.0
+    return array
+
+
 def _chain(middle: list, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, extra=()) -> Model:
     """x [1,3,8,8] → Conv(w1, b1) → ``middle`` nodes (from 'c1' to 'mid') → Conv(w2) → y."""
     inits = [

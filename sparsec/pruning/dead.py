@@ -11,7 +11,10 @@ it to float rounding. So a removal is exact when the masked original equals the 
 - every slice that writes the unit is zero and every other constant the unit meets on its way
   is zero there too, unless it only scales (``SCALING_INPUTS``: a BatchNorm's scale and
   variance, a Mul's factor, a divisor): the unit is 0 wherever it is read, so zeroing the
-  readers' slices changes nothing.
+  readers' slices changes nothing; or
+- every slice that writes the unit is zero and, though a constant shifts it (a BatchNorm's shift
+  folded into the bias), it is exactly 0 wherever a weight reads it (a Relu of a negative
+  shift): written as zero, the unit is a constant whatever the input, so one run measures it.
 
 These rules are the candidates, not the proof: what lies between (a Sigmoid of 0 is 0.5, a
 LayerNorm over the channels is masked by the oracle) is checked by running the candidates'
@@ -93,23 +96,41 @@ def has_zero_slices(model) -> bool:
 
 
 def static_candidates(model, analysis: GroupAnalysis) -> dict[int, np.ndarray]:
-    """group id → the units the two static rules name (module docstring), prunable groups
-    only."""
+    """group id → the units the static rules name (module docstring), prunable groups only."""
     axes = {site.name: site.axis for site in weight_sites(model)[0]}
-    found = {}
+    found, shifted = {}, {}
     for group in analysis.groups:
         if not group.prunable or group.lossy:
             continue
         readers, writers = _readers_and_writers(model, group, axes)
-        dead = np.zeros(group.units, dtype=bool)
-        if readers:
-            dead |= _zero_units(model, group, readers)
+        dead = _zero_units(model, group, readers) if readers else np.zeros(group.units, bool)
         if writers:
-            dead |= _zero_units(model, group, writers) & _unshifted_units(model, group)
-        units = np.flatnonzero(dead)
-        if len(units):
-            found[group.id] = units
-    return found
+            written_zero = _zero_units(model, group, writers)
+            dead |= written_zero & _unshifted_units(model, group)
+            shifted[group.id] = written_zero & ~dead
+        found[group.id] = dead
+    for gid, dead in _zero_where_read(model, analysis, shifted).items():
+        found[gid] |= dead
+    return {gid: np.flatnonzero(dead) for gid, dead in found.items() if dead.any()}
+
+
+def _zero_where_read(model, analysis: GroupAnalysis, shifted: dict) -> dict[int, np.ndarray]:
+    """Of the units written as zero but met by a non-zero constant (a folded BatchNorm's shift),
+    those zero wherever a weight reads them (a Relu of a negative shift). Written as zero, such a
+    unit is a constant whatever the input, so one run on seeded random inputs (seed 1: the check
+    after uses seed 0) measures it (``importance.calibration_dead``)."""
+    if not any(units.any() for units in shifted.values()):
+        return {}
+    try:
+        ctx = ImportanceContext(model, calibration=random_inputs(model, bind_shapes(model), 1))
+        groups = {group.id: group for group in analysis.groups}
+        return {
+            gid: units & calibration_dead(groups[gid], ctx)
+            for gid, units in shifted.items()
+            if units.any()
+        }
+    except InputError:  # a model that does not run here: nothing measured
+        return {}
 
 
 def _readers_and_writers(model, group: ChannelGroup, axes: dict[str, int]) -> tuple[list, list]:
