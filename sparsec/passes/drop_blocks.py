@@ -59,7 +59,9 @@ class DropBlocksPass(CalibratedPass, InPlacePass):
                 the original's outputs).
             batch_size: Calibration samples per onnxruntime run.
         """
-        self.count, self.importance, self.seed = count, importance, seed
+        whole = isinstance(count, (int, float)) and count >= 1 and float(count).is_integer()
+        self.count = int(count) if whole else count  # "count=2" reads back as 2, not 2.0
+        self.importance, self.seed = importance, seed
         self.calibration, self.calibration_samples = calibration, calibration_samples
         self.recover, self.batch_size = recover, batch_size
 
