@@ -5,11 +5,13 @@ ties: the first). A value is *data* when it is computed from the data input; ``S
 outputs are not (they carry dims, not data), nor is anything computed only from constants or
 other inputs (an attention mask, token-type ids): those are read like weights. Over data values,
 ``u → w`` when ``u`` is an input of the node computing ``w``. A *cut value* is a data value every
-path from the data input to the data outputs passes through: the chain of dominators of a
-virtual sink fed by the outputs, in graph order ``c0 (the data input), c1, ..., cn``. Between
-two consecutive cut values lies an *elementary span*: the nodes that become dead when every use
-of ``c(i+1)`` reads ``c(i)`` instead; it is *heavy* when it holds a compute weight (a
-Conv/Gemm/MatMul with a constant weight, ``lookup.layers``).
+path from the data input to some data output passes through (it dominates that output): each
+output's chain of dominators, in graph order ``c0 (the data input), c1, ..., cn``; the chains
+of several outputs share their start, so the cut values form a tree (a chain for one output).
+Before each cut value ``c`` other than ``c0`` lies an *elementary span*: the nodes that become
+dead when every use of ``c`` reads ``idom(c)``, the cut value before it, instead; it is *heavy*
+when it holds a compute weight (a Conv/Gemm/MatMul with a constant weight, ``lookup.layers``).
+Walking on from a cut value stops at a fork of the tree and at a graph output.
 
 The units (``Block``); *removing* one = every use of ``exit`` reads ``skip``, ``nodes`` die:
 
@@ -21,8 +23,8 @@ The units (``Block``); *removing* one = every use of ``exit`` reads ``skip``, ``
   downsample): skip = the input whose removal frees fewer MACs, branch = the other.
   A residual or projection block's branch holds a compute weight (``x + 0.04·x³`` is no block).
 - ``layer``: a heavy elementary span that is not a residual block, with the non-heavy spans
-  after it up to the next heavy one, cut at the last cut value of the entry's shape and dtype
-  (VGG's Conv+BN+ReLU; a Conv+ReLU before a MaxPool).
+  after it up to the next heavy one, cut at the last cut value of the entry's shape (and dtype,
+  where both are declared): VGG's Conv+BN+ReLU; a Conv+ReLU before a MaxPool.
 - ``transformer-layer``: an attention residual and the MLP residual after it with only
   non-heavy spans between them: pre-LN, the span from the first's entry to the second's exit;
   post-LN (a norm between them), that span extended by as many elementary spans after the second
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from itertools import pairwise
 from typing import Any
 
 from sparsec.analysis.cost import analyze_cost
@@ -110,19 +111,28 @@ def _reached_nodes(model, source) -> set:
 
 
 class _Flow:
-    """The data values of ``model``, their immediate dominators and the cut chain."""
+    """The data values of ``model``, their immediate dominators, and the cut values: those
+    dominating a data output (one chain per output; the chains share their start, so they form
+    a tree, a plain chain for one output)."""
 
     def __init__(self, model) -> None:
         self.model = model
         self.source = data_input(model)
         self.order: dict = {}  # data value -> position in graph order
         self.idom: dict = {}
-        self.chain: list = []
+        self.cuts: list = []  # in graph order
+        self.children: dict = {}  # cut value -> the cut values it is the idom of
         if self.source is not None:
             self._dominators()
+            self._cut_tree()
 
     def data_inputs(self, node) -> list:
         return [v for v in node.inputs if v is not None and v in self.order]
+
+    def after(self, value):
+        """The cut value right after ``value`` on its chain; None at an output or a fork."""
+        children = self.children.get(value, [])
+        return children[0] if len(children) == 1 and not value.is_graph_output() else None
 
     def _dominators(self) -> None:
         self.order[self.source] = 0
@@ -136,9 +146,17 @@ class _Flow:
                 if value is not None:
                     self.order[value] = len(self.order)
                     self.idom[value] = dominator
-        outputs = [v for v in self.model.outputs if v in self.order]
-        if outputs:
-            self.chain = self._dominated_chain(self._common(outputs), outputs)
+
+    def _cut_tree(self) -> None:
+        cuts = {self.source}
+        for output in self.model.outputs:
+            value = output
+            while value in self.order and value not in cuts:
+                cuts.add(value)
+                value = self.idom[value]
+        self.cuts = sorted(cuts, key=self.order.__getitem__)
+        for value in self.cuts[1:]:
+            self.children.setdefault(self.idom[value], []).append(value)
 
     def _common(self, values: list):
         """The nearest common dominator of ``values`` (dominators come first in graph order)."""
@@ -151,12 +169,6 @@ class _Flow:
                 else:
                     other = self.idom[other]
         return found
-
-    def _dominated_chain(self, last, outputs: list) -> list:
-        chain = [last]
-        while chain[-1] is not self.source:
-            chain.append(self.idom[chain[-1]])
-        return chain[::-1]
 
 
 def dead_after_rewire(exit_, skip) -> list:
@@ -193,8 +205,8 @@ class _Unit:
     """A block before its id, cost and name are known."""
 
     kind: str
-    first: int  # its entry's index in the cut chain
-    last: int  # its exit's index in the cut chain
+    entry: Any
+    exit: Any
     skip: Any
     branch: Any
     nodes: list
@@ -202,39 +214,39 @@ class _Unit:
 
 
 class _Finder:
-    """One analysis: the cut chain, its elementary spans, and the units over them."""
+    """One analysis: the cut values, the elementary span ending at each, the units over them."""
 
     def __init__(self, model, input_shapes: Mapping[str, Shape] | None) -> None:
         self.model = model
         self.flow = _Flow(model)
-        self.chain = self.flow.chain
         self.shapes = value_shapes(model, input_shapes)
         self.weights = {layer.node: layer.weight for layer in compute_layers(model, input_shapes)}
         costs = analyze_cost(model, input_shapes).nodes
         self.cost = {id(node): cost for node, cost in zip(model.nodes(), costs, strict=True)}
         self.position = {id(node): index for index, node in enumerate(model.nodes())}
-        self.spans = [dead_after_rewire(b, a) for a, b in pairwise(self.chain)]
-        self.heavy = [any(self.is_compute(n) for n in span) for span in self.spans]
+        idom = self.flow.idom
+        self.spans = {c: dead_after_rewire(c, idom[c]) for c in self.flow.cuts[1:]}
+        self.heavy = {c: any(self.is_compute(n) for n in span) for c, span in self.spans.items()}
 
     def is_compute(self, node) -> bool:
         return bool(node.name) and node.name in self.weights
 
     def blocks(self) -> list[Block]:
         residuals = {}
-        for index in range(len(self.spans)):
-            unit = self._residual(index)
+        for cut in self.spans:
+            unit = self._residual(cut)
             if unit is not None:
-                residuals[index] = unit
+                residuals[cut] = unit
         units = list(residuals.values()) + self._layers(residuals)
         units += self._transformer_layers(residuals)
-        units.sort(key=lambda u: (u.last, -u.first))
+        order = self.flow.order
+        units.sort(key=lambda u: (order[u.exit], -order[u.entry]))
         ids = {id(unit): number for number, unit in enumerate(units)}
         return [self._block(ids[id(u)], u, tuple(ids[id(p)] for p in u.parts)) for u in units]
 
     # ------------------------------------------------------------ residual and projection
-    def _residual(self, index: int) -> _Unit | None:
-        """The residual or projection block whose exit is cut value ``index + 1``, if it is one."""
-        exit_ = self.chain[index + 1]
+    def _residual(self, exit_) -> _Unit | None:
+        """The residual or projection block ending at cut value ``exit_``, if it is one."""
         node = exit_.producer()
         if node is None or node.op_type not in ADDS or len(node.inputs) != 2:
             return None
@@ -244,74 +256,85 @@ class _Finder:
             return None
         if shape is None or self.shapes.get(a.name) != shape or self.shapes.get(b.name) != shape:
             return None
-        entry = self.chain[index]
+        entry = self.flow.idom[exit_]
         if entry in (a, b):
             skip, branch = (a, b) if entry is a else (b, a)
-            unit = _Unit("residual", index, index + 1, skip, branch, self.spans[index])
+            unit = _Unit("residual", entry, exit_, skip, branch, self.spans[exit_])
         else:
-            unit = self._projection(index, a, b)
+            unit = self._projection(entry, exit_, a, b)
         return unit if any(self.is_compute(n) for n in unit.nodes) else None
 
-    def _projection(self, index: int, a, b) -> _Unit:
+    def _projection(self, entry, exit_, a, b) -> _Unit:
         """Skip = the input whose side frees fewer MACs when the other is kept."""
-        exit_ = self.chain[index + 1]
         keep_a, keep_b = dead_after_rewire(exit_, a), dead_after_rewire(exit_, b)
         if self._macs(keep_a) >= self._macs(keep_b):
-            return _Unit("projection", index, index + 1, a, b, keep_a)
-        return _Unit("projection", index, index + 1, b, a, keep_b)
+            return _Unit("projection", entry, exit_, a, b, keep_a)
+        return _Unit("projection", entry, exit_, b, a, keep_b)
 
     # ------------------------------------------------------------ spans
+    def _light_after(self, value, steps: int | None = None) -> list:
+        """The cut values after ``value`` whose spans are light, up to a heavy span, a fork, an
+        output or ``steps`` of them."""
+        path: list = []
+        after = self.flow.after(value)
+        while after is not None and not self.heavy[after] and (steps is None or len(path) < steps):
+            path.append(after)
+            after = self.flow.after(after)
+        return path
+
     def _layers(self, residuals: dict) -> list[_Unit]:
         """Each heavy non-residual span with the light spans after it, cut at the last cut
         value of the entry's shape and dtype."""
         found = []
-        for index, heavy in enumerate(self.heavy):
-            if not heavy or index in residuals:
+        for cut, heavy in self.heavy.items():
+            if not heavy or cut in residuals:
                 continue
-            end = index + 1
-            while end < len(self.spans) and not self.heavy[end]:
-                end += 1
-            last = max(
-                (k for k in range(index + 1, end + 1) if self._alike(index, k)), default=None
-            )
-            if last is not None:
-                nodes = dead_after_rewire(self.chain[last], self.chain[index])
-                found.append(_Unit("layer", index, last, self.chain[index], None, nodes))
+            entry = self.flow.idom[cut]
+            alike = [v for v in [cut, *self._light_after(cut)] if self._alike(entry, v)]
+            if alike:
+                nodes = dead_after_rewire(alike[-1], entry)
+                found.append(_Unit("layer", entry, alike[-1], entry, None, nodes))
         return found
 
     def _transformer_layers(self, residuals: dict) -> list[_Unit]:
-        """An attention residual, then an MLP residual, light spans only between them."""
+        """An attention residual, then an MLP residual, light spans only between them; post-LN
+        (spans between), as many light spans after the MLP residual (its output norm)."""
         found = []
-        starts = sorted(residuals)
-        for i, j in pairwise(starts):
-            first, second = residuals[i], residuals[j]
-            if self._role(first.nodes) != "attention" or self._role(second.nodes) != "mlp":
+        for first in residuals.values():
+            if self._role(first.nodes) != "attention":
                 continue
-            gap = j - i - 1
-            last = j + 1 + gap  # post-LN: as many light spans after the MLP as between
-            if any(self.heavy[i + 1 : j]) or last >= len(self.chain):
+            between = self._light_after(first.exit)
+            second = residuals.get(self.flow.after(between[-1] if between else first.exit))
+            if second is None or self._role(second.nodes) != "mlp":
                 continue
-            if any(self.heavy[j + 1 : last]) or not self._alike(i, last):
+            tail = self._light_after(second.exit, len(between))
+            exit_ = tail[-1] if tail else second.exit
+            if len(tail) != len(between) or not self._alike(first.entry, exit_):
                 continue
-            nodes = dead_after_rewire(self.chain[last], self.chain[i])
+            nodes = dead_after_rewire(exit_, first.entry)
             found.append(
-                _Unit("transformer-layer", i, last, self.chain[i], None, nodes, (first, second))
+                _Unit(
+                    "transformer-layer",
+                    first.entry,
+                    exit_,
+                    first.entry,
+                    None,
+                    nodes,
+                    (first, second),
+                )
             )
         return found
 
-    def _alike(self, first: int, last: int) -> bool:
-        """Cut values ``first`` and ``last`` have one shape and one dtype (a rewire keeps types)."""
-        a, b = self.chain[first], self.chain[last]
+    def _alike(self, a, b) -> bool:
+        """Values ``a`` and ``b`` have one shape and one dtype, where both dtypes are declared (a
+        rewire keeps the types)."""
         shape = self.shapes.get(a.name)
-        return (
-            shape is not None
-            and shape == self.shapes.get(b.name)
-            and self.model.elem_type(a) == self.model.elem_type(b)
-        )
+        types = {self.model.elem_type(a), self.model.elem_type(b)} - {None}
+        return shape is not None and shape == self.shapes.get(b.name) and len(types) <= 1
 
     # ------------------------------------------------------------ the block's figures
     def _block(self, number: int, unit: _Unit, parts: tuple[int, ...]) -> Block:
-        entry, exit_ = self.chain[unit.first], self.chain[unit.last]
+        entry, exit_ = unit.entry, unit.exit
         ordered = sorted(unit.nodes, key=lambda n: self.position[id(n)])
         output = exit_.is_graph_output()
         return Block(
