@@ -161,11 +161,12 @@ class SparseEncodePass(InPlacePass):
             diagnostics.append(_nothing_pays(self.format))
         sizes = self.apply(model, plans)
         diagnostics += [_encoded_line(size) for size in sizes]
-        growth = _growth_check(model) if sizes or first else None
+        saved = total - fixed if sizes else 0
+        growth = _growth_check(model, saved) if sizes or first else None
         result = PassResult(
             model,
             modified=bool(sizes),
-            stats={"tensors_encoded": len(sizes), "bytes_saved": total - fixed if sizes else 0},
+            stats={"tensors_encoded": len(sizes), "bytes_saved": saved},
             diagnostics=diagnostics + ([growth] if growth else []),
         )
         result.artifacts["encoding"] = sizes
@@ -271,7 +272,7 @@ def _not_worth_it(format: str, count: int, saving: int, fixed: int) -> Diagnosti
     )
 
 
-def _growth_check(model) -> Diagnostic | None:
+def _growth_check(model, saved: int) -> Diagnostic | None:
     """A warning when the model as it stands would be written larger than the file it was
     loaded from (the encoding itself only ever saves bytes; other passes, value types or
     metadata can add some). Models written with external data are measured by weight bytes."""
@@ -283,8 +284,9 @@ def _growth_check(model) -> Diagnostic | None:
     return Diagnostic(
         "warning",
         "sparse.file-grows",
-        f"the encoded model takes {written} bytes, more than the {model.source_bytes} of the "
-        "input file: the weights it encodes do save bytes, but the rest of the model grew more",
+        f"the model takes {written} bytes, more than the {model.source_bytes} of its input "
+        f"file: its encoding saved {saved} bytes, the rest of the model grew more (passes "
+        "before it, declared value types, metadata)",
     )
 
 
