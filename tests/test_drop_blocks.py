@@ -67,10 +67,10 @@ def test_consecutive_blocks_rewire_to_the_first_skip():
     assert [n.op_type for n in result.model.nodes()] == ["Gemm", "Relu", "Gemm"]
 
 
-@pytest.mark.parametrize("importance", ["norm", "influence"])
+@pytest.mark.parametrize("importance", ["norm", "influence", "output"])
 def test_the_quiet_block_goes_first(importance, tmp_path):
     model = residual_stack(3, quiet=1)
-    data = calibration(model, tmp_path) if importance == "influence" else ""
+    data = calibration(model, tmp_path) if importance != "norm" else ""
     quiet = find_blocks(model)[1].exit  # the stem is a plain layer, block 0
     assert "b1.quiet" in find_blocks(model)[1].nodes
     result = DropBlocksPass(count=1, importance=importance, calibration=data, recover=False)(model)
@@ -130,6 +130,20 @@ def test_digits_vit_recovery_lowers_the_calibration_error():
     assert result.stats["blocks_dropped"] == 2
     assert result.stats["layers_refit"] > 0
     assert result.stats["calibration_error_after"] < 0.7 * result.stats["calibration_error_before"]
+
+
+def test_output_importance_keeps_some_attention_in_the_digits_vit():
+    """Influence (1 - cos averaged over tokens) ranks both attention blocks lowest; without any
+    the class token sees no patch. The output error of each removal alone sees it: the two
+    units it drops are the second transformer layer."""
+    model = Model.load(VIT)
+    Pipeline(canonical_passes())(model)
+    result = assert_pass_exact(
+        DropBlocksPass(count=2, importance="output", calibration=str(CALIB), recover=False), model
+    )
+    dropped = result.artifacts["blocks"]
+    assert [(b["kind"], b["scope"]) for b in dropped] == [("transformer-layer", "blocks.1")]
+    assert result.stats["blocks_dropped"] == 2
 
 
 def test_drop_then_channels_is_checked_against_the_original_with_both_cuts():

@@ -47,7 +47,8 @@ class DropBlocksPass(CalibratedPass, InPlacePass):
                 its two sub-blocks) or a fraction in (0, 1) of the finest units.
             importance: How blocks are ranked (lowest removed first): ``influence`` (1 − cos
                 between a block's input and output per token, averaged over ``calibration``:
-                ShortGPT's block influence), ``norm`` (no data: the gain of the branch's last
+                ShortGPT's block influence), ``output`` (the output error of removing the block
+                alone, on ``calibration``), ``norm`` (no data: the gain of the branch's last
                 weight and its normalization) or ``random`` (seeded).
             seed: Seed of ``importance=random`` and ``calibration=random``.
             calibration: Calibration samples: a .npz (arrays keyed by input name, axis 0 =

@@ -22,8 +22,10 @@ Invariants:
   drifted values), and the reference carries the refit weights (``refit_reference``).
 
 Scores (lower = dropped first): ``influence`` (ShortGPT's block influence, 1 − cos(skip, exit)
-per position, averaged over the calibration samples), ``norm`` (no data: the branch's output
-gain, see ``norm_scores``), ``random`` (seeded).
+per position, averaged over the calibration samples), ``output`` (the end-output error of
+removing the block alone, measured), ``norm`` (no data: the branch's output gain, see
+``norm_scores``), ``random`` (seeded). A coarse unit (a transformer layer) competes by its score
+per finest unit it holds.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import numpy as np
 from sparsec.analysis.activations import capture, padding_mask
 from sparsec.analysis.blocks import Block, find_blocks
 from sparsec.ir.cleanup import remove_unused
-from sparsec.pruning.recovery import recover_result
+from sparsec.pruning.recovery import output_error, recover_result
 from sparsec.pruning.recovery.views import NORMS, contraction_axes, refit_layout
-from sparsec.results import Diagnostic, PassError, PassResult, progress
+from sparsec.results import Diagnostic, PassError, PassResult, progress, stage
 
-BLOCK_IMPORTANCE = ("influence", "norm", "random")
+BLOCK_IMPORTANCE = ("influence", "output", "norm", "random")
+CALIBRATED = ("influence", "output")  # the scores measured on calibration data
 SPAN = ("layer", "transformer-layer")  # kinds whose reference is the rewire itself
 
 
@@ -68,7 +71,7 @@ def check(options: DropOptions, calibrated: bool) -> None:
             f"drop-blocks: importance must be one of {', '.join(BLOCK_IMPORTANCE)}, "
             f"got '{options.importance}'"
         )
-    if options.importance == "influence" and not calibrated:
+    if options.importance in CALIBRATED and not calibrated:
         raise PassError(
             "drop-blocks: block importance needs data (how much each block changes its input); "
             "pass --calibration DATA, or --importance norm / random"
@@ -136,7 +139,9 @@ def scores(
         return {block.id: float(rng.random()) for block in blocks}
     if options.importance == "norm":
         return norm_scores(model, blocks)
-    assert samples is not None  # check() refused influence without data
+    assert samples is not None  # check() refused influence/output without data
+    if options.importance == "output":
+        return output_scores(model, blocks, samples, options.batch_size)
     return influence_scores(model, blocks, samples, options.batch_size)
 
 
@@ -159,6 +164,21 @@ def influence_scores(
             sums[block.id] += float((distances * weights).sum())
             counts[block.id] += float(weights.sum())
     return {key: sums[key] / max(counts[key], 1) for key in sums}
+
+
+def output_scores(
+    model, blocks: Sequence[Block], samples: dict, batch_size: int = 16
+) -> dict[int, float]:
+    """The end-output error of removing each block alone (no refit):
+    ‖y_dropped − y‖² / ‖y‖² over every graph output and calibration sample
+    (``recovery.output_error``): one copy and one onnxruntime session per block. It sees what
+    influence cannot, e.g. that a ViT classifying from one token needs some attention."""
+    scores = {}
+    for block in stage(blocks, desc="block output error", unit="block"):
+        dropped = model.copy()
+        remove_blocks(dropped, [block])
+        scores[block.id] = output_error(dropped, model, samples, batch_size)
+    return scores
 
 
 def _real_tokens(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

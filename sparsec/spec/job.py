@@ -21,6 +21,7 @@ from typing import Any
 
 from sparsec.errors import UsageError
 from sparsec.spec.options import (
+    BLOCK_ONLY,
     BLOCK_SCORES,
     CHANNEL_SCORES,
     GATE_NAMES,
@@ -119,12 +120,12 @@ class JobSpec:
     def importance(self) -> str:
         """The score of this run: the one given, else activation/wanda with real calibration
         data, else l1/magnitude."""
-        if self.given("importance") and self.values["importance"] not in BLOCK_SCORES[:2]:
+        if self.given("importance") and self.values["importance"] not in BLOCK_ONLY:
             return self.values["importance"]
         return default_importance(self.values.get("calibration"), weights=self.weights)
 
     def block_importance(self) -> str:
-        """The score of --drop-blocks: influence, norm or random when given, else influence."""
+        """The score of --drop-blocks: the block score given, else influence."""
         given = self.values.get("importance")
         return given if given in BLOCK_SCORES else BLOCK_SCORES[0]
 

@@ -18,7 +18,8 @@ from sparsec.pruning import layer_ratios
 
 CHANNEL_SCORES = ("l1", "l2", "bn-scale", "random", "activation")
 WEIGHT_SCORES = ("magnitude", "wanda", "sparsegpt")
-BLOCK_SCORES = ("influence", "norm", "random")  # --drop-blocks (random: channels' too)
+BLOCK_SCORES = ("influence", "output", "norm", "random")  # --drop-blocks
+BLOCK_ONLY = BLOCK_SCORES[:3]  # the scores that rank blocks only (random ranks channels too)
 RANDOM = "random"
 
 
@@ -176,9 +177,7 @@ OUTPUT, PRUNE, SPARSITY, CHOICE, DATA, GATES, REPORTS, VALIDATION = (
 )
 
 
-IMPORTANCE = Kind(
-    "SCORE", _choice(*CHANNEL_SCORES, *WEIGHT_SCORES, *(s for s in BLOCK_SCORES if s != RANDOM))
-)
+IMPORTANCE = Kind("SCORE", _choice(*CHANNEL_SCORES, *WEIGHT_SCORES, *BLOCK_ONLY))
 
 OPTIONS: tuple[Option, ...] = (
     Option("source", PATH, OUTPUT, "The model to compress (the MODEL argument).", path=True),
@@ -231,7 +230,7 @@ OPTIONS: tuple[Option, ...] = (
         "Depth pruning: remove the N least important blocks (residual blocks, attention / MLP "
         "sub-blocks, plain layers; a whole transformer layer counts as two), or fraction F of "
         "them, e.g. '--drop-blocks 2 --calibration data.npz' (importance: --importance "
-        "influence/norm/random). Runs before --channels/--heads when combined.",
+        "influence/output/norm/random). Runs before --channels/--heads when combined.",
     ),
     Option(
         "target_macs",
@@ -321,8 +320,9 @@ OPTIONS: tuple[Option, ...] = (
         "--calibration). Weights (--nm/--sparsity): magnitude, wanda (|w|·‖x‖, needs "
         "--calibration), or sparsegpt (--nm with --calibration: each layer's mask chosen again in "
         "the refit from its inputs' Gram matrix). Blocks (--drop-blocks): influence (1 - cos "
-        "between a block's input and output on --calibration), norm (no data: the gain of the "
-        "block's last weight) or random. Default: activation / wanda / influence with real "
+        "between a block's input and output on --calibration), output (the output error of "
+        "removing it alone, on --calibration), norm (no data: the gain of the block's last "
+        "weight) or random. Default: activation / wanda / influence with real "
         "--calibration data, else l1 / magnitude (blocks: refused without data).",
     ),
     Option(

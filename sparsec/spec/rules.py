@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sparsec.errors import UsageError
 from sparsec.spec.options import (
-    BLOCK_SCORES,
+    BLOCK_ONLY,
     CHANNEL_SCORES,
     OPTION_BY_NAME,
     RANDOM,
@@ -92,15 +92,15 @@ def block_options(spec) -> None:
     """influence / norm rank blocks: they need --drop-blocks, which prunes on its own or before
     --channels/--heads/--ffn (not with a target, a plan or --passes)."""
     importance = spec.values.get("importance")
-    if importance in BLOCK_SCORES[:2] and not spec.given("drop_blocks"):
+    if importance in BLOCK_ONLY and not spec.given("drop_blocks"):
         raise UsageError(f"--importance {importance} ranks blocks: it needs --drop-blocks")
     if not spec.given("drop_blocks"):
         return
     if not spec.channel_cut:
         if importance in CHANNEL_SCORES and importance != RANDOM:
             raise UsageError(
-                f"--importance {importance} ranks channels; --drop-blocks uses influence, norm "
-                "or random"
+                f"--importance {importance} ranks channels; --drop-blocks uses influence, output, "
+                "norm or random"
             )
         ignored = flags(spec, ("exclude", "importance_scope"))
         if ignored:
