@@ -224,6 +224,28 @@ def test_an_add_without_a_compute_weight_in_its_branch_is_no_block():
     assert find_blocks(g.model()) == []
 
 
+def test_a_residual_nested_in_a_layer_is_listed_with_the_layer():
+    """MobileViT's shape: x → conv → (h + f(h)) → Concat(x, ·) → conv back to x's channels. The
+    inner residual's exit is no cut value (x bypasses it) yet it is a block; the whole is a layer."""
+    g = GraphBuilder((1, 8, 6, 6), seed=2)
+    x = g.current
+    h = g.conv(8, name="local").current
+    g.conv(8, name="inner.conv1").relu(name="inner.relu").conv(8, name="inner.conv2")
+    y = g.add(h, name="inner.add").current
+    g.op("Concat", x, axis=1, shape=[1, 16, 6, 6], name="cat")
+    g.conv(8, name="fusion").relu(name="fusion.relu").conv(4, name="head")
+    model = g.model()
+    inner, outer = find_blocks(model)
+    assert (inner.kind, inner.entry, inner.skip, inner.exit) == ("residual", h, h, y)
+    assert set(inner.nodes) == {"inner.conv1", "inner.relu", "inner.conv2", "inner.add"}
+    assert (outer.kind, outer.role, outer.entry) == ("layer", "conv", x)
+    assert model.values_by_name()[outer.exit].producer().name == "fusion.relu"
+    assert set(inner.nodes) < set(outer.nodes)
+    for block in (inner, outer):
+        assert (block.params, block.macs) == independent_cost(model, block)
+        assert_removal_exact(model, block)
+
+
 def test_blocks_are_cached_until_the_model_changes():
     model = Model.load(BLOCKS / "resnet_like.onnx")
     first = find_blocks(model)
@@ -308,6 +330,17 @@ def test_minilm_lists_12_sub_blocks_and_6_layers():
         ("resnet18_legacy.onnx", {"residual/conv": 5, "projection/conv": 3}),
         ("convnext_atto_dynamo.onnx", {"residual/conv": 12}),
         ("mobilenetv3_small_100_legacy.onnx", {"residual/conv": 6, "layer/conv": 6}),
+        (
+            "mobilevit_xxs_legacy.onnx",  # 9 transformer layers nested in 3 MobileViT blocks
+            {
+                "residual/conv": 3,
+                "layer/conv": 1,
+                "layer/attention": 3,
+                "residual/attention": 9,
+                "residual/mlp": 9,
+                "transformer-layer": 9,
+            },
+        ),
         ("efficientnet_b0_dynamo.onnx", {"residual/conv": 9, "layer/conv": 10}),
         (
             "vit_tiny_patch16_224_dynamo.onnx",

@@ -22,9 +22,10 @@ The units (``Block``); *removing* one = every use of ``exit`` reads ``skip``, ``
 - ``projection``: the same with ``x`` neither input (a shortcut computed from ``x``, ResNet's
   downsample): skip = the input whose removal frees fewer MACs, branch = the other.
   A residual or projection block's branch holds a compute weight (``x + 0.04·x³`` is no block).
-- ``layer``: a heavy elementary span that is not a residual block, with the non-heavy spans
-  after it up to the next heavy one, cut at the last cut value of the entry's shape (and dtype,
-  where both are declared): VGG's Conv+BN+ReLU; a Conv+ReLU before a MaxPool.
+- ``layer``: from a heavy elementary span that is not a residual block, on across heavy
+  non-residual spans to the first cut value of the entry's shape (and dtype, where both are
+  declared), then on across light spans while they keep it: VGG's Conv+BN+ReLU; a Conv+ReLU
+  before a MaxPool; SqueezeNet's Fire module; MobileViT's block (Concat with its input, Conv).
 - ``transformer-layer``: an attention residual and the MLP residual after it with only
   non-heavy spans between them: pre-LN, the span from the first's entry to the second's exit;
   post-LN (a norm between them), that span extended by as many elementary spans after the second
@@ -233,10 +234,11 @@ class _Finder:
 
     def blocks(self) -> list[Block]:
         residuals = {}
-        for cut in self.spans:
-            unit = self._residual(cut)
+        for node in self.model.nodes():
+            exit_ = node.outputs[0] if node.op_type in ADDS and node.outputs else None
+            unit = self._residual(exit_) if exit_ in self.flow.order else None
             if unit is not None:
-                residuals[cut] = unit
+                residuals[exit_] = unit
         units = list(residuals.values()) + self._layers(residuals)
         units += self._transformer_layers(residuals)
         order = self.flow.order
@@ -246,7 +248,8 @@ class _Finder:
 
     # ------------------------------------------------------------ residual and projection
     def _residual(self, exit_) -> _Unit | None:
-        """The residual or projection block ending at cut value ``exit_``, if it is one."""
+        """The residual or projection block ending at ``exit_``, if it is one (a value off the
+        cut tree, inside another unit, can only end an identity residual)."""
         node = exit_.producer()
         if node is None or node.op_type not in ADDS or len(node.inputs) != 2:
             return None
@@ -259,9 +262,12 @@ class _Finder:
         entry = self.flow.idom[exit_]
         if entry in (a, b):
             skip, branch = (a, b) if entry is a else (b, a)
-            unit = _Unit("residual", entry, exit_, skip, branch, self.spans[exit_])
-        else:
+            nodes = self.spans.get(exit_) or dead_after_rewire(exit_, entry)
+            unit = _Unit("residual", entry, exit_, skip, branch, nodes)
+        elif exit_ in self.spans:
             unit = self._projection(entry, exit_, a, b)
+        else:
+            return None
         return unit if any(self.is_compute(n) for n in unit.nodes) else None
 
     def _projection(self, entry, exit_, a, b) -> _Unit:
@@ -283,28 +289,38 @@ class _Finder:
         return path
 
     def _layers(self, residuals: dict) -> list[_Unit]:
-        """Each heavy non-residual span with the light spans after it, cut at the last cut
-        value of the entry's shape and dtype."""
+        """From each heavy non-residual span: up to the first cut value of the entry's shape and
+        dtype across heavy non-residual spans, then on across light spans while they keep it."""
         found = []
         for cut, heavy in self.heavy.items():
             if not heavy or cut in residuals:
                 continue
-            entry = self.flow.idom[cut]
-            alike = [v for v in [cut, *self._light_after(cut)] if self._alike(entry, v)]
-            if alike:
-                nodes = dead_after_rewire(alike[-1], entry)
-                found.append(_Unit("layer", entry, alike[-1], entry, None, nodes))
+            entry, exit_ = self.flow.idom[cut], cut
+            while not self._alike(entry, exit_):
+                exit_ = self.flow.after(exit_)
+                if exit_ is None or not self.heavy[exit_] or exit_ in residuals:
+                    break
+            if exit_ is None or not self._alike(entry, exit_):
+                continue
+            for light in self._light_after(exit_):
+                if not self._alike(entry, light):
+                    break
+                exit_ = light
+            found.append(_Unit("layer", entry, exit_, entry, None, dead_after_rewire(exit_, entry)))
         return found
 
     def _transformer_layers(self, residuals: dict) -> list[_Unit]:
         """An attention residual, then an MLP residual, light spans only between them; post-LN
         (spans between), as many light spans after the MLP residual (its output norm)."""
         found = []
+        reading = {u.entry: u for u in residuals.values() if u.skip is u.entry}
         for first in residuals.values():
             if self._role(first.nodes) != "attention":
                 continue
             between = self._light_after(first.exit)
             second = residuals.get(self.flow.after(between[-1] if between else first.exit))
+            if second is None and not between:  # off the cut tree: pre-LN, nested in a unit
+                second = reading.get(first.exit)
             if second is None or self._role(second.nodes) != "mlp":
                 continue
             tail = self._light_after(second.exit, len(between))
