@@ -205,10 +205,34 @@ def _nested_compute(model) -> list[str]:
     ]
 
 
+# Ops that only move data: they count the bytes of every output they write.
+MOVEMENT_OPS = (
+    "Transpose",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "ScatterElements",
+    "ScatterND",
+    "Pad",
+    "Tile",
+    "Expand",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Dropout",
+)
+
+
 # Other operations per output element, by op type (data; see the module docstring).
 ELEMENT_FACTORS: dict[str, int] = {
-    **{op: 1 for op in ELEMENTWISE if op not in ("Identity", "Dropout", "Cast")},
-    "Cast": 1,
+    **{op: 1 for op in ELEMENTWISE if op not in MOVEMENT_OPS},  # Identity, Dropout: copies
     "BatchNormalization": 2,  # inference: x · scale' + shift' (statistics folded in)
     # mean (add), centre (sub), variance (mul, add), normalize (mul), affine (mul, add)
     "LayerNormalization": 7,
@@ -243,29 +267,6 @@ PER_INPUT = (
     "CumSum",
 )
 RESIZE_TAPS = {"nearest": 1, "linear": 2, "cubic": 4}  # per resized axis
-# Ops that only move data: they count the bytes of every output they write.
-MOVEMENT_OPS = (
-    "Transpose",
-    "Concat",
-    "Split",
-    "Slice",
-    "Gather",
-    "GatherElements",
-    "GatherND",
-    "ScatterElements",
-    "ScatterND",
-    "Pad",
-    "Tile",
-    "Expand",
-    "DepthToSpace",
-    "SpaceToDepth",
-    "Reshape",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Identity",
-    "Dropout",
-)
 
 
 def _elements(s: _Shapes, value) -> int | None:
