@@ -4,6 +4,8 @@ reported by ``analyze`` (JSON and text) without changing params or MACs."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from conftest import make_model
 from onnx import TensorProto, helper, numpy_helper
@@ -11,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsec.analysis.cost import analyze_cost
 from sparsec.inspection import analyze
 from sparsec.ir import Model
-from sparsec.report import analyze_text
+from sparsec.report import _other_work_rows, analyze_text
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -125,3 +127,13 @@ def test_analyze_reports_other_ops_in_json_and_text():
     assert "other ops 4.99 K" in text and "bytes moved 4.1 K" in text
     lrn_row = next(line for line in text.splitlines() if line.startswith("LRN"))
     assert lrn_row.split()[-2:] == ["384", "0"]  # its other ops, no bytes moved
+
+
+def test_compress_report_rows_when_the_figures_carry_other_work():
+    before = SimpleNamespace(other_ops=4992, bytes_moved=4096)
+    after = SimpleNamespace(other_ops=2496, bytes_moved=4096)
+    assert _other_work_rows(before, after) == [
+        ["other ops", "4.99 K", "2.5 K", "0.500"],
+        ["bytes moved", "4.1 K", "4.1 K", "1.000"],
+    ]
+    assert _other_work_rows(SimpleNamespace(), SimpleNamespace()) == []  # figures without them
