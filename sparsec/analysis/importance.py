@@ -165,15 +165,20 @@ def calibration_dead(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
     shapes, dead = value_shapes(ctx.model), np.ones(group.units, dtype=bool)
     for name, _ in readers:
         for use in sites[name].activations:
-            rank = len(shapes.get(use[0], ())) if use is not None else 0
-            member = (use[0], use[1] % rank) if use is not None and rank else None
+            member = _read_member(use, shapes)
             found = dead_values.get(member[0]) if member in group.atoms else None
-            if found is None or found[0] % rank != member[1]:
+            if member is None or found is None or found[0] != member[1]:
                 return nothing
             alive = np.ones(group.sizes[member])
             alive[np.asarray(found[1], dtype=np.int64)] = 0
             dead &= np.bincount(group.atoms[member], weights=alive, minlength=group.units) == 0
     return dead
+
+
+def _read_member(use: tuple[str, int] | None, shapes: dict) -> tuple[str, int] | None:
+    """The (activation, non-negative axis) a weight's use reads, None when unknown."""
+    rank = len(shapes.get(use[0], ())) if use is not None else 0
+    return (use[0], use[1] % rank) if use is not None and rank else None
 
 
 CHUNK_ELEMENTS = 8 * 1024 * 1024  # bounded temporaries on large weights
