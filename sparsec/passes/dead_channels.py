@@ -50,8 +50,8 @@ class DeadChannelsPass(CalibratedPass, InPlacePass):
             seed,
         )
 
-    @property  # type: ignore[misc]
-    def lossy(self) -> bool:  # with calibration it changes outputs on purpose: once per pipeline
+    @property
+    def lossy(self) -> bool:  # type: ignore[override]  # with calibration: lossy, runs once
         return bool(self.calibration)
 
     def call(self, model) -> PassResult:

@@ -158,36 +158,36 @@ def _grouped_conv_weight(model, name: str) -> bool:
 def _zero_units(model, group: ChannelGroup, members: list) -> np.ndarray:
     """Per unit: whether its slices in every one of ``members`` are all zero (a weight that is
     not a float constant, e.g. a quantized one, counts as non-zero)."""
-    nonzero = np.zeros(group.units)
-    for name, axis in members:
-        array = model.constant(model.value(name))
-        if array is None or array.dtype.kind != "f":
+    total = np.zeros(group.units)
+    for member in members:
+        count = _nonzero_positions(model, group, member)
+        if count is None:
             return np.zeros(group.units, dtype=bool)
-        other = tuple(a for a in range(array.ndim) if a != axis)
-        per_position = (array != 0).any(axis=other) if other else array != 0
-        nonzero += np.bincount(
-            group.atoms[(name, axis)], weights=per_position, minlength=group.units
-        )
-    return nonzero == 0
+        total += count
+    return total == 0
 
 
 def _unshifted_units(model, group: ChannelGroup) -> np.ndarray:
     """Per unit: whether every constant member that is no compute weight is zero at the unit or
     only scales it (``SCALING_INPUTS``), so that a zero channel stays zero."""
     compute = set(group.compute)
-    shifted = np.zeros(group.units)
-    for name, axis in group.constants:
-        if (name, axis) in compute or _only_scales(model, name):
-            continue
-        array = model.constant(model.value(name))
-        if array is None:
-            return np.zeros(group.units, dtype=bool)
-        other = tuple(a for a in range(array.ndim) if a != axis)
-        per_position = (array != 0).any(axis=other) if other else array != 0
-        shifted += np.bincount(
-            group.atoms[(name, axis)], weights=per_position, minlength=group.units
-        )
-    return shifted == 0
+    return _zero_units(
+        model,
+        group,
+        [m for m in group.constants if m not in compute and not _only_scales(model, m[0])],
+    )
+
+
+def _nonzero_positions(model, group: ChannelGroup, member) -> np.ndarray | None:
+    """Per unit: how many of its positions in ``member`` hold a non-zero slice (None when the
+    member is no float constant)."""
+    name, axis = member
+    array = model.constant(model.value(name))
+    if array is None or array.dtype.kind != "f":
+        return None
+    other = tuple(a for a in range(array.ndim) if a != axis)
+    per_position = (array != 0).any(axis=other) if other else array != 0
+    return np.bincount(group.atoms[member], weights=per_position, minlength=group.units)
 
 
 def _only_scales(model, name: str) -> bool:
