@@ -306,11 +306,11 @@ def block_list_text(blocks: list[dict]) -> str:
         ]
         score = b.get("score")
         rows.append(row + ([f"{score:.4g}" if score is not None else "-"] if scored else []))
-    kinds = {kind: sum(1 for b in blocks if b["kind"] == kind) for kind in _BLOCK_KINDS}
-    counts = ", ".join(f"{kind} {n}" for kind, n in kinds.items() if n)
     removable = sum(1 for b in blocks if b["removable"])
     head = f"blocks: {len(blocks)}" + (
-        f" ({counts}; {removable} removable)" if blocks else " (no removable unit found)"
+        f" ({_block_counts(blocks)}; {removable} removable)"
+        if blocks
+        else " (no removable unit found)"
     )
     header = ["id", "kind", "role", "scope", "params", "MACs", "% MACs", "status", "parts"]
     header += ["score"] if scored else []
@@ -318,6 +318,18 @@ def block_list_text(blocks: list[dict]) -> str:
 
 
 _BLOCK_KINDS = ("residual", "projection", "layer", "transformer-layer")
+
+
+def _block_counts(blocks: list[dict]) -> str:
+    """``residual 12 (attention 6, mlp 6), transformer-layer 6``: per kind, per role when mixed."""
+    parts = []
+    for kind in _BLOCK_KINDS:
+        roles = [b["role"] or "-" for b in blocks if b["kind"] == kind]
+        if roles:
+            split = sorted(set(roles))
+            detail = " (" + ", ".join(f"{r} {roles.count(r)}" for r in split) + ")"
+            parts.append(f"{kind} {len(roles)}" + (detail if len(split) > 1 else ""))
+    return ", ".join(parts)
 
 
 def groups_text(groups: list[dict]) -> str:

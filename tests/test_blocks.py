@@ -18,6 +18,7 @@ from sparsec import inspection
 from sparsec.analysis.blocks import Block, find_blocks
 from sparsec.ir import Model
 from sparsec.ir.cleanup import remove_unused
+from sparsec.report import block_list_text
 from sparsec.testing import GraphBuilder, assert_equivalent, random_feeds, run
 
 BLOCKS = MODELS / "blocks"  # models/make_block_models.py
@@ -280,7 +281,7 @@ def test_analyze_blocks_cli_text_and_json(cli):
     path = BLOCKS / "resnet_like.onnx"
     code, out, _ = cli("analyze", path, "--blocks")
     assert code == 0
-    assert "blocks: 3 (residual 2, projection 1; 3 removable)" in out
+    assert "blocks: 3 (residual 2, projection 1; 3 removable)" in out  # one role each
     assert "projection  conv  layer2" in out
     code, out, _ = cli("analyze", path, "--blocks", "--json")
     rows = json.loads(out)["blocks"]
@@ -319,6 +320,9 @@ def test_resnet50_zoo_graph_lists_its_16_bottlenecks():
 
 def test_minilm_lists_12_sub_blocks_and_6_layers():
     rows = inspection.blocks(Model.load(_cached("minilm", "minilm_legacy.onnx")))
+    assert block_list_text(rows).startswith(
+        "blocks: 18 (residual 12 (attention 6, mlp 6), transformer-layer 6; 18 removable)"
+    )
     assert _kinds(rows) == {"residual/attention": 6, "residual/mlp": 6, "transformer-layer": 6}
     layers = [r for r in rows if r["kind"] == "transformer-layer"]
     assert [r["scope"] for r in layers] == [f"bert.encoder.layer.{i}" for i in range(6)]
