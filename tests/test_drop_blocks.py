@@ -202,3 +202,14 @@ def test_analyze_blocks_scores_are_what_drop_blocks_ranks_by(cli):
     finest = [r for r in rows if not r["parts"]]
     lowest = min(finest, key=lambda r: r["score"])
     assert lowest["scope"] == "blocks.0.attn"  # what --drop-blocks 1 removes (test_cli_end_to_end)
+
+
+def test_cli_drop_blocks_with_heads_one_gated_run(cli, tmp_path):
+    out, report = tmp_path / "vit.onnx", tmp_path / "report.json"
+    args = ["--drop-blocks", "1", "--heads", "0.5", "--calibration", CALIB, "--report", report]
+    code, text, err = cli("compress", VIT, *args, "-o", out)
+    assert code == 0, err
+    assert "drop-blocks(" in text and "channel-prune(" in text and "passed" in text
+    data = json.loads(report.read_text())
+    assert data["oracle"]["passed"] and len(data["blocks_dropped"]) == 1
+    assert data["stats"]["channel-prune.channels_removed"] > 0
