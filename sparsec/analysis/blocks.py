@@ -18,7 +18,8 @@ The units (``Block``); *removing* one = every use of ``exit`` reads ``skip``, ``
 - ``residual``: a cut value ``y = Add(a, b)`` (or a Sum of two) of two data inputs of ``y``'s
   shape, where ``x = idom(y)`` is ``a`` or ``b`` (the identity shortcut): skip = entry = x, the
   branch the other input. The skip path bypasses the branch, so no cut value lies inside: a
-  residual block is exactly an elementary span.
+  residual block is exactly an elementary span. An identity residual off the cut tree (nested
+  in another unit: MobileViT's transformer layers inside its Concat-merged block) is one too.
 - ``projection``: the same with ``x`` neither input (a shortcut computed from ``x``, ResNet's
   downsample): skip = the input whose removal frees fewer MACs, branch = the other.
   A residual or projection block's branch holds a compute weight (``x + 0.04·x³`` is no block).
@@ -30,10 +31,12 @@ The units (``Block``); *removing* one = every use of ``exit`` reads ``skip``, ``
   non-heavy spans between them: pre-LN, the span from the first's entry to the second's exit;
   post-LN (a norm between them), that span extended by as many elementary spans after the second
   (the output norm: one layer's output norm to the next). ``parts`` are the two residuals.
+  Off the cut tree, only the pre-LN form (the MLP residual reads the attention's exit).
 
-A residual nested inside another residual's branch is not a cut value and is not listed: the
-units are the outermost ones along the data path. A block whose ``exit`` is a graph output is
-listed with ``removable=False`` and the reason (its ``nodes`` are what it would free).
+Units may nest (a transformer layer holds its parts, a layer may hold residuals): a choice of
+several must take disjoint ``nodes``. A block whose ``exit`` is a graph output is listed with
+``removable=False`` and the reason (its ``nodes`` are what it would free). Nodes are known by
+name (``lookup.layers``, ``Block.nodes``): in a graph whose nodes have no names, no unit is found.
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ from sparsec.analysis.shapes import Shape, value_shapes
 SHAPE_OPS = frozenset({"Shape", "Size"})  # their outputs carry dims, not data
 ADDS = frozenset({"Add", "Sum"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"})
-SPANS = ("layer", "transformer-layer")
 SEPARATORS = "/_.:-"
 
 
