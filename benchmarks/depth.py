@@ -6,9 +6,10 @@ Usage::
     python benchmarks/depth.py [--quick] [--calibration-samples 256]
 
 Per model: the original, then ``--drop-blocks`` 1, 2 and 0.25 (of the finest units), each ranked
-by block influence on calibration data (ShortGPT's 1 − cos(input, output) of each block), with
-the refit of the layers after the dropped blocks (recovery, the default) and without
-(``--no-recover``). Columns: params and MACs after / before (sparsec's counts), quality, the
+by block influence on calibration data (ShortGPT's 1 − cos(input, output) of each block) and by
+``--importance output`` (the output error of removing each block alone; on MiniLM for 2 only,
+each run there takes minutes), with the refit of the layers after the dropped blocks (recovery,
+the default) and without (``--no-recover``). Columns: params and MACs after / before (sparsec's counts), quality, the
 blocks dropped, seconds of the compress call (load, passes, oracle gate, save).
 
 - digits CNN / ViT (``models/``): top-1 on the 360 held-out samples of ``digits_test.npz``,
@@ -37,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DIGITS_CALIBRATION = MODELS / "digits_calib.npz"
 COUNTS = (1, 2, 0.25)
+DIGITS_SETTINGS = [(count, score) for count in COUNTS for score in ("influence", "output")]
+MINILM_SETTINGS = [*((count, "influence") for count in COUNTS), (2, "output")]
 
 
 def top1(path: Path) -> float:
@@ -45,13 +48,16 @@ def top1(path: Path) -> float:
     return float((session.run(None, {"input": data["input"]})[0].argmax(1) == data["label"]).mean())
 
 
-def compress(source: Path, target: Path, count: float, calibration: Path, recover: bool):
+def compress(source: Path, target: Path, setting: tuple, calibration: Path, recover: bool):
     """(CompressResult or the one-line error, seconds)."""
     from sparsec import api
 
     start = time.perf_counter()
+    count, importance = setting
     try:
-        passes = api.block_passes(count, calibration=calibration, recover=recover)
+        passes = api.block_passes(
+            count, importance=importance, calibration=calibration, recover=recover
+        )
         result = api.compress(source, target, pipeline=passes, latency_runs=0, force=True)
     except Exception as error:  # every failure becomes its row's one line
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -64,16 +70,17 @@ def rows_for(
     source: Path,
     calibration: Path,
     quality: Callable[[Path], float],
+    settings: list[tuple[float, str]],
     folder: Path,
     started: float,
 ) -> list[str]:
     rows = [f"| {name} | original | 1.000 | 1.000 | {quality(source):.4f} | | |"]
-    for count in COUNTS:
+    for setting in settings:
         for recover in (True, False):
-            label = f"drop {count}, {'refit' if recover else 'no refit'}"
+            label = f"drop {setting[0]}, {setting[1]}, {'refit' if recover else 'no refit'}"
             print(f"  [{time.perf_counter() - started:6.1f}s] {name} {label}", file=sys.stderr)
             target = folder / f"{name}.onnx"
-            result, seconds = compress(source, target, count, calibration, recover)
+            result, seconds = compress(source, target, setting, calibration, recover)
             if isinstance(result, str):
                 rows.append(f"| {name} | {label} | | | {result} | | {seconds:.1f} |")
                 continue
@@ -101,7 +108,8 @@ def minilm_rows(folder: Path, samples: int, started: float) -> list[str]:
     def cosine(path: Path) -> float:
         return float(minilm_sentences.cosines(path, feeds, reference).mean())
 
-    return rows_for("minilm", minilm_sentences.MODEL, calibration, cosine, folder, started)
+    model = minilm_sentences.MODEL
+    return rows_for("minilm", model, calibration, cosine, MINILM_SETTINGS, folder, started)
 
 
 def main() -> int:
@@ -119,7 +127,9 @@ def main() -> int:
         folder = Path(name)
         for model in ("digits_cnn", "digits_vit"):
             source = MODELS / f"{model}.onnx"
-            rows = rows_for(model, source, DIGITS_CALIBRATION, top1, folder, started)
+            rows = rows_for(
+                model, source, DIGITS_CALIBRATION, top1, DIGITS_SETTINGS, folder, started
+            )
             print("\n".join(rows), flush=True)
         if not args.quick:
             print("\n".join(minilm_rows(folder, args.calibration_samples, started)))
