@@ -316,6 +316,7 @@ CASES = [
     Broken(RULES[8], {**BASE, "drop_blocks": 2, "importance": "l1"}, ("--importance",)),
     Broken(RULES[8], {**BASE, "drop_blocks": 2, "target_macs": 0.5}, ("--target-macs",)),
     Broken(RULES[8], {**BASE, "drop_blocks": 2, "exclude": ["a*"]}, ("--exclude",)),
+    Broken(RULES[8], {**BASE, "drop_blocks": 2, "plan_out": "p.json"}, ("--plan-out",)),
 ]
 
 

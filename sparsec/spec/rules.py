@@ -34,7 +34,8 @@ def required_paths(spec) -> None:
 
 def importance_fits(spec) -> None:
     """Channel rankings go with --channels, weight scores with --nm/--sparsity; calibration
-    data goes with a pruning flag."""
+    data goes with a pruning flag, or alone (the default cleanup then also removes channels
+    that are zero on every calibration sample), not with --passes."""
     importance = spec.values.get("importance")
     if importance in WEIGHT_SCORES and not spec.weights:
         raise UsageError(f"--importance {importance} scores weights for --nm/--sparsity")
@@ -42,10 +43,11 @@ def importance_fits(spec) -> None:
         raise UsageError(
             f"--importance {importance} ranks channels; weights use magnitude, wanda or sparsegpt"
         )
-    if spec.given("calibration") and not spec.lossy:
+    if spec.given("calibration") and not spec.lossy and spec.given("passes"):
         raise UsageError(
             "--calibration goes with a pruning flag (--channels, --heads, --ffn, --drop-blocks, "
-            "--plan-in, --nm, --sparsity)"
+            "--plan-in, --nm, --sparsity) or alone (channels zero on every sample are removed); "
+            "a --passes pipeline takes calibration as a pass option"
         )
 
 
@@ -89,8 +91,8 @@ def no_ignored_selection(spec) -> None:
 
 
 def block_options(spec) -> None:
-    """influence / norm rank blocks: they need --drop-blocks, which prunes on its own or before
-    --channels/--heads/--ffn (not with a target, a plan or --passes)."""
+    """influence / output / norm rank blocks: they need --drop-blocks, which prunes on its own or
+    before --channels/--heads/--ffn (not with a target, a plan, --plan-out or --passes)."""
     importance = spec.values.get("importance")
     if importance in BLOCK_ONLY and not spec.given("drop_blocks"):
         raise UsageError(f"--importance {importance} ranks blocks: it needs --drop-blocks")
@@ -110,6 +112,11 @@ def block_options(spec) -> None:
         raise UsageError(
             f"--drop-blocks cannot be combined with {others[0]} (yet): combine it with "
             "--channels, --heads or --ffn, or run sparsec twice"
+        )
+    if spec.given("plan_out"):
+        raise UsageError(
+            "--plan-out records a channel cut; it cannot record dropped blocks: drop "
+            "--drop-blocks, or --plan-out"
         )
 
 
