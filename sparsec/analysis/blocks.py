@@ -41,11 +41,12 @@ name (``lookup.layers``, ``Block.nodes``): in a graph whose nodes have no names,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sparsec.analysis.cost import analyze_cost
+from sparsec.analysis.cost import _float_constants, analyze_cost
 from sparsec.analysis.heads import ATTENTION_OPS
 from sparsec.analysis.lookup import layers as compute_layers
 from sparsec.analysis.lookup import module_of, scope_of
@@ -227,6 +228,9 @@ class _Finder:
         costs = analyze_cost(model, input_shapes).nodes
         self.cost = {id(node): cost for node, cost in zip(model.nodes(), costs, strict=True)}
         self.position = {id(node): index for index, node in enumerate(model.nodes())}
+        self.parameters = {
+            id(v): math.prod(model.constant_shape(v) or ()) for v in _float_constants(model)
+        }
         idom = self.flow.idom
         self.spans = {c: dead_after_rewire(c, idom[c]) for c in self.flow.cuts[1:]}
         self.heavy = {c: any(self.is_compute(n) for n in span) for c, span in self.spans.items()}
@@ -364,13 +368,24 @@ class _Finder:
             skip=unit.skip.name,
             branch=unit.branch.name if unit.branch is not None else None,
             nodes=tuple(n.name for n in ordered),
-            params=sum(self.cost[id(n)].params for n in unit.nodes),
+            params=self._params(unit.nodes),
             macs=self._macs(unit.nodes),
             parts=parts,
             scope=self._scope(ordered),
             removable=not output,
             reason=f"its exit {exit_.name} is a graph output" if output else None,
         )
+
+    def _params(self, nodes) -> int:
+        """The parameters removing ``nodes`` frees: the constants that only they read (a weight
+        shared with a node outside stays)."""
+        inside, seen, total = {id(n) for n in nodes}, set(), 0
+        for value in (v for n in nodes for v in n.inputs if v is not None):
+            if id(value) in self.parameters and id(value) not in seen:
+                seen.add(id(value))
+                if all(id(use.node) in inside for use in value.uses()):
+                    total += self.parameters[id(value)]
+        return total
 
     def _macs(self, nodes) -> int:
         return sum(self.cost[id(n)].macs or 0 for n in nodes)
