@@ -70,8 +70,8 @@ class Block:
     skip: str
     branch: str | None
     nodes: tuple[str, ...]
-    params: int
-    macs: int
+    params: int  # the parameters removing it frees (constants only its nodes read)
+    macs: int  # its nodes' MACs (analysis.cost)
     parts: tuple[int, ...]
     scope: str
     removable: bool = True
