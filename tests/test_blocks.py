@@ -326,6 +326,20 @@ def test_analyze_blocks_cli_text_and_json(cli):
     assert rows[1]["macs_share"] == pytest.approx(rows[1]["macs"] / total)
 
 
+def test_block_list_text_prints_why_not_and_a_score_when_rows_carry_one():
+    g = GraphBuilder((1, 8, 6, 6), seed=3)
+    skip = g.current
+    g.conv(8, name="b0.conv1").relu().conv(8, name="b0.conv2").add(skip, name="b0.add")
+    rows = inspection.blocks(g.model())
+    text = block_list_text(rows)
+    assert text.splitlines()[0] == "blocks: 1 (residual 1; 0 removable)"
+    assert f"kept: its exit {rows[0]['exit']} is a graph output" in text
+    assert "score" not in text
+    scored = block_list_text([dict(rows[0], score=0.01234567)])
+    assert scored.splitlines()[1].split()[-1] == "score"
+    assert scored.splitlines()[2].split()[-1] == "0.01235"
+
+
 # ---------------------------------------------------------------- .cache models (skip when absent)
 def _cached(*parts: str) -> Path:
     path = CACHE.joinpath(*parts)
