@@ -217,6 +217,18 @@ def test_a_residual_whose_exit_is_a_graph_output_is_listed_not_removable():
     assert (row["removable"], row["reason"]) == (False, first.reason)
 
 
+def test_a_block_with_unnamed_nodes_is_found_and_kept():
+    g = GraphBuilder((1, 8, 6, 6), seed=3)
+    skip = g.current
+    g.conv(8).relu().conv(8).add(skip).relu()
+    proto = g.build()
+    for node in proto.graph.node:
+        node.name = ""
+    (block,) = find_blocks(Model.from_proto(proto))
+    assert (block.kind, block.removable, block.nodes) == ("residual", False, ("",) * 4)
+    assert block.reason == "some of its nodes have no name (Block.nodes names what removal frees)"
+
+
 def test_an_add_without_a_compute_weight_in_its_branch_is_no_block():
     """x + 0.044715·x³ (tanh-GELU's inner sum) and x + bias are elementwise, not blocks."""
     g = GraphBuilder((1, 3, 6, 6), seed=1)

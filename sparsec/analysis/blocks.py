@@ -35,8 +35,8 @@ The units (``Block``); *removing* one = every use of ``exit`` reads ``skip``, ``
 
 Units may nest (a transformer layer holds its parts, a layer may hold residuals): a choice of
 several must take disjoint ``nodes``. A block whose ``exit`` is a graph output is listed with
-``removable=False`` and the reason (its ``nodes`` are what it would free). Nodes are known by
-name (``lookup.layers``, ``Block.nodes``): in a graph whose nodes have no names, no unit is found.
+``removable=False`` and the reason (its ``nodes`` are what it would free); so is one holding a
+node without a name (``Block.nodes`` names the nodes removal frees).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ class _Finder:
         self.model = model
         self.flow = _Flow(model)
         self.shapes = value_shapes(model, input_shapes)
-        self.weights = {layer.node: layer.weight for layer in compute_layers(model, input_shapes)}
+        self.weights = _compute_nodes(model, input_shapes)
         costs = analyze_cost(model, input_shapes).nodes
         self.cost = {id(node): cost for node, cost in zip(model.nodes(), costs, strict=True)}
         self.position = {id(node): index for index, node in enumerate(model.nodes())}
@@ -236,7 +236,7 @@ class _Finder:
         self.heavy = {c: any(self.is_compute(n) for n in span) for c, span in self.spans.items()}
 
     def is_compute(self, node) -> bool:
-        return bool(node.name) and node.name in self.weights
+        return id(node) in self.weights
 
     def blocks(self) -> list[Block]:
         residuals = {}
@@ -358,7 +358,7 @@ class _Finder:
     def _block(self, number: int, unit: _Unit, parts: tuple[int, ...]) -> Block:
         entry, exit_ = unit.entry, unit.exit
         ordered = sorted(unit.nodes, key=lambda n: self.position[id(n)])
-        output = exit_.is_graph_output()
+        reason = _kept_because(exit_, ordered)
         return Block(
             id=number,
             kind=unit.kind,
@@ -372,8 +372,8 @@ class _Finder:
             macs=self._macs(unit.nodes),
             parts=parts,
             scope=self._scope(ordered),
-            removable=not output,
-            reason=f"its exit {exit_.name} is a graph output" if output else None,
+            removable=reason is None,
+            reason=reason,
         )
 
     def _params(self, nodes) -> int:
@@ -410,7 +410,7 @@ class _Finder:
             common = _common_prefix([s.strip("/").split("/") for s in scopes])
             if common:
                 return module_of("/".join(common))
-        for names in ([n.name for n in compute], [self.weights.get(n.name, "") for n in compute]):
+        for names in ([n.name for n in compute], [self.weights.get(id(n), "") for n in compute]):
             prefix = _named_prefix(names)
             if prefix:
                 return prefix
@@ -426,6 +426,27 @@ def _common_prefix(sequences: list[list[str]]) -> list[str]:
             break
         common.append(items[0])
     return common
+
+
+def _compute_nodes(model, input_shapes) -> dict[int, str]:
+    """{id(node): its weight's name} for every layer (``lookup.layers``), found by its output
+    value, so that nodes without names are known too."""
+    values, found = model.values_by_name(), dict[int, str]()
+    for layer in compute_layers(model, input_shapes):
+        value = values.get(layer.output[0]) if layer.output else None
+        nodes = [value.producer()] if value is not None else []
+        nodes = nodes or [n for n in model.nodes() if n.name and n.name == layer.node]
+        found.update((id(node), layer.weight) for node in nodes if node is not None)
+    return found
+
+
+def _kept_because(exit_, nodes) -> str | None:
+    """Why a unit cannot be removed: its exit is a graph output, or a node has no name."""
+    if exit_.is_graph_output():
+        return f"its exit {exit_.name} is a graph output"
+    if not all(n.name for n in nodes):
+        return "some of its nodes have no name (Block.nodes names what removal frees)"
+    return None
 
 
 def _named_prefix(names: list[str]) -> str:
