@@ -48,6 +48,7 @@ from sparsec.passes.builtin import (
 )
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass
+from sparsec.passes.dead_channels import DeadChannelsPass
 from sparsec.passes.drop_blocks import DropBlocksPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
 from sparsec.passes.sparse_format import densify as densify_weights
@@ -79,6 +80,7 @@ __all__ = [  # with the read-only half (``sparsec.inspection``) re-exported
     "channel_groups",
     "block_passes",
     "channel_passes",
+    "cleanup_with_calibration",
     "check_destinations",
     "compress",
     "densify",
@@ -102,10 +104,13 @@ class Figures:
     macs: int
     bytes: int | None
     ops: dict[str, dict[str, int]] = field(default_factory=dict)  # op type → nodes, params, macs
+    other_ops: int | None = None  # work MACs leave out (analysis.cost): element operations
+    bytes_moved: int | None = None  # and bytes written by data-movement ops (estimates)
 
     def to_json(self) -> dict:
-        """The figures as a JSON object (nodes, params, macs, bytes)."""
-        return {key: getattr(self, key) for key in ("nodes", "params", "macs", "bytes")}
+        """The figures as a JSON object (nodes, params, macs, bytes, other_ops, bytes_moved)."""
+        keys = ("nodes", "params", "macs", "bytes", "other_ops", "bytes_moved")
+        return {key: getattr(self, key) for key in keys}
 
 
 def figures(model: Model, shapes: dict[str, tuple[int, ...]], file_bytes: int | None) -> Figures:
@@ -116,7 +121,15 @@ def figures(model: Model, shapes: dict[str, tuple[int, ...]], file_bytes: int | 
         op: {"nodes": count, **{k: int(by_op.get(op, {}).get(k, 0)) for k in ("params", "macs")}}
         for op, count in Counter(n.op_type for n in model.nodes()).items()
     }
-    return Figures(len(model.nodes()), cost.params, cost.macs, file_bytes, ops)
+    return Figures(
+        len(model.nodes()),
+        cost.params,
+        cost.macs,
+        file_bytes,
+        ops,
+        cost.other_ops,
+        cost.bytes_moved,
+    )
 
 
 def prepare_feeds(
@@ -390,9 +403,9 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
     if reference is not None:
         oracle = run_oracle(reference, model, feeds, label)
     if model.metadata(FORMAT_KEY) not in (None, "dense"):
-        problem = check_encoded(
-            model, reference if reference is not None else Path(source), feeds, DECODER_PREFIX
-        )
+        decoded = model.copy()  # the same weights decoded in numpy: the decoders are checked
+        densify_weights(decoded)  # alone, the values by the oracle / the validation below
+        problem = check_encoded(model, decoded, feeds, DECODER_PREFIX)
         if problem is not None:
             raise ValidationError(f"sparse-encoded model rejected (nothing written): {problem}")
     validation = validate(
@@ -516,6 +529,18 @@ def channel_passes(
         else []
     )
     return [*canonical_passes(), *depth, prune, *cleanup_passes()]
+
+
+def cleanup_with_calibration(
+    calibration: str | Path, calibration_samples: int = 0
+) -> list[PassBase]:
+    """What ``--calibration`` alone runs: the default cleanup, whose ``dead-channels`` also
+    removes the channels that are zero on every calibration sample (lossy in principle: the
+    oracle gate checks the result against the original with those channels masked)."""
+    dead = DeadChannelsPass(
+        calibration=calibration_spec(calibration), calibration_samples=calibration_samples
+    )
+    return cleanup_passes(dead_channels=dead)
 
 
 def block_passes(

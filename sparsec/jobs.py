@@ -79,7 +79,8 @@ def check_spec(spec: JobSpec):
 
 def pipeline_of(spec: JobSpec):
     """The passes of a checked spec: weight sparsity, channel pruning, the --passes text
-    parsed, or None (the default cleanup)."""
+    parsed, the default cleanup with calibration-dead channels (``--calibration`` alone), or
+    None (the default cleanup)."""
     calibration = spec.path("calibration")
     data = {
         "calibration": None if calibration is None else str(calibration),
@@ -120,6 +121,8 @@ def pipeline_of(spec: JobSpec):
             **common,
         )
     text = spec.get("passes")
+    if text is None and calibration is not None:  # the default cleanup, dead on the data too
+        return api.cleanup_with_calibration(data["calibration"], data["calibration_samples"])
     return None if text is None else parse_pipeline(text)  # a bad pass or option: now
 
 

@@ -256,6 +256,20 @@ def test_the_cli_runs_the_pass_with_calibration(tmp_path, cli):
     assert "removed 1 dead channels in 1 groups" in out
 
 
+def test_calibration_alone_removes_channels_zero_on_every_sample(tmp_path, cli):
+    """``compress --calibration DATA`` with no pruning flag: the default cleanup, whose
+    dead-channels also removes what the data never lights up, gated by the oracle."""
+    source, calibration, _ = _calibration_dead_model(tmp_path)
+    code, out, err = cli(
+        "compress", source, "-o", tmp_path / "o.onnx", "--calibration", calibration,
+        "--latency-runs", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "zero on calibration: 1" in out and "oracle" in out
+    written = Model.load(tmp_path / "o.onnx")
+    assert written.constant_shape(written.value("w1"))[0] == 3  # 4 filters, the dead one gone
+
+
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_a_cut_takes_calibration_dead_channels_first(tmp_path, calibrated):
     source, calibration, w1 = _calibration_dead_model(tmp_path)

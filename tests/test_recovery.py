@@ -534,7 +534,10 @@ def test_activation_importance_ranks_by_what_the_next_layer_sees():
             "--calibration-samples needs --calibration",
         ),
         (["--nm", "2:4", "--steps", "2"], "--steps needs --channels"),
-        (["--calibration", str(CALIB)], "--calibration goes with a pruning flag"),
+        (
+            ["--calibration", str(CALIB), "--passes", "dead-code"],
+            "a --passes pipeline takes calibration as a pass option",
+        ),
         (
             ["--channels", "0.5", "--calibration", "missing.npz"],
             "calibration data missing.npz not found",

@@ -272,7 +272,7 @@ CASES = [
     Broken(RULES[0], {"source": "m.onnx"}, ("output",)),
     Broken(RULES[1], {**BASE, "channels": 0.5, "importance": "wanda"}, ("--importance",)),
     Broken(RULES[1], {**BASE, "nm": "2:4", "importance": "l2"}, ("--importance",)),
-    Broken(RULES[1], {**BASE, "calibration": "c.npz"}, ("--calibration",)),
+    Broken(RULES[1], {**BASE, "calibration": "c.npz", "passes": "dead-code"}, ("--calibration",)),
     Broken(
         RULES[2],
         {**BASE, "channels": 0.5, "calibration_samples": 8},

@@ -46,15 +46,17 @@ def canonical_passes() -> list:
     ]
 
 
-def cleanup_passes(dead_channels: bool = False) -> list:
+def cleanup_passes(dead_channels: bool | DeadChannelsPass = False) -> list:
     """The exact cleanup passes, in the order the default pipeline runs them; with
     ``dead_channels`` (the default pipeline), statically dead channels (all-zero weights) are
-    removed after BatchNorm folding (not after weight sparsity, whose zeros are its pattern)."""
+    removed after BatchNorm folding (not after weight sparsity, whose zeros are its pattern);
+    a ``DeadChannelsPass`` given is that one (with calibration data: lossy, oracle-gated)."""
+    dead = DeadChannelsPass() if dead_channels is True else dead_channels
     return [
         IdentityEliminationPass(),
         BatchNormFoldPass(),
         ConstantFoldShapesPass(),
-        *([DeadChannelsPass()] if dead_channels else []),
+        *([dead] if dead else []),
         DeadCodePass(),
     ]
 
