@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from sparsec.analysis.op_layouts import COMPUTE_OPS
 from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.rules.elementwise import ELEMENTWISE
+from sparsec.analysis.rules.layout import REDUCTIONS
 from sparsec.analysis.shapes import Shape, value_shapes
 
 
@@ -248,24 +249,7 @@ ELEMENT_FACTORS: dict[str, int] = {
 VARIADIC = ("Sum", "Max", "Min", "Mean")  # n inputs: n - 1 operations per output element
 POOLS = ("MaxPool", "AveragePool", "LpPool")  # the kernel window per output element
 # One operation per input element: every element is read into a sum, max or product.
-PER_INPUT = (
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "GlobalLpPool",
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-    "ReduceMin",
-    "ReduceProd",
-    "ReduceL1",
-    "ReduceL2",
-    "ReduceLogSum",
-    "ReduceLogSumExp",
-    "ReduceSumSquare",
-    "ArgMax",
-    "ArgMin",
-    "CumSum",
-)
+PER_INPUT = ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", *REDUCTIONS, "CumSum")
 RESIZE_TAPS = {"nearest": 1, "linear": 2, "cubic": 4}  # per resized axis
 
 
