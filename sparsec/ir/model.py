@@ -814,7 +814,7 @@ def _same_attributes(node: ir.Node, other: ir.Node) -> bool:
         if attribute.type != theirs.type or attribute.is_ref() != theirs.is_ref():
             return False
         mine, value = attribute.value, theirs.value
-        if isinstance(mine, ir.TensorProtocol) and isinstance(value, ir.TensorProtocol):
+        if attribute.type == ir.AttributeType.TENSOR and not attribute.is_ref():
             if not _same_array(mine.numpy(), value.numpy()):
                 return False
         elif mine != value:

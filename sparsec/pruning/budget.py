@@ -1,52 +1,113 @@
 """channel-prune's ``target_macs`` / ``target_params``: per-group ratios chosen from measured
 sensitivity instead of one ratio for all.
 
-Every prunable group (``--exclude`` respected) is pruned alone at each of ``RATIOS`` on a copy
-and the output error on the calibration samples measured (``sensitivity.measure``);
-``allocate`` then picks per group 0 or one measured ratio reaching the target fraction of the
-model's MACs (or params) with the least summed error, checked with the exact joint cost. The
-units cut are the ones measured (channel-prune's local selection at its default
-``max_layer_ratio`` and ``round_to``), so what was measured is what is removed.
+Every candidate group (``--exclude`` respected) is pruned alone on a copy and the output error
+on the calibration samples measured (``sensitivity.Sweep``); ``allocate`` then picks per group 0
+or one measured ratio reaching the target fraction of the model's MACs (or params) with the
+least summed error, checked with the exact joint cost. The units cut are the ones measured
+(channel-prune's local selection at its default ``max_layer_ratio`` and ``round_to``), so what
+was measured is what is removed.
+
+Coarse to fine: every group is measured at ``COARSE`` first; after each allocation, each group is
+also measured at the ratios of ``RATIOS`` (the fine grid) next to its chosen one, then allocated
+again, until every group's neighbours are measured (at most ``ROUNDS`` rounds). Each point runs
+from its cut's frontier on ``sensitivity.SUBSET`` samples (the table gives standard errors);
+``fast=False`` is the reference path: every ratio of ``RATIOS``, full runs, every sample.
+``sweep_jobs(n)`` measures the groups in ``n`` worker processes (the results do not depend on it).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+
 import numpy as np
 
 from sparsec.analysis.groups import ChannelGroup
-from sparsec.pruning.sensitivity import allocate, measure
+from sparsec.pruning.sensitivity import SensitivityTable, Sweep, allocate
 from sparsec.results import Diagnostic, progress
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # a grid fine enough to land near a target
+COARSE = (0.25, 0.5, 0.75)
+ROUNDS = 4  # refinements at most (each only measures neighbours not measured yet)
+
+_JOBS: ContextVar[int] = ContextVar("sensitivity_jobs", default=1)
+
+
+@contextlib.contextmanager
+def sweep_jobs(jobs: int) -> Iterator[None]:
+    """Sensitivity sweeps started inside measure groups in ``jobs`` worker processes."""
+    token = _JOBS.set(max(1, int(jobs)))
+    try:
+        yield
+    finally:
+        _JOBS.reset(token)
 
 
 def allocated_units(
-    options, model, candidates: list[ChannelGroup], samples
+    options, model, candidates: list[ChannelGroup], samples, *, fast: bool = True
 ) -> tuple[dict[int, np.ndarray], Diagnostic]:
     """{group id: units to remove} meeting the target of ``options`` (``channels.ChannelOptions``),
     and a line saying what was chosen."""
-    table = measure(
-        model,
-        samples,
-        RATIOS,
-        options.importance,
-        options.batch_size,
-        progress=progress,
-        lossy_couplings=options.lossy_couplings,
-    )
-    allowed = {group.id for group in candidates}
-    table.groups = [group for group in table.groups if group.id in allowed]
     metric, target = (
         ("macs", options.target_macs) if options.target_macs else ("params", options.target_params)
     )
-    allocation = allocate(table, **{f"target_{metric}": target})
+    table, allocation = sweep_allocation(
+        model,
+        samples,
+        {f"target_{metric}": target},
+        importance=options.importance,
+        batch_size=options.batch_size,
+        lossy_couplings=options.lossy_couplings,
+        groups={group.id for group in candidates},
+        fast=fast,
+        seed=options.seed,
+    )
     estimate = table.estimate(allocation)
     chosen = ", ".join(f"{gid}:{ratio:g}" for gid, ratio in sorted(allocation.items()) if ratio)
     note = Diagnostic(
         "info",
         "channel.allocation",
-        f"target {metric} {target:g}: {len(table.groups)} group(s) measured at "
-        f"{len(RATIOS)} ratios in {table.seconds:.1f} s; chosen group:ratio {chosen or 'none'}; "
-        f"estimated MACs {estimate['macs']:.3f}, params {estimate['params']:.3f} of this model",
+        f"target {metric} {target:g}: {len(table.groups)} group(s), {table.points()} point(s) "
+        f"measured on {table.samples} samples in {table.seconds:.1f} s; chosen group:ratio "
+        f"{chosen or 'none'}; estimated MACs {estimate['macs']:.3f}, params "
+        f"{estimate['params']:.3f} of this model",
     )
     return table.removed(allocation), note
+
+
+def sweep_allocation(
+    model,
+    samples,
+    target: Mapping[str, float],
+    *,
+    fast: bool = True,
+    jobs: int | None = None,
+    **settings,
+) -> tuple[SensitivityTable, dict[int, float]]:
+    """The sensitivity table measured coarse to fine (module docstring; ``fast=False``: every
+    ratio of ``RATIOS``, full runs, every sample) and the allocation it gives for ``target``
+    (``{"target_macs": R}`` or ``{"target_params": R}``). ``settings``: ``Sweep``'s."""
+    jobs = _JOBS.get() if jobs is None else jobs
+    with Sweep(model, samples, fast=fast, jobs=jobs, **settings) as sweep:
+        table = sweep.table(COARSE if fast else RATIOS, progress)
+        allocation = allocate(table, **target)
+        for _ in range(ROUNDS if fast else 0):
+            more = {gid: neighbours(table.group(gid), ratio) for gid, ratio in allocation.items()}
+            if not any(more.values()):
+                break
+            sweep.extend(table, more, progress)
+            allocation = allocate(table, **target)
+    return table, allocation
+
+
+def neighbours(group, ratio: float) -> list[float]:
+    """The ratios of the fine grid next to ``ratio`` (one on each side; the smallest for 0)
+    that ``group`` was not measured at."""
+    grid = sorted(set(RATIOS) | {p.ratio for p in group.points})
+    below = [r for r in grid if r < ratio]
+    above = [r for r in grid if r > ratio]
+    near = (below[-1:] if ratio else []) + above[:1]
+    measured = {p.ratio for p in group.points}
+    return [r for r in near if r not in measured]

@@ -30,23 +30,33 @@ products of its dims, and each axis belongs to one group, so
 
 from __future__ import annotations
 
+import multiprocessing
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from sparsec.analysis.activations import capture, fixed_batch
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import ImportanceContext, group_scores
-from sparsec.errors import InputError, InternalError
-from sparsec.pruning.recovery import output_error
+from sparsec.errors import InputError
 from sparsec.pruning.selection import lowest_units
-from sparsec.pruning.surgery import prune_channels
+from sparsec.pruning.suffix import (
+    Measured,
+    PointMeasurer,
+    cost_shapes,
+    node_costs,
+    start_worker,
+    worker_measure,
+)
 from sparsec.results import stage
 
 RATIOS = (0.25, 0.5, 0.75)
+SUBSET = 32  # samples the fast path measures on (seeded draw); each point's standard error is shown
 FORMAT = "sparsec-sensitivity"
 METRICS = ("macs", "params")
 
@@ -61,12 +71,14 @@ class Point:
     macs: int  # the pruned copy's totals
     params: int
     nodes: np.ndarray = field(repr=False)  # [2, nodes]: per-node MACs and params of the pruned copy
+    stderr: float = 0.0  # the error's standard error over the samples measured
 
     def to_json(self) -> dict:
         return {
             "ratio": self.ratio,
             "removed": len(self.units),
             "error": self.error,
+            "stderr": self.stderr,
             "macs": self.macs,
             "params": self.params,
             "units": self.units.tolist(),
@@ -165,25 +177,35 @@ class SensitivityTable:
         }
 
     def text(self) -> str:
-        """A table: group, kind, units, then per ratio the output error and the MACs saved."""
+        """A table: group, kind, units, then per ratio the output error with its standard
+        error and the MACs saved (blank where a group was not measured at that ratio)."""
         head = f"{'group':>5}  {'kind':<8} {'units':>6}" + "".join(
-            f"  {f'err@{r:g}':>9} {f'MACs-@{r:g}':>10}" for r in self.ratios
+            f"  {f'err@{r:g}':>17} {f'MACs-@{r:g}':>10}" for r in self.ratios
         )
         lines = [
             (
-                f"sensitivity: {len(self.groups)} group(s) x {len(self.ratios)} ratio(s), importance "
-                f"{self.importance}, {self.samples} samples, {self.seconds:.1f} s; error = ||dy||^2/||y||^2, "
-                f"MACs- = saving in % of the original {self.macs:,} MACs"
+                f"sensitivity: {len(self.groups)} group(s), {self.points()} point(s), importance "
+                f"{self.importance}, {self.samples} samples, {self.seconds:.1f} s; error = "
+                f"||dy||^2/||y||^2 +- its standard error, MACs- = saving in % of the original "
+                f"{self.macs:,} MACs"
             ),
             head,
         ]
         for g in self.groups:
-            cells = "".join(
-                f"  {p.error:>9.3g} {100 * (self.macs - p.macs) / max(self.macs, 1):>9.1f}%"
-                for p in g.points
-            )
+            points = {p.ratio: p for p in g.points}
+            cells = "".join(self._cell(points.get(r)) for r in self.ratios)
             lines.append(f"{g.id:>5}  {g.kind:<8} {g.units:>6}{cells}")
         return "\n".join(lines)
+
+    def points(self) -> int:
+        """Points measured, over every group."""
+        return sum(len(g.points) for g in self.groups)
+
+    def _cell(self, point: Point | None) -> str:
+        if point is None:
+            return f"  {'':>17} {'':>10}"
+        error = f"{point.error:.3g}+-{point.stderr:.2g}"
+        return f"  {error:>17} {100 * (self.macs - point.macs) / max(self.macs, 1):>9.1f}%"
 
 
 # ------------------------------------------------------------------ measuring
@@ -195,97 +217,184 @@ def measure(
     batch_size: int = 16,
     progress: Callable[[str], None] | None = None,
     lossy_couplings: bool = False,
+    **settings,
 ) -> SensitivityTable:
     """Prune each prunable group of ``model`` (through lossy couplings with ``lossy_couplings``)
     alone at each of ``ratios`` (on copies; ``model`` is left as it is) and measure the output
     error on ``samples`` (arrays keyed by input name, first axis = samples). Run it on the
     model channel-prune would see (after shape folding and canonicalization), so that the group
-    ids match. ``progress(line)`` is called per group."""
-    ratios = _check_ratios(ratios)
-    start = time.perf_counter()
-    run = _Run(model, samples, batch_size)
-    ctx = ImportanceContext(model, calibration=dict(samples), batch_size=batch_size)
-    count = next(iter(samples.values())).shape[0]
-    table = SensitivityTable(
-        ratios, importance, count, run.base.macs, run.base.params, _node_costs(run.base)
-    )
-    analysis = find_channel_groups(model, lossy=lossy_couplings)
-    prunable = [g for g in analysis.groups if g.prunable]
-    for number, group in enumerate(stage(prunable, desc="sensitivity", unit="group"), 1):
-        scores = group_scores(group, importance, ctx)
-        points: list[Point] = []
-        for ratio in ratios:
-            units = select_units(group, scores, ratio)
-            same = next((p for p in points if np.array_equal(p.units, units)), None)
-            points.append(run.point(group, units, ratio, same))
-        table.groups.append(
-            GroupSensitivity(group.id, group.kind, group.units, group.describe(), points)
+    ids match. ``progress(line)`` is called per group; ``settings``: ``Sweep``'s (``fast``,
+    ``subset``, ``seed``, ``jobs``, ``groups``)."""
+    with Sweep(model, samples, importance, batch_size, lossy_couplings, **settings) as sweep:
+        return sweep.table(ratios, progress)
+
+
+class Sweep:
+    """One model's sensitivity measurements, in rounds (``table``, then ``extend`` with more
+    ratios for some groups: the coarse-to-fine grid), sharing the reference outputs, the
+    importance scores, the frontier caches and the worker processes.
+
+    ``fast`` (default): every point runs from its cut's frontier (``suffix``), on ``subset``
+    samples drawn with ``seed`` (0 or more than there are: all; the table shows each point's
+    standard error); else every point is a full run on every sample (the reference path).
+    ``jobs`` > 1 measures groups in that many worker processes (spawned; each loads the model
+    from a temporary file and holds one copy). ``groups``: the ids to measure (default: every
+    prunable group)."""
+
+    def __init__(
+        self,
+        model,
+        samples: Mapping[str, np.ndarray],
+        importance: str = "l1",
+        batch_size: int = 16,
+        lossy_couplings: bool = False,
+        *,
+        fast: bool = True,
+        subset: int = SUBSET,
+        seed: int = 0,
+        jobs: int = 1,
+        groups: Collection[int] | None = None,
+    ) -> None:
+        self.start = time.perf_counter()
+        self.importance, self.jobs = importance, max(1, jobs)
+        self.samples = subset_samples(samples, subset if fast else 0, seed)
+        ctx = ImportanceContext(model, calibration=dict(samples), batch_size=batch_size)
+        analysis = find_channel_groups(model, lossy=lossy_couplings)
+        self.groups = [
+            g for g in analysis.groups if g.prunable and (groups is None or g.id in groups)
+        ]
+        self.scores = {g.id: group_scores(g, importance, ctx) for g in self.groups}
+        settings = (batch_size, fast, lossy_couplings)
+        self.pool = _Pool(model, self.samples, settings, self.jobs) if self.jobs > 1 else None
+        self.measurer = (
+            None
+            if self.pool
+            else PointMeasurer(model, self.samples, batch_size, fast=fast, lossy=lossy_couplings)
         )
-        if progress is not None:
-            errors = ", ".join(f"{p.ratio:g}: {p.error:.3g}" for p in points)
-            progress(
-                f"sensitivity: group {group.id} ({group.kind}, {group.units} units) {number}/{len(prunable)}: "
-                f"error {errors}"
+        base = analyze_cost(model, cost_shapes(model, samples))
+        self.base = (base.macs, base.params, node_costs(base))
+
+    def __enter__(self) -> Sweep:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def table(
+        self, ratios: Sequence[float], progress: Callable[[str], None] | None = None
+    ) -> SensitivityTable:
+        """Every group measured at ``ratios``."""
+        ratios = _check_ratios(ratios)
+        macs, params, nodes = self.base
+        count = next(iter(self.samples.values())).shape[0]
+        table = SensitivityTable(ratios, self.importance, count, macs, params, nodes)
+        table.groups = [
+            GroupSensitivity(g.id, g.kind, g.units, g.describe(), []) for g in self.groups
+        ]
+        self.extend(table, {g.id: ratios for g in self.groups}, progress)
+        return table
+
+    def extend(
+        self,
+        table: SensitivityTable,
+        more: Mapping[int, Sequence[float]],
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """Measure the groups of ``more`` at its ratios too (those not measured yet), adding
+        the points to ``table`` (each group's points kept in ratio order)."""
+        tasks = []
+        for group in table.groups:
+            measured = {p.ratio for p in group.points}
+            ratios = sorted({float(r) for r in more.get(group.id, ())} - measured)
+            if ratios:
+                tasks.append((group, ratios))
+        found = self._measure([(g.id, r, [_measured(p) for p in g.points]) for g, r in tasks])
+        for number, ((group, _), points) in enumerate(zip(tasks, found), 1):
+            group.points = sorted(group.points + [_point(p) for p in points], key=lambda p: p.ratio)
+            if progress is not None:
+                progress(_progress_line(group, number, len(tasks)))
+        table.ratios = tuple(sorted({p.ratio for g in table.groups for p in g.points}))
+        table.seconds = round(time.perf_counter() - self.start, 3)
+
+    def _measure(self, tasks: list[tuple[int, list[float], list[Measured]]]):
+        """Per task (group id, ratios, known points), the measured points, in task order."""
+        if self.pool is not None:
+            by_id = {g.id: g for g in self.groups}
+            yield from self.pool.map(
+                [
+                    (gid, by_id[gid].describe(), by_id[gid].units, self.scores[gid], r, known)
+                    for gid, r, known in tasks
+                ]
             )
-    table.seconds = round(time.perf_counter() - start, 3)
-    return table
+            return
+        assert self.measurer is not None
+        for gid, ratios, known in stage(tasks, desc="sensitivity", unit="group"):
+            yield self.measurer.measure(gid, self.scores[gid], ratios, known)
+
+
+class _Pool:
+    """Worker processes measuring groups: spawned (no inherited state), each loading the model
+    from one temporary file; results come back as plain data (``suffix.Measured``)."""
+
+    def __init__(self, model, samples, settings: tuple, jobs: int) -> None:
+        self.folder = tempfile.TemporaryDirectory(prefix="sparsec-sweep-")
+        path = str(Path(self.folder.name) / "model.onnx")
+        model.save(path)
+        self.executor = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=start_worker,
+            initargs=(path, dict(model.input_shapes), dict(samples), *settings),
+        )
+
+    def map(self, tasks: list[tuple]):
+        return stage(
+            self.executor.map(worker_measure, tasks),
+            total=len(tasks),
+            desc="sensitivity",
+            unit="group",
+        )
+
+    def close(self) -> None:
+        self.executor.shutdown(cancel_futures=True)
+        self.folder.cleanup()
+
+
+def subset_samples(
+    samples: Mapping[str, np.ndarray], subset: int, seed: int
+) -> dict[str, np.ndarray]:
+    """``subset`` samples drawn without replacement with ``seed`` (kept in their order), or all
+    of them when ``subset`` is 0 or not smaller than their count."""
+    count = next(iter(samples.values())).shape[0]
+    if not 0 < subset < count:
+        return dict(samples)
+    rows = np.sort(np.random.default_rng(seed).choice(count, subset, replace=False))
+    return {name: array[rows] for name, array in samples.items()}
+
+
+def _measured(point: Point) -> Measured:
+    return Measured(
+        point.ratio, point.units, point.error, point.stderr, point.macs, point.params, point.nodes
+    )
+
+
+def _point(m: Measured) -> Point:
+    return Point(m.ratio, m.units, m.error, m.macs, m.params, m.nodes, m.stderr)
+
+
+def _progress_line(group: GroupSensitivity, number: int, total: int) -> str:
+    errors = ", ".join(f"{p.ratio:g}: {p.error:.3g}" for p in group.points)
+    return (
+        f"sensitivity: group {group.id} ({group.kind}, {group.units} units) {number}/{total}: "
+        f"error {errors}"
+    )
 
 
 def select_units(group: ChannelGroup, scores: np.ndarray, ratio: float) -> np.ndarray:
     """The units channel-prune's local scope removes from ``group`` at ``ratio`` (its default
     ``max_layer_ratio`` and ``round_to``): the lowest ``scores`` of each segment."""
     return lowest_units(group, scores, ratio)
-
-
-class _Run:
-    """What every point of one ``measure`` shares: the model, the samples, where MACs are
-    counted, the original's cost and its outputs on the samples (captured once)."""
-
-    def __init__(self, model, samples: Mapping[str, np.ndarray], batch_size: int) -> None:
-        self.model, self.samples, self.batch_size = model, samples, batch_size
-        self.shapes = cost_shapes(model, samples)
-        self.base = analyze_cost(model, self.shapes)
-        self.reference = list(
-            capture(model, samples, [value.name for value in model.outputs], batch_size)
-        )
-
-    def point(
-        self, group: ChannelGroup, units: np.ndarray, ratio: float, same: Point | None
-    ) -> Point:
-        """Prune ``units`` of ``group`` on a copy of the model: its cost and output error (those
-        of ``same`` when an earlier ratio removed the same units; the original's when none)."""
-        if same is not None or len(units) == 0:
-            known = same or Point(
-                ratio, units, 0.0, self.base.macs, self.base.params, _node_costs(self.base)
-            )
-            return Point(ratio, known.units, known.error, known.macs, known.params, known.nodes)
-        pruned = self.model.copy()
-        analysis = find_channel_groups(pruned)
-        twin = analysis.groups[group.id] if group.id < len(analysis.groups) else None
-        if twin is None or twin.compute != group.compute:
-            raise InternalError(
-                f"sensitivity: group {group.id} has another id on a copy of the model"
-            )
-        prune_channels(pruned, analysis, {group.id: units})
-        cost = analyze_cost(pruned, self.shapes)
-        nodes = _node_costs(cost)
-        if nodes.shape != (2, len(self.model.nodes())):
-            raise InternalError(f"sensitivity: pruning group {group.id} changed the node count")
-        error = output_error(
-            pruned, self.model, self.samples, self.batch_size, session=_Replay(self.reference)
-        )
-        return Point(ratio, units, error, cost.macs, cost.params, nodes)
-
-
-class _Replay:
-    """Stands in for the original's session in ``output_error``: hands back the original's
-    outputs captured once, batch after batch (``capture`` runs the batches in order)."""
-
-    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
-        self._batches = iter(batches)
-
-    def run(self, feeds, names) -> dict[str, np.ndarray]:
-        return next(self._batches)
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
@@ -295,19 +404,6 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
             f"sensitivity ratios must lie in (0, 1), got {', '.join(f'{r:g}' for r in ratios) or 'none'}"
         )
     return ratios
-
-
-def cost_shapes(model, samples: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    """One sample's input shapes (the model's fixed batch when it has one): where MACs are counted."""
-    batch = fixed_batch(model) or 1
-    inputs = {value.name for value in model.inputs}
-    return {name: (batch, *array.shape[1:]) for name, array in samples.items() if name in inputs}
-
-
-def _node_costs(cost) -> np.ndarray:
-    return np.array(
-        [[n.macs or 0 for n in cost.nodes], [n.params for n in cost.nodes]], dtype=np.float64
-    )
 
 
 # ------------------------------------------------------------------ allocating
