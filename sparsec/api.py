@@ -478,6 +478,7 @@ def channel_passes(
     lossy_couplings: bool | None = None,
     drop_blocks: float = 0.0,
     block_importance: str = "influence",
+    jobs: int = 1,
 ) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
@@ -494,7 +495,8 @@ def channel_passes(
     data, else l1 (as the CLI). ``lossy_couplings`` (None: on with ``calibration``) also prunes
     channels a node mixes, such as LRN's (not exact; the report gives the loss). ``drop_blocks``
     (> 0) first removes that many blocks, as ``block_passes`` says; the run's oracle reference
-    is then the original with their branches zeroed and the channels masked."""
+    is then the original with their branches zeroed and the channels masked. ``jobs``: worker
+    processes measuring sensitivity for a target (the same result)."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(
             f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}"
@@ -521,6 +523,7 @@ def channel_passes(
         target_macs=target_macs,
         target_params=target_params,
         lossy_couplings=lossy_couplings,
+        jobs=jobs,
     )
     prune.check_options()
     depth = (

@@ -118,6 +118,7 @@ def pipeline_of(spec: JobSpec):
             lossy_couplings=spec.values.get("lossy_couplings"),  # None: as the calibration says
             drop_blocks=spec.get("drop_blocks") or 0.0,
             block_importance=blocks["importance"],
+            jobs=spec.get("jobs") or 1,
             **common,
         )
     text = spec.get("passes")

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.calibrated import CalibratedPass
-from sparsec.pruning import channels, layer_ratios, schedule
+from sparsec.pruning import budget, channels, layer_ratios, schedule
 from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning.channels import ChannelOptions
 from sparsec.spec.options import default_importance
@@ -53,6 +53,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         target_params: float = 0.0,
         ratios: str | Mapping[str, float] | list[str] = "",
         lossy_couplings: bool | None = None,
+        jobs: int = 1,
     ) -> None:
         """Options of ``channel-prune``.
 
@@ -100,6 +101,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 nodes on the kept channels and the report gives the difference from the plain
                 masked original. Unset: on with ``calibration`` (the refit then compensates),
                 else off (such groups stay whole, saying so).
+            jobs: Worker processes measuring sensitivity for a target (the result does not
+                depend on it; each holds one copy of the model).
         """
         self.ratio, self.scope = ratio, scope
         self.importance = importance or default_importance(calibration)
@@ -118,10 +121,13 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         self.lossy_couplings = (
             bool(calibration) if lossy_couplings is None else bool(lossy_couplings)
         )
+        self.jobs = jobs
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a
-        plan, only the plan and the exclusions matter; lossy_couplings when not its default."""
+        plan, only the plan and the exclusions matter; lossy_couplings when not its default;
+        never jobs (how fast, not what)."""
+        skip = (*skip, "jobs")
         if self.lossy_couplings == bool(self.calibration):
             skip = (*skip, "lossy_couplings")
         if self.plan:
@@ -155,9 +161,10 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
 
     def call(self, model) -> PassResult:
         samples, options = self.calibration_data(model), self.settings()
-        if options.steps == 1:
-            return channels.prune_round(model, options, samples)
-        return schedule.run_steps(options, model, samples)
+        with budget.sweep_jobs(self.jobs):
+            if options.steps == 1:
+                return channels.prune_round(model, options, samples)
+            return schedule.run_steps(options, model, samples)
 
 
 def _ratios_text(ratios: str | Mapping[str, float]) -> str:

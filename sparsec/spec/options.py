@@ -389,6 +389,14 @@ OPTIONS: tuple[Option, ...] = (
         "Use the first N calibration samples (default: all; 64 with 'random').",
     ),
     Option(
+        "jobs",
+        COUNT,
+        DATA,
+        "With --target-macs/--target-params: measure the channel groups' sensitivity in N worker "
+        "processes (each holds one copy of the model; the result is the same).",
+        1,
+    ),
+    Option(
         "no_recover",
         SWITCH,
         DATA,
