@@ -31,6 +31,7 @@ products of its dims, and each axis belongs to one group, so
 from __future__ import annotations
 
 import multiprocessing
+import os
 import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -341,11 +342,12 @@ class _Pool:
         self.folder = tempfile.TemporaryDirectory(prefix="sparsec-sweep-")
         path = str(Path(self.folder.name) / "model.onnx")
         model.save(path)
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # the cores shared, not oversubscribed
         self.executor = ProcessPoolExecutor(
             max_workers=jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=start_worker,
-            initargs=(path, dict(model.input_shapes), dict(samples), *settings),
+            initargs=(path, dict(model.input_shapes), dict(samples), *settings, threads),
         )
 
     def map(self, tasks: list[tuple]):

@@ -79,13 +79,16 @@ def cut_of(original, pruned) -> Cut:
 
 class Reference:
     """The original's outputs on the calibration samples, batch by batch (computed once), the
-    feeds of those batches and each unit's ‖y_i‖² (``b``)."""
+    feeds of those batches and each unit's ‖y_i‖² (``b``). ``threads``: onnxruntime's intra-op
+    threads for every session of the sweep (0: its default, every core)."""
 
-    def __init__(self, model, samples: Mapping[str, np.ndarray], batch_size: int) -> None:
-        self.names = [v.name for v in model.outputs]
+    def __init__(
+        self, model, samples: Mapping[str, np.ndarray], batch_size: int, threads: int = 0
+    ) -> None:
+        self.names, self.threads = [v.name for v in model.outputs], threads
         self.feeds = list(calibration_batches(model, samples, batch_size))
         session = runtime.session_for(
-            model, extra_outputs=self.names, optimization="disable", only=True
+            model, extra_outputs=self.names, optimization="disable", only=True, threads=threads
         )
         self.outputs = [session.run(feeds, self.names) for feeds in self.feeds]
         self.units = [_units(batch, outputs) for batch, outputs in zip(self.feeds, self.outputs)]
@@ -111,10 +114,9 @@ def squares(
     in float64."""
     total = np.zeros(units)
     for name in names:
-        value = np.asarray(outputs[name], dtype=np.float64)
-        if minus is not None:
-            value = value - np.asarray(minus[name], dtype=np.float64)
-        total += np.square(value).reshape(units, -1).sum(axis=1)
+        value = outputs[name] if minus is None else outputs[name] - minus[name]
+        rows = np.asarray(value).reshape(units, -1).astype(np.float64)
+        total += np.einsum("ij,ij->i", rows, rows)
     return total
 
 
@@ -150,7 +152,11 @@ class FrontierCache:
         exposed = [n for n in names if n not in inputs]
         session = (
             runtime.session_for(
-                self.model, extra_outputs=exposed, optimization="disable", only=True
+                self.model,
+                extra_outputs=exposed,
+                optimization="disable",
+                only=True,
+                threads=self.reference.threads,
             )
             if exposed
             else None
@@ -180,7 +186,9 @@ def evaluate(
     for index, batch in enumerate(frontier_batches):
         want, units = reference.outputs[index], reference.units[index]
         feeds = {**reference.feeds[index], **batch}  # a cut graph keeps the graph inputs
-        sessions = sessions or [_suffix_session(m, c, batch) for m, c in zip(pruned_models, cuts)]
+        sessions = sessions or [
+            _suffix_session(m, c, batch, reference.threads) for m, c in zip(pruned_models, cuts)
+        ]
         for sums, session, cut in zip(a, sessions, cuts):
             if session is None:  # the cut changes no output
                 sums.append(np.zeros(units))
@@ -190,13 +198,18 @@ def evaluate(
     return [ratio_error(np.concatenate(sums), reference.b) for sums in a]
 
 
-def _suffix_session(model, cut: Cut, batch: Mapping[str, np.ndarray]):
+def _suffix_session(model, cut: Cut, batch: Mapping[str, np.ndarray], threads: int):
     """A session computing ``cut.outputs`` of ``model`` from its frontier (None: no output)."""
     if not cut.outputs:
         return None
     fed = {name: batch[name].dtype for name in cut.frontier}
     return runtime.session_for(
-        model, extra_outputs=cut.outputs, optimization="disable", only=True, fed=fed
+        model,
+        extra_outputs=cut.outputs,
+        optimization="disable",
+        only=True,
+        fed=fed,
+        threads=threads,
     )
 
 
@@ -219,12 +232,14 @@ class PointMeasurer:
     groups, where MACs are counted and the original's cost, the reference outputs on the samples
     and the frontier cache. ``fast``: every point runs from its cut (else from the inputs)."""
 
-    def __init__(self, model, samples, batch_size: int, *, fast: bool, lossy: bool) -> None:
+    def __init__(
+        self, model, samples, batch_size: int, *, fast: bool, lossy: bool, threads: int = 0
+    ) -> None:
         self.model = model
         self.fast = fast and runtime.can_truncate(model)
         self.shapes = cost_shapes(model, samples)
         self.base = analyze_cost(model, self.shapes)
-        self.reference = Reference(model, samples, batch_size)
+        self.reference = Reference(model, samples, batch_size, threads)
         self.frontiers = FrontierCache(model, self.reference)
         self.groups = {g.id: g for g in find_channel_groups(model, lossy=lossy).groups}
 
@@ -273,16 +288,18 @@ class PointMeasurer:
             )
         prune_channels(pruned, analysis, {group.id: units})
         cost = analyze_cost(pruned, self.shapes)
-        nodes = node_costs(cost)
-        if nodes.shape != (2, len(self.model.nodes())):
-            raise InternalError(f"sensitivity: pruning group {group.id} changed the node count")
+        nodes = aligned_costs(self.model, pruned, cost)
         return pruned, Measured(ratio, units, np.nan, np.nan, cost.macs, cost.params, nodes)
 
     def _run(self, key: int, pending: list[tuple[Measured, object]]) -> None:
         if not pending:
             return
         models = [pruned for _, pruned in pending]
-        cuts = [cut_of(self.model, m) if self.fast else whole(self.model) for m in models]
+        count = len(self.model.nodes())
+        cuts = [
+            cut_of(self.model, m) if self.fast and len(m.nodes()) == count else whole(self.model)
+            for m in models
+        ]  # a cut that adds nodes (head pruning's shape Concats) runs whole
         names = sorted({name for cut in cuts for name in cut.frontier})
         batches = self.frontiers.batches(key, names) if self.fast else iter(self.reference.feeds)
         for (point, _), (error, stderr) in zip(
@@ -298,6 +315,22 @@ def cost_shapes(model, samples: Mapping[str, np.ndarray]) -> dict[str, tuple[int
     return {name: (batch, *array.shape[1:]) for name, array in samples.items() if name in inputs}
 
 
+def aligned_costs(original, pruned, cost) -> np.ndarray:
+    """``node_costs`` of ``pruned`` (an edited copy of ``original``) laid out on ``original``'s
+    nodes, matched by their first output's name: a node the cut removed costs 0, a node it
+    added (head pruning's shape Concats) must cost nothing."""
+    nodes = original.nodes()
+    index = {node.outputs[0].name: i for i, node in enumerate(nodes) if node.outputs}
+    costs = np.zeros((2, len(nodes)))
+    for node, entry in zip(pruned.nodes(), cost.nodes):
+        position = index.get(node.outputs[0].name) if node.outputs else None
+        if position is not None:
+            costs[:, position] = (entry.macs or 0, entry.params)
+        elif entry.macs or entry.params:
+            raise InternalError(f"sensitivity: a cut added node {entry.name!r} with a cost")
+    return costs
+
+
 def node_costs(cost) -> np.ndarray:
     return np.array(
         [[n.macs or 0 for n in cost.nodes], [n.params for n in cost.nodes]], dtype=np.float64
@@ -309,13 +342,16 @@ _WORKER: dict[str, PointMeasurer] = {}
 
 
 def start_worker(
-    path: str, input_shapes, samples, batch_size: int, fast: bool, lossy: bool
+    path: str, input_shapes, samples, batch_size: int, fast: bool, lossy: bool, threads: int
 ) -> None:
     """A worker process's initializer: load the model from ``path`` (as the parent saved it)
-    and prepare its measurer (its own reference run, frontier cache and groups)."""
+    and prepare its measurer (its own reference run, frontier cache and groups; onnxruntime
+    on ``threads`` threads, the cores shared between the workers)."""
     model = Model.load(path)
     model.input_shapes = dict(input_shapes)
-    _WORKER["measurer"] = PointMeasurer(model, samples, batch_size, fast=fast, lossy=lossy)
+    _WORKER["measurer"] = PointMeasurer(
+        model, samples, batch_size, fast=fast, lossy=lossy, threads=threads
+    )
 
 
 def worker_measure(task: tuple) -> list[Measured]:

@@ -1,0 +1,181 @@
+"""Sensitivity sweeps for ``--target-macs``, before (every ratio of the fine grid, full-model runs,
+every calibration sample: ``fast=False``) and after (the coarse-to-fine grid, each point run from
+its cut's frontier, on a seeded subset of ``sensitivity.SUBSET`` samples; with ``--jobs 1`` and
+``--jobs 2``), printed as a markdown table.
+
+Usage::
+
+    python benchmarks/sensitivity_speed.py [--target 0.66] [--before-groups 2] [--skip-recognizer]
+
+Cases:
+
+- digits CNN (``models/digits_cnn.onnx``), calibrated on ``models/digits_calib.npz`` (256
+  training samples).
+- PP-OCRv4 text recognizer (``.cache/pypi/ch_PP-OCRv4_rec_infer.onnx``, from
+  benchmarks/pypi_models.py; skipped when absent), on 256 seeded random-normal 3x48x320 lines
+  (``numpy.random.default_rng(0).standard_normal``: a stand-in, no text). Its full "before"
+  sweep takes the better part of an hour, so by default it is timed on ``--before-groups``
+  groups and extrapolated to all of them (marked ``~``; its allocation is then not computed).
+
+What is timed: the sweep and the allocation on the model as channel-prune sees it (canonical
+passes run first, not timed). Columns: wall seconds, CPU seconds (this process and its
+workers), groups, points measured, samples per point, the chosen group:ratio, the MACs the
+allocation reaches (the pruned copy's, counted) and its real output error ||dy||^2/||y||^2 on
+every calibration sample (what the allocation is for: the same or lower is the same quality).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.analysis.activations import load_calibration
+from sparsec.analysis.cost import analyze_cost
+from sparsec.analysis.groups import find_channel_groups
+from sparsec.ir import Model
+from sparsec.passes import Pipeline
+from sparsec.passes.builtin import canonical_passes
+from sparsec.pruning import budget
+from sparsec.pruning.recovery import output_error
+from sparsec.pruning.sensitivity import Sweep, cost_shapes
+from sparsec.pruning.surgery import prune_channels
+
+ROOT = Path(__file__).resolve().parents[1]
+RECOGNIZER = ROOT / ".cache/pypi/ch_PP-OCRv4_rec_infer.onnx"
+LINE = (3, 48, 320)  # benchmarks/pypi_models.py: --input-shape x:1x3x48x320
+
+
+def prepared(path: Path, shapes: dict[str, tuple[int, ...]]) -> Model:
+    """The model as channel-prune sees it: input shapes bound, canonical passes run."""
+    model = Model.load(path)
+    model.input_shapes = dict(shapes)
+    Pipeline(canonical_passes())(model)
+    return model
+
+
+def cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def quality(model: Model, samples, table, allocation) -> tuple[float, float]:
+    """(MACs of the pruned copy / the original's, its output error on every sample)."""
+    pruned = model.copy()
+    prune_channels(pruned, find_channel_groups(pruned), table.removed(allocation))
+    shapes = cost_shapes(model, samples)
+    share = analyze_cost(pruned, shapes).macs / analyze_cost(model, shapes).macs
+    return share, output_error(pruned, model, samples)
+
+
+def row(label: str, model: Model, samples, target: float, fast: bool, jobs: int) -> list[str]:
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    table, allocation = budget.sweep_allocation(
+        model,
+        samples,
+        {"target_macs": target},
+        fast=fast,
+        jobs=jobs,
+        importance="activation",
+        lossy_couplings=True,
+    )
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    macs, error = quality(model, samples, table, allocation)
+    chosen = " ".join(f"{g}:{r:g}" for g, r in sorted(allocation.items()) if r)
+    return [
+        label,
+        f"{wall:.1f}",
+        f"{cpu:.1f}",
+        str(len(table.groups)),
+        str(table.points()),
+        str(table.samples),
+        chosen,
+        f"{macs:.3f}",
+        f"{error:.4g}",
+    ]
+
+
+def extrapolated_before(model: Model, samples, groups: int) -> list[str]:
+    """The full sweep timed on the first ``groups`` prunable groups, scaled to all of them."""
+    every = [g.id for g in find_channel_groups(model, lossy=True).groups if g.prunable]
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    with Sweep(
+        model, samples, "activation", lossy_couplings=True, fast=False, groups=every[:groups]
+    ) as sweep:
+        table = sweep.table(budget.RATIOS)
+    scale = len(every) / groups
+    wall, cpu = (time.perf_counter() - wall) * scale, (cpu_seconds() - cpu) * scale
+    points = round(table.points() * scale)
+    return ["before (full runs, every ratio, every sample)", f"~{wall:.0f}", f"~{cpu:.0f}"] + [
+        str(len(every)),
+        f"~{points}",
+        str(table.samples),
+        "(not run)",
+        "",
+        "",
+    ]
+
+
+def case(name: str, model: Model, samples, args) -> list[list[str]]:
+    print(f"{name}: {len(samples[next(iter(samples))])} samples", file=sys.stderr)
+    before = (
+        extrapolated_before(model, samples, args.before_groups)
+        if args.before_groups
+        else row(
+            "before (full runs, every ratio, every sample)", model, samples, args.target, False, 1
+        )
+    )
+    rows = [before]
+    rows.append(row("after, --jobs 1", model, samples, args.target, True, 1))
+    rows.append(row("after, --jobs 2", model, samples, args.target, True, 2))
+    return [[name, *r] for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", type=float, default=0.66, help="--target-macs")
+    parser.add_argument(
+        "--before-groups",
+        type=int,
+        default=2,
+        help="recognizer: time the full sweep on this many groups and extrapolate (0: run it all)",
+    )
+    parser.add_argument("--skip-recognizer", action="store_true")
+    args = parser.parse_args()
+    head = [
+        "model",
+        "sweep",
+        "wall s",
+        "CPU s",
+        "groups",
+        "points",
+        "samples",
+        "chosen",
+        "MACs",
+        "error",
+    ]
+    rows: list[list[str]] = []
+    digits = prepared(ROOT / "models/digits_cnn.onnx", {"input": (1, 1, 8, 8)})
+    calibration = load_calibration(ROOT / "models/digits_calib.npz", digits)
+    rows += case(
+        "digits CNN", digits, calibration, argparse.Namespace(**{**vars(args), "before_groups": 0})
+    )
+    if RECOGNIZER.is_file() and not args.skip_recognizer:
+        recognizer = prepared(RECOGNIZER, {"x": (1, *LINE)})
+        lines = {"x": np.random.default_rng(0).standard_normal((256, *LINE)).astype(np.float32)}
+        rows += case("PP-OCRv4 rec", recognizer, lines, args)
+    print(
+        f"target MACs {args.target:g}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
