@@ -335,7 +335,7 @@ class Model:
         if attribute is None or attribute.is_ref():
             return default
         value = attribute.value
-        if isinstance(value, ir.TensorProtocol):
+        if attribute.type == ir.AttributeType.TENSOR:  # not isinstance(Protocol): slow
             return value.numpy()
         if isinstance(value, (list, tuple)):
             return list(value)
@@ -429,6 +429,13 @@ class Model:
             for v in graph.initializers.values()
         )
 
+    def release_mapped_weights(self) -> int:
+        """Unmap every weight read from external data (``loading.release_mapped``): the pages
+        read so far leave the resident set; a weight is mapped again when next read."""
+        return loading.release_mapped(
+            v.const_value for graph in self.ir.graphs() for v in graph.initializers.values()
+        )
+
     def weight_bytes(self) -> int:
         """Bytes held by initializers in every graph (what the protobuf would carry)."""
         total = 0
@@ -468,8 +475,11 @@ class Model:
         return self._structure
 
     def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
-        """Replace an initializer's data, keeping its shape and dtype consistent with it."""
-        value.const_value = ir.tensor(np.array(array, order="C"), name=value.name)
+        """Replace an initializer's data, keeping its shape and dtype consistent with it (a
+        replaced memory-mapped weight is unmapped: its pages leave the resident set)."""
+        replaced = value.const_value
+        value.const_value = _tensor(array, name=value.name)
+        loading.release_mapped([replaced])
         value.shape = ir.Shape(array.shape)
         value.dtype = ir.DataType.from_numpy(array.dtype)
         self.touch()
@@ -481,7 +491,7 @@ class Model:
             name=unique,
             shape=ir.Shape(array.shape),
             type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-            const_value=ir.tensor(np.array(array, order="C"), name=unique),
+            const_value=_tensor(array, name=unique),
         )
         self.graph.register_initializer(value)
         self.touch()
@@ -528,7 +538,7 @@ class Model:
         elif node is not None and node.op_type == "Constant":
             for name in list(node.attributes):
                 del node.attributes[name]
-            node.attributes["value"] = ir.AttrTensor("value", ir.tensor(np.array(array, order="C")))
+            node.attributes["value"] = ir.AttrTensor("value", _tensor(array))
         elif node is not None and node.op_type == "ConstantOfShape":
             self.replace_all_uses(value, self.add_initializer(_name(value), array))
             return
@@ -591,7 +601,7 @@ class Model:
     def set_attr(self, node: ir.Node, name: str, value: Any) -> None:
         """Set an attribute from a plain Python value (int, float, str, list, ndarray)."""
         if isinstance(value, np.ndarray):
-            value = ir.tensor(value)
+            value = _tensor(value)
         node.attributes[name] = ir.convenience.convert_attribute(name, value)
         self.touch()
 
@@ -647,7 +657,7 @@ class Model:
     ) -> ir.Value:
         """Insert a standard-domain node right before ``before`` (same graph); returns its output."""
         attrs = [
-            ir.convenience.convert_attribute(k, ir.tensor(v) if isinstance(v, np.ndarray) else v)
+            ir.convenience.convert_attribute(k, _tensor(v) if isinstance(v, np.ndarray) else v)
             for k, v in (attributes or {}).items()
         ]
         node = ir.Node(
@@ -747,6 +757,11 @@ def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
         streams and path.exists() and os.access(path, os.W_OK)
     ):
         raise InputError(f"cannot write to folder {path.parent} (read-only or no permission)")
+
+
+def _tensor(array: np.ndarray, name: str | None = None) -> ir.Tensor:
+    """``ir.tensor(array)`` without its protocol isinstance checks (slow, and per edit)."""
+    return ir.Tensor(np.array(array, order="C"), name=name)
 
 
 def _graph(node: ir.Node) -> ir.Graph:
