@@ -2,8 +2,10 @@
 
 ONNX shape inference runs first (with the bound input dims and data propagation). When symbolic
 dims defeat it (a Reshape target computed at run time, a custom op, ...) the values still
-unknown are measured by running onnxruntime once on representative inputs with those values
-exposed as extra outputs. The result is cached per model version and binding.
+unknown are measured by running onnxruntime once on representative inputs, on their cone alone
+(``ir.cone``: the nodes they depend on, stopping at a ``Shape`` of a value whose shape inference
+knows, so a class token's run-time ``Expand`` costs a few nodes, not the whole model). The
+result is cached per model version and binding.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.errors import SparsecError
 from sparsec.ir import runtime
 from sparsec.ir import shapes as ir_shapes
+from sparsec.ir.cone import cone
 
 Shape = tuple[int, ...]
 
@@ -52,13 +55,17 @@ def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, 
         and model.is_tensor(v)
     ]
     if missing and fallback:
-        known.update(measure_shapes(model, bindings, missing))
+        known.update(measure_shapes(model, bindings, missing, known))
     return known
 
 
-def measure_shapes(model, bindings: Mapping[str, Shape], names: list[str]) -> dict[str, Shape]:
-    """Shapes of ``names`` as onnxruntime computes them on seeded inputs of the bound shapes."""
-    return {name: tuple(array.shape) for name, array in _run(model, bindings, names).items()}
+def measure_shapes(
+    model, bindings: Mapping[str, Shape], names: list[str], known: Mapping[str, Shape]
+) -> dict[str, Shape]:
+    """Shapes of ``names`` as onnxruntime computes them on seeded inputs of the bound shapes
+    (``known``: the shapes known already, where the run may stop)."""
+    found = _run(model, bindings, names, known)
+    return {name: tuple(array.shape) for name, array in found.items()}
 
 
 def measure_values(model, names: list[str], overrides: Mapping[str, Shape] | None = None) -> dict:
@@ -67,13 +74,25 @@ def measure_values(model, names: list[str], overrides: Mapping[str, Shape] | Non
         return {}
     bindings = bind_shapes(model, overrides)
     key = "values:" + repr(sorted(bindings.items())) + repr(sorted(names))
-    return model.cached(key, lambda: _run(model, bindings, list(names)))
+    known = value_shapes(model, overrides)
+    return model.cached(key, lambda: _run(model, bindings, list(names), known))
 
 
-def _run(model, bindings: Mapping[str, Shape], names: list[str]) -> dict:
+def _run(model, bindings: Mapping[str, Shape], names: list[str], known) -> dict:
     try:
-        session = runtime.session_for(model, extra_outputs=names, optimization="disable", lean=True)
+        session = _probe(model, names, known)
         results = session.run(random_inputs(model, bindings, seed=0), names)
     except SparsecError:
         return {}  # whoever needed these reports them as unknown
     return {name: array for name, array in results.items() if hasattr(array, "shape")}
+
+
+def _probe(model, names: list[str], known: Mapping[str, Shape]) -> runtime.Session:
+    """A session computing ``names`` alone: their cone (``ir.cone``: every node they depend on,
+    a ``Shape`` of a value whose shape is ``known`` taken as a constant), else the whole model."""
+    proto = cone(model, names, known)
+    if proto is None:
+        return runtime.session_for(
+            model, extra_outputs=names, optimization="disable", lean=True, only=True
+        )
+    return runtime.Session(proto.SerializeToString(), optimization="disable", lean=True)

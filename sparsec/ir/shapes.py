@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import onnx
 
 from sparsec.ir.onnx_api import call_onnx_api
@@ -37,6 +38,20 @@ def infer(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[st
         if dims is not None:
             shapes[info.name] = dims
     return shapes
+
+
+def shape_op_result(
+    op_type: str, dims: Sequence, start: int = 0, end: int | None = None
+) -> np.ndarray | None:
+    """What ``Shape`` (its ``start``/``end`` slice) or ``Size`` computes on a tensor of ``dims``,
+    or None when a dim it needs is not a number."""
+    if op_type == "Shape":
+        dims = list(dims)[start:end]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    if op_type == "Size":
+        return np.array(int(np.prod(dims)), dtype=np.int64)
+    return np.array(dims, dtype=np.int64)
 
 
 def _bind_inputs(proto: onnx.ModelProto, bindings: Mapping[str, Sequence[int]]) -> None:

@@ -48,13 +48,8 @@ def _static_shape_result(model, node, shapes: dict) -> np.ndarray | None:
     dims = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
     if dims is None:
         return None
-    if node.op_type == "Shape":
-        dims = dims[model.attr(node, "start", 0) : model.attr(node, "end", None)]
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    if node.op_type == "Size":
-        return np.array(int(np.prod(dims)), dtype=np.int64)
-    return np.array(dims, dtype=np.int64)
+    start, end = model.attr(node, "start", 0), model.attr(node, "end", None)
+    return ir_shapes.shape_op_result(node.op_type, dims, start, end)
 
 
 def _is_shape_like(array: np.ndarray, max_elements: int) -> bool:
