@@ -429,13 +429,6 @@ class Model:
             for v in graph.initializers.values()
         )
 
-    def release_mapped_weights(self) -> int:
-        """Unmap every weight read from external data (``loading.release_mapped``): the pages
-        read so far leave the resident set; a weight is mapped again when next read."""
-        return loading.release_mapped(
-            v.const_value for graph in self.ir.graphs() for v in graph.initializers.values()
-        )
-
     def weight_bytes(self) -> int:
         """Bytes held by initializers in every graph (what the protobuf would carry)."""
         total = 0
@@ -475,11 +468,8 @@ class Model:
         return self._structure
 
     def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
-        """Replace an initializer's data, keeping its shape and dtype consistent with it (a
-        replaced memory-mapped weight is unmapped: its pages leave the resident set)."""
-        replaced = value.const_value
+        """Replace an initializer's data, keeping its shape and dtype consistent with it."""
         value.const_value = _tensor(array, name=value.name)
-        loading.release_mapped([replaced])
         value.shape = ir.Shape(array.shape)
         value.dtype = ir.DataType.from_numpy(array.dtype)
         self.touch()
