@@ -11,6 +11,8 @@ from conftest import MODELS
 
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.ir import Model
+from sparsec.passes import Pipeline
+from sparsec.passes.builtin import canonical_passes
 from sparsec.pruning import budget, suffix
 from sparsec.pruning.sensitivity import allocate, measure, subset_samples
 from sparsec.pruning.surgery import prune_channels
@@ -120,15 +122,28 @@ def test_coarse_to_fine_measures_fewer_points_and_lands_close(cnn, samples):
 
 
 def test_worker_processes_give_the_same_table(cnn, samples, fast):
-    with budget.sweep_jobs(2):
-        table, _ = budget.sweep_allocation(cnn, samples, {"target_macs": 0.8}, subset=0)
-    alone, _ = budget.sweep_allocation(cnn, samples, {"target_macs": 0.8}, subset=0, jobs=1)
-    assert _errors(table) == pytest.approx(_errors(alone), rel=1e-6)
+    table = measure(cnn, samples, RATIOS, subset=0, jobs=2)
+    assert _errors(table) == pytest.approx(_errors(fast), rel=1e-6)
     assert [[p.units.tolist() for p in g.points] for g in table.groups] == [
-        [p.units.tolist() for p in g.points] for g in alone.groups
+        [p.units.tolist() for p in g.points] for g in fast.groups
     ]
 
 
 def test_jobs_is_an_option_with_default_one():
     option = OPTION_BY_NAME["jobs"]
     assert option.default == 1 and option.flag == "--jobs"
+
+
+def test_head_groups_measure_the_same_on_both_paths(samples):
+    """Head pruning may add shape nodes (the costs are matched by output name, the point runs
+    whole when the node lists differ): the digits ViT's head and MLP groups."""
+    vit = Model.load(MODELS / "digits_vit.onnx")
+    Pipeline(canonical_passes())(vit)
+    kinds = {g.id: g.kind for g in find_channel_groups(vit).groups if g.prunable}
+    chosen = {next(i for i, k in kinds.items() if k == "heads"), max(kinds)}
+    args = (vit, samples, (0.5,))
+    fast = measure(*args, subset=0, groups=chosen)
+    full = measure(*args, fast=False, groups=chosen)
+    assert {g.kind for g in fast.groups} >= {"heads"} and len(fast.groups) == 2
+    assert _errors(fast) == pytest.approx(_errors(full), rel=1e-5)
+    assert [g.points[0].macs for g in fast.groups] == [g.points[0].macs for g in full.groups]

@@ -9,9 +9,13 @@ node too) and its output error on the calibration samples,
 
     e(g, r) = ‖y_pruned − y‖² / ‖y‖²   over every graph output and sample
 
-(``recovery.output_error``; no recovery is applied). The original's outputs are computed once
-and replayed for every copy, so each point costs one onnxruntime session and one run over the
-samples; memory is the original's outputs over the calibration set plus one copy.
+(``recovery.output_error``'s ratio; no recovery is applied) with its standard error. The
+original's outputs are computed once. By default (``fast``) each point runs only the pruned
+copy's suffix from the cut's frontier (``suffix``: the same errors to float rounding), on a
+seeded subset of ``SUBSET`` samples (the error bar says how much that costs in precision), and
+groups can be measured in worker processes (``Sweep(jobs=N)``: the same table); ``fast=False``
+runs every point whole on every sample. Memory: the original's outputs on the samples measured,
+the frontier cache's budget, and per process one copy of the model with its points' sessions.
 
 ``allocate`` treats the errors of different groups as additive (first order: each group is
 measured with every other group whole) and picks, per group, 0 or one measured ratio: the least
