@@ -31,7 +31,7 @@ def value_shapes(
 
 
 def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, Shape]:
-    inferred = ir_shapes.infer(model, bindings)
+    inferred = ir_shapes.infer_cached(model, bindings)
     known = {
         name: tuple(dims)
         for name, dims in inferred.items()

@@ -31,21 +31,37 @@ def structure(model: ir.Model) -> tuple:
     """The objects ``model``'s graphs are made of, in order: equal (``==``) before and after a
     sequence of reads, different after any structural edit (see the module docstring). The
     tuple holds the objects themselves, not their ids, so none can be freed and its address
-    reused by a new object while a key made from it is kept."""
+    reused by a new object while a key made from it is kept. One walk over the nodes (the
+    subgraphs are found on the way, not by a second traversal): it runs on every cache lookup."""
     parts: list = [tuple(model.opset_imports.items())]
-    graphs: list[Any] = [*model.graphs(), *model.functions.values()]
-    for graph in graphs:
-        parts.append(graph)  # also a separator: nodes cannot slide from one graph to another
-        for node in graph:
-            parts.extend((node, node.name, node.op_type, *node.inputs, *node.attributes.values()))
-            for value in node.outputs:
-                parts.extend((value.name, value.shape, value.type))
-        for value in (*graph.inputs, *graph.outputs):
-            parts.extend((value, value.name, value.shape, value.type))
-        if isinstance(graph, ir.Graph):
-            for value in graph.initializers.values():
-                parts.extend((value, value.name, value.const_value))
+    for graph in (model.graph, *model.functions.values()):
+        _graph_parts(graph, parts)
     return tuple(parts)
+
+
+def _graph_parts(graph: Any, parts: list) -> None:
+    """``graph``'s part of ``structure``, then its subgraphs' (nested ones too)."""
+    parts.append(graph)  # also a separator: nodes cannot slide from one graph to another
+    subgraphs: list = []
+    for node in graph:
+        attributes = node.attributes.values()
+        parts.extend((node, node.name, node.op_type, *node.inputs, *attributes))
+        for value in node.outputs:
+            parts.extend((value.name, value.shape, value.type))
+        for attribute in attributes:
+            if attribute.is_ref():
+                continue
+            if attribute.type == ir.AttributeType.GRAPH:
+                subgraphs.append(attribute.value)
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                subgraphs.extend(attribute.value)
+    for value in (*graph.inputs, *graph.outputs):
+        parts.extend((value, value.name, value.shape, value.type))
+    if isinstance(graph, ir.Graph):
+        for value in graph.initializers.values():
+            parts.extend((value, value.name, value.const_value))
+    for subgraph in subgraphs:
+        _graph_parts(subgraph, parts)
 
 
 def content_digest(path: str | Path) -> str:

@@ -40,6 +40,21 @@ def infer(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[st
     return shapes
 
 
+def infer_cached(model, bindings: Mapping[str, Sequence[int]] | None = None) -> dict[str, Dims]:
+    """``infer``, memoised until the model changes (``Model.cached``; the result is shared: read
+    it, do not edit it). A binding equal to its input's declared static shape changes nothing
+    and is left out of the key, so on a model with static inputs the bound inference of
+    ``analysis.shapes`` and the unbound one of ``const-fold-shapes`` are one run."""
+    declared = {value.name: model.static_shape(value) for value in model.graph.inputs}
+    effective = {
+        name: tuple(int(d) for d in dims)
+        for name, dims in (bindings or {}).items()
+        if name in declared and declared[name] != tuple(int(d) for d in dims)
+    }
+    key = "inferred_dims:" + repr(sorted(effective.items()))
+    return model.cached(key, lambda: infer(model, effective))
+
+
 def shape_op_result(
     op_type: str, dims: Sequence, start: int = 0, end: int | None = None
 ) -> np.ndarray | None:

@@ -103,7 +103,7 @@ class ConstantFoldShapesPass(InPlacePass):
     def call(self, model) -> PassResult:
         reads_shapes = any(node.op_type in ("Shape", "Size") for node in model.nodes())
         shapes = (
-            ir_shapes.infer(model) if reads_shapes else {}
+            ir_shapes.infer_cached(model) if reads_shapes else {}
         )  # declared dims only: symbolic batch stays symbolic
         folded = 0
         for node in model.nodes():
