@@ -30,6 +30,7 @@ from sparsec.errors import InternalError, SparsecError, ValidationError
 from sparsec.ir import Model, file_sha256
 from sparsec.jobs_report import append_summary, job_files, job_json, write_files
 from sparsec.passes import parse_pipeline
+from sparsec.pruning.reconstruct.result import default_recover
 from sparsec.spec.job import JobSpec
 from sparsec.spec.options import RANDOM
 
@@ -77,6 +78,14 @@ def check_spec(spec: JobSpec):
     return pipeline_of(spec)
 
 
+def _recover_mode(spec: JobSpec, calibration) -> bool | str:
+    """False (--no-recover), --recover's mode, else block when torch is importable and
+    calibration is given (importing torch costs seconds: only then), else layer."""
+    if spec.get("no_recover"):
+        return False
+    return spec.get("recover") or (default_recover() if calibration is not None else "layer")
+
+
 def pipeline_of(spec: JobSpec):
     """The passes of a checked spec: weight sparsity, channel pruning, the --passes text
     parsed, the default cleanup with calibration-dead channels (``--calibration`` alone), or
@@ -85,7 +94,7 @@ def pipeline_of(spec: JobSpec):
     data = {
         "calibration": None if calibration is None else str(calibration),
         "calibration_samples": spec.get("calibration_samples") or 0,
-        "recover": not spec.get("no_recover"),
+        "recover": _recover_mode(spec, calibration),
     }
     common = {"exclude": spec.get("exclude"), "seed": spec.get("seed"), **data}
     if spec.weights:

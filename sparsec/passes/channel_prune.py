@@ -21,6 +21,7 @@ from sparsec.passes.calibrated import CalibratedPass
 from sparsec.pruning import budget, channels, layer_ratios, schedule
 from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning.channels import ChannelOptions
+from sparsec.pruning.reconstruct.result import reconstructed
 from sparsec.spec.options import default_importance
 
 
@@ -161,6 +162,16 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
 
     def call(self, model) -> PassResult:
         samples, options = self.calibration_data(model), self.settings()
+        return reconstructed(
+            self.recover,
+            model,
+            samples,
+            lambda: self._cut(model, options, samples),
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+
+    def _cut(self, model, options, samples) -> PassResult:
         with budget.sweep_jobs(self.jobs):
             if options.steps == 1:
                 return channels.prune_round(model, options, samples)

@@ -17,6 +17,7 @@ from sparsec.analysis.activations import RANDOM
 from sparsec.passes.base import Diagnostic, InPlacePass, PassResult
 from sparsec.passes.calibrated import CalibratedPass
 from sparsec.pruning.blocks import DropOptions, check, drop_blocks
+from sparsec.pruning.reconstruct.result import reconstructed
 
 
 class DropBlocksPass(CalibratedPass, InPlacePass):
@@ -76,7 +77,7 @@ class DropBlocksPass(CalibratedPass, InPlacePass):
             count=self.count,
             importance=self.importance,
             seed=self.seed,
-            recover=self.recover,
+            recover=bool(self.recover),
             batch_size=self.batch_size,
         )
 
@@ -84,7 +85,15 @@ class DropBlocksPass(CalibratedPass, InPlacePass):
         check(self.settings(), bool(self.calibration))
 
     def call(self, model) -> PassResult:
-        result = drop_blocks(model, self.settings(), self.calibration_data(model))
+        samples = self.calibration_data(model)
+        result = reconstructed(
+            self.recover,
+            model,
+            samples,
+            lambda: drop_blocks(model, self.settings(), samples),
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
         if self.calibration == RANDOM:
             result.diagnostics.append(_random_calibration())
         return result

@@ -14,6 +14,7 @@ from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.calibrated import CalibratedPass
 from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning import weights
+from sparsec.pruning.reconstruct.result import reconstructed
 from sparsec.pruning.weights import WeightOptions
 from sparsec.spec.options import default_importance
 
@@ -86,4 +87,12 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         weights.check(self.settings())
 
     def call(self, model) -> PassResult:
-        return weights.sparsify(model, self.settings(), self.calibration_data(model))
+        samples = self.calibration_data(model)
+        return reconstructed(
+            self.recover,
+            model,
+            samples,
+            lambda: weights.sparsify(model, self.settings(), samples),
+            batch_size=self.batch_size,
+            seed=self.seed or 0,
+        )

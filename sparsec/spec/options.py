@@ -405,6 +405,15 @@ OPTIONS: tuple[Option, ...] = (
         False,
     ),
     Option(
+        "recover",
+        Kind("MODE", _choice("layer", "block")),
+        DATA,
+        "With --calibration: layer (the least-squares refit of each pruned layer) or block (then "
+        "the kept weights of each block between residual joins fitted by gradient descent to the "
+        "original's block outputs; needs the torch extra: pip install 'sparsec[reconstruct]'). "
+        "Default: block when torch is installed, else layer.",
+    ),
+    Option(
         "eval",
         PATH,
         GATES,

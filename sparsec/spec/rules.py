@@ -56,6 +56,7 @@ def calibration_options(spec) -> None:
         for name, flag in (
             ("calibration_samples", "--calibration-samples"),
             ("no_recover", "--no-recover"),
+            ("recover", "--recover"),
         ):
             if spec.given(name):
                 raise UsageError(f"{flag} needs --calibration")

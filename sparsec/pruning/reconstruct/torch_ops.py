@@ -240,7 +240,7 @@ def _cast(node, inputs):
 def _constant_of_shape(node, inputs):
     fill = attr(node, "value")
     fill = np.zeros(1, np.float32) if fill is None else fill.reshape(-1)
-    return [torch.full(ints(inputs[0]), fill[0].item(), dtype=torch.from_numpy(fill).dtype)]
+    return [torch.full(ints(inputs[0]), fill[0].item(), dtype=torch.from_numpy(fill.copy()).dtype)]
 
 
 def _range(node, inputs):
