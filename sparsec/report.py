@@ -85,7 +85,8 @@ def blocks_text(blocks: list[dict]) -> str:
         ]
         for b in blocks
     ]
-    return f"dropped {len(blocks)} block(s):\n" + table(
+    units = sum(max(1, len(b.get("parts") or ())) for b in blocks)  # a transformer layer: 2
+    return f"dropped {units} block(s):\n" + table(
         rows, ["block", "kind", "score", "MACs", "params"], left=(0, 1)
     )
 

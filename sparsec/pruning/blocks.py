@@ -349,4 +349,5 @@ def _dropped_line(chosen: Sequence[Block], found: dict[int, float], importance: 
     named = "; ".join(
         f"{b.scope or b.exit} ({b.kind}, {importance} {found[b.id]:.4g})" for b in chosen
     )
-    return Diagnostic("info", "drop-blocks.dropped", f"dropped {len(chosen)} block(s): {named}")
+    units = sum(max(1, len(b.parts)) for b in chosen)  # a transformer layer counts as its parts
+    return Diagnostic("info", "drop-blocks.dropped", f"dropped {units} block(s): {named}")
