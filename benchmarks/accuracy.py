@@ -7,10 +7,12 @@ Usage::
 
 Table 1 (digits): top-1 on the held-out split (``models/digits_test.npz``) of the committed
 digits CNN / MLP / ViT, original and after: ``--channels 0.5`` one-shot (l1, no calibration);
-activation importance without refit; activation + refit; activation + refit with ``--steps 4``;
+activation importance without refit; activation + refit; the same + block reconstruction
+(``--recover block``, needs torch); activation + refit with ``--steps 4``;
 for the CNN also ``--target-macs 0.66`` without refit, with refit, with refit and ``--steps 4``,
 and with ``--calibration random`` (l1, the CLI's default there) + refit; then ``--nm 2:4``
-magnitude, Wanda without refit, Wanda + refit and SparseGPT (masks chosen in the refit).
+magnitude, Wanda without refit, Wanda + refit, Wanda + refit + block reconstruction and SparseGPT
+(masks chosen in the refit). MiniLM adds ``--heads 0.5 --ffn 0.5`` with refit vs block.
 Calibration: ``models/digits_calib.npz`` (256 training-split samples). Columns: top-1, Δ vs the
 original in points, MACs after / before (sparsec's count; 2:4 keeps the dense count), seconds
 of the compress call (load, passes, validation, save).
@@ -65,6 +67,11 @@ def digits_settings(name: str) -> list[tuple[str, str, dict]]:
         ),
         ("channels 0.5, activation + refit", "channels", {"ratio": 0.5, **real}),
         (
+            "channels 0.5, activation + refit + block reconstruction",
+            "channels",
+            {"ratio": 0.5, **real, "recover": "block"},
+        ),
+        (
             "channels 0.5, activation + refit, steps 4",
             "channels",
             {"ratio": 0.5, **real, "steps": 4},
@@ -107,6 +114,11 @@ def sparsity_settings(calibration: Path) -> list[tuple[str, str, dict]]:
             {"nm": "2:4", "score": "wanda", "calibration": calibration},
         ),
         (
+            "2:4 wanda + refit + block reconstruction",
+            "sparsity",
+            {"nm": "2:4", "score": "wanda", "calibration": calibration, "recover": "block"},
+        ),
+        (
             "2:4 sparsegpt (masks chosen in the refit)",
             "sparsity",
             {"nm": "2:4", "score": "sparsegpt", "calibration": calibration},
@@ -116,6 +128,7 @@ def sparsity_settings(calibration: Path) -> list[tuple[str, str, dict]]:
 
 def minilm_settings(calibration: Path) -> list[tuple[str, str, dict]]:
     quarter = {"ratio": 0.0, "heads": 0.25, "ffn": 0.25}
+    half = {"ratio": 0.0, "heads": 0.5, "ffn": 0.5}
     real = {"importance": "activation", "calibration": calibration}
     return [
         ("heads 0.25 ffn 0.25, l1 one-shot", "channels", quarter),
@@ -127,6 +140,12 @@ def minilm_settings(calibration: Path) -> list[tuple[str, str, dict]]:
         ("heads 0.25 ffn 0.25, activation + refit", "channels", {**quarter, **real}),
         ("heads 0.5, activation + refit", "channels", {"ratio": 0.0, "heads": 0.5, **real}),
         ("ffn 0.5, activation + refit", "channels", {"ratio": 0.0, "ffn": 0.5, **real}),
+        ("heads 0.5 ffn 0.5, activation + refit", "channels", {**half, **real}),
+        (
+            "heads 0.5 ffn 0.5, activation + refit + block reconstruction",
+            "channels",
+            {**half, **real, "recover": "block"},
+        ),
         *sparsity_settings(calibration),
     ]
 

@@ -47,7 +47,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         ffn: float = -1.0,
         calibration: str = "",
         calibration_samples: int = 0,
-        recover: bool = True,
+        recover: bool | str = True,
         steps: int = 1,
         batch_size: int = 16,
         target_macs: float = 0.0,
@@ -84,7 +84,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
             calibration_samples: Use the first N calibration samples (0: all; 64 with
                 ``random``).
             recover: With ``calibration``: refit the layers the cut reached (least squares
-                against the original's outputs, bias compensation included).
+                against the original's outputs, bias compensation included);
+                ``"block"``: then block reconstruction (``pruning.reconstruct``, needs torch).
             steps: Reach the ratios in this many prune → refit rounds (1 with a plan).
             batch_size: Calibration samples per onnxruntime run when activations are
                 measured.

@@ -37,7 +37,7 @@ class DropBlocksPass(CalibratedPass, InPlacePass):
         seed: int = 0,
         calibration: str = "",
         calibration_samples: int = 0,
-        recover: bool = True,
+        recover: bool | str = True,
         batch_size: int = 16,
     ) -> None:
         """Options of ``drop-blocks``.
@@ -58,7 +58,7 @@ class DropBlocksPass(CalibratedPass, InPlacePass):
                 ``random``).
             recover: With ``calibration``: refit the layers after each removed block and
                 recalibrate the normalizations reading drifted values (least squares against
-                the original's outputs).
+                the original's outputs); ``"block"``: then block reconstruction (torch).
             batch_size: Calibration samples per onnxruntime run.
         """
         whole = isinstance(count, (int, float)) and count >= 1 and float(count).is_integer()

@@ -39,7 +39,7 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
         calibration: str = "",
         batch_size: int = 16,
         calibration_samples: int = 0,
-        recover: bool = True,
+        recover: bool | str = True,
         seed: int = 0,
         exclude: str | tuple[str, ...] = "",
     ) -> None:
@@ -68,7 +68,7 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
             calibration_samples: Use the first N calibration samples (0: all; 64 with
                 ``random``).
             recover: With ``calibration``: refit the masked layers by least squares, zeros
-                kept.
+                kept; ``"block"``: then block reconstruction (``pruning.reconstruct``, torch).
             seed: Seed of ``calibration=random``.
             exclude: Glob patterns (a list, or ``|``-separated); a weight whose name, or the name
                 of a node reading it, matches one stays dense.
