@@ -399,9 +399,9 @@ def _validate(model, result: PassResult, source, feeds, label, *, rtol, atol, la
             f"the compressed model fails the ONNX checker (nothing written): {problem}"
         )
     oracle = None
-    reference = result.reference() if result.reference is not None else None
-    if reference is not None:
-        oracle = run_oracle(reference, model, feeds, label)
+    model.release_mapped_weights()  # the original's pages read by the passes leave the process
+    if result.reference is not None:  # built per comparison, dropped once its session exists
+        oracle = run_oracle(result.reference, model, feeds, label)
     if model.metadata(FORMAT_KEY) not in (None, "dense"):
         decoded = model.copy()  # the same weights decoded in numpy: the decoders are checked
         densify_weights(decoded)  # alone, the values by the oracle / the validation below

@@ -44,7 +44,7 @@ from sparsec.analysis.activations import (
 )
 from sparsec.analysis.inputs import conform, read_arrays
 from sparsec.errors import InputError
-from sparsec.ir import Model
+from sparsec.ir import Model, runtime
 from sparsec.validate import session
 
 LABEL_KEYS = ("labels", "label")  # the arrays taken as labels when no key is given
@@ -186,22 +186,34 @@ def _strict(figures: dict) -> dict:
     }
 
 
-def evaluate(reference, candidate, data: EvalData, *, batch_size: int = 64) -> Evaluation:
+EVAL_BATCH = 64  # samples per batch at most
+EVAL_BATCH_BYTES = 1 << 20  # input bytes per batch at most: activations grow with the batch
+
+
+def evaluate(
+    reference, candidate, data: EvalData, *, batch_size: int | None = None
+) -> Evaluation:
     """Run both models (``Model`` objects or paths) on ``data`` batch by batch and measure
-    how the candidate's outputs differ from the reference's (see the module docstring)."""
+    how the candidate's outputs differ from the reference's (see the module docstring).
+    ``batch_size`` by default: ``EVAL_BATCH`` samples, fewer when their inputs pass
+    ``EVAL_BATCH_BYTES`` (onnxruntime's activation memory grows with the batch). A large model
+    (``runtime.is_large``) runs alone: the reference's outputs first, then the candidate's."""
+    batch_size = batch_size or _bounded_batch(data.samples)
     model = _as_model(reference)
     fixed = fixed_batch(model)
     if fixed and data.count < fixed:
         raise InputError(
             f"{data.label}: the model runs in batches of {fixed} samples, the data has {data.count}"
         )
-    ref_session = session(reference)
-    cand_session = session(candidate)
-    pairs = _pair_outputs(ref_session, cand_session)
-    totals = {name: _Running() for name, _ in pairs}
     arrays = dict(data.samples)
     if data.labels is not None:
         arrays[_LABELS_FEED] = data.labels
+    ref_session = session(reference)
+    if runtime.is_large(reference) or runtime.is_large(candidate):  # one at a time
+        ref_session = runtime.Recorded(ref_session, calibration_batches(model, arrays, batch_size))
+    cand_session = session(candidate)
+    pairs = _pair_outputs(ref_session, cand_session)
+    totals = {name: _Running() for name, _ in pairs}
     used, mask = 0, padding_mask(model)
     for batch in calibration_batches(model, arrays, batch_size):
         labels = _batch_labels(batch, mask, data)
@@ -212,6 +224,12 @@ def evaluate(reference, candidate, data: EvalData, *, batch_size: int = 64) -> E
             totals[name].add(ref_out[name], cand_out[other], labels, real)
     outputs = [totals[name].result(name) for name, _ in pairs]
     return Evaluation(data.label, used, data.labels is not None, outputs)
+
+
+def _bounded_batch(samples: dict) -> int:
+    """``EVAL_BATCH``, or fewer samples so that one batch's inputs stay under ``EVAL_BATCH_BYTES``."""
+    per_sample = sum(array[:1].nbytes for array in samples.values())
+    return max(1, min(EVAL_BATCH, EVAL_BATCH_BYTES // max(per_sample, 1)))
 
 
 def _batch_labels(batch: dict, mask: str | None, data: EvalData) -> np.ndarray | None:

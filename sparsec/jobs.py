@@ -306,10 +306,9 @@ def quality_data(spec: JobSpec, model: Model):
 
 
 def _latency(source: Path, model: Model, feeds: dict, runs: int):
-    from sparsec.latency import compare_latency
-    from sparsec.validate import session
+    from sparsec.validate import latency  # a large model's session alone, not interleaved
 
-    return compare_latency(session(source), session(model), feeds, max(runs, LATENCY_GATE_RUNS))
+    return latency(source, model, feeds, max(runs, LATENCY_GATE_RUNS))
 
 
 def measured_figures(outcome: JobOutcome, result) -> dict[str, tuple[float | None, str]]:

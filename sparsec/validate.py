@@ -36,23 +36,31 @@ highest-valued key agrees. ``type`` is onnxruntime's name of the output's type a
 ``problem`` names the first mismatch. Latency comes from ``latency.compare_latency``: the
 median of ``latency_runs`` timed runs per model after untimed warm-up ones, the two models
 interleaved round by round, same inputs, same thread settings for both; ``latency_noise`` is the
-relative spread of the per-round candidate/reference ratios (0.02 = ±2 %).
+relative spread of the per-round candidate/reference ratios (0.02 = ±2 %). A model past
+``runtime.LARGE_MODEL_BYTES`` is timed alone (its runs, then the other's), not interleaved.
+
+Memory: one session is alive at a time (its outputs kept, the session freed before the next
+is made), except for the interleaved timing of two small models; a reference given as a
+builder is built for its session and dropped before it runs.
 """
 
 from __future__ import annotations
 
+import gc
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sparsec.ir import Model, runtime
-from sparsec.latency import compare_latency
+from sparsec.latency import compare_latency, summarize
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 ORACLE_TOLERANCE = 1e-4
 ORACLE_FLOOR = 1e-6  # absolute: float32 kernels' accuracy near zero (see the module docstring)
+LATENCY_WARMUP = 2  # untimed runs before a large model's timed ones, as compare_latency's
 FLOOR_SHARE = 0.25  # the floor never admits an error above a quarter of the output's peak
 
 
@@ -490,21 +498,38 @@ def validate(
     ``optimization``: onnxruntime's graph optimization level for both sessions (the oracle uses
     "basic": the extended level rewrites quantized graphs with dynamic quantization of
     activations, whose scale sees the masked channels of the reference, so the two would differ
-    by onnxruntime's rounding, not by the cut)."""
-    ref_session = session(reference, optimization=optimization)
-    cand_session = session(candidate, optimization=optimization)
-    ref_out, cand_out = ref_session.run(feeds), cand_session.run(feeds)
-    pairs = _pair_outputs(ref_session.output_names, cand_session.output_names)
-    latency = compare_latency(ref_session, cand_session, feeds, latency_runs)
-    types = ref_session.output_types
+    by onnxruntime's rounding, not by the cut).
+
+    ``reference`` and ``candidate``: a ``Model``, a file path, or a callable building a ``Model``
+    (called once, the model dropped as soon as its session exists). One session is alive at a
+    time (run, outputs kept, freed), except for the interleaved latency timing of two models
+    under ``runtime.LARGE_MODEL_BYTES``; a large one's latency is timed one session at a time."""
+    interleaved = latency_runs > 0 and not any(map(_large, (reference, candidate)))
+    if interleaved:
+        ref_session = session(reference, optimization=optimization)
+        cand_session = session(candidate, optimization=optimization)
+        ref, cand = _Run.of(ref_session, feeds), _Run.of(cand_session, feeds)
+        latency = compare_latency(ref_session, cand_session, feeds, latency_runs)
+        del ref_session, cand_session
+    else:
+        ref = _Run.alone(reference, feeds, optimization, latency_runs)
+        cand = _Run.alone(candidate, feeds, optimization, latency_runs)
+        latency = summarize(ref.times_ms, cand.times_ms) if latency_runs > 0 else None
+    pairs = _pair_outputs(ref.names, cand.names)
     metrics = [
         output_metrics(
-            name, ref_out[name], cand_out[other], rtol, atol, peak_tolerance, types.get(name)
+            name,
+            ref.outputs[name],
+            cand.outputs[other],
+            rtol,
+            atol,
+            peak_tolerance,
+            ref.types.get(name),
         )
         for name, other in pairs
     ]
     return Validation(
-        passed=len(pairs) == len(ref_session.output_names) and all(m.passed for m in metrics),
+        passed=len(pairs) == len(ref.names) and all(m.passed for m in metrics),
         rtol=rtol,
         atol=atol,
         inputs=inputs_label,
@@ -513,6 +538,72 @@ def validate(
         latency_ms_candidate=latency.candidate_ms if latency else None,
         latency_noise=latency.noise if latency else None,
     )
+
+
+def latency(reference, candidate, feeds: dict, runs: int, optimization: str = "all"):
+    """``compare_latency`` of two models (``Model`` or path): interleaved when both are under
+    ``runtime.LARGE_MODEL_BYTES``, else each timed alone with only its session alive."""
+    if not any(map(_large, (reference, candidate))):
+        return compare_latency(
+            session(reference, optimization=optimization),
+            session(candidate, optimization=optimization),
+            feeds,
+            runs,
+        )
+    if runs <= 0:
+        return None
+    ref = _Run.alone(reference, feeds, optimization, runs)
+    return summarize(ref.times_ms, _Run.alone(candidate, feeds, optimization, runs).times_ms)
+
+
+def _large(source) -> bool:
+    """Whether a model (a ``Model`` or a path; a builder counts as large: its model is not
+    built twice) passes ``runtime.LARGE_MODEL_BYTES``."""
+    return callable(source) or runtime.is_large(source)
+
+
+@dataclass
+class _Run:
+    """What validation keeps of one model's session: its outputs, names, types and timings."""
+
+    names: list[str]
+    types: dict[str, str]
+    outputs: dict
+    times_ms: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, model_session: runtime.Session, feeds: dict) -> _Run:
+        return cls(model_session.output_names, model_session.output_types, model_session.run(feeds))
+
+    @classmethod
+    def alone(cls, source, feeds: dict, optimization: str, latency_runs: int) -> _Run:
+        """The run of one model with only its own session alive, freed on return (a builder's
+        model is dropped once its session exists); ``latency_runs`` timed runs after
+        ``LATENCY_WARMUP`` untimed ones when positive."""
+        if callable(source):
+            model_session = _session_of_built(source, optimization)
+        else:
+            model_session = session(source, optimization=optimization)
+        run = cls.of(model_session, feeds)
+        if latency_runs > 0:
+            for _ in range(LATENCY_WARMUP):
+                model_session.run(feeds)
+            run.times_ms = [_timed_ms(model_session, feeds) for _ in range(latency_runs)]
+        return run
+
+
+def _session_of_built(build, optimization: str) -> runtime.Session:
+    """The session of the model ``build`` returns, that model freed before the session runs
+    (an onnx-ir graph is a web of reference cycles: only a collection frees its weights)."""
+    model_session = session(build(), optimization=optimization)
+    gc.collect()
+    return model_session
+
+
+def _timed_ms(model_session: runtime.Session, feeds: dict) -> float:
+    start = time.perf_counter()
+    model_session.run(feeds)
+    return (time.perf_counter() - start) * 1000.0
 
 
 def _pair_outputs(reference: list[str], candidate: list[str]) -> list[tuple[str, str]]:

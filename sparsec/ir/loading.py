@@ -7,10 +7,15 @@ location inside the model's folder, not a hard link, long enough (``tensor_check
 outputs have distinct names; the ONNX checker accepts the model (run with the weights lifted
 out, so its cost does not grow with the weights). Only then is the model handed to onnx-ir,
 which memory-maps external weights instead of reading them.
+
+A mapped weight's pages count in the resident set once read, for as long as its mapping lives;
+``release_mapped`` drops those pages from the process (they stay in the kernel's page cache);
+a released tensor's bytes are read back from the cache when next used.
 """
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import onnx
@@ -20,6 +25,20 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 
 from sparsec.errors import InputError, one_line
 from sparsec.ir.tensor_checks import check_tensors, iter_nodes
+
+
+def release_mapped(tensors) -> int:
+    """Drop the resident pages of every ``ir.ExternalTensor`` among ``tensors`` that was read
+    (others are skipped): ``madvise(MADV_DONTNEED)`` on its read-only file mapping, so its
+    arrays and views stay valid and read the page cache again when next used. Returns how
+    many mappings were advised."""
+    released = 0
+    for tensor in tensors:
+        raw = tensor.raw if isinstance(tensor, ir.ExternalTensor) else None
+        if raw is not None and not raw.closed:
+            raw.madvise(mmap.MADV_DONTNEED)
+            released += 1
+    return released
 
 
 def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:

@@ -429,6 +429,13 @@ class Model:
             for v in graph.initializers.values()
         )
 
+    def release_mapped_weights(self) -> int:
+        """Drop the resident pages of every weight read from external data
+        (``loading.release_mapped``): they leave the process, the weights stay readable."""
+        return loading.release_mapped(
+            v.const_value for graph in self.ir.graphs() for v in graph.initializers.values()
+        )
+
     def weight_bytes(self) -> int:
         """Bytes held by initializers in every graph (what the protobuf would carry)."""
         total = 0
@@ -468,8 +475,11 @@ class Model:
         return self._structure
 
     def resize_initializer(self, value: ir.Value, array: np.ndarray) -> None:
-        """Replace an initializer's data, keeping its shape and dtype consistent with it."""
+        """Replace an initializer's data, keeping its shape and dtype consistent with it (a
+        replaced memory-mapped weight's pages leave the resident set)."""
+        replaced = value.const_value
         value.const_value = _tensor(array, name=value.name)
+        loading.release_mapped([replaced])
         value.shape = ir.Shape(array.shape)
         value.dtype = ir.DataType.from_numpy(array.dtype)
         self.touch()

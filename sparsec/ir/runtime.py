@@ -5,6 +5,13 @@ capture) creates its session here, so that serialisation details (the 2 GB limit
 intermediate tensors as extra graph outputs) live in one place. This is the only module that
 imports onnxruntime.
 
+Memory: a model whose weights pass ``LARGE_MODEL_BYTES`` (``is_large``) goes to onnxruntime as a
+file with external data and its session runs without prepacking (``session.disable_prepacking``):
+onnxruntime then memory-maps the weights from that file instead of copying them (prepacking
+would make an anonymous copy of every Gemm/MatMul weight), so its pages are the kernel's to
+drop, and they leave the process with the session. Callers keep one large session alive at a
+time (``validate``, ``evaluate``): run it, keep its outputs, free it.
+
 onnxruntime's own messages never reach the user: every session logs at severity 3 (errors,
 which become ``InputError`` lines anyway), the default logger too, and the import itself runs
 with file descriptor 2 silenced, because onnxruntime 1.32 prints an ANSI-coloured telemetry
@@ -14,10 +21,11 @@ logger setting can reach that line).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +74,9 @@ _LEVELS = {
 # pessimistically.
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
+# Weights past this many bytes: sessions map them from a file, one such session at a time.
+LARGE_MODEL_BYTES = 1 << 30
+
 
 class Session:
     """An onnxruntime CPU session with named inputs/outputs."""
@@ -77,8 +88,11 @@ class Session:
         optimization: str = "all",
         threads: int = 0,
         lean: bool = False,
+        mapped: bool = False,
     ) -> None:
         options = ort.SessionOptions()
+        if mapped:  # weights stay memory-mapped from the file's external data (no packed copy)
+            options.add_session_config_entry("session.disable_prepacking", "1")
         options.graph_optimization_level = _LEVELS[optimization]
         options.log_severity_level = _SEVERITY
         if threads:
@@ -113,6 +127,23 @@ class Session:
         except Exception as error:
             raise InputError(f"onnxruntime failed to run the model: {one_line(error)}") from None
         return dict(zip(names, results))
+
+
+class Recorded:
+    """A session's outputs on a sequence of feeds, computed up front: it stands in for the
+    session (freed meanwhile) where the same feeds are run in the same order, so that a large
+    model's session is not alive with another's. ``run`` returns the next recorded outputs."""
+
+    def __init__(self, session: Session, feeds: Iterable[dict[str, np.ndarray]]) -> None:
+        self.input_names, self.output_names = session.input_names, session.output_names
+        self.output_types = session.output_types
+        self._outputs = collections.deque(session.run(batch) for batch in feeds)
+
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        recorded = self._outputs.popleft()
+        return recorded if outputs is None else {name: recorded[name] for name in outputs}
 
 
 def optimized_op_names(model, optimization: str = "basic") -> list[str]:
@@ -179,7 +210,10 @@ def session_for(
         path = Path(folder) / "model.onnx"
         with _exposed(model, extra_outputs):
             ir.save(model.ir, str(path), external_data="model.onnx.data")
-        return Session(str(path), optimization=optimization, threads=threads, lean=lean)
+        model.release_mapped_weights()  # what the save read stays in the page cache only
+        return Session(
+            str(path), optimization=optimization, threads=threads, lean=lean, mapped=is_large(model)
+        )
 
 
 @contextlib.contextmanager
@@ -199,7 +233,37 @@ def _exposed(model, names: Sequence[str]):
 
 
 def session_for_file(path: str | Path, *, optimization: str = "all", threads: int = 0) -> Session:
-    return Session(str(path), optimization=optimization, threads=threads)
+    return Session(str(path), optimization=optimization, threads=threads, mapped=is_large(path))
+
+
+def is_large(source) -> bool:
+    """Whether a ``Model`` (its weights) or a model file (with the external-data files beside it
+    that it names) passes ``LARGE_MODEL_BYTES``."""
+    if not isinstance(source, (str, Path)):
+        return source.weight_bytes() > LARGE_MODEL_BYTES
+    path = Path(source)
+    size = path.stat().st_size if path.is_file() else 0
+    if size > LARGE_MODEL_BYTES or not size:
+        return size > LARGE_MODEL_BYTES
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a readable model: onnxruntime will say so
+        return False
+    locations = {
+        entry.value
+        for tensor in proto.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    folder = path.parent
+    return size + sum(_file_size(folder / name) for name in locations) > LARGE_MODEL_BYTES
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def runs(model, feeds: dict[str, np.ndarray]) -> bool:

@@ -35,16 +35,21 @@ from sparsec.validate import (
 
 def run_oracle(reference, model, feeds: dict, label: str) -> Validation:
     """The oracle on ``feeds`` (then at batch 2 when the batch is symbolic and was 1); raises
-    ``ValidationError`` naming the worst output when the compressed model differs."""
+    ``ValidationError`` naming the worst output when the compressed model differs.
+
+    ``reference``: the masked original, or a callable building it; a builder is called for each
+    comparison and its model dropped once its session exists, so the masked weights are not
+    held while onnxruntime runs (``validate``; the inputs are the compressed model's, which
+    keeps the original's)."""
     oracle = _compare(reference, model, feeds, label)
     if not oracle.passed:
         raise ValidationError(failure_line(oracle))
-    wider = second_batch_feeds(reference, feeds)
+    wider = second_batch_feeds(model, feeds)
     if wider is not None:
         try:
             second = _compare(reference, model, wider, f"{label}, and at batch 2")
         except InputError:  # one of them does not run at batch 2
-            if runtime.runs(reference, wider):
+            if runtime.runs(_built(reference), wider):
                 raise  # the reference does: the compressed model fails where it runs
             return oracle
         if not second.passed:
@@ -61,16 +66,21 @@ def _compare(reference, model, feeds: dict, label: str) -> Validation:
     the comparison with those quantizers bypassed, whose label keeps the plain gap (reported,
     since a rounding step flipped by float rounding may grow through later layers)."""
     oracle = _validate(reference, model, feeds, label)
-    if oracle.passed or not same_quantizers(reference, model):
+    if oracle.passed or not same_quantizers(masked := _built(reference), model):
         return oracle
     worst = max(oracle.outputs, key=lambda o: o.max_abs, default=None)
     plain = "" if worst is None else f" (with them: max abs {worst.max_abs:.3g} on '{worst.name}')"
     return _validate(
-        bypass_quantizers(reference),
+        bypass_quantizers(masked),
         bypass_quantizers(model),
         feeds,
         f"{label}; activation quantizers bypassed in both models{plain}",
     )
+
+
+def _built(reference):
+    """The masked original itself (``reference`` or what its builder builds)."""
+    return reference() if callable(reference) else reference
 
 
 def _validate(reference, model, feeds: dict, label: str) -> Validation:
