@@ -174,7 +174,7 @@ def run_one(model: Path, mode: str, folder: Path, timeout: float = 3600) -> dict
     argv += ["--channels", "0.5"] if mode == "channels" else []
     command = [sys.executable, __file__, "--child", str(figures), "--", *argv]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
     row = {"model": model.name, "mode": mode, "seconds": time.perf_counter() - started}
     if figures.is_file():
         row.update(json.loads(figures.read_text()))
