@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsec.analysis.activations import fixed_batch
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import ImportanceContext, group_scores
@@ -262,6 +263,8 @@ class Sweep:
     ) -> None:
         self.start = time.perf_counter()
         self.importance, self.jobs = importance, max(1, jobs)
+        if subset and fast:  # a fixed batch size runs whole batches: at least one
+            subset = max(subset, fixed_batch(model) or 0)
         self.samples = subset_samples(samples, subset if fast else 0, seed)
         ctx = ImportanceContext(model, calibration=dict(samples), batch_size=batch_size)
         analysis = find_channel_groups(model, lossy=lossy_couplings)
@@ -270,7 +273,8 @@ class Sweep:
         ]
         self.scores = {g.id: group_scores(g, importance, ctx) for g in self.groups}
         settings = (batch_size, fast, lossy_couplings)
-        self.pool = _Pool(model, self.samples, settings, self.jobs) if self.jobs > 1 else None
+        parallel = self.jobs > 1 and len(self.groups) > 1
+        self.pool = _Pool(model, self.samples, settings, self.jobs) if parallel else None
         self.measurer = (
             None
             if self.pool
