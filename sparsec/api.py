@@ -248,26 +248,27 @@ def compress(
     clock.lap("load")
     gc.freeze()  # the loaded graph lives as long as this call: keep it out of every collection
     try:
-        return _compress_loaded(
-            model,
-            source,
-            output,
-            clock,
-            rss,
-            pipeline=pipeline,
-            input_shapes=input_shapes,
-            inputs=inputs,
-            force=force,
-            plan_out=plan_out,
-            rtol=rtol,
-            atol=atol,
-            latency_runs=latency_runs,
-            on_pass=on_pass,
-            metadata=metadata or {},
-            side_outputs=side_outputs,
-            finish=finish,
-            on_checked=on_checked,
-        )
+        with model.spilling(runtime.LARGE_MODEL_BYTES):  # a large model's new weights: mapped
+            return _compress_loaded(
+                model,
+                source,
+                output,
+                clock,
+                rss,
+                pipeline=pipeline,
+                input_shapes=input_shapes,
+                inputs=inputs,
+                force=force,
+                plan_out=plan_out,
+                rtol=rtol,
+                atol=atol,
+                latency_runs=latency_runs,
+                on_pass=on_pass,
+                metadata=metadata or {},
+                side_outputs=side_outputs,
+                finish=finish,
+                on_checked=on_checked,
+            )
     finally:
         gc.unfreeze()
 

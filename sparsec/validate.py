@@ -151,12 +151,19 @@ class Validation:
 
 
 def session(
-    source: Model | str | Path, threads: int = 0, optimization: str = "all"
+    source: Model | str | Path,
+    threads: int = 0,
+    optimization: str = "all",
+    mapped: bool | None = None,
 ) -> runtime.Session:
-    """A session over a ``Model`` or a file path."""
+    """A session over a ``Model`` or a file path (``mapped``: ``runtime.session_for``'s)."""
     if isinstance(source, Model):
-        return runtime.session_for(source, threads=threads, optimization=optimization)
-    return runtime.session_for_file(source, threads=threads, optimization=optimization)
+        return runtime.session_for(
+            source, threads=threads, optimization=optimization, mapped=mapped
+        )
+    return runtime.session_for_file(
+        source, threads=threads, optimization=optimization, mapped=mapped
+    )
 
 
 def output_metrics(
@@ -504,16 +511,16 @@ def validate(
     (called once, the model dropped as soon as its session exists). One session is alive at a
     time (run, outputs kept, freed), except for the interleaved latency timing of two models
     under ``runtime.LARGE_MODEL_BYTES``; a large one's latency is timed one session at a time."""
-    interleaved = latency_runs > 0 and not any(map(_large, (reference, candidate)))
-    if interleaved:
+    large = any(map(_large, (reference, candidate)))  # then both unpacked: the same kernels
+    if latency_runs > 0 and not large:
         ref_session = session(reference, optimization=optimization)
         cand_session = session(candidate, optimization=optimization)
         ref, cand = _Run.of(ref_session, feeds), _Run.of(cand_session, feeds)
         latency = compare_latency(ref_session, cand_session, feeds, latency_runs)
         del ref_session, cand_session
     else:
-        ref = _Run.alone(reference, feeds, optimization, latency_runs)
-        cand = _Run.alone(candidate, feeds, optimization, latency_runs)
+        ref = _Run.alone(reference, feeds, optimization, latency_runs, large)
+        cand = _Run.alone(candidate, feeds, optimization, latency_runs, large)
         latency = summarize(ref.times_ms, cand.times_ms) if latency_runs > 0 else None
     pairs = _pair_outputs(ref.names, cand.names)
     metrics = [
@@ -552,8 +559,9 @@ def latency(reference, candidate, feeds: dict, runs: int, optimization: str = "a
         )
     if runs <= 0:
         return None
-    ref = _Run.alone(reference, feeds, optimization, runs)
-    return summarize(ref.times_ms, _Run.alone(candidate, feeds, optimization, runs).times_ms)
+    ref = _Run.alone(reference, feeds, optimization, runs, mapped=True)
+    cand = _Run.alone(candidate, feeds, optimization, runs, mapped=True)
+    return summarize(ref.times_ms, cand.times_ms)
 
 
 def _large(source) -> bool:
@@ -576,14 +584,14 @@ class _Run:
         return cls(model_session.output_names, model_session.output_types, model_session.run(feeds))
 
     @classmethod
-    def alone(cls, source, feeds: dict, optimization: str, latency_runs: int) -> _Run:
+    def alone(cls, source, feeds: dict, optimization: str, latency_runs: int, mapped: bool) -> _Run:
         """The run of one model with only its own session alive, freed on return (a builder's
         model is dropped once its session exists); ``latency_runs`` timed runs after
         ``LATENCY_WARMUP`` untimed ones when positive."""
         if callable(source):
-            model_session = _session_of_built(source, optimization)
+            model_session = _session_of_built(source, optimization, mapped)
         else:
-            model_session = session(source, optimization=optimization)
+            model_session = session(source, optimization=optimization, mapped=mapped)
         run = cls.of(model_session, feeds)
         if latency_runs > 0:
             for _ in range(LATENCY_WARMUP):
@@ -592,10 +600,10 @@ class _Run:
         return run
 
 
-def _session_of_built(build, optimization: str) -> runtime.Session:
+def _session_of_built(build, optimization: str, mapped: bool) -> runtime.Session:
     """The session of the model ``build`` returns, that model freed before the session runs
     (an onnx-ir graph is a web of reference cycles: only a collection frees its weights)."""
-    model_session = session(build(), optimization=optimization)
+    model_session = session(build(), optimization=optimization, mapped=mapped)
     gc.collect()
     return model_session
 

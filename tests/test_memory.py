@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
+from sparsec import api
 from sparsec import evaluate as evaluate_module
-from sparsec.ir import Model, runtime
+from sparsec.ir import Model, runtime, spill
+from sparsec.ir.spill import Spill
 from sparsec.passes import Pipeline
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.pruning.oracle_gate import run_oracle
@@ -162,6 +165,43 @@ def test_evaluation_batches_are_bounded_by_input_bytes():
     images = {"x": np.zeros((64, 3, 224, 224), np.float32)}
     assert evaluate_module._bounded_batch(images) == 1
     assert evaluate_module._bounded_batch({"x": np.zeros((256, 64), np.float32)}) == 64
+
+
+def test_a_spilled_array_reads_back_and_its_file_goes_with_the_spill():
+    array = np.random.default_rng(0).standard_normal((300, 7)).astype(np.float32)
+    with Spill.temporary() as store:
+        first, second = store.tensor(array, "a"), store.tensor(array[::2], "b")
+        np.testing.assert_array_equal(first.numpy(), array)
+        np.testing.assert_array_equal(second.numpy(), array[::2])
+        folder = store.folder
+    assert not folder.exists()
+
+
+def test_a_spilling_model_and_its_copies_map_their_new_weights(chain, monkeypatch):
+    monkeypatch.setattr(spill, "MIN_BYTES", 0)
+    model = Model.load(chain)
+    with model.spilling(0):
+        copy = model.copy()
+        weight = copy.initializers()["W0"]
+        copy.resize_initializer(weight, copy.constant(weight)[:10].copy())
+        assert isinstance(weight.const_value, ir.ExternalTensor)
+        assert weight.const_value.base_dir == copy.spill.folder
+    assert model.spill is None
+
+
+def test_a_spilled_compression_writes_the_same_weights(chain, tmp_path, monkeypatch):
+    passes = [ChannelPrunePass(ratio=0.5)]
+    api.compress(chain, tmp_path / "plain.onnx", pipeline=passes, latency_runs=0)
+    monkeypatch.setattr(spill, "MIN_BYTES", 0)
+    monkeypatch.setattr(runtime, "LARGE_MODEL_BYTES", 0)
+    passes = [ChannelPrunePass(ratio=0.5)]
+    result = api.compress(chain, tmp_path / "spilled.onnx", pipeline=passes, latency_runs=0)
+    assert result.oracle is not None and result.oracle.passed
+    plain, spilled = Model.load(tmp_path / "plain.onnx"), Model.load(tmp_path / "spilled.onnx")
+    for name, value in plain.initializers().items():
+        np.testing.assert_array_equal(
+            spilled.constant(spilled.initializers()[name]), plain.constant(value)
+        )
 
 
 # --- slow: a generated model past 2 GB, whole run, in a child process ----------------------

@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import weakref
@@ -36,6 +37,7 @@ from sparsec.errors import InputError
 from sparsec.ir import digest, loading, saving, sparse_coo
 from sparsec.ir import types as value_types
 from sparsec.ir.onnx_api import call_onnx_api
+from sparsec.ir.spill import Spill
 
 # The protobuf limit is 2 GiB; keep a margin for the graph structure itself.
 PROTOBUF_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
@@ -56,6 +58,7 @@ class Model:
         self.source_bytes: int | None = None  # file bytes (model + external data) when loaded
         self.source_files: set[Path] = set()  # the model file and its external-data files
         self.input_shapes: dict[str, tuple[int, ...]] = {}  # the run's, bound by analyses
+        self.spill: Spill | None = None  # where new large weights go while ``spilling``
 
     # ----------------------------------------------------------------- load / save
     @classmethod
@@ -199,7 +202,24 @@ class Model:
         copy = Model(self.ir.clone(), self.path)
         copy.source_files, copy.source_bytes = set(self.source_files), self.source_bytes
         copy.input_shapes = dict(self.input_shapes)
+        copy.spill = self.spill
         return copy
+
+    @contextlib.contextmanager
+    def spilling(self, min_model_bytes: int) -> Iterator[None]:
+        """Within the block, when the weights pass ``min_model_bytes``: every large array this
+        model (or a copy made meanwhile) takes as an initializer goes to a temp file, mapped
+        (``spill``), so the process holds no second copy of the weights; nothing may read them
+        after the block."""
+        if self.weight_bytes() <= min_model_bytes:
+            yield
+            return
+        with Spill.temporary() as store:
+            self.spill = store
+            try:
+                yield
+            finally:
+                self.spill = None
 
     # ------------------------------------------------------------------ reading
     @property
@@ -478,7 +498,10 @@ class Model:
         """Replace an initializer's data, keeping its shape and dtype consistent with it (a
         replaced memory-mapped weight's pages leave the resident set)."""
         replaced = value.const_value
-        value.const_value = _tensor(array, name=value.name)
+        if self.spill is not None and self.spill.takes(array):
+            value.const_value = self.spill.tensor(array, value.name or "")
+        else:
+            value.const_value = _tensor(array, name=value.name)
         loading.release_mapped([replaced])
         value.shape = ir.Shape(array.shape)
         value.dtype = ir.DataType.from_numpy(array.dtype)

@@ -186,6 +186,7 @@ def session_for(
     lean: bool = False,
     only: bool = False,
     fed: Mapping[str, np.dtype] | None = None,
+    mapped: bool | None = None,
 ) -> Session:
     """A session over an in-memory ``Model``, optionally exposing intermediate values by name.
     With ``only``, the session computes ``extra_outputs`` alone: the graph outputs are replaced
@@ -196,7 +197,10 @@ def session_for(
 
     Small models go to onnxruntime as bytes; models with external or > 2 GB weights are written
     to a temporary folder first (onnxruntime resolves external data beside the model file).
+    ``mapped`` (default: ``is_large``): no prepacking, so that a file's weights stay mapped; two
+    sessions whose timings are compared take the same value.
     """
+    mapped = is_large(model) if mapped is None else mapped
     if can_truncate(model):
         proto = model.to_proto()
         if only:
@@ -205,14 +209,14 @@ def session_for(
             _expose(proto, extra_outputs)
         data = proto.SerializeToString()
         del proto
-        return Session(data, optimization=optimization, threads=threads, lean=lean)
+        return Session(data, optimization=optimization, threads=threads, lean=lean, mapped=mapped)
     with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
         path = Path(folder) / "model.onnx"
         with _exposed(model, extra_outputs):
             ir.save(model.ir, str(path), external_data="model.onnx.data")
         model.release_mapped_weights()  # what the save read stays in the page cache only
         return Session(
-            str(path), optimization=optimization, threads=threads, lean=lean, mapped=is_large(model)
+            str(path), optimization=optimization, threads=threads, lean=lean, mapped=mapped
         )
 
 
@@ -232,8 +236,12 @@ def _exposed(model, names: Sequence[str]):
         outputs.extend(original)
 
 
-def session_for_file(path: str | Path, *, optimization: str = "all", threads: int = 0) -> Session:
-    return Session(str(path), optimization=optimization, threads=threads, mapped=is_large(path))
+def session_for_file(
+    path: str | Path, *, optimization: str = "all", threads: int = 0, mapped: bool | None = None
+) -> Session:
+    """A session over a model file (``mapped``: as ``session_for``'s, default ``is_large``)."""
+    mapped = is_large(path) if mapped is None else mapped
+    return Session(str(path), optimization=optimization, threads=threads, mapped=mapped)
 
 
 def is_large(source) -> bool:
