@@ -10,15 +10,17 @@ result is cached per model version and binding.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 from sparsec.analysis.inputs import bind_shapes, random_inputs
 from sparsec.errors import SparsecError
 from sparsec.ir import runtime
 from sparsec.ir import shapes as ir_shapes
-from sparsec.ir.cone import cone
+from sparsec.ir.cone import Cone, cone_proto, find_cone
 
 Shape = tuple[int, ...]
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model: (cone key, shapes)
 
 
 def value_shapes(
@@ -63,9 +65,20 @@ def measure_shapes(
     model, bindings: Mapping[str, Shape], names: list[str], known: Mapping[str, Shape]
 ) -> dict[str, Shape]:
     """Shapes of ``names`` as onnxruntime computes them on seeded inputs of the bound shapes
-    (``known``: the shapes known already, where the run may stop)."""
-    found = _run(model, bindings, names, known)
-    return {name: tuple(array.shape) for name, array in found.items()}
+    (``known``: the shapes known already, where the run may stop). The last measurement is
+    kept per model with its cone's key (``ir.cone.Cone.key``): a pass that changed the model
+    elsewhere (dead code, a canonicalization away from these values) costs no new run."""
+    found = find_cone(model, names, known)
+    key = None if found is None else (found.key(), tuple(sorted(bindings.items())))
+    last = _MEASURED.get(model)
+    if key is not None and last is not None and last[0] == key:
+        return dict(last[1])
+    shapes = {
+        name: tuple(array.shape) for name, array in _run(model, bindings, names, found).items()
+    }
+    if key is not None:
+        _MEASURED[model] = (key, shapes)
+    return dict(shapes)
 
 
 def measure_values(model, names: list[str], overrides: Mapping[str, Shape] | None = None) -> dict:
@@ -75,24 +88,24 @@ def measure_values(model, names: list[str], overrides: Mapping[str, Shape] | Non
     bindings = bind_shapes(model, overrides)
     key = "values:" + repr(sorted(bindings.items())) + repr(sorted(names))
     known = value_shapes(model, overrides)
-    return model.cached(key, lambda: _run(model, bindings, list(names), known))
+    return model.cached(
+        key, lambda: _run(model, bindings, list(names), find_cone(model, names, known))
+    )
 
 
-def _run(model, bindings: Mapping[str, Shape], names: list[str], known) -> dict:
+def _run(model, bindings: Mapping[str, Shape], names: list[str], found: Cone | None) -> dict:
+    """``names`` computed on seeded inputs: by their cone (``ir.cone``: every node they depend
+    on, a ``Shape`` of a value whose shape is known taken as a constant), else (no ``found``)
+    by the whole model; {} when onnxruntime refuses."""
     try:
-        session = _probe(model, names, known)
+        if found is None:
+            session = runtime.session_for(
+                model, extra_outputs=names, optimization="disable", lean=True, only=True
+            )
+        else:
+            data = cone_proto(model, found).SerializeToString()
+            session = runtime.Session(data, optimization="disable", lean=True)
         results = session.run(random_inputs(model, bindings, seed=0), names)
     except SparsecError:
         return {}  # whoever needed these reports them as unknown
     return {name: array for name, array in results.items() if hasattr(array, "shape")}
-
-
-def _probe(model, names: list[str], known: Mapping[str, Shape]) -> runtime.Session:
-    """A session computing ``names`` alone: their cone (``ir.cone``: every node they depend on,
-    a ``Shape`` of a value whose shape is ``known`` taken as a constant), else the whole model."""
-    proto = cone(model, names, known)
-    if proto is None:
-        return runtime.session_for(
-            model, extra_outputs=names, optimization="disable", lean=True, only=True
-        )
-    return runtime.Session(proto.SerializeToString(), optimization="disable", lean=True)

@@ -18,6 +18,7 @@ value it reads is not a main-graph value): the caller then runs the whole model.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -29,12 +30,53 @@ from sparsec.ir.shapes import shape_op_result
 _STANDARD = ("", "ai.onnx")
 
 
+@dataclass
+class Cone:
+    """What computes some values: ``nodes`` in graph order (a folded ``Shape``/``Size`` among
+    them with its result in ``constants``), the ``initializers`` and graph ``inputs`` they read."""
+
+    names: list[str]
+    nodes: list[ir.Node]
+    constants: dict[ir.Node, np.ndarray] = field(default_factory=dict)
+    initializers: dict[str, ir.Value] = field(default_factory=dict)
+    inputs: dict[str, ir.Value] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        """What the cone's values depend on (the same key: the same values, on the same
+        inputs): its nodes with their op, inputs, attributes and outputs; the folded results;
+        the initializers by tensor (the bytes of small ones, which carry shapes: a tensor is
+        replaced, never written into, but a freed one's id may be reused) and the inputs."""
+        parts: list = [tuple(self.names)]
+        for node in self.nodes:
+            folded = self.constants.get(node)
+            parts.append(
+                (node, node.op_type, node.domain, node.name)
+                + tuple(v.name if v is not None else None for v in node.inputs)
+                + tuple(node.attributes.values())
+                + tuple(v.name for v in node.outputs)
+                + ((folded.tobytes(),) if folded is not None else ())
+            )
+        for name, value in self.initializers.items():
+            tensor = value.const_value
+            data = tensor.tobytes() if tensor is not None and tensor.nbytes <= 1024 else None
+            parts.append((name, id(tensor), value.shape, value.dtype, data))
+        parts.extend((name, value.shape, value.type) for name, value in self.inputs.items())
+        return tuple(parts)
+
+
 def cone(
     model, names: Sequence[str], static: Mapping[str, Sequence[int]]
 ) -> onnx.ModelProto | None:
     """The sub-model computing ``names`` (see the module docstring), or None."""
+    found = find_cone(model, names, static)
+    return None if found is None else cone_proto(model, found)
+
+
+def find_cone(model, names: Sequence[str], static: Mapping[str, Sequence[int]]) -> Cone | None:
+    """The nodes, initializers and inputs computing ``names`` (None as ``cone`` says)."""
     by_name = model.values_by_name()
-    nodes, constants, initializers, inputs = set(), {}, {}, {}
+    found = Cone(list(names), [])
+    nodes: set[ir.Node] = set()
     pending = [by_name.get(name) for name in names]
     seen: set[str] = set()
     while pending:
@@ -46,20 +88,22 @@ def cone(
         seen.add(value.name)
         node = value.producer()
         if value.is_initializer():
-            initializers[value.name] = value
+            found.initializers[value.name] = value
         elif node is None:
-            inputs[value.name] = value
+            found.inputs[value.name] = value
         elif (folded := _folded_shape(node, static)) is not None:
-            constants[node] = folded
+            found.constants[node] = folded
         elif node not in nodes:
             nodes.add(node)
             reads = model.reads(node)  # a subgraph's own values are not main-graph values
             pending.extend(by_name[read] for read in sorted(reads) if read in by_name)
-    weights = sum(v.const_value.nbytes for v in initializers.values() if v.const_value is not None)
+    weights = sum(
+        v.const_value.nbytes for v in found.initializers.values() if v.const_value is not None
+    )
     if weights >= PROTOBUF_LIMIT_BYTES:
         return None
-    ordered = [node for node in model.graph if node in nodes or node in constants]
-    return _proto(model, ordered, constants, initializers, inputs, names)
+    found.nodes = [node for node in model.graph if node in nodes or node in found.constants]
+    return found
 
 
 def _folded_shape(node: ir.Node, static: Mapping[str, Sequence[int]]) -> np.ndarray | None:
@@ -74,28 +118,31 @@ def _folded_shape(node: ir.Node, static: Mapping[str, Sequence[int]]) -> np.ndar
     return shape_op_result(node.op_type, dims, start or 0, end)
 
 
-def _proto(model, nodes, constants, initializers, inputs, names) -> onnx.ModelProto:
+def cone_proto(model, found: Cone) -> onnx.ModelProto:
+    """``found`` as a model: its nodes, initializers and inputs, ``names`` as outputs."""
     protos = [
         onnx.helper.make_node(
             "Constant",
             [],
-            [node.outputs[0].name],
-            value=onnx.numpy_helper.from_array(constants[node]),
+            [str(node.outputs[0].name)],
+            value=onnx.numpy_helper.from_array(found.constants[node]),
         )
-        if node in constants
+        if node in found.constants
         else ir.serde.serialize_node(node)
-        for node in nodes
+        for node in found.nodes
     ]
     tensors = []
-    for name, value in initializers.items():
+    for name, value in found.initializers.items():
+        if value.const_value is None:
+            continue  # no data to give: onnxruntime says what it misses
         tensor = ir.serde.serialize_tensor(value.const_value)
         tensor.name = name
         tensors.append(tensor)
     graph = onnx.helper.make_graph(
         protos,
         "cone",
-        [ir.serde.serialize_value(value) for value in inputs.values()],
-        [onnx.ValueInfoProto(name=name) for name in names],  # ORT reports what it computes
+        [ir.serde.serialize_value(value) for value in found.inputs.values()],
+        [onnx.ValueInfoProto(name=name) for name in found.names],  # ORT says what it computes
         initializer=tensors,
     )
     proto = onnx.helper.make_model(
