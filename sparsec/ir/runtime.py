@@ -75,7 +75,7 @@ _LEVELS = {
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 # Weights past this many bytes: sessions map them from a file, one such session at a time.
-LARGE_MODEL_BYTES = 1 << 30
+LARGE_MODEL_BYTES = 1 << 28
 
 
 class Session:
