@@ -55,6 +55,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         ratios: str | Mapping[str, float] | list[str] = "",
         lossy_couplings: bool | None = None,
         jobs: int = 1,
+        depth: bool = True,
     ) -> None:
         """Options of ``channel-prune``.
 
@@ -105,6 +106,10 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 else off (such groups stay whole, saying so).
             jobs: Worker processes measuring sensitivity for a target (the result does not
                 depend on it; each holds one copy of the model).
+            depth: With a target: the model's removable blocks (``analyze --blocks``) compete
+                with the channel groups, each measured removed alone; a block is dropped where
+                that costs less output error than width (``pruning.depth_width``). Off:
+                channels only.
         """
         self.ratio, self.scope = ratio, scope
         self.importance = importance or default_importance(calibration)
@@ -123,7 +128,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         self.lossy_couplings = (
             bool(calibration) if lossy_couplings is None else bool(lossy_couplings)
         )
-        self.jobs = jobs
+        self.jobs, self.depth = jobs, depth
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a

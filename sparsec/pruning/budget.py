@@ -14,17 +14,21 @@ again, until every group's neighbours are measured (at most ``ROUNDS`` rounds). 
 from its cut's frontier on ``sensitivity.SUBSET`` samples (the table gives standard errors);
 ``fast=False`` is the reference path: every ratio of ``RATIOS``, full runs, every sample.
 ``sweep_jobs(n)`` measures the groups in ``n`` worker processes (the results do not depend on it).
+With ``options.depth`` the model's removable blocks compete too (``depth_width``: each measured
+removed alone on the sweep's samples, one knapsack item per set of overlapping blocks).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 
 import numpy as np
 
+from sparsec.analysis.blocks import Block
 from sparsec.analysis.groups import ChannelGroup
+from sparsec.pruning import depth_width
 from sparsec.pruning.sensitivity import SensitivityTable, Sweep, allocate
 from sparsec.results import Diagnostic, progress
 
@@ -47,12 +51,14 @@ def sweep_jobs(jobs: int) -> Iterator[None]:
 
 def allocated_units(
     options, model, candidates: list[ChannelGroup], samples, *, fast: bool = True
-) -> tuple[dict[int, np.ndarray], Diagnostic]:
-    """{group id: units to remove} meeting the target of ``options`` (``channels.ChannelOptions``),
-    and a line saying what was chosen."""
+) -> tuple[dict[int, np.ndarray], list[Block], Diagnostic]:
+    """{group id: units to remove} and the blocks to drop (with ``options.depth``: the model's
+    removable blocks compete with the channels, ``depth_width``) meeting the target of
+    ``options`` (``channels.ChannelOptions``), and a line saying what was chosen."""
     metric, target = (
         ("macs", options.target_macs) if options.target_macs else ("params", options.target_params)
     )
+    blocks = depth_width.candidate_blocks(model, options.exclude) if options.depth else []
     table, allocation = sweep_allocation(
         model,
         samples,
@@ -63,18 +69,22 @@ def allocated_units(
         groups={group.id for group in candidates},
         fast=fast,
         seed=options.seed,
+        blocks=blocks,
     )
     estimate = table.estimate(allocation)
-    chosen = ", ".join(f"{gid}:{ratio:g}" for gid, ratio in sorted(allocation.items()) if ratio)
+    width = depth_width.widths(allocation)
+    dropped = depth_width.chosen(blocks, allocation)
+    chosen = ", ".join(f"{gid}:{ratio:g}" for gid, ratio in sorted(width.items()) if ratio)
+    depth = f"; {len(blocks)} removable block(s), dropped: {depth_width.describe(dropped)}"
     note = Diagnostic(
         "info",
         "channel.allocation",
-        f"target {metric} {target:g}: {len(table.groups)} group(s), {table.points()} point(s) "
+        f"target {metric} {target:g}: {len(width)} group(s), {table.points()} point(s) "
         f"measured on {table.samples} samples in {table.seconds:.1f} s; chosen group:ratio "
-        f"{chosen or 'none'}; estimated MACs {estimate['macs']:.3f}, params "
-        f"{estimate['params']:.3f} of this model",
+        f"{chosen or 'none'}{depth if options.depth else ''}; estimated MACs "
+        f"{estimate['macs']:.3f}, params {estimate['params']:.3f} of this model",
     )
-    return table.removed(allocation), note
+    return table.removed(allocation), dropped, note
 
 
 def sweep_allocation(
@@ -84,22 +94,29 @@ def sweep_allocation(
     *,
     fast: bool = True,
     jobs: int | None = None,
+    blocks: Sequence[Block] = (),
     **settings,
 ) -> tuple[SensitivityTable, dict[int, float]]:
     """The sensitivity table measured coarse to fine (module docstring; ``fast=False``: every
     ratio of ``RATIOS``, full runs, every sample) and the allocation it gives for ``target``
-    (``{"target_macs": R}`` or ``{"target_params": R}``). ``settings``: ``Sweep``'s."""
+    (``{"target_macs": R}`` or ``{"target_params": R}``). ``settings``: ``Sweep``'s. With
+    ``blocks``, their items compete too: the table returned holds them as pseudo-groups with
+    negative ids (``depth_width``), measured on the sweep's samples."""
     jobs = _JOBS.get() if jobs is None else jobs
     with Sweep(model, samples, fast=fast, jobs=jobs, **settings) as sweep:
         table = sweep.table(COARSE if fast else RATIOS, progress)
-        allocation = allocate(table, **target)
+        batch = settings.get("batch_size", 16)
+        items = depth_width.measure_items(model, blocks, sweep.samples, table, batch)
+        allocation = allocate(depth_width.joined(table, items), **target)
         for _ in range(ROUNDS if fast else 0):
-            more = {gid: neighbours(table.group(gid), ratio) for gid, ratio in allocation.items()}
+            width = depth_width.widths(allocation)
+            more = {gid: neighbours(table.group(gid), ratio) for gid, ratio in width.items()}
             if not any(more.values()):
                 break
             sweep.extend(table, more, progress)
-            allocation = allocate(table, **target)
-    return table, allocation
+            allocation = allocate(depth_width.joined(table, items), **target)
+    joined = depth_width.joined(table, items)
+    return joined, depth_width.without_idle(joined, allocation)
 
 
 def neighbours(group, ratio: float) -> list[float]:

@@ -34,7 +34,7 @@ from sparsec.analysis import lookup
 from sparsec.analysis.activations import RANDOM
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
-from sparsec.pruning import budget, layer_ratios
+from sparsec.pruning import budget, depth_width, layer_ratios
 from sparsec.pruning.exclude import excluded_by, unmatched_warnings
 from sparsec.pruning.plans import read_plan, removed_from_plan
 from sparsec.pruning.recovery import recover_result
@@ -66,6 +66,7 @@ class ChannelOptions:
     target_macs: float = 0.0
     target_params: float = 0.0
     lossy_couplings: bool = False  # prune through nodes that mix channels (LRN): not exact
+    depth: bool = True  # with a target: removable blocks compete with the channels (depth_width)
     # a scheduled round (``schedule``): per segment key, (units in the first model, units gone
     # from it after this round); None: choose by the ratios
     unit_targets: dict[tuple, tuple[int, int]] | None = None
@@ -159,15 +160,17 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
     analysis = find_channel_groups(model, lossy=options.lossy_couplings)
     reasons, picked = choices(model, options, analysis)
     candidates = [g for g in analysis.groups if reasons[g.id] is None]
+    dropped: list = []  # blocks a target drops (depth_width)
     if options.plan:
         removed = removed_from_plan(read_plan(options.plan), analysis.groups, reasons)
     elif options.targeted:
-        removed, note = budget.allocated_units(options, model, candidates, samples)
+        removed, dropped, note = budget.allocated_units(options, model, candidates, samples)
     else:
         removed = select(model, options, candidates, samples, picked)
     kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
     original = model.copy() if samples is not None and options.recover else None
     result = prune_channels(model, analysis, removed)
+    drifted = depth_width.drop_after_cut(result, dropped)
     _record_patterns(result.artifacts.get("plan"), picked)
     result.diagnostics = (
         _diagnostics(analysis, reasons)
@@ -193,6 +196,7 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
             result.artifacts["plan"],
             batch_size=options.batch_size,
             progress=progress,
+            drifted=set(drifted) or None,
         )
     return result
 

@@ -242,6 +242,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("target_params", OPEN_RATIO, PRUNE, "As --target-macs, for the parameter count."),
     Option(
+        "depth",
+        ON_OFF,
+        PRUNE,
+        "With --target-macs/--target-params: let the model's removable blocks (analyze --blocks) "
+        "compete with the channels, each measured removed alone on --calibration, so a block "
+        "is dropped where that costs less output error than width (--no-depth: channels only).",
+        default=True,
+    ),
+    Option(
         "lossy_couplings",
         ON_OFF,
         PRUNE,

@@ -160,6 +160,11 @@ def exclusive_choices(spec) -> None:
         )
     if (targets or ratios or spec.given("plan_in")) and spec.given("passes"):
         raise UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
+    if spec.given("depth") and not targets:
+        raise UsageError(
+            "--depth / --no-depth say whether a target may drop blocks: they need --target-macs "
+            "or --target-params (--drop-blocks N drops blocks without one)"
+        )
     selection = flags(spec, SELECTION_NAMES)
     if spec.given("plan_in") and selection:
         raise UsageError(f"--plan-in applies a saved plan; drop {', '.join(selection)}")

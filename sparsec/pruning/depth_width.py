@@ -1,0 +1,152 @@
+"""Depth against width: removable blocks as extra items of the sensitivity allocation, so that a
+MACs/params target drops a block where that costs less output error than cutting channels.
+
+An *item* is a set of mutually exclusive removals: the removable blocks (``analysis.blocks``)
+that share a node form one item (a transformer layer and its two parts: drop the attention, the
+MLP, or the whole layer), each block alone one option. Each option is measured like
+``blocks.output_scores``: the relative squared end-output error of removing that block alone,
+on the sweep's calibration samples, and its per-node cost is the model's with the nodes the
+removal frees at 0 (``suffix.aligned_costs`` of the dropped copy). In the product form of the
+joint cost, Σ_n cost₀(n)·Π_g cost_g(n)/cost₀(n), a freed node then costs 0 whatever its channel
+groups, so blocks and channel groups are allocated together by ``sensitivity.allocate``, the
+items riding in the table as pseudo-groups with negative ids (option k at "ratio" k+1; their
+points remove no channel unit, so ``SensitivityTable.removed`` ignores them).
+
+The cut (``drop_after_cut``): channels first (group ids are those of the unpruned model), then
+the chosen blocks by name (channel surgery keeps value names). The exactness oracle composes:
+``blocks.zeroed`` applied to the channel cut's masked original (and to its replay on another
+model), which is the pruned model to float rounding (both cuts are exact against their own
+references and commute: masks never touch a skip/exit name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from sparsec.analysis.blocks import Block, find_blocks
+from sparsec.analysis.cost import analyze_cost
+from sparsec.pruning.blocks import remove_blocks, zeroed
+from sparsec.pruning.exclude import excluded_by
+from sparsec.pruning.recovery import output_error
+from sparsec.pruning.sensitivity import GroupSensitivity, Point, SensitivityTable
+from sparsec.pruning.suffix import aligned_costs, cost_shapes
+from sparsec.results import PassResult
+
+KIND = "block"  # the pseudo-groups' kind
+
+
+def chosen(blocks: Sequence[Block], allocation: Mapping[int, float]) -> list[Block]:
+    """The blocks an allocation over ``blocks``' items drops (item -n is
+    ``exclusive_items(blocks)[n - 1]``, its option k at ratio k + 1), in graph order."""
+    items = exclusive_items(blocks)
+    picked = [
+        items[-gid - 1][int(ratio) - 1] for gid, ratio in allocation.items() if gid < 0 and ratio
+    ]
+    return sorted(picked, key=lambda b: b.id)
+
+
+def candidate_blocks(model, exclude: str = "") -> list[Block]:
+    """The removable blocks of ``model`` holding no node ``exclude`` matches."""
+    return [
+        block
+        for block in find_blocks(model)
+        if block.removable and excluded_by(exclude, set(block.nodes)) is None
+    ]
+
+
+def exclusive_items(blocks: Sequence[Block]) -> list[list[Block]]:
+    """``blocks`` split into items: the connected components of 'shares a node' (graph order)."""
+    items: list[tuple[set[str], list[Block]]] = []
+    for block in sorted(blocks, key=lambda b: b.id):
+        nodes, members = set(block.nodes), [block]
+        for item in [i for i in items if not i[0].isdisjoint(block.nodes)]:
+            items.remove(item)
+            nodes |= item[0]
+            members = item[1] + members
+        items.append((nodes, members))
+    return [sorted(members, key=lambda b: b.id) for _, members in items]
+
+
+def measure_items(
+    model, blocks: Sequence[Block], samples, table: SensitivityTable, batch_size: int = 16
+) -> list[GroupSensitivity]:
+    """Every option of every item of ``blocks`` measured on ``samples`` (the sweep's), with
+    costs laid out on ``table``'s nodes (the same model): item n is the pseudo-group -n."""
+    shapes = cost_shapes(model, samples)
+    groups = []
+    for number, members in enumerate(exclusive_items(blocks), 1):
+        points = [
+            _point(model, block, k + 1.0, samples, shapes, table, batch_size)
+            for k, block in enumerate(members)
+        ]
+        name = "; ".join(f"{b.kind} {b.scope or b.exit}" for b in members)
+        groups.append(GroupSensitivity(-number, KIND, len(members), name, points))
+    return groups
+
+
+def _point(model, block: Block, ratio: float, samples, shapes, table, batch_size: int) -> Point:
+    dropped = model.copy()
+    remove_blocks(dropped, [block])
+    nodes = aligned_costs(model, dropped, analyze_cost(dropped, shapes))
+    freed = table.nodes.sum(axis=1) - nodes.sum(axis=1)
+    return Point(
+        ratio,
+        np.zeros(0, np.int64),
+        output_error(dropped, model, samples, batch_size),
+        int(table.macs - freed[0]),
+        int(table.params - freed[1]),
+        nodes,
+    )
+
+
+def joined(table: SensitivityTable, items: Sequence[GroupSensitivity]) -> SensitivityTable:
+    """``table`` with the items as extra groups (a view: ``table`` is unchanged)."""
+    return replace(table, groups=[*table.groups, *items]) if items else table
+
+
+def without_idle(table: SensitivityTable, allocation: Mapping[int, float]) -> dict[int, float]:
+    """``allocation`` with every channel group whose cut saves nothing more (all its nodes are
+    freed by the dropped blocks: the joint MACs and params are the same without it) set back to
+    0: its measured error was spent for nothing (the knapsack adds savings, to first order)."""
+    kept = dict(allocation)
+    for gid, ratio in allocation.items():
+        if gid < 0 or not ratio or not any(g < 0 and r for g, r in kept.items()):
+            continue
+        before = table.estimate(kept)
+        after = table.estimate({**kept, gid: 0.0})
+        if all(np.isclose(after[m], before[m], rtol=0, atol=1e-12) for m in ("macs", "params")):
+            kept[gid] = 0.0
+    return kept
+
+
+def widths(allocation: Mapping[int, float]) -> dict[int, float]:
+    """The channel groups' part of an allocation (the pseudo-groups left out)."""
+    return {gid: ratio for gid, ratio in allocation.items() if gid >= 0}
+
+
+def describe(blocks: Sequence[Block]) -> str:
+    """The dropped blocks, for the allocation line."""
+    return ", ".join(f"{b.scope or b.exit} ({b.kind})" for b in blocks) or "none"
+
+
+def drop_after_cut(result: PassResult, blocks: Sequence[Block]) -> list[str]:
+    """Remove ``blocks`` from ``result.model`` (already channel-cut) and compose the oracle
+    reference and the replay with the blocks zeroed (module docstring); the stats and the
+    ``blocks`` artifact say what was dropped. Returns the drifted skips (for the refit)."""
+    if not blocks:
+        return []
+    chosen = sorted(blocks, key=lambda b: b.id)
+    drifted = remove_blocks(result.model, chosen)
+    cut, replay = result.reference, result.replay
+    assert cut is not None
+    result.reference = lambda plain=False: zeroed(cut(plain=plain), chosen)
+    if replay is not None:
+        result.replay = lambda other, plain=False: zeroed(replay(other, plain=plain), chosen)
+    result.modified = True
+    result.stats["blocks_dropped"] = sum(max(1, len(b.parts)) for b in chosen)
+    result.stats["macs_dropped"] = sum(b.macs for b in chosen)
+    result.artifacts["blocks"] = [b.to_json() for b in chosen]
+    return drifted

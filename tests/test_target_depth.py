@@ -1,0 +1,153 @@
+"""--target-macs with depth (``pruning.depth_width``): removable blocks compete with the channel
+groups in the sensitivity allocation; a block is dropped where it is cheaper in error than width,
+and the run is exact against the composed reference (the masked original, blocks zeroed)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from sparsec.analysis.blocks import find_blocks
+from sparsec.analysis.cost import analyze_cost
+from sparsec.ir import Model
+from sparsec.passes.channel_prune import ChannelPrunePass
+from sparsec.pruning import budget, depth_width
+from sparsec.pruning.sensitivity import allocate
+from sparsec.testing import GraphBuilder, assert_pass_exact, random_feeds
+
+
+def residual_stack(blocks: int = 3, quiet: int | None = None) -> Model:
+    """stem, ``blocks`` residual MLP blocks x + fc2(relu(fc1(x))), head; block ``quiet``'s branch
+    scaled by 1e-3 (nearly useless: dropping it costs almost nothing)."""
+    g = GraphBuilder((2, 8), seed=1)
+    g.linear(16, name="stem").relu()
+    for i in range(blocks):
+        skip = g.current
+        g.linear(32, name=f"b{i}.fc1").relu().linear(16, name=f"b{i}.fc2")
+        if i == quiet:
+            g.op("Mul", np.float32(1e-3), name=f"b{i}.quiet")
+        g.add(skip, name=f"b{i}.add")
+    return g.linear(4, name="head").model()
+
+
+def calibration(model: Model, folder, count: int = 32) -> str:
+    feeds = [random_feeds(model, seed) for seed in range(count)]
+    path = str(folder / "calib.npz")
+    np.savez(path, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
+    return path
+
+
+def macs(model: Model) -> int:
+    return analyze_cost(model).macs
+
+
+def prune(model: Model, data: str, target: float, **options):
+    """channel-prune for a MACs target, checked against its oracle reference."""
+    pass_ = ChannelPrunePass(target_macs=target, calibration=data, recover=False, **options)
+    return assert_pass_exact(pass_, model)
+
+
+def allocation_line(result) -> str:
+    return next(d.message for d in result.diagnostics if d.code == "channel.allocation")
+
+
+def test_items_group_a_transformer_layer_with_its_parts():
+    vit = Model.load("models/digits_vit.onnx") if _has_vit() else None
+    if vit is None:
+        pytest.skip("models/digits_vit.onnx is absent")
+    items = depth_width.exclusive_items([b for b in find_blocks(vit) if b.removable])
+    assert [[b.kind for b in item] for item in items] == [
+        ["residual", "residual", "transformer-layer"]
+    ] * 2
+
+
+def test_the_nearly_useless_block_is_dropped_rather_than_channels(tmp_path):
+    model = residual_stack(3, quiet=1)
+    data = calibration(model, tmp_path)
+    result = prune(model, data, 0.7)
+    (dropped,) = result.artifacts["blocks"]
+    assert {"b1.fc1", "b1.fc2", "b1.quiet"} <= set(dropped["nodes"])
+    assert result.stats["channels_removed"] == 0
+    assert "chosen group:ratio none" in allocation_line(result)
+    assert "b1.fc1" not in {n.name for n in result.model.nodes()}
+    assert macs(result.model) <= 0.7 * macs(model)
+
+
+def test_when_every_block_matters_none_is_dropped(tmp_path):
+    model = residual_stack(3)
+    data = calibration(model, tmp_path)
+    result = prune(model, data, 0.8)
+    assert "blocks" not in result.artifacts
+    assert result.stats["channels_removed"] > 0
+    assert "dropped: none" in allocation_line(result)
+
+
+def test_the_estimate_is_the_measured_macs_of_the_result(tmp_path):
+    model = residual_stack(3, quiet=1)
+    data = calibration(model, tmp_path)
+    result = prune(model, data, 0.5)  # one block is not enough: channels too
+    assert result.artifacts["blocks"] and result.stats["channels_removed"] > 0
+    estimated = float(re.search(r"estimated MACs ([0-9.]+)", allocation_line(result))[1])
+    assert macs(result.model) / macs(model) == pytest.approx(estimated, abs=1e-3)
+    assert estimated <= 0.5
+
+
+def test_the_joint_table_estimates_a_dropped_block_and_its_channels_by_the_product_form(
+    tmp_path,
+):
+    """A block dropped with its own hidden group cut too: the nodes it frees count 0 once."""
+    model = residual_stack(2, quiet=0)
+    samples = dict(np.load(calibration(model, tmp_path)))
+    blocks = depth_width.candidate_blocks(model)
+    table, _ = budget.sweep_allocation(model, samples, {"target_macs": 0.9}, blocks=blocks)
+    block = next(g for g in table.groups if g.id < 0)
+    hidden = table.group(2)  # b0's 32 hidden units (group 1 is the residual stream)
+    assert hidden.units == 32 and hidden.kind != depth_width.KIND
+    alone = table.estimate({block.id: 1.0})["macs"]
+    both = table.estimate({block.id: 1.0, hidden.id: hidden.points[0].ratio})["macs"]
+    assert both == pytest.approx(alone)
+    chosen = allocate(table, target_macs=alone + 1e-3)
+    assert chosen == {**dict.fromkeys(_ids(table), 0.0), block.id: 1.0}
+    idle = depth_width.without_idle(table, {**chosen, hidden.id: hidden.points[0].ratio})
+    assert idle == chosen  # a cut inside the dropped block saves nothing more: undone
+
+
+def test_depth_off_is_the_channel_only_result(tmp_path):
+    model = residual_stack(3, quiet=1)
+    data = calibration(model, tmp_path)
+    off = prune(model, data, 0.7, depth=False, importance="l1")
+    assert "blocks" not in off.artifacts and off.stats["channels_removed"] > 0
+    assert "dropped" not in allocation_line(off)
+    samples = dict(np.load(data))
+    _, channel_only = budget.sweep_allocation(model, samples, {"target_macs": 0.7})
+    assert re.search(r"chosen group:ratio ([^;]*);", allocation_line(off))[1] == ", ".join(
+        f"{gid}:{r:g}" for gid, r in sorted(channel_only.items()) if r
+    )
+
+
+def test_recovery_refits_after_the_dropped_block_and_stays_exact(tmp_path):
+    model = residual_stack(3, quiet=1)
+    data = calibration(model, tmp_path)
+    pass_ = ChannelPrunePass(target_macs=0.5, calibration=data, recover="layer")
+    result = assert_pass_exact(pass_, model)
+    assert result.artifacts["blocks"] and result.stats["layers_refit"] > 0
+
+
+def test_cli_no_depth_needs_a_target(cli, tmp_path):
+    code, _, err = cli(
+        "compress", "models/digits_cnn.onnx", "--channels", "0.3", "--no-depth",
+        "-o", tmp_path / "o.onnx",
+    )  # fmt: skip
+    assert code == 2 and "--target-macs" in err
+
+
+def _ids(table) -> list[int]:
+    return [g.id for g in table.groups]
+
+
+def _has_vit() -> bool:
+    from pathlib import Path
+
+    return Path("models/digits_vit.onnx").is_file()
