@@ -51,7 +51,7 @@ def sweep_jobs(jobs: int) -> Iterator[None]:
 
 def allocated_units(
     options, model, candidates: list[ChannelGroup], samples, *, fast: bool = True
-) -> tuple[dict[int, np.ndarray], list[Block], Diagnostic]:
+) -> tuple[dict[int, np.ndarray], list[tuple[Block, float]], Diagnostic]:
     """{group id: units to remove} and the blocks to drop (with ``options.depth``: the model's
     removable blocks compete with the channels, ``depth_width``) meeting the target of
     ``options`` (``channels.ChannelOptions``), and a line saying what was chosen."""
@@ -73,7 +73,7 @@ def allocated_units(
     )
     estimate = table.estimate(allocation)
     width = depth_width.widths(allocation)
-    dropped = depth_width.chosen(blocks, allocation)
+    dropped = depth_width.chosen(blocks, table, allocation)
     chosen = ", ".join(f"{gid}:{ratio:g}" for gid, ratio in sorted(width.items()) if ratio)
     depth = f"; {len(blocks)} removable block(s), dropped: {depth_width.describe(dropped)}"
     note = Diagnostic(

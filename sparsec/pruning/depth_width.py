@@ -38,14 +38,25 @@ from sparsec.results import PassResult
 KIND = "block"  # the pseudo-groups' kind
 
 
-def chosen(blocks: Sequence[Block], allocation: Mapping[int, float]) -> list[Block]:
-    """The blocks an allocation over ``blocks``' items drops (item -n is
-    ``exclusive_items(blocks)[n - 1]``, its option k at ratio k + 1), in graph order."""
+def chosen(
+    blocks: Sequence[Block], table: SensitivityTable, allocation: Mapping[int, float]
+) -> list[tuple[Block, float]]:
+    """The blocks an allocation over ``blocks``' items drops, each with its measured error (item
+    -n of ``table`` is ``exclusive_items(blocks)[n - 1]``, its option k at ratio k + 1), in
+    graph order."""
     items = exclusive_items(blocks)
     picked = [
-        items[-gid - 1][int(ratio) - 1] for gid, ratio in allocation.items() if gid < 0 and ratio
+        (items[-gid - 1][int(ratio) - 1], _error(table, gid, ratio))
+        for gid, ratio in allocation.items()
+        if gid < 0 and ratio
     ]
-    return sorted(picked, key=lambda b: b.id)
+    return sorted(picked, key=lambda pair: pair[0].id)
+
+
+def _error(table: SensitivityTable, gid: int, ratio: float) -> float:
+    point = table.group(gid).point(ratio)
+    assert point is not None  # ratio > 0
+    return point.error
 
 
 def candidate_blocks(model, exclude: str = "") -> list[Block]:
@@ -127,18 +138,19 @@ def widths(allocation: Mapping[int, float]) -> dict[int, float]:
     return {gid: ratio for gid, ratio in allocation.items() if gid >= 0}
 
 
-def describe(blocks: Sequence[Block]) -> str:
-    """The dropped blocks, for the allocation line."""
-    return ", ".join(f"{b.scope or b.exit} ({b.kind})" for b in blocks) or "none"
+def describe(dropped: Sequence[tuple[Block, float]]) -> str:
+    """The dropped blocks with their measured error, for the allocation line."""
+    return ", ".join(f"{b.scope or b.exit} ({b.kind}, error {e:.3g})" for b, e in dropped) or "none"
 
 
-def drop_after_cut(result: PassResult, blocks: Sequence[Block]) -> list[str]:
-    """Remove ``blocks`` from ``result.model`` (already channel-cut) and compose the oracle
-    reference and the replay with the blocks zeroed (module docstring); the stats and the
-    ``blocks`` artifact say what was dropped. Returns the drifted skips (for the refit)."""
-    if not blocks:
+def drop_after_cut(result: PassResult, dropped: Sequence[tuple[Block, float]]) -> list[str]:
+    """Remove the ``dropped`` blocks (with their measured errors) from ``result.model`` (already
+    channel-cut) and compose the oracle reference and the replay with the blocks zeroed (module
+    docstring); the stats and the ``blocks`` artifact (score: the measured error) say what was
+    dropped. Returns the drifted skips (for the refit)."""
+    if not dropped:
         return []
-    chosen = sorted(blocks, key=lambda b: b.id)
+    chosen = sorted((block for block, _ in dropped), key=lambda b: b.id)
     drifted = remove_blocks(result.model, chosen)
     cut, replay = result.reference, result.replay
     assert cut is not None
@@ -148,5 +160,5 @@ def drop_after_cut(result: PassResult, blocks: Sequence[Block]) -> list[str]:
     result.modified = True
     result.stats["blocks_dropped"] = sum(max(1, len(b.parts)) for b in chosen)
     result.stats["macs_dropped"] = sum(b.macs for b in chosen)
-    result.artifacts["blocks"] = [b.to_json() for b in chosen]
+    result.artifacts["blocks"] = [dict(b.to_json(), score=error) for b, error in dropped]
     return drifted
