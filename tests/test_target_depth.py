@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import MODELS
 
 from sparsec.analysis.blocks import find_blocks
 from sparsec.analysis.cost import analyze_cost
@@ -54,9 +55,7 @@ def allocation_line(result) -> str:
 
 
 def test_items_group_a_transformer_layer_with_its_parts():
-    vit = Model.load("models/digits_vit.onnx") if _has_vit() else None
-    if vit is None:
-        pytest.skip("models/digits_vit.onnx is absent")
+    vit = Model.load(MODELS / "digits_vit.onnx")
     items = depth_width.exclusive_items([b for b in find_blocks(vit) if b.removable])
     assert [[b.kind for b in item] for item in items] == [
         ["residual", "residual", "transformer-layer"]
@@ -137,7 +136,7 @@ def test_recovery_refits_after_the_dropped_block_and_stays_exact(tmp_path):
 
 def test_cli_no_depth_needs_a_target(cli, tmp_path):
     code, _, err = cli(
-        "compress", "models/digits_cnn.onnx", "--channels", "0.3", "--no-depth",
+        "compress", MODELS / "digits_cnn.onnx", "--channels", "0.3", "--no-depth",
         "-o", tmp_path / "o.onnx",
     )  # fmt: skip
     assert code == 2 and "--target-macs" in err
@@ -147,7 +146,17 @@ def _ids(table) -> list[int]:
     return [g.id for g in table.groups]
 
 
-def _has_vit() -> bool:
-    from pathlib import Path
-
-    return Path("models/digits_vit.onnx").is_file()
+def test_cli_target_drops_the_quiet_block_and_passes_the_oracle(cli, tmp_path):
+    model = residual_stack(3, quiet=1)
+    source, out = tmp_path / "quiet.onnx", tmp_path / "out.onnx"
+    model.save(str(source))
+    data = calibration(model, tmp_path)
+    code, text, err = cli(
+        "compress", source, "--target-macs", "0.7", "--calibration", data,
+        "--recover", "layer", "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert re.search(r"dropped: \S+ \(residual, error", text) and "passed" in text
+    pruned = Model.load(str(out))
+    assert "b1.fc1" not in {n.name for n in pruned.nodes()}
+    assert macs(pruned) <= 0.7 * macs(model)
