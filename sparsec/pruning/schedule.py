@@ -185,7 +185,9 @@ def _combined(results: list[PassResult], lines: list[Diagnostic]) -> PassResult:
         d for d in last.diagnostics if not (pruned and d.code == "channel.nothing-pruned")
     ] + lines
     combined.artifacts = dict(
-        last.artifacts, plan=compose_plans([r.artifacts["plan"] for r in results])
+        last.artifacts,
+        plan=compose_plans([r.artifacts["plan"] for r in results]),
+        reference_plan=last.artifacts["plan"],  # the reference's model is the last round's input
     )
     refit = final_refit(last.model, [r.artifacts.get("refit") for r in results])
     if refit is not None:  # every round's refit weights, as the last cut left them

@@ -89,7 +89,7 @@ def _carry(result: PassResult, arrays: dict) -> None:
     """Put the fitted values into the reference, the replay and the ``refit`` artifact."""
     if not arrays:
         return
-    plan = result.artifacts.get("plan")
+    plan = result.artifacts.get("reference_plan", result.artifacts.get("plan"))  # see schedule
     if result.reference is not None:
         result.reference = refit_reference(result.reference, arrays, plan)
     if result.replay is not None:
