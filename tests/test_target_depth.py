@@ -160,3 +160,17 @@ def test_cli_target_drops_the_quiet_block_and_passes_the_oracle(cli, tmp_path):
     pruned = Model.load(str(out))
     assert "b1.fc1" not in {n.name for n in pruned.nodes()}
     assert macs(pruned) <= 0.7 * macs(model)
+
+
+def test_plan_out_keeps_depth_off_and_refuses_it_asked(cli, tmp_path):
+    model = residual_stack(3, quiet=1)
+    source, out, plan = tmp_path / "quiet.onnx", tmp_path / "out.onnx", tmp_path / "plan.json"
+    model.save(str(source))
+    data = calibration(model, tmp_path)
+    common = ("--target-macs", "0.7", "--calibration", data, "--recover", "layer")
+    code, _, err = cli("compress", source, *common, "--depth", "--plan-out", plan, "-o", out)
+    assert code == 2 and "--plan-out" in err
+    code, text, err = cli("compress", source, *common, "--plan-out", plan, "-o", out)
+    assert code == 0, err
+    assert "dropped:" not in text  # channels only: the plan can say everything that was cut
+    assert "b1.fc1" in {n.name for n in Model.load(str(out)).nodes()}

@@ -247,7 +247,8 @@ OPTIONS: tuple[Option, ...] = (
         PRUNE,
         "With --target-macs/--target-params: let the model's removable blocks (analyze --blocks) "
         "compete with the channels, each measured removed alone on --calibration, so a block "
-        "is dropped where that costs less output error than width (--no-depth: channels only).",
+        "is dropped where that costs less output error than width (--no-depth: channels only; "
+        "off with --plan-out, which records channels only).",
         default=True,
     ),
     Option(

@@ -165,6 +165,11 @@ def exclusive_choices(spec) -> None:
             "--depth / --no-depth say whether a target may drop blocks: they need --target-macs "
             "or --target-params (--drop-blocks N drops blocks without one)"
         )
+    if spec.values.get("depth") and spec.given("plan_out"):
+        raise UsageError(
+            "--plan-out records a channel cut; it cannot record dropped blocks: drop --depth "
+            "(with --plan-out a target allocates channels only)"
+        )
     selection = flags(spec, SELECTION_NAMES)
     if spec.given("plan_in") and selection:
         raise UsageError(f"--plan-in applies a saved plan; drop {', '.join(selection)}")
