@@ -10,7 +10,9 @@ removal frees at 0 (``suffix.aligned_costs`` of the dropped copy). In the produc
 joint cost, Σ_n cost₀(n)·Π_g cost_g(n)/cost₀(n), a freed node then costs 0 whatever its channel
 groups, so blocks and channel groups are allocated together by ``sensitivity.allocate``, the
 items riding in the table as pseudo-groups with negative ids (option k at "ratio" k+1; their
-points remove no channel unit, so ``SensitivityTable.removed`` ignores them).
+points remove no channel unit, so ``SensitivityTable.removed`` ignores them). Errors add up
+to first order, measured before any refit; a channel cut whose nodes a dropped block frees
+saves nothing more and is undone (``without_idle``).
 
 The cut (``drop_after_cut``): channels first (group ids are those of the unpruned model), then
 the chosen blocks by name (channel surgery keeps value names). The exactness oracle composes:
