@@ -110,3 +110,27 @@ def test_block_without_torch_is_one_line(monkeypatch, cli, tmp_path):
     )
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1 and "sparsec[reconstruct]" in lines[0], err
+
+
+def test_a_fit_that_raises_the_model_error_is_put_back(monkeypatch):
+    """When the block fit leaves the whole model's calibration error above the layer refit's
+    (as it did after dropped blocks), the refit's values stay and the report says so."""
+    pytest.importorskip("torch")
+    from sparsec.pruning.reconstruct import result as result_module
+
+    def harmful(model, original, samples, **options):  # a fit that scrambles one weight
+        values = model.values_by_name()
+        name = next(n for n in model.initializers() if model.constant(values[n]).ndim == 2)
+        model.set_constant(values[name], model.constant(values[name]) * -3.0)
+        return {"regions": [{"fitted": True}], "skipped": [], "arrays": {name: None}}
+
+    monkeypatch.setattr(result_module, "reconstruct", harmful)
+    layer = _sparse_vit("layer")
+    block = _sparse_vit("block")  # assert_pass_exact: the oracle holds with the refit kept
+    assert block.stats["calibration_error_after"] == layer.stats["calibration_error_after"]
+    assert block.artifacts["reconstruction"]["reverted"] is True
+    assert "the layer refit is kept" in " ".join(d.message for d in block.diagnostics)
+    for name, value in layer.model.initializers().items():
+        np.testing.assert_array_equal(
+            block.model.constant(block.model.initializers()[name]), layer.model.constant(value)
+        )

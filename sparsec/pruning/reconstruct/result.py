@@ -19,15 +19,6 @@ from sparsec.results import Diagnostic, PassResult
 RECOVER_MODES = ("layer", "block")
 
 
-def default_recover() -> str:
-    """``block`` when torch (the reconstruct extra) is importable, else ``layer``."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return "layer"
-    return "block"
-
-
 def reconstructed(
     recover, model, samples, run: Callable[[], PassResult], *, batch_size: int = 16, seed: int = 0
 ) -> PassResult:
@@ -52,6 +43,7 @@ def reconstruct_result(
     before = result.stats.get("calibration_error_after")
     if before is None:
         before = output_error(result.model, original, samples, batch_size)
+    unfitted = result.model.copy()  # shares the tensors the fit replaces: no weight bytes
     report = reconstruct(
         result.model,
         original,
@@ -61,6 +53,12 @@ def reconstruct_result(
         mask=padding_mask(original),
     )
     after = output_error(result.model, original, samples, batch_size)
+    if report["arrays"] and after >= before:  # worse for the whole model: keep the layer refit
+        _restore(result.model, unfitted, report["arrays"])
+        report.update(arrays={}, reverted=True)
+        for row in report["regions"]:
+            row["fitted"] = False
+        after = before
     fitted = sum(row["fitted"] for row in report["regions"])
     result.stats.update({"regions_reconstructed": fitted, "calibration_error_after": after})
     result.stats.setdefault("calibration_error_before", before)
@@ -72,6 +70,13 @@ def reconstruct_result(
     return report
 
 
+def _restore(model, unfitted, arrays: dict) -> None:
+    """Put back, in ``model``, the values ``unfitted`` (its copy from before the fit) holds."""
+    values, old = model.values_by_name(), unfitted.values_by_name()
+    for name in arrays:
+        model.set_constant(values[name], unfitted.constant(old[name]))
+
+
 def _line(report: dict, fitted: int, first: float, layer: float, after: float) -> Diagnostic:
     skipped = report["skipped"]
     reasons = sorted({row["reason"] for row in skipped})
@@ -81,7 +86,12 @@ def _line(report: dict, fitted: int, first: float, layer: float, after: float) -
         f"recovery: block reconstruction of {fitted}/{len(report['regions'])} region(s)"
         + (f" ({len(skipped)} not translatable: {'; '.join(reasons)})" if skipped else "")
         + f": calibration output error {first:.4g} -> {layer:.4g} (layer refit) -> {after:.4g} "
-        "(block; relative, squared)",
+        "(block; relative, squared)"
+        + (
+            "; the block fit raised the model's error, so the layer refit is kept"
+            if report.get("reverted")
+            else ""
+        ),
     )
 
 
