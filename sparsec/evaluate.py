@@ -190,9 +190,7 @@ EVAL_BATCH = 64  # samples per batch at most
 EVAL_BATCH_BYTES = 1 << 20  # input bytes per batch at most: activations grow with the batch
 
 
-def evaluate(
-    reference, candidate, data: EvalData, *, batch_size: int | None = None
-) -> Evaluation:
+def evaluate(reference, candidate, data: EvalData, *, batch_size: int | None = None) -> Evaluation:
     """Run both models (``Model`` objects or paths) on ``data`` batch by batch and measure
     how the candidate's outputs differ from the reference's (see the module docstring).
     ``batch_size`` by default: ``EVAL_BATCH`` samples, fewer when their inputs pass
