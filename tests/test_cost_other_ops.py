@@ -137,3 +137,31 @@ def test_compress_report_rows_when_the_figures_carry_other_work():
         ["bytes moved", "4.1 K", "4.1 K", "1.000"],
     ]
     assert _other_work_rows(SimpleNamespace(), SimpleNamespace()) == []  # figures without them
+
+
+def test_an_encoded_model_counts_stored_values_and_no_decoder_work(tmp_path):
+    """A sparse encoding's decoder is folded by onnxruntime at session creation: its nodes do
+    no per-run work and its zero fill is no parameter, so nm and bitmask give the same figures
+    (the stored values), and the per-run work is the dense model's."""
+    from pathlib import Path
+
+    from sparsec import api
+    from sparsec.analysis.cost import analyze_cost
+    from sparsec.ir import Model
+
+    source = Path(__file__).resolve().parents[1] / "models" / "digits_mlp.onnx"
+    dense = analyze_cost(Model.load(source))
+    costs = {}
+    for encoding in ("nm", "bitmask"):
+        out = tmp_path / f"{encoding}.onnx"
+        api.compress(source, out, pipeline=api.sparsity_passes(nm="2:4", sparse_format=encoding))
+        costs[encoding] = analyze_cost(Model.load(out))
+    nm, bitmask = costs["nm"].params, costs["bitmask"].params
+    assert max(nm, bitmask) < 0.6 * dense.params  # the stored values: half, and their scales
+    assert abs(nm - bitmask) <= 4  # the same values; the decoders' float scalars aside
+    for cost in costs.values():
+        assert (cost.macs, cost.other_ops, cost.bytes_moved) == (
+            dense.macs,
+            dense.other_ops,
+            dense.bytes_moved,
+        )

@@ -14,6 +14,12 @@ window per output element; reductions one per input element; Resize its interpol
 output element; LRN its window) and *bytes moved* by data-movement ops (``MOVEMENT_OPS``: the
 bytes of their outputs). Both are estimates of work a runtime does, not measured; compute ops
 (those with MACs) count none (their bias adds are part of the products).
+
+Work done once, at session creation: a node whose inputs are all constants (or outputs of such
+nodes) is folded by onnxruntime before the first run (a sparse encoding's decoder, a position
+table built with Range), so it counts no MACs, other operations or bytes moved, and a
+``ConstantOfShape`` only such nodes read (the decoder's zero fill) is not a parameter: the
+parameters are what is stored and what the per-run graph reads.
 """
 
 from __future__ import annotations
@@ -137,7 +143,21 @@ MAC_RULES: dict[tuple[str, str], Callable] = {
 }
 
 
-def _float_constants(model) -> list:
+def folded_nodes(model) -> set[int]:
+    """ids of the nodes computed from constants only (transitively): onnxruntime folds them at
+    session creation. Nodes with subgraphs or random outputs are never folded."""
+    constant = {id(v) for v in model.initializers().values()}
+    folded: set[int] = set()
+    for node in model.nodes():
+        if node.op_type.startswith("Random") or model.has_subgraphs(node):
+            continue
+        if all(v is None or id(v) in constant for v in node.inputs):
+            folded.add(id(node))
+            constant.update(id(o) for o in node.outputs)
+    return folded
+
+
+def _float_constants(model, folded: set[int]) -> list:
     seen, result = set(), []
     candidates = list(model.initializers().values())
     candidates += [
@@ -146,9 +166,24 @@ def _float_constants(model) -> list:
     for value in candidates:
         if id(value) in seen or not (_is_float_constant(model, value) or _is_quantized_data(value)):
             continue
+        if _fill_read_at_creation(value, folded):
+            continue
         seen.add(id(value))
         result.append(value)
     return result
+
+
+def _fill_read_at_creation(value, folded: set[int]) -> bool:
+    """A ``ConstantOfShape`` output read only by folded nodes (an encoding's zero fill)."""
+    node = value.producer()
+    uses = list(value.uses())
+    return (
+        node is not None
+        and node.op_type == "ConstantOfShape"
+        and bool(uses)
+        and all(id(use.node) in folded for use in uses)
+        and not value.is_graph_output()
+    )
 
 
 def _is_quantized_data(value) -> bool:
@@ -169,7 +204,8 @@ def _is_float_constant(model, value) -> bool:
 def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostReport:
     """Per-node params and MACs, with totals, at the bound input shapes."""
     shapes = _Shapes(model, value_shapes(model, overrides))
-    constants = _float_constants(model)
+    folded = folded_nodes(model)
+    constants = _float_constants(model, folded)
     float_constants = {id(v) for v in constants}
     credited: set[int] = set()
     itemsizes = _itemsizes(model)
@@ -181,10 +217,11 @@ def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostRep
                 credited.add(id(value))
                 params += _prod(model.constant_shape(value) or ())
         rule = MAC_RULES.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
-        macs = rule(node, shapes) if rule else 0
+        once = id(node) in folded  # computed at session creation, not per run
+        macs = 0 if once else (rule(node, shapes) if rule else 0)
         if macs is None:
             report.unknown.append(node.name or node.op_type)
-        other, moved = _other_work(node, shapes, itemsizes)
+        other, moved = (0, 0) if once else _other_work(node, shapes, itemsizes)
         if other is None or moved is None:
             report.other_unknown.append(node.name or node.op_type)
         report.nodes.append(NodeCost(node.name or "", node.op_type, params, macs, other, moved))

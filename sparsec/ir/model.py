@@ -248,6 +248,14 @@ class Model:
             yield from ir.traversal.RecursiveGraphIterator(function)
 
     @staticmethod
+    def has_subgraphs(node: ir.Node) -> bool:
+        """Whether ``node`` holds a graph attribute (an If / Loop / Scan body)."""
+        return any(
+            a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+            for a in node.attributes.values()
+        )
+
+    @staticmethod
     def reads(node: ir.Node) -> set[str]:
         """Names of the values ``node`` reads: its inputs and, through its subgraphs (If / Loop /
         Scan bodies, nested ones too), every name their nodes read, outer-scope values among them."""
