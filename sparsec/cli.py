@@ -316,12 +316,14 @@ def compress(model: Path, save_recipe: str | None, **options) -> None:
     """Compress MODEL into OUTPUT, validated in onnxruntime before anything is written.
 
     Without a transform flag: the exact cleanup pipeline (identity elimination, BatchNorm
-    folding, shape constant folding, dead-code elimination) to a fixed point, validated against
-    MODEL. With --channels, --heads, --ffn, a target or --plan-in: channel, attention-head and
-    MLP-neuron pruning, then cleanup; with --drop-blocks: depth pruning (before the channels when
-    combined), validated against MODEL with the dropped branches zeroed; with --nm or
-    --sparsity: weight sparsity, then cleanup and
-    the --sparse-format encoding. A lossy run is validated against the masked original (MODEL
+    folding, shape constant folding, dead channels (all-zero weights), dead-code elimination)
+    to a fixed point, validated against MODEL; with --calibration alone, it also removes the
+    channels that are zero on every calibration sample (lossy in principle: validated against
+    MODEL with them masked, the difference reported). With --channels, --heads, --ffn, a
+    target or --plan-in: channel, attention-head and MLP-neuron pruning, then cleanup; with
+    --drop-blocks: depth pruning (before the channels when combined), validated against MODEL
+    with the dropped branches zeroed; with --nm or --sparsity: weight sparsity, then cleanup
+    and the --sparse-format encoding. A lossy run is validated against the masked original (MODEL
     with what was removed zeroed) within 1e-4 x max |output|, its quality against MODEL itself
     is measured (on --eval, else the calibration or random samples) and checked by the gates;
     without a quality gate a collapse is warned about.

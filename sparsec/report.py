@@ -405,7 +405,8 @@ def activations_text(report) -> str:
             shown = ", ".join(map(str, row["dead_channels"][:DEAD_SHOWN]))
             more = len(row["dead_channels"]) - DEAD_SHOWN
             dead.append(
-                f"dead channels of {row['name']}: {shown}" + (f" (+{more})" if more > 0 else "")
+                f"dead channels of {row['name']}: channel(s) {shown}"
+                + (f" (+{more})" if more > 0 else "")
             )
     head = (
         f"activations: {len(rows)} values on {data['samples']} calibration samples "

@@ -280,6 +280,12 @@ CASES = [
     ),
     Broken(RULES[2], {**BASE, "channels": 0.5, "no_recover": True}, ("--no-recover",)),
     Broken(RULES[2], {**BASE, "nm": "2:4", "steps": 2}, ("--steps",)),
+    Broken(
+        RULES[2],
+        {**BASE, "channels": 0.5, "calibration": "c.npz", "recover": "block", "no_recover": True},
+        ("--recover", "--no-recover"),
+    ),
+    Broken(RULES[6], {**BASE, "channels": 0.5, "jobs": 2}, ("--jobs", "target")),
     Broken(RULES[2], {**BASE, "steps": 3}, ("--steps",)),
     Broken(RULES[3], {**BASE, "nm": "2:4", "round_to": 8}, ("--round-to",)),
     Broken(RULES[3], {**BASE, "sparsity": 0.5, "max_layer_ratio": 0.5}, ("--max-layer-ratio",)),

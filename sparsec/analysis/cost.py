@@ -157,7 +157,8 @@ def folded_nodes(model) -> set[int]:
     return folded
 
 
-def _float_constants(model, folded: set[int]) -> list:
+def _float_constants(model, folded: set[int] | None = None) -> list:
+    folded = folded_nodes(model) if folded is None else folded
     seen, result = set(), []
     candidates = list(model.initializers().values())
     candidates += [

@@ -62,6 +62,8 @@ def calibration_options(spec) -> None:
                 raise UsageError(f"{flag} needs --calibration")
     if spec.get("steps") > 1 and not spec.channel_cut:
         raise UsageError("--steps needs --channels, --heads or --ffn")
+    if spec.given("recover") and spec.get("no_recover"):
+        raise UsageError("--recover chooses the recovery and --no-recover skips it: give one")
 
 
 def no_ignored_selection(spec) -> None:
@@ -160,6 +162,10 @@ def exclusive_choices(spec) -> None:
         )
     if (targets or ratios or spec.given("plan_in")) and spec.given("passes"):
         raise UsageError("--passes cannot be combined with --channels, --heads, --ffn or --plan-in")
+    if spec.given("jobs") and spec.get("jobs") > 1 and not targets:
+        raise UsageError(
+            "--jobs measures a --target-macs/--target-params sweep in worker processes: it needs a target"
+        )
     if spec.given("depth") and not targets:
         raise UsageError(
             "--depth / --no-depth say whether a target may drop blocks: they need --target-macs "

@@ -55,7 +55,7 @@ def reconstruct_result(
     after = output_error(result.model, original, samples, batch_size)
     if report["arrays"] and after >= before:  # worse for the whole model: keep the layer refit
         _restore(result.model, unfitted, report["arrays"])
-        report.update(arrays={}, reverted=True)
+        report.update(arrays={}, reverted=after)  # the rejected fit's error, for the line
         for row in report["regions"]:
             row["fitted"] = False
         after = before
@@ -88,8 +88,8 @@ def _line(report: dict, fitted: int, first: float, layer: float, after: float) -
         + f": calibration output error {first:.4g} -> {layer:.4g} (layer refit) -> {after:.4g} "
         "(block; relative, squared)"
         + (
-            "; the block fit raised the model's error, so the layer refit is kept"
-            if report.get("reverted")
+            f"; the block fit raised it to {report['reverted']:.4g}, so the layer refit is kept"
+            if report.get("reverted") is not None
             else ""
         ),
     )
