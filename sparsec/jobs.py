@@ -249,7 +249,7 @@ def _measure(spec: JobSpec, outcome: JobOutcome, source: Path, model: Model, res
     if line is not None:
         raise GateError(f"{line}; nothing written but the reports")
     if lossy and not set(limits) & set(gates.QUALITY_GATES):
-        warning = collapse_warning(outcome.evaluation)
+        warning = collapse_warning(outcome.evaluation, spec)
         if warning:
             outcome.warnings.append(warning)
 
@@ -368,8 +368,9 @@ def _top1_words(output) -> str:
     return f"top-1 agreement with the original {output.agreement:.3f}"
 
 
-def collapse_warning(evaluation) -> str | None:
-    """The default-safety line when an output's agreement or cosine collapsed, else None."""
+def collapse_warning(evaluation, spec: JobSpec | None = None) -> str | None:
+    """The default-safety line when an output's agreement or cosine collapsed, else None; its
+    advice names only what the run did not already do (``spec``: the run's options)."""
     if evaluation is None:
         return None
     worst = [
@@ -390,10 +391,26 @@ def collapse_warning(evaluation) -> str | None:
         lost.append(f"mean cosine {output.cosine:.3f}")
     return (
         f"warning: the compressed model's output '{output.name}' {', '.join(lost)} on "
-        f"{evaluation.data}: it may no longer do its job; try --calibration DATA (activation "
-        "importance and the refit), a lower ratio, or gate the run (--eval DATA.npz "
-        "--max-top1-drop PTS, --min-cosine C)"
+        f"{evaluation.data}: it may no longer do its job; try {_advice(spec)}"
     )
+
+
+def _advice(spec: JobSpec | None) -> str:
+    """What to try after a collapse, leaving out what the run already did."""
+    asked = set() if spec is None else {name for name in spec.values if spec.given(name)}
+    tries = []
+    if "calibration" not in asked:
+        tries.append("--calibration DATA (activation importance and the refit)")
+    if "drop_blocks" in asked:
+        tries.append("fewer blocks, or --importance output (each block's measured effect)")
+    else:
+        tries.append("a lower ratio")
+    gate = (
+        "--min-cosine C"
+        if "eval" in asked
+        else "--eval DATA.npz --max-top1-drop PTS, --min-cosine C"
+    )
+    return f"{', '.join(tries)}, or gate the run ({gate})"
 
 
 def run_recipe(

@@ -172,3 +172,19 @@ def test_a_compressed_model_failing_where_the_original_runs_fails_the_run(
     code, _, err = cli("compress", MODELS / "digits_cnn.onnx", "-o", out, "--channels", "0.5")
     assert code == 1 and not out.exists()
     assert "the compressed model fails on samples the original runs (nothing written)" in err
+
+
+def test_collapse_advice_leaves_out_what_the_run_already_did():
+    from types import SimpleNamespace
+
+    from sparsec.jobs import collapse_warning
+    from sparsec.spec.job import JobSpec
+
+    output = SimpleNamespace(name="logits", agreement=0.1, cosine=0.2)
+    evaluation = SimpleNamespace(outputs=[output], data="test.npz")
+    plain = collapse_warning(evaluation, JobSpec.from_mapping({"channels": 0.5}))
+    assert "--calibration DATA" in plain and "a lower ratio" in plain and "--eval" in plain
+    given = JobSpec.from_mapping({"drop_blocks": 2, "calibration": "c.npz", "eval": "t.npz"})
+    advice = collapse_warning(evaluation, given)
+    assert "--calibration" not in advice and "--eval" not in advice
+    assert "fewer blocks" in advice and "a lower ratio" not in advice
