@@ -644,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv or ["--help"], prog_name="sparsec", standalone_mode=False)
     except UsageError as error:
-        error_line(usage_hint(error))
+        command = next((a for a in argv if not a.startswith("-")), None)
+        error_line(usage_hint(error, command if command in cli.commands else None))
         return error.exit_code
     except SparsecError as error:
         signum = _signal_behind(error)

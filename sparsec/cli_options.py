@@ -127,8 +127,9 @@ def error_line(message: str) -> None:
     click.echo(f"sparsec: error: {printable(message, newlines=False)}", err=True)
 
 
-def usage_hint(error: UsageError) -> str:
-    """A usage error's line, pointing at the running command's --help."""
+def usage_hint(error: UsageError, command: str | None = None) -> str:
+    """A usage error's line, pointing at the running command's --help (``command``: the
+    subcommand run, when the error is caught after its context closed)."""
     ctx = click.get_current_context(silent=True)
-    where = ctx.command_path if ctx is not None else "sparsec"
+    where = ctx.command_path if ctx is not None else f"sparsec {command}" if command else "sparsec"
     return f"{error} (see '{where} --help')"

@@ -555,6 +555,10 @@ def test_usage_errors_point_at_their_subcommand_help(cli, tmp_path):
     code, _, err = cli("compress", CLEANUP, "-o", tmp_path / "x.onnx", "--channels", "2")
     assert code == 2 and err.endswith("(see 'sparsec compress --help')\n")
     assert cli("no-such-command")[2].endswith("(see 'sparsec --help')\n")
+    code, _, err = cli(
+        "compress", CLEANUP, "-o", tmp_path / "x.onnx", "--channels", "0.5", "--jobs", "2"
+    )
+    assert code == 2 and err.endswith("(see 'sparsec compress --help')\n")  # a spec rule's line
 
 
 def test_bare_sparsec_prints_the_help(cli):
