@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 from conftest import MODELS
+from test_drop_blocks import calibration as drop_blocks_calibration
+from test_drop_blocks import residual_stack
 
 from sparsec.analysis.blocks import find_blocks
 from sparsec.analysis.cost import analyze_cost
@@ -16,28 +18,12 @@ from sparsec.ir import Model
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.pruning import budget, depth_width
 from sparsec.pruning.sensitivity import allocate
-from sparsec.testing import GraphBuilder, assert_pass_exact, random_feeds
+from sparsec.testing import assert_pass_exact
 
 
-def residual_stack(blocks: int = 3, quiet: int | None = None) -> Model:
-    """stem, ``blocks`` residual MLP blocks x + fc2(relu(fc1(x))), head; block ``quiet``'s branch
-    scaled by 1e-3 (nearly useless: dropping it costs almost nothing)."""
-    g = GraphBuilder((2, 8), seed=1)
-    g.linear(16, name="stem").relu()
-    for i in range(blocks):
-        skip = g.current
-        g.linear(32, name=f"b{i}.fc1").relu().linear(16, name=f"b{i}.fc2")
-        if i == quiet:
-            g.op("Mul", np.float32(1e-3), name=f"b{i}.quiet")
-        g.add(skip, name=f"b{i}.add")
-    return g.linear(4, name="head").model()
-
-
-def calibration(model: Model, folder, count: int = 32) -> str:
-    feeds = [random_feeds(model, seed) for seed in range(count)]
-    path = str(folder / "calib.npz")
-    np.savez(path, **{name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]})
-    return path
+def calibration(model: Model, folder) -> str:
+    """test_drop_blocks' seeded calibration file, with the sweep's 32-sample subset filled."""
+    return drop_blocks_calibration(model, folder, count=32)
 
 
 def macs(model: Model) -> int:
