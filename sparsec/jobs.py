@@ -78,12 +78,14 @@ def check_spec(spec: JobSpec):
 
 
 def _recover_mode(spec: JobSpec, calibration) -> bool | str:
-    """False (--no-recover), --recover's mode, else layer. Block reconstruction is asked for
-    (``--recover block``), not the default: it does not yet beat the layer refit everywhere
-    (docs/reconstruction.md) and it costs minutes where the refit costs seconds."""
+    """False (--no-recover), "block" (--recover block), else True (the layer refit, which the
+    pass description leaves out as its default). Block reconstruction is asked for, not the
+    default: it does not yet beat the layer refit everywhere (docs/reconstruction.md) and it
+    costs minutes where the refit costs seconds."""
     if spec.get("no_recover"):
         return False
-    return spec.get("recover") or "layer"
+    mode = spec.get("recover")
+    return "block" if mode == "block" else True  # True: the passes' default, the layer refit
 
 
 def pipeline_of(spec: JobSpec):
