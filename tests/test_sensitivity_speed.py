@@ -11,6 +11,7 @@ from conftest import MODELS
 
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.ir import Model
+from sparsec.ir.compare import changed_nodes
 from sparsec.passes import Pipeline
 from sparsec.passes.builtin import canonical_passes
 from sparsec.pruning import budget, suffix
@@ -72,7 +73,7 @@ def test_a_late_group_runs_from_a_late_frontier(cnn):
         assert cuts[-1].outputs == tuple(v.name for v in cnn.outputs)
     assert set(cuts[0].frontier) == inputs  # the first conv's channels: from the input
     assert not set(cuts[-1].frontier) & inputs  # the last group: from inside the graph
-    assert cnn.copy().changed_nodes(cnn) == []
+    assert changed_nodes(cnn.copy(), cnn) == []
 
 
 def test_frontier_activations_are_those_of_the_original(cnn, samples):

@@ -35,7 +35,11 @@ from sparsec.ir import types
 
 types.install()  # before any model is read: onnx-ir 1.1 cannot read or write map types
 
-from sparsec.ir.model import Model, refuse_unwritable  # noqa: E402
-from sparsec.ir.saving import file_sha256, write_text  # noqa: E402
+from sparsec.ir.model import Model  # noqa: E402
+from sparsec.ir.saving import (  # noqa: E402
+    file_sha256,
+    refuse_unwritable,
+    write_text,
+)
 
 __all__ = ["Model", "file_sha256", "refuse_unwritable", "write_text"]

@@ -157,13 +157,17 @@ class Model:
         """Refuse a save to ``path`` that would clobber this model's own files or cannot be
         written (an external-data file gets a fresh name when saved: nothing can collide with it)."""
         path = Path(path)
-        if len(self.source_files) > 1 and self.path is not None and _same_file(path, self.path):
+        if (
+            len(self.source_files) > 1
+            and self.path is not None
+            and saving.same_file(path, self.path)
+        ):
             raise InputError(
                 f"refusing to overwrite {path}, an external-data model the output is read from "
                 "(--force cannot overwrite one); choose another output path"
             )
         self.refuse_clobbering_sources(path, force=force)
-        refuse_unwritable(path)
+        saving.refuse_unwritable(path)
 
     def refuse_clobbering_sources(self, path: Path, *, force: bool, forceable: bool = True) -> None:
         """Raise ``InputError`` when writing ``path`` would overwrite this model's own files.
@@ -175,7 +179,7 @@ class Model:
         path = Path(path)
         own = self.path.resolve() if self.path is not None else None
         for source in sorted(self.source_files):
-            if _same_file(path, source) and (not force or source != own):
+            if saving.same_file(path, source) and (not force or source != own):
                 hint = " or pass --force" if forceable and not force and source == own else ""
                 raise InputError(
                     f"refusing to overwrite {source}, which the input model is read from; "
@@ -275,38 +279,6 @@ class Model:
                         if value is not None and value.name is not None
                     )
         return names
-
-    def changed_nodes(self, original: Model) -> list[int]:
-        """Positions of the main-graph nodes of this model (a copy of ``original`` edited in
-        place: the same nodes in the same order) that may compute something else than
-        ``original``'s node there from the same input values: another op, other input or output
-        names, another constant input (shape or data), another attribute, or a subgraph (not
-        compared: counted as changed). A node not listed whose dynamic inputs are the same
-        computes the same outputs."""
-        mine, theirs = self.nodes(), original.nodes()
-        if len(mine) != len(theirs):
-            raise ValueError("changed_nodes compares a model with an edited copy of the same nodes")
-        return [
-            index
-            for index, (node, other) in enumerate(zip(mine, theirs))
-            if not self._same_node(node, original, other)
-        ]
-
-    def _same_node(self, node: ir.Node, original: Model, other: ir.Node) -> bool:
-        signature = (node.op_type, node.domain, node.overload, len(node.inputs))
-        if signature != (other.op_type, other.domain, other.overload, len(other.inputs)):
-            return False
-        names = [
-            [v and v.name for v in n.inputs] + [v.name for v in n.outputs] for n in (node, other)
-        ]
-        if names[0] != names[1]:
-            return False
-        if not all(
-            _same_array(self.constant(v), original.constant(w))
-            for v, w in zip(node.inputs, other.inputs)
-        ):
-            return False
-        return _same_attributes(node, other)
 
     def opsets(self) -> dict[str, int]:
         """Imported opsets: {domain: version}."""
@@ -771,25 +743,6 @@ class Model:
 _WRAPPERS: weakref.WeakValueDictionary[int, Model] = weakref.WeakValueDictionary()
 
 
-def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
-    """Raise ``InputError`` unless ``path`` can be written: its folder exists and is writable,
-    and, unless ``streams`` (a file written through, like a JSON report to /dev/stdout), it is
-    not a device, FIFO or socket (a model is written to a temp file and renamed over its path,
-    which would replace the node, not write through it)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"output folder {path.parent} does not exist")
-    if not streams and not path.is_dir() and saving.is_stream(path):
-        raise InputError(
-            f"output path {path} is not a regular file (a device, FIFO, socket, or a link into "
-            "/proc like /dev/stdout): give a file path"
-        )
-    if not os.access(path.parent, os.W_OK) and not (
-        streams and path.exists() and os.access(path, os.W_OK)
-    ):
-        raise InputError(f"cannot write to folder {path.parent} (read-only or no permission)")
-
-
 def _tensor(array: np.ndarray, name: str | None = None) -> ir.Tensor:
     """``ir.tensor(array)`` without its protocol isinstance checks (slow, and per edit)."""
     return ir.Tensor(np.array(array, order="C"), name=name)
@@ -807,13 +760,6 @@ def _name(value: ir.Value) -> str:
     if value.name is None:
         raise ValueError("a value without a name")
     return value.name
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
 
 
 def _is_uniform(array: np.ndarray, before: np.ndarray | None) -> bool:
@@ -837,32 +783,3 @@ def _constant_node_array(node: ir.Node) -> np.ndarray | None:
         if name in ("value_floats", "value_ints"):
             return np.array(list(value), dtype=np.float32 if name == "value_floats" else np.int64)
     return None
-
-
-def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return (
-        a.dtype == b.dtype
-        and a.shape == b.shape
-        and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
-    )
-
-
-def _same_attributes(node: ir.Node, other: ir.Node) -> bool:
-    """Equal attributes; a subgraph (not compared) never counts as equal."""
-    if set(node.attributes) != set(other.attributes):
-        return False
-    for name, attribute in node.attributes.items():
-        theirs = other.attributes[name]
-        if attribute.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
-            return False
-        if attribute.type != theirs.type or attribute.is_ref() != theirs.is_ref():
-            return False
-        mine, value = attribute.value, theirs.value
-        if attribute.type == ir.AttributeType.TENSOR and not attribute.is_ref():
-            if not _same_array(mine.numpy(), value.numpy()):
-                return False
-        elif mine != value:
-            return False
-    return True

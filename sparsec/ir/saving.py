@@ -285,7 +285,7 @@ def _stale_data_files(path: Path, keep: Collection[Path]) -> set[Path]:
         if p.name in read
         and p.is_file()
         and not p.is_symlink()
-        and not any(_same_file(p, k) for k in keep)
+        and not any(same_file(p, k) for k in keep)
     }
 
 
@@ -372,8 +372,30 @@ def held_signals() -> Iterator[None]:
             signal.raise_signal(received)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (resolved, or the same inode: a hard link)."""
     try:
-        return a.resolve() == Path(b).resolve() or os.path.samefile(a, b)
+        return a.resolve() == Path(b).resolve() or (
+            a.exists() and Path(b).exists() and os.path.samefile(a, b)
+        )
     except OSError:
         return False
+
+
+def refuse_unwritable(path: Path, *, streams: bool = False) -> None:
+    """Raise ``InputError`` unless ``path`` can be written: its folder exists and is writable,
+    and, unless ``streams`` (a file written through, like a JSON report to /dev/stdout), it is
+    not a device, FIFO or socket (a model is written to a temp file and renamed over its path,
+    which would replace the node, not write through it)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"output folder {path.parent} does not exist")
+    if not streams and not path.is_dir() and is_stream(path):
+        raise InputError(
+            f"output path {path} is not a regular file (a device, FIFO, socket, or a link into "
+            "/proc like /dev/stdout): give a file path"
+        )
+    if not os.access(path.parent, os.W_OK) and not (
+        streams and path.exists() and os.access(path, os.W_OK)
+    ):
+        raise InputError(f"cannot write to folder {path.parent} (read-only or no permission)")

@@ -1,6 +1,6 @@
 """Sensitivity points evaluated from the first node a cut changes: the pruned copy's *suffix*.
 
-Pruning one group changes a set of nodes C (``Model.changed_nodes``: other weights, constants or
+Pruning one group changes a set of nodes C (``ir.compare.changed_nodes``: other weights, constants or
 attributes). Every node downstream of C is *affected*; every other node computes on the pruned
 copy exactly what it computes on the original. The cut's *frontier* F is the set of dynamic
 values (computed from the graph inputs; constants are recomputed, never fed) that an affected
@@ -39,6 +39,7 @@ from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.errors import InternalError
 from sparsec.ir import Model, runtime
+from sparsec.ir.compare import changed_nodes
 from sparsec.pruning.selection import lowest_units
 from sparsec.pruning.surgery import prune_channels
 
@@ -61,7 +62,7 @@ def whole(model) -> Cut:
 def cut_of(original, pruned) -> Cut:
     """The frontier and changed outputs of ``pruned`` (an edited copy of ``original``, same
     nodes in the same order), see the module docstring."""
-    changed = set(pruned.changed_nodes(original))
+    changed = set(changed_nodes(pruned, original))
     dynamic = {v.name for v in original.inputs}
     affected: set[str] = set()  # values the affected nodes compute
     frontier: set[str] = set()
