@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sparsec.analysis.cost import _float_constants, analyze_cost
+from sparsec.analysis.cost import analyze_cost, float_constants
 from sparsec.analysis.heads import ATTENTION_OPS
 from sparsec.analysis.lookup import layers as compute_layers
 from sparsec.analysis.lookup import module_of, scope_of
@@ -114,7 +114,7 @@ def _reached_nodes(model, source) -> set:
     return reached
 
 
-class _Flow:
+class DataFlow:
     """The data values of ``model``, their immediate dominators, and the cut values: those
     dominating a data output (one chain per output; the chains share their start, so they form
     a tree, a plain chain for one output)."""
@@ -222,14 +222,14 @@ class _Finder:
 
     def __init__(self, model, input_shapes: Mapping[str, Shape] | None) -> None:
         self.model = model
-        self.flow = _Flow(model)
+        self.flow = DataFlow(model)
         self.shapes = value_shapes(model, input_shapes)
         self.weights = _compute_nodes(model, input_shapes)
         costs = analyze_cost(model, input_shapes).nodes
         self.cost = {id(node): cost for node, cost in zip(model.nodes(), costs, strict=True)}
         self.position = {id(node): index for index, node in enumerate(model.nodes())}
         self.parameters = {
-            id(v): math.prod(model.constant_shape(v) or ()) for v in _float_constants(model)
+            id(v): math.prod(model.constant_shape(v) or ()) for v in float_constants(model)
         }
         idom = self.flow.idom
         self.spans = {c: dead_after_rewire(c, idom[c]) for c in self.flow.cuts[1:]}

@@ -157,7 +157,8 @@ def folded_nodes(model) -> set[int]:
     return folded
 
 
-def _float_constants(model, folded: set[int] | None = None) -> list:
+def float_constants(model, folded: set[int] | None = None) -> list:
+    """The constants counted as parameters (see the module docstring), each once."""
     folded = folded_nodes(model) if folded is None else folded
     seen, result = set(), []
     candidates = list(model.initializers().values())
@@ -206,15 +207,15 @@ def analyze_cost(model, overrides: Mapping[str, Shape] | None = None) -> CostRep
     """Per-node params and MACs, with totals, at the bound input shapes."""
     shapes = _Shapes(model, value_shapes(model, overrides))
     folded = folded_nodes(model)
-    constants = _float_constants(model, folded)
-    float_constants = {id(v) for v in constants}
+    constants = float_constants(model, folded)
+    counted = {id(v) for v in constants}
     credited: set[int] = set()
     itemsizes = _itemsizes(model)
     report = CostReport(params=0, macs=0)
     for node in model.nodes():
         params = 0
         for value in node.inputs:
-            if value is not None and id(value) in float_constants and id(value) not in credited:
+            if value is not None and id(value) in counted and id(value) not in credited:
                 credited.add(id(value))
                 params += _prod(model.constant_shape(value) or ())
         rule = MAC_RULES.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))

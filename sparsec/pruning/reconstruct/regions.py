@@ -1,7 +1,7 @@
 """Regions: the single-input single-output spans of a pruned model that block reconstruction
 fits one at a time, cut at the values ``analysis.blocks`` finds.
 
-The cut values (``blocks._Flow``: the data values every path from the data input to the output
+The cut values (``blocks.DataFlow``: the data values every path from the data input to the output
 passes through) form a chain ``c0 (the data input), c1, ..., cn`` on a model with one data
 output (on a tree, its first branch to a fork or output; what follows is not reconstructed).
 Between two consecutive cut values lies an elementary span; it is *heavy* when it holds a
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sparsec.analysis.blocks import _Flow, find_blocks
+from sparsec.analysis.blocks import DataFlow, find_blocks
 
 COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv"})
 # (op_type, input index) of a constant whose values a reconstruction may change
@@ -60,7 +60,7 @@ class Region:
 
 def cut_chain(model) -> list[str]:
     """The cut values from the data input along the first branch, by name."""
-    flow = _Flow(model)
+    flow = DataFlow(model)
     if flow.source is None:
         return []
     chain, value = [flow.source], flow.after(flow.source)
