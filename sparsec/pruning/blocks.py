@@ -78,6 +78,11 @@ def check(options: DropOptions, calibrated: bool) -> None:
         )
 
 
+def units(blocks: Sequence[Block]) -> int:
+    """How many finest units ``blocks`` hold (a transformer layer counts as its parts)."""
+    return sum(max(1, len(block.parts)) for block in blocks)
+
+
 def finest(blocks: Sequence[Block]) -> list[Block]:
     """The finest units: the blocks that are nobody's parts' container (not a transformer layer)."""
     return [block for block in blocks if not block.parts]
@@ -339,7 +344,7 @@ def _stats(blocks: Sequence[Block], chosen: Sequence[Block]) -> dict[str, float]
     return {
         "blocks": len(finest(blocks)),
         "blocks_removable": sum(1 for b in finest(blocks) if b.removable),
-        "blocks_dropped": sum(max(1, len(b.parts)) for b in chosen),
+        "blocks_dropped": units(chosen),
         "macs_dropped": sum(b.macs for b in chosen),
         "params_dropped": sum(b.params for b in chosen),
     }
@@ -349,5 +354,4 @@ def _dropped_line(chosen: Sequence[Block], found: dict[int, float], importance: 
     named = "; ".join(
         f"{b.scope or b.exit} ({b.kind}, {importance} {found[b.id]:.4g})" for b in chosen
     )
-    units = sum(max(1, len(b.parts)) for b in chosen)  # a transformer layer counts as its parts
-    return Diagnostic("info", "drop-blocks.dropped", f"dropped {units} block(s): {named}")
+    return Diagnostic("info", "drop-blocks.dropped", f"dropped {units(chosen)} block(s): {named}")

@@ -31,7 +31,7 @@ import numpy as np
 
 from sparsec.analysis.blocks import Block, find_blocks
 from sparsec.analysis.cost import analyze_cost
-from sparsec.pruning.blocks import remove_blocks, zeroed
+from sparsec.pruning.blocks import remove_blocks, units, zeroed
 from sparsec.pruning.exclude import excluded_by
 from sparsec.pruning.recovery import output_error
 from sparsec.pruning.sensitivity import GroupSensitivity, Point, SensitivityTable
@@ -163,7 +163,7 @@ def drop_after_cut(result: PassResult, dropped: Sequence[tuple[Block, float]]) -
     if replay is not None:
         result.replay = lambda other, plain=False: zeroed(replay(other, plain=plain), chosen)
     result.modified = True
-    result.stats["blocks_dropped"] = sum(max(1, len(b.parts)) for b in chosen)
+    result.stats["blocks_dropped"] = units(chosen)
     result.stats["macs_dropped"] = sum(b.macs for b in chosen)
     result.artifacts["blocks"] = [dict(b.to_json(), score=error) for b, error in dropped]
     return drifted

@@ -47,10 +47,9 @@ import numpy as np
 
 from sparsec.analysis.activations import fixed_batch
 from sparsec.analysis.cost import analyze_cost
-from sparsec.analysis.groups import ChannelGroup, find_channel_groups
+from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.importance import ImportanceContext, group_scores
 from sparsec.errors import InputError
-from sparsec.pruning.selection import lowest_units
 from sparsec.pruning.suffix import (
     Measured,
     PointMeasurer,
@@ -399,12 +398,6 @@ def _progress_line(group: GroupSensitivity, number: int, total: int) -> str:
         f"sensitivity: group {group.id} ({group.kind}, {group.units} units) {number}/{total}: "
         f"error {errors}"
     )
-
-
-def select_units(group: ChannelGroup, scores: np.ndarray, ratio: float) -> np.ndarray:
-    """The units channel-prune's local scope removes from ``group`` at ``ratio`` (its default
-    ``max_layer_ratio`` and ``round_to``): the lowest ``scores`` of each segment."""
-    return lowest_units(group, scores, ratio)
 
 
 def _check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:

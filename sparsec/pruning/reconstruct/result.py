@@ -13,10 +13,8 @@ from collections.abc import Callable
 from sparsec.analysis.activations import padding_mask
 from sparsec.pruning.plans import source
 from sparsec.pruning.reconstruct.reconstruct import reconstruct, require_torch
-from sparsec.pruning.recovery.refit import output_error, refit_reference, refit_replay
+from sparsec.pruning.recovery.refit import carry_values, output_error
 from sparsec.results import Diagnostic, PassResult
-
-RECOVER_MODES = ("layer", "block")
 
 
 def reconstructed(
@@ -100,10 +98,7 @@ def _carry(result: PassResult, arrays: dict) -> None:
     if not arrays:
         return
     plan = result.artifacts.get("reference_plan", result.artifacts.get("plan"))  # see schedule
-    if result.reference is not None:
-        result.reference = refit_reference(result.reference, arrays, plan)
-    if result.replay is not None:
-        result.replay = refit_replay(result.replay, arrays, plan)
+    carry_values(result, arrays, plan)
     refit = result.artifacts.setdefault("refit", {"arrays": {}, "sources": {}})
     refit["arrays"] = {**refit["arrays"], **arrays}
     refit["sources"] = {

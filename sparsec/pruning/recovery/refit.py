@@ -127,10 +127,7 @@ def recover_result(
         )
     )
     arrays = refit_arrays(result.model, report)
-    if result.reference is not None:
-        result.reference = refit_reference(result.reference, arrays, plan)
-    if result.replay is not None:
-        result.replay = refit_replay(result.replay, arrays, plan)
+    carry_values(result, arrays, plan)
     result.artifacts["recovery"] = report
     result.artifacts["refit"] = {
         "arrays": arrays,
@@ -149,6 +146,15 @@ def refit_arrays(pruned, report: dict) -> dict[str, np.ndarray]:
         for name in (row["weight"], row["bias"])
         if name
     }
+
+
+def carry_values(result, arrays: dict[str, np.ndarray], plan: dict | None) -> None:
+    """Put values a recovery changed (``arrays``) into the result's oracle ``reference`` and
+    ``replay``, at the positions ``plan`` kept: both then build what the pruned model holds."""
+    if result.reference is not None:
+        result.reference = refit_reference(result.reference, arrays, plan)
+    if result.replay is not None:
+        result.replay = refit_replay(result.replay, arrays, plan)
 
 
 def refit_reference(
