@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from sparsec.passes.base import InPlacePass, PassResult
 from sparsec.passes.calibrated import CalibratedPass
-from sparsec.pruning import budget, channels, layer_ratios, schedule
+from sparsec.pruning import channels, layer_ratios, schedule
 from sparsec.pruning import exclude as exclude_patterns
 from sparsec.pruning.channels import ChannelOptions
 from sparsec.pruning.reconstruct.result import reconstructed
@@ -172,16 +172,14 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
             self.recover,
             model,
             samples,
-            lambda: self._cut(model, options, samples),
+            lambda: (
+                channels.prune_round(model, options, samples)
+                if options.steps == 1
+                else schedule.run_steps(options, model, samples)
+            ),
             batch_size=self.batch_size,
             seed=self.seed,
         )
-
-    def _cut(self, model, options, samples) -> PassResult:
-        with budget.sweep_jobs(self.jobs):
-            if options.steps == 1:
-                return channels.prune_round(model, options, samples)
-            return schedule.run_steps(options, model, samples)
 
 
 def _ratios_text(ratios: str | Mapping[str, float]) -> str:

@@ -13,16 +13,14 @@ also measured at the ratios of ``RATIOS`` (the fine grid) next to its chosen one
 again, until every group's neighbours are measured (at most ``ROUNDS`` rounds). Each point runs
 from its cut's frontier on ``sensitivity.SUBSET`` samples (the table gives standard errors);
 ``fast=False`` is the reference path: every ratio of ``RATIOS``, full runs, every sample.
-``sweep_jobs(n)`` measures the groups in ``n`` worker processes (the results do not depend on it).
+``jobs`` (``ChannelOptions.jobs``) measures the groups in that many worker processes (the results do not depend on it).
 With ``options.depth`` the model's removable blocks compete too (``depth_width``: each measured
 removed alone on the sweep's samples, one knapsack item per set of overlapping blocks).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -35,18 +33,6 @@ from sparsec.results import Diagnostic, progress
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # a grid fine enough to land near a target
 COARSE = (0.25, 0.5, 0.75)
 ROUNDS = 4  # refinements at most (each only measures neighbours not measured yet)
-
-_JOBS: ContextVar[int] = ContextVar("sensitivity_jobs", default=1)
-
-
-@contextlib.contextmanager
-def sweep_jobs(jobs: int) -> Iterator[None]:
-    """Sensitivity sweeps started inside measure groups in ``jobs`` worker processes."""
-    token = _JOBS.set(max(1, int(jobs)))
-    try:
-        yield
-    finally:
-        _JOBS.reset(token)
 
 
 def allocated_units(
@@ -70,6 +56,7 @@ def allocated_units(
         fast=fast,
         seed=options.seed,
         blocks=blocks,
+        jobs=options.jobs,
     )
     estimate = table.estimate(allocation)
     width = depth_width.widths(allocation)
@@ -93,7 +80,7 @@ def sweep_allocation(
     target: Mapping[str, float],
     *,
     fast: bool = True,
-    jobs: int | None = None,
+    jobs: int = 1,
     blocks: Sequence[Block] = (),
     **settings,
 ) -> tuple[SensitivityTable, dict[int, float]]:
@@ -102,7 +89,6 @@ def sweep_allocation(
     (``{"target_macs": R}`` or ``{"target_params": R}``). ``settings``: ``Sweep``'s. With
     ``blocks``, their items compete too: the table returned holds them as pseudo-groups with
     negative ids (``depth_width``), measured on the sweep's samples."""
-    jobs = _JOBS.get() if jobs is None else jobs
     with Sweep(model, samples, fast=fast, jobs=jobs, **settings) as sweep:
         table = sweep.table(COARSE if fast else RATIOS, progress)
         batch = settings.get("batch_size", 16)
