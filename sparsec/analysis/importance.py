@@ -26,7 +26,7 @@ from sparsec.analysis.activations import weight_input_norms
 from sparsec.analysis.groups import ChannelGroup
 from sparsec.analysis.quantized import weight_array
 from sparsec.analysis.shapes import value_shapes
-from sparsec.analysis.weight_sites import weight_sites
+from sparsec.analysis.weight_sites import WeightSite, weight_sites
 from sparsec.errors import InputError
 
 
@@ -50,6 +50,13 @@ class ImportanceContext:
     _input_norms: dict[str, np.ndarray] | None = field(default=None, repr=False, init=False)
     _input_axes: dict[str, int] = field(default_factory=dict, repr=False, init=False)
     _dead: dict[str, tuple[int, np.ndarray]] | None = field(default=None, repr=False, init=False)
+    _sites: dict[str, WeightSite] | None = field(default=None, repr=False, init=False)
+
+    def sites(self) -> dict[str, WeightSite]:
+        """The model's weight sites by weight name (``weight_sites``), walked once."""
+        if self._sites is None:
+            self._sites = {site.name: site for site in weight_sites(self.model)[0]}
+        return self._sites
 
     def dead_channels(self) -> dict[str, tuple[int, np.ndarray]]:
         """{activation: (channel axis, channels zero on every calibration sample)} for every
@@ -60,7 +67,7 @@ class ImportanceContext:
             shapes = value_shapes(self.model)
             read = {  # every activation a weight reads, with the channel axis it reads
                 name: axis % len(shapes[name])
-                for site in weight_sites(self.model)[0]
+                for site in self.sites().values()
                 for name, axis in filter(None, site.activations)
                 if shapes.get(name)
             }
@@ -75,7 +82,7 @@ class ImportanceContext:
         if self.calibration is None:
             raise InputError("importance 'activation' needs calibration data (--calibration)")
         if self._input_norms is None:
-            sites = weight_sites(self.model)[0]
+            sites = list(self.sites().values())
             self._input_norms = weight_input_norms(
                 self.model, self.calibration, sites, self.batch_size
             )
@@ -158,9 +165,11 @@ def calibration_dead(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
     activation was not measured or is not in the group)."""
     nothing = np.zeros(group.units, dtype=bool)
     dead_values = ctx.dead_channels()
-    sites = {site.name: site for site in weight_sites(ctx.model)[0]}
+    if not dead_values:
+        return nothing
+    sites = ctx.sites()
     readers = [m for m in group.compute if m[0] in sites and sites[m[0]].axis == m[1]]
-    if not dead_values or not readers:
+    if not readers:
         return nothing
     shapes, dead = value_shapes(ctx.model), np.ones(group.units, dtype=bool)
     for name, _ in readers:
