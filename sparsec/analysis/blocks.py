@@ -432,10 +432,11 @@ def _compute_nodes(model, input_shapes) -> dict[int, str]:
     """{id(node): its weight's name} for every layer (``lookup.layers``), found by its output
     value, so that nodes without names are known too."""
     values, found = model.values_by_name(), dict[int, str]()
+    by_name = {node.name: node for node in model.nodes() if node.name}
     for layer in compute_layers(model, input_shapes):
         value = values.get(layer.output[0]) if layer.output else None
         nodes = [value.producer()] if value is not None else []
-        nodes = nodes or [n for n in model.nodes() if n.name and n.name == layer.node]
+        nodes = nodes or [by_name.get(layer.node)]
         found.update((id(node), layer.weight) for node in nodes if node is not None)
     return found
 

@@ -87,9 +87,11 @@ def measure_values(model, names: list[str], overrides: Mapping[str, Shape] | Non
         return {}
     bindings = bind_shapes(model, overrides)
     key = "values:" + repr(sorted(bindings.items())) + repr(sorted(names))
-    known = value_shapes(model, overrides)
     return model.cached(
-        key, lambda: _run(model, bindings, list(names), find_cone(model, names, known))
+        key,
+        lambda: _run(
+            model, bindings, list(names), find_cone(model, names, value_shapes(model, overrides))
+        ),
     )
 
 
