@@ -69,6 +69,7 @@ class ChannelGroup:
         default_factory=dict
     )  # member roles (rules.core.Coupling.roles)
     lossy: list[LossyUse] = field(default_factory=list)  # nodes mixing its channels
+    balanced: list[tuple[Member, int]] = field(default_factory=list)  # (member, classes)
 
     @property
     def prunable(self) -> bool:
@@ -99,6 +100,16 @@ class ChannelGroup:
         mask = np.zeros(self.units, dtype=bool)
         mask[np.asarray(removed_units, dtype=np.int64)] = True
         return mask
+
+    def class_counts(self, member: Member, classes: int) -> np.ndarray:
+        """Units × ``classes``: the positions each unit holds in each class of ``member`` (the
+        classes are equal runs of its positions; ``balanced`` lists the members that have them,
+        each class of which must lose the same number of positions)."""
+        atoms = self.atoms[member]
+        per_class = len(atoms) // classes
+        counts = np.zeros((self.units, classes), dtype=np.int64)
+        np.add.at(counts, (atoms, np.arange(len(atoms)) // per_class), 1)
+        return counts
 
     def segments(self) -> list[np.ndarray]:
         """Units grouped by the set of compute weights they appear in: one segment per Concat
@@ -215,6 +226,7 @@ def _analyze(model, input_shapes, lossy: bool) -> GroupAnalysis:
     stats = {m for c in couplings for m in c.stats}
     compute = {m for c in couplings for m in c.compute}
     roles: dict[Member, set[str]] = {}
+    balanced = {(m, k) for c in couplings for m, k in c.balanced.items()}
     for coupling in couplings:
         for member, role in coupling.roles.items():
             roles.setdefault(member, set()).add(role)
@@ -225,6 +237,7 @@ def _analyze(model, input_shapes, lossy: bool) -> GroupAnalysis:
         group = _make_group(len(groups), model, graph, component, sizes, compute, stats, blocked)
         group.nodes = set().union(*(touching.get(m, set()) for m in component))
         group.roles = {m: roles[m] for m in component if m in roles}
+        group.balanced = sorted((m, k) for m, k in balanced if m in component)
         group.lossy = [use for m in group.members for use in mixed.get(m, [])]
         if group.lossy and group.reason is None and not lossy:
             use = group.lossy[0]
@@ -335,7 +348,7 @@ def _unify_positions(graph: nx.Graph, members: list[Member], sizes: dict) -> tup
                 continue
             left.append(offsets[edge.a] + np.arange(size_a))
             right.append(offsets[edge.b] + index)
-    labels = _components(
+    labels = components(
         total,
         np.concatenate(left or [np.zeros(0, int)]),
         np.concatenate(right or [np.zeros(0, int)]),
@@ -345,7 +358,9 @@ def _unify_positions(graph: nx.Graph, members: list[Member], sizes: dict) -> tup
     return atoms, int(dense.max(initial=-1) + 1), consistent
 
 
-def _components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Union-find over ``n`` items joined pairwise by ``u[i] ~ v[i]``: each item's label is the
+    least item of its class."""
     labels = np.arange(n)
     while True:
         low = np.minimum(labels[u], labels[v])

@@ -25,8 +25,8 @@ Dead on the data (lossy in principle): a unit whose every reading weight reads a
 that is exactly zero on every calibration sample (``analysis.importance.calibration_dead``). The
 removal is checked by the oracle gate like any cut.
 
-Whatever is removed, a group keeps at least one unit and no member loses all its positions
-(``selection.keep_every_member``). A model that cannot be analysed (no groups, a quantized
+Whatever is removed, a group keeps at least one unit, no member loses all its positions, and a
+grouped conv's groups lose alike (``selection.feasible``). A model that cannot be analysed (no groups, a quantized
 weight, a custom op, a rule that raises) has no dead units.
 """
 
@@ -43,7 +43,7 @@ from sparsec.analysis.weight_sites import weight_sites
 from sparsec.errors import InputError
 from sparsec.ir import runtime
 from sparsec.pruning.oracle import apply_masks, channel_masks
-from sparsec.pruning.selection import keep_every_member
+from sparsec.pruning.selection import feasible
 from sparsec.validate import DEFAULT_ATOL, DEFAULT_RTOL, output_metrics
 
 # Constant inputs that only scale what flows through (op type → input indices): a zero channel
@@ -267,7 +267,7 @@ def within_limits(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> di
     limited = {}
     for gid, units in removed.items():
         group = groups[gid]
-        kept = keep_every_member(group, units, np.zeros(group.units))
+        kept = feasible(group, units, np.zeros(group.units))
         kept = kept[1:] if len(kept) >= group.units else kept
         if len(kept):
             limited[gid] = kept

@@ -6,11 +6,13 @@ channel contributes nothing wherever a weight consumes it; wherever removed chan
 ones *without* a weight in between, the masked original masks the activation itself: a
 ReduceMean or LayerNorm over a pruned axis averages over the kept positions only (x · m · C/C',
 m = 1 on kept positions), and a product of two activations contracting a pruned axis reads
-x · m. Biases, norms and divisors are left alone (a removed channel's own value never matters,
-and zeroing a divisor would make NaNs). A quantized weight (``analysis.quantized``) is masked in
-the constant it is stored as: its integer data set to the zero point (which dequantizes to
-exactly 0.0), a fake-quantized float weight set to 0. Masks are applied *by name*, so the original can be
-reloaded from disk rather than held in memory.
+x · m. A grouped conv's weight cut group by group (``rules.core.GroupedWeight``) has the
+entries each group's removed positions read zeroed. Biases, norms and divisors are left alone (a
+removed channel's own value never matters, and zeroing a divisor would make NaNs). A quantized
+weight (``analysis.quantized``) is masked in the constant it is stored as: its integer data set
+to the zero point (which dequantizes to exactly 0.0), a fake-quantized float weight set to 0.
+Masks are applied *by name*, so the original can be reloaded from disk rather than held in
+memory.
 
 Lossy couplings (``rules.core.Coupling.lossy``: LRN across channels) have no mask that makes the
 original equal the pruned model: there the masked original runs the node on the kept positions
@@ -57,6 +59,8 @@ class OracleMasks:
     # nodes run on kept positions only, by first output name: [(output, axis, kept, size)]
     lossy: list[tuple[str, int, np.ndarray, int]] = field(default_factory=list)
     lossy_ops: dict[str, str] = field(default_factory=dict)  # their output name → op type
+    # grouped convs' weights (``rules.core.GroupedWeight``): name → W[:, :] entries to zero
+    grouped: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
@@ -76,12 +80,30 @@ def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
         if (name, axis) in stat_members:
             masks.stats.append((name, axis, kept, size, len(shapes[name])))
     masks.constants = dict(constants)
+    masks.grouped = _grouped_drops(model, analysis, table)
     for use in (use for group in analysis.groups for use in group.lossy):
         if use.member in table:
             kept, size = table[use.member], sizes[use.member]
             masks.lossy.append((use.output, use.member[1], kept, size))
             masks.lossy_ops[use.output] = use.op_type
     return masks
+
+
+def _grouped_drops(model, analysis: GroupAnalysis, table: dict) -> dict[str, np.ndarray]:
+    """Per grouped conv weight whose part side lost positions, the W[rows, local] entries a
+    removed position reads: group ``j``'s rows at the local positions group ``j`` lost."""
+    drops = {}
+    for grouped in (g for coupling in analysis.couplings for g in coupling.grouped):
+        kept = table.get(grouped.part)
+        shape = model.constant_shape(model.value(grouped.weight))
+        if kept is None or shape is None:
+            continue
+        rows, per_group = shape[0] // grouped.groups, shape[1]
+        drop = np.ones((shape[0], per_group), dtype=bool)
+        for j, local in enumerate(grouped.local(kept, per_group)):
+            drop[j * rows : (j + 1) * rows, local] = False
+        drops[grouped.weight] = drop
+    return drops
 
 
 def _stored_as(model, name: str) -> str:
@@ -112,6 +134,10 @@ def apply_masks(model, masks: OracleMasks, plain: bool = False) -> None:
             index[axis] = drop
             array[tuple(index)] = fill[tuple(index)] if fill.ndim else fill
         model.set_constant(value, array)
+    for name, drop in masks.grouped.items():
+        array = model.constant(values[name]).copy()
+        array[drop] = 0
+        model.set_constant(values[name], array)
     _mask_statistics(model, masks.stats)
     if not plain:
         _run_on_kept(model, masks.lossy)

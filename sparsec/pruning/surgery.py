@@ -4,9 +4,10 @@ Given the channel groups of a model and, per group, the units to remove:
 
 - ``remove_channels`` slices every constant member along its axis (initializers, ``Constant``
   and ``ConstantOfShape`` weights alike), records the new size of every activation member in
-  its declared shape, then runs every node's fixups (Reshape targets, Split sizes, Slice
-  bounds, Gather indices, ``group``/``num_groups``...). Every member keeps the same units, so
-  the pruned graph is consistent by construction.
+  its declared shape, cuts grouped convs' weights group by group, then runs every node's
+  fixups (Reshape targets, Split sizes, Slice bounds, Gather indices,
+  ``group``/``num_groups``...). Every member keeps the same units, so the pruned graph is
+  consistent by construction.
 - ``prune_channels`` is what a pruning pass calls: it records the removal (``oracle``'s masks,
   the plan), cuts, and returns the ``PassResult`` with the oracle reference, its ``replay``
   (the same masks applied to another model by name) and the plan. When
@@ -83,5 +84,20 @@ def remove_channels(model, analysis: GroupAnalysis, table: dict) -> None:
             for axis, kept in axes:
                 model.set_dim(value, axis, len(kept))
     for coupling in analysis.couplings:
+        for grouped in coupling.grouped:
+            _gather_per_group(model, values[grouped.weight], grouped, table.get(grouped.part))
         for fixup in coupling.fixups:
             fixup.apply(model, table.get)
+
+
+def _gather_per_group(model, weight, grouped, kept) -> None:
+    """Cut a grouped conv's W axis 1 group by group (``rules.core.GroupedWeight``); its rows are
+    cut already. Every group kept as many positions (the part side is balanced)."""
+    if kept is None:
+        return
+    array = model.constant(weight)
+    local = grouped.local(kept, array.shape[1])
+    if len({len(positions) for positions in local}) != 1:
+        raise ValueError(f"the removal would leave the groups of '{weight.name}' unequal")
+    rows = np.split(array, grouped.groups, axis=0)
+    model.set_constant(weight, np.concatenate([r[:, p] for r, p in zip(rows, local)], axis=0))

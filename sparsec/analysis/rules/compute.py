@@ -3,9 +3,18 @@
 
 The invariant: the contraction axis of the activation *is* the weight's contraction axis, the
 weight's kept axis *is* the output's channel axis, and both weight axes are compute members
-(slicing them removes multiply-accumulates). A grouped conv ties its channels group by group
-(every group keeps the same local positions; depthwise: one channel per group), and a product
-of two activations contracts an axis that zeroed weights cannot silence (a statistic).
+(slicing them removes multiply-accumulates). A product of two activations contracts an axis
+that zeroed weights cannot silence (a statistic).
+
+A grouped conv (``g`` groups, more than one channel per group on both sides) stays a grouped
+conv when every group loses the same *number* of channels on each side: both sides are
+``balanced`` over ``g`` classes (``rules.core``), which constrains the selection instead of
+tying channels. Its weight's per-group axis (W axis 1) is then no member: after the cut, group
+``j``'s rows keep the local positions group ``j`` kept on that side (``core.GroupedWeight``:
+surgery gathers them, the oracle zeroes the others), a different set per group. Depthwise (one
+channel per group on one side) links the two sides instead, and a quantized weight (read through
+DequantizeLinear) keeps the same local positions in every group (a tile), which plain slices can
+cut.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import numpy as np
 from sparsec.analysis.op_layouts import layout as op_layout
 from sparsec.analysis.rules.core import (
     Coupling,
+    GroupedWeight,
     Member,
     RuleContext,
     axis_rule,
@@ -77,6 +87,12 @@ def conv(node, ctx: RuleContext) -> Coupling:
         c.link(full, part, np.arange(full_size) // (full_size // groups))
         c.free.add((w.name, 1))
         count_fixup(c, node, "group", part)
+    elif ctx.model.constant_shape(w) is not None:
+        c.compute.discard((w.name, 1))
+        c.roles.pop((w.name, 1), None)
+        c.free.update({(w.name, 1), part})  # the part side is cut by the gather, not linked
+        c.balanced.update({full: groups, part: groups})
+        c.grouped.append(GroupedWeight(w.name, part, groups))
     else:
         _link_groups(c, node, full, full_size, groups, "groups")
         c.link(part, (w.name, 1), np.arange(per_group * groups) % per_group)

@@ -23,6 +23,12 @@ that axis. A rule looks at one node and returns a ``Coupling``:
   on the kept positions only (``pruning/oracle.py``), and the difference from the plain masked
   original is what the coupling cost. Invariant: a lossy member is an axis of the node's first
   input, and its first output holds the same positions on the same axis.
+- ``balanced``: members whose positions form ``k`` equal contiguous classes (a grouped Conv's
+  channels, group by group) that must each lose the same *number* of positions, not the same
+  ones: a constraint on which units are removed together (``pruning/selection.py``), not an
+  edge, so it never ties channels into one unit.
+- ``grouped``: the weights surgery cuts group by group (``GroupedWeight``), and the oracle masks
+  the same way: a balanced grouped conv's W axis 1, which is no member.
 - ``roles``: what a member is to the node, for choosing ratios per kind of group: ``conv`` or
   ``linear`` (a compute weight's axis), ``heads`` (the head axis of an attention: a batch axis
   of a product of two activations, or the heads of an attention op).
@@ -70,6 +76,21 @@ class Fixup:
     apply: Callable  # apply(model, kept) -> None
 
 
+@dataclass(frozen=True)
+class GroupedWeight:
+    """A grouped conv's weight cut group by group on its per-group axis (W axis 1): the rows of
+    group ``j`` (W axis 0, ``rows / groups`` per group) keep the local positions that group ``j``
+    keeps on the ``part`` side (``groups`` equal runs of its positions, losing alike)."""
+
+    weight: str  # the weight's value name
+    part: Member
+    groups: int
+
+    def local(self, positions: np.ndarray, per_group: int) -> list[np.ndarray]:
+        """Per group, the local positions (0..per_group-1) among ``positions`` of the part side."""
+        return [positions[positions // per_group == j] - j * per_group for j in range(self.groups)]
+
+
 @dataclass
 class Coupling:
     edges: list[Edge] = field(default_factory=list)
@@ -81,6 +102,8 @@ class Coupling:
     reasons: dict[Member, str] = field(default_factory=dict)  # specific block reasons
     sizes: dict[Member, int] = field(default_factory=dict)  # sizes of virtual members
     roles: dict[Member, str] = field(default_factory=dict)  # conv / linear / heads
+    balanced: dict[Member, int] = field(default_factory=dict)  # member → classes losing alike
+    grouped: list[GroupedWeight] = field(default_factory=list)  # weights cut group by group
 
     def link(self, a: Member, b: Member, index: np.ndarray | None = None) -> None:
         self.edges.append(Edge(a, b, index))

@@ -18,13 +18,12 @@ merge links: its own trace, ``layout._channel_part``, then finds a compute weigh
 part only, or behind none and takes the outermost). Heads (``[B, T, C] → [B, T, H, D]``, into
 a MatMul) meet no such merge and keep the outermost part.
 
-Next to grouped convs (ShuffleNet v1), the grouped 1×1 conv after the shuffle must lose the same
-local positions in each of its ``g`` groups of ``C/g`` (``rules.compute``'s tile): removing
-sub-channel ``j`` removes outputs ``j·g .. j·g + g - 1``, so the removed sub-channels must repeat
-every ``C/g²`` positions. When ``g`` divides ``C/g`` that leaves ``C/g²`` units; when it does not
-(the onnx wheel's ShuffleNet, stage 2: ``4 × 34``) the tile and the shuffle tie every channel of
-the bottleneck into one unit, which no slice of the weights can undo (it would take a per-group
-gather of the second conv's input channels).
+Next to grouped convs (ShuffleNet v1), the grouped 1×1 conv after the shuffle must lose as many
+positions in each of its ``g`` groups of ``C/g`` (``rules.compute``: a balanced member): removing
+sub-channel ``j`` removes outputs ``j·g .. j·g + g - 1``, which lie in group ``j·g // (C/g)``, so
+the selection takes sub-channels in bundles, one per group, and the conv's weight keeps a
+different set of local positions in each group. When ``g`` does not divide ``C/g`` (the onnx
+wheel's ShuffleNet, stage 2: ``4 × 34``) a sub-channel straddling two groups is never removed.
 """
 
 from __future__ import annotations
