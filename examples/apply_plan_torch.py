@@ -5,7 +5,8 @@
 ``plan = load_plan("plan.json")`` reads a version 2 plan (``sparsec compress ... --plan-out
 plan.json``) and its refit weights (``plan.refit.npz``, when recovery ran); ``apply_plan(model,
 plan)`` then, for every plan entry whose source names a module, slices the parameter (or
-BatchNorm running statistic) along the torch axis to the kept indices, and so for every other
+BatchNorm running statistic) along the torch axis to the kept indices (a grouped conv's weight
+group by group, ``grouped``), and so for every other
 module parameter the constant is (``also``: a weight the exporter shared between modules),
 rebuilds each module (``nn.Conv*d``, ``nn.Linear``, ``nn.BatchNorm*d``, ``nn.LayerNorm``)
 with its new sizes, or for the root module and modules of your own (not ``torch.nn``'s)
@@ -100,7 +101,29 @@ def _sliced(model: nn.Module, plan: dict, sources: dict) -> tuple[dict, list[str
             for entry, axis in zip(entries, axes, strict=True):
                 value = value.index_select(axis, torch.as_tensor(entry["kept"], dtype=torch.long))
             tensors[where] = value
+    for name, entry in plan.get("grouped", {}).items():  # after their rows were cut above
+        skipped += _gathered(model, tensors, sources.get(name, {}), entry, name)
     return tensors, skipped
+
+
+def _gathered(model: nn.Module, tensors: dict, source: dict, entry: dict, name: str) -> list[str]:
+    """A grouped conv's weight cut group by group: the rows of group j keep ``kept[j]`` along
+    the per-group axis. Returns [name] when it has no place on a module."""
+    skipped = []
+    for place, (axis,) in _places(source, [entry]):
+        where = _target(model, place)
+        if where is None or axis is None:
+            skipped.append(name)
+            continue
+        value = tensors.get(where, _tensor(model, where))
+        rows = value.chunk(len(entry["kept"]), dim=0)
+        tensors[where] = torch.cat(
+            [
+                r.index_select(axis, torch.as_tensor(k, dtype=torch.long))
+                for r, k in zip(rows, entry["kept"])
+            ]
+        )
+    return skipped
 
 
 def _target(model: nn.Module, source: dict) -> tuple[str, str] | None:

@@ -5,7 +5,10 @@ group's removed channels read, so the cut stays exact."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import onnx
 import pytest
 from conftest import make_model, oracle_error, prune
 from onnx import TensorProto, helper, numpy_helper
@@ -89,3 +92,31 @@ def test_lowest_units_removes_as_many_from_every_group(rng):
             positions = np.flatnonzero(group.removed_mask(removed)[group.atoms[member]])
             per_group = np.bincount(positions // PER_GROUP, minlength=GROUPS)
             assert len(set(per_group)) == 1 and len(removed) <= int(ratio * 12)
+
+
+def test_a_plan_repeats_a_grouped_cut_and_refuses_an_uneven_one(rng, cli, tmp_path):
+    """``--plan-out`` lists the per-group cut of the grouped weight (``grouped``), ``--plan-in``
+    repeats it to the same weights, and a plan edited to remove 2 + 1 + 1 channels of the three
+    groups is refused in one line, writing nothing."""
+    scale = np.full(12, 10.0)
+    scale[[0, 1, 6, 7, 9, 10]] = 0.01
+    source = tmp_path / "grouped.onnx"
+    source.write_bytes(expand_then_group(rng, scale).SerializeToString())
+    plan, first, second = tmp_path / "plan.json", tmp_path / "a.onnx", tmp_path / "b.onnx"
+    code, _, err = cli("compress", source, "--channels", "0.5", "--plan-out", plan, "-o", first)
+    assert code == 0, err
+    written = json.loads(plan.read_text())
+    assert written["grouped"]["w"]["kept"] == [[2, 3], [0, 1], [0, 3]]
+    code, _, err = cli("compress", source, "--plan-in", plan, "-o", second)
+    assert code == 0, err
+    assert all(
+        np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+        for a, b in zip(onnx.load(first).graph.initializer, onnx.load(second).graph.initializer)
+    )
+    w0 = written["initializers"]["w0"][0]
+    w0["kept"] = [2, 3, 4, 5, 7, 8, 10, 11]  # group 0 loses 2, groups 1 and 2 lose 1
+    plan.write_text(json.dumps(written))
+    third = tmp_path / "c.onnx"
+    code, _, err = cli("compress", source, "--plan-in", plan, "-o", third)
+    assert code != 0 and "unequal numbers of channels" in err and len(err.strip().splitlines()) == 1
+    assert not third.exists()

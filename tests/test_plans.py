@@ -363,7 +363,8 @@ def _recipe():
 
 
 def _torch_models(torch):
-    """A Conv-BN-ReLU CNN with a residual block and a Linear head (exported as Gemm), and an MLP
+    """A Conv-BN-ReLU CNN with a residual block (its second conv grouped, so that the plan cuts
+    it group by group) and a Linear head (exported as Gemm), and an MLP
     on [batch, tokens, features] (its Linear layers exported as MatMul + Add), seeded."""
     nn = torch.nn
 
@@ -372,7 +373,7 @@ def _torch_models(torch):
             super().__init__()
             self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(channels)
-            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+            self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, groups=4)
             self.bn2 = nn.BatchNorm2d(channels)
             self.down = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels))
 
@@ -443,6 +444,7 @@ def test_the_recipe_prunes_the_pytorch_module_as_the_plan_pruned_its_export(cli,
         plan = recipe.load_plan(plan_path)
         assert bool(plan["arrays"]) == bool(args)
         assert all(group["ratio"] == 0.5 for group in plan["groups"])
+        assert bool(plan.get("grouped")) == (linear == "Gemm")  # the CNN's grouped conv
         layouts = {s["layout"] for s in plan["sources"].values() if s["op_type"] == linear}
         assert layouts == {"transposed" if linear == "MatMul" else "same"}
         assert recipe.apply_plan(module, plan) == []

@@ -59,8 +59,9 @@ class OracleMasks:
     # nodes run on kept positions only, by first output name: [(output, axis, kept, size)]
     lossy: list[tuple[str, int, np.ndarray, int]] = field(default_factory=list)
     lossy_ops: dict[str, str] = field(default_factory=dict)  # their output name → op type
-    # grouped convs' weights (``rules.core.GroupedWeight``): name → W[:, :] entries to zero
-    grouped: dict[str, np.ndarray] = field(default_factory=dict)
+    # grouped convs' weights cut group by group (``rules.core.GroupedWeight``): name → per
+    # group, the local positions of W axis 1 its rows keep
+    grouped: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
@@ -80,30 +81,18 @@ def channel_masks(model, analysis: GroupAnalysis, table: dict) -> OracleMasks:
         if (name, axis) in stat_members:
             masks.stats.append((name, axis, kept, size, len(shapes[name])))
     masks.constants = dict(constants)
-    masks.grouped = _grouped_drops(model, analysis, table)
+    masks.grouped = {
+        g.weight: g.local(table[g.part], model.constant_shape(model.value(g.weight))[1])
+        for coupling in analysis.couplings
+        for g in coupling.grouped
+        if g.part in table
+    }
     for use in (use for group in analysis.groups for use in group.lossy):
         if use.member in table:
             kept, size = table[use.member], sizes[use.member]
             masks.lossy.append((use.output, use.member[1], kept, size))
             masks.lossy_ops[use.output] = use.op_type
     return masks
-
-
-def _grouped_drops(model, analysis: GroupAnalysis, table: dict) -> dict[str, np.ndarray]:
-    """Per grouped conv weight whose part side lost positions, the W[rows, local] entries a
-    removed position reads: group ``j``'s rows at the local positions group ``j`` lost."""
-    drops = {}
-    for grouped in (g for coupling in analysis.couplings for g in coupling.grouped):
-        kept = table.get(grouped.part)
-        shape = model.constant_shape(model.value(grouped.weight))
-        if kept is None or shape is None:
-            continue
-        rows, per_group = shape[0] // grouped.groups, shape[1]
-        drop = np.ones((shape[0], per_group), dtype=bool)
-        for j, local in enumerate(grouped.local(kept, per_group)):
-            drop[j * rows : (j + 1) * rows, local] = False
-        drops[grouped.weight] = drop
-    return drops
 
 
 def _stored_as(model, name: str) -> str:
@@ -134,9 +123,10 @@ def apply_masks(model, masks: OracleMasks, plain: bool = False) -> None:
             index[axis] = drop
             array[tuple(index)] = fill[tuple(index)] if fill.ndim else fill
         model.set_constant(value, array)
-    for name, drop in masks.grouped.items():
+    for name, kept in masks.grouped.items():
         array = model.constant(values[name]).copy()
-        array[drop] = 0
+        for rows, local in zip(np.split(array, len(kept), axis=0), kept):
+            rows[:, np.setdiff1d(np.arange(array.shape[1]), local)] = 0  # views: zeroes array
         model.set_constant(values[name], array)
     _mask_statistics(model, masks.stats)
     if not plain:

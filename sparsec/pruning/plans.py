@@ -14,7 +14,8 @@ Format (JSON, version 2; version 1 is the same without ``sources``, ``groups``, 
      "groups": [{"id": G, "kind": KIND, "units": U, "removed": R, "ratio": R / U,
                  "members": ["NAME[axis A]", ...],
                  "pattern": GLOB, "pattern_ratio": R}],  # pattern*: with per-layer ratios
-     "refit": {"file": "plan.refit.npz", "layout": "onnx", "names": [NAME, ...]}}   # with recovery
+     "refit": {"file": "plan.refit.npz", "layout": "onnx", "names": [NAME, ...]},  # with recovery
+     "grouped": {NAME: {"axis": 1, "size": S, "kept": [[i, ...], ...], "torch_axis": T}}}
 
 Invariants:
 - ``initializers`` maps each constant the cut shrank (an initializer, or a ``Constant`` /
@@ -37,6 +38,11 @@ Invariants:
   torch axis of each ONNX axis there (by ONNX axis, null where unknown): a user slices every
   one of them;
 - ``groups`` lists each group the cut reached, with the fraction of its units removed;
+- ``grouped`` (only when the cut reached a grouped conv's per-group axis) maps each grouped
+  conv's weight to how its axis 1 was cut *group by group* (``rules.core.GroupedWeight``):
+  ``kept[j]`` are the local positions (ascending, in ``0..size-1``, as many in every group) the
+  rows of group ``j`` keep, after ``initializers`` cut its rows. It follows from the table
+  (``--plan-in`` recomputes it); a user gathers each group's rows with its own list;
 - ``refit`` (only when recovery changed weights) names an ``.npz`` beside the plan holding the
   refit values of those constants after the cut, in ONNX layout (transpose a ``transposed``
   one for torch);
@@ -59,6 +65,7 @@ from sparsec.analysis.lookup import module_of, scope_of
 from sparsec.errors import InputError
 from sparsec.ir.saving import is_stream
 from sparsec.pruning.oracle import OracleMasks
+from sparsec.pruning.selection import balance
 
 PLAN_FORMAT = "sparsec-channel-plan"
 PLAN_VERSION = 2
@@ -100,7 +107,7 @@ def plan_json(model, analysis: GroupAnalysis, masks: OracleMasks, removed: dict)
     """The plan of a cut, for ``--plan-out``: kept indices per constant and axis (``masks``),
     where each constant comes from (read in ``model`` before the cut), the groups cut
     (``removed``: group id -> units)."""
-    sources = {name: source(model, name) for name in sorted(masks.constants)}
+    sources = {name: source(model, name) for name in sorted({*masks.constants, *masks.grouped})}
     ranks = {name: len(model.constant_shape(model.value(name)) or ()) for name in sources}
     constants = {
         name: [
@@ -114,13 +121,24 @@ def plan_json(model, analysis: GroupAnalysis, masks: OracleMasks, removed: dict)
         ]
         for name, axes in sorted(masks.constants.items())
     }
-    return {
+    plan = {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
         "initializers": constants,
         "sources": sources,
         "groups": group_records(analysis, removed),
     }
+    if masks.grouped:
+        plan["grouped"] = {
+            name: {
+                "axis": 1,
+                "size": int(model.constant_shape(model.value(name))[1]),
+                "kept": [local.tolist() for local in kept],
+                "torch_axis": torch_axis(sources[name], 1, ranks[name]),
+            }
+            for name, kept in sorted(masks.grouped.items())
+        }
+    return plan
 
 
 def group_records(analysis: GroupAnalysis, removed: dict) -> list[dict]:
@@ -407,6 +425,11 @@ def removed_from_plan(
         if any(set(np.unique(group.atoms[m]).tolist()) <= drop for m in group.members):
             raise InputError(f"plan would empty a tensor of {group.describe()}")
         removed[group.id] = np.array(sorted(drop), dtype=np.int64)
+        if len(balance(group, removed[group.id], np.zeros(group.units))) < len(drop):
+            raise InputError(
+                f"plan removes unequal numbers of channels from the groups of a grouped conv "
+                f"in {group.describe()}"
+            )
         for member, entry in mine.items():
             if not np.array_equal(
                 group.kept_positions(member, removed[group.id]), np.asarray(entry["kept"])

@@ -211,4 +211,20 @@ def compose_plans(plans: list[dict]) -> dict:
                         np.asarray(entry["kept"], dtype=np.int64)
                     ].tolist()
             table[name].sort(key=lambda e: e["axis"])
+        _compose_grouped(composed.setdefault("grouped", {}), plan.get("grouped", {}))
+    if not composed.get("grouped"):
+        composed.pop("grouped", None)
     return compose_provenance(composed, plans)
+
+
+def _compose_grouped(table: dict, later: dict) -> None:
+    """Fold a later round's per-group cuts of grouped weights into ``table`` (first positions)."""
+    for name, entry in later.items():
+        earlier = table.get(name)
+        if earlier is None:
+            table[name] = dict(entry)
+        else:
+            earlier["kept"] = [
+                np.asarray(first)[np.asarray(then, dtype=np.int64)].tolist()
+                for first, then in zip(earlier["kept"], entry["kept"], strict=True)
+            ]
