@@ -481,6 +481,7 @@ def channel_passes(
     block_importance: str = "influence",
     jobs: int = 1,
     depth: bool = True,
+    executor: str = "local",
 ) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
@@ -498,8 +499,9 @@ def channel_passes(
     channels a node mixes, such as LRN's (not exact; the report gives the loss). ``drop_blocks``
     (> 0) first removes that many blocks, as ``block_passes`` says; the run's oracle reference
     is then the original with their branches zeroed and the channels masked. ``jobs``: worker
-    processes measuring sensitivity for a target (the same result). ``depth`` (with a target):
-    removable blocks compete with the channels and are dropped where cheaper in error."""
+    processes measuring sensitivity for a target (the same result); ``executor``: where they
+    run (``sparsec.executor``: ``local``, or Ray: ``ray`` or an address). ``depth`` (with a
+    target): removable blocks compete with the channels and are dropped where cheaper in error."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(
             f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}"
@@ -528,6 +530,7 @@ def channel_passes(
         lossy_couplings=lossy_couplings,
         jobs=jobs,
         depth=depth,
+        executor=executor,
     )
     prune.check_options()
     depth = (

@@ -299,7 +299,7 @@ Examples:
 @spec_options(
     "importance", "importance_scope", "max_layer_ratio", "round_to", "exclude", "steps", "seed"
 )
-@spec_options("calibration", "calibration_samples", "no_recover", "recover", "jobs")
+@spec_options("calibration", "calibration_samples", "no_recover", "recover", "jobs", "executor")
 @spec_options(
     "eval",
     "labels",

@@ -130,6 +130,7 @@ def pipeline_of(spec: JobSpec):
             drop_blocks=spec.get("drop_blocks") or 0.0,
             block_importance=blocks["importance"],
             jobs=spec.get("jobs") or 1,
+            executor=spec.get("executor"),
             depth=spec.get("depth") if spec.given("depth") else not spec.given("plan_out"),
             **common,
         )

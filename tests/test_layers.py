@@ -2,11 +2,12 @@
 or lower ones (imports inside functions count), and no modules import each other in a cycle.
 
 Layers, lowest first (DESIGN.md, "Where it is heading"): 0 ``errors`` and ``results`` (what
-every layer raises and reports), 1 ``ir`` (the only code touching onnx-ir and protobuf),
-2 ``analysis`` (read-only questions) and ``validate``, 3 ``pruning`` (choosing units, cutting,
-the oracle, schedules, budgets, recovery), 4 ``passes`` (options and one call each), 5 ``report``
-and ``api``, 6 ``cli``, ``entry`` and ``testing``; above them ``sparsec/__init__.py`` (the
-public names, loaded lazily). A new package or top-level module needs a row in ``LAYERS``.
+every layer raises and reports) and ``executor`` (where independent work runs), 1 ``ir`` (the
+only code touching onnx-ir and protobuf), 2 ``analysis`` (read-only questions) and ``validate``,
+3 ``pruning`` (choosing units, cutting, the oracle, schedules, budgets, recovery), 4 ``passes``
+(options and one call each), 5 ``report`` and ``api``, 6 ``cli``, ``entry`` and ``testing``;
+above them ``sparsec/__init__.py`` (the public names, loaded lazily). A new package or top-level
+module needs a row in ``LAYERS``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "sparsec.errors": 0,
     "sparsec.results": 0,
+    "sparsec.executor": 0,
     "sparsec.ir": 1,
     "sparsec.analysis": 2,
     "sparsec.analysis.lookup": 2,

@@ -323,6 +323,7 @@ CASES = [
     Broken(RULES[8], {**BASE, "drop_blocks": 2, "target_macs": 0.5}, ("--target-macs",)),
     Broken(RULES[8], {**BASE, "drop_blocks": 2, "exclude": ["a*"]}, ("--exclude",)),
     Broken(RULES[8], {**BASE, "drop_blocks": 2, "plan_out": "p.json"}, ("--plan-out",)),
+    Broken(RULES[9], {**BASE, "channels": 0.5, "executor": "ray"}, ("--executor", "target")),
 ]
 
 

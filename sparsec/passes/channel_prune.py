@@ -56,6 +56,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         lossy_couplings: bool | None = None,
         jobs: int = 1,
         depth: bool = True,
+        executor: str = "local",
     ) -> None:
         """Options of ``channel-prune``.
 
@@ -106,6 +107,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 else off (such groups stay whole, saying so).
             jobs: Worker processes measuring sensitivity for a target (the result does not
                 depend on it; each holds one copy of the model).
+            executor: Where those workers run: ``local`` processes, or Ray actors (``ray``,
+                ``ray://HOST:PORT``, a cluster's ``HOST:PORT``; ``sparsec.executor``).
             depth: With a target: the model's removable blocks (``analyze --blocks``) compete
                 with the channel groups, each measured removed alone; a block is dropped where
                 that costs less output error than width (``pruning.depth_width``). Off:
@@ -128,13 +131,13 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         self.lossy_couplings = (
             bool(calibration) if lossy_couplings is None else bool(lossy_couplings)
         )
-        self.jobs, self.depth = jobs, depth
+        self.jobs, self.depth, self.executor = jobs, depth, executor
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a
         plan, only the plan and the exclusions matter; lossy_couplings when not its default;
-        never jobs (how fast, not what)."""
-        skip = (*skip, "jobs")
+        never jobs or executor (how fast and where, not what)."""
+        skip = (*skip, "jobs", "executor")
         if self.lossy_couplings == bool(self.calibration):
             skip = (*skip, "lossy_couplings")
         if self.plan:

@@ -13,7 +13,8 @@ also measured at the ratios of ``RATIOS`` (the fine grid) next to its chosen one
 again, until every group's neighbours are measured (at most ``ROUNDS`` rounds). Each point runs
 from its cut's frontier on ``sensitivity.SUBSET`` samples (the table gives standard errors);
 ``fast=False`` is the reference path: every ratio of ``RATIOS``, full runs, every sample.
-``jobs`` (``ChannelOptions.jobs``) measures the groups in that many worker processes (the results do not depend on it).
+``jobs`` (``ChannelOptions.jobs``) measures the groups in that many worker processes (the results do not depend on it),
+on Ray with ``ChannelOptions.executor`` (``sparsec.executor``).
 With ``options.depth`` the model's removable blocks compete too (``depth_width``: each measured
 removed alone on the sweep's samples, one knapsack item per set of overlapping blocks).
 """
@@ -57,6 +58,7 @@ def allocated_units(
         seed=options.seed,
         blocks=blocks,
         jobs=options.jobs,
+        executor=options.executor,
     )
     estimate = table.estimate(allocation)
     width = depth_width.widths(allocation)

@@ -68,6 +68,7 @@ class ChannelOptions:
     lossy_couplings: bool = False  # prune through nodes that mix channels (LRN): not exact
     depth: bool = True  # with a target: removable blocks compete with the channels (depth_width)
     jobs: int = 1  # with a target: worker processes measuring sensitivity (not what is cut)
+    executor: str = "local"  # where those workers run (``sparsec.executor``: local or Ray)
     # a scheduled round (``schedule``): per segment key, (units in the first model, units gone
     # from it after this round); None: choose by the ratios
     unit_targets: dict[tuple, tuple[int, int]] | None = None

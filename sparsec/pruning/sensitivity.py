@@ -34,17 +34,13 @@ products of its dims, and each axis belongs to one group, so
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import tempfile
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from sparsec import executor as executors
 from sparsec.analysis.activations import fixed_batch
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
@@ -243,8 +239,9 @@ class Sweep:
     samples drawn with ``seed`` (0 or more than there are: all; the table shows each point's
     standard error); else every point is a full run on every sample (the reference path).
     ``jobs`` > 1 measures groups in that many worker processes (spawned; each loads the model
-    from a temporary file and holds one copy). ``groups``: the ids to measure (default: every
-    prunable group)."""
+    from a temporary file and holds one copy); ``executor`` ``ray`` (or a Ray address) in Ray
+    actors instead (``sparsec.executor``: ``jobs`` of them, or one per CPU of the cluster).
+    ``groups``: the ids to measure (default: every prunable group)."""
 
     def __init__(
         self,
@@ -259,6 +256,7 @@ class Sweep:
         seed: int = 0,
         jobs: int = 1,
         groups: Collection[int] | None = None,
+        executor: str | executors.Executor = executors.LOCAL,
     ) -> None:
         self.start = time.perf_counter()
         self.importance, self.jobs = importance, max(1, jobs)
@@ -271,9 +269,14 @@ class Sweep:
             g for g in analysis.groups if g.prunable and (groups is None or g.id in groups)
         ]
         self.scores = {g.id: group_scores(g, importance, ctx) for g in self.groups}
-        settings = (batch_size, fast, lossy_couplings)
-        parallel = self.jobs > 1 and len(self.groups) > 1
-        self.pool = _Pool(model, self.samples, settings, self.jobs) if parallel else None
+        self.pool = executors.start(
+            executor,
+            model,
+            start_worker,
+            (dict(model.input_shapes), dict(self.samples), batch_size, fast, lossy_couplings),
+            jobs=self.jobs,
+            tasks=len(self.groups),
+        )
         self.measurer = (
             None
             if self.pool
@@ -329,45 +332,16 @@ class Sweep:
         """Per task (group id, ratios, known points), the measured points, in task order."""
         if self.pool is not None:
             by_id = {g.id: g for g in self.groups}
-            yield from self.pool.map(
-                [
-                    (gid, by_id[gid].describe(), by_id[gid].units, self.scores[gid], r, known)
-                    for gid, r, known in tasks
-                ]
-            )
+            work = [
+                (gid, by_id[gid].describe(), by_id[gid].units, self.scores[gid], r, known)
+                for gid, r, known in tasks
+            ]
+            found = self.pool.map(worker_measure, work)
+            yield from stage(found, total=len(work), desc="sensitivity", unit="group")
             return
         assert self.measurer is not None
         for gid, ratios, known in stage(tasks, desc="sensitivity", unit="group"):
             yield self.measurer.measure(gid, self.scores[gid], ratios, known)
-
-
-class _Pool:
-    """Worker processes measuring groups: spawned (no inherited state), each loading the model
-    from one temporary file; results come back as plain data (``suffix.Measured``)."""
-
-    def __init__(self, model, samples, settings: tuple, jobs: int) -> None:
-        self.folder = tempfile.TemporaryDirectory(prefix="sparsec-sweep-")
-        path = str(Path(self.folder.name) / "model.onnx")
-        model.save(path)
-        threads = max(1, (os.cpu_count() or 1) // jobs)  # the cores shared, not oversubscribed
-        self.executor = ProcessPoolExecutor(
-            max_workers=jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=start_worker,
-            initargs=(path, dict(model.input_shapes), dict(samples), *settings, threads),
-        )
-
-    def map(self, tasks: list[tuple]):
-        return stage(
-            self.executor.map(worker_measure, tasks),
-            total=len(tasks),
-            desc="sensitivity",
-            unit="group",
-        )
-
-    def close(self) -> None:
-        self.executor.shutdown(cancel_futures=True)
-        self.folder.cleanup()
 
 
 def subset_samples(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sparsec import executor
 from sparsec.errors import UsageError
 from sparsec.pruning import layer_ratios
 
@@ -91,6 +92,12 @@ def _path(value):
             f"{text!r} names a folder (it ends with '/'); give a file path, e.g. {text}model.onnx"
         )
     return text
+
+
+def _executor(value):
+    """Executor text (``sparsec.executor``), kept as given: a recipe writes it back."""
+    executor.parse(value)
+    return value
 
 
 def _switch(value):
@@ -405,6 +412,16 @@ OPTIONS: tuple[Option, ...] = (
         "With --target-macs/--target-params: measure the channel groups' sensitivity in N worker "
         "processes (each holds one copy of the model; the result is the same).",
         1,
+    ),
+    Option(
+        "executor",
+        Kind("WHERE", _executor),
+        DATA,
+        "With --target-macs/--target-params: where the sweep runs: local (this machine, --jobs "
+        "processes) or ray (RAY_ADDRESS's cluster, else a new local Ray instance), ray://HOST:PORT "
+        "or HOST:PORT: Ray actors (--jobs of them, default one per CPU; the result is the same; "
+        "needs pip install 'sparsec[ray]').",
+        executor.LOCAL,
     ),
     Option(
         "no_recover",

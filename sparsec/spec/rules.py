@@ -6,6 +6,7 @@ these rules) and raises one ``UsageError`` line naming what to change.
 
 from __future__ import annotations
 
+from sparsec import executor
 from sparsec.errors import UsageError
 from sparsec.spec.options import (
     BLOCK_ONLY,
@@ -192,6 +193,17 @@ def quality_options(spec) -> None:
             raise UsageError(f"--{name} writes a file ('-' prints only --report)")
 
 
+def executor_options(spec) -> None:
+    """A Ray executor runs a target's sweep, and needs Ray installed (checked before any work)."""
+    if not spec.given("executor") or not executor.parse(spec.get("executor")).remote:
+        return
+    if not flags(spec, TARGET_NAMES):
+        raise UsageError(
+            "--executor runs a --target-macs/--target-params sweep on Ray: it needs a target"
+        )
+    executor.require_ray()
+
+
 RULES = (
     required_paths,
     importance_fits,
@@ -202,4 +214,5 @@ RULES = (
     exclusive_choices,
     quality_options,
     block_options,
+    executor_options,
 )

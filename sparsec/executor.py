@@ -1,0 +1,203 @@
+"""Where independent pieces of work run: here (in this process, or in local worker processes)
+or on a Ray cluster. Where they run never changes what they compute.
+
+An executor is named by text (``--executor``): ``local`` (the default), ``ray`` (the Ray
+instance ``RAY_ADDRESS`` names, the one this process is already connected to, else a new local
+one), ``ray://HOST:PORT`` (Ray Client) or ``HOST:PORT`` / ``auto`` (a cluster's address).
+
+``start(executor, model, initializer, initargs, jobs=, tasks=)`` gives ``Workers`` (or None:
+run in this process). Every worker first runs ``initializer(path, *initargs, threads)`` once,
+``path`` being its own copy of ``model`` saved as ONNX (a local worker reads the file the driver
+saved; a Ray worker writes the bytes the driver put once in Ray's object store), then
+``Workers.map(function, tasks)`` yields ``function(task)`` for every task, in task order.
+Functions are module-level and tasks, initargs and results plain data: they cross process and
+machine boundaries (a Ray cluster's workers need sparsec installed).
+
+Ray is an optional extra (``pip install 'sparsec[ray]'``), imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sparsec.errors import InputError, UsageError, one_line
+
+LOCAL, RAY = "local", "ray"
+INSTALL = "--executor ray needs Ray (the ray extra): pip install 'sparsec[ray]'"
+_ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
+EXPECTED = "local, ray, ray://HOST:PORT or a Ray cluster's HOST:PORT (or auto)"
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Parsed ``--executor`` text: ``local``, or Ray at ``address`` (None: ``ray.init()``'s
+    own choice)."""
+
+    kind: str = LOCAL
+    address: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.kind == RAY
+
+
+def parse(text: str | Executor) -> Executor:
+    """The executor ``text`` names; ``ValueError`` saying what is expected when it names none."""
+    if isinstance(text, Executor):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"expected {EXPECTED}, got {text!r}")
+    if text == LOCAL:
+        return Executor()
+    if text == RAY:
+        return Executor(RAY)
+    if text == "auto" or _ADDRESS.match(text):
+        return Executor(RAY, text)
+    raise ValueError(f"expected {EXPECTED}, got {text!r}")
+
+
+def require_ray():
+    """The ``ray`` module, or a ``UsageError`` telling how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(INSTALL) from None
+    return ray
+
+
+class Workers(Protocol):
+    def map(self, function: Callable, tasks: Sequence) -> Iterator: ...
+
+    def close(self) -> None: ...
+
+
+def start(
+    executor: str | Executor,
+    model,
+    initializer: Callable,
+    initargs: Sequence,
+    *,
+    jobs: int,
+    tasks: int,
+) -> Workers | None:
+    """Workers for ``tasks`` independent tasks (module docstring). Local: ``jobs`` spawned
+    processes (at most ``tasks``), or None with one job or one task; Ray: ``jobs`` actors, or
+    with one job as many as the cluster has CPUs, at most ``tasks``."""
+    executor = parse(executor)
+    if executor.remote:
+        return RayWorkers(executor.address, model, initializer, initargs, jobs, tasks)
+    count = min(jobs, tasks)
+    return LocalWorkers(model, initializer, initargs, count) if count > 1 else None
+
+
+def _save(model, folder: str) -> str:
+    path = str(Path(folder) / MODEL_FILE)
+    model.save(path)
+    return path
+
+
+class LocalWorkers:
+    """Spawned worker processes (no inherited state) on this machine, each loading the model
+    from one temporary file, the cores shared between them."""
+
+    def __init__(self, model, initializer: Callable, initargs: Sequence, count: int) -> None:
+        self.folder = tempfile.TemporaryDirectory(prefix="sparsec-workers-")
+        threads = max(1, (os.cpu_count() or 1) // count)  # not oversubscribed
+        self.pool = ProcessPoolExecutor(
+            max_workers=count,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=initializer,
+            initargs=(_save(model, self.folder.name), *initargs, threads),
+        )
+
+    def map(self, function: Callable, tasks: Sequence) -> Iterator:
+        return self.pool.map(function, tasks)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+        self.folder.cleanup()
+
+
+class RayWorkers:
+    """Ray actors (one CPU each), each writing the model's files (put once in the object store)
+    to its own temporary folder and initialized from there."""
+
+    def __init__(
+        self,
+        address: str | None,
+        model,
+        initializer: Callable,
+        initargs: Sequence,
+        jobs: int,
+        tasks: int,
+    ) -> None:
+        self.ray = connect(address)
+        from ray.util import ActorPool
+
+        cpus = int(self.ray.cluster_resources().get("CPU", 1))
+        count = max(1, min(tasks, jobs if jobs > 1 else cpus))
+        with tempfile.TemporaryDirectory(prefix="sparsec-workers-") as folder:
+            _save(model, folder)
+            files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+        shared = self.ray.put((files, initializer, tuple(initargs)))
+        actor = self.ray.remote(num_cpus=1)(_RayWorker)
+        self.actors = [actor.remote(shared) for _ in range(count)]
+        self.pool = ActorPool(self.actors)
+
+    def map(self, function: Callable, tasks: Sequence) -> Iterator:
+        results = self.pool.map(lambda worker, task: worker.run.remote(function, task), list(tasks))
+        return _unwrapped(self.ray, results)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
+def _unwrapped(ray, results: Iterable) -> Iterator:
+    """``results``, a task's exception raised as itself (not Ray's wrapper with its trace)."""
+    try:
+        yield from results
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise
+
+
+class _RayWorker:
+    """One Ray actor: the model's files in its own folder, the initializer run once."""
+
+    def __init__(self, shared: tuple) -> None:
+        files, initializer, initargs = shared
+        self.folder = tempfile.TemporaryDirectory(prefix="sparsec-ray-")
+        for name, data in files.items():
+            (Path(self.folder.name) / name).write_bytes(data)
+        initializer(str(Path(self.folder.name) / MODEL_FILE), *initargs, 1)
+
+    def run(self, function: Callable, task):
+        return function(task)
+
+
+def connect(address: str | None):
+    """``ray``, connected to ``address`` (None: ``ray.init()``'s choice) unless this process
+    already is; an unreachable cluster is one ``InputError`` line."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    new = address is None and not os.environ.get("RAY_ADDRESS")
+    settings = {"include_dashboard": False, "log_to_driver": False} if new else {}
+    try:
+        ray.init(address=address, **settings)
+    except Exception as error:  # Ray raises several kinds for a cluster it cannot reach
+        where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+        raise InputError(f"--executor: cannot start Ray at {where}: {one_line(error)}") from None
+    return ray
