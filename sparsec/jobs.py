@@ -121,7 +121,7 @@ def pipeline_of(spec: JobSpec):
             importance=spec.importance(),
             scope=spec.get("importance_scope"),
             max_layer_ratio=spec.get("max_layer_ratio"),
-            round_to=spec.get("round_to"),
+            round_to=0 if spec.get("round_to") == "auto" else spec.get("round_to"),
             plan=spec.path("plan_in"),
             steps=spec.get("steps"),
             target_macs=spec.get("target_macs") or 0.0,

@@ -17,7 +17,8 @@ Channel groups come from ``analysis.groups``, unit scores from ``analysis.import
   Concat, one for a residual stream), so every layer keeps a balanced width; ``global`` ranks
   units of all groups sharing a ratio together (scores relative to their group's mean) and gives
   each group the share of its units below the global cut as its ratio;
-- with ``round_to=K`` a segment keeps a multiple of K units when it has more than K;
+- with ``round_to=K`` a segment keeps a multiple of K units when it has more than K; with
+  ``round_to=0`` (``--round-to auto``) the count ``fast_widths`` measures fastest near it;
 - the result carries the masked original (the oracle reference) and the plan: kept indices
   per constant and axis, which ``plan`` reads back to repeat the same cut;
 - with calibration samples and ``recover``, the layers the cut reached are refit
@@ -36,6 +37,7 @@ from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
 from sparsec.pruning import budget, depth_width, layer_ratios
 from sparsec.pruning.exclude import excluded_by, unmatched_warnings
+from sparsec.pruning.fast_widths import FastWidths
 from sparsec.pruning.plans import read_plan, removed_from_plan
 from sparsec.pruning.recovery import recover_result
 from sparsec.pruning.selection import lowest_units
@@ -103,8 +105,10 @@ def check(options: ChannelOptions) -> None:
         raise PassError(
             f"channel-prune: max_layer_ratio must be in (0, 1], got {options.max_layer_ratio}"
         )
-    if options.round_to < 1:
-        raise PassError(f"channel-prune: round_to must be at least 1, got {options.round_to}")
+    if options.round_to < 0:
+        raise PassError(
+            f"channel-prune: round_to must be at least 1 (or 0: auto), got {options.round_to}"
+        )
     if options.ratios:
         _check_ratios(options)
     if options.importance not in IMPORTANCE:
@@ -351,13 +355,15 @@ def select(
             for bucket in buckets.values()
             for gid, r in _global_ratios(options, bucket, scores, ratios[bucket[0].id]).items()
         }
+    fast = FastWidths.of(model) if options.round_to == 0 else None
     return {
         g.id: lowest_units(
             g,
             scores[g.id],
             ratios[g.id],
             max_layer_ratio=options.max_layer_ratio,
-            round_to=options.round_to,
+            round_to=max(options.round_to, 1),
+            widths=fast.chooser(g) if fast else None,
         )
         for g in groups
     }

@@ -3,7 +3,8 @@ sensitivity measurement so that both cut the same units).
 
 Invariants: each *segment* of the group (its units split by the set of weights they appear in)
 loses ``ratio`` of its units, lowest scores first, at most ``max_layer_ratio`` of them and never
-all; with ``round_to=K`` a segment keeps a multiple of K units when it has more than K; no member
+all; with ``round_to=K`` a segment keeps a multiple of K units when it has more than K (with
+``widths``, the count that function picks: ``fast_widths``, the runtime's fast widths); no member
 tensor loses every position (its best unit is given back). The count is ``floor(ratio·n)``, or
 given per segment (``counts``: a scheduled round's share of a cut already decided, taken as is).
 
@@ -32,8 +33,10 @@ def lowest_units(
     max_layer_ratio: float = 0.9,
     round_to: int = 1,
     counts: list[int] | None = None,
+    widths=None,
 ) -> np.ndarray:
-    """The units ``group`` loses at ``ratio``, or ``counts[i]`` of segment i (sorted unit indices)."""
+    """The units ``group`` loses at ``ratio``, or ``counts[i]`` of segment i (sorted unit indices);
+    ``widths(index, keep, units, least)``: segment ``index``'s kept count instead of ``keep``."""
     wanted, labels = [], class_labels(group)
     for index, segment in enumerate(group.segments()):
         if counts is None:
@@ -42,6 +45,8 @@ def lowest_units(
             keep = _round_keep(
                 len(segment) - max(count, 0), round_to, len(segment), least=len(segment) - cap
             )
+            if widths is not None and keep < len(segment):
+                keep = widths(index, keep, len(segment), len(segment) - cap)
         else:
             keep = len(segment) - min(max(counts[index], 0), len(segment) - 1)
         wanted.append((segment[np.argsort(scores[segment], kind="stable")], len(segment) - keep))
