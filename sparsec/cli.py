@@ -373,6 +373,16 @@ def _print_outcome(outcome) -> None:
             _echo(warning, err=True)
 
 
+def _executor_text(_context, _parameter, value: str) -> str:
+    from sparsec.executor import parse
+
+    try:
+        parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
 @cli.command(name="run")
 @click.argument("recipe", type=MODEL_PATH)
 @click.option("--only", metavar="NAME", default=None, help="Run only the job named NAME.")
@@ -398,8 +408,18 @@ def _print_outcome(outcome) -> None:
     metavar="FILE.xml",
     help="Write JUnit XML: a test case per job and gate.",
 )
+@click.option(
+    "--executor",
+    metavar="WHERE",
+    default="local",
+    callback=_executor_text,
+    help="ray (RAY_ADDRESS's cluster, else a new local Ray instance), ray://HOST:PORT or "
+    "HOST:PORT: run the jobs as Ray tasks, a job after those writing a file it reads, on "
+    "workers sharing this folder (pip install 'sparsec[ray]'; no per-pass progress). "
+    "Default: local, one after another.",
+)
 @verbosity_options
-def run_recipe(recipe: Path, only, fail_fast: bool, report, markdown, junit) -> None:
+def run_recipe(recipe: Path, only, fail_fast: bool, report, markdown, junit, executor: str) -> None:
     """Run the jobs of RECIPE (a TOML file of [[job]] tables whose keys are compress's long
     option names with underscores, and an optional [defaults] table; paths relative to it).
 
@@ -418,6 +438,7 @@ def run_recipe(recipe: Path, only, fail_fast: bool, report, markdown, junit) -> 
         on_pass=_progress,
         on_job=_job_started,
         on_done=_print_job,
+        executor=executor,
     )
     worst = max(outcomes, key=lambda o: o.exit_code)
     if worst.error is not None:

@@ -13,6 +13,10 @@ saved; a Ray worker writes the bytes the driver put once in Ray's object store),
 Functions are module-level and tasks, initargs and results plain data: they cross process and
 machine boundaries (a Ray cluster's workers need sparsec installed).
 
+``run_tasks(executor, function, tasks, after)`` runs stateless tasks: here one after another, or
+as Ray tasks (one CPU each), task ``i`` started once the tasks ``after[i]`` are done; results come
+back in task order either way.
+
 Ray is an optional extra (``pip install 'sparsec[ray]'``), imported only when asked for.
 """
 
@@ -22,7 +26,7 @@ import multiprocessing
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,3 +205,37 @@ def connect(address: str | None):
         where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
         raise InputError(f"--executor: cannot start Ray at {where}: {one_line(error)}") from None
     return ray
+
+
+def run_tasks(
+    executor: str | Executor,
+    function: Callable,
+    tasks: Sequence,
+    after: Sequence[Sequence[int]] = (),
+) -> Generator:
+    """``function(task)`` per task, in task order (module docstring): locally in this process,
+    one after another; on Ray each task once the earlier tasks ``after[i]`` names are done.
+    Closing the iterator early cancels the Ray tasks not done yet."""
+    executor = parse(executor)
+    if not executor.remote:
+        return (function(task) for task in tasks)
+    ray = connect(executor.address)
+    remote = ray.remote(num_cpus=1)(_call)
+    refs: list = []
+    for index, task in enumerate(tasks):
+        waits = [refs[i] for i in (after[index] if index < len(after) else ())]
+        refs.append(remote.remote(function, task, *waits))
+    return _gathered(ray, refs)
+
+
+def _call(function: Callable, task, *done):
+    """A Ray task: ``function(task)``; ``done``: the results it waited for (unused)."""
+    return function(task)
+
+
+def _gathered(ray, refs: list) -> Generator:
+    try:
+        yield from _unwrapped(ray, (ray.get(ref) for ref in refs))
+    finally:
+        for ref in refs:
+            ray.cancel(ref)

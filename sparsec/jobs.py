@@ -17,16 +17,19 @@ keeps less than ``COLLAPSE`` of its top-1 predictions or of its cosine, the job 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec import __version__, api, gates
+from sparsec import executor as executors
 from sparsec.analysis.inputs import parse_input_shapes
-from sparsec.errors import InternalError, SparsecError, ValidationError
+from sparsec.errors import InputError, InternalError, SparsecError, ValidationError
 from sparsec.ir import Model, file_sha256
 from sparsec.jobs_report import append_summary, job_files, job_json, write_files
 from sparsec.passes import parse_pipeline
@@ -427,29 +430,37 @@ def run_recipe(
     on_pass: Callable | None = None,
     on_job: Callable[[str, int, int], None] | None = None,
     on_done: Callable[[JobOutcome], None] | None = None,
+    executor: str = "local",
 ) -> list[JobOutcome]:
     """Run a recipe's jobs in order (each writes its own outputs and reports), then the run's
-    reports; ``fail_fast`` stops after the first job that fails."""
+    reports; ``fail_fast`` stops after the first job that fails. ``executor`` ``ray`` (or a Ray
+    address, ``sparsec.executor``): the jobs run as Ray tasks, each once the earlier jobs
+    writing a file it reads or writes are done, on workers that see the same files; their
+    outcomes come back in recipe order (no per-pass progress)."""
     from sparsec.ir import refuse_unwritable
     from sparsec.jobs_report import render, run_json
     from sparsec.spec import load_recipe
-    from sparsec.spec.recipe import relative_path
 
     jobs = load_recipe(recipe, only)
     for path in (report, markdown, junit):
         if path is not None and str(path) != "-":
             refuse_unwritable(Path(path), streams=True)
+    tasks = [
+        (os.getcwd(), (number, len(jobs)), name, spec, _recorded(recipe, name, spec))
+        for number, (name, spec) in enumerate(jobs, 1)
+    ]
+    remote = executors.parse(executor).remote
+    run = _job_task if remote else functools.partial(_job_task, on_pass=on_pass, on_job=on_job)
     outcomes = []
-    for number, (name, spec) in enumerate(jobs, 1):
-        if on_job is not None:
-            on_job(name, number, len(jobs))
-        output_dir = (spec.path("output") or Path(".")).parent
-        recorded = {"job": name, "recipe_file": relative_path(Path(recipe), output_dir)}
-        outcome = run_job(spec, name=name, recipe=recorded, on_pass=on_pass)
+    results = executors.run_tasks(executor, run, tasks, after=_writers_before(jobs))
+    for number, outcome in enumerate(results, 1):
+        if remote and on_job is not None:  # a Ray job's line when its outcome arrives
+            on_job(outcome.name, number, len(jobs))
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
         if fail_fast and outcome.error is not None:
+            results.close()
             break
     reports = [outcome.to_json() for outcome in outcomes]
     write_files(
@@ -458,6 +469,48 @@ def run_recipe(
         )
     )
     return outcomes
+
+
+def _recorded(recipe: str | Path, name: str, spec: JobSpec) -> dict:
+    """What a recipe job's output records: the job and the recipe file relative to it."""
+    from sparsec.spec.recipe import relative_path
+
+    output_dir = (spec.path("output") or Path(".")).parent
+    return {"job": name, "recipe_file": relative_path(Path(recipe), output_dir)}
+
+
+def _job_task(task: tuple, on_pass=None, on_job=None) -> JobOutcome:
+    """One recipe job (``task``: the driver's folder, (number, count), name, spec, what the
+    output records), here or in a Ray worker working in the driver's folder (the paths read the
+    same there: a shared filesystem)."""
+    folder, (number, count), name, spec, recorded = task
+    if not os.path.isdir(folder):
+        raise InputError(
+            f"job {name!r}: folder {folder} is not on this Ray worker: run the recipe from a "
+            "folder the cluster's workers share (or without --executor)"
+        )
+    os.chdir(folder)
+    if on_job is not None:
+        on_job(name, number, count)
+    return run_job(spec, name=name, recipe=recorded, on_pass=on_pass)
+
+
+READS = ("source", "calibration", "plan_in", "inputs", "eval")  # the files a job reads
+WRITES = ("output", "plan_out", "report", "markdown", "junit")  # and writes
+
+
+def _writers_before(jobs: list[tuple[str, JobSpec]]) -> list[list[int]]:
+    """Per job, the earlier jobs writing a file it reads or writes (it runs after them)."""
+    writes = [_files(spec, WRITES) for _, spec in jobs]
+    return [
+        [i for i in range(number) if writes[i] & (_files(spec, READS) | writes[number])]
+        for number, (_, spec) in enumerate(jobs)
+    ]
+
+
+def _files(spec: JobSpec, names: tuple[str, ...]) -> set[Path]:
+    paths = (spec.path(name) for name in names)
+    return {p.resolve() for p in paths if p is not None and str(p) not in ("-", RANDOM)}
 
 
 @dataclass

@@ -1,19 +1,23 @@
-"""The Ray executor (``sparsec.executor``): a ``--target-macs`` sweep measured in Ray actors on a
-local Ray instance the test starts gives the local executor's sensitivity table, allocation and
-output model; without Ray, ``--executor ray`` is one line with the install command; the option's
-values and combinations are checked before any work."""
+"""The Ray executor (``sparsec.executor``), on a local Ray instance the test starts: a
+``--target-macs`` sweep measured in Ray actors gives the local executor's sensitivity table and
+allocation; ``sparsec run --executor ray`` runs a recipe's jobs as Ray tasks (a job after the one
+writing its source) with the local run's models and figures; without Ray, ``--executor ray`` is
+one line with the install command; the option's values and combinations are checked before any
+work."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 import pytest
 from conftest import MODELS
 
-from sparsec import executor
+from sparsec import executor, jobs
 from sparsec.ir import Model
 from sparsec.pruning import budget
+from sparsec.spec import load_recipe
 
 ray = pytest.importorskip("ray")
 
@@ -67,25 +71,6 @@ def test_a_ray_sweep_gives_the_local_table_and_allocation(ray_instance, cnn, sam
     assert remote.text().splitlines()[1:] == local.text().splitlines()[1:]  # after the timing
 
 
-def test_compress_on_ray_writes_the_local_model(ray_instance, cli, tmp_path):
-    outputs = {}
-    for where in ("local", "ray"):
-        outputs[where] = tmp_path / f"{where}.onnx"
-        code, _, err = cli(
-            "compress", CNN, "-o", outputs[where], "--target-macs", "0.7",
-            "--calibration", CALIBRATION, "--calibration-samples", "64", "--executor", where,
-        )  # fmt: skip
-        assert code == 0, err
-    original, local, remote = (Model.load(p) for p in (CNN, outputs["local"], outputs["ray"]))
-    assert [n.op_type for n in remote.nodes()] == [n.op_type for n in local.nodes()]
-    weights, got = _weights(local), _weights(remote)
-    assert got.keys() == weights.keys()
-    for name, array in weights.items():
-        np.testing.assert_array_equal(got[name], array, name)
-    size = sum(a.size for a in weights.values())
-    assert size < sum(a.size for a in _weights(original).values())  # something was cut
-
-
 def _weights(model: Model) -> dict[str, np.ndarray]:
     return {name: model.constant(v) for name, v in model.initializers().items()}
 
@@ -99,6 +84,16 @@ def test_without_ray_the_executor_is_one_line_with_the_install_command(cli, tmp_
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and "pip install 'sparsec[ray]'" in lines[0] and "Traceback" not in err
     assert len(lines) == 1 and not (tmp_path / "x.onnx").exists()
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(cnn=CNN, calibration=CALIBRATION))
+    code, _, err = cli("run", recipe, "--executor", "ray")
+    assert code == 2 and err.count("\n") == 1 and "pip install 'sparsec[ray]'" in err, err
+    assert not (tmp_path / "half.onnx").exists()
+
+
+def test_run_refuses_an_unknown_executor(cli, tmp_path):
+    code, _, err = cli("run", tmp_path / "r.toml", "--executor", "ray:/x")
+    assert code == 2 and "expected local, ray" in err, err
 
 
 @pytest.mark.parametrize(
@@ -138,3 +133,62 @@ def test_a_recipe_key_is_checked_like_the_flag(tmp_path, cli):
     )
     code, _, err = cli("run", recipe)
     assert code == 2 and "job 'a': executor: expected local, ray" in err, err
+
+
+RECIPE = """
+[defaults]
+source = "{cnn}"
+
+[[job]]
+name = "half"
+output = "half.onnx"
+channels = 0.5
+
+[[job]]
+name = "target"
+output = "target.onnx"
+target_macs = 0.7
+calibration = "{calibration}"
+calibration_samples = 48
+
+[[job]]
+name = "again"
+source = "half.onnx"
+output = "again.onnx"
+"""
+
+
+def test_a_recipe_on_ray_runs_its_jobs_as_tasks_with_the_local_results(
+    ray_instance, cli, tmp_path, monkeypatch
+):
+    runs = {}
+    for where in ("local", "ray"):
+        folder = tmp_path / where
+        folder.mkdir()
+        (folder / "r.toml").write_text(RECIPE.format(cnn=CNN, calibration=CALIBRATION))
+        monkeypatch.chdir(folder)  # the Ray tasks work in the driver's folder
+        code, _, err = cli("run", "r.toml", "--report", "run.json", "--executor", where)
+        assert code == 0, err
+        runs[where] = json.loads((folder / "run.json").read_text())
+    names = [[job["name"] for job in runs[w]["jobs"]] for w in ("local", "ray")]
+    assert names[0] == names[1] == ["half", "target", "again"]  # recipe order
+    for job in ("half", "target", "again"):
+        local, remote = (Model.load(tmp_path / w / f"{job}.onnx") for w in ("local", "ray"))
+        weights, got = _weights(local), _weights(remote)
+        assert got.keys() == weights.keys(), job
+        for name, array in weights.items():
+            np.testing.assert_array_equal(got[name], array, f"{job} {name}")
+    for local, remote in zip(runs["local"]["jobs"], runs["ray"]["jobs"]):
+        assert _figures(remote) == _figures(local)
+
+
+def _figures(job: dict) -> dict:
+    """The job's name, status and counts (not its timings)."""
+    counts = ("nodes", "params", "macs", "bytes")
+    return {k: v for k, v in job.items() if k in ("name", "status") or k.startswith(counts)}
+
+
+def test_a_job_waits_for_the_jobs_writing_what_it_reads(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.format(cnn=CNN, calibration=CALIBRATION))
+    assert jobs._writers_before(load_recipe(recipe)) == [[], [], [0]]
