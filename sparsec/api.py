@@ -482,6 +482,7 @@ def channel_passes(
     jobs: int = 1,
     depth: bool = True,
     executor: str = "local",
+    target_latency: float = 0.0,
 ) -> list[PassBase]:
     """What ``--channels`` / ``--heads`` / ``--ffn`` run: identity elimination and shape folding
     (so that Reshape targets computed from static shapes become constants surgery can rewrite),
@@ -501,7 +502,9 @@ def channel_passes(
     is then the original with their branches zeroed and the channels masked. ``jobs``: worker
     processes measuring sensitivity for a target (the same result); ``executor``: where they
     run (``sparsec.executor``: ``local``, or Ray: ``ray`` or an address). ``depth`` (with a
-    target): removable blocks compete with the channels and are dropped where cheaper in error."""
+    target): removable blocks compete with the channels and are dropped where cheaper in error.
+    ``target_latency`` (> 0): in place of ``ratio``, the ratio whose pruned model's measured
+    1-thread latency is at most that fraction of the original's (``pruning.latency_target``)."""
     if plan is not None and not Path(plan).is_file():
         raise InputError(
             f"plan file {plan} {'is a directory' if Path(plan).is_dir() else 'not found'}"
@@ -531,6 +534,7 @@ def channel_passes(
         jobs=jobs,
         depth=depth,
         executor=executor,
+        target_latency=target_latency,
     )
     prune.check_options()
     depth = (

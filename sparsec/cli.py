@@ -290,6 +290,7 @@ Examples:
     "drop_blocks",
     "target_macs",
     "target_params",
+    "target_latency",
     "depth",
     "lossy_couplings",
     "plan_in",

@@ -129,6 +129,7 @@ def pipeline_of(spec: JobSpec):
             steps=spec.get("steps"),
             target_macs=spec.get("target_macs") or 0.0,
             target_params=spec.get("target_params") or 0.0,
+            target_latency=spec.get("target_latency") or 0.0,
             lossy_couplings=spec.values.get("lossy_couplings"),  # None: as the calibration says
             drop_blocks=spec.get("drop_blocks") or 0.0,
             block_importance=blocks["importance"],

@@ -57,6 +57,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
         jobs: int = 1,
         depth: bool = True,
         executor: str = "local",
+        target_latency: float = 0.0,
     ) -> None:
         """Options of ``channel-prune``.
 
@@ -70,7 +71,8 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 channels of all groups together.
             max_layer_ratio: The most any one group may lose, in (0, 1], in both scopes.
             round_to: Keep channel counts at multiples of this (e.g. 8 or 16 for fast kernels)
-                where the group allows.
+                where the group allows; 0: per segment, the width near the ratio's that
+                onnxruntime runs fastest per channel (``pruning.fast_widths``).
             exclude: Glob patterns (a list, or ``|``-separated); a group touching a node or
                 initializer whose name matches one is not pruned.
             seed: Seed of ``importance=random`` and ``calibration=random``.
@@ -113,6 +115,9 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
                 with the channel groups, each measured removed alone; a block is dropped where
                 that costs less output error than width (``pruning.depth_width``). Off:
                 channels only.
+            target_latency: Instead of ``ratio``: the ratio whose pruned model's measured
+                1-thread latency is at most this fraction of the original's, found by bisection
+                (``pruning.latency_target``); 0: off.
         """
         self.ratio, self.scope = ratio, scope
         self.importance = importance or default_importance(calibration)
@@ -132,6 +137,7 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
             bool(calibration) if lossy_couplings is None else bool(lossy_couplings)
         )
         self.jobs, self.depth, self.executor = jobs, depth, executor
+        self.target_latency = target_latency
 
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """Always names the ratio and importance (the record of how a model was made); with a

@@ -27,7 +27,7 @@ Channel groups come from ``analysis.groups``, unit scores from ``analysis.import
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from sparsec.analysis import lookup
 from sparsec.analysis.activations import RANDOM
 from sparsec.analysis.groups import ChannelGroup, find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
-from sparsec.pruning import budget, depth_width, layer_ratios
+from sparsec.pruning import budget, depth_width, latency_target, layer_ratios
 from sparsec.pruning.exclude import excluded_by, unmatched_warnings
 from sparsec.pruning.fast_widths import FastWidths
 from sparsec.pruning.plans import read_plan, removed_from_plan
@@ -71,6 +71,7 @@ class ChannelOptions:
     depth: bool = True  # with a target: removable blocks compete with the channels (depth_width)
     jobs: int = 1  # with a target: worker processes measuring sensitivity (not what is cut)
     executor: str = "local"  # where those workers run (``sparsec.executor``: local or Ray)
+    target_latency: float = 0.0  # (0, 1]: the ratio is searched for it (``latency_target``)
     # a scheduled round (``schedule``): per segment key, (units in the first model, units gone
     # from it after this round); None: choose by the ratios
     unit_targets: dict[tuple, tuple[int, int]] | None = None
@@ -121,6 +122,8 @@ def check(options: ChannelOptions) -> None:
         )
     if options.targeted:
         _check_target(options)
+    if options.target_latency:
+        _check_latency_target(options)
     if options.steps < 1 or (options.steps > 1 and options.plan):
         raise PassError(
             f"channel-prune: steps must be at least 1 (and 1 with a plan), got {options.steps}"
@@ -161,8 +164,26 @@ def _check_target(options: ChannelOptions) -> None:
         raise PassError("channel-prune: a target chooses the cut itself: drop the plan")
 
 
+def _check_latency_target(options: ChannelOptions) -> None:
+    if not 0 < options.target_latency <= 1:
+        raise PassError(
+            f"channel-prune: target_latency is a fraction of the original's latency in (0, 1], "
+            f"got {options.target_latency}"
+        )
+    if options.targeted or options.ratios or options.plan or options.steps > 1:
+        raise PassError(
+            "channel-prune: target_latency searches the one channel ratio: drop the MACs/params "
+            "target, per-layer ratios, plan or steps"
+        )
+
+
 def prune_round(model, options: ChannelOptions, samples) -> PassResult:
     """One prune (then, with ``samples`` and ``options.recover``, refit) round on ``model``."""
+    if options.target_latency:  # the ratio that reaches it, measured on pruned copies
+        options, note = _latency_ratio(model, options, samples)
+        result = prune_round(model, options, samples)
+        result.diagnostics.append(note)
+        return result
     analysis = find_channel_groups(model, lossy=options.lossy_couplings)
     reasons, picked = choices(model, options, analysis)
     candidates = [g for g in analysis.groups if reasons[g.id] is None]
@@ -205,6 +226,21 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
             drifted=set(drifted) or None,
         )
     return result
+
+
+def _latency_ratio(model, options: ChannelOptions, samples) -> tuple[ChannelOptions, Diagnostic]:
+    """``options`` at the ratio ``latency_target`` finds (no target left), and its note."""
+    quick = replace(options, target_latency=0.0, recover=False)
+    ratio, text, reached = latency_target.find_ratio(
+        model,
+        lambda copy, r: prune_round(copy, replace(quick, ratio=r), samples),
+        options.target_latency,
+        high=min(options.max_layer_ratio, 0.9),
+    )
+    level = "info" if reached else "warning"
+    return replace(options, ratio=ratio, target_latency=0.0), Diagnostic(
+        level, "channel.target-latency", text
+    )
 
 
 def reason(options: ChannelOptions, group: ChannelGroup) -> str | None:

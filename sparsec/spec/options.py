@@ -260,6 +260,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("target_params", OPEN_RATIO, PRUNE, "As --target-macs, for the parameter count."),
     Option(
+        "target_latency",
+        Kind("R", _number(0, 1, low_open=True)),
+        PRUNE,
+        "Instead of --channels: the channel ratio whose pruned model runs in at most R x the "
+        "original's measured latency (onnxruntime, 1 thread; found by bisection, each probe "
+        "timed interleaved with the original; the report gives the figures and noise).",
+    ),
+    Option(
         "depth",
         ON_OFF,
         PRUNE,
@@ -566,7 +574,7 @@ OPTIONS: tuple[Option, ...] = (
 
 OPTION_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 GATE_NAMES = tuple(o.name for o in OPTIONS if o.group == GATES and o.name[:4] in ("max_", "min_"))
-RATIO_NAMES = ("channels", "heads", "ffn")
+RATIO_NAMES = ("channels", "heads", "ffn", "target_latency")  # target_latency: searches the ratio
 TARGET_NAMES = ("target_macs", "target_params")
 # The options that choose what a pruning run removes (a saved plan replaces them all).
 SELECTION_NAMES = (

@@ -156,6 +156,10 @@ def exclusive_choices(spec) -> None:
     ratios, targets = flags(spec, RATIO_NAMES), flags(spec, TARGET_NAMES)
     if len(targets) == 2:
         raise UsageError("give --target-macs or --target-params, not both")
+    if "--target-latency" in ratios and len(ratios) > 1:
+        raise UsageError(
+            "--target-latency chooses the --channels ratio: drop --channels, --heads and --ffn"
+        )
     if targets and ratios:
         raise UsageError(
             "--target-macs/--target-params choose every group's ratio: drop --channels, --heads "
