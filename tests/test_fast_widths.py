@@ -151,3 +151,12 @@ def test_cli_round_to_auto_and_a_bad_value(cli, tmp_path):
         str(tmp_path / "o.onnx"),
     )
     assert bad[0] != 0 and "round-to" in bad[2] and "Traceback" not in bad[2]
+
+
+def test_flat_times_add_channels_but_never_uncut_a_segment():
+    """Where every width costs the same (a layer bound by overhead), the largest candidate is
+    free, except keeping every unit: a segment the ratio cuts stays cut unless that is faster."""
+    layer = LayerShape("Conv", (1, 24, 8, 8), (24, 24, 1, 1), (("group", 1),))
+    fast = FastWidths({"w": layer}, timer=lambda layers: [1.0 for _ in layers], cache={})
+    assert fast.choose([(layer, 0, 24)], 13, 24, 1) == 16
+    assert fast.choose([(layer, 0, 16)], 13, 16, 1) == 13

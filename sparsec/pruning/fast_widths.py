@@ -14,11 +14,14 @@ is timed alone, as a one-node model on one thread (``sparsec.ir.one_op``; the me
 
 The choice, per segment of ``units`` units whose plain count keeps ``keep``: the candidates are
 ``keep`` and the multiples of 4, 8, 16 and 32 just below and above it, within ``window``
-(relative) of ``keep`` (or up to ``BLOCK``), at least ``least``, at most ``units``. Each scores its kept units per
-summed layer time, ``k / T(k)`` (MACs of a layer are linear in one of its widths, so this is
-MACs per second); the best wins, ``keep`` itself when within ``tolerance`` of the best (noise
-does not move a count for nothing). Invariant: the result is one of the candidates, so it
-stays within the window and between ``least`` and ``units``.
+(relative) of ``keep`` (or up to ``BLOCK``), at least ``least``, at most ``units``; T(k) is the
+summed time of the layers at count k. A larger count wins when it is faster than ``keep``
+(by ``tolerance``), or, short of keeping every unit, no slower: more channels at no cost (the
+largest such count). Else a smaller count wins when its kept units per second, k / T(k) (MACs
+per second: a layer's MACs are linear in each width), beat ``keep``'s by ``tolerance`` (the
+best such). Else ``keep``: noise does not move a count for nothing, and a segment the ratio
+cuts stays cut unless keeping it whole is faster. The result is always a candidate: within the
+window (or ``BLOCK``), between ``least`` and ``units``.
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ class FastWidths:
         return found
 
     def choose(self, reached, keep: int, units: int, least: int) -> int:
-        """The candidate count with the most kept units per second (see the module docstring)."""
+        """The candidate count the module docstring's rule picks from the measured times."""
         options = {
             k: self._shapes(reached, k, units) for k in candidates(keep, units, least, self.window)
         }
@@ -179,9 +182,18 @@ class FastWidths:
         if keep not in options or len(options) == 1:
             return keep
         seconds = self._seconds([s for shapes in options.values() for s in shapes])
-        rate = {k: k / max(sum(seconds[s] for s in shapes), 1e-12) for k, shapes in options.items()}
-        best = max(rate, key=lambda k: (rate[k], -abs(k - keep), k))
-        return keep if rate[keep] * (1 + self.tolerance) >= rate[best] else best
+        time = {k: max(sum(seconds[s] for s in shapes), 1e-12) for k, shapes in options.items()}
+        slack = 1 + self.tolerance
+        more = [
+            k
+            for k in time
+            if k > keep
+            and (time[k] * slack < time[keep] or (k < units and time[k] <= time[keep] * slack))
+        ]
+        if more:
+            return max(more)
+        fewer = [k for k in time if k < keep and k / time[k] > keep / time[keep] * slack]
+        return max(fewer, key=lambda k: k / time[k]) if fewer else keep
 
     @staticmethod
     def _shapes(reached, count: int, units: int) -> list[LayerShape] | None:
