@@ -25,6 +25,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -95,12 +96,23 @@ def start(
 ) -> Workers | None:
     """Workers for ``tasks`` independent tasks (module docstring). Local: ``jobs`` spawned
     processes (at most ``tasks``), or None with one job or one task; Ray: ``jobs`` actors, or
-    with one job as many as the cluster has CPUs, at most ``tasks``."""
+    with one job as many as the cluster has CPUs, at most ``tasks`` (within a Ray task, such as
+    a recipe's job on Ray: local, as actors waiting for CPUs the tasks hold could wait forever)."""
     executor = parse(executor)
-    if executor.remote:
+    if executor.remote and not in_ray_task():
         return RayWorkers(executor.address, model, initializer, initargs, jobs, tasks)
     count = min(jobs, tasks)
     return LocalWorkers(model, initializer, initargs, count) if count > 1 else None
+
+
+def in_ray_task() -> bool:
+    """Whether this process is a Ray worker (running a task or an actor)."""
+    ray = sys.modules.get("ray")
+    return bool(
+        ray is not None
+        and ray.is_initialized()
+        and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    )
 
 
 def _save(model, folder: str) -> str:

@@ -149,7 +149,8 @@ name = "target"
 output = "target.onnx"
 target_macs = 0.7
 calibration = "{calibration}"
-calibration_samples = 48
+calibration_samples = 32
+executor = "ray"
 
 [[job]]
 name = "again"
@@ -161,6 +162,8 @@ output = "again.onnx"
 def test_a_recipe_on_ray_runs_its_jobs_as_tasks_with_the_local_results(
     ray_instance, cli, tmp_path, monkeypatch
 ):
+    """Run locally, job "target" measures its sweep in Ray actors; run on Ray, in its task (no
+    actors inside tasks): the same model either way."""
     runs = {}
     for where in ("local", "ray"):
         folder = tmp_path / where
