@@ -25,6 +25,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -40,6 +41,7 @@ INSTALL = "--executor ray needs Ray (the ray extra): pip install 'sparsec[ray]'"
 _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
 EXPECTED = "local, ray, ray://HOST:PORT or a Ray cluster's HOST:PORT (or auto)"
 MODEL_FILE = "model.onnx"
+CONNECT_S = 10  # how long a cluster's address may take to accept a connection
 
 
 @dataclass(frozen=True)
@@ -209,14 +211,32 @@ def connect(address: str | None):
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    new = address is None and not os.environ.get("RAY_ADDRESS")
-    settings = {"include_dashboard": False, "log_to_driver": False} if new else {}
+    where = address or os.environ.get("RAY_ADDRESS")
+    if where:
+        _check_reachable(where)
+    settings = {} if where else {"include_dashboard": False, "log_to_driver": False}
     try:
         ray.init(address=address, **settings)
-    except Exception as error:  # Ray raises several kinds for a cluster it cannot reach
-        where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
-        raise InputError(f"--executor: cannot start Ray at {where}: {one_line(error)}") from None
+    except (Exception, SystemExit) as error:  # Ray raises several kinds, or exits
+        raise InputError(
+            f"--executor: cannot start Ray at {where or 'a new local instance'}: {one_line(error)}"
+        ) from None
     return ray
+
+
+def _check_reachable(address: str) -> None:
+    """An ``InputError`` line at once when nothing listens at ``address``'s HOST:PORT (Ray
+    itself retries for minutes, then exits the process)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # "auto": Ray finds it
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as error:
+        raise InputError(
+            f"--executor: cannot reach the Ray cluster at {address} ({one_line(error)}); start "
+            "it (ray start --head) or give its address"
+        ) from None
 
 
 def run_tasks(

@@ -15,6 +15,7 @@ import pytest
 from conftest import MODELS
 
 from sparsec import executor, jobs
+from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.pruning import budget
 from sparsec.spec import load_recipe
@@ -195,3 +196,8 @@ def test_a_job_waits_for_the_jobs_writing_what_it_reads(tmp_path):
     recipe = tmp_path / "r.toml"
     recipe.write_text(RECIPE.format(cnn=CNN, calibration=CALIBRATION))
     assert jobs._writers_before(load_recipe(recipe)) == [[], [], [0]]
+
+
+def test_an_address_nothing_listens_at_is_one_line_at_once():
+    with pytest.raises(InputError, match=r"cannot reach the Ray cluster at ray://127\.0\.0\.1:1 "):
+        executor._check_reachable("ray://127.0.0.1:1")  # port 1: refused
