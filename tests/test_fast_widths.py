@@ -160,3 +160,21 @@ def test_flat_times_add_channels_but_never_uncut_a_segment():
     fast = FastWidths({"w": layer}, timer=lambda layers: [1.0 for _ in layers], cache={})
     assert fast.choose([(layer, 0, 24)], 13, 24, 1) == 16
     assert fast.choose([(layer, 0, 16)], 13, 16, 1) == 13
+
+
+def test_a_grouped_convs_balanced_group_keeps_its_plain_count(monkeypatch, fresh_cache):
+    """Bundles and tiles set a grouped conv's widths: no chooser for its balanced groups; the
+    model still prunes exactly with --round-to auto."""
+    from conftest import MODELS
+
+    from sparsec.analysis.groups import find_channel_groups
+
+    path = MODELS / "couplings" / "grouped_depthwise.onnx"
+    model = Model.load(path)
+    fast = FastWidths.of(model, timer=lambda layers: [1.0 for _ in layers], cache={})
+    groups = find_channel_groups(model).groups
+    assert any(g.balanced for g in groups)
+    assert all((fast.chooser(g) is None) == bool(g.balanced) for g in groups)
+    monkeypatch.setattr(fast_widths, "measure", lambda layers: [1.0 for _ in layers])
+    pruned, result = prune(path, ratio=0.5, round_to=0)
+    assert oracle_error(pruned, result.reference()) <= 1e-4

@@ -399,7 +399,7 @@ def select(
             ratios[g.id],
             max_layer_ratio=options.max_layer_ratio,
             round_to=max(options.round_to, 1),
-            widths=fast.chooser(g) if fast else None,
+            widths=fast and fast.chooser(g),
         )
         for g in groups
     }

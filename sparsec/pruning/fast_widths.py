@@ -9,8 +9,9 @@ The table: every weight layer (Conv, Gemm, MatMul with a constant weight and kno
 a ``LayerShape``; a candidate count of a group's segment resizes the weight axes the segment's
 units occupy (a depthwise Conv's groups and input follow its output channels; a grouped Conv's
 output must stay a multiple of its groups, else the candidate is skipped) and each resized layer
-is timed alone, as a one-node model on one thread (``sparsec.ir.one_op``; the median of
-``rounds`` interleaved runs of every shape not yet measured, cached for the process).
+is timed alone, as a one-node model on one thread (``sparsec.ir.one_op``; the fastest of
+``rounds`` interleaved runs of every shape not yet measured, cached for the process). A balanced
+group (a grouped conv's channels) keeps its plain count: its bundles and tiles set its widths.
 
 The choice, per segment of ``units`` units whose plain count keeps ``keep``: the candidates are
 ``keep`` and the multiples of 4, 8, 16 and 32 just below and above it, within ``window``
@@ -113,9 +114,10 @@ def _attribute(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def measure(layers: Sequence[LayerShape], rounds: int = 7) -> list[float]:
-    """Seconds per run of each layer alone on one thread: the median of ``rounds`` runs, the
-    layers run in turn in each round (after one warm-up each) so that load hits all alike."""
+def measure(layers: Sequence[LayerShape], rounds: int = 9) -> list[float]:
+    """Seconds per run of each layer alone on one thread: the fastest of ``rounds`` runs (other
+    processes only ever add time), the layers run in turn in each round (after one warm-up
+    each) so that load hits all alike."""
     from sparsec.ir.one_op import one_op_session
 
     sessions, feeds = [], []
@@ -134,7 +136,7 @@ def measure(layers: Sequence[LayerShape], rounds: int = 7) -> list[float]:
             start = perf_counter()
             session.run(feed)
             column.append(perf_counter() - start)
-    return [float(np.median(column)) for column in times]
+    return [float(np.min(column)) for column in times]
 
 
 _MEASURED: dict[LayerShape, float] = {}  # per process: a shape is timed once
@@ -156,8 +158,12 @@ class FastWidths:
     def of(cls, model, **settings) -> FastWidths:
         return cls(layer_shapes(model), **settings)
 
-    def chooser(self, group: ChannelGroup) -> Callable[[int, int, int, int], int]:
-        """``selection.lowest_units``' ``widths``: (segment index, keep, units, least) → keep."""
+    def chooser(self, group: ChannelGroup) -> Callable[[int, int, int, int], int] | None:
+        """``selection.lowest_units``' ``widths``: (segment index, keep, units, least) → keep;
+        None for a balanced group (a grouped conv's channels: its bundles and tiles, not the
+        segment's count, decide the widths)."""
+        if group.balanced:
+            return None
         reached = [self._reached(group, segment) for segment in group.segments()]
         return lambda index, keep, units, least: self.choose(reached[index], keep, units, least)
 
