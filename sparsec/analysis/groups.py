@@ -28,6 +28,7 @@ import numpy as np
 from sparsec.analysis.rules import Coupling, Member, RuleContext, apply_rule, rule_for
 from sparsec.analysis.rules.layout import RUN_TIME_SHAPES
 from sparsec.analysis.shapes import measure_values, value_shapes
+from sparsec.ir.gc_pause import builds
 
 LOSSY_HINT = "a lossy coupling: pass --lossy-couplings to prune through it"
 
@@ -182,6 +183,7 @@ def find_channel_groups(model, input_shapes=None, lossy: bool = False) -> GroupA
     return model.cached(key, lambda: _analyze(model, input_shapes, bool(lossy)))
 
 
+@builds  # one graph node per channel member, kept: no collections while it grows
 def _analyze(model, input_shapes, lossy: bool) -> GroupAnalysis:
     dynamic = [
         node.inputs[index].name

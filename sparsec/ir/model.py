@@ -36,6 +36,7 @@ import onnx_ir as ir
 from sparsec.errors import InputError
 from sparsec.ir import digest, loading, saving, sparse_coo
 from sparsec.ir import types as value_types
+from sparsec.ir.gc_pause import builds
 from sparsec.ir.onnx_api import call_onnx_api
 from sparsec.ir.spill import Spill
 
@@ -62,6 +63,7 @@ class Model:
 
     # ----------------------------------------------------------------- load / save
     @classmethod
+    @builds
     def load(cls, path: str | os.PathLike) -> Model:
         """Load and check ``path``; raise ``InputError`` with one clear line when it is bad."""
         path = Path(path)
@@ -95,6 +97,7 @@ class Model:
         """Wrap an in-memory ``onnx.ModelProto`` (tests, generated graphs)."""
         return cls(ir.serde.deserialize_model(proto))
 
+    @builds
     def to_proto(self, *, sparse: bool = True) -> onnx.ModelProto:
         """The ModelProto, with the initializers named in ``COO_KEY`` written as sparse
         initializers unless ``sparse=False`` (or the weights live in external data: those
@@ -200,6 +203,7 @@ class Model:
             problem = sparse_coo.check_sparse_structure(self.to_proto())
         return problem
 
+    @builds
     def copy(self) -> Model:
         """An independent copy of the graph that shares the weight tensors: cheap, and safe
         because every ``Model`` edit replaces a tensor instead of writing into it."""

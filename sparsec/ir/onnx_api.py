@@ -19,12 +19,15 @@ from typing import TypeVar
 import onnx
 import onnx_ir as ir
 
+from sparsec.ir.gc_pause import builds
+
 # Tensors above this many bytes leave the proto for the call (onnx-ir's limit too).
 LIGHT_TENSOR_BYTES = 1000
 
 R = TypeVar("R")
 
 
+@builds
 def call_onnx_api(func: Callable[[onnx.ModelProto], R], model: ir.Model) -> R:
     """``func(proto)`` on ``model`` serialised without its large tensor data; the model is
     left unchanged."""
