@@ -14,10 +14,12 @@ import pytest
 from sparsec.analysis.activations import capture, load_calibration
 from sparsec.errors import UsageError
 from sparsec.ir import Model
+from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.pruning.reconstruct import reconstruct as recon
 from sparsec.pruning.reconstruct.regions import cut_chain, find_regions
 from sparsec.pruning.reconstruct.torch_ops import unsupported
+from sparsec.pruning.recovery import output_error
 from sparsec.testing import assert_pass_exact
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -66,6 +68,7 @@ def _sparse_vit(recover, seed: int = 0):
 def test_block_lowers_error_keeps_zeros_and_shapes(monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(recon, "STEPS", 40)
+    monkeypatch.setattr(recon, "AUGMENT", 2)
     layer = _sparse_vit("layer")
     block = _sparse_vit("block")  # assert_pass_exact: the oracle holds after reconstruction
     report = block.artifacts["reconstruction"]
@@ -86,6 +89,7 @@ def test_block_lowers_error_keeps_zeros_and_shapes(monkeypatch):
 def test_seed_makes_it_deterministic(monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(recon, "STEPS", 20)
+    monkeypatch.setattr(recon, "AUGMENT", 2)
     first = _sparse_vit("block").artifacts["refit"]["arrays"]
     second = _sparse_vit("block").artifacts["refit"]["arrays"]
     assert first.keys() == second.keys()
@@ -136,3 +140,59 @@ def test_a_fit_that_raises_the_model_error_is_put_back(monkeypatch):
         np.testing.assert_array_equal(
             block.model.constant(block.model.initializers()[name]), layer.model.constant(value)
         )
+
+
+def test_kept_positions_pick_the_plan_list_the_data_match():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((8, 6, 5)).astype(np.float32)
+    right, wrong = [0, 2, 3], [1, 4, 5]
+    mine = dense[:, right] + 0.01 * rng.standard_normal((8, 3, 5)).astype(np.float32)
+    entries = [{"axis": 0, "size": 6, "kept": wrong}, {"axis": 0, "size": 6, "kept": right}]
+    plan = {"initializers": {"a": entries[:1], "b": entries[1:], "c": [dict(size=9, kept=[0])]}}
+    axis, kept = recon.kept_positions(mine, dense, plan)
+    assert axis == 1 and kept.tolist() == right
+    only_wrong = {"initializers": {"a": entries[:1]}}
+    assert recon.kept_positions(mine, dense, only_wrong) is None  # no list fits the data
+    assert recon.kept_positions(mine, dense, None) is None
+    assert recon.kept_positions(mine[:, :, :2], dense, plan) is None  # two axes differ
+
+
+def test_augmented_copies_are_noisy_samples_and_tokens_stay():
+    rng = np.random.default_rng(1)
+    images = {"x": rng.uniform(size=(10, 3)).astype(np.float32)}
+    more = recon.augmented(images, 3, seed=0)["x"]
+    assert more.shape == (40, 3) and more.dtype == np.float32
+    np.testing.assert_array_equal(more[:10], images["x"])
+    noise = more[10:].reshape(3, 10, 3) - images["x"]
+    spread = noise.std(axis=(0, 1)) / images["x"].std(axis=0)
+    assert np.all((spread > 0.5 * recon.NOISE) & (spread < 2 * recon.NOISE))
+    tokens = {"ids": np.arange(6).reshape(2, 3), "x": np.ones((2, 3), np.float32)}
+    assert recon.augmented(tokens, 3, seed=0) is tokens
+
+
+def test_channel_cut_regions_end_inside_and_held_out_error_falls(monkeypatch):
+    """At --channels 0.5 every feature map is cut: regions still end at the cut values (their
+    target the original's kept channels), then the whole network is refined; the error against
+    the dense model on samples the fit never saw is lower than the layer refit's, and the
+    oracle holds (assert_pass_exact)."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(recon, "STEPS", 100)
+    monkeypatch.setattr(recon, "WHOLE_STEPS", 300)
+    monkeypatch.setattr(recon, "AUGMENT", 4)
+    original = Model.load(MODELS / "digits_cnn.onnx")
+    held_out = {"input": np.load(MODELS / "digits_test.npz")["input"][:128]}
+
+    def cut(recover):
+        pass_ = ChannelPrunePass(
+            ratio=0.5, importance="activation", calibration=str(CALIB), recover=recover
+        )
+        return assert_pass_exact(pass_, original)
+
+    layer, block = cut("layer"), cut("block")
+    regions = block.artifacts["reconstruction"]["regions"]
+    inside = [row for row in regions if row["exit"] != "logits"]
+    assert len(inside) >= 3 and sum(row["fitted"] for row in inside) >= 2
+    assert any(row["entry"] == "input" and row["exit"] == "logits" for row in regions)
+    assert output_error(block.model, original, held_out) < output_error(
+        layer.model, original, held_out
+    )

@@ -4,28 +4,36 @@ region (``regions``) by gradient descent so that its output matches the dense mo
 For region k with entry x_k and exit y_k, in graph order: the inputs are the pruned model's own
 values (x_0 and the external inputs from one onnxruntime run of the pruned model; x_{k+1} is
 region k's output after its fit, computed in torch, so each region sees what the reconstructed
-model feeds it), the target Y*_k the dense original's value of y_k. The objective per batch is
-the relative squared error ‖f_k(x_k; θ) − Y*_k‖² / ‖Y*_k‖², over the positions the padding
-mask keeps when the exit is laid out [batch, positions, ...]. θ: the region's trainable
-constants (weights, biases, norm parameters: ``regions.TRAINABLE_INPUTS``); zeros of masked
-weights stay zero (``translate``). Adam, at most ``steps`` steps (one calibration batch each),
-every ``HELD_OUT``-th batch held out: the held-out error is measured every ``check`` steps,
-the best θ kept, the fit stopped after ``PATIENCE`` checks without improvement, and a region
-whose held-out error does not fall keeps its weights. Deterministic for a ``seed``.
+model feeds it), the target Y*_k the dense original's value of y_k, restricted to the kept
+positions when the cut shrank y_k (``kept_positions``: the plan's kept list the pruned values
+match, so a region may end at every cut value, not only where shapes agree). The objective
+per batch is the relative squared error ‖f_k(x_k; θ) − Y*_k‖² / ‖Y*_k‖², over the positions
+the padding mask keeps when the exit is laid out [batch, positions, ...]. θ: the region's
+trainable constants (weights, biases, norm parameters: ``regions.TRAINABLE_INPUTS``); zeros of
+masked weights stay zero (``translate``). Adam, at most ``steps`` steps (one batch each), every
+``HELD_OUT``-th calibration batch held out: the held-out error is measured every ``CHECK``
+steps, the best θ kept, the fit stopped after ``PATIENCE`` checks without improvement, and a
+region whose held-out error does not fall keeps its weights. When some regions ended at
+shrunk values, a second stage fits the regions between values of the original's shape (at
+``--channels`` on a CNN: the whole network, to its output) from the first stage's result, for
+at most ``WHOLE_STEPS``. With float inputs the fit's data are the calibration samples and
+``AUGMENT`` noisy copies of them (``augmented``; held-out batches are real samples only).
+Deterministic for a ``seed``.
 
 Only constant values change (same names, dtypes, shapes): the structure the oracle checks is
-the cut's. Memory: the calibration batches of every region's external inputs and target are
-held (about two hidden states per region on a transformer). The algebra and figures:
-docs/reconstruction.md.
+the cut's. Memory: the batches of every region's external inputs and target are held (about
+two hidden states per region on a transformer; with float inputs, ``AUGMENT`` + 1 times the
+calibration samples). The algebra and figures: docs/reconstruction.md.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from sparsec.analysis.activations import capture
+from sparsec.analysis.activations import batch_count, capture
 from sparsec.errors import UsageError
 from sparsec.pruning.reconstruct.regions import Region, cut_chain, find_regions
 from sparsec.pruning.reconstruct.torch_ops import unsupported
@@ -33,10 +41,15 @@ from sparsec.pruning.reconstruct.translate import TorchRegion
 from sparsec.results import progress, stage
 
 STEPS = 600  # Adam steps per region, at most
+WHOLE_STEPS = 8000  # the same for the second stage (regions between full-shape values)
 LEARNING_RATE = 1e-3
 THREADS = 1  # small regions: torch's thread pool costs more than it gains (100x on 2 busy cores)
 HELD_OUT = 8  # every 8th calibration batch is held out for early stopping
-PATIENCE = 4
+CHECK = 50  # steps between two measures of the held-out error
+PATIENCE = 20  # checks without a new best before a fit stops
+AUGMENT = 16  # noisy copies of the calibration samples added to the fit's data (float inputs)
+HELD_BYTES = 1 << 30  # fewer copies when the fit's held values would exceed this
+NOISE = 0.1  # their noise, in standard deviations of each input position over the samples
 INSTALL = (
     "--recover block needs torch (the reconstruct extra): pip install 'sparsec[reconstruct]' "
     "(or use --recover layer)"
@@ -52,6 +65,18 @@ def require_torch():
     return torch
 
 
+@dataclass(frozen=True)
+class Fit:
+    """How one stage fits its regions: Adam ``steps`` at most per region at ``learning_rate``,
+    ``seed`` for the batch order, ``batch_size``, ``mask`` the padding-mask input's name."""
+
+    steps: int
+    learning_rate: float
+    seed: int
+    batch_size: int
+    mask: str | None
+
+
 def reconstruct(
     pruned,
     original,
@@ -62,77 +87,137 @@ def reconstruct(
     learning_rate: float | None = None,
     seed: int = 0,
     mask: str | None = None,
+    plan: dict | None = None,
 ) -> dict:
     """Fit ``pruned``'s regions in place against ``original`` (same names) on ``samples``;
-    ``mask``: a padding-mask input (positions where it is 0 are not fitted). Returns the
-    per-region errors (relative, squared, all calibration batches), the skipped regions with
-    their reason and the changed constants (``arrays``)."""
+    ``mask``: a padding-mask input (positions where it is 0 are not fitted); ``plan``: the
+    cut's channel plan (``surgery.plan_json``), whose kept positions let regions end at values
+    the cut shrank (their target the original's kept positions), followed then by a second
+    stage over the regions between values of the original's shape (``WHOLE_STEPS``). Returns
+    the per-region errors (relative, squared, on the calibration samples), the skipped regions
+    with their reason and the changed constants (``arrays``)."""
     torch = require_torch()
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        steps, learning_rate = steps or STEPS, learning_rate or LEARNING_RATE
-        return _reconstruct(
-            torch, pruned, original, samples, batch_size, steps, learning_rate, seed, mask
-        )
+        torch.manual_seed(seed)
+        fit = Fit(steps or STEPS, learning_rate or LEARNING_RATE, seed, batch_size, mask)
+        exits = _exits(pruned, original, cut_chain(pruned), samples, batch_size, plan)
+        every = augmented(samples, _copies(pruned, samples, batch_size), seed)
+        report = _stage(torch, pruned, original, (samples, every), exits, fit)
+        same = {name: None for name, where in exits.items() if where is None}
+        if len(same) < len(exits):  # regions ended inside the cut: refine between full values
+            whole = Fit(WHOLE_STEPS, fit.learning_rate, seed, batch_size, mask)
+            done = {(row["entry"], row["exit"]) for row in report["regions"]}
+            _merge(report, _stage(torch, pruned, original, (samples, every), same, whole, done))
+        return {**report, "steps": fit.steps, "seed": seed}
     finally:
         torch.set_num_threads(threads)
 
 
-def _reconstruct(torch, pruned, original, samples, batch_size, steps, learning_rate, seed, mask):
-    torch.manual_seed(seed)
-    chain = cut_chain(pruned)
-    regions = find_regions(pruned, chain, _agreement(pruned, original, chain, samples, batch_size))
+def _merge(report: dict, second: dict) -> None:
+    """``second``'s regions and values into ``report``."""
+    report["regions"] += second["regions"]
+    report["arrays"].update(second["arrays"])
+    report["skipped"] += [r for r in second["skipped"] if r not in report["skipped"]]
+
+
+def _stage(torch, pruned, original, data: tuple, exits: dict, fit: Fit, done=frozenset()):
+    """Fit the regions ending at ``exits`` in graph order, but those whose (entry, exit) is in
+    ``done``; ``data``: (the calibration samples, them followed by their augmented copies)."""
+    samples, every = data
+    regions = find_regions(pruned, cut_chain(pruned), exits.__contains__)
     skipped = [{"exit": r.exit, "reason": "; ".join(unsupported(r.nodes))} for r in regions]
     usable = [r for r, row in zip(regions, skipped) if not row["reason"]]
+    usable = [r for r in usable if (r.entry, r.exit) not in done]
     skipped = [row for row in skipped if row["reason"]]
-    inputs, targets = _captures(pruned, original, samples, regions, usable, batch_size, mask)
-    weights = [_loss_weights(torch, batch.get(mask) if mask else None) for batch in inputs]
+    real = batch_count(pruned, samples, fit.batch_size)
+    inputs, targets = _captures(pruned, original, every, regions, usable, fit)
+    targets = [_restricted(batch, exits) for batch in targets]
+    weights = [_loss_weights(batch.get(fit.mask) if fit.mask else None) for batch in inputs]
     rows, arrays, current = [], {}, None
     for region in stage(usable, desc="reconstruct", unit="region"):
         started = time.perf_counter()
         block = TorchRegion(pruned, region, torch)
         feeds = [_feeds(batch, region, current, i) for i, batch in enumerate(inputs)]
         wanted = [batch[region.exit] for batch in targets]
-        row = _fit(torch, block, feeds, wanted, weights, steps, learning_rate, seed)
+        row = _fit(torch, block, (feeds, wanted, weights), fit, real)
         with torch.no_grad():
             outputs = [block.forward(feed) for feed in feeds]
-        row["error_after"] = _error(outputs, wanted, weights)
+        row["error_after"] = _error(outputs, wanted, weights, range(real))
         if row["fitted"]:
             arrays.update(_store(pruned, block))
         current = {"after": region.exit, "values": outputs}
-        row.update(
-            entry=region.entry, exit=region.exit, roles=region.roles, nodes=len(region.nodes)
-        )
-        row["seconds"] = round(time.perf_counter() - started, 2)
+        row.update(entry=region.entry, exit=region.exit, roles=region.roles)
+        row.update(nodes=len(region.nodes), seconds=round(time.perf_counter() - started, 2))
         rows.append(row)
-        progress(
-            f"reconstruct: {region.exit} ({', '.join(region.roles) or 'layers'}): error "
-            f"{row['error_before']:.4g} -> {row['error_after']:.4g} in {row['steps']} step(s), "
-            f"{row['seconds']} s"
-        )
-    return {"regions": rows, "skipped": skipped, "arrays": arrays, "steps": steps, "seed": seed}
+        _report(row)
+    return {"regions": rows, "skipped": skipped, "arrays": arrays}
 
 
-def _agreement(pruned, original, chain: list[str], samples, batch_size: int):
-    """``agrees(name)``: the original computes ``name`` with the pruned model's shape (one
-    batch of each run)."""
+def _report(row: dict) -> None:
+    progress(
+        f"reconstruct: {row['exit']} ({', '.join(row['roles']) or 'layers'}): error "
+        f"{row['error_before']:.4g} -> {row['error_after']:.4g} in {row['steps']} step(s), "
+        f"{row['seconds']} s"
+    )
+
+
+def _copies(pruned, samples: dict, batch_size: int) -> int:
+    """``AUGMENT``, or fewer so that the fit's held values (about twice the cut values per
+    sample: each is one region's entry and another's exit) stay within ``HELD_BYTES``."""
+    chain = cut_chain(pruned)
+    batch = next(capture(pruned, samples, chain, batch_size)) if chain else {}
+    rows = max((len(a) for a in batch.values() if a.ndim), default=1)
+    per_sample = 2 * sum(a.nbytes for a in batch.values()) / rows
+    total = per_sample * len(next(iter(samples.values())))
+    return int(min(AUGMENT, max(0, HELD_BYTES // max(total, 1) - 1)))
+
+
+def _exits(pruned, original, chain: list[str], samples, batch_size: int, plan: dict | None):
+    """The cut values a region may end at, each with how its target is read from the
+    original's value: None when the original computes it with the pruned model's shape, else
+    ``(axis, kept)``, the original's positions the pruned value holds on the one axis a cut
+    shrank (``kept_positions``). One batch of each run."""
     known = set(original.values_by_name())
     names = [name for name in chain if name in known]
     if not names:
-        return lambda name: False
-    first = {
-        name: array.shape
-        for name, array in next(capture(pruned, samples, names, batch_size)).items()
-    }
+        return {}
+    mine = next(capture(pruned, samples, names, batch_size))
     dense = next(capture(original, samples, names, batch_size))
-    return lambda name: name in first and dense[name].shape == first[name]
+    found = {}
+    for name in names:
+        if name in mine and dense[name].shape == mine[name].shape:
+            found[name] = None
+        elif name in mine and (kept := kept_positions(mine[name], dense[name], plan)):
+            found[name] = kept
+    return found
 
 
-def _captures(pruned, original, samples, regions, usable, batch_size, mask):
+def kept_positions(mine: np.ndarray, dense: np.ndarray, plan: dict | None):
+    """``(axis, kept)`` such that ``mine`` ≈ ``dense`` taken at ``kept`` on ``axis``, the one
+    axis their shapes differ on: of the plan's kept lists of that length over that size, the
+    one closest on the data, when its relative squared error is below 1 (a wrong list gives
+    about 2); else None."""
+    axes = [a for a, (m, d) in enumerate(zip(mine.shape, dense.shape)) if m != d]
+    if mine.ndim != dense.ndim or len(axes) != 1:
+        return None
+    axis = axes[0]
+    lists = {
+        tuple(entry["kept"])
+        for entries in (plan or {}).get("initializers", {}).values()
+        for entry in entries
+        if entry["size"] == dense.shape[axis] and len(entry["kept"]) == mine.shape[axis]
+    }
+    scored = [(_relative(mine, np.take(dense, kept, axis)), kept) for kept in lists]
+    error, kept = min(scored, default=(np.inf, ()))
+    return (axis, np.asarray(kept)) if error < 1.0 else None
+
+
+def _captures(pruned, original, samples, regions, usable, fit: Fit):
     """Per calibration batch, the pruned model's external inputs of ``usable`` regions (the
     entry only where the region before is not translated) and the original's exits."""
-    names: list[str] = [mask] if mask else []
+    names: list[str] = [fit.mask] if fit.mask else []
     previous = None
     for region in regions:
         if region in usable:
@@ -140,16 +225,46 @@ def _captures(pruned, original, samples, regions, usable, batch_size, mask):
         previous = region
     names = list(dict.fromkeys(names))
     exits = [r.exit for r in usable]
+    size = fit.batch_size
     return (
-        [
-            _tensors(b)
-            for b in capture(pruned, samples, names, batch_size, desc="reconstruct inputs")
-        ],
-        [
-            _tensors(b)
-            for b in capture(original, samples, exits, batch_size, desc="reconstruct targets")
-        ],
+        [_tensors(b) for b in capture(pruned, samples, names, size, desc="reconstruct inputs")],
+        [_tensors(b) for b in capture(original, samples, exits, size, desc="reconstruct targets")],
     )
+
+
+def augmented(samples: dict, copies: int, seed: int) -> dict:
+    """``samples`` followed by ``copies`` noisy copies of them, when every input is float:
+    x + ``NOISE`` · σ · ε, σ each input position's standard deviation over the samples, ε
+    standard normal. The original model's values on them are more targets near the data, so
+    a fit of few calibration samples overfits less. Otherwise (token ids, masks) ``samples``
+    as given."""
+    arrays = list(samples.values())
+    if not copies or not all(np.issubdtype(a.dtype, np.floating) for a in arrays):
+        return samples
+    generator = np.random.default_rng(seed)
+    noisy = {}
+    for name, array in samples.items():
+        spread = NOISE * array.std(axis=0, keepdims=True)
+        noise = generator.standard_normal((copies, *array.shape)).astype(array.dtype)
+        noisy[name] = np.concatenate([array, *(array + spread * n for n in noise)])
+    return noisy
+
+
+def _relative(y: np.ndarray, target: np.ndarray) -> float:
+    """‖y − target‖² / ‖target‖²."""
+    scale = float(np.square(target, dtype=np.float64).sum()) or 1.0
+    return float(np.square(y - target, dtype=np.float64).sum()) / scale
+
+
+def _restricted(batch: dict, exits: dict) -> dict:
+    """The original's exits at the positions the pruned values hold (``_exits``)."""
+    import torch
+
+    for name, where in exits.items():
+        if where is not None and name in batch:
+            axis, kept = where
+            batch[name] = torch.index_select(batch[name], axis, torch.from_numpy(kept))
+    return batch
 
 
 def _tensors(batch: dict) -> dict:
@@ -167,7 +282,7 @@ def _feeds(batch: dict, region: Region, current: dict | None, index: int) -> dic
     return feed
 
 
-def _loss_weights(torch, mask):
+def _loss_weights(mask):
     return None if mask is None else (mask != 0).float()
 
 
@@ -195,24 +310,38 @@ def _error(outputs, targets, weights, batches=None) -> float:
     return diff / total if total else diff
 
 
-def _fit(torch, block: TorchRegion, feeds, targets, weights, steps, learning_rate, seed) -> dict:
-    """Adam on the region's parameters with early stopping on the held-out batches."""
-    held = [i for i in range(len(feeds)) if i % HELD_OUT == HELD_OUT - 1] or [len(feeds) - 1]
+def _fit(torch, block: TorchRegion, data: tuple, fit: Fit, real: int) -> dict:
+    """Adam on the region's parameters with early stopping on held-out batches (of the first
+    ``real``, the calibration samples themselves; the others are their augmented copies);
+    ``data``: (feeds, targets, loss weights) per batch."""
+    feeds, targets, weights = data
+    held = [i for i in range(real) if i % HELD_OUT == HELD_OUT - 1] or [real - 1]
     train = [i for i in range(len(feeds)) if i not in held] or held
 
     def measure(batches) -> float:
         with torch.no_grad():
             return _error({i: block.forward(feeds[i]) for i in batches}, targets, weights, batches)
 
-    before, held_before = measure(range(len(feeds))), measure(held)
+    before, held_before = measure(range(real)), measure(held)
     row = {"error_before": before, "held_before": held_before, "fitted": False, "steps": 0}
     if not block.parameters or before <= 1e-12:
         return {**row, "held_after": held_before}
-    initial, best, best_error, stale = block.state(), block.state(), held_before, 0
-    optimiser = torch.optim.Adam(list(block.parameters.values()), lr=learning_rate)
-    order = torch.Generator().manual_seed(seed)
-    check = max(1, min(50, steps // 10))
-    for step in range(steps):
+    initial = block.state()
+    best, best_error, row["steps"] = _descend(torch, block, data, train, fit, measure, held)
+    fitted = best_error < held_before * (1 - 1e-6)
+    block.load(best if fitted else initial)
+    return {**row, "held_after": best_error if fitted else held_before, "fitted": fitted}
+
+
+def _descend(torch, block: TorchRegion, data: tuple, train: list[int], fit: Fit, measure, held):
+    """The Adam steps over shuffled ``train`` batches: (best state, its held-out error, steps
+    taken), stopped after ``PATIENCE`` checks of the held-out error without a new best."""
+    feeds, targets, weights = data
+    best, best_error, stale = block.state(), measure(held), 0
+    optimiser = torch.optim.Adam(list(block.parameters.values()), lr=fit.learning_rate)
+    order = torch.Generator().manual_seed(fit.seed)
+    check = max(1, min(CHECK, fit.steps // 10))
+    for step in range(fit.steps):
         if step % len(train) == 0:
             shuffled = [train[i] for i in torch.randperm(len(train), generator=order).tolist()]
         i = shuffled[step % len(train)]
@@ -220,7 +349,6 @@ def _fit(torch, block: TorchRegion, feeds, targets, weights, steps, learning_rat
         optimiser.zero_grad()
         (diff / total.clamp_min(1e-30)).backward()
         optimiser.step()
-        row["steps"] = step + 1
         if (step + 1) % check == 0:
             error = measure(held)
             best, best_error, stale = (
@@ -228,9 +356,7 @@ def _fit(torch, block: TorchRegion, feeds, targets, weights, steps, learning_rat
             )
             if stale >= PATIENCE:
                 break
-    fitted = best_error < held_before * (1 - 1e-6)
-    block.load(best if fitted else initial)
-    return {**row, "held_after": best_error if fitted else held_before, "fitted": fitted}
+    return best, best_error, step + 1
 
 
 def _store(model, block: TorchRegion) -> dict[str, np.ndarray]:

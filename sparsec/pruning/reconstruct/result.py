@@ -49,6 +49,7 @@ def reconstruct_result(
         batch_size=batch_size,
         seed=seed,
         mask=padding_mask(original),
+        plan=result.artifacts.get("plan"),
     )
     after = output_error(result.model, original, samples, batch_size)
     if report["arrays"] and after >= before:  # worse for the whole model: keep the layer refit
