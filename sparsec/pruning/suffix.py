@@ -112,12 +112,13 @@ def squares(
     minus: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Per unit, the summed squares of the named ``outputs`` (less ``minus``'s, when given),
-    in float64."""
+    accumulated in float64 (the difference itself in the outputs' dtype: no float64 copy of
+    a large output, such as a recognizer's per-position class scores)."""
     total = np.zeros(units)
     for name in names:
         value = outputs[name] if minus is None else outputs[name] - minus[name]
-        rows = np.asarray(value).reshape(units, -1).astype(np.float64)
-        total += np.einsum("ij,ij->i", rows, rows)
+        rows = np.asarray(value).reshape(units, -1)
+        total += np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
     return total
 
 
