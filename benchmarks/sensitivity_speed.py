@@ -6,16 +6,22 @@ its cut's frontier, on a seeded subset of ``sensitivity.SUBSET`` samples; with `
 Usage::
 
     python benchmarks/sensitivity_speed.py [--target 0.66] [--before-groups 2] [--skip-recognizer]
+        [--no-process]
 
 Cases:
 
 - digits CNN (``models/digits_cnn.onnx``), calibrated on ``models/digits_calib.npz`` (256
   training samples).
 - PP-OCRv4 text recognizer (``.cache/pypi/ch_PP-OCRv4_rec_infer.onnx``, from
-  benchmarks/pypi_models.py; skipped when absent), on 256 seeded random-normal 3x48x320 lines
-  (``numpy.random.default_rng(0).standard_normal``: a stand-in, no text). Its full "before"
-  sweep takes the better part of an hour, so by default it is timed on ``--before-groups``
-  groups and extrapolated to all of them (marked ``~``; its allocation is then not computed).
+  benchmarks/pypi_models.py; skipped when absent), on 256 synthetic text-like 3x48x320 lines
+  (``text_lines``: seeded, a light background with dark glyph-like strokes and noise; a
+  stand-in for real crops, no readable text). Its full "before" sweep takes hours, so by
+  default it is timed on ``--before-groups`` groups and extrapolated to all of them (marked
+  ``~``; its allocation is then not computed). Its last row is the whole ``sparsec compress
+  REC --input-shape x:1x3x48x320 --target-macs T --calibration LINES.npz`` process (load,
+  canonical passes, the sweep with the blocks competing, the cut, the layer refit on all 256
+  samples, validation, the quality check, save), timed from outside (``--no-process``: left
+  out).
 
 What is timed: the sweep and the allocation on the model as channel-prune sees it (canonical
 passes run first, not timed). Columns: wall seconds, CPU seconds (this process and its
@@ -42,8 +48,12 @@ tiny digits CNN that start-up is the whole cost.)
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +73,38 @@ from sparsec.pruning.surgery import prune_channels
 ROOT = Path(__file__).resolve().parents[1]
 RECOGNIZER = ROOT / ".cache/pypi/ch_PP-OCRv4_rec_infer.onnx"
 LINE = (3, 48, 320)  # benchmarks/pypi_models.py: --input-shape x:1x3x48x320
+
+
+def text_lines(count: int, seed: int = 0, height: int = 48, width: int = 320) -> np.ndarray:
+    """``count`` seeded text-like lines [count, 3, height, width] in the recognizer's input range
+    (-1 to 1): a light background, then left to right glyph-sized boxes of 2 to 5 dark vertical
+    or horizontal strokes, then noise (sigma 0.05)."""
+    rng = np.random.default_rng(seed)
+    lines = np.empty((count, 3, height, width), np.float32)
+    for index in range(count):
+        image = np.full((height, width), rng.uniform(0.7, 1.0), np.float32)
+        x = int(rng.integers(2, 20))
+        while x < width - 16:
+            x += _glyph(image, x, rng) + int(rng.integers(1, 12))
+        lines[index] = image + rng.normal(0, 0.05, image.shape).astype(np.float32)
+    return lines
+
+
+def _glyph(image: np.ndarray, x: int, rng: np.random.Generator) -> int:
+    """Draw one glyph-like box of strokes at column ``x``; its width."""
+    width, top, bottom = (
+        int(rng.integers(8, 20)),
+        int(rng.integers(6, 14)),
+        int(rng.integers(34, 42)),
+    )
+    for _ in range(int(rng.integers(2, 6))):
+        if rng.random() < 0.5:
+            column = x + int(rng.integers(0, width - 2))
+            image[top:bottom, column : column + 2] = rng.uniform(-1, -0.6)
+        else:
+            row = int(rng.integers(top, bottom - 2))
+            image[row : row + 2, x : x + width] = rng.uniform(-1, -0.6)
+    return width
 
 
 def prepared(path: Path, shapes: dict[str, tuple[int, ...]]) -> Model:
@@ -135,6 +177,32 @@ def extrapolated_before(model: Model, samples, groups: int) -> list[str]:
     ]
 
 
+def whole_process(samples, target: float) -> list[str]:
+    """The ``sparsec compress`` process on the recognizer, wall and CPU seconds from outside,
+    the allocation line's figures from its report."""
+    with tempfile.TemporaryDirectory(prefix="sparsec-sweep-") as folder:
+        data, report = Path(folder) / "lines.npz", Path(folder) / "report.json"
+        np.savez(data, x=samples["x"])
+        command = [sys.executable, "-m", "sparsec.entry", "compress", str(RECOGNIZER)]
+        command += ["--input-shape", "x:1x3x48x320", "--target-macs", f"{target:g}"]
+        command += ["--calibration", str(data), "-o", str(Path(folder) / "out.onnx")]
+        command += ["--report", str(report), "-q"]
+        before, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wall, after = time.perf_counter() - wall, resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        note = _allocation_note(report) if not done.returncode else done.stderr.strip()[-80:]
+    label = "whole `sparsec compress` process (sweep with blocks, refit, validation, quality)"
+    return [label, f"{wall:.1f}", f"{cpu:.1f}", "", "", str(len(samples["x"])), note, "", ""]
+
+
+def _allocation_note(report: Path) -> str:
+    """The chosen group:ratio list of the run's allocation line, from its report."""
+    text = json.dumps(json.loads(report.read_text()))
+    start = text.find("chosen group:ratio ")
+    return text[start + len("chosen group:ratio ") :].split(";")[0] if start >= 0 else ""
+
+
 def case(name: str, model: Model, samples, args) -> list[list[str]]:
     print(f"{name}: {len(samples[next(iter(samples))])} samples", file=sys.stderr)
     before = (
@@ -160,6 +228,9 @@ def main() -> None:
         help="recognizer: time the full sweep on this many groups and extrapolate (0: run it all)",
     )
     parser.add_argument("--skip-recognizer", action="store_true")
+    parser.add_argument(
+        "--no-process", action="store_true", help="recognizer: leave out the whole-process row"
+    )
     args = parser.parse_args()
     head = [
         "model",
@@ -181,8 +252,10 @@ def main() -> None:
     )
     if RECOGNIZER.is_file() and not args.skip_recognizer:
         recognizer = prepared(RECOGNIZER, {"x": (1, *LINE)})
-        lines = {"x": np.random.default_rng(0).standard_normal((256, *LINE)).astype(np.float32)}
+        lines = {"x": text_lines(256)}
         rows += case("PP-OCRv4 rec", recognizer, lines, args)
+        if not args.no_process:
+            rows.append(["PP-OCRv4 rec", *whole_process(lines, args.target)])
     print(
         f"target MACs {args.target:g}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n"
     )
