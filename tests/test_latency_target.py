@@ -85,3 +85,27 @@ def test_the_pass_reaches_its_target_and_passes_the_oracle(monkeypatch):
 def test_bad_target_latency_is_one_error_line(cli, tmp_path, args, words):
     code, _out, err = cli("compress", str(DIGITS), "-o", str(tmp_path / "o.onnx"), *args)
     assert code != 0 and words in err and "Traceback" not in err
+
+
+def test_cli_target_latency_writes_the_note_in_the_report(cli, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(latency_target, "time_models", macs_timer([]))
+    report = tmp_path / "r.json"
+    code, _out, err = cli(
+        "compress",
+        str(DIGITS),
+        "--target-latency",
+        "0.5",
+        "-o",
+        str(tmp_path / "o.onnx"),
+        "--report",
+        str(report),
+        "--latency-runs",
+        "0",
+    )
+    assert code in (0, 1), err  # 1: the collapse warning of a lossy run on random weights
+    data = json.loads(report.read_text())
+    assert data["after"]["macs"] / data["before"]["macs"] <= 0.5
+    assert data["oracle"]["passed"] is True
+    assert "channel.target-latency" in json.dumps(data["diagnostics"])
