@@ -64,8 +64,10 @@ class TransposeCanonicalizePass(InPlacePass):
     )
 
     def call(self, model) -> PassResult:
-        shapes = value_shapes(model, None)
         rewritten = 0
+        if not _has_ops(model, {"Reshape"}):  # no idiom: spare the shape inference
+            return PassResult(model, modified=False, stats={"transposes_canonicalized": 0})
+        shapes = value_shapes(model, None)
         for node in list(model.nodes()):
             source = _swap_idiom(model, node, shapes)
             if source is None:
@@ -80,6 +82,11 @@ class TransposeCanonicalizePass(InPlacePass):
         return PassResult(
             model, modified=bool(rewritten), stats={"transposes_canonicalized": rewritten}
         )
+
+
+def _has_ops(model, op_types: set[str]) -> bool:
+    """Whether a main-graph node is one of ``op_types`` (the idioms' only possible anchors)."""
+    return any(node.op_type in op_types for node in model.graph)
 
 
 def _swap_idiom(model, r2, shapes: dict):
@@ -152,6 +159,8 @@ class ShapeCanonicalizePass(InPlacePass):
     )
 
     def call(self, model) -> PassResult:
+        if not _has_ops(model, {"Reshape", "Where"}):  # no idiom: spare the shape inference
+            return PassResult(model, modified=False, stats={"shape_idioms_removed": 0})
         shapes, rewritten = value_shapes(model, None), 0
         for node in list(
             model.nodes()
