@@ -22,8 +22,9 @@ means sparsec is faster).
 ``--scaling`` generates seeded chains of residual blocks (Conv → BN → Relu → Conv → BN → Add →
 Tanh, 8 channels on a 4×4 image, so that weights do not dominate; the Tanh keeps thousands of
 blocks finite) of about each ``--sizes``
-node count, compiles each (median of ``--repeat``) and prints nodes, seconds, microseconds per
-node and the time relative to the smallest graph (linear: that ratio tracks the node ratio).
+node count, compiles each (median of ``--repeat``, every size once per repetition so that load
+on a shared machine hits all sizes alike) and prints nodes, seconds, microseconds per node and
+the time relative to the smallest graph (linear: that ratio tracks the node ratio).
 """
 
 from __future__ import annotations
@@ -126,25 +127,32 @@ def residual_chain(nodes: int, seed: int = 0):
 
 
 def scaling(sizes: list[int], ratio: float, repeat: int, plot: Path | None) -> None:
-    """Compile generated graphs of each size; print (and plot) the curve."""
-    print(f"compile seconds (load + passes + save) against graph size, ratio {ratio}")
+    """Compile generated graphs of each size, the sizes in turn within each repetition (so that
+    machine noise hits every size alike); print (and plot) the curve of medians."""
+    print(
+        f"compile seconds (load + passes + save) against graph size, ratio {ratio}, "
+        f"median of {repeat}, sizes interleaved"
+    )
     print(f"{'nodes':>7} {'seconds':>9} {'us/node':>8} {'x time':>7} {'x nodes':>8}")
-    curve: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory() as folder:
+        sources, counts = [], []
         for size in sizes:
             model, source = residual_chain(size), Path(folder) / f"chain{size}.onnx"
             model.save(source, force=True)
-            count = len(list(model.nodes()))
-            seconds = statistics.median(
-                sparsec_compile(source, Path(folder) / "out.onnx", ratio, []) for _ in range(repeat)
-            )
-            curve.append((count, seconds))
-            base_nodes, base_seconds = curve[0]
-            print(
-                f"{count:7d} {seconds:9.3f} {1e6 * seconds / count:8.1f} "
-                f"{seconds / base_seconds:7.2f} {count / base_nodes:8.2f}",
-                flush=True,
-            )
+            sources.append(source)
+            counts.append(len(list(model.nodes())))
+        times: list[list[float]] = [[] for _ in sizes]
+        for _ in range(repeat):
+            for index, source in enumerate(sources):
+                out = Path(folder) / "out.onnx"
+                times[index].append(sparsec_compile(source, out, ratio, []))
+    curve = [(count, statistics.median(t)) for count, t in zip(counts, times)]
+    base_nodes, base_seconds = curve[0]
+    for count, seconds in curve:
+        print(
+            f"{count:7d} {seconds:9.3f} {1e6 * seconds / count:8.1f} "
+            f"{seconds / base_seconds:7.2f} {count / base_nodes:8.2f}"
+        )
     if plot is not None:
         plot_curve(curve, plot)
 
