@@ -49,7 +49,7 @@ CHECK = 50  # steps between two measures of the held-out error
 PATIENCE = 20  # checks without a new best before a fit stops
 AUGMENT = 16  # noisy copies of the calibration samples added to the fit's data (float inputs)
 HELD_BYTES = 1 << 30  # fewer copies when the fit's held values would exceed this
-NOISE = 0.1  # their noise, in standard deviations of each input position over the samples
+NOISE = 0.2  # their noise, in standard deviations of each input position over the samples
 INSTALL = (
     "--recover block needs torch (the reconstruct extra): pip install 'sparsec[reconstruct]' "
     "(or use --recover layer)"
