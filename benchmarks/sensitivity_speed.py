@@ -45,7 +45,8 @@ seconds are inflated several times; CPU seconds are the comparable figure), ``--
 --jobs 1, load average 9 to 13: 32 samples per point 1313 s wall, 250 CPU s, 111 points, chosen
 2:0.8 17:0.8 20:0.8, MACs 0.598, error 0.2091; 16 (the default since) 1106 s wall, 174 CPU s,
 110 points, 17:0.8 20:0.75 21:0.8, MACs 0.605, error 0.2091. The whole process before (32
-samples): 2641 s wall, 551 CPU s. docs/benchmarks.md has the breakdown.
+samples): 2641 s wall, 551 CPU s; with 16: 591 s wall (a lighter load), 416 CPU s, the same
+allocation as the 16-sample sweep above. docs/benchmarks.md has the breakdown.
 
 (--jobs 2 spawns two workers, each loading the model and running its own reference: on the
 tiny digits CNN that start-up is the whole cost.)
