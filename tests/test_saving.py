@@ -25,7 +25,7 @@ X = np.random.default_rng(7).standard_normal((2, N)).astype(np.float32)
 @pytest.fixture(autouse=True)
 def python_sigint_handler():
     """These tests raise SIGINT and expect Python's KeyboardInterrupt: install Python's own
-    handler again (an earlier test that started Ray in this process leaves Ray's C-level
+    handler again (an earlier test that started Ray in this process may leave Ray's C-level
     handler, which Python's ``signal.getsignal`` does not show)."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
