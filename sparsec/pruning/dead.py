@@ -268,7 +268,8 @@ def within_limits(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> di
     for gid, units in removed.items():
         group = groups[gid]
         kept = feasible(group, units, np.zeros(group.units))
-        kept = kept[1:] if len(kept) >= group.units else kept
+        if len(kept) >= group.units:  # one unit back, and balanced again around it
+            kept = feasible(group, kept[1:], np.zeros(group.units))
         if len(kept):
             limited[gid] = kept
     return limited
