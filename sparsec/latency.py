@@ -53,7 +53,7 @@ def compare_latency(
     for round_index in range(runs):
         order = [(reference_session, reference), (candidate_session, candidate)]
         for session, times in order if round_index % 2 == 0 else order[::-1]:
-            times.append(_timed_ms(session, feeds))
+            times.append(timed_ms(session, feeds))
     return summarize(reference, candidate)
 
 
@@ -70,7 +70,8 @@ def summarize(reference: list[float], candidate: list[float]) -> LatencyComparis
     )
 
 
-def _timed_ms(session, feeds: dict) -> float:
+def timed_ms(session, feeds: dict) -> float:
+    """Milliseconds of one ``session.run(feeds)``."""
     start = perf_counter()
     session.run(feeds)
     return (perf_counter() - start) * 1000.0

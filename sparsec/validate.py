@@ -47,14 +47,13 @@ builder is built for its session and dropped before it runs.
 from __future__ import annotations
 
 import gc
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sparsec.ir import Model, runtime
-from sparsec.latency import compare_latency, summarize
+from sparsec.latency import compare_latency, summarize, timed_ms
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
@@ -596,7 +595,7 @@ class _Run:
         if latency_runs > 0:
             for _ in range(LATENCY_WARMUP):
                 model_session.run(feeds)
-            run.times_ms = [_timed_ms(model_session, feeds) for _ in range(latency_runs)]
+            run.times_ms = [timed_ms(model_session, feeds) for _ in range(latency_runs)]
         return run
 
 
@@ -606,12 +605,6 @@ def _session_of_built(build, optimization: str, mapped: bool) -> runtime.Session
     model_session = session(build(), optimization=optimization, mapped=mapped)
     gc.collect()
     return model_session
-
-
-def _timed_ms(model_session: runtime.Session, feeds: dict) -> float:
-    start = time.perf_counter()
-    model_session.run(feeds)
-    return (time.perf_counter() - start) * 1000.0
 
 
 def _pair_outputs(reference: list[str], candidate: list[str]) -> list[tuple[str, str]]:

@@ -30,12 +30,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from time import perf_counter
 
 import numpy as np
 
 from sparsec.analysis.groups import ChannelGroup
 from sparsec.analysis.shapes import value_shapes
+from sparsec.latency import timed_ms
 
 MULTIPLES = (4, 8, 16, 32)
 BLOCK = 16  # onnxruntime's NCHWc block on AVX-512 (8 on AVX2): narrower layers are no faster
@@ -133,9 +133,7 @@ def measure(layers: Sequence[LayerShape], rounds: int = 9) -> list[float]:
     times = [[] for _ in layers]
     for _ in range(rounds):
         for session, feed, column in zip(sessions, feeds, times):
-            start = perf_counter()
-            session.run(feed)
-            column.append(perf_counter() - start)
+            column.append(timed_ms(session, feed) / 1000.0)
     return [float(np.min(column)) for column in times]
 
 
