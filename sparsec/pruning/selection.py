@@ -24,6 +24,8 @@ import numpy as np
 
 from sparsec.analysis.groups import ChannelGroup, components
 
+FREE, KEPT = -1, -2  # class_labels: a unit spread evenly over the classes / unevenly
+
 
 def lowest_units(
     group: ChannelGroup,
@@ -131,9 +133,6 @@ def class_labels(group: ChannelGroup) -> np.ndarray | None:
     labels[(table == FREE).all(axis=1)] = FREE
     labels[(table == KEPT).any(axis=1)] = KEPT
     return labels
-
-
-FREE, KEPT = -1, -2
 
 
 def _lowest(order: np.ndarray, count: int, labels, scores: np.ndarray) -> np.ndarray:
