@@ -3,12 +3,26 @@
 allocation; ``sparsec run --executor ray`` runs a recipe's jobs as Ray tasks (a job after the one
 writing its source) with the local run's models and figures; without Ray, ``--executor ray`` is
 one line with the install command; the option's values and combinations are checked before any
-work."""
+work.
+
+Invariant: Ray never runs in pytest's process. The Ray instance is a child process's (its own
+process group, stopped at the module's end or when pytest dies), and every Ray driver is a child
+process connecting to it by address: a Ray crash fails a test, it cannot end pytest, and no Ray
+state (signal handlers, threads) outlives the module."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import multiprocessing
+import os
+import secrets
+import select
+import signal
+import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -20,26 +34,74 @@ from sparsec.ir import Model
 from sparsec.pruning import budget
 from sparsec.spec import load_recipe
 
-ray = pytest.importorskip("ray")
-
 CNN, CALIBRATION = MODELS / "digits_cnn.onnx", MODELS / "digits_calib.npz"
 TARGET = {"target_macs": 0.7}
+START_S, STOP_S, DRIVER_S = 120, 60, 300  # the Ray instance's start and stop, a driver's run
+
+HEAD = """
+import sys, ray
+context = ray.init(
+    num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False
+)
+print(context.address_info["gcs_address"], flush=True)
+sys.stdin.read()  # until the test module closes it (or pytest ends)
+ray.shutdown()
+"""
 
 
 @pytest.fixture(scope="module")
-def ray_instance():
-    """A local Ray instance of two CPUs for this module (the executor connects to it)."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=80 * 2**20,
-        log_to_driver=False,
-        configure_logging=False,
+def ray_head(tmp_path_factory) -> dict[str, str]:
+    """A local Ray instance of two CPUs, started by a child process: the environment a driver
+    connects with (``RAY_ADDRESS`` and the instance's own token, nothing written to ~/.ray)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed: pip install 'sparsec[ray]'")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    with log.open("w") as stderr:
+        head = subprocess.Popen(
+            [sys.executable, "-c", HEAD],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True,
+            start_new_session=True,  # its own process group: _stop kills what outlives it
+        )  # fmt: skip
+    try:
+        ready, _, _ = select.select([head.stdout], [], [], START_S)
+        address = head.stdout.readline().strip() if ready else ""
+        assert address, f"the Ray instance did not start:\n{log.read_text()[-3000:]}"
+        yield {**env, "RAY_ADDRESS": address}
+    finally:
+        _stop(head)
+
+
+def _stop(head: subprocess.Popen) -> None:
+    """Close the Ray instance's stdin (it shuts Ray down and exits), then kill what is left of
+    its process group (a crashed or hung instance leaves Ray's agents)."""
+    head.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        head.wait(STOP_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait()
+
+
+def _in_child(env: dict[str, str], function, *args):
+    """``function(*args)`` in a spawned process with the environment ``env``: a Ray driver's
+    crash there is a ``BrokenProcessPool`` here, a hang ends it after ``DRIVER_S``."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, context, initializer=_child_setup, initargs=(env,)) as pool:
+        return pool.submit(function, *args).result()
+
+
+def _child_setup(env: dict[str, str]) -> None:
+    os.environ.update(env)  # before Ray is imported: it reads its settings then
+    signal.alarm(DRIVER_S)
+
+
+def _sparsec(env: dict[str, str], folder, *args) -> subprocess.CompletedProcess:
+    """The ``sparsec`` command in a child process working in ``folder``."""
+    command = [sys.executable, "-m", "sparsec.entry", *map(str, args)]
+    return subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=DRIVER_S, check=False
     )
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +111,10 @@ def cnn() -> Model:
 
 @pytest.fixture(scope="module")
 def samples() -> dict[str, np.ndarray]:
+    return _samples()
+
+
+def _samples() -> dict[str, np.ndarray]:
     return {"input": np.load(CALIBRATION)["input"][:48]}
 
 
@@ -60,16 +126,24 @@ def _points(table) -> dict[tuple[int, float], tuple]:
     }
 
 
-def test_a_ray_sweep_gives_the_local_table_and_allocation(ray_instance, cnn, samples):
+def test_a_ray_sweep_gives_the_local_table_and_allocation(ray_head, cnn, samples):
     local, chosen = budget.sweep_allocation(cnn, samples, TARGET, seed=3)
-    remote, picked = budget.sweep_allocation(cnn, samples, TARGET, seed=3, executor="ray")
+    remote, picked, text = _in_child(ray_head, _ray_sweep, ray_head["RAY_ADDRESS"])
     assert picked == chosen and any(chosen.values())
-    assert _points(remote).keys() == _points(local).keys() and len(_points(local)) > 3
+    assert remote.keys() == _points(local).keys() and len(remote) > 3
     for key, (error, stderr, *counts) in _points(local).items():
-        other = _points(remote)[key]
-        assert other[2:] == tuple(counts), key  # the same units removed and costs
-        assert other[:2] == pytest.approx((error, stderr), rel=1e-6, abs=1e-12), key
-    assert remote.text().splitlines()[1:] == local.text().splitlines()[1:]  # after the timing
+        assert remote[key][2:] == tuple(counts), key  # the same units removed and costs
+        assert remote[key][:2] == pytest.approx((error, stderr), rel=1e-6, abs=1e-12), key
+    assert text.splitlines()[1:] == local.text().splitlines()[1:]  # after the timing
+
+
+def _ray_sweep(address: str) -> tuple:
+    """In a child process: the sweep measured on the Ray cluster at ``address`` (HOST:PORT), as
+    plain data (its points, allocation and text)."""
+    table, chosen = budget.sweep_allocation(
+        Model.load(CNN), _samples(), TARGET, seed=3, executor=address
+    )
+    return _points(table), chosen, table.text()
 
 
 def _weights(model: Model) -> dict[str, np.ndarray]:
@@ -160,20 +234,18 @@ output = "again.onnx"
 """
 
 
-def test_a_recipe_on_ray_runs_its_jobs_as_tasks_with_the_local_results(
-    ray_instance, cli, tmp_path, monkeypatch
-):
-    """Run locally, job "target" measures its sweep in Ray actors; run on Ray, in its task (no
-    actors inside tasks): the same model either way."""
+def test_a_recipe_on_ray_runs_its_jobs_as_tasks_with_the_local_results(ray_head, tmp_path):
+    """Run locally, job "target" measures its sweep in Ray actors (on ``RAY_ADDRESS``'s
+    cluster); run on Ray, in its task (no actors inside tasks): the same model either way."""
     runs = {}
-    for where in ("local", "ray"):
-        folder = tmp_path / where
+    for name, where in (("local", "local"), ("ray", ray_head["RAY_ADDRESS"])):
+        folder = tmp_path / name
         folder.mkdir()
         (folder / "r.toml").write_text(RECIPE.format(cnn=CNN, calibration=CALIBRATION))
-        monkeypatch.chdir(folder)  # the Ray tasks work in the driver's folder
-        code, _, err = cli("run", "r.toml", "--report", "run.json", "--executor", where)
-        assert code == 0, err
-        runs[where] = json.loads((folder / "run.json").read_text())
+        flags = ("--report", "run.json", "--executor", where)
+        done = _sparsec(ray_head, folder, "run", "r.toml", *flags)  # tasks work in its folder
+        assert done.returncode == 0, done.stderr
+        runs[name] = json.loads((folder / "run.json").read_text())
     names = [[job["name"] for job in runs[w]["jobs"]] for w in ("local", "ray")]
     assert names[0] == names[1] == ["half", "target", "again"]  # recipe order
     for job in ("half", "target", "again"):
