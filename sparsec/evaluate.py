@@ -3,7 +3,10 @@
 Both models run on the same samples in batches (``activations.calibration_batches``: the
 model's fixed batch size when it has one, whose remainder is left out, and padded sequences
 cut to their longest real row); ``Evaluation.samples`` counts the samples actually run. Only
-running sums and maxima are kept, so memory is one batch of outputs whatever the data size.
+running sums and maxima are kept, so memory is one batch of outputs whatever the data size,
+but for the reference's outputs on every batch when they are small (``EVAL_RECORD_BYTES``) or
+the model is large: then one session is alive at a time. Random samples are drawn batch by
+batch (``random_eval_data``), and sessions run without onnxruntime's memory arena (untimed).
 Outputs are paired by name (by position when the names differ but the counts agree);
 non-tensor outputs (sequences, maps) and string tensors are left out.
 
@@ -37,12 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from sparsec.analysis.activations import (
+    batch_count,
     calibration_batches,
     fixed_batch,
     padding_mask,
-    random_samples,
 )
-from sparsec.analysis.inputs import conform, read_arrays
+from sparsec.analysis.inputs import bind_shapes, conform, random_inputs, read_arrays
 from sparsec.errors import InputError
 from sparsec.ir import Model, runtime
 from sparsec.validate import session
@@ -83,8 +86,12 @@ def load_eval_data(path: str | Path, model, labels: str | None = None) -> EvalDa
 
 def random_eval_data(model, count: int = 64, seed: int = 0, overrides=None) -> EvalData:
     """Seeded random samples (no labels) at the bound input shapes (``overrides``: those
-    ``--input-shape`` gives): agreement and errors only, not accuracy."""
-    samples = random_samples(_as_model(model), count, seed, overrides)
+    ``--input-shape`` gives): agreement and errors only, not accuracy. The samples are
+    ``activations.random_samples``'s, each float input drawn as its batches are read
+    (``inputs.DrawnRows``), so only one batch of them is held."""
+    model = _as_model(model)
+    shapes = {name: (count, *shape[1:]) for name, shape in bind_shapes(model, overrides).items()}
+    samples = random_inputs(model, shapes, seed, lazy=True)
     return EvalData(samples, None, f"random inputs ({count} samples, seed {seed})")
 
 
@@ -188,6 +195,8 @@ def _strict(figures: dict) -> dict:
 
 EVAL_BATCH = 64  # samples per batch at most
 EVAL_BATCH_BYTES = 1 << 20  # input bytes per batch at most: activations grow with the batch
+EVAL_RECORD_BYTES = 1 << 24  # the reference's outputs on all samples kept, at most (above: both
+# sessions alive together, the outputs compared batch by batch)
 
 
 def evaluate(reference, candidate, data: EvalData, *, batch_size: int | None = None) -> Evaluation:
@@ -195,9 +204,10 @@ def evaluate(reference, candidate, data: EvalData, *, batch_size: int | None = N
     how the candidate's outputs differ from the reference's (see the module docstring).
     ``batch_size`` by default: ``EVAL_BATCH`` samples, fewer when their inputs pass
     ``EVAL_BATCH_BYTES`` (onnxruntime's activation memory grows with the batch). A large model
-    (``runtime.is_large``) runs alone: the reference's outputs first, then the candidate's."""
+    (``runtime.is_large``), or one whose outputs are small (``_reference_runs``), runs alone:
+    the reference's outputs first, then the candidate's."""
     batch_size = batch_size or _bounded_batch(data.samples)
-    model = _as_model(reference)
+    model = _inputs_model(reference, candidate)
     fixed = fixed_batch(model)
     if fixed and data.count < fixed:
         raise InputError(
@@ -206,10 +216,9 @@ def evaluate(reference, candidate, data: EvalData, *, batch_size: int | None = N
     arrays = dict(data.samples)
     if data.labels is not None:
         arrays[_LABELS_FEED] = data.labels
-    ref_session = session(reference)
-    if runtime.is_large(reference) or runtime.is_large(candidate):  # one at a time
-        ref_session = runtime.Recorded(ref_session, calibration_batches(model, arrays, batch_size))
-    cand_session = session(candidate)
+    large = runtime.is_large(reference) or runtime.is_large(candidate)
+    ref_session = _reference_runs(session(reference, arena=False), model, arrays, batch_size, large)
+    cand_session = session(candidate, arena=False)
     pairs = _pair_outputs(ref_session, cand_session)
     totals = {name: _Running() for name, _ in pairs}
     used, mask = 0, padding_mask(model)
@@ -222,6 +231,28 @@ def evaluate(reference, candidate, data: EvalData, *, batch_size: int | None = N
             totals[name].add(ref_out[name], cand_out[other], labels, real)
     outputs = [totals[name].result(name) for name, _ in pairs]
     return Evaluation(data.label, used, data.labels is not None, outputs)
+
+
+def _reference_runs(ref_session, model, arrays: dict, batch_size: int, large: bool):
+    """The reference's session, or, so that it is freed before the candidate's is made, its
+    outputs on every batch (``runtime.Recorded``): always for a large model, else when they take
+    at most ``EVAL_RECORD_BYTES`` (the first batch's tensor outputs times the batches)."""
+    if not large:
+        first = ref_session.run(next(calibration_batches(model, arrays, batch_size)))
+        sizes = [getattr(value, "nbytes", None) for value in first.values()]
+        if None in sizes:  # non-tensor outputs: their size is not known
+            return ref_session
+        if sum(sizes) * batch_count(model, arrays, batch_size) > EVAL_RECORD_BYTES:
+            return ref_session
+    return runtime.Recorded(ref_session, calibration_batches(model, arrays, batch_size))
+
+
+def _inputs_model(reference, candidate) -> Model:
+    """The model whose inputs batch the samples: one given as a ``Model`` (the candidate keeps
+    the reference's inputs, and its samples were conformed to them), else the reference loaded
+    (not a second copy of weights already in memory: 15 MB for shufflenet's 5 MB)."""
+    given = [source for source in (reference, candidate) if isinstance(source, Model)]
+    return given[0] if given else Model.load(reference)
 
 
 def _bounded_batch(samples: dict) -> int:

@@ -41,7 +41,8 @@ relative spread of the per-round candidate/reference ratios (0.02 = ±2 %). A mo
 
 Memory: one session is alive at a time (its outputs kept, the session freed before the next
 is made), except for the interleaved timing of two small models; a reference given as a
-builder is built for its session and dropped before it runs.
+builder is built for its session and dropped before it runs. A session that is not timed runs
+without onnxruntime's memory arena (``runtime.session_for``'s ``arena``).
 """
 
 from __future__ import annotations
@@ -154,14 +155,16 @@ def session(
     threads: int = 0,
     optimization: str = "all",
     mapped: bool | None = None,
+    arena: bool = True,
 ) -> runtime.Session:
-    """A session over a ``Model`` or a file path (``mapped``: ``runtime.session_for``'s)."""
+    """A session over a ``Model`` or a file path (``mapped``, ``arena``: ``runtime.session_for``'s:
+    ``arena=False`` for a session whose runs are not timed)."""
     if isinstance(source, Model):
         return runtime.session_for(
-            source, threads=threads, optimization=optimization, mapped=mapped
+            source, threads=threads, optimization=optimization, mapped=mapped, arena=arena
         )
     return runtime.session_for_file(
-        source, threads=threads, optimization=optimization, mapped=mapped
+        source, threads=threads, optimization=optimization, mapped=mapped, arena=arena
     )
 
 
@@ -586,11 +589,12 @@ class _Run:
     def alone(cls, source, feeds: dict, optimization: str, latency_runs: int, mapped: bool) -> _Run:
         """The run of one model with only its own session alive, freed on return (a builder's
         model is dropped once its session exists); ``latency_runs`` timed runs after
-        ``LATENCY_WARMUP`` untimed ones when positive."""
+        ``LATENCY_WARMUP`` untimed ones when positive (else no memory arena: one untimed run)."""
+        arena = latency_runs > 0
         if callable(source):
-            model_session = _session_of_built(source, optimization, mapped)
+            model_session = _session_of_built(source, optimization, mapped, arena)
         else:
-            model_session = session(source, optimization=optimization, mapped=mapped)
+            model_session = session(source, optimization=optimization, mapped=mapped, arena=arena)
         run = cls.of(model_session, feeds)
         if latency_runs > 0:
             for _ in range(LATENCY_WARMUP):
@@ -599,10 +603,10 @@ class _Run:
         return run
 
 
-def _session_of_built(build, optimization: str, mapped: bool) -> runtime.Session:
+def _session_of_built(build, optimization: str, mapped: bool, arena: bool) -> runtime.Session:
     """The session of the model ``build`` returns, that model freed before the session runs
     (an onnx-ir graph is a web of reference cycles: only a collection frees its weights)."""
-    model_session = session(build(), optimization=optimization, mapped=mapped)
+    model_session = session(build(), optimization=optimization, mapped=mapped, arena=arena)
     gc.collect()
     return model_session
 

@@ -306,3 +306,54 @@ def test_json_is_strict_and_carries_the_drop():
     r, c = x @ w, x @ w2
     drop = 100 * (np.mean(r.argmax(1) == labels) - np.mean(c.argmax(1) == labels))
     assert logits["name"] == "logits" and logits["top1_drop_points"] == pytest.approx(drop)
+
+
+def _three_inputs() -> Model:
+    """Inputs a (float16 [N, 5, 3]), ids (int64 [N, 4], indexing a 10-row table) and b (float
+    [N, 2]): the random draws of b come after those of a and ids from one generator."""
+    table = np.arange(20, dtype=np.float32).reshape(10, 2)
+    return Model.from_proto(
+        make_model(
+            [
+                helper.make_node("Gather", ["T", "ids"], ["rows"]),
+                helper.make_node("ReduceSum", ["a", "axes"], ["a_sum"], keepdims=0),
+                helper.make_node("Cast", ["a_sum"], ["y"], to=TensorProto.FLOAT),
+            ],
+            [
+                ("a", TensorProto.FLOAT16, ["N", 5, 3]),
+                ("ids", TensorProto.INT64, ["N", 4]),
+                ("b", TensorProto.FLOAT, ["N", 2]),
+            ],
+            [("y", TensorProto.FLOAT, ["N", 3]), ("rows", TensorProto.FLOAT, ["N", 4, 2])],
+            [
+                numpy_helper.from_array(table, "T"),
+                numpy_helper.from_array(np.array([1], np.int64), "axes"),
+            ],
+        )
+    )
+
+
+def test_random_samples_drawn_by_batch_are_the_whole_draws():
+    from sparsec.analysis.activations import random_samples
+
+    model = _three_inputs()
+    eager = random_samples(model, 9, seed=3)
+    drawn = random_eval_data(model, 9, seed=3).samples
+    assert type(drawn["ids"]) is np.ndarray and drawn["a"].shape == (9, 5, 3)
+    for name, rows in (("b", slice(2, 5)), ("b", slice(7, 9)), ("b", slice(0, 1))):
+        np.testing.assert_array_equal(drawn[name][rows], eager[name][rows])  # forward, back
+    np.testing.assert_array_equal(drawn["a"][np.array([4, 6])], eager["a"][[4, 6]])
+    np.testing.assert_array_equal(drawn["a"][8], eager["a"][8])
+    for name, array in eager.items():
+        assert np.asarray(drawn[name]).dtype == array.dtype
+        np.testing.assert_array_equal(np.asarray(drawn[name]), array)
+
+
+def test_evaluation_on_drawn_samples_equals_the_held_ones():
+    model = _classifier(_weights(0))
+    candidate = _classifier(_weights(0) + 0.3 * _weights(1))
+    data = random_eval_data(model, 50, seed=2)
+    held = EvalData({name: np.asarray(a) for name, a in data.samples.items()}, None, data.label)
+    for batch_size in (7, None):
+        drawn = evaluate(model, candidate, data, batch_size=batch_size).to_json()
+        assert drawn == evaluate(model, candidate, held, batch_size=batch_size).to_json()

@@ -151,14 +151,19 @@ def test_a_mapped_session_computes_the_same_to_rounding(chain, feeds):
     np.testing.assert_allclose(mapped, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_evaluation_of_a_large_model_replays_the_reference(chain, tracked, monkeypatch):
+def test_evaluation_replays_the_reference_of_a_large_model_or_small_outputs(
+    chain, tracked, monkeypatch
+):
     data = evaluate_module.random_eval_data(Model.load(chain), seed=0)
+    monkeypatch.setattr(evaluate_module, "EVAL_RECORD_BYTES", 0)  # outputs too big to keep
     both = evaluate_module.evaluate(chain, Model.load(chain), data, batch_size=8)
     assert tracked.most == 2
-    monkeypatch.setattr(runtime, "LARGE_MODEL_BYTES", 0)
-    tracked.most = 0
-    alone = evaluate_module.evaluate(chain, Model.load(chain), data, batch_size=8)
-    assert tracked.most == 1 and alone.to_json() == both.to_json()
+    for record, large in ((1 << 24, 1 << 40), (0, 0)):  # small outputs kept; a large model
+        monkeypatch.setattr(evaluate_module, "EVAL_RECORD_BYTES", record)
+        monkeypatch.setattr(runtime, "LARGE_MODEL_BYTES", large)
+        tracked.most = 0
+        alone = evaluate_module.evaluate(chain, Model.load(chain), data, batch_size=8)
+        assert tracked.most == 1 and alone.to_json() == both.to_json()
 
 
 def test_evaluation_batches_are_bounded_by_input_bytes():
