@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -149,6 +150,21 @@ def test_a_mapped_session_computes_the_same_to_rounding(chain, feeds):
     plain = runtime.Session(str(chain)).run(feeds)["y"]
     mapped = runtime.Session(str(chain), mapped=True).run(feeds)["y"]  # unpacked Gemm kernels
     np.testing.assert_allclose(mapped, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_s_session_maps_its_weights_from_a_file_and_computes_what_its_bytes_do(
+    chain, feeds, monkeypatch
+):
+    model = Model.from_proto(onnx.load(str(chain)))  # weights in memory, no external data
+    expected = runtime.Session(model.to_proto().SerializeToString()).run(feeds)["y"]
+    sources = []
+    monkeypatch.setattr(runtime, "Session", lambda source, **kw: sources.append(source))
+    runtime.session_for(model)
+    assert isinstance(sources[0], str) and sources[0].endswith(".onnx")  # a file, not bytes
+    monkeypatch.undo()
+    for arena in (True, False):  # untimed sessions go without the arena: the same outputs
+        got = runtime.session_for(model, arena=arena).run(feeds)["y"]
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_evaluation_replays_the_reference_of_a_large_model_or_small_outputs(
