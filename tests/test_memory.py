@@ -167,6 +167,27 @@ def test_a_model_s_session_maps_its_weights_from_a_file_and_computes_what_its_by
         np.testing.assert_array_equal(got, expected)
 
 
+def test_a_file_with_weights_inside_runs_from_a_copy_with_external_data(
+    chain, feeds, tmp_path, monkeypatch
+):
+    inside = tmp_path / "inside.onnx"
+    onnx.save_model(onnx.load(str(chain)), str(inside))  # the weights in the protobuf
+    expected = runtime.Session(str(inside)).run(feeds)["y"]
+    monkeypatch.setattr(runtime, "EXTERNAL_COPY_BYTES", 0)
+    seen, plain = [], runtime.Session
+
+    def session(source, **options):
+        seen.append((source, onnx.load(source, load_external_data=False).graph.initializer[0]))
+        return plain(source, **options)
+
+    monkeypatch.setattr(runtime, "Session", session)
+    got = runtime.session_for_file(inside).run(feeds)["y"]
+    assert seen[0][1].data_location == onnx.TensorProto.EXTERNAL  # mapped by onnxruntime
+    np.testing.assert_array_equal(got, expected)
+    runtime.session_for_file(chain)  # external data already: the file itself
+    assert seen[1][0] == str(chain)
+
+
 def test_evaluation_replays_the_reference_of_a_large_model_or_small_outputs(
     chain, tracked, monkeypatch
 ):

@@ -77,6 +77,8 @@ DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 # Weights past this many bytes: sessions map them from a file, one such session at a time.
 LARGE_MODEL_BYTES = 1 << 28
+EXTERNAL_TENSOR_BYTES = 1024  # a file's tensors from this size go to onnxruntime as external data
+EXTERNAL_COPY_BYTES = 1 << 24  # from this file size (below, the copy's own protobuf costs as much)
 
 
 class Session:
@@ -261,11 +263,48 @@ def session_for_file(
     mapped: bool | None = None,
     arena: bool = True,
 ) -> Session:
-    """A session over a model file (``mapped``, ``arena``: as ``session_for``'s)."""
+    """A session over a model file (``mapped``, ``arena``: as ``session_for``'s); a file holding
+    its weights in its protobuf goes to onnxruntime as a copy with external data
+    (``_with_external_data``)."""
     mapped = is_large(path) if mapped is None else mapped
-    return Session(
-        str(path), optimization=optimization, threads=threads, mapped=mapped, arena=arena
+    options = {"optimization": optimization, "threads": threads, "mapped": mapped, "arena": arena}
+    with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
+        source = _with_external_data(Path(path), Path(folder))
+        try:
+            return Session(str(source), **options)
+        except InputError:
+            if source == Path(path):
+                raise
+    return Session(str(path), **options)  # onnxruntime's refusal, naming the user's file
+
+
+def _with_external_data(path: Path, folder: Path) -> Path:
+    """``path``, or, when its weights are inside its protobuf, a copy in ``folder`` with them as
+    external data beside it, which onnxruntime maps instead of copying out of the protobuf
+    (level "all": resnet18's session 135 -> 91..109 MB more peak RSS, its whole compress --channels
+    0.5 run 368 -> 315 MB; the same graph, the same outputs), for files of ``EXTERNAL_COPY_BYTES``
+    and more (5 MB models: within 4 MB either way). A file that cannot be read is left to
+    onnxruntime to refuse."""
+    if not path.is_file() or not EXTERNAL_COPY_BYTES <= path.stat().st_size <= PROTOBUF_LIMIT_BYTES:
+        return path
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a readable model: onnxruntime will say so
+        return path
+    tensors = proto.graph.initializer
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors) or not any(
+        len(t.raw_data) >= EXTERNAL_TENSOR_BYTES for t in tensors
+    ):
+        return path
+    copy = folder / path.name
+    onnx.save_model(
+        proto,
+        str(copy),
+        save_as_external_data=True,
+        location=copy.name + ".data",
+        size_threshold=EXTERNAL_TENSOR_BYTES,
     )
+    return copy
 
 
 def is_large(source) -> bool:
