@@ -181,10 +181,10 @@ class ChannelPrunePass(CalibratedPass, InPlacePass):
             self.recover,
             model,
             samples,
-            lambda: (
-                channels.prune_round(model, options, samples)
+            lambda seen: (
+                channels.prune_round(model, options, seen)
                 if options.steps == 1
-                else schedule.run_steps(options, model, samples)
+                else schedule.run_steps(options, model, seen)
             ),
             batch_size=self.batch_size,
             seed=self.seed,

@@ -90,7 +90,7 @@ class DropBlocksPass(CalibratedPass, InPlacePass):
             self.recover,
             model,
             samples,
-            lambda: drop_blocks(model, self.settings(), samples),
+            lambda seen: drop_blocks(model, self.settings(), seen),
             batch_size=self.batch_size,
             seed=self.seed,
         )

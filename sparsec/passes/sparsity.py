@@ -92,7 +92,7 @@ class WeightSparsityPass(CalibratedPass, InPlacePass):
             self.recover,
             model,
             samples,
-            lambda: weights.sparsify(model, self.settings(), samples),
+            lambda seen: weights.sparsify(model, self.settings(), seen),
             batch_size=self.batch_size,
             seed=self.seed or 0,
         )

@@ -10,10 +10,12 @@ match, so a region may end at every cut value, not only where shapes agree). The
 per batch is the relative squared error ‖f_k(x_k; θ) − Y*_k‖² / ‖Y*_k‖², over the positions
 the padding mask keeps when the exit is laid out [batch, positions, ...]. θ: the region's
 trainable constants (weights, biases, norm parameters: ``regions.TRAINABLE_INPUTS``); zeros of
-masked weights stay zero (``translate``). Adam, at most ``steps`` steps (one batch each), every
-``HELD_OUT``-th calibration batch held out: the held-out error is measured every ``CHECK``
-steps, the best θ kept, the fit stopped after ``PATIENCE`` checks without improvement, and a
-region whose held-out error does not fall keeps its weights. When some regions ended at
+masked weights stay zero (``translate``). Adam, at most ``steps`` steps (one batch each); the
+held-out samples (every ``HELD_OUT``-th calibration sample, ``held_out``, kept out of the cut and
+its layer refit by ``result.reconstructed``: on samples the refit fitted, any change of its
+values looks worse) give the held-out error, measured every ``CHECK`` steps, the best θ kept,
+the fit stopped after ``PATIENCE`` checks without improvement, and a region whose held-out error
+does not fall keeps its weights. When some regions ended at
 shrunk values, a second stage fits the regions between values of the original's shape (at
 ``--channels`` on a CNN: the whole network, to its output) from the first stage's result, for
 at most ``WHOLE_STEPS``. With float inputs the fit's data are the calibration samples and
@@ -44,7 +46,7 @@ STEPS = 600  # Adam steps per region, at most
 WHOLE_STEPS = 8000  # the same for the second stage (regions between full-shape values)
 LEARNING_RATE = 1e-3
 THREADS = 1  # small regions: torch's thread pool costs more than it gains (100x on 2 busy cores)
-HELD_OUT = 8  # every 8th calibration batch is held out for early stopping
+HELD_OUT = 8  # every 8th calibration sample is held out for early stopping
 CHECK = 50  # steps between two measures of the held-out error
 PATIENCE = 20  # checks without a new best before a fit stops
 AUGMENT = 16  # noisy copies of the calibration samples added to the fit's data (float inputs)
@@ -77,11 +79,28 @@ class Fit:
     mask: str | None
 
 
+def held_out(samples: dict) -> tuple[dict, dict]:
+    """(the samples to fit, the held-out ones): every ``HELD_OUT``-th sample is held out (the
+    last one when there are fewer; all of them, for both, when there is one)."""
+    count = len(next(iter(samples.values())))
+    rows = np.arange(count)
+    held = rows % HELD_OUT == HELD_OUT - 1
+    if not held.any():
+        held[-1] = count > 1
+    if not held.any() or held.all():
+        return samples, samples
+    return (
+        {name: array[~held] for name, array in samples.items()},
+        {name: array[held] for name, array in samples.items()},
+    )
+
+
 def reconstruct(
     pruned,
     original,
     samples,
     *,
+    held: dict | None = None,
     batch_size: int = 16,
     steps: int | None = None,
     learning_rate: float | None = None,
@@ -89,9 +108,10 @@ def reconstruct(
     mask: str | None = None,
     plan: dict | None = None,
 ) -> dict:
-    """Fit ``pruned``'s regions in place against ``original`` (same names) on ``samples``;
-    ``mask``: a padding-mask input (positions where it is 0 are not fitted); ``plan``: the
-    cut's channel plan (``surgery.plan_json``), whose kept positions let regions end at values
+    """Fit ``pruned``'s regions in place against ``original`` (same names) on ``samples``,
+    stopped early on ``held`` (None: ``held_out(samples)``, samples the cut has seen); ``mask``:
+    a padding-mask input (positions where it is 0 are not fitted); ``plan``: the cut's
+    channel plan (``surgery.plan_json``), whose kept positions let regions end at values
     the cut shrank (their target the original's kept positions), followed then by a second
     stage over the regions between values of the original's shape (``WHOLE_STEPS``). Returns
     the per-region errors (relative, squared, on the calibration samples), the skipped regions
@@ -101,15 +121,18 @@ def reconstruct(
     torch.set_num_threads(THREADS)
     try:
         torch.manual_seed(seed)
+        if held is None:
+            samples, held = held_out(samples)
         fit = Fit(steps or STEPS, learning_rate or LEARNING_RATE, seed, batch_size, mask)
         exits = _exits(pruned, original, cut_chain(pruned), samples, batch_size, plan)
         every = augmented(samples, _copies(pruned, samples, batch_size), seed)
-        report = _stage(torch, pruned, original, (samples, every), exits, fit)
+        data = (samples, every, held)
+        report = _stage(torch, pruned, original, data, exits, fit)
         same = {name: None for name, where in exits.items() if where is None}
         if len(same) < len(exits):  # regions ended inside the cut: refine between full values
             whole = Fit(WHOLE_STEPS, fit.learning_rate, seed, batch_size, mask)
             done = {(row["entry"], row["exit"]) for row in report["regions"]}
-            _merge(report, _stage(torch, pruned, original, (samples, every), same, whole, done))
+            _merge(report, _stage(torch, pruned, original, data, same, whole, done))
         return {**report, "steps": fit.steps, "seed": seed}
     finally:
         torch.set_num_threads(threads)
@@ -124,15 +147,20 @@ def _merge(report: dict, second: dict) -> None:
 
 def _stage(torch, pruned, original, data: tuple, exits: dict, fit: Fit, done=frozenset()):
     """Fit the regions ending at ``exits`` in graph order, but those whose (entry, exit) is in
-    ``done``; ``data``: (the calibration samples, them followed by their augmented copies)."""
-    samples, every = data
+    ``done``; ``data``: (the calibration samples, them followed by their augmented copies, the
+    held-out samples)."""
+    samples, every, held = data
     regions = find_regions(pruned, cut_chain(pruned), exits.__contains__)
     skipped = [{"exit": r.exit, "reason": "; ".join(unsupported(r.nodes))} for r in regions]
     usable = [r for r, row in zip(regions, skipped) if not row["reason"]]
     usable = [r for r in usable if (r.entry, r.exit) not in done]
     skipped = [row for row in skipped if row["reason"]]
-    real = batch_count(pruned, samples, fit.batch_size)
     inputs, targets = _captures(pruned, original, every, regions, usable, fit)
+    more_inputs, more_targets = _captures(pruned, original, held, regions, usable, fit)
+    real = batch_count(pruned, samples, fit.batch_size)
+    fitted, held_batches = len(inputs), range(len(inputs), len(inputs) + len(more_inputs))
+    batches = (range(real), range(fitted), held_batches)  # indices: real, fitted, held out
+    inputs, targets = inputs + more_inputs, targets + more_targets
     targets = [_restricted(batch, exits) for batch in targets]
     weights = [_loss_weights(batch.get(fit.mask) if fit.mask else None) for batch in inputs]
     rows, arrays, current = [], {}, None
@@ -141,10 +169,10 @@ def _stage(torch, pruned, original, data: tuple, exits: dict, fit: Fit, done=fro
         block = TorchRegion(pruned, region, torch)
         feeds = [_feeds(batch, region, current, i) for i, batch in enumerate(inputs)]
         wanted = [batch[region.exit] for batch in targets]
-        row = _fit(torch, block, (feeds, wanted, weights), fit, real)
+        row = _fit(torch, block, (feeds, wanted, weights), fit, batches)
         with torch.no_grad():
             outputs = [block.forward(feed) for feed in feeds]
-        row["error_after"] = _error(outputs, wanted, weights, range(real))
+        row["error_after"] = _error(outputs, wanted, weights, batches[0])
         if row["fitted"]:
             arrays.update(_store(pruned, block))
         current = {"after": region.exit, "values": outputs}
@@ -185,7 +213,7 @@ def _exits(pruned, original, chain: list[str], samples, batch_size: int, plan: d
         return {}
     mine = next(capture(pruned, samples, names, batch_size))
     dense = next(capture(original, samples, names, batch_size))
-    found = {}
+    found: dict = {}
     for name in names:
         if name in mine and dense[name].shape == mine[name].shape:
             found[name] = None
@@ -310,19 +338,18 @@ def _error(outputs, targets, weights, batches=None) -> float:
     return diff / total if total else diff
 
 
-def _fit(torch, block: TorchRegion, data: tuple, fit: Fit, real: int) -> dict:
-    """Adam on the region's parameters with early stopping on held-out batches (of the first
-    ``real``, the calibration samples themselves; the others are their augmented copies);
-    ``data``: (feeds, targets, loss weights) per batch."""
+def _fit(torch, block: TorchRegion, data: tuple, fit: Fit, batches: tuple) -> dict:
+    """Adam on the region's parameters with early stopping on held-out batches; ``data``:
+    (feeds, targets, loss weights) per batch; ``batches``: the indices of (the calibration
+    samples, them and their augmented copies: the ones fitted, the held-out samples)."""
     feeds, targets, weights = data
-    held = [i for i in range(real) if i % HELD_OUT == HELD_OUT - 1] or [real - 1]
-    train = [i for i in range(len(feeds)) if i not in held] or held
+    real, train, held = (list(indices) for indices in batches)
 
-    def measure(batches) -> float:
+    def measure(indices) -> float:
         with torch.no_grad():
-            return _error({i: block.forward(feeds[i]) for i in batches}, targets, weights, batches)
+            return _error({i: block.forward(feeds[i]) for i in indices}, targets, weights, indices)
 
-    before, held_before = measure(range(real)), measure(held)
+    before, held_before = measure(real), measure(held)
     row = {"error_before": before, "held_before": held_before, "fitted": False, "steps": 0}
     if not block.parameters or before <= 1e-12:
         return {**row, "held_after": held_before}
