@@ -237,14 +237,15 @@ def _reference_runs(ref_session, model, arrays: dict, batch_size: int, large: bo
     """The reference's session, or, so that it is freed before the candidate's is made, its
     outputs on every batch (``runtime.Recorded``): always for a large model, else when they take
     at most ``EVAL_RECORD_BYTES`` (the first batch's tensor outputs times the batches)."""
+    batches = calibration_batches(model, arrays, batch_size)
+    first = ref_session.run(next(batches))
     if not large:
-        first = ref_session.run(next(calibration_batches(model, arrays, batch_size)))
         sizes = [getattr(value, "nbytes", None) for value in first.values()]
         if None in sizes:  # non-tensor outputs: their size is not known
             return ref_session
         if sum(sizes) * batch_count(model, arrays, batch_size) > EVAL_RECORD_BYTES:
             return ref_session
-    return runtime.Recorded(ref_session, calibration_batches(model, arrays, batch_size))
+    return runtime.Recorded(ref_session, batches, done=[first])
 
 
 def _inputs_model(reference, candidate) -> Model:

@@ -137,12 +137,16 @@ class Session:
 class Recorded:
     """A session's outputs on a sequence of feeds, computed up front: it stands in for the
     session (freed meanwhile) where the same feeds are run in the same order, so that a large
-    model's session is not alive with another's. ``run`` returns the next recorded outputs."""
+    model's session is not alive with another's. ``run`` returns the next recorded outputs;
+    ``done``: the outputs of feeds run already, before ``feeds``."""
 
-    def __init__(self, session: Session, feeds: Iterable[dict[str, np.ndarray]]) -> None:
+    def __init__(
+        self, session: Session, feeds: Iterable[dict[str, np.ndarray]], done: Iterable = ()
+    ) -> None:
         self.input_names, self.output_names = session.input_names, session.output_names
         self.output_types = session.output_types
-        self._outputs = collections.deque(session.run(batch) for batch in feeds)
+        self._outputs = collections.deque(done)
+        self._outputs.extend(session.run(batch) for batch in feeds)
 
     def run(
         self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None
