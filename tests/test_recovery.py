@@ -17,7 +17,7 @@ from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.sparsity import WeightSparsityPass
-from sparsec.pruning.recovery import find_layers, output_error, recover
+from sparsec.pruning.recovery import find_layers, output_error, recover, refit
 from sparsec.pruning.recovery.layers import stages
 from sparsec.pruning.recovery.ridge import Normal
 
@@ -610,3 +610,39 @@ def test_the_masked_solve_equals_one_solve_per_column(rng):
         want = np.zeros(13)
         want[keep] = np.linalg.solve(system, normal.c[keep, column] + penalty * prior[keep, column])
         np.testing.assert_allclose(got[:, column], want, rtol=1e-9, atol=1e-12)
+
+
+def _whole_run_error(model: Model, original: Model, samples) -> float:
+    """‖model − original‖² / ‖original‖², both run whole on every sample in float64."""
+    got, want = run_ort(model, samples)[0].astype(np.float64), run_ort(original, samples)[0]
+    want = want.astype(np.float64)
+    return float(np.square(got - want).sum() / np.square(want).sum())
+
+
+def test_output_error_from_the_cut_equals_the_whole_runs(rng):
+    """An edited copy runs only from its cut (the original once for both errors of a refit);
+    a model with other nodes runs whole: the same error either way, to float rounding."""
+    model, original, plan = _pruned(_cnn, rng)
+    samples = _samples(rng, (3, 8, 8), 40)
+    unfitted = model.copy()
+    before = _whole_run_error(model, original, samples)
+    assert output_error(model, original, samples, batch_size=16) == pytest.approx(before, rel=1e-5)
+    stats = recover(model, original, samples, plan)
+    assert stats["output_error_before"] == pytest.approx(before, rel=1e-5)
+    after = _whole_run_error(model, original, samples)
+    assert stats["output_error_after"] == pytest.approx(after, rel=1e-5) and after < before
+    assert output_error(unfitted, original, samples) == pytest.approx(before, rel=1e-5)
+
+
+def test_conv_rows_of_many_samples_at_once_fit_as_one_at_a_time(rng, monkeypatch):
+    """A Conv's im2col rows go to the normal equations a batch at a time (the Gram matrix
+    summed once per batch, not per sample): the refit is the per-sample one."""
+    fits = []
+    for budget in (0, refit.IM2COL_BYTES):  # 0: one sample per add, as before
+        monkeypatch.setattr(refit, "IM2COL_BYTES", budget)
+        model, original, plan = _pruned(_cnn, np.random.default_rng(3))
+        stats = recover(model, original, _samples(np.random.default_rng(4), (3, 8, 8), 48), plan)
+        fits.append((stats["output_error_after"], _weights(model)))
+    assert fits[0][0] == pytest.approx(fits[1][0], rel=1e-9)
+    for name, array in fits[0][1].items():
+        np.testing.assert_allclose(fits[1][1][name], array, rtol=1e-5, atol=1e-7)

@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 from conftest import MODELS
 
+from sparsec.analysis import shapes as shapes_module
+from sparsec.analysis.activations import random_samples
+from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.shapes import value_shapes
 from sparsec.ir import Model
 from sparsec.ir.compare import changed_nodes
 from sparsec.passes import Pipeline
 from sparsec.passes.builtin import canonical_passes
 from sparsec.pruning import budget, suffix
+from sparsec.pruning.selection import lowest_units
 from sparsec.pruning.sensitivity import allocate, measure, subset_samples
 from sparsec.pruning.surgery import prune_channels
 from sparsec.spec.options import OPTION_BY_NAME
@@ -148,3 +153,36 @@ def test_head_groups_measure_the_same_on_both_paths(samples):
     assert {g.kind for g in fast.groups} >= {"heads"} and len(fast.groups) == 2
     assert _errors(fast) == pytest.approx(_errors(full), rel=1e-5)
     assert [g.points[0].macs for g in fast.groups] == [g.points[0].macs for g in full.groups]
+
+
+@pytest.mark.parametrize(
+    "path, carried",
+    [
+        ("digits_cnn.onnx", 0),
+        ("couplings/concat_split.onnx", 0),
+        ("attention/paddle/svtr_split.onnx", None),
+    ],
+)
+def test_a_pruned_copy_takes_the_original_shapes_and_its_cut_dims(path, carried, monkeypatch):
+    """A point's copy is analysed with the original's shapes (no inference or measuring run),
+    and costed with them less the cut's channels: the same shapes and costs as a fresh
+    analysis of the pruned copy, for every prunable group (a cut that adds nodes, heads' shape
+    Concats, has its shapes computed)."""
+    model = Model.load(MODELS / path)
+    Pipeline(canonical_passes())(model)
+    samples = random_samples(model, 2, 0)
+    measurer = suffix.PointMeasurer(model, samples, 2, fast=True, lossy=True)
+    runs, compute = [], shapes_module._compute
+    monkeypatch.setattr(shapes_module, "_compute", lambda *a: runs.append(1) or compute(*a))
+    checked = 0
+    for group in (g for g in measurer.groups.values() if g.prunable):
+        units = lowest_units(group, np.arange(group.units, dtype=float), 0.5)
+        pruned, point = measurer._pruned(group, units, 0.5)
+        fresh = pruned.copy()  # no cached analysis: everything computed again
+        assert value_shapes(pruned, measurer.shapes) == value_shapes(fresh, measurer.shapes)
+        cost = analyze_cost(fresh, measurer.shapes)
+        assert (point.macs, point.params) == (cost.macs, cost.params)
+        checked += 1
+    assert checked >= 2 and len(runs) >= checked  # the fresh copies' analyses, at least
+    if carried:
+        assert len(runs) == checked  # the fresh copies' only: none for the points themselves

@@ -29,16 +29,17 @@ being measured.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from sparsec.analysis.activations import calibration_batches, fixed_batch
 from sparsec.analysis.cost import analyze_cost
-from sparsec.analysis.groups import find_channel_groups
+from sparsec.analysis.groups import find_channel_groups, kept_positions
 from sparsec.errors import InternalError
 from sparsec.ir import Model, runtime
+from sparsec.ir.carried import carry
 from sparsec.ir.compare import changed_nodes
 from sparsec.pruning.selection import lowest_units
 from sparsec.pruning.surgery import prune_channels
@@ -116,10 +117,57 @@ def squares(
     a large output, such as a recognizer's per-position class scores)."""
     total = np.zeros(units)
     for name in names:
-        value = outputs[name] if minus is None else outputs[name] - minus[name]
-        rows = np.asarray(value).reshape(units, -1)
+        value = _numeric(outputs[name])
+        value = value if minus is None else value - _numeric(minus[name])
+        rows = value.reshape(units, -1)
         total += np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
     return total
+
+
+def _numeric(array) -> np.ndarray:
+    """A float array as it is; an integer or boolean one (a class index output) as float64."""
+    array = np.asarray(array)
+    return array if array.dtype.kind in "fc" else array.astype(np.float64)
+
+
+def output_errors(models: Sequence, original, samples, batch_size: int = 16) -> list[float]:
+    """``recovery.output_error`` of each of ``models`` against ``original``, which runs once per
+    batch: a model that is an edited copy of it (the same nodes in the same order) runs only its
+    suffix from the original's frontier values (module docstring), any other one whole."""
+    names = tuple(v.name for v in original.outputs)
+    inputs = {v.name for v in original.inputs}
+    cuts = [_cut_for(original, model, names) for model in models]
+    exposed = [
+        n
+        for n in dict.fromkeys(names + tuple(n for c in cuts for n in c.frontier))
+        if n not in inputs
+    ]
+    session = (
+        runtime.session_for(original, extra_outputs=exposed, optimization="disable", only=True)
+        if exposed
+        else None
+    )
+    a, b = np.zeros(len(models)), 0.0
+    sessions: list = []
+    for feeds in calibration_batches(original, samples, batch_size):
+        batch = {**feeds, **(session.run(feeds, exposed) if session is not None else {})}
+        want = {name: batch[name] for name in names}
+        b += float(squares(want, names, 1)[0])
+        sessions = sessions or [_suffix_session(m, c, batch, 0) for m, c in zip(models, cuts)]
+        for index, (run, cut) in enumerate(zip(sessions, cuts)):
+            if run is not None:
+                got = run.run(batch, cut.outputs)  # a session takes the feeds it reads
+                a[index] += float(squares(got, cut.outputs, 1, want)[0])
+    return [float(x / b) if b else float(x) for x in a]
+
+
+def _cut_for(original, model, names: tuple[str, ...]) -> Cut:
+    """``cut_of`` for an edited copy of ``original`` that onnxruntime can run cut; else the
+    whole run (from the inputs, every output)."""
+    same = len(model.nodes()) == len(original.nodes())
+    if same and runtime.can_truncate(original) and runtime.can_truncate(model):
+        return cut_of(original, model)
+    return Cut(tuple(v.name for v in original.inputs), names)
 
 
 def ratio_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -282,13 +330,23 @@ class PointMeasurer:
 
     def _pruned(self, group, units: np.ndarray, ratio: float):
         pruned = self.model.copy()
+        for prefix in SHAPE_KEYS:  # the same graph: the same shapes and shape values
+            carry(self.model, pruned, prefix)
         analysis = find_channel_groups(pruned)
         twin = analysis.groups[group.id] if group.id < len(analysis.groups) else None
         if twin is None or twin.compute != group.compute:
             raise InternalError(
                 f"sensitivity: group {group.id} has another id on a copy of the model"
             )
-        prune_channels(pruned, analysis, {group.id: units})
+        removed = {group.id: units}
+        prune_channels(pruned, analysis, removed)
+        if len(pruned.nodes()) == len(self.model.nodes()):  # no node added (heads' shape Concats)
+            carry(
+                self.model,
+                pruned,
+                SHAPE_KEYS[0],
+                cut_shapes(pruned, kept_positions(analysis, removed)),
+            )
         cost = analyze_cost(pruned, self.shapes)
         nodes = aligned_costs(self.model, pruned, cost)
         return pruned, Measured(ratio, units, np.nan, np.nan, cost.macs, cost.params, nodes)
@@ -308,6 +366,32 @@ class PointMeasurer:
             pending, evaluate(models, cuts, self.reference, batches)
         ):
             point.error, point.stderr = error, stderr
+
+
+# cached analyses (``analysis.shapes``) a copy takes from the original: value shapes, then the
+# values of the small tensors group analysis measures (not carried past a cut: they may be shapes)
+SHAPE_KEYS = ("value_shapes:", "values:")
+
+
+def cut_shapes(pruned, table: Mapping) -> Callable[[dict], dict]:
+    """The original's value shapes (``analysis.shapes.value_shapes``) made ``pruned``'s, a copy
+    of it that ``surgery`` cut by ``table`` (member -> kept positions): every value whose size
+    a cut changes is a member of the group (a node that does not map it blocks the group), so a
+    member's axis takes its kept count; constants are read from ``pruned`` (a fixup may have
+    given a node a new one, such as Split sizes)."""
+
+    def edit(shapes: dict) -> dict:
+        shapes = dict(shapes)
+        for (name, axis), kept in table.items():
+            if name in shapes:
+                shapes[name] = (*shapes[name][:axis], len(kept), *shapes[name][axis + 1 :])
+        for name, value in pruned.initializers().items():
+            shape = pruned.constant_shape(value)
+            if shape is not None:
+                shapes[name] = shape
+        return shapes
+
+    return edit
 
 
 def cost_shapes(model, samples: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:

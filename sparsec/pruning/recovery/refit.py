@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from sparsec.analysis.activations import Frontier, capture, padding_mask
+from sparsec.analysis.activations import Frontier, padding_mask
 from sparsec.errors import InputError
 from sparsec.pruning.plans import source
 from sparsec.pruning.recovery.layers import find_layers, stages
 from sparsec.pruning.recovery.ridge import DEFAULT_RIDGE, ChannelNormal, Normal
 from sparsec.pruning.recovery.sparsegpt import OriginalWeights, reselected
 from sparsec.pruning.recovery.views import Layer, input_rows, matrix, store
+from sparsec.pruning.suffix import output_errors
 from sparsec.results import Diagnostic, stage
 
 
@@ -46,7 +47,7 @@ def recover(
     None chooses each layer's ridge by cross-validation (``Normal.chosen_ridge``)."""
     layers, skipped = find_layers(pruned, original, plan, drifted)
     originals = OriginalWeights(original) if reselect else None
-    before = output_error(pruned, original, samples, batch_size)
+    unfitted = pruned.copy() if layers else pruned  # shares the tensors a refit replaces
     frontiers = (
         Frontier(pruned, stages(pruned, layers)),
         Frontier(original, stages(original, layers)),
@@ -71,7 +72,11 @@ def recover(
                     reselected(originals, layer, normal, chosen, reselect),
                 )
             )
-    after = output_error(pruned, original, samples, batch_size) if layers else before
+    before, after = (
+        output_errors([unfitted, pruned], original, samples, batch_size)
+        if layers
+        else [output_error(pruned, original, samples, batch_size)] * 2
+    )
     return {
         "layers_refit": sum(row["refit"] for row in rows),
         "layers_kept": sum(not row["refit"] for row in rows),
@@ -190,19 +195,10 @@ def refit_replay(
     )(**options)
 
 
-def output_error(model, original, samples, batch_size: int = 16, *, session=None) -> float:
-    """‖model − original‖² / ‖original‖² over every graph output and calibration sample."""
-    names = [value.name for value in original.outputs]
-    diff = total = 0.0
-    for got, want in zip(
-        capture(model, samples, names, batch_size),
-        capture(original, samples, names, batch_size, session=session),
-    ):
-        for name in names:
-            expected = np.asarray(want[name], dtype=np.float64)
-            diff += float(np.square(np.asarray(got[name], dtype=np.float64) - expected).sum())
-            total += float(np.square(expected).sum())
-    return diff / total if total else diff
+def output_error(model, original, samples, batch_size: int = 16) -> float:
+    """‖model − original‖² / ‖original‖² over every graph output and calibration sample
+    (``suffix.output_errors``: an edited copy of ``original`` runs from its cut)."""
+    return output_errors([model], original, samples, batch_size)[0]
 
 
 def _accumulate(
@@ -232,10 +228,9 @@ def _accumulate(
         for layer, normal in zip(group, normals):
             y = _target(layer, np.asarray(ys[layer.target]), xs.get(layer.residual))
             x, y = _masked_rows(np.asarray(xs[layer.x]), y, xs.get(mask), layer)
-            for start in range(
-                0, len(x), 1 if layer.conv else len(x)
-            ):  # im2col one sample at a time
-                end = start + (1 if layer.conv else len(x))
+            step = _samples_at_once(pruned.model, layer, x, y)
+            for start in range(0, len(x), step):
+                end = start + step
                 rows, wanted = (
                     input_rows(pruned.model, layer, x[start:end]),
                     y[start:end].reshape(-1, y.shape[-1]),
@@ -247,6 +242,21 @@ def _accumulate(
                     )
                 normal.add(rows, wanted, batch)
     return normals
+
+
+IM2COL_BYTES = 32 << 20  # a Conv's im2col rows built at once (as float64, what the normal reads)
+
+
+def _samples_at_once(model, layer: Layer, x: np.ndarray, y: np.ndarray) -> int:
+    """Samples whose rows go to one ``Normal.add``: the whole batch, a Conv's im2col only up to
+    ``IM2COL_BYTES`` (one sample at least). Each add also sums a [K, K] Gram matrix into the
+    normal: per sample, on a conv reading few positions with many taps (K = 2880 at 40 rows),
+    that sum, not the product, was the cost."""
+    if not layer.conv or len(x) < 2:
+        return max(len(x), 1)
+    taps = x.shape[1] * int(np.prod(model.constant_shape(layer.weight)[2:]))
+    rows = int(np.prod(y.shape[1:-1]))  # output positions per sample
+    return int(np.clip(IM2COL_BYTES // max(8 * rows * (taps + 1), 1), 1, len(x)))
 
 
 def _target(layer: Layer, y: np.ndarray, residual: np.ndarray | None) -> np.ndarray:
