@@ -266,8 +266,16 @@ def _call(function: Callable, task, *done):
 
 
 def _gathered(ray, refs: list) -> Generator:
+    """The tasks' results in task order; closed early (or on a task's error), it cancels the tasks
+    not done, never a done one: cancelling a task whose reply is on its way aborts Ray's driver
+    ("Tried to complete task that was not pending", ray-project/ray#54798)."""
+    done = 0
     try:
-        yield from _unwrapped(ray, (ray.get(ref) for ref in refs))
+        for result in _unwrapped(ray, (ray.get(ref) for ref in refs)):
+            done += 1
+            yield result
     finally:
-        for ref in refs:
-            ray.cancel(ref)
+        if done < len(refs):
+            _, running = ray.wait(refs[done:], num_returns=len(refs) - done, timeout=0)
+            for ref in running:
+                ray.cancel(ref)
