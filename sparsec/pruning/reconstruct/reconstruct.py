@@ -10,7 +10,8 @@ match, so a region may end at every cut value, not only where shapes agree). The
 per batch is the relative squared error ‖f_k(x_k; θ) − Y*_k‖² / ‖Y*_k‖², over the positions
 the padding mask keeps when the exit is laid out [batch, positions, ...]. θ: the region's
 trainable constants (weights, biases, norm parameters: ``regions.TRAINABLE_INPUTS``); zeros of
-masked weights stay zero (``translate``). Adam, at most ``steps`` steps (one batch each); the
+masked weights stay zero (``translate``). Adam (``LEARNING_RATE``; ``PLAIN_LEARNING_RATE``
+without augmented copies), at most ``steps`` steps (one batch each); the
 held-out samples (every ``HELD_OUT``-th calibration sample, ``held_out``, kept out of the cut and
 its layer refit by ``result.reconstructed``: on samples the refit fitted, any change of its
 values looks worse) give the held-out error, measured every ``CHECK`` steps, the best θ kept,
@@ -45,6 +46,7 @@ from sparsec.results import progress, stage
 STEPS = 600  # Adam steps per region, at most
 WHOLE_STEPS = 8000  # the same for the second stage (regions between full-shape values)
 LEARNING_RATE = 1e-3
+PLAIN_LEARNING_RATE = 1e-4  # without augmented copies (token inputs): they overfit sooner
 THREADS = 1  # small regions: torch's thread pool costs more than it gains (100x on 2 busy cores)
 HELD_OUT = 8  # every 8th calibration sample is held out for early stopping
 CHECK = 50  # steps between two measures of the held-out error
@@ -123,9 +125,10 @@ def reconstruct(
         torch.manual_seed(seed)
         if held is None:
             samples, held = held_out(samples)
-        fit = Fit(steps or STEPS, learning_rate or LEARNING_RATE, seed, batch_size, mask)
-        exits = _exits(pruned, original, cut_chain(pruned), samples, batch_size, plan)
         every = augmented(samples, _copies(pruned, samples, batch_size), seed)
+        rate = learning_rate or (LEARNING_RATE if every is not samples else PLAIN_LEARNING_RATE)
+        fit = Fit(steps or STEPS, rate, seed, batch_size, mask)
+        exits = _exits(pruned, original, cut_chain(pruned), samples, batch_size, plan)
         data = (samples, every, held)
         report = _stage(torch, pruned, original, data, exits, fit)
         same = {name: None for name, where in exits.items() if where is None}
