@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def machine() -> str:
-    """The heading: date, CPU, cores, memory, Python and the runtime versions."""
+    """The heading: date, CPU, cores, memory, the load average (other jobs on a shared machine
+    slow every wall-clock figure), Python and the runtime versions."""
     import numpy
     import onnx
     import onnxruntime
@@ -98,9 +99,10 @@ def machine() -> str:
     gib = f"{int(memory) / 2**20:.1f} GiB" if memory != "?" else "?"
     return (
         f"# sparsec performance suite\n\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{cpu}, {os.cpu_count()} cores, {gib}; Python {platform.python_version()}, onnxruntime "
+        f"{cpu}, {os.cpu_count()} cores, {gib}, load average {os.getloadavg()[0]:.1f} at the "
+        f"start; Python {platform.python_version()}, onnxruntime "
         f"{onnxruntime.__version__}, onnx {onnx.__version__}, numpy {numpy.__version__}; "
-        f"`python benchmarks/performance.py {' '.join(sys.argv[1:])}`".rstrip()
+        f"`{' '.join(['python benchmarks/performance.py', *sys.argv[1:]])}`"
     )
 
 
