@@ -21,13 +21,17 @@ def comparison(ratio: float, noise: float = 0.0) -> LatencyComparison:
 
 
 def macs_timer(calls: list):
-    """A runtime whose latency is exactly proportional to MACs."""
+    """A runtime whose latency is exactly proportional to MACs (a ``timer_for`` stand-in);
+    ``calls`` gets every candidate timed."""
 
-    def timer(reference, candidate, runs=20):
-        calls.append(candidate)
-        return comparison(analyze_cost(candidate).macs / analyze_cost(reference).macs)
+    def timer_for(reference):
+        def timer(candidate, runs=20):
+            calls.append(candidate)
+            return comparison(analyze_cost(candidate).macs / analyze_cost(reference).macs)
 
-    return timer
+        return timer
+
+    return timer_for
 
 
 def test_bisection_finds_the_crossing_within_its_resolution():
@@ -58,7 +62,7 @@ def test_noise_ends_the_search_early_only_under_the_target():
 
 def test_the_pass_reaches_its_target_and_passes_the_oracle(monkeypatch):
     calls: list = []
-    monkeypatch.setattr(latency_target, "time_models", macs_timer(calls))
+    monkeypatch.setattr(latency_target, "timer_for", macs_timer(calls))
     before = analyze_cost(Model.load(DIGITS)).macs
     model, result = prune(DIGITS, ratio=0.0, target_latency=0.4)
     assert len(calls) >= 3, "bisection probes were timed"
@@ -87,10 +91,28 @@ def test_bad_target_latency_is_one_error_line(cli, tmp_path, args, words):
     assert code != 0 and words in err and "Traceback" not in err
 
 
+def test_one_reference_session_serves_every_probe(monkeypatch):
+    from sparsec.ir import runtime
+
+    sessions = []
+    made = runtime.session_for
+
+    def counted(model, **options):
+        sessions.append(model)
+        return made(model, **options)
+
+    monkeypatch.setattr(runtime, "session_for", counted)
+    model = Model.load(DIGITS)
+    _ratio, _note, _reached = latency_target.find_ratio(
+        model, lambda m, r: None, 2.0, high=0.9
+    )  # every probe reaches 2.0: the high probe, then the bisection's
+    assert sessions.count(model) == 1 and len(sessions) >= 2
+
+
 def test_cli_target_latency_writes_the_note_in_the_report(cli, tmp_path, monkeypatch):
     import json
 
-    monkeypatch.setattr(latency_target, "time_models", macs_timer([]))
+    monkeypatch.setattr(latency_target, "timer_for", macs_timer([]))
     report = tmp_path / "r.json"
     code, _out, err = cli(
         "compress",
@@ -114,12 +136,12 @@ def test_cli_target_latency_writes_the_note_in_the_report(cli, tmp_path, monkeyp
 def test_a_noisy_probe_is_timed_again_with_more_runs(monkeypatch):
     runs_asked = []
 
-    def timer(reference, candidate, runs=latency_target.RUNS):
+    def timer(candidate, runs=latency_target.RUNS):
         runs_asked.append(runs)
         noisy = len(runs_asked) % 2 == 1
         return comparison(0.3, noise=0.5 if noisy else 0.01)
 
-    monkeypatch.setattr(latency_target, "time_models", timer)
+    monkeypatch.setattr(latency_target, "timer_for", lambda reference: timer)
     model = Model.load(DIGITS)
     _ratio, note, reached = latency_target.find_ratio(model, lambda m, r: None, 0.5, high=0.9)
     assert reached and runs_asked[:2] == [latency_target.RUNS, 2 * latency_target.RUNS]

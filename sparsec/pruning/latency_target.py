@@ -76,30 +76,35 @@ def note_text(probes: list[Probe], target: float) -> str:
     )
 
 
-def time_models(reference, candidate, runs: int = RUNS) -> LatencyComparison:
-    """``candidate`` against ``reference`` (``Model``s) on one thread, interleaved, on seeded
-    random inputs at ``reference``'s bound input shapes."""
+def timer_for(reference) -> Callable[..., LatencyComparison]:
+    """A timer of candidates (``Model``s) against ``reference``, on one thread, interleaved, on
+    seeded random inputs at ``reference``'s bound input shapes: the reference's session and
+    inputs are made once, for every probe of a search."""
     from sparsec.analysis.inputs import bind_shapes, random_inputs
     from sparsec.ir.runtime import session_for
 
     feeds = random_inputs(reference, bind_shapes(reference), 0)
-    return compare_latency(
-        session_for(reference, threads=1), session_for(candidate, threads=1), feeds, runs
-    )
+    session = session_for(reference, threads=1)
+
+    def time_candidate(candidate, runs: int = RUNS) -> LatencyComparison:
+        return compare_latency(session, session_for(candidate, threads=1), feeds, runs)
+
+    return time_candidate
 
 
 def find_ratio(
     model, prune: Callable[[object, float], object], target: float, high: float
 ) -> tuple[float, str, bool]:
     """(ratio, note, reached): ``prune(copy, ratio)`` cuts a copy of ``model`` in place."""
+    timer = timer_for(model)
 
     def latency_at(ratio: float) -> LatencyComparison:
         candidate = model.copy()
         prune(candidate, ratio)
-        first = time_models(model, candidate)
+        first = timer(candidate)
         if first.noise <= NOISY:
             return first
-        return time_models(model, candidate, runs=2 * RUNS)  # a noisy probe is timed again, longer
+        return timer(candidate, runs=2 * RUNS)  # a noisy probe is timed again, longer
 
     probes = search(latency_at, target, high)
     best = chosen(probes, target)
