@@ -166,6 +166,23 @@ def cli() -> None:
     help="With --sensitivity: which units each ratio removes (default: activation with real calibration "
     "data, else l1).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="With --sensitivity: measure the groups in N worker processes (each holds one copy of "
+    "the model; the table is the same).  [default: 1]",
+)
+@click.option(
+    "--executor",
+    "executor_name",
+    default=None,
+    metavar="WHERE",
+    help="With --sensitivity: where the groups are measured: local (this machine, --jobs "
+    "processes), ray (RAY_ADDRESS's cluster, else a new local Ray instance), ray://HOST:PORT or "
+    "HOST:PORT (Ray actors; needs pip install 'sparsec[ray]'). The table is the same.",
+)
 @input_shape_option
 @inputs_option
 def analyze(
@@ -183,12 +200,13 @@ def analyze(
     calibration,
     calibration_samples,
     importance,
+    jobs: int | None,
+    executor_name: str | None,
     input_shapes: tuple[str, ...],
     inputs: Path | None,
 ) -> None:
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
     from sparsec import api, inspection, report
-    from sparsec.spec.options import default_importance
 
     loaded = api.Model.load(model)
     summary = api.analyze(loaded, input_shapes, inputs)
@@ -213,8 +231,13 @@ def analyze(
         raise click.UsageError(
             "--calibration and --calibration-samples go with " + _either(list(calibrated))
         )
-    if importance is not None and not sensitivity:
-        raise click.UsageError("--importance goes with --sensitivity")
+    for flag, given in (
+        ("--importance", importance),
+        ("--jobs", jobs),
+        ("--executor", executor_name),
+    ):
+        if given is not None and not sensitivity:
+            raise click.UsageError(f"{flag} goes with --sensitivity")
     sections = []  # the text after the summary
     if activations:
         summary["activations"] = _activations(
@@ -224,21 +247,39 @@ def analyze(
     elif zero_threshold is not None or plot_path is not None:
         raise click.UsageError("--zero-threshold and --plot go with --activations")
     if sensitivity:
-        if calibration is None:
-            raise click.UsageError(
-                "--sensitivity measures output errors on calibration data: give --calibration"
-            )
-        table = api.sensitivity(
-            loaded,
-            calibration,
-            samples=calibration_samples or 0,
-            importance=importance or default_importance(calibration),
-            progress=lambda text: _echo(f"  {text}", err=True),
+        table = _sensitivity(
+            loaded, calibration, calibration_samples, importance, jobs or 1, executor_name
         )
         summary["sensitivity"] = table.to_json()
         sections.append(table.text())
     text = "\n\n".join([report.analyze_text(summary), *sections])
     _echo(json.dumps(summary, indent=2) if as_json else text)
+
+
+def _sensitivity(model, calibration, samples, importance, jobs: int, executor_name):
+    """``analyze --sensitivity``: the table, measured where ``--jobs``/``--executor`` say."""
+    from sparsec import api, executor
+    from sparsec.spec.options import default_importance
+
+    if calibration is None:
+        raise click.UsageError(
+            "--sensitivity measures output errors on calibration data: give --calibration"
+        )
+    try:
+        where = executor.parse(executor_name or executor.LOCAL)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--executor") from None
+    if where.remote:
+        executor.require_ray()
+    return api.sensitivity(
+        model,
+        calibration,
+        samples=samples or 0,
+        importance=importance or default_importance(calibration),
+        progress=lambda text: _echo(f"  {text}", err=True),
+        jobs=jobs,
+        executor=where,
+    )
 
 
 def _either(flags: list[str]) -> str:

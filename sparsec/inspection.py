@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sparsec import executor as executors
 from sparsec.analysis.activation_zeros import NEAR_ZERO, ActivationReport, activation_report
 from sparsec.analysis.activations import RANDOM, load_calibration
 from sparsec.analysis.blocks import find_blocks
@@ -178,16 +179,21 @@ def sensitivity(
     importance: str = "activation",
     ratios: Sequence[float] = sensitivity_analysis.RATIOS,
     progress: Callable[[str], None] | None = None,
+    jobs: int = 1,
+    executor: str | executors.Executor = executors.LOCAL,
 ):
     """The sensitivity table of ``model`` (a ``SensitivityTable``): each prunable group pruned
     alone at each ratio, on the model as channel-prune sees it (canonicalized; ``model`` itself
-    is left as loaded), output error on the calibration samples."""
+    is left as loaded), output error on the calibration samples; the groups measured in ``jobs``
+    worker processes or on ``executor`` (``sparsec.executor``: Ray actors), the same table."""
     data = load_calibration(calibration_spec(calibration), model, samples)
     canonical = model.copy()
     Pipeline(canonical_passes())(
         canonical
     )  # what runs before channel-prune: the same groups, the same ids
-    return sensitivity_analysis.measure(canonical, data, ratios, importance, progress=progress)
+    return sensitivity_analysis.measure(
+        canonical, data, ratios, importance, progress=progress, jobs=jobs, executor=executor
+    )
 
 
 def activations(

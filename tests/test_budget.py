@@ -104,3 +104,27 @@ def test_analyze_sensitivity_prints_the_table(cli):
     )
     code, _, stderr = cli("analyze", DIGITS, "--sensitivity")
     assert code == 2 and "give --calibration" in stderr
+
+
+def test_analyze_sensitivity_in_worker_processes_gives_the_same_table(cli):
+    args = ["analyze", DIGITS, "--sensitivity", "--calibration", CALIB]
+    args += ["--calibration-samples", "32", "--json"]
+    tables = []
+    for jobs in ("1", "2"):
+        code, stdout, stderr = cli(*args, "--jobs", jobs)
+        assert code == 0, stderr
+        tables.append(json.loads(stdout)["sensitivity"])
+    assert tables[0]["groups"] == tables[1]["groups"]
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--jobs", "2"], "--jobs goes with --sensitivity"),
+        (["--executor", "ray"], "--executor goes with --sensitivity"),
+        (["--sensitivity", "--calibration", str(CALIB), "--executor", "nowhere"], "--executor"),
+    ],
+)
+def test_analyze_sweep_options_are_checked_first(cli, extra, words):
+    code, _, stderr = cli("analyze", DIGITS, *extra)
+    assert code == 2 and words in stderr and "Traceback" not in stderr
