@@ -57,3 +57,35 @@ def test_gather_unsqueeze_concat_chain_folds_exactly():
     assert ConstantFoldShapesPass()(model).stats["nodes_folded"] == 3
     assert [n.op_type for n in model.nodes()] == ["Reshape"]
     assert_same_outputs(proto, model.to_proto(), {"x": np.arange(9, dtype=np.float32)})
+
+
+def test_float_data_movement_is_refused_without_running_it(monkeypatch):
+    """An op whose output has its first input's type (Unsqueeze) is not evaluated on a float
+    constant (the result could never fold), while on an int64 constant it still folds."""
+    from sparsec.ir import cleanup
+
+    evaluated = []
+    run = cleanup.evaluate_node
+
+    def recorded(model, node, arrays):
+        evaluated.append(arrays[0].dtype)
+        return run(model, node, arrays)
+
+    monkeypatch.setattr(cleanup, "evaluate_node", recorded)
+    inits = [
+        numpy_helper.from_array(np.ones(4, np.float32), "scale"),
+        numpy_helper.from_array(np.array([2, 2], np.int64), "dims"),
+        numpy_helper.from_array(np.array([0], np.int64), "axes"),
+    ]
+    nodes = [
+        helper.make_node("Unsqueeze", ["scale", "axes"], ["s"]),
+        helper.make_node("Mul", ["x", "s"], ["m"]),
+        helper.make_node("Unsqueeze", ["dims", "axes"], ["d"]),
+        helper.make_node("Squeeze", ["d", "axes"], ["shape"]),
+        helper.make_node("Reshape", ["m", "shape"], ["y"]),
+    ]
+    model = Model.from_proto(make_model(nodes, [("x", F, [1, 4])], [("y", F, [2, 2])], inits))
+    result = ConstantFoldShapesPass()(model)
+    assert result.stats["nodes_folded"] == 2  # the int64 Unsqueeze and Squeeze
+    assert evaluated == [np.dtype(np.int64), np.dtype(np.int64)]
+    assert [n.op_type for n in model.nodes()] == ["Unsqueeze", "Mul", "Reshape"]

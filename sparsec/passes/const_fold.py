@@ -42,6 +42,30 @@ NEVER_FOLD = {
     "DynamicQuantizeLinear",
 }
 
+# Ops whose outputs have their first input's element type (ONNX's type constraints): on a float
+# first input they cannot produce a shape, so they are not evaluated at all (old exporters feed
+# hundreds of Unsqueezes of float BN parameters through here; each cost a reference evaluator).
+SAME_TYPE_AS_FIRST_INPUT = {
+    "Identity",
+    "Unsqueeze",
+    "Squeeze",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Concat",
+    "Expand",
+    "Tile",
+    "Slice",
+    "Gather",
+    "Split",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Neg",
+    "Abs",
+}
+
 
 def _static_shape_result(model, node, shapes: dict) -> np.ndarray | None:
     """Shape (its start/end slice) or Size of a tensor whose needed dims are all static."""
@@ -69,6 +93,13 @@ def _fold_result(model, node, shapes: dict, max_elements: int) -> list[np.ndarra
     if not sizes or any(shape is None or math.prod(shape) > max_elements for shape in sizes):
         return None
     arrays = [model.constant(v) if v is not None else None for v in node.inputs]
+    first = arrays[0]
+    if (
+        node.op_type in SAME_TYPE_AS_FIRST_INPUT
+        and first is not None
+        and first.dtype.kind not in "iub"
+    ):
+        return None  # its result would be refused below: the same outcome, without running it
     results = cleanup.evaluate_node(model, node, arrays)
     return (
         results
