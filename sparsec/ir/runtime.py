@@ -5,8 +5,11 @@ capture) creates its session here, so that serialisation details (the 2 GB limit
 intermediate tensors as extra graph outputs) live in one place. This is the only module that
 imports onnxruntime.
 
-Memory: a ``Model`` goes to onnxruntime as a file with external data (``session_for``), whose
-weights onnxruntime memory-maps rather than copies out of a protobuf. A model whose weights
+Memory: a ``Model`` goes to onnxruntime as a file with external data in a temporary folder
+(``session_for``), whose weights onnxruntime memory-maps rather than copies out of a protobuf;
+so does a model file of ``EXTERNAL_COPY_BYTES`` or more holding its weights in its protobuf
+(``session_for_file``). Where that copy cannot be written, the bytes (or the user's file) go
+instead, as before. A model whose weights
 pass ``LARGE_MODEL_BYTES`` (``is_large``) runs without prepacking too
 (``session.disable_prepacking``: prepacking would make an anonymous copy of every Gemm/MatMul
 weight), so its pages are the kernel's to drop, and they leave the process with the session.
@@ -214,9 +217,13 @@ def session_for(
     file's weights stay mapped; two sessions whose timings are compared take the same value.
     ``arena=False`` (sessions whose runs are not timed): no memory arena and no memory-pattern
     planning, activations allocated per run (resnet18 at level "all": 20 MB less; the same
-    kernels and outputs).
+    kernels and outputs). When the temporary copy cannot be written (a full disk, no temporary
+    folder), a model under the protobuf limit goes as bytes; a larger one is one ``InputError``
+    line naming the folder and ``TMPDIR``.
     """
     mapped = is_large(model) if mapped is None else mapped
+    options = {"optimization": optimization, "threads": threads, "lean": lean}
+    options |= {"mapped": mapped, "arena": arena}
     if can_truncate(model) and (only or extra_outputs):
         proto = model.to_proto()
         if only:
@@ -225,22 +232,25 @@ def session_for(
             _expose(proto, extra_outputs)
         data = proto.SerializeToString()
         del proto
-        return Session(
-            data, optimization=optimization, threads=threads, lean=lean, mapped=mapped, arena=arena
-        )
-    with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
-        path = Path(folder) / "model.onnx"
-        with _exposed(model, extra_outputs):
-            ir.save(model.ir, str(path), external_data="model.onnx.data")
-        model.release_mapped_weights()  # what the save read stays in the page cache only
-        return Session(
-            str(path),
-            optimization=optimization,
-            threads=threads,
-            lean=lean,
-            mapped=mapped,
-            arena=arena,
-        )
+        return Session(data, **options)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
+            path = Path(folder) / "model.onnx"
+            with _exposed(model, extra_outputs):
+                ir.save(model.ir, str(path), external_data="model.onnx.data")
+            model.release_mapped_weights()  # what the save read stays in the page cache only
+            return Session(str(path), **options)
+    except OSError as error:  # no room (or no folder) for the copy: bytes, when they can go
+        if not can_truncate(model):
+            raise InputError(_no_temporary_copy(error)) from None
+    return Session(model.to_proto().SerializeToString(), **options)
+
+
+def _no_temporary_copy(error: OSError) -> str:
+    return (
+        f"cannot write the temporary copy of the model onnxruntime reads "
+        f"(in {tempfile.gettempdir()}): {one_line(error)}; point TMPDIR at a folder with room"
+    )
 
 
 @contextlib.contextmanager
@@ -269,16 +279,19 @@ def session_for_file(
 ) -> Session:
     """A session over a model file (``mapped``, ``arena``: as ``session_for``'s); a file holding
     its weights in its protobuf goes to onnxruntime as a copy with external data
-    (``_with_external_data``)."""
+    (``_with_external_data``), or the file itself when that copy cannot be written."""
     mapped = is_large(path) if mapped is None else mapped
     options = {"optimization": optimization, "threads": threads, "mapped": mapped, "arena": arena}
-    with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
-        source = _with_external_data(Path(path), Path(folder))
-        try:
-            return Session(str(source), **options)
-        except InputError:
-            if source == Path(path):
-                raise
+    try:
+        with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
+            source = _with_external_data(Path(path), Path(folder))
+            try:
+                return Session(str(source), **options)
+            except InputError:
+                if source == Path(path):
+                    raise
+    except OSError:  # no room (or no folder) for the copy: onnxruntime reads the file itself
+        pass
     return Session(str(path), **options)  # onnxruntime's refusal, naming the user's file
 
 
