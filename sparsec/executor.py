@@ -22,6 +22,7 @@ Ray is an optional extra (``pip install 'sparsec[ray]'``), imported only when as
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
@@ -42,6 +43,7 @@ _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
 EXPECTED = "local, ray, ray://HOST:PORT or a Ray cluster's HOST:PORT (or auto)"
 MODEL_FILE = "model.onnx"
 CONNECT_S = 10  # how long a cluster's address may take to accept a connection
+CLOSE_S = 30  # how long Ray actors may take to remove their folders before being killed
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,10 @@ class RayWorkers:
         return _unwrapped(self.ray, results)
 
     def close(self) -> None:
+        """Each actor removes its folder (killed before, it left a copy of the model behind),
+        then ends; an actor that does not answer within ``CLOSE_S`` is killed as it is."""
+        with contextlib.suppress(Exception):
+            self.ray.get([actor.close.remote() for actor in self.actors], timeout=CLOSE_S)
         for actor in self.actors:
             self.ray.kill(actor)
 
@@ -203,6 +209,9 @@ class _RayWorker:
 
     def run(self, function: Callable, task):
         return function(task)
+
+    def close(self) -> None:
+        self.folder.cleanup()
 
 
 def connect(address: str | None):
@@ -276,6 +285,7 @@ def _gathered(ray, refs: list) -> Generator:
             yield result
     finally:
         if done < len(refs):
-            _, running = ray.wait(refs[done:], num_returns=len(refs) - done, timeout=0)
-            for ref in running:
-                ray.cancel(ref)
+            with contextlib.suppress(Exception):  # a lost driver must not hide the task's error
+                _, running = ray.wait(refs[done:], num_returns=len(refs) - done, timeout=0)
+                for ref in running:
+                    ray.cancel(ref)

@@ -22,7 +22,9 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,7 +130,10 @@ def _points(table) -> dict[tuple[int, float], tuple]:
 
 def test_a_ray_sweep_gives_the_local_table_and_allocation(ray_head, cnn, samples):
     local, chosen = budget.sweep_allocation(cnn, samples, TARGET, seed=3)
+    folders = set(Path(tempfile.gettempdir()).glob("sparsec-ray-*"))
     remote, picked, text = _in_child(ray_head, _ray_sweep, ray_head["RAY_ADDRESS"])
+    left = set(Path(tempfile.gettempdir()).glob("sparsec-ray-*")) - folders
+    assert not left, "each Ray worker removes its copy of the model"
     assert picked == chosen and any(chosen.values())
     assert remote.keys() == _points(local).keys() and len(remote) > 3
     for key, (error, stderr, *counts) in _points(local).items():
