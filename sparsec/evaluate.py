@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 from sparsec.analysis.activations import (
-    batch_count,
     calibration_batches,
     fixed_batch,
     padding_mask,
@@ -235,17 +234,20 @@ def evaluate(reference, candidate, data: EvalData, *, batch_size: int | None = N
 
 def _reference_runs(ref_session, model, arrays: dict, batch_size: int, large: bool):
     """The reference's session, or, so that it is freed before the candidate's is made, its
-    outputs on every batch (``runtime.Recorded``): always for a large model, else when they take
-    at most ``EVAL_RECORD_BYTES`` (the first batch's tensor outputs times the batches)."""
-    batches = calibration_batches(model, arrays, batch_size)
-    first = ref_session.run(next(batches))
-    if not large:
-        sizes = [getattr(value, "nbytes", None) for value in first.values()]
-        if None in sizes:  # non-tensor outputs: their size is not known
-            return ref_session
-        if sum(sizes) * batch_count(model, arrays, batch_size) > EVAL_RECORD_BYTES:
-            return ref_session
-    return runtime.Recorded(ref_session, batches, done=[first])
+    outputs on every batch (``runtime.Recorded``): always for a large model, else while they take
+    at most ``EVAL_RECORD_BYTES`` (counted as they are recorded: padded batches grow with their
+    length, so the first batch's size says little about the last's); past that, or with an
+    output that is not a tensor, the session itself (the batches run so far are run again)."""
+    recorded, size = [], 0
+    for batch in calibration_batches(model, arrays, batch_size):
+        outputs = ref_session.run(batch)
+        recorded.append(outputs)
+        if not large:
+            sizes = [getattr(value, "nbytes", None) for value in outputs.values()]
+            size += sum(sizes) if None not in sizes else EVAL_RECORD_BYTES + 1
+            if size > EVAL_RECORD_BYTES:
+                return ref_session
+    return runtime.Recorded(ref_session, (), done=recorded)
 
 
 def _inputs_model(reference, candidate) -> Model:

@@ -357,3 +357,35 @@ def test_evaluation_on_drawn_samples_equals_the_held_ones():
     for batch_size in (7, None):
         drawn = evaluate(model, candidate, data, batch_size=batch_size).to_json()
         assert drawn == evaluate(model, candidate, held, batch_size=batch_size).to_json()
+
+
+def test_padded_outputs_are_kept_only_within_their_budget(monkeypatch):
+    """Padded batches are sorted shortest first: the first batch's outputs (length 1) say little
+    about the last's (length 64); the reference's outputs are kept only while their bytes, as
+    recorded, stay within ``EVAL_RECORD_BYTES``, and the figures do not change either way."""
+    import sparsec.evaluate as evaluate_module
+    from sparsec.ir import runtime
+
+    rng = np.random.default_rng(7)
+    count, width = 12, 64
+    lengths = np.array([1] * 4 + [width] * 8)
+    mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
+    x = rng.standard_normal((count, width, FEATURES)).astype(np.float32)
+    data = EvalData({"x": x, "attention_mask": mask}, None, "tokens")
+    models = (_token_model(_weights(0)), _token_model(_weights(0) + 0.5 * _weights(3)))
+    first_batch = 4 * 1 * CLASSES * 4  # four samples of length 1, float32 logits
+    kept = []
+    recorded = runtime.Recorded
+
+    def counted(session, feeds, done=()):
+        done = list(done)
+        kept.append(sum(o.nbytes for outputs in done for o in outputs.values()))
+        return recorded(session, feeds, done)
+
+    monkeypatch.setattr(runtime, "Recorded", counted)
+    figures = []
+    for budget in (1 << 24, 4 * first_batch):  # all kept; over the budget by the second batch
+        monkeypatch.setattr(evaluate_module, "EVAL_RECORD_BYTES", budget)
+        figures.append(evaluate(*models, data, batch_size=4).to_json())
+    assert len(kept) == 1 and kept[0] > 4 * first_batch  # the second run kept nothing
+    assert figures[0] == figures[1]
