@@ -55,7 +55,7 @@ _LABELS_FEED = "\0labels"  # the labels' key among the batched arrays (no input 
 
 @dataclass
 class EvalData:
-    samples: dict[str, np.ndarray]  # by model input name, axis 0 = samples, conformed
+    samples: dict[str, np.ndarray]  # by input name, axis 0 = samples, conformed (or DrawnRows)
     labels: np.ndarray | None  # int labels, axis 0 = samples
     label: str  # what the data is, for reports
 

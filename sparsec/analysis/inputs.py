@@ -8,6 +8,9 @@ integers draw from ``[0, 2)``, booleans are random. A non-tensor input gets a va
 built from such tensors: a sequence of ``SEQUENCE_LENGTH`` of them (its bound shape is its
 elements'), an optional holding one, a map from keys 0, 1, ... (or '0', '1', ...) to scalars.
 ``.npz`` data holds tensors only, so a model with a non-tensor input runs on generated inputs.
+A float array of many samples may be drawn lazily (``DrawnRows``: its rows drawn when read), with
+exactly the values drawing it at once gives, so that a quality check's random images are never
+all held at once.
 """
 
 from __future__ import annotations
