@@ -195,3 +195,23 @@ def test_the_light_shufflenet_prunes_exactly(tmp_path):
     ]
     assert 34 in {before[name].shape[1] for name in grouped}
     assert all(after[n].shape[1] < before[n].shape[1] for n in grouped)
+
+
+def test_the_light_shufflenet_keeps_round_to_widths(tmp_path):
+    """Whole tiles (what balances a trunk read by grouped convs of several widths) are taken only
+    where they remove from no segment more than its count, which ``round_to`` set: with
+    ``round_to=8`` every conv keeps a multiple of 8 output channels (the trunk, whose tiles
+    cannot reach one, stays whole), and the cut is exact."""
+    from fill_light_models import fill, light_path
+
+    proto = onnx.load(fill(light_path("shufflenet"), tmp_path / "shufflenet.onnx"))
+    model, result = prune(Model.from_proto(proto), ratio=0.5, round_to=8)
+    assert result.stats["channel-prune.groups_pruned"] > 0
+    assert oracle_error(model, result.reference()) <= 1e-4
+    weights = model.initializers()
+    widths = {
+        node.name: weights[node.inputs[1].name].shape[0]
+        for node in model.nodes()
+        if node.op_type == "Conv"
+    }
+    assert all(width % 8 == 0 for width in widths.values()), widths

@@ -15,10 +15,14 @@ mean), so ``count`` units of a segment become whole bundles; a unit holding the 
 positions in every class is free, one spread unevenly is kept. What still breaks a balance
 (several balanced members, uneven units) is given back by ``feasible``, best scores first. When
 that gives back more than whole *tiles* would (``tiles``: the same local position in every class,
-what a ShuffleNet trunk read by grouped convs of several widths needs), whole tiles are taken.
+what a ShuffleNet trunk read by grouped convs of several widths needs), whole tiles are taken,
+none taking from a segment more than its count (so caps and ``round_to`` hold: a trunk whose
+tiles cannot reach a multiple of K stays whole).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 
@@ -55,8 +59,7 @@ def lowest_units(
     picked = [_lowest(order, count, labels, scores) for order, count in wanted]
     units = feasible(group, _sorted(picked), scores)
     if group.balanced:  # bundles the balance gave back: whole tiles may reach further
-        total = sum(count for _, count in wanted)
-        tiled = feasible(group, _lowest_tiles(group, total, scores), scores)
+        tiled = feasible(group, _lowest_tiles(group, wanted, scores), scores)
         units = tiled if len(tiled) > len(units) else units
     return units
 
@@ -77,20 +80,32 @@ def tiles(group: ChannelGroup) -> np.ndarray:
     return components(group.units, np.concatenate(left), np.concatenate(right))
 
 
-def _lowest_tiles(group: ChannelGroup, count: int, scores: np.ndarray) -> np.ndarray:
-    """The lowest-scoring whole tiles (by mean score) adding up to at most ``count`` units."""
+def _lowest_tiles(
+    group: ChannelGroup, wanted: list[tuple[np.ndarray, int]], scores: np.ndarray
+) -> np.ndarray:
+    """The lowest-scoring whole tiles (by mean score) that take from no segment of ``wanted``
+    (its units, its count) more than its count: its cap and its rounding hold."""
     labels = tiles(group)
     items = [np.flatnonzero(labels == label) for label in np.unique(labels)]
     items.sort(key=lambda units: float(np.mean(scores[units])))
-    taken = _fill([list(units) for units in items], count)
+    segment_of = np.zeros(group.units, dtype=np.int64)
+    for index, (segment, _count) in enumerate(wanted):
+        segment_of[segment] = index
+    limits = [count for _segment, count in wanted]
+    taken = _fill([list(units) for units in items], limits, segment_of)
     return np.sort(np.asarray(taken, dtype=np.int64))
 
 
-def _fill(items: list[list[int]], count: int) -> list[int]:
-    """Items taken in order while their units add up to at most ``count``."""
+def _fill(items: list[list[int]], limits: list[int], segment_of=None) -> list[int]:
+    """Items taken in order while each segment's units taken stay within its limit
+    (``segment_of``: each unit's segment index; None: one segment, ``limits[0]``)."""
     taken: list[int] = []
+    used = [0] * len(limits)
     for units in items:
-        if len(taken) + len(units) <= count:
+        parts = Counter(int(segment_of[u]) if segment_of is not None else 0 for u in units)
+        if all(used[k] + n <= limits[k] for k, n in parts.items()):
+            for k, n in parts.items():
+                used[k] += n
             taken += units
     return taken
 
@@ -146,7 +161,7 @@ def _lowest(order: np.ndarray, count: int, labels, scores: np.ndarray) -> np.nda
     items = [[int(u)] for u in order[own == FREE]]
     items += [[int(c[i]) for c in classes] for i in range(depth)]
     items.sort(key=lambda units: float(np.mean(scores[units])))
-    return np.asarray(_fill(items, count), dtype=np.int64)
+    return np.asarray(_fill(items, [count]), dtype=np.int64)
 
 
 def keep_every_member(group: ChannelGroup, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:
