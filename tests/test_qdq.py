@@ -85,16 +85,14 @@ class QdqBuilder:
             **attributes,
         )
 
-    def conv(self, x: str, cin: int, cout: int, tag: str) -> str:
-        w = self.weight(
-            f"{tag}_w", self.rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), axis=0
-        )
+    def conv(self, x: str, cin: int, cout: int, tag: str, group: int = 1) -> str:
+        shape = (cout, cin // group, 3, 3)
+        w = self.weight(f"{tag}_w", self.rng.standard_normal(shape).astype(np.float32), axis=0)
         b = self.weight(
             f"{tag}_b", self.rng.standard_normal(cout).astype(np.float32), axis=0, dtype=np.int32
         )
-        return self.node(
-            "Relu", [self.node("Conv", [x, w, b], f"{tag}_y", pads=[1, 1, 1, 1])], f"{tag}_relu"
-        )
+        conv = self.node("Conv", [x, w, b], f"{tag}_y", pads=[1, 1, 1, 1], group=group)
+        return self.node("Relu", [conv], f"{tag}_relu")
 
     def model(self, opset: int, x_shape: list[int], y_shape: list[int]) -> onnx.ModelProto:
         graph = helper.make_graph(
@@ -291,6 +289,28 @@ def test_channels_prune_a_qdq_cnn_like_its_float_twin(opset):
     feeds = _feeds([1, 3, 8, 8])
     for want, got in zip(run_ort(twin.to_proto(), feeds), run_ort(model.to_proto(), feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_quantized_grouped_conv_prunes_by_whole_tiles_exactly():
+    """A grouped conv whose weight is int8 through DequantizeLinear keeps its per-group axis a
+    member (a tile: the same local positions in each group), unlike a float one, which is
+    gathered group by group: the cut is exact, each group keeps as many inputs, weights int8."""
+    b = QdqBuilder(np.random.default_rng(3))
+    x = b.activation(b.conv(b.activation("x", "in"), 3, 8, "c1"), "a1")
+    x = b.activation(b.conv(x, 8, 8, "c2", group=2), "a2")
+    flat = b.node("Flatten", [b.node("GlobalAveragePool", [x], "gap")], "flat")
+    fc = b.weight("fc_w", b.rng.standard_normal((4, 8)).astype(np.float32), axis=None)
+    b.node("Gemm", [flat, fc], "y", transB=1)
+    proto = b.model(17, [1, 3, 8, 8], [1, 4])
+    model, result = prune(Model.from_proto(proto), ratio=0.5)
+    assert result.stats["channel-prune.groups_pruned"] == 2
+    assert model.check() is None
+    assert oracle_error(model, result.reference()) <= 1e-4
+    shapes = _shapes(model)
+    assert shapes["c1_w"][0] == 4 and shapes["c2_w"][:2] == (4, 2)  # 2 groups of 2 inputs
+    assert shapes["c2_w_scale"] == (4,) and model.constant(model.value("c2_w")).dtype == np.int8
+    conv = next(n for n in model.nodes() if n.op_type == "Conv" and n.name == "c2_y")
+    assert model.attr(conv, "group", 1) == 2
 
 
 def test_oracle_masks_a_quantized_weight_to_its_zero_point():
