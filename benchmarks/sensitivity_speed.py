@@ -46,7 +46,11 @@ seconds are inflated several times; CPU seconds are the comparable figure), ``--
 2:0.8 17:0.8 20:0.8, MACs 0.598, error 0.2091; 16 (the default since) 1106 s wall, 174 CPU s,
 110 points, 17:0.8 20:0.75 21:0.8, MACs 0.605, error 0.2091. The whole process before (32
 samples): 2641 s wall, 551 CPU s; with 16: 591 s wall (a lighter load), 416 CPU s, the same
-allocation as the 16-sample sweep above. docs/benchmarks.md has the breakdown.
+allocation as the 16-sample sweep above. docs/benchmarks.md has the breakdown. With the refit's
+output errors from one original run and the cut, conv rows fitted a batch at a time and each
+point's copy taking the original's shapes (2026-12-04, the two processes side by side, load 6 to
+8): 386 -> 315 CPU s, 1118 -> 1027 s wall, peak RSS 1.97 GB both, the same allocation and refit
+(calibration output error 0.2091 -> 0.05295); the refit alone 200 -> 144 CPU s.
 
 (--jobs 2 spawns two workers, each loading the model and running its own reference: on the
 tiny digits CNN that start-up is the whole cost.)
