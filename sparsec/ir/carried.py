@@ -17,10 +17,13 @@ from sparsec.ir.model import Model
 
 
 def carry(
-    source: Model, target: Model, prefix: str, edit: Callable[[Any], Any] | None = None
+    source: Model,
+    target: Model,
+    prefix: str | tuple[str, ...],
+    edit: Callable[[Any], Any] | None = None,
 ) -> int:
-    """Put ``source``'s current cache entries whose key starts with ``prefix`` into
-    ``target``'s cache (through ``edit`` when given); how many were carried."""
+    """Put ``source``'s current cache entries whose key starts with ``prefix`` (or one of
+    them) into ``target``'s cache (through ``edit`` when given); how many were carried."""
     current = source._current_structure()
     entries = [
         (key, result)

@@ -330,8 +330,7 @@ class PointMeasurer:
 
     def _pruned(self, group, units: np.ndarray, ratio: float):
         pruned = self.model.copy()
-        for prefix in SHAPE_KEYS:  # the same graph: the same shapes and shape values
-            carry(self.model, pruned, prefix)
+        carry(self.model, pruned, SHAPE_KEYS)  # the same graph: the same shapes and values
         analysis = find_channel_groups(pruned)
         twin = analysis.groups[group.id] if group.id < len(analysis.groups) else None
         if twin is None or twin.compute != group.compute:
