@@ -235,7 +235,7 @@ def test_head_cut_is_fitted_on_samples_the_refit_did_not_see(monkeypatch, tmp_pa
     fit is stopped on samples neither fit saw, regions are fitted, and on fresh samples the
     error is below the layer refit's."""
     pytest.importorskip("torch")
-    monkeypatch.setattr(recon, "STEPS", 300)
+    monkeypatch.setattr(recon, "PLAIN_STEPS", 300)
     from sparsec.pruning.reconstruct import result as result_module
 
     seen, real = [], result_module.reconstruct
