@@ -80,6 +80,18 @@ def cli() -> None:
     """
 
 
+def _executor_text(_context, _parameter, value: str | None) -> str | None:
+    from sparsec.executor import parse
+
+    if value is None:
+        return None
+    try:
+        parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
 @cli.command()
 @click.argument("model", type=MODEL_PATH)
 @click.option(
@@ -179,6 +191,7 @@ def cli() -> None:
     "executor_name",
     default=None,
     metavar="WHERE",
+    callback=_executor_text,
     help="With --sensitivity: where the groups are measured: local (this machine, --jobs "
     "processes), ray (RAY_ADDRESS's cluster, else a new local Ray instance), ray://HOST:PORT or "
     "HOST:PORT (Ray actors; needs pip install 'sparsec[ray]'). The table is the same.",
@@ -265,10 +278,7 @@ def _sensitivity(model, calibration, samples, importance, jobs: int, executor_na
         raise click.UsageError(
             "--sensitivity measures output errors on calibration data: give --calibration"
         )
-    try:
-        where = executor.parse(executor_name or executor.LOCAL)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--executor") from None
+    where = executor.parse(executor_name or executor.LOCAL)  # checked by its option
     if where.remote:
         executor.require_ray()
     return api.sensitivity(
@@ -413,16 +423,6 @@ def _print_outcome(outcome) -> None:
     if outcome.error is None:  # a failed run writes no model to warn about
         for warning in outcome.warnings:
             _echo(warning, err=True)
-
-
-def _executor_text(_context, _parameter, value: str) -> str:
-    from sparsec.executor import parse
-
-    try:
-        parse(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-    return value
 
 
 @cli.command(name="run")
