@@ -4,7 +4,8 @@ sensitivity measurement so that both cut the same units).
 Invariants: each *segment* of the group (its units split by the set of weights they appear in)
 loses ``ratio`` of its units, lowest scores first, at most ``max_layer_ratio`` of them and never
 all; with ``round_to=K`` a segment keeps a multiple of K units when it has more than K (with
-``widths``, the count that function picks: ``fast_widths``, the runtime's fast widths); no member
+``widths``, the count that function picks: ``fast_widths``, the runtime's fast widths), except
+that a balanced group's whole bundles (below) may remove fewer units than that count; no member
 tensor loses every position (its best unit is given back). The count is ``floor(ratio·n)``, or
 given per segment (``counts``: a scheduled round's share of a cut already decided, taken as is).
 
