@@ -17,6 +17,7 @@ from sparsec.passes.base import PassError
 from sparsec.passes.builtin import cleanup_passes
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.sparsity import WeightSparsityPass
+from sparsec.pruning import suffix
 from sparsec.pruning.recovery import find_layers, output_error, recover, refit
 from sparsec.pruning.recovery.layers import stages
 from sparsec.pruning.recovery.ridge import Normal
@@ -646,3 +647,27 @@ def test_conv_rows_of_many_samples_at_once_fit_as_one_at_a_time(rng, monkeypatch
     assert fits[0][0] == pytest.approx(fits[1][0], rel=1e-9)
     for name, array in fits[0][1].items():
         np.testing.assert_allclose(fits[1][1][name], array, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shared_bytes", [suffix.SHARED_RUN_BYTES, 0])
+def test_output_errors_from_a_late_cut_equal_the_whole_runs(rng, monkeypatch, shared_bytes):
+    """Copies edited late in the graph run from a frontier of intermediate values the original
+    computes once per batch (past ``SHARED_RUN_BYTES``: once per copy): the same errors as
+    whole runs."""
+    monkeypatch.setattr(suffix, "SHARED_RUN_BYTES", shared_bytes)
+    _model, original, _plan = _pruned(_cnn, rng)
+    samples = _samples(rng, (3, 8, 8), 24)
+    last = [n for n in original.nodes() if any(v.const_value is not None for v in n.inputs)][-1]
+    weight = next(v for v in last.inputs if v.const_value is not None)
+    copies = []
+    for scale in (1.1, 0.7):
+        copy = original.copy()
+        value = copy.value(weight.name)
+        copy.set_constant(value, copy.constant(value) * np.float32(scale))
+        copies.append(copy)
+    names = tuple(v.name for v in original.outputs)
+    frontier = suffix._cut_for(original, copies[0], names).frontier
+    assert not set(frontier) & {v.name for v in original.inputs}  # a mid-graph cut
+    got = suffix.output_errors(copies, original, samples, batch_size=8)
+    want = [_whole_run_error(copy, original, samples) for copy in copies]
+    assert got == pytest.approx(want, rel=1e-5) and got[0] != got[1]
