@@ -43,7 +43,7 @@ _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
 EXPECTED = "local, ray, ray://HOST:PORT or a Ray cluster's HOST:PORT (or auto)"
 MODEL_FILE = "model.onnx"
 CONNECT_S = 10  # how long a cluster's address may take to accept a connection
-CLOSE_S = 30  # how long Ray actors may take to remove their folders before being killed
+CLOSE_S = 10  # how long Ray actors may take to remove their folders before being killed
 
 
 @dataclass(frozen=True)
