@@ -31,6 +31,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -222,7 +223,7 @@ def session_for(
     line naming the folder and ``TMPDIR``.
     """
     mapped = is_large(model) if mapped is None else mapped
-    options = {"optimization": optimization, "threads": threads, "lean": lean}
+    options: dict[str, Any] = {"optimization": optimization, "threads": threads, "lean": lean}
     options |= {"mapped": mapped, "arena": arena}
     if can_truncate(model) and (only or extra_outputs):
         proto = model.to_proto()
@@ -281,7 +282,8 @@ def session_for_file(
     its weights in its protobuf goes to onnxruntime as a copy with external data
     (``_with_external_data``), or the file itself when that copy cannot be written."""
     mapped = is_large(path) if mapped is None else mapped
-    options = {"optimization": optimization, "threads": threads, "mapped": mapped, "arena": arena}
+    options: dict[str, Any] = {"optimization": optimization, "threads": threads}
+    options |= {"mapped": mapped, "arena": arena}
     try:
         with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
             source = _with_external_data(Path(path), Path(folder))
