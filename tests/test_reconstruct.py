@@ -252,3 +252,63 @@ def test_head_cut_is_fitted_on_samples_the_refit_did_not_see(monkeypatch, tmp_pa
     assert block.stats["regions_reconstructed"] >= 3
     original = Model.load(MODELS / "blocks" / "bert_like.onnx")
     assert output_error(block.model, original, fresh) < output_error(layer.model, original, fresh)
+
+
+@pytest.mark.parametrize(
+    "count, block, held_rows",
+    [
+        (0, 1, None),  # nothing to split
+        (1, 1, None),  # one sample: both parts are it
+        (2, 1, [1]),
+        (16, 1, [7, 15]),
+        (16, 4, [12, 13, 14, 15]),  # a fixed batch of 4: the last whole batch held out
+        (64, 4, [28, 29, 30, 31, 60, 61, 62, 63]),  # every 8th batch of 4
+        (7, 4, None),  # one whole batch only
+    ],
+)
+def test_held_out_samples_are_whole_batches_of_a_fixed_one(count, block, held_rows):
+    samples = {"x": np.arange(count, dtype=np.float32)}
+    seen, held = recon.held_out(samples, block)
+    if held_rows is None:
+        assert seen is samples and held is samples
+        return
+    assert held["x"].tolist() == held_rows
+    assert sorted(seen["x"].tolist() + held["x"].tolist()) == list(range(count))
+
+
+def test_token_inputs_take_the_plain_rate_float_inputs_the_other():
+    tokens = {"ids": np.zeros((4, 3), np.int64), "mask": np.ones((4, 3), np.int64)}
+    images = {"x": np.zeros((4, 3), np.float32)}
+    assert not recon.float_inputs(tokens) and recon.float_inputs(images)
+
+
+def test_block_recovery_of_a_fixed_batch_model_holds_out_whole_batches(tmp_path):
+    """A model whose batch is fixed at 4, 16 calibration samples: the cut runs on whole batches
+    and the block fit on the held-out batch (holding out every 8th sample left 2, fewer than
+    one batch: an error)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        weights,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=rng.normal(size=(16, 8)).astype(np.float32))
+    sparsity = WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))
+    sparsity.recover = "block"
+    result = sparsity(Model.from_proto(proto))
+    assert any(d.code == "recover.block" for d in result.diagnostics)

@@ -10,9 +10,9 @@ match, so a region may end at every cut value, not only where shapes agree). The
 per batch is the relative squared error ‖f_k(x_k; θ) − Y*_k‖² / ‖Y*_k‖², over the positions
 the padding mask keeps when the exit is laid out [batch, positions, ...]. θ: the region's
 trainable constants (weights, biases, norm parameters: ``regions.TRAINABLE_INPUTS``); zeros of
-masked weights stay zero (``translate``). Adam (``LEARNING_RATE``; ``PLAIN_LEARNING_RATE``
-without augmented copies), at most ``steps`` steps (one batch each; ``STEPS``, ``PLAIN_STEPS``
-without copies); the
+masked weights stay zero (``translate``). Adam (``LEARNING_RATE``, at most ``STEPS`` steps of
+one batch each; for inputs that are not all float, token ids, ``PLAIN_LEARNING_RATE`` and
+``PLAIN_STEPS``); the
 held-out samples (every ``HELD_OUT``-th calibration sample, ``held_out``, kept out of the cut and
 its layer refit by ``result.reconstructed``: on samples the refit fitted, any change of its
 values looks worse) give the held-out error, measured every ``CHECK`` steps, the best θ kept,
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsec.analysis.activations import batch_count, capture
+from sparsec.analysis.activations import batch_count, capture, fixed_batch
 from sparsec.errors import UsageError
 from sparsec.pruning.reconstruct.regions import Region, cut_chain, find_regions
 from sparsec.pruning.reconstruct.torch_ops import unsupported
@@ -47,7 +47,7 @@ from sparsec.results import progress, stage
 STEPS = 600  # Adam steps per region, at most
 WHOLE_STEPS = 8000  # the same for the second stage (regions between full-shape values)
 LEARNING_RATE = 1e-3
-PLAIN_LEARNING_RATE = 1e-4  # without augmented copies (token inputs): they overfit sooner
+PLAIN_LEARNING_RATE = 1e-4  # token inputs (no augmented copies): they overfit sooner
 PLAIN_STEPS = 1500  # the steps at that rate (MiniLM heads/FFN 0.5: 600 steps +0.015, 1500 +0.020)
 THREADS = 1  # small regions: torch's thread pool costs more than it gains (100x on 2 busy cores)
 HELD_OUT = 8  # every 8th calibration sample is held out for early stopping
@@ -83,20 +83,28 @@ class Fit:
     mask: str | None
 
 
-def held_out(samples: dict) -> tuple[dict, dict]:
-    """(the samples to fit, the held-out ones): every ``HELD_OUT``-th sample is held out (the
-    last one when there are fewer; all of them, for both, when there is one)."""
+def held_out(samples: dict, block: int = 1) -> tuple[dict, dict]:
+    """(the samples to fit, the held-out ones): every ``HELD_OUT``-th run of ``block`` samples
+    is held out (``block``: a model's fixed batch size, so both parts hold whole batches), the
+    last whole run when there are fewer; with fewer than two whole runs, all the samples for
+    both (the held-out error is then measured on samples the fits saw)."""
     count = len(next(iter(samples.values())))
-    rows = np.arange(count)
-    held = rows % HELD_OUT == HELD_OUT - 1
-    if not held.any():
-        held[-1] = count > 1
-    if not held.any() or held.all():
+    runs = count // block
+    if runs < 2:
         return samples, samples
+    index = np.arange(count) // block
+    held = index % HELD_OUT == HELD_OUT - 1
+    if not held.any():
+        held = index == runs - 1
     return (
         {name: array[~held] for name, array in samples.items()},
         {name: array[held] for name, array in samples.items()},
     )
+
+
+def float_inputs(samples: dict) -> bool:
+    """Whether every input is float (images, audio): not token ids or masks."""
+    return all(np.issubdtype(array.dtype, np.floating) for array in samples.values())
 
 
 def reconstruct(
@@ -126,9 +134,9 @@ def reconstruct(
     try:
         torch.manual_seed(seed)
         if held is None:
-            samples, held = held_out(samples)
+            samples, held = held_out(samples, fixed_batch(pruned) or 1)
         every = augmented(samples, _copies(pruned, samples, batch_size), seed)
-        plain = every is samples  # no augmented copies: a lower rate, more steps
+        plain = not float_inputs(samples)  # token inputs: a lower rate, more steps
         rate = learning_rate or (PLAIN_LEARNING_RATE if plain else LEARNING_RATE)
         fit = Fit(steps or (PLAIN_STEPS if plain else STEPS), rate, seed, batch_size, mask)
         exits = _exits(pruned, original, cut_chain(pruned), samples, batch_size, plan)
@@ -272,8 +280,7 @@ def augmented(samples: dict, copies: int, seed: int) -> dict:
     standard normal. The original model's values on them are more targets near the data, so
     a fit of few calibration samples overfits less. Otherwise (token ids, masks) ``samples``
     as given."""
-    arrays = list(samples.values())
-    if not copies or not all(np.issubdtype(a.dtype, np.floating) for a in arrays):
+    if not copies or not float_inputs(samples):
         return samples
     generator = np.random.default_rng(seed)
     noisy = {}

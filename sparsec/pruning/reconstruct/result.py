@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sparsec.analysis.activations import padding_mask
+from sparsec.analysis.activations import fixed_batch, padding_mask
 from sparsec.pruning.plans import source
 from sparsec.pruning.reconstruct.reconstruct import held_out, reconstruct, require_torch
 from sparsec.pruning.recovery.refit import carry_values, output_error
@@ -37,7 +37,7 @@ def reconstructed(
         return run(samples)
     require_torch()  # before the cut: one line when the extra is missing
     original = model.copy()
-    seen, held = held_out(samples)
+    seen, held = held_out(samples, fixed_batch(model) or 1)  # whole batches of a fixed one
     result = run(seen)
     if result.modified:
         reconstruct_result(result, original, seen, held, batch_size=batch_size, seed=seed)
