@@ -5,9 +5,10 @@ was before the pass (the dense values). Every ``HELD_OUT``-th sample is then hel
 cut (``reconstruct.held_out``): the layer refit fits the samples it sees (on MiniLM at
 ``--heads 0.5 --ffn 0.5`` with 256 sentences, output error 0.12 on them, 0.27 on others), so
 the block fit's early stopping and the choice between the two fits are measured on samples
-neither fit saw. The result's oracle reference gets the fitted values
-the way it gets refit ones (``recovery.refit_reference``): reconstruction changes values,
-never structure, so the pruned model still equals its reference exactly.
+neither fit saw (with a single sample or batch there are none to spare: both use the same
+ones). The result's oracle reference gets the fitted values the way it gets refit ones
+(``recovery.refit_reference``): reconstruction changes values, never structure, so the pruned
+model still equals its reference exactly.
 """
 
 from __future__ import annotations
