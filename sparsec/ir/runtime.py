@@ -9,10 +9,10 @@ Memory: a ``Model`` goes to onnxruntime as a file with external data in a tempor
 (``session_for``), whose weights onnxruntime memory-maps rather than copies out of a protobuf;
 so does a model file of ``EXTERNAL_COPY_BYTES`` or more holding its weights in its protobuf
 (``session_for_file``). Where that copy cannot be written, the bytes (or the user's file) go
-instead, as before. A model whose weights
-pass ``LARGE_MODEL_BYTES`` (``is_large``) runs without prepacking too
-(``session.disable_prepacking``: prepacking would make an anonymous copy of every Gemm/MatMul
-weight), so its pages are the kernel's to drop, and they leave the process with the session.
+instead, as before. A model whose weights pass ``LARGE_MODEL_BYTES`` (``is_large``) runs
+without prepacking too (``session.disable_prepacking``: prepacking would make an anonymous copy
+of every Gemm/MatMul weight), so its pages are the kernel's to drop, and they leave the process
+with the session.
 Callers keep one large session alive at a time (``validate``, ``evaluate``): run it, keep its
 outputs, free it. A session whose runs are not timed goes without the memory arena (``arena``).
 
