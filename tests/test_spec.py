@@ -940,3 +940,19 @@ def test_save_recipe_of_a_broken_combination_writes_nothing(cli, tmp_path):
     assert "--channels" in err
     assert not recipe.exists()
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_sweep_keys_in_defaults_apply_to_the_jobs_with_a_target(tmp_path):
+    """``jobs``/``executor`` in [defaults] shape the target jobs' sweeps and are left out of a
+    job without a target (there they used to fail it); in a job's own table they are checked."""
+    head = '[defaults]\njobs = 2\nexecutor = "local"\nsource = "m.onnx"\n\n'
+    jobs = '[[job]]\nname = "t"\noutput = "t.onnx"\ntarget_macs = 0.6\ncalibration = "random"\n\n'
+    jobs += '[[job]]\nname = "c"\noutput = "c.onnx"\nchannels = 0.5\n'
+    (target, plain) = load_recipe(write(tmp_path / "r.toml", head + jobs))
+    assert target[1].given("jobs") and target[1].given("executor")
+    assert not plain[1].given("jobs") and not plain[1].given("executor")
+    plain[1].check()  # the combination rules pass
+    own = '[[job]]\nname = "c"\nsource = "m.onnx"\noutput = "c.onnx"\nchannels = 0.5\njobs = 2\n'
+    [(_, spec)] = load_recipe(write(tmp_path / "own.toml", own))
+    with pytest.raises(UsageError, match="needs a target"):
+        spec.check()

@@ -3,8 +3,10 @@
 A recipe has an optional ``[defaults]`` table and one or more ``[[job]]`` tables. A job's keys
 are ``sparsec compress``'s long option names with underscores (``source``, ``output``,
 ``channels``, ``max_top1_drop``, ...) plus its ``name``; ``[defaults]`` applies to every job (a
-job's own key wins). Relative paths are relative to the recipe's folder. Every key is checked
-by the same ``Option`` table as the flags, so a recipe fails with the same line a flag would.
+job's own key wins), but for ``jobs`` and ``executor``, which shape a target's sweep: from
+``[defaults]`` they apply to the jobs with a target only. Relative paths are relative to the
+recipe's folder. Every key is checked by the same ``Option`` table as the flags, so a recipe
+fails with the same line a flag would.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Any
 from sparsec.errors import InputError, UsageError
 from sparsec.passes.syntax import format_value  # TOML values, as --passes writes them
 from sparsec.spec.job import JobSpec
-from sparsec.spec.options import OPTION_BY_NAME, OPTIONS
+from sparsec.spec.options import OPTION_BY_NAME, OPTIONS, TARGET_NAMES
+
+# Keys that only shape a target's sweep: from [defaults] they go to the jobs with a target.
+SWEEP_NAMES = ("jobs", "executor")
 
 try:
     import tomllib
@@ -65,7 +70,10 @@ def _job(path: Path, defaults: dict, job: Any, number: int) -> tuple[str, JobSpe
     name = job.get("name")
     if not isinstance(name, str) or not name.strip():
         raise UsageError(f'recipe {path}: job {number} needs a name (name = "...")')
-    keys = {**defaults, **{k: v for k, v in job.items() if k != "name"}}
+    own = {k: v for k, v in job.items() if k != "name"}
+    keys = {**defaults, **own}
+    if not any(name in keys for name in TARGET_NAMES):  # [defaults]' sweep keys: target jobs only
+        keys = {k: v for k, v in keys.items() if k not in SWEEP_NAMES or k in own}
     spec = JobSpec.from_mapping(keys, path.parent.resolve(), where=f"recipe {path}, job {name!r}: ")
     return name, spec
 
