@@ -146,3 +146,17 @@ def test_a_noisy_probe_is_timed_again_with_more_runs(monkeypatch):
     _ratio, note, reached = latency_target.find_ratio(model, lambda m, r: None, 0.5, high=0.9)
     assert reached and runs_asked[:2] == [latency_target.RUNS, 2 * latency_target.RUNS]
     assert "±0.010" in note  # the second, longer timing is the one reported
+
+
+def test_a_target_no_ratio_reaches_prunes_nothing_and_says_why(cli, tmp_path, monkeypatch):
+    """Latency that does not follow the channels (here: never below 0.95): one error line,
+    no model written, rather than a model pruned to the cap for nothing."""
+
+    def flat(reference):
+        return lambda candidate, runs=20: comparison(0.95)
+
+    monkeypatch.setattr(latency_target, "timer_for", flat)
+    out = tmp_path / "o.onnx"
+    code, _out, err = cli("compress", str(DIGITS), "--target-latency", "0.6", "-o", str(out))
+    assert code != 0 and "NOT reached" in err and "nothing pruned" in err
+    assert "Traceback" not in err and not out.exists()

@@ -237,9 +237,13 @@ def _latency_ratio(model, options: ChannelOptions, samples) -> tuple[ChannelOpti
         options.target_latency,
         high=min(options.max_layer_ratio, 0.9),
     )
-    level = "info" if reached else "warning"
+    if not reached:  # pruning to the cap would cost the model for no measured gain
+        raise PassError(
+            f"channel-prune: {text}; latency here does not follow the channels (fixed overhead, "
+            "or runs too short to time): nothing pruned, give --channels or a higher target"
+        )
     return replace(options, ratio=ratio, target_latency=0.0), Diagnostic(
-        level, "channel.target-latency", text
+        "info", "channel.target-latency", text
     )
 
 

@@ -7,11 +7,12 @@ interleaved (``sparsec.latency.compare_latency``: median ratio and its noise, th
 paired per-round ratios), on seeded random inputs at the bound input shapes; a probe noisier
 than ``NOISY`` is timed once more with twice the rounds, and that second timing counts.
 
-The search: the ratio ``high`` first (if even that misses ``R``, it is the answer and the
-note says so); then bisection of [0, high] for ``steps`` probes, a probe at or under ``R``
-moving the upper end down, one above it the lower end up; it stops early once a probe at or
-under ``R`` lies within its own noise of ``R`` (at most ``TOLERANCE``). The answer is the smallest probed ratio whose
-measured latency ratio is at most ``R`` (latency falls as the ratio grows, up to noise), and the
+The search: the ratio ``high`` first (if even that misses ``R``, the search ends there and
+channel-prune refuses the target, pruning nothing); then bisection of [0, high] for ``steps``
+probes, a probe at or under ``R`` moving the upper end down, one above it the lower end up; it
+stops early once a probe at or under ``R`` lies within its own noise of ``R`` (at most
+``TOLERANCE``). The answer is the smallest probed ratio whose measured latency ratio is at most
+``R`` (latency falls as the ratio grows, up to noise), and the
 note lists every probe with its figures, so a noisy run shows as such.
 """
 
@@ -72,7 +73,7 @@ def note_text(probes: list[Probe], target: float) -> str:
     return (
         f"target latency {target:g} {verdict}: channel ratio {best.ratio:.3f}, measured 1-thread "
         f"latency ratio {best.latency.ratio:.3f} ±{best.latency.noise:.3f} "
-        f"({len(probes)} probes, ratio->latency: {trail})"
+        f"({len(probes)} probe{'s' if len(probes) > 1 else ''}, ratio->latency: {trail})"
     )
 
 
