@@ -43,6 +43,12 @@ _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
 EXPECTED = "local, ray, ray://HOST:PORT or a Ray cluster's HOST:PORT (or auto)"
 MODEL_FILE = "model.onnx"
 CONNECT_S = 10  # how long a cluster's address may take to accept a connection
+# Ray 2.5x starts clusters with token authentication, and a driver given an address does not
+# read the token unless told to: what a failed connection to an address adds.
+AUTH_HINT = (
+    " (a cluster started with token authentication needs RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN "
+    "when its token is not in ~/.ray/auth_token)"
+)
 CLOSE_S = 10  # how long Ray actors may take to remove their folders before being killed
 
 
@@ -227,8 +233,10 @@ def connect(address: str | None):
     try:
         ray.init(address=address, **settings)
     except (Exception, SystemExit) as error:  # Ray raises several kinds, or exits
+        hint = AUTH_HINT if where and "RAY_AUTH_MODE" not in os.environ else ""
         raise InputError(
-            f"--executor: cannot start Ray at {where or 'a new local instance'}: {one_line(error)}"
+            f"--executor: cannot start Ray at {where or 'a new local instance'}: "
+            f"{one_line(error)}{hint}"
         ) from None
     return ray
 

@@ -278,3 +278,28 @@ def test_a_job_waits_for_the_jobs_writing_what_it_reads(tmp_path):
 def test_an_address_nothing_listens_at_is_one_line_at_once():
     with pytest.raises(InputError, match=r"cannot reach the Ray cluster at ray://127\.0\.0\.1:1 "):
         executor._check_reachable("ray://127.0.0.1:1")  # port 1: refused
+
+
+def test_a_refused_connection_to_an_address_names_token_authentication(monkeypatch):
+    """Ray 2.5x clusters use token authentication, which a driver given an address only uses
+    when told: the one error line says how (a stand-in for ray, none in this process)."""
+
+    class Refusing:
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**_settings):
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379")
+
+    monkeypatch.setattr(executor, "require_ray", lambda: Refusing)
+    monkeypatch.setattr(executor, "_check_reachable", lambda address: None)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(InputError, match="RAY_AUTH_MODE=token") as caught:
+        executor.connect("10.0.0.1:6379")
+    assert "\n" not in str(caught.value)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # set already: the hint would not help
+    with pytest.raises(InputError) as caught:
+        executor.connect("10.0.0.1:6379")
+    assert "RAY_AUTH_MODE" not in str(caught.value)
