@@ -282,10 +282,8 @@ def test_token_inputs_take_the_plain_rate_float_inputs_the_other():
     assert not recon.float_inputs(tokens) and recon.float_inputs(images)
 
 
-def test_block_recovery_of_a_fixed_batch_model_holds_out_whole_batches(tmp_path):
-    """A model whose batch is fixed at 4, 16 calibration samples: the cut runs on whole batches
-    and the block fit on the held-out batch (holding out every 8th sample left 2, fewer than
-    one batch: an error)."""
+def _mlp(batch) -> Model:
+    """x [batch, 8] -> MatMul 8x8 -> Relu -> MatMul 8x4 (seeded)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -300,15 +298,34 @@ def test_block_recovery_of_a_fixed_batch_model_holds_out_whole_batches(tmp_path)
     ]
     graph = helper.make_graph(
         nodes,
-        "fixed",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
         weights,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return Model.from_proto(proto)
+
+
+def _block_sparsity(model: Model, samples: int, tmp_path) -> list[str]:
+    """The recover.block lines of unstructured sparsity 0.5 (wanda) with block recovery on
+    ``samples`` seeded calibration rows."""
     calibration = tmp_path / "calib.npz"
-    np.savez(calibration, x=rng.normal(size=(16, 8)).astype(np.float32))
+    rng = np.random.default_rng(1)
+    np.savez(calibration, x=rng.normal(size=(samples, 8)).astype(np.float32))
     sparsity = WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))
     sparsity.recover = "block"
-    result = sparsity(Model.from_proto(proto))
-    assert any(d.code == "recover.block" for d in result.diagnostics)
+    return [d.message for d in sparsity(model).diagnostics if d.code == "recover.block"]
+
+
+def test_block_recovery_of_a_fixed_batch_model_holds_out_whole_batches(tmp_path):
+    """A model whose batch is fixed at 4, 16 calibration samples: the cut runs on whole batches
+    and the block fit on the held-out batch (holding out every 8th sample left 2, fewer than
+    one batch: an error)."""
+    lines = _block_sparsity(_mlp(4), 16, tmp_path)
+    assert lines and "on held-out samples" in lines[0]
+
+
+def test_one_calibration_sample_says_nothing_was_held_out(tmp_path):
+    lines = _block_sparsity(_mlp("N"), 1, tmp_path)
+    assert lines and "too few calibration samples to hold any out" in lines[0]

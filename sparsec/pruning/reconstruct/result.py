@@ -70,6 +70,7 @@ def reconstruct_result(
     after = output_error(result.model, original, samples, batch_size)
     block_held = output_error(result.model, original, held, batch_size)
     report.update(held_error_layer=layer_held, held_error_block=block_held)
+    report["held_is_fitted"] = held is samples  # held_out had none to spare
     if report["arrays"] and block_held >= layer_held:  # worse held out: keep the layer refit
         _restore(result.model, unfitted, report["arrays"])
         report.update(arrays={}, reverted=block_held)  # the rejected fit's error, for the line
@@ -103,7 +104,7 @@ def _line(report: dict, fitted: int, first: float, layer: float, after: float) -
         f"recovery: block reconstruction of {fitted}/{len(report['regions'])} region(s)"
         + (f" ({len(skipped)} not translatable: {'; '.join(reasons)})" if skipped else "")
         + f": calibration output error {first:.4g} -> {layer:.4g} (layer refit) -> {after:.4g} "
-        f"(block; relative, squared), on held-out samples {report['held_error_layer']:.4g} "
+        f"(block; relative, squared), on {_held_text(report)} {report['held_error_layer']:.4g} "
         f"(layer refit) -> {report['held_error_block']:.4g} (block)"
         + (
             f"; the block fit raised the held-out error to {report['reverted']:.4g}, so the "
@@ -112,6 +113,13 @@ def _line(report: dict, fitted: int, first: float, layer: float, after: float) -
             else ""
         ),
     )
+
+
+def _held_text(report: dict) -> str:
+    """What the held-out errors were measured on."""
+    if report.get("held_is_fitted"):
+        return "the fitted samples (too few calibration samples to hold any out: give more)"
+    return "held-out samples"
 
 
 def _carry(result: PassResult, arrays: dict) -> None:
