@@ -80,7 +80,7 @@ def load_eval_data(path: str | Path, model, labels: str | None = None) -> EvalDa
     count = counts.pop() if counts else 0
     label_array = _checked_labels(where, arrays[key], key, count) if key else None
     described = f"labels '{key}'" if key else "no labels"
-    return EvalData(samples, label_array, f"{path} ({count} samples, {described})")
+    return EvalData(samples, label_array, f"{path} ({_samples_text(count)}, {described})")
 
 
 def random_eval_data(model, count: int = 64, seed: int = 0, overrides=None) -> EvalData:
@@ -91,14 +91,18 @@ def random_eval_data(model, count: int = 64, seed: int = 0, overrides=None) -> E
     model = _as_model(model)
     shapes = {name: (count, *shape[1:]) for name, shape in bind_shapes(model, overrides).items()}
     samples = random_inputs(model, shapes, seed, lazy=True)
-    return EvalData(samples, None, f"random inputs ({count} samples, seed {seed})")
+    return EvalData(samples, None, f"random inputs ({_samples_text(count)}, seed {seed})")
+
+
+def _samples_text(count: int) -> str:
+    return f"{count} sample{'' if count == 1 else 's'}"
 
 
 def data_from_calibration(samples: dict[str, np.ndarray], label: str, limit: int = 256) -> EvalData:
     """The first ``limit`` calibration samples, without labels."""
     first = {name: array[:limit] for name, array in samples.items()}
     data = EvalData(first, None, label)
-    data.label = f"{label} ({data.count} samples)"
+    data.label = f"{label} ({_samples_text(data.count)})"
     return data
 
 

@@ -23,6 +23,7 @@ Ray is an optional extra (``pip install 'sparsec[ray]'``), imported only when as
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import re
@@ -229,7 +230,9 @@ def connect(address: str | None):
     where = address or os.environ.get("RAY_ADDRESS")
     if where:
         _check_reachable(where)
-    settings = {} if where else {"include_dashboard": False, "log_to_driver": False}
+    settings: dict = {"logging_level": logging.ERROR}  # Ray's INFO lines are not the user's
+    if not where:
+        settings.update(include_dashboard=False, log_to_driver=False)
     try:
         ray.init(address=address, **settings)
     except (Exception, SystemExit) as error:  # Ray raises several kinds, or exits
