@@ -128,3 +128,8 @@ def test_analyze_sensitivity_in_worker_processes_gives_the_same_table(cli):
 def test_analyze_sweep_options_are_checked_first(cli, extra, words):
     code, _, stderr = cli("analyze", DIGITS, *extra)
     assert code == 2 and words in stderr and "Traceback" not in stderr
+
+
+def test_analyze_help_names_the_sweep_subset_size(cli):
+    code, out, _err = cli("analyze", "--help")
+    assert code == 0 and f"subset of {SUBSET} of the samples" in " ".join(out.split())
