@@ -408,6 +408,8 @@ def _advice(spec: JobSpec | None) -> str:
     tries = []
     if "calibration" not in asked:
         tries.append("--calibration DATA (activation importance and the refit)")
+    elif spec is not None and str(spec.values.get("calibration")) != "random":
+        tries.append("more calibration samples")  # a refit on few samples fits them, not the task
     if "drop_blocks" in asked:
         tries.append("fewer blocks, or --importance output (each block's measured effect)")
     else:

@@ -133,3 +133,12 @@ def test_analyze_sweep_options_are_checked_first(cli, extra, words):
 def test_analyze_help_names_the_sweep_subset_size(cli):
     code, out, _err = cli("analyze", "--help")
     assert code == 0 and f"subset of {SUBSET} of the samples" in " ".join(out.split())
+
+
+def test_one_sample_sensitivity_shows_no_error_bar(cli):
+    code, out, err = cli(
+        "analyze", DIGITS, "--sensitivity", "--calibration", CALIB, "--calibration-samples", "1"
+    )
+    table = out[out.index("sensitivity:") :]
+    assert code == 0, err
+    assert "1 sample," in table and "+-" not in table

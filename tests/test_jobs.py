@@ -188,3 +188,6 @@ def test_collapse_advice_leaves_out_what_the_run_already_did():
     advice = collapse_warning(evaluation, given)
     assert "--calibration" not in advice and "--eval" not in advice
     assert "fewer blocks" in advice and "a lower ratio" not in advice
+    assert "more calibration samples" in advice and "more calibration" not in plain
+    random = collapse_warning(evaluation, JobSpec.from_mapping({"calibration": "random"}))
+    assert "more calibration samples" not in random

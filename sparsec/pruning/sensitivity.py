@@ -189,8 +189,10 @@ class SensitivityTable:
         lines = [
             (
                 f"sensitivity: {len(self.groups)} group(s), {self.points()} point(s), importance "
-                f"{self.importance}, {self.samples} samples, {self.seconds:.1f} s; error = "
-                f"||dy||^2/||y||^2 +- its standard error, MACs- = saving in % of the original "
+                f"{self.importance}, {self.samples} sample{'s' if self.samples != 1 else ''}, "
+                f"{self.seconds:.1f} s; error = ||dy||^2/||y||^2"
+                f"{' +- its standard error' if self.samples > 1 else ''}, MACs- = saving in % of "
+                f"the original "
                 f"{self.macs:,} MACs"
             ),
             head,
@@ -208,7 +210,8 @@ class SensitivityTable:
     def _cell(self, point: Point | None) -> str:
         if point is None:
             return f"  {'':>17} {'':>10}"
-        error = f"{point.error:.3g}+-{point.stderr:.2g}"
+        spread = f"+-{point.stderr:.2g}" if self.samples > 1 else ""  # one sample: no error bar
+        error = f"{point.error:.3g}{spread}"
         return f"  {error:>17} {100 * (self.macs - point.macs) / max(self.macs, 1):>9.1f}%"
 
 
