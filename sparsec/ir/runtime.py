@@ -226,25 +226,35 @@ def session_for(
     options: dict[str, Any] = {"optimization": optimization, "threads": threads, "lean": lean}
     options |= {"mapped": mapped, "arena": arena}
     if can_truncate(model) and (only or extra_outputs):
-        proto = model.to_proto()
-        if only:
-            _truncate(proto, extra_outputs, fed or {})
-        else:
-            _expose(proto, extra_outputs)
-        data = proto.SerializeToString()
-        del proto
-        return Session(data, **options)
+        return Session(_edited_bytes(model, extra_outputs, only, fed or {}), **options)
     try:
-        with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
-            path = Path(folder) / "model.onnx"
-            with _exposed(model, extra_outputs):
-                ir.save(model.ir, str(path), external_data="model.onnx.data")
-            model.release_mapped_weights()  # what the save read stays in the page cache only
-            return Session(str(path), **options)
+        return _session_from_copy(model, extra_outputs, options)
     except OSError as error:  # no room (or no folder) for the copy: bytes, when they can go
         if not can_truncate(model):
             raise InputError(_no_temporary_copy(error)) from None
     return Session(model.to_proto().SerializeToString(), **options)
+
+
+def _edited_bytes(model, names: Sequence[str], only: bool, fed: Mapping[str, np.dtype]) -> bytes:
+    """The model's protobuf bytes computing ``names`` alone (``only``; ``fed`` values given
+    instead of computed) or exposing them beside its outputs."""
+    proto = model.to_proto()
+    if only:
+        _truncate(proto, names, fed)
+    else:
+        _expose(proto, names)
+    return proto.SerializeToString()
+
+
+def _session_from_copy(model, extra_outputs: Sequence[str], options: dict[str, Any]) -> Session:
+    """A session over the model written to a temporary folder, weights as external data beside
+    it (mapped by onnxruntime); the folder goes when the session is made."""
+    with tempfile.TemporaryDirectory(prefix="sparsec-") as folder:
+        path = Path(folder) / "model.onnx"
+        with _exposed(model, extra_outputs):
+            ir.save(model.ir, str(path), external_data="model.onnx.data")
+        model.release_mapped_weights()  # what the save read stays in the page cache only
+        return Session(str(path), **options)
 
 
 def _no_temporary_copy(error: OSError) -> str:
