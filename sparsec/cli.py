@@ -222,14 +222,19 @@ def analyze(
     """Report params, MACs, op histogram, opsets, inputs and outputs of MODEL."""
     from sparsec import api, inspection, report
 
+    _check_analyze_flags(
+        {"--groups": groups, "--sensitivity": sensitivity, "--activations": activations},
+        {"--lossy-couplings": lossy_couplings, "--blocks": blocks},
+        {"--calibration": calibration, "--calibration-samples": calibration_samples},
+        {"--importance": importance, "--jobs": jobs, "--executor": executor_name},
+        {"--zero-threshold": zero_threshold, "--plot": plot_path},
+    )
     loaded = api.Model.load(model)
     summary = api.analyze(loaded, input_shapes, inputs)
     if groups:
         summary["channel_groups"], summary["channel_barriers"] = api.channel_groups(
             loaded, input_shapes, lossy_couplings
         )
-    elif lossy_couplings:
-        raise click.UsageError("--lossy-couplings goes with --groups")
     if layers:
         summary["layers"] = api.layers(loaded, input_shapes)
     if heads:
@@ -238,28 +243,12 @@ def analyze(
         summary["blocks"] = inspection.blocks(
             loaded, input_shapes, calibration, calibration_samples or 0
         )
-    calibrated = {"--sensitivity": sensitivity, "--activations": activations, "--blocks": blocks}
-    if (calibration is not None or calibration_samples is not None) and not any(
-        calibrated.values()
-    ):
-        raise click.UsageError(
-            "--calibration and --calibration-samples go with " + _either(list(calibrated))
-        )
-    for flag, given in (
-        ("--importance", importance),
-        ("--jobs", jobs),
-        ("--executor", executor_name),
-    ):
-        if given is not None and not sensitivity:
-            raise click.UsageError(f"{flag} goes with --sensitivity")
     sections = []  # the text after the summary
     if activations:
         summary["activations"] = _activations(
             loaded, calibration, calibration_samples, zero_threshold, plot_path
         )
         sections.append(report.activations_text(summary["activations"]))
-    elif zero_threshold is not None or plot_path is not None:
-        raise click.UsageError("--zero-threshold and --plot go with --activations")
     if sensitivity:
         table = _sensitivity(
             loaded, calibration, calibration_samples, importance, jobs or 1, executor_name
@@ -270,15 +259,33 @@ def analyze(
     _echo(json.dumps(summary, indent=2) if as_json else text)
 
 
+def _check_analyze_flags(modes: dict, extras: dict, data: dict, sweep: dict, plot: dict) -> None:
+    """``analyze``'s flag combinations, before any work: each flag given (not None/False)
+    needs the mode it serves (``modes``: --groups, --sensitivity, --activations)."""
+    if extras["--lossy-couplings"] and not modes["--groups"]:
+        raise click.UsageError("--lossy-couplings goes with --groups")
+    calibrated = ["--sensitivity", "--activations", "--blocks"]
+    uses = {**modes, "--blocks": extras["--blocks"]}
+    if any(v is not None for v in data.values()) and not any(uses[f] for f in calibrated):
+        raise click.UsageError(
+            "--calibration and --calibration-samples go with " + _either(calibrated)
+        )
+    for flag, given in sweep.items():
+        if given is not None and not modes["--sensitivity"]:
+            raise click.UsageError(f"{flag} goes with --sensitivity")
+    if any(v is not None for v in plot.values()) and not modes["--activations"]:
+        raise click.UsageError("--zero-threshold and --plot go with --activations")
+    if modes["--sensitivity"] and data["--calibration"] is None:
+        raise click.UsageError(
+            "--sensitivity measures output errors on calibration data: give --calibration"
+        )
+
+
 def _sensitivity(model, calibration, samples, importance, jobs: int, executor_name):
     """``analyze --sensitivity``: the table, measured where ``--jobs``/``--executor`` say."""
     from sparsec import api, executor
     from sparsec.spec.options import default_importance
 
-    if calibration is None:
-        raise click.UsageError(
-            "--sensitivity measures output errors on calibration data: give --calibration"
-        )
     where = executor.parse(executor_name or executor.LOCAL)  # checked by its option
     if where.remote:
         executor.require_ray()
