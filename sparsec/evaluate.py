@@ -43,8 +43,9 @@ from sparsec.analysis.activations import (
     calibration_batches,
     fixed_batch,
     padding_mask,
+    random_samples,
 )
-from sparsec.analysis.inputs import bind_shapes, conform, random_inputs, read_arrays
+from sparsec.analysis.inputs import conform, read_arrays
 from sparsec.errors import InputError
 from sparsec.ir import Model, runtime
 from sparsec.validate import session
@@ -88,9 +89,7 @@ def random_eval_data(model, count: int = 64, seed: int = 0, overrides=None) -> E
     ``--input-shape`` gives): agreement and errors only, not accuracy. The samples are
     ``activations.random_samples``'s, each float input drawn as its batches are read
     (``inputs.DrawnRows``), so only one batch of them is held."""
-    model = _as_model(model)
-    shapes = {name: (count, *shape[1:]) for name, shape in bind_shapes(model, overrides).items()}
-    samples = random_inputs(model, shapes, seed, lazy=True)
+    samples = random_samples(_as_model(model), count, seed, overrides, lazy=True)
     return EvalData(samples, None, f"random inputs ({_samples_text(count)}, seed {seed})")
 
 

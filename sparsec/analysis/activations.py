@@ -96,11 +96,14 @@ def _read_folder(path: Path) -> dict[str, np.ndarray]:
         ) from None
 
 
-def random_samples(model, count: int, seed: int, overrides=None) -> dict[str, np.ndarray]:
+def random_samples(
+    model, count: int, seed: int, overrides=None, *, lazy: bool = False
+) -> dict[str, np.ndarray]:
     """``count`` seeded random samples per input, at the bound shapes (``overrides``: the
-    ``--input-shape`` ones) with the batch axis set to ``count``."""
+    ``--input-shape`` ones) with the batch axis set to ``count`` (``lazy``: float inputs as
+    ``inputs.DrawnRows``, the same values drawn as their rows are read)."""
     shapes = {name: (count, *shape[1:]) for name, shape in bind_shapes(model, overrides).items()}
-    return random_inputs(model, shapes, seed)
+    return random_inputs(model, shapes, seed, lazy=lazy)
 
 
 def fixed_batch(model) -> int | None:
