@@ -169,11 +169,17 @@ def output_errors(models: Sequence, original, samples, batch_size: int = 16) -> 
     return [float(x / b) if b else float(x) for x in a]
 
 
+def aligned(original, copy) -> bool:
+    """Whether ``copy``, an edited copy of ``original``, still has its nodes one for one (a
+    channel cut edits nodes in place; only a fixup adding nodes, such as heads' shape Concats,
+    changes the count): what reading the copy by the original's node positions needs."""
+    return len(copy.nodes()) == len(original.nodes())
+
+
 def _cut_for(original, model, names: tuple[str, ...]) -> Cut:
     """``cut_of`` for an edited copy of ``original`` that onnxruntime can run cut; else the
     whole run (from the inputs, every output)."""
-    same = len(model.nodes()) == len(original.nodes())
-    if same and runtime.can_truncate(original) and runtime.can_truncate(model):
+    if aligned(original, model) and runtime.can_truncate(original) and runtime.can_truncate(model):
         return cut_of(original, model)
     return Cut(tuple(v.name for v in original.inputs), names)
 
@@ -347,7 +353,7 @@ class PointMeasurer:
             )
         removed = {group.id: units}
         prune_channels(pruned, analysis, removed)
-        if len(pruned.nodes()) == len(self.model.nodes()):  # no node added (heads' shape Concats)
+        if aligned(self.model, pruned):  # no node added (heads' shape Concats)
             carry(
                 self.model,
                 pruned,
