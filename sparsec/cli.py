@@ -29,6 +29,7 @@ from sparsec.cli_options import (
 )
 from sparsec.cli_options import echo as _echo
 from sparsec.errors import SparsecError, UsageError, ValidationError, printable
+from sparsec.executor import WHERE_TEXT
 
 
 class _FilePath(click.Path):
@@ -193,9 +194,7 @@ def _executor_text(_context, _parameter, value: str | None) -> str | None:
     default=None,
     metavar="WHERE",
     callback=_executor_text,
-    help="With --sensitivity: where the groups are measured: local (this machine, --jobs "
-    "processes), ray (RAY_ADDRESS's cluster, else a new local Ray instance), ray://HOST:PORT or "
-    "HOST:PORT (Ray actors; needs pip install 'sparsec[ray]'). The table is the same.",
+    help=f"With --sensitivity: where the groups are measured: {WHERE_TEXT}.",
 )
 @input_shape_option
 @inputs_option

@@ -42,6 +42,12 @@ LOCAL, RAY = "local", "ray"
 INSTALL = "--executor ray needs Ray (the ray extra): pip install 'sparsec[ray]'"
 _ADDRESS = re.compile(r"^(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+$")
 EXPECTED = "local, ray, ray://HOST:PORT or a Ray cluster's HOST:PORT (or auto)"
+# what --executor's help says of its values (compress's target sweep, analyze --sensitivity)
+WHERE_TEXT = (
+    "local (this machine, --jobs processes) or ray (RAY_ADDRESS's cluster, else a new local Ray "
+    "instance), ray://HOST:PORT or HOST:PORT: Ray actors (--jobs of them, default one per CPU; "
+    "the result is the same; needs pip install 'sparsec[ray]')"
+)
 MODEL_FILE = "model.onnx"
 CONNECT_S = 10  # how long a cluster's address may take to accept a connection
 # Ray 2.5x starts clusters with token authentication, and a driver given an address does not

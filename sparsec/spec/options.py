@@ -437,10 +437,7 @@ OPTIONS: tuple[Option, ...] = (
         "executor",
         Kind("WHERE", _executor),
         DATA,
-        "With --target-macs/--target-params: where the sweep runs: local (this machine, --jobs "
-        "processes) or ray (RAY_ADDRESS's cluster, else a new local Ray instance), ray://HOST:PORT "
-        "or HOST:PORT: Ray actors (--jobs of them, default one per CPU; the result is the same; "
-        "needs pip install 'sparsec[ray]').",
+        f"With --target-macs/--target-params: where the sweep runs: {executor.WHERE_TEXT}.",
         executor.LOCAL,
     ),
     Option(
