@@ -61,6 +61,19 @@ def cli(capfd):
     return invoke
 
 
+def compress_report(cli, folder: Path, source, *args: str) -> tuple[int, str, dict]:
+    """``sparsec compress SOURCE ARGS -o folder/o.onnx --report folder/r.json --latency-runs 0``
+    in-process: (exit code, stderr, the report as JSON, or {} when none was written)."""
+    import json
+
+    report = folder / "r.json"
+    code, _out, err = cli(
+        "compress", str(source), *args, "-o", str(folder / "o.onnx"),
+        "--report", str(report), "--latency-runs", "0",
+    )  # fmt: skip
+    return code, err, json.loads(report.read_text()) if report.exists() else {}
+
+
 def prune(path_or_model, **options):
     """``channel-prune`` with ``options`` then cleanup, on a path or a Model: (model, result)."""
     model = path_or_model if isinstance(path_or_model, Model) else Model.load(path_or_model)

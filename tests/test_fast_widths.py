@@ -181,28 +181,13 @@ def test_a_grouped_convs_balanced_group_keeps_its_plain_count(monkeypatch, fresh
 
 
 def test_cli_round_to_auto_prunes_exactly(cli, tmp_path, monkeypatch, fresh_cache):
-    import json
-
-    from conftest import MODELS
+    from conftest import MODELS, compress_report
 
     monkeypatch.setattr(fast_widths, "measure", blocky_timer([]))
-    report = tmp_path / "r.json"
-    code, _out, err = cli(
-        "compress",
-        str(MODELS / "digits_cnn.onnx"),
-        "--channels",
-        "0.5",
-        "--round-to",
-        "auto",
-        "-o",
-        str(tmp_path / "o.onnx"),
-        "--report",
-        str(report),
-        "--latency-runs",
-        "0",
+    code, err, data = compress_report(
+        cli, tmp_path, MODELS / "digits_cnn.onnx", "--channels", "0.5", "--round-to", "auto"
     )
     assert code in (0, 1), err  # 1: the collapse warning of a lossy run on random weights
-    data = json.loads(report.read_text())
     assert data["recipe_keys"]["round_to"] == "auto"
     assert data["oracle"]["passed"] is True
     assert data["macs_after"] < data["macs_before"]

@@ -112,22 +112,11 @@ def test_one_reference_session_serves_every_probe(monkeypatch):
 def test_cli_target_latency_writes_the_note_in_the_report(cli, tmp_path, monkeypatch):
     import json
 
+    from conftest import compress_report
+
     monkeypatch.setattr(latency_target, "timer_for", macs_timer([]))
-    report = tmp_path / "r.json"
-    code, _out, err = cli(
-        "compress",
-        str(DIGITS),
-        "--target-latency",
-        "0.5",
-        "-o",
-        str(tmp_path / "o.onnx"),
-        "--report",
-        str(report),
-        "--latency-runs",
-        "0",
-    )
+    code, err, data = compress_report(cli, tmp_path, DIGITS, "--target-latency", "0.5")
     assert code in (0, 1), err  # 1: the collapse warning of a lossy run on random weights
-    data = json.loads(report.read_text())
     assert data["after"]["macs"] / data["before"]["macs"] <= 0.5
     assert data["oracle"]["passed"] is True
     assert "channel.target-latency" in json.dumps(data["diagnostics"])
