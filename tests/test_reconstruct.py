@@ -100,8 +100,17 @@ def test_seed_makes_it_deterministic(monkeypatch):
     pytest.importorskip("torch")
     monkeypatch.setattr(recon, "STEPS", 20)
     monkeypatch.setattr(recon, "AUGMENT", 2)
-    first = _sparse_vit("block").artifacts["refit"]["arrays"]
-    second = _sparse_vit("block").artifacts["refit"]["arrays"]
+    runs = [_sparse_vit("block") for _ in range(2)]
+    reports = [run.artifacts["reconstruction"] for run in runs]  # kept even when put back
+    assert reports[0]["regions"] and reports[0]["held_error_block"] > 0
+    untimed = [
+        [{k: v for k, v in row.items() if k != "seconds"} for row in r["regions"]] for r in reports
+    ]
+    assert untimed[0] == untimed[1]  # every region's errors, bit for bit
+    assert reports[0]["held_error_block"] == reports[1]["held_error_block"]
+    other = _sparse_vit("block", seed=1).artifacts["reconstruction"]["regions"]
+    assert [row["held_after"] for row in other] != [row["held_after"] for row in untimed[0]]
+    first, second = (run.artifacts["refit"]["arrays"] for run in runs)
     assert first.keys() == second.keys()
     assert all(np.array_equal(first[name], second[name]) for name in first)
 
