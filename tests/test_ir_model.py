@@ -174,6 +174,30 @@ def test_constants_from_constant_and_constant_of_shape_nodes():
     assert model.constant(s) is None  # computed, not held
 
 
+def test_a_rewritten_constant_node_output_is_written_with_its_type(tmp_path, caplog):
+    """An exporter's untyped ``Constant`` output (no value_info) gets a shape when sparsec
+    rewrites it; without its element type too, onnx-ir cannot write that shape and logs a
+    warning per value at every serialisation (thousands per compile on a Paddle export)."""
+    value = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3))
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=value),
+        helper.make_node("Add", ["c", "x"], ["y"]),
+    ]
+    proto = make_model(
+        nodes, [("x", TensorProto.FLOAT, [2, 3])], [("y", TensorProto.FLOAT, [2, 3])]
+    )
+    model = Model.from_proto(proto)
+    c = model.nodes()[0].outputs[0]
+    assert c.type is None  # as exported: no value_info for it
+    model.set_constant(c, np.ones((2, 3), np.float16).astype(np.float32))
+    with caplog.at_level("WARNING", logger="onnx_ir"):
+        model.save(tmp_path / "out.onnx")
+    assert not [record for record in caplog.records if record.name.startswith("onnx_ir")]
+    [info] = [v for v in onnx.load(str(tmp_path / "out.onnx")).graph.value_info if v.name == "c"]
+    assert info.type.tensor_type.elem_type == TensorProto.FLOAT
+    assert [d.dim_value for d in info.type.tensor_type.shape.dim] == [2, 3]
+
+
 def test_subgraphs_and_functions_survive_a_round_trip(tmp_path):
     then_graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["t"])],

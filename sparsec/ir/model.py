@@ -552,6 +552,7 @@ class Model:
         else:
             raise ValueError(f"'{value.name}' is not a constant sparsec can rewrite")
         value.shape = ir.Shape(array.shape)
+        value.dtype = ir.DataType.from_numpy(array.dtype)  # a shape needs a type to be written
         self.touch()
 
     def set_dim(self, value: ir.Value, axis: int, size: int) -> None:
