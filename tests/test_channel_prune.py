@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsec.analysis.groups import find_channel_groups
 from sparsec.analysis.importance import IMPORTANCE
 from sparsec.analysis.rules import AXIS_RULES
+from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
 from sparsec.ir import Model
 from sparsec.passes.channel_prune import ChannelPrunePass
@@ -405,3 +406,21 @@ def test_every_selection_keeps_the_oracle(path, options):
     model, result = prune(path, **options)
     assert model.check() is None
     assert oracle_error(model, result.reference(), seed=1) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "path", sorted(MODELS.rglob("*.onnx")), ids=lambda p: str(p.relative_to(MODELS))
+)
+def test_the_shapes_a_cut_vouches_for_are_the_pruned_models(path):
+    """After a cut, value shapes come from the ones known before it, shrunk on the cut axes
+    (``surgery.cut_shapes``): they equal a fresh computation on the pruned graph (a copy,
+    which takes nothing vouched), on every bundled model."""
+    model = Model.load(path)
+    before = value_shapes(model)
+    if not ChannelPrunePass(ratio=0.5)(model).modified:
+        return
+    vouched = value_shapes(model)
+    fresh = value_shapes(model.copy())
+    assert vouched == fresh
+    if path.stem in ("digits_cnn", "resnet_like", "residual_add"):
+        assert vouched != {n: s for n, s in before.items() if n in vouched}  # channels were cut

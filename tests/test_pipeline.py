@@ -10,8 +10,11 @@ from onnx import TensorProto, helper
 
 import sparsec
 from sparsec import api
+from sparsec.analysis import shapes as shapes_module
+from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
-from sparsec.passes import Pipeline, available, create, parse_pipeline
+from sparsec.ir import Model
+from sparsec.passes import Pipeline, available, builtin, create, parse_pipeline
 from sparsec.passes.builtin import default_pipeline
 
 F = TensorProto.FLOAT
@@ -251,3 +254,55 @@ def test_calibration_is_read_once_before_the_first_pass(monkeypatch):
         sparsec.Model.load(MODELS / "digits_mlp.onnx")
     )
     assert order == [("dead-code", 1), ("weight-sparsity", 1)]
+
+
+SHAPE_KEEPING = list(
+    {
+        p.name: p
+        for p in (*builtin.canonical_passes(), *builtin.cleanup_passes())
+        if p.keeps_value_shapes
+    }.values()
+)
+EXERCISING = {  # a model where each flagged pass changes something
+    "packed_qkv_dynamo": {"split-qkv", "transpose-canonicalize"},
+    "llama_gqa_legacy": {"shape-canonicalize", "const-fold-shapes", "dead-code"},
+    "cleanup_cnn": {"bn-fold", "const-fold-shapes", "dead-code", "identity-elimination"},
+}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(MODELS.rglob("*.onnx")), ids=lambda p: str(p.relative_to(MODELS))
+)
+def test_passes_that_keep_value_shapes_do(path):
+    """The flag's promise, on every bundled model: each value a pass leaves has the shape it
+    had before (the passes run straight, so nothing is vouched: both sides are computed)."""
+    model = Model.load(path)
+    checked = set()
+    for member in SHAPE_KEEPING * 2:  # each twice: after the others too
+        before = value_shapes(model)
+        if not member(model).modified:
+            continue
+        after = value_shapes(model)
+        changed = {n: (before[n], s) for n, s in after.items() if n in before and before[n] != s}
+        assert not changed, f"{member.name} changed value shapes: {changed}"
+        checked.add(member.name)
+    assert checked >= EXERCISING.get(path.stem, set())
+
+
+def test_a_pipeline_carries_value_shapes_past_a_pass_that_keeps_them(monkeypatch):
+    """After a cleanup pass, value shapes are not inferred again when every value left was
+    known before it, and they equal a fresh computation."""
+    model = Model.load(MODELS / "cleanup_cnn.onnx")
+    value_shapes(model)  # what an analysis before the pipeline knew
+    inferred = []
+    real = shapes_module.ir_shapes.infer_cached
+    monkeypatch.setattr(
+        shapes_module.ir_shapes,
+        "infer_cached",
+        lambda *args, **kwargs: inferred.append(1) or real(*args, **kwargs),
+    )
+    result = Pipeline([builtin.IdentityEliminationPass(), builtin.DeadCodePass()])(model)
+    assert result.modified
+    carried = value_shapes(model)
+    assert not inferred
+    assert carried == value_shapes(model.copy())  # a copy takes nothing vouched: computed

@@ -6,6 +6,12 @@ unknown are measured by running onnxruntime once on representative inputs, on th
 (``ir.cone``: the nodes they depend on, stopping at a ``Shape`` of a value whose shape inference
 knows, so a class token's run-time ``Expand`` costs a few nodes, not the whole model). The
 result is cached per model version and binding.
+
+Shapes vouched across a pass (``known_shapes`` before it, ``vouch`` after it): a pass whose
+``keeps_value_shapes`` holds leaves every value it does not remove with the shape it had, so
+what was known before it stays true of the values that survive. ``value_shapes`` then infers
+nothing when the vouched shapes cover every value it would report (the pass only removed or
+rewired), and measures only the values neither inference nor the vouched shapes know.
 """
 
 from __future__ import annotations
@@ -23,16 +29,64 @@ Shape = tuple[int, ...]
 _MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model: (cone key, shapes)
 
 
+_SHAPES, _VOUCHED = "value_shapes:", "vouched_shapes:"  # cache keys: + the binding (+ fallback)
+
+
 def value_shapes(
     model, overrides: Mapping[str, Shape] | None = None, *, fallback: bool = True
 ) -> dict[str, Shape]:
     """{value name: concrete shape} for main-graph values, inputs bound as ``bind_shapes`` says."""
     bindings = bind_shapes(model, overrides)
-    key = "value_shapes:" + repr(sorted(bindings.items())) + f":{fallback}"
+    key = _SHAPES + repr(sorted(bindings.items())) + f":{fallback}"
     return model.cached(key, lambda: _compute(model, bindings, fallback))
 
 
+def known_shapes(model, *, unedited: bool = False) -> dict[str, dict[str, Shape]]:
+    """{binding key: shapes} of what is known of ``model``'s value shapes now, without
+    computing anything (its current ``value_shapes`` results and vouched shapes);
+    ``unedited``: as ``Model.current_entries`` takes it."""
+    known: dict[str, dict[str, Shape]] = {}
+    for key, shapes in model.current_entries((_VOUCHED, _SHAPES), unedited=unedited).items():
+        binding = key.removeprefix(_VOUCHED)
+        if key.startswith(_SHAPES):
+            binding = key.removeprefix(_SHAPES).rsplit(":", 1)[0]
+        known[binding] = {**known.get(binding, {}), **shapes}
+    return known
+
+
+def vouch(model, known: Mapping[str, Mapping[str, Shape]]) -> None:
+    """Declare ``known`` (``known_shapes`` taken before a pass that keeps value shapes) true
+    of the values of ``model`` now; stale at its next edit."""
+    if known:
+        model.remember({_VOUCHED + binding: shapes for binding, shapes in known.items()})
+
+
+class ShapeCarrier:
+    """The value shapes known along a sequence of passes on one model: taken at the start,
+    vouched for after each pass that changed the model and keeps value shapes, read again
+    after any other change (a cut vouches for its own shapes), and after a pass that changed
+    nothing only what it computed is added (no walk of the graph: a pass that reports no
+    change made none, the pass contract)."""
+
+    def __init__(self, model) -> None:
+        self.known = known_shapes(model)
+
+    def passed(self, member, result) -> None:
+        """Update after ``member`` (a pass) gave ``result``."""
+        model = result.model
+        if not result.modified:
+            self.known = {**self.known, **known_shapes(model, unedited=True)}
+        elif getattr(member, "keeps_value_shapes", False) and member.in_place:
+            vouch(model, self.known)
+        else:
+            self.known = known_shapes(model)
+
+
 def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, Shape]:
+    vouched = model.current_entries(_VOUCHED + repr(sorted(bindings.items())))
+    hints: Mapping[str, Shape] = next(iter(vouched.values()), {})
+    if hints and all(name in hints for name in _reported(model)):
+        return _from_vouched(model, bindings, hints)
     inferred = ir_shapes.infer_cached(model, bindings)
     known = {
         name: tuple(dims)
@@ -47,17 +101,36 @@ def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, 
         shape = model.constant_shape(value)
         if shape is not None:
             known[name] = shape
-    missing = [
-        v.name
-        for node in model.nodes()
-        for v in node.outputs  # unused and non-tensor outputs don't matter
-        if v.name
-        and v.name not in known
-        and (v.uses() or v.is_graph_output())
-        and model.is_tensor(v)
-    ]
+    missing = [name for name in _reported(model) if name not in known]
+    known.update({name: hints[name] for name in missing if name in hints})
+    missing = [name for name in missing if name not in hints]
     if missing and fallback:
         known.update(measure_shapes(model, bindings, missing, known))
+    return known
+
+
+def _reported(model) -> list[str]:
+    """The node outputs whose shapes ``value_shapes`` must know (measuring them if need be):
+    used or graph outputs, tensors (unused and non-tensor outputs don't matter)."""
+    return [
+        v.name
+        for node in model.nodes()
+        for v in node.outputs
+        if v.name and (v.uses() or v.is_graph_output()) and model.is_tensor(v)
+    ]
+
+
+def _from_vouched(model, bindings: Mapping[str, Shape], hints: Mapping[str, Shape]) -> dict:
+    """``_compute``'s result when vouched shapes cover every reported value: them, for the
+    values still in the graph, and the inputs' and constants' shapes."""
+    present = model.values_by_name()
+    known = {name: shape for name, shape in hints.items() if name in present}
+    tensors = {v.name for v in model.inputs if model.is_tensor(v)}
+    known.update({name: shape for name, shape in bindings.items() if name in tensors})
+    for name, value in model.initializers().items():
+        shape = model.constant_shape(value)
+        if shape is not None:
+            known[name] = shape
     return known
 
 

@@ -24,15 +24,7 @@ def carry(
 ) -> int:
     """Put ``source``'s current cache entries whose key starts with ``prefix`` (or one of
     them) into ``target``'s cache (through ``edit`` when given); how many were carried."""
-    current = source._current_structure()
-    entries = [
-        (key, result)
-        for key, (version, structure, result) in source._cache.items()
-        if key.startswith(prefix) and version == source.version and structure == current
-    ]
-    if not entries:
-        return 0
-    state = (target.version, target._current_structure())
-    for key, result in entries:
-        target._cache[key] = (*state, edit(result) if edit is not None else result)
+    entries = source.current_entries(prefix)
+    if entries:
+        target.remember({key: edit(r) if edit is not None else r for key, r in entries.items()})
     return len(entries)

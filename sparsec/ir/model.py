@@ -465,8 +465,32 @@ class Model:
         if hit is not None and hit[0] == self.version and self._current_structure() == hit[1]:
             return hit[2]
         result = compute()
-        self._cache[key] = (self.version, self._current_structure(), result)
+        self.remember({key: result})
         return result
+
+    def current_entries(
+        self, prefix: str | tuple[str, ...], *, unedited: bool = False
+    ) -> dict[str, Any]:
+        """The memoised results (``cached``) still current on the graph now whose key starts
+        with ``prefix`` (or one of them): what an analysis knows without recomputing.
+        ``unedited``: the caller knows the graph was not edited since the last lookup (a pass
+        that reported no change ran since), so the graph is not walked again to check."""
+        if not any(key.startswith(prefix) for key in self._cache):
+            return {}
+        now = self._structure if unedited else self._current_structure()
+        return {
+            key: result
+            for key, (version, structure, result) in self._cache.items()
+            if key.startswith(prefix) and version == self.version and structure is now
+        }
+
+    def remember(self, entries: dict[str, Any]) -> None:
+        """Store each result under its key as if ``cached`` had just computed it on the graph
+        now: the caller vouches that it is what that computation gives; the next edit makes it
+        stale like any other entry."""
+        state = (self.version, self._current_structure())
+        for key, result in entries.items():
+            self._cache[key] = (*state, result)
 
     def _current_structure(self) -> tuple:
         """``digest.structure`` of the graph now; the previous tuple when equal to it, so that

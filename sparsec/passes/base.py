@@ -60,6 +60,9 @@ class PassBase(IRPassBase):
     lossy: ClassVar[bool] = (
         False  # changes outputs on purpose; runs once even in a fixed-point pipeline
     )
+    # every value the pass leaves in the graph keeps its shape (for every input binding): a
+    # Pipeline then carries the shapes known before the pass past it (``analysis.shapes``)
+    keeps_value_shapes: ClassVar[bool] = False
 
     @property
     def changes_input(self) -> bool:  # onnx-ir's contract: a functional pass leaves it alone

@@ -109,6 +109,7 @@ class BatchNormFoldPass(InPlacePass):
     """Fold BatchNormalization into a preceding Conv / ConvTranspose / Gemm."""
 
     name: ClassVar[str] = "bn-fold"
+    keeps_value_shapes: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "Fold inference BatchNormalization into the preceding Conv, ConvTranspose or Gemm."
     )

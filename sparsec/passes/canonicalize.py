@@ -59,6 +59,7 @@ class TransposeCanonicalizePass(InPlacePass):
     """Replace Reshape → Transpose([0, 2, 1]) → Reshape swaps of the last two axes by a Transpose."""
 
     name: ClassVar[str] = "transpose-canonicalize"
+    keeps_value_shapes: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "Rewrite flatten → transpose → unflatten idioms (dynamo's SDPA Kᵀ) as one Transpose."
     )
@@ -154,6 +155,7 @@ class ShapeCanonicalizePass(InPlacePass):
     ``-1 → 1`` Where on a vector that cannot hold -1."""
 
     name: ClassVar[str] = "shape-canonicalize"
+    keeps_value_shapes: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "Drop no-op Reshape([-1]) and expand(-1 → 1) Where idioms on shape vectors (legacy exports)."
     )

@@ -17,6 +17,7 @@ class DeadCodePass(InPlacePass):
     """Remove nodes, initializers, functions and opset imports that no output depends on."""
 
     name: ClassVar[str] = "dead-code"
+    keeps_value_shapes: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "Remove unused nodes, optional outputs, initializers, functions and opset imports."
     )
@@ -59,6 +60,7 @@ class IdentityEliminationPass(InPlacePass):
     """Bypass Identity nodes and inference-mode Dropout nodes."""
 
     name: ClassVar[str] = "identity-elimination"
+    keeps_value_shapes: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "Bypass Identity and inference-mode Dropout nodes (graph outputs keep their names)."
     )

@@ -112,6 +112,7 @@ class ConstantFoldShapesPass(InPlacePass):
     """Fold Shape/Gather/Concat/Unsqueeze-style integer subgraphs into constants."""
 
     name: ClassVar[str] = "const-fold-shapes"
+    keeps_value_shapes: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "Fold shape-only integer subgraphs (Shape, Gather, Concat, ...) into constants."
     )

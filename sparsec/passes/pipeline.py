@@ -14,7 +14,9 @@ is in place when all its members are; with a functional member it returns a new 
 member may be an onnx-ir pass (it runs through ``IRPass``). A fixed-point pipeline still
 changing the model in its last round stops there with a ``pipeline.not-settled`` warning
 naming the passes that kept changing it (also logged to the ``sparsec.passes`` logger, which a
-command line shows on stderr).
+command line shows on stderr). The value shapes known before a member whose
+``keeps_value_shapes`` holds are vouched for after it (``analysis.shapes.ShapeCarrier``), so
+the fixed-point cleanup does not infer or measure them again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
+from sparsec.analysis import shapes
 from sparsec.errors import InternalError, SparsecError
 from sparsec.ir.passes import IRPassBase, IRPreconditionError
 from sparsec.passes.base import Diagnostic, InPlacePass, IRPass, PassBase, PassError, PassResult
@@ -73,8 +76,9 @@ class Pipeline(InPlacePass):
         self.prepare(model)  # every member's outside data is read and checked before the first pass
         total = PassResult(model, modified=False)
         changing: list[str] = []
+        carrier = shapes.ShapeCarrier(model)
         for round_index in range(self.max_rounds if self.fixed_point else 1):
-            changing = self._round(total, round_index)
+            changing = self._round(total, round_index, carrier)
             total.modified |= bool(changing)
             if not changing:
                 break
@@ -87,7 +91,7 @@ class Pipeline(InPlacePass):
             self.check(total.model, self.describe())
         return total
 
-    def _round(self, total: PassResult, round_index: int) -> list[str]:
+    def _round(self, total: PassResult, round_index: int, carrier: shapes.ShapeCarrier):
         """Run every member once (a lossy one in the first round only) on ``total.model``;
         the names of the members that changed it."""
         changing = []
@@ -95,6 +99,7 @@ class Pipeline(InPlacePass):
             if member.lossy and round_index > 0:
                 continue
             result = _run(member, total.model)
+            carrier.passed(member, result)
             total.model = result.model
             if result.modified:
                 changing.append(member.describe())

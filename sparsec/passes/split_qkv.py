@@ -62,6 +62,7 @@ class SplitQkvPass(InPlacePass):
     """Replace Reshape(.., 3, H, D) → Transpose(2, 0, 3, 1, 4) → unbind by three separate parts."""
 
     name: ClassVar[str] = "split-qkv"
+    keeps_value_shapes: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "Split packed QKV projections (timm's qkv Linear) into separate Q, K, V projections."
     )

@@ -31,9 +31,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sparsec.analysis import lookup
+from sparsec.analysis import lookup, shapes
 from sparsec.analysis.activations import RANDOM
-from sparsec.analysis.groups import ChannelGroup, find_channel_groups
+from sparsec.analysis.groups import ChannelGroup, find_channel_groups, kept_positions
 from sparsec.analysis.importance import IMPORTANCE, ImportanceContext, group_scores
 from sparsec.pruning import budget, depth_width, latency_target, layer_ratios
 from sparsec.pruning.exclude import excluded_by, unmatched_warnings
@@ -41,7 +41,7 @@ from sparsec.pruning.fast_widths import FastWidths
 from sparsec.pruning.plans import read_plan, removed_from_plan
 from sparsec.pruning.recovery import recover_result
 from sparsec.pruning.selection import lowest_units
-from sparsec.pruning.surgery import prune_channels
+from sparsec.pruning.surgery import cut_shapes, prune_channels
 from sparsec.results import Diagnostic, PassError, PassResult, progress
 
 
@@ -196,7 +196,7 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
         removed = select(model, options, candidates, samples, picked)
     kinds = {g.kind for g in analysis.groups}  # read before surgery changes the graph
     original = model.copy() if samples is not None and options.recover else None
-    result = prune_channels(model, analysis, removed)
+    result = _cut(model, analysis, removed)
     drifted = depth_width.drop_after_cut(result, dropped)
     _record_patterns(result.artifacts.get("plan"), picked)
     result.diagnostics = (
@@ -225,6 +225,17 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
             progress=progress,
             drifted=set(drifted) or None,
         )
+    return result
+
+
+def _cut(model, analysis, removed: dict) -> PassResult:
+    """``prune_channels``, the value shapes known before it vouched for after it, cut too
+    (``surgery.cut_shapes``), when it added no node: the passes after it infer none again."""
+    known, count = shapes.known_shapes(model), len(model.nodes())
+    result = prune_channels(model, analysis, removed)
+    if known and result.modified and len(model.nodes()) == count:
+        edit = cut_shapes(model, kept_positions(analysis, removed))
+        shapes.vouch(model, {binding: edit(values) for binding, values in known.items()})
     return result
 
 

@@ -29,7 +29,7 @@ being measured.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -42,7 +42,7 @@ from sparsec.ir import Model, runtime
 from sparsec.ir.carried import carry
 from sparsec.ir.compare import changed_nodes
 from sparsec.pruning.selection import lowest_units
-from sparsec.pruning.surgery import prune_channels
+from sparsec.pruning.surgery import cut_shapes, prune_channels
 
 FRONTIER_MB = 512  # frontier activations held between rounds, per process
 
@@ -384,27 +384,6 @@ class PointMeasurer:
 # cached analyses (``analysis.shapes``) a copy takes from the original: value shapes, then the
 # values of the small tensors group analysis measures (not carried past a cut: they may be shapes)
 SHAPE_KEYS = ("value_shapes:", "values:")
-
-
-def cut_shapes(pruned, table: Mapping) -> Callable[[dict], dict]:
-    """The original's value shapes (``analysis.shapes.value_shapes``) made ``pruned``'s, a copy
-    of it that ``surgery`` cut by ``table`` (member -> kept positions): every value whose size
-    a cut changes is a member of the group (a node that does not map it blocks the group), so a
-    member's axis takes its kept count; constants are read from ``pruned`` (a fixup may have
-    given a node a new one, such as Split sizes)."""
-
-    def edit(shapes: dict) -> dict:
-        shapes = dict(shapes)
-        for (name, axis), kept in table.items():
-            if name in shapes:
-                shapes[name] = (*shapes[name][:axis], len(kept), *shapes[name][axis + 1 :])
-        for name, value in pruned.initializers().items():
-            shape = pruned.constant_shape(value)
-            if shape is not None:
-                shapes[name] = shape
-        return shapes
-
-    return edit
 
 
 def cost_shapes(model, samples: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:

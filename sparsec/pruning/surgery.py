@@ -18,6 +18,7 @@ Given the channel groups of a model and, per group, the units to remove:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -101,3 +102,26 @@ def _gather_per_group(model, weight, grouped, kept) -> None:
         raise ValueError(f"the removal would leave the groups of '{weight.name}' unequal")
     rows = np.split(array, grouped.groups, axis=0)
     model.set_constant(weight, np.concatenate([r[:, p] for r, p in zip(rows, local)], axis=0))
+
+
+def cut_shapes(pruned, table: Mapping) -> Callable[[dict], dict]:
+    """The original's value shapes (``analysis.shapes.value_shapes``) made ``pruned``'s, the
+    original cut by ``table`` (member -> kept positions, ``kept_positions``), in place or on a
+    copy, with no node added (a fixup adding nodes, such as heads' shape Concats, makes values
+    these shapes do not know): every value whose size
+    a cut changes is a member of the group (a node that does not map it blocks the group), so a
+    member's axis takes its kept count; constants are read from ``pruned`` (a fixup may have
+    given a node a new one, such as Split sizes)."""
+
+    def edit(shapes: dict) -> dict:
+        shapes = dict(shapes)
+        for (name, axis), kept in table.items():
+            if name in shapes:
+                shapes[name] = (*shapes[name][:axis], len(kept), *shapes[name][axis + 1 :])
+        for name, value in pruned.initializers().items():
+            shape = pruned.constant_shape(value)
+            if shape is not None:
+                shapes[name] = shape
+        return shapes
+
+    return edit
