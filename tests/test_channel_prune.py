@@ -424,3 +424,13 @@ def test_the_shapes_a_cut_vouches_for_are_the_pruned_models(path):
     assert vouched == fresh
     if path.stem in ("digits_cnn", "resnet_like", "residual_add"):
         assert vouched != {n: s for n, s in before.items() if n in vouched}  # channels were cut
+
+
+def test_a_cut_vouches_for_the_analysis_binding_only():
+    """A kept count holds at the binding the group analysis used: where an axis folds the batch
+    in (attention's batch x heads), shapes known at another batch are not carried past the cut."""
+    model = Model.load(MODELS / "attention" / "vit_sdpa_dynamo18.onnx")
+    batch3 = {model.inputs[0].name: (3, 1, 8, 8)}
+    value_shapes(model, batch3)
+    assert ChannelPrunePass(ratio=0.5)(model).modified
+    assert value_shapes(model, batch3) == value_shapes(model.copy(), batch3)

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 import sparsec
 from sparsec import api
 from sparsec.analysis import shapes as shapes_module
+from sparsec.analysis.inputs import bind_shapes
 from sparsec.analysis.shapes import value_shapes
 from sparsec.errors import InputError
 from sparsec.ir import Model
@@ -277,16 +278,34 @@ def test_passes_that_keep_value_shapes_do(path):
     """The flag's promise, on every bundled model: each value a pass leaves has the shape it
     had before (the passes run straight, so nothing is vouched: both sides are computed)."""
     model = Model.load(path)
+    first = model.inputs[0]
+    dims = model.shape_dims(first) or []
+    bindings = [None]  # the default binding, and a batch of 3 where the batch is symbolic
+    if dims and not isinstance(dims[0], int):
+        bindings.append({first.name: (3, *bind_shapes(model)[first.name][1:])})
     checked = set()
     for member in SHAPE_KEEPING * 2:  # each twice: after the others too
-        before = value_shapes(model)
+        before = [value_shapes(model, binding) for binding in bindings]
         if not member(model).modified:
             continue
-        after = value_shapes(model)
-        changed = {n: (before[n], s) for n, s in after.items() if n in before and before[n] != s}
-        assert not changed, f"{member.name} changed value shapes: {changed}"
+        for binding, known in zip(bindings, before):
+            after = value_shapes(model, binding)
+            changed = {n: (known[n], s) for n, s in after.items() if n in known and known[n] != s}
+            assert not changed, f"{member.name} changed value shapes at {binding}: {changed}"
         checked.add(member.name)
     assert checked >= EXERCISING.get(path.stem, set())
+
+
+def _count_whole_inferences(monkeypatch) -> list:
+    """A list that gets an item per whole-graph shape inference ``value_shapes`` runs."""
+    calls: list = []
+    real = shapes_module.ir_shapes.infer_cached
+    monkeypatch.setattr(
+        shapes_module.ir_shapes,
+        "infer_cached",
+        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs),
+    )
+    return calls
 
 
 def test_a_pipeline_carries_value_shapes_past_a_pass_that_keeps_them(monkeypatch):
@@ -294,15 +313,79 @@ def test_a_pipeline_carries_value_shapes_past_a_pass_that_keeps_them(monkeypatch
     known before it, and they equal a fresh computation."""
     model = Model.load(MODELS / "cleanup_cnn.onnx")
     value_shapes(model)  # what an analysis before the pipeline knew
-    inferred = []
-    real = shapes_module.ir_shapes.infer_cached
-    monkeypatch.setattr(
-        shapes_module.ir_shapes,
-        "infer_cached",
-        lambda *args, **kwargs: inferred.append(1) or real(*args, **kwargs),
-    )
+    inferred = _count_whole_inferences(monkeypatch)
     result = Pipeline([builtin.IdentityEliminationPass(), builtin.DeadCodePass()])(model)
     assert result.modified
     carried = value_shapes(model)
     assert not inferred
     assert carried == value_shapes(model.copy())  # a copy takes nothing vouched: computed
+
+
+def test_a_pass_that_may_change_shapes_stops_the_carry():
+    """Shapes known before a pass without ``keeps_value_shapes`` are not vouched for past a
+    later pass that has it: after it, shapes are computed on the graph as it is."""
+
+    class Widen(sparsec.InPlacePass):  # unflagged: the input grows from 4 to 6 elements
+        def call(self, model):
+            model.set_dim(model.inputs[0], 0, 6)
+            return sparsec.PassResult(model, modified=True)
+
+    class Touch(sparsec.InPlacePass):  # flagged: changes nothing a shape depends on
+        keeps_value_shapes = True
+
+        def call(self, model):
+            model.touch()
+            return sparsec.PassResult(model, modified=True)
+
+    model = Model.from_proto(_double_relu_model())
+    assert value_shapes(model)["b"] == (4,)
+    Pipeline([Widen(), Touch()])(model)
+    assert value_shapes(model)["b"] == (6,)
+
+
+def test_a_fixed_point_round_skips_a_pass_that_ran_on_the_model_as_it_is():
+    """A member that left the model unchanged, with no change since, is not run again: the
+    second round reruns only what ran before the last change."""
+    runs: list[str] = []
+
+    class Watch(sparsec.InPlacePass):
+        def __init__(self, label: str, changes: int = 0) -> None:
+            self.label, self.changes = label, changes
+
+        def call(self, model):
+            runs.append(self.label)
+            changed = self.changes > 0
+            if changed:
+                self.changes -= 1
+                model.touch()
+            return sparsec.PassResult(model, modified=changed)
+
+    model = Model.from_proto(_double_relu_model())
+    result = Pipeline([Watch("a"), Watch("b", changes=1), Watch("c")], fixed_point=True)(model)
+    assert result.modified
+    assert runs == ["a", "b", "c", "a", "b"]  # round 2: c ran after the change and is skipped
+
+
+@pytest.mark.parametrize(
+    "path", sorted(MODELS.rglob("*.onnx")), ids=lambda p: str(p.relative_to(MODELS))
+)
+def test_carried_shapes_equal_computed_ones_after_the_cleanup(path):
+    """After the canonical and cleanup passes, the shapes a pipeline carried (vouched, the
+    nodes a pass added inferred one by one) are those a fresh computation finds (on a copy)."""
+    model = Model.load(path)
+    value_shapes(model)
+    Pipeline([*builtin.canonical_passes(), *builtin.cleanup_passes()], fixed_point=True)(model)
+    assert value_shapes(model) == value_shapes(model.copy())
+
+
+def test_nodes_a_pass_adds_are_inferred_alone(monkeypatch):
+    """split-qkv adds projections to a graph whose other shapes are known: the pipeline infers
+    those nodes one by one, not the whole graph again."""
+    model = Model.load(MODELS / "attention" / "packed_qkv" / "packed_qkv_dynamo.onnx")
+    value_shapes(model)
+    whole = _count_whole_inferences(monkeypatch)
+    assert Pipeline([builtin.SplitQkvPass()])(model).modified
+    added = value_shapes(model)
+    assert not whole
+    monkeypatch.undo()
+    assert added == value_shapes(model.copy())

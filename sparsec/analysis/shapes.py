@@ -10,8 +10,9 @@ result is cached per model version and binding.
 Shapes vouched across a pass (``known_shapes`` before it, ``vouch`` after it): a pass whose
 ``keeps_value_shapes`` holds leaves every value it does not remove with the shape it had, so
 what was known before it stays true of the values that survive. ``value_shapes`` then infers
-nothing when the vouched shapes cover every value it would report (the pass only removed or
-rewired), and measures only the values neither inference nor the vouched shapes know.
+only the nodes whose outputs the vouched shapes lack, one by one (none when the pass only
+removed or rewired); when one of those fails, the whole graph, and it measures only the values
+neither inference nor the vouched shapes know.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model: (co
 
 
 _SHAPES, _VOUCHED = "value_shapes:", "vouched_shapes:"  # cache keys: + the binding (+ fallback)
+NODE_INFERENCE = 0.5  # the share of the graph's nodes inferred one by one, at most (0.05 ms
+# per node on mobilevit, as the whole graph's inference per node: past it, that one at once)
 
 
 def value_shapes(
@@ -37,8 +40,18 @@ def value_shapes(
 ) -> dict[str, Shape]:
     """{value name: concrete shape} for main-graph values, inputs bound as ``bind_shapes`` says."""
     bindings = bind_shapes(model, overrides)
-    key = _SHAPES + repr(sorted(bindings.items())) + f":{fallback}"
+    key = _SHAPES + _key(bindings) + f":{fallback}"
     return model.cached(key, lambda: _compute(model, bindings, fallback))
+
+
+def binding_key(model, overrides: Mapping[str, Shape] | None = None) -> str:
+    """The key ``known_shapes`` files the shapes of a binding under (``bind_shapes``'s; the
+    default one is the binding the group analysis works at)."""
+    return _key(bind_shapes(model, overrides))
+
+
+def _key(bindings: Mapping[str, Shape]) -> str:
+    return repr(sorted(bindings.items()))
 
 
 def known_shapes(model, *, unedited: bool = False) -> dict[str, dict[str, Shape]]:
@@ -77,30 +90,29 @@ class ShapeCarrier:
         if not result.modified:
             self.known = {**self.known, **known_shapes(model, unedited=True)}
         elif getattr(member, "keeps_value_shapes", False) and member.in_place:
+            present = model.values_by_name()  # a name freed now may be reused for another value
+            self.known = {
+                binding: {name: shape for name, shape in values.items() if name in present}
+                for binding, values in self.known.items()
+            }
             vouch(model, self.known)
         else:
             self.known = known_shapes(model)
 
 
 def _compute(model, bindings: Mapping[str, Shape], fallback: bool) -> dict[str, Shape]:
-    vouched = model.current_entries(_VOUCHED + repr(sorted(bindings.items())))
+    vouched = model.current_entries(_VOUCHED + _key(bindings))
     hints: Mapping[str, Shape] = next(iter(vouched.values()), {})
-    if hints and all(name in hints for name in _reported(model)):
-        return _from_vouched(model, bindings, hints)
+    extended = _extended(model, bindings, hints) if hints else None
+    if extended is not None:
+        return extended
     inferred = ir_shapes.infer_cached(model, bindings)
     known = {
         name: tuple(dims)
         for name, dims in inferred.items()
         if all(isinstance(d, int) for d in dims)
     }
-    tensors = {
-        v.name for v in model.inputs if model.is_tensor(v)
-    }  # a sequence's binding is its elements' shape
-    known.update({name: shape for name, shape in bindings.items() if name in tensors})
-    for name, value in model.initializers().items():
-        shape = model.constant_shape(value)
-        if shape is not None:
-            known[name] = shape
+    known.update(_given_shapes(model, bindings))
     missing = [name for name in _reported(model) if name not in known]
     known.update({name: hints[name] for name in missing if name in hints})
     missing = [name for name in missing if name not in hints]
@@ -120,18 +132,43 @@ def _reported(model) -> list[str]:
     ]
 
 
-def _from_vouched(model, bindings: Mapping[str, Shape], hints: Mapping[str, Shape]) -> dict:
-    """``_compute``'s result when vouched shapes cover every reported value: them, for the
-    values still in the graph, and the inputs' and constants' shapes."""
+def _extended(model, bindings: Mapping[str, Shape], hints: Mapping[str, Shape]) -> dict | None:
+    """``_compute``'s result from vouched shapes (those of the values still in the graph, the
+    inputs' and constants'), the reported values they lack inferred node by node
+    (``ir.shapes.infer_node``, at most a ``NODE_INFERENCE`` share of the nodes); None when one
+    of them is not found that way (then the whole graph is inferred)."""
     present = model.values_by_name()
     known = {name: shape for name, shape in hints.items() if name in present}
+    known.update(_given_shapes(model, bindings))
+    lacking = set(_reported(model)) - set(known)
+    nodes = [n for n in model.nodes() if any(v.name in lacking for v in n.outputs)]
+    if len(nodes) > NODE_INFERENCE * len(model.nodes()):
+        return None
+    dtypes: dict = {}
+    for node in nodes:  # in graph order: a node's inputs are known before it
+        found = ir_shapes.infer_node(model, node, known, dtypes)
+        if found is None:
+            return None
+        known.update(found)
+    return known
+
+
+def _given_shapes(model, bindings: Mapping[str, Shape]) -> dict[str, Shape]:
+    """The shapes known without inference: the bound tensor inputs' (a sequence's binding is
+    its elements' shape, not its own) and the constants'."""
     tensors = {v.name for v in model.inputs if model.is_tensor(v)}
-    known.update({name: shape for name, shape in bindings.items() if name in tensors})
+    given = {name: shape for name, shape in bindings.items() if name in tensors}
+    return {**given, **constant_shapes(model)}
+
+
+def constant_shapes(model) -> dict[str, Shape]:
+    """{name: shape} of the initializers whose shape is known."""
+    found = {}
     for name, value in model.initializers().items():
         shape = model.constant_shape(value)
         if shape is not None:
-            known[name] = shape
-    return known
+            found[name] = shape
+    return found
 
 
 def measure_shapes(

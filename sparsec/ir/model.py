@@ -570,13 +570,13 @@ class Model:
             for name in list(node.attributes):
                 del node.attributes[name]
             node.attributes["value"] = ir.AttrTensor("value", _tensor(array))
+            value.dtype = ir.DataType.from_numpy(array.dtype)  # a shape needs a type to be written
         elif node is not None and node.op_type == "ConstantOfShape":
             self.replace_all_uses(value, self.add_initializer(_name(value), array))
             return
         else:
             raise ValueError(f"'{value.name}' is not a constant sparsec can rewrite")
         value.shape = ir.Shape(array.shape)
-        value.dtype = ir.DataType.from_numpy(array.dtype)  # a shape needs a type to be written
         self.touch()
 
     def set_dim(self, value: ir.Value, axis: int, size: int) -> None:

@@ -2,7 +2,8 @@
 
 ``infer(model, bindings)`` returns {value name: dims} where each dim is an int, a symbol name
 or None; it never mutates the model (weights above 1 KB are lifted out before the C++ call so
-models past 2 GB work).
+models past 2 GB work). ``infer_node`` runs the same inference on one node from its inputs'
+shapes, for the few values a pass added to a graph whose other shapes are known.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 
 from sparsec.ir.onnx_api import call_onnx_api
 
@@ -92,3 +94,50 @@ def _dims_of(info: onnx.ValueInfoProto) -> Dims | None:
         else:
             dims.append(None)
     return dims
+
+
+CONSTANT_ELEMENTS = 64  # constant inputs up to this size go to node inference as data
+
+
+def infer_node(model, node, shapes: Mapping[str, tuple], dtypes: dict) -> dict | None:
+    """{output name: shape} of ``node`` by ONNX's inference of that one node, from its inputs'
+    ``shapes`` and element types (``dtypes`` first, where it is extended with the outputs'),
+    small constant inputs given as data (a Reshape's target); None when an input's shape or
+    type is unknown, the op has no ONNX schema, inference fails or an output is not static."""
+    opsets = model.opsets()
+    try:
+        schema = onnx.defs.get_schema(
+            node.op_type, opsets.get(node.domain or "", 1), node.domain or ""
+        )
+    except onnx.defs.SchemaError:
+        return None
+    types, data = {}, {}
+    for value in node.inputs:
+        if value is None or not value.name:
+            continue
+        array = model.constant(value)
+        dtype = dtypes.get(value.name) or value.dtype
+        if dtype is None and array is not None:
+            dtype = ir.DataType.from_numpy(array.dtype)
+        if value.name not in shapes or dtype is None:
+            return None
+        types[value.name] = onnx.helper.make_tensor_type_proto(int(dtype), shapes[value.name])
+        if array is not None and array.size <= CONSTANT_ELEMENTS:
+            data[value.name] = onnx.numpy_helper.from_array(array, value.name)
+    try:
+        proto = ir.serde.serialize_node(node)
+        inferred = onnx.shape_inference.infer_node_outputs(schema, proto, types, data)
+    except Exception:  # onnx raises several kinds; any means "not known"
+        return None
+    return _static_outputs(inferred, dtypes)
+
+
+def _static_outputs(inferred: Mapping[str, onnx.TypeProto], dtypes: dict) -> dict | None:
+    found = {}
+    for name, type_proto in inferred.items():
+        dims = _dims_of(onnx.helper.make_value_info(name, type_proto))
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            return None
+        found[name] = tuple(dims)
+        dtypes[name] = ir.DataType(type_proto.tensor_type.elem_type)
+    return found

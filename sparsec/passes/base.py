@@ -60,8 +60,9 @@ class PassBase(IRPassBase):
     lossy: ClassVar[bool] = (
         False  # changes outputs on purpose; runs once even in a fixed-point pipeline
     )
-    # every value the pass leaves in the graph keeps its shape (for every input binding): a
-    # Pipeline then carries the shapes known before the pass past it (``analysis.shapes``)
+    # a value name present before and after the pass keeps its shape (for every input
+    # binding): a Pipeline then carries the shapes known before the pass past it
+    # (``analysis.shapes.ShapeCarrier``; it also trusts ``modified``: no change reported, none made)
     keeps_value_shapes: ClassVar[bool] = False
 
     @property

@@ -5,7 +5,8 @@ fixed-point rounds); diagnostics are kept in order; ``describe()`` is the same t
 ``registry.parse_pipeline`` reads back. ``check`` (when given) is called with the model and the
 name of the pass just run, after each pass (``validate="each"``) or once at the end
 (``validate="end"``); it raises to stop the pipeline, so a broken pass is named. A lossy pass
-runs in the first fixed-point round only; the last lossy pass's ``reference`` (the oracle) and
+runs in the first fixed-point round only, and no member runs again on a model it left
+unchanged (nothing changed it since); the last lossy pass's ``reference`` (the oracle) and
 every pass's ``artifacts`` are passed up (but ``lossy_couplings``, which describes its own pass's
 reference, goes with that reference). A lossy pass that can ``replay`` its cut on another model
 (channel-prune) after an earlier lossy pass (drop-blocks) has as reference its cut replayed on
@@ -16,13 +17,15 @@ changing the model in its last round stops there with a ``pipeline.not-settled``
 naming the passes that kept changing it (also logged to the ``sparsec.passes`` logger, which a
 command line shows on stderr). The value shapes known before a member whose
 ``keeps_value_shapes`` holds are vouched for after it (``analysis.shapes.ShapeCarrier``), so
-the fixed-point cleanup does not infer or measure them again.
+the fixed-point cleanup does not infer or measure them again. Both rest on the pass contract: a
+member that reports no change made none, and ``on_pass`` and ``check`` only read the model.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from sparsec.analysis import shapes
@@ -76,9 +79,9 @@ class Pipeline(InPlacePass):
         self.prepare(model)  # every member's outside data is read and checked before the first pass
         total = PassResult(model, modified=False)
         changing: list[str] = []
-        carrier = shapes.ShapeCarrier(model)
+        state = _RunState(shapes.ShapeCarrier(model))
         for round_index in range(self.max_rounds if self.fixed_point else 1):
-            changing = self._round(total, round_index, carrier)
+            changing = self._round(total, round_index, state)
             total.modified |= bool(changing)
             if not changing:
                 break
@@ -91,16 +94,17 @@ class Pipeline(InPlacePass):
             self.check(total.model, self.describe())
         return total
 
-    def _round(self, total: PassResult, round_index: int, carrier: shapes.ShapeCarrier):
-        """Run every member once (a lossy one in the first round only) on ``total.model``;
-        the names of the members that changed it."""
+    def _round(self, total: PassResult, round_index: int, state: _RunState) -> list[str]:
+        """Run every member once (a lossy one in the first round only, none that ran on the
+        model as it is now) on ``total.model``; the names of the members that changed it."""
         changing = []
-        for member in self.passes:
-            if member.lossy and round_index > 0:
+        for index, member in enumerate(self.passes):
+            if (member.lossy and round_index > 0) or index in state.unchanging:
                 continue
             result = _run(member, total.model)
-            carrier.passed(member, result)
+            state.carrier.passed(member, result)
             total.model = result.model
+            state.unchanging = set() if result.modified else {*state.unchanging, index}
             if result.modified:
                 changing.append(member.describe())
             _merge(total, member.name, result)
@@ -132,6 +136,16 @@ def _not_settled(rounds: int, changing: list[str]) -> Diagnostic:
         f"the passes did not settle in {rounds} rounds: {names} still changed the model in "
         "the last round (a pass that changes something every time it runs); stopped there",
     )
+
+
+@dataclass
+class _RunState:
+    """What a pipeline run keeps between its passes: the value shapes it carries, and the
+    members that ran on the model as it is now without changing it (a pass is a function of
+    the model: run again on the same model, it changes nothing again, so it is skipped)."""
+
+    carrier: shapes.ShapeCarrier
+    unchanging: set[int] = field(default_factory=set)
 
 
 def _run(member: PassBase, model) -> PassResult:

@@ -41,7 +41,7 @@ from sparsec.pruning.fast_widths import FastWidths
 from sparsec.pruning.plans import read_plan, removed_from_plan
 from sparsec.pruning.recovery import recover_result
 from sparsec.pruning.selection import lowest_units
-from sparsec.pruning.surgery import cut_shapes, prune_channels
+from sparsec.pruning.surgery import aligned, cut_shapes, prune_channels
 from sparsec.results import Diagnostic, PassError, PassResult, progress
 
 
@@ -229,13 +229,15 @@ def prune_round(model, options: ChannelOptions, samples) -> PassResult:
 
 
 def _cut(model, analysis, removed: dict) -> PassResult:
-    """``prune_channels``, the value shapes known before it vouched for after it, cut too
-    (``surgery.cut_shapes``), when it added no node: the passes after it infer none again."""
-    known, count = shapes.known_shapes(model), len(model.nodes())
+    """``prune_channels``, the value shapes known before it, at the binding the group analysis
+    used, vouched for after it, cut too (``surgery.cut_shapes``), when it added no node: the
+    passes after it infer none again."""
+    binding, count = shapes.binding_key(model), len(model.nodes())
+    known = shapes.known_shapes(model).get(binding)
     result = prune_channels(model, analysis, removed)
-    if known and result.modified and len(model.nodes()) == count:
+    if known and result.modified and aligned(count, model):
         edit = cut_shapes(model, kept_positions(analysis, removed))
-        shapes.vouch(model, {binding: edit(values) for binding, values in known.items()})
+        shapes.vouch(model, {binding: edit(known)})
     return result
 
 

@@ -37,12 +37,13 @@ import numpy as np
 from sparsec.analysis.activations import calibration_batches, fixed_batch
 from sparsec.analysis.cost import analyze_cost
 from sparsec.analysis.groups import find_channel_groups, kept_positions
+from sparsec.analysis.shapes import binding_key
 from sparsec.errors import InternalError
 from sparsec.ir import Model, runtime
 from sparsec.ir.carried import carry
 from sparsec.ir.compare import changed_nodes
 from sparsec.pruning.selection import lowest_units
-from sparsec.pruning.surgery import cut_shapes, prune_channels
+from sparsec.pruning.surgery import aligned, cut_shapes, prune_channels
 
 FRONTIER_MB = 512  # frontier activations held between rounds, per process
 
@@ -169,17 +170,11 @@ def output_errors(models: Sequence, original, samples, batch_size: int = 16) -> 
     return [float(x / b) if b else float(x) for x in a]
 
 
-def aligned(original, copy) -> bool:
-    """Whether ``copy``, an edited copy of ``original``, still has its nodes one for one (a
-    channel cut edits nodes in place; only a fixup adding nodes, such as heads' shape Concats,
-    changes the count): what reading the copy by the original's node positions needs."""
-    return len(copy.nodes()) == len(original.nodes())
-
-
 def _cut_for(original, model, names: tuple[str, ...]) -> Cut:
     """``cut_of`` for an edited copy of ``original`` that onnxruntime can run cut; else the
     whole run (from the inputs, every output)."""
-    if aligned(original, model) and runtime.can_truncate(original) and runtime.can_truncate(model):
+    nodes = len(original.nodes())
+    if aligned(nodes, model) and runtime.can_truncate(original) and runtime.can_truncate(model):
         return cut_of(original, model)
     return Cut(tuple(v.name for v in original.inputs), names)
 
@@ -353,11 +348,11 @@ class PointMeasurer:
             )
         removed = {group.id: units}
         prune_channels(pruned, analysis, removed)
-        if aligned(self.model, pruned):  # no node added (heads' shape Concats)
-            carry(
+        if aligned(len(self.model.nodes()), pruned):  # no node added (heads' shape Concats)
+            carry(  # at the binding the group analysis used: other bindings' are not cut
                 self.model,
                 pruned,
-                SHAPE_KEYS[0],
+                SHAPE_KEYS[0] + binding_key(self.model),
                 cut_shapes(pruned, kept_positions(analysis, removed)),
             )
         cost = analyze_cost(pruned, self.shapes)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from sparsec.analysis.groups import GroupAnalysis, kept_positions
+from sparsec.analysis.shapes import constant_shapes
 from sparsec.pruning.oracle import OracleMasks, apply_masks, channel_masks
 from sparsec.pruning.plans import plan_json
 from sparsec.results import PassResult
@@ -105,23 +106,27 @@ def _gather_per_group(model, weight, grouped, kept) -> None:
 
 
 def cut_shapes(pruned, table: Mapping) -> Callable[[dict], dict]:
-    """The original's value shapes (``analysis.shapes.value_shapes``) made ``pruned``'s, the
-    original cut by ``table`` (member -> kept positions, ``kept_positions``), in place or on a
-    copy, with no node added (a fixup adding nodes, such as heads' shape Concats, makes values
-    these shapes do not know): every value whose size
-    a cut changes is a member of the group (a node that does not map it blocks the group), so a
-    member's axis takes its kept count; constants are read from ``pruned`` (a fixup may have
-    given a node a new one, such as Split sizes)."""
+    """The original's value shapes (``analysis.shapes.value_shapes``) at the binding its group
+    analysis used (``shapes.binding_key``: a kept count holds there only, where an axis may
+    fold the batch in), made ``pruned``'s: the original cut by ``table`` (member -> kept
+    positions, ``kept_positions``), in place or on a copy, with no node added (``aligned``).
+    Every value whose size a cut changes is a member of the group (a node that does not map it
+    blocks the group), so a member's axis takes its kept count; constants are read from
+    ``pruned`` (a fixup may have given a node a new one, such as Split sizes)."""
 
     def edit(shapes: dict) -> dict:
         shapes = dict(shapes)
         for (name, axis), kept in table.items():
             if name in shapes:
                 shapes[name] = (*shapes[name][:axis], len(kept), *shapes[name][axis + 1 :])
-        for name, value in pruned.initializers().items():
-            shape = pruned.constant_shape(value)
-            if shape is not None:
-                shapes[name] = shape
-        return shapes
+        return {**shapes, **constant_shapes(pruned)}
 
     return edit
+
+
+def aligned(original_nodes: int, model) -> bool:
+    """Whether ``model``, cut from a graph of ``original_nodes`` nodes, still has its nodes
+    one for one (a channel cut edits nodes in place; only a fixup adding nodes, such as heads'
+    shape Concats, changes the count): what reading it by the original's node positions, or
+    its shapes by ``cut_shapes``, needs."""
+    return len(model.nodes()) == original_nodes
