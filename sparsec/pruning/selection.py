@@ -122,14 +122,16 @@ def balance(group: ChannelGroup, removed: np.ndarray, scores: np.ndarray) -> np.
     until every class of every balanced member loses the same number of positions."""
     mask = group.removed_mask(removed)
     tables = [group.class_counts(member, classes) for member, classes in group.balanced]
+    lost = [table[mask].sum(axis=0) for table in tables]  # per member: positions lost per class
     while True:
-        lost = [table[mask].sum(axis=0) for table in tables]
         uneven = next((k for k, per in enumerate(lost) if per.min() != per.max()), None)
         if uneven is None:
             return np.flatnonzero(mask)
         fullest = int(np.argmax(lost[uneven]))
         there = np.flatnonzero(mask & (tables[uneven][:, fullest] > 0))
-        mask[there[np.argmax(scores[there])]] = False
+        unit = there[np.argmax(scores[there])]
+        mask[unit] = False
+        lost = [per - table[unit] for per, table in zip(lost, tables)]
 
 
 def class_labels(group: ChannelGroup) -> np.ndarray | None:
