@@ -178,7 +178,7 @@ def test_kept_positions_pick_the_plan_list_the_data_match():
     assert recon.kept_positions(mine[:, :, :2], dense, plan) is None  # two axes differ
 
 
-def test_augmented_copies_are_noisy_samples_and_tokens_stay():
+def test_augmented_copies_are_noisy_samples():
     rng = np.random.default_rng(1)
     images = {"x": rng.uniform(size=(10, 3)).astype(np.float32)}
     more = recon.augmented(images, 3, seed=0)["x"]
@@ -187,8 +187,33 @@ def test_augmented_copies_are_noisy_samples_and_tokens_stay():
     noise = more[10:].reshape(3, 10, 3) - images["x"]
     spread = noise.std(axis=(0, 1)) / images["x"].std(axis=0)
     assert np.all((spread > 0.5 * recon.NOISE) & (spread < 2 * recon.NOISE))
-    tokens = {"ids": np.arange(6).reshape(2, 3), "x": np.ones((2, 3), np.float32)}
-    assert recon.augmented(tokens, 3, seed=0) is tokens
+    assert recon.augmented(images, 0, seed=0) is images
+
+
+def test_token_copies_swap_kept_ids_for_the_inputs_own():
+    """Copies of token inputs: only kept positions (mask not 0) of integer inputs change, to
+    ids of that input's kept positions, about ``SWAP`` of them; the mask, an input of one id
+    and float inputs are repeated; the same seed gives the same copies, another seed others."""
+    samples = _tokens(64, 0)
+    samples["input_ids"] += 100 * samples["attention_mask"]  # kept ids 100..149, padding 0
+    samples["token_type_ids"] = np.zeros_like(samples["input_ids"])
+    samples["scale"] = np.ones((64, 2), np.float32)
+    more = recon.augmented(samples, 3, seed=0, mask="attention_mask")
+    for name in ("attention_mask", "token_type_ids", "scale"):
+        np.testing.assert_array_equal(more[name], np.concatenate([samples[name]] * 4))
+    ids, kept = samples["input_ids"], samples["attention_mask"] != 0
+    copies = more["input_ids"].reshape(4, *ids.shape)
+    np.testing.assert_array_equal(copies[0], ids)
+    changed = copies[1:] != ids
+    assert not changed[:, ~kept].any()  # padding stays padding
+    assert abs(changed[:, kept].mean() - recon.SWAP) < 0.05
+    assert set(copies[1:][changed].tolist()) <= set(ids[kept].tolist())
+    again = recon.augmented(samples, 3, seed=0, mask="attention_mask")["input_ids"]
+    np.testing.assert_array_equal(again, more["input_ids"])
+    other = recon.augmented(samples, 3, seed=1, mask="attention_mask")["input_ids"]
+    assert (other != more["input_ids"]).any()
+    unmasked = recon.augmented({"ids": ids + 100}, 2, seed=0)["ids"].reshape(3, *ids.shape)
+    assert (unmasked[1:] != ids + 100)[:, ~kept].any()  # no mask: every position may change
 
 
 def test_channel_cut_regions_end_inside_and_held_out_error_falls(monkeypatch):

@@ -20,14 +20,17 @@ the fit stopped after ``PATIENCE`` checks without improvement, and a region whos
 does not fall keeps its weights. When some regions ended at
 shrunk values, a second stage fits the regions between values of the original's shape (at
 ``--channels`` on a CNN: the whole network, to its output) from the first stage's result, for
-at most ``WHOLE_STEPS``. With float inputs the fit's data are the calibration samples and
-``AUGMENT`` noisy copies of them (``augmented``; held-out batches are real samples only).
-Deterministic for a ``seed``.
+at most ``WHOLE_STEPS``. The fit's data are the calibration samples and altered copies of them
+labelled by the dense original (``augmented``; held-out batches are real samples only): with
+float inputs ``AUGMENT`` noisy copies, with token ids ``TOKEN_AUGMENT`` copies with a ``SWAP``
+fraction of the kept ids replaced by others of the same input (``swapped``). Deterministic
+for a ``seed``.
 
 Only constant values change (same names, dtypes, shapes): the structure the oracle checks is
 the cut's. Memory: the batches of every region's external inputs and target are held (about
-two hidden states per region on a transformer; with float inputs, ``AUGMENT`` + 1 times the
-calibration samples). The algebra and figures: docs/reconstruction.md.
+two hidden states per region on a transformer), for the samples and their copies: fewer
+copies when that estimate would pass ``HELD_BYTES`` (float inputs) or ``TOKEN_HELD_BYTES``
+(token ids). The algebra and figures: docs/reconstruction.md.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from sparsec.results import progress, stage
 STEPS = 600  # Adam steps per region, at most
 WHOLE_STEPS = 8000  # the same for the second stage (regions between full-shape values)
 LEARNING_RATE = 1e-3
-PLAIN_LEARNING_RATE = 1e-4  # token inputs (no augmented copies): they overfit sooner
+PLAIN_LEARNING_RATE = 1e-4  # token inputs: they overfit sooner (with copies 1e-3 did no better)
 PLAIN_STEPS = 1500  # the steps at that rate (MiniLM heads/FFN 0.5: 600 steps +0.015, 1500 +0.020)
 THREADS = 1  # small regions: torch's thread pool costs more than it gains (100x on 2 busy cores)
 HELD_OUT = 8  # every 8th calibration sample is held out for early stopping
@@ -55,6 +58,9 @@ CHECK = 50  # steps between two measures of the held-out error
 PATIENCE = 20  # checks without a new best before a fit stops
 AUGMENT = 16  # noisy copies of the calibration samples added to the fit's data (float inputs)
 HELD_BYTES = 1 << 30  # fewer copies when the fit's held values would exceed this
+TOKEN_AUGMENT = 4  # copies of token inputs with swapped ids (``swapped``)
+TOKEN_HELD_BYTES = 4 << 30  # the bound for them
+SWAP = 0.2  # the fraction of kept positions whose ids a token copy replaces
 NOISE = 0.2  # their noise, in standard deviations of each input position over the samples
 INSTALL = (
     "--recover block needs torch (the reconstruct extra): pip install 'sparsec[reconstruct]' "
@@ -135,8 +141,8 @@ def reconstruct(
         torch.manual_seed(seed)
         if held is None:
             samples, held = held_out(samples, fixed_batch(pruned) or 1)
-        every = augmented(samples, _copies(pruned, samples, batch_size), seed)
         plain = not float_inputs(samples)  # token inputs: a lower rate, more steps
+        every = augmented(samples, _copies(pruned, samples, batch_size, plain), seed, mask)
         rate = learning_rate or (PLAIN_LEARNING_RATE if plain else LEARNING_RATE)
         fit = Fit(steps or (PLAIN_STEPS if plain else STEPS), rate, seed, batch_size, mask)
         exits = _exits(pruned, original, cut_chain(pruned), samples, batch_size, plan)
@@ -205,15 +211,17 @@ def _report(row: dict) -> None:
     )
 
 
-def _copies(pruned, samples: dict, batch_size: int) -> int:
-    """``AUGMENT``, or fewer so that the fit's held values (about twice the cut values per
-    sample: each is one region's entry and another's exit) stay within ``HELD_BYTES``."""
+def _copies(pruned, samples: dict, batch_size: int, tokens: bool) -> int:
+    """``AUGMENT`` (``TOKEN_AUGMENT`` for ``tokens``), or fewer so that the fit's held values
+    (about twice the cut values per sample: each is one region's entry and another's exit)
+    stay within ``HELD_BYTES`` (``TOKEN_HELD_BYTES``)."""
+    most, held_bytes = (TOKEN_AUGMENT, TOKEN_HELD_BYTES) if tokens else (AUGMENT, HELD_BYTES)
     chain = cut_chain(pruned)
     batch = next(capture(pruned, samples, chain, batch_size)) if chain else {}
     rows = max((len(a) for a in batch.values() if a.ndim), default=1)
     per_sample = 2 * sum(a.nbytes for a in batch.values()) / rows
     total = per_sample * len(next(iter(samples.values())))
-    return int(min(AUGMENT, max(0, HELD_BYTES // max(total, 1) - 1)))
+    return int(min(most, max(0, held_bytes // max(total, 1) - 1)))
 
 
 def _exits(pruned, original, chain: list[str], samples, batch_size: int, plan: dict | None):
@@ -274,14 +282,16 @@ def _captures(pruned, original, samples, regions, usable, fit: Fit):
     )
 
 
-def augmented(samples: dict, copies: int, seed: int) -> dict:
-    """``samples`` followed by ``copies`` noisy copies of them, when every input is float:
-    x + ``NOISE`` · σ · ε, σ each input position's standard deviation over the samples, ε
-    standard normal. The original model's values on them are more targets near the data, so
-    a fit of few calibration samples overfits less. Otherwise (token ids, masks) ``samples``
-    as given."""
-    if not copies or not float_inputs(samples):
+def augmented(samples: dict, copies: int, seed: int, mask: str | None = None) -> dict:
+    """``samples`` followed by ``copies`` altered copies of them: the original model's values
+    on them are more targets near the data, so a fit of few calibration samples overfits
+    less. When every input is float, x + ``NOISE`` · σ · ε, σ each input position's standard
+    deviation over the samples, ε standard normal; else ``swapped`` (token ids: ``mask`` the
+    padding-mask input)."""
+    if not copies:
         return samples
+    if not float_inputs(samples):
+        return swapped(samples, copies, seed, mask)
     generator = np.random.default_rng(seed)
     noisy = {}
     for name, array in samples.items():
@@ -289,6 +299,29 @@ def augmented(samples: dict, copies: int, seed: int) -> dict:
         noise = generator.standard_normal((copies, *array.shape)).astype(array.dtype)
         noisy[name] = np.concatenate([array, *(array + spread * n for n in noise)])
     return noisy
+
+
+def swapped(samples: dict, copies: int, seed: int, mask: str | None = None) -> dict:
+    """``samples`` followed by ``copies`` copies in which each integer input (token ids) has a
+    ``SWAP`` fraction of its kept positions (where input ``mask`` is not 0; all of them without
+    it) replaced by ids drawn from that input's own ids at kept positions over the samples
+    (an input of one id, as token types, stays as it is). ``mask`` and float inputs are
+    repeated unchanged. Deterministic for ``seed``."""
+    generator = np.random.default_rng(seed)
+    keep = samples[mask] != 0 if mask in samples else None
+    copied = {}
+    for name, array in samples.items():
+        rows = [array] * (copies + 1)
+        if name != mask and np.issubdtype(array.dtype, np.integer):
+            kept = keep if keep is not None and keep.shape == array.shape else None
+            kept = np.ones(array.shape, bool) if kept is None else kept
+            ids = array[kept]
+            for index in range(1, copies + 1):
+                where = kept & (generator.random(array.shape) < SWAP)
+                rows[index] = array.copy()
+                rows[index][where] = generator.choice(ids, int(where.sum()))
+        copied[name] = np.concatenate(rows)
+    return copied
 
 
 def _relative(y: np.ndarray, target: np.ndarray) -> float:
