@@ -389,3 +389,38 @@ def test_nodes_a_pass_adds_are_inferred_alone(monkeypatch):
     assert not whole
     monkeypatch.undo()
     assert added == value_shapes(model.copy())
+
+
+def test_a_lossy_pass_in_a_nested_pipeline_runs_once():
+    runs = []
+
+    class Cut(sparsec.InPlacePass):
+        lossy = True
+
+        def call(self, model):
+            runs.append(1)
+            model.touch()
+            return sparsec.PassResult(model, modified=True)
+
+    model = Model.from_proto(_double_relu_model())
+    outer = Pipeline([Pipeline([Cut()]), builtin.DeadCodePass()], fixed_point=True)
+    assert outer.passes[0].lossy
+    outer(model)
+    assert len(runs) == 1
+
+
+def test_skipping_unchanged_members_changes_no_result(tmp_path):
+    """The default pipeline with and without the skip of members that ran on the model as it
+    is (a member not reporting its changes is never skipped): the same model, stats and
+    diagnostics."""
+    results = []
+    for skip in (True, False):
+        model = Model.load(MODELS / "cleanup_cnn.onnx")
+        pipeline = default_pipeline()
+        for member in pipeline.passes:
+            member.reports_changes = skip
+        result = pipeline(model)
+        model.save(tmp_path / f"{skip}.onnx")
+        results.append((result.stats, [d.message for d in result.diagnostics]))
+    assert results[0] == results[1]
+    assert (tmp_path / "True.onnx").read_bytes() == (tmp_path / "False.onnx").read_bytes()

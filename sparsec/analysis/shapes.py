@@ -87,7 +87,7 @@ class ShapeCarrier:
     def passed(self, member, result) -> None:
         """Update after ``member`` (a pass) gave ``result``."""
         model = result.model
-        if not result.modified:
+        if not result.modified and getattr(member, "reports_changes", True):
             self.known = {**self.known, **known_shapes(model, unedited=True)}
         elif getattr(member, "keeps_value_shapes", False) and member.in_place:
             present = model.values_by_name()  # a name freed now may be reused for another value

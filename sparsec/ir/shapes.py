@@ -103,33 +103,57 @@ def infer_node(model, node, shapes: Mapping[str, tuple], dtypes: dict) -> dict |
     """{output name: shape} of ``node`` by ONNX's inference of that one node, from its inputs'
     ``shapes`` and element types (``dtypes`` first, where it is extended with the outputs'),
     small constant inputs given as data (a Reshape's target); None when an input's shape or
-    type is unknown, the op has no ONNX schema, inference fails or an output is not static."""
-    opsets = model.opsets()
-    try:
-        schema = onnx.defs.get_schema(
-            node.op_type, opsets.get(node.domain or "", 1), node.domain or ""
-        )
-    except onnx.defs.SchemaError:
+    type is unknown, the op has no ONNX schema or holds a subgraph (whose declared shapes may
+    be an export's batch), inference fails or an output is not static."""
+    schema = _schema(model, node)
+    if schema is None or any(a.type in _GRAPH_ATTRIBUTES for a in node.attributes.values()):
         return None
     types, data = {}, {}
     for value in node.inputs:
         if value is None or not value.name:
             continue
-        array = model.constant(value)
+        small = _small_constant(model, value)
         dtype = dtypes.get(value.name) or value.dtype
-        if dtype is None and array is not None:
-            dtype = ir.DataType.from_numpy(array.dtype)
+        if dtype is None and value.const_value is not None:
+            dtype = value.const_value.dtype
+        if dtype is None and small is not None:
+            dtype = ir.DataType.from_numpy(small.dtype)
         if value.name not in shapes or dtype is None:
             return None
         types[value.name] = onnx.helper.make_tensor_type_proto(int(dtype), shapes[value.name])
-        if array is not None and array.size <= CONSTANT_ELEMENTS:
-            data[value.name] = onnx.numpy_helper.from_array(array, value.name)
+        if small is not None:
+            data[value.name] = onnx.numpy_helper.from_array(small, value.name)
     try:
         proto = ir.serde.serialize_node(node)
         inferred = onnx.shape_inference.infer_node_outputs(schema, proto, types, data)
     except Exception:  # onnx raises several kinds; any means "not known"
         return None
     return _static_outputs(inferred, dtypes)
+
+
+_GRAPH_ATTRIBUTES = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
+def _schema(model, node):
+    """The ONNX schema of ``node`` at the model's opset for its domain ("" and "ai.onnx"
+    alike), or None (a custom domain, a function)."""
+    domain = "" if node.domain in ("", "ai.onnx", None) else node.domain
+    version = model.opset if domain == "" else model.opsets().get(domain)
+    if version is None:
+        return None
+    try:
+        return onnx.defs.get_schema(node.op_type, version, domain)
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _small_constant(model, value) -> np.ndarray | None:
+    """``value``'s array when it is a constant of at most ``CONSTANT_ELEMENTS`` elements (its
+    shape read first: a weight is not loaded to be measured)."""
+    shape = model.constant_shape(value)
+    if shape is None or int(np.prod(shape)) > CONSTANT_ELEMENTS:
+        return None
+    return model.constant(value)
 
 
 def _static_outputs(inferred: Mapping[str, onnx.TypeProto], dtypes: dict) -> dict | None:

@@ -62,8 +62,11 @@ class PassBase(IRPassBase):
     )
     # a value name present before and after the pass keeps its shape (for every input
     # binding): a Pipeline then carries the shapes known before the pass past it
-    # (``analysis.shapes.ShapeCarrier``; it also trusts ``modified``: no change reported, none made)
+    # (``analysis.shapes.ShapeCarrier``)
     keeps_value_shapes: ClassVar[bool] = False
+    # ``modified`` is true whenever the pass changed the model (the contract): a Pipeline does
+    # not rerun it on a model it left unchanged, and keeps what it knew of the model past it
+    reports_changes: ClassVar[bool] = True
 
     @property
     def changes_input(self) -> bool:  # onnx-ir's contract: a functional pass leaves it alone
@@ -167,6 +170,7 @@ class IRPass(PassBase):
     kebab case; it reports ``modified`` and nothing else."""
 
     summary: ClassVar[str] = "An onnx-ir pass."
+    reports_changes: ClassVar[bool] = False  # another library's word: checked, not taken
 
     def __init__(self, wrapped: IRPassBase) -> None:
         self.wrapped = wrapped

@@ -67,6 +67,10 @@ class Pipeline(InPlacePass):
         self.check = check
         self.on_pass = on_pass
 
+    @property
+    def lossy(self) -> bool:  # type: ignore[override]  # a nested pipeline with a lossy member
+        return any(member.lossy for member in self.passes)
+
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """The members' descriptions joined by commas (``always``/``skip`` apply to members)."""
         return ",".join(p.describe(always, skip) for p in self.passes)
@@ -104,7 +108,8 @@ class Pipeline(InPlacePass):
             result = _run(member, total.model)
             state.carrier.passed(member, result)
             total.model = result.model
-            state.unchanging = set() if result.modified else {*state.unchanging, index}
+            unchanged = not result.modified and member.reports_changes
+            state.unchanging = {*state.unchanging, index} if unchanged else set()
             if result.modified:
                 changing.append(member.describe())
             _merge(total, member.name, result)
@@ -142,7 +147,8 @@ def _not_settled(rounds: int, changing: list[str]) -> Diagnostic:
 class _RunState:
     """What a pipeline run keeps between its passes: the value shapes it carries, and the
     members that ran on the model as it is now without changing it (a pass is a function of
-    the model: run again on the same model, it changes nothing again, so it is skipped)."""
+    the model: run again on the same model, it changes nothing again, so it is skipped; an
+    onnx-ir pass's word on that is not taken, it runs again)."""
 
     carrier: shapes.ShapeCarrier
     unchanging: set[int] = field(default_factory=set)
