@@ -150,7 +150,7 @@ def _extended(model, bindings: Mapping[str, Shape], hints: Mapping[str, Shape]) 
         if found is None:
             return None
         known.update(found)
-    return known
+    return known if lacking <= known.keys() else None  # an output inference left out
 
 
 def _given_shapes(model, bindings: Mapping[str, Shape]) -> dict[str, Shape]:
