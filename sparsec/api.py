@@ -8,7 +8,6 @@ original. The pipeline text is recorded in the output's ``metadata_props``.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import resource
@@ -39,6 +38,7 @@ from sparsec.inspection import (
     sensitivity,
 )
 from sparsec.ir import Model, refuse_unwritable, runtime
+from sparsec.ir.gc_pause import holding
 from sparsec.ir.saving import Staged
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import (
@@ -246,31 +246,27 @@ def compress(
     clock, rss = _Clock(), _peak_rss_mb()
     model = Model.load(source)
     clock.lap("load")
-    gc.freeze()  # the loaded graph lives as long as this call: keep it out of every collection
-    try:
-        with model.spilling(runtime.LARGE_MODEL_BYTES):  # a large model's new weights: mapped
-            return _compress_loaded(
-                model,
-                source,
-                output,
-                clock,
-                rss,
-                pipeline=pipeline,
-                input_shapes=input_shapes,
-                inputs=inputs,
-                force=force,
-                plan_out=plan_out,
-                rtol=rtol,
-                atol=atol,
-                latency_runs=latency_runs,
-                on_pass=on_pass,
-                metadata=metadata or {},
-                side_outputs=side_outputs,
-                finish=finish,
-                on_checked=on_checked,
-            )
-    finally:
-        gc.unfreeze()
+    with holding(), model.spilling(runtime.LARGE_MODEL_BYTES):  # large new weights: mapped
+        return _compress_loaded(
+            model,
+            source,
+            output,
+            clock,
+            rss,
+            pipeline=pipeline,
+            input_shapes=input_shapes,
+            inputs=inputs,
+            force=force,
+            plan_out=plan_out,
+            rtol=rtol,
+            atol=atol,
+            latency_runs=latency_runs,
+            on_pass=on_pass,
+            metadata=metadata or {},
+            side_outputs=side_outputs,
+            finish=finish,
+            on_checked=on_checked,
+        )
 
 
 def _compress_loaded(

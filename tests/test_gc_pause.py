@@ -6,16 +6,16 @@ import gc
 
 import pytest
 
-from sparsec.ir.gc_pause import building, builds
+from sparsec.ir.gc_pause import building, builds, holding
 from sparsec.testing import GraphBuilder
 
 
-def _collections_while(make) -> int:
-    """How many automatic collections ran while ``make()`` ran."""
+def _collections_while(make, generations=(0, 1, 2)) -> int:
+    """How many automatic collections of ``generations`` ran while ``make()`` ran."""
     seen = []
 
     def count(phase, info):
-        if phase == "start":
+        if phase == "start" and info["generation"] in generations:
             seen.append(info["generation"])
 
     gc.callbacks.append(count)
@@ -72,3 +72,32 @@ def test_builds_wraps_and_model_copy_leaves_collector_on():
     copy = model.copy()
     assert gc.isenabled()
     assert [n.op_type for n in copy.nodes()] == [n.op_type for n in model.nodes()]
+
+
+def test_holding_freezes_postpones_full_collections_and_restores():
+    kept = _cycles(1000)
+    saved, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert _collections_while(lambda: _cycles(400_000), generations=(2,)) > 0
+    with holding():
+        assert gc.get_freeze_count() >= frozen + len(kept)  # alive at the start: frozen
+        survivors = []
+        young = _collections_while(lambda: survivors.append(_cycles(400_000)), generations=(0,))
+        full = _collections_while(lambda: survivors.append(_cycles(400_000)), generations=(2,))
+        assert young > 0 and full == 0
+        with holding():  # nested: the outer block's state stays
+            pass
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    assert gc.get_threshold() == saved and gc.get_freeze_count() == frozen
+    del survivors
+
+
+def test_holding_still_frees_short_lived_cycles():
+    def churn():
+        for _ in range(200_000):
+            pair = [None]
+            pair[0] = pair  # garbage at once: a young collection frees it
+
+    with holding():
+        before = len(gc.get_objects())
+        churn()
+        assert len(gc.get_objects()) - before < 50_000
