@@ -88,7 +88,7 @@ def test_holding_freezes_postpones_full_collections_and_restores():
             pass
         assert gc.get_freeze_count() >= frozen + len(kept)
     assert gc.get_threshold() == saved and gc.get_freeze_count() == frozen
-    del survivors
+    survivors.clear()
 
 
 def test_holding_still_frees_short_lived_cycles():
