@@ -12,7 +12,7 @@ from conftest import MODELS, assert_same_outputs, make_model
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.errors import MESSAGE_LIMIT, InputError, one_line
-from sparsec.ir import Model
+from sparsec.ir import Model, loading
 from sparsec.ir import model as model_module
 
 
@@ -114,6 +114,28 @@ def test_checker_failure_is_refused(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(InputError, match="checker"):
         Model.load(path)
+
+
+def test_checker_sees_large_weights_as_typed_inputs_and_every_other_field():
+    big = numpy_helper.from_array(np.ones((32, 32), np.float32), "w")
+    small = numpy_helper.from_array(np.ones((2,), np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32])],
+        initializer=[big, small],
+    )
+    proto = helper.make_model(graph, producer_name="p", opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(proto, {"k": "v"})
+    light = loading.without_weights(proto)
+    assert [t.name for t in light.graph.initializer] == ["b"]
+    (lifted,) = [i for i in light.graph.input if i.name == "w"]
+    assert [d.dim_value for d in lifted.type.tensor_type.shape.dim] == [32, 32]
+    light.graph.input.remove(lifted)
+    light.graph.initializer.insert(0, big)
+    assert light == proto  # nothing else left out or changed
+    onnx.checker.check_model(loading.without_weights(proto))
 
 
 def test_missing_file_is_refused(tmp_path):

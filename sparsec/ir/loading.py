@@ -20,11 +20,13 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from sparsec.errors import InputError, one_line
 from sparsec.ir.tensor_checks import check_tensors, iter_nodes
+
+LIGHT_TENSOR_BYTES = 1000  # initializers above this many bytes reach the checker as inputs
 
 
 def release_mapped(tensors) -> int:
@@ -43,8 +45,8 @@ def release_mapped(tensors) -> int:
 
 def read_checked_proto(path: Path) -> tuple[onnx.ModelProto, set[Path]]:
     """The ModelProto of ``path`` (external weights not loaded), its external-data files
-    checked, and the set of those files. The ONNX checker runs afterwards on the deserialised
-    model (``check_structure``), without the weights' bytes."""
+    checked, and the set of those files. The ONNX checker runs afterwards, on a copy without
+    the weights' bytes (``check_structure``)."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
@@ -88,11 +90,12 @@ def deserialize(proto: onnx.ModelProto, path: Path) -> ir.Model:
 
 
 def check_structure(proto: onnx.ModelProto, path: Path) -> None:
-    """Run the ONNX checker on a proto whose large weights were lifted out (see
-    ``Model.load``); embedded weights are checked here for a byte count matching their dims."""
-    _external_initializers_to_inputs(proto)  # their bytes were checked by check_external_data
+    """Run the ONNX checker on ``proto`` with its large weights lifted out (``without_weights``;
+    their bytes were checked by ``check_external_data``)."""
+    light = without_weights(proto)
+    _external_initializers_to_inputs(light)
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(light)
     except (onnx.checker.ValidationError, ValueError) as error:
         raise InputError(
             f"{path}: the ONNX checker rejects this model: {one_line(error)}"
@@ -147,6 +150,37 @@ def check_full(proto: onnx.ModelProto) -> str | None:
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as error:
         return one_line(error)
     return None
+
+
+def without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` whose initializers of more than ``LIGHT_TENSOR_BYTES`` are typed graph
+    inputs instead (what the checker needs of them), so that checking costs no copy of the
+    weights; every other field is copied as it is."""
+    light = onnx.ModelProto()
+    _copy_fields(proto, light, skip="graph")
+    _copy_fields(proto.graph, light.graph, skip="initializer")
+    listed = {value.name for value in proto.graph.input}
+    for tensor in proto.graph.initializer:
+        if tensor.ByteSize() <= LIGHT_TENSOR_BYTES:
+            light.graph.initializer.append(tensor)
+        elif tensor.name not in listed:
+            light.graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+    return light
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Every field set in protobuf message ``source`` but ``skip``, copied into ``target``."""
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if isinstance(value, Message):
+            getattr(target, field.name).CopyFrom(value)
+        elif isinstance(value, (str, bytes, int, float)):
+            setattr(target, field.name, value)
+        else:  # a repeated field
+            getattr(target, field.name).extend(value)
 
 
 def _external_initializers_to_inputs(proto: onnx.ModelProto) -> None:

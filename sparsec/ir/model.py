@@ -77,7 +77,7 @@ class Model(AnalysisCache):
             )
         if sparse_names and not files and sparse_coo.COO_KEY not in model.metadata_props:
             model.metadata_props[sparse_coo.COO_KEY] = json.dumps(sparse_names)
-        call_onnx_api(lambda light: loading.check_structure(light, path), model)
+        loading.check_structure(proto, path)
         ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
         loaded = cls(model, path)
         loaded.source_files = {path.resolve(), *files}
