@@ -48,6 +48,7 @@ without onnxruntime's memory arena (``runtime.session_for``'s ``arena``).
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -525,24 +526,43 @@ def validate(
         ref = _Run.alone(reference, feeds, optimization, latency_runs, large)
         cand = _Run.alone(candidate, feeds, optimization, latency_runs, large)
         latency = summarize(ref.times_ms, cand.times_ms) if latency_runs > 0 else None
+    return _verdict(ref, cand, inputs_label, (rtol, atol, peak_tolerance), latency)
+
+
+def validate_each(
+    reference,
+    candidate,
+    runs: Sequence[tuple[dict[str, np.ndarray], str]],
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    peak_tolerance: float | None = None,
+    optimization: str = "all",
+) -> list[Validation]:
+    """``validate`` (no latency) on each (feeds, inputs label) of ``runs``, with one session
+    per model for all of them (each alive alone, as ``validate``'s): the oracle's two batches
+    cost two sessions, not four."""
+    large = any(map(_large, (reference, candidate)))
+    feeds = [run_feeds for run_feeds, _ in runs]
+    refs = _Run.each(reference, feeds, optimization, large)
+    cands = _Run.each(candidate, feeds, optimization, large)
+    limits = (rtol, atol, peak_tolerance)
+    return [_verdict(r, c, label, limits, None) for r, c, (_, label) in zip(refs, cands, runs)]
+
+
+def _verdict(ref: _Run, cand: _Run, label: str, limits: tuple, latency) -> Validation:
+    """The comparison of two runs' outputs; ``limits``: (rtol, atol, peak tolerance)."""
+    rtol, atol = limits[:2]
     pairs = _pair_outputs(ref.names, cand.names)
     metrics = [
-        output_metrics(
-            name,
-            ref.outputs[name],
-            cand.outputs[other],
-            rtol,
-            atol,
-            peak_tolerance,
-            ref.types.get(name),
-        )
+        output_metrics(name, ref.outputs[name], cand.outputs[other], *limits, ref.types.get(name))
         for name, other in pairs
     ]
     return Validation(
         passed=len(pairs) == len(ref.names) and all(m.passed for m in metrics),
         rtol=rtol,
         atol=atol,
-        inputs=inputs_label,
+        inputs=label,
         outputs=metrics,
         latency_ms_reference=latency.reference_ms if latency else None,
         latency_ms_candidate=latency.candidate_ms if latency else None,
@@ -591,17 +611,26 @@ class _Run:
         """The run of one model with only its own session alive, freed on return (a builder's
         model is dropped once its session exists); ``latency_runs`` timed runs after
         ``LATENCY_WARMUP`` untimed ones when positive (else no memory arena: one untimed run)."""
-        arena = latency_runs > 0
-        if callable(source):
-            model_session = _session_of_built(source, optimization, mapped, arena)
-        else:
-            model_session = session(source, optimization=optimization, mapped=mapped, arena=arena)
+        model_session = _alone_session(source, optimization, mapped, arena=latency_runs > 0)
         run = cls.of(model_session, feeds)
         if latency_runs > 0:
             for _ in range(LATENCY_WARMUP):
                 model_session.run(feeds)
             run.times_ms = [timed_ms(model_session, feeds) for _ in range(latency_runs)]
         return run
+
+    @classmethod
+    def each(cls, source, feeds: Sequence[dict], optimization: str, mapped: bool) -> list[_Run]:
+        """One untimed run per feeds in ``feeds``, of one session alive alone (``alone``)."""
+        model_session = _alone_session(source, optimization, mapped, arena=False)
+        return [cls.of(model_session, run_feeds) for run_feeds in feeds]
+
+
+def _alone_session(source, optimization: str, mapped: bool, arena: bool) -> runtime.Session:
+    """The session of a ``Model``, a path or a builder (``_session_of_built``)."""
+    if callable(source):
+        return _session_of_built(source, optimization, mapped, arena)
+    return session(source, optimization=optimization, mapped=mapped, arena=arena)
 
 
 def _session_of_built(build, optimization: str, mapped: bool, arena: bool) -> runtime.Session:

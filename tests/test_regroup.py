@@ -301,3 +301,42 @@ def test_a_model_that_runs_at_batch_1_only_skips_the_batch_2_check(cli, tmp_path
     code, stdout, stderr = cli("compress", source, "--channels", "0.5", "-o", out)
     assert code == 0, stderr
     assert "oracle (equal to the original" in stdout and out.exists()
+
+
+def test_the_oracle_checks_both_batches_with_one_session_per_model(rng, monkeypatch):
+    """Batch 1 and batch 2 run on the same two sessions (the masked original's, the pruned
+    model's): four runs, two sessions."""
+    from sparsec.ir import runtime
+    from sparsec.passes import Pipeline
+    from sparsec.passes.channel_prune import ChannelPrunePass
+    from sparsec.pruning.oracle_gate import run_oracle
+
+    made, runs = [], []
+
+    class Counted(runtime.Session):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def run(self, feeds, outputs=None):
+            runs.append(next(iter(feeds.values())).shape[0])
+            return super().run(feeds, outputs)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(6, 3, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(4, 6, 1, 1)).astype(np.float32), "w2"),
+    ]
+    proto = make_model(nodes, [("x", F, ["N", 3, 4, 4])], [("y", F, ["N", 4, 4, 4])], inits)
+    model = Model.from_proto(proto)
+    feeds = random_feeds(model, seed=0)
+    model.input_shapes = {"x": (1, 3, 4, 4)}
+    result = Pipeline([ChannelPrunePass(ratio=0.5)])(model)
+    assert result.modified
+    monkeypatch.setattr(runtime, "Session", Counted)
+    assert run_oracle(result.reference, result.model, feeds, "random").passed
+    assert len(made) == 2 and sorted(runs) == [1, 1, 2, 2]

@@ -28,54 +28,60 @@ from sparsec.validate import (
     ORACLE_TOLERANCE,
     Validation,
     oracle_limit_text,
-    validate,
+    validate_each,
     worst_output,
 )
 
 
 def run_oracle(reference, model, feeds: dict, label: str) -> Validation:
-    """The oracle on ``feeds`` (then at batch 2 when the batch is symbolic and was 1); raises
-    ``ValidationError`` naming the worst output when the compressed model differs.
+    """The oracle on ``feeds`` (then at batch 2 when the batch is symbolic and was 1, with the
+    same two sessions); raises ``ValidationError`` naming the worst output when the compressed
+    model differs.
 
     ``reference``: the masked original, or a callable building it; a builder is called for each
     comparison and its model dropped once its session exists, so the masked weights are not
     held while onnxruntime runs (``validate``; the inputs are the compressed model's, which
     keeps the original's)."""
-    oracle = _compare(reference, model, feeds, label)
-    if not oracle.passed:
-        raise ValidationError(failure_line(oracle))
+    runs = [(feeds, label)]
     wider = second_batch_feeds(model, feeds)
     if wider is not None:
-        try:
-            second = _compare(reference, model, wider, f"{label}, and at batch 2")
-        except InputError:  # one of them does not run at batch 2
-            if runtime.runs(_built(reference), wider):
-                raise  # the reference does: the compressed model fails where it runs
-            return oracle
-        if not second.passed:
-            raise ValidationError(
-                failure_line(second, where=" at batch 2")
-                + "; the analysis saw the symbolic batch as 1: give --input-shape with batch 2 "
-                "to analyse the model there"
-            )
+        runs.append((wider, f"{label}, and at batch 2"))
+    try:
+        results = _compare(reference, model, runs)
+    except InputError:  # a model does not run at batch 2 (or at all: then batch 1 says so)
+        if wider is None:
+            raise
+        results = _compare(reference, model, runs[:1])
+        if results[0].passed and runtime.runs(_built(reference), wider):
+            raise  # the reference runs there: the compressed model fails where it runs
+    oracle = results[0]
+    if not oracle.passed:
+        raise ValidationError(failure_line(oracle))
+    if len(results) > 1 and not results[1].passed:
+        raise ValidationError(
+            failure_line(results[1], where=" at batch 2")
+            + "; the analysis saw the symbolic batch as 1: give --input-shape with batch 2 "
+            "to analyse the model there"
+        )
     return oracle
 
 
-def _compare(reference, model, feeds: dict, label: str) -> Validation:
-    """The plain comparison; when it fails and both models quantize the same activations alike,
-    the comparison with those quantizers bypassed, whose label keeps the plain gap (reported,
-    since a rounding step flipped by float rounding may grow through later layers)."""
-    oracle = _validate(reference, model, feeds, label)
-    if oracle.passed or not same_quantizers(masked := _built(reference), model):
-        return oracle
-    worst = max(oracle.outputs, key=lambda o: o.max_abs, default=None)
-    plain = "" if worst is None else f" (with them: max abs {worst.max_abs:.3g} on '{worst.name}')"
-    return _validate(
-        bypass_quantizers(masked),
-        bypass_quantizers(model),
-        feeds,
-        f"{label}; activation quantizers bypassed in both models{plain}",
-    )
+def _compare(reference, model, runs: list[tuple[dict, str]]) -> list[Validation]:
+    """The plain comparisons on each (feeds, label) of ``runs``; when one fails and both models
+    quantize the same activations alike, the comparisons with those quantizers bypassed, whose
+    labels keep the plain gap (reported, since a rounding step flipped by float rounding may
+    grow through later layers)."""
+    results = _validate(reference, model, runs)
+    if all(r.passed for r in results) or not same_quantizers(masked := _built(reference), model):
+        return results
+    bypassed = [(feeds, _bypass_label(plain)) for (feeds, _), plain in zip(runs, results)]
+    return _validate(bypass_quantizers(masked), bypass_quantizers(model), bypassed)
+
+
+def _bypass_label(plain: Validation) -> str:
+    worst = max(plain.outputs, key=lambda o: o.max_abs, default=None)
+    gap = "" if worst is None else f" (with them: max abs {worst.max_abs:.3g} on '{worst.name}')"
+    return f"{plain.inputs}; activation quantizers bypassed in both models{gap}"
 
 
 def _built(reference):
@@ -83,15 +89,9 @@ def _built(reference):
     return reference() if callable(reference) else reference
 
 
-def _validate(reference, model, feeds: dict, label: str) -> Validation:
-    return validate(
-        reference,
-        model,
-        feeds,
-        inputs_label=label,
-        latency_runs=0,
-        peak_tolerance=ORACLE_TOLERANCE,
-        optimization="basic",
+def _validate(reference, model, runs: list[tuple[dict, str]]) -> list[Validation]:
+    return validate_each(
+        reference, model, runs, peak_tolerance=ORACLE_TOLERANCE, optimization="basic"
     )
 
 
