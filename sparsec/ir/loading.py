@@ -15,6 +15,7 @@ a released tensor's bytes are read back from the cache when next used.
 
 from __future__ import annotations
 
+import math
 import mmap
 from pathlib import Path
 
@@ -161,13 +162,23 @@ def without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     _copy_fields(proto.graph, light.graph, skip="initializer")
     listed = {value.name for value in proto.graph.input}
     for tensor in proto.graph.initializer:
-        if tensor.ByteSize() <= LIGHT_TENSOR_BYTES:
+        if _declared_bytes(tensor) <= LIGHT_TENSOR_BYTES:
             light.graph.initializer.append(tensor)
         elif tensor.name not in listed:
             light.graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
             )
     return light
+
+
+def _declared_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes a tensor's dims and type declare (one per element for strings), read without
+    touching its data (``ByteSize`` would encode a 100 MB tensor to measure it)."""
+    count = math.prod(tensor.dims)
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):  # strings, undefined types: checked elsewhere
+        return count
 
 
 def _copy_fields(source, target, skip: str) -> None:
