@@ -116,26 +116,55 @@ def test_checker_failure_is_refused(tmp_path):
         Model.load(path)
 
 
-def test_checker_sees_large_weights_as_typed_inputs_and_every_other_field():
-    big = numpy_helper.from_array(np.ones((32, 32), np.float32), "w")
-    small = numpy_helper.from_array(np.ones((2,), np.float32), "b")
+def _matmul_add(ir_version: int = 8) -> onnx.ModelProto:
+    """y = x·w + b with a 4 KB weight w and an 8-byte bias b, neither listed as a graph input."""
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"])],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32])],
-        initializer=[big, small],
+        initializer=[
+            numpy_helper.from_array(np.ones((32, 32), np.float32), "w"),
+            numpy_helper.from_array(np.ones((2,), np.float32), "b"),
+        ],
     )
-    proto = helper.make_model(graph, producer_name="p", opset_imports=[helper.make_opsetid("", 17)])
+    proto = helper.make_model(graph, producer_name="p", opset_imports=[helper.make_opsetid("", 8)])
+    proto.ir_version = ir_version
+    return proto
+
+
+def test_checker_sees_every_weight_as_a_typed_input_and_only_small_ones_as_data():
+    proto = _matmul_add()
     helper.set_model_props(proto, {"k": "v"})
     light = loading.without_weights(proto)
     assert [t.name for t in light.graph.initializer] == ["b"]
-    (lifted,) = [i for i in light.graph.input if i.name == "w"]
-    assert [d.dim_value for d in lifted.type.tensor_type.shape.dim] == [32, 32]
-    light.graph.input.remove(lifted)
-    light.graph.initializer.insert(0, big)
+    added = {i.name: i for i in light.graph.input if i.name in ("w", "b")}
+    assert [d.dim_value for d in added["w"].type.tensor_type.shape.dim] == [32, 32]
+    for value in added.values():
+        light.graph.input.remove(value)
+    light.graph.initializer.insert(0, proto.graph.initializer[0])
+    light.metadata_props.extend(proto.metadata_props)
     assert light == proto  # nothing else left out or changed
     onnx.checker.check_model(loading.without_weights(proto))
+
+
+@pytest.mark.parametrize("ir_version", [3, 8])
+def test_initializers_not_listed_as_inputs_load_at_every_ir_version(tmp_path, ir_version):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_matmul_add(ir_version).SerializeToString())
+    assert [n.op_type for n in Model.load(path).nodes()] == ["MatMul", "Add"]
+
+
+def test_repeated_metadata_keys_load_and_repeated_initializers_are_refused(tmp_path):
+    proto = _matmul_add()
+    proto.metadata_props.extend([onnx.StringStringEntryProto(key="k", value=v) for v in "ab"])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    assert Model.load(path).metadata("k") in ("a", "b")
+    proto.graph.initializer.append(proto.graph.initializer[0])
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(InputError, match="initializer 'w' is listed 2 times"):
+        Model.load(path)
 
 
 def test_missing_file_is_refused(tmp_path):

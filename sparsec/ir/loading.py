@@ -15,6 +15,7 @@ a released tensor's bytes are read back from the cache when next used.
 
 from __future__ import annotations
 
+import collections
 import math
 import mmap
 from pathlib import Path
@@ -128,14 +129,19 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> set[Path]:
 
 
 def _check_interface(proto: onnx.ModelProto) -> None:
-    """Graph outputs (and inputs) with distinct names: a name listed twice is ambiguous to
-    every runtime, and the ONNX checker lets it pass."""
-    for kind, values in (("output", proto.graph.output), ("input", proto.graph.input)):
-        names = [v.name for v in values]
-        twice = sorted({n for n in names if names.count(n) > 1})
+    """Graph outputs, inputs and initializers with distinct names: a name listed twice is
+    ambiguous to every runtime (the ONNX checker lets repeated outputs and inputs pass)."""
+    graph = proto.graph
+    for kind, values in (
+        ("output", graph.output),
+        ("input", graph.input),
+        ("initializer", graph.initializer),
+    ):
+        counts = collections.Counter(v.name for v in values)
+        twice = sorted(name for name, count in counts.items() if count > 1)
         if twice:
             raise InputError(
-                f"graph {kind} '{twice[0]}' is listed {names.count(twice[0])} times; each must be listed once"
+                f"graph {kind} '{twice[0]}' is listed {counts[twice[0]]} times; each must be listed once"
             )
 
 
@@ -154,17 +160,18 @@ def check_full(proto: onnx.ModelProto) -> str | None:
 
 
 def without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``proto`` whose initializers of more than ``LIGHT_TENSOR_BYTES`` are typed graph
-    inputs instead (what the checker needs of them), so that checking costs no copy of the
-    weights; every other field is copied as it is."""
+    """A copy of ``proto`` for the checker that costs no copy of the weights: every initializer
+    is a typed graph input (as sparsec's reading treats them, whatever the IR version), only
+    those of at most ``LIGHT_TENSOR_BYTES`` keep their data; metadata is left out (read as a
+    dict, a repeated key is not an error); every other field is copied as it is."""
     light = onnx.ModelProto()
-    _copy_fields(proto, light, skip="graph")
-    _copy_fields(proto.graph, light.graph, skip="initializer")
+    _copy_fields(proto, light, skip=("graph", "metadata_props"))
+    _copy_fields(proto.graph, light.graph, skip=("initializer", "metadata_props"))
     listed = {value.name for value in proto.graph.input}
     for tensor in proto.graph.initializer:
         if _declared_bytes(tensor) <= LIGHT_TENSOR_BYTES:
             light.graph.initializer.append(tensor)
-        elif tensor.name not in listed:
+        if tensor.name not in listed:  # every initializer an input, as IR < 4 requires
             light.graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
             )
@@ -181,10 +188,11 @@ def _declared_bytes(tensor: onnx.TensorProto) -> int:
         return count
 
 
-def _copy_fields(source, target, skip: str) -> None:
-    """Every field set in protobuf message ``source`` but ``skip``, copied into ``target``."""
+def _copy_fields(source, target, skip: tuple[str, ...]) -> None:
+    """Every field set in protobuf message ``source`` but those named in ``skip``, copied into
+    ``target``."""
     for field, value in source.ListFields():
-        if field.name == skip:
+        if field.name in skip:
             continue
         if isinstance(value, Message):
             getattr(target, field.name).CopyFrom(value)
