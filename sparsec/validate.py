@@ -61,7 +61,6 @@ DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 ORACLE_TOLERANCE = 1e-4
 ORACLE_FLOOR = 1e-6  # absolute: float32 kernels' accuracy near zero (see the module docstring)
-COLLECT_BYTES = 1 << 24  # a built reference with more weights is collected once its session exists
 LATENCY_WARMUP = 2  # untimed runs before a large model's timed ones, as compare_latency's
 FLOOR_SHARE = 0.25  # the floor never admits an error above a quarter of the output's peak
 
@@ -635,15 +634,11 @@ def _alone_session(source, optimization: str, mapped: bool, arena: bool) -> runt
 
 def _session_of_built(build, optimization: str, mapped: bool, arena: bool) -> runtime.Session:
     """The session of the model ``build`` returns, that model freed before the session runs
-    when its weights pass ``COLLECT_BYTES`` (an onnx-ir graph is a web of reference cycles:
-    only a collection frees its weights, and a collection walks every live object: 1.3 s on a
-    20,000-node graph, for a few kilobytes of weights)."""
-    built = build()
-    collect = built.weight_bytes() > COLLECT_BYTES
-    model_session = session(built, optimization=optimization, mapped=mapped, arena=arena)
-    del built
-    if collect:
-        gc.collect()
+    (an onnx-ir graph is a web of reference cycles: only a collection frees its weights; under
+    ``gc_pause.holding`` no automatic full collection would, and the model is not frozen, so
+    the collection walks the objects made since the compression started, not the original)."""
+    model_session = session(build(), optimization=optimization, mapped=mapped, arena=arena)
+    gc.collect()
     return model_session
 
 

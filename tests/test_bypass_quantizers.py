@@ -85,3 +85,31 @@ def test_the_gate_still_refuses_a_wrong_model_that_quantizes_alike():
     nudged.resize_initializer(bias, nudged.constant(bias) + np.float32(1e-6))
     result = run_oracle(reference, nudged, feeds, "test feeds")
     assert result.passed
+
+
+def test_only_the_batches_that_fail_plainly_are_compared_again_with_quantizers_bypassed(
+    monkeypatch,
+):
+    """Batch 1 matches plainly and keeps that verdict (and label); batch 2 differs by a flipped
+    rounding step and is judged with the quantizers bypassed."""
+    from sparsec.pruning import oracle_gate
+    from sparsec.validate import Validation
+
+    asked: list = []
+
+    def fake_validate(reference, model, runs):
+        asked.append([label for _, label in runs])
+        bypassed = reference == "bypassed"
+        return [
+            Validation(passed=bypassed or label == "batch 1", rtol=0, atol=0, inputs=label)
+            for _, label in runs
+        ]
+
+    monkeypatch.setattr(oracle_gate, "_validate", fake_validate)
+    monkeypatch.setattr(oracle_gate, "same_quantizers", lambda a, b: True)
+    monkeypatch.setattr(oracle_gate, "bypass_quantizers", lambda model: "bypassed")
+    results = oracle_gate._compare("masked", "pruned", [({}, "batch 1"), ({}, "batch 2")])
+    assert [r.passed for r in results] == [True, True]
+    assert results[0].inputs == "batch 1"
+    assert "bypassed" in results[1].inputs and results[1].inputs.startswith("batch 2")
+    assert len(asked) == 2 and len(asked[1]) == 1
