@@ -28,7 +28,7 @@ from onnx.external_data_helper import load_external_data_for_tensor, uses_extern
 from sparsec.errors import InputError, one_line
 from sparsec.ir.tensor_checks import check_tensors, iter_nodes
 
-LIGHT_TENSOR_BYTES = 1000  # initializers above this many bytes reach the checker as inputs
+LIGHT_TENSOR_BYTES = 1000  # initializers above this many bytes reach the checker without their data
 
 
 def release_mapped(tensors) -> int:
