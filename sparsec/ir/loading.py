@@ -26,9 +26,8 @@ from google.protobuf.message import DecodeError, Message
 from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
 from sparsec.errors import InputError, one_line
+from sparsec.ir.onnx_api import LIGHT_TENSOR_BYTES  # the same bound as call_onnx_api's
 from sparsec.ir.tensor_checks import check_tensors, iter_nodes
-
-LIGHT_TENSOR_BYTES = 1000  # initializers above this many bytes reach the checker without their data
 
 
 def release_mapped(tensors) -> int:
