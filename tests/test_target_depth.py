@@ -14,11 +14,12 @@ from test_drop_blocks import residual_stack
 
 from sparsec.analysis.blocks import find_blocks
 from sparsec.analysis.cost import analyze_cost
+from sparsec.analysis.groups import find_channel_groups
 from sparsec.ir import Model
 from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.pruning import budget, depth_width
 from sparsec.pruning.sensitivity import allocate
-from sparsec.testing import assert_pass_exact
+from sparsec.testing import GraphBuilder, assert_pass_exact
 
 
 def calibration(model: Model, folder) -> str:
@@ -160,3 +161,34 @@ def test_plan_out_keeps_depth_off_and_refuses_it_asked(cli, tmp_path):
     assert code == 0, err
     assert "dropped:" not in text  # channels only: the plan can say everything that was cut
     assert "b1.fc1" in {n.name for n in Model.load(str(out)).nodes()}
+
+
+def plain_stack() -> Model:
+    """stem Gemm 8->16, Relu, a Gemm 16->16 that is the identity on Relu outputs (dropping it
+    costs no error), Relu, a third 16->16, Relu, head: no residual, so the middle layer's input
+    and output widths are separate channel groups."""
+    g = GraphBuilder((2, 8), seed=1)
+    g.linear(16, name="stem").relu()
+    g.linear(16, name="mid").relu()
+    model = g.linear(16, name="last").relu().linear(4, name="head").model()
+    mid = next(node for node in model.nodes() if node.name == "mid")
+    model.set_constant(mid.inputs[1], np.eye(16, dtype=np.float32))
+    model.set_constant(mid.inputs[2], np.zeros(16, np.float32))
+    return model
+
+
+def test_a_plain_layer_between_two_cut_groups_is_not_dropped(tmp_path):
+    """Dropping ``mid`` makes ``last`` read the stem's output: with both widths cut first (the
+    joint order), ``last`` would get the stem's kept channels, not its own (the old result:
+    a model onnxruntime refused). Such a layer is no candidate; the residual blocks stay."""
+    model = plain_stack()
+    (layer,) = [b for b in find_blocks(model) if b.removable and "mid" in b.nodes]
+    groups = [g for g in find_channel_groups(model).groups if g.prunable]
+    assert depth_width.apart_from_cuts([layer], groups) == []
+    assert depth_width.apart_from_cuts([layer], []) == [layer]  # no group cut: droppable
+    stack = residual_stack(3)
+    residuals = [b for b in find_blocks(stack) if b.removable]
+    assert depth_width.apart_from_cuts(residuals, find_channel_groups(stack).groups) == residuals
+    result = prune(model, calibration(model, tmp_path), 0.3)  # before: a Gemm of 16 and 10
+    assert "blocks" not in result.artifacts and result.stats["channels_removed"] > 0
+    assert macs(result.model) <= 0.3 * macs(model)

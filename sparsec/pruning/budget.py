@@ -46,6 +46,7 @@ def allocated_units(
         ("macs", options.target_macs) if options.target_macs else ("params", options.target_params)
     )
     blocks = depth_width.candidate_blocks(model, options.exclude) if options.depth else []
+    blocks = depth_width.apart_from_cuts(blocks, candidates)
     table, allocation = sweep_allocation(
         model,
         samples,

@@ -71,6 +71,20 @@ def candidate_blocks(model, exclude: str = "") -> list[Block]:
     ]
 
 
+def apart_from_cuts(blocks: Sequence[Block], groups: Sequence) -> list[Block]:
+    """The ``blocks`` that a channel cut of ``groups`` (``ChannelGroup``s) leaves droppable: a
+    dropped block's exit uses read its skip value instead, so where a group holds only one of
+    the two (a plain layer whose input and output widths are separate groups, as in a network
+    without residuals) the channels first cut (module docstring) would leave those uses other
+    channels, or another count of them, than their weights were cut for. A residual block's skip
+    and exit are one group (the Add couples them)."""
+
+    def holding(name: str) -> set[int]:
+        return {group.id for group in groups if any(value == name for value, _ in group.members)}
+
+    return [block for block in blocks if not holding(block.skip) ^ holding(block.exit)]
+
+
 def exclusive_items(blocks: Sequence[Block]) -> list[list[Block]]:
     """``blocks`` split into items: the connected components of 'shares a node' (graph order)."""
     items: list[tuple[set[str], list[Block]]] = []
