@@ -4,7 +4,8 @@
 The JSON has a ``schema_version`` (``SCHEMA_VERSION``; it changes only when a key changes
 meaning or goes), the sparsec version, the source path and sha256, the output path, sha256 and
 whether it was written, the command or recipe keys, each gate with its limit, figure and
-verdict, the evaluation, the warnings and the verdict (``status``: passed, failed, error). A
+verdict, the evaluation, the warnings (the passes' and the job's) and the verdict (``status``:
+passed, failed, error). A
 job report also carries the compression figures of ``api.CompressResult.to_json`` at its top
 level (``params_before``, ``oracle``, ``validation``, ``lossy_couplings``: the nodes a cut went
 through although they mix channels and its difference from the plain masked original, or null,
@@ -51,10 +52,19 @@ def job_json(outcome) -> dict:
         evaluation=None if outcome.evaluation is None else outcome.evaluation.to_json(),
         latency=None if outcome.latency is None else outcome.latency.to_json(),
         gates=[g.to_json() for g in outcome.gates],
-        warnings=list(outcome.warnings),
+        warnings=[*pass_warnings(result), *outcome.warnings],
         duration_s=outcome.duration_s,
     )
     return report
+
+
+def pass_warnings(result) -> list[str]:
+    """The passes' warnings (a cut that removed nothing, random calibration, ...), as the CLI
+    prints them: the report's ``warnings`` (and the Markdown and JUnit renderings made from
+    it) hold them with the job's own (a quality collapse), so a CI reading one list sees all."""
+    if result is None:
+        return []
+    return [str(finding) for finding in result.diagnostics if finding.severity == "warning"]
 
 
 def _str(path) -> str | None:

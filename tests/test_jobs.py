@@ -191,3 +191,17 @@ def test_collapse_advice_leaves_out_what_the_run_already_did():
     assert "more calibration samples" in advice and "more calibration" not in plain
     random = collapse_warning(evaluation, JobSpec.from_mapping({"calibration": "random"}))
     assert "more calibration samples" not in random
+
+
+def test_a_pass_warning_reaches_the_report_warnings_and_the_markdown(cli, tmp_path):
+    """A cut that removed nothing warns in the pass's diagnostics: the report's ``warnings``
+    list (what CI renderings read) holds it too, with the job's quality warning."""
+    report, markdown = tmp_path / "r.json", tmp_path / "r.md"
+    code, _, _ = cli(
+        "compress", MODELS / "digits_mlp.onnx", "-o", tmp_path / "m.onnx", "--channels", "0.5",
+        "--exclude", "fc*", "--report", report, "--markdown", markdown, "--latency-runs", "0",
+    )  # fmt: skip
+    assert code == 0
+    warnings = json.loads(report.read_text())["warnings"]
+    assert any("channel.nothing-pruned" in line for line in warnings)
+    assert "channel.nothing-pruned" in markdown.read_text()
