@@ -5,6 +5,7 @@ line telling how to install it."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -316,8 +317,9 @@ def test_token_inputs_take_the_plain_rate_float_inputs_the_other():
     assert not recon.float_inputs(tokens) and recon.float_inputs(images)
 
 
-def _mlp(batch) -> Model:
-    """x [batch, 8] -> MatMul 8x8 -> Relu -> MatMul 8x4 (seeded)."""
+def _mlp(batch, tokens: bool = False) -> Model:
+    """x [batch, 8] -> MatMul 8x8 -> Relu -> MatMul 8x4 (seeded); with ``tokens``, x is the
+    rows of a 16x8 table picked by int64 ids [batch, 8]."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -330,11 +332,18 @@ def _mlp(batch) -> Model:
         helper.make_node("Relu", ["h"], ["r"]),
         helper.make_node("MatMul", ["r", "w2"], ["y"]),
     ]
+    data, shape = ("ids", [batch, 8]) if tokens else ("x", [batch, 8])
+    output = [batch, 8, 4] if tokens else [batch, 4]
+    if tokens:
+        table = rng.normal(size=(16, 8)).astype(np.float32)
+        weights.append(numpy_helper.from_array(table, "table"))
+        nodes.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"]))
+    kind = TensorProto.INT64 if tokens else TensorProto.FLOAT
     graph = helper.make_graph(
         nodes,
         "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info(data, kind, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, output)],
         weights,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -343,10 +352,13 @@ def _mlp(batch) -> Model:
 
 def _block_sparsity(model: Model, samples: int, tmp_path) -> list[str]:
     """The recover.block lines of unstructured sparsity 0.5 (wanda) with block recovery on
-    ``samples`` seeded calibration rows."""
+    ``samples`` seeded calibration rows (ids below 16 for a model fed ``ids``)."""
     calibration = tmp_path / "calib.npz"
     rng = np.random.default_rng(1)
-    np.savez(calibration, x=rng.normal(size=(samples, 8)).astype(np.float32))
+    if model.graph.inputs[0].name == "ids":
+        np.savez(calibration, ids=rng.integers(0, 16, size=(samples, 8)))
+    else:
+        np.savez(calibration, x=rng.normal(size=(samples, 8)).astype(np.float32))
     sparsity = WeightSparsityPass(ratio=0.5, score="wanda", calibration=str(calibration))
     sparsity.recover = "block"
     return [d.message for d in sparsity(model).diagnostics if d.code == "recover.block"]
@@ -389,3 +401,30 @@ def test_final_stage_fits_the_whole_chain_and_lowers_the_output_error(monkeypatc
     assert output_error(with_final.model, original, fresh) < output_error(
         without.model, original, fresh
     )
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_float_fits_decay_their_rate_to_zero_token_fits_keep_it(monkeypatch, tmp_path, tokens):
+    """With float inputs each fit's Adam rate falls from its start along a cosine to 0 over the
+    step budget; with token ids it stays at the plain rate (the MiniLM figures were measured so)."""
+    torch = pytest.importorskip("torch")
+    rates: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    for budget in ("STEPS", "PLAIN_STEPS"):
+        monkeypatch.setattr(recon, budget, 60)
+    monkeypatch.setattr(recon, "FINAL_STEPS", 0)
+    monkeypatch.setattr(recon, "PATIENCE", 10**6)  # every fit runs its whole budget
+    lines = _block_sparsity(_mlp("N", tokens=tokens), 64, tmp_path)
+    assert lines and len(rates) % 60 == 0 and rates
+    first = rates[:60]
+    if tokens:
+        assert set(rates) == {recon.PLAIN_LEARNING_RATE}
+    else:
+        assert first[0] == recon.LEARNING_RATE and first[-1] < 0.01 * recon.LEARNING_RATE
+        assert all(later <= earlier for earlier, later in itertools.pairwise(first))

@@ -11,8 +11,9 @@ per batch is the relative squared error ‖f_k(x_k; θ) − Y*_k‖² / ‖Y*_k�
 the padding mask keeps when the exit is laid out [batch, positions, ...]. θ: the region's
 trainable constants (weights, biases, norm parameters: ``regions.TRAINABLE_INPUTS``); zeros of
 masked weights stay zero (``translate``). Adam (``LEARNING_RATE``, at most ``STEPS`` steps of
-one batch each; for inputs that are not all float, token ids, ``PLAIN_LEARNING_RATE`` and
-``PLAIN_STEPS``); the
+one batch each, the rate falling to 0 along a cosine over each stage's step budget; for inputs
+that are not all float, token ids, ``PLAIN_LEARNING_RATE`` and ``PLAIN_STEPS`` at a constant
+rate); the
 held-out samples (every ``HELD_OUT``-th calibration sample, ``held_out``, kept out of the cut and
 its layer refit by ``result.reconstructed``: on samples the refit fitted, any change of its
 values looks worse) give the held-out error, measured every ``CHECK`` steps, the best θ kept,
@@ -62,7 +63,7 @@ THREADS = 1  # small regions: torch's thread pool costs more than it gains (100x
 HELD_OUT = 8  # every 8th calibration sample is held out for early stopping
 CHECK = 50  # steps between two measures of the held-out error
 PATIENCE = 20  # checks without a new best before a fit stops
-AUGMENT = 16  # noisy copies of the calibration samples added to the fit's data (float inputs)
+AUGMENT = 32  # noisy copies of the calibration samples added to the fit's data (float inputs)
 HELD_BYTES = 1 << 30  # fewer copies when the fit's held values would exceed this
 TOKEN_AUGMENT = 4  # copies of token inputs with swapped ids (``swapped``)
 TOKEN_HELD_BYTES = 4 << 30  # the bound for them
@@ -85,14 +86,18 @@ def require_torch():
 
 @dataclass(frozen=True)
 class Fit:
-    """How one stage fits its regions: Adam ``steps`` at most per region at ``learning_rate``,
-    ``seed`` for the batch order, ``batch_size``, ``mask`` the padding-mask input's name."""
+    """How one stage fits its regions: Adam ``steps`` at most per region at ``learning_rate``
+    (with ``decay``, falling to 0 along a cosine over the ``steps``: with ``AUGMENT`` 32,
+    digits ViT top-1 over seeds 0-3 0.956 -> 0.965 on average, the CNN's worst seed 0.983 ->
+    0.989), ``seed`` for the batch order, ``batch_size``, ``mask`` the padding-mask input's
+    name."""
 
     steps: int
     learning_rate: float
     seed: int
     batch_size: int
     mask: str | None
+    decay: bool = False
 
 
 def held_out(samples: dict, block: int = 1) -> tuple[dict, dict]:
@@ -150,7 +155,8 @@ def reconstruct(
         plain = not float_inputs(samples)  # token inputs: a lower rate, more steps
         every = augmented(samples, _copies(pruned, samples, batch_size, plain), seed, mask)
         rate = learning_rate or (PLAIN_LEARNING_RATE if plain else LEARNING_RATE)
-        fit = Fit(steps or (PLAIN_STEPS if plain else STEPS), rate, seed, batch_size, mask)
+        budget = steps or (PLAIN_STEPS if plain else STEPS)
+        fit = Fit(budget, rate, seed, batch_size, mask, decay=not plain)  # tokens: not measured
         exits = _exits(pruned, original, cut_chain(pruned), samples, batch_size, plan)
         data = (samples, every, held)
         report = _stage(torch, pruned, original, data, exits, fit)
@@ -431,6 +437,9 @@ def _descend(torch, block: TorchRegion, data: tuple, train: list[int], fit: Fit,
     feeds, targets, weights = data
     best, best_error, stale = block.state(), measure(held), 0
     optimiser = torch.optim.Adam(list(block.parameters.values()), lr=fit.learning_rate)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, fit.steps) if fit.decay else None
+    )
     order = torch.Generator().manual_seed(fit.seed)
     check = max(1, min(CHECK, fit.steps // 10))
     for step in range(fit.steps):
@@ -441,6 +450,8 @@ def _descend(torch, block: TorchRegion, data: tuple, train: list[int], fit: Fit,
         optimiser.zero_grad()
         (diff / total.clamp_min(1e-30)).backward()
         optimiser.step()
+        if schedule is not None:
+            schedule.step()
         if (step + 1) % check == 0:
             error = measure(held)
             best, best_error, stale = (
