@@ -50,6 +50,7 @@ from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass
 from sparsec.passes.dead_channels import DeadChannelsPass
 from sparsec.passes.drop_blocks import DropBlocksPass
+from sparsec.passes.shared_constants import ShareEqualVectorsPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
 from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
@@ -538,7 +539,7 @@ def channel_passes(
         if drop_blocks
         else []
     )
-    return [*canonical_passes(), *depth, prune, *cleanup_passes()]
+    return [*canonical_passes(), *depth, prune, ShareEqualVectorsPass(), *cleanup_passes()]
 
 
 def cleanup_with_calibration(
@@ -567,7 +568,7 @@ def block_passes(
     influence on ``calibration``, norm or random; with calibration and ``recover``, the layers
     after them are refit, see ``DropBlocksPass``), then cleanup."""
     depth = _drop_pass(count, importance, seed, calibration, calibration_samples, recover)
-    return [*canonical_passes(), *depth, *cleanup_passes()]
+    return [*canonical_passes(), *depth, ShareEqualVectorsPass(), *cleanup_passes()]
 
 
 def _drop_pass(count, importance, seed, calibration, samples, recover) -> list[PassBase]:

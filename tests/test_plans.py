@@ -569,8 +569,8 @@ def test_the_recipe_prunes_every_module_a_deduplicated_weight_reaches(cli, tmp_p
     module, shape = _equal_bias_cnn(torch)
     plan = _pruned_as_planned(cli, tmp_path, torch, module, shape, args)
     assert any(n.op_type == "Identity" for n in onnx.load(tmp_path / "m.onnx").graph.node)
-    (also,) = plan["sources"]["cat_bn.bias"]["also"]
-    assert (also["module"], also["param"]) == ("res_bn", "bias")
+    copy = plan["sources"]["cat_bn.bias:copy"]  # unshare-vectors: res_bn's own copy of it
+    assert (copy["module"], copy["param"]) == ("res_bn", "bias")
     assert module.res_bn.bias.shape == module.cat_bn.bias.shape == (8,)
 
 

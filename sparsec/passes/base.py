@@ -60,6 +60,9 @@ class PassBase(IRPassBase):
     lossy: ClassVar[bool] = (
         False  # changes outputs on purpose; runs once even in a fixed-point pipeline
     )
+    # runs in the first round of a fixed-point pipeline only, as a lossy pass: a rewrite another
+    # member of the pipeline undoes (unshare-vectors before a cut, share-equal-vectors after it)
+    once: ClassVar[bool] = False
     # a value name present before and after the pass keeps its shape (for every input
     # binding): a Pipeline then carries the shapes known before the pass past it
     # (``analysis.shapes.ShapeCarrier``)

@@ -10,6 +10,7 @@ from sparsec.passes.const_fold import ConstantFoldShapesPass
 from sparsec.passes.dead_channels import DeadChannelsPass
 from sparsec.passes.drop_blocks import DropBlocksPass
 from sparsec.passes.pipeline import Pipeline
+from sparsec.passes.shared_constants import ShareEqualVectorsPass, UnshareVectorsPass
 from sparsec.passes.sparse_format import SparseEncodePass
 from sparsec.passes.sparsity import WeightSparsityPass
 from sparsec.passes.split_qkv import SplitQkvPass
@@ -25,9 +26,11 @@ BUILTIN_PASSES = (
     DropBlocksPass,
     IdentityEliminationPass,
     ShapeCanonicalizePass,
+    ShareEqualVectorsPass,
     SparseEncodePass,
     SplitQkvPass,
     TransposeCanonicalizePass,
+    UnshareVectorsPass,
     WeightSparsityPass,
 )
 
@@ -35,7 +38,9 @@ BUILTIN_PASSES = (
 def canonical_passes() -> list:
     """The exact rewrites before channel-prune: identity elimination and shape folding (so that
     Reshape targets computed from static shapes become constants surgery can rewrite), exporter
-    idioms canonicalized, dead code removed."""
+    idioms canonicalized, dead code removed, and a copy of a shared vector per reader (so that
+    an exporter's deduplicated bias does not merge groups; ``share-equal-vectors``, after the
+    cut, shares what stayed equal)."""
     return [
         IdentityEliminationPass(),
         ConstantFoldShapesPass(),
@@ -43,6 +48,7 @@ def canonical_passes() -> list:
         SplitQkvPass(),
         TransposeCanonicalizePass(),
         DeadCodePass(),
+        UnshareVectorsPass(),
     ]
 
 

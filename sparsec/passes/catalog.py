@@ -51,6 +51,11 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
             "(legacy exports)."
         ),
     ),
+    "share-equal-vectors": (
+        "sparsec.passes.shared_constants",
+        "ShareEqualVectorsPass",
+        "Read one tensor where several float vector constants are equal (dtype, shape, bytes).",
+    ),
     "sparse-encode": (
         "sparsec.passes.sparse_format",
         "SparseEncodePass",
@@ -65,6 +70,11 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
         "sparsec.passes.canonicalize",
         "TransposeCanonicalizePass",
         "Rewrite flatten → transpose → unflatten idioms (dynamo's SDPA Kᵀ) as one Transpose.",
+    ),
+    "unshare-vectors": (
+        "sparsec.passes.shared_constants",
+        "UnshareVectorsPass",
+        "Give each reader of a shared bias or norm vector its own copy (unrelated groups stay apart).",
     ),
     "weight-sparsity": (
         "sparsec.passes.sparsity",

@@ -5,20 +5,21 @@ fixed-point rounds); diagnostics are kept in order; ``describe()`` is the same t
 ``registry.parse_pipeline`` reads back. ``check`` (when given) is called with the model and the
 name of the pass just run, after each pass (``validate="each"``) or once at the end
 (``validate="end"``); it raises to stop the pipeline, so a broken pass is named. A lossy pass
-runs in the first fixed-point round only, and no member runs again on a model it left
-unchanged (nothing changed it since); the last lossy pass's ``reference`` (the oracle) and
-every pass's ``artifacts`` are passed up (but ``lossy_couplings``, which describes its own pass's
-reference, goes with that reference). A lossy pass that can ``replay`` its cut on another model
-(channel-prune) after an earlier lossy pass (drop-blocks) has as reference its cut replayed on
-the earlier reference, so the run is checked against the original with both cuts. A pipeline
-is in place when all its members are; with a functional member it returns a new model. A
-member may be an onnx-ir pass (it runs through ``IRPass``). A fixed-point pipeline still
-changing the model in its last round stops there with a ``pipeline.not-settled`` warning
-naming the passes that kept changing it (also logged to the ``sparsec.passes`` logger, which a
-command line shows on stderr). The value shapes known before a member whose
-``keeps_value_shapes`` holds are vouched for after it (``analysis.shapes.ShapeCarrier``), so
-the fixed-point cleanup does not infer or measure them again. Both rest on the pass contract: a
-member that reports no change made none, and ``on_pass`` and ``check`` only read the model.
+(and a ``once`` one: a rewrite another member undoes) runs in the first fixed-point round only,
+and no member runs again on a model it left unchanged (nothing changed it since); the last
+lossy pass's ``reference`` (the oracle) and every pass's ``artifacts`` are passed up (but
+``lossy_couplings``, which describes its own pass's reference, goes with that reference). A
+lossy pass that can ``replay`` its cut on another model (channel-prune) after an earlier lossy
+pass (drop-blocks) has as reference its cut replayed on the earlier reference, so the run is
+checked against the original with both cuts. A pipeline is in place when all its members are;
+with a functional member it returns a new model. A member may be an onnx-ir pass (it runs
+through ``IRPass``). A fixed-point pipeline still changing the model in its last round stops
+there with a ``pipeline.not-settled`` warning naming the passes that kept changing it (also
+logged to the ``sparsec.passes`` logger, which a command line shows on stderr). The value
+shapes known before a member whose ``keeps_value_shapes`` holds are vouched for after it
+(``analysis.shapes.ShapeCarrier``), so the fixed-point cleanup does not infer or measure them
+again. Both rest on the pass contract: a member that reports no change made none, and
+``on_pass`` and ``check`` only read the model.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class Pipeline(InPlacePass):
     def lossy(self) -> bool:  # type: ignore[override]  # a nested pipeline with a lossy member
         return any(member.lossy for member in self.passes)
 
+    @property
+    def once(self) -> bool:  # type: ignore[override]  # a nested pipeline with a once member
+        return any(member.once for member in self.passes)
+
     def describe(self, always: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> str:
         """The members' descriptions joined by commas (``always``/``skip`` apply to members)."""
         return ",".join(p.describe(always, skip) for p in self.passes)
@@ -99,11 +104,12 @@ class Pipeline(InPlacePass):
         return total
 
     def _round(self, total: PassResult, round_index: int, state: _RunState) -> list[str]:
-        """Run every member once (a lossy one in the first round only, none that ran on the
-        model as it is now) on ``total.model``; the names of the members that changed it."""
+        """Run every member once (a lossy or ``once`` one in the first round only, none that ran
+        on the model as it is now) on ``total.model``; the names of the members that changed
+        it."""
         changing = []
         for index, member in enumerate(self.passes):
-            if (member.lossy and round_index > 0) or index in state.unchanging:
+            if ((member.lossy or member.once) and round_index > 0) or index in state.unchanging:
                 continue
             result = _run(member, total.model)
             state.carrier.passed(member, result)
