@@ -15,23 +15,23 @@ from sparsec.passes.shared_constants import ShareEqualVectorsPass, UnshareVector
 from sparsec.testing import assert_pass_exact
 
 
-def _shared_bias_mlp(tied: bool = False) -> Model:
+def _shared_bias_mlp(tied: bool = False, names=("fc1", "fc3"), bias: str = "b16") -> Model:
     """x [N, 8] -> Gemm 8->16 -> Relu -> Gemm 16->8 -> Relu -> Gemm 8->16 -> Relu -> Gemm
-    16->4; the two 8->16 layers read one zero bias (as an exporter writes equal biases), and
-    with ``tied`` one weight too (a tied weight)."""
+    16->4; the two 8->16 layers (nodes ``names``) read one zero bias ``bias`` (as an exporter
+    writes equal biases), and with ``tied`` one weight too (a tied weight)."""
     rng = np.random.default_rng(0)
     shapes = {"w1": (8, 16), "w2": (16, 8), "w3": (8, 16), "w4": (16, 4)}
     weights = {name: rng.normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
     tensors = [numpy_helper.from_array(array, name) for name, array in weights.items()]
-    tensors += [numpy_helper.from_array(np.zeros(16, np.float32), "b16")]
+    tensors += [numpy_helper.from_array(np.zeros(16, np.float32), bias)]
     tensors += [numpy_helper.from_array(np.full(n, 0.1, np.float32), f"c{n}") for n in (8, 4)]
     third = "w1" if tied else "w3"
     nodes = [
-        helper.make_node("Gemm", ["x", "w1", "b16"], ["h1"], name="fc1"),
+        helper.make_node("Gemm", ["x", "w1", bias], ["h1"], name=names[0]),
         helper.make_node("Relu", ["h1"], ["r1"]),
         helper.make_node("Gemm", ["r1", "w2", "c8"], ["h2"], name="fc2"),
         helper.make_node("Relu", ["h2"], ["r2"]),
-        helper.make_node("Gemm", ["r2", third, "b16"], ["h3"], name="fc3"),
+        helper.make_node("Gemm", ["r2", third, bias], ["h3"], name=names[1]),
         helper.make_node("Relu", ["h3"], ["r3"]),
         helper.make_node("Gemm", ["r3", "w4", "c4"], ["y"], name="fc4"),
     ]
@@ -58,7 +58,16 @@ def test_a_copy_per_reader_splits_the_group_the_shared_bias_merged():
     result = UnshareVectorsPass()(model)
     assert result.stats == {"copies": 1} and len(_hidden_groups(result.model)) == 2
     readers = {n.name: n.inputs[2].name for n in result.model.nodes() if n.op_type == "Gemm"}
-    assert readers["fc1"] == "b16" and readers["fc3"] != "b16"
+    assert readers["fc1"] == "b16" and readers["fc3"] == "fc3:input2"
+
+
+def test_the_original_stays_with_the_module_its_name_is_a_parameter_of():
+    """``b.bias`` read first by module a's Gemm (an exporter's Identity removed): the original
+    stays with module b (so a plan maps it there), module a reads a copy named after it."""
+    names = ("/a/Gemm", "/b/Gemm")
+    result = UnshareVectorsPass()(_shared_bias_mlp(names=names, bias="b.bias"))
+    readers = {n.name: n.inputs[2].name for n in result.model.nodes() if n.name in names}
+    assert readers == {"/a/Gemm": "/a/Gemm:input2", "/b/Gemm": "b.bias"}
 
 
 def test_a_tied_weight_stays_shared_its_bias_is_copied():
@@ -83,10 +92,12 @@ def test_the_channel_pipeline_cuts_both_exactly_and_settles_sharing_what_stayed_
     assert [result.model.constant(gemms[n].inputs[1]).shape[1] for n in ("fc1", "fc3")] == [8, 8]
 
 
-def test_unequal_vectors_are_not_shared():
+def test_unequal_copies_and_tensors_the_input_had_apart_are_not_shared():
     model = _shared_bias_mlp()
     UnshareVectorsPass()(model)
     fc3 = next(n for n in model.nodes() if n.name == "fc3")
     model.set_constant(fc3.inputs[2], np.ones(16, np.float32))
+    assert ShareEqualVectorsPass()(model).stats == {"vectors_shared": 0}
+    model.set_input(fc3, 2, model.add_initializer("zeros", np.zeros(16, np.float32)))  # no copy
     result = ShareEqualVectorsPass()(model)
     assert result.stats == {"vectors_shared": 0} and not result.modified

@@ -54,7 +54,7 @@ BUILTIN: dict[str, tuple[str, str, str]] = {
     "share-equal-vectors": (
         "sparsec.passes.shared_constants",
         "ShareEqualVectorsPass",
-        "Read one tensor where several float vector constants are equal (dtype, shape, bytes).",
+        "Make a copy unshare-vectors made read an equal tensor listed before it again.",
     ),
     "sparse-encode": (
         "sparsec.passes.sparse_format",
