@@ -42,6 +42,7 @@ from sparsec.ir.gc_pause import holding
 from sparsec.ir.saving import Staged
 from sparsec.passes import Diagnostic, PassBase, PassResult, Pipeline, parse_pipeline
 from sparsec.passes.builtin import (
+    after_cut_passes,
     canonical_passes,
     cleanup_passes,
     default_pipeline,
@@ -50,7 +51,6 @@ from sparsec.passes.channel_prune import ChannelPrunePass
 from sparsec.passes.cleanup import DeadCodePass
 from sparsec.passes.dead_channels import DeadChannelsPass
 from sparsec.passes.drop_blocks import DropBlocksPass
-from sparsec.passes.shared_constants import ShareEqualVectorsPass
 from sparsec.passes.sparse_format import DECODER_PREFIX, FORMAT_KEY, SparseEncodePass
 from sparsec.passes.sparse_format import densify as densify_weights
 from sparsec.passes.sparsity import WeightSparsityPass
@@ -539,7 +539,7 @@ def channel_passes(
         if drop_blocks
         else []
     )
-    return [*canonical_passes(), *depth, prune, ShareEqualVectorsPass(), *cleanup_passes()]
+    return [*canonical_passes(), *depth, prune, *after_cut_passes()]
 
 
 def cleanup_with_calibration(
@@ -568,7 +568,7 @@ def block_passes(
     influence on ``calibration``, norm or random; with calibration and ``recover``, the layers
     after them are refit, see ``DropBlocksPass``), then cleanup."""
     depth = _drop_pass(count, importance, seed, calibration, calibration_samples, recover)
-    return [*canonical_passes(), *depth, ShareEqualVectorsPass(), *cleanup_passes()]
+    return [*canonical_passes(), *depth, *after_cut_passes()]
 
 
 def _drop_pass(count, importance, seed, calibration, samples, recover) -> list[PassBase]:

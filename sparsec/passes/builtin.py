@@ -39,8 +39,8 @@ def canonical_passes() -> list:
     """The exact rewrites before channel-prune: identity elimination and shape folding (so that
     Reshape targets computed from static shapes become constants surgery can rewrite), exporter
     idioms canonicalized, dead code removed, and a copy of a shared vector per reader (so that
-    an exporter's deduplicated bias does not merge groups; ``share-equal-vectors``, after the
-    cut, shares what stayed equal)."""
+    an exporter's deduplicated bias does not merge groups; ``after_cut_passes`` shares what the
+    cut left equal)."""
     return [
         IdentityEliminationPass(),
         ConstantFoldShapesPass(),
@@ -50,6 +50,12 @@ def canonical_passes() -> list:
         DeadCodePass(),
         UnshareVectorsPass(),
     ]
+
+
+def after_cut_passes() -> list:
+    """What follows a cut that ``canonical_passes`` prepared: the vectors ``unshare-vectors``
+    copied and the cut left equal shared again, then the cleanup."""
+    return [ShareEqualVectorsPass(), *cleanup_passes()]
 
 
 def cleanup_passes(dead_channels: bool | DeadChannelsPass = False) -> list:

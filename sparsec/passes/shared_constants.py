@@ -28,6 +28,7 @@ import numpy as np
 
 from sparsec.analysis.lookup import module_of, scope_of
 from sparsec.passes.base import InPlacePass, PassResult
+from sparsec.pruning.plans import state_key
 
 COPY = ":input"  # a copy's name: its reader node's, this and the input index
 
@@ -45,10 +46,10 @@ def _vector(model, value) -> np.ndarray | None:
 
 
 def _owner(uses: list, name: str) -> int:
-    """The index of the use whose reader's module ``name`` is a parameter of (``module.param``,
-    the module from the reader's exporter scope), else 0."""
-    module = name.rsplit(".", 1)[0] if "." in name else None
-    found = (i for i, use in enumerate(uses) if module_of(scope_of(use.node)) == module)
+    """The index of the use whose reader's module ``name`` is a parameter of (``plans.state_key``,
+    the reader's module from its exporter scope, as a plan maps it), else 0."""
+    key = state_key(name)
+    found = (i for i, use in enumerate(uses) if key and module_of(scope_of(use.node)) == key[0])
     return next(found, 0)
 
 
